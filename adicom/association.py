@@ -1,0 +1,619 @@
+"""The asyncio driver of one association: a socket, an UpperLayer, DIMSE messages.
+
+This module holds no protocol logic. It moves bytes between the transport and
+:class:`~adicom.protocol.UpperLayer`, turns upper layer events into DIMSE
+messages (:mod:`adicom.dimse`) and futures, runs the ARTIM timer the core asks
+for, and maps every failure once, here, to the exceptions of
+:mod:`adicom.errors`.
+
+It is an ``asyncio.BufferedProtocol``: the loop reads into a buffer we own
+and calls us back, so a received PDU costs no task switch, and a response can
+be written from the same callback that read its request.
+
+After we send an A-ABORT we close the connection as soon as the PDU is
+written instead of waiting up to ARTIM in Sta13 for the peer to close: the
+TCP close comes after the A-ABORT in the byte stream, so the peer still reads
+the abort first, and nobody waits on a peer that never closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from adicom import protocol as ul
+from adicom.dimse import (
+    Command,
+    CommandField,
+    CommandReceived,
+    MessageAssembler,
+    fragment_message,
+    status_category,
+    StatusCategory,
+)
+from adicom.errors import (
+    AssociationAborted,
+    AssociationError,
+    ConnectionClosed,
+    DicomError,
+    DicomTimeout,
+    DimseError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from adicom.fsm import State
+from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF
+from adicom.presentation import VERIFICATION, PresentationContext
+
+__all__ = [
+    "DEFAULT_MAX_PDU",
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "Association",
+    "Message",
+]
+
+log = logging.getLogger("adicom")
+
+#: adicom's implementation class UID (PS3.7 D.3.3.2): a UUID-derived UID
+#: under the 2.25 root (PS3.5 B.2), so it needs no registered root.
+IMPLEMENTATION_CLASS_UID = "2.25.193100295771143521161366717771740821097"
+#: Implementation version name (PS3.7 D.3.3.2.3): at most 16 characters.
+IMPLEMENTATION_VERSION_NAME = "ADICOM_010"
+#: The largest P-DATA-TF PDU we announce we can receive. Larger PDUs mean
+#: fewer headers and writes on bulk transfers; each is held once in memory.
+DEFAULT_MAX_PDU = 1 << 20
+
+_READ_BUFFER = 1 << 18
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole DIMSE message received on a presentation context.
+
+    ``dataset`` holds the encoded data set (in the context's transfer syntax)
+    when the command announced one.
+    """
+
+    context_id: int
+    command: Command
+    dataset: bytes | None = None
+
+
+_END = Exception("end of messages")
+
+
+class _Responses:
+    """The responses to one request, in order, awaited by one task."""
+
+    __slots__ = ("_error", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def put(self, message: Message) -> None:
+        self._items.append(message)
+        self._wake()
+
+    def fail(self, error: BaseException | None) -> None:
+        """End the stream: with an error to raise, or None for a normal end."""
+        if self._error is None:
+            self._error = error if error is not None else _END
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Message | None:
+        """The next message; None once the stream ended normally."""
+        while not self._items:
+            if self._error is _END:
+                return None
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+class _Transport(asyncio.BufferedProtocol):
+    """The asyncio side of the socket; forwards everything to the Association."""
+
+    def __init__(self, association: Association) -> None:
+        self._association = association
+        self._buffer = bytearray(_READ_BUFFER)
+        self._view = memoryview(self._buffer)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Nagle's algorithm plus delayed ACKs stall a small request and
+            # its response by up to 40 ms each on Linux; DICOM is exactly
+            # that pattern (a command PDU, then the peer's response).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert isinstance(transport, asyncio.Transport)
+        self._association._connection_made(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._association._data_received(self._view[:nbytes])
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._association._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._association._pause_writing()
+
+    def resume_writing(self) -> None:
+        self._association._resume_writing()
+
+
+class Association:
+    """One DICOM association, requestor or acceptor, on the running event loop.
+
+    Users get one from :func:`adicom.connect` (requestor) or in a server
+    handler (acceptor) rather than building it. ``contexts`` maps each
+    presentation context ID to what was negotiated for it.
+    """
+
+    def __init__(
+        self,
+        *,
+        requestor: bool,
+        max_pdu: int = DEFAULT_MAX_PDU,
+        artim_timeout: float = 10.0,
+        dimse_timeout: float | None = 30.0,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ul = ul.UpperLayer(
+            requestor=requestor, max_pdu_length=max_pdu, artim_timeout=artim_timeout
+        )
+        self.requestor = requestor
+        self.max_pdu = max_pdu
+        self.dimse_timeout = dimse_timeout
+        #: Negotiated presentation contexts by ID (accepted and rejected).
+        self.contexts: dict[int, PresentationContext] = {}
+        #: The largest P-DATA-TF PDU the peer accepts (0: no limit).
+        self.peer_max_pdu = 0
+        #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
+        self.request: AAssociateRQ | None = None
+        self.response: AAssociateAC | None = None
+        self._transport: asyncio.Transport | None = None
+        self._assembler = MessageAssembler()
+        self._receiving: tuple[int, Command, list[bytes]] | None = None
+        self._pending: dict[int, _Responses] = {}
+        self._incoming: _Responses = _Responses()
+        self._next_message_id = 0
+        self._send_lock = asyncio.Lock()
+        self._paused = False
+        self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._error: DicomError | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._association_answer: asyncio.Future[ul.ULEvent] | None = None
+        self._release_done: asyncio.Future[None] | None = None
+        self._collision_pending = False
+        self._released = False
+        #: Called with the A-ASSOCIATE-RQ on the acceptor side.
+        self.on_request: Callable[[AAssociateRQ], None] | None = None
+
+    # -- properties --------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The upper layer state (PS3.8 Sta1..Sta13)."""
+        return self._ul.state
+
+    @property
+    def is_established(self) -> bool:
+        """True while DIMSE messages can flow (Sta6)."""
+        return self._ul.established
+
+    @property
+    def calling_ae(self) -> str:
+        """The requestor's AE title."""
+        return self.request.calling_ae if self.request else ""
+
+    @property
+    def called_ae(self) -> str:
+        """The AE title the requestor called."""
+        return self.request.called_ae if self.request else ""
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        """The peer's (host, port)."""
+        if self._transport is None:
+            return None
+        peer: Any = self._transport.get_extra_info("peername")
+        return (peer[0], peer[1]) if peer else None
+
+    def context_for(self, abstract_syntax: str) -> PresentationContext:
+        """The first accepted context for an abstract syntax; raises if none."""
+        for context in self.contexts.values():
+            if context.accepted and context.abstract_syntax == abstract_syntax:
+                return context
+        raise LocalProtocolError(
+            f"no accepted presentation context for {abstract_syntax} on this association"
+        )
+
+    # -- transport callbacks -------------------------------------------------
+
+    def _connection_made(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        if not self.requestor:
+            # Evt5. The requestor's Evt2 follows its Evt1 in _request().
+            self._ul.connection_made(self._loop.time())
+            self._after_io()
+
+    def _data_received(self, data: memoryview) -> None:
+        self._ul.receive_data(data, self._loop.time())
+        self._after_io()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        self._ul.connection_lost(self._loop.time())
+        self._process_events()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._error is None and not self._ended_normally():
+            self._set_error(ConnectionClosed("the peer closed the connection"))
+        self._fail_all(self._error or ConnectionClosed("the association has ended"))
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _pause_writing(self) -> None:
+        self._paused = True
+
+    def _resume_writing(self) -> None:
+        self._paused = False
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._ul.handle_timer(self._loop.time())
+        self._after_io()
+
+    # -- the core loop: events in, bytes out --------------------------------
+
+    def _after_io(self) -> None:
+        self._process_events()
+        self._flush()
+        at = self._ul.get_timer()
+        if at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = at
+            self._timer = None if at is None else self._loop.call_at(at, self._on_timer)
+
+    def _flush(self) -> None:
+        data = self._ul.data_to_send()
+        transport = self._transport
+        if transport is None:
+            return
+        if data:
+            transport.writelines(data)
+        if self._ul.close_requested and not transport.is_closing():
+            transport.close()
+
+    def _process_events(self) -> None:
+        next_event = self._ul.next_event
+        while (event := next_event()) is not None:
+            if isinstance(event, ul.PDataReceived):
+                self._on_pdata(event.pdu)
+            else:
+                self._on_control_event(event)
+
+    def _on_control_event(self, event: ul.ULEvent) -> None:
+        if isinstance(event, ul.AssociationRequested):
+            self.request = event.request
+            if self.on_request is not None:
+                self.on_request(event.request)
+        elif isinstance(event, ul.AssociationAccepted | ul.AssociationRejected):
+            answer = self._association_answer
+            if answer is not None and not answer.done():
+                answer.set_result(event)
+        elif isinstance(event, ul.ReleaseRequested):
+            if event.collision:
+                # PS3.8 9.2.4 / Table 9-10: in a release collision the
+                # requestor answers first (Sta9 -> AR-9); the acceptor waits
+                # for the requestor's A-RELEASE-RP (Sta10) and answers after.
+                if self.requestor:
+                    self._ul.respond_release(self._loop.time())
+                else:
+                    self._collision_pending = True
+            else:
+                self._ul.respond_release(self._loop.time())
+                self._released = True
+                self._incoming.fail(None)
+                for waiter in self._pending.values():
+                    waiter.fail(AssociationError("the peer released the association"))
+                self._pending.clear()
+        elif isinstance(event, ul.ReleaseConfirmed):
+            self._released = True
+            if self._collision_pending:
+                self._collision_pending = False
+                self._ul.respond_release(self._loop.time())
+            if self._release_done is not None and not self._release_done.done():
+                self._release_done.set_result(None)
+        elif isinstance(event, ul.Aborted):
+            self._set_error(
+                AssociationAborted(
+                    event.source, event.reason, local=event.local, detail=event.detail or None
+                )
+            )
+            if event.local:
+                log.warning("aborted the association with %s: %s", self.calling_ae, event.detail)
+                self._close_soon()
+        elif isinstance(event, ul.ConnectionLost):
+            self._set_error(
+                ConnectionClosed(
+                    f"the peer closed the connection while the association was in "
+                    f"{event.state.name.title()}"
+                )
+            )
+        elif isinstance(event, ul.ArtimExpired):
+            self._set_error(
+                DicomTimeout("ARTIM", self._ul.artim_timeout, f"in {event.state.name.title()}")
+            )
+
+    def _on_pdata(self, pdu: PDataTF) -> None:
+        feed = self._assembler.feed
+        contexts = self.contexts
+        try:
+            for pdv in pdu.pdvs:
+                context = contexts.get(pdv.context_id)
+                if context is None or not context.accepted:
+                    raise RemoteProtocolError(
+                        f"PDV on presentation context {pdv.context_id}, "
+                        "which was not accepted",
+                        abort_reason=6,
+                    )
+                event = feed(pdv.context_id, pdv.is_command, pdv.is_last, pdv.data)
+                if event is None:
+                    continue
+                if isinstance(event, CommandReceived):
+                    if event.command.has_dataset:
+                        self._receiving = (event.context_id, event.command, [])
+                    else:
+                        self._deliver(Message(event.context_id, event.command))
+                elif self._receiving is not None:
+                    self._receiving[2].append(bytes(event.data))
+                    if event.last:
+                        context_id, command, parts = self._receiving
+                        self._receiving = None
+                        self._deliver(Message(context_id, command, b"".join(parts)))
+        except RemoteProtocolError as exc:
+            self._violation(exc)
+
+    def _deliver(self, message: Message) -> None:
+        command = message.command
+        if command.is_response:
+            waiter = self._pending.get(command.message_id_being_responded_to or 0)
+            if waiter is None:
+                log.warning("response to unknown message ID: %s", command.describe())
+                return
+            if status_category(command.status or 0) is not StatusCategory.PENDING:
+                del self._pending[command.message_id_being_responded_to or 0]
+            waiter.put(message)
+        else:
+            self._incoming.put(message)
+
+    def _violation(self, exc: RemoteProtocolError) -> None:
+        """The peer broke DIMSE rules: abort (provider source, its reason) and close."""
+        log.warning("aborting association: %s", exc)
+        self._set_error(AssociationAborted(2, exc.abort_reason, local=True, detail=str(exc)))
+        self._ul.abort(self._loop.time(), source=2, reason=exc.abort_reason)
+        self._close_soon()
+
+    def _close_soon(self) -> None:
+        self._flush()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _ended_normally(self) -> bool:
+        # Released, or never associated at all (a rejected request ends with
+        # a close that is no error either).
+        return self._released or self._ul.state is State.STA1 and self.response is None
+
+    def _set_error(self, error: DicomError) -> None:
+        if self._error is None:
+            self._error = error
+        self._fail_all(error)
+
+    def _fail_all(self, error: DicomError) -> None:
+        answer = self._association_answer
+        if answer is not None and not answer.done():
+            answer.set_exception(error)
+        for waiter in self._pending.values():
+            waiter.fail(error)
+        self._pending.clear()
+        self._incoming.fail(error)
+        done = self._release_done
+        if done is not None and not done.done():
+            done.set_exception(error)
+
+    # -- sending ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._ul.established and self._ul.state is not State.STA8:
+            raise LocalProtocolError(
+                f"the association is not established (state {self._ul.state.name.title()})"
+            )
+
+    def next_message_id(self) -> int:
+        """A fresh Message ID (PS3.7 9.3.1.1: unique among outstanding requests)."""
+        self._next_message_id = self._next_message_id % 0xFFFF + 1
+        return self._next_message_id
+
+    async def send_message(
+        self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
+    ) -> None:
+        """Send a DIMSE message, split into PDUs that fit the peer's maximum.
+
+        A command and a small data set leave in one write. Waits while the
+        transport's buffer is full (backpressure).
+        """
+        self._check_open()
+        encoded = command.encode()
+        async with self._send_lock:
+            for pdvs in fragment_message(context_id, encoded, dataset, self.peer_max_pdu):
+                self._check_open()
+                self._ul.send_pdata(pdvs, self._loop.time())
+                self._flush()
+                if self._paused:
+                    waiter = self._loop.create_future()
+                    self._drain_waiters.append(waiter)
+                    await waiter
+
+    def expect_responses(self, message_id: int) -> _Responses:
+        """Register interest in the responses to ``message_id`` (before sending it)."""
+        waiter = _Responses()
+        self._pending[message_id] = waiter
+        return waiter
+
+    async def receive_request(self) -> Message | None:
+        """The next request from the peer.
+
+        Returns None once the peer has released the association; raises the
+        reason when it ended any other way.
+        """
+        return await self._incoming.get()
+
+    async def _with_timeout(self, awaitable: Any, which: str, seconds: float | None) -> Any:
+        if seconds is None:
+            return await awaitable
+        try:
+            async with asyncio.timeout(seconds):
+                return await awaitable
+        except TimeoutError:
+            raise DicomTimeout(which, seconds) from None
+
+    # -- DIMSE services ------------------------------------------------------
+
+    async def echo(self) -> int:
+        """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
+        context = self.context_for(VERIFICATION)
+        message_id = self.next_message_id()
+        responses = self.expect_responses(message_id)
+        command = Command(
+            CommandField.C_ECHO_RQ,
+            message_id=message_id,
+            affected_sop_class_uid=VERIFICATION,
+        )
+        try:
+            await self.send_message(context.context_id, command)
+            reply: Message | None = await self._with_timeout(
+                responses.get(), "DIMSE", self.dimse_timeout
+            )
+        finally:
+            self._pending.pop(message_id, None)
+        status = reply.command.status if reply is not None else None
+        if status is None:
+            raise DimseError(0xFFFF, "C-ECHO-RSP without a status")
+        if status_category(status) is StatusCategory.FAILURE:
+            raise DimseError(status, "C-ECHO failed")
+        return status
+
+    async def respond(
+        self, request: Message, status: int, **fields: Any
+    ) -> None:
+        """Send the response to ``request`` with ``status`` (and extra command fields)."""
+        command = Command(
+            request.command.command_field | 0x8000,
+            message_id_being_responded_to=request.command.message_id,
+            affected_sop_class_uid=request.command.affected_sop_class_uid,
+            status=status,
+            **fields,
+        )
+        await self.send_message(request.context_id, command)
+
+    # -- association setup and teardown --------------------------------------
+
+    async def _request(self, request: AAssociateRQ, timeout: float | None) -> None:
+        """Requestor: send the A-ASSOCIATE-RQ and wait for the answer."""
+        self.request = request
+        self._association_answer = self._loop.create_future()
+        self._ul.request_association(request, self._loop.time())
+        assert self._ul.connect_requested
+        if self._transport is not None:
+            # The transport connected before we asked (it always has).
+            self._ul.connection_made(self._loop.time())
+            self._after_io()
+        event = await self._with_timeout(self._association_answer, "association", timeout)
+        if isinstance(event, ul.AssociationRejected):
+            rj: AAssociateRJ = event.response
+            from adicom.errors import AssociationRejected
+
+            raise AssociationRejected(rj.result, rj.source, rj.reason)
+        self.response = event.response
+
+    async def release(self, timeout: float | None = 10.0) -> None:
+        """Release the association (A-RELEASE) and close the connection.
+
+        Aborts instead if the peer does not answer within ``timeout``.
+        """
+        if self._error is not None or self._ul.state is State.STA1:
+            self.close()
+            return
+        self._release_done = self._loop.create_future()
+        self._ul.request_release(self._loop.time())
+        self._after_io()
+        try:
+            await self._with_timeout(asyncio.shield(self._release_done), "release", timeout)
+        except DicomTimeout:
+            self.abort()
+            raise
+        finally:
+            if not self._release_done.done():
+                self._release_done.cancel()
+        await self.wait_closed(timeout)
+
+    def abort(self) -> None:
+        """Abort the association (A-ABORT, service-user source) and close the connection."""
+        if self._ul.state not in (State.STA1, State.STA13):
+            self._ul.abort(self._loop.time())
+            self._set_error(AssociationAborted(0, 0, local=True))
+        self._close_soon()
+
+    def close(self) -> None:
+        """Close the connection without a word (used once the association has ended)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    async def wait_closed(self, timeout: float | None = 10.0) -> None:
+        """Wait until the connection has closed, closing it ourselves after ``timeout``."""
+        try:
+            await self._with_timeout(asyncio.shield(self._closed), "close", timeout)
+        except DicomTimeout:
+            if self._transport is not None:
+                self._transport.abort()
+            await asyncio.shield(self._closed)
+
+    def _handle_transport(self) -> Callable[[], asyncio.BufferedProtocol]:
+        return lambda: _Transport(self)

@@ -1,0 +1,167 @@
+"""The ``adicom`` command line: ``echo``, ``serve`` and ``demo``.
+
+The interface is kept stable because scripts call it. Exit codes: 0 success,
+1 the peer rejected, aborted or answered with a failure, 2 a usage error,
+3 the peer could not be reached, 4 a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from adicom.client import connect
+from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
+from adicom.server import Server
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+
+
+def _ae_title(value: str) -> str:
+    # PS3.5 Table 6.2-1 (AE): 1-16 characters of the default repertoire,
+    # no backslash or control characters, not all spaces.
+    if not value.strip() or len(value) > 16:
+        raise argparse.ArgumentTypeError(f"AE title {value!r} must be 1 to 16 characters")
+    if any(ord(c) < 0x20 or ord(c) > 0x7E or c == "\\" for c in value):
+        raise argparse.ArgumentTypeError(
+            f"AE title {value!r} may hold only printable ASCII, and no backslash"
+        )
+    return value.strip()
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {value!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
+def _positive(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("a timeout must be more than 0 seconds")
+    return seconds
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adicom", description="DICOM networking on asyncio: echo, serve, demo."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    echo = commands.add_parser("echo", help="send a C-ECHO (verify a peer is there)")
+    echo.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
+    echo.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
+    echo.add_argument("--timeout", type=_positive, default=10.0, help="seconds for each step")
+    echo.add_argument("-n", "--repeat", type=int, default=1, help="C-ECHOs to send")
+    echo.add_argument("host")
+    echo.add_argument("port", type=_port)
+
+    serve = commands.add_parser("serve", help="run an SCP (Verification) until interrupted")
+    serve.add_argument("--aet", type=_ae_title, default="ADICOM", help="our AE title")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=11112, help="port (0: any free port)")
+    serve.add_argument(
+        "--max-associations", type=int, default=500, help="open associations allowed at once"
+    )
+
+    commands.add_parser("demo", help="start a local SCP and walk through what adicom does")
+    return parser
+
+
+async def _echo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    async with connect(
+        args.host,
+        args.port,
+        calling_ae=args.aet,
+        called_ae=args.aec,
+        connect_timeout=args.timeout,
+        timeout=args.timeout,
+    ) as association:
+        for _ in range(args.repeat):
+            await association.echo()
+    elapsed = time.perf_counter() - started
+    print(f"C-ECHO to {args.aec} at {args.host}:{args.port}: success ({elapsed * 1000:.1f} ms)")
+    return EXIT_OK
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Server(
+        args.aet, host=args.host, port=args.port, max_associations=args.max_associations
+    ) as server:
+        print(f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
+              flush=True)
+        await stop.wait()
+        print(f"adicom serve: stopping ({server.stats})", flush=True)
+    return EXIT_OK
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    """Until the archive exists: start a Verification SCP and echo it."""
+    print("adicom demo: starting a Verification SCP on a free local port")
+    async with Server("ADICOM-DEMO", host="127.0.0.1", port=0) as server:
+        print(f"  listening on 127.0.0.1:{server.port}")
+        started = time.perf_counter()
+        async with connect("127.0.0.1", server.port, called_ae="ADICOM-DEMO") as association:
+            status = await association.echo()
+            count = 200
+            loop_started = time.perf_counter()
+            for _ in range(count):
+                await association.echo()
+            rate = count / (time.perf_counter() - loop_started)
+        elapsed = time.perf_counter() - started
+        print(f"  C-ECHO status 0x{status:04X}; {count} more C-ECHOs at {rate:,.0f}/s")
+        print(f"  association opened, used and released in {elapsed * 1000:.1f} ms")
+    print("adicom demo: every step checked out")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    runner = {"echo": _echo, "serve": _serve, "demo": _demo}[args.command]
+    try:
+        return asyncio.run(runner(args))
+    except PeerUnreachable as exc:
+        return _fail(args, exc, EXIT_UNREACHABLE)
+    except DicomTimeout as exc:
+        return _fail(args, exc, EXIT_TIMEOUT)
+    except DicomError as exc:
+        return _fail(args, exc, EXIT_FAILED)
+    except OSError as exc:
+        # For `serve`: the port is taken, or the address is not ours.
+        return _fail(args, exc, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    print(f"adicom {args.command}: {exc}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,152 @@
+"""The requestor side: :func:`connect` opens an association for raw DIMSE work.
+
+The high-level :class:`DicomClient` of the reference API builds on this in a
+later step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+
+from adicom.association import (
+    DEFAULT_MAX_PDU,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    Association,
+)
+from adicom.errors import DicomTimeout, PeerUnreachable
+from adicom.pdu import AAssociateRQ, AsyncOperationsWindow, RoleSelection, UserIdentityRQ
+from adicom.pdu import UserInformation
+from adicom.presentation import (
+    DEFAULT_TRANSFER_SYNTAXES,
+    VERIFICATION,
+    negotiated,
+    propose_contexts,
+)
+
+__all__ = ["connect", "open_association"]
+
+log = logging.getLogger("adicom")
+
+#: What :func:`connect` proposes when no contexts are given: Verification.
+DEFAULT_CONTEXTS: tuple[tuple[str, Sequence[str]], ...] = (
+    (VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),
+)
+
+
+async def open_association(
+    host: str,
+    port: int,
+    *,
+    calling_ae: str = "ADICOM",
+    called_ae: str = "ANY-SCP",
+    contexts: Iterable[tuple[str, Sequence[str]]] | None = None,
+    roles: Iterable[RoleSelection] = (),
+    user_identity: UserIdentityRQ | None = None,
+    max_pdu: int = DEFAULT_MAX_PDU,
+    connect_timeout: float | None = 10.0,
+    timeout: float | None = 30.0,
+    artim_timeout: float = 10.0,
+) -> Association:
+    """Connect to ``host:port`` and negotiate an association; the caller releases it.
+
+    ``contexts`` lists (abstract syntax, transfer syntaxes) pairs to propose
+    (default: Verification with the uncompressed syntaxes). ``timeout``
+    bounds the association negotiation and each DIMSE response.
+
+    Raises :class:`~adicom.errors.PeerUnreachable`,
+    :class:`~adicom.errors.AssociationRejected`,
+    :class:`~adicom.errors.AssociationAborted` or
+    :class:`~adicom.errors.DicomTimeout`.
+    """
+    proposed = propose_contexts(DEFAULT_CONTEXTS if contexts is None else contexts)
+    roles = tuple(roles)
+    request = AAssociateRQ(
+        called_ae=called_ae,
+        calling_ae=calling_ae,
+        presentation_contexts=proposed,
+        user_information=UserInformation(
+            maximum_length=max_pdu,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            async_operations_window=None,
+            role_selections=roles,
+            user_identity_rq=user_identity,
+        ),
+    )
+    association = Association(requestor=True, max_pdu=max_pdu, dimse_timeout=timeout,
+                              artim_timeout=artim_timeout)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await loop.create_connection(association._handle_transport(), host, port)
+    except TimeoutError:
+        raise DicomTimeout("connect", connect_timeout or 0, f"to {host}:{port}") from None
+    except OSError as exc:
+        # asyncio's message ("Connect call failed ...") hides the cause;
+        # the errno says it in words ("Connection refused").
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise PeerUnreachable(f"cannot connect to {host}:{port}: {reason}") from None
+    try:
+        await association._request(request, timeout)
+    except BaseException:
+        association.abort()
+        raise
+    response = association.response
+    assert response is not None
+    association.peer_max_pdu = response.user_information.maximum_length
+    association.contexts = negotiated(
+        proposed,
+        response.presentation_contexts,
+        roles,
+        response.user_information.role_selections,
+    )
+    log.debug(
+        "associated with %s at %s:%d (%d of %d contexts accepted)",
+        called_ae, host, port,
+        sum(c.accepted for c in association.contexts.values()), len(proposed),
+    )
+    return association
+
+
+@asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    *,
+    calling_ae: str = "ADICOM",
+    called_ae: str = "ANY-SCP",
+    contexts: Iterable[tuple[str, Sequence[str]]] | None = None,
+    roles: Iterable[RoleSelection] = (),
+    user_identity: UserIdentityRQ | None = None,
+    max_pdu: int = DEFAULT_MAX_PDU,
+    connect_timeout: float | None = 10.0,
+    timeout: float | None = 30.0,
+) -> AsyncIterator[Association]:
+    """An association for the length of an ``async with`` block.
+
+    Released when the block ends normally; aborted when it raises or is
+    cancelled, so the peer never waits on a half-finished association::
+
+        async with adicom.connect("pacs", 11112, called_ae="PACS") as assoc:
+            await assoc.echo()
+    """
+    association = await open_association(
+        host, port, calling_ae=calling_ae, called_ae=called_ae, contexts=contexts,
+        roles=roles, user_identity=user_identity, max_pdu=max_pdu,
+        connect_timeout=connect_timeout, timeout=timeout,
+    )
+    try:
+        yield association
+    except BaseException:
+        association.abort()
+        raise
+    await association.release(timeout)
+
+
+# Keep AsyncOperationsWindow importable from here for callers that negotiate it.
+_ = AsyncOperationsWindow

@@ -1,0 +1,169 @@
+"""Presentation context negotiation and SCP/SCU role selection (PS3.8 7.1.1.13, PS3.7 D.3.3.4).
+
+The requestor proposes contexts (an abstract syntax and the transfer syntaxes
+it can use for it); the acceptor answers each with a result and, when it
+accepts, the one transfer syntax it chose. adicom's acceptor chooses by its
+own preference order, not the requestor's.
+
+Role selection: without a role selection sub-item the requestor is the SCU
+and the acceptor the SCP of a SOP class. A requestor that wants to be the SCP
+too (C-GET: the C-STOREs come back to it) proposes the roles it wants, and the
+acceptor answers with the roles it allows: an acceptor may turn a proposed
+role off but never on (PS3.7 D.3.3.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pydicom.uid import UID
+
+from adicom.pdu import PresentationContextAC, PresentationContextRQ, RoleSelection
+
+__all__ = [
+    "DEFAULT_TRANSFER_SYNTAXES",
+    "MAX_CONTEXTS",
+    "VERIFICATION",
+    "PresentationContext",
+    "accept_contexts",
+    "accept_roles",
+    "propose_contexts",
+]
+
+#: Verification SOP Class (PS3.4 Annex A).
+VERIFICATION = UID("1.2.840.10008.1.1")
+
+#: Uncompressed transfer syntaxes, in adicom's order of preference: explicit
+#: little endian first (self-describing, what most modern peers send), then
+#: implicit little endian (the default every peer must support, PS3.5 10.1),
+#: then the retired big endian.
+DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.2",
+)
+
+#: At most 128 presentation contexts per association: IDs are the odd
+#: numbers 1 to 255 (PS3.8 9.3.2.2).
+MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class PresentationContext:
+    """A negotiated presentation context, as both sides see it after negotiation.
+
+    ``result`` is 0 when accepted (then ``transfer_syntax`` is the one to use);
+    otherwise the reason (PS3.8 Table 9-18). ``scu_role`` and ``scp_role`` say
+    which roles the *requestor* plays for this abstract syntax.
+    """
+
+    context_id: int
+    abstract_syntax: UID
+    transfer_syntax: UID | None
+    result: int
+    scu_role: bool = True
+    scp_role: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """True when the acceptor accepted the context."""
+        return self.result == 0
+
+
+def propose_contexts(
+    wanted: Iterable[tuple[str, Sequence[str]]],
+) -> tuple[PresentationContextRQ, ...]:
+    """Number the (abstract syntax, transfer syntaxes) pairs as contexts 1, 3, 5, ...
+
+    Raises ValueError beyond 128 contexts or with an empty transfer syntax list.
+    """
+    out: list[PresentationContextRQ] = []
+    for index, (abstract, transfers) in enumerate(wanted):
+        if index >= MAX_CONTEXTS:
+            raise ValueError(
+                f"more than {MAX_CONTEXTS} presentation contexts proposed; "
+                "PS3.8 allows 128 per association"
+            )
+        if not transfers:
+            raise ValueError(f"no transfer syntax proposed for {abstract}")
+        out.append(PresentationContextRQ(2 * index + 1, str(abstract), tuple(transfers)))
+    return tuple(out)
+
+
+def accept_contexts(
+    proposed: Iterable[PresentationContextRQ],
+    supported: Mapping[str, Sequence[str]],
+) -> list[PresentationContextAC]:
+    """Answer each proposed context.
+
+    ``supported`` maps each abstract syntax the acceptor serves to the
+    transfer syntaxes it takes, most preferred first. The result is 3 for an
+    abstract syntax not served, 4 when no proposed transfer syntax is taken
+    (PS3.8 Table 9-18), else 0 with the first of ours the requestor offered.
+    """
+    answers: list[PresentationContextAC] = []
+    for context in proposed:
+        ours = supported.get(context.abstract_syntax)
+        if ours is None:
+            answers.append(PresentationContextAC(context.context_id, 3))
+            continue
+        offered = set(context.transfer_syntaxes)
+        chosen = next((ts for ts in ours if ts in offered), None)
+        if chosen is None:
+            answers.append(PresentationContextAC(context.context_id, 4))
+        else:
+            answers.append(PresentationContextAC(context.context_id, 0, chosen))
+    return answers
+
+
+def accept_roles(
+    proposed: Iterable[RoleSelection],
+    abstract_syntaxes: Iterable[str],
+    allow_scp_role: Iterable[str] = (),
+) -> tuple[RoleSelection, ...]:
+    """Answer the requestor's role selection sub-items.
+
+    A role selection is answered only for an abstract syntax that was
+    proposed. The requestor keeps the SCU role it asked for; it gets the SCP
+    role only for SOP classes in ``allow_scp_role``.
+    """
+    present = set(abstract_syntaxes)
+    allowed = set(allow_scp_role)
+    return tuple(
+        RoleSelection(r.sop_class_uid, r.scu_role, r.scp_role and r.sop_class_uid in allowed)
+        for r in proposed
+        if r.sop_class_uid in present
+    )
+
+
+def negotiated(
+    proposed: Sequence[PresentationContextRQ],
+    answers: Sequence[PresentationContextAC],
+    requested_roles: Iterable[RoleSelection] = (),
+    answered_roles: Iterable[RoleSelection] = (),
+) -> dict[int, PresentationContext]:
+    """Join a request's contexts and their answers into :class:`PresentationContext` s.
+
+    An answer for a context ID that was not proposed is ignored. The roles
+    follow PS3.7 Table D.3-10: a role is the requestor's when it proposed it
+    and the acceptor allowed it; with no sub-item, the requestor is SCU only.
+    """
+    by_id = {pc.context_id: pc for pc in proposed}
+    asked = {r.sop_class_uid: r for r in requested_roles}
+    given = {r.sop_class_uid: r for r in answered_roles}
+    out: dict[int, PresentationContext] = {}
+    for answer in answers:
+        request = by_id.get(answer.context_id)
+        if request is None:
+            continue
+        abstract = request.abstract_syntax
+        scu, scp = True, False
+        if abstract in asked and abstract in given:
+            scu = asked[abstract].scu_role and given[abstract].scu_role
+            scp = asked[abstract].scp_role and given[abstract].scp_role
+        transfer = UID(answer.transfer_syntax) if answer.result == 0 else None
+        out[answer.context_id] = PresentationContext(
+            answer.context_id, UID(abstract), transfer, answer.result, scu, scp
+        )
+    return out

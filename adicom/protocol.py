@@ -1,0 +1,406 @@
+"""The upper layer connection object: bytes in, events out; primitives in, bytes out.
+
+:class:`UpperLayer` joins the PDU codec (:mod:`adicom.pdu`) and the state
+machine of PS3.8 Table 9-10 (:mod:`adicom.fsm`) in the shape of h11's
+``Connection``: the driver hands it received bytes with :meth:`receive_data`,
+takes :meth:`next_event` until it returns None, calls primitives such as
+:meth:`send_pdata` or :meth:`request_release`, and writes what
+:meth:`data_to_send` returns. It never touches a socket or a clock: time is a
+parameter (``now``), and the ARTIM timer is a deadline the driver reads with
+:meth:`get_timer` and fires with :meth:`handle_timer`.
+
+Every PDU received and every primitive asked for is one event of Table 9-10;
+the action the table names is carried out as its list of effects. A received
+PDU the state does not allow is answered the way the table says (mostly
+AA-8: A-ABORT to the peer, A-P-ABORT to us). A primitive the state does not
+allow is our own bug and raises :class:`~adicom.errors.LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from adicom import fsm
+from adicom.errors import LocalProtocolError, RemoteProtocolError
+from adicom.fsm import Effect, Event, State
+from adicom.pdu import (
+    PDU,
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AReleaseRP,
+    AReleaseRQ,
+    PDataTF,
+    PDUReader,
+    encode_pdata,
+)
+
+__all__ = [
+    "Aborted",
+    "ArtimExpired",
+    "AssociationAccepted",
+    "AssociationRejected",
+    "AssociationRequested",
+    "ConnectionLost",
+    "PDataReceived",
+    "ReleaseConfirmed",
+    "ReleaseRequested",
+    "ULEvent",
+    "UpperLayer",
+]
+
+
+# --------------------------------------------------------------------------
+# Events handed to the driver (named in the past tense, as h2 does)
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationRequested:
+    """A-ASSOCIATE indication: a requestor asks for an association (acceptor side)."""
+
+    request: AAssociateRQ
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationAccepted:
+    """A-ASSOCIATE confirmation, accepted (requestor side)."""
+
+    response: AAssociateAC
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationRejected:
+    """A-ASSOCIATE confirmation, rejected (requestor side)."""
+
+    response: AAssociateRJ
+
+
+@dataclass(frozen=True, slots=True)
+class PDataReceived:
+    """P-DATA indication: one P-DATA-TF PDU's PDVs."""
+
+    pdu: PDataTF
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequested:
+    """A-RELEASE indication: the peer asks to release (answer with respond_release)."""
+
+    collision: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseConfirmed:
+    """A-RELEASE confirmation: the association is released."""
+
+
+@dataclass(frozen=True, slots=True)
+class Aborted:
+    """A-ABORT or A-P-ABORT indication.
+
+    ``source`` and ``reason`` are the A-ABORT PDU's fields (PS3.8 Table 9-26):
+    the one received when ``local`` is False, the one we sent when our upper
+    layer aborted because of what the peer sent (``local`` True).
+    """
+
+    source: int
+    reason: int
+    local: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """A-P-ABORT indication: the transport closed under an open association (AA-4)."""
+
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class ArtimExpired:
+    """The ARTIM timer ran out (Evt18) in ``state``; the transport is to be closed."""
+
+    state: State
+
+
+ULEvent = (
+    AssociationRequested
+    | AssociationAccepted
+    | AssociationRejected
+    | PDataReceived
+    | ReleaseRequested
+    | ReleaseConfirmed
+    | Aborted
+    | ConnectionLost
+    | ArtimExpired
+)
+
+_PDU_EVENTS: dict[type, Event] = {
+    AAssociateAC: Event.EVT3,
+    AAssociateRJ: Event.EVT4,
+    AAssociateRQ: Event.EVT6,
+    PDataTF: Event.EVT10,
+    AReleaseRQ: Event.EVT12,
+    AReleaseRP: Event.EVT13,
+    AAbort: Event.EVT16,
+}
+
+_PDU_NAMES = {
+    AAssociateAC: "A-ASSOCIATE-AC",
+    AAssociateRJ: "A-ASSOCIATE-RJ",
+    AAssociateRQ: "A-ASSOCIATE-RQ",
+    PDataTF: "P-DATA-TF",
+    AReleaseRQ: "A-RELEASE-RQ",
+    AReleaseRP: "A-RELEASE-RP",
+    AAbort: "A-ABORT",
+}
+
+
+class UpperLayer:
+    """One DICOM upper layer connection, without I/O.
+
+    ``max_pdu_length`` is the largest P-DATA-TF PDU we accept (the value we
+    announce in our user information; 0 means no limit). ``artim_timeout`` is
+    how long ARTIM runs (PS3.8 9.1.5): waiting for the A-ASSOCIATE-RQ after a
+    connection arrives, and for the peer to close after a rejection, release
+    or abort.
+    """
+
+    def __init__(
+        self, *, requestor: bool, max_pdu_length: int = 0, artim_timeout: float = 10.0
+    ) -> None:
+        self.requestor = requestor
+        self.artim_timeout = artim_timeout
+        self._fsm = fsm.StateMachine(requestor=requestor)
+        self._reader = PDUReader(max_pdata_length=max_pdu_length)
+        self._reader_failed = False
+        self._events: deque[ULEvent] = deque()
+        self._out: list[bytes | memoryview] = []
+        self._artim_deadline: float | None = None
+        self._close_requested = False
+        self._connect_requested = False
+        self._request: AAssociateRQ | None = None
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The PS3.8 state (Sta1..Sta13)."""
+        return self._fsm.state
+
+    @property
+    def established(self) -> bool:
+        """True in Sta6, where data may be sent both ways."""
+        return self._fsm.state is State.STA6
+
+    @property
+    def close_requested(self) -> bool:
+        """True once an action said to close the transport; the driver closes it."""
+        return self._close_requested
+
+    @property
+    def connect_requested(self) -> bool:
+        """True once AE-1 asked for a transport connection (requestor side)."""
+        return self._connect_requested
+
+    def get_timer(self) -> float | None:
+        """The time at which :meth:`handle_timer` must be called, if any."""
+        return self._artim_deadline
+
+    # -- driver inputs -----------------------------------------------------
+
+    def connection_made(self, now: float) -> None:
+        """The transport is open: Evt2 (requestor) or Evt5 (acceptor)."""
+        self._step(Event.EVT2 if self.requestor else Event.EVT5, now)
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Feed received bytes; whole PDUs become events."""
+        if self._reader_failed or self.state is State.STA1:
+            return
+        reader = self._reader
+        reader.feed(data)
+        while not self._reader_failed and self.state is not State.STA1:
+            try:
+                pdu = reader.next_pdu()
+            except RemoteProtocolError as exc:
+                self._reader_failed = True
+                self._invalid_pdu(exc, now)
+                return
+            if pdu is None:
+                return
+            self._receive_pdu(pdu, now)
+
+    def connection_lost(self, now: float) -> None:
+        """The transport closed (Evt17)."""
+        if self.state is not State.STA1:
+            self._step(Event.EVT17, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire ARTIM (Evt18) if its deadline has passed."""
+        if self._artim_deadline is not None and now >= self._artim_deadline:
+            self._artim_deadline = None
+            state = self.state
+            self._step(Event.EVT18, now)
+            self._events.append(ArtimExpired(state))
+
+    def next_event(self) -> ULEvent | None:
+        """The next indication or confirmation, or None."""
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> list[bytes | memoryview]:
+        """Take the bytes waiting to be written, in order."""
+        out, self._out = self._out, []
+        return out
+
+    # -- primitives (local service user) -----------------------------------
+
+    def request_association(self, request: AAssociateRQ, now: float) -> None:
+        """A-ASSOCIATE request (Evt1); sent once :meth:`connection_made` is called."""
+        self._request = request
+        self._primitive(Event.EVT1, now)
+
+    def accept(self, response: AAssociateAC, now: float) -> None:
+        """A-ASSOCIATE response, accept (Evt7)."""
+        self._primitive(Event.EVT7, now, response)
+
+    def reject(self, response: AAssociateRJ, now: float) -> None:
+        """A-ASSOCIATE response, reject (Evt8)."""
+        self._primitive(Event.EVT8, now, response)
+
+    def send_pdata(self, pdvs: list[tuple[int, int, bytes | memoryview]], now: float) -> None:
+        """P-DATA request (Evt9): one P-DATA-TF PDU of (context, control, data) PDVs."""
+        if self._fsm.state is State.STA6 or self._fsm.state is State.STA8:
+            # The hot path: Sta6 -> DT-1 and Sta8 -> AR-7 both just send the
+            # PDU and stay put, so skip the table and the PDU object.
+            self._out.extend(encode_pdata(pdvs))
+            return
+        self._primitive(Event.EVT9, now, pdvs)
+
+    def request_release(self, now: float) -> None:
+        """A-RELEASE request (Evt11)."""
+        self._primitive(Event.EVT11, now, AReleaseRQ())
+
+    def respond_release(self, now: float) -> None:
+        """A-RELEASE response (Evt14)."""
+        self._primitive(Event.EVT14, now, AReleaseRP())
+
+    def abort(self, now: float, *, source: int = 0, reason: int = 0) -> None:
+        """A-ABORT request (Evt15); a no-op once idle or already closing.
+
+        ``source`` 0 is the service-user; a DIMSE layer aborting because the
+        peer broke its rules may say 2 with a PS3.8 Table 9-26 reason.
+        """
+        if self.state in (State.STA1, State.STA13):
+            return
+        self._primitive(Event.EVT15, now, AAbort(source, reason))
+
+    # -- internals ---------------------------------------------------------
+
+    def _primitive(self, event: Event, now: float, payload: object = None) -> None:
+        try:
+            self._step(event, now, payload)
+        except fsm.InvalidTransition as exc:
+            raise LocalProtocolError(str(exc)) from None
+
+    def _receive_pdu(self, pdu: PDU, now: float) -> None:
+        event = _PDU_EVENTS[type(pdu)]
+        if event is Event.EVT10 and self._fsm.state is State.STA6:
+            # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), stay in Sta6.
+            self._events.append(PDataReceived(pdu))  # type: ignore[arg-type]
+            return
+        acceptable = True
+        if event is Event.EVT6:
+            # AE-6: the service provider checks what it can; a protocol
+            # version without bit 0 set is refused (PS3.8 9.3.2, 9.3.4).
+            acceptable = bool(pdu.protocol_version & 1)  # type: ignore[union-attr]
+        self._step(event, now, pdu, acceptable=acceptable)
+
+    def _invalid_pdu(self, exc: RemoteProtocolError, now: float) -> None:
+        # Evt19: unrecognized or invalid PDU. In most states AA-8 answers
+        # with an A-ABORT whose reason says what was wrong (PS3.8 9.3.8).
+        self._step(Event.EVT19, now, exc)
+
+    def _step(
+        self, event: Event, now: float, payload: object = None, *, acceptable: bool = True
+    ) -> None:
+        old = self._fsm.state
+        transition = self._fsm.step(event, acceptable=acceptable)
+        for effect in transition.effects:
+            self._apply(effect, transition, old, event, now, payload)
+        if transition.new is State.STA1:
+            self._artim_deadline = None
+
+    def _apply(
+        self,
+        effect: Effect,
+        transition: fsm.Transition,
+        old: State,
+        event: Event,
+        now: float,
+        payload: object,
+    ) -> None:
+        out = self._out
+        if effect is Effect.SEND_P_DATA:
+            out.extend(encode_pdata(payload))  # type: ignore[arg-type]
+        elif effect is Effect.INDICATE_DATA:
+            self._events.append(PDataReceived(payload))  # type: ignore[arg-type]
+        elif effect is Effect.CONNECT_TRANSPORT:
+            self._connect_requested = True
+        elif effect is Effect.SEND_ASSOCIATE_RQ:
+            assert self._request is not None
+            out.append(self._request.encode())
+        elif effect in (Effect.SEND_ASSOCIATE_AC, Effect.SEND_RELEASE_RQ, Effect.SEND_RELEASE_RP):
+            out.append(payload.encode())  # type: ignore[attr-defined]
+        elif effect is Effect.SEND_ASSOCIATE_RJ:
+            if isinstance(payload, AAssociateRJ):
+                out.append(payload.encode())
+            else:
+                # AE-6 refused by the provider: protocol version not
+                # supported (result 1, source 2, reason 2; PS3.8 Table 9-21).
+                out.append(AAssociateRJ(1, 2, 2).encode())
+        elif effect is Effect.SEND_ABORT:
+            if isinstance(payload, AAbort):
+                out.append(payload.encode())
+            elif isinstance(payload, RemoteProtocolError):
+                out.append(AAbort(2, payload.abort_reason).encode())
+            else:
+                # AA-1 / AA-7 answering a PDU the state does not expect.
+                out.append(AAbort(2, 2).encode())
+        elif effect is Effect.SEND_ABORT_PROVIDER:
+            reason = payload.abort_reason if isinstance(payload, RemoteProtocolError) else 2
+            out.append(AAbort(2, reason).encode())
+        elif effect is Effect.INDICATE_ASSOCIATE:
+            self._events.append(AssociationRequested(payload))  # type: ignore[arg-type]
+        elif effect is Effect.CONFIRM_ACCEPT:
+            self._events.append(AssociationAccepted(payload))  # type: ignore[arg-type]
+        elif effect is Effect.CONFIRM_REJECT:
+            self._events.append(AssociationRejected(payload))  # type: ignore[arg-type]
+        elif effect is Effect.INDICATE_RELEASE:
+            self._events.append(ReleaseRequested(collision=old is State.STA7))
+        elif effect is Effect.CONFIRM_RELEASE:
+            self._events.append(ReleaseConfirmed())
+        elif effect is Effect.INDICATE_ABORT:
+            if isinstance(payload, AAbort):
+                self._events.append(Aborted(payload.source, payload.reason, local=False))
+            else:
+                self._events.append(ConnectionLost(old))
+        elif effect is Effect.INDICATE_P_ABORT:
+            self._events.append(self._p_abort(old, event, payload))
+        elif effect is Effect.START_ARTIM:
+            self._artim_deadline = now + self.artim_timeout
+        elif effect is Effect.STOP_ARTIM:
+            self._artim_deadline = None
+        elif effect is Effect.CLOSE_TRANSPORT:
+            self._close_requested = True
+        # TRANSPORT_RESPONSE (AE-5) and IGNORE (AA-6) need nothing from us:
+        # the driver accepted the connection before telling us about it.
+
+    def _p_abort(self, old: State, event: Event, payload: object) -> Aborted | ConnectionLost:
+        if event is Event.EVT17:
+            return ConnectionLost(old)
+        if isinstance(payload, RemoteProtocolError):
+            return Aborted(2, payload.abort_reason, local=True, detail=str(payload))
+        name = _PDU_NAMES.get(type(payload), "PDU")
+        return Aborted(2, 2, local=True, detail=f"unexpected {name} in {old.name.title()}")

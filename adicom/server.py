@@ -1,0 +1,335 @@
+"""The acceptor side: :class:`Server` accepts associations and serves DIMSE requests.
+
+One task per association, all on one event loop: negotiation, then a loop
+over the requests. An association that breaks the protocol is aborted and
+logged; the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from adicom.association import (
+    DEFAULT_MAX_PDU,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    Association,
+    Message,
+)
+from adicom.dimse import CommandField
+from adicom.errors import AssociationError, DicomError, DicomTimeout
+from adicom.pdu import (
+    APPLICATION_CONTEXT,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AsyncOperationsWindow,
+    UserIdentityAC,
+    UserIdentityRQ,
+    UserInformation,
+)
+from adicom.presentation import (
+    DEFAULT_TRANSFER_SYNTAXES,
+    VERIFICATION,
+    accept_contexts,
+    accept_roles,
+    negotiated,
+)
+
+__all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
+
+log = logging.getLogger("adicom")
+
+#: Decides a user identity (PS3.7 D.3.3.7): return None to reject the
+#: association, or the server response bytes to accept (b"" when none).
+UserIdentityHook = Callable[[UserIdentityRQ, "AssociationInfo"], Awaitable[bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationInfo:
+    """Who is asking: what the server knows when it decides on a request."""
+
+    calling_ae: str
+    called_ae: str
+    address: tuple[str, int] | None
+    request: AAssociateRQ
+
+
+# PS3.8 Table 9-21 answers, (result, source, reason).
+_RJ_CALLED_AE = AAssociateRJ(1, 1, 7)
+_RJ_CALLING_AE = AAssociateRJ(1, 1, 3)
+_RJ_APPLICATION_CONTEXT = AAssociateRJ(1, 1, 2)
+_RJ_NO_REASON = AAssociateRJ(1, 1, 1)
+_RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
+
+
+class Server:
+    """A DICOM SCP listening on ``host:port``.
+
+    Use it as an async context manager: the server listens when the block
+    starts and stops, aborting open associations, when it ends::
+
+        async with Server("ADICOM", port=11112) as server:
+            await server.serve_forever()
+
+    ``port`` 0 picks a free port; read it back from :attr:`port`.
+    Associations calling another AE title are rejected unless
+    ``require_called_ae`` is False; ``allowed_calling_aes``, when given, is
+    the list of calling AE titles let in. Beyond ``max_associations`` open
+    associations, new requests are rejected as transient.
+    """
+
+    def __init__(
+        self,
+        ae_title: str = "ADICOM",
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        *,
+        require_called_ae: bool = True,
+        allowed_calling_aes: Iterable[str] | None = None,
+        max_associations: int = 500,
+        max_pdu: int = DEFAULT_MAX_PDU,
+        artim_timeout: float = 10.0,
+        dimse_timeout: float | None = 30.0,
+        transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+        user_identity: UserIdentityHook | None = None,
+    ) -> None:
+        if not 0 < len(ae_title.strip()) <= 16:
+            raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
+        self.ae_title = ae_title.strip()
+        self.host = host
+        self._requested_port = port
+        self.require_called_ae = require_called_ae
+        self.allowed_calling_aes = (
+            None if allowed_calling_aes is None else {a.strip() for a in allowed_calling_aes}
+        )
+        self.max_associations = max_associations
+        self.max_pdu = max_pdu
+        self.artim_timeout = artim_timeout
+        self.dimse_timeout = dimse_timeout
+        self.user_identity = user_identity
+        #: Abstract syntax -> transfer syntaxes we take, most preferred first.
+        self.supported: dict[str, Sequence[str]] = {VERIFICATION: tuple(transfer_syntaxes)}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._associations: set[Association] = set()
+        #: How many associations were accepted, rejected and aborted so far.
+        self.stats = {"accepted": 0, "rejected": 0, "aborted": 0, "released": 0}
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (useful after ``port=0``)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the server is not listening")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        """Start listening."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_connection, self.host, self._requested_port, reuse_address=True
+        )
+        log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
+
+    async def close(self) -> None:
+        """Stop listening, abort open associations and wait for their tasks."""
+        if self._server is not None:
+            self._server.close()
+        for association in list(self._associations):
+            association.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        if self._server is None:
+            await self.start()
+        await asyncio.Event().wait()
+
+    # -- per association --------------------------------------------------------
+
+    def _new_connection(self) -> asyncio.BufferedProtocol:
+        association = Association(
+            requestor=False,
+            max_pdu=self.max_pdu,
+            artim_timeout=self.artim_timeout,
+            dimse_timeout=self.dimse_timeout,
+        )
+        request_seen: asyncio.Future[AAssociateRQ] = asyncio.get_running_loop().create_future()
+
+        def on_request(request: AAssociateRQ) -> None:
+            if not request_seen.done():
+                request_seen.set_result(request)
+
+        association.on_request = on_request
+        task = asyncio.get_running_loop().create_task(self._serve(association, request_seen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return association._handle_transport()()
+
+    async def _serve(
+        self, association: Association, request_seen: asyncio.Future[AAssociateRQ]
+    ) -> None:
+        self._associations.add(association)
+        try:
+            request = await self._wait_request(association, request_seen)
+            if request is None:
+                return
+            if not await self._negotiate(association, request):
+                return
+            await self._handle_requests(association)
+        except asyncio.CancelledError:
+            association.abort()
+            raise
+        except DicomError as exc:
+            self.stats["aborted"] += 1
+            log.info("association from %s ended: %s", association.calling_ae or "?", exc)
+            association.abort()
+        except Exception:
+            self.stats["aborted"] += 1
+            log.exception("error serving %s; aborting", association.calling_ae or "?")
+            association.abort()
+        finally:
+            self._associations.discard(association)
+            await association.wait_closed(self.artim_timeout)
+
+    async def _wait_request(
+        self, association: Association, request_seen: asyncio.Future[AAssociateRQ]
+    ) -> AAssociateRQ | None:
+        # ARTIM (in the core) bounds this wait: if it fires, the connection
+        # closes and `closed` finishes first.
+        closed = association._closed
+        await asyncio.wait([request_seen, closed], return_when=asyncio.FIRST_COMPLETED)
+        if request_seen.done():
+            return request_seen.result()
+        request_seen.cancel()
+        log.info("connection from %s closed before an association", association.peer_address)
+        return None
+
+    async def _negotiate(self, association: Association, request: AAssociateRQ) -> bool:
+        now = asyncio.get_running_loop().time
+        info = AssociationInfo(
+            request.calling_ae, request.called_ae, association.peer_address, request
+        )
+        rejection = self._check_request(request)
+        identity_response: bytes | None = None
+        user = request.user_information
+        if rejection is None and self.user_identity and user.user_identity_rq is not None:
+            identity_response = await self.user_identity(user.user_identity_rq, info)
+            if identity_response is None:
+                rejection = _RJ_NO_REASON
+        answers = accept_contexts(request.presentation_contexts, self.supported)
+        if rejection is None and not any(a.result == 0 for a in answers):
+            rejection = _RJ_NO_REASON
+        if rejection is not None:
+            self.stats["rejected"] += 1
+            log.info(
+                "rejecting association from %s to %s: %s",
+                request.calling_ae, request.called_ae, _describe(rejection),
+            )
+            association._ul.reject(rejection, now())
+            association._after_io()
+            return False
+        roles = accept_roles(
+            user.role_selections, (pc.abstract_syntax for pc in request.presentation_contexts)
+        )
+        identity_ac = None
+        if (
+            identity_response is not None
+            and user.user_identity_rq is not None
+            and user.user_identity_rq.positive_response_requested
+        ):
+            identity_ac = UserIdentityAC(identity_response)
+        response = AAssociateAC(
+            called_ae=request.called_ae,
+            calling_ae=request.calling_ae,
+            presentation_contexts=tuple(answers),
+            user_information=UserInformation(
+                maximum_length=self.max_pdu,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                # We perform one operation at a time, so answer 1/1 whatever
+                # was asked (PS3.7 D.3.3.3).
+                async_operations_window=(
+                    AsyncOperationsWindow(1, 1) if user.async_operations_window else None
+                ),
+                role_selections=roles,
+                user_identity_ac=identity_ac,
+            ),
+        )
+        association.response = response
+        association.peer_max_pdu = user.maximum_length
+        association.contexts = negotiated(
+            request.presentation_contexts, answers, user.role_selections, roles
+        )
+        association._ul.accept(response, now())
+        association._after_io()
+        self.stats["accepted"] += 1
+        log.debug("accepted association from %s", request.calling_ae)
+        return True
+
+    def _check_request(self, request: AAssociateRQ) -> AAssociateRJ | None:
+        if self.require_called_ae and request.called_ae != self.ae_title:
+            return _RJ_CALLED_AE
+        if self.allowed_calling_aes is not None and (
+            request.calling_ae not in self.allowed_calling_aes
+        ):
+            return _RJ_CALLING_AE
+        if request.application_context != APPLICATION_CONTEXT:
+            return _RJ_APPLICATION_CONTEXT
+        if len(self._associations) > self.max_associations:
+            return _RJ_TOO_MANY
+        return None
+
+    async def _handle_requests(self, association: Association) -> None:
+        while True:
+            message = await association.receive_request()
+            if message is None:
+                self.stats["released"] += 1
+                return
+            await self._dispatch(association, message)
+
+    async def _dispatch(self, association: Association, message: Message) -> None:
+        field = message.command.command_field
+        if field == CommandField.C_ECHO_RQ:
+            # PS3.4 A.4: the Verification SCP answers Success.
+            await association.respond(message, 0x0000)
+        elif field == CommandField.C_CANCEL_RQ:
+            return  # nothing outstanding to cancel yet
+        else:
+            # PS3.7 C.5.5? no: status 0x0211 "unrecognized operation" (PS3.7 Annex C).
+            await association.respond(message, 0x0211)
+
+
+def _describe(rj: AAssociateRJ) -> str:
+    from adicom.errors import describe_reject
+
+    return describe_reject(rj.result, rj.source, rj.reason)
+
+
+# Mapping is re-exported for type hints of `supported` in subclasses.
+_ = (Mapping, AssociationError, DicomTimeout)
