@@ -32,13 +32,14 @@ from adicom.dimse import (
     CommandField,
     CommandReceived,
     MessageAssembler,
+    StatusCategory,
     fragment_message,
     status_category,
-    StatusCategory,
 )
 from adicom.errors import (
     AssociationAborted,
     AssociationError,
+    AssociationRejected,
     ConnectionClosed,
     DicomError,
     DicomTimeout,
@@ -179,6 +180,7 @@ class Association:
         max_pdu: int = DEFAULT_MAX_PDU,
         artim_timeout: float = 10.0,
         dimse_timeout: float | None = 30.0,
+        idle_timeout: float | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ul = ul.UpperLayer(
@@ -187,6 +189,10 @@ class Association:
         self.requestor = requestor
         self.max_pdu = max_pdu
         self.dimse_timeout = dimse_timeout
+        #: Abort when nothing at all arrives for this long (None: never).
+        self.idle_timeout = idle_timeout
+        self._last_received = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
         #: Negotiated presentation contexts by ID (accepted and rejected).
         self.contexts: dict[int, PresentationContext] = {}
         #: The largest P-DATA-TF PDU the peer accepts (0: no limit).
@@ -257,21 +263,25 @@ class Association:
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        self._last_received = self._loop.time()
+        self._arm_idle_timer()
         if not self.requestor:
             # Evt5. The requestor's Evt2 follows its Evt1 in _request().
             self._ul.connection_made(self._loop.time())
             self._after_io()
 
     def _data_received(self, data: memoryview) -> None:
+        self._last_received = self._loop.time()
         self._ul.receive_data(data, self._loop.time())
         self._after_io()
 
     def _connection_lost(self, exc: Exception | None) -> None:
         self._ul.connection_lost(self._loop.time())
         self._process_events()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._idle_timer = None
         if self._error is None and not self._ended_normally():
             self._set_error(ConnectionClosed("the peer closed the connection"))
         self._fail_all(self._error or ConnectionClosed("the association has ended"))
@@ -290,6 +300,27 @@ class Association:
             waiter = self._drain_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _arm_idle_timer(self) -> None:
+        if self.idle_timeout is not None:
+            at = self._last_received + self.idle_timeout
+            self._idle_timer = self._loop.call_at(at, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        # Re-armed lazily: received data only moves _last_received, so the
+        # hot path never touches the timer.
+        self._idle_timer = None
+        if self._closed.done() or self.idle_timeout is None:
+            return
+        if self._loop.time() - self._last_received < self.idle_timeout:
+            self._arm_idle_timer()
+            return
+        log.warning(
+            "nothing received from %s for %g s; aborting", self.calling_ae, self.idle_timeout
+        )
+        self._set_error(DicomTimeout("idle", self.idle_timeout, "nothing received from the peer"))
+        self._ul.abort(self._loop.time())
+        self._close_soon()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -316,7 +347,8 @@ class Association:
             return
         if data:
             transport.writelines(data)
-        if self._ul.close_requested and not transport.is_closing():
+        ul_ = self._ul
+        if (ul_.close_requested or ul_.abort_sent) and not transport.is_closing():
             transport.close()
 
     def _process_events(self) -> None:
@@ -388,8 +420,7 @@ class Association:
                 context = contexts.get(pdv.context_id)
                 if context is None or not context.accepted:
                     raise RemoteProtocolError(
-                        f"PDV on presentation context {pdv.context_id}, "
-                        "which was not accepted",
+                        f"PDV on presentation context {pdv.context_id}, which was not accepted",
                         abort_reason=6,
                     )
                 event = feed(pdv.context_id, pdv.is_command, pdv.is_last, pdv.data)
@@ -437,7 +468,7 @@ class Association:
     def _ended_normally(self) -> bool:
         # Released, or never associated at all (a rejected request ends with
         # a close that is no error either).
-        return self._released or self._ul.state is State.STA1 and self.response is None
+        return self._released or (self._ul.state is State.STA1 and self.response is None)
 
     def _set_error(self, error: DicomError) -> None:
         if self._error is None:
@@ -540,9 +571,7 @@ class Association:
             raise DimseError(status, "C-ECHO failed")
         return status
 
-    async def respond(
-        self, request: Message, status: int, **fields: Any
-    ) -> None:
+    async def respond(self, request: Message, status: int, **fields: Any) -> None:
         """Send the response to ``request`` with ``status`` (and extra command fields)."""
         command = Command(
             request.command.command_field | 0x8000,
@@ -568,8 +597,6 @@ class Association:
         event = await self._with_timeout(self._association_answer, "association", timeout)
         if isinstance(event, ul.AssociationRejected):
             rj: AAssociateRJ = event.response
-            from adicom.errors import AssociationRejected
-
             raise AssociationRejected(rj.result, rj.source, rj.reason)
         self.response = event.response
 

@@ -109,8 +109,10 @@ async def _serve(args: argparse.Namespace) -> int:
     async with Server(
         args.aet, host=args.host, port=args.port, max_associations=args.max_associations
     ) as server:
-        print(f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
-              flush=True)
+        print(
+            f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
+            flush=True,
+        )
         await stop.wait()
         print(f"adicom serve: stopping ({server.stats})", flush=True)
     return EXIT_OK

@@ -19,8 +19,12 @@ from adicom.association import (
     Association,
 )
 from adicom.errors import DicomTimeout, PeerUnreachable
-from adicom.pdu import AAssociateRQ, AsyncOperationsWindow, RoleSelection, UserIdentityRQ
-from adicom.pdu import UserInformation
+from adicom.pdu import (
+    AAssociateRQ,
+    RoleSelection,
+    UserIdentityRQ,
+    UserInformation,
+)
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
     VERIFICATION,
@@ -78,8 +82,9 @@ async def open_association(
             user_identity_rq=user_identity,
         ),
     )
-    association = Association(requestor=True, max_pdu=max_pdu, dimse_timeout=timeout,
-                              artim_timeout=artim_timeout)
+    association = Association(
+        requestor=True, max_pdu=max_pdu, dimse_timeout=timeout, artim_timeout=artim_timeout
+    )
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(connect_timeout):
@@ -107,8 +112,11 @@ async def open_association(
     )
     log.debug(
         "associated with %s at %s:%d (%d of %d contexts accepted)",
-        called_ae, host, port,
-        sum(c.accepted for c in association.contexts.values()), len(proposed),
+        called_ae,
+        host,
+        port,
+        sum(c.accepted for c in association.contexts.values()),
+        len(proposed),
     )
     return association
 
@@ -136,9 +144,16 @@ async def connect(
             await assoc.echo()
     """
     association = await open_association(
-        host, port, calling_ae=calling_ae, called_ae=called_ae, contexts=contexts,
-        roles=roles, user_identity=user_identity, max_pdu=max_pdu,
-        connect_timeout=connect_timeout, timeout=timeout,
+        host,
+        port,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        contexts=contexts,
+        roles=roles,
+        user_identity=user_identity,
+        max_pdu=max_pdu,
+        connect_timeout=connect_timeout,
+        timeout=timeout,
     )
     try:
         yield association
@@ -146,7 +161,3 @@ async def connect(
         association.abort()
         raise
     await association.release(timeout)
-
-
-# Keep AsyncOperationsWindow importable from here for callers that negotiate it.
-_ = AsyncOperationsWindow

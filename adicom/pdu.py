@@ -24,6 +24,7 @@ Nothing here does I/O, keeps time or imports asyncio.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeAlias
 
@@ -675,7 +676,7 @@ PDU: TypeAlias = (
     AAssociateRQ | AAssociateAC | AAssociateRJ | PDataTF | AReleaseRQ | AReleaseRP | AAbort
 )
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[memoryview], PDU]] = {
     0x01: AAssociateRQ.decode,
     0x02: AAssociateAC.decode,
     0x03: AAssociateRJ.decode,

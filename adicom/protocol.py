@@ -180,6 +180,7 @@ class UpperLayer:
         self._out: list[bytes | memoryview] = []
         self._artim_deadline: float | None = None
         self._close_requested = False
+        self._abort_sent = False
         self._connect_requested = False
         self._request: AAssociateRQ | None = None
 
@@ -199,6 +200,15 @@ class UpperLayer:
     def close_requested(self) -> bool:
         """True once an action said to close the transport; the driver closes it."""
         return self._close_requested
+
+    @property
+    def abort_sent(self) -> bool:
+        """True once an A-ABORT PDU was queued (AA-1, AA-7, AA-8).
+
+        The table then waits in Sta13 for the peer to close; a driver may
+        close as soon as the A-ABORT is written instead.
+        """
+        return self._abort_sent
 
     @property
     def connect_requested(self) -> bool:
@@ -221,7 +231,7 @@ class UpperLayer:
             return
         reader = self._reader
         reader.feed(data)
-        while not self._reader_failed and self.state is not State.STA1:
+        while not self._reader_failed and self._fsm.state is not State.STA1:
             try:
                 pdu = reader.next_pdu()
             except RemoteProtocolError as exc:
@@ -361,6 +371,7 @@ class UpperLayer:
                 # supported (result 1, source 2, reason 2; PS3.8 Table 9-21).
                 out.append(AAssociateRJ(1, 2, 2).encode())
         elif effect is Effect.SEND_ABORT:
+            self._abort_sent = True
             if isinstance(payload, AAbort):
                 out.append(payload.encode())
             elif isinstance(payload, RemoteProtocolError):
@@ -369,6 +380,7 @@ class UpperLayer:
                 # AA-1 / AA-7 answering a PDU the state does not expect.
                 out.append(AAbort(2, 2).encode())
         elif effect is Effect.SEND_ABORT_PROVIDER:
+            self._abort_sent = True
             reason = payload.abort_reason if isinstance(payload, RemoteProtocolError) else 2
             out.append(AAbort(2, reason).encode())
         elif effect is Effect.INDICATE_ASSOCIATE:

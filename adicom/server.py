@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from adicom.association import (
     DEFAULT_MAX_PDU,
@@ -21,7 +22,7 @@ from adicom.association import (
     Message,
 )
 from adicom.dimse import CommandField
-from adicom.errors import AssociationError, DicomError, DicomTimeout
+from adicom.errors import DicomError, describe_reject
 from adicom.pdu import (
     APPLICATION_CONTEXT,
     AAssociateAC,
@@ -80,7 +81,10 @@ class Server:
     Associations calling another AE title are rejected unless
     ``require_called_ae`` is False; ``allowed_calling_aes``, when given, is
     the list of calling AE titles let in. Beyond ``max_associations`` open
-    associations, new requests are rejected as transient.
+    associations, new requests are rejected as transient. An association
+    from which nothing arrives for ``idle_timeout`` seconds is aborted;
+    ``artim_timeout`` bounds the wait for the A-ASSOCIATE-RQ after a
+    connection opens (PS3.8 9.1.5).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class Server:
         max_pdu: int = DEFAULT_MAX_PDU,
         artim_timeout: float = 10.0,
         dimse_timeout: float | None = 30.0,
+        idle_timeout: float | None = 60.0,
         transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
         user_identity: UserIdentityHook | None = None,
     ) -> None:
@@ -111,6 +116,7 @@ class Server:
         self.max_pdu = max_pdu
         self.artim_timeout = artim_timeout
         self.dimse_timeout = dimse_timeout
+        self.idle_timeout = idle_timeout
         self.user_identity = user_identity
         #: Abstract syntax -> transfer syntaxes we take, most preferred first.
         self.supported: dict[str, Sequence[str]] = {VERIFICATION: tuple(transfer_syntaxes)}
@@ -178,6 +184,7 @@ class Server:
             max_pdu=self.max_pdu,
             artim_timeout=self.artim_timeout,
             dimse_timeout=self.dimse_timeout,
+            idle_timeout=self.idle_timeout,
         )
         request_seen: asyncio.Future[AAssociateRQ] = asyncio.get_running_loop().create_future()
 
@@ -222,8 +229,9 @@ class Server:
     ) -> AAssociateRQ | None:
         # ARTIM (in the core) bounds this wait: if it fires, the connection
         # closes and `closed` finishes first.
-        closed = association._closed
-        await asyncio.wait([request_seen, closed], return_when=asyncio.FIRST_COMPLETED)
+        closed: asyncio.Future[None] = association._closed
+        waiting: list[asyncio.Future[Any]] = [request_seen, closed]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if request_seen.done():
             return request_seen.result()
         request_seen.cancel()
@@ -249,7 +257,9 @@ class Server:
             self.stats["rejected"] += 1
             log.info(
                 "rejecting association from %s to %s: %s",
-                request.calling_ae, request.called_ae, _describe(rejection),
+                request.calling_ae,
+                request.called_ae,
+                _describe(rejection),
             )
             association._ul.reject(rejection, now())
             association._after_io()
@@ -321,15 +331,9 @@ class Server:
         elif field == CommandField.C_CANCEL_RQ:
             return  # nothing outstanding to cancel yet
         else:
-            # PS3.7 C.5.5? no: status 0x0211 "unrecognized operation" (PS3.7 Annex C).
+            # Status 0x0211 "unrecognized operation" (PS3.7 C.5.x general statuses).
             await association.respond(message, 0x0211)
 
 
 def _describe(rj: AAssociateRJ) -> str:
-    from adicom.errors import describe_reject
-
     return describe_reject(rj.result, rj.source, rj.reason)
-
-
-# Mapping is re-exported for type hints of `supported` in subclasses.
-_ = (Mapping, AssociationError, DicomTimeout)

@@ -1,0 +1,42 @@
+"""Fixtures of the interoperability tests: the async backend and the peer servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.interop import peers
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def pynetdicom_scp() -> Iterator[peers.Peer]:
+    """A pynetdicom Verification SCP process (checks the called AE title)."""
+    with peers.pynetdicom_echo_scp() as peer:
+        yield peer
+
+
+@pytest.fixture
+def dcmtk_storescp() -> Iterator[peers.Peer]:
+    """A DCMTK storescp process (accepts any called AE title)."""
+    with peers.dcmtk_storescp() as peer:
+        yield peer
+
+
+@pytest.fixture
+def dcmtk_dcmqrscp() -> Iterator[peers.Peer]:
+    """A DCMTK dcmqrscp process (checks the called AE title)."""
+    with peers.dcmtk_dcmqrscp() as peer:
+        yield peer
+
+
+@pytest.fixture
+def adicom_serve() -> Iterator[peers.Peer]:
+    """``adicom serve`` as a process, AE title "ADICOM"."""
+    with peers.adicom_serve("ADICOM") as peer:
+        yield peer

@@ -1,0 +1,40 @@
+"""A pynetdicom Verification SCP, run as a peer process by the interop tests.
+
+Usage: python pynetdicom_echo_scp.py --port PORT [--host 127.0.0.1] [--aet TITLE]
+
+The called AE title of every association request must equal --aet, otherwise
+the association is rejected with result 1, source 1, reason 7
+(rejected-permanent, service-user, called-AE-title-not-recognized).
+Serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--aet", default="PYNETDICOM")
+    args = parser.parse_args()
+
+    ae = AE(ae_title=args.aet)
+    ae.require_called_aet = True
+    ae.add_supported_context(Verification)
+    # Bounded waits inside the peer too, so a stuck test cannot hang it forever.
+    ae.acse_timeout = 10
+    ae.dimse_timeout = 10
+    ae.network_timeout = 10
+    print(f"pynetdicom echo scp: AE {args.aet!r} on {args.host}:{args.port}", flush=True)
+    ae.start_server((args.host, args.port), block=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

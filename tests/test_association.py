@@ -1,0 +1,452 @@
+"""The asyncio driver over loopback: associations, release, abort, timers, bad peers.
+
+Raw peers here are asyncio streams written by the test, so every byte on the
+wire is chosen; each ends with an assertion on what adicom sent back, what it
+raised, and that the server still serves the next association.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import pathlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+import adicom
+from adicom.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    ConnectionClosed,
+    DicomTimeout,
+    PeerUnreachable,
+)
+from adicom.pdu import (
+    PDV,
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AReleaseRQ,
+    PDataTF,
+    PDUReader,
+    PresentationContextAC,
+    PresentationContextRQ,
+    UserIdentityRQ,
+    UserInformation,
+)
+from adicom.presentation import VERIFICATION
+
+pytestmark = pytest.mark.anyio
+
+#: How long a test waits for the server to close a connection it should close.
+CLOSE_BOUND = 5.0
+
+ECHO_RQ = AAssociateRQ(
+    called_ae="ADICOM",
+    calling_ae="RAW",
+    presentation_contexts=(PresentationContextRQ(1, VERIFICATION, ("1.2.840.10008.1.2",)),),
+    user_information=UserInformation(16384, "1.2.3.4"),
+)
+
+
+@contextlib.asynccontextmanager
+async def serving(**options: object) -> AsyncIterator[adicom.Server]:
+    async with adicom.Server("ADICOM", port=0, **options) as server:  # type: ignore[arg-type]
+        yield server
+
+
+async def echo_works(server: adicom.Server) -> None:
+    async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
+        assert await assoc.echo() == 0
+
+
+async def read_pdus(reader: asyncio.StreamReader, limit: float = CLOSE_BOUND) -> list[object]:
+    """Read what the peer sends until it closes; fails if it does not close in time."""
+    pdus: list[object] = []
+    decoder = PDUReader()
+    async with asyncio.timeout(limit):
+        while chunk := await reader.read(65536):
+            decoder.feed(chunk)
+            while (pdu := decoder.next_pdu()) is not None:
+                pdus.append(pdu)
+    return pdus
+
+
+async def raw(server: adicom.Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", server.port)
+
+
+async def test_echo_and_release_without_threads() -> None:
+    assert threading.active_count() == 1
+    async with serving() as server:
+        async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
+            assert threading.active_count() == 1
+            assert await assoc.echo() == 0x0000
+            assert threading.active_count() == 1
+            assert assoc.is_established
+        assert assoc.state.name == "STA1"
+        assert server.stats["accepted"] == 1
+    assert threading.active_count() == 1
+
+
+def test_library_imports_no_threads() -> None:
+    forbidden = {"threading", "concurrent", "concurrent.futures", "_thread", "multiprocessing"}
+    root = pathlib.Path(adicom.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Attribute) and node.attr in (
+                "to_thread",
+                "run_in_executor",
+            ):
+                names = [node.attr]
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in forbidden]
+            found += [f"{path.name}: {n}" for n in names if n in ("to_thread", "run_in_executor")]
+    assert found == []
+
+
+async def test_many_concurrent_associations_on_one_loop() -> None:
+    async with serving() as server:
+        await asyncio.gather(*(echo_works(server) for _ in range(50)))
+        assert server.stats["accepted"] == 50
+        assert server.stats["released"] == 50
+
+
+@pytest.mark.parametrize(
+    ("options", "called", "calling", "expected"),
+    [
+        ({}, "WRONG", "ADICOM", (1, 1, 7)),
+        ({"allowed_calling_aes": ["FRIEND"]}, "ADICOM", "STRANGER", (1, 1, 3)),
+        ({"max_associations": -1}, "ADICOM", "ADICOM", (2, 3, 2)),
+    ],
+)
+async def test_rejections_carry_the_standard_reason(
+    options: dict[str, object], called: str, calling: str, expected: tuple[int, int, int]
+) -> None:
+    async with serving(**options) as server:
+        with pytest.raises(AssociationRejected) as info:
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae=called, calling_ae=calling
+            ):
+                pass
+        assert (info.value.result, info.value.source, info.value.reason) == expected
+        assert server.stats["rejected"] == 1
+
+
+async def test_no_acceptable_context_is_rejected_and_named() -> None:
+    async with serving() as server:
+        with pytest.raises(AssociationRejected) as info:
+            async with adicom.connect(
+                "127.0.0.1",
+                server.port,
+                called_ae="ADICOM",
+                contexts=[("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2"])],
+            ):
+                pass
+        assert (info.value.result, info.value.source, info.value.reason) == (1, 1, 1)
+        assert "no-reason-given" in str(info.value)
+
+
+async def test_user_identity_hook_accepts_and_rejects() -> None:
+    seen: list[bytes] = []
+
+    async def check(identity: UserIdentityRQ, info: object) -> bytes | None:
+        seen.append(identity.primary_field)
+        return b"welcome" if identity.secondary_field == b"secret" else None
+
+    async with serving(user_identity=check) as server:
+        good = UserIdentityRQ(2, b"alice", b"secret", positive_response_requested=True)
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ADICOM", user_identity=good
+        ) as assoc:
+            assert assoc.response is not None
+            ac = assoc.response.user_information.user_identity_ac
+            assert ac is not None and ac.server_response == b"welcome"
+        bad = UserIdentityRQ(2, b"mallory", b"guess")
+        with pytest.raises(AssociationRejected):
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="ADICOM", user_identity=bad
+            ):
+                pass
+        assert seen == [b"alice", b"mallory"]
+
+
+async def test_transfer_syntax_chosen_by_acceptor_preference() -> None:
+    async with (
+        serving(transfer_syntaxes=["1.2.840.10008.1.2"]) as server,
+        adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="ADICOM",
+            contexts=[(VERIFICATION, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])],
+        ) as assoc,
+    ):
+        (context,) = assoc.contexts.values()
+        assert context.transfer_syntax == "1.2.840.10008.1.2"
+
+
+async def test_client_abort_is_seen_by_server_which_goes_on() -> None:
+    async with serving() as server:
+        with pytest.raises(RuntimeError):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
+                await assoc.echo()
+                raise RuntimeError("the caller's own failure")
+        # The server saw an A-ABORT, not a release.
+        for _ in range(100):
+            if server.stats["aborted"]:
+                break
+            await asyncio.sleep(0.01)
+        assert server.stats["aborted"] == 1 and server.stats["released"] == 0
+        await echo_works(server)
+
+
+async def test_server_close_aborts_open_association() -> None:
+    async with serving() as server:
+        port = server.port
+        assoc = await adicom.open_association("127.0.0.1", port, called_ae="ADICOM")
+        await server.close()
+        with pytest.raises(AssociationAborted) as info:
+            await assoc.echo()
+        assert info.value.source == 0  # service-user abort by the server
+        await assoc.wait_closed(CLOSE_BOUND)
+
+
+async def test_connection_refused_is_peer_unreachable() -> None:
+    async with serving() as server:
+        port = server.port
+    with pytest.raises(PeerUnreachable, match="Connection refused"):
+        async with adicom.connect("127.0.0.1", port):
+            pass
+
+
+# -- timers -------------------------------------------------------------------
+
+
+async def test_artim_closes_a_connection_that_never_asks() -> None:
+    async with serving(artim_timeout=0.2) as server:
+        reader, writer = await raw(server)
+        assert await read_pdus(reader) == []  # closed, without a word, within the bound
+        writer.close()
+        await echo_works(server)
+
+
+async def test_idle_association_is_aborted() -> None:
+    async with serving(idle_timeout=0.3) as server:
+        assoc = await adicom.open_association("127.0.0.1", server.port, called_ae="ADICOM")
+        await assoc.wait_closed(CLOSE_BOUND)
+        with pytest.raises(AssociationAborted):
+            await assoc.echo()
+        await echo_works(server)
+
+
+async def test_association_timeout_when_the_peer_never_answers() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                await reader.read()  # never answers; returns when the client gives up
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        with pytest.raises(DicomTimeout) as info:
+            async with adicom.connect("127.0.0.1", port, timeout=0.2):
+                pass
+        assert info.value.which == "association"
+
+
+async def test_dimse_timeout_when_no_response_comes() -> None:
+    peer = FakePeer(answer=lambda rq: [accept(rq)])
+    async with peer.running() as port, adicom.connect("127.0.0.1", port, timeout=0.3) as assoc:
+        with pytest.raises(DicomTimeout) as info:
+            await assoc.echo()
+        assert info.value.which == "DIMSE"
+        assoc.abort()  # leave the block without waiting on a release answer
+
+
+# -- bad input sent to the server ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1),  # not a PDU at all
+        (bytes([0x08, 0, 0, 0, 0, 4, 0, 0, 0, 0]), 1),  # a PDU type the standard lacks
+        (bytes([0x01, 0, 0, 0, 0, 10]) + bytes(10), 6),  # length too short for its fields
+        (bytes([0x01, 0, 0xFF, 0xFF, 0xFF, 0xFF]), 6),  # claims 4 GiB
+        (AReleaseRQ().encode(), 2),  # unexpected for the state (nothing associated yet)
+    ],
+    ids=["http", "unknown-type", "length-short", "length-4GiB", "unexpected"],
+)
+async def test_bad_bytes_before_association_get_abort_and_close(data: bytes, reason: int) -> None:
+    async with serving() as server:
+        reader, writer = await raw(server)
+        writer.write(data)
+        pdus = await read_pdus(reader)
+        assert pdus == [AAbort(2, reason)]
+        writer.close()
+        await echo_works(server)
+
+
+async def test_length_that_lies_long_then_silence_hits_artim() -> None:
+    async with serving(artim_timeout=0.3) as server:
+        reader, writer = await raw(server)
+        encoded = ECHO_RQ.encode()
+        writer.write(encoded[:6] + encoded[6:20])  # the header promises more than comes
+        assert await read_pdus(reader) == []
+        writer.close()
+        await echo_works(server)
+
+
+async def test_unexpected_pdu_after_association_is_aborted() -> None:
+    async with serving() as server:
+        reader, writer = await raw(server)
+        writer.write(ECHO_RQ.encode())
+        decoder = PDUReader()
+        async with asyncio.timeout(CLOSE_BOUND):
+            while (answer := decoder.next_pdu()) is None:
+                decoder.feed(await reader.read(65536))
+        assert isinstance(answer, AAssociateAC)
+        writer.write(ECHO_RQ.encode())  # a second A-ASSOCIATE-RQ in Sta6
+        assert await read_pdus(reader) == [AAbort(2, 2)]
+        writer.close()
+        await echo_works(server)
+
+
+async def test_peer_vanishing_mid_pdu_leaves_server_serving() -> None:
+    async with serving() as server:
+        reader, writer = await raw(server)
+        writer.write(ECHO_RQ.encode())
+        await reader.read(65536)  # the A-ASSOCIATE-AC
+        # A P-DATA-TF header promising 256 bytes, then 7 of them.
+        writer.write(bytes([0x04, 0, 0, 0, 0x01, 0x00]) + b"partial")
+        await writer.drain()
+        writer.transport.abort()  # vanish: RST, no release, no abort
+        for _ in range(100):
+            if server.stats["aborted"]:
+                break
+            await asyncio.sleep(0.01)
+        assert server.stats["aborted"] == 1
+        await echo_works(server)
+
+
+async def test_pdv_on_a_context_that_was_not_accepted_is_aborted() -> None:
+    async with serving() as server:
+        reader, writer = await raw(server)
+        writer.write(ECHO_RQ.encode())
+        await reader.read(65536)
+        writer.write(PDataTF((PDV(7, True, True, bytes(12)),)).encode())
+        assert await read_pdus(reader) == [AAbort(2, 6)]
+        writer.close()
+        await echo_works(server)
+
+
+# -- bad input sent to the client ----------------------------------------------
+
+
+def accept(rq: AAssociateRQ) -> bytes:
+    return AAssociateAC(
+        called_ae=rq.called_ae,
+        calling_ae=rq.calling_ae,
+        presentation_contexts=tuple(
+            PresentationContextAC(pc.context_id, 0, pc.transfer_syntaxes[0])
+            for pc in rq.presentation_contexts
+        ),
+        user_information=UserInformation(16384, "1.2.3"),
+    ).encode()
+
+
+class FakePeer:
+    """An SCP written byte by byte: ``answer`` maps the A-ASSOCIATE-RQ to what it sends."""
+
+    def __init__(
+        self, answer: Callable[[AAssociateRQ], list[bytes]], *, hang_up: bool = False
+    ) -> None:
+        self.answer = answer
+        self.hang_up = hang_up
+        self.received: list[object] = []
+        self.done = asyncio.Event()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = PDUReader()
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                while chunk := await reader.read(65536):
+                    decoder.feed(chunk)
+                    while (pdu := decoder.next_pdu()) is not None:
+                        self.received.append(pdu)
+                        if isinstance(pdu, AAssociateRQ):
+                            for data in self.answer(pdu):
+                                writer.write(data)
+                            if self.hang_up:
+                                return
+        finally:
+            writer.close()
+            self.done.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[int]:
+        listener = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        async with listener:
+            yield listener.sockets[0].getsockname()[1]
+
+
+async def expect(
+    answer: Callable[[AAssociateRQ], list[bytes]],
+    action: Callable[[adicom.Association], Awaitable[object]] | None = None,
+    *,
+    hang_up: bool = False,
+) -> tuple[BaseException, list[object]]:
+    peer = FakePeer(answer, hang_up=hang_up)
+    async with peer.running() as port:
+        with pytest.raises(adicom.DicomError) as info:
+            async with adicom.connect("127.0.0.1", port, timeout=2.0) as assoc:
+                if action is not None:
+                    await action(assoc)
+        async with asyncio.timeout(CLOSE_BOUND):
+            await peer.done.wait()
+    return info.value, peer.received
+
+
+async def test_client_gets_abort_with_source_and_reason() -> None:
+    error, _ = await expect(lambda rq: [AAbort(2, 5).encode()])
+    assert isinstance(error, AssociationAborted)
+    assert (error.source, error.reason, error.local) == (2, 5, False)
+    assert "unexpected PDU parameter" in str(error)
+
+
+async def test_client_gets_rejection_from_raw_peer() -> None:
+    error, _ = await expect(lambda rq: [AAssociateRJ(2, 3, 1).encode()])
+    assert isinstance(error, AssociationRejected) and error.transient
+    assert "temporary-congestion" in str(error)
+
+
+async def test_client_aborts_on_garbage_and_tells_the_peer() -> None:
+    error, received = await expect(lambda rq: [b"\xff" * 10])
+    assert isinstance(error, AssociationAborted) and error.local
+    assert "unrecognized PDU type 0xFF" in str(error)
+    assert received[-1] == AAbort(2, 1)
+
+
+async def test_client_sees_peer_closing_mid_association() -> None:
+    async def echo_then_check(assoc: adicom.Association) -> None:
+        await assoc.echo()
+
+    error, _ = await expect(
+        lambda rq: [accept(rq), bytes([0x04, 0, 0, 0, 0, 99])], echo_then_check, hang_up=True
+    )
+    # The peer promised a 99-byte P-DATA-TF, then closed: the connection
+    # ended under an open association.
+    assert isinstance(error, ConnectionClosed)
+    assert "closed the connection" in str(error)

@@ -1,0 +1,228 @@
+"""UpperLayer without I/O: two connection objects wired together in memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from adicom import protocol as ul
+from adicom.errors import LocalProtocolError
+from adicom.fsm import State
+from adicom.pdu import (
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AReleaseRQ,
+    PresentationContextAC,
+    PresentationContextRQ,
+    UserInformation,
+)
+
+RQ = AAssociateRQ(
+    called_ae="SCP",
+    calling_ae="SCU",
+    presentation_contexts=(PresentationContextRQ(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),),
+    user_information=UserInformation(16384, "1.2.3.4"),
+)
+AC = AAssociateAC(
+    called_ae="SCP",
+    calling_ae="SCU",
+    presentation_contexts=(PresentationContextAC(1, 0, "1.2.840.10008.1.2"),),
+    user_information=UserInformation(16384, "1.2.3.5"),
+)
+
+
+class Pair:
+    """A requestor and an acceptor joined by an in-memory wire."""
+
+    def __init__(self, artim: float = 5.0) -> None:
+        self.req = ul.UpperLayer(requestor=True, max_pdu_length=16384, artim_timeout=artim)
+        self.acc = ul.UpperLayer(requestor=False, max_pdu_length=16384, artim_timeout=artim)
+        self.now = 0.0
+
+    def pump(self) -> None:
+        for _ in range(100):  # bounded: each round moves whatever is waiting
+            a = b"".join(self.req.data_to_send())
+            b = b"".join(self.acc.data_to_send())
+            if not a and not b:
+                return
+            if a:
+                self.acc.receive_data(a, self.now)
+            if b:
+                self.req.receive_data(b, self.now)
+        raise AssertionError("the pair did not settle")
+
+    def events(self, side: ul.UpperLayer) -> list[ul.ULEvent]:
+        out = []
+        while (event := side.next_event()) is not None:
+            out.append(event)
+        return out
+
+    def associate(self) -> None:
+        self.acc.connection_made(self.now)
+        self.req.request_association(RQ, self.now)
+        assert self.req.connect_requested
+        self.req.connection_made(self.now)
+        self.pump()
+        assert self.events(self.acc) == [ul.AssociationRequested(RQ)]
+        self.acc.accept(AC, self.now)
+        self.pump()
+        assert self.events(self.req) == [ul.AssociationAccepted(AC)]
+        assert self.req.state is State.STA6 and self.acc.state is State.STA6
+
+
+def test_associate_exchange_data_and_release() -> None:
+    pair = Pair()
+    pair.associate()
+    pair.req.send_pdata([(1, 3, b"command")], pair.now)
+    pair.pump()
+    (event,) = pair.events(pair.acc)
+    assert isinstance(event, ul.PDataReceived)
+    assert bytes(event.pdu.pdvs[0].data) == b"command"
+    assert event.pdu.pdvs[0].is_command and event.pdu.pdvs[0].is_last
+
+    pair.req.request_release(pair.now)
+    pair.pump()
+    assert pair.events(pair.acc) == [ul.ReleaseRequested()]
+    pair.acc.respond_release(pair.now)
+    pair.pump()
+    assert pair.events(pair.req) == [ul.ReleaseConfirmed()]
+    # The requestor closes (AR-3); the acceptor waits in Sta13 with ARTIM.
+    assert pair.req.close_requested and pair.req.state is State.STA1
+    assert pair.acc.state is State.STA13 and pair.acc.get_timer() == pair.now + 5.0
+    pair.acc.connection_lost(pair.now)
+    assert pair.acc.state is State.STA1 and pair.acc.get_timer() is None
+
+
+def test_reject_closes_both_sides() -> None:
+    pair = Pair()
+    pair.acc.connection_made(pair.now)
+    pair.req.request_association(RQ, pair.now)
+    pair.req.connection_made(pair.now)
+    pair.pump()
+    pair.events(pair.acc)
+    pair.acc.reject(AAssociateRJ(1, 1, 7), pair.now)
+    pair.pump()
+    assert pair.events(pair.req) == [ul.AssociationRejected(AAssociateRJ(1, 1, 7))]
+    assert pair.req.state is State.STA1 and pair.req.close_requested
+    assert pair.acc.state is State.STA13
+
+
+def test_release_collision_ends_idle_on_both_sides() -> None:
+    pair = Pair()
+    pair.associate()
+    pair.req.request_release(pair.now)
+    pair.acc.request_release(pair.now)
+    # Deliver both A-RELEASE-RQs at once: a true collision (PS3.8 9.2.4).
+    a = b"".join(pair.req.data_to_send())
+    b = b"".join(pair.acc.data_to_send())
+    pair.acc.receive_data(a, pair.now)
+    pair.req.receive_data(b, pair.now)
+    assert pair.req.state is State.STA9 and pair.acc.state is State.STA10
+    assert pair.events(pair.req) == [ul.ReleaseRequested(collision=True)]
+    assert pair.events(pair.acc) == [ul.ReleaseRequested(collision=True)]
+    # The requestor answers first; the acceptor answers after its confirmation.
+    pair.req.respond_release(pair.now)
+    pair.pump()
+    assert pair.acc.state is State.STA12
+    assert pair.events(pair.acc) == [ul.ReleaseConfirmed()]
+    pair.acc.respond_release(pair.now)
+    pair.pump()
+    assert pair.events(pair.req) == [ul.ReleaseConfirmed()]
+    assert pair.req.state is State.STA1
+    assert pair.acc.state is State.STA13
+
+
+def test_unexpected_pdu_in_sta6_aborts_with_reason_unexpected() -> None:
+    pair = Pair()
+    pair.associate()
+    pair.acc.receive_data(RQ.encode(), pair.now)  # a second A-ASSOCIATE-RQ
+    (event,) = pair.events(pair.acc)
+    assert isinstance(event, ul.Aborted)
+    assert (event.source, event.reason, event.local) == (2, 2, True)
+    assert "A-ASSOCIATE-RQ" in event.detail
+    assert b"".join(pair.acc.data_to_send()) == AAbort(2, 2).encode()
+    assert pair.acc.state is State.STA13
+
+
+def test_garbage_in_sta6_aborts_with_reason_unrecognized_pdu() -> None:
+    pair = Pair()
+    pair.associate()
+    pair.acc.receive_data(b"GET / HTTP/1.1\r\n\r\n", pair.now)
+    (event,) = pair.events(pair.acc)
+    assert isinstance(event, ul.Aborted) and event.reason == 1
+    assert b"".join(pair.acc.data_to_send()) == AAbort(2, 1).encode()
+    # Whatever follows is not parsed any more.
+    pair.acc.receive_data(AReleaseRQ().encode(), pair.now)
+    assert pair.events(pair.acc) == []
+
+
+def test_abort_received_is_indicated_with_its_source_and_reason() -> None:
+    pair = Pair()
+    pair.associate()
+    pair.req.receive_data(AAbort(2, 6).encode(), pair.now)
+    assert pair.events(pair.req) == [ul.Aborted(2, 6, local=False)]
+    assert pair.req.state is State.STA1 and pair.req.close_requested
+
+
+def test_transport_lost_under_association_is_p_abort() -> None:
+    pair = Pair()
+    pair.associate()
+    pair.req.connection_lost(pair.now)
+    assert pair.events(pair.req) == [ul.ConnectionLost(State.STA6)]
+    assert pair.req.state is State.STA1
+
+
+def test_artim_expires_when_no_associate_rq_arrives() -> None:
+    pair = Pair(artim=2.0)
+    pair.acc.connection_made(0.0)
+    assert pair.acc.state is State.STA2 and pair.acc.get_timer() == 2.0
+    pair.acc.handle_timer(1.9)  # not yet
+    assert pair.acc.state is State.STA2
+    pair.acc.handle_timer(2.0)
+    assert pair.events(pair.acc) == [ul.ArtimExpired(State.STA2)]
+    assert pair.acc.state is State.STA1 and pair.acc.close_requested
+
+
+def test_artim_bounds_the_wait_for_close_after_rejection() -> None:
+    pair = Pair(artim=3.0)
+    pair.acc.connection_made(0.0)
+    pair.acc.receive_data(RQ.encode(), 0.5)
+    pair.events(pair.acc)
+    pair.acc.reject(AAssociateRJ(1, 1, 1), 1.0)
+    assert pair.acc.state is State.STA13 and pair.acc.get_timer() == 4.0
+    pair.acc.handle_timer(4.0)
+    assert pair.acc.state is State.STA1 and pair.acc.close_requested
+
+
+def test_protocol_version_without_bit_0_is_rejected_by_the_provider() -> None:
+    pair = Pair()
+    pair.acc.connection_made(0.0)
+    bad = AAssociateRQ(
+        called_ae="SCP",
+        calling_ae="SCU",
+        user_information=UserInformation(0, "1.2"),
+        protocol_version=2,
+    )
+    pair.acc.receive_data(bad.encode(), 0.0)
+    assert pair.events(pair.acc) == []
+    assert b"".join(pair.acc.data_to_send()) == AAssociateRJ(1, 2, 2).encode()
+    assert pair.acc.state is State.STA13
+
+
+def test_primitive_in_wrong_state_is_a_local_error() -> None:
+    side = ul.UpperLayer(requestor=True)
+    with pytest.raises(LocalProtocolError, match="Sta1"):
+        side.send_pdata([(1, 3, b"x")], 0.0)
+    with pytest.raises(LocalProtocolError):
+        side.request_release(0.0)
+
+
+def test_oversized_pdata_is_refused_from_its_header() -> None:
+    pair = Pair()
+    pair.associate()
+    # A P-DATA-TF header announcing 1 MiB against our 16 KiB limit.
+    pair.acc.receive_data(bytes([4, 0]) + (1 << 20).to_bytes(4, "big"), pair.now)
+    (event,) = pair.events(pair.acc)
+    assert isinstance(event, ul.Aborted) and event.reason == 6
+    assert "exceeds" in event.detail
