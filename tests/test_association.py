@@ -127,7 +127,7 @@ async def test_many_concurrent_associations_on_one_loop() -> None:
     [
         ({}, "WRONG", "ADICOM", (1, 1, 7)),
         ({"allowed_calling_aes": ["FRIEND"]}, "ADICOM", "STRANGER", (1, 1, 3)),
-        ({"max_associations": -1}, "ADICOM", "ADICOM", (2, 3, 2)),
+        ({"max_associations": 0}, "ADICOM", "ADICOM", (2, 3, 2)),
     ],
 )
 async def test_rejections_carry_the_standard_reason(
