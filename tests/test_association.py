@@ -450,3 +450,63 @@ async def test_client_sees_peer_closing_mid_association() -> None:
     # ended under an open association.
     assert isinstance(error, ConnectionClosed)
     assert "closed the connection" in str(error)
+
+
+# -- negotiation details --------------------------------------------------------
+
+
+async def test_tcp_nodelay_on_both_sides() -> None:
+    import socket
+
+    async with serving() as server:
+        async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
+            sockets = [assoc._transport.get_extra_info("socket")]  # type: ignore[union-attr]
+            sockets += [a._transport.get_extra_info("socket") for a in server._associations]  # type: ignore[union-attr]
+            assert len(sockets) == 2
+            for sock in sockets:
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_tiny_maximum_pdu_is_respected_in_both_directions(side: str) -> None:
+    # With a 64-byte limit a C-ECHO command (about 70 bytes) must be split
+    # into several PDVs; a receiver refuses any PDU over its limit, so the
+    # echo succeeds only if the sender honoured the announced maximum.
+    server_pdu, client_pdu = (64, 1 << 20) if side == "server" else (1 << 20, 64)
+    async with serving(max_pdu=server_pdu) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ADICOM", max_pdu=client_pdu
+        ) as assoc:
+            assert assoc.peer_max_pdu == server_pdu
+            assert await assoc.echo() == 0
+
+
+async def test_release_collision_as_requestor() -> None:
+    # The peer answers our A-RELEASE-RQ with its own, then with the
+    # A-RELEASE-RP once we have answered it (PS3.8 Sta7 -> Sta9 -> Sta11 -> Sta1).
+    got_rp = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = PDUReader()
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                while chunk := await reader.read(65536):
+                    decoder.feed(chunk)
+                    while (pdu := decoder.next_pdu()) is not None:
+                        if isinstance(pdu, AAssociateRQ):
+                            writer.write(accept(pdu))
+                        elif isinstance(pdu, AReleaseRQ):
+                            writer.write(AReleaseRQ().encode())
+                        elif type(pdu).__name__ == "AReleaseRP":
+                            got_rp.set()
+                            writer.write(pdu.encode())
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        async with adicom.connect("127.0.0.1", port) as assoc:
+            pass
+        assert got_rp.is_set()
+        assert assoc.state.name == "STA1"
