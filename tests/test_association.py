@@ -473,12 +473,12 @@ async def test_tiny_maximum_pdu_is_respected_in_both_directions(side: str) -> No
     # into several PDVs; a receiver refuses any PDU over its limit, so the
     # echo succeeds only if the sender honoured the announced maximum.
     server_pdu, client_pdu = (64, 1 << 20) if side == "server" else (1 << 20, 64)
-    async with serving(max_pdu=server_pdu) as server:
-        async with adicom.connect(
-            "127.0.0.1", server.port, called_ae="ADICOM", max_pdu=client_pdu
-        ) as assoc:
-            assert assoc.peer_max_pdu == server_pdu
-            assert await assoc.echo() == 0
+    async with (
+        serving(max_pdu=server_pdu) as server,
+        adicom.connect("127.0.0.1", server.port, called_ae="ADICOM", max_pdu=client_pdu) as assoc,
+    ):
+        assert assoc.peer_max_pdu == server_pdu
+        assert await assoc.echo() == 0
 
 
 async def test_release_collision_as_requestor() -> None:
