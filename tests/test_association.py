@@ -460,8 +460,8 @@ async def test_tcp_nodelay_on_both_sides() -> None:
 
     async with serving() as server:
         async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
-            sockets = [assoc._transport.get_extra_info("socket")]  # type: ignore[union-attr]
-            sockets += [a._transport.get_extra_info("socket") for a in server._associations]  # type: ignore[union-attr]
+            both = [assoc, *server._associations]
+            sockets = [a._transport.get_extra_info("socket") for a in both]  # type: ignore[union-attr]
             assert len(sockets) == 2
             for sock in sockets:
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
