@@ -536,14 +536,16 @@ class Association:
         """
         return await self._incoming.get()
 
-    async def _with_timeout(self, awaitable: Any, which: str, seconds: float | None) -> Any:
+    async def _with_timeout(
+        self, awaitable: Any, which: str, seconds: float | None, detail: str = ""
+    ) -> Any:
         if seconds is None:
             return await awaitable
         try:
             async with asyncio.timeout(seconds):
                 return await awaitable
         except TimeoutError:
-            raise DicomTimeout(which, seconds) from None
+            raise DicomTimeout(which, seconds, detail) from None
 
     # -- DIMSE services ------------------------------------------------------
 
@@ -560,7 +562,7 @@ class Association:
         try:
             await self.send_message(context.context_id, command)
             reply: Message | None = await self._with_timeout(
-                responses.get(), "DIMSE", self.dimse_timeout
+                responses.get(), "DIMSE", self.dimse_timeout, "no C-ECHO-RSP"
             )
         finally:
             self._pending.pop(message_id, None)
@@ -594,7 +596,12 @@ class Association:
             # The transport connected before we asked (it always has).
             self._ul.connection_made(self._loop.time())
             self._after_io()
-        event = await self._with_timeout(self._association_answer, "association", timeout)
+        event = await self._with_timeout(
+            self._association_answer,
+            "association",
+            timeout,
+            f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
+        )
         if isinstance(event, ul.AssociationRejected):
             rj: AAssociateRJ = event.response
             raise AssociationRejected(rj.result, rj.source, rj.reason)
