@@ -256,7 +256,8 @@ def _decode_value(vr: str, raw: bytes, element: int) -> Any:
             )
     except struct.error:
         raise _bad(f"element (0000,{element:04X}) has {len(raw)} bytes for VR {vr}") from None
-    text = raw.decode("ascii", "replace")
+    # Stray non-ASCII bytes become "?" so a response can echo the value.
+    text = raw.decode("ascii", "replace").replace("\ufffd", "?")
     return text.rstrip("\0 ") if vr == _UI else text.strip(" \0")
 
 
@@ -292,7 +293,7 @@ def fragment_message(
         total = len(view)
         pos = 0
         while True:
-            if room < 7:
+            if room < 6 + (pos < total):  # room for a PDV header and a byte of data
                 yield pdu
                 pdu, room = [], limit
             take = min(total - pos, room - 6, chunk)

@@ -77,7 +77,9 @@ def _uid(raw: bytes | memoryview) -> str:
 
 
 def _ae(raw: bytes | memoryview) -> str:
-    return bytes(raw).decode("ascii", "replace").strip(" \0")
+    # The default repertoire is ASCII (PS3.5 6.1.2); a stray byte becomes
+    # "?" so the title can still be logged and echoed in an A-ASSOCIATE-AC.
+    return bytes(raw).decode("ascii", "replace").replace("\ufffd", "?").strip(" \0")
 
 
 def _ae_bytes(title: str) -> bytes:
