@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from adicom.errors import PDUTooLarge, RemoteProtocolError
 
@@ -439,11 +439,19 @@ class _AssociatePDU:
         return _HEADER.pack(self.pdu_type, len(body)) + body
 
     @staticmethod
-    def _decode_fixed(body: memoryview) -> tuple[int, str, str, list[tuple[int, memoryview]]]:
+    def _decode_common(body: memoryview, context_type: int) -> tuple[Any, list[memoryview]]:
+        """The fields both PDUs share, and the raw presentation context items."""
         if len(body) < 68:
             raise _bad(f"A-ASSOCIATE PDU body is {len(body)} bytes, shorter than 68")
-        version = _U16.unpack_from(body, 0)[0]
-        return version, _ae(body[4:20]), _ae(body[20:36]), _items(body[68:])
+        application_context, contexts, user = _associate_items(_items(body[68:]), context_type)
+        fields = {
+            "protocol_version": _U16.unpack_from(body, 0)[0],
+            "called_ae": _ae(body[4:20]),
+            "calling_ae": _ae(body[20:36]),
+            "application_context": application_context,
+            "user_information": user,
+        }
+        return fields, contexts
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,15 +468,10 @@ class AAssociateRQ(_AssociatePDU):
     @classmethod
     def decode(cls, body: memoryview) -> AAssociateRQ:
         """Parse a PDU body (everything after the 6-byte header)."""
-        version, called, calling, items = cls._decode_fixed(body)
-        context, contexts, user = _associate_items(items, 0x20)
+        fields, contexts = cls._decode_common(body, 0x20)
         return cls(
-            called_ae=called,
-            calling_ae=calling,
-            user_information=user,
-            application_context=context,
-            protocol_version=version,
             presentation_contexts=tuple(PresentationContextRQ.decode(c) for c in contexts),
+            **fields,
         )
 
 
@@ -490,15 +493,10 @@ class AAssociateAC(_AssociatePDU):
     @classmethod
     def decode(cls, body: memoryview) -> AAssociateAC:
         """Parse a PDU body (everything after the 6-byte header)."""
-        version, called, calling, items = cls._decode_fixed(body)
-        context, contexts, user = _associate_items(items, 0x21)
+        fields, contexts = cls._decode_common(body, 0x21)
         return cls(
-            called_ae=called,
-            calling_ae=calling,
-            user_information=user,
-            application_context=context,
-            protocol_version=version,
             presentation_contexts=tuple(PresentationContextAC.decode(c) for c in contexts),
+            **fields,
         )
 
 
