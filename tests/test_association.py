@@ -80,6 +80,20 @@ async def raw(server: adicom.Server) -> tuple[asyncio.StreamReader, asyncio.Stre
     return await asyncio.open_connection("127.0.0.1", server.port)
 
 
+async def raw_associated(
+    server: adicom.Server,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection that has sent ECHO_RQ and read the A-ASSOCIATE-AC."""
+    reader, writer = await raw(server)
+    writer.write(ECHO_RQ.encode())
+    decoder = PDUReader()
+    async with asyncio.timeout(CLOSE_BOUND):
+        while (answer := decoder.next_pdu()) is None:
+            decoder.feed(await reader.read(65536))
+    assert isinstance(answer, AAssociateAC)
+    return reader, writer
+
+
 async def test_echo_and_release_without_threads() -> None:
     assert threading.active_count() == 1
     async with serving() as server:
@@ -311,13 +325,7 @@ async def test_length_that_lies_long_then_silence_hits_artim() -> None:
 
 async def test_unexpected_pdu_after_association_is_aborted() -> None:
     async with serving() as server:
-        reader, writer = await raw(server)
-        writer.write(ECHO_RQ.encode())
-        decoder = PDUReader()
-        async with asyncio.timeout(CLOSE_BOUND):
-            while (answer := decoder.next_pdu()) is None:
-                decoder.feed(await reader.read(65536))
-        assert isinstance(answer, AAssociateAC)
+        reader, writer = await raw_associated(server)
         writer.write(ECHO_RQ.encode())  # a second A-ASSOCIATE-RQ in Sta6
         assert await read_pdus(reader) == [AAbort(2, 2)]
         writer.close()
@@ -326,9 +334,7 @@ async def test_unexpected_pdu_after_association_is_aborted() -> None:
 
 async def test_peer_vanishing_mid_pdu_leaves_server_serving() -> None:
     async with serving() as server:
-        reader, writer = await raw(server)
-        writer.write(ECHO_RQ.encode())
-        await reader.read(65536)  # the A-ASSOCIATE-AC
+        reader, writer = await raw_associated(server)
         # A P-DATA-TF header promising 256 bytes, then 7 of them.
         writer.write(bytes([0x04, 0, 0, 0, 0x01, 0x00]) + b"partial")
         await writer.drain()
@@ -343,9 +349,7 @@ async def test_peer_vanishing_mid_pdu_leaves_server_serving() -> None:
 
 async def test_pdv_on_a_context_that_was_not_accepted_is_aborted() -> None:
     async with serving() as server:
-        reader, writer = await raw(server)
-        writer.write(ECHO_RQ.encode())
-        await reader.read(65536)
+        reader, writer = await raw_associated(server)
         writer.write(PDataTF((PDV(7, True, True, bytes(12)),)).encode())
         assert await read_pdus(reader) == [AAbort(2, 6)]
         writer.close()
