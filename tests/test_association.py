@@ -334,7 +334,7 @@ async def test_unexpected_pdu_after_association_is_aborted() -> None:
 
 async def test_peer_vanishing_mid_pdu_leaves_server_serving() -> None:
     async with serving() as server:
-        reader, writer = await raw_associated(server)
+        _, writer = await raw_associated(server)
         # A P-DATA-TF header promising 256 bytes, then 7 of them.
         writer.write(bytes([0x04, 0, 0, 0, 0x01, 0x00]) + b"partial")
         await writer.drain()
