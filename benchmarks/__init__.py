@@ -1,0 +1,1 @@
+"""Benchmarks: adicom against pynetdicom and DCMTK on the same work (see README.md)."""

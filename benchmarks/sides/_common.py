@@ -1,0 +1,142 @@
+"""What every side script shares: the command line, the ready line, the result line.
+
+Kept free of any DICOM library so that each side imports only its own stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+READY_PREFIX = "READY port="
+RESULT_PREFIX = "RESULT "
+
+#: Workloads every side understands; the runner holds their descriptions.
+WORKLOADS = ("assoc-echo", "echo-one-assoc")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def max_rss_kib() -> int:
+    """Peak resident set size of this process, in KiB (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+@dataclass
+class Measurement:
+    """One SCU run, as printed on the result line."""
+
+    workload: str
+    ops: int
+    ok: int
+    seconds: float
+    ops_per_s: float
+    cpu_s: float
+    max_rss_kib: int
+    warmup: bool
+    extra: dict[str, Any]
+
+
+class Stopwatch:
+    """Wall clock and CPU clock started together."""
+
+    def __init__(self) -> None:
+        self.wall0 = time.perf_counter()
+        self.cpu0 = cpu_seconds()
+
+    def finish(
+        self,
+        workload: str,
+        ops: int,
+        ok: int,
+        *,
+        warmup: bool,
+        error: BaseException | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Measurement:
+        seconds = time.perf_counter() - self.wall0
+        extra = dict(extra or {})
+        if error is not None:
+            extra["error"] = describe(error)
+        cpu = cpu_seconds() - self.cpu0
+        return Measurement(
+            workload=workload,
+            ops=ops,
+            ok=ok,
+            seconds=seconds,
+            ops_per_s=ops / seconds if seconds > 0 else 0.0,
+            cpu_s=cpu,
+            max_rss_kib=max_rss_kib(),
+            warmup=warmup,
+            extra=extra,
+        )
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming an exception, for the result line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def print_ready(port: int) -> None:
+    print(f"{READY_PREFIX}{port}", flush=True)
+
+
+def print_result(m: Measurement) -> None:
+    print(RESULT_PREFIX + json.dumps(asdict(m), sort_keys=True), flush=True)
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The command line every side script accepts."""
+    parser = argparse.ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="role", required=True)
+
+    scp = sub.add_parser("scp", help="serve until killed; print the ready line")
+    scp.add_argument("--host", default="127.0.0.1")
+    scp.add_argument("--port", type=int, default=0, help="0 = any free port")
+    scp.add_argument("--aet", default="ANY-SCP", help="our AE title")
+
+    scu = sub.add_parser("scu", help="run one workload; print one result line")
+    scu.add_argument("--host", default="127.0.0.1")
+    scu.add_argument("--port", type=int, required=True)
+    scu.add_argument("--aet", default="ANY-SCP", help="called AE title (the SCP's)")
+    scu.add_argument("--calling-aet", default="BENCH-SCU")
+    scu.add_argument("--workload", choices=WORKLOADS, required=True)
+    scu.add_argument("-n", type=int, required=True, help="operations to time")
+    scu.add_argument("--timeout", type=float, default=10.0, help="per-operation timeout, s")
+    scu.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the one untimed associate+echo+release done before timing",
+    )
+    return parser
+
+
+def main_with(
+    description: str,
+    scp: Callable[[argparse.Namespace], None],
+    scu: Callable[[argparse.Namespace], Measurement],
+) -> int:
+    args = build_parser(description).parse_args()
+    if args.role == "scu" and args.n <= 0:
+        print("-n must be positive", file=sys.stderr)
+        return 2
+    if args.role == "scp":
+        scp(args)
+        return 0
+    m = scu(args)
+    print_result(m)
+    # A run in which any operation failed is not a measurement; the result line
+    # still says how far it got (ok) and why it stopped (extra["error"]).
+    return 0 if m.ok == m.ops and "error" not in m.extra else 1
