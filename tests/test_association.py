@@ -514,3 +514,50 @@ async def test_release_collision_as_requestor() -> None:
             pass
         assert got_rp.is_set()
         assert assoc.state.name == "STA1"
+
+
+async def test_role_selection_and_async_window_are_answered() -> None:
+    from adicom.pdu import AsyncOperationsWindow, RoleSelection
+
+    async with serving() as server:
+        # The requestor asks to be SCU and SCP of Verification; this server
+        # lets nobody act as SCP towards it yet, so it answers SCU only.
+        async with adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="ADICOM",
+            roles=[RoleSelection(VERIFICATION, scu_role=True, scp_role=True)],
+        ) as assoc:
+            assert assoc.response is not None
+            answer = assoc.response.user_information
+            assert answer.role_selections == (RoleSelection(VERIFICATION, True, False),)
+            (context,) = assoc.contexts.values()
+            assert (context.scu_role, context.scp_role) == (True, False)
+            assert answer.implementation_class_uid == adicom.association.IMPLEMENTATION_CLASS_UID
+            assert answer.async_operations_window is None  # not asked, not answered
+
+    # Asked for a window of 5/5: the answer is 1/1 (one operation at a time).
+    peer_request = ECHO_RQ.__class__(
+        called_ae="ADICOM",
+        calling_ae="RAW",
+        presentation_contexts=ECHO_RQ.presentation_contexts,
+        user_information=UserInformation(
+            16384, "1.2.3.4", async_operations_window=AsyncOperationsWindow(5, 5)
+        ),
+    )
+    async with serving() as server:
+        reader, writer = await raw(server)
+        writer.write(peer_request.encode())
+        decoder = PDUReader()
+        async with asyncio.timeout(CLOSE_BOUND):
+            while (answer_pdu := decoder.next_pdu()) is None:
+                decoder.feed(await reader.read(65536))
+        assert isinstance(answer_pdu, AAssociateAC)
+        window = answer_pdu.user_information.async_operations_window
+        assert window == AsyncOperationsWindow(1, 1)
+        writer.write(AReleaseRQ().encode())
+        async with asyncio.timeout(CLOSE_BOUND):
+            while (answer_pdu := decoder.next_pdu()) is None:
+                decoder.feed(await reader.read(65536))
+        assert type(answer_pdu).__name__ == "AReleaseRP"
+        writer.close()  # the requestor closes after A-RELEASE-RP (PS3.8 AR-3)
