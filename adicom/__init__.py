@@ -18,11 +18,27 @@ from adicom.errors import (
     ProtocolError,
 )
 from adicom.server import Server
+from adicom.storage import (
+    CallbackStorage,
+    DiskStorage,
+    ForwardStorage,
+    MemoryStorage,
+    StorageHandler,
+    StoreContext,
+)
+from adicom.storescu import StoreResult, store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Association",
+    "CallbackStorage",
+    "DiskStorage",
+    "ForwardStorage",
+    "MemoryStorage",
+    "StorageHandler",
+    "StoreContext",
+    "StoreResult",
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
@@ -37,4 +53,5 @@ __all__ = [
     "__version__",
     "connect",
     "open_association",
+    "store",
 ]

@@ -23,16 +23,19 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from adicom import protocol as ul
 from adicom.dimse import (
     Command,
     CommandField,
     CommandReceived,
+    DatasetReader,
     MessageAssembler,
+    Priority,
     StatusCategory,
+    describe_status,
     fragment_message,
     status_category,
 )
@@ -53,6 +56,8 @@ from adicom.presentation import VERIFICATION, PresentationContext
 
 __all__ = [
     "DEFAULT_MAX_PDU",
+    "DatasetSink",
+    "SinkFactory",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "Association",
@@ -70,20 +75,43 @@ IMPLEMENTATION_VERSION_NAME = "ADICOM_010"
 #: fewer headers and writes on bulk transfers; each is held once in memory.
 DEFAULT_MAX_PDU = 1 << 20
 
-_READ_BUFFER = 1 << 18
+
+class DatasetSink(Protocol):
+    """Where the data set of an incoming message goes while it arrives.
+
+    ``write`` is called with each fragment as its PDV comes in (from the
+    transport's callback: it must not block long); ``abort`` if the
+    association ends before the last fragment. A sink keeps its own errors
+    (a full disk, say) and reports them when the message is handled.
+    """
+
+    def write(self, data: memoryview, /) -> None:
+        """Take the next fragment of the data set."""
+        ...
+
+    def abort(self) -> None:
+        """The data set will never be complete: drop what was written."""
+        ...
+
+
+#: Chooses a sink for the data set of an incoming message (context ID, command),
+#: or None to gather it in memory.
+SinkFactory = Callable[[int, Command], "DatasetSink | None"]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     """A whole DIMSE message received on a presentation context.
 
-    ``dataset`` holds the encoded data set (in the context's transfer syntax)
-    when the command announced one.
+    When the command announced a data set, it is in ``dataset`` (encoded in
+    the context's transfer syntax) or, when a sink took it as it arrived,
+    in ``sink``.
     """
 
     context_id: int
     command: Command
     dataset: bytes | None = None
+    sink: DatasetSink | None = None
 
 
 _END = Exception("end of messages")
@@ -129,12 +157,15 @@ class _Responses:
 
 
 class _Transport(asyncio.BufferedProtocol):
-    """The asyncio side of the socket; forwards everything to the Association."""
+    """The asyncio side of the socket; forwards everything to the Association.
+
+    The loop reads into buffers the PDU reader hands out, so a large PDU's
+    body lands where it is decoded from.
+    """
 
     def __init__(self, association: Association) -> None:
         self._association = association
-        self._buffer = bytearray(_READ_BUFFER)
-        self._view = memoryview(self._buffer)
+        self._reader = association._ul.reader
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -147,10 +178,10 @@ class _Transport(asyncio.BufferedProtocol):
         self._association._connection_made(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
+        return self._reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._association._data_received(self._view[:nbytes])
+        self._association._data_received(nbytes)
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -202,7 +233,7 @@ class Association:
         self.response: AAssociateAC | None = None
         self._transport: asyncio.Transport | None = None
         self._assembler = MessageAssembler()
-        self._receiving: tuple[int, Command, list[bytes]] | None = None
+        self._receiving: tuple[int, Command, list[bytes], DatasetSink | None] | None = None
         self._pending: dict[int, _Responses] = {}
         self._incoming: _Responses = _Responses()
         self._next_message_id = 0
@@ -217,6 +248,8 @@ class Association:
         self._release_done: asyncio.Future[None] | None = None
         self._collision_pending = False
         self._released = False
+        #: Chooses where incoming data sets go (see :class:`DatasetSink`).
+        self.on_dataset: SinkFactory | None = None
         #: Called with the A-ASSOCIATE-RQ on the acceptor side.
         self.on_request: Callable[[AAssociateRQ], None] | None = None
 
@@ -270,9 +303,9 @@ class Association:
             self._ul.connection_made(self._loop.time())
             self._after_io()
 
-    def _data_received(self, data: memoryview) -> None:
-        self._last_received = self._loop.time()
-        self._ul.receive_data(data, self._loop.time())
+    def _data_received(self, nbytes: int) -> None:
+        self._last_received = now = self._loop.time()
+        self._ul.receive_into(nbytes, now)
         self._after_io()
 
     def _connection_lost(self, exc: Exception | None) -> None:
@@ -427,16 +460,23 @@ class Association:
                 if event is None:
                     continue
                 if isinstance(event, CommandReceived):
-                    if event.command.has_dataset:
-                        self._receiving = (event.context_id, event.command, [])
+                    command = event.command
+                    if command.has_dataset:
+                        factory = self.on_dataset
+                        sink = None if factory is None else factory(event.context_id, command)
+                        self._receiving = (event.context_id, command, [], sink)
                     else:
-                        self._deliver(Message(event.context_id, event.command))
+                        self._deliver(Message(event.context_id, command))
                 elif self._receiving is not None:
-                    self._receiving[2].append(bytes(event.data))
+                    context_id, command, parts, sink = self._receiving
+                    if sink is not None:
+                        sink.write(event.data)  # type: ignore[arg-type]
+                    else:
+                        parts.append(bytes(event.data))
                     if event.last:
-                        context_id, command, parts = self._receiving
                         self._receiving = None
-                        self._deliver(Message(context_id, command, b"".join(parts)))
+                        dataset = None if sink is not None else b"".join(parts)
+                        self._deliver(Message(context_id, command, dataset, sink))
         except RemoteProtocolError as exc:
             self._violation(exc)
 
@@ -476,6 +516,11 @@ class Association:
         self._fail_all(error)
 
     def _fail_all(self, error: DicomError) -> None:
+        if self._receiving is not None:
+            sink = self._receiving[3]
+            self._receiving = None
+            if sink is not None:
+                sink.abort()
         answer = self._association_answer
         if answer is not None and not answer.done():
             answer.set_exception(error)
@@ -503,24 +548,36 @@ class Association:
         return self._next_message_id
 
     async def send_message(
-        self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None = None,
     ) -> None:
         """Send a DIMSE message, split into PDUs that fit the peer's maximum.
 
         A command and a small data set leave in one write. Waits while the
-        transport's buffer is full (backpressure).
+        transport's buffer is full (backpressure); a peer that stops reading
+        for the DIMSE timeout aborts the association. A data set source that
+        fails half-way (a file that shrank) aborts it too: a message cannot
+        be taken back once part of it is on the wire.
         """
         self._check_open()
         encoded = command.encode()
         async with self._send_lock:
-            for pdvs in fragment_message(context_id, encoded, dataset, self.peer_max_pdu):
-                self._check_open()
-                self._ul.send_pdata(pdvs, self._loop.time())
-                self._flush()
-                if self._paused:
-                    waiter = self._loop.create_future()
-                    self._drain_waiters.append(waiter)
-                    await waiter
+            try:
+                for pdvs in fragment_message(context_id, encoded, dataset, self.peer_max_pdu):
+                    self._check_open()
+                    self._ul.send_pdata(pdvs, self._loop.time())
+                    self._flush()
+                    if self._paused:
+                        waiter = self._loop.create_future()
+                        self._drain_waiters.append(waiter)
+                        await self._with_timeout(
+                            waiter, "send", self.dimse_timeout, "the peer stopped reading"
+                        )
+            except (OSError, DicomTimeout):
+                self.abort()
+                raise
 
     def expect_responses(self, message_id: int) -> _Responses:
         """Register interest in the responses to ``message_id`` (before sending it)."""
@@ -549,36 +606,89 @@ class Association:
 
     # -- DIMSE services ------------------------------------------------------
 
-    async def echo(self) -> int:
-        """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
-        context = self.context_for(VERIFICATION)
+    async def send_request(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None = None,
+    ) -> Command:
+        """Send a request with a fresh Message ID and return its (one) response command.
+
+        Bounded by the DIMSE timeout; raises if the association ends first.
+        """
         message_id = self.next_message_id()
+        command = replace(command, message_id=message_id)
         responses = self.expect_responses(message_id)
-        command = Command(
-            CommandField.C_ECHO_RQ,
-            message_id=message_id,
-            affected_sop_class_uid=VERIFICATION,
-        )
+        name = _response_name(command.command_field)
         try:
-            await self.send_message(context.context_id, command)
+            await self.send_message(context_id, command, dataset)
             reply: Message | None = await self._with_timeout(
-                responses.get(), "DIMSE", self.dimse_timeout, "no C-ECHO-RSP"
+                responses.get(), "DIMSE", self.dimse_timeout, f"no {name}"
             )
         finally:
             self._pending.pop(message_id, None)
-        status = reply.command.status if reply is not None else None
-        if status is None:
-            raise DimseError(0xFFFF, "C-ECHO-RSP without a status")
+        if reply is None or reply.command.status is None:
+            raise DimseError(0xFFFF, f"{name} without a status")
+        return reply.command
+
+    async def echo(self) -> int:
+        """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
+        context = self.context_for(VERIFICATION)
+        command = Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION)
+        status = (await self.send_request(context.context_id, command)).status or 0
         if status_category(status) is StatusCategory.FAILURE:
-            raise DimseError(status, "C-ECHO failed")
+            raise DimseError(status, "C-ECHO failed: " + describe_status(status))
         return status
 
-    async def respond(self, request: Message, status: int, **fields: Any) -> None:
-        """Send the response to ``request`` with ``status`` (and extra command fields)."""
+    async def send_c_store(
+        self,
+        context_id: int,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        dataset: bytes | memoryview | DatasetReader,
+        *,
+        priority: int = Priority.MEDIUM,
+        move_originator_ae: str | None = None,
+        move_originator_message_id: int | None = None,
+    ) -> Command:
+        """C-STORE-RQ (PS3.7 9.1.1) of an encoded data set; returns the C-STORE-RSP.
+
+        The data set must already be in the context's transfer syntax. The
+        status is the caller's to judge (a failure status raises nothing).
+        """
         command = Command(
-            request.command.command_field | 0x8000,
-            message_id_being_responded_to=request.command.message_id,
-            affected_sop_class_uid=request.command.affected_sop_class_uid,
+            CommandField.C_STORE_RQ,
+            affected_sop_class_uid=sop_class_uid,
+            affected_sop_instance_uid=sop_instance_uid,
+            priority=priority,
+            command_data_set_type=0x0000,
+            move_originator_ae_title=move_originator_ae,
+            move_originator_message_id=move_originator_message_id,
+        )
+        return await self.send_request(context_id, command, dataset)
+
+    async def store(self, source: Any) -> Any:
+        """Send one instance (a path or a pydicom Dataset); see :func:`adicom.store`.
+
+        Returns a :class:`~adicom.store.StoreResult`; failures of this
+        instance are in the result, not raised.
+        """
+        from adicom.storescu import store_instance
+
+        return await store_instance(self, source)
+
+    async def respond(self, request: Message, status: int, **fields: Any) -> None:
+        """Send the response to ``request`` with ``status`` (and extra command fields).
+
+        The affected SOP class and instance are echoed from the request, as
+        PS3.7 asks of C-STORE-RSP (9.3.1.2) and C-ECHO-RSP.
+        """
+        rq = request.command
+        fields.setdefault("affected_sop_instance_uid", rq.affected_sop_instance_uid)
+        command = Command(
+            rq.command_field | 0x8000,
+            message_id_being_responded_to=rq.message_id,
+            affected_sop_class_uid=rq.affected_sop_class_uid,
             status=status,
             **fields,
         )
@@ -651,3 +761,10 @@ class Association:
 
     def _handle_transport(self) -> Callable[[], asyncio.BufferedProtocol]:
         return lambda: _Transport(self)
+
+
+def _response_name(command_field: int) -> str:
+    try:
+        return CommandField(command_field | 0x8000).name.replace("_", "-")
+    except ValueError:
+        return f"response to command 0x{command_field:04X}"

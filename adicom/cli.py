@@ -1,4 +1,4 @@
-"""The ``adicom`` command line: ``echo``, ``serve`` and ``demo``.
+"""The ``adicom`` command line: ``echo``, ``serve``, ``store`` and ``demo``.
 
 The interface is kept stable because scripts call it. Exit codes: 0 success,
 1 the peer rejected, aborted or answered with a failure, 2 a usage error,
@@ -11,14 +11,18 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from adicom.client import connect
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
 from adicom.server import Server
+from adicom.storage import DiskStorage
+from adicom.storescu import StoreResult, store
 
 __all__ = ["main"]
 
@@ -79,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-associations", type=int, default=500, help="open associations allowed at once"
     )
+    serve.add_argument(
+        "--storage",
+        metavar="DIR",
+        help="accept C-STORE and write instances under DIR "
+        "({StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm)",
+    )
+
+    store = commands.add_parser("store", help="send DICOM files (C-STORE) over one association")
+    store.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
+    store.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
+    store.add_argument("--timeout", type=_positive, default=30.0, help="seconds for each step")
+    store.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    store.add_argument("host")
+    store.add_argument("port", type=_port)
+    store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
 
     commands.add_parser("demo", help="start a local SCP and walk through what adicom does")
     return parser
@@ -106,8 +125,19 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    storage = None
+    if args.storage:
+        root = Path(args.storage)
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise PermissionError(f"cannot write to the storage folder {root}")
+        storage = DiskStorage(root)
     async with Server(
-        args.aet, host=args.host, port=args.port, max_associations=args.max_associations
+        args.aet,
+        host=args.host,
+        port=args.port,
+        max_associations=args.max_associations,
+        storage=storage,
     ) as server:
         print(
             f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
@@ -116,6 +146,42 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print(f"adicom serve: stopping ({server.stats})", flush=True)
     return EXIT_OK
+
+
+async def _store(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"adicom store: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_FAILED
+    started = time.perf_counter()
+    count = 0
+
+    def progress(result: StoreResult) -> None:
+        nonlocal count
+        count += 1
+        if not args.quiet:
+            outcome = "ok" if result.ok else f"FAILED: {result.error}"
+            print(f"[{count}] {result.source}: {outcome}", flush=True)
+
+    results = await store(
+        args.host,
+        args.port,
+        args.paths,
+        calling_ae=args.aet,
+        called_ae=args.aec,
+        connect_timeout=args.timeout,
+        timeout=args.timeout,
+        progress=progress,
+    )
+    elapsed = time.perf_counter() - started
+    failed = [r for r in results if not r.ok]
+    print(
+        f"adicom store: {len(results) - len(failed)} sent, {len(failed)} failed "
+        f"to {args.aec} at {args.host}:{args.port} in {elapsed:.2f} s"
+    )
+    for result in failed:
+        print(f"  failed: {result.source}: {result.error}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -143,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    runner = {"echo": _echo, "serve": _serve, "demo": _demo}[args.command]
+    runner = {"echo": _echo, "serve": _serve, "store": _store, "demo": _demo}[args.command]
     try:
         return asyncio.run(runner(args))
     except PeerUnreachable as exc:

@@ -17,7 +17,7 @@ import enum
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 from adicom.errors import RemoteProtocolError
 
@@ -26,10 +26,12 @@ __all__ = [
     "Command",
     "CommandField",
     "CommandReceived",
+    "DatasetReader",
     "DataReceived",
     "MessageAssembler",
     "Priority",
     "StatusCategory",
+    "describe_status",
     "fragment_message",
     "status_category",
 ]
@@ -88,6 +90,55 @@ def status_category(status: int) -> StatusCategory:
     if status in _WARNING_CODES or 0xB000 <= status <= 0xBFFF:
         return StatusCategory.WARNING
     return StatusCategory.FAILURE
+
+
+# Names of the status codes, as PS3.7 Annex C and the service classes of
+# PS3.4 (B.2.3 storage, C.4.1.1.4 find, C.4.2.1.5 move, C.4.3.1.4 get) say.
+_STATUS_NAMES: dict[int, str] = {
+    0x0000: "Success",
+    0x0001: "Warning: requested optional attributes are not supported",
+    0x0107: "Warning: attribute list error",
+    0x0116: "Warning: attribute value out of range",
+    0x0110: "Failure: processing failure",
+    0x0111: "Failure: duplicate SOP instance",
+    0x0112: "Failure: no such SOP instance",
+    0x0117: "Failure: invalid SOP instance",
+    0x0118: "Failure: no such SOP class",
+    0x0119: "Failure: class-instance conflict",
+    0x0120: "Failure: missing attribute",
+    0x0121: "Failure: missing attribute value",
+    0x0122: "Failure: SOP class not supported",
+    0x0124: "Refused: not authorized",
+    0x0210: "Failure: duplicate invocation",
+    0x0211: "Failure: unrecognized operation",
+    0x0212: "Failure: mistyped argument",
+    0x0213: "Failure: resource limitation",
+    0xA701: "Refused: out of resources, unable to calculate number of matches",
+    0xA702: "Refused: out of resources, unable to perform sub-operations",
+    0xA801: "Refused: move destination unknown",
+    0xB000: "Warning: coercion of data elements, or sub-operations completed with failures",
+    0xB006: "Warning: elements discarded",
+    0xB007: "Warning: data set does not match SOP class",
+    0xFE00: "Cancel: operation terminated by cancel request",
+    0xFF00: "Pending",
+    0xFF01: "Pending: optional keys not supported",
+}
+
+
+def describe_status(status: int) -> str:
+    """Name a DIMSE status code in the words of PS3.4 and PS3.7."""
+    name = _STATUS_NAMES.get(status)
+    if name is not None:
+        return name
+    high = status & 0xFF00
+    if high == 0xA700:
+        return "Refused: out of resources"
+    if high == 0xA900:
+        return "Error: data set or identifier does not match SOP class"
+    if status & 0xF000 == 0xC000:
+        return "Error: cannot understand, or unable to process"
+    category = status_category(status)
+    return f"{category.value.capitalize()}: status 0x{status:04X}"
 
 
 # --------------------------------------------------------------------------
@@ -265,40 +316,73 @@ def _decode_value(vr: str, raw: bytes, element: int) -> Any:
 # Fragmenting and reassembling messages (PS3.8 Annex E)
 
 
+#: The largest P-DATA-TF PDU we send, whatever the peer accepts (0 included):
+#: big enough that headers and writes cost nothing, small enough that a data
+#: set read from a file is never held whole.
+MAX_SEND_PDU = 1 << 20
+
+
+class DatasetReader(Protocol):
+    """A data set read as it is sent (a file from its data set's first byte)."""
+
+    @property
+    def size(self) -> int:
+        """How many bytes will be read in all."""
+        ...
+
+    def read(self, n: int, /) -> bytes:
+        """The next ``n`` bytes."""
+        ...
+
+
 def fragment_message(
     context_id: int,
     command: bytes,
-    dataset: bytes | memoryview | None,
+    dataset: bytes | memoryview | DatasetReader | None,
     max_pdu: int,
 ) -> Iterator[list[tuple[int, int, bytes | memoryview]]]:
     """Split a message into P-DATA-TF PDUs that fit the peer's maximum length.
 
     Yields, PDU by PDU, the (context ID, message control header, data)
     triples that :func:`adicom.pdu.encode_pdata` encodes. ``max_pdu`` is the
-    maximum length the peer announced (0: no limit). The command and a data
-    set that fits go in the same PDU, so a small message is one write. Each
-    PDV costs 6 bytes of the PDU's length (PS3.8 9.3.5.1).
+    maximum length the peer announced (0: no limit); we never send more than
+    :data:`MAX_SEND_PDU`. The command and a data set that fits go in the same
+    PDU, so a small message is one write. Each PDV costs 6 bytes of the PDU's
+    length (PS3.8 9.3.5.1). A :class:`DatasetReader` is read only as its
+    PDUs are taken, so a large file is never in memory whole.
     """
-    limit = max_pdu if max_pdu else 1 << 31
+    limit = min(max_pdu, MAX_SEND_PDU) if max_pdu else MAX_SEND_PDU
     if limit < 8:
         raise ValueError(f"maximum PDU length {max_pdu} cannot carry a PDV")
-    chunk = limit - 6
     pdu: list[tuple[int, int, bytes | memoryview]] = []
     room = limit
-    pieces: list[tuple[bytes | memoryview, bool]] = [(command, True)]
+    pieces: list[tuple[bytes | memoryview | DatasetReader, bool]] = [(command, True)]
     if dataset is not None:
         pieces.append((dataset, False))
     for data, is_command in pieces:
-        view = memoryview(data)
-        total = len(view)
+        if isinstance(data, bytes | bytearray | memoryview):
+            view: memoryview | None = memoryview(data)
+            total = len(data)
+            reader = None
+        else:
+            view, total, reader = None, data.size, data
         pos = 0
         while True:
             if room < 6 + (pos < total):  # room for a PDV header and a byte of data
                 yield pdu
                 pdu, room = [], limit
-            take = min(total - pos, room - 6, chunk)
+            take = min(total - pos, room - 6)
+            if view is not None:
+                piece: bytes | memoryview = view[pos : pos + take]
+            else:
+                assert reader is not None
+                piece = reader.read(take)
+                if len(piece) != take:
+                    raise OSError(
+                        f"data set source ended after {pos + len(piece)} of {total} bytes"
+                    )
             last = pos + take >= total
-            pdu.append((context_id, is_command | (last << 1), view[pos : pos + take]))
+            pdu.append((context_id, is_command | (last << 1), piece))
             room -= take + 6
             pos += take
             if last:

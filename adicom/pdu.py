@@ -701,6 +701,12 @@ class PDUReader:
     :class:`~adicom.errors.PDUTooLarge` as soon as the header is in, before the
     body is gathered.
 
+    Bytes come in through :meth:`feed`, or, for a driver that can read into
+    a buffer it is given (``asyncio.BufferedProtocol``), through
+    :meth:`get_buffer` and :meth:`buffer_updated`: then the body of a large
+    PDU is received straight into the buffer it is decoded from, and its
+    bytes are copied once, by the kernel.
+
     >>> r = PDUReader()
     >>> r.feed(AReleaseRQ().encode()[:3])
     >>> r.next_pdu() is None
@@ -710,21 +716,67 @@ class PDUReader:
     AReleaseRQ()
     """
 
-    __slots__ = ("_buf", "max_control_length", "max_pdata_length")
+    __slots__ = (
+        "_body",
+        "_body_pos",
+        "_body_type",
+        "_body_view",
+        "_buf",
+        "_staging",
+        "max_control_length",
+        "max_pdata_length",
+    )
+
+    #: A PDU body at least this long gets a buffer of its own.
+    LARGE = 1 << 16
+    #: ... unless it is longer than this (a peer that announced no limit
+    #: cannot make us allocate more than this ahead of its bytes).
+    PREALLOCATE_MAX = 1 << 24
+    STAGING = 1 << 18
 
     def __init__(self, max_pdata_length: int = 0, max_control_length: int = MAX_CONTROL_PDU):
         self._buf = bytearray()
+        self._body: bytearray | None = None
+        self._body_view: memoryview | None = None
+        self._body_pos = 0
+        self._body_type = 0
+        self._staging: memoryview | None = None
         self.max_pdata_length = max_pdata_length
         self.max_control_length = max_control_length
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes."""
-        self._buf += data
+        view = self._body_view
+        if view is not None:
+            take = min(len(data), len(view) - self._body_pos)
+            view[self._body_pos : self._body_pos + take] = data[:take]
+            self._body_pos += take
+            if take < len(data):
+                self._buf += data[take:]
+        else:
+            self._buf += data
+
+    def get_buffer(self) -> memoryview:
+        """Where the next received bytes should go (then call :meth:`buffer_updated`)."""
+        view = self._body_view
+        if view is not None:
+            return view[self._body_pos :]
+        if self._staging is None:
+            self._staging = memoryview(bytearray(self.STAGING))
+        return self._staging
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were received into the buffer :meth:`get_buffer` returned."""
+        if self._body_view is not None:
+            self._body_pos += nbytes
+        else:
+            assert self._staging is not None
+            self._buf += self._staging[:nbytes]
 
     @property
     def buffered(self) -> int:
         """How many received bytes wait for the rest of their PDU."""
-        return len(self._buf)
+        return len(self._buf) + self._body_pos
 
     def next_pdu(self) -> PDU | None:
         """Return the next whole PDU, or None if more bytes are needed.
@@ -732,6 +784,13 @@ class PDUReader:
         Raises :class:`~adicom.errors.RemoteProtocolError` for bytes that are
         not a valid PDU; the reader must not be used after that.
         """
+        body = self._body
+        if body is not None:
+            if self._body_pos < len(body):
+                return None
+            self._body = self._body_view = None
+            self._body_pos = 0
+            return _DECODERS[self._body_type](memoryview(body))
         buf = self._buf
         if len(buf) < 6:
             if buf and buf[0] not in _DECODERS:
@@ -744,11 +803,21 @@ class PDUReader:
         limit = self.max_pdata_length if pdu_type == 0x04 else self.max_control_length
         if limit and length > limit:
             raise PDUTooLarge(length, limit)
-        if len(buf) < 6 + length:
+        have = len(buf) - 6
+        if have < length:
+            if self.LARGE <= length <= self.PREALLOCATE_MAX:
+                # Gather the rest of the body in place (see get_buffer).
+                self._body = bytearray(length)
+                self._body_view = memoryview(self._body)
+                self._body_view[:have] = buf[6:]
+                self._body_pos = have
+                self._body_type = pdu_type
+                buf.clear()
             return None
-        body = bytes(buf[6 : 6 + length])
+        with memoryview(buf) as view:
+            data = bytes(view[6 : 6 + length])
         del buf[: 6 + length]
-        return decoder(memoryview(body))
+        return decoder(memoryview(data))
 
     @staticmethod
     def _unknown(pdu_type: int) -> RemoteProtocolError:

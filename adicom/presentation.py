@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pydicom import uid as _uid
 from pydicom.uid import UID
 
 from adicom.pdu import PresentationContextAC, PresentationContextRQ, RoleSelection
@@ -24,6 +25,8 @@ from adicom.pdu import PresentationContextAC, PresentationContextRQ, RoleSelecti
 __all__ = [
     "DEFAULT_TRANSFER_SYNTAXES",
     "MAX_CONTEXTS",
+    "STORAGE_SOP_CLASSES",
+    "STORAGE_TRANSFER_SYNTAXES",
     "VERIFICATION",
     "PresentationContext",
     "accept_contexts",
@@ -42,6 +45,37 @@ DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.1",
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.2",
+)
+
+
+def _storage_sop_classes() -> tuple[str, ...]:
+    # pydicom keeps the registry of UIDs (PS3.6 Table A-1) in a private
+    # module; the storage SOP classes are the SOP classes named "... Storage".
+    try:
+        from pydicom._uid_dict import UID_dictionary
+    except ImportError:  # pragma: no cover - a pydicom that moved it
+        return ()
+    return tuple(
+        uid
+        for uid, (name, kind, *_) in UID_dictionary.items()
+        if kind == "SOP Class" and "Storage" in name and "Commitment" not in name
+    )
+
+
+#: Every storage SOP class of PS3.4 Annex B that pydicom knows (retired ones too).
+STORAGE_SOP_CLASSES: tuple[str, ...] = _storage_sop_classes()
+
+#: What a storage SCP accepts, most preferred first: the uncompressed
+#: syntaxes, deflate, then every compressed syntax pydicom knows, so an
+#: instance can be stored as it was sent.
+STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    *DEFAULT_TRANSFER_SYNTAXES,
+    "1.2.840.10008.1.2.1.99",
+    *(
+        str(ts)
+        for ts in _uid.AllTransferSyntaxes
+        if ts not in DEFAULT_TRANSFER_SYNTAXES and ts != "1.2.840.10008.1.2.1.99"
+    ),
 )
 
 #: At most 128 presentation contexts per association: IDs are the odd

@@ -225,12 +225,27 @@ class UpperLayer:
         """The transport is open: Evt2 (requestor) or Evt5 (acceptor)."""
         self._step(Event.EVT2 if self.requestor else Event.EVT5, now)
 
+    @property
+    def reader(self) -> PDUReader:
+        """The PDU reader, for drivers that receive into its buffers."""
+        return self._reader
+
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed received bytes; whole PDUs become events."""
         if self._reader_failed or self.state is State.STA1:
             return
+        self._reader.feed(data)
+        self._parse(now)
+
+    def receive_into(self, nbytes: int, now: float) -> None:
+        """``nbytes`` were received into ``reader.get_buffer()``; whole PDUs become events."""
+        if self._reader_failed or self.state is State.STA1:
+            return
+        self._reader.buffer_updated(nbytes)
+        self._parse(now)
+
+    def _parse(self, now: float) -> None:
         reader = self._reader
-        reader.feed(data)
         while not self._reader_failed and self._fsm.state is not State.STA1:
             try:
                 pdu = reader.next_pdu()

@@ -19,9 +19,11 @@ from adicom.association import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     Association,
+    DatasetSink,
     Message,
+    SinkFactory,
 )
-from adicom.dimse import CommandField
+from adicom.dimse import Command, CommandField
 from adicom.errors import DicomError, describe_reject
 from adicom.pdu import (
     APPLICATION_CONTEXT,
@@ -35,11 +37,14 @@ from adicom.pdu import (
 )
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
+    STORAGE_SOP_CLASSES,
+    STORAGE_TRANSFER_SYNTAXES,
     VERIFICATION,
     accept_contexts,
     accept_roles,
     negotiated,
 )
+from adicom.storage import IncomingInstance, StorageHandler, StoreContext
 
 __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
 
@@ -102,6 +107,7 @@ class Server:
         idle_timeout: float | None = 60.0,
         transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
         user_identity: UserIdentityHook | None = None,
+        storage: StorageHandler | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -118,8 +124,12 @@ class Server:
         self.dimse_timeout = dimse_timeout
         self.idle_timeout = idle_timeout
         self.user_identity = user_identity
+        #: Where received instances go; with it every storage SOP class is accepted.
+        self.storage = storage
         #: Abstract syntax -> transfer syntaxes we take, most preferred first.
         self.supported: dict[str, Sequence[str]] = {VERIFICATION: tuple(transfer_syntaxes)}
+        if storage is not None:
+            self.supported.update(dict.fromkeys(STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES))
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
@@ -157,6 +167,8 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self.storage is not None:
+            await self.storage.aclose()
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -193,6 +205,8 @@ class Server:
                 request_seen.set_result(request)
 
         association.on_request = on_request
+        if self.storage is not None:
+            association.on_dataset = self._sink_factory(association, self.storage)
         task = asyncio.get_running_loop().create_task(self._serve(association, request_seen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -323,11 +337,38 @@ class Server:
                 return
             await self._dispatch(association, message)
 
+    @staticmethod
+    def _sink_factory(association: Association, storage: StorageHandler) -> SinkFactory:
+        def open_sink(context_id: int, command: Command) -> DatasetSink | None:
+            if command.command_field != CommandField.C_STORE_RQ:
+                return None  # identifiers of queries are small: keep them in memory
+            context = association.contexts[context_id]
+            return storage.open(
+                StoreContext(
+                    calling_ae=association.calling_ae,
+                    called_ae=association.called_ae,
+                    sop_class_uid=command.affected_sop_class_uid or str(context.abstract_syntax),
+                    sop_instance_uid=command.affected_sop_instance_uid or "",
+                    transfer_syntax=str(context.transfer_syntax),
+                    address=association.peer_address,
+                    message_id=command.message_id or 0,
+                )
+            )
+
+        return open_sink
+
     async def _dispatch(self, association: Association, message: Message) -> None:
         field = message.command.command_field
         if field == CommandField.C_ECHO_RQ:
             # PS3.4 A.4: the Verification SCP answers Success.
             await association.respond(message, 0x0000)
+        elif field == CommandField.C_STORE_RQ and isinstance(message.sink, IncomingInstance):
+            # The status goes out only once the instance is stored (or not).
+            status = await message.sink.finish()
+            comment = message.sink.error
+            await association.respond(
+                message, status, error_comment=comment[:64] if comment and status else None
+            )
         elif field == CommandField.C_CANCEL_RQ:
             return  # nothing outstanding to cancel yet
         else:

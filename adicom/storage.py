@@ -1,0 +1,552 @@
+"""What an SCP does with the instances it receives by C-STORE.
+
+A :class:`StorageHandler` opens an :class:`IncomingInstance` when a
+C-STORE-RQ's command arrives; the instance takes the data set's fragments as
+their PDVs come in (``write``, from the transport's callback) and, once the
+last one is in, ``finish`` decides the status the SCP answers with. So the
+status goes out only after the data is where it belongs.
+
+Handlers:
+
+* :class:`DiskStorage` streams each instance into a temporary file in the
+  storage folder (preamble, ``DICM``, file meta, then the data set as
+  received, never decoded) and renames it into place when complete; a file
+  under its final name is always whole.
+* :class:`MemoryStorage` keeps pydicom datasets for the caller.
+* :class:`CallbackStorage` hands each dataset (or its file) to an async
+  function of yours that returns the status.
+* :class:`ForwardStorage` sends each instance on to another node over one
+  association that it reuses, and answers with that node's status.
+
+Statuses (PS3.4 B.2.3): 0x0000 success; 0xA700 out of resources (the disk is
+full or not writable); 0xC000 cannot understand (the data set does not
+parse); a forwarded instance gets the destination's status, or 0xA700 when
+the destination cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import re
+import string
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+
+from adicom.association import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    Association,
+)
+from adicom.client import open_association
+from adicom.errors import DicomError
+from adicom.fileformat import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    encode_file_meta,
+    scan_elements,
+)
+
+__all__ = [
+    "CallbackStorage",
+    "DiskStorage",
+    "ForwardStorage",
+    "IncomingInstance",
+    "MemoryStorage",
+    "StorageHandler",
+    "StoreContext",
+]
+
+log = logging.getLogger("adicom")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+#: The default folder layout of :class:`DiskStorage`.
+DEFAULT_LAYOUT = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+
+# How much of the start of a data set is kept to find the layout's attributes.
+_HEAD = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class StoreContext:
+    """Who sent an instance and what the C-STORE-RQ said about it."""
+
+    calling_ae: str
+    called_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    address: tuple[str, int] | None = None
+    message_id: int = 0
+
+
+class IncomingInstance:
+    """One instance as it arrives; subclasses decide where its bytes go.
+
+    ``write`` must not raise: a failure is kept in ``error`` and reported by
+    ``finish`` as a status, so the association goes on and the next
+    instance is received normally.
+    """
+
+    def __init__(self, context: StoreContext) -> None:
+        self.context = context
+        self.error: str | None = None
+        #: Where the instance ended up, when it went to a file.
+        self.path: Path | None = None
+
+    def write(self, data: memoryview, /) -> None:
+        """Take the next fragment of the data set."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """The association ended before the last fragment: drop everything."""
+
+    async def finish(self) -> int:
+        """The last fragment is in: store the instance and return the status."""
+        raise NotImplementedError
+
+
+class StorageHandler:
+    """Decides where received instances go (base class)."""
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        """Start receiving one instance (called from the transport callback)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release what the handler holds (connections, files)."""
+
+
+# --------------------------------------------------------------------------
+# Memory
+
+
+class _InMemory(IncomingInstance):
+    def __init__(self, context: StoreContext) -> None:
+        super().__init__(context)
+        self._parts: list[bytes] = []
+
+    def write(self, data: memoryview, /) -> None:
+        self._parts.append(bytes(data))
+
+    def abort(self) -> None:
+        self._parts = []
+
+    def dataset(self) -> Dataset:
+        """Decode what arrived, with a file meta group built from the command."""
+        ctx = self.context
+        meta = encode_file_meta(
+            ctx.sop_class_uid,
+            ctx.sop_instance_uid,
+            ctx.transfer_syntax,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            source_ae=ctx.calling_ae,
+        )
+        raw = meta + b"".join(self._parts)
+        self._parts = []
+        return pydicom.dcmread(io.BytesIO(raw))
+
+    def encoded(self) -> bytes:
+        """The data set as received."""
+        return b"".join(self._parts)
+
+
+class MemoryStorage(StorageHandler):
+    """Keeps every received instance as a pydicom Dataset in :attr:`datasets`."""
+
+    def __init__(self) -> None:
+        #: The datasets received so far, in arrival order, with ``file_meta``.
+        self.datasets: list[Dataset] = []
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        """Start receiving one instance into memory."""
+        return _MemoryInstance(context, self.datasets)
+
+
+class _MemoryInstance(_InMemory):
+    def __init__(self, context: StoreContext, into: list[Dataset]) -> None:
+        super().__init__(context)
+        self._into = into
+
+    async def finish(self) -> int:
+        try:
+            dataset = self.dataset()
+        except Exception as exc:
+            log.warning("cannot decode %s: %s", self.context.sop_instance_uid, exc)
+            return CANNOT_UNDERSTAND
+        self._into.append(dataset)
+        return SUCCESS
+
+
+# --------------------------------------------------------------------------
+# Disk
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._^=+-]")
+
+
+def _path_component(value: str) -> str:
+    """Make an attribute value safe as one path component (no separators, no '..')."""
+    cleaned = _UNSAFE.sub("_", value.strip()) or "unknown"
+    return "_" + cleaned if cleaned in (".", "..") else cleaned
+
+
+class DiskStorage(StorageHandler):
+    """Streams received instances to files under ``root``.
+
+    ``layout`` names each file from the instance's attributes (any keyword
+    of the data set, plus those of the C-STORE command); values are made
+    safe as path components. An instance received twice replaces the
+    earlier file when ``on_duplicate`` is "overwrite" (the default: the
+    rename is atomic, so a reader sees one whole file or the other); with
+    "keep" the first copy stays and the new one is dropped, answered with
+    success all the same. ``fsync`` makes each file durable before the
+    success status is sent (slower; off by default, like DCMTK).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        layout: str = DEFAULT_LAYOUT,
+        *,
+        on_duplicate: Literal["overwrite", "keep"] = "overwrite",
+        fsync: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.layout = layout
+        self.on_duplicate = on_duplicate
+        self.fsync = fsync
+        keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
+        tags = {}
+        for keyword in keywords:
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(f"layout names {keyword!r}, which is no DICOM keyword")
+            tags[keyword] = tag
+        self._tags = tags
+        self._wanted = frozenset(tags.values())
+        self._incoming = self.root / ".incoming"
+        #: Paths of the files stored so far (most recent last), for callers that care.
+        self.stored: list[Path] = []
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        """Start receiving one instance into a temporary file."""
+        return _DiskInstance(self, context)
+
+    def final_path(self, values: dict[str, str]) -> Path:
+        """Where an instance with these attribute values is stored."""
+        safe = {key: _path_component(value) for key, value in values.items()}
+        return self.root / self.layout.format(**safe)
+
+
+class _DiskInstance(IncomingInstance):
+    def __init__(self, storage: DiskStorage, context: StoreContext) -> None:
+        super().__init__(context)
+        self._storage = storage
+        self._head = bytearray()
+        self._temp: Path | None = None
+        self._file: io.BufferedWriter | None = None
+        try:
+            storage._incoming.mkdir(parents=True, exist_ok=True)
+            self._temp = storage._incoming / f"{uuid.uuid4().hex}.part"
+            self._file = open(self._temp, "wb")  # noqa: SIM115 - closed in finish/abort
+            self._file.write(
+                encode_file_meta(
+                    context.sop_class_uid,
+                    context.sop_instance_uid,
+                    context.transfer_syntax,
+                    implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                    implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                    source_ae=context.calling_ae,
+                )
+            )
+        except OSError as exc:
+            self._fail(f"cannot write to {storage.root}: {exc.strerror or exc}")
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+            log.warning("storing %s failed: %s", self.context.sop_instance_uid, reason)
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                self._temp.unlink(missing_ok=True)
+
+    def write(self, data: memoryview, /) -> None:
+        if self._file is None:
+            return
+        if len(self._head) < _HEAD:
+            self._head += data[: _HEAD - len(self._head)]
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._fail(f"cannot write {self._temp}: {exc.strerror or exc}")
+
+    def abort(self) -> None:
+        self._discard()
+
+    async def finish(self) -> int:
+        if self.error is not None or self._file is None or self._temp is None:
+            self._discard()
+            return OUT_OF_RESOURCES
+        storage = self._storage
+        try:
+            self._file.flush()
+            if storage.fsync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        except OSError as exc:
+            self._fail(f"cannot write {self._temp}: {exc.strerror or exc}")
+            return OUT_OF_RESOURCES
+        try:
+            values = self._layout_values()
+        except Exception as exc:  # pydicom raises many kinds on bad data
+            self._fail(f"the data set does not parse: {exc}")
+            return CANNOT_UNDERSTAND
+        final = storage.final_path(values)
+        try:
+            if final.exists() and storage.on_duplicate == "keep":
+                log.info("%s already stored at %s; keeping the first copy", values, final)
+                self._discard()
+                self.path = final
+                return SUCCESS
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._temp, final)
+        except OSError as exc:
+            self._fail(f"cannot store {final}: {exc.strerror or exc}")
+            return OUT_OF_RESOURCES
+        self.path = final
+        storage.stored.append(final)
+        return SUCCESS
+
+    def _layout_values(self) -> dict[str, str]:
+        """The layout's attributes, from the data set's first bytes (or pydicom)."""
+        storage = self._storage
+        ctx = self.context
+        transfer = ctx.transfer_syntax
+        found: dict[int, bytes] | None = None
+        if transfer.startswith("1.2.840.10008.1.2") and not transfer.endswith(".99"):
+            # Every standard transfer syntax but deflate encodes the top
+            # level of the data set plainly; only the pixel data differs.
+            found = scan_elements(
+                bytes(self._head),
+                storage._wanted,
+                implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
+                little=transfer != EXPLICIT_VR_BIG_ENDIAN,
+            )
+        if found is None:
+            assert self._temp is not None
+            dataset = pydicom.dcmread(
+                self._temp, stop_before_pixels=True, specific_tags=list(storage._wanted)
+            )
+            found = {
+                tag: str(dataset[tag].value).encode() for tag in storage._wanted if tag in dataset
+            }
+        values = {}
+        for keyword, tag in storage._tags.items():
+            raw = found.get(tag)
+            if raw is None and keyword == "SOPInstanceUID":
+                values[keyword] = ctx.sop_instance_uid
+            elif raw is None and keyword == "SOPClassUID":
+                values[keyword] = ctx.sop_class_uid
+            else:
+                text = raw.decode("ascii", "replace").strip(" \0") if raw else ""
+                values[keyword] = text or "unknown"
+        return values
+
+
+# --------------------------------------------------------------------------
+# Callback
+
+#: An async function given each received dataset (or path) and its context,
+#: returning the status to answer (None means success).
+StoreCallback = Callable[[Dataset, StoreContext], Awaitable[int | None]]
+PathCallback = Callable[[Path, StoreContext], Awaitable[int | None]]
+
+
+class CallbackStorage(StorageHandler):
+    """Calls ``callback(dataset, context)`` for each received instance.
+
+    With ``storage`` (a :class:`DiskStorage`), the instance is first stored
+    as a file and ``callback(path, context)`` gets its path instead. The
+    callback's return value is the status (None: success); an exception in
+    it answers 0xC000 and is logged.
+    """
+
+    def __init__(
+        self, callback: StoreCallback | PathCallback, *, storage: DiskStorage | None = None
+    ) -> None:
+        self.callback = callback
+        self.storage = storage
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        """Start receiving one instance."""
+        inner = self.storage.open(context) if self.storage else None
+        return _CallbackInstance(context, self.callback, inner)
+
+
+class _CallbackInstance(_InMemory):
+    def __init__(
+        self,
+        context: StoreContext,
+        callback: StoreCallback | PathCallback,
+        inner: IncomingInstance | None,
+    ) -> None:
+        super().__init__(context)
+        self._callback = callback
+        self._inner = inner
+
+    def write(self, data: memoryview, /) -> None:
+        if self._inner is not None:
+            self._inner.write(data)
+        else:
+            super().write(data)
+
+    def abort(self) -> None:
+        if self._inner is not None:
+            self._inner.abort()
+        super().abort()
+
+    async def finish(self) -> int:
+        if self._inner is not None:
+            status = await self._inner.finish()
+            if status != SUCCESS or self._inner.path is None:
+                return status
+            self.path = self._inner.path
+            argument: object = self.path
+        else:
+            try:
+                argument = self.dataset()
+            except Exception as exc:
+                log.warning("cannot decode %s: %s", self.context.sop_instance_uid, exc)
+                return CANNOT_UNDERSTAND
+        try:
+            result = await self._callback(argument, self.context)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("the storage callback failed for %s", self.context.sop_instance_uid)
+            return CANNOT_UNDERSTAND
+        return SUCCESS if result is None else result
+
+
+# --------------------------------------------------------------------------
+# Forward
+
+
+class ForwardStorage(StorageHandler):
+    """Sends each received instance on to ``host:port`` and answers with its status.
+
+    One association to the destination is opened when first needed and
+    reused; when an instance needs a presentation context it lacks, a new
+    association proposing everything seen so far replaces it. Instances
+    forwarded from several incoming associations take turns on it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        called_ae: str = "ANY-SCP",
+        calling_ae: str = "ADICOM",
+        timeout: float = 30.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.called_ae, self.calling_ae = called_ae, calling_ae
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+        self._association: Association | None = None
+        self._wanted: dict[tuple[str, str], None] = {}
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        """Start receiving one instance into memory, to forward when complete."""
+        return _ForwardInstance(context, self)
+
+    async def forward(self, context: StoreContext, encoded: bytes) -> int:
+        """Send one encoded instance on; return the destination's status."""
+        key = (context.sop_class_uid, context.transfer_syntax)
+        async with self._lock:
+            association = self._association
+            if association is not None and (
+                not association.is_established or _context_id(association, key) is None
+            ):
+                await _close(association)
+                association = self._association = None
+            if association is None:
+                self._wanted[key] = None
+                try:
+                    association = await open_association(
+                        self.host,
+                        self.port,
+                        calling_ae=self.calling_ae,
+                        called_ae=self.called_ae,
+                        contexts=[(sop, [ts]) for sop, ts in list(self._wanted)[-128:]],
+                        timeout=self.timeout,
+                    )
+                except DicomError as exc:
+                    log.warning("cannot forward to %s:%d: %s", self.host, self.port, exc)
+                    return OUT_OF_RESOURCES
+                self._association = association
+            context_id = _context_id(association, key)
+            if context_id is None:
+                log.warning("%s:%d does not accept %s in %s", self.host, self.port, *key)
+                return OUT_OF_RESOURCES
+            try:
+                response = await association.send_c_store(
+                    context_id, context.sop_class_uid, context.sop_instance_uid, encoded
+                )
+            except DicomError as exc:
+                log.warning("forwarding %s failed: %s", context.sop_instance_uid, exc)
+                self._association = None
+                return OUT_OF_RESOURCES
+            return response.status if response.status is not None else OUT_OF_RESOURCES
+
+    async def aclose(self) -> None:
+        """Release the association to the destination."""
+        async with self._lock:
+            if self._association is not None:
+                await _close(self._association)
+                self._association = None
+
+
+def _context_id(association: Association, key: tuple[str, str]) -> int | None:
+    for context in association.contexts.values():
+        if context.accepted and (context.abstract_syntax, context.transfer_syntax) == key:
+            return context.context_id
+    return None
+
+
+async def _close(association: Association) -> None:
+    try:
+        await association.release()
+    except DicomError:
+        association.abort()
+
+
+class _ForwardInstance(_InMemory):
+    def __init__(self, context: StoreContext, forwarder: ForwardStorage) -> None:
+        super().__init__(context)
+        self._forwarder = forwarder
+
+    async def finish(self) -> int:
+        return await self._forwarder.forward(self.context, self.encoded())

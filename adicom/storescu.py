@@ -1,0 +1,352 @@
+"""C-STORE as SCU: send files and datasets, each instance with its own result.
+
+:func:`store` takes paths (files, or folders searched recursively) and
+pydicom datasets, proposes presentation contexts from what they are (their
+SOP classes and transfer syntaxes), and sends them over one association, or
+more when they need more than the 128 contexts PS3.8 allows in one.
+
+A file whose transfer syntax the peer accepted is sent as it lies on disk,
+read as it is sent, never decoded. When only another uncompressed syntax was
+accepted, pydicom converts it. A compressed instance whose syntax was
+refused fails with a reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+
+from adicom.association import DEFAULT_MAX_PDU, Association
+from adicom.client import connect
+from adicom.dimse import StatusCategory, describe_status, status_category
+from adicom.fileformat import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    read_file_meta,
+)
+from adicom.presentation import MAX_CONTEXTS
+
+__all__ = ["StoreResult", "iter_files", "store", "store_instance", "storage_contexts"]
+
+log = logging.getLogger("adicom")
+
+_UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What happened to one instance sent by C-STORE.
+
+    ``source`` is the file's path, or the SOP Instance UID of a dataset.
+    ``status`` is the C-STORE-RSP status, None when nothing was sent
+    (``error`` says why).
+    """
+
+    source: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    status: int | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for success and warning statuses."""
+        return self.status is not None and status_category(self.status) in (
+            StatusCategory.SUCCESS,
+            StatusCategory.WARNING,
+        )
+
+
+@dataclass(slots=True)
+class _Instance:
+    """An instance ready to send: where its data set is and how it is encoded."""
+
+    source: str
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    transfer_syntax: str = ""
+    path: Path | None = None
+    offset: int = 0
+    dataset: Dataset | None = None
+    error: str | None = None
+
+    def failed(self, reason: str, status: int | None = None) -> StoreResult:
+        return StoreResult(self.source, self.sop_class_uid, self.sop_instance_uid, status, reason)
+
+
+class _FileSlice:
+    """A file from its data set's first byte, read as it is sent."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file.seek(offset)
+        self.size = os.fstat(self._file.fileno()).st_size - offset
+
+    def read(self, n: int, /) -> bytes:
+        return self._file.read(n)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """The files named, with folders searched recursively (sorted, hidden ones skipped)."""
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(root) / name
+        else:
+            yield path
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.decode("ascii", "replace").strip(" \0") if raw else ""
+
+
+def _prepare(source: str | os.PathLike[str] | Dataset) -> _Instance:
+    if isinstance(source, Dataset):
+        return _prepare_dataset(source, None)
+    path = Path(source)
+    instance = _Instance(str(path), path=path)
+    try:
+        with open(path, "rb") as fp:
+            meta, instance.offset = read_file_meta(fp)
+    except OSError as exc:
+        instance.error = f"cannot read: {exc.strerror or exc}"
+        return instance
+    except ValueError:
+        # Not a Part 10 file; pydicom may still make a data set of it.
+        try:
+            dataset = pydicom.dcmread(path, force=True)
+            if "SOPClassUID" not in dataset:
+                raise ValueError("no SOP Class UID")
+        except Exception:
+            instance.error = "not a DICOM file"
+            return instance
+        return _prepare_dataset(dataset, str(path))
+    instance.sop_class_uid = _text(meta.get(0x00020002))
+    instance.sop_instance_uid = _text(meta.get(0x00020003))
+    instance.transfer_syntax = _text(meta.get(0x00020010))
+    if not (instance.sop_class_uid and instance.sop_instance_uid and instance.transfer_syntax):
+        instance.error = (
+            "the file meta information lacks the SOP class, instance or transfer syntax"
+        )
+    return instance
+
+
+def _prepare_dataset(dataset: Dataset, label: str | None) -> _Instance:
+    sop_instance = str(dataset.get("SOPInstanceUID", ""))
+    instance = _Instance(label or sop_instance, dataset=dataset)
+    instance.sop_class_uid = str(dataset.get("SOPClassUID", ""))
+    instance.sop_instance_uid = sop_instance
+    meta = getattr(dataset, "file_meta", None)
+    transfer = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    instance.transfer_syntax = transfer or EXPLICIT_VR_LITTLE_ENDIAN
+    if not instance.sop_class_uid or not instance.sop_instance_uid:
+        instance.error = "the dataset has no SOP Class UID or SOP Instance UID"
+    return instance
+
+
+def _context_keys(instance: _Instance) -> list[tuple[str, tuple[str, ...]]]:
+    sop, syntax = instance.sop_class_uid, instance.transfer_syntax
+    if syntax == EXPLICIT_VR_LITTLE_ENDIAN:
+        return [(sop, _UNCOMPRESSED[:2])]
+    if syntax == IMPLICIT_VR_LITTLE_ENDIAN:
+        # Every SCP takes implicit little endian (PS3.5 10.1): a context of
+        # its own lets the file go as it is, whatever the acceptor prefers.
+        return [(sop, (syntax,))]
+    if syntax == EXPLICIT_VR_BIG_ENDIAN:
+        return [(sop, (syntax,)), (sop, _UNCOMPRESSED[:2])]
+    return [(sop, (syntax,))]
+
+
+def storage_contexts(instances: Iterable[_Instance]) -> list[tuple[str, list[str]]]:
+    """The presentation contexts to propose for these instances.
+
+    Per SOP class and transfer syntax found, one context: explicit little
+    endian instances propose implicit as well (any SCP takes it); big
+    endian ones add a little endian context to fall back on; implicit,
+    deflated and compressed ones propose their own syntax alone, so each
+    file can be sent as it is.
+    """
+    keys: dict[tuple[str, tuple[str, ...]], None] = {}
+    for instance in instances:
+        if not instance.error:
+            keys.update(dict.fromkeys(_context_keys(instance)))
+    return [(sop, list(syntaxes)) for sop, syntaxes in keys]
+
+
+def _choose(association: Association, instance: _Instance) -> tuple[int, str] | None:
+    """The context to send on and its transfer syntax: the instance's own, else uncompressed."""
+    fallback = None
+    for context in association.contexts.values():
+        if not context.accepted or context.abstract_syntax != instance.sop_class_uid:
+            continue
+        if context.transfer_syntax == instance.transfer_syntax:
+            return context.context_id, instance.transfer_syntax
+        if (
+            fallback is None
+            and instance.transfer_syntax in _UNCOMPRESSED
+            and context.transfer_syntax in _UNCOMPRESSED
+        ):
+            fallback = (context.context_id, str(context.transfer_syntax))
+    return fallback
+
+
+def _encode(dataset: Dataset, transfer_syntax: str) -> bytes:
+    """Encode a dataset (without its file meta) in an uncompressed transfer syntax."""
+    syntax = UID(transfer_syntax)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = syntax.is_little_endian
+    buffer.is_implicit_VR = syntax.is_implicit_VR
+    body = Dataset({tag: elem for tag, elem in dataset.items() if tag.group != 0x0002})
+    write_dataset(buffer, body)
+    return buffer.getvalue()
+
+
+async def store_instance(
+    association: Association, source: str | os.PathLike[str] | Dataset
+) -> StoreResult:
+    """Send one instance on an open association and return its result."""
+    return await _send(association, _prepare(source))
+
+
+async def _send(association: Association, instance: _Instance) -> StoreResult:
+    if instance.error:
+        return instance.failed(instance.error)
+    choice = _choose(association, instance)
+    if choice is None:
+        return instance.failed(
+            f"the peer accepted no presentation context for {UID(instance.sop_class_uid).name} "
+            f"in {UID(instance.transfer_syntax).name}"
+        )
+    context_id, transfer = choice
+    source: bytes | _FileSlice
+    try:
+        if (
+            instance.path is not None
+            and instance.dataset is None
+            and transfer == (instance.transfer_syntax)
+        ):
+            source = _FileSlice(instance.path, instance.offset)
+        else:
+            dataset = instance.dataset
+            if dataset is None:
+                assert instance.path is not None
+                dataset = pydicom.dcmread(instance.path)
+            if transfer == instance.transfer_syntax and UID(transfer).is_compressed:
+                source = _encode_as(dataset, EXPLICIT_VR_LITTLE_ENDIAN)
+            else:
+                source = _encode_as(dataset, transfer)
+    except Exception as exc:
+        return instance.failed(f"cannot read the instance: {exc}")
+    try:
+        response = await association.send_c_store(
+            context_id, instance.sop_class_uid, instance.sop_instance_uid, source
+        )
+    finally:
+        if isinstance(source, _FileSlice):
+            source.close()
+    status = response.status
+    assert status is not None
+    result = StoreResult(instance.source, instance.sop_class_uid, instance.sop_instance_uid, status)
+    if not result.ok:
+        comment = f": {response.error_comment}" if response.error_comment else ""
+        result = instance.failed(describe_status(status) + comment, status)
+    return result
+
+
+def _encode_as(dataset: Dataset, transfer_syntax: str) -> bytes:
+    # Compressed pixel data is already encapsulated: explicit VR little
+    # endian is how every compressed syntax encodes the rest (PS3.5 A.4).
+    return _encode(dataset, transfer_syntax)
+
+
+async def store(
+    host: str,
+    port: int,
+    sources: Iterable[str | os.PathLike[str] | Dataset],
+    *,
+    calling_ae: str = "ADICOM",
+    called_ae: str = "ANY-SCP",
+    max_pdu: int = DEFAULT_MAX_PDU,
+    connect_timeout: float | None = 10.0,
+    timeout: float | None = 30.0,
+    progress: Callable[[StoreResult], None] | None = None,
+) -> list[StoreResult]:
+    """Send instances by C-STORE and return one result per instance, in order.
+
+    ``sources`` are file paths, folders (searched recursively) and pydicom
+    datasets. Instances that cannot be sent (not DICOM, no accepted context,
+    a failure status) are reported in their result and the rest go on;
+    errors of the association itself (unreachable, rejected, aborted)
+    propagate. ``progress`` is called with each result as it comes.
+    """
+    expanded: list[str | os.PathLike[str] | Dataset] = []
+    for source in sources:
+        if isinstance(source, Dataset):
+            expanded.append(source)
+        else:
+            expanded.extend(iter_files([source]))
+    instances = [_prepare(source) for source in expanded]
+    results: list[StoreResult | None] = [None] * len(instances)
+    for batch in _batches(instances):
+        sendable = [i for i in batch if not instances[i].error]
+        for index in batch:
+            if instances[index].error:
+                results[index] = instances[index].failed(instances[index].error or "")
+                if progress:
+                    progress(results[index])  # type: ignore[arg-type]
+        if not sendable:
+            continue
+        contexts = storage_contexts([instances[i] for i in sendable])
+        async with connect(
+            host,
+            port,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            contexts=contexts,
+            max_pdu=max_pdu,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+        ) as association:
+            for index in sendable:
+                result = await _send(association, instances[index])
+                results[index] = result
+                if progress:
+                    progress(result)
+    done = [r for r in results if r is not None]
+    failed = sum(not r.ok for r in done)
+    log.info("Stored %d instances on %s: %d failed", len(done) - failed, called_ae, failed)
+    return done
+
+
+def _batches(instances: Sequence[_Instance]) -> Iterator[list[int]]:
+    """Indices of the instances, in order, cut where 128 contexts would be exceeded."""
+    batch: list[int] = []
+    keys: set[tuple[str, tuple[str, ...]]] = set()
+    for index, instance in enumerate(instances):
+        new = set() if instance.error else set(_context_keys(instance)) - keys
+        if batch and len(keys) + len(new) > MAX_CONTEXTS:
+            yield batch
+            batch, keys = [], set()
+            new = set() if instance.error else set(_context_keys(instance))
+        batch.append(index)
+        keys |= new
+    if batch:
+        yield batch
