@@ -275,7 +275,7 @@ class _DiskInstance(IncomingInstance):
                 )
             )
         except OSError as exc:
-            self._fail(f"cannot write to {storage.root}: {exc.strerror or exc}")
+            self._fail(f"cannot write ({exc.strerror or exc}) to {storage.root}")
 
     def _fail(self, reason: str) -> None:
         if self.error is None:
@@ -300,7 +300,7 @@ class _DiskInstance(IncomingInstance):
         try:
             self._file.write(data)
         except OSError as exc:
-            self._fail(f"cannot write {self._temp}: {exc.strerror or exc}")
+            self._fail(f"cannot write ({exc.strerror or exc}) to {self._temp}")
 
     def abort(self) -> None:
         self._discard()
@@ -317,7 +317,7 @@ class _DiskInstance(IncomingInstance):
             self._file.close()
             self._file = None
         except OSError as exc:
-            self._fail(f"cannot write {self._temp}: {exc.strerror or exc}")
+            self._fail(f"cannot write ({exc.strerror or exc}) to {self._temp}")
             return OUT_OF_RESOURCES
         try:
             values = self._layout_values()
@@ -334,7 +334,7 @@ class _DiskInstance(IncomingInstance):
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._temp, final)
         except OSError as exc:
-            self._fail(f"cannot store {final}: {exc.strerror or exc}")
+            self._fail(f"cannot store ({exc.strerror or exc}) at {final}")
             return OUT_OF_RESOURCES
         self.path = final
         storage.stored.append(final)

@@ -1,0 +1,361 @@
+"""C-STORE between adicom's SCU and SCP: content, statuses, bad input, nothing half-written."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import copy
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+import adicom
+from adicom import storage as storage_module
+from adicom.dimse import Command, CommandField
+from adicom.pdu import (
+    PDV,
+    AAbort,
+    AAssociateAC,
+    AAssociateRQ,
+    PDataTF,
+    PDUReader,
+    PresentationContextRQ,
+    UserInformation,
+)
+from adicom.storage import StoreContext
+
+pytestmark = pytest.mark.anyio
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT, IMPLICIT = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+
+
+def sample(name: str) -> str:
+    path = get_testdata_file(name)
+    assert path is not None
+    return str(path)
+
+
+FILES = {
+    "explicit": sample("CT_small.dcm"),
+    "implicit": sample("rtplan.dcm"),
+    "jpeg2000": sample("JPEG2000.dcm"),
+    "jpeg": sample("SC_rgb_jpeg_gdcm.dcm"),
+}
+
+
+@contextlib.asynccontextmanager
+async def scp(handler: adicom.StorageHandler, **options: Any) -> AsyncIterator[adicom.Server]:
+    async with adicom.Server("STORE", port=0, storage=handler, **options) as server:
+        yield server
+
+
+def same_content(sent: Dataset, received: Dataset) -> None:
+    assert sent.file_meta.TransferSyntaxUID == received.file_meta.TransferSyntaxUID
+    assert list(sent.keys()) == list(received.keys())
+    for tag in sent.keys():  # noqa: SIM118 - iterating a Dataset gives elements
+        assert sent[tag].value == received[tag].value, tag
+
+
+def received_files(root: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in root.rglob("*.dcm") if ".incoming" not in p.parts)
+
+
+async def test_files_arrive_intact_in_their_own_transfer_syntax(tmp_path: pathlib.Path) -> None:
+    disk = adicom.DiskStorage(tmp_path / "in")
+    async with scp(disk) as server:
+        results = await adicom.store("127.0.0.1", server.port, FILES.values(), called_ae="STORE")
+    assert [r.status for r in results] == [0, 0, 0, 0]
+    for path in FILES.values():
+        sent = pydicom.dcmread(path)
+        (stored,) = (tmp_path / "in").rglob(f"{sent.SOPInstanceUID}.dcm")
+        assert stored.parts[-3:-1] == (sent.StudyInstanceUID, sent.SeriesInstanceUID)
+        received = pydicom.dcmread(stored)
+        same_content(sent, received)
+        assert received.file_meta.SourceApplicationEntityTitle == "ADICOM"
+    # Nothing is left half-written.
+    assert list((tmp_path / "in" / ".incoming").iterdir()) == []
+
+
+async def test_memory_storage_and_datasets_as_sources() -> None:
+    memory = adicom.MemoryStorage()
+    dataset = pydicom.dcmread(FILES["explicit"])
+    async with scp(memory) as server:
+        (result,) = await adicom.store("127.0.0.1", server.port, [dataset], called_ae="STORE")
+    assert result.ok and result.source == dataset.SOPInstanceUID
+    (received,) = memory.datasets
+    assert received.PixelData == dataset.PixelData
+    assert received.PatientName == dataset.PatientName
+
+
+async def test_conversion_when_only_another_uncompressed_syntax_is_accepted() -> None:
+    memory = adicom.MemoryStorage()
+    async with scp(memory) as server:
+        server.supported[CT] = [IMPLICIT]  # this SCP takes CT in implicit VR only
+        (result,) = await adicom.store(
+            "127.0.0.1", server.port, [FILES["explicit"]], called_ae="STORE"
+        )
+    assert result.ok
+    (received,) = memory.datasets
+    assert received.file_meta.TransferSyntaxUID == IMPLICIT
+    sent = pydicom.dcmread(FILES["explicit"])
+    for tag in sent.keys():  # noqa: SIM118 - iterating a Dataset gives elements
+        assert sent[tag].value == received[tag].value
+
+
+async def test_refused_compressed_syntax_fails_alone() -> None:
+    memory = adicom.MemoryStorage()
+    jpeg2000 = pydicom.dcmread(FILES["jpeg2000"])
+    async with scp(memory) as server:
+        server.supported[jpeg2000.SOPClassUID] = [EXPLICIT, IMPLICIT]
+        results = await adicom.store(
+            "127.0.0.1", server.port, [FILES["jpeg2000"], FILES["explicit"]], called_ae="STORE"
+        )
+    assert results[0].status is None and not results[0].ok
+    assert "JPEG 2000" in (results[0].error or "")
+    assert results[1].ok
+    assert len(memory.datasets) == 1
+
+
+async def test_callback_decides_the_status() -> None:
+    seen: list[tuple[str, StoreContext]] = []
+
+    async def refuse_ct(dataset: Dataset, context: StoreContext) -> int | None:
+        seen.append((dataset.SOPInstanceUID, context))
+        if dataset.SOPClassUID == CT:
+            return 0xA700
+        if dataset.Modality == "RTPLAN":
+            raise RuntimeError("the callback's own bug")
+        return None
+
+    async with scp(adicom.CallbackStorage(refuse_ct)) as server:
+        results = await adicom.store(
+            "127.0.0.1",
+            server.port,
+            [FILES["explicit"], FILES["implicit"], FILES["jpeg"]],
+            called_ae="STORE",
+            calling_ae="MODALITY",
+        )
+    assert [r.status for r in results] == [0xA700, 0xC000, 0x0000]
+    assert "out of resources" in (results[0].error or "")
+    assert seen[0][1].calling_ae == "MODALITY" and seen[0][1].transfer_syntax == EXPLICIT
+
+
+async def test_callback_with_path(tmp_path: pathlib.Path) -> None:
+    paths: list[pathlib.Path] = []
+
+    async def keep(path: pathlib.Path, context: StoreContext) -> None:
+        assert path.is_file()
+        paths.append(path)
+
+    handler = adicom.CallbackStorage(keep, storage=adicom.DiskStorage(tmp_path))
+    async with scp(handler) as server:
+        (result,) = await adicom.store("127.0.0.1", server.port, [FILES["jpeg"]], called_ae="STORE")
+    assert result.ok and paths == received_files(tmp_path)
+
+
+@pytest.mark.parametrize("policy", ["overwrite", "keep"])
+async def test_instance_received_twice(tmp_path: pathlib.Path, policy: Any) -> None:
+    disk = adicom.DiskStorage(tmp_path, on_duplicate=policy)
+    first = pydicom.dcmread(FILES["explicit"])
+    second = pydicom.dcmread(FILES["explicit"])
+    second.PatientName = "Second^Copy"
+    async with scp(disk) as server:
+        for dataset in (first, second):
+            (result,) = await adicom.store("127.0.0.1", server.port, [dataset], called_ae="STORE")
+            assert result.ok
+    (stored,) = received_files(tmp_path)
+    expected = "Second^Copy" if policy == "overwrite" else str(first.PatientName)
+    assert str(pydicom.dcmread(stored).PatientName) == expected
+
+
+async def test_layout_values_are_made_safe(tmp_path: pathlib.Path) -> None:
+    disk = adicom.DiskStorage(tmp_path, layout="{PatientID}/{SOPInstanceUID}.dcm")
+    dataset = pydicom.dcmread(FILES["explicit"])
+    dataset.PatientID = "../../escape"
+    async with scp(disk) as server:
+        (result,) = await adicom.store("127.0.0.1", server.port, [dataset], called_ae="STORE")
+    assert result.ok
+    (stored,) = received_files(tmp_path)
+    assert stored.parent.parent == tmp_path  # stayed inside the root
+    assert stored.parent.name == ".._.._escape"
+
+
+def test_layout_with_unknown_keyword_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="NoSuchKeyword"):
+        adicom.DiskStorage(tmp_path, layout="{NoSuchKeyword}.dcm")
+
+
+async def test_unwritable_destination_fails_the_instance_and_goes_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    async with scp(adicom.DiskStorage(blocker / "store")) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="STORE", contexts=[(CT, [EXPLICIT, IMPLICIT])]
+        ) as assoc:
+            result = await assoc.store(FILES["explicit"])
+            assert result.status == 0xA700 and "cannot write" in (result.error or "")
+            # The association goes on: the next instance gets its own answer.
+            again = await assoc.store(FILES["explicit"])
+            assert again.status == 0xA700
+    assert not (blocker.parent / "store").exists()
+
+
+async def test_full_disk_leaves_no_partial_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = builtins.open
+
+    def full_disk_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if str(file).endswith(".part") and "w" in mode:
+            return real_open("/dev/full", mode, *args, **kwargs)  # every write: ENOSPC
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(storage_module, "open", full_disk_open, raising=False)
+    disk = adicom.DiskStorage(tmp_path)
+    async with scp(disk) as server:
+        (result,) = await adicom.store(
+            "127.0.0.1", server.port, [FILES["explicit"]], called_ae="STORE"
+        )
+    assert result.status == 0xA700
+    assert "No space left" in (result.error or "")
+    assert received_files(tmp_path) == []
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+async def test_data_set_that_does_not_parse_fails_and_association_goes_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    disk = adicom.DiskStorage(tmp_path)
+    async with scp(disk) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="STORE", contexts=[(CT, [EXPLICIT])]
+        ) as assoc:
+            (context,) = assoc.contexts.values()
+            garbage = b"\x08\x00\x18\x00ZZ\xff\xff" + bytes(50)
+            response = await assoc.send_c_store(context.context_id, CT, "1.2.3.4", garbage)
+            assert response.status == 0xC000
+            assert response.affected_sop_instance_uid == "1.2.3.4"
+            good = await assoc.store(FILES["explicit"])
+            assert good.ok
+    assert len(received_files(tmp_path)) == 1
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+async def test_peer_aborting_mid_instance_leaves_nothing(tmp_path: pathlib.Path) -> None:
+    disk = adicom.DiskStorage(tmp_path)
+    async with scp(disk) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        rq = AAssociateRQ(
+            called_ae="STORE",
+            calling_ae="RAW",
+            presentation_contexts=(PresentationContextRQ(1, CT, (EXPLICIT,)),),
+            user_information=UserInformation(16384, "1.2.3"),
+        )
+        writer.write(rq.encode())
+        decoder = PDUReader()
+        async with asyncio.timeout(5):
+            while (answer := decoder.next_pdu()) is None:
+                decoder.feed(await reader.read(65536))
+        assert isinstance(answer, AAssociateAC)
+        command = Command(
+            CommandField.C_STORE_RQ,
+            message_id=1,
+            affected_sop_class_uid=CT,
+            affected_sop_instance_uid="1.2.3.4",
+            priority=0,
+            command_data_set_type=0,
+        )
+        first_part = PDataTF(
+            (PDV(1, True, True, command.encode()), PDV(1, False, False, bytes(1000)))
+        )
+        writer.write(first_part.encode())
+        await writer.drain()
+        for _ in range(200):  # bounded: wait until the temporary file exists
+            if list((tmp_path / ".incoming").glob("*.part")):
+                break
+            await asyncio.sleep(0.01)
+        assert list((tmp_path / ".incoming").glob("*.part"))
+        writer.write(AAbort(0, 0).encode())
+        await writer.drain()
+        writer.close()
+        for _ in range(200):
+            if not list((tmp_path / ".incoming").glob("*.part")):
+                break
+            await asyncio.sleep(0.01)
+    assert list((tmp_path / ".incoming").iterdir()) == []
+    assert received_files(tmp_path) == []
+
+
+async def test_forward_answers_with_the_destination_status() -> None:
+    destination = adicom.MemoryStorage()
+    async with scp(destination) as final:
+        forward = adicom.ForwardStorage("127.0.0.1", final.port, called_ae="STORE")
+        async with adicom.Server("ROUTER", port=0, storage=forward) as router:
+            ct = pydicom.dcmread(FILES["explicit"])
+            ct_again = copy.deepcopy(ct)
+            ct_again.SOPInstanceUID = generate_uid()
+            first = await adicom.store(
+                "127.0.0.1", router.port, [FILES["explicit"], ct_again], called_ae="ROUTER"
+            )
+            # The same SOP class and syntax reuse the association to the destination.
+            assert final.stats["accepted"] == 1
+            second = await adicom.store(
+                "127.0.0.1", router.port, [FILES["jpeg"]], called_ae="ROUTER"
+            )
+            # A new SOP class needs a context the old association lacks.
+            assert final.stats["accepted"] == 2
+        assert [r.status for r in first + second] == [0, 0, 0]
+    assert [d.SOPInstanceUID for d in destination.datasets] == [
+        ct.SOPInstanceUID,
+        ct_again.SOPInstanceUID,
+        pydicom.dcmread(FILES["jpeg"]).SOPInstanceUID,
+    ]
+
+
+async def test_forward_to_unreachable_node_is_out_of_resources() -> None:
+    async with scp(adicom.MemoryStorage()) as gone:
+        port = gone.port
+    forward = adicom.ForwardStorage("127.0.0.1", port)
+    async with adicom.Server("ROUTER", port=0, storage=forward) as router:
+        (result,) = await adicom.store(
+            "127.0.0.1", router.port, [FILES["explicit"]], called_ae="ROUTER"
+        )
+    assert result.status == 0xA700
+
+
+async def test_more_than_128_contexts_use_more_associations() -> None:
+    memory = adicom.MemoryStorage()
+    template = pydicom.dcmread(FILES["explicit"])
+    classes = list(adicom.presentation.STORAGE_SOP_CLASSES)[:130]
+    datasets = []
+    for sop_class in classes:
+        dataset = copy.deepcopy(template)
+        dataset.SOPClassUID = sop_class
+        dataset.SOPInstanceUID = generate_uid()
+        datasets.append(dataset)
+    async with scp(memory) as server:
+        results = await adicom.store("127.0.0.1", server.port, datasets, called_ae="STORE")
+        assert server.stats["accepted"] == 2
+    assert all(r.ok for r in results)
+    assert [d.SOPClassUID for d in memory.datasets] == classes
+
+
+async def test_store_sources_that_are_not_dicom_are_reported(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ct.dcm").write_bytes(pathlib.Path(FILES["explicit"]).read_bytes())
+    async with scp(adicom.MemoryStorage()) as server:
+        results = await adicom.store("127.0.0.1", server.port, [tmp_path], called_ae="STORE")
+    by_name = {pathlib.Path(r.source).name: r for r in results}
+    assert by_name["notes.txt"].error == "not a DICOM file"
+    assert by_name["ct.dcm"].ok
