@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.interop import peers
+from tests.interop import data, peers
 
 
 @pytest.fixture
@@ -40,3 +40,15 @@ def adicom_serve() -> Iterator[peers.Peer]:
     """``adicom serve`` as a process, AE title "ADICOM"."""
     with peers.adicom_serve("ADICOM") as peer:
         yield peer
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, data.Instance]:
+    """pydicom's bundled files, one per transfer syntax, with fresh UIDs, by label."""
+    return data.write_samples(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="session")
+def big_instance(tmp_path_factory: pytest.TempPathFactory) -> data.Instance:
+    """A 200 MiB multi-frame Secondary Capture instance (explicit VR LE), written once."""
+    return data.write_big_instance(tmp_path_factory.mktemp("big") / "big.dcm")

@@ -522,3 +522,199 @@ def adicom_echo_argv(port: int, aet: str, aec: str, timeout: float = 10.0) -> li
         HOST,
         str(port),
     ]
+
+
+# --------------------------------------------------------------------------
+# Storage (C-STORE) peers
+
+
+@contextlib.contextmanager
+def dcmtk_store_scp(output_dir: Path, aet: str = "STORESCP", accept: str = "+xa") -> Iterator[Peer]:
+    """DCMTK storescp writing every received instance into ``output_dir``.
+
+    ``accept`` picks the transfer syntaxes it accepts: ``+xa`` every one it
+    supports (compressed ones included; without it storescp accepts only the
+    uncompressed syntaxes), ``+xi`` implicit VR little endian only, ``+xe``
+    the uncompressed ones with explicit VR little endian preferred. ``+B``
+    (bit-preserving) writes each data set exactly as it came off the wire,
+    so the file shows what the sender sent.
+    """
+    binary = require_dcmtk("storescp")
+    port = free_port()
+    argv = [
+        binary,
+        "--aetitle",
+        aet,
+        accept,
+        "+B",
+        "-ta",
+        "10",
+        "-td",
+        "60",
+        "--output-directory",
+        str(output_dir),
+        str(port),
+    ]
+    with running(argv, name="DCMTK storescp") as peer:
+        peer.port, peer.aet = port, aet
+        wait_for_port(HOST, port, READY_TIMEOUT, peer)
+        yield peer
+
+
+@contextlib.contextmanager
+def pynetdicom_store_scp(
+    output_dir: Path, aet: str = "PYNETDICOM-SCP", transfer_syntaxes: Sequence[str] = ()
+) -> Iterator[Peer]:
+    """pynetdicom Storage SCP (scripts/pynetdicom_store_scp.py).
+
+    Accepts every storage SOP class with every transfer syntax pynetdicom
+    knows, or only ``transfer_syntaxes`` when given, and writes each data set
+    as received (no decoding) to ``output_dir/<SOP Instance UID>.dcm``.
+    """
+    require_pynetdicom()
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(SCRIPTS / "pynetdicom_store_scp.py"),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--aet",
+        aet,
+        "--output-directory",
+        str(output_dir),
+    ]
+    for ts in transfer_syntaxes:
+        argv += ["--transfer-syntax", ts]
+    with running(argv, name="pynetdicom store SCP") as peer:
+        peer.port, peer.aet = port, aet
+        wait_for_port(HOST, port, READY_TIMEOUT, peer)
+        yield peer
+
+
+@contextlib.contextmanager
+def adicom_serve_storage(storage: Path, aet: str = "ADICOM") -> Iterator[Peer]:
+    """``adicom serve --storage DIR`` as a process, listening when it yields."""
+    port = free_port()
+    argv = [
+        *adicom_cli(),
+        "serve",
+        "--aet",
+        aet,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--storage",
+        str(storage),
+    ]
+    with running(argv, name="adicom serve --storage") as peer:
+        peer.port, peer.aet = port, aet
+        _wait_for_serve_line(peer, aet, port)
+        wait_for_port(HOST, port, READY_TIMEOUT, peer)
+        yield peer
+
+
+def _wait_for_serve_line(peer: Peer, aet: str, port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        lines = peer.stdout().splitlines()
+        if lines:
+            m = _SERVE_LINE.match(lines[0])
+            if not m:
+                raise PeerError(f"unexpected first line {lines[0]!r}\n{peer.describe()}")
+            if (m["aet"], m["host"], int(m["port"])) != (aet, HOST, port):
+                raise PeerError(f"listening line disagrees with argv\n{peer.describe()}")
+            return
+        if peer.proc.poll() is not None:
+            raise PeerError(f"exited before printing its listening line\n{peer.describe()}")
+        if time.monotonic() >= deadline:
+            raise PeerError(f"no listening line after {READY_TIMEOUT:g} s\n{peer.describe()}")
+        time.sleep(0.05)
+
+
+def dcmtk_storescu_argv(
+    port: int,
+    aet: str,
+    aec: str,
+    paths: Sequence[str | Path],
+    options: Sequence[str] = (),
+    host: str = HOST,
+    timeout: int = 30,
+) -> list[str]:
+    """DCMTK storescu sending ``paths`` over one association.
+
+    storescu proposes only the uncompressed syntaxes unless told otherwise
+    and converts a file to the accepted syntax; to send a compressed file
+    untouched, ``options`` must name its syntax (``-xs`` JPEG lossless SV1,
+    ``-xy`` JPEG baseline, ``-xx`` JPEG extended, ``-xv``/``-xw`` JPEG 2000
+    lossless/any, ``-xt`` JPEG-LS lossless, ``-xr`` RLE). ``-R`` proposes
+    only the SOP classes of the files sent (not all ~120 it knows).
+    """
+    binary = require_dcmtk("storescu")
+    t = str(timeout)
+    return [
+        binary,
+        "-v",
+        "-to",
+        t,
+        "-ta",
+        t,
+        "-td",
+        t,
+        "-R",
+        *options,
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        host,
+        str(port),
+        *(str(p) for p in paths),
+    ]
+
+
+def pynetdicom_store_scu_argv(
+    port: int, aet: str, aec: str, paths: Sequence[str | Path], timeout: float = 30.0
+) -> list[str]:
+    """pynetdicom Storage SCU (scripts/pynetdicom_store_scu.py).
+
+    Proposes for each file its SOP class with exactly its own transfer
+    syntax, so a file that is accepted goes out untouched.
+    """
+    require_pynetdicom()
+    return [
+        sys.executable,
+        str(SCRIPTS / "pynetdicom_store_scu.py"),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--aet",
+        aet,
+        "--aec",
+        aec,
+        "--timeout",
+        str(timeout),
+        *(str(p) for p in paths),
+    ]
+
+
+def parse_pynetdicom_store_scu(finished: Finished) -> dict[str, Any]:
+    """The JSON line printed by scripts/pynetdicom_store_scu.py."""
+    lines = [ln for ln in finished.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise PeerError(f"pynetdicom store SCU printed no result\n{finished.describe()}")
+    try:
+        data: dict[str, Any] = json.loads(lines[-1])
+    except ValueError:
+        raise PeerError(f"pynetdicom store SCU printed no JSON\n{finished.describe()}") from None
+    return data
+
+
+def adicom_store_argv(
+    port: int, aet: str, aec: str, paths: Sequence[str | Path], host: str = HOST
+) -> list[str]:
+    """``adicom store`` (CLI) sending files and folders (recursively)."""
+    return [*adicom_cli(), "store", "--aet", aet, "--aec", aec, host, str(port), *map(str, paths)]
