@@ -11,7 +11,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_runner_measures_adicom_pair_and_writes_json(tmp_path: pathlib.Path) -> None:
-    out = tmp_path / "echo.json"
+    out = tmp_path / "bench.json"
+    workloads = ["assoc-echo", "echo-one-assoc", "store-small"]
     result = subprocess.run(
         [
             sys.executable,
@@ -25,6 +26,9 @@ def test_runner_measures_adicom_pair_and_writes_json(tmp_path: pathlib.Path) -> 
             "adicom:adicom",
             "--json",
             str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+            *(arg for w in workloads for arg in ("--only", w)),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -35,8 +39,10 @@ def test_runner_measures_adicom_pair_and_writes_json(tmp_path: pathlib.Path) -> 
     assert result.returncode == 0, result.stderr
     assert "adicom -> adicom" in result.stdout
     results = json.loads(out.read_text())["results"]
-    assert {r["workload"] for r in results} == {"assoc-echo", "echo-one-assoc"}
+    assert [r["workload"] for r in results] == workloads
     for row in results:
         assert (row["scu"], row["scp"]) == ("adicom", "adicom")
         assert row["median_ops_per_s"] > 0
         assert all(rep["ok"] == rep["ops"] == 20 for rep in row["reps"])
+    # 20 timed instances and one warm-up instance, each a file on the SCP's disk.
+    assert results[2]["reps"][0]["scp_stored_files"] == 21

@@ -13,13 +13,24 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 READY_PREFIX = "READY port="
 RESULT_PREFIX = "RESULT "
+#: SCU -> runner: "read the SCP's CPU clock now"; the runner answers on stdin.
+SAMPLE_PREFIX = "SAMPLE "
+#: SCP -> runner, on stdout when it is stopped (SIGTERM): what only it can measure.
+STATS_PREFIX = "STATS "
 
-#: Workloads every side understands; the runner holds their descriptions.
-WORKLOADS = ("assoc-echo", "echo-one-assoc")
+#: Workloads every side understands, and their kind (what the side does for
+#: them); the runner holds their descriptions and counts.
+WORKLOADS = {
+    "assoc-echo": "echo",
+    "echo-one-assoc": "echo",
+    "store-small": "store",
+    "store-large": "store",
+}
 
 
 def cpu_seconds() -> float:
@@ -46,6 +57,12 @@ class Measurement:
     max_rss_kib: int
     warmup: bool
     extra: dict[str, Any]
+    #: Bytes sent in the timed span (store workloads: the files' sizes).
+    bytes: int = 0
+    #: CPU seconds of the SCP over the timed span, read by the runner on request.
+    scp_cpu_s: float | None = None
+    #: Worst lateness of a 10 ms sleep on this side's event loop (asyncio sides).
+    loop_lag_max_ms: float | None = None
 
 
 class Stopwatch:
@@ -64,6 +81,7 @@ class Stopwatch:
         warmup: bool,
         error: BaseException | None = None,
         extra: dict[str, Any] | None = None,
+        nbytes: int = 0,
     ) -> Measurement:
         seconds = time.perf_counter() - self.wall0
         extra = dict(extra or {})
@@ -80,7 +98,36 @@ class Stopwatch:
             max_rss_kib=max_rss_kib(),
             warmup=warmup,
             extra=extra,
+            bytes=nbytes,
         )
+
+
+class ScpClock:
+    """The SCP's CPU clock, read by the runner when this SCU asks (--scp-clock).
+
+    The SCU prints ``SAMPLE <tag>`` and blocks until the runner has read the
+    SCP process's CPU time from /proc and written it back on stdin, so the
+    reading is taken while the SCU is not sending anything. The tag ``begin``
+    also tells the runner that the timed span starts (it resets the SCP's loop
+    lag monitor). Without --scp-clock (a manual run) every reading is None.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def read(self, tag: str) -> float | None:
+        if not self.enabled:
+            return None
+        print(f"{SAMPLE_PREFIX}{tag}", flush=True)
+        answer = sys.stdin.readline().strip()
+        try:
+            return float(answer)
+        except ValueError:
+            return None
+
+
+def difference(end: float | None, start: float | None) -> float | None:
+    return None if end is None or start is None else end - start
 
 
 def describe(exc: BaseException) -> str:
@@ -97,6 +144,10 @@ def print_result(m: Measurement) -> None:
     print(RESULT_PREFIX + json.dumps(asdict(m), sort_keys=True), flush=True)
 
 
+def print_stats(stats: dict[str, Any]) -> None:
+    print(STATS_PREFIX + json.dumps(stats, sort_keys=True), flush=True)
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The command line every side script accepts."""
     parser = argparse.ArgumentParser(description=description)
@@ -106,6 +157,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     scp.add_argument("--host", default="127.0.0.1")
     scp.add_argument("--port", type=int, default=0, help="0 = any free port")
     scp.add_argument("--aet", default="ANY-SCP", help="our AE title")
+    scp.add_argument(
+        "--store-dir",
+        type=Path,
+        help="accept C-STORE and write each received instance here as a file",
+    )
 
     scu = sub.add_parser("scu", help="run one workload; print one result line")
     scu.add_argument("--host", default="127.0.0.1")
@@ -116,9 +172,20 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     scu.add_argument("-n", type=int, required=True, help="operations to time")
     scu.add_argument("--timeout", type=float, default=10.0, help="per-operation timeout, s")
     scu.add_argument(
+        "--data-dir",
+        type=Path,
+        help="store workloads: the generated instances (benchmarks/data.py) to send",
+    )
+    scu.add_argument(
         "--no-warmup",
         action="store_true",
-        help="skip the one untimed associate+echo+release done before timing",
+        help="skip the untimed warm-up (associate + C-ECHO, or C-STORE of a"
+        " warm-up instance, + release) done before timing",
+    )
+    scu.add_argument(
+        "--scp-clock",
+        action="store_true",
+        help="ask the runner for the SCP's CPU time around the timed span (see ScpClock)",
     )
     return parser
 
@@ -132,6 +199,9 @@ def main_with(
     if args.role == "scu" and args.n <= 0:
         print("-n must be positive", file=sys.stderr)
         return 2
+    if args.role == "scu" and WORKLOADS[args.workload] == "store" and args.data_dir is None:
+        print(f"{args.workload} needs --data-dir", file=sys.stderr)
+        return 2
     if args.role == "scp":
         scp(args)
         return 0
@@ -140,3 +210,14 @@ def main_with(
     # A run in which any operation failed is not a measurement; the result line
     # still says how far it got (ok) and why it stopped (extra["error"]).
     return 0 if m.ok == m.ops and "error" not in m.extra else 1
+
+
+def store_files(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """(the first n instances to time, the warm-up instances) of --data-dir."""
+    from benchmarks.data import instance_paths, warmup_paths
+
+    return instance_paths(args.data_dir, args.n), warmup_paths(args.data_dir)
+
+
+def total_bytes(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths)

@@ -1,12 +1,20 @@
-"""DCMTK (OFFIS) tools as peers: storescp as SCP, echoscu as SCU.
+"""DCMTK (OFFIS) tools as peers: storescp as SCP, echoscu and storescu as SCU.
 
-echoscu starts one process per association, so only the workload where that
-can be factored out is offered: ``echo-one-assoc``, run as ``echoscu --repeat
-N`` (N C-ECHOs on one association; checked with -v). Every echoscu run pays
-process start, dictionary load, association and release, so the SCU times
-``echoscu --repeat 1`` three times (median t1) and ``echoscu --repeat N`` once
-(tN), and reports N-1 echoes in tN - t1 seconds; CPU time likewise, from the
-child's rusage (wait4).
+DCMTK's SCUs start one process per association, so only workloads where that
+can be factored out are offered:
+
+- ``echo-one-assoc``: ``echoscu --repeat N`` (N C-ECHOs on one association;
+  checked with -v).
+- ``store-small``, ``store-large``: ``storescu`` with the N files on its
+  command line (one association, one C-STORE per file, in order).
+
+Every run pays process start, dictionary load, association and release (and
+for storescu one C-STORE), so the SCU runs the one-operation version three
+times (``--repeat 1``; storescu with one warm-up instance of the same size),
+takes the median t1, runs the N-operation version once (tN) and reports N-1
+operations in tN - t1 seconds. CPU time likewise, from the child's rusage
+(wait4), and the SCP's CPU time likewise, read by the runner around each run.
+Peak RSS is the child's (ru_maxrss of the N run).
 
 DCMTK 3.6.2 and later leave Nagle's algorithm on unless the environment
 variable TCP_NODELAY is set, and write each P-DATA-TF in two write() calls, so
@@ -26,12 +34,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from benchmarks.sides._common import Measurement, main_with, max_rss_kib
+from benchmarks.sides._common import (
+    Measurement,
+    ScpClock,
+    difference,
+    main_with,
+    store_files,
+    total_bytes,
+)
 
-SUPPORTED_SCU_WORKLOADS = frozenset({"echo-one-assoc"})
+SUPPORTED_SCU_WORKLOADS = frozenset({"echo-one-assoc", "store-small", "store-large"})
+
+#: storescp/storescu accept 4096..131072 for --max-pdu (default 16384); the
+#: largest is the closest to adicom's 1 MiB. Used for the store workloads only.
+MAX_PDU = 131072
+#: Options beyond AE titles, port, directory and timeouts, recorded in the JSON.
+STORESCP_STORE_OPTIONS = ("--max-pdu", str(MAX_PDU))
+STORESCU_OPTIONS = ("--max-pdu", str(MAX_PDU))
 
 
 @cache
@@ -75,66 +98,133 @@ def version() -> str | None:
     return None
 
 
-def scp_command(port: int, aet: str, output_dir: str) -> list[str]:
-    """storescp serving Verification (and Storage) on 127.0.0.1-reachable `port`."""
+def scp_command(port: int, aet: str, output_dir: str, *, store: bool = False) -> list[str]:
+    """storescp serving Verification and Storage on `port` (all interfaces).
+
+    Received instances are written to `output_dir` as files (storescp's
+    default: file format, named after the modality and SOP Instance UID).
+    """
     tool = find_tool("storescp")
     if tool is None:
         raise RuntimeError("DCMTK storescp not found")
-    return [tool, "-aet", aet, "--output-directory", output_dir, str(port)]
+    options = list(STORESCP_STORE_OPTIONS) if store else []
+    return [tool, "-aet", aet, "--output-directory", output_dir, *options, str(port)]
 
 
-def _echoscu(args: argparse.Namespace, repeat: int) -> tuple[float, float, int]:
-    """Run echoscu once; return (wall seconds, child CPU seconds, exit code)."""
-    tool = find_tool("echoscu")
-    if tool is None:
-        raise RuntimeError("DCMTK echoscu not found")
-    to = str(max(1, round(args.timeout)))
-    cmd = [tool, "-aet", args.calling_aet, "-aec", args.aet, "-to", to, "-ta", to, "-td", to]
-    if repeat > 1:
-        cmd += ["--repeat", str(repeat)]
-    cmd += [args.host, str(args.port)]
+@dataclass
+class Run:
+    """One run of a DCMTK SCU process."""
+
+    wall_s: float
+    cpu_s: float
+    max_rss_kib: int
+    exit_code: int
+    scp_cpu_s: float | None
+
+
+def _run(cmd: list[str], clock: ScpClock, tag: str) -> Run:
+    scp0 = clock.read(tag)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sys.stderr)
     _, wait_status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(wait_status)  # so Popen does not wait again
-    return wall, usage.ru_utime + usage.ru_stime, proc.returncode
+    return Run(
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        max_rss_kib=int(usage.ru_maxrss),
+        exit_code=proc.returncode,
+        scp_cpu_s=difference(clock.read("end"), scp0),
+    )
+
+
+def _timeouts(args: argparse.Namespace) -> list[str]:
+    to = str(max(1, round(args.timeout)))
+    return ["-to", to, "-ta", to, "-td", to]
+
+
+def _echoscu(args: argparse.Namespace, repeat: int, clock: ScpClock, tag: str) -> Run:
+    tool = find_tool("echoscu")
+    if tool is None:
+        raise RuntimeError("DCMTK echoscu not found")
+    cmd = [tool, "-aet", args.calling_aet, "-aec", args.aet, *_timeouts(args)]
+    if repeat > 1:
+        cmd += ["--repeat", str(repeat)]
+    cmd += [args.host, str(args.port)]
+    return _run(cmd, clock, tag)
+
+
+def _storescu(args: argparse.Namespace, files: list[Path], clock: ScpClock, tag: str) -> Run:
+    tool = find_tool("storescu")
+    if tool is None:
+        raise RuntimeError("DCMTK storescu not found")
+    cmd = [tool, "-aet", args.calling_aet, "-aec", args.aet, *_timeouts(args)]
+    cmd += [*STORESCU_OPTIONS, args.host, str(args.port), *map(str, files)]
+    return _run(cmd, clock, tag)
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if len(known) == len(values) and known else None
 
 
 def run_scu(args: argparse.Namespace) -> Measurement:
     if args.workload not in SUPPORTED_SCU_WORKLOADS:
         raise SystemExit(f"dcmtk SCU does not run {args.workload} fairly (one process per assoc)")
     if args.n < 2:
-        raise SystemExit("dcmtk SCU needs -n >= 2 (it reports n-1 echoes)")
-    # The single-echo runs are both the warm-up and the fixed cost to subtract.
-    singles = [_echoscu(args, 1) for _ in range(3)]
-    if any(rc != 0 for _, _, rc in singles):
-        raise SystemExit("echoscu --repeat 1 failed")
-    t1 = statistics.median(w for w, _, _ in singles)
-    c1 = statistics.median(c for _, c, _ in singles)
-    wall, cpu, rc = _echoscu(args, args.n)
+        raise SystemExit("dcmtk SCU needs -n >= 2 (it reports n-1 operations)")
+    clock = ScpClock(args.scp_clock)
+    store = args.workload.startswith("store")
+    # The single-operation runs are both the warm-up and the fixed cost to subtract.
+    if store:
+        paths, warmups = store_files(args)
+        singles = [_storescu(args, [w], clock, "single") for w in warmups[:3]]
+        full = _storescu(args, paths, clock, "begin")
+        nbytes = total_bytes(paths) - round(statistics.median(total_bytes([w]) for w in warmups))
+        tool = "storescu " + " ".join(STORESCU_OPTIONS) + " FILE..."
+        method = "differential: (n-1) instances in time(n files) - time(1 file)"
+    else:
+        singles = [_echoscu(args, 1, clock, "single") for _ in range(3)]
+        full = _echoscu(args, args.n, clock, "begin")
+        nbytes = 0
+        tool = "echoscu --repeat"
+        method = "differential: (n-1) echoes in time(--repeat n) - time(--repeat 1)"
+    if any(s.exit_code != 0 for s in singles):
+        raise SystemExit(f"{tool.split()[0]} with one operation failed")
+    t1 = statistics.median(s.wall_s for s in singles)
+    c1 = statistics.median(s.cpu_s for s in singles)
+    scp1 = _median_or_none([s.scp_cpu_s for s in singles])
     ops = args.n - 1
-    seconds = wall - t1
-    ok = ops if rc == 0 else 0  # echoscu stops at the first failure and exits non-zero
+    seconds = full.wall_s - t1
+    ok = ops if full.exit_code == 0 else 0  # DCMTK SCUs stop at the first failure
+    extra: dict[str, object] = {
+        "tool": tool,
+        "method": method,
+        "wall_n_s": full.wall_s,
+        "wall_1_s": [s.wall_s for s in singles],
+        "cpu_n_s": full.cpu_s,
+        "cpu_1_s": [s.cpu_s for s in singles],
+        "scp_cpu_n_s": full.scp_cpu_s,
+        "scp_cpu_1_s": [s.scp_cpu_s for s in singles],
+        "exit_code": full.exit_code,
+        "tcp_nodelay_env": os.environ.get("TCP_NODELAY"),
+    }
+    if store:
+        extra["warmup_instances"] = len(singles)
+    if full.exit_code != 0:
+        extra["error"] = f"{tool.split()[0]} exit code {full.exit_code}"
     return Measurement(
         workload=args.workload,
         ops=ops,
         ok=ok,
         seconds=seconds,
         ops_per_s=ops / seconds if seconds > 0 else 0.0,
-        cpu_s=max(0.0, cpu - c1),
-        max_rss_kib=max_rss_kib(),  # of this wrapper, not of echoscu
+        cpu_s=max(0.0, full.cpu_s - c1),
+        max_rss_kib=full.max_rss_kib,  # of the N-operation DCMTK process
         warmup=True,
-        extra={
-            "tool": "echoscu --repeat",
-            "method": "differential: (n-1) echoes in time(--repeat n) - time(--repeat 1)",
-            "wall_repeat_n_s": wall,
-            "wall_repeat_1_s": [w for w, _, _ in singles],
-            "cpu_repeat_n_s": cpu,
-            "cpu_repeat_1_s": [c for _, c, _ in singles],
-            "exit_code": rc,
-            "tcp_nodelay_env": os.environ.get("TCP_NODELAY"),
-        },
+        extra=extra,
+        bytes=nbytes,
+        scp_cpu_s=difference(full.scp_cpu_s, scp1),
     )
 
 
@@ -142,7 +232,9 @@ def run_scp(args: argparse.Namespace) -> None:
     """For manual use; the runner starts storescp itself (see scp_command)."""
     if args.port == 0:
         raise SystemExit("storescp needs an explicit --port")
-    cmd = scp_command(args.port, args.aet, tempfile.mkdtemp(prefix="bench-storescp-"))
+    out = args.store_dir or Path(tempfile.mkdtemp(prefix="bench-storescp-"))
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = scp_command(args.port, args.aet, str(out), store=args.store_dir is not None)
     os.execv(cmd[0], cmd)
 
 
