@@ -248,6 +248,7 @@ class Association:
         self._release_done: asyncio.Future[None] | None = None
         self._collision_pending = False
         self._released = False
+        self._operations: set[Operation] = set()
         #: Chooses where incoming data sets go (see :class:`DatasetSink`).
         self.on_dataset: SinkFactory | None = None
         #: Called with the A-ASSOCIATE-RQ on the acceptor side.
@@ -631,6 +632,31 @@ class Association:
             raise DimseError(0xFFFF, f"{name} without a status")
         return reply.command
 
+    async def start_operation(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None = None,
+    ) -> Operation:
+        """Send a request that may be answered many times (C-FIND, C-GET, C-MOVE).
+
+        Take its responses with :meth:`Operation.next_response` until one is
+        not pending; :meth:`Operation.cancel` sends C-CANCEL-RQ.
+        """
+        message_id = self.next_message_id()
+        command = replace(command, message_id=message_id)
+        responses = self.expect_responses(message_id)
+        operation = Operation(
+            self, context_id, message_id, _response_name(command.command_field), responses
+        )
+        self._operations.add(operation)
+        try:
+            await self.send_message(context_id, command, dataset)
+        except BaseException:
+            operation._finish()
+            raise
+        return operation
+
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
         context = self.context_for(VERIFICATION)
@@ -725,6 +751,13 @@ class Association:
         if self._error is not None or self._ul.state is State.STA1:
             self.close()
             return
+        # PS3.7 does not let a requestor release under outstanding
+        # operations: cancel them first (bounded; aborts if unanswered).
+        for operation in list(self._operations):
+            await operation.cancel()
+        if self._error is not None:
+            self.close()
+            return
         self._release_done = self._loop.create_future()
         self._ul.request_release(self._loop.time())
         self._after_io()
@@ -768,3 +801,99 @@ def _response_name(command_field: int) -> str:
         return CommandField(command_field | 0x8000).name.replace("_", "-")
     except ValueError:
         return f"response to command 0x{command_field:04X}"
+
+
+class Operation:
+    """An outstanding request and its responses (PS3.7 9.1.2 to 9.1.4).
+
+    Responses come in order; pending ones (0xFF00, 0xFF01) are followed by
+    exactly one final response. Waiting for each is bounded by the
+    association's DIMSE timeout.
+    """
+
+    def __init__(
+        self,
+        association: Association,
+        context_id: int,
+        message_id: int,
+        name: str,
+        responses: _Responses,
+    ) -> None:
+        self.association = association
+        self.context_id = context_id
+        self.message_id = message_id
+        self.name = name
+        self._responses = responses
+        #: True once the final response arrived (or the operation was given up).
+        self.done = False
+        #: True once C-CANCEL-RQ was sent.
+        self.cancel_sent = False
+
+    def _finish(self) -> None:
+        self.done = True
+        self.association._operations.discard(self)
+        self.association._pending.pop(self.message_id, None)
+
+    async def next_response(self, timeout: float | None = None) -> Message:
+        """The next response; raises DicomTimeout if none comes in time."""
+        if self.done:
+            raise LocalProtocolError(f"{self.name}: the final response has been received")
+        seconds = self.association.dimse_timeout if timeout is None else timeout
+        try:
+            reply: Message | None = await self.association._with_timeout(
+                self._responses.get(), "DIMSE", seconds, f"no {self.name}"
+            )
+        except BaseException:
+            if self.association._error is not None:
+                self._finish()
+            raise
+        if reply is None:
+            self._finish()
+            raise AssociationError(f"the association ended before the final {self.name}")
+        if reply.command.status is None:
+            self._finish()
+            raise DimseError(0xFFFF, f"{self.name} without a status")
+        if status_category(reply.command.status) is not StatusCategory.PENDING:
+            self._finish()
+        return reply
+
+    async def cancel(self, wait: float = 5.0) -> Message | None:
+        """Send C-CANCEL-RQ and wait up to ``wait`` seconds for the final response.
+
+        Returns the final response (usually status 0xFE00, Cancel), or None
+        when the peer did not answer in time: the association is then
+        aborted, since its state is no longer known (PS3.7 9.3.2.3).
+        Pending responses that arrive meanwhile are dropped.
+        """
+        association = self.association
+        if self.done:
+            return None
+        if not association.is_established:
+            self._finish()
+            return None
+        if not self.cancel_sent:
+            self.cancel_sent = True
+            cancel = Command(
+                CommandField.C_CANCEL_RQ, message_id_being_responded_to=self.message_id
+            )
+            try:
+                await association.send_message(self.context_id, cancel)
+            except DicomError:
+                self._finish()
+                return None
+        deadline = association._loop.time() + wait
+        try:
+            while not self.done:
+                remaining = deadline - association._loop.time()
+                if remaining <= 0:
+                    raise DicomTimeout("cancel", wait)
+                reply = await self.next_response(remaining)
+                if self.done:
+                    return reply
+        except DicomTimeout:
+            log.warning("%s: no final response %g s after C-CANCEL; aborting", self.name, wait)
+            self._finish()
+            association.abort()
+        except DicomError:
+            self._finish()
+        return None

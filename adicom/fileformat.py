@@ -22,12 +22,23 @@ the caller falls back to pydicom.
 from __future__ import annotations
 
 import struct
+import zlib
+from io import BytesIO
 from typing import BinaryIO
 
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+
 __all__ = [
+    "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
     "EXPLICIT_VR_BIG_ENDIAN",
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "IMPLICIT_VR_LITTLE_ENDIAN",
+    "decode_dataset",
+    "encode_dataset",
     "encode_file_meta",
     "read_file_meta",
     "scan_elements",
@@ -36,6 +47,40 @@ __all__ = [
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+
+
+def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
+    """Encode a data set (without group 0002) with pydicom in a transfer syntax.
+
+    Compressed syntaxes encode everything but the (already encapsulated)
+    pixel data as explicit VR little endian (PS3.5 A.4); deflate compresses
+    that encoding (PS3.5 A.5).
+    """
+    syntax = UID(transfer_syntax)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = syntax.is_little_endian
+    buffer.is_implicit_VR = syntax.is_implicit_VR
+    body = Dataset({tag: elem for tag, elem in dataset.items() if tag.group != 0x0002})
+    write_dataset(buffer, body)
+    encoded = buffer.getvalue()
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        encoded = compressor.compress(encoded) + compressor.flush()
+    return encoded
+
+
+def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    """Decode a data set received in a transfer syntax (pydicom)."""
+    syntax = UID(transfer_syntax)
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        data = zlib.decompress(data, -zlib.MAX_WBITS)
+    return read_dataset(
+        BytesIO(data),
+        is_implicit_VR=syntax.is_implicit_VR,
+        is_little_endian=syntax.is_little_endian,
+    )
+
 
 # VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 7.1.2).
 _LONG_VRS = frozenset(

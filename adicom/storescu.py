@@ -22,8 +22,6 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from adicom.association import DEFAULT_MAX_PDU, Association
@@ -33,6 +31,7 @@ from adicom.fileformat import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    encode_dataset,
     read_file_meta,
 )
 from adicom.presentation import MAX_CONTEXTS
@@ -208,17 +207,6 @@ def _choose(association: Association, instance: _Instance) -> tuple[int, str] | 
     return fallback
 
 
-def _encode(dataset: Dataset, transfer_syntax: str) -> bytes:
-    """Encode a dataset (without its file meta) in an uncompressed transfer syntax."""
-    syntax = UID(transfer_syntax)
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = syntax.is_little_endian
-    buffer.is_implicit_VR = syntax.is_implicit_VR
-    body = Dataset({tag: elem for tag, elem in dataset.items() if tag.group != 0x0002})
-    write_dataset(buffer, body)
-    return buffer.getvalue()
-
-
 async def store_instance(
     association: Association, source: str | os.PathLike[str] | Dataset
 ) -> StoreResult:
@@ -249,10 +237,7 @@ async def _send(association: Association, instance: _Instance) -> StoreResult:
             if dataset is None:
                 assert instance.path is not None
                 dataset = pydicom.dcmread(instance.path)
-            if transfer == instance.transfer_syntax and UID(transfer).is_compressed:
-                source = _encode_as(dataset, EXPLICIT_VR_LITTLE_ENDIAN)
-            else:
-                source = _encode_as(dataset, transfer)
+            source = encode_dataset(dataset, transfer)
     except Exception as exc:
         return instance.failed(f"cannot read the instance: {exc}")
     try:
@@ -269,12 +254,6 @@ async def _send(association: Association, instance: _Instance) -> StoreResult:
         comment = f": {response.error_comment}" if response.error_comment else ""
         result = instance.failed(describe_status(status) + comment, status)
     return result
-
-
-def _encode_as(dataset: Dataset, transfer_syntax: str) -> bytes:
-    # Compressed pixel data is already encapsulated: explicit VR little
-    # endian is how every compressed syntax encodes the rest (PS3.5 A.4).
-    return _encode(dataset, transfer_syntax)
 
 
 async def store(
