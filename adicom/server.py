@@ -19,11 +19,9 @@ from adicom.association import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     Association,
-    DatasetSink,
     Message,
-    SinkFactory,
 )
-from adicom.dimse import Command, CommandField
+from adicom.dimse import CommandField
 from adicom.errors import DicomError, describe_reject
 from adicom.pdu import (
     APPLICATION_CONTEXT,
@@ -44,7 +42,7 @@ from adicom.presentation import (
     accept_roles,
     negotiated,
 )
-from adicom.storage import IncomingInstance, StorageHandler, StoreContext
+from adicom.storage import IncomingInstance, StorageHandler, sink_factory
 
 __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
 
@@ -206,7 +204,7 @@ class Server:
 
         association.on_request = on_request
         if self.storage is not None:
-            association.on_dataset = self._sink_factory(association, self.storage)
+            association.on_dataset = sink_factory(association, self.storage)
         task = asyncio.get_running_loop().create_task(self._serve(association, request_seen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -336,26 +334,6 @@ class Server:
                 self.stats["released"] += 1
                 return
             await self._dispatch(association, message)
-
-    @staticmethod
-    def _sink_factory(association: Association, storage: StorageHandler) -> SinkFactory:
-        def open_sink(context_id: int, command: Command) -> DatasetSink | None:
-            if command.command_field != CommandField.C_STORE_RQ:
-                return None  # identifiers of queries are small: keep them in memory
-            context = association.contexts[context_id]
-            return storage.open(
-                StoreContext(
-                    calling_ae=association.calling_ae,
-                    called_ae=association.called_ae,
-                    sop_class_uid=command.affected_sop_class_uid or str(context.abstract_syntax),
-                    sop_instance_uid=command.affected_sop_instance_uid or "",
-                    transfer_syntax=str(context.transfer_syntax),
-                    address=association.peer_address,
-                    message_id=command.message_id or 0,
-                )
-            )
-
-        return open_sink
 
     async def _dispatch(self, association: Association, message: Message) -> None:
         field = message.command.command_field

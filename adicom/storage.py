@@ -47,8 +47,11 @@ from adicom.association import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     Association,
+    DatasetSink,
+    SinkFactory,
 )
 from adicom.client import open_association
+from adicom.dimse import Command, CommandField
 from adicom.errors import DicomError
 from adicom.fileformat import (
     EXPLICIT_VR_BIG_ENDIAN,
@@ -65,6 +68,7 @@ __all__ = [
     "MemoryStorage",
     "StorageHandler",
     "StoreContext",
+    "sink_factory",
 ]
 
 log = logging.getLogger("adicom")
@@ -128,6 +132,32 @@ class StorageHandler:
 
     async def aclose(self) -> None:
         """Release what the handler holds (connections, files)."""
+
+
+def sink_factory(association: Association, storage: StorageHandler) -> SinkFactory:
+    """Route the data sets of C-STORE-RQs on ``association`` to ``storage``.
+
+    Used by the SCP and by a C-GET's requestor, which receives its
+    sub-operations on its own association.
+    """
+
+    def open_sink(context_id: int, command: Command) -> DatasetSink | None:
+        if command.command_field != CommandField.C_STORE_RQ:
+            return None  # identifiers of queries are small: keep them in memory
+        context = association.contexts[context_id]
+        return storage.open(
+            StoreContext(
+                calling_ae=association.calling_ae,
+                called_ae=association.called_ae,
+                sop_class_uid=command.affected_sop_class_uid or str(context.abstract_syntax),
+                sop_instance_uid=command.affected_sop_instance_uid or "",
+                transfer_syntax=str(context.transfer_syntax),
+                address=association.peer_address,
+                message_id=command.message_id or 0,
+            )
+        )
+
+    return open_sink
 
 
 # --------------------------------------------------------------------------
