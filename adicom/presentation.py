@@ -25,6 +25,9 @@ from adicom.pdu import PresentationContextAC, PresentationContextRQ, RoleSelecti
 __all__ = [
     "DEFAULT_TRANSFER_SYNTAXES",
     "MAX_CONTEXTS",
+    "QR_FIND_SOP_CLASSES",
+    "QR_GET_SOP_CLASSES",
+    "QR_MOVE_SOP_CLASSES",
     "STORAGE_SOP_CLASSES",
     "STORAGE_TRANSFER_SYNTAXES",
     "VERIFICATION",
@@ -76,6 +79,20 @@ STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
         for ts in _uid.AllTransferSyntaxes
         if ts not in DEFAULT_TRANSFER_SYNTAXES and ts != "1.2.840.10008.1.2.1.99"
     ),
+)
+
+#: Query/retrieve information models (PS3.4 C.6): Patient Root, Study Root.
+QR_FIND_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+#: ... and Composite Instance Root for the retrieves.
+QR_MOVE_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.2.1.2",
+    "1.2.840.10008.5.1.4.1.2.2.2",
+    "1.2.840.10008.5.1.4.1.2.4.2",
+)
+QR_GET_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.2.1.3",
+    "1.2.840.10008.5.1.4.1.2.2.3",
+    "1.2.840.10008.5.1.4.1.2.4.3",
 )
 
 #: At most 128 presentation contexts per association: IDs are the odd

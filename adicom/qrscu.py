@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Literal
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from adicom.association import Association, Message, Operation
 from adicom.dimse import (
@@ -349,11 +350,10 @@ def _failed_list(association: Association, reply: Message) -> list[str]:
         identifier = decode_dataset(reply.dataset, transfer)
     except Exception:
         return []
-    value = identifier.get("FailedSOPInstanceUIDList")
-    if value is None:
+    if "FailedSOPInstanceUIDList" not in identifier:
         return []
-    raw = value.value
-    items = raw if isinstance(raw, list | tuple) else str(raw).split("\\")
+    raw = identifier.FailedSOPInstanceUIDList
+    items = list(raw) if isinstance(raw, list | tuple | MultiValue) else str(raw).split("\\")
     return [str(uid) for uid in items if uid]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -35,12 +35,24 @@ from adicom.pdu import (
 )
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
+    QR_FIND_SOP_CLASSES,
+    QR_GET_SOP_CLASSES,
+    QR_MOVE_SOP_CLASSES,
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     VERIFICATION,
     accept_contexts,
     accept_roles,
     negotiated,
+)
+from adicom.qrscp import (
+    Cancelled,
+    FindHandler,
+    MoveDestinations,
+    RetrieveHandler,
+    run_find,
+    run_get,
+    run_move,
 )
 from adicom.storage import IncomingInstance, StorageHandler, sink_factory
 
@@ -106,6 +118,10 @@ class Server:
         transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
         user_identity: UserIdentityHook | None = None,
         storage: StorageHandler | None = None,
+        on_find: FindHandler | None = None,
+        on_get: RetrieveHandler | None = None,
+        on_move: RetrieveHandler | None = None,
+        move_destinations: MoveDestinations | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -128,6 +144,22 @@ class Server:
         self.supported: dict[str, Sequence[str]] = {VERIFICATION: tuple(transfer_syntaxes)}
         if storage is not None:
             self.supported.update(dict.fromkeys(STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES))
+        #: Query/retrieve handlers (see :mod:`adicom.qrscp`).
+        self.on_find, self.on_get, self.on_move = on_find, on_get, on_move
+        self.move_destinations: MoveDestinations = move_destinations or {}
+        query_syntaxes = tuple(transfer_syntaxes)
+        for handler, sop_classes in (
+            (on_find, QR_FIND_SOP_CLASSES),
+            (on_get, QR_GET_SOP_CLASSES),
+            (on_move, QR_MOVE_SOP_CLASSES),
+        ):
+            if handler is not None:
+                self.supported.update(dict.fromkeys(sop_classes, query_syntaxes))
+        if on_get is not None:
+            # C-GET sends instances back as C-STOREs: take contexts for them
+            # in every syntax, with the requestor as SCP (PS3.4 C.4.3).
+            for sop_class in STORAGE_SOP_CLASSES:
+                self.supported.setdefault(sop_class, STORAGE_TRANSFER_SYNTAXES)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
@@ -277,7 +309,9 @@ class Server:
             association._after_io()
             return False
         roles = accept_roles(
-            user.role_selections, (pc.abstract_syntax for pc in request.presentation_contexts)
+            user.role_selections,
+            (pc.abstract_syntax for pc in request.presentation_contexts),
+            allow_scp_role=STORAGE_SOP_CLASSES if self.on_get is not None else (),
         )
         identity_ac = None
         if (
@@ -328,14 +362,61 @@ class Server:
         return None
 
     async def _handle_requests(self, association: Association) -> None:
-        while True:
-            message = await association.receive_request()
-            if message is None:
-                self.stats["released"] += 1
-                return
-            await self._dispatch(association, message)
+        # Query/retrieve operations run as tasks so that a C-CANCEL-RQ is
+        # read while they work; at most a few run at once (window 1/1).
+        operations: dict[int, tuple[asyncio.Task[None], Cancelled]] = {}
+        try:
+            while True:
+                message = await association.receive_request()
+                if message is None:
+                    self.stats["released"] += 1
+                    return
+                for done in [k for k, (task, _) in operations.items() if task.done()]:
+                    task = operations.pop(done)[0]
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                if not self._start_operation(association, message, operations):
+                    await self._dispatch(association, message, operations)
+        finally:
+            for task, _ in operations.values():
+                task.cancel()
+            if operations:
+                await asyncio.wait([task for task, _ in operations.values()])
 
-    async def _dispatch(self, association: Association, message: Message) -> None:
+    def _start_operation(
+        self,
+        association: Association,
+        message: Message,
+        operations: dict[int, tuple[asyncio.Task[None], Cancelled]],
+    ) -> bool:
+        field = message.command.command_field
+        cancelled = Cancelled()
+        runner: Coroutine[Any, Any, None]
+        if field == CommandField.C_FIND_RQ and self.on_find is not None:
+            runner = run_find(association, message, self.on_find, cancelled)
+        elif field == CommandField.C_GET_RQ and self.on_get is not None:
+            runner = run_get(association, message, self.on_get, cancelled)
+        elif field == CommandField.C_MOVE_RQ and self.on_move is not None:
+            runner = run_move(
+                association,
+                message,
+                self.on_move,
+                cancelled,
+                self.move_destinations,
+                self.ae_title,
+            )
+        else:
+            return False
+        task = asyncio.get_running_loop().create_task(runner)
+        operations[message.command.message_id or 0] = (task, cancelled)
+        return True
+
+    async def _dispatch(
+        self,
+        association: Association,
+        message: Message,
+        operations: dict[int, tuple[asyncio.Task[None], Cancelled]],
+    ) -> None:
         field = message.command.command_field
         if field == CommandField.C_ECHO_RQ:
             # PS3.4 A.4: the Verification SCP answers Success.
@@ -348,7 +429,11 @@ class Server:
                 message, status, error_comment=comment[:64] if comment and status else None
             )
         elif field == CommandField.C_CANCEL_RQ:
-            return  # nothing outstanding to cancel yet
+            # PS3.7 9.3.2.3: no response to C-CANCEL itself; the operation's
+            # final response says Cancel. Unknown IDs are ignored.
+            entry = operations.get(message.command.message_id_being_responded_to or 0)
+            if entry is not None:
+                entry[1].is_set = True
         else:
             # Status 0x0211 "unrecognized operation" (PS3.7 C.5.x general statuses).
             await association.respond(message, 0x0211)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +36,14 @@ from adicom.fileformat import (
 )
 from adicom.presentation import MAX_CONTEXTS
 
-__all__ = ["StoreResult", "iter_files", "store", "store_instance", "storage_contexts"]
+__all__ = [
+    "StoreResult",
+    "iter_files",
+    "sop_instance_of",
+    "storage_contexts",
+    "store",
+    "store_instance",
+]
 
 log = logging.getLogger("adicom")
 
@@ -190,11 +197,24 @@ def storage_contexts(instances: Iterable[_Instance]) -> list[tuple[str, list[str
     return [(sop, list(syntaxes)) for sop, syntaxes in keys]
 
 
-def _choose(association: Association, instance: _Instance) -> tuple[int, str] | None:
-    """The context to send on and its transfer syntax: the instance's own, else uncompressed."""
+def sop_instance_of(source: str | os.PathLike[str] | Dataset) -> str:
+    """The SOP Instance UID of a file or dataset ("" if it cannot be read)."""
+    return _prepare(source).sop_instance_uid
+
+
+def _choose(
+    association: Association, instance: _Instance, scp_role_required: bool = False
+) -> tuple[int, str] | None:
+    """The context to send on and its transfer syntax: the instance's own, else uncompressed.
+
+    ``scp_role_required``: we are the acceptor sending C-GET sub-operations,
+    so only contexts where the requestor took the SCP role count.
+    """
     fallback = None
     for context in association.contexts.values():
         if not context.accepted or context.abstract_syntax != instance.sop_class_uid:
+            continue
+        if scp_role_required and not context.scp_role:
             continue
         if context.transfer_syntax == instance.transfer_syntax:
             return context.context_id, instance.transfer_syntax
@@ -208,16 +228,29 @@ def _choose(association: Association, instance: _Instance) -> tuple[int, str] | 
 
 
 async def store_instance(
-    association: Association, source: str | os.PathLike[str] | Dataset
+    association: Association,
+    source: str | os.PathLike[str] | Dataset,
+    *,
+    scp_role_required: bool = False,
+    move_originator: tuple[str, int] | None = None,
 ) -> StoreResult:
-    """Send one instance on an open association and return its result."""
-    return await _send(association, _prepare(source))
+    """Send one instance on an open association and return its result.
+
+    ``move_originator`` (AE title, message ID) marks a C-MOVE sub-operation
+    (PS3.7 9.1.1.1.9); ``scp_role_required`` a C-GET sub-operation.
+    """
+    return await _send(association, _prepare(source), scp_role_required, move_originator)
 
 
-async def _send(association: Association, instance: _Instance) -> StoreResult:
+async def _send(
+    association: Association,
+    instance: _Instance,
+    scp_role_required: bool = False,
+    move_originator: tuple[str, int] | None = None,
+) -> StoreResult:
     if instance.error:
         return instance.failed(instance.error)
-    choice = _choose(association, instance)
+    choice = _choose(association, instance, scp_role_required)
     if choice is None:
         return instance.failed(
             f"the peer accepted no presentation context for {UID(instance.sop_class_uid).name} "
@@ -242,7 +275,12 @@ async def _send(association: Association, instance: _Instance) -> StoreResult:
         return instance.failed(f"cannot read the instance: {exc}")
     try:
         response = await association.send_c_store(
-            context_id, instance.sop_class_uid, instance.sop_instance_uid, source
+            context_id,
+            instance.sop_class_uid,
+            instance.sop_instance_uid,
+            source,
+            move_originator_ae=move_originator[0] if move_originator else None,
+            move_originator_message_id=move_originator[1] if move_originator else None,
         )
     finally:
         if isinstance(source, _FileSlice):
@@ -266,7 +304,8 @@ async def store(
     max_pdu: int = DEFAULT_MAX_PDU,
     connect_timeout: float | None = 10.0,
     timeout: float | None = 30.0,
-    progress: Callable[[StoreResult], None] | None = None,
+    progress: Callable[[StoreResult], Awaitable[None] | None] | None = None,
+    move_originator: tuple[str, int] | None = None,
 ) -> list[StoreResult]:
     """Send instances by C-STORE and return one result per instance, in order.
 
@@ -274,8 +313,16 @@ async def store(
     datasets. Instances that cannot be sent (not DICOM, no accepted context,
     a failure status) are reported in their result and the rest go on;
     errors of the association itself (unreachable, rejected, aborted)
-    propagate. ``progress`` is called with each result as it comes.
+    propagate. ``progress`` is called (and awaited, if async) with each
+    result as it comes. ``move_originator`` marks C-MOVE sub-operations.
     """
+
+    async def report(result: StoreResult) -> None:
+        if progress is not None:
+            outcome = progress(result)
+            if outcome is not None:
+                await outcome
+
     expanded: list[str | os.PathLike[str] | Dataset] = []
     for source in sources:
         if isinstance(source, Dataset):
@@ -288,9 +335,9 @@ async def store(
         sendable = [i for i in batch if not instances[i].error]
         for index in batch:
             if instances[index].error:
-                results[index] = instances[index].failed(instances[index].error or "")
-                if progress:
-                    progress(results[index])  # type: ignore[arg-type]
+                failure = instances[index].failed(instances[index].error or "")
+                results[index] = failure
+                await report(failure)
         if not sendable:
             continue
         contexts = storage_contexts([instances[i] for i in sendable])
@@ -305,10 +352,9 @@ async def store(
             timeout=timeout,
         ) as association:
             for index in sendable:
-                result = await _send(association, instances[index])
+                result = await _send(association, instances[index], False, move_originator)
                 results[index] = result
-                if progress:
-                    progress(result)
+                await report(result)
     done = [r for r in results if r is not None]
     failed = sum(not r.ok for r in done)
     log.info("Stored %d instances on %s: %d failed", len(done) - failed, called_ae, failed)

@@ -1,0 +1,356 @@
+"""Query/retrieve as SCP: turn user handlers into C-FIND, C-GET and C-MOVE responses.
+
+Handlers are async generators, one per service:
+
+* find: ``async def on_find(identifier, context) -> AsyncIterator[Dataset]``
+  yields each match (the identifier to send back);
+* get and move: ``async def on_get(identifier, context)`` yields first the
+  number of instances (an int, for the "remaining" count), then each
+  instance as a pydicom Dataset or a file path.
+
+The server runs each operation in its own task, so a C-CANCEL-RQ is read
+while the handler works; on cancel, the handler is closed and the final
+response says Cancel (0xFE00) with the counts so far (PS3.4 C.4.1.3.2,
+C.4.2.3.2, C.4.3.3.2). A handler that raises :class:`QueryFailed` answers
+with its status; any other exception answers 0xC000 (unable to process).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from adicom.association import Association, Message
+from adicom.dimse import Command
+from adicom.errors import DicomError
+from adicom.fileformat import decode_dataset, encode_dataset
+from adicom.storescu import StoreResult, sop_instance_of, store, store_instance
+
+__all__ = [
+    "FindHandler",
+    "MoveDestinations",
+    "QRContext",
+    "QueryFailed",
+    "RetrieveHandler",
+    "run_find",
+    "run_get",
+    "run_move",
+]
+
+log = logging.getLogger("adicom")
+
+PENDING, SUCCESS, CANCEL = 0xFF00, 0x0000, 0xFE00
+UNABLE_TO_PROCESS = 0xC000
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+MOVE_DESTINATION_UNKNOWN = 0xA801
+SUB_OPERATIONS_FAILED = 0xA702
+SUB_OPERATIONS_WARNING = 0xB000
+
+
+@dataclass(frozen=True, slots=True)
+class QRContext:
+    """What a query/retrieve handler knows about the request."""
+
+    calling_ae: str
+    called_ae: str
+    sop_class_uid: str
+    address: tuple[str, int] | None
+    message_id: int
+    move_destination: str | None = None
+
+
+class QueryFailed(DicomError):
+    """Raise from a handler to answer with a failure status, e.g. 0xA900 or 0xC000."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        self.status = status
+        self.comment = comment
+        super().__init__(f"0x{status:04X}: {comment}")
+
+
+FindHandler = Callable[[Dataset, QRContext], AsyncIterator[Dataset]]
+RetrieveHandler = Callable[
+    [Dataset, QRContext], AsyncIterator["int | Dataset | str | os.PathLike[str]"]
+]
+#: AE title -> (host, port), or a function that answers None for unknown titles.
+MoveDestinations = (
+    Mapping[str, tuple[str, int]] | Callable[[str], Awaitable[tuple[str, int] | None]]
+)
+
+
+class Cancelled:
+    """Set by the server when a C-CANCEL-RQ names the operation."""
+
+    __slots__ = ("is_set",)
+
+    def __init__(self) -> None:
+        self.is_set = False
+
+
+def _context(association: Association, message: Message) -> QRContext:
+    command = message.command
+    return QRContext(
+        calling_ae=association.calling_ae,
+        called_ae=association.called_ae,
+        sop_class_uid=command.affected_sop_class_uid or "",
+        address=association.peer_address,
+        message_id=command.message_id or 0,
+        move_destination=command.move_destination,
+    )
+
+
+def _identifier(association: Association, message: Message) -> Dataset:
+    transfer = association.contexts[message.context_id].transfer_syntax
+    if message.dataset is None or transfer is None:
+        raise QueryFailed(UNABLE_TO_PROCESS, "the request carries no identifier")
+    try:
+        return decode_dataset(message.dataset, transfer)
+    except Exception as exc:
+        raise QueryFailed(UNABLE_TO_PROCESS, f"the identifier does not parse: {exc}") from None
+
+
+async def _respond(
+    association: Association,
+    request: Message,
+    status: int,
+    identifier: Dataset | None = None,
+    **fields: Any,
+) -> None:
+    """A response to a C-FIND/GET/MOVE-RQ, with an identifier data set if given."""
+    rq = request.command
+    command = Command(
+        rq.command_field | 0x8000,
+        message_id_being_responded_to=rq.message_id,
+        affected_sop_class_uid=rq.affected_sop_class_uid,
+        status=status,
+        command_data_set_type=0x0101 if identifier is None else 0x0000,
+        **fields,
+    )
+    data = None
+    if identifier is not None:
+        transfer = association.contexts[request.context_id].transfer_syntax
+        assert transfer is not None
+        data = encode_dataset(identifier, transfer)
+    await association.send_message(request.context_id, command, data)
+
+
+async def run_find(
+    association: Association, request: Message, handler: FindHandler, cancelled: Cancelled
+) -> None:
+    """Answer one C-FIND-RQ: a pending response per match, then the final one."""
+    matches = 0
+    try:
+        identifier = _identifier(association, request)
+        generator = handler(identifier, _context(association, request))
+        try:
+            async for match in generator:
+                if cancelled.is_set:
+                    await _respond(association, request, CANCEL)
+                    return
+                await _respond(association, request, PENDING, match)
+                matches += 1
+        finally:
+            await _close(generator)
+        # A C-CANCEL that came after the last match still gets Cancel.
+        await _respond(association, request, CANCEL if cancelled.is_set else SUCCESS)
+    except QueryFailed as exc:
+        await _respond(association, request, exc.status, error_comment=exc.comment[:64])
+    except DicomError:
+        raise  # the association broke: nothing more to send
+    except Exception as exc:
+        log.exception("C-FIND handler failed after %d matches", matches)
+        await _respond(association, request, UNABLE_TO_PROCESS, error_comment=str(exc)[:64])
+
+
+async def _close(generator: AsyncIterator[Any]) -> None:
+    close = getattr(generator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+@dataclass
+class _Counts:
+    remaining: int = 0
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+    def fields(self, final: bool = False) -> dict[str, int | None]:
+        # PS3.7 9.3.3.2 / 9.3.4.2: "remaining" is absent from the final response.
+        return {
+            "number_of_remaining_suboperations": None if final else self.remaining,
+            "number_of_completed_suboperations": self.completed,
+            "number_of_failed_suboperations": self.failed,
+            "number_of_warning_suboperations": self.warning,
+        }
+
+    def count(self, result: StoreResult) -> None:
+        self.remaining = max(self.remaining - 1, 0)
+        if not result.ok:
+            self.failed += 1
+        elif result.status:
+            self.warning += 1
+        else:
+            self.completed += 1
+
+
+def _final_status(counts: _Counts) -> int:
+    # PS3.4 C.4.2.1.5 / C.4.3.1.4: all failed -> failure; some -> warning.
+    if counts.failed and not counts.completed and not counts.warning:
+        return SUB_OPERATIONS_FAILED
+    if counts.failed or counts.warning:
+        return SUB_OPERATIONS_WARNING
+    return SUCCESS
+
+
+def _failed_identifier(failed: list[str]) -> Dataset | None:
+    if not failed:
+        return None
+    identifier = Dataset()
+    identifier.FailedSOPInstanceUIDList = failed
+    return identifier
+
+
+async def _run_retrieve(
+    association: Association,
+    request: Message,
+    handler: RetrieveHandler,
+    send: Callable[[AsyncIterator[Any], _Counts, list[str]], Awaitable[bool]],
+) -> None:
+    """What C-GET and C-MOVE share: start the handler, count, send the final response.
+
+    ``send`` takes the handler's instances (after the announced count) and
+    returns False if it stopped on a C-CANCEL.
+    """
+    counts = _Counts()
+    failed: list[str] = []
+    try:
+        identifier = _identifier(association, request)
+        generator = handler(identifier, _context(association, request))
+        try:
+            first = await anext(generator, None)
+            if isinstance(first, int):
+                counts.remaining = first
+                items = generator
+            else:
+                items = _prepend(first, generator)
+            finished = await send(items, counts, failed)
+        finally:
+            await _close(generator)
+        status = _final_status(counts) if finished else CANCEL
+        await _respond(
+            association, request, status, _failed_identifier(failed), **counts.fields(True)
+        )
+    except QueryFailed as exc:
+        await _respond(association, request, exc.status, error_comment=exc.comment[:64])
+    except DicomError:
+        raise
+    except Exception as exc:
+        log.exception("retrieve handler failed")
+        await _respond(association, request, UNABLE_TO_PROCESS, error_comment=str(exc)[:64])
+
+
+async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    if first is not None:
+        yield first
+    async for item in rest:
+        yield item
+
+
+async def run_get(
+    association: Association, request: Message, handler: RetrieveHandler, cancelled: Cancelled
+) -> None:
+    """Answer one C-GET-RQ: each instance as a C-STORE on this association (PS3.4 C.4.3).
+
+    Instances are sent as the handler yields them, each followed by a
+    pending response with the counts.
+    """
+
+    async def send(items: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
+        async for item in items:
+            if cancelled.is_set:
+                return False
+            result = await store_instance(association, item, scp_role_required=True)
+            counts.count(result)
+            if not result.ok:
+                failed.append(result.sop_instance_uid or sop_instance_of(item))
+            await _respond(association, request, PENDING, None, **counts.fields())
+        return not cancelled.is_set
+
+    await _run_retrieve(association, request, handler, send)
+
+
+async def run_move(
+    association: Association,
+    request: Message,
+    handler: RetrieveHandler,
+    cancelled: Cancelled,
+    destinations: MoveDestinations,
+    ae_title: str,
+) -> None:
+    """Answer one C-MOVE-RQ: send the instances to the named destination (PS3.4 C.4.2)."""
+    name = (request.command.move_destination or "").strip()
+    if callable(destinations):
+        address = await destinations(name)
+    else:
+        address = destinations.get(name)
+    if address is None:
+        await _respond(
+            association,
+            request,
+            MOVE_DESTINATION_UNKNOWN,
+            error_comment=f"unknown move destination {name!r}"[:64],
+        )
+        return
+    host, port = address
+
+    async def send(found: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
+        # The sub-association needs its contexts up front, so gather the
+        # (usually file path) items first; PS3.4 C.4.2.2.
+        items = [item async for item in found]
+        if counts.remaining == 0:
+            counts.remaining = len(items)
+        if not items:
+            return True
+        pending: list[StoreResult] = []
+
+        async def progress(result: StoreResult) -> None:
+            pending.append(result)
+            counts.count(result)
+            if not result.ok:
+                failed.append(result.sop_instance_uid)
+            await _respond(association, request, PENDING, None, **counts.fields())
+            if cancelled.is_set:
+                raise _StopMove
+
+        try:
+            await store(
+                host,
+                port,
+                items,
+                calling_ae=ae_title,
+                called_ae=name,
+                progress=progress,
+                move_originator=(association.calling_ae, request.command.message_id or 0),
+            )
+        except _StopMove:
+            return False
+        except DicomError as exc:
+            # The destination is unreachable or refused us: every instance not sent failed.
+            log.warning("C-MOVE to %s at %s:%d failed: %s", name, host, port, exc)
+            for item in items[len(pending) :]:
+                counts.remaining = max(counts.remaining - 1, 0)
+                counts.failed += 1
+                failed.append(sop_instance_of(item))
+        return True
+
+    await _run_retrieve(association, request, handler, send)
+
+
+class _StopMove(Exception):
+    """Raised from the progress callback to stop a cancelled move."""

@@ -1,0 +1,281 @@
+"""Query/retrieve between adicom's SCU (qrscu) and SCP (Server handlers), in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+import adicom
+from adicom import qrscu
+from adicom.qrscp import QRContext, QueryFailed
+
+pytestmark = pytest.mark.anyio
+
+
+def make_instances(count: int) -> list[Dataset]:
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    template = pydicom.dcmread(path)
+    study = generate_uid()
+    out = []
+    for index in range(count):
+        dataset = copy.deepcopy(template)
+        dataset.StudyInstanceUID = study
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.InstanceNumber = index + 1
+        out.append(dataset)
+    return out
+
+
+class Archive:
+    """Handlers over a list of datasets, with knobs for the bad cases."""
+
+    def __init__(self, instances: list[Dataset]) -> None:
+        self.instances = instances
+        self.delay = 0.0
+        self.find_calls: list[QRContext] = []
+        self.closed = 0
+
+    def matching(self, identifier: Dataset) -> list[Dataset]:
+        wanted = identifier.get("StudyInstanceUID", "")
+        return [d for d in self.instances if not wanted or d.StudyInstanceUID == wanted]
+
+    async def find(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
+        self.find_calls.append(context)
+        if identifier.get("QueryRetrieveLevel") not in ("STUDY", "SERIES", "IMAGE"):
+            raise QueryFailed(0xA900, "unsupported level")
+        try:
+            for dataset in self.matching(identifier):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                answer = Dataset()
+                answer.QueryRetrieveLevel = identifier.QueryRetrieveLevel
+                answer.StudyInstanceUID = dataset.StudyInstanceUID
+                answer.SOPInstanceUID = dataset.SOPInstanceUID
+                yield answer
+        finally:
+            self.closed += 1
+
+    async def retrieve(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
+        matches = self.matching(identifier)
+        yield len(matches)
+        for dataset in matches:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield dataset
+
+
+@contextlib.asynccontextmanager
+async def qr_server(archive: Archive, **options: Any) -> AsyncIterator[adicom.Server]:
+    async with adicom.Server(
+        "QR",
+        port=0,
+        on_find=archive.find,
+        on_get=archive.retrieve,
+        on_move=archive.retrieve,
+        **options,
+    ) as server:
+        yield server
+
+
+def study_identifier(study_uid: str = "", level: str = "STUDY") -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    identifier.StudyInstanceUID = study_uid
+    identifier.SOPInstanceUID = ""
+    return identifier
+
+
+async def test_find_streams_every_match() -> None:
+    archive = Archive(make_instances(25))
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            async with qrscu.find(assoc, study_identifier(level="IMAGE")) as results:
+                found = [d.SOPInstanceUID async for d in results]
+            assert results.status == 0x0000 and results.count == 25
+    assert found == [d.SOPInstanceUID for d in archive.instances]
+    assert archive.find_calls[0].calling_ae == "ADICOM"
+
+
+async def test_find_failure_status_raises_and_association_goes_on() -> None:
+    archive = Archive(make_instances(2))
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            with pytest.raises(adicom.DimseError) as info:
+                async for _ in qrscu.find(assoc, study_identifier(level="PATIENTS")):
+                    pass
+            assert info.value.status == 0xA900 and "unsupported level" in str(info.value)
+            async with qrscu.find(assoc, study_identifier()) as results:
+                assert len([d async for d in results]) == 2
+
+
+async def test_leaving_a_find_early_cancels_it() -> None:
+    archive = Archive(make_instances(50))
+    archive.delay = 0.01
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            async with qrscu.find(assoc, study_identifier()) as results:
+                async for _ in results:
+                    if results.count == 3:
+                        break
+            assert results.status == 0xFE00  # the SCP answered Cancel
+            assert results.count < 50
+            # The association is still good for another query.
+            archive.delay = 0
+            async with qrscu.find(assoc, study_identifier()) as again:
+                assert len([d async for d in again]) == 50
+    assert archive.closed == 2  # the SCP closed the cancelled handler too
+
+
+async def test_get_to_disk_and_memory_with_progress(tmp_path: pathlib.Path) -> None:
+    archive = Archive(make_instances(12))
+    contexts, roles = qrscu.get_contexts()
+    seen: list[tuple[int, int]] = []
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=contexts, roles=roles
+        ) as assoc:
+            disk = adicom.DiskStorage(tmp_path)
+            result = await qrscu.get(
+                assoc,
+                study_identifier(archive.instances[0].StudyInstanceUID),
+                disk,
+                progress=lambda p: seen.append((p.remaining, p.completed)),
+            )
+            memory = adicom.MemoryStorage()
+            in_memory = await qrscu.get(assoc, study_identifier(), memory)
+    assert result.status == 0x0000 and result.completed == 12 and result.failed == 0
+    assert len(result.paths) == 12 and all(p.is_file() for p in result.paths)
+    assert seen[0] == (11, 1) and seen[-1][1] == 12
+    for path, sent in zip(sorted(result.paths), sorted(archive.instances, key=_uid), strict=True):
+        assert pydicom.dcmread(path).PixelData == sent.PixelData
+    assert in_memory.completed == 12
+    assert sorted(d.SOPInstanceUID for d in memory.datasets) == sorted(map(_uid, archive.instances))
+
+
+def _uid(dataset: Dataset) -> str:
+    return str(dataset.SOPInstanceUID)
+
+
+async def test_get_without_the_storage_context_reports_failed_instances() -> None:
+    archive = Archive(make_instances(3))
+    # Ask for MR only: the CT instances have no context with the SCP role.
+    contexts, roles = qrscu.get_contexts(sop_classes=["1.2.840.10008.5.1.4.1.1.4"])
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=contexts, roles=roles
+        ) as assoc:
+            result = await qrscu.get(assoc, study_identifier(), adicom.MemoryStorage())
+    assert (result.completed, result.failed) == (0, 3)
+    assert result.status == 0xA702
+    assert sorted(result.failed_sop_instances) == sorted(map(_uid, archive.instances))
+
+
+async def test_get_timeout_cancels_and_keeps_what_arrived(tmp_path: pathlib.Path) -> None:
+    archive = Archive(make_instances(40))
+    archive.delay = 0.02
+    contexts, roles = qrscu.get_contexts()
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=contexts, roles=roles
+        ) as assoc:
+            with pytest.raises(qrscu.RetrieveCancelled) as info:
+                await qrscu.get(
+                    assoc, study_identifier(), adicom.DiskStorage(tmp_path), timeout=0.3
+                )
+            assert info.value.acknowledged and info.value.why == "timeout"
+            stopped = info.value.progress
+            assert 0 < stopped.completed < 40 and stopped.status == 0xFE00
+            assert stopped.paths and all(p.is_file() for p in stopped.paths)
+            assert await_count_files(tmp_path) == len(stopped.paths)
+            # The association goes on.
+            archive.delay = 0
+            again = await qrscu.get(assoc, study_identifier(), adicom.MemoryStorage())
+            assert again.completed == 40
+
+
+def await_count_files(root: pathlib.Path) -> int:
+    return len([p for p in root.rglob("*.dcm") if ".incoming" not in p.parts])
+
+
+async def test_cancelling_the_task_sends_c_cancel() -> None:
+    archive = Archive(make_instances(40))
+    archive.delay = 0.02
+    contexts, roles = qrscu.get_contexts()
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=contexts, roles=roles
+        ) as assoc:
+            task = asyncio.get_running_loop().create_task(
+                qrscu.get(assoc, study_identifier(), adicom.MemoryStorage())
+            )
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert assoc.is_established and not assoc._operations
+            archive.delay = 0
+            assert (
+                await qrscu.get(assoc, study_identifier(), adicom.MemoryStorage())
+            ).completed == 40
+
+
+async def test_move_to_a_known_destination_and_to_an_unknown_one() -> None:
+    archive = Archive(make_instances(5))
+    received = adicom.MemoryStorage()
+    async with adicom.Server("DEST", port=0, storage=received) as destination:
+        destinations = {"DEST": ("127.0.0.1", destination.port)}
+        async with qr_server(archive, move_destinations=destinations) as server:
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.move_contexts()
+            ) as assoc:
+                result = await qrscu.move(assoc, study_identifier(), "DEST")
+                unknown = await qrscu.move(assoc, study_identifier(), "NOBODY")
+    assert result.status == 0 and result.completed == 5
+    assert sorted(d.SOPInstanceUID for d in received.datasets) == sorted(
+        map(_uid, archive.instances)
+    )
+    assert unknown.status == 0xA801 and unknown.completed == 0
+
+
+async def test_move_to_an_unreachable_destination_counts_failures() -> None:
+    archive = Archive(make_instances(3))
+    async with adicom.Server("GONE", port=0) as gone:
+        port = gone.port
+    async with qr_server(archive, move_destinations={"GONE": ("127.0.0.1", port)}) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.move_contexts()
+        ) as assoc:
+            result = await qrscu.move(assoc, study_identifier(), "GONE")
+    assert (result.completed, result.failed, result.status) == (0, 3, 0xA702)
+    assert sorted(result.failed_sop_instances) == sorted(map(_uid, archive.instances))
+
+
+async def test_release_cancels_an_operation_left_open() -> None:
+    archive = Archive(make_instances(30))
+    archive.delay = 0.01
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            results = qrscu.find(assoc, study_identifier())
+            await results.__anext__()  # one match, then walk away without closing
+        assert assoc.state.name == "STA1"
+        assert server.stats["released"] == 1
