@@ -6,6 +6,7 @@ on asyncio, and no threads anywhere.
 
 from adicom.association import Association, Message
 from adicom.client import connect, open_association
+from adicom.dicomclient import DicomClient
 from adicom.errors import (
     AssociationAborted,
     AssociationError,
@@ -17,7 +18,22 @@ from adicom.errors import (
     PeerUnreachable,
     ProtocolError,
 )
+from adicom.models import (
+    DicomNode,
+    ImageQuery,
+    ImageResult,
+    PatientQuery,
+    PatientResult,
+    RetrieveResult,
+    SeriesQuery,
+    SeriesResult,
+    StudyQuery,
+    StudyResult,
+)
+from adicom.qrscp import QRContext, QueryFailed
+from adicom.qrscu import RetrieveCancelled, RetrieveProgress
 from adicom.server import Server
+from adicom.settings import DicomSettings
 from adicom.storage import (
     CallbackStorage,
     DiskStorage,
@@ -35,20 +51,36 @@ __all__ = [
     "CallbackStorage",
     "DiskStorage",
     "ForwardStorage",
+    "ImageQuery",
+    "ImageResult",
     "MemoryStorage",
     "StorageHandler",
     "StoreContext",
     "StoreResult",
+    "StudyQuery",
+    "StudyResult",
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
     "ConnectionClosed",
+    "DicomClient",
+    "DicomNode",
+    "DicomSettings",
     "DicomError",
     "DicomTimeout",
     "DimseError",
     "Message",
+    "PatientQuery",
+    "PatientResult",
     "PeerUnreachable",
     "ProtocolError",
+    "QRContext",
+    "QueryFailed",
+    "RetrieveCancelled",
+    "RetrieveProgress",
+    "RetrieveResult",
+    "SeriesQuery",
+    "SeriesResult",
     "Server",
     "__version__",
     "connect",

@@ -1,0 +1,466 @@
+"""``DicomClient``: the high-level async API for query, retrieve and store.
+
+Each call opens its own association (so calls can run at once with
+``asyncio.gather``), does its work and releases it; pass ``association=`` to
+reuse one you opened with :func:`adicom.connect`. Timeouts: ``timeout`` on a
+call bounds the whole operation, and a retrieve or query that runs out is
+cancelled on the wire (C-CANCEL) before the error is raised; the client's
+``dimse_timeout`` bounds each single response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydicom.dataset import Dataset
+
+from adicom import qrscu
+from adicom.association import Association
+from adicom.client import connect
+from adicom.errors import DicomTimeout
+from adicom.models import (
+    DicomNode,
+    ImageQuery,
+    ImageResult,
+    PatientQuery,
+    PatientResult,
+    RetrieveResult,
+    SeriesQuery,
+    SeriesResult,
+    StudyQuery,
+    StudyResult,
+    status_text,
+)
+from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
+from adicom.settings import DicomSettings
+from adicom.storage import DiskStorage, MemoryStorage, StorageHandler
+from adicom.storescu import StoreResult, store
+
+__all__ = ["DicomClient", "ProgressCallback"]
+
+log = logging.getLogger("adicom")
+
+#: Called after each response of a retrieve with its counts so far.
+ProgressCallback = Callable[[RetrieveProgress], None]
+
+ResultT = TypeVar("ResultT", PatientResult, StudyResult, SeriesResult, ImageResult)
+T = TypeVar("T")
+
+_PLURAL = {PatientResult: "patients", StudyResult: "studies", SeriesResult: "series",
+           ImageResult: "images"}  # fmt: skip
+
+
+class DicomClient:
+    """An async DICOM client: C-ECHO, C-FIND, C-GET, C-MOVE and C-STORE against one peer per call.
+
+    ``calling_aet`` is our AE title; ``max_pdu`` the largest PDU we accept
+    (0: no limit). ``get_sop_classes`` are the storage SOP classes a C-GET
+    offers to receive (the role selection of PS3.4 C.4.3).
+    """
+
+    def __init__(
+        self,
+        calling_aet: str = "ADICOM",
+        max_pdu: int = 16384,
+        *,
+        connect_timeout: float = 10.0,
+        dimse_timeout: float = 30.0,
+        timeout: float | None = None,
+        get_sop_classes: Sequence[str] = DEFAULT_GET_SOP_CLASSES,
+        model: Model = "study",
+    ) -> None:
+        DicomNode(aet=calling_aet, host="localhost", port=104)  # validates the AE title
+        self.calling_aet = calling_aet.strip()
+        self.max_pdu = max_pdu
+        self.connect_timeout = connect_timeout
+        self.dimse_timeout = dimse_timeout
+        #: Default bound of a whole operation (None: none beyond dimse_timeout per response).
+        self.timeout = timeout
+        self.get_sop_classes = tuple(get_sop_classes)
+        self.model: Model = model
+
+    @classmethod
+    def from_settings(cls, settings: DicomSettings | None = None) -> DicomClient:
+        """A client configured from ``ADICOM_*`` environment variables."""
+        settings = settings or DicomSettings()
+        return cls(
+            settings.aet,
+            settings.max_pdu,
+            connect_timeout=settings.connect_timeout,
+            dimse_timeout=settings.dimse_timeout,
+        )
+
+    # -- associations ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _association(
+        self,
+        peer: DicomNode,
+        contexts: list[tuple[str, list[str]]],
+        roles: Sequence[Any] = (),
+        association: Association | None = None,
+    ) -> AsyncIterator[Association]:
+        if association is not None:
+            yield association
+            return
+        async with connect(
+            peer.host,
+            peer.port,
+            calling_ae=self.calling_aet,
+            called_ae=peer.aet,
+            contexts=contexts,
+            roles=roles,
+            max_pdu=self.max_pdu,
+            connect_timeout=self.connect_timeout,
+            timeout=self.dimse_timeout,
+        ) as opened:
+            yield opened
+
+    # -- C-ECHO -----------------------------------------------------------------
+
+    async def echo(self, peer: DicomNode, timeout: float | None = None) -> bool:
+        """C-ECHO: True when the peer answers success; raises why otherwise."""
+        async with self._association(peer, [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]) as a:
+            return await _bounded(a.echo(), timeout or self.timeout, "echo") == 0
+
+    # -- C-FIND -----------------------------------------------------------------
+
+    async def find_patients(
+        self,
+        query: PatientQuery,
+        peer: DicomNode,
+        *,
+        timeout: float | None = None,
+        association: Association | None = None,
+    ) -> list[PatientResult]:
+        """C-FIND at PATIENT level (Patient Root unless the client's model says otherwise)."""
+        model: Model = "patient" if self.model == "study" else self.model
+        return await self._find(
+            query.to_identifier(), PatientResult, peer, timeout, association, model
+        )
+
+    async def find_studies(
+        self,
+        query: StudyQuery,
+        peer: DicomNode,
+        *,
+        timeout: float | None = None,
+        association: Association | None = None,
+    ) -> list[StudyResult]:
+        """C-FIND at STUDY level."""
+        return await self._find(query.to_identifier(), StudyResult, peer, timeout, association)
+
+    async def find_series(
+        self,
+        query: SeriesQuery,
+        peer: DicomNode,
+        *,
+        timeout: float | None = None,
+        association: Association | None = None,
+    ) -> list[SeriesResult]:
+        """C-FIND at SERIES level (within one study)."""
+        return await self._find(query.to_identifier(), SeriesResult, peer, timeout, association)
+
+    async def find_images(
+        self,
+        query: ImageQuery,
+        peer: DicomNode,
+        *,
+        timeout: float | None = None,
+        association: Association | None = None,
+    ) -> list[ImageResult]:
+        """C-FIND at IMAGE level (within one series)."""
+        return await self._find(query.to_identifier(), ImageResult, peer, timeout, association)
+
+    async def _find(
+        self,
+        identifier: Dataset,
+        result_type: type[ResultT],
+        peer: DicomNode,
+        timeout: float | None,
+        association: Association | None,
+        model: Model | None = None,
+    ) -> list[ResultT]:
+        model = model or self.model
+        what = _PLURAL[result_type]
+        log.info("Searching %s on %s@%s:%d", what, peer.aet, peer.host, peer.port)
+        found: list[ResultT] = []
+        contexts = qrscu.find_contexts(model)
+        async with (
+            self._association(peer, contexts, (), association) as opened,
+            qrscu.find(opened, identifier, model=model) as results,
+        ):
+
+            async def collect() -> None:
+                async for dataset in results:
+                    found.append(result_type.from_dataset(dataset))
+
+            await _bounded(collect(), timeout or self.timeout, f"C-FIND of {what}")
+        log.info("Found %d %s", len(found), what)
+        return found
+
+    # -- C-GET ------------------------------------------------------------------
+
+    async def get_study(
+        self,
+        study_uid: str,
+        peer: DicomNode,
+        output_dir: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-GET a study into ``output_dir`` ({study}/{series}/{instance}.dcm)."""
+        identifier = _identifier("STUDY", study_uid)
+        return await self._get(
+            identifier, DiskStorage(output_dir), peer, timeout, progress, association, "study"
+        )
+
+    async def get_series(
+        self,
+        study_uid: str,
+        series_uid: str,
+        peer: DicomNode,
+        output_dir: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-GET a series into ``output_dir``."""
+        identifier = _identifier("SERIES", study_uid, series_uid)
+        return await self._get(
+            identifier, DiskStorage(output_dir), peer, timeout, progress, association, "series"
+        )
+
+    async def get_image(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        peer: DicomNode,
+        output_dir: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-GET one instance into ``output_dir``."""
+        identifier = _identifier("IMAGE", study_uid, series_uid, sop_instance_uid)
+        return await self._get(
+            identifier, DiskStorage(output_dir), peer, timeout, progress, association, "image"
+        )
+
+    async def get_study_to_memory(
+        self,
+        study_uid: str,
+        peer: DicomNode,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-GET a study into memory: the datasets are in ``result.instances``."""
+        identifier = _identifier("STUDY", study_uid)
+        return await self._get(
+            identifier, MemoryStorage(), peer, timeout, progress, association, "study"
+        )
+
+    async def get_series_to_memory(
+        self,
+        study_uid: str,
+        series_uid: str,
+        peer: DicomNode,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-GET a series into memory."""
+        identifier = _identifier("SERIES", study_uid, series_uid)
+        return await self._get(
+            identifier, MemoryStorage(), peer, timeout, progress, association, "series"
+        )
+
+    async def _get(
+        self,
+        identifier: Dataset,
+        storage: StorageHandler,
+        peer: DicomNode,
+        timeout: float | None,
+        progress: ProgressCallback | None,
+        association: Association | None,
+        what: str,
+    ) -> RetrieveResult:
+        contexts, roles = qrscu.get_contexts(self.model, self.get_sop_classes)
+        started = time.perf_counter()
+        async with self._association(peer, contexts, roles, association) as a:
+            outcome = await qrscu.get(
+                a,
+                identifier,
+                storage,
+                model=self.model,
+                progress=progress,
+                timeout=timeout or self.timeout,
+            )
+        result = _result(outcome, storage)
+        log.info(
+            "Retrieved %s: %d completed, %d failed (%.1f s)",
+            what,
+            result.num_completed,
+            result.num_failed,
+            time.perf_counter() - started,
+        )
+        return result
+
+    # -- C-MOVE -----------------------------------------------------------------
+
+    async def move_study(
+        self,
+        study_uid: str,
+        peer: DicomNode,
+        destination_aet: str,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-MOVE a study to ``destination_aet`` (a node the peer knows)."""
+        identifier = _identifier("STUDY", study_uid)
+        return await self._move(
+            identifier, peer, destination_aet, timeout, progress, association, "study"
+        )
+
+    async def move_series(
+        self,
+        study_uid: str,
+        series_uid: str,
+        peer: DicomNode,
+        destination_aet: str,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-MOVE a series to ``destination_aet``."""
+        identifier = _identifier("SERIES", study_uid, series_uid)
+        return await self._move(
+            identifier, peer, destination_aet, timeout, progress, association, "series"
+        )
+
+    async def move_image(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        peer: DicomNode,
+        destination_aet: str,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        association: Association | None = None,
+    ) -> RetrieveResult:
+        """C-MOVE one instance to ``destination_aet``."""
+        identifier = _identifier("IMAGE", study_uid, series_uid, sop_instance_uid)
+        return await self._move(
+            identifier, peer, destination_aet, timeout, progress, association, "image"
+        )
+
+    async def _move(
+        self,
+        identifier: Dataset,
+        peer: DicomNode,
+        destination_aet: str,
+        timeout: float | None,
+        progress: ProgressCallback | None,
+        association: Association | None,
+        what: str,
+    ) -> RetrieveResult:
+        DicomNode(aet=destination_aet, host="localhost", port=104)  # validates the title
+        async with self._association(peer, qrscu.move_contexts(self.model), (), association) as a:
+            outcome = await qrscu.move(
+                a,
+                identifier,
+                destination_aet.strip(),
+                model=self.model,
+                progress=progress,
+                timeout=timeout or self.timeout,
+            )
+        result = _result(outcome, None)
+        log.info(
+            "Moved %s to %s: %d completed, %d failed",
+            what,
+            destination_aet,
+            result.num_completed,
+            result.num_failed,
+        )
+        return result
+
+    # -- C-STORE ----------------------------------------------------------------
+
+    async def store(
+        self,
+        sources: Iterable[str | os.PathLike[str] | Dataset],
+        peer: DicomNode,
+        *,
+        progress: Callable[[StoreResult], None] | None = None,
+    ) -> list[StoreResult]:
+        """C-STORE files, folders and datasets to ``peer``; one result per instance."""
+        return await store(
+            peer.host,
+            peer.port,
+            sources,
+            calling_ae=self.calling_aet,
+            called_ae=peer.aet,
+            max_pdu=self.max_pdu,
+            connect_timeout=self.connect_timeout,
+            timeout=self.dimse_timeout,
+            progress=progress,
+        )
+
+
+def _identifier(level: str, study: str, series: str = "", instance: str = "") -> Dataset:
+    """The identifier of a retrieve (PS3.4 C.4.2.1.4.1): the level and its unique keys."""
+    for name, uid in (("study", study), ("series", series), ("SOP instance", instance)):
+        if uid and (len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid)):
+            raise ValueError(f"{name} UID {uid!r} is not a valid UID")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    identifier.StudyInstanceUID = study
+    if level in ("SERIES", "IMAGE"):
+        identifier.SeriesInstanceUID = series
+    if level == "IMAGE":
+        identifier.SOPInstanceUID = instance
+    return identifier
+
+
+def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> RetrieveResult:
+    instances = storage.datasets if isinstance(storage, MemoryStorage) else []
+    return RetrieveResult(
+        status=status_text(outcome.status if outcome.status is not None else 0xC000),
+        num_remaining=outcome.remaining,
+        num_completed=outcome.completed,
+        num_failed=outcome.failed,
+        num_warning=outcome.warning,
+        failed_sop_instances=outcome.failed_sop_instances,
+        instances=instances,
+        paths=[Path(p) for p in outcome.paths],
+    )
+
+
+async def _bounded(awaitable: Awaitable[T], seconds: float | None, what: str) -> T:
+    if seconds is None:
+        return await awaitable
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise DicomTimeout("operation", seconds, what) from None

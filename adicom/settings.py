@@ -1,0 +1,121 @@
+"""Settings for an adicom application, from keyword arguments or ``ADICOM_*`` variables.
+
+``DicomSettings()`` reads the environment only: ``ADICOM_AET``,
+``ADICOM_PORT``, ``ADICOM_IP``, ``ADICOM_MAX_PDU``,
+``ADICOM_CONNECT_TIMEOUT``, ``ADICOM_ASSOCIATION_TIMEOUT``,
+``ADICOM_DIMSE_TIMEOUT``, ``ADICOM_IDLE_TIMEOUT`` and ``ADICOM_STORAGE_DIR``
+(names are case-insensitive). No ``.env`` file is read unless asked for, as
+pydantic-settings allows: ``DicomSettings(_env_file=".env")``. Keyword
+arguments win over the environment.
+
+A bad value raises pydantic's ValidationError naming the field (the variable
+is ``ADICOM_`` and the field's name in uppercase), the value, and what is
+allowed.
+"""
+
+import ipaddress
+import math
+from pathlib import Path
+
+from pydantic import ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adicom.models import AETitle
+
+__all__ = ["DicomSettings"]
+
+# PS3.8 D.1: the maximum length is a 32-bit field, 0 meaning no limit. Below
+# 4096 bytes (DCMTK's floor too) every data set is cut into tiny PDVs.
+_MIN_PDU = 4096
+_MAX_PDU = 2**32 - 1
+
+
+class DicomSettings(BaseSettings):
+    """How this application entity presents itself and how patient it is.
+
+    Every field can be set by the environment variable ``ADICOM_<FIELD>``,
+    for example ``ADICOM_AET=MY_SCU`` or ``ADICOM_DIMSE_TIMEOUT=120``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="ADICOM_",
+        env_file=None,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    aet: AETitle = "ADICOM"
+    """Our AE title: the calling AE title as SCU, the called one we answer to as SCP."""
+
+    port: int = 11112
+    """The TCP port the SCP listens on; 0 lets the system pick a free one."""
+
+    ip: str | None = None
+    """The IP address the SCP listens on; None (or empty) for every interface."""
+
+    max_pdu: int = 16384
+    """The largest P-DATA-TF PDU we accept, in bytes: 0 for no limit, else 4096 to 2**32-1."""
+
+    connect_timeout: float = 10.0
+    """Seconds to open the TCP connection to a peer."""
+
+    association_timeout: float = 30.0
+    """Seconds to wait for the peer's A-ASSOCIATE and A-RELEASE answers (ACSE)."""
+
+    dimse_timeout: float = 30.0
+    """Seconds to wait for each DIMSE response once a request is sent."""
+
+    idle_timeout: float = 60.0
+    """Seconds of silence from the peer after which an association is aborted."""
+
+    storage_dir: Path | None = None
+    """Where received instances are written; None (or empty) keeps them in memory."""
+
+    @field_validator("port")
+    @classmethod
+    def _check_port(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError(f"port {value} is out of range; allowed: 0 (any free port) to 65535")
+        return value
+
+    @field_validator("ip", "storage_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # An empty variable (ADICOM_IP=) reads as "not set", not as a path ".".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("ip")
+    @classmethod
+    def _check_ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError(
+                f"ip {value!r} is not an IP address; allowed: an IPv4 or IPv6 address "
+                "such as 0.0.0.0, 127.0.0.1 or ::1, or unset for every interface"
+            ) from None
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _check_max_pdu(cls, value: int) -> int:
+        if value != 0 and not _MIN_PDU <= value <= _MAX_PDU:
+            raise ValueError(
+                f"max_pdu {value} is out of range; allowed: 0 (no limit) or "
+                f"{_MIN_PDU} to {_MAX_PDU} bytes"
+            )
+        return value
+
+    @field_validator("connect_timeout", "association_timeout", "dimse_timeout", "idle_timeout")
+    @classmethod
+    def _check_timeout(cls, value: float, info: ValidationInfo) -> float:
+        name = info.field_name
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"{name} {value!r} is not a positive number of seconds; "
+                "allowed: a finite number greater than 0"
+            )
+        return value

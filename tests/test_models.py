@@ -1,0 +1,1087 @@
+"""The pydantic models at the edge: nodes, queries, results, retrieve outcomes."""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+
+from adicom.models import (
+    DicomNode,
+    ImageQuery,
+    ImageResult,
+    PatientQuery,
+    PatientResult,
+    Query,
+    RetrieveResult,
+    SeriesQuery,
+    SeriesResult,
+    StudyQuery,
+    StudyResult,
+    status_text,
+)
+
+UID = "1.2.840.113619.2.1.1.1"
+UID2 = "1.2.840.113619.2.1.2.1"
+
+
+def error_of(exc: pytest.ExceptionInfo[ValidationError]) -> str:
+    """The one error's location and message."""
+    errors = exc.value.errors()
+    assert len(errors) == 1, errors
+    return f"{'.'.join(map(str, errors[0]['loc']))}: {errors[0]['msg']}"
+
+
+# --------------------------------------------------------------------------
+# DicomNode
+
+
+@pytest.mark.parametrize(
+    ("aet", "expected"),
+    [
+        ("PACS", "PACS"),
+        ("A", "A"),
+        ("X" * 16, "X" * 16),
+        ("  PACS  ", "PACS"),
+        (" " + "Y" * 16 + " ", "Y" * 16),
+        ("MY SCP", "MY SCP"),
+        ("a-b_c.d*?!~", "a-b_c.d*?!~"),
+    ],
+)
+def test_node_ae_title_valid(aet: str, expected: str) -> None:
+    assert DicomNode(aet=aet, host="pacs", port=104).aet == expected
+
+
+@pytest.mark.parametrize(
+    ("aet", "problem"),
+    [
+        ("", "empty or all spaces"),
+        ("    ", "empty or all spaces"),
+        ("X" * 17, "17 characters"),
+        ("A\\B", "backslash"),
+        ("A\tB", "control character"),
+        ("A\nB", "control character"),
+        ("A\x00", "control character"),
+        ("A\x7f", "control character"),
+        ("ÄBC", "non-ASCII"),
+        ("ПАКС", "non-ASCII"),
+    ],
+)
+def test_node_ae_title_invalid(aet: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        DicomNode(aet=aet, host="pacs", port=104)
+    message = error_of(exc)
+    assert message.startswith("aet: ")
+    assert problem in message
+    assert repr(aet) in message
+    assert "1 to 16 characters of printable ASCII" in message
+
+
+@pytest.mark.parametrize("port", [1, 104, 11112, 65535])
+def test_node_port_valid(port: int) -> None:
+    assert DicomNode(aet="PACS", host="pacs", port=port).port == port
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, 100000])
+def test_node_port_invalid(port: int) -> None:
+    with pytest.raises(ValidationError) as exc:
+        DicomNode(aet="PACS", host="pacs", port=port)
+    message = error_of(exc)
+    assert message.startswith("port: ")
+    assert str(port) in message
+    assert "1 to 65535" in message
+
+
+@pytest.mark.parametrize("host", ["", "   ", "pa cs", "pacs\n"])
+def test_node_host_invalid(host: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        DicomNode(aet="PACS", host=host, port=104)
+    assert error_of(exc).startswith("host: ")
+
+
+def test_node_host_stripped_and_str() -> None:
+    node = DicomNode(aet="PACS", host=" 192.168.1.100 ", port=11112)
+    assert node.host == "192.168.1.100"
+    assert str(node) == "PACS@192.168.1.100:11112"
+    assert str(DicomNode(aet="PACS", host="::1", port=104)) == "PACS@[::1]:104"
+
+
+def test_node_frozen_and_hashable() -> None:
+    node = DicomNode(aet="PACS", host="pacs", port=104)
+    with pytest.raises(ValidationError):
+        node.port = 105
+    assert node == DicomNode(aet=" PACS", host="pacs", port=104)
+    assert len({node, DicomNode(aet="PACS", host="pacs", port=104)}) == 1
+
+
+def test_node_refuses_unknown_fields() -> None:
+    with pytest.raises(ValidationError):
+        DicomNode(aet="PACS", host="pacs", port=104, calling_aet="X")  # type: ignore[call-arg]
+
+
+# --------------------------------------------------------------------------
+# Matching syntax: dates, times, UIDs, text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "20240101",
+        "20240229",
+        "19000101",
+        "20240101-20240131",
+        "20240101-20240101",
+        "-20240131",
+        "20240101-",
+        " 20240101 ",
+        "",
+    ],
+)
+def test_date_valid(value: str) -> None:
+    assert StudyQuery(study_date=value).study_date == value.strip()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("2024", "not a date YYYYMMDD"),
+        ("202401011", "not a date YYYYMMDD"),
+        ("2024-01-01", "not a single value or a range"),
+        ("2024.01.01", "not a date YYYYMMDD"),
+        ("20230229", "not a calendar date"),
+        ("20240230", "not a calendar date"),
+        ("20241301", "not a calendar date"),
+        ("20240100", "not a calendar date"),
+        ("20240132", "not a calendar date"),
+        ("20240101-20240230", "has '20240230', which is not a calendar date"),
+        ("20240131-20240101", "start is after its end"),
+        ("-", "not a single value or a range"),
+        ("20240101--20240102", "not a single value or a range"),
+        ("2024*", "wildcard"),
+        ("2024010?", "wildcard"),
+        ("20240101\\20240102", "not a date"),
+        ("abcdefgh", "not a date"),
+    ],
+)
+def test_date_invalid(value: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(study_date=value)
+    message = error_of(exc)
+    assert message.startswith("study_date: ")
+    assert repr(value) in message
+    assert problem in message
+    assert "allowed: a date YYYYMMDD" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10",
+        "1030",
+        "103000",
+        "103000.5",
+        "103000.123456",
+        "235960",
+        "000000",
+        "10-12",
+        "1030-1130",
+        "-1200",
+        "08-",
+        "1030-10",
+        "100000.1-100000.2",
+        "",
+    ],
+)
+def test_time_valid(value: str) -> None:
+    assert StudyQuery(study_time=value).study_time == value
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("1", "not a time"),
+        ("103", "not a time"),
+        ("1030000", "not a time"),
+        ("1030.5", "not a time"),
+        ("103000.1234567", "not a time"),
+        ("103000.", "not a time"),
+        ("24", "hour 24"),
+        ("1060", "minute 60"),
+        ("103061", "second 61"),
+        ("10:30", "not a time"),
+        ("11-10", "start is after its end"),
+        ("2300-0100", "across midnight"),
+        ("10-25", "has '25' with hour 25"),
+        ("10*", "wildcard"),
+        ("1?", "wildcard"),
+        ("10-11-12", "not a single value or a range"),
+    ],
+)
+def test_time_invalid(value: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(study_time=value)
+    message = error_of(exc)
+    assert message.startswith("study_time: ")
+    assert problem in message
+    assert "allowed: a time HH, HHMM" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        UID,
+        "1.2",
+        "0.0",
+        "2.25.329800735698586629295641978511506172918",
+        "1." + "2" * 62,
+        f"{UID}\\{UID2}",
+        f"{UID}\\{UID2}\\1.2.3",
+        "",
+    ],
+)
+def test_uid_valid(value: str) -> None:
+    assert StudyQuery(study_instance_uid=value).study_instance_uid == value
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("1.2.*", "wildcard"),
+        ("1.2.3?", "wildcard"),
+        ("*", "wildcard"),
+        (f"{UID}\\1.2.*", "wildcard"),
+        ("1.02.3", "not a valid UID"),
+        ("01.2", "not a valid UID"),
+        ("1..2", "not a valid UID"),
+        ("1.2.", "not a valid UID"),
+        (".1.2", "not a valid UID"),
+        ("1.2.a", "not a valid UID"),
+        ("1.2 .3", "not a valid UID"),
+        ("1." + "2" * 63, "65 characters"),
+        (f"{UID}\\", "empty UID"),
+        (f"\\{UID}", "empty UID"),
+        (f"{UID}\\\\{UID2}", "empty UID"),
+        (f"{UID}\\1.02", "has '1.02', which is not a valid UID"),
+    ],
+)
+def test_uid_invalid(value: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(study_instance_uid=value)
+    message = error_of(exc)
+    assert message.startswith("study_instance_uid: ")
+    assert problem in message
+    assert "backslash-separated list of UIDs; no wildcards" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (f"{UID}\\{UID2}", "is a list"),
+        ("", "required"),
+        ("  ", "required"),
+        ("1.2*", "wildcard"),
+        ("1.02", "not a valid UID"),
+    ],
+)
+def test_parent_uid_single_and_required(value: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        SeriesQuery(study_instance_uid=value)
+    message = error_of(exc)
+    assert message.startswith("study_instance_uid: ")
+    assert problem in message
+    with pytest.raises(ValidationError) as exc:
+        ImageQuery(study_instance_uid=UID, series_instance_uid=value)
+    assert error_of(exc).startswith("series_instance_uid: ")
+
+
+def test_parent_uids_missing() -> None:
+    with pytest.raises(ValidationError) as exc:
+        SeriesQuery()  # type: ignore[call-arg]
+    assert error_of(exc).startswith("study_instance_uid: Field required")
+    with pytest.raises(ValidationError) as exc:
+        ImageQuery(study_instance_uid=UID)  # type: ignore[call-arg]
+    assert error_of(exc).startswith("series_instance_uid: Field required")
+
+
+def test_level_uid_may_be_a_list() -> None:
+    series = SeriesQuery(study_instance_uid=UID, series_instance_uid=f"{UID2}\\1.2.3")
+    assert series.series_instance_uid == f"{UID2}\\1.2.3"
+    image = ImageQuery(
+        study_instance_uid=UID, series_instance_uid=UID2, sop_instance_uid="1.2.3\\1.2.4"
+    )
+    assert image.sop_instance_uid == "1.2.3\\1.2.4"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Doe^John",
+        "Doe*",
+        "D?e^J*",
+        "*",
+        "Doe^John^M^Dr^Jr",
+        "Yamada^Tarou=山田^太郎=やまだ^たろう",
+        "Иванов^Иван",
+        "X" * 64,
+        "=" + "Y" * 64,
+        "",
+    ],
+)
+def test_person_name_valid(value: str) -> None:
+    assert StudyQuery(patient_name=value).patient_name == value
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("A^B^C^D^E^F", "6 '^'-separated components"),
+        ("A=B=C=D", "4 '='-separated component groups"),
+        ("X" * 65, "component group of 65 characters"),
+        ("Doe\\John", "backslash"),
+        ("Doe\x1bJohn", "control character"),
+        ("Doe\nJohn", "control character"),
+    ],
+)
+def test_person_name_invalid(value: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(patient_name=value)
+    message = error_of(exc)
+    assert message.startswith("patient_name: ")
+    assert problem in message
+    assert "allowed: a person name" in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("patient_id", "12345"),
+        ("patient_id", "12*"),
+        ("patient_id", "?2345"),
+        ("patient_id", "X" * 64),
+        ("patient_id", "Пациент-1"),
+        ("study_description", "CT HEAD*"),
+        ("study_description", "Y" * 64),
+        ("accession_number", "A" * 16),
+        ("accession_number", "ACC*"),
+        ("modality", "CT"),
+        ("modality", "C?"),
+        ("modality", "*"),
+        ("modality", "MY_MOD 1"),
+        ("modality", "M" * 16),
+    ],
+)
+def test_text_valid(field: str, value: str) -> None:
+    assert getattr(StudyQuery.model_validate({field: value}), field) == value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem", "allowed"),
+    [
+        ("patient_id", "X" * 65, "65 characters", "at most 64 characters"),
+        ("patient_id", "12\\34", "backslash", "at most 64 characters"),
+        ("patient_id", "12\t34", "control character", "at most 64 characters"),
+        ("patient_id", "12\x8534", "control character", "at most 64 characters"),
+        ("study_description", "Y" * 65, "65 characters", "at most 64 characters"),
+        ("accession_number", "A" * 17, "17 characters", "at most 16 characters"),
+        ("accession_number", "A\\B", "backslash", "at most 16 characters"),
+        ("modality", "ct", "did you mean 'CT'", "uppercase A-Z"),
+        ("modality", "CT\\MR", "does not allow", "uppercase A-Z"),
+        ("modality", "CT-1", "does not allow", "uppercase A-Z"),
+        ("modality", "M" * 17, "17 characters", "at most 16 characters"),
+        ("modality", "ЯЯ", "does not allow", "uppercase A-Z"),
+    ],
+)
+def test_text_invalid(field: str, value: str, problem: str, allowed: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery.model_validate({field: value})
+    message = error_of(exc)
+    assert message.startswith(f"{field}: ")
+    assert repr(value) in message
+    assert problem in message
+    assert allowed in message
+
+
+@pytest.mark.parametrize(("value", "expected"), [("M", "M"), ("F", "F"), ("O", "O"), ("*", "*")])
+def test_patient_sex_valid(value: str, expected: str) -> None:
+    assert PatientQuery(patient_sex=value).patient_sex == expected
+
+
+@pytest.mark.parametrize("value", ["m", "Male!", "M\\F"])
+def test_patient_sex_invalid(value: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        PatientQuery(patient_sex=value)
+    assert error_of(exc).startswith("patient_sex: ")
+
+
+@pytest.mark.parametrize("value", [1, 0, -5, "12", 2**31 - 1])
+def test_number_valid(value: int | str) -> None:
+    query = SeriesQuery.model_validate({"study_instance_uid": UID, "series_number": value})
+    assert query.series_number == int(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("1*", "wildcard"),
+        ("?", "wildcard"),
+        ("abc", "valid integer"),
+        ("1.5", "valid integer"),
+        (True, "boolean"),
+        (2**31, "less than or equal"),
+    ],
+)
+def test_number_invalid(value: Any, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        SeriesQuery(study_instance_uid=UID, series_number=value)
+    message = error_of(exc)
+    assert message.startswith("series_number: ")
+    assert problem in message
+    with pytest.raises(ValidationError) as exc:
+        ImageQuery(study_instance_uid=UID, series_instance_uid=UID2, instance_number=value)
+    assert error_of(exc).startswith("instance_number: ")
+
+
+def test_queries_refuse_unknown_fields() -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(patientid="1")  # type: ignore[call-arg]
+    assert error_of(exc).startswith("patientid: Extra inputs")
+
+
+def test_queries_are_frozen() -> None:
+    query = StudyQuery(patient_id="1")
+    with pytest.raises(ValidationError):
+        query.patient_id = "2"
+
+
+def test_multiple_errors_are_all_reported() -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(study_date="2024", study_instance_uid="1.*", modality="ct")
+    assert {error["loc"][0] for error in exc.value.errors()} == {
+        "study_date",
+        "study_instance_uid",
+        "modality",
+    }
+
+
+# --------------------------------------------------------------------------
+# extra_keys and return_keys
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("InstitutionName", "Hospital*"),
+        ("PerformingPhysicianName", "Doe^*"),
+        ("PatientBirthDate", "19700101-19801231"),
+        ("StudyID", "S?1"),
+        ("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2\\1.2.840.10008.5.1.4.1.1.4"),
+        ("AcquisitionDateTime", "20240101120000-20240102"),
+        ("AcquisitionDateTime", "20240101120000+0100-20240102-0500"),
+        ("PatientAge", "045Y"),
+        ("PatientWeight", "70.5"),
+        ("NumberOfFrames", "10"),
+        ("StationAETitle", "CT*"),
+        ("AdditionalPatientHistory", "line one\r\nline two"),
+        ("BodyPartExamined", ""),
+    ],
+)
+def test_extra_keys_valid(keyword: str, value: str) -> None:
+    query = StudyQuery(extra_keys={keyword: value})
+    assert query.extra_keys == {keyword: value}
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "problem"),
+    [
+        ("PatientId", "1", "not a DICOM keyword (did you mean PatientID"),
+        ("NoSuchKeyword", "1", "not a DICOM keyword"),
+        ("", "1", "not a DICOM keyword"),
+        ("PatientID", "1", "has its own field; use patient_id"),
+        ("ModalitiesInStudy", "CT", "has its own field; use modality"),
+        ("QueryRetrieveLevel", "STUDY", "set by to_identifier"),
+        ("SpecificCharacterSet", "ISO_IR 192", "set by to_identifier"),
+        ("AffectedSOPClassUID", "1.2", "command, file meta or delimiter element"),
+        ("TransferSyntaxUID", "1.2", "command, file meta or delimiter element"),
+        ("Rows", "512", "VR US, which a string cannot match"),
+        ("ReferencedStudySequence", "", "VR SQ, which a string cannot match"),
+        ("PixelData", "", "which a string cannot match"),
+        ("SOPClassUID", "1.2.*", "wildcard"),
+        ("InstitutionName", "X" * 65, "65 characters"),
+        ("PatientBirthDate", "20240230", "not a calendar date"),
+        ("PatientAge", "45", "not an age string"),
+        ("PatientWeight", "7*", "wildcard"),
+        ("PatientWeight", "heavy", "not a number"),
+        ("NumberOfFrames", "1.5", "not a number"),
+        ("AcquisitionDateTime", "2024*", "wildcard"),
+        ("AcquisitionDateTime", "2024-01-01", "not a date-time"),
+        ("StationAETitle", "A\\B", "does not allow"),
+    ],
+)
+def test_extra_keys_invalid(keyword: str, value: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(extra_keys={keyword: value})
+    message = error_of(exc)
+    assert message.startswith("extra_keys: ")
+    assert problem in message
+
+
+def test_extra_keys_stripped() -> None:
+    query = StudyQuery(extra_keys={"InstitutionName": " Hospital "})
+    assert query.extra_keys == {"InstitutionName": "Hospital"}
+
+
+def test_return_keys_valid_and_deduplicated() -> None:
+    query = StudyQuery(
+        return_keys=["InstitutionName", "ReferencedStudySequence", "Rows", "InstitutionName"]
+    )
+    assert query.return_keys == ["InstitutionName", "ReferencedStudySequence", "Rows"]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "problem"),
+    [
+        ("Institution", "not a DICOM keyword"),
+        ("patient_id", "not a DICOM keyword"),
+        ("QueryRetrieveLevel", "set by to_identifier"),
+        ("CommandField", "command, file meta or delimiter element"),
+        ("Item", "command, file meta or delimiter element"),
+    ],
+)
+def test_return_keys_invalid(keyword: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery(return_keys=[keyword])
+    message = error_of(exc)
+    assert message.startswith("return_keys: ")
+    assert problem in message
+
+
+# --------------------------------------------------------------------------
+# to_identifier
+
+
+def empty(ds: Dataset, keyword: str) -> bool:
+    """Whether ``keyword`` is in ``ds`` with a zero-length value."""
+    return keyword in ds and ds[keyword].is_empty
+
+
+STUDY_RETURN_KEYS = [
+    "PatientID",
+    "PatientName",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+]
+
+
+def test_study_identifier_universal() -> None:
+    ds = StudyQuery().to_identifier()
+    assert ds.QueryRetrieveLevel == "STUDY"
+    assert "SpecificCharacterSet" not in ds
+    assert sorted(elem.keyword for elem in ds) == sorted(["QueryRetrieveLevel", *STUDY_RETURN_KEYS])
+    for keyword in STUDY_RETURN_KEYS:
+        assert empty(ds, keyword), keyword
+
+
+def test_study_identifier_matching_keys() -> None:
+    query = StudyQuery(
+        patient_id="12345",
+        patient_name="Doe^J*",
+        study_instance_uid=f"{UID}\\{UID2}",
+        study_date="20240101-20240131",
+        study_time="08-12",
+        study_description="CT*",
+        accession_number="A1",
+        modality="CT",
+        referring_physician_name="House^*",
+    )
+    ds = query.to_identifier()
+    assert ds.QueryRetrieveLevel == "STUDY"
+    assert ds.PatientID == "12345"
+    assert str(ds.PatientName) == "Doe^J*"
+    assert list(ds.StudyInstanceUID) == [UID, UID2]
+    assert ds.StudyDate == "20240101-20240131"
+    assert ds.StudyTime == "08-12"
+    assert ds.StudyDescription == "CT*"
+    assert ds.AccessionNumber == "A1"
+    assert ds.ModalitiesInStudy == "CT"
+    assert "Modality" not in ds
+    assert str(ds.ReferringPhysicianName) == "House^*"
+    assert empty(ds, "NumberOfStudyRelatedSeries")
+    assert empty(ds, "NumberOfStudyRelatedInstances")
+
+
+def test_empty_string_is_universal_matching() -> None:
+    with_empty = StudyQuery(patient_id="", referring_physician_name="").to_identifier()
+    assert empty(with_empty, "PatientID")
+    assert empty(with_empty, "ReferringPhysicianName")
+    # None leaves a key out, unless the result model asks it back anyway.
+    without = StudyQuery().to_identifier()
+    assert empty(without, "PatientID")
+    assert "ReferringPhysicianName" not in without
+
+
+def test_patient_identifier() -> None:
+    ds = PatientQuery(patient_id="P1", patient_birth_date="-19800101").to_identifier()
+    assert ds.QueryRetrieveLevel == "PATIENT"
+    assert ds.PatientID == "P1"
+    assert ds.PatientBirthDate == "-19800101"
+    for keyword in ("PatientName", "PatientSex", "NumberOfPatientRelatedStudies"):
+        assert empty(ds, keyword), keyword
+    assert "StudyInstanceUID" not in ds
+
+
+def test_series_identifier() -> None:
+    ds = SeriesQuery(study_instance_uid=UID, modality="CT", series_number=3).to_identifier()
+    assert ds.QueryRetrieveLevel == "SERIES"
+    assert ds.StudyInstanceUID == UID
+    assert ds.Modality == "CT"
+    assert ds.SeriesNumber == 3
+    for keyword in ("SeriesInstanceUID", "SeriesDescription", "NumberOfSeriesRelatedInstances"):
+        assert empty(ds, keyword), keyword
+
+
+def test_image_identifier() -> None:
+    query = ImageQuery(
+        study_instance_uid=UID,
+        series_instance_uid=UID2,
+        sop_instance_uid="1.2.3\\1.2.4",
+        instance_number=7,
+    )
+    ds = query.to_identifier()
+    assert ds.QueryRetrieveLevel == "IMAGE"
+    assert ds.StudyInstanceUID == UID
+    assert ds.SeriesInstanceUID == UID2
+    assert list(ds.SOPInstanceUID) == ["1.2.3", "1.2.4"]
+    assert ds.InstanceNumber == 7
+    assert empty(ds, "SOPClassUID")
+
+
+def test_identifier_extra_and_return_keys() -> None:
+    query = StudyQuery(
+        extra_keys={"InstitutionName": "Hosp*", "StudyID": ""},
+        return_keys=["ReferencedStudySequence", "SmallestImagePixelValue", "PatientID"],
+    )
+    ds = query.to_identifier()
+    assert ds.InstitutionName == "Hosp*"
+    assert empty(ds, "StudyID")
+    assert isinstance(ds.ReferencedStudySequence, Sequence)
+    assert len(ds.ReferencedStudySequence) == 0
+    assert empty(ds, "SmallestImagePixelValue")
+    assert empty(ds, "PatientID")
+
+
+def test_identifier_matching_key_wins_over_return_key() -> None:
+    ds = StudyQuery(patient_id="1", return_keys=["PatientID"]).to_identifier()
+    assert ds.PatientID == "1"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        StudyQuery(patient_name="Иванов^Иван"),
+        StudyQuery(study_description="Тело*"),
+        PatientQuery(extra_keys={"InstitutionName": "Больница"}),
+    ],
+)
+def test_identifier_non_ascii_declares_utf8(query: Query[Any]) -> None:
+    ds = query.to_identifier()
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    encoded = encode(ds)
+    assert encode(read(encoded)) == encoded
+
+
+def test_identifier_non_ascii_is_utf8_on_the_wire() -> None:
+    encoded = encode(StudyQuery(patient_name="Иванов^Иван").to_identifier())
+    assert "Иванов^Иван".encode() in encoded
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [(None, "STUDY"), ("SERIES", "SERIES"), ("patient", "PATIENT"), ("IMAGE", "IMAGE")],
+)
+def test_identifier_level_override(level: str | None, expected: str) -> None:
+    assert StudyQuery(study_instance_uid=UID).to_identifier(level).QueryRetrieveLevel == expected
+
+
+def test_identifier_level_invalid() -> None:
+    with pytest.raises(ValueError, match="'WORKLIST' is not one of PATIENT, STUDY"):
+        StudyQuery().to_identifier("WORKLIST")
+
+
+def test_class_levels() -> None:
+    assert PatientQuery.level == "PATIENT"
+    assert StudyQuery.level == "STUDY"
+    assert SeriesQuery.level == "SERIES"
+    assert ImageQuery.level == "IMAGE"
+    assert StudyQuery.result_type is StudyResult
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        PatientQuery(patient_name="Doe*", patient_birth_date="19700101-"),
+        StudyQuery(study_date="-20240101", study_time="1030-", modality="C?"),
+        SeriesQuery(study_instance_uid=UID, series_description="*AX*"),
+        ImageQuery(study_instance_uid=UID, series_instance_uid=UID2),
+    ],
+)
+def test_identifier_encodes_without_warnings(query: Query[Any]) -> None:
+    # Wildcards and ranges are not valid VR values; pydicom must not warn.
+    encoded = encode(query.to_identifier())
+    assert encode(read(encoded)) == encoded
+
+
+# --------------------------------------------------------------------------
+# Results
+
+
+def encode(ds: Dataset, implicit: bool = True) -> bytes:
+    """``ds`` as a peer sends it, Implicit VR Little Endian by default."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = implicit
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def read(data: bytes, implicit: bool = True) -> Dataset:
+    """A dataset as pydicom decodes it off the wire: raw, converted on access."""
+    return read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
+
+
+def raw(ds: Dataset, keyword: str, vr: str, value: bytes) -> None:
+    """Put an undecoded element in ``ds``, as if read from the network."""
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+def study_response() -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.RetrieveAETitle = "PACS"
+    ds.PatientID = "12345"
+    ds.PatientName = "Doe^John"
+    ds.StudyInstanceUID = UID
+    ds.StudyDate = "20240115"
+    ds.StudyTime = "101500"
+    ds.StudyDescription = "CT HEAD"
+    ds.AccessionNumber = "A1"
+    ds.ModalitiesInStudy = ["CT", "PT"]
+    ds.NumberOfStudyRelatedSeries = "3"
+    ds.NumberOfStudyRelatedInstances = "120"
+    return ds
+
+
+def test_study_result_full() -> None:
+    result = StudyResult.from_dataset(study_response())
+    assert result == StudyResult(
+        patient_id="12345",
+        patient_name="Doe^John",
+        study_instance_uid=UID,
+        study_date="20240115",
+        study_time="101500",
+        study_description="CT HEAD",
+        accession_number="A1",
+        modalities_in_study="CT\\PT",
+        number_of_study_related_series=3,
+        number_of_study_related_instances=120,
+        extra={"RetrieveAETitle": "PACS"},
+    )
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_study_result_from_the_wire(implicit: bool) -> None:
+    ds = study_response()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Иванов^Иван"
+    result = StudyResult.from_dataset(read(encode(ds, implicit), implicit))
+    assert result.patient_name == "Иванов^Иван"
+    assert result.modalities_in_study == "CT\\PT"
+    assert result.number_of_study_related_series == 3
+    assert "SpecificCharacterSet" not in result.extra
+    assert "QueryRetrieveLevel" not in result.extra
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"12", 12),
+        (b"12 ", 12),
+        (b" 12", 12),
+        (b"+12", 12),
+        (b"0012", 12),
+        (b"", None),
+        (b"  ", None),
+        (b"12\\13", 12),
+        (b"abc ", None),
+        (b"1.5 ", None),
+        (b"12.0", 12),
+    ],
+)
+def test_counts_parsed_leniently(
+    text: bytes, expected: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = UID
+    raw(ds, "NumberOfStudyRelatedSeries", "IS", text)
+    with caplog.at_level(logging.WARNING, logger="adicom"):
+        result = StudyResult.from_dataset(ds)
+    assert result.number_of_study_related_series == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("12 ", 12), ("", None), (None, None), (7, 7)])
+def test_counts_from_converted_elements(value: Any, expected: int | None) -> None:
+    ds = Dataset()
+    ds.SeriesInstanceUID = UID2
+    ds.NumberOfSeriesRelatedInstances = value
+    ds.SeriesNumber = value
+    result = SeriesResult.from_dataset(ds)
+    assert result.number_of_series_related_instances == expected
+    assert result.series_number == expected
+
+
+def test_unparsable_count_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = UID
+    raw(ds, "NumberOfStudyRelatedInstances", "IS", b"many")
+    with caplog.at_level(logging.WARNING, logger="adicom"):
+        result = StudyResult.from_dataset(ds)
+    assert result.number_of_study_related_instances is None
+    assert "NumberOfStudyRelatedInstances" in caplog.text
+
+
+def test_result_missing_and_empty_optional_keys() -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = UID
+    ds.PatientName = ""
+    ds.StudyDescription = None
+    ds.AccessionNumber = "   "
+    ds.ModalitiesInStudy = []
+    result = StudyResult.from_dataset(ds)
+    assert result == StudyResult(study_instance_uid=UID)
+    assert result.extra == {}
+
+
+@pytest.mark.parametrize(
+    ("model", "keyword"),
+    [
+        (PatientResult, "PatientID"),
+        (StudyResult, "StudyInstanceUID"),
+        (SeriesResult, "SeriesInstanceUID"),
+        (ImageResult, "SOPInstanceUID"),
+    ],
+)
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_result_unique_key_required(model: Any, keyword: str, value: str | None) -> None:
+    ds = Dataset()
+    if value is not None:
+        raw(ds, keyword, "UI" if "UID" in keyword else "LO", value.encode())
+    ds.PatientName = "Doe"
+    with pytest.raises(ValueError, match=f"no {keyword} .* unique key") as exc:
+        model.from_dataset(ds)
+    assert not isinstance(exc.value, ValidationError)
+
+
+def test_result_extra_keys_collected() -> None:
+    ds = study_response()
+    ds.InstitutionName = "Hospital"
+    ds.OtherPatientIDs = ["A", "B"]
+    ds.PatientWeight = "70.5"
+    ds.ReferencedStudySequence = [Dataset()]
+    ds.ReferringPhysicianName = "House^Gregory"
+    ds.StationName = ""
+    ds.add_new(0x00091010, "LO", "private")
+    raw(ds, "NumberOfPatientRelatedStudies", "IS", b" 2\\3 ")
+    raw(ds, "SliceThickness", "DS", b"junk")
+    result = StudyResult.from_dataset(ds)
+    extra = result.extra
+    assert extra["InstitutionName"] == "Hospital"
+    assert extra["OtherPatientIDs"] == "A\\B"
+    assert extra["PatientWeight"] == 70.5
+    assert isinstance(extra["ReferencedStudySequence"], list)
+    assert len(extra["ReferencedStudySequence"]) == 1
+    assert extra["ReferringPhysicianName"] == "House^Gregory"
+    assert extra["StationName"] is None
+    assert extra["(0009,1010)"] == "private"
+    assert extra["NumberOfPatientRelatedStudies"] == [2, 3]
+    assert extra["SliceThickness"] == "junk"
+    assert extra["RetrieveAETitle"] == "PACS"
+    for keyword in STUDY_RETURN_KEYS:
+        assert keyword not in extra
+
+
+def test_patient_result() -> None:
+    ds = Dataset()
+    ds.PatientID = "P1"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.NumberOfPatientRelatedStudies = "4 "
+    assert PatientResult.from_dataset(ds) == PatientResult(
+        patient_id="P1",
+        patient_name="Doe^Jane",
+        patient_birth_date="19700101",
+        patient_sex="F",
+        number_of_patient_related_studies=4,
+    )
+
+
+def test_series_result() -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = UID
+    ds.SeriesInstanceUID = UID2
+    ds.Modality = "CT"
+    ds.SeriesNumber = "2"
+    ds.SeriesDescription = "AX 5mm"
+    ds.NumberOfSeriesRelatedInstances = "100"
+    assert SeriesQuery(study_instance_uid=UID).parse_result(ds) == SeriesResult(
+        study_instance_uid=UID,
+        series_instance_uid=UID2,
+        modality="CT",
+        series_number=2,
+        series_description="AX 5mm",
+        number_of_series_related_instances=100,
+    )
+
+
+def test_image_result() -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = UID
+    ds.SeriesInstanceUID = UID2
+    ds.SOPInstanceUID = "1.2.3"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.InstanceNumber = ""
+    result = ImageResult.from_dataset(read(encode(ds)))
+    assert result == ImageResult(
+        study_instance_uid=UID,
+        series_instance_uid=UID2,
+        sop_instance_uid="1.2.3",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+    )
+
+
+def test_parse_result_types() -> None:
+    ds = study_response()
+    ds.PatientID = "P1"
+    ds.SeriesInstanceUID = UID2
+    ds.SOPInstanceUID = "1.2.3"
+    assert isinstance(PatientQuery().parse_result(ds), PatientResult)
+    assert isinstance(StudyQuery().parse_result(ds), StudyResult)
+    assert isinstance(SeriesQuery(study_instance_uid=UID).parse_result(ds), SeriesResult)
+    image = ImageQuery(study_instance_uid=UID, series_instance_uid=UID2)
+    assert isinstance(image.parse_result(ds), ImageResult)
+
+
+def test_results_refuse_unknown_fields() -> None:
+    with pytest.raises(ValidationError):
+        StudyResult(study_instance_uid=UID, modality="CT")  # type: ignore[call-arg]
+
+
+# --------------------------------------------------------------------------
+# RetrieveResult and status_text
+
+
+def test_retrieve_result_defaults() -> None:
+    result = RetrieveResult(status="success")
+    assert result.num_remaining == 0
+    assert result.num_completed == 0
+    assert result.num_failed == 0
+    assert result.num_warning == 0
+    assert result.failed_sop_instances == []
+    assert result.instances == []
+    assert result.paths == []
+    other = RetrieveResult(status="success")
+    result.instances.append(Dataset())
+    assert other.instances == []
+
+
+def test_retrieve_result_fields() -> None:
+    ds = Dataset()
+    ds.SOPInstanceUID = "1.2.3"
+    result = RetrieveResult(
+        status="warning_0xB000",
+        num_completed=1,
+        num_failed=1,
+        failed_sop_instances=["1.2.4"],
+        instances=[ds],
+        paths=[Path("/data/1.2.3.dcm")],
+    )
+    assert result.instances[0] is ds
+    assert result.paths == [Path("/data/1.2.3.dcm")]
+
+
+@pytest.mark.parametrize(
+    "status", ["success", "pending", "cancel", "warning_0xB000", "failure_0xA701"]
+)
+def test_retrieve_status_valid(status: str) -> None:
+    assert RetrieveResult(status=status).status == status
+
+
+@pytest.mark.parametrize(
+    "status", ["", "ok", "SUCCESS", "warning", "failure_0xa701", "failure_0x12345", "failure_A701"]
+)
+def test_retrieve_status_invalid(status: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        RetrieveResult(status=status)
+    message = error_of(exc)
+    assert message.startswith("status: ")
+    assert "'success'" in message
+
+
+@pytest.mark.parametrize("field", ["num_remaining", "num_completed", "num_failed", "num_warning"])
+def test_retrieve_counts_not_negative(field: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        RetrieveResult.model_validate({"status": "success", field: -1})
+    assert error_of(exc).startswith(f"{field}: ")
+
+
+def test_retrieve_instances_must_be_datasets() -> None:
+    with pytest.raises(ValidationError):
+        RetrieveResult(status="success", instances=["not a dataset"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (0x0000, "success"),
+        (0xFF00, "pending"),
+        (0xFF01, "pending"),
+        (0xFE00, "cancel"),
+        (0x0001, "warning_0x0001"),
+        (0xB000, "warning_0xB000"),
+        (0xB007, "warning_0xB007"),
+        (0x0107, "warning_0x0107"),
+        (0xA701, "failure_0xA701"),
+        (0xA702, "failure_0xA702"),
+        (0xA801, "failure_0xA801"),
+        (0xA900, "failure_0xA900"),
+        (0xC000, "failure_0xC000"),
+        (0x0122, "failure_0x0122"),
+        (0x1234, "failure_0x1234"),
+    ],
+)
+def test_status_text(code: int, text: str) -> None:
+    assert status_text(code) == text
+    assert RetrieveResult(status=status_text(code)).status == text
+
+
+@pytest.mark.parametrize("code", [-1, 0x10000, True])
+def test_status_text_invalid(code: int) -> None:
+    with pytest.raises(ValueError, match="16-bit"):
+        status_text(code)
