@@ -1,4 +1,4 @@
-"""The ``adicom`` command line: ``echo``, ``serve``, ``store`` and ``demo``.
+"""The ``adicom`` command line: echo, serve, store, find, get, move and demo.
 
 The interface is kept stable because scripts call it. Exit codes: 0 success,
 1 the peer rejected, aborted or answered with a failure, 2 a usage error,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -18,8 +19,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from adicom.client import connect
+from adicom.dicomclient import DicomClient
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
+from adicom.models import DicomNode, ImageQuery, PatientQuery, SeriesQuery, StudyQuery
+from adicom.qrscu import RetrieveProgress
 from adicom.server import Server
 from adicom.storage import DiskStorage
 from adicom.storescu import StoreResult, store
@@ -61,6 +67,62 @@ def _positive(value: str) -> float:
     return seconds
 
 
+def _peer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
+    parser.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
+    parser.add_argument("--timeout", type=_positive, default=30.0, help="seconds for each step")
+    parser.add_argument("host")
+    parser.add_argument("port", type=_port)
+
+
+def _keys(pairs: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``-k`` options: KEY=VALUE matching keys, and bare KEY return keys."""
+    matching: dict[str, str] = {}
+    returned: list[str] = []
+    for pair in pairs:
+        keyword, sep, value = pair.partition("=")
+        keyword = keyword.strip()
+        if sep:
+            matching[keyword] = value
+        else:
+            returned.append(keyword)
+    return matching, returned
+
+
+_QUERIES: dict[str, type[PatientQuery | StudyQuery | SeriesQuery | ImageQuery]] = {
+    "PATIENT": PatientQuery, "STUDY": StudyQuery, "SERIES": SeriesQuery, "IMAGE": ImageQuery,
+}  # fmt: skip
+
+
+def _query(level: str, pairs: list[str]) -> PatientQuery | StudyQuery | SeriesQuery | ImageQuery:
+    query_type = _QUERIES[level]
+    fields = {keyword: name for name, keyword in query_type.keywords.items()}
+    matching, returned = _keys(pairs)
+    typed: dict[str, object] = {fields[k]: v for k, v in matching.items() if k in fields}
+    extra = {k: v for k, v in matching.items() if k not in fields}
+    # pydantic validates (and converts) every value, typed or extra.
+    return query_type.model_validate({**typed, "extra_keys": extra, "return_keys": returned})
+
+
+def _node(args: argparse.Namespace) -> DicomNode:
+    return DicomNode(aet=args.aec, host=args.host, port=args.port)
+
+
+def _client(args: argparse.Namespace) -> DicomClient:
+    return DicomClient(args.aet, connect_timeout=args.timeout, dimse_timeout=args.timeout)
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    if not rows:
+        return
+    columns = [c for c in rows[0] if c != "extra" and any(r.get(c) not in (None, "") for r in rows)]
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adicom", description="DICOM networking on asyncio: echo, serve, demo."
@@ -98,6 +160,54 @@ def _parser() -> argparse.ArgumentParser:
     store.add_argument("host")
     store.add_argument("port", type=_port)
     store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+
+    find = commands.add_parser("find", help="query a peer (C-FIND), like DCMTK's findscu")
+    _peer_options(find)
+    find.add_argument(
+        "-L",
+        "--level",
+        type=str.upper,
+        default="STUDY",
+        choices=["PATIENT", "STUDY", "SERIES", "IMAGE"],
+        help="query level",
+    )
+    find.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a matching key by DICOM keyword, e.g. -k PatientID=123 "
+        "(-k Keyword alone asks for it back)",
+    )
+    find.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    for name, text in (
+        ("get", "retrieve to a folder (C-GET)"),
+        ("move", "have the peer send to an AE title (C-MOVE)"),
+    ):
+        retrieve = commands.add_parser(name, help=text)
+        _peer_options(retrieve)
+        retrieve.add_argument(
+            "-k",
+            "--key",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="StudyInstanceUID=..., SeriesInstanceUID=..., "
+            "SOPInstanceUID=... (the level follows from the deepest given)",
+        )
+        if name == "get":
+            retrieve.add_argument(
+                "--out", required=True, metavar="DIR", help="folder for the retrieved files"
+            )
+        else:
+            retrieve.add_argument(
+                "--dest",
+                required=True,
+                type=_ae_title,
+                help="the destination AE title (known to the peer)",
+            )
 
     commands.add_parser("demo", help="start a local SCP and walk through what adicom does")
     return parser
@@ -184,6 +294,75 @@ async def _store(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+async def _find(args: argparse.Namespace) -> int:
+    query = _query(args.level, args.key)
+    client = _client(args)
+    finders = {
+        "PATIENT": client.find_patients, "STUDY": client.find_studies,
+        "SERIES": client.find_series, "IMAGE": client.find_images,
+    }  # fmt: skip
+    results = await finders[args.level](query, _node(args))  # type: ignore[operator]
+    rows = [r.model_dump(mode="json") for r in results]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows)
+        print(f"adicom find: {len(rows)} {args.level.lower()} match(es)")
+    return EXIT_OK
+
+
+def _retrieve_target(args: argparse.Namespace) -> tuple[str, list[str]]:
+    matching, _ = _keys(args.key)
+    unknown = set(matching) - {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
+    if unknown or "StudyInstanceUID" not in matching:
+        raise argparse.ArgumentTypeError(
+            "give -k StudyInstanceUID=... and optionally SeriesInstanceUID and SOPInstanceUID"
+        )
+    uids = [matching["StudyInstanceUID"]]
+    for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
+        if keyword in matching:
+            uids.append(matching[keyword])
+    return ("STUDY", "SERIES", "IMAGE")[len(uids) - 1], uids
+
+
+def _show_progress(progress: RetrieveProgress) -> None:
+    print(
+        f"  remaining {progress.remaining}, completed {progress.completed}, "
+        f"failed {progress.failed}, warning {progress.warning}",
+        flush=True,
+    )
+
+
+async def _get(args: argparse.Namespace) -> int:
+    level, uids = _retrieve_target(args)
+    client, node = _client(args), _node(args)
+    getters = {"STUDY": client.get_study, "SERIES": client.get_series, "IMAGE": client.get_image}
+    result = await getters[level](  # type: ignore[operator]
+        *uids, node, Path(args.out), progress=_show_progress
+    )
+    print(
+        f"adicom get: {result.status}: {result.num_completed} completed, "
+        f"{result.num_failed} failed, {result.num_warning} warning, into {args.out}"
+    )
+    for uid in result.failed_sop_instances:
+        print(f"  failed: {uid}")
+    return EXIT_OK if result.status in ("success",) else EXIT_FAILED
+
+
+async def _move(args: argparse.Namespace) -> int:
+    level, uids = _retrieve_target(args)
+    client, node = _client(args), _node(args)
+    movers = {"STUDY": client.move_study, "SERIES": client.move_series, "IMAGE": client.move_image}
+    result = await movers[level](  # type: ignore[operator]
+        *uids, node, args.dest, progress=_show_progress
+    )
+    print(
+        f"adicom move: {result.status}: {result.num_completed} completed, "
+        f"{result.num_failed} failed, {result.num_warning} warning, to {args.dest}"
+    )
+    return EXIT_OK if result.status == "success" else EXIT_FAILED
+
+
 async def _demo(args: argparse.Namespace) -> int:
     """Until the archive exists: start a Verification SCP and echo it."""
     print("adicom demo: starting a Verification SCP on a free local port")
@@ -209,7 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    runner = {"echo": _echo, "serve": _serve, "store": _store, "demo": _demo}[args.command]
+    runner = {
+        "echo": _echo, "serve": _serve, "store": _store, "find": _find, "get": _get,
+        "move": _move, "demo": _demo,
+    }[args.command]  # fmt: skip
     try:
         return asyncio.run(runner(args))
     except PeerUnreachable as exc:
@@ -221,11 +403,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # For `serve`: the port is taken, or the address is not ours.
         return _fail(args, exc, EXIT_FAILED)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        # A key or value that is not valid DICOM matching syntax (pydantic's
+        # ValidationError is a ValueError): a usage error, nothing was sent.
+        return _fail(args, exc, EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
 
 
 def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    if isinstance(exc, ValidationError):
+        # One line per problem, without pydantic's links and input dumps.
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "query"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"adicom {args.command}: {where}: {message}", file=sys.stderr)
+        return code
     print(f"adicom {args.command}: {exc}", file=sys.stderr)
     return code
 

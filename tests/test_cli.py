@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import socket
 import subprocess
 import sys
@@ -69,3 +70,67 @@ def test_serve_on_a_taken_port_says_so() -> None:
         result = adicom("serve", "--host", "127.0.0.1", "--port", str(sock.getsockname()[1]))
     assert result.returncode == 1
     assert "address already in use" in result.stderr
+
+
+# -- find / get / move against an in-process SCP -------------------------------
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """The CLI in a subprocess, awaited without blocking the SCP on this loop."""
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", *args,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.anyio
+async def test_find_get_move_from_the_command_line(tmp_path: pathlib.Path) -> None:
+    import json
+
+    import adicom
+    from tests.test_dicomclient import Tree, build_tree
+
+    tree = Tree(build_tree())
+    received = adicom.MemoryStorage()
+    async with adicom.Server("DEST", port=0, storage=received) as destination:
+        async with adicom.Server(
+            "PACS", port=0, on_find=tree.find, on_get=tree.retrieve, on_move=tree.retrieve,
+            move_destinations={"DEST": ("127.0.0.1", destination.port)},
+        ) as server:  # fmt: skip
+            peer = ["--aec", "PACS", "127.0.0.1", str(server.port)]
+            code, out, err = await run_cli("find", "-k", "PatientID=PAT1", "--json", *peer)
+            assert code == 0, err
+            studies = json.loads(out)
+            assert {s["patient_id"] for s in studies} == {"PAT1"} and len(studies) == 2
+            study = studies[0]["study_instance_uid"]
+
+            code, out, _ = await run_cli("find", "-k", "PatientID=PAT1", *peer)
+            assert code == 0 and "adicom find: 2 study match(es)" in out
+
+            code, out, err = await run_cli(
+                "get", "-k", f"StudyInstanceUID={study}", "--out", str(tmp_path), *peer
+            )
+            assert code == 0, err
+            assert "adicom get: success: 6 completed, 0 failed" in out
+            assert len(list(tmp_path.rglob("*.dcm"))) == 6
+
+            code, out, _ = await run_cli(
+                "move", "-k", f"StudyInstanceUID={study}", "--dest", "DEST", *peer
+            )
+            assert code == 0 and "6 completed" in out
+            assert len(received.datasets) == 6
+
+            code, out, _ = await run_cli(
+                "move", "-k", f"StudyInstanceUID={study}", "--dest", "NOWHERE", *peer
+            )
+            assert code == 1 and "failure_0xA801" in out
+
+            code, _, err = await run_cli("find", "-k", "StudyDate=2024-01-01", *peer)
+            assert code == 2
+            assert err.startswith("adicom find: study_date:") and len(err.splitlines()) == 1
