@@ -34,12 +34,14 @@ import os
 import re
 import string
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
@@ -246,6 +248,11 @@ class DiskStorage(StorageHandler):
     "keep" the first copy stays and the new one is dropped, answered with
     success all the same. ``fsync`` makes each file durable before the
     success status is sent (slower; off by default, like DCMTK).
+
+    ``on_stored(path, values, context)`` is called once a file is in place,
+    with the values of the layout's attributes and of ``extra_keywords``
+    (text, "" when absent), read from the data set as it streamed in: an
+    index can take them without reading the file again.
     """
 
     def __init__(
@@ -255,23 +262,26 @@ class DiskStorage(StorageHandler):
         *,
         on_duplicate: Literal["overwrite", "keep"] = "overwrite",
         fsync: bool = False,
+        extra_keywords: Iterable[str] = (),
+        on_stored: Callable[[Path, dict[str, str], StoreContext], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.layout = layout
         self.on_duplicate = on_duplicate
         self.fsync = fsync
-        keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
+        self.on_stored = on_stored
+        layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
         tags = {}
-        for keyword in keywords:
+        for keyword in sorted(layout_keywords | set(extra_keywords) | {"SpecificCharacterSet"}):
             tag = tag_for_keyword(keyword)
             if tag is None:
-                raise ValueError(f"layout names {keyword!r}, which is no DICOM keyword")
+                raise ValueError(f"{keyword!r} (in the layout) is no DICOM keyword")
             tags[keyword] = tag
         self._tags = tags
         self._wanted = frozenset(tags.values())
         self._incoming = self.root / ".incoming"
-        #: Paths of the files stored so far (most recent last), for callers that care.
-        self.stored: list[Path] = []
+        #: The most recent files stored (up to 1024), newest last.
+        self.stored: deque[Path] = deque(maxlen=1024)
 
     def open(self, context: StoreContext) -> IncomingInstance:
         """Start receiving one instance into a temporary file."""
@@ -279,7 +289,7 @@ class DiskStorage(StorageHandler):
 
     def final_path(self, values: dict[str, str]) -> Path:
         """Where an instance with these attribute values is stored."""
-        safe = {key: _path_component(value) for key, value in values.items()}
+        safe = {key: _path_component(value or "unknown") for key, value in values.items()}
         return self.root / self.layout.format(**safe)
 
 
@@ -368,6 +378,13 @@ class _DiskInstance(IncomingInstance):
             return OUT_OF_RESOURCES
         self.path = final
         storage.stored.append(final)
+        if storage.on_stored is not None:
+            try:
+                storage.on_stored(final, values, self.context)
+            except Exception:
+                # The file is stored; a failing hook (an index) must not
+                # turn that into a failure status.
+                log.exception("on_stored failed for %s", final)
         return SUCCESS
 
     def _layout_values(self) -> dict[str, str]:
@@ -390,9 +407,13 @@ class _DiskInstance(IncomingInstance):
             dataset = pydicom.dcmread(
                 self._temp, stop_before_pixels=True, specific_tags=list(storage._wanted)
             )
+            # pydicom decoded the text already; carry it as UTF-8.
             found = {
                 tag: str(dataset[tag].value).encode() for tag in storage._wanted if tag in dataset
             }
+            found[0x00080005] = b"ISO_IR 192"
+        charset = found.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
+        encodings = convert_encodings([c.strip() for c in charset.split("\\")] or None)
         values = {}
         for keyword, tag in storage._tags.items():
             raw = found.get(tag)
@@ -401,9 +422,17 @@ class _DiskInstance(IncomingInstance):
             elif raw is None and keyword == "SOPClassUID":
                 values[keyword] = ctx.sop_class_uid
             else:
-                text = raw.decode("ascii", "replace").strip(" \0") if raw else ""
-                values[keyword] = text or "unknown"
+                values[keyword] = _decode_text(raw, encodings) if raw else ""
         return values
+
+
+def _decode_text(raw: bytes, encodings: list[str]) -> str:
+    """An element's text value in its character set (PS3.5 6.1), without padding."""
+    try:
+        text = decode_bytes(raw, encodings, {0x5E, 0x3D})
+    except Exception:
+        text = raw.decode("latin-1")
+    return text.strip(" \0")
 
 
 # --------------------------------------------------------------------------
