@@ -18,16 +18,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
+from adicom.archive import Archive, ArchiveError
 from adicom.client import connect
 from adicom.dicomclient import DicomClient
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
 from adicom.models import DicomNode, ImageQuery, PatientQuery, SeriesQuery, StudyQuery
 from adicom.qrscu import RetrieveProgress
 from adicom.server import Server
-from adicom.storage import DiskStorage
 from adicom.storescu import StoreResult, store
 
 __all__ = ["main"]
@@ -55,6 +56,14 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
     return port
+
+
+def _destination(value: str) -> tuple[str, tuple[str, int]]:
+    title, sep, address = value.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not sep or not colon or not host:
+        raise argparse.ArgumentTypeError(f"{value!r} is not AET=HOST:PORT")
+    return _ae_title(title), (host.strip("[]"), _port(port))
 
 
 def _positive(value: str) -> float:
@@ -148,8 +157,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--storage",
         metavar="DIR",
-        help="accept C-STORE and write instances under DIR "
-        "({StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm)",
+        help="run an archive in DIR: accept C-STORE (files under "
+        "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm, indexed in SQLite) "
+        "and answer C-FIND, C-GET and C-MOVE from it",
+    )
+    serve.add_argument(
+        "--move-dest",
+        action="append",
+        default=[],
+        metavar="AET=HOST:PORT",
+        type=_destination,
+        help="a C-MOVE destination (repeatable)",
+    )
+    serve.add_argument(
+        "--allow",
+        action="append",
+        metavar="AET",
+        type=_ae_title,
+        help="accept only these calling AE titles (repeatable; default: any)",
     )
 
     store = commands.add_parser("store", help="send DICOM files (C-STORE) over one association")
@@ -235,26 +260,37 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    storage = None
+    options: dict[str, Any] = {}
+    archive = None
     if args.storage:
         root = Path(args.storage)
         root.mkdir(parents=True, exist_ok=True)
         if not os.access(root, os.W_OK):
             raise PermissionError(f"cannot write to the storage folder {root}")
-        storage = DiskStorage(root)
-    async with Server(
-        args.aet,
-        host=args.host,
-        port=args.port,
-        max_associations=args.max_associations,
-        storage=storage,
-    ) as server:
-        print(
-            f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
-            flush=True,
-        )
-        await stop.wait()
-        print(f"adicom serve: stopping ({server.stats})", flush=True)
+        archive = Archive(root)
+        options = archive.handlers(dict(args.move_dest))
+    try:
+        async with Server(
+            args.aet,
+            host=args.host,
+            port=args.port,
+            max_associations=args.max_associations,
+            allowed_calling_aes=args.allow,
+            **options,
+        ) as server:
+            if archive is not None:
+                # Index what is already there while already answering (the
+                # indexing yields to the loop between batches).
+                await archive.open()
+            print(
+                f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
+                flush=True,
+            )
+            await stop.wait()
+            print(f"adicom serve: stopping ({server.stats})", flush=True)
+    finally:
+        if archive is not None:
+            archive.close()
     return EXIT_OK
 
 
@@ -398,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_UNREACHABLE)
     except DicomTimeout as exc:
         return _fail(args, exc, EXIT_TIMEOUT)
-    except DicomError as exc:
+    except (DicomError, ArchiveError) as exc:
         return _fail(args, exc, EXIT_FAILED)
     except OSError as exc:
         # For `serve`: the port is taken, or the address is not ours.

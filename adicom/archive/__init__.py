@@ -1,0 +1,221 @@
+"""A reference query/retrieve archive: a folder of DICOM files with an SQLite index.
+
+``Archive(root)`` gives a :class:`~adicom.DiskStorage` that indexes what it
+stores, and C-FIND, C-GET and C-MOVE handlers over the index, ready for
+:class:`~adicom.Server` (``adicom serve --storage DIR`` is exactly that)::
+
+    archive = Archive("/data/archive")
+    await archive.open()          # indexes files already there (unchanged ones are skipped)
+    async with Server("ARCHIVE", port=11112, **archive.handlers(destinations)) as server:
+        ...
+
+Files deleted behind the index's back are reported as failed sub-operations
+of a retrieve and dropped from the index; a corrupt database on start is a
+clear :class:`ArchiveError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from adicom.archive.index import ATTRIBUTES, LEVELS, Index, IndexError_, MatchError, chunks
+from adicom.qrscp import MoveDestinations, QRContext, QueryFailed
+from adicom.storage import DEFAULT_LAYOUT, DiskStorage, StoreContext
+from adicom.storescu import iter_files
+
+__all__ = ["Archive", "ArchiveError"]
+
+log = logging.getLogger("adicom")
+
+_INDEX_NAME = ".adicom-index.sqlite"
+
+
+class ArchiveError(Exception):
+    """The archive cannot start (its index is unusable, its folder not writable)."""
+
+
+class Archive:
+    """A folder of DICOM files, indexed in SQLite, served by C-FIND/C-GET/C-MOVE."""
+
+    def __init__(self, root: str | os.PathLike[str], layout: str = DEFAULT_LAYOUT) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.index = Index(self.root / _INDEX_NAME)
+        except IndexError_ as exc:
+            raise ArchiveError(str(exc)) from None
+        except OSError as exc:
+            raise ArchiveError(f"cannot use {self.root}: {exc.strerror or exc}") from None
+        self.storage = DiskStorage(
+            self.root, layout, extra_keywords=ATTRIBUTES, on_stored=self._stored
+        )
+
+    def _stored(self, path: Path, values: dict[str, str], context: StoreContext) -> None:
+        stat = path.stat()
+        self.index.add(values, path, context.transfer_syntax, stat.st_mtime_ns, stat.st_size)
+
+    async def open(self, batch: int = 64) -> int:
+        """Index the files already in the folder; return how many were (re)read.
+
+        Unchanged files (same size and modification time) are not read
+        again; rows of files that are gone are dropped. Works in short
+        batches so a server on the same loop keeps answering meanwhile.
+        """
+        known = self.index.known_files()
+        seen: set[str] = set()
+        read = 0
+        files = (
+            p for p in iter_files([self.root])
+            if p.name != _INDEX_NAME and not p.name.startswith(_INDEX_NAME)
+        )  # fmt: skip
+        for group in chunks(files, batch):
+            for path in group:
+                key = str(path)
+                seen.add(key)
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                if known.get(key) == (stat.st_mtime_ns, stat.st_size):
+                    continue
+                if self._index_file(path, stat.st_mtime_ns, stat.st_size):
+                    read += 1
+            await asyncio.sleep(0)
+        for gone in set(known) - seen:
+            self.index.remove_path(Path(gone))
+        log.info(
+            "archive %s: %d instances indexed (%d files read)", self.root, self.index.count(), read
+        )
+        return read
+
+    def _index_file(self, path: Path, mtime_ns: int, size: int) -> bool:
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            log.debug("not indexed (not DICOM): %s", path)
+            return False
+        values = {keyword: _text(dataset.get(keyword)) for keyword in ATTRIBUTES}
+        if not values["SOPInstanceUID"]:
+            return False
+        transfer = (
+            str(getattr(dataset.file_meta, "TransferSyntaxUID", ""))
+            if hasattr(dataset, "file_meta")
+            else ""
+        )
+        self.index.add(values, path, transfer, mtime_ns, size)
+        return True
+
+    def close(self) -> None:
+        """Close the index."""
+        self.index.close()
+
+    # -- handlers ---------------------------------------------------------------
+
+    def handlers(self, move_destinations: MoveDestinations | None = None) -> dict[str, Any]:
+        """Keyword arguments for :class:`~adicom.Server`: storage and the Q/R handlers."""
+        return {
+            "storage": self.storage,
+            "on_find": self.find,
+            "on_get": self.retrieve,
+            "on_move": self.retrieve,
+            "move_destinations": move_destinations or {},
+        }
+
+    async def find(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
+        """C-FIND handler: the matches of ``identifier`` with the keys it asked for."""
+        level, keys = _keys(identifier)
+        try:
+            matches = list(self.index.find(level, keys, _patient_root(context)))
+        except MatchError as exc:
+            raise QueryFailed(exc.status, str(exc)) from None
+        charset = identifier.get("SpecificCharacterSet")
+        for found in matches:
+            answer = Dataset()
+            if charset is not None:
+                answer.SpecificCharacterSet = charset
+            answer.QueryRetrieveLevel = level
+            for element in identifier:
+                keyword = element.keyword
+                if keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+                    continue
+                if keyword in found and found[keyword] != "":
+                    answer[element.tag] = pydicom.DataElement(
+                        element.tag, element.VR, _value(element.VR, found[keyword])
+                    )
+                else:
+                    # A key we cannot fill is returned empty (PS3.4 C.2.2.1.2).
+                    answer[element.tag] = pydicom.DataElement(element.tag, element.VR, None)
+            unique = LEVELS[level]
+            if unique not in answer:
+                setattr(answer, unique, found.get(unique, ""))
+            yield answer
+
+    async def retrieve(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
+        """C-GET/C-MOVE handler: the count, then each matching file.
+
+        A file that vanished since it was indexed is left out of what is
+        sent, counted as failed by the caller, and dropped from the index.
+        """
+        level, keys = _keys(identifier)
+        try:
+            rows = self.index.instances(level, keys, _patient_root(context))
+        except MatchError as exc:
+            raise QueryFailed(exc.status, str(exc)) from None
+        yield len(rows)
+        for row in rows:
+            if not row.path.is_file():
+                log.warning("%s was deleted behind the index's back", row.path)
+                self.index.remove_path(row.path)
+                yield _Missing(row.sop_instance_uid)
+                continue
+            yield row.path
+
+
+class _Missing(Dataset):
+    """A stand-in for an indexed file that is gone: it fails to send, by its UID."""
+
+    def __init__(self, sop_instance_uid: str) -> None:
+        super().__init__()
+        self.SOPInstanceUID = sop_instance_uid
+
+
+def _patient_root(context: QRContext) -> bool:
+    # Patient Root Q/R Find, Move, Get (PS3.4 C.6.1).
+    return context.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.2.1.")
+
+
+def _text(element: Any) -> str:
+    if element is None or element == "":
+        return ""
+    if isinstance(element, list | tuple) or type(element).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in element)
+    return str(element)
+
+
+def _value(vr: str, text: str) -> Any:
+    if "\\" in text and vr not in ("PN",):
+        return text.split("\\")
+    return text
+
+
+def _keys(identifier: Dataset) -> tuple[str, dict[str, str]]:
+    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    if level not in LEVELS:
+        raise QueryFailed(0xA900, f"Query/Retrieve Level {level!r} is not supported")
+    keys: dict[str, str] = {}
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        if element.VR == "SQ":
+            continue  # sequence matching is not supported; the key is returned empty
+        keys[keyword] = _text(element.value)
+    return level, keys

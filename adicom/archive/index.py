@@ -1,0 +1,327 @@
+"""The archive's SQLite index: one row per instance, queried per PS3.4 C.2.2.2.
+
+One table holds every instance with the attributes matching and the result
+fields need; the patient, study and series levels are ``GROUP BY`` views of
+it, with their counts. SQLite (standard library) is the right tool: a
+single file, transactions, indexes, and queries of well under a millisecond
+at archive sizes a reference SCP sees, run on the event loop without a
+thread.
+
+Matching (PS3.4 C.2.2.2):
+
+* single value: exact and case-sensitive, except PN, matched without
+  regard to case (C.2.2.2.1 leaves PN case to the implementation);
+* universal: an empty value matches everything, and asks the value back;
+* wildcard: ``*`` and ``?`` in text values (C.2.2.2.4);
+* range: ``A-B``, ``-B``, ``A-`` for dates and times (C.2.2.2.5);
+* list of UIDs: backslash-separated (C.2.2.2.2).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ATTRIBUTES", "Index", "IndexError_", "MatchError", "LEVELS"]
+
+# keyword -> (column, level, VR): the attributes the index keeps.
+ATTRIBUTES: dict[str, tuple[str, str, str]] = {
+    "PatientID": ("patient_id", "PATIENT", "LO"),
+    "PatientName": ("patient_name", "PATIENT", "PN"),
+    "PatientBirthDate": ("patient_birth_date", "PATIENT", "DA"),
+    "PatientSex": ("patient_sex", "PATIENT", "CS"),
+    "StudyInstanceUID": ("study_instance_uid", "STUDY", "UI"),
+    "StudyDate": ("study_date", "STUDY", "DA"),
+    "StudyTime": ("study_time", "STUDY", "TM"),
+    "AccessionNumber": ("accession_number", "STUDY", "SH"),
+    "StudyID": ("study_id", "STUDY", "SH"),
+    "StudyDescription": ("study_description", "STUDY", "LO"),
+    "ReferringPhysicianName": ("referring_physician_name", "STUDY", "PN"),
+    "SeriesInstanceUID": ("series_instance_uid", "SERIES", "UI"),
+    "Modality": ("modality", "SERIES", "CS"),
+    "SeriesNumber": ("series_number", "SERIES", "IS"),
+    "SeriesDescription": ("series_description", "SERIES", "LO"),
+    "SOPInstanceUID": ("sop_instance_uid", "IMAGE", "UI"),
+    "SOPClassUID": ("sop_class_uid", "IMAGE", "UI"),
+    "InstanceNumber": ("instance_number", "IMAGE", "IS"),
+}
+
+#: The levels of the Study Root and Patient Root models and their unique keys.
+LEVELS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+_ORDER = ["PATIENT", "STUDY", "SERIES", "IMAGE"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    {columns},
+    transfer_syntax TEXT NOT NULL DEFAULT '',
+    path TEXT NOT NULL,
+    mtime_ns INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS by_patient ON instances (patient_id);
+CREATE INDEX IF NOT EXISTS by_study ON instances (study_instance_uid);
+CREATE INDEX IF NOT EXISTS by_series ON instances (series_instance_uid);
+CREATE INDEX IF NOT EXISTS by_path ON instances (path);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+_VERSION = "1"
+
+
+class IndexError_(Exception):
+    """The index database cannot be used (corrupt, not a database, wrong version)."""
+
+
+class MatchError(ValueError):
+    """A matching key has a value PS3.4 C.2.2.2 does not allow; ``status`` to answer."""
+
+    def __init__(self, message: str, status: int = 0xA900) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One indexed instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: Path
+
+
+def _escape_glob(text: str) -> str:
+    # GLOB's own specials besides * and ? must match literally.
+    return text.replace("[", "[[]")
+
+
+class Index:
+    """The instance table in ``path`` (created if missing).
+
+    Raises :class:`IndexError_` with a plain message when the file is not a
+    usable database.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            columns = ",\n    ".join(
+                f"{column} TEXT NOT NULL DEFAULT ''"
+                for keyword, (column, _, _) in ATTRIBUTES.items()
+                if keyword != "SOPInstanceUID"
+            )
+            self._db.executescript(_SCHEMA.format(columns=columns))
+            found = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if found is None:
+                self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_VERSION,))
+            elif found[0] != _VERSION:
+                raise IndexError_(
+                    f"the index {self.path} has version {found[0]}, not {_VERSION}; "
+                    "move it away and it will be rebuilt from the files"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(
+                f"the index {self.path} cannot be used ({exc}); "
+                "move it away and it will be rebuilt from the files"
+            ) from None
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # -- writing --------------------------------------------------------------
+
+    def add(
+        self,
+        values: Mapping[str, str],
+        path: Path,
+        transfer_syntax: str,
+        mtime_ns: int = 0,
+        size: int = 0,
+    ) -> None:
+        """Insert or replace one instance (keyed by SOP Instance UID)."""
+        columns = [column for column, _, _ in ATTRIBUTES.values()]
+        row = [values.get(keyword, "") or "" for keyword in ATTRIBUTES]
+        placeholders = ", ".join("?" for _ in range(len(columns) + 4))
+        self._db.execute(
+            f"INSERT OR REPLACE INTO instances ({', '.join(columns)}, transfer_syntax, path, "
+            f"mtime_ns, size) VALUES ({placeholders})",
+            [*row, transfer_syntax, str(path), mtime_ns, size],
+        )
+
+    def remove_path(self, path: Path) -> None:
+        """Forget the instance stored at ``path``."""
+        self._db.execute("DELETE FROM instances WHERE path = ?", (str(path),))
+
+    def known_files(self) -> dict[str, tuple[int, int]]:
+        """Indexed paths with their (mtime_ns, size)."""
+        return {
+            path: (mtime, size)
+            for path, mtime, size in self._db.execute("SELECT path, mtime_ns, size FROM instances")
+        }
+
+    def count(self) -> int:
+        """How many instances are indexed."""
+        (count,) = self._db.execute("SELECT count(*) FROM instances").fetchone()
+        return int(count)
+
+    # -- matching -------------------------------------------------------------
+
+    def _conditions(
+        self, level: str, keys: Mapping[str, str], patient_root: bool = False
+    ) -> tuple[str, list[str]]:
+        """SQL for the matching keys, after checking them against the level (PS3.4 C.4.1.2.2)."""
+        if level not in LEVELS:
+            raise MatchError(f"Query/Retrieve Level {level!r} is not one of {', '.join(_ORDER)}")
+        depth = _ORDER.index(level)
+        # Hierarchical search: the unique keys of every level above must be
+        # single values (C.4.1.2.2.1). In the Study Root model the patient
+        # is not a level of its own, so its key is not required.
+        for above in _ORDER[0 if patient_root else 1 : depth]:
+            unique = LEVELS[above]
+            value = keys.get(unique, "")
+            if not value or "\\" in value or "*" in value or "?" in value:
+                raise MatchError(f"a {level} query needs a single {unique} (hierarchical search)")
+        where: list[str] = []
+        params: list[str] = []
+        for keyword, value in keys.items():
+            if keyword not in ATTRIBUTES or value == "":
+                continue  # universal matching, or a key we only return
+            column, attribute_level, vr = ATTRIBUTES[keyword]
+            if _ORDER.index(attribute_level) > depth:
+                raise MatchError(f"{keyword} is a {attribute_level}-level key, below {level}")
+            clause, values = _match(column, vr, value, keyword)
+            where.append(clause)
+            params.extend(values)
+        return (" AND ".join(where) or "1"), params
+
+    def find(
+        self, level: str, keys: Mapping[str, str], patient_root: bool = False
+    ) -> Iterator[dict[str, str]]:
+        """The entities at ``level`` matching ``keys``, one dict per entity.
+
+        Each dict has the level's attributes and those of the levels above,
+        plus the counts of PS3.4 C.3 (NumberOf...Related..., ModalitiesInStudy).
+        """
+        where, params = self._conditions(level, keys, patient_root)
+        depth = _ORDER.index(level)
+        shown = [
+            (keyword, column)
+            for keyword, (column, attribute_level, _) in ATTRIBUTES.items()
+            if _ORDER.index(attribute_level) <= depth
+        ]
+        select = ", ".join(f"min({column})" for _, column in shown)
+        group = ATTRIBUTES[LEVELS[level]][0]
+        extra = {
+            "PATIENT": "count(DISTINCT study_instance_uid), count(DISTINCT series_instance_uid), "
+            "count(*), ''",
+            "STUDY": "0, count(DISTINCT series_instance_uid), count(*), "
+            "group_concat(DISTINCT modality)",
+            "SERIES": "0, 0, count(*), ''",
+            "IMAGE": "0, 0, 0, ''",
+        }[level]
+        sql = (
+            f"SELECT {select}, {extra} FROM instances WHERE {where} "
+            f"GROUP BY {group} ORDER BY min(study_date), min({group})"
+        )
+        for row in self._db.execute(sql, params):
+            found = {keyword: row[i] for i, (keyword, _) in enumerate(shown)}
+            studies, series, instances, modalities = row[len(shown) :]
+            if level == "PATIENT":
+                found["NumberOfPatientRelatedStudies"] = str(studies)
+                found["NumberOfPatientRelatedSeries"] = str(series)
+                found["NumberOfPatientRelatedInstances"] = str(instances)
+            elif level == "STUDY":
+                found["NumberOfStudyRelatedSeries"] = str(series)
+                found["NumberOfStudyRelatedInstances"] = str(instances)
+                found["ModalitiesInStudy"] = "\\".join(sorted(set((modalities or "").split(","))))
+            elif level == "SERIES":
+                found["NumberOfSeriesRelatedInstances"] = str(instances)
+            yield found
+
+    def instances(
+        self, level: str, keys: Mapping[str, str], patient_root: bool = False
+    ) -> list[Row]:
+        """The instances a retrieve at ``level`` with ``keys`` selects (PS3.4 C.4.2.2.1)."""
+        where, params = self._conditions(level, keys, patient_root)
+        return [
+            Row(uid, sop_class, transfer, Path(path))
+            for uid, sop_class, transfer, path in self._db.execute(
+                "SELECT sop_instance_uid, sop_class_uid, transfer_syntax, path FROM instances "
+                f"WHERE {where} ORDER BY series_instance_uid, "
+                "CAST(instance_number AS INTEGER), sop_instance_uid",
+                params,
+            )
+        ]
+
+
+def _match(column: str, vr: str, value: str, keyword: str) -> tuple[str, list[str]]:
+    """SQL for one matching key (PS3.4 C.2.2.2)."""
+    if vr == "UI":
+        uids = [u.strip() for u in value.split("\\") if u.strip()]
+        for uid in uids:
+            if "*" in uid or "?" in uid or not all(c.isdigit() or c == "." for c in uid):
+                raise MatchError(f"{keyword} {uid!r} is not a UID (wildcards are not allowed)")
+        if len(uids) == 1:
+            return f"{column} = ?", uids
+        return f"{column} IN ({', '.join('?' for _ in uids)})", uids
+    if vr in ("DA", "TM"):
+        return _range(column, vr, value, keyword)
+    if "\\" in value and vr != "PN":
+        raise MatchError(f"{keyword} {value!r}: lists are allowed only for UIDs")
+    if vr == "PN":
+        pattern = _escape_glob(value.lower())
+        if "*" in value or "?" in value:
+            return f"lower({column}) GLOB ?", [pattern]
+        return f"lower({column}) = ?", [value.lower()]
+    if "*" in value or "?" in value:
+        return f"{column} GLOB ?", [_escape_glob(value)]
+    return f"{column} = ?", [value]
+
+
+def _range(column: str, vr: str, value: str, keyword: str) -> tuple[str, list[str]]:
+    width = 8 if vr == "DA" else None
+    low, dash, high = value.partition("-")
+    for part in (low, high):
+        digits = part.split(".")[0]
+        if part and (not digits.isdigit() or (width and len(digits) != width)):
+            raise MatchError(f"{keyword} {value!r} is not a valid {vr} value or range")
+    if not dash:
+        if vr == "TM":
+            # A time matches by its given precision: "10" matches 10:xx:xx.
+            return f"substr({column}, 1, ?) = ?", [str(len(low)), low]
+        return f"{column} = ?", [low]
+    clauses, params = [], []
+    if low:
+        clauses.append(f"{column} >= ?")
+        params.append(low)
+    if high:
+        clauses.append(f"{column} <= ?" if vr == "DA" else f"substr({column}, 1, ?) <= ?")
+        params.extend([high] if vr == "DA" else [str(len(high)), high])
+    if not clauses:
+        raise MatchError(f"{keyword} {value!r}: a range needs at least one end")
+    # An empty stored value never matches a range.
+    clauses.append(f"{column} != ''")
+    return " AND ".join(clauses), params
+
+
+def chunks(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    """Cut ``items`` into lists of ``size`` (for indexing in short steps)."""
+    batch: list[Path] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
