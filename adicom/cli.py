@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from adicom.archive import Archive, ArchiveError
 from adicom.client import connect
+from adicom.demo import run_demo
 from adicom.dicomclient import DicomClient
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
 from adicom.models import DicomNode, ImageQuery, PatientQuery, SeriesQuery, StudyQuery
@@ -234,7 +235,9 @@ def _parser() -> argparse.ArgumentParser:
                 help="the destination AE title (known to the peer)",
             )
 
-    commands.add_parser("demo", help="start a local SCP and walk through what adicom does")
+    commands.add_parser(
+        "demo", help="run a local archive and walk through echo, find, get, move (checked)"
+    )
     return parser
 
 
@@ -400,23 +403,7 @@ async def _move(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    """Until the archive exists: start a Verification SCP and echo it."""
-    print("adicom demo: starting a Verification SCP on a free local port")
-    async with Server("ADICOM-DEMO", host="127.0.0.1", port=0) as server:
-        print(f"  listening on 127.0.0.1:{server.port}")
-        started = time.perf_counter()
-        async with connect("127.0.0.1", server.port, called_ae="ADICOM-DEMO") as association:
-            status = await association.echo()
-            count = 200
-            loop_started = time.perf_counter()
-            for _ in range(count):
-                await association.echo()
-            rate = count / (time.perf_counter() - loop_started)
-        elapsed = time.perf_counter() - started
-        print(f"  C-ECHO status 0x{status:04X}; {count} more C-ECHOs at {rate:,.0f}/s")
-        print(f"  association opened, used and released in {elapsed * 1000:.1f} ms")
-    print("adicom demo: every step checked out")
-    return EXIT_OK
+    return await run_demo()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
