@@ -23,7 +23,25 @@ def adicom(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 def test_demo_exits_zero_and_reports() -> None:
     result = adicom("demo")
     assert result.returncode == 0, result.stderr
-    assert "every step checked out" in result.stdout
+    assert "adicom demo: all 7 steps checked out" in result.stdout
+    assert sum(line.startswith("  ok ") for line in result.stdout.splitlines()) == 7
+
+
+@pytest.mark.anyio
+async def test_demo_fails_when_a_step_does_not_check_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adicom import demo
+
+    real_store = demo.store
+
+    async def lossy_store(host: str, port: int, sources: list[object], **kw: object) -> object:
+        return await real_store(host, port, list(sources)[1:], **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(demo, "store", lossy_store)
+    assert await demo.run_demo() == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "steps FAILED" in out
 
 
 def test_echo_to_a_closed_port_is_unreachable() -> None:
