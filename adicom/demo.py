@@ -132,7 +132,10 @@ async def run_demo() -> int:
                         calling_ae="DEMO-CLIENT",
                         called_ae="DEMO-PACS",
                     )
-                    _check(all(r.ok for r in results), "some instances were not stored")
+                    _check(
+                        len(results) == len(instances) and all(r.ok for r in results),
+                        f"{sum(r.ok for r in results)} of {len(instances)} instances stored",
+                    )
                     return None, f"{len(results)} instances, {len(by_study)} patients"
 
                 async def echo() -> tuple[None, str]:
