@@ -72,29 +72,33 @@ _GET = {
     "composite": "1.2.840.10008.5.1.4.1.2.4.3",
 }
 
-#: Storage SOP classes a C-GET offers to receive by default: the common
-#: image, structured report, RT and document classes (PS3.4 Annex B).
-DEFAULT_GET_SOP_CLASSES: tuple[str, ...] = tuple(
+#: Image storage classes a C-GET offers to receive compressed as well.
+_IMAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     "1.2.840.10008.5.1.4.1.1." + suffix
     for suffix in (
-        "2", "2.1", "4", "4.1", "1", "1.1", "1.1.1", "1.2", "1.2.1", "6.1", "3.1",
-        "7", "7.2", "7.3", "7.4", "12.1", "12.2", "20", "128", "130",
-        "481.1", "481.2", "481.3", "481.5", "88.11", "88.22", "88.33", "88.59",
-        "11.1", "66", "66.1", "66.4", "104.1", "77.1.4",
+        "2", "2.1", "4", "4.1", "1", "1.1", "1.1.1", "1.2", "6.1", "3.1", "7", "7.4",
+        "12.1", "20", "128", "481.1",
     )
 )  # fmt: skip
+#: ... and the other classes, uncompressed only (SR, RT, documents, ...).
+_OTHER_SOP_CLASSES: tuple[str, ...] = tuple(
+    "1.2.840.10008.5.1.4.1.1." + suffix
+    for suffix in (
+        "481.2", "481.3", "481.5", "88.11", "88.22", "88.33", "88.59", "11.1", "66.4",
+        "104.1", "66",
+    )
+)  # fmt: skip
+#: Storage SOP classes a C-GET offers to receive by default: the common
+#: image, structured report, RT and document classes (PS3.4 Annex B).
+DEFAULT_GET_SOP_CLASSES: tuple[str, ...] = _IMAGE_SOP_CLASSES + _OTHER_SOP_CLASSES
 
-#: Transfer syntaxes offered for C-GET sub-operations: uncompressed, deflate,
-#: and the usual compressed ones, so instances need not be recompressed.
-GET_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    *DEFAULT_TRANSFER_SYNTAXES[:2],
-    "1.2.840.10008.1.2.1.99",
+#: The compressed syntaxes offered for image classes, each in a context of
+#: its own: an SCP picks one syntax per context, so only separate contexts
+#: let it send each instance as it is stored (JPEG, JPEG-LS, JPEG 2000, RLE).
+GET_COMPRESSED_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
     "1.2.840.10008.1.2.4.70",
     "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.81",
     "1.2.840.10008.1.2.4.90",
     "1.2.840.10008.1.2.4.91",
     "1.2.840.10008.1.2.5",
@@ -127,12 +131,24 @@ def get_contexts(
 
     PS3.4 C.4.3.1: the C-STOREs come back on the same association, so the
     requestor proposes the SCP role for every storage SOP class it wants
-    (PS3.7 D.3.3.4). At most 127 storage classes fit beside the model.
+    (PS3.7 D.3.3.4). Each class gets an uncompressed context; image classes
+    also one context per common compressed syntax. Raises ValueError past
+    PS3.8's 128 contexts.
     """
-    if len(sop_classes) > 127:
-        raise ValueError(f"{len(sop_classes)} storage SOP classes: at most 127 fit in a C-GET")
     contexts = [(_sop(_GET, model, "C-GET"), _QUERY_SYNTAXES)]
-    contexts += [(sop, list(GET_TRANSFER_SYNTAXES)) for sop in sop_classes]
+    for sop in sop_classes:
+        # Compressed contexts come first: some SCPs (DCMTK's dcmqrscp) send
+        # each sub-operation on the first accepted context of its class,
+        # whatever the file's syntax, and accept compressed contexts only
+        # for syntaxes they hold; others (pynetdicom) match the syntax.
+        if sop in _IMAGE_SOP_CLASSES:
+            contexts += [(sop, [syntax]) for syntax in GET_COMPRESSED_SYNTAXES]
+        contexts.append((sop, list(DEFAULT_TRANSFER_SYNTAXES[:2])))
+    if len(contexts) > 128:
+        raise ValueError(
+            f"{len(sop_classes)} storage SOP classes need {len(contexts)} presentation "
+            "contexts for a C-GET; PS3.8 allows 128"
+        )
     roles = [RoleSelection(sop, scu_role=False, scp_role=True) for sop in sop_classes]
     return contexts, roles
 

@@ -147,9 +147,12 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
         if command.command_field != CommandField.C_STORE_RQ:
             return None  # identifiers of queries are small: keep them in memory
         context = association.contexts[context_id]
+        # The sender: the requestor on an SCP, the called peer for the
+        # sub-operations of our own C-GET.
+        sender = association.called_ae if association.requestor else association.calling_ae
         return storage.open(
             StoreContext(
-                calling_ae=association.calling_ae,
+                calling_ae=sender,
                 called_ae=association.called_ae,
                 sop_class_uid=command.affected_sop_class_uid or str(context.abstract_syntax),
                 sop_instance_uid=command.affected_sop_instance_uid or "",

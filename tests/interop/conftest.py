@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.interop import data, peers
+from tests.interop import data, peers, qr_peers
 
 
 @pytest.fixture
@@ -52,3 +52,37 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, data.Instance
 def big_instance(tmp_path_factory: pytest.TempPathFactory) -> data.Instance:
     """A 200 MiB multi-frame Secondary Capture instance (explicit VR LE), written once."""
     return data.write_big_instance(tmp_path_factory.mktemp("big") / "big.dcm")
+
+
+# --------------------------------------------------------------------------
+# Query/retrieve SCPs (test_qr.py): seeded once per session
+
+
+@pytest.fixture(scope="session")
+def qr_archive(tmp_path_factory: pytest.TempPathFactory) -> qr_peers.Archive:
+    """The instances seeded into the Q/R SCPs (files with fresh UIDs)."""
+    return qr_peers.build_archive(tmp_path_factory.mktemp("qr-archive"))
+
+
+@pytest.fixture(scope="session")
+def qr_move_destination() -> qr_peers.MoveDestination:
+    """The move destination both Q/R SCPs know; tests serve it while they move."""
+    return qr_peers.MoveDestination(qr_peers.MOVE_AE, peers.free_port())
+
+
+@pytest.fixture(scope="session")
+def dcmqrscp_seeded(
+    qr_archive: qr_peers.Archive, qr_move_destination: qr_peers.MoveDestination
+) -> Iterator[qr_peers.QrScp]:
+    """DCMTK dcmqrscp holding ``qr_archive``."""
+    with qr_peers.dcmqrscp(qr_archive, qr_move_destination) as scp:
+        yield scp
+
+
+@pytest.fixture(scope="session")
+def pynetdicom_qrscp_seeded(
+    qr_archive: qr_peers.Archive, qr_move_destination: qr_peers.MoveDestination
+) -> Iterator[qr_peers.QrScp]:
+    """pynetdicom's qrscp app holding ``qr_archive``."""
+    with qr_peers.pynetdicom_qrscp(qr_archive, qr_move_destination) as scp:
+        yield scp
