@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException
 
@@ -28,10 +28,10 @@ def create_app(
     def get_dicom_client() -> adicom.DicomClient:
         return adicom.DicomClient.from_settings(settings)
 
+    Client = Annotated[adicom.DicomClient, Depends(get_dicom_client)]
+
     @app.get("/dicom/studies/{patient_id}")
-    async def find_patient_studies(
-        patient_id: str, client: adicom.DicomClient = Depends(get_dicom_client)
-    ) -> dict[str, Any]:
+    async def find_patient_studies(patient_id: str, client: Client) -> dict[str, Any]:
         """Find all studies of a patient."""
         try:
             studies = await client.find_studies(adicom.StudyQuery(patient_id=patient_id), pacs)
@@ -42,9 +42,7 @@ def create_app(
         return {"studies": [study.model_dump(mode="json") for study in studies]}
 
     @app.post("/dicom/studies/{study_uid}/retrieve")
-    async def retrieve_study(
-        study_uid: str, client: adicom.DicomClient = Depends(get_dicom_client)
-    ) -> dict[str, Any]:
+    async def retrieve_study(study_uid: str, client: Client) -> dict[str, Any]:
         """Retrieve a study (C-GET) into local storage."""
         output_dir = storage_path / "dicom" / study_uid
         try:
