@@ -8,8 +8,8 @@ Run it against your PACS with, for example::
 Every request runs on the event loop: no thread pool, no ``to_thread``.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: FastAPI reads the
+# dependency annotations at runtime, and ``Client`` is local to create_app.
 import os
 from pathlib import Path
 from typing import Annotated, Any
