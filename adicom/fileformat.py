@@ -26,6 +26,7 @@ import zlib
 from io import BytesIO
 from typing import BinaryIO
 
+from pydicom.config import disable_value_validation
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -75,11 +76,19 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     syntax = UID(transfer_syntax)
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         data = zlib.decompress(data, -zlib.MAX_WBITS)
-    return read_dataset(
-        BytesIO(data),
-        is_implicit_VR=syntax.is_implicit_VR,
-        is_little_endian=syntax.is_little_endian,
-    )
+    # A peer's values are checked where they are used (query matching, the
+    # models), not by pydicom while reading: a bad value must become a
+    # status for the peer, not a warning in our log.
+    # pydicom converts elements lazily, so convert them all in here.
+    with disable_value_validation():
+        dataset = read_dataset(
+            BytesIO(data),
+            is_implicit_VR=syntax.is_implicit_VR,
+            is_little_endian=syntax.is_little_endian,
+        )
+        for _ in dataset.iterall():
+            pass
+    return dataset
 
 
 # VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 7.1.2).

@@ -166,7 +166,7 @@ class Archive:
         """
         level, keys = _keys(identifier)
         try:
-            rows = self.index.instances(level, keys, _patient_root(context))
+            rows = self.index.instances(level, keys, _patient_root(context), retrieve=True)
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
         yield len(rows)

@@ -153,6 +153,11 @@ class Index:
         columns = [column for column, _, _ in ATTRIBUTES.values()]
         row = [values.get(keyword, "") or "" for keyword in ATTRIBUTES]
         placeholders = ", ".join("?" for _ in range(len(columns) + 4))
+        # A file rewritten with another instance: the old instance is gone.
+        self._db.execute(
+            "DELETE FROM instances WHERE path = ? AND sop_instance_uid != ?",
+            (str(path), values.get("SOPInstanceUID", "")),
+        )
         self._db.execute(
             f"INSERT OR REPLACE INTO instances ({', '.join(columns)}, transfer_syntax, path, "
             f"mtime_ns, size) VALUES ({placeholders})",
@@ -178,7 +183,11 @@ class Index:
     # -- matching -------------------------------------------------------------
 
     def _conditions(
-        self, level: str, keys: Mapping[str, str], patient_root: bool = False
+        self,
+        level: str,
+        keys: Mapping[str, str],
+        patient_root: bool = False,
+        retrieve: bool = False,
     ) -> tuple[str, list[str]]:
         """SQL for the matching keys, after checking them against the level (PS3.4 C.4.1.2.2)."""
         if level not in LEVELS:
@@ -192,9 +201,25 @@ class Index:
             value = keys.get(unique, "")
             if not value or "\\" in value or "*" in value or "?" in value:
                 raise MatchError(f"a {level} query needs a single {unique} (hierarchical search)")
+        if retrieve:
+            # PS3.4 C.4.2.2.1: a retrieve names what it wants by the unique
+            # key of its level (a UID or a list); an empty key is no answer.
+            unique = LEVELS[level]
+            if not keys.get(unique, "") or (level == "PATIENT" and not patient_root):
+                raise MatchError(f"a {level} retrieve needs its unique key {unique}")
         where: list[str] = []
         params: list[str] = []
         for keyword, value in keys.items():
+            if keyword == "ModalitiesInStudy" and value and depth >= 1:
+                # A study matches if any of its series has one of the modalities.
+                modalities = [m for m in value.split("\\") if m]
+                marks = ", ".join("?" for _ in modalities)
+                where.append(
+                    "study_instance_uid IN (SELECT study_instance_uid FROM instances "
+                    f"WHERE modality IN ({marks}))"
+                )
+                params.extend(modalities)
+                continue
             if keyword not in ATTRIBUTES or value == "":
                 continue  # universal matching, or a key we only return
             column, attribute_level, vr = ATTRIBUTES[keyword]
@@ -250,10 +275,18 @@ class Index:
             yield found
 
     def instances(
-        self, level: str, keys: Mapping[str, str], patient_root: bool = False
+        self,
+        level: str,
+        keys: Mapping[str, str],
+        patient_root: bool = False,
+        retrieve: bool = False,
     ) -> list[Row]:
-        """The instances a retrieve at ``level`` with ``keys`` selects (PS3.4 C.4.2.2.1)."""
-        where, params = self._conditions(level, keys, patient_root)
+        """The instances under the entities ``level`` and ``keys`` select.
+
+        With ``retrieve``, the keys must name entities as a C-GET/C-MOVE
+        identifier does (PS3.4 C.4.2.2.1: the level's unique key is required).
+        """
+        where, params = self._conditions(level, keys, patient_root, retrieve)
         return [
             Row(uid, sop_class, transfer, Path(path))
             for uid, sop_class, transfer, path in self._db.execute(
