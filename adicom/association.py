@@ -566,10 +566,17 @@ class Association:
         encoded = command.encode()
         async with self._send_lock:
             try:
+                unyielded = 0
                 for pdvs in fragment_message(context_id, encoded, dataset, self.peer_max_pdu):
                     self._check_open()
                     self._ul.send_pdata(pdvs, self._loop.time())
                     self._flush()
+                    unyielded += len(pdvs)
+                    if unyielded >= 64 and not self._paused:
+                        # Loopback sockets swallow megabytes without pushing
+                        # back: let the loop run other work now and then.
+                        unyielded = 0
+                        await asyncio.sleep(0)
                     if self._paused:
                         waiter = self._loop.create_future()
                         self._drain_waiters.append(waiter)

@@ -171,24 +171,26 @@ def _prepare_dataset(dataset: Dataset, label: str | None) -> _Instance:
 def _context_keys(instance: _Instance) -> list[tuple[str, tuple[str, ...]]]:
     sop, syntax = instance.sop_class_uid, instance.transfer_syntax
     if syntax == EXPLICIT_VR_LITTLE_ENDIAN:
-        return [(sop, _UNCOMPRESSED[:2])]
+        # Two contexts, not one listing both: an acceptor that prefers
+        # implicit (pynetdicom does) would otherwise make us convert.
+        return [(sop, (syntax,)), (sop, (IMPLICIT_VR_LITTLE_ENDIAN,))]
     if syntax == IMPLICIT_VR_LITTLE_ENDIAN:
         # Every SCP takes implicit little endian (PS3.5 10.1): a context of
         # its own lets the file go as it is, whatever the acceptor prefers.
         return [(sop, (syntax,))]
     if syntax == EXPLICIT_VR_BIG_ENDIAN:
-        return [(sop, (syntax,)), (sop, _UNCOMPRESSED[:2])]
+        return [(sop, (syntax,)), (sop, (EXPLICIT_VR_LITTLE_ENDIAN,))]
     return [(sop, (syntax,))]
 
 
 def storage_contexts(instances: Iterable[_Instance]) -> list[tuple[str, list[str]]]:
     """The presentation contexts to propose for these instances.
 
-    Per SOP class and transfer syntax found, one context: explicit little
-    endian instances propose implicit as well (any SCP takes it); big
-    endian ones add a little endian context to fall back on; implicit,
-    deflated and compressed ones propose their own syntax alone, so each
-    file can be sent as it is.
+    Per SOP class and transfer syntax found, one context with that syntax
+    alone, so each file can go as it is whatever the acceptor prefers;
+    explicit little endian instances add an implicit context to fall back
+    on (every SCP takes implicit, PS3.5 10.1), big endian ones an explicit
+    little endian one.
     """
     keys: dict[tuple[str, tuple[str, ...]], None] = {}
     for instance in instances:

@@ -103,7 +103,10 @@ def check_disk_storage(
 ) -> None:
     """DiskStorage under ``root`` holds exactly ``sent``, at the default layout, intact."""
     expected = {data.layout_path(root, instance) for instance in sent}
-    present = {p for p in root.rglob("*") if p.is_file()}
+    # `adicom serve --storage` is an archive: its SQLite index lives there too.
+    present = {
+        p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".adicom-index")
+    }
     assert present == expected, (
         f"files under {root}:\n  missing: {sorted(map(str, expected - present))}\n"
         f"  unexpected: {sorted(map(str, present - expected))}\n{context}"
