@@ -86,3 +86,26 @@ def pynetdicom_qrscp_seeded(
     """pynetdicom's qrscp app holding ``qr_archive``."""
     with qr_peers.pynetdicom_qrscp(qr_archive, qr_move_destination) as scp:
         yield scp
+
+
+# --------------------------------------------------------------------------
+# ``adicom serve --storage`` as the Q/R SCP (test_serve.py): seeded once per module
+
+#: The move destinations ``adicom serve`` is started with (--move-dest).
+SERVE_DEST_ADICOM = "ADICOM-DEST"
+SERVE_DEST_STORESCP = "STORESCP-DEST"
+
+
+@pytest.fixture(scope="module")
+def serve_seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[qr_peers.ServeArchive]:
+    """``adicom serve`` with two move destinations, seeded by storescu and pynetdicom.
+
+    The destinations' ports are reserved here; a test serves one (an
+    in-process adicom Server, or DCMTK storescp) while it moves.
+    """
+    destinations = {
+        SERVE_DEST_ADICOM: peers.free_port(),
+        SERVE_DEST_STORESCP: peers.free_port(),
+    }
+    with qr_peers.serve_archive(tmp_path_factory.mktemp("serve"), destinations) as serve:
+        yield serve

@@ -35,6 +35,7 @@ import contextlib
 import copy
 import dataclasses
 import importlib.util
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -454,3 +455,202 @@ def _seed_with_pynetdicom(scp: QrScp) -> None:
             f"seeding pynetdicom qrscp: statuses {statuses}\n"
             f"{finished.describe()}\n{scp.describe()}"
         )
+
+
+# --------------------------------------------------------------------------
+# ``adicom serve --storage`` as the Q/R SCP (test_serve.py)
+
+#: The archive test_serve.py seeds into ``adicom serve``: QR-P1 and QR-P2 as
+#: above, and a third patient whose name is in lower case (PN matching is
+#: case-insensitive there) with one two-instance CT series.
+SERVE_PATIENTS: tuple[PatientSpec, ...] = (
+    PATIENTS[0],
+    PATIENTS[1],
+    PatientSpec("SV-P3", "gamma^Gina", (StudySpec("20240229", ("ct",), per_series=2),)),
+)
+
+
+@dataclasses.dataclass
+class ServeArchive:
+    """A running ``adicom serve --storage DIR --move-dest ...``, seeded."""
+
+    peer: peers.Peer
+    aet: str
+    port: int
+    storage: Path
+    archive: Archive
+    #: Move destination AE title -> port on 127.0.0.1, as given to --move-dest.
+    move_destinations: dict[str, int]
+    #: SOP Instance UID -> the calling AE title of the peer that stored it.
+    seeded_by: dict[str, str]
+
+    def describe(self) -> str:
+        return self.peer.describe()
+
+
+@contextlib.contextmanager
+def adicom_serve_archive(
+    storage: Path, move_destinations: dict[str, int], aet: str = "ADICOM"
+) -> Iterator[peers.Peer]:
+    """``adicom serve --storage DIR --move-dest AET=127.0.0.1:PORT ...``, listening when it yields."""
+    port = peers.free_port()
+    argv = [
+        *peers.adicom_cli(),
+        "serve",
+        "--aet",
+        aet,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--storage",
+        str(storage),
+    ]
+    for dest_aet, dest_port in move_destinations.items():
+        argv += ["--move-dest", f"{dest_aet}={HOST}:{dest_port}"]
+    with peers.running(argv, name="adicom serve --storage --move-dest") as peer:
+        peer.port, peer.aet = port, aet
+        peers._wait_for_serve_line(peer, aet, port)
+        peers.wait_for_port(HOST, port, peers.READY_TIMEOUT, peer)
+        yield peer
+
+
+def seed_with_storescu(port: int, aet: str, instances: Iterable[Seeded], calling_ae: str) -> None:
+    """Send ``instances`` with DCMTK storescu, one association per storescu option."""
+    groups: dict[str, list[Path]] = {}
+    for s in instances:
+        groups.setdefault(s.instance.storescu_option, []).append(s.instance.path)
+    for option, paths in groups.items():
+        argv = peers.dcmtk_storescu_argv(port, calling_ae, aet, paths, options=[option])
+        finished = peers.run(argv, timeout=SEED_TIMEOUT)
+        text = finished.stdout + finished.stderr
+        stored = text.count("Received Store Response (Success)")
+        if finished.returncode != 0 or stored != len(paths):
+            raise peers.PeerError(
+                f"seeding with storescu: {stored} of {len(paths)} stored\n{finished.describe()}"
+            )
+
+
+def seed_with_pynetdicom(port: int, aet: str, instances: Iterable[Seeded], calling_ae: str) -> None:
+    """Send ``instances`` with pynetdicom's storage SCU, each in its own transfer syntax."""
+    paths = [s.instance.path for s in instances]
+    argv = peers.pynetdicom_store_scu_argv(port, calling_ae, aet, paths)
+    finished = peers.run(argv, timeout=SEED_TIMEOUT)
+    result = peers.parse_pynetdicom_store_scu(finished)
+    statuses = [r.get("status") for r in result.get("results", [])]
+    if not result.get("ok") or statuses != [0] * len(paths):
+        raise peers.PeerError(
+            f"seeding with pynetdicom: statuses {statuses}\n{finished.describe()}"
+        )
+
+
+@contextlib.contextmanager
+def serve_archive(
+    directory: Path,
+    move_destinations: dict[str, int],
+    aet: str = "ADICOM",
+    dcmtk_patients: Iterable[str] = ("QR-P1", "SV-P3"),
+    dcmtk_ae: str = "SEED-DCMTK",
+    pynetdicom_ae: str = "SEED-PYNET",
+) -> Iterator[ServeArchive]:
+    """``adicom serve`` holding :data:`SERVE_PATIENTS`, seeded when it yields.
+
+    The patients in ``dcmtk_patients`` go in with DCMTK storescu, the others
+    with pynetdicom's storage SCU.
+    """
+    peers.require_dcmtk("storescu")
+    peers.require_pynetdicom()
+    archive = build_archive(directory / "files", SERVE_PATIENTS)
+    storage = directory / "storage"
+    by_dcmtk = [s for s in archive.instances if s.patient_id in set(dcmtk_patients)]
+    by_pynetdicom = [s for s in archive.instances if s.patient_id not in set(dcmtk_patients)]
+    with adicom_serve_archive(storage, move_destinations, aet) as peer:
+        assert peer.port is not None
+        try:
+            seed_with_storescu(peer.port, aet, by_dcmtk, dcmtk_ae)
+            seed_with_pynetdicom(peer.port, aet, by_pynetdicom, pynetdicom_ae)
+        except peers.PeerError as exc:
+            raise peers.PeerError(f"{exc}\n{peer.describe()}") from None
+        seeded_by = {s.sop_instance_uid: dcmtk_ae for s in by_dcmtk}
+        seeded_by |= {s.sop_instance_uid: pynetdicom_ae for s in by_pynetdicom}
+        yield ServeArchive(
+            peer, aet, peer.port, storage, archive, dict(move_destinations), seeded_by
+        )
+
+
+@contextlib.contextmanager
+def dcmtk_storescp_on(port: int, output_dir: Path, aet: str) -> Iterator[peers.Peer]:
+    """DCMTK storescp on a given port (a move destination named before it starts).
+
+    Accepts every transfer syntax it knows (``+xa``) and writes each data set
+    as it came off the wire (``+B``) into ``output_dir``.
+    """
+    binary = peers.require_dcmtk("storescp")
+    argv = [
+        binary,
+        "--aetitle",
+        aet,
+        "+xa",
+        "+B",
+        "-ta",
+        "10",
+        "-td",
+        "30",
+        "--output-directory",
+        str(output_dir),
+        str(port),
+    ]
+    with peers.running(argv, name="DCMTK storescp (move destination)") as peer:
+        peer.port, peer.aet = port, aet
+        peers.wait_for_port(HOST, port, peers.READY_TIMEOUT, peer)
+        yield peer
+
+
+# DCMTK tools at -d print every DIMSE message as
+#   D: ===================== INCOMING DIMSE MESSAGE ====================
+#   D: Message Type                  : C-FIND RSP
+#   D: DIMSE Status                  : 0xff00: Pending: ...
+#   D: ======================= END DIMSE MESSAGE =======================
+_DIMSE_START = re.compile(r"=+ (?P<direction>INCOMING|OUTGOING) DIMSE MESSAGE =+")
+_DIMSE_END = re.compile(r"=+ END DIMSE MESSAGE =+")
+_DIMSE_FIELD = re.compile(r"^\w:\s(?P<key>[A-Za-z][A-Za-z /-]*?)\s*:\s(?P<value>.*)$")
+_DIMSE_STATUS = re.compile(r"0x(?P<code>[0-9a-fA-F]{4})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DimseMessage:
+    """One DIMSE message as a DCMTK tool logged it at ``-d``."""
+
+    direction: str  # "INCOMING" or "OUTGOING"
+    fields: dict[str, str]
+
+    @property
+    def type(self) -> str:
+        return self.fields.get("Message Type", "")
+
+    @property
+    def status(self) -> int | None:
+        m = _DIMSE_STATUS.match(self.fields.get("DIMSE Status", ""))
+        return int(m["code"], 16) if m else None
+
+    def count(self, what: str) -> int | None:
+        """A sub-operation count ("Completed", "Failed", ...); None when absent."""
+        value = self.fields.get(f"{what} Suboperations", "").strip()
+        return int(value) if value.isdigit() else None
+
+
+def dcmtk_dimse_messages(text: str) -> list[DimseMessage]:
+    """The DIMSE messages in a DCMTK tool's ``-d`` log, in order."""
+    messages: list[DimseMessage] = []
+    current: dict[str, str] | None = None
+    direction = ""
+    for line in text.splitlines():
+        if m := _DIMSE_START.search(line):
+            current, direction = {}, m["direction"]
+        elif _DIMSE_END.search(line):
+            if current is not None:
+                messages.append(DimseMessage(direction, current))
+            current = None
+        elif current is not None and (m := _DIMSE_FIELD.match(line)):
+            current[m["key"]] = m["value"].strip()
+    return messages

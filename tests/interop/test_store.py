@@ -104,9 +104,7 @@ def check_disk_storage(
     """DiskStorage under ``root`` holds exactly ``sent``, at the default layout, intact."""
     expected = {data.layout_path(root, instance) for instance in sent}
     # `adicom serve --storage` is an archive: its SQLite index lives there too.
-    present = {
-        p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".adicom-index")
-    }
+    present = {p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".adicom-index")}
     assert present == expected, (
         f"files under {root}:\n  missing: {sorted(map(str, expected - present))}\n"
         f"  unexpected: {sorted(map(str, present - expected))}\n{context}"
