@@ -145,22 +145,31 @@ def propose_contexts(
 def accept_contexts(
     proposed: Iterable[PresentationContextRQ],
     supported: Mapping[str, Sequence[str]],
+    requestor_order: Iterable[str] = (),
 ) -> list[PresentationContextAC]:
     """Answer each proposed context.
 
     ``supported`` maps each abstract syntax the acceptor serves to the
     transfer syntaxes it takes, most preferred first. The result is 3 for an
     abstract syntax not served, 4 when no proposed transfer syntax is taken
-    (PS3.8 Table 9-18), else 0 with the first of ours the requestor offered.
+    (PS3.8 Table 9-18), else 0 with the first of ours the requestor offered;
+    for the abstract syntaxes in ``requestor_order``, the first the
+    requestor offered that we take (a C-GET requestor receiving in the SCP
+    role knows best what it wants, and we send stored files unconverted).
     """
+    theirs_first = set(requestor_order)
     answers: list[PresentationContextAC] = []
     for context in proposed:
         ours = supported.get(context.abstract_syntax)
         if ours is None:
             answers.append(PresentationContextAC(context.context_id, 3))
             continue
-        offered = set(context.transfer_syntaxes)
-        chosen = next((ts for ts in ours if ts in offered), None)
+        if context.abstract_syntax in theirs_first:
+            taken = set(ours)
+            chosen = next((ts for ts in context.transfer_syntaxes if ts in taken), None)
+        else:
+            offered = set(context.transfer_syntaxes)
+            chosen = next((ts for ts in ours if ts in offered), None)
         if chosen is None:
             answers.append(PresentationContextAC(context.context_id, 4))
         else:

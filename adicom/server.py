@@ -294,7 +294,12 @@ class Server:
             identity_response = await self.user_identity(user.user_identity_rq, info)
             if identity_response is None:
                 rejection = _RJ_NO_REASON
-        answers = accept_contexts(request.presentation_contexts, self.supported)
+        scp_roles = (
+            [r.sop_class_uid for r in user.role_selections if r.scp_role]
+            if self.on_get is not None
+            else []
+        )
+        answers = accept_contexts(request.presentation_contexts, self.supported, scp_roles)
         if rejection is None and not any(a.result == 0 for a in answers):
             rejection = _RJ_NO_REASON
         if rejection is not None:

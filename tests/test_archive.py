@@ -271,7 +271,9 @@ async def test_a_changed_file_is_read_again_and_a_removed_one_dropped(archive: A
     assert await archive.open() == 1
     (patient,) = archive.index.find("PATIENT", {"PatientID": "PAT3"}, patient_root=True)
     assert patient["PatientName"] == "Smith^Annabel"
-    assert list(archive.index.find("PATIENT", {"PatientName": "Smith^Anna"})) == []
+    assert (
+        list(archive.index.find("PATIENT", {"PatientName": "Smith^Anna"}, patient_root=True)) == []
+    )
     (study,) = archive.index.find("STUDY", {"StudyInstanceUID": TREE.uid["D"]})
     assert study["StudyDescription"] == "Chest CT, second reading"
 

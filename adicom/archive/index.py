@@ -193,6 +193,8 @@ class Index:
         if level not in LEVELS:
             raise MatchError(f"Query/Retrieve Level {level!r} is not one of {', '.join(_ORDER)}")
         depth = _ORDER.index(level)
+        if level == "PATIENT" and not patient_root:
+            raise MatchError("the Study Root model has no PATIENT level (PS3.4 C.6.2)")
         # Hierarchical search: the unique keys of every level above must be
         # single values (C.4.1.2.2.1). In the Study Root model the patient
         # is not a level of its own, so its key is not required.

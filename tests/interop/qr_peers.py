@@ -492,7 +492,7 @@ class ServeArchive:
 def adicom_serve_archive(
     storage: Path, move_destinations: dict[str, int], aet: str = "ADICOM"
 ) -> Iterator[peers.Peer]:
-    """``adicom serve --storage DIR --move-dest AET=127.0.0.1:PORT ...``, listening when it yields."""
+    """``adicom serve --storage DIR --move-dest AET=127.0.0.1:PORT ...``, listening on yield."""
     port = peers.free_port()
     argv = [
         *peers.adicom_cli(),
