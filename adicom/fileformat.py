@@ -172,6 +172,28 @@ def read_file_meta(fp: BinaryIO) -> tuple[dict[int, bytes], int]:
     return values, offset
 
 
+def _element_header(
+    data: bytes | memoryview, pos: int, implicit: bool, u16: str, u32: str
+) -> tuple[int, int, int] | None:
+    """(tag, value length, value position) of the element at ``pos``; None if cut short."""
+    end = len(data)
+    if pos + 8 > end:
+        return None
+    group, element = struct.unpack_from(u16 + u16[1], data, pos)
+    tag = (group << 16) | element
+    if implicit or tag >> 16 == 0xFFFE:
+        # Items and delimiters have no VR in any syntax (PS3.5 7.5).
+        return tag, struct.unpack_from(u32, data, pos + 4)[0], pos + 8
+    vr = bytes(data[pos + 4 : pos + 6])
+    if vr in _LONG_VRS:
+        if pos + 12 > end:
+            return None
+        return tag, struct.unpack_from(u32, data, pos + 8)[0], pos + 12
+    if not (vr.isalpha() and vr.isupper()):
+        raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
+    return tag, struct.unpack_from(u16, data, pos + 6)[0], pos + 8
+
+
 def scan_elements(
     data: bytes | memoryview, wanted: frozenset[int], *, implicit: bool, little: bool = True
 ) -> dict[int, bytes] | None:
@@ -187,29 +209,12 @@ def scan_elements(
     pos = 0
     u16, u32 = ("<H", "<L") if little else (">H", ">L")
     while pos < end:
-        if pos + 8 > end:
+        header = _element_header(data, pos, implicit, u16, u32)
+        if header is None:
             return None
-        tag = (struct.unpack_from(u16, data, pos)[0] << 16) | struct.unpack_from(
-            u16, data, pos + 2
-        )[0]
+        tag, length, pos = header
         if tag > last:
             return found
-        vr = b""
-        if implicit:
-            length = struct.unpack_from(u32, data, pos + 4)[0]
-            pos += 8
-        else:
-            vr = bytes(data[pos + 4 : pos + 6])
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    return None
-                length = struct.unpack_from(u32, data, pos + 8)[0]
-                pos += 12
-            elif vr.isalpha() and vr.isupper():
-                length = struct.unpack_from(u16, data, pos + 6)[0]
-                pos += 8
-            else:
-                raise ValueError(f"no VR at the element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
         if length == _UNDEFINED:
             skipped = _skip_undefined(data, pos, implicit, u16, u32)
             if skipped is None:
@@ -230,42 +235,16 @@ def _skip_undefined(
     data: bytes | memoryview, pos: int, implicit: bool, u16: str, u32: str
 ) -> int | None:
     """Skip a sequence (or encapsulated value) of undefined length; return where it ends."""
-    end = len(data)
     depth = 1
     while depth:
-        if pos + 8 > end:
+        header = _element_header(data, pos, implicit, u16, u32)
+        if header is None:
             return None
-        tag = (struct.unpack_from(u16, data, pos)[0] << 16) | struct.unpack_from(
-            u16, data, pos + 2
-        )[0]
+        tag, length, pos = header
         if tag in (_ITEM_END, _SEQUENCE_END):
             depth -= 1
-            pos += 8
-            continue
-        if tag == _ITEM:
-            length = struct.unpack_from(u32, data, pos + 4)[0]
-            pos += 8
-            if length == _UNDEFINED:
-                depth += 1
-            else:
-                pos += length
-            continue
-        # An element inside an item of undefined length.
-        if implicit:
-            length = struct.unpack_from(u32, data, pos + 4)[0]
-            pos += 8
+        elif length == _UNDEFINED:
+            depth += 1  # an item, or a nested sequence, of undefined length
         else:
-            vr = bytes(data[pos + 4 : pos + 6])
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    return None
-                length = struct.unpack_from(u32, data, pos + 8)[0]
-                pos += 12
-            else:
-                length = struct.unpack_from(u16, data, pos + 6)[0]
-                pos += 8
-        if length == _UNDEFINED:
-            depth += 1  # a nested sequence: its items and delimiter follow
-        else:
-            pos += length
+            pos += length  # an item or an element of defined length
     return pos
