@@ -285,6 +285,15 @@ class DiskStorage(StorageHandler):
         self._incoming = self.root / ".incoming"
         #: The most recent files stored (up to 1024), newest last.
         self.stored: deque[Path] = deque(maxlen=1024)
+        # Folders known to exist: one mkdir per folder, not per instance.
+        self._folders: set[Path] = set()
+
+    def _ensure_folder(self, folder: Path) -> None:
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(self._folders) > 100_000:
+                self._folders.clear()
+            self._folders.add(folder)
 
     def open(self, context: StoreContext) -> IncomingInstance:
         """Start receiving one instance into a temporary file."""
@@ -304,9 +313,15 @@ class _DiskInstance(IncomingInstance):
         self._temp: Path | None = None
         self._file: io.BufferedWriter | None = None
         try:
-            storage._incoming.mkdir(parents=True, exist_ok=True)
+            storage._ensure_folder(storage._incoming)
             self._temp = storage._incoming / f"{uuid.uuid4().hex}.part"
-            self._file = open(self._temp, "wb")  # noqa: SIM115 - closed in finish/abort
+            try:
+                self._file = open(self._temp, "wb")  # noqa: SIM115 - closed in finish/abort
+            except FileNotFoundError:
+                # .incoming was removed behind our back: make it again, once.
+                storage._folders.discard(storage._incoming)
+                storage._ensure_folder(storage._incoming)
+                self._file = open(self._temp, "wb")  # noqa: SIM115
             self._file.write(
                 encode_file_meta(
                     context.sop_class_uid,
@@ -369,13 +384,19 @@ class _DiskInstance(IncomingInstance):
             return CANNOT_UNDERSTAND
         final = storage.final_path(values)
         try:
-            if final.exists() and storage.on_duplicate == "keep":
+            if storage.on_duplicate == "keep" and final.exists():
                 log.info("%s already stored at %s; keeping the first copy", values, final)
                 self._discard()
                 self.path = final
                 return SUCCESS
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._temp, final)
+            storage._ensure_folder(final.parent)
+            try:
+                os.replace(self._temp, final)
+            except FileNotFoundError:
+                # The folder went away behind our back: make it again, once.
+                storage._folders.discard(final.parent)
+                storage._ensure_folder(final.parent)
+                os.replace(self._temp, final)
         except OSError as exc:
             self._fail(f"cannot store ({exc.strerror or exc}) at {final}")
             return OUT_OF_RESOURCES

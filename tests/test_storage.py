@@ -361,3 +361,20 @@ async def test_store_sources_that_are_not_dicom_are_reported(tmp_path: pathlib.P
     by_name = {pathlib.Path(r.source).name: r for r in results}
     assert by_name["notes.txt"].error == "not a DICOM file"
     assert by_name["ct.dcm"].ok
+
+
+async def test_folders_removed_behind_our_back_are_made_again(tmp_path: pathlib.Path) -> None:
+    import shutil
+
+    disk = adicom.DiskStorage(tmp_path)
+    async with scp(disk) as server:
+        (first,) = await adicom.store(
+            "127.0.0.1", server.port, [FILES["explicit"]], called_ae="STORE"
+        )
+        assert first.ok
+        for child in tmp_path.iterdir():
+            shutil.rmtree(child)  # .incoming and the study folder go away
+        (again,) = await adicom.store(
+            "127.0.0.1", server.port, [FILES["explicit"]], called_ae="STORE"
+        )
+    assert again.ok and len(received_files(tmp_path)) == 1
