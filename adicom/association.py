@@ -24,7 +24,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adicom import protocol as ul
 from adicom.dimse import (
@@ -63,6 +63,13 @@ __all__ = [
     "Association",
     "Message",
 ]
+
+if TYPE_CHECKING:  # storescu builds on this module; only its types are needed here
+    import os
+
+    from pydicom.dataset import Dataset
+
+    from adicom.storescu import StoreResult
 
 log = logging.getLogger("adicom")
 
@@ -700,10 +707,10 @@ class Association:
         )
         return await self.send_request(context_id, command, dataset)
 
-    async def store(self, source: Any) -> Any:
+    async def store(self, source: str | os.PathLike[str] | Dataset) -> StoreResult:
         """Send one instance (a path or a pydicom Dataset); see :func:`adicom.store`.
 
-        Returns a :class:`~adicom.store.StoreResult`; failures of this
+        Returns a :class:`~adicom.storescu.StoreResult`; failures of this
         instance are in the result, not raised.
         """
         from adicom.storescu import store_instance

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
 
@@ -38,6 +38,7 @@ from adicom.models import (
     StudyResult,
     status_text,
 )
+from adicom.pdu import RoleSelection
 from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
 from adicom.settings import DicomSettings
 from adicom.storage import DiskStorage, MemoryStorage, StorageHandler
@@ -104,7 +105,7 @@ class DicomClient:
         self,
         peer: DicomNode,
         contexts: list[tuple[str, list[str]]],
-        roles: Sequence[Any] = (),
+        roles: Sequence[RoleSelection] = (),
         association: Association | None = None,
     ) -> AsyncIterator[Association]:
         if association is not None:
