@@ -279,3 +279,35 @@ async def test_release_cancels_an_operation_left_open() -> None:
             await results.__anext__()  # one match, then walk away without closing
         assert assoc.state.name == "STA1"
         assert server.stats["released"] == 1
+
+
+async def test_a_peer_that_ignores_c_cancel_is_aborted() -> None:
+    async def stuck(identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
+        first = Dataset()
+        first.QueryRetrieveLevel = "STUDY"
+        first.StudyInstanceUID = "1.2.3"
+        yield first
+        await asyncio.sleep(3600)  # deaf to C-CANCEL: the flag is read between matches
+        yield first
+
+    async with adicom.Server("QR", port=0, on_find=stuck) as server:
+        assoc = await adicom.open_association(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        )
+        results = qrscu.find(assoc, study_identifier())
+        assert (await results.__anext__()).StudyInstanceUID == "1.2.3"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        final = await results._operation.cancel(wait=0.5)  # type: ignore[union-attr]
+        assert final is None  # no answer: the association was aborted
+        assert loop.time() - started < 2
+        await assoc.wait_closed(5)
+        assert assoc.state.name == "STA1"
+        with pytest.raises(adicom.AssociationAborted):
+            async for _ in qrscu.find(assoc, study_identifier()):
+                pass
+        # The server cancelled the stuck handler and serves the next caller.
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as again:
+            assert again.is_established
