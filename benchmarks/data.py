@@ -205,3 +205,29 @@ def _write(
     tmp = path.with_suffix(".tmp")
     ds.save_as(tmp, enforce_file_format=True, little_endian=True, implicit_vr=False)
     tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class SeriesKeys:
+    """What a query/retrieve workload asks for: the set's one study and series."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    #: The SOP Instance UID of ``00000.dcm``: the single-instance warm-up and
+    #: the one-match run of the DCMTK differential.
+    first_sop_instance_uid: str
+
+
+def series_keys(directory: Path) -> SeriesKeys:
+    """The study, series and first instance UIDs of a generated set."""
+    from pydicom.filereader import read_file_meta_info
+
+    manifest = _manifest(directory)
+    if manifest is None:
+        raise FileNotFoundError(f"{directory} has no manifest.json (run data.ensure first)")
+    meta = read_file_meta_info(directory / "00000.dcm")
+    return SeriesKeys(
+        str(manifest["study_instance_uid"]),
+        str(manifest["series_instance_uid"]),
+        str(meta.MediaStorageSOPInstanceUID),
+    )

@@ -29,13 +29,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import data
+from benchmarks import archives, data
 from benchmarks.sides import dcmtk_side
-from benchmarks.sides._common import READY_PREFIX, RESULT_PREFIX, SAMPLE_PREFIX, STATS_PREFIX
+from benchmarks.sides._common import (
+    MOVE_DEST_AET,
+    READY_PREFIX,
+    RESULT_PREFIX,
+    SAMPLE_PREFIX,
+    STATS_PREFIX,
+    raise_nofile_limit,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "bench.json"
@@ -50,6 +57,36 @@ OP_TIMEOUT = 10.0  # per-operation timeout handed to each SCU (echo workloads)
 Key = tuple[str, str]  # (SCU stack name, SCP stack name)
 PYN_BASELINE: Key = ("pynetdicom", "pynetdicom")
 DCMTK_BASELINE: Key = ("dcmtk", "dcmtk")
+#: Relative baselines ("*" = this row's own SCU or SCP): the same SCP with a
+#: pynetdicom SCU, and the same SCU with a pynetdicom or DCMTK SCP.
+PYN_SCU: Key = ("pynetdicom", "*")
+PYN_SCP: Key = ("*", "pynetdicom")
+DCMTK_SCP: Key = ("*", "dcmtk")
+#: Query/retrieve pairs, in table order: three SCUs against adicom's archive,
+#: the same three against DCMTK's, and the DCMTK SCU against pynetdicom's
+#: (a pynetdicom SCP sends C-STOREs at ~20/s, see README, so only that one).
+QR_PAIRS: tuple[Key, ...] = (
+    ("pynetdicom", "adicom"),
+    ("adicom", "adicom"),
+    ("dcmtk", "adicom"),
+    ("pynetdicom", "dcmtk"),
+    ("adicom", "dcmtk"),
+    ("dcmtk", "dcmtk"),
+    ("dcmtk", "pynetdicom"),
+)
+#: Pairs that serve C-STOREs from pynetdicom (Nagle: ~45 s per 1000): fewer reps.
+QR_SLOW_REPS: tuple[tuple[Key, int], ...] = ((("dcmtk", "pynetdicom"), 3),)
+#: The fixed SCU of the "served by" comparison.
+QR_FIXED_SCU = "dcmtk"
+IDLE_PAIRS: tuple[Key, ...] = (("adicom", "adicom"), ("adicom", "pynetdicom"))
+#: idle-500: seconds the associations stay open and idle before the SCP is measured again.
+IDLE_HOLD = 2.0
+#: pynetdicom's SCP allows 10 associations unless told otherwise.
+IDLE_PYNETDICOM_MAX_ASSOCIATIONS = 1000
+#: pynetdicom opens ~15 associations/s with hundreds of threads polling: its
+#: default network_timeout (60 s, like adicom serve's idle timeout) could
+#: abort the first before the last is open on a loaded machine.
+IDLE_PYNETDICOM_NETWORK_TIMEOUT = 300
 
 
 # --------------------------------------------------------------------------- workloads
@@ -83,6 +120,10 @@ class Workload:
     baselines: tuple[Key, ...] = (PYN_BASELINE,)
     #: Which (SCU, SCP) pairs run this workload.
     pairs: Callable[[str, str], bool] = _every_pair
+    #: When set: exactly these pairs, in this order (instead of `pairs`).
+    order: tuple[Key, ...] | None = None
+    #: Pairs run with fewer repetitions in a full run (no --reps, no --quick).
+    few_reps: tuple[tuple[Key, int], ...] = ()
 
     def scu_timeout(self, n: int) -> float:
         # Slack for start-up, warm-up and (DCMTK) the single-operation runs.
@@ -137,6 +178,64 @@ WORKLOADS: dict[str, Workload] = {
             data=data.LARGE,
             baselines=(PYN_BASELINE, DCMTK_BASELINE),
             pairs=_adicom_or_same,
+        ),
+        Workload(
+            "find-1000",
+            "qr",
+            "matches/s",
+            1000,
+            200,
+            20.0,
+            "one C-FIND (Study Root, IMAGE level: the N instances of one series) on one"
+            " association, against an archive seeded with them",
+            op_timeout=30.0,
+            data=data.SMALL,
+            baselines=(PYN_SCU, PYN_SCP, DCMTK_SCP),
+            order=QR_PAIRS,
+        ),
+        Workload(
+            "get-1000",
+            "qr",
+            "inst/s",
+            1000,
+            200,
+            10.0,
+            f"one C-GET (Study Root, SERIES level) of a series of N instances ({data.SMALL.name},"
+            " ~42 KB); the SCU writes each to a file",
+            op_timeout=30.0,
+            data=data.SMALL,
+            baselines=(PYN_SCU, PYN_SCP, DCMTK_SCP),
+            order=QR_PAIRS,
+            few_reps=QR_SLOW_REPS,
+        ),
+        Workload(
+            "move-1000",
+            "qr",
+            "inst/s",
+            1000,
+            200,
+            10.0,
+            "one C-MOVE (Study Root, SERIES level) of the same series to an adicom storage SCP"
+            " (the destination writes each to a file)",
+            op_timeout=30.0,
+            data=data.SMALL,
+            baselines=(PYN_SCU, PYN_SCP, DCMTK_SCP),
+            order=QR_PAIRS,
+            few_reps=QR_SLOW_REPS,
+        ),
+        Workload(
+            "idle-500",
+            "idle",
+            "assoc/s",
+            500,
+            100,
+            5.0,
+            "N associations opened (8 at a time) by one adicom event loop and held idle;"
+            " the SCP's memory with all of them open",
+            reps_full=3,
+            op_timeout=30.0,
+            baselines=(),
+            order=IDLE_PAIRS,
         ),
     )
 }
@@ -233,16 +332,33 @@ def _probe_import(code: str) -> str | None:
 def _adicom_unavailable(kind: str) -> str | None:
     if kind == "store":
         return _probe_import("import adicom; adicom.store, adicom.DiskStorage, adicom.Server")
+    if kind == "qr":
+        return _probe_import(
+            "import adicom, adicom.cli, adicom.archive, adicom.qrscu;"
+            " adicom.store, adicom.DicomClient.get_series, adicom.DicomClient.move_series"
+        )
+    if kind == "idle":
+        return _probe_import("import adicom, adicom.cli; adicom.open_association")
     return _probe_import("import adicom; adicom.connect, adicom.Server")
 
 
-def _pynetdicom_unavailable(_kind: str) -> str | None:
+def _pynetdicom_unavailable(kind: str) -> str | None:
+    if kind == "qr":  # its qrscp app needs SQLAlchemy
+        return _probe_import("import pynetdicom, sqlalchemy, pynetdicom.apps.qrscp.qrscp")
     return _probe_import("import pynetdicom")
 
 
+DCMTK_TOOLS = {
+    "store": ("storescp", "storescu"),
+    "qr": ("dcmqrscp", "findscu", "getscu", "movescu"),
+    "echo": ("echoscu", "storescp"),
+}
+
+
 def _dcmtk_unavailable(kind: str) -> str | None:
-    tools = ("storescp", "storescu") if kind == "store" else ("echoscu", "storescp")
-    missing = [t for t in tools if dcmtk_side.find_tool(t) is None]
+    if kind == "idle":
+        return "storescp serves one association at a time"
+    missing = [t for t in DCMTK_TOOLS[kind] if dcmtk_side.find_tool(t) is None]
     return f"no DCMTK {', '.join(missing)} found" if missing else None
 
 
@@ -282,10 +398,11 @@ def _make_stacks(dcmtk_nodelay: bool, pynetdicom_nodelay: bool = False) -> list[
             env={"TCP_NODELAY": "1"} if dcmtk_nodelay else {},
             scu_notes=[
                 "dcmtk* SCU = one DCMTK process per association (`echoscu --repeat N`,"
-                " `storescu FILE...`), reported as N-1 operations in time(N) - time(1),"
-                " which removes process start, association and release; it is not run"
-                " for assoc-echo, where one process per association would measure"
-                " process start-up."
+                " `storescu FILE...`, `findscu`/`getscu`/`movescu` for the series of N),"
+                " reported as N-1 operations in time(N) - time(1) (the one-operation run:"
+                " --repeat 1, one file, the series' first instance), which removes process"
+                " start, association and release; it is not run for assoc-echo, where one"
+                " process per association would measure process start-up."
             ],
             notes=[
                 "DCMTK runs with TCP_NODELAY=1 (its runtime switch; as packaged it keeps Nagle"
@@ -342,6 +459,65 @@ def _proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def _status_fields(pid: int) -> dict[str, int]:
+    """The numeric kB/count fields of /proc/PID/status we use (missing ones left out)."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _session_snapshot(sid: int) -> dict[str, Any]:
+    """CPU, memory, threads and open files of every process in session `sid` (Linux /proc).
+
+    Sums over the session, so that an SCP that forks per association (dcmqrscp)
+    is counted whole: CPU is utime + stime + cutime + cstime of each live
+    process (a child's time moves into its parent's cutime when reaped, so
+    each CPU second is counted once); RSS sums VmRSS. `peak_rss_kib` and
+    `fds` are the session leader's (`sid` itself).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = 0
+    rss = threads = processes = 0
+    found_leader = False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) != sid:  # field 6, session id
+            continue
+        processes += 1
+        found_leader |= int(entry.name) == sid
+        cpu += sum(int(f) for f in fields[11:15])
+        status = _status_fields(int(entry.name))
+        rss += status.get("VmRSS", 0)
+        threads += status.get("Threads", 0)
+    if not found_leader:
+        return {"cpu_s": None, "rss_kib": None, "peak_rss_kib": None, "threads": None,
+                "fds": None, "processes": 0}  # fmt: skip
+    try:
+        fds: int | None = len(os.listdir(f"/proc/{sid}/fd"))
+    except OSError:
+        fds = None
+    return {
+        "cpu_s": cpu / ticks,
+        "rss_kib": rss,
+        "peak_rss_kib": _status_fields(sid).get("VmHWM"),
+        "threads": threads,
+        "fds": fds,
+        "processes": processes,
+    }
+
+
 def _proc_peak_rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -370,8 +546,10 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _start_scp(stack: Stack, workdir: Path, store_dir: Path | None) -> Scp:
-    port = 0 if stack.scp_prints_ready else _free_port()
+def _start_scp(stack: Stack, workdir: Path, store_dir: Path | None, port: int | None = None) -> Scp:
+    """Start the SCP on `port` (default: any free one) and wait until it listens."""
+    if port is None:
+        port = 0 if stack.scp_prints_ready else _free_port()
     stdout_path, stderr_path = workdir / "scp.out", workdir / "scp.err"
     if store_dir is not None:
         store_dir.mkdir()
@@ -502,6 +680,27 @@ def _run_scu(
         return returncode, "\n".join(lines), err.read().decode(errors="replace")
 
 
+def _scu_failure(result: dict[str, Any], returncode: int, stderr: str) -> str | None:
+    """Why the SCU's run is no measurement (exit code, failed operations), or None."""
+    if returncode == 0 and result["ok"] == result["ops"] and "error" not in result["extra"]:
+        return None
+    why = str(result["extra"].get("error") or _last_line(stderr))
+    first = _first_line(stderr)
+    if first and first != why:
+        why += f" (stderr: {first})"
+    return f"{result['ok']}/{result['ops']} ok, SCU exit code {returncode}: {why}"
+
+
+def _parse_scu_output(stdout: str, returncode: int, stderr: str, scp_err: str) -> dict[str, Any]:
+    try:
+        return _parse_result(stdout)
+    except (BenchError, ValueError) as exc:
+        raise BenchError(
+            f"SCU exit code {returncode}, no result: {_last_line(stderr)}",
+            {"scu_stderr_tail": stderr[-3000:], "scp_stderr_tail": scp_err},
+        ) from exc
+
+
 def run_once(
     scu: Stack, scp_stack: Stack, workload: Workload, n: int, data_dir: Path | None
 ) -> dict[str, Any]:
@@ -541,14 +740,8 @@ def run_once(
                 f"SCU exit code {returncode}, no result: {_last_line(stderr)}",
                 {"scu_stderr_tail": stderr[-3000:], "scp_stderr_tail": scp_err},
             ) from exc
-        why = None
-        if returncode != 0 or result["ok"] != result["ops"] or "error" in result["extra"]:
-            why = result["extra"].get("error") or _last_line(stderr)
-            first = _first_line(stderr)
-            if first and first != why:
-                why += f" (stderr: {first})"
-            why = f"{result['ok']}/{result['ops']} ok, SCU exit code {returncode}: {why}"
-        elif stored is not None:
+        why = _scu_failure(result, returncode, stderr)
+        if why is None and stored is not None:
             # Every instance sent (timed and warm-up) must be a file on the SCP's disk.
             sent = n + int(result["extra"].get("warmup_instances", 0))
             if stored[0] != sent:
@@ -564,6 +757,178 @@ def run_once(
         result["mb_per_s"] = result["bytes"] / result["seconds"] / 1e6 if result["seconds"] else 0
         if stored is not None:
             result["scp_stored_files"], result["scp_stored_bytes"] = stored
+        if scp_err.strip():
+            result["scp_stderr_tail"] = scp_err
+        if stderr.strip():
+            result["scu_stderr_tail"] = stderr[-2000:]
+        return result
+
+
+def _count_files(directory: Path) -> int:
+    return _stored_files(directory)[0] if directory.exists() else 0
+
+
+def _destination_stack() -> Stack:
+    """The C-MOVE destination: an adicom storage SCP (DiskStorage), on a port fixed per run."""
+    scp, _ = _python_side("benchmarks.sides.adicom_side")
+
+    def argv(port: int, workdir: Path, store_dir: Path | None) -> list[str]:
+        out = scp(port, workdir, store_dir)
+        out[out.index("--aet") + 1] = MOVE_DEST_AET
+        return out
+
+    return Stack("adicom", _adicom_unavailable, argv, True, lambda *a: [])
+
+
+def run_qr_once(
+    scu: Stack,
+    workload: Workload,
+    n: int,
+    data_dir: Path | None,
+    archive: archives.Archive,
+    dest_port: int,
+) -> dict[str, Any]:
+    """One repetition against a running, seeded archive (see archives.py).
+
+    get-1000: the SCU writes into a fresh directory; afterwards it must hold n
+    files in timed/. move-1000: a fresh adicom storage SCP listens on the
+    destination port for this repetition; afterwards it must hold n files
+    (one per SOP instance: a warm-up instance moved again overwrites its file).
+    """
+    if archive.error is not None:
+        raise BenchError(f"{archive.stack} archive unusable: {archive.error}")
+    if not archive.alive():
+        raise BenchError(f"{archive.stack} archive exited: {_tail(archive.stderr_path)}")
+    with tempfile.TemporaryDirectory(prefix="adicom-bench-qr-") as tmp:
+        workdir = Path(tmp)
+        out_dir = workdir / "out"
+        dest: Scp | None = None
+        if workload.name == "move-1000":
+            (workdir / "dest").mkdir()
+            dest = _start_scp(_destination_stack(), workdir / "dest", workdir / "dest" / "received",
+                              port=dest_port)  # fmt: skip
+        samples: list[dict[str, Any]] = []
+
+        def answer(tag: str) -> str:
+            snap = _session_snapshot(archive.proc.pid)
+            samples.append({"tag": tag, **snap})
+            return "none" if snap["cpu_s"] is None else repr(snap["cpu_s"])
+
+        argv = scu.scu_argv(archive.port, workload, n, data_dir)
+        argv += ["--out-dir", str(out_dir), "--move-dest", MOVE_DEST_AET]
+        dest_files = None
+        dest_stats: dict[str, Any] = {}
+        try:
+            returncode, stdout, stderr = _run_scu(
+                argv, _child_env(scu.env), workload.scu_timeout(n), answer
+            )
+        finally:
+            if dest is not None:
+                _stop_scp(dest)
+                assert dest.store_dir is not None
+                dest_files = _count_files(dest.store_dir)
+                dest_stats = _scp_stats(dest)
+        archive_err = _tail(archive.stderr_path)
+        result = _parse_scu_output(stdout, returncode, stderr, archive_err)
+        why = _scu_failure(result, returncode, stderr)
+        if why is None and workload.name == "get-1000":
+            got = _count_files(out_dir / "timed")
+            if got != n:
+                why = f"the SCU wrote {got} files for the timed C-GET, {n} expected"
+        if why is None and dest_files is not None and dest_files != n:
+            why = f"the move destination stored {dest_files} files, {n} expected"
+        if why is None and not archive.alive():
+            why = f"the {archive.stack} archive exited during the repetition"
+        if why is not None:
+            raise BenchError(
+                why,
+                {"result": result, "scu_stderr_tail": stderr[-3000:],
+                 "scp_stderr_tail": archive_err},
+            )  # fmt: skip
+        end = next(
+            (x for x in reversed(samples) if x["tag"] == "end"), samples[-1] if samples else {}
+        )
+        result["scp_rss_kib"] = end.get("rss_kib")
+        result["scp_peak_rss_kib"] = _session_snapshot(archive.proc.pid)["peak_rss_kib"]
+        result["scp_alive_after"] = archive.alive()
+        result["scp_samples"] = samples
+        result["mb_per_s"] = None
+        if dest_files is not None:
+            result["dest_stored_files"] = dest_files
+            result["dest_loop_lag_max_ms"] = dest_stats.get("loop_lag_max_ms")
+        if stderr.strip():
+            result["scu_stderr_tail"] = stderr[-2000:]
+        return result
+
+
+def _idle_scp_stack(stack: Stack) -> Stack:
+    """The SCP of idle-500: `adicom serve` (the CLI, Verification), or pynetdicom's AE
+    with `maximum_associations` raised (else it allows 10)."""
+    if stack.name == "adicom":
+
+        def serve(port: int, _workdir: Path, _store_dir: Path | None) -> list[str]:
+            return [sys.executable, "-m", "adicom", "serve", "--aet", SCP_AET, "--host", HOST,
+                    "--port", str(port)]  # fmt: skip
+
+        return replace(stack, scp_argv=serve, scp_prints_ready=False, scp_lag_reset=False)
+    if stack.name == "pynetdicom":
+        pyn_argv = stack.scp_argv
+
+        def pyn(port: int, workdir: Path, store_dir: Path | None) -> list[str]:
+            argv = pyn_argv(port, workdir, store_dir)
+            return [*argv, "--max-associations", str(IDLE_PYNETDICOM_MAX_ASSOCIATIONS),
+                    "--idle-timeout", str(IDLE_PYNETDICOM_NETWORK_TIMEOUT)]  # fmt: skip
+
+        return replace(stack, scp_argv=pyn)
+    raise BenchError(f"no idle SCP for {stack.name}")
+
+
+def run_idle_once(scu: Stack, scp_stack: Stack, workload: Workload, n: int) -> dict[str, Any]:
+    """One repetition of idle-500: a fresh SCP, N associations opened and held, the SCP measured.
+
+    The SCU says when (SAMPLE begin / open / held / end); at each the runner
+    reads the SCP's CPU, RSS, threads and open files from /proc.
+    """
+    stack = _idle_scp_stack(scp_stack)
+    with tempfile.TemporaryDirectory(prefix="adicom-bench-idle-") as tmp:
+        scp = _start_scp(stack, Path(tmp), None)
+        samples: dict[str, dict[str, Any]] = {}
+
+        def answer(tag: str) -> str:
+            snap = _session_snapshot(scp.proc.pid)
+            samples[tag] = snap
+            return "none" if snap["cpu_s"] is None else repr(snap["cpu_s"])
+
+        argv = [*scu.scu_argv(scp.port, workload, n, None), "--hold", str(IDLE_HOLD)]
+        try:
+            returncode, stdout, stderr = _run_scu(
+                argv, _child_env(scu.env), workload.scu_timeout(n), answer
+            )
+            scp_alive = scp.proc.poll() is None
+        finally:
+            _stop_scp(scp)
+        scp_err = _tail(scp.stderr_path)
+        result = _parse_scu_output(stdout, returncode, stderr, scp_err)
+        why = _scu_failure(result, returncode, stderr)
+        if why is None and not {"begin", "open", "held"} <= samples.keys():
+            why = f"the SCU asked for the SCP's state at {sorted(samples)} only"
+        if why is not None:
+            raise BenchError(
+                why,
+                {"result": result, "scu_stderr_tail": stderr[-3000:], "scp_stderr_tail": scp_err},
+            )
+        begin, opened, held = samples["begin"], samples["open"], samples["held"]
+        result["scp_samples"] = samples
+        result["scp_alive_after"] = scp_alive
+        result["scp_rss_before_kib"] = begin["rss_kib"]
+        result["scp_rss_open_kib"] = held["rss_kib"]
+        result["scp_peak_rss_kib"] = held["peak_rss_kib"]
+        result["scp_rss_per_assoc_kib"] = (held["rss_kib"] - begin["rss_kib"]) / n
+        result["scp_threads_open"] = held["threads"]
+        result["scp_fds_open"] = held["fds"]
+        hold = float(result["extra"].get("hold_s") or IDLE_HOLD)
+        result["scp_idle_cpu_pct"] = 100.0 * (held["cpu_s"] - opened["cpu_s"]) / hold
+        result["mb_per_s"] = None
         if scp_err.strip():
             result["scp_stderr_tail"] = scp_err
         if stderr.strip():
@@ -615,13 +980,34 @@ class PairResult:
         out: dict[str, float | None] = {}
         rate = self.median_rate()
         for key in self.workload.baselines:
+            # "*" stands for this row's own SCU or SCP (relative baselines).
+            wanted = (
+                self.key[0] if key[0] == "*" else key[0],
+                self.key[1] if key[1] == "*" else key[1],
+            )
             base = next(
                 (r.median_rate() for r in all_results
-                 if r.workload is self.workload and r.key == key and r.reps),
+                 if r.workload is self.workload and r.key == wanted and r.reps),
                 None,
             )  # fmt: skip
             out["->".join(key)] = rate / base if rate is not None and base else None
         return out
+
+    def median_seconds(self) -> float | None:
+        return self.median_of("seconds")
+
+    def _kind_medians(self) -> dict[str, float | None]:
+        """Medians only the query/retrieve and idle workloads have."""
+        if self.workload.kind == "qr":
+            return {
+                "median_seconds": self.median_seconds(),
+                "median_scp_rss_kib": self.median_of("scp_rss_kib"),
+            }
+        if self.workload.kind == "idle":
+            keys = ("seconds", "scp_rss_before_kib", "scp_rss_open_kib", "scp_rss_per_assoc_kib",
+                    "scp_threads_open", "scp_fds_open", "scp_idle_cpu_pct")  # fmt: skip
+            return {f"median_{k}": self.median_of(k) for k in keys}
+        return {}
 
     def to_json(self, all_results: Sequence[PairResult]) -> dict[str, Any]:
         return {
@@ -642,6 +1028,7 @@ class PairResult:
             "median_scu_loop_lag_max_ms": self.median_of("loop_lag_max_ms"),
             "median_scp_loop_lag_max_ms": self.median_of("scp_loop_lag_max_ms"),
             "ratios": self.ratios(all_results),
+            **self._kind_medians(),
             "reps": self.reps,
             "errors": self.errors,
         }
@@ -654,7 +1041,13 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-BASELINE_LABELS = {PYN_BASELINE: "x pyn->pyn", DCMTK_BASELINE: "x dcmtk->dcmtk"}
+BASELINE_LABELS = {
+    PYN_BASELINE: "x pyn->pyn",
+    DCMTK_BASELINE: "x dcmtk->dcmtk",
+    PYN_SCU: "x pyn SCU",
+    PYN_SCP: "x pyn SCP",
+    DCMTK_SCP: "x dcmtk SCP",
+}
 
 #: A table column: header, cell from (pair, all results), right-aligned?
 Column = tuple[str, Callable[[PairResult, Sequence[PairResult]], str], bool]
@@ -698,6 +1091,36 @@ def _columns(kind: str, baselines: Sequence[Key]) -> list[Column]:
             ("SCP RSS MiB", lambda r, _: _mib(r.median_of("scp_peak_rss_kib")), True),
             ("SCU lag ms", lambda r, _: _fmt(r.median_of("loop_lag_max_ms"), ".1f"), True),
             ("SCP lag ms", lambda r, _: _fmt(r.median_of("scp_loop_lag_max_ms"), ".1f"), True),
+            *tail,
+        ]
+    if kind == "qr":
+        return [
+            *head,
+            ("s", lambda r, _: _fmt(r.median_seconds(), ".3f"), True),
+            ("rate", lambda r, _: _fmt(r.median_rate(), ".0f"), True),
+            ("unit", lambda r, _: r.workload.unit, False),
+            ("min..max", _min_max_cell, True),
+            ("SCU CPU s", lambda r, _: _fmt(r.median_of("cpu_s"), ".2f"), True),
+            ("SCP CPU s", lambda r, _: _fmt(r.median_of("scp_cpu_s"), ".2f"), True),
+            ("SCU RSS MiB", lambda r, _: _mib(r.median_of("max_rss_kib")), True),
+            ("SCP RSS MiB", lambda r, _: _mib(r.median_of("scp_rss_kib")), True),
+            ("SCU lag ms", lambda r, _: _fmt(r.median_of("loop_lag_max_ms"), ".1f"), True),
+            *tail,
+        ]
+    if kind == "idle":
+        return [
+            *head,
+            ("open", lambda r, _: _fmt(r.median_of("ok"), ".0f"), True),
+            ("open s", lambda r, _: _fmt(r.median_seconds(), ".2f"), True),
+            ("assoc/s", lambda r, _: _fmt(r.median_rate(), ".0f"), True),
+            ("SCP RSS MiB", lambda r, _: _mib(r.median_of("scp_rss_open_kib")), True),
+            ("SCP HWM MiB", lambda r, _: _mib(r.median_of("scp_peak_rss_kib")), True),
+            ("RSS before", lambda r, _: _mib(r.median_of("scp_rss_before_kib")), True),
+            ("KiB/assoc", lambda r, _: _fmt(r.median_of("scp_rss_per_assoc_kib"), ".0f"), True),
+            ("threads", lambda r, _: _fmt(r.median_of("scp_threads_open"), ".0f"), True),
+            ("fds", lambda r, _: _fmt(r.median_of("scp_fds_open"), ".0f"), True),
+            ("idle CPU %", lambda r, _: _fmt(r.median_of("scp_idle_cpu_pct"), ".1f"), True),
+            ("SCU RSS MiB", lambda r, _: _mib(r.median_of("max_rss_kib")), True),
             *tail,
         ]
     return [
@@ -753,8 +1176,110 @@ def render_table(results: Sequence[PairResult]) -> str:
                 "C-STORE: MB = 10^6 bytes of the files sent; CPU s = whole timed span;"
                 " RSS = peak; lag = worst lateness of a 10 ms sleep (asyncio sides)."
             )
+        if kind == "qr":
+            out.append(
+                "Query/retrieve against archives seeded once per run: s = median time of the"
+                " operation (dcmtk*: of N-1, differential); SCP CPU s = the SCP's whole"
+                " session (dcmqrscp forks per association); SCP RSS = its RSS when the"
+                " operation ended; x pyn SCU = rate / rate of the pynetdicom SCU against the"
+                " same SCP; x pyn SCP, x dcmtk SCP = rate / rate of the same SCU against that"
+                " SCP (higher is faster)."
+            )
+        if kind == "idle":
+            out.append(
+                f"Idle associations: SCP RSS = VmRSS with all open, after {IDLE_HOLD:g} s idle;"
+                " HWM = its peak; RSS before = before the first was opened; KiB/assoc ="
+                " (RSS - RSS before) / N; threads, fds = the SCP's with all open; idle CPU % ="
+                " the SCP's CPU over the idle hold."
+            )
         out += _table(rows_of, results)
+    targets = render_targets(results)
+    if targets:
+        out += ["", "Targets:", *targets]
     return "\n".join(out)
+
+
+def _find(results: Sequence[PairResult], workload: str, scu: str, scp: str) -> PairResult | None:
+    return next(
+        (r for r in results if r.workload.name == workload and r.key == (scu, scp) and r.reps),
+        None,
+    )
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _secs(r: PairResult) -> float | None:
+    """Median time per N operations: N / median rate (comparable across the dcmtk* differential)."""
+    rate = r.median_rate()
+    return r.n / rate if rate else None
+
+
+def render_targets(results: Sequence[PairResult]) -> list[str]:
+    """The query/retrieve and idle targets, checked against this run's medians."""
+    lines: list[str] = []
+    for wl in (w for w in WORKLOADS.values() if w.kind == "qr"):
+        for scp in ("adicom", "dcmtk"):
+            a, p = (
+                _find(results, wl.name, "adicom", scp),
+                _find(results, wl.name, "pynetdicom", scp),
+            )
+            if a is None or p is None:
+                continue
+            ta, tp = _secs(a), _secs(p)
+            if ta is None or tp is None:
+                continue
+            line = (
+                f"{wl.name}, SCU against the {scp} SCP: adicom {ta:.3f} s, pynetdicom {tp:.3f} s;"
+                f" adicom/pynetdicom time = {ta / tp:.2f}"
+            )
+            if wl.name in ("find-1000", "get-1000"):
+                line += f" (target <= 0.20: {_verdict(ta / tp <= 0.2)})"
+            lines.append(line)
+        if wl.name == "get-1000":
+            for scp in ("adicom", "dcmtk"):
+                a = _find(results, wl.name, "adicom", scp)
+                if a is None:
+                    continue
+                lags = [float(x["loop_lag_max_ms"]) for x in a.reps if x.get("loop_lag_max_ms")]
+                if lags:
+                    lines.append(
+                        f"{wl.name}, adicom SCU's worst event-loop lag against the {scp} SCP:"
+                        f" median {statistics.median(lags):.1f} ms, max {max(lags):.1f} ms"
+                        f" (target < 10 ms: {_verdict(max(lags) < 10)})"
+                    )
+        served = {
+            scp: _find(results, wl.name, QR_FIXED_SCU, scp)
+            for scp in ("adicom", "pynetdicom", "dcmtk")
+        }
+        times = {k: _secs(v) for k, v in served.items() if v is not None}
+        ta = times.get("adicom")
+        if ta:
+            parts = [f"{k} {t:.3f} s" for k, t in times.items() if t is not None]
+            line = f"{wl.name}, served by (SCU {QR_FIXED_SCU}*): {', '.join(parts)}"
+            tp, td = times.get("pynetdicom"), times.get("dcmtk")
+            if tp:
+                line += (
+                    f"; pynetdicom/adicom = {tp / ta:.1f}x (target >= 5: {_verdict(tp / ta >= 5)})"
+                )
+            if td:
+                line += f"; dcmtk/adicom = {td / ta:.2f}x (target >= 1: {_verdict(td / ta >= 1)})"
+            lines.append(line)
+    for wl in (w for w in WORKLOADS.values() if w.kind == "idle"):
+        for r in (x for x in results if x.workload is wl and x.reps):
+            rss = r.median_of("scp_rss_open_kib")
+            if rss is None:
+                continue
+            mb = rss * 1024 / 1e6
+            line = (
+                f"{wl.name}, {r.scp.name} SCP with {r.n} associations open: RSS"
+                f" {rss / 1024:.0f} MiB = {mb:.0f} MB"
+            )
+            if r.scp.name == "adicom":
+                line += f" (target < 300 MB: {_verdict(mb < 300)})"
+            lines.append(line)
+    return lines
 
 
 def _version(dist: str) -> str | None:
@@ -877,21 +1402,96 @@ def _pairs(
 ) -> Iterator[tuple[Stack, Stack]]:
     """The workload's pairs: baselines first, then same-stack pairs, then the rest."""
     by_name = {s.name: s for s in stacks}
-    order = [PYN_BASELINE]
-    order += [(s.name, s.name) for s in stacks if (s.name, s.name) != PYN_BASELINE]
-    order += [(a.name, b.name) for a in stacks for b in stacks if a.name != b.name]
+    if workload.order is not None:
+        order = list(workload.order)
+    else:
+        order = [PYN_BASELINE]
+        order += [(s.name, s.name) for s in stacks if (s.name, s.name) != PYN_BASELINE]
+        order += [(a.name, b.name) for a in stacks for b in stacks if a.name != b.name]
     wanted_keys = None if not wanted else {tuple(w.split(":", 1)) for w in wanted}
     for key in order:
         if key[0] not in by_name or key[1] not in by_name:
             continue
         if wanted_keys is not None and key not in wanted_keys:
             continue
-        if workload.pairs(*key):
+        if workload.order is not None or workload.pairs(*key):
             yield by_name[key[0]], by_name[key[1]]
+
+
+def _run_workload(
+    wl: Workload,
+    results: Sequence[PairResult],
+    args: argparse.Namespace,
+    data_dirs: dict[str, Path],
+    qr_archives: dict[str, archives.Archive],
+    dest_port: int,
+) -> None:
+    """Every repetition of every pair of one workload, round-robin, with retries."""
+    pairs = [r for r in results if r.workload is wl]
+    for rep in range(1, max((r.reps_wanted for r in pairs), default=0) + 1):
+        for pr in pairs:
+            if rep > pr.reps_wanted:
+                continue
+            for attempt in range(1, args.retries + 2):
+                tag = f"[{wl.name} {rep}/{pr.reps_wanted}] {pr.scu.label()} -> {pr.scp.name}"
+                if attempt > 1:
+                    tag += f" (retry {attempt - 1})"
+                try:
+                    if wl.kind == "qr":
+                        archive = qr_archives.get(pr.scp.name)
+                        if archive is None:
+                            raise BenchError(f"no {pr.scp.name} archive was started")
+                        raw = run_qr_once(
+                            pr.scu, wl, pr.n, data_dirs.get(wl.name), archive, dest_port
+                        )
+                    elif wl.kind == "idle":
+                        raw = run_idle_once(pr.scu, pr.scp, wl, pr.n)
+                    else:
+                        raw = run_once(pr.scu, pr.scp, wl, pr.n, data_dirs.get(wl.name))
+                except (BenchError, OSError, ValueError) as exc:
+                    detail = exc.detail if isinstance(exc, BenchError) else {}
+                    pr.errors.append({"rep": rep, "attempt": attempt, "error": str(exc), **detail})
+                    print(f"{tag}: FAILED: {_first_line(str(exc))}", file=sys.stderr)
+                    continue
+                raw["rep"], raw["attempt"] = rep, attempt
+                pr.reps.append(raw)
+                print(f"{tag}: {raw['ops_per_s']:.1f} {wl.unit}", file=sys.stderr)
+                break
+
+
+def _start_archives(
+    stacks: Sequence[Stack], root: Path, dest_port: int, data_dir: Path, n: int
+) -> dict[str, archives.Archive]:
+    """Start and seed each stack's archive (not timed); failures are kept on the Archive."""
+    started: dict[str, archives.Archive] = {}
+    for stack in stacks:
+        workdir = root / stack.name
+        workdir.mkdir()
+        print(f"[archives] starting and seeding {stack.name} with {n} instances ...",
+              file=sys.stderr)  # fmt: skip
+        archive = archives.start(
+            stack.name, workdir, SCP_AET, dest_port, _child_env(stack.env), REPO_ROOT
+        )
+        started[stack.name] = archive
+        if archive.error is None:
+            archives.seed(archive, data_dir, n, _child_env(), REPO_ROOT)
+        if archive.error is None:
+            snap = _session_snapshot(archive.proc.pid)
+            archive.seed["rss_after_seed_kib"] = snap["rss_kib"]
+            archive.seed["peak_rss_after_seed_kib"] = snap["peak_rss_kib"]
+            print(
+                f"[archives] {stack.name}: {n} instances in {archive.seed.get('seconds', 0):.1f} s",
+                file=sys.stderr,
+            )
+        else:
+            print(f"[archives] {stack.name}: FAILED: {_first_line(archive.error)}", file=sys.stderr)
+    return started
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    raise_nofile_limit()  # idle-500: the SCPs and SCUs inherit it
+    meta = machine_info()  # now, so that its load average is the one at start
     workloads = [WORKLOADS[w] for w in (args.only or WORKLOADS)]
 
     all_stacks = _make_stacks(
@@ -916,7 +1516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         reps = args.reps or (2 if args.quick else wl.reps_full)
         for scu, scp in _pairs(usable[wl.kind], args.pair, wl):
             if scu.scu_workloads is None or wl.name in scu.scu_workloads:
-                results.append(PairResult(wl, scu, scp, n, reps))
+                pair_reps = reps
+                if args.reps is None and not args.quick:
+                    pair_reps = dict(wl.few_reps).get((scu.name, scp.name), reps)
+                results.append(PairResult(wl, scu, scp, n, pair_reps))
 
     data_dirs: dict[str, Path] = {}
     for wl in workloads:
@@ -925,28 +1528,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{wl.name}] preparing {max(counts)} instances ...", file=sys.stderr)
             data_dirs[wl.name] = data.ensure(args.data_dir, wl.data, max(counts))
 
+    # The query/retrieve workloads share archives, seeded once with the same N
+    # instances (all three have the same counts); started before the first of
+    # them, stopped after the last.
+    qr_results = [r for r in results if r.workload.kind == "qr"]
+    qr_n = max((r.n for r in qr_results), default=0)
+    qr_last = max((i for i, w in enumerate(workloads) if w.kind == "qr"), default=-1)
+    qr_scps = [s for s in all_stacks if any(r.scp is s for r in qr_results)]
+    qr_archives: dict[str, archives.Archive] = {}
+    archives_root: tempfile.TemporaryDirectory[str] | None = None
+    dest_port = archives.free_port()
+    archive_info: dict[str, Any] = {}
+
     started = time.monotonic()
-    for wl in workloads:
-        pairs = [r for r in results if r.workload is wl]
-        for rep in range(1, max((r.reps_wanted for r in pairs), default=0) + 1):
-            for pr in pairs:
-                for attempt in range(1, args.retries + 2):
-                    tag = f"[{wl.name} {rep}/{pr.reps_wanted}] {pr.scu.label()} -> {pr.scp.name}"
-                    if attempt > 1:
-                        tag += f" (retry {attempt - 1})"
-                    try:
-                        raw = run_once(pr.scu, pr.scp, wl, pr.n, data_dirs.get(wl.name))
-                    except (BenchError, OSError, ValueError) as exc:
-                        detail = exc.detail if isinstance(exc, BenchError) else {}
-                        pr.errors.append(
-                            {"rep": rep, "attempt": attempt, "error": str(exc), **detail}
-                        )
-                        print(f"{tag}: FAILED: {_first_line(str(exc))}", file=sys.stderr)
-                        continue
-                    raw["rep"], raw["attempt"] = rep, attempt
-                    pr.reps.append(raw)
-                    print(f"{tag}: {raw['ops_per_s']:.1f} {wl.unit}", file=sys.stderr)
-                    break
+    try:
+        for index, wl in enumerate(workloads):
+            if wl.kind == "qr" and archives_root is None and qr_results:
+                archives_root = tempfile.TemporaryDirectory(prefix="adicom-bench-archives-")
+                qr_data = data_dirs[qr_results[0].workload.name]
+                qr_archives = _start_archives(
+                    qr_scps, Path(archives_root.name), dest_port, qr_data, qr_n
+                )
+            _run_workload(wl, results, args, data_dirs, qr_archives, dest_port)
+            if index == qr_last:
+                for name, archive in qr_archives.items():
+                    archive_info[name] = {**archive.to_json(), "stopped": archives.stop(archive)}
+    finally:
+        for name, archive in qr_archives.items():
+            if name not in archive_info:
+                archive_info[name] = {**archive.to_json(), "stopped": archives.stop(archive)}
+        if archives_root is not None:
+            archives_root.cleanup()
     elapsed = time.monotonic() - started
 
     print()
@@ -958,14 +1570,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{note}")
     for s in skipped:
         print(f"(skipped {s})")
-    reps_text = ", ".join(
-        f"{w.name} {next((r.reps_wanted for r in results if r.workload is w), 0)}"
-        for w in workloads
-    )
+    reps_parts = []
+    for w in workloads:
+        wanted = [r for r in results if r.workload is w]
+        usual = statistics.mode([r.reps_wanted for r in wanted]) if wanted else 0
+        fewer = [f"{r.scu.label()}->{r.scp.name} {r.reps_wanted}"
+                 for r in wanted if r.reps_wanted != usual]  # fmt: skip
+        reps_parts.append(f"{w.name} {usual}" + (f" ({', '.join(fewer)})" if fewer else ""))
+    reps_text = ", ".join(reps_parts)
     print(f"\nRepetitions per pair: {reps_text}; {elapsed:.0f} s in all.")
 
     report = {
-        "meta": machine_info(),
+        "meta": meta,
         "config": {
             "quick": args.quick,
             "reps": args.reps,
@@ -981,6 +1597,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "skipped": skipped,
             "elapsed_s": elapsed,
+            "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "qr": {
+                "instances": qr_n,
+                "fixed_scu_served_by": QR_FIXED_SCU,
+                "move_destination": {
+                    "aet": MOVE_DEST_AET,
+                    "port": dest_port,
+                    "stack": "adicom (adicom_side scp --store-dir)",
+                },
+                "archives": archive_info,
+            },
+            "idle": {
+                "hold_s": IDLE_HOLD,
+                "pynetdicom_maximum_associations": IDLE_PYNETDICOM_MAX_ASSOCIATIONS,
+                "pynetdicom_network_timeout": IDLE_PYNETDICOM_NETWORK_TIMEOUT,
+            },
         },
         "workloads": {
             w.name: {

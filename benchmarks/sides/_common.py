@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.data import SeriesKeys
 
 READY_PREFIX = "READY port="
 RESULT_PREFIX = "RESULT "
@@ -30,13 +33,33 @@ WORKLOADS = {
     "echo-one-assoc": "echo",
     "store-small": "store",
     "store-large": "store",
+    "find-1000": "qr",
+    "get-1000": "qr",
+    "move-1000": "qr",
+    "idle-500": "idle",
 }
+
+#: The AE title the C-MOVE destination (an adicom storage SCP) answers to.
+MOVE_DEST_AET = "BENCH-DEST"
 
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process so far."""
     t = os.times()
     return t.user + t.system
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft limit of open files to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
 
 
 def max_rss_kib() -> int:
@@ -162,6 +185,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         type=Path,
         help="accept C-STORE and write each received instance here as a file",
     )
+    scp.add_argument(
+        "--max-associations",
+        type=int,
+        help="open associations allowed at once (idle workload; default: the stack's own)",
+    )
+    scp.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="abort an association idle this long, s (idle workload; default: the stack's own)",
+    )
 
     scu = sub.add_parser("scu", help="run one workload; print one result line")
     scu.add_argument("--host", default="127.0.0.1")
@@ -174,7 +207,24 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     scu.add_argument(
         "--data-dir",
         type=Path,
-        help="store workloads: the generated instances (benchmarks/data.py) to send",
+        help="store workloads: the generated instances (benchmarks/data.py) to send;"
+        " query/retrieve workloads: the set seeded into the SCP (its UIDs are asked for)",
+    )
+    scu.add_argument(
+        "--out-dir",
+        type=Path,
+        help="get-1000: C-GET warm-up instances go to DIR/warmup, the timed ones to DIR/timed",
+    )
+    scu.add_argument(
+        "--move-dest",
+        default=MOVE_DEST_AET,
+        help=f"move-1000: the destination AE title (default {MOVE_DEST_AET})",
+    )
+    scu.add_argument(
+        "--hold",
+        type=float,
+        default=2.0,
+        help="idle-500: seconds to keep the associations open and idle (default 2)",
     )
     scu.add_argument(
         "--no-warmup",
@@ -199,9 +249,14 @@ def main_with(
     if args.role == "scu" and args.n <= 0:
         print("-n must be positive", file=sys.stderr)
         return 2
-    if args.role == "scu" and WORKLOADS[args.workload] == "store" and args.data_dir is None:
+    kind = WORKLOADS[args.workload] if args.role == "scu" else None
+    if kind in ("store", "qr") and args.data_dir is None:
         print(f"{args.workload} needs --data-dir", file=sys.stderr)
         return 2
+    if args.role == "scu" and args.workload == "get-1000" and args.out_dir is None:
+        print(f"{args.workload} needs --out-dir", file=sys.stderr)
+        return 2
+    raise_nofile_limit()
     if args.role == "scp":
         scp(args)
         return 0
@@ -221,3 +276,14 @@ def store_files(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 
 def total_bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths)
+
+
+def qr_keys(args: argparse.Namespace) -> SeriesKeys:
+    """The study, series and first instance UIDs of --data-dir (seeded into the SCP)."""
+    from benchmarks.data import series_keys
+
+    return series_keys(args.data_dir)
+
+
+def count_files(directory: Path) -> int:
+    return sum(1 for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0

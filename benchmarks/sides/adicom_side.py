@@ -5,6 +5,17 @@
         --workload echo-one-assoc -n 3000
     python -m benchmarks.sides.adicom_side scu --port P --aet ANY-SCP \
         --workload store-small -n 1000 --data-dir benchmarks/results/data/ct-128x160-v1
+    python -m benchmarks.sides.adicom_side scu --port P --aet ARCHIVE \
+        --workload get-1000 -n 1000 --data-dir ... --out-dir DIR
+    python -m benchmarks.sides.adicom_side scu --port P --aet ANY-SCP --workload idle-500 -n 500
+
+Query/retrieve (the SCP is an archive holding the data set): find-1000 is
+``adicom.connect`` + ``adicom.qrscu.find`` (Study Root, IMAGE level, the
+series' instances); get-1000 is ``DicomClient.get_series`` into a
+``DiskStorage``; move-1000 is ``DicomClient.move_series``. Each call opens
+its own association and releases it, inside the timed span. idle-500 opens N
+associations with ``adicom.open_association`` on one event loop, holds them
+idle, checks each with a C-ECHO and releases them.
 
 Both roles run a loop lag monitor: a task that sleeps 10 ms again and again
 and records how late it wakes. The SCU reports the worst lateness over the
@@ -23,16 +34,23 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 import adicom
+from adicom import qrscu
+from benchmarks.data import SeriesKeys
 from benchmarks.sides._common import (
+    WORKLOADS,
     Measurement,
     ScpClock,
     Stopwatch,
     describe,
     difference,
     main_with,
+    max_rss_kib,
     print_ready,
     print_stats,
+    qr_keys,
     store_files,
     total_bytes,
 )
@@ -81,6 +99,10 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.store_dir is not None:
         args.store_dir.mkdir(parents=True, exist_ok=True)
         kwargs["storage"] = adicom.DiskStorage(args.store_dir)
+    if args.max_associations is not None:
+        kwargs["max_associations"] = args.max_associations
+    if args.idle_timeout is not None:
+        kwargs["idle_timeout"] = args.idle_timeout
     server = adicom.Server(ae_title=args.aet, host=args.host, port=args.port, **kwargs)
     lag = LoopLag()
     stop = asyncio.Event()
@@ -173,6 +195,180 @@ async def _store(args: argparse.Namespace, warmup: bool) -> Measurement:
     return m
 
 
+# --------------------------------------------------------------------------- query/retrieve
+
+
+def _image_query(keys: SeriesKeys, sop_instance_uid: str = "") -> Dataset:
+    """Study Root, IMAGE level: the series' instances (or one), SOP Instance UID returned."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = keys.study_instance_uid
+    identifier.SeriesInstanceUID = keys.series_instance_uid
+    identifier.SOPInstanceUID = sop_instance_uid
+    return identifier
+
+
+async def _find(args: argparse.Namespace, identifier: Dataset) -> set[str]:
+    """One association, one C-FIND, release: the SOP Instance UIDs of the matches."""
+    uids: set[str] = set()
+    async with (
+        adicom.connect(
+            args.host,
+            args.port,
+            calling_ae=args.calling_aet,
+            called_ae=args.aet,
+            contexts=qrscu.find_contexts("study"),
+            timeout=args.timeout,
+        ) as assoc,
+        qrscu.find(assoc, identifier) as results,
+    ):
+        async for match in results:
+            uids.add(str(match.SOPInstanceUID))
+        if results.status != 0x0000:
+            raise RuntimeError(f"C-FIND ended with status 0x{results.status or 0:04X}")
+    return uids
+
+
+def _client(args: argparse.Namespace) -> adicom.DicomClient:
+    return adicom.DicomClient(args.calling_aet, dimse_timeout=args.timeout)
+
+
+def _node(args: argparse.Namespace) -> adicom.DicomNode:
+    return adicom.DicomNode(aet=args.aet, host=args.host, port=args.port)
+
+
+def _retrieved(result: adicom.RetrieveResult, expected: int) -> int:
+    """How many sub-operations completed; raises if the retrieve did not succeed."""
+    if result.status != "success" or result.num_failed or result.num_completed != expected:
+        raise RuntimeError(
+            f"retrieve: status {result.status}, {result.num_completed} completed,"
+            f" {result.num_failed} failed, {expected} expected"
+        )
+    return result.num_completed
+
+
+async def _qr_once(args: argparse.Namespace, keys: SeriesKeys, single: bool) -> int:
+    """The workload's operation on the whole series, or on its first instance only."""
+    expected = 1 if single else args.n
+    sop = keys.first_sop_instance_uid
+    study, series = keys.study_instance_uid, keys.series_instance_uid
+    if args.workload == "find-1000":
+        uids = await _find(args, _image_query(keys, sop if single else ""))
+        if len(uids) != expected:
+            raise RuntimeError(f"C-FIND returned {len(uids)} distinct matches, {expected} expected")
+        return len(uids)
+    if args.workload == "get-1000":
+        if single:
+            out = args.out_dir / "warmup"
+            result = await _client(args).get_image(study, series, sop, _node(args), out)
+        else:
+            result = await _client(args).get_series(
+                study, series, _node(args), args.out_dir / "timed"
+            )
+        return _retrieved(result, expected)
+    if args.workload == "move-1000":
+        client = _client(args)
+        if single:
+            result = await client.move_image(study, series, sop, _node(args), args.move_dest)
+        else:
+            result = await client.move_series(study, series, _node(args), args.move_dest)
+        return _retrieved(result, expected)
+    raise ValueError(args.workload)
+
+
+async def _qr(args: argparse.Namespace, warmup: bool) -> Measurement:
+    keys = qr_keys(args)
+    if warmup:
+        await _qr_once(args, keys, single=True)
+    clock = ScpClock(args.scp_clock)
+    scp0 = clock.read("begin")
+    lag = LoopLag()
+    lag.start()
+    watch = Stopwatch()
+    try:
+        ok = await _qr_once(args, keys, single=False)
+    except Exception as exc:
+        m = watch.finish(args.workload, args.n, 0, warmup=warmup, error=exc)
+    else:
+        m = watch.finish(args.workload, args.n, ok, warmup=warmup)
+    m.loop_lag_max_ms = await lag.stop()
+    m.scp_cpu_s = difference(clock.read("end"), scp0)
+    m.extra["timed_span"] = {
+        "find-1000": "adicom.connect + adicom.qrscu.find (IMAGE level) + release",
+        "get-1000": "DicomClient.get_series into DiskStorage (associate, C-GET, release)",
+        "move-1000": "DicomClient.move_series (associate, C-MOVE, release)",
+    }[args.workload]
+    m.extra["warmup"] = "the same operation on the series' first instance" if warmup else None
+    return m
+
+
+# --------------------------------------------------------------------------- idle associations
+
+#: Associations being opened at once: enough to be quick, few enough that a
+#: listen backlog (pynetdicom's socketserver: 5) does not drop connections.
+IDLE_OPEN_CONCURRENCY = 8
+
+
+async def _idle(args: argparse.Namespace, warmup: bool) -> Measurement:
+    """Open N associations at once on this loop, hold them idle, echo on each, release."""
+    if warmup:
+        await _cycle(args)
+    clock = ScpClock(args.scp_clock)
+    scp0 = clock.read("begin")
+    gate = asyncio.Semaphore(IDLE_OPEN_CONCURRENCY)
+
+    async def open_one() -> adicom.Association:
+        async with gate:
+            return await adicom.open_association(
+                args.host,
+                args.port,
+                calling_ae=args.calling_aet,
+                called_ae=args.aet,
+                connect_timeout=args.timeout,
+                timeout=args.timeout,
+            )
+
+    lag = LoopLag()
+    lag.start()
+    watch = Stopwatch()
+    opened = await asyncio.gather(*(open_one() for _ in range(args.n)), return_exceptions=True)
+    associations = [a for a in opened if isinstance(a, adicom.Association)]
+    failures = [a for a in opened if isinstance(a, BaseException)]
+    m = watch.finish(args.workload, args.n, len(associations), warmup=warmup)
+    m.ops_per_s = len(associations) / m.seconds if m.seconds > 0 else 0.0
+    scp_open = clock.read("open")
+    m.scp_cpu_s = difference(scp_open, scp0)
+    m.extra["open_s"] = m.seconds
+    m.extra["open_concurrency"] = IDLE_OPEN_CONCURRENCY
+    await asyncio.sleep(args.hold)
+    clock.read("held")
+    m.extra["hold_s"] = args.hold
+    m.loop_lag_max_ms = await lag.stop()
+    # Still there? One C-ECHO on each, all at once, then release them all.
+    echoes = await asyncio.gather(*(a.echo() for a in associations), return_exceptions=True)
+    echo_ok = sum(1 for e in echoes if e == 0x0000)
+    releases = await asyncio.gather(
+        *(a.release(args.timeout) for a in associations), return_exceptions=True
+    )
+    for a, r in zip(associations, releases, strict=True):
+        if isinstance(r, BaseException):
+            a.abort()
+    clock.read("end")
+    m.ok = min(len(associations), echo_ok)
+    m.extra["echo_ok"] = echo_ok
+    m.extra["release_failed"] = sum(1 for r in releases if isinstance(r, BaseException))
+    m.max_rss_kib = max_rss_kib()
+    problems = failures or [e for e in echoes if isinstance(e, BaseException)]
+    if problems:
+        m.extra["error"] = (
+            f"{len(failures)} of {args.n} associations not opened, {echo_ok} echoes ok; first: "
+            + describe(problems[0])
+        )
+    elif echo_ok != len(associations):
+        m.extra["error"] = f"{echo_ok} of {len(associations)} C-ECHOs succeeded"
+    return m
+
+
 async def _warm_up(args: argparse.Namespace) -> None:
     if args.workload.startswith("store"):
         _paths, warmups = store_files(args)
@@ -209,6 +405,10 @@ async def _timed(args: argparse.Namespace, warmup: bool) -> Measurement:
 
 async def _scu(args: argparse.Namespace) -> Measurement:
     warmup = not args.no_warmup
+    if WORKLOADS[args.workload] == "qr":
+        return await _qr(args, warmup)
+    if WORKLOADS[args.workload] == "idle":
+        return await _idle(args, warmup)
     if warmup:
         await _warm_up(args)
     clock = ScpClock(args.scp_clock)

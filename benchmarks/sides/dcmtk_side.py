@@ -1,4 +1,4 @@
-"""DCMTK (OFFIS) tools as peers: storescp as SCP, echoscu and storescu as SCU.
+"""DCMTK (OFFIS) tools as peers: storescp as SCP; echoscu, storescu and the Q/R tools as SCU.
 
 DCMTK's SCUs start one process per association, so only workloads where that
 can be factored out are offered:
@@ -7,6 +7,12 @@ can be factored out are offered:
   checked with -v).
 - ``store-small``, ``store-large``: ``storescu`` with the N files on its
   command line (one association, one C-STORE per file, in order).
+- ``find-1000``, ``get-1000``, ``move-1000``: ``findscu`` / ``getscu`` /
+  ``movescu -S`` (Study Root) for the series (IMAGE level for C-FIND, SERIES
+  level for the retrieves); the one-operation version asks for the series'
+  first instance only (one match, one sub-operation). findscu logs each match
+  (as packaged, at info level) to a file; the matches are counted there.
+  getscu writes into --out-dir/timed (warm-ups into --out-dir/warmup).
 
 Every run pays process start, dictionary load, association and release (and
 for storescu one C-STORE), so the SCU runs the one-operation version three
@@ -38,16 +44,24 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from benchmarks.data import SeriesKeys
 from benchmarks.sides._common import (
+    WORKLOADS,
     Measurement,
     ScpClock,
+    count_files,
     difference,
     main_with,
+    qr_keys,
     store_files,
     total_bytes,
 )
 
-SUPPORTED_SCU_WORKLOADS = frozenset({"echo-one-assoc", "store-small", "store-large"})
+SUPPORTED_SCU_WORKLOADS = frozenset(
+    {"echo-one-assoc", "store-small", "store-large", "find-1000", "get-1000", "move-1000"}
+)
+#: What each query/retrieve workload runs.
+QR_TOOLS = {"find-1000": "findscu", "get-1000": "getscu", "move-1000": "movescu"}
 
 #: storescp/storescu accept 4096..131072 for --max-pdu (default 16384); the
 #: largest is the closest to adicom's 1 MiB. Used for the store workloads only.
@@ -122,12 +136,14 @@ class Run:
     scp_cpu_s: float | None
 
 
-def _run(cmd: list[str], clock: ScpClock, tag: str) -> Run:
+def _run(cmd: list[str], clock: ScpClock, tag: str, log: Path | None = None) -> Run:
+    """Run one DCMTK SCU; its stdout and stderr go to `log` when given."""
     scp0 = clock.read(tag)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sys.stderr)
-    _, wait_status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
+    with open(log, "wb") if log is not None else open(os.devnull, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out if log is not None else sys.stderr)
+        _, wait_status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(wait_status)  # so Popen does not wait again
     return Run(
         wall_s=wall,
@@ -168,12 +184,111 @@ def _median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(known) if len(known) == len(values) and known else None
 
 
+def _qr_command(args: argparse.Namespace, keys: SeriesKeys, single: bool, out: Path) -> list[str]:
+    """findscu / getscu / movescu -S for the series, or for its first instance only."""
+    name = QR_TOOLS[args.workload]
+    tool = find_tool(name)
+    if tool is None:
+        raise RuntimeError(f"DCMTK {name} not found")
+    cmd = [tool, "-S", "-aet", args.calling_aet, "-aec", args.aet, *_timeouts(args)]
+    sop = keys.first_sop_instance_uid if single else ""
+    # C-FIND asks for the series' instances; a retrieve names the series, or one instance.
+    level = "IMAGE" if args.workload == "find-1000" or single else "SERIES"
+    if args.workload == "get-1000":
+        cmd += ["-od", str(out)]
+    if args.workload == "move-1000":
+        cmd += ["-aem", args.move_dest]
+    cmd += ["-k", f"QueryRetrieveLevel={level}"]
+    cmd += ["-k", f"StudyInstanceUID={keys.study_instance_uid}"]
+    cmd += ["-k", f"SeriesInstanceUID={keys.series_instance_uid}"]
+    if args.workload == "find-1000" or single:
+        cmd += ["-k", f"SOPInstanceUID={sop}" if sop else "SOPInstanceUID"]
+    return [*cmd, args.host, str(args.port)]
+
+
+def _find_matches(log: Path) -> int:
+    """Matches findscu logged: one "Find Response: k (Pending)" line each."""
+    text = log.read_text(errors="replace")
+    return sum(1 for line in text.splitlines() if "Find Response:" in line and "(Pending)" in line)
+
+
+def _qr_check(
+    args: argparse.Namespace, run: Run, log: Path, out: Path, expected: int
+) -> str | None:
+    """Why this run did not do its work, or None."""
+    tool = QR_TOOLS[args.workload]
+    if run.exit_code != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return f"{tool} exit code {run.exit_code}: {' | '.join(tail)}"
+    if args.workload == "find-1000" and (found := _find_matches(log)) != expected:
+        return f"findscu logged {found} matches, {expected} expected"
+    if args.workload == "get-1000" and (files := count_files(out)) != expected:
+        return f"getscu wrote {files} files, {expected} expected"
+    return None
+
+
+def _run_qr(args: argparse.Namespace, clock: ScpClock) -> Measurement:
+    keys = qr_keys(args)
+    tool = QR_TOOLS[args.workload]
+    logs = Path(tempfile.mkdtemp(prefix="bench-dcmtk-qr-"))
+    out_root = args.out_dir or logs
+    singles: list[Run] = []
+    why: str | None = None
+    for i in range(3):
+        log, out = logs / f"single-{i}.log", out_root / "warmup" / str(i)
+        out.mkdir(parents=True, exist_ok=True)
+        run = _run(_qr_command(args, keys, True, out), clock, "single", log)
+        singles.append(run)
+        why = why or _qr_check(args, run, log, out, 1)
+    log, out = logs / "full.log", out_root / "timed"
+    out.mkdir(parents=True, exist_ok=True)
+    full = _run(_qr_command(args, keys, False, out), clock, "begin", log)
+    why = why or _qr_check(args, full, log, out, args.n)
+    for f in logs.iterdir():
+        f.unlink()
+    logs.rmdir()
+    t1 = statistics.median(s.wall_s for s in singles)
+    c1 = statistics.median(s.cpu_s for s in singles)
+    scp1 = _median_or_none([s.scp_cpu_s for s in singles])
+    ops = args.n - 1
+    seconds = full.wall_s - t1
+    extra: dict[str, object] = {
+        "tool": f"{tool} -S",
+        "method": f"differential: (n-1) in time({tool} for the series of n)"
+        f" - time({tool} for its first instance)",
+        "wall_n_s": full.wall_s,
+        "wall_1_s": [s.wall_s for s in singles],
+        "cpu_n_s": full.cpu_s,
+        "cpu_1_s": [s.cpu_s for s in singles],
+        "scp_cpu_n_s": full.scp_cpu_s,
+        "scp_cpu_1_s": [s.scp_cpu_s for s in singles],
+        "exit_code": full.exit_code,
+        "tcp_nodelay_env": os.environ.get("TCP_NODELAY"),
+    }
+    if why is not None:
+        extra["error"] = why
+    return Measurement(
+        workload=args.workload,
+        ops=ops,
+        ok=0 if why is not None else ops,
+        seconds=seconds,
+        ops_per_s=ops / seconds if seconds > 0 else 0.0,
+        cpu_s=max(0.0, full.cpu_s - c1),
+        max_rss_kib=full.max_rss_kib,
+        warmup=True,
+        extra=extra,
+        scp_cpu_s=difference(full.scp_cpu_s, scp1),
+    )
+
+
 def run_scu(args: argparse.Namespace) -> Measurement:
     if args.workload not in SUPPORTED_SCU_WORKLOADS:
         raise SystemExit(f"dcmtk SCU does not run {args.workload} fairly (one process per assoc)")
     if args.n < 2:
         raise SystemExit("dcmtk SCU needs -n >= 2 (it reports n-1 operations)")
     clock = ScpClock(args.scp_clock)
+    if WORKLOADS[args.workload] == "qr":
+        return _run_qr(args, clock)
     store = args.workload.startswith("store")
     # The single-operation runs are both the warm-up and the fixed cost to subtract.
     if store:
