@@ -127,10 +127,11 @@ _END = Exception("end of messages")
 class _Responses:
     """The responses to one request, in order, awaited by one task."""
 
-    __slots__ = ("_error", "_items", "_waiter")
+    __slots__ = ("_error", "_items", "_ready", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[Message] = deque()
+        self._ready = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
 
@@ -149,7 +150,17 @@ class _Responses:
             self._waiter.set_result(None)
 
     async def get(self) -> Message | None:
-        """The next message; None once the stream ended normally."""
+        """The next message; None once the stream ended normally.
+
+        A backlog (a fast peer's C-FIND responses) is handed out with a
+        pass through the event loop every few messages, so decoding it
+        never holds the loop for long.
+        """
+        if self._items:
+            self._ready += 1
+            if self._ready >= 16:
+                self._ready = 0
+                await asyncio.sleep(0)
         while not self._items:
             if self._error is _END:
                 return None
