@@ -732,7 +732,7 @@ class PDUReader:
     #: ... unless it is longer than this (a peer that announced no limit
     #: cannot make us allocate more than this ahead of its bytes).
     PREALLOCATE_MAX = 1 << 24
-    STAGING = 1 << 18
+    STAGING = 1 << 16
 
     def __init__(self, max_pdata_length: int = 0, max_control_length: int = MAX_CONTROL_PDU):
         self._buf = bytearray()
