@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 __all__ = [
@@ -58,6 +59,10 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
     pixel data as explicit VR little endian (PS3.5 A.4); deflate compresses
     that encoding (PS3.5 A.5).
     """
+    if transfer_syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
+        quick = _encode_text_dataset(dataset, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+        if quick is not None:
+            return quick
     syntax = UID(transfer_syntax)
     buffer = DicomBytesIO()
     buffer.is_little_endian = syntax.is_little_endian
@@ -69,6 +74,60 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
         compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
         encoded = compressor.compress(encoded) + compressor.flush()
     return encoded
+
+
+# Text VRs and their padding (PS3.5 6.2); UC, UR and UT take a 4-byte
+# length in explicit VR (PS3.5 7.1.2).
+_TEXT_VRS = {vr: b" " for vr in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN",
+                                 "SH", "ST", "TM", "UC", "UR", "UT")}  # fmt: skip
+_TEXT_VRS["UI"] = b"\0"
+_SHORT = struct.Struct("<HH2sH")
+_LONG = struct.Struct("<HH2s2xL")
+_IMPLICIT = struct.Struct("<HHL")
+
+
+def _encode_text_dataset(dataset: Dataset, implicit: bool) -> bytes | None:
+    """Encode a data set of plain ASCII text elements by hand, or None if it has others.
+
+    Query identifiers and C-FIND matches are exactly that, and pydicom's
+    general writer costs ~150 us for each (measured); this takes a few.
+    Anything else (sequences, binary VRs, non-ASCII text, which needs the
+    Specific Character Set) goes to pydicom.
+    """
+    parts: list[bytes] = []
+    for element in dataset:
+        tag = element.tag
+        if tag >> 16 == 0x0002:
+            continue
+        pad = _TEXT_VRS.get(element.VR)
+        if pad is None:
+            return None
+        value = element.value
+        if value is None or value == "":
+            raw = b""
+        else:
+            if isinstance(value, MultiValue | list | tuple):
+                text = "\\".join("" if v is None else str(v) for v in value)
+            elif isinstance(value, bytes):
+                return None
+            else:
+                text = str(value)
+            if not text.isascii():
+                return None
+            raw = text.encode("ascii")
+            if len(raw) % 2:
+                raw += pad
+        group, number = tag >> 16, tag & 0xFFFF
+        if implicit:
+            parts.append(_IMPLICIT.pack(group, number, len(raw)))
+        elif element.VR in ("UC", "UR", "UT"):
+            parts.append(_LONG.pack(group, number, element.VR.encode(), len(raw)))
+        elif len(raw) <= 0xFFFF:
+            parts.append(_SHORT.pack(group, number, element.VR.encode(), len(raw)))
+        else:
+            return None
+        parts.append(raw)
+    return b"".join(parts)
 
 
 def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:

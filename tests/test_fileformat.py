@@ -92,3 +92,29 @@ def test_file_meta_is_what_pydicom_reads() -> None:
 def test_read_file_meta_refuses_files_without_dicm() -> None:
     with pytest.raises(ValueError, match="DICM"):
         read_file_meta(io.BytesIO(bytes(200)))
+
+
+def test_text_identifiers_encode_as_pydicom_does() -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientName = "Doe^John"
+    identifier.StudyDate = "20240101-20240131"
+    identifier.ModalitiesInStudy = ["CT", "MR"]
+    identifier.NumberOfStudyRelatedSeries = 3
+    identifier.StudyInstanceUID = "1.2.3"
+    identifier.AccessionNumber = ""
+    for syntax, implicit in (("1.2.840.10008.1.2", True), ("1.2.840.10008.1.2.1", False)):
+        reference = DicomBytesIO()
+        reference.is_little_endian, reference.is_implicit_VR = True, implicit
+        write_dataset(reference, identifier)
+        assert encode_dataset(identifier, syntax) == reference.getvalue()
+    # Non-ASCII text needs the character set: pydicom's writer takes it.
+    identifier.SpecificCharacterSet = "ISO_IR 192"
+    identifier.PatientName = "Иванов^Иван"
+    decoded = decode_dataset(
+        encode_dataset(identifier, "1.2.840.10008.1.2.1"), "1.2.840.10008.1.2.1"
+    )
+    assert str(decoded.PatientName) == "Иванов^Иван"
