@@ -27,6 +27,8 @@ from io import BytesIO
 from typing import BinaryIO
 
 from pydicom.config import disable_value_validation
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -130,8 +132,67 @@ def _encode_text_dataset(dataset: Dataset, implicit: bool) -> bytes | None:
     return b"".join(parts)
 
 
+def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
+    """Decode a data set of plain ASCII text elements by hand, or None if it has others.
+
+    The counterpart of :func:`_encode_text_dataset` for C-FIND matches:
+    pydicom's reader costs ~70 us for a small identifier, this about half.
+    """
+    elements: list[tuple[int, str, str]] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, number = struct.unpack_from("<HH", data, pos)
+        tag = (group << 16) | number
+        if implicit:
+            vr = dictionary_vr_or_none(tag)
+            (length,) = struct.unpack_from("<L", data, pos + 4)
+            pos += 8
+        else:
+            vr = data[pos + 4 : pos + 6].decode("latin-1")
+            if vr in ("UC", "UR", "UT"):
+                if pos + 12 > end:
+                    return None
+                (length,) = struct.unpack_from("<L", data, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from("<H", data, pos + 6)
+                pos += 8
+        if vr not in _TEXT_VRS or pos + length > end or tag == 0x00080005:
+            return None  # sequences, binary VRs, private tags, a character set
+        raw = data[pos : pos + length]
+        if not raw.isascii():
+            return None
+        elements.append((tag, vr, raw.decode("ascii").rstrip(" \0")))
+        pos += length
+    dataset = Dataset()
+    try:
+        with disable_value_validation():
+            for tag, vr, text in elements:
+                # pydicom reads an empty number as None, empty text as "".
+                value = None if not text and vr in ("IS", "DS") else text
+                dataset[tag] = DataElement(tag, vr, value)
+    except (ValueError, TypeError, OverflowError):
+        return None  # a value pydicom cannot convert: let its reader deal with it
+    return dataset
+
+
+def dictionary_vr_or_none(tag: int) -> str | None:
+    """The VR the data dictionary gives a tag, or None (private, unknown, ambiguous)."""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr if vr in _TEXT_VRS else None
+
+
 def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     """Decode a data set received in a transfer syntax (pydicom)."""
+    if transfer_syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
+        quick = _decode_text_dataset(data, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+        if quick is not None:
+            return quick
     syntax = UID(transfer_syntax)
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         data = zlib.decompress(data, -zlib.MAX_WBITS)

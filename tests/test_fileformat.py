@@ -118,3 +118,29 @@ def test_text_identifiers_encode_as_pydicom_does() -> None:
         encode_dataset(identifier, "1.2.840.10008.1.2.1"), "1.2.840.10008.1.2.1"
     )
     assert str(decoded.PatientName) == "Иванов^Иван"
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
+    from pydicom.filereader import read_dataset
+
+    match = Dataset()
+    match.QueryRetrieveLevel = "SERIES"
+    match.StudyInstanceUID = "1.2.3"
+    match.SeriesNumber = 4
+    match.NumberOfSeriesRelatedInstances = ""
+    match.Modality = "CT"
+    match.SeriesDescription = ""
+    match.PatientName = "Doe^John"
+    encoded = encode_dataset(match, syntax)
+    implicit = syntax == "1.2.840.10008.1.2"
+    reference = read_dataset(io.BytesIO(encoded), is_implicit_VR=implicit, is_little_endian=True)
+    decoded = decode_dataset(encoded, syntax)
+    assert list(decoded.keys()) == list(reference.keys())
+    for tag in reference.keys():  # noqa: SIM118 - iterating a Dataset gives elements
+        assert decoded[tag].VR == reference[tag].VR
+        assert decoded[tag].value == reference[tag].value
+        assert type(decoded[tag].value) is type(reference[tag].value)
+    # A value pydicom cannot convert takes pydicom's own path, unchanged.
+    broken = encoded.replace(b"4 ", b"4A")
+    assert decode_dataset(broken, syntax).Modality == "CT"
