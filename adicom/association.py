@@ -589,7 +589,7 @@ class Association:
                     self._check_open()
                     self._ul.send_pdata(pdvs, self._loop.time())
                     self._flush()
-                    unyielded += len(pdvs)
+                    unyielded += 1
                     if unyielded >= 64 and not self._paused:
                         # Loopback sockets swallow megabytes without pushing
                         # back: let the loop run other work now and then.

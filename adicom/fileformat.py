@@ -146,7 +146,7 @@ def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
         group, number = struct.unpack_from("<HH", data, pos)
         tag = (group << 16) | number
         if implicit:
-            vr = dictionary_vr_or_none(tag)
+            vr = _text_vr(tag)
             (length,) = struct.unpack_from("<L", data, pos + 4)
             pos += 8
         else:
@@ -178,8 +178,8 @@ def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
     return dataset
 
 
-def dictionary_vr_or_none(tag: int) -> str | None:
-    """The VR the data dictionary gives a tag, or None (private, unknown, ambiguous)."""
+def _text_vr(tag: int) -> str | None:
+    """The dictionary VR of a tag if it is a text VR, else None (private, unknown, binary)."""
     try:
         vr = dictionary_VR(tag)
     except KeyError:

@@ -73,12 +73,28 @@ def test_echo_to_a_silent_peer_times_out() -> None:
         ["echo", "--aec", "BACK\\SLASH", "127.0.0.1", "104"],
         ["echo", "--timeout", "-1", "127.0.0.1", "104"],
         ["serve", "--port", "x"],
+        ["serve", "--move-dest", "NOPORT=127.0.0.1"],
+        ["get", "-k", "SeriesInstanceUID=1.2", "--out", "/tmp/x", "127.0.0.1", "104"],
+        [
+            "move",
+            "-k",
+            "StudyInstanceUID=1.2",
+            "-k",
+            "PatientID=9",
+            "--dest",
+            "D",
+            "127.0.0.1",
+            "104",
+        ],
+        ["find", "-L", "IMAGE", "-k", "StudyInstanceUID=1.2.*", "127.0.0.1", "104"],
     ],
 )
 def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
     result = adicom(*args)
     assert result.returncode == 2
-    assert "error:" in result.stderr
+    # argparse's usage error, or our own one line per problem; never a traceback.
+    assert result.stderr.startswith(("usage:", f"adicom {args[0]}:"))
+    assert "Traceback" not in result.stderr
 
 
 def test_serve_on_a_taken_port_says_so() -> None:
