@@ -569,11 +569,13 @@ class Association:
     async def send_message(
         self,
         context_id: int,
-        command: Command,
+        command: Command | bytes,
         dataset: bytes | memoryview | DatasetReader | None = None,
     ) -> None:
         """Send a DIMSE message, split into PDUs that fit the peer's maximum.
 
+        ``command`` may be given already encoded (``Command.encode()``), for
+        a response sent many times over, such as C-FIND's pending ones.
         A command and a small data set leave in one write. Waits while the
         transport's buffer is full (backpressure); a peer that stops reading
         for the DIMSE timeout aborts the association. A data set source that
@@ -581,7 +583,7 @@ class Association:
         be taken back once part of it is on the wire.
         """
         self._check_open()
-        encoded = command.encode()
+        encoded = command if isinstance(command, bytes) else command.encode()
         async with self._send_lock:
             try:
                 unyielded = 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable
 from io import BytesIO
 from typing import BinaryIO
 
@@ -44,6 +45,7 @@ __all__ = [
     "decode_dataset",
     "encode_dataset",
     "encode_file_meta",
+    "encode_text_elements",
     "read_file_meta",
     "scan_elements",
 ]
@@ -96,39 +98,53 @@ def _encode_text_dataset(dataset: Dataset, implicit: bool) -> bytes | None:
     Anything else (sequences, binary VRs, non-ASCII text, which needs the
     Specific Character Set) goes to pydicom.
     """
-    parts: list[bytes] = []
+    elements: list[tuple[int, str, str]] = []
     for element in dataset:
         tag = element.tag
         if tag >> 16 == 0x0002:
             continue
-        pad = _TEXT_VRS.get(element.VR)
-        if pad is None:
+        if element.VR not in _TEXT_VRS:
             return None
         value = element.value
         if value is None or value == "":
-            raw = b""
+            text = ""
+        elif isinstance(value, MultiValue | list | tuple):
+            text = "\\".join("" if v is None else str(v) for v in value)
+        elif isinstance(value, bytes):
+            return None
         else:
-            if isinstance(value, MultiValue | list | tuple):
-                text = "\\".join("" if v is None else str(v) for v in value)
-            elif isinstance(value, bytes):
-                return None
-            else:
-                text = str(value)
-            if not text.isascii():
-                return None
-            raw = text.encode("ascii")
-            if len(raw) % 2:
-                raw += pad
+            text = str(value)
+        elements.append((tag, element.VR, text))
+    return encode_text_elements(elements, implicit)
+
+
+def encode_text_elements(elements: Iterable[tuple[int, str, str]], implicit: bool) -> bytes | None:
+    """Encode (tag, VR, text) elements, tags ascending, as a little endian data set.
+
+    Only plain ASCII text VRs (the values of C-FIND identifiers); returns
+    None for anything else, so the caller can go through pydicom. Values are
+    padded to even length as PS3.5 6.2 says (UI with NUL, the rest with a
+    space); multiple values are already joined with backslashes.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for tag, vr, text in elements:
+        pad = _TEXT_VRS.get(vr)
+        if pad is None or not text.isascii():
+            return None
+        raw = text.encode("ascii")
+        if len(raw) % 2:
+            raw += pad
         group, number = tag >> 16, tag & 0xFFFF
         if implicit:
-            parts.append(_IMPLICIT.pack(group, number, len(raw)))
-        elif element.VR in ("UC", "UR", "UT"):
-            parts.append(_LONG.pack(group, number, element.VR.encode(), len(raw)))
+            append(_IMPLICIT.pack(group, number, len(raw)))
+        elif vr in ("UC", "UR", "UT"):
+            append(_LONG.pack(group, number, vr.encode(), len(raw)))
         elif len(raw) <= 0xFFFF:
-            parts.append(_SHORT.pack(group, number, element.VR.encode(), len(raw)))
+            append(_SHORT.pack(group, number, vr.encode(), len(raw)))
         else:
             return None
-        parts.append(raw)
+        append(raw)
     return b"".join(parts)
 
 

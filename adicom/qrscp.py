@@ -2,8 +2,10 @@
 
 Handlers are async generators, one per service:
 
-* find: ``async def on_find(identifier, context) -> AsyncIterator[Dataset]``
-  yields each match (the identifier to send back);
+* find: ``async def on_find(identifier, context) -> AsyncIterator[Dataset | bytes]``
+  yields each match (the identifier to send back), as a pydicom Dataset or
+  as bytes already encoded in ``context.transfer_syntax`` (an archive that
+  encodes its rows itself skips pydicom on the hot path);
 * get and move: ``async def on_get(identifier, context)`` yields first the
   number of instances (an int, for the "remaining" count), then each
   instance as a pydicom Dataset or a file path.
@@ -28,7 +30,7 @@ from pydicom.dataset import Dataset
 from adicom.association import Association, Message
 from adicom.dimse import Command
 from adicom.errors import DicomError
-from adicom.fileformat import decode_dataset, encode_dataset
+from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN, decode_dataset, encode_dataset
 from adicom.storescu import StoreResult, sop_instance_of, store, store_instance
 
 __all__ = [
@@ -62,6 +64,9 @@ class QRContext:
     address: tuple[str, int] | None
     message_id: int
     move_destination: str | None = None
+    #: The transfer syntax of the request's presentation context, in which
+    #: identifiers yielded as bytes must be encoded.
+    transfer_syntax: str = IMPLICIT_VR_LITTLE_ENDIAN
 
 
 class QueryFailed(DicomError):
@@ -73,7 +78,7 @@ class QueryFailed(DicomError):
         super().__init__(f"0x{status:04X}: {comment}")
 
 
-FindHandler = Callable[[Dataset, QRContext], AsyncIterator[Dataset]]
+FindHandler = Callable[[Dataset, QRContext], AsyncIterator["Dataset | bytes"]]
 RetrieveHandler = Callable[
     [Dataset, QRContext], AsyncIterator["int | Dataset | str | os.PathLike[str]"]
 ]
@@ -101,6 +106,7 @@ def _context(association: Association, message: Message) -> QRContext:
         address=association.peer_address,
         message_id=command.message_id or 0,
         move_destination=command.move_destination,
+        transfer_syntax=str(association.contexts[message.context_id].transfer_syntax),
     )
 
 
@@ -114,6 +120,18 @@ def _identifier(association: Association, message: Message) -> Dataset:
         raise QueryFailed(UNABLE_TO_PROCESS, f"the identifier does not parse: {exc}") from None
 
 
+def _response_command(request: Message, status: int, has_dataset: bool, **fields: Any) -> Command:
+    rq = request.command
+    return Command(
+        rq.command_field | 0x8000,
+        message_id_being_responded_to=rq.message_id,
+        affected_sop_class_uid=rq.affected_sop_class_uid,
+        status=status,
+        command_data_set_type=0x0000 if has_dataset else 0x0101,
+        **fields,
+    )
+
+
 async def _respond(
     association: Association,
     request: Message,
@@ -122,15 +140,7 @@ async def _respond(
     **fields: Any,
 ) -> None:
     """A response to a C-FIND/GET/MOVE-RQ, with an identifier data set if given."""
-    rq = request.command
-    command = Command(
-        rq.command_field | 0x8000,
-        message_id_being_responded_to=rq.message_id,
-        affected_sop_class_uid=rq.affected_sop_class_uid,
-        status=status,
-        command_data_set_type=0x0101 if identifier is None else 0x0000,
-        **fields,
-    )
+    command = _response_command(request, status, identifier is not None, **fields)
     data = None
     if identifier is not None:
         transfer = association.contexts[request.context_id].transfer_syntax
@@ -146,13 +156,21 @@ async def run_find(
     matches = 0
     try:
         identifier = _identifier(association, request)
-        generator = handler(identifier, _context(association, request))
+        context = _context(association, request)
+        generator = handler(identifier, context)
+        # Every pending response carries the same command set: encode it once.
+        pending = _response_command(request, PENDING, has_dataset=True).encode()
         try:
             async for match in generator:
                 if cancelled.is_set:
                     await _respond(association, request, CANCEL)
                     return
-                await _respond(association, request, PENDING, match)
+                data = (
+                    match
+                    if isinstance(match, bytes)
+                    else (encode_dataset(match, context.transfer_syntax))
+                )
+                await association.send_message(request.context_id, pending, data)
                 matches += 1
         finally:
             await _close(generator)

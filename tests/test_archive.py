@@ -586,6 +586,58 @@ async def test_patient_root_study_query_and_raw_identifiers(archive: Archive) ->
         assert series.SeriesInstanceUID == TREE.uid["A1"]
 
 
+@pytest.mark.parametrize(
+    "syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
+)
+async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
+    archive: Archive, syntax: str
+) -> None:
+    """Plain ASCII matches come encoded from the rows; each equals the pydicom encoding."""
+    from adicom.archive import _answer, _answer_template
+    from adicom.fileformat import decode_dataset, encode_dataset
+    from adicom.qrscp import QRContext
+
+    await archive.open()
+    query = identifier("SERIES", StudyInstanceUID=TREE.uid["A"], Modality="", SeriesDate="",
+                       SeriesDescription="", NumberOfSeriesRelatedInstances="")  # fmt: skip
+    query.add_new(0x00091010, "LO", "")  # a private key: returned empty
+    context = QRContext("SCU", "ARCHIVE", "1.2.840.10008.5.1.4.1.2.2.1", None, 1,
+                        transfer_syntax=syntax)  # fmt: skip
+    answers = [a async for a in archive.find(query, context)]
+    assert len(answers) == 2
+    template = _answer_template(query, "SERIES")
+    found = list(archive.index.find("SERIES", {"StudyInstanceUID": TREE.uid["A"]}))
+    for answer, row in zip(answers, found, strict=True):
+        expected = _answer(template, row)
+        if syntax == "1.2.840.10008.1.2.2":
+            assert isinstance(answer, Dataset)  # no quick encoder for big endian
+            assert answer == expected
+            continue
+        assert isinstance(answer, bytes)
+        assert answer == encode_dataset(expected, syntax)
+        decoded = decode_dataset(answer, syntax)
+        assert decoded.SeriesInstanceUID == row["SeriesInstanceUID"]
+        assert decoded.NumberOfSeriesRelatedInstances == 2
+        assert decoded[0x00091010].value in ("", None, b"")
+
+    # Non-ASCII text cannot take the quick path: the Dataset carries it.
+    other = copy.deepcopy(TREE.instances[0])
+    other.SpecificCharacterSet = "ISO_IR 192"
+    other.PatientID, other.PatientName = "PATU", "Müller^Jörg"
+    other.StudyInstanceUID, other.SeriesInstanceUID = generate_uid(), generate_uid()
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    pydicom.dcmwrite(archive.root / "other.dcm", other, enforce_file_format=True)
+    assert await archive.open() == 1
+    query = identifier("PATIENT", PatientID="PATU", PatientName="")
+    query.SpecificCharacterSet = "ISO_IR 192"
+    context = QRContext("SCU", "ARCHIVE", "1.2.840.10008.5.1.4.1.2.1.1", None, 1,
+                        transfer_syntax="1.2.840.10008.1.2.1")  # fmt: skip
+    (answer,) = [a async for a in archive.find(query, context)]
+    assert isinstance(answer, Dataset)
+    assert answer.PatientName == "Müller^Jörg"
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
+
+
 # --------------------------------------------------------------------------
 # Bad queries
 

@@ -24,9 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from adicom.archive.index import ATTRIBUTES, LEVELS, Index, IndexError_, MatchError, chunks
+from adicom.fileformat import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    encode_text_elements,
+)
 from adicom.qrscp import MoveDestinations, QRContext, QueryFailed
 from adicom.storage import DEFAULT_LAYOUT, DiskStorage, StoreContext
 from adicom.storescu import iter_files
@@ -129,34 +135,30 @@ class Archive:
             "move_destinations": move_destinations or {},
         }
 
-    async def find(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
-        """C-FIND handler: the matches of ``identifier`` with the keys it asked for."""
+    async def find(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset | bytes]:
+        """C-FIND handler: the matches of ``identifier`` with the keys it asked for.
+
+        Matches of plain ASCII text (nearly all) are encoded here, straight
+        from the index's rows, in the request's transfer syntax; the rest go
+        through a pydicom Dataset.
+        """
         level, keys = _keys(identifier)
         try:
             matches = list(self.index.find(level, keys, _patient_root(context)))
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
-        charset = identifier.get("SpecificCharacterSet")
+        template = _answer_template(identifier, level)
+        implicit = context.transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+        quick = implicit or context.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
         for found in matches:
-            answer = Dataset()
-            if charset is not None:
-                answer.SpecificCharacterSet = charset
-            answer.QueryRetrieveLevel = level
-            for element in identifier:
-                keyword = element.keyword
-                if keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
-                    continue
-                if keyword in found and found[keyword] != "":
-                    answer[element.tag] = pydicom.DataElement(
-                        element.tag, element.VR, _value(element.VR, found[keyword])
-                    )
-                else:
-                    # A key we cannot fill is returned empty (PS3.4 C.2.2.1.2).
-                    answer[element.tag] = pydicom.DataElement(element.tag, element.VR, None)
-            unique = LEVELS[level]
-            if unique not in answer:
-                setattr(answer, unique, found.get(unique, ""))
-            yield answer
+            encoded = None
+            if quick:
+                encoded = encode_text_elements(
+                    ((tag, vr, (found.get(keyword) or "") if keyword else text)
+                     for tag, vr, keyword, text in template),
+                    implicit,
+                )  # fmt: skip
+            yield encoded if encoded is not None else _answer(template, found)
 
     async def retrieve(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
         """C-GET/C-MOVE handler: the count, then each matching file.
@@ -177,6 +179,47 @@ class Archive:
                 yield _Missing(row.sop_instance_uid)
                 continue
             yield row.path
+
+
+#: One element of a C-FIND answer: (tag, VR, index keyword, fixed text).
+#: With a keyword, the value comes from the match; without, it is the text.
+_Element = tuple[int, str, str, str]
+
+
+def _answer_template(identifier: Dataset, level: str) -> list[_Element]:
+    """The elements of every answer to ``identifier``, in tag order.
+
+    The keys asked for, each filled from the match or returned empty when
+    the index cannot fill it (PS3.4 C.2.2.1.2), the level, the character
+    set as asked, and the level's unique key even if it was not asked for.
+    """
+    template: list[_Element] = []
+    for element in identifier:
+        keyword = element.keyword
+        if keyword == "QueryRetrieveLevel":
+            continue
+        if keyword == "SpecificCharacterSet":
+            template.append((element.tag, "CS", "", _text(element.value)))
+        else:
+            # An unknown or private key has no keyword: it is returned empty.
+            template.append((element.tag, element.VR, keyword, ""))
+    template.append((0x00080052, "CS", "", level))
+    unique = LEVELS[level]
+    unique_tag = tag_for_keyword(unique)
+    assert unique_tag is not None
+    if all(tag != unique_tag for tag, *_ in template):
+        template.append((unique_tag, "UI", unique, ""))
+    template.sort()
+    return template
+
+
+def _answer(template: list[_Element], found: dict[str, str]) -> Dataset:
+    """A match as a pydicom Dataset: for text the quick encoder does not take."""
+    answer = Dataset()
+    for tag, vr, keyword, text in template:
+        value = (found.get(keyword) or "") if keyword else text
+        answer[tag] = pydicom.DataElement(tag, vr, _value(vr, value) if value else None)
+    return answer
 
 
 class _Missing(Dataset):
