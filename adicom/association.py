@@ -81,6 +81,17 @@ IMPLEMENTATION_VERSION_NAME = "ADICOM_010"
 #: The largest P-DATA-TF PDU we announce we can receive. Larger PDUs mean
 #: fewer headers and writes on bulk transfers; each is held once in memory.
 DEFAULT_MAX_PDU = 1 << 20
+#: The asynchronous operations window adicom proposes and accepts at most,
+#: each way (PS3.7 D.3.3.3): this many C-STOREs in flight keep both sides
+#: busy at once without holding much (their data sets stream).
+ASYNC_WINDOW = 16
+
+
+def window_size(proposed: int, limit: int) -> int:
+    """A window value agreed down to ``limit`` (0 is "unlimited", PS3.7 D.3.3.3)."""
+    if proposed == 0:
+        return limit
+    return min(proposed, limit)
 
 
 class DatasetSink(Protocol):
@@ -246,6 +257,14 @@ class Association:
         self.contexts: dict[int, PresentationContext] = {}
         #: The largest P-DATA-TF PDU the peer accepts (0: no limit).
         self.peer_max_pdu = 0
+        #: How many of our requests may await their response at once: the
+        #: asynchronous operations window negotiated for our direction
+        #: (PS3.7 D.3.3.3; 1 when none was).
+        self.max_outstanding = 1
+        #: How many of the peer's requests may await our response at once;
+        #: one more is a protocol violation (A-ABORT).
+        self.max_incoming = 1
+        self._unanswered: set[int] = set()
         #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
         self.request: AAssociateRQ | None = None
         self.response: AAssociateAC | None = None
@@ -501,6 +520,18 @@ class Association:
 
     def _deliver(self, message: Message) -> None:
         command = message.command
+        if not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
+            # C-CANCEL-RQ is never answered (PS3.7 9.3.2.3): it takes no room.
+            unanswered = self._unanswered
+            unanswered.add(command.message_id or 0)
+            if len(unanswered) > self.max_incoming:
+                if message.sink is not None:
+                    message.sink.abort()  # never stored: no half-made file stays
+                raise RemoteProtocolError(
+                    f"{len(unanswered)} requests await a response, beyond the "
+                    f"asynchronous operations window of {self.max_incoming} (PS3.7 D.3.3.3)",
+                    abort_reason=0,
+                )
         if command.is_response:
             waiter = self._pending.get(command.message_id_being_responded_to or 0)
             if waiter is None:
@@ -583,7 +614,14 @@ class Association:
         be taken back once part of it is on the wire.
         """
         self._check_open()
-        encoded = command if isinstance(command, bytes) else command.encode()
+        if isinstance(command, bytes):
+            encoded = command  # a pending response, sent many times over
+        else:
+            encoded = command.encode()
+            if command.is_response and status_category(command.status or 0) is not (
+                StatusCategory.PENDING
+            ):
+                self._unanswered.discard(command.message_id_being_responded_to or 0)
         async with self._send_lock:
             try:
                 unyielded = 0
@@ -612,6 +650,25 @@ class Association:
         waiter = _Responses()
         self._pending[message_id] = waiter
         return waiter
+
+    def forget_responses(self, message_id: int) -> None:
+        """Drop interest in the responses to ``message_id`` (they will be logged and ignored)."""
+        self._pending.pop(message_id, None)
+
+    async def wait_response(self, message_id: int, responses: _Responses, name: str) -> Command:
+        """The (final) response to a request sent after :meth:`expect_responses`.
+
+        Bounded by the DIMSE timeout; raises if the association ends first.
+        """
+        try:
+            reply: Message | None = await self._with_timeout(
+                responses.get(), "DIMSE", self.dimse_timeout, f"no {name}"
+            )
+        finally:
+            self._pending.pop(message_id, None)
+        if reply is None or reply.command.status is None:
+            raise DimseError(0xFFFF, f"{name} without a status")
+        return reply.command
 
     async def receive_request(self) -> Message | None:
         """The next request from the peer.
@@ -647,17 +704,13 @@ class Association:
         message_id = self.next_message_id()
         command = replace(command, message_id=message_id)
         responses = self.expect_responses(message_id)
-        name = _response_name(command.command_field)
         try:
             await self.send_message(context_id, command, dataset)
-            reply: Message | None = await self._with_timeout(
-                responses.get(), "DIMSE", self.dimse_timeout, f"no {name}"
-            )
-        finally:
+        except BaseException:
             self._pending.pop(message_id, None)
-        if reply is None or reply.command.status is None:
-            raise DimseError(0xFFFF, f"{name} without a status")
-        return reply.command
+            raise
+        name = _response_name(command.command_field)
+        return await self.wait_response(message_id, responses, name)
 
     async def start_operation(
         self,

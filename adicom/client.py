@@ -13,14 +13,17 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from adicom.association import (
+    ASYNC_WINDOW,
     DEFAULT_MAX_PDU,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     Association,
+    window_size,
 )
 from adicom.errors import DicomTimeout, PeerUnreachable
 from adicom.pdu import (
     AAssociateRQ,
+    AsyncOperationsWindow,
     RoleSelection,
     UserIdentityRQ,
     UserInformation,
@@ -55,18 +58,24 @@ async def open_association(
     connect_timeout: float | None = 10.0,
     timeout: float | None = 30.0,
     artim_timeout: float = 10.0,
+    async_window: int = ASYNC_WINDOW,
 ) -> Association:
     """Connect to ``host:port`` and negotiate an association; the caller releases it.
 
     ``contexts`` lists (abstract syntax, transfer syntaxes) pairs to propose
     (default: Verification with the uncompressed syntaxes). ``timeout``
     bounds the association negotiation and each DIMSE response.
+    ``async_window`` is the asynchronous operations window proposed both
+    ways (PS3.7 D.3.3.3): how many C-STOREs may be in flight at once, ours
+    and a C-GET's sub-operations; 1 proposes none (synchronous operations).
 
     Raises :class:`~adicom.errors.PeerUnreachable`,
     :class:`~adicom.errors.AssociationRejected`,
     :class:`~adicom.errors.AssociationAborted` or
     :class:`~adicom.errors.DicomTimeout`.
     """
+    if not 1 <= async_window <= 0xFFFF:
+        raise ValueError(f"async_window must be 1 to 65535, not {async_window}")
     proposed = propose_contexts(DEFAULT_CONTEXTS if contexts is None else contexts)
     roles = tuple(roles)
     request = AAssociateRQ(
@@ -77,7 +86,9 @@ async def open_association(
             maximum_length=max_pdu,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            async_operations_window=None,
+            async_operations_window=(
+                None if async_window == 1 else AsyncOperationsWindow(async_window, async_window)
+            ),
             role_selections=roles,
             user_identity_rq=user_identity,
         ),
@@ -104,6 +115,11 @@ async def open_association(
     response = association.response
     assert response is not None
     association.peer_max_pdu = response.user_information.maximum_length
+    window = response.user_information.async_operations_window
+    if window is not None and async_window != 1:
+        # The acceptor's answer: how many we may invoke, and perform (D.3.3.3).
+        association.max_outstanding = window_size(window.invoked, async_window)
+        association.max_incoming = window_size(window.performed, async_window)
     association.contexts = negotiated(
         proposed,
         response.presentation_contexts,
@@ -134,6 +150,7 @@ async def connect(
     max_pdu: int = DEFAULT_MAX_PDU,
     connect_timeout: float | None = 10.0,
     timeout: float | None = 30.0,
+    async_window: int = ASYNC_WINDOW,
 ) -> AsyncIterator[Association]:
     """An association for the length of an ``async with`` block.
 
@@ -154,6 +171,7 @@ async def connect(
         max_pdu=max_pdu,
         connect_timeout=connect_timeout,
         timeout=timeout,
+        async_window=async_window,
     )
     try:
         yield association

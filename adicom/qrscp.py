@@ -31,7 +31,7 @@ from adicom.association import Association, Message
 from adicom.dimse import Command
 from adicom.errors import DicomError
 from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN, decode_dataset, encode_dataset
-from adicom.storescu import StoreResult, sop_instance_of, store, store_instance
+from adicom.storescu import StoreResult, send_instances, sop_instance_of, store
 
 __all__ = [
     "FindHandler",
@@ -290,14 +290,17 @@ async def run_get(
     """
 
     async def send(items: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
-        async for item in items:
-            if cancelled.is_set:
-                return False
-            result = await store_instance(association, item, scp_role_required=True)
+        async def sent(_instance: Any, result: StoreResult) -> None:
             counts.count(result)
             if not result.ok:
-                failed.append(result.sop_instance_uid or sop_instance_of(item))
+                failed.append(result.sop_instance_uid)
             await _respond(association, request, PENDING, None, **counts.fields())
+
+        # As many sub-operations in flight as the requestor agreed to perform
+        # (PS3.7 D.3.3.3), the next file read while it stores the last.
+        await send_instances(
+            association, items, sent, scp_role_required=True, stop=lambda: cancelled.is_set
+        )
         return not cancelled.is_set
 
     await _run_retrieve(association, request, handler, send)

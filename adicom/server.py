@@ -15,11 +15,13 @@ from types import TracebackType
 from typing import Any
 
 from adicom.association import (
+    ASYNC_WINDOW,
     DEFAULT_MAX_PDU,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     Association,
     Message,
+    window_size,
 )
 from adicom.dimse import CommandField
 from adicom.errors import DicomError, describe_reject
@@ -122,6 +124,7 @@ class Server:
         on_get: RetrieveHandler | None = None,
         on_move: RetrieveHandler | None = None,
         move_destinations: MoveDestinations | None = None,
+        async_window: int = ASYNC_WINDOW,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -133,6 +136,9 @@ class Server:
             None if allowed_calling_aes is None else {a.strip() for a in allowed_calling_aes}
         )
         self.max_associations = max_associations
+        if not 1 <= async_window <= 0xFFFF:
+            raise ValueError(f"async_window must be 1 to 65535, not {async_window}")
+        self.async_window = async_window
         self.max_pdu = max_pdu
         self.artim_timeout = artim_timeout
         self.dimse_timeout = dimse_timeout
@@ -325,6 +331,19 @@ class Server:
             and user.user_identity_rq.positive_response_requested
         ):
             identity_ac = UserIdentityAC(identity_response)
+        # PS3.7 D.3.3.3: answer a proposed window, agreed down to ours (the
+        # first value is what the requestor may invoke on us, the second
+        # what we may invoke on it: C-GET's C-STORE sub-operations); no
+        # proposal, no answer, and 1/1.
+        proposed = user.async_operations_window
+        window = (
+            None
+            if proposed is None
+            else AsyncOperationsWindow(
+                window_size(proposed.invoked, self.async_window),
+                window_size(proposed.performed, self.async_window),
+            )
+        )
         response = AAssociateAC(
             called_ae=request.called_ae,
             calling_ae=request.calling_ae,
@@ -333,17 +352,16 @@ class Server:
                 maximum_length=self.max_pdu,
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-                # We perform one operation at a time, so answer 1/1 whatever
-                # was asked (PS3.7 D.3.3.3).
-                async_operations_window=(
-                    AsyncOperationsWindow(1, 1) if user.async_operations_window else None
-                ),
+                async_operations_window=window,
                 role_selections=roles,
                 user_identity_ac=identity_ac,
             ),
         )
         association.response = response
         association.peer_max_pdu = user.maximum_length
+        if window is not None:
+            association.max_incoming = window.invoked
+            association.max_outstanding = window.performed
         association.contexts = negotiated(
             request.presentation_contexts, answers, user.role_selections, roles
         )

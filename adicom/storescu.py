@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -26,7 +27,14 @@ from pydicom.uid import UID
 
 from adicom.association import DEFAULT_MAX_PDU, Association
 from adicom.client import connect
-from adicom.dimse import StatusCategory, describe_status, status_category
+from adicom.dimse import (
+    Command,
+    CommandField,
+    Priority,
+    StatusCategory,
+    describe_status,
+    status_category,
+)
 from adicom.fileformat import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -241,15 +249,47 @@ async def store_instance(
     ``move_originator`` (AE title, message ID) marks a C-MOVE sub-operation
     (PS3.7 9.1.1.1.9); ``scp_role_required`` a C-GET sub-operation.
     """
-    return await _send(association, _prepare(source), scp_role_required, move_originator)
+    results: list[StoreResult] = []
+
+    async def keep(_instance: _Instance, result: StoreResult) -> None:
+        results.append(result)
+
+    await send_instances(
+        association,
+        _each([_prepare(source)]),
+        keep,
+        scp_role_required=scp_role_required,
+        move_originator=move_originator,
+    )
+    return results[0]
 
 
-async def _send(
+#: Files up to this size are read whole while the peer works on the previous
+#: instance; larger ones are read as they are sent, never held whole.
+PRELOAD_LIMIT = 1 << 20
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """An instance ready to go: its context, its C-STORE-RQ and its data set."""
+
+    instance: _Instance
+    context_id: int
+    command: Command
+    source: bytes | _FileSlice
+
+    def close(self) -> None:
+        if isinstance(self.source, _FileSlice):
+            self.source.close()
+
+
+def _ready(
     association: Association,
     instance: _Instance,
-    scp_role_required: bool = False,
-    move_originator: tuple[str, int] | None = None,
-) -> StoreResult:
+    scp_role_required: bool,
+    move_originator: tuple[str, int] | None,
+) -> _Outgoing | StoreResult:
+    """Choose the context and make the data set ready to send, or say why it cannot go."""
     if instance.error:
         return instance.failed(instance.error)
     choice = _choose(association, instance, scp_role_required)
@@ -264,9 +304,13 @@ async def _send(
         if (
             instance.path is not None
             and instance.dataset is None
-            and transfer == (instance.transfer_syntax)
+            and (transfer == instance.transfer_syntax)
         ):
             source = _FileSlice(instance.path, instance.offset)
+            if source.size <= PRELOAD_LIMIT:
+                # Read now, while the peer is busy with the previous instance.
+                slice_, source = source, source.read(source.size)
+                slice_.close()
         else:
             dataset = instance.dataset
             if dataset is None:
@@ -275,25 +319,86 @@ async def _send(
             source = encode_dataset(dataset, transfer)
     except Exception as exc:
         return instance.failed(f"cannot read the instance: {exc}")
-    try:
-        response = await association.send_c_store(
-            context_id,
-            instance.sop_class_uid,
-            instance.sop_instance_uid,
-            source,
-            move_originator_ae=move_originator[0] if move_originator else None,
-            move_originator_message_id=move_originator[1] if move_originator else None,
-        )
-    finally:
-        if isinstance(source, _FileSlice):
-            source.close()
+    command = Command(
+        CommandField.C_STORE_RQ,
+        affected_sop_class_uid=instance.sop_class_uid,
+        affected_sop_instance_uid=instance.sop_instance_uid,
+        priority=Priority.MEDIUM,
+        command_data_set_type=0x0000,
+        move_originator_ae_title=move_originator[0] if move_originator else None,
+        move_originator_message_id=move_originator[1] if move_originator else None,
+    )
+    return _Outgoing(instance, context_id, command, source)
+
+
+def _result(instance: _Instance, response: Command) -> StoreResult:
     status = response.status
-    assert status is not None
+    if status is None:
+        return instance.failed("C-STORE-RSP without a status", 0xFFFF)
     result = StoreResult(instance.source, instance.sop_class_uid, instance.sop_instance_uid, status)
     if not result.ok:
         comment = f": {response.error_comment}" if response.error_comment else ""
         result = instance.failed(describe_status(status) + comment, status)
     return result
+
+
+async def send_instances(
+    association: Association,
+    instances: AsyncIterator[_Instance | str | os.PathLike[str] | Dataset],
+    on_result: Callable[[_Instance, StoreResult], Awaitable[None]],
+    *,
+    scp_role_required: bool = False,
+    move_originator: tuple[str, int] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Send instances (paths, datasets) by C-STORE, as many outstanding as the association allows.
+
+    Up to ``association.max_outstanding`` requests are in flight (the
+    asynchronous operations window, PS3.7 D.3.3.3; 1 unless negotiated), and
+    the next instance is made ready (its file read) while the peer works, so
+    both sides are busy at once. ``on_result`` is awaited with each result:
+    in the order of the responses for the instances sent, at once for those
+    that cannot be sent, with the instance each is about. ``stop`` is asked
+    before each new instance; those in flight are still awaited. Errors of
+    the association propagate.
+    """
+    window = association.max_outstanding
+    inflight: deque[tuple[_Outgoing, int, Any]] = deque()
+    upcoming: _Outgoing | None = None
+
+    async def next_ready() -> _Outgoing | None:
+        while stop is None or not stop():
+            item = await anext(instances, None)
+            if item is None:
+                return None
+            instance = item if isinstance(item, _Instance) else _prepare(item)
+            ready = _ready(association, instance, scp_role_required, move_originator)
+            if isinstance(ready, _Outgoing):
+                return ready
+            await on_result(instance, ready)
+        return None
+
+    try:
+        upcoming = await next_ready()
+        while upcoming is not None or inflight:
+            while upcoming is not None and len(inflight) < window:
+                outgoing, upcoming = upcoming, None
+                message_id = association.next_message_id()
+                responses = association.expect_responses(message_id)
+                inflight.append((outgoing, message_id, responses))
+                command = replace(outgoing.command, message_id=message_id)
+                await association.send_message(outgoing.context_id, command, outgoing.source)
+                outgoing.close()
+                upcoming = await next_ready()  # while the peer works on what was sent
+            outgoing, message_id, responses = inflight.popleft()
+            response = await association.wait_response(message_id, responses, "C-STORE-RSP")
+            await on_result(outgoing.instance, _result(outgoing.instance, response))
+    finally:
+        for outgoing, message_id, _ in inflight:
+            outgoing.close()
+            association.forget_responses(message_id)
+        if upcoming is not None:
+            upcoming.close()
 
 
 async def store(
@@ -333,6 +438,12 @@ async def store(
             expanded.extend(iter_files([source]))
     instances = [_prepare(source) for source in expanded]
     results: list[StoreResult | None] = [None] * len(instances)
+    position = {id(instance): i for i, instance in enumerate(instances)}
+
+    async def keep(instance: _Instance, result: StoreResult) -> None:
+        results[position[id(instance)]] = result
+        await report(result)
+
     for batch in _batches(instances):
         sendable = [i for i in batch if not instances[i].error]
         for index in batch:
@@ -353,14 +464,21 @@ async def store(
             connect_timeout=connect_timeout,
             timeout=timeout,
         ) as association:
-            for index in sendable:
-                result = await _send(association, instances[index], False, move_originator)
-                results[index] = result
-                await report(result)
+            await send_instances(
+                association,
+                _each(instances[i] for i in sendable),
+                keep,
+                move_originator=move_originator,
+            )
     done = [r for r in results if r is not None]
     failed = sum(not r.ok for r in done)
     log.info("Stored %d instances on %s: %d failed", len(done) - failed, called_ae, failed)
     return done
+
+
+async def _each(instances: Iterable[_Instance]) -> AsyncIterator[_Instance]:
+    for instance in instances:
+        yield instance
 
 
 def _batches(instances: Sequence[_Instance]) -> Iterator[list[int]]:

@@ -517,7 +517,7 @@ async def test_release_collision_as_requestor() -> None:
 
 
 async def test_role_selection_and_async_window_are_answered() -> None:
-    from adicom.pdu import AsyncOperationsWindow, RoleSelection
+    from adicom.pdu import RoleSelection
 
     async with serving() as server:
         # The requestor asks to be SCU and SCP of Verification; this server
@@ -527,6 +527,7 @@ async def test_role_selection_and_async_window_are_answered() -> None:
             server.port,
             called_ae="ADICOM",
             roles=[RoleSelection(VERIFICATION, scu_role=True, scp_role=True)],
+            async_window=1,
         ) as assoc:
             assert assoc.response is not None
             answer = assoc.response.user_information
@@ -536,13 +537,23 @@ async def test_role_selection_and_async_window_are_answered() -> None:
             assert answer.implementation_class_uid == adicom.association.IMPLEMENTATION_CLASS_UID
             assert answer.async_operations_window is None  # not asked, not answered
 
-    # Asked for a window of 5/5: the answer is 1/1 (one operation at a time).
+
+@pytest.mark.parametrize(
+    ("asked", "answered"),
+    [((5, 5), (5, 5)), ((0, 0), (16, 16)), ((100, 3), (16, 3)), ((1, 1), (1, 1))],
+)
+async def test_an_async_window_is_agreed_down_to_ours(
+    asked: tuple[int, int], answered: tuple[int, int]
+) -> None:
+    """PS3.7 D.3.3.3: the acceptor answers at most what was asked, 0 meaning unlimited."""
+    from adicom.pdu import AsyncOperationsWindow
+
     peer_request = ECHO_RQ.__class__(
         called_ae="ADICOM",
         calling_ae="RAW",
         presentation_contexts=ECHO_RQ.presentation_contexts,
         user_information=UserInformation(
-            16384, "1.2.3.4", async_operations_window=AsyncOperationsWindow(5, 5)
+            16384, "1.2.3.4", async_operations_window=AsyncOperationsWindow(*asked)
         ),
     )
     async with serving() as server:
@@ -554,10 +565,53 @@ async def test_role_selection_and_async_window_are_answered() -> None:
                 decoder.feed(await reader.read(65536))
         assert isinstance(answer_pdu, AAssociateAC)
         window = answer_pdu.user_information.async_operations_window
-        assert window == AsyncOperationsWindow(1, 1)
+        assert window == AsyncOperationsWindow(*answered)
         writer.write(AReleaseRQ().encode())
         async with asyncio.timeout(CLOSE_BOUND):
             while (answer_pdu := decoder.next_pdu()) is None:
                 decoder.feed(await reader.read(65536))
         assert type(answer_pdu).__name__ == "AReleaseRP"
         writer.close()  # the requestor closes after A-RELEASE-RP (PS3.8 AR-3)
+
+
+@pytest.mark.parametrize("window", [1, 2, 16])
+async def test_requests_beyond_the_async_window_are_aborted(window: int) -> None:
+    """Within the negotiated window every request is answered; one more gets an A-ABORT."""
+    from adicom.dimse import Command, CommandField
+
+    async with (
+        serving() as server,
+        adicom.connect("127.0.0.1", server.port, called_ae="ADICOM", async_window=window) as assoc,
+    ):
+        assert (assoc.max_outstanding, assoc.max_incoming) == (window, window)
+        (context,) = assoc.contexts.values()
+        waiters = []
+        for _ in range(window):
+            message_id = assoc.next_message_id()
+            waiters.append((message_id, assoc.expect_responses(message_id)))
+            echo = Command(CommandField.C_ECHO_RQ, message_id=message_id,
+                           affected_sop_class_uid=VERIFICATION)  # fmt: skip
+            await assoc.send_message(context.context_id, echo)
+        for message_id, responses in waiters:
+            response = await assoc.wait_response(message_id, responses, "C-ECHO-RSP")
+            assert response.status == 0x0000
+
+        # Now window + 1 in one write (so none is answered before the last
+        # arrives): the server must abort.
+        from adicom.dimse import fragment_message
+
+        for _ in range(window + 1):
+            message_id = assoc.next_message_id()
+            assoc.expect_responses(message_id)
+            echo = Command(CommandField.C_ECHO_RQ, message_id=message_id,
+                           affected_sop_class_uid=VERIFICATION)  # fmt: skip
+            for pdvs in fragment_message(context.context_id, echo.encode(), None, 0):
+                assoc._ul.send_pdata(pdvs, 0.0)
+        assoc._flush()
+        await assoc.wait_closed(CLOSE_BOUND)
+        with pytest.raises(AssociationAborted) as info:
+            await assoc.echo()
+        # The server aborted (not us): service-provider source, reason not specified.
+        assert not info.value.local
+        assert (info.value.source, info.value.reason) == (2, 0)
+    assert server.stats["aborted"] == 1
