@@ -163,6 +163,7 @@ async def test_get_to_disk_and_memory_with_progress(tmp_path: pathlib.Path) -> N
             in_memory = await qrscu.get(assoc, study_identifier(), memory)
     assert result.status == 0x0000 and result.completed == 12 and result.failed == 0
     assert len(result.paths) == 12 and all(p.is_file() for p in result.paths)
+    assert list((tmp_path / ".incoming").iterdir()) == []  # nothing half-written
     assert seen[0] == (11, 1) and seen[-1][1] == 12
     for path, sent in zip(sorted(result.paths), sorted(archive.instances, key=_uid), strict=True):
         assert pydicom.dcmread(path).PixelData == sent.PixelData

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import copy
+import os
 import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -213,14 +213,17 @@ async def test_unwritable_destination_fails_the_instance_and_goes_on(
 async def test_full_disk_leaves_no_partial_file(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = builtins.open
+    real_open = os.open
 
-    def full_disk_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if str(file).endswith(".part") and "w" in mode:
-            return real_open("/dev/full", mode, *args, **kwargs)  # every write: ENOSPC
-        return real_open(file, mode, *args, **kwargs)
+    def full_disk_open(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if str(path).endswith(".part") and flags & os.O_WRONLY:
+            # The temporary file is made (so its removal is checked), but
+            # every write goes to /dev/full: ENOSPC.
+            os.close(real_open(path, flags, mode, **kwargs))
+            return real_open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+        return real_open(path, flags, mode, **kwargs)
 
-    monkeypatch.setattr(storage_module, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(storage_module.os, "open", full_disk_open)
     disk = adicom.DiskStorage(tmp_path)
     async with scp(disk) as server:
         (result,) = await adicom.store(
