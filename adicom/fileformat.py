@@ -344,11 +344,31 @@ def scan_elements(
     end = len(data)
     pos = 0
     u16, u32 = ("<H", "<L") if little else (">H", ">L")
-    while pos < end:
-        header = _element_header(data, pos, implicit, u16, u32)
-        if header is None:
-            return None
-        tag, length, pos = header
+    # One unpack per element header: (group, element, VR or the 4-byte
+    # length). This runs once per received instance, so it is kept tight.
+    header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
+    long_length = struct.Struct(u32)
+    while pos + 8 <= end:
+        if implicit:
+            group, element, length = header.unpack_from(data, pos)
+            tag = (group << 16) | element
+            pos += 8
+        else:
+            group, element, vr, length = header.unpack_from(data, pos)
+            tag = (group << 16) | element
+            if group == 0xFFFE:
+                # Items and delimiters have no VR in any syntax (PS3.5 7.5).
+                (length,) = long_length.unpack_from(data, pos + 4)
+                pos += 8
+            elif vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                (length,) = long_length.unpack_from(data, pos + 8)
+                pos += 12
+            elif vr.isalpha() and vr.isupper():
+                pos += 8
+            else:
+                raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
         if tag > last:
             return found
         if length == _UNDEFINED:
