@@ -19,6 +19,7 @@ with its status; any other exception answers 0xC000 (unable to process).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -89,12 +90,38 @@ MoveDestinations = (
 
 
 class Cancelled:
-    """Set by the server when a C-CANCEL-RQ names the operation."""
+    """Set by the server when a C-CANCEL-RQ names the operation.
 
-    __slots__ = ("is_set",)
+    ``in_handler`` is true while the operation awaits its handler: only then
+    may the server cancel the operation's task, so that a handler stuck in
+    an await stops at once, while a message half on the wire is never cut.
+    """
+
+    __slots__ = ("in_handler", "is_set")
 
     def __init__(self) -> None:
         self.is_set = False
+        self.in_handler = False
+
+
+async def _interruptible(generator: AsyncIterator[Any], cancelled: Cancelled) -> AsyncIterator[Any]:
+    """The handler's items, ending early on a C-CANCEL, even one that comes mid-await."""
+    while not cancelled.is_set:
+        cancelled.in_handler = True
+        try:
+            item = await anext(generator)
+        except StopAsyncIteration:
+            return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # The server cancels the task for a C-CANCEL (stop here and
+            # answer Cancel) or because the association ended (go on out).
+            if cancelled.is_set and task is not None and task.uncancel() == 0:
+                return
+            raise
+        finally:
+            cancelled.in_handler = False
+        yield item
 
 
 def _context(association: Association, message: Message) -> QRContext:
@@ -161,10 +188,7 @@ async def run_find(
         # Every pending response carries the same command set: encode it once.
         pending = _response_command(request, PENDING, has_dataset=True).encode()
         try:
-            async for match in generator:
-                if cancelled.is_set:
-                    await _respond(association, request, CANCEL)
-                    return
+            async for match in _interruptible(generator, cancelled):
                 data = (
                     match
                     if isinstance(match, bytes)
@@ -238,6 +262,7 @@ async def _run_retrieve(
     association: Association,
     request: Message,
     handler: RetrieveHandler,
+    cancelled: Cancelled,
     send: Callable[[AsyncIterator[Any], _Counts, list[str]], Awaitable[bool]],
 ) -> None:
     """What C-GET and C-MOVE share: start the handler, count, send the final response.
@@ -251,13 +276,13 @@ async def _run_retrieve(
         identifier = _identifier(association, request)
         generator = handler(identifier, _context(association, request))
         try:
-            first = await anext(generator, None)
+            items = _interruptible(generator, cancelled)
+            first = await anext(items, None)
             if isinstance(first, int):
                 counts.remaining = first
-                items = generator
             else:
-                items = _prepend(first, generator)
-            finished = await send(items, counts, failed)
+                items = _prepend(first, items)
+            finished = await send(items, counts, failed) and not cancelled.is_set
         finally:
             await _close(generator)
         status = _final_status(counts) if finished else CANCEL
@@ -303,7 +328,7 @@ async def run_get(
         )
         return not cancelled.is_set
 
-    await _run_retrieve(association, request, handler, send)
+    await _run_retrieve(association, request, handler, cancelled, send)
 
 
 async def run_move(
@@ -334,6 +359,8 @@ async def run_move(
         # The sub-association needs its contexts up front, so gather the
         # (usually file path) items first; PS3.4 C.4.2.2.
         items = [item async for item in found]
+        if cancelled.is_set:
+            return False  # cancelled before anything was sent
         if counts.remaining == 0:
             counts.remaining = len(items)
         if not items:
@@ -370,7 +397,7 @@ async def run_move(
                 failed.append(sop_instance_of(item))
         return True
 
-    await _run_retrieve(association, request, handler, send)
+    await _run_retrieve(association, request, handler, cancelled, send)
 
 
 class _StopMove(Exception):

@@ -456,7 +456,11 @@ class Server:
             # final response says Cancel. Unknown IDs are ignored.
             entry = operations.get(message.command.message_id_being_responded_to or 0)
             if entry is not None:
-                entry[1].is_set = True
+                task, cancelled = entry
+                cancelled.is_set = True
+                if cancelled.in_handler and not task.done():
+                    # The handler may be stuck in an await: stop it there.
+                    task.cancel()
         else:
             # Status 0x0211 "unrecognized operation" (PS3.7 C.5.x general statuses).
             await association.respond(message, 0x0211)

@@ -282,14 +282,77 @@ async def test_release_cancels_an_operation_left_open() -> None:
         assert server.stats["released"] == 1
 
 
+async def test_a_handler_stuck_in_an_await_is_stopped_by_c_cancel() -> None:
+    """The server cancels a handler awaiting something that never comes; answer: Cancel."""
+    stopped = asyncio.Event()
+
+    async def stuck(identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
+        first = Dataset()
+        first.QueryRetrieveLevel = "STUDY"
+        first.StudyInstanceUID = "1.2.3"
+        yield first
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            stopped.set()
+        yield first
+
+    async with adicom.Server("QR", port=0, on_find=stuck) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            results = qrscu.find(assoc, study_identifier())
+            assert (await results.__anext__()).StudyInstanceUID == "1.2.3"
+            final = await results._operation.cancel(wait=2)  # type: ignore[union-attr]
+            assert final is not None and final.command.status == 0xFE00
+            assert stopped.is_set()
+            # The association goes on, and the same handler answers again.
+            async with qrscu.find(assoc, study_identifier()) as again:
+                assert (await again.__anext__()).StudyInstanceUID == "1.2.3"
+
+
+async def test_a_get_handler_stuck_between_instances_is_stopped_by_c_cancel(
+    tmp_path: pathlib.Path,
+) -> None:
+    instances = make_instances(3)
+
+    async def slow(identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
+        yield len(instances)
+        yield instances[0]
+        await asyncio.sleep(3600)  # e.g. fetching the next one from slow storage
+        yield instances[1]
+
+    contexts, roles = qrscu.get_contexts()
+    async with adicom.Server("QR", port=0, on_get=slow) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=contexts, roles=roles
+        ) as assoc:
+            with pytest.raises(qrscu.RetrieveCancelled) as info:
+                await qrscu.get(assoc, study_identifier(), adicom.DiskStorage(tmp_path),
+                                timeout=0.5)  # fmt: skip
+            assert info.value.acknowledged
+            progress = info.value.progress
+            assert progress.status == 0xFE00 and progress.completed == 1
+            assert len(progress.paths) == 1 and progress.paths[0].is_file()
+            assert assoc.is_established  # and the release below goes through
+
+
 async def test_a_peer_that_ignores_c_cancel_is_aborted() -> None:
     async def stuck(identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
         first = Dataset()
         first.QueryRetrieveLevel = "STUDY"
         first.StudyInstanceUID = "1.2.3"
         yield first
-        await asyncio.sleep(3600)  # deaf to C-CANCEL: the flag is read between matches
-        yield first
+        ignored = 0
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                # Deaf to C-CANCEL (the first cancellation), not to the end
+                # of the association (the second).
+                ignored += 1
+                if ignored > 1:
+                    raise
 
     async with adicom.Server("QR", port=0, on_find=stuck) as server:
         assoc = await adicom.open_association(
