@@ -81,6 +81,10 @@ IMPLEMENTATION_VERSION_NAME = "ADICOM_010"
 #: The largest P-DATA-TF PDU we announce we can receive. Larger PDUs mean
 #: fewer headers and writes on bulk transfers; each is held once in memory.
 DEFAULT_MAX_PDU = 1 << 20
+#: Longest time (s) sending one message holds the event loop before
+#: letting other work run.
+SEND_SLICE = 0.002
+
 #: The asynchronous operations window adicom proposes and accepts at most,
 #: each way (PS3.7 D.3.3.3): this many C-STOREs in flight keep both sides
 #: busy at once without holding much (their data sets stream).
@@ -624,17 +628,19 @@ class Association:
                 self._unanswered.discard(command.message_id_being_responded_to or 0)
         async with self._send_lock:
             try:
-                unyielded = 0
+                clock = self._loop.time
+                yielded = clock()
                 for pdvs in fragment_message(context_id, encoded, dataset, self.peer_max_pdu):
                     self._check_open()
-                    self._ul.send_pdata(pdvs, self._loop.time())
+                    now = clock()
+                    self._ul.send_pdata(pdvs, now)
                     self._flush()
-                    unyielded += 1
-                    if unyielded >= 64 and not self._paused:
+                    if now - yielded > SEND_SLICE and not self._paused:
                         # Loopback sockets swallow megabytes without pushing
-                        # back: let the loop run other work now and then.
-                        unyielded = 0
+                        # back, and a large file is read as it goes: let the
+                        # loop run other work every few milliseconds.
                         await asyncio.sleep(0)
+                        yielded = clock()
                     if self._paused:
                         waiter = self._loop.create_future()
                         self._drain_waiters.append(waiter)
