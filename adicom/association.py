@@ -85,6 +85,10 @@ DEFAULT_MAX_PDU = 1 << 20
 #: letting other work run.
 SEND_SLICE = 0.002
 
+#: How many PDUs of batched messages (C-FIND's pending responses) may wait
+#: to leave in one write: a system call per PDU cost more than encoding it.
+BATCH_PDUS = 16
+
 #: The asynchronous operations window adicom proposes and accepts at most,
 #: each way (PS3.7 D.3.3.3): this many C-STOREs in flight keep both sides
 #: busy at once without holding much (their data sets stream).
@@ -280,6 +284,10 @@ class Association:
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
         self._paused = False
+        # PDUs of batched messages not written yet, and whether a write of
+        # them is scheduled (see send_message's ``batch``).
+        self._batched = 0
+        self._flush_scheduled = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -416,6 +424,8 @@ class Association:
             self._timer = None if at is None else self._loop.call_at(at, self._on_timer)
 
     def _flush(self) -> None:
+        self._batched = 0
+        self._flush_scheduled = False
         data = self._ul.data_to_send()
         transport = self._transport
         if transport is None:
@@ -606,11 +616,16 @@ class Association:
         context_id: int,
         command: Command | bytes,
         dataset: bytes | memoryview | DatasetReader | None = None,
+        *,
+        batch: bool = False,
     ) -> None:
         """Send a DIMSE message, split into PDUs that fit the peer's maximum.
 
         ``command`` may be given already encoded (``Command.encode()``), for
         a response sent many times over, such as C-FIND's pending ones.
+        ``batch`` says more messages follow at once (a stream of pending
+        responses): its PDUs may wait for those, up to BATCH_PDUS of them or
+        one pass of the event loop, and leave in one write.
         A command and a small data set leave in one write. Waits while the
         transport's buffer is full (backpressure); a peer that stops reading
         for the DIMSE timeout aborts the association. A data set source that
@@ -634,7 +649,13 @@ class Association:
                     self._check_open()
                     now = clock()
                     self._ul.send_pdata(pdvs, now)
-                    self._flush()
+                    if batch and self._batched < BATCH_PDUS:
+                        self._batched += 1
+                        if not self._flush_scheduled:
+                            self._flush_scheduled = True
+                            self._loop.call_soon(self._flush)
+                    else:
+                        self._flush()
                     if now - yielded > SEND_SLICE and not self._paused:
                         # Loopback sockets swallow megabytes without pushing
                         # back, and a large file is read as it goes: let the

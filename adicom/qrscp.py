@@ -194,7 +194,7 @@ async def run_find(
                     if isinstance(match, bytes)
                     else (encode_dataset(match, context.transfer_syntax))
                 )
-                await association.send_message(request.context_id, pending, data)
+                await association.send_message(request.context_id, pending, data, batch=True)
                 matches += 1
         finally:
             await _close(generator)

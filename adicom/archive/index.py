@@ -247,6 +247,17 @@ class Index:
             for keyword, (column, attribute_level, _) in ATTRIBUTES.items()
             if _ORDER.index(attribute_level) <= depth
         ]
+        names = [keyword for keyword, _ in shown]
+        if level == "IMAGE":
+            # One row per instance already (SOP Instance UID is the key): no
+            # grouping, which costs SQLite a temporary B-tree per query.
+            sql = (
+                f"SELECT {', '.join(column for _, column in shown)} FROM instances "
+                f"WHERE {where} ORDER BY study_date, sop_instance_uid"
+            )
+            for row in self._db.execute(sql, params):
+                yield dict(zip(names, row, strict=True))
+            return
         select = ", ".join(f"min({column})" for _, column in shown)
         group = ATTRIBUTES[LEVELS[level]][0]
         extra = {
@@ -255,15 +266,14 @@ class Index:
             "STUDY": "0, count(DISTINCT series_instance_uid), count(*), "
             "group_concat(DISTINCT modality)",
             "SERIES": "0, 0, count(*), ''",
-            "IMAGE": "0, 0, 0, ''",
         }[level]
         sql = (
             f"SELECT {select}, {extra} FROM instances WHERE {where} "
             f"GROUP BY {group} ORDER BY min(study_date), min({group})"
         )
         for row in self._db.execute(sql, params):
-            found = {keyword: row[i] for i, (keyword, _) in enumerate(shown)}
-            studies, series, instances, modalities = row[len(shown) :]
+            found = dict(zip(names, row[: len(names)], strict=True))
+            studies, series, instances, modalities = row[len(names) :]
             if level == "PATIENT":
                 found["NumberOfPatientRelatedStudies"] = str(studies)
                 found["NumberOfPatientRelatedSeries"] = str(series)
