@@ -85,9 +85,11 @@ DEFAULT_MAX_PDU = 1 << 20
 #: letting other work run.
 SEND_SLICE = 0.002
 
-#: How many PDUs of batched messages (C-FIND's pending responses) may wait
-#: to leave in one write: a system call per PDU cost more than encoding it.
-BATCH_PDUS = 16
+#: How many batched messages (pending responses) may wait to leave in one
+#: write: a system call per small message cost more than encoding it.
+BATCH_MESSAGES = 16
+#: A message's PDUs are written once this many bytes are waiting.
+WRITE_BYTES = 256 * 1024
 
 #: The asynchronous operations window adicom proposes and accepts at most,
 #: each way (PS3.7 D.3.3.3): this many C-STOREs in flight keep both sides
@@ -284,8 +286,8 @@ class Association:
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
         self._paused = False
-        # PDUs of batched messages not written yet, and whether a write of
-        # them is scheduled (see send_message's ``batch``).
+        # Batched messages not written yet, and whether a write of them is
+        # scheduled (see send_message's ``batch``).
         self._batched = 0
         self._flush_scheduled = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
@@ -624,8 +626,8 @@ class Association:
         ``command`` may be given already encoded (``Command.encode()``), for
         a response sent many times over, such as C-FIND's pending ones.
         ``batch`` says more messages follow at once (a stream of pending
-        responses): its PDUs may wait for those, up to BATCH_PDUS of them or
-        one pass of the event loop, and leave in one write.
+        responses): it may wait for those, up to BATCH_MESSAGES of them or
+        one pass of the event loop, and leave in the same write.
         A command and a small data set leave in one write. Waits while the
         transport's buffer is full (backpressure); a peer that stops reading
         for the DIMSE timeout aborts the association. A data set source that
@@ -645,17 +647,18 @@ class Association:
             try:
                 clock = self._loop.time
                 yielded = clock()
+                unwritten = 0
                 for pdvs in fragment_message(context_id, encoded, dataset, self.peer_max_pdu):
                     self._check_open()
                     now = clock()
                     self._ul.send_pdata(pdvs, now)
-                    if batch and self._batched < BATCH_PDUS:
-                        self._batched += 1
-                        if not self._flush_scheduled:
-                            self._flush_scheduled = True
-                            self._loop.call_soon(self._flush)
-                    else:
+                    # The PDUs of a message leave together, a write per
+                    # WRITE_BYTES at the most (a peer's 16 KiB PDUs would
+                    # otherwise cost a system call each).
+                    unwritten += sum(len(data) for _, _, data in pdvs)
+                    if unwritten >= WRITE_BYTES:
                         self._flush()
+                        unwritten = 0
                     if now - yielded > SEND_SLICE and not self._paused:
                         # Loopback sockets swallow megabytes without pushing
                         # back, and a large file is read as it goes: let the
@@ -663,11 +666,19 @@ class Association:
                         await asyncio.sleep(0)
                         yielded = clock()
                     if self._paused:
+                        self._flush()
                         waiter = self._loop.create_future()
                         self._drain_waiters.append(waiter)
                         await self._with_timeout(
                             waiter, "send", self.dimse_timeout, "the peer stopped reading"
                         )
+                if batch and self._batched < BATCH_MESSAGES:
+                    self._batched += 1
+                    if not self._flush_scheduled:
+                        self._flush_scheduled = True
+                        self._loop.call_soon(self._flush)
+                else:
+                    self._flush()
             except (OSError, DicomTimeout):
                 self.abort()
                 raise

@@ -164,6 +164,8 @@ async def _respond(
     request: Message,
     status: int,
     identifier: Dataset | None = None,
+    *,
+    batch: bool = False,
     **fields: Any,
 ) -> None:
     """A response to a C-FIND/GET/MOVE-RQ, with an identifier data set if given."""
@@ -173,7 +175,7 @@ async def _respond(
         transfer = association.contexts[request.context_id].transfer_syntax
         assert transfer is not None
         data = encode_dataset(identifier, transfer)
-    await association.send_message(request.context_id, command, data)
+    await association.send_message(request.context_id, command, data, batch=batch)
 
 
 async def run_find(
@@ -222,7 +224,7 @@ class _Counts:
     failed: int = 0
     warning: int = 0
 
-    def fields(self, final: bool = False) -> dict[str, int | None]:
+    def fields(self, final: bool = False) -> dict[str, Any]:
         # PS3.7 9.3.3.2 / 9.3.4.2: "remaining" is absent from the final response.
         return {
             "number_of_remaining_suboperations": None if final else self.remaining,
@@ -319,7 +321,8 @@ async def run_get(
             counts.count(result)
             if not result.ok:
                 failed.append(result.sop_instance_uid)
-            await _respond(association, request, PENDING, None, **counts.fields())
+            # Batched: it leaves with the next sub-operation's C-STORE-RQ.
+            await _respond(association, request, PENDING, None, batch=True, **counts.fields())
 
         # As many sub-operations in flight as the requestor agreed to perform
         # (PS3.7 D.3.3.3), the next file read while it stores the last.

@@ -13,6 +13,7 @@ refused fails with a reason and the others go on.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections import deque
@@ -94,6 +95,8 @@ class _Instance:
     offset: int = 0
     dataset: Dataset | None = None
     error: str | None = None
+    #: The data set's bytes, when the (small) file was read whole up front.
+    data: memoryview | None = None
 
     def failed(self, reason: str, status: int | None = None) -> StoreResult:
         return StoreResult(self.source, self.sop_class_uid, self.sop_instance_uid, status, reason)
@@ -132,14 +135,24 @@ def _text(raw: bytes | None) -> str:
     return raw.decode("ascii", "replace").strip(" \0") if raw else ""
 
 
-def _prepare(source: str | os.PathLike[str] | Dataset) -> _Instance:
+def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) -> _Instance:
+    """What is to be sent: SOP class and instance, transfer syntax, where the data set is.
+
+    With ``preload``, a file of up to PRELOAD_LIMIT bytes is read whole, once
+    (an instance about to be sent); otherwise only its meta information.
+    """
     if isinstance(source, Dataset):
         return _prepare_dataset(source, None)
     path = Path(source)
     instance = _Instance(str(path), path=path)
     try:
         with open(path, "rb") as fp:
-            meta, instance.offset = read_file_meta(fp)
+            if preload and os.fstat(fp.fileno()).st_size <= PRELOAD_LIMIT:
+                whole = fp.read()
+                meta, instance.offset = read_file_meta(io.BytesIO(whole))
+                instance.data = memoryview(whole)[instance.offset :]
+            else:
+                meta, instance.offset = read_file_meta(fp)
     except OSError as exc:
         instance.error = f"cannot read: {exc.strerror or exc}"
         return instance
@@ -276,7 +289,7 @@ class _Outgoing:
     instance: _Instance
     context_id: int
     command: Command
-    source: bytes | _FileSlice
+    source: bytes | memoryview | _FileSlice
 
     def close(self) -> None:
         if isinstance(self.source, _FileSlice):
@@ -299,9 +312,11 @@ def _ready(
             f"in {UID(instance.transfer_syntax).name}"
         )
     context_id, transfer = choice
-    source: bytes | _FileSlice
+    source: bytes | memoryview | _FileSlice
     try:
-        if (
+        if instance.data is not None and transfer == instance.transfer_syntax:
+            source = instance.data
+        elif (
             instance.path is not None
             and instance.dataset is None
             and (transfer == instance.transfer_syntax)
@@ -371,7 +386,7 @@ async def send_instances(
             item = await anext(instances, None)
             if item is None:
                 return None
-            instance = item if isinstance(item, _Instance) else _prepare(item)
+            instance = item if isinstance(item, _Instance) else _prepare(item, preload=True)
             ready = _ready(association, instance, scp_role_required, move_originator)
             if isinstance(ready, _Outgoing):
                 return ready

@@ -381,3 +381,21 @@ async def test_folders_removed_behind_our_back_are_made_again(tmp_path: pathlib.
             "127.0.0.1", server.port, [FILES["explicit"]], called_ae="STORE"
         )
     assert again.ok and len(received_files(tmp_path)) == 1
+
+
+def test_an_instance_about_to_be_sent_is_read_once_if_small(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adicom import storescu
+    from adicom.fileformat import read_file_meta
+
+    path = FILES["explicit"]
+    raw = pathlib.Path(path).read_bytes()
+    with open(path, "rb") as fp:
+        _, offset = read_file_meta(fp)
+    ready = storescu._prepare(path, preload=True)
+    assert ready.data is not None and bytes(ready.data) == raw[offset:]
+    assert ready.offset == offset and ready.sop_instance_uid and not ready.error
+    assert storescu._prepare(path).data is None  # meta only, for a batch of files
+    monkeypatch.setattr(storescu, "PRELOAD_LIMIT", len(raw) - 1)
+    assert storescu._prepare(path, preload=True).data is None  # large: streamed when sent
