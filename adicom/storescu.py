@@ -18,7 +18,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -284,11 +284,10 @@ PRELOAD_LIMIT = 1 << 20
 
 @dataclass(slots=True)
 class _Outgoing:
-    """An instance ready to go: its context, its C-STORE-RQ and its data set."""
+    """An instance ready to go: its context and its data set."""
 
     instance: _Instance
     context_id: int
-    command: Command
     source: bytes | memoryview | _FileSlice
 
     def close(self) -> None:
@@ -300,12 +299,20 @@ def _ready(
     association: Association,
     instance: _Instance,
     scp_role_required: bool,
-    move_originator: tuple[str, int] | None,
+    choices: dict[tuple[str, str], tuple[int, str] | None],
 ) -> _Outgoing | StoreResult:
-    """Choose the context and make the data set ready to send, or say why it cannot go."""
+    """Choose the context and make the data set ready to send, or say why it cannot go.
+
+    ``choices`` remembers the context chosen per SOP class and transfer
+    syntax: a C-GET requestor may offer a hundred contexts or more.
+    """
     if instance.error:
         return instance.failed(instance.error)
-    choice = _choose(association, instance, scp_role_required)
+    key = (instance.sop_class_uid, instance.transfer_syntax)
+    if key in choices:
+        choice = choices[key]
+    else:
+        choice = choices[key] = _choose(association, instance, scp_role_required)
     if choice is None:
         return instance.failed(
             f"the peer accepted no presentation context for {UID(instance.sop_class_uid).name} "
@@ -334,8 +341,16 @@ def _ready(
             source = encode_dataset(dataset, transfer)
     except Exception as exc:
         return instance.failed(f"cannot read the instance: {exc}")
-    command = Command(
+    return _Outgoing(instance, context_id, source)
+
+
+def _store_command(
+    instance: _Instance, message_id: int, move_originator: tuple[str, int] | None
+) -> Command:
+    """The C-STORE-RQ of an instance (PS3.7 9.3.1.1)."""
+    return Command(
         CommandField.C_STORE_RQ,
+        message_id=message_id,
         affected_sop_class_uid=instance.sop_class_uid,
         affected_sop_instance_uid=instance.sop_instance_uid,
         priority=Priority.MEDIUM,
@@ -343,7 +358,6 @@ def _ready(
         move_originator_ae_title=move_originator[0] if move_originator else None,
         move_originator_message_id=move_originator[1] if move_originator else None,
     )
-    return _Outgoing(instance, context_id, command, source)
 
 
 def _result(instance: _Instance, response: Command) -> StoreResult:
@@ -379,6 +393,7 @@ async def send_instances(
     """
     window = association.max_outstanding
     inflight: deque[tuple[_Outgoing, int, Any]] = deque()
+    choices: dict[tuple[str, str], tuple[int, str] | None] = {}
     upcoming: _Outgoing | None = None
 
     async def next_ready() -> _Outgoing | None:
@@ -387,7 +402,7 @@ async def send_instances(
             if item is None:
                 return None
             instance = item if isinstance(item, _Instance) else _prepare(item, preload=True)
-            ready = _ready(association, instance, scp_role_required, move_originator)
+            ready = _ready(association, instance, scp_role_required, choices)
             if isinstance(ready, _Outgoing):
                 return ready
             await on_result(instance, ready)
@@ -401,7 +416,7 @@ async def send_instances(
                 message_id = association.next_message_id()
                 responses = association.expect_responses(message_id)
                 inflight.append((outgoing, message_id, responses))
-                command = replace(outgoing.command, message_id=message_id)
+                command = _store_command(outgoing.instance, message_id, move_originator)
                 await association.send_message(outgoing.context_id, command, outgoing.source)
                 outgoing.close()
                 upcoming = await next_ready()  # while the peer works on what was sent
