@@ -17,6 +17,7 @@ clear :class:`ArchiveError`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -143,10 +144,16 @@ class Archive:
         through a pydicom Dataset.
         """
         level, keys = _keys(identifier)
+        matches = self.index.find(level, keys, _patient_root(context))
         try:
-            matches = list(self.index.find(level, keys, _patient_root(context)))
+            # The keys are checked and the query run on the first match taken;
+            # the rest are made into answers one by one, as they are sent.
+            first = next(matches, None)
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
+        if first is None:
+            return
+        matches = itertools.chain([first], matches)
         template = _answer_template(identifier, level)
         implicit = context.transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
         quick = implicit or context.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN

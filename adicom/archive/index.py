@@ -255,7 +255,9 @@ class Index:
                 f"SELECT {', '.join(column for _, column in shown)} FROM instances "
                 f"WHERE {where} ORDER BY study_date, sop_instance_uid"
             )
-            for row in self._db.execute(sql, params):
+            # Rows are fetched whole (no cursor stays open while the caller
+            # awaits between matches); dicts are made one by one as taken.
+            for row in self._db.execute(sql, params).fetchall():
                 yield dict(zip(names, row, strict=True))
             return
         select = ", ".join(f"min({column})" for _, column in shown)
@@ -271,7 +273,7 @@ class Index:
             f"SELECT {select}, {extra} FROM instances WHERE {where} "
             f"GROUP BY {group} ORDER BY min(study_date), min({group})"
         )
-        for row in self._db.execute(sql, params):
+        for row in self._db.execute(sql, params).fetchall():
             found = dict(zip(names, row[: len(names)], strict=True))
             studies, series, instances, modalities = row[len(names) :]
             if level == "PATIENT":
