@@ -35,6 +35,7 @@ import os
 import re
 import string
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -443,17 +444,26 @@ class _DiskInstance(IncomingInstance):
         if transfer.startswith("1.2.840.10008.1.2") and not transfer.endswith(".99"):
             # Every standard transfer syntax but deflate encodes the top
             # level of the data set plainly; only the pixel data differs.
-            found = scan_elements(
-                bytes(self._head),
-                storage._wanted,
-                implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
-                little=transfer != EXPLICIT_VR_BIG_ENDIAN,
-            )
+            try:
+                found = scan_elements(
+                    bytes(self._head),
+                    storage._wanted,
+                    implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
+                    little=transfer != EXPLICIT_VR_BIG_ENDIAN,
+                )
+            except ValueError:
+                # Not encoded as its transfer syntax says (implicit VR sent
+                # as explicit is met in the wild): pydicom may still read it.
+                found = None
         if found is None:
             assert self._temp is not None
-            dataset = pydicom.dcmread(
-                self._temp, stop_before_pixels=True, specific_tags=list(storage._wanted)
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                dataset = pydicom.dcmread(
+                    self._temp, stop_before_pixels=True, specific_tags=list(storage._wanted)
+                )
+            for warning in caught:
+                log.warning("instance %s: %s", ctx.sop_instance_uid, warning.message)
             # pydicom decoded the text already; carry it as UTF-8.
             found = {
                 tag: str(dataset[tag].value).encode() for tag in storage._wanted if tag in dataset

@@ -399,3 +399,25 @@ def test_an_instance_about_to_be_sent_is_read_once_if_small(
     assert storescu._prepare(path).data is None  # meta only, for a batch of files
     monkeypatch.setattr(storescu, "PRELOAD_LIMIT", len(raw) - 1)
     assert storescu._prepare(path, preload=True).data is None  # large: streamed when sent
+
+
+async def test_an_instance_not_encoded_as_its_syntax_says_is_stored_as_received(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pydicom's SC_rgb_jpeg.dcm: implicit VR under an explicit syntax (met in the wild)."""
+    path = get_testdata_file("SC_rgb_jpeg.dcm")
+    assert path is not None
+    disk = adicom.DiskStorage(tmp_path)
+    async with scp(disk) as server:
+        (result,) = await adicom.store("127.0.0.1", server.port, [path], called_ae="STORE")
+    assert result.status == 0x0000, result.error
+    (stored,) = received_files(tmp_path)
+    sent = pathlib.Path(path).read_bytes()
+    with open(path, "rb") as fp:
+        from adicom.fileformat import read_file_meta
+
+        _, offset = read_file_meta(fp)
+    with open(stored, "rb") as fp:
+        _, stored_offset = read_file_meta(fp)
+    assert stored.read_bytes()[stored_offset:] == sent[offset:]  # byte for byte
+    assert "implicit VR" in caplog.text  # and the oddity is in the log
