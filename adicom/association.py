@@ -35,6 +35,7 @@ from adicom.dimse import (
     MessageAssembler,
     Priority,
     StatusCategory,
+    c_store_rq,
     describe_status,
     fragment_message,
     status_category,
@@ -95,6 +96,13 @@ WRITE_BYTES = 256 * 1024
 #: each way (PS3.7 D.3.3.3): this many C-STOREs in flight keep both sides
 #: busy at once without holding much (their data sets stream).
 ASYNC_WINDOW = 16
+
+
+def check_window(async_window: int) -> int:
+    """``async_window`` if it can be proposed (1 to 65535, PS3.7 D.3.3.3.1); else ValueError."""
+    if not 1 <= async_window <= 0xFFFF:
+        raise ValueError(f"async_window must be 1 to 65535, not {async_window}")
+    return async_window
 
 
 def window_size(proposed: int, limit: int) -> int:
@@ -800,14 +808,13 @@ class Association:
         The data set must already be in the context's transfer syntax. The
         status is the caller's to judge (a failure status raises nothing).
         """
-        command = Command(
-            CommandField.C_STORE_RQ,
-            affected_sop_class_uid=sop_class_uid,
-            affected_sop_instance_uid=sop_instance_uid,
-            priority=priority,
-            command_data_set_type=0x0000,
-            move_originator_ae_title=move_originator_ae,
-            move_originator_message_id=move_originator_message_id,
+        originator = (
+            None
+            if move_originator_ae is None or move_originator_message_id is None
+            else (move_originator_ae, move_originator_message_id)
+        )
+        command = c_store_rq(
+            sop_class_uid, sop_instance_uid, priority=priority, move_originator=originator
         )
         return await self.send_request(context_id, command, dataset)
 

@@ -18,6 +18,7 @@ from adicom.association import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     Association,
+    check_window,
     window_size,
 )
 from adicom.errors import DicomTimeout, PeerUnreachable
@@ -74,8 +75,7 @@ async def open_association(
     :class:`~adicom.errors.AssociationAborted` or
     :class:`~adicom.errors.DicomTimeout`.
     """
-    if not 1 <= async_window <= 0xFFFF:
-        raise ValueError(f"async_window must be 1 to 65535, not {async_window}")
+    check_window(async_window)
     proposed = propose_contexts(DEFAULT_CONTEXTS if contexts is None else contexts)
     roles = tuple(roles)
     request = AAssociateRQ(

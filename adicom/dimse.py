@@ -274,6 +274,30 @@ class Command:
         return f"{name}({', '.join(shown)})"
 
 
+def c_store_rq(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    *,
+    message_id: int | None = None,
+    priority: int = Priority.MEDIUM,
+    move_originator: tuple[str, int] | None = None,
+) -> Command:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1).
+
+    ``move_originator`` (AE title, Message ID) marks a C-MOVE sub-operation.
+    """
+    return Command(
+        CommandField.C_STORE_RQ,
+        message_id=message_id,
+        affected_sop_class_uid=sop_class_uid,
+        affected_sop_instance_uid=sop_instance_uid,
+        priority=priority,
+        command_data_set_type=0x0000,
+        move_originator_ae_title=move_originator[0] if move_originator else None,
+        move_originator_message_id=move_originator[1] if move_originator else None,
+    )
+
+
 def _bad(message: str) -> RemoteProtocolError:
     # A DIMSE-level error is still reported as an upper-layer abort reason:
     # "invalid PDU parameter value" (PS3.8 Table 9-26) is the closest.

@@ -21,6 +21,7 @@ from adicom.association import (
     IMPLEMENTATION_VERSION_NAME,
     Association,
     Message,
+    check_window,
     window_size,
 )
 from adicom.dimse import CommandField
@@ -136,9 +137,7 @@ class Server:
             None if allowed_calling_aes is None else {a.strip() for a in allowed_calling_aes}
         )
         self.max_associations = max_associations
-        if not 1 <= async_window <= 0xFFFF:
-            raise ValueError(f"async_window must be 1 to 65535, not {async_window}")
-        self.async_window = async_window
+        self.async_window = check_window(async_window)
         self.max_pdu = max_pdu
         self.artim_timeout = artim_timeout
         self.dimse_timeout = dimse_timeout

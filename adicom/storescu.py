@@ -30,9 +30,8 @@ from adicom.association import DEFAULT_MAX_PDU, Association
 from adicom.client import connect
 from adicom.dimse import (
     Command,
-    CommandField,
-    Priority,
     StatusCategory,
+    c_store_rq,
     describe_status,
     status_category,
 )
@@ -344,22 +343,6 @@ def _ready(
     return _Outgoing(instance, context_id, source)
 
 
-def _store_command(
-    instance: _Instance, message_id: int, move_originator: tuple[str, int] | None
-) -> Command:
-    """The C-STORE-RQ of an instance (PS3.7 9.3.1.1)."""
-    return Command(
-        CommandField.C_STORE_RQ,
-        message_id=message_id,
-        affected_sop_class_uid=instance.sop_class_uid,
-        affected_sop_instance_uid=instance.sop_instance_uid,
-        priority=Priority.MEDIUM,
-        command_data_set_type=0x0000,
-        move_originator_ae_title=move_originator[0] if move_originator else None,
-        move_originator_message_id=move_originator[1] if move_originator else None,
-    )
-
-
 def _result(instance: _Instance, response: Command) -> StoreResult:
     status = response.status
     if status is None:
@@ -416,7 +399,12 @@ async def send_instances(
                 message_id = association.next_message_id()
                 responses = association.expect_responses(message_id)
                 inflight.append((outgoing, message_id, responses))
-                command = _store_command(outgoing.instance, message_id, move_originator)
+                command = c_store_rq(
+                    outgoing.instance.sop_class_uid,
+                    outgoing.instance.sop_instance_uid,
+                    message_id=message_id,
+                    move_originator=move_originator,
+                )
                 await association.send_message(outgoing.context_id, command, outgoing.source)
                 outgoing.close()
                 upcoming = await next_ready()  # while the peer works on what was sent

@@ -615,3 +615,12 @@ async def test_requests_beyond_the_async_window_are_aborted(window: int) -> None
         assert not info.value.local
         assert (info.value.source, info.value.reason) == (2, 0)
     assert server.stats["aborted"] == 1
+
+
+@pytest.mark.parametrize("window", [0, -1, 65536])
+async def test_an_async_window_out_of_range_is_a_clear_error(window: int) -> None:
+    with pytest.raises(ValueError, match="async_window must be 1 to 65535"):
+        adicom.Server("ADICOM", port=0, async_window=window)
+    with pytest.raises(ValueError, match="async_window must be 1 to 65535"):
+        # Refused before any connection is tried (nothing listens on port 9).
+        await adicom.open_association("127.0.0.1", 9, async_window=window)
