@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -243,6 +244,40 @@ class _Counts:
             self.completed += 1
 
 
+class _PendingResponse:
+    """The pending C-GET/C-MOVE-RSP of one request, encoded once.
+
+    Pending responses differ only in the four sub-operation counts, each a US
+    value (PS3.7 9.3.3.2, 9.3.4.2): each response writes them into a copy of
+    the encoded command instead of building and encoding a command again.
+    """
+
+    _COUNT_ELEMENTS = (0x1020, 0x1021, 0x1022, 0x1023)  # remaining, completed, failed, warning
+
+    def __init__(self, request: Message) -> None:
+        encoded = bytearray(
+            _response_command(request, PENDING, False, **_Counts().fields()).encode()
+        )
+        self._encoded = encoded
+        self._offsets: list[int] = []
+        pos = 0
+        while pos < len(encoded):
+            _, element, length = _ELEMENT_HEADER.unpack_from(encoded, pos)
+            if element in self._COUNT_ELEMENTS:
+                self._offsets.append(pos + 8)
+            pos += 8 + length
+
+    def encode(self, counts: _Counts) -> bytes:
+        values = (counts.remaining, counts.completed, counts.failed, counts.warning)
+        for offset, value in zip(self._offsets, values, strict=True):
+            _US.pack_into(self._encoded, offset, min(value, 0xFFFF))
+        return bytes(self._encoded)
+
+
+_ELEMENT_HEADER = struct.Struct("<HHL")  # Implicit VR Little Endian: group, element, length
+_US = struct.Struct("<H")
+
+
 def _final_status(counts: _Counts) -> int:
     # PS3.4 C.4.2.1.5 / C.4.3.1.4: all failed -> failure; some -> warning.
     if counts.failed and not counts.completed and not counts.warning:
@@ -315,14 +350,17 @@ async def run_get(
     Instances are sent as the handler yields them, each followed by a
     pending response with the counts.
     """
+    pending_response = _PendingResponse(request)
 
     async def send(items: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
         async def sent(_instance: Any, result: StoreResult) -> None:
             counts.count(result)
             if not result.ok:
                 failed.append(result.sop_instance_uid)
-            # Batched: it leaves with the next sub-operation's C-STORE-RQ.
-            await _respond(association, request, PENDING, None, batch=True, **counts.fields())
+            # Batched: it may leave with the next sub-operation's C-STORE-RQ.
+            await association.send_message(
+                request.context_id, pending_response.encode(counts), None, batch=True
+            )
 
         # As many sub-operations in flight as the requestor agreed to perform
         # (PS3.7 D.3.3.3), the next file read while it stores the last.
@@ -357,6 +395,7 @@ async def run_move(
         )
         return
     host, port = address
+    pending_response = _PendingResponse(request)
 
     async def send(found: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
         # The sub-association needs its contexts up front, so gather the
@@ -375,7 +414,7 @@ async def run_move(
             counts.count(result)
             if not result.ok:
                 failed.append(result.sop_instance_uid)
-            await _respond(association, request, PENDING, None, **counts.fields())
+            await association.send_message(request.context_id, pending_response.encode(counts))
             if cancelled.is_set:
                 raise _StopMove
 

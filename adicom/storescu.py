@@ -288,6 +288,9 @@ class _Outgoing:
     instance: _Instance
     context_id: int
     source: bytes | memoryview | _FileSlice
+    #: Its C-STORE-RQ, encoded (with its Message ID) while the peer was busy.
+    command: bytes = b""
+    message_id: int = 0
 
     def close(self) -> None:
         if isinstance(self.source, _FileSlice):
@@ -375,18 +378,30 @@ async def send_instances(
     the association propagate.
     """
     window = association.max_outstanding
-    inflight: deque[tuple[_Outgoing, int, Any]] = deque()
+    inflight: deque[tuple[_Outgoing, Any]] = deque()
     choices: dict[tuple[str, str], tuple[int, str] | None] = {}
     upcoming: _Outgoing | None = None
+    #: A result not yet handed to on_result: the next request went first.
+    unreported: tuple[_Instance, StoreResult] | None = None
+
+    def stopped() -> bool:
+        return stop is not None and stop()
 
     async def next_ready() -> _Outgoing | None:
-        while stop is None or not stop():
+        while not stopped():
             item = await anext(instances, None)
             if item is None:
                 return None
             instance = item if isinstance(item, _Instance) else _prepare(item, preload=True)
             ready = _ready(association, instance, scp_role_required, choices)
             if isinstance(ready, _Outgoing):
+                ready.message_id = association.next_message_id()
+                ready.command = c_store_rq(
+                    instance.sop_class_uid,
+                    instance.sop_instance_uid,
+                    message_id=ready.message_id,
+                    move_originator=move_originator,
+                ).encode()
                 return ready
             await on_result(instance, ready)
         return None
@@ -396,25 +411,42 @@ async def send_instances(
         while upcoming is not None or inflight:
             while upcoming is not None and len(inflight) < window:
                 outgoing, upcoming = upcoming, None
-                message_id = association.next_message_id()
-                responses = association.expect_responses(message_id)
-                inflight.append((outgoing, message_id, responses))
-                command = c_store_rq(
-                    outgoing.instance.sop_class_uid,
-                    outgoing.instance.sop_instance_uid,
-                    message_id=message_id,
-                    move_originator=move_originator,
+                if stopped():
+                    outgoing.close()
+                    break
+                responses = association.expect_responses(outgoing.message_id)
+                inflight.append((outgoing, responses))
+                await association.send_message(
+                    outgoing.context_id, outgoing.command, outgoing.source
                 )
-                await association.send_message(outgoing.context_id, command, outgoing.source)
                 outgoing.close()
+                if unreported is not None:
+                    result, unreported = unreported, None
+                    await on_result(*result)
                 upcoming = await next_ready()  # while the peer works on what was sent
-            outgoing, message_id, responses = inflight.popleft()
-            response = await association.wait_response(message_id, responses, "C-STORE-RSP")
-            await on_result(outgoing.instance, _result(outgoing.instance, response))
+            if unreported is not None:  # nothing was sent after it (stopped)
+                result, unreported = unreported, None
+                await on_result(*result)
+            if not inflight:
+                break  # stopped
+            outgoing, responses = inflight.popleft()
+            response = await association.wait_response(
+                outgoing.message_id, responses, "C-STORE-RSP"
+            )
+            unreported = (outgoing.instance, _result(outgoing.instance, response))
+            if upcoming is None or len(inflight) >= window:
+                result, unreported = unreported, None
+                await on_result(*result)
+            # else: the next request, already made, leaves first, and this
+            # result is handed on after it: with one request in flight (a
+            # C-GET requestor that takes no window), the peer then waits
+            # only for the response to be read, not for what the caller
+            # does with the result (a C-GET pending response, a progress
+            # callback).
     finally:
-        for outgoing, message_id, _ in inflight:
+        for outgoing, _ in inflight:
             outgoing.close()
-            association.forget_responses(message_id)
+            association.forget_responses(outgoing.message_id)
         if upcoming is not None:
             upcoming.close()
 

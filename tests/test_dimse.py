@@ -615,3 +615,37 @@ def test_assembler_fuzz(steps: list[tuple[int, bool, bool, bytes]]) -> None:
             assert event is None or isinstance(event, (CommandReceived, DataReceived))
     except RemoteProtocolError:
         pass
+
+
+@pytest.mark.parametrize(
+    "counts", [(0, 0, 0, 0), (999, 1, 0, 0), (3, 2, 1, 4), (0xFFFF, 0, 0, 0), (70000, 5, 0, 0)]
+)
+def test_the_pending_retrieve_response_template_matches_a_built_command(
+    counts: tuple[int, int, int, int],
+) -> None:
+    from adicom.association import Message
+    from adicom.qrscp import _Counts, _PendingResponse
+
+    request = Message(
+        1,
+        Command(
+            CommandField.C_GET_RQ,
+            message_id=7,
+            affected_sop_class_uid="1.2.840.10008.5.1.4.1.2.2.3",
+            priority=0,
+            command_data_set_type=0x0000,
+        ),
+    )
+    template = _PendingResponse(request)
+    remaining, completed, failed, warning = counts
+    got = Command.decode(template.encode(_Counts(remaining, completed, failed, warning)))
+    assert got.command_field == CommandField.C_GET_RSP
+    assert (got.message_id_being_responded_to, got.status, got.has_dataset) == (7, 0xFF00, False)
+    assert got.affected_sop_class_uid == "1.2.840.10008.5.1.4.1.2.2.3"
+    # US holds up to 65535 (PS3.5 6.2): a larger count is sent as the largest.
+    assert (
+        got.number_of_remaining_suboperations,
+        got.number_of_completed_suboperations,
+        got.number_of_failed_suboperations,
+        got.number_of_warning_suboperations,
+    ) == tuple(min(c, 0xFFFF) for c in counts)

@@ -375,3 +375,43 @@ async def test_a_peer_that_ignores_c_cancel_is_aborted() -> None:
             "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
         ) as again:
             assert again.is_established
+
+
+@pytest.mark.parametrize("window", [1, 16])
+async def test_get_pending_counts_add_up_with_a_failure_among_them(window: int) -> None:
+    # The next C-STORE-RQ leaves before the last one's result is reported
+    # (storescu.send_instances): every pending C-GET-RSP must still carry
+    # counts that add up, in order, whatever the window.
+    instances = make_instances(9)
+    mr = copy.deepcopy(instances[4])
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    instances[4] = mr  # no context with the SCP role for MR: fails, is listed
+    archive = Archive(instances)
+    contexts, roles = qrscu.get_contexts(sop_classes=["1.2.840.10008.5.1.4.1.1.2"])
+    seen: list[tuple[int, int, int, int]] = []
+    async with qr_server(archive) as server:
+        async with adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="QR",
+            contexts=contexts,
+            roles=roles,
+            async_window=window,
+        ) as assoc:
+            memory = adicom.MemoryStorage()
+            result = await qrscu.get(
+                assoc,
+                study_identifier(),
+                memory,
+                progress=lambda p: seen.append((p.remaining, p.completed, p.failed, p.warning)),
+            )
+    assert (result.status, result.completed, result.failed) == (0xB000, 8, 1)
+    assert result.failed_sop_instances == [mr.SOPInstanceUID]
+    pending, final = seen[:-1], seen[-1]  # progress follows the final response too
+    assert len(pending) == 9
+    assert all(sum(counts) == 9 for counts in pending)
+    assert [remaining for remaining, *_ in pending] == list(range(8, -1, -1))
+    assert pending[-1] == (0, 8, 1, 0) and final[1:] == (8, 1, 0)
+    assert sorted(d.SOPInstanceUID for d in memory.datasets) == sorted(
+        _uid(d) for d in instances if d is not mr
+    )
