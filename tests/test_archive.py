@@ -779,7 +779,7 @@ async def test_move_to_another_archive(archive: Archive, tmp_path: pathlib.Path)
 async def test_a_file_deleted_behind_the_index_fails_alone(archive: Archive) -> None:
     await archive.open()
     gone = TREE.uid["A1.1"]
-    paths = {r.sop_instance_uid: r.path for r in archive.index.instances("STUDY", {})}
+    paths = {r.sop_instance_uid: pathlib.Path(r.path) for r in archive.index.instances("STUDY", {})}
     paths[gone].unlink()
     client = adicom.DicomClient()
     async with serving(archive) as node:
@@ -803,7 +803,7 @@ async def test_a_file_deleted_behind_the_index_fails_a_move_alone(archive: Archi
     await archive.open()
     received = adicom.MemoryStorage()
     gone = TREE.uid["B1.2"]
-    paths = {r.sop_instance_uid: r.path for r in archive.index.instances("STUDY", {})}
+    paths = {r.sop_instance_uid: pathlib.Path(r.path) for r in archive.index.instances("STUDY", {})}
     paths[gone].unlink()
     paths[TREE.uid["C1.1"]].unlink()
     client = adicom.DicomClient()

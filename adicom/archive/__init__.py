@@ -179,13 +179,15 @@ class Archive:
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
         yield len(rows)
+        isfile = os.path.isfile
         for row in rows:
-            if not row.path.is_file():
-                log.warning("%s was deleted behind the index's back", row.path)
-                self.index.remove_path(row.path)
+            path = row.path
+            if not isfile(path):
+                log.warning("%s was deleted behind the index's back", path)
+                self.index.remove_path(path)
                 yield _Missing(row.sop_instance_uid)
                 continue
-            yield row.path
+            yield path
 
 
 #: One element of a C-FIND answer: (tag, VR, index keyword, fixed text).

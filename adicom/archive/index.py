@@ -94,7 +94,8 @@ class Row:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax: str
-    path: Path
+    #: Where the file is, as stored in the index.
+    path: str
 
 
 def _escape_glob(text: str) -> str:
@@ -164,7 +165,7 @@ class Index:
             [*row, transfer_syntax, str(path), mtime_ns, size],
         )
 
-    def remove_path(self, path: Path) -> None:
+    def remove_path(self, path: str | Path) -> None:
         """Forget the instance stored at ``path``."""
         self._db.execute("DELETE FROM instances WHERE path = ?", (str(path),))
 
@@ -302,7 +303,7 @@ class Index:
         """
         where, params = self._conditions(level, keys, patient_root, retrieve)
         return [
-            Row(uid, sop_class, transfer, Path(path))
+            Row(uid, sop_class, transfer, path)
             for uid, sop_class, transfer, path in self._db.execute(
                 "SELECT sop_instance_uid, sop_class_uid, transfer_syntax, path FROM instances "
                 f"WHERE {where} ORDER BY series_instance_uid, "
