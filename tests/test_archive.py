@@ -896,3 +896,17 @@ async def test_serve_on_a_corrupt_index_exits_with_one_line(tmp_path: pathlib.Pa
     assert lines[0].startswith("adicom serve: ")
     assert str(database) in lines[0] and "move it away" in lines[0]
     assert "listening" not in process.stdout
+
+
+async def test_find_reads_only_the_columns_asked_for(archive: Archive) -> None:
+    await archive.open()
+    keys = {"StudyInstanceUID": TREE.uid["A"], "SeriesInstanceUID": TREE.uid["A1"]}
+    everything = list(archive.index.find("IMAGE", keys))
+    some = list(archive.index.find("IMAGE", keys, wanted={"PatientName", "SOPInstanceUID"}))
+    assert [set(found) for found in some] == [{"PatientName", "SOPInstanceUID"}] * 2
+    assert [(f["PatientName"], f["SOPInstanceUID"]) for f in some] == [
+        (f["PatientName"], f["SOPInstanceUID"]) for f in everything
+    ]
+    # The counts of PS3.4 C.3 come whatever was asked; nothing asked: the unique key.
+    (series,) = archive.index.find("SERIES", keys, wanted=())
+    assert series == {"SeriesInstanceUID": TREE.uid["A1"], "NumberOfSeriesRelatedInstances": "2"}

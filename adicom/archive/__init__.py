@@ -144,7 +144,9 @@ class Archive:
         through a pydicom Dataset.
         """
         level, keys = _keys(identifier)
-        matches = self.index.find(level, keys, _patient_root(context))
+        template = _answer_template(identifier, level)
+        wanted = {keyword for _, _, keyword, _ in template if keyword}
+        matches = self.index.find(level, keys, _patient_root(context), wanted)
         try:
             # The keys are checked and the query run on the first match taken;
             # the rest are made into answers one by one, as they are sent.
@@ -154,7 +156,6 @@ class Archive:
         if first is None:
             return
         matches = itertools.chain([first], matches)
-        template = _answer_template(identifier, level)
         implicit = context.transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
         quick = implicit or context.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
         for found in matches:

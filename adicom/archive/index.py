@@ -20,7 +20,7 @@ Matching (PS3.4 C.2.2.2):
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,20 +234,27 @@ class Index:
         return (" AND ".join(where) or "1"), params
 
     def find(
-        self, level: str, keys: Mapping[str, str], patient_root: bool = False
+        self,
+        level: str,
+        keys: Mapping[str, str],
+        patient_root: bool = False,
+        wanted: Collection[str] | None = None,
     ) -> Iterator[dict[str, str]]:
         """The entities at ``level`` matching ``keys``, one dict per entity.
 
-        Each dict has the level's attributes and those of the levels above,
-        plus the counts of PS3.4 C.3 (NumberOf...Related..., ModalitiesInStudy).
+        Each dict has the level's attributes and those of the levels above
+        (only those in ``wanted``, when given: fewer columns read), plus the
+        counts of PS3.4 C.3 (NumberOf...Related..., ModalitiesInStudy).
         """
         where, params = self._conditions(level, keys, patient_root)
         depth = _ORDER.index(level)
         shown = [
             (keyword, column)
             for keyword, (column, attribute_level, _) in ATTRIBUTES.items()
-            if _ORDER.index(attribute_level) <= depth
+            if _ORDER.index(attribute_level) <= depth and (wanted is None or keyword in wanted)
         ]
+        if not shown:  # SQL needs a column; the unique key is always there
+            shown = [(LEVELS[level], ATTRIBUTES[LEVELS[level]][0])]
         names = [keyword for keyword, _ in shown]
         if level == "IMAGE":
             # One row per instance already (SOP Instance UID is the key): no
