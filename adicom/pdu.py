@@ -732,7 +732,10 @@ class PDUReader:
     #: ... unless it is longer than this (a peer that announced no limit
     #: cannot make us allocate more than this ahead of its bytes).
     PREALLOCATE_MAX = 1 << 24
-    STAGING = 1 << 16
+    #: Where small PDUs are received. Every PDU of one read is decoded in
+    #: one loop callback: 16 KiB of C-FIND responses (~45) take ~0.7 ms,
+    #: 64 KiB held a C-FIND SCU's loop for 3 ms (C-STORE rates the same).
+    STAGING = 1 << 14
 
     def __init__(self, max_pdata_length: int = 0, max_control_length: int = MAX_CONTROL_PDU):
         self._buf = bytearray()
