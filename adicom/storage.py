@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import io
 import logging
 import os
@@ -37,7 +38,7 @@ import string
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -470,7 +471,7 @@ class _DiskInstance(IncomingInstance):
             }
             found[0x00080005] = b"ISO_IR 192"
         charset = found.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
-        encodings = convert_encodings([c.strip() for c in charset.split("\\")] or None)
+        encodings = _encodings(charset)
         values = {}
         for keyword, tag in storage._tags.items():
             raw = found.get(tag)
@@ -483,8 +484,18 @@ class _DiskInstance(IncomingInstance):
         return values
 
 
-def _decode_text(raw: bytes, encodings: list[str]) -> str:
+@functools.lru_cache(maxsize=64)
+def _encodings(charset: str) -> tuple[str, ...]:
+    """Python codecs for a Specific Character Set value (0008,0005)."""
+    return tuple(convert_encodings([c.strip() for c in charset.split("\\")] or None))
+
+
+def _decode_text(raw: bytes, encodings: Sequence[str]) -> str:
     """An element's text value in its character set (PS3.5 6.1), without padding."""
+    if raw.isascii() and b"\x1b" not in raw:
+        # Every character set DICOM allows reads these bytes as ASCII; only
+        # ISO 2022 escape sequences (ESC) switch to something else.
+        return raw.decode("ascii").strip(" \0")
     try:
         text = decode_bytes(raw, encodings, {0x5E, 0x3D})
     except Exception:

@@ -421,3 +421,22 @@ async def test_an_instance_not_encoded_as_its_syntax_says_is_stored_as_received(
         _, stored_offset = read_file_meta(fp)
     assert stored.read_bytes()[stored_offset:] == sent[offset:]  # byte for byte
     assert "implicit VR" in caplog.text  # and the oddity is in the log
+
+
+@pytest.mark.parametrize(
+    ("charset", "raw", "text"),
+    [
+        ("", b"Doe^John ", "Doe^John"),
+        ("ISO_IR 100", "Müller^Jörg".encode("latin-1"), "Müller^Jörg"),
+        ("ISO_IR 192", "Иванов^Иван".encode(), "Иванов^Иван"),
+        # ISO 2022: ASCII bytes, but the escape sequences switch to JIS X 0208.
+        (
+            "\\ISO 2022 IR 87",
+            b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B",
+            "Yamada^Tarou=山田^太郎",
+        ),
+    ],
+)
+def test_layout_text_is_decoded_in_its_character_set(charset: str, raw: bytes, text: str) -> None:
+    encodings = storage_module._encodings(charset)
+    assert storage_module._decode_text(raw, encodings) == text
