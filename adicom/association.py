@@ -644,7 +644,7 @@ class Association:
         """
         self._check_open()
         if isinstance(command, bytes):
-            encoded = command  # a pending response, sent many times over
+            encoded = command  # encoded ahead: a pending response, a request made early
         else:
             encoded = command.encode()
             if command.is_response and status_category(command.status or 0) is not (

@@ -159,7 +159,7 @@ def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) ->
         if preload:
             # Raw reads: an archive sending 1000 small files pays for every
             # layer of Python's file objects a thousand times.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, os.O_RDONLY)  # non-inheritable, as every fd Python opens
             try:
                 size = os.fstat(fd).st_size
                 whole = _read_all(fd, size) if size <= PRELOAD_LIMIT else None
