@@ -722,6 +722,7 @@ class PDUReader:
         "_body_type",
         "_body_view",
         "_buf",
+        "_read_size",
         "_staging",
         "max_control_length",
         "max_pdata_length",
@@ -732,10 +733,15 @@ class PDUReader:
     #: ... unless it is longer than this (a peer that announced no limit
     #: cannot make us allocate more than this ahead of its bytes).
     PREALLOCATE_MAX = 1 << 24
-    #: Where small PDUs are received. Every PDU of one read is decoded in
-    #: one loop callback: 16 KiB of C-FIND responses (~45) take ~0.7 ms,
-    #: 64 KiB held a C-FIND SCU's loop for 3 ms (C-STORE rates the same).
-    STAGING = 1 << 14
+    #: Small PDUs are received into a staging buffer, and every PDU of one
+    #: read is decoded in one loop callback. So a read takes room for about
+    #: READ_PDUS PDUs of the size last seen, between STAGING_MIN and
+    #: STAGING: 64 KiB of C-FIND responses (~180) held a C-FIND SCU's loop
+    #: for 3 ms, while 16 KiB reads cost a DCMTK peer's 16 KiB PDUs two
+    #: reads each (10% of the C-STORE rate).
+    STAGING = 1 << 16
+    STAGING_MIN = 1 << 14
+    READ_PDUS = 16
 
     def __init__(self, max_pdata_length: int = 0, max_control_length: int = MAX_CONTROL_PDU):
         self._buf = bytearray()
@@ -744,6 +750,7 @@ class PDUReader:
         self._body_pos = 0
         self._body_type = 0
         self._staging: memoryview | None = None
+        self._read_size = self.STAGING_MIN
         self.max_pdata_length = max_pdata_length
         self.max_control_length = max_control_length
 
@@ -764,9 +771,12 @@ class PDUReader:
         view = self._body_view
         if view is not None:
             return view[self._body_pos :]
-        if self._staging is None:
-            self._staging = memoryview(bytearray(self.STAGING))
-        return self._staging
+        size = self._read_size
+        staging = self._staging
+        if staging is None or len(staging) < size:
+            # Grown only when large PDUs come: an idle association keeps 16 KiB.
+            staging = self._staging = memoryview(bytearray(size))
+        return staging if len(staging) == size else staging[:size]
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were received into the buffer :meth:`get_buffer` returned."""
@@ -793,6 +803,7 @@ class PDUReader:
                 return None
             self._body = self._body_view = None
             self._body_pos = 0
+            self._read_size = self.STAGING
             return _DECODERS[self._body_type](memoryview(body))
         buf = self._buf
         if len(buf) < 6:
@@ -820,6 +831,7 @@ class PDUReader:
         with memoryview(buf) as view:
             data = bytes(view[6 : 6 + length])
         del buf[: 6 + length]
+        self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
         return decoder(memoryview(data))
 
     @staticmethod

@@ -911,3 +911,33 @@ def test_encode_pdata_does_not_copy_large_data() -> None:
 )
 def test_pdv_control_byte(is_command: bool, is_last: bool, control: int) -> None:
     assert pdu.PDV(1, is_command, is_last, b"").control == control
+
+
+def _receive(reader: pdu.PDUReader, data: bytes) -> list[pdu.PDU]:
+    """Feed ``data`` the way the asyncio driver does: into get_buffer(), read by read."""
+    out: list[pdu.PDU] = []
+    while data:
+        buffer = reader.get_buffer()
+        n = min(len(buffer), len(data))
+        buffer[:n] = data[:n]
+        reader.buffer_updated(n)
+        data = data[n:]
+        out += drain(reader)
+    return out
+
+
+def test_a_read_takes_room_for_a_few_pdus_of_the_size_last_seen() -> None:
+    # Every PDU of one read is decoded in one loop callback: small PDUs are
+    # read 16 KiB at a time (a bounded callback), 16 KiB PDUs 64 KiB at a
+    # time (one read for several, not two reads each).
+    reader = pdu.PDUReader()
+    assert len(reader.get_buffer()) == pdu.PDUReader.STAGING_MIN
+    small = b"".join(b"".join(pdu.encode_pdata([(1, 3, bytes(300))])) for _ in range(100))
+    assert len(_receive(reader, small)) == 100
+    assert len(reader.get_buffer()) == pdu.PDUReader.STAGING_MIN
+    large = b"".join(b"".join(pdu.encode_pdata([(1, 0, bytes(16378))])) for _ in range(8))
+    received = _receive(reader, large)
+    assert [len(p.pdvs[0].data) for p in received] == [16378] * 8  # type: ignore[union-attr]
+    assert len(reader.get_buffer()) == pdu.PDUReader.STAGING
+    assert len(_receive(reader, small)) == 100
+    assert len(reader.get_buffer()) == pdu.PDUReader.STAGING_MIN
