@@ -440,3 +440,40 @@ async def test_an_instance_not_encoded_as_its_syntax_says_is_stored_as_received(
 def test_layout_text_is_decoded_in_its_character_set(charset: str, raw: bytes, text: str) -> None:
     encodings = storage_module._encodings(charset)
     assert storage_module._decode_text(raw, encodings) == text
+
+
+@pytest.mark.parametrize(
+    ("before_uids", "pixels"),
+    [
+        (300, 600_000),  # the UIDs come a few fragments in; the data needs several writes
+        (1500, 4_000),  # the UIDs come after 64 KiB: pydicom reads them from the file
+    ],
+)
+async def test_layout_attributes_found_however_the_data_set_arrives(
+    tmp_path: pathlib.Path, before_uids: int, pixels: int
+) -> None:
+    # Fragments of 4 KiB: the layout's attributes are looked for as they
+    # come, and the fragments are written in batches; the file must be the
+    # data set sent, at the place its UIDs say.
+    dataset = pydicom.dcmread(FILES["explicit"])
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    # (0008,1140) comes before (0020,000D) and (0020,000E).
+    dataset.ReferencedImageSequence = [
+        Dataset(ReferencedSOPClassUID=CT, ReferencedSOPInstanceUID=generate_uid())
+        for _ in range(before_uids)
+    ]
+    dataset.Rows, dataset.Columns = pixels // 400, 200  # 16-bit
+    dataset.PixelData = os.urandom(pixels)
+    disk = adicom.DiskStorage(tmp_path)
+    async with scp(disk, max_pdu=4096) as server:
+        (result,) = await adicom.store("127.0.0.1", server.port, [dataset], called_ae="STORE")
+    assert result.ok, result.error
+    (path,) = received_files(tmp_path)
+    assert path == tmp_path / dataset.StudyInstanceUID / dataset.SeriesInstanceUID / (
+        dataset.SOPInstanceUID + ".dcm"
+    )
+    stored = pydicom.dcmread(path)
+    assert stored.PixelData == dataset.PixelData
+    assert len(stored.ReferencedImageSequence) == before_uids
+    assert list((tmp_path / ".incoming").iterdir()) == []
