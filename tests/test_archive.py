@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pydicom
 import pytest
 from pydicom import config
@@ -29,6 +30,7 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 import adicom
+from adicom import archive as archive_module
 from adicom import qrscu
 from adicom.archive import Archive, ArchiveError
 from adicom.archive.index import ATTRIBUTES, Index
@@ -910,3 +912,39 @@ async def test_find_reads_only_the_columns_asked_for(archive: Archive) -> None:
     # The counts of PS3.4 C.3 come whatever was asked; nothing asked: the unique key.
     (series,) = archive.index.find("SERIES", keys, wanted=())
     assert series == {"SeriesInstanceUID": TREE.uid["A1"], "NumberOfSeriesRelatedInstances": "2"}
+
+
+async def test_stored_instances_are_found_at_once_and_committed_soon(
+    tmp_path: pathlib.Path,
+) -> None:
+    archive = Archive(tmp_path / "empty")
+    try:
+        await archive.open()
+        database = tmp_path / "empty" / INDEX_NAME
+        instance = TREE.by_uid(TREE.uid["A1.1"])
+        async with serving(archive) as node:
+            results = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+            assert results[0].ok
+            # Found at once (same connection), though not yet committed ...
+            images = await adicom.DicomClient().find_images(
+                adicom.ImageQuery(
+                    study_instance_uid=TREE.uid["A"], series_instance_uid=TREE.uid["A1"]
+                ),
+                node,
+            )
+            assert [i.sop_instance_uid for i in images] == [TREE.uid["A1.1"]]
+
+            def committed() -> int:
+                with contextlib.closing(sqlite3.connect(database)) as other:
+                    return int(other.execute("SELECT count(*) FROM instances").fetchone()[0])
+
+            # ... and committed within COMMIT_DELAY, for any other reader.
+            await anyio.sleep(archive_module.COMMIT_DELAY * 4)
+            assert committed() == 1
+            results = await adicom.store(
+                node.host, node.port, [TREE.by_uid(TREE.uid["A1.2"])], called_ae=node.aet
+            )
+            assert results[0].ok
+    finally:
+        archive.close()  # commits what is pending
+    assert committed() == 2

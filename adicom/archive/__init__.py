@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ from adicom.storescu import iter_files
 __all__ = ["Archive", "ArchiveError"]
 
 log = logging.getLogger("adicom")
+
+#: Seconds between an index change and its commit (see Index.commit).
+COMMIT_DELAY = 0.05
 
 _INDEX_NAME = ".adicom-index.sqlite"
 
@@ -64,10 +68,32 @@ class Archive:
         self.storage = DiskStorage(
             self.root, layout, extra_keywords=ATTRIBUTES, on_stored=self._stored
         )
+        self._commit_timer: asyncio.TimerHandle | None = None
 
     def _stored(self, path: Path, values: dict[str, str], context: StoreContext) -> None:
-        stat = path.stat()
+        stat = os.stat(path)
         self.index.add(values, path, context.transfer_syntax, stat.st_mtime_ns, stat.st_size)
+        self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        """Commit the index within COMMIT_DELAY: one commit for a burst of changes."""
+        if self._commit_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._commit()
+            return
+        self._commit_timer = loop.call_later(COMMIT_DELAY, self._commit)
+
+    def _commit(self) -> None:
+        self._commit_timer = None
+        try:
+            self.index.commit()
+        except sqlite3.Error:
+            # A full disk, say: the files are stored; the index catches up
+            # at the next commit, or when the archive is opened again.
+            log.exception("archive %s: the index could not be written", self.root)
 
     async def open(self, batch: int = 64) -> int:
         """Index the files already in the folder; return how many were (re)read.
@@ -95,9 +121,11 @@ class Archive:
                     continue
                 if self._index_file(path, stat.st_mtime_ns, stat.st_size):
                     read += 1
+            self.index.commit()
             await asyncio.sleep(0)
         for gone in set(known) - seen:
             self.index.remove_path(Path(gone))
+        self.index.commit()
         log.info(
             "archive %s: %d instances indexed (%d files read)", self.root, self.index.count(), read
         )
@@ -121,7 +149,10 @@ class Archive:
         return True
 
     def close(self) -> None:
-        """Close the index."""
+        """Commit and close the index."""
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         self.index.close()
 
     # -- handlers ---------------------------------------------------------------
@@ -186,6 +217,7 @@ class Archive:
             if not isfile(path):
                 log.warning("%s was deleted behind the index's back", path)
                 self.index.remove_path(path)
+                self._commit_soon()
                 yield _Missing(row.sop_instance_uid)
                 continue
             yield path

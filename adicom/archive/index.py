@@ -137,10 +137,27 @@ class Index:
             ) from None
 
     def close(self) -> None:
-        """Close the database."""
+        """Commit what is pending and close the database."""
+        self.commit()
         self._db.close()
 
     # -- writing --------------------------------------------------------------
+    #
+    # Changes go into a transaction opened by the first of them and kept
+    # open until commit(): one commit per instance wrote every touched page
+    # of the table and its indexes to the WAL each time (53 us an instance on
+    # tmpfs, 95 us on disk, against 20-25 us in batches). Nothing is lost if
+    # the process dies before a commit: the files are on disk, and opening
+    # the archive indexes the files the index does not know.
+
+    def commit(self) -> None:
+        """End the open transaction, if any."""
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+    def _begin(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
 
     def add(
         self,
@@ -154,6 +171,7 @@ class Index:
         columns = [column for column, _, _ in ATTRIBUTES.values()]
         row = [values.get(keyword, "") or "" for keyword in ATTRIBUTES]
         placeholders = ", ".join("?" for _ in range(len(columns) + 4))
+        self._begin()
         # A file rewritten with another instance: the old instance is gone.
         self._db.execute(
             "DELETE FROM instances WHERE path = ? AND sop_instance_uid != ?",
@@ -167,6 +185,7 @@ class Index:
 
     def remove_path(self, path: str | Path) -> None:
         """Forget the instance stored at ``path``."""
+        self._begin()
         self._db.execute("DELETE FROM instances WHERE path = ?", (str(path),))
 
     def known_files(self) -> dict[str, tuple[int, int]]:
