@@ -415,10 +415,10 @@ async def run_move(
             if not result.ok:
                 failed.append(result.sop_instance_uid)
             await association.send_message(request.context_id, pending_response.encode(counts))
-            if cancelled.is_set:
-                raise _StopMove
 
         try:
+            # On a C-CANCEL nothing more is sent; the sub-operations already
+            # sent are awaited and counted (they are at the destination).
             await store(
                 host,
                 port,
@@ -427,9 +427,8 @@ async def run_move(
                 called_ae=name,
                 progress=progress,
                 move_originator=(association.calling_ae, request.command.message_id or 0),
+                stop=lambda: cancelled.is_set,
             )
-        except _StopMove:
-            return False
         except DicomError as exc:
             # The destination is unreachable or refused us: every instance not sent failed.
             log.warning("C-MOVE to %s at %s:%d failed: %s", name, host, port, exc)
@@ -437,10 +436,6 @@ async def run_move(
                 counts.remaining = max(counts.remaining - 1, 0)
                 counts.failed += 1
                 failed.append(sop_instance_of(item))
-        return True
+        return not cancelled.is_set
 
     await _run_retrieve(association, request, handler, cancelled, send)
-
-
-class _StopMove(Exception):
-    """Raised from the progress callback to stop a cancelled move."""

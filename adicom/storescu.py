@@ -484,6 +484,7 @@ async def store(
     timeout: float | None = 30.0,
     progress: Callable[[StoreResult], Awaitable[None] | None] | None = None,
     move_originator: tuple[str, int] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[StoreResult]:
     """Send instances by C-STORE and return one result per instance, in order.
 
@@ -493,6 +494,9 @@ async def store(
     errors of the association itself (unreachable, rejected, aborted)
     propagate. ``progress`` is called (and awaited, if async) with each
     result as it comes. ``move_originator`` marks C-MOVE sub-operations.
+    ``stop`` is asked before each instance is sent: once it says True,
+    nothing more is sent, those in flight are awaited, and the results
+    cover only the instances sent or refused until then.
     """
 
     async def report(result: StoreResult) -> None:
@@ -516,6 +520,8 @@ async def store(
         await report(result)
 
     for batch in _batches(instances):
+        if stop is not None and stop():
+            break
         sendable = [i for i in batch if not instances[i].error]
         for index in batch:
             if instances[index].error:
@@ -540,6 +546,7 @@ async def store(
                 _each(instances[i] for i in sendable),
                 keep,
                 move_originator=move_originator,
+                stop=stop,
             )
     done = [r for r in results if r is not None]
     failed = sum(not r.ok for r in done)

@@ -415,3 +415,28 @@ async def test_get_pending_counts_add_up_with_a_failure_among_them(window: int) 
     assert sorted(d.SOPInstanceUID for d in memory.datasets) == sorted(
         _uid(d) for d in instances if d is not mr
     )
+
+
+async def test_a_cancelled_move_counts_every_instance_the_destination_got() -> None:
+    # The destination takes 20 ms an instance and 16 C-STOREs at once: when
+    # the C-CANCEL comes, several are in flight. They are awaited and
+    # counted; nothing more is sent; the counts match the destination.
+    archive = Archive(make_instances(60))
+    received: list[str] = []
+
+    async def slow(dataset: Dataset, _context: Any) -> None:
+        received.append(str(dataset.SOPInstanceUID))  # it has arrived whole
+        await asyncio.sleep(0.02)
+
+    async with adicom.Server("DEST", port=0, storage=adicom.CallbackStorage(slow)) as destination:
+        destinations = {"DEST": ("127.0.0.1", destination.port)}
+        async with qr_server(archive, move_destinations=destinations) as server:
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.move_contexts()
+            ) as assoc:
+                with pytest.raises(qrscu.RetrieveCancelled) as info:
+                    await qrscu.move(assoc, study_identifier(), "DEST", timeout=0.15)
+    stopped = info.value.progress
+    assert info.value.acknowledged and stopped.status == 0xFE00
+    assert 0 < len(received) < 60
+    assert stopped.completed == len(received)
