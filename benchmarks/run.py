@@ -1243,6 +1243,12 @@ def render_table(results: Sequence[PairResult]) -> str:
     targets = render_targets(results)
     if targets:
         out += ["", "Targets:", *targets]
+        smaller = sorted({r.workload.name for r in results if r.n < r.workload.n_full})
+        if smaller:
+            out.append(
+                f"(Run with fewer operations than the targets name ({', '.join(smaller)}):"
+                " the verdicts above only indicate; the fixed costs weigh more.)"
+            )
     return "\n".join(out)
 
 
