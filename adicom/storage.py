@@ -285,6 +285,7 @@ class DiskStorage(StorageHandler):
             tags[keyword] = tag
         self._tags = tags
         self._wanted = frozenset(tags.values())
+        self._layout_keywords = tuple(sorted(layout_keywords))
         self._incoming = self.root / ".incoming"
         #: The most recent files stored (up to 1024), newest last.
         self.stored: deque[Path] = deque(maxlen=1024)
@@ -307,7 +308,9 @@ class DiskStorage(StorageHandler):
 
     def final_path(self, values: dict[str, str]) -> Path:
         """Where an instance with these attribute values is stored."""
-        safe = {key: _path_component(value or "unknown") for key, value in values.items()}
+        # Only the layout's own keywords: an archive's on_stored hook wants
+        # some twenty more values, which never become part of a path.
+        safe = {key: _path_component(values.get(key) or "unknown") for key in self._layout_keywords}
         return self.root / self.layout.format(**safe)
 
     def _temp_file(self) -> tuple[str, int]:
