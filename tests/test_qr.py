@@ -435,7 +435,7 @@ async def test_a_cancelled_move_counts_every_instance_the_destination_got() -> N
                 "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.move_contexts()
             ) as assoc:
                 with pytest.raises(qrscu.RetrieveCancelled) as info:
-                    await qrscu.move(assoc, study_identifier(), "DEST", timeout=0.15)
+                    await qrscu.move(assoc, study_identifier(), "DEST", timeout=0.3)
     stopped = info.value.progress
     assert info.value.acknowledged and stopped.status == 0xFE00
     assert 0 < len(received) < 60
