@@ -294,10 +294,9 @@ class Association:
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
         self._paused = False
-        # Batched messages not written yet, and whether a write of them is
-        # scheduled (see send_message's ``batch``).
+        # Batched messages not written yet; a write of them is scheduled
+        # while there are any (see send_message's ``batch``).
         self._batched = 0
-        self._flush_scheduled = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -435,7 +434,6 @@ class Association:
 
     def _flush(self) -> None:
         self._batched = 0
-        self._flush_scheduled = False
         data = self._ul.data_to_send()
         transport = self._transport
         if transport is None:
@@ -681,10 +679,9 @@ class Association:
                             waiter, "send", self.dimse_timeout, "the peer stopped reading"
                         )
                 if batch and self._batched < BATCH_MESSAGES:
-                    self._batched += 1
-                    if not self._flush_scheduled:
-                        self._flush_scheduled = True
+                    if not self._batched:
                         self._loop.call_soon(self._flush)
+                    self._batched += 1
                 else:
                     self._flush()
             except (OSError, DicomTimeout):

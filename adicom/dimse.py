@@ -298,6 +298,36 @@ def c_store_rq(
     )
 
 
+class CountsTemplate:
+    """A response command encoded once; each use writes in its sub-operation counts.
+
+    Pending C-GET and C-MOVE responses differ only in the four counts
+    (0000,1020)-(0000,1023), each a US value (PS3.7 9.3.3.2, 9.3.4.2), so
+    they need not be built and encoded again for every sub-operation.
+    """
+
+    _ELEMENTS = (0x1020, 0x1021, 0x1022, 0x1023)  # remaining, completed, failed, warning
+
+    def __init__(self, command: Command) -> None:
+        self._encoded = bytearray(command.encode())
+        self._offsets: list[int] = []
+        pos = 8 + 4  # after the Command Group Length element
+        while pos < len(self._encoded):
+            _, element, length = _TAG.unpack_from(self._encoded, pos)
+            if element in self._ELEMENTS:
+                self._offsets.append(pos + 8)
+            pos += 8 + length
+        if len(self._offsets) != len(self._ELEMENTS):
+            raise ValueError("the command carries no sub-operation counts")
+
+    def encode(self, remaining: int, completed: int, failed: int, warning: int) -> bytes:
+        """The command with these counts (a count over 65535 is sent as 65535)."""
+        counts = (remaining, completed, failed, warning)
+        for offset, value in zip(self._offsets, counts, strict=True):
+            _U16.pack_into(self._encoded, offset, min(value, 0xFFFF))
+        return bytes(self._encoded)
+
+
 def _bad(message: str) -> RemoteProtocolError:
     # A DIMSE-level error is still reported as an upper-layer abort reason:
     # "invalid PDU parameter value" (PS3.8 Table 9-26) is the closest.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from adicom.association import Association, Message
-from adicom.dimse import Command
+from adicom.dimse import Command, CountsTemplate
 from adicom.errors import DicomError
 from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN, decode_dataset, encode_dataset
 from adicom.storescu import StoreResult, send_instances, sop_instance_of, store
@@ -165,8 +164,6 @@ async def _respond(
     request: Message,
     status: int,
     identifier: Dataset | None = None,
-    *,
-    batch: bool = False,
     **fields: Any,
 ) -> None:
     """A response to a C-FIND/GET/MOVE-RQ, with an identifier data set if given."""
@@ -176,7 +173,7 @@ async def _respond(
         transfer = association.contexts[request.context_id].transfer_syntax
         assert transfer is not None
         data = encode_dataset(identifier, transfer)
-    await association.send_message(request.context_id, command, data, batch=batch)
+    await association.send_message(request.context_id, command, data)
 
 
 async def run_find(
@@ -234,6 +231,10 @@ class _Counts:
             "number_of_warning_suboperations": self.warning,
         }
 
+    def values(self) -> tuple[int, int, int, int]:
+        """Remaining, completed, failed, warning: the order of their elements."""
+        return self.remaining, self.completed, self.failed, self.warning
+
     def count(self, result: StoreResult) -> None:
         self.remaining = max(self.remaining - 1, 0)
         if not result.ok:
@@ -244,38 +245,9 @@ class _Counts:
             self.completed += 1
 
 
-class _PendingResponse:
-    """The pending C-GET/C-MOVE-RSP of one request, encoded once.
-
-    Pending responses differ only in the four sub-operation counts, each a US
-    value (PS3.7 9.3.3.2, 9.3.4.2): each response writes them into a copy of
-    the encoded command instead of building and encoding a command again.
-    """
-
-    _COUNT_ELEMENTS = (0x1020, 0x1021, 0x1022, 0x1023)  # remaining, completed, failed, warning
-
-    def __init__(self, request: Message) -> None:
-        encoded = bytearray(
-            _response_command(request, PENDING, False, **_Counts().fields()).encode()
-        )
-        self._encoded = encoded
-        self._offsets: list[int] = []
-        pos = 0
-        while pos < len(encoded):
-            _, element, length = _ELEMENT_HEADER.unpack_from(encoded, pos)
-            if element in self._COUNT_ELEMENTS:
-                self._offsets.append(pos + 8)
-            pos += 8 + length
-
-    def encode(self, counts: _Counts) -> bytes:
-        values = (counts.remaining, counts.completed, counts.failed, counts.warning)
-        for offset, value in zip(self._offsets, values, strict=True):
-            _US.pack_into(self._encoded, offset, min(value, 0xFFFF))
-        return bytes(self._encoded)
-
-
-_ELEMENT_HEADER = struct.Struct("<HHL")  # Implicit VR Little Endian: group, element, length
-_US = struct.Struct("<H")
+def _pending_response(request: Message) -> CountsTemplate:
+    """The pending C-GET/C-MOVE-RSP of ``request``, encoded once (PS3.7 9.3.3.2, 9.3.4.2)."""
+    return CountsTemplate(_response_command(request, PENDING, False, **_Counts().fields()))
 
 
 def _final_status(counts: _Counts) -> int:
@@ -350,7 +322,7 @@ async def run_get(
     Instances are sent as the handler yields them, each followed by a
     pending response with the counts.
     """
-    pending_response = _PendingResponse(request)
+    pending_response = _pending_response(request)
 
     async def send(items: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
         async def sent(_instance: Any, result: StoreResult) -> None:
@@ -359,7 +331,7 @@ async def run_get(
                 failed.append(result.sop_instance_uid)
             # Batched: it may leave with the next sub-operation's C-STORE-RQ.
             await association.send_message(
-                request.context_id, pending_response.encode(counts), None, batch=True
+                request.context_id, pending_response.encode(*counts.values()), None, batch=True
             )
 
         # As many sub-operations in flight as the requestor agreed to perform
@@ -395,7 +367,7 @@ async def run_move(
         )
         return
     host, port = address
-    pending_response = _PendingResponse(request)
+    pending_response = _pending_response(request)
 
     async def send(found: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
         # The sub-association needs its contexts up front, so gather the
@@ -414,7 +386,9 @@ async def run_move(
             counts.count(result)
             if not result.ok:
                 failed.append(result.sop_instance_uid)
-            await association.send_message(request.context_id, pending_response.encode(counts))
+            await association.send_message(
+                request.context_id, pending_response.encode(*counts.values())
+            )
 
         try:
             # On a C-CANCEL nothing more is sent; the sub-operations already

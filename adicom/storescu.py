@@ -132,13 +132,12 @@ def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
 
 def _read_all(fd: int, size: int) -> bytes:
     """The file's first ``size`` bytes (fewer if it is shorter now)."""
-    data = os.read(fd, size)
-    if len(data) < size:  # a short read, or the file shrank meanwhile
-        parts = [data]
-        while size > (got := sum(map(len, parts))) and (more := os.read(fd, size - got)):
-            parts.append(more)
-        data = b"".join(parts)
-    return data
+    parts: list[bytes] = []
+    got = 0
+    while got < size and (more := os.read(fd, size - got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)  # one part (the usual case) is returned as it is
 
 
 def _text(raw: bytes | None) -> str:
@@ -429,7 +428,7 @@ async def send_instances(
 
     try:
         upcoming = await next_ready()
-        while upcoming is not None or inflight:
+        while upcoming is not None or inflight or unreported is not None:
             while upcoming is not None and len(inflight) < window:
                 outgoing, upcoming = upcoming, None
                 if stopped():
@@ -445,25 +444,21 @@ async def send_instances(
                     result, unreported = unreported, None
                     await on_result(*result)
                 upcoming = await next_ready()  # while the peer works on what was sent
-            if unreported is not None:  # nothing was sent after it (stopped)
+            if unreported is not None:  # no request could go first
                 result, unreported = unreported, None
                 await on_result(*result)
             if not inflight:
-                break  # stopped
+                break  # all sent and answered, or stopped
             outgoing, responses = inflight.popleft()
             response = await association.wait_response(
                 outgoing.message_id, responses, "C-STORE-RSP"
             )
+            # Handed on after the next request leaves, if one can: with one
+            # request in flight (a C-GET requestor that takes no window) the
+            # peer then waits only for the response to be read, not for
+            # what the caller does with the result (a C-GET pending
+            # response, a progress callback).
             unreported = (outgoing.instance, _result(outgoing.instance, response))
-            if upcoming is None or len(inflight) >= window:
-                result, unreported = unreported, None
-                await on_result(*result)
-            # else: the next request, already made, leaves first, and this
-            # result is handed on after it: with one request in flight (a
-            # C-GET requestor that takes no window), the peer then waits
-            # only for the response to be read, not for what the caller
-            # does with the result (a C-GET pending response, a progress
-            # callback).
     finally:
         for outgoing, _ in inflight:
             outgoing.close()

@@ -948,3 +948,36 @@ async def test_stored_instances_are_found_at_once_and_committed_soon(
     finally:
         archive.close()  # commits what is pending
     assert committed() == 2
+
+
+async def test_an_index_that_cannot_commit_loses_no_instance(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The disk under the index fills (say): the instance is stored and
+    # answered Success, the failure is logged, and the server goes on; the
+    # next archive opened on the folder indexes the file.
+    archive = Archive(tmp_path / "full")
+    await archive.open()
+
+    def full() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(archive.index, "commit", full)
+    instance = TREE.by_uid(TREE.uid["A1.1"])
+    async with serving(archive) as node:
+        (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+        assert result.ok
+        await anyio.sleep(archive_module.COMMIT_DELAY * 4)
+        assert "the index could not be written" in caplog.text
+        assert await adicom.DicomClient().echo(node)  # still serving
+    monkeypatch.undo()
+    archive.index._db.rollback()  # what a crash would have lost
+    archive.close()
+    again = Archive(tmp_path / "full")
+    try:
+        assert await again.open() == 1
+        assert {r.sop_instance_uid for r in again.index.instances("STUDY", {})} == {
+            TREE.uid["A1.1"]
+        }
+    finally:
+        again.close()

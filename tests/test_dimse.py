@@ -19,6 +19,7 @@ from adicom.dimse import (
     Command,
     CommandField,
     CommandReceived,
+    CountsTemplate,
     DataReceived,
     MessageAssembler,
     StatusCategory,
@@ -624,7 +625,7 @@ def test_the_pending_retrieve_response_template_matches_a_built_command(
     counts: tuple[int, int, int, int],
 ) -> None:
     from adicom.association import Message
-    from adicom.qrscp import _Counts, _PendingResponse
+    from adicom.qrscp import _pending_response
 
     request = Message(
         1,
@@ -636,9 +637,8 @@ def test_the_pending_retrieve_response_template_matches_a_built_command(
             command_data_set_type=0x0000,
         ),
     )
-    template = _PendingResponse(request)
-    remaining, completed, failed, warning = counts
-    got = Command.decode(template.encode(_Counts(remaining, completed, failed, warning)))
+    template = _pending_response(request)
+    got = Command.decode(template.encode(*counts))
     assert got.command_field == CommandField.C_GET_RSP
     assert (got.message_id_being_responded_to, got.status, got.has_dataset) == (7, 0xFF00, False)
     assert got.affected_sop_class_uid == "1.2.840.10008.5.1.4.1.2.2.3"
@@ -649,3 +649,9 @@ def test_the_pending_retrieve_response_template_matches_a_built_command(
         got.number_of_failed_suboperations,
         got.number_of_warning_suboperations,
     ) == tuple(min(c, 0xFFFF) for c in counts)
+
+
+def test_a_counts_template_needs_a_command_with_the_counts() -> None:
+    echo_rsp = Command(CommandField.C_ECHO_RSP, message_id_being_responded_to=1, status=0)
+    with pytest.raises(ValueError, match="no sub-operation counts"):
+        CountsTemplate(echo_rsp)
