@@ -445,8 +445,11 @@ def _identifier(level: str, study: str, series: str = "", instance: str = "") ->
 
 def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> RetrieveResult:
     instances = storage.datasets if isinstance(storage, MemoryStorage) else []
+    # No final status at all is reported as 0xC000, "cannot understand".
+    code = outcome.status if outcome.status is not None else 0xC000
     return RetrieveResult(
-        status=status_text(outcome.status if outcome.status is not None else 0xC000),
+        status=status_text(code),
+        status_code=code,
         num_remaining=outcome.remaining,
         num_completed=outcome.completed,
         num_failed=outcome.failed,

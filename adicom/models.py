@@ -22,12 +22,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from adicom.dimse import status_category
+from adicom.dimse import describe_status, status_category
 from adicom.values import (
     RESERVED_KEYWORDS,
     STRING_VRS,
@@ -452,6 +452,8 @@ class ImageQuery(Query[ImageResult]):
 # Retrieve
 
 _STATUS = re.compile(r"(?:success|pending|cancel|(?:warning|failure)_0x[0-9A-F]{4})\Z")
+# The code a status string stands for when no code is given with it.
+_STATUS_CODES = {"success": 0x0000, "pending": 0xFF00, "cancel": 0xFE00}
 
 
 def status_text(code: int) -> str:
@@ -472,15 +474,21 @@ def status_text(code: int) -> str:
 class RetrieveResult(BaseModel):
     """The outcome of a C-GET or C-MOVE.
 
-    ``status`` is :func:`status_text` of the final status. The counts are the
-    peer's sub-operation counts; ``failed_sop_instances`` the SOP Instance
-    UIDs it reported failed. ``instances`` holds the datasets received in
-    memory mode and ``paths`` the files written in disk mode.
+    ``status`` is :func:`status_text` of the final status, as the reference
+    API spells it; ``status_code`` is that status as a number, and
+    :attr:`status_meaning` says what it means. Left out, ``status_code``
+    follows from ``status`` (``"success"`` is 0x0000, ``"cancel"`` 0xFE00,
+    ``"pending"`` 0xFF00, ``"failure_0xA801"`` 0xA801); given, it must agree
+    with it. The counts are the peer's sub-operation counts;
+    ``failed_sop_instances`` the SOP Instance UIDs it reported failed.
+    ``instances`` holds the datasets received in memory mode and ``paths`` the
+    files written in disk mode.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     status: str
+    status_code: int = Field(default=0, ge=0, le=0xFFFF)
     num_remaining: int = Field(default=0, ge=0)
     num_completed: int = Field(default=0, ge=0)
     num_failed: int = Field(default=0, ge=0)
@@ -499,3 +507,34 @@ class RetrieveResult(BaseModel):
                 "(uppercase hex digits), as status_text() makes them"
             )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _code_from_status(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "status_code" not in data:
+            status = data.get("status")
+            if isinstance(status, str) and _STATUS.match(status):
+                code = _STATUS_CODES.get(status)
+                if code is None:
+                    code = int(status.partition("_0x")[2], 16)
+                data = {**data, "status_code": code}
+        return data
+
+    @model_validator(mode="after")
+    def _check_code_agrees(self) -> Self:
+        expected = status_text(self.status_code)
+        if expected != self.status:
+            raise ValueError(
+                f"status_code 0x{self.status_code:04X} is {expected!r}, but status is "
+                f"{self.status!r}; allowed: a status_code whose status_text() is the status"
+            )
+        return self
+
+    @property
+    def status_meaning(self) -> str:
+        """The final status in the words of PS3.4 and PS3.7.
+
+        For example "Refused: move destination unknown" for 0xA801, or
+        "Success".
+        """
+        return describe_status(self.status_code)

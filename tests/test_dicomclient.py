@@ -35,7 +35,7 @@ def build_tree() -> list[Dataset]:
     path = get_testdata_file("CT_small.dcm")
     assert path is not None
     template = pydicom.dcmread(path)
-    out = []
+    out: list[Dataset] = []
     for p in range(2):
         for s in range(2):
             study = generate_uid()
@@ -196,11 +196,14 @@ async def test_move_study_to_a_storage_scp_of_ours() -> None:
                 study_uid, tree.instances[0].SeriesInstanceUID, node, "STRANGER"
             )
     assert result.status == "success" and result.num_completed == 6
+    assert (result.status_code, result.status_meaning) == (0x0000, "Success")
     assert progress[-1] == 6
     assert {d.SOPInstanceUID for d in received.datasets} == {
         d.SOPInstanceUID for d in tree.instances if d.StudyInstanceUID == study_uid
     }
     assert unknown.status == "failure_0xA801"
+    assert unknown.status_code == 0xA801
+    assert unknown.status_meaning == "Refused: move destination unknown"
 
 
 async def test_retrieve_timeout_cancels_and_reports(tmp_path: pathlib.Path) -> None:

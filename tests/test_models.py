@@ -1051,6 +1051,55 @@ def test_retrieve_counts_not_negative(field: str) -> None:
     assert error_of(exc).startswith(f"{field}: ")
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "meaning"),
+    [
+        ("success", 0x0000, "Success"),
+        ("pending", 0xFF00, "Pending"),
+        ("cancel", 0xFE00, "Cancel: operation terminated by cancel request"),
+        (
+            "warning_0xB000",
+            0xB000,
+            "Warning: coercion of data elements, or sub-operations completed with failures",
+        ),
+        ("failure_0xA801", 0xA801, "Refused: move destination unknown"),
+        ("failure_0xA702", 0xA702, "Refused: out of resources, unable to perform sub-operations"),
+        ("failure_0xC123", 0xC123, "Error: cannot understand, or unable to process"),
+    ],
+)
+def test_retrieve_status_code_follows_status(status: str, code: int, meaning: str) -> None:
+    result = RetrieveResult(status=status)
+    assert result.status == status
+    assert result.status_code == code
+    assert result.status_meaning == meaning
+
+
+def test_retrieve_status_code_given() -> None:
+    result = RetrieveResult(status="pending", status_code=0xFF01)
+    assert result.status_code == 0xFF01
+    assert result.status_meaning == "Pending: optional keys not supported"
+
+
+def test_retrieve_status_code_must_agree_with_status() -> None:
+    with pytest.raises(ValidationError) as exc:
+        RetrieveResult(status="failure_0xA801", status_code=0xA702)
+    message = error_of(exc)
+    assert "status_code 0xA702 is 'failure_0xA702', but status is 'failure_0xA801'" in message
+
+
+@pytest.mark.parametrize("code", [-1, 0x10000])
+def test_retrieve_status_code_is_16_bits(code: int) -> None:
+    with pytest.raises(ValidationError) as exc:
+        RetrieveResult(status="success", status_code=code)
+    assert error_of(exc).startswith("status_code: ")
+
+
+def test_retrieve_result_round_trips_with_its_code() -> None:
+    result = RetrieveResult(status="warning_0xB000", num_completed=2, num_failed=1)
+    again = RetrieveResult.model_validate(result.model_dump())
+    assert again == result and again.status_code == 0xB000
+
+
 def test_retrieve_instances_must_be_datasets() -> None:
     with pytest.raises(ValidationError):
         RetrieveResult(status="success", instances=["not a dataset"])  # type: ignore[list-item]
@@ -1079,6 +1128,7 @@ def test_retrieve_instances_must_be_datasets() -> None:
 def test_status_text(code: int, text: str) -> None:
     assert status_text(code) == text
     assert RetrieveResult(status=status_text(code)).status == text
+    assert RetrieveResult(status=status_text(code), status_code=code).status_code == code
 
 
 @pytest.mark.parametrize("code", [-1, 0x10000, True])
