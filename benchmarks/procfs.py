@@ -1,0 +1,87 @@
+"""What the runner reads about running processes from Linux /proc: CPU clocks, memory, threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (Linux /proc), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _status_fields(pid: int) -> dict[str, int]:
+    """The numeric kB/count fields of /proc/PID/status we use (missing ones left out)."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def session_snapshot(sid: int) -> dict[str, Any]:
+    """CPU, memory, threads and open files of every process in session `sid` (Linux /proc).
+
+    Sums over the session, so that an SCP that forks per association (dcmqrscp)
+    is counted whole: CPU is utime + stime + cutime + cstime of each live
+    process (a child's time moves into its parent's cutime when reaped, so
+    each CPU second is counted once); RSS sums VmRSS. `peak_rss_kib` and
+    `fds` are the session leader's (`sid` itself).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = 0
+    rss = threads = processes = 0
+    found_leader = False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) != sid:  # field 6, session id
+            continue
+        processes += 1
+        found_leader |= int(entry.name) == sid
+        cpu += sum(int(f) for f in fields[11:15])
+        status = _status_fields(int(entry.name))
+        rss += status.get("VmRSS", 0)
+        threads += status.get("Threads", 0)
+    if not found_leader:
+        return {"cpu_s": None, "rss_kib": None, "peak_rss_kib": None, "threads": None,
+                "fds": None, "processes": 0}  # fmt: skip
+    try:
+        fds: int | None = len(os.listdir(f"/proc/{sid}/fd"))
+    except OSError:
+        fds = None
+    return {
+        "cpu_s": cpu / ticks,
+        "rss_kib": rss,
+        "peak_rss_kib": _status_fields(sid).get("VmHWM"),
+        "threads": threads,
+        "fds": fds,
+        "processes": processes,
+    }
+
+
+def proc_peak_rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
