@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
@@ -27,9 +27,17 @@ from adicom.client import connect
 from adicom.demo import run_demo
 from adicom.dicomclient import DicomClient
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
-from adicom.models import DicomNode, ImageQuery, PatientQuery, SeriesQuery, StudyQuery
+from adicom.models import (
+    DicomNode,
+    ImageQuery,
+    PatientQuery,
+    RetrieveResult,
+    SeriesQuery,
+    StudyQuery,
+)
 from adicom.qrscu import RetrieveProgress
 from adicom.server import Server
+from adicom.settings import DicomSettings
 from adicom.storescu import StoreResult, store
 
 __all__ = ["main"]
@@ -77,10 +85,10 @@ def _positive(value: str) -> float:
     return seconds
 
 
-def _peer_options(parser: argparse.ArgumentParser) -> None:
+def _peer_options(parser: argparse.ArgumentParser, timeout: float = 30.0) -> None:
     parser.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
     parser.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
-    parser.add_argument("--timeout", type=_positive, default=30.0, help="seconds for each step")
+    parser.add_argument("--timeout", type=_positive, default=timeout, help="seconds for each step")
     parser.add_argument("host")
     parser.add_argument("port", type=_port)
 
@@ -139,28 +147,99 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    echo = commands.add_parser("echo", help="send a C-ECHO (verify a peer is there)")
-    echo.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
-    echo.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
-    echo.add_argument("--timeout", type=_positive, default=10.0, help="seconds for each step")
-    echo.add_argument("-n", "--repeat", type=int, default=1, help="C-ECHOs to send")
-    echo.add_argument("host")
-    echo.add_argument("port", type=_port)
-
-    serve = commands.add_parser("serve", help="run an SCP (Verification) until interrupted")
-    serve.add_argument("--aet", type=_ae_title, default="ADICOM", help="our AE title")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=11112, help="port (0: any free port)")
-    serve.add_argument(
-        "--max-associations", type=int, default=500, help="open associations allowed at once"
+    _add_echo(commands)
+    _add_serve(commands)
+    _add_store(commands)
+    _add_find(commands)
+    for name, text in (
+        ("get", "retrieve to a folder (C-GET)"),
+        ("move", "have the peer send to an AE title (C-MOVE)"),
+    ):
+        _add_retrieve(commands, name, text)
+    commands.add_parser(
+        "demo", help="run a local archive and walk through echo, find, get, move (checked)"
     )
+    return parser
+
+
+# What add_subparsers() returns.
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_echo(commands: _Commands) -> None:
+    echo = commands.add_parser("echo", help="send a C-ECHO (verify a peer is there)")
+    _peer_options(echo, timeout=10.0)
+    echo.add_argument("-n", "--repeat", type=int, default=1, help="C-ECHOs to send")
+
+
+def _serve_settings() -> tuple[DicomSettings, ValidationError | None]:
+    """The ``ADICOM_*`` settings for ``serve``'s defaults, and what was wrong with them.
+
+    A bad variable must not break the other commands or ``--help``: the
+    built-in defaults stand in, and ``serve`` reports the error when it runs.
+    """
+    try:
+        return DicomSettings(), None
+    except ValidationError as exc:
+        return DicomSettings.model_construct(), exc
+
+
+def _add_serve(commands: _Commands) -> None:
+    settings, error = _serve_settings()
+    serve = commands.add_parser(
+        "serve",
+        help="run an SCP (Verification) until interrupted",
+        description="Run an SCP until interrupted. The defaults come from the ADICOM_* "
+        "environment variables (adicom.DicomSettings); the flags override them.",
+    )
+    serve.set_defaults(settings_error=error)
+    _listen_options(serve, settings)
+    _archive_options(serve, settings)
+    serve.add_argument(
+        "--allow",
+        action="append",
+        metavar="AET",
+        type=_ae_title,
+        help="accept only these calling AE titles (repeatable; default: any)",
+    )
+    _timeouts(serve, settings)
+
+
+def _listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    serve.add_argument(
+        "--aet",
+        type=_ae_title,
+        default=settings.aet,
+        help="our AE title (ADICOM_AET; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--host",
+        default=settings.ip or "0.0.0.0",
+        help="address to listen on (ADICOM_IP; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=settings.port,
+        help="port, 0 for any free port (ADICOM_PORT; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-associations",
+        type=int,
+        default=500,
+        help="open associations allowed at once (default: %(default)s)",
+    )
+
+
+def _archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    default = "%(default)s" if settings.storage_dir else "none, C-ECHO only"
     serve.add_argument(
         "--storage",
         metavar="DIR",
+        default=settings.storage_dir,
         help="run an archive in DIR: accept C-STORE (files under "
         "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm, indexed in SQLite) "
-        "and answer C-FIND, C-GET and C-MOVE from it",
+        f"and answer C-FIND, C-GET and C-MOVE from it (ADICOM_STORAGE_DIR; default: {default})",
     )
     serve.add_argument(
         "--move-dest",
@@ -170,23 +249,41 @@ def _parser() -> argparse.ArgumentParser:
         type=_destination,
         help="a C-MOVE destination (repeatable)",
     )
-    serve.add_argument(
-        "--allow",
-        action="append",
-        metavar="AET",
-        type=_ae_title,
-        help="accept only these calling AE titles (repeatable; default: any)",
-    )
 
+
+def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    for flag, value, text in (
+        (
+            "--association-timeout",
+            settings.association_timeout,
+            "seconds the ARTIM timer allows (PS3.8 9.1.5): for the A-ASSOCIATE-RQ "
+            "once a peer connects, for the peer to close after a release or abort",
+        ),
+        ("--dimse-timeout", settings.dimse_timeout, "seconds to wait for each DIMSE response"),
+        (
+            "--idle-timeout",
+            settings.idle_timeout,
+            "seconds of silence after which an association is aborted",
+        ),
+    ):
+        variable = "ADICOM_" + flag.removeprefix("--").replace("-", "_").upper()
+        serve.add_argument(
+            flag,
+            type=_positive,
+            default=value,
+            metavar="SECONDS",
+            help=f"{text} ({variable}; default: %(default)s)",
+        )
+
+
+def _add_store(commands: _Commands) -> None:
     store = commands.add_parser("store", help="send DICOM files (C-STORE) over one association")
-    store.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
-    store.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
-    store.add_argument("--timeout", type=_positive, default=30.0, help="seconds for each step")
+    _peer_options(store)
     store.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
-    store.add_argument("host")
-    store.add_argument("port", type=_port)
     store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
 
+
+def _add_find(commands: _Commands) -> None:
     find = commands.add_parser("find", help="query a peer (C-FIND), like DCMTK's findscu")
     _peer_options(find)
     find.add_argument(
@@ -208,37 +305,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     find.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    for name, text in (
-        ("get", "retrieve to a folder (C-GET)"),
-        ("move", "have the peer send to an AE title (C-MOVE)"),
-    ):
-        retrieve = commands.add_parser(name, help=text)
-        _peer_options(retrieve)
-        retrieve.add_argument(
-            "-k",
-            "--key",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="StudyInstanceUID=..., SeriesInstanceUID=..., "
-            "SOPInstanceUID=... (the level follows from the deepest given)",
-        )
-        if name == "get":
-            retrieve.add_argument(
-                "--out", required=True, metavar="DIR", help="folder for the retrieved files"
-            )
-        else:
-            retrieve.add_argument(
-                "--dest",
-                required=True,
-                type=_ae_title,
-                help="the destination AE title (known to the peer)",
-            )
 
-    commands.add_parser(
-        "demo", help="run a local archive and walk through echo, find, get, move (checked)"
+def _add_retrieve(commands: _Commands, name: str, text: str) -> None:
+    retrieve = commands.add_parser(name, help=text)
+    _peer_options(retrieve)
+    retrieve.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="StudyInstanceUID=..., SeriesInstanceUID=..., "
+        "SOPInstanceUID=... (the level follows from the deepest given)",
     )
-    return parser
+    if name == "get":
+        retrieve.add_argument(
+            "--out", required=True, metavar="DIR", help="folder for the retrieved files"
+        )
+    else:
+        retrieve.add_argument(
+            "--dest",
+            required=True,
+            type=_ae_title,
+            help="the destination AE title (known to the peer)",
+        )
 
 
 async def _echo(args: argparse.Namespace) -> int:
@@ -259,6 +349,8 @@ async def _echo(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    if args.settings_error is not None:
+        raise args.settings_error
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -279,6 +371,9 @@ async def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             max_associations=args.max_associations,
             allowed_calling_aes=args.allow,
+            artim_timeout=args.association_timeout,
+            dimse_timeout=args.dimse_timeout,
+            idle_timeout=args.idle_timeout,
             **options,
         ) as server:
             if archive is not None:
@@ -372,6 +467,20 @@ def _show_progress(progress: RetrieveProgress) -> None:
     )
 
 
+def _outcome(result: RetrieveResult) -> str:
+    """The final status for the summary line, with its meaning unless it is success.
+
+    ``"success: "``, or for example ``"failure 0xA801: Refused: move destination
+    unknown; "`` (a meaning that repeats the category, as "Warning: ..." after
+    "warning", is not repeated).
+    """
+    if result.status == "success":
+        return "success: "
+    category = result.status.partition("_")[0]
+    meaning = result.status_meaning.removeprefix(f"{category.capitalize()}: ")
+    return f"{category} 0x{result.status_code:04X}: {meaning}; "
+
+
 async def _get(args: argparse.Namespace) -> int:
     level, uids = _retrieve_target(args)
     client, node = _client(args), _node(args)
@@ -380,7 +489,7 @@ async def _get(args: argparse.Namespace) -> int:
         *uids, node, Path(args.out), progress=_show_progress
     )
     print(
-        f"adicom get: {result.status}: {result.num_completed} completed, "
+        f"adicom get: {_outcome(result)}{result.num_completed} completed, "
         f"{result.num_failed} failed, {result.num_warning} warning, into {args.out}"
     )
     for uid in result.failed_sop_instances:
@@ -396,7 +505,7 @@ async def _move(args: argparse.Namespace) -> int:
         *uids, node, args.dest, progress=_show_progress
     )
     print(
-        f"adicom move: {result.status}: {result.num_completed} completed, "
+        f"adicom move: {_outcome(result)}{result.num_completed} completed, "
         f"{result.num_failed} failed, {result.num_warning} warning, to {args.dest}"
     )
     return EXIT_OK if result.status == "success" else EXIT_FAILED
@@ -440,6 +549,11 @@ def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "query"
             message = str(error["msg"]).removeprefix("Value error, ")
+            if exc.title == DicomSettings.__name__:
+                # Name the variable to fix; our own checks quote the value already.
+                where = f"ADICOM_{where.upper()}"
+                if error["type"] != "value_error":
+                    message += f" (got {error['input']!r})"
             print(f"adicom {args.command}: {where}: {message}", file=sys.stderr)
         return code
     print(f"adicom {args.command}: {exc}", file=sys.stderr)

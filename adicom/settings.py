@@ -8,6 +8,11 @@
 pydantic-settings allows: ``DicomSettings(_env_file=".env")``. Keyword
 arguments win over the environment.
 
+Two readers use them: :meth:`adicom.DicomClient.from_settings` (``aet``,
+``max_pdu``, ``connect_timeout``, ``dimse_timeout``) and ``adicom serve``,
+whose flags default to ``aet``, ``ip``, ``port``, ``storage_dir`` and the
+association, DIMSE and idle timeouts (a flag given wins).
+
 A bad value raises pydantic's ValidationError naming the field (the variable
 is ``ADICOM_`` and the field's name in uppercase), the value, and what is
 allowed.
@@ -45,31 +50,39 @@ class DicomSettings(BaseSettings):
     )
 
     aet: AETitle = "ADICOM"
-    """Our AE title: the calling AE title as SCU, the called one we answer to as SCP."""
+    """Our AE title: the client's calling AE title, the one ``adicom serve`` answers to."""
 
     port: int = 11112
-    """The TCP port the SCP listens on; 0 lets the system pick a free one."""
+    """The TCP port ``adicom serve`` listens on; 0 lets the system pick a free one."""
 
     ip: str | None = None
-    """The IP address the SCP listens on; None (or empty) for every interface."""
+    """The IP address ``adicom serve`` listens on; None (or empty): 0.0.0.0, every IPv4 one."""
 
     max_pdu: int = 16384
-    """The largest P-DATA-TF PDU we accept, in bytes: 0 for no limit, else 4096 to 2**32-1."""
+    """The largest PDU the client accepts, in bytes: 0 for no limit, else 4096 to 2**32-1."""
 
     connect_timeout: float = 10.0
-    """Seconds to open the TCP connection to a peer."""
+    """Seconds the client allows to open the TCP connection to a peer."""
 
-    association_timeout: float = 30.0
-    """Seconds to wait for the peer's A-ASSOCIATE and A-RELEASE answers (ACSE)."""
+    association_timeout: float = 10.0
+    """Seconds of ``adicom serve``'s ARTIM timer (PS3.8 9.1.5).
+
+    It bounds the wait for the A-ASSOCIATE-RQ once a peer connects, and for the
+    peer to close the connection after a release or an abort.
+    """
 
     dimse_timeout: float = 30.0
-    """Seconds to wait for each DIMSE response once a request is sent."""
+    """Seconds to wait for each DIMSE response once a request is sent (client and serve)."""
 
     idle_timeout: float = 60.0
-    """Seconds of silence from the peer after which an association is aborted."""
+    """Seconds of silence after which ``adicom serve`` aborts an association."""
 
     storage_dir: Path | None = None
-    """Where received instances are written; None (or empty) keeps them in memory."""
+    """The folder ``adicom serve`` runs its archive in; None (or empty): C-ECHO only.
+
+    The archive stores what it receives by C-STORE there, indexes it, and
+    answers C-FIND, C-GET and C-MOVE from it.
+    """
 
     @field_validator("port")
     @classmethod

@@ -2,22 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
+
+from adicom import cli
+from adicom.models import RetrieveResult
+from adicom.storescu import StoreResult
+from adicom.storescu import store as real_store
 
 
-def adicom(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any ADICOM_* variable, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ADICOM_")}
+    return env | variables
+
+
+def adicom(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "adicom", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env=environment() if env is None else env,
     )
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (free when asked; bound again at once by the test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def test_demo_exits_zero_and_reports() -> None:
@@ -33,10 +61,10 @@ async def test_demo_fails_when_a_step_does_not_check_out(
 ) -> None:
     from adicom import demo
 
-    real_store = demo.store
-
-    async def lossy_store(host: str, port: int, sources: list[object], **kw: object) -> object:
-        return await real_store(host, port, list(sources)[1:], **kw)  # type: ignore[arg-type]
+    async def lossy_store(
+        host: str, port: int, sources: Iterable[Dataset], **kw: Any
+    ) -> list[StoreResult]:
+        return await real_store(host, port, list(sources)[1:], **kw)
 
     monkeypatch.setattr(demo, "store", lossy_store)
     assert await demo.run_demo() == 1
@@ -45,9 +73,7 @@ async def test_demo_fails_when_a_step_does_not_check_out(
 
 
 def test_echo_to_a_closed_port_is_unreachable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     result = adicom("echo", "127.0.0.1", str(port))
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
@@ -111,8 +137,6 @@ def test_serve_on_a_taken_port_says_so() -> None:
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
     """The CLI in a subprocess, awaited without blocking the SCP on this loop."""
-    import asyncio
-
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "adicom", *args,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -163,8 +187,211 @@ async def test_find_get_move_from_the_command_line(tmp_path: pathlib.Path) -> No
             code, out, _ = await run_cli(
                 "move", "-k", f"StudyInstanceUID={study}", "--dest", "NOWHERE", *peer
             )
-            assert code == 1 and "failure_0xA801" in out
+            assert code == 1
+            assert out.splitlines()[-1] == (
+                "adicom move: failure 0xA801: Refused: move destination unknown; "
+                "0 completed, 0 failed, 0 warning, to NOWHERE"
+            )
 
             code, _, err = await run_cli("find", "-k", "StudyDate=2024-01-01", *peer)
             assert code == 2
             assert err.startswith("adicom find: study_date:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.anyio
+async def test_get_prints_what_a_failure_status_means(tmp_path: pathlib.Path) -> None:
+    import adicom
+    from adicom.qrscp import QRContext, QueryFailed
+
+    async def refuse(identifier: Dataset, context: QRContext) -> Any:
+        raise QueryFailed(0xA702, "no room for sub-operations")
+        yield  # an async generator, as handlers are
+
+    async with adicom.Server("PACS", port=0, on_get=refuse) as server:
+        code, out, err = await run_cli(
+            "get", "-k", "StudyInstanceUID=1.2.3", "--out", str(tmp_path),
+            "--aec", "PACS", "127.0.0.1", str(server.port),
+        )  # fmt: skip
+    assert code == 1, err
+    assert out.splitlines()[-1] == (
+        "adicom get: failure 0xA702: Refused: out of resources, unable to perform "
+        f"sub-operations; 0 completed, 0 failed, 0 warning, into {tmp_path}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [
+        ("success", "success: "),
+        ("failure_0xA801", "failure 0xA801: Refused: move destination unknown; "),
+        ("failure_0xC000", "failure 0xC000: Error: cannot understand, or unable to process; "),
+        ("failure_0x0110", "failure 0x0110: processing failure; "),
+        (
+            "warning_0xB000",
+            "warning 0xB000: coercion of data elements, or sub-operations completed with "
+            "failures; ",
+        ),
+        ("cancel", "cancel 0xFE00: operation terminated by cancel request; "),
+    ],
+)
+def test_retrieve_summary_names_the_status(status: str, shown: str) -> None:
+    assert cli._outcome(RetrieveResult(status=status)) == shown
+
+
+# -- serve: defaults from ADICOM_* (DicomSettings), flags override ---------------
+
+SERVE_VARIABLES = {
+    "ADICOM_AET": "ENV_SCP",
+    "ADICOM_IP": "127.0.0.1",
+    "ADICOM_PORT": "4242",
+    "ADICOM_STORAGE_DIR": "/srv/dicom",
+    "ADICOM_ASSOCIATION_TIMEOUT": "2.5",
+    "ADICOM_DIMSE_TIMEOUT": "45",
+    "ADICOM_IDLE_TIMEOUT": "90",
+}
+
+
+@pytest.fixture
+def no_adicom_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in os.environ:
+        if name.upper().startswith("ADICOM_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_serve_defaults_without_variables(no_adicom_variables: pytest.MonkeyPatch) -> None:
+    args = cli._parser().parse_args(["serve"])
+    assert (args.aet, args.host, args.port, args.storage) == ("ADICOM", "0.0.0.0", 11112, None)
+    assert (args.association_timeout, args.dimse_timeout, args.idle_timeout) == (10, 30, 60)
+    assert args.settings_error is None
+
+
+def test_serve_defaults_come_from_the_environment(
+    no_adicom_variables: pytest.MonkeyPatch,
+) -> None:
+    for name, value in SERVE_VARIABLES.items():
+        no_adicom_variables.setenv(name, value)
+    args = cli._parser().parse_args(["serve"])
+    assert (args.aet, args.host, args.port) == ("ENV_SCP", "127.0.0.1", 4242)
+    assert pathlib.Path(args.storage) == pathlib.Path("/srv/dicom")
+    assert (args.association_timeout, args.dimse_timeout, args.idle_timeout) == (2.5, 45, 90)
+
+
+def test_serve_flags_override_the_environment(no_adicom_variables: pytest.MonkeyPatch) -> None:
+    for name, value in SERVE_VARIABLES.items():
+        no_adicom_variables.setenv(name, value)
+    args = cli._parser().parse_args(
+        ["serve", "--aet", "FLAG", "--host", "::1", "--port", "0", "--storage", "here",
+         "--association-timeout", "1", "--dimse-timeout", "2", "--idle-timeout", "3"]
+    )  # fmt: skip
+    assert (args.aet, args.host, args.port, args.storage) == ("FLAG", "::1", 0, "here")
+    assert (args.association_timeout, args.dimse_timeout, args.idle_timeout) == (1, 2, 3)
+
+
+def test_serve_hands_the_settings_to_the_server(no_adicom_variables: pytest.MonkeyPatch) -> None:
+    for name in ("AET", "IP", "PORT", "ASSOCIATION_TIMEOUT", "DIMSE_TIMEOUT", "IDLE_TIMEOUT"):
+        no_adicom_variables.setenv(f"ADICOM_{name}", SERVE_VARIABLES[f"ADICOM_{name}"])
+    seen: dict[str, Any] = {}
+
+    def server(ae_title: str, **options: Any) -> Any:
+        seen.update(options, ae_title=ae_title)
+        raise OSError("not listening in this test")
+
+    no_adicom_variables.setattr(cli, "Server", server)
+    assert cli.main(["serve"]) == cli.EXIT_FAILED
+    assert seen["ae_title"] == "ENV_SCP"
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 4242)
+    assert (seen["artim_timeout"], seen["dimse_timeout"], seen["idle_timeout"]) == (2.5, 45, 90)
+
+
+def test_serve_help_shows_the_defaults() -> None:
+    plain = adicom("serve", "--help")
+    assert plain.returncode == 0
+    help_text = " ".join(plain.stdout.split())
+    for shown in (
+        "(ADICOM_AET; default: ADICOM)",
+        "(ADICOM_IP; default: 0.0.0.0)",
+        "(ADICOM_PORT; default: 11112)",
+        "(ADICOM_STORAGE_DIR; default: none, C-ECHO only)",
+        "(ADICOM_ASSOCIATION_TIMEOUT; default: 10.0)",
+        "(ADICOM_DIMSE_TIMEOUT; default: 30.0)",
+        "(ADICOM_IDLE_TIMEOUT; default: 60.0)",
+    ):
+        assert shown in help_text
+    from_env = adicom("serve", "--help", env=environment(**SERVE_VARIABLES))
+    help_text = " ".join(from_env.stdout.split())
+    for shown in (
+        "(ADICOM_AET; default: ENV_SCP)",
+        "(ADICOM_PORT; default: 4242)",
+        "(ADICOM_STORAGE_DIR; default: /srv/dicom)",
+        "(ADICOM_IDLE_TIMEOUT; default: 90.0)",
+    ):
+        assert shown in help_text
+
+
+def test_a_bad_variable_stops_serve_only() -> None:
+    env = environment(ADICOM_PORT="70000")
+    result = adicom("serve", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "adicom serve: ADICOM_PORT: port 70000 is out of range; allowed: 0 (any free port) to 65535"
+    ]
+    result = adicom("serve", env=environment(ADICOM_IDLE_TIMEOUT="soon"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("adicom serve: ADICOM_IDLE_TIMEOUT: Input should be")
+    assert "(got 'soon')" in result.stderr
+    # Other commands do not read the settings: the broken variable is no concern of theirs.
+    port = free_port()
+    assert adicom("echo", "127.0.0.1", str(port), env=env).returncode == 3
+    assert adicom("serve", "--help", env=env).returncode == 0
+
+
+@pytest.mark.anyio
+async def test_serve_listens_and_stores_where_the_environment_says(
+    tmp_path: pathlib.Path,
+) -> None:
+    """ADICOM_PORT=<free port> ADICOM_STORAGE_DIR=<tmp> adicom serve, end to end."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    port, storage = free_port(), tmp_path / "archive"
+    env = environment(
+        ADICOM_PORT=str(port),
+        ADICOM_STORAGE_DIR=str(storage),
+        ADICOM_IP="127.0.0.1",
+        ADICOM_AET="ENV_SCP",
+        ADICOM_ASSOCIATION_TIMEOUT="0.5",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "serve", env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await process.stdout.readline()).decode()
+        assert line == f'adicom serve: AE "ENV_SCP" listening on 127.0.0.1:{port}\n'
+
+        path = get_testdata_file("CT_small.dcm")
+        assert path is not None
+        (result,) = await real_store("127.0.0.1", port, [path], called_ae="ENV_SCP")
+        assert result.ok, result.error
+        (stored,) = storage.rglob("*.dcm")
+        assert dcmread(stored).SOPInstanceUID == dcmread(path).SOPInstanceUID
+
+        # ADICOM_ASSOCIATION_TIMEOUT is the ARTIM timer: a connection that never
+        # asks for an association is closed after 0.5 s (the default is 10 s).
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()
+        assert "adicom serve: stopping" in out.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

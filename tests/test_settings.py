@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from adicom import cli
+from adicom.dicomclient import DicomClient
 from adicom.settings import DicomSettings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "client.md"
 
 VARIABLES = (
     "AET",
@@ -44,11 +49,16 @@ def test_defaults() -> None:
     assert settings.port == 11112
     assert settings.ip is None
     assert settings.max_pdu == 16384
-    assert settings.connect_timeout > 0
-    assert settings.association_timeout > 0
-    assert settings.dimse_timeout > 0
-    assert settings.idle_timeout > 0
+    assert settings.connect_timeout == 10.0
+    # The ARTIM timer of adicom serve, as Server's and open_association's own default.
+    assert settings.association_timeout == 10.0
+    assert settings.dimse_timeout == 30.0
+    assert settings.idle_timeout == 60.0
     assert settings.storage_dir is None
+
+
+def test_every_field_has_a_variable() -> None:
+    assert set(DicomSettings.model_fields) == {name.lower() for name in VARIABLES}
 
 
 def test_dotenv_not_read_by_default() -> None:
@@ -166,3 +176,66 @@ def test_unknown_keyword_argument_refused() -> None:
 def test_unrelated_variables_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADICOM_UNKNOWN", "1")
     assert DicomSettings().aet == "ADICOM"
+
+
+# -- who reads the settings, and docs/client.md's table ------------------------
+
+
+def test_from_settings_reads_the_client_fields() -> None:
+    settings = DicomSettings(aet="ENV_SCU", max_pdu=32768, connect_timeout=2, dimse_timeout=3)
+    client = DicomClient.from_settings(settings)
+    assert client.calling_aet == "ENV_SCU"
+    assert client.max_pdu == 32768
+    assert (client.connect_timeout, client.dimse_timeout) == (2, 3)
+
+
+def settings_table() -> dict[str, tuple[str, str, str]]:
+    """docs/client.md's settings table: field -> (variable, default, read by)."""
+    rows = re.findall(
+        r"^\| `(ADICOM_\w+)` \| `(\w+)` \| ([^|]+?) \| ([^|]+?) \|$", DOCS.read_text(), re.M
+    )
+    return {field: (variable, default, readers) for variable, field, default, readers in rows}
+
+
+def test_docs_table_lists_every_field_with_its_variable_and_default() -> None:
+    table = settings_table()
+    assert list(table) == list(DicomSettings.model_fields)
+    for field, (variable, default, _) in table.items():
+        assert variable == f"ADICOM_{field.upper()}"
+        value = DicomSettings.model_fields[field].default
+        assert default == ("unset" if value is None else f"`{value}`"), field
+
+
+# A value of each field that differs from its default.
+SAMPLES = {
+    "aet": "DOC_SCP",
+    "port": "4321",
+    "ip": "127.0.0.2",
+    "max_pdu": "65536",
+    "connect_timeout": "1.5",
+    "association_timeout": "2.5",
+    "dimse_timeout": "3.5",
+    "idle_timeout": "4.5",
+    "storage_dir": "/srv/doc",
+}
+
+
+def test_docs_table_names_the_real_readers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each field has a reader, and the table names exactly the readers there are."""
+    assert set(SAMPLES) == set(DicomSettings.model_fields)
+    for field, value in SAMPLES.items():
+        monkeypatch.setenv(f"ADICOM_{field.upper()}", value)
+    client = DicomClient.from_settings()
+    client_reads = {
+        "aet": client.calling_aet == "DOC_SCP",
+        "max_pdu": client.max_pdu == 65536,
+        "connect_timeout": client.connect_timeout == 1.5,
+        "dimse_timeout": client.dimse_timeout == 3.5,
+    }
+    serve = vars(cli._parser().parse_args(["serve"]))
+    for field, (_, _, readers) in settings_table().items():
+        assert ("DicomClient.from_settings()" in readers) == client_reads.get(field, False), field
+        flags = re.findall(r"`adicom serve (--[\w-]+)`", readers)
+        for flag in flags:
+            assert str(serve[flag.removeprefix("--").replace("-", "_")]) == SAMPLES[field], flag
+        assert flags or field in client_reads, f"{field} has no reader"
