@@ -1,9 +1,11 @@
-"""The asyncio driver of one association: a socket, an UpperLayer, DIMSE messages.
+"""The asyncio driver of one association: a socket under the sans-I/O layers.
 
-This module holds no protocol logic. It moves bytes between the transport and
-:class:`~adicom.protocol.UpperLayer`, turns upper layer events into DIMSE
-messages (:mod:`adicom.dimse`) and futures, runs the ARTIM timer the core asks
-for, and maps every failure once, here, to the exceptions of
+This module holds no protocol logic. It moves received bytes into
+:class:`~adicom.protocol.UpperLayer`, hands each upper layer event to
+:class:`~adicom.dimse.DimseConnection`, and turns what comes back into
+futures and queues that tasks await; it writes what the layers queue,
+respecting the transport's flow control, runs the timers they ask for (ARTIM,
+idle), and maps every failure once, here, to the exceptions of
 :mod:`adicom.errors`.
 
 It is an ``asyncio.BufferedProtocol``: the loop reads into a buffer we own
@@ -19,25 +21,28 @@ the abort first, and nobody waits on a peer that never closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from adicom import protocol as ul
 from adicom.dimse import (
     Command,
     CommandField,
-    CommandReceived,
     DatasetReader,
-    MessageAssembler,
+    DimseConnection,
+    Message,
     Priority,
+    RequestReceived,
+    ResponseReceived,
+    SinkFactory,
     StatusCategory,
     c_store_rq,
     describe_status,
-    fragment_message,
     status_category,
 )
 from adicom.errors import (
@@ -49,21 +54,20 @@ from adicom.errors import (
     DicomTimeout,
     DimseError,
     LocalProtocolError,
-    RemoteProtocolError,
+    TimeoutKind,
 )
 from adicom.fsm import State
-from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF
+from adicom.negotiation import (
+    ASYNC_WINDOW,
+    DEFAULT_MAX_PDU,
+    Agreement,
+    peer_max_pdu_problem,
+    requestor_agreement,
+)
+from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from adicom.presentation import VERIFICATION, PresentationContext
 
-__all__ = [
-    "DEFAULT_MAX_PDU",
-    "DatasetSink",
-    "SinkFactory",
-    "IMPLEMENTATION_CLASS_UID",
-    "IMPLEMENTATION_VERSION_NAME",
-    "Association",
-    "Message",
-]
+__all__ = ["Association", "Message", "Operation"]
 
 if TYPE_CHECKING:  # storescu builds on this module; only its types are needed here
     import os
@@ -73,88 +77,39 @@ if TYPE_CHECKING:  # storescu builds on this module; only its types are needed h
     from adicom.storescu import StoreResult
 
 log = logging.getLogger("adicom")
+_T = TypeVar("_T")
 
-#: adicom's implementation class UID (PS3.7 D.3.3.2): a UUID-derived UID
-#: under the 2.25 root (PS3.5 B.2), so it needs no registered root.
-IMPLEMENTATION_CLASS_UID = "2.25.193100295771143521161366717771740821097"
-#: Implementation version name (PS3.7 D.3.3.2.3): at most 16 characters.
-IMPLEMENTATION_VERSION_NAME = "ADICOM_010"
-#: The largest P-DATA-TF PDU we announce we can receive. Larger PDUs mean
-#: fewer headers and writes on bulk transfers; each is held once in memory.
-DEFAULT_MAX_PDU = 1 << 20
 #: Longest time (s) sending one message holds the event loop before
 #: letting other work run.
 SEND_SLICE = 0.002
-
 #: How many batched messages (pending responses) may wait to leave in one
 #: write: a system call per small message cost more than encoding it.
 BATCH_MESSAGES = 16
 #: A message's PDUs are written once this many bytes are waiting.
 WRITE_BYTES = 256 * 1024
 
-#: The asynchronous operations window adicom proposes and accepts at most,
-#: each way (PS3.7 D.3.3.3): this many C-STOREs in flight keep both sides
-#: busy at once without holding much (their data sets stream).
-ASYNC_WINDOW = 16
 
-
-def check_window(async_window: int) -> int:
-    """``async_window`` if it can be proposed (1 to 65535, PS3.7 D.3.3.3.1); else ValueError."""
-    if not 1 <= async_window <= 0xFFFF:
-        raise ValueError(f"async_window must be 1 to 65535, not {async_window}")
-    return async_window
-
-
-def window_size(proposed: int, limit: int) -> int:
-    """A window value agreed down to ``limit`` (0 is "unlimited", PS3.7 D.3.3.3)."""
-    if proposed == 0:
-        return limit
-    return min(proposed, limit)
-
-
-class DatasetSink(Protocol):
-    """Where the data set of an incoming message goes while it arrives.
-
-    ``write`` is called with each fragment as its PDV comes in (from the
-    transport's callback: it must not block long); ``abort`` if the
-    association ends before the last fragment. A sink keeps its own errors
-    (a full disk, say) and reports them when the message is handled.
-    """
-
-    def write(self, data: memoryview, /) -> None:
-        """Take the next fragment of the data set."""
-        ...
-
-    def abort(self) -> None:
-        """The data set will never be complete: drop what was written."""
-        ...
-
-
-#: Chooses a sink for the data set of an incoming message (context ID, command),
-#: or None to gather it in memory.
-SinkFactory = Callable[[int, Command], "DatasetSink | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A whole DIMSE message received on a presentation context.
-
-    When the command announced a data set, it is in ``dataset`` (encoded in
-    the context's transfer syntax) or, when a sink took it as it arrived,
-    in ``sink``.
-    """
-
-    context_id: int
-    command: Command
-    dataset: bytes | None = None
-    sink: DatasetSink | None = None
+async def _bounded(
+    awaitable: Awaitable[_T], which: TimeoutKind, seconds: float | None, detail: str = ""
+) -> _T:
+    """``await awaitable``, raising DicomTimeout(which) after ``seconds`` (None: no bound)."""
+    if seconds is None:
+        return await awaitable
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise DicomTimeout(which, seconds, detail) from None
 
 
 _END = Exception("end of messages")
 
+#: The requests C-CANCEL-RQ applies to (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3).
+_CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
 
-class _Responses:
-    """The responses to one request, in order, awaited by one task."""
+
+class _Queue:
+    """Messages for one consumer task (one request's responses, or the peer's requests)."""
 
     __slots__ = ("_error", "_items", "_ready", "_waiter")
 
@@ -234,10 +189,10 @@ class _Transport(asyncio.BufferedProtocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._association._connection_lost(exc)
+        self._association._connection_lost()
 
     def pause_writing(self) -> None:
-        self._association._pause_writing()
+        self._association._paused = True
 
     def resume_writing(self) -> None:
         self._association._resume_writing()
@@ -247,8 +202,9 @@ class Association:
     """One DICOM association, requestor or acceptor, on the running event loop.
 
     Users get one from :func:`adicom.connect` (requestor) or in a server
-    handler (acceptor) rather than building it. ``contexts`` maps each
-    presentation context ID to what was negotiated for it.
+    handler (acceptor) rather than building it; drivers of their own (a
+    server, a client) use :meth:`protocol`, :meth:`request_association`,
+    :meth:`wait_request`, :meth:`accept` and :meth:`reject`.
     """
 
     def __init__(
@@ -264,55 +220,40 @@ class Association:
         self._ul = ul.UpperLayer(
             requestor=requestor, max_pdu_length=max_pdu, artim_timeout=artim_timeout
         )
+        self._dimse = DimseConnection(self._ul)
         self.requestor = requestor
         self.max_pdu = max_pdu
+        #: Bounds the wait for each response, and for a peer that stops reading.
         self.dimse_timeout = dimse_timeout
         #: Abort when nothing at all arrives for this long (None: never).
         self.idle_timeout = idle_timeout
-        self._last_received = self._loop.time()
-        self._idle_timer: asyncio.TimerHandle | None = None
-        #: Negotiated presentation contexts by ID (accepted and rejected).
-        self.contexts: dict[int, PresentationContext] = {}
-        #: The largest P-DATA-TF PDU the peer accepts (0: no limit).
-        self.peer_max_pdu = 0
-        #: How many of our requests may await their response at once: the
-        #: asynchronous operations window negotiated for our direction
-        #: (PS3.7 D.3.3.3; 1 when none was).
-        self.max_outstanding = 1
-        #: How many of the peer's requests may await our response at once;
-        #: one more is a protocol violation (A-ABORT).
-        self.max_incoming = 1
-        self._unanswered: set[int] = set()
         #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
         self.request: AAssociateRQ | None = None
         self.response: AAssociateAC | None = None
         self._transport: asyncio.Transport | None = None
-        self._assembler = MessageAssembler()
-        self._receiving: tuple[int, Command, list[bytes], DatasetSink | None] | None = None
-        self._pending: dict[int, _Responses] = {}
-        self._incoming: _Responses = _Responses()
-        self._next_message_id = 0
+        self._last_received = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._operations: dict[int, Operation] = {}
+        self._incoming = _Queue()
+        self._reserved = 0  # requests waiting to be sent, counted in the window
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._send_lock = asyncio.Lock()
         self._paused = False
         # Batched messages not written yet; a write of them is scheduled
         # while there are any (see send_message's ``batch``).
         self._batched = 0
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._error: DicomError | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._request_seen: asyncio.Future[AAssociateRQ] = self._loop.create_future()
         self._association_answer: asyncio.Future[ul.ULEvent] | None = None
         self._release_done: asyncio.Future[None] | None = None
-        self._collision_pending = False
         self._released = False
-        self._operations: set[Operation] = set()
-        #: Chooses where incoming data sets go (see :class:`DatasetSink`).
-        self.on_dataset: SinkFactory | None = None
-        #: Called with the A-ASSOCIATE-RQ on the acceptor side.
-        self.on_request: Callable[[AAssociateRQ], None] | None = None
+        self._protocol: _Transport | None = None
 
-    # -- properties --------------------------------------------------------
+    # -- what was negotiated ----------------------------------------------------
 
     @property
     def state(self) -> State:
@@ -342,23 +283,194 @@ class Association:
         peer: Any = self._transport.get_extra_info("peername")
         return (peer[0], peer[1]) if peer else None
 
+    @property
+    def contexts(self) -> dict[int, PresentationContext]:
+        """Negotiated presentation contexts by ID (accepted and rejected)."""
+        return self._dimse.contexts
+
+    @property
+    def peer_max_pdu(self) -> int:
+        """The largest P-DATA-TF PDU the peer accepts (0: no limit)."""
+        return self._dimse.peer_max_pdu
+
+    @property
+    def max_outstanding(self) -> int:
+        """How many of our requests may await their response at once (PS3.7 D.3.3.3)."""
+        return self._dimse.max_outstanding
+
+    @property
+    def max_incoming(self) -> int:
+        """How many of the peer's requests may await our response at once."""
+        return self._dimse.max_incoming
+
+    @property
+    def on_dataset(self) -> SinkFactory | None:
+        """Chooses where incoming data sets go (see :class:`~adicom.dimse.DatasetSink`)."""
+        return self._dimse.sink_factory
+
+    @on_dataset.setter
+    def on_dataset(self, factory: SinkFactory | None) -> None:
+        self._dimse.sink_factory = factory
+
     def context_for(self, abstract_syntax: str) -> PresentationContext:
         """The first accepted context for an abstract syntax; raises if none."""
-        for context in self.contexts.values():
+        for context in self._dimse.contexts.values():
             if context.accepted and context.abstract_syntax == abstract_syntax:
                 return context
         raise LocalProtocolError(
             f"no accepted presentation context for {abstract_syntax} on this association"
         )
 
-    # -- transport callbacks -------------------------------------------------
+    # -- the driver API: setting up and tearing down ------------------------------
+
+    def protocol(self) -> asyncio.BufferedProtocol:
+        """The asyncio protocol joining this association to its connection.
+
+        A protocol factory for ``loop.create_connection`` (requestor) or the
+        value a ``loop.create_server`` factory returns (acceptor); one per
+        association.
+        """
+        if self._protocol is not None:
+            raise LocalProtocolError("this association already has its connection")
+        self._protocol = _Transport(self)
+        return self._protocol
+
+    async def request_association(
+        self, request: AAssociateRQ, timeout: float | None, async_window: int = ASYNC_WINDOW
+    ) -> AAssociateAC:
+        """Requestor: send the A-ASSOCIATE-RQ, wait for the answer, take what was agreed.
+
+        Raises :class:`~adicom.errors.AssociationRejected`, or
+        :class:`~adicom.errors.AssociationAborted` when the acceptor's answer
+        cannot be used (a maximum PDU length too small to send in).
+        """
+        self.request = request
+        self._association_answer = self._loop.create_future()
+        self._ul.request_association(request, self._loop.time())
+        if self._transport is not None:
+            # The transport connected before we asked (it always has).
+            self._ul.connection_made(self._loop.time())
+            self._after_io()
+        event = await _bounded(
+            self._association_answer,
+            TimeoutKind.ASSOCIATION,
+            timeout,
+            f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
+        )
+        if isinstance(event, ul.AssociationRejected):
+            rj: AAssociateRJ = event.response
+            raise AssociationRejected(rj.result, rj.source, rj.reason)
+        assert isinstance(event, ul.AssociationAccepted)
+        response = self.response = event.response
+        problem = peer_max_pdu_problem(response.user_information.maximum_length)
+        if problem is not None:
+            # PS3.8 Table 9-26: invalid PDU parameter value.
+            self._ul.abort(self._loop.time(), source=2, reason=6)
+            error = AssociationAborted(2, 6, local=True, detail=problem)
+            self._set_error(error)
+            self._after_io()
+            raise error
+        self._dimse.agree(requestor_agreement(request, response, async_window))
+        return response
+
+    async def wait_request(self) -> AAssociateRQ | None:
+        """Acceptor: the peer's A-ASSOCIATE-RQ, or None if the connection closed first.
+
+        ARTIM (PS3.8 9.1.5) bounds the wait: when it runs out the connection
+        is closed.
+        """
+        waiting: list[asyncio.Future[Any]] = [self._request_seen, self._closed]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if self._request_seen.done():
+            return self._request_seen.result()
+        return None
+
+    def accept(self, response: AAssociateAC, agreement: Agreement) -> None:
+        """Acceptor: answer with A-ASSOCIATE-AC and take what was agreed."""
+        self.response = response
+        self._dimse.agree(agreement)
+        self._ul.accept(response, self._loop.time())
+        self._after_io()
+
+    def reject(self, response: AAssociateRJ) -> None:
+        """Acceptor: answer with A-ASSOCIATE-RJ; the peer then closes (ARTIM bounds it)."""
+        self._ul.reject(response, self._loop.time())
+        self._after_io()
+
+    async def release(self, timeout: float | None = 10.0) -> None:
+        """Release the association (A-RELEASE) and close the connection.
+
+        Outstanding operations are cancelled first (PS3.7 does not let a
+        requestor release under them). Aborts instead if the peer does not
+        answer within ``timeout``.
+        """
+        if self._error is not None or self._ul.state is State.STA1:
+            self.close()
+            return
+        for operation in list(self._operations.values()):
+            if operation.command_field in _CANCELLABLE:
+                await operation.cancel()
+            else:
+                with contextlib.suppress(DicomError):
+                    await operation.result()
+        if self._error is not None:
+            self.close()
+            return
+        self._release_done = self._loop.create_future()
+        self._ul.request_release(self._loop.time())
+        self._after_io()
+        try:
+            await _bounded(asyncio.shield(self._release_done), TimeoutKind.RELEASE, timeout)
+        except DicomTimeout:
+            self.abort()
+            raise
+        finally:
+            if not self._release_done.done():
+                self._release_done.cancel()
+        await self.wait_closed(timeout)
+
+    def abort(self) -> None:
+        """Abort the association (A-ABORT, service-user source) and close the connection.
+
+        From any state: before an association exists (Sta2) the connection
+        is simply closed.
+        """
+        state = self._ul.state
+        if state is State.STA2:
+            self.close()
+            return
+        if state not in (State.STA1, State.STA13):
+            self._ul.abort(self._loop.time())
+            self._set_error(AssociationAborted(0, 0, local=True))
+        self._close_soon()
+
+    def close(self) -> None:
+        """Close the connection without a word (used once the association has ended)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    async def wait_closed(self, timeout: float | None = 10.0) -> None:
+        """Wait until the connection has closed, closing it ourselves after ``timeout``."""
+        try:
+            await _bounded(asyncio.shield(self._closed), TimeoutKind.CLOSE, timeout)
+        except DicomTimeout:
+            if self._transport is not None:
+                self._transport.abort()
+            await asyncio.shield(self._closed)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has closed."""
+        return self._closed.done()
+
+    # -- transport callbacks -----------------------------------------------------
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._last_received = self._loop.time()
         self._arm_idle_timer()
         if not self.requestor:
-            # Evt5. The requestor's Evt2 follows its Evt1 in _request().
+            # Evt5. The requestor's Evt2 follows its Evt1 in request_association().
             self._ul.connection_made(self._loop.time())
             self._after_io()
 
@@ -367,7 +479,7 @@ class Association:
         self._ul.receive_into(nbytes, now)
         self._after_io()
 
-    def _connection_lost(self, exc: Exception | None) -> None:
+    def _connection_lost(self) -> None:
         self._ul.connection_lost(self._loop.time())
         self._process_events()
         for timer in (self._timer, self._idle_timer):
@@ -377,14 +489,11 @@ class Association:
         if self._error is None and not self._ended_normally():
             self._set_error(ConnectionClosed("the peer closed the connection"))
         self._fail_all(self._error or ConnectionClosed("the association has ended"))
-        for waiter in self._drain_waiters:
+        for waiter in (*self._drain_waiters, *self._room_waiters):
             if not waiter.done():
                 waiter.set_result(None)
         if not self._closed.done():
             self._closed.set_result(None)
-
-    def _pause_writing(self) -> None:
-        self._paused = True
 
     def _resume_writing(self) -> None:
         self._paused = False
@@ -408,9 +517,13 @@ class Association:
             self._arm_idle_timer()
             return
         log.warning(
-            "nothing received from %s for %g s; aborting", self.calling_ae, self.idle_timeout
+            "nothing received from %s for %g s; aborting",
+            self._peer_name(),
+            self.idle_timeout,
         )
-        self._set_error(DicomTimeout("idle", self.idle_timeout, "nothing received from the peer"))
+        self._set_error(
+            DicomTimeout(TimeoutKind.IDLE, self.idle_timeout, "nothing received from the peer")
+        )
         self._ul.abort(self._loop.time())
         self._close_soon()
 
@@ -420,7 +533,7 @@ class Association:
         self._ul.handle_timer(self._loop.time())
         self._after_io()
 
-    # -- the core loop: events in, bytes out --------------------------------
+    # -- events in, bytes out ----------------------------------------------------
 
     def _after_io(self) -> None:
         self._process_events()
@@ -442,46 +555,50 @@ class Association:
             transport.writelines(data)
         ul_ = self._ul
         if (ul_.close_requested or ul_.abort_sent) and not transport.is_closing():
+            if ul_.abort_sent and self._error is None:
+                # The DIMSE layer aborted (a message left half-sent).
+                self._set_error(AssociationAborted(0, 0, local=True))
             transport.close()
 
     def _process_events(self) -> None:
         next_event = self._ul.next_event
+        handle = self._dimse.handle_event
         while (event := next_event()) is not None:
-            if isinstance(event, ul.PDataReceived):
-                self._on_pdata(event.pdu)
-            else:
-                self._on_control_event(event)
+            for dimse_event in handle(event, self._loop.time()):
+                if type(dimse_event) is ResponseReceived:
+                    self._on_response(dimse_event)
+                elif type(dimse_event) is RequestReceived:
+                    self._incoming.put(dimse_event.message)
+                else:
+                    self._on_control_event(dimse_event)  # type: ignore[arg-type]
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        message_id = event.message_id
+        operation = self._operations.get(message_id)
+        if operation is None:
+            return  # the DIMSE layer keeps only what is awaited; nothing to do
+        operation._queue.put(event.message)
+        if event.final:
+            del self._operations[message_id]
+            self._wake_room()
 
     def _on_control_event(self, event: ul.ULEvent) -> None:
         if isinstance(event, ul.AssociationRequested):
             self.request = event.request
-            if self.on_request is not None:
-                self.on_request(event.request)
+            if not self._request_seen.done():
+                self._request_seen.set_result(event.request)
         elif isinstance(event, ul.AssociationAccepted | ul.AssociationRejected):
             answer = self._association_answer
             if answer is not None and not answer.done():
                 answer.set_result(event)
         elif isinstance(event, ul.ReleaseRequested):
-            if event.collision:
-                # PS3.8 9.2.4 / Table 9-10: in a release collision the
-                # requestor answers first (Sta9 -> AR-9); the acceptor waits
-                # for the requestor's A-RELEASE-RP (Sta10) and answers after.
-                if self.requestor:
-                    self._ul.respond_release(self._loop.time())
-                else:
-                    self._collision_pending = True
-            else:
-                self._ul.respond_release(self._loop.time())
+            if not event.collision:
+                # The DIMSE layer has answered; the peer's requests end here.
                 self._released = True
                 self._incoming.fail(None)
-                for waiter in self._pending.values():
-                    waiter.fail(AssociationError("the peer released the association"))
-                self._pending.clear()
+                self._fail_operations(AssociationError("the peer released the association"))
         elif isinstance(event, ul.ReleaseConfirmed):
             self._released = True
-            if self._collision_pending:
-                self._collision_pending = False
-                self._ul.respond_release(self._loop.time())
             if self._release_done is not None and not self._release_done.done():
                 self._release_done.set_result(None)
         elif isinstance(event, ul.Aborted):
@@ -491,7 +608,7 @@ class Association:
                 )
             )
             if event.local:
-                log.warning("aborted the association with %s: %s", self.calling_ae, event.detail)
+                log.warning("aborted the association with %s: %s", self._peer_name(), event.detail)
                 self._close_soon()
         elif isinstance(event, ul.ConnectionLost):
             self._set_error(
@@ -502,75 +619,15 @@ class Association:
             )
         elif isinstance(event, ul.ArtimExpired):
             self._set_error(
-                DicomTimeout("ARTIM", self._ul.artim_timeout, f"in {event.state.name.title()}")
+                DicomTimeout(
+                    TimeoutKind.ARTIM, self._ul.artim_timeout, f"in {event.state.name.title()}"
+                )
             )
 
-    def _on_pdata(self, pdu: PDataTF) -> None:
-        feed = self._assembler.feed
-        contexts = self.contexts
-        try:
-            for pdv in pdu.pdvs:
-                context = contexts.get(pdv.context_id)
-                if context is None or not context.accepted:
-                    raise RemoteProtocolError(
-                        f"PDV on presentation context {pdv.context_id}, which was not accepted",
-                        abort_reason=6,
-                    )
-                event = feed(pdv.context_id, pdv.is_command, pdv.is_last, pdv.data)
-                if event is None:
-                    continue
-                if isinstance(event, CommandReceived):
-                    command = event.command
-                    if command.has_dataset:
-                        factory = self.on_dataset
-                        sink = None if factory is None else factory(event.context_id, command)
-                        self._receiving = (event.context_id, command, [], sink)
-                    else:
-                        self._deliver(Message(event.context_id, command))
-                elif self._receiving is not None:
-                    context_id, command, parts, sink = self._receiving
-                    if sink is not None:
-                        sink.write(event.data)  # type: ignore[arg-type]
-                    else:
-                        parts.append(bytes(event.data))
-                    if event.last:
-                        self._receiving = None
-                        dataset = None if sink is not None else b"".join(parts)
-                        self._deliver(Message(context_id, command, dataset, sink))
-        except RemoteProtocolError as exc:
-            self._violation(exc)
-
-    def _deliver(self, message: Message) -> None:
-        command = message.command
-        if not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
-            # C-CANCEL-RQ is never answered (PS3.7 9.3.2.3): it takes no room.
-            unanswered = self._unanswered
-            unanswered.add(command.message_id or 0)
-            if len(unanswered) > self.max_incoming:
-                if message.sink is not None:
-                    message.sink.abort()  # never stored: no half-made file stays
-                raise RemoteProtocolError(
-                    f"{len(unanswered)} requests await a response, beyond the "
-                    f"asynchronous operations window of {self.max_incoming} (PS3.7 D.3.3.3)",
-                    abort_reason=0,
-                )
-        if command.is_response:
-            waiter = self._pending.get(command.message_id_being_responded_to or 0)
-            if waiter is None:
-                log.warning("response to unknown message ID: %s", command.describe())
-                return
-            if status_category(command.status or 0) is not StatusCategory.PENDING:
-                del self._pending[command.message_id_being_responded_to or 0]
-            waiter.put(message)
-        else:
-            self._incoming.put(message)
-
-    def _violation(self, exc: RemoteProtocolError) -> None:
-        """The peer broke DIMSE rules: abort (provider source, its reason) and close."""
-        log.warning("aborting association: %s", exc)
-        self._set_error(AssociationAborted(2, exc.abort_reason, local=True, detail=str(exc)))
-        self._ul.abort(self._loop.time(), source=2, reason=exc.abort_reason)
-        self._close_soon()
+    def _peer_name(self) -> str:
+        """The peer's AE title (the one that is not ours), or its address."""
+        title = self.called_ae if self.requestor else self.calling_ae
+        return title or str(self.peer_address or "?")
 
     def _close_soon(self) -> None:
         self._flush()
@@ -588,23 +645,30 @@ class Association:
         self._fail_all(error)
 
     def _fail_all(self, error: DicomError) -> None:
-        if self._receiving is not None:
-            sink = self._receiving[3]
-            self._receiving = None
-            if sink is not None:
-                sink.abort()
         answer = self._association_answer
         if answer is not None and not answer.done():
             answer.set_exception(error)
-        for waiter in self._pending.values():
-            waiter.fail(error)
-        self._pending.clear()
+        self._fail_operations(error)
         self._incoming.fail(error)
         done = self._release_done
         if done is not None and not done.done():
             done.set_exception(error)
 
-    # -- sending ------------------------------------------------------------
+    def _fail_operations(self, error: DicomError) -> None:
+        for operation in self._operations.values():
+            operation._queue.fail(error)
+            self._dimse.forget(operation.message_id)
+        self._operations.clear()
+        self._wake_room()
+
+    def _wake_room(self) -> None:
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # -- sending ------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -616,52 +680,43 @@ class Association:
 
     def next_message_id(self) -> int:
         """A fresh Message ID (PS3.7 9.3.1.1: unique among outstanding requests)."""
-        self._next_message_id = self._next_message_id % 0xFFFF + 1
-        return self._next_message_id
+        return self._dimse.next_message_id()
 
     async def send_message(
         self,
         context_id: int,
-        command: Command | bytes,
+        command: Command,
         dataset: bytes | memoryview | DatasetReader | None = None,
         *,
+        encoded: bytes | None = None,
         batch: bool = False,
     ) -> None:
         """Send a DIMSE message, split into PDUs that fit the peer's maximum.
 
-        ``command`` may be given already encoded (``Command.encode()``), for
-        a response sent many times over, such as C-FIND's pending ones.
+        ``encoded`` is ``command`` already encoded, for a response sent many
+        times over (C-FIND's pending ones) or a request made ready early.
         ``batch`` says more messages follow at once (a stream of pending
         responses): it may wait for those, up to BATCH_MESSAGES of them or
-        one pass of the event loop, and leave in the same write.
-        A command and a small data set leave in one write. Waits while the
-        transport's buffer is full (backpressure); a peer that stops reading
-        for the DIMSE timeout aborts the association. A data set source that
-        fails half-way (a file that shrank) aborts it too: a message cannot
-        be taken back once part of it is on the wire.
+        one pass of the event loop, and leave in the same write. A command
+        and a small data set leave in one write. Waits while the transport's
+        buffer is full (backpressure); a peer that stops reading for the
+        DIMSE timeout aborts the association. A message cut off half-way (a
+        cancelled task, a file that shrank) aborts the association too: it
+        cannot be taken back once part of it is on the wire.
         """
         self._check_open()
-        if isinstance(command, bytes):
-            encoded = command  # encoded ahead: a pending response, a request made early
-        else:
-            encoded = command.encode()
-            if command.is_response and status_category(command.status or 0) is not (
-                StatusCategory.PENDING
-            ):
-                self._unanswered.discard(command.message_id_being_responded_to or 0)
         async with self._send_lock:
+            self._check_open()
+            outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
+            clock = self._loop.time
             try:
-                clock = self._loop.time
                 yielded = clock()
                 unwritten = 0
-                for pdvs in fragment_message(context_id, encoded, dataset, self.peer_max_pdu):
-                    self._check_open()
-                    now = clock()
-                    self._ul.send_pdata(pdvs, now)
+                while (size := outgoing.next_pdu(now := clock())) is not None:
                     # The PDUs of a message leave together, a write per
                     # WRITE_BYTES at the most (a peer's 16 KiB PDUs would
                     # otherwise cost a system call each).
-                    unwritten += sum(len(data) for _, _, data in pdvs)
+                    unwritten += size
                     if unwritten >= WRITE_BYTES:
                         self._flush()
                         unwritten = 0
@@ -670,48 +725,86 @@ class Association:
                         # back, and a large file is read as it goes: let the
                         # loop run other work every few milliseconds.
                         await asyncio.sleep(0)
+                        self._check_open()
                         yielded = clock()
                     if self._paused:
-                        self._flush()
-                        waiter = self._loop.create_future()
-                        self._drain_waiters.append(waiter)
-                        await self._with_timeout(
-                            waiter, "send", self.dimse_timeout, "the peer stopped reading"
-                        )
-                if batch and self._batched < BATCH_MESSAGES:
-                    if not self._batched:
-                        self._loop.call_soon(self._flush)
-                    self._batched += 1
-                else:
-                    self._flush()
-            except (OSError, DicomTimeout):
-                self.abort()
+                        await self._drain()
+            except BaseException:
+                outgoing.close(clock())
+                self._after_io()
                 raise
+            if batch and self._batched < BATCH_MESSAGES:
+                if not self._batched:
+                    self._loop.call_soon(self._flush)
+                self._batched += 1
+            else:
+                self._flush()
 
-    def expect_responses(self, message_id: int) -> _Responses:
-        """Register interest in the responses to ``message_id`` (before sending it)."""
-        waiter = _Responses()
-        self._pending[message_id] = waiter
-        return waiter
+    async def _drain(self) -> None:
+        self._flush()
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        await _bounded(waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading")
+        self._check_open()
 
-    def forget_responses(self, message_id: int) -> None:
-        """Drop interest in the responses to ``message_id`` (they will be logged and ignored)."""
-        self._pending.pop(message_id, None)
+    async def _room(self) -> None:
+        """Wait until the window has room for one more request of ours; reserve it."""
+        while self._dimse.outstanding + self._reserved >= self._dimse.max_outstanding:
+            self._check_open()
+            waiter = self._loop.create_future()
+            self._room_waiters.append(waiter)
+            await _bounded(
+                waiter, TimeoutKind.DIMSE, self.dimse_timeout, "no room in the operations window"
+            )
+        self._reserved += 1
 
-    async def wait_response(self, message_id: int, responses: _Responses, name: str) -> Command:
-        """The (final) response to a request sent after :meth:`expect_responses`.
+    async def start_operation(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None = None,
+        *,
+        encoded: bytes | None = None,
+    ) -> Operation:
+        """Send a request and return the :class:`Operation` that takes its responses.
+
+        A command without a Message ID gets a fresh one; one that has it
+        (made ready early, with ``encoded``) keeps it. Waits, bounded by the
+        DIMSE timeout, while the asynchronous operations window is full.
+        """
+        self._check_open()
+        await self._room()
+        try:
+            if command.message_id is None:
+                if encoded is not None:
+                    raise LocalProtocolError("an encoded request must carry its Message ID")
+                command = replace(command, message_id=self._dimse.next_message_id())
+            message_id = command.message_id
+            assert message_id is not None
+            operation = Operation(self, context_id, command, _response_name(command))
+            self._operations[message_id] = operation
+            try:
+                await self.send_message(context_id, command, dataset, encoded=encoded)
+            except BaseException:
+                operation.forget()
+                raise
+        finally:
+            self._reserved -= 1
+            self._wake_room()
+        return operation
+
+    async def send_request(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None = None,
+    ) -> Command:
+        """Send a request with a fresh Message ID and return its (final) response command.
 
         Bounded by the DIMSE timeout; raises if the association ends first.
         """
-        try:
-            reply: Message | None = await self._with_timeout(
-                responses.get(), "DIMSE", self.dimse_timeout, f"no {name}"
-            )
-        finally:
-            self._pending.pop(message_id, None)
-        if reply is None or reply.command.status is None:
-            raise DimseError(0xFFFF, f"{name} without a status")
-        return reply.command
+        operation = await self.start_operation(context_id, command, dataset)
+        return await operation.result()
 
     async def receive_request(self) -> Message | None:
         """The next request from the peer.
@@ -721,64 +814,7 @@ class Association:
         """
         return await self._incoming.get()
 
-    async def _with_timeout(
-        self, awaitable: Any, which: str, seconds: float | None, detail: str = ""
-    ) -> Any:
-        if seconds is None:
-            return await awaitable
-        try:
-            async with asyncio.timeout(seconds):
-                return await awaitable
-        except TimeoutError:
-            raise DicomTimeout(which, seconds, detail) from None
-
-    # -- DIMSE services ------------------------------------------------------
-
-    async def send_request(
-        self,
-        context_id: int,
-        command: Command,
-        dataset: bytes | memoryview | DatasetReader | None = None,
-    ) -> Command:
-        """Send a request with a fresh Message ID and return its (one) response command.
-
-        Bounded by the DIMSE timeout; raises if the association ends first.
-        """
-        message_id = self.next_message_id()
-        command = replace(command, message_id=message_id)
-        responses = self.expect_responses(message_id)
-        try:
-            await self.send_message(context_id, command, dataset)
-        except BaseException:
-            self._pending.pop(message_id, None)
-            raise
-        name = _response_name(command.command_field)
-        return await self.wait_response(message_id, responses, name)
-
-    async def start_operation(
-        self,
-        context_id: int,
-        command: Command,
-        dataset: bytes | memoryview | DatasetReader | None = None,
-    ) -> Operation:
-        """Send a request that may be answered many times (C-FIND, C-GET, C-MOVE).
-
-        Take its responses with :meth:`Operation.next_response` until one is
-        not pending; :meth:`Operation.cancel` sends C-CANCEL-RQ.
-        """
-        message_id = self.next_message_id()
-        command = replace(command, message_id=message_id)
-        responses = self.expect_responses(message_id)
-        operation = Operation(
-            self, context_id, message_id, _response_name(command.command_field), responses
-        )
-        self._operations.add(operation)
-        try:
-            await self.send_message(context_id, command, dataset)
-        except BaseException:
-            operation._finish()
-            raise
-        return operation
+    # -- DIMSE services -------------------------------------------------------------
 
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
@@ -842,87 +878,12 @@ class Association:
         )
         await self.send_message(request.context_id, command)
 
-    # -- association setup and teardown --------------------------------------
 
-    async def _request(self, request: AAssociateRQ, timeout: float | None) -> None:
-        """Requestor: send the A-ASSOCIATE-RQ and wait for the answer."""
-        self.request = request
-        self._association_answer = self._loop.create_future()
-        self._ul.request_association(request, self._loop.time())
-        assert self._ul.connect_requested
-        if self._transport is not None:
-            # The transport connected before we asked (it always has).
-            self._ul.connection_made(self._loop.time())
-            self._after_io()
-        event = await self._with_timeout(
-            self._association_answer,
-            "association",
-            timeout,
-            f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
-        )
-        if isinstance(event, ul.AssociationRejected):
-            rj: AAssociateRJ = event.response
-            raise AssociationRejected(rj.result, rj.source, rj.reason)
-        self.response = event.response
-
-    async def release(self, timeout: float | None = 10.0) -> None:
-        """Release the association (A-RELEASE) and close the connection.
-
-        Aborts instead if the peer does not answer within ``timeout``.
-        """
-        if self._error is not None or self._ul.state is State.STA1:
-            self.close()
-            return
-        # PS3.7 does not let a requestor release under outstanding
-        # operations: cancel them first (bounded; aborts if unanswered).
-        for operation in list(self._operations):
-            await operation.cancel()
-        if self._error is not None:
-            self.close()
-            return
-        self._release_done = self._loop.create_future()
-        self._ul.request_release(self._loop.time())
-        self._after_io()
-        try:
-            await self._with_timeout(asyncio.shield(self._release_done), "release", timeout)
-        except DicomTimeout:
-            self.abort()
-            raise
-        finally:
-            if not self._release_done.done():
-                self._release_done.cancel()
-        await self.wait_closed(timeout)
-
-    def abort(self) -> None:
-        """Abort the association (A-ABORT, service-user source) and close the connection."""
-        if self._ul.state not in (State.STA1, State.STA13):
-            self._ul.abort(self._loop.time())
-            self._set_error(AssociationAborted(0, 0, local=True))
-        self._close_soon()
-
-    def close(self) -> None:
-        """Close the connection without a word (used once the association has ended)."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
-    async def wait_closed(self, timeout: float | None = 10.0) -> None:
-        """Wait until the connection has closed, closing it ourselves after ``timeout``."""
-        try:
-            await self._with_timeout(asyncio.shield(self._closed), "close", timeout)
-        except DicomTimeout:
-            if self._transport is not None:
-                self._transport.abort()
-            await asyncio.shield(self._closed)
-
-    def _handle_transport(self) -> Callable[[], asyncio.BufferedProtocol]:
-        return lambda: _Transport(self)
-
-
-def _response_name(command_field: int) -> str:
+def _response_name(command: Command) -> str:
     try:
-        return CommandField(command_field | 0x8000).name.replace("_", "-")
+        return CommandField(command.command_field | 0x8000).name.replace("_", "-")
     except ValueError:
-        return f"response to command 0x{command_field:04X}"
+        return f"response to command 0x{command.command_field:04X}"
 
 
 class Operation:
@@ -930,54 +891,66 @@ class Operation:
 
     Responses come in order; pending ones (0xFF00, 0xFF01) are followed by
     exactly one final response. Waiting for each is bounded by the
-    association's DIMSE timeout.
+    association's DIMSE timeout; when it runs out the association is
+    aborted, since a late response could no longer be told from another's.
     """
 
     def __init__(
-        self,
-        association: Association,
-        context_id: int,
-        message_id: int,
-        name: str,
-        responses: _Responses,
+        self, association: Association, context_id: int, request: Command, name: str
     ) -> None:
         self.association = association
         self.context_id = context_id
-        self.message_id = message_id
+        self.message_id = request.message_id or 0
+        #: The request's Command Field (C-FIND-RQ, C-STORE-RQ, ...).
+        self.command_field = request.command_field
         self.name = name
-        self._responses = responses
+        self._queue = _Queue()
         #: True once the final response arrived (or the operation was given up).
         self.done = False
         #: True once C-CANCEL-RQ was sent.
         self.cancel_sent = False
 
-    def _finish(self) -> None:
+    def forget(self) -> None:
+        """Give up on the responses: later ones are logged and dropped."""
         self.done = True
-        self.association._operations.discard(self)
-        self.association._pending.pop(self.message_id, None)
+        association = self.association
+        if association._operations.get(self.message_id) is self:
+            del association._operations[self.message_id]
+            association._dimse.forget(self.message_id)
+            association._wake_room()
 
     async def next_response(self, timeout: float | None = None) -> Message:
-        """The next response; raises DicomTimeout if none comes in time."""
+        """The next response; raises DicomTimeout (and aborts) if none comes in time."""
         if self.done:
             raise LocalProtocolError(f"{self.name}: the final response has been received")
-        seconds = self.association.dimse_timeout if timeout is None else timeout
+        association = self.association
+        seconds = association.dimse_timeout if timeout is None else timeout
         try:
-            reply: Message | None = await self.association._with_timeout(
-                self._responses.get(), "DIMSE", seconds, f"no {self.name}"
-            )
-        except BaseException:
-            if self.association._error is not None:
-                self._finish()
+            reply = await _bounded(self._queue.get(), TimeoutKind.DIMSE, seconds, f"no {self.name}")
+        except DicomTimeout:
+            self.forget()
+            association.abort()
+            raise
+        except DicomError:
+            self.forget()
             raise
         if reply is None:
-            self._finish()
+            self.forget()
             raise AssociationError(f"the association ended before the final {self.name}")
-        if reply.command.status is None:
-            self._finish()
+        status = reply.command.status
+        if status is None:
+            self.forget()
             raise DimseError(0xFFFF, f"{self.name} without a status")
-        if status_category(reply.command.status) is not StatusCategory.PENDING:
-            self._finish()
+        if status_category(status) is not StatusCategory.PENDING:
+            self.done = True
         return reply
+
+    async def result(self) -> Command:
+        """The final response's command (pending responses before it are skipped)."""
+        while True:
+            reply = await self.next_response()
+            if self.done:
+                return reply.command
 
     async def cancel(self, wait: float = 5.0) -> Message | None:
         """Send C-CANCEL-RQ and wait up to ``wait`` seconds for the final response.
@@ -991,7 +964,7 @@ class Operation:
         if self.done:
             return None
         if not association.is_established:
-            self._finish()
+            self.forget()
             return None
         if not self.cancel_sent:
             self.cancel_sent = True
@@ -1001,21 +974,22 @@ class Operation:
             try:
                 await association.send_message(self.context_id, cancel)
             except DicomError:
-                self._finish()
+                self.forget()
                 return None
-        deadline = association._loop.time() + wait
+        clock = association._loop.time
+        deadline = clock() + wait
         try:
             while not self.done:
-                remaining = deadline - association._loop.time()
+                remaining = deadline - clock()
                 if remaining <= 0:
-                    raise DicomTimeout("cancel", wait)
+                    raise DicomTimeout(TimeoutKind.CANCEL, wait)
                 reply = await self.next_response(remaining)
                 if self.done:
                     return reply
         except DicomTimeout:
             log.warning("%s: no final response %g s after C-CANCEL; aborting", self.name, wait)
-            self._finish()
+            self.forget()
             association.abort()
         except DicomError:
-            self._finish()
+            self.forget()
         return None

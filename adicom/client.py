@@ -1,7 +1,7 @@
 """The requestor side: :func:`connect` opens an association for raw DIMSE work.
 
-The high-level :class:`DicomClient` of the reference API builds on this in a
-later step.
+:class:`~adicom.dicomclient.DicomClient` (query, retrieve and store by
+level, with pydantic models) builds on it.
 """
 
 from __future__ import annotations
@@ -12,29 +12,11 @@ import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
-from adicom.association import (
-    ASYNC_WINDOW,
-    DEFAULT_MAX_PDU,
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    Association,
-    check_window,
-    window_size,
-)
-from adicom.errors import DicomTimeout, PeerUnreachable
-from adicom.pdu import (
-    AAssociateRQ,
-    AsyncOperationsWindow,
-    RoleSelection,
-    UserIdentityRQ,
-    UserInformation,
-)
-from adicom.presentation import (
-    DEFAULT_TRANSFER_SYNTAXES,
-    VERIFICATION,
-    negotiated,
-    propose_contexts,
-)
+from adicom.association import Association
+from adicom.errors import DicomTimeout, PeerUnreachable, TimeoutKind
+from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU, build_request
+from adicom.pdu import RoleSelection, UserIdentityRQ
+from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
 
 __all__ = ["connect", "open_association"]
 
@@ -75,23 +57,14 @@ async def open_association(
     :class:`~adicom.errors.AssociationAborted` or
     :class:`~adicom.errors.DicomTimeout`.
     """
-    check_window(async_window)
-    proposed = propose_contexts(DEFAULT_CONTEXTS if contexts is None else contexts)
-    roles = tuple(roles)
-    request = AAssociateRQ(
-        called_ae=called_ae,
+    request = build_request(
         calling_ae=calling_ae,
-        presentation_contexts=proposed,
-        user_information=UserInformation(
-            maximum_length=max_pdu,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            async_operations_window=(
-                None if async_window == 1 else AsyncOperationsWindow(async_window, async_window)
-            ),
-            role_selections=roles,
-            user_identity_rq=user_identity,
-        ),
+        called_ae=called_ae,
+        contexts=DEFAULT_CONTEXTS if contexts is None else contexts,
+        roles=tuple(roles),
+        user_identity=user_identity,
+        max_pdu=max_pdu,
+        async_window=async_window,
     )
     association = Association(
         requestor=True, max_pdu=max_pdu, dimse_timeout=timeout, artim_timeout=artim_timeout
@@ -99,40 +72,26 @@ async def open_association(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(connect_timeout):
-            await loop.create_connection(association._handle_transport(), host, port)
+            await loop.create_connection(association.protocol, host, port)
     except TimeoutError:
-        raise DicomTimeout("connect", connect_timeout or 0, f"to {host}:{port}") from None
+        raise DicomTimeout(TimeoutKind.CONNECT, connect_timeout or 0, f"to {host}:{port}") from None
     except OSError as exc:
         # asyncio's message ("Connect call failed ...") hides the cause;
         # the errno says it in words ("Connection refused").
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise PeerUnreachable(f"cannot connect to {host}:{port}: {reason}") from None
     try:
-        await association._request(request, timeout)
+        await association.request_association(request, timeout, async_window)
     except BaseException:
         association.abort()
         raise
-    response = association.response
-    assert response is not None
-    association.peer_max_pdu = response.user_information.maximum_length
-    window = response.user_information.async_operations_window
-    if window is not None and async_window != 1:
-        # The acceptor's answer: how many we may invoke, and perform (D.3.3.3).
-        association.max_outstanding = window_size(window.invoked, async_window)
-        association.max_incoming = window_size(window.performed, async_window)
-    association.contexts = negotiated(
-        proposed,
-        response.presentation_contexts,
-        roles,
-        response.user_information.role_selections,
-    )
     log.debug(
         "associated with %s at %s:%d (%d of %d contexts accepted)",
         called_ae,
         host,
         port,
         sum(c.accepted for c in association.contexts.values()),
-        len(proposed),
+        len(request.presentation_contexts),
     )
     return association
 

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from adicom import qrscu
 from adicom.association import Association
 from adicom.client import connect
-from adicom.errors import DicomTimeout
+from adicom.errors import DicomTimeout, TimeoutKind
 from adicom.models import (
     DicomNode,
     ImageQuery,
@@ -467,4 +467,4 @@ async def _bounded(awaitable: Awaitable[T], seconds: float | None, what: str) ->
         async with asyncio.timeout(seconds):
             return await awaitable
     except TimeoutError:
-        raise DicomTimeout("operation", seconds, what) from None
+        raise DicomTimeout(TimeoutKind.OPERATION, seconds, what) from None

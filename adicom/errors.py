@@ -7,6 +7,8 @@ says result, source and reason (PS3.8 Table 9-21), a DIMSE failure its status.
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
     "AssociationAborted",
     "AssociationError",
@@ -20,6 +22,7 @@ __all__ = [
     "PeerUnreachable",
     "ProtocolError",
     "RemoteProtocolError",
+    "TimeoutKind",
 ]
 
 
@@ -150,10 +153,35 @@ class PeerUnreachable(DicomError):
     """The TCP connection to the peer could not be opened."""
 
 
-class DicomTimeout(DicomError, TimeoutError):
-    """A bounded wait ran out; ``which`` names the timeout (connect, association, dimse, idle)."""
+class TimeoutKind(enum.StrEnum):
+    """Which bounded wait ran out (:attr:`DicomTimeout.which`)."""
 
-    def __init__(self, which: str, seconds: float, detail: str = "") -> None:
+    #: Opening the TCP connection.
+    CONNECT = "connect"
+    #: The answer to our A-ASSOCIATE-RQ.
+    ASSOCIATION = "association"
+    #: A response to one of our DIMSE requests.
+    DIMSE = "DIMSE"
+    #: The peer stopped reading what we send.
+    SEND = "send"
+    #: The answer to our A-RELEASE-RQ.
+    RELEASE = "release"
+    #: The peer closing the connection after a release or abort.
+    CLOSE = "close"
+    #: The final response after our C-CANCEL-RQ.
+    CANCEL = "cancel"
+    #: Nothing at all received from the peer.
+    IDLE = "idle"
+    #: PS3.8 ARTIM: no A-ASSOCIATE-RQ after connecting, or no close after the end.
+    ARTIM = "ARTIM"
+    #: A whole high-level operation (a DicomClient call).
+    OPERATION = "operation"
+
+
+class DicomTimeout(DicomError, TimeoutError):
+    """A bounded wait ran out; ``which`` (a :class:`TimeoutKind`) names it."""
+
+    def __init__(self, which: TimeoutKind, seconds: float, detail: str = "") -> None:
         self.which = which
         self.seconds = seconds
         text = f"{which} timeout after {seconds:g} s"

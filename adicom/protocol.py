@@ -86,7 +86,11 @@ class PDataReceived:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseRequested:
-    """A-RELEASE indication: the peer asks to release (answer with respond_release)."""
+    """A-RELEASE indication: the peer asks to release.
+
+    Answer with ``respond_release`` unless ``collision``: in a release
+    collision both sides asked at once, and the upper layer answers itself.
+    """
 
     collision: bool = False
 
@@ -308,7 +312,11 @@ class UpperLayer:
         self._primitive(Event.EVT11, now, AReleaseRQ())
 
     def respond_release(self, now: float) -> None:
-        """A-RELEASE response (Evt14)."""
+        """A-RELEASE response (Evt14) to a :class:`ReleaseRequested` without collision.
+
+        In a release collision the upper layer answers by itself (see
+        :mod:`adicom.fsm`), so the user never has to.
+        """
         self._primitive(Event.EVT14, now, AReleaseRP())
 
     def abort(self, now: float, *, source: int = 0, reason: int = 0) -> None:
@@ -356,6 +364,13 @@ class UpperLayer:
             self._apply(effect, transition, old, event, now, payload)
         if transition.new is State.STA1:
             self._artim_deadline = None
+        elif transition.new is State.STA9 or transition.new is State.STA12:
+            # Release collision (PS3.8 7.2.2; the essay in adicom.fsm): a
+            # release cannot be refused, so the answer is ours to give, at
+            # the moment the table allows it. The requestor answers as soon
+            # as it hears of the collision (Sta9, AR-9); the acceptor after
+            # its own release is confirmed (Sta12, AR-4).
+            self._step(Event.EVT14, now, AReleaseRP())
 
     def _apply(
         self,

@@ -186,7 +186,8 @@ async def run_find(
         context = _context(association, request)
         generator = handler(identifier, context)
         # Every pending response carries the same command set: encode it once.
-        pending = _response_command(request, PENDING, has_dataset=True).encode()
+        pending = _response_command(request, PENDING, has_dataset=True)
+        pending_encoded = pending.encode()
         try:
             async for match in _interruptible(generator, cancelled):
                 data = (
@@ -194,7 +195,9 @@ async def run_find(
                     if isinstance(match, bytes)
                     else (encode_dataset(match, context.transfer_syntax))
                 )
-                await association.send_message(request.context_id, pending, data, batch=True)
+                await association.send_message(
+                    request.context_id, pending, data, encoded=pending_encoded, batch=True
+                )
                 matches += 1
         finally:
             await _close(generator)
@@ -331,7 +334,10 @@ async def run_get(
                 failed.append(result.sop_instance_uid)
             # Batched: it may leave with the next sub-operation's C-STORE-RQ.
             await association.send_message(
-                request.context_id, pending_response.encode(*counts.values()), None, batch=True
+                request.context_id,
+                pending_response.command,
+                encoded=pending_response.encode(*counts.values()),
+                batch=True,
             )
 
         # As many sub-operations in flight as the requestor agreed to perform
@@ -387,7 +393,9 @@ async def run_move(
             if not result.ok:
                 failed.append(result.sop_instance_uid)
             await association.send_message(
-                request.context_id, pending_response.encode(*counts.values())
+                request.context_id,
+                pending_response.command,
+                encoded=pending_response.encode(*counts.values()),
             )
 
         try:

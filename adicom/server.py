@@ -14,28 +14,19 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from adicom.association import (
-    ASYNC_WINDOW,
-    DEFAULT_MAX_PDU,
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    Association,
-    Message,
-    check_window,
-    window_size,
-)
+from adicom.association import Association, Message
 from adicom.dimse import CommandField
 from adicom.errors import DicomError, describe_reject
-from adicom.pdu import (
-    APPLICATION_CONTEXT,
-    AAssociateAC,
-    AAssociateRJ,
-    AAssociateRQ,
-    AsyncOperationsWindow,
-    UserIdentityAC,
-    UserIdentityRQ,
-    UserInformation,
+from adicom.negotiation import (
+    ASYNC_WINDOW,
+    DEFAULT_MAX_PDU,
+    AcceptorPolicy,
+    Agreement,
+    check_request,
+    check_window,
+    negotiate,
 )
+from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, UserIdentityRQ
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
     QR_FIND_SOP_CLASSES,
@@ -44,9 +35,6 @@ from adicom.presentation import (
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     VERIFICATION,
-    accept_contexts,
-    accept_roles,
-    negotiated,
 )
 from adicom.qrscp import (
     Cancelled,
@@ -79,11 +67,9 @@ class AssociationInfo:
 
 
 # PS3.8 Table 9-21 answers, (result, source, reason).
-_RJ_CALLED_AE = AAssociateRJ(1, 1, 7)
-_RJ_CALLING_AE = AAssociateRJ(1, 1, 3)
-_RJ_APPLICATION_CONTEXT = AAssociateRJ(1, 1, 2)
 _RJ_NO_REASON = AAssociateRJ(1, 1, 1)
 _RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
+_STORAGE = frozenset(STORAGE_SOP_CLASSES)
 
 
 class Server:
@@ -165,6 +151,18 @@ class Server:
             # in every syntax, with the requestor as SCP (PS3.4 C.4.3).
             for sop_class in STORAGE_SOP_CLASSES:
                 self.supported.setdefault(sop_class, STORAGE_TRANSFER_SYNTAXES)
+        self._policy = AcceptorPolicy(
+            ae_title=self.ae_title,
+            supported=self.supported,
+            require_called_ae=require_called_ae,
+            allowed_calling_aes=self.allowed_calling_aes,
+            # A C-GET requestor receiving in the SCP role knows best in
+            # which syntax it wants its instances (PS3.4 C.4.3).
+            requestor_order=_STORAGE if on_get is not None else frozenset(),
+            scp_role_classes=_STORAGE if on_get is not None else frozenset(),
+            max_pdu=max_pdu,
+            async_window=self.async_window,
+        )
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
@@ -233,27 +231,21 @@ class Server:
             dimse_timeout=self.dimse_timeout,
             idle_timeout=self.idle_timeout,
         )
-        request_seen: asyncio.Future[AAssociateRQ] = asyncio.get_running_loop().create_future()
-
-        def on_request(request: AAssociateRQ) -> None:
-            if not request_seen.done():
-                request_seen.set_result(request)
-
-        association.on_request = on_request
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
-        task = asyncio.get_running_loop().create_task(self._serve(association, request_seen))
+        task = asyncio.get_running_loop().create_task(self._serve(association))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return association._handle_transport()()
+        return association.protocol()
 
-    async def _serve(
-        self, association: Association, request_seen: asyncio.Future[AAssociateRQ]
-    ) -> None:
+    async def _serve(self, association: Association) -> None:
         self._associations.add(association)
         try:
-            request = await self._wait_request(association, request_seen)
+            request = await association.wait_request()
             if request is None:
+                log.info(
+                    "connection from %s closed before an association", association.peer_address
+                )
                 return
             if not await self._negotiate(association, request):
                 return
@@ -273,115 +265,45 @@ class Server:
             self._associations.discard(association)
             await association.wait_closed(self.artim_timeout)
 
-    async def _wait_request(
-        self, association: Association, request_seen: asyncio.Future[AAssociateRQ]
-    ) -> AAssociateRQ | None:
-        # ARTIM (in the core) bounds this wait: if it fires, the connection
-        # closes and `closed` finishes first.
-        closed: asyncio.Future[None] = association._closed
-        waiting: list[asyncio.Future[Any]] = [request_seen, closed]
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if request_seen.done():
-            return request_seen.result()
-        request_seen.cancel()
-        log.info("connection from %s closed before an association", association.peer_address)
-        return None
-
     async def _negotiate(self, association: Association, request: AAssociateRQ) -> bool:
-        now = asyncio.get_running_loop().time
-        info = AssociationInfo(
-            request.calling_ae, request.called_ae, association.peer_address, request
-        )
-        rejection = self._check_request(request)
-        identity_response: bytes | None = None
-        user = request.user_information
-        if rejection is None and self.user_identity and user.user_identity_rq is not None:
-            identity_response = await self.user_identity(user.user_identity_rq, info)
-            if identity_response is None:
-                rejection = _RJ_NO_REASON
-        scp_roles = (
-            [r.sop_class_uid for r in user.role_selections if r.scp_role]
-            if self.on_get is not None
-            else []
-        )
-        answers = accept_contexts(request.presentation_contexts, self.supported, scp_roles)
-        if rejection is None and not any(a.result == 0 for a in answers):
-            rejection = _RJ_NO_REASON
-        if rejection is not None:
+        """Answer the A-ASSOCIATE-RQ; True when accepted."""
+        answer: tuple[AAssociateAC, Agreement] | AAssociateRJ | bytes | None
+        if len(self._associations) > self.max_associations:
+            answer = _RJ_TOO_MANY
+        else:
+            answer = check_request(request, self._policy) or await self._identity(
+                association, request
+            )
+        if not isinstance(answer, AAssociateRJ):
+            answer = negotiate(request, self._policy, identity_response=answer)
+        if isinstance(answer, AAssociateRJ):
             self.stats["rejected"] += 1
             log.info(
                 "rejecting association from %s to %s: %s",
                 request.calling_ae,
                 request.called_ae,
-                _describe(rejection),
+                describe_reject(answer.result, answer.source, answer.reason),
             )
-            association._ul.reject(rejection, now())
-            association._after_io()
+            association.reject(answer)
             return False
-        roles = accept_roles(
-            user.role_selections,
-            (pc.abstract_syntax for pc in request.presentation_contexts),
-            allow_scp_role=STORAGE_SOP_CLASSES if self.on_get is not None else (),
-        )
-        identity_ac = None
-        if (
-            identity_response is not None
-            and user.user_identity_rq is not None
-            and user.user_identity_rq.positive_response_requested
-        ):
-            identity_ac = UserIdentityAC(identity_response)
-        # PS3.7 D.3.3.3: answer a proposed window, agreed down to ours (the
-        # first value is what the requestor may invoke on us, the second
-        # what we may invoke on it: C-GET's C-STORE sub-operations); no
-        # proposal, no answer, and 1/1.
-        proposed = user.async_operations_window
-        window = (
-            None
-            if proposed is None
-            else AsyncOperationsWindow(
-                window_size(proposed.invoked, self.async_window),
-                window_size(proposed.performed, self.async_window),
-            )
-        )
-        response = AAssociateAC(
-            called_ae=request.called_ae,
-            calling_ae=request.calling_ae,
-            presentation_contexts=tuple(answers),
-            user_information=UserInformation(
-                maximum_length=self.max_pdu,
-                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-                async_operations_window=window,
-                role_selections=roles,
-                user_identity_ac=identity_ac,
-            ),
-        )
-        association.response = response
-        association.peer_max_pdu = user.maximum_length
-        if window is not None:
-            association.max_incoming = window.invoked
-            association.max_outstanding = window.performed
-        association.contexts = negotiated(
-            request.presentation_contexts, answers, user.role_selections, roles
-        )
-        association._ul.accept(response, now())
-        association._after_io()
+        response, agreement = answer
+        association.accept(response, agreement)
         self.stats["accepted"] += 1
         log.debug("accepted association from %s", request.calling_ae)
         return True
 
-    def _check_request(self, request: AAssociateRQ) -> AAssociateRJ | None:
-        if self.require_called_ae and request.called_ae != self.ae_title:
-            return _RJ_CALLED_AE
-        if self.allowed_calling_aes is not None and (
-            request.calling_ae not in self.allowed_calling_aes
-        ):
-            return _RJ_CALLING_AE
-        if request.application_context != APPLICATION_CONTEXT:
-            return _RJ_APPLICATION_CONTEXT
-        if len(self._associations) > self.max_associations:
-            return _RJ_TOO_MANY
-        return None
+    async def _identity(
+        self, association: Association, request: AAssociateRQ
+    ) -> bytes | AAssociateRJ | None:
+        """The user identity hook's answer: the response to send, or a rejection."""
+        identity = request.user_information.user_identity_rq
+        if self.user_identity is None or identity is None:
+            return None
+        info = AssociationInfo(
+            request.calling_ae, request.called_ae, association.peer_address, request
+        )
+        response = await self.user_identity(identity, info)
+        return _RJ_NO_REASON if response is None else response
 
     async def _handle_requests(self, association: Association) -> None:
         # Query/retrieve operations run as tasks so that a C-CANCEL-RQ is
@@ -463,7 +385,3 @@ class Server:
         else:
             # Status 0x0211 "unrecognized operation" (PS3.7 C.5.x general statuses).
             await association.respond(message, 0x0211)
-
-
-def _describe(rj: AAssociateRJ) -> str:
-    return describe_reject(rj.result, rj.source, rj.reason)

@@ -48,15 +48,9 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from adicom.association import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    Association,
-    DatasetSink,
-    SinkFactory,
-)
+from adicom.association import Association
 from adicom.client import open_association
-from adicom.dimse import Command, CommandField
+from adicom.dimse import Command, CommandField, DatasetSink, SinkFactory
 from adicom.errors import DicomError
 from adicom.fileformat import (
     EXPLICIT_VR_BIG_ENDIAN,
@@ -64,6 +58,7 @@ from adicom.fileformat import (
     encode_file_meta,
     scan_elements,
 )
+from adicom.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "CallbackStorage",

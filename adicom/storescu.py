@@ -20,13 +20,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from adicom.association import DEFAULT_MAX_PDU, Association
+from adicom.association import Association, Operation
 from adicom.client import connect
 from adicom.dimse import (
     Command,
@@ -42,6 +42,7 @@ from adicom.fileformat import (
     encode_dataset,
     read_file_meta,
 )
+from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.presentation import MAX_CONTEXTS
 
 __all__ = [
@@ -308,9 +309,9 @@ class _Outgoing:
     instance: _Instance
     context_id: int
     source: bytes | memoryview | _FileSlice
-    #: Its C-STORE-RQ, encoded (with its Message ID) while the peer was busy.
-    command: bytes = b""
-    message_id: int = 0
+    #: Its C-STORE-RQ (with its Message ID), and encoded, while the peer was busy.
+    command: Command | None = None
+    encoded: bytes = b""
 
     def close(self) -> None:
         if isinstance(self.source, _FileSlice):
@@ -398,7 +399,7 @@ async def send_instances(
     the association propagate.
     """
     window = association.max_outstanding
-    inflight: deque[tuple[_Outgoing, Any]] = deque()
+    inflight: deque[tuple[_Outgoing, Operation]] = deque()
     choices: dict[tuple[str, str], tuple[int, str] | None] = {}
     upcoming: _Outgoing | None = None
     #: A result not yet handed to on_result: the next request went first.
@@ -415,13 +416,13 @@ async def send_instances(
             instance = item if isinstance(item, _Instance) else _prepare(item, preload=True)
             ready = _ready(association, instance, scp_role_required, choices)
             if isinstance(ready, _Outgoing):
-                ready.message_id = association.next_message_id()
                 ready.command = c_store_rq(
                     instance.sop_class_uid,
                     instance.sop_instance_uid,
-                    message_id=ready.message_id,
+                    message_id=association.next_message_id(),
                     move_originator=move_originator,
-                ).encode()
+                )
+                ready.encoded = ready.command.encode()
                 return ready
             await on_result(instance, ready)
         return None
@@ -434,12 +435,17 @@ async def send_instances(
                 if stopped():
                     outgoing.close()
                     break
-                responses = association.expect_responses(outgoing.message_id)
-                inflight.append((outgoing, responses))
-                await association.send_message(
-                    outgoing.context_id, outgoing.command, outgoing.source
-                )
-                outgoing.close()
+                assert outgoing.command is not None
+                try:
+                    operation = await association.start_operation(
+                        outgoing.context_id,
+                        outgoing.command,
+                        outgoing.source,
+                        encoded=outgoing.encoded,
+                    )
+                finally:
+                    outgoing.close()
+                inflight.append((outgoing, operation))
                 if unreported is not None:
                     result, unreported = unreported, None
                     await on_result(*result)
@@ -449,10 +455,8 @@ async def send_instances(
                 await on_result(*result)
             if not inflight:
                 break  # all sent and answered, or stopped
-            outgoing, responses = inflight.popleft()
-            response = await association.wait_response(
-                outgoing.message_id, responses, "C-STORE-RSP"
-            )
+            outgoing, operation = inflight.popleft()
+            response = await operation.result()
             # Handed on after the next request leaves, if one can: with one
             # request in flight (a C-GET requestor that takes no window) the
             # peer then waits only for the response to be read, not for
@@ -460,9 +464,8 @@ async def send_instances(
             # response, a progress callback).
             unreported = (outgoing.instance, _result(outgoing.instance, response))
     finally:
-        for outgoing, _ in inflight:
-            outgoing.close()
-            association.forget_responses(outgoing.message_id)
+        for _, operation in inflight:
+            operation.forget()
         if upcoming is not None:
             upcoming.close()
 

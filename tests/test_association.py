@@ -13,10 +13,12 @@ import contextlib
 import pathlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
 import adicom
+import adicom.negotiation
 from adicom.errors import (
     AssociationAborted,
     AssociationRejected,
@@ -359,7 +361,7 @@ async def test_pdv_on_a_context_that_was_not_accepted_is_aborted() -> None:
 # -- bad input sent to the client ----------------------------------------------
 
 
-def accept(rq: AAssociateRQ) -> bytes:
+def accept(rq: AAssociateRQ, maximum_length: int = 16384) -> bytes:
     return AAssociateAC(
         called_ae=rq.called_ae,
         calling_ae=rq.calling_ae,
@@ -367,7 +369,7 @@ def accept(rq: AAssociateRQ) -> bytes:
             PresentationContextAC(pc.context_id, 0, pc.transfer_syntaxes[0])
             for pc in rq.presentation_contexts
         ),
-        user_information=UserInformation(16384, "1.2.3"),
+        user_information=UserInformation(maximum_length, "1.2.3"),
     ).encode()
 
 
@@ -472,17 +474,87 @@ async def test_tcp_nodelay_on_both_sides() -> None:
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
-async def test_tiny_maximum_pdu_is_respected_in_both_directions(side: str) -> None:
-    # With a 64-byte limit a C-ECHO command (about 70 bytes) must be split
-    # into several PDVs; a receiver refuses any PDU over its limit, so the
-    # echo succeeds only if the sender honoured the announced maximum.
-    server_pdu, client_pdu = (64, 1 << 20) if side == "server" else (1 << 20, 64)
+async def test_smallest_maximum_pdu_is_respected_in_both_directions(side: str) -> None:
+    # At the smallest maximum adicom agrees to, a 5 KB data set must be split
+    # into several PDUs; a receiver refuses any PDU over its limit, so the
+    # store succeeds only if the sender honoured the announced maximum.
+    from pydicom.dataset import Dataset
+
+    from adicom.negotiation import MIN_PEER_MAX_PDU
+
+    small = MIN_PEER_MAX_PDU
+    server_pdu, client_pdu = (small, 1 << 20) if side == "server" else (1 << 20, small)
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.SOPInstanceUID = "1.2.3.4.5"
+    dataset.ImageComments = "X" * 5000  # LT: up to 10240 characters
+    storage = adicom.MemoryStorage()
     async with (
-        serving(max_pdu=server_pdu) as server,
-        adicom.connect("127.0.0.1", server.port, called_ae="ADICOM", max_pdu=client_pdu) as assoc,
+        serving(max_pdu=server_pdu, storage=storage) as server,
+        adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="ADICOM",
+            max_pdu=client_pdu,
+            contexts=[(dataset.SOPClassUID, ["1.2.840.10008.1.2"])],
+        ) as assoc,
     ):
         assert assoc.peer_max_pdu == server_pdu
-        assert await assoc.echo() == 0
+        result = await assoc.store(dataset)
+        assert result.status == 0
+    assert storage.datasets[0].ImageComments == "X" * 5000
+
+
+async def test_an_acceptor_refuses_a_maximum_pdu_too_small_to_send_in() -> None:
+    # PS3.8 sets no floor, but a peer announcing 64 bytes would make us send
+    # a large data set as millions of PDUs: rejected, and the server serves on.
+    async with serving() as server:
+        reader, writer = await raw(server)
+        request = AAssociateRQ(
+            called_ae="ADICOM",
+            calling_ae="TINY",
+            presentation_contexts=(
+                PresentationContextRQ(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),
+            ),
+            user_information=UserInformation(64, "1.2.3"),
+        )
+        writer.write(request.encode())
+        decoder = PDUReader()
+        async with asyncio.timeout(CLOSE_BOUND):
+            while (answer := decoder.next_pdu()) is None:
+                decoder.feed(await reader.read(65536))
+        assert answer == AAssociateRJ(1, 1, 1)
+        writer.close()  # the requestor closes after a rejection (PS3.8 AE-4)
+        await echo_works(server)
+
+
+async def test_a_requestor_aborts_when_the_acceptor_announces_a_tiny_maximum_pdu() -> None:
+    seen: list[object] = []
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = PDUReader()
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                while chunk := await reader.read(65536):
+                    decoder.feed(chunk)
+                    while (pdu := decoder.next_pdu()) is not None:
+                        seen.append(pdu)
+                        if isinstance(pdu, AAssociateRQ):
+                            writer.write(accept(pdu, maximum_length=7))
+        finally:
+            writer.close()
+            closed.set()  # adicom closed the connection after its A-ABORT
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        with pytest.raises(AssociationAborted, match="maximum PDU length of 7 bytes") as info:
+            await adicom.open_association("127.0.0.1", port)
+        assert (info.value.source, info.value.reason, info.value.local) == (2, 6, True)
+        async with asyncio.timeout(CLOSE_BOUND):
+            await closed.wait()
+    assert seen[1:] == [AAbort(2, 6)]
 
 
 async def test_release_collision_as_requestor() -> None:
@@ -534,7 +606,7 @@ async def test_role_selection_and_async_window_are_answered() -> None:
             assert answer.role_selections == (RoleSelection(VERIFICATION, True, False),)
             (context,) = assoc.contexts.values()
             assert (context.scu_role, context.scp_role) == (True, False)
-            assert answer.implementation_class_uid == adicom.association.IMPLEMENTATION_CLASS_UID
+            assert answer.implementation_class_uid == adicom.negotiation.IMPLEMENTATION_CLASS_UID
             assert answer.async_operations_window is None  # not asked, not answered
 
 
@@ -585,29 +657,24 @@ async def test_requests_beyond_the_async_window_are_aborted(window: int) -> None
     ):
         assert (assoc.max_outstanding, assoc.max_incoming) == (window, window)
         (context,) = assoc.contexts.values()
-        waiters = []
-        for _ in range(window):
-            message_id = assoc.next_message_id()
-            waiters.append((message_id, assoc.expect_responses(message_id)))
-            echo = Command(CommandField.C_ECHO_RQ, message_id=message_id,
-                           affected_sop_class_uid=VERIFICATION)  # fmt: skip
-            await assoc.send_message(context.context_id, echo)
-        for message_id, responses in waiters:
-            response = await assoc.wait_response(message_id, responses, "C-ECHO-RSP")
-            assert response.status == 0x0000
+        echo = Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION)
+        operations = [await assoc.start_operation(context.context_id, echo) for _ in range(window)]
+        for operation in operations:
+            assert (await operation.result()).status == 0x0000
 
-        # Now window + 1 in one write (so none is answered before the last
-        # arrives): the server must abort.
+        # Now window + 1 in one write, past our own window (so none is
+        # answered before the last arrives): the server must abort. Our own
+        # DIMSE layer would refuse the extra one, so it goes as raw PDUs.
         from adicom.dimse import fragment_message
+        from adicom.pdu import encode_pdata
 
-        for _ in range(window + 1):
-            message_id = assoc.next_message_id()
-            assoc.expect_responses(message_id)
-            echo = Command(CommandField.C_ECHO_RQ, message_id=message_id,
-                           affected_sop_class_uid=VERIFICATION)  # fmt: skip
-            for pdvs in fragment_message(context.context_id, echo.encode(), None, 0):
-                assoc._ul.send_pdata(pdvs, 0.0)
-        assoc._flush()
+        wire = []
+        for message_id in range(1000, 1000 + window + 1):
+            raw = replace(echo, message_id=message_id).encode()
+            for pdvs in fragment_message(context.context_id, raw, None, 0):
+                wire.extend(encode_pdata(pdvs))
+        assert assoc._transport is not None
+        assoc._transport.writelines(wire)
         await assoc.wait_closed(CLOSE_BOUND)
         with pytest.raises(AssociationAborted) as info:
             await assoc.echo()

@@ -12,6 +12,7 @@ from adicom.pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,
+    AReleaseRP,
     AReleaseRQ,
     PresentationContextAC,
     PresentationContextRQ,
@@ -118,19 +119,35 @@ def test_release_collision_ends_idle_on_both_sides() -> None:
     b = b"".join(pair.acc.data_to_send())
     pair.acc.receive_data(a, pair.now)
     pair.req.receive_data(b, pair.now)
-    assert pair.req.state is State.STA9 and pair.acc.state is State.STA10
+    # The requestor answered at once (Sta9 -> AR-9 -> Sta11); the acceptor
+    # waits for that answer in Sta10 before answering in turn.
+    assert pair.req.state is State.STA11 and pair.acc.state is State.STA10
     assert pair.events(pair.req) == [ul.ReleaseRequested(collision=True)]
     assert pair.events(pair.acc) == [ul.ReleaseRequested(collision=True)]
-    # The requestor answers first; the acceptor answers after its confirmation.
-    pair.req.respond_release(pair.now)
     pair.pump()
-    assert pair.acc.state is State.STA12
+    # The acceptor confirmed (AR-10, Sta12) and answered by itself (AR-4).
     assert pair.events(pair.acc) == [ul.ReleaseConfirmed()]
-    pair.acc.respond_release(pair.now)
-    pair.pump()
+    assert pair.acc.state is State.STA13
     assert pair.events(pair.req) == [ul.ReleaseConfirmed()]
     assert pair.req.state is State.STA1
-    assert pair.acc.state is State.STA13
+
+
+def test_release_collision_answered_exactly_once_by_each_side() -> None:
+    pair = Pair()
+    pair.associate()
+    pair.req.request_release(pair.now)
+    pair.acc.request_release(pair.now)
+    a = b"".join(pair.req.data_to_send())
+    b = b"".join(pair.acc.data_to_send())
+    pair.acc.receive_data(a, pair.now)
+    pair.req.receive_data(b, pair.now)
+    sent_by_req = b"".join(pair.req.data_to_send())
+    assert sent_by_req == AReleaseRP().encode()
+    pair.acc.receive_data(sent_by_req, pair.now)
+    assert b"".join(pair.acc.data_to_send()) == AReleaseRP().encode()
+    # Nothing is left for the user to answer: a respond_release now is a bug.
+    with pytest.raises(LocalProtocolError):
+        pair.acc.respond_release(pair.now)
 
 
 def test_unexpected_pdu_in_sta6_aborts_with_reason_unexpected() -> None:

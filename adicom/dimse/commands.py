@@ -1,23 +1,17 @@
-"""DIMSE messages (PS3.7 Chapter 9, Annex E): command sets, statuses, PDV framing.
-
-A DIMSE message is a command set, optionally followed by a data set, each
-carried in one or more PDVs on one presentation context (PS3.8 Annex E).
+"""DIMSE command sets (PS3.7 Chapter 9, Annex E): the group 0000 elements.
 
 Command sets are always Implicit VR Little Endian group 0000 elements
 (PS3.7 6.3.1). They are small, fixed in shape and on every message's path, so
 they have their own codec here instead of a round trip through pydicom's
 general data set reader; data sets are pydicom's business.
-
-Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any
 
 from adicom.errors import RemoteProtocolError
 
@@ -25,15 +19,10 @@ __all__ = [
     "NO_DATASET",
     "Command",
     "CommandField",
-    "CommandReceived",
-    "DatasetReader",
-    "DataReceived",
-    "MessageAssembler",
+    "CountsTemplate",
     "Priority",
-    "StatusCategory",
-    "describe_status",
-    "fragment_message",
-    "status_category",
+    "c_store_rq",
+    "malformed",
 ]
 
 
@@ -65,84 +54,6 @@ class Priority(enum.IntEnum):
 #: any other value means a data set follows.
 NO_DATASET = 0x0101
 
-
-class StatusCategory(enum.Enum):
-    """The classes of DIMSE status codes (PS3.7 Annex C)."""
-
-    SUCCESS = "success"
-    PENDING = "pending"
-    CANCEL = "cancel"
-    WARNING = "warning"
-    FAILURE = "failure"
-
-
-_WARNING_CODES = frozenset({0x0001, 0x0107, 0x0116})
-
-
-def status_category(status: int) -> StatusCategory:
-    """Classify a DIMSE status code (PS3.7 C.1 to C.5 and Annex C.4 of PS3.4)."""
-    if status == 0x0000:
-        return StatusCategory.SUCCESS
-    if status in (0xFF00, 0xFF01):
-        return StatusCategory.PENDING
-    if status == 0xFE00:
-        return StatusCategory.CANCEL
-    if status in _WARNING_CODES or 0xB000 <= status <= 0xBFFF:
-        return StatusCategory.WARNING
-    return StatusCategory.FAILURE
-
-
-# Names of the status codes, as PS3.7 Annex C and the service classes of
-# PS3.4 (B.2.3 storage, C.4.1.1.4 find, C.4.2.1.5 move, C.4.3.1.4 get) say.
-_STATUS_NAMES: dict[int, str] = {
-    0x0000: "Success",
-    0x0001: "Warning: requested optional attributes are not supported",
-    0x0107: "Warning: attribute list error",
-    0x0116: "Warning: attribute value out of range",
-    0x0110: "Failure: processing failure",
-    0x0111: "Failure: duplicate SOP instance",
-    0x0112: "Failure: no such SOP instance",
-    0x0117: "Failure: invalid SOP instance",
-    0x0118: "Failure: no such SOP class",
-    0x0119: "Failure: class-instance conflict",
-    0x0120: "Failure: missing attribute",
-    0x0121: "Failure: missing attribute value",
-    0x0122: "Failure: SOP class not supported",
-    0x0124: "Refused: not authorized",
-    0x0210: "Failure: duplicate invocation",
-    0x0211: "Failure: unrecognized operation",
-    0x0212: "Failure: mistyped argument",
-    0x0213: "Failure: resource limitation",
-    0xA701: "Refused: out of resources, unable to calculate number of matches",
-    0xA702: "Refused: out of resources, unable to perform sub-operations",
-    0xA801: "Refused: move destination unknown",
-    0xB000: "Warning: coercion of data elements, or sub-operations completed with failures",
-    0xB006: "Warning: elements discarded",
-    0xB007: "Warning: data set does not match SOP class",
-    0xFE00: "Cancel: operation terminated by cancel request",
-    0xFF00: "Pending",
-    0xFF01: "Pending: optional keys not supported",
-}
-
-
-def describe_status(status: int) -> str:
-    """Name a DIMSE status code in the words of PS3.4 and PS3.7."""
-    name = _STATUS_NAMES.get(status)
-    if name is not None:
-        return name
-    high = status & 0xFF00
-    if high == 0xA700:
-        return "Refused: out of resources"
-    if high == 0xA900:
-        return "Error: data set or identifier does not match SOP class"
-    if status & 0xF000 == 0xC000:
-        return "Error: cannot understand, or unable to process"
-    category = status_category(status)
-    return f"{category.value.capitalize()}: status 0x{status:04X}"
-
-
-# --------------------------------------------------------------------------
-# Command set codec
 
 _US, _UL, _UI, _AE, _LO, _AT = "US", "UL", "UI", "AE", "LO", "AT"
 
@@ -242,11 +153,11 @@ class Command:
         pos, end = 0, len(data)
         while pos < end:
             if end - pos < 8:
-                raise _bad("command set ends inside an element header")
+                raise malformed("command set ends inside an element header")
             group, element, length = _TAG.unpack_from(data, pos)
             pos += 8
             if group != 0 or length > end - pos:
-                raise _bad(f"command set element ({group:04X},{element:04X}) is malformed")
+                raise malformed(f"command set element ({group:04X},{element:04X}) is malformed")
             raw = bytes(data[pos : pos + length])
             pos += length
             known = _BY_ELEMENT.get(element)
@@ -257,7 +168,7 @@ class Command:
             vr, name = known
             values[name] = _decode_value(vr, raw, element)
         if "command_field" not in values:
-            raise _bad("command set has no Command Field (0000,0100)")
+            raise malformed("command set has no Command Field (0000,0100)")
         return cls(other=tuple(other), **values)
 
     def describe(self) -> str:
@@ -309,6 +220,8 @@ class CountsTemplate:
     _ELEMENTS = (0x1020, 0x1021, 0x1022, 0x1023)  # remaining, completed, failed, warning
 
     def __init__(self, command: Command) -> None:
+        #: The command as built (its counts are those of the last ``encode``'s caller).
+        self.command = command
         self._encoded = bytearray(command.encode())
         self._offsets: list[int] = []
         pos = 8 + 4  # after the Command Group Length element
@@ -328,9 +241,12 @@ class CountsTemplate:
         return bytes(self._encoded)
 
 
-def _bad(message: str) -> RemoteProtocolError:
-    # A DIMSE-level error is still reported as an upper-layer abort reason:
-    # "invalid PDU parameter value" (PS3.8 Table 9-26) is the closest.
+def malformed(message: str) -> RemoteProtocolError:
+    """The error for a DIMSE message that breaks PS3.7 or PS3.8 Annex E.
+
+    It is answered with an A-ABORT like a bad PDU: the closest reason of
+    PS3.8 Table 9-26 is "invalid PDU parameter value" (6).
+    """
     return RemoteProtocolError(message, abort_reason=6)
 
 
@@ -360,155 +276,7 @@ def _decode_value(vr: str, raw: bytes, element: int) -> Any:
                 for i in range(0, len(raw) - 3, 4)
             )
     except struct.error:
-        raise _bad(f"element (0000,{element:04X}) has {len(raw)} bytes for VR {vr}") from None
+        raise malformed(f"element (0000,{element:04X}) has {len(raw)} bytes for VR {vr}") from None
     # Stray non-ASCII bytes become "?" so a response can echo the value.
     text = raw.decode("ascii", "replace").replace("\ufffd", "?")
     return text.rstrip("\0 ") if vr == _UI else text.strip(" \0")
-
-
-# --------------------------------------------------------------------------
-# Fragmenting and reassembling messages (PS3.8 Annex E)
-
-
-#: The largest P-DATA-TF PDU we send, whatever the peer accepts (0 included):
-#: big enough that headers and writes cost nothing, small enough that a data
-#: set read from a file is never held whole.
-MAX_SEND_PDU = 1 << 20
-
-
-class DatasetReader(Protocol):
-    """A data set read as it is sent (a file from its data set's first byte)."""
-
-    @property
-    def size(self) -> int:
-        """How many bytes will be read in all."""
-        ...
-
-    def read(self, n: int, /) -> bytes:
-        """The next ``n`` bytes."""
-        ...
-
-
-def fragment_message(
-    context_id: int,
-    command: bytes,
-    dataset: bytes | memoryview | DatasetReader | None,
-    max_pdu: int,
-) -> Iterator[list[tuple[int, int, bytes | memoryview]]]:
-    """Split a message into P-DATA-TF PDUs that fit the peer's maximum length.
-
-    Yields, PDU by PDU, the (context ID, message control header, data)
-    triples that :func:`adicom.pdu.encode_pdata` encodes. ``max_pdu`` is the
-    maximum length the peer announced (0: no limit); we never send more than
-    :data:`MAX_SEND_PDU`. The command and a data set that fits go in the same
-    PDU, so a small message is one write. Each PDV costs 6 bytes of the PDU's
-    length (PS3.8 9.3.5.1). A :class:`DatasetReader` is read only as its
-    PDUs are taken, so a large file is never in memory whole.
-    """
-    limit = min(max_pdu, MAX_SEND_PDU) if max_pdu else MAX_SEND_PDU
-    if limit < 8:
-        raise ValueError(f"maximum PDU length {max_pdu} cannot carry a PDV")
-    pdu: list[tuple[int, int, bytes | memoryview]] = []
-    room = limit
-    pieces: list[tuple[bytes | memoryview | DatasetReader, bool]] = [(command, True)]
-    if dataset is not None:
-        pieces.append((dataset, False))
-    for data, is_command in pieces:
-        if isinstance(data, bytes | bytearray | memoryview):
-            view: memoryview | None = memoryview(data)
-            total = len(data)
-            reader = None
-        else:
-            view, total, reader = None, data.size, data
-        pos = 0
-        while True:
-            if room < 6 + (pos < total):  # room for a PDV header and a byte of data
-                yield pdu
-                pdu, room = [], limit
-            take = min(total - pos, room - 6)
-            if view is not None:
-                piece: bytes | memoryview = view[pos : pos + take]
-            else:
-                assert reader is not None
-                piece = reader.read(take)
-                if len(piece) != take:
-                    raise OSError(
-                        f"data set source ended after {pos + len(piece)} of {total} bytes"
-                    )
-            last = pos + take >= total
-            pdu.append((context_id, is_command | (last << 1), piece))
-            room -= take + 6
-            pos += take
-            if last:
-                break
-    if pdu:
-        yield pdu
-
-
-@dataclass(frozen=True, slots=True)
-class CommandReceived:
-    """A whole command set arrived on a presentation context."""
-
-    context_id: int
-    command: Command
-
-
-@dataclass(frozen=True, slots=True)
-class DataReceived:
-    """A fragment of the data set of the message whose command came last."""
-
-    context_id: int
-    data: bytes | memoryview
-    last: bool
-
-
-class MessageAssembler:
-    """Turns PDVs into DIMSE message events, checking their order (PS3.8 E.2).
-
-    A command's fragments are gathered (command sets are small); data set
-    fragments are passed on as they come, so the caller decides whether to
-    keep them in memory or stream them elsewhere.
-    """
-
-    __slots__ = ("_command_parts", "_context", "_expect_data")
-
-    def __init__(self) -> None:
-        self._command_parts: list[bytes | memoryview] = []
-        self._context: int | None = None
-        self._expect_data = False
-
-    @property
-    def idle(self) -> bool:
-        """True between messages."""
-        return self._context is None
-
-    def feed(
-        self, context_id: int, is_command: bool, is_last: bool, data: bytes | memoryview
-    ) -> CommandReceived | DataReceived | None:
-        """Take one PDV; return what it completes, if anything."""
-        if self._context is not None and context_id != self._context:
-            raise _bad(
-                f"PDV on presentation context {context_id} in the middle of a message "
-                f"on context {self._context}"
-            )
-        if is_command:
-            if self._expect_data:
-                raise _bad("a command PDV arrived where data set fragments were expected")
-            self._context = context_id
-            self._command_parts.append(data)
-            if not is_last:
-                return None
-            raw = b"".join(self._command_parts)
-            self._command_parts = []
-            command = Command.decode(raw)
-            if command.has_dataset:
-                self._expect_data = True
-            else:
-                self._context = None
-            return CommandReceived(context_id, command)
-        if not self._expect_data:
-            raise _bad("a data set PDV arrived without a command announcing one")
-        if is_last:
-            self._expect_data = False
-            self._context = None
-        return DataReceived(context_id, data, is_last)

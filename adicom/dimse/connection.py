@@ -1,0 +1,402 @@
+"""The DIMSE connection: upper layer events in, whole DIMSE messages out (sans-I/O).
+
+:class:`DimseConnection` sits on an :class:`~adicom.protocol.UpperLayer` the
+way aioquic's HTTP/3 layer sits on QUIC. The driver hands it each upper
+layer event with :meth:`~DimseConnection.handle_event` and gets back DIMSE
+events: :class:`RequestReceived` and :class:`ResponseReceived` for whole
+messages, and the upper layer's own events (association, release, abort)
+passed through once their DIMSE consequences are dealt with. To send, the
+driver asks :meth:`~DimseConnection.send` for an :class:`OutgoingMessage`
+and takes its PDUs one at a time, so it can wait on flow control between
+them; the PDUs go into the upper layer's output.
+
+What this layer decides, so that no driver has to:
+
+* reassembly of PDVs into messages, and their order (PS3.8 Annex E);
+* where a data set goes while it arrives: in memory, or streamed into a
+  :class:`DatasetSink` that the sink factory chooses when the command is in
+  (a C-STORE's data set is written to disk as it arrives);
+* Message IDs: fresh ones for our requests (PS3.7 9.3.1.1: unique among
+  those outstanding), and which request each response answers;
+* the asynchronous operations window (PS3.7 D.3.3.3): ours is never
+  exceeded, and a peer that exceeds its own is aborted;
+* a message cannot be taken back once part of it is on the wire: one left
+  half-sent aborts the association;
+* an A-RELEASE-RQ from the peer is answered at once (a release cannot be
+  refused, PS3.8 7.2); release collisions are the upper layer's business.
+
+A peer that breaks these rules gets an A-ABORT (service-provider source,
+PS3.8 Table 9-26) and the driver an :class:`~adicom.protocol.Aborted` event
+with ``local`` set, exactly as for a malformed PDU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from adicom import protocol as ul
+from adicom.dimse.commands import Command, CommandField
+from adicom.dimse.framing import (
+    CommandReceived,
+    DatasetReader,
+    MessageAssembler,
+    fragment_message,
+)
+from adicom.dimse.status import StatusCategory, status_category
+from adicom.errors import LocalProtocolError, RemoteProtocolError
+from adicom.negotiation import Agreement
+from adicom.pdu import PDataTF
+from adicom.presentation import PresentationContext
+
+__all__ = [
+    "DatasetSink",
+    "DimseConnection",
+    "DimseEvent",
+    "Message",
+    "OutgoingMessage",
+    "RequestReceived",
+    "ResponseReceived",
+    "SinkFactory",
+]
+
+log = logging.getLogger("adicom.dimse")
+
+
+class DatasetSink(Protocol):
+    """Where the data set of an incoming message goes while it arrives.
+
+    ``write`` is called with each fragment as its PDV comes in (from the
+    transport's callback: it must not block long, and must copy what it
+    keeps, since the buffer is reused); ``abort`` if the association ends
+    before the last fragment. A sink keeps its own errors (a full disk, say)
+    and reports them when the message is handled.
+    """
+
+    def write(self, data: memoryview, /) -> None:
+        """Take the next fragment of the data set."""
+        ...
+
+    def abort(self) -> None:
+        """The data set will never be complete: drop what was written."""
+        ...
+
+
+#: Chooses a sink for the data set of an incoming message (context ID, command),
+#: or None to gather it in memory.
+SinkFactory = Callable[[int, Command], "DatasetSink | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole DIMSE message received on a presentation context.
+
+    When the command announced a data set, it is in ``dataset`` (encoded in
+    the context's transfer syntax) or, when a sink took it as it arrived,
+    in ``sink``.
+    """
+
+    context_id: int
+    command: Command
+    dataset: bytes | None = None
+    sink: DatasetSink | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """The peer sent a request (C-CANCEL-RQ included)."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The peer answered one of our outstanding requests.
+
+    ``final`` is False for pending responses (PS3.7 C.2): more follow.
+    """
+
+    message: Message
+    final: bool
+
+    @property
+    def message_id(self) -> int:
+        """The Message ID of the request this answers."""
+        return self.message.command.message_id_being_responded_to or 0
+
+
+DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
+
+
+@dataclass(slots=True)
+class _Receiving:
+    """The message whose data set is arriving."""
+
+    context_id: int
+    command: Command
+    parts: list[bytes]
+    sink: DatasetSink | None
+
+
+class OutgoingMessage:
+    """One DIMSE message on its way out, a P-DATA-TF PDU at a time.
+
+    Call :meth:`next_pdu` until it returns None; a data set read from a file
+    is read only as its PDUs are taken. :meth:`close` when giving up: a
+    message with PDUs already on the wire and some not cannot be taken
+    back, so the association is aborted (PS3.8 has no way to retract it).
+    """
+
+    __slots__ = ("_connection", "_fragments", "_started", "finished")
+
+    def __init__(self, connection: DimseConnection, fragments: Iterator[list[Pdv]]) -> None:
+        self._connection = connection
+        self._fragments = fragments
+        self._started = False
+        #: True once every PDU of the message is queued.
+        self.finished = False
+
+    def next_pdu(self, now: float) -> int | None:
+        """Queue the next PDU in the upper layer; its payload size, or None when done.
+
+        Raises :class:`~adicom.errors.LocalProtocolError` once the
+        association can carry no data, and OSError when a data set source
+        ends early (the message is then half-sent: the caller closes it).
+        """
+        if self.finished:
+            return None
+        pdvs = next(self._fragments, None)
+        if pdvs is None:
+            self.finished = True
+            self._connection._finished(self)
+            return None
+        self._started = True
+        self._connection.ul.send_pdata(pdvs, now)
+        return sum(len(data) for _, _, data in pdvs)
+
+    def close(self, now: float) -> None:
+        """Give up on the message; aborts the association if it was half-sent."""
+        if self.finished:
+            return
+        self.finished = True
+        self._connection._finished(self)
+        if self._started:
+            log.warning("a DIMSE message was left half-sent; aborting the association")
+            self._connection.ul.abort(now)
+
+
+#: (presentation context ID, message control header, data), PS3.8 E.2.
+Pdv = tuple[int, int, "bytes | memoryview"]
+
+
+class DimseConnection:
+    """The DIMSE side of one association, without I/O.
+
+    Created with the association's :class:`~adicom.protocol.UpperLayer`;
+    :meth:`agree` gives it what negotiation settled before any message
+    flows. ``sink_factory``, when set, chooses where incoming data sets go.
+    """
+
+    def __init__(self, upper_layer: ul.UpperLayer) -> None:
+        self.ul = upper_layer
+        #: Negotiated presentation contexts by ID (accepted and rejected).
+        self.contexts: dict[int, PresentationContext] = {}
+        #: The largest P-DATA-TF PDU the peer accepts (0: no limit).
+        self.peer_max_pdu = 0
+        #: How many of our requests may await their response at once
+        #: (PS3.7 D.3.3.3; 1 when no window was negotiated).
+        self.max_outstanding = 1
+        #: How many of the peer's requests may await our response at once;
+        #: one more is a protocol violation (A-ABORT).
+        self.max_incoming = 1
+        #: Chooses where incoming data sets go (see :class:`DatasetSink`).
+        self.sink_factory: SinkFactory | None = None
+        self._assembler = MessageAssembler()
+        self._receiving: _Receiving | None = None
+        #: Our requests awaiting a final response: Message ID -> command field.
+        self._outstanding: dict[int, int] = {}
+        #: The peer's requests we have not answered finally yet.
+        self._unanswered: set[int] = set()
+        self._last_message_id = 0
+        self._sending: OutgoingMessage | None = None
+
+    def agree(self, agreement: Agreement) -> None:
+        """Take what negotiation settled (contexts, peer's maximum PDU, window)."""
+        self.contexts = dict(agreement.contexts)
+        self.peer_max_pdu = agreement.peer_max_pdu
+        self.max_outstanding = agreement.max_outstanding
+        self.max_incoming = agreement.max_incoming
+
+    # -- our requests ---------------------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        """How many of our requests await a final response."""
+        return len(self._outstanding)
+
+    @property
+    def can_request(self) -> bool:
+        """True when the window has room for one more request of ours."""
+        return len(self._outstanding) < self.max_outstanding
+
+    def is_outstanding(self, message_id: int) -> bool:
+        """True while the request ``message_id`` awaits its final response."""
+        return message_id in self._outstanding
+
+    def next_message_id(self) -> int:
+        """A fresh Message ID (PS3.7 9.3.1.1: unique among outstanding requests)."""
+        message_id = self._last_message_id
+        for _ in range(0x10000):
+            message_id = message_id % 0xFFFF + 1
+            if message_id not in self._outstanding:
+                self._last_message_id = message_id
+                return message_id
+        raise LocalProtocolError("every Message ID is in use")  # pragma: no cover
+
+    def forget(self, message_id: int) -> None:
+        """Stop expecting responses to ``message_id``; later ones are logged and dropped."""
+        self._outstanding.pop(message_id, None)
+
+    # -- sending --------------------------------------------------------------
+
+    def send(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None = None,
+        *,
+        encoded: bytes | None = None,
+    ) -> OutgoingMessage:
+        """Start sending a message: its PDUs are taken from the returned object.
+
+        ``encoded`` is ``command`` already encoded (a pending response sent
+        many times, a request made ready while the peer was busy). A
+        request must carry its Message ID and fit in the window
+        (:attr:`can_request`); C-CANCEL-RQ is never answered and takes no
+        room. Only one message can be on its way at a time: PDVs of two
+        messages must not interleave (PS3.8 E.2).
+        """
+        if self._sending is not None:
+            raise LocalProtocolError("another message is still being sent")
+        context = self.contexts.get(context_id)
+        if context is None or not context.accepted:
+            raise LocalProtocolError(f"presentation context {context_id} was not accepted")
+        field = command.command_field
+        if command.is_response:
+            if status_category(command.status or 0) is not StatusCategory.PENDING:
+                self._unanswered.discard(command.message_id_being_responded_to or 0)
+        elif field != CommandField.C_CANCEL_RQ:
+            message_id = command.message_id
+            if message_id is None:
+                raise LocalProtocolError("a request needs a Message ID (next_message_id)")
+            if message_id in self._outstanding:
+                raise LocalProtocolError(f"Message ID {message_id} is already outstanding")
+            if not self.can_request:
+                raise LocalProtocolError(
+                    f"{len(self._outstanding)} requests are outstanding: the asynchronous "
+                    f"operations window of {self.max_outstanding} is full"
+                )
+            self._outstanding[message_id] = field
+        raw = command.encode() if encoded is None else encoded
+        fragments = fragment_message(context_id, raw, dataset, self.peer_max_pdu)
+        self._sending = OutgoingMessage(self, fragments)
+        return self._sending
+
+    def _finished(self, message: OutgoingMessage) -> None:
+        if self._sending is message:
+            self._sending = None
+
+    # -- receiving ------------------------------------------------------------
+
+    def handle_event(self, event: ul.ULEvent, now: float) -> list[DimseEvent]:
+        """Take one upper layer event; return what it means for DIMSE, in order."""
+        if isinstance(event, ul.PDataReceived):
+            out: list[DimseEvent] = []
+            try:
+                self._receive_pdata(event.pdu, out)
+            except RemoteProtocolError as exc:
+                out.append(self._violation(exc, now))
+            return out
+        if isinstance(event, ul.ReleaseRequested) and not event.collision:
+            self.ul.respond_release(now)
+        elif isinstance(event, ul.Aborted | ul.ConnectionLost | ul.ArtimExpired):
+            self._drop_receiving()
+        return [event]
+
+    def _receive_pdata(self, pdu: PDataTF, out: list[DimseEvent]) -> None:
+        feed = self._assembler.feed
+        contexts = self.contexts
+        for pdv in pdu.pdvs:
+            context_id = pdv.context_id
+            context = contexts.get(context_id)
+            if context is None or not context.accepted:
+                raise RemoteProtocolError(
+                    f"PDV on presentation context {context_id}, which was not accepted",
+                    abort_reason=6,
+                )
+            event = feed(context_id, pdv.is_command, pdv.is_last, pdv.data)
+            if event is None:
+                continue
+            if isinstance(event, CommandReceived):
+                command = event.command
+                if command.has_dataset:
+                    factory = self.sink_factory
+                    sink = None if factory is None else factory(context_id, command)
+                    self._receiving = _Receiving(context_id, command, [], sink)
+                elif (delivered := self._deliver(Message(context_id, command))) is not None:
+                    out.append(delivered)
+                continue
+            receiving = self._receiving
+            assert receiving is not None  # the assembler saw the command first
+            if receiving.sink is not None:
+                receiving.sink.write(event.data)  # type: ignore[arg-type]
+            else:
+                receiving.parts.append(bytes(event.data))
+            if event.last:
+                self._receiving = None
+                dataset = None if receiving.sink is not None else b"".join(receiving.parts)
+                message = Message(receiving.context_id, receiving.command, dataset, receiving.sink)
+                if (delivered := self._deliver(message)) is not None:
+                    out.append(delivered)
+
+    def _deliver(self, message: Message) -> RequestReceived | ResponseReceived | None:
+        command = message.command
+        if command.is_response:
+            message_id = command.message_id_being_responded_to or 0
+            if message_id not in self._outstanding:
+                # Late (we gave up on it) or never asked for: not a reason to
+                # abort, but nobody is waiting for it.
+                log.warning("response to no outstanding request: %s", command.describe())
+                if message.sink is not None:
+                    message.sink.abort()
+                return None
+            final = status_category(command.status or 0) is not StatusCategory.PENDING
+            if final:
+                del self._outstanding[message_id]
+            return ResponseReceived(message, final)
+        if command.command_field != CommandField.C_CANCEL_RQ:
+            # C-CANCEL-RQ is never answered (PS3.7 9.3.2.3): it takes no room.
+            unanswered = self._unanswered
+            unanswered.add(command.message_id or 0)
+            if len(unanswered) > self.max_incoming:
+                if message.sink is not None:
+                    message.sink.abort()  # never stored: no half-made file stays
+                raise RemoteProtocolError(
+                    f"{len(unanswered)} requests await a response, beyond the "
+                    f"asynchronous operations window of {self.max_incoming} (PS3.7 D.3.3.3)",
+                    abort_reason=0,
+                )
+        return RequestReceived(message)
+
+    def _violation(self, exc: RemoteProtocolError, now: float) -> ul.Aborted:
+        """The peer broke DIMSE rules: A-ABORT (provider source, its reason)."""
+        self._drop_receiving()
+        self.ul.abort(now, source=2, reason=exc.abort_reason)
+        return ul.Aborted(2, exc.abort_reason, local=True, detail=str(exc))
+
+    def _drop_receiving(self) -> None:
+        receiving, self._receiving = self._receiving, None
+        if receiving is not None and receiving.sink is not None:
+            receiving.sink.abort()
