@@ -149,13 +149,16 @@ class OutgoingMessage:
     back, so the association is aborted (PS3.8 has no way to retract it).
     """
 
-    __slots__ = ("_connection", "_fragments", "_started", "finished")
+    __slots__ = ("_command", "_connection", "_fragments", "_started", "finished")
 
-    def __init__(self, connection: DimseConnection, fragments: Iterator[list[Pdv]]) -> None:
+    def __init__(
+        self, connection: DimseConnection, command: Command, fragments: Iterator[list[Pdv]]
+    ) -> None:
         self._connection = connection
+        self._command = command
         self._fragments = fragments
         self._started = False
-        #: True once every PDU of the message is queued.
+        #: True once every PDU of the message is queued (or it was given up).
         self.finished = False
 
     def next_pdu(self, now: float) -> int | None:
@@ -170,7 +173,7 @@ class OutgoingMessage:
         pdvs = next(self._fragments, None)
         if pdvs is None:
             self.finished = True
-            self._connection._finished(self)
+            self._connection._sent(self._command)
             return None
         self._started = True
         self._connection.ul.send_pdata(pdvs, now)
@@ -181,7 +184,7 @@ class OutgoingMessage:
         if self.finished:
             return
         self.finished = True
-        self._connection._finished(self)
+        self._connection._sending = None
         if self._started:
             log.warning("a DIMSE message was left half-sent; aborting the association")
             self._connection.ul.abort(now)
@@ -283,11 +286,7 @@ class DimseConnection:
         context = self.contexts.get(context_id)
         if context is None or not context.accepted:
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-        field = command.command_field
-        if command.is_response:
-            if status_category(command.status or 0) is not StatusCategory.PENDING:
-                self._unanswered.discard(command.message_id_being_responded_to or 0)
-        elif field != CommandField.C_CANCEL_RQ:
+        if not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
             message_id = command.message_id
             if message_id is None:
                 raise LocalProtocolError("a request needs a Message ID (next_message_id)")
@@ -298,15 +297,24 @@ class DimseConnection:
                     f"{len(self._outstanding)} requests are outstanding: the asynchronous "
                     f"operations window of {self.max_outstanding} is full"
                 )
-            self._outstanding[message_id] = field
         raw = command.encode() if encoded is None else encoded
         fragments = fragment_message(context_id, raw, dataset, self.peer_max_pdu)
-        self._sending = OutgoingMessage(self, fragments)
+        self._sending = OutgoingMessage(self, command, fragments)
         return self._sending
 
-    def _finished(self, message: OutgoingMessage) -> None:
-        if self._sending is message:
-            self._sending = None
+    def _sent(self, command: Command) -> None:
+        """A message is wholly queued: count a request as outstanding, or a final answer.
+
+        No response can come before the whole request has gone, so a request
+        counted only now loses nothing; one given up before it was whole
+        never counts.
+        """
+        self._sending = None
+        if command.is_response:
+            if status_category(command.status or 0) is not StatusCategory.PENDING:
+                self._unanswered.discard(command.message_id_being_responded_to or 0)
+        elif command.command_field != CommandField.C_CANCEL_RQ:
+            self._outstanding[command.message_id or 0] = command.command_field
 
     # -- receiving ------------------------------------------------------------
 

@@ -1,0 +1,465 @@
+"""DimseConnection without I/O: two of them over two UpperLayers, wired in memory.
+
+Every byte goes from one side to the other through the real codecs, whole
+or in chunks as small as one byte, so these tests see exactly what a peer
+would: messages put back together, responses routed by Message ID, the
+operations window kept both ways, and the aborts the standard asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adicom import protocol as ul
+from adicom.dimse import (
+    Command,
+    CommandField,
+    DimseConnection,
+    DimseEvent,
+    Message,
+    RequestReceived,
+    ResponseReceived,
+    c_store_rq,
+)
+from adicom.errors import LocalProtocolError
+from adicom.fsm import State
+from adicom.negotiation import (
+    AcceptorPolicy,
+    build_request,
+    negotiate,
+    requestor_agreement,
+)
+
+ECHO = "1.2.840.10008.1.1"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+@dataclass
+class Sink:
+    """A DatasetSink that keeps what it is given, and whether it was aborted."""
+
+    data: bytearray = field(default_factory=bytearray)
+    writes: int = 0
+    aborted: bool = False
+
+    def write(self, data: memoryview, /) -> None:
+        self.data += data
+        self.writes += 1
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class Side:
+    """One end: an UpperLayer, its DimseConnection, and the DIMSE events it gave."""
+
+    def __init__(self, requestor: bool, max_pdu: int) -> None:
+        self.ul = ul.UpperLayer(requestor=requestor, max_pdu_length=max_pdu, artim_timeout=5)
+        self.dimse = DimseConnection(self.ul)
+        self.events: list[DimseEvent] = []
+
+    def take(self, now: float) -> None:
+        while (event := self.ul.next_event()) is not None:
+            self.events.extend(self.dimse.handle_event(event, now))
+
+    def drain(self) -> list[DimseEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def send(
+        self, context_id: int, command: Command, dataset: bytes | None = None, now: float = 0.0
+    ) -> None:
+        outgoing = self.dimse.send(context_id, command, dataset)
+        for _ in range(100_000):  # bounded: each round queues one PDU
+            if outgoing.next_pdu(now) is None:
+                return
+        raise AssertionError("the message did not end")
+
+
+class Pair:
+    """A requestor and an acceptor, their bytes carried ``chunk`` at a time."""
+
+    def __init__(
+        self,
+        *,
+        chunk: int | None = None,
+        window: int = 1,
+        max_pdu: int = 16384,
+        contexts: tuple[tuple[str, tuple[str, ...]], ...] = (
+            (ECHO, (IMPLICIT,)),
+            (CT, (IMPLICIT,)),
+            (FIND, (IMPLICIT,)),
+        ),
+    ) -> None:
+        self.req = Side(True, max_pdu)
+        self.acc = Side(False, max_pdu)
+        self.chunk = chunk
+        self.now = 0.0
+        self._associate(window, max_pdu, contexts)
+
+    def _feed(self, side: Side, data: bytes) -> None:
+        step = self.chunk or len(data) or 1
+        for pos in range(0, len(data), step):
+            side.ul.receive_data(data[pos : pos + step], self.now)
+            side.take(self.now)
+
+    def pump(self) -> None:
+        for _ in range(1000):  # bounded: each round moves whatever is waiting
+            a = b"".join(self.req.ul.data_to_send())
+            b = b"".join(self.acc.ul.data_to_send())
+            if not a and not b:
+                return
+            if a:
+                self._feed(self.acc, a)
+            if b:
+                self._feed(self.req, b)
+        raise AssertionError("the pair did not settle")
+
+    def _associate(
+        self, window: int, max_pdu: int, contexts: tuple[tuple[str, tuple[str, ...]], ...]
+    ) -> None:
+        request = build_request(
+            calling_ae="SCU",
+            called_ae="SCP",
+            contexts=contexts,
+            max_pdu=max_pdu,
+            async_window=window,
+        )
+        self.acc.ul.connection_made(self.now)
+        self.req.ul.request_association(request, self.now)
+        self.req.ul.connection_made(self.now)
+        self.pump()
+        assert self.acc.drain() == [ul.AssociationRequested(request)]
+        policy = AcceptorPolicy(
+            ae_title="SCP",
+            supported={abstract: (IMPLICIT,) for abstract, _ in contexts},
+            max_pdu=max_pdu,
+            async_window=window,
+        )
+        answer = negotiate(request, policy)
+        assert isinstance(answer, tuple)
+        response, agreement = answer
+        self.acc.dimse.agree(agreement)
+        self.acc.ul.accept(response, self.now)
+        self.pump()
+        assert self.req.drain() == [ul.AssociationAccepted(response)]
+        self.req.dimse.agree(requestor_agreement(request, response, window))
+        assert self.req.ul.state is State.STA6 and self.acc.ul.state is State.STA6
+
+
+def collecting(sinks: list[Sink]) -> Callable[[int, Command], Sink]:
+    """A sink factory that opens a new Sink per data set and keeps them all."""
+
+    def factory(context_id: int, command: Command) -> Sink:
+        sinks.append(Sink())
+        return sinks[-1]
+
+    return factory
+
+
+def echo_rq(message_id: int) -> Command:
+    return Command(CommandField.C_ECHO_RQ, message_id=message_id, affected_sop_class_uid=ECHO)
+
+
+def response_to(request: Command, status: int, has_dataset: bool = False) -> Command:
+    return Command(
+        request.command_field | 0x8000,
+        message_id_being_responded_to=request.message_id,
+        affected_sop_class_uid=request.affected_sop_class_uid,
+        status=status,
+        command_data_set_type=0x0000 if has_dataset else 0x0101,
+    )
+
+
+def only_messages(events: list[DimseEvent]) -> list[Message]:
+    out = []
+    for event in events:
+        assert isinstance(event, RequestReceived | ResponseReceived), event
+        out.append(event.message)
+    return out
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5])
+def test_echo_request_and_response(chunk: int | None) -> None:
+    pair = Pair(chunk=chunk)
+    message_id = pair.req.dimse.next_message_id()
+    request = echo_rq(message_id)
+    pair.req.send(1, request)
+    assert pair.req.dimse.is_outstanding(message_id)
+    pair.pump()
+    (event,) = pair.acc.drain()
+    assert event == RequestReceived(Message(1, request))
+    pair.acc.send(1, response_to(request, 0x0000))
+    pair.pump()
+    (answer,) = pair.req.drain()
+    assert isinstance(answer, ResponseReceived)
+    assert answer.final and answer.message_id == message_id
+    assert answer.message.command.status == 0x0000
+    assert not pair.req.dimse.is_outstanding(message_id)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, None])
+def test_c_store_data_set_streams_into_a_sink_in_order(chunk: int | None) -> None:
+    # 1-byte chunks: every PDU header, PDV header and data byte arrives alone.
+    pair = Pair(chunk=chunk, max_pdu=1024)
+    sinks: list[Sink] = []
+
+    def factory(context_id: int, command: Command) -> Sink:
+        assert command.command_field == CommandField.C_STORE_RQ
+        sinks.append(Sink())
+        return sinks[-1]
+
+    pair.acc.dimse.sink_factory = factory
+    dataset = bytes(range(256)) * 20  # 5,120 bytes: six PDUs of at most 1,024
+    request = c_store_rq(CT, "1.2.3.4", message_id=pair.req.dimse.next_message_id())
+    pair.req.send(3, request, dataset)
+    pair.pump()
+    (event,) = pair.acc.drain()
+    assert isinstance(event, RequestReceived)
+    assert event.message.dataset is None  # never gathered in memory
+    assert event.message.sink is sinks[0]
+    assert bytes(sinks[0].data) == dataset
+    assert sinks[0].writes >= 6 and not sinks[0].aborted
+
+
+def test_without_a_sink_the_data_set_is_gathered() -> None:
+    pair = Pair(chunk=3, max_pdu=1024)
+    dataset = b"\x08\x00\x50\x00" + b"identifier" * 300
+    request = Command(
+        CommandField.C_FIND_RQ,
+        message_id=pair.req.dimse.next_message_id(),
+        affected_sop_class_uid=FIND,
+        priority=0,
+        command_data_set_type=0,
+    )
+    pair.req.send(5, request, dataset)
+    pair.pump()
+    (message,) = only_messages(pair.acc.drain())
+    assert message.dataset == dataset and message.sink is None
+
+
+def test_pending_responses_then_one_final() -> None:
+    pair = Pair()
+    request = Command(
+        CommandField.C_FIND_RQ,
+        message_id=pair.req.dimse.next_message_id(),
+        affected_sop_class_uid=FIND,
+        priority=0,
+        command_data_set_type=0,
+    )
+    pair.req.send(5, request, b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    pair.pump()
+    pair.acc.drain()
+    for match in (b"one", b"two"):
+        pair.acc.send(5, response_to(request, 0xFF00, has_dataset=True), match)
+    pair.acc.send(5, response_to(request, 0x0000))
+    pair.pump()
+    events = pair.req.drain()
+    assert [e.final for e in events if isinstance(e, ResponseReceived)] == [False, False, True]
+    assert [m.dataset for m in only_messages(events)] == [b"one", b"two", None]
+    assert pair.req.dimse.outstanding == 0
+
+
+def test_responses_are_routed_by_message_id_whatever_their_order() -> None:
+    pair = Pair(window=3)
+    requests = [echo_rq(pair.req.dimse.next_message_id()) for _ in range(3)]
+    for request in requests:
+        pair.req.send(1, request)
+    pair.pump()
+    assert [m.command for m in only_messages(pair.acc.drain())] == requests
+    for request in reversed(requests):
+        pair.acc.send(1, response_to(request, 0x0000))
+    pair.pump()
+    answered = [e.message_id for e in pair.req.drain() if isinstance(e, ResponseReceived)]
+    assert answered == [r.message_id for r in reversed(requests)]
+    assert pair.req.dimse.outstanding == 0
+
+
+def test_our_window_is_never_exceeded_and_c_cancel_takes_no_room() -> None:
+    pair = Pair(window=2)
+    first, second = (echo_rq(pair.req.dimse.next_message_id()) for _ in range(2))
+    pair.req.send(1, first)
+    pair.req.send(1, second)
+    assert not pair.req.dimse.can_request
+    with pytest.raises(LocalProtocolError, match="window of 2 is full"):
+        pair.req.dimse.send(1, echo_rq(pair.req.dimse.next_message_id()))
+    cancel = Command(CommandField.C_CANCEL_RQ, message_id_being_responded_to=first.message_id)
+    pair.req.send(1, cancel)  # no room needed: C-CANCEL is never answered
+    pair.pump()
+    assert len(pair.acc.drain()) == 3
+    assert pair.acc.ul.state is State.STA6
+
+
+def test_a_request_needs_a_message_id_and_an_accepted_context() -> None:
+    pair = Pair()
+    with pytest.raises(LocalProtocolError, match="needs a Message ID"):
+        pair.req.dimse.send(1, Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=ECHO))
+    with pytest.raises(LocalProtocolError, match="context 9 was not accepted"):
+        pair.req.dimse.send(9, echo_rq(1))
+
+
+def test_one_message_at_a_time() -> None:
+    pair = Pair()
+    pair.req.dimse.send(1, echo_rq(1))
+    with pytest.raises(LocalProtocolError, match="still being sent"):
+        pair.req.dimse.send(1, echo_rq(2))
+
+
+def test_a_peer_beyond_its_window_is_aborted() -> None:
+    pair = Pair(window=1)
+    # The requestor's own layer would refuse a second request; pretend its
+    # window were larger, as a misbehaving peer's is.
+    pair.req.dimse.max_outstanding = 2
+    sinks: list[Sink] = []
+    pair.acc.dimse.sink_factory = collecting(sinks)
+    pair.req.send(1, echo_rq(1))
+    pair.req.send(3, c_store_rq(CT, "1.2.3", message_id=2), b"\x00" * 100)
+    pair.pump()
+    events = pair.acc.drain()
+    assert isinstance(events[0], RequestReceived)
+    aborted = events[1]
+    assert isinstance(aborted, ul.Aborted)
+    assert (aborted.source, aborted.reason, aborted.local) == (2, 0, True)
+    assert "window of 1" in aborted.detail
+    assert sinks[0].aborted  # the instance never lands half-made
+    (seen,) = pair.req.drain()
+    assert seen == ul.Aborted(2, 0, local=False)
+    assert pair.acc.ul.state is State.STA13
+
+
+def test_a_response_to_nothing_outstanding_is_dropped_without_an_abort() -> None:
+    pair = Pair()
+    pair.acc.send(1, response_to(echo_rq(77), 0x0000))
+    pair.pump()
+    assert pair.req.drain() == []
+    assert pair.req.ul.state is State.STA6
+
+
+def test_a_pdv_on_a_context_not_accepted_is_aborted_with_reason_6() -> None:
+    pair = Pair()
+    pair.req.dimse.contexts[7] = replace(pair.req.dimse.contexts[1], context_id=7)
+    pair.req.send(7, echo_rq(1))
+    pair.pump()
+    (aborted,) = pair.acc.drain()
+    assert isinstance(aborted, ul.Aborted)
+    assert (aborted.source, aborted.reason) == (2, 6)
+    assert "context 7" in aborted.detail
+
+
+def test_a_message_left_half_sent_aborts_the_association() -> None:
+    pair = Pair(max_pdu=1024)
+    sinks: list[Sink] = []
+    pair.acc.dimse.sink_factory = collecting(sinks)
+    outgoing = pair.req.dimse.send(3, c_store_rq(CT, "1.2.3", message_id=1), b"\x00" * 5000)
+    assert outgoing.next_pdu(0.0) is not None
+    assert outgoing.next_pdu(0.0) is not None
+    outgoing.close(0.0)  # a cancelled sender: the rest never comes
+    assert pair.req.ul.abort_sent
+    pair.pump()
+    assert pair.acc.drain() == [ul.Aborted(0, 0, local=False)]
+    assert sinks[0].aborted
+    # Nothing was sent of a message given up before its first PDU: no abort.
+    fresh = Pair()
+    fresh.req.dimse.send(1, echo_rq(1)).close(0.0)
+    assert not fresh.req.ul.abort_sent
+    fresh.req.send(1, echo_rq(2))  # and the next message can go
+    fresh.pump()
+    assert len(fresh.acc.drain()) == 1
+
+
+def test_the_peers_release_is_answered_by_the_dimse_layer() -> None:
+    pair = Pair()
+    pair.req.ul.request_release(pair.now)
+    pair.pump()
+    assert pair.acc.drain() == [ul.ReleaseRequested(collision=False)]
+    assert pair.req.drain() == [ul.ReleaseConfirmed()]
+    assert pair.req.ul.state is State.STA1 and pair.acc.ul.state is State.STA13
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_release_collision_ends_cleanly_on_both_sides(chunk: int | None) -> None:
+    pair = Pair(chunk=chunk)
+    pair.req.ul.request_release(pair.now)
+    pair.acc.ul.request_release(pair.now)
+    # Both A-RELEASE-RQs cross on the wire (PS3.8 7.2.2).
+    a = b"".join(pair.req.ul.data_to_send())
+    b = b"".join(pair.acc.ul.data_to_send())
+    pair._feed(pair.acc, a)
+    pair._feed(pair.req, b)
+    pair.pump()
+    expected = [ul.ReleaseRequested(collision=True), ul.ReleaseConfirmed()]
+    assert pair.req.drain() == expected
+    assert pair.acc.drain() == expected
+    assert pair.req.ul.state is State.STA1
+    assert pair.acc.ul.state is State.STA13  # waits for the requestor's close (AR-4)
+
+
+def test_an_abort_mid_data_set_aborts_the_sink() -> None:
+    pair = Pair(max_pdu=1024)
+    sinks: list[Sink] = []
+    pair.acc.dimse.sink_factory = collecting(sinks)
+    outgoing = pair.req.dimse.send(3, c_store_rq(CT, "1.2.3", message_id=1), b"\x00" * 5000)
+    outgoing.next_pdu(0.0)
+    outgoing.next_pdu(0.0)
+    pair.pump()
+    assert sinks[0].data and not sinks[0].aborted
+    pair.req.ul.abort(pair.now)
+    pair.pump()
+    assert pair.acc.drain() == [ul.Aborted(0, 0, local=False)]
+    assert sinks[0].aborted
+
+
+def test_connection_lost_mid_data_set_aborts_the_sink() -> None:
+    pair = Pair(max_pdu=1024)
+    sinks: list[Sink] = []
+    pair.acc.dimse.sink_factory = collecting(sinks)
+    outgoing = pair.req.dimse.send(3, c_store_rq(CT, "1.2.3", message_id=1), b"\x00" * 5000)
+    outgoing.next_pdu(0.0)
+    pair.pump()
+    pair.acc.ul.connection_lost(pair.now)
+    pair.acc.take(pair.now)
+    assert pair.acc.drain() == [ul.ConnectionLost(State.STA6)]
+    assert sinks[0].aborted
+
+
+def test_message_ids_skip_those_outstanding_and_wrap() -> None:
+    pair = Pair(window=3)
+    dimse = pair.req.dimse
+    dimse._last_message_id = 0xFFFE
+    first = dimse.next_message_id()
+    pair.req.send(1, echo_rq(first))
+    assert first == 0xFFFF
+    dimse._last_message_id = 0xFFFE
+    assert dimse.next_message_id() == 1  # 0xFFFF is outstanding; 0 is never used
+    dimse.forget(first)
+    assert not dimse.is_outstanding(first)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=6),
+    chunk=st.sampled_from([1, 2, 3, 61, 1000, None]),
+    max_pdu=st.sampled_from([1024, 4096, 16384]),
+)
+def test_any_messages_in_any_chunking_arrive_whole_and_in_order(
+    sizes: list[int], chunk: int | None, max_pdu: int
+) -> None:
+    pair = Pair(chunk=chunk, max_pdu=max_pdu, window=len(sizes))
+    sent = []
+    for index, size in enumerate(sizes):
+        dataset = bytes((index + i) % 251 for i in range(size))
+        request = c_store_rq(CT, f"1.2.{index}", message_id=pair.req.dimse.next_message_id())
+        pair.req.send(3, request, dataset)
+        sent.append((request, dataset))
+    pair.pump()
+    received = [(m.command, m.dataset) for m in only_messages(pair.acc.drain())]
+    assert received == sent
+    assert pair.acc.ul.state is State.STA6
+    assert b"".join(pair.acc.ul.data_to_send()) == b""  # nothing to abort with
