@@ -42,7 +42,7 @@ from adicom.storage import (
     StorageHandler,
     StoreContext,
 )
-from adicom.storescu import StoreResult, store
+from adicom.storescu import StoreResult, store, store_instance
 
 __version__ = "0.1.0"
 
@@ -86,4 +86,5 @@ __all__ = [
     "connect",
     "open_association",
     "store",
+    "store_instance",
 ]

@@ -27,7 +27,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from adicom import protocol as ul
 from adicom.dimse import (
@@ -68,13 +68,6 @@ from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from adicom.presentation import VERIFICATION, PresentationContext
 
 __all__ = ["Association", "Message", "Operation"]
-
-if TYPE_CHECKING:  # storescu builds on this module; only its types are needed here
-    import os
-
-    from pydicom.dataset import Dataset
-
-    from adicom.storescu import StoreResult
 
 log = logging.getLogger("adicom")
 _T = TypeVar("_T")
@@ -850,16 +843,6 @@ class Association:
             sop_class_uid, sop_instance_uid, priority=priority, move_originator=originator
         )
         return await self.send_request(context_id, command, dataset)
-
-    async def store(self, source: str | os.PathLike[str] | Dataset) -> StoreResult:
-        """Send one instance (a path or a pydicom Dataset); see :func:`adicom.store`.
-
-        Returns a :class:`~adicom.storescu.StoreResult`; failures of this
-        instance are in the result, not raised.
-        """
-        from adicom.storescu import store_instance
-
-        return await store_instance(self, source)
 
     async def respond(self, request: Message, status: int, **fields: Any) -> None:
         """Send the response to ``request`` with ``status`` (and extra command fields).

@@ -500,7 +500,7 @@ async def test_smallest_maximum_pdu_is_respected_in_both_directions(side: str) -
         ) as assoc,
     ):
         assert assoc.peer_max_pdu == server_pdu
-        result = await assoc.store(dataset)
+        result = await adicom.store_instance(assoc, dataset)
         assert result.status == 0
     assert storage.datasets[0].ImageComments == "X" * 5000
 

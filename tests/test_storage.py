@@ -202,10 +202,10 @@ async def test_unwritable_destination_fails_the_instance_and_goes_on(
         async with adicom.connect(
             "127.0.0.1", server.port, called_ae="STORE", contexts=[(CT, [EXPLICIT, IMPLICIT])]
         ) as assoc:
-            result = await assoc.store(FILES["explicit"])
+            result = await adicom.store_instance(assoc, FILES["explicit"])
             assert result.status == 0xA700 and "cannot write" in (result.error or "")
             # The association goes on: the next instance gets its own answer.
-            again = await assoc.store(FILES["explicit"])
+            again = await adicom.store_instance(assoc, FILES["explicit"])
             assert again.status == 0xA700
     assert not (blocker.parent / "store").exists()
 
@@ -248,7 +248,7 @@ async def test_data_set_that_does_not_parse_fails_and_association_goes_on(
             response = await assoc.send_c_store(context.context_id, CT, "1.2.3.4", garbage)
             assert response.status == 0xC000
             assert response.affected_sop_instance_uid == "1.2.3.4"
-            good = await assoc.store(FILES["explicit"])
+            good = await adicom.store_instance(assoc, FILES["explicit"])
             assert good.ok
     assert len(received_files(tmp_path)) == 1
     assert list((tmp_path / ".incoming").iterdir()) == []
