@@ -297,6 +297,11 @@ class Association:
         return self._dimse.max_incoming
 
     @property
+    def outstanding(self) -> int:
+        """How many of our requests await their final response now."""
+        return self._dimse.outstanding
+
+    @property
     def on_dataset(self) -> SinkFactory | None:
         """Chooses where incoming data sets go (see :class:`~adicom.dimse.DatasetSink`)."""
         return self._dimse.sink_factory

@@ -215,6 +215,16 @@ class Server:
     ) -> None:
         await self.close()
 
+    async def wait_idle(self) -> None:
+        """Wait until no connection is open: every association has ended and been cleaned up.
+
+        For tests and tools that must know a peer's association is over on
+        the server's side too (its counts in :attr:`stats` final, its files
+        dealt with). Bound it with ``asyncio.timeout``.
+        """
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def serve_forever(self) -> None:
         """Serve until cancelled."""
         if self._server is None:

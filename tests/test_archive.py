@@ -938,8 +938,9 @@ async def test_stored_instances_are_found_at_once_and_committed_soon(
                 with contextlib.closing(sqlite3.connect(database)) as other:
                     return int(other.execute("SELECT count(*) FROM instances").fetchone()[0])
 
-            # ... and committed within COMMIT_DELAY, for any other reader.
-            await anyio.sleep(archive_module.COMMIT_DELAY * 4)
+            # ... and committed by itself, within COMMIT_DELAY, for any other reader.
+            with anyio.fail_after(archive_module.COMMIT_DELAY * 40):
+                await archive.wait_committed()
             assert committed() == 1
             results = await adicom.store(
                 node.host, node.port, [TREE.by_uid(TREE.uid["A1.2"])], called_ae=node.aet
@@ -967,7 +968,8 @@ async def test_an_index_that_cannot_commit_loses_no_instance(
     async with serving(archive) as node:
         (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
         assert result.ok
-        await anyio.sleep(archive_module.COMMIT_DELAY * 4)
+        with anyio.fail_after(archive_module.COMMIT_DELAY * 40):
+            await archive.wait_committed()
         assert "the index could not be written" in caplog.text
         assert await adicom.DicomClient().echo(node)  # still serving
     monkeypatch.undo()

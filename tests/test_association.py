@@ -218,10 +218,8 @@ async def test_client_abort_is_seen_by_server_which_goes_on() -> None:
                 await assoc.echo()
                 raise RuntimeError("the caller's own failure")
         # The server saw an A-ABORT, not a release.
-        for _ in range(100):
-            if server.stats["aborted"]:
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(CLOSE_BOUND):
+            await server.wait_idle()
         assert server.stats["aborted"] == 1 and server.stats["released"] == 0
         await echo_works(server)
 
@@ -341,10 +339,8 @@ async def test_peer_vanishing_mid_pdu_leaves_server_serving() -> None:
         writer.write(bytes([0x04, 0, 0, 0, 0x01, 0x00]) + b"partial")
         await writer.drain()
         writer.transport.abort()  # vanish: RST, no release, no abort
-        for _ in range(100):
-            if server.stats["aborted"]:
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(CLOSE_BOUND):
+            await server.wait_idle()
         assert server.stats["aborted"] == 1
         await echo_works(server)
 

@@ -80,6 +80,7 @@ def peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc status")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(), reason="needs Linux /proc")
 async def test_one_gigabyte_instance_to_disk_with_flat_memory(tmp_path: pathlib.Path) -> None:
     source = tmp_path / "big.dcm"

@@ -224,14 +224,21 @@ async def test_cancelling_the_task_sends_c_cancel() -> None:
         async with adicom.connect(
             "127.0.0.1", server.port, called_ae="QR", contexts=contexts, roles=roles
         ) as assoc:
+            under_way = asyncio.Event()
+
+            def progress(state: qrscu.RetrieveProgress) -> None:
+                if state.completed >= 3:
+                    under_way.set()
+
             task = asyncio.get_running_loop().create_task(
-                qrscu.get(assoc, study_identifier(), adicom.MemoryStorage())
+                qrscu.get(assoc, study_identifier(), adicom.MemoryStorage(), progress=progress)
             )
-            await asyncio.sleep(0.2)
+            async with asyncio.timeout(10):
+                await under_way.wait()  # cancelled mid-retrieve, not before or after it
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert assoc.is_established and not assoc._operations
+            assert assoc.is_established and assoc.outstanding == 0
             archive.delay = 0
             assert (
                 await qrscu.get(assoc, study_identifier(), adicom.MemoryStorage())

@@ -29,7 +29,7 @@ from adicom.pdu import (
     PresentationContextRQ,
     UserInformation,
 )
-from adicom.storage import StoreContext
+from adicom.storage import IncomingInstance, StoreContext
 
 pytestmark = pytest.mark.anyio
 
@@ -255,7 +255,15 @@ async def test_data_set_that_does_not_parse_fails_and_association_goes_on(
 
 
 async def test_peer_aborting_mid_instance_leaves_nothing(tmp_path: pathlib.Path) -> None:
-    disk = adicom.DiskStorage(tmp_path)
+    opened = asyncio.Event()
+
+    class Watched(adicom.DiskStorage):
+        def open(self, context: adicom.StoreContext) -> IncomingInstance:
+            instance = super().open(context)
+            opened.set()  # the data of the same PDU is written in the same callback
+            return instance
+
+    disk = Watched(tmp_path)
     async with scp(disk) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         rq = AAssociateRQ(
@@ -283,18 +291,14 @@ async def test_peer_aborting_mid_instance_leaves_nothing(tmp_path: pathlib.Path)
         )
         writer.write(first_part.encode())
         await writer.drain()
-        for _ in range(200):  # bounded: wait until the temporary file exists
-            if list((tmp_path / ".incoming").glob("*.part")):
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            await opened.wait()
         assert list((tmp_path / ".incoming").glob("*.part"))
         writer.write(AAbort(0, 0).encode())
         await writer.drain()
         writer.close()
-        for _ in range(200):
-            if not list((tmp_path / ".incoming").glob("*.part")):
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            await server.wait_idle()
     assert list((tmp_path / ".incoming").iterdir()) == []
     assert received_files(tmp_path) == []
 

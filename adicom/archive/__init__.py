@@ -69,6 +69,7 @@ class Archive:
             self.root, layout, extra_keywords=ATTRIBUTES, on_stored=self._stored
         )
         self._commit_timer: asyncio.TimerHandle | None = None
+        self._commit_waiters: list[asyncio.Future[None]] = []
 
     def _stored(self, path: Path, values: dict[str, str], context: StoreContext) -> None:
         stat = os.stat(path)
@@ -94,6 +95,30 @@ class Archive:
             # A full disk, say: the files are stored; the index catches up
             # at the next commit, or when the archive is opened again.
             log.exception("archive %s: the index could not be written", self.root)
+        finally:
+            waiters, self._commit_waiters = self._commit_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def flush(self) -> None:
+        """Commit the index's pending changes now, instead of within COMMIT_DELAY."""
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+        self._commit()
+
+    async def wait_committed(self) -> None:
+        """Wait until the changes made so far have been committed (or the commit failed).
+
+        The archive commits by itself within COMMIT_DELAY of a change; this
+        only waits for that, so a test or an operator tool can know when
+        another reader of the index will see them.
+        """
+        if self._commit_timer is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._commit_waiters.append(waiter)
+        await waiter
 
     async def open(self, batch: int = 64) -> int:
         """Index the files already in the folder; return how many were (re)read.
@@ -154,6 +179,10 @@ class Archive:
             self._commit_timer.cancel()
             self._commit_timer = None
         self.index.close()
+        for waiter in self._commit_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._commit_waiters = []
 
     # -- handlers ---------------------------------------------------------------
 

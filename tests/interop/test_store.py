@@ -231,6 +231,7 @@ async def test_adicom_datasets_to_adicom_memory(samples: dict[str, Instance]) ->
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_big_adicom_to_adicom(big_instance: Instance, tmp_path: Path) -> None:
     with anyio.fail_after(BIG_DEADLINE):
         async with no_thread_started():
@@ -278,6 +279,7 @@ async def test_dcmtk_storescu_to_adicom(
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_big_dcmtk_storescu_to_adicom(big_instance: Instance, tmp_path: Path) -> None:
     with anyio.fail_after(BIG_DEADLINE):
         async with adicom.Server(
@@ -443,6 +445,7 @@ async def test_adicom_datasets_to_dcmtk_storescp(
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_big_adicom_to_dcmtk_storescp(big_instance: Instance, tmp_path: Path) -> None:
     with peers.dcmtk_store_scp(tmp_path, accept="+xa") as scp:
         assert scp.port is not None and scp.aet is not None
