@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
-from adicom.archive import Archive, ArchiveError
+from adicom.archive import Archive
 from adicom.client import connect
 from adicom.demo import run_demo
 from adicom.dicomclient import DicomClient
@@ -530,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_UNREACHABLE)
     except DicomTimeout as exc:
         return _fail(args, exc, EXIT_TIMEOUT)
-    except (DicomError, ArchiveError) as exc:
+    except DicomError as exc:  # ArchiveError included
         return _fail(args, exc, EXIT_FAILED)
     except OSError as exc:
         # For `serve`: the port is taken, or the address is not ours.

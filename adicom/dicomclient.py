@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from adicom import qrscu
 from adicom.association import Association
 from adicom.client import connect
+from adicom.dimse import Status
 from adicom.errors import DicomTimeout, TimeoutKind
 from adicom.models import (
     DicomNode,
@@ -446,7 +447,7 @@ def _identifier(level: str, study: str, series: str = "", instance: str = "") ->
 def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> RetrieveResult:
     instances = storage.datasets if isinstance(storage, MemoryStorage) else []
     # No final status at all is reported as 0xC000, "cannot understand".
-    code = outcome.status if outcome.status is not None else 0xC000
+    code = outcome.status if outcome.status is not None else Status.CANNOT_UNDERSTAND
     return RetrieveResult(
         status=status_text(code),
         status_code=code,

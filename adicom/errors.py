@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "ArchiveError",
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
@@ -186,6 +187,10 @@ class DicomTimeout(DicomError, TimeoutError):
         self.seconds = seconds
         text = f"{which} timeout after {seconds:g} s"
         super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class ArchiveError(DicomError):
+    """The reference archive cannot start (its index is unusable, its folder not writable)."""
 
 
 class DimseError(DicomError):

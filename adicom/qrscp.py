@@ -10,7 +10,7 @@ Handlers are async generators, one per service:
   number of instances (an int, for the "remaining" count), then each
   instance as a pydicom Dataset or a file path.
 
-The server runs each operation in its own task, so a C-CANCEL-RQ is read
+The server runs each operation in its own task, so a C-Status.CANCEL-RQ is read
 while the handler works; on cancel, the handler is closed and the final
 response says Cancel (0xFE00) with the counts so far (PS3.4 C.4.1.3.2,
 C.4.2.3.2, C.4.3.3.2). A handler that raises :class:`QueryFailed` answers
@@ -29,7 +29,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from adicom.association import Association, Message
-from adicom.dimse import Command, CountsTemplate
+from adicom.dimse import DATASET_PRESENT, NO_DATASET, Command, CountsTemplate, Status
 from adicom.errors import DicomError
 from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN, decode_dataset, encode_dataset
 from adicom.storescu import StoreResult, send_instances, sop_instance_of, store
@@ -46,13 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("adicom")
-
-PENDING, SUCCESS, CANCEL = 0xFF00, 0x0000, 0xFE00
-UNABLE_TO_PROCESS = 0xC000
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-MOVE_DESTINATION_UNKNOWN = 0xA801
-SUB_OPERATIONS_FAILED = 0xA702
-SUB_OPERATIONS_WARNING = 0xB000
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +83,7 @@ MoveDestinations = (
 
 
 class Cancelled:
-    """Set by the server when a C-CANCEL-RQ names the operation.
+    """Set by the server when a C-Status.CANCEL-RQ names the operation.
 
     ``in_handler`` is true while the operation awaits its handler: only then
     may the server cancel the operation's task, so that a handler stuck in
@@ -105,7 +98,7 @@ class Cancelled:
 
 
 async def _interruptible(generator: AsyncIterator[Any], cancelled: Cancelled) -> AsyncIterator[Any]:
-    """The handler's items, ending early on a C-CANCEL, even one that comes mid-await."""
+    """The handler's items, ending early on a C-Status.CANCEL, even one that comes mid-await."""
     while not cancelled.is_set:
         cancelled.in_handler = True
         try:
@@ -114,7 +107,7 @@ async def _interruptible(generator: AsyncIterator[Any], cancelled: Cancelled) ->
             return
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            # The server cancels the task for a C-CANCEL (stop here and
+            # The server cancels the task for a C-Status.CANCEL (stop here and
             # answer Cancel) or because the association ended (go on out).
             if cancelled.is_set and task is not None and task.uncancel() == 0:
                 return
@@ -140,11 +133,13 @@ def _context(association: Association, message: Message) -> QRContext:
 def _identifier(association: Association, message: Message) -> Dataset:
     transfer = association.contexts[message.context_id].transfer_syntax
     if message.dataset is None or transfer is None:
-        raise QueryFailed(UNABLE_TO_PROCESS, "the request carries no identifier")
+        raise QueryFailed(Status.CANNOT_UNDERSTAND, "the request carries no identifier")
     try:
         return decode_dataset(message.dataset, transfer)
     except Exception as exc:
-        raise QueryFailed(UNABLE_TO_PROCESS, f"the identifier does not parse: {exc}") from None
+        raise QueryFailed(
+            Status.CANNOT_UNDERSTAND, f"the identifier does not parse: {exc}"
+        ) from None
 
 
 def _response_command(request: Message, status: int, has_dataset: bool, **fields: Any) -> Command:
@@ -154,7 +149,7 @@ def _response_command(request: Message, status: int, has_dataset: bool, **fields
         message_id_being_responded_to=rq.message_id,
         affected_sop_class_uid=rq.affected_sop_class_uid,
         status=status,
-        command_data_set_type=0x0000 if has_dataset else 0x0101,
+        command_data_set_type=DATASET_PRESENT if has_dataset else NO_DATASET,
         **fields,
     )
 
@@ -186,7 +181,7 @@ async def run_find(
         context = _context(association, request)
         generator = handler(identifier, context)
         # Every pending response carries the same command set: encode it once.
-        pending = _response_command(request, PENDING, has_dataset=True)
+        pending = _response_command(request, Status.PENDING, has_dataset=True)
         pending_encoded = pending.encode()
         try:
             async for match in _interruptible(generator, cancelled):
@@ -201,15 +196,15 @@ async def run_find(
                 matches += 1
         finally:
             await _close(generator)
-        # A C-CANCEL that came after the last match still gets Cancel.
-        await _respond(association, request, CANCEL if cancelled.is_set else SUCCESS)
+        # A C-Status.CANCEL that came after the last match still gets Cancel.
+        await _respond(association, request, Status.CANCEL if cancelled.is_set else Status.SUCCESS)
     except QueryFailed as exc:
         await _respond(association, request, exc.status, error_comment=exc.comment[:64])
     except DicomError:
         raise  # the association broke: nothing more to send
     except Exception as exc:
         log.exception("C-FIND handler failed after %d matches", matches)
-        await _respond(association, request, UNABLE_TO_PROCESS, error_comment=str(exc)[:64])
+        await _respond(association, request, Status.CANNOT_UNDERSTAND, error_comment=str(exc)[:64])
 
 
 async def _close(generator: AsyncIterator[Any]) -> None:
@@ -250,16 +245,16 @@ class _Counts:
 
 def _pending_response(request: Message) -> CountsTemplate:
     """The pending C-GET/C-MOVE-RSP of ``request``, encoded once (PS3.7 9.3.3.2, 9.3.4.2)."""
-    return CountsTemplate(_response_command(request, PENDING, False, **_Counts().fields()))
+    return CountsTemplate(_response_command(request, Status.PENDING, False, **_Counts().fields()))
 
 
 def _final_status(counts: _Counts) -> int:
     # PS3.4 C.4.2.1.5 / C.4.3.1.4: all failed -> failure; some -> warning.
     if counts.failed and not counts.completed and not counts.warning:
-        return SUB_OPERATIONS_FAILED
+        return Status.OUT_OF_RESOURCES_SUB_OPERATIONS
     if counts.failed or counts.warning:
-        return SUB_OPERATIONS_WARNING
-    return SUCCESS
+        return Status.SUB_OPERATIONS_WARNING
+    return Status.SUCCESS
 
 
 def _failed_identifier(failed: list[str]) -> Dataset | None:
@@ -280,7 +275,7 @@ async def _run_retrieve(
     """What C-GET and C-MOVE share: start the handler, count, send the final response.
 
     ``send`` takes the handler's instances (after the announced count) and
-    returns False if it stopped on a C-CANCEL.
+    returns False if it stopped on a C-Status.CANCEL.
     """
     counts = _Counts()
     failed: list[str] = []
@@ -297,7 +292,7 @@ async def _run_retrieve(
             finished = await send(items, counts, failed) and not cancelled.is_set
         finally:
             await _close(generator)
-        status = _final_status(counts) if finished else CANCEL
+        status = _final_status(counts) if finished else Status.CANCEL
         await _respond(
             association, request, status, _failed_identifier(failed), **counts.fields(True)
         )
@@ -307,7 +302,7 @@ async def _run_retrieve(
         raise
     except Exception as exc:
         log.exception("retrieve handler failed")
-        await _respond(association, request, UNABLE_TO_PROCESS, error_comment=str(exc)[:64])
+        await _respond(association, request, Status.CANNOT_UNDERSTAND, error_comment=str(exc)[:64])
 
 
 async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -368,7 +363,7 @@ async def run_move(
         await _respond(
             association,
             request,
-            MOVE_DESTINATION_UNKNOWN,
+            Status.MOVE_DESTINATION_UNKNOWN,
             error_comment=f"unknown move destination {name!r}"[:64],
         )
         return
@@ -399,7 +394,7 @@ async def run_move(
             )
 
         try:
-            # On a C-CANCEL nothing more is sent; the sub-operations already
+            # On a C-Status.CANCEL nothing more is sent; the sub-operations already
             # sent are awaited and counted (they are at the destination).
             await store(
                 host,

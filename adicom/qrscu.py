@@ -25,9 +25,11 @@ from pydicom.multival import MultiValue
 
 from adicom.association import Association, Message, Operation
 from adicom.dimse import (
+    DATASET_PRESENT,
     Command,
     CommandField,
     Priority,
+    Status,
     StatusCategory,
     describe_status,
     status_category,
@@ -204,7 +206,7 @@ class FindResults:
                 CommandField.C_FIND_RQ,
                 affected_sop_class_uid=self._sop_class,
                 priority=self._priority,
-                command_data_set_type=0x0000,
+                command_data_set_type=DATASET_PRESENT,
             )
             data = _identifier_bytes(self._association, context_id, self._identifier)
             operation = self._operation = await self._association.start_operation(
@@ -408,7 +410,7 @@ async def get(
         CommandField.C_GET_RQ,
         affected_sop_class_uid=sop_class,
         priority=priority,
-        command_data_set_type=0x0000,
+        command_data_set_type=DATASET_PRESENT,
     )
     server = asyncio.get_running_loop().create_task(serve_stores())
     try:
@@ -437,7 +439,7 @@ async def _answer_sub_operation(
         await association.respond(message, status)
     elif not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
         # Only C-STORE sub-operations belong here (PS3.4 C.4.3.3).
-        await association.respond(message, 0x0211)
+        await association.respond(message, Status.UNRECOGNIZED_OPERATION)
 
 
 async def move(
@@ -461,7 +463,7 @@ async def move(
         CommandField.C_MOVE_RQ,
         affected_sop_class_uid=sop_class,
         priority=priority,
-        command_data_set_type=0x0000,
+        command_data_set_type=DATASET_PRESENT,
         move_destination=destination_ae,
     )
     operation = await association.start_operation(

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from adicom.association import Association, Message
-from adicom.dimse import CommandField
+from adicom.dimse import CommandField, Status
 from adicom.errors import DicomError, describe_reject
 from adicom.negotiation import (
     ASYNC_WINDOW,
@@ -374,7 +374,7 @@ class Server:
         field = message.command.command_field
         if field == CommandField.C_ECHO_RQ:
             # PS3.4 A.4: the Verification SCP answers Success.
-            await association.respond(message, 0x0000)
+            await association.respond(message, Status.SUCCESS)
         elif field == CommandField.C_STORE_RQ and isinstance(message.sink, IncomingInstance):
             # The status goes out only once the instance is stored (or not).
             status = await message.sink.finish()
@@ -393,5 +393,5 @@ class Server:
                     # The handler may be stuck in an await: stop it there.
                     task.cancel()
         else:
-            # Status 0x0211 "unrecognized operation" (PS3.7 C.5.x general statuses).
-            await association.respond(message, 0x0211)
+            # PS3.7 C.5: a request this server does not serve.
+            await association.respond(message, Status.UNRECOGNIZED_OPERATION)

@@ -50,7 +50,7 @@ from pydicom.dataset import Dataset
 
 from adicom.association import Association
 from adicom.client import open_association
-from adicom.dimse import Command, CommandField, DatasetSink, SinkFactory
+from adicom.dimse import Command, CommandField, DatasetSink, SinkFactory, Status
 from adicom.errors import DicomError
 from adicom.fileformat import (
     EXPLICIT_VR_BIG_ENDIAN,
@@ -73,9 +73,6 @@ __all__ = [
 
 log = logging.getLogger("adicom")
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
 
 #: The default folder layout of :class:`DiskStorage`.
 DEFAULT_LAYOUT = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
@@ -220,9 +217,9 @@ class _MemoryInstance(_InMemory):
             dataset = self.dataset()
         except Exception as exc:
             log.warning("cannot decode %s: %s", self.context.sop_instance_uid, exc)
-            return CANNOT_UNDERSTAND
+            return Status.CANNOT_UNDERSTAND
         self._into.append(dataset)
-        return SUCCESS
+        return Status.SUCCESS
 
 
 # --------------------------------------------------------------------------
@@ -389,7 +386,7 @@ class _DiskInstance(IncomingInstance):
         storage = self._storage
         if self.error is not None or self._fd is None or self._temp is None:
             self._discard()
-            return OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         temp = self._temp
         try:
             if storage.fsync:
@@ -398,19 +395,19 @@ class _DiskInstance(IncomingInstance):
             os.close(fd)
         except OSError as exc:
             self._fail(f"cannot write ({exc.strerror or exc}) to {temp}")
-            return OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         try:
             values = self._layout_values()
         except Exception as exc:  # pydicom raises many kinds on bad data
             self._fail(f"the data set does not parse: {exc}")
-            return CANNOT_UNDERSTAND
+            return Status.CANNOT_UNDERSTAND
         final = storage.final_path(values)
         try:
             if storage.on_duplicate == "keep" and final.exists():
                 log.info("%s already stored at %s; keeping the first copy", values, final)
                 self._discard()
                 self.path = final
-                return SUCCESS
+                return Status.SUCCESS
             storage._ensure_folder(final.parent)
             try:
                 os.replace(temp, final)
@@ -421,7 +418,7 @@ class _DiskInstance(IncomingInstance):
                 os.replace(temp, final)
         except OSError as exc:
             self._fail(f"cannot store ({exc.strerror or exc}) at {final}")
-            return OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         self._temp = None
         self.path = final
         storage.stored.append(final)
@@ -432,7 +429,7 @@ class _DiskInstance(IncomingInstance):
                 # The file is stored; a failing hook (an index) must not
                 # turn that into a failure status.
                 log.exception("on_stored failed for %s", final)
-        return SUCCESS
+        return Status.SUCCESS
 
     def _layout_values(self) -> dict[str, str]:
         """The layout's attributes, from the data set's first bytes (or pydicom)."""
@@ -556,7 +553,7 @@ class _CallbackInstance(_InMemory):
     async def finish(self) -> int:
         if self._inner is not None:
             status = await self._inner.finish()
-            if status != SUCCESS or self._inner.path is None:
+            if status != Status.SUCCESS or self._inner.path is None:
                 return status
             self.path = self._inner.path
             argument: object = self.path
@@ -565,13 +562,13 @@ class _CallbackInstance(_InMemory):
                 argument = self.dataset()
             except Exception as exc:
                 log.warning("cannot decode %s: %s", self.context.sop_instance_uid, exc)
-                return CANNOT_UNDERSTAND
+                return Status.CANNOT_UNDERSTAND
         try:
             result = await self._callback(argument, self.context)  # type: ignore[arg-type]
         except Exception:
             log.exception("the storage callback failed for %s", self.context.sop_instance_uid)
-            return CANNOT_UNDERSTAND
-        return SUCCESS if result is None else result
+            return Status.CANNOT_UNDERSTAND
+        return Status.SUCCESS if result is None else result
 
 
 # --------------------------------------------------------------------------
@@ -630,12 +627,12 @@ class ForwardStorage(StorageHandler):
                     )
                 except DicomError as exc:
                     log.warning("cannot forward to %s:%d: %s", self.host, self.port, exc)
-                    return OUT_OF_RESOURCES
+                    return Status.OUT_OF_RESOURCES
                 self._association = association
             context_id = _context_id(association, key)
             if context_id is None:
                 log.warning("%s:%d does not accept %s in %s", self.host, self.port, *key)
-                return OUT_OF_RESOURCES
+                return Status.OUT_OF_RESOURCES
             try:
                 response = await association.send_c_store(
                     context_id, context.sop_class_uid, context.sop_instance_uid, encoded
@@ -643,8 +640,8 @@ class ForwardStorage(StorageHandler):
             except DicomError as exc:
                 log.warning("forwarding %s failed: %s", context.sop_instance_uid, exc)
                 self._association = None
-                return OUT_OF_RESOURCES
-            return response.status if response.status is not None else OUT_OF_RESOURCES
+                return Status.OUT_OF_RESOURCES
+            return response.status if response.status is not None else Status.OUT_OF_RESOURCES
 
     async def aclose(self) -> None:
         """Release the association to the destination."""

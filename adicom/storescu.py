@@ -370,7 +370,7 @@ def _ready(
 def _result(instance: _Instance, response: Command) -> StoreResult:
     status = response.status
     if status is None:
-        return instance.failed("C-STORE-RSP without a status", 0xFFFF)
+        return instance.failed("C-STORE-RSP without a status", 0xFFFF)  # no code of PS3.7: ours
     result = StoreResult(instance.source, instance.sop_class_uid, instance.sop_instance_uid, status)
     if not result.ok:
         comment = f": {response.error_comment}" if response.error_comment else ""

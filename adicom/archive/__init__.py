@@ -29,7 +29,9 @@ import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from adicom.archive.index import ATTRIBUTES, LEVELS, Index, IndexError_, MatchError, chunks
+from adicom.archive.index import ATTRIBUTES, LEVELS, Index, IndexUnusable, MatchError, chunks
+from adicom.dimse import Status
+from adicom.errors import ArchiveError
 from adicom.fileformat import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -49,10 +51,6 @@ COMMIT_DELAY = 0.05
 _INDEX_NAME = ".adicom-index.sqlite"
 
 
-class ArchiveError(Exception):
-    """The archive cannot start (its index is unusable, its folder not writable)."""
-
-
 class Archive:
     """A folder of DICOM files, indexed in SQLite, served by C-FIND/C-GET/C-MOVE."""
 
@@ -61,7 +59,7 @@ class Archive:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.index = Index(self.root / _INDEX_NAME)
-        except IndexError_ as exc:
+        except IndexUnusable as exc:
             raise ArchiveError(str(exc)) from None
         except OSError as exc:
             raise ArchiveError(f"cannot use {self.root}: {exc.strerror or exc}") from None
@@ -323,7 +321,9 @@ def _value(vr: str, text: str) -> Any:
 def _keys(identifier: Dataset) -> tuple[str, dict[str, str]]:
     level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
     if level not in LEVELS:
-        raise QueryFailed(0xA900, f"Query/Retrieve Level {level!r} is not supported")
+        raise QueryFailed(
+            Status.IDENTIFIER_DOES_NOT_MATCH, f"Query/Retrieve Level {level!r} is not supported"
+        )
     keys: dict[str, str] = {}
     for element in identifier:
         keyword = element.keyword

@@ -24,7 +24,10 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ATTRIBUTES", "Index", "IndexError_", "MatchError", "LEVELS"]
+from adicom.dimse import Status
+from adicom.errors import ArchiveError
+
+__all__ = ["ATTRIBUTES", "LEVELS", "Index", "IndexUnusable", "MatchError"]
 
 # keyword -> (column, level, VR): the attributes the index keeps.
 ATTRIBUTES: dict[str, tuple[str, str, str]] = {
@@ -75,14 +78,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 _VERSION = "1"
 
 
-class IndexError_(Exception):
+class IndexUnusable(ArchiveError):
     """The index database cannot be used (corrupt, not a database, wrong version)."""
 
 
-class MatchError(ValueError):
+class MatchError(ArchiveError, ValueError):
     """A matching key has a value PS3.4 C.2.2.2 does not allow; ``status`` to answer."""
 
-    def __init__(self, message: str, status: int = 0xA900) -> None:
+    def __init__(self, message: str, status: int = Status.IDENTIFIER_DOES_NOT_MATCH) -> None:
         super().__init__(message)
         self.status = status
 
@@ -106,7 +109,7 @@ def _escape_glob(text: str) -> str:
 class Index:
     """The instance table in ``path`` (created if missing).
 
-    Raises :class:`IndexError_` with a plain message when the file is not a
+    Raises :class:`IndexUnusable` with a plain message when the file is not a
     usable database.
     """
 
@@ -126,12 +129,12 @@ class Index:
             if found is None:
                 self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_VERSION,))
             elif found[0] != _VERSION:
-                raise IndexError_(
+                raise IndexUnusable(
                     f"the index {self.path} has version {found[0]}, not {_VERSION}; "
                     "move it away and it will be rebuilt from the files"
                 )
         except sqlite3.DatabaseError as exc:
-            raise IndexError_(
+            raise IndexUnusable(
                 f"the index {self.path} cannot be used ({exc}); "
                 "move it away and it will be rebuilt from the files"
             ) from None

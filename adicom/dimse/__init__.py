@@ -12,6 +12,7 @@ Nothing in this package does I/O:
 """
 
 from adicom.dimse.commands import (
+    DATASET_PRESENT,
     NO_DATASET,
     Command,
     CommandField,
@@ -41,6 +42,7 @@ from adicom.dimse.framing import (
 from adicom.dimse.status import Status, StatusCategory, describe_status, status_category
 
 __all__ = [
+    "DATASET_PRESENT",
     "MAX_SEND_PDU",
     "NO_DATASET",
     "Command",

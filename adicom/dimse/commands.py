@@ -16,6 +16,7 @@ from typing import Any
 from adicom.errors import RemoteProtocolError
 
 __all__ = [
+    "DATASET_PRESENT",
     "NO_DATASET",
     "Command",
     "CommandField",
@@ -53,6 +54,9 @@ class Priority(enum.IntEnum):
 #: Command Data Set Type (0000,0800) value meaning "no data set" (PS3.7 E.1-1);
 #: any other value means a data set follows.
 NO_DATASET = 0x0101
+#: The Command Data Set Type adicom sends when a data set follows (any value
+#: but NO_DATASET says so; 0x0000 is what PS3.7's examples and most peers use).
+DATASET_PRESENT = 0x0000
 
 
 _US, _UL, _UI, _AE, _LO, _AT = "US", "UL", "UI", "AE", "LO", "AT"
@@ -203,7 +207,7 @@ def c_store_rq(
         affected_sop_class_uid=sop_class_uid,
         affected_sop_instance_uid=sop_instance_uid,
         priority=priority,
-        command_data_set_type=0x0000,
+        command_data_set_type=DATASET_PRESENT,
         move_originator_ae_title=move_originator[0] if move_originator else None,
         move_originator_message_id=move_originator[1] if move_originator else None,
     )
