@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 import adicom
 from adicom import qrscu
@@ -27,7 +27,7 @@ def make_instances(count: int) -> list[Dataset]:
     assert path is not None
     template = pydicom.dcmread(path)
     study = generate_uid()
-    out = []
+    out: list[Dataset] = []
     for index in range(count):
         dataset = copy.deepcopy(template)
         dataset.StudyInstanceUID = study
@@ -391,7 +391,7 @@ async def test_get_pending_counts_add_up_with_a_failure_among_them(window: int) 
     # counts that add up, in order, whatever the window.
     instances = make_instances(9)
     mr = copy.deepcopy(instances[4])
-    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")
     instances[4] = mr  # no context with the SCP role for MR: fails, is listed
     archive = Archive(instances)
     contexts, roles = qrscu.get_contexts(sop_classes=["1.2.840.10008.5.1.4.1.1.2"])

@@ -223,7 +223,9 @@ async def test_full_disk_leaves_no_partial_file(
             return real_open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
         return real_open(path, flags, mode, **kwargs)
 
-    monkeypatch.setattr(storage_module.os, "open", full_disk_open)
+    # adicom.storage calls os.open through the os module (the one object
+    # every importer shares), so patching it here reaches the store.
+    monkeypatch.setattr(os, "open", full_disk_open)
     disk = adicom.DiskStorage(tmp_path)
     async with scp(disk) as server:
         (result,) = await adicom.store(

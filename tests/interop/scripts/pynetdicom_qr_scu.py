@@ -39,7 +39,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
-from pynetdicom.events import Event
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -98,9 +99,9 @@ def main() -> int:
     ae.connection_timeout = args.timeout
     ae.add_requested_context(model)
 
-    roles = []
+    scp_role_classes: list[str] = []
     stored: list[dict[str, str]] = []
-    handlers = []
+    handlers: list[EventHandlerType] = []
     if args.service == "get":
         if args.output_directory is None:
             parser.error("get needs --output-directory")
@@ -108,9 +109,10 @@ def main() -> int:
         for spec in args.store_context:
             sop_class, _, syntaxes = spec.partition("=")
             ae.add_requested_context(sop_class, syntaxes.split(","))
-            roles.append(build_role(sop_class, scp_role=True))
+            scp_role_classes.append(sop_class)
 
         def handle_store(event: Event) -> int:
+            assert isinstance(event.request, C_STORE)  # bound to EVT_C_STORE only
             uid = str(event.request.AffectedSOPInstanceUID)
             final = out_dir / f"{uid}.dcm"
             partial = out_dir / f".{uid}.partial"
@@ -139,8 +141,14 @@ def main() -> int:
         "final_status": None,
     }
     query = _identifier(args.level, args.key)
+    # The role list is built in the call: associate() wants a list of its whole
+    # union of negotiation items, and a list built elsewhere would be narrower.
     assoc = ae.associate(
-        args.host, args.port, ae_title=args.aec, ext_neg=roles or None, evt_handlers=handlers
+        args.host,
+        args.port,
+        ae_title=args.aec,
+        ext_neg=[build_role(uid, scp_role=True) for uid in scp_role_classes] or None,
+        evt_handlers=handlers,
     )
     responses: list[dict[str, Any]] = []
     if assoc.is_established:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -36,6 +37,7 @@ def main() -> int:
     syntaxes = args.transfer_syntax or list(ALL_TRANSFER_SYNTAXES)
 
     def handle_store(event: Event) -> int:
+        assert isinstance(event.request, C_STORE)  # bound to EVT_C_STORE only
         uid = str(event.request.AffectedSOPInstanceUID)
         final = out_dir / f"{uid}.dcm"
         partial = out_dir / f".{uid}.partial"
@@ -47,6 +49,7 @@ def main() -> int:
     ae.require_called_aet = True
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None  # pynetdicom builds each with one
         ae.add_supported_context(context.abstract_syntax, syntaxes)
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
