@@ -25,9 +25,8 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from adicom import protocol as ul
 from adicom.dimse import (
@@ -64,13 +63,13 @@ from adicom.negotiation import (
     peer_max_pdu_problem,
     requestor_agreement,
 )
+from adicom.operation import MessageQueue, Operation, bounded
 from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from adicom.presentation import VERIFICATION, PresentationContext
 
 __all__ = ["Association", "Message", "Operation"]
 
 log = logging.getLogger("adicom")
-_T = TypeVar("_T")
 
 #: Longest time (s) sending one message holds the event loop before
 #: letting other work run.
@@ -80,75 +79,6 @@ SEND_SLICE = 0.002
 BATCH_MESSAGES = 16
 #: A message's PDUs are written once this many bytes are waiting.
 WRITE_BYTES = 256 * 1024
-
-
-async def _bounded(
-    awaitable: Awaitable[_T], which: TimeoutKind, seconds: float | None, detail: str = ""
-) -> _T:
-    """``await awaitable``, raising DicomTimeout(which) after ``seconds`` (None: no bound)."""
-    if seconds is None:
-        return await awaitable
-    try:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    except TimeoutError:
-        raise DicomTimeout(which, seconds, detail) from None
-
-
-_END = Exception("end of messages")
-
-#: The requests C-CANCEL-RQ applies to (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3).
-_CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
-
-
-class _Queue:
-    """Messages for one consumer task (one request's responses, or the peer's requests)."""
-
-    __slots__ = ("_error", "_items", "_ready", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[Message] = deque()
-        self._ready = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-
-    def put(self, message: Message) -> None:
-        self._items.append(message)
-        self._wake()
-
-    def fail(self, error: BaseException | None) -> None:
-        """End the stream: with an error to raise, or None for a normal end."""
-        if self._error is None:
-            self._error = error if error is not None else _END
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self) -> Message | None:
-        """The next message; None once the stream ended normally.
-
-        A backlog (a fast peer's C-FIND responses) is handed out with a
-        pass through the event loop every few messages, so decoding it
-        never holds the loop for long.
-        """
-        if self._items:
-            self._ready += 1
-            if self._ready >= 16:
-                self._ready = 0
-                await asyncio.sleep(0)
-        while not self._items:
-            if self._error is _END:
-                return None
-            if self._error is not None:
-                raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
 
 
 class _Transport(asyncio.BufferedProtocol):
@@ -229,7 +159,7 @@ class Association:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._operations: dict[int, Operation] = {}
-        self._incoming = _Queue()
+        self._incoming = MessageQueue()
         self._reserved = 0  # requests waiting to be sent, counted in the window
         self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._send_lock = asyncio.Lock()
@@ -349,7 +279,7 @@ class Association:
             # The transport connected before we asked (it always has).
             self._ul.connection_made(self._loop.time())
             self._after_io()
-        event = await _bounded(
+        event = await bounded(
             self._association_answer,
             TimeoutKind.ASSOCIATION,
             timeout,
@@ -406,7 +336,7 @@ class Association:
             self.close()
             return
         for operation in list(self._operations.values()):
-            if operation.command_field in _CANCELLABLE:
+            if operation.cancellable:
                 await operation.cancel()
             else:
                 with contextlib.suppress(DicomError):
@@ -418,7 +348,7 @@ class Association:
         self._ul.request_release(self._loop.time())
         self._after_io()
         try:
-            await _bounded(asyncio.shield(self._release_done), TimeoutKind.RELEASE, timeout)
+            await bounded(asyncio.shield(self._release_done), TimeoutKind.RELEASE, timeout)
         except DicomTimeout:
             self.abort()
             raise
@@ -450,7 +380,7 @@ class Association:
     async def wait_closed(self, timeout: float | None = 10.0) -> None:
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
         try:
-            await _bounded(asyncio.shield(self._closed), TimeoutKind.CLOSE, timeout)
+            await bounded(asyncio.shield(self._closed), TimeoutKind.CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
@@ -575,7 +505,7 @@ class Association:
         operation = self._operations.get(message_id)
         if operation is None:
             return  # the DIMSE layer keeps only what is awaited; nothing to do
-        operation._queue.put(event.message)
+        operation.deliver(event.message)
         if event.final:
             del self._operations[message_id]
             self._wake_room()
@@ -654,7 +584,7 @@ class Association:
 
     def _fail_operations(self, error: DicomError) -> None:
         for operation in self._operations.values():
-            operation._queue.fail(error)
+            operation.fail(error)
             self._dimse.forget(operation.message_id)
         self._operations.clear()
         self._wake_room()
@@ -675,6 +605,13 @@ class Association:
             raise LocalProtocolError(
                 f"the association is not established (state {self._ul.state.name.title()})"
             )
+
+    def forget(self, operation: Operation) -> None:
+        """Stop routing responses to ``operation``; later ones are logged and dropped."""
+        if self._operations.get(operation.message_id) is operation:
+            del self._operations[operation.message_id]
+            self._dimse.forget(operation.message_id)
+            self._wake_room()
 
     def next_message_id(self) -> int:
         """A fresh Message ID (PS3.7 9.3.1.1: unique among outstanding requests)."""
@@ -742,7 +679,7 @@ class Association:
         self._flush()
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
-        await _bounded(waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading")
+        await bounded(waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading")
         self._check_open()
 
     async def _room(self) -> None:
@@ -751,7 +688,7 @@ class Association:
             self._check_open()
             waiter = self._loop.create_future()
             self._room_waiters.append(waiter)
-            await _bounded(
+            await bounded(
                 waiter, TimeoutKind.DIMSE, self.dimse_timeout, "no room in the operations window"
             )
         self._reserved += 1
@@ -872,112 +809,3 @@ def _response_name(command: Command) -> str:
         return CommandField(command.command_field | 0x8000).name.replace("_", "-")
     except ValueError:
         return f"response to command 0x{command.command_field:04X}"
-
-
-class Operation:
-    """An outstanding request and its responses (PS3.7 9.1.2 to 9.1.4).
-
-    Responses come in order; pending ones (0xFF00, 0xFF01) are followed by
-    exactly one final response. Waiting for each is bounded by the
-    association's DIMSE timeout; when it runs out the association is
-    aborted, since a late response could no longer be told from another's.
-    """
-
-    def __init__(
-        self, association: Association, context_id: int, request: Command, name: str
-    ) -> None:
-        self.association = association
-        self.context_id = context_id
-        self.message_id = request.message_id or 0
-        #: The request's Command Field (C-FIND-RQ, C-STORE-RQ, ...).
-        self.command_field = request.command_field
-        self.name = name
-        self._queue = _Queue()
-        #: True once the final response arrived (or the operation was given up).
-        self.done = False
-        #: True once C-CANCEL-RQ was sent.
-        self.cancel_sent = False
-
-    def forget(self) -> None:
-        """Give up on the responses: later ones are logged and dropped."""
-        self.done = True
-        association = self.association
-        if association._operations.get(self.message_id) is self:
-            del association._operations[self.message_id]
-            association._dimse.forget(self.message_id)
-            association._wake_room()
-
-    async def next_response(self, timeout: float | None = None) -> Message:
-        """The next response; raises DicomTimeout (and aborts) if none comes in time."""
-        if self.done:
-            raise LocalProtocolError(f"{self.name}: the final response has been received")
-        association = self.association
-        seconds = association.dimse_timeout if timeout is None else timeout
-        try:
-            reply = await _bounded(self._queue.get(), TimeoutKind.DIMSE, seconds, f"no {self.name}")
-        except DicomTimeout:
-            self.forget()
-            association.abort()
-            raise
-        except DicomError:
-            self.forget()
-            raise
-        if reply is None:
-            self.forget()
-            raise AssociationError(f"the association ended before the final {self.name}")
-        status = reply.command.status
-        if status is None:
-            self.forget()
-            raise DimseError(0xFFFF, f"{self.name} without a status")
-        if status_category(status) is not StatusCategory.PENDING:
-            self.done = True
-        return reply
-
-    async def result(self) -> Command:
-        """The final response's command (pending responses before it are skipped)."""
-        while True:
-            reply = await self.next_response()
-            if self.done:
-                return reply.command
-
-    async def cancel(self, wait: float = 5.0) -> Message | None:
-        """Send C-CANCEL-RQ and wait up to ``wait`` seconds for the final response.
-
-        Returns the final response (usually status 0xFE00, Cancel), or None
-        when the peer did not answer in time: the association is then
-        aborted, since its state is no longer known (PS3.7 9.3.2.3).
-        Pending responses that arrive meanwhile are dropped.
-        """
-        association = self.association
-        if self.done:
-            return None
-        if not association.is_established:
-            self.forget()
-            return None
-        if not self.cancel_sent:
-            self.cancel_sent = True
-            cancel = Command(
-                CommandField.C_CANCEL_RQ, message_id_being_responded_to=self.message_id
-            )
-            try:
-                await association.send_message(self.context_id, cancel)
-            except DicomError:
-                self.forget()
-                return None
-        clock = association._loop.time
-        deadline = clock() + wait
-        try:
-            while not self.done:
-                remaining = deadline - clock()
-                if remaining <= 0:
-                    raise DicomTimeout(TimeoutKind.CANCEL, wait)
-                reply = await self.next_response(remaining)
-                if self.done:
-                    return reply
-        except DicomTimeout:
-            log.warning("%s: no final response %g s after C-CANCEL; aborting", self.name, wait)
-            self.forget()
-            association.abort()
-        except DicomError:
-            self.forget()
-        return None

@@ -1,0 +1,226 @@
+"""What tasks await on an association: message queues and outstanding operations.
+
+An :class:`Operation` is one request of ours and the responses it gets (PS3.7
+9.1.2 to 9.1.4); a :class:`MessageQueue` hands messages to the one task that
+waits for them (an operation's responses, or the peer's requests). The
+association delivers into both from its transport callbacks; tasks take from
+them with bounded waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+from adicom.dimse import Command, CommandField, Message, StatusCategory, status_category
+from adicom.errors import (
+    AssociationError,
+    DicomError,
+    DicomTimeout,
+    DimseError,
+    LocalProtocolError,
+    TimeoutKind,
+)
+
+if TYPE_CHECKING:  # the association creates operations; only its type is needed here
+    from adicom.association import Association
+
+__all__ = ["MessageQueue", "Operation", "bounded"]
+
+log = logging.getLogger("adicom")
+_T = TypeVar("_T")
+
+#: The requests C-CANCEL-RQ applies to (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3).
+_CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
+
+
+async def bounded(
+    awaitable: Awaitable[_T], which: TimeoutKind, seconds: float | None, detail: str = ""
+) -> _T:
+    """``await awaitable``, raising DicomTimeout(which) after ``seconds`` (None: no bound)."""
+    if seconds is None:
+        return await awaitable
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise DicomTimeout(which, seconds, detail) from None
+
+
+_END = Exception("end of messages")
+
+
+class MessageQueue:
+    """Messages for one consumer task, ended normally or with an error."""
+
+    __slots__ = ("_error", "_items", "_ready", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Message] = deque()
+        self._ready = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def put(self, message: Message) -> None:
+        """Add a message (from a transport callback)."""
+        self._items.append(message)
+        self._wake()
+
+    def fail(self, error: BaseException | None) -> None:
+        """End the stream: with an error to raise, or None for a normal end."""
+        if self._error is None:
+            self._error = error if error is not None else _END
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Message | None:
+        """The next message; None once the stream ended normally.
+
+        A backlog (a fast peer's C-FIND responses) is handed out with a
+        pass through the event loop every few messages, so decoding it
+        never holds the loop for long.
+        """
+        if self._items:
+            self._ready += 1
+            if self._ready >= 16:
+                self._ready = 0
+                await asyncio.sleep(0)
+        while not self._items:
+            if self._error is _END:
+                return None
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+class Operation:
+    """An outstanding request and its responses (PS3.7 9.1.2 to 9.1.4).
+
+    Responses come in order; pending ones (0xFF00, 0xFF01) are followed by
+    exactly one final response. Waiting for each is bounded by the
+    association's DIMSE timeout; when it runs out the association is
+    aborted, since a late response could no longer be told from another's.
+    Made by :meth:`Association.start_operation
+    <adicom.association.Association.start_operation>`.
+    """
+
+    def __init__(
+        self, association: Association, context_id: int, request: Command, name: str
+    ) -> None:
+        self.association = association
+        self.context_id = context_id
+        self.message_id = request.message_id or 0
+        #: The request's Command Field (C-FIND-RQ, C-STORE-RQ, ...).
+        self.command_field = request.command_field
+        self.name = name
+        self._responses = MessageQueue()
+        #: True once the final response arrived (or the operation was given up).
+        self.done = False
+        #: True once C-CANCEL-RQ was sent.
+        self.cancel_sent = False
+
+    @property
+    def cancellable(self) -> bool:
+        """True for C-FIND, C-GET and C-MOVE, which C-CANCEL-RQ can stop."""
+        return self.command_field in _CANCELLABLE
+
+    def deliver(self, message: Message) -> None:
+        """A response arrived (called by the association)."""
+        self._responses.put(message)
+
+    def fail(self, error: DicomError) -> None:
+        """The association ended before the final response (called by the association)."""
+        self._responses.fail(error)
+
+    def forget(self) -> None:
+        """Give up on the responses: later ones are logged and dropped."""
+        self.done = True
+        self.association.forget(self)
+
+    async def next_response(self, timeout: float | None = None) -> Message:
+        """The next response; raises DicomTimeout (and aborts) if none comes in time."""
+        if self.done:
+            raise LocalProtocolError(f"{self.name}: the final response has been received")
+        association = self.association
+        seconds = association.dimse_timeout if timeout is None else timeout
+        try:
+            reply = await bounded(
+                self._responses.get(), TimeoutKind.DIMSE, seconds, f"no {self.name}"
+            )
+        except DicomTimeout:
+            self.forget()
+            association.abort()
+            raise
+        except DicomError:
+            self.forget()
+            raise
+        if reply is None:
+            self.forget()
+            raise AssociationError(f"the association ended before the final {self.name}")
+        status = reply.command.status
+        if status is None:
+            self.forget()
+            raise DimseError(0xFFFF, f"{self.name} without a status")
+        if status_category(status) is not StatusCategory.PENDING:
+            self.done = True
+        return reply
+
+    async def result(self) -> Command:
+        """The final response's command (pending responses before it are skipped)."""
+        while True:
+            reply = await self.next_response()
+            if self.done:
+                return reply.command
+
+    async def cancel(self, wait: float = 5.0) -> Message | None:
+        """Send C-CANCEL-RQ and wait up to ``wait`` seconds for the final response.
+
+        Returns the final response (usually status 0xFE00, Cancel), or None
+        when the peer did not answer in time: the association is then
+        aborted, since its state is no longer known (PS3.7 9.3.2.3).
+        Pending responses that arrive meanwhile are dropped.
+        """
+        association = self.association
+        if self.done:
+            return None
+        if not association.is_established:
+            self.forget()
+            return None
+        if not self.cancel_sent:
+            self.cancel_sent = True
+            cancel = Command(
+                CommandField.C_CANCEL_RQ, message_id_being_responded_to=self.message_id
+            )
+            try:
+                await association.send_message(self.context_id, cancel)
+            except DicomError:
+                self.forget()
+                return None
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + wait
+        try:
+            while not self.done:
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    raise DicomTimeout(TimeoutKind.CANCEL, wait)
+                reply = await self.next_response(remaining)
+                if self.done:
+                    return reply
+        except DicomTimeout:
+            log.warning("%s: no final response %g s after C-CANCEL; aborting", self.name, wait)
+            self.forget()
+            association.abort()
+        except DicomError:
+            self.forget()
+        return None
