@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import pydicom
 from pydicom import uid as _uid
 from pydicom.uid import UID
 
@@ -39,6 +40,8 @@ __all__ = [
 
 #: Verification SOP Class (PS3.4 Annex A).
 VERIFICATION = UID("1.2.840.10008.1.1")
+#: CT Image Storage (PS3.4 B.5): a storage class every registry has.
+CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 #: Uncompressed transfer syntaxes, in adicom's order of preference: explicit
 #: little endian first (self-describing, what most modern peers send), then
@@ -52,17 +55,30 @@ DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 
 def _storage_sop_classes() -> tuple[str, ...]:
-    # pydicom keeps the registry of UIDs (PS3.6 Table A-1) in a private
-    # module; the storage SOP classes are the SOP classes named "... Storage".
+    """The storage SOP classes pydicom knows; fails loudly if it cannot say.
+
+    pydicom keeps its registry of UIDs (PS3.6 Table A-1) in a private module.
+    A pydicom that moved it must not leave a storage SCP accepting nothing,
+    silently: adicom then refuses to import, naming the cause.
+    """
     try:
         from pydicom._uid_dict import UID_dictionary
-    except ImportError:  # pragma: no cover - a pydicom that moved it
-        return ()
-    return tuple(
+    except ImportError as exc:  # pragma: no cover - a pydicom that moved it
+        raise ImportError(
+            "adicom reads the storage SOP classes from pydicom._uid_dict, which this "
+            f"pydicom ({pydicom.__version__}) lacks: {exc}"
+        ) from exc
+    found = tuple(
         uid
         for uid, (name, kind, *_) in UID_dictionary.items()
         if kind == "SOP Class" and "Storage" in name and "Commitment" not in name
     )
+    if CT_IMAGE_STORAGE not in found:  # pragma: no cover - a registry of another shape
+        raise ImportError(
+            f"pydicom {pydicom.__version__}'s UID registry names no CT Image Storage: "
+            "adicom cannot tell which SOP classes are storage classes"
+        )
+    return found
 
 
 #: Every storage SOP class of PS3.4 Annex B that pydicom knows (retired ones too).

@@ -398,76 +398,104 @@ async def send_instances(
     before each new instance; those in flight are still awaited. Errors of
     the association propagate.
     """
-    window = association.max_outstanding
-    inflight: deque[tuple[_Outgoing, Operation]] = deque()
-    choices: dict[tuple[str, str], tuple[int, str] | None] = {}
-    upcoming: _Outgoing | None = None
-    #: A result not yet handed to on_result: the next request went first.
-    unreported: tuple[_Instance, StoreResult] | None = None
+    pipeline = _Pipeline(
+        association, instances, on_result, scp_role_required, move_originator, stop
+    )
+    await pipeline.run()
 
-    def stopped() -> bool:
-        return stop is not None and stop()
 
-    async def next_ready() -> _Outgoing | None:
-        while not stopped():
-            item = await anext(instances, None)
+class _Pipeline:
+    """One :func:`send_instances` call: what is in flight, what goes next, what to report."""
+
+    def __init__(
+        self,
+        association: Association,
+        instances: AsyncIterator[_Instance | str | os.PathLike[str] | Dataset],
+        on_result: Callable[[_Instance, StoreResult], Awaitable[None]],
+        scp_role_required: bool,
+        move_originator: tuple[str, int] | None,
+        stop: Callable[[], bool] | None,
+    ) -> None:
+        self.association = association
+        self.instances = instances
+        self.on_result = on_result
+        self.scp_role_required = scp_role_required
+        self.move_originator = move_originator
+        self.stop = stop
+        self.window = association.max_outstanding
+        self.inflight: deque[tuple[_Outgoing, Operation]] = deque()
+        self.choices: dict[tuple[str, str], tuple[int, str] | None] = {}
+        self.upcoming: _Outgoing | None = None
+        #: A result not yet handed to on_result: the next request went first.
+        self.unreported: tuple[_Instance, StoreResult] | None = None
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop()
+
+    async def run(self) -> None:
+        try:
+            self.upcoming = await self.next_ready()
+            while self.upcoming is not None or self.inflight or self.unreported is not None:
+                await self.fill_window()
+                await self.report()  # when no request could go first
+                if not self.inflight:
+                    break  # all sent and answered, or stopped
+                outgoing, operation = self.inflight.popleft()
+                response = await operation.result()
+                # Handed on after the next request leaves, if one can: with
+                # one request in flight (a C-GET requestor that takes no
+                # window) the peer then waits only for the response to be
+                # read, not for what the caller does with the result (a
+                # C-GET pending response, a progress callback).
+                self.unreported = (outgoing.instance, _result(outgoing.instance, response))
+        finally:
+            for _, operation in self.inflight:
+                operation.forget()
+            if self.upcoming is not None:
+                self.upcoming.close()
+
+    async def fill_window(self) -> None:
+        """Send what is ready while the window has room, readying the next meanwhile."""
+        while self.upcoming is not None and len(self.inflight) < self.window:
+            outgoing, self.upcoming = self.upcoming, None
+            if self.stopped():
+                outgoing.close()
+                return
+            assert outgoing.command is not None
+            try:
+                operation = await self.association.start_operation(
+                    outgoing.context_id, outgoing.command, outgoing.source, encoded=outgoing.encoded
+                )
+            finally:
+                outgoing.close()
+            self.inflight.append((outgoing, operation))
+            await self.report()
+            self.upcoming = await self.next_ready()  # while the peer works on what was sent
+
+    async def report(self) -> None:
+        if self.unreported is not None:
+            result, self.unreported = self.unreported, None
+            await self.on_result(*result)
+
+    async def next_ready(self) -> _Outgoing | None:
+        """The next instance that can go, its C-STORE-RQ made; refused ones are reported."""
+        while not self.stopped():
+            item = await anext(self.instances, None)
             if item is None:
                 return None
             instance = item if isinstance(item, _Instance) else _prepare(item, preload=True)
-            ready = _ready(association, instance, scp_role_required, choices)
+            ready = _ready(self.association, instance, self.scp_role_required, self.choices)
             if isinstance(ready, _Outgoing):
                 ready.command = c_store_rq(
                     instance.sop_class_uid,
                     instance.sop_instance_uid,
-                    message_id=association.next_message_id(),
-                    move_originator=move_originator,
+                    message_id=self.association.next_message_id(),
+                    move_originator=self.move_originator,
                 )
                 ready.encoded = ready.command.encode()
                 return ready
-            await on_result(instance, ready)
+            await self.on_result(instance, ready)
         return None
-
-    try:
-        upcoming = await next_ready()
-        while upcoming is not None or inflight or unreported is not None:
-            while upcoming is not None and len(inflight) < window:
-                outgoing, upcoming = upcoming, None
-                if stopped():
-                    outgoing.close()
-                    break
-                assert outgoing.command is not None
-                try:
-                    operation = await association.start_operation(
-                        outgoing.context_id,
-                        outgoing.command,
-                        outgoing.source,
-                        encoded=outgoing.encoded,
-                    )
-                finally:
-                    outgoing.close()
-                inflight.append((outgoing, operation))
-                if unreported is not None:
-                    result, unreported = unreported, None
-                    await on_result(*result)
-                upcoming = await next_ready()  # while the peer works on what was sent
-            if unreported is not None:  # no request could go first
-                result, unreported = unreported, None
-                await on_result(*result)
-            if not inflight:
-                break  # all sent and answered, or stopped
-            outgoing, operation = inflight.popleft()
-            response = await operation.result()
-            # Handed on after the next request leaves, if one can: with one
-            # request in flight (a C-GET requestor that takes no window) the
-            # peer then waits only for the response to be read, not for
-            # what the caller does with the result (a C-GET pending
-            # response, a progress callback).
-            unreported = (outgoing.instance, _result(outgoing.instance, response))
-    finally:
-        for _, operation in inflight:
-            operation.forget()
-        if upcoming is not None:
-            upcoming.close()
 
 
 async def store(
@@ -503,13 +531,7 @@ async def store(
             if outcome is not None:
                 await outcome
 
-    expanded: list[str | os.PathLike[str] | Dataset] = []
-    for source in sources:
-        if isinstance(source, Dataset):
-            expanded.append(source)
-        else:
-            expanded.extend(iter_files([source]))
-    instances = [_prepare(source) for source in expanded]
+    instances = [_prepare(source) for source in _expand(sources)]
     results: list[StoreResult | None] = [None] * len(instances)
     position = {id(instance): i for i, instance in enumerate(instances)}
 
@@ -550,6 +572,17 @@ async def store(
     failed = sum(not r.ok for r in done)
     log.info("Stored %d instances on %s: %d failed", len(done) - failed, called_ae, failed)
     return done
+
+
+def _expand(
+    sources: Iterable[str | os.PathLike[str] | Dataset],
+) -> Iterator[str | os.PathLike[str] | Dataset]:
+    """Datasets as they are, files, and the files of folders (recursively)."""
+    for source in sources:
+        if isinstance(source, Dataset):
+            yield source
+        else:
+            yield from iter_files([source])
 
 
 async def _each(instances: Iterable[_Instance]) -> AsyncIterator[_Instance]:

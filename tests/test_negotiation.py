@@ -1,0 +1,162 @@
+"""Association negotiation as pure functions: the request, the answer, what both agreed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from pydicom.uid import UID
+
+from adicom.negotiation import (
+    MIN_PEER_MAX_PDU,
+    AcceptorPolicy,
+    Agreement,
+    build_request,
+    negotiate,
+    requestor_agreement,
+)
+from adicom.pdu import (
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AsyncOperationsWindow,
+    RoleSelection,
+    UserIdentityAC,
+    UserIdentityRQ,
+)
+from adicom.presentation import CT_IMAGE_STORAGE, STORAGE_SOP_CLASSES, VERIFICATION
+
+IMPLICIT = "1.2.840.10008.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
+GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+POLICY = AcceptorPolicy(
+    ae_title="SCP",
+    supported={VERIFICATION: (EXPLICIT, IMPLICIT), CT_IMAGE_STORAGE: (EXPLICIT, IMPLICIT)},
+    async_window=8,
+)
+
+
+def request(
+    *,
+    called_ae: str = "SCP",
+    contexts: Sequence[tuple[str, Sequence[str]]] = ((VERIFICATION, (IMPLICIT, EXPLICIT)),),
+    roles: Sequence[RoleSelection] = (),
+    user_identity: UserIdentityRQ | None = None,
+    max_pdu: int = 16384,
+    async_window: int = 16,
+) -> AAssociateRQ:
+    return build_request(
+        calling_ae="SCU",
+        called_ae=called_ae,
+        contexts=contexts,
+        roles=roles,
+        user_identity=user_identity,
+        max_pdu=max_pdu,
+        async_window=async_window,
+    )
+
+
+def accepted(
+    answer: tuple[AAssociateAC, Agreement] | AAssociateRJ,
+) -> tuple[AAssociateAC, Agreement]:
+    assert not isinstance(answer, AAssociateRJ), answer
+    return answer
+
+
+def test_the_acceptor_chooses_by_its_own_preference() -> None:
+    rq = request()
+    response, agreement = accepted(negotiate(rq, POLICY))
+    (context,) = response.presentation_contexts
+    assert (context.result, context.transfer_syntax) == (0, EXPLICIT)
+    assert agreement.contexts[1].transfer_syntax == EXPLICIT
+    assert agreement.peer_max_pdu == rq.user_information.maximum_length
+
+
+@pytest.mark.parametrize(
+    ("options", "policy", "expected"),
+    [
+        ({"called_ae": "OTHER"}, POLICY, AAssociateRJ(1, 1, 7)),
+        ({}, replace(POLICY, allowed_calling_aes={"MODALITY"}), AAssociateRJ(1, 1, 3)),
+        ({"contexts": [("1.2.3.4", [IMPLICIT])]}, POLICY, AAssociateRJ(1, 1, 1)),
+        ({"max_pdu": MIN_PEER_MAX_PDU - 1}, POLICY, AAssociateRJ(1, 1, 1)),
+    ],
+    ids=["called-ae", "calling-ae", "no-context", "tiny-max-pdu"],
+)
+def test_rejections_carry_the_standards_reasons(
+    options: dict[str, Any], policy: AcceptorPolicy, expected: AAssociateRJ
+) -> None:
+    assert negotiate(request(**options), policy) == expected
+
+
+def test_a_wrong_application_context_is_rejected() -> None:
+    rq = replace(request(), application_context="1.2.3")
+    assert negotiate(rq, POLICY) == AAssociateRJ(1, 1, 2)
+
+
+def test_a_maximum_pdu_of_zero_means_no_limit_and_is_accepted() -> None:
+    _, agreement = accepted(negotiate(request(max_pdu=0), POLICY))
+    assert agreement.peer_max_pdu == 0
+
+
+def test_the_window_is_agreed_down_and_mirrored_for_the_requestor() -> None:
+    rq = request(async_window=16)
+    response, acceptor = accepted(negotiate(rq, POLICY))
+    assert response.user_information.async_operations_window == AsyncOperationsWindow(8, 8)
+    assert (acceptor.max_incoming, acceptor.max_outstanding) == (8, 8)
+    requestor = requestor_agreement(rq, response, 16)
+    assert (requestor.max_outstanding, requestor.max_incoming) == (8, 8)
+
+
+def test_no_window_proposed_no_window_answered() -> None:
+    rq = request(async_window=1)
+    response, agreement = accepted(negotiate(rq, POLICY))
+    assert response.user_information.async_operations_window is None
+    assert (agreement.max_outstanding, agreement.max_incoming) == (1, 1)
+
+
+def test_the_scp_role_is_given_only_where_the_policy_allows() -> None:
+    roles = (RoleSelection(CT_IMAGE_STORAGE, True, True), RoleSelection(VERIFICATION, True, True))
+    rq = request(
+        contexts=[(VERIFICATION, [IMPLICIT]), (CT_IMAGE_STORAGE, [IMPLICIT, EXPLICIT])],
+        roles=roles,
+    )
+    policy = replace(
+        POLICY,
+        scp_role_classes=frozenset({CT_IMAGE_STORAGE}),
+        requestor_order=frozenset({CT_IMAGE_STORAGE}),
+    )
+    response, agreement = accepted(negotiate(rq, policy))
+    assert set(response.user_information.role_selections) == {
+        RoleSelection(CT_IMAGE_STORAGE, True, True),
+        RoleSelection(VERIFICATION, True, False),
+    }
+    # With the SCP role, the requestor's order of syntaxes wins (it receives).
+    assert agreement.contexts[3].transfer_syntax == IMPLICIT and agreement.contexts[3].scp_role
+    assert not agreement.contexts[1].scp_role
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_an_identity_response_is_sent_only_when_asked_for(positive: bool) -> None:
+    identity = UserIdentityRQ(1, b"alice", positive_response_requested=positive)
+    rq = request(user_identity=identity)
+    response, _ = accepted(negotiate(rq, POLICY, identity_response=b"ok"))
+    expected = UserIdentityAC(b"ok") if positive else None
+    assert response.user_information.user_identity_ac == expected
+
+
+def test_bad_requests_are_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ValueError, match="more than 128"):
+        request(contexts=[(f"1.2.3.{i}", [IMPLICIT]) for i in range(129)])
+    with pytest.raises(ValueError, match="async_window must be 1 to 65535"):
+        request(async_window=0)
+
+
+def test_the_storage_sop_classes_are_known() -> None:
+    # Taken from pydicom's registry; a pydicom that moved it would fail at
+    # import, never leave this list empty.
+    assert CT_IMAGE_STORAGE in STORAGE_SOP_CLASSES
+    assert len(STORAGE_SOP_CLASSES) > 100
+    assert not any("Commitment" in UID(uid).name for uid in STORAGE_SOP_CLASSES)
