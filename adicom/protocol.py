@@ -403,11 +403,16 @@ class UpperLayer:
         elif effect is Effect.SEND_ABORT:
             self._abort_sent = True
             if isinstance(payload, AAbort):
-                out.append(payload.encode())
+                out.append(payload.encode())  # the user's own (Evt15)
+            elif transition.action is fsm.Action.AA_1:
+                # A PDU, readable or not, before any A-ASSOCIATE-RQ (Sta2):
+                # PS3.8 Table 9-9 has AA-1 send the A-ABORT with service-user
+                # source, whose reason is "not significant" (9.3.8).
+                out.append(AAbort(0, 0).encode())
             elif isinstance(payload, RemoteProtocolError):
                 out.append(AAbort(2, payload.abort_reason).encode())
             else:
-                # AA-1 / AA-7 answering a PDU the state does not expect.
+                # AA-7 (Sta13): an A-ASSOCIATE-RQ where none can come.
                 out.append(AAbort(2, 2).encode())
         elif effect is Effect.SEND_ABORT_PROVIDER:
             self._abort_sent = True

@@ -293,22 +293,24 @@ async def test_dimse_timeout_when_no_response_comes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "reason"),
+    "data",
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1),  # not a PDU at all
-        (bytes([0x08, 0, 0, 0, 0, 4, 0, 0, 0, 0]), 1),  # a PDU type the standard lacks
-        (bytes([0x01, 0, 0, 0, 0, 10]) + bytes(10), 6),  # length too short for its fields
-        (bytes([0x01, 0, 0xFF, 0xFF, 0xFF, 0xFF]), 6),  # claims 4 GiB
-        (AReleaseRQ().encode(), 2),  # unexpected for the state (nothing associated yet)
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not a PDU at all
+        bytes([0x08, 0, 0, 0, 0, 4, 0, 0, 0, 0]),  # a PDU type the standard lacks
+        bytes([0x01, 0, 0, 0, 0, 10]) + bytes(10),  # length too short for its fields
+        bytes([0x01, 0, 0xFF, 0xFF, 0xFF, 0xFF]),  # claims 4 GiB
+        AReleaseRQ().encode(),  # unexpected for the state (nothing associated yet)
     ],
     ids=["http", "unknown-type", "length-short", "length-4GiB", "unexpected"],
 )
-async def test_bad_bytes_before_association_get_abort_and_close(data: bytes, reason: int) -> None:
+async def test_bad_bytes_before_association_get_abort_and_close(data: bytes) -> None:
+    # Before any A-ASSOCIATE-RQ (Sta2) every one of these is AA-1: an
+    # A-ABORT with service-user source (PS3.8 Tables 9-9, 9-10).
     async with serving() as server:
         reader, writer = await raw(server)
         writer.write(data)
         pdus = await read_pdus(reader)
-        assert pdus == [AAbort(2, reason)]
+        assert pdus == [AAbort(0, 0)]
         writer.close()
         await echo_works(server)
 
