@@ -252,3 +252,25 @@ def test_oversized_pdata_is_refused_from_its_header() -> None:
     (event,) = pair.events(pair.acc)
     assert isinstance(event, ul.Aborted) and event.reason == 6
     assert "exceeds" in event.detail
+
+
+@pytest.mark.parametrize(
+    "pdu_bytes",
+    [
+        AReleaseRQ().encode(),
+        b"\x04\x00\x00\x00\x00\x0a\x00\x00\x00\x06\x01\x03echo",  # a P-DATA-TF
+        b"\x99\x00\x00\x00\x00\x00",  # no PDU at all (Evt19)
+    ],
+    ids=["release-rq", "p-data", "unrecognized"],
+)
+def test_a_pdu_before_any_association_request_gets_a_service_user_abort(
+    pdu_bytes: bytes,
+) -> None:
+    # PS3.8 Table 9-10, Sta2: AA-1, which Table 9-9 says sends the A-ABORT
+    # with service-user source, and no indication (no user knows of it yet).
+    acceptor = ul.UpperLayer(requestor=False, artim_timeout=5)
+    acceptor.connection_made(0.0)
+    acceptor.receive_data(pdu_bytes, 0.0)
+    assert b"".join(acceptor.data_to_send()) == AAbort(0, 0).encode()
+    assert acceptor.next_event() is None
+    assert acceptor.state is State.STA13 and acceptor.get_timer() == 5.0
