@@ -43,8 +43,7 @@ from adicom.storage import (
     StoreContext,
 )
 from adicom.storescu import StoreResult, store, store_instance
-
-__version__ = "0.1.0"
+from adicom.version import __version__
 
 __all__ = [
     "Association",

@@ -32,6 +32,7 @@ from adicom.presentation import (
     negotiated,
     propose_contexts,
 )
+from adicom.version import IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
     "ASYNC_WINDOW",
@@ -51,8 +52,6 @@ __all__ = [
 #: adicom's implementation class UID (PS3.7 D.3.3.2): a UUID-derived UID
 #: under the 2.25 root (PS3.5 B.2), so it needs no registered root.
 IMPLEMENTATION_CLASS_UID = "2.25.193100295771143521161366717771740821097"
-#: Implementation version name (PS3.7 D.3.3.2.3): at most 16 characters.
-IMPLEMENTATION_VERSION_NAME = "ADICOM_010"
 #: The largest P-DATA-TF PDU we announce we can receive. Larger PDUs mean
 #: fewer headers and writes on bulk transfers; each is held once in memory.
 DEFAULT_MAX_PDU = 1 << 20

@@ -22,7 +22,7 @@ PACKAGE = ROOT / "adicom"
 
 #: Lowest first. Within a layer, modules import each other freely (no circles).
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"adicom.errors", "adicom.fileformat"})),
+    ("foundation", frozenset({"adicom.errors", "adicom.fileformat", "adicom.version"})),
     (
         "upper layer (PS3.8)",
         frozenset(
