@@ -34,6 +34,8 @@ from adicom.dimse import (
     CommandField,
     DatasetReader,
     DimseConnection,
+    DimseEvent,
+    Limits,
     Message,
     Priority,
     RequestReceived,
@@ -79,6 +81,9 @@ SEND_SLICE = 0.002
 BATCH_MESSAGES = 16
 #: A message's PDUs are written once this many bytes are waiting.
 WRITE_BYTES = 256 * 1024
+#: Received PDVs (or PDUs) handled in one loop callback at most, about a
+#: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
+PARSE_BUDGET = 256
 
 
 class _Transport(asyncio.BufferedProtocol):
@@ -138,12 +143,15 @@ class Association:
         artim_timeout: float = 10.0,
         dimse_timeout: float | None = 30.0,
         idle_timeout: float | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ul = ul.UpperLayer(
             requestor=requestor, max_pdu_length=max_pdu, artim_timeout=artim_timeout
         )
-        self._dimse = DimseConnection(self._ul)
+        self._ul.parse_budget = PARSE_BUDGET
+        self._dimse = DimseConnection(self._ul, limits)
+        self._input_deferred = False
         self.requestor = requestor
         self.max_pdu = max_pdu
         #: Bounds the wait for each response, and for a peer that stops reading.
@@ -170,6 +178,7 @@ class Association:
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._error: DicomError | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._connected: asyncio.Future[None] = self._loop.create_future()
         self._request_seen: asyncio.Future[AAssociateRQ] = self._loop.create_future()
         self._association_answer: asyncio.Future[ul.ULEvent] | None = None
         self._release_done: asyncio.Future[None] | None = None
@@ -301,6 +310,11 @@ class Association:
         self._dimse.agree(requestor_agreement(request, response, async_window))
         return response
 
+    async def wait_connected(self) -> tuple[str, int] | None:
+        """Acceptor: wait until the connection is made; the peer's (host, port)."""
+        await asyncio.shield(self._connected)
+        return self.peer_address
+
     async def wait_request(self) -> AAssociateRQ | None:
         """Acceptor: the peer's A-ASSOCIATE-RQ, or None if the connection closed first.
 
@@ -395,6 +409,7 @@ class Association:
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        self._connected.set_result(None)
         self._last_received = self._loop.time()
         self._arm_idle_timer()
         if not self.requestor:
@@ -406,8 +421,38 @@ class Association:
         self._last_received = now = self._loop.time()
         self._ul.receive_into(nbytes, now)
         self._after_io()
+        if self._ul.input_pending:
+            self._defer_input()
+
+    def _defer_input(self) -> None:
+        """The parse budget ran out: go on in a later turn, reading nothing meanwhile.
+
+        So a peer whose PDUs cost much work (a flood of tiny PDVs) is served
+        a slice at a time between everyone else's callbacks, and TCP pushes
+        back on it while it waits.
+        """
+        if self._input_deferred or self._transport is None:
+            return
+        self._input_deferred = True
+        self._transport.pause_reading()
+        self._loop.call_soon(self._parse_deferred)
+
+    def _parse_deferred(self) -> None:
+        self._input_deferred = False
+        if self._closed.done():
+            return
+        self._ul.parse_pending(self._loop.time())
+        self._after_io()
+        if self._ul.input_pending:
+            self._defer_input()
+        elif self._transport is not None:
+            self._transport.resume_reading()
 
     def _connection_lost(self) -> None:
+        if self._ul.input_pending:
+            # What the peer sent before it closed is still its word.
+            self._ul.parse_budget = 0
+            self._ul.parse_pending(self._loop.time())
         self._ul.connection_lost(self._loop.time())
         self._process_events()
         for timer in (self._timer, self._idle_timer):
@@ -458,7 +503,10 @@ class Association:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._ul.handle_timer(self._loop.time())
+        now = self._loop.time()
+        self._ul.handle_timer(now)
+        for event in self._dimse.handle_timer(now):
+            self._dispatch(event)
         self._after_io()
 
     # -- events in, bytes out ----------------------------------------------------
@@ -466,12 +514,23 @@ class Association:
     def _after_io(self) -> None:
         self._process_events()
         self._flush()
-        at = self._ul.get_timer()
-        if at != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = at
-            self._timer = None if at is None else self._loop.call_at(at, self._on_timer)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """One loop timer for the layers' deadlines (ARTIM, a message's), set lazily.
+
+        A deadline that moves later (each message has its own) leaves the
+        timer as it is: it fires early, finds nothing due and is set again.
+        So the hot path never cancels and re-creates a timer per message.
+        """
+        ul_at, dimse_at = self._ul.get_timer(), self._dimse.get_timer()
+        at = ul_at if dimse_at is None else dimse_at if ul_at is None else min(ul_at, dimse_at)
+        if at is None or (self._timer_at is not None and self._timer_at <= at):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
 
     def _flush(self) -> None:
         self._batched = 0
@@ -493,12 +552,15 @@ class Association:
         handle = self._dimse.handle_event
         while (event := next_event()) is not None:
             for dimse_event in handle(event, self._loop.time()):
-                if type(dimse_event) is ResponseReceived:
-                    self._on_response(dimse_event)
-                elif type(dimse_event) is RequestReceived:
-                    self._incoming.put(dimse_event.message)
-                else:
-                    self._on_control_event(dimse_event)  # type: ignore[arg-type]
+                self._dispatch(dimse_event)
+
+    def _dispatch(self, event: DimseEvent) -> None:
+        if type(event) is ResponseReceived:
+            self._on_response(event)
+        elif type(event) is RequestReceived:
+            self._incoming.put(event.message)
+        else:
+            self._on_control_event(event)  # type: ignore[arg-type]
 
     def _on_response(self, event: ResponseReceived) -> None:
         message_id = event.message_id

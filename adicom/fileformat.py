@@ -39,6 +39,8 @@ from pydicom.uid import UID
 
 __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
+    "MAX_INFLATED",
+    "Inflater",
     "EXPLICIT_VR_BIG_ENDIAN",
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "IMPLICIT_VR_LITTLE_ENDIAN",
@@ -46,6 +48,7 @@ __all__ = [
     "encode_dataset",
     "encode_file_meta",
     "encode_text_elements",
+    "inflate",
     "read_file_meta",
     "scan_elements",
 ]
@@ -203,15 +206,69 @@ def _text_vr(tag: int) -> str | None:
     return vr if vr in _TEXT_VRS else None
 
 
+#: The most a deflated data set handed to :func:`decode_dataset` may inflate
+#: to: an identifier is a few kilobytes, and a "deflate bomb" of a megabyte
+#: inflates to gigabytes.
+MAX_INFLATED = 4 << 20
+
+
+class Inflater:
+    """Inflates a Deflated Explicit VR Little Endian stream (PS3.5 A.5), bounded.
+
+    Fed compressed bytes as they arrive, it gives back at most ``limit``
+    inflated bytes in all and never inflates more than it gives: a small
+    input that would inflate hugely costs only ``limit`` bytes of work.
+    """
+
+    __slots__ = ("_inflater", "_tail", "limit", "out")
+
+    def __init__(self, limit: int) -> None:
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._tail = b""
+        self.limit = limit
+        #: What was inflated so far (at most ``limit`` bytes).
+        self.out = bytearray()
+
+    @property
+    def full(self) -> bool:
+        """True once ``limit`` bytes are out (more input is then ignored)."""
+        return len(self.out) >= self.limit
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Inflate what fits of ``data``; raises ValueError if it is not deflate data."""
+        room = self.limit - len(self.out)
+        if room <= 0 or self._inflater.eof:
+            return
+        try:
+            self.out += self._inflater.decompress(self._tail + bytes(data), room)
+        except zlib.error as exc:
+            raise ValueError(f"the deflated data set does not inflate: {exc}") from None
+        # Once full, the rest is never wanted: keep none of it.
+        self._tail = b"" if self.full else self._inflater.unconsumed_tail
+
+
+def inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
+    """Inflate a whole deflated data set; ValueError if it would exceed ``limit`` bytes."""
+    inflater = Inflater(limit + 1)
+    inflater.feed(data)
+    if len(inflater.out) > limit:
+        raise ValueError(f"the deflated data set inflates to more than {limit} bytes")
+    return bytes(inflater.out)
+
+
 def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
-    """Decode a data set received in a transfer syntax (pydicom)."""
+    """Decode a data set received in a transfer syntax (pydicom).
+
+    A deflated one may inflate to :data:`MAX_INFLATED` bytes at most
+    (ValueError beyond).
+    """
     if transfer_syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
         quick = _decode_text_dataset(data, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
         if quick is not None:
             return quick
     syntax = UID(transfer_syntax)
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        data = zlib.decompress(data, -zlib.MAX_WBITS)
+        data = inflate(data)
     # A peer's values are checked where they are used (query matching, the
     # models), not by pydicom while reading: a bad value must become a
     # status for the peer, not a warning in our log.
@@ -331,13 +388,19 @@ def _element_header(
 
 
 def scan_elements(
-    data: bytes | memoryview, wanted: frozenset[int], *, implicit: bool, little: bool = True
+    data: bytes | memoryview,
+    wanted: frozenset[int],
+    *,
+    implicit: bool,
+    little: bool = True,
+    complete: bool = False,
 ) -> dict[int, bytes] | None:
     """Find the top-level elements ``wanted`` at the start of an encoded data set.
 
     Returns their raw values once every wanted tag is found or passed (tags
-    ascend, PS3.5 7.1), or None if ``data`` ends first. Raises ValueError
-    for bytes that are not a data set.
+    ascend, PS3.5 7.1), or None if ``data`` ends first, unless ``data`` is
+    the ``complete`` data set: then what was found is all there is. Raises
+    ValueError for bytes that are not a data set.
     """
     found: dict[int, bytes] = {}
     last = max(wanted)
@@ -384,7 +447,7 @@ def scan_elements(
             if len(found) == len(wanted):
                 return found
         pos += length
-    return None
+    return found if complete and pos == end else None
 
 
 def _skip_undefined(

@@ -24,7 +24,7 @@ Nothing here does I/O, keeps time or imports asyncio.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
@@ -563,7 +563,7 @@ class PDV:
         return self.is_command | (self.is_last << 1)
 
 
-def encode_pdata(pdvs: list[tuple[int, int, bytes | memoryview]]) -> list[bytes | memoryview]:
+def encode_pdata(pdvs: Sequence[tuple[int, int, bytes | memoryview]]) -> list[bytes | memoryview]:
     """Encode one P-DATA-TF PDU from (context ID, control byte, data) triples.
 
     Returns the pieces to write in order (``writer.writelines``), so large
@@ -597,8 +597,13 @@ class PDataTF:
         return b"".join(encode_pdata([(p.context_id, p.control, p.data) for p in self.pdvs]))
 
     @classmethod
-    def decode(cls, body: memoryview) -> PDataTF:
-        """Parse a PDU body; PDV data are zero-copy views into it."""
+    def decode(cls, body: memoryview, max_pdvs: int = 0) -> PDataTF:
+        """Parse a PDU body; PDV data are zero-copy views into it.
+
+        ``max_pdvs`` (0: no limit) bounds the PDVs of one PDU, and so the
+        work one PDU can cost: PS3.8 sets no limit, but a megabyte of
+        one-byte PDVs is 150,000 objects made in one go.
+        """
         pdvs: list[PDV] = []
         pos, end = 0, len(body)
         while pos < end:
@@ -610,6 +615,8 @@ class PDataTF:
             data = body[pos + 6 : pos + 4 + length]
             pdvs.append(PDV(context_id, bool(control & 1), bool(control & 2), data))
             pos += 4 + length
+            if max_pdvs and len(pdvs) >= max_pdvs and pos < end:
+                raise _bad(f"a P-DATA-TF PDU carries more than the {max_pdvs} PDVs accepted")
         if not pdvs:
             # PS3.8 9.3.5: "one or more" PDV items.
             raise _bad("P-DATA-TF PDU carries no PDV item")
@@ -690,6 +697,10 @@ _DECODERS: dict[int, Callable[[memoryview], PDU]] = {
 #: with the full 128 presentation contexts, each with a dozen transfer
 #: syntaxes, stays far below this.
 MAX_CONTROL_PDU = 1 << 20
+#: The most PDVs accepted in one P-DATA-TF PDU. Peers put one to a few in
+#: each (a command and its data set; DCMTK and pynetdicom one); this bounds
+#: the work of decoding one PDU to a few milliseconds.
+MAX_PDVS_PER_PDU = 1024
 
 
 class PDUReader:
@@ -726,6 +737,7 @@ class PDUReader:
         "_staging",
         "max_control_length",
         "max_pdata_length",
+        "max_pdvs",
     )
 
     #: A PDU body at least this long gets a buffer of its own.
@@ -743,7 +755,12 @@ class PDUReader:
     STAGING_MIN = 1 << 14
     READ_PDUS = 16
 
-    def __init__(self, max_pdata_length: int = 0, max_control_length: int = MAX_CONTROL_PDU):
+    def __init__(
+        self,
+        max_pdata_length: int = 0,
+        max_control_length: int = MAX_CONTROL_PDU,
+        max_pdvs: int = MAX_PDVS_PER_PDU,
+    ):
         self._buf = bytearray()
         self._body: bytearray | None = None
         self._body_view: memoryview | None = None
@@ -753,6 +770,7 @@ class PDUReader:
         self._read_size = self.STAGING_MIN
         self.max_pdata_length = max_pdata_length
         self.max_control_length = max_control_length
+        self.max_pdvs = max_pdvs
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes."""
@@ -804,15 +822,14 @@ class PDUReader:
             self._body = self._body_view = None
             self._body_pos = 0
             self._read_size = self.STAGING
-            return _DECODERS[self._body_type](memoryview(body))
+            return self._decode(self._body_type, memoryview(body))
         buf = self._buf
         if len(buf) < 6:
             if buf and buf[0] not in _DECODERS:
                 raise self._unknown(buf[0])
             return None
         pdu_type, length = _HEADER.unpack_from(buf, 0)
-        decoder = _DECODERS.get(pdu_type)
-        if decoder is None:
+        if pdu_type not in _DECODERS:
             raise self._unknown(pdu_type)
         limit = self.max_pdata_length if pdu_type == 0x04 else self.max_control_length
         if limit and length > limit:
@@ -832,7 +849,12 @@ class PDUReader:
             data = bytes(view[6 : 6 + length])
         del buf[: 6 + length]
         self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
-        return decoder(memoryview(data))
+        return self._decode(pdu_type, memoryview(data))
+
+    def _decode(self, pdu_type: int, body: memoryview) -> PDU:
+        if pdu_type == 0x04:
+            return PDataTF.decode(body, self.max_pdvs)
+        return _DECODERS[pdu_type](body)
 
     @staticmethod
     def _unknown(pdu_type: int) -> RemoteProtocolError:

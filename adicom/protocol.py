@@ -19,6 +19,7 @@ allow is our own bug and raises :class:`~adicom.errors.LocalProtocolError`.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adicom import fsm
@@ -180,6 +181,10 @@ class UpperLayer:
         self._fsm = fsm.StateMachine(requestor=requestor)
         self._reader = PDUReader(max_pdata_length=max_pdu_length)
         self._reader_failed = False
+        #: Received PDVs (and PDUs) parsed in one call at most (0: all there
+        #: are); see :attr:`input_pending`.
+        self.parse_budget = 0
+        self._input_pending = False
         self._events: deque[ULEvent] = deque()
         self._out: list[bytes | memoryview] = []
         self._artim_deadline: float | None = None
@@ -248,9 +253,32 @@ class UpperLayer:
         self._reader.buffer_updated(nbytes)
         self._parse(now)
 
+    @property
+    def input_pending(self) -> bool:
+        """True when :attr:`parse_budget` ran out with received bytes not yet parsed.
+
+        The driver then calls :meth:`parse_pending` in a later turn of its
+        loop (and should stop reading meanwhile), so one peer's flood of
+        small PDVs never holds everyone else's work.
+        """
+        return self._input_pending
+
+    def parse_pending(self, now: float) -> None:
+        """Parse what the last call left for later (within the budget again)."""
+        if self._reader_failed or self.state is State.STA1:
+            self._input_pending = False
+            return
+        self._parse(now)
+
     def _parse(self, now: float) -> None:
         reader = self._reader
+        budget = self.parse_budget
+        spent = 0
+        self._input_pending = False
         while not self._reader_failed and self._fsm.state is not State.STA1:
+            if budget and spent >= budget:
+                self._input_pending = reader.buffered > 0
+                return
             try:
                 pdu = reader.next_pdu()
             except RemoteProtocolError as exc:
@@ -259,6 +287,9 @@ class UpperLayer:
                 return
             if pdu is None:
                 return
+            # The work a PDU costs grows with its PDVs (and each is a message
+            # fragment handed on); other PDUs cost about one.
+            spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
             self._receive_pdu(pdu, now)
 
     def connection_lost(self, now: float) -> None:
@@ -298,7 +329,7 @@ class UpperLayer:
         """A-ASSOCIATE response, reject (Evt8)."""
         self._primitive(Event.EVT8, now, response)
 
-    def send_pdata(self, pdvs: list[tuple[int, int, bytes | memoryview]], now: float) -> None:
+    def send_pdata(self, pdvs: Sequence[tuple[int, int, bytes | memoryview]], now: float) -> None:
         """P-DATA request (Evt9): one P-DATA-TF PDU of (context, control, data) PDVs."""
         if self._fsm.state is State.STA6 or self._fsm.state is State.STA8:
             # The hot path: Sta6 -> DT-1 and Sta8 -> AR-7 both just send the

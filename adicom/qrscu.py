@@ -430,7 +430,11 @@ async def _answer_sub_operation(
     association: Association, message: Message, state: RetrieveProgress
 ) -> None:
     command = message.command
-    if command.command_field == CommandField.C_STORE_RQ and isinstance(
+    if command.command_field == CommandField.C_STORE_RQ and message.refused is not None:
+        await association.respond(
+            message, Status.OUT_OF_RESOURCES, error_comment=message.refused[:64]
+        )
+    elif command.command_field == CommandField.C_STORE_RQ and isinstance(
         message.sink, IncomingInstance
     ):
         status = await message.sink.finish()

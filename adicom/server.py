@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from adicom.admission import Admission
 from adicom.association import Association, Message
-from adicom.dimse import CommandField, Status
+from adicom.dimse import CommandField, Limits, Status
 from adicom.errors import DicomError, describe_reject
 from adicom.negotiation import (
     ASYNC_WINDOW,
@@ -85,10 +86,14 @@ class Server:
     Associations calling another AE title are rejected unless
     ``require_called_ae`` is False; ``allowed_calling_aes``, when given, is
     the list of calling AE titles let in. Beyond ``max_associations`` open
-    associations, new requests are rejected as transient. An association
+    associations, new requests are rejected as transient. Connections not
+    yet associated are capped apart (``max_pending``), and one peer address
+    holds at most ``max_per_address`` connections; a connection over either
+    cap is closed at once (see :mod:`adicom.admission`). An association
     from which nothing arrives for ``idle_timeout`` seconds is aborted;
     ``artim_timeout`` bounds the wait for the A-ASSOCIATE-RQ after a
-    connection opens (PS3.8 9.1.5).
+    connection opens (PS3.8 9.1.5); ``limits`` bound what one message may
+    hold and take (:class:`~adicom.dimse.Limits`).
     """
 
     def __init__(
@@ -100,6 +105,9 @@ class Server:
         require_called_ae: bool = True,
         allowed_calling_aes: Iterable[str] | None = None,
         max_associations: int = 500,
+        max_pending: int | None = 128,
+        max_per_address: int | None = 64,
+        limits: Limits | None = None,
         max_pdu: int = DEFAULT_MAX_PDU,
         artim_timeout: float = 10.0,
         dimse_timeout: float | None = 30.0,
@@ -123,6 +131,14 @@ class Server:
             None if allowed_calling_aes is None else {a.strip() for a in allowed_calling_aes}
         )
         self.max_associations = max_associations
+        #: Counts connections against max_associations, max_pending, max_per_address.
+        self.admission = Admission(
+            max_associations=max_associations,
+            max_pending=max_pending,
+            max_per_address=max_per_address,
+        )
+        #: What one message may hold and take (PS3.7 messages as they arrive).
+        self.limits = limits or Limits()
         self.async_window = check_window(async_window)
         self.max_pdu = max_pdu
         self.artim_timeout = artim_timeout
@@ -167,7 +183,7 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
         #: How many associations were accepted, rejected and aborted so far.
-        self.stats = {"accepted": 0, "rejected": 0, "aborted": 0, "released": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "aborted": 0, "released": 0, "refused": 0}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -240,6 +256,7 @@ class Server:
             artim_timeout=self.artim_timeout,
             dimse_timeout=self.dimse_timeout,
             idle_timeout=self.idle_timeout,
+            limits=self.limits,
         )
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
@@ -249,15 +266,24 @@ class Server:
         return association.protocol()
 
     async def _serve(self, association: Association) -> None:
+        address = await association.wait_connected()
+        host = address[0] if address else "?"
+        refusal = self.admission.connect(host)
+        if refusal is not None:
+            self.stats["refused"] += 1
+            self.admission.log.warning("refused", "closing new connections: %s", refusal)
+            association.close()
+            await association.wait_closed(self.artim_timeout)
+            return
+        associated = False
         self._associations.add(association)
         try:
             request = await association.wait_request()
             if request is None:
-                log.info(
-                    "connection from %s closed before an association", association.peer_address
-                )
+                log.info("connection from %s closed before an association", address)
                 return
-            if not await self._negotiate(association, request):
+            associated = await self._negotiate(association, request)
+            if not associated:
                 return
             await self._handle_requests(association)
         except asyncio.CancelledError:
@@ -273,19 +299,22 @@ class Server:
             association.abort()
         finally:
             self._associations.discard(association)
+            self.admission.disconnect(host, associated=associated)
             await association.wait_closed(self.artim_timeout)
 
     async def _negotiate(self, association: Association, request: AAssociateRQ) -> bool:
         """Answer the A-ASSOCIATE-RQ; True when accepted."""
         answer: tuple[AAssociateAC, Agreement] | AAssociateRJ | bytes | None
-        if len(self._associations) > self.max_associations:
-            answer = _RJ_TOO_MANY
-        else:
-            answer = check_request(request, self._policy) or await self._identity(
-                association, request
-            )
+        answer = check_request(request, self._policy) or await self._identity(association, request)
         if not isinstance(answer, AAssociateRJ):
             answer = negotiate(request, self._policy, identity_response=answer)
+        if not isinstance(answer, AAssociateRJ) and not self.admission.associate():
+            self.admission.log.warning(
+                "full",
+                "rejecting associations: %d are open (--max-associations)",
+                self.admission.associated,
+            )
+            answer = _RJ_TOO_MANY
         if isinstance(answer, AAssociateRJ):
             self.stats["rejected"] += 1
             log.info(
@@ -375,6 +404,11 @@ class Server:
         if field == CommandField.C_ECHO_RQ:
             # PS3.4 A.4: the Verification SCP answers Success.
             await association.respond(message, Status.SUCCESS)
+        elif field == CommandField.C_STORE_RQ and message.refused is not None:
+            # Dropped as it came (beyond Limits.max_instance): PS3.4 B.2.3.
+            await association.respond(
+                message, Status.OUT_OF_RESOURCES, error_comment=message.refused[:64]
+            )
         elif field == CommandField.C_STORE_RQ and isinstance(message.sink, IncomingInstance):
             # The status goes out only once the instance is stored (or not).
             status = await message.sink.finish()

@@ -47,14 +47,19 @@ import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from adicom.association import Association
 from adicom.client import open_association
 from adicom.dimse import Command, CommandField, DatasetSink, SinkFactory, Status
 from adicom.errors import DicomError
 from adicom.fileformat import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    Inflater,
     encode_file_meta,
     scan_elements,
 )
@@ -79,6 +84,10 @@ DEFAULT_LAYOUT = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 
 # How much of the start of a data set is kept to find the layout's attributes.
 _HEAD = 1 << 16
+# How much is read (or inflated) at most when they are not in the head: a
+# data set's top-level attributes before its pixel data fit easily, and no
+# instance makes the event loop parse or inflate more than this.
+_DEEP_HEAD = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,20 +336,30 @@ class _DiskInstance(IncomingInstance):
         super().__init__(context)
         self._storage = storage
         self._head = bytearray()
+        # A deflated data set's head is inflated as it arrives, never more
+        # of it than the layout needs (PS3.5 A.5; a small "deflate bomb"
+        # would otherwise inflate to gigabytes on the event loop).
+        self._inflater = (
+            Inflater(_HEAD)
+            if context.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+            else None
+        )
+        self._inflate_error: str | None = None
+        self._size = 0  # of the data set received so far
         self._temp: str | None = None
         self._fd: int | None = None
+        meta = encode_file_meta(
+            context.sop_class_uid,
+            context.sop_instance_uid,
+            context.transfer_syntax,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            source_ae=context.calling_ae,
+        )
+        self._meta_length = len(meta)
         try:
             self._temp, self._fd = storage._temp_file()
-            self._write(
-                encode_file_meta(
-                    context.sop_class_uid,
-                    context.sop_instance_uid,
-                    context.transfer_syntax,
-                    implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                    implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-                    source_ae=context.calling_ae,
-                )
-            )
+            self._write(meta)
         except OSError as exc:
             self._fail(f"cannot write ({exc.strerror or exc}) to {storage.root}")
 
@@ -372,8 +391,16 @@ class _DiskInstance(IncomingInstance):
     def write(self, data: memoryview, /) -> None:
         if self._fd is None:
             return
-        if len(self._head) < _HEAD:
+        inflater = self._inflater
+        if inflater is not None:
+            if not inflater.full and self._inflate_error is None:
+                try:
+                    inflater.feed(data)
+                except ValueError as exc:
+                    self._inflate_error = str(exc)
+        elif len(self._head) < _HEAD:
             self._head += data[: _HEAD - len(self._head)]
+        self._size += len(data)
         try:
             self._write(data)
         except OSError as exc:
@@ -437,34 +464,34 @@ class _DiskInstance(IncomingInstance):
         ctx = self.context
         transfer = ctx.transfer_syntax
         found: dict[int, bytes] | None = None
-        if transfer.startswith("1.2.840.10008.1.2") and not transfer.endswith(".99"):
+        if self._inflater is not None:
+            if self._inflate_error is not None:
+                raise ValueError(self._inflate_error)
+            head = self._inflater
+            found = self._scan(head.out, implicit=False, complete=not head.full)
+            if found is None:
+                deeper = self._inflated_deeper()
+                found = self._scan(deeper.out, implicit=False, complete=not deeper.full)
+            if found is None:
+                raise ValueError(
+                    f"the layout's attributes are not within its first {_DEEP_HEAD} inflated bytes"
+                )
+        elif transfer.startswith("1.2.840.10008.1.2"):
             # Every standard transfer syntax but deflate encodes the top
             # level of the data set plainly; only the pixel data differs.
             try:
-                found = scan_elements(
-                    bytes(self._head),
-                    storage._wanted,
+                found = self._scan(
+                    self._head,
                     implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
                     little=transfer != EXPLICIT_VR_BIG_ENDIAN,
+                    complete=self._size <= _HEAD,
                 )
             except ValueError:
                 # Not encoded as its transfer syntax says (implicit VR sent
                 # as explicit is met in the wild): pydicom may still read it.
                 found = None
         if found is None:
-            assert self._temp is not None
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                dataset = pydicom.dcmread(
-                    self._temp, stop_before_pixels=True, specific_tags=list(storage._wanted)
-                )
-            for warning in caught:
-                log.warning("instance %s: %s", ctx.sop_instance_uid, warning.message)
-            # pydicom decoded the text already; carry it as UTF-8.
-            found = {
-                tag: str(dataset[tag].value).encode() for tag in storage._wanted if tag in dataset
-            }
-            found[0x00080005] = b"ISO_IR 192"
+            found = self._read_with_pydicom()
         charset = found.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
         encodings = _encodings(charset)
         values = {}
@@ -477,6 +504,62 @@ class _DiskInstance(IncomingInstance):
             else:
                 values[keyword] = _decode_text(raw, encodings) if raw else ""
         return values
+
+    def _scan(
+        self, head: bytes | bytearray, *, implicit: bool, little: bool = True, complete: bool
+    ) -> dict[int, bytes] | None:
+        return scan_elements(
+            bytes(head), self._storage._wanted, implicit=implicit, little=little, complete=complete
+        )
+
+    def _data_set_head(self, size: int) -> bytes:
+        """The first ``size`` bytes of the data set, read back from the temporary file."""
+        assert self._temp is not None
+        with open(self._temp, "rb") as fp:
+            fp.seek(self._meta_length)
+            return fp.read(size)
+
+    def _inflated_deeper(self) -> Inflater:
+        """Up to _DEEP_HEAD inflated bytes, from the file: for attributes past the head."""
+        inflater = Inflater(_DEEP_HEAD)
+        assert self._temp is not None
+        with open(self._temp, "rb") as fp:
+            fp.seek(self._meta_length)
+            while not inflater.full and (chunk := fp.read(1 << 16)):
+                inflater.feed(chunk)
+        return inflater
+
+    def _read_with_pydicom(self) -> dict[int, bytes]:
+        """The layout's attributes as pydicom reads them from the data set's first bytes."""
+        storage = self._storage
+        ctx = self.context
+        syntax = UID(ctx.transfer_syntax)
+        head = io.BytesIO(self._data_set_head(_DEEP_HEAD))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = read_dataset(
+                head,
+                is_implicit_VR=syntax.is_implicit_VR if syntax.is_transfer_syntax else True,
+                is_little_endian=syntax.is_little_endian if syntax.is_transfer_syntax else True,
+                stop_when=_stop_after(max(storage._wanted)),
+            )
+            found = {
+                tag: str(dataset[tag].value).encode() for tag in storage._wanted if tag in dataset
+            }
+        for warning in caught:
+            log.warning("instance %s: %s", ctx.sop_instance_uid, warning.message)
+        # pydicom decoded the text already; carry it as UTF-8.
+        found[0x00080005] = b"ISO_IR 192"
+        return found
+
+
+def _stop_after(last: int) -> Callable[[BaseTag, str | None, int], bool]:
+    """A pydicom ``stop_when``: stop once past tag ``last`` (tags ascend, PS3.5 7.1)."""
+
+    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return int(tag) > last
+
+    return stop
 
 
 @functools.lru_cache(maxsize=64)

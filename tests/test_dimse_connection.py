@@ -21,6 +21,7 @@ from adicom.dimse import (
     CommandField,
     DimseConnection,
     DimseEvent,
+    Limits,
     Message,
     RequestReceived,
     ResponseReceived,
@@ -34,6 +35,7 @@ from adicom.negotiation import (
     negotiate,
     requestor_agreement,
 )
+from adicom.pdu import MAX_PDVS_PER_PDU
 
 ECHO = "1.2.840.10008.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -463,3 +465,130 @@ def test_any_messages_in_any_chunking_arrive_whole_and_in_order(
     assert received == sent
     assert pair.acc.ul.state is State.STA6
     assert b"".join(pair.acc.ul.data_to_send()) == b""  # nothing to abort with
+
+
+# -- limits: what one peer can make the DIMSE layer hold or wait for -----------
+
+
+def limited(pair: Pair, **limits: object) -> None:
+    """Give the acceptor's DIMSE layer these limits (as a Server would)."""
+    new = Limits(**limits)  # type: ignore[arg-type]
+    pair.acc.dimse.limits = new
+    pair.acc.dimse._assembler.max_command = new.max_command
+
+
+def test_a_command_set_beyond_its_limit_is_aborted() -> None:
+    pair = Pair(max_pdu=16384)
+    limited(pair, max_command=200)
+    raw = echo_rq(1).encode()
+    # A command that never says "last": fragments until the limit is passed.
+    for _ in range(5):
+        pair.req.ul.send_pdata([(1, 0x01, raw)], pair.now)
+    pair.pump()
+    (aborted,) = pair.acc.drain()
+    assert isinstance(aborted, ul.Aborted) and (aborted.source, aborted.reason) == (2, 6)
+    assert "longer than the 200 bytes" in aborted.detail
+    assert pair.acc.dimse._assembler._command_parts == []  # nothing kept
+
+
+def test_a_data_set_kept_in_memory_beyond_its_limit_is_aborted() -> None:
+    pair = Pair(max_pdu=16384)
+    limited(pair, max_dataset=10_000)
+    request = Command(
+        CommandField.C_FIND_RQ,
+        message_id=1,
+        affected_sop_class_uid=FIND,
+        priority=0,
+        command_data_set_type=0,
+    )
+    pair.req.send(5, request, b"\x00" * 20_000)
+    pair.pump()
+    (aborted,) = pair.acc.drain()
+    assert isinstance(aborted, ul.Aborted) and (aborted.source, aborted.reason) == (2, 0)
+    assert "C-FIND-RQ data set larger than the 10000 bytes" in aborted.detail
+    assert pair.acc.dimse._receiving is None
+
+
+def test_an_instance_beyond_its_limit_is_refused_not_aborted() -> None:
+    pair = Pair(max_pdu=4096, window=2)
+    limited(pair, max_instance=10_000)
+    sinks: list[Sink] = []
+    pair.acc.dimse.sink_factory = collecting(sinks)
+    big = c_store_rq(CT, "1.2.3", message_id=1)
+    pair.req.send(3, big, b"\x01" * 30_000)
+    small = c_store_rq(CT, "1.2.4", message_id=2)
+    pair.req.send(3, small, b"\x02" * 5_000)
+    pair.pump()
+    first, second = only_messages(pair.acc.drain())
+    # The first arrives whole but without its data set, to be answered
+    # with a failure status; what was written of it is dropped.
+    assert first.command == big and first.sink is None and first.dataset is None
+    assert first.refused is not None and "larger than the 10000 bytes" in first.refused
+    assert sinks[0].aborted and len(sinks[0].data) <= 10_000
+    # The association goes on: the next instance is stored as usual.
+    assert second.refused is None and bytes(sinks[1].data) == b"\x02" * 5_000
+    assert pair.acc.ul.state is State.STA6
+
+
+def test_a_message_must_arrive_whole_within_its_deadline() -> None:
+    pair = Pair(max_pdu=4096)
+    limited(pair, message_timeout=10.0)
+    outgoing = pair.req.dimse.send(3, c_store_rq(CT, "1.2.3", message_id=1), b"\x00" * 80_000)
+    assert pair.acc.dimse.get_timer() is None  # no message under way
+    for second in range(0, 10, 2):
+        # One PDU every 2 s: each byte is news, but the deadline stands.
+        pair.now = float(second)
+        outgoing.next_pdu(pair.now)
+        pair.pump()
+        assert pair.acc.dimse.get_timer() == 10.0
+        assert pair.acc.dimse.handle_timer(pair.now) == []
+    (aborted,) = pair.acc.dimse.handle_timer(10.0)
+    assert isinstance(aborted, ul.Aborted) and (aborted.source, aborted.reason) == (2, 0)
+    assert "not complete 10 s after its first fragment" in aborted.detail
+    assert pair.acc.ul.abort_sent
+
+
+def test_the_deadline_starts_again_with_each_message() -> None:
+    pair = Pair(window=2)
+    limited(pair, message_timeout=10.0)
+    pair.now = 5.0
+    pair.req.send(1, echo_rq(1))
+    pair.pump()
+    assert pair.acc.dimse.get_timer() is None  # whole at once: nothing pending
+    outgoing = pair.req.dimse.send(3, c_store_rq(CT, "1.2.3", message_id=2), b"\x00" * 20_000)
+    pair.now = 7.0
+    outgoing.next_pdu(pair.now)
+    pair.pump()
+    assert pair.acc.dimse.get_timer() == 17.0
+
+
+def test_a_pdu_with_too_many_pdvs_is_refused_as_a_bad_pdu() -> None:
+    pair = Pair()
+    pdvs = [(3, 0, b"x")] * (MAX_PDVS_PER_PDU + 1)
+    pair.req.ul.send_pdata(pdvs, pair.now)
+    pair.pump()
+    (aborted,) = pair.acc.drain()
+    assert isinstance(aborted, ul.Aborted) and (aborted.source, aborted.reason) == (2, 6)
+    assert f"more than the {MAX_PDVS_PER_PDU} PDVs" in aborted.detail
+
+
+@pytest.mark.parametrize("budget", [1, 2, 7])
+def test_a_parse_budget_splits_the_work_and_loses_nothing(budget: int) -> None:
+    pair = Pair(window=16)
+    pair.acc.ul.parse_budget = budget
+    requests = [echo_rq(pair.req.dimse.next_message_id()) for _ in range(16)]
+    for request in requests:
+        pair.req.send(1, request)
+    wire = b"".join(pair.req.ul.data_to_send())
+    pair.acc.ul.receive_data(wire, pair.now)
+    rounds = 1
+    pair.acc.take(pair.now)
+    while pair.acc.ul.input_pending:
+        # Each call parses at most `budget` PDVs' worth; the driver comes back.
+        assert len(pair.acc.events) <= rounds * budget
+        pair.acc.ul.parse_pending(pair.now)
+        pair.acc.take(pair.now)
+        rounds += 1
+        assert rounds <= 100
+    assert rounds >= 16 // budget
+    assert [m.command for m in only_messages(pair.acc.drain())] == requests

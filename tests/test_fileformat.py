@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import pydicom
 import pytest
@@ -10,9 +11,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from adicom.fileformat import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    MAX_INFLATED,
+    Inflater,
     decode_dataset,
     encode_dataset,
     encode_file_meta,
+    inflate,
     read_file_meta,
     scan_elements,
 )
@@ -144,3 +149,35 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
     # A value pydicom cannot convert takes pydicom's own path, unchanged.
     broken = encoded.replace(b"4 ", b"4A")
     assert decode_dataset(broken, syntax).Modality == "CT"
+
+
+def _deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def test_a_deflate_bomb_is_refused_after_inflating_no_more_than_the_limit() -> None:
+    bomb = _deflate(bytes(256 << 20))  # 256 MiB of zeros in ~250 KB
+    assert len(bomb) < 1 << 20
+    with pytest.raises(ValueError, match="inflates to more than 1024 bytes"):
+        inflate(bomb, limit=1024)
+    inflater = Inflater(4096)
+    for start in range(0, len(bomb), 65536):  # fed as it would arrive
+        inflater.feed(bomb[start : start + 65536])
+    assert inflater.full and len(inflater.out) == 4096
+
+
+def test_a_deflated_identifier_decodes_within_the_limit() -> None:
+    identifier = Dataset()
+    identifier.PatientName = "Doe^Jane"
+    identifier.QueryRetrieveLevel = "PATIENT"
+    encoded = encode_dataset(identifier, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    decoded = decode_dataset(encoded, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    assert decoded.PatientName == "Doe^Jane"
+    with pytest.raises(ValueError, match="inflates to more than"):
+        decode_dataset(_deflate(bytes(MAX_INFLATED + 1)), DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def test_bytes_that_are_not_deflate_data_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="does not inflate"):
+        Inflater(100).feed(b"\xff" * 64)

@@ -56,6 +56,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "user-facing",
         frozenset(
             {
+                "adicom.admission",
                 "adicom.values",
                 "adicom.models",
                 "adicom.settings",

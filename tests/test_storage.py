@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 import adicom
 from adicom import storage as storage_module
 from adicom.dimse import Command, CommandField
+from adicom.fileformat import encode_dataset
 from adicom.pdu import (
     PDV,
     AAbort,
@@ -482,4 +483,60 @@ async def test_layout_attributes_found_however_the_data_set_arrives(
     stored = pydicom.dcmread(path)
     assert stored.PixelData == dataset.PixelData
     assert len(stored.ReferencedImageSequence) == before_uids
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _deflated_instance(before_uids: bytes = b"") -> tuple[Dataset, bytes]:
+    """A Secondary Capture data set in Deflated Explicit VR LE, and its bytes on the wire."""
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    if before_uids:
+        # A private OB value before (0020,000D): the layout's UIDs come after it.
+        dataset.add_new(0x00091010, "LO", "ADICOM TEST")
+        dataset.add_new(0x00091011, "OB", before_uids)
+    return dataset, encode_dataset(dataset, DEFLATED)
+
+
+async def _receive(disk: adicom.DiskStorage, dataset: Dataset, encoded: bytes) -> int:
+    incoming = disk.open(
+        StoreContext(
+            calling_ae="SCU",
+            called_ae="STORE",
+            sop_class_uid=str(dataset.SOPClassUID),
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            transfer_syntax=DEFLATED,
+        )
+    )
+    view = memoryview(encoded)
+    for start in range(0, len(view), 16384):  # as the PDVs would bring it
+        incoming.write(view[start : start + 16384])
+    return await incoming.finish()
+
+
+@pytest.mark.parametrize("before", [0, 200_000], ids=["in-the-head", "past-the-head"])
+async def test_a_deflated_instance_is_filed_by_its_inflated_head(
+    tmp_path: pathlib.Path, before: int
+) -> None:
+    disk = adicom.DiskStorage(tmp_path)
+    dataset, encoded = _deflated_instance(os.urandom(before) if before else b"")
+    assert await _receive(disk, dataset, encoded) == 0x0000
+    (path,) = received_files(tmp_path)
+    assert path.parent.name == dataset.SeriesInstanceUID
+    assert pydicom.dcmread(path).SOPInstanceUID == dataset.SOPInstanceUID
+
+
+async def test_a_deflate_bomb_is_refused_without_inflating_it(tmp_path: pathlib.Path) -> None:
+    # 64 MiB of zeros before the UIDs, sent as ~64 KB: the layout is looked
+    # for in the first 4 MiB inflated, no further, and the instance refused.
+    disk = adicom.DiskStorage(tmp_path)
+    dataset, encoded = _deflated_instance(bytes(64 << 20))
+    assert len(encoded) < 1 << 20
+    assert await _receive(disk, dataset, encoded) == 0xC000
+    assert received_files(tmp_path) == []
     assert list((tmp_path / ".incoming").iterdir()) == []

@@ -175,12 +175,17 @@ class Command:
             raise malformed("command set has no Command Field (0000,0100)")
         return cls(other=tuple(other), **values)
 
+    @property
+    def name(self) -> str:
+        """The command's name as PS3.7 writes it ("C-FIND-RQ"), or its code."""
+        try:
+            return CommandField(self.command_field).name.replace("_", "-")
+        except ValueError:
+            return f"command 0x{self.command_field:04X}"
+
     def describe(self) -> str:
         """A short human-readable form for logs."""
-        try:
-            name = CommandField(self.command_field).name.replace("_", "-")
-        except ValueError:
-            name = f"command 0x{self.command_field:04X}"
+        name = self.name
         shown = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)

@@ -55,6 +55,7 @@ __all__ = [
     "DatasetSink",
     "DimseConnection",
     "DimseEvent",
+    "Limits",
     "Message",
     "OutgoingMessage",
     "RequestReceived",
@@ -95,13 +96,36 @@ class Message:
 
     When the command announced a data set, it is in ``dataset`` (encoded in
     the context's transfer syntax) or, when a sink took it as it arrived,
-    in ``sink``.
+    in ``sink``. ``refused`` says why a data set was dropped as it arrived
+    (larger than :attr:`Limits.max_instance`): the message is whole, the data
+    set gone, and the request is to be answered with a failure status.
     """
 
     context_id: int
     command: Command
     dataset: bytes | None = None
     sink: DatasetSink | None = None
+    refused: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one peer can make the DIMSE layer hold or wait for.
+
+    Each is checked as the bytes arrive. ``max_command``: the bytes of one
+    command set (they are a few hundred); ``max_dataset``: a data set kept
+    in memory (identifiers, and anything no sink takes), beyond which the
+    association is aborted; ``max_instance`` (None: no limit): a data set
+    streamed to a sink (a C-STORE's), beyond which it is dropped and the
+    request refused with a failure status; ``message_timeout`` (None: none):
+    seconds from a message's first PDV to its last, whatever trickles in
+    between. Zero means no limit for the sizes.
+    """
+
+    max_command: int = 64 * 1024
+    max_dataset: int = 16 << 20
+    max_instance: int | None = None
+    message_timeout: float | None = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +162,8 @@ class _Receiving:
     command: Command
     parts: list[bytes]
     sink: DatasetSink | None
+    size: int = 0
+    refused: str | None = None
 
 
 class OutgoingMessage:
@@ -202,8 +228,9 @@ class DimseConnection:
     flows. ``sink_factory``, when set, chooses where incoming data sets go.
     """
 
-    def __init__(self, upper_layer: ul.UpperLayer) -> None:
+    def __init__(self, upper_layer: ul.UpperLayer, limits: Limits | None = None) -> None:
         self.ul = upper_layer
+        self.limits = limits or Limits()
         #: Negotiated presentation contexts by ID (accepted and rejected).
         self.contexts: dict[int, PresentationContext] = {}
         #: The largest P-DATA-TF PDU the peer accepts (0: no limit).
@@ -216,8 +243,9 @@ class DimseConnection:
         self.max_incoming = 1
         #: Chooses where incoming data sets go (see :class:`DatasetSink`).
         self.sink_factory: SinkFactory | None = None
-        self._assembler = MessageAssembler()
+        self._assembler = MessageAssembler(self.limits.max_command)
         self._receiving: _Receiving | None = None
+        self._deadline: float | None = None
         #: Our requests awaiting a final response: Message ID -> command field.
         self._outstanding: dict[int, int] = {}
         #: The peer's requests we have not answered finally yet.
@@ -321,17 +349,47 @@ class DimseConnection:
     def handle_event(self, event: ul.ULEvent, now: float) -> list[DimseEvent]:
         """Take one upper layer event; return what it means for DIMSE, in order."""
         if isinstance(event, ul.PDataReceived):
+            if self.ul.abort_sent:
+                return []  # parsed before our A-ABORT went out: moot now
             out: list[DimseEvent] = []
             try:
                 self._receive_pdata(event.pdu, out)
             except RemoteProtocolError as exc:
                 out.append(self._violation(exc, now))
+                return out
+            self._track_deadline(now)
             return out
         if isinstance(event, ul.ReleaseRequested) and not event.collision:
             self.ul.respond_release(now)
         elif isinstance(event, ul.Aborted | ul.ConnectionLost | ul.ArtimExpired):
             self._drop_receiving()
         return [event]
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must be called: the deadline of the message arriving."""
+        return self._deadline
+
+    def handle_timer(self, now: float) -> list[DimseEvent]:
+        """Abort if the message arriving has not come whole by its deadline."""
+        if self._deadline is None or now < self._deadline:
+            return []
+        seconds = self.limits.message_timeout
+        return [
+            self._violation(
+                RemoteProtocolError(
+                    f"a message was not complete {seconds:g} s after its first fragment",
+                    abort_reason=0,
+                ),
+                now,
+            )
+        ]
+
+    def _track_deadline(self, now: float) -> None:
+        """Start the clock at a message's first PDV; stop it when the message is whole."""
+        if self._assembler.idle:
+            self._deadline = None
+        elif self._deadline is None and self.limits.message_timeout is not None:
+            self._deadline = now + self.limits.message_timeout
 
     def _receive_pdata(self, pdu: PDataTF, out: list[DimseEvent]) -> None:
         feed = self._assembler.feed
@@ -358,16 +416,47 @@ class DimseConnection:
                 continue
             receiving = self._receiving
             assert receiving is not None  # the assembler saw the command first
-            if receiving.sink is not None:
-                receiving.sink.write(event.data)  # type: ignore[arg-type]
-            else:
-                receiving.parts.append(bytes(event.data))
+            self._take(receiving, event.data)
             if event.last:
                 self._receiving = None
                 dataset = None if receiving.sink is not None else b"".join(receiving.parts)
-                message = Message(receiving.context_id, receiving.command, dataset, receiving.sink)
+                message = Message(
+                    receiving.context_id,
+                    receiving.command,
+                    dataset if receiving.refused is None else None,
+                    receiving.sink,
+                    receiving.refused,
+                )
                 if (delivered := self._deliver(message)) is not None:
                     out.append(delivered)
+
+    def _take(self, receiving: _Receiving, data: bytes | memoryview) -> None:
+        """One data set fragment: into the sink, or memory, within the limits."""
+        receiving.size += len(data)
+        if receiving.refused is not None:
+            return  # dropped as it comes: the request will be refused
+        sink = receiving.sink
+        if sink is not None:
+            limit = self.limits.max_instance
+            if limit and receiving.size > limit:
+                # Not a protocol error: the SCP refuses this instance
+                # (PS3.4 B.2.3, out of resources) once the message is in.
+                receiving.refused = (
+                    f"the data set is larger than the {limit} bytes this SCP accepts"
+                )
+                receiving.sink = None
+                sink.abort()
+                return
+            sink.write(data)  # type: ignore[arg-type]
+            return
+        limit = self.limits.max_dataset
+        if limit and receiving.size > limit:
+            raise RemoteProtocolError(
+                f"a {receiving.command.name} data set larger than "
+                f"the {limit} bytes accepted in memory",
+                abort_reason=0,
+            )
+        receiving.parts.append(bytes(data))
 
     def _deliver(self, message: Message) -> RequestReceived | ResponseReceived | None:
         command = message.command
@@ -399,12 +488,15 @@ class DimseConnection:
         return RequestReceived(message)
 
     def _violation(self, exc: RemoteProtocolError, now: float) -> ul.Aborted:
-        """The peer broke DIMSE rules: A-ABORT (provider source, its reason)."""
+        """The peer broke DIMSE rules or a limit: A-ABORT (provider source, its reason)."""
         self._drop_receiving()
         self.ul.abort(now, source=2, reason=exc.abort_reason)
         return ul.Aborted(2, exc.abort_reason, local=True, detail=str(exc))
 
     def _drop_receiving(self) -> None:
+        """The association ended under a message: keep nothing of it."""
+        self._assembler.reset()
+        self._deadline = None
         receiving, self._receiving = self._receiving, None
         if receiving is not None and receiving.sink is not None:
             receiving.sink.abort()

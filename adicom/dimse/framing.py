@@ -123,17 +123,29 @@ class MessageAssembler:
     keep them in memory or stream them elsewhere.
     """
 
-    __slots__ = ("_command_parts", "_context", "_expect_data")
+    __slots__ = ("_command_parts", "_command_size", "_context", "_expect_data", "max_command")
 
-    def __init__(self) -> None:
+    def __init__(self, max_command: int = 0) -> None:
         self._command_parts: list[bytes | memoryview] = []
+        self._command_size = 0
         self._context: int | None = None
         self._expect_data = False
+        #: The largest command set accepted, in bytes (0: no limit). Command
+        #: sets are a few hundred bytes; one that never ends must not grow
+        #: without bound.
+        self.max_command = max_command
 
     @property
     def idle(self) -> bool:
         """True between messages."""
         return self._context is None
+
+    def reset(self) -> None:
+        """Forget a message half-received (the association ended under it)."""
+        self._command_parts = []
+        self._command_size = 0
+        self._context = None
+        self._expect_data = False
 
     def feed(
         self, context_id: int, is_command: bool, is_last: bool, data: bytes | memoryview
@@ -149,10 +161,14 @@ class MessageAssembler:
                 raise malformed("a command PDV arrived where data set fragments were expected")
             self._context = context_id
             self._command_parts.append(data)
+            self._command_size += len(data)
+            if self.max_command and self._command_size > self.max_command:
+                raise malformed(f"a command set longer than the {self.max_command} bytes accepted")
             if not is_last:
                 return None
             raw = b"".join(self._command_parts)
             self._command_parts = []
+            self._command_size = 0
             command = Command.decode(raw)
             if command.has_dataset:
                 self._expect_data = True

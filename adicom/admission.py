@@ -1,0 +1,103 @@
+"""Who may hold a connection to a server, and how many: the server's own limits.
+
+A TCP connection costs a socket, a task and buffers before it is an
+association, and an association costs more. :class:`Admission` counts both,
+in total and per peer address, so that neither silent connections nor one
+busy address can lock every other peer out:
+
+* connections still negotiating (no A-ASSOCIATE-RQ yet, or not yet
+  answered) have a cap of their own, so they never take the room of
+  associations;
+* associations have their cap (beyond it, A-ASSOCIATE-RJ "local limit
+  exceeded", transient: PS3.8 Table 9-21);
+* one address holds at most so many connections of either kind.
+
+A connection over a cap before its A-ASSOCIATE-RQ is closed at once (there
+is nothing to answer yet); each refusal is logged once per interval, not once
+per connection, so a flood cannot fill the log either.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+__all__ = ["Admission", "RateLimitedLog"]
+
+log = logging.getLogger("adicom")
+
+
+class RateLimitedLog:
+    """Log a warning at most once per ``interval`` seconds per key, with the count since."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        """Log ``message`` now, or count it if ``key`` was logged within the interval."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        more = self._suppressed.pop(key, 0)
+        if more:
+            log.warning(message + " (and %d more like it)", *args, more)
+        else:
+            log.warning(message, *args)
+
+
+class Admission:
+    """Counts connections and associations, in total and per address, against caps.
+
+    ``max_pending`` bounds connections not yet associated, ``max_associations``
+    associations, ``max_per_address`` both together for one peer address
+    (None for any of them: no limit).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_associations: int | None = 500,
+        max_pending: int | None = 128,
+        max_per_address: int | None = 64,
+    ) -> None:
+        self.max_associations = max_associations
+        self.max_pending = max_pending
+        self.max_per_address = max_per_address
+        self.pending = 0
+        self.associated = 0
+        self._by_address: Counter[str] = Counter()
+        self.log = RateLimitedLog()
+
+    def connect(self, address: str) -> str | None:
+        """A connection from ``address`` opened: None to let it in, or why it is refused."""
+        if self.max_pending is not None and self.pending >= self.max_pending:
+            return f"{self.pending} connections are still negotiating (--max-pending)"
+        if self.max_per_address is not None and self._by_address[address] >= self.max_per_address:
+            return f"{address} holds {self._by_address[address]} connections (--max-per-address)"
+        self.pending += 1
+        self._by_address[address] += 1
+        return None
+
+    def associate(self) -> bool:
+        """A negotiating connection asks to become an association: False when full."""
+        if self.max_associations is not None and self.associated >= self.max_associations:
+            return False
+        self.pending -= 1
+        self.associated += 1
+        return True
+
+    def disconnect(self, address: str, *, associated: bool) -> None:
+        """A connection counted by :meth:`connect` ended."""
+        if associated:
+            self.associated -= 1
+        else:
+            self.pending -= 1
+        self._by_address[address] -= 1
+        if self._by_address[address] <= 0:
+            del self._by_address[address]
