@@ -178,7 +178,6 @@ class Association:
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._error: DicomError | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._connected: asyncio.Future[None] = self._loop.create_future()
         self._request_seen: asyncio.Future[AAssociateRQ] = self._loop.create_future()
         self._association_answer: asyncio.Future[ul.ULEvent] | None = None
         self._release_done: asyncio.Future[None] | None = None
@@ -310,11 +309,6 @@ class Association:
         self._dimse.agree(requestor_agreement(request, response, async_window))
         return response
 
-    async def wait_connected(self) -> tuple[str, int] | None:
-        """Acceptor: wait until the connection is made; the peer's (host, port)."""
-        await asyncio.shield(self._connected)
-        return self.peer_address
-
     async def wait_request(self) -> AAssociateRQ | None:
         """Acceptor: the peer's A-ASSOCIATE-RQ, or None if the connection closed first.
 
@@ -409,7 +403,6 @@ class Association:
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._connected.set_result(None)
         self._last_received = self._loop.time()
         self._arm_idle_timer()
         if not self.requestor:

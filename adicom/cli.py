@@ -26,6 +26,7 @@ from adicom.archive import Archive
 from adicom.client import connect
 from adicom.demo import run_demo
 from adicom.dicomclient import DicomClient
+from adicom.dimse import Limits
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
 from adicom.models import (
     DicomNode,
@@ -83,6 +84,16 @@ def _positive(value: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError("a timeout must be more than 0 seconds")
     return seconds
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} is too small: give 1 or more")
+    return count
 
 
 def _peer_options(parser: argparse.ArgumentParser, timeout: float = 30.0) -> None:
@@ -203,6 +214,57 @@ def _add_serve(commands: _Commands) -> None:
         help="accept only these calling AE titles (repeatable; default: any)",
     )
     _timeouts(serve, settings)
+    _limits(serve)
+
+
+def _limits(serve: argparse.ArgumentParser) -> None:
+    """What one peer may make the server hold or wait for (docs/server.md, "Limits")."""
+    defaults = Limits()
+    group = serve.add_argument_group("limits (what one peer may make the server spend)")
+    group.add_argument(
+        "--max-pending",
+        type=_count,
+        default=128,
+        metavar="N",
+        help="connections not yet associated, at once (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-per-address",
+        type=_count,
+        default=64,
+        metavar="N",
+        help="connections from one address, associated or not (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-command-bytes",
+        type=_count,
+        default=defaults.max_command,
+        metavar="BYTES",
+        help="size of one command set (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-dataset-bytes",
+        type=_count,
+        default=defaults.max_dataset,
+        metavar="BYTES",
+        help="size of a data set held in memory, such as a C-FIND identifier; "
+        "beyond it the association is aborted (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-instance-bytes",
+        type=_count,
+        default=None,
+        metavar="BYTES",
+        help="size of one C-STORE data set; beyond it the instance is refused with "
+        "0xA700 (default: no limit)",
+    )
+    group.add_argument(
+        "--message-timeout",
+        type=_positive,
+        default=defaults.message_timeout,
+        metavar="SECONDS",
+        help="time to receive one whole message, however slowly it trickles (default: %(default)s)",
+    )
 
 
 def _listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
@@ -370,6 +432,14 @@ async def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             max_associations=args.max_associations,
+            max_pending=args.max_pending,
+            max_per_address=args.max_per_address,
+            limits=Limits(
+                max_command=args.max_command_bytes,
+                max_dataset=args.max_dataset_bytes,
+                max_instance=args.max_instance_bytes,
+                message_timeout=args.message_timeout,
+            ),
             allowed_calling_aes=args.allow,
             artim_timeout=args.association_timeout,
             dimse_timeout=args.dimse_timeout,

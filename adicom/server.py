@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,6 +19,7 @@ from adicom.admission import Admission
 from adicom.association import Association, Message
 from adicom.dimse import CommandField, Limits, Status
 from adicom.errors import DicomError, describe_reject
+from adicom.listener import Listener
 from adicom.negotiation import (
     ASYNC_WINDOW,
     DEFAULT_MAX_PDU,
@@ -179,7 +181,7 @@ class Server:
             max_pdu=max_pdu,
             async_window=self.async_window,
         )
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
         #: How many associations were accepted, rejected and aborted so far.
@@ -190,32 +192,34 @@ class Server:
     @property
     def port(self) -> int:
         """The port the server listens on (useful after ``port=0``)."""
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             raise RuntimeError("the server is not listening")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        return self._listener.port
 
     async def start(self) -> None:
-        """Start listening."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._new_connection, self.host, self._requested_port, reuse_address=True
-        )
+        """Start listening; raises OSError when the address cannot be used."""
+        listener = Listener(self.host, self._requested_port, self._accepted)
+        await listener.start()
+        self._listener = listener
         log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
 
     async def close(self) -> None:
-        """Stop listening, abort open associations and wait for their tasks."""
-        if self._server is not None:
-            self._server.close()
+        """Stop listening, abort open associations (from any state) and wait for them.
+
+        Bounded: an association task that has not ended 5 s after being
+        cancelled is left to the event loop's shutdown.
+        """
+        if self._listener is not None:
+            self._listener.close()
         for association in list(self._associations):
             association.abort()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
         if self.storage is not None:
             await self.storage.aclose()
 
@@ -243,13 +247,21 @@ class Server:
 
     async def serve_forever(self) -> None:
         """Serve until cancelled."""
-        if self._server is None:
+        if self._listener is None:
             await self.start()
         await asyncio.Event().wait()
 
     # -- per association --------------------------------------------------------
 
-    def _new_connection(self) -> asyncio.BufferedProtocol:
+    def _accepted(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """A connection arrived: let it in within the limits, or close it at once."""
+        host = address[0]
+        refusal = self.admission.connect(host)
+        if refusal is not None:
+            self.stats["refused"] += 1
+            self.admission.log.warning("refused", "closing new connections: %s", refusal)
+            sock.close()
+            return
         association = Association(
             requestor=False,
             max_pdu=self.max_pdu,
@@ -260,20 +272,22 @@ class Server:
         )
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
-        task = asyncio.get_running_loop().create_task(self._serve(association))
+        task = asyncio.get_running_loop().create_task(self._serve(association, sock, address))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return association.protocol()
 
-    async def _serve(self, association: Association) -> None:
-        address = await association.wait_connected()
-        host = address[0] if address else "?"
-        refusal = self.admission.connect(host)
-        if refusal is not None:
-            self.stats["refused"] += 1
-            self.admission.log.warning("refused", "closing new connections: %s", refusal)
-            association.close()
-            await association.wait_closed(self.artim_timeout)
+    async def _serve(
+        self, association: Association, sock: socket.socket, address: tuple[str, int]
+    ) -> None:
+        host = address[0]
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(association.protocol, sock)
+        except BaseException as exc:
+            sock.close()
+            self.admission.disconnect(host, associated=False)
+            if not isinstance(exc, OSError):
+                raise
+            log.info("connection from %s lost before it started: %s", address, exc)
             return
         associated = False
         self._associations.add(association)

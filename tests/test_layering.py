@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.admission",
+                "adicom.listener",
                 "adicom.values",
                 "adicom.models",
                 "adicom.settings",

@@ -1,0 +1,134 @@
+"""Listening sockets and their accept loops, which survive running out of descriptors.
+
+asyncio's own server logs a traceback for every accept() that fails for want
+of resources, and retries in a way a flood of connections turns into
+thousands of tracebacks. Here an accept that fails with EMFILE, ENFILE,
+ENOBUFS or ENOMEM is logged once per interval, the loop backs off (doubling
+from 50 ms to 1 s), and the associations already open are served meanwhile;
+accepting resumes by itself when descriptors are free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Callable
+
+from adicom.admission import RateLimitedLog
+
+__all__ = ["Listener"]
+
+#: accept() failures that mean "not now": resources run out, not a broken socket.
+_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_RETRY_MIN, _RETRY_MAX = 0.05, 1.0
+
+
+class Listener:
+    """Listens on ``host:port`` (every address it resolves to) and hands on each connection.
+
+    ``on_accept(sock, address)`` is called for each accepted socket, which
+    it then owns (it may close it at once).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_accept: Callable[[socket.socket, tuple[str, int]], None],
+        *,
+        backlog: int = 128,
+    ) -> None:
+        self.host, self.requested_port = host, port
+        self.on_accept = on_accept
+        self.backlog = backlog
+        self.sockets: list[socket.socket] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._log = RateLimitedLog()
+
+    async def start(self) -> None:
+        """Bind and listen; raises OSError (address in use, not ours)."""
+        loop = asyncio.get_running_loop()
+        # Resolved here, once, at start: asyncio's getaddrinfo would run in
+        # a thread, and adicom starts none. A listening address is a
+        # literal or a local name (/etc/hosts), which resolves at once.
+        infos = socket.getaddrinfo(
+            self.host or None,
+            self.requested_port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+        port = self.requested_port
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                self.sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # Port 0 picks a free port: every address then uses the one
+                # the first was given.
+                try:
+                    sock.bind((address[0], port, *address[2:]))
+                except OSError as exc:
+                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                    raise OSError(
+                        exc.errno, f"cannot listen on {address[0]}:{port}: {reason}"
+                    ) from None
+                port = sock.getsockname()[1]
+                sock.listen(self.backlog)
+                sock.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
+        self._tasks = [loop.create_task(self._accept(sock)) for sock in self.sockets]
+
+    @property
+    def port(self) -> int:
+        """The port listened on."""
+        if not self.sockets:
+            raise RuntimeError("the server is not listening")
+        port: int = self.sockets[0].getsockname()[1]
+        return port
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        delay = _RETRY_MIN
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRORS:
+                    if sock.fileno() == -1:
+                        return  # closed under us
+                    raise
+                self._log.warning(
+                    "accept",
+                    "cannot accept connections on port %d: %s; serving the open ones, "
+                    "retrying in %.2f s",
+                    self.port,
+                    os.strerror(exc.errno or 0),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            delay = _RETRY_MIN
+            self.on_accept(conn, address)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets."""
+        for task in self._tasks:
+            task.cancel()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.sockets = []
+
+    async def wait_closed(self) -> None:
+        """Wait for the accept loops to end after :meth:`close`."""
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        self._tasks = []
