@@ -280,13 +280,75 @@ async def test_association_timeout_when_the_peer_never_answers() -> None:
         assert info.value.which == "association"
 
 
-async def test_dimse_timeout_when_no_response_comes() -> None:
+async def test_dimse_timeout_when_no_response_comes_aborts() -> None:
+    # A late response could be taken for another request's: after a DIMSE
+    # timeout the association is aborted, not left up.
     peer = FakePeer(answer=lambda rq: [accept(rq)])
     async with peer.running() as port, adicom.connect("127.0.0.1", port, timeout=0.3) as assoc:
         with pytest.raises(DicomTimeout) as info:
             await assoc.echo()
         assert info.value.which == "DIMSE"
-        assoc.abort()  # leave the block without waiting on a release answer
+        assert not assoc.is_established
+        with pytest.raises(AssociationAborted):
+            await assoc.echo()
+        async with asyncio.timeout(CLOSE_BOUND):
+            await peer.done.wait()
+    assert peer.received[-1] == AAbort(0, 0)
+
+
+async def test_a_message_cut_off_by_cancellation_aborts_the_association() -> None:
+    # The peer stops reading; our C-STORE of 8 MB waits on flow control and
+    # is cancelled half-way: half a message cannot stay on the wire of an
+    # association still marked established.
+    from pydicom.dataset import Dataset
+
+    peer_reading = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = PDUReader(max_pdata_length=0)
+        received: list[object] = []
+        try:
+            async with asyncio.timeout(CLOSE_BOUND * 2):
+                while (pdu := decoder.next_pdu()) is None:
+                    decoder.feed(await reader.read(65536))
+                writer.write(accept(pdu))  # type: ignore[arg-type]
+                await peer_reading.wait()  # not reading: the sender fills the socket
+                while chunk := await reader.read(1 << 20):
+                    decoder.feed(chunk)
+                    while (pdu := decoder.next_pdu()) is not None:
+                        received.append(pdu)
+        finally:
+            writer.close()
+            results.append(received)
+            peer_done.set()
+
+    results: list[list[object]] = []
+    peer_done = asyncio.Event()
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.SOPInstanceUID = "1.2.3.4"
+    dataset.add_new(0x00091010, "LO", "ADICOM TEST")
+    dataset.add_new(0x00091011, "OB", bytes(8 << 20))
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        assoc = await adicom.open_association(
+            "127.0.0.1", port, contexts=[(dataset.SOPClassUID, ["1.2.840.10008.1.2"])]
+        )
+        task = asyncio.get_running_loop().create_task(adicom.store_instance(assoc, dataset))
+        async with asyncio.timeout(CLOSE_BOUND):
+            while assoc._transport is None or not assoc._paused:
+                await asyncio.sleep(0.01)  # bounded: until flow control holds the sender
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not assoc.is_established
+        peer_reading.set()
+        async with asyncio.timeout(CLOSE_BOUND):
+            await assoc.wait_closed()
+            await peer_done.wait()
+    # The peer read the data that had gone, then our A-ABORT.
+    assert results[0][-1] == AAbort(0, 0)
 
 
 # -- bad input sent to the server ----------------------------------------------

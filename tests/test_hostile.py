@@ -1,0 +1,328 @@
+"""Hostile peers against a real Server over loopback: each is stopped, and others are served.
+
+The attacker connects from 127.0.0.2 (Linux routes all of 127/8 to the
+loopback), the well-behaved probe from 127.0.0.1, so the per-address limits
+see two peers. Every test ends with the probe's C-ECHO answered: one peer's
+misbehaviour must cost that peer, never everyone. Speed and memory under
+attack are measured in benchmarks/ (the adversity workload), not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+import adicom
+from adicom.dimse import Command, CommandField, Limits, c_store_rq
+from adicom.pdu import (
+    PDV,
+    AAbort,
+    AAssociateAC,
+    AAssociateRQ,
+    PDataTF,
+    PDUReader,
+    PresentationContextRQ,
+    UserInformation,
+    encode_pdata,
+)
+
+pytestmark = pytest.mark.anyio
+
+BOUND = 10.0  # every wait in these tests ends within this many seconds
+ATTACKER = "127.0.0.2"
+VERIFICATION = "1.2.840.10008.1.1"
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+IMPLICIT = "1.2.840.10008.1.2"
+
+REQUEST = AAssociateRQ(
+    called_ae="ADICOM",
+    calling_ae="ATTACKER",
+    presentation_contexts=(
+        PresentationContextRQ(1, VERIFICATION, (IMPLICIT,)),
+        PresentationContextRQ(3, FIND, (IMPLICIT,)),
+        PresentationContextRQ(5, SC, (IMPLICIT,)),
+    ),
+    user_information=UserInformation(1 << 20, "1.2.3.4"),
+)
+
+
+@contextlib.asynccontextmanager
+async def serving(**options: object) -> AsyncIterator[adicom.Server]:
+    async with adicom.Server(
+        "ADICOM",
+        port=0,
+        storage=adicom.MemoryStorage(),
+        on_find=_no_matches,
+        **options,  # type: ignore[arg-type]
+    ) as server:
+        yield server
+
+
+async def _no_matches(identifier: Dataset, context: adicom.QRContext) -> AsyncIterator[Dataset]:
+    return
+    yield
+
+
+async def probe(server: adicom.Server) -> None:
+    """The well-behaved peer, from another address: its C-ECHO must be answered."""
+    async with asyncio.timeout(BOUND):
+        async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
+            assert await assoc.echo() == 0x0000
+
+
+async def attacker(server: adicom.Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", server.port, local_addr=(ATTACKER, 0))
+
+
+async def associated(server: adicom.Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An attacker's connection that has its association."""
+    reader, writer = await attacker(server)
+    writer.write(REQUEST.encode())
+    assert isinstance(await next_pdu(reader), AAssociateAC)
+    return reader, writer
+
+
+async def next_pdu(reader: asyncio.StreamReader, decoder: PDUReader | None = None) -> object:
+    """The next PDU the server sends, or None when it closes first."""
+    decoder = decoder or PDUReader(max_pdata_length=0)
+    async with asyncio.timeout(BOUND):
+        while (pdu := decoder.next_pdu()) is None:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return None
+            decoder.feed(chunk)
+    return pdu
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """True once the server closes this connection (within the bound)."""
+    async with asyncio.timeout(BOUND):
+        while await reader.read(65536):
+            pass
+    return True
+
+
+def pdata(context_id: int, control: int, data: bytes) -> bytes:
+    return b"".join(encode_pdata([(context_id, control, data)]))
+
+
+# -- connections that never associate ---------------------------------------------
+
+
+async def test_silent_connections_cannot_lock_out_associations() -> None:
+    async with serving(max_pending=8, max_per_address=4) as server:
+        silent = [await attacker(server) for _ in range(12)]
+        # The first four from that address wait for their A-ASSOCIATE-RQ;
+        # the others are closed at once, before anything is allocated.
+        refused = 0
+        for reader, _ in silent[4:]:
+            refused += await closed_by_server(reader)
+        assert refused == 8 and server.stats["refused"] == 8
+        await probe(server)  # the silent ones take no association's room
+        for _, writer in silent:
+            writer.close()
+
+
+async def test_a_dribbled_association_request_is_closed_by_artim() -> None:
+    async with serving(artim_timeout=0.5) as server:
+        reader, writer = await attacker(server)
+        encoded = REQUEST.encode()
+
+        async def dribble() -> None:
+            for byte in encoded:  # a byte every 50 ms: slower than ARTIM allows
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        task = asyncio.get_running_loop().create_task(dribble())
+        await probe(server)  # served while the dribble goes on
+        assert await closed_by_server(reader)
+        task.cancel()
+        writer.close()
+
+
+async def test_one_address_cannot_hold_every_association() -> None:
+    async with serving(max_per_address=3, max_associations=10) as server:
+        held = [await associated(server) for _ in range(3)]
+        reader, writer = await attacker(server)
+        assert await closed_by_server(reader)  # the fourth from that address
+        await probe(server)
+        for _, held_writer in [*held, (reader, writer)]:
+            held_writer.close()
+
+
+# -- messages that never end, or end too big --------------------------------------
+
+
+async def test_a_command_set_that_never_ends_is_aborted() -> None:
+    async with serving(limits=Limits(max_command=4096)) as server:
+        reader, writer = await associated(server)
+        piece = bytes(1000)
+        for _ in range(10):  # command fragments, none of them the last
+            writer.write(pdata(1, 0x01, piece))
+        assert await next_pdu(reader) == AAbort(2, 6)
+        assert await closed_by_server(reader)
+        writer.close()
+        await probe(server)
+
+
+async def test_an_oversized_identifier_is_aborted() -> None:
+    async with serving(limits=Limits(max_dataset=64 * 1024)) as server:
+        reader, writer = await associated(server)
+        command = Command(
+            CommandField.C_FIND_RQ,
+            message_id=1,
+            affected_sop_class_uid=FIND,
+            priority=0,
+            command_data_set_type=0,
+        )
+        writer.write(pdata(3, 0x03, command.encode()))
+        for _ in range(20):  # 200 KB of identifier, 10 KB a PDV
+            writer.write(pdata(3, 0x00, bytes(10_000)))
+        assert await next_pdu(reader) == AAbort(2, 0)
+        writer.close()
+        await probe(server)
+
+
+async def test_a_data_set_on_a_c_echo_is_bounded_too() -> None:
+    async with serving(limits=Limits(max_dataset=64 * 1024)) as server:
+        reader, writer = await associated(server)
+        echo = Command(
+            CommandField.C_ECHO_RQ,
+            message_id=1,
+            affected_sop_class_uid=VERIFICATION,
+            command_data_set_type=0,
+        )
+        writer.write(pdata(1, 0x03, echo.encode()))
+        for _ in range(20):
+            writer.write(pdata(1, 0x00, bytes(10_000)))
+        assert await next_pdu(reader) == AAbort(2, 0)
+        writer.close()
+        await probe(server)
+
+
+async def test_a_dribbled_message_is_aborted_at_its_deadline() -> None:
+    # Bytes keep coming (the idle timer never fires), but the message must
+    # be whole within message_timeout of its first fragment.
+    async with serving(limits=Limits(message_timeout=0.5), idle_timeout=60) as server:
+        reader, writer = await associated(server)
+        command = c_store_rq(SC, generate_uid(), message_id=1)
+        writer.write(pdata(5, 0x03, command.encode()))
+
+        async def dribble() -> None:
+            for _ in range(200):
+                writer.write(pdata(5, 0x00, b"\x00\x00"))
+                await asyncio.sleep(0.05)
+
+        task = asyncio.get_running_loop().create_task(dribble())
+        assert await next_pdu(reader) == AAbort(2, 0)
+        task.cancel()
+        writer.close()
+        await probe(server)
+
+
+async def test_an_instance_beyond_max_instance_is_refused_and_the_association_goes_on() -> None:
+    storage = adicom.MemoryStorage()
+
+    def instance(size: int) -> Dataset:
+        dataset = Dataset()
+        dataset.SOPClassUID = SC
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.ImageComments = "x" * size
+        return dataset
+
+    async with adicom.Server(
+        "ADICOM", port=0, storage=storage, limits=Limits(max_instance=50_000)
+    ) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ADICOM", contexts=[(SC, [IMPLICIT])]
+        ) as assoc:
+            big = await adicom.store_instance(assoc, instance(9_000))
+            too_big = await adicom.store_instance(assoc, _big(100_000))
+            small = await adicom.store_instance(assoc, instance(1_000))
+    assert big.status == 0x0000
+    assert too_big.status == 0xA700 and "larger than the 50000 bytes" in (too_big.error or "")
+    assert small.status == 0x0000
+    assert len(storage.datasets) == 2
+
+
+def _big(size: int) -> Dataset:
+    dataset = Dataset()
+    dataset.SOPClassUID = SC
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.add_new(0x00091010, "LO", "ADICOM TEST")
+    dataset.add_new(0x00091011, "OB", bytes(size))
+    return dataset
+
+
+# -- work per callback -------------------------------------------------------------
+
+
+async def test_a_pdu_of_too_many_pdvs_is_refused() -> None:
+    async with serving() as server:
+        reader, writer = await associated(server)
+        body = b"".join(struct.pack(">LBB", 3, 5, 0) + b"x" for _ in range(5000))
+        writer.write(struct.pack(">BxL", 0x04, len(body)) + body)
+        assert await next_pdu(reader) == AAbort(2, 6)
+        writer.close()
+        await probe(server)
+
+
+async def test_a_flood_of_small_pdvs_is_served_in_slices_and_others_still_are() -> None:
+    # Legal PDUs of 1000 one-byte PDVs each, streamed without pause into a
+    # C-STORE: the server takes them a slice per loop turn, pausing that
+    # peer in between, and the probe is answered while the flood goes on.
+    async with serving(limits=Limits(message_timeout=None)) as server:
+        _, writer = await associated(server)
+        command = c_store_rq(SC, generate_uid(), message_id=1)
+        writer.write(pdata(5, 0x03, command.encode()))
+        flood = PDataTF(tuple(_one_byte_pdv() for _ in range(1000))).encode()
+        stop = asyncio.Event()
+
+        async def pour() -> int:
+            sent = 0
+            while not stop.is_set() and sent < 2000:
+                writer.write(flood)
+                await writer.drain()  # the server's pauses push back here
+                sent += 1
+            return sent
+
+        task = asyncio.get_running_loop().create_task(pour())
+        await asyncio.sleep(0.1)  # let the flood start
+        await probe(server)
+        stop.set()
+        async with asyncio.timeout(BOUND):
+            assert await task > 0
+        writer.close()
+
+
+def _one_byte_pdv() -> PDV:
+    return PDV(5, False, False, b"\x00")
+
+
+# -- shutdown from any state ------------------------------------------------------
+
+
+async def test_closing_the_server_under_a_connection_not_yet_associated_is_clean(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="adicom")
+    server = adicom.Server("ADICOM", port=0)
+    await server.start()
+    reader, writer = await attacker(server)  # Sta2: connected, no A-ASSOCIATE-RQ
+    reader2, writer2 = await associated(server)  # Sta6
+    async with asyncio.timeout(BOUND):
+        await server.close()
+    assert await closed_by_server(reader)
+    assert await next_pdu(reader2) == AAbort(0, 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+    writer.close()
+    writer2.close()
