@@ -39,6 +39,7 @@ from adicom.fileformat import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    ConvertedFile,
     encode_dataset,
     read_file_meta,
 )
@@ -177,8 +178,11 @@ def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) ->
         instance.error = f"cannot read: {exc.strerror or exc}"
         return instance
     except ValueError:
-        # Not a Part 10 file; pydicom may still make a data set of it.
+        # Not a Part 10 file; pydicom may still make a data set of it, if it
+        # is small enough to read whole without holding the event loop.
         try:
+            if os.path.getsize(path) > CONVERT_LIMIT:
+                raise ValueError("too large to read whole")
             dataset = pydicom.dcmread(path, force=True)
             if "SOPClassUID" not in dataset:
                 raise ValueError("no SOP Class UID")
@@ -300,6 +304,10 @@ async def store_instance(
 #: Files up to this size are read whole while the peer works on the previous
 #: instance; larger ones are read as they are sent, never held whole.
 PRELOAD_LIMIT = 1 << 20
+#: The largest file read and converted whole (decoded and encoded by pydicom,
+#: on the event loop: ~40 ms); larger ones are converted only as ConvertedFile
+#: streams them.
+CONVERT_LIMIT = 16 << 20
 
 
 @dataclass(slots=True)
@@ -308,13 +316,13 @@ class _Outgoing:
 
     instance: _Instance
     context_id: int
-    source: bytes | memoryview | _FileSlice
+    source: bytes | memoryview | _FileSlice | ConvertedFile
     #: Its C-STORE-RQ (with its Message ID), and encoded, while the peer was busy.
     command: Command | None = None
     encoded: bytes = b""
 
     def close(self) -> None:
-        if isinstance(self.source, _FileSlice):
+        if isinstance(self.source, _FileSlice | ConvertedFile):
             self.source.close()
 
 
@@ -342,7 +350,7 @@ def _ready(
             f"in {UID(instance.transfer_syntax).name}"
         )
     context_id, transfer = choice
-    source: bytes | memoryview | _FileSlice
+    source: bytes | memoryview | _FileSlice | ConvertedFile
     try:
         if instance.data is not None and transfer == instance.transfer_syntax:
             source = instance.data
@@ -356,15 +364,40 @@ def _ready(
                 # Read now, while the peer is busy with the previous instance.
                 slice_, source = source, source.read(source.size)
                 slice_.close()
+        elif instance.dataset is not None:
+            source = encode_dataset(instance.dataset, transfer)
         else:
-            dataset = instance.dataset
-            if dataset is None:
-                assert instance.path is not None
-                dataset = pydicom.dcmread(instance.path)
-            source = encode_dataset(dataset, transfer)
+            assert instance.path is not None
+            converted = _converted(instance, transfer)
+            if converted is None:
+                return instance.failed(
+                    f"it must be converted from {UID(instance.transfer_syntax).name} to "
+                    f"{UID(transfer).name}: adicom converts files whole only up to "
+                    f"{CONVERT_LIMIT >> 20} MiB, and larger ones only little endian with "
+                    "their pixel data last"
+                )
+            source = converted
     except Exception as exc:
         return instance.failed(f"cannot read the instance: {exc}")
     return _Outgoing(instance, context_id, source)
+
+
+def _converted(instance: _Instance, transfer: str) -> bytes | ConvertedFile | None:
+    """The file's data set in ``transfer``, without reading a large file whole.
+
+    The pixel data of a little endian file is streamed as it lies (see
+    ConvertedFile); another file is read and converted whole only up to
+    CONVERT_LIMIT, which costs the event loop tens of milliseconds at most.
+    """
+    assert instance.path is not None
+    streamed = ConvertedFile.open(
+        instance.path, instance.offset, instance.transfer_syntax, transfer
+    )
+    if streamed is not None:
+        return streamed
+    if os.path.getsize(instance.path) > CONVERT_LIMIT:
+        return None
+    return encode_dataset(pydicom.dcmread(instance.path), transfer)
 
 
 def _result(instance: _Instance, response: Command) -> StoreResult:

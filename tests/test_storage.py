@@ -14,12 +14,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 import adicom
 from adicom import storage as storage_module
 from adicom.dimse import Command, CommandField
-from adicom.fileformat import encode_dataset
+from adicom.fileformat import ConvertedFile, encode_dataset, read_file_meta
 from adicom.pdu import (
     PDV,
     AAbort,
@@ -540,3 +540,71 @@ async def test_a_deflate_bomb_is_refused_without_inflating_it(tmp_path: pathlib.
     assert await _receive(disk, dataset, encoded) == 0xC000
     assert received_files(tmp_path) == []
     assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+def _multiframe(path: pathlib.Path, frames: int, private: int = 0) -> Dataset:
+    """A multi-frame explicit VR LE file of ``frames`` 256 x 256 x 16-bit frames.
+
+    The pydicom test file it starts from ends with trailing padding after
+    the pixel data; ``private`` bytes of a private OB come before them.
+    """
+    dataset = pydicom.dcmread(FILES["explicit"])
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.Rows = dataset.Columns = 256
+    dataset.NumberOfFrames = frames
+    dataset.PixelData = os.urandom(frames * 256 * 256 * 2)
+    if private:
+        dataset.add_new(0x00091010, "LO", "ADICOM TEST")
+        dataset.add_new(0x00091011, "OB", bytes(private))
+    dataset.save_as(path, enforce_file_format=True)
+    return dataset
+
+
+@pytest.mark.parametrize(("source", "target"), [(EXPLICIT, IMPLICIT), (IMPLICIT, EXPLICIT)])
+def test_a_large_file_is_converted_streaming_its_pixel_data(
+    tmp_path: pathlib.Path, source: str, target: str
+) -> None:
+    # Explicit to implicit LE changes headers only: the head (and the
+    # trailing padding after the pixel data) is re-encoded, the 5 MB of pixel
+    # data read from the file as it goes; the bytes are those of a whole
+    # conversion by pydicom.
+    path = tmp_path / "mf.dcm"
+    dataset = _multiframe(path, 40)
+    if source == IMPLICIT:
+        dataset.file_meta.TransferSyntaxUID = UID(IMPLICIT)
+        dataset.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    with open(path, "rb") as fp:
+        _, offset = read_file_meta(fp)
+    converted = ConvertedFile.open(str(path), offset, source, target)
+    assert converted is not None
+    try:
+        streamed = b"".join(iter(lambda: converted.read(1 << 16), b""))
+    finally:
+        converted.close()
+    assert len(streamed) == converted.size
+    assert streamed == encode_dataset(pydicom.dcmread(path), target)
+    assert dataset.PixelData in streamed
+
+
+async def test_a_large_file_that_cannot_stream_fails_alone_without_being_read(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adicom import storescu
+
+    monkeypatch.setattr(storescu, "CONVERT_LIMIT", 1 << 20)
+    big = tmp_path / "deep.dcm"
+    _multiframe(big, 2, private=2 << 20)  # pixel data beyond the head read: no streaming
+    small = tmp_path / "small.dcm"
+    _multiframe(small, 2)
+    memory = adicom.MemoryStorage()
+    async with scp(memory, transfer_syntaxes=[IMPLICIT]) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="STORE", contexts=[(CT, [IMPLICIT])]
+        ) as assoc:
+            refused = await adicom.store_instance(assoc, big)
+            sent = await adicom.store_instance(assoc, small)
+    assert refused.status is None and "converts files whole only up to 1 MiB" in (
+        refused.error or ""
+    )
+    assert sent.ok and len(memory.datasets) == 1
