@@ -35,7 +35,7 @@ from adicom.negotiation import (
     negotiate,
     requestor_agreement,
 )
-from adicom.pdu import MAX_PDVS_PER_PDU
+from adicom.pdu import MAX_PDVS_PER_PDU, AAbort, AReleaseRQ
 
 ECHO = "1.2.840.10008.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -592,3 +592,16 @@ def test_a_parse_budget_splits_the_work_and_loses_nothing(budget: int) -> None:
         assert rounds <= 100
     assert rounds >= 16 // budget
     assert [m.command for m in only_messages(pair.acc.drain())] == requests
+
+
+def test_a_release_request_overtaken_by_an_abort_in_the_same_read_is_not_answered() -> None:
+    # Found by tests/test_stateful.py: both PDUs are parsed before the DIMSE
+    # layer sees the first; by then the association is over (AA-3, Sta1), and
+    # answering the release would be a primitive the state forbids.
+    pair = Pair()
+    wire = AReleaseRQ().encode() + AAbort(0, 0).encode()
+    pair.acc.ul.receive_data(wire, pair.now)
+    pair.acc.take(pair.now)
+    assert pair.acc.drain() == [ul.ReleaseRequested(collision=False), ul.Aborted(0, 0, local=False)]
+    assert pair.acc.ul.state is State.STA1
+    assert b"".join(pair.acc.ul.data_to_send()) == b""

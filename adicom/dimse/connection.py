@@ -47,6 +47,7 @@ from adicom.dimse.framing import (
 )
 from adicom.dimse.status import StatusCategory, status_category
 from adicom.errors import LocalProtocolError, RemoteProtocolError
+from adicom.fsm import State
 from adicom.negotiation import Agreement
 from adicom.pdu import PDataTF
 from adicom.presentation import PresentationContext
@@ -360,7 +361,11 @@ class DimseConnection:
             self._track_deadline(now)
             return out
         if isinstance(event, ul.ReleaseRequested) and not event.collision:
-            self.ul.respond_release(now)
+            # Still waiting for our answer (Sta8)? Events are queued as the
+            # bytes are parsed: an A-ABORT read in the same breath may have
+            # ended the association already.
+            if self.ul.state is State.STA8:
+                self.ul.respond_release(now)
         elif isinstance(event, ul.Aborted | ul.ConnectionLost | ul.ArtimExpired):
             self._drop_receiving()
         return [event]
