@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
+import adicom as adicom_module
 from adicom import cli
 from adicom.models import RetrieveResult
 from adicom.storescu import StoreResult
@@ -391,6 +392,40 @@ async def test_serve_listens_and_stores_where_the_environment_says(
             out, err = await process.communicate()
         assert process.returncode == 0, err.decode()
         assert "adicom serve: stopping" in out.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_stops_cleanly_with_a_peer_connected_but_not_associated(
+    sig: signal.Signals,
+) -> None:
+    # A connection in Sta2 (no A-ASSOCIATE-RQ yet) and one associated: the
+    # signal stops serve with exit 0, no traceback, both connections closed.
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "serve", "--host", "127.0.0.1", "--port", str(port),
+        env=environment(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            await process.stdout.readline()  # listening
+        silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)
+        association = await adicom_module.open_association("127.0.0.1", port, called_ae="ADICOM")
+        process.send_signal(sig)
+        async with asyncio.timeout(30):
+            _, err = await process.communicate()
+            assert await silent_reader.read() == b""
+            await association.wait_closed()
+        assert process.returncode == 0, err.decode()
+        assert "Traceback" not in err.decode()
+        assert not association.is_established
+        silent_writer.close()
     finally:
         if process.returncode is None:
             process.kill()
