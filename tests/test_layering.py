@@ -47,7 +47,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             }
         ),
     ),
-    ("asyncio driver", frozenset({"adicom.operation", "adicom.association", "adicom.client"})),
+    (
+        "asyncio driver",
+        frozenset({"adicom.operation", "adicom.driver", "adicom.association", "adicom.client"}),
+    ),
     (
         "services",
         frozenset({"adicom.storescu", "adicom.storage", "adicom.qrscu", "adicom.qrscp"}),
