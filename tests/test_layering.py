@@ -28,6 +28,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.pdu",
+                "adicom.pdu.wire",
+                "adicom.pdu.items",
+                "adicom.pdu.pdus",
+                "adicom.pdu.reader",
                 "adicom.fsm",
                 "adicom.protocol",
                 "adicom.presentation",
