@@ -116,7 +116,8 @@ class Limits:
     Each is checked as the bytes arrive. ``max_command``: the bytes of one
     command set (they are a few hundred); ``max_dataset``: a data set kept
     in memory (identifiers, and anything no sink takes), beyond which the
-    association is aborted; ``max_instance`` (None: no limit): a data set
+    association is aborted (identifiers are decoded on the event loop, about
+    a second per megabyte of small elements, so this bounds that work too); ``max_instance`` (None: no limit): a data set
     streamed to a sink (a C-STORE's), beyond which it is dropped and the
     request refused with a failure status; ``message_timeout`` (None: none):
     seconds from a message's first PDV to its last, whatever trickles in
@@ -124,7 +125,7 @@ class Limits:
     """
 
     max_command: int = 64 * 1024
-    max_dataset: int = 16 << 20
+    max_dataset: int = 64 * 1024
     max_instance: int | None = None
     message_timeout: float | None = 300.0
 
