@@ -162,20 +162,22 @@ def run_row(row: Row, seconds: float) -> dict[str, Any]:
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="adversity-") as tmp:
-        work = Path(tmp)
         try:
-            scp = start_scp(KINDS[row.scp], work, row.scp_args, row.nofile)
-        except BenchError as exc:
-            return {**result, "error": str(exc), **exc.detail}
-        try:
-            result.update(_window(row, scp, seconds, work))
+            _measure(row, seconds, Path(tmp), result)
         except BenchError as exc:
             result.update({"error": str(exc), **exc.detail})
-        finally:
-            scp.kill()
+    result["row_s"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def _measure(row: Row, seconds: float, work: Path, result: dict[str, Any]) -> None:
+    """Start the SCP, run the window, stop it; what was measured goes into `result`."""
+    scp = start_scp(KINDS[row.scp], work, row.scp_args, row.nofile)
+    try:
+        result.update(_window(row, scp, seconds, work))
+    finally:
+        scp.kill()
         result["tracebacks"] = scp.tracebacks()
         result["scp_stdout_tail"] = tail(scp.out_path, 1500)
         result["scp_stderr_tail"] = tail(scp.err_path, 3000)
         result["scp_stderr_bytes"] = scp.err_path.stat().st_size
-    result["row_s"] = round(time.monotonic() - started, 2)
-    return result
