@@ -42,11 +42,10 @@ def adicom(
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on (free when asked; bound again at once by the test)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A loopback port nobody listens on, below the ephemeral range (see interop.peers)."""
+    from tests.interop.peers import free_port as below_ephemeral
+
+    return below_ephemeral()
 
 
 def test_demo_exits_zero_and_reports() -> None:

@@ -23,6 +23,7 @@ import functools
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -59,7 +60,20 @@ class PeerError(AssertionError):
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Taken below the kernel's ephemeral range (32768 and up on Linux), so an
+    outgoing connection of another test or process cannot take it in the
+    moment before the peer binds it.
+    """
+    for _ in range(200):  # bounded: a free one is found long before
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
