@@ -86,6 +86,14 @@ def _positive(value: str) -> float:
     return seconds
 
 
+def _uid(value: str) -> str:
+    if not value or len(value) > 64 or not all(part.isdigit() for part in value.split(".")):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a UID (digits and dots, at most 64 characters; PS3.5 9.1)"
+        )
+    return value
+
+
 def _count(value: str) -> int:
     try:
         count = int(value)
@@ -311,6 +319,21 @@ def _archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) ->
         type=_destination,
         help="a C-MOVE destination (repeatable)",
     )
+    serve.add_argument(
+        "--storage-sop-class",
+        action="append",
+        metavar="UID",
+        type=_uid,
+        help="store only these SOP classes (repeatable; default: any storage SOP "
+        "class, private ones included)",
+    )
+    serve.add_argument(
+        "--prefer-own-syntax",
+        action="store_true",
+        help="choose the transfer syntax of each storage context by adicom's order "
+        "(uncompressed first) instead of the requestor's (default: the requestor's first "
+        "proposed syntax, so instances are kept as sent)",
+    )
 
 
 def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
@@ -441,6 +464,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 message_timeout=args.message_timeout,
             ),
             allowed_calling_aes=args.allow,
+            storage_sop_classes=args.storage_sop_class,
+            prefer_requestor_syntax=not args.prefer_own_syntax,
             artim_timeout=args.association_timeout,
             dimse_timeout=args.dimse_timeout,
             idle_timeout=args.idle_timeout,

@@ -20,15 +20,19 @@ from adicom.pdu import (
     AAssociateRJ,
     AAssociateRQ,
     AsyncOperationsWindow,
+    PresentationContextAC,
+    PresentationContextRQ,
     RoleSelection,
     UserIdentityAC,
     UserIdentityRQ,
     UserInformation,
 )
 from adicom.presentation import (
+    STORAGE_TRANSFER_SYNTAXES,
     PresentationContext,
-    accept_contexts,
     accept_roles,
+    answer_context,
+    may_be_storage,
     negotiated,
     propose_contexts,
 )
@@ -177,20 +181,36 @@ class AcceptorPolicy:
     """What an acceptor agrees to: the rules :func:`negotiate` applies.
 
     ``supported`` maps each abstract syntax served to the transfer syntaxes
-    taken for it, most preferred first; ``requestor_order`` names the
-    abstract syntaxes for which the requestor's order wins instead;
-    ``scp_role_classes`` the SOP classes for which a requestor may take the
-    SCP role (a C-GET's storage sub-operations).
+    taken for it, most preferred first (Verification, query/retrieve).
+
+    Storage is by kind, not by list, since modalities send SOP classes of
+    their own (private ones): with ``storage`` set, every abstract syntax
+    that may be a storage SOP class (:func:`~adicom.presentation.may_be_storage`;
+    only ``storage_classes`` when given) is accepted with the transfer
+    syntaxes ``storage`` lists. A storage SCP keeps instances as they were
+    sent, so with ``prefer_requestor_syntax`` the requestor's first proposed
+    syntax that we take wins (PS3.8 lets the acceptor choose either way);
+    else our order does. ``get_scp_role`` lets a C-GET requestor take the
+    SCP role for storage classes (its sub-operations come back to it) and
+    accepts their contexts in its order.
     """
 
     ae_title: str
     supported: Mapping[str, Sequence[str]]
     require_called_ae: bool = True
     allowed_calling_aes: Collection[str] | None = None
-    requestor_order: Collection[str] = ()
-    scp_role_classes: Collection[str] = ()
+    storage: Sequence[str] | None = None
+    storage_classes: Collection[str] | None = None
+    prefer_requestor_syntax: bool = True
+    get_scp_role: bool = False
     max_pdu: int = DEFAULT_MAX_PDU
     async_window: int = ASYNC_WINDOW
+
+    def storage_class(self, abstract_syntax: str) -> bool:
+        """True when ``abstract_syntax`` is taken as a storage SOP class here."""
+        if self.storage_classes is not None:
+            return abstract_syntax in self.storage_classes
+        return may_be_storage(abstract_syntax)
 
 
 def check_request(request: AAssociateRQ, policy: AcceptorPolicy) -> AAssociateRJ | None:
@@ -206,6 +226,25 @@ def check_request(request: AAssociateRQ, policy: AcceptorPolicy) -> AAssociateRJ
     if peer_max_pdu_problem(request.user_information.maximum_length) is not None:
         return _RJ_NO_REASON
     return None
+
+
+def _answer(
+    context: PresentationContextRQ, policy: AcceptorPolicy, asked_scp: set[str]
+) -> PresentationContextAC:
+    """The answer to one proposed context (PS3.8 9.3.3.2, Table 9-18)."""
+    abstract = context.abstract_syntax
+    ours = policy.supported.get(abstract)
+    if policy.get_scp_role and abstract in asked_scp and policy.storage_class(abstract):
+        # A C-GET requestor taking the SCP role knows best in which syntax
+        # it wants its instances (and we send stored files unconverted).
+        return answer_context(context, ours or STORAGE_TRANSFER_SYNTAXES, requestor_first=True)
+    if ours is not None:
+        return answer_context(context, ours, requestor_first=False)
+    if policy.storage is not None and policy.storage_class(abstract):
+        return answer_context(
+            context, policy.storage, requestor_first=policy.prefer_requestor_syntax
+        )
+    return PresentationContextAC(context.context_id, 3)  # abstract syntax not supported
 
 
 def negotiate(
@@ -227,20 +266,16 @@ def negotiate(
     if rejection is not None:
         return rejection
     user = request.user_information
-    # A C-GET requestor taking the SCP role knows best in which syntax it
-    # wants its instances (and we send stored files unconverted).
-    theirs_first = [
-        r.sop_class_uid
-        for r in user.role_selections
-        if r.scp_role and r.sop_class_uid in policy.requestor_order
-    ]
-    answers = accept_contexts(request.presentation_contexts, policy.supported, theirs_first)
+    asked_scp = {r.sop_class_uid for r in user.role_selections if r.scp_role}
+    answers = [_answer(context, policy, asked_scp) for context in request.presentation_contexts]
     if not any(answer.result == 0 for answer in answers):
         return _RJ_NO_REASON
     roles = accept_roles(
         user.role_selections,
         (pc.abstract_syntax for pc in request.presentation_contexts),
-        allow_scp_role=policy.scp_role_classes,
+        allow_scp_role=(
+            [uid for uid in asked_scp if policy.storage_class(uid)] if policy.get_scp_role else ()
+        ),
     )
     identity_ac = None
     if (

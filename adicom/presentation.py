@@ -34,6 +34,8 @@ __all__ = [
     "VERIFICATION",
     "PresentationContext",
     "accept_contexts",
+    "answer_context",
+    "may_be_storage",
     "accept_roles",
     "propose_contexts",
 ]
@@ -52,6 +54,13 @@ DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.2",
 )
+
+
+def _registered_uids() -> frozenset[str]:
+    """Every UID of PS3.6 Table A-1 pydicom knows (SOP classes, syntaxes, the rest)."""
+    from pydicom._uid_dict import UID_dictionary
+
+    return frozenset(UID_dictionary)
 
 
 def _storage_sop_classes() -> tuple[str, ...]:
@@ -83,6 +92,8 @@ def _storage_sop_classes() -> tuple[str, ...]:
 
 #: Every storage SOP class of PS3.4 Annex B that pydicom knows (retired ones too).
 STORAGE_SOP_CLASSES: tuple[str, ...] = _storage_sop_classes()
+_STORAGE_SET = frozenset(STORAGE_SOP_CLASSES)
+_REGISTERED = _registered_uids()
 
 #: What a storage SCP accepts, most preferred first: the uncompressed
 #: syntaxes, deflate, then every compressed syntax pydicom knows, so an
@@ -179,18 +190,42 @@ def accept_contexts(
         ours = supported.get(context.abstract_syntax)
         if ours is None:
             answers.append(PresentationContextAC(context.context_id, 3))
-            continue
-        if context.abstract_syntax in theirs_first:
-            taken = set(ours)
-            chosen = next((ts for ts in context.transfer_syntaxes if ts in taken), None)
         else:
-            offered = set(context.transfer_syntaxes)
-            chosen = next((ts for ts in ours if ts in offered), None)
-        if chosen is None:
-            answers.append(PresentationContextAC(context.context_id, 4))
-        else:
-            answers.append(PresentationContextAC(context.context_id, 0, chosen))
+            first = context.abstract_syntax in theirs_first
+            answers.append(answer_context(context, ours, requestor_first=first))
     return answers
+
+
+def answer_context(
+    context: PresentationContextRQ, ours: Sequence[str], *, requestor_first: bool
+) -> PresentationContextAC:
+    """Accept ``context`` with one of the transfer syntaxes ``ours``, or say none fits.
+
+    With ``requestor_first`` the requestor's first proposed syntax that we
+    take is chosen, else the first of ours it proposed; none in common is
+    result 4, "transfer syntaxes not supported" (PS3.8 Table 9-18).
+    """
+    if requestor_first:
+        taken = set(ours)
+        chosen = next((ts for ts in context.transfer_syntaxes if ts in taken), None)
+    else:
+        offered = set(context.transfer_syntaxes)
+        chosen = next((ts for ts in ours if ts in offered), None)
+    if chosen is None:
+        return PresentationContextAC(context.context_id, 4)
+    return PresentationContextAC(context.context_id, 0, chosen)
+
+
+def may_be_storage(abstract_syntax: str) -> bool:
+    """True unless ``abstract_syntax`` is a registered SOP class of another service.
+
+    A storage SCP takes any SOP class its peers send, private ones included
+    (a Siemens CSA Non-Image, say): PS3.4 B.1 lets an SCP of the Storage
+    Service Class store what it does not know. What the registry of PS3.6
+    names as a SOP class of another service (Verification, query/retrieve,
+    worklist, commitment, ...) is not storage.
+    """
+    return abstract_syntax in _STORAGE_SET or abstract_syntax not in _REGISTERED
 
 
 def accept_roles(

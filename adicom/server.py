@@ -35,7 +35,6 @@ from adicom.presentation import (
     QR_FIND_SOP_CLASSES,
     QR_GET_SOP_CLASSES,
     QR_MOVE_SOP_CLASSES,
-    STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     VERIFICATION,
 )
@@ -72,7 +71,6 @@ class AssociationInfo:
 # PS3.8 Table 9-21 answers, (result, source, reason).
 _RJ_NO_REASON = AAssociateRJ(1, 1, 1)
 _RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
-_STORAGE = frozenset(STORAGE_SOP_CLASSES)
 
 
 class Server:
@@ -117,6 +115,8 @@ class Server:
         transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
         user_identity: UserIdentityHook | None = None,
         storage: StorageHandler | None = None,
+        storage_sop_classes: Iterable[str] | None = None,
+        prefer_requestor_syntax: bool = True,
         on_find: FindHandler | None = None,
         on_get: RetrieveHandler | None = None,
         on_move: RetrieveHandler | None = None,
@@ -147,12 +147,12 @@ class Server:
         self.dimse_timeout = dimse_timeout
         self.idle_timeout = idle_timeout
         self.user_identity = user_identity
-        #: Where received instances go; with it every storage SOP class is accepted.
+        #: Where received instances go; with it every storage SOP class is
+        #: accepted (private ones too), or those of ``storage_sop_classes``.
         self.storage = storage
-        #: Abstract syntax -> transfer syntaxes we take, most preferred first.
+        #: Abstract syntax -> transfer syntaxes we take, most preferred first
+        #: (Verification, query/retrieve; storage is by kind, see AcceptorPolicy).
         self.supported: dict[str, Sequence[str]] = {VERIFICATION: tuple(transfer_syntaxes)}
-        if storage is not None:
-            self.supported.update(dict.fromkeys(STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES))
         #: Query/retrieve handlers (see :mod:`adicom.qrscp`).
         self.on_find, self.on_get, self.on_move = on_find, on_get, on_move
         self.move_destinations: MoveDestinations = move_destinations or {}
@@ -164,20 +164,21 @@ class Server:
         ):
             if handler is not None:
                 self.supported.update(dict.fromkeys(sop_classes, query_syntaxes))
-        if on_get is not None:
-            # C-GET sends instances back as C-STOREs: take contexts for them
-            # in every syntax, with the requestor as SCP (PS3.4 C.4.3).
-            for sop_class in STORAGE_SOP_CLASSES:
-                self.supported.setdefault(sop_class, STORAGE_TRANSFER_SYNTAXES)
         self._policy = AcceptorPolicy(
             ae_title=self.ae_title,
             supported=self.supported,
             require_called_ae=require_called_ae,
             allowed_calling_aes=self.allowed_calling_aes,
-            # A C-GET requestor receiving in the SCP role knows best in
-            # which syntax it wants its instances (PS3.4 C.4.3).
-            requestor_order=_STORAGE if on_get is not None else frozenset(),
-            scp_role_classes=_STORAGE if on_get is not None else frozenset(),
+            # Instances are kept as sent: any syntax pydicom knows, the
+            # requestor's choice first unless told otherwise (PS3.4 B.2).
+            storage=STORAGE_TRANSFER_SYNTAXES if storage is not None else None,
+            storage_classes=(
+                None if storage_sop_classes is None else frozenset(storage_sop_classes)
+            ),
+            prefer_requestor_syntax=prefer_requestor_syntax,
+            # C-GET sends instances back as C-STOREs on contexts where the
+            # requestor takes the SCP role (PS3.4 C.4.3).
+            get_scp_role=on_get is not None,
             max_pdu=max_pdu,
             async_window=self.async_window,
         )

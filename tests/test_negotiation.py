@@ -117,18 +117,13 @@ def test_no_window_proposed_no_window_answered() -> None:
     assert (agreement.max_outstanding, agreement.max_incoming) == (1, 1)
 
 
-def test_the_scp_role_is_given_only_where_the_policy_allows() -> None:
+def test_the_scp_role_is_given_only_for_storage_classes_of_a_c_get_scp() -> None:
     roles = (RoleSelection(CT_IMAGE_STORAGE, True, True), RoleSelection(VERIFICATION, True, True))
     rq = request(
         contexts=[(VERIFICATION, [IMPLICIT]), (CT_IMAGE_STORAGE, [IMPLICIT, EXPLICIT])],
         roles=roles,
     )
-    policy = replace(
-        POLICY,
-        scp_role_classes=frozenset({CT_IMAGE_STORAGE}),
-        requestor_order=frozenset({CT_IMAGE_STORAGE}),
-    )
-    response, agreement = accepted(negotiate(rq, policy))
+    response, agreement = accepted(negotiate(rq, replace(POLICY, get_scp_role=True)))
     assert set(response.user_information.role_selections) == {
         RoleSelection(CT_IMAGE_STORAGE, True, True),
         RoleSelection(VERIFICATION, True, False),
@@ -136,6 +131,46 @@ def test_the_scp_role_is_given_only_where_the_policy_allows() -> None:
     # With the SCP role, the requestor's order of syntaxes wins (it receives).
     assert agreement.contexts[3].transfer_syntax == IMPLICIT and agreement.contexts[3].scp_role
     assert not agreement.contexts[1].scp_role
+    # A server that serves no C-GET gives no SCP role.
+    _, plain = accepted(negotiate(rq, POLICY))
+    assert not plain.contexts[3].scp_role
+
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"  # Siemens, private
+STORAGE_POLICY = AcceptorPolicy(
+    ae_title="SCP",
+    supported={VERIFICATION: (EXPLICIT, IMPLICIT)},
+    storage=(EXPLICIT, IMPLICIT, JPEG_BASELINE),
+)
+
+
+def test_a_storage_scp_takes_the_requestors_first_syntax_it_can_keep() -> None:
+    # storescu -xw +C: the file's syntax first, the uncompressed ones after,
+    # in one context. The SCP must keep the instance as sent (PS3.4 B.2).
+    rq = request(contexts=[(CT_IMAGE_STORAGE, [JPEG_BASELINE, EXPLICIT, IMPLICIT])])
+    _, agreement = accepted(negotiate(rq, STORAGE_POLICY))
+    assert agreement.contexts[1].transfer_syntax == JPEG_BASELINE
+    # ... unless the SCP prefers its own order.
+    mine = replace(STORAGE_POLICY, prefer_requestor_syntax=False)
+    _, ours = accepted(negotiate(rq, mine))
+    assert ours.contexts[1].transfer_syntax == EXPLICIT
+
+
+def test_any_storage_class_is_taken_private_ones_too_unless_restricted() -> None:
+    rq = request(contexts=[(CSA_NON_IMAGE, [EXPLICIT]), (CT_IMAGE_STORAGE, [EXPLICIT])])
+    response, _ = accepted(negotiate(rq, STORAGE_POLICY))
+    assert [c.result for c in response.presentation_contexts] == [0, 0]
+    only_ct = replace(STORAGE_POLICY, storage_classes=frozenset({CT_IMAGE_STORAGE}))
+    response, _ = accepted(negotiate(rq, only_ct))
+    assert [c.result for c in response.presentation_contexts] == [3, 0]
+
+
+def test_a_registered_class_of_another_service_is_not_taken_as_storage() -> None:
+    worklist = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND
+    rq = request(contexts=[(worklist, [IMPLICIT]), (VERIFICATION, [IMPLICIT])])
+    response, _ = accepted(negotiate(rq, STORAGE_POLICY))
+    assert [c.result for c in response.presentation_contexts] == [3, 0]
 
 
 @pytest.mark.parametrize("positive", [True, False])

@@ -608,3 +608,55 @@ async def test_a_large_file_that_cannot_stream_fails_alone_without_being_read(
         refused.error or ""
     )
     assert sent.ok and len(memory.datasets) == 1
+
+
+async def test_a_private_storage_class_is_stored(tmp_path: pathlib.Path) -> None:
+    csa = "1.3.12.2.1107.5.9.1"  # Siemens CSA Non-Image: no registry names it
+    dataset = pydicom.dcmread(FILES["explicit"])
+    dataset.SOPClassUID = csa
+    dataset.SOPInstanceUID = generate_uid()
+    async with scp(adicom.DiskStorage(tmp_path)) as server:
+        (result,) = await adicom.store("127.0.0.1", server.port, [dataset], called_ae="STORE")
+    assert result.ok, result.error
+    (path,) = received_files(tmp_path)
+    assert pydicom.dcmread(path).SOPClassUID == csa
+
+
+async def test_the_requestors_syntax_is_kept_when_it_proposes_several_in_one_context(
+    tmp_path: pathlib.Path,
+) -> None:
+    # As storescu -xw +C does: the file's own syntax first, the uncompressed
+    # ones after it, all in one context. The SCP keeps the file as sent.
+    source = pydicom.dcmread(FILES["jpeg2000"])
+    syntax = str(source.file_meta.TransferSyntaxUID)
+    async with scp(adicom.DiskStorage(tmp_path)) as server:
+        async with adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="STORE",
+            contexts=[(source.SOPClassUID, [syntax, EXPLICIT, IMPLICIT])],
+        ) as assoc:
+            (context,) = assoc.contexts.values()
+            assert context.transfer_syntax == syntax
+            result = await adicom.store_instance(assoc, FILES["jpeg2000"])
+        assert result.ok, result.error
+    (path,) = received_files(tmp_path)
+    stored = pydicom.dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == syntax
+    assert stored.PixelData == source.PixelData
+
+
+async def test_an_scp_may_prefer_its_own_syntax_or_restrict_its_classes() -> None:
+    source = pydicom.dcmread(FILES["explicit"])
+    memory = adicom.MemoryStorage()
+    async with scp(memory, prefer_requestor_syntax=False, storage_sop_classes=[CT]) as server:
+        async with adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="STORE",
+            contexts=[(CT, [IMPLICIT, EXPLICIT]), ("1.3.12.2.1107.5.9.1", [EXPLICIT])],
+        ) as assoc:
+            ct, csa = assoc.contexts.values()
+            assert ct.transfer_syntax == EXPLICIT  # ours first: explicit before implicit
+            assert not csa.accepted and csa.result == 3
+            assert (await adicom.store_instance(assoc, source)).ok
