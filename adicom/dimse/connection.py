@@ -117,9 +117,10 @@ class Limits:
     command set (they are a few hundred); ``max_dataset``: a data set kept
     in memory (identifiers, and anything no sink takes), beyond which the
     association is aborted (identifiers are decoded on the event loop, about
-    a second per megabyte of small elements, so this bounds that work too); ``max_instance`` (None: no limit): a data set
-    streamed to a sink (a C-STORE's), beyond which it is dropped and the
-    request refused with a failure status; ``message_timeout`` (None: none):
+    a second per megabyte of small elements, so this bounds that work too);
+    ``max_instance`` (None: no limit): a data set streamed to a sink (a
+    C-STORE's), beyond which it is dropped and the request refused with a
+    failure status; ``message_timeout`` (None: none):
     seconds from a message's first PDV to its last, whatever trickles in
     between. Zero means no limit for the sizes.
     """
