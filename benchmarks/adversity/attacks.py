@@ -53,6 +53,8 @@ class Params:
     interval: float = 1.0
     #: bytes in each PDV of tiny-pdvs and dribble-store
     pdv_bytes: int = 1
+    #: source addresses the slots take turns on (127.0.0.2 and up)
+    addresses: int = 1
     connect_timeout: float = 5.0
 
 
@@ -274,10 +276,10 @@ ATTACKS: dict[str, Attack] = {
 # --------------------------------------------------------------------------- running one
 
 
-async def _round(attack: Attack, t: Tally) -> str | None:
+async def _round(attack: Attack, t: Tally, source: str) -> str | None:
     """One connection of one slot: its outcome, or None if it could not connect."""
     try:
-        peer = await Peer.connect(t.port, t.params.connect_timeout)
+        peer = await Peer.connect(t.port, t.params.connect_timeout, source)
     except (OSError, TimeoutError) as exc:
         t.connect_failures += 1
         t.errors[type(exc).__name__] += 1
@@ -303,10 +305,11 @@ async def _round(attack: Attack, t: Tally) -> str | None:
     return outcome
 
 
-async def _slot(attack: Attack, t: Tally) -> None:
+async def _slot(attack: Attack, t: Tally, index: int) -> None:
     """Connect, attack, and again after each end, until cancelled."""
+    source = pdus.attacker_address(index % t.params.addresses)
     while True:
-        outcome = await _round(attack, t)
+        outcome = await _round(attack, t, source)
         if outcome is not None:
             t.outcomes[outcome] += 1
             if outcome == NOT_ACCEPTED:
@@ -320,7 +323,7 @@ async def run_attack(
     """Run `t.params.slots` slots for `seconds` (or until `stop`); the tally as JSON."""
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    slots = [loop.create_task(_slot(attack, t)) for _ in range(t.params.slots)]
+    slots = [loop.create_task(_slot(attack, t, i)) for i in range(t.params.slots)]
     try:
         async with asyncio.timeout(seconds):
             await stop.wait()
@@ -354,13 +357,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reconnect-delay", type=float)
     p.add_argument("--interval", type=float)
     p.add_argument("--pdv-bytes", type=int)
+    p.add_argument("--addresses", type=int)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     attack = ATTACKS[args.attack]
-    names = ("slots", "size", "reconnect_delay", "interval", "pdv_bytes")
+    names = ("slots", "size", "reconnect_delay", "interval", "pdv_bytes", "addresses")
     overrides = {k: getattr(args, k) for k in names}
     params = replace(attack.defaults, **{k: v for k, v in overrides.items() if v is not None})
     _raise_nofile()

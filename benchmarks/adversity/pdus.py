@@ -30,6 +30,13 @@ PROBE_ADDR = "127.0.0.1"
 #: ... the attackers from here: Linux routes all of 127/8 to the loopback, so
 #: the SCP sees two peers and its per-address limits can tell them apart.
 ATTACKER_ADDR = "127.0.0.2"
+
+
+def attacker_address(index: int) -> str:
+    """The `index`-th attacker address: 127.0.0.2, 127.0.0.3, ... (at most 250 of them)."""
+    return f"127.0.0.{2 + index % 250}"
+
+
 CALLED_AE = "ADICOM"
 ATTACKER_AE = "ATTACKER"
 

@@ -49,11 +49,9 @@ class Peer:
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, port: int, timeout: float) -> Peer:
+    async def connect(cls, port: int, timeout: float, source: str = ATTACKER_ADDR) -> Peer:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                HOST, port, local_addr=(ATTACKER_ADDR, 0)
-            )
+            reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
         return cls(reader, writer)
 
     async def _read(self) -> None:

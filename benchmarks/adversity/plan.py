@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from benchmarks.adversity.attacks import ATTACKS
 
@@ -27,6 +27,12 @@ ATTACK_ORDER = (
 assert set(ATTACK_ORDER) == set(ATTACKS)
 #: The SCP's open-file limit in emfile-3000 (soft and hard, set before exec).
 EMFILE_LIMIT = 1024
+#: adicom's limits per address (64 connections) make one attacking address cheap to
+#: hold off; these attacks run against it a second time with the same slots spread over
+#: SPREAD_ADDRESSES addresses (127.0.0.2 to 127.0.0.51), so that its global limits
+#: (--max-pending 128, --max-associations 500, the file limit) are what is tested.
+SPREAD_ATTACKS = ("idle-assoc-500", "emfile-3000")
+SPREAD_ADDRESSES = 50
 #: Seconds the attacker of sigterm-sta2 holds on beyond the window: the SCP
 #: gets its SIGTERM while the connections are still open.
 HOLD_EXTRA = 30.0
@@ -66,6 +72,12 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
 }
 
 
+def _spread(row: Row) -> Row:
+    """The same row with the attack's slots spread over SPREAD_ADDRESSES addresses."""
+    variant = f"from {SPREAD_ADDRESSES} addresses"
+    return replace(row, params={"addresses": SPREAD_ADDRESSES, **row.params}, variant=variant)
+
+
 def _rows_for(scp: str, attack: str, params: dict[str, float]) -> list[Row]:
     if attack == "emfile-3000":
         note = f"SCP's RLIMIT_NOFILE {EMFILE_LIMIT}"
@@ -85,6 +97,13 @@ def _rows_for(scp: str, attack: str, params: dict[str, float]) -> list[Row]:
             Row(scp, attack, scp_args=("--message-timeout", "5"), params=params),
         ]
     return [Row(scp, attack, params=params)]
+
+
+def _rows(scp: str, attack: str, params: dict[str, float]) -> list[Row]:
+    rows = _rows_for(scp, attack, params)
+    if scp == "adicom" and attack in SPREAD_ATTACKS:
+        rows.append(_spread(rows[0]))
+    return rows
 
 
 def make_rows(
@@ -108,5 +127,5 @@ def make_rows(
             if why is not None:
                 skipped.append(f"{attack} against {scp}: {why}")
                 continue
-            rows.extend(_rows_for(scp, attack, (params or {}).get(attack, {})))
+            rows.extend(_rows(scp, attack, (params or {}).get(attack, {})))
     return rows, skipped

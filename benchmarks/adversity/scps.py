@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import random
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,25 +165,53 @@ def _wait_listening(scp: RunningScp) -> None:
     raise BenchError(f"{scp.kind.name} not listening after {SCP_START_TIMEOUT:.0f} s")
 
 
+def listen_port() -> int:
+    """A port free on every address, below the ephemeral range: the attackers' thousands
+    of connections (and their TIME_WAITs) take source ports from that range, and an SCP
+    binding the wildcard address (storescp) fails on a port one of them holds."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    for _ in range(100):
+        port = random.randrange(10_000, max(10_001, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def start_scp(
     kind: ScpKind, workdir: Path, extra: Sequence[str] = (), nofile: int | None = None
 ) -> RunningScp:
-    """Start the SCP on a free port, storing under `workdir`/store; wait until it listens."""
-    port = free_port()
+    """Start the SCP on a free port, storing under `workdir`/store; wait until it listens.
+
+    Started again on another port (3 tries) if the port was taken meanwhile."""
     store = workdir / "store"
     store.mkdir()
-    out_path, err_path = workdir / "scp.out", workdir / "scp.err"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            kind.argv(port, store, extra),
-            cwd=REPO_ROOT,
-            env=child_env({**QUIET_BLAS, **kind.env}),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            preexec_fn=_nofile_limit(nofile) if nofile else None,
-        )
-    scp = RunningScp(kind, proc, port, out_path, err_path)
-    _wait_listening(scp)
-    return scp
+    for attempt in range(3):
+        out_path, err_path = workdir / f"scp{attempt}.out", workdir / f"scp{attempt}.err"
+        port = listen_port()
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            proc = subprocess.Popen(
+                kind.argv(port, store, extra),
+                cwd=REPO_ROOT,
+                env=child_env({**QUIET_BLAS, **kind.env}),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_nofile_limit(nofile) if nofile else None,
+            )
+        scp = RunningScp(kind, proc, port, out_path, err_path)
+        try:
+            _wait_listening(scp)
+        except BenchError:
+            if attempt < 2 and "in use" in scp.log_text():
+                continue
+            raise
+        return scp
+    raise AssertionError("unreachable")
