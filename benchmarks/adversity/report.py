@@ -147,9 +147,9 @@ GENERAL_NOTES = (
     " summed over its processes, shown with their number); CPU %: the SCP's CPU time over"
     " the window, in % of one core. SIGTERM: exit code and seconds"
     " to exit (after the attack stopped, except sigterm-sta2: with its 50 connections open).",
-    "attacker: connections opened from 127.0.0.2 in the window and how the SCP ended the"
-    " most common ones (abort: A-ABORT received; closed: closed without one; answered: a"
-    " response came; rejected: A-ASSOCIATE-RJ).",
+    "attacker: connections opened from 127.0.0.2 (from 50 addresses: 127.0.0.2-51) in the"
+    " window and how the SCP ended the most common ones (abort: A-ABORT received; closed:"
+    " closed without one; answered: a response came; rejected: A-ASSOCIATE-RJ).",
     f"verdict (adicom rows): probe p99 < {TARGET_P99_MS:g} ms, no probe echo or new"
     f" association refused or failed, peak RSS < {TARGET_RSS_BYTES / 1e6:g} MB, no traceback,"
     f" {TARGET_THREADS} thread, SIGTERM exit code 0.",
