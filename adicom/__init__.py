@@ -7,6 +7,7 @@ on asyncio, and no threads anywhere.
 from adicom.association import Association, Message
 from adicom.client import connect, open_association
 from adicom.dicomclient import DicomClient
+from adicom.diskstorage import DiskStorage
 from adicom.errors import (
     AssociationAborted,
     AssociationError,
@@ -36,7 +37,6 @@ from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storage import (
     CallbackStorage,
-    DiskStorage,
     ForwardStorage,
     MemoryStorage,
     StorageHandler,

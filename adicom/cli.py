@@ -328,6 +328,18 @@ def _archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) ->
         "class, private ones included)",
     )
     serve.add_argument(
+        "--on-duplicate",
+        choices=["replace", "keep", "reject"],
+        default="replace",
+        help="what a second copy of a SOP Instance UID does: replace the first, keep the "
+        "first (success), or reject it with 0x0111 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--fsync",
+        action="store_true",
+        help="make each stored file and its folder durable before answering success",
+    )
+    serve.add_argument(
         "--prefer-own-syntax",
         action="store_true",
         help="choose the transfer syntax of each storage context by adicom's order "
@@ -447,7 +459,7 @@ async def _serve(args: argparse.Namespace) -> int:
         root.mkdir(parents=True, exist_ok=True)
         if not os.access(root, os.W_OK):
             raise PermissionError(f"cannot write to the storage folder {root}")
-        archive = Archive(root)
+        archive = Archive(root, on_duplicate=args.on_duplicate, fsync=args.fsync)
         options = archive.handlers(dict(args.move_dest))
     try:
         async with Server(

@@ -25,6 +25,7 @@ from adicom import qrscu
 from adicom.association import Association
 from adicom.client import connect
 from adicom.dimse import Status
+from adicom.diskstorage import DiskStorage
 from adicom.errors import DicomTimeout, TimeoutKind
 from adicom.models import (
     DicomNode,
@@ -42,7 +43,7 @@ from adicom.models import (
 from adicom.pdu import RoleSelection
 from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
 from adicom.settings import DicomSettings
-from adicom.storage import DiskStorage, MemoryStorage, StorageHandler
+from adicom.storage import MemoryStorage, StorageHandler
 from adicom.storescu import StoreResult, store
 
 __all__ = ["DicomClient", "ProgressCallback"]

@@ -40,6 +40,7 @@ from pydicom.uid import UID
 
 __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
+    "DataSetTruncated",
     "ConvertedFile",
     "MAX_INFLATED",
     "Inflater",
@@ -50,10 +51,13 @@ __all__ = [
     "encode_dataset",
     "encode_file_meta",
     "encode_text_elements",
+    "check_whole",
     "find_top_level",
+    "is_valid_uid",
     "inflate",
     "read_file_meta",
     "scan_elements",
+    "skip_group_0002",
 ]
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -369,7 +373,7 @@ def read_file_meta(fp: BinaryIO) -> tuple[dict[int, bytes], int]:
 
 
 def _element_header(
-    data: bytes | memoryview, pos: int, implicit: bool, u16: str, u32: str
+    data: bytes | bytearray | memoryview, pos: int, implicit: bool, u16: str, u32: str
 ) -> tuple[int, int, int] | None:
     """(tag, value length, value position) of the element at ``pos``; None if cut short."""
     end = len(data)
@@ -428,6 +432,7 @@ def scan_elements(
                 pos += 8
             elif vr in _LONG_VRS:
                 if pos + 12 > end:
+                    _ended(complete, group, element)
                     return None
                 (length,) = long_length.unpack_from(data, pos + 8)
                 pos += 12
@@ -440,21 +445,41 @@ def scan_elements(
         if length == _UNDEFINED:
             skipped = _skip_undefined(data, pos, implicit, u16, u32)
             if skipped is None:
+                _ended(complete, group, element)
                 return None
             pos = skipped
             continue
         if pos + length > end:
+            _ended(complete, group, element)
             return None
         if tag in wanted:
             found[tag] = bytes(data[pos : pos + length])
             if len(found) == len(wanted):
                 return found
         pos += length
-    return found if complete and pos == end else None
+    if complete:
+        if pos != end:
+            raise DataSetTruncated("the data set ends inside an element header")
+        return found
+    return None
+
+
+class DataSetTruncated(ValueError):
+    """A data set known to be whole ends inside an element (``tag``, when known)."""
+
+    def __init__(self, message: str, tag: int | None = None) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+
+def _ended(complete: bool, group: int, element: int) -> None:
+    """The bytes end inside an element: more are needed, unless the data set is whole."""
+    if complete:
+        raise DataSetTruncated(f"the data set ends inside the element ({group:04X},{element:04X})")
 
 
 def _skip_undefined(
-    data: bytes | memoryview, pos: int, implicit: bool, u16: str, u32: str
+    data: bytes | bytearray | memoryview, pos: int, implicit: bool, u16: str, u32: str
 ) -> int | None:
     """Skip a sequence (or encapsulated value) of undefined length; return where it ends."""
     depth = 1
@@ -472,8 +497,32 @@ def _skip_undefined(
     return pos
 
 
+def check_whole(data: bytes | bytearray | memoryview, *, implicit: bool, little: bool) -> None:
+    """Walk the top-level elements of ``data`` to its end; DataSetTruncated if one is cut."""
+    u16, u32 = ("<H", "<L") if little else (">H", ">L")
+    pos, end = 0, len(data)
+    while pos < end:
+        header = _element_header(data, pos, implicit, u16, u32)
+        if header is None:
+            raise DataSetTruncated("the data set ends inside an element header")
+        tag, length, value = header
+        if length == _UNDEFINED:
+            skipped = _skip_undefined(data, value, implicit, u16, u32)
+            if skipped is None:
+                raise DataSetTruncated(f"the data set ends inside the sequence ({tag:08X})")
+            pos = skipped
+        else:
+            pos = value + length
+            if pos > end:
+                raise DataSetTruncated(
+                    f"the data set is cut short: {pos - end} bytes of ({tag >> 16:04X},"
+                    f"{tag & 0xFFFF:04X}) missing",
+                    tag,
+                )
+
+
 def find_top_level(
-    data: bytes | memoryview, tag: int, *, implicit: bool
+    data: bytes | bytearray | memoryview, tag: int, *, implicit: bool
 ) -> tuple[int, int, int] | None:
     """Where the top-level element ``tag`` is in a little endian data set's first bytes.
 
@@ -600,3 +649,70 @@ class ConvertedFile:
     def close(self) -> None:
         """Close the file."""
         self._fp.close()
+
+
+def is_valid_uid(value: str) -> bool:
+    """True for a UID as PS3.5 9.1 allows it: digits in dotted components, at most 64.
+
+    No component is empty, and none starts with 0 unless it is 0 itself.
+    """
+    if not 0 < len(value) <= 64:
+        return False
+    for component in value.split("."):
+        if not component.isdigit() or not component.isascii():
+            return False
+        if len(component) > 1 and component[0] == "0":
+            return False
+    return True
+
+
+def skip_group_0002(data: bytes | bytearray, *, little: bool, complete: bool) -> int | None:
+    """How many leading bytes of a data set are group 0002 elements (0 if none).
+
+    Group 0002 is the file meta information (PS3.10 7.1); some senders put
+    theirs inside the data set. Its elements are read explicit VR (what
+    PS3.10 prescribes), or implicit when no VR is there. Returns None when
+    more bytes are needed to tell, unless ``complete``; raises ValueError
+    for a group 0002 cut short.
+    """
+    u16, u32 = ("<H", "<L") if little else (">H", ">L")
+    pos, end = 0, len(data)
+    while True:
+        if end - pos < 2:
+            if not complete:
+                return None
+            if pos == end:
+                return pos
+            raise ValueError("the data set ends inside an element header")
+        (group,) = struct.unpack_from(u16, data, pos)
+        if group != 0x0002:
+            return pos
+        if end - pos < 8:
+            _cut_short(complete)
+            return None
+        vr = bytes(data[pos + 4 : pos + 6])
+        if vr.isalpha() and vr.isupper():
+            if vr in _LONG_VRS:
+                if end - pos < 12:
+                    _cut_short(complete)
+                    return None
+                (length,) = struct.unpack_from(u32, data, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from(u16, data, pos + 6)
+                pos += 8
+        else:
+            (length,) = struct.unpack_from(u32, data, pos + 4)
+            pos += 8
+        if length == _UNDEFINED:
+            raise ValueError("a group 0002 element of undefined length")
+        pos += length
+        if pos > end:
+            _cut_short(complete)
+            return None
+
+
+def _cut_short(complete: bool) -> None:
+    """More bytes are needed, unless none will come: then the group 0002 is cut short."""
+    if complete:
+        raise ValueError("the data set ends inside its group 0002")

@@ -38,7 +38,7 @@ from adicom.errors import DicomError, DimseError
 from adicom.fileformat import decode_dataset, encode_dataset
 from adicom.pdu import RoleSelection
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES
-from adicom.storage import IncomingInstance, StorageHandler, sink_factory
+from adicom.storage import IncomingInstance, StorageHandler, answer_store, sink_factory
 
 __all__ = [
     "DEFAULT_GET_SOP_CLASSES",
@@ -430,17 +430,12 @@ async def _answer_sub_operation(
     association: Association, message: Message, state: RetrieveProgress
 ) -> None:
     command = message.command
-    if command.command_field == CommandField.C_STORE_RQ and message.refused is not None:
-        await association.respond(
-            message, Status.OUT_OF_RESOURCES, error_comment=message.refused[:64]
-        )
-    elif command.command_field == CommandField.C_STORE_RQ and isinstance(
-        message.sink, IncomingInstance
+    if command.command_field == CommandField.C_STORE_RQ and (
+        message.refused is not None or isinstance(message.sink, IncomingInstance)
     ):
-        status = await message.sink.finish()
-        if message.sink.path is not None:
-            state.paths.append(message.sink.path)
-        await association.respond(message, status)
+        stored = await answer_store(association, message)
+        if stored is not None and stored.path is not None:
+            state.paths.append(stored.path)
     elif not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
         # Only C-STORE sub-operations belong here (PS3.4 C.4.3.3).
         await association.respond(message, Status.UNRECOGNIZED_OPERATION)

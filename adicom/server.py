@@ -47,7 +47,7 @@ from adicom.qrscp import (
     run_get,
     run_move,
 )
-from adicom.storage import IncomingInstance, StorageHandler, sink_factory
+from adicom.storage import IncomingInstance, StorageHandler, answer_store, sink_factory
 
 __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
 
@@ -419,18 +419,10 @@ class Server:
         if field == CommandField.C_ECHO_RQ:
             # PS3.4 A.4: the Verification SCP answers Success.
             await association.respond(message, Status.SUCCESS)
-        elif field == CommandField.C_STORE_RQ and message.refused is not None:
-            # Dropped as it came (beyond Limits.max_instance): PS3.4 B.2.3.
-            await association.respond(
-                message, Status.OUT_OF_RESOURCES, error_comment=message.refused[:64]
-            )
-        elif field == CommandField.C_STORE_RQ and isinstance(message.sink, IncomingInstance):
-            # The status goes out only once the instance is stored (or not).
-            status = await message.sink.finish()
-            comment = message.sink.error
-            await association.respond(
-                message, status, error_comment=comment[:64] if comment and status else None
-            )
+        elif field == CommandField.C_STORE_RQ and (
+            message.refused is not None or isinstance(message.sink, IncomingInstance)
+        ):
+            await answer_store(association, message)
         elif field == CommandField.C_CANCEL_RQ:
             # PS3.7 9.3.2.3: no response to C-CANCEL itself; the operation's
             # final response says Cancel. Unknown IDs are ignored.

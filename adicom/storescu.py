@@ -36,12 +36,14 @@ from adicom.dimse import (
     status_category,
 )
 from adicom.fileformat import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     ConvertedFile,
     encode_dataset,
     read_file_meta,
+    scan_elements,
 )
 from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.presentation import MAX_CONTEXTS
@@ -171,9 +173,12 @@ def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) ->
         if whole is not None:
             meta, instance.offset = read_file_meta(io.BytesIO(whole))
             instance.data = memoryview(whole)[instance.offset :]
+            head = bytes(instance.data[:_UID_HEAD])
         else:
             with open(path, "rb") as fp:
                 meta, instance.offset = read_file_meta(fp)
+                fp.seek(instance.offset)
+                head = fp.read(_UID_HEAD)
     except OSError as exc:
         instance.error = f"cannot read: {exc.strerror or exc}"
         return instance
@@ -193,11 +198,51 @@ def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) ->
     instance.sop_class_uid = _text(meta.get(0x00020002))
     instance.sop_instance_uid = _text(meta.get(0x00020003))
     instance.transfer_syntax = _text(meta.get(0x00020010))
+    _take_data_set_uids(instance, head)
     if not (instance.sop_class_uid and instance.sop_instance_uid and instance.transfer_syntax):
         instance.error = (
             "the file meta information lacks the SOP class, instance or transfer syntax"
         )
     return instance
+
+
+#: How much of a file's data set is read to find its SOP Class and Instance UIDs.
+_UID_HEAD = 1 << 16
+_UID_TAGS = frozenset({0x00080016, 0x00080018})
+
+
+def _take_data_set_uids(instance: _Instance, head: bytes) -> None:
+    """Name the instance by its data set's SOP Class and Instance UIDs, not its file meta's.
+
+    The C-STORE-RQ must name what the data set says (an SCP refuses a
+    mismatch, PS3.4 B.2.3), and files are met whose meta information
+    disagrees with their data set (pydicom's rtplan.dcm is one).
+    """
+    syntax = instance.transfer_syntax
+    if not syntax.startswith("1.2.840.10008.1.2") or syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return
+    try:
+        found = scan_elements(
+            head,
+            _UID_TAGS,
+            implicit=syntax == IMPLICIT_VR_LITTLE_ENDIAN,
+            little=syntax != EXPLICIT_VR_BIG_ENDIAN,
+            complete=len(head) < _UID_HEAD,
+        )
+    except ValueError:
+        return  # not encoded as its syntax says: the file meta's word stands
+    if not found:
+        return
+    for tag, name in ((0x00080016, "sop_class_uid"), (0x00080018, "sop_instance_uid")):
+        value = _text(found.get(tag))
+        if value and value != getattr(instance, name):
+            if getattr(instance, name):
+                log.warning(
+                    "%s: the file meta's %s differs from the data set's; sending the data set's",
+                    instance.source,
+                    name.replace("_", " "),
+                )
+            setattr(instance, name, value)
 
 
 def _prepare_dataset(dataset: Dataset, label: str | None) -> _Instance:

@@ -57,7 +57,15 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ),
     (
         "services",
-        frozenset({"adicom.storescu", "adicom.storage", "adicom.qrscu", "adicom.qrscp"}),
+        frozenset(
+            {
+                "adicom.storescu",
+                "adicom.storage",
+                "adicom.diskstorage",
+                "adicom.qrscu",
+                "adicom.qrscp",
+            }
+        ),
     ),
     (
         "user-facing",

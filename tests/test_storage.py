@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 import adicom
-from adicom import storage as storage_module
+from adicom import diskstorage
 from adicom.dimse import Command, CommandField
 from adicom.fileformat import ConvertedFile, encode_dataset, read_file_meta
 from adicom.pdu import (
@@ -162,18 +162,24 @@ async def test_callback_with_path(tmp_path: pathlib.Path) -> None:
     assert result.ok and paths == received_files(tmp_path)
 
 
-@pytest.mark.parametrize("policy", ["overwrite", "keep"])
-async def test_instance_received_twice(tmp_path: pathlib.Path, policy: Any) -> None:
+@pytest.mark.parametrize(
+    ("policy", "second_status"), [("replace", 0), ("keep", 0), ("reject", 0x0111)]
+)
+async def test_instance_received_twice(
+    tmp_path: pathlib.Path, policy: Any, second_status: int
+) -> None:
     disk = adicom.DiskStorage(tmp_path, on_duplicate=policy)
     first = pydicom.dcmread(FILES["explicit"])
     second = pydicom.dcmread(FILES["explicit"])
     second.PatientName = "Second^Copy"
     async with scp(disk) as server:
+        statuses = []
         for dataset in (first, second):
             (result,) = await adicom.store("127.0.0.1", server.port, [dataset], called_ae="STORE")
-            assert result.ok
+            statuses.append(result.status)
+    assert statuses == [0, second_status]
     (stored,) = received_files(tmp_path)
-    expected = "Second^Copy" if policy == "overwrite" else str(first.PatientName)
+    expected = "Second^Copy" if policy == "replace" else str(first.PatientName)
     assert str(pydicom.dcmread(stored).PatientName) == expected
 
 
@@ -204,7 +210,8 @@ async def test_unwritable_destination_fails_the_instance_and_goes_on(
             "127.0.0.1", server.port, called_ae="STORE", contexts=[(CT, [EXPLICIT, IMPLICIT])]
         ) as assoc:
             result = await adicom.store_instance(assoc, FILES["explicit"])
-            assert result.status == 0xA700 and "cannot write" in (result.error or "")
+            assert result.status == 0xA700 and "cannot store the instance" in (result.error or "")
+            assert str(tmp_path) not in (result.error or "")  # no server path to the peer
             # The association goes on: the next instance gets its own answer.
             again = await adicom.store_instance(assoc, FILES["explicit"])
             assert again.status == 0xA700
@@ -445,8 +452,8 @@ async def test_an_instance_not_encoded_as_its_syntax_says_is_stored_as_received(
     ],
 )
 def test_layout_text_is_decoded_in_its_character_set(charset: str, raw: bytes, text: str) -> None:
-    encodings = storage_module._encodings(charset)
-    assert storage_module._decode_text(raw, encodings) == text
+    encodings = diskstorage._encodings(charset)
+    assert diskstorage._decode_text(raw, encodings) == text
 
 
 @pytest.mark.parametrize(

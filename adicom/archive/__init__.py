@@ -23,7 +23,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 
 from adicom.archive.index import ATTRIBUTES, LEVELS, Index, IndexUnusable, MatchError, chunks
 from adicom.dimse import Status
+from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage
 from adicom.errors import ArchiveError
 from adicom.fileformat import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -38,7 +39,7 @@ from adicom.fileformat import (
     encode_text_elements,
 )
 from adicom.qrscp import MoveDestinations, QRContext, QueryFailed
-from adicom.storage import DEFAULT_LAYOUT, DiskStorage, StoreContext
+from adicom.storage import StoreContext
 from adicom.storescu import iter_files
 
 __all__ = ["Archive", "ArchiveError"]
@@ -54,7 +55,14 @@ _INDEX_NAME = ".adicom-index.sqlite"
 class Archive:
     """A folder of DICOM files, indexed in SQLite, served by C-FIND/C-GET/C-MOVE."""
 
-    def __init__(self, root: str | os.PathLike[str], layout: str = DEFAULT_LAYOUT) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        layout: str = DEFAULT_LAYOUT,
+        *,
+        on_duplicate: Literal["replace", "keep", "reject"] = "replace",
+        fsync: bool = False,
+    ) -> None:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -63,8 +71,16 @@ class Archive:
             raise ArchiveError(str(exc)) from None
         except OSError as exc:
             raise ArchiveError(f"cannot use {self.root}: {exc.strerror or exc}") from None
+        # One copy per SOP Instance UID, wherever it was filed (the same
+        # UID may come again under another study): the index knows where.
         self.storage = DiskStorage(
-            self.root, layout, extra_keywords=ATTRIBUTES, on_stored=self._stored
+            self.root,
+            layout,
+            extra_keywords=ATTRIBUTES,
+            on_stored=self._stored,
+            lookup=self.index.path_of,
+            on_duplicate=on_duplicate,
+            fsync=fsync,
         )
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []

@@ -186,6 +186,13 @@ class Index:
             [*row, transfer_syntax, str(path), mtime_ns, size],
         )
 
+    def path_of(self, sop_instance_uid: str) -> Path | None:
+        """Where the instance with this SOP Instance UID is stored, if it is."""
+        row = self._db.execute(
+            "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        return None if row is None else Path(row[0])
+
     def remove_path(self, path: str | Path) -> None:
         """Forget the instance stored at ``path``."""
         self._begin()

@@ -1,0 +1,675 @@
+"""Received instances streamed to files: :class:`DiskStorage`.
+
+Each instance goes into a temporary file in the storage folder (preamble,
+``DICM``, file meta built from the command, then the data set as received,
+never decoded) and is renamed into place when complete and checked, so a
+file under its final name is always whole, and the C-STORE status is sent
+only once the data is there (PS3.4 B.2.2: success means stored).
+
+What is refused, and how (PS3.4 B.2.3; statuses of PS3.7 C.5 for the rest):
+
+* an empty data set, or one that does not parse: 0xC000, cannot understand;
+* a Study, Series or SOP Instance UID missing or not a UID (PS3.5 9.1:
+  digits and dots, at most 64 characters), or a SOP Class or SOP Instance
+  UID that is not the one the C-STORE-RQ names: 0xA900, data set does not
+  match SOP class, with the offending element;
+* a second copy of an instance under ``on_duplicate="reject"``: 0x0111;
+* a full or unwritable disk: 0xA700, out of resources.
+
+A group 0002 sent inside the data set (it belongs in the file meta, which
+the SCP writes) is never written into the file: it is dropped and the
+instance answered 0xB006, elements discarded. Error comments never carry a
+path of this server; the log has them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import io
+import logging
+import os
+import re
+import string
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import tag_for_keyword
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from adicom.dimse import Status
+from adicom.fileformat import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    DataSetTruncated,
+    Inflater,
+    check_whole,
+    encode_file_meta,
+    find_top_level,
+    is_valid_uid,
+    scan_elements,
+    skip_group_0002,
+)
+from adicom.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from adicom.storage import IncomingInstance, StorageHandler, StoreContext
+
+__all__ = ["DEFAULT_LAYOUT", "REQUIRED_UIDS", "DiskStorage"]
+
+log = logging.getLogger("adicom")
+
+#: The default folder layout of :class:`DiskStorage`.
+DEFAULT_LAYOUT = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+#: The UIDs every instance must carry to be filed and found again.
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+# How much of the start of a data set is kept to find the layout's attributes.
+_HEAD = 1 << 16
+# How much is read (or inflated) at most when they are not in the head: a
+# data set's top-level attributes before its pixel data fit easily, and no
+# instance makes the event loop parse or inflate more than this.
+_DEEP_HEAD = 4 << 20
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._^=+-]")
+
+
+def _path_component(value: str) -> str:
+    """Make an attribute value safe as one path component (no separators, no '..')."""
+    cleaned = _UNSAFE.sub("_", value.strip()) or "unknown"
+    return "_" + cleaned if cleaned in (".", "..") else cleaned
+
+
+class DiskStorage(StorageHandler):
+    """Streams received instances to files under ``root``.
+
+    ``layout`` names each file from the instance's attributes (any keyword
+    of the data set); values are made safe as path components (the UIDs of
+    ``required`` are checked to be UIDs first, so distinct instances never
+    share a name). ``on_duplicate`` says what a second copy of a SOP
+    Instance UID does: "replace" (default) stores it and removes the first,
+    wherever that was filed (the rename is atomic: a reader sees one whole
+    file or the other); "keep" keeps the first and answers success; "reject"
+    keeps the first and answers 0x0111, duplicate SOP instance. ``lookup``
+    tells where an instance is stored already when the layout alone cannot
+    (an archive's index: the same UID may come under another study).
+    ``fsync`` makes each file and its folder durable before the success
+    status is sent (slower; off by default, like DCMTK).
+
+    ``on_stored(path, values, context)`` is called once a file is in place,
+    with the values of the layout's attributes, of ``required`` and of
+    ``extra_keywords`` (text, "" when absent), read from the data set as it
+    streamed in: an index can take them without reading the file again.
+    Temporary files that an earlier process left behind (killed while
+    receiving) are removed when the storage is made.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        layout: str = DEFAULT_LAYOUT,
+        *,
+        on_duplicate: Literal["replace", "keep", "reject"] = "replace",
+        fsync: bool = False,
+        extra_keywords: Iterable[str] = (),
+        required: Sequence[str] = REQUIRED_UIDS,
+        on_stored: Callable[[Path, dict[str, str], StoreContext], None] | None = None,
+        lookup: Callable[[str], Path | None] | None = None,
+    ) -> None:
+        if on_duplicate not in ("replace", "keep", "reject"):
+            raise ValueError(f"on_duplicate must be replace, keep or reject, not {on_duplicate!r}")
+        self.root = Path(root)
+        self.layout = layout
+        self.on_duplicate = on_duplicate
+        self.fsync = fsync
+        self.on_stored = on_stored
+        self.lookup = lookup
+        self.required = tuple(required)
+        layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
+        tags = {}
+        keywords = layout_keywords | set(extra_keywords) | set(self.required)
+        for keyword in sorted(keywords | {"SpecificCharacterSet"}):
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(f"{keyword!r} (in the layout) is no DICOM keyword")
+            tags[keyword] = tag
+        self.tags = tags
+        self.wanted = frozenset(tags.values())
+        self._layout_keywords = tuple(sorted(layout_keywords))
+        self.incoming = self.root / ".incoming"
+        #: The most recent files stored (up to 1024), newest last.
+        self.stored: deque[Path] = deque(maxlen=1024)
+        # Folders known to exist: one mkdir per folder, not per instance.
+        self._folders: set[Path] = set()
+        # Temporary names: this process, this storage, a serial number.
+        self._serial = 0
+        self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> int:
+        """Remove temporary files of processes that no longer run; how many went.
+
+        A process killed while receiving leaves its ``.part`` files behind
+        (nothing was acknowledged for them). Those of a process still
+        running (several servers may share a folder) are left alone.
+        """
+        removed = 0
+        try:
+            names = os.listdir(self.incoming)
+        except OSError:
+            return 0
+        for name in names:
+            pid = name.split("-", 1)[0]
+            if not name.endswith(".part") or (pid.isdigit() and _running(int(pid))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(self.incoming / name)
+                removed += 1
+        if removed:
+            log.info("removed %d unfinished files left in %s", removed, self.incoming)
+        return removed
+
+    def ensure_folder(self, folder: Path) -> None:
+        """Make ``folder`` (and its parents) once; later calls cost a set lookup."""
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(self._folders) > 100_000:
+                self._folders.clear()
+            self._folders.add(folder)
+
+    def forget_folder(self, folder: Path) -> None:
+        """``folder`` went away behind our back: make it again next time."""
+        self._folders.discard(folder)
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        """Start receiving one instance into a temporary file."""
+        return _DiskInstance(self, context)
+
+    def final_path(self, values: dict[str, str]) -> Path:
+        """Where an instance with these attribute values is stored."""
+        # Only the layout's own keywords: an archive's on_stored hook wants
+        # some twenty more values, which never become part of a path.
+        safe = {key: _path_component(values.get(key) or "unknown") for key in self._layout_keywords}
+        return self.root / self.layout.format(**safe)
+
+    def existing(self, values: dict[str, str], final: Path) -> Path | None:
+        """Where this SOP Instance UID is stored already, if it is."""
+        if self.lookup is not None:
+            found = self.lookup(values.get("SOPInstanceUID", ""))
+            if found is not None:
+                return found
+        return final if os.path.exists(final) else None
+
+    def temp_file(self) -> tuple[str, int]:
+        """A new empty temporary file under ``.incoming`` (raises OSError)."""
+        self.ensure_folder(self.incoming)
+        self._serial += 1
+        path = f"{self.incoming}{os.sep}{self._prefix}-{self._serial}.part"
+        # A raw descriptor: Python's buffered file costs three more system
+        # calls per instance, and the data arrives in large pieces anyway.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            return path, os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            # .incoming was removed behind our back: make it again, once.
+            self.forget_folder(self.incoming)
+            self.ensure_folder(self.incoming)
+            return path, os.open(path, flags, 0o644)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
+class _Refused(Exception):
+    """Why an instance is not stored: the status, the comment, the offending element."""
+
+    def __init__(self, status: int, comment: str, offending: int | None = None) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.offending = offending
+
+
+class _DiskInstance(IncomingInstance):
+    def __init__(self, storage: DiskStorage, context: StoreContext) -> None:
+        super().__init__(context)
+        self._storage = storage
+        self._head = bytearray()
+        # A deflated data set's head is inflated as it arrives, never more
+        # of it than the layout needs (PS3.5 A.5; a small "deflate bomb"
+        # would otherwise inflate to gigabytes on the event loop).
+        deflated = context.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+        self._inflater = Inflater(_HEAD) if deflated else None
+        self._inflate_error: str | None = None
+        # The data set's first bytes, held until we know whether it starts
+        # with a group 0002 (not in a deflated stream: nobody sends that).
+        self._start: bytearray | None = None if deflated else bytearray()
+        self._discarded = False
+        self._unreadable = False
+        self._size = 0  # of the data set written so far
+        self._temp: str | None = None
+        self._fd: int | None = None
+        meta = encode_file_meta(
+            context.sop_class_uid,
+            context.sop_instance_uid,
+            context.transfer_syntax,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            source_ae=context.calling_ae,
+        )
+        self._meta_length = len(meta)
+        try:
+            self._temp, self._fd = storage.temp_file()
+            self._write(meta)
+        except OSError as exc:
+            self._fail(_disk_error(exc), f"in {storage.root}")
+
+    # -- receiving ----------------------------------------------------------------
+
+    def write(self, data: memoryview, /) -> None:
+        if self._fd is None:
+            return
+        start = self._start
+        if start is not None:
+            start += data
+            if not self._settle_start(start, complete=False):
+                return
+            data = memoryview(bytes(start))
+            self._start = None
+        inflater = self._inflater
+        if inflater is not None:
+            if not inflater.full and self._inflate_error is None:
+                try:
+                    inflater.feed(data)
+                except ValueError as exc:
+                    self._inflate_error = str(exc)
+        elif len(self._head) < _HEAD:
+            self._head += data[: _HEAD - len(self._head)]
+        self._size += len(data)
+        try:
+            self._write(data)
+        except OSError as exc:
+            self._fail(_disk_error(exc), f"writing {self._temp}")
+
+    def _settle_start(self, start: bytearray, *, complete: bool) -> bool:
+        """Decide on the data set's start; True once ``start`` holds what to write.
+
+        ``complete``: no more bytes will come (the data set is that short).
+        """
+        little = self.context.transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
+        try:
+            skip = skip_group_0002(start, little=little, complete=complete)
+        except ValueError as exc:
+            self._fail(f"the data set does not parse: {exc}")
+            self._unreadable = True
+            return False
+        if skip is None:
+            if len(start) > _HEAD:
+                self._fail("a group 0002 of more than 64 KiB at the start of the data set")
+                self._unreadable = True
+            return False  # more bytes needed to decide
+        if skip:
+            # PS3.10 7.1: group 0002 is the file meta, which this SCP writes
+            # from the command; one sent inside the data set is dropped.
+            self._discarded = True
+            log.warning(
+                "instance %s: a group 0002 (%d bytes) inside the data set was dropped",
+                self.context.sop_instance_uid,
+                skip,
+            )
+            del start[:skip]
+        return True
+
+    def _write(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            if not written:
+                raise OSError(errno.ENOSPC, "the file system took no more bytes")
+            view = view[written:]
+
+    def _fail(self, reason: str, where: str = "") -> None:
+        """Give up on this instance: ``reason`` goes to the peer, ``where`` only to the log."""
+        if self.error is None:
+            self.error = reason
+            log.warning(
+                "storing %s failed: %s%s",
+                self.context.sop_instance_uid,
+                reason,
+                f" ({where})" if where else "",
+            )
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)
+            self._temp = None
+
+    def abort(self) -> None:
+        self._discard()
+
+    # -- the last fragment is in -------------------------------------------------------
+
+    async def finish(self) -> int:
+        start = self._start
+        if start is not None and self._fd is not None:
+            # The whole data set was shorter than what decides its start.
+            self._start = None
+            if self._settle_start(start, complete=True) and start:
+                self.write(memoryview(bytes(start)))
+        if self._unreadable:
+            return Status.CANNOT_UNDERSTAND
+        if self.error is not None or self._fd is None or self._temp is None:
+            self._discard()
+            return Status.OUT_OF_RESOURCES
+        try:
+            self._close_file()
+            values = self._checked_values()
+            status = self._file(values)
+        except _Refused as refused:
+            self._discard()
+            self.error = str(refused)
+            self.offending_element = refused.offending
+            log.warning("refused %s: %s", self.context.sop_instance_uid, refused)
+            return refused.status
+        if status == Status.SUCCESS and self._discarded:
+            self.warning = "group 0002 elements inside the data set were discarded"
+            return Status.ELEMENTS_DISCARDED
+        return status
+
+    def _close_file(self) -> None:
+        assert self._fd is not None
+        try:
+            if self._storage.fsync:
+                os.fsync(self._fd)
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        except OSError as exc:
+            self._fail(_disk_error(exc), f"closing {self._temp}")
+            raise _Refused(Status.OUT_OF_RESOURCES, self.error or "") from None
+
+    def _checked_values(self) -> dict[str, str]:
+        """The layout's values, the instance refused if it cannot be filed and found."""
+        if self._size == 0:
+            raise _Refused(Status.CANNOT_UNDERSTAND, "the data set is empty")
+        try:
+            values = self._layout_values()
+        except Exception as exc:  # pydicom raises many kinds on bad data
+            raise _Refused(
+                Status.CANNOT_UNDERSTAND, f"the data set does not parse: {exc}"
+            ) from None
+        storage = self._storage
+        if storage.required and not any(values.get(keyword) for keyword in storage.required):
+            # Not one of the UIDs every instance has: this is no data set.
+            raise _Refused(
+                Status.CANNOT_UNDERSTAND,
+                "the data set does not parse: it has no UIDs of an instance",
+            )
+        for keyword in storage.required:
+            value = values.get(keyword, "")
+            if not value:
+                raise _Refused(
+                    Status.IDENTIFIER_DOES_NOT_MATCH,
+                    f"{keyword} is missing",
+                    storage.tags[keyword],
+                )
+            if keyword.endswith("UID") and not is_valid_uid(value):
+                raise _Refused(
+                    Status.IDENTIFIER_DOES_NOT_MATCH,
+                    f"{keyword} {value[:24]!r} is not a UID",
+                    storage.tags[keyword],
+                )
+        self._check_whole()
+        ctx = self.context
+        for keyword, named in (
+            ("SOPInstanceUID", ctx.sop_instance_uid),
+            ("SOPClassUID", ctx.sop_class_uid),
+        ):
+            value = values.get(keyword, "")
+            if value and named and value != named:
+                raise _Refused(
+                    Status.IDENTIFIER_DOES_NOT_MATCH,
+                    f"its {keyword} is not the one of the C-STORE-RQ",
+                    storage.tags.get(keyword),
+                )
+        return values
+
+    def _check_whole(self) -> None:
+        """Refuse a data set cut short (a truncated file sent as it lies).
+
+        Its start parses well enough; so the top-level elements are walked to
+        the end where that is cheap: a data set within the head held in
+        memory, or what follows the Pixel Data (whose length says where the
+        rest begins), read back from the file.
+        """
+        transfer = self.context.transfer_syntax
+        if self._inflater is not None or not transfer.startswith("1.2.840.10008.1.2"):
+            return
+        implicit = transfer == IMPLICIT_VR_LITTLE_ENDIAN
+        little = transfer != EXPLICIT_VR_BIG_ENDIAN
+        try:
+            if self._size <= _HEAD:
+                check_whole(self._head, implicit=implicit, little=little)
+                return
+            if not little:
+                return
+            found = find_top_level(self._head, 0x7FE00010, implicit=implicit)
+            if found is None or found[2] == 0xFFFFFFFF:
+                return
+            _, value, length = found
+            after = value + length
+            if after > self._size:
+                raise DataSetTruncated(
+                    f"the data set is cut short: {after - self._size} bytes of (7FE0,0010) missing",
+                    0x7FE00010,
+                )
+            if 0 < self._size - after <= _HEAD:
+                check_whole(self._tail(after), implicit=implicit, little=little)
+        except DataSetTruncated as exc:
+            raise _Refused(Status.CANNOT_UNDERSTAND, str(exc), exc.tag) from None
+        except ValueError:
+            return  # not what its syntax says: pydicom read what it could already
+
+    def _tail(self, start: int) -> bytes:
+        """The data set's bytes from ``start`` to its end, read back from the file."""
+        assert self._temp is not None
+        with open(self._temp, "rb") as fp:
+            fp.seek(self._meta_length + start)
+            return fp.read()
+
+    def _file(self, values: dict[str, str]) -> int:
+        """Rename the file into place, as the duplicate policy says; the status."""
+        storage = self._storage
+        temp = self._temp
+        assert temp is not None
+        final = storage.final_path(values)
+        existing = storage.existing(values, final)
+        if existing is not None and storage.on_duplicate != "replace":
+            self._discard()
+            self.path = existing
+            if storage.on_duplicate == "reject":
+                raise _Refused(Status.DUPLICATE_SOP_INSTANCE, "this SOP instance is stored already")
+            log.info("%s is stored already; keeping the first copy", values["SOPInstanceUID"])
+            return Status.SUCCESS
+        try:
+            storage.ensure_folder(final.parent)
+            try:
+                os.replace(temp, final)
+            except FileNotFoundError:
+                # The folder went away behind our back: make it again, once.
+                storage.forget_folder(final.parent)
+                storage.ensure_folder(final.parent)
+                os.replace(temp, final)
+            if storage.fsync:
+                _fsync_folder(final.parent)
+        except OSError as exc:
+            self._fail(_disk_error(exc), f"filing at {final}")
+            raise _Refused(Status.OUT_OF_RESOURCES, self.error or "") from None
+        self._temp = None
+        if existing is not None and existing != final:
+            # The same instance came again under other attributes (another
+            # study, say): one copy per SOP Instance UID, the new one.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(existing)
+        self.path = final
+        storage.stored.append(final)
+        if storage.on_stored is not None:
+            try:
+                storage.on_stored(final, values, self.context)
+            except Exception:
+                # The file is stored; a failing hook (an index) must not
+                # turn that into a failure status.
+                log.exception("on_stored failed for %s", final)
+        return Status.SUCCESS
+
+    # -- the layout's values ------------------------------------------------------------
+
+    def _layout_values(self) -> dict[str, str]:
+        """The layout's attributes, from the data set's first bytes (or pydicom)."""
+        storage = self._storage
+        transfer = self.context.transfer_syntax
+        found: dict[int, bytes] | None = None
+        if self._inflater is not None:
+            if self._inflate_error is not None:
+                raise ValueError(self._inflate_error)
+            head = self._inflater
+            found = self._scan(head.out, implicit=False, complete=not head.full)
+            if found is None:
+                deeper = self._inflated_deeper()
+                found = self._scan(deeper.out, implicit=False, complete=not deeper.full)
+            if found is None:
+                raise ValueError(
+                    f"the layout's attributes are not within its first {_DEEP_HEAD} inflated bytes"
+                )
+        elif transfer.startswith("1.2.840.10008.1.2"):
+            # Every standard transfer syntax but deflate encodes the top
+            # level of the data set plainly; only the pixel data differs.
+            try:
+                found = self._scan(
+                    self._head,
+                    implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
+                    little=transfer != EXPLICIT_VR_BIG_ENDIAN,
+                    complete=self._size <= _HEAD,
+                )
+            except DataSetTruncated:
+                raise  # whole, and cut short: nothing to read there
+            except ValueError:
+                # Not encoded as its transfer syntax says (implicit VR sent
+                # as explicit is met in the wild): pydicom may still read it.
+                found = None
+        if found is None:
+            found = self._read_with_pydicom()
+        charset = found.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
+        encodings = _encodings(charset)
+        return {
+            keyword: _decode_text(raw, encodings) if (raw := found.get(tag)) else ""
+            for keyword, tag in storage.tags.items()
+        }
+
+    def _scan(
+        self, head: bytes | bytearray, *, implicit: bool, little: bool = True, complete: bool
+    ) -> dict[int, bytes] | None:
+        return scan_elements(
+            bytes(head), self._storage.wanted, implicit=implicit, little=little, complete=complete
+        )
+
+    def _data_set_head(self, size: int) -> bytes:
+        """The first ``size`` bytes of the data set, read back from the temporary file."""
+        assert self._temp is not None
+        with open(self._temp, "rb") as fp:
+            fp.seek(self._meta_length)
+            return fp.read(size)
+
+    def _inflated_deeper(self) -> Inflater:
+        """Up to _DEEP_HEAD inflated bytes, from the file: for attributes past the head."""
+        inflater = Inflater(_DEEP_HEAD)
+        assert self._temp is not None
+        with open(self._temp, "rb") as fp:
+            fp.seek(self._meta_length)
+            while not inflater.full and (chunk := fp.read(1 << 16)):
+                inflater.feed(chunk)
+        return inflater
+
+    def _read_with_pydicom(self) -> dict[int, bytes]:
+        """The layout's attributes as pydicom reads them from the data set's first bytes."""
+        storage = self._storage
+        ctx = self.context
+        syntax = UID(ctx.transfer_syntax)
+        head = io.BytesIO(self._data_set_head(_DEEP_HEAD))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = read_dataset(
+                head,
+                is_implicit_VR=syntax.is_implicit_VR if syntax.is_transfer_syntax else True,
+                is_little_endian=syntax.is_little_endian if syntax.is_transfer_syntax else True,
+                stop_when=_stop_after(max(storage.wanted)),
+            )
+            found = {
+                tag: str(dataset[tag].value).encode() for tag in storage.wanted if tag in dataset
+            }
+        for warning in caught:
+            log.warning("instance %s: %s", ctx.sop_instance_uid, warning.message)
+        # pydicom decoded the text already; carry it as UTF-8.
+        found[0x00080005] = b"ISO_IR 192"
+        return found
+
+
+def _disk_error(exc: OSError) -> str:
+    """What a peer is told of a failed write: the cause, never our paths."""
+    return f"cannot store the instance: {exc.strerror or 'input/output error'}"
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (the file's own fsync does not)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stop_after(last: int) -> Callable[[BaseTag, str | None, int], bool]:
+    """A pydicom ``stop_when``: stop once past tag ``last`` (tags ascend, PS3.5 7.1)."""
+
+    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return int(tag) > last
+
+    return stop
+
+
+@functools.lru_cache(maxsize=64)
+def _encodings(charset: str) -> tuple[str, ...]:
+    """Python codecs for a Specific Character Set value (0008,0005)."""
+    return tuple(convert_encodings([c.strip() for c in charset.split("\\")] or None))
+
+
+def _decode_text(raw: bytes, encodings: Sequence[str]) -> str:
+    """An element's text value in its character set (PS3.5 6.1), without padding."""
+    if raw.isascii() and b"\x1b" not in raw:
+        # Every character set DICOM allows reads these bytes as ASCII; only
+        # ISO 2022 escape sequences (ESC) switch to something else.
+        return raw.decode("ascii").strip(" \0")
+    try:
+        text = decode_bytes(raw, encodings, {0x5E, 0x3D})
+    except Exception:
+        text = raw.decode("latin-1")
+    return text.strip(" \0")
