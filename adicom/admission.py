@@ -7,7 +7,7 @@ busy address can lock every other peer out:
 
 * connections still negotiating (no A-ASSOCIATE-RQ yet, or not yet
   answered) have a cap of their own, so they never take the room of
-  associations;
+  associations, and when it is full the longest silent one makes room;
 * associations have their cap (beyond it, A-ASSOCIATE-RJ "local limit
   exceeded", transient: PS3.8 Table 9-21);
 * one address holds at most so many connections of either kind.
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 
 __all__ = ["Admission", "RateLimitedLog"]
 
@@ -56,7 +57,12 @@ class Admission:
 
     ``max_pending`` bounds connections not yet associated, ``max_associations``
     associations, ``max_per_address`` both together for one peer address
-    (None for any of them: no limit).
+    (None for any of them: no limit). When the connections not yet
+    associated fill their cap, the one that has waited longest without
+    sending its A-ASSOCIATE-RQ is closed to make room: a peer that means to
+    associate sends its request at once, one that holds a silent connection
+    is the one that waits, so a flood of silent connections (even from many
+    addresses) cannot keep a real peer out.
     """
 
     def __init__(
@@ -72,17 +78,38 @@ class Admission:
         self.pending = 0
         self.associated = 0
         self._by_address: Counter[str] = Counter()
+        #: Connections that have not sent their A-ASSOCIATE-RQ, oldest first.
+        self._silent: OrderedDict[int, Callable[[], None]] = OrderedDict()
+        self._next_id = 0
         self.log = RateLimitedLog()
 
-    def connect(self, address: str) -> str | None:
-        """A connection from ``address`` opened: None to let it in, or why it is refused."""
-        if self.max_pending is not None and self.pending >= self.max_pending:
-            return f"{self.pending} connections are still negotiating (--max-pending)"
+    def connect(self, address: str) -> int | str:
+        """A connection from ``address`` opened: its ticket, or why it is refused."""
         if self.max_per_address is not None and self._by_address[address] >= self.max_per_address:
             return f"{address} holds {self._by_address[address]} connections (--max-per-address)"
+        if self.max_pending is not None and self.pending >= self.max_pending:
+            if not self._silent:
+                return f"{self.pending} connections are still negotiating (--max-pending)"
+            _, close = self._silent.popitem(last=False)
+            self.log.warning(
+                "evicted",
+                "%d connections wait for their A-ASSOCIATE-RQ (--max-pending): closing the "
+                "oldest to make room",
+                self.pending,
+            )
+            close()  # its disconnect() follows when it has closed
         self.pending += 1
         self._by_address[address] += 1
-        return None
+        self._next_id += 1
+        return self._next_id
+
+    def silent(self, ticket: int, close: Callable[[], None]) -> None:
+        """The connection ``ticket`` waits for its A-ASSOCIATE-RQ; ``close`` evicts it."""
+        self._silent[ticket] = close
+
+    def requested(self, ticket: int) -> None:
+        """The connection ``ticket`` sent its A-ASSOCIATE-RQ: no longer evictable."""
+        self._silent.pop(ticket, None)
 
     def associate(self) -> bool:
         """A negotiating connection asks to become an association: False when full."""
@@ -92,8 +119,9 @@ class Admission:
         self.associated += 1
         return True
 
-    def disconnect(self, address: str, *, associated: bool) -> None:
+    def disconnect(self, ticket: int, address: str, *, associated: bool) -> None:
         """A connection counted by :meth:`connect` ended."""
+        self._silent.pop(ticket, None)
         if associated:
             self.associated -= 1
         else:

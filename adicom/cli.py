@@ -259,6 +259,14 @@ def _limits(serve: argparse.ArgumentParser) -> None:
         "beyond it the association is aborted (default: %(default)s)",
     )
     group.add_argument(
+        "--max-pdvs-per-pdu",
+        type=_count,
+        default=defaults.max_pdvs,
+        metavar="N",
+        help="PDVs in one P-DATA-TF PDU; beyond it the association is aborted "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
         "--max-instance-bytes",
         type=_count,
         default=None,
@@ -472,6 +480,7 @@ async def _serve(args: argparse.Namespace) -> int:
             limits=Limits(
                 max_command=args.max_command_bytes,
                 max_dataset=args.max_dataset_bytes,
+                max_pdvs=args.max_pdvs_per_pdu,
                 max_instance=args.max_instance_bytes,
                 message_timeout=args.message_timeout,
             ),

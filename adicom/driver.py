@@ -121,6 +121,7 @@ class Driver:
         )
         self._ul.parse_budget = PARSE_BUDGET
         self._dimse = DimseConnection(self._ul, limits)
+        self._ul.reader.max_pdvs = self._dimse.limits.max_pdvs
         self._input_deferred = False
         self.requestor = requestor
         self.max_pdu = max_pdu

@@ -257,10 +257,10 @@ class Server:
     def _accepted(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """A connection arrived: let it in within the limits, or close it at once."""
         host = address[0]
-        refusal = self.admission.connect(host)
-        if refusal is not None:
+        ticket = self.admission.connect(host)
+        if isinstance(ticket, str):
             self.stats["refused"] += 1
-            self.admission.log.warning("refused", "closing new connections: %s", refusal)
+            self.admission.log.warning("refused", "closing new connections: %s", ticket)
             sock.close()
             return
         association = Association(
@@ -273,19 +273,26 @@ class Server:
         )
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
-        task = asyncio.get_running_loop().create_task(self._serve(association, sock, address))
+        self.admission.silent(ticket, association.close)
+        task = asyncio.get_running_loop().create_task(
+            self._serve(association, sock, address, ticket)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(
-        self, association: Association, sock: socket.socket, address: tuple[str, int]
+        self,
+        association: Association,
+        sock: socket.socket,
+        address: tuple[str, int],
+        ticket: int,
     ) -> None:
         host = address[0]
         try:
             await asyncio.get_running_loop().connect_accepted_socket(association.protocol, sock)
         except BaseException as exc:
             sock.close()
-            self.admission.disconnect(host, associated=False)
+            self.admission.disconnect(ticket, host, associated=False)
             if not isinstance(exc, OSError):
                 raise
             log.info("connection from %s lost before it started: %s", address, exc)
@@ -297,6 +304,7 @@ class Server:
             if request is None:
                 log.info("connection from %s closed before an association", address)
                 return
+            self.admission.requested(ticket)
             associated = await self._negotiate(association, request)
             if not associated:
                 return
@@ -314,7 +322,7 @@ class Server:
             association.abort()
         finally:
             self._associations.discard(association)
-            self.admission.disconnect(host, associated=associated)
+            self.admission.disconnect(ticket, host, associated=associated)
             await association.wait_closed(self.artim_timeout)
 
     async def _negotiate(self, association: Association, request: AAssociateRQ) -> bool:

@@ -276,19 +276,19 @@ async def test_a_pdu_of_too_many_pdvs_is_refused() -> None:
 
 
 async def test_a_flood_of_small_pdvs_is_served_in_slices_and_others_still_are() -> None:
-    # Legal PDUs of 1000 one-byte PDVs each, streamed without pause into a
+    # Legal PDUs of 250 one-byte PDVs each, streamed without pause into a
     # C-STORE: the server takes them a slice per loop turn, pausing that
     # peer in between, and the probe is answered while the flood goes on.
     async with serving(limits=Limits(message_timeout=None)) as server:
         _, writer = await associated(server)
         command = c_store_rq(SC, generate_uid(), message_id=1)
         writer.write(pdata(5, 0x03, command.encode()))
-        flood = PDataTF(tuple(_one_byte_pdv() for _ in range(1000))).encode()
+        flood = PDataTF(tuple(_one_byte_pdv() for _ in range(250))).encode()
         stop = asyncio.Event()
 
         async def pour() -> int:
             sent = 0
-            while not stop.is_set() and sent < 2000:
+            while not stop.is_set() and sent < 8000:
                 writer.write(flood)
                 await writer.drain()  # the server's pauses push back here
                 sent += 1
@@ -326,3 +326,24 @@ async def test_closing_the_server_under_a_connection_not_yet_associated_is_clean
     assert "Traceback" not in caplog.text
     writer.close()
     writer2.close()
+
+
+async def test_silent_connections_from_many_addresses_make_room_for_a_real_peer() -> None:
+    # Past the per-address cap, an attacker spreads its silent connections
+    # over many addresses and fills the cap on connections not yet
+    # associated: the longest silent one is closed to let a new one in, so
+    # the probe, which sends its A-ASSOCIATE-RQ at once, still associates.
+    async with serving(max_pending=8, max_per_address=4) as server:
+        silent = []
+        for index in range(16):  # four addresses, four each: twice the pending cap
+            address = f"127.0.0.{2 + index // 4}"
+            silent.append(
+                await asyncio.open_connection("127.0.0.1", server.port, local_addr=(address, 0))
+            )
+        evicted = 0
+        for reader, _ in silent[:8]:
+            evicted += await closed_by_server(reader)  # the eight oldest made room
+        assert evicted == 8
+        await probe(server)
+        for _, writer in silent:
+            writer.close()

@@ -49,7 +49,7 @@ from adicom.dimse.status import StatusCategory, status_category
 from adicom.errors import LocalProtocolError, RemoteProtocolError
 from adicom.fsm import State
 from adicom.negotiation import Agreement
-from adicom.pdu import PDataTF
+from adicom.pdu import MAX_PDVS_PER_PDU, PDataTF
 from adicom.presentation import PresentationContext
 
 __all__ = [
@@ -120,13 +120,15 @@ class Limits:
     a second per megabyte of small elements, so this bounds that work too);
     ``max_instance`` (None: no limit): a data set streamed to a sink (a
     C-STORE's), beyond which it is dropped and the request refused with a
-    failure status; ``message_timeout`` (None: none):
+    failure status; ``max_pdvs``: the PDVs of one P-DATA-TF PDU (the work
+    one PDU can cost; beyond it, A-ABORT 2/6); ``message_timeout`` (None: none):
     seconds from a message's first PDV to its last, whatever trickles in
     between. Zero means no limit for the sizes.
     """
 
     max_command: int = 64 * 1024
     max_dataset: int = 64 * 1024
+    max_pdvs: int = MAX_PDVS_PER_PDU
     max_instance: int | None = None
     message_timeout: float | None = 300.0
 
