@@ -103,10 +103,13 @@ class DiskStorage(StorageHandler):
     ``fsync`` makes each file and its folder durable before the success
     status is sent (slower; off by default, like DCMTK).
 
-    ``on_stored(path, values, context)`` is called once a file is in place,
-    with the values of the layout's attributes, of ``required`` and of
-    ``extra_keywords`` (text, "" when absent), read from the data set as it
-    streamed in: an index can take them without reading the file again.
+    ``on_stored(path, values, context, raw)`` is called once a file is in
+    place, with the values of the layout's attributes, of ``required`` and
+    of ``extra_keywords`` (text, "" when absent), read from the data set as
+    it streamed in: an index can take them without reading the file again.
+    ``raw`` has the bytes as received of the values that are not plain
+    ASCII, in the data set's Specific Character Set (also in ``values``),
+    so they can be answered back byte for byte.
     Temporary files that an earlier process left behind (killed while
     receiving) are removed when the storage is made.
     """
@@ -120,7 +123,8 @@ class DiskStorage(StorageHandler):
         fsync: bool = False,
         extra_keywords: Iterable[str] = (),
         required: Sequence[str] = REQUIRED_UIDS,
-        on_stored: Callable[[Path, dict[str, str], StoreContext], None] | None = None,
+        on_stored: Callable[[Path, dict[str, str], StoreContext, dict[str, bytes]], None]
+        | None = None,
         lookup: Callable[[str], Path | None] | None = None,
     ) -> None:
         if on_duplicate not in ("replace", "keep", "reject"):
@@ -259,6 +263,7 @@ class _DiskInstance(IncomingInstance):
         self._start: bytearray | None = None if deflated else bytearray()
         self._discarded = False
         self._unreadable = False
+        self._raw: dict[str, bytes] = {}
         self._size = 0  # of the data set written so far
         self._temp: str | None = None
         self._fd: int | None = None
@@ -534,7 +539,7 @@ class _DiskInstance(IncomingInstance):
         storage.stored.append(final)
         if storage.on_stored is not None:
             try:
-                storage.on_stored(final, values, self.context)
+                storage.on_stored(final, values, self.context, self._raw)
             except Exception:
                 # The file is stored; a failing hook (an index) must not
                 # turn that into a failure status.
@@ -580,10 +585,13 @@ class _DiskInstance(IncomingInstance):
             found = self._read_with_pydicom()
         charset = found.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
         encodings = _encodings(charset)
-        return {
-            keyword: _decode_text(raw, encodings) if (raw := found.get(tag)) else ""
-            for keyword, tag in storage.tags.items()
-        }
+        values = {}
+        for keyword, tag in storage.tags.items():
+            raw = found.get(tag)
+            values[keyword] = _decode_text(raw, encodings) if raw else ""
+            if raw and (not raw.isascii() or b"\x1b" in raw):
+                self._raw[keyword] = raw.rstrip(b" \0")
+        return values
 
     def _scan(
         self, head: bytes | bytearray, *, implicit: bool, little: bool = True, complete: bool

@@ -128,21 +128,30 @@ def _encode_text_dataset(dataset: Dataset, implicit: bool) -> bytes | None:
     return encode_text_elements(elements, implicit)
 
 
-def encode_text_elements(elements: Iterable[tuple[int, str, str]], implicit: bool) -> bytes | None:
-    """Encode (tag, VR, text) elements, tags ascending, as a little endian data set.
+def encode_text_elements(
+    elements: Iterable[tuple[int, str, str | bytes]], implicit: bool
+) -> bytes | None:
+    """Encode (tag, VR, value) elements, tags ascending, as a little endian data set.
 
-    Only plain ASCII text VRs (the values of C-FIND identifiers); returns
-    None for anything else, so the caller can go through pydicom. Values are
-    padded to even length as PS3.5 6.2 says (UI with NUL, the rest with a
-    space); multiple values are already joined with backslashes.
+    Only text VRs (the values of C-FIND identifiers): plain ASCII text, or
+    bytes already encoded in the data set's Specific Character Set (an
+    archive answering what it received); returns None for anything else, so
+    the caller can go through pydicom. Values are padded to even length as
+    PS3.5 6.2 says (UI with NUL, the rest with a space); multiple values are
+    already joined with backslashes.
     """
     parts: list[bytes] = []
     append = parts.append
-    for tag, vr, text in elements:
+    for tag, vr, value in elements:
         pad = _TEXT_VRS.get(vr)
-        if pad is None or not text.isascii():
+        if pad is None:
             return None
-        raw = text.encode("ascii")
+        if isinstance(value, bytes):
+            raw = value
+        elif value.isascii():
+            raw = value.encode("ascii")
+        else:
+            return None
         if len(raw) % 2:
             raw += pad
         group, number = tag >> 16, tag & 0xFFFF

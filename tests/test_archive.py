@@ -33,7 +33,7 @@ import adicom
 from adicom import archive as archive_module
 from adicom import qrscu
 from adicom.archive import Archive, ArchiveError
-from adicom.archive.index import ATTRIBUTES, Index
+from adicom.archive.index import ATTRIBUTES, RAW, Index
 
 pytestmark = pytest.mark.anyio
 
@@ -595,7 +595,7 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
     archive: Archive, syntax: str
 ) -> None:
     """Plain ASCII matches come encoded from the rows; each equals the pydicom encoding."""
-    from adicom.archive import _answer, _answer_template
+    from adicom.archive import _answer, _answer_elements, _answer_template
     from adicom.fileformat import decode_dataset, encode_dataset
     from adicom.qrscp import QRContext
 
@@ -610,7 +610,7 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
     template = _answer_template(query, "SERIES")
     found = list(archive.index.find("SERIES", {"StudyInstanceUID": TREE.uid["A"]}))
     for answer, row in zip(answers, found, strict=True):
-        expected = _answer(template, row)
+        expected = _answer(_answer_elements(template, row))
         if syntax == "1.2.840.10008.1.2.2":
             assert isinstance(answer, Dataset)  # no quick encoder for big endian
             assert answer == expected
@@ -622,7 +622,7 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
         assert decoded.NumberOfSeriesRelatedInstances == 2
         assert decoded[0x00091010].value in ("", None, b"")
 
-    # Non-ASCII text cannot take the quick path: the Dataset carries it.
+    # Non-ASCII text goes back as it was received, with its character set.
     other = copy.deepcopy(TREE.instances[0])
     other.SpecificCharacterSet = "ISO_IR 192"
     other.PatientID, other.PatientName = "PATU", "Müller^Jörg"
@@ -635,9 +635,11 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
     context = QRContext("SCU", "ARCHIVE", "1.2.840.10008.5.1.4.1.2.1.1", None, 1,
                         transfer_syntax="1.2.840.10008.1.2.1")  # fmt: skip
     (answer,) = [a async for a in archive.find(query, context)]
-    assert isinstance(answer, Dataset)
-    assert answer.PatientName == "Müller^Jörg"
-    assert answer.SpecificCharacterSet == "ISO_IR 192"
+    assert isinstance(answer, bytes)
+    assert "Müller^Jörg".encode() in answer  # the bytes of the file, UTF-8
+    decoded = decode_dataset(answer, "1.2.840.10008.1.2.1")
+    assert decoded.PatientName == "Müller^Jörg"
+    assert decoded.SpecificCharacterSet == "ISO_IR 192"
 
 
 # --------------------------------------------------------------------------
@@ -869,14 +871,31 @@ async def test_a_corrupt_index_is_a_clear_error(tmp_path: pathlib.Path) -> None:
         archive.close()
 
 
-async def test_an_index_of_another_version_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+async def test_an_index_of_another_version_is_rebuilt_from_the_files(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The index is a cache of the folder: an older one is dropped and made
+    # again, and opening the archive reads the files back into it.
     root = tmp_path / "archive"
-    Archive(root).close()
+    archive = Archive(root)
+    await archive.open()
+    async with serving(archive) as node:
+        results = await adicom.store(
+            node.host, node.port, [TREE.by_uid(TREE.uid["A1.1"])], called_ae=node.aet
+        )
+        assert results[0].ok
+    archive.close()
     with contextlib.closing(sqlite3.connect(root / INDEX_NAME)) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'version'")
+        db.execute("DELETE FROM instances")
         db.commit()
-    with pytest.raises(ArchiveError, match=r"version 99.*move it away"):
-        Archive(root)
+    again = Archive(root)
+    try:
+        assert again.index.count() == 0
+        assert await again.open() == 1
+        assert again.index.path_of(TREE.uid["A1.1"]) is not None
+    finally:
+        again.close()
 
 
 async def test_serve_on_a_corrupt_index_exits_with_one_line(tmp_path: pathlib.Path) -> None:
@@ -905,13 +924,19 @@ async def test_find_reads_only_the_columns_asked_for(archive: Archive) -> None:
     keys = {"StudyInstanceUID": TREE.uid["A"], "SeriesInstanceUID": TREE.uid["A1"]}
     everything = list(archive.index.find("IMAGE", keys))
     some = list(archive.index.find("IMAGE", keys, wanted={"PatientName", "SOPInstanceUID"}))
-    assert [set(found) for found in some] == [{"PatientName", "SOPInstanceUID"}] * 2
+    shown = {"PatientName", "SOPInstanceUID", "SpecificCharacterSet", RAW}
+    assert [set(found) for found in some] == [shown] * 2
     assert [(f["PatientName"], f["SOPInstanceUID"]) for f in some] == [
         (f["PatientName"], f["SOPInstanceUID"]) for f in everything
     ]
     # The counts of PS3.4 C.3 come whatever was asked; nothing asked: the unique key.
     (series,) = archive.index.find("SERIES", keys, wanted=())
-    assert series == {"SeriesInstanceUID": TREE.uid["A1"], "NumberOfSeriesRelatedInstances": "2"}
+    assert series == {
+        "SeriesInstanceUID": TREE.uid["A1"],
+        "NumberOfSeriesRelatedInstances": "2",
+        "SpecificCharacterSet": series["SpecificCharacterSet"],
+        RAW: "",
+    }
 
 
 async def test_stored_instances_are_found_at_once_and_committed_soon(

@@ -230,3 +230,60 @@ async def test_a_file_cut_short_is_refused_not_stored(
     assert f"cut short: 100 bytes of {name} missing" in (response.error_comment or "")
     assert response.offending_element == (tag,)
     assert files(tmp_path) == []
+
+
+async def test_names_in_every_character_set_come_back_as_they_were_stored(
+    tmp_path: pathlib.Path,
+) -> None:
+    # pydicom's charset files: ISO 8859 (Latin, Cyrillic, Greek, Arabic,
+    # Hebrew), ISO 2022 with escapes (Japanese, Korean), GB18030, UTF-8. The
+    # archive answers each name in its own character set, byte for byte, with
+    # its (0008,0005); matching on a non-ASCII name finds it.
+    from pydicom.data import get_charset_files
+
+    from adicom import qrscu
+
+    sources = [pathlib.Path(f) for f in get_charset_files() if f.endswith(".dcm")]
+    archive = Archive(tmp_path)
+    await archive.open()
+    try:
+        async with adicom.Server("STORE", port=0, **archive.handlers()) as server:
+            results = await adicom.store("127.0.0.1", server.port, sources, called_ae="STORE")
+            refused = {pathlib.Path(r.source).name for r in results if not r.ok}
+            # Two files are single sequence items without any UID: not instances.
+            assert refused == {"chrSQEncoding.dcm", "chrSQEncoding1.dcm"}
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="STORE", contexts=qrscu.find_contexts()
+            ) as assoc:
+                # Two pairs share a SOP Instance UID (the same data in another
+                # encoding): the archive keeps one copy, the last sent.
+                last = {
+                    pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID: source
+                    for source in sources
+                    if source.name not in refused
+                }
+                assert len(last) == len(sources) - 2 - 2
+                for source in last.values():
+                    original = pydicom.dcmread(source, stop_before_pixels=True)
+                    query = Dataset()
+                    query.QueryRetrieveLevel = "IMAGE"
+                    query.StudyInstanceUID = original.StudyInstanceUID
+                    query.SeriesInstanceUID = original.SeriesInstanceUID
+                    query.SOPInstanceUID = original.SOPInstanceUID
+                    query.PatientName = ""
+                    async with qrscu.find(assoc, query) as found:
+                        (answer,) = [a async for a in found]
+                    assert answer.PatientName == original.PatientName, source.name
+                    assert answer.get("SpecificCharacterSet") == original.SpecificCharacterSet
+                # Matching on a non-ASCII value (PS3.4 C.2.2.2, PS3.5 6.1).
+                german = pydicom.dcmread(next(s for s in sources if s.name == "chrGerm.dcm"))
+                query = Dataset()
+                query.SpecificCharacterSet = "ISO_IR 100"
+                query.QueryRetrieveLevel = "STUDY"
+                query.PatientName = "Äneas^Rüdiger"
+                query.StudyInstanceUID = ""
+                async with qrscu.find(assoc, query) as found:
+                    (study,) = [a async for a in found]
+                assert study.StudyInstanceUID == german.StudyInstanceUID
+    finally:
+        archive.close()

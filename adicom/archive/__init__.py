@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import sqlite3
@@ -26,10 +27,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from adicom.archive.index import ATTRIBUTES, LEVELS, Index, IndexUnusable, MatchError, chunks
+from adicom.archive.index import (
+    ATTRIBUTES,
+    LEVELS,
+    RAW,
+    Index,
+    IndexUnusable,
+    MatchError,
+    chunks,
+)
 from adicom.dimse import Status
 from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage
 from adicom.errors import ArchiveError
@@ -85,9 +95,13 @@ class Archive:
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
 
-    def _stored(self, path: Path, values: dict[str, str], context: StoreContext) -> None:
+    def _stored(
+        self, path: Path, values: dict[str, str], context: StoreContext, raw: dict[str, bytes]
+    ) -> None:
         stat = os.stat(path)
-        self.index.add(values, path, context.transfer_syntax, stat.st_mtime_ns, stat.st_size)
+        self.index.add(
+            values, path, context.transfer_syntax, stat.st_mtime_ns, stat.st_size, raw=raw
+        )
         self._commit_soon()
 
     def _commit_soon(self) -> None:
@@ -176,7 +190,9 @@ class Archive:
         except Exception:
             log.debug("not indexed (not DICOM): %s", path)
             return False
+        raw = _raw_text(dataset)  # before the values decode them
         values = {keyword: _text(dataset.get(keyword)) for keyword in ATTRIBUTES}
+        values["SpecificCharacterSet"] = _text(dataset.get("SpecificCharacterSet"))
         if not values["SOPInstanceUID"]:
             return False
         transfer = (
@@ -184,7 +200,7 @@ class Archive:
             if hasattr(dataset, "file_meta")
             else ""
         )
-        self.index.add(values, path, transfer, mtime_ns, size)
+        self.index.add(values, path, transfer, mtime_ns, size, raw=raw)
         return True
 
     def close(self) -> None:
@@ -233,14 +249,9 @@ class Archive:
         implicit = context.transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
         quick = implicit or context.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
         for found in matches:
-            encoded = None
-            if quick:
-                encoded = encode_text_elements(
-                    ((tag, vr, (found.get(keyword) or "") if keyword else text)
-                     for tag, vr, keyword, text in template),
-                    implicit,
-                )  # fmt: skip
-            yield encoded if encoded is not None else _answer(template, found)
+            elements = _answer_elements(template, found)
+            encoded = encode_text_elements(elements, implicit) if quick else None
+            yield encoded if encoded is not None else _answer(elements)
 
     async def retrieve(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
         """C-GET/C-MOVE handler: the count, then each matching file.
@@ -298,13 +309,45 @@ def _answer_template(identifier: Dataset, level: str) -> list[_Element]:
     return template
 
 
-def _answer(template: list[_Element], found: dict[str, str]) -> Dataset:
-    """A match as a pydicom Dataset: for text the quick encoder does not take."""
-    answer = Dataset()
+def _answer_elements(
+    template: list[_Element], found: dict[str, str]
+) -> list[tuple[int, str, str | bytes]]:
+    """The answer's (tag, VR, value) elements for one match.
+
+    Values that are not plain ASCII go back as they were received, with
+    the match's own Specific Character Set (PS3.5 6.1, PS3.4 C.4.1.1.3.1:
+    an SCP answers in the character set of what it holds).
+    """
+    raw: dict[str, str] = json.loads(found[RAW]) if found.get(RAW) else {}
+    elements: list[tuple[int, str, str | bytes]] = []
+    charset_seen = False
     for tag, vr, keyword, text in template:
-        value = (found.get(keyword) or "") if keyword else text
+        if tag == 0x00080005:
+            charset_seen = True
+            elements.append((tag, vr, found.get("SpecificCharacterSet") or text))
+        elif keyword in raw:
+            elements.append((tag, vr, raw[keyword].encode("latin-1")))
+        else:
+            elements.append((tag, vr, (found.get(keyword) or "") if keyword else text))
+    if not charset_seen and raw:
+        elements.insert(0, (0x00080005, "CS", found.get("SpecificCharacterSet", "")))
+    return elements
+
+
+def _answer(elements: list[tuple[int, str, str | bytes]]) -> Dataset:
+    """A match as a pydicom Dataset: for what the quick encoder does not take."""
+    answer = Dataset()
+    charset = next((v for tag, _, v in elements if tag == 0x00080005), "")
+    encodings = _python_codecs(charset if isinstance(charset, str) else "")
+    for tag, vr, value in elements:
+        if isinstance(value, bytes):
+            value = decode_bytes(value, encodings, {0x5E, 0x3D})
         answer[tag] = pydicom.DataElement(tag, vr, _value(vr, value) if value else None)
     return answer
+
+
+def _python_codecs(charset: str) -> list[str]:
+    return list(convert_encodings([c.strip() for c in charset.split("\\")] or None))
 
 
 class _Missing(Dataset):
@@ -313,6 +356,18 @@ class _Missing(Dataset):
     def __init__(self, sop_instance_uid: str) -> None:
         super().__init__()
         self.SOPInstanceUID = sop_instance_uid
+
+
+def _raw_text(dataset: Dataset) -> dict[str, bytes]:
+    """The indexed text values that are not plain ASCII, as the file has them."""
+    raw: dict[str, bytes] = {}
+    for keyword in ATTRIBUTES:
+        tag = tag_for_keyword(keyword)
+        element = dataset.get_item(tag) if tag is not None else None
+        value = getattr(element, "value", None)
+        if isinstance(value, bytes) and value and (not value.isascii() or b"\x1b" in value):
+            raw[keyword] = value.rstrip(b" \0")
+    return raw
 
 
 def _patient_root(context: QRContext) -> bool:

@@ -19,6 +19,8 @@ Matching (PS3.4 C.2.2.2):
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,7 +29,9 @@ from pathlib import Path
 from adicom.dimse import Status
 from adicom.errors import ArchiveError
 
-__all__ = ["ATTRIBUTES", "LEVELS", "Index", "IndexUnusable", "MatchError"]
+__all__ = ["ATTRIBUTES", "LEVELS", "RAW", "Index", "IndexUnusable", "MatchError"]
+
+log = logging.getLogger("adicom")
 
 # keyword -> (column, level, VR): the attributes the index keeps.
 ATTRIBUTES: dict[str, tuple[str, str, str]] = {
@@ -65,6 +69,8 @@ CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
     {columns},
     transfer_syntax TEXT NOT NULL DEFAULT '',
+    specific_character_set TEXT NOT NULL DEFAULT '',
+    raw_values TEXT NOT NULL DEFAULT '',
     path TEXT NOT NULL,
     mtime_ns INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL DEFAULT 0
@@ -75,7 +81,8 @@ CREATE INDEX IF NOT EXISTS by_series ON instances (series_instance_uid);
 CREATE INDEX IF NOT EXISTS by_path ON instances (path);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
-_VERSION = "1"
+# 2: the instance's Specific Character Set and its non-ASCII values as sent.
+_VERSION = "2"
 
 
 class IndexUnusable(ArchiveError):
@@ -101,6 +108,24 @@ class Row:
     path: str
 
 
+#: The key of a match's non-ASCII values as received, in the dicts of Index.find.
+RAW = "__raw__"
+# The character set and raw values of one instance, as one column, so that a
+# group's min() takes both from the same instance.
+_CHARSET = "specific_character_set || char(1) || raw_values"
+
+
+def _put_charset(found: dict[str, str], packed: str | None) -> None:
+    charset, _, raw = (packed or "").partition("\x01")
+    found["SpecificCharacterSet"] = charset
+    found[RAW] = raw
+
+
+def _fold(text: str | None) -> str | None:
+    """Case-fold a value in SQL (PN matching: PS3.4 C.2.2.2.1 leaves case to us)."""
+    return None if text is None else text.casefold()
+
+
 def _escape_glob(text: str) -> str:
     # GLOB's own specials besides * and ? must match literally.
     return text.replace("[", "[[]")
@@ -118,6 +143,7 @@ class Index:
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.create_function("fold", 1, _fold, deterministic=True)
             self._db.execute("PRAGMA synchronous=NORMAL")
             columns = ",\n    ".join(
                 f"{column} TEXT NOT NULL DEFAULT ''"
@@ -126,13 +152,17 @@ class Index:
             )
             self._db.executescript(_SCHEMA.format(columns=columns))
             found = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if found is not None and found[0] != _VERSION:
+                # The index is a cache of the folder: one of another version is
+                # dropped and made again, and Archive.open() reads the files.
+                log.info(
+                    "the index %s has version %s, not %s: rebuilding", path, found[0], _VERSION
+                )
+                self._db.executescript("DROP TABLE instances; DROP TABLE meta;")
+                self._db.executescript(_SCHEMA.format(columns=columns))
+                found = None
             if found is None:
                 self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_VERSION,))
-            elif found[0] != _VERSION:
-                raise IndexUnusable(
-                    f"the index {self.path} has version {found[0]}, not {_VERSION}; "
-                    "move it away and it will be rebuilt from the files"
-                )
         except sqlite3.DatabaseError as exc:
             raise IndexUnusable(
                 f"the index {self.path} cannot be used ({exc}); "
@@ -169,11 +199,17 @@ class Index:
         transfer_syntax: str,
         mtime_ns: int = 0,
         size: int = 0,
+        raw: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Insert or replace one instance (keyed by SOP Instance UID)."""
+        """Insert or replace one instance (keyed by SOP Instance UID).
+
+        ``values["SpecificCharacterSet"]`` and ``raw`` (the non-ASCII values
+        as received) are kept so that C-FIND answers them back byte for byte.
+        """
         columns = [column for column, _, _ in ATTRIBUTES.values()]
         row = [values.get(keyword, "") or "" for keyword in ATTRIBUTES]
-        placeholders = ", ".join("?" for _ in range(len(columns) + 4))
+        placeholders = ", ".join("?" for _ in range(len(columns) + 6))
+        kept = json.dumps({k: v.decode("latin-1") for k, v in raw.items()}) if raw else ""
         self._begin()
         # A file rewritten with another instance: the old instance is gone.
         self._db.execute(
@@ -181,9 +217,17 @@ class Index:
             (str(path), values.get("SOPInstanceUID", "")),
         )
         self._db.execute(
-            f"INSERT OR REPLACE INTO instances ({', '.join(columns)}, transfer_syntax, path, "
-            f"mtime_ns, size) VALUES ({placeholders})",
-            [*row, transfer_syntax, str(path), mtime_ns, size],
+            f"INSERT OR REPLACE INTO instances ({', '.join(columns)}, transfer_syntax, "
+            f"specific_character_set, raw_values, path, mtime_ns, size) VALUES ({placeholders})",
+            [
+                *row,
+                transfer_syntax,
+                values.get("SpecificCharacterSet", "") or "",
+                kept,
+                str(path),
+                mtime_ns,
+                size,
+            ],
         )
 
     def path_of(self, sop_instance_uid: str) -> Path | None:
@@ -273,7 +317,9 @@ class Index:
 
         Each dict has the level's attributes and those of the levels above
         (only those in ``wanted``, when given: fewer columns read), plus the
-        counts of PS3.4 C.3 (NumberOf...Related..., ModalitiesInStudy).
+        counts of PS3.4 C.3 (NumberOf...Related..., ModalitiesInStudy), the
+        Specific Character Set of the values and, under :data:`RAW`, the
+        non-ASCII ones as they were received (JSON, latin-1 text for bytes).
         """
         where, params = self._conditions(level, keys, patient_root)
         depth = _ORDER.index(level)
@@ -289,13 +335,15 @@ class Index:
             # One row per instance already (SOP Instance UID is the key): no
             # grouping, which costs SQLite a temporary B-tree per query.
             sql = (
-                f"SELECT {', '.join(column for _, column in shown)} FROM instances "
-                f"WHERE {where} ORDER BY study_date, sop_instance_uid"
+                f"SELECT {', '.join(column for _, column in shown)}, {_CHARSET} "
+                f"FROM instances WHERE {where} ORDER BY study_date, sop_instance_uid"
             )
             # Rows are fetched whole (no cursor stays open while the caller
             # awaits between matches); dicts are made one by one as taken.
             for row in self._db.execute(sql, params).fetchall():
-                yield dict(zip(names, row, strict=True))
+                found = dict(zip(names, row[:-1], strict=True))
+                _put_charset(found, row[-1])
+                yield found
             return
         select = ", ".join(f"min({column})" for _, column in shown)
         group = ATTRIBUTES[LEVELS[level]][0]
@@ -307,12 +355,13 @@ class Index:
             "SERIES": "0, 0, count(*), ''",
         }[level]
         sql = (
-            f"SELECT {select}, {extra} FROM instances WHERE {where} "
+            f"SELECT {select}, {extra}, min({_CHARSET}) FROM instances WHERE {where} "
             f"GROUP BY {group} ORDER BY min(study_date), min({group})"
         )
         for row in self._db.execute(sql, params).fetchall():
             found = dict(zip(names, row[: len(names)], strict=True))
-            studies, series, instances, modalities = row[len(names) :]
+            studies, series, instances, modalities, charset = row[len(names) :]
+            _put_charset(found, charset)
             if level == "PATIENT":
                 found["NumberOfPatientRelatedStudies"] = str(studies)
                 found["NumberOfPatientRelatedSeries"] = str(series)
@@ -364,10 +413,12 @@ def _match(column: str, vr: str, value: str, keyword: str) -> tuple[str, list[st
     if "\\" in value and vr != "PN":
         raise MatchError(f"{keyword} {value!r}: lists are allowed only for UIDs")
     if vr == "PN":
-        pattern = _escape_glob(value.lower())
+        # Without regard to case, in every script: SQLite's lower() folds
+        # ASCII only, so names are folded by Python's casefold (fold()).
+        folded = value.casefold()
         if "*" in value or "?" in value:
-            return f"lower({column}) GLOB ?", [pattern]
-        return f"lower({column}) = ?", [value.lower()]
+            return f"fold({column}) GLOB ?", [_escape_glob(folded)]
+        return f"fold({column}) = ?", [folded]
     if "*" in value or "?" in value:
         return f"{column} GLOB ?", [_escape_glob(value)]
     return f"{column} = ?", [value]
