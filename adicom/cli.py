@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -139,6 +139,23 @@ def _query(level: str, pairs: list[str]) -> PatientQuery | StudyQuery | SeriesQu
     extra = {k: v for k, v in matching.items() if k not in fields}
     # pydantic validates (and converts) every value, typed or extra.
     return query_type.model_validate({**typed, "extra_keys": extra, "return_keys": returned})
+
+
+class _PeerAnswerError(DicomError):
+    """A peer's answer that adicom could not use: a failure (exit 1), never a usage error."""
+
+
+@contextlib.contextmanager
+def _peer_answer() -> Iterator[None]:
+    """Around the network part of a command: a ValueError there comes from the peer's data.
+
+    The exit code 2 (usage) is for what the user typed, checked before
+    anything is sent; ``main`` maps ValueError to it.
+    """
+    try:
+        yield
+    except ValueError as exc:
+        raise _PeerAnswerError(f"the peer's answer cannot be used: {exc}") from exc
 
 
 def _node(args: argparse.Namespace) -> DicomNode:
@@ -551,13 +568,20 @@ async def _find(args: argparse.Namespace) -> int:
         "PATIENT": client.find_patients, "STUDY": client.find_studies,
         "SERIES": client.find_series, "IMAGE": client.find_images,
     }  # fmt: skip
-    results = await finders[args.level](query, _node(args))  # type: ignore[operator]
-    rows = [r.model_dump(mode="json") for r in results]
+    with _peer_answer():
+        results = await finders[args.level](query, _node(args))  # type: ignore[operator]
+        rows = [r.model_dump(mode="json") for r in results]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         _print_table(rows)
-        print(f"adicom find: {len(rows)} {args.level.lower()} match(es)")
+        incomplete = sum(r.missing_unique_key for r in results)
+        missing = ""
+        if incomplete:
+            # The matches are shown (their key empty) and each was logged.
+            keyword = type(results[0]).keywords[type(results[0]).unique_key]
+            missing = f" ({incomplete} without {keyword})"
+        print(f"adicom find: {len(rows)} {args.level.lower()} match(es){missing}")
     return EXIT_OK
 
 

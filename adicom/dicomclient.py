@@ -206,7 +206,12 @@ class DicomClient:
                     found.append(result_type.from_dataset(dataset))
 
             await _bounded(collect(), timeout or self.timeout, f"C-FIND of {what}")
-        log.info("Found %d %s", len(found), what)
+        incomplete = sum(result.missing_unique_key for result in found)
+        if incomplete:
+            keyword = result_type.keywords[result_type.unique_key]
+            log.info("Found %d %s (%d without %s)", len(found), what, incomplete, keyword)
+        else:
+            log.info("Found %d %s", len(found), what)
         return found
 
     # -- C-GET ------------------------------------------------------------------
@@ -432,8 +437,14 @@ class DicomClient:
 
 def _identifier(level: str, study: str, series: str = "", instance: str = "") -> Dataset:
     """The identifier of a retrieve (PS3.4 C.4.2.1.4.1): the level and its unique keys."""
-    for name, uid in (("study", study), ("series", series), ("SOP instance", instance)):
-        if uid and (len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid)):
+    needed = {"STUDY": 1, "SERIES": 2, "IMAGE": 3}[level]
+    for name, uid in (("study", study), ("series", series), ("SOP instance", instance))[:needed]:
+        # PS3.4 C.4.2.2.1 (hierarchical retrieve): a unique key for each level
+        # down to the one retrieved. An empty one (a C-FIND match that lacked
+        # it) would be universal matching: the whole archive.
+        if not uid:
+            raise ValueError(f"a {level} retrieve needs the {name} UID; it is empty")
+        if len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
             raise ValueError(f"{name} UID {uid!r} is not a valid UID")
     identifier = Dataset()
     identifier.QueryRetrieveLevel = level

@@ -12,8 +12,9 @@ also asked back anyway (see :meth:`Query.to_identifier`), so for them ``""``
 and ``None`` build the same identifier. An identifier holding non-ASCII text
 is sent with Specific Character Set ``ISO_IR 192`` (UTF-8).
 
-Results are parsed leniently: a peer's odd but legal answer (missing keys,
-empty values, padded numbers) never raises; only a missing unique key does.
+Results are parsed leniently: a peer's odd answer (missing keys, empty
+values, padded numbers, even a match without the unique key of its level)
+never raises. Each result keeps the peer's data set in ``result.dataset``.
 """
 
 import logging
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -121,6 +122,12 @@ class Result(BaseModel):
     as ``"(gggg,eeee)"``, for elements without one): text as one string
     (several values joined by backslashes), IS and DS as numbers, sequences as
     lists of datasets, empty values as None.
+
+    A match whose unique key (PS3.4 C.6.1.1: Patient ID, Study, Series or SOP
+    Instance UID, by level) is missing or empty is still a result: the field
+    is ``""`` then, :attr:`missing_unique_key` is True, and a warning was
+    logged. Such a match cannot be retrieved by its key; what the peer did
+    send is in :attr:`dataset`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -128,9 +135,33 @@ class Result(BaseModel):
     keywords: ClassVar[Mapping[str, str]] = {}
     """Field name to DICOM keyword, for the typed fields."""
     unique_key: ClassVar[str] = ""
-    """The field holding the level's unique key, required in every result."""
+    """The field holding the level's unique key ("" in a match that lacks it)."""
+    level: ClassVar[QueryLevel]
+    """The Query/Retrieve Level of the results."""
 
     extra: dict[str, Any] = {}
+
+    _dataset: Dataset | None = PrivateAttr(default=None)
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """The identifier as the peer sent it (None for a result made by hand).
+
+        Kept out of serialization (``model_dump``, JSON) and of equality.
+        """
+        return self._dataset
+
+    @property
+    def missing_unique_key(self) -> bool:
+        """True when the peer's match had no value for the unique key of its level."""
+        return bool(self.unique_key) and not getattr(self, self.unique_key)
+
+    def __eq__(self, other: object) -> bool:
+        # The fields only: two results saying the same are equal whatever
+        # encoding (or no data set at all) they came from.
+        if not isinstance(other, Result):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> Self:
@@ -138,8 +169,10 @@ class Result(BaseModel):
 
         Counts and numbers (IS) become ints, padding tolerated, empty as None;
         person names and multi-valued text become strings. Missing or empty
-        keys become None. Raises ValueError only when the unique key of the
-        level is missing or empty.
+        keys become None, except the level's unique key, which becomes ``""``
+        with one warning logged (the match is kept: one odd match must not
+        cost the caller every other). The data set is kept in
+        :attr:`dataset`. Never raises for what a peer sent.
         """
         data: dict[str, Any] = {}
         for name, keyword in cls.keywords.items():
@@ -160,10 +193,16 @@ class Result(BaseModel):
                 data[name] = read_text(ds[tag].value)
         if cls.unique_key and data.get(cls.unique_key) is None:
             keyword = cls.keywords[cls.unique_key]
-            raise ValueError(
-                f"{cls.__name__}.from_dataset: the response has no {keyword} "
-                f"{Tag(keyword)}, the unique key of its level (or it is empty)"
+            log.warning(
+                "C-FIND: a match at %s level with %s %s %s, its unique key; kept "
+                '(%s is "", the data set as received in .dataset)',
+                cls.level,
+                "an empty" if Tag(keyword) in ds else "no",
+                keyword,
+                Tag(keyword),
+                cls.unique_key,
             )
+            data[cls.unique_key] = ""
         known = {Tag(keyword) for keyword in cls.keywords.values()}
         known |= {Tag(keyword) for keyword in RESERVED_KEYWORDS}
         extra: dict[str, Any] = {}
@@ -174,7 +213,9 @@ class Result(BaseModel):
             keyword = keyword_for_tag(tag) or str(Tag(tag))
             extra[keyword] = read_value(ds, Tag(tag))
         data["extra"] = extra
-        return cls(**data)
+        result = cls(**data)
+        result._dataset = ds
+        return result
 
 
 class PatientResult(Result):
@@ -188,6 +229,7 @@ class PatientResult(Result):
         "number_of_patient_related_studies": "NumberOfPatientRelatedStudies",
     }
     unique_key: ClassVar[str] = "patient_id"
+    level: ClassVar[QueryLevel] = "PATIENT"
 
     patient_id: str
     patient_name: str | None = None
@@ -212,6 +254,7 @@ class StudyResult(Result):
         "number_of_study_related_instances": "NumberOfStudyRelatedInstances",
     }
     unique_key: ClassVar[str] = "study_instance_uid"
+    level: ClassVar[QueryLevel] = "STUDY"
 
     patient_id: str | None = None
     patient_name: str | None = None
@@ -238,6 +281,7 @@ class SeriesResult(Result):
         "number_of_series_related_instances": "NumberOfSeriesRelatedInstances",
     }
     unique_key: ClassVar[str] = "series_instance_uid"
+    level: ClassVar[QueryLevel] = "SERIES"
 
     study_instance_uid: str | None = None
     series_instance_uid: str
@@ -258,6 +302,7 @@ class ImageResult(Result):
         "instance_number": "InstanceNumber",
     }
     unique_key: ClassVar[str] = "sop_instance_uid"
+    level: ClassVar[QueryLevel] = "IMAGE"
 
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None

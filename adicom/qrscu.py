@@ -230,7 +230,16 @@ class FindResults:
             raise DimseError(reply.command.status or 0, "a pending C-FIND-RSP without identifier")
         transfer = self._association.contexts[reply.context_id].transfer_syntax
         assert transfer is not None
-        return decode_dataset(reply.dataset, transfer)
+        try:
+            return decode_dataset(reply.dataset, transfer)
+        except Exception as exc:
+            # The peer's bytes, not the caller's mistake: a DicomError, so it
+            # is never taken for a usage error (a ValueError).
+            raise DimseError(
+                reply.command.status or 0,
+                f"C-FIND match {self.count}: the identifier does not decode "
+                f"as {transfer.name}: {exc}",
+            ) from None
 
     async def aclose(self) -> None:
         """Stop: send C-CANCEL-RQ if the peer is still searching (bounded wait)."""

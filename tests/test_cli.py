@@ -219,6 +219,38 @@ async def test_get_prints_what_a_failure_status_means(tmp_path: pathlib.Path) ->
     )
 
 
+@pytest.mark.anyio
+async def test_find_shows_matches_without_their_unique_key(tmp_path: pathlib.Path) -> None:
+    import json
+
+    from tests.test_dicomclient import answering, odd_matches
+
+    async with answering(odd_matches("STUDY")) as node:
+        peer = ["--aec", "PACS", "127.0.0.1", str(node.port)]
+        code, out, err = await run_cli("find", "-L", "STUDY", *peer)
+        assert code == 0, err
+        assert out.splitlines()[-1] == "adicom find: 3 study match(es) (2 without StudyInstanceUID)"
+        assert all(f"Doe^Match{n}" in out for n in range(3))
+        assert err.count("WARNING adicom: C-FIND: a match at STUDY level with") == 2
+        code, out, err = await run_cli("find", "--json", *peer)
+        assert code == 0, err
+        assert [r["study_instance_uid"] for r in json.loads(out)] == ["1.2.3.4", "", ""]
+
+
+@pytest.mark.anyio
+async def test_find_answered_with_garbage_is_a_failure_not_a_usage_error() -> None:
+    import adicom
+    from adicom.qrscp import QRContext
+
+    async def garbage(identifier: Dataset, context: QRContext) -> Any:
+        yield b"\x10\x00\x10\x00SQ\x00\x00\x10\x00\x00\x00\x01\x02"
+
+    async with adicom.Server("PACS", port=0, on_find=garbage) as server:
+        code, out, err = await run_cli("find", "--aec", "PACS", "127.0.0.1", str(server.port))
+    assert code == 1, (out, err)
+    assert err.startswith("adicom find: 0xFF00: C-FIND match 1: the identifier does not decode")
+
+
 @pytest.mark.parametrize(
     ("status", "shown"),
     [

@@ -257,3 +257,86 @@ async def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("ADICOM_MAX_PDU", "32768")
     client = adicom.DicomClient.from_settings()
     assert (client.calling_aet, client.max_pdu) == ("FROM-ENV", 32768)
+
+
+# -- matches without their unique key (issue 12) -------------------------------
+
+UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+
+
+def odd_matches(level: str) -> list[Dataset]:
+    """Three matches: a good one, one without the unique key, one with it empty."""
+    out = []
+    for n, key in enumerate(("1.2.3.4", None, "")):
+        answer = Dataset()
+        answer.QueryRetrieveLevel = level
+        answer.PatientName = f"Doe^Match{n}"
+        for keyword, value in (("StudyInstanceUID", "1.2.3"), ("SeriesInstanceUID", "1.2.3.1")):
+            if keyword != UNIQUE_KEYS[level]:
+                setattr(answer, keyword, value)
+        if key is not None:
+            setattr(answer, UNIQUE_KEYS[level], key)
+        out.append(answer)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def answering(matches: list[Dataset]) -> AsyncIterator[adicom.DicomNode]:
+    async def find(identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
+        for answer in matches:
+            if answer.QueryRetrieveLevel == identifier.QueryRetrieveLevel:
+                yield answer
+
+    async with adicom.Server("PACS", port=0, on_find=find) as server:
+        yield adicom.DicomNode(aet="PACS", host="127.0.0.1", port=server.port)
+
+
+@pytest.mark.parametrize("level", ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+async def test_a_match_without_its_unique_key_is_yielded_not_fatal(
+    level: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="adicom")
+    client = adicom.DicomClient()
+    queries: dict[str, Any] = {
+        "PATIENT": (client.find_patients, adicom.PatientQuery()),
+        "STUDY": (client.find_studies, adicom.StudyQuery()),
+        "SERIES": (client.find_series, adicom.SeriesQuery(study_instance_uid="1.2.3")),
+        "IMAGE": (
+            client.find_images,
+            adicom.ImageQuery(study_instance_uid="1.2.3", series_instance_uid="1.2.3.1"),
+        ),
+    }
+    finder, query = queries[level]
+    async with answering(odd_matches(level)) as node:
+        results = await finder(query, node)
+    keyword = UNIQUE_KEYS[level]
+    field = type(results[0]).unique_key
+    assert [getattr(r, field) for r in results] == ["1.2.3.4", "", ""]
+    assert [r.missing_unique_key for r in results] == [False, True, True]
+    names = [r.dataset.PatientName for r in results if r.dataset is not None]
+    assert names == ["Doe^Match0", "Doe^Match1", "Doe^Match2"]
+    # The peer's data set, kept for what the model has no field for.
+    assert results[1].dataset is not None and keyword not in results[1].dataset
+    assert results[2].dataset is not None and results[2].dataset[keyword].value in ("", None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert f"{level} level with no {keyword}" in warnings[0]
+    assert f"{level} level with an empty {keyword}" in warnings[1]
+    assert f"(2 without {keyword})" in caplog.text
+
+
+async def test_a_match_without_its_key_cannot_retrieve_everything() -> None:
+    client = adicom.DicomClient()
+    async with answering(odd_matches("STUDY")) as node:
+        studies = await client.find_studies(adicom.StudyQuery(), node)
+        # An empty Study Instance UID would be universal matching: refused
+        # before anything is sent.
+        with pytest.raises(ValueError, match="needs the study UID"):
+            await client.get_study_to_memory(studies[1].study_instance_uid, node)
+        with pytest.raises(ValueError, match="needs the series UID"):
+            await client.move_series(studies[0].study_instance_uid, "", node, "DEST")

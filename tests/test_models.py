@@ -879,23 +879,46 @@ def test_result_missing_and_empty_optional_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "keyword"),
+    ("model", "keyword", "field"),
     [
-        (PatientResult, "PatientID"),
-        (StudyResult, "StudyInstanceUID"),
-        (SeriesResult, "SeriesInstanceUID"),
-        (ImageResult, "SOPInstanceUID"),
+        (PatientResult, "PatientID", "patient_id"),
+        (StudyResult, "StudyInstanceUID", "study_instance_uid"),
+        (SeriesResult, "SeriesInstanceUID", "series_instance_uid"),
+        (ImageResult, "SOPInstanceUID", "sop_instance_uid"),
     ],
 )
 @pytest.mark.parametrize("value", [None, "", "  "])
-def test_result_unique_key_required(model: Any, keyword: str, value: str | None) -> None:
+def test_a_match_without_its_unique_key_is_kept_with_a_warning(
+    model: Any, keyword: str, field: str, value: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
     ds = Dataset()
     if value is not None:
         raw(ds, keyword, "UI" if "UID" in keyword else "LO", value.encode())
     ds.PatientName = "Doe"
-    with pytest.raises(ValueError, match=f"no {keyword} .* unique key") as exc:
-        model.from_dataset(ds)
-    assert not isinstance(exc.value, ValidationError)
+    ds.InstitutionName = "Hospital"
+    with caplog.at_level(logging.WARNING, logger="adicom"):
+        result = model.from_dataset(ds)
+    assert getattr(result, field) == "" and result.missing_unique_key
+    assert result.dataset is ds
+    assert result.extra["InstitutionName"] == "Hospital"
+    (record,) = caplog.records
+    assert f"{model.level} level with {'no' if value is None else 'an empty'} {keyword}" in (
+        record.getMessage()
+    )
+    # The data set stays out of what is serialized and compared.
+    assert "dataset" not in result.model_dump() and "dataset" not in result.model_dump_json()
+    assert result == model.model_validate(result.model_dump())
+    assert model.model_validate(result.model_dump()).dataset is None
+
+
+def test_a_result_keeps_its_data_set() -> None:
+    ds = study_response()
+    result = StudyResult.from_dataset(ds)
+    assert result.dataset is ds and not result.missing_unique_key
+    assert result == StudyResult.from_dataset(study_response())
+    assert result != StudyResult(study_instance_uid=UID)
+    assert "dataset" not in repr(result)
+    assert set(StudyResult.model_json_schema()["properties"]) == {"extra", *StudyResult.keywords}
 
 
 def test_result_extra_keys_collected() -> None:

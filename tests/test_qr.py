@@ -447,3 +447,23 @@ async def test_a_cancelled_move_counts_every_instance_the_destination_got() -> N
     assert info.value.acknowledged and stopped.status == 0xFE00
     assert 0 < len(received) < 60
     assert stopped.completed == len(received)
+
+
+async def test_an_identifier_that_does_not_decode_is_the_peers_error() -> None:
+    async def garbage(identifier: Dataset, context: QRContext) -> AsyncIterator[bytes]:
+        # A sequence claiming more bytes than the identifier holds.
+        assert context.transfer_syntax == "1.2.840.10008.1.2.1"
+        yield b"\x10\x00\x10\x00SQ\x00\x00\x10\x00\x00\x00\x01\x02"
+
+    async with adicom.Server("QR", port=0, on_find=garbage) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            with pytest.raises(adicom.DimseError, match="match 1: the identifier does not decode"):
+                async with qrscu.find(assoc, study_identifier()) as results:
+                    async for _ in results:
+                        pass
+            # The association goes on.
+            async with qrscu.find(assoc, study_identifier()) as results:
+                with pytest.raises(adicom.DimseError):
+                    await anext(results)
