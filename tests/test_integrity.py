@@ -287,3 +287,54 @@ async def test_names_in_every_character_set_come_back_as_they_were_stored(
                 assert study.StudyInstanceUID == german.StudyInstanceUID
     finally:
         archive.close()
+
+
+async def test_c_find_matches_and_returns_sequence_keys(tmp_path: pathlib.Path) -> None:
+    # PS3.4 C.2.2.2.6: an item of keys matches when one stored item matches
+    # them all; an empty item is universal and returns the sequence whole.
+    from adicom import qrscu
+
+    def with_procedure(code: str) -> Dataset:
+        dataset = ct()
+        dataset.StudyInstanceUID = generate_uid()
+        dataset.SeriesInstanceUID = generate_uid()
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "LN", f"code {code}"
+        dataset.ProcedureCodeSequence = [item]
+        return dataset
+
+    chest, head = with_procedure("24627-2"), with_procedure("24725-4")
+    archive = Archive(tmp_path)
+    await archive.open()
+    try:
+        async with adicom.Server("STORE", port=0, **archive.handlers()) as server:
+            results = await adicom.store("127.0.0.1", server.port, [chest, head], called_ae="STORE")
+            assert all(r.ok for r in results)
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="STORE", contexts=qrscu.find_contexts()
+            ) as assoc:
+
+                async def studies(**item_keys: str) -> list[Dataset]:
+                    query = Dataset()
+                    query.QueryRetrieveLevel = "STUDY"
+                    query.StudyInstanceUID = ""
+                    item = Dataset()
+                    for keyword, value in item_keys.items():
+                        setattr(item, keyword, value)
+                    query.ProcedureCodeSequence = [item]
+                    async with qrscu.find(assoc, query) as found:
+                        return [a async for a in found]
+
+                (match,) = await studies(CodeValue="24627-2", CodeMeaning="")
+                assert match.StudyInstanceUID == chest.StudyInstanceUID
+                (returned,) = match.ProcedureCodeSequence
+                assert returned.CodeMeaning == "code 24627-2"
+                assert "CodingSchemeDesignator" not in returned  # only the keys asked
+                (wild,) = await studies(CodeValue="24725*")
+                assert wild.StudyInstanceUID == head.StudyInstanceUID
+                everything = await studies()  # universal: every study, sequence whole
+                assert len(everything) == 2
+                assert all(len(s.ProcedureCodeSequence) == 1 for s in everything)
+                assert await studies(CodeValue="0000-0") == []
+    finally:
+        archive.close()

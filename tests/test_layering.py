@@ -87,6 +87,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.archive",
                 "adicom.archive.index",
+                "adicom.archive.sequences",
                 "adicom.cli",
                 "adicom.demo",
                 "adicom",

@@ -34,12 +34,14 @@ from pydicom.dataset import Dataset
 from adicom.archive.index import (
     ATTRIBUTES,
     LEVELS,
+    PATH,
     RAW,
     Index,
     IndexUnusable,
     MatchError,
     chunks,
 )
+from adicom.archive.sequences import SequenceKeys
 from adicom.dimse import Status
 from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage
 from adicom.errors import ArchiveError
@@ -236,6 +238,9 @@ class Archive:
         level, keys = _keys(identifier)
         template = _answer_template(identifier, level)
         wanted = {keyword for _, _, keyword, _ in template if keyword}
+        sequences = SequenceKeys(identifier)
+        if sequences:
+            wanted.add(PATH)
         matches = self.index.find(level, keys, _patient_root(context), wanted)
         try:
             # The keys are checked and the query run on the first match taken;
@@ -250,6 +255,16 @@ class Archive:
         quick = implicit or context.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
         for found in matches:
             elements = _answer_elements(template, found)
+            if sequences:
+                # PS3.4 C.2.2.2.6: the entity's own sequences, read from its file.
+                matched = sequences.match(found[PATH])
+                if matched is None:
+                    continue
+                answer = _answer(elements)
+                for tag, items in matched.items():
+                    answer[tag].value = items
+                yield answer
+                continue
             encoded = encode_text_elements(elements, implicit) if quick else None
             yield encoded if encoded is not None else _answer(elements)
 
@@ -401,6 +416,6 @@ def _keys(identifier: Dataset) -> tuple[str, dict[str, str]]:
         if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
             continue
         if element.VR == "SQ":
-            continue  # sequence matching is not supported; the key is returned empty
+            continue  # matched against the files (SequenceKeys)
         keys[keyword] = _text(element.value)
     return level, keys

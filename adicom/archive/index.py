@@ -29,7 +29,7 @@ from pathlib import Path
 from adicom.dimse import Status
 from adicom.errors import ArchiveError
 
-__all__ = ["ATTRIBUTES", "LEVELS", "RAW", "Index", "IndexUnusable", "MatchError"]
+__all__ = ["ATTRIBUTES", "LEVELS", "PATH", "RAW", "Index", "IndexUnusable", "MatchError"]
 
 log = logging.getLogger("adicom")
 
@@ -110,6 +110,8 @@ class Row:
 
 #: The key of a match's non-ASCII values as received, in the dicts of Index.find.
 RAW = "__raw__"
+#: Asked in ``wanted``, the key of an entity's file (one of them, for a group).
+PATH = "__path__"
 # The character set and raw values of one instance, as one column, so that a
 # group's min() takes both from the same instance.
 _CHARSET = "specific_character_set || char(1) || raw_values"
@@ -330,6 +332,8 @@ class Index:
         ]
         if not shown:  # SQL needs a column; the unique key is always there
             shown = [(LEVELS[level], ATTRIBUTES[LEVELS[level]][0])]
+        if wanted is not None and PATH in wanted:
+            shown.append((PATH, "path"))
         names = [keyword for keyword, _ in shown]
         if level == "IMAGE":
             # One row per instance already (SOP Instance UID is the key): no
