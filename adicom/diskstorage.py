@@ -53,13 +53,11 @@ from adicom.fileformat import (
     DataSetTruncated,
     Inflater,
     check_whole,
-    encode_file_meta,
     find_top_level,
     is_valid_uid,
     scan_elements,
     skip_group_0002,
 )
-from adicom.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adicom.storage import IncomingInstance, StorageHandler, StoreContext
 
 __all__ = ["DEFAULT_LAYOUT", "REQUIRED_UIDS", "DiskStorage"]
@@ -267,14 +265,7 @@ class _DiskInstance(IncomingInstance):
         self._size = 0  # of the data set written so far
         self._temp: str | None = None
         self._fd: int | None = None
-        meta = encode_file_meta(
-            context.sop_class_uid,
-            context.sop_instance_uid,
-            context.transfer_syntax,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            source_ae=context.calling_ae,
-        )
+        meta = context.file_meta()
         self._meta_length = len(meta)
         try:
             self._temp, self._fd = storage.temp_file()

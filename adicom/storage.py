@@ -83,6 +83,21 @@ class StoreContext:
     address: tuple[str, int] | None = None
     message_id: int = 0
 
+    def file_meta(self) -> bytes:
+        """Preamble, ``DICM`` and the file meta group for this instance (PS3.10 7.1).
+
+        Built from the C-STORE-RQ and the presentation context, never from
+        the data set: a peer's own group 0002 is not trusted (PS3.7 9.3.1.1).
+        """
+        return encode_file_meta(
+            self.sop_class_uid,
+            self.sop_instance_uid,
+            self.transfer_syntax,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            source_ae=self.calling_ae,
+        )
+
 
 class IncomingInstance:
     """One instance as it arrives; subclasses decide where its bytes go.
@@ -205,16 +220,7 @@ class _InMemory(IncomingInstance):
 
     def dataset(self) -> Dataset:
         """Decode what arrived, with a file meta group built from the command."""
-        ctx = self.context
-        meta = encode_file_meta(
-            ctx.sop_class_uid,
-            ctx.sop_instance_uid,
-            ctx.transfer_syntax,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            source_ae=ctx.calling_ae,
-        )
-        raw = meta + b"".join(self._parts)
+        raw = self.context.file_meta() + b"".join(self._parts)
         self._parts = []
         return pydicom.dcmread(io.BytesIO(raw))
 
