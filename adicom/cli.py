@@ -26,7 +26,7 @@ from adicom.archive import Archive
 from adicom.client import connect
 from adicom.demo import run_demo
 from adicom.dicomclient import DicomClient
-from adicom.dimse import Limits
+from adicom.dimse import Limits, StatusCategory, describe_status, status_category
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
 from adicom.models import (
     DicomNode,
@@ -101,6 +101,16 @@ def _count(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if count < 1:
         raise argparse.ArgumentTypeError(f"{count} is too small: give 1 or more")
+    return count
+
+
+def _non_negative(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count} is too small: give 0 or more")
     return count
 
 
@@ -399,9 +409,29 @@ def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
 
 
 def _add_store(commands: _Commands) -> None:
-    store = commands.add_parser("store", help="send DICOM files (C-STORE) over one association")
+    store = commands.add_parser(
+        "store",
+        help="send DICOM files (C-STORE)",
+        description="Send DICOM files and folders (searched recursively). Files that are not "
+        "DICOM are skipped with a warning, a failed instance does not stop the others, and an "
+        "association the peer aborts is replaced by a new one. Ends with a summary; exits 1 if "
+        "anything failed or could not be read.",
+    )
     _peer_options(store)
-    store.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    store.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the summary (and what failed or was skipped), not a line per file",
+    )
+    store.add_argument(
+        "--reconnect",
+        type=_non_negative,
+        default=3,
+        metavar="N",
+        help="after the peer aborts or closes the association, open a new one for the rest, "
+        "up to N failed associations in a row; 0: stop at the first (default: %(default)s)",
+    )
     store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
 
 
@@ -525,11 +555,27 @@ async def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _store_outcome(result: StoreResult) -> tuple[str, str]:
+    """The kind of one result ("sent", "warned", "failed", "skipped") and what to say of it."""
+    if result.skipped == "unreadable":
+        return "skipped", f"(unreadable) {result.error or ''}"
+    if result.skipped is not None:
+        return "skipped", result.error or ""
+    if result.status is None or not result.ok:
+        return "failed", result.error or ""
+    if status_category(result.status) is StatusCategory.WARNING:
+        return "warned", f"0x{result.status:04X} {describe_status(result.status)}"
+    return "sent", ""
+
+
 async def _store(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"adicom store: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_FAILED
+    # A file named on the command line that is not DICOM was meant to be
+    # sent: that is a failure; one met in a folder is only skipped.
+    named = {os.fspath(p) for p in args.paths if Path(p).is_file()}
     started = time.perf_counter()
     count = 0
 
@@ -537,28 +583,50 @@ async def _store(args: argparse.Namespace) -> int:
         nonlocal count
         count += 1
         if not args.quiet:
-            outcome = "ok" if result.ok else f"FAILED: {result.error}"
+            kind, reason = _store_outcome(result)
+            outcome = {
+                "sent": "ok",
+                "warned": f"warning {reason}",
+                "failed": f"FAILED: {reason}",
+                "skipped": f"skipped: {reason}",
+            }[kind]
             print(f"[{count}] {result.source}: {outcome}", flush=True)
 
-    results = await store(
-        args.host,
-        args.port,
-        args.paths,
-        calling_ae=args.aet,
-        called_ae=args.aec,
-        connect_timeout=args.timeout,
-        timeout=args.timeout,
-        progress=progress,
-    )
+    with _peer_answer():
+        results = await store(
+            args.host,
+            args.port,
+            args.paths,
+            calling_ae=args.aet,
+            called_ae=args.aec,
+            connect_timeout=args.timeout,
+            timeout=args.timeout,
+            progress=progress,
+            reconnects=args.reconnect,
+        )
     elapsed = time.perf_counter() - started
-    failed = [r for r in results if not r.ok]
+    kinds: dict[str, list[tuple[StoreResult, str]]] = {
+        "sent": [], "warned": [], "failed": [], "skipped": []
+    }  # fmt: skip
+    for result in results:
+        kind, reason = _store_outcome(result)
+        kinds[kind].append((result, reason))
+    # Unreadable: looks like DICOM but cannot be read, or named and not DICOM.
+    unreadable = [
+        result
+        for result, _ in kinds["skipped"]
+        if result.skipped == "unreadable" or result.source in named
+    ]
     print(
-        f"adicom store: {len(results) - len(failed)} sent, {len(failed)} failed "
-        f"to {args.aec} at {args.host}:{args.port} in {elapsed:.2f} s"
+        f"adicom store: {len(kinds['sent'])} sent, {len(kinds['warned'])} warned, "
+        f"{len(kinds['failed'])} failed, {len(kinds['skipped'])} skipped"
+        + (f" ({len(unreadable)} unreadable)" if unreadable else "")
+        + f" to {args.aec} at {args.host}:{args.port} in {elapsed:.2f} s"
     )
-    for result in failed:
-        print(f"  failed: {result.source}: {result.error}")
-    return EXIT_FAILED if failed else EXIT_OK
+    for kind in ("warned", "failed", "skipped"):
+        for result, reason in kinds[kind]:
+            print(f"  {kind}: {result.source}: {reason}")
+    return EXIT_FAILED if kinds["failed"] or unreadable else EXIT_OK
 
 
 async def _find(args: argparse.Namespace) -> int:

@@ -420,8 +420,14 @@ class DicomClient:
         peer: DicomNode,
         *,
         progress: Callable[[StoreResult], None] | None = None,
+        reconnects: int = 0,
     ) -> list[StoreResult]:
-        """C-STORE files, folders and datasets to ``peer``; one result per instance."""
+        """C-STORE files, folders and datasets to ``peer``; one result per instance.
+
+        ``reconnects``: how many failed associations in a row (the peer
+        aborted, closed, stopped answering) a new one replaces before the
+        rest fail; 0 raises at the first (see :func:`adicom.store`).
+        """
         return await store(
             peer.host,
             peer.port,
@@ -432,6 +438,7 @@ class DicomClient:
             connect_timeout=self.connect_timeout,
             timeout=self.dimse_timeout,
             progress=progress,
+            reconnects=reconnects,
         )
 
 

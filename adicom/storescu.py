@@ -13,14 +13,16 @@ refused fails with a reason and the others go on.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -35,6 +37,13 @@ from adicom.dimse import (
     describe_status,
     status_category,
 )
+from adicom.errors import (
+    AssociationError,
+    DicomError,
+    DicomTimeout,
+    PeerUnreachable,
+    RemoteProtocolError,
+)
 from adicom.fileformat import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -45,7 +54,7 @@ from adicom.fileformat import (
     read_file_meta,
     scan_elements,
 )
-from adicom.negotiation import DEFAULT_MAX_PDU
+from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU
 from adicom.presentation import MAX_CONTEXTS
 
 __all__ = [
@@ -62,13 +71,26 @@ log = logging.getLogger("adicom")
 _UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
 
 
+#: Why a source was not sent at all (see :attr:`StoreResult.skipped`).
+Skipped = Literal["not-dicom", "unreadable"]
+
+#: File names that say "DICOM": such a file that cannot be read is
+#: unreadable, not merely some other kind of file.
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+_DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (PS3.10 7.2)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreResult:
     """What happened to one instance sent by C-STORE.
 
     ``source`` is the file's path, or the SOP Instance UID of a dataset.
-    ``status`` is the C-STORE-RSP status, None when nothing was sent
-    (``error`` says why).
+    ``status`` is the C-STORE-RSP status, None when nothing was sent or no
+    response came (``error`` says why). ``skipped`` is set when the source
+    was never offered to the peer because it is no instance to send:
+    ``"not-dicom"`` for a file that is not DICOM at all (a README, a JSON
+    file) or a DICOMDIR, ``"unreadable"`` for one that looks like DICOM (a
+    ``DICM`` marker, a ``.dcm`` name) but cannot be read as an instance.
     """
 
     source: str
@@ -76,6 +98,7 @@ class StoreResult:
     sop_instance_uid: str
     status: int | None
     error: str | None = None
+    skipped: Skipped | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,9 +123,17 @@ class _Instance:
     error: str | None = None
     #: The data set's bytes, when the (small) file was read whole up front.
     data: memoryview | None = None
+    #: Set with ``error`` when the source is no instance to send.
+    skipped: Skipped | None = None
 
     def failed(self, reason: str, status: int | None = None) -> StoreResult:
-        return StoreResult(self.source, self.sop_class_uid, self.sop_instance_uid, status, reason)
+        return StoreResult(
+            self.source, self.sop_class_uid, self.sop_instance_uid, status, reason, self.skipped
+        )
+
+    def skip(self, kind: Skipped, reason: str) -> _Instance:
+        self.error, self.skipped = reason, kind
+        return self
 
 
 class _FileSlice:
@@ -180,9 +211,12 @@ def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) ->
                 fp.seek(instance.offset)
                 head = fp.read(_UID_HEAD)
     except OSError as exc:
-        instance.error = f"cannot read: {exc.strerror or exc}"
-        return instance
-    except ValueError:
+        return instance.skip("unreadable", f"cannot read: {exc.strerror or exc}")
+    except (ValueError, struct.error) as exc:
+        if _has_dicm_marker(path):
+            return instance.skip(
+                "unreadable", f"a DICOM file whose file meta information is malformed ({exc})"
+            )
         # Not a Part 10 file; pydicom may still make a data set of it, if it
         # is small enough to read whole without holding the event loop.
         try:
@@ -192,18 +226,34 @@ def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) ->
             if "SOPClassUID" not in dataset:
                 raise ValueError("no SOP Class UID")
         except Exception:
-            instance.error = "not a DICOM file"
-            return instance
+            if Path(path).suffix.lower() in _DICOM_SUFFIXES:
+                return instance.skip(
+                    "unreadable",
+                    "not a DICOM file, although named like one (no DICM marker, "
+                    "no data set with a SOP Class UID)",
+                )
+            return instance.skip("not-dicom", "not a DICOM file")
         return _prepare_dataset(dataset, str(path))
     instance.sop_class_uid = _text(meta.get(0x00020002))
     instance.sop_instance_uid = _text(meta.get(0x00020003))
     instance.transfer_syntax = _text(meta.get(0x00020010))
+    if instance.sop_class_uid == _DICOMDIR:
+        return instance.skip("not-dicom", "a DICOMDIR (a media directory, not an instance)")
     _take_data_set_uids(instance, head)
     if not (instance.sop_class_uid and instance.sop_instance_uid and instance.transfer_syntax):
-        instance.error = (
-            "the file meta information lacks the SOP class, instance or transfer syntax"
+        instance.skip(
+            "unreadable",
+            "the file meta information lacks the SOP class, instance or transfer syntax",
         )
     return instance
+
+
+def _has_dicm_marker(path: str) -> bool:
+    try:
+        with open(path, "rb") as fp:
+            return fp.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 #: How much of a file's data set is read to find its SOP Class and Instance UIDs.
@@ -504,11 +554,20 @@ class _Pipeline:
         self.inflight: deque[tuple[_Outgoing, Operation]] = deque()
         self.choices: dict[tuple[str, str], tuple[int, str] | None] = {}
         self.upcoming: _Outgoing | None = None
+        #: The instance whose C-STORE-RQ is leaving (not yet in flight).
+        self.sending: _Outgoing | None = None
         #: A result not yet handed to on_result: the next request went first.
         self.unreported: tuple[_Instance, StoreResult] | None = None
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop()
+
+    def unanswered(self) -> list[_Instance]:
+        """After the association failed: the instances sent (or being sent) without a response."""
+        lost = [outgoing.instance for outgoing, _ in self.inflight]
+        if self.sending is not None:
+            lost.append(self.sending.instance)
+        return lost
 
     async def run(self) -> None:
         try:
@@ -518,8 +577,9 @@ class _Pipeline:
                 await self.report()  # when no request could go first
                 if not self.inflight:
                     break  # all sent and answered, or stopped
-                outgoing, operation = self.inflight.popleft()
+                outgoing, operation = self.inflight[0]
                 response = await operation.result()
+                self.inflight.popleft()  # kept till now: unanswered() names it if that failed
                 # Handed on after the next request leaves, if one can: with
                 # one request in flight (a C-GET requestor that takes no
                 # window) the peer then waits only for the response to be
@@ -540,6 +600,7 @@ class _Pipeline:
                 outgoing.close()
                 return
             assert outgoing.command is not None
+            self.sending = outgoing
             try:
                 operation = await self.association.start_operation(
                     outgoing.context_id, outgoing.command, outgoing.source, encoded=outgoing.encoded
@@ -547,6 +608,7 @@ class _Pipeline:
             finally:
                 outgoing.close()
             self.inflight.append((outgoing, operation))
+            self.sending = None
             await self.report()
             self.upcoming = await self.next_ready()  # while the peer works on what was sent
 
@@ -576,6 +638,10 @@ class _Pipeline:
         return None
 
 
+#: What ends an association under :func:`store` and may be survived by a new one.
+_ASSOCIATION_FAILURES = (AssociationError, DicomTimeout, RemoteProtocolError, PeerUnreachable)
+
+
 async def store(
     host: str,
     port: int,
@@ -589,6 +655,7 @@ async def store(
     progress: Callable[[StoreResult], Awaitable[None] | None] | None = None,
     move_originator: tuple[str, int] | None = None,
     stop: Callable[[], bool] | None = None,
+    reconnects: int = 0,
 ) -> list[StoreResult]:
     """Send instances by C-STORE and return one result per instance, in order.
 
@@ -601,6 +668,18 @@ async def store(
     ``stop`` is asked before each instance is sent: once it says True,
     nothing more is sent, those in flight are awaited, and the results
     cover only the instances sent or refused until then.
+
+    ``reconnects`` lets the run survive the association: when the peer
+    aborts or closes it, or a response times out, a new association goes
+    on with the instances not yet answered, up to ``reconnects`` failed
+    associations in a row (an association on which a response came resets
+    the count). Those in flight at the failure are sent once more, one at
+    a time so that an instance that makes the peer abort fails alone: one
+    that was in flight at two failures fails with the reason, and so do the
+    instances left once the count is exhausted; then ``store`` returns
+    instead of raising. Later associations propose no asynchronous window.
+    Failing to open the first association still raises (nothing was sent).
+    0 (the default): the first failure raises.
     """
 
     async def report(result: StoreResult) -> None:
@@ -612,44 +691,118 @@ async def store(
     instances = [_prepare(source) for source in _expand(sources)]
     results: list[StoreResult | None] = [None] * len(instances)
     position = {id(instance): i for i, instance in enumerate(instances)}
+    run = _Run(reconnects)
 
     async def keep(instance: _Instance, result: StoreResult) -> None:
+        if result.status is not None:
+            run.answered = True
         results[position[id(instance)]] = result
         await report(result)
 
     for batch in _batches(instances):
         if stop is not None and stop():
             break
-        sendable = [i for i in batch if not instances[i].error]
         for index in batch:
             if instances[index].error:
-                failure = instances[index].failed(instances[index].error or "")
-                results[index] = failure
-                await report(failure)
-        if not sendable:
-            continue
-        contexts = storage_contexts([instances[i] for i in sendable])
-        async with connect(
-            host,
-            port,
-            calling_ae=calling_ae,
-            called_ae=called_ae,
-            contexts=contexts,
-            max_pdu=max_pdu,
-            connect_timeout=connect_timeout,
-            timeout=timeout,
-        ) as association:
-            await send_instances(
-                association,
-                _each(instances[i] for i in sendable),
-                keep,
-                move_originator=move_originator,
-                stop=stop,
-            )
+                await keep(instances[index], instances[index].failed(instances[index].error or ""))
+        todo = deque(i for i in batch if not instances[i].error)
+        while todo and not (stop is not None and stop()):
+            if run.gave_up is not None:
+                for index in todo:
+                    await keep(instances[index], instances[index].failed(run.gave_up))
+                break
+            run.answered = False
+            pipeline: _Pipeline | None = None
+            try:
+                async with connect(
+                    host,
+                    port,
+                    calling_ae=calling_ae,
+                    called_ae=called_ae,
+                    contexts=storage_contexts(instances[i] for i in todo),
+                    max_pdu=max_pdu,
+                    connect_timeout=connect_timeout,
+                    timeout=timeout,
+                    async_window=run.window,
+                ) as association:
+                    run.opened = True
+                    pipeline = _Pipeline(
+                        association, _take(instances, todo), keep, False, move_originator, stop
+                    )
+                    await pipeline.run()
+            except _ASSOCIATION_FAILURES as exc:
+                if not reconnects or not run.opened:
+                    raise
+                if pipeline is not None:
+                    await pipeline.report()  # a response that came before the failure
+                    if pipeline.upcoming is not None:  # made ready, never sent
+                        todo.appendleft(position[id(pipeline.upcoming.instance)])
+                    lost = pipeline.unanswered()
+                else:
+                    lost = []
+                await run.failed(exc, lost, todo, position, keep)
     done = [r for r in results if r is not None]
     failed = sum(not r.ok for r in done)
     log.info("Stored %d instances on %s: %d failed", len(done) - failed, called_ae, failed)
     return done
+
+
+class _Run:
+    """How one :func:`store` call stands with its associations (``reconnects``)."""
+
+    def __init__(self, reconnects: int) -> None:
+        self.reconnects = reconnects
+        self.opened = False  # an association was established at least once
+        self.answered = False  # a response came on the latest association
+        self.failures = 0  # associations failed in a row
+        self.window = ASYNC_WINDOW
+        #: Why the instances left are not sent, once the run gave up.
+        self.gave_up: str | None = None
+        self.attempts: dict[int, int] = {}
+
+    async def failed(
+        self,
+        exc: DicomError,
+        lost: list[_Instance],
+        todo: deque[int],
+        position: dict[int, int],
+        keep: Callable[[_Instance, StoreResult], Awaitable[None]],
+    ) -> None:
+        """The association failed: requeue or fail what was unanswered, count the failure."""
+        self.failures = 1 if self.answered else self.failures + 1
+        # One at a time from now on: if an instance makes the peer abort,
+        # only it is in flight when that happens again.
+        self.window = 1
+        again: list[int] = []
+        for instance in lost:
+            index = position[id(instance)]
+            self.attempts[index] = self.attempts.get(index, 0) + 1
+            if self.attempts[index] >= 2:
+                reason = f"no response: the association failed while it was sent, twice ({exc})"
+                await keep(instance, instance.failed(reason))
+            else:
+                again.append(index)
+        todo.extendleft(reversed(again))
+        if not todo:
+            return  # it failed while being released: everything was answered
+        if self.failures > self.reconnects:
+            self.gave_up = f"not sent: {self.failures} associations in a row failed (last: {exc})"
+            log.warning("C-STORE: giving up: %s", self.gave_up)
+        else:
+            log.warning(
+                "C-STORE: the association failed (%s); a new one for the %d instances left",
+                exc,
+                len(todo),
+            )
+            if not self.answered:
+                # Nothing got through: give a restarting peer a moment.
+                await asyncio.sleep(min(0.5 * self.failures, 5.0))
+
+
+async def _take(instances: list[_Instance], todo: deque[int]) -> AsyncIterator[_Instance]:
+    """The instances of ``todo``, each taken off it as the pipeline asks for it."""
+    while todo:
+        yield instances[todo.popleft()]
 
 
 def _expand(

@@ -251,6 +251,83 @@ async def test_find_answered_with_garbage_is_a_failure_not_a_usage_error() -> No
     assert err.startswith("adicom find: 0xFF00: C-FIND match 1: the identifier does not decode")
 
 
+@pytest.mark.anyio
+async def test_store_an_untidy_folder_from_the_command_line(tmp_path: pathlib.Path) -> None:
+    import adicom
+    from tests.test_store_folders import untidy_folder
+
+    expected = untidy_folder(tmp_path / "export")
+    storage = adicom.DiskStorage(tmp_path / "archive")
+    async with adicom.Server("STORE", port=0, storage=storage) as server:
+        peer = ["--aec", "STORE", "127.0.0.1", str(server.port)]
+        code, out, err = await run_cli("store", *peer, str(tmp_path / "export"))
+        assert code == 1, err  # a broken .dcm, a truncated one
+        lines = out.splitlines()
+        # A line per file as it goes, then the summary and what went wrong.
+        assert len([line for line in lines if line.startswith("[")]) == len(expected)
+        assert any(line.endswith("README: skipped: not a DICOM file") for line in lines)
+        summary = next(line for line in lines if line.startswith("adicom store:"))
+        assert summary.startswith(
+            "adicom store: 3 sent, 0 warned, 1 failed, 5 skipped (2 unreadable) to STORE"
+        )
+        listed = lines[lines.index(summary) + 1 :]
+        assert len(listed) == 6
+        for name, what in expected.items():
+            if what != "sent":
+                kind = "failed" if what == "failed" else "skipped"
+                (line,) = [x for x in listed if x.split(": ")[1].endswith("/" + name)]
+                assert line.startswith(f"  {kind}: ")
+                assert ("(unreadable)" in line) == (what == "unreadable")
+        assert "Traceback" not in err
+
+        # -q: only the summary and its list.
+        code, out, _ = await run_cli("store", "-q", *peer, str(tmp_path / "export"))
+        assert code == 1
+        assert out.splitlines()[0].startswith(
+            "adicom store: 3 sent, 0 warned, 1 failed, 5 skipped (2 unreadable)"
+        )
+        assert len(out.splitlines()) == 1 + 6
+
+        # Only files that are not DICOM besides the instances: exit 0.
+        for name in ("broken.dcm", "bad-meta.dcm", "truncated.dcm"):
+            (tmp_path / "export" / name).unlink()
+        code, out, err = await run_cli("store", "-q", *peer, str(tmp_path / "export"))
+        assert code == 0, (out, err)
+        assert out.splitlines()[0].startswith("adicom store: 3 sent, 0 warned, 0 failed, 3 skipped")
+
+        # ... but a file named on the command line is meant to be sent.
+        code, out, _ = await run_cli("store", "-q", *peer, str(tmp_path / "export" / "README"))
+        assert code == 1
+        assert out.splitlines()[0].startswith(
+            "adicom store: 0 sent, 0 warned, 0 failed, 1 skipped (1 unreadable)"
+        )
+
+
+@pytest.mark.anyio
+async def test_store_goes_on_after_the_peer_aborts(tmp_path: pathlib.Path) -> None:
+    from tests.test_store_folders import AbortingStorage, scp, write_instances
+
+    uids = write_instances(tmp_path, 6)
+    storage = AbortingStorage(lambda seen, _: seen == 2)
+    async with scp(storage) as server:
+        code, out, err = await run_cli(
+            "store", "-q", "--aec", "STORE", "127.0.0.1", str(server.port), str(tmp_path)
+        )
+        assert code == 0, (out, err)
+        assert out.startswith("adicom store: 6 sent, 0 warned, 0 failed, 0 skipped")
+        assert "a new one for the" in err
+        assert sorted(d.SOPInstanceUID for d in storage.datasets) == sorted(uids)
+
+        storage = AbortingStorage(lambda seen, _: seen == 2)
+        server.storage = storage
+        code, out, err = await run_cli(
+            "store", "--reconnect", "0", "--aec", "STORE", "127.0.0.1", str(server.port),
+            str(tmp_path),
+        )  # fmt: skip
+        assert code == 1
+        assert "association aborted by the peer" in err
+
+
 @pytest.mark.parametrize(
     ("status", "shown"),
     [
