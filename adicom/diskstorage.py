@@ -418,7 +418,9 @@ class _DiskInstance(IncomingInstance):
             # Not one of the UIDs every instance has: this is no data set.
             raise _Refused(
                 Status.CANNOT_UNDERSTAND,
-                "the data set does not parse: it has no UIDs of an instance",
+                "the data set has none of the UIDs of an instance"
+                f" ({', '.join(storage.required)}): it is not an instance,"
+                " or not in the transfer syntax it was sent in",
             )
         for keyword in storage.required:
             value = values.get(keyword, "")

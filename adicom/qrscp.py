@@ -22,14 +22,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from adicom.association import Association, Message
-from adicom.dimse import DATASET_PRESENT, NO_DATASET, Command, CountsTemplate, Status
+from adicom.dimse import (
+    DATASET_PRESENT,
+    NO_DATASET,
+    Command,
+    CountsTemplate,
+    Status,
+    describe_status,
+)
 from adicom.errors import DicomError
 from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN, decode_dataset, encode_dataset
 from adicom.storescu import StoreResult, send_instances, sop_instance_of, store
@@ -219,6 +227,10 @@ class _Counts:
     completed: int = 0
     failed: int = 0
     warning: int = 0
+    #: SOP Instance UIDs of the failed sub-operations (PS3.4 C.4.2.1.5).
+    failed_uids: list[str] = field(default_factory=list)
+    #: Why they failed, counted, for the log.
+    reasons: Counter[str] = field(default_factory=Counter)
 
     def fields(self, final: bool = False) -> dict[str, Any]:
         # PS3.7 9.3.3.2 / 9.3.4.2: "remaining" is absent from the final response.
@@ -236,11 +248,38 @@ class _Counts:
     def count(self, result: StoreResult) -> None:
         self.remaining = max(self.remaining - 1, 0)
         if not result.ok:
-            self.failed += 1
+            self.fail(result.sop_instance_uid, _reason(result))
         elif result.status:
             self.warning += 1
         else:
             self.completed += 1
+
+    def fail(self, sop_instance_uid: str, reason: str) -> None:
+        self.failed += 1
+        self.failed_uids.append(sop_instance_uid)
+        self.reasons[reason] += 1
+
+    def failed_identifier(self) -> Dataset | None:
+        """The final response's identifier: Failed SOP Instance UID List (PS3.4 C.4.2.1.5)."""
+        if not self.failed_uids:
+            return None
+        identifier = Dataset()
+        identifier.FailedSOPInstanceUIDList = self.failed_uids
+        return identifier
+
+    def explain(self) -> str:
+        """The reasons for the failures, most frequent first."""
+        return "; ".join(
+            f"{n} x {reason}" if n > 1 else reason for reason, n in self.reasons.most_common()
+        )
+
+
+def _reason(result: StoreResult) -> str:
+    if result.error:
+        return result.error
+    if result.status is not None:
+        return describe_status(result.status)
+    return "no response"
 
 
 def _pending_response(request: Message) -> CountsTemplate:
@@ -257,20 +296,12 @@ def _final_status(counts: _Counts) -> int:
     return Status.SUCCESS
 
 
-def _failed_identifier(failed: list[str]) -> Dataset | None:
-    if not failed:
-        return None
-    identifier = Dataset()
-    identifier.FailedSOPInstanceUIDList = failed
-    return identifier
-
-
 async def _run_retrieve(
     association: Association,
     request: Message,
     handler: RetrieveHandler,
     cancelled: Cancelled,
-    send: Callable[[AsyncIterator[Any], _Counts, list[str]], Awaitable[bool]],
+    send: Callable[[AsyncIterator[Any], _Counts], Awaitable[bool]],
 ) -> None:
     """What C-GET and C-MOVE share: start the handler, count, send the final response.
 
@@ -278,7 +309,6 @@ async def _run_retrieve(
     returns False if it stopped on a C-Status.CANCEL.
     """
     counts = _Counts()
-    failed: list[str] = []
     try:
         identifier = _identifier(association, request)
         generator = handler(identifier, _context(association, request))
@@ -289,12 +319,22 @@ async def _run_retrieve(
                 counts.remaining = first
             else:
                 items = _prepend(first, items)
-            finished = await send(items, counts, failed) and not cancelled.is_set
+            finished = await send(items, counts) and not cancelled.is_set
         finally:
             await _close(generator)
         status = _final_status(counts) if finished else Status.CANCEL
+        if counts.failed:
+            # The requestor sees only counts and UIDs; the operator sees why.
+            log.warning(
+                "%s from %s: %d of %d sub-operations failed: %s",
+                request.command.name,
+                association.calling_ae,
+                counts.failed,
+                counts.failed + counts.completed + counts.warning,
+                counts.explain(),
+            )
         await _respond(
-            association, request, status, _failed_identifier(failed), **counts.fields(True)
+            association, request, status, counts.failed_identifier(), **counts.fields(True)
         )
     except QueryFailed as exc:
         await _respond(association, request, exc.status, error_comment=exc.comment[:64])
@@ -322,11 +362,9 @@ async def run_get(
     """
     pending_response = _pending_response(request)
 
-    async def send(items: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
+    async def send(items: AsyncIterator[Any], counts: _Counts) -> bool:
         async def sent(_instance: Any, result: StoreResult) -> None:
             counts.count(result)
-            if not result.ok:
-                failed.append(result.sop_instance_uid)
             # Batched: it may leave with the next sub-operation's C-STORE-RQ.
             await association.send_message(
                 request.context_id,
@@ -370,7 +408,7 @@ async def run_move(
     host, port = address
     pending_response = _pending_response(request)
 
-    async def send(found: AsyncIterator[Any], counts: _Counts, failed: list[str]) -> bool:
+    async def send(found: AsyncIterator[Any], counts: _Counts) -> bool:
         # The sub-association needs its contexts up front, so gather the
         # (usually file path) items first; PS3.4 C.4.2.2.
         items = [item async for item in found]
@@ -385,8 +423,6 @@ async def run_move(
         async def progress(result: StoreResult) -> None:
             pending.append(result)
             counts.count(result)
-            if not result.ok:
-                failed.append(result.sop_instance_uid)
             await association.send_message(
                 request.context_id,
                 pending_response.command,
@@ -411,8 +447,7 @@ async def run_move(
             log.warning("C-MOVE to %s at %s:%d failed: %s", name, host, port, exc)
             for item in items[len(pending) :]:
                 counts.remaining = max(counts.remaining - 1, 0)
-                counts.failed += 1
-                failed.append(sop_instance_of(item))
+                counts.fail(sop_instance_of(item), f"move destination {name}: {exc}")
         return not cancelled.is_set
 
     await _run_retrieve(association, request, handler, cancelled, send)

@@ -385,7 +385,9 @@ async def test_a_peer_that_ignores_c_cancel_is_aborted() -> None:
 
 
 @pytest.mark.parametrize("window", [1, 16])
-async def test_get_pending_counts_add_up_with_a_failure_among_them(window: int) -> None:
+async def test_get_pending_counts_add_up_with_a_failure_among_them(
+    window: int, caplog: pytest.LogCaptureFixture
+) -> None:
     # The next C-STORE-RQ leaves before the last one's result is reported
     # (storescu.send_instances): every pending C-GET-RSP must still carry
     # counts that add up, in order, whatever the window.
@@ -419,6 +421,10 @@ async def test_get_pending_counts_add_up_with_a_failure_among_them(window: int) 
     assert all(sum(counts) == 9 for counts in pending)
     assert [remaining for remaining, *_ in pending] == list(range(8, -1, -1))
     assert pending[-1] == (0, 8, 1, 0) and final[1:] == (8, 1, 0)
+    # The requestor gets counts and UIDs; the server's log says why.
+    [line] = [r.getMessage() for r in caplog.records if "sub-operations failed" in r.getMessage()]
+    assert "C-GET-RQ from" in line and "1 of 9 sub-operations failed" in line
+    assert "no presentation context for MR Image Storage" in line, line
     assert sorted(d.SOPInstanceUID for d in memory.datasets) == sorted(
         _uid(d) for d in instances if d is not mr
     )
