@@ -418,9 +418,7 @@ class _DiskInstance(IncomingInstance):
             # Not one of the UIDs every instance has: this is no data set.
             raise _Refused(
                 Status.CANNOT_UNDERSTAND,
-                "the data set has none of the UIDs of an instance"
-                f" ({', '.join(storage.required)}): it is not an instance,"
-                " or not in the transfer syntax it was sent in",
+                f"not an instance: it has none of {', '.join(storage.required)}",
             )
         for keyword in storage.required:
             value = values.get(keyword, "")

@@ -65,18 +65,21 @@ async def send_raw(
     ("data", "status", "comment"),
     [
         (b"", 0xC000, "the data set is empty"),
-        (os.urandom(1000), 0xC000, "does not parse"),
+        # Random bytes either fail to parse or parse into elements that are
+        # not an instance; both are refused as data that cannot be understood.
+        (os.urandom(1000), 0xC000, ("does not parse", "not an instance")),
         (b"\x08\x00\x16\x00\x30\x00\x00\x00abc", 0xC000, "does not parse"),  # cut short
     ],
     ids=["empty", "random", "truncated"],
 )
 async def test_what_does_not_parse_is_refused_and_nothing_kept(
-    tmp_path: pathlib.Path, data: bytes, status: int, comment: str
+    tmp_path: pathlib.Path, data: bytes, status: int, comment: str | tuple[str, ...]
 ) -> None:
     async with scp(adicom.DiskStorage(tmp_path)) as server:
         response = await send_raw(server, data)
         assert response.status == status
-        assert comment in (response.error_comment or "")
+        said = response.error_comment or ""
+        assert any(c in said for c in ((comment,) if isinstance(comment, str) else comment)), said
         assert str(tmp_path) not in (response.error_comment or "")
     assert files(tmp_path) == []
     assert list((tmp_path / ".incoming").iterdir()) == []
