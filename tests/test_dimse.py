@@ -446,6 +446,11 @@ def test_fragment_and_reassemble(
         # No empty fragment unless the part itself is empty.
         assert all(d for _, _, d in flat[n_command:]) or dataset == b""
     assert all(d for _, _, d in flat[:n_command])
+    # PS3.8 E.1: every fragment is of even length, whatever the peer's
+    # (possibly odd) maximum PDU length; only the last fragment of an
+    # odd-length part can be odd.
+    for part in (flat[:n_command], flat[n_command:]):
+        assert all(len(d) % 2 == 0 for _, _, d in part[:-1]), [len(d) for _, _, d in part]
 
     events = receive(encoded, max_pdu)
     assert events[0] == CommandReceived(context_id, command)

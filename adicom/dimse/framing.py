@@ -75,10 +75,16 @@ def fragment_message(
             view, total, reader = None, data.size, data
         pos = 0
         while True:
-            if room < 6 + (pos < total):  # room for a PDV header and a byte of data
+            remaining = total - pos
+            take = min(remaining, room - 6)
+            if take < remaining:
+                # PS3.8 E.1: each fragment of a message is of even length;
+                # only the last one of an odd-length data set cannot be.
+                take -= take & 1
+            if room < 6 or (remaining and take <= 0):  # no room for a PDV header and data
                 yield pdu
                 pdu, room = [], limit
-            take = min(total - pos, room - 6)
+                continue
             if view is not None:
                 piece: bytes | memoryview = view[pos : pos + take]
             else:
