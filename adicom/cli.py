@@ -94,6 +94,12 @@ def _uid(value: str) -> str:
     return value
 
 
+def _offer(value: str) -> tuple[str, list[str]]:
+    """``--offer SOP_CLASS_UID[=TS,TS]``."""
+    sop, _, syntaxes = value.partition("=")
+    return _uid(sop.strip()), [_uid(t.strip()) for t in syntaxes.split(",") if t.strip()]
+
+
 def _count(value: str) -> int:
     try:
         count = int(value)
@@ -474,6 +480,27 @@ def _add_retrieve(commands: _Commands, name: str, text: str) -> None:
         retrieve.add_argument(
             "--out", required=True, metavar="DIR", help="folder for the retrieved files"
         )
+        offer = retrieve.add_argument_group(
+            "what the C-GET offers to receive",
+            "By default an IMAGE level C-FIND first asks the peer which SOP classes (and, if "
+            "it says, transfer syntaxes) the study, series or instance holds, and each is "
+            "offered with the SCP role; if the peer does not answer it, the common storage "
+            "classes are offered.",
+        )
+        offer.add_argument(
+            "--offer",
+            action="append",
+            type=_offer,
+            metavar="SOP_CLASS_UID[=TS,TS]",
+            help="offer this storage SOP class, in these transfer syntaxes (default: every "
+            "syntax pydicom knows), instead of asking the peer (repeatable)",
+        )
+        offer.add_argument(
+            "--offer-all-syntaxes",
+            action="store_true",
+            help="offer every transfer syntax pydicom knows for each class, whatever the peer "
+            "says it holds (as many contexts of their own as PS3.8's 128 leave room for)",
+        )
     else:
         retrieve.add_argument(
             "--dest",
@@ -664,6 +691,8 @@ def _retrieve_target(args: argparse.Namespace) -> tuple[str, list[str]]:
     for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
         if keyword in matching:
             uids.append(matching[keyword])
+    for uid in uids:
+        _uid(uid)  # a usage error now, before anything is sent
     return ("STUDY", "SERIES", "IMAGE")[len(uids) - 1], uids
 
 
@@ -691,17 +720,36 @@ def _outcome(result: RetrieveResult) -> str:
 
 async def _get(args: argparse.Namespace) -> int:
     level, uids = _retrieve_target(args)
-    client, node = _client(args), _node(args)
-    getters = {"STUDY": client.get_study, "SERIES": client.get_series, "IMAGE": client.get_image}
-    result = await getters[level](  # type: ignore[operator]
-        *uids, node, Path(args.out), progress=_show_progress
+    offer: dict[str, list[str]] | None = None
+    if args.offer:
+        offer = {}
+        for sop, syntaxes in args.offer:
+            offer.setdefault(sop, []).extend(syntaxes)
+    client = DicomClient(
+        args.aet,
+        connect_timeout=args.timeout,
+        dimse_timeout=args.timeout,
+        get_offer=offer,
+        get_all_syntaxes=args.offer_all_syntaxes,
     )
+    node = _node(args)
+    getters = {"STUDY": client.get_study, "SERIES": client.get_series, "IMAGE": client.get_image}
+    with _peer_answer():
+        result = await getters[level](  # type: ignore[operator]
+            *uids, node, Path(args.out), progress=_show_progress
+        )
+    if result.error_comment:
+        print(f"the peer says: {result.error_comment}")
     print(
         f"adicom get: {_outcome(result)}{result.num_completed} completed, "
         f"{result.num_failed} failed, {result.num_warning} warning, into {args.out}"
     )
+    explained = {failure.sop_instance_uid for failure in result.failures}
+    for failure in result.failures:
+        print(f"  failed: {failure}")
     for uid in result.failed_sop_instances:
-        print(f"  failed: {uid}")
+        if uid not in explained:
+            print(f"  failed: {uid}")
     return EXIT_OK if result.status in ("success",) else EXIT_FAILED
 
 
@@ -709,9 +757,10 @@ async def _move(args: argparse.Namespace) -> int:
     level, uids = _retrieve_target(args)
     client, node = _client(args), _node(args)
     movers = {"STUDY": client.move_study, "SERIES": client.move_series, "IMAGE": client.move_image}
-    result = await movers[level](  # type: ignore[operator]
-        *uids, node, args.dest, progress=_show_progress
-    )
+    with _peer_answer():
+        result = await movers[level](  # type: ignore[operator]
+            *uids, node, args.dest, progress=_show_progress
+        )
     print(
         f"adicom move: {_outcome(result)}{result.num_completed} completed, "
         f"{result.num_failed} failed, {result.num_warning} warning, to {args.dest}"

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +26,7 @@ from adicom.association import Association
 from adicom.client import connect
 from adicom.dimse import Status
 from adicom.diskstorage import DiskStorage
-from adicom.errors import DicomTimeout, TimeoutKind
+from adicom.errors import DicomError, DicomTimeout, PeerUnreachable, TimeoutKind
 from adicom.models import (
     DicomNode,
     ImageQuery,
@@ -64,8 +64,19 @@ class DicomClient:
     """An async DICOM client: C-ECHO, C-FIND, C-GET, C-MOVE and C-STORE against one peer per call.
 
     ``calling_aet`` is our AE title; ``max_pdu`` the largest PDU we accept
-    (0: no limit). ``get_sop_classes`` are the storage SOP classes a C-GET
-    offers to receive (the role selection of PS3.4 C.4.3).
+    (0: no limit).
+
+    What a C-GET offers to receive (the storage contexts, each with the SCP
+    role, PS3.4 C.4.3) is decided per retrieve: an IMAGE level C-FIND asks
+    the peer which SOP classes (and, if it says, transfer syntaxes) the
+    study, series or instance holds, and each is offered as
+    :func:`adicom.qrscu.plan_get_contexts` says; if that C-FIND fails, the
+    common classes are offered (:data:`adicom.qrscu.DEFAULT_GET_SOP_CLASSES`).
+    ``get_offer`` says instead what to offer, without the C-FIND: SOP class
+    to transfer syntaxes (an empty list: every syntax pydicom knows).
+    ``get_all_syntaxes`` offers every syntax for each class, whatever the
+    peer says it holds. ``get_sop_classes`` offers those classes with the
+    usual syntaxes, as adicom did before it asked.
     """
 
     def __init__(
@@ -76,7 +87,9 @@ class DicomClient:
         connect_timeout: float = 10.0,
         dimse_timeout: float = 30.0,
         timeout: float | None = None,
-        get_sop_classes: Sequence[str] = DEFAULT_GET_SOP_CLASSES,
+        get_sop_classes: Sequence[str] | None = None,
+        get_offer: Mapping[str, Sequence[str]] | None = None,
+        get_all_syntaxes: bool = False,
         model: Model = "study",
     ) -> None:
         DicomNode(aet=calling_aet, host="localhost", port=104)  # validates the AE title
@@ -86,7 +99,11 @@ class DicomClient:
         self.dimse_timeout = dimse_timeout
         #: Default bound of a whole operation (None: none beyond dimse_timeout per response).
         self.timeout = timeout
-        self.get_sop_classes = tuple(get_sop_classes)
+        self.get_sop_classes = None if get_sop_classes is None else tuple(get_sop_classes)
+        self.get_offer = (
+            None if get_offer is None else {sop: list(ts) for sop, ts in get_offer.items()}
+        )
+        self.get_all_syntaxes = get_all_syntaxes
         self.model: Model = model
 
     @classmethod
@@ -308,8 +325,15 @@ class DicomClient:
         association: Association | None,
         what: str,
     ) -> RetrieveResult:
-        contexts, roles = qrscu.get_contexts(self.model, self.get_sop_classes)
         started = time.perf_counter()
+        timeout = timeout or self.timeout
+        held: dict[str, qrscu.HeldInstance] = {}
+        if association is None:
+            contexts, roles, held = await self._get_contexts(identifier, peer, timeout)
+        else:
+            contexts, roles = [], []  # what the caller's association agreed
+        if timeout is not None:
+            timeout = max(timeout - (time.perf_counter() - started), 0.001)
         async with self._association(peer, contexts, roles, association) as a:
             outcome = await qrscu.get(
                 a,
@@ -317,8 +341,17 @@ class DicomClient:
                 storage,
                 model=self.model,
                 progress=progress,
-                timeout=timeout or self.timeout,
+                timeout=timeout,
+                held=held,
+                report=False,
             )
+            agreed = a.contexts
+        if association is None and not held and any(not f.sop_class_uid for f in outcome.failures):
+            # Offered without asking first: ask now what failed, to say why.
+            found = await self._survey(identifier, peer, self.dimse_timeout)
+            if found is not None:
+                outcome.failures = qrscu.explain_failures(agreed, outcome, found.instances)
+        qrscu.log_failures(outcome.failures)
         result = _result(outcome, storage)
         log.info(
             "Retrieved %s: %d completed, %d failed (%.1f s)",
@@ -328,6 +361,69 @@ class DicomClient:
             time.perf_counter() - started,
         )
         return result
+
+    async def _get_contexts(
+        self, identifier: Dataset, peer: DicomNode, timeout: float | None
+    ) -> tuple[list[tuple[str, list[str]]], list[RoleSelection], dict[str, qrscu.HeldInstance]]:
+        """The contexts a C-GET proposes, and what the peer said it holds (if it was asked)."""
+        if self.get_offer is not None:
+            contexts, roles = qrscu.plan_get_contexts(
+                self.model, self.get_offer, all_syntaxes=self.get_all_syntaxes
+            )
+            return contexts, roles, {}
+        if self.get_sop_classes is not None:
+            return (*qrscu.get_contexts(self.model, self.get_sop_classes), {})
+        level = str(identifier.QueryRetrieveLevel).lower()
+        found = await self._survey(identifier, peer, timeout)
+        if found is None:
+            log.warning("C-GET: offering the common storage classes")
+            return (*qrscu.get_contexts(self.model), {})
+        wanted = found.wanted()
+        if not wanted:
+            # DCMTK's dcmqrscp and pynetdicom's qrscp do not return SOP Class UID.
+            log.info(
+                "C-GET: the C-FIND %s; offering the common storage classes",
+                f"named the SOP class of none of the {len(found.instances)} instances"
+                if found.instances
+                else f"found no instance of the {level}",
+            )
+            return (*qrscu.get_contexts(self.model), found.instances)
+        contexts, roles = qrscu.plan_get_contexts(
+            self.model,
+            wanted,
+            all_syntaxes=self.get_all_syntaxes,
+            also=() if found.complete else DEFAULT_GET_SOP_CLASSES,
+        )
+        log.info(
+            "C-GET: the %s holds %d instances of %d SOP classes; offering %d presentation contexts",
+            level,
+            len(found.instances),
+            len(wanted),
+            len(contexts) - 1,
+        )
+        return contexts, roles, found.instances
+
+    async def _survey(
+        self, identifier: Dataset, peer: DicomNode, timeout: float | None
+    ) -> qrscu.Survey | None:
+        """What the peer says a retrieve of ``identifier`` holds; None (logged) if it cannot say."""
+        uids = [str(identifier.get(k, "")) for k in _RETRIEVE_KEYS]
+        try:
+            async with self._association(peer, qrscu.find_contexts("study")) as a:
+                return await _bounded(
+                    qrscu.survey(a, *uids), timeout, "C-FIND of what a C-GET retrieves"
+                )
+        except PeerUnreachable:
+            raise
+        except DicomError as exc:
+            # PS3.4 C.4.3 does not oblige a C-GET SCP to answer C-FIND.
+            log.warning(
+                "C-GET: could not ask %s what the %s holds: %s",
+                peer.aet,
+                str(identifier.QueryRetrieveLevel).lower(),
+                exc,
+            )
+            return None
 
     # -- C-MOVE -----------------------------------------------------------------
 
@@ -463,6 +559,9 @@ def _identifier(level: str, study: str, series: str = "", instance: str = "") ->
     return identifier
 
 
+_RETRIEVE_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
 def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> RetrieveResult:
     instances = storage.datasets if isinstance(storage, MemoryStorage) else []
     # No final status at all is reported as 0xC000, "cannot understand".
@@ -475,6 +574,8 @@ def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> Retrie
         num_failed=outcome.failed,
         num_warning=outcome.warning,
         failed_sop_instances=outcome.failed_sop_instances,
+        failures=outcome.failures,
+        error_comment=outcome.error_comment,
         instances=instances,
         paths=[Path(p) for p in outcome.paths],
     )

@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from adicom.dimse import describe_status, status_category
+from adicom.qrscu import FailedSubOperation
 from adicom.values import (
     RESERVED_KEYWORDS,
     STRING_VRS,
@@ -525,7 +526,9 @@ class RetrieveResult(BaseModel):
     follows from ``status`` (``"success"`` is 0x0000, ``"cancel"`` 0xFE00,
     ``"pending"`` 0xFF00, ``"failure_0xA801"`` 0xA801); given, it must agree
     with it. The counts are the peer's sub-operation counts;
-    ``failed_sop_instances`` the SOP Instance UIDs it reported failed.
+    ``failed_sop_instances`` the SOP Instance UIDs it reported failed, and
+    ``failures`` (C-GET) each of them with its SOP class, transfer syntax
+    and why, as far as known; ``error_comment`` is the peer's Error Comment.
     ``instances`` holds the datasets received in memory mode and ``paths`` the
     files written in disk mode.
     """
@@ -539,6 +542,8 @@ class RetrieveResult(BaseModel):
     num_failed: int = Field(default=0, ge=0)
     num_warning: int = Field(default=0, ge=0)
     failed_sop_instances: list[str] = []
+    failures: list[FailedSubOperation] = []
+    error_comment: str | None = None
     instances: list[Dataset] = []
     paths: list[Path] = []
 

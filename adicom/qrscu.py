@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from adicom.association import Association, Message, Operation
 from adicom.dimse import (
@@ -37,20 +38,33 @@ from adicom.dimse import (
 from adicom.errors import DicomError, DimseError
 from adicom.fileformat import decode_dataset, encode_dataset
 from adicom.pdu import RoleSelection
-from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES
+from adicom.presentation import (
+    DEFAULT_TRANSFER_SYNTAXES,
+    MAX_CONTEXTS,
+    STORAGE_TRANSFER_SYNTAXES,
+    PresentationContext,
+)
 from adicom.storage import IncomingInstance, StorageHandler, answer_store, sink_factory
 
 __all__ = [
     "DEFAULT_GET_SOP_CLASSES",
+    "GET_SYNTAX_PRIORITY",
+    "FailedSubOperation",
     "FindResults",
+    "HeldInstance",
     "RetrieveCancelled",
     "RetrieveProgress",
+    "Survey",
     "find",
+    "explain_failures",
     "find_contexts",
     "get",
     "get_contexts",
+    "log_failures",
     "move",
     "move_contexts",
+    "plan_get_contexts",
+    "survey",
 ]
 
 log = logging.getLogger("adicom")
@@ -152,6 +166,121 @@ def get_contexts(
             "contexts for a C-GET; PS3.8 allows 128"
         )
     roles = [RoleSelection(sop, scu_role=False, scp_role=True) for sop in sop_classes]
+    return contexts, roles
+
+
+#: The order in which a C-GET offers transfer syntaxes it does not know an
+#: instance is held in: uncompressed and deflated first, then the common
+#: compressed ones (JPEG, JPEG lossless, JPEG-LS, JPEG 2000, RLE), then every
+#: other syntax pydicom knows (video, HTJ2K, ...). With room, each gets a
+#: context of its own; the tail shares one (see plan_get_contexts).
+GET_SYNTAX_PRIORITY: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2",
+            "1.2.840.10008.1.2.1.99",
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.51",
+            "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.4.57",
+            "1.2.840.10008.1.2.4.80",
+            "1.2.840.10008.1.2.4.81",
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.91",
+            "1.2.840.10008.1.2.5",
+            "1.2.840.10008.1.2.2",
+            "1.2.840.10008.1.2.4.201",
+            "1.2.840.10008.1.2.4.202",
+            "1.2.840.10008.1.2.4.203",
+            "1.2.840.10008.1.2.4.92",
+            "1.2.840.10008.1.2.4.93",
+            *STORAGE_TRANSFER_SYNTAXES,
+        )
+    )
+)
+_UNCOMPRESSED = frozenset(DEFAULT_TRANSFER_SYNTAXES) | {"1.2.840.10008.1.2.1.99"}
+
+
+def _compressed_first(syntaxes: Iterable[str]) -> list[str]:
+    # Some SCPs (DCMTK's dcmqrscp) send each sub-operation on the first
+    # accepted context of its class, whatever the file's syntax: a
+    # compressed instance only goes if its syntax's context comes first,
+    # while an uncompressed one can be converted on any.
+    ordered = list(dict.fromkeys(syntaxes))
+    return [t for t in ordered if t not in _UNCOMPRESSED] + [
+        t for t in ordered if t in _UNCOMPRESSED
+    ]
+
+
+def plan_get_contexts(
+    model: Model,
+    wanted: Mapping[str, Sequence[str]],
+    *,
+    all_syntaxes: bool = False,
+    also: Sequence[str] = (),
+) -> tuple[list[tuple[str, list[str]]], list[RoleSelection]]:
+    """Contexts and role selections for a C-GET of instances of the SOP classes in ``wanted``.
+
+    ``wanted`` maps each storage SOP class to the transfer syntaxes its
+    instances are held in (from Available Transfer Syntax UID (0008,3002),
+    or the caller's choice); an empty list means unknown, and then, as for
+    every class with ``all_syntaxes``, every syntax pydicom knows is
+    offered. An acceptor takes one syntax per context and a C-GET SCP can
+    send an instance only on a context in its syntax (or, converting, an
+    uncompressed one), so each known syntax gets a context of its own. The
+    unknown classes share what is left of PS3.8's 128 contexts (one is the
+    C-GET's own): each gets contexts of its own for the syntaxes first in
+    :data:`GET_SYNTAX_PRIORITY` as room allows, and one more listing all
+    the others. ``also`` are classes to add with their usual syntaxes
+    (:func:`get_contexts`) while room remains, for instances whose class is
+    not known. Every class is proposed with the SCP role (PS3.4 C.4.3.1,
+    PS3.7 D.3.3.4). When even one context per class does not fit, the
+    classes beyond are left out (and logged).
+    """
+    budget = MAX_CONTEXTS - 1
+    known = {sop: list(ts) for sop, ts in wanted.items() if ts and not all_syntaxes}
+    unknown = [sop for sop in wanted if sop not in known]
+    if len(known) + len(unknown) > budget:
+        left = list(wanted)[budget:]
+        log.warning(
+            "C-GET: %d storage SOP classes, more than %d contexts allow; not offering %s",
+            len(wanted),
+            budget,
+            ", ".join(left),
+        )
+        known = {sop: ts for sop, ts in known.items() if sop not in left}
+        unknown = [sop for sop in unknown if sop not in left]
+    planned: list[tuple[str, list[str]]] = [
+        (sop, [syntax]) for sop, syntaxes in known.items() for syntax in _compressed_first(syntaxes)
+    ]
+    if len(planned) + len(unknown) > budget:
+        # One context per class, listing the syntaxes it is held in: the
+        # acceptor takes one, instances in the others may fail.
+        planned = [(sop, _compressed_first(syntaxes)) for sop, syntaxes in known.items()]
+    room = budget - len(planned) - len(unknown)
+    for n, sop in enumerate(unknown):
+        extra = room // len(unknown) + (n < room % len(unknown))
+        own = (
+            GET_SYNTAX_PRIORITY[: extra + 1]
+            if extra + 1 >= len(GET_SYNTAX_PRIORITY)
+            else (GET_SYNTAX_PRIORITY[:extra])
+        )
+        planned += [(sop, [syntax]) for syntax in _compressed_first(own)]
+        rest = [syntax for syntax in GET_SYNTAX_PRIORITY if syntax not in own]
+        if rest:
+            planned.append((sop, rest))
+    offered = dict.fromkeys(sop for sop, _ in planned)
+    for sop in also:
+        if sop in offered:
+            continue
+        usual = get_contexts(model, [sop])[0][1:]
+        if len(planned) + len(usual) > budget:
+            break
+        planned += usual
+        offered[sop] = None
+    contexts = [(_sop(_GET, model, "C-GET"), _QUERY_SYNTAXES), *planned]
+    roles = [RoleSelection(sop, scu_role=False, scp_role=True) for sop in offered]
     return contexts, roles
 
 
@@ -271,6 +400,106 @@ def find(
     return FindResults(association, identifier, model, priority)
 
 
+@dataclass(frozen=True, slots=True)
+class HeldInstance:
+    """An instance a peer holds, as its IMAGE level C-FIND described it.
+
+    ``sop_class_uid`` is "" when the peer did not return SOP Class UID;
+    ``transfer_syntaxes`` is the Available Transfer Syntax UID (0008,3002)
+    it returned, empty when it did not say.
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntaxes: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Survey:
+    """What a retrieve is about to fetch: the instances and what they are (see :func:`survey`).
+
+    ``complete`` is False when some of it could not be learned (a series
+    without its UID, an instance without its class): a C-GET then offers
+    the usual classes too.
+    """
+
+    instances: dict[str, HeldInstance] = field(default_factory=dict)
+    complete: bool = True
+
+    def wanted(self) -> dict[str, list[str]]:
+        """Each SOP class found and the syntaxes its instances are held in ([]: unknown)."""
+        classes: dict[str, list[str] | None] = {}
+        for held in self.instances.values():
+            if not held.sop_class_uid:
+                continue
+            syntaxes = classes.setdefault(held.sop_class_uid, [])
+            if syntaxes is None:
+                continue
+            if not held.transfer_syntaxes:
+                classes[held.sop_class_uid] = None  # one unknown: offer every syntax
+            else:
+                syntaxes.extend(t for t in held.transfer_syntaxes if t not in syntaxes)
+        return {sop: syntaxes or [] for sop, syntaxes in classes.items()}
+
+
+def _text_values(value: object) -> list[str]:
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    return [str(item).strip(" \0") for item in items if str(item).strip(" \0")]
+
+
+async def survey(
+    association: Association,
+    study_uid: str,
+    series_uid: str = "",
+    sop_instance_uid: str = "",
+) -> Survey:
+    """Ask the peer what a retrieve of a study, series or instance would fetch.
+
+    IMAGE level C-FINDs in the Study Root model (PS3.4 C.6.2), hierarchical
+    as C.4.1.2.2 requires: for a study, first its series, then the
+    instances of each, asking SOP Class UID and Available Transfer Syntax
+    UID (0008,3002). ``association`` must have the Study Root C-FIND
+    context (:func:`find_contexts`). A failure status raises
+    :class:`~adicom.errors.DimseError`.
+    """
+    found = Survey()
+    if series_uid:
+        series = [series_uid]
+    else:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        series = []
+        async with find(association, query) as results:
+            async for match in results:
+                uid = "".join(_text_values(match.get("SeriesInstanceUID")))
+                if uid:
+                    series.append(uid)
+                else:
+                    found.complete = False
+    for uid in dict.fromkeys(series):
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = uid
+        query.SOPInstanceUID = sop_instance_uid
+        query.SOPClassUID = ""
+        query.AvailableTransferSyntaxUID = ""
+        async with find(association, query) as results:
+            async for match in results:
+                instance = "".join(_text_values(match.get("SOPInstanceUID")))
+                sop = "".join(_text_values(match.get("SOPClassUID")))
+                if not instance or not sop:
+                    found.complete = False
+                if instance:
+                    syntaxes = tuple(_text_values(match.get("AvailableTransferSyntaxUID")))
+                    found.instances[instance] = HeldInstance(instance, sop, syntaxes)
+    return found
+
+
 def _describe(reply: Message) -> str:
     status = reply.command.status or 0
     text = describe_status(status)
@@ -300,16 +529,48 @@ class RetrieveProgress:
     failed_sop_instances: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     cancelled: bool = False
+    #: The Error Comment (0000,0902) of the latest response that had one.
+    error_comment: str | None = None
+    #: What failed, and why as far as known: see :class:`FailedSubOperation`.
+    failures: list[FailedSubOperation] = field(default_factory=list)
+    #: The C-STORE sub-operations that reached this side (C-GET): SOP
+    #: Instance UID -> (SOP class, transfer syntax, why the storage refused
+    #: it, or None).
+    received: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
 
     def update(self, command: Command) -> None:
         """Take the counts of one response."""
         self.status = command.status
+        if command.error_comment:
+            self.error_comment = command.error_comment
         if command.number_of_remaining_suboperations is not None:
             self.remaining = command.number_of_remaining_suboperations
         for name in ("completed", "failed", "warning"):
             value = getattr(command, f"number_of_{name}_suboperations")
             if value is not None:
                 setattr(self, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedSubOperation:
+    """One C-STORE sub-operation of a retrieve that failed, and why as far as known.
+
+    ``sop_class_uid`` and ``transfer_syntax`` come from the C-STORE-RQ when
+    it reached us, else from what the peer's C-FIND said (None: unknown).
+    ``reason`` says why: refused here (and the storage's reason), no
+    accepted presentation context for the class or syntax, or the peer's
+    error comment; "the peer gave no reason" when nothing says.
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    transfer_syntax: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        what = [UID(uid).name for uid in (self.sop_class_uid, self.transfer_syntax) if uid]
+        kind = f" ({', '.join(what)})" if what else ""
+        return f"{self.sop_instance_uid}{kind}: {self.reason}"
 
 
 class RetrieveCancelled(DicomError):
@@ -393,6 +654,8 @@ async def get(
     priority: int = Priority.MEDIUM,
     progress: Callable[[RetrieveProgress], None] | None = None,
     timeout: float | None = None,
+    held: Mapping[str, HeldInstance] | None = None,
+    report: bool = True,
 ) -> RetrieveProgress:
     """C-GET: the matching instances come back as C-STOREs on this association.
 
@@ -401,6 +664,10 @@ async def get(
     counts. ``timeout`` bounds the whole retrieve: when it passes, C-CANCEL
     is sent and :class:`RetrieveCancelled` raised. The final status is in
     the result; a failure status raises nothing, so the counts stay usable.
+    ``result.failures`` says for each failed sub-operation what it was and
+    why, as far as known: ``held`` (from :func:`survey`) tells the class and
+    syntax of instances that never arrived. With ``report``, each is logged
+    (see :func:`log_failures`).
     """
     sop_class = _sop(_GET, model, "C-GET")
     context_id = _context_for(association, sop_class)
@@ -426,13 +693,102 @@ async def get(
         operation = await association.start_operation(
             context_id, command, _identifier_bytes(association, context_id, identifier)
         )
-        return await _run_retrieve(operation, state, progress, timeout, association)
+        await _run_retrieve(operation, state, progress, timeout, association)
     finally:
         server.cancel()
         await asyncio.wait([server])  # our own cancellation still propagates
         if not server.cancelled() and server.exception() is not None:
             log.debug("C-GET sub-operation server ended: %s", server.exception())
         association.on_dataset = previous
+    state.failures = explain_failures(association.contexts, state, held or {})
+    if report:
+        log_failures(state.failures)
+    return state
+
+
+def explain_failures(
+    contexts: Mapping[int, PresentationContext],
+    progress: RetrieveProgress,
+    held: Mapping[str, HeldInstance],
+) -> list[FailedSubOperation]:
+    """Why each sub-operation of a C-GET failed, as far as this side can tell.
+
+    The peer names the failed instances in Failed SOP Instance UID List
+    (0008,0058) and may say why in Error Comment (0000,0902) (PS3.7
+    9.1.3.1.5, C.4.3.1.4); what it does not say follows from the
+    ``contexts`` the C-GET's association agreed and, with ``held`` (from
+    :func:`survey`), from the class and syntax of each instance.
+    """
+    refused = [uid for uid, (_, _, why) in progress.received.items() if why]
+    failed = list(dict.fromkeys([*refused, *progress.failed_sop_instances]))
+    comment = f"; the peer says: {progress.error_comment}" if progress.error_comment else ""
+    offered: dict[str, list[PresentationContext]] = {}
+    for context in contexts.values():
+        offered.setdefault(str(context.abstract_syntax), []).append(context)
+    out: list[FailedSubOperation] = []
+    for uid in failed:
+        if uid in progress.received:
+            # It reached us: the failure is the status this side answered.
+            got_class, got_syntax, why = progress.received[uid]
+            ours = f"refused here: {why or 'the storage answered a failure status'}"
+            out.append(FailedSubOperation(uid, got_class or None, got_syntax or None, ours))
+            continue
+        instance = held.get(uid)
+        sop = instance.sop_class_uid if instance else ""
+        syntaxes = instance.transfer_syntaxes if instance else ()
+        reason: str | None = _no_context(sop, syntaxes, offered.get(sop, [])) if sop else None
+        if reason is None:
+            reason = (
+                f"the peer says: {progress.error_comment}"
+                if progress.error_comment
+                else "the peer gave no reason"
+            )
+            if instance is None and held:
+                reason += " (its C-FIND did not list this instance)"
+            elif sop and not syntaxes:
+                took = sorted(
+                    {str(c.transfer_syntax) for c in offered[sop] if c.accepted and c.scp_role}
+                )
+                reason += (
+                    f"; {UID(sop).name} was accepted in {', '.join(UID(t).name for t in took)} "
+                    "(the peer did not say the instance's syntax; held in another, it cannot "
+                    "go unless the peer converts it)"
+                )
+        else:
+            reason += comment
+        held_in = syntaxes[0] if len(syntaxes) == 1 else None
+        out.append(FailedSubOperation(uid, sop or None, held_in, reason))
+    return out
+
+
+def log_failures(failures: Sequence[FailedSubOperation], limit: int = 20) -> None:
+    """Log each failed sub-operation once (a warning), the first ``limit`` of them."""
+    for failure in failures[:limit]:
+        log.warning("C-GET sub-operation failed: %s", failure)
+    if len(failures) > limit:
+        log.warning("C-GET: %d more sub-operations failed", len(failures) - limit)
+
+
+def _no_context(
+    sop: str, syntaxes: Sequence[str], contexts: Sequence[PresentationContext]
+) -> str | None:
+    """Why no context could carry an instance of ``sop`` held in ``syntaxes``; None if one could."""
+    name = UID(sop).name
+    if not contexts:
+        return f"{name} was not offered (adicom get --offer, DicomClient(get_offer=...))"
+    usable = [c for c in contexts if c.accepted and c.scp_role]
+    if not usable:
+        if any(c.accepted for c in contexts):
+            return f"the peer accepted {name} but refused us the SCP role for it"
+        return f"the peer accepted no presentation context for {name}"
+    accepted = {str(c.transfer_syntax) for c in usable}
+    if syntaxes and not accepted & set(syntaxes):
+        held = ", ".join(UID(t).name for t in syntaxes)
+        took = ", ".join(UID(t).name for t in sorted(accepted))
+        if set(syntaxes) <= _UNCOMPRESSED and accepted & _UNCOMPRESSED:
+            return None  # an uncompressed instance can go in another uncompressed syntax
+        return f"held in {held}; the peer accepted {name} only in {took}"
+    return None
 
 
 async def _answer_sub_operation(
@@ -445,6 +801,12 @@ async def _answer_sub_operation(
         stored = await answer_store(association, message)
         if stored is not None and stored.path is not None:
             state.paths.append(stored.path)
+        context = association.contexts.get(message.context_id)
+        state.received[str(command.affected_sop_instance_uid or "")] = (
+            str(command.affected_sop_class_uid or ""),
+            str(context.transfer_syntax) if context and context.transfer_syntax else "",
+            message.refused if stored is None else stored.error,
+        )
     elif not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
         # Only C-STORE sub-operations belong here (PS3.4 C.4.3.3).
         await association.respond(message, Status.UNRECOGNIZED_OPERATION)

@@ -213,10 +213,48 @@ async def test_get_prints_what_a_failure_status_means(tmp_path: pathlib.Path) ->
             "--aec", "PACS", "127.0.0.1", str(server.port),
         )  # fmt: skip
     assert code == 1, err
-    assert out.splitlines()[-1] == (
+    assert out.splitlines()[-2:] == [
+        "the peer says: no room for sub-operations",
         "adicom get: failure 0xA702: Refused: out of resources, unable to perform "
-        f"sub-operations; 0 completed, 0 failed, 0 warning, into {tmp_path}"
-    )
+        f"sub-operations; 0 completed, 0 failed, 0 warning, into {tmp_path}",
+    ]
+
+
+@pytest.mark.anyio
+async def test_get_retrieves_every_class_and_says_what_failed(tmp_path: pathlib.Path) -> None:
+    import pydicom
+
+    from tests.test_get_contexts import ECG, EXPLICIT, MIXED, archive_with, mixed_study
+
+    study, files = mixed_study(tmp_path / "src")
+    async with archive_with(tmp_path, files) as node:
+        peer = ["--aec", "PACS", "127.0.0.1", str(node.port)]
+        key = f"StudyInstanceUID={study}"
+        code, out, err = await run_cli("get", "-k", key, "--out", str(tmp_path / "all"), *peer)
+        assert code == 0, (out, err)
+        assert f"adicom get: success: {len(MIXED)} completed, 0 failed" in out
+        assert len(list((tmp_path / "all").rglob("*.dcm"))) == len(MIXED)
+
+        # Only the ECG offered: the others fail, each named with its class and why.
+        code, out, err = await run_cli(
+            "get", "-k", key, "--out", str(tmp_path / "ecg"), "--offer", f"{ECG}={EXPLICIT}",
+            *peer,
+        )  # fmt: skip
+        assert code == 1, (out, err)
+        assert "1 completed, 7 failed" in out
+        failed = [line for line in out.splitlines() if line.startswith("  failed: ")]
+        assert len(failed) == 7
+        for line in failed:
+            uid = line.removeprefix("  failed: ").split(" ")[0]
+            name = pydicom.dcmread(files[uid], stop_before_pixels=True).SOPClassUID.name
+            assert f"({name}" in line and "was not offered" in line
+        (received,) = (tmp_path / "ecg").rglob("*.dcm")
+        assert pydicom.dcmread(received).SOPClassUID == ECG
+
+        code, out, err = await run_cli(
+            "get", "-k", key, "--out", str(tmp_path / "x"), "--offer", "1.2.abc", *peer
+        )
+        assert code == 2 and "is not a UID" in err
 
 
 @pytest.mark.anyio
