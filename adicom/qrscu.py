@@ -745,6 +745,11 @@ def explain_failures(
             )
             if instance is None and held:
                 reason += " (its C-FIND did not list this instance)"
+            elif instance is not None and not sop:
+                reason += (
+                    "; its C-FIND did not say the SOP class (if it is one not offered, offer "
+                    "it: adicom get --offer, DicomClient(get_offer=...))"
+                )
             elif sop and not syntaxes:
                 took = sorted(
                     {str(c.transfer_syntax) for c in offered[sop] if c.accepted and c.scp_role}

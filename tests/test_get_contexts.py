@@ -78,6 +78,14 @@ def mixed_study(folder: pathlib.Path) -> tuple[str, dict[str, pathlib.Path]]:
         ds.SeriesInstanceUID = generate_uid()
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.PatientID = "MIXED"
+        # Two quirks of the bundled files that DCMTK repairs in transit (see
+        # tests/interop/data.py), removed so that comparisons stay exact:
+        # Data Set Trailing Padding (PS3.10 7.2: no meaning), and encapsulated
+        # Pixel Data with VR OW (PS3.5 A.4: it is OB).
+        if 0xFFFCFFFC in ds:
+            del ds[0xFFFCFFFC]
+        if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+            ds["PixelData"].VR = "OB"
         out = folder / f"{n}-{name}"
         ds.save_as(out, enforce_file_format=True)
         files[ds.SOPInstanceUID] = out
