@@ -87,6 +87,8 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
         encoded = compressor.compress(encoded) + compressor.flush()
+        if len(encoded) % 2:
+            encoded += b"\0"  # PS3.5 A.5: an odd deflated stream gets a trailing NUL
     return encoded
 
 

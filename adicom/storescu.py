@@ -137,15 +137,25 @@ class _Instance:
 
 
 class _FileSlice:
-    """A file from its data set's first byte, read as it is sent."""
+    """A file from its data set's first byte, read as it is sent.
 
-    def __init__(self, path: str, offset: int) -> None:
+    With ``pad``, an odd-length data set is followed by one NUL byte (a
+    deflated stream, PS3.5 A.5).
+    """
+
+    def __init__(self, path: str, offset: int, pad: bool = False) -> None:
         self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._file.seek(offset)
         self.size = os.fstat(self._file.fileno()).st_size - offset
+        self._pad = pad and self.size % 2 == 1
+        self.size += self._pad
 
     def read(self, n: int, /) -> bytes:
-        return self._file.read(n)
+        data = self._file.read(n)
+        if self._pad and len(data) < n:
+            data += b"\0"  # the end of the file: the pad byte
+            self._pad = False
+        return data
 
     def close(self) -> None:
         self._file.close()
@@ -446,15 +456,21 @@ def _ready(
         )
     context_id, transfer = choice
     source: bytes | memoryview | _FileSlice | ConvertedFile
+    # PS3.5 A.5: a deflated stream of odd length is sent with a trailing NUL
+    # (files that lack it exist); PS3.8 E.1 wants even fragments, and DCMTK
+    # aborts on an odd one.
+    pad = transfer == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     try:
         if instance.data is not None and transfer == instance.transfer_syntax:
             source = instance.data
+            if pad and len(source) % 2:
+                source = bytes(source) + b"\0"
         elif (
             instance.path is not None
             and instance.dataset is None
             and (transfer == instance.transfer_syntax)
         ):
-            source = _FileSlice(instance.path, instance.offset)
+            source = _FileSlice(instance.path, instance.offset, pad)
             if source.size <= PRELOAD_LIMIT:
                 # Read now, while the peer is busy with the previous instance.
                 slice_, source = source, source.read(source.size)

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import os
 import pathlib
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,13 @@ from pydicom.uid import UID, generate_uid
 import adicom
 from adicom import diskstorage
 from adicom.dimse import Command, CommandField
-from adicom.fileformat import ConvertedFile, encode_dataset, read_file_meta
+from adicom.fileformat import (
+    ConvertedFile,
+    decode_dataset,
+    encode_dataset,
+    encode_file_meta,
+    read_file_meta,
+)
 from adicom.pdu import (
     PDV,
     AAbort,
@@ -667,3 +674,73 @@ async def test_an_scp_may_prefer_its_own_syntax_or_restrict_its_classes() -> Non
             assert ct.transfer_syntax == EXPLICIT  # ours first: explicit before implicit
             assert not csa.accepted and csa.result == 3
             assert (await adicom.store_instance(assoc, source)).ok
+
+
+class _Recorder(adicom.StorageHandler):
+    """Keeps each received data set's fragments, as they came."""
+
+    def __init__(self) -> None:
+        self.fragments: list[list[bytes]] = []
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        parts: list[bytes] = []
+        self.fragments.append(parts)
+
+        class Incoming(IncomingInstance):
+            def write(self, data: memoryview, /) -> None:
+                parts.append(bytes(data))
+
+            async def finish(self) -> int:
+                return 0
+
+        return Incoming(context)
+
+
+def _odd_deflated_file(path: pathlib.Path, size: int) -> bytes:
+    """A deflated Part 10 file whose stream is odd and unpadded (as some are); the stream."""
+    dataset, _ = _deflated_instance(os.urandom(size))  # random: deflate cannot shrink it
+    while True:
+        compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        stream = compressor.compress(encode_dataset(dataset, EXPLICIT)) + compressor.flush()
+        if len(stream) % 2:
+            break
+        dataset.PatientID = str(dataset.get("PatientID", "")) + "xx"  # another length
+    meta = encode_file_meta(
+        str(dataset.SOPClassUID),
+        str(dataset.SOPInstanceUID),
+        DEFLATED,
+        implementation_class_uid="1.2.3",
+    )
+    path.write_bytes(meta + stream)
+    return stream
+
+
+@pytest.mark.parametrize(
+    "size", [1000, 3 << 20], ids=["read-whole", "read-as-sent"]
+)  # either side of storescu.PRELOAD_LIMIT
+async def test_an_odd_deflated_stream_is_sent_padded_in_even_fragments(
+    tmp_path: pathlib.Path, size: int
+) -> None:
+    # PS3.5 A.5: an odd deflated stream ends with a NUL byte; PS3.8 E.1: every
+    # fragment is even. pydicom's image_dfl.dcm lacks the pad; DCMTK aborts
+    # on the odd fragment it would make.
+    stream = _odd_deflated_file(tmp_path / "odd.dcm", size)
+    recorder = _Recorder()
+    async with scp(recorder) as server:
+        (result,) = await adicom.store(
+            "127.0.0.1", server.port, [tmp_path / "odd.dcm"], called_ae="STORE"
+        )
+    assert result.status == 0, result
+    (parts,) = recorder.fragments
+    assert all(len(p) % 2 == 0 for p in parts), [len(p) for p in parts]
+    assert b"".join(parts) == stream + b"\0"
+    # The pad follows the deflate stream's end: the data set still decodes.
+    decoded = decode_dataset(b"".join(parts), DEFLATED)
+    assert decoded.SOPInstanceUID == pydicom.dcmread(tmp_path / "odd.dcm").SOPInstanceUID
+
+
+def test_encode_dataset_pads_an_odd_deflated_stream() -> None:
+    for n in range(8):  # some of these compress to an odd length
+        dataset, encoded = _deflated_instance(os.urandom(n))
+        assert len(encoded) % 2 == 0
+        assert decode_dataset(encoded, DEFLATED).SOPInstanceUID == dataset.SOPInstanceUID
