@@ -26,6 +26,7 @@ import collections
 import contextlib
 import dataclasses
 import re
+import subprocess
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ ARCHIVE_AE = "ADICOM"
 STORESCU_AE = "CORPUS-DCMTK"
 ADICOM_STORE_AE = "CORPUS-ADICOM"
 MOVE_AE = "CORPUS-MOVE"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 TIMEOUT = 120.0
 
 #: storescu's option proposing a syntax first, with the uncompressed ones.
@@ -157,6 +159,101 @@ def as_dcmtk_sends(
 
 
 # --------------------------------------------------------------------------
+# Retrievers
+
+#: getscu's option preferring a syntax for what it receives (explicit VR
+#: little endian: none, its default), so each instance comes back as stored.
+#: Implicit VR has none: getscu's ``+xi`` proposes explicit VR little endian
+#: only (DCMTK 3.6.7), so the archive converts, and values are compared decoded.
+GETSCU_OPTION = {ts: "+" + option[1:] for ts, option in STORESCU_OPTION.items()} | {
+    "1.2.840.10008.1.2.2": "+xb",
+}
+
+
+def getscu(port: int, studies: Sequence[str], out: Path, option: str | None) -> peers.Finished:
+    """DCMTK getscu of whole studies (a list of Study Instance UIDs) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [
+        peers.require_dcmtk("getscu"),
+        "-d",
+        "-aet",
+        "CORPUS-GET",
+        "-aec",
+        ARCHIVE_AE,
+        "-S",
+        "+B",  # write what arrived, as it arrived
+        *([option] if option else []),
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID=" + "\\".join(studies),
+        HOST,
+        str(port),
+    ]
+    finished = peers.run(argv, timeout=TIMEOUT)
+    assert finished.returncode == 0, finished.describe()
+    return finished
+
+
+def movescu(port: int, studies: Sequence[str], out: Path, move_port: int) -> peers.Finished:
+    """DCMTK movescu of whole studies to itself (``+P``), accepting every syntax (``+xa``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [
+        peers.require_dcmtk("movescu"),
+        "-v",
+        "-aet",
+        MOVE_AE,
+        "-aec",
+        ARCHIVE_AE,
+        "-aem",
+        MOVE_AE,
+        "+P",
+        str(move_port),
+        "+xa",
+        "+B",  # write what arrived, as it arrived
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID=" + "\\".join(studies),
+        HOST,
+        str(port),
+    ]
+    # With +B, movescu 3.6.7 writes into its working folder, whatever -od says.
+    with peers.running(argv, cwd=out) as peer:
+        try:
+            returncode = peer.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise peers.PeerError(f"movescu did not finish\n{peer.describe()}") from None
+        finished = peers.Finished(peer.argv, returncode, peer.stdout(), peer.stderr())
+    assert finished.returncode == 0, finished.describe()
+    return finished
+
+
+def by_stored_syntax(
+    items: Iterable[corpus.CorpusInstance], held: dict[str, Path]
+) -> dict[str, list[corpus.CorpusInstance]]:
+    """The instances by the transfer syntax the archive holds each in."""
+    groups: dict[str, list[corpus.CorpusInstance]] = collections.defaultdict(list)
+    for item in items:
+        groups[corpus.transfer_syntax_of(held[item.sop_instance_uid])].append(item)
+    return dict(groups)
+
+
+def studies_of(items: Iterable[corpus.CorpusInstance]) -> list[str]:
+    return sorted({item.study_instance_uid for item in items})
+
+
+def received(folder: Path) -> dict[str, Path]:
+    """What a retriever wrote into ``folder``, by SOP Instance UID."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return data.received_files(folder)
+
+
+# --------------------------------------------------------------------------
 # The archive
 
 
@@ -209,7 +306,8 @@ def test_every_corpus_file_is_an_instance_or_refused_for_a_stated_reason(
 def test_corpus_round_stored_by_storescu_and_adicom_store(number: int, tmp_path: Path) -> None:
     items = ROUNDS[number]
     storage = tmp_path / "archive"
-    with serve(storage, peers.free_port()) as archive:
+    move_port = peers.free_port()
+    with serve(storage, move_port) as archive:
         assert archive.port is not None
         answers, log = storescu(archive.port, items)
         failed = {name: answer for name, answer in answers.items() if answer != "Success"}
@@ -235,3 +333,18 @@ def test_corpus_round_stored_by_storescu_and_adicom_store(number: int, tmp_path:
             calling_ae=ADICOM_STORE_AE,
             same_transfer_syntax=True,
         )
+        held = archive_files(storage)
+
+        for ts, group in by_stored_syntax(items, held).items():
+            out = tmp_path / f"getscu-{ts}"
+            getscu(archive.port, studies_of(group), out, GETSCU_OPTION.get(ts))
+            corpus.check_files(
+                group,
+                received(out),
+                f"retrieved by getscu in {ts}",
+                same_transfer_syntax=ts != IMPLICIT_VR_LITTLE_ENDIAN,
+            )
+
+        out = tmp_path / "movescu"
+        movescu(archive.port, studies_of(items), out, move_port)
+        corpus.check_files(items, received(out), "retrieved by movescu", same_transfer_syntax=True)
