@@ -341,3 +341,15 @@ async def test_c_find_matches_and_returns_sequence_keys(tmp_path: pathlib.Path) 
                 assert await studies(CodeValue="0000-0") == []
     finally:
         archive.close()
+
+
+def test_names_match_without_their_empty_trailing_parts() -> None:
+    # PS3.5 6.2.1.1: trailing empty components and groups may go unsent; a
+    # query without them must still find the name stored with them.
+    from adicom.archive.index import fold_name
+
+    assert fold_name("Wang^XiaoDong=王^小東=") == fold_name("wang^xiaodong=王^小東")
+    assert fold_name("Doe^John^^^") == fold_name("DOE^JOHN") == "doe^john"
+    assert fold_name("Doe^John=^=") == "doe^john"
+    assert fold_name("=山田^太郎") == "=山田^太郎"  # an empty leading group stays
+    assert fold_name("Doe^John") != fold_name("Doe^Jon")

@@ -123,9 +123,23 @@ def _put_charset(found: dict[str, str], packed: str | None) -> None:
     found[RAW] = raw
 
 
+def fold_name(text: str) -> str:
+    """A person name as it is matched: case-folded, empty trailing parts dropped.
+
+    PS3.4 C.2.2.2.1 leaves case to the SCP. PS3.5 6.2.1.1 lets trailing
+    empty components and component groups go unsent, so
+    ``Wang^XiaoDong=王^小東=`` (an empty phonetic group) and
+    ``Wang^XiaoDong=王^小東`` are the same name.
+    """
+    groups = [group.rstrip("^ ") for group in text.split("=")]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups).casefold()
+
+
 def _fold(text: str | None) -> str | None:
-    """Case-fold a value in SQL (PN matching: PS3.4 C.2.2.2.1 leaves case to us)."""
-    return None if text is None else text.casefold()
+    """fold_name() as an SQL function."""
+    return None if text is None else fold_name(text)
 
 
 def _escape_glob(text: str) -> str:
@@ -418,8 +432,8 @@ def _match(column: str, vr: str, value: str, keyword: str) -> tuple[str, list[st
         raise MatchError(f"{keyword} {value!r}: lists are allowed only for UIDs")
     if vr == "PN":
         # Without regard to case, in every script: SQLite's lower() folds
-        # ASCII only, so names are folded by Python's casefold (fold()).
-        folded = value.casefold()
+        # ASCII only, so names are folded in Python (fold_name()).
+        folded = fold_name(value)
         if "*" in value or "?" in value:
             return f"fold({column}) GLOB ?", [_escape_glob(folded)]
         return f"fold({column}) = ?", [folded]

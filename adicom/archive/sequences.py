@@ -22,6 +22,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from adicom.archive.index import fold_name
+
 __all__ = ["SequenceKeys"]
 
 
@@ -92,7 +94,7 @@ def _value_matches(vr: str, wanted: str, value: str) -> bool:
             bool(value) and (not low or value >= low) and (not high or value[: len(high)] <= high)
         )
     if vr == "PN":
-        wanted, value = wanted.casefold(), value.casefold()
+        wanted, value = fold_name(wanted), fold_name(value)
     if "*" in wanted or "?" in wanted:
         return re.fullmatch(_glob(wanted), value, re.DOTALL) is not None
     return wanted == value

@@ -28,9 +28,10 @@ import dataclasses
 import re
 import subprocess
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from tests.interop import corpus, data, peers, qr_peers
@@ -348,3 +349,88 @@ def test_corpus_round_stored_by_storescu_and_adicom_store(number: int, tmp_path:
         out = tmp_path / "movescu"
         movescu(archive.port, studies_of(items), out, move_port)
         corpus.check_files(items, received(out), "retrieved by movescu", same_transfer_syntax=True)
+
+
+# --------------------------------------------------------------------------
+# Character sets: names as dcmqrscp gives them
+
+CHARSET_ROUNDS = corpus.rounds(i for i in corpus.instances() if i.name.startswith("charset_files/"))
+
+
+@contextlib.contextmanager
+def dcmqrscp(folder: Path) -> Iterator[peers.Peer]:
+    """DCMTK dcmqrscp on its defaults (uncompressed storage; answers converted
+    to the request's Specific Character Set), AE title "DCMQRSCP"."""
+    binary = peers.require_dcmtk("dcmqrscp")
+    port = peers.free_port()
+    storage = folder / "db"
+    storage.mkdir(parents=True)
+    config = folder / "dcmqrscp.cfg"
+    config.write_text(
+        f"NetworkTCPPort  = {port}\n"
+        "MaxPDUSize      = 16384\n"
+        "MaxAssociations = 16\n"
+        "HostTable BEGIN\nHostTable END\n"
+        "VendorTable BEGIN\nVendorTable END\n"
+        "AETable BEGIN\n"
+        f"DCMQRSCP  {storage}  RW  (100, 64mb)  ANY\n"
+        "AETable END\n"
+    )
+    argv = [binary, "--config", str(config), str(port)]
+    with peers.running(argv, name="DCMTK dcmqrscp", cwd=folder) as peer:
+        peer.port, peer.aet = port, "DCMQRSCP"
+        peers.wait_for_port(HOST, port, peers.READY_TIMEOUT, peer)
+        yield peer
+
+
+def findscu_names(port: int, aet: str, out: Path, name: str = "") -> dict[str, str]:
+    """Study-level C-FIND in UTF-8 (ISO_IR 192): Patient's Name by Study Instance UID."""
+    out.mkdir(parents=True)
+    argv = [
+        peers.require_dcmtk("findscu"),
+        "-S",
+        "-aec",
+        aet,
+        "-X",
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "SpecificCharacterSet=ISO_IR 192",
+        "-k",
+        "StudyInstanceUID",
+        "-k",
+        f"PatientName={name}",
+        HOST,
+        str(port),
+    ]
+    finished = peers.run(argv, timeout=TIMEOUT)
+    assert finished.returncode == 0, finished.describe()
+    names = {}
+    for path in sorted(out.glob("rsp*.dcm")):
+        answer = pydicom.dcmread(path)
+        names[str(answer.StudyInstanceUID)] = str(answer.get("PatientName", ""))
+    return names
+
+
+@pytest.mark.parametrize("number", range(len(CHARSET_ROUNDS)), ids=lambda n: f"round{n}")
+def test_charset_names_are_those_dcmqrscp_gives(number: int, tmp_path: Path) -> None:
+    items = CHARSET_ROUNDS[number]
+    expected = {item.study_instance_uid: str(item.read().PatientName) for item in items}
+    assert any(not name.isascii() for name in expected.values())  # the point of these files
+    paths = [str(item.path) for item in items]
+    with serve(tmp_path / "archive", peers.free_port()) as archive, dcmqrscp(tmp_path) as qr:
+        assert archive.port is not None and qr.port is not None
+        for port, aet in ((archive.port, ARCHIVE_AE), (qr.port, "DCMQRSCP")):
+            argv = peers.dcmtk_storescu_argv(port, STORESCU_AE, aet, paths)
+            finished = peers.run(argv, timeout=TIMEOUT)
+            assert finished.returncode == 0, finished.describe()
+        ours = findscu_names(archive.port, ARCHIVE_AE, tmp_path / "ours")
+        theirs = findscu_names(qr.port, "DCMQRSCP", tmp_path / "theirs")
+        assert ours == theirs == expected
+
+        # A query in UTF-8 for a name stored in another character set finds it.
+        for study, name in expected.items():
+            found = findscu_names(archive.port, ARCHIVE_AE, tmp_path / study, name)
+            assert list(found) == [study], (name, found)
