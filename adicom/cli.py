@@ -474,7 +474,8 @@ def _add_retrieve(commands: _Commands, name: str, text: str) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="StudyInstanceUID=..., SeriesInstanceUID=..., "
-        "SOPInstanceUID=... (the level follows from the deepest given)",
+        "SOPInstanceUID=... (the level follows from the deepest given); "
+        "StudyInstanceUID=A\\B retrieves several studies, one after the other",
     )
     if name == "get":
         retrieve.add_argument(
@@ -680,20 +681,29 @@ async def _find(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _retrieve_target(args: argparse.Namespace) -> tuple[str, list[str]]:
+def _retrieve_targets(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
+    r"""The level and the UIDs of each entity to retrieve, from ``-k``.
+
+    ``StudyInstanceUID`` may be a list (``A\B``, as in a C-FIND), retrieved
+    study by study; below the study level each UID is a single value.
+    """
     matching, _ = _keys(args.key)
     unknown = set(matching) - {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
     if unknown or "StudyInstanceUID" not in matching:
         raise argparse.ArgumentTypeError(
             "give -k StudyInstanceUID=... and optionally SeriesInstanceUID and SOPInstanceUID"
         )
-    uids = [matching["StudyInstanceUID"]]
-    for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
-        if keyword in matching:
-            uids.append(matching[keyword])
-    for uid in uids:
+    studies = [uid.strip() for uid in matching["StudyInstanceUID"].split("\\")]
+    below = [matching[k] for k in ("SeriesInstanceUID", "SOPInstanceUID") if k in matching]
+    if len(studies) > 1 and below:
+        raise argparse.ArgumentTypeError(
+            "a list of StudyInstanceUIDs retrieves whole studies: give no SeriesInstanceUID "
+            "or SOPInstanceUID with it"
+        )
+    for uid in studies + below:
         _uid(uid)  # a usage error now, before anything is sent
-    return ("STUDY", "SERIES", "IMAGE")[len(uids) - 1], uids
+    level = ("STUDY", "SERIES", "IMAGE")[len(below)]
+    return level, [[study, *below] for study in studies]
 
 
 def _show_progress(progress: RetrieveProgress) -> None:
@@ -719,7 +729,7 @@ def _outcome(result: RetrieveResult) -> str:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    level, uids = _retrieve_target(args)
+    level, targets = _retrieve_targets(args)
     offer: dict[str, list[str]] | None = None
     if args.offer:
         offer = {}
@@ -734,38 +744,46 @@ async def _get(args: argparse.Namespace) -> int:
     )
     node = _node(args)
     getters = {"STUDY": client.get_study, "SERIES": client.get_series, "IMAGE": client.get_image}
-    with _peer_answer():
-        result = await getters[level](  # type: ignore[operator]
-            *uids, node, Path(args.out), progress=_show_progress
+    ok = True
+    for uids in targets:
+        with _peer_answer():
+            result = await getters[level](  # type: ignore[operator]
+                *uids, node, Path(args.out), progress=_show_progress
+            )
+        if result.error_comment:
+            print(f"the peer says: {result.error_comment}")
+        which = f" {level.lower()} {uids[-1]}" if len(targets) > 1 else ""
+        print(
+            f"adicom get{which}: {_outcome(result)}{result.num_completed} completed, "
+            f"{result.num_failed} failed, {result.num_warning} warning, into {args.out}"
         )
-    if result.error_comment:
-        print(f"the peer says: {result.error_comment}")
-    print(
-        f"adicom get: {_outcome(result)}{result.num_completed} completed, "
-        f"{result.num_failed} failed, {result.num_warning} warning, into {args.out}"
-    )
-    explained = {failure.sop_instance_uid for failure in result.failures}
-    for failure in result.failures:
-        print(f"  failed: {failure}")
-    for uid in result.failed_sop_instances:
-        if uid not in explained:
-            print(f"  failed: {uid}")
-    return EXIT_OK if result.status in ("success",) else EXIT_FAILED
+        explained = {failure.sop_instance_uid for failure in result.failures}
+        for failure in result.failures:
+            print(f"  failed: {failure}")
+        for uid in result.failed_sop_instances:
+            if uid not in explained:
+                print(f"  failed: {uid}")
+        ok = ok and result.status == "success"
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _move(args: argparse.Namespace) -> int:
-    level, uids = _retrieve_target(args)
+    level, targets = _retrieve_targets(args)
     client, node = _client(args), _node(args)
     movers = {"STUDY": client.move_study, "SERIES": client.move_series, "IMAGE": client.move_image}
-    with _peer_answer():
-        result = await movers[level](  # type: ignore[operator]
-            *uids, node, args.dest, progress=_show_progress
+    ok = True
+    for uids in targets:
+        with _peer_answer():
+            result = await movers[level](  # type: ignore[operator]
+                *uids, node, args.dest, progress=_show_progress
+            )
+        which = f" {level.lower()} {uids[-1]}" if len(targets) > 1 else ""
+        print(
+            f"adicom move{which}: {_outcome(result)}{result.num_completed} completed, "
+            f"{result.num_failed} failed, {result.num_warning} warning, to {args.dest}"
         )
-    print(
-        f"adicom move: {_outcome(result)}{result.num_completed} completed, "
-        f"{result.num_failed} failed, {result.num_warning} warning, to {args.dest}"
-    )
-    return EXIT_OK if result.status == "success" else EXIT_FAILED
+        ok = ok and result.status == "success"
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _demo(args: argparse.Namespace) -> int:

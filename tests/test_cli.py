@@ -221,6 +221,45 @@ async def test_get_prints_what_a_failure_status_means(tmp_path: pathlib.Path) ->
 
 
 @pytest.mark.anyio
+async def test_get_and_move_take_a_list_of_studies(tmp_path: pathlib.Path) -> None:
+    # StudyInstanceUID=A\\B: each study retrieved in turn, each summed up;
+    # exit 1 if one failed. A list with a series or instance is a usage error.
+    import adicom
+    from adicom.qrscp import QRContext, QueryFailed
+
+    asked: list[str] = []
+
+    async def on_get(identifier: Dataset, context: QRContext) -> Any:
+        asked.append(str(identifier.StudyInstanceUID))
+        if identifier.StudyInstanceUID == "1.2.4":
+            raise QueryFailed(0xA702, "no room")
+        yield 0
+
+    async with adicom.Server("PACS", port=0, on_get=on_get) as server:
+        peer = ["--aec", "PACS", "127.0.0.1", str(server.port)]
+        code, out, err = await run_cli(
+            "get", "-k", "StudyInstanceUID=1.2.3\\1.2.4\\1.2.5", "--out", str(tmp_path), *peer
+        )
+        assert code == 1, (out, err)
+        assert asked == ["1.2.3", "1.2.4", "1.2.5"]
+        summaries = [line for line in out.splitlines() if line.startswith("adicom get study ")]
+        assert [line.split(":")[0] for line in summaries] == [
+            "adicom get study 1.2.3", "adicom get study 1.2.4", "adicom get study 1.2.5"
+        ]  # fmt: skip
+        assert "failure 0xA702" in summaries[1]
+
+        code, _, err = await run_cli(
+            "get", "-k", "StudyInstanceUID=1.2.3\\1.2.4", "-k", "SeriesInstanceUID=1.2.6",
+            "--out", str(tmp_path), *peer,
+        )  # fmt: skip
+        assert code == 2 and "whole studies" in err
+        code, _, err = await run_cli(
+            "move", "-k", "StudyInstanceUID=1.2.3\\1.x", "--dest", "X", *peer
+        )
+        assert code == 2 and "is not a UID" in err
+
+
+@pytest.mark.anyio
 async def test_get_retrieves_every_class_and_says_what_failed(tmp_path: pathlib.Path) -> None:
     import pydicom
 

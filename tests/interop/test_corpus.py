@@ -171,6 +171,25 @@ GETSCU_OPTION = {ts: "+" + option[1:] for ts, option in STORESCU_OPTION.items()}
 }
 
 
+def adicom_get(port: int, studies: Sequence[str], out: Path) -> peers.Finished:
+    """``adicom get`` of whole studies (a list of Study Instance UIDs) into ``out``."""
+    argv = [
+        *peers.adicom_cli(),
+        "get",
+        "--aet",
+        "CORPUS-ADI-GET",
+        "--aec",
+        ARCHIVE_AE,
+        "-k",
+        "StudyInstanceUID=" + "\\".join(studies),
+        "--out",
+        str(out),
+        HOST,
+        str(port),
+    ]
+    return peers.run(argv, timeout=TIMEOUT)
+
+
 def getscu(port: int, studies: Sequence[str], out: Path, option: str | None) -> peers.Finished:
     """DCMTK getscu of whole studies (a list of Study Instance UIDs) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -345,6 +364,13 @@ def test_corpus_round_stored_by_storescu_and_adicom_store(number: int, tmp_path:
                 f"retrieved by getscu in {ts}",
                 same_transfer_syntax=ts != IMPLICIT_VR_LITTLE_ENDIAN,
             )
+
+        out = tmp_path / "adicom-get"
+        finished = adicom_get(archive.port, studies_of(items), out)
+        assert finished.returncode == 0, f"{finished.describe()}\n{archive.describe()}"
+        corpus.check_files(
+            items, received(out), "retrieved by adicom get", same_transfer_syntax=True
+        )
 
         out = tmp_path / "movescu"
         movescu(archive.port, studies_of(items), out, move_port)
