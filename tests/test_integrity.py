@@ -353,3 +353,45 @@ def test_names_match_without_their_empty_trailing_parts() -> None:
     assert fold_name("Doe^John=^=") == "doe^john"
     assert fold_name("=山田^太郎") == "=山田^太郎"  # an empty leading group stays
     assert fold_name("Doe^John") != fold_name("Doe^Jon")
+
+
+async def test_image_level_answers_say_the_syntax_each_instance_is_held_in(
+    tmp_path: pathlib.Path,
+) -> None:
+    # (0008,3002) Available Transfer Syntax UID: what a C-GET requestor needs
+    # to offer the right presentation contexts (adicom get asks for it).
+    from pydicom.data import get_testdata_file
+
+    from adicom import qrscu
+
+    names = ("CT_small.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm")
+    sources = [pathlib.Path(str(get_testdata_file(name))) for name in names]
+    held = {
+        str(ds.SOPInstanceUID): str(ds.file_meta.TransferSyntaxUID)
+        for ds in (pydicom.dcmread(s, stop_before_pixels=True) for s in sources)
+    }
+    archive = Archive(tmp_path)
+    await archive.open()
+    try:
+        async with adicom.Server("STORE", port=0, **archive.handlers()) as server:
+            results = await adicom.store("127.0.0.1", server.port, sources, called_ae="STORE")
+            assert all(r.ok for r in results), results
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="STORE", contexts=qrscu.find_contexts()
+            ) as assoc:
+                answered = {}
+                for source in sources:
+                    original = pydicom.dcmread(source, stop_before_pixels=True)
+                    query = Dataset()
+                    query.QueryRetrieveLevel = "IMAGE"
+                    query.StudyInstanceUID = original.StudyInstanceUID
+                    query.SeriesInstanceUID = original.SeriesInstanceUID
+                    query.SOPInstanceUID = ""
+                    query.AvailableTransferSyntaxUID = ""
+                    async with qrscu.find(assoc, query) as found:
+                        for answer in [a async for a in found]:
+                            uid = str(answer.SOPInstanceUID)
+                            answered[uid] = str(answer.AvailableTransferSyntaxUID)
+    finally:
+        archive.close()
+    assert answered == held

@@ -112,6 +112,8 @@ class Row:
 RAW = "__raw__"
 #: Asked in ``wanted``, the key of an entity's file (one of them, for a group).
 PATH = "__path__"
+#: An IMAGE-level return key the index fills from the syntax the file is in.
+AVAILABLE_SYNTAX = "AvailableTransferSyntaxUID"
 # The character set and raw values of one instance, as one column, so that a
 # group's min() takes both from the same instance.
 _CHARSET = "specific_character_set || char(1) || raw_values"
@@ -348,6 +350,10 @@ class Index:
             shown = [(LEVELS[level], ATTRIBUTES[LEVELS[level]][0])]
         if wanted is not None and PATH in wanted:
             shown.append((PATH, "path"))
+        if level == "IMAGE" and (wanted is None or AVAILABLE_SYNTAX in wanted):
+            # PS3.4 Table C.6-4, Available Transfer Syntax UID (0008,3002): the
+            # syntax the instance is held in, which a C-GET requestor can offer.
+            shown.append((AVAILABLE_SYNTAX, "transfer_syntax"))
         names = [keyword for keyword, _ in shown]
         if level == "IMAGE":
             # One row per instance already (SOP Instance UID is the key): no
