@@ -178,9 +178,13 @@ async def test_what_failed_says_its_class_and_why(tmp_path: pathlib.Path) -> Non
     assert set(kinds) == {ECG, RT_ION_PLAN, RT_DOSE, SC}
     assert kinds[ECG].reason.startswith("12-lead ECG Waveform Storage was not offered")
     assert kinds[RT_ION_PLAN].sop_class_uid == RT_ION_PLAN
-    assert "RT Dose Storage was accepted in Explicit VR Little Endian" in kinds[RT_DOSE].reason
+    # The archive says (0008,3002) the syntax each instance is held in.
+    assert kinds[RT_DOSE].reason == (
+        "held in RLE Lossless; the peer accepted RT Dose Storage only in Explicit VR Little Endian"
+    )
     assert str(kinds[ECG]).endswith(
-        "(12-lead ECG Waveform Storage): 12-lead ECG Waveform Storage was not offered "
+        "(12-lead ECG Waveform Storage, Explicit VR Little Endian): 12-lead ECG Waveform "
+        "Storage was not offered "
         "(adicom get --offer, DicomClient(get_offer=...))"
     )
 
