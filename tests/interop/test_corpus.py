@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import re
 import subprocess
 import warnings
@@ -304,6 +305,12 @@ def test_every_corpus_file_is_an_instance_or_refused_for_a_stated_reason(
     with serve(tmp_path / "archive", peers.free_port()) as archive:
         assert archive.port is not None
         finished = adicom_store(archive.port, folders)
+        # After all that, a query still answers every study of the corpus.
+        argv = [*peers.adicom_cli(), "find", "--json", "-L", "STUDY", "--aec", ARCHIVE_AE]
+        found = peers.run([*argv, HOST, str(archive.port)], timeout=TIMEOUT)
+        assert found.returncode == 0, f"{found.describe()}\n{archive.describe()}"
+        studies = {row["study_instance_uid"] for row in json.loads(found.stdout)}
+        assert studies == {item.study_instance_uid for item in corpus.instances()}
     said = store_summary(finished)
     # Everything refused is named with its reason; nothing else failed.
     wrong = {
