@@ -167,6 +167,37 @@ def _adicom_stack() -> Stack:
     return Stack("adicom", adicom_unavailable, adicom_scp, True, adicom_scu, scp_lag_reset=True)
 
 
+def _adicom_fsync_stack() -> Stack:
+    """adicom's SCP syncing each file and its folder before Success (``adicom serve --fsync``).
+
+    SCP only, store workloads only: its row beside adicom -> adicom is the
+    cost of durable storage on this machine's disk.
+    """
+    adicom_scp, adicom_scu = _python_side("benchmarks.sides.adicom_side")
+
+    def scp(port: int, workdir: Path, store_dir: Path | None) -> list[str]:
+        return [*adicom_scp(port, workdir, store_dir), "--fsync"]
+
+    def unavailable(kind: str) -> str | None:
+        if kind != "store":
+            return "it differs from adicom only in storing"
+        return adicom_unavailable(kind)
+
+    return Stack(
+        "adicom-fsync",
+        unavailable,
+        scp,
+        True,
+        adicom_scu,
+        scu_workloads=frozenset(),
+        scp_lag_reset=True,
+        notes=[
+            "adicom-fsync = adicom's SCP with --fsync: each file and its folder are synced"
+            " to disk before the C-STORE-RSP (with TMPDIR on a tmpfs, fsync costs nothing)."
+        ],
+    )
+
+
 def _dcmtk_stack(nodelay: bool) -> Stack:
     dcmtk_scu = _python_side("benchmarks.sides.dcmtk_side")[1]
 
@@ -202,8 +233,13 @@ def _dcmtk_stack(nodelay: bool) -> Stack:
 
 
 def make_stacks(dcmtk_nodelay: bool, pynetdicom_nodelay: bool = False) -> list[Stack]:
-    """The stacks, in the order their pairs run: pynetdicom, adicom, DCMTK."""
-    return [_pynetdicom_stack(pynetdicom_nodelay), _adicom_stack(), _dcmtk_stack(dcmtk_nodelay)]
+    """The stacks, in the order their pairs run: pynetdicom, adicom (and its --fsync SCP), DCMTK."""
+    return [
+        _pynetdicom_stack(pynetdicom_nodelay),
+        _adicom_stack(),
+        _adicom_fsync_stack(),
+        _dcmtk_stack(dcmtk_nodelay),
+    ]
 
 
 def destination_stack() -> Stack:

@@ -186,6 +186,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         help="accept C-STORE and write each received instance here as a file",
     )
     scp.add_argument(
+        "--fsync",
+        action="store_true",
+        help="sync each stored file and its folder before answering (adicom only)",
+    )
+    scp.add_argument(
         "--max-associations",
         type=int,
         help="open associations allowed at once (idle workload; default: the stack's own)",

@@ -98,7 +98,7 @@ async def _serve(args: argparse.Namespace) -> None:
     kwargs: dict[str, Any] = {}
     if args.store_dir is not None:
         args.store_dir.mkdir(parents=True, exist_ok=True)
-        kwargs["storage"] = adicom.DiskStorage(args.store_dir)
+        kwargs["storage"] = adicom.DiskStorage(args.store_dir, fsync=args.fsync)
     if args.max_associations is not None:
         kwargs["max_associations"] = args.max_associations
     if args.idle_timeout is not None:
