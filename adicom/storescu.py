@@ -58,8 +58,10 @@ from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU
 from adicom.presentation import MAX_CONTEXTS
 
 __all__ = [
+    "PreparedInstance",
     "StoreResult",
     "iter_files",
+    "send_instances",
     "sop_instance_of",
     "storage_contexts",
     "store",
@@ -110,8 +112,14 @@ class StoreResult:
 
 
 @dataclass(slots=True)
-class _Instance:
-    """An instance ready to send: where its data set is and how it is encoded."""
+class PreparedInstance:
+    """An instance ready to send: where its data set is and how it is encoded.
+
+    Made from a path or a Dataset when it is about to be sent (its file
+    meta read, a small file read whole); :func:`send_instances` takes these
+    or the paths and datasets themselves, and reports each with its result.
+    ``error`` and ``skipped`` say why it cannot be sent at all.
+    """
 
     source: str
     sop_class_uid: str = ""
@@ -127,11 +135,13 @@ class _Instance:
     skipped: Skipped | None = None
 
     def failed(self, reason: str, status: int | None = None) -> StoreResult:
+        """Its result when it failed (or was never sent) for ``reason``."""
         return StoreResult(
             self.source, self.sop_class_uid, self.sop_instance_uid, status, reason, self.skipped
         )
 
-    def skip(self, kind: Skipped, reason: str) -> _Instance:
+    def skip(self, kind: Skipped, reason: str) -> PreparedInstance:
+        """Mark it as no instance to send (a README, an unreadable file), and why."""
         self.error, self.skipped = reason, kind
         return self
 
@@ -189,7 +199,7 @@ def _text(raw: bytes | None) -> str:
     return raw.decode("ascii", "replace").strip(" \0") if raw else ""
 
 
-def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) -> _Instance:
+def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) -> PreparedInstance:
     """What is to be sent: SOP class and instance, transfer syntax, where the data set is.
 
     With ``preload``, a file of up to PRELOAD_LIMIT bytes is read whole, once
@@ -198,7 +208,7 @@ def _prepare(source: str | os.PathLike[str] | Dataset, preload: bool = False) ->
     if isinstance(source, Dataset):
         return _prepare_dataset(source, None)
     path = os.fspath(source)
-    instance = _Instance(path, path=path)
+    instance = PreparedInstance(path, path=path)
     try:
         if preload:
             # Raw reads: an archive sending 1000 small files pays for every
@@ -271,7 +281,7 @@ _UID_HEAD = 1 << 16
 _UID_TAGS = frozenset({0x00080016, 0x00080018})
 
 
-def _take_data_set_uids(instance: _Instance, head: bytes) -> None:
+def _take_data_set_uids(instance: PreparedInstance, head: bytes) -> None:
     """Name the instance by its data set's SOP Class and Instance UIDs, not its file meta's.
 
     The C-STORE-RQ must name what the data set says (an SCP refuses a
@@ -305,9 +315,9 @@ def _take_data_set_uids(instance: _Instance, head: bytes) -> None:
             setattr(instance, name, value)
 
 
-def _prepare_dataset(dataset: Dataset, label: str | None) -> _Instance:
+def _prepare_dataset(dataset: Dataset, label: str | None) -> PreparedInstance:
     sop_instance = str(dataset.get("SOPInstanceUID", ""))
-    instance = _Instance(label or sop_instance, dataset=dataset)
+    instance = PreparedInstance(label or sop_instance, dataset=dataset)
     instance.sop_class_uid = str(dataset.get("SOPClassUID", ""))
     instance.sop_instance_uid = sop_instance
     meta = getattr(dataset, "file_meta", None)
@@ -318,7 +328,7 @@ def _prepare_dataset(dataset: Dataset, label: str | None) -> _Instance:
     return instance
 
 
-def _context_keys(instance: _Instance) -> list[tuple[str, tuple[str, ...]]]:
+def _context_keys(instance: PreparedInstance) -> list[tuple[str, tuple[str, ...]]]:
     sop, syntax = instance.sop_class_uid, instance.transfer_syntax
     if syntax == EXPLICIT_VR_LITTLE_ENDIAN:
         # Two contexts, not one listing both: an acceptor that prefers
@@ -333,7 +343,7 @@ def _context_keys(instance: _Instance) -> list[tuple[str, tuple[str, ...]]]:
     return [(sop, (syntax,))]
 
 
-def storage_contexts(instances: Iterable[_Instance]) -> list[tuple[str, list[str]]]:
+def storage_contexts(instances: Iterable[PreparedInstance]) -> list[tuple[str, list[str]]]:
     """The presentation contexts to propose for these instances.
 
     Per SOP class and transfer syntax found, one context with that syntax
@@ -355,7 +365,7 @@ def sop_instance_of(source: str | os.PathLike[str] | Dataset) -> str:
 
 
 def _choose(
-    association: Association, instance: _Instance, scp_role_required: bool = False
+    association: Association, instance: PreparedInstance, scp_role_required: bool = False
 ) -> tuple[int, str] | None:
     """The context to send on and its transfer syntax: the instance's own, else uncompressed.
 
@@ -393,7 +403,7 @@ async def store_instance(
     """
     results: list[StoreResult] = []
 
-    async def keep(_instance: _Instance, result: StoreResult) -> None:
+    async def keep(_instance: PreparedInstance, result: StoreResult) -> None:
         results.append(result)
 
     await send_instances(
@@ -419,7 +429,7 @@ CONVERT_LIMIT = 16 << 20
 class _Outgoing:
     """An instance ready to go: its context and its data set."""
 
-    instance: _Instance
+    instance: PreparedInstance
     context_id: int
     source: bytes | memoryview | _FileSlice | ConvertedFile
     #: Its C-STORE-RQ (with its Message ID), and encoded, while the peer was busy.
@@ -433,7 +443,7 @@ class _Outgoing:
 
 def _ready(
     association: Association,
-    instance: _Instance,
+    instance: PreparedInstance,
     scp_role_required: bool,
     choices: dict[tuple[str, str], tuple[int, str] | None],
 ) -> _Outgoing | StoreResult:
@@ -493,7 +503,7 @@ def _ready(
     return _Outgoing(instance, context_id, source)
 
 
-def _converted(instance: _Instance, transfer: str) -> bytes | ConvertedFile | None:
+def _converted(instance: PreparedInstance, transfer: str) -> bytes | ConvertedFile | None:
     """The file's data set in ``transfer``, without reading a large file whole.
 
     The pixel data of a little endian file is streamed as it lies (see
@@ -511,7 +521,7 @@ def _converted(instance: _Instance, transfer: str) -> bytes | ConvertedFile | No
     return encode_dataset(pydicom.dcmread(instance.path), transfer)
 
 
-def _result(instance: _Instance, response: Command) -> StoreResult:
+def _result(instance: PreparedInstance, response: Command) -> StoreResult:
     status = response.status
     if status is None:
         return instance.failed("C-STORE-RSP without a status", 0xFFFF)  # no code of PS3.7: ours
@@ -524,8 +534,8 @@ def _result(instance: _Instance, response: Command) -> StoreResult:
 
 async def send_instances(
     association: Association,
-    instances: AsyncIterator[_Instance | str | os.PathLike[str] | Dataset],
-    on_result: Callable[[_Instance, StoreResult], Awaitable[None]],
+    instances: AsyncIterator[PreparedInstance | str | os.PathLike[str] | Dataset],
+    on_result: Callable[[PreparedInstance, StoreResult], Awaitable[None]],
     *,
     scp_role_required: bool = False,
     move_originator: tuple[str, int] | None = None,
@@ -554,8 +564,8 @@ class _Pipeline:
     def __init__(
         self,
         association: Association,
-        instances: AsyncIterator[_Instance | str | os.PathLike[str] | Dataset],
-        on_result: Callable[[_Instance, StoreResult], Awaitable[None]],
+        instances: AsyncIterator[PreparedInstance | str | os.PathLike[str] | Dataset],
+        on_result: Callable[[PreparedInstance, StoreResult], Awaitable[None]],
         scp_role_required: bool,
         move_originator: tuple[str, int] | None,
         stop: Callable[[], bool] | None,
@@ -573,12 +583,12 @@ class _Pipeline:
         #: The instance whose C-STORE-RQ is leaving (not yet in flight).
         self.sending: _Outgoing | None = None
         #: A result not yet handed to on_result: the next request went first.
-        self.unreported: tuple[_Instance, StoreResult] | None = None
+        self.unreported: tuple[PreparedInstance, StoreResult] | None = None
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop()
 
-    def unanswered(self) -> list[_Instance]:
+    def unanswered(self) -> list[PreparedInstance]:
         """After the association failed: the instances sent (or being sent) without a response."""
         lost = [outgoing.instance for outgoing, _ in self.inflight]
         if self.sending is not None:
@@ -639,7 +649,7 @@ class _Pipeline:
             item = await anext(self.instances, None)
             if item is None:
                 return None
-            instance = item if isinstance(item, _Instance) else _prepare(item, preload=True)
+            instance = item if isinstance(item, PreparedInstance) else _prepare(item, preload=True)
             ready = _ready(self.association, instance, self.scp_role_required, self.choices)
             if isinstance(ready, _Outgoing):
                 ready.command = c_store_rq(
@@ -709,7 +719,7 @@ async def store(
     position = {id(instance): i for i, instance in enumerate(instances)}
     run = _Run(reconnects)
 
-    async def keep(instance: _Instance, result: StoreResult) -> None:
+    async def keep(instance: PreparedInstance, result: StoreResult) -> None:
         if result.status is not None:
             run.answered = True
         results[position[id(instance)]] = result
@@ -779,10 +789,10 @@ class _Run:
     async def failed(
         self,
         exc: DicomError,
-        lost: list[_Instance],
+        lost: list[PreparedInstance],
         todo: deque[int],
         position: dict[int, int],
-        keep: Callable[[_Instance, StoreResult], Awaitable[None]],
+        keep: Callable[[PreparedInstance, StoreResult], Awaitable[None]],
     ) -> None:
         """The association failed: requeue or fail what was unanswered, count the failure."""
         self.failures = 1 if self.answered else self.failures + 1
@@ -815,7 +825,9 @@ class _Run:
                 await asyncio.sleep(min(0.5 * self.failures, 5.0))
 
 
-async def _take(instances: list[_Instance], todo: deque[int]) -> AsyncIterator[_Instance]:
+async def _take(
+    instances: list[PreparedInstance], todo: deque[int]
+) -> AsyncIterator[PreparedInstance]:
     """The instances of ``todo``, each taken off it as the pipeline asks for it."""
     while todo:
         yield instances[todo.popleft()]
@@ -832,12 +844,12 @@ def _expand(
             yield from iter_files([source])
 
 
-async def _each(instances: Iterable[_Instance]) -> AsyncIterator[_Instance]:
+async def _each(instances: Iterable[PreparedInstance]) -> AsyncIterator[PreparedInstance]:
     for instance in instances:
         yield instance
 
 
-def _batches(instances: Sequence[_Instance]) -> Iterator[list[int]]:
+def _batches(instances: Sequence[PreparedInstance]) -> Iterator[list[int]]:
     """Indices of the instances, in order, cut where 128 contexts would be exceeded."""
     batch: list[int] = []
     keys: set[tuple[str, tuple[str, ...]]] = set()

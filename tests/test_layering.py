@@ -225,3 +225,50 @@ def test_the_import_graph_has_no_circle() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_public_signatures_name_no_private_type(module: str) -> None:
+    # A caller cannot name (or read the docs of) a type with a leading
+    # underscore: what a public function takes or returns must be public.
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+    tree = ast.parse(path.read_text())
+    exported: set[str] | None = None
+    type_variables = set()  # _T = TypeVar("_T"): private by convention, and fine
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            exported = set(ast.literal_eval(node.value))
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", None) in ("TypeVar", "ParamSpec")
+        ):
+            type_variables |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    bad = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        if node.name.startswith("_") or (exported is not None and node.name not in exported):
+            continue
+        functions = [node] if not isinstance(node, ast.ClassDef) else [
+            f
+            for f in node.body
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            and (not f.name.startswith("_") or f.name == "__init__")
+        ]  # fmt: skip
+        for function in functions:
+            annotations = [a.annotation for a in function.args.args + function.args.kwonlyargs]
+            annotations.append(function.returns)
+            for annotation in annotations:
+                for name in ast.walk(annotation) if annotation is not None else ():
+                    if (
+                        isinstance(name, ast.Name)
+                        and name.id.startswith("_")
+                        and name.id not in type_variables
+                    ):
+                        bad.append(f"{node.name}: line {function.lineno}: {name.id}")
+    assert not bad, f"{module}: public signatures name private types: {bad}"
