@@ -10,12 +10,11 @@ cancelled on the wire (C-CANCEL) before the error is raised; the client's
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +25,7 @@ from adicom.association import Association
 from adicom.client import connect
 from adicom.dimse import Status
 from adicom.diskstorage import DiskStorage
-from adicom.errors import DicomError, DicomTimeout, PeerUnreachable, TimeoutKind
+from adicom.errors import DicomError, PeerUnreachable, TimeoutKind
 from adicom.models import (
     DicomNode,
     ImageQuery,
@@ -40,6 +39,7 @@ from adicom.models import (
     StudyResult,
     status_text,
 )
+from adicom.operation import bounded
 from adicom.pdu import RoleSelection
 from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
 from adicom.settings import DicomSettings
@@ -148,7 +148,9 @@ class DicomClient:
     async def echo(self, peer: DicomNode, timeout: float | None = None) -> bool:
         """C-ECHO: True when the peer answers success; raises why otherwise."""
         async with self._association(peer, [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]) as a:
-            return await _bounded(a.echo(), timeout or self.timeout, "echo") == 0
+            return (
+                await bounded(a.echo(), TimeoutKind.OPERATION, timeout or self.timeout, "echo") == 0
+            )
 
     # -- C-FIND -----------------------------------------------------------------
 
@@ -222,7 +224,9 @@ class DicomClient:
                 async for dataset in results:
                     found.append(result_type.from_dataset(dataset))
 
-            await _bounded(collect(), timeout or self.timeout, f"C-FIND of {what}")
+            await bounded(
+                collect(), TimeoutKind.OPERATION, timeout or self.timeout, f"C-FIND of {what}"
+            )
         incomplete = sum(result.missing_unique_key for result in found)
         if incomplete:
             keyword = result_type.keywords[result_type.unique_key]
@@ -410,8 +414,11 @@ class DicomClient:
         uids = [str(identifier.get(k, "")) for k in _RETRIEVE_KEYS]
         try:
             async with self._association(peer, qrscu.find_contexts("study")) as a:
-                return await _bounded(
-                    qrscu.survey(a, *uids), timeout, "C-FIND of what a C-GET retrieves"
+                return await bounded(
+                    qrscu.survey(a, *uids),
+                    TimeoutKind.OPERATION,
+                    timeout,
+                    "C-FIND of what a C-GET retrieves",
                 )
         except PeerUnreachable:
             raise
@@ -579,13 +586,3 @@ def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> Retrie
         instances=instances,
         paths=[Path(p) for p in outcome.paths],
     )
-
-
-async def _bounded(awaitable: Awaitable[T], seconds: float | None, what: str) -> T:
-    if seconds is None:
-        return await awaitable
-    try:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    except TimeoutError:
-        raise DicomTimeout(TimeoutKind.OPERATION, seconds, what) from None
