@@ -335,13 +335,16 @@ def dcmtk_storescp(aet: str = "STORESCP") -> Iterator[Peer]:
 
 
 @contextlib.contextmanager
-def dcmtk_dcmqrscp(aet: str = "DCMQRSCP") -> Iterator[Peer]:
+def dcmtk_dcmqrscp(aet: str = "DCMQRSCP", profile: str | None = None) -> Iterator[Peer]:
     """DCMTK dcmqrscp with one configured AE; answers C-ECHO.
 
     Unlike storescp, dcmqrscp checks the called AE title against its AETable
     and rejects an unknown one with (1, 1, 7) ("Refusing Association
     (BadAEService)"). It runs in its default fork mode: DCMTK 3.6.7's
     ``--single-process`` mode crashes (SIGSEGV) after the first association.
+    Without ``profile`` it takes what it takes by default (uncompressed
+    storage, no SCP role for C-GET); ``profile`` is an association profile
+    file's text (``-xf``) whose profile "QRIn" it uses both ways.
     """
     binary = require_dcmtk("dcmqrscp")
     port = free_port()
@@ -360,6 +363,10 @@ def dcmtk_dcmqrscp(aet: str = "DCMQRSCP") -> Iterator[Peer]:
             "AETable END\n"
         )
         argv = [binary, "--config", str(config), str(port)]
+        if profile is not None:
+            profiles = Path(tmp) / "profiles.cfg"
+            profiles.write_text(profile)
+            argv[1:1] = ["-xf", str(profiles), "QRIn", "QRIn"]
         with running(argv, name="DCMTK dcmqrscp", cwd=tmp) as peer:
             peer.port, peer.aet = port, aet
             wait_for_port(HOST, port, READY_TIMEOUT, peer)

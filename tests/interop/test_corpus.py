@@ -29,7 +29,7 @@ import json
 import re
 import subprocess
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pydicom
@@ -390,32 +390,6 @@ def test_corpus_round_stored_by_storescu_and_adicom_store(number: int, tmp_path:
 CHARSET_ROUNDS = corpus.rounds(i for i in corpus.instances() if i.name.startswith("charset_files/"))
 
 
-@contextlib.contextmanager
-def dcmqrscp(folder: Path) -> Iterator[peers.Peer]:
-    """DCMTK dcmqrscp on its defaults (uncompressed storage; answers converted
-    to the request's Specific Character Set), AE title "DCMQRSCP"."""
-    binary = peers.require_dcmtk("dcmqrscp")
-    port = peers.free_port()
-    storage = folder / "db"
-    storage.mkdir(parents=True)
-    config = folder / "dcmqrscp.cfg"
-    config.write_text(
-        f"NetworkTCPPort  = {port}\n"
-        "MaxPDUSize      = 16384\n"
-        "MaxAssociations = 16\n"
-        "HostTable BEGIN\nHostTable END\n"
-        "VendorTable BEGIN\nVendorTable END\n"
-        "AETable BEGIN\n"
-        f"DCMQRSCP  {storage}  RW  (100, 64mb)  ANY\n"
-        "AETable END\n"
-    )
-    argv = [binary, "--config", str(config), str(port)]
-    with peers.running(argv, name="DCMTK dcmqrscp", cwd=folder) as peer:
-        peer.port, peer.aet = port, "DCMQRSCP"
-        peers.wait_for_port(HOST, port, peers.READY_TIMEOUT, peer)
-        yield peer
-
-
 def findscu_names(port: int, aet: str, out: Path, name: str = "") -> dict[str, str]:
     """Study-level C-FIND in UTF-8 (ISO_IR 192): Patient's Name by Study Instance UID."""
     out.mkdir(parents=True)
@@ -453,7 +427,7 @@ def test_charset_names_are_those_dcmqrscp_gives(number: int, tmp_path: Path) -> 
     expected = {item.study_instance_uid: str(item.read().PatientName) for item in items}
     assert any(not name.isascii() for name in expected.values())  # the point of these files
     paths = [str(item.path) for item in items]
-    with serve(tmp_path / "archive", peers.free_port()) as archive, dcmqrscp(tmp_path) as qr:
+    with serve(tmp_path / "archive", peers.free_port()) as archive, peers.dcmtk_dcmqrscp() as qr:
         assert archive.port is not None and qr.port is not None
         for port, aet in ((archive.port, ARCHIVE_AE), (qr.port, "DCMQRSCP")):
             argv = peers.dcmtk_storescu_argv(port, STORESCU_AE, aet, paths)

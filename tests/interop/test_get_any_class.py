@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import pydicom
@@ -80,32 +79,13 @@ def profile() -> str:
 
 @contextlib.contextmanager
 def dcmqrscp(aet: str = "DCMQRSCP") -> Iterator[adicom.DicomNode]:
-    binary = peers.require_dcmtk("dcmqrscp")
-    port = peers.free_port()
-    with tempfile.TemporaryDirectory(prefix="adicom-get-any-") as tmp:
-        storage = pathlib.Path(tmp) / "db"
-        storage.mkdir()
-        config = pathlib.Path(tmp) / "dcmqrscp.cfg"
-        config.write_text(
-            f"NetworkTCPPort  = {port}\n"
-            "MaxPDUSize      = 16384\n"
-            "MaxAssociations = 16\n"
-            "HostTable BEGIN\nHostTable END\n"
-            "VendorTable BEGIN\nVendorTable END\n"
-            "AETable BEGIN\n"
-            f"{aet}  {storage}  RW  (100, 64mb)  ANY\n"
-            "AETable END\n"
-        )
-        profiles = pathlib.Path(tmp) / "profiles.cfg"
-        profiles.write_text(profile())
-        argv = [binary, "-xf", str(profiles), "QRIn", "QRIn", "--config", str(config), str(port)]
-        with peers.running(argv, name="DCMTK dcmqrscp", cwd=tmp) as peer:
-            peers.wait_for_port(peers.HOST, port, peers.READY_TIMEOUT, peer)
-            try:
-                yield adicom.DicomNode(aet=aet, host=peers.HOST, port=port)
-            except BaseException:
-                print(peer.describe())
-                raise
+    with peers.dcmtk_dcmqrscp(aet, profile()) as peer:
+        assert peer.port is not None
+        try:
+            yield adicom.DicomNode(aet=aet, host=peers.HOST, port=peer.port)
+        except BaseException:
+            print(peer.describe())
+            raise
 
 
 def held_study(folder: pathlib.Path) -> tuple[str, dict[str, pathlib.Path]]:
