@@ -395,3 +395,30 @@ async def test_image_level_answers_say_the_syntax_each_instance_is_held_in(
     finally:
         archive.close()
     assert answered == held
+
+
+async def test_a_dicomdir_sent_by_c_store_is_not_archived(tmp_path: pathlib.Path) -> None:
+    # A sender that does not skip DICOMDIRs (adicom store and storescu do):
+    # refused as no instance, nothing filed, and queries still work.
+    path = get_testdata_file("DICOMDIR")
+    assert path is not None
+    dicomdir = pydicom.dcmread(path)
+    media_storage_directory = "1.2.840.10008.1.3.10"
+    archive = Archive(tmp_path)
+    await archive.open()
+    try:
+        async with adicom.Server("STORE", port=0, **archive.handlers()) as server:
+            response = await send_raw(
+                server,
+                encode_dataset(dicomdir, IMPLICIT),
+                sop_class=media_storage_directory,
+                sop_instance=str(dicomdir.file_meta.MediaStorageSOPInstanceUID),
+            )
+            assert response.status == 0xC000
+            assert (response.error_comment or "").startswith("not an instance")
+            client = adicom.DicomClient("SCU")
+            node = adicom.DicomNode(aet="STORE", host="127.0.0.1", port=server.port)
+            assert await client.find_studies(adicom.StudyQuery(), node) == []
+    finally:
+        archive.close()
+    assert files(tmp_path) == []
