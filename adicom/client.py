@@ -11,12 +11,14 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from ssl import SSLContext, SSLError
 
 from adicom.association import Association
-from adicom.errors import DicomTimeout, PeerUnreachable, TimeoutKind
+from adicom.errors import DicomTimeout, PeerUnreachable, TimeoutKind, TlsError
 from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU, build_request
 from adicom.pdu import RoleSelection, UserIdentityRQ
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
+from adicom.tls import describe_tls_failure
 
 __all__ = ["connect", "open_association"]
 
@@ -42,6 +44,8 @@ async def open_association(
     timeout: float | None = 30.0,
     artim_timeout: float = 10.0,
     async_window: int = ASYNC_WINDOW,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Association:
     """Connect to ``host:port`` and negotiate an association; the caller releases it.
 
@@ -51,8 +55,12 @@ async def open_association(
     ``async_window`` is the asynchronous operations window proposed both
     ways (PS3.7 D.3.3.3): how many C-STOREs may be in flight at once, ours
     and a C-GET's sub-operations; 1 proposes none (synchronous operations).
+    ``ssl`` (see :func:`adicom.tls.client_context`) runs the association over
+    TLS; ``server_hostname`` is the name its certificate is checked against
+    when the context checks host names (default: ``host``).
 
     Raises :class:`~adicom.errors.PeerUnreachable`,
+    :class:`~adicom.errors.TlsError`,
     :class:`~adicom.errors.AssociationRejected`,
     :class:`~adicom.errors.AssociationAborted` or
     :class:`~adicom.errors.DicomTimeout`.
@@ -72,10 +80,26 @@ async def open_association(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(connect_timeout):
-            await loop.create_connection(association.protocol, host, port)
+            await loop.create_connection(
+                association.protocol,
+                host,
+                port,
+                ssl=ssl,
+                server_hostname=server_hostname if ssl is not None else None,
+                ssl_handshake_timeout=connect_timeout if ssl is not None else None,
+            )
     except TimeoutError:
         raise DicomTimeout(TimeoutKind.CONNECT, connect_timeout or 0, f"to {host}:{port}") from None
     except OSError as exc:
+        if ssl is not None and (
+            isinstance(exc, SSLError)
+            or (isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionRefusedError))
+        ):
+            # Connected, then the handshake failed (a reset: the server did
+            # not take our certificate, or does not speak TLS).
+            raise TlsError(
+                f"TLS handshake with {host}:{port} failed: {describe_tls_failure(exc)}"
+            ) from None
         # asyncio's message ("Connect call failed ...") hides the cause;
         # the errno says it in words ("Connection refused").
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -110,6 +134,8 @@ async def connect(
     connect_timeout: float | None = 10.0,
     timeout: float | None = 30.0,
     async_window: int = ASYNC_WINDOW,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[Association]:
     """An association for the length of an ``async with`` block.
 
@@ -131,6 +157,8 @@ async def connect(
         connect_timeout=connect_timeout,
         timeout=timeout,
         async_window=async_window,
+        ssl=ssl,
+        server_hostname=server_hostname,
     )
     try:
         yield association

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
+from ssl import SSLError
 from typing import Any
 
 from adicom import protocol as ul
@@ -43,11 +44,13 @@ from adicom.errors import (
     DicomTimeout,
     LocalProtocolError,
     TimeoutKind,
+    TlsError,
 )
 from adicom.fsm import State
 from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.operation import MessageQueue, Operation, bounded
 from adicom.pdu import AAssociateAC, AAssociateRQ
+from adicom.tls import TlsInfo, describe_tls_failure, tls_info
 
 __all__ = ["PARSE_BUDGET", "Driver"]
 
@@ -89,7 +92,7 @@ class _Transport(asyncio.BufferedProtocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._association._connection_lost()
+        self._association._connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._association._paused = True
@@ -133,6 +136,7 @@ class Driver:
         self.request: AAssociateRQ | None = None
         self.response: AAssociateAC | None = None
         self._transport: asyncio.Transport | None = None
+        self._tls: TlsInfo | None = None
         self._last_received = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -183,6 +187,11 @@ class Driver:
         peer: Any = self._transport.get_extra_info("peername")
         return (peer[0], peer[1]) if peer else None
 
+    @property
+    def tls(self) -> TlsInfo | None:
+        """TLS version, cipher and the peer's certificate; None on plain TCP."""
+        return self._tls
+
     def protocol(self) -> asyncio.BufferedProtocol:
         """The asyncio protocol joining this association to its connection.
 
@@ -231,6 +240,9 @@ class Driver:
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        # Read once: after the handshake (asyncio reports a TLS connection
+        # made only then) and before the connection can go away.
+        self._tls = tls_info(transport)
         self._last_received = self._loop.time()
         self._arm_idle_timer()
         if not self.requestor:
@@ -269,7 +281,11 @@ class Driver:
         elif self._transport is not None:
             self._transport.resume_reading()
 
-    def _connection_lost(self) -> None:
+    def _connection_lost(self, exc: Exception | None = None) -> None:
+        if isinstance(exc, SSLError) and self._error is None:
+            # TLS 1.3 checks a client certificate after the client's side of
+            # the handshake is done: the refusal arrives as an alert on read.
+            self._set_error(TlsError(f"TLS with {self._peer_name()}: {describe_tls_failure(exc)}"))
         if self._ul.input_pending:
             # What the peer sent before it closed is still its word.
             self._ul.parse_budget = 0
@@ -420,12 +436,27 @@ class Driver:
                 log.warning("aborted the association with %s: %s", self._peer_name(), event.detail)
                 self._close_soon()
         elif isinstance(event, ul.ConnectionLost):
-            self._set_error(
-                ConnectionClosed(
-                    f"the peer closed the connection while the association was in "
-                    f"{event.state.name.title()}"
+            if self._tls is not None and event.state == State.STA5:
+                # TLS 1.3 checks a client certificate once the client's side
+                # of the handshake is done: a server that refuses ours (or
+                # our lack of one) hangs up before any A-ASSOCIATE-AC.
+                self._set_error(
+                    TlsError(
+                        f"TLS with {self._peer_name()}: the peer closed the connection after "
+                        "the handshake, before answering the A-ASSOCIATE-RQ: it may require "
+                        "a client certificate, or not trust ours"
+                    )
                 )
-            )
+            else:
+                hint = ""
+                if event.state == State.STA5:
+                    hint = " (before any answer to our A-ASSOCIATE-RQ: a port that wants TLS?)"
+                self._set_error(
+                    ConnectionClosed(
+                        f"the peer closed the connection while the association was in "
+                        f"{event.state.name.title()}{hint}"
+                    )
+                )
         elif isinstance(event, ul.ArtimExpired):
             self._set_error(
                 DicomTimeout(

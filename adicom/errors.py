@@ -24,6 +24,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "TimeoutKind",
+    "TlsError",
 ]
 
 
@@ -152,6 +153,14 @@ class ConnectionClosed(AssociationError):
 
 class PeerUnreachable(DicomError):
     """The TCP connection to the peer could not be opened."""
+
+
+class TlsError(DicomError):
+    """A TLS handshake failed.
+
+    The peer's certificate is not trusted, ours was refused or missing, or
+    the peer does not speak TLS on that port (or speaks it where we do not).
+    """
 
 
 class TimeoutKind(enum.StrEnum):

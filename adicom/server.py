@@ -12,6 +12,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any
 
@@ -48,6 +49,7 @@ from adicom.qrscp import (
     run_move,
 )
 from adicom.storage import IncomingInstance, StorageHandler, answer_store, sink_factory
+from adicom.tls import TlsInfo, describe_tls_failure
 
 __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
 
@@ -66,6 +68,8 @@ class AssociationInfo:
     called_ae: str
     address: tuple[str, int] | None
     request: AAssociateRQ
+    #: TLS version, cipher and the peer's certificate; None on plain TCP.
+    tls: TlsInfo | None = None
 
 
 # PS3.8 Table 9-21 answers, (result, source, reason).
@@ -93,7 +97,11 @@ class Server:
     from which nothing arrives for ``idle_timeout`` seconds is aborted;
     ``artim_timeout`` bounds the wait for the A-ASSOCIATE-RQ after a
     connection opens (PS3.8 9.1.5); ``limits`` bound what one message may
-    hold and take (:class:`~adicom.dimse.Limits`).
+    hold and take (:class:`~adicom.dimse.Limits`). ``ssl`` (see
+    :func:`adicom.tls.server_context`) serves every connection over TLS;
+    the handshake is bounded by ``artim_timeout``, a failed one is logged
+    and closes that connection only, and :attr:`Association.tls` tells
+    handlers the peer's certificate.
     """
 
     def __init__(
@@ -122,6 +130,7 @@ class Server:
         on_move: RetrieveHandler | None = None,
         move_destinations: MoveDestinations | None = None,
         async_window: int = ASYNC_WINDOW,
+        ssl: SSLContext | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -133,6 +142,8 @@ class Server:
             None if allowed_calling_aes is None else {a.strip() for a in allowed_calling_aes}
         )
         self.max_associations = max_associations
+        #: Every connection runs TLS with this context, when given.
+        self.ssl = ssl
         #: Counts connections against max_associations, max_pending, max_per_address.
         self.admission = Admission(
             max_associations=max_associations,
@@ -186,7 +197,14 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
         #: How many associations were accepted, rejected and aborted so far.
-        self.stats = {"accepted": 0, "rejected": 0, "aborted": 0, "released": 0, "refused": 0}
+        self.stats = {
+            "accepted": 0,
+            "rejected": 0,
+            "aborted": 0,
+            "released": 0,
+            "refused": 0,
+            "tls_failed": 0,
+        }
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -289,10 +307,23 @@ class Server:
     ) -> None:
         host = address[0]
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(association.protocol, sock)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                association.protocol,
+                sock,
+                ssl=self.ssl,
+                ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
+            )
         except BaseException as exc:
             sock.close()
             self.admission.disconnect(ticket, host, associated=False)
+            if isinstance(exc, OSError | TimeoutError) and self.ssl is not None:
+                # An untrusted client certificate, plain DICOM on the TLS
+                # port, a scanner: that connection ends, the server goes on.
+                self.stats["tls_failed"] += 1
+                self.admission.log.warning(
+                    "tls", "TLS handshake with %s failed: %s", host, describe_tls_failure(exc)
+                )
+                return
             if not isinstance(exc, OSError):
                 raise
             log.info("connection from %s lost before it started: %s", address, exc)
@@ -362,7 +393,11 @@ class Server:
         if self.user_identity is None or identity is None:
             return None
         info = AssociationInfo(
-            request.calling_ae, request.called_ae, association.peer_address, request
+            request.calling_ae,
+            request.called_ae,
+            association.peer_address,
+            request,
+            association.tls,
         )
         response = await self.user_identity(identity, info)
         return _RJ_NO_REASON if response is None else response

@@ -53,7 +53,15 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ),
     (
         "asyncio driver",
-        frozenset({"adicom.operation", "adicom.driver", "adicom.association", "adicom.client"}),
+        frozenset(
+            {
+                "adicom.tls",
+                "adicom.operation",
+                "adicom.driver",
+                "adicom.association",
+                "adicom.client",
+            }
+        ),
     ),
     (
         "services",

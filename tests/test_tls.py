@@ -1,0 +1,175 @@
+"""Associations over TLS (PS3.15 B.9), both roles, and every way a handshake fails.
+
+Certificates come from a throwaway CA made per test by trustme. Each failure
+must end in a clear typed error on the client and a log line on the server,
+which keeps serving the next (good) client.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trustme
+
+import adicom
+from adicom.errors import AssociationError, TlsError
+from adicom.pdu import UserIdentityRQ
+from adicom.server import AssociationInfo
+from adicom.tls import client_context, server_context
+
+pytestmark = pytest.mark.anyio
+
+
+class Pki:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+
+    def __init__(self, folder: pathlib.Path, name: str = "ca") -> None:
+        self.ca = trustme.CA(organization_name=f"adicom test {name}")
+        self.ca_pem = folder / f"{name}.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_pem))
+        self.server_pem = folder / f"{name}-server.pem"
+        server = self.ca.issue_cert("127.0.0.1", "localhost", common_name="ADICOM-SCP")
+        server.private_key_and_cert_chain_pem.write_to_path(str(self.server_pem))
+        self.client_pem = folder / f"{name}-client.pem"
+        client = self.ca.issue_cert("modality1.example", common_name="MODALITY1")
+        client.private_key_and_cert_chain_pem.write_to_path(str(self.client_pem))
+
+
+@pytest.fixture
+def pki(tmp_path: pathlib.Path) -> Pki:
+    return Pki(tmp_path)
+
+
+@asynccontextmanager
+async def tls_server(context: ssl.SSLContext, **options: Any) -> AsyncIterator[adicom.Server]:
+    async with adicom.Server("TLS-SCP", port=0, ssl=context, **options) as server:
+        yield server
+
+
+async def echo(server: adicom.Server, context: ssl.SSLContext | None) -> int:
+    async with adicom.connect(
+        "127.0.0.1", server.port, called_ae=server.ae_title, ssl=context, connect_timeout=5
+    ) as assoc:
+        return await assoc.echo()
+
+
+async def test_an_association_runs_over_tls_with_the_profile(pki: Pki) -> None:
+    async with tls_server(server_context(cert=pki.server_pem)) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="TLS-SCP", ssl=client_context(ca=pki.ca_pem)
+        ) as assoc:
+            assert await assoc.echo() == 0x0000
+            tls = assoc.tls
+            assert tls is not None
+            assert tls.version in ("TLSv1.2", "TLSv1.3")  # never older (BCP 195)
+            assert tls.peer_subject is not None and "CN=ADICOM-SCP" in tls.peer_subject
+    assert server.stats["tls_failed"] == 0
+
+
+async def test_plain_associations_have_no_tls_info() -> None:
+    async with adicom.Server("PLAIN", port=0) as server:
+        async with adicom.connect("127.0.0.1", server.port, called_ae="PLAIN") as assoc:
+            assert assoc.tls is None
+
+
+async def test_mutual_tls_tells_the_server_who_the_client_is(pki: Pki) -> None:
+    seen: list[AssociationInfo] = []
+
+    async def identity(request: UserIdentityRQ, info: AssociationInfo) -> bytes:
+        seen.append(info)
+        return b""
+
+    context = server_context(cert=pki.server_pem, ca=pki.ca_pem, require_client_cert=True)
+    async with tls_server(context, user_identity=identity) as server:
+        client = client_context(ca=pki.ca_pem, cert=pki.client_pem)
+        async with adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="TLS-SCP",
+            ssl=client,
+            user_identity=UserIdentityRQ(1, b"alice"),
+        ) as assoc:
+            assert await assoc.echo() == 0x0000
+    (info,) = seen
+    assert info.tls is not None and info.tls.peer_subject is not None
+    assert "CN=MODALITY1" in info.tls.peer_subject
+
+
+async def test_a_client_without_the_required_certificate_is_refused(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = server_context(cert=pki.server_pem, ca=pki.ca_pem, require_client_cert=True)
+    async with tls_server(context) as server:
+        with pytest.raises(TlsError, match="certificate"):
+            await echo(server, client_context(ca=pki.ca_pem))
+        # The server goes on serving whoever has one.
+        assert await echo(server, client_context(ca=pki.ca_pem, cert=pki.client_pem)) == 0
+    assert server.stats["tls_failed"] == 1
+    assert any("TLS handshake with 127.0.0.1 failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_server_certificate_from_another_ca_is_not_trusted(
+    pki: Pki, tmp_path: pathlib.Path
+) -> None:
+    other = Pki(tmp_path, "other")
+    async with tls_server(server_context(cert=pki.server_pem)) as server:
+        with pytest.raises(TlsError, match="not trusted"):
+            await echo(server, client_context(ca=other.ca_pem))
+        assert await echo(server, client_context(ca=pki.ca_pem)) == 0
+    assert server.stats["tls_failed"] == 1
+
+
+async def test_a_client_certificate_from_another_ca_is_refused(
+    pki: Pki, tmp_path: pathlib.Path
+) -> None:
+    other = Pki(tmp_path, "other")
+    context = server_context(cert=pki.server_pem, ca=pki.ca_pem, require_client_cert=True)
+    async with tls_server(context) as server:
+        with pytest.raises(TlsError):
+            await echo(server, client_context(ca=pki.ca_pem, cert=other.client_pem))
+        assert await echo(server, client_context(ca=pki.ca_pem, cert=pki.client_pem)) == 0
+    assert server.stats["tls_failed"] == 1
+
+
+async def test_plain_dicom_to_a_tls_port(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    async with tls_server(server_context(cert=pki.server_pem)) as server:
+        with pytest.raises(AssociationError, match="a port that wants TLS"):
+            await echo(server, None)
+        assert await echo(server, client_context(ca=pki.ca_pem)) == 0
+    assert server.stats["tls_failed"] == 1
+    assert any("the other plain DICOM" in r.getMessage() for r in caplog.records)
+
+
+async def test_tls_to_a_plain_port(pki: Pki) -> None:
+    async with adicom.Server("PLAIN", port=0) as server:
+        with pytest.raises(TlsError, match="one side speaks TLS"):
+            await echo(server, client_context(ca=pki.ca_pem))
+        assert await echo(server, None) == 0
+
+
+async def test_no_verification_is_possible_but_said(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "adicom")
+    async with tls_server(server_context(cert=pki.server_pem)) as server:
+        assert await echo(server, client_context(verify=False)) == 0
+    assert any("without verifying" in r.getMessage() for r in caplog.records)
+
+
+def test_contexts_refuse_what_the_profile_forbids(pki: Pki) -> None:
+    for context in (client_context(ca=pki.ca_pem), server_context(cert=pki.server_pem)):
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert context.options & ssl.OP_NO_COMPRESSION
+        ciphers = [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+        assert ciphers and all("GCM" in c or "CHACHA20" in c for c in ciphers)
+        assert all(c.startswith(("ECDHE", "DHE")) for c in ciphers)
+    with pytest.raises(ValueError, match="no CA"):
+        server_context(cert=pki.server_pem, require_client_cert=True)
+    with pytest.raises(ValueError, match="without its certificate"):
+        client_context(key=pki.client_pem)
