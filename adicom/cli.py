@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from ssl import SSLContext, SSLError
 from typing import Any, TypeAlias
 
 from pydantic import ValidationError
@@ -40,6 +41,7 @@ from adicom.qrscu import RetrieveProgress
 from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storescu import StoreResult, store
+from adicom.tls import client_context, server_context
 
 __all__ = ["main"]
 
@@ -126,6 +128,54 @@ def _peer_options(parser: argparse.ArgumentParser, timeout: float = 30.0) -> Non
     parser.add_argument("--timeout", type=_positive, default=timeout, help="seconds for each step")
     parser.add_argument("host")
     parser.add_argument("port", type=_port)
+    tls = parser.add_argument_group(
+        "TLS", "DICOM over TLS (PS3.15 B.9: TLS 1.2 or later; port 2762 by convention)."
+    )
+    tls.add_argument(
+        "--tls", action="store_true", help="use TLS, trusting the system's CA certificates"
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        type=Path,
+        help="CA certificates the peer's certificate must chain to (implies --tls)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        type=Path,
+        help="our certificate, for a peer that asks for one (implies --tls)",
+    )
+    tls.add_argument(
+        "--tls-key", metavar="PEM", type=Path, help="the private key of --tls-cert, if apart"
+    )
+    tls.add_argument(
+        "--tls-no-verify",
+        action="store_true",
+        help="do not check the peer's certificate: anyone could pose as it (tests only)",
+    )
+
+
+def _client_ssl(args: argparse.Namespace) -> SSLContext | None:
+    """The TLS context the client options ask for; None for plain TCP."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_no_verify):
+        if args.tls_key:
+            raise argparse.ArgumentTypeError("--tls-key needs --tls-cert")
+        return None
+    try:
+        return client_context(
+            ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, verify=not args.tls_no_verify
+        )
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot set up TLS: {_tls_file_error(exc)}") from None
+
+
+def _tls_file_error(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename}"
+    if isinstance(exc, SSLError):
+        return f"a certificate or key file is not valid PEM or they do not match ({exc.reason})"
+    return str(exc)
 
 
 def _keys(pairs: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -179,7 +229,9 @@ def _node(args: argparse.Namespace) -> DicomNode:
 
 
 def _client(args: argparse.Namespace) -> DicomClient:
-    return DicomClient(args.aet, connect_timeout=args.timeout, dimse_timeout=args.timeout)
+    return DicomClient(
+        args.aet, connect_timeout=args.timeout, dimse_timeout=args.timeout, ssl=_client_ssl(args)
+    )
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:
@@ -246,6 +298,7 @@ def _add_serve(commands: _Commands) -> None:
     )
     serve.set_defaults(settings_error=error)
     _listen_options(serve, settings)
+    _tls_server_options(serve, settings)
     _archive_options(serve, settings)
     serve.add_argument(
         "--allow",
@@ -340,6 +393,68 @@ def _listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> 
         default=500,
         help="open associations allowed at once (default: %(default)s)",
     )
+
+
+def _tls_server_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    tls = serve.add_argument_group(
+        "TLS",
+        "Serve DICOM over TLS (PS3.15 B.9: TLS 1.2 or later; port 2762 by convention).",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        type=Path,
+        default=settings.tls_cert,
+        help="our certificate (with its chain): every connection must then speak TLS "
+        "(ADICOM_TLS_CERT; default: %(default)s)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        type=Path,
+        default=settings.tls_key,
+        help="its private key, if not in the --tls-cert file (ADICOM_TLS_KEY)",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        type=Path,
+        default=settings.tls_ca,
+        help="CA certificates that client certificates must chain to (ADICOM_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        default=settings.tls_require_client_cert,
+        help="refuse clients without a certificate from --tls-ca: mutual authentication "
+        "(ADICOM_TLS_REQUIRE_CLIENT_CERT)",
+    )
+
+
+def _server_ssl(args: argparse.Namespace) -> SSLContext | None:
+    """The TLS context ``serve``'s options ask for; None for plain TCP."""
+    if args.tls_cert is None:
+        others = [
+            flag
+            for flag, given in (
+                ("--tls-key", args.tls_key),
+                ("--tls-ca", args.tls_ca),
+                ("--tls-require-client-cert", args.tls_require_client_cert),
+            )
+            if given
+        ]
+        if others:
+            raise argparse.ArgumentTypeError(f"{', '.join(others)} needs --tls-cert")
+        return None
+    try:
+        return server_context(
+            cert=args.tls_cert,
+            key=args.tls_key,
+            ca=args.tls_ca,
+            require_client_cert=args.tls_require_client_cert,
+        )
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot set up TLS: {_tls_file_error(exc)}") from None
 
 
 def _archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
@@ -520,6 +635,7 @@ async def _echo(args: argparse.Namespace) -> int:
         called_ae=args.aec,
         connect_timeout=args.timeout,
         timeout=args.timeout,
+        ssl=_client_ssl(args),
     ) as association:
         for _ in range(args.repeat):
             await association.echo()
@@ -536,6 +652,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     options: dict[str, Any] = {}
+    tls = _server_ssl(args)
     archive = None
     if args.storage:
         root = Path(args.storage)
@@ -565,6 +682,7 @@ async def _serve(args: argparse.Namespace) -> int:
             artim_timeout=args.association_timeout,
             dimse_timeout=args.dimse_timeout,
             idle_timeout=args.idle_timeout,
+            ssl=tls,
             **options,
         ) as server:
             if archive is not None:
@@ -575,6 +693,15 @@ async def _serve(args: argparse.Namespace) -> int:
                 f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
                 flush=True,
             )
+            if tls is not None:
+                clients = (
+                    "client certificates required"
+                    if args.tls_require_client_cert
+                    else "client certificates checked when sent"
+                    if args.tls_ca
+                    else "no client certificates"
+                )
+                print(f"adicom serve: TLS 1.2 or later only; {clients}", flush=True)
             await stop.wait()
             print(f"adicom serve: stopping ({server.stats})", flush=True)
     finally:
@@ -631,6 +758,7 @@ async def _store(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             progress=progress,
             reconnects=args.reconnect,
+            ssl=_client_ssl(args),
         )
     elapsed = time.perf_counter() - started
     kinds: dict[str, list[tuple[StoreResult, str]]] = {
@@ -741,6 +869,7 @@ async def _get(args: argparse.Namespace) -> int:
         dimse_timeout=args.timeout,
         get_offer=offer,
         get_all_syntaxes=args.offer_all_syntaxes,
+        ssl=_client_ssl(args),
     )
     node = _node(args)
     getters = {"STUDY": client.get_study, "SERIES": client.get_series, "IMAGE": client.get_image}

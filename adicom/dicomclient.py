@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from ssl import SSLContext
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
@@ -91,6 +92,7 @@ class DicomClient:
         get_offer: Mapping[str, Sequence[str]] | None = None,
         get_all_syntaxes: bool = False,
         model: Model = "study",
+        ssl: SSLContext | None = None,
     ) -> None:
         DicomNode(aet=calling_aet, host="localhost", port=104)  # validates the AE title
         self.calling_aet = calling_aet.strip()
@@ -105,6 +107,8 @@ class DicomClient:
         )
         self.get_all_syntaxes = get_all_syntaxes
         self.model: Model = model
+        #: TLS for every association (:func:`adicom.tls.client_context`); None: plain TCP.
+        self.ssl = ssl
 
     @classmethod
     def from_settings(cls, settings: DicomSettings | None = None) -> DicomClient:
@@ -115,6 +119,7 @@ class DicomClient:
             settings.max_pdu,
             connect_timeout=settings.connect_timeout,
             dimse_timeout=settings.dimse_timeout,
+            ssl=settings.client_ssl_context(),
         )
 
     # -- associations ----------------------------------------------------------
@@ -140,6 +145,7 @@ class DicomClient:
             max_pdu=self.max_pdu,
             connect_timeout=self.connect_timeout,
             timeout=self.dimse_timeout,
+            ssl=self.ssl,
         ) as opened:
             yield opened
 
@@ -542,6 +548,7 @@ class DicomClient:
             timeout=self.dimse_timeout,
             progress=progress,
             reconnects=reconnects,
+            ssl=self.ssl,
         )
 
 

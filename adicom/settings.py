@@ -3,15 +3,18 @@
 ``DicomSettings()`` reads the environment only: ``ADICOM_AET``,
 ``ADICOM_PORT``, ``ADICOM_IP``, ``ADICOM_MAX_PDU``,
 ``ADICOM_CONNECT_TIMEOUT``, ``ADICOM_ASSOCIATION_TIMEOUT``,
-``ADICOM_DIMSE_TIMEOUT``, ``ADICOM_IDLE_TIMEOUT`` and ``ADICOM_STORAGE_DIR``
+``ADICOM_DIMSE_TIMEOUT``, ``ADICOM_IDLE_TIMEOUT``, ``ADICOM_STORAGE_DIR`` and
+the TLS ones, ``ADICOM_TLS``, ``ADICOM_TLS_CA``, ``ADICOM_TLS_CERT``,
+``ADICOM_TLS_KEY``, ``ADICOM_TLS_VERIFY``, ``ADICOM_TLS_REQUIRE_CLIENT_CERT``
 (names are case-insensitive). No ``.env`` file is read unless asked for, as
 pydantic-settings allows: ``DicomSettings(_env_file=".env")``. Keyword
 arguments win over the environment.
 
 Two readers use them: :meth:`adicom.DicomClient.from_settings` (``aet``,
-``max_pdu``, ``connect_timeout``, ``dimse_timeout``) and ``adicom serve``,
-whose flags default to ``aet``, ``ip``, ``port``, ``storage_dir`` and the
-association, DIMSE and idle timeouts (a flag given wins).
+``max_pdu``, ``connect_timeout``, ``dimse_timeout``, the client's TLS) and
+``adicom serve``, whose flags default to ``aet``, ``ip``, ``port``,
+``storage_dir``, the association, DIMSE and idle timeouts and the server's
+TLS (a flag given wins).
 
 A bad value raises pydantic's ValidationError naming the field (the variable
 is ``ADICOM_`` and the field's name in uppercase), the value, and what is
@@ -21,11 +24,13 @@ allowed.
 import ipaddress
 import math
 from pathlib import Path
+from ssl import SSLContext
 
 from pydantic import ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adicom.models import AETitle
+from adicom.tls import client_context, server_context
 
 __all__ = ["DicomSettings"]
 
@@ -84,6 +89,43 @@ class DicomSettings(BaseSettings):
     answers C-FIND, C-GET and C-MOVE from it.
     """
 
+    tls: bool = False
+    """Use TLS for the associations the client requests (also on when a TLS file is set)."""
+
+    tls_ca: Path | None = None
+    """CA certificates (PEM) a peer's certificate must chain to; None: the system's."""
+
+    tls_cert: Path | None = None
+    """Our certificate (PEM), with its chain; for ``adicom serve``, turns TLS on."""
+
+    tls_key: Path | None = None
+    """The private key of ``tls_cert`` (PEM), unless that file holds it too."""
+
+    tls_verify: bool = True
+    """Check the server's certificate (the client); False is for tests only and is logged."""
+
+    tls_require_client_cert: bool = False
+    """``adicom serve``: refuse TLS clients without a certificate from ``tls_ca``."""
+
+    def client_ssl_context(self) -> SSLContext | None:
+        """The client's TLS context (:func:`adicom.tls.client_context`), or None for plain TCP."""
+        if not (self.tls or self.tls_ca or self.tls_cert):
+            return None
+        return client_context(
+            ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, verify=self.tls_verify
+        )
+
+    def server_ssl_context(self) -> SSLContext | None:
+        """``adicom serve``'s TLS context (:func:`adicom.tls.server_context`), or None."""
+        if self.tls_cert is None:
+            return None
+        return server_context(
+            cert=self.tls_cert,
+            key=self.tls_key,
+            ca=self.tls_ca,
+            require_client_cert=self.tls_require_client_cert,
+        )
+
     @field_validator("port")
     @classmethod
     def _check_port(cls, value: int) -> int:
@@ -91,7 +133,7 @@ class DicomSettings(BaseSettings):
             raise ValueError(f"port {value} is out of range; allowed: 0 (any free port) to 65535")
         return value
 
-    @field_validator("ip", "storage_dir", mode="before")
+    @field_validator("ip", "storage_dir", "tls_ca", "tls_cert", "tls_key", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         # An empty variable (ADICOM_IP=) reads as "not set", not as a path ".".

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import BinaryIO, Literal
 
 import pydicom
@@ -682,6 +683,7 @@ async def store(
     move_originator: tuple[str, int] | None = None,
     stop: Callable[[], bool] | None = None,
     reconnects: int = 0,
+    ssl: SSLContext | None = None,
 ) -> list[StoreResult]:
     """Send instances by C-STORE and return one result per instance, in order.
 
@@ -694,6 +696,8 @@ async def store(
     ``stop`` is asked before each instance is sent: once it says True,
     nothing more is sent, those in flight are awaited, and the results
     cover only the instances sent or refused until then.
+
+    ``ssl`` (:func:`adicom.tls.client_context`) sends over TLS.
 
     ``reconnects`` lets the run survive the association: when the peer
     aborts or closes it, or a response times out, a new association goes
@@ -750,6 +754,7 @@ async def store(
                     connect_timeout=connect_timeout,
                     timeout=timeout,
                     async_window=run.window,
+                    ssl=ssl,
                 ) as association:
                     run.opened = True
                     pipeline = _Pipeline(

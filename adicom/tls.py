@@ -23,6 +23,7 @@ loop): no thread is involved.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import ssl
@@ -51,6 +52,13 @@ BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
 Path = str | os.PathLike[str]
 
 
+def _files(*paths: Path | None) -> None:
+    """Name the missing file (OpenSSL's own error for it names none)."""
+    for path in paths:
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(errno.ENOENT, "no such file", os.fspath(path))
+
+
 def _harden(context: ssl.SSLContext) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(BCP195_CIPHERS)
@@ -73,6 +81,7 @@ def client_context(
     private key, for a server that asks for client certificates. ``verify``
     False accepts any server certificate: for tests only, it is logged.
     """
+    _files(ca, cert, key)
     context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     if verify:
         context.check_hostname = check_hostname
@@ -107,6 +116,7 @@ def server_context(
     without a valid certificate fails the handshake (mutual authentication),
     otherwise a certificate is asked for and checked when one is sent.
     """
+    _files(cert, key, ca)
     context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.load_cert_chain(os.fspath(cert), os.fspath(key) if key is not None else None)
     if ca is not None:

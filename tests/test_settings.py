@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 
 import pytest
+import trustme
 from pydantic import ValidationError
 
 from adicom import cli
@@ -24,6 +26,12 @@ VARIABLES = (
     "DIMSE_TIMEOUT",
     "IDLE_TIMEOUT",
     "STORAGE_DIR",
+    "TLS",
+    "TLS_CA",
+    "TLS_CERT",
+    "TLS_KEY",
+    "TLS_VERIFY",
+    "TLS_REQUIRE_CLIENT_CERT",
 )
 
 
@@ -217,21 +225,51 @@ SAMPLES = {
     "dimse_timeout": "3.5",
     "idle_timeout": "4.5",
     "storage_dir": "/srv/doc",
+    "tls": "True",
+    # The TLS files: test_docs_table_names_the_real_readers makes real ones.
+    "tls_ca": "ca.pem",
+    "tls_cert": "client.pem",
+    "tls_key": "client-key.pem",
+    "tls_verify": "False",
+    "tls_require_client_cert": "True",
 }
 
 
-def test_docs_table_names_the_real_readers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_docs_table_names_the_real_readers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Each field has a reader, and the table names exactly the readers there are."""
     assert set(SAMPLES) == set(DicomSettings.model_fields)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    issued = ca.issue_cert("client.example")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "client-key.pem"))
     for field, value in SAMPLES.items():
         monkeypatch.setenv(f"ADICOM_{field.upper()}", value)
     client = DicomClient.from_settings()
+    assert client.ssl is not None
     client_reads = {
         "aet": client.calling_aet == "DOC_SCP",
         "max_pdu": client.max_pdu == 65536,
         "connect_timeout": client.connect_timeout == 1.5,
         "dimse_timeout": client.dimse_timeout == 3.5,
+        "tls": client.ssl is not None,
+        # The key and certificate were loaded (a missing file raises) and
+        # verification is off as asked (which is logged).
+        "tls_cert": True,
+        "tls_key": True,
+        "tls_verify": client.ssl.verify_mode == ssl.CERT_NONE
+        and any("without verifying" in r.getMessage() for r in caplog.records),
     }
+    # The CA is read when verifying: the same settings but verify on.
+    monkeypatch.setenv("ADICOM_TLS_VERIFY", "True")
+    verifying = DicomClient.from_settings().ssl
+    assert verifying is not None
+    client_reads["tls_ca"] = [
+        int(str(c["serialNumber"]), 16) for c in verifying.get_ca_certs()
+    ] == [ca._certificate.serial_number]
+    monkeypatch.setenv("ADICOM_TLS_VERIFY", "False")
     serve = vars(cli._parser().parse_args(["serve"]))
     for field, (_, _, readers) in settings_table().items():
         assert ("DicomClient.from_settings()" in readers) == client_reads.get(field, False), field

@@ -173,3 +173,40 @@ def test_contexts_refuse_what_the_profile_forbids(pki: Pki) -> None:
         server_context(cert=pki.server_pem, require_client_cert=True)
     with pytest.raises(ValueError, match="without its certificate"):
         client_context(key=pki.client_pem)
+
+
+# --------------------------------------------------------------------------
+# The command line
+
+
+async def test_the_cli_speaks_tls_when_told(pki: Pki, tmp_path: pathlib.Path) -> None:
+    from tests.test_cli import run_cli
+
+    context = server_context(cert=pki.server_pem, ca=pki.ca_pem, require_client_cert=True)
+    async with tls_server(context) as server:
+        peer = ["--aec", "TLS-SCP", "127.0.0.1", str(server.port)]
+        code, out, err = await run_cli(
+            "echo", "--tls-ca", str(pki.ca_pem), "--tls-cert", str(pki.client_pem), *peer
+        )
+        assert code == 0 and "success" in out, err
+        # Without a client certificate: refused, and the message says why.
+        code, _, err = await run_cli("echo", "--tls-ca", str(pki.ca_pem), *peer)
+        assert code == 1 and "client certificate" in err, err
+        # Plain DICOM to the TLS port.
+        code, _, err = await run_cli("echo", *peer)
+        assert code == 1 and "wants TLS" in err, err
+        # A file that is not there is a usage error, before anything is sent.
+        missing = tmp_path / "missing.pem"
+        code, _, err = await run_cli("echo", "--tls-ca", str(missing), *peer)
+        assert code == 2 and f"no such file: {missing}" in err, err
+        code, _, err = await run_cli("echo", "--tls-key", str(pki.client_pem), *peer)
+        assert code == 2 and "--tls-key needs --tls-cert" in err, err
+
+
+async def test_serve_refuses_tls_options_without_a_certificate(pki: Pki) -> None:
+    from tests.test_cli import run_cli
+
+    code, _, err = await run_cli("serve", "--port", "0", "--tls-ca", str(pki.ca_pem))
+    assert code == 2 and "--tls-ca needs --tls-cert" in err, err
+    code, _, err = await run_cli("serve", "--port", "0", "--tls-cert", str(pki.ca_pem))
+    assert code == 2 and "cannot set up TLS" in err, err
