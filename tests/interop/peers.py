@@ -90,6 +90,8 @@ class Peer:
     stderr_path: Path
     port: int | None = None
     aet: str | None = None
+    #: Where a storage SCP peer writes what it receives.
+    workdir: Path | None = None
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
@@ -301,8 +303,11 @@ def adicom_cli() -> list[str]:
 
 
 @contextlib.contextmanager
-def pynetdicom_echo_scp(aet: str = "PYNETDICOM-SCP") -> Iterator[Peer]:
-    """pynetdicom Verification SCP; rejects a wrong called AE with (1, 1, 7)."""
+def pynetdicom_echo_scp(aet: str = "PYNETDICOM-SCP", tls: Sequence[str] = ()) -> Iterator[Peer]:
+    """pynetdicom Verification SCP; rejects a wrong called AE with (1, 1, 7).
+
+    ``tls``: the script's TLS options (``--tls-cert``, ``--tls-key``, ...).
+    """
     require_pynetdicom()
     port = free_port()
     argv = [
@@ -314,6 +319,7 @@ def pynetdicom_echo_scp(aet: str = "PYNETDICOM-SCP") -> Iterator[Peer]:
         str(port),
         "--aet",
         aet,
+        *tls,
     ]
     with running(argv, name="pynetdicom echo SCP") as peer:
         peer.port, peer.aet = port, aet
@@ -322,14 +328,18 @@ def pynetdicom_echo_scp(aet: str = "PYNETDICOM-SCP") -> Iterator[Peer]:
 
 
 @contextlib.contextmanager
-def dcmtk_storescp(aet: str = "STORESCP") -> Iterator[Peer]:
-    """DCMTK storescp; answers C-ECHO. It accepts ANY called AE title."""
+def dcmtk_storescp(aet: str = "STORESCP", options: Sequence[str] = ()) -> Iterator[Peer]:
+    """DCMTK storescp; answers C-ECHO. It accepts ANY called AE title.
+
+    ``options`` go before the port (TLS ones, for instance); what it
+    receives is in the folder ``peer.workdir``.
+    """
     binary = require_dcmtk("storescp")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="adicom-storescp-") as outdir:
-        argv = [binary, "--aetitle", aet, "--output-directory", outdir, str(port)]
+        argv = [binary, "--aetitle", aet, "--output-directory", outdir, *options, str(port)]
         with running(argv, name="DCMTK storescp") as peer:
-            peer.port, peer.aet = port, aet
+            peer.port, peer.aet, peer.workdir = port, aet, Path(outdir)
             wait_for_port(HOST, port, READY_TIMEOUT, peer)
             yield peer
 
@@ -421,7 +431,12 @@ class EchoOutcome:
 
 
 def pynetdicom_echo_scu_argv(
-    port: int, aet: str, aec: str, host: str = HOST, timeout: float = 10.0
+    port: int,
+    aet: str,
+    aec: str,
+    host: str = HOST,
+    timeout: float = 10.0,
+    tls: Sequence[str] = (),
 ) -> list[str]:
     require_pynetdicom()
     return [
@@ -437,6 +452,7 @@ def pynetdicom_echo_scu_argv(
         aec,
         "--timeout",
         str(timeout),
+        *tls,
     ]
 
 

@@ -1,6 +1,7 @@
 """A pynetdicom Verification SCP, run as a peer process by the interop tests.
 
 Usage: python pynetdicom_echo_scp.py --port PORT [--host 127.0.0.1] [--aet TITLE]
+       [--tls-cert PEM --tls-key PEM [--tls-ca PEM [--tls-require-client-cert]]]
 
 The called AE title of every association request must equal --aet, otherwise
 the association is rejected with result 1, source 1, reason 7
@@ -11,6 +12,7 @@ Serves until killed.
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 
 from pynetdicom import AE
@@ -22,7 +24,22 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--aet", default="PYNETDICOM")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-ca")
+    parser.add_argument("--tls-require-client-cert", action="store_true")
     args = parser.parse_args()
+
+    context = None
+    if args.tls_cert:
+        # pynetdicom's TLS: an ssl.SSLContext handed to start_server.
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_ca:
+            context.load_verify_locations(args.tls_ca)
+            context.verify_mode = (
+                ssl.CERT_REQUIRED if args.tls_require_client_cert else ssl.CERT_OPTIONAL
+            )
 
     ae = AE(ae_title=args.aet)
     ae.require_called_aet = True
@@ -32,7 +49,7 @@ def main() -> int:
     ae.dimse_timeout = 10
     ae.network_timeout = 10
     print(f"pynetdicom echo scp: AE {args.aet!r} on {args.host}:{args.port}", flush=True)
-    ae.start_server((args.host, args.port), block=True)
+    ae.start_server((args.host, args.port), block=True, ssl_context=context)
     return 0
 
 

@@ -1,6 +1,7 @@
 """A pynetdicom Verification SCU, run as a peer process by the interop tests.
 
 Usage: python pynetdicom_echo_scu.py --host HOST --port PORT [--aet CALLING] [--aec CALLED]
+       [--tls-ca PEM [--tls-cert PEM --tls-key PEM]]
 
 Prints exactly one JSON line on stdout:
   {"ok": bool, "status": int|null,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 
 from pynetdicom import AE
@@ -27,7 +29,18 @@ def main() -> int:
     parser.add_argument("--aet", default="PYNETDICOM")
     parser.add_argument("--aec", default="ANY-SCP")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--tls-ca")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
+
+    tls_args = None
+    if args.tls_ca:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.tls_ca)
+        context.check_hostname = False  # DICOM peers are named by AE title, not host
+        if args.tls_cert:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        tls_args = (context, args.host)
 
     ae = AE(ae_title=args.aet)
     ae.add_requested_context(Verification)
@@ -37,7 +50,7 @@ def main() -> int:
     ae.connection_timeout = args.timeout
 
     out: dict[str, object] = {"ok": False, "status": None, "rejected": None, "aborted": False}
-    assoc = ae.associate(args.host, args.port, ae_title=args.aec)
+    assoc = ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls_args)
     if assoc.is_established:
         rsp = assoc.send_c_echo()
         status = getattr(rsp, "Status", None)
