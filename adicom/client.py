@@ -14,7 +14,13 @@ from contextlib import asynccontextmanager
 from ssl import SSLContext, SSLError
 
 from adicom.association import Association
-from adicom.errors import DicomTimeout, PeerUnreachable, TimeoutKind, TlsError
+from adicom.errors import (
+    DicomTimeout,
+    IdentityNotConfirmed,
+    PeerUnreachable,
+    TimeoutKind,
+    TlsError,
+)
 from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU, build_request
 from adicom.pdu import RoleSelection, UserIdentityRQ
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
@@ -105,7 +111,13 @@ async def open_association(
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise PeerUnreachable(f"cannot connect to {host}:{port}: {reason}") from None
     try:
-        await association.request_association(request, timeout, async_window)
+        response = await association.request_association(request, timeout, async_window)
+        asked = user_identity is not None and user_identity.positive_response_requested
+        if asked and response.user_information.user_identity_ac is None:
+            raise IdentityNotConfirmed(
+                f"{called_ae} at {host}:{port} accepted the association but did not "
+                "confirm our user identity (no positive response, PS3.7 D.3.3.7)"
+            )
     except BaseException:
         association.abort()
         raise

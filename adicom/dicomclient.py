@@ -41,7 +41,7 @@ from adicom.models import (
     status_text,
 )
 from adicom.operation import bounded
-from adicom.pdu import RoleSelection
+from adicom.pdu import RoleSelection, UserIdentityRQ
 from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
 from adicom.settings import DicomSettings
 from adicom.storage import MemoryStorage, StorageHandler
@@ -93,6 +93,7 @@ class DicomClient:
         get_all_syntaxes: bool = False,
         model: Model = "study",
         ssl: SSLContext | None = None,
+        user_identity: UserIdentityRQ | None = None,
     ) -> None:
         DicomNode(aet=calling_aet, host="localhost", port=104)  # validates the AE title
         self.calling_aet = calling_aet.strip()
@@ -109,6 +110,8 @@ class DicomClient:
         self.model: Model = model
         #: TLS for every association (:func:`adicom.tls.client_context`); None: plain TCP.
         self.ssl = ssl
+        #: Sent in every A-ASSOCIATE-RQ (PS3.7 D.3.3.7); None: no user identity.
+        self.user_identity = user_identity
 
     @classmethod
     def from_settings(cls, settings: DicomSettings | None = None) -> DicomClient:
@@ -146,6 +149,7 @@ class DicomClient:
             connect_timeout=self.connect_timeout,
             timeout=self.dimse_timeout,
             ssl=self.ssl,
+            user_identity=self.user_identity,
         ) as opened:
             yield opened
 
@@ -549,6 +553,7 @@ class DicomClient:
             progress=progress,
             reconnects=reconnects,
             ssl=self.ssl,
+            user_identity=self.user_identity,
         )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "DicomError",
     "DicomTimeout",
     "DimseError",
+    "IdentityNotConfirmed",
     "LocalProtocolError",
     "PDUTooLarge",
     "PeerUnreachable",
@@ -149,6 +150,14 @@ class AssociationAborted(AssociationError):
 
 class ConnectionClosed(AssociationError):
     """The peer closed the TCP connection without releasing or aborting."""
+
+
+class IdentityNotConfirmed(AssociationError):
+    """We asked for a positive response to our user identity (PS3.7 D.3.3.7) and got none.
+
+    The peer accepted the association without saying it accepted who we
+    are: it may not check identities at all.
+    """
 
 
 class PeerUnreachable(DicomError):

@@ -101,7 +101,9 @@ class Server:
     :func:`adicom.tls.server_context`) serves every connection over TLS;
     the handshake is bounded by ``artim_timeout``, a failed one is logged
     and closes that connection only, and :attr:`Association.tls` tells
-    handlers the peer's certificate.
+    handlers the peer's certificate. ``user_identity`` decides the user
+    identity a request carries (see :func:`adicom.identity.identity_hook`);
+    with ``require_identity`` a request without one is rejected.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class Server:
         move_destinations: MoveDestinations | None = None,
         async_window: int = ASYNC_WINDOW,
         ssl: SSLContext | None = None,
+        require_identity: bool = False,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -158,6 +161,8 @@ class Server:
         self.dimse_timeout = dimse_timeout
         self.idle_timeout = idle_timeout
         self.user_identity = user_identity
+        #: Reject requests that carry no user identity (PS3.7 D.3.3.7).
+        self.require_identity = require_identity
         #: Where received instances go; with it every storage SOP class is
         #: accepted (private ones too), or those of ``storage_sop_classes``.
         self.storage = storage
@@ -390,6 +395,16 @@ class Server:
     ) -> bytes | AAssociateRJ | None:
         """The user identity hook's answer: the response to send, or a rejection."""
         identity = request.user_information.user_identity_rq
+        if identity is None and self.require_identity:
+            # PS3.7 D.3.3.7: an acceptor may refuse an association without
+            # one; PS3.8 Table 9-21 has no more precise reason than "none".
+            self.admission.log.warning(
+                "identity",
+                "rejecting %s from %s: no user identity, and one is required",
+                request.calling_ae,
+                association.peer_address,
+            )
+            return _RJ_NO_REASON
         if self.user_identity is None or identity is None:
             return None
         info = AssociationInfo(

@@ -56,6 +56,7 @@ from adicom.fileformat import (
     scan_elements,
 )
 from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU
+from adicom.pdu import UserIdentityRQ
 from adicom.presentation import MAX_CONTEXTS
 
 __all__ = [
@@ -684,6 +685,7 @@ async def store(
     stop: Callable[[], bool] | None = None,
     reconnects: int = 0,
     ssl: SSLContext | None = None,
+    user_identity: UserIdentityRQ | None = None,
 ) -> list[StoreResult]:
     """Send instances by C-STORE and return one result per instance, in order.
 
@@ -697,7 +699,8 @@ async def store(
     nothing more is sent, those in flight are awaited, and the results
     cover only the instances sent or refused until then.
 
-    ``ssl`` (:func:`adicom.tls.client_context`) sends over TLS.
+    ``ssl`` (:func:`adicom.tls.client_context`) sends over TLS;
+    ``user_identity`` is sent in each A-ASSOCIATE-RQ (PS3.7 D.3.3.7).
 
     ``reconnects`` lets the run survive the association: when the peer
     aborts or closes it, or a response times out, a new association goes
@@ -755,6 +758,7 @@ async def store(
                     timeout=timeout,
                     async_window=run.window,
                     ssl=ssl,
+                    user_identity=user_identity,
                 ) as association:
                     run.opened = True
                     pipeline = _Pipeline(

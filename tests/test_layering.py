@@ -80,6 +80,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.admission",
+                "adicom.identity",
                 "adicom.listener",
                 "adicom.values",
                 "adicom.models",
