@@ -306,7 +306,7 @@ def adicom_cli() -> list[str]:
 def pynetdicom_echo_scp(aet: str = "PYNETDICOM-SCP", tls: Sequence[str] = ()) -> Iterator[Peer]:
     """pynetdicom Verification SCP; rejects a wrong called AE with (1, 1, 7).
 
-    ``tls``: the script's TLS options (``--tls-cert``, ``--tls-key``, ...).
+    ``tls``: more options of the script (TLS ones, ``--identity``).
     """
     require_pynetdicom()
     port = free_port()

@@ -2,6 +2,11 @@
 
 Usage: python pynetdicom_echo_scp.py --port PORT [--host 127.0.0.1] [--aet TITLE]
        [--tls-cert PEM --tls-key PEM [--tls-ca PEM [--tls-require-client-cert]]]
+       [--identity]
+
+With --identity, every user identity a requestor sends is accepted, printed
+as one JSON line ({"identity": type, "primary": ..., "secondary": ...}) and
+confirmed with the server response b"ok" when the requestor asks.
 
 The called AE title of every association request must equal --aet, otherwise
 the association is rejected with result 1, source 1, reason 7
@@ -12,10 +17,12 @@ Serves until killed.
 from __future__ import annotations
 
 import argparse
+import json
 import ssl
 import sys
+from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 
@@ -28,6 +35,7 @@ def main() -> int:
     parser.add_argument("--tls-key")
     parser.add_argument("--tls-ca")
     parser.add_argument("--tls-require-client-cert", action="store_true")
+    parser.add_argument("--identity", action="store_true")
     args = parser.parse_args()
 
     context = None
@@ -49,7 +57,21 @@ def main() -> int:
     ae.dimse_timeout = 10
     ae.network_timeout = 10
     print(f"pynetdicom echo scp: AE {args.aet!r} on {args.host}:{args.port}", flush=True)
-    ae.start_server((args.host, args.port), block=True, ssl_context=context)
+    handlers: list[Any] = []
+    if args.identity:
+
+        def identity(event: Any) -> tuple[bool, bytes | None]:
+            # pynetdicom hands the sub-item's fields as attributes of the event.
+            seen = {
+                "identity": event.user_id_type,
+                "primary": event.primary_field.decode(),
+                "secondary": (event.secondary_field or b"").decode(),
+            }
+            print(json.dumps(seen), flush=True)
+            return True, b"ok"
+
+        handlers.append((evt.EVT_USER_ID, identity))
+    ae.start_server((args.host, args.port), block=True, ssl_context=context, evt_handlers=handlers)
     return 0
 
 
