@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks import tls
 from benchmarks.config import (
     HOST,
     IDLE_PYNETDICOM_MAX_ASSOCIATIONS,
@@ -24,8 +25,8 @@ from benchmarks.config import (
 )
 from benchmarks.processes import BenchError, child_env, free_port, port_open, tail
 from benchmarks.sides import dcmtk_side
-from benchmarks.sides._common import MOVE_DEST_AET, READY_PREFIX, STATS_PREFIX
-from benchmarks.workloads import Workload
+from benchmarks.sides._common import MOVE_DEST_AET, READY_PREFIX, STATS_PREFIX, TLS_FILES
+from benchmarks.workloads import TLS_SUFFIX, Workload
 
 #: argv of an SCP, given (port, workdir, store_dir or None).
 ScpArgv = Callable[[int, Path, Path | None], list[str]]
@@ -198,6 +199,122 @@ def _adicom_fsync_stack() -> Stack:
     )
 
 
+def _tls_argv(argv: list[str]) -> list[str]:
+    """A Python side's argv, over TLS: the run's certificates (made on first use)."""
+    return [*argv, "--tls-dir", str(tls.tls_dir())]
+
+
+def _tls_unavailable(kind: str, plain_unavailable: Callable[[str], str | None]) -> str | None:
+    if kind != "store":
+        return "TLS is measured for the store workloads only"
+    return plain_unavailable(kind) or tls.trustme_missing()
+
+
+def _adicom_tls_stack() -> Stack:
+    """adicom over mutual TLS, both roles, store workloads only.
+
+    The SCP: ``Server(ssl=server_context(..., require_client_cert=True))``
+    with ``DiskStorage``; the SCU: ``adicom.store(..., ssl=client_context(...))``.
+    """
+    adicom_scp, adicom_scu = _python_side("benchmarks.sides.adicom_side")
+
+    def scp(port: int, workdir: Path, store_dir: Path | None) -> list[str]:
+        return _tls_argv(adicom_scp(port, workdir, store_dir))
+
+    def scu(port: int, workload: Workload, n: int, data_dir: Path | None) -> list[str]:
+        return _tls_argv(adicom_scu(port, workload, n, data_dir))
+
+    #: Filled when the runner finds the stack usable for a store workload
+    #: (unavailable("store")), with what the probe association negotiated;
+    #: the notes are printed after the run.
+    notes: list[str] = []
+
+    def unavailable(kind: str) -> str | None:
+        why = _tls_unavailable(kind, adicom_unavailable)
+        if why is not None:
+            return why
+        # One association over TLS in a child process: that adicom's TLS works
+        # here, and what it negotiates.
+        negotiated, why = tls.probe_adicom()
+        if negotiated is None:
+            return why
+        notes[:] = [
+            "adicom-tls = adicom over mutual TLS: Server(ssl=adicom.tls.server_context(...,"
+            " require_client_cert=True)) with DiskStorage, adicom.store(...,"
+            " ssl=adicom.tls.client_context(...)), asyncio's TLS (memory BIOs on the event"
+            " loop); one CA (trustme, ECDSA P-256 keys, made once per run) for every TLS row;"
+            f" {negotiated['version']} {negotiated['cipher']} negotiated with itself (a probe"
+            " association before the run; each adicom-tls SCU repetition records its own, also"
+            " with storescp, in the JSON: extra.tls). Its SCU's timed span includes its one TLS"
+            " handshake, as it includes the association's set-up.",
+            "TLS rows: a TLS stack pairs only with TLS stacks, and the 'x dcmtk->dcmtk' of a TLS"
+            " row is against plain DCMTK: compare adicom-tls -> adicom-tls with dcmtk-tls* ->"
+            " dcmtk-tls (the issue's targets: >= 0.8x on store-small, >= 1x on store-large).",
+        ]
+        return None
+
+    return Stack(
+        "adicom" + TLS_SUFFIX,
+        unavailable,
+        scp,
+        True,
+        scu,
+        scp_lag_reset=True,
+        notes=notes,
+    )
+
+
+def _dcmtk_tls_stack(nodelay: bool) -> Stack:
+    """storescp / storescu over mutual TLS (DCMTK's defaults), store workloads only."""
+    dcmtk_scu = _python_side("benchmarks.sides.dcmtk_side")[1]
+
+    def scp(port: int, workdir: Path, store_dir: Path | None) -> list[str]:
+        out = workdir if store_dir is None else store_dir
+        files = TLS_FILES.under(tls.tls_dir())
+        return dcmtk_side.scp_command(
+            port, SCP_AET, str(out), store=store_dir is not None, tls=files
+        )
+
+    def scu(port: int, workload: Workload, n: int, data_dir: Path | None) -> list[str]:
+        return _tls_argv(dcmtk_scu(port, workload, n, data_dir))
+
+    #: Filled when the runner finds the stack usable for a store workload.
+    notes: list[str] = []
+    nagle = "TCP_NODELAY=1" if nodelay else "as packaged, Nagle on (--dcmtk-as-packaged)"
+
+    def unavailable(kind: str) -> str | None:
+        why = _tls_unavailable(kind, _dcmtk_unavailable)
+        if why is not None:
+            return why
+        openssl = dcmtk_side.openssl_version()
+        if openssl is None:
+            return "this DCMTK was built without OpenSSL (no +tls)"
+        notes[:] = [
+            "dcmtk-tls = DCMTK over mutual TLS with the same certificates: storescp +tls"
+            " server.key server.crt +cf ca.pem, storescu +tls client.key client.crt +cf ca.pem,"
+            " DCMTK's defaults otherwise (profile Non-downgrading BCP 195; storescp requires"
+            f" the client's certificate), {openssl}; {nagle}, --max-pdu {dcmtk_side.MAX_PDU}."
+        ]
+        return None
+
+    return Stack(
+        "dcmtk" + TLS_SUFFIX,
+        unavailable,
+        scp,
+        False,
+        scu,
+        scu_workloads=dcmtk_side.SUPPORTED_SCU_WORKLOADS,
+        scu_label="dcmtk-tls*",
+        env={"TCP_NODELAY": "1"} if nodelay else {},
+        scu_notes=[
+            "dcmtk-tls* SCU = storescu over TLS with the differential of dcmtk*: N-1 instances"
+            " in time(N files) - time(1 file), one process (and one TLS handshake) each, so"
+            " process start, handshake, association and release are removed."
+        ],
+        notes=notes,
+    )
+
+
 def _dcmtk_stack(nodelay: bool) -> Stack:
     dcmtk_scu = _python_side("benchmarks.sides.dcmtk_side")[1]
 
@@ -233,12 +350,15 @@ def _dcmtk_stack(nodelay: bool) -> Stack:
 
 
 def make_stacks(dcmtk_nodelay: bool, pynetdicom_nodelay: bool = False) -> list[Stack]:
-    """The stacks, in the order their pairs run: pynetdicom, adicom (and its --fsync SCP), DCMTK."""
+    """The stacks, in the order their pairs run: pynetdicom, adicom (and its --fsync SCP),
+    DCMTK, then adicom and DCMTK over TLS (store workloads only)."""
     return [
         _pynetdicom_stack(pynetdicom_nodelay),
         _adicom_stack(),
         _adicom_fsync_stack(),
         _dcmtk_stack(dcmtk_nodelay),
+        _adicom_tls_stack(),
+        _dcmtk_tls_stack(dcmtk_nodelay),
     ]
 
 

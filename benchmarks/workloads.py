@@ -19,14 +19,28 @@ from benchmarks.config import (
     Key,
 )
 
+#: A stack whose name ends so runs its associations over TLS (benchmarks/tls.py).
+TLS_SUFFIX = "-tls"
 
-def _every_pair(_scu: str, _scp: str) -> bool:
-    return True
+
+def is_tls(stack: str) -> bool:
+    return stack.endswith(TLS_SUFFIX)
+
+
+def _every_pair(scu: str, scp: str) -> bool:
+    """Every pair of plain stacks, every pair of TLS stacks: never one of each."""
+    return is_tls(scu) == is_tls(scp)
 
 
 def _adicom_or_same(scu: str, scp: str) -> bool:
-    """The same-stack baselines, and every pair with adicom on one side."""
-    return scu == scp or "adicom" in (scu, scp)
+    """The same-stack baselines, and every pair with adicom on one side; TLS only with TLS.
+
+    So the TLS rows are adicom-tls and dcmtk-tls each with itself and with
+    each other, and the plain rows are what they were before TLS came.
+    """
+    if is_tls(scu) != is_tls(scp):
+        return False
+    return scu == scp or "adicom" in (scu.removesuffix(TLS_SUFFIX), scp.removesuffix(TLS_SUFFIX))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,31 @@ WORKLOADS = {
 
 #: The AE title the C-MOVE destination (an adicom storage SCP) answers to.
 MOVE_DEST_AET = "BENCH-DEST"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files of a --tls-dir folder (made by benchmarks/tls.py)."""
+
+    ca: Path
+    server_key: Path
+    server_cert: Path
+    client_key: Path
+    client_cert: Path
+
+    def under(self, folder: Path) -> TlsFiles:
+        return TlsFiles(*(folder / getattr(self, f.name) for f in fields(self)))
+
+
+#: Their names inside the folder.
+TLS_FILES = TlsFiles(
+    Path("ca.pem"), Path("server.key"), Path("server.crt"), Path("client.key"), Path("client.crt")
+)
+
+
+def tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    """The --tls-dir files, or None: plain TCP."""
+    return None if args.tls_dir is None else TLS_FILES.under(args.tls_dir)
 
 
 def cpu_seconds() -> float:
@@ -191,6 +216,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         help="sync each stored file and its folder before answering (adicom only)",
     )
     scp.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="serve over TLS, requiring a client certificate: DIR holds ca.pem,"
+        " server.key and server.crt (store workloads)",
+    )
+    scp.add_argument(
         "--max-associations",
         type=int,
         help="open associations allowed at once (idle workload; default: the stack's own)",
@@ -238,6 +269,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         " warm-up instance, + release) done before timing",
     )
     scu.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="store workloads: associate over TLS; DIR holds ca.pem (the SCP's"
+        " certificate must chain to it), client.key and client.crt",
+    )
+    scu.add_argument(
         "--scp-clock",
         action="store_true",
         help="ask the runner for the SCP's CPU time around the timed span (see ScpClock)",
@@ -257,6 +294,9 @@ def main_with(
     kind = WORKLOADS[args.workload] if args.role == "scu" else None
     if kind in ("store", "qr") and args.data_dir is None:
         print(f"{args.workload} needs --data-dir", file=sys.stderr)
+        return 2
+    if args.role == "scu" and args.tls_dir is not None and kind != "store":
+        print("--tls-dir is for the store workloads only", file=sys.stderr)
         return 2
     if args.role == "scu" and args.workload == "get-1000" and args.out_dir is None:
         print(f"{args.workload} needs --out-dir", file=sys.stderr)

@@ -9,6 +9,14 @@
         --workload get-1000 -n 1000 --data-dir ... --out-dir DIR
     python -m benchmarks.sides.adicom_side scu --port P --aet ANY-SCP --workload idle-500 -n 500
 
+Store workloads over mutual TLS: ``--tls-dir DIR`` (ca.pem, server.key,
+server.crt, client.key, client.crt; see benchmarks/tls.py) on both sides.
+The SCP serves with ``ssl=adicom.tls.server_context(...,
+require_client_cert=True)``, the SCU sends with ``adicom.store(...,
+ssl=adicom.tls.client_context(...))``; before its warm-up it opens one
+association (C-ECHO) to note the TLS version and cipher negotiated
+(``extra["tls"]``).
+
 Query/retrieve (the SCP is an archive holding the data set): find-1000 is
 ``adicom.connect`` + ``adicom.qrscu.find`` (Study Root, IMAGE level, the
 series' instances); get-1000 is ``DicomClient.get_series`` into a
@@ -29,17 +37,22 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 import time
 from contextlib import AbstractAsyncContextManager
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 import adicom
 from adicom import qrscu
+from adicom.tls import client_context, server_context
 from benchmarks.data import SeriesKeys
 from benchmarks.sides._common import (
+    TLS_FILES,
     WORKLOADS,
     Measurement,
     ScpClock,
@@ -52,6 +65,7 @@ from benchmarks.sides._common import (
     print_stats,
     qr_keys,
     store_files,
+    tls_files,
     total_bytes,
 )
 
@@ -103,6 +117,10 @@ async def _serve(args: argparse.Namespace) -> None:
         kwargs["max_associations"] = args.max_associations
     if args.idle_timeout is not None:
         kwargs["idle_timeout"] = args.idle_timeout
+    if (tls := tls_files(args)) is not None:
+        kwargs["ssl"] = server_context(
+            cert=tls.server_cert, key=tls.server_key, ca=tls.ca, require_client_cert=True
+        )
     server = adicom.Server(ae_title=args.aet, host=args.host, port=args.port, **kwargs)
     lag = LoopLag()
     stop = asyncio.Event()
@@ -130,6 +148,17 @@ def run_scp(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- SCU
 
 
+def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The SCU's TLS context (one per process), or None: plain TCP."""
+    return None if args.tls_dir is None else _client_context(args.tls_dir)
+
+
+@cache
+def _client_context(folder: Path) -> ssl.SSLContext:
+    tls = TLS_FILES.under(folder)
+    return client_context(ca=tls.ca, cert=tls.client_cert, key=tls.client_key)
+
+
 def _connect(args: argparse.Namespace) -> AbstractAsyncContextManager[adicom.Association]:
     return adicom.connect(
         args.host,
@@ -137,7 +166,22 @@ def _connect(args: argparse.Namespace) -> AbstractAsyncContextManager[adicom.Ass
         calling_ae=args.calling_aet,
         called_ae=args.aet,
         timeout=args.timeout,
+        ssl=_client_ssl(args),
     )
+
+
+async def _tls_facts(args: argparse.Namespace) -> dict[str, Any]:
+    """One association over TLS (a C-ECHO, untimed): what was negotiated."""
+    async with _connect(args) as assoc:
+        status = await assoc.echo()
+        tls = assoc.tls
+    if status != 0x0000 or tls is None:
+        raise RuntimeError(f"C-ECHO over TLS: status {status:#06x}, tls {tls!r}")
+    return {
+        "version": tls.version,
+        "cipher": tls.cipher,
+        "peer_subject": tls.peer_subject,
+    }
 
 
 async def _cycle(args: argparse.Namespace) -> bool:
@@ -179,6 +223,7 @@ async def _store(args: argparse.Namespace, warmup: bool) -> Measurement:
             calling_ae=args.calling_aet,
             called_ae=args.aet,
             timeout=args.timeout,
+            ssl=_client_ssl(args),
         )
     except Exception as exc:
         return watch.finish(args.workload, args.n, 0, warmup=warmup, error=exc)
@@ -379,6 +424,7 @@ async def _warm_up(args: argparse.Namespace) -> None:
             calling_ae=args.calling_aet,
             called_ae=args.aet,
             timeout=args.timeout,
+            ssl=_client_ssl(args),
         )
         if not all(r.ok for r in results):
             raise RuntimeError(f"warm-up C-STORE failed: {results!r}")
@@ -409,6 +455,7 @@ async def _scu(args: argparse.Namespace) -> Measurement:
         return await _qr(args, warmup)
     if WORKLOADS[args.workload] == "idle":
         return await _idle(args, warmup)
+    tls = await _tls_facts(args) if args.tls_dir is not None else None
     if warmup:
         await _warm_up(args)
     clock = ScpClock(args.scp_clock)
@@ -421,6 +468,8 @@ async def _scu(args: argparse.Namespace) -> Measurement:
     if args.workload.startswith("store"):
         m.extra["timed_span"] = "adicom.store(): associate, N C-STOREs, release"
         m.extra["warmup_instances"] = 1 if warmup else 0
+    if tls is not None:
+        m.extra["tls"] = tls
     return m
 
 

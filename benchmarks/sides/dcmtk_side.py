@@ -29,6 +29,12 @@ runner sets TCP_NODELAY=1 for DCMTK processes unless told otherwise.
 
 pynetdicom installs console scripts named like DCMTK's (echoscu, storescp),
 so a binary counts as DCMTK only if its ``--version`` says so.
+
+Store workloads over mutual TLS (``--tls-dir DIR``, see benchmarks/tls.py):
+``storescp +tls server.key server.crt +cf ca.pem`` and ``storescu +tls
+client.key client.crt +cf ca.pem``, DCMTK's defaults otherwise: the
+Non-downgrading BCP 195 profile, and storescp requires the client's
+certificate. Needs a DCMTK built with OpenSSL (``--version`` names it).
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ from benchmarks.sides._common import (
     WORKLOADS,
     Measurement,
     ScpClock,
+    TlsFiles,
     count_files,
     difference,
     main_with,
     qr_keys,
     store_files,
+    tls_files,
     total_bytes,
 )
 
@@ -100,6 +108,25 @@ def find_tool(name: str) -> str | None:
 
 
 @cache
+def openssl_version() -> str | None:
+    """The OpenSSL storescp was built with (its --version line), or None: no TLS."""
+    tool = find_tool("storescp")
+    if tool is None:
+        return None
+    out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=10)
+    for line in out.stdout.splitlines():
+        if "openssl" in line.lower():
+            return line.strip(" -")
+    return None
+
+
+def tls_options(tls: TlsFiles, *, server: bool) -> list[str]:
+    """+tls KEY CERT +cf CA: our key and certificate, and the CA the peer's must chain to."""
+    key, cert = (tls.server_key, tls.server_cert) if server else (tls.client_key, tls.client_cert)
+    return ["+tls", str(key), str(cert), "+cf", str(tls.ca)]
+
+
+@cache
 def version() -> str | None:
     """The DCMTK version line (e.g. '$dcmtk: echoscu v3.6.7 2022-04-22 $')."""
     tool = find_tool("echoscu")
@@ -112,16 +139,21 @@ def version() -> str | None:
     return None
 
 
-def scp_command(port: int, aet: str, output_dir: str, *, store: bool = False) -> list[str]:
+def scp_command(
+    port: int, aet: str, output_dir: str, *, store: bool = False, tls: TlsFiles | None = None
+) -> list[str]:
     """storescp serving Verification and Storage on `port` (all interfaces).
 
     Received instances are written to `output_dir` as files (storescp's
     default: file format, named after the modality and SOP Instance UID).
+    With `tls`: over TLS, the client's certificate required (its default).
     """
     tool = find_tool("storescp")
     if tool is None:
         raise RuntimeError("DCMTK storescp not found")
     options = list(STORESCP_STORE_OPTIONS) if store else []
+    if tls is not None:
+        options += tls_options(tls, server=True)
     return [tool, "-aet", aet, "--output-directory", output_dir, *options, str(port)]
 
 
@@ -175,6 +207,8 @@ def _storescu(args: argparse.Namespace, files: list[Path], clock: ScpClock, tag:
     if tool is None:
         raise RuntimeError("DCMTK storescu not found")
     cmd = [tool, "-aet", args.calling_aet, "-aec", args.aet, *_timeouts(args)]
+    if (tls := tls_files(args)) is not None:
+        cmd += tls_options(tls, server=False)
     cmd += [*STORESCU_OPTIONS, args.host, str(args.port), *map(str, files)]
     return _run(cmd, clock, tag)
 
@@ -296,7 +330,8 @@ def run_scu(args: argparse.Namespace) -> Measurement:
         singles = [_storescu(args, [w], clock, "single") for w in warmups[:3]]
         full = _storescu(args, paths, clock, "begin")
         nbytes = total_bytes(paths) - round(statistics.median(total_bytes([w]) for w in warmups))
-        tool = "storescu " + " ".join(STORESCU_OPTIONS) + " FILE..."
+        tls = " +tls client.key client.crt +cf ca.pem" if args.tls_dir is not None else ""
+        tool = "storescu " + " ".join(STORESCU_OPTIONS) + tls + " FILE..."
         method = "differential: (n-1) instances in time(n files) - time(1 file)"
     else:
         singles = [_echoscu(args, 1, clock, "single") for _ in range(3)]
@@ -349,7 +384,9 @@ def run_scp(args: argparse.Namespace) -> None:
         raise SystemExit("storescp needs an explicit --port")
     out = args.store_dir or Path(tempfile.mkdtemp(prefix="bench-storescp-"))
     out.mkdir(parents=True, exist_ok=True)
-    cmd = scp_command(args.port, args.aet, str(out), store=args.store_dir is not None)
+    cmd = scp_command(
+        args.port, args.aet, str(out), store=args.store_dir is not None, tls=tls_files(args)
+    )
     os.execv(cmd[0], cmd)
 
 
