@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from ssl import SSLContext, SSLError
 from typing import Any, TypeAlias
@@ -45,9 +45,11 @@ from adicom.models import (
     StudyQuery,
 )
 from adicom.pdu import UserIdentityRQ
+from adicom.peers import PeerRules
 from adicom.qrscu import RetrieveProgress
 from adicom.server import Server
 from adicom.settings import DicomSettings
+from adicom.storage import StoreContext
 from adicom.storescu import StoreResult, store
 from adicom.tls import client_context, server_context
 
@@ -367,6 +369,13 @@ def _add_serve(commands: _Commands) -> None:
         metavar="AET",
         type=_ae_title,
         help="accept only these calling AE titles (repeatable; default: any)",
+    )
+    serve.add_argument(
+        "--peers",
+        metavar="FILE",
+        type=Path,
+        help="per-peer rules (TOML: AE title, addresses, certificate, services, move "
+        "destination, duplicate policy); unknown peers are rejected (see docs/security.md)",
     )
     serve.add_argument(
         "--users",
@@ -727,6 +736,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     options: dict[str, Any] = {}
     tls = _server_ssl(args)
+    rules = PeerRules.load(args.peers) if args.peers is not None else None
     hook = None
     if args.users is not None:
         hook = identity_hook(Users.load(args.users))
@@ -739,7 +749,11 @@ async def _serve(args: argparse.Namespace) -> int:
         if not os.access(root, os.W_OK):
             raise PermissionError(f"cannot write to the storage folder {root}")
         archive = Archive(root, on_duplicate=args.on_duplicate, fsync=args.fsync)
-        options = archive.handlers(dict(args.move_dest))
+        destinations = dict(args.move_dest)
+        if rules is not None:
+            destinations = rules.move_destinations() | destinations
+            archive.storage.duplicate_policy = _duplicate_policy(rules)
+        options = archive.handlers(destinations)
     try:
         async with Server(
             args.aet,
@@ -764,6 +778,7 @@ async def _serve(args: argparse.Namespace) -> int:
             ssl=tls,
             user_identity=hook,
             require_identity=args.require_identity,
+            peers=rules,
             **options,
         ) as server:
             if archive is not None:
@@ -789,6 +804,16 @@ async def _serve(args: argparse.Namespace) -> int:
         if archive is not None:
             archive.close()
     return EXIT_OK
+
+
+def _duplicate_policy(rules: PeerRules) -> Callable[[StoreContext], str | None]:
+    """The archive's duplicate policy for each sender, from its peer entry."""
+
+    def policy(context: StoreContext) -> str | None:
+        peer = rules.peers.get(context.calling_ae.strip())
+        return peer.on_duplicate if peer is not None else None
+
+    return policy
 
 
 def _store_outcome(result: StoreResult) -> tuple[str, str]:

@@ -130,6 +130,9 @@ class DiskStorage(StorageHandler):
         self.root = Path(root)
         self.layout = layout
         self.on_duplicate = on_duplicate
+        #: Per sender: the duplicate policy for what this context brings (None:
+        #: ``on_duplicate``); the server's peer rules set it.
+        self.duplicate_policy: Callable[[StoreContext], str | None] | None = None
         self.fsync = fsync
         self.on_stored = on_stored
         self.lookup = lookup
@@ -499,10 +502,13 @@ class _DiskInstance(IncomingInstance):
         assert temp is not None
         final = storage.final_path(values)
         existing = storage.existing(values, final)
-        if existing is not None and storage.on_duplicate != "replace":
+        policy: str = storage.on_duplicate
+        if storage.duplicate_policy is not None:
+            policy = storage.duplicate_policy(self.context) or policy
+        if existing is not None and policy != "replace":
             self._discard()
             self.path = existing
-            if storage.on_duplicate == "reject":
+            if policy == "reject":
                 raise _Refused(Status.DUPLICATE_SOP_INSTANCE, "this SOP instance is stored already")
             log.info("%s is stored already; keeping the first copy", values["SOPInstanceUID"])
             return Status.SUCCESS

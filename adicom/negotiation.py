@@ -11,7 +11,7 @@ servers, clients and tests share one set of rules.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from adicom.pdu import (
@@ -205,6 +205,9 @@ class AcceptorPolicy:
     get_scp_role: bool = False
     max_pdu: int = DEFAULT_MAX_PDU
     async_window: int = ASYNC_WINDOW
+    #: What this requestor may use: (abstract syntax, it asked for the SCP
+    #: role) -> allowed. A context it may not use is answered user-rejection.
+    allow: Callable[[str, bool], bool] | None = None
 
     def storage_class(self, abstract_syntax: str) -> bool:
         """True when ``abstract_syntax`` is taken as a storage SOP class here."""
@@ -233,6 +236,8 @@ def _answer(
 ) -> PresentationContextAC:
     """The answer to one proposed context (PS3.8 9.3.3.2, Table 9-18)."""
     abstract = context.abstract_syntax
+    if policy.allow is not None and not policy.allow(abstract, abstract in asked_scp):
+        return PresentationContextAC(context.context_id, 1)  # PS3.8 Table 9-18: user-rejection
     ours = policy.supported.get(abstract)
     if policy.get_scp_role and abstract in asked_scp and policy.storage_class(abstract):
         # A C-GET requestor taking the SCP role knows best in which syntax

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any
@@ -31,6 +31,7 @@ from adicom.negotiation import (
     negotiate,
 )
 from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, UserIdentityRQ
+from adicom.peers import Peer, PeerRules
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
     QR_FIND_SOP_CLASSES,
@@ -74,6 +75,7 @@ class AssociationInfo:
 
 # PS3.8 Table 9-21 answers, (result, source, reason).
 _RJ_NO_REASON = AAssociateRJ(1, 1, 1)
+_RJ_CALLING_AE = AAssociateRJ(1, 1, 3)  # calling-AE-title-not-recognized
 _RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
 
 
@@ -103,7 +105,9 @@ class Server:
     and closes that connection only, and :attr:`Association.tls` tells
     handlers the peer's certificate. ``user_identity`` decides the user
     identity a request carries (see :func:`adicom.identity.identity_hook`);
-    with ``require_identity`` a request without one is rejected.
+    with ``require_identity`` a request without one is rejected. ``peers``
+    (:class:`~adicom.peers.PeerRules`) admits only the peers it knows, from
+    their addresses (and certificates), to the services each may use.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class Server:
         async_window: int = ASYNC_WINDOW,
         ssl: SSLContext | None = None,
         require_identity: bool = False,
+        peers: PeerRules | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -163,6 +168,8 @@ class Server:
         self.user_identity = user_identity
         #: Reject requests that carry no user identity (PS3.7 D.3.3.7).
         self.require_identity = require_identity
+        #: Who may associate, from where, to do what (see :mod:`adicom.peers`).
+        self.peers = peers
         #: Where received instances go; with it every storage SOP class is
         #: accepted (private ones too), or those of ``storage_sop_classes``.
         self.storage = storage
@@ -364,9 +371,17 @@ class Server:
     async def _negotiate(self, association: Association, request: AAssociateRQ) -> bool:
         """Answer the A-ASSOCIATE-RQ; True when accepted."""
         answer: tuple[AAssociateAC, Agreement] | AAssociateRJ | bytes | None
-        answer = check_request(request, self._policy) or await self._identity(association, request)
+        policy = self._policy
+        answer = check_request(request, policy)
+        if answer is None and self.peers is not None:
+            peer = self._admit(association, request)
+            if peer is None:
+                answer = _RJ_CALLING_AE
+            else:
+                policy = replace(policy, allow=peer.allows)
+        answer = answer or await self._identity(association, request)
         if not isinstance(answer, AAssociateRJ):
-            answer = negotiate(request, self._policy, identity_response=answer)
+            answer = negotiate(request, policy, identity_response=answer)
         if not isinstance(answer, AAssociateRJ) and not self.admission.associate():
             self.admission.log.warning(
                 "full",
@@ -389,6 +404,19 @@ class Server:
         self.stats["accepted"] += 1
         log.debug("accepted association from %s", request.calling_ae)
         return True
+
+    def _admit(self, association: Association, request: AAssociateRQ) -> Peer | None:
+        """The known peer this request comes from, or None (logged) when refused."""
+        assert self.peers is not None
+        address = association.peer_address
+        tls = association.tls
+        peer = self.peers.admit(
+            request.calling_ae, address[0] if address else "", tls.peer_subject if tls else None
+        )
+        if isinstance(peer, str):
+            self.admission.log.warning("peers", "rejecting an association: %s", peer)
+            return None
+        return peer
 
     async def _identity(
         self, association: Association, request: AAssociateRQ

@@ -81,6 +81,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.admission",
                 "adicom.identity",
+                "adicom.peers",
                 "adicom.listener",
                 "adicom.values",
                 "adicom.models",
