@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, TypeAlias
 from pydantic import ValidationError
 
 from adicom.archive import Archive
+from adicom.audit import AuditLog
 from adicom.client import connect
 from adicom.demo import run_demo
 from adicom.dicomclient import DicomClient
@@ -389,6 +391,18 @@ def _add_serve(commands: _Commands) -> None:
         action="store_true",
         help="reject associations that carry no user identity (use with --users)",
     )
+    serve.add_argument(
+        "--audit",
+        metavar="FILE",
+        help="write an audit trail, one JSON line per association accepted or refused, "
+        "instance received, query and retrieve (PS3.15 A.5 event names), appended to "
+        "FILE ('-': standard output)",
+    )
+    serve.add_argument(
+        "--audit-no-patient-data",
+        action="store_true",
+        help="leave patient names, IDs and birth dates out of the audit trail",
+    )
     _timeouts(serve, settings)
     _limits(serve)
 
@@ -742,6 +756,16 @@ async def _serve(args: argparse.Namespace) -> int:
         hook = identity_hook(Users.load(args.users))
     elif args.require_identity:
         raise argparse.ArgumentTypeError("--require-identity needs --users (who to accept)")
+    if args.audit_no_patient_data and args.audit is None:
+        raise argparse.ArgumentTypeError("--audit-no-patient-data needs --audit FILE")
+    audit = (
+        None
+        if args.audit is None
+        else AuditLog(
+            sys.stdout if args.audit == "-" else args.audit,
+            patient_data=not args.audit_no_patient_data,
+        )
+    )
     archive = None
     if args.storage:
         root = Path(args.storage)
@@ -779,6 +803,7 @@ async def _serve(args: argparse.Namespace) -> int:
             user_identity=hook,
             require_identity=args.require_identity,
             peers=rules,
+            audit=audit,
             **options,
         ) as server:
             if archive is not None:
@@ -798,12 +823,32 @@ async def _serve(args: argparse.Namespace) -> int:
                     else "no client certificates"
                 )
                 print(f"adicom serve: TLS 1.2 or later only; {clients}", flush=True)
+            if tls is None and rules is None and not _is_loopback(args.host):
+                print(
+                    f"adicom serve: warning: {args.host} is reachable from other machines, "
+                    "and without --tls-cert or --peers anyone who reaches it may store, "
+                    "query and retrieve (see docs/security.md)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             await stop.wait()
             print(f"adicom serve: stopping ({server.stats})", flush=True)
     finally:
         if archive is not None:
             archive.close()
+        if audit is not None:
+            audit.close()
     return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (a name other than localhost: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _duplicate_policy(rules: PeerRules) -> Callable[[StoreContext], str | None]:

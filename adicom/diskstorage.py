@@ -383,6 +383,7 @@ class _DiskInstance(IncomingInstance):
         try:
             self._close_file()
             values = self._checked_values()
+            self.values = values
             status = self._file(values)
         except _Refused as refused:
             self._discard()

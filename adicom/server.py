@@ -16,10 +16,14 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from adicom.admission import Admission
 from adicom.association import Association, Message
+from adicom.audit import AuditLog
 from adicom.dimse import CommandField, Limits, Status
 from adicom.errors import DicomError, describe_reject
+from adicom.fileformat import decode_dataset
 from adicom.listener import Listener
 from adicom.negotiation import (
     ASYNC_WINDOW,
@@ -49,7 +53,13 @@ from adicom.qrscp import (
     run_get,
     run_move,
 )
-from adicom.storage import IncomingInstance, StorageHandler, answer_store, sink_factory
+from adicom.storage import (
+    IncomingInstance,
+    StorageHandler,
+    StoreContext,
+    answer_store,
+    sink_factory,
+)
 from adicom.tls import TlsInfo, describe_tls_failure
 
 __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
@@ -108,6 +118,9 @@ class Server:
     with ``require_identity`` a request without one is rejected. ``peers``
     (:class:`~adicom.peers.PeerRules`) admits only the peers it knows, from
     their addresses (and certificates), to the services each may use.
+    ``audit`` (:class:`~adicom.audit.AuditLog`) gets a line per association
+    accepted or refused, failed TLS handshake, instance received, query and
+    retrieve.
     """
 
     def __init__(
@@ -139,6 +152,7 @@ class Server:
         ssl: SSLContext | None = None,
         require_identity: bool = False,
         peers: PeerRules | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -170,6 +184,8 @@ class Server:
         self.require_identity = require_identity
         #: Who may associate, from where, to do what (see :mod:`adicom.peers`).
         self.peers = peers
+        #: The audit trail (see :mod:`adicom.audit`), when one is kept.
+        self.audit = audit
         #: Where received instances go; with it every storage SOP class is
         #: accepted (private ones too), or those of ``storage_sop_classes``.
         self.storage = storage
@@ -332,9 +348,10 @@ class Server:
                 # An untrusted client certificate, plain DICOM on the TLS
                 # port, a scanner: that connection ends, the server goes on.
                 self.stats["tls_failed"] += 1
-                self.admission.log.warning(
-                    "tls", "TLS handshake with %s failed: %s", host, describe_tls_failure(exc)
-                )
+                why = describe_tls_failure(exc)
+                self.admission.log.warning("tls", "TLS handshake with %s failed: %s", host, why)
+                if self.audit is not None:
+                    self.audit.tls_failed(address, why)
                 return
             if not isinstance(exc, OSError):
                 raise
@@ -373,13 +390,22 @@ class Server:
         answer: tuple[AAssociateAC, Agreement] | AAssociateRJ | bytes | None
         policy = self._policy
         answer = check_request(request, policy)
+        why = None  # what the audit trail says of a rejection, beyond PS3.8's reason
+        peer: Peer | str | None = None
         if answer is None and self.peers is not None:
             peer = self._admit(association, request)
-            if peer is None:
-                answer = _RJ_CALLING_AE
+            if isinstance(peer, str):
+                answer, why = _RJ_CALLING_AE, peer
             else:
                 policy = replace(policy, allow=peer.allows)
-        answer = answer or await self._identity(association, request)
+        if answer is None:
+            answer = await self._identity(association, request)
+            if isinstance(answer, AAssociateRJ):
+                why = (
+                    "user identity not accepted"
+                    if request.user_information.user_identity_rq is not None
+                    else "no user identity, and one is required"
+                )
         if not isinstance(answer, AAssociateRJ):
             answer = negotiate(request, policy, identity_response=answer)
         if not isinstance(answer, AAssociateRJ) and not self.admission.associate():
@@ -391,22 +417,37 @@ class Server:
             answer = _RJ_TOO_MANY
         if isinstance(answer, AAssociateRJ):
             self.stats["rejected"] += 1
+            reason = describe_reject(answer.result, answer.source, answer.reason)
             log.info(
                 "rejecting association from %s to %s: %s",
                 request.calling_ae,
                 request.called_ae,
-                describe_reject(answer.result, answer.source, answer.reason),
+                reason,
             )
+            if self.audit is not None:
+                self.audit.association(
+                    request,
+                    association.peer_address,
+                    association.tls,
+                    refused=f"{why}: {reason}" if why else reason,
+                )
             association.reject(answer)
             return False
         response, agreement = answer
         association.accept(response, agreement)
         self.stats["accepted"] += 1
         log.debug("accepted association from %s", request.calling_ae)
+        if self.audit is not None:
+            self.audit.association(
+                request,
+                association.peer_address,
+                association.tls,
+                peer=peer.ae_title if isinstance(peer, Peer) else None,
+            )
         return True
 
-    def _admit(self, association: Association, request: AAssociateRQ) -> Peer | None:
-        """The known peer this request comes from, or None (logged) when refused."""
+    def _admit(self, association: Association, request: AAssociateRQ) -> Peer | str:
+        """The known peer this request comes from, or why it is refused (logged)."""
         assert self.peers is not None
         address = association.peer_address
         tls = association.tls
@@ -415,7 +456,6 @@ class Server:
         )
         if isinstance(peer, str):
             self.admission.log.warning("peers", "rejecting an association: %s", peer)
-            return None
         return peer
 
     async def _identity(
@@ -491,9 +531,61 @@ class Server:
             )
         else:
             return False
+        if self.audit is not None:
+            self._audit_operation(association, message)
         task = asyncio.get_running_loop().create_task(runner)
         operations[message.command.message_id or 0] = (task, cancelled)
         return True
+
+    def _audit_operation(self, association: Association, message: Message) -> None:
+        """Record a C-FIND, C-GET or C-MOVE with its keys.
+
+        The identifier is decoded here once more (it is small: Limits.max_dataset
+        bounds it) so that the query/retrieve code stays free of auditing.
+        """
+        assert self.audit is not None
+        command = message.command
+        transfer = association.contexts[message.context_id].transfer_syntax
+        identifier: Dataset | str = "the request carries no identifier"
+        if message.dataset is not None and transfer is not None:
+            try:
+                identifier = decode_dataset(message.dataset, transfer)
+            except Exception as exc:  # pydicom raises many kinds on bad data
+                identifier = f"the identifier does not parse: {exc}"
+        service = {
+            CommandField.C_FIND_RQ: "find",
+            CommandField.C_GET_RQ: "get",
+            CommandField.C_MOVE_RQ: "move",
+        }[CommandField(command.command_field)]
+        self.audit.operation(
+            service,
+            association.calling_ae,
+            association.peer_address,
+            identifier,
+            sop_class_uid=command.affected_sop_class_uid,
+            destination=command.move_destination,
+        )
+
+    def _audit_store(
+        self, association: Association, message: Message, sink: IncomingInstance | None
+    ) -> None:
+        """Record a C-STORE: the instance kept, or refused and why."""
+        assert self.audit is not None
+        if sink is not None:
+            status = Status.SUCCESS if sink.status is None else sink.status
+            self.audit.instance(sink.context, status, sink.error or sink.warning, sink.values)
+            return
+        command = message.command
+        context = StoreContext(
+            calling_ae=association.calling_ae,
+            called_ae=association.called_ae,
+            sop_class_uid=command.affected_sop_class_uid or "",
+            sop_instance_uid=command.affected_sop_instance_uid or "",
+            transfer_syntax=str(association.contexts[message.context_id].transfer_syntax),
+            address=association.peer_address,
+            message_id=command.message_id or 0,
+        )
+        self.audit.instance(context, Status.OUT_OF_RESOURCES, message.refused)
 
     async def _dispatch(
         self,
@@ -508,7 +600,9 @@ class Server:
         elif field == CommandField.C_STORE_RQ and (
             message.refused is not None or isinstance(message.sink, IncomingInstance)
         ):
-            await answer_store(association, message)
+            sink = await answer_store(association, message)
+            if self.audit is not None:
+                self._audit_store(association, message, sink)
         elif field == CommandField.C_CANCEL_RQ:
             # PS3.7 9.3.2.3: no response to C-CANCEL itself; the operation's
             # final response says Cancel. Unknown IDs are ignored.

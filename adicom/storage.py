@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,6 +117,11 @@ class IncomingInstance:
         self.offending_element: int | None = None
         #: Where the instance ended up, when it went to a file.
         self.path: Path | None = None
+        #: The status its C-STORE was answered with (set by answer_store).
+        self.status: int | None = None
+        #: Attributes read from the data set by keyword (the UIDs, the
+        #: patient's ID and name, ...), as far as the handler read them.
+        self.values: Mapping[str, str] = {}
 
     def write(self, data: memoryview, /) -> None:
         """Take the next fragment of the data set."""
@@ -185,7 +190,7 @@ async def answer_store(association: Association, message: Message) -> IncomingIn
         return None
     sink = message.sink
     assert isinstance(sink, IncomingInstance)
-    status = await sink.finish()
+    status = sink.status = await sink.finish()
     category = status_category(status)
     fields: dict[str, object] = {}
     comment = (

@@ -80,6 +80,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.admission",
+                "adicom.audit",
                 "adicom.identity",
                 "adicom.peers",
                 "adicom.listener",
