@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import ipaddress
 import json
 import logging
@@ -1073,9 +1074,15 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _hash_password(args: argparse.Namespace) -> int:
-    line = sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():
+        # Typed by a person: without echo, twice (the CLI waits for nothing else).
+        line = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != line:
+            raise argparse.ArgumentTypeError("the two passwords differ")
+    else:
+        line = sys.stdin.readline().rstrip("\r\n")
     if not line:
-        raise argparse.ArgumentTypeError("no password on standard input")
+        raise argparse.ArgumentTypeError("no password given")
     print(hash_password(line, cost=args.cost))
     return EXIT_OK
 

@@ -147,6 +147,14 @@ async def test_identity_from_the_command_line(
     assert made.returncode == 0, made.stderr
     stored = made.stdout.strip()
     assert check_password("wonderland", stored)
+    empty = subprocess.run(
+        [sys.executable, "-m", "adicom", "hash-password"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert empty.returncode == 2 and "no password given" in empty.stderr, empty.stderr
     secret = tmp_path / "secret"
     secret.write_text("wonderland\n")
     caplog.set_level(logging.WARNING, "adicom")

@@ -201,6 +201,12 @@ async def test_the_cli_speaks_tls_when_told(pki: Pki, tmp_path: pathlib.Path) ->
         assert code == 2 and f"no such file: {missing}" in err, err
         code, _, err = await run_cli("echo", "--tls-key", str(pki.client_pem), *peer)
         assert code == 2 and "--tls-key needs --tls-cert" in err, err
+    async with tls_server(server_context(cert=pki.server_pem)) as server:
+        # Not checking the server's certificate works, and says what it risks.
+        peer = ["--aec", "TLS-SCP", "127.0.0.1", str(server.port)]
+        code, out, err = await run_cli("echo", "--tls-no-verify", *peer)
+        assert code == 0 and "success" in out, err
+        assert "without verifying the server's certificate: anyone can pose as it" in err
 
 
 async def test_serve_refuses_tls_options_without_a_certificate(pki: Pki) -> None:
