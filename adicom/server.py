@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ssl import SSLContext
 from types import TracebackType
@@ -34,6 +34,7 @@ from adicom.negotiation import (
     check_window,
     negotiate,
 )
+from adicom.nservices import NHandler, answer_n
 from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, UserIdentityRQ
 from adicom.peers import Peer, PeerRules
 from adicom.presentation import (
@@ -120,7 +121,8 @@ class Server:
     their addresses (and certificates), to the services each may use.
     ``audit`` (:class:`~adicom.audit.AuditLog`) gets a line per association
     accepted or refused, failed TLS handshake, instance received, query and
-    retrieve.
+    retrieve. ``n_handlers`` maps SOP class UIDs to handlers of their
+    DIMSE-N requests (see :mod:`adicom.nservices`).
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class Server:
         require_identity: bool = False,
         peers: PeerRules | None = None,
         audit: AuditLog | None = None,
+        n_handlers: Mapping[str, NHandler] | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -195,7 +198,10 @@ class Server:
         #: Query/retrieve handlers (see :mod:`adicom.qrscp`).
         self.on_find, self.on_get, self.on_move = on_find, on_get, on_move
         self.move_destinations: MoveDestinations = move_destinations or {}
+        #: SOP class UID -> the handler of its DIMSE-N requests.
+        self.n_handlers: dict[str, NHandler] = dict(n_handlers or {})
         query_syntaxes = tuple(transfer_syntaxes)
+        self.supported.update(dict.fromkeys(self.n_handlers, query_syntaxes))
         for handler, sop_classes in (
             (on_find, QR_FIND_SOP_CLASSES),
             (on_get, QR_GET_SOP_CLASSES),
@@ -529,13 +535,37 @@ class Server:
                 self.move_destinations,
                 self.ae_title,
             )
+        elif (
+            CommandField(field).is_n
+            and (handler := self.n_handlers.get(message.command.sop_class_uid or "")) is not None
+        ):
+            runner = self._run_n(association, message, handler)
         else:
             return False
-        if self.audit is not None:
+        if self.audit is not None and not CommandField(field).is_n:
             self._audit_operation(association, message)
         task = asyncio.get_running_loop().create_task(runner)
         operations[message.command.message_id or 0] = (task, cancelled)
         return True
+
+    async def _run_n(self, association: Association, message: Message, handler: NHandler) -> None:
+        """Answer a DIMSE-N request; what the handler leaves for later runs as a server task."""
+        response = await answer_n(association, message, handler)
+        if response.then is not None:
+            self._spawn(response.then(), f"after {message.command.name}")
+
+    def _spawn(self, work: Awaitable[None], what: str) -> None:
+        """Run ``work`` beside the associations: until it ends, or the server closes."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _audit_operation(self, association: Association, message: Message) -> None:
         """Record a C-FIND, C-GET or C-MOVE with its keys.

@@ -178,19 +178,19 @@ def test_offending_element_is_at() -> None:
 
 
 def test_unknown_elements_kept_in_other() -> None:
-    # (0000,1002) Event Type ID and (0000,1005) Attribute Identifier List are
-    # DIMSE-N elements Command does not name.
+    # (0000,0850) Number of Matches and (0000,5010) Message Set ID are retired
+    # elements Command does not name; they are kept and sent back as they came.
     raw = group(
-        element(0x0100, us(0x0100)),
+        element(0x0100, us(0x0020)),
         element(0x0110, us(3)),
         element(0x0800, us(NO_DATASET)),
-        element(0x1002, us(2)),
-        element(0x1005, bytes.fromhex("1000 1000")),
+        element(0x0850, us(2)),
+        element(0x5010, b"SET1"),
     )
     command = Command.decode(raw)
-    assert command.command_field == 0x0100
+    assert command.command_field == 0x0020
     assert command.message_id == 3
-    assert command.other == ((0x1002, b"\x02\x00"), (0x1005, b"\x10\x00\x10\x00"))
+    assert command.other == ((0x0850, b"\x02\x00"), (0x5010, b"SET1"))
     assert command.encode() == raw
 
 

@@ -68,6 +68,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.storescu",
+                "adicom.nservices",
                 "adicom.storage",
                 "adicom.diskstorage",
                 "adicom.qrscu",

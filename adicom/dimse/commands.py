@@ -41,6 +41,24 @@ class CommandField(enum.IntEnum):
     C_ECHO_RQ = 0x0030
     C_ECHO_RSP = 0x8030
     C_CANCEL_RQ = 0x0FFF
+    # DIMSE-N (PS3.7 10.3)
+    N_EVENT_REPORT_RQ = 0x0100
+    N_EVENT_REPORT_RSP = 0x8100
+    N_GET_RQ = 0x0110
+    N_GET_RSP = 0x8110
+    N_SET_RQ = 0x0120
+    N_SET_RSP = 0x8120
+    N_ACTION_RQ = 0x0130
+    N_ACTION_RSP = 0x8130
+    N_CREATE_RQ = 0x0140
+    N_CREATE_RSP = 0x8140
+    N_DELETE_RQ = 0x0150
+    N_DELETE_RSP = 0x8150
+
+    @property
+    def is_n(self) -> bool:
+        """True for the DIMSE-N commands (PS3.7 Chapter 10)."""
+        return 0x0100 <= (self & 0x7FFF) <= 0x0150
 
 
 class Priority(enum.IntEnum):
@@ -77,6 +95,9 @@ _ELEMENTS: tuple[tuple[int, str, str], ...] = (
     (0x0903, _US, "error_id"),
     (0x1000, _UI, "affected_sop_instance_uid"),
     (0x1001, _UI, "requested_sop_instance_uid"),
+    (0x1002, _US, "event_type_id"),
+    (0x1005, _AT, "attribute_identifier_list"),
+    (0x1008, _US, "action_type_id"),
     (0x1020, _US, "number_of_remaining_suboperations"),
     (0x1021, _US, "number_of_completed_suboperations"),
     (0x1022, _US, "number_of_failed_suboperations"),
@@ -95,8 +116,8 @@ class Command:
     """A DIMSE command set: the group 0000 elements of PS3.7 Table E.1-1.
 
     Fields left as None are absent from the encoded command. Elements this
-    class does not name (for example of the DIMSE-N services) are kept in
-    ``other`` as (element, raw value) pairs.
+    class does not name (retired ones, say) are kept in ``other`` as
+    (element, raw value) pairs.
     """
 
     command_field: int
@@ -119,6 +140,9 @@ class Command:
     number_of_completed_suboperations: int | None = None
     number_of_failed_suboperations: int | None = None
     number_of_warning_suboperations: int | None = None
+    event_type_id: int | None = None
+    attribute_identifier_list: tuple[int, ...] | None = None
+    action_type_id: int | None = None
     other: tuple[tuple[int, bytes], ...] = ()
 
     @property
@@ -174,6 +198,16 @@ class Command:
         if "command_field" not in values:
             raise malformed("command set has no Command Field (0000,0100)")
         return cls(other=tuple(other), **values)
+
+    @property
+    def sop_class_uid(self) -> str | None:
+        """The SOP class the command is about: Affected, else Requested (PS3.7 10.3)."""
+        return self.affected_sop_class_uid or self.requested_sop_class_uid
+
+    @property
+    def sop_instance_uid(self) -> str | None:
+        """The SOP instance the command is about: Affected, else Requested."""
+        return self.affected_sop_instance_uid or self.requested_sop_instance_uid
 
     @property
     def name(self) -> str:
@@ -280,6 +314,8 @@ def _decode_value(vr: str, raw: bytes, element: int) -> Any:
         if vr == _UL:
             return _U32.unpack(raw)[0]
         if vr == _AT:
+            if len(raw) % 4:
+                raise struct.error
             return tuple(
                 (_U16.unpack_from(raw, i)[0] << 16) | _U16.unpack_from(raw, i + 2)[0]
                 for i in range(0, len(raw) - 3, 4)
