@@ -442,6 +442,14 @@ def _limits(serve: argparse.ArgumentParser) -> None:
         "beyond it the association is aborted (default: %(default)s)",
     )
     group.add_argument(
+        "--max-n-dataset-bytes",
+        type=_count,
+        default=defaults.max_n_dataset,
+        metavar="BYTES",
+        help="size of a DIMSE-N data set (a Storage Commitment request, an MPPS), held "
+        "in memory; beyond it the association is aborted (default: %(default)s)",
+    )
+    group.add_argument(
         "--max-pdvs-per-pdu",
         type=_count,
         default=defaults.max_pdvs,
@@ -790,6 +798,7 @@ async def _serve(args: argparse.Namespace) -> int:
             limits=Limits(
                 max_command=args.max_command_bytes,
                 max_dataset=args.max_dataset_bytes,
+                max_n_dataset=args.max_n_dataset_bytes,
                 max_pdvs=args.max_pdvs_per_pdu,
                 max_instance=args.max_instance_bytes,
                 message_timeout=args.message_timeout,

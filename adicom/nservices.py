@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from adicom.association import Association, Message
 
 __all__ = [
+    "N_REQUESTS",
     "NHandler",
     "NRequest",
     "NResponse",
@@ -57,6 +58,17 @@ __all__ = [
 
 log = logging.getLogger("adicom")
 
+#: The six DIMSE-N requests (PS3.7 10.3).
+N_REQUESTS = frozenset(
+    {
+        CommandField.N_EVENT_REPORT_RQ,
+        CommandField.N_GET_RQ,
+        CommandField.N_SET_RQ,
+        CommandField.N_ACTION_RQ,
+        CommandField.N_CREATE_RQ,
+        CommandField.N_DELETE_RQ,
+    }
+)
 _REQUESTED = frozenset(
     {
         CommandField.N_GET_RQ,

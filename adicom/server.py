@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from adicom.admission import Admission
 from adicom.association import Association, Message
 from adicom.audit import AuditLog
-from adicom.dimse import CommandField, Limits, Status
+from adicom.dimse import CommandField, Limits, Status, is_n
 from adicom.errors import DicomError, describe_reject
 from adicom.fileformat import decode_dataset
 from adicom.listener import Listener
@@ -34,7 +34,7 @@ from adicom.negotiation import (
     check_window,
     negotiate,
 )
-from adicom.nservices import NHandler, answer_n
+from adicom.nservices import N_REQUESTS, NHandler, answer_n
 from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, UserIdentityRQ
 from adicom.peers import Peer, PeerRules
 from adicom.presentation import (
@@ -536,13 +536,13 @@ class Server:
                 self.ae_title,
             )
         elif (
-            CommandField(field).is_n
+            field in N_REQUESTS
             and (handler := self.n_handlers.get(message.command.sop_class_uid or "")) is not None
         ):
             runner = self._run_n(association, message, handler)
         else:
             return False
-        if self.audit is not None and not CommandField(field).is_n:
+        if self.audit is not None and not is_n(field):
             self._audit_operation(association, message)
         task = asyncio.get_running_loop().create_task(runner)
         operations[message.command.message_id or 0] = (task, cancelled)

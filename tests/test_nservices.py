@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 import adicom
-from adicom.dimse import Command, CommandField, Status
+from adicom.dimse import Command, CommandField, Limits, Status
 from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN
 from adicom.nservices import (
     NRequest,
@@ -265,3 +265,22 @@ async def test_an_event_report_comes_back_on_the_same_association() -> None:
             assert seen[0].TransactionUID == "1.2.3.99"
             async with asyncio.timeout(10):
                 await reported.wait()
+
+
+async def test_n_data_sets_have_their_own_limit() -> None:
+    """Larger than an identifier may be (a commitment lists a study), but bounded."""
+    scp = Mpps()
+    limits = Limits(max_dataset=1024, max_n_dataset=32 * 1024)
+    async with adicom.Server("N-SCP", port=0, n_handlers={MPPS: scp}, limits=limits) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="N-SCP", contexts=[(MPPS, SYNTAXES)]
+        ) as assoc:
+            attributes = Dataset()
+            # beyond max_dataset, within max_n_dataset:
+            attributes.add_new(0x00204000, "UT", "x" * 20_000)
+            assert (await n_create(assoc, MPPS, attributes, "1.2.3.1")).ok
+            attributes.add_new(0x00204000, "UT", "x" * 40_000)
+            with pytest.raises(adicom.errors.DicomError):
+                await n_create(assoc, MPPS, attributes, "1.2.3.2")
+            assert not assoc.is_established
+    assert list(scp.instances) == ["1.2.3.1"]

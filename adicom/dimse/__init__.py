@@ -19,6 +19,7 @@ from adicom.dimse.commands import (
     CountsTemplate,
     Priority,
     c_store_rq,
+    is_n,
     malformed,
 )
 from adicom.dimse.connection import (
@@ -66,6 +67,7 @@ __all__ = [
     "Status",
     "StatusCategory",
     "c_store_rq",
+    "is_n",
     "describe_status",
     "fragment_message",
     "malformed",

@@ -23,6 +23,7 @@ __all__ = [
     "CountsTemplate",
     "Priority",
     "c_store_rq",
+    "is_n",
     "malformed",
 ]
 
@@ -58,7 +59,12 @@ class CommandField(enum.IntEnum):
     @property
     def is_n(self) -> bool:
         """True for the DIMSE-N commands (PS3.7 Chapter 10)."""
-        return 0x0100 <= (self & 0x7FFF) <= 0x0150
+        return is_n(self)
+
+
+def is_n(command_field: int) -> bool:
+    """True when a Command Field value is a DIMSE-N request or response (known or not)."""
+    return 0x0100 <= (command_field & 0x7FFF) <= 0x01FF
 
 
 class Priority(enum.IntEnum):

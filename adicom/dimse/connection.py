@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adicom import protocol as ul
-from adicom.dimse.commands import Command, CommandField
+from adicom.dimse.commands import Command, CommandField, is_n
 from adicom.dimse.framing import (
     CommandReceived,
     DatasetReader,
@@ -123,7 +123,10 @@ class Limits:
     failure status; ``max_pdvs``: the PDVs of one P-DATA-TF PDU (the work
     one PDU can cost; beyond it, A-ABORT 2/6); ``message_timeout`` (None: none):
     seconds from a message's first PDV to its last, whatever trickles in
-    between. Zero means no limit for the sizes.
+    between; ``max_n_dataset``: the data set of a DIMSE-N message, held and
+    decoded like an identifier but larger by nature (a Storage Commitment
+    request lists every instance of a study: about 120 bytes each, so the
+    default takes some 4,000). Zero means no limit for the sizes.
     """
 
     max_command: int = 64 * 1024
@@ -131,6 +134,7 @@ class Limits:
     max_pdvs: int = MAX_PDVS_PER_PDU
     max_instance: int | None = None
     message_timeout: float | None = 300.0
+    max_n_dataset: int = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +462,10 @@ class DimseConnection:
                 return
             sink.write(data)  # type: ignore[arg-type]
             return
-        limit = self.limits.max_dataset
+        command = receiving.command
+        limit = (
+            self.limits.max_n_dataset if is_n(command.command_field) else self.limits.max_dataset
+        )
         if limit and receiving.size > limit:
             raise RemoteProtocolError(
                 f"a {receiving.command.name} data set larger than "
