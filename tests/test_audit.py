@@ -25,7 +25,7 @@ from adicom.errors import AssociationRejected, ConnectionClosed, TlsError
 from adicom.identity import Users, hash_password, identity_hook
 from adicom.pdu import UserIdentityRQ
 from adicom.peers import Peer, PeerRules
-from adicom.qrscu import find, find_contexts
+from adicom.qrscu import find, find_contexts, get, get_contexts, move, move_contexts
 
 pytestmark = pytest.mark.anyio
 
@@ -156,6 +156,38 @@ async def test_patient_data_can_be_left_out(tmp_path: pathlib.Path) -> None:
     assert dataset.PatientID not in text and str(dataset.PatientName) not in text
     query = lines(stream)[-1]
     assert query["keys"] == {"QueryRetrieveLevel": "PATIENT", "PatientID": "<left out>"}
+
+
+async def test_retrieves_are_audited_with_their_destination(tmp_path: pathlib.Path) -> None:
+    stream = io.StringIO()
+    archive = Archive(tmp_path / "archive")
+    await archive.open()
+    dataset = ct_small()
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = dataset.StudyInstanceUID
+    try:
+        async with adicom.Server(
+            "ARCHIVE", port=0, audit=AuditLog(stream), **archive.handlers({})
+        ) as server:
+            await adicom.store("127.0.0.1", server.port, [dataset], called_ae="ARCHIVE")
+            contexts, roles = get_contexts()
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="ARCHIVE",
+                contexts=contexts + move_contexts(), roles=roles,
+            ) as assoc:  # fmt: skip
+                got = await get(assoc, identifier, adicom.MemoryStorage())
+                assert got.completed == 1
+                moved = await move(assoc, identifier, "NOWHERE")
+                assert moved.status == 0xA801  # an unknown destination (PS3.4 C.4.2.1.5)
+    finally:
+        archive.close()
+    retrieves = [e for e in lines(stream) if e["event"] == "Begin Transferring DICOM Instances"]
+    assert [(e["service"], e.get("destination")) for e in retrieves] == [
+        ("get", None),
+        ("move", "NOWHERE"),
+    ]
+    assert all(e["keys"]["StudyInstanceUID"] == dataset.StudyInstanceUID for e in retrieves)
 
 
 async def test_identities_are_named_and_secrets_never_written() -> None:
