@@ -38,6 +38,8 @@ from adicom.models import (
     SeriesResult,
     StudyQuery,
     StudyResult,
+    WorklistQuery,
+    WorklistResult,
     status_text,
 )
 from adicom.operation import bounded
@@ -210,6 +212,51 @@ class DicomClient:
     ) -> list[ImageResult]:
         """C-FIND at IMAGE level (within one series)."""
         return await self._find(query.to_identifier(), ImageResult, peer, timeout, association)
+
+    async def find_worklist(
+        self,
+        query: WorklistQuery | Dataset,
+        peer: DicomNode | None = None,
+        *,
+        timeout: float | None = None,
+        association: Association | None = None,
+    ) -> list[WorklistResult]:
+        """C-FIND in the Modality Worklist model (PS3.4 K.6): the scheduled procedures that match.
+
+        ``query`` is a :class:`~adicom.models.WorklistQuery`, or an
+        identifier data set made by hand (sent as it is). ``peer`` may be
+        left out when ``association`` is given (one that agreed the Modality
+        Worklist Information Model - FIND context). A failure status raises
+        :class:`~adicom.errors.DimseError`: 0xA900 when the peer could not
+        match the identifier, 0xA700 when it had more matches than it sends.
+        """
+        if peer is None and association is None:
+            raise ValueError("find_worklist needs a peer, or an association to use")
+        identifier = query.to_identifier() if isinstance(query, WorklistQuery) else query
+        where = str(peer) if peer is not None else "the given association"
+        log.info("Searching the worklist on %s", where)
+        found: list[WorklistResult] = []
+        opener = (
+            self._association(peer, qrscu.find_contexts("worklist"), (), association)
+            if peer is not None
+            else contextlib.nullcontext(association)
+        )
+        async with opener as opened:
+            assert opened is not None
+            async with qrscu.find(opened, identifier, model="worklist") as results:
+
+                async def collect() -> None:
+                    async for dataset in results:
+                        found.append(WorklistResult.from_dataset(dataset))
+
+                await bounded(
+                    collect(),
+                    TimeoutKind.OPERATION,
+                    timeout or self.timeout,
+                    "C-FIND of the worklist",
+                )
+        log.info("Found %d worklist items", len(found))
+        return found
 
     async def _find(
         self,

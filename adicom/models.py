@@ -20,10 +20,21 @@ never raises. Each result keeps the peer's data set in ``result.dataset``.
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -64,10 +75,13 @@ __all__ = [
     "QueryLevel",
     "Result",
     "RetrieveResult",
+    "ScheduledProcedureStep",
     "SeriesQuery",
     "SeriesResult",
     "StudyQuery",
     "StudyResult",
+    "WorklistQuery",
+    "WorklistResult",
     "status_text",
 ]
 
@@ -492,6 +506,226 @@ class ImageQuery(Query[ImageResult]):
     series_instance_uid: ParentUID
     sop_instance_uid: UIDMatch | None = None
     instance_number: NumberMatch | None = None
+
+
+# --------------------------------------------------------------------------
+# Modality Worklist (PS3.4 Annex K)
+
+
+class ScheduledProcedureStep(Result):
+    """One item of a worklist match's Scheduled Procedure Step Sequence (0040,0100)."""
+
+    keywords: ClassVar[Mapping[str, str]] = {
+        "modality": "Modality",
+        "scheduled_station_ae_title": "ScheduledStationAETitle",
+        "scheduled_station_name": "ScheduledStationName",
+        "scheduled_procedure_step_location": "ScheduledProcedureStepLocation",
+        "scheduled_procedure_step_start_date": "ScheduledProcedureStepStartDate",
+        "scheduled_procedure_step_start_time": "ScheduledProcedureStepStartTime",
+        "scheduled_performing_physician_name": "ScheduledPerformingPhysicianName",
+        "scheduled_procedure_step_description": "ScheduledProcedureStepDescription",
+        "scheduled_procedure_step_id": "ScheduledProcedureStepID",
+        "scheduled_procedure_step_status": "ScheduledProcedureStepStatus",
+    }
+
+    modality: str | None = None
+    scheduled_station_ae_title: str | None = None
+    """The AE title(s) the step is scheduled on, backslash-separated when several."""
+    scheduled_station_name: str | None = None
+    scheduled_procedure_step_location: str | None = None
+    scheduled_procedure_step_start_date: str | None = None
+    scheduled_procedure_step_start_time: str | None = None
+    scheduled_performing_physician_name: str | None = None
+    scheduled_procedure_step_description: str | None = None
+    scheduled_procedure_step_id: str | None = None
+    scheduled_procedure_step_status: str | None = None
+
+
+class WorklistResult(Result):
+    """One Modality Worklist C-FIND match (a scheduled procedure, PS3.4 K.6.1.2).
+
+    ``scheduled_procedure_steps`` holds the items of the Scheduled Procedure
+    Step Sequence the peer returned (those that matched the query's step
+    keys, when the peer follows PS3.4 C.2.2.2.6); the other keys it
+    returned are in ``extra``, the data set as received in :attr:`dataset`.
+    """
+
+    keywords: ClassVar[Mapping[str, str]] = {
+        "patient_name": "PatientName",
+        "patient_id": "PatientID",
+        "patient_birth_date": "PatientBirthDate",
+        "patient_sex": "PatientSex",
+        "accession_number": "AccessionNumber",
+        "referring_physician_name": "ReferringPhysicianName",
+        "study_instance_uid": "StudyInstanceUID",
+        "requested_procedure_id": "RequestedProcedureID",
+        "requested_procedure_description": "RequestedProcedureDescription",
+        "requested_procedure_priority": "RequestedProcedurePriority",
+    }
+
+    patient_name: str | None = None
+    patient_id: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    accession_number: str | None = None
+    referring_physician_name: str | None = None
+    study_instance_uid: str | None = None
+    requested_procedure_id: str | None = None
+    requested_procedure_description: str | None = None
+    requested_procedure_priority: str | None = None
+    scheduled_procedure_steps: list[ScheduledProcedureStep] = []
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> Self:
+        """Build a result from one worklist C-FIND response identifier (never raises)."""
+        result = super().from_dataset(ds)
+        result.extra.pop("ScheduledProcedureStepSequence", None)
+        element = ds.get(_SPS_TAG)
+        items = element.value if element is not None and element.VR == "SQ" else None
+        result.scheduled_procedure_steps = [
+            ScheduledProcedureStep.from_dataset(item) for item in items or []
+        ]
+        return result
+
+
+_SPS_TAG = 0x00400100
+
+
+def _check_ae_key(value: str, info: ValidationInfo) -> str:
+    return check_match("AE", value, str(info.field_name))
+
+
+def _date_text(value: object) -> object:
+    # A datetime.date is taken as that one day (a datetime is a date too).
+    return value.strftime("%Y%m%d") if isinstance(value, date) else value
+
+
+AEMatch = Annotated[str, AfterValidator(_check_ae_key)]
+"""An AE matching key (up to 16 characters), wildcards allowed."""
+DayMatch = Annotated[DateMatch, BeforeValidator(_date_text)]
+"""A DA matching key, or a ``datetime.date`` for that one day."""
+
+
+class WorklistQuery(BaseModel):
+    """A Modality Worklist C-FIND query (PS3.4 K.6.1.2, Table K.6-1).
+
+    Top-level keys: ``patient_name``, ``patient_id``, ``accession_number``,
+    ``requested_procedure_id``, ``study_instance_uid`` and ``extra_keys``
+    (more keys by keyword, checked against their VR like the typed ones).
+    Scheduled Procedure Step keys (matched inside its sequence):
+    ``modality``, ``scheduled_station_ae_title``, ``scheduled_station_name``,
+    ``scheduled_date`` (a date, a range ``A-B``, ``-B``, ``A-``, or a
+    ``datetime.date``), ``scheduled_time`` (matched with the date as one
+    range when both are given, PS3.4 C.2.2.2.5) and
+    ``scheduled_performing_physician_name``.
+
+    As with the other queries, ``None`` leaves a key out of the matching
+    and ``""`` is universal matching; every key of :class:`WorklistResult`
+    and :class:`ScheduledProcedureStep` is asked back anyway, and
+    ``return_keys`` asks for more top-level keys.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keywords: ClassVar[Mapping[str, str]] = {
+        "patient_name": "PatientName",
+        "patient_id": "PatientID",
+        "accession_number": "AccessionNumber",
+        "requested_procedure_id": "RequestedProcedureID",
+        "study_instance_uid": "StudyInstanceUID",
+    }
+    """Field name to DICOM keyword, for the typed top-level fields."""
+    step_keywords: ClassVar[Mapping[str, str]] = {
+        "modality": "Modality",
+        "scheduled_station_ae_title": "ScheduledStationAETitle",
+        "scheduled_station_name": "ScheduledStationName",
+        "scheduled_date": "ScheduledProcedureStepStartDate",
+        "scheduled_time": "ScheduledProcedureStepStartTime",
+        "scheduled_performing_physician_name": "ScheduledPerformingPhysicianName",
+    }
+    """Field name to DICOM keyword, for the typed Scheduled Procedure Step fields."""
+
+    patient_name: NameMatch | None = None
+    patient_id: LongMatch | None = None
+    accession_number: ShortMatch | None = None
+    requested_procedure_id: ShortMatch | None = None
+    study_instance_uid: UIDMatch | None = None
+    modality: CodeMatch | None = None
+    scheduled_station_ae_title: AEMatch | None = None
+    scheduled_station_name: ShortMatch | None = None
+    scheduled_date: DayMatch | None = None
+    scheduled_time: TimeMatch | None = None
+    scheduled_performing_physician_name: NameMatch | None = None
+    extra_keys: dict[str, str] = {}
+    return_keys: list[str] = []
+
+    @field_validator("extra_keys")
+    @classmethod
+    def _check_extra_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        typed = {keyword: name for name, keyword in cls.keywords.items()}
+        typed |= {keyword: name for name, keyword in cls.step_keywords.items()}
+        typed["ScheduledProcedureStepSequence"] = "the scheduled step fields"
+        checked: dict[str, str] = {}
+        for keyword, text in value.items():
+            known_keyword(keyword, "extra_keys")
+            if keyword in typed:
+                raise ValueError(f"extra_keys: {keyword!r} has its own field; use {typed[keyword]}")
+            vr = vr_of(keyword)
+            if vr not in STRING_VRS:
+                raise ValueError(
+                    f"extra_keys: {keyword!r} has VR {vr}, which a string cannot match; "
+                    f"allowed: keywords of VR {', '.join(sorted(STRING_VRS))}"
+                )
+            checked[keyword] = check_match(vr, text, f"extra_keys[{keyword!r}]")
+        return checked
+
+    @field_validator("return_keys")
+    @classmethod
+    def _check_return_keys(cls, value: list[str]) -> list[str]:
+        for keyword in value:
+            known_keyword(keyword, "return_keys")
+        return list(dict.fromkeys(value))
+
+    def to_identifier(self) -> Dataset:
+        """Build the C-FIND request identifier of the Modality Worklist model.
+
+        It holds the matching keys set (``None`` fields left out), every key
+        of :class:`WorklistResult` and of ``return_keys`` empty (universal
+        matching, so the peer returns them), and the Scheduled Procedure
+        Step Sequence with one item: the step keys set and every key of
+        :class:`ScheduledProcedureStep` empty. Specific Character Set is
+        ``ISO_IR 192`` when a value is not ASCII. No Query/Retrieve Level:
+        worklist models have one level (PS3.4 K.1.1 note 2).
+        """
+        matching: dict[str, Any] = {
+            keyword: getattr(self, name)
+            for name, keyword in self.keywords.items()
+            if getattr(self, name) is not None
+        }
+        matching.update(self.extra_keys)
+        step: dict[str, Any] = {
+            keyword: getattr(self, name)
+            for name, keyword in self.step_keywords.items()
+            if getattr(self, name) is not None
+        }
+        item = Dataset()
+        for keyword in ScheduledProcedureStep.keywords.values():
+            item.add(element(keyword, None))
+        for keyword, value in step.items():
+            item.add(element(keyword, value if value != "" else None))
+        ds = Dataset()
+        if _has_non_ascii([*matching.values(), *step.values()]):
+            ds.add(element("SpecificCharacterSet", "ISO_IR 192"))
+        for keyword in (*WorklistResult.keywords.values(), *self.return_keys):
+            ds.add(element(keyword, None))
+        for keyword, value in matching.items():
+            ds.add(element(keyword, value if value != "" else None))
+        ds.add(element("ScheduledProcedureStepSequence", [item]))
+        return ds
+
+    def parse_result(self, ds: Dataset) -> WorklistResult:
+        """Parse one response identifier into a :class:`WorklistResult`."""
+        return WorklistResult.from_dataset(ds)
 
 
 # --------------------------------------------------------------------------
