@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from ssl import SSLContext, SSLError
 
@@ -21,7 +21,13 @@ from adicom.errors import (
     TimeoutKind,
     TlsError,
 )
-from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU, build_request
+from adicom.negotiation import (
+    ASYNC_WINDOW,
+    DEFAULT_MAX_PDU,
+    QROptions,
+    build_request,
+    propose_options,
+)
 from adicom.pdu import RoleSelection, UserIdentityRQ
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
 from adicom.tls import describe_tls_failure
@@ -52,6 +58,7 @@ async def open_association(
     async_window: int = ASYNC_WINDOW,
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
+    extended_negotiation: QROptions | Mapping[str, QROptions] | None = None,
 ) -> Association:
     """Connect to ``host:port`` and negotiate an association; the caller releases it.
 
@@ -64,6 +71,12 @@ async def open_association(
     ``ssl`` (see :func:`adicom.tls.client_context`) runs the association over
     TLS; ``server_hostname`` is the name its certificate is checked against
     when the context checks host names (default: ``host``).
+    ``extended_negotiation`` asks for Query/Retrieve options (PS3.4 C.5:
+    relational queries and retrieval, combined date-time matching, ...) for
+    every proposed Q/R SOP class, or by SOP class; what the peer agreed is
+    ``adicom.negotiation.agreed_options(association.request,
+    association.response)`` (absent or all false: the default, hierarchical
+    behaviour).
 
     Raises :class:`~adicom.errors.PeerUnreachable`,
     :class:`~adicom.errors.TlsError`,
@@ -71,14 +84,20 @@ async def open_association(
     :class:`~adicom.errors.AssociationAborted` or
     :class:`~adicom.errors.DicomTimeout`.
     """
+    proposed = tuple(DEFAULT_CONTEXTS if contexts is None else contexts)
     request = build_request(
         calling_ae=calling_ae,
         called_ae=called_ae,
-        contexts=DEFAULT_CONTEXTS if contexts is None else contexts,
+        contexts=proposed,
         roles=tuple(roles),
         user_identity=user_identity,
         max_pdu=max_pdu,
         async_window=async_window,
+        extended=(
+            ()
+            if extended_negotiation is None
+            else propose_options((uid for uid, _ in proposed), extended_negotiation)
+        ),
     )
     association = Association(
         requestor=True, max_pdu=max_pdu, dimse_timeout=timeout, artim_timeout=artim_timeout
@@ -148,6 +167,7 @@ async def connect(
     async_window: int = ASYNC_WINDOW,
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
+    extended_negotiation: QROptions | Mapping[str, QROptions] | None = None,
 ) -> AsyncIterator[Association]:
     """An association for the length of an ``async with`` block.
 
@@ -171,6 +191,7 @@ async def connect(
         async_window=async_window,
         ssl=ssl,
         server_hostname=server_hostname,
+        extended_negotiation=extended_negotiation,
     )
     try:
         yield association

@@ -5,14 +5,36 @@ acceptor answers it with :func:`negotiate` under an :class:`AcceptorPolicy`;
 the requestor reads the A-ASSOCIATE-AC back with :func:`requestor_agreement`.
 Both sides end with the same :class:`Agreement`: the presentation contexts,
 the peer's maximum PDU length and the asynchronous operations window, which
-is what the DIMSE layer needs. Nothing here does I/O or keeps state, so
-servers, clients and tests share one set of rules.
+is what the DIMSE layer needs, and the Query/Retrieve options agreed by SOP
+class extended negotiation (:class:`QROptions`). Nothing here does I/O or
+keeps state, so servers, clients and tests share one set of rules.
+
+Query/Retrieve extended negotiation (PS3.4 C.5, PS3.7 D.3.3.5)
+---------------------------------------------------------------
+
+A requestor may send one SOP Class Extended Negotiation sub-item (0x56) per
+Q/R SOP class it proposes; its service-class-application-information is a
+run of bytes, one option each, 1 meaning "requested" (C-FIND: Table C.5-1;
+C-MOVE and C-GET: C.5.2.1 and C.5.3.1). The acceptor answers each byte with
+1 (it will do it) or 0 (it will not), in a field no longer than what was
+offered: one byte if one was offered, since the first edition had one byte
+and old requestors may expect no more; a shorter answer means 0 for the
+bytes left out. An acceptor that sends no sub-item for a class agrees to
+nothing for it (the default conditions: hierarchical search, independent
+date and time matching, literal person names). And an acceptor never sends
+one the requestor did not: "If the SOP Class Extended Negotiation Sub-Items
+do not exist in the A-ASSOCIATE indication they shall be omitted in the
+A-ASSOCIATE response" (C.5.1.1). An option is agreed when it was requested
+and answered 1; everything else about the field (other values, a field for
+a class not proposed, a second sub-item for one class, PS3.7 D.3.3.5.1
+allows one) is read as "not agreed", never as an error: negotiation only
+narrows what each side may assume.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from adicom.pdu import (
     APPLICATION_CONTEXT,
@@ -23,6 +45,7 @@ from adicom.pdu import (
     PresentationContextAC,
     PresentationContextRQ,
     RoleSelection,
+    SOPClassExtendedNegotiation,
     UserIdentityAC,
     UserIdentityRQ,
     UserInformation,
@@ -44,11 +67,21 @@ __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "MIN_PEER_MAX_PDU",
+    "NO_QR_OPTIONS",
+    "QR_FIND_CLASSES",
+    "QR_RETRIEVE_CLASSES",
+    "SERVED_QR_OPTIONS",
     "AcceptorPolicy",
     "Agreement",
+    "QROptions",
+    "agreed_options",
+    "answer_extended",
     "build_request",
     "check_window",
+    "decode_options",
+    "encode_options",
     "negotiate",
+    "propose_options",
     "requestor_agreement",
     "window_size",
 ]
@@ -100,6 +133,229 @@ def peer_max_pdu_problem(maximum_length: int) -> str | None:
     return None
 
 
+# -- Query/Retrieve extended negotiation (PS3.4 C.5) ----------------------------
+
+#: The Query/Retrieve SOP classes that include C-FIND, whose sub-item is that
+#: of PS3.4 C.5.1.1 (Patient Root, Study Root, Patient/Study Only, retired).
+QR_FIND_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.2.1.1",
+        "1.2.840.10008.5.1.4.1.2.2.1",
+        "1.2.840.10008.5.1.4.1.2.3.1",
+    }
+)
+#: ... and those that include C-MOVE or C-GET (PS3.4 C.5.2.1, C.5.3.1). The
+#: Composite Instance Root Retrieve classes are not here: PS3.4 Y.5 forbids
+#: their relational-retrieval sub-item.
+QR_RETRIEVE_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.2.1.2",
+        "1.2.840.10008.5.1.4.1.2.1.3",
+        "1.2.840.10008.5.1.4.1.2.2.2",
+        "1.2.840.10008.5.1.4.1.2.2.3",
+        "1.2.840.10008.5.1.4.1.2.3.2",
+        "1.2.840.10008.5.1.4.1.2.3.3",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QROptions:
+    """Query/Retrieve options of SOP class extended negotiation (PS3.4 C.5).
+
+    As a proposal, the options requested; as an answer or an agreement, the
+    options performed. For a C-FIND SOP class each field is one byte of the
+    service-class-application-information field (PS3.4 Tables C.5-1 and
+    C.5-2, in this order):
+
+    1. ``relational``: relational-queries (C.4.1.2.2.1, C.4.1.3.2): keys at
+       any level, the unique keys of the levels above not required;
+    2. ``datetime_matching``: combined date and time range matching
+       (C.2.2.2.5.4): Study Date and Study Time ranges as one DT range;
+    3. ``fuzzy_matching``: fuzzy semantic matching of person names
+       (C.2.2.2.1.1);
+    4. ``timezone_adjustment``: Timezone Offset From UTC (0008,0201) adjusts
+       the query's times (C.2.2.2.1.3);
+    5. ``enhanced_conversion``: Enhanced Multi-Frame Image Conversion, the
+       Query/Retrieve View (0008,0053) (C.4.1.2.2.2);
+    6. ``empty_value_matching`` and 7. ``multiple_value_matching``: the two
+       bytes later editions of PS3.4 added to Table C.5-1.
+
+    For a C-MOVE or C-GET SOP class the field has two bytes (C.5.2.1,
+    C.5.3.1): ``relational`` (relational-retrieval: a study, series or
+    instances named by their own unique keys alone, C.4.2.2.2.1) and
+    ``enhanced_conversion``; the other fields do not exist there.
+    """
+
+    relational: bool = False
+    datetime_matching: bool = False
+    fuzzy_matching: bool = False
+    timezone_adjustment: bool = False
+    enhanced_conversion: bool = False
+    empty_value_matching: bool = False
+    multiple_value_matching: bool = False
+
+    def __and__(self, other: QROptions) -> QROptions:
+        """The options both sides have: what a request and an answer agree on."""
+        return QROptions(
+            *(getattr(self, f.name) and getattr(other, f.name) for f in fields(QROptions))
+        )
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(QROptions))
+
+
+#: No option: the default conditions of PS3.4 C.5.1.1 and C.5.2.1.
+NO_QR_OPTIONS = QROptions()
+#: What adicom's archive performs (:mod:`adicom.archive`), so what an acceptor
+#: answers by default: relational queries and retrieval, combined date and
+#: time range matching, and person names matched without regard to case or
+#: accents (its fuzzy semantic matching). Timezone adjustment (the index keeps
+#: no offset), Enhanced Multi-Frame Image Conversion (nothing is converted),
+#: empty and multiple value matching are answered 0.
+SERVED_QR_OPTIONS = QROptions(relational=True, datetime_matching=True, fuzzy_matching=True)
+
+# The byte order of each kind's field: QROptions field names.
+_FIND_BYTES = (
+    "relational",
+    "datetime_matching",
+    "fuzzy_matching",
+    "timezone_adjustment",
+    "enhanced_conversion",
+    "empty_value_matching",
+    "multiple_value_matching",
+)
+_RETRIEVE_BYTES = ("relational", "enhanced_conversion")
+
+
+def _layout(sop_class_uid: str) -> tuple[str, ...] | None:
+    """The option of each byte of ``sop_class_uid``'s field; None if it has none we know."""
+    if sop_class_uid in QR_FIND_CLASSES:
+        return _FIND_BYTES
+    if sop_class_uid in QR_RETRIEVE_CLASSES:
+        return _RETRIEVE_BYTES
+    return None
+
+
+def encode_options(sop_class_uid: str, options: QROptions, length: int | None = None) -> bytes:
+    """The service-class-application-information of ``options`` for ``sop_class_uid``.
+
+    ``length`` bytes (at most the class's field), or as few as carry every
+    option set, and at least one: a requestor asking for relational queries
+    alone sends the single byte every edition of PS3.4 knows. Raises
+    ValueError for a class without Q/R extended negotiation.
+    """
+    layout = _layout(sop_class_uid)
+    if layout is None:
+        raise ValueError(f"{sop_class_uid} has no Query/Retrieve extended negotiation (PS3.4 C.5)")
+    flags = [getattr(options, name) for name in layout]
+    if length is None:
+        length = max((i + 1 for i, flag in enumerate(flags) if flag), default=1)
+    return bytes(flags[: max(1, min(length, len(layout)))])
+
+
+def decode_options(sop_class_uid: str, information: bytes) -> QROptions | None:
+    """The options a service-class-application-information field sets to 1.
+
+    None when the class has no Q/R extended negotiation or the field is
+    empty (Table C.5-1 has at least one byte): such a sub-item is not
+    understood, so it is not answered. A byte other than 0 or 1 is not a
+    request (C.5.1.1 allows only those); bytes past the known ones are
+    ignored, as later editions of the standard may add options.
+    """
+    layout = _layout(sop_class_uid)
+    if layout is None or not information:
+        return None
+    return QROptions(**{name: value == 1 for name, value in zip(layout, information, strict=False)})
+
+
+def propose_options(
+    abstract_syntaxes: Iterable[str], options: QROptions | Mapping[str, QROptions]
+) -> tuple[SOPClassExtendedNegotiation, ...]:
+    """The 0x56 sub-items a requestor sends to ask for ``options``.
+
+    With one :class:`QROptions`, one sub-item for every Q/R SOP class among
+    ``abstract_syntaxes`` for which it asks something (a C-MOVE class has no
+    date-time byte, say); with a mapping, one per class named (classes not
+    proposed are left out: PS3.7 D.3.3.5 ties the sub-item to a proposed
+    abstract syntax). Raises ValueError for a class without Q/R extended
+    negotiation named in the mapping.
+    """
+    proposed = list(dict.fromkeys(str(uid) for uid in abstract_syntaxes))
+    if isinstance(options, QROptions):
+        wanted = {uid: options for uid in proposed if _layout(uid) is not None}
+    else:
+        for uid in options:
+            if _layout(uid) is None:
+                raise ValueError(f"{uid} has no Query/Retrieve extended negotiation (PS3.4 C.5)")
+        wanted = {uid: options[uid] for uid in proposed if uid in options}
+    items = []
+    for uid, asked in wanted.items():
+        information = encode_options(uid, asked)
+        if any(information):
+            items.append(SOPClassExtendedNegotiation(uid, information))
+    return tuple(items)
+
+
+def _first_per_class(
+    items: Iterable[SOPClassExtendedNegotiation],
+) -> dict[str, SOPClassExtendedNegotiation]:
+    # PS3.7 D.3.3.5.1: one sub-item per SOP class; a second one is ignored.
+    first: dict[str, SOPClassExtendedNegotiation] = {}
+    for item in items:
+        first.setdefault(item.sop_class_uid, item)
+    return first
+
+
+def answer_extended(
+    proposed: Iterable[SOPClassExtendedNegotiation],
+    performed: QROptions,
+    accepted: Collection[str],
+) -> tuple[tuple[SOPClassExtendedNegotiation, ...], dict[str, QROptions]]:
+    """The acceptor's 0x56 sub-items, and the options they agree, by SOP class.
+
+    Each proposed Q/R sub-item whose class is among the ``accepted``
+    abstract syntaxes is answered option by option, 1 where ``performed``
+    has it and it was asked, in a field as long as the one offered (at most
+    the known bytes; PS3.4 C.5.1.1: one byte to a one-byte offer). Sub-items
+    of other classes, for contexts not accepted, or empty, are not answered.
+    """
+    answers: list[SOPClassExtendedNegotiation] = []
+    agreed: dict[str, QROptions] = {}
+    for uid, item in _first_per_class(proposed).items():
+        asked = decode_options(uid, item.application_information)
+        if asked is None or uid not in accepted:
+            continue
+        agreed[uid] = asked & performed
+        length = len(item.application_information)
+        answers.append(SOPClassExtendedNegotiation(uid, encode_options(uid, agreed[uid], length)))
+    return tuple(answers), agreed
+
+
+def agreed_options(
+    request: AAssociateRQ | None, response: AAssociateAC | None
+) -> dict[str, QROptions]:
+    """The Q/R options agreed, by SOP class, from the request and its answer.
+
+    The same on both sides: an option is agreed when the request asked it
+    and the answer says 1. A class the acceptor did not answer is absent
+    (nothing agreed). ``association.request`` and ``association.response``
+    of an :class:`~adicom.association.Association` are what to pass, on
+    either side; None for either gives no options.
+    """
+    if request is None or response is None:
+        return {}
+    answered = _first_per_class(response.user_information.sop_class_extended)
+    agreed: dict[str, QROptions] = {}
+    for uid, item in _first_per_class(request.user_information.sop_class_extended).items():
+        asked = decode_options(uid, item.application_information)
+        answer = answered.get(uid)
+        if asked is None or answer is None:
+            continue
+        agreed[uid] = asked & (decode_options(uid, answer.application_information) or NO_QR_OPTIONS)
+    return agreed
+
+
 @dataclass(frozen=True, slots=True)
 class Agreement:
     """What an association's two sides agreed on, as the DIMSE layer uses it.
@@ -108,13 +364,16 @@ class Agreement:
     ones too); ``peer_max_pdu`` the largest P-DATA-TF PDU the peer accepts
     (0: no limit); ``max_outstanding`` how many of our requests may await a
     response at once and ``max_incoming`` how many of the peer's (the
-    asynchronous operations window, PS3.7 D.3.3.3; 1 when none was agreed).
+    asynchronous operations window, PS3.7 D.3.3.3; 1 when none was agreed);
+    ``extended`` the Query/Retrieve options agreed by SOP class extended
+    negotiation, by SOP class (PS3.4 C.5; a class absent: none agreed).
     """
 
     contexts: Mapping[int, PresentationContext] = field(default_factory=dict)
     peer_max_pdu: int = 0
     max_outstanding: int = 1
     max_incoming: int = 1
+    extended: Mapping[str, QROptions] = field(default_factory=dict)
 
 
 def build_request(
@@ -126,13 +385,15 @@ def build_request(
     user_identity: UserIdentityRQ | None = None,
     max_pdu: int = DEFAULT_MAX_PDU,
     async_window: int = ASYNC_WINDOW,
+    extended: Sequence[SOPClassExtendedNegotiation] = (),
 ) -> AAssociateRQ:
     """The A-ASSOCIATE-RQ adicom sends as requestor.
 
     ``contexts`` lists (abstract syntax, transfer syntaxes) pairs, numbered
     1, 3, 5, ...; an ``async_window`` of 1 proposes no window (synchronous
-    operations). Raises ValueError for more than 128 contexts or a window
-    out of range.
+    operations). ``extended`` are SOP class extended negotiation sub-items
+    (:func:`propose_options` makes the Query/Retrieve ones). Raises
+    ValueError for more than 128 contexts or a window out of range.
     """
     check_window(async_window)
     return AAssociateRQ(
@@ -147,6 +408,7 @@ def build_request(
                 None if async_window == 1 else AsyncOperationsWindow(async_window, async_window)
             ),
             role_selections=tuple(roles),
+            sop_class_extended=tuple(extended),
             user_identity_rq=user_identity,
         ),
     )
@@ -173,6 +435,7 @@ def requestor_agreement(
         peer_max_pdu=user.maximum_length,
         max_outstanding=outstanding,
         max_incoming=incoming,
+        extended=agreed_options(request, response),
     )
 
 
@@ -193,6 +456,12 @@ class AcceptorPolicy:
     else our order does. ``get_scp_role`` lets a C-GET requestor take the
     SCP role for storage classes (its sub-operations come back to it) and
     accepts their contexts in its order.
+
+    ``qr_options`` are the Query/Retrieve options of SOP class extended
+    negotiation performed (PS3.4 C.5): each one a requestor asks for on an
+    accepted Q/R context is answered 1 if here, else 0. The default is what
+    the reference archive does (:data:`SERVED_QR_OPTIONS`); a server whose
+    handlers do less says so with fewer (``NO_QR_OPTIONS``: none).
     """
 
     ae_title: str
@@ -208,6 +477,7 @@ class AcceptorPolicy:
     #: What this requestor may use: (abstract syntax, it asked for the SCP
     #: role) -> allowed. A context it may not use is answered user-rejection.
     allow: Callable[[str, bool], bool] | None = None
+    qr_options: QROptions = SERVED_QR_OPTIONS
 
     def storage_class(self, abstract_syntax: str) -> bool:
         """True when ``abstract_syntax`` is taken as a storage SOP class here."""
@@ -302,6 +572,16 @@ def negotiate(
             window_size(proposed.performed, policy.async_window),
         )
     )
+    # PS3.4 C.5.1.1, C.5.2.1, C.5.3.1: the Q/R options, for accepted contexts.
+    extended, agreed = answer_extended(
+        user.sop_class_extended,
+        policy.qr_options,
+        {
+            context.abstract_syntax
+            for context, answer in zip(request.presentation_contexts, answers, strict=True)
+            if answer.result == 0
+        },
+    )
     response = AAssociateAC(
         called_ae=request.called_ae,
         calling_ae=request.calling_ae,
@@ -312,6 +592,7 @@ def negotiate(
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             async_operations_window=window,
             role_selections=roles,
+            sop_class_extended=extended,
             user_identity_ac=identity_ac,
         ),
     )
@@ -320,5 +601,6 @@ def negotiate(
         peer_max_pdu=user.maximum_length,
         max_outstanding=window.performed if window is not None else 1,
         max_incoming=window.invoked if window is not None else 1,
+        extended=agreed,
     )
     return response, agreement

@@ -40,6 +40,7 @@ from adicom.dimse import (
 )
 from adicom.errors import DicomError
 from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN, decode_dataset, encode_dataset
+from adicom.negotiation import NO_QR_OPTIONS, QROptions, agreed_options
 from adicom.storescu import StoreResult, send_instances, sop_instance_of, store
 
 __all__ = [
@@ -69,6 +70,10 @@ class QRContext:
     #: The transfer syntax of the request's presentation context, in which
     #: identifiers yielded as bytes must be encoded.
     transfer_syntax: str = IMPLICIT_VR_LITTLE_ENDIAN
+    #: The Query/Retrieve options agreed for the request's SOP class by
+    #: extended negotiation (PS3.4 C.5): with ``relational`` false, only
+    #: hierarchical queries and retrieves (C.4.1.3.1, C.4.2.3.1) are owed.
+    options: QROptions = NO_QR_OPTIONS
 
 
 class QueryFailed(DicomError):
@@ -127,6 +132,10 @@ async def _interruptible(generator: AsyncIterator[Any], cancelled: Cancelled) ->
 
 def _context(association: Association, message: Message) -> QRContext:
     command = message.command
+    abstract_syntax = str(association.contexts[message.context_id].abstract_syntax)
+    # The association keeps the request and its answer; what they agreed
+    # is read from them (a handful of sub-items at most).
+    agreed = agreed_options(association.request, association.response)
     return QRContext(
         calling_ae=association.calling_ae,
         called_ae=association.called_ae,
@@ -135,6 +144,7 @@ def _context(association: Association, message: Message) -> QRContext:
         message_id=command.message_id or 0,
         move_destination=command.move_destination,
         transfer_syntax=str(association.contexts[message.context_id].transfer_syntax),
+        options=agreed.get(abstract_syntax, NO_QR_OPTIONS),
     )
 
 

@@ -233,7 +233,9 @@ class Archive:
 
         Matches of plain ASCII text (nearly all) are encoded here, straight
         from the index's rows, in the request's transfer syntax; the rest go
-        through a pydicom Dataset.
+        through a pydicom Dataset. Hierarchical search unless relational
+        queries were negotiated (PS3.4 C.4.1.3); see
+        :mod:`adicom.archive.index` for what each agreed option changes.
         """
         level, keys = _keys(identifier)
         template = _answer_template(identifier, level)
@@ -241,7 +243,9 @@ class Archive:
         sequences = SequenceKeys(identifier)
         if sequences:
             wanted.add(PATH)
-        matches = self.index.find(level, keys, _patient_root(context), wanted)
+        # context.options: what extended negotiation agreed for this SOP class
+        # (relational queries, combined date-time, fuzzy names; PS3.4 C.5.1.1).
+        matches = self.index.find(level, keys, _patient_root(context), wanted, context.options)
         try:
             # The keys are checked and the query run on the first match taken;
             # the rest are made into answers one by one, as they are sent.
@@ -273,10 +277,14 @@ class Archive:
 
         A file that vanished since it was indexed is left out of what is
         sent, counted as failed by the caller, and dropped from the index.
+        The unique keys of the levels above are required unless relational
+        retrieval was negotiated (PS3.4 C.4.2.3.2.1, C.4.3.3.2.1).
         """
         level, keys = _keys(identifier)
         try:
-            rows = self.index.instances(level, keys, _patient_root(context), retrieve=True)
+            rows = self.index.instances(
+                level, keys, _patient_root(context), retrieve=True, options=context.options
+            )
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
         yield len(rows)

@@ -15,6 +15,20 @@ Matching (PS3.4 C.2.2.2):
 * wildcard: ``*`` and ``?`` in text values (C.2.2.2.4);
 * range: ``A-B``, ``-B``, ``A-`` for dates and times (C.2.2.2.5);
 * list of UIDs: backslash-separated (C.2.2.2.2).
+
+What extended negotiation agreed (PS3.4 C.5, a
+:class:`~adicom.negotiation.QROptions`) changes three things:
+
+* relational queries and retrieval (C.4.1.3.2, C.4.2.3.2, C.4.3.3.2): the
+  unique keys of the levels above are no longer required (an IMAGE query
+  may name only its study, a SERIES retrieve only its series), and the
+  unique key of the query's level may be a wildcard (C.4.1.3.2.1); without
+  them a query or retrieve that lacks one is refused as today (0xA900);
+* combined date-time matching (C.2.2.2.5.4): Study Date and Study Time,
+  both ranges of the same form, match as one DT range (July 5 10:00 to
+  July 7 18:00, not 10:00 to 18:00 on each of three days);
+* fuzzy semantic matching of person names (C.2.2.2.1.1): accents (and the
+  other combining marks) are ignored besides case.
 """
 
 from __future__ import annotations
@@ -22,12 +36,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import unicodedata
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from adicom.dimse import Status
 from adicom.errors import ArchiveError
+from adicom.negotiation import NO_QR_OPTIONS, QROptions
 
 __all__ = ["ATTRIBUTES", "LEVELS", "PATH", "RAW", "Index", "IndexUnusable", "MatchError"]
 
@@ -144,6 +160,24 @@ def _fold(text: str | None) -> str | None:
     return None if text is None else fold_name(text)
 
 
+def fuzzy_name(text: str) -> str:
+    """A person name as fuzzy semantic matching sees it: folded, without accents.
+
+    PS3.4 C.2.2.2.1.1 lets a negotiated fuzzy match ignore "case, position,
+    accent, and character encoding (including combining characters)": the
+    name is decomposed (NFKD, which also unifies compatibility forms such
+    as full-width letters) and its combining marks dropped, so ``Müller``,
+    ``MULLER`` and ``Mu\u0308ller`` are one name.
+    """
+    decomposed = unicodedata.normalize("NFKD", fold_name(text))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _fuzzy(text: str | None) -> str | None:
+    """fuzzy_name() as an SQL function."""
+    return None if text is None else fuzzy_name(text)
+
+
 def _escape_glob(text: str) -> str:
     # GLOB's own specials besides * and ? must match literally.
     return text.replace("[", "[[]")
@@ -162,6 +196,7 @@ class Index:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.create_function("fold", 1, _fold, deterministic=True)
+            self._db.create_function("fuzzy", 1, _fuzzy, deterministic=True)
             self._db.execute("PRAGMA synchronous=NORMAL")
             columns = ",\n    ".join(
                 f"{column} TEXT NOT NULL DEFAULT ''"
@@ -280,6 +315,7 @@ class Index:
         keys: Mapping[str, str],
         patient_root: bool = False,
         retrieve: bool = False,
+        options: QROptions = NO_QR_OPTIONS,
     ) -> tuple[str, list[str]]:
         """SQL for the matching keys, after checking them against the level (PS3.4 C.4.1.2.2)."""
         if level not in LEVELS:
@@ -287,14 +323,21 @@ class Index:
         depth = _ORDER.index(level)
         if level == "PATIENT" and not patient_root:
             raise MatchError("the Study Root model has no PATIENT level (PS3.4 C.6.2)")
-        # Hierarchical search: the unique keys of every level above must be
-        # single values (C.4.1.2.2.1). In the Study Root model the patient
-        # is not a level of its own, so its key is not required.
-        for above in _ORDER[0 if patient_root else 1 : depth]:
-            unique = LEVELS[above]
-            value = keys.get(unique, "")
-            if not value or "\\" in value or "*" in value or "?" in value:
-                raise MatchError(f"a {level} query needs a single {unique} (hierarchical search)")
+        if not options.relational:
+            # Hierarchical search: the unique keys of every level above must
+            # be single values (C.4.1.2.1, C.4.2.2.1); relational queries and
+            # retrieval, when negotiated, lift that (C.4.1.3.2, C.4.2.3.2). In
+            # the Study Root model the patient is not a level of its own, so
+            # its key is not required.
+            for above in _ORDER[0 if patient_root else 1 : depth]:
+                unique = LEVELS[above]
+                value = keys.get(unique, "")
+                if not value or "\\" in value or "*" in value or "?" in value:
+                    what = "retrieve" if retrieve else "query"
+                    raise MatchError(
+                        f"a {level} {what} needs a single {unique} (hierarchical; "
+                        f"relational {'retrieval' if retrieve else 'queries'} not negotiated)"
+                    )
         if retrieve:
             # PS3.4 C.4.2.2.1: a retrieve names what it wants by the unique
             # key of its level (a UID or a list); an empty key is no answer.
@@ -303,7 +346,14 @@ class Index:
                 raise MatchError(f"a {level} retrieve needs its unique key {unique}")
         where: list[str] = []
         params: list[str] = []
+        combined = _combined_datetime(keys) if options.datetime_matching and depth >= 1 else None
+        if combined is not None:
+            clause, values = combined
+            where.append(clause)
+            params.extend(values)
         for keyword, value in keys.items():
+            if combined is not None and keyword in ("StudyDate", "StudyTime"):
+                continue  # matched together above
             if keyword == "ModalitiesInStudy" and value and depth >= 1:
                 # A study matches if any of its series has one of the modalities.
                 modalities = [m for m in value.split("\\") if m]
@@ -319,7 +369,15 @@ class Index:
             column, attribute_level, vr = ATTRIBUTES[keyword]
             if _ORDER.index(attribute_level) > depth:
                 raise MatchError(f"{keyword} is a {attribute_level}-level key, below {level}")
-            clause, values = _match(column, vr, value, keyword)
+            clause, values = _match(
+                column,
+                vr,
+                value,
+                keyword,
+                # C.4.1.3.2.1: a relational query's own unique key may be a wildcard.
+                wildcard_uid=options.relational and not retrieve and keyword == LEVELS[level],
+                fuzzy=options.fuzzy_matching and not retrieve,
+            )
             where.append(clause)
             params.extend(values)
         return (" AND ".join(where) or "1"), params
@@ -330,6 +388,7 @@ class Index:
         keys: Mapping[str, str],
         patient_root: bool = False,
         wanted: Collection[str] | None = None,
+        options: QROptions = NO_QR_OPTIONS,
     ) -> Iterator[dict[str, str]]:
         """The entities at ``level`` matching ``keys``, one dict per entity.
 
@@ -338,8 +397,10 @@ class Index:
         counts of PS3.4 C.3 (NumberOf...Related..., ModalitiesInStudy), the
         Specific Character Set of the values and, under :data:`RAW`, the
         non-ASCII ones as they were received (JSON, latin-1 text for bytes).
+        ``options`` are those extended negotiation agreed (relational
+        queries, combined date-time and fuzzy person name matching).
         """
-        where, params = self._conditions(level, keys, patient_root)
+        where, params = self._conditions(level, keys, patient_root, options=options)
         depth = _ORDER.index(level)
         shown = [
             (keyword, column)
@@ -404,13 +465,16 @@ class Index:
         keys: Mapping[str, str],
         patient_root: bool = False,
         retrieve: bool = False,
+        options: QROptions = NO_QR_OPTIONS,
     ) -> list[Row]:
         """The instances under the entities ``level`` and ``keys`` select.
 
         With ``retrieve``, the keys must name entities as a C-GET/C-MOVE
-        identifier does (PS3.4 C.4.2.2.1: the level's unique key is required).
+        identifier does (PS3.4 C.4.2.2.1: the level's unique key is required;
+        those of the levels above too, unless ``options.relational``, the
+        relational-retrieval of C.4.2.3.2.1, was agreed).
         """
-        where, params = self._conditions(level, keys, patient_root, retrieve)
+        where, params = self._conditions(level, keys, patient_root, retrieve, options)
         return [
             Row(uid, sop_class, transfer, path)
             for uid, sop_class, transfer, path in self._db.execute(
@@ -422,9 +486,27 @@ class Index:
         ]
 
 
-def _match(column: str, vr: str, value: str, keyword: str) -> tuple[str, list[str]]:
-    """SQL for one matching key (PS3.4 C.2.2.2)."""
+def _match(
+    column: str,
+    vr: str,
+    value: str,
+    keyword: str,
+    *,
+    wildcard_uid: bool = False,
+    fuzzy: bool = False,
+) -> tuple[str, list[str]]:
+    """SQL for one matching key (PS3.4 C.2.2.2).
+
+    ``wildcard_uid`` takes ``*`` and ``?`` in a single UID (a relational
+    query's own unique key); ``fuzzy`` matches person names by
+    :func:`fuzzy_name`.
+    """
     if vr == "UI":
+        if wildcard_uid and "\\" not in value and ("*" in value or "?" in value):
+            pattern = value.strip()
+            if not all(c.isdigit() or c in ".*?" for c in pattern):
+                raise MatchError(f"{keyword} {pattern!r} is not a UID pattern")
+            return f"{column} GLOB ?", [pattern]
         uids = [u.strip() for u in value.split("\\") if u.strip()]
         for uid in uids:
             if "*" in uid or "?" in uid or not all(c.isdigit() or c == "." for c in uid):
@@ -439,10 +521,10 @@ def _match(column: str, vr: str, value: str, keyword: str) -> tuple[str, list[st
     if vr == "PN":
         # Without regard to case, in every script: SQLite's lower() folds
         # ASCII only, so names are folded in Python (fold_name()).
-        folded = fold_name(value)
+        function, folded = ("fuzzy", fuzzy_name(value)) if fuzzy else ("fold", fold_name(value))
         if "*" in value or "?" in value:
-            return f"fold({column}) GLOB ?", [_escape_glob(folded)]
-        return f"fold({column}) = ?", [folded]
+            return f"{function}({column}) GLOB ?", [_escape_glob(folded)]
+        return f"{function}({column}) = ?", [folded]
     if "*" in value or "?" in value:
         return f"{column} GLOB ?", [_escape_glob(value)]
     return f"{column} = ?", [value]
@@ -471,6 +553,41 @@ def _range(column: str, vr: str, value: str, keyword: str) -> tuple[str, list[st
         raise MatchError(f"{keyword} {value!r}: a range needs at least one end")
     # An empty stored value never matches a range.
     clauses.append(f"{column} != ''")
+    return " AND ".join(clauses), params
+
+
+def _combined_datetime(keys: Mapping[str, str]) -> tuple[str, list[str]] | None:
+    """SQL for Study Date and Study Time as one DT range (PS3.4 C.2.2.2.5.4), or None.
+
+    Only when both are ranges of the same form (``A-B`` with ``C-D``, ``-B``
+    with ``-D``, ``A-`` with ``C-``): the bounds are the dates and times
+    joined (``A`` + ``C`` to ``B`` + ``D``). A stored value is compared at
+    the precision both have, so a study without a time matches by its date
+    alone, and one at 18:00:30 is within a range ending at "1800"; a study
+    without a date never matches a range.
+    """
+    date, time = keys.get("StudyDate", ""), keys.get("StudyTime", "")
+    if "-" not in date or "-" not in time:
+        return None
+    date_low, _, date_high = (part.strip() for part in date.partition("-"))
+    time_low, _, time_high = (part.strip() for part in time.partition("-"))
+    if bool(date_low) != bool(time_low) or bool(date_high) != bool(time_high):
+        return None
+    for part, width in ((date_low, 8), (date_high, 8), (time_low, 0), (time_high, 0)):
+        digits = part.split(".")[0]
+        if part and (not digits.isdigit() or (width and len(digits) != width)):
+            raise MatchError(f"StudyDate {date!r} / StudyTime {time!r} is not a valid range")
+    stored = "(study_date || study_time)"
+    clauses, params = ["study_date != ''"], []
+    for bound, op in ((date_low + time_low, ">="), (date_high + time_high, "<=")):
+        if bound:
+            clauses.append(
+                f"substr({stored}, 1, min(length({stored}), CAST(? AS INTEGER))) "
+                f"{op} substr(?, 1, min(length({stored}), CAST(? AS INTEGER)))"
+            )
+            params.extend([str(len(bound)), bound, str(len(bound))])
+    if len(clauses) == 1:
+        raise MatchError(f"StudyDate {date!r} / StudyTime {time!r}: a range needs an end")
     return " AND ".join(clauses), params
 
 
