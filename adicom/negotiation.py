@@ -472,6 +472,9 @@ class AcceptorPolicy:
     storage_classes: Collection[str] | None = None
     prefer_requestor_syntax: bool = True
     get_scp_role: bool = False
+    #: SOP classes whose SCP role a requestor may take: a Storage Commitment
+    #: SCP reporting on an association it opens to us (PS3.4 J.3.3.1.3).
+    scp_role_classes: Collection[str] = ()
     max_pdu: int = DEFAULT_MAX_PDU
     async_window: int = ASYNC_WINDOW
     #: What this requestor may use: (abstract syntax, it asked for the SCP
@@ -548,9 +551,11 @@ def negotiate(
     roles = accept_roles(
         user.role_selections,
         (pc.abstract_syntax for pc in request.presentation_contexts),
-        allow_scp_role=(
-            [uid for uid in asked_scp if policy.storage_class(uid)] if policy.get_scp_role else ()
-        ),
+        allow_scp_role=[
+            uid
+            for uid in asked_scp
+            if (policy.get_scp_role and policy.storage_class(uid)) or uid in policy.scp_role_classes
+        ],
     )
     identity_ac = None
     if (

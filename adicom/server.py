@@ -122,7 +122,10 @@ class Server:
     ``audit`` (:class:`~adicom.audit.AuditLog`) gets a line per association
     accepted or refused, failed TLS handshake, instance received, query and
     retrieve. ``n_handlers`` maps SOP class UIDs to handlers of their
-    DIMSE-N requests (see :mod:`adicom.nservices`).
+    DIMSE-N requests (see :mod:`adicom.nservices`); ``scp_role_classes``
+    are SOP classes a requestor may take the SCP role for (role selection,
+    PS3.7 D.3.3.4), as a Storage Commitment SCP does when it reports on an
+    association it opens.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class Server:
         peers: PeerRules | None = None,
         audit: AuditLog | None = None,
         n_handlers: Mapping[str, NHandler] | None = None,
+        scp_role_classes: Iterable[str] = (),
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -224,6 +228,7 @@ class Server:
             # C-GET sends instances back as C-STOREs on contexts where the
             # requestor takes the SCP role (PS3.4 C.4.3).
             get_scp_role=on_get is not None,
+            scp_role_classes=frozenset(scp_role_classes),
             max_pdu=max_pdu,
             async_window=self.async_window,
         )

@@ -69,6 +69,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.storescu",
                 "adicom.nservices",
+                "adicom.commitment",
                 "adicom.storage",
                 "adicom.diskstorage",
                 "adicom.qrscu",

@@ -1,0 +1,226 @@
+"""Storage Commitment Push Model (PS3.4 Annex J): SCU and SCP, same and new association."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import warnings
+
+import pytest
+from pydicom.dataset import Dataset
+
+import adicom
+from adicom.commitment import (
+    FAILURES_EXIST,
+    STORAGE_COMMITMENT,
+    STORAGE_COMMITMENT_INSTANCE,
+    SUCCESSFUL,
+    CommitmentFailure,
+    CommitmentReports,
+    CommitmentResult,
+    CommitmentSCP,
+    InvalidCommitment,
+    Reference,
+    parse_request,
+    parse_result,
+    request_commitment,
+    request_dataset,
+    result_dataset,
+)
+from adicom.dimse import Status
+from adicom.errors import DicomTimeout
+from adicom.nservices import NRequest, NResponse, n_action
+from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES
+
+pytestmark = pytest.mark.anyio
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+CONTEXTS = [(STORAGE_COMMITMENT, list(DEFAULT_TRANSFER_SYNTAXES))]
+HELD = {"1.2.3.1": CT, "1.2.3.2": CT, "1.2.3.3": MR}
+
+
+async def holds(sop_instance_uid: str) -> str | None:
+    return HELD.get(sop_instance_uid)
+
+
+def test_requests_and_results_round_trip() -> None:
+    references = [Reference(CT, "1.2.3.1"), Reference(MR, "1.2.3.3")]
+    assert parse_request(request_dataset(references, "1.2.9")) == ("1.2.9", references)
+    result = CommitmentResult(
+        "1.2.9",
+        (Reference(CT, "1.2.3.1"),),
+        (CommitmentFailure(MR, "1.2.3.3", 0x0112),),
+        "ARCHIVE",
+    )
+    event, dataset = result_dataset(result)
+    assert event == FAILURES_EXIST
+    assert parse_result(event, dataset) == result
+    assert result.failed[0].meaning == "no such object instance"
+    everything = CommitmentResult("1.2.9", tuple(references), ())
+    event, dataset = result_dataset(everything)
+    assert event == SUCCESSFUL and "FailedSOPSequence" not in dataset
+    assert parse_result(event, dataset).ok
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "said"),
+    [
+        (lambda d: delattr(d, "TransactionUID"), Status.MISSING_ATTRIBUTE, "no TransactionUID"),
+        (lambda d: setattr(d, "TransactionUID", "1.02.3"), Status.INVALID_ATTRIBUTE_VALUE, "UID"),
+        (lambda d: delattr(d, "ReferencedSOPSequence"), Status.MISSING_ATTRIBUTE, "Sequence"),
+        (lambda d: setattr(d, "ReferencedSOPSequence", []), 0x0121, "is empty"),
+        (
+            lambda d: delattr(d.ReferencedSOPSequence[0], "ReferencedSOPInstanceUID"),
+            Status.MISSING_ATTRIBUTE,
+            "no ReferencedSOPInstanceUID (0008,1155)",
+        ),
+    ],
+)
+def test_a_malformed_request_says_what_is_wrong(change, status, said) -> None:  # type: ignore[no-untyped-def]
+    dataset = request_dataset([Reference(CT, "1.2.3.1")], "1.2.9")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid UID: as a peer might send
+        change(dataset)
+    with pytest.raises(InvalidCommitment, match=re.escape(said)) as error:
+        parse_request(dataset)
+    assert error.value.status == status
+
+
+async def test_commitment_on_the_same_association() -> None:
+    scp = CommitmentSCP(holds, ae_title="ARCHIVE")
+    async with adicom.Server("ARCHIVE", port=0, n_handlers={STORAGE_COMMITMENT: scp}) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ARCHIVE", contexts=CONTEXTS
+        ) as assoc:
+            result = await request_commitment(assoc, [(CT, "1.2.3.1"), (CT, "1.2.3.2")], timeout=10)
+            assert result.ok and len(result.committed) == 2
+            # One never received, one held under another class.
+            result = await request_commitment(
+                assoc, [(CT, "1.2.3.1"), (CT, "9.9.9"), (CT, "1.2.3.3")], timeout=10
+            )
+    assert not result.ok
+    assert result.committed == (Reference(CT, "1.2.3.1"),)
+    assert {(f.sop_instance_uid, f.reason) for f in result.failed} == {
+        ("9.9.9", Status.NO_SUCH_SOP_INSTANCE),
+        ("1.2.3.3", Status.CLASS_INSTANCE_CONFLICT),
+    }
+
+
+async def test_the_report_comes_on_a_new_association_when_the_first_has_ended() -> None:
+    """The SCU released after the N-ACTION-RSP: the SCP opens one to it (PS3.4 J.3.3.1.2)."""
+    reports = CommitmentReports()
+    async with adicom.Server(
+        "MODALITY",
+        port=0,
+        n_handlers={STORAGE_COMMITMENT: reports.handler},
+        scp_role_classes=[STORAGE_COMMITMENT],
+    ) as listener:
+        scp = CommitmentSCP(
+            holds, ae_title="ARCHIVE", destinations={"MODALITY": ("127.0.0.1", listener.port)}
+        )
+        release = asyncio.Event()
+        original = scp.report
+
+        async def report_after_release(*args):  # type: ignore[no-untyped-def]
+            await release.wait()
+            await original(*args)
+
+        scp.report = report_after_release  # type: ignore[method-assign]
+        async with adicom.Server("ARCHIVE", port=0, n_handlers={STORAGE_COMMITMENT: scp}) as server:
+            result = reports.expect("1.2.9.1")
+            async with adicom.connect(
+                "127.0.0.1", server.port, calling_ae="MODALITY", called_ae="ARCHIVE",
+                contexts=CONTEXTS,
+            ) as assoc:  # fmt: skip
+                information = request_dataset([Reference(CT, "1.2.3.1")], "1.2.9.1")
+                answer = await n_action(
+                    assoc, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, 1, information
+                )
+                assert answer.ok
+            release.set()
+            async with asyncio.timeout(10):
+                committed = await result
+    assert committed.ok and committed.committed == (Reference(CT, "1.2.3.1"),)
+
+
+async def test_a_report_nobody_can_receive_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "adicom")
+    scp = CommitmentSCP(holds, ae_title="ARCHIVE")  # no destinations
+    release = asyncio.Event()
+    original = scp.report
+
+    async def report_after_release(*args):  # type: ignore[no-untyped-def]
+        await release.wait()
+        await original(*args)
+
+    scp.report = report_after_release  # type: ignore[method-assign]
+    async with adicom.Server("ARCHIVE", port=0, n_handlers={STORAGE_COMMITMENT: scp}) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, calling_ae="GONE", called_ae="ARCHIVE", contexts=CONTEXTS
+        ) as assoc:
+            information = request_dataset([Reference(CT, "1.2.3.1")], "1.2.9.2")
+            await n_action(assoc, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, 1, information)
+        release.set()
+        async with asyncio.timeout(10):
+            await server.wait_idle()
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "cannot report transaction 1.2.9.2 to GONE" in said
+
+
+async def test_bad_requests_get_the_standards_status_and_the_server_serves_on() -> None:
+    scp = CommitmentSCP(holds, ae_title="ARCHIVE")
+    async with adicom.Server("ARCHIVE", port=0, n_handlers={STORAGE_COMMITMENT: scp}) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ARCHIVE", contexts=CONTEXTS
+        ) as assoc:
+            good = request_dataset([Reference(CT, "1.2.3.1")], "1.2.9.3")
+            empty = request_dataset([], "1.2.9.4")
+            no_uid = Dataset()
+            no_uid.ReferencedSOPSequence = good.ReferencedSOPSequence
+            cases = [
+                (STORAGE_COMMITMENT_INSTANCE, 1, empty, 0x0121),
+                (STORAGE_COMMITMENT_INSTANCE, 1, no_uid, Status.MISSING_ATTRIBUTE),
+                (STORAGE_COMMITMENT_INSTANCE, 1, None, Status.MISSING_ATTRIBUTE),
+                (STORAGE_COMMITMENT_INSTANCE, 7, good, Status.NO_SUCH_ACTION_TYPE),
+                ("1.2.3.4.5", 1, good, Status.NO_SUCH_SOP_INSTANCE),
+            ]
+            for instance, action, information, status in cases:
+                answer = await n_action(assoc, STORAGE_COMMITMENT, instance, action, information)
+                assert answer.status == status, (instance, action, answer)
+            assert (await request_commitment(assoc, [(CT, "1.2.3.1")], timeout=10)).ok
+
+
+async def test_no_result_in_time_is_a_timeout() -> None:
+    async def silent(request: NRequest) -> NResponse:
+        return NResponse()  # takes the request, never reports
+
+    async with adicom.Server("ARCHIVE", port=0, n_handlers={STORAGE_COMMITMENT: silent}) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ARCHIVE", contexts=CONTEXTS
+        ) as assoc:
+            with pytest.raises(DicomTimeout, match="no storage commitment result"):
+                await request_commitment(assoc, [(CT, "1.2.3.1")], timeout=0.3)
+    with pytest.raises(ValueError, match="at least one instance"):
+        await request_commitment(assoc, [], timeout=1)
+
+
+async def test_the_scp_role_for_commitment_is_granted_only_where_configured() -> None:
+    """PS3.4 J.3.3.1.3: the SCU accepts an association where the SCP proposes the SCP role."""
+    from adicom.pdu import RoleSelection
+
+    roles = [RoleSelection(STORAGE_COMMITMENT, scu_role=False, scp_role=True)]
+    reports = CommitmentReports()
+    for granted in (True, False):
+        async with adicom.Server(
+            "MODALITY",
+            port=0,
+            n_handlers={STORAGE_COMMITMENT: reports.handler},
+            scp_role_classes=[STORAGE_COMMITMENT] if granted else [],
+        ) as listener:
+            async with adicom.connect(
+                "127.0.0.1", listener.port, called_ae="MODALITY", contexts=CONTEXTS, roles=roles
+            ) as assoc:
+                context = assoc.context_for(STORAGE_COMMITMENT)
+                assert context.scp_role is granted
