@@ -70,6 +70,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.storescu",
                 "adicom.nservices",
                 "adicom.commitment",
+                "adicom.worklist",
                 "adicom.storage",
                 "adicom.diskstorage",
                 "adicom.qrscu",
