@@ -70,7 +70,6 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.storescu",
                 "adicom.nservices",
                 "adicom.commitment",
-                "adicom.worklist",
                 "adicom.storage",
                 "adicom.diskstorage",
                 "adicom.qrscu",
@@ -100,6 +99,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.archive",
+                "adicom.worklist",
                 "adicom.archive.index",
                 "adicom.archive.sequences",
                 "adicom.cli",
