@@ -600,10 +600,15 @@ def _date_text(value: object) -> object:
     return value.strftime("%Y%m%d") if isinstance(value, date) else value
 
 
+def _check_date_key(value: str | date, info: ValidationInfo) -> str:
+    assert isinstance(value, str)  # _date_text made a date into its text
+    return check_match("DA", value, str(info.field_name))
+
+
 AEMatch = Annotated[str, AfterValidator(_check_ae_key)]
 """An AE matching key (up to 16 characters), wildcards allowed."""
-DayMatch = Annotated[DateMatch, BeforeValidator(_date_text)]
-"""A DA matching key, or a ``datetime.date`` for that one day."""
+DayMatch = Annotated[str | date, BeforeValidator(_date_text), AfterValidator(_check_date_key)]
+"""A DA matching key, or a ``datetime.date`` for that one day (kept as its text)."""
 
 
 class WorklistQuery(BaseModel):

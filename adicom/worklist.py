@@ -152,8 +152,11 @@ _ValuesTest = Callable[[list[str]], bool]
 # Values
 
 
-def _texts(element: DataElement | None) -> list[str]:
-    """The values of an element as strings, padding removed; [] when absent or empty."""
+def _texts(element: DataElement | None, *, keep_empty: bool = False) -> list[str]:
+    """The values of an element as strings, padding removed; [] when absent or empty.
+
+    ``keep_empty`` keeps the empty values of a list (``A``, backslash twice, ``B`` has three).
+    """
     if element is None:
         return []
     value = element.value
@@ -168,9 +171,9 @@ def _texts(element: DataElement | None) -> list[str]:
         if item is None:
             continue
         text = str(item).rstrip(" \0") if keep_leading else str(item).strip(" \0")
-        if text:
+        if text or keep_empty:
             texts.append(text)
-    return texts
+    return texts if any(texts) else []
 
 
 def _tag_text(tag: int) -> str:
@@ -410,16 +413,30 @@ def _values_test(tag: int, vr: str, keys: list[str]) -> _ValuesTest | None:
     return lambda values: key in values
 
 
-def _combined_start_test(date_key: str, time_key: str) -> _Test:
+def _combined_start_test(date_keys: list[str], time_keys: list[str]) -> _Test:
     """Scheduled Procedure Step Start Date and Time matched as one range (C.2.2.2.5).
 
     Each bound joins the date and the time on its side; a side the date
-    leaves open is open.
+    leaves open is open. The times may run "backwards" (``2200-0600``)
+    when the dates differ: a night from one day to the next.
     """
+    for tag, keys in ((_SPS_START_DATE, date_keys), (_SPS_START_TIME, time_keys)):
+        if len(keys) > 1:
+            raise _refused(tag, "\\".join(keys), "a list; only UIDs take one (C.2.2.2.2)")
+    date_key = _checked(_SPS_START_DATE, "DA", date_keys[0])
+    time_key = time_keys[0]
+    start_text, _, end_text = time_key.partition("-")
+    if time_key == "-" or "-" in end_text:
+        raise _refused(_SPS_START_TIME, time_key, "not a time or time range")
+    for part in (start_text, end_text):
+        if part:
+            _checked(_SPS_START_TIME, "TM", part)
     first_day, last_day = _date_bounds(date_key)
     first_time, last_time = _time_bounds(time_key)
     low = None if first_day is None else (first_day, first_time)
     high = None if last_day is None else (last_day, last_time)
+    if low is not None and high is not None and low > high:
+        raise _refused(_SPS_START_TIME, time_key, "the date-time range ends before it starts")
 
     def test(item: Dataset) -> bool:
         dates = _texts(item.get(_SPS_START_DATE))
@@ -500,7 +517,7 @@ def _compile(identifier: Dataset, depth: int, *, start_pair: bool) -> _ItemQuery
         )
     keys: list[_Key] = []
     tests: dict[int, _Test] = {}
-    start: dict[int, str] = {}
+    start: dict[int, list[str]] = {}
     for element in identifier:
         tag = int(element.tag)
         if tag in (_CHARSET, _QR_LEVEL) or tag & 0xFFFF == 0 or tag >> 16 in (0x0000, 0x0002):
@@ -519,19 +536,24 @@ def _compile(identifier: Dataset, depth: int, *, start_pair: bool) -> _ItemQuery
                 tests[tag] = _sequence_test(tag, nested)
             continue
         keys.append(_Key(tag, vr))
-        values = _texts(element)
-        test = _values_test(tag, vr, values)
-        if test is None:
+        values = _texts(element, keep_empty=True)
+        if len(values) > 1 and not all(values):
+            raise _refused(tag, "\\".join(values), "an empty value in a list")
+        if start_pair and values and tag in (_SPS_START_DATE, _SPS_START_TIME):
+            start[tag] = values  # matched below, alone or as one range with the other
             continue
-        if start_pair and tag in (_SPS_START_DATE, _SPS_START_TIME):
-            start[tag] = values[0]
-        tests[tag] = _attribute_test(tag, test)
+        test = _values_test(tag, vr, values)
+        if test is not None:
+            tests[tag] = _attribute_test(tag, test)
     if len(start) == 2:
-        # C.2.2.2.5: both given, one range.
-        del tests[_SPS_START_DATE], tests[_SPS_START_TIME]
         tests[_SPS_START_DATE] = _combined_start_test(
             start[_SPS_START_DATE], start[_SPS_START_TIME]
         )
+    else:
+        for tag, values in start.items():
+            test = _values_test(tag, "DA" if tag == _SPS_START_DATE else "TM", values)
+            if test is not None:
+                tests[tag] = _attribute_test(tag, test)
     return _ItemQuery(tuple(keys), tuple(tests.values()))
 
 
