@@ -329,6 +329,8 @@ class NResponse:
     dataset: Dataset | None = None
     sop_instance_uid: str | None = None
     error_comment: str | None = None
+    #: Error ID (0000,0903): a service's own code for the failure (PS3.7 C.5).
+    error_id: int | None = None
     offending_element: tuple[int, ...] | None = None
     then: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
 
@@ -375,6 +377,7 @@ async def answer_n(association: Association, message: Message, handler: NHandler
         action_type_id=command.action_type_id,
         error_comment=response.error_comment[:64] if response.error_comment else None,
         offending_element=response.offending_element,
+        error_id=response.error_id,
     )
     await association.send_message(message.context_id, reply, data)
     return response

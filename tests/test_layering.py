@@ -100,6 +100,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.archive",
                 "adicom.worklist",
+                "adicom.mpps",
                 "adicom.archive.index",
                 "adicom.archive.sequences",
                 "adicom.cli",
