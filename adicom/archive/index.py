@@ -333,11 +333,9 @@ class Index:
                 unique = LEVELS[above]
                 value = keys.get(unique, "")
                 if not value or "\\" in value or "*" in value or "?" in value:
+                    # At most 64 characters: it goes back as Error Comment.
                     what = "retrieve" if retrieve else "query"
-                    raise MatchError(
-                        f"a {level} {what} needs a single {unique} (hierarchical; "
-                        f"relational {'retrieval' if retrieve else 'queries'} not negotiated)"
-                    )
+                    raise MatchError(f"{level} {what} needs one {unique} (hierarchical search)")
         if retrieve:
             # PS3.4 C.4.2.2.1: a retrieve names what it wants by the unique
             # key of its level (a UID or a list); an empty key is no answer.
