@@ -37,7 +37,7 @@ from adicom.errors import DicomError, DicomTimeout, TimeoutKind
 from adicom.fileformat import is_valid_uid
 from adicom.nservices import NRequest, NResponse, answer_n, n_action, n_event_report
 from adicom.pdu import RoleSelection
-from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES
+from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, STORAGE_COMMITMENT
 
 if TYPE_CHECKING:
     from adicom.association import Association, Message
@@ -56,8 +56,6 @@ __all__ = [
 
 log = logging.getLogger("adicom")
 
-#: Storage Commitment Push Model SOP Class (PS3.4 J.3.5).
-STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 #: Its well-known SOP instance, the one every N-ACTION and report names.
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 #: Action Type ID of "Request Storage Commitment" (PS3.4 Table J.3-1).

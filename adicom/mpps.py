@@ -30,6 +30,7 @@ from adicom.dimse import CommandField, Status
 from adicom.fileformat import is_valid_uid
 from adicom.negotiation import IMPLEMENTATION_CLASS_UID
 from adicom.nservices import NRequest, NResponse, NResult, n_create, n_set
+from adicom.presentation import MPPS
 
 if TYPE_CHECKING:
     from adicom.association import Association
@@ -44,8 +45,6 @@ __all__ = [
 
 log = logging.getLogger("adicom")
 
-#: Modality Performed Procedure Step SOP Class (PS3.4 F.7.3).
-MPPS = "1.2.840.10008.3.1.2.3.3"
 #: The values of Performed Procedure Step Status (0040,0252) (PS3.3 C.4.14).
 MPPS_STATES = ("IN PROGRESS", "COMPLETED", "DISCONTINUED")
 #: Error ID (0000,0903) of "Performed Procedure Step Object may no longer be

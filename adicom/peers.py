@@ -5,7 +5,7 @@ A peers file (TOML) names each peer by its AE title::
     [peers.CT1]
     hosts = ["10.0.0.5"]                 # addresses or networks (CIDR); none: any
     certificate = "CN=ct1.hospital"      # with TLS: its certificate's subject must hold this
-    may = ["echo", "store"]              # of echo, store, find, get, move; none: all
+    may = ["echo", "store"]              # echo store find get move worklist commit mpps; none: all
     on_duplicate = "replace"             # what a second copy it sends does (archive)
 
     [peers.VIEWER]
@@ -32,17 +32,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from adicom.presentation import (
+    MPPS,
     QR_FIND_SOP_CLASSES,
     QR_GET_SOP_CLASSES,
     QR_MOVE_SOP_CLASSES,
+    STORAGE_COMMITMENT,
     VERIFICATION,
+    WORKLIST_FIND,
     may_be_storage,
 )
 
 __all__ = ["SERVICES", "Peer", "PeerRules", "service_of"]
 
 #: What a peer may be allowed to do.
-SERVICES = frozenset({"echo", "store", "find", "get", "move"})
+SERVICES = frozenset({"echo", "store", "find", "get", "move", "worklist", "commit", "mpps"})
 _DUPLICATES = frozenset({"replace", "keep", "reject"})
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,6 +61,12 @@ def service_of(abstract_syntax: str) -> str | None:
         return "get"
     if abstract_syntax in QR_MOVE_SOP_CLASSES:
         return "move"
+    if abstract_syntax == WORKLIST_FIND:
+        return "worklist"
+    if abstract_syntax == STORAGE_COMMITMENT:
+        return "commit"
+    if abstract_syntax == MPPS:
+        return "mpps"
     if may_be_storage(abstract_syntax):
         return "store"
     return None

@@ -110,6 +110,12 @@ STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 #: Query/retrieve information models (PS3.4 C.6): Patient Root, Study Root.
 QR_FIND_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+#: Modality Worklist Information Model - FIND (PS3.4 K.6.1).
+WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+#: Storage Commitment Push Model SOP Class (PS3.4 J.3.5).
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+#: Modality Performed Procedure Step SOP Class (PS3.4 F.7.3).
+MPPS = "1.2.840.10008.3.1.2.3.3"
 #: ... and Composite Instance Root for the retrieves.
 QR_MOVE_SOP_CLASSES = (
     "1.2.840.10008.5.1.4.1.2.1.2",

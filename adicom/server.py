@@ -44,6 +44,7 @@ from adicom.presentation import (
     QR_MOVE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     VERIFICATION,
+    WORKLIST_FIND,
 )
 from adicom.qrscp import (
     Cancelled,
@@ -121,8 +122,10 @@ class Server:
     their addresses (and certificates), to the services each may use.
     ``audit`` (:class:`~adicom.audit.AuditLog`) gets a line per association
     accepted or refused, failed TLS handshake, instance received, query and
-    retrieve. ``n_handlers`` maps SOP class UIDs to handlers of their
-    DIMSE-N requests (see :mod:`adicom.nservices`); ``scp_role_classes``
+    retrieve. ``on_worklist`` answers Modality Worklist C-FINDs (see
+    :class:`adicom.worklist.WorklistFolder`). ``n_handlers`` maps SOP class
+    UIDs to handlers of their DIMSE-N requests (see :mod:`adicom.nservices`);
+    ``scp_role_classes``
     are SOP classes a requestor may take the SCP role for (role selection,
     PS3.7 D.3.3.4), as a Storage Commitment SCP does when it reports on an
     association it opens.
@@ -160,6 +163,7 @@ class Server:
         audit: AuditLog | None = None,
         n_handlers: Mapping[str, NHandler] | None = None,
         scp_role_classes: Iterable[str] = (),
+        on_worklist: FindHandler | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -201,6 +205,8 @@ class Server:
         self.supported: dict[str, Sequence[str]] = {VERIFICATION: tuple(transfer_syntaxes)}
         #: Query/retrieve handlers (see :mod:`adicom.qrscp`).
         self.on_find, self.on_get, self.on_move = on_find, on_get, on_move
+        #: The Modality Worklist C-FIND handler (see :mod:`adicom.worklist`).
+        self.on_worklist = on_worklist
         self.move_destinations: MoveDestinations = move_destinations or {}
         #: SOP class UID -> the handler of its DIMSE-N requests.
         self.n_handlers: dict[str, NHandler] = dict(n_handlers or {})
@@ -208,6 +214,7 @@ class Server:
         self.supported.update(dict.fromkeys(self.n_handlers, query_syntaxes))
         for handler, sop_classes in (
             (on_find, QR_FIND_SOP_CLASSES),
+            (on_worklist, (WORKLIST_FIND,)),
             (on_get, QR_GET_SOP_CLASSES),
             (on_move, QR_MOVE_SOP_CLASSES),
         ):
@@ -527,8 +534,12 @@ class Server:
         field = message.command.command_field
         cancelled = Cancelled()
         runner: Coroutine[Any, Any, None]
-        if field == CommandField.C_FIND_RQ and self.on_find is not None:
-            runner = run_find(association, message, self.on_find, cancelled)
+        if field == CommandField.C_FIND_RQ and (
+            find := self.on_worklist
+            if message.command.affected_sop_class_uid == WORKLIST_FIND
+            else self.on_find
+        ):
+            runner = run_find(association, message, find, cancelled)
         elif field == CommandField.C_GET_RQ and self.on_get is not None:
             runner = run_get(association, message, self.on_get, cancelled)
         elif field == CommandField.C_MOVE_RQ and self.on_move is not None:

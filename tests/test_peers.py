@@ -13,7 +13,7 @@ import adicom
 from adicom.archive import Archive
 from adicom.errors import AssociationRejected
 from adicom.pdu import RoleSelection
-from adicom.peers import Peer, PeerRules, service_of
+from adicom.peers import SERVICES, Peer, PeerRules, service_of
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
 
 pytestmark = pytest.mark.anyio
@@ -49,7 +49,7 @@ def test_a_peers_file_is_read_and_checked(tmp_path: pathlib.Path) -> None:
     loaded = rules(tmp_path)
     assert set(loaded.peers) == {"CT1", "VIEWER", "ELSEWHERE"}
     assert loaded.peers["CT1"].may == {"echo", "store"}
-    assert loaded.peers["ELSEWHERE"].may == {"echo", "store", "find", "get", "move"}
+    assert loaded.peers["ELSEWHERE"].may == SERVICES  # everything, when not said
     assert loaded.move_destinations() == {"VIEWER": ("127.0.0.1", 11113)}
     for text, said in (
         ('[peers.X]\nhosts = ["10.0.0.300"]\n', "hosts"),
@@ -70,7 +70,10 @@ def test_services_by_abstract_syntax() -> None:
     assert service_of("1.3.12.2.1107.5.9.1") == "store"  # private storage
     assert service_of(STUDY_FIND) == "find"
     assert service_of(STUDY_GET) == "get"
-    assert service_of("1.2.840.10008.5.1.4.31") is None  # worklist: not ours to allow
+    assert service_of("1.2.840.10008.5.1.4.31") == "worklist"
+    assert service_of("1.2.840.10008.1.20.1") == "commit"
+    assert service_of("1.2.840.10008.3.1.2.3.3") == "mpps"
+    assert service_of("1.2.840.10008.5.1.1.9") is None  # print management: none of ours
     viewer = Peer("VIEWER", may=frozenset({"get"}))
     assert viewer.allows(CT, scp_role=True) and not viewer.allows(CT)
 
