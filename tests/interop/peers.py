@@ -755,3 +755,27 @@ def adicom_store_argv(
 ) -> list[str]:
     """``adicom store`` (CLI) sending files and folders (recursively)."""
     return [*adicom_cli(), "store", "--aet", aet, "--aec", aec, host, str(port), *map(str, paths)]
+
+
+@contextlib.contextmanager
+def dcmtk_wlmscpfs(
+    data_dir: Path, aet: str = "WLSCP", options: Sequence[str] = ()
+) -> Iterator[Peer]:
+    """DCMTK wlmscpfs serving the worklist files (``*.wl``) in ``data_dir / aet``.
+
+    wlmscpfs takes a data folder with one subfolder per called AE title,
+    each holding a ``lockfile``; both are made here if missing. It answers
+    only a called AE title that has a subfolder. ``options`` go before the
+    port (``--keep-char-set``, ``--disable-file-reject``, ...); its own
+    files are in ``peer.workdir``.
+    """
+    binary = require_dcmtk("wlmscpfs")
+    port = free_port()
+    folder = data_dir / aet
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lockfile").touch()
+    argv = [binary, "--data-files-path", str(data_dir), *options, str(port)]
+    with running(argv, name="DCMTK wlmscpfs", cwd=data_dir) as peer:
+        peer.port, peer.aet, peer.workdir = port, aet, folder
+        wait_for_port(HOST, port, READY_TIMEOUT, peer)
+        yield peer
