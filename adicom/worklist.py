@@ -31,9 +31,11 @@ Matching (PS3.4 K.2.2 and C.2.2.2, which K.6.1.2 refers to):
   as the worklist has always done (the Basic Worklist text of C.2.2.2.5;
   CP-601 says it is "explicitly supported for worklist queries"): date
   ``20240101-20240103`` with time ``0800-1700`` runs from 1 January 08:00 to
-  3 January 17:00, so 2 January 03:00 matches. A side of the date range left
-  open stays open whatever the time says; a single date with a time range is
-  that range on that day.
+  3 January 17:00, so 2 January 03:00 matches (wlmscpfs does the same). A
+  side of the date range left open stays open whatever the time says; a
+  single date with a time range is that range on that day; over several
+  days the times may run through the night (``2200-0600``), which a TM
+  range alone may not (C.2.2.2.5.2).
 - *List of UID matching* (C.2.2.2.2): UIDs separated by backslashes. Other
   keys take a single value: lists are refused, as Multiple Value Matching is
   an extended negotiation we do not offer.
@@ -84,6 +86,7 @@ import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -105,6 +108,8 @@ __all__ = [
     "MODALITY_WORKLIST_FIND",
     "WorklistFolder",
     "WorklistMatcher",
+    "fold_person_name",
+    "glob_match",
 ]
 
 log = logging.getLogger("adicom")
@@ -628,12 +633,21 @@ def _skipped_name(name: str) -> bool:
     return name.startswith(".") or name == "lockfile" or name.endswith(("~", ".tmp", ".part"))
 
 
-def _read_item(path: Path) -> Dataset:
-    """One worklist item from a file; raises ValueError (or pydicom's errors) if it is none."""
+def _read_item(path: Path, limit: int) -> Dataset:
+    """One worklist item from a file of at most ``limit`` bytes.
+
+    Raises ValueError (or whatever pydicom raises) if it is none.
+    """
+    with path.open("rb") as file:
+        # At most limit bytes, even if the file grew since it was listed.
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"more than max_file_bytes ({limit}) bytes")
     with warnings.catch_warnings(record=True) as caught, disable_value_validation():
         warnings.simplefilter("always")
         # force: wlmscpfs's .wl files are often data sets without a preamble.
-        item = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        item = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
+        item.filename = str(path)
         # pydicom converts (and decodes, in the item's character set) lazily:
         # convert everything now, so that a bad file fails here, once.
         for element in item.iterall():
@@ -788,7 +802,7 @@ class WorklistFolder:
             )
             return _Entry(stamp, None)
         try:
-            item = _read_item(path)
+            item = _read_item(path, self.max_file_bytes)
         except Exception as exc:  # whatever a bad file makes pydicom raise
             log.warning("Worklist file %s skipped: %s", path, exc or type(exc).__name__)
             return _Entry(stamp, None)
