@@ -55,6 +55,7 @@ from adicom.settings import DicomSettings
 from adicom.storage import StoreContext
 from adicom.storescu import StoreResult, store
 from adicom.tls import client_context, server_context
+from adicom.worklist import WorklistFolder
 
 __all__ = ["main"]
 
@@ -569,8 +570,16 @@ def _archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) ->
         metavar="DIR",
         default=settings.storage_dir,
         help="run an archive in DIR: accept C-STORE (files under "
-        "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm, indexed in SQLite) "
-        f"and answer C-FIND, C-GET and C-MOVE from it (ADICOM_STORAGE_DIR; default: {default})",
+        "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm, indexed in SQLite), "
+        "answer C-FIND, C-GET and C-MOVE, Storage Commitment from what it holds, and keep "
+        f"MPPS in DIR/.mpps (ADICOM_STORAGE_DIR; default: {default})",
+    )
+    serve.add_argument(
+        "--worklist",
+        metavar="DIR",
+        type=Path,
+        help="answer Modality Worklist C-FINDs from the worklist items (DICOM files) in DIR, "
+        "read again when they change (like DCMTK wlmscpfs's data folder)",
     )
     serve.add_argument(
         "--move-dest",
@@ -759,6 +768,13 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     options: dict[str, Any] = {}
     tls = _server_ssl(args)
+    # What the server opens (C-MOVE sub-operations, commitment reports) runs
+    # TLS too, with the server's certificate as the client's.
+    tls_client = (
+        None
+        if tls is None
+        else client_context(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    )
     rules = PeerRules.load(args.peers) if args.peers is not None else None
     hook = None
     if args.users is not None:
@@ -786,7 +802,13 @@ async def _serve(args: argparse.Namespace) -> int:
         if rules is not None:
             destinations = rules.move_destinations() | destinations
             archive.storage.duplicate_policy = _duplicate_policy(rules)
-        options = archive.handlers(destinations)
+        options = archive.handlers(destinations, ae_title=args.aet, ssl=tls_client)
+    if args.worklist is not None:
+        if not args.worklist.is_dir():
+            raise argparse.ArgumentTypeError(f"--worklist {args.worklist}: no such folder")
+        worklist = WorklistFolder(args.worklist)
+        await worklist.refresh()
+        options["on_worklist"] = worklist.find
     try:
         async with Server(
             args.aet,
@@ -814,6 +836,7 @@ async def _serve(args: argparse.Namespace) -> int:
             require_identity=args.require_identity,
             peers=rules,
             audit=audit,
+            outgoing_ssl=tls_client,
             **options,
         ) as server:
             if archive is not None:

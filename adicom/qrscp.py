@@ -25,6 +25,7 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -400,8 +401,12 @@ async def run_move(
     cancelled: Cancelled,
     destinations: MoveDestinations,
     ae_title: str,
+    ssl: SSLContext | None = None,
 ) -> None:
-    """Answer one C-MOVE-RQ: send the instances to the named destination (PS3.4 C.4.2)."""
+    """Answer one C-MOVE-RQ: send the instances to the named destination (PS3.4 C.4.2).
+
+    ``ssl`` runs the association to the destination over TLS.
+    """
     name = (request.command.move_destination or "").strip()
     if callable(destinations):
         address = await destinations(name)
@@ -451,6 +456,7 @@ async def run_move(
                 progress=progress,
                 move_originator=(association.calling_ae, request.command.message_id or 0),
                 stop=lambda: cancelled.is_set,
+                ssl=ssl,
             )
         except DicomError as exc:
             # The destination is unreachable or refused us: every instance not sent failed.

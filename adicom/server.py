@@ -28,8 +28,10 @@ from adicom.listener import Listener
 from adicom.negotiation import (
     ASYNC_WINDOW,
     DEFAULT_MAX_PDU,
+    NO_QR_OPTIONS,
     AcceptorPolicy,
     Agreement,
+    QROptions,
     check_request,
     check_window,
     negotiate,
@@ -115,7 +117,9 @@ class Server:
     :func:`adicom.tls.server_context`) serves every connection over TLS;
     the handshake is bounded by ``artim_timeout``, a failed one is logged
     and closes that connection only, and :attr:`Association.tls` tells
-    handlers the peer's certificate. ``user_identity`` decides the user
+    handlers the peer's certificate; ``outgoing_ssl`` (see
+    :func:`adicom.tls.client_context`) is for the associations it opens to
+    C-MOVE destinations. ``user_identity`` decides the user
     identity a request carries (see :func:`adicom.identity.identity_hook`);
     with ``require_identity`` a request without one is rejected. ``peers``
     (:class:`~adicom.peers.PeerRules`) admits only the peers it knows, from
@@ -124,11 +128,13 @@ class Server:
     accepted or refused, failed TLS handshake, instance received, query and
     retrieve. ``on_worklist`` answers Modality Worklist C-FINDs (see
     :class:`adicom.worklist.WorklistFolder`). ``n_handlers`` maps SOP class
-    UIDs to handlers of their DIMSE-N requests (see :mod:`adicom.nservices`);
-    ``scp_role_classes``
-    are SOP classes a requestor may take the SCP role for (role selection,
-    PS3.7 D.3.3.4), as a Storage Commitment SCP does when it reports on an
-    association it opens.
+    UIDs to handlers of their DIMSE-N requests (see :mod:`adicom.nservices`).
+    ``qr_options`` are the Query/Retrieve extended negotiation options
+    (relational queries, ...; PS3.4 C.5) the find/get/move handlers support
+    (default: none; :meth:`adicom.archive.Archive.handlers` says what the
+    archive does). ``scp_role_classes`` are SOP classes a requestor may take
+    the SCP role for (role selection, PS3.7 D.3.3.4), as a Storage Commitment
+    SCP does when it reports on an association it opens.
     """
 
     def __init__(
@@ -164,6 +170,8 @@ class Server:
         n_handlers: Mapping[str, NHandler] | None = None,
         scp_role_classes: Iterable[str] = (),
         on_worklist: FindHandler | None = None,
+        qr_options: QROptions = NO_QR_OPTIONS,
+        outgoing_ssl: SSLContext | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -177,6 +185,9 @@ class Server:
         self.max_associations = max_associations
         #: Every connection runs TLS with this context, when given.
         self.ssl = ssl
+        #: The associations the server opens (C-MOVE sub-operations) run
+        #: TLS with this client context, when given.
+        self.outgoing_ssl = outgoing_ssl
         #: Counts connections against max_associations, max_pending, max_per_address.
         self.admission = Admission(
             max_associations=max_associations,
@@ -236,6 +247,7 @@ class Server:
             # requestor takes the SCP role (PS3.4 C.4.3).
             get_scp_role=on_get is not None,
             scp_role_classes=frozenset(scp_role_classes),
+            qr_options=qr_options,
             max_pdu=max_pdu,
             async_window=self.async_window,
         )
@@ -550,6 +562,7 @@ class Server:
                 cancelled,
                 self.move_destinations,
                 self.ae_title,
+                self.outgoing_ssl,
             )
         elif (
             field in N_REQUESTS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 import re
 import warnings
 
@@ -224,3 +225,71 @@ async def test_the_scp_role_for_commitment_is_granted_only_where_configured() ->
             ) as assoc:
                 context = assoc.context_for(STORAGE_COMMITMENT)
                 assert context.scp_role is granted
+
+
+async def test_the_archive_commits_to_what_it_holds(tmp_path: pathlib.Path) -> None:
+    """End to end: C-STORE, then commitment of that and of what never came (PS3.4 J.3.3)."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from adicom.archive import Archive
+
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    dataset = dcmread(path)
+    archive = Archive(tmp_path / "archive")
+    await archive.open()
+    try:
+        async with adicom.Server(
+            "ARCHIVE", port=0, **archive.handlers(ae_title="ARCHIVE")
+        ) as server:
+            (stored,) = await adicom.store("127.0.0.1", server.port, [dataset], called_ae="ARCHIVE")
+            assert stored.ok
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="ARCHIVE", contexts=CONTEXTS
+            ) as assoc:
+                result = await request_commitment(
+                    assoc,
+                    [(dataset.SOPClassUID, dataset.SOPInstanceUID), (CT, "1.2.3.404")],
+                    timeout=10,
+                )
+            # The file is gone behind the archive's back: it no longer holds it.
+            (tmp_path / "archive" / dataset.StudyInstanceUID / dataset.SeriesInstanceUID
+             / f"{dataset.SOPInstanceUID}.dcm").unlink()  # fmt: skip
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="ARCHIVE", contexts=CONTEXTS
+            ) as assoc:
+                after = await request_commitment(
+                    assoc, [(dataset.SOPClassUID, dataset.SOPInstanceUID)], timeout=10
+                )
+    finally:
+        archive.close()
+    assert result.committed == (Reference(dataset.SOPClassUID, dataset.SOPInstanceUID),)
+    assert [(f.sop_instance_uid, f.reason) for f in result.failed] == [("1.2.3.404", 0x0112)]
+    assert [f.reason for f in after.failed] == [0x0112]
+
+
+async def test_the_archive_keeps_mpps_apart_from_its_instances(tmp_path: pathlib.Path) -> None:
+    from adicom.archive import Archive
+    from adicom.mpps import MPPS, create_mpps
+
+    archive = Archive(tmp_path / "archive")
+    await archive.open()
+    try:
+        async with adicom.Server("ARCHIVE", port=0, **archive.handlers()) as server:
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="ARCHIVE",
+                contexts=[(MPPS, list(DEFAULT_TRANSFER_SYNTAXES))],
+            ) as assoc:  # fmt: skip
+                step = Dataset()
+                step.PatientID = "P1"
+                uid = await create_mpps(assoc, step)
+    finally:
+        archive.close()
+    assert (tmp_path / "archive" / ".mpps" / f"{uid}.dcm").is_file()
+    reopened = Archive(tmp_path / "archive")
+    try:
+        await reopened.open()
+        assert reopened.index.count() == 0  # an MPPS is not an instance of the archive
+    finally:
+        reopened.close()

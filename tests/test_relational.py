@@ -524,7 +524,9 @@ async def test_a_handler_sees_the_agreed_options_and_the_client_too() -> None:
             yield match
 
     asked = QROptions(relational=True, fuzzy_matching=True, timezone_adjustment=True)
-    async with adicom.Server("SCP", port=0, on_find=on_find) as server:
+    async with adicom.Server(
+        "SCP", port=0, on_find=on_find, qr_options=SERVED_QR_OPTIONS
+    ) as server:
         for options in (asked, None):
             async with adicom.connect(
                 "127.0.0.1",

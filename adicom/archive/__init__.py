@@ -24,6 +24,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any, Literal
 
 import pydicom
@@ -42,6 +43,7 @@ from adicom.archive.index import (
     chunks,
 )
 from adicom.archive.sequences import SequenceKeys
+from adicom.commitment import CommitmentSCP
 from adicom.dimse import Status
 from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage
 from adicom.errors import ArchiveError
@@ -50,6 +52,9 @@ from adicom.fileformat import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     encode_text_elements,
 )
+from adicom.mpps import MppsStore
+from adicom.negotiation import SERVED_QR_OPTIONS
+from adicom.presentation import MPPS, STORAGE_COMMITMENT
 from adicom.qrscp import MoveDestinations, QRContext, QueryFailed
 from adicom.storage import StoreContext
 from adicom.storescu import iter_files
@@ -96,6 +101,8 @@ class Archive:
         )
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
+        #: The MPPS instances it keeps (made by :meth:`handlers`).
+        self.mpps: MppsStore | None = None
 
     def _stored(
         self, path: Path, values: dict[str, str], context: StoreContext, raw: dict[str, bytes]
@@ -163,6 +170,8 @@ class Archive:
         files = (
             p for p in iter_files([self.root])
             if p.name != _INDEX_NAME and not p.name.startswith(_INDEX_NAME)
+            # Dot folders are the archive's own: .incoming, .mpps.
+            and not any(part.startswith(".") for part in p.relative_to(self.root).parts[:-1])
         )  # fmt: skip
         for group in chunks(files, batch):
             for path in group:
@@ -218,15 +227,48 @@ class Archive:
 
     # -- handlers ---------------------------------------------------------------
 
-    def handlers(self, move_destinations: MoveDestinations | None = None) -> dict[str, Any]:
-        """Keyword arguments for :class:`~adicom.Server`: storage and the Q/R handlers."""
+    def handlers(
+        self,
+        move_destinations: MoveDestinations | None = None,
+        *,
+        ae_title: str = "ADICOM",
+        ssl: SSLContext | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments for :class:`~adicom.Server`: storage, Q/R, commitment, MPPS.
+
+        Storage Commitment results go back on the requestor's association
+        while it is open, else to its address among ``move_destinations``
+        (by AE title), from ``ae_title``, over TLS with ``ssl``. MPPS
+        instances are kept in the ``.mpps`` folder of the archive.
+        """
+        destinations = move_destinations or {}
+        commitment = CommitmentSCP(
+            self.holds, ae_title=ae_title, destinations=destinations, ssl=ssl
+        )
+        if self.mpps is None:
+            self.mpps = MppsStore(self.root / ".mpps")
         return {
             "storage": self.storage,
             "on_find": self.find,
             "on_get": self.retrieve,
             "on_move": self.retrieve,
-            "move_destinations": move_destinations or {},
+            "move_destinations": destinations,
+            "qr_options": SERVED_QR_OPTIONS,
+            "n_handlers": {STORAGE_COMMITMENT: commitment, MPPS: self.mpps},
         }
+
+    async def holds(self, sop_instance_uid: str) -> str | None:
+        """The SOP class of the instance held under this UID, None if not held.
+
+        Held means indexed and its file still there (PS3.4 J.3.3.1.2: what the
+        archive commits to). With ``fsync`` off, a file is in the page cache
+        when stored, on disk some seconds later.
+        """
+        found = self.index.sop_class_of(sop_instance_uid)
+        if found is None:
+            return None
+        sop_class, path = found
+        return sop_class if path.is_file() else None
 
     async def find(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset | bytes]:
         """C-FIND handler: the matches of ``identifier`` with the keys it asked for.

@@ -290,6 +290,14 @@ class Index:
         ).fetchone()
         return None if row is None else Path(row[0])
 
+    def sop_class_of(self, sop_instance_uid: str) -> tuple[str, Path] | None:
+        """The SOP class and path of the instance with this SOP Instance UID, if stored."""
+        row = self._db.execute(
+            "SELECT sop_class_uid, path FROM instances WHERE sop_instance_uid = ?",
+            (sop_instance_uid,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), Path(row[1]))
+
     def remove_path(self, path: str | Path) -> None:
         """Forget the instance stored at ``path``."""
         self._begin()
