@@ -31,7 +31,9 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+import adicom
 from adicom.dimse import Status
+from adicom.errors import DimseError
 from adicom.fileformat import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -39,7 +41,7 @@ from adicom.fileformat import (
     encode_dataset,
 )
 from adicom.models import ScheduledProcedureStep, WorklistQuery, WorklistResult
-from adicom.qrscp import QRContext, QueryFailed
+from adicom.qrscp import FindHandler, QRContext, QueryFailed
 from adicom.values import element
 from adicom.worklist import (
     MODALITY_WORKLIST_FIND,
@@ -917,9 +919,50 @@ async def test_reading_and_matching_leave_the_loop_responsive(tmp_path: Path) ->
 
 @pytest.mark.anyio
 async def test_the_handler_fits_the_find_handler_type(tmp_path: Path) -> None:
-    from adicom.qrscp import FindHandler
-
     write_item(tmp_path / "a.wl", make_item("A1"))
     handler: FindHandler = WorklistFolder(tmp_path).find
     answers = [answer async for answer in handler(identifier(), CONTEXT)]
     assert len(answers) == 1 and isinstance(answers[0], Dataset)
+
+
+# --------------------------------------------------------------------------
+# End to end: adicom.Server(on_worklist=WorklistFolder.find) and DicomClient.find_worklist
+
+
+@pytest.mark.anyio
+async def test_end_to_end_through_server_and_client(tmp_path: Path) -> None:
+    write_item(tmp_path / "1.wl", dated("E1", "20240105", "0900", ScheduledStationAETitle="CT1"))
+    write_item(
+        tmp_path / "2.wl",
+        make_item(
+            "E2",
+            "Müller^Hans",
+            SpecificCharacterSet="ISO_IR 100",
+            steps=[
+                step(
+                    Modality="MR",
+                    ScheduledStationAETitle="MR1",
+                    ScheduledProcedureStepStartDate="20240105",
+                )
+            ],
+        ),
+        meta=True,
+    )
+    folder = WorklistFolder(tmp_path, max_matches=1)
+    client = adicom.DicomClient("MODALITY")
+    async with adicom.Server("WLSCP", port=0, on_worklist=folder.find) as server:
+        node = adicom.DicomNode(aet="WLSCP", host="127.0.0.1", port=server.port)
+        ct = await client.find_worklist(WorklistQuery(scheduled_station_ae_title="CT1"), node)
+        assert [r.accession_number for r in ct] == ["E1"]
+        assert ct[0].scheduled_procedure_steps[0].scheduled_procedure_step_start_time == "0900"
+        mr = await client.find_worklist(WorklistQuery(patient_name="müller*"), node)
+        assert [r.patient_name for r in mr] == ["Müller^Hans"]
+        assert mr[0].dataset is not None and mr[0].dataset.SpecificCharacterSet == "ISO_IR 100"
+        # A refusal and the cap come back as failure statuses.
+        bad = identifier({"ScheduledProcedureStepStartDate": "2024XX01-"})
+        with pytest.raises(DimseError) as refused:
+            await client.find_worklist(bad, node)
+        assert refused.value.status == 0xA900 and "(0040,0002)" in str(refused.value)
+        with pytest.raises(DimseError) as capped:
+            await client.find_worklist(WorklistQuery(scheduled_date="20240105"), node)
+        assert capped.value.status == 0xA700

@@ -13,6 +13,8 @@ folder.
 - Cross-check: the same queries (DCMTK's own example queries, ``wlistqry*``,
   and more) to wlmscpfs and to ``WorklistFolder.find`` give the same items
   with the same values, where DCMTK follows PS3.4.
+- DCMTK's findscu as the SCU gets the same answers from
+  ``adicom.Server(on_worklist=WorklistFolder.find)`` as from wlmscpfs.
 
 Where they differ (``test_known_differences`` pins each case, both sides):
 
@@ -571,3 +573,46 @@ async def test_a_universal_step_key_is_answered_differently(
     assert "ScheduledProcedureStepEndDate" in their_step
     assert not their_step.ScheduledProcedureStepEndDate
     assert "ScheduledProcedureStepEndDate" not in our_step
+
+
+# --------------------------------------------------------------------------
+# DCMTK findscu as the SCU: adicom.Server(on_worklist=) beside wlmscpfs
+
+
+async def findscu(port: int, query: Dataset, workdir: Path) -> list[Dataset]:
+    """DCMTK findscu -W with ``query``; the answers it wrote (rsp0001.dcm, ...)."""
+    binary = peers.require_dcmtk("findscu")
+    workdir.mkdir()
+    request = workdir / "query.dcm"
+    pydicom.dcmwrite(request, query, implicit_vr=False, little_endian=True)
+    out = workdir / "answers"
+    out.mkdir()
+    argv = [binary, "-W", "-aet", "FINDSCU", "-aec", AET, "-X", "-od", str(out),
+            HOST, str(port), str(request)]  # fmt: skip
+    finished = await peers.run_async(argv)
+    assert finished.returncode == 0, finished.describe()
+    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+FINDSCU_QUERIES = [
+    "patient name wildcard",
+    "latin-1 patient name",
+    "station AE title, multi-valued items",
+    "date and time across days",
+    "more return keys",
+]
+
+
+@pytest.mark.anyio
+async def test_findscu_gets_the_same_answers_from_adicom_and_wlmscpfs(
+    wlmscpfs: peers.Peer, worklist: Worklist, tmp_path: Path
+) -> None:
+    assert wlmscpfs.port is not None
+    folder = WorklistFolder(worklist.folder)
+    async with adicom.Server(AET, host=HOST, port=0, on_worklist=folder.find) as server:
+        for index, name in enumerate(FINDSCU_QUERIES):
+            query = CROSS_CHECK[name]
+            ours = await findscu(server.port, query, tmp_path / f"adicom{index}")
+            theirs = await findscu(wlmscpfs.port, query, tmp_path / f"dcmtk{index}")
+            assert ours, name  # every one of these queries has matches
+            assert summary(ours, query) == summary(theirs, query), name
