@@ -23,11 +23,13 @@ from pathlib import Path
 from ssl import SSLContext, SSLError
 from typing import Any, TypeAlias
 
+import pydicom
 from pydantic import ValidationError
 
 from adicom.archive import Archive
 from adicom.audit import AuditLog
 from adicom.client import connect
+from adicom.commitment import Reference
 from adicom.demo import run_demo
 from adicom.dicomclient import DicomClient
 from adicom.dimse import Limits, StatusCategory, describe_status, status_category
@@ -46,6 +48,7 @@ from adicom.models import (
     RetrieveResult,
     SeriesQuery,
     StudyQuery,
+    WorklistQuery,
 )
 from adicom.pdu import UserIdentityRQ
 from adicom.peers import PeerRules
@@ -53,7 +56,7 @@ from adicom.qrscu import RetrieveProgress
 from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storage import StoreContext
-from adicom.storescu import StoreResult, store
+from adicom.storescu import StoreResult, iter_files, store
 from adicom.tls import client_context, server_context
 from adicom.worklist import WorklistFolder
 
@@ -314,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
         ("move", "have the peer send to an AE title (C-MOVE)"),
     ):
         _add_retrieve(commands, name, text)
+    _add_commit(commands)
     commands.add_parser(
         "demo", help="run a local archive and walk through echo, find, get, move (checked)"
     )
@@ -690,7 +694,42 @@ def _add_find(commands: _Commands) -> None:
         help="a matching key by DICOM keyword, e.g. -k PatientID=123 "
         "(-k Keyword alone asks for it back)",
     )
+    find.add_argument(
+        "-W",
+        "--worklist",
+        action="store_true",
+        help="query the Modality Worklist (PS3.4 K.6) instead of the Q/R model: keys such "
+        "as PatientID, AccessionNumber, Modality, ScheduledStationAETitle, "
+        "ScheduledProcedureStepStartDate (-L is ignored)",
+    )
     find.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_commit(commands: _Commands) -> None:
+    commit = commands.add_parser(
+        "commit",
+        help="ask a peer to commit to holding instances (Storage Commitment)",
+        description="Ask the peer whether it holds these DICOM files (searched recursively in "
+        "folders), by Storage Commitment (PS3.4 Annex J), and print what it commits to and "
+        "what not. The result is awaited on the association and, with --listen, on "
+        "associations the peer opens to us. Exits 1 unless it commits to every instance.",
+    )
+    _peer_options(commit)
+    commit.add_argument(
+        "--listen",
+        type=int,
+        metavar="PORT",
+        help="also receive the result on associations the peer opens to PORT (it must know "
+        "our --aet at this machine's address and that port)",
+    )
+    commit.add_argument(
+        "--wait",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the result (default: %(default)s)",
+    )
+    commit.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
 
 
 def _add_retrieve(commands: _Commands, name: str, text: str) -> None:
@@ -971,6 +1010,8 @@ async def _store(args: argparse.Namespace) -> int:
 
 
 async def _find(args: argparse.Namespace) -> int:
+    if args.worklist:
+        return await _find_worklist(args)
     query = _query(args.level, args.key)
     client = _client(args)
     finders = {
@@ -992,6 +1033,62 @@ async def _find(args: argparse.Namespace) -> int:
             missing = f" ({incomplete} without {keyword})"
         print(f"adicom find: {len(rows)} {args.level.lower()} match(es){missing}")
     return EXIT_OK
+
+
+async def _find_worklist(args: argparse.Namespace) -> int:
+    named = {**WorklistQuery.keywords, **WorklistQuery.step_keywords}
+    fields = {keyword: name for name, keyword in named.items()}
+    matching, returned = _keys(args.key)
+    typed: dict[str, object] = {fields[k]: v for k, v in matching.items() if k in fields}
+    extra = {k: v for k, v in matching.items() if k not in fields}
+    query = WorklistQuery.model_validate({**typed, "extra_keys": extra, "return_keys": returned})
+    with _peer_answer():
+        results = await _client(args).find_worklist(query, _node(args))
+        rows = []
+        for result in results:
+            row = result.model_dump(mode="json", exclude={"scheduled_procedure_steps"})
+            step = result.scheduled_procedure_steps[0] if result.scheduled_procedure_steps else None
+            if step is not None:
+                row |= {k: v for k, v in step.model_dump(mode="json").items() if k != "extra"}
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows)
+        print(f"adicom find: {len(rows)} worklist item(s)")
+    return EXIT_OK
+
+
+async def _commit(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"no such file or folder: {', '.join(missing)}")
+    references = []
+    for path in iter_files(args.paths):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_UIDS)
+            references.append(Reference(str(header.SOPClassUID), str(header.SOPInstanceUID)))
+        except Exception as exc:  # pydicom raises many kinds on bad files
+            print(f"adicom commit: skipped {path}: not a DICOM instance ({exc})", file=sys.stderr)
+    if not references:
+        raise argparse.ArgumentTypeError("no DICOM instance among the paths")
+    with _peer_answer():
+        result = await _client(args).commit(
+            references, _node(args), timeout=args.wait, listen_port=args.listen
+        )
+    for reference in result.committed:
+        print(f"committed  {reference.sop_instance_uid}")
+    for failure in result.failed:
+        print(f"FAILED     {failure.sop_instance_uid}: {failure.meaning} (0x{failure.reason:04X})")
+    print(
+        f"adicom commit: {len(result.committed)} committed, {len(result.failed)} not "
+        f"(transaction {result.transaction_uid})"
+    )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+#: What ``commit`` reads of each file.
+_UIDS = ["SOPClassUID", "SOPInstanceUID"]
 
 
 def _retrieve_targets(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
@@ -1126,7 +1223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     runner = {
         "echo": _echo, "serve": _serve, "store": _store, "find": _find, "get": _get,
-        "move": _move, "demo": _demo, "hash-password": _hash_password,
+        "move": _move, "demo": _demo, "hash-password": _hash_password, "commit": _commit,
     }[args.command]  # fmt: skip
     try:
         return asyncio.run(runner(args))

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -238,14 +238,21 @@ def _reference(item: Dataset) -> Reference:
 class CommitmentReports:
     """Where Storage Commitment results arrive, by Transaction UID.
 
-    Give :attr:`handler` to the :class:`~adicom.Server` the SCU runs to
-    receive reports on new associations (``Server(n_handlers={STORAGE_COMMITMENT:
-    reports.handler}, scp_role_classes=[STORAGE_COMMITMENT])``): a report
-    for a transaction nobody waits for is answered and logged.
+    The :class:`~adicom.Server` the SCU runs to receive reports on new
+    associations takes :meth:`server_options` (the handler, and the SCP
+    role the reporting peer proposes): ``Server(..., **reports.server_options())``.
+    A report for a transaction nobody waits for is answered and logged.
     """
 
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[CommitmentResult]] = {}
+
+    def server_options(self) -> dict[str, Any]:
+        """Keyword arguments for the :class:`~adicom.Server` that receives the reports."""
+        return {
+            "n_handlers": {STORAGE_COMMITMENT: self.handler},
+            "scp_role_classes": [STORAGE_COMMITMENT],
+        }
 
     def expect(self, transaction_uid: str) -> asyncio.Future[CommitmentResult]:
         """A future that the report for ``transaction_uid`` completes."""
@@ -370,7 +377,8 @@ class CommitmentSCP:
     the result is then reported on the same association while it is open,
     else on a new association to the requestor's address from
     ``destinations`` (by its AE title), proposing the SCP role (J.3.3.1.3).
-    ``ssl`` is used for those associations.
+    ``ssl`` is used for those associations. With ``same_association``
+    False, results always go on a new association (as some PACS do).
     """
 
     def __init__(
@@ -382,8 +390,11 @@ class CommitmentSCP:
         retrieve_ae_title: str | None = None,
         ssl: SSLContext | None = None,
         timeout: float = 30.0,
+        same_association: bool = True,
     ) -> None:
         self.holds = holds
+        #: Report on the request's association while it is open (else always a new one).
+        self.same_association = same_association
         self.ae_title = ae_title
         self.destinations: Destinations = destinations or {}
         self.retrieve_ae_title = retrieve_ae_title
@@ -447,7 +458,7 @@ class CommitmentSCP:
         result = await self.result(transaction_uid, references)
         event, information = result_dataset(result)
         requestor = association.calling_ae
-        if association.is_established:
+        if self.same_association and association.is_established:
             try:
                 answer = await n_event_report(
                     association,

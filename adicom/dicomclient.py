@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from adicom import qrscu
 from adicom.association import Association
 from adicom.client import connect
+from adicom.commitment import CommitmentReports, CommitmentResult, Reference, request_commitment
 from adicom.dimse import Status
 from adicom.diskstorage import DiskStorage
 from adicom.errors import DicomError, PeerUnreachable, TimeoutKind
@@ -44,7 +45,9 @@ from adicom.models import (
 )
 from adicom.operation import bounded
 from adicom.pdu import RoleSelection, UserIdentityRQ
+from adicom.presentation import STORAGE_COMMITMENT
 from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
+from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storage import MemoryStorage, StorageHandler
 from adicom.storescu import StoreResult, store
@@ -602,6 +605,70 @@ class DicomClient:
             ssl=self.ssl,
             user_identity=self.user_identity,
         )
+
+    # -- Storage Commitment (PS3.4 Annex J) ------------------------------------
+
+    async def commit(
+        self,
+        instances: Iterable[Reference | tuple[str, str] | Dataset | StoreResult],
+        peer: DicomNode,
+        *,
+        timeout: float | None = None,
+        reports: CommitmentReports | None = None,
+        listen_port: int | None = None,
+        listen_host: str = "0.0.0.0",
+        association: Association | None = None,
+    ) -> CommitmentResult:
+        """Ask ``peer`` to commit to holding ``instances``; return what it holds and not.
+
+        ``instances`` are (SOP Class UID, SOP Instance UID) pairs, data sets,
+        or the results of :meth:`store`. The result is awaited up to
+        ``timeout`` seconds (default: the client's ``timeout``, else 60) on
+        the association, and on the associations the peer opens to us: to a
+        :class:`~adicom.Server` you run with ``**reports.server_options()``
+        (pass ``reports``), or to one this call runs on ``listen_port`` until
+        the result is in (the peer must know our AE title at that address).
+        Raises :class:`~adicom.errors.DimseError` if the peer refuses the
+        request, :class:`~adicom.errors.DicomTimeout` if no result comes.
+        """
+        references = [_reference(item) for item in instances]
+        seconds = timeout or self.timeout or 60.0
+        contexts = [(STORAGE_COMMITMENT, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])]
+        async with contextlib.AsyncExitStack() as stack:
+            if listen_port is not None:
+                reports = reports or CommitmentReports()
+                await stack.enter_async_context(
+                    Server(
+                        self.calling_aet,
+                        host=listen_host,
+                        port=listen_port,
+                        **reports.server_options(),
+                    )
+                )
+            opened = await stack.enter_async_context(
+                self._association(peer, contexts, (), association)
+            )
+            log.info("Asking %s to commit to %d instances", peer, len(references))
+            result = await request_commitment(opened, references, reports=reports, timeout=seconds)
+        log.info(
+            "%s committed to %d instances, not to %d",
+            peer,
+            len(result.committed),
+            len(result.failed),
+        )
+        return result
+
+
+def _reference(item: Reference | tuple[str, str] | Dataset | StoreResult) -> Reference:
+    """An instance to commit, named by its SOP class and instance UIDs."""
+    if isinstance(item, Reference):
+        return item
+    if isinstance(item, StoreResult):
+        return Reference(item.sop_class_uid, item.sop_instance_uid)
+    if isinstance(item, Dataset):
+        return Reference(str(item.SOPClassUID), str(item.SOPInstanceUID))
+    sop_class, sop_instance = item
+    return Reference(sop_class, sop_instance)
 
 
 def _identifier(level: str, study: str, series: str = "", instance: str = "") -> Dataset:

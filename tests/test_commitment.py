@@ -293,3 +293,45 @@ async def test_the_archive_keeps_mpps_apart_from_its_instances(tmp_path: pathlib
         assert reopened.index.count() == 0  # an MPPS is not an instance of the archive
     finally:
         reopened.close()
+
+
+async def test_the_client_and_the_cli_ask_for_commitment(tmp_path: pathlib.Path) -> None:
+    """DicomClient.commit with a listener of its own, and `adicom commit` (exit 0 / 1)."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from adicom.archive import Archive
+    from adicom.models import DicomNode
+    from tests.test_cli import free_port, run_cli
+
+    ct, mr = str(get_testdata_file("CT_small.dcm")), str(get_testdata_file("MR_small.dcm"))
+    listen = free_port()
+    archive = Archive(tmp_path / "archive")
+    await archive.open()
+    try:
+        handlers = archive.handlers({"CLIENT": ("127.0.0.1", listen)}, ae_title="ARCHIVE")
+        # This SCP reports on a new association only: to the client's listener.
+        scp = handlers["n_handlers"][STORAGE_COMMITMENT]
+        scp.same_association = False
+        async with adicom.Server("ARCHIVE", port=0, **handlers) as server:
+            peer = DicomNode(aet="ARCHIVE", host="127.0.0.1", port=server.port)
+            client = adicom.DicomClient("CLIENT")
+            (stored,) = await client.store([ct], peer)
+            result = await client.commit(
+                [stored, dcmread(mr)], peer, timeout=10, listen_port=listen, listen_host="127.0.0.1"
+            )
+            assert result.committed == (Reference(stored.sop_class_uid, stored.sop_instance_uid),)
+            assert [f.reason for f in result.failed] == [Status.NO_SUCH_SOP_INSTANCE]
+
+            scp.same_association = True  # the CLI waits on its association
+            where = ["--aec", "ARCHIVE", "127.0.0.1", str(server.port)]
+            code, out, err = await run_cli("commit", *where, ct)
+            assert code == 0, err
+            assert f"committed  {stored.sop_instance_uid}" in out
+            assert "1 committed, 0 not" in out
+            code, out, err = await run_cli("commit", *where, ct, mr)
+            assert code == 1 and "no such object instance (0x0112)" in out, out + err
+            code, _, err = await run_cli("commit", *where, str(tmp_path / "nothing"))
+            assert code == 2 and "no such file or folder" in err
+    finally:
+        archive.close()

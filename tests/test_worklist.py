@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import logging
 import os
 import re
@@ -966,3 +967,53 @@ async def test_end_to_end_through_server_and_client(tmp_path: Path) -> None:
         with pytest.raises(DimseError) as capped:
             await client.find_worklist(WorklistQuery(scheduled_date="20240105"), node)
         assert capped.value.status == 0xA700
+
+
+# --------------------------------------------------------------------------
+# The command line
+
+
+@pytest.mark.anyio
+async def test_the_cli_queries_a_worklist_and_serves_one(tmp_path: Path) -> None:
+    """`adicom find --worklist` against `adicom serve --worklist DIR` (both real processes)."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_cli import run_cli
+
+    folder = tmp_path / "worklist"
+    folder.mkdir()
+    write_item(folder / "a.wl", make_item("ACC1", patient_name="Doe^Jane"))
+    write_item(
+        folder / "b.wl",
+        make_item("ACC2", steps=[step(Modality="MR", ScheduledStationAETitle="MR1")]),
+    )
+    code, _, err = await run_cli("serve", "--port", "0", "--worklist", str(tmp_path / "none"))
+    assert code == 2 and "no such folder" in err, err
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "serve", "--host", "127.0.0.1", "--port", "0",
+        "--aet", "RIS", "--worklist", str(folder),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await process.stdout.readline()).decode()
+        port = line.rsplit(":", 1)[1].strip()
+        peer = ["--aec", "RIS", "127.0.0.1", port]
+        code, out, err = await run_cli("find", "--worklist", "-k", "Modality=CT", "--json", *peer)
+        assert code == 0, err
+        (found,) = json.loads(out)
+        assert found["accession_number"] == "ACC1" and found["modality"] == "CT"
+        assert found["patient_name"] == "Doe^Jane"
+        code, out, err = await run_cli("find", "-W", "-k", "PatientName=doe*", *peer)
+        assert code == 0 and "adicom find: 2 worklist item(s)" in out, out + err
+        # A key no SCP could match is refused before anything is sent (exit 2).
+        code, _, err = await run_cli("find", "-W", "-k", "StudyInstanceUID=1.2.*", *peer)
+        assert code == 2 and "contains a wildcard" in err, err
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await process.communicate()
