@@ -30,6 +30,8 @@ from adicom.models import (
     SeriesResult,
     StudyQuery,
     StudyResult,
+    WorklistQuery,
+    WorklistResult,
 )
 from adicom.qrscp import QRContext, QueryFailed
 from adicom.qrscu import RetrieveCancelled, RetrieveProgress
@@ -58,6 +60,8 @@ __all__ = [
     "StoreResult",
     "StudyQuery",
     "StudyResult",
+    "WorklistQuery",
+    "WorklistResult",
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
