@@ -13,7 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from adicom.models import DicomNode
 
@@ -41,7 +41,7 @@ def worklist_item(folder: pathlib.Path) -> str:
     item.ScheduledProcedureStepSequence = [step]
     item.file_meta = FileMetaDataset()
     item.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    item.file_meta.MediaStorageSOPClassUID = "1.2.276.0.7230010.3.1.0.1"
+    item.file_meta.MediaStorageSOPClassUID = UID("1.2.276.0.7230010.3.1.0.1")
     item.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     item.save_as(folder / "ct1.wl", enforce_file_format=True)
     return str(item.StudyInstanceUID)
