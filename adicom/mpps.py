@@ -87,12 +87,23 @@ class MppsStore:
         return None if dataset is None else str(dataset.get("PerformedProcedureStepStatus", ""))
 
     async def __call__(self, request: NRequest) -> NResponse:
-        """The N-CREATE and N-SET handler."""
+        """The N-CREATE and N-SET handler; a refusal is logged with its reason."""
         if request.field == CommandField.N_CREATE_RQ:
-            return self._create(request)
-        if request.field == CommandField.N_SET_RQ:
-            return self._set(request)
-        return NResponse(Status.UNRECOGNIZED_OPERATION)
+            response = self._create(request)
+        elif request.field == CommandField.N_SET_RQ:
+            response = self._set(request)
+        else:
+            response = NResponse(Status.UNRECOGNIZED_OPERATION)
+        if response.status != Status.SUCCESS:
+            log.warning(
+                "MPPS: %s of %s from %s refused: 0x%04X %s",
+                request.command.name,
+                request.sop_instance_uid or "a new step",
+                request.calling_ae,
+                response.status,
+                response.error_comment or "",
+            )
+        return response
 
     def _create(self, request: NRequest) -> NResponse:
         # PS3.4 F.7.2.1.2: the SCU may give the SOP Instance UID or leave it to us.

@@ -74,7 +74,9 @@ async def test_a_step_goes_from_in_progress_to_completed_and_stays(
     assert MppsStore(tmp_path / "mpps").status(uid) == "COMPLETED"
 
 
-async def test_wrong_requests_get_the_standards_statuses(tmp_path: pathlib.Path) -> None:
+async def test_wrong_requests_get_the_standards_statuses(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = MppsStore(tmp_path / "mpps")
     async with mpps_scp(store) as assoc:
         uid = await create_mpps(assoc, step(), "1.2.826.0.1.3680043.8.498.7")
@@ -98,6 +100,9 @@ async def test_wrong_requests_get_the_standards_statuses(tmp_path: pathlib.Path)
         with pytest.raises(DimseError, match="0x0110: MPPS N-SET failed"):
             await set_mpps(assoc, uid, discontinued)
     assert len(store.instances) == 1
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MPPS:")]
+    assert len(said) == 6  # each refusal, once
+    assert any("N-SET-RQ of 1.2.3.999 from CT1 refused: 0x0112" in line for line in said)
 
 
 async def test_a_full_disk_fails_the_step_and_keeps_nothing(
