@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import subprocess
 import sys
+from typing import Any
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -131,3 +135,219 @@ def test_runner_measures_store_over_tls(tmp_path: pathlib.Path) -> None:
                 assert rep["extra"]["tls"]["version"].startswith("TLSv1.")
             else:
                 assert "+tls" in rep["extra"]["tool"]
+
+
+# --------------------------------------------------------------------------- the chart
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(
+    workload: str, scu: str, scp: str, rate: float | None, errors: int = 0
+) -> dict[str, object]:
+    """One row of a results JSON, as results.PairResult.to_json writes it (the parts drawn)."""
+    reps = [] if rate is None else [{"ops_per_s": rate * f} for f in (0.9, 1.0, 1.1)]
+    return {
+        "workload": workload,
+        "scu": scu,
+        "scu_label": scu + ("*" if scu.startswith("dcmtk") else ""),
+        "scp": scp,
+        "n": 1000,
+        "reps_wanted": 3,
+        "median_ops_per_s": rate,
+        "median_mb_per_s": None if rate is None else rate * 0.042,
+        "median_seconds": None if rate is None else 1000 / rate,
+        "reps": reps,
+        "errors": [{"rep": i + 1, "error": "refused"} for i in range(errors)],
+    }
+
+
+def _results() -> dict[str, object]:
+    """A small run: rates orders of magnitude apart, TLS and fsync rows, failures, no idle-500."""
+    rows = [
+        # The runner's order is echo, store, find, idle: given here the other way round.
+        _row("find-1000", "adicom", "adicom", None, errors=3),
+        _row("store-small", "pynetdicom", "pynetdicom", 20.4),
+        _row("store-small", "adicom", "adicom", 3867.0),
+        _row("store-small", "dcmtk", "dcmtk", 2884.0),
+        _row("store-small", "adicom-tls", "adicom-tls", 2112.0),
+        _row("store-small", "adicom", "adicom-fsync", 1062.0),
+        _row("store-small", "adicom", "pynetdicom", None, errors=2),
+        _row("echo-one-assoc", "adicom", "adicom", 3662.0),
+        _row("echo-one-assoc", "dcmtk", "adicom", 5807.0),
+    ]
+    workloads = {name: {"kind": kind, "unit": unit} for name, kind, unit in (
+        ("echo-one-assoc", "echo", "echoes/s"), ("store-small", "store", "inst/s"),
+        ("find-1000", "qr", "matches/s"), ("idle-500", "idle", "assoc/s"))}  # fmt: skip
+    return {
+        "meta": {"git_commit": "0123456789abcdef", "cpu_count": 2, "versions": {"adicom": "0.1.0"}},
+        "config": {"quick": False},
+        "workloads": workloads,
+        "results": rows,
+    }
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_chart_draws_png_and_says_what_it_leaves_out(tmp_path: pathlib.Path) -> None:
+    from benchmarks import chart
+
+    out = tmp_path / "sub" / "chart.png"
+    messages = chart.draw(_results(), out)
+    data = out.read_bytes()
+    assert len(data) > 10_000
+    width, height = _png_size(data)
+    assert width == chart.WIDTH_IN * chart.DPI
+    assert height > 0
+    assert messages == [
+        "store-small: adicom -> pynetdicom has no result (2 failed repetitions)",
+        "find-1000: skipped, no pair has a result (1 pair, 3 failed repetitions)",
+        "idle-500: skipped, no pair ran it",
+    ]
+    # The same results, the same bytes; nothing but the PNG is left behind.
+    again = tmp_path / "again.png"
+    chart.draw(_results(), again)
+    assert again.read_bytes() == data
+    assert sorted(p.name for p in out.parent.iterdir()) == ["chart.png"]
+
+
+def test_chart_panels_in_run_order_log_scale_and_hatched_tls_and_fsync() -> None:
+    from matplotlib.patches import Rectangle
+
+    from benchmarks import chart
+
+    fig, _ = chart.figure(_results())
+    axes = {ax.get_title(loc="left").split(" ")[0]: ax for ax in fig.axes}
+    assert list(axes) == ["echo-one-assoc", "store-small"]  # the runner's order
+    # 20 inst/s beside 3867: log; 3662 beside 5807 echoes/s: linear.
+    assert axes["store-small"].get_xscale() == "log"
+    assert "log scale" in axes["store-small"].get_xlabel()
+    assert axes["echo-one-assoc"].get_xscale() == "linear"
+    assert axes["echo-one-assoc"].get_xlabel() == "echoes/s (median)"
+    store = axes["store-small"]
+    labels = [t.get_text() for t in store.get_yticklabels()]
+    assert labels == ["pynetdicom -> pynetdicom", "adicom -> adicom", "dcmtk* -> dcmtk",
+                      "adicom-tls -> adicom-tls", "adicom -> adicom-fsync",
+                      "adicom -> pynetdicom"]  # fmt: skip
+    # Two half-bars per pair with a result (upper: the SCU's stack, lower: the SCP's).
+    bars = [p for p in store.patches if isinstance(p, Rectangle)]
+    hatches = [b.get_hatch() for b in sorted(bars, key=lambda b: b.get_y())]
+    assert hatches == [None] * 6 + [chart.TLS_HATCH] * 2 + [chart.FSYNC_HATCH] * 2
+    texts = [t.get_text() for t in store.texts]
+    assert "3,867 inst/s, 162 MB/s" in texts
+    assert "no result (2 failed repetitions)" in texts
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read"),
+        ("{not json", "is not JSON"),
+        ("[]", "not the JSON of `python -m benchmarks.run`"),
+        ('{"rows": []}', "not the JSON of `python -m benchmarks.run`"),
+        ('{"results": [7]}', "results[0]: a result must be a JSON object, not int"),
+        (
+            '{"results": [{"workload": "store-small", "scu": "adicom"}]}',
+            "results[0]: 'scp' must be a non-empty string, not None",
+        ),
+        (
+            '{"results": [{"workload": "w", "scu": "a", "scp": "b", "median_ops_per_s": "fast"}]}',
+            "results[0] (w, a -> b): median_ops_per_s must be a finite number or null, not 'fast'",
+        ),
+        (
+            '{"results": [{"workload": "w", "scu": "a", "scp": "b", "median_ops_per_s": -1}]}',
+            "median_ops_per_s must not be negative",
+        ),
+        (
+            '{"results": [{"workload": "w", "scu": "a", "scp": "b", "median_ops_per_s": null}]}',
+            "no workload has a result to draw",
+        ),
+        ('{"results": []}', "no workload has a result to draw"),
+    ],
+)
+def test_chart_bad_input_is_a_clear_error(
+    tmp_path: pathlib.Path, content: str | None, expected: str
+) -> None:
+    from benchmarks import chart
+
+    source = tmp_path / "results.json"
+    if content is not None:
+        source.write_text(content)
+    out = tmp_path / "chart.png"
+    with pytest.raises(chart.ChartError, match=re.escape(expected)) as caught:
+        chart.draw_file(source, out)
+    assert str(source) in str(caught.value)
+    assert list(tmp_path.iterdir()) == ([source] if content is not None else [])
+
+
+def test_chart_wants_a_png_path(tmp_path: pathlib.Path) -> None:
+    from benchmarks import chart
+
+    with pytest.raises(chart.ChartError, match=r"should end in \.png"):
+        chart.draw(_results(), tmp_path / "chart.svg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chart_command_line(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(_results()))
+    out = tmp_path / "chart.png"
+    argv = [sys.executable, "-m", "benchmarks.chart"]
+    kw: dict[str, Any] = {"cwd": ROOT, "capture_output": True, "text": True, "timeout": 60}
+    done = subprocess.run([*argv, str(source), str(out)], **kw)
+    assert done.returncode == 0, done.stderr
+    assert "chart: idle-500: skipped, no pair ran it" in done.stderr
+    assert f"Chart: {out}" in done.stderr
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    bad = subprocess.run([*argv, str(tmp_path / "missing.json"), str(tmp_path / "no.png")], **kw)
+    assert bad.returncode == 2
+    assert "chart: error: cannot read" in bad.stderr
+    assert not (tmp_path / "no.png").exists()
+
+
+def test_run_chart_from_json_runs_nothing(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import run
+
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(_results()))
+    out = tmp_path / "chart.png"
+    assert run.main(["--chart", str(out), "--from-json", str(source)]) == 0
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    assert "store-small: adicom -> pynetdicom has no result" in capsys.readouterr().err
+    assert run.main(["--chart", str(out), "--from-json", str(tmp_path / "missing.json")]) == 2
+    assert "chart: error: cannot read" in capsys.readouterr().err
+    for argv, expected in (
+        (["--from-json", str(source)], "--from-json needs --chart PATH"),
+        (["--chart", str(out), "--from-json", str(source), "--only", "store-small"],
+         "runs nothing: drop --only store-small"),
+        (["--chart", str(tmp_path / "chart.svg")], "should end in .png"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            run.main(argv)
+        assert exited.value.code == 2
+        assert expected in capsys.readouterr().err
+
+
+def test_runner_draws_chart_after_run(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "bench.json"
+    png = tmp_path / "chart.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "echo-one-assoc", "-n", "20",
+         "--reps", "1", "--pair", "adicom:adicom", "--json", str(out),
+         "--data-dir", str(tmp_path / "data"), "--chart", str(png)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"Chart: {png}" in result.stderr
+    assert json.loads(out.read_text())["results"][0]["median_ops_per_s"] > 0
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
