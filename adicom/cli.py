@@ -53,6 +53,7 @@ from adicom.models import (
 from adicom.pdu import UserIdentityRQ
 from adicom.peers import PeerRules
 from adicom.qrscu import RetrieveProgress
+from adicom.retry import NO_RETRY, RetryPolicy, retrying
 from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storage import StoreContext
@@ -143,6 +144,14 @@ def _peer_options(parser: argparse.ArgumentParser, timeout: float = 30.0) -> Non
     parser.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
     parser.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
     parser.add_argument("--timeout", type=_positive, default=timeout, help="seconds for each step")
+    parser.add_argument(
+        "--retries",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="try again up to N times when the peer is unreachable or busy, or the "
+        "association is lost (waits 0.5 s, 1 s, 2 s, ...; default: %(default)s)",
+    )
     parser.add_argument("host")
     parser.add_argument("port", type=_port)
     tls = parser.add_argument_group(
@@ -288,7 +297,13 @@ def _client(args: argparse.Namespace) -> DicomClient:
         dimse_timeout=args.timeout,
         ssl=_client_ssl(args),
         user_identity=_user_identity(args),
+        retry=_retry(args),
     )
+
+
+def _retry(args: argparse.Namespace) -> RetryPolicy:
+    """``--retries N``: N more tries after the first."""
+    return RetryPolicy(attempts=args.retries + 1) if args.retries else NO_RETRY
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:
@@ -781,18 +796,22 @@ def _add_retrieve(commands: _Commands, name: str, text: str) -> None:
 
 async def _echo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    async with connect(
-        args.host,
-        args.port,
-        calling_ae=args.aet,
-        called_ae=args.aec,
-        connect_timeout=args.timeout,
-        timeout=args.timeout,
-        ssl=_client_ssl(args),
-        user_identity=_user_identity(args),
-    ) as association:
-        for _ in range(args.repeat):
-            await association.echo()
+
+    async def once() -> None:
+        async with connect(
+            args.host,
+            args.port,
+            calling_ae=args.aet,
+            called_ae=args.aec,
+            connect_timeout=args.timeout,
+            timeout=args.timeout,
+            ssl=_client_ssl(args),
+            user_identity=_user_identity(args),
+        ) as association:
+            for _ in range(args.repeat):
+                await association.echo()
+
+    await retrying(_retry(args), once, f"C-ECHO to {args.aec}")
     elapsed = time.perf_counter() - started
     print(f"C-ECHO to {args.aec} at {args.host}:{args.port}: success ({elapsed * 1000:.1f} ms)")
     return EXIT_OK
@@ -970,8 +989,8 @@ async def _store(args: argparse.Namespace) -> int:
             }[kind]
             print(f"[{count}] {result.source}: {outcome}", flush=True)
 
-    with _peer_answer():
-        results = await store(
+    async def once() -> list[StoreResult]:
+        return await store(
             args.host,
             args.port,
             args.paths,
@@ -980,10 +999,14 @@ async def _store(args: argparse.Namespace) -> int:
             connect_timeout=args.timeout,
             timeout=args.timeout,
             progress=progress,
-            reconnects=args.reconnect,
+            reconnects=max(args.reconnect, args.retries),
             ssl=_client_ssl(args),
             user_identity=_user_identity(args),
         )
+
+    with _peer_answer():
+        # Retried whole only while nothing was sent: after that, --reconnect.
+        results = await retrying(_retry(args), once, f"C-STORE to {args.aec}", idempotent=False)
     elapsed = time.perf_counter() - started
     kinds: dict[str, list[tuple[StoreResult, str]]] = {
         "sent": [], "warned": [], "failed": [], "skipped": []

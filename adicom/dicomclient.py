@@ -10,7 +10,9 @@ cancelled on the wire (C-CANCEL) before the error is raised; the client's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -47,6 +49,7 @@ from adicom.operation import bounded
 from adicom.pdu import RoleSelection, UserIdentityRQ
 from adicom.presentation import STORAGE_COMMITMENT
 from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
+from adicom.retry import NO_RETRY, RetryPolicy, retry_reason, retrying
 from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storage import MemoryStorage, StorageHandler
@@ -83,6 +86,14 @@ class DicomClient:
     ``get_all_syntaxes`` offers every syntax for each class, whatever the
     peer says it holds. ``get_sop_classes`` offers those classes with the
     usual syntaxes, as adicom did before it asked.
+
+    ``retry`` (:class:`~adicom.retry.RetryPolicy`; every call takes
+    ``retry=`` too) tries again after failures worth it: an unreachable
+    peer, a transient rejection, an association lost before a result, a
+    timeout of a query. A query or echo is repeated whole; a store sends
+    again only the instances the peer did not answer; a retrieve asks again
+    only for the instances that did not arrive (C-GET) or that the peer
+    reported failed (C-MOVE). With ``association=`` given, nothing is retried.
     """
 
     def __init__(
@@ -99,6 +110,7 @@ class DicomClient:
         model: Model = "study",
         ssl: SSLContext | None = None,
         user_identity: UserIdentityRQ | None = None,
+        retry: RetryPolicy = NO_RETRY,
     ) -> None:
         DicomNode(aet=calling_aet, host="localhost", port=104)  # validates the AE title
         self.calling_aet = calling_aet.strip()
@@ -117,6 +129,8 @@ class DicomClient:
         self.ssl = ssl
         #: Sent in every A-ASSOCIATE-RQ (PS3.7 D.3.3.7); None: no user identity.
         self.user_identity = user_identity
+        #: When to try again (see :mod:`adicom.retry`); each call may override it.
+        self.retry = retry
 
     @classmethod
     def from_settings(cls, settings: DicomSettings | None = None) -> DicomClient:
@@ -128,7 +142,18 @@ class DicomClient:
             connect_timeout=settings.connect_timeout,
             dimse_timeout=settings.dimse_timeout,
             ssl=settings.client_ssl_context(),
+            retry=settings.retry_policy(),
         )
+
+    def with_retry(self, retry: RetryPolicy) -> DicomClient:
+        """A copy of the client that retries as ``retry`` says: ``client.with_retry(p).echo(n)``."""
+        clone = copy.copy(self)
+        clone.retry = retry
+        return clone
+
+    def _retry(self, association: Association | None = None) -> RetryPolicy:
+        """The policy of a call: none on an association the caller opened (it cannot reopen)."""
+        return NO_RETRY if association is not None else self.retry
 
     # -- associations ----------------------------------------------------------
 
@@ -162,10 +187,14 @@ class DicomClient:
 
     async def echo(self, peer: DicomNode, timeout: float | None = None) -> bool:
         """C-ECHO: True when the peer answers success; raises why otherwise."""
-        async with self._association(peer, [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]) as a:
-            return (
-                await bounded(a.echo(), TimeoutKind.OPERATION, timeout or self.timeout, "echo") == 0
-            )
+
+        async def once() -> bool:
+            contexts = [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]
+            async with self._association(peer, contexts) as a:
+                seconds = timeout or self.timeout
+                return await bounded(a.echo(), TimeoutKind.OPERATION, seconds, "echo") == 0
+
+        return await retrying(self._retry(), once, f"C-ECHO to {peer}")
 
     # -- C-FIND -----------------------------------------------------------------
 
@@ -239,25 +268,30 @@ class DicomClient:
         where = str(peer) if peer is not None else "the given association"
         log.info("Searching the worklist on %s", where)
         found: list[WorklistResult] = []
-        opener = (
-            self._association(peer, qrscu.find_contexts("worklist"), (), association)
-            if peer is not None
-            else contextlib.nullcontext(association)
-        )
-        async with opener as opened:
-            assert opened is not None
-            async with qrscu.find(opened, identifier, model="worklist") as results:
 
-                async def collect() -> None:
-                    async for dataset in results:
-                        found.append(WorklistResult.from_dataset(dataset))
+        async def once() -> None:
+            found.clear()  # a retry starts over
+            opener = (
+                self._association(peer, qrscu.find_contexts("worklist"), (), association)
+                if peer is not None
+                else contextlib.nullcontext(association)
+            )
+            async with opener as opened:
+                assert opened is not None
+                async with qrscu.find(opened, identifier, model="worklist") as results:
 
-                await bounded(
-                    collect(),
-                    TimeoutKind.OPERATION,
-                    timeout or self.timeout,
-                    "C-FIND of the worklist",
-                )
+                    async def collect() -> None:
+                        async for dataset in results:
+                            found.append(WorklistResult.from_dataset(dataset))
+
+                    await bounded(
+                        collect(),
+                        TimeoutKind.OPERATION,
+                        timeout or self.timeout,
+                        "C-FIND of the worklist",
+                    )
+
+        await retrying(self._retry(association), once, f"C-FIND of the worklist on {where}")
         log.info("Found %d worklist items", len(found))
         return found
 
@@ -275,18 +309,23 @@ class DicomClient:
         log.info("Searching %s on %s@%s:%d", what, peer.aet, peer.host, peer.port)
         found: list[ResultT] = []
         contexts = qrscu.find_contexts(model)
-        async with (
-            self._association(peer, contexts, (), association) as opened,
-            qrscu.find(opened, identifier, model=model) as results,
-        ):
 
-            async def collect() -> None:
-                async for dataset in results:
-                    found.append(result_type.from_dataset(dataset))
+        async def once() -> None:
+            found.clear()  # a retry starts over: a query may be repeated
+            async with (
+                self._association(peer, contexts, (), association) as opened,
+                qrscu.find(opened, identifier, model=model) as results,
+            ):
 
-            await bounded(
-                collect(), TimeoutKind.OPERATION, timeout or self.timeout, f"C-FIND of {what}"
-            )
+                async def collect() -> None:
+                    async for dataset in results:
+                        found.append(result_type.from_dataset(dataset))
+
+                await bounded(
+                    collect(), TimeoutKind.OPERATION, timeout or self.timeout, f"C-FIND of {what}"
+                )
+
+        await retrying(self._retry(association), once, f"C-FIND of {what} on {peer}")
         incomplete = sum(result.missing_unique_key for result in found)
         if incomplete:
             keyword = result_type.keywords[result_type.unique_key]
@@ -398,18 +437,60 @@ class DicomClient:
             contexts, roles = [], []  # what the caller's association agreed
         if timeout is not None:
             timeout = max(timeout - (time.perf_counter() - started), 0.001)
-        async with self._association(peer, contexts, roles, association) as a:
-            outcome = await qrscu.get(
-                a,
-                identifier,
-                storage,
-                model=self.model,
-                progress=progress,
-                timeout=timeout,
-                held=held,
-                report=False,
-            )
-            agreed = a.contexts
+        policy = self._retry(association)
+        targets = [identifier]
+        done = RetrieveProgress()  # what earlier tries brought
+        attempt = 1
+        while True:
+            state = RetrieveProgress()
+            try:
+                async with self._association(peer, contexts, roles, association) as a:
+                    for target in targets:
+                        outcome = await qrscu.get(
+                            a,
+                            target,
+                            storage,
+                            model=self.model,
+                            progress=progress,
+                            timeout=timeout,
+                            held=held,
+                            report=False,
+                            state=state,
+                        )
+                    agreed = a.contexts
+                break
+            except Exception as exc:
+                reason = retry_reason(exc, timeouts=policy.timeouts)
+                wait = policy.delay(attempt + 1)
+                late = policy.deadline is not None and (
+                    time.perf_counter() - started + wait >= policy.deadline
+                )
+                if reason is None or attempt >= policy.attempts or late:
+                    raise
+                # No final response: what arrived and was stored is what completed.
+                state.completed = sum(not why for _, _, why in state.received.values())
+                _carry(done, state, final=False)
+                if not held:
+                    found = await self._survey(identifier, peer, self.dimse_timeout)
+                    held = found.instances if found is not None else {}
+                targets = _still_missing(identifier, held, done)
+                if not targets:  # everything had arrived when the association was lost
+                    outcome, agreed = RetrieveProgress(status=Status.SUCCESS), {}
+                    attempt += 1
+                    break
+                attempt += 1
+                log.warning(
+                    "C-GET of %s failed (%s: %s); try %d of %d in %.1f s for %s",
+                    what,
+                    reason,
+                    exc,
+                    attempt,
+                    policy.attempts,
+                    wait,
+                    "the whole" if targets == [identifier] else f"{len(targets)} series not in",
+                )
+                await asyncio.sleep(wait)
+        outcome = _carry(done, outcome) if attempt > 1 else outcome
         if association is None and not held and any(not f.sop_class_uid for f in outcome.failures):
             # Offered without asking first: ask now what failed, to say why.
             found = await self._survey(identifier, peer, self.dimse_timeout)
@@ -556,15 +637,60 @@ class DicomClient:
         what: str,
     ) -> RetrieveResult:
         DicomNode(aet=destination_aet, host="localhost", port=104)  # validates the title
-        async with self._association(peer, qrscu.move_contexts(self.model), (), association) as a:
-            outcome = await qrscu.move(
-                a,
-                identifier,
-                destination_aet.strip(),
-                model=self.model,
-                progress=progress,
-                timeout=timeout or self.timeout,
+        policy = self._retry(association)
+        started = time.perf_counter()
+        target = identifier
+        done = RetrieveProgress()
+        attempt = 1
+        while True:
+            reason = None
+            try:
+                contexts = qrscu.move_contexts(self.model)
+                async with self._association(peer, contexts, (), association) as a:
+                    outcome = await qrscu.move(
+                        a,
+                        target,
+                        destination_aet.strip(),
+                        model=self.model,
+                        progress=progress,
+                        timeout=timeout or self.timeout,
+                    )
+                failed = outcome.failed_sop_instances
+                if failed and outcome.completed and target.QueryRetrieveLevel != "STUDY":
+                    # Some went, some not: the destination may have been busy.
+                    reason = f"{len(failed)} sub-operations failed"
+            except Exception as exc:
+                reason = retry_reason(exc, timeouts=policy.timeouts)
+                if reason is None:
+                    raise
+                error: Exception | None = exc
+            else:
+                error = None
+            wait = policy.delay(attempt + 1)
+            late = policy.deadline is not None and (
+                time.perf_counter() - started + wait >= policy.deadline
             )
+            if reason is None or attempt >= policy.attempts or late:
+                if error is not None:
+                    raise error
+                break
+            attempt += 1
+            if error is None:
+                # Only the instances the peer reported failed go again.
+                _carry(done, outcome, final=False)
+                target = _instances(identifier, outcome.failed_sop_instances)
+            log.warning(
+                "C-MOVE of %s to %s: %s%s; try %d of %d in %.1f s",
+                what,
+                destination_aet,
+                reason,
+                f" ({error})" if error is not None else "",
+                attempt,
+                policy.attempts,
+                wait,
+            )
+            await asyncio.sleep(wait)
+        outcome = _carry(done, outcome) if attempt > 1 else outcome
         result = _result(outcome, None)
         log.info(
             "Moved %s to %s: %d completed, %d failed",
@@ -589,22 +715,32 @@ class DicomClient:
 
         ``reconnects``: how many failed associations in a row (the peer
         aborted, closed, stopped answering) a new one replaces before the
-        rest fail; 0 raises at the first (see :func:`adicom.store`).
+        rest fail; 0 raises at the first (see :func:`adicom.store`). With a
+        retry policy, the first association is retried as the policy says
+        (nothing was sent yet), and an association lost later is replaced
+        up to ``attempts - 1`` times in a row for the instances the peer had
+        not answered: an instance the peer answered is never sent again.
         """
-        return await store(
-            peer.host,
-            peer.port,
-            sources,
-            calling_ae=self.calling_aet,
-            called_ae=peer.aet,
-            max_pdu=self.max_pdu,
-            connect_timeout=self.connect_timeout,
-            timeout=self.dimse_timeout,
-            progress=progress,
-            reconnects=reconnects,
-            ssl=self.ssl,
-            user_identity=self.user_identity,
-        )
+        policy = self.retry
+        sources = list(sources)
+
+        async def once() -> list[StoreResult]:
+            return await store(
+                peer.host,
+                peer.port,
+                sources,
+                calling_ae=self.calling_aet,
+                called_ae=peer.aet,
+                max_pdu=self.max_pdu,
+                connect_timeout=self.connect_timeout,
+                timeout=self.dimse_timeout,
+                progress=progress,
+                reconnects=max(reconnects, policy.attempts - 1),
+                ssl=self.ssl,
+                user_identity=self.user_identity,
+            )
+
+        return await retrying(policy, once, f"C-STORE to {peer}", idempotent=False)
 
     # -- Storage Commitment (PS3.4 Annex J) ------------------------------------
 
@@ -657,6 +793,63 @@ class DicomClient:
             len(result.failed),
         )
         return result
+
+
+def _carry(
+    done: RetrieveProgress, latest: RetrieveProgress, *, final: bool = True
+) -> RetrieveProgress:
+    """Add what a try of a retrieve brought to ``done``; with ``final``, its status too."""
+    done.received.update(latest.received)
+    done.paths.extend(latest.paths)
+    if final:
+        done.status = latest.status
+        done.remaining = latest.remaining
+        done.failed = latest.failed
+        done.failed_sop_instances = latest.failed_sop_instances
+        done.failures = latest.failures
+        done.error_comment = latest.error_comment
+        done.cancelled = latest.cancelled
+        done.completed += latest.completed
+        done.warning += latest.warning
+    else:
+        done.completed += latest.completed
+        done.warning += latest.warning
+    return done
+
+
+def _still_missing(
+    identifier: Dataset, held: Mapping[str, qrscu.HeldInstance], done: RetrieveProgress
+) -> list[Dataset]:
+    """IMAGE level identifiers for what a C-GET has not brought yet, a series each.
+
+    Without a survey that names each instance's series, the whole
+    identifier again (what arrived twice is stored once).
+    """
+    arrived = {uid for uid, (_, _, why) in done.received.items() if not why}
+    by_series: dict[str, list[str]] = {}
+    for uid, instance in held.items():
+        if uid not in arrived:
+            by_series.setdefault(instance.series_instance_uid, []).append(uid)
+    if not held or "" in by_series:
+        return [identifier]
+    narrowed = []
+    for series, uids in by_series.items():
+        target = Dataset()
+        target.QueryRetrieveLevel = "IMAGE"
+        target.StudyInstanceUID = identifier.StudyInstanceUID
+        target.SeriesInstanceUID = series
+        target.SOPInstanceUID = uids  # a list of UIDs (PS3.4 C.4.2.2.1)
+        narrowed.append(target)
+    return narrowed
+
+
+def _instances(identifier: Dataset, sop_instance_uids: Sequence[str]) -> Dataset:
+    """The identifier narrowed to these instances (IMAGE level, a list of UIDs)."""
+    narrowed = Dataset()
+    narrowed.update(identifier)
+    narrowed.QueryRetrieveLevel = "IMAGE"
+    narrowed.SOPInstanceUID = list(sop_instance_uids)
+    return narrowed
 
 
 def _reference(item: Reference | tuple[str, str] | Dataset | StoreResult) -> Reference:

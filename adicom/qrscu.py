@@ -412,6 +412,8 @@ class HeldInstance:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntaxes: tuple[str, ...] = ()
+    #: The series it is in (as the survey found it; "" when unknown).
+    series_instance_uid: str = ""
 
 
 @dataclass(slots=True)
@@ -496,7 +498,7 @@ async def survey(
                     found.complete = False
                 if instance:
                     syntaxes = tuple(_text_values(match.get("AvailableTransferSyntaxUID")))
-                    found.instances[instance] = HeldInstance(instance, sop, syntaxes)
+                    found.instances[instance] = HeldInstance(instance, sop, syntaxes, uid)
     return found
 
 
@@ -656,6 +658,7 @@ async def get(
     timeout: float | None = None,
     held: Mapping[str, HeldInstance] | None = None,
     report: bool = True,
+    state: RetrieveProgress | None = None,
 ) -> RetrieveProgress:
     """C-GET: the matching instances come back as C-STOREs on this association.
 
@@ -671,7 +674,7 @@ async def get(
     """
     sop_class = _sop(_GET, model, "C-GET")
     context_id = _context_for(association, sop_class)
-    state = RetrieveProgress()
+    state = RetrieveProgress() if state is None else state
     previous = association.on_dataset
     association.on_dataset = sink_factory(association, storage)
 

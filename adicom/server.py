@@ -574,6 +574,7 @@ class Server:
         if self.audit is not None and not is_n(field):
             self._audit_operation(association, message)
         task = asyncio.get_running_loop().create_task(runner)
+        task.add_done_callback(lambda done: _operation_ended(done, association))
         operations[message.command.message_id or 0] = (task, cancelled)
         return True
 
@@ -675,3 +676,17 @@ class Server:
         else:
             # PS3.7 C.5: a request this server does not serve.
             await association.respond(message, Status.UNRECOGNIZED_OPERATION)
+
+
+def _operation_ended(task: asyncio.Task[None], association: Association) -> None:
+    """An operation that failed (not with a status: with an exception) aborts at once.
+
+    Its final response can no longer be sent, so the requestor would wait for
+    it until its own timeout; the association's loop sees the error only at
+    the next request. Aborting now tells the requestor (PS3.8 7.3.1: A-ABORT
+    whenever the association cannot go on).
+    """
+    if task.cancelled() or task.exception() is None:
+        return
+    log.info("an operation on %s failed: %s", association.calling_ae or "?", task.exception())
+    association.abort()

@@ -5,8 +5,10 @@
 ``ADICOM_CONNECT_TIMEOUT``, ``ADICOM_ASSOCIATION_TIMEOUT``,
 ``ADICOM_DIMSE_TIMEOUT``, ``ADICOM_IDLE_TIMEOUT``, ``ADICOM_STORAGE_DIR`` and
 the TLS ones, ``ADICOM_TLS``, ``ADICOM_TLS_CA``, ``ADICOM_TLS_CERT``,
-``ADICOM_TLS_KEY``, ``ADICOM_TLS_VERIFY``, ``ADICOM_TLS_REQUIRE_CLIENT_CERT``
-(names are case-insensitive). No ``.env`` file is read unless asked for, as
+``ADICOM_TLS_KEY``, ``ADICOM_TLS_VERIFY``, ``ADICOM_TLS_REQUIRE_CLIENT_CERT``,
+and the client's retries, ``ADICOM_RETRY_ATTEMPTS``, ``ADICOM_RETRY_BACKOFF``,
+``ADICOM_RETRY_MAX_DELAY``, ``ADICOM_RETRY_DEADLINE`` (names are
+case-insensitive). No ``.env`` file is read unless asked for, as
 pydantic-settings allows: ``DicomSettings(_env_file=".env")``. Keyword
 arguments win over the environment.
 
@@ -30,6 +32,7 @@ from pydantic import ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adicom.models import AETitle
+from adicom.retry import RetryPolicy
 from adicom.tls import client_context, server_context
 
 __all__ = ["DicomSettings"]
@@ -106,6 +109,48 @@ class DicomSettings(BaseSettings):
 
     tls_require_client_cert: bool = False
     """``adicom serve``: refuse TLS clients without a certificate from ``tls_ca``."""
+
+    retry_attempts: int = 1
+    """How many times the client tries an operation (1: no retry; see :mod:`adicom.retry`)."""
+
+    retry_backoff: float = 0.5
+    """Seconds before the first retry; each next wait doubles (with jitter)."""
+
+    retry_max_delay: float = 10.0
+    """The longest wait between two tries, in seconds."""
+
+    retry_deadline: float | None = 120.0
+    """Seconds all tries of one operation may take together (None: no bound)."""
+
+    def retry_policy(self) -> RetryPolicy:
+        """The client's :class:`~adicom.retry.RetryPolicy` from the retry settings."""
+        return RetryPolicy(
+            attempts=self.retry_attempts,
+            backoff=self.retry_backoff,
+            max_delay=self.retry_max_delay,
+            deadline=self.retry_deadline,
+        )
+
+    @field_validator("retry_attempts")
+    @classmethod
+    def _check_attempts(cls, value: int) -> int:
+        if not 1 <= value <= 100:
+            raise ValueError(f"{value} attempts; allowed: 1 (no retry) to 100")
+        return value
+
+    @field_validator("retry_backoff", "retry_max_delay")
+    @classmethod
+    def _check_delay(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0 <= value <= 3600):
+            raise ValueError(f"{value} seconds; allowed: 0 to 3600")
+        return value
+
+    @field_validator("retry_deadline")
+    @classmethod
+    def _check_deadline(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{value} seconds; allowed: a positive number, or unset for none")
+        return value
 
     def client_ssl_context(self) -> SSLContext | None:
         """The client's TLS context (:func:`adicom.tls.client_context`), or None for plain TCP."""

@@ -82,6 +82,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.admission",
+                "adicom.retry",
                 "adicom.audit",
                 "adicom.identity",
                 "adicom.peers",
@@ -105,6 +106,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.archive.sequences",
                 "adicom.cli",
                 "adicom.demo",
+                "adicom.testing",
                 "adicom",
                 "adicom.__main__",
             }

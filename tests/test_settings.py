@@ -32,6 +32,10 @@ VARIABLES = (
     "TLS_KEY",
     "TLS_VERIFY",
     "TLS_REQUIRE_CLIENT_CERT",
+    "RETRY_ATTEMPTS",
+    "RETRY_BACKOFF",
+    "RETRY_MAX_DELAY",
+    "RETRY_DEADLINE",
 )
 
 
@@ -232,6 +236,10 @@ SAMPLES = {
     "tls_key": "client-key.pem",
     "tls_verify": "False",
     "tls_require_client_cert": "True",
+    "retry_attempts": "4",
+    "retry_backoff": "0.25",
+    "retry_max_delay": "2.0",
+    "retry_deadline": "30.0",
 }
 
 
@@ -254,6 +262,10 @@ def test_docs_table_names_the_real_readers(
         "max_pdu": client.max_pdu == 65536,
         "connect_timeout": client.connect_timeout == 1.5,
         "dimse_timeout": client.dimse_timeout == 3.5,
+        "retry_attempts": client.retry.attempts == 4,
+        "retry_backoff": client.retry.backoff == 0.25,
+        "retry_max_delay": client.retry.max_delay == 2.0,
+        "retry_deadline": client.retry.deadline == 30.0,
         "tls": client.ssl is not None,
         # The key and certificate were loaded (a missing file raises) and
         # verification is off as asked (which is logged).
