@@ -209,6 +209,9 @@ KNOWN_COMMAND_ELEMENTS = frozenset(
         0x0903,
         0x1000,
         0x1001,
+        0x1002,
+        0x1005,
+        0x1008,
         0x1020,
         0x1021,
         0x1022,
@@ -254,5 +257,8 @@ commands = st.builds(
     number_of_completed_suboperations=_opt(u16),
     number_of_failed_suboperations=_opt(u16),
     number_of_warning_suboperations=_opt(u16),
+    event_type_id=_opt(u16),
+    attribute_identifier_list=_opt(st.lists(u32, max_size=3).map(tuple)),
+    action_type_id=_opt(u16),
     other=_other_elements,
 )
