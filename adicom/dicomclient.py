@@ -19,13 +19,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from ssl import SSLContext
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
 from adicom import qrscu
 from adicom.association import Association
-from adicom.client import connect
+from adicom.client import connect, open_association
 from adicom.commitment import CommitmentReports, CommitmentResult, Reference, request_commitment
 from adicom.dimse import Status
 from adicom.diskstorage import DiskStorage
@@ -47,13 +47,21 @@ from adicom.models import (
 )
 from adicom.operation import bounded
 from adicom.pdu import RoleSelection, UserIdentityRQ
+from adicom.pool import AssociationPool
 from adicom.presentation import STORAGE_COMMITMENT
 from adicom.qrscu import DEFAULT_GET_SOP_CLASSES, Model, RetrieveProgress
 from adicom.retry import NO_RETRY, RetryPolicy, retry_reason, retrying
 from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storage import MemoryStorage, StorageHandler
-from adicom.storescu import StoreResult, store
+from adicom.storescu import (
+    PreparedInstance,
+    StoreResult,
+    prepare,
+    send_instances,
+    storage_contexts,
+    store,
+)
 
 __all__ = ["DicomClient", "ProgressCallback"]
 
@@ -94,6 +102,10 @@ class DicomClient:
     again only the instances the peer did not answer; a retrieve asks again
     only for the instances that did not arrive (C-GET) or that the peer
     reported failed (C-MOVE). With ``association=`` given, nothing is retried.
+
+    ``pool`` (:class:`~adicom.pool.AssociationPool`) keeps associations open
+    between calls to the same peer with the same presentation contexts;
+    close it (``await pool.aclose()``, or ``async with``) when done.
     """
 
     def __init__(
@@ -111,6 +123,7 @@ class DicomClient:
         ssl: SSLContext | None = None,
         user_identity: UserIdentityRQ | None = None,
         retry: RetryPolicy = NO_RETRY,
+        pool: AssociationPool | None = None,
     ) -> None:
         DicomNode(aet=calling_aet, host="localhost", port=104)  # validates the AE title
         self.calling_aet = calling_aet.strip()
@@ -131,6 +144,8 @@ class DicomClient:
         self.user_identity = user_identity
         #: When to try again (see :mod:`adicom.retry`); each call may override it.
         self.retry = retry
+        #: Where associations are kept for the next call (None: one per call).
+        self.pool = pool
 
     @classmethod
     def from_settings(cls, settings: DicomSettings | None = None) -> DicomClient:
@@ -168,20 +183,40 @@ class DicomClient:
         if association is not None:
             yield association
             return
-        async with connect(
+        options: dict[str, Any] = {
+            "calling_ae": self.calling_aet,
+            "called_ae": peer.aet,
+            "contexts": contexts,
+            "roles": roles,
+            "max_pdu": self.max_pdu,
+            "connect_timeout": self.connect_timeout,
+            "timeout": self.dimse_timeout,
+            "ssl": self.ssl,
+            "user_identity": self.user_identity,
+        }
+        if self.pool is None:
+            async with connect(peer.host, peer.port, **options) as opened:
+                yield opened
+            return
+        # The same peer, as the same AE, with the same contexts and roles:
+        # an association another call left open serves this one too.
+        key = (
             peer.host,
             peer.port,
-            calling_ae=self.calling_aet,
-            called_ae=peer.aet,
-            contexts=contexts,
-            roles=roles,
-            max_pdu=self.max_pdu,
-            connect_timeout=self.connect_timeout,
-            timeout=self.dimse_timeout,
-            ssl=self.ssl,
-            user_identity=self.user_identity,
-        ) as opened:
-            yield opened
+            peer.aet,
+            self.calling_aet,
+            tuple((abstract, tuple(syntaxes)) for abstract, syntaxes in contexts),
+            tuple(roles),
+            self.max_pdu,
+            id(self.ssl),
+            self.user_identity,
+        )
+
+        async def opener() -> Association:
+            return await open_association(peer.host, peer.port, **options)
+
+        async with self.pool.lease(key, opener) as leased:
+            yield leased
 
     # -- C-ECHO -----------------------------------------------------------------
 
@@ -723,6 +758,13 @@ class DicomClient:
         """
         policy = self.retry
         sources = list(sources)
+        if self.pool is not None:
+            return await retrying(
+                policy,
+                lambda: self._store_pooled(sources, peer, progress),
+                f"C-STORE to {peer}",
+                idempotent=False,
+            )
 
         async def once() -> list[StoreResult]:
             return await store(
@@ -741,6 +783,32 @@ class DicomClient:
             )
 
         return await retrying(policy, once, f"C-STORE to {peer}", idempotent=False)
+
+    async def _store_pooled(
+        self,
+        sources: list[str | os.PathLike[str] | Dataset],
+        peer: DicomNode,
+        progress: Callable[[StoreResult], None] | None,
+    ) -> list[StoreResult]:
+        """C-STORE on a pooled association proposing the contexts these instances need."""
+        instances = prepare(sources)
+        results: dict[int, StoreResult] = {}
+        position = {id(instance): index for index, instance in enumerate(instances)}
+
+        async def keep(instance: PreparedInstance, result: StoreResult) -> None:
+            results[position[id(instance)]] = result
+            if progress is not None:
+                progress(result)
+
+        for instance in instances:
+            if instance.error:
+                await keep(instance, instance.failed(instance.error))
+        ready = [i for i in instances if not i.error]
+        if ready:
+            contexts = storage_contexts(ready)
+            async with self._association(peer, contexts) as association:
+                await send_instances(association, _aiter(ready), keep)
+        return [results[index] for index in sorted(results)]
 
     # -- Storage Commitment (PS3.4 Annex J) ------------------------------------
 
@@ -905,3 +973,8 @@ def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> Retrie
         instances=instances,
         paths=[Path(p) for p in outcome.paths],
     )
+
+
+async def _aiter(items: Sequence[PreparedInstance]) -> AsyncIterator[PreparedInstance]:
+    for item in items:
+        yield item

@@ -63,6 +63,7 @@ __all__ = [
     "PreparedInstance",
     "StoreResult",
     "iter_files",
+    "prepare",
     "send_instances",
     "sop_instance_of",
     "storage_contexts",
@@ -851,6 +852,15 @@ def _expand(
             yield source
         else:
             yield from iter_files([source])
+
+
+def prepare(sources: Iterable[str | os.PathLike[str] | Dataset]) -> list[PreparedInstance]:
+    """The instances ``sources`` name (files, folders searched recursively, datasets).
+
+    Only the meta information of each file is read; what cannot be sent (not
+    DICOM, unreadable, no UIDs) says why in its ``error``.
+    """
+    return [_prepare(source) for source in _expand(sources)]
 
 
 async def _each(instances: Iterable[PreparedInstance]) -> AsyncIterator[PreparedInstance]:

@@ -83,6 +83,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.admission",
                 "adicom.retry",
+                "adicom.pool",
                 "adicom.audit",
                 "adicom.identity",
                 "adicom.peers",
@@ -92,6 +93,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.settings",
                 "adicom.server",
                 "adicom.dicomclient",
+                "adicom.sync",
             }
         ),
     ),
