@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from adicom import qrscu
+from adicom import batch, qrscu
 from adicom.association import Association
+from adicom.batch import RetrieveBatch, StoreBatch
 from adicom.client import connect, open_association
 from adicom.commitment import CommitmentReports, CommitmentResult, Reference, request_commitment
 from adicom.dimse import Status
@@ -809,6 +810,54 @@ class DicomClient:
             async with self._association(peer, contexts) as association:
                 await send_instances(association, _aiter(ready), keep)
         return [results[index] for index in sorted(results)]
+
+    # -- batches -------------------------------------------------------------------
+
+    async def store_many(
+        self,
+        sources: Iterable[str | os.PathLike[str] | Dataset],
+        peer: DicomNode,
+        *,
+        concurrency: int = 4,
+        progress: Callable[[StoreResult], None] | None = None,
+    ) -> StoreBatch:
+        """C-STORE many instances over ``concurrency`` associations (see :mod:`adicom.batch`).
+
+        Returns the counts and the results that were not a success; each
+        result goes to ``progress`` as it comes. Memory stays bounded
+        whatever the number of instances (they are read in chunks).
+        """
+        return await batch.store_many(
+            self, sources, peer, concurrency=concurrency, progress=progress
+        )
+
+    async def get_studies(
+        self,
+        study_uids: Iterable[str],
+        peer: DicomNode,
+        output_dir: str | os.PathLike[str],
+        *,
+        concurrency: int = 2,
+        progress: Callable[[str, RetrieveResult], None] | None = None,
+    ) -> RetrieveBatch:
+        """C-GET many studies into ``output_dir``, ``concurrency`` at a time."""
+        return await batch.get_studies(
+            self, study_uids, peer, output_dir, concurrency=concurrency, progress=progress
+        )
+
+    async def move_studies(
+        self,
+        study_uids: Iterable[str],
+        peer: DicomNode,
+        destination_aet: str,
+        *,
+        concurrency: int = 2,
+        progress: Callable[[str, RetrieveResult], None] | None = None,
+    ) -> RetrieveBatch:
+        """C-MOVE many studies to ``destination_aet``, ``concurrency`` at a time."""
+        return await batch.move_studies(
+            self, study_uids, peer, destination_aet, concurrency=concurrency, progress=progress
+        )
 
     # -- Storage Commitment (PS3.4 Annex J) ------------------------------------
 

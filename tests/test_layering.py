@@ -84,6 +84,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.admission",
                 "adicom.retry",
                 "adicom.pool",
+                "adicom.batch",
                 "adicom.audit",
                 "adicom.identity",
                 "adicom.peers",
