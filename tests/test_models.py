@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
+from pydicom import valuerep
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -24,11 +28,18 @@ from adicom.models import (
     PatientQuery,
     PatientResult,
     Query,
+    Result,
     RetrieveResult,
+    ScheduledProcedureStep,
     SeriesQuery,
     SeriesResult,
     StudyQuery,
     StudyResult,
+    WorklistQuery,
+    WorklistResult,
+    parse_date,
+    parse_datetime,
+    parse_time,
     status_text,
 )
 
@@ -1158,3 +1169,474 @@ def test_status_text(code: int, text: str) -> None:
 def test_status_text_invalid(code: int) -> None:
     with pytest.raises(ValueError, match="16-bit"):
         status_text(code)
+
+
+# --------------------------------------------------------------------------
+# Python values: datetime.date, time, datetime and ranges of them in queries
+
+
+def series_query(**fields: Any) -> SeriesQuery:
+    return SeriesQuery(study_instance_uid=UID, **fields)
+
+
+def image_query(**fields: Any) -> ImageQuery:
+    return ImageQuery(study_instance_uid=UID, series_instance_uid=UID2, **fields)
+
+
+PLUS_ONE = timezone(timedelta(hours=1))
+MINUS_FIVE_THIRTY = timezone(-timedelta(hours=5, minutes=30))
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (date(2024, 1, 2), "20240102"),
+        (datetime(2024, 1, 2, 23, 59, 59), "20240102"),  # a datetime is its day
+        (date(999, 3, 4), "09990304"),  # four digits even before year 1000
+        ((date(2024, 1, 1), date(2024, 1, 31)), "20240101-20240131"),
+        ((date(2024, 1, 1), date(2024, 1, 1)), "20240101-20240101"),
+        ((None, date(2024, 1, 31)), "-20240131"),
+        ((date(2024, 1, 1), None), "20240101-"),
+        ((datetime(2024, 1, 1, 12), date(2024, 1, 1)), "20240101-20240101"),
+    ],
+)
+def test_date_keys_take_dates_and_ranges(value: Any, text: str) -> None:
+    for query, field in [
+        (StudyQuery(study_date=value), "study_date"),
+        (PatientQuery(patient_birth_date=value), "patient_birth_date"),
+        (WorklistQuery(scheduled_date=value), "scheduled_date"),
+    ]:
+        assert getattr(query, field) == text
+    assert StudyQuery(study_date=value).to_identifier().StudyDate == text
+    step = WorklistQuery(scheduled_date=value).to_identifier().ScheduledProcedureStepSequence[0]
+    assert step.ScheduledProcedureStepStartDate == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (time(10, 30), "103000"),
+        (time(0, 0), "000000"),
+        (time(10, 30, 5, 250000), "103005.250000"),
+        (time(23, 59, 59, 999999), "235959.999999"),
+        ((time(8), time(12)), "080000-120000"),
+        ((None, time(12, 30)), "-123000"),
+        ((time(8, 0, 0, 1), None), "080000.000001-"),
+    ],
+)
+def test_time_keys_take_times_and_ranges(value: Any, text: str) -> None:
+    assert StudyQuery(study_time=value).study_time == text
+    assert WorklistQuery(scheduled_time=value).scheduled_time == text
+    assert StudyQuery(study_time=value).to_identifier().StudyTime == text
+
+
+@pytest.mark.parametrize(
+    ("make", "keys", "expected"),
+    [
+        (
+            PatientQuery,
+            {"PatientBirthTime": time(6, 15), "LastMenstrualDate": (None, date(2024, 1, 1))},
+            {"PatientBirthTime": "061500", "LastMenstrualDate": "-20240101"},
+        ),
+        (
+            StudyQuery,
+            {"PatientBirthDate": (date(1970, 1, 1), date(1979, 12, 31))},
+            {"PatientBirthDate": "19700101-19791231"},
+        ),
+        (
+            series_query,
+            {"SeriesDate": date(2024, 5, 6), "SeriesTime": (time(8), None)},
+            {"SeriesDate": "20240506", "SeriesTime": "080000-"},
+        ),
+        (
+            image_query,
+            {
+                "AcquisitionDateTime": datetime(2024, 1, 2, 10, 30, tzinfo=PLUS_ONE),
+                "ContentDate": date(2024, 1, 2),
+            },
+            {"AcquisitionDateTime": "20240102103000+0100", "ContentDate": "20240102"},
+        ),
+        (
+            image_query,
+            {"AcquisitionDateTime": (datetime(2024, 1, 2, 8), datetime(2024, 1, 2, 9, 0, 0, 5))},
+            {"AcquisitionDateTime": "20240102080000-20240102090000.000005"},
+        ),
+        (
+            image_query,
+            {"AcquisitionDateTime": (None, datetime(2024, 1, 2, tzinfo=MINUS_FIVE_THIRTY))},
+            {"AcquisitionDateTime": "-20240102000000-0530"},
+        ),
+        (
+            image_query,
+            {"AcquisitionDateTime": (date(2024, 1, 1), date(2024, 1, 1))},  # whole days
+            {"AcquisitionDateTime": "20240101-20240101"},
+        ),
+        (
+            WorklistQuery,
+            {"PatientBirthDate": date(1970, 4, 12), "AdmissionID": "ADM*"},
+            {"PatientBirthDate": "19700412", "AdmissionID": "ADM*"},
+        ),
+    ],
+)
+def test_extra_keys_take_python_values_by_vr(
+    make: Any, keys: dict[str, Any], expected: dict[str, str]
+) -> None:
+    query = make(extra_keys=keys)
+    assert query.extra_keys == expected
+    identifier = query.to_identifier()
+    for keyword, text in expected.items():
+        assert identifier[keyword].value == text
+
+
+def test_dicom_text_still_works_beside_python_values() -> None:
+    query = StudyQuery(study_date="20240101-20240131", study_time=" 0800-1200 ")
+    assert (query.study_date, query.study_time) == ("20240101-20240131", "0800-1200")
+    assert StudyQuery(study_date="") == StudyQuery(study_date="")  # universal matching
+    assert StudyQuery(study_date=(date(2024, 1, 1), date(2024, 1, 31))) == StudyQuery(
+        study_date="20240101-20240131"
+    )
+
+
+def test_python_values_serialize_as_their_text() -> None:
+    query = StudyQuery(study_date=date(2024, 1, 2), extra_keys={"PatientBirthTime": time(1)})
+    dumped = query.model_dump()
+    assert dumped["study_date"] == "20240102"
+    assert dumped["extra_keys"] == {"PatientBirthTime": "010000"}
+    assert StudyQuery.model_validate(dumped) == query
+    assert StudyQuery.model_validate_json(query.model_dump_json()) == query
+    # JSON carries the DICOM text, so the schema says a string (not an ISO date).
+    schema = StudyQuery.model_json_schema()["properties"]["study_date"]
+    assert schema["anyOf"][0]["type"] == "string"
+    assert "format" not in str(schema)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "problem", "allowed"),
+    [
+        ({"study_date": 20240102}, "study_date", "20240102 is an int", "a datetime.date"),
+        ({"study_date": time(10)}, "study_date", "is a datetime.time", "a datetime.date"),
+        ({"study_date": "2024-01-02"}, "study_date", "not a single value", "or a datetime.date"),
+        ({"study_date": [date(2024, 1, 1), None]}, "study_date", "is a list", "(start, end)"),
+        (
+            {"study_date": (date(2024, 1, 1),)},
+            "study_date",
+            "a tuple of 1 item, not (start, end)",
+            "a datetime.date",
+        ),
+        (
+            {"study_date": (date(2024, 1, 1), date(2024, 2, 1), None)},
+            "study_date",
+            "a tuple of 3 items",
+            "a datetime.date",
+        ),
+        ({"study_date": (None, None)}, "study_date", "open at both ends", "'' for universal"),
+        (
+            {"study_date": (date(2024, 2, 1), date(2024, 1, 1))},
+            "study_date",
+            "start is after its end",
+            "a datetime.date",
+        ),
+        (
+            {"study_date": (date(2024, 1, 1), "20240131")},
+            "study_date",
+            "has '20240131', which is a str",
+            "a datetime.date",
+        ),
+        ({"study_time": datetime(2024, 1, 1, 10)}, "study_time", "is a datetime", "datetime.time"),
+        ({"study_time": date(2024, 1, 1)}, "study_time", "is a datetime.date", "datetime.time"),
+        (
+            {"study_time": time(10, tzinfo=UTC)},
+            "study_time",
+            "has a time zone",
+            "without tzinfo",
+        ),
+        (
+            {"study_time": (time(23), time(1))},
+            "study_time",
+            "start is after its end (ranges across midnight",
+            "datetime.time",
+        ),
+        ({"study_time": "25"}, "study_time", "hour 25", "or a datetime.time"),
+        ({"study_time": 1030}, "study_time", "1030 is an int", "datetime.time"),
+        (
+            {"patient_birth_date": (date(2024, 1, 2), date(2024, 1, 1))},
+            "patient_birth_date",
+            "start is after its end",
+            "datetime.date",
+        ),
+    ],
+)
+def test_python_values_refused_with_what_is_allowed(
+    fields: dict[str, Any], field: str, problem: str, allowed: str
+) -> None:
+    model = PatientQuery if field == "patient_birth_date" else StudyQuery
+    with pytest.raises(ValidationError) as exc:
+        model.model_validate(fields)
+    message = error_of(exc)
+    assert message.startswith(f"{field}: Value error, {field} ")
+    assert problem in message
+    assert "allowed: " in message and allowed in message
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem", "allowed"),
+    [
+        ({"PatientID": 12}, "'PatientID' has its own field", "use patient_id"),
+        ({"InstitutionName": date(2024, 1, 1)}, "is a datetime.date", "allowed: text (VR LO)"),
+        ({"InstitutionName": 5}, "is an int", "only for keywords of VR DA, TM or DT"),
+        (
+            {"PatientBirthTime": date(2024, 1, 1)},
+            "['PatientBirthTime'] datetime.date(2024, 1, 1) is a datetime.date",
+            "a datetime.time",
+        ),
+        ({"PatientBirthDate": time(1)}, "is a datetime.time", "a datetime.date"),
+        ({"AcquisitionDateTime": time(1)}, "is a datetime.time", "a datetime.datetime"),
+        (
+            {"AcquisitionDateTime": datetime(2024, 1, 1, tzinfo=timezone(timedelta(seconds=90)))},
+            "not whole minutes",
+            "a datetime.datetime",
+        ),
+        (
+            {"AcquisitionDateTime": (datetime(2024, 1, 2), datetime(2024, 1, 1))},
+            "start is after its end",
+            "a datetime.datetime",
+        ),
+        (
+            {"AcquisitionDateTime": (datetime(2024, 1, 2, 12), date(2024, 1, 1))},
+            "start is after its end",
+            "a datetime.datetime",
+        ),
+        ({"AcquisitionDateTime": "2024-01-01"}, "not a date-time", "or a datetime.datetime"),
+        ({1: "x"}, "1 is an int", "keywords of the pydicom data dictionary"),
+    ],
+)
+def test_extra_keys_python_values_refused(keys: dict[Any, Any], problem: str, allowed: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        StudyQuery.model_validate({"extra_keys": keys})
+    message = error_of(exc)
+    assert message.startswith("extra_keys: Value error, extra_keys")
+    assert problem in message and allowed in message
+
+
+def test_a_dt_range_may_mix_offsets_and_whole_days() -> None:
+    # No order is checked between an aware and a naive end (no common clock).
+    aware = datetime(2024, 1, 2, 10, tzinfo=PLUS_ONE)
+    query = image_query(extra_keys={"AcquisitionDateTime": (aware, datetime(2024, 1, 1))})
+    assert query.extra_keys == {"AcquisitionDateTime": "20240102100000+0100-20240101000000"}
+    # A date is its whole day: the day of a date-time after noon is not after it.
+    same_day = (date(2024, 1, 1), datetime(2024, 1, 1, 12))
+    query = image_query(extra_keys={"AcquisitionDateTime": same_day})
+    assert query.extra_keys == {"AcquisitionDateTime": "20240101-20240101120000"}
+
+
+# Hypothesis: what goes in as a Python value comes back out of the text.
+
+naive_times = st.times().map(lambda t: t.replace(fold=0))
+offsets = st.integers(-12 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+date_times = st.datetimes(timezones=st.none() | offsets).map(lambda d: d.replace(fold=0))
+
+
+@given(st.dates())
+def test_dates_round_trip(day: date) -> None:
+    text = StudyQuery(study_date=day).study_date
+    assert isinstance(text, str) and len(text) == 8
+    assert parse_date(text) == day
+    assert StudyResult(study_instance_uid=UID, study_date=text).study_date_value == day
+    assert valuerep.DA(text) == day  # pydicom reads it the same
+
+
+@given(st.dates(), st.dates())
+def test_date_ranges_round_trip_or_are_refused(first: date, second: date) -> None:
+    if first > second:
+        with pytest.raises(ValidationError, match="start is after its end"):
+            StudyQuery(study_date=(first, second))
+        first, second = second, first
+    text = StudyQuery(study_date=(first, second)).study_date
+    assert isinstance(text, str)
+    start, end = text.split("-")
+    assert (parse_date(start), parse_date(end)) == (first, second)
+    assert StudyQuery(study_date=(None, second)).study_date == f"-{end}"
+    assert StudyQuery(study_date=(first, None)).study_date == f"{start}-"
+
+
+@given(naive_times)
+def test_times_round_trip(moment: time) -> None:
+    text = StudyQuery(study_time=moment).study_time
+    assert isinstance(text, str)
+    assert parse_time(text) == moment
+    assert StudyResult(study_instance_uid=UID, study_time=text).study_time_value == moment
+    assert valuerep.TM(text) == moment
+
+
+@given(naive_times, naive_times)
+def test_time_ranges_round_trip_or_are_refused(first: time, second: time) -> None:
+    if first > second:
+        with pytest.raises(ValidationError, match="across midnight"):
+            StudyQuery(study_time=(first, second))
+        first, second = second, first
+    text = StudyQuery(study_time=(first, second)).study_time
+    assert isinstance(text, str)
+    start, end = text.split("-")
+    assert (parse_time(start), parse_time(end)) == (first, second)
+
+
+@given(date_times)
+def test_datetimes_round_trip(moment: datetime) -> None:
+    query = image_query(extra_keys={"AcquisitionDateTime": moment})
+    text = query.extra_keys["AcquisitionDateTime"]
+    assert isinstance(text, str)
+    back = parse_datetime(text)
+    assert back == moment and back is not None
+    assert back.utcoffset() == moment.utcoffset()
+    assert valuerep.DT(text) == moment
+
+
+@given(st.text(max_size=30) | st.from_regex(r"[0-9 .:+\-]{0,24}", fullmatch=True))
+def test_parsing_a_peers_text_never_raises(text: str) -> None:
+    for parse in (parse_date, parse_time, parse_datetime):
+        value = parse(text)
+        assert value is None or isinstance(value, date | time)
+
+
+# --------------------------------------------------------------------------
+# Python values in results, beside the DICOM text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20240102", date(2024, 1, 2)),
+        (" 20240102 ", date(2024, 1, 2)),
+        ("20240102\x00", date(2024, 1, 2)),
+        ("2024.01.02", date(2024, 1, 2)),  # ACR-NEMA
+        ("20240230", None),
+        ("20241301", None),
+        ("2024", None),
+        ("2024-01-02", None),
+        ("20240101-20240131", None),
+        ("20240101\\20240102", None),
+        ("abcdefgh", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_date(text: str | None, expected: date | None) -> None:
+    assert parse_date(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10", time(10)),
+        ("1030", time(10, 30)),
+        ("103005", time(10, 30, 5)),
+        ("103005.5", time(10, 30, 5, 500000)),
+        ("103005.123456 ", time(10, 30, 5, 123456)),
+        ("235960", time(23, 59, 59)),  # a leap second
+        ("10:30:05", time(10, 30, 5)),  # ACR-NEMA
+        ("24", None),
+        ("1060", None),
+        ("103", None),
+        ("103005.", None),
+        ("103005.1234567", None),
+        ("1030-1130", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_time(text: str | None, expected: time | None) -> None:
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024", datetime(2024, 1, 1)),
+        ("202401021030", datetime(2024, 1, 2, 10, 30)),
+        ("20240102103005.25", datetime(2024, 1, 2, 10, 30, 5, 250000)),
+        ("20240102103005+0100", datetime(2024, 1, 2, 10, 30, 5, tzinfo=PLUS_ONE)),
+        ("20240102-0530", datetime(2024, 1, 2, tzinfo=MINUS_FIVE_THIRTY)),
+        ("20240102235960", datetime(2024, 1, 2, 23, 59, 59)),
+        ("20240230", None),
+        ("2024010", None),
+        ("202401021030.5", None),  # a fraction without seconds
+        ("20240102+2400", None),
+        ("20240102+0160", None),
+        ("20240102-20240103", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_datetime(text: str | None, expected: datetime | None) -> None:
+    parsed = parse_datetime(text)
+    assert parsed == expected
+    if parsed is not None and expected is not None:
+        assert parsed.utcoffset() == expected.utcoffset()
+
+
+def test_results_give_python_values_beside_the_text() -> None:
+    study = StudyResult.from_dataset(study_response())
+    assert (study.study_date, study.study_date_value) == ("20240115", date(2024, 1, 15))
+    assert (study.study_time, study.study_time_value) == ("101500", time(10, 15))
+    patient = PatientResult(patient_id="P1", patient_birth_date="19700101")
+    assert patient.patient_birth_date_value == date(1970, 1, 1)
+    worklist = WorklistResult(
+        patient_birth_date="19700412",
+        scheduled_procedure_steps=[
+            ScheduledProcedureStep(
+                scheduled_procedure_step_start_date="20240105",
+                scheduled_procedure_step_start_time="0930",
+            )
+        ],
+    )
+    assert worklist.patient_birth_date_value == date(1970, 4, 12)
+    step = worklist.scheduled_procedure_steps[0]
+    assert step.scheduled_procedure_step_start_date_value == date(2024, 1, 5)
+    assert step.scheduled_procedure_step_start_time_value == time(9, 30)
+    # Properties, not fields: out of model_dump and JSON, so a dump validates back.
+    assert "study_date_value" not in study.model_dump()
+    assert "study_date_value" not in StudyResult.model_json_schema()["properties"]
+    assert StudyResult.model_validate(study.model_dump()) == study
+
+
+@pytest.mark.parametrize(
+    ("day", "moment"),
+    [
+        (b"20240230", b"2460"),
+        (b"2024", b"103"),
+        (b"junk\xff", b"junk\xff"),
+        (b"20240101-20240131", b"10-11"),
+        (b"", b""),
+        (b"  ", b"  "),
+    ],
+)
+def test_a_malformed_date_from_a_peer_is_none_and_never_raises(day: bytes, moment: bytes) -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID = UID
+    ds.PatientID = "P1"
+    raw(ds, "StudyDate", "DA", day)
+    raw(ds, "StudyTime", "TM", moment)
+    raw(ds, "PatientBirthDate", "DA", day)
+    result = StudyResult.from_dataset(read(encode(ds)))
+    assert result.study_date_value is None and result.study_time_value is None
+    assert PatientResult.from_dataset(ds).patient_birth_date_value is None
+    step = Dataset()
+    raw(step, "ScheduledProcedureStepStartDate", "DA", day)
+    raw(step, "ScheduledProcedureStepStartTime", "TM", moment)
+    parsed = ScheduledProcedureStep.from_dataset(step)
+    assert parsed.scheduled_procedure_step_start_date_value is None
+    assert parsed.scheduled_procedure_step_start_time_value is None
+
+
+def test_every_date_and_time_field_of_a_result_has_its_value() -> None:
+    # The naming rule: a DA or TM field "x" of a result has a property "x_value".
+    from pydicom.datadict import dictionary_VR
+
+    models: list[type[Result]] = [PatientResult, StudyResult, SeriesResult, ImageResult]
+    models += [WorklistResult, ScheduledProcedureStep]
+    for model in models:
+        for field, keyword in model.keywords.items():
+            if dictionary_VR(keyword) in ("DA", "TM", "DT"):
+                assert isinstance(getattr(model, f"{field}_value", None), property), (
+                    f"{model.__name__}.{field}_value"
+                )
