@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import os
 import time
@@ -759,19 +760,14 @@ class DicomClient:
         """
         policy = self.retry
         sources = list(sources)
-        if self.pool is not None:
-            return await retrying(
-                policy,
-                lambda: self._store_pooled(sources, peer, progress),
-                f"C-STORE to {peer}",
-                idempotent=False,
-            )
 
-        async def once() -> list[StoreResult]:
+        async def once(items: list[str | os.PathLike[str] | Dataset]) -> list[StoreResult]:
+            if self.pool is not None:
+                return await self._store_pooled(items, peer, progress)
             return await store(
                 peer.host,
                 peer.port,
-                sources,
+                items,
                 calling_ae=self.calling_aet,
                 called_ae=peer.aet,
                 max_pdu=self.max_pdu,
@@ -783,7 +779,45 @@ class DicomClient:
                 user_identity=self.user_identity,
             )
 
-        return await retrying(policy, once, f"C-STORE to {peer}", idempotent=False)
+        what = f"C-STORE to {peer}"
+        results = await retrying(policy, lambda: once(sources), what, idempotent=False)
+        # Instances no response answered (the peer went away and stayed away
+        # through the reconnects) go again after a wait; answered ones never.
+        datasets = {str(d.get("SOPInstanceUID", "")): d for d in sources if isinstance(d, Dataset)}
+        started, attempt = time.perf_counter(), 1
+        while attempt < policy.attempts:
+            lost = [i for i, r in enumerate(results) if r.status is None and r.skipped is None]
+            wait = policy.delay(attempt + 1)
+            late = policy.deadline is not None and (
+                time.perf_counter() - started + wait >= policy.deadline
+            )
+            if not lost or late:
+                break
+            attempt += 1
+            log.warning(
+                "%s: %d instances not answered (%s); try %d of %d in %.1f s",
+                what,
+                len(lost),
+                results[lost[0]].error,
+                attempt,
+                policy.attempts,
+                wait,
+            )
+            await asyncio.sleep(wait)
+            again: list[str | os.PathLike[str] | Dataset] = [
+                datasets.get(results[i].source) or results[i].source for i in lost
+            ]
+            try:
+                retried = await retrying(
+                    policy, functools.partial(once, again), what, idempotent=False
+                )
+            except Exception as exc:
+                if retry_reason(exc) is None:
+                    raise
+                continue  # still away: the next round waits longer
+            for index, result in zip(lost, retried, strict=True):
+                results[index] = result
+        return results
 
     async def _store_pooled(
         self,
