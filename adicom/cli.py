@@ -52,6 +52,7 @@ from adicom.models import (
 )
 from adicom.pdu import UserIdentityRQ
 from adicom.peers import PeerRules
+from adicom.progress import Progress
 from adicom.qrscu import RetrieveProgress
 from adicom.retry import NO_RETRY, RetryPolicy, retrying
 from adicom.server import Server
@@ -676,7 +677,8 @@ def _add_store(commands: _Commands) -> None:
         "-q",
         "--quiet",
         action="store_true",
-        help="print only the summary (and what failed or was skipped), not a line per file",
+        help="no progress (a bar on a terminal, a line every 5 s otherwise); only the summary "
+        "and what failed or was skipped",
     )
     store.add_argument(
         "--reconnect",
@@ -750,6 +752,12 @@ def _add_commit(commands: _Commands) -> None:
 def _add_retrieve(commands: _Commands, name: str, text: str) -> None:
     retrieve = commands.add_parser(name, help=text)
     _peer_options(retrieve)
+    retrieve.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, a line every 5 s otherwise); only the summary",
+    )
     retrieve.add_argument(
         "-k",
         "--key",
@@ -974,20 +982,18 @@ async def _store(args: argparse.Namespace) -> int:
     # sent: that is a failure; one met in a folder is only skipped.
     named = {os.fspath(p) for p in args.paths if Path(p).is_file()}
     started = time.perf_counter()
-    count = 0
+    count = failures = 0
+    shown = Progress("C-STORE", sum(1 for _ in iter_files(args.paths)), quiet=args.quiet)
 
     def progress(result: StoreResult) -> None:
-        nonlocal count
+        nonlocal count, failures
         count += 1
-        if not args.quiet:
-            kind, reason = _store_outcome(result)
-            outcome = {
-                "sent": "ok",
-                "warned": f"warning {reason}",
-                "failed": f"FAILED: {reason}",
-                "skipped": f"skipped: {reason}",
-            }[kind]
-            print(f"[{count}] {result.source}: {outcome}", flush=True)
+        kind, reason = _store_outcome(result)
+        if kind in ("failed", "skipped"):
+            failures += 1
+            if shown.is_bar:
+                shown.note(f"{kind}: {result.source}: {reason}")
+        shown.update(count, failed=failures)
 
     async def once() -> list[StoreResult]:
         return await store(
@@ -1004,7 +1010,7 @@ async def _store(args: argparse.Namespace) -> int:
             user_identity=_user_identity(args),
         )
 
-    with _peer_answer():
+    with _peer_answer(), shown:
         # Retried whole only while nothing was sent: after that, --reconnect.
         results = await retrying(_retry(args), once, f"C-STORE to {args.aec}", idempotent=False)
     elapsed = time.perf_counter() - started
@@ -1139,12 +1145,14 @@ def _retrieve_targets(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
     return level, [[study, *below] for study in studies]
 
 
-def _show_progress(progress: RetrieveProgress) -> None:
-    print(
-        f"  remaining {progress.remaining}, completed {progress.completed}, "
-        f"failed {progress.failed}, warning {progress.warning}",
-        flush=True,
-    )
+def _retrieve_progress(shown: Progress) -> Callable[[RetrieveProgress], None]:
+    """A C-GET/C-MOVE progress callback that updates ``shown`` from the peer's counts."""
+
+    def update(progress: RetrieveProgress) -> None:
+        done = progress.completed + progress.failed + progress.warning
+        shown.update(done, failed=progress.failed, total=done + progress.remaining)
+
+    return update
 
 
 def _outcome(result: RetrieveResult) -> str:
@@ -1176,14 +1184,15 @@ async def _get(args: argparse.Namespace) -> int:
         get_all_syntaxes=args.offer_all_syntaxes,
         ssl=_client_ssl(args),
         user_identity=_user_identity(args),
+        retry=_retry(args),
     )
     node = _node(args)
     getters = {"STUDY": client.get_study, "SERIES": client.get_series, "IMAGE": client.get_image}
     ok = True
     for uids in targets:
-        with _peer_answer():
+        with _peer_answer(), Progress("C-GET", quiet=args.quiet) as shown:
             result = await getters[level](  # type: ignore[operator]
-                *uids, node, Path(args.out), progress=_show_progress
+                *uids, node, Path(args.out), progress=_retrieve_progress(shown)
             )
         if result.error_comment:
             print(f"the peer says: {result.error_comment}")
@@ -1208,9 +1217,9 @@ async def _move(args: argparse.Namespace) -> int:
     movers = {"STUDY": client.move_study, "SERIES": client.move_series, "IMAGE": client.move_image}
     ok = True
     for uids in targets:
-        with _peer_answer():
+        with _peer_answer(), Progress("C-MOVE", quiet=args.quiet) as shown:
             result = await movers[level](  # type: ignore[operator]
-                *uids, node, args.dest, progress=_show_progress
+                *uids, node, args.dest, progress=_retrieve_progress(shown)
             )
         which = f" {level.lower()} {uids[-1]}" if len(targets) > 1 else ""
         print(

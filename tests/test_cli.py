@@ -340,10 +340,15 @@ async def test_store_an_untidy_folder_from_the_command_line(tmp_path: pathlib.Pa
         code, out, err = await run_cli("store", *peer, str(tmp_path / "export"))
         assert code == 1, err  # a broken .dcm, a truncated one
         lines = out.splitlines()
-        # A line per file as it goes, then the summary and what went wrong.
-        assert len([line for line in lines if line.startswith("[")]) == len(expected)
-        assert any(line.endswith("README: skipped: not a DICOM file") for line in lines)
-        summary = next(line for line in lines if line.startswith("adicom store:"))
+        # Not a terminal: progress is a line on stderr now and then (and at
+        # the end), not a line per file; stdout has the summary and what
+        # went wrong.
+        assert (
+            err.splitlines()[-1]
+            == f"C-STORE: {len(expected)} of {len(expected)} instances, 6 failed"
+        )
+        assert any(line.endswith("README: not a DICOM file") for line in lines)
+        summary = lines[0]
         assert summary.startswith(
             "adicom store: 3 sent, 0 warned, 1 failed, 5 skipped (2 unreadable) to STORE"
         )
@@ -357,9 +362,9 @@ async def test_store_an_untidy_folder_from_the_command_line(tmp_path: pathlib.Pa
                 assert ("(unreadable)" in line) == (what == "unreadable")
         assert "Traceback" not in err
 
-        # -q: only the summary and its list.
-        code, out, _ = await run_cli("store", "-q", *peer, str(tmp_path / "export"))
-        assert code == 1
+        # -q: only the summary and its list, no progress.
+        code, out, err = await run_cli("store", "-q", *peer, str(tmp_path / "export"))
+        assert code == 1 and "C-STORE:" not in err
         assert out.splitlines()[0].startswith(
             "adicom store: 3 sent, 0 warned, 1 failed, 5 skipped (2 unreadable)"
         )

@@ -85,6 +85,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.retry",
                 "adicom.pool",
                 "adicom.batch",
+                "adicom.progress",
                 "adicom.audit",
                 "adicom.identity",
                 "adicom.peers",
