@@ -18,13 +18,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from ssl import SSLContext, SSLError
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import pydicom
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from adicom.archive import Archive
 from adicom.audit import AuditLog
@@ -142,9 +142,25 @@ def _non_negative(value: str) -> int:
 
 
 def _peer_options(parser: argparse.ArgumentParser, timeout: float = 30.0) -> None:
-    parser.add_argument("--aet", type=_ae_title, default="ADICOM", help="our (calling) AE title")
-    parser.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the called AE title")
-    parser.add_argument("--timeout", type=_positive, default=timeout, help="seconds for each step")
+    parser.add_argument(
+        "--aet",
+        type=_ae_title,
+        default="ADICOM",
+        help="our (calling) AE title (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--aec",
+        type=_ae_title,
+        default="ADICOM",
+        help="the called AE title: the peer's (default: %(default)s, adicom serve's)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive,
+        default=timeout,
+        metavar="SECONDS",
+        help="seconds for each step (default: %(default)s)",
+    )
     parser.add_argument(
         "--retries",
         type=_non_negative,
@@ -153,8 +169,8 @@ def _peer_options(parser: argparse.ArgumentParser, timeout: float = 30.0) -> Non
         help="try again up to N times when the peer is unreachable or busy, or the "
         "association is lost (waits 0.5 s, 1 s, 2 s, ...; default: %(default)s)",
     )
-    parser.add_argument("host")
-    parser.add_argument("port", type=_port)
+    parser.add_argument("host", help="the peer's host name or address")
+    parser.add_argument("port", type=_port, help="the peer's port (104, 11112, 2762 for TLS...)")
     tls = parser.add_argument_group(
         "TLS", "DICOM over TLS (PS3.15 B.9: TLS 1.2 or later; port 2762 by convention)."
     )
@@ -267,7 +283,33 @@ def _query(level: str, pairs: list[str]) -> PatientQuery | StudyQuery | SeriesQu
     typed: dict[str, object] = {fields[k]: v for k, v in matching.items() if k in fields}
     extra = {k: v for k, v in matching.items() if k not in fields}
     # pydantic validates (and converts) every value, typed or extra.
-    return query_type.model_validate({**typed, "extra_keys": extra, "return_keys": returned})
+    values = {**typed, "extra_keys": extra, "return_keys": returned}
+    return _validated(query_type, values, query_type.keywords)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _validated(
+    model: type[ModelT], values: dict[str, object], keywords: Mapping[str, str]
+) -> ModelT:
+    """The query model, or a usage error naming each ``-k`` at fault as it was typed."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            message = str(error["msg"]).removeprefix("Value error, ")
+            message = message.split("; or a datetime")[0]  # Python forms: not for -k
+            if field in ("extra_keys", "return_keys"):
+                message = message.removeprefix(f"{field}: ")
+                problems.append(f"-k {message}")
+            else:
+                keyword = keywords.get(field, field)
+                message = message.removeprefix(f"{field}: ").removeprefix(f"{field} ")
+                problems.append(f"-k {keyword}: {message}")
+        raise argparse.ArgumentTypeError("; ".join(problems)) from None
 
 
 class _PeerAnswerError(DicomError):
@@ -307,10 +349,22 @@ def _retry(args: argparse.Namespace) -> RetryPolicy:
     return RetryPolicy(attempts=args.retries + 1) if args.retries else NO_RETRY
 
 
-def _print_table(rows: list[dict[str, object]]) -> None:
+def _extra(extra: object) -> dict[str, object]:
+    return {str(k): v for k, v in extra.items()} if isinstance(extra, dict) else {}
+
+
+def _print_table(rows: list[dict[str, object]], keep: Sequence[str] = ()) -> None:
+    """Rows as columns; those empty in every row are left out, unless named in ``keep``."""
     if not rows:
         return
-    columns = [c for c in rows[0] if c != "extra" and any(r.get(c) not in (None, "") for r in rows)]
+    # Keys asked for beyond the typed ones (-k InstitutionName) are in
+    # "extra": each is a column of its own, by keyword.
+    rows = [
+        {**{k: v for k, v in row.items() if k != "extra"}, **_extra(row.get("extra"))}
+        for row in rows
+    ]
+    names = dict.fromkeys([*(key for row in rows for key in row), *keep])
+    columns = [c for c in names if c in keep or any(r.get(c) not in (None, "") for r in rows)]
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
@@ -318,11 +372,31 @@ def _print_table(rows: list[dict[str, object]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def _logging_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """``-v``/``--verbose`` and ``--debug``, before the command or after it."""
+    # After the command they leave the namespace alone unless given
+    # (SUPPRESS), so they never undo what was said before the command.
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        dest="verbose_after" if after_command else "verbose",
+        default=argparse.SUPPRESS if after_command else 0,
+        help="log more: -v association and operation lines, -vv debug (every library)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if after_command else False,
+        help="dump every PDU and DIMSE message, as DCMTK's -d does (adicom's loggers at DEBUG)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adicom", description="DICOM networking on asyncio: echo, serve, demo."
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    _logging_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_echo(commands)
     _add_serve(commands)
@@ -350,6 +424,8 @@ def _parser() -> argparse.ArgumentParser:
         help="scrypt cost as a power of two; each check of it holds the server's event loop "
         "(12: about 13 ms here, 14: about 50 ms) (default: %(default)s)",
     )
+    for command in commands.choices.values():
+        _logging_options(command, after_command=True)
     return parser
 
 
@@ -1053,7 +1129,7 @@ async def _find(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print_table(rows)
+        _print_table(rows, keep=_keys(args.key)[1])
         incomplete = sum(r.missing_unique_key for r in results)
         missing = ""
         if incomplete:
@@ -1070,7 +1146,8 @@ async def _find_worklist(args: argparse.Namespace) -> int:
     matching, returned = _keys(args.key)
     typed: dict[str, object] = {fields[k]: v for k, v in matching.items() if k in fields}
     extra = {k: v for k, v in matching.items() if k not in fields}
-    query = WorklistQuery.model_validate({**typed, "extra_keys": extra, "return_keys": returned})
+    values = {**typed, "extra_keys": extra, "return_keys": returned}
+    query = _validated(WorklistQuery, values, named)
     with _peer_answer():
         results = await _client(args).find_worklist(query, _node(args))
         rows = []
@@ -1169,8 +1246,25 @@ def _outcome(result: RetrieveResult) -> str:
     return f"{category} 0x{result.status_code:04X}: {meaning}; "
 
 
+def _output_folder(path: str) -> Path:
+    """``--out``: a folder we can write, made if need be; a usage error before anything is sent."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise argparse.ArgumentTypeError(f"--out {out}: not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--out {out}: cannot make the folder: {exc.strerror or exc}"
+        ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"--out {out}: cannot write there")
+    return out
+
+
 async def _get(args: argparse.Namespace) -> int:
     level, targets = _retrieve_targets(args)
+    out = _output_folder(args.out)
     offer: dict[str, list[str]] | None = None
     if args.offer:
         offer = {}
@@ -1189,25 +1283,41 @@ async def _get(args: argparse.Namespace) -> int:
     node = _node(args)
     getters = {"STUDY": client.get_study, "SERIES": client.get_series, "IMAGE": client.get_image}
     ok = True
-    for uids in targets:
-        with _peer_answer(), Progress("C-GET", quiet=args.quiet) as shown:
-            result = await getters[level](  # type: ignore[operator]
-                *uids, node, Path(args.out), progress=_retrieve_progress(shown)
+    kept = 0
+    try:
+        for uids in targets:
+            with _peer_answer(), Progress("C-GET", quiet=args.quiet) as shown:
+                try:
+                    result = await getters[level](  # type: ignore[operator]
+                        *uids, node, out, progress=_retrieve_progress(shown)
+                    )
+                except asyncio.CancelledError:
+                    # Ctrl-C: the retrieve was cancelled on the wire; say what stays.
+                    kept += shown.done - shown.failed
+                    print(
+                        f"adicom get: interrupted; {kept} instances kept in {out}",
+                        file=sys.stderr,
+                    )
+                    raise
+            kept += result.num_completed + result.num_warning
+            if result.error_comment:
+                print(f"the peer says: {result.error_comment}")
+            which = f" {level.lower()} {uids[-1]}" if len(targets) > 1 else ""
+            print(
+                f"adicom get{which}: {_outcome(result)}{result.num_completed} completed, "
+                f"{result.num_failed} failed, {result.num_warning} warning, into {args.out}"
             )
-        if result.error_comment:
-            print(f"the peer says: {result.error_comment}")
-        which = f" {level.lower()} {uids[-1]}" if len(targets) > 1 else ""
-        print(
-            f"adicom get{which}: {_outcome(result)}{result.num_completed} completed, "
-            f"{result.num_failed} failed, {result.num_warning} warning, into {args.out}"
-        )
-        explained = {failure.sop_instance_uid for failure in result.failures}
-        for failure in result.failures:
-            print(f"  failed: {failure}")
-        for uid in result.failed_sop_instances:
-            if uid not in explained:
-                print(f"  failed: {uid}")
-        ok = ok and result.status == "success"
+            explained = {failure.sop_instance_uid for failure in result.failures}
+            for failure in result.failures:
+                print(f"  failed: {failure}")
+            for uid in result.failed_sop_instances:
+                if uid not in explained:
+                    print(f"  failed: {uid}")
+            ok = ok and result.status == "success"
+    finally:
+        # The temporary folder of files being received, when it is empty.
+        with contextlib.suppress(OSError):
+            (out / ".incoming").rmdir()
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -1251,8 +1361,13 @@ async def _hash_password(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.debug:
+        # The PDU and DIMSE dumps are subscribers of adicom.events that
+        # attach to an association when its logger is enabled (at DEBUG).
+        logging.getLogger("adicom").setLevel(logging.DEBUG)
     runner = {
         "echo": _echo, "serve": _serve, "store": _store, "find": _find, "get": _get,
         "move": _move, "demo": _demo, "hash-password": _hash_password, "commit": _commit,

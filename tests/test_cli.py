@@ -177,6 +177,15 @@ async def test_find_get_move_from_the_command_line(tmp_path: pathlib.Path) -> No
             assert code == 0, err
             assert "adicom get: success: 6 completed, 0 failed" in out
             assert len(list(tmp_path.rglob("*.dcm"))) == 6
+            assert not (tmp_path / ".incoming").exists()  # no empty folder left behind
+            assert err.splitlines()[-1] == "C-GET: 6 of 6 instances"  # progress, not 7 lines
+
+            # A return key asked for has its column in the table.
+            code, out, err = await run_cli(
+                "find", "-k", "PatientID=PAT1", "-k", "InstitutionName", *peer
+            )
+            assert code == 0, err
+            assert out.splitlines()[0].split()[-1] == "InstitutionName"
 
             code, out, _ = await run_cli(
                 "move", "-k", f"StudyInstanceUID={study}", "--dest", "DEST", *peer
@@ -195,7 +204,7 @@ async def test_find_get_move_from_the_command_line(tmp_path: pathlib.Path) -> No
 
             code, _, err = await run_cli("find", "-k", "StudyDate=2024-01-01", *peer)
             assert code == 2
-            assert err.startswith("adicom find: study_date:") and len(err.splitlines()) == 1
+            assert err.startswith("adicom find: -k StudyDate:") and len(err.splitlines()) == 1
 
 
 @pytest.mark.anyio
@@ -620,3 +629,28 @@ async def test_serve_stops_cleanly_with_a_peer_connected_but_not_associated(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.anyio
+async def test_usage_errors_say_what_was_typed_before_connecting(tmp_path: pathlib.Path) -> None:
+    port = str(free_port())  # nothing listens: a usage error must come first
+    code, _, err = await run_cli("find", "-k", "PatientNmae=X", "127.0.0.1", port)
+    assert code == 2 and err.startswith("adicom find: -k 'PatientNmae' is not a DICOM keyword")
+    assert "did you mean PatientName" in err
+    code, _, err = await run_cli("find", "-k", "StudyDate=2024XX", "127.0.0.1", port)
+    assert code == 2 and err.startswith("adicom find: -k StudyDate: '2024XX' is not a date")
+    assert "datetime" not in err  # the Python forms are for the API
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    for out, said in ((afile, "not a folder"), (afile / "sub", "cannot make the folder")):
+        code, _, err = await run_cli(
+            "get", "-k", "StudyInstanceUID=1.2", "--out", str(out), "127.0.0.1", port
+        )
+        assert code == 2 and f"--out {out}: {said}" in err, err
+
+
+def test_clients_call_adicom_serve_by_default() -> None:
+    serve = cli._parser().parse_args(["serve"])
+    echo = cli._parser().parse_args(["echo", "127.0.0.1", "11112"])
+    assert echo.aec == serve.aet == "ADICOM"
+    assert "(default: ADICOM" in adicom("echo", "--help").stdout
