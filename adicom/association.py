@@ -17,6 +17,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from adicom import events as ev
 from adicom import protocol as ul
 from adicom.dimse import (
     Command,
@@ -127,6 +128,8 @@ class Association(Driver):
         cannot be used (a maximum PDU length too small to send in).
         """
         self.request = request
+        if self._emitter is not None:
+            self._emitter.emit(ev.Requested(self, request))
         self._association_answer = self._loop.create_future()
         self._ul.request_association(request, self._loop.time())
         if self._transport is not None:
@@ -173,11 +176,16 @@ class Association(Driver):
         self._dimse.agree(agreement)
         self._ul.accept(response, self._loop.time())
         self._after_io()
+        if self._emitter is not None:
+            self._emitter.emit(ev.Accepted(self, response))
 
     def reject(self, response: AAssociateRJ) -> None:
         """Acceptor: answer with A-ASSOCIATE-RJ; the peer then closes (ARTIM bounds it)."""
         self._ul.reject(response, self._loop.time())
         self._after_io()
+        if self._emitter is not None:
+            self._ended = True
+            self._emitter.emit(ev.Rejected(self, response))
 
     async def release(self, timeout: float | None = 10.0) -> None:
         """Release the association (A-RELEASE) and close the connection.
@@ -273,12 +281,25 @@ class Association(Driver):
                 outgoing.close(clock())
                 self._after_io()
                 raise
+            if self._emitter is not None:
+                self._emit_sent(context_id, command, dataset)
             if batch and self._batched < BATCH_MESSAGES:
                 if not self._batched:
                     self._loop.call_soon(self._flush)
                 self._batched += 1
             else:
                 self._flush()
+
+    def _emit_sent(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None,
+    ) -> None:
+        assert self._emitter is not None
+        self._emit_trace()  # the message's PDUs come before it, as when receiving
+        if self._emitter.wants(ev.MessageSent):
+            self._emitter.emit(ev.MessageSent(self, context_id, command, dataset))
 
     async def _drain(self) -> None:
         self._flush()

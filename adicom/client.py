@@ -7,7 +7,6 @@ level, with pydantic models) builds on it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from adicom.errors import (
     TimeoutKind,
     TlsError,
 )
+from adicom.events import Hooks
 from adicom.negotiation import (
     ASYNC_WINDOW,
     DEFAULT_MAX_PDU,
@@ -33,8 +33,6 @@ from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
 from adicom.tls import describe_tls_failure
 
 __all__ = ["connect", "open_association"]
-
-log = logging.getLogger("adicom")
 
 #: What :func:`connect` proposes when no contexts are given: Verification.
 DEFAULT_CONTEXTS: tuple[tuple[str, Sequence[str]], ...] = (
@@ -59,6 +57,7 @@ async def open_association(
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
     extended_negotiation: QROptions | Mapping[str, QROptions] | None = None,
+    hooks: Hooks | None = None,
 ) -> Association:
     """Connect to ``host:port`` and negotiate an association; the caller releases it.
 
@@ -76,7 +75,8 @@ async def open_association(
     every proposed Q/R SOP class, or by SOP class; what the peer agreed is
     ``adicom.negotiation.agreed_options(association.request,
     association.response)`` (absent or all false: the default, hierarchical
-    behaviour).
+    behaviour). ``hooks`` (:class:`adicom.events.Hooks`) are told the
+    association's lifecycle, messages and PDUs.
 
     Raises :class:`~adicom.errors.PeerUnreachable`,
     :class:`~adicom.errors.TlsError`,
@@ -100,7 +100,11 @@ async def open_association(
         ),
     )
     association = Association(
-        requestor=True, max_pdu=max_pdu, dimse_timeout=timeout, artim_timeout=artim_timeout
+        requestor=True,
+        max_pdu=max_pdu,
+        dimse_timeout=timeout,
+        artim_timeout=artim_timeout,
+        hooks=hooks,
     )
     loop = asyncio.get_running_loop()
     try:
@@ -140,14 +144,6 @@ async def open_association(
     except BaseException:
         association.abort()
         raise
-    log.debug(
-        "associated with %s at %s:%d (%d of %d contexts accepted)",
-        called_ae,
-        host,
-        port,
-        sum(c.accepted for c in association.contexts.values()),
-        len(request.presentation_contexts),
-    )
     return association
 
 
@@ -168,11 +164,13 @@ async def connect(
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
     extended_negotiation: QROptions | Mapping[str, QROptions] | None = None,
+    hooks: Hooks | None = None,
 ) -> AsyncIterator[Association]:
     """An association for the length of an ``async with`` block.
 
     Released when the block ends normally; aborted when it raises or is
-    cancelled, so the peer never waits on a half-finished association::
+    cancelled, so the peer never waits on a half-finished association
+    (the options are :func:`open_association`'s)::
 
         async with adicom.connect("pacs", 11112, called_ae="PACS") as assoc:
             await assoc.echo()
@@ -192,6 +190,7 @@ async def connect(
         ssl=ssl,
         server_hostname=server_hostname,
         extended_negotiation=extended_negotiation,
+        hooks=hooks,
     )
     try:
         yield association

@@ -28,11 +28,13 @@ from collections import deque
 from ssl import SSLError
 from typing import Any
 
+from adicom import events as ev
 from adicom import protocol as ul
 from adicom.dimse import (
     DimseConnection,
     DimseEvent,
     Limits,
+    Message,
     RequestReceived,
     ResponseReceived,
 )
@@ -105,7 +107,8 @@ class Driver:
     """One connection's asyncio side, under the sans-I/O layers of its association.
 
     Not used alone: :class:`~adicom.association.Association` is this driver
-    with the API for users and for servers and clients.
+    with the API for users and for servers and clients. ``hooks``
+    (:class:`adicom.events.Hooks`) are told what happens on it.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Driver:
         dimse_timeout: float | None = 30.0,
         idle_timeout: float | None = None,
         limits: Limits | None = None,
+        hooks: ev.Hooks | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ul = ul.UpperLayer(
@@ -158,6 +162,12 @@ class Driver:
         self._release_done: asyncio.Future[None] | None = None
         self._released = False
         self._protocol: _Transport | None = None
+        # Event hooks and protocol logging (adicom.events): None when nothing
+        # listens, and then every place an event could arise costs one test.
+        self._emitter = ev.emitter(hooks)
+        self._ended = False  # released, rejected or aborted has been told
+        if self._emitter is not None and self._emitter.pdus:
+            self._ul.trace = []
 
     @property
     def state(self) -> State:
@@ -298,6 +308,8 @@ class Driver:
         self._timer = self._idle_timer = None
         if self._error is None and not self._ended_normally():
             self._set_error(ConnectionClosed("the peer closed the connection"))
+        if self._emitter is not None:
+            self._emit_end()
         self._fail_all(self._error or ConnectionClosed("the association has ended"))
         for waiter in (*self._drain_waiters, *self._room_waiters):
             if not waiter.done():
@@ -375,6 +387,8 @@ class Driver:
             return
         if data:
             transport.writelines(data)
+        if self._emitter is not None:
+            self._emit_trace()
         ul_ = self._ul
         if (ul_.close_requested or ul_.abort_sent) and not transport.is_closing():
             if ul_.abort_sent and self._error is None:
@@ -383,6 +397,8 @@ class Driver:
             transport.close()
 
     def _process_events(self) -> None:
+        if self._emitter is not None:
+            self._emit_trace()
         next_event = self._ul.next_event
         handle = self._dimse.handle_event
         while (event := next_event()) is not None:
@@ -391,8 +407,12 @@ class Driver:
 
     def _dispatch(self, event: DimseEvent) -> None:
         if type(event) is ResponseReceived:
+            if self._emitter is not None:
+                self._emit_received(event.message)
             self._on_response(event)
         elif type(event) is RequestReceived:
+            if self._emitter is not None:
+                self._emit_received(event.message)
             self._incoming.put(event.message)
         else:
             self._on_control_event(event)  # type: ignore[arg-type]
@@ -408,6 +428,8 @@ class Driver:
             self._wake_room()
 
     def _on_control_event(self, event: ul.ULEvent) -> None:
+        if self._emitter is not None:
+            self._lifecycle_event(event)
         if isinstance(event, ul.AssociationRequested):
             self.request = event.request
             if not self._request_seen.done():
@@ -463,6 +485,62 @@ class Driver:
                     TimeoutKind.ARTIM, self._ul.artim_timeout, f"in {event.state.name.title()}"
                 )
             )
+
+    # -- events (adicom.events), only when something listens ------------------
+
+    def _emit(self, event: ev.Event) -> None:
+        assert self._emitter is not None
+        self._emitter.emit(event)
+
+    def _emit_trace(self) -> None:
+        """Tell the PDUs sent and received since last time, in order."""
+        trace = self._ul.trace
+        if not trace:
+            return
+        self._ul.trace = []  # a handler that makes the layers send starts a new list
+        this: Any = self  # events name the Association this driver is part of
+        for pdu, sent in trace:
+            self._emit(ev.PduSent(this, pdu) if sent else ev.PduReceived(this, pdu))
+
+    def _emit_received(self, message: Message) -> None:
+        assert self._emitter is not None
+        if self._emitter.wants(ev.MessageReceived):
+            this: Any = self
+            self._emit(ev.MessageReceived(this, message))
+
+    def _lifecycle_event(self, event: ul.ULEvent) -> None:
+        """The lifecycle event an upper layer event means, if any."""
+        self._emit_trace()  # an answer queued before this event (A-RELEASE-RP) comes first
+        this: Any = self
+        if isinstance(event, ul.AssociationRequested):
+            self.request = event.request
+            self._emit(ev.Requested(this, event.request))
+        elif isinstance(event, ul.AssociationAccepted):
+            self._emit(ev.Accepted(this, event.response))
+        elif isinstance(event, ul.AssociationRejected):
+            self._ended = True
+            self._emit(ev.Rejected(this, event.response))
+        elif isinstance(event, ul.ReleaseRequested | ul.ReleaseConfirmed):
+            by_peer = isinstance(event, ul.ReleaseRequested)
+            if not self._ended and not (by_peer and event.collision):  # type: ignore[union-attr]
+                self._ended = True
+                self._emit(ev.Released(this, by_peer))
+
+    def _emit_end(self) -> None:
+        """The connection closed: an association that did not end otherwise was aborted."""
+        if self._ended or self.request is None:
+            return
+        self._ended = True
+        error = self._error or ConnectionClosed("the association has ended")
+        sent = self._ul.sent_abort
+        this: Any = self
+        if isinstance(error, AssociationAborted) and not error.local:
+            event = ev.Aborted(this, False, error.source, error.reason, error)
+        elif sent is not None:
+            event = ev.Aborted(this, True, sent.source, sent.reason, error)
+        else:
+            event = ev.Aborted(this, False, None, None, error)
+        self._emit(event)
 
     def _peer_name(self) -> str:
         """The peer's AE title (the one that is not ours), or its address."""

@@ -27,6 +27,7 @@ from adicom.errors import LocalProtocolError, RemoteProtocolError
 from adicom.fsm import Effect, Event, State
 from adicom.pdu import (
     PDU,
+    PDV,
     AAbort,
     AAssociateAC,
     AAssociateRJ,
@@ -152,6 +153,12 @@ _PDU_EVENTS: dict[type, Event] = {
     AAbort: Event.EVT16,
 }
 
+
+def _pdata(pdvs: Sequence[tuple[int, int, bytes | memoryview]]) -> PDataTF:
+    """The P-DATA-TF PDU of (context, control, data) triples, for a trace."""
+    return PDataTF(tuple(PDV(c, bool(control & 1), bool(control & 2), d) for c, control, d in pdvs))
+
+
 _PDU_NAMES = {
     AAssociateAC: "A-ASSOCIATE-AC",
     AAssociateRJ: "A-ASSOCIATE-RJ",
@@ -192,6 +199,12 @@ class UpperLayer:
         self._abort_sent = False
         self._connect_requested = False
         self._request: AAssociateRQ | None = None
+        self._sent_abort: AAbort | None = None
+        #: When a list (the driver sets one for debugging hooks), every PDU
+        #: sent or received is appended to it as ``(pdu, sent)``, in order,
+        #: for the driver to take out. None, the default, costs one test per
+        #: PDU and builds no PDU object for P-DATA sent.
+        self.trace: list[tuple[PDU, bool]] | None = None
 
     # -- state -------------------------------------------------------------
 
@@ -218,6 +231,11 @@ class UpperLayer:
         close as soon as the A-ABORT is written instead.
         """
         return self._abort_sent
+
+    @property
+    def sent_abort(self) -> AAbort | None:
+        """The A-ABORT PDU we queued, if any (its source and reason)."""
+        return self._sent_abort
 
     @property
     def connect_requested(self) -> bool:
@@ -290,6 +308,8 @@ class UpperLayer:
             # The work a PDU costs grows with its PDVs (and each is a message
             # fragment handed on); other PDUs cost about one.
             spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
+            if self.trace is not None:
+                self.trace.append((pdu, False))
             self._receive_pdu(pdu, now)
 
     def connection_lost(self, now: float) -> None:
@@ -335,6 +355,8 @@ class UpperLayer:
             # The hot path: Sta6 -> DT-1 and Sta8 -> AR-7 both just send the
             # PDU and stay put, so skip the table and the PDU object.
             self._out.extend(encode_pdata(pdvs))
+            if self.trace is not None:
+                self.trace.append((_pdata(pdvs), True))
             return
         self._primitive(Event.EVT9, now, pdvs)
 
@@ -412,43 +434,43 @@ class UpperLayer:
         now: float,
         payload: object,
     ) -> None:
-        out = self._out
+        send = self._send
         if effect is Effect.SEND_P_DATA:
-            out.extend(encode_pdata(payload))  # type: ignore[arg-type]
+            self._out.extend(encode_pdata(payload))  # type: ignore[arg-type]
+            if self.trace is not None:
+                self.trace.append((_pdata(payload), True))  # type: ignore[arg-type]
         elif effect is Effect.INDICATE_DATA:
             self._events.append(PDataReceived(payload))  # type: ignore[arg-type]
         elif effect is Effect.CONNECT_TRANSPORT:
             self._connect_requested = True
         elif effect is Effect.SEND_ASSOCIATE_RQ:
             assert self._request is not None
-            out.append(self._request.encode())
+            send(self._request)
         elif effect in (Effect.SEND_ASSOCIATE_AC, Effect.SEND_RELEASE_RQ, Effect.SEND_RELEASE_RP):
-            out.append(payload.encode())  # type: ignore[attr-defined]
+            send(payload)  # type: ignore[arg-type]
         elif effect is Effect.SEND_ASSOCIATE_RJ:
             if isinstance(payload, AAssociateRJ):
-                out.append(payload.encode())
+                send(payload)
             else:
                 # AE-6 refused by the provider: protocol version not
                 # supported (result 1, source 2, reason 2; PS3.8 Table 9-21).
-                out.append(AAssociateRJ(1, 2, 2).encode())
+                send(AAssociateRJ(1, 2, 2))
         elif effect is Effect.SEND_ABORT:
-            self._abort_sent = True
             if isinstance(payload, AAbort):
-                out.append(payload.encode())  # the user's own (Evt15)
+                send(payload)  # the user's own (Evt15)
             elif transition.action is fsm.Action.AA_1:
                 # A PDU, readable or not, before any A-ASSOCIATE-RQ (Sta2):
                 # PS3.8 Table 9-9 has AA-1 send the A-ABORT with service-user
                 # source, whose reason is "not significant" (9.3.8).
-                out.append(AAbort(0, 0).encode())
+                send(AAbort(0, 0))
             elif isinstance(payload, RemoteProtocolError):
-                out.append(AAbort(2, payload.abort_reason).encode())
+                send(AAbort(2, payload.abort_reason))
             else:
                 # AA-7 (Sta13): an A-ASSOCIATE-RQ where none can come.
-                out.append(AAbort(2, 2).encode())
+                send(AAbort(2, 2))
         elif effect is Effect.SEND_ABORT_PROVIDER:
-            self._abort_sent = True
             reason = payload.abort_reason if isinstance(payload, RemoteProtocolError) else 2
-            out.append(AAbort(2, reason).encode())
+            send(AAbort(2, reason))
         elif effect is Effect.INDICATE_ASSOCIATE:
             self._events.append(AssociationRequested(payload))  # type: ignore[arg-type]
         elif effect is Effect.CONFIRM_ACCEPT:
@@ -474,6 +496,15 @@ class UpperLayer:
             self._close_requested = True
         # TRANSPORT_RESPONSE (AE-5) and IGNORE (AA-6) need nothing from us:
         # the driver accepted the connection before telling us about it.
+
+    def _send(self, pdu: PDU) -> None:
+        """Queue a PDU other than P-DATA-TF (encoded here), and trace it if asked."""
+        if type(pdu) is AAbort:
+            self._abort_sent = True
+            self._sent_abort = pdu
+        self._out.append(pdu.encode())
+        if self.trace is not None:
+            self.trace.append((pdu, True))
 
     def _p_abort(self, old: State, event: Event, payload: object) -> Aborted | ConnectionLost:
         if event is Event.EVT17:

@@ -23,6 +23,7 @@ from adicom.association import Association, Message
 from adicom.audit import AuditLog
 from adicom.dimse import CommandField, Limits, Status, is_n
 from adicom.errors import DicomError, describe_reject
+from adicom.events import Hooks
 from adicom.fileformat import decode_dataset
 from adicom.listener import Listener
 from adicom.negotiation import (
@@ -134,7 +135,9 @@ class Server:
     (default: none; :meth:`adicom.archive.Archive.handlers` says what the
     archive does). ``scp_role_classes`` are SOP classes a requestor may take
     the SCP role for (role selection, PS3.7 D.3.3.4), as a Storage Commitment
-    SCP does when it reports on an association it opens.
+    SCP does when it reports on an association it opens. ``hooks``
+    (:class:`adicom.events.Hooks`) are told the lifecycle, messages and PDUs
+    of every association it accepts (or rejects).
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class Server:
         on_worklist: FindHandler | None = None,
         qr_options: QROptions = NO_QR_OPTIONS,
         outgoing_ssl: SSLContext | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -208,6 +212,8 @@ class Server:
         self.peers = peers
         #: The audit trail (see :mod:`adicom.audit`), when one is kept.
         self.audit = audit
+        #: Event hooks for the associations it serves (see :mod:`adicom.events`).
+        self.hooks = hooks
         #: Where received instances go; with it every storage SOP class is
         #: accepted (private ones too), or those of ``storage_sop_classes``.
         self.storage = storage
@@ -346,6 +352,7 @@ class Server:
             dimse_timeout=self.dimse_timeout,
             idle_timeout=self.idle_timeout,
             limits=self.limits,
+            hooks=self.hooks,
         )
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
@@ -447,13 +454,8 @@ class Server:
             answer = _RJ_TOO_MANY
         if isinstance(answer, AAssociateRJ):
             self.stats["rejected"] += 1
+            # adicom.association logs it (adicom.events), with the reason.
             reason = describe_reject(answer.result, answer.source, answer.reason)
-            log.info(
-                "rejecting association from %s to %s: %s",
-                request.calling_ae,
-                request.called_ae,
-                reason,
-            )
             if self.audit is not None:
                 self.audit.association(
                     request,
@@ -466,7 +468,6 @@ class Server:
         response, agreement = answer
         association.accept(response, agreement)
         self.stats["accepted"] += 1
-        log.debug("accepted association from %s", request.calling_ae)
         if self.audit is not None:
             self.audit.association(
                 request,

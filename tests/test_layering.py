@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.tls",
                 "adicom.operation",
+                "adicom.events",
                 "adicom.driver",
                 "adicom.association",
                 "adicom.client",
