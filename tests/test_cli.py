@@ -407,7 +407,10 @@ async def test_store_goes_on_after_the_peer_aborts(tmp_path: pathlib.Path) -> No
         assert code == 0, (out, err)
         assert out.startswith("adicom store: 6 sent, 0 warned, 0 failed, 0 skipped")
         assert "a new one for the" in err
-        assert sorted(d.SOPInstanceUID for d in storage.datasets) == sorted(uids)
+        # Every instance arrived. (Now and then one arrives twice: the
+        # response to an instance stored just before the abort is lost with
+        # the connection, and the client sends it again; see the session note.)
+        assert {d.SOPInstanceUID for d in storage.datasets} == set(uids)
 
         storage = AbortingStorage(lambda seen, _: seen == 2)
         server.storage = storage
@@ -416,7 +419,8 @@ async def test_store_goes_on_after_the_peer_aborts(tmp_path: pathlib.Path) -> No
             str(tmp_path),
         )  # fmt: skip
         assert code == 1
-        assert "association aborted by the peer" in err
+        # The A-ABORT, or (when the connection went before it was read) the close.
+        assert "association aborted by the peer" in err or "closed the connection" in err, err
 
 
 @pytest.mark.parametrize(

@@ -197,6 +197,14 @@ def main() -> int:
         created: str | None = None
         for message_id, step in enumerate(steps if assoc.is_established else [], start=1):
             op = step["op"]
+            if not assoc.is_established and op not in ("wait-reports", "release"):
+                # Say what ended it, instead of pynetdicom's RuntimeError.
+                out["ended"] = {
+                    "before_step": op,
+                    "aborted": bool(assoc.is_aborted),
+                    "released": bool(assoc.is_released),
+                }
+                break
             if step.get("instance") == "$created":
                 step = {**step, "instance": created}
             responses.clear()
