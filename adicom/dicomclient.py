@@ -32,6 +32,7 @@ from adicom.commitment import CommitmentReports, CommitmentResult, Reference, re
 from adicom.dimse import Status
 from adicom.diskstorage import DiskStorage
 from adicom.errors import DicomError, PeerUnreachable, TimeoutKind
+from adicom.events import Hooks
 from adicom.models import (
     DicomNode,
     ImageQuery,
@@ -126,6 +127,7 @@ class DicomClient:
         user_identity: UserIdentityRQ | None = None,
         retry: RetryPolicy = NO_RETRY,
         pool: AssociationPool | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         DicomNode(aet=calling_aet, host="localhost", port=104)  # validates the AE title
         self.calling_aet = calling_aet.strip()
@@ -148,6 +150,8 @@ class DicomClient:
         self.retry = retry
         #: Where associations are kept for the next call (None: one per call).
         self.pool = pool
+        #: Event hooks of every association the client opens (see :mod:`adicom.events`).
+        self.hooks = hooks
 
     @classmethod
     def from_settings(cls, settings: DicomSettings | None = None) -> DicomClient:
@@ -195,6 +199,7 @@ class DicomClient:
             "timeout": self.dimse_timeout,
             "ssl": self.ssl,
             "user_identity": self.user_identity,
+            "hooks": self.hooks,
         }
         if self.pool is None:
             async with connect(peer.host, peer.port, **options) as opened:
@@ -212,6 +217,7 @@ class DicomClient:
             self.max_pdu,
             id(self.ssl),
             self.user_identity,
+            id(self.hooks),
         )
 
         async def opener() -> Association:

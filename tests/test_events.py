@@ -478,3 +478,16 @@ async def test_the_cli_debug_flag_dumps_pdus_and_verbose_goes_after_the_command(
     async with asyncio.timeout(10):
         while threading.active_count() > 1:
             await asyncio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_dicom_client_passes_its_hooks_to_every_association() -> None:
+    seen: list[str] = []
+    hooks = Hooks()
+    hooks.subscribe(events.Lifecycle, lambda event: seen.append(type(event).__name__))
+    async with adicom.Server("HOOKED", port=0) as server:
+        peer = adicom.DicomNode(aet="HOOKED", host="127.0.0.1", port=server.port)
+        client = adicom.DicomClient("SCU", hooks=hooks)
+        assert await client.echo(peer)
+        assert await client.echo(peer)
+    assert seen == ["Requested", "Accepted", "Released"] * 2
