@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from ssl import SSLContext, SSLError
@@ -107,14 +108,15 @@ async def open_association(
         hooks=hooks,
     )
     loop = asyncio.get_running_loop()
+    address = resolve(host, port)
     try:
         async with asyncio.timeout(connect_timeout):
             await loop.create_connection(
                 association.protocol,
-                host,
+                address,
                 port,
                 ssl=ssl,
-                server_hostname=server_hostname if ssl is not None else None,
+                server_hostname=(server_hostname or host) if ssl is not None else None,
                 ssl_handshake_timeout=connect_timeout if ssl is not None else None,
             )
     except TimeoutError:
@@ -145,6 +147,30 @@ async def open_association(
         association.abort()
         raise
     return association
+
+
+def resolve(host: str, port: int) -> str:
+    """The address to connect to for ``host``: an IP address as it is, a name looked up.
+
+    asyncio would look a name up in its default executor, a thread; adicom
+    starts none. So the lookup runs here, on the event loop: at once for a
+    name in /etc/hosts (``localhost``), but a DNS lookup holds the loop until
+    the resolver answers (its timeout, 5 s by default, when a server is
+    down). Servers that must never stall should name their peers by address.
+    A name that does not resolve is :class:`PeerUnreachable`, saying so.
+    """
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        return host
+    except socket.gaierror:
+        pass
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise PeerUnreachable(
+            f"cannot connect to {host}:{port}: no such host ({exc.strerror})"
+        ) from None
+    return str(found[0][4][0])
 
 
 @asynccontextmanager

@@ -658,3 +658,23 @@ def test_clients_call_adicom_serve_by_default() -> None:
     echo = cli._parser().parse_args(["echo", "127.0.0.1", "11112"])
     assert echo.aec == serve.aet == "ADICOM"
     assert "(default: ADICOM" in adicom("echo", "--help").stdout
+
+
+def test_an_unknown_host_is_named_as_such() -> None:
+    result = adicom("echo", "nosuchhost.invalid", "104")
+    assert result.returncode == 3  # unreachable
+    assert "cannot connect to nosuchhost.invalid:104: no such host" in result.stderr
+    assert "Unknown error" not in result.stderr
+
+
+@pytest.mark.anyio
+async def test_a_host_name_is_resolved_without_a_thread() -> None:
+    """asyncio would resolve "localhost" in its executor, a thread; adicom does not."""
+    import threading
+
+    import adicom as library
+
+    async with library.Server("NAMED", port=0) as server:
+        async with library.connect("localhost", server.port, called_ae="NAMED") as association:
+            assert await association.echo() == 0
+        assert threading.active_count() == 1
