@@ -60,6 +60,7 @@ from adicom.settings import DicomSettings
 from adicom.storage import StoreContext
 from adicom.storescu import StoreResult, iter_files, store
 from adicom.tls import client_context, server_context
+from adicom.version import __version__
 from adicom.worklist import WorklistFolder
 
 __all__ = ["main"]
@@ -394,9 +395,18 @@ def _logging_options(parser: argparse.ArgumentParser, *, after_command: bool) ->
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="adicom", description="DICOM networking on asyncio: echo, serve, demo."
+        prog="adicom",
+        description="DICOM networking on asyncio, no threads: echo, store, find, get, move and "
+        "commit as a client (SCU); serve as an archive with query/retrieve, Storage "
+        "Commitment, MPPS and worklist (SCP). Exit codes: 0 success, 1 failed, 2 usage, "
+        "3 unreachable, 4 timed out.",
     )
     _logging_options(parser, after_command=False)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"adicom {__version__} (pydicom {pydicom.__version__})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_echo(commands)
     _add_serve(commands)
@@ -455,7 +465,8 @@ def _add_serve(commands: _Commands) -> None:
     settings, error = _serve_settings()
     serve = commands.add_parser(
         "serve",
-        help="run an SCP (Verification) until interrupted",
+        help="run an SCP until interrupted: C-ECHO, and with --storage an archive (C-STORE, "
+        "C-FIND/GET/MOVE, Storage Commitment, MPPS), with --worklist a worklist",
         description="Run an SCP until interrupted. The defaults come from the ADICOM_* "
         "environment variables (adicom.DicomSettings); the flags override them.",
     )
@@ -1374,6 +1385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]  # fmt: skip
     try:
         return asyncio.run(runner(args))
+    except BrokenPipeError:
+        # The reader went away (adicom find ... | head -1): not an error.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except PeerUnreachable as exc:
         return _fail(args, exc, EXIT_UNREACHABLE)
     except DicomTimeout as exc:

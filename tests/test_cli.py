@@ -678,3 +678,34 @@ async def test_a_host_name_is_resolved_without_a_thread() -> None:
         async with library.connect("localhost", server.port, called_ae="NAMED") as association:
             assert await association.echo() == 0
         assert threading.active_count() == 1
+
+
+def test_version_and_the_top_level_help() -> None:
+    version = adicom("--version")
+    assert version.returncode == 0 and version.stdout.startswith("adicom ")
+    text = adicom("--help").stdout
+    assert "commit as a client" in text and "Storage" in text
+    assert "(Verification)" not in text
+
+
+@pytest.mark.anyio
+async def test_a_closed_pipe_is_no_error(tmp_path: pathlib.Path) -> None:
+    """`adicom find ... | head -1`: the reader goes away; exit 0 without a traceback."""
+    from tests.test_dicomclient import Tree, build_tree
+
+    tree = Tree(build_tree())
+    import adicom as library
+
+    async with library.Server("PACS", port=0, on_find=tree.find) as server:
+        reader, writer = os.pipe()
+        os.close(reader)  # nobody reads: the first write breaks the pipe
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "adicom", "find", "-L", "PATIENT", "--aec", "PACS",
+            "127.0.0.1", str(server.port),
+            stdin=subprocess.DEVNULL, stdout=writer, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        os.close(writer)
+        async with asyncio.timeout(60):
+            _, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert b"Broken pipe" not in err and b"Traceback" not in err
