@@ -351,3 +351,90 @@ def test_runner_draws_chart_after_run(tmp_path: pathlib.Path) -> None:
     assert f"Chart: {png}" in result.stderr
     assert json.loads(out.read_text())["results"][0]["median_ops_per_s"] > 0
     assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+# --------------------------------------------------------------------------- calls and batches
+
+
+def test_calls_benchmark_runs_every_row_tiny(tmp_path: pathlib.Path) -> None:
+    from benchmarks.calls.rows import ROWS
+    from benchmarks.sides import dcmtk_side
+
+    scps = ["adicom"] + (["dcmtk"] if dcmtk_side.find_tool("dcmqrscp") else [])
+    out = tmp_path / "calls.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.calls",
+            "-n",
+            "5",
+            "--reps",
+            "1",
+            "--json",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+            *(arg for scp in scps for arg in ("--scp", scp)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "find-calls:" in result.stdout and "Summary:" in result.stdout
+    results = json.loads(out.read_text())["results"]
+    assert [(r["workload"], r["scu"], r["mode"], r["scp"]) for r in results] == [
+        (row.workload, row.scu, row.mode, scp)
+        for workload in ("find-calls", "store-calls", "store-batch")
+        for scp in scps
+        for row in ROWS
+        if row.workload == workload
+    ]
+    for row in results:
+        assert len(row["reps"]) == 1, row["errors"]
+        rep = row["reps"][0]
+        assert rep["ok"] == rep["ops"] == row["n"] == 5
+        assert row["median_ops_per_s"] > 0 and rep["ms_per_op"] > 0
+        if row["workload"] != "store-batch":
+            assert 0 < rep["extra"]["p50_ms"] <= rep["extra"]["p99_ms"] <= rep["extra"]["max_ms"]
+        if row["mode"] == "pool":
+            # One association served every call (the warm-up had a pool of its own).
+            assert rep["extra"]["pool"]["opened"] == 1
+            assert rep["extra"]["pool"]["reused"] == 4
+        if row["workload"] != "find-calls":
+            # The timed instances and the warm-up one, each a file in a fresh archive.
+            assert rep["scp_stored_files"] == 6
+        ratios = row["ratios"]
+        if row["mode"] in ("pool", "one-assoc"):
+            assert ratios["x per call"] > 0
+        if row["mode"].startswith("many-"):
+            assert ratios["x adicom.store"] > 0
+
+
+def test_calls_ratios_compare_modes_on_the_same_scp() -> None:
+    from benchmarks.calls.report import render, summary
+    from benchmarks.calls.results import RowResult
+    from benchmarks.calls.rows import ROWS
+
+    rates = {"pool": 800.0, "per-call": 200.0, "one-assoc": 40.0, "store": 1000.0}
+    results = []
+    for scp, scale in (("adicom", 1.0), ("dcmtk", 2.0)):
+        for row in ROWS:
+            rate = scale * rates.get(row.mode, 500.0)
+            rep = {"ops_per_s": rate, "seconds": 10 / rate, "ops": 10, "cpu_s": 0.01,
+                   "scp_cpu_s": 0.02, "extra": {"p50_ms": 1.0, "p99_ms": 2.0}}  # fmt: skip
+            results.append(RowResult(row, scp, 10, 1, reps=[rep]))
+    pooled = next(r for r in results if r.scp == "dcmtk" and r.row.mode == "pool")
+    assert pooled.ratios(results) == {"x per call": 4.0, "x pynetdicom": 20.0}
+    one = next(r for r in results if r.row.mode == "one-assoc")
+    assert one.ratios(results) == {"x per call": 0.2}
+    many = next(r for r in results if r.row.mode == "many-2")
+    assert many.ratios(results) == {"x adicom.store": 0.5}
+    assert "adicom pooled" in render(results)
+    assert any(
+        line.startswith("find-calls -> adicom serve: adicom pooled 800/s")
+        for line in summary(results)
+    )
