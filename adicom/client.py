@@ -7,6 +7,7 @@ level, with pydantic models) builds on it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -32,6 +33,11 @@ from adicom.negotiation import (
 from adicom.pdu import RoleSelection, UserIdentityRQ
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
 from adicom.tls import describe_tls_failure
+
+log = logging.getLogger("adicom")
+
+#: Seconds a cancelled ``connect`` block waits for the release of its association.
+CANCEL_RELEASE_TIMEOUT = 2.0
 
 __all__ = ["connect", "open_association"]
 
@@ -194,9 +200,11 @@ async def connect(
 ) -> AsyncIterator[Association]:
     """An association for the length of an ``async with`` block.
 
-    Released when the block ends normally; aborted when it raises or is
-    cancelled, so the peer never waits on a half-finished association
-    (the options are :func:`open_association`'s)::
+    Released when the block ends normally; aborted when it raises, so the
+    peer never waits on a half-finished association. Cancelled, it is
+    released when no operation is outstanding (a retrieve cancelled on the
+    wire has had its final response), within CANCEL_RELEASE_TIMEOUT seconds,
+    else aborted (the options are :func:`open_association`'s)::
 
         async with adicom.connect("pacs", 11112, called_ae="PACS") as assoc:
             await assoc.echo()
@@ -220,6 +228,18 @@ async def connect(
     )
     try:
         yield association
+    except asyncio.CancelledError:
+        # Cancelled between operations (a retrieve cancelled on the wire has
+        # had its final response, PS3.7 9.3.2.3): the association is in
+        # order, so it is released, within a moment; mid-operation, aborted.
+        try:
+            if association.is_established and association.outstanding == 0:
+                await association.release(CANCEL_RELEASE_TIMEOUT)
+        except Exception as exc:
+            log.debug("no release after a cancellation: %s", exc)
+        finally:
+            association.abort()  # a no-op once released
+        raise
     except BaseException:
         association.abort()
         raise

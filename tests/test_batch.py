@@ -166,3 +166,39 @@ async def test_bad_concurrency_is_refused() -> None:
         await client.store_many([], peer, concurrency=0)
     with pytest.raises(ValueError, match="concurrency"):
         await client.get_studies([], peer, "/tmp/x", concurrency=0)
+
+
+async def test_a_cancelled_retrieve_releases_its_association(tmp_path: pathlib.Path) -> None:
+    """Ctrl-C during a get: C-CANCEL on the wire, then A-RELEASE, not A-ABORT (issue 16)."""
+    archive = Archive(tmp_path / "archive")
+    await archive.open()
+    try:
+        handlers = archive.handlers()
+        retrieve = handlers["on_get"]
+
+        async def slowly(identifier: Dataset, context: adicom.QRContext):  # type: ignore[no-untyped-def]
+            async for item in retrieve(identifier, context):
+                yield item
+                await asyncio.sleep(0.2)
+
+        handlers["on_get"] = slowly
+        async with adicom.Server("SLOW", port=0, **handlers) as server:
+            client = adicom.DicomClient("SCU")
+            await client.store_many(instances(10), node(server))
+            study = next(iter({str(p.parent.parent.name) for p in archive.root.rglob("*.dcm")}))
+            task = asyncio.get_running_loop().create_task(
+                client.get_study_to_memory(study, node(server))
+            )
+            async with asyncio.timeout(30):
+                while not task.done() and server.stats["accepted"] < 3:
+                    await asyncio.sleep(0.05)  # the survey's association, then the C-GET's
+                await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(10):
+                await server.wait_idle()
+            assert server.stats["aborted"] == 0
+            assert server.stats["released"] == server.stats["accepted"]
+    finally:
+        archive.close()
