@@ -26,6 +26,7 @@ numbers) never raises.
 """
 
 import difflib
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -461,6 +462,7 @@ def known_keyword(keyword: str, what: str) -> BaseTag:
     return Tag(tag)
 
 
+@functools.lru_cache(maxsize=4096)
 def vr_of(keyword: str) -> str:
     """The VR of a keyword in the data dictionary; the first of an ambiguous one."""
     # Ambiguous VRs ("US or SS") only reach here as empty return keys, where
@@ -468,12 +470,17 @@ def vr_of(keyword: str) -> str:
     return dictionary_VR(keyword).split(" or ")[0]
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag_and_vr(keyword: str) -> tuple[BaseTag, str]:
+    """A keyword's tag and VR, looked up once (pydicom's lookups cost microseconds each)."""
+    return Tag(keyword), vr_of(keyword)
+
+
 def element(keyword: str, value: Any) -> DataElement:
     """A data element of an identifier: ``None`` is an empty value, a UID list is split."""
     # Matching syntax goes beyond the VRs' own (ranges, wildcards, lists), and
     # it has been checked here already: pydicom's VR check would only warn wrongly.
-    tag = Tag(keyword)
-    vr = vr_of(keyword)
+    tag, vr = _tag_and_vr(keyword)
     if vr == "SQ" and value is None:
         value = []
     elif vr == "UI" and isinstance(value, str) and "\\" in value:
