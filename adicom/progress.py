@@ -50,6 +50,9 @@ class Progress:
         if not quiet and callable(isatty) and isatty():
             from tqdm import tqdm
 
+            # tqdm starts a monitor thread for bars that stall, unless told
+            # not to; adicom starts no thread, and updates its bars itself.
+            tqdm.monitor_interval = 0
             self._bar = tqdm(
                 total=total, desc=what, unit=f" {unit}", file=self.stream, leave=True, delay=0.5
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import pytest
 
@@ -46,6 +47,7 @@ def test_a_bar_on_a_terminal() -> None:
         for done in range(1, 11):
             shown.update(done, failed=done // 5)
         shown.note("failed: y.dcm")
+        assert threading.active_count() == 1  # no tqdm monitor thread
     text = out.getvalue()
     assert "failed: y.dcm" in text
     assert "C-STORE" in text and "10/10" in text
