@@ -909,7 +909,7 @@ class WorklistResult(Result):
     ``scheduled_procedure_steps`` holds the items of the Scheduled Procedure
     Step Sequence the peer returned (those that matched the query's step
     keys, when the peer follows PS3.4 C.2.2.2.6); the other keys it
-    returned are in ``extra``, the data set as received in :attr:`dataset`.
+    returned are in ``extra``, the data set as received in :attr:`WorklistResult.dataset`.
     """
 
     keywords: ClassVar[Mapping[str, str]] = {

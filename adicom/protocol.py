@@ -2,12 +2,14 @@
 
 :class:`UpperLayer` joins the PDU codec (:mod:`adicom.pdu`) and the state
 machine of PS3.8 Table 9-10 (:mod:`adicom.fsm`) in the shape of h11's
-``Connection``: the driver hands it received bytes with :meth:`receive_data`,
-takes :meth:`next_event` until it returns None, calls primitives such as
-:meth:`send_pdata` or :meth:`request_release`, and writes what
-:meth:`data_to_send` returns. It never touches a socket or a clock: time is a
-parameter (``now``), and the ARTIM timer is a deadline the driver reads with
-:meth:`get_timer` and fires with :meth:`handle_timer`.
+``Connection``: the driver hands it received bytes with
+:meth:`UpperLayer.receive_data`, takes :meth:`UpperLayer.next_event` until it
+returns None, calls primitives such as :meth:`UpperLayer.send_pdata` or
+:meth:`UpperLayer.request_release`, and writes what
+:meth:`UpperLayer.data_to_send` returns. It never touches a socket or a clock:
+time is a parameter (``now``), and the ARTIM timer is a deadline the driver
+reads with :meth:`UpperLayer.get_timer` and fires with
+:meth:`UpperLayer.handle_timer`.
 
 Every PDU received and every primitive asked for is one event of Table 9-10;
 the action the table names is carried out as its list of effects. A received

@@ -380,8 +380,11 @@ def idle_scp_stack(stack: Stack) -> Stack:
     if stack.name == "adicom":
 
         def serve(port: int, _workdir: Path, _store_dir: Path | None) -> list[str]:
+            # All the associations come from 127.0.0.1, up to 8 pending at a
+            # time: the per-address cap (64, a defence against one hostile
+            # peer) would refuse the 65th, so it is raised for this workload.
             return [sys.executable, "-m", "adicom", "serve", "--aet", SCP_AET, "--host", HOST,
-                    "--port", str(port)]  # fmt: skip
+                    "--port", str(port), "--max-per-address", "1000"]  # fmt: skip
 
         return replace(stack, scp_argv=serve, scp_prints_ready=False, scp_lag_reset=False)
     if stack.name == "pynetdicom":
