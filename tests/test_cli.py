@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import signal
@@ -709,3 +710,42 @@ async def test_a_closed_pipe_is_no_error(tmp_path: pathlib.Path) -> None:
             _, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     assert b"Broken pipe" not in err and b"Traceback" not in err
+
+
+@pytest.mark.anyio
+async def test_ctrl_c_during_get_says_what_was_kept(tmp_path: pathlib.Path) -> None:
+    """SIGINT: C-CANCEL, a release (not an abort), exit 130, and a word on what stayed."""
+    import adicom as library
+    from tests.test_dicomclient import Tree, build_tree
+
+    tree = Tree(build_tree())
+    sent = asyncio.Event()
+
+    async def slowly(identifier: Dataset, context: library.QRContext) -> Any:
+        async for item in tree.retrieve(identifier, context):
+            yield item
+            if not isinstance(item, int):
+                sent.set()
+                await asyncio.sleep(0.5)
+
+    async with library.Server("SLOW", port=0, on_find=tree.find, on_get=slowly) as server:
+        code, out, err = await run_cli("find", "-k", "PatientID=PAT1", "--json", "--aec", "SLOW",
+                                       "127.0.0.1", str(server.port))  # fmt: skip
+        assert code == 0, err
+        study = json.loads(out)[0]["study_instance_uid"]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "adicom", "get", "-k", f"StudyInstanceUID={study}",
+            "--out", str(tmp_path), "--aec", "SLOW", "127.0.0.1", str(server.port),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            await sent.wait()
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGINT)
+            _, said = await process.communicate()
+        async with asyncio.timeout(10):
+            await server.wait_idle()
+        text = said.decode()
+        assert process.returncode == 130, text
+        assert "adicom get: interrupted;" in text and "instances kept in" in text
+        assert server.stats["aborted"] == 0  # C-CANCEL answered, then released
