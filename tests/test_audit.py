@@ -286,7 +286,7 @@ async def test_serve_writes_the_audit_trail_and_warns_when_open(tmp_path: pathli
 
 
 async def test_serve_on_loopback_does_not_warn() -> None:
-    from adicom.cli import _is_loopback
+    from adicom.cli.serve import _is_loopback
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("10.1.2.3")

@@ -440,7 +440,7 @@ async def test_store_goes_on_after_the_peer_aborts(tmp_path: pathlib.Path) -> No
     ],
 )
 def test_retrieve_summary_names_the_status(status: str, shown: str) -> None:
-    assert cli._outcome(RetrieveResult(status=status)) == shown
+    assert cli.outcome(RetrieveResult(status=status)) == shown
 
 
 # -- serve: defaults from ADICOM_* (DicomSettings), flags override ---------------
@@ -465,7 +465,7 @@ def no_adicom_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_serve_defaults_without_variables(no_adicom_variables: pytest.MonkeyPatch) -> None:
-    args = cli._parser().parse_args(["serve"])
+    args = cli.build_parser().parse_args(["serve"])
     assert (args.aet, args.host, args.port, args.storage) == ("ADICOM", "0.0.0.0", 11112, None)
     assert (args.association_timeout, args.dimse_timeout, args.idle_timeout) == (10, 30, 60)
     assert args.settings_error is None
@@ -476,7 +476,7 @@ def test_serve_defaults_come_from_the_environment(
 ) -> None:
     for name, value in SERVE_VARIABLES.items():
         no_adicom_variables.setenv(name, value)
-    args = cli._parser().parse_args(["serve"])
+    args = cli.build_parser().parse_args(["serve"])
     assert (args.aet, args.host, args.port) == ("ENV_SCP", "127.0.0.1", 4242)
     assert pathlib.Path(args.storage) == pathlib.Path("/srv/dicom")
     assert (args.association_timeout, args.dimse_timeout, args.idle_timeout) == (2.5, 45, 90)
@@ -485,7 +485,7 @@ def test_serve_defaults_come_from_the_environment(
 def test_serve_flags_override_the_environment(no_adicom_variables: pytest.MonkeyPatch) -> None:
     for name, value in SERVE_VARIABLES.items():
         no_adicom_variables.setenv(name, value)
-    args = cli._parser().parse_args(
+    args = cli.build_parser().parse_args(
         ["serve", "--aet", "FLAG", "--host", "::1", "--port", "0", "--storage", "here",
          "--association-timeout", "1", "--dimse-timeout", "2", "--idle-timeout", "3"]
     )  # fmt: skip
@@ -502,7 +502,7 @@ def test_serve_hands_the_settings_to_the_server(no_adicom_variables: pytest.Monk
         seen.update(options, ae_title=ae_title)
         raise OSError("not listening in this test")
 
-    no_adicom_variables.setattr(cli, "Server", server)
+    no_adicom_variables.setattr("adicom.cli.serve.Server", server)
     assert cli.main(["serve"]) == cli.EXIT_FAILED
     assert seen["ae_title"] == "ENV_SCP"
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 4242)
@@ -655,8 +655,8 @@ async def test_usage_errors_say_what_was_typed_before_connecting(tmp_path: pathl
 
 
 def test_clients_call_adicom_serve_by_default() -> None:
-    serve = cli._parser().parse_args(["serve"])
-    echo = cli._parser().parse_args(["echo", "127.0.0.1", "11112"])
+    serve = cli.build_parser().parse_args(["serve"])
+    echo = cli.build_parser().parse_args(["echo", "127.0.0.1", "11112"])
     assert echo.aec == serve.aet == "ADICOM"
     assert "(default: ADICOM" in adicom("echo", "--help").stdout
 

@@ -89,7 +89,7 @@ def test_page_is_built(site: Path, page: str) -> None:
 def test_cli_page_has_every_subcommand_and_option(site: Path) -> None:
     page = (site / "cli" / "index.html").read_text(encoding="utf-8")
     text = text_of(site / "cli" / "index.html")
-    commands = list(subcommands(cli._parser()))
+    commands = list(subcommands(cli.build_parser()))
     assert len(commands) >= 9
     for command in commands:
         anchor = "-".join(command.prog.split()[1:])
@@ -107,7 +107,7 @@ def test_cli_page_shows_built_in_defaults_not_the_environment(
 ) -> None:
     # The variable the build ran with does change the parser's defaults ...
     monkeypatch.setenv("ADICOM_AET", "FROM-ENV")
-    (serve,) = [c for c in subcommands(cli._parser()) if c.prog == "adicom serve"]
+    (serve,) = [c for c in subcommands(cli.build_parser()) if c.prog == "adicom serve"]
     (aet,) = [a for a in serve._actions if "--aet" in a.option_strings]
     assert aet.default == "FROM-ENV"
     # ... but not the page.

@@ -158,7 +158,7 @@ async def test_a_certificate_rule_needs_that_certificate(tmp_path: pathlib.Path)
 
 
 async def test_the_duplicate_policy_is_per_peer(tmp_path: pathlib.Path) -> None:
-    from adicom.cli import _duplicate_policy
+    from adicom.cli.serve import _duplicate_policy
 
     path = get_testdata_file("CT_small.dcm")
     assert path is not None

@@ -282,7 +282,7 @@ def test_docs_table_names_the_real_readers(
         int(str(c["serialNumber"]), 16) for c in verifying.get_ca_certs()
     ] == [ca._certificate.serial_number]
     monkeypatch.setenv("ADICOM_TLS_VERIFY", "False")
-    serve = vars(cli._parser().parse_args(["serve"]))
+    serve = vars(cli.build_parser().parse_args(["serve"]))
     for field, (_, _, readers) in settings_table().items():
         assert ("DicomClient.from_settings()" in readers) == client_reads.get(field, False), field
         flags = re.findall(r"`adicom serve (--[\w-]+)`", readers)

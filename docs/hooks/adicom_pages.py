@@ -3,7 +3,7 @@
 Two markers, each alone on a line of a page's Markdown:
 
 - ``<!-- cli-reference -->`` becomes the command line reference, generated
-  from the parser that ``adicom`` itself runs (``adicom.cli._parser()``):
+  from the parser that ``adicom`` itself runs (``adicom.cli.build_parser()``):
   every subcommand, its usage, its options with their help and defaults.
   Nothing is copied by hand, so the page cannot go stale.
 - ``<!-- include PATH -->`` and ``<!-- include PATH#Heading -->`` become
@@ -236,7 +236,7 @@ def cli_reference() -> str:
     from adicom import cli
 
     with _without_adicom_environment():
-        parser = cli._parser()
+        parser = cli.build_parser()
     # The module's docstring, but for its first line, says what holds for
     # every command (the exit codes); it is Markdown enough to use as it is.
     doc = inspect.cleandoc(cli.__doc__ or "").split("\n\n", 1)

@@ -1,0 +1,482 @@
+"""``adicom serve``: its options (listening, TLS, the archive, timeouts, limits) and its run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from ssl import SSLContext
+from typing import Any
+
+from pydantic import ValidationError
+
+from adicom.archive import Archive
+from adicom.audit import AuditLog
+from adicom.cli.common import (
+    EXIT_OK,
+    Commands,
+    ae_title_arg,
+    count_arg,
+    destination_arg,
+    port_arg,
+    positive_arg,
+    tls_file_error,
+    uid_arg,
+)
+from adicom.dimse import Limits
+from adicom.identity import (
+    Users,
+    identity_hook,
+)
+from adicom.peers import PeerRules
+from adicom.server import Server
+from adicom.settings import DicomSettings
+from adicom.storage import StoreContext
+from adicom.tls import client_context, server_context
+from adicom.worklist import WorklistFolder
+
+
+def _serve_settings() -> tuple[DicomSettings, ValidationError | None]:
+    """The ``ADICOM_*`` settings for ``serve``'s defaults, and what was wrong with them.
+
+    A bad variable must not break the other commands or ``--help``: the
+    built-in defaults stand in, and ``serve`` reports the error when it runs.
+    """
+    try:
+        return DicomSettings(), None
+    except ValidationError as exc:
+        return DicomSettings.model_construct(), exc
+
+
+def add_serve(commands: Commands) -> None:
+    """The ``serve`` command's options."""
+    settings, error = _serve_settings()
+    serve = commands.add_parser(
+        "serve",
+        help="run an SCP until interrupted: C-ECHO, and with --storage an archive (C-STORE, "
+        "C-FIND/GET/MOVE, Storage Commitment, MPPS), with --worklist a worklist",
+        description="Run an SCP until interrupted. The defaults come from the ADICOM_* "
+        "environment variables (adicom.DicomSettings); the flags override them.",
+    )
+    serve.set_defaults(settings_error=error)
+    listen_options(serve, settings)
+    tls_server_options(serve, settings)
+    archive_options(serve, settings)
+    serve.add_argument(
+        "--allow",
+        action="append",
+        metavar="AET",
+        type=ae_title_arg,
+        help="accept only these calling AE titles (repeatable; default: any)",
+    )
+    serve.add_argument(
+        "--peers",
+        metavar="FILE",
+        type=Path,
+        help="per-peer rules (TOML: AE title, addresses, certificate, services, move "
+        "destination, duplicate policy); unknown peers are rejected (see docs/security.md)",
+    )
+    serve.add_argument(
+        "--users",
+        metavar="FILE",
+        type=Path,
+        help="check user identities (PS3.7 D.3.3.7) against this TOML file of users and "
+        "password hashes (adicom hash-password); a wrong one rejects the association",
+    )
+    serve.add_argument(
+        "--require-identity",
+        action="store_true",
+        help="reject associations that carry no user identity (use with --users)",
+    )
+    serve.add_argument(
+        "--audit",
+        metavar="FILE",
+        help="write an audit trail, one JSON line per association accepted or refused, "
+        "instance received, query and retrieve (PS3.15 A.5 event names), appended to "
+        "FILE ('-': standard output)",
+    )
+    serve.add_argument(
+        "--audit-no-patient-data",
+        action="store_true",
+        help="leave patient names, IDs and birth dates out of the audit trail",
+    )
+    _timeouts(serve, settings)
+    _limits(serve)
+
+
+def _limits(serve: argparse.ArgumentParser) -> None:
+    """What one peer may make the server hold or wait for (docs/server.md, "Limits")."""
+    defaults = Limits()
+    group = serve.add_argument_group("limits (what one peer may make the server spend)")
+    group.add_argument(
+        "--max-pending",
+        type=count_arg,
+        default=128,
+        metavar="N",
+        help="connections not yet associated, at once (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-per-address",
+        type=count_arg,
+        default=64,
+        metavar="N",
+        help="connections from one address, associated or not (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-command-bytes",
+        type=count_arg,
+        default=defaults.max_command,
+        metavar="BYTES",
+        help="size of one command set (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-dataset-bytes",
+        type=count_arg,
+        default=defaults.max_dataset,
+        metavar="BYTES",
+        help="size of a data set held in memory, such as a C-FIND identifier; "
+        "beyond it the association is aborted (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-n-dataset-bytes",
+        type=count_arg,
+        default=defaults.max_n_dataset,
+        metavar="BYTES",
+        help="size of a DIMSE-N data set (a Storage Commitment request, an MPPS), held "
+        "in memory; beyond it the association is aborted (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-pdvs-per-pdu",
+        type=count_arg,
+        default=defaults.max_pdvs,
+        metavar="N",
+        help="PDVs in one P-DATA-TF PDU; beyond it the association is aborted "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-instance-bytes",
+        type=count_arg,
+        default=None,
+        metavar="BYTES",
+        help="size of one C-STORE data set; beyond it the instance is refused with "
+        "0xA700 (default: no limit)",
+    )
+    group.add_argument(
+        "--message-timeout",
+        type=positive_arg,
+        default=defaults.message_timeout,
+        metavar="SECONDS",
+        help="time to receive one whole message, however slowly it trickles (default: %(default)s)",
+    )
+
+
+def listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    """Where ``serve`` listens and as which AE title."""
+    serve.add_argument(
+        "--aet",
+        type=ae_title_arg,
+        default=settings.aet,
+        help="our AE title (ADICOM_AET; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--host",
+        default=settings.ip or "0.0.0.0",
+        help="address to listen on (ADICOM_IP; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--port",
+        type=port_arg,
+        default=settings.port,
+        help="port, 0 for any free port (ADICOM_PORT; default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-associations",
+        type=int,
+        default=500,
+        help="open associations allowed at once (default: %(default)s)",
+    )
+
+
+def tls_server_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    """``serve``'s TLS options."""
+    tls = serve.add_argument_group(
+        "TLS",
+        "Serve DICOM over TLS (PS3.15 B.9: TLS 1.2 or later; port 2762 by convention).",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        type=Path,
+        default=settings.tls_cert,
+        help="our certificate (with its chain): every connection must then speak TLS "
+        "(ADICOM_TLS_CERT; default: %(default)s)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        type=Path,
+        default=settings.tls_key,
+        help="its private key, if not in the --tls-cert file (ADICOM_TLS_KEY)",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        type=Path,
+        default=settings.tls_ca,
+        help="CA certificates that client certificates must chain to (ADICOM_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        default=settings.tls_require_client_cert,
+        help="refuse clients without a certificate from --tls-ca: mutual authentication "
+        "(ADICOM_TLS_REQUIRE_CLIENT_CERT)",
+    )
+
+
+def _server_ssl(args: argparse.Namespace) -> SSLContext | None:
+    """The TLS context ``serve``'s options ask for; None for plain TCP."""
+    if args.tls_cert is None:
+        others = [
+            flag
+            for flag, given in (
+                ("--tls-key", args.tls_key),
+                ("--tls-ca", args.tls_ca),
+                ("--tls-require-client-cert", args.tls_require_client_cert),
+            )
+            if given
+        ]
+        if others:
+            raise argparse.ArgumentTypeError(f"{', '.join(others)} needs --tls-cert")
+        return None
+    try:
+        return server_context(
+            cert=args.tls_cert,
+            key=args.tls_key,
+            ca=args.tls_ca,
+            require_client_cert=args.tls_require_client_cert,
+        )
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot set up TLS: {tls_file_error(exc)}") from None
+
+
+def archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    """``serve``'s archive options (storage, move destinations, duplicates)."""
+    default = "%(default)s" if settings.storage_dir else "none, C-ECHO only"
+    serve.add_argument(
+        "--storage",
+        metavar="DIR",
+        default=settings.storage_dir,
+        help="run an archive in DIR: accept C-STORE (files under "
+        "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm, indexed in SQLite), "
+        "answer C-FIND, C-GET and C-MOVE, Storage Commitment from what it holds, and keep "
+        f"MPPS in DIR/.mpps (ADICOM_STORAGE_DIR; default: {default})",
+    )
+    serve.add_argument(
+        "--worklist",
+        metavar="DIR",
+        type=Path,
+        help="answer Modality Worklist C-FINDs from the worklist items (DICOM files) in DIR, "
+        "read again when they change (like DCMTK wlmscpfs's data folder)",
+    )
+    serve.add_argument(
+        "--move-dest",
+        action="append",
+        default=[],
+        metavar="AET=HOST:PORT",
+        type=destination_arg,
+        help="a C-MOVE destination (repeatable)",
+    )
+    serve.add_argument(
+        "--storage-sop-class",
+        action="append",
+        metavar="UID",
+        type=uid_arg,
+        help="store only these SOP classes (repeatable; default: any storage SOP "
+        "class, private ones included)",
+    )
+    serve.add_argument(
+        "--on-duplicate",
+        choices=["replace", "keep", "reject"],
+        default="replace",
+        help="what a second copy of a SOP Instance UID does: replace the first, keep the "
+        "first (success), or reject it with 0x0111 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--fsync",
+        action="store_true",
+        help="make each stored file and its folder durable before answering success",
+    )
+    serve.add_argument(
+        "--prefer-own-syntax",
+        action="store_true",
+        help="choose the transfer syntax of each storage context by adicom's order "
+        "(uncompressed first) instead of the requestor's (default: the requestor's first "
+        "proposed syntax, so instances are kept as sent)",
+    )
+
+
+def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+    for flag, value, text in (
+        (
+            "--association-timeout",
+            settings.association_timeout,
+            "seconds the ARTIM timer allows (PS3.8 9.1.5): for the A-ASSOCIATE-RQ "
+            "once a peer connects, for the peer to close after a release or abort",
+        ),
+        ("--dimse-timeout", settings.dimse_timeout, "seconds to wait for each DIMSE response"),
+        (
+            "--idle-timeout",
+            settings.idle_timeout,
+            "seconds of silence after which an association is aborted",
+        ),
+    ):
+        variable = "ADICOM_" + flag.removeprefix("--").replace("-", "_").upper()
+        serve.add_argument(
+            flag,
+            type=positive_arg,
+            default=value,
+            metavar="SECONDS",
+            help=f"{text} ({variable}; default: %(default)s)",
+        )
+
+
+async def run_serve(args: argparse.Namespace) -> int:
+    """``adicom serve``: run the server until SIGINT or SIGTERM."""
+    if args.settings_error is not None:
+        raise args.settings_error
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    options: dict[str, Any] = {}
+    tls = _server_ssl(args)
+    # What the server opens (C-MOVE sub-operations, commitment reports) runs
+    # TLS too, with the server's certificate as the client's.
+    tls_client = (
+        None
+        if tls is None
+        else client_context(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    )
+    rules = PeerRules.load(args.peers) if args.peers is not None else None
+    hook = None
+    if args.users is not None:
+        hook = identity_hook(Users.load(args.users))
+    elif args.require_identity:
+        raise argparse.ArgumentTypeError("--require-identity needs --users (who to accept)")
+    if args.audit_no_patient_data and args.audit is None:
+        raise argparse.ArgumentTypeError("--audit-no-patient-data needs --audit FILE")
+    audit = (
+        None
+        if args.audit is None
+        else AuditLog(
+            sys.stdout if args.audit == "-" else args.audit,
+            patient_data=not args.audit_no_patient_data,
+        )
+    )
+    archive = None
+    if args.storage:
+        root = Path(args.storage)
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise PermissionError(f"cannot write to the storage folder {root}")
+        archive = Archive(root, on_duplicate=args.on_duplicate, fsync=args.fsync)
+        destinations = dict(args.move_dest)
+        if rules is not None:
+            destinations = rules.move_destinations() | destinations
+            archive.storage.duplicate_policy = _duplicate_policy(rules)
+        options = archive.handlers(destinations, ae_title=args.aet, ssl=tls_client)
+    if args.worklist is not None:
+        if not args.worklist.is_dir():
+            raise argparse.ArgumentTypeError(f"--worklist {args.worklist}: no such folder")
+        worklist = WorklistFolder(args.worklist)
+        await worklist.refresh()
+        options["on_worklist"] = worklist.find
+    try:
+        async with Server(
+            args.aet,
+            host=args.host,
+            port=args.port,
+            max_associations=args.max_associations,
+            max_pending=args.max_pending,
+            max_per_address=args.max_per_address,
+            limits=Limits(
+                max_command=args.max_command_bytes,
+                max_dataset=args.max_dataset_bytes,
+                max_n_dataset=args.max_n_dataset_bytes,
+                max_pdvs=args.max_pdvs_per_pdu,
+                max_instance=args.max_instance_bytes,
+                message_timeout=args.message_timeout,
+            ),
+            allowed_calling_aes=args.allow,
+            storage_sop_classes=args.storage_sop_class,
+            prefer_requestor_syntax=not args.prefer_own_syntax,
+            artim_timeout=args.association_timeout,
+            dimse_timeout=args.dimse_timeout,
+            idle_timeout=args.idle_timeout,
+            ssl=tls,
+            user_identity=hook,
+            require_identity=args.require_identity,
+            peers=rules,
+            audit=audit,
+            outgoing_ssl=tls_client,
+            **options,
+        ) as server:
+            if archive is not None:
+                # Index what is already there while already answering (the
+                # indexing yields to the loop between batches).
+                await archive.open()
+            print(
+                f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
+                flush=True,
+            )
+            if tls is not None:
+                clients = (
+                    "client certificates required"
+                    if args.tls_require_client_cert
+                    else "client certificates checked when sent"
+                    if args.tls_ca
+                    else "no client certificates"
+                )
+                print(f"adicom serve: TLS 1.2 or later only; {clients}", flush=True)
+            if tls is None and rules is None and not _is_loopback(args.host):
+                print(
+                    f"adicom serve: warning: {args.host} is reachable from other machines, "
+                    "and without --tls-cert or --peers anyone who reaches it may store, "
+                    "query and retrieve (see docs/security.md)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            await stop.wait()
+            print(f"adicom serve: stopping ({server.stats})", flush=True)
+    finally:
+        if archive is not None:
+            archive.close()
+        if audit is not None:
+            audit.close()
+    return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (a name other than localhost: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _duplicate_policy(rules: PeerRules) -> Callable[[StoreContext], str | None]:
+    """The archive's duplicate policy for each sender, from its peer entry."""
+
+    def policy(context: StoreContext) -> str | None:
+        peer = rules.peers.get(context.calling_ae.strip())
+        return peer.on_duplicate if peer is not None else None
+
+    return policy
