@@ -99,6 +99,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.models.worklist",
                 "adicom.settings",
                 "adicom.server",
+                "adicom.clientbase",
+                "adicom.clientretrieve",
                 "adicom.dicomclient",
                 "adicom.sync",
             }
