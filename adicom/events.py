@@ -318,9 +318,27 @@ class Emitter:
 
 
 _TASKS: set[asyncio.Future[Any]] = set()
+#: At most this many async hook calls run at once; beyond, an event's async
+#: handler is skipped (logged): a peer's flood of PDUs cannot pile up tasks.
+MAX_PENDING_HOOKS = 1024
+_skipped = 0
 
 
 def _schedule(awaitable: Awaitable[object], handler: Handler, event: Event) -> None:
+    global _skipped
+    if len(_TASKS) >= MAX_PENDING_HOOKS:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never awaited: no warning, no work
+        _skipped += 1
+        if _skipped == 1 or _skipped % 1000 == 0:
+            log.warning(
+                "%d async hook calls are still running; skipping the %s hook %r (%d skipped)",
+                MAX_PENDING_HOOKS,
+                type(event).__name__,
+                handler,
+                _skipped,
+            )
+        return
     task = asyncio.ensure_future(awaitable)
     _TASKS.add(task)  # a task nobody holds may be collected before it runs
 

@@ -37,7 +37,7 @@ from adicom.negotiation import (
     check_window,
     negotiate,
 )
-from adicom.nservices import N_REQUESTS, NHandler, answer_n
+from adicom.nservices import N_REQUESTS, NHandler, NRequest, NResponse, answer_n
 from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, UserIdentityRQ
 from adicom.peers import Peer, PeerRules
 from adicom.presentation import (
@@ -130,6 +130,8 @@ class Server:
     retrieve. ``on_worklist`` answers Modality Worklist C-FINDs (see
     :class:`adicom.worklist.WorklistFolder`). ``n_handlers`` maps SOP class
     UIDs to handlers of their DIMSE-N requests (see :mod:`adicom.nservices`).
+    ``max_background`` bounds the work their handlers leave for later
+    (beyond it a DIMSE-N request gets 0x0213).
     ``qr_options`` are the Query/Retrieve extended negotiation options
     (relational queries, ...; PS3.4 C.5) the find/get/move handlers support
     (default: none; :meth:`adicom.archive.Archive.handlers` says what the
@@ -176,6 +178,7 @@ class Server:
         qr_options: QROptions = NO_QR_OPTIONS,
         outgoing_ssl: SSLContext | None = None,
         hooks: Hooks | None = None,
+        max_background: int = 256,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -227,6 +230,8 @@ class Server:
         self.move_destinations: MoveDestinations = move_destinations or {}
         #: SOP class UID -> the handler of its DIMSE-N requests.
         self.n_handlers: dict[str, NHandler] = dict(n_handlers or {})
+        #: At most this much work left by DIMSE-N handlers pending (see _run_n).
+        self.max_background = max_background
         query_syntaxes = tuple(transfer_syntaxes)
         self.supported.update(dict.fromkeys(self.n_handlers, query_syntaxes))
         for handler, sop_classes in (
@@ -259,6 +264,8 @@ class Server:
         )
         self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The work DIMSE-N handlers left for after their responses.
+        self._background: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
         #: How many associations were accepted, rejected and aborted so far.
         self.stats = {
@@ -580,7 +587,21 @@ class Server:
         return True
 
     async def _run_n(self, association: Association, message: Message, handler: NHandler) -> None:
-        """Answer a DIMSE-N request; what the handler leaves for later runs as a server task."""
+        """Answer a DIMSE-N request; what the handler leaves for later runs as a server task.
+
+        That work outlives the association, so a peer could pile it up
+        (a Storage Commitment request a second, each reported later): with
+        ``max_background`` pieces pending, a request is answered 0x0213
+        (resource limitation, PS3.7 C.5) without calling the handler.
+        """
+        if len(self._background) >= self.max_background:
+            log.warning(
+                "refusing %s from %s: %d tasks of earlier requests are still running",
+                message.command.name,
+                association.calling_ae,
+                len(self._background),
+            )
+            handler = _busy
         response = await answer_n(association, message, handler)
         if response.then is not None:
             self._spawn(response.then(), f"after {message.command.name}")
@@ -595,8 +616,9 @@ class Server:
                 log.exception("%s failed", what)
 
         task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for held in (self._tasks, self._background):
+            held.add(task)
+            task.add_done_callback(held.discard)
 
     def _audit_operation(self, association: Association, message: Message) -> None:
         """Record a C-FIND, C-GET or C-MOVE with its keys.
@@ -691,3 +713,8 @@ def _operation_ended(task: asyncio.Task[None], association: Association) -> None
         return
     log.info("an operation on %s failed: %s", association.calling_ae or "?", task.exception())
     association.abort()
+
+
+async def _busy(request: NRequest) -> NResponse:
+    """The answer while the server's background work is full."""
+    return NResponse(Status.RESOURCE_LIMITATION, error_comment="the SCP is busy: try again later")

@@ -491,3 +491,28 @@ async def test_dicom_client_passes_its_hooks_to_every_association() -> None:
         assert await client.echo(peer)
         assert await client.echo(peer)
     assert seen == ["Requested", "Accepted", "Released"] * 2
+
+
+@pytest.mark.anyio
+async def test_async_hooks_that_never_end_cannot_pile_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of PDUs against a slow async hook: at most MAX_PENDING_HOOKS run at once."""
+    monkeypatch.setattr(events, "MAX_PENDING_HOOKS", 20)
+    never = asyncio.Event()
+
+    async def stuck(event: Event) -> None:
+        await never.wait()
+
+    hooks = Hooks()
+    hooks.subscribe(events.PduReceived, stuck)
+    async with adicom.Server("FLOOD", port=0, hooks=hooks) as server:
+        async with adicom.connect("127.0.0.1", server.port, called_ae="FLOOD") as assoc:
+            for _ in range(60):
+                assert await assoc.echo() == 0  # the protocol goes on
+        assert len(events._TASKS) <= 20
+    assert any("async hook calls are still running" in r.getMessage() for r in caplog.records)
+    never.set()
+    async with asyncio.timeout(5):
+        while events._TASKS:
+            await asyncio.sleep(0.01)

@@ -122,3 +122,13 @@ async def test_a_full_disk_fails_the_step_and_keeps_nothing(
         assert await create_mpps(assoc, step())  # the server serves on
     assert len(store.instances) == 1
     assert not list((tmp_path / "mpps").glob("*.tmp"))
+
+
+async def test_the_number_of_steps_kept_is_bounded(tmp_path: pathlib.Path) -> None:
+    store = MppsStore(tmp_path / "mpps", max_instances=2)
+    async with mpps_scp(store) as assoc:
+        for _ in range(2):
+            await create_mpps(assoc, step())
+        third = await n_create(assoc, MPPS, step(PerformedProcedureStepStatus="IN PROGRESS"))
+        assert third.status == Status.RESOURCE_LIMITATION
+    assert len(store.instances) == 2

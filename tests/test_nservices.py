@@ -284,3 +284,30 @@ async def test_n_data_sets_have_their_own_limit() -> None:
                 await n_create(assoc, MPPS, attributes, "1.2.3.2")
             assert not assoc.is_established
     assert list(scp.instances) == ["1.2.3.1"]
+
+
+async def test_work_left_for_later_is_bounded() -> None:
+    """A peer sending request after request cannot pile up work that outlives it (0x0213)."""
+    go = asyncio.Event()
+    done: list[int] = []
+
+    async def later_handler(request: NRequest) -> NResponse:
+        async def report() -> None:
+            await go.wait()
+            done.append(1)
+
+        return NResponse(then=report)
+
+    async with adicom.Server(
+        "N-SCP", port=0, n_handlers={MPPS: later_handler}, max_background=2
+    ) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="N-SCP", contexts=[(MPPS, SYNTAXES)]
+        ) as assoc:
+            statuses = [(await n_action(assoc, MPPS, "1.2.3", 1)).status for _ in range(4)]
+            assert statuses == [0, 0, Status.RESOURCE_LIMITATION, Status.RESOURCE_LIMITATION]
+            go.set()
+            async with asyncio.timeout(10):
+                while len(done) < 2:
+                    await asyncio.sleep(0.01)
+            assert (await n_action(assoc, MPPS, "1.2.3", 1)).status == 0  # room again

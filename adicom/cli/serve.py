@@ -151,6 +151,14 @@ def _limits(serve: argparse.ArgumentParser) -> None:
         "in memory; beyond it the association is aborted (default: %(default)s)",
     )
     group.add_argument(
+        "--max-background",
+        type=count_arg,
+        default=256,
+        metavar="N",
+        help="work DIMSE-N requests leave for later (Storage Commitment reports) pending at "
+        "once; beyond it such a request is answered 0x0213 (default: %(default)s)",
+    )
+    group.add_argument(
         "--max-pdvs-per-pdu",
         type=count_arg,
         default=defaults.max_pdvs,
@@ -424,6 +432,7 @@ async def run_serve(args: argparse.Namespace) -> int:
             require_identity=args.require_identity,
             peers=rules,
             audit=audit,
+            max_background=args.max_background,
             outgoing_ssl=tls_client,
             **options,
         ) as server:
