@@ -20,10 +20,10 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
@@ -144,22 +144,14 @@ async def store_many(
         for part in chunks:
             await client.store(part, peer, progress=report)
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
-    except asyncio.CancelledError:
-        log.warning(
-            "store batch to %s cancelled: %d sent, %d warned, %d failed so far",
-            peer,
-            batch.sent,
-            batch.warned,
-            batch.failed,
-        )
-        raise
-    except BaseExceptionGroup as group_error:
-        # The first failure of an association (unreachable, rejected) ends the batch.
-        raise group_error.exceptions[0] from None
+    await _workers(
+        concurrency,
+        worker,
+        lambda: (
+            f"store batch to {peer} cancelled: {batch.sent} sent, {batch.warned} warned, "
+            f"{batch.failed} failed so far"
+        ),
+    )
     log.info(
         "Stored a batch on %s: %d sent, %d warned, %d failed, %d skipped",
         peer,
@@ -240,16 +232,30 @@ async def _retrieve_many(
             if progress is not None:
                 progress(uid, result)
 
+    await _workers(
+        concurrency,
+        worker,
+        lambda: (
+            f"{what} batch cancelled: {len(batch.results)} studies done, "
+            f"{batch.num_completed} sub-operations completed"
+        ),
+    )
+    return batch
+
+
+async def _workers(
+    count: int, worker: Callable[[], Coroutine[Any, Any, None]], cancelled: Callable[[], str]
+) -> None:
+    """Run ``count`` workers to the end; on cancellation log what ``cancelled`` says.
+
+    The first failure of one (unreachable, rejected) ends them all and is raised.
+    """
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
+            for _ in range(count):
                 group.create_task(worker())
     except asyncio.CancelledError:
-        log.warning(
-            "%s batch cancelled: %d studies done, %d sub-operations completed",
-            what,
-            len(batch.results),
-            batch.num_completed,
-        )
+        log.warning("%s", cancelled())
         raise
-    return batch
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
