@@ -46,6 +46,19 @@ async def holds(sop_instance_uid: str) -> str | None:
     return HELD.get(sop_instance_uid)
 
 
+def report_only_after(scp: CommitmentSCP) -> asyncio.Event:
+    """Hold the SCP's reports until the event is set (the requestor has released by then)."""
+    release = asyncio.Event()
+    original = scp.report
+
+    async def report_after_release(*args):  # type: ignore[no-untyped-def]
+        await release.wait()
+        await original(*args)
+
+    scp.report = report_after_release  # type: ignore[method-assign]
+    return release
+
+
 def test_requests_and_results_round_trip() -> None:
     references = [Reference(CT, "1.2.3.1"), Reference(MR, "1.2.3.3")]
     assert parse_request(request_dataset(references, "1.2.9")) == ("1.2.9", references)
@@ -121,14 +134,7 @@ async def test_the_report_comes_on_a_new_association_when_the_first_has_ended() 
         scp = CommitmentSCP(
             holds, ae_title="ARCHIVE", destinations={"MODALITY": ("127.0.0.1", listener.port)}
         )
-        release = asyncio.Event()
-        original = scp.report
-
-        async def report_after_release(*args):  # type: ignore[no-untyped-def]
-            await release.wait()
-            await original(*args)
-
-        scp.report = report_after_release  # type: ignore[method-assign]
+        release = report_only_after(scp)
         async with adicom.Server("ARCHIVE", port=0, n_handlers={STORAGE_COMMITMENT: scp}) as server:
             result = reports.expect("1.2.9.1")
             async with adicom.connect(
@@ -149,14 +155,7 @@ async def test_the_report_comes_on_a_new_association_when_the_first_has_ended() 
 async def test_a_report_nobody_can_receive_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "adicom")
     scp = CommitmentSCP(holds, ae_title="ARCHIVE")  # no destinations
-    release = asyncio.Event()
-    original = scp.report
-
-    async def report_after_release(*args):  # type: ignore[no-untyped-def]
-        await release.wait()
-        await original(*args)
-
-    scp.report = report_after_release  # type: ignore[method-assign]
+    release = report_only_after(scp)
     async with adicom.Server("ARCHIVE", port=0, n_handlers={STORAGE_COMMITMENT: scp}) as server:
         async with adicom.connect(
             "127.0.0.1", server.port, calling_ae="GONE", called_ae="ARCHIVE", contexts=CONTEXTS
