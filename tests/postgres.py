@@ -86,9 +86,12 @@ class Cluster:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
+        # fsync off: a test's data need not survive the machine. Commits stay
+        # synchronous: the fault tests stop the server with -m immediate (a
+        # crash), which must lose nothing committed.
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c fsync=off -c full_page_writes=off "
             "-c max_connections=100"
         )
         self._run(
