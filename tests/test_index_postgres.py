@@ -187,7 +187,7 @@ async def test_a_database_down_refuses_stores_and_queries_then_recovers(
                 (result,) = await adicom.store(node.host, node.port, [second], called_ae=node.aet)
             assert result.status == 0xA700, result
             assert files_of(root) == stored
-            assert not list((root / ".incoming").iterdir())
+            assert not list((root / ".incoming").rglob("*.part"))
             async with asyncio.timeout(30):
                 found, status = await find_uids(node.port, images(study, series), node.aet)
             assert (found, status) == (set(), 0xA700)

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -148,6 +149,12 @@ class Archive:
                 on_duplicate=on_duplicate,
                 fsync=fsync,
             )
+            # Nodes on several hosts share the folder: each host receives into
+            # a folder of its own, so that one starting never takes another
+            # host's files in progress for those of a dead process (process
+            # ids are per host).
+            self.storage.incoming = self.root / ".incoming" / socket.gethostname()
+            self.storage.remove_leftovers()
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_failing = False
         self._commit_waiters: list[asyncio.Future[None]] = []
@@ -155,6 +162,7 @@ class Archive:
         # row may have been written for a file that is removed; dropped once
         # the database answers again.
         self._doubtful: dict[str, str] = {}
+        self._settling: asyncio.Task[None] | None = None
         #: The MPPS instances it keeps (made by :meth:`handlers`).
         self.mpps: MppsStore | None = None
 
@@ -207,8 +215,9 @@ class Archive:
                     os.unlink(placed)
                 if len(self._doubtful) < _MAX_DOUBTFUL:
                     self._doubtful[uid] = str(placed)
-        if self._doubtful:
-            await self._settle_doubtful()
+        if self._doubtful and self._settling is None:
+            # In the background: this store's answer does not wait for it.
+            self._settling = asyncio.get_running_loop().create_task(self._settle_doubtful())
         if not stored:
             # Another copy is held (a node stored it first): ours goes.
             with contextlib.suppress(OSError):
@@ -252,14 +261,18 @@ class Archive:
 
     async def _settle_doubtful(self) -> None:
         """Drop the rows of stores that failed half-way (their files are gone)."""
-        doubtful, self._doubtful = self._doubtful, {}
-        for uid, path in doubtful.items():
-            try:
-                found = await self.index.path_of(uid)
-                if found is not None and str(found) == path and not found.exists():
-                    await self.index.remove_path(path)
-            except IndexUnavailable:
-                self._doubtful[uid] = path
+        try:
+            while self._doubtful:
+                uid, path = self._doubtful.popitem()
+                try:
+                    found = await self.index.path_of(uid)
+                    if found is not None and str(found) == path and not found.exists():
+                        await self.index.remove_path(path)
+                except IndexUnavailable:
+                    self._doubtful[uid] = path
+                    return  # at the next successful store
+        finally:
+            self._settling = None
 
     def _commit_soon(self) -> None:
         """Commit the index within COMMIT_DELAY: one commit for a burst of changes."""
@@ -411,6 +424,9 @@ class Archive:
         await self.index.aclose()
 
     def _closing(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
         if self._commit_timer is not None:
             self._commit_timer.cancel()
             self._commit_timer = None

@@ -178,10 +178,15 @@ class Index:
 
     def close(self) -> None:
         """Write what is pending (waiting for other processes if need be) and close."""
-        if self.pending:
-            self._db.execute(f"PRAGMA busy_timeout={int(_OPEN_TIMEOUT * 1000)}")
-            self.commit()
-        self._db.close()
+        try:
+            if self.pending:
+                self._db.execute(f"PRAGMA busy_timeout={int(_OPEN_TIMEOUT * 1000)}")
+                self.commit()
+        except (IndexBusy, sqlite3.Error) as exc:
+            # The files are stored: opening the archive again indexes them.
+            log.error("the index %s could not be written on closing (%s)", self.path, exc)
+        finally:
+            self._db.close()
 
     # -- writing --------------------------------------------------------------
     #

@@ -412,6 +412,8 @@ async def run_serve(args: argparse.Namespace) -> int:
         )
     )
     archive = None
+    if args.index and not args.storage:
+        raise argparse.ArgumentTypeError("--index needs --storage (the folder of the files)")
     if args.storage:
         root = Path(args.storage)
         root.mkdir(parents=True, exist_ok=True)
