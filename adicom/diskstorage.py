@@ -35,7 +35,7 @@ import string
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +60,7 @@ from adicom.fileformat import (
 )
 from adicom.storage import IncomingInstance, StorageHandler, StoreContext
 
-__all__ = ["DEFAULT_LAYOUT", "REQUIRED_UIDS", "DiskStorage"]
+__all__ = ["DEFAULT_LAYOUT", "REQUIRED_UIDS", "DiskStorage", "Filed", "Filer"]
 
 log = logging.getLogger("adicom")
 
@@ -75,6 +75,11 @@ _HEAD = 1 << 16
 # data set's top-level attributes before its pixel data fit easily, and no
 # instance makes the event loop parse or inflate more than this.
 _DEEP_HEAD = 4 << 20
+
+#: What a filer decided: (status, where the instance is, an error comment).
+Filed = tuple[int, Path | None, str]
+#: ``filer(temp, values, context, raw, policy)``: see :class:`DiskStorage`.
+Filer = Callable[[Path, dict[str, str], StoreContext, dict[str, bytes], str], Awaitable[Filed]]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._^=+-]")
 
@@ -110,6 +115,14 @@ class DiskStorage(StorageHandler):
     so they can be answered back byte for byte.
     Temporary files that an earlier process left behind (killed while
     receiving) are removed when the storage is made.
+
+    ``filer`` takes the filing over (naming, duplicates, ``on_stored``),
+    for an index that decides them itself and must have the instance
+    before the status is sent (several nodes sharing one database): it is
+    awaited with the complete, checked temporary file, the values, the
+    context, ``raw`` and the duplicate policy, owns the file from then on
+    (moves it into place or removes it), and returns ``(status, path,
+    comment)``; a failure status is answered with the comment.
     """
 
     def __init__(
@@ -124,6 +137,7 @@ class DiskStorage(StorageHandler):
         on_stored: Callable[[Path, dict[str, str], StoreContext, dict[str, bytes]], None]
         | None = None,
         lookup: Callable[[str], Path | None] | None = None,
+        filer: Filer | None = None,
     ) -> None:
         if on_duplicate not in ("replace", "keep", "reject"):
             raise ValueError(f"on_duplicate must be replace, keep or reject, not {on_duplicate!r}")
@@ -136,6 +150,7 @@ class DiskStorage(StorageHandler):
         self.fsync = fsync
         self.on_stored = on_stored
         self.lookup = lookup
+        self.filer = filer
         self.required = tuple(required)
         layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
         tags = {}
@@ -384,7 +399,10 @@ class _DiskInstance(IncomingInstance):
             self._close_file()
             values = self._checked_values()
             self.values = values
-            status = self._file(values)
+            if self._storage.filer is not None:
+                status = await self._hand_over(values)
+            else:
+                status = self._file(values)
         except _Refused as refused:
             self._discard()
             self.error = str(refused)
@@ -495,6 +513,30 @@ class _DiskInstance(IncomingInstance):
         with open(self._temp, "rb") as fp:
             fp.seek(self._meta_length + start)
             return fp.read()
+
+    async def _hand_over(self, values: dict[str, str]) -> int:
+        """Give the complete file to the storage's filer; its status (a failure raised)."""
+        storage = self._storage
+        assert storage.filer is not None and self._temp is not None
+        policy: str = storage.on_duplicate
+        if storage.duplicate_policy is not None:
+            policy = storage.duplicate_policy(self.context) or policy
+        temp, self._temp = Path(self._temp), None  # the filer's from now on
+        try:
+            status, path, comment = await storage.filer(
+                temp, values, self.context, self._raw, policy
+            )
+        except Exception:
+            log.exception("filing %s failed", self.context.sop_instance_uid)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise _Refused(Status.OUT_OF_RESOURCES, "the instance could not be filed") from None
+        self.path = path
+        if status != Status.SUCCESS:
+            raise _Refused(status, comment)
+        if path is not None:
+            storage.stored.append(path)
+        return status
 
     def _file(self, values: dict[str, str]) -> int:
         """Rename the file into place, as the duplicate policy says; the status."""

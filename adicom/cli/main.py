@@ -35,6 +35,7 @@ from adicom.cli.common import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
+from adicom.cli.index import add_index, run_index
 from adicom.cli.serve import (
     add_serve,
     run_serve,
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add_retrieve(commands, name, text)
     add_commit(commands)
+    add_index(commands)
     commands.add_parser(
         "demo", help="run a local archive and walk through echo, find, get, move (checked)"
     )
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = {
         "echo": run_echo, "serve": run_serve, "store": run_store, "find": run_find,
         "get": run_get, "move": run_move, "demo": run_demo_command,
-        "hash-password": run_hash_password, "commit": run_commit,
+        "hash-password": run_hash_password, "commit": run_commit, "index": run_index,
     }[args.command]  # fmt: skip
     try:
         return asyncio.run(runner(args))

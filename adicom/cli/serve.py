@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adicom.archive import Archive
+from adicom.archive.backends import DEFAULT_INDEX_POOL, DEFAULT_INDEX_TIMEOUT
 from adicom.audit import AuditLog
 from adicom.cli.common import (
     EXIT_OK,
@@ -321,6 +322,29 @@ def archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> 
         help="make each stored file and its folder durable before answering success",
     )
     serve.add_argument(
+        "--index",
+        metavar="URL",
+        default="",
+        help="the archive's index: sqlite:PATH (default: DIR/.adicom-index.sqlite) or "
+        "postgresql://USER@HOST:PORT/DB, one database several serve nodes share "
+        "(pip install 'adicom[postgresql]'; see docs/deployment.md)",
+    )
+    serve.add_argument(
+        "--index-pool",
+        metavar="N",
+        type=int,
+        default=DEFAULT_INDEX_POOL,
+        help="connections at most to a database index (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--index-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_INDEX_TIMEOUT,
+        help="seconds a database index call may take, the wait for a connection included; "
+        "beyond it a C-STORE is refused with 0xA700 and a query fails (default: %(default)s)",
+    )
+    serve.add_argument(
         "--prefer-own-syntax",
         action="store_true",
         help="choose the transfer syntax of each storage context by adicom's order "
@@ -388,12 +412,21 @@ async def run_serve(args: argparse.Namespace) -> int:
         )
     )
     archive = None
+    if args.index and not args.storage:
+        raise argparse.ArgumentTypeError("--index needs --storage (the folder of the files)")
     if args.storage:
         root = Path(args.storage)
         root.mkdir(parents=True, exist_ok=True)
         if not os.access(root, os.W_OK):
             raise PermissionError(f"cannot write to the storage folder {root}")
-        archive = Archive(root, on_duplicate=args.on_duplicate, fsync=args.fsync)
+        archive = Archive(
+            root,
+            on_duplicate=args.on_duplicate,
+            fsync=args.fsync,
+            index=args.index or None,
+            index_pool=args.index_pool,
+            index_timeout=args.index_timeout,
+        )
         destinations = dict(args.move_dest)
         if rules is not None:
             destinations = rules.move_destinations() | destinations
@@ -465,7 +498,7 @@ async def run_serve(args: argparse.Namespace) -> int:
             print(f"adicom serve: stopping ({server.stats})", flush=True)
     finally:
         if archive is not None:
-            archive.close()
+            await archive.aclose()
         if audit is not None:
             audit.close()
     return EXIT_OK

@@ -1,0 +1,340 @@
+"""The archive's index in PostgreSQL: the CLI, faults of the database, several nodes.
+
+A real server every time (tests/postgres.py): the session's for what does
+not disturb it, a cluster of its own for a test that stops and starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import pathlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+import adicom
+from adicom import qrscu
+from adicom.archive import Archive
+from adicom.archive.backends import open_index
+from adicom.errors import DimseError
+from tests.postgres import Cluster, cluster
+from tests.test_archive import TREE, identifier, serving, write_tree
+from tests.test_cli import environment, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+def fresh(count: int) -> list[Dataset]:
+    """``count`` new instances of one new study (copies of the tree's first)."""
+    study = generate_uid()
+    made = []
+    for number in range(count):
+        ds = copy.deepcopy(TREE.instances[0])
+        ds.StudyInstanceUID = study
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number + 1
+        made.append(ds)
+    return made
+
+
+def adicom_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adicom", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=environment(),
+    )
+
+
+async def find_uids(port: int, query: Dataset, aet: str = "ADICOM") -> tuple[set[str], int]:
+    """The SOP Instance UIDs a C-FIND answers, and its final status."""
+    try:
+        async with (
+            adicom.connect(
+                "127.0.0.1", port, called_ae=aet, contexts=qrscu.find_contexts("study")
+            ) as assoc,
+            qrscu.find(assoc, query) as results,
+        ):
+            found = {str(ds.SOPInstanceUID) async for ds in results}
+    except DimseError as exc:
+        return set(), exc.status
+    assert results.status is not None
+    return found, results.status
+
+
+def images(study: str, series: str) -> Dataset:
+    return identifier("IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID="")
+
+
+# --------------------------------------------------------------------------
+# adicom index migrate / copy
+
+
+def test_asyncpg_is_imported_only_for_a_postgresql_index(tmp_path: pathlib.Path) -> None:
+    code = (
+        "import sys; from adicom.archive import Archive; "
+        f"Archive({str(tmp_path)!r}).close(); print('asyncpg' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+async def test_migrate_then_copy_sqlite_to_postgresql_and_back(
+    postgres: Cluster, tmp_path: pathlib.Path
+) -> None:
+    url = postgres.new_database()
+    result = adicom_cli("index", "migrate", url)
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+    assert "adicom@" in result.stdout  # the URL, said back
+    again = adicom_cli("index", "migrate", url)  # nothing to do the second time
+    assert again.returncode == 0, again.stderr
+    connection = await asyncpg.connect(url)
+    try:
+        version = await connection.fetchval("SELECT value FROM adicom_meta WHERE key='version'")
+        assert version == "1"
+    finally:
+        await connection.close()
+
+    # An SQLite archive's index, copied into PostgreSQL, answers the same.
+    root = tmp_path / "archive"
+    write_tree(root)
+    archive = Archive(root)
+    await archive.open()
+    await archive.aclose()
+    source = f"sqlite:{root / '.adicom-index.sqlite'}"
+    copied = adicom_cli("index", "copy", "--batch", "3", source, url)
+    assert copied.returncode == 0, copied.stderr
+    assert f"{len(TREE.instances)} instances copied" in copied.stdout
+    shared = Archive(root, index=url)
+    await shared.open()
+    try:
+        found = await shared.index.find("STUDY", {"PatientName": "doe^*"})
+        assert {f["StudyInstanceUID"] for f in found} == {TREE.uid["A"], TREE.uid["B"]}
+        rows = await shared.index.instances("STUDY", {"StudyInstanceUID": TREE.uid["A"]})
+        assert {r.sop_instance_uid for r in rows} == TREE.under("A")
+        assert all(pathlib.Path(r.path).is_file() for r in rows)
+    finally:
+        await shared.aclose()
+    # ... and back into a new SQLite file, row for row.
+    back = tmp_path / "back.sqlite"
+    result = adicom_cli("index", "copy", url, f"sqlite:{back}")
+    assert result.returncode == 0, result.stderr
+    index = open_index(f"sqlite:{back}")
+    try:
+        assert await index.count() == len(TREE.instances)
+        original = open_index(source)
+        try:
+            assert [r async for r in index.rows()] == [r async for r in original.rows()]
+        finally:
+            original.close()
+    finally:
+        index.close()
+    bad = adicom_cli("index", "copy", "mysql://x", url)
+    assert bad.returncode != 0 and "not sqlite:PATH nor postgresql://" in bad.stderr
+
+
+# --------------------------------------------------------------------------
+# Faults: the database down, slow, and back
+
+
+@pytest.fixture
+async def own_cluster() -> AsyncIterator[Cluster]:
+    """A cluster of this test's own, which it may stop and start."""
+    with cluster() as server:
+        yield server
+
+
+def files_of(root: pathlib.Path) -> set[str]:
+    """The instance files in the archive's folder (its own dot folders aside)."""
+    return {
+        p.name
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
+
+
+async def test_a_database_down_refuses_stores_and_queries_then_recovers(
+    own_cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    root = tmp_path / "archive"
+    archive = Archive(root, index=own_cluster.new_database(), index_timeout=2.0)
+    await archive.open()
+    first, second = fresh(2)
+    study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    try:
+        async with serving(archive) as node:
+            (result,) = await adicom.store(node.host, node.port, [first], called_ae=node.aet)
+            assert result.ok
+            stored = files_of(root)
+            assert len(stored) == 1
+
+            own_cluster.stop()
+            # PS3.4 B.2.3: refused, out of resources; nothing kept of it.
+            async with asyncio.timeout(30):  # the index call gives up after 2 s
+                (result,) = await adicom.store(node.host, node.port, [second], called_ae=node.aet)
+            assert result.status == 0xA700, result
+            assert files_of(root) == stored
+            assert not list((root / ".incoming").rglob("*.part"))
+            async with asyncio.timeout(30):
+                found, status = await find_uids(node.port, images(study, series), node.aet)
+            assert (found, status) == (set(), 0xA700)
+            contexts, roles = qrscu.get_contexts()
+            async with (
+                asyncio.timeout(30),
+                adicom.connect(
+                    node.host, node.port, called_ae=node.aet, contexts=contexts, roles=roles
+                ) as assoc,
+            ):
+                memory = adicom.MemoryStorage()
+                query = identifier("STUDY", StudyInstanceUID=study)
+                got = await qrscu.get(assoc, query, memory)
+            assert got.status == 0xA701 and memory.datasets == []
+            assert await adicom.DicomClient().echo(node)  # the node serves on
+
+            # The database comes back: the node uses it again by itself.
+            own_cluster.start()
+            async with asyncio.timeout(30):
+                (result,) = await adicom.store(node.host, node.port, [second], called_ae=node.aet)
+                assert result.ok, result
+                found, status = await find_uids(node.port, images(study, series), node.aet)
+            assert status == 0x0000
+            assert found == {str(first.SOPInstanceUID), str(second.SOPInstanceUID)}
+    finally:
+        await archive.aclose()
+
+
+async def test_a_slow_database_refuses_a_store_in_bounded_time_and_keeps_nothing(
+    postgres: Cluster, tmp_path: pathlib.Path
+) -> None:
+    # Another client holds the table locked: the store's INSERT waits, the
+    # index timeout ends the wait (the statement is cancelled in the server),
+    # the peer gets 0xA700, and neither a file nor a row remains.
+    url = postgres.new_database()
+    root = tmp_path / "archive"
+    archive = Archive(root, index=url, index_timeout=1.0)
+    await archive.open()
+    (instance,) = fresh(1)
+    locker = await asyncpg.connect(url)
+    try:
+        async with serving(archive) as node:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+            async with asyncio.timeout(30):
+                (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+            await transaction.rollback()
+            assert result.status == 0xA700, result
+            assert files_of(root) == set()
+            async with asyncio.timeout(30):
+                # Once the database answers again, so does the node.
+                found, status = await find_uids(
+                    node.port,
+                    images(str(instance.StudyInstanceUID), str(instance.SeriesInstanceUID)),
+                    node.aet,
+                )
+            assert (found, status) == (set(), 0x0000)
+            assert await archive.index.count() == 0
+    finally:
+        await locker.close()
+        await archive.aclose()
+
+
+# --------------------------------------------------------------------------
+# Several nodes: two adicom serve processes, one database, one folder
+
+
+async def start_node(root: pathlib.Path, url: str, port: int) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--storage", str(root), "--index", url, env=environment(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    async with asyncio.timeout(60):
+        line = (await process.stdout.readline()).decode()
+    if "listening" not in line:
+        process.kill()
+        _, err = await process.communicate()
+        raise AssertionError(f"serve did not start: {line} {err.decode()}")
+    return process
+
+
+async def test_two_nodes_share_one_archive(postgres: Cluster, tmp_path: pathlib.Path) -> None:
+    url = postgres.new_database()
+    root = tmp_path / "shared"
+    ports = [free_port(), free_port()]
+    nodes = [await start_node(root, url, port) for port in ports]
+    try:
+        # Stored through one, found and retrieved through the other at once
+        # (the row is in the database before the store's success).
+        batch = fresh(5)
+        study, series = str(batch[0].StudyInstanceUID), str(batch[0].SeriesInstanceUID)
+        results = await adicom.store("127.0.0.1", ports[0], batch, called_ae="ADICOM")
+        assert all(r.ok for r in results)
+        found, status = await find_uids(ports[1], images(study, series))
+        assert status == 0 and found == {str(ds.SOPInstanceUID) for ds in batch}
+        contexts, roles = qrscu.get_contexts()
+        async with adicom.connect(
+            "127.0.0.1", ports[1], called_ae="ADICOM", contexts=contexts, roles=roles
+        ) as assoc:
+            memory = adicom.MemoryStorage()
+            got = await qrscu.get(assoc, identifier("STUDY", StudyInstanceUID=study), memory)
+        assert (got.status, got.completed) == (0x0000, 5)
+        assert {ds.PixelData for ds in memory.datasets} == {ds.PixelData for ds in batch}
+
+        # The same SOP Instance UIDs through both nodes at once, two copies
+        # that differ: each ends as one instance, one file, the row's.
+        same = fresh(12)
+        variants = []
+        for ds in same:
+            other = copy.deepcopy(ds)
+            pixels = bytearray(other.PixelData)
+            pixels[-1] ^= 0xFF
+            other.PixelData = bytes(pixels)
+            variants.append(other)
+        both = await asyncio.gather(
+            adicom.store("127.0.0.1", ports[0], same, called_ae="ADICOM"),
+            adicom.store("127.0.0.1", ports[1], variants, called_ae="ADICOM"),
+        )
+        assert all(r.ok for results in both for r in results)
+        connection = await asyncpg.connect(url)
+        try:
+            rows = dict(
+                await connection.fetch(
+                    "SELECT sop_instance_uid, path FROM instances WHERE study_instance_uid = $1",
+                    str(same[0].StudyInstanceUID),
+                )
+            )
+        finally:
+            await connection.close()
+        assert set(rows) == {str(ds.SOPInstanceUID) for ds in same}
+        folder = root / str(same[0].StudyInstanceUID)
+        on_disk = sorted(p for p in folder.rglob("*") if p.is_file())
+        assert sorted(map(str, on_disk)) == sorted(rows.values())  # the losers' files went
+        for uid, path in rows.items():
+            held = pydicom.dcmread(path)
+            assert held.SOPInstanceUID == uid
+            # One of the two copies, whole.
+            sent = {d.PixelData for d in (*same, *variants) if str(d.SOPInstanceUID) == uid}
+            assert held.PixelData in sent
+    finally:
+        for node in nodes:
+            if node.returncode is None:
+                node.terminate()
+        for node in nodes:
+            async with asyncio.timeout(30):
+                _, err = await node.communicate()
+            assert "Traceback" not in err.decode(), err.decode()
