@@ -555,7 +555,9 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
                 )
             await stop.wait()
             who = "" if link is None else f"worker {link.index} "
-            print(f"adicom serve: {who}stopping ({server.stats})", flush=True)
+            # One write, so that the lines of several workers do not interleave.
+            sys.stdout.write(f"adicom serve: {who}stopping ({server.stats})\n")
+            sys.stdout.flush()
         finally:
             await server.close()
         if link is not None:
