@@ -38,6 +38,7 @@ from adicom.archive.index import (
     PATH,
     RAW,
     Index,
+    IndexBusy,
     IndexUnusable,
     MatchError,
     chunks,
@@ -65,6 +66,11 @@ log = logging.getLogger("adicom")
 
 #: Seconds between an index change and its commit (see Index.commit).
 COMMIT_DELAY = 0.05
+#: Seconds between tries to write the index after a failure (a full disk).
+COMMIT_RETRY = 1.0
+#: How long Archive.open() tries to write a batch while other processes
+#: sharing the index hold its lock (seconds).
+OPEN_WAIT = 30.0
 
 _INDEX_NAME = ".adicom-index.sqlite"
 
@@ -100,6 +106,7 @@ class Archive:
             fsync=fsync,
         )
         self._commit_timer: asyncio.TimerHandle | None = None
+        self._commit_failing = False
         self._commit_waiters: list[asyncio.Future[None]] = []
         #: The MPPS instances it keeps (made by :meth:`handlers`).
         self.mpps: MppsStore | None = None
@@ -128,15 +135,35 @@ class Archive:
         self._commit_timer = None
         try:
             self.index.commit()
-        except sqlite3.Error:
-            # A full disk, say: the files are stored; the index catches up
-            # at the next commit, or when the archive is opened again.
-            log.exception("archive %s: the index could not be written", self.root)
-        finally:
-            waiters, self._commit_waiters = self._commit_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        except IndexBusy:
+            # Another process sharing the index is writing: try again soon
+            # rather than block the loop waiting for its lock.
+            self._retry_commit(COMMIT_DELAY)
+            return
+        except sqlite3.Error as exc:
+            # A full disk, say: the files are stored and the changes kept;
+            # they are written at a later try, or when the archive is opened
+            # again (which indexes the files).
+            if not self._commit_failing:
+                log.error("archive %s: the index could not be written (%s)", self.root, exc)
+            self._commit_failing = True
+            self._retry_commit(COMMIT_RETRY)
+        else:
+            if self._commit_failing:
+                log.info("archive %s: the index is written again", self.root)
+            self._commit_failing = False
+        waiters, self._commit_waiters = self._commit_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _retry_commit(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: the next change, flush() or close() writes them
+        if self._commit_timer is None:
+            self._commit_timer = loop.call_later(delay, self._commit)
 
     def flush(self) -> None:
         """Commit the index's pending changes now, instead of within COMMIT_DELAY."""
@@ -185,15 +212,30 @@ class Archive:
                     continue
                 if self._index_file(path, stat.st_mtime_ns, stat.st_size):
                     read += 1
-            self.index.commit()
-            await asyncio.sleep(0)
+            await self._commit_batch()
         for gone in set(known) - seen:
             self.index.remove_path(Path(gone))
-        self.index.commit()
+        await self._commit_batch()
         log.info(
             "archive %s: %d instances indexed (%d files read)", self.root, self.index.count(), read
         )
         return read
+
+    async def _commit_batch(self) -> None:
+        """Write what open() indexed so far, waiting (on the loop) for other processes."""
+        deadline = asyncio.get_running_loop().time() + OPEN_WAIT
+        while True:
+            try:
+                self.index.commit()
+                break
+            except IndexBusy:
+                # Several processes opening one archive at once (serve
+                # --workers): each writes its batches in turn; rows are keyed
+                # by SOP Instance UID, so reading a file twice is harmless.
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ArchiveError(f"the index of {self.root} stays locked") from None
+                await asyncio.sleep(COMMIT_DELAY)
+        await asyncio.sleep(0)
 
     def _index_file(self, path: Path, mtime_ns: int, size: int) -> bool:
         try:

@@ -45,7 +45,17 @@ from adicom.dimse import Status
 from adicom.errors import ArchiveError
 from adicom.negotiation import NO_QR_OPTIONS, QROptions
 
-__all__ = ["ATTRIBUTES", "LEVELS", "PATH", "RAW", "Index", "IndexUnusable", "MatchError"]
+__all__ = [
+    "ATTRIBUTES",
+    "BUSY_TIMEOUT",
+    "LEVELS",
+    "PATH",
+    "RAW",
+    "Index",
+    "IndexBusy",
+    "IndexUnusable",
+    "MatchError",
+]
 
 log = logging.getLogger("adicom")
 
@@ -183,17 +193,47 @@ def _escape_glob(text: str) -> str:
     return text.replace("[", "[[]")
 
 
+class IndexBusy(ArchiveError):
+    """Another process holds the index's write lock: nothing was written, try again later."""
+
+
+#: How long a write waits for another process's write lock before
+#: :class:`IndexBusy` (seconds): the event loop is blocked while it waits.
+BUSY_TIMEOUT = 0.02
+# Opening (schema creation, version check) may wait longer: it runs once,
+# before serving, and several processes may open one archive at once.
+_OPEN_TIMEOUT = 10.0
+
+_COLUMNS = [column for column, _, _ in ATTRIBUTES.values()]
+_INSERT = (
+    f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}, transfer_syntax, "
+    "specific_character_set, raw_values, path, mtime_ns, size) "
+    f"VALUES ({', '.join('?' for _ in range(len(_COLUMNS) + 6))})"
+)
+# Where the path and the SOP class are in a row as _INSERT takes it.
+_ROW_PATH = len(_COLUMNS) + 3
+_ROW_CLASS = _COLUMNS.index("sop_class_uid")
+
+
 class Index:
     """The instance table in ``path`` (created if missing).
 
     Raises :class:`IndexUnusable` with a plain message when the file is not a
-    usable database.
+    usable database. Several processes may open the same file (``adicom
+    serve --workers``): each write is one short transaction at
+    :meth:`commit`, and waits at most ``busy_timeout`` seconds for another
+    process's.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
+        # Changes not yet written (see commit()): rows by SOP Instance UID,
+        # their paths, and the paths whose rows go.
+        self._rows: dict[str, list[object]] = {}
+        self._paths: dict[str, str] = {}
+        self._removed: set[str] = set()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=_OPEN_TIMEOUT)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.create_function("fold", 1, _fold, deterministic=True)
             self._db.create_function("fuzzy", 1, _fuzzy, deterministic=True)
@@ -203,7 +243,10 @@ class Index:
                 for keyword, (column, _, _) in ATTRIBUTES.items()
                 if keyword != "SOPInstanceUID"
             )
-            self._db.executescript(_SCHEMA.format(columns=columns))
+            # One transaction, the write lock taken first: processes opening
+            # the archive at once create (or rebuild) the schema once.
+            self._db.execute("BEGIN IMMEDIATE")
+            self._script(_SCHEMA.format(columns=columns))
             found = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if found is not None and found[0] != _VERSION:
                 # The index is a cache of the folder: one of another version is
@@ -211,39 +254,97 @@ class Index:
                 log.info(
                     "the index %s has version %s, not %s: rebuilding", path, found[0], _VERSION
                 )
-                self._db.executescript("DROP TABLE instances; DROP TABLE meta;")
-                self._db.executescript(_SCHEMA.format(columns=columns))
+                self._script("DROP TABLE instances; DROP TABLE meta;")
+                self._script(_SCHEMA.format(columns=columns))
                 found = None
             if found is None:
                 self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_VERSION,))
+            self._db.execute("COMMIT")
+            self._db.execute(f"PRAGMA busy_timeout={max(0, int(busy_timeout * 1000))}")
         except sqlite3.DatabaseError as exc:
             raise IndexUnusable(
                 f"the index {self.path} cannot be used ({exc}); "
                 "move it away and it will be rebuilt from the files"
             ) from None
 
+    def _script(self, script: str) -> None:
+        # Statement by statement: executescript() would commit first.
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
     def close(self) -> None:
-        """Commit what is pending and close the database."""
-        self.commit()
+        """Write what is pending (waiting for other processes if need be) and close."""
+        if self.pending:
+            self._db.execute(f"PRAGMA busy_timeout={int(_OPEN_TIMEOUT * 1000)}")
+            self.commit()
         self._db.close()
 
     # -- writing --------------------------------------------------------------
     #
-    # Changes go into a transaction opened by the first of them and kept
-    # open until commit(): one commit per instance wrote every touched page
-    # of the table and its indexes to the WAL each time (53 us an instance on
-    # tmpfs, 95 us on disk, against 20-25 us in batches). Nothing is lost if
-    # the process dies before a commit: the files are on disk, and opening
-    # the archive indexes the files the index does not know.
+    # Changes are kept in memory, where this process's lookups see them, and
+    # written by commit() in one short transaction: one commit per instance
+    # wrote every touched page of the table and its indexes to the WAL each
+    # time (53 us an instance on tmpfs, 95 us on disk, against 20-25 us in
+    # batches), and a transaction held open between changes would hold the
+    # write lock against every other process sharing the file. Nothing is
+    # lost if the process dies before a commit: the files are on disk, and
+    # opening the archive indexes the files the index does not know.
+
+    @property
+    def pending(self) -> int:
+        """How many changes wait for :meth:`commit`."""
+        return len(self._rows) + len(self._removed)
 
     def commit(self) -> None:
-        """End the open transaction, if any."""
-        if self._db.in_transaction:
-            self._db.execute("COMMIT")
+        """Write the pending changes in one transaction.
 
-    def _begin(self) -> None:
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN")
+        Raises :class:`IndexBusy` (nothing written, the changes kept) when
+        another process holds the write lock longer than the busy timeout,
+        and :class:`sqlite3.Error` (the changes kept too) when the write
+        fails otherwise (a full disk).
+        """
+        if not self._rows and not self._removed:
+            return
+        db = self._db
+        try:
+            # IMMEDIATE: the write lock is taken here or not at all, so a busy
+            # database fails before anything is done.
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise IndexBusy(f"the index {self.path} is busy in another process") from None
+            raise
+        try:
+            if self._removed:
+                db.executemany(
+                    "DELETE FROM instances WHERE path = ?", [(p,) for p in self._removed]
+                )
+            rows = self._rows.values()
+            # A file rewritten with another instance: the old instance is gone.
+            db.executemany(
+                "DELETE FROM instances WHERE path = ? AND sop_instance_uid != ?",
+                [(row[_ROW_PATH], uid) for uid, row in self._rows.items()],
+            )
+            db.executemany(_INSERT, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._rows = {}
+        self._paths = {}
+        self._removed = set()
+
+    def _flush(self) -> None:
+        """Commit before a query, so that it sees this process's changes; busy: later."""
+        if self._rows or self._removed:
+            try:
+                self.commit()
+            except (IndexBusy, sqlite3.Error) as exc:
+                log.debug(
+                    "index %s: pending changes not visible to this query (%s)", self.path, exc
+                )
 
     def add(
         self,
@@ -254,57 +355,71 @@ class Index:
         size: int = 0,
         raw: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Insert or replace one instance (keyed by SOP Instance UID).
+        """Insert or replace one instance (keyed by SOP Instance UID) at the next commit.
 
         ``values["SpecificCharacterSet"]`` and ``raw`` (the non-ASCII values
         as received) are kept so that C-FIND answers them back byte for byte.
         """
-        columns = [column for column, _, _ in ATTRIBUTES.values()]
-        row = [values.get(keyword, "") or "" for keyword in ATTRIBUTES]
-        placeholders = ", ".join("?" for _ in range(len(columns) + 6))
         kept = json.dumps({k: v.decode("latin-1") for k, v in raw.items()}) if raw else ""
-        self._begin()
-        # A file rewritten with another instance: the old instance is gone.
-        self._db.execute(
-            "DELETE FROM instances WHERE path = ? AND sop_instance_uid != ?",
-            (str(path), values.get("SOPInstanceUID", "")),
-        )
-        self._db.execute(
-            f"INSERT OR REPLACE INTO instances ({', '.join(columns)}, transfer_syntax, "
-            f"specific_character_set, raw_values, path, mtime_ns, size) VALUES ({placeholders})",
-            [
-                *row,
-                transfer_syntax,
-                values.get("SpecificCharacterSet", "") or "",
-                kept,
-                str(path),
-                mtime_ns,
-                size,
-            ],
-        )
+        row: list[object] = [values.get(keyword, "") or "" for keyword in ATTRIBUTES]
+        where = str(path)
+        row += [
+            transfer_syntax,
+            values.get("SpecificCharacterSet", "") or "",
+            kept,
+            where,
+            mtime_ns,
+            size,
+        ]
+        uid = values.get("SOPInstanceUID", "") or ""
+        before = self._rows.get(uid)
+        if before is not None and self._paths.get(str(before[_ROW_PATH])) == uid:
+            del self._paths[str(before[_ROW_PATH])]
+        other = self._paths.get(where)
+        if other is not None and other != uid:
+            del self._rows[other]  # the file now holds this instance
+        self._rows[uid] = row
+        self._paths[where] = uid
+
+    def _written(self, uid: str, path: str) -> bool:
+        """Whether the committed row of ``uid`` at ``path`` still holds, pending changes seen."""
+        return path not in self._removed and self._paths.get(path, uid) == uid
 
     def path_of(self, sop_instance_uid: str) -> Path | None:
         """Where the instance with this SOP Instance UID is stored, if it is."""
+        pending = self._rows.get(sop_instance_uid)
+        if pending is not None:
+            return Path(str(pending[_ROW_PATH]))
         row = self._db.execute(
             "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
         ).fetchone()
-        return None if row is None else Path(row[0])
+        if row is None or not self._written(sop_instance_uid, row[0]):
+            return None
+        return Path(row[0])
 
     def sop_class_of(self, sop_instance_uid: str) -> tuple[str, Path] | None:
         """The SOP class and path of the instance with this SOP Instance UID, if stored."""
+        pending = self._rows.get(sop_instance_uid)
+        if pending is not None:
+            return str(pending[_ROW_CLASS]), Path(str(pending[_ROW_PATH]))
         row = self._db.execute(
             "SELECT sop_class_uid, path FROM instances WHERE sop_instance_uid = ?",
             (sop_instance_uid,),
         ).fetchone()
-        return None if row is None else (str(row[0]), Path(row[1]))
+        if row is None or not self._written(sop_instance_uid, row[1]):
+            return None
+        return str(row[0]), Path(row[1])
 
     def remove_path(self, path: str | Path) -> None:
-        """Forget the instance stored at ``path``."""
-        self._begin()
-        self._db.execute("DELETE FROM instances WHERE path = ?", (str(path),))
+        """Forget the instance stored at ``path`` (at the next commit)."""
+        where = str(path)
+        uid = self._paths.pop(where, None)
+        if uid is not None:
+            del self._rows[uid]
+        self._removed.add(where)
 
     def known_files(self) -> dict[str, tuple[int, int]]:
-        """Indexed paths with their (mtime_ns, size)."""
+        """Indexed paths with their (mtime_ns, size) (committed rows)."""
         return {
             path: (mtime, size)
             for path, mtime, size in self._db.execute("SELECT path, mtime_ns, size FROM instances")
@@ -312,6 +427,7 @@ class Index:
 
     def count(self) -> int:
         """How many instances are indexed."""
+        self._flush()
         (count,) = self._db.execute("SELECT count(*) FROM instances").fetchone()
         return int(count)
 
@@ -407,6 +523,7 @@ class Index:
         queries, combined date-time and fuzzy person name matching).
         """
         where, params = self._conditions(level, keys, patient_root, options=options)
+        self._flush()
         depth = _ORDER.index(level)
         shown = [
             (keyword, column)
@@ -481,6 +598,7 @@ class Index:
         relational-retrieval of C.4.2.3.2.1, was agreed).
         """
         where, params = self._conditions(level, keys, patient_root, retrieve, options)
+        self._flush()
         return [
             Row(uid, sop_class, transfer, path)
             for uid, sop_class, transfer, path in self._db.execute(
