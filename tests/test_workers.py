@@ -264,3 +264,58 @@ def test_exit_codes_are_described() -> None:
     assert describe_exit(1) == "exited with code 1"
     assert describe_exit(-9) == "was killed by SIGKILL"
     assert describe_exit(-200) == "was killed by signal 200"
+
+
+@pytest.mark.anyio
+async def test_workers_share_one_archive_indexed_once(tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    from tests.test_archive_processes import found_images, fresh
+
+    root = tmp_path / "archive"
+    study = generate_uid()
+    before = fresh(40, study)
+    for ds in before:
+        path = root / "old" / f"{ds.SOPInstanceUID}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "serve", "-v", "--workers", "2", "--host", "127.0.0.1",
+        "--port", "0", "--storage", str(root),
+        env=environment(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            found = LISTENING.match((await process.stdout.readline()).decode())
+        assert found
+        port = int(found[1])
+        # 20 associations of 2 instances each: the kernel spreads them.
+        batches = [fresh(2, study) for _ in range(20)]
+        for batch in batches:
+            results = await adicom.store("127.0.0.1", port, batch, called_ae="ADICOM")
+            assert all(r.ok for r in results)
+        stored = [ds for batch in batches for ds in batch]
+        everything = {str(ds.SOPInstanceUID) for ds in before + stored}
+        # Whichever worker answers a C-FIND sees what both stored, and what
+        # worker 0 indexed at start (once committed: within COMMIT_DELAY).
+        async with asyncio.timeout(30):
+            for _ in range(6):
+                while (seen := await found_images(port, study)) != everything:
+                    assert seen <= everything
+                    await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    summary = SUMMARY.search(out.decode())
+    assert summary, out.decode()
+    assert min(int(summary[1]), int(summary[2])) > 0  # both stored or answered
+    # The folder was indexed once, by worker 0, not by each worker.
+    assert err.decode().count("instances indexed") == 1, err.decode()
+    assert "Traceback" not in err.decode()
