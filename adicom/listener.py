@@ -15,11 +15,11 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from adicom.admission import RateLimitedLog
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "bind"]
 
 #: accept() failures that mean "not now": resources run out, not a broken socket.
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -48,41 +48,19 @@ class Listener:
         self._tasks: list[asyncio.Task[None]] = []
         self._log = RateLimitedLog()
 
-    async def start(self) -> None:
-        """Bind and listen; raises OSError (address in use, not ours)."""
+    async def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Bind and listen; raises OSError (address in use, not ours).
+
+        ``sockets``, when given, are already listening (made by :func:`bind`,
+        maybe in a supervising process, see :mod:`adicom.workers`): they are
+        used as they are, and closed by :meth:`close`.
+        """
         loop = asyncio.get_running_loop()
-        # Resolved here, once, at start: asyncio's getaddrinfo would run in
-        # a thread, and adicom starts none. A listening address is a
-        # literal or a local name (/etc/hosts), which resolves at once.
-        infos = socket.getaddrinfo(
-            self.host or None,
-            self.requested_port,
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_PASSIVE,
-        )
-        port = self.requested_port
-        try:
-            for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
-                self.sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                # Port 0 picks a free port: every address then uses the one
-                # the first was given.
-                try:
-                    sock.bind((address[0], port, *address[2:]))
-                except OSError as exc:
-                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-                    raise OSError(
-                        exc.errno, f"cannot listen on {address[0]}:{port}: {reason}"
-                    ) from None
-                port = sock.getsockname()[1]
-                sock.listen(self.backlog)
-                sock.setblocking(False)
-        except BaseException:
-            self.close()
-            raise
+        if sockets is None:
+            sockets = bind(self.host, self.requested_port, backlog=self.backlog)
+        self.sockets = list(sockets)
+        for sock in self.sockets:
+            sock.setblocking(False)
         self._tasks = [loop.create_task(self._accept(sock)) for sock in self.sockets]
 
     @property
@@ -132,3 +110,52 @@ class Listener:
         if self._tasks:
             await asyncio.wait(self._tasks)
         self._tasks = []
+
+
+def bind(
+    host: str, port: int, *, backlog: int = 128, reuse_port: bool = False
+) -> list[socket.socket]:
+    """Listening sockets on ``host:port``, one per address it resolves to.
+
+    Port 0 picks a free port, the same for every address. With
+    ``reuse_port`` each socket gets ``SO_REUSEPORT`` (Linux: the kernel then
+    spreads new connections over every socket bound so to the same address
+    and port, by a hash of the peer's address and port); the caller may bind
+    more on the port the first got. Raises OSError (address in use, not ours).
+    """
+    # Resolved here, once, at start: asyncio's getaddrinfo would run in
+    # a thread, and adicom starts none. A listening address is a
+    # literal or a local name (/etc/hosts), which resolves at once.
+    infos = socket.getaddrinfo(
+        host or None,
+        port,
+        type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE,
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Port 0 picks a free port: every address then uses the one
+            # the first was given.
+            try:
+                sock.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise OSError(
+                    exc.errno, f"cannot listen on {address[0]}:{port}: {reason}"
+                ) from None
+            port = sock.getsockname()[1]
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -286,10 +286,16 @@ class Server:
             raise RuntimeError("the server is not listening")
         return self._listener.port
 
-    async def start(self) -> None:
-        """Start listening; raises OSError when the address cannot be used."""
+    async def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Start listening; raises OSError when the address cannot be used.
+
+        ``sockets``: listening sockets to accept on instead of binding
+        ``host:port``, such as those a supervising process made and passed
+        on to its workers (see :mod:`adicom.workers`); the server closes
+        them when it closes.
+        """
         listener = Listener(self.host, self._requested_port, self._accepted)
-        await listener.start()
+        await listener.start(sockets)
         self._listener = listener
         log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
 

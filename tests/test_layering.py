@@ -91,6 +91,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.identity",
                 "adicom.peers",
                 "adicom.listener",
+                "adicom.workers",
                 "adicom.values",
                 "adicom.models",
                 "adicom.models.keys",

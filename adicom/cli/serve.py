@@ -19,6 +19,7 @@ from adicom.archive import Archive
 from adicom.archive.backends import DEFAULT_INDEX_POOL, DEFAULT_INDEX_TIMEOUT
 from adicom.audit import AuditLog
 from adicom.cli.common import (
+    EXIT_FAILED,
     EXIT_OK,
     Commands,
     ae_title_arg,
@@ -39,6 +40,7 @@ from adicom.server import Server
 from adicom.settings import DicomSettings
 from adicom.storage import StoreContext
 from adicom.tls import client_context, server_context
+from adicom.workers import Supervisor, WorkerError, WorkerLink
 from adicom.worklist import WorklistFolder
 
 
@@ -108,6 +110,24 @@ def add_serve(commands: Commands) -> None:
     )
     _timeouts(serve, settings)
     _limits(serve)
+    _workers_options(serve)
+
+
+def _workers_options(serve: argparse.ArgumentParser) -> None:
+    """``--workers N``: processes accepting on the one port (docs/server.md, "Workers")."""
+    serve.add_argument(
+        "--workers",
+        type=count_arg,
+        default=1,
+        metavar="N",
+        help="serve with N processes, each with its own event loop, all accepting on the one "
+        "port (SO_REUSEPORT on Linux), over the one --storage archive; a supervising process "
+        "starts them, restarts one that dies and stops them all on SIGTERM or SIGINT. Every "
+        "limit (--max-associations, --max-pending, ...) holds per worker (default: %(default)s: "
+        "one process, no supervisor)",
+    )
+    # Given by the supervisor to its workers only (adicom.workers).
+    serve.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _limits(serve: argparse.ArgumentParser) -> None:
@@ -379,13 +399,78 @@ def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
 
 
 async def run_serve(args: argparse.Namespace) -> int:
-    """``adicom serve``: run the server until SIGINT or SIGTERM."""
+    """``adicom serve``: run the server until SIGINT or SIGTERM.
+
+    With ``--workers N`` (N > 1) this process supervises N workers, each
+    ``adicom serve --worker-fd FD`` with this one's options (see
+    :mod:`adicom.workers`).
+    """
     if args.settings_error is not None:
         raise args.settings_error
+    if args.worker_fd is not None:
+        link = await WorkerLink.open(args.worker_fd)
+        return await _serve(link.payload, link)
+    if args.workers > 1:
+        return await _supervise(args)
+    return await _serve(args, None)
+
+
+async def _supervise(args: argparse.Namespace) -> int:
+    """Run ``args.workers`` worker processes until SIGINT or SIGTERM."""
+    if os.name != "posix":
+        raise argparse.ArgumentTypeError("--workers needs a POSIX system")
+    # The same checks a worker would fail on, here once and with the usual message.
+    _server_ssl(args)
+    if args.require_identity and args.users is None:
+        raise argparse.ArgumentTypeError("--require-identity needs --users (who to accept)")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    logging_flags = ["-v"] * (args.verbose + getattr(args, "verbose_after", 0))
+    if args.debug:
+        logging_flags.append("--debug")
+
+    def command(fd: int) -> list[str]:
+        return [sys.executable, "-m", "adicom", *logging_flags, "serve", "--worker-fd", str(fd)]
+
+    supervisor = Supervisor(command, args.workers, args.host, args.port, payload=args)
+    try:
+        await supervisor.start()
+    except WorkerError as exc:
+        print(f"adicom serve: the workers could not start: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    pids = ", ".join(str(pid) for pid in supervisor.pids)
+    print(
+        f'adicom serve: AE "{args.aet}" listening on {args.host}:{supervisor.port}, '
+        f"{args.workers} worker processes (pids {pids})",
+        flush=True,
+    )
+    try:
+        await supervisor.serve(stop)
+    except WorkerError as exc:
+        print(f"adicom serve: stopped: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    accepted = ", ".join(str(stats.get("accepted", "?")) for stats in supervisor.stats)
+    print(
+        f"adicom serve: stopped; associations accepted per worker: {accepted}; "
+        f"restarts per worker: {', '.join(map(str, supervisor.restarts))}",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
+    """One server process: on its own (``link`` None) or as a worker of a supervisor."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    orphaned = None
+    if link is not None:
+        # A worker whose supervisor is gone (killed) stops too.
+        orphaned = loop.create_task(link.orphaned())
+        orphaned.add_done_callback(lambda _: stop.set())
     options: dict[str, Any] = {}
     tls = _server_ssl(args)
     # What the server opens (C-MOVE sub-operations, commitment reports) runs
@@ -438,8 +523,9 @@ async def run_serve(args: argparse.Namespace) -> int:
         worklist = WorklistFolder(args.worklist)
         await worklist.refresh()
         options["on_worklist"] = worklist.find
+    first = link is None or link.index == 0
     try:
-        async with Server(
+        server = Server(
             args.aet,
             host=args.host,
             port=args.port,
@@ -468,16 +554,22 @@ async def run_serve(args: argparse.Namespace) -> int:
             max_background=args.max_background,
             outgoing_ssl=tls_client,
             **options,
-        ) as server:
-            if archive is not None:
+        )
+        await server.start(None if link is None else link.sockets)
+        try:
+            if link is not None:
+                link.ready()
+            if archive is not None and first:
                 # Index what is already there while already answering (the
-                # indexing yields to the loop between batches).
+                # indexing yields to the loop between batches); with
+                # workers, worker 0 alone does it.
                 await archive.open()
-            print(
-                f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
-                flush=True,
-            )
-            if tls is not None:
+            if link is None:
+                print(
+                    f'adicom serve: AE "{server.ae_title}" listening on {args.host}:{server.port}',
+                    flush=True,
+                )
+            if tls is not None and first:
                 clients = (
                     "client certificates required"
                     if args.tls_require_client_cert
@@ -486,7 +578,7 @@ async def run_serve(args: argparse.Namespace) -> int:
                     else "no client certificates"
                 )
                 print(f"adicom serve: TLS 1.2 or later only; {clients}", flush=True)
-            if tls is None and rules is None and not _is_loopback(args.host):
+            if tls is None and rules is None and not _is_loopback(args.host) and first:
                 print(
                     f"adicom serve: warning: {args.host} is reachable from other machines, "
                     "and without --tls-cert or --peers anyone who reaches it may store, "
@@ -495,12 +587,23 @@ async def run_serve(args: argparse.Namespace) -> int:
                     flush=True,
                 )
             await stop.wait()
-            print(f"adicom serve: stopping ({server.stats})", flush=True)
+            who = "" if link is None else f"worker {link.index} "
+            # One write, so that the lines of several workers do not interleave.
+            sys.stdout.write(f"adicom serve: {who}stopping ({server.stats})\n")
+            sys.stdout.flush()
+        finally:
+            await server.close()
+        if link is not None:
+            link.report(server.stats)
     finally:
         if archive is not None:
             await archive.aclose()
         if audit is not None:
             audit.close()
+        if link is not None:
+            await link.aclose()
+        if orphaned is not None:
+            orphaned.cancel()
     return EXIT_OK
 
 
