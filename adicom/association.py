@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import replace
 from typing import Any
 
 from adicom import events as ev
@@ -253,6 +252,21 @@ class Association(Driver):
         cannot be taken back once part of it is on the wire.
         """
         self._check_open()
+        if (
+            not self._send_lock.locked()
+            and (dataset is None or type(dataset) is bytes or type(dataset) is memoryview)
+            and self._dimse.send_whole(
+                context_id,
+                command,
+                dataset,
+                self._loop.time(),
+                encoded=encoded,
+            )
+        ):
+            # The whole message left in one PDU without awaiting anything, so
+            # no other message can have come between (PS3.8 E.2).
+            self._sent_now(context_id, command, dataset, batch)
+            return
         async with self._send_lock:
             self._check_open()
             outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
@@ -281,14 +295,24 @@ class Association(Driver):
                 outgoing.close(clock())
                 self._after_io()
                 raise
-            if self._emitter is not None:
-                self._emit_sent(context_id, command, dataset)
-            if batch and self._batched < BATCH_MESSAGES:
-                if not self._batched:
-                    self._loop.call_soon(self._flush)
-                self._batched += 1
-            else:
-                self._flush()
+            self._sent_now(context_id, command, dataset, batch)
+
+    def _sent_now(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None,
+        batch: bool,
+    ) -> None:
+        """A message is wholly queued: tell the hooks, and write it (or soon, in a batch)."""
+        if self._emitter is not None:
+            self._emit_sent(context_id, command, dataset)
+        if batch and self._batched < BATCH_MESSAGES:
+            if not self._batched:
+                self._loop.call_soon(self._flush)
+            self._batched += 1
+        else:
+            self._flush()
 
     def _emit_sent(
         self,
@@ -334,15 +358,19 @@ class Association(Driver):
         DIMSE timeout, while the asynchronous operations window is full.
         """
         self._check_open()
-        await self._room()
+        dimse = self._dimse
+        if self._room_waiters or dimse.outstanding + self._reserved >= dimse.max_outstanding:
+            await self._room()
+        else:
+            self._reserved += 1  # what _room() does when there is room
         try:
             if command.message_id is None:
                 if encoded is not None:
                     raise LocalProtocolError("an encoded request must carry its Message ID")
-                command = replace(command, message_id=self._dimse.next_message_id())
+                command = command.with_message_id(dimse.next_message_id())
             message_id = command.message_id
             assert message_id is not None
-            operation = Operation(self, context_id, command, _response_name(command))
+            operation = Operation(self, context_id, command)
             self._operations[message_id] = operation
             try:
                 await self.send_message(context_id, command, dataset, encoded=encoded)
@@ -426,10 +454,3 @@ class Association(Driver):
             **fields,
         )
         await self.send_message(request.context_id, command)
-
-
-def _response_name(command: Command) -> str:
-    try:
-        return CommandField(command.command_field | 0x8000).name.replace("_", "-")
-    except ValueError:
-        return f"response to command 0x{command.command_field:04X}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 from collections import deque
 from ssl import SSLError
@@ -146,6 +147,11 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._operations: dict[int, Operation] = {}
+        # Operations waiting for a response, each until its deadline, and
+        # the one loop timer that watches them (see _watch).
+        self._watched: dict[Operation, None] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = math.inf
         self._incoming = MessageQueue()
         self._reserved = 0  # requests waiting to be sent, counted in the window
         self._room_waiters: deque[asyncio.Future[None]] = deque()
@@ -302,10 +308,10 @@ class Driver:
             self._ul.parse_pending(self._loop.time())
         self._ul.connection_lost(self._loop.time())
         self._process_events()
-        for timer in (self._timer, self._idle_timer):
+        for timer in (self._timer, self._idle_timer, self._watchdog):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._idle_timer = None
+        self._timer = self._idle_timer = self._watchdog = None
         if self._error is None and not self._ended_normally():
             self._set_error(ConnectionClosed("the peer closed the connection"))
         if self._emitter is not None:
@@ -357,6 +363,46 @@ class Driver:
         for event in self._dimse.handle_timer(now):
             self._dispatch(event)
         self._after_io()
+
+    def _watch(self, operation: Operation, seconds: float) -> None:
+        """Bound ``operation``'s wait for its next response to ``seconds``.
+
+        Every wait of the association shares one loop timer, set for the
+        earliest deadline and moved only earlier: a response wait per
+        message then costs no timer made and cancelled. When it fires it
+        ends the waits that are due (Operation._expired) and is set again
+        for the others.
+        """
+        deadline = self._loop.time() + seconds
+        operation._deadline = deadline
+        operation._timeout = seconds
+        self._watched[operation] = None
+        if deadline < self._watchdog_at and not self._closed.done():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog_at = deadline
+            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+
+    def _unwatch(self, operation: Operation) -> None:
+        """``operation`` no longer waits (see :meth:`_watch`)."""
+        self._watched.pop(operation, None)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        self._watchdog_at = math.inf
+        # A loop timer may fire a hair before its time: a millisecond early
+        # is as good as due for waits measured in seconds.
+        now = self._loop.time() + 0.001
+        later = math.inf
+        for operation in list(self._watched):
+            if operation._deadline <= now:
+                del self._watched[operation]
+                operation._expired()
+            else:
+                later = min(later, operation._deadline)
+        if later < math.inf and not self._closed.done():
+            self._watchdog_at = later
+            self._watchdog = self._loop.call_at(later, self._on_watchdog)
 
     def _after_io(self) -> None:
         self._process_events()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from adicom.errors import RemoteProtocolError
@@ -163,6 +164,27 @@ class Command:
 
     def encode(self) -> bytes:
         """Encode as Implicit VR Little Endian, Command Group Length first."""
+        if self.other:
+            return self._encode_with_other()
+        # The hot path (every message sent): one C call reads every field,
+        # and each element's header is prepared once (see _ENCODERS).
+        parts: list[bytes] = []
+        append = parts.append
+        size = 0
+        for (head, kind), value in zip(_ENCODERS, _ENCODED_FIELDS(self), strict=True):
+            if value is None:
+                continue
+            if kind is _US:
+                raw = head + _U16.pack(value)
+            else:
+                body = _encode_value(kind, value)
+                raw = head + _U32.pack(len(body)) + body
+            append(raw)
+            size += len(raw)
+        return _GROUP_LENGTH + _U32.pack(size) + b"".join(parts)
+
+    def _encode_with_other(self) -> bytes:
+        """:meth:`encode` of a command carrying elements this class does not name."""
         parts: list[bytes] = []
         others = dict(self.other)
         for element, vr, name in _ELEMENTS:
@@ -177,33 +199,44 @@ class Command:
         for low in sorted(others):
             parts.append(_TAG.pack(0, low, len(others[low])) + others[low])
         body = b"".join(parts)
-        return _TAG.pack(0, 0, 4) + _U32.pack(len(body)) + body
+        return _GROUP_LENGTH + _U32.pack(len(body)) + body
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> Command:
         """Parse an encoded command set; raises RemoteProtocolError if malformed."""
-        values: dict[str, Any] = {}
+        values = list(_DEFAULTS)
         other: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
+        unpack_tag = _TAG.unpack_from
         while pos < end:
             if end - pos < 8:
                 raise malformed("command set ends inside an element header")
-            group, element, length = _TAG.unpack_from(data, pos)
+            group, element, length = unpack_tag(data, pos)
             pos += 8
             if group != 0 or length > end - pos:
                 raise malformed(f"command set element ({group:04X},{element:04X}) is malformed")
-            raw = bytes(data[pos : pos + length])
-            pos += length
-            known = _BY_ELEMENT.get(element)
+            known = _DECODERS.get(element)
             if known is None:
                 if element != 0x0000:
-                    other.append((element, raw))
-                continue
-            vr, name = known
-            values[name] = _decode_value(vr, raw, element)
-        if "command_field" not in values:
+                    other.append((element, bytes(data[pos : pos + length])))
+            else:
+                vr, index = known
+                if vr is _US and length == 2:
+                    values[index] = _U16.unpack_from(data, pos)[0]
+                else:
+                    values[index] = _decode_value(vr, bytes(data[pos : pos + length]), element)
+            pos += length
+        if values[0] is None:
             raise malformed("command set has no Command Field (0000,0100)")
-        return cls(other=tuple(other), **values)
+        if other:
+            values[-1] = tuple(other)
+        return _build(values)
+
+    def with_message_id(self, message_id: int) -> Command:
+        """A copy with another Message ID (what ``dataclasses.replace`` does, faster)."""
+        values = list(_ALL_FIELDS(self))
+        values[_MESSAGE_ID] = message_id
+        return _build(values)
 
     @property
     def sop_class_uid(self) -> str | None:
@@ -232,6 +265,43 @@ class Command:
             if f.name not in ("command_field", "other") and getattr(self, f.name) is not None
         ]
         return f"{name}({', '.join(shown)})"
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Command))
+#: Every field, in the order of the dataclass (one C call: see _build).
+_ALL_FIELDS = attrgetter(*_FIELDS)
+_DEFAULTS: tuple[Any, ...] = tuple(
+    None if f.default is MISSING else f.default for f in fields(Command)
+)
+_MESSAGE_ID = _FIELDS.index("message_id")
+#: The fields encoded, in the order of their elements (PS3.7 Table E.1-1).
+_ENCODED_FIELDS = attrgetter(*(name for _, _, name in _ELEMENTS))
+#: Per element: the bytes of its header that do not depend on the value (the
+#: whole header for US, whose length is always 2), and its VR.
+_ENCODERS: tuple[tuple[bytes, str], ...] = tuple(
+    (_TAG.pack(0, element, 2) if vr is _US else _TAG.pack(0, element, 0)[:4], vr)
+    for element, vr, _ in _ELEMENTS
+)
+#: Element -> (VR, index of its field).
+_DECODERS: dict[int, tuple[str, int]] = {
+    element: (vr, _FIELDS.index(name)) for element, vr, name in _ELEMENTS
+}
+_GROUP_LENGTH = _TAG.pack(0, 0, 4)
+#: The slot setters of Command, in the order of its fields.
+_SETTERS = tuple(getattr(Command, name).__set__ for name in _FIELDS)
+
+
+def _build(values: list[Any]) -> Command:
+    """A Command of every field's value, in field order, without its __init__.
+
+    A frozen dataclass's __init__ sets its 24 fields one by one through
+    ``object.__setattr__``; setting the slots directly costs half as much,
+    and decoding builds one per message received.
+    """
+    command: Command = object.__new__(Command)
+    for setter, value in zip(_SETTERS, values, strict=True):
+        setter(command, value)
+    return command
 
 
 def c_store_rq(
