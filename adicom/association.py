@@ -24,6 +24,8 @@ from adicom.dimse import (
     DatasetReader,
     Message,
     Priority,
+    RequestTemplate,
+    ResponseTemplate,
     SinkFactory,
     StatusCategory,
     c_store_rq,
@@ -63,6 +65,12 @@ SEND_SLICE = 0.002
 BATCH_MESSAGES = 16
 #: A message's PDUs are written once this many bytes are waiting.
 WRITE_BYTES = 256 * 1024
+
+
+#: C-ECHO-RQ, encoded once (its Message ID is filled in).
+_ECHO_RQ = RequestTemplate(Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION))
+#: Responses encoded once, by (request's command field, SOP class, status).
+_RESPONSES: dict[tuple[int, str | None, int], ResponseTemplate] = {}
 
 
 class Association(Driver):
@@ -406,8 +414,10 @@ class Association(Driver):
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
         context = self.context_for(VERIFICATION)
-        command = Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION)
-        status = (await self.send_request(context.context_id, command)).status or 0
+        self._check_open()
+        command, encoded = _ECHO_RQ.make(self._dimse.next_message_id())
+        operation = await self.start_operation(context.context_id, command, encoded=encoded)
+        status = (await operation.result()).status or 0
         if status_category(status) is StatusCategory.FAILURE:
             raise DimseError(status, "C-ECHO failed: " + describe_status(status))
         return status
@@ -438,6 +448,36 @@ class Association(Driver):
         )
         return await self.send_request(context_id, command, dataset)
 
+    def respond_now(self, request: Message, status: int) -> bool:
+        """Answer a C-ECHO-RQ or C-STORE-RQ with ``status`` at once, if nothing else is sending.
+
+        For :attr:`on_request`, in the transport callback: the response is
+        queued and written when the callback ends. Returns False, having
+        sent nothing, when it must wait (another message is on its way, the
+        association cannot send) or is not one of those requests; then
+        use :meth:`respond`.
+        """
+        if self._send_lock.locked() or self._error is not None:
+            return False
+        if not self._ul.established and self._ul.state is not State.STA8:
+            return False
+        rq = request.command
+        if rq.message_id is None or (
+            rq.command_field != CommandField.C_ECHO_RQ
+            and rq.command_field != CommandField.C_STORE_RQ
+        ):
+            return False
+        command, encoded = _response_template(rq, status).make(
+            rq.message_id, rq.affected_sop_instance_uid
+        )
+        if not self._dimse.send_whole(
+            request.context_id, command, None, self._loop.time(), encoded=encoded
+        ):
+            return False
+        if self._emitter is not None:
+            self._emit_sent(request.context_id, command, None)
+        return True
+
     async def respond(self, request: Message, status: int, **fields: Any) -> None:
         """Send the response to ``request`` with ``status`` (and extra command fields).
 
@@ -445,6 +485,20 @@ class Association(Driver):
         PS3.7 asks of C-STORE-RSP (9.3.1.2) and C-ECHO-RSP.
         """
         rq = request.command
+        if (
+            not fields
+            and rq.message_id is not None
+            and (
+                rq.command_field == CommandField.C_ECHO_RQ
+                or rq.command_field == CommandField.C_STORE_RQ
+            )
+        ):
+            # The common answers, encoded once (see ResponseTemplate).
+            command, encoded = _response_template(rq, status).make(
+                rq.message_id, rq.affected_sop_instance_uid
+            )
+            await self.send_message(request.context_id, command, encoded=encoded)
+            return
         fields.setdefault("affected_sop_instance_uid", rq.affected_sop_instance_uid)
         command = Command(
             rq.command_field | 0x8000,
@@ -454,3 +508,16 @@ class Association(Driver):
             **fields,
         )
         await self.send_message(request.context_id, command)
+
+
+def _response_template(request: Command, status: int) -> ResponseTemplate:
+    """The template of the response to ``request`` (C-ECHO-RQ, C-STORE-RQ) with ``status``."""
+    key = (request.command_field, request.affected_sop_class_uid, status)
+    template = _RESPONSES.get(key)
+    if template is None:
+        if len(_RESPONSES) >= 1024:
+            _RESPONSES.clear()  # a peer naming ever new SOP classes
+        template = _RESPONSES[key] = ResponseTemplate(
+            request.command_field | 0x8000, request.affected_sop_class_uid, status
+        )
+    return template

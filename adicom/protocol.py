@@ -327,6 +327,11 @@ class UpperLayer:
             self._step(Event.EVT18, now)
             self._events.append(ArtimExpired(state))
 
+    @property
+    def has_events(self) -> bool:
+        """True when :meth:`next_event` has an event to give."""
+        return bool(self._events)
+
     def next_event(self) -> ULEvent | None:
         """The next indication or confirmation, or None."""
         return self._events.popleft() if self._events else None

@@ -23,6 +23,8 @@ __all__ = [
     "CommandField",
     "CountsTemplate",
     "Priority",
+    "RequestTemplate",
+    "ResponseTemplate",
     "c_store_rq",
     "is_n",
     "malformed",
@@ -287,6 +289,10 @@ _DECODERS: dict[int, tuple[str, int]] = {
     element: (vr, _FIELDS.index(name)) for element, vr, name in _ELEMENTS
 }
 _GROUP_LENGTH = _TAG.pack(0, 0, 4)
+_ELEMENT_INDEX = {element: i for i, (element, _, _) in enumerate(_ELEMENTS)}
+_INSTANCE_UID_HEAD = _ENCODERS[_ELEMENT_INDEX[0x1000]][0]
+_RESPONDED_TO = _FIELDS.index("message_id_being_responded_to")
+_INSTANCE_UID = _FIELDS.index("affected_sop_instance_uid")
 #: The slot setters of Command, in the order of its fields.
 _SETTERS = tuple(getattr(Command, name).__set__ for name in _FIELDS)
 
@@ -358,6 +364,65 @@ class CountsTemplate:
         for offset, value in zip(self._offsets, counts, strict=True):
             _U16.pack_into(self._encoded, offset, min(value, 0xFFFF))
         return bytes(self._encoded)
+
+
+class ResponseTemplate:
+    """A C-ECHO-RSP or C-STORE-RSP encoded once; each use fills in what differs.
+
+    Those responses differ from one another only in Message ID Being
+    Responded To (US) and Affected SOP Instance UID (PS3.7 9.3.1.2,
+    9.3.5.2), whose element (0000,1000) comes after every other one of
+    theirs, so it is appended. The command field, SOP class and status
+    are the template's.
+    """
+
+    __slots__ = ("_head", "_tail", "_values")
+
+    def __init__(self, command_field: int, affected_sop_class_uid: str | None, status: int) -> None:
+        command = Command(
+            command_field,
+            message_id_being_responded_to=0,
+            affected_sop_class_uid=affected_sop_class_uid,
+            status=status,
+        )
+        body = command.encode()[12:]  # after the Command Group Length element
+        at = body.index(_ENCODERS[_ELEMENT_INDEX[0x0120]][0]) + 8
+        self._head, self._tail = body[:at], body[at + 2 :]
+        self._values = list(_ALL_FIELDS(command))
+
+    def make(self, message_id: int, sop_instance_uid: str | None) -> tuple[Command, bytes]:
+        """The response to request ``message_id`` about ``sop_instance_uid``, and its bytes."""
+        body = self._head + _U16.pack(message_id) + self._tail
+        if sop_instance_uid is not None:
+            raw = _encode_value(_UI, sop_instance_uid)
+            body += _INSTANCE_UID_HEAD + _U32.pack(len(raw)) + raw
+        values = self._values.copy()
+        values[_RESPONDED_TO] = message_id
+        values[_INSTANCE_UID] = sop_instance_uid
+        return _build(values), _GROUP_LENGTH + _U32.pack(len(body)) + body
+
+
+class RequestTemplate:
+    """A request encoded once; each use fills in its Message ID (0000,0110).
+
+    For a request sent again and again that differs only in its Message ID
+    (C-ECHO-RQ, PS3.7 9.3.5.1).
+    """
+
+    __slots__ = ("_command", "_head", "_tail")
+
+    def __init__(self, command: Command) -> None:
+        self._command = command
+        encoded = command.with_message_id(0).encode()
+        at = encoded.index(_ENCODERS[_ELEMENT_INDEX[0x0110]][0], 12) + 8
+        self._head, self._tail = encoded[:at], encoded[at + 2 :]
+
+    def make(self, message_id: int) -> tuple[Command, bytes]:
+        """The request with ``message_id``, and its bytes."""
+        return (
+            self._command.with_message_id(message_id),
+            self._head + _U16.pack(message_id) + self._tail,
+        )
 
 
 def malformed(message: str) -> RemoteProtocolError:
