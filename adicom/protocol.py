@@ -145,6 +145,15 @@ ULEvent = (
     | ArtimExpired
 )
 
+# The P-DATA shortcuts: states where a P-DATA request (Evt9) only sends the
+# PDU and a received P-DATA-TF (Evt10) is only indicated, both staying put
+# (DT-1 and AR-7; DT-2 and AR-6). Read from Table 9-10 itself as this module
+# loads (fsm.states_where), so the shortcut is the table's cell, not a copy.
+_SENDS_PDATA: frozenset[State] = fsm.states_where(Event.EVT9, (Effect.SEND_P_DATA,))
+_INDICATES_PDATA: frozenset[State] = fsm.states_where(Event.EVT10, (Effect.INDICATE_DATA,))
+if State.STA6 not in _SENDS_PDATA or State.STA6 not in _INDICATES_PDATA:  # pragma: no cover
+    raise ImportError("PS3.8 Table 9-10 as written in adicom.fsm lost DT-1 or DT-2 in Sta6")
+
 _PDU_EVENTS: dict[type, Event] = {
     AAssociateAC: Event.EVT3,
     AAssociateRJ: Event.EVT4,
@@ -358,9 +367,10 @@ class UpperLayer:
 
     def send_pdata(self, pdvs: Sequence[tuple[int, int, bytes | memoryview]], now: float) -> None:
         """P-DATA request (Evt9): one P-DATA-TF PDU of (context, control, data) PDVs."""
-        if self._fsm.state is State.STA6 or self._fsm.state is State.STA8:
+        if self._fsm.state in _SENDS_PDATA:
             # The hot path: Sta6 -> DT-1 and Sta8 -> AR-7 both just send the
-            # PDU and stay put, so skip the table and the PDU object.
+            # PDU and stay put (see _SENDS_PDATA), so skip the table's step
+            # and the PDU object.
             self._out.extend(encode_pdata(pdvs))
             if self.trace is not None:
                 self.trace.append((_pdata(pdvs), True))
@@ -398,11 +408,12 @@ class UpperLayer:
             raise LocalProtocolError(str(exc)) from None
 
     def _receive_pdu(self, pdu: PDU, now: float) -> None:
-        event = _PDU_EVENTS[type(pdu)]
-        if event is Event.EVT10 and self._fsm.state is State.STA6:
-            # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), stay in Sta6.
-            self._events.append(PDataReceived(pdu))  # type: ignore[arg-type]
+        if type(pdu) is PDataTF and self._fsm.state in _INDICATES_PDATA:
+            # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 + Evt10
+            # AR-6, both staying put (see _INDICATES_PDATA).
+            self._events.append(PDataReceived(pdu))
             return
+        event = _PDU_EVENTS[type(pdu)]
         acceptable = True
         if event is Event.EVT6:
             # AE-6: the service provider checks what it can; a protocol
