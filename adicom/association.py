@@ -171,11 +171,8 @@ class Association(Driver):
         ARTIM (PS3.8 9.1.5) bounds the wait: when it runs out the connection
         is closed.
         """
-        waiting: list[asyncio.Future[Any]] = [self._request_seen, self._closed]
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if self._request_seen.done():
-            return self._request_seen.result()
-        return None
+        # Set with the request, or with None when the connection closes.
+        return await self._request_seen
 
     def accept(self, response: AAssociateAC, agreement: Agreement) -> None:
         """Acceptor: answer with A-ASSOCIATE-AC and take what was agreed."""
@@ -213,18 +210,23 @@ class Association(Driver):
         if self._error is not None:
             self.close()
             return
+        # Done when the connection has closed after the A-RELEASE-RP (we
+        # close it, AR-3), or failed: one wait, not one for the answer and
+        # another for the close.
         self._release_done = self._loop.create_future()
         self._ul.request_release(self._loop.time())
         self._after_io()
         try:
-            await bounded(asyncio.shield(self._release_done), TimeoutKind.RELEASE, timeout)
+            await bounded(self._release_done, TimeoutKind.RELEASE, timeout)
         except DicomTimeout:
-            self.abort()
-            raise
+            if not self._released:
+                self.abort()
+                raise
+            # Released, but the connection lingers (a peer that stopped reading).
+            await self.wait_closed(0)
         finally:
             if not self._release_done.done():
                 self._release_done.cancel()
-        await self.wait_closed(timeout)
 
     def forget(self, operation: Operation) -> None:
         """Stop routing responses to ``operation``; later ones are logged and dropped."""

@@ -168,7 +168,8 @@ class Driver:
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._error: DicomError | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._request_seen: asyncio.Future[AAssociateRQ] = self._loop.create_future()
+        self._request_seen: asyncio.Future[AAssociateRQ | None] = self._loop.create_future()
+        self._close_waiters: list[asyncio.Future[None]] = []
         self._association_answer: asyncio.Future[ul.ULEvent] | None = None
         self._release_done: asyncio.Future[None] | None = None
         self._released = False
@@ -247,8 +248,14 @@ class Driver:
 
     async def wait_closed(self, timeout: float | None = 10.0) -> None:
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
+        if self._closed.done():
+            return
+        # A future of its own (the timeout cancels it, not _closed), set by
+        # _connection_lost without a pass through the loop in between.
+        waiter = self._loop.create_future()
+        self._close_waiters.append(waiter)
         try:
-            await bounded(asyncio.shield(self._closed), TimeoutKind.CLOSE, timeout)
+            await bounded(waiter, TimeoutKind.CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
@@ -321,10 +328,16 @@ class Driver:
             self._set_error(ConnectionClosed("the peer closed the connection"))
         if self._emitter is not None:
             self._emit_end()
+        done = self._release_done
+        if self._released and done is not None and not done.done():
+            done.set_result(None)  # release() waits for the close after the answer
         self._fail_all(self._error or ConnectionClosed("the association has ended"))
-        for waiter in (*self._drain_waiters, *self._room_waiters):
+        if not self._request_seen.done():
+            self._request_seen.set_result(None)  # closed before any A-ASSOCIATE-RQ
+        for waiter in (*self._drain_waiters, *self._room_waiters, *self._close_waiters):
             if not waiter.done():
                 waiter.set_result(None)
+        self._close_waiters.clear()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -507,9 +520,8 @@ class Driver:
                 self._incoming.fail(None)
                 self._fail_operations(AssociationError("the peer released the association"))
         elif isinstance(event, ul.ReleaseConfirmed):
+            # release() is told when the connection has closed (_connection_lost).
             self._released = True
-            if self._release_done is not None and not self._release_done.done():
-                self._release_done.set_result(None)
         elif isinstance(event, ul.Aborted):
             self._set_error(
                 AssociationAborted(
