@@ -22,6 +22,7 @@ the abort first, and nobody waits on a peer that never closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -78,11 +79,14 @@ class _Transport(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock is not None:
             # Nagle's algorithm plus delayed ACKs stall a small request and
             # its response by up to 40 ms each on Linux; DICOM is exactly
-            # that pattern (a command PDU, then the peer's response).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # that pattern (a command PDU, then the peer's response). Not a
+            # TCP socket (a Unix one)? Then there is no Nagle to turn off
+            # (tried rather than asked: sock.family costs an enum lookup).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert isinstance(transport, asyncio.Transport)
         self._association._connection_made(transport)
 

@@ -222,12 +222,12 @@ class UpperLayer:
     @property
     def state(self) -> State:
         """The PS3.8 state (Sta1..Sta13)."""
-        return self._fsm.state
+        return self._fsm._state
 
     @property
     def established(self) -> bool:
         """True in Sta6, where data may be sent both ways."""
-        return self._fsm.state is State.STA6
+        return self._fsm._state is State.STA6
 
     @property
     def close_requested(self) -> bool:
@@ -270,14 +270,14 @@ class UpperLayer:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed received bytes; whole PDUs become events."""
-        if self._reader_failed or self.state is State.STA1:
+        if self._reader_failed or self._fsm._state is State.STA1:
             return
         self._reader.feed(data)
         self._parse(now)
 
     def receive_into(self, nbytes: int, now: float) -> None:
         """``nbytes`` were received into ``reader.get_buffer()``; whole PDUs become events."""
-        if self._reader_failed or self.state is State.STA1:
+        if self._reader_failed or self._fsm._state is State.STA1:
             return
         self._reader.buffer_updated(nbytes)
         self._parse(now)
@@ -294,7 +294,7 @@ class UpperLayer:
 
     def parse_pending(self, now: float) -> None:
         """Parse what the last call left for later (within the budget again)."""
-        if self._reader_failed or self.state is State.STA1:
+        if self._reader_failed or self._fsm._state is State.STA1:
             self._input_pending = False
             return
         self._parse(now)
@@ -304,7 +304,7 @@ class UpperLayer:
         budget = self.parse_budget
         spent = 0
         self._input_pending = False
-        while not self._reader_failed and self._fsm.state is not State.STA1:
+        while not self._reader_failed and self._fsm._state is not State.STA1:
             if budget and spent >= budget:
                 self._input_pending = reader.buffered > 0
                 return
@@ -367,7 +367,7 @@ class UpperLayer:
 
     def send_pdata(self, pdvs: Sequence[tuple[int, int, bytes | memoryview]], now: float) -> None:
         """P-DATA request (Evt9): one P-DATA-TF PDU of (context, control, data) PDVs."""
-        if self._fsm.state in _SENDS_PDATA:
+        if self._fsm._state in _SENDS_PDATA:
             # The hot path: Sta6 -> DT-1 and Sta8 -> AR-7 both just send the
             # PDU and stay put (see _SENDS_PDATA), so skip the table's step
             # and the PDU object.
@@ -408,7 +408,7 @@ class UpperLayer:
             raise LocalProtocolError(str(exc)) from None
 
     def _receive_pdu(self, pdu: PDU, now: float) -> None:
-        if type(pdu) is PDataTF and self._fsm.state in _INDICATES_PDATA:
+        if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
             # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 + Evt10
             # AR-6, both staying put (see _INDICATES_PDATA).
             self._events.append(PDataReceived(pdu))
