@@ -1,6 +1,6 @@
 """Loop citizenship and footprint: a C-ECHO's latency while large instances stream in.
 
-    python -m benchmarks.bulkload                       # adicom serve and storescp, 3 reps
+    python -m benchmarks.bulkload                       # adicom serve (twice) and storescp, 3 reps
     python -m benchmarks.bulkload --scp adicom --reps 5 -n 10
 
 Per repetition and SCP (``adicom serve --storage DIR``, as a user runs it, or
@@ -64,7 +64,34 @@ READY_TIMEOUT = 30.0
 #: storescu's time limit per instance (s), and at least.
 STORE_TIMEOUT_PER_INSTANCE = 30.0
 DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "bulkload.json"
-SCPS = ("adicom", "dcmtk")
+SCPS = ("adicom", "adicom-deps", "dcmtk")
+#: adicom-deps: ``adicom serve`` as an install of adicom with its own
+#: dependencies runs it. This venv also holds numpy, Pillow and requests (for
+#: matplotlib and mkdocs-material), which pydicom imports whenever it finds
+#: them (~20 MB of the server's memory); here the server cannot find them.
+_DEPS_ONLY = (
+    "import sys\n"
+    "for name in ('numpy', 'PIL', 'requests'):\n"
+    "    sys.modules[name] = None\n"
+    "from adicom.cli import main\n"
+    "sys.exit(main())"
+)
+
+
+def _adicom_deps_only(port: int, store: Path, extra: Sequence[str]) -> list[str]:
+    from benchmarks.adversity.pdus import CALLED_AE
+
+    return [sys.executable, "-c", _DEPS_ONLY, "serve", "--aet", CALLED_AE, "--host", HOST,
+            "--port", str(port), "--storage", str(store), *extra]  # fmt: skip
+
+
+def _kind(name: str) -> Any:
+    from benchmarks.adversity.scps import KINDS, ScpKind
+
+    if name == "adicom-deps":
+        adicom = KINDS["adicom"]
+        return ScpKind(name, _adicom_deps_only, adicom.unavailable, ready_text=adicom.ready_text)
+    return KINDS[name]
 
 
 # -- the probe (a side process) ----------------------------------------------------------
@@ -152,9 +179,9 @@ def run_row(scp_name: str, files: Sequence[Path]) -> dict[str, Any]:
     """One repetition against one SCP; `error` says why it has no figures."""
     from benchmarks.adversity.children import Side
     from benchmarks.adversity.pdus import CALLED_AE
-    from benchmarks.adversity.scps import KINDS, start_scp
+    from benchmarks.adversity.scps import start_scp
 
-    kind = KINDS[scp_name]
+    kind = _kind(scp_name)
     row: dict[str, Any] = {"scp": scp_name, "instances": len(files)}
     why = kind.unavailable()
     if why is not None:
@@ -205,7 +232,7 @@ def _load(scp: Any, files: Sequence[Path], called_ae: str) -> dict[str, Any]:
     argv = _storescu_argv(scp.port, called_ae, files)
     limit = STORE_TIMEOUT_PER_INSTANCE * max(1, len(files))
     rss_max = 0
-    pydantic = _pydantic_loaded(scp.proc.pid) if scp.kind.name == "adicom" else None
+    pydantic = _pydantic_loaded(scp.proc.pid) if scp.kind.name.startswith("adicom") else None
     started = time.monotonic()
     with subprocess.Popen(
         argv,
@@ -313,7 +340,11 @@ def render(summary: dict[str, dict[str, Any]], n: int, mb: float) -> str:
             return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
         reps = f"{s['reps']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
-        name = {"adicom": "adicom serve --storage", "dcmtk": "storescp --fork"}.get(scp, scp)
+        name = {
+            "adicom": "adicom serve --storage",
+            "adicom-deps": "adicom serve --storage (adicom's deps only)",
+            "dcmtk": "storescp --fork +B",
+        }.get(scp, scp)
         keys = ("p50_ms", "p99_ms", "max_ms", "worst_max_ms", "quiet_p50_ms", "mb_per_s",
                 "rss_idle_mib", "rss_receiving_mib", "pydantic")  # fmt: skip
         lines.append("  ".join([name, *(f(s[k]) for k in keys), reps]))
@@ -344,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_probe(probe_args.port, probe_args.called_ae))
         return 0
     p = argparse.ArgumentParser(prog="benchmarks.bulkload", description=__doc__.split("\n")[0])
-    p.add_argument("--scp", action="append", choices=SCPS, help="repeatable (default: both)")
+    p.add_argument("--scp", action="append", choices=SCPS, help="repeatable (default: all three)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("-n", type=int, default=10, help="instances per repetition (default 10)")
     p.add_argument("--frames", type=int, help="frames per instance (default 100: ~52 MB)")

@@ -11,9 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from ssl import SSLContext
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from adicom.archive import Archive
 from adicom.audit import AuditLog
@@ -28,6 +26,7 @@ from adicom.cli.common import (
     tls_file_error,
     uid_arg,
 )
+from adicom.defaults import SETTINGS_DEFAULTS, SettingsDefaults, settings_in_environment
 from adicom.dimse import Limits
 from adicom.identity import (
     Users,
@@ -35,18 +34,27 @@ from adicom.identity import (
 )
 from adicom.peers import PeerRules
 from adicom.server import Server
-from adicom.settings import DicomSettings
 from adicom.storage import StoreContext
 from adicom.tls import client_context, server_context
-from adicom.worklist import WorklistFolder
+
+if TYPE_CHECKING:
+    from adicom.settings import DicomSettings
 
 
-def _serve_settings() -> tuple[DicomSettings, ValidationError | None]:
+def _serve_settings() -> tuple[DicomSettings | SettingsDefaults, Exception | None]:
     """The ``ADICOM_*`` settings for ``serve``'s defaults, and what was wrong with them.
 
     A bad variable must not break the other commands or ``--help``: the
     built-in defaults stand in, and ``serve`` reports the error when it runs.
+    Without any ``ADICOM_*`` variable there is nothing to read: the
+    defaults, and pydantic is never imported.
     """
+    if not settings_in_environment():
+        return SETTINGS_DEFAULTS, None
+    from pydantic import ValidationError
+
+    from adicom.settings import DicomSettings
+
     try:
         return DicomSettings(), None
     except ValidationError as exc:
@@ -183,7 +191,9 @@ def _limits(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def listen_options(
+    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
+) -> None:
     """Where ``serve`` listens and as which AE title."""
     serve.add_argument(
         "--aet",
@@ -210,7 +220,9 @@ def listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> N
     )
 
 
-def tls_server_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def tls_server_options(
+    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
+) -> None:
     """``serve``'s TLS options."""
     tls = serve.add_argument_group(
         "TLS",
@@ -273,7 +285,9 @@ def _server_ssl(args: argparse.Namespace) -> SSLContext | None:
         raise argparse.ArgumentTypeError(f"cannot set up TLS: {tls_file_error(exc)}") from None
 
 
-def archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def archive_options(
+    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
+) -> None:
     """``serve``'s archive options (storage, move destinations, duplicates)."""
     default = "%(default)s" if settings.storage_dir else "none, C-ECHO only"
     serve.add_argument(
@@ -329,7 +343,7 @@ def archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> 
     )
 
 
-def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults) -> None:
     for flag, value, text in (
         (
             "--association-timeout",
@@ -402,6 +416,8 @@ async def run_serve(args: argparse.Namespace) -> int:
     if args.worklist is not None:
         if not args.worklist.is_dir():
             raise argparse.ArgumentTypeError(f"--worklist {args.worklist}: no such folder")
+        from adicom.worklist import WorklistFolder  # pydantic, through adicom.values
+
         worklist = WorklistFolder(args.worklist)
         await worklist.refresh()
         options["on_worklist"] = worklist.find
