@@ -172,3 +172,14 @@ async def test_write_behind_zero_writes_each_fragment_at_once(tmp_path: pathlib.
     assert await incoming.finish() == 0x0000
     with pytest.raises(ValueError, match="write_behind"):
         adicom.DiskStorage(tmp_path, write_behind=-1)
+
+
+def test_serve_has_a_flag_for_it() -> None:
+    from adicom import cli
+
+    assert cli.build_parser().parse_args(["serve"]).write_behind == (
+        diskstorage.DEFAULT_WRITE_BEHIND
+    )
+    assert cli.build_parser().parse_args(["serve", "--write-behind", "0"]).write_behind == 0
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--write-behind", "-1"])

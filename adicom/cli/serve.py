@@ -21,6 +21,7 @@ from adicom.cli.common import (
     ae_title_arg,
     count_arg,
     destination_arg,
+    non_negative_arg,
     port_arg,
     positive_arg,
     tls_file_error,
@@ -28,6 +29,7 @@ from adicom.cli.common import (
 )
 from adicom.defaults import SETTINGS_DEFAULTS, SettingsDefaults, settings_in_environment
 from adicom.dimse import Limits
+from adicom.diskstorage import DEFAULT_WRITE_BEHIND
 from adicom.identity import (
     Users,
     identity_hook,
@@ -121,6 +123,15 @@ def _limits(serve: argparse.ArgumentParser) -> None:
     """What one peer may make the server hold or wait for (docs/server.md, "Limits")."""
     defaults = Limits()
     group = serve.add_argument_group("limits (what one peer may make the server spend)")
+    group.add_argument(
+        "--write-behind",
+        type=non_negative_arg,
+        default=DEFAULT_WRITE_BEHIND,
+        metavar="BYTES",
+        help="bytes of a large instance received but not yet written to disk (a slice is "
+        "written per loop turn); beyond them the association stops reading until half is "
+        "written; 0: write each fragment at once (default: %(default)s)",
+    )
     group.add_argument(
         "--max-pending",
         type=count_arg,
@@ -408,6 +419,7 @@ async def run_serve(args: argparse.Namespace) -> int:
         if not os.access(root, os.W_OK):
             raise PermissionError(f"cannot write to the storage folder {root}")
         archive = Archive(root, on_duplicate=args.on_duplicate, fsync=args.fsync)
+        archive.storage.write_behind = args.write_behind
         destinations = dict(args.move_dest)
         if rules is not None:
             destinations = rules.move_destinations() | destinations
