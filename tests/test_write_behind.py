@@ -183,3 +183,27 @@ def test_serve_has_a_flag_for_it() -> None:
     assert cli.build_parser().parse_args(["serve", "--write-behind", "0"]).write_behind == 0
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["serve", "--write-behind", "-1"])
+
+
+async def test_the_input_is_read_again_when_the_last_holder_lets_go() -> None:
+    # Two instances in flight on one association may each hold the input.
+    reading: list[bool] = []
+
+    class Transport:
+        def is_closing(self) -> bool:
+            return False
+
+        def pause_reading(self) -> None:
+            reading.append(False)
+
+        def resume_reading(self) -> None:
+            reading.append(True)
+
+    assoc = adicom.Association(requestor=False)
+    assoc._transport = Transport()  # type: ignore[assignment]
+    assoc.hold_input(True)
+    assoc.hold_input(True)
+    assoc.hold_input(False)
+    assert reading[-1] is False  # the second still holds
+    assoc.hold_input(False)
+    assert reading[-1] is True
