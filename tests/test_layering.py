@@ -99,6 +99,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.models.queries",
                 "adicom.models.worklist",
                 "adicom.settings",
+                "adicom.defaults",
                 "adicom.server",
                 "adicom.clientbase",
                 "adicom.clientretrieve",
