@@ -11,7 +11,9 @@ import copy
 import pathlib
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import asyncpg
 import pydicom
@@ -216,6 +218,31 @@ async def test_a_database_down_refuses_stores_and_queries_then_recovers(
         await archive.aclose()
 
 
+async def test_a_node_started_while_the_database_is_down_begins_when_it_answers(
+    own_cluster: Cluster, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_cluster.new_database()
+    own_cluster.stop()
+    root = tmp_path / "archive"
+    archive = Archive(root, index=url, index_timeout=2.0)
+    assert await archive.open() == 0  # serves, and says why nothing works yet
+    assert "operations fail until it answers" in caplog.text
+    (instance,) = fresh(1)
+    try:
+        async with serving(archive) as node:
+            (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+            assert result.status == 0xA700
+            assert files_of(root) == set()
+            own_cluster.start()
+            # The first operation that reaches the database makes the schema.
+            (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+            assert result.ok, result
+            assert await archive.index.path_of(str(instance.SOPInstanceUID)) is not None
+    finally:
+        await archive.aclose()
+    assert threading.active_count() == 1  # asyncpg started no thread
+
+
 async def test_a_slow_database_refuses_a_store_in_bounded_time_and_keeps_nothing(
     postgres: Cluster, tmp_path: pathlib.Path
 ) -> None:
@@ -338,3 +365,26 @@ async def test_two_nodes_share_one_archive(postgres: Cluster, tmp_path: pathlib.
             async with asyncio.timeout(30):
                 _, err = await node.communicate()
             assert "Traceback" not in err.decode(), err.decode()
+
+
+@pytest.mark.parametrize("policy", ["keep", "reject"])
+async def test_keep_and_reject_keep_the_first_copy_in_the_database(
+    postgres: Cluster, tmp_path: pathlib.Path, policy: Literal["keep", "reject"]
+) -> None:
+    root = tmp_path / "archive"
+    archive = Archive(root, index=postgres.new_database(), on_duplicate=policy)
+    await archive.open()
+    (first,) = fresh(1)
+    second = copy.deepcopy(first)
+    second.PixelData = bytes(len(first.PixelData))  # another copy, told apart
+    try:
+        async with serving(archive) as node:
+            (result,) = await adicom.store(node.host, node.port, [first], called_ae=node.aet)
+            assert result.ok
+            (result,) = await adicom.store(node.host, node.port, [second], called_ae=node.aet)
+            assert result.status == (0x0000 if policy == "keep" else 0x0111)
+        (kept,) = (root / str(first.StudyInstanceUID)).rglob("*.dcm")  # the loser's file went
+        assert pydicom.dcmread(kept).PixelData == first.PixelData
+        assert await archive.index.path_of(str(first.SOPInstanceUID)) == kept
+    finally:
+        await archive.aclose()

@@ -351,7 +351,15 @@ class Archive:
         and the database, not the folder, says what is stored (several nodes
         scanning a shared folder would index each other's stores in flight).
         """
-        await self.index.connect()
+        try:
+            await self.index.connect()
+        except IndexUnavailable as exc:
+            if not self.index.shared:
+                raise
+            # Serve anyway: each operation answers a failure status until the
+            # database answers, and the first that reaches it connects.
+            log.warning("archive %s: %s; operations fail until it answers", self.root, exc)
+            return 0
         if scan is None:
             scan = self.scan
         if not scan:
