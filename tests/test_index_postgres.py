@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
+import os
 import pathlib
 import subprocess
 import sys
@@ -386,5 +388,30 @@ async def test_keep_and_reject_keep_the_first_copy_in_the_database(
         (kept,) = (root / str(first.StudyInstanceUID)).rglob("*.dcm")  # the loser's file went
         assert pydicom.dcmread(kept).PixelData == first.PixelData
         assert await archive.index.path_of(str(first.SOPInstanceUID)) == kept
+    finally:
+        await archive.aclose()
+
+
+async def test_a_file_system_without_hard_links_gets_unique_names(
+    postgres: Cluster, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    root = tmp_path / "archive"
+    archive = Archive(root, index=postgres.new_database())
+    await archive.open()
+    (instance,) = fresh(1)
+    try:
+        async with serving(archive) as node:
+            for _ in range(2):  # the second replaces the first
+                (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+                assert result.ok, result
+        (held,) = (root / str(instance.StudyInstanceUID)).rglob("*.dcm")
+        uid = str(instance.SOPInstanceUID)
+        assert held.name.startswith(uid + ".") and held.name != uid + ".dcm"
+        assert await archive.index.path_of(uid) == held
+        assert pydicom.dcmread(held).SOPInstanceUID == uid
     finally:
         await archive.aclose()

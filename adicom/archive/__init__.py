@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -80,6 +81,8 @@ COMMIT_RETRY = 1.0
 OPEN_WAIT = 30.0
 
 _INDEX_NAME = ".adicom-index.sqlite"
+# link() failing so: the file system has no hard links.
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 # Stores whose index write failed half-way, kept to be undone (at most).
 _MAX_DOUBTFUL = 10_000
 
@@ -241,16 +244,27 @@ class Archive:
         """
         storage = self.storage
         storage.ensure_folder(final.parent)
+        unique = final.with_name(f"{final.stem}.{uuid.uuid4().hex[:12]}{final.suffix}")
         try:
             os.link(temp, final)
         except FileExistsError:
-            final = final.with_name(f"{final.stem}.{uuid.uuid4().hex[:12]}{final.suffix}")
+            final = unique
             os.link(temp, final)
+            os.unlink(temp)
         except FileNotFoundError:
             storage.forget_folder(final.parent)
             storage.ensure_folder(final.parent)
             os.link(temp, final)
-        os.unlink(temp)
+            os.unlink(temp)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            # A file system without hard links (some SMB and FUSE mounts): a
+            # unique name always, which a rename cannot take from anyone.
+            os.rename(temp, unique)
+            final = unique
+        else:
+            os.unlink(temp)
         if storage.fsync:
             fd = os.open(final.parent, os.O_RDONLY)
             try:
