@@ -28,6 +28,7 @@ from adicom import qrscu
 from adicom.archive import Archive
 from adicom.archive.backends import open_index
 from adicom.errors import DimseError
+from tests.interop.peers import dcmtk_binary
 from tests.postgres import Cluster, cluster
 from tests.test_archive import TREE, identifier, serving, write_tree
 from tests.test_cli import environment, free_port
@@ -415,3 +416,55 @@ async def test_a_file_system_without_hard_links_gets_unique_names(
         assert pydicom.dcmread(held).SOPInstanceUID == uid
     finally:
         await archive.aclose()
+
+
+async def test_a_node_killed_mid_store_loses_nothing_acknowledged(
+    postgres: Cluster, tmp_path: pathlib.Path
+) -> None:
+    # DCMTK's storescu sends one instance at a time and says which were
+    # acknowledged; the node is killed (SIGKILL) in the middle. Every
+    # acknowledged instance is in the database with its file; every row
+    # names a file that is there; at most the one instance in flight is held
+    # without having been acknowledged (the peer sends it again).
+    storescu = dcmtk_binary("storescu")
+    assert storescu is not None, "DCMTK storescu is needed (apt-get install dcmtk)"
+    url = postgres.new_database()
+    root = tmp_path / "archive"
+    batch = fresh(400)
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for number, ds in enumerate(batch):
+        ds.save_as(sources / f"{number:04}.dcm", enforce_file_format=True)
+    port = free_port()
+    node = await start_node(root, url, port)
+    sender = await asyncio.create_subprocess_exec(
+        storescu, "-v", "-aec", "ADICOM", "127.0.0.1", str(port),
+        *sorted(map(str, sources.iterdir())),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={"TCP_NODELAY": "1"},
+    )  # fmt: skip
+    assert sender.stdout is not None
+    acknowledged: set[str] = set()
+    current = ""
+    try:
+        async with asyncio.timeout(120):
+            while line := (await sender.stdout.readline()).decode():
+                if "Sending file:" in line:
+                    current = line.rsplit("/", 1)[-1].strip()
+                elif "Received Store Response (Success)" in line:
+                    acknowledged.add(str(batch[int(current.split(".")[0])].SOPInstanceUID))
+                    if len(acknowledged) == 50:
+                        node.kill()
+            await sender.wait()
+    finally:
+        if node.returncode is None:
+            node.kill()
+        await node.wait()
+    assert 50 <= len(acknowledged) < len(batch)
+    connection = await asyncpg.connect(url)
+    try:
+        rows = dict(await connection.fetch("SELECT sop_instance_uid, path FROM instances"))
+    finally:
+        await connection.close()
+    assert acknowledged <= set(rows)
+    assert len(set(rows) - acknowledged) <= 1
+    assert all(pathlib.Path(path).is_file() for path in rows.values())
