@@ -27,9 +27,10 @@ import adicom
 from adicom import qrscu
 from adicom.archive import Archive
 from adicom.archive.backends import open_index
+from adicom.archive.matching import make_row
 from adicom.errors import DimseError
 from tests.interop.peers import dcmtk_binary
-from tests.postgres import Cluster, cluster
+from tests.postgres import BACKENDS, Cluster, cluster
 from tests.test_archive import TREE, identifier, serving, write_tree
 from tests.test_cli import environment, free_port
 
@@ -468,3 +469,36 @@ async def test_a_node_killed_mid_store_loses_nothing_acknowledged(
     assert acknowledged <= set(rows)
     assert len(set(rows) - acknowledged) <= 1
     assert all(pathlib.Path(path).is_file() for path in rows.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_put_settles_one_uid_alike_on_both_backends(
+    backend: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:{tmp_path / 'index.sqlite'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres").new_database()
+    )
+    index = open_index(url)
+    await index.connect()
+    values = {"SOPInstanceUID": "1.2.3", "StudyInstanceUID": "1.2", "SOPClassUID": "1.2.840"}
+    try:
+        assert await index.put(make_row(values, "/a.dcm", "1.2.840.10008.1.2"), True) == (
+            True,
+            None,
+        )
+        # replace: stored, and the path it displaced said back
+        assert await index.put(make_row(values, "/b.dcm", "1.2.840.10008.1.2"), True) == (
+            True,
+            "/a.dcm",
+        )
+        # keep or reject: not stored, the path held said back
+        assert await index.put(make_row(values, "/c.dcm", "1.2.840.10008.1.2"), False) == (
+            False,
+            "/b.dcm",
+        )
+        assert await index.sop_class_of("1.2.3") == ("1.2.840", pathlib.Path("/b.dcm"))
+        assert await index.count() == 1
+    finally:
+        await index.aclose()
