@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
+import os
 import pathlib
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import asyncpg
 import pydicom
@@ -23,8 +27,10 @@ import adicom
 from adicom import qrscu
 from adicom.archive import Archive
 from adicom.archive.backends import open_index
+from adicom.archive.matching import make_row
 from adicom.errors import DimseError
-from tests.postgres import Cluster, cluster
+from tests.interop.peers import dcmtk_binary
+from tests.postgres import BACKENDS, Cluster, cluster
 from tests.test_archive import TREE, identifier, serving, write_tree
 from tests.test_cli import environment, free_port
 
@@ -216,6 +222,31 @@ async def test_a_database_down_refuses_stores_and_queries_then_recovers(
         await archive.aclose()
 
 
+async def test_a_node_started_while_the_database_is_down_begins_when_it_answers(
+    own_cluster: Cluster, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_cluster.new_database()
+    own_cluster.stop()
+    root = tmp_path / "archive"
+    archive = Archive(root, index=url, index_timeout=2.0)
+    assert await archive.open() == 0  # serves, and says why nothing works yet
+    assert "operations fail until it answers" in caplog.text
+    (instance,) = fresh(1)
+    try:
+        async with serving(archive) as node:
+            (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+            assert result.status == 0xA700
+            assert files_of(root) == set()
+            own_cluster.start()
+            # The first operation that reaches the database makes the schema.
+            (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+            assert result.ok, result
+            assert await archive.index.path_of(str(instance.SOPInstanceUID)) is not None
+    finally:
+        await archive.aclose()
+    assert threading.active_count() == 1  # asyncpg started no thread
+
+
 async def test_a_slow_database_refuses_a_store_in_bounded_time_and_keeps_nothing(
     postgres: Cluster, tmp_path: pathlib.Path
 ) -> None:
@@ -338,3 +369,136 @@ async def test_two_nodes_share_one_archive(postgres: Cluster, tmp_path: pathlib.
             async with asyncio.timeout(30):
                 _, err = await node.communicate()
             assert "Traceback" not in err.decode(), err.decode()
+
+
+@pytest.mark.parametrize("policy", ["keep", "reject"])
+async def test_keep_and_reject_keep_the_first_copy_in_the_database(
+    postgres: Cluster, tmp_path: pathlib.Path, policy: Literal["keep", "reject"]
+) -> None:
+    root = tmp_path / "archive"
+    archive = Archive(root, index=postgres.new_database(), on_duplicate=policy)
+    await archive.open()
+    (first,) = fresh(1)
+    second = copy.deepcopy(first)
+    second.PixelData = bytes(len(first.PixelData))  # another copy, told apart
+    try:
+        async with serving(archive) as node:
+            (result,) = await adicom.store(node.host, node.port, [first], called_ae=node.aet)
+            assert result.ok
+            (result,) = await adicom.store(node.host, node.port, [second], called_ae=node.aet)
+            assert result.status == (0x0000 if policy == "keep" else 0x0111)
+        (kept,) = (root / str(first.StudyInstanceUID)).rglob("*.dcm")  # the loser's file went
+        assert pydicom.dcmread(kept).PixelData == first.PixelData
+        assert await archive.index.path_of(str(first.SOPInstanceUID)) == kept
+    finally:
+        await archive.aclose()
+
+
+async def test_a_file_system_without_hard_links_gets_unique_names(
+    postgres: Cluster, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    root = tmp_path / "archive"
+    archive = Archive(root, index=postgres.new_database())
+    await archive.open()
+    (instance,) = fresh(1)
+    try:
+        async with serving(archive) as node:
+            for _ in range(2):  # the second replaces the first
+                (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+                assert result.ok, result
+        (held,) = (root / str(instance.StudyInstanceUID)).rglob("*.dcm")
+        uid = str(instance.SOPInstanceUID)
+        assert held.name.startswith(uid + ".") and held.name != uid + ".dcm"
+        assert await archive.index.path_of(uid) == held
+        assert pydicom.dcmread(held).SOPInstanceUID == uid
+    finally:
+        await archive.aclose()
+
+
+async def test_a_node_killed_mid_store_loses_nothing_acknowledged(
+    postgres: Cluster, tmp_path: pathlib.Path
+) -> None:
+    # DCMTK's storescu sends one instance at a time and says which were
+    # acknowledged; the node is killed (SIGKILL) in the middle. Every
+    # acknowledged instance is in the database with its file; every row
+    # names a file that is there; at most the one instance in flight is held
+    # without having been acknowledged (the peer sends it again).
+    storescu = dcmtk_binary("storescu")
+    assert storescu is not None, "DCMTK storescu is needed (apt-get install dcmtk)"
+    url = postgres.new_database()
+    root = tmp_path / "archive"
+    batch = fresh(400)
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for number, ds in enumerate(batch):
+        ds.save_as(sources / f"{number:04}.dcm", enforce_file_format=True)
+    port = free_port()
+    node = await start_node(root, url, port)
+    sender = await asyncio.create_subprocess_exec(
+        storescu, "-v", "-aec", "ADICOM", "127.0.0.1", str(port),
+        *sorted(map(str, sources.iterdir())),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={"TCP_NODELAY": "1"},
+    )  # fmt: skip
+    assert sender.stdout is not None
+    acknowledged: set[str] = set()
+    current = ""
+    try:
+        async with asyncio.timeout(120):
+            while line := (await sender.stdout.readline()).decode():
+                if "Sending file:" in line:
+                    current = line.rsplit("/", 1)[-1].strip()
+                elif "Received Store Response (Success)" in line:
+                    acknowledged.add(str(batch[int(current.split(".")[0])].SOPInstanceUID))
+                    if len(acknowledged) == 50:
+                        node.kill()
+            await sender.wait()
+    finally:
+        if node.returncode is None:
+            node.kill()
+        await node.wait()
+    assert 50 <= len(acknowledged) < len(batch)
+    connection = await asyncpg.connect(url)
+    try:
+        rows = dict(await connection.fetch("SELECT sop_instance_uid, path FROM instances"))
+    finally:
+        await connection.close()
+    assert acknowledged <= set(rows)
+    assert len(set(rows) - acknowledged) <= 1
+    assert all(pathlib.Path(path).is_file() for path in rows.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_put_settles_one_uid_alike_on_both_backends(
+    backend: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:{tmp_path / 'index.sqlite'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres").new_database()
+    )
+    index = open_index(url)
+    await index.connect()
+    values = {"SOPInstanceUID": "1.2.3", "StudyInstanceUID": "1.2", "SOPClassUID": "1.2.840"}
+    try:
+        assert await index.put(make_row(values, "/a.dcm", "1.2.840.10008.1.2"), True) == (
+            True,
+            None,
+        )
+        # replace: stored, and the path it displaced said back
+        assert await index.put(make_row(values, "/b.dcm", "1.2.840.10008.1.2"), True) == (
+            True,
+            "/a.dcm",
+        )
+        # keep or reject: not stored, the path held said back
+        assert await index.put(make_row(values, "/c.dcm", "1.2.840.10008.1.2"), False) == (
+            False,
+            "/b.dcm",
+        )
+        assert await index.sop_class_of("1.2.3") == ("1.2.840", pathlib.Path("/b.dcm"))
+        assert await index.count() == 1
+    finally:
+        await index.aclose()

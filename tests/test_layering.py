@@ -119,6 +119,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.archive.matching",
                 "adicom.archive.backends",
                 "adicom.archive.postgres",
+                "adicom.archive.files",
                 "adicom.archive.sequences",
                 "adicom.cli",
                 "adicom.cli.common",

@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from ssl import SSLContext
@@ -48,6 +47,7 @@ from adicom.archive.backends import (
     index_url,
     open_index,
 )
+from adicom.archive.files import FileStore, SharedFolder
 from adicom.archive.index import IndexBusy, IndexUnusable, chunks
 from adicom.archive.matching import ATTRIBUTES, LEVELS, PATH, RAW, MatchError, make_row
 from adicom.archive.sequences import SequenceKeys
@@ -155,6 +155,12 @@ class Archive:
             # ids are per host).
             self.storage.incoming = self.root / ".incoming" / socket.gethostname()
             self.storage.remove_leftovers()
+        #: Where the instances' bytes go with a shared index (the seam for
+        #: object storage); None with SQLite, whose DiskStorage files them.
+        self.files: FileStore | None = (
+            None if self._sqlite is not None else SharedFolder(self.storage, fsync)
+        )
+        self._exists = os.path.isfile if self.files is None else self.files.exists
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_failing = False
         self._commit_waiters: list[asyncio.Future[None]] = []
@@ -191,8 +197,10 @@ class Archive:
         fails leaves no file and no row (PS3.4 B.2.3: 0xA700).
         """
         uid = values.get("SOPInstanceUID", "")
+        files = self.files
+        assert files is not None
         try:
-            placed = self._place(temp, self.storage.final_path(values))
+            placed = files.place(temp, self.storage.final_path(values))
             stat = os.stat(placed)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -212,52 +220,26 @@ class Archive:
                 # Whether the row went in is unknown: the file goes, and the
                 # row with it when the database answers again.
                 with contextlib.suppress(OSError):
-                    os.unlink(placed)
+                    files.remove(placed)
                 if len(self._doubtful) < _MAX_DOUBTFUL:
-                    self._doubtful[uid] = str(placed)
+                    self._doubtful[uid] = placed
         if self._doubtful and self._settling is None:
             # In the background: this store's answer does not wait for it.
             self._settling = asyncio.get_running_loop().create_task(self._settle_doubtful())
         if not stored:
             # Another copy is held (a node stored it first): ours goes.
             with contextlib.suppress(OSError):
-                os.unlink(placed)
+                files.remove(placed)
             kept = Path(other) if other else None
             if policy == "reject":
                 return Status.DUPLICATE_SOP_INSTANCE, kept, "this SOP instance is stored already"
             log.info("%s is stored already; keeping the first copy", uid)
             return Status.SUCCESS, kept, ""
-        if other and other != str(placed):
+        if other and other != placed:
             # The copy this one replaced, whichever node filed it.
             with contextlib.suppress(OSError):
-                os.unlink(other)
-        return Status.SUCCESS, placed, ""
-
-    def _place(self, temp: Path, final: Path) -> Path:
-        """Link ``temp`` at ``final``, or beside it under a unique name if taken; remove temp.
-
-        A link never replaces a file: two nodes storing one instance at
-        once keep two files, and the database says which one stays.
-        """
-        storage = self.storage
-        storage.ensure_folder(final.parent)
-        try:
-            os.link(temp, final)
-        except FileExistsError:
-            final = final.with_name(f"{final.stem}.{uuid.uuid4().hex[:12]}{final.suffix}")
-            os.link(temp, final)
-        except FileNotFoundError:
-            storage.forget_folder(final.parent)
-            storage.ensure_folder(final.parent)
-            os.link(temp, final)
-        os.unlink(temp)
-        if storage.fsync:
-            fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return final
+                files.remove(other)
+        return Status.SUCCESS, Path(placed), ""
 
     async def _settle_doubtful(self) -> None:
         """Drop the rows of stores that failed half-way (their files are gone)."""
@@ -266,7 +248,7 @@ class Archive:
                 uid, path = self._doubtful.popitem()
                 try:
                     found = await self.index.path_of(uid)
-                    if found is not None and str(found) == path and not found.exists():
+                    if found is not None and str(found) == path and not self._exists(path):
                         await self.index.remove_path(path)
                 except IndexUnavailable:
                     self._doubtful[uid] = path
@@ -351,7 +333,15 @@ class Archive:
         and the database, not the folder, says what is stored (several nodes
         scanning a shared folder would index each other's stores in flight).
         """
-        await self.index.connect()
+        try:
+            await self.index.connect()
+        except IndexUnavailable as exc:
+            if not self.index.shared:
+                raise
+            # Serve anyway: each operation answers a failure status until the
+            # database answers, and the first that reaches it connects.
+            log.warning("archive %s: %s; operations fail until it answers", self.root, exc)
+            return 0
         if scan is None:
             scan = self.scan
         if not scan:
@@ -482,7 +472,7 @@ class Archive:
         if found is None:
             return None
         sop_class, path = found
-        return sop_class if path.is_file() else None
+        return sop_class if self._exists(str(path)) else None
 
     async def find(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset | bytes]:
         """C-FIND handler: the matches of ``identifier`` with the keys it asked for.
@@ -559,7 +549,7 @@ class Archive:
                 Status.OUT_OF_RESOURCES_MATCHES, "the archive's index is unavailable"
             ) from None
         yield len(rows)
-        isfile = os.path.isfile
+        isfile = self._exists
         for row in rows:
             path = row.path
             if not isfile(path):

@@ -179,6 +179,18 @@ _UPSERT = (
 )
 
 
+async def _reset(connection: asyncpg.Connection) -> None:
+    """Make a connection ready for the next call when it goes back to the pool.
+
+    asyncpg's default resets the whole session (a query per release, which
+    doubled the cost of a store); the index changes nothing in a session
+    (no SET, no LISTEN, only transaction-scoped locks), so what can be left
+    over is an open transaction, rolled back.
+    """
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
 def _safe_url(url: str) -> str:
     """The URL without its password (for messages and logs)."""
     parts = urlsplit(url)
@@ -219,6 +231,9 @@ class PostgresIndex:
         self.pool_size = pool
         self.timeout = timeout
         self._pool: asyncpg.Pool | None = None
+        # The schema was checked (connect() succeeded once).
+        self._ready = False
+        self._connecting = asyncio.Lock()
         # What asyncpg raises when the server is down, gone or refuses.
         self._down: tuple[type[BaseException], ...] = (
             OSError,
@@ -232,36 +247,42 @@ class PostgresIndex:
         )
 
     async def connect(self) -> None:
-        """Make the pool and bring the schema up to date (raises IndexUnavailable)."""
-        if self._pool is None:
-            # min_size 0: no connection is held before it is needed, and a
-            # broken one is replaced by a new one on the next call.
-            self._pool = self._asyncpg.create_pool(
-                self._dsn,
-                min_size=0,
-                max_size=self.pool_size,
-                command_timeout=self.timeout,
-                max_inactive_connection_lifetime=60.0,
-            )
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._pool
-            except self._down as exc:
-                self._pool = None
-                raise IndexUnavailable(f"the index {self.url} does not answer: {exc}") from None
-        async with self._connection() as connection:
-            before = await migrate(connection)
+        """Make the pool and bring the schema up to date (raises IndexUnavailable).
+
+        Called by the first call that needs the database when it was not
+        (or could not be) done before: a node started while the database
+        was down begins to work once it answers.
+        """
+        async with self._connecting:
+            if self._ready:
+                return
+            if self._pool is None:
+                # min_size 0: no connection is held before it is needed, and a
+                # broken one is replaced by a new one on the next call.
+                self._pool = self._asyncpg.create_pool(
+                    self._dsn,
+                    min_size=0,
+                    max_size=self.pool_size,
+                    max_inactive_connection_lifetime=60.0,
+                    reset=_reset,
+                )
+                await self._pool  # no connection made yet (min_size 0)
+            async with self._acquire() as connection:
+                before = await migrate(connection)
+            self._ready = True
         if before != SCHEMA_VERSION:
             log.info("index %s: schema %d made version %d", self.url, before, SCHEMA_VERSION)
 
     def close(self) -> None:
         """Close every connection of the pool now."""
+        self._ready = False
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
 
     async def aclose(self) -> None:
         """Close the pool, letting calls under way finish (at most ``timeout``)."""
+        self._ready = False
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -273,8 +294,19 @@ class PostgresIndex:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection, the call bounded by ``timeout``; failures as IndexUnavailable."""
+        if not self._ready:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self.connect()
+            except TimeoutError:
+                raise IndexUnavailable(f"the index {self.url} does not answer") from None
+        async with self._acquire() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
         if self._pool is None:
-            raise IndexUnavailable(f"the index {self.url} is not connected")
+            raise IndexUnavailable(f"the index {self.url} is closed")
         try:
             async with asyncio.timeout(self.timeout), self._pool.acquire() as connection:
                 yield connection
