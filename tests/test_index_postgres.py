@@ -247,6 +247,26 @@ async def test_a_node_started_while_the_database_is_down_begins_when_it_answers(
     assert threading.active_count() == 1  # asyncpg started no thread
 
 
+async def test_a_host_name_is_looked_up_without_a_thread(
+    postgres: Cluster, tmp_path: pathlib.Path
+) -> None:
+    # asyncio looks names up in a thread; the index looks "localhost" up
+    # itself and gives asyncpg its addresses.
+    url = postgres.new_database().replace("@127.0.0.1:", "@localhost:")
+    assert "@localhost:" in url
+    archive = Archive(tmp_path / "archive", index=url, index_timeout=5.0)
+    await archive.open()
+    (instance,) = fresh(1)
+    try:
+        async with serving(archive) as node:
+            (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
+            assert result.ok, result
+        assert await archive.index.path_of(str(instance.SOPInstanceUID)) is not None
+    finally:
+        await archive.aclose()
+    assert threading.active_count() == 1
+
+
 async def test_a_slow_database_refuses_a_store_in_bounded_time_and_keeps_nothing(
     postgres: Cluster, tmp_path: pathlib.Path
 ) -> None:

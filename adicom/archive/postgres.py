@@ -2,8 +2,11 @@
 
 Imported only when a ``postgresql://`` URL is used (``pip install
 adicom[postgresql]``). asyncpg speaks PostgreSQL's protocol on the event
-loop itself: no thread, no executor. Give the host as an address (or a
-Unix socket folder): a host name would be resolved by asyncio in a thread.
+loop itself: no thread, no executor. asyncio would look a host name up in
+its default executor (a thread), so :class:`PostgresIndex` looks the name
+up itself, on the loop, and hands asyncpg the address (see
+:func:`_address_of`); give an address (or a Unix socket folder) where a
+DNS lookup must never hold the loop.
 
 The table is the SQLite index's (:data:`~adicom.archive.matching.ROW_COLUMNS`)
 plus what SQLite computes in Python functions at query time and PostgreSQL
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,6 +205,40 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _address_of(url: str) -> dict[str, Any]:
+    """The ``host`` and ``port`` for asyncpg when the URL's host is a name; else ``{}``.
+
+    Nothing for an address, a Unix socket folder, several hosts or no host
+    at all: asyncpg and asyncio use those as they are, with no lookup. A
+    name is looked up here, every address of it, on the event loop (at
+    once from /etc/hosts, else a DNS lookup holds the loop until the
+    resolver answers), because asyncio's own lookup runs in a thread,
+    which adicom never starts. A name that does not resolve is left to
+    asyncpg's connection error.
+    (With ``sslmode=verify-full`` give an address the certificate names.)
+    """
+    parts = urlsplit(url)
+    if "," in parts.netloc:
+        return {}
+    host = parts.hostname
+    if not host or host.startswith("/"):
+        return {}
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        return {}
+    except socket.gaierror:
+        pass
+    try:
+        found = socket.getaddrinfo(host, parts.port or 5432, type=socket.SOCK_STREAM)
+    except (socket.gaierror, ValueError):
+        return {}
+    # Every address, in the resolver's order: asyncpg tries them in turn,
+    # as asyncio would (``localhost`` is ::1 and 127.0.0.1).
+    hosts = list(dict.fromkeys(str(entry[4][0]) for entry in found))
+    # The keywords replace the URL's host and port alike: give both.
+    return {"host": hosts, "port": parts.port or 5432}
+
+
 class PostgresIndex:
     """The archive's index in the PostgreSQL database at ``url`` (asyncpg pool).
 
@@ -261,6 +299,7 @@ class PostgresIndex:
                 # broken one is replaced by a new one on the next call.
                 self._pool = self._asyncpg.create_pool(
                     self._dsn,
+                    **_address_of(self._dsn),
                     min_size=0,
                     max_size=self.pool_size,
                     max_inactive_connection_lifetime=60.0,
