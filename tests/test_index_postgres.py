@@ -97,6 +97,14 @@ def test_asyncpg_is_imported_only_for_a_postgresql_index(tmp_path: pathlib.Path)
     assert out.stdout.strip() == "False"
 
 
+def test_migrate_says_a_database_that_does_not_answer_and_exits_3() -> None:
+    from tests.test_cli import free_port
+
+    done = adicom_cli("index", "migrate", f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    assert done.returncode == 3, done.stderr
+    assert "does not answer" in done.stderr and "Traceback" not in done.stderr
+
+
 async def test_migrate_then_copy_sqlite_to_postgresql_and_back(
     postgres: Cluster, tmp_path: pathlib.Path
 ) -> None:

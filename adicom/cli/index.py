@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from adicom.archive.backends import IndexBackend, SQLiteIndex, open_index
-from adicom.cli.common import EXIT_OK, Commands
+from adicom.archive.backends import IndexBackend, IndexUnavailable, SQLiteIndex, open_index
+from adicom.cli.common import EXIT_OK, EXIT_UNREACHABLE, Commands
 from adicom.errors import ArchiveError
 
 __all__ = ["add_index", "run_index"]
@@ -46,7 +46,18 @@ def _open(url: str) -> IndexBackend:
 
 
 async def run_index(args: argparse.Namespace) -> int:
-    """``adicom index migrate URL`` and ``adicom index copy SRC DST``."""
+    """``adicom index migrate URL`` and ``adicom index copy SRC DST``.
+
+    A database that does not answer exits 3 (unreachable), as a peer does.
+    """
+    try:
+        return await _run_index(args)
+    except IndexUnavailable as exc:
+        print(f"adicom index: {exc}", file=sys.stderr, flush=True)
+        return EXIT_UNREACHABLE
+
+
+async def _run_index(args: argparse.Namespace) -> int:
     if args.action == "migrate":
         index = _open(args.url)
         try:
