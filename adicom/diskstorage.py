@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import string
+import time
 import uuid
 import warnings
 from collections import deque
@@ -81,11 +82,15 @@ _DEEP_HEAD = 4 << 20
 Filed = tuple[int, Path | None, str]
 #: ``filer(temp, values, context, raw, policy)``: see :class:`DiskStorage`.
 Filer = Callable[[Path, dict[str, str], StoreContext, dict[str, bytes], str], Awaitable[Filed]]
-#: Bytes written to a file in one event-loop callback at most. Writing to
-#: the page cache costs about 0.2-2.5 ms per MiB here (fresh pages are the
-#: cost), so a 1 MiB PDV written at once held every other association for
-#: up to ~10 ms; a slice keeps each callback well under a millisecond.
+#: Bytes of one write to a file. Writing to the page cache costs about
+#: 0.2 ms per MiB here when it has pages at hand and up to ~2.5 ms (peaks
+#: of 10 ms) when it must find them, so a 1 MiB PDV written at once could
+#: hold every other association that long.
 WRITE_SLICE = 256 << 10
+#: Seconds of writing in one event-loop callback: slices are written while
+#: they go fast; once this is spent the rest waits for the next turn (a
+#: copy), so each callback holds the loop about a millisecond at most.
+WRITE_TIME = 0.001
 #: Default of ``DiskStorage(write_behind=)``: bytes of a data set received
 #: but not yet written that one instance may hold before its association
 #: stops reading from the peer (TCP then makes the peer wait).
@@ -118,8 +123,8 @@ class DiskStorage(StorageHandler):
     ``fsync`` makes each file and its folder durable before the success
     status is sent (slower; off by default, like DCMTK).
 
-    A large data set is written a slice (:data:`WRITE_SLICE`) per event-loop
-    turn, so the other associations are served between slices; up to
+    A large data set is written for about a millisecond (:data:`WRITE_TIME`)
+    per event-loop turn, so the other associations are served between; up to
     ``write_behind`` bytes of it wait in memory, beyond that the association
     stops reading from the peer until the backlog is half written (``0``:
     write each fragment at once, holding the loop as long as that takes).
@@ -338,13 +343,20 @@ class _DiskInstance(IncomingInstance):
     def write(self, data: memoryview, /) -> None:
         if self._fd is None:
             return
-        start = self._start
-        if start is not None:
-            start += data
-            if not self._settle_start(start, complete=False):
+        held = self._start
+        if held is not None:
+            # Usually the first fragment tells at once, read where it lies:
+            # copying it (a 1 MiB PDV, twice) cost ~1.5 ms per instance.
+            if held:
+                held += data
+                data = memoryview(held)
+            skip = self._start_skip(data, complete=False)
+            if skip is None:
+                if not held and self._fd is not None:
+                    held += data  # too short to tell: kept until more comes
                 return
-            data = memoryview(bytes(start))
             self._start = None
+            data = data[skip:]
         inflater = self._inflater
         if inflater is not None:
             if not inflater.full and self._inflate_error is None:
@@ -361,14 +373,20 @@ class _DiskInstance(IncomingInstance):
             self._fail(_disk_error(exc), f"writing {self._temp}")
 
     def _put(self, data: memoryview) -> None:
-        """Write ``data`` now if it is small, otherwise a slice now and the rest behind."""
+        """Write ``data`` while it goes fast (WRITE_TIME); what is left waits behind."""
         limit = self._storage.write_behind
         if not self._pending:
             if len(data) <= WRITE_SLICE or not limit:
                 self._write(data)
                 return
-            self._write(data[:WRITE_SLICE])
-            data = data[WRITE_SLICE:]
+            started = time.perf_counter()
+            while True:
+                self._write(data[:WRITE_SLICE])
+                data = data[WRITE_SLICE:]
+                if not data:
+                    return
+                if time.perf_counter() - started > WRITE_TIME:
+                    break
         # Copied (``data`` is the receive buffer, which a later read may
         # reuse) into blocks the storage keeps for reuse: a copy into fresh
         # memory costs its page faults, about as much as the write itself.
@@ -390,10 +408,11 @@ class _DiskInstance(IncomingInstance):
                 # price of the loop, rather than hold more.
                 self._write_backlog(self._pending - limit)
 
-    def _write_backlog(self, budget: int) -> None:
-        """Write up to ``budget`` bytes of the backlog, oldest first."""
+    def _write_backlog(self, budget: int, seconds: float | None = None) -> None:
+        """Write up to ``budget`` bytes of the backlog, oldest first, and for ``seconds``."""
         assert self._fd is not None
         backlog = self._backlog
+        until = None if seconds is None else time.perf_counter() + seconds
         while budget > 0 and backlog:
             block, view = backlog[0]
             written = os.write(self._fd, view[:budget])
@@ -406,6 +425,8 @@ class _DiskInstance(IncomingInstance):
                 self._storage.give_block(block)
             else:
                 backlog[0] = (block, view[written:])
+            if until is not None and time.perf_counter() > until:
+                return  # at least one block per call: the backlog always shrinks
 
     def _drain(self) -> None:
         """One loop callback: the next slice of the backlog; again later if more is left."""
@@ -413,7 +434,7 @@ class _DiskInstance(IncomingInstance):
         if self._fd is None:
             return
         try:
-            self._write_backlog(WRITE_SLICE)
+            self._write_backlog(self._pending, WRITE_TIME)
         except OSError as exc:
             self._fail(_disk_error(exc), f"writing {self._temp}")
             return
@@ -436,10 +457,12 @@ class _DiskInstance(IncomingInstance):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    def _settle_start(self, start: bytearray, *, complete: bool) -> bool:
-        """Decide on the data set's start; True once ``start`` holds what to write.
+    def _start_skip(self, start: bytes | bytearray | memoryview, *, complete: bool) -> int | None:
+        """Decide on the data set's start: how many of its first bytes to drop.
 
-        ``complete``: no more bytes will come (the data set is that short).
+        None while more bytes are needed to tell, or when the start does
+        not parse (the instance then failed). ``complete``: no more bytes
+        will come (the data set is that short).
         """
         little = self.context.transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
         try:
@@ -447,12 +470,12 @@ class _DiskInstance(IncomingInstance):
         except ValueError as exc:
             self._fail(f"the data set does not parse: {exc}")
             self._unreadable = True
-            return False
+            return None
         if skip is None:
             if len(start) > _HEAD:
                 self._fail("a group 0002 of more than 64 KiB at the start of the data set")
                 self._unreadable = True
-            return False  # more bytes needed to decide
+            return None  # more bytes needed to decide
         if skip:
             # PS3.10 7.1: group 0002 is the file meta, which this SCP writes
             # from the command; one sent inside the data set is dropped.
@@ -462,8 +485,7 @@ class _DiskInstance(IncomingInstance):
                 self.context.sop_instance_uid,
                 skip,
             )
-            del start[:skip]
-        return True
+        return skip
 
     def _write(self, data: bytes | memoryview) -> None:
         assert self._fd is not None
@@ -514,8 +536,9 @@ class _DiskInstance(IncomingInstance):
         if start is not None and self._fd is not None:
             # The whole data set was shorter than what decides its start.
             self._start = None
-            if self._settle_start(start, complete=True) and start:
-                self.write(memoryview(bytes(start)))
+            skip = self._start_skip(start, complete=True)
+            if skip is not None and len(start) > skip:
+                self.write(memoryview(start)[skip:])
         if self._pending and self._fd is not None:
             # The last fragments are still behind: the file is whole first.
             self._drained = asyncio.get_running_loop().create_future()

@@ -677,7 +677,9 @@ def is_valid_uid(value: str) -> bool:
     return True
 
 
-def skip_group_0002(data: bytes | bytearray, *, little: bool, complete: bool) -> int | None:
+def skip_group_0002(
+    data: bytes | bytearray | memoryview, *, little: bool, complete: bool
+) -> int | None:
     """How many leading bytes of a data set are group 0002 elements (0 if none).
 
     Group 0002 is the file meta information (PS3.10 7.1); some senders put

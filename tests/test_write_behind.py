@@ -8,6 +8,7 @@ slicing, the hold on the sender, and that nothing is lost or left behind.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pathlib
 
@@ -54,7 +55,11 @@ def _part_size(root: pathlib.Path) -> int:
     return part.stat().st_size
 
 
-async def test_a_large_fragment_is_written_a_slice_per_loop_turn(tmp_path: pathlib.Path) -> None:
+async def test_a_large_fragment_is_written_a_slice_per_loop_turn(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No time to spare in a callback: one slice each (however fast the disk).
+    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)
     disk = adicom.DiskStorage(tmp_path)
     ds, encoded = _instance(5 << 20)
     incoming = _open(disk, ds)
@@ -88,6 +93,7 @@ async def test_the_received_instance_is_whole_and_the_sender_let_go(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Through a server: two instances of 20 MiB in 1 MiB PDUs on one association.
+    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)  # behind whatever the disk's speed
     holds: list[bool] = []
     real_hold = adicom.Association.hold_input
 
@@ -122,8 +128,9 @@ async def test_the_received_instance_is_whole_and_the_sender_let_go(
 
 
 async def test_aborted_mid_backlog_leaves_nothing_and_lets_the_sender_go(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)
     disk = adicom.DiskStorage(tmp_path)
     ds, encoded = _instance(4 << 20)
     incoming = _open(disk, ds)
@@ -143,6 +150,7 @@ async def test_aborted_mid_backlog_leaves_nothing_and_lets_the_sender_go(
 async def test_a_disk_error_while_writing_behind_fails_the_instance(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)
     disk = adicom.DiskStorage(tmp_path)
     ds, encoded = _instance(2 << 20)
     incoming = _open(disk, ds)
@@ -207,3 +215,25 @@ async def test_the_input_is_read_again_when_the_last_holder_lets_go() -> None:
     assert reading[-1] is False  # the second still holds
     assoc.hold_input(False)
     assert reading[-1] is True
+
+
+@pytest.mark.parametrize("first", [None, 1, 7, 30], ids=["whole", "1", "7", "30"])
+async def test_a_group_0002_inside_the_data_set_is_dropped_however_it_is_cut(
+    tmp_path: pathlib.Path, first: int | None
+) -> None:
+    # PS3.10 7.1: the file meta is the SCP's to write; the data set's first
+    # bytes decide, read in place when the first fragment holds them.
+    ds, encoded = _instance(1 << 20)
+    meta_group = (
+        bytes.fromhex("02001000") + b"UI" + (20).to_bytes(2, "little") + b"1.2.840.10008.1.2.1\0"
+    )
+    sent = meta_group + encoded
+    disk = adicom.DiskStorage(tmp_path)
+    incoming = _open(disk, ds)
+    cuts = [0, len(sent)] if first is None else [0, *range(1, first + 1), len(sent)]
+    for a, b in itertools.pairwise(cuts):
+        incoming.write(memoryview(sent)[a:b])
+    assert await incoming.finish() == 0xB006
+    (path,) = tmp_path.rglob("*.dcm")
+    meta = len(incoming.context.file_meta())
+    assert path.read_bytes()[meta:] == encoded
