@@ -467,10 +467,13 @@ class Driver:
     def _process_events(self) -> None:
         if self._emitter is not None:
             self._emit_trace()
+        if not self._ul.has_events:
+            return
         next_event = self._ul.next_event
         handle = self._dimse.handle_event
+        now = self._loop.time()  # one callback: one moment
         while (event := next_event()) is not None:
-            for dimse_event in handle(event, self._loop.time()):
+            for dimse_event in handle(event, now):
                 self._dispatch(dimse_event)
 
     def _dispatch(self, event: DimseEvent) -> None:
