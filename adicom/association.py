@@ -69,6 +69,8 @@ WRITE_BYTES = 256 * 1024
 
 #: C-ECHO-RQ, encoded once (its Message ID is filled in).
 _ECHO_RQ = RequestTemplate(Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION))
+#: Requests whose plain responses (no field but the status) come from templates.
+_TEMPLATED = frozenset({CommandField.C_ECHO_RQ, CommandField.C_STORE_RQ, CommandField.C_FIND_RQ})
 #: Responses encoded once, by (request's command field, SOP class, status).
 _RESPONSES: dict[tuple[int, str | None, int], ResponseTemplate] = {}
 
@@ -509,14 +511,7 @@ class Association(Driver):
         PS3.7 asks of C-STORE-RSP (9.3.1.2) and C-ECHO-RSP.
         """
         rq = request.command
-        if (
-            not fields
-            and rq.message_id is not None
-            and (
-                rq.command_field == CommandField.C_ECHO_RQ
-                or rq.command_field == CommandField.C_STORE_RQ
-            )
-        ):
+        if not fields and rq.message_id is not None and rq.command_field in _TEMPLATED:
             # The common answers, encoded once (see ResponseTemplate).
             command, encoded = _response_template(rq, status).make(
                 rq.message_id, rq.affected_sop_instance_uid

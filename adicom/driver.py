@@ -66,6 +66,24 @@ log = logging.getLogger("adicom")
 PARSE_BUDGET = 256
 
 
+class _Closed:
+    """What a connection's protocol points to once the connection is lost."""
+
+    def _connection_lost(self, exc: Exception | None = None) -> None:
+        """A second connection_lost: nothing to do."""
+
+    def _data_received(self, nbytes: int) -> None:
+        """Bytes after the connection was lost: nothing to do."""
+
+    def _resume_writing(self) -> None:
+        """Nothing waits any more."""
+
+    _paused = False
+
+
+_CLOSED: Any = _Closed()
+
+
 class _Transport(asyncio.BufferedProtocol):
     """The asyncio side of the socket; forwards everything to the Driver.
 
@@ -100,7 +118,12 @@ class _Transport(asyncio.BufferedProtocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._association._connection_lost(exc)
+        association = self._association
+        # The association holds us (its protocol) and we hold it: break the
+        # cycle now, so both go when their last user lets go (by reference
+        # counting, not in a garbage collection pass; ~45 objects each).
+        self._association = _CLOSED
+        association._connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._association._paused = True
@@ -342,6 +365,9 @@ class Driver:
             if not waiter.done():
                 waiter.set_result(None)
         self._close_waiters.clear()
+        # A hook that holds the association (a partial of it) would keep it
+        # in a reference cycle: nothing comes to answer any more.
+        self.on_request = None
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -467,10 +493,13 @@ class Driver:
     def _process_events(self) -> None:
         if self._emitter is not None:
             self._emit_trace()
+        if not self._ul.has_events:
+            return
         next_event = self._ul.next_event
         handle = self._dimse.handle_event
+        now = self._loop.time()  # one callback: one moment
         while (event := next_event()) is not None:
-            for dimse_event in handle(event, self._loop.time()):
+            for dimse_event in handle(event, now):
                 self._dispatch(dimse_event)
 
     def _dispatch(self, event: DimseEvent) -> None:

@@ -10,7 +10,7 @@ Handlers are async generators, one per service:
   number of instances (an int, for the "remaining" count), then each
   instance as a pydicom Dataset or a file path.
 
-The server runs each operation in its own task, so a C-Status.CANCEL-RQ is read
+The server runs each operation in its own task, so a C-CANCEL-RQ is read
 while the handler works; on cancel, the handler is closed and the final
 response says Cancel (0xFE00) with the counts so far (PS3.4 C.4.1.3.2,
 C.4.2.3.2, C.4.3.3.2). A handler that raises :class:`QueryFailed` answers
@@ -97,7 +97,7 @@ MoveDestinations = (
 
 
 class Cancelled:
-    """Set by the server when a C-Status.CANCEL-RQ names the operation.
+    """Set by the server when a C-CANCEL-RQ names the operation.
 
     ``in_handler`` is true while the operation awaits its handler: only then
     may the server cancel the operation's task, so that a handler stuck in
@@ -112,7 +112,7 @@ class Cancelled:
 
 
 async def _interruptible(generator: AsyncIterator[Any], cancelled: Cancelled) -> AsyncIterator[Any]:
-    """The handler's items, ending early on a C-Status.CANCEL, even one that comes mid-await."""
+    """The handler's items, ending early on a C-CANCEL, even one that comes mid-await."""
     while not cancelled.is_set:
         cancelled.in_handler = True
         try:
@@ -121,7 +121,7 @@ async def _interruptible(generator: AsyncIterator[Any], cancelled: Cancelled) ->
             return
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            # The server cancels the task for a C-Status.CANCEL (stop here and
+            # The server cancels the task for a C-CANCEL (stop here and
             # answer Cancel) or because the association ended (go on out).
             if cancelled.is_set and task is not None and task.uncancel() == 0:
                 return
@@ -181,6 +181,10 @@ async def _respond(
     **fields: Any,
 ) -> None:
     """A response to a C-FIND/GET/MOVE-RQ, with an identifier data set if given."""
+    if identifier is None and not fields and request.command.affected_sop_instance_uid is None:
+        # The usual final response: the association's template of it.
+        await association.respond(request, status)
+        return
     command = _response_command(request, status, identifier is not None, **fields)
     data = None
     if identifier is not None:
@@ -215,7 +219,7 @@ async def run_find(
                 matches += 1
         finally:
             await _close(generator)
-        # A C-Status.CANCEL that came after the last match still gets Cancel.
+        # A C-CANCEL that came after the last match still gets Cancel.
         await _respond(association, request, Status.CANCEL if cancelled.is_set else Status.SUCCESS)
     except QueryFailed as exc:
         await _respond(association, request, exc.status, error_comment=exc.comment[:64])
@@ -317,7 +321,7 @@ async def _run_retrieve(
     """What C-GET and C-MOVE share: start the handler, count, send the final response.
 
     ``send`` takes the handler's instances (after the announced count) and
-    returns False if it stopped on a C-Status.CANCEL.
+    returns False if it stopped on a C-CANCEL.
     """
     counts = _Counts()
     try:
@@ -445,7 +449,7 @@ async def run_move(
             )
 
         try:
-            # On a C-Status.CANCEL nothing more is sent; the sub-operations already
+            # On a C-CANCEL nothing more is sent; the sub-operations already
             # sent are awaited and counted (they are at the destination).
             await store(
                 host,

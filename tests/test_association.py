@@ -794,3 +794,36 @@ async def test_an_async_window_out_of_range_is_a_clear_error(window: int) -> Non
     with pytest.raises(ValueError, match="async_window must be 1 to 65535"):
         # Refused before any connection is tried (nothing listens on port 9).
         await adicom.open_association("127.0.0.1", 9, async_window=window)
+
+
+async def test_associations_are_freed_by_reference_counting_on_both_sides() -> None:
+    # No reference cycle holds an association once its connection is gone
+    # (its protocol object, a request hook): freed at once, not by a pass
+    # of the cyclic garbage collector over everything that hangs off it.
+    import gc
+    import weakref
+
+    server_sides: list[weakref.ref[adicom.Association]] = []
+    gc.collect()
+    gc.disable()
+    try:
+        async with serving() as server:
+            original = server._handle_requests
+
+            async def handle(association: adicom.Association) -> None:
+                server_sides.append(weakref.ref(association))
+                await original(association)
+
+            server._handle_requests = handle  # type: ignore[method-assign]
+            assoc = await adicom.open_association("127.0.0.1", server.port, called_ae="ADICOM")
+            assert await assoc.echo() == 0
+            await assoc.release()
+            ours = weakref.ref(assoc)
+            del assoc
+            async with asyncio.timeout(CLOSE_BOUND):
+                await server.wait_idle()
+            await asyncio.sleep(0)
+            assert ours() is None
+            assert len(server_sides) == 1 and server_sides[0]() is None
+    finally:
+        gc.enable()

@@ -708,3 +708,21 @@ def test_a_counts_template_needs_a_command_with_the_counts() -> None:
     echo_rsp = Command(CommandField.C_ECHO_RSP, message_id_being_responded_to=1, status=0)
     with pytest.raises(ValueError, match="no sub-operation counts"):
         CountsTemplate(echo_rsp)
+
+
+def test_identical_command_sets_are_decoded_once_and_the_cache_is_bounded() -> None:
+    from adicom.dimse import commands
+
+    pending = Command(
+        CommandField.C_FIND_RSP,
+        message_id_being_responded_to=7,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.2.2.1",
+        status=0xFF00,
+        command_data_set_type=0,
+    ).encode()
+    first = Command.decode(pending)
+    assert Command.decode(memoryview(pending)) is first  # a stream of pending responses
+    for message_id in range(commands._DECODED_SIZE + 5):
+        raw = replace(first, message_id_being_responded_to=message_id).encode()
+        assert Command.decode(raw).message_id_being_responded_to == message_id
+        assert len(commands._DECODED) <= commands._DECODED_SIZE

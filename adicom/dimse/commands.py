@@ -206,6 +206,20 @@ class Command:
     @classmethod
     def decode(cls, data: bytes | memoryview) -> Command:
         """Parse an encoded command set; raises RemoteProtocolError if malformed."""
+        # A stream of identical commands (the pending C-FIND-RSPs of one
+        # query, say) is decoded once: a Command is frozen, so one object
+        # serves them all.
+        key = bytes(data)
+        command = _DECODED.get(key)
+        if command is None:
+            command = cls._decode(data)
+            if len(_DECODED) >= _DECODED_SIZE:
+                _DECODED.clear()
+            _DECODED[key] = command
+        return command
+
+    @classmethod
+    def _decode(cls, data: bytes | memoryview) -> Command:
         values = list(_DEFAULTS)
         other: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
@@ -268,6 +282,10 @@ class Command:
         ]
         return f"{name}({', '.join(shown)})"
 
+
+#: Commands decoded lately, by their bytes (see Command.decode).
+_DECODED: dict[bytes, Command] = {}
+_DECODED_SIZE = 64
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Command))
 #: Every field, in the order of the dataclass (one C call: see _build).

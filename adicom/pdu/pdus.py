@@ -182,6 +182,16 @@ def encode_pdata(pdvs: Sequence[tuple[int, int, bytes | memoryview]]) -> list[by
     Returns the pieces to write in order (``writer.writelines``), so large
     data is never copied into a joined buffer.
     """
+    if len(pdvs) == 1:
+        context_id, control, data = pdvs[0]
+        size = len(data)
+        if size <= 1024:
+            # The usual small message: a command set alone, in one piece.
+            return [
+                PDU_HEADER.pack(0x04, size + 6)
+                + PDV_HEADER.pack(size + 2, context_id, control)
+                + data
+            ]
     total = sum(6 + len(d) for _, _, d in pdvs)
     head = bytearray(PDU_HEADER.pack(0x04, total))
     out: list[bytes | memoryview] = []

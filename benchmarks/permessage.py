@@ -1,0 +1,246 @@
+"""CPU (and, under valgrind, instructions) per operation of adicom's per-message paths.
+
+    python -m benchmarks.permessage echo:5000 assoc:500 store:1000 find:1000
+    python -m benchmarks.permessage --callgrind echo:500 assoc:150   # instruction counts
+
+An adicom SCU and an adicom ``Server`` (C-ECHO, a ``DiskStorage`` under
+``$TMPDIR``, a C-FIND handler that yields one match) each run in their own
+process; for each ``WORKLOAD:N`` the SCU does N operations after a warm-up
+of N/10 and both report the CPU time (getrusage, user + system) they spent
+on them. Workloads: ``echo`` (C-ECHO on one association), ``assoc``
+(associate + C-ECHO + release), ``store`` (``adicom.store`` of N ~42 KB CT
+instances on one association, into the SCP's DiskStorage), ``find`` (a STUDY
+level C-FIND with one match, on one association).
+
+CPU time moves with whatever else loads the machine. ``--callgrind`` runs
+both processes under ``valgrind --tool=callgrind`` and reads the
+instructions each executed in the timed span (``callgrind_control``, its
+counters zeroed after the warm-up): about 50 times slower, but the same
+count whatever the load (user-space instructions only; system calls are
+not in it). See README.md, "Per-message cost".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from benchmarks.data import SMALL, ensure, instance_paths
+
+MATCH_STUDY_UID = "1.2.826.0.1.3680043.8.498.17"
+
+
+def _cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime
+
+
+async def _lines() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def _serve(store_dir: str) -> None:
+    from pydicom.dataset import Dataset
+
+    import adicom
+
+    async def on_find(identifier: Dataset, context: Any) -> Any:
+        match = Dataset()
+        match.QueryRetrieveLevel = "STUDY"
+        match.StudyInstanceUID = MATCH_STUDY_UID
+        match.PatientName = "PER^MESSAGE"
+        yield match
+
+    server = adicom.Server(
+        "ANY-SCP",
+        port=0,
+        storage=adicom.DiskStorage(store_dir),
+        on_find=on_find,
+        idle_timeout=None,
+    )
+    async with server:
+        print(f"PORT {server.port}", flush=True)
+        lines = await _lines()
+        while line := await lines.readline():
+            if line.strip() == b"cpu":
+                total, system = _cpu()
+                print(f"CPU {total:.6f} {system:.6f}", flush=True)
+
+
+async def _scu(port: int, files: list[str]) -> None:
+    from pydicom.dataset import Dataset
+
+    import adicom
+    from adicom import qrscu
+
+    options: dict[str, Any] = {"calling_ae": "PER-MESSAGE", "called_ae": "ANY-SCP"}
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = MATCH_STUDY_UID
+    query.PatientName = ""
+    lines = await _lines()
+    print("READY", flush=True)
+    while line := await lines.readline():
+        work, count = line.decode().split()
+        n = int(count)
+        start = _cpu()
+        if work == "echo":
+            async with adicom.connect("127.0.0.1", port, **options) as assoc:
+                start = _cpu()
+                for _ in range(n):
+                    await assoc.echo()
+                end = _cpu()
+        elif work == "assoc":
+            for _ in range(n):
+                async with adicom.connect("127.0.0.1", port, **options) as assoc:
+                    await assoc.echo()
+            end = _cpu()
+        elif work == "store":
+            results = await adicom.store("127.0.0.1", port, files[:n], **options)
+            end = _cpu()
+            if not all(result.ok for result in results):
+                raise RuntimeError(f"a C-STORE failed: {results}")
+        elif work == "find":
+            contexts = qrscu.find_contexts("study")
+            async with adicom.connect("127.0.0.1", port, contexts=contexts, **options) as assoc:
+                start = _cpu()
+                for _ in range(n):
+                    async with qrscu.find(assoc, query) as matches:
+                        found = [match async for match in matches]
+                    if len(found) != 1:
+                        raise RuntimeError(f"C-FIND: {len(found)} matches, not 1")
+                end = _cpu()
+        else:
+            raise ValueError(f"unknown workload {work!r}")
+        print(f"DONE {end[0] - start[0]:.6f} {end[1] - start[1]:.6f}", flush=True)
+
+
+class _Side:
+    """One side's process, talked to line by line."""
+
+    def __init__(self, args: list[str], callgrind: bool) -> None:
+        command = [sys.executable, "-m", "benchmarks.permessage", *args]
+        if callgrind:
+            command = ["valgrind", "--tool=callgrind", "-q", "--callgrind-out-file=/dev/null"]
+            command += [sys.executable, "-m", "benchmarks.permessage", *args]
+        self.callgrind = callgrind
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def send(self, line: str) -> None:
+        stdin: IO[str] | None = self.proc.stdin
+        assert stdin is not None
+        stdin.write(line + "\n")
+        stdin.flush()
+
+    def expect(self, word: str) -> list[str]:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        while line := stdout.readline():
+            if line.startswith(word):
+                return line.split()[1:]
+        raise RuntimeError(f"the process ended before saying {word}")
+
+    def zero(self) -> None:
+        if self.callgrind:
+            subprocess.run(["callgrind_control", "-z", str(self.proc.pid)], capture_output=True)
+
+    def instructions(self) -> int:
+        out = subprocess.run(
+            ["callgrind_control", "-e", "Ir", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
+        return sum(
+            int(line.split()[-1].replace(",", ""))
+            for line in out.splitlines()
+            if line.strip().startswith("Th ")
+        )
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _run(workloads: list[tuple[str, int]], callgrind: bool, data_dir: Path) -> None:
+    need = max((n + n // 10 for work, n in workloads if work == "store"), default=0)
+    files = [str(p) for p in instance_paths(ensure(data_dir, SMALL, need), need)] if need else []
+    store_dir = tempfile.mkdtemp(prefix="permessage-")
+    scp = _Side(["scp", store_dir], callgrind)
+    scu: _Side | None = None
+    try:
+        port = scp.expect("PORT")[0]
+        scu = _Side(["scu", port, *files], callgrind)
+        scu.expect("READY")
+        print(f"{'work':6} {'n':>6}  {'SCU us/op (sys)':>17}  {'SCP us/op (sys)':>17}", end="")
+        print("  SCU kIr/op  SCP kIr/op" if callgrind else "")
+        for work, n in workloads:
+            scu.send(f"{work} {max(2, n // 10)}")  # warm-up
+            scu.expect("DONE")
+            scu.zero()
+            scp.zero()
+            scp.send("cpu")
+            before = [float(x) for x in scp.expect("CPU")]
+            scu.send(f"{work} {n}")
+            ours = [float(x) for x in scu.expect("DONE")]
+            scp.send("cpu")
+            after = [float(x) for x in scp.expect("CPU")]
+            line = (
+                f"{work:6} {n:6}  {ours[0] / n * 1e6:8.1f} ({ours[1] / n * 1e6:5.1f})  "
+                f"{(after[0] - before[0]) / n * 1e6:8.1f} ({(after[1] - before[1]) / n * 1e6:5.1f})"
+            )
+            if callgrind:
+                line += (
+                    f"  {scu.instructions() / n / 1e3:10.1f}  {scp.instructions() / n / 1e3:10.1f}"
+                )
+            print(line, flush=True)
+    finally:
+        if scu is not None:
+            scu.close()
+        scp.close()
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scp"]:
+        asyncio.run(_serve(argv[1]))
+        return 0
+    if argv[:1] == ["scu"]:
+        asyncio.run(_scu(int(argv[1]), argv[2:]))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.permessage", description=__doc__)
+    parser.add_argument("workloads", nargs="+", metavar="WORKLOAD:N")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
+    parser.add_argument("--data-dir", type=Path, default=Path("benchmarks/results/data"))
+    args = parser.parse_args(argv)
+    workloads = []
+    for spec in args.workloads:
+        work, _, count = spec.partition(":")
+        if work not in ("echo", "assoc", "store", "find") or not count.isdigit():
+            parser.error(f"not WORKLOAD:N with WORKLOAD echo, assoc, store or find: {spec}")
+        workloads.append((work, int(count)))
+    if args.callgrind and shutil.which("valgrind") is None:
+        parser.error("--callgrind needs valgrind")
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    _run(workloads, args.callgrind, args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
