@@ -83,6 +83,12 @@ def proc_field(pid: int, name: str) -> str:
     raise AssertionError(f"no {name} in /proc/{pid}/status")
 
 
+def sockets_of(pid: int) -> set[str]:
+    """The sockets a process holds, as ``socket:[inode]``."""
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return {link for link in links if link.startswith("socket:")}
+
+
 async def wait_gone(pids: list[int], timeout: float = 30) -> None:
     async with asyncio.timeout(timeout):
         while any(alive(pid) for pid in pids):
@@ -123,6 +129,8 @@ async def test_two_workers_both_accept_and_stop_cleanly(
         assert proc_field(pid, "Threads") == "1"
         assert "--worker-fd" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert proc_field(supervisor, "Threads") == "1"
+    # Each its own listening socket (SO_REUSEPORT), none of the other's.
+    assert not sockets_of(served.pids[0]) & sockets_of(served.pids[1])
     count = 40
     for _ in range(count):
         await echo_once(served.port)
@@ -319,3 +327,22 @@ async def test_workers_share_one_archive_indexed_once(tmp_path: Path) -> None:
     # The folder was indexed once, by worker 0, not by each worker.
     assert err.decode().count("instances indexed") == 1, err.decode()
     assert "Traceback" not in err.decode()
+
+
+@needs_proc
+@pytest.mark.anyio
+@pytest.mark.parametrize("served", [["--worker-sockets", "shared"]], indirect=True)
+async def test_workers_can_share_one_listening_socket(served: Served) -> None:
+    # Both workers accept on the same socket: the parent made one, not two.
+    first, second = (sockets_of(pid) for pid in served.pids)
+    assert first & second
+    for _ in range(10):
+        await echo_once(served.port)
+    served.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(60):
+        out, _ = await served.process.communicate()
+    assert served.process.returncode == 0
+    summary = SUMMARY.search(out.decode())
+    assert summary, out.decode()
+    assert int(summary[1]) + int(summary[2]) == 10
+    await wait_gone(served.pids)
