@@ -307,6 +307,8 @@ class Supervisor:
             if slot.proc is not None and slot.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     slot.proc.send_signal(signal.SIGTERM)
+            elif slot.task is not None:
+                slot.task.cancel()  # waiting to restart a dead worker: no more
         tasks = [slot.task for slot in self._slots if slot.task is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.stop_timeout)
