@@ -316,6 +316,11 @@ def scp_argv(
         if sockets is not None:
             argv += ["--worker-sockets", sockets]
         return [*argv, "--storage", str(store_dir)] if store else argv
+    if stack == "adicom-disk":
+        # Server + DiskStorage, no archive index, under adicom.workers (sides/disk_workers.py).
+        return [sys.executable, "-m", "benchmarks.sides.disk_workers", "--workers", str(workers),
+                "--sockets", sockets or "own", "--store-dir", str(store_dir), "--aet", SCP_AET,
+                "--host", HOST]  # fmt: skip
     if stack == "dcmtk":
         tool = dcmtk_side.find_tool("storescp")
         assert tool is not None
@@ -364,7 +369,7 @@ def start_scp(
             for line in text.splitlines():
                 if line.startswith(READY_PREFIX):
                     return Scp(stack, proc, int(line[len(READY_PREFIX) :]), workdir)
-        elif stack == "adicom":
+        elif stack.startswith("adicom"):
             if found := re.search(r"listening on [^:]+:(\d+)", text):
                 return Scp(stack, proc, int(found[1]), workdir)
         elif port_open(port):
@@ -499,16 +504,74 @@ def count_dcm(folder: Path) -> int:
     return sum(1 for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
 
 
+async def raw_lanes(
+    port: int, instances: list[tuple[str, bytes]], lanes: int, per: int
+) -> tuple[float, int]:
+    """The raw client's lanes: each stores its share, ``per`` instances per association.
+
+    Returns (seconds, failed associations).
+    """
+    request = associate_rq(CT_IMAGE_STORAGE)
+    failed = 0
+
+    async def lane(share: list[tuple[str, bytes]]) -> None:
+        nonlocal failed
+        for start in range(0, len(share), per):
+            try:
+                association = await RawAssociation.open(port, request, 60)
+                async with asyncio.timeout(300):
+                    for k, (uid, dataset) in enumerate(share[start : start + per]):
+                        command = store_command(k + 1, uid)
+                        if await association.request(3, command, dataset) != 0:
+                            raise Failed("C-STORE failed")
+                    await association.release()
+            except (Failed, OSError, TimeoutError, asyncio.IncompleteReadError):
+                failed += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane(instances[i::lanes]) for i in range(lanes)))
+    return time.perf_counter() - started, failed
+
+
 def workers_rep(
-    workdir: Path, mode: str, files: list[Path], warmup: Path, lanes: int, per: int
+    workdir: Path,
+    mode: str,
+    files: list[Path],
+    warmup: Path,
+    lanes: int,
+    per: int,
+    client: str = "storescu",
+    server: str = "archive",
 ) -> dict[str, Any]:
     """One repetition of the workers workload: ``lanes`` lanes of storescu into ``adicom serve``."""
     storescu = dcmtk_side.find_tool("storescu")
     assert storescu is not None
     workers, _, sockets = mode.partition("-")
-    scp = start_scp(
-        "adicom", workdir, 64, store=True, workers=int(workers), sockets=sockets or None
-    )
+    stack = "adicom" if server == "archive" else "adicom-disk"
+    scp = start_scp(stack, workdir, 64, store=True, workers=int(workers), sockets=sockets or None)
+    if client == "raw":
+        instances = [dataset_of(path) for path in files]
+        try:
+            subprocess.run(
+                [storescu, "-aec", SCP_AET, HOST, str(scp.port), str(warmup)],
+                env=child_env({"TCP_NODELAY": "1"}),
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            # Warm the client too: its imports and first association.
+            asyncio.run(probe_once(scp.port))
+            store_command(1, instances[0][0])
+            before = scp.snapshot()
+            cpu_before = time.process_time()
+            took, failed = asyncio.run(raw_lanes(scp.port, instances, lanes, per))
+            client_cpu = time.process_time() - cpu_before
+            after = scp.snapshot()
+        finally:
+            stop_scp(scp)
+        return _workers_result(
+            workdir, scp, mode, len(files), failed, took, before, after, client_cpu
+        )
     env = child_env({"TCP_NODELAY": "1"})
 
     def argv(batch: list[Path]) -> list[str]:
@@ -550,19 +613,31 @@ def workers_rep(
         after = scp.snapshot()
     finally:
         stop_scp(scp)
-    out = scp.output()
-    spread = re.search(r"associations accepted per worker: ([\d, ]+);", out)
-    stored = count_dcm(workdir / "received")
-    n = len(files)
-    server_cpu = (after["cpu_s"] or 0) - (before["cpu_s"] or 0)
     client_cpu = (children.ru_utime + children.ru_stime) - (
         children_before.ru_utime + children_before.ru_stime
     )
+    return _workers_result(workdir, scp, mode, len(files), failed, took, before, after, client_cpu)
+
+
+def _workers_result(
+    workdir: Path,
+    scp: Scp,
+    mode: str,
+    n: int,
+    failed: int,
+    took: float,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    client_cpu: float,
+) -> dict[str, Any]:
+    spread = re.search(r"associations accepted per worker: ([\d, ]+);", scp.output())
+    stored = count_dcm(workdir / "received")
+    server_cpu = (after["cpu_s"] or 0) - (before["cpu_s"] or 0)
     return {
         "mode": mode,
         "instances": n,
         "stored": stored - 1,  # the warm-up instance
-        "storescu_failed": failed,
+        "client_failed": failed,
         "seconds": round(took, 3),
         "inst_per_s": round(n / took, 1),
         "server_cpu_us_per_inst": round(server_cpu / n * 1e6, 1),
@@ -628,7 +703,9 @@ def run_workers(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     for rep in range(args.reps):
         for mode in modes:
             workdir = Path(tempfile.mkdtemp(prefix=f"workers{mode}-{rep}-", dir=scratch))
-            result = workers_rep(workdir, mode, files, warmup, args.lanes, args.per_assoc)
+            result = workers_rep(
+                workdir, mode, files, warmup, args.lanes, args.per_assoc, args.client, args.server
+            )
             print(f"  {mode} rep {rep + 1}: {json.dumps(result)}", flush=True)
             reps.append(result)
     summary: dict[str, Any] = {"reps": reps}
@@ -659,6 +736,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="workers: repetitions of each")
     parser.add_argument("--lanes", type=int, default=8, help="workers: storescu at once")
     parser.add_argument("--per-assoc", type=int, default=50, help="workers: files per storescu")
+    parser.add_argument(
+        "--client",
+        choices=["storescu", "raw"],
+        default="storescu",
+        help="workers: the load, DCMTK storescu processes or this process's raw asyncio "
+        "client (pre-encoded messages: far less CPU per instance)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=["archive", "disk"],
+        default="archive",
+        help="workers: 'adicom serve --storage' (files and the SQLite index), or Server with "
+        "DiskStorage alone under adicom.workers (sides/disk_workers.py: no index)",
+    )
     parser.add_argument(
         "--modes",
         default="1,2-own,2-shared",

@@ -59,7 +59,7 @@ def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path) -> None:
     reps = {rep["mode"]: rep for rep in found["workers"]["reps"]}
     assert set(reps) == {"1", "2-own", "2-shared"}
     for mode, rep in reps.items():
-        assert (rep["stored"], rep["storescu_failed"]) == (24, 0), mode
+        assert (rep["stored"], rep["client_failed"]) == (24, 0), mode
     assert reps["1"]["scp_processes"] == 1 and reps["1"]["associations_per_worker"] is None
     for mode in ("2-own", "2-shared"):
         # The supervisor and two workers; 12 associations and the warm-up, all counted.
