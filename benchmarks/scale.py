@@ -670,7 +670,7 @@ def run_async(make: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
 def run_idle(args: argparse.Namespace, stack: str, scratch: Path) -> dict[str, Any]:
     n = args.n or (500 if args.quick else 5000)
     workdir = Path(tempfile.mkdtemp(prefix=f"idle-{stack}-", dir=scratch))
-    scp = start_scp(stack, workdir, n, store=False)
+    scp = start_scp(stack, workdir, n, store=False, workers=args.serve_workers)
     try:
         opening = 8 if stack == "pynetdicom" else OPENING
         return run_async(lambda: idle(scp, n, args.probes, opening))
@@ -683,7 +683,7 @@ def run_busy(args: argparse.Namespace, stack: str, scratch: Path) -> dict[str, A
     directory = data.ensure(args.data_dir, data.SMALL, n * args.per)
     files = data.instance_paths(directory, n * args.per)
     workdir = Path(tempfile.mkdtemp(prefix=f"busy-{stack}-", dir=scratch))
-    scp = start_scp(stack, workdir, n, store=True)
+    scp = start_scp(stack, workdir, n, store=True, workers=args.serve_workers)
     try:
         opening = 8 if stack == "pynetdicom" else OPENING
         result = run_async(lambda: busy(scp, n, args.per, files, opening))
@@ -733,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--probes", type=int, default=200, help="idle: probe associations")
     parser.add_argument("--per", type=int, default=2, help="busy: instances per association")
+    parser.add_argument(
+        "--serve-workers", type=int, default=1, help="idle and busy: adicom serve --workers N"
+    )
     parser.add_argument("--reps", type=int, default=3, help="workers: repetitions of each")
     parser.add_argument("--lanes", type=int, default=8, help="workers: storescu at once")
     parser.add_argument("--per-assoc", type=int, default=50, help="workers: files per storescu")
