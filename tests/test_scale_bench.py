@@ -47,21 +47,31 @@ def test_idle_and_busy_hold_every_association(tmp_path: pathlib.Path) -> None:
     assert found["meta"]["nofile"] >= 230
 
 
-def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    "options", [["--server", "archive"], ["--server", "disk", "--client", "raw"]], ids=str
+)
+def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path, options: list[str]) -> None:
     from benchmarks.sides import dcmtk_side
 
     if dcmtk_side.find_tool("storescu") is None:
-        pytest.skip("no DCMTK storescu")
+        pytest.skip("no DCMTK storescu (it sends the warm-up instance)")
     found = scale(
         tmp_path, "--only", "workers", "-n", "24", "--reps", "1", "--lanes", "3",
-        "--per-assoc", "2", "--modes", "1,2-own,2-shared",
+        "--per-assoc", "2", "--modes", "1,2-own,2-shared", *options,
     )  # fmt: skip
+    disk = "disk" in options
     reps = {rep["mode"]: rep for rep in found["workers"]["reps"]}
     assert set(reps) == {"1", "2-own", "2-shared"}
     for mode, rep in reps.items():
         assert (rep["stored"], rep["client_failed"]) == (24, 0), mode
-    assert reps["1"]["scp_processes"] == 1 and reps["1"]["associations_per_worker"] is None
+    # adicom serve --workers 1 is one process; disk_workers supervises even one.
+    assert reps["1"]["scp_processes"] == (2 if disk else 1)
+    # 12 associations and the warm-up (and the raw client's warm-up probe), all counted.
+    expected = 14 if disk else 13
+    if disk:
+        assert reps["1"]["associations_per_worker"] == [expected]
+    else:
+        assert reps["1"]["associations_per_worker"] is None
     for mode in ("2-own", "2-shared"):
-        # The supervisor and two workers; 12 associations and the warm-up, all counted.
-        assert reps[mode]["scp_processes"] == 3
-        assert sum(reps[mode]["associations_per_worker"]) == 13
+        assert reps[mode]["scp_processes"] == 3  # the supervisor and two workers
+        assert sum(reps[mode]["associations_per_worker"]) == expected

@@ -346,3 +346,54 @@ async def test_workers_can_share_one_listening_socket(served: Served) -> None:
     assert summary, out.decode()
     assert int(summary[1]) + int(summary[2]) == 10
     await wait_gone(served.pids)
+
+
+# The Python API (adicom.workers) with small worker programs.
+
+READY_THEN_EXIT = """
+import asyncio, sys
+from adicom.workers import WorkerLink
+
+async def main():
+    link = await WorkerLink.open(int(sys.argv[1]))
+    link.ready()
+    await link.aclose()
+    await asyncio.sleep(0.5)
+    sys.exit(3)
+
+asyncio.run(main())
+"""
+
+NEVER_READY = "import time; time.sleep(60)"
+
+
+@pytest.mark.anyio
+async def test_the_supervisor_gives_up_on_a_worker_that_keeps_dying() -> None:
+    from adicom.workers import Supervisor, WorkerError
+
+    def command(fd: int) -> list[str]:
+        return [sys.executable, "-c", READY_THEN_EXIT, str(fd)]
+
+    supervisor = Supervisor(command, 1, "127.0.0.1", 0, max_failures=2, start_timeout=60)
+    async with asyncio.timeout(60):
+        # It may die before start() returns: then start() itself fails.
+        try:
+            await supervisor.start()
+            with pytest.raises(WorkerError, match=r"exited with code 3, 2 times in a row"):
+                await supervisor.serve(asyncio.Event())
+        except WorkerError as exc:
+            assert "exited with code 3" in str(exc)
+    assert all(pid is None for pid in supervisor.pids)
+
+
+@pytest.mark.anyio
+async def test_a_worker_not_ready_in_time_is_killed_and_start_fails() -> None:
+    from adicom.workers import Supervisor, WorkerError
+
+    supervisor = Supervisor(
+        lambda fd: [sys.executable, "-c", NEVER_READY], 2, "127.0.0.1", 0, start_timeout=1.0
+    )
+    async with asyncio.timeout(60):
+        with pytest.raises(WorkerError, match="worker 0 was killed by SIGKILL before it was ready"):
+            await supervisor.start()
+    assert supervisor.pids == [None, None]
