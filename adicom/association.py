@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import replace
 from typing import Any
 
 from adicom import events as ev
@@ -25,6 +24,8 @@ from adicom.dimse import (
     DatasetReader,
     Message,
     Priority,
+    RequestTemplate,
+    ResponseTemplate,
     SinkFactory,
     StatusCategory,
     c_store_rq,
@@ -64,6 +65,12 @@ SEND_SLICE = 0.002
 BATCH_MESSAGES = 16
 #: A message's PDUs are written once this many bytes are waiting.
 WRITE_BYTES = 256 * 1024
+
+
+#: C-ECHO-RQ, encoded once (its Message ID is filled in).
+_ECHO_RQ = RequestTemplate(Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION))
+#: Responses encoded once, by (request's command field, SOP class, status).
+_RESPONSES: dict[tuple[int, str | None, int], ResponseTemplate] = {}
 
 
 class Association(Driver):
@@ -108,6 +115,28 @@ class Association(Driver):
     @on_dataset.setter
     def on_dataset(self, factory: SinkFactory | None) -> None:
         self._dimse.sink_factory = factory
+
+    #: How many consumers hold the input now (see :meth:`hold_input`).
+    _input_holds = 0
+
+    def hold_input(self, hold: bool) -> None:
+        """Stop reading from the peer (``hold``) or read again; TCP makes it wait meanwhile.
+
+        For a consumer of received data that falls behind, such as a storage
+        handler writing a large instance to disk a slice per loop turn: it
+        holds the input while its backlog is full. Calls pair up, and
+        several consumers may hold at once (two instances in flight): the
+        input is read again when the last lets go. The driver's own pause
+        (input parsed a slice per turn) wins: input it holds stays held.
+        """
+        self._input_holds = max(0, self._input_holds + (1 if hold else -1))
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._input_holds:
+            transport.pause_reading()
+        elif not self._input_deferred:
+            transport.resume_reading()
 
     def context_for(self, abstract_syntax: str) -> PresentationContext:
         """The first accepted context for an abstract syntax; raises if none."""
@@ -164,11 +193,8 @@ class Association(Driver):
         ARTIM (PS3.8 9.1.5) bounds the wait: when it runs out the connection
         is closed.
         """
-        waiting: list[asyncio.Future[Any]] = [self._request_seen, self._closed]
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if self._request_seen.done():
-            return self._request_seen.result()
-        return None
+        # Set with the request, or with None when the connection closes.
+        return await self._request_seen
 
     def accept(self, response: AAssociateAC, agreement: Agreement) -> None:
         """Acceptor: answer with A-ASSOCIATE-AC and take what was agreed."""
@@ -206,18 +232,23 @@ class Association(Driver):
         if self._error is not None:
             self.close()
             return
+        # Done when the connection has closed after the A-RELEASE-RP (we
+        # close it, AR-3), or failed: one wait, not one for the answer and
+        # another for the close.
         self._release_done = self._loop.create_future()
         self._ul.request_release(self._loop.time())
         self._after_io()
         try:
-            await bounded(asyncio.shield(self._release_done), TimeoutKind.RELEASE, timeout)
+            await bounded(self._release_done, TimeoutKind.RELEASE, timeout)
         except DicomTimeout:
-            self.abort()
-            raise
+            if not self._released:
+                self.abort()
+                raise
+            # Released, but the connection lingers (a peer that stopped reading).
+            await self.wait_closed(0)
         finally:
             if not self._release_done.done():
                 self._release_done.cancel()
-        await self.wait_closed(timeout)
 
     def forget(self, operation: Operation) -> None:
         """Stop routing responses to ``operation``; later ones are logged and dropped."""
@@ -253,6 +284,21 @@ class Association(Driver):
         cannot be taken back once part of it is on the wire.
         """
         self._check_open()
+        if (
+            not self._send_lock.locked()
+            and (dataset is None or type(dataset) is bytes or type(dataset) is memoryview)
+            and self._dimse.send_whole(
+                context_id,
+                command,
+                dataset,
+                self._loop.time(),
+                encoded=encoded,
+            )
+        ):
+            # The whole message left in one PDU without awaiting anything, so
+            # no other message can have come between (PS3.8 E.2).
+            self._sent_now(context_id, command, dataset, batch)
+            return
         async with self._send_lock:
             self._check_open()
             outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
@@ -281,14 +327,24 @@ class Association(Driver):
                 outgoing.close(clock())
                 self._after_io()
                 raise
-            if self._emitter is not None:
-                self._emit_sent(context_id, command, dataset)
-            if batch and self._batched < BATCH_MESSAGES:
-                if not self._batched:
-                    self._loop.call_soon(self._flush)
-                self._batched += 1
-            else:
-                self._flush()
+            self._sent_now(context_id, command, dataset, batch)
+
+    def _sent_now(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | DatasetReader | None,
+        batch: bool,
+    ) -> None:
+        """A message is wholly queued: tell the hooks, and write it (or soon, in a batch)."""
+        if self._emitter is not None:
+            self._emit_sent(context_id, command, dataset)
+        if batch and self._batched < BATCH_MESSAGES:
+            if not self._batched:
+                self._loop.call_soon(self._flush)
+            self._batched += 1
+        else:
+            self._flush()
 
     def _emit_sent(
         self,
@@ -334,15 +390,19 @@ class Association(Driver):
         DIMSE timeout, while the asynchronous operations window is full.
         """
         self._check_open()
-        await self._room()
+        dimse = self._dimse
+        if self._room_waiters or dimse.outstanding + self._reserved >= dimse.max_outstanding:
+            await self._room()
+        else:
+            self._reserved += 1  # what _room() does when there is room
         try:
             if command.message_id is None:
                 if encoded is not None:
                     raise LocalProtocolError("an encoded request must carry its Message ID")
-                command = replace(command, message_id=self._dimse.next_message_id())
+                command = command.with_message_id(dimse.next_message_id())
             message_id = command.message_id
             assert message_id is not None
-            operation = Operation(self, context_id, command, _response_name(command))
+            operation = Operation(self, context_id, command)
             self._operations[message_id] = operation
             try:
                 await self.send_message(context_id, command, dataset, encoded=encoded)
@@ -378,8 +438,10 @@ class Association(Driver):
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
         context = self.context_for(VERIFICATION)
-        command = Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION)
-        status = (await self.send_request(context.context_id, command)).status or 0
+        self._check_open()
+        command, encoded = _ECHO_RQ.make(self._dimse.next_message_id())
+        operation = await self.start_operation(context.context_id, command, encoded=encoded)
+        status = (await operation.result()).status or 0
         if status_category(status) is StatusCategory.FAILURE:
             raise DimseError(status, "C-ECHO failed: " + describe_status(status))
         return status
@@ -410,6 +472,36 @@ class Association(Driver):
         )
         return await self.send_request(context_id, command, dataset)
 
+    def respond_now(self, request: Message, status: int) -> bool:
+        """Answer a C-ECHO-RQ or C-STORE-RQ with ``status`` at once, if nothing else is sending.
+
+        For :attr:`on_request`, in the transport callback: the response is
+        queued and written when the callback ends. Returns False, having
+        sent nothing, when it must wait (another message is on its way, the
+        association cannot send) or is not one of those requests; then
+        use :meth:`respond`.
+        """
+        if self._send_lock.locked() or self._error is not None:
+            return False
+        if not self._ul.established and self._ul.state is not State.STA8:
+            return False
+        rq = request.command
+        if rq.message_id is None or (
+            rq.command_field != CommandField.C_ECHO_RQ
+            and rq.command_field != CommandField.C_STORE_RQ
+        ):
+            return False
+        command, encoded = _response_template(rq, status).make(
+            rq.message_id, rq.affected_sop_instance_uid
+        )
+        if not self._dimse.send_whole(
+            request.context_id, command, None, self._loop.time(), encoded=encoded
+        ):
+            return False
+        if self._emitter is not None:
+            self._emit_sent(request.context_id, command, None)
+        return True
+
     async def respond(self, request: Message, status: int, **fields: Any) -> None:
         """Send the response to ``request`` with ``status`` (and extra command fields).
 
@@ -417,6 +509,20 @@ class Association(Driver):
         PS3.7 asks of C-STORE-RSP (9.3.1.2) and C-ECHO-RSP.
         """
         rq = request.command
+        if (
+            not fields
+            and rq.message_id is not None
+            and (
+                rq.command_field == CommandField.C_ECHO_RQ
+                or rq.command_field == CommandField.C_STORE_RQ
+            )
+        ):
+            # The common answers, encoded once (see ResponseTemplate).
+            command, encoded = _response_template(rq, status).make(
+                rq.message_id, rq.affected_sop_instance_uid
+            )
+            await self.send_message(request.context_id, command, encoded=encoded)
+            return
         fields.setdefault("affected_sop_instance_uid", rq.affected_sop_instance_uid)
         command = Command(
             rq.command_field | 0x8000,
@@ -428,8 +534,14 @@ class Association(Driver):
         await self.send_message(request.context_id, command)
 
 
-def _response_name(command: Command) -> str:
-    try:
-        return CommandField(command.command_field | 0x8000).name.replace("_", "-")
-    except ValueError:
-        return f"response to command 0x{command.command_field:04X}"
+def _response_template(request: Command, status: int) -> ResponseTemplate:
+    """The template of the response to ``request`` (C-ECHO-RQ, C-STORE-RQ) with ``status``."""
+    key = (request.command_field, request.affected_sop_class_uid, status)
+    template = _RESPONSES.get(key)
+    if template is None:
+        if len(_RESPONSES) >= 1024:
+            _RESPONSES.clear()  # a peer naming ever new SOP classes
+        template = _RESPONSES[key] = ResponseTemplate(
+            request.command_field | 0x8000, request.affected_sop_class_uid, status
+        )
+    return template

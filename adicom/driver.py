@@ -22,9 +22,12 @@ the abort first, and nobody waits on a peer that never closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import socket
 from collections import deque
+from collections.abc import Callable
 from ssl import SSLError
 from typing import Any
 
@@ -76,11 +79,14 @@ class _Transport(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock is not None:
             # Nagle's algorithm plus delayed ACKs stall a small request and
             # its response by up to 40 ms each on Linux; DICOM is exactly
-            # that pattern (a command PDU, then the peer's response).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # that pattern (a command PDU, then the peer's response). Not a
+            # TCP socket (a Unix one)? Then there is no Nagle to turn off
+            # (tried rather than asked: sock.family costs an enum lookup).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert isinstance(transport, asyncio.Transport)
         self._association._connection_made(transport)
 
@@ -146,7 +152,16 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._operations: dict[int, Operation] = {}
+        # Operations waiting for a response, each until its deadline, and
+        # the one loop timer that watches them (see _watch).
+        self._watched: dict[Operation, None] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = math.inf
         self._incoming = MessageQueue()
+        #: Answers a request of the peer at once, in the transport callback
+        #: that received it (a C-ECHO-RQ, say), saving a task switch:
+        #: returns True if it did, False to queue it for receive_request.
+        self.on_request: Callable[[Message], bool] | None = None
         self._reserved = 0  # requests waiting to be sent, counted in the window
         self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._send_lock = asyncio.Lock()
@@ -157,7 +172,8 @@ class Driver:
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self._error: DicomError | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._request_seen: asyncio.Future[AAssociateRQ] = self._loop.create_future()
+        self._request_seen: asyncio.Future[AAssociateRQ | None] = self._loop.create_future()
+        self._close_waiters: list[asyncio.Future[None]] = []
         self._association_answer: asyncio.Future[ul.ULEvent] | None = None
         self._release_done: asyncio.Future[None] | None = None
         self._released = False
@@ -236,8 +252,14 @@ class Driver:
 
     async def wait_closed(self, timeout: float | None = 10.0) -> None:
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
+        if self._closed.done():
+            return
+        # A future of its own (the timeout cancels it, not _closed), set by
+        # _connection_lost without a pass through the loop in between.
+        waiter = self._loop.create_future()
+        self._close_waiters.append(waiter)
         try:
-            await bounded(asyncio.shield(self._closed), TimeoutKind.CLOSE, timeout)
+            await bounded(waiter, TimeoutKind.CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
@@ -302,18 +324,24 @@ class Driver:
             self._ul.parse_pending(self._loop.time())
         self._ul.connection_lost(self._loop.time())
         self._process_events()
-        for timer in (self._timer, self._idle_timer):
+        for timer in (self._timer, self._idle_timer, self._watchdog):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._idle_timer = None
+        self._timer = self._idle_timer = self._watchdog = None
         if self._error is None and not self._ended_normally():
             self._set_error(ConnectionClosed("the peer closed the connection"))
         if self._emitter is not None:
             self._emit_end()
+        done = self._release_done
+        if self._released and done is not None and not done.done():
+            done.set_result(None)  # release() waits for the close after the answer
         self._fail_all(self._error or ConnectionClosed("the association has ended"))
-        for waiter in (*self._drain_waiters, *self._room_waiters):
+        if not self._request_seen.done():
+            self._request_seen.set_result(None)  # closed before any A-ASSOCIATE-RQ
+        for waiter in (*self._drain_waiters, *self._room_waiters, *self._close_waiters):
             if not waiter.done():
                 waiter.set_result(None)
+        self._close_waiters.clear()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -357,6 +385,46 @@ class Driver:
         for event in self._dimse.handle_timer(now):
             self._dispatch(event)
         self._after_io()
+
+    def _watch(self, operation: Operation, seconds: float) -> None:
+        """Bound ``operation``'s wait for its next response to ``seconds``.
+
+        Every wait of the association shares one loop timer, set for the
+        earliest deadline and moved only earlier: a response wait per
+        message then costs no timer made and cancelled. When it fires it
+        ends the waits that are due (Operation._expired) and is set again
+        for the others.
+        """
+        deadline = self._loop.time() + seconds
+        operation._deadline = deadline
+        operation._timeout = seconds
+        self._watched[operation] = None
+        if deadline < self._watchdog_at and not self._closed.done():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog_at = deadline
+            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+
+    def _unwatch(self, operation: Operation) -> None:
+        """``operation`` no longer waits (see :meth:`_watch`)."""
+        self._watched.pop(operation, None)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        self._watchdog_at = math.inf
+        # A loop timer may fire a hair before its time: a millisecond early
+        # is as good as due for waits measured in seconds.
+        now = self._loop.time() + 0.001
+        later = math.inf
+        for operation in list(self._watched):
+            if operation._deadline <= now:
+                del self._watched[operation]
+                operation._expired()
+            else:
+                later = min(later, operation._deadline)
+        if later < math.inf and not self._closed.done():
+            self._watchdog_at = later
+            self._watchdog = self._loop.call_at(later, self._on_watchdog)
 
     def _after_io(self) -> None:
         self._process_events()
@@ -413,7 +481,18 @@ class Driver:
         elif type(event) is RequestReceived:
             if self._emitter is not None:
                 self._emit_received(event.message)
-            self._incoming.put(event.message)
+            answer = self.on_request
+            # In order: one queued before it is answered first. And not
+            # while more of the peer's messages wait to be handled: the
+            # DIMSE layer counts those against the operations window
+            # (PS3.7 D.3.3.3) as unanswered, as the peer sent them.
+            if (
+                answer is None
+                or self._incoming.ready
+                or self._ul.has_events
+                or not answer(event.message)
+            ):
+                self._incoming.put(event.message)
         else:
             self._on_control_event(event)  # type: ignore[arg-type]
 
@@ -445,9 +524,8 @@ class Driver:
                 self._incoming.fail(None)
                 self._fail_operations(AssociationError("the peer released the association"))
         elif isinstance(event, ul.ReleaseConfirmed):
+            # release() is told when the connection has closed (_connection_lost).
             self._released = True
-            if self._release_done is not None and not self._release_done.done():
-                self._release_done.set_result(None)
         elif isinstance(event, ul.Aborted):
             self._set_error(
                 AssociationAborted(

@@ -94,6 +94,7 @@ __all__ = [
     "State",
     "StateMachine",
     "Transition",
+    "states_where",
 ]
 
 
@@ -679,6 +680,35 @@ _RESOLVED: Final[Mapping[tuple[State, Event, bool, bool], tuple[Transition, bool
         }
     )
 )
+
+
+def states_where(event: Event, effects: tuple[Effect, ...]) -> frozenset[State]:
+    """The states in which ``event`` does just ``effects`` and changes nothing else.
+
+    That is, for either role and either answer of AE-6, its cell of Table
+    9-10 has exactly those effects, leaves the state as it was and does not
+    touch ARTIM. A caller may then skip :meth:`StateMachine.step` for
+    ``event`` in those states and carry out ``effects`` itself: the protocol
+    object does so for P-DATA (Evt9 in Sta6 is DT-1, in Sta8 AR-7; Evt10 in
+    Sta6 is DT-2, in Sta7 AR-6), deriving its shortcuts from this table
+    when it is imported, so they cannot disagree with it.
+    """
+    found = set()
+    for state in State:
+        cells = [
+            _RESOLVED.get((state, event, acceptable, requestor))
+            for acceptable in (True, False)
+            for requestor in (True, False)
+        ]
+        if all(
+            cell is not None
+            and cell[0].effects == effects
+            and cell[0].new is state
+            and cell[1] is None
+            for cell in cells
+        ):
+            found.add(state)
+    return frozenset(found)
 
 
 class StateMachine:

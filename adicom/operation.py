@@ -75,6 +75,16 @@ class MessageQueue:
             self._error = error if error is not None else _END
         self._wake()
 
+    @property
+    def ready(self) -> bool:
+        """True when :meth:`get` would not wait: a message is there, or the stream ended."""
+        return bool(self._items) or self._error is not None
+
+    def interrupt(self, error: BaseException) -> None:
+        """Raise ``error`` in the task waiting in :meth:`get`, if any; the stream goes on."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(error)
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -115,20 +125,51 @@ class Operation:
     <adicom.association.Association.start_operation>`.
     """
 
+    __slots__ = (
+        "_deadline",
+        "_name",
+        "_responses",
+        "_timeout",
+        "association",
+        "cancel_sent",
+        "command_field",
+        "context_id",
+        "done",
+        "message_id",
+    )
+
     def __init__(
-        self, association: Association, context_id: int, request: Command, name: str
+        self,
+        association: Association,
+        context_id: int,
+        request: Command,
+        name: str | None = None,
     ) -> None:
         self.association = association
         self.context_id = context_id
         self.message_id = request.message_id or 0
         #: The request's Command Field (C-FIND-RQ, C-STORE-RQ, ...).
         self.command_field = request.command_field
-        self.name = name
+        self._name = name
         self._responses = MessageQueue()
+        #: While a wait for a response is bounded: when it ends (loop time),
+        #: and its length (see Association._watch).
+        self._deadline = 0.0
+        self._timeout = 0.0
         #: True once the final response arrived (or the operation was given up).
         self.done = False
         #: True once C-CANCEL-RQ was sent.
         self.cancel_sent = False
+
+    @property
+    def name(self) -> str:
+        """The name of the responses, e.g. ``"C-FIND-RSP"`` (for messages and logs)."""
+        if self._name is None:
+            try:
+                self._name = CommandField(self.command_field | 0x8000).name.replace("_", "-")
+            except ValueError:
+                self._name = f"response to command 0x{self.command_field:04X}"
+        return self._name
 
     @property
     def cancellable(self) -> bool:
@@ -154,10 +195,18 @@ class Operation:
             raise LocalProtocolError(f"{self.name}: the final response has been received")
         association = self.association
         seconds = association.dimse_timeout if timeout is None else timeout
+        responses = self._responses
         try:
-            reply = await bounded(
-                self._responses.get(), TimeoutKind.DIMSE, seconds, f"no {self.name}"
-            )
+            if seconds is None or responses.ready:
+                reply = await responses.get()
+            else:
+                # Bounded by the association's watchdog: one loop timer for
+                # all its waits, not one made and cancelled per response.
+                association._watch(self, seconds)
+                try:
+                    reply = await responses.get()
+                finally:
+                    association._unwatch(self)
         except DicomTimeout:
             self.forget()
             association.abort()
@@ -175,6 +224,10 @@ class Operation:
         if status_category(status) is not StatusCategory.PENDING:
             self.done = True
         return reply
+
+    def _expired(self) -> None:
+        """The wait for a response ran out (called by the association's watchdog)."""
+        self._responses.interrupt(DicomTimeout(TimeoutKind.DIMSE, self._timeout, f"no {self.name}"))
 
     async def result(self) -> Command:
         """The final response's command (pending responses before it are skipped)."""

@@ -145,6 +145,15 @@ ULEvent = (
     | ArtimExpired
 )
 
+# The P-DATA shortcuts: states where a P-DATA request (Evt9) only sends the
+# PDU and a received P-DATA-TF (Evt10) is only indicated, both staying put
+# (DT-1 and AR-7; DT-2 and AR-6). Read from Table 9-10 itself as this module
+# loads (fsm.states_where), so the shortcut is the table's cell, not a copy.
+_SENDS_PDATA: frozenset[State] = fsm.states_where(Event.EVT9, (Effect.SEND_P_DATA,))
+_INDICATES_PDATA: frozenset[State] = fsm.states_where(Event.EVT10, (Effect.INDICATE_DATA,))
+if State.STA6 not in _SENDS_PDATA or State.STA6 not in _INDICATES_PDATA:  # pragma: no cover
+    raise ImportError("PS3.8 Table 9-10 as written in adicom.fsm lost DT-1 or DT-2 in Sta6")
+
 _PDU_EVENTS: dict[type, Event] = {
     AAssociateAC: Event.EVT3,
     AAssociateRJ: Event.EVT4,
@@ -213,12 +222,12 @@ class UpperLayer:
     @property
     def state(self) -> State:
         """The PS3.8 state (Sta1..Sta13)."""
-        return self._fsm.state
+        return self._fsm._state
 
     @property
     def established(self) -> bool:
         """True in Sta6, where data may be sent both ways."""
-        return self._fsm.state is State.STA6
+        return self._fsm._state is State.STA6
 
     @property
     def close_requested(self) -> bool:
@@ -261,14 +270,14 @@ class UpperLayer:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed received bytes; whole PDUs become events."""
-        if self._reader_failed or self.state is State.STA1:
+        if self._reader_failed or self._fsm._state is State.STA1:
             return
         self._reader.feed(data)
         self._parse(now)
 
     def receive_into(self, nbytes: int, now: float) -> None:
         """``nbytes`` were received into ``reader.get_buffer()``; whole PDUs become events."""
-        if self._reader_failed or self.state is State.STA1:
+        if self._reader_failed or self._fsm._state is State.STA1:
             return
         self._reader.buffer_updated(nbytes)
         self._parse(now)
@@ -285,7 +294,7 @@ class UpperLayer:
 
     def parse_pending(self, now: float) -> None:
         """Parse what the last call left for later (within the budget again)."""
-        if self._reader_failed or self.state is State.STA1:
+        if self._reader_failed or self._fsm._state is State.STA1:
             self._input_pending = False
             return
         self._parse(now)
@@ -295,7 +304,7 @@ class UpperLayer:
         budget = self.parse_budget
         spent = 0
         self._input_pending = False
-        while not self._reader_failed and self._fsm.state is not State.STA1:
+        while not self._reader_failed and self._fsm._state is not State.STA1:
             if budget and spent >= budget:
                 self._input_pending = reader.buffered > 0
                 return
@@ -327,6 +336,11 @@ class UpperLayer:
             self._step(Event.EVT18, now)
             self._events.append(ArtimExpired(state))
 
+    @property
+    def has_events(self) -> bool:
+        """True when :meth:`next_event` has an event to give."""
+        return bool(self._events)
+
     def next_event(self) -> ULEvent | None:
         """The next indication or confirmation, or None."""
         return self._events.popleft() if self._events else None
@@ -353,9 +367,10 @@ class UpperLayer:
 
     def send_pdata(self, pdvs: Sequence[tuple[int, int, bytes | memoryview]], now: float) -> None:
         """P-DATA request (Evt9): one P-DATA-TF PDU of (context, control, data) PDVs."""
-        if self._fsm.state is State.STA6 or self._fsm.state is State.STA8:
+        if self._fsm._state in _SENDS_PDATA:
             # The hot path: Sta6 -> DT-1 and Sta8 -> AR-7 both just send the
-            # PDU and stay put, so skip the table and the PDU object.
+            # PDU and stay put (see _SENDS_PDATA), so skip the table's step
+            # and the PDU object.
             self._out.extend(encode_pdata(pdvs))
             if self.trace is not None:
                 self.trace.append((_pdata(pdvs), True))
@@ -393,11 +408,12 @@ class UpperLayer:
             raise LocalProtocolError(str(exc)) from None
 
     def _receive_pdu(self, pdu: PDU, now: float) -> None:
-        event = _PDU_EVENTS[type(pdu)]
-        if event is Event.EVT10 and self._fsm.state is State.STA6:
-            # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), stay in Sta6.
-            self._events.append(PDataReceived(pdu))  # type: ignore[arg-type]
+        if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
+            # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 + Evt10
+            # AR-6, both staying put (see _INDICATES_PDATA).
+            self._events.append(PDataReceived(pdu))
             return
+        event = _PDU_EVENTS[type(pdu)]
         acceptable = True
         if event is Event.EVT6:
             # AE-6: the service provider checks what it can; a protocol

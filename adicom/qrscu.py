@@ -386,6 +386,8 @@ class FindResults:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._operation is None or self._operation.done:
+            return  # nothing to cancel: no task for the shield to run
         await asyncio.shield(self.aclose())
 
 

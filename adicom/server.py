@@ -12,6 +12,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any
@@ -533,6 +534,9 @@ class Server:
         # Query/retrieve operations run as tasks so that a C-CANCEL-RQ is
         # read while they work; at most a few run at once (window 1/1).
         operations: dict[int, tuple[asyncio.Task[None], Cancelled]] = {}
+        # PS3.4 A.4: the Verification SCP answers Success; a C-ECHO-RQ is
+        # answered in the callback that read it, without waking this task.
+        association.on_request = partial(_echo_now, association)
         try:
             while True:
                 message = await association.receive_request()
@@ -558,6 +562,8 @@ class Server:
         operations: dict[int, tuple[asyncio.Task[None], Cancelled]],
     ) -> bool:
         field = message.command.command_field
+        if field == CommandField.C_STORE_RQ or field == CommandField.C_ECHO_RQ:
+            return False  # the hot path: answered by _dispatch
         cancelled = Cancelled()
         runner: Coroutine[Any, Any, None]
         if field == CommandField.C_FIND_RQ and (
@@ -705,6 +711,13 @@ class Server:
         else:
             # PS3.7 C.5: a request this server does not serve.
             await association.respond(message, Status.UNRECOGNIZED_OPERATION)
+
+
+def _echo_now(association: Association, message: Message) -> bool:
+    """Answer a C-ECHO-RQ at once, if the association can send now (see Driver.on_request)."""
+    return message.command.command_field == CommandField.C_ECHO_RQ and association.respond_now(
+        message, Status.SUCCESS
+    )
 
 
 def _operation_ended(task: asyncio.Task[None], association: Association) -> None:

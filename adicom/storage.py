@@ -122,6 +122,11 @@ class IncomingInstance:
         #: Attributes read from the data set by keyword (the UIDs, the
         #: patient's ID and name, ...), as far as the handler read them.
         self.values: Mapping[str, str] = {}
+        #: Set by whoever feeds it (the server: its association's
+        #: ``hold_input``): ``hold_input(True)`` asks the sender to wait, as
+        #: TCP does, until ``hold_input(False)``; for a handler that takes
+        #: the data faster than it can put it away (a write-behind backlog).
+        self.hold_input: Callable[[bool], None] | None = None
 
     def write(self, data: memoryview, /) -> None:
         """Take the next fragment of the data set."""
@@ -160,7 +165,7 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
         # The sender: the requestor on an SCP, the called peer for the
         # sub-operations of our own C-GET.
         sender = association.called_ae if association.requestor else association.calling_ae
-        return storage.open(
+        instance = storage.open(
             StoreContext(
                 calling_ae=sender,
                 called_ae=association.called_ae,
@@ -171,6 +176,8 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
                 message_id=command.message_id or 0,
             )
         )
+        instance.hold_input = association.hold_input
+        return instance
 
     return open_sink
 

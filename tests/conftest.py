@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+
+from tests.postgres import Cluster, cluster
 
 
 @pytest.fixture
@@ -29,3 +32,10 @@ def no_leftover_waitpid_threads() -> None:
         thread.name.startswith("waitpid-") for thread in threading.enumerate()
     ):
         time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A throw-away PostgreSQL server for the session (fails, never skips, without one)."""
+    with cluster() as server:
+        yield server

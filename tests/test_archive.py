@@ -14,7 +14,7 @@ import pathlib
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,10 @@ import adicom
 from adicom import archive as archive_module
 from adicom import qrscu
 from adicom.archive import Archive, ArchiveError
-from adicom.archive.index import ATTRIBUTES, RAW, Index
+from adicom.archive.backends import IndexBackend, open_index
+from adicom.archive.index import ATTRIBUTES, RAW
+from adicom.archive.matching import make_row
+from tests.postgres import BACKENDS, index_for
 
 pytestmark = pytest.mark.anyio
 
@@ -148,14 +151,15 @@ def rewrite(path: pathlib.Path, ds: Dataset) -> None:
     os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
 
-@pytest.fixture
-def archive(tmp_path: pathlib.Path) -> Iterator[Archive]:
-    """An archive over a folder holding the tree (not opened yet)."""
+@pytest.fixture(params=BACKENDS)
+async def archive(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> AsyncIterator[Archive]:
+    """An archive over a folder holding the tree (not opened yet), on each index backend."""
     root = tmp_path / "archive"
     write_tree(root)
-    archive = Archive(root)
+    archive = Archive(root, index=index_for(request))
+    archive.scan = True  # the tree was written behind its back
     yield archive
-    archive.close()
+    await archive.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -210,7 +214,7 @@ async def test_stored_instances_are_indexed_as_they_land(tmp_path: pathlib.Path)
             # All of them, the first one again: it replaces itself.
             results = await client.store(TREE.instances, node)
             assert len(results) == 8 and all(r.ok for r in results)
-            assert archive.index.count() == 8
+            assert await archive.index.count() == 8
             studies = await client.find_studies(adicom.StudyQuery(), node)
             assert labels(studies, "study_instance_uid") == {"A", "B", "C", "D"}
             a = next(s for s in studies if s.study_instance_uid == TREE.uid["A"])
@@ -247,16 +251,16 @@ async def test_open_indexes_the_files_already_there(tmp_path: pathlib.Path) -> N
     archive = Archive(root)
     try:
         assert await archive.open(batch=3) == 8  # the batches cut through folders
-        assert archive.index.count() == 8
+        assert await archive.index.count() == 8
         assert await archive.open() == 0  # unchanged: nothing read again
-        assert archive.index.count() == 8
+        assert await archive.index.count() == 8
     finally:
         archive.close()
     # A restart on the same folder: the index persisted, nothing is read.
     again = Archive(root)
     try:
         assert await again.open() == 0
-        found = list(again.index.find("STUDY", {"StudyInstanceUID": ""}))
+        found = list(await again.index.find("STUDY", {"StudyInstanceUID": ""}))
         assert labels(found, "StudyInstanceUID") == {"A", "B", "C", "D"}
     finally:
         again.close()
@@ -271,23 +275,24 @@ async def test_a_changed_file_is_read_again_and_a_removed_one_dropped(archive: A
     changed.StudyDescription = "Chest CT, second reading"
     rewrite(paths[TREE.uid["D1.1"]], changed)
     assert await archive.open() == 1
-    (patient,) = archive.index.find("PATIENT", {"PatientID": "PAT3"}, patient_root=True)
+    (patient,) = await archive.index.find("PATIENT", {"PatientID": "PAT3"}, patient_root=True)
     assert patient["PatientName"] == "Smith^Annabel"
     assert (
-        list(archive.index.find("PATIENT", {"PatientName": "Smith^Anna"}, patient_root=True)) == []
+        list(await archive.index.find("PATIENT", {"PatientName": "Smith^Anna"}, patient_root=True))
+        == []
     )
-    (study,) = archive.index.find("STUDY", {"StudyInstanceUID": TREE.uid["D"]})
+    (study,) = await archive.index.find("STUDY", {"StudyInstanceUID": TREE.uid["D"]})
     assert study["StudyDescription"] == "Chest CT, second reading"
 
     gone = TREE.uid["A1.1"]
     paths[gone].unlink()
     assert await archive.open() == 0
-    assert archive.index.count() == 7
+    assert await archive.index.count() == 7
     keys = {"StudyInstanceUID": TREE.uid["A"], "SeriesInstanceUID": TREE.uid["A1"]}
-    assert {r.sop_instance_uid for r in archive.index.instances("IMAGE", keys)} == {
+    assert {r.sop_instance_uid for r in await archive.index.instances("IMAGE", keys)} == {
         TREE.uid["A1.2"]
     }
-    (series,) = archive.index.find("SERIES", {**keys})
+    (series,) = await archive.index.find("SERIES", {**keys})
     assert series["NumberOfSeriesRelatedInstances"] == "1"
 
 
@@ -304,27 +309,44 @@ async def test_a_file_rewritten_with_another_instance_forgets_the_old_one(
     rewrite(paths[old], other)
     assert await archive.open() == 1
     keys = {"StudyInstanceUID": TREE.uid["D"], "SeriesInstanceUID": TREE.uid["D1"]}
-    assert {r.sop_instance_uid for r in archive.index.instances("IMAGE", keys)} == {
+    assert {r.sop_instance_uid for r in await archive.index.instances("IMAGE", keys)} == {
         other.SOPInstanceUID
     }
-    assert archive.index.count() == 8
+    assert await archive.index.count() == 8
 
 
 # --------------------------------------------------------------------------
 # Matching, on the index itself (PS3.4 C.2.2.2)
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
-    """The tree in an index, rows only (matching never opens the files)."""
-    index = Index(tmp_path_factory.mktemp("index") / INDEX_NAME)
-    for ds in TREE.instances:
-        values = {keyword: str(ds.get(keyword, "")) for keyword in ATTRIBUTES}
-        index.add(
-            values, pathlib.Path("/nowhere", f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1"
-        )
+@pytest.fixture(scope="module", params=BACKENDS)
+def index_url(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    """An index of the tree on each backend, rows only (matching never opens the files)."""
+    url = index_for(request) or f"sqlite:{tmp_path_factory.mktemp('index') / INDEX_NAME}"
+
+    async def fill() -> None:
+        index = open_index(url)
+        await index.connect()
+        rows = []
+        for ds in TREE.instances:
+            values = {keyword: str(ds.get(keyword, "")) for keyword in ATTRIBUTES}
+            path = pathlib.Path("/nowhere", f"{ds.SOPInstanceUID}.dcm")
+            rows.append(make_row(values, path, "1.2.840.10008.1.2.1"))
+        await index.add_rows(rows)
+        await index.commit()
+        await index.aclose()
+
+    anyio.run(fill)
+    return url
+
+
+@pytest.fixture
+async def index(index_url: str) -> AsyncIterator[IndexBackend]:
+    """The index of index_url, connected."""
+    index = open_index(index_url)
+    await index.connect()
     yield index
-    index.close()
+    await index.aclose()
 
 
 ALL_STUDIES = {"A", "B", "C", "D"}
@@ -417,29 +439,31 @@ UNIQUE = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "Series
     MATCHING,
     ids=[f"{m[0]}-{'-'.join(f'{k}={v}' for k, v in m[1].items()) or 'all'}" for m in MATCHING],
 )
-async def test_matching(index: Index, level: str, keys: dict[str, str], expected: set[str]) -> None:
-    found = list(index.find(level, resolve(keys), patient_root=level == "PATIENT"))
+async def test_matching(
+    index: IndexBackend, level: str, keys: dict[str, str], expected: set[str]
+) -> None:
+    found = list(await index.find(level, resolve(keys), patient_root=level == "PATIENT"))
     assert labels(found, UNIQUE[level]) == expected
     # A retrieve with the same keys selects exactly the instances under the matches.
-    rows = index.instances(level, resolve(keys), patient_root=level == "PATIENT")
+    rows = await index.instances(level, resolve(keys), patient_root=level == "PATIENT")
     selected = {d.SOPInstanceUID for d in TREE.instances if labels([d], UNIQUE[level]) <= expected}
     assert {r.sop_instance_uid for r in rows} == selected
 
 
-async def test_counts_and_modalities(index: Index) -> None:
-    (pat1,) = index.find("PATIENT", {"PatientID": "PAT1"}, patient_root=True)
+async def test_counts_and_modalities(index: IndexBackend) -> None:
+    (pat1,) = await index.find("PATIENT", {"PatientID": "PAT1"}, patient_root=True)
     assert pat1["NumberOfPatientRelatedStudies"] == "2"
     assert pat1["NumberOfPatientRelatedSeries"] == "3"
     assert pat1["NumberOfPatientRelatedInstances"] == "6"
     assert (pat1["PatientName"], pat1["PatientBirthDate"], pat1["PatientSex"]) == PATIENTS["PAT1"]
-    studies = {TREE.label[s["StudyInstanceUID"]]: s for s in index.find("STUDY", {})}
+    studies = {TREE.label[s["StudyInstanceUID"]]: s for s in await index.find("STUDY", {})}
     assert studies["A"]["NumberOfStudyRelatedSeries"] == "2"
     assert studies["A"]["NumberOfStudyRelatedInstances"] == "4"
     assert studies["A"]["ModalitiesInStudy"] == "CT\\PT"
     assert studies["B"]["ModalitiesInStudy"] == "CT"
     assert studies["C"]["NumberOfStudyRelatedInstances"] == "1"
     assert studies["A"]["PatientID"] == "PAT1"  # the levels above come along
-    series = index.find("SERIES", {"StudyInstanceUID": TREE.uid["A"]})
+    series = await index.find("SERIES", {"StudyInstanceUID": TREE.uid["A"]})
     assert {
         TREE.label[s["SeriesInstanceUID"]]: s["NumberOfSeriesRelatedInstances"] for s in series
     } == {
@@ -608,7 +632,7 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
     answers = [a async for a in archive.find(query, context)]
     assert len(answers) == 2
     template = _answer_template(query, "SERIES")
-    found = list(archive.index.find("SERIES", {"StudyInstanceUID": TREE.uid["A"]}))
+    found = list(await archive.index.find("SERIES", {"StudyInstanceUID": TREE.uid["A"]}))
     for answer, row in zip(answers, found, strict=True):
         expected = _answer(_answer_elements(template, row))
         if syntax == "1.2.840.10008.1.2.2":
@@ -770,9 +794,9 @@ async def test_move_to_another_archive(archive: Archive, tmp_path: pathlib.Path)
         assert (series.status, series.num_completed) == ("success", 2)
         assert (image.status, image.num_completed) == ("success", 1)
         assert unknown.status == "failure_0xA801"
-        moved = {r.sop_instance_uid for r in other.index.instances("STUDY", {})}
+        moved = {r.sop_instance_uid for r in await other.index.instances("STUDY", {})}
         assert moved == TREE.under("A") | TREE.under("B") | TREE.under("C")
-        for row in other.index.instances("STUDY", {}):
+        for row in await other.index.instances("STUDY", {}):
             assert (
                 pydicom.dcmread(row.path).PixelData == TREE.by_uid(row.sop_instance_uid).PixelData
             )
@@ -783,7 +807,9 @@ async def test_move_to_another_archive(archive: Archive, tmp_path: pathlib.Path)
 async def test_a_file_deleted_behind_the_index_fails_alone(archive: Archive) -> None:
     await archive.open()
     gone = TREE.uid["A1.1"]
-    paths = {r.sop_instance_uid: pathlib.Path(r.path) for r in archive.index.instances("STUDY", {})}
+    paths = {
+        r.sop_instance_uid: pathlib.Path(r.path) for r in await archive.index.instances("STUDY", {})
+    }
     paths[gone].unlink()
     client = adicom.DicomClient()
     async with serving(archive) as node:
@@ -800,14 +826,16 @@ async def test_a_file_deleted_behind_the_index_fails_alone(archive: Archive) -> 
         assert [i.sop_instance_uid for i in images] == [TREE.uid["A1.2"]]
         again = await client.get_study_to_memory(TREE.uid["A"], node)
         assert (again.status, again.num_completed, again.num_failed) == ("success", 3, 0)
-    assert archive.index.count() == 7
+    assert await archive.index.count() == 7
 
 
 async def test_a_file_deleted_behind_the_index_fails_a_move_alone(archive: Archive) -> None:
     await archive.open()
     received = adicom.MemoryStorage()
     gone = TREE.uid["B1.2"]
-    paths = {r.sop_instance_uid: pathlib.Path(r.path) for r in archive.index.instances("STUDY", {})}
+    paths = {
+        r.sop_instance_uid: pathlib.Path(r.path) for r in await archive.index.instances("STUDY", {})
+    }
     paths[gone].unlink()
     paths[TREE.uid["C1.1"]].unlink()
     client = adicom.DicomClient()
@@ -824,7 +852,7 @@ async def test_a_file_deleted_behind_the_index_fails_a_move_alone(archive: Archi
             echo = await client.echo(node)
     assert echo is True
     assert [d.SOPInstanceUID for d in received.datasets] == [TREE.uid["B1.1"]]
-    assert archive.index.count() == 6
+    assert await archive.index.count() == 6
 
 
 async def test_a_retrieve_without_its_unique_key_is_refused(archive: Archive) -> None:
@@ -891,9 +919,9 @@ async def test_an_index_of_another_version_is_rebuilt_from_the_files(
         db.commit()
     again = Archive(root)
     try:
-        assert again.index.count() == 0
+        assert await again.index.count() == 0
         assert await again.open() == 1
-        assert again.index.path_of(TREE.uid["A1.1"]) is not None
+        assert await again.index.path_of(TREE.uid["A1.1"]) is not None
     finally:
         again.close()
 
@@ -922,15 +950,15 @@ async def test_serve_on_a_corrupt_index_exits_with_one_line(tmp_path: pathlib.Pa
 async def test_find_reads_only_the_columns_asked_for(archive: Archive) -> None:
     await archive.open()
     keys = {"StudyInstanceUID": TREE.uid["A"], "SeriesInstanceUID": TREE.uid["A1"]}
-    everything = list(archive.index.find("IMAGE", keys))
-    some = list(archive.index.find("IMAGE", keys, wanted={"PatientName", "SOPInstanceUID"}))
+    everything = list(await archive.index.find("IMAGE", keys))
+    some = list(await archive.index.find("IMAGE", keys, wanted={"PatientName", "SOPInstanceUID"}))
     shown = {"PatientName", "SOPInstanceUID", "SpecificCharacterSet", RAW}
     assert [set(found) for found in some] == [shown] * 2
     assert [(f["PatientName"], f["SOPInstanceUID"]) for f in some] == [
         (f["PatientName"], f["SOPInstanceUID"]) for f in everything
     ]
     # The counts of PS3.4 C.3 come whatever was asked; nothing asked: the unique key.
-    (series,) = archive.index.find("SERIES", keys, wanted=())
+    (series,) = await archive.index.find("SERIES", keys, wanted=())
     assert series == {
         "SeriesInstanceUID": TREE.uid["A1"],
         "NumberOfSeriesRelatedInstances": "2",
@@ -988,7 +1016,7 @@ async def test_an_index_that_cannot_commit_loses_no_instance(
     def full() -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(archive.index, "commit", full)
+    monkeypatch.setattr(archive._sqlite, "commit", full)
     instance = TREE.by_uid(TREE.uid["A1.1"])
     async with serving(archive) as node:
         (result,) = await adicom.store(node.host, node.port, [instance], called_ae=node.aet)
@@ -998,13 +1026,14 @@ async def test_an_index_that_cannot_commit_loses_no_instance(
         assert "the index could not be written" in caplog.text
         assert await adicom.DicomClient().echo(node)  # still serving
     monkeypatch.undo()
-    archive.index._rows.clear()  # what a crash would have lost
-    archive.index._paths.clear()
+    assert archive._sqlite is not None
+    archive._sqlite._rows.clear()  # what a crash would have lost
+    archive._sqlite._paths.clear()
     archive.close()
     again = Archive(tmp_path / "full")
     try:
         assert await again.open() == 1
-        assert {r.sop_instance_uid for r in again.index.instances("STUDY", {})} == {
+        assert {r.sop_instance_uid for r in await again.index.instances("STUDY", {})} == {
             TREE.uid["A1.1"]
         }
     finally:

@@ -19,6 +19,7 @@ import pytest
 
 import adicom
 import adicom.negotiation
+from adicom.dimse import Command, CommandField
 from adicom.errors import (
     AssociationAborted,
     AssociationRejected,
@@ -294,6 +295,48 @@ async def test_dimse_timeout_when_no_response_comes_aborts() -> None:
         async with asyncio.timeout(CLOSE_BOUND):
             await peer.done.wait()
     assert peer.received[-1] == AAbort(0, 0)
+
+
+async def test_response_waits_share_one_watchdog_that_moves_earlier_and_later() -> None:
+    # Each wait for a response is bounded by the association's one watchdog
+    # timer (Driver._watch): a shorter wait after a longer one must move it
+    # earlier, and one that outlasts it must survive its firing.
+    peer = FakePeer(answer=lambda rq: [accept(rq)])
+    async with peer.running() as port, adicom.connect("127.0.0.1", port, timeout=5.0) as assoc:
+        command = Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION)
+        operation = await assoc.start_operation(assoc.context_for(VERIFICATION).context_id, command)
+        clock = asyncio.get_running_loop().time
+        # A wait of 0.3 s given up after 0.05 s leaves the watchdog set for 0.3 s.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await operation.next_response(timeout=0.3)
+        assert assoc.is_established
+        started = clock()
+        with pytest.raises(DicomTimeout) as info:
+            async with asyncio.timeout(CLOSE_BOUND):
+                await operation.next_response(timeout=0.6)
+        waited = clock() - started
+        # Not ended when the watchdog first fired (~0.25 s from here), but at its own time.
+        assert 0.55 <= waited < 3.0
+        assert info.value.which == "DIMSE" and info.value.seconds == 0.6
+        assert not assoc.is_established
+
+
+async def test_a_shorter_response_wait_moves_the_watchdog_earlier() -> None:
+    peer = FakePeer(answer=lambda rq: [accept(rq)])
+    async with peer.running() as port, adicom.connect("127.0.0.1", port, timeout=30.0) as assoc:
+        command = Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION)
+        operation = await assoc.start_operation(assoc.context_for(VERIFICATION).context_id, command)
+        clock = asyncio.get_running_loop().time
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await operation.next_response()  # the watchdog is set 30 s ahead
+        started = clock()
+        with pytest.raises(DicomTimeout):
+            async with asyncio.timeout(CLOSE_BOUND):
+                await operation.next_response(timeout=0.2)
+        assert 0.15 <= clock() - started < 3.0
+        assert not assoc.is_established
 
 
 async def test_a_message_cut_off_by_cancellation_aborts_the_association() -> None:

@@ -438,3 +438,20 @@ def test_calls_ratios_compare_modes_on_the_same_scp() -> None:
         line.startswith("find-calls -> adicom serve: adicom pooled 800/s")
         for line in summary(results)
     )
+
+
+def test_index_benchmark_runs_sqlite_postgresql_and_two_nodes(tmp_path: pathlib.Path) -> None:
+    # DCMTK's SCUs are the load, and a throw-away PostgreSQL cluster the index.
+    out = tmp_path / "index.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.index", "-n", "6", "--reps", "1",
+         "--json", str(out), "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    median = json.loads(out.read_text())["median"]
+    assert set(median) == {"sqlite", "postgresql", "postgresql x2"}
+    for operations in median.values():
+        assert set(operations) == {"store", "find", "get"}
+        assert all(m["rate"] > 0 for m in operations.values())
+    assert "| postgresql x2 | get |" in result.stdout

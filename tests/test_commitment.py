@@ -289,7 +289,7 @@ async def test_the_archive_keeps_mpps_apart_from_its_instances(tmp_path: pathlib
     reopened = Archive(tmp_path / "archive")
     try:
         await reopened.open()
-        assert reopened.index.count() == 0  # an MPPS is not an instance of the archive
+        assert await reopened.index.count() == 0  # an MPPS is not an instance of the archive
     finally:
         reopened.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,8 @@ from adicom.dimse import (
     CountsTemplate,
     DataReceived,
     MessageAssembler,
+    RequestTemplate,
+    ResponseTemplate,
     StatusCategory,
     fragment_message,
     status_category,
@@ -108,6 +111,51 @@ def test_command_decode_by_independent_parser(command: Command) -> None:
         assert found[0x0002].rstrip(b"\0") == command.affected_sop_class_uid.encode()
     for e, value in command.other:
         assert found[e] == value
+
+
+@ROUND_TRIP
+@given(
+    st.sampled_from([CommandField.C_ECHO_RSP, CommandField.C_STORE_RSP]),
+    st.none() | s.uids,
+    s.u16,
+    s.u16,
+    st.none() | s.uids,
+)
+def test_response_template_gives_the_command_and_its_encoding(
+    field: int, sop_class: str | None, status: int, message_id: int, instance: str | None
+) -> None:
+    template = ResponseTemplate(field, sop_class, status)
+    for _ in range(2):  # a template serves again and again
+        command, raw = template.make(message_id, instance)
+        built = Command(
+            field,
+            message_id_being_responded_to=message_id,
+            affected_sop_class_uid=sop_class,
+            affected_sop_instance_uid=instance,
+            status=status,
+        )
+        assert command == built
+        assert raw == built.encode()
+        assert Command.decode(raw) == built
+        message_id = (message_id + 1) & 0xFFFF
+
+
+@ROUND_TRIP
+@given(s.commands, s.u16)
+def test_request_template_gives_the_command_and_its_encoding(
+    command: Command, message_id: int
+) -> None:
+    template = RequestTemplate(command)
+    made, raw = template.make(message_id)
+    expected = replace(command, message_id=message_id)
+    assert made == expected
+    assert raw == expected.encode()
+
+
+@ROUND_TRIP
+@given(s.commands, s.u16)
+def test_with_message_id_is_replace(command: Command, message_id: int) -> None:
+    assert command.with_message_id(message_id) == replace(command, message_id=message_id)
 
 
 def test_c_echo_rq_by_hand() -> None:

@@ -189,8 +189,8 @@ async def test_one_instance_per_sop_instance_uid_across_studies_and_restarts(
     again = Archive(tmp_path)
     await again.open()
     try:
-        assert again.index.count() == 1
-        assert again.index.path_of(str(base.SOPInstanceUID)) == path
+        assert await again.index.count() == 1
+        assert await again.index.path_of(str(base.SOPInstanceUID)) == path
     finally:
         again.close()
 

@@ -953,3 +953,28 @@ def test_a_read_takes_room_for_a_few_pdus_of_the_size_last_seen() -> None:
     assert len(reader.get_buffer()) == pdu.PDUReader.STAGING
     assert len(_receive(reader, small)) == 100
     assert len(reader.get_buffer()) == pdu.PDUReader.STAGING_MIN
+
+
+def test_association_pdus_are_decoded_once_per_distinct_bytes() -> None:
+    from adicom.pdu import reader
+
+    rq = pdu.AAssociateRQ(
+        called_ae="SCP",
+        calling_ae="SCU",
+        presentation_contexts=(
+            pdu.PresentationContextRQ(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),
+        ),
+        user_information=pdu.UserInformation(16384, "1.2.3.4"),
+    )
+    decoded = []
+    for _ in range(2):
+        r = pdu.PDUReader()
+        r.feed(rq.encode())
+        decoded.append(r.next_pdu())
+    assert decoded[0] == rq and decoded[1] is decoded[0]  # the cached object
+    # Bounded: ever new requests never grow it past its size.
+    for n in range(reader._ASSOCIATE_CACHE_SIZE + 10):
+        r = pdu.PDUReader()
+        r.feed(dataclasses.replace(rq, calling_ae=f"SCU{n}").encode())
+        assert r.next_pdu() is not None
+        assert len(reader._ASSOCIATE_CACHE) <= reader._ASSOCIATE_CACHE_SIZE

@@ -6,7 +6,7 @@ import pytest
 
 from adicom import protocol as ul
 from adicom.errors import LocalProtocolError
-from adicom.fsm import State
+from adicom.fsm import TABLE, Action, Effect, Event, InvalidTransition, State, StateMachine
 from adicom.pdu import (
     AAbort,
     AAssociateAC,
@@ -14,9 +14,11 @@ from adicom.pdu import (
     AAssociateRQ,
     AReleaseRP,
     AReleaseRQ,
+    PDataTF,
     PresentationContextAC,
     PresentationContextRQ,
     UserInformation,
+    encode_pdata,
 )
 
 RQ = AAssociateRQ(
@@ -274,3 +276,87 @@ def test_a_pdu_before_any_association_request_gets_a_service_user_abort(
     assert b"".join(acceptor.data_to_send()) == AAbort(0, 0).encode()
     assert acceptor.next_event() is None
     assert acceptor.state is State.STA13 and acceptor.get_timer() == 5.0
+
+
+# -- the P-DATA shortcuts agree with Table 9-10 -----------------------------------
+
+
+def _cell_only(state: State, event: Event, effect: Effect) -> bool:
+    """True when, for both roles and both AE-6 answers, ``event`` in ``state`` does
+    just ``effect``, stays in ``state`` and leaves ARTIM alone (read from the table)."""
+    for acceptable in (True, False):
+        for requestor in (True, False):
+            machine = StateMachine(requestor=requestor)
+            machine._state = state
+            machine._artim_running = True
+            try:
+                transition = machine.step(event, acceptable=acceptable)
+            except InvalidTransition:
+                return False
+            if (transition.effects, transition.new, machine.artim_running) != (
+                (effect,),
+                state,
+                True,
+            ):
+                return False
+    return True
+
+
+def test_the_pdata_shortcuts_are_exactly_the_tables_staying_cells() -> None:
+    sends = {s for s in State if _cell_only(s, Event.EVT9, Effect.SEND_P_DATA)}
+    indicates = {s for s in State if _cell_only(s, Event.EVT10, Effect.INDICATE_DATA)}
+    assert ul._SENDS_PDATA == sends == {State.STA6, State.STA8}  # DT-1, AR-7
+    assert ul._INDICATES_PDATA == indicates == {State.STA6, State.STA7}  # DT-2, AR-6
+    assert TABLE[State.STA6, Event.EVT9] is Action.DT_1
+    assert TABLE[State.STA6, Event.EVT10] is Action.DT_2
+
+
+def _in_state(state: State, *, requestor: bool) -> ul.UpperLayer:
+    side = ul.UpperLayer(requestor=requestor, max_pdu_length=16384)
+    side._fsm._state = state
+    return side
+
+
+def _outcome(side: ul.UpperLayer) -> tuple[object, ...]:
+    events = []
+    while (event := side.next_event()) is not None:
+        events.append(event)
+    out = b"".join(side.data_to_send())
+    return (side.state, events, out, side.get_timer(), side.close_requested, side.abort_sent)
+
+
+PDVS = ((1, 3, b"command bytes!"), (1, 2, b"and a data set"))
+
+
+@pytest.mark.parametrize("requestor", [True, False])
+@pytest.mark.parametrize("state", list(State))
+def test_pdata_shortcuts_and_the_tables_step_give_the_same(
+    state: State, requestor: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every state, sending and receiving P-DATA with the shortcuts on and off
+    # (every step through StateMachine): the same state, events and bytes.
+    wire = b"".join(encode_pdata(PDVS))
+    results = []
+    for shortcuts in (True, False):
+        if not shortcuts:
+            monkeypatch.setattr(ul, "_SENDS_PDATA", frozenset())
+            monkeypatch.setattr(ul, "_INDICATES_PDATA", frozenset())
+        sender = _in_state(state, requestor=requestor)
+        try:
+            sender.send_pdata(PDVS, 1.0)
+            sent: tuple[object, ...] = _outcome(sender)
+        except LocalProtocolError as exc:
+            sent = ("refused", str(exc))
+        receiver = _in_state(state, requestor=requestor)
+        try:
+            receiver.receive_data(wire, 1.0)
+            received: tuple[object, ...] = _outcome(receiver)
+        except InvalidTransition as exc:  # Sta4: no transport to receive on yet
+            received = ("impossible", str(exc))
+        results.append((sent, received))
+    assert results[0] == results[1]
+    if state is State.STA6:
+        sent, received = results[0]
+        assert sent[2] == wire and received[1] == [
+            ul.PDataReceived(PDataTF.decode(memoryview(wire)[6:]))
+        ]

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import pathlib
 import struct
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
 import pydicom
@@ -28,7 +28,9 @@ from pydicom.uid import generate_uid
 import adicom
 from adicom import qrscu
 from adicom.archive import Archive
-from adicom.archive.index import Index, fuzzy_name
+from adicom.archive.backends import open_index
+from adicom.archive.index import fuzzy_name
+from adicom.archive.matching import make_row
 from adicom.errors import DimseError, RemoteProtocolError
 from adicom.negotiation import (
     NO_QR_OPTIONS,
@@ -52,6 +54,7 @@ from adicom.pdu import (
 from adicom.presentation import CT_IMAGE_STORAGE, VERIFICATION
 from adicom.qrscp import QRContext
 from tests import test_archive as tree
+from tests.postgres import BACKENDS, index_for
 
 IMPLICIT = "1.2.840.10008.1.2"
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -309,13 +312,14 @@ def test_a_sub_item_longer_inside_than_outside_is_a_protocol_error() -> None:
 # End to end: adicom.Server with the archive, adicom.connect
 
 
-@pytest.fixture
-def archive(tmp_path: pathlib.Path) -> Iterator[Archive]:
+@pytest.fixture(params=BACKENDS)
+async def archive(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> AsyncIterator[Archive]:
     root = tmp_path / "archive"
     tree.write_tree(root)
-    archive = Archive(root)
+    archive = Archive(root, index=index_for(request))
+    archive.scan = True  # the tree was written behind its back
     yield archive
-    archive.close()
+    await archive.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -490,23 +494,36 @@ async def test_fuzzy_person_names_ignore_accents(archive: Archive, tmp_path: pat
         assert (literal, status) == ([], 0x0000)
 
 
-def test_fuzzy_names_and_combined_precision_in_the_index(tmp_path: pathlib.Path) -> None:
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_fuzzy_names_and_combined_precision_in_the_index(
+    tmp_path: pathlib.Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     assert fuzzy_name("Mu\u0308ller^JÖRG^^") == fuzzy_name("MULLER^Jorg") == "muller^jorg"
-    index = Index(tmp_path / "index.sqlite")
+    url = (
+        f"sqlite:{tmp_path / 'index.sqlite'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres").new_database()
+    )
+    index = open_index(url)
+    await index.connect()
     try:
+        rows = []
         for uid, date, time in (("1.1", "20240105", ""), ("1.2", "20240105", "180030.25")):
             values = {"SOPInstanceUID": uid, "StudyInstanceUID": uid, "StudyDate": date}
-            index.add({**values, "StudyTime": time}, tmp_path / uid, IMPLICIT)
+            rows.append(make_row({**values, "StudyTime": time}, tmp_path / uid, IMPLICIT))
+        await index.add_rows(rows)
+        await index.commit()
         combined = QROptions(datetime_matching=True)
         keys = {"StudyDate": "20240105-20240105", "StudyTime": "1000-1800"}
-        found = {f["StudyInstanceUID"] for f in index.find("STUDY", keys, options=combined)}
+        found = {f["StudyInstanceUID"] for f in await index.find("STUDY", keys, options=combined)}
         # A study without a time matches by its date; 18:00:30 is within "1800".
         assert found == {"1.1", "1.2"}
         keys = {"StudyDate": "20240105-20240105", "StudyTime": "1000-1759"}
-        found = {f["StudyInstanceUID"] for f in index.find("STUDY", keys, options=combined)}
+        found = {f["StudyInstanceUID"] for f in await index.find("STUDY", keys, options=combined)}
         assert found == {"1.1"}
     finally:
-        index.close()
+        await index.aclose()
 
 
 # --------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -229,17 +231,23 @@ async def test_the_cli_retries_when_told() -> None:
     code, _, err = await run_cli("echo", "--aec", "LATE", "127.0.0.1", str(port))
     assert code == 3, err  # unreachable, at once
 
-    async def start_late() -> None:
-        await asyncio.sleep(0.8)
+    # The server starts once the CLI has said it failed a first time, not
+    # after a fixed delay: a loaded machine can take longer than any delay
+    # to start the CLI, and then nothing would be retried.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "echo", "--retries", "6", "--aec", "LATE",
+        "127.0.0.1", str(port),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    said = b""
+    async with asyncio.timeout(60):
+        while b"the peer was unreachable" not in said:
+            line = await process.stderr.readline()
+            assert line, f"the CLI ended without retrying: {said.decode()!r}"
+            said += line
         async with adicom.Server("LATE", port=port):
-            await asyncio.sleep(20)
-
-    task = asyncio.get_running_loop().create_task(start_late())
-    try:
-        code, out, err = await run_cli(
-            "echo", "--retries", "6", "--aec", "LATE", "127.0.0.1", str(port)
-        )
-    finally:
-        task.cancel()
-    assert code == 0 and "success" in out, err
+            out_bytes, err_bytes = await process.communicate()
+    out, err = out_bytes.decode(), said.decode() + err_bytes.decode()
+    assert process.returncode == 0 and "success" in out, err
     assert "the peer was unreachable" in err and "try 2 of 7" in err

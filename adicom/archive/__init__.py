@@ -1,4 +1,4 @@
-"""A reference query/retrieve archive: a folder of DICOM files with an SQLite index.
+"""A reference query/retrieve archive: a folder of DICOM files with an index.
 
 ``Archive(root)`` gives a :class:`~adicom.DiskStorage` that indexes what it
 stores, and C-FIND, C-GET and C-MOVE handlers over the index, ready for
@@ -12,15 +12,21 @@ stores, and C-FIND, C-GET and C-MOVE handlers over the index, ready for
 Files deleted behind the index's back are reported as failed sub-operations
 of a retrieve and dropped from the index; a corrupt database on start is a
 clear :class:`ArchiveError`.
+
+The index is SQLite beside the files by default, or a PostgreSQL database
+that several archives (nodes) share (``index="postgresql://..."``, see
+:mod:`adicom.archive.backends` and docs/deployment.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import os
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,21 +38,22 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from adicom.archive.index import (
-    ATTRIBUTES,
-    LEVELS,
-    PATH,
-    RAW,
-    Index,
-    IndexBusy,
-    IndexUnusable,
-    MatchError,
-    chunks,
+from adicom.archive.backends import (
+    DEFAULT_INDEX_POOL,
+    DEFAULT_INDEX_TIMEOUT,
+    IndexBackend,
+    IndexUnavailable,
+    SQLiteIndex,
+    index_url,
+    open_index,
 )
+from adicom.archive.files import FileStore, SharedFolder
+from adicom.archive.index import IndexBusy, IndexUnusable, chunks
+from adicom.archive.matching import ATTRIBUTES, LEVELS, PATH, RAW, MatchError, make_row
 from adicom.archive.sequences import SequenceKeys
 from adicom.commitment import CommitmentSCP
 from adicom.dimse import Status
-from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage
+from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage, Filed
 from adicom.errors import ArchiveError
 from adicom.fileformat import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -60,7 +67,7 @@ from adicom.qrscp import MoveDestinations, QRContext, QueryFailed
 from adicom.storage import StoreContext
 from adicom.storescu import iter_files
 
-__all__ = ["Archive", "ArchiveError"]
+__all__ = ["Archive", "ArchiveError", "IndexBackend", "IndexUnavailable"]
 
 log = logging.getLogger("adicom")
 
@@ -73,10 +80,25 @@ COMMIT_RETRY = 1.0
 OPEN_WAIT = 30.0
 
 _INDEX_NAME = ".adicom-index.sqlite"
+# Stores whose index write failed half-way, kept to be undone (at most).
+_MAX_DOUBTFUL = 10_000
 
 
 class Archive:
-    """A folder of DICOM files, indexed in SQLite, served by C-FIND/C-GET/C-MOVE."""
+    """A folder of DICOM files, indexed, served by C-FIND/C-GET/C-MOVE.
+
+    ``index`` is a URL (``sqlite:PATH``, the default being the file
+    ``.adicom-index.sqlite`` in the folder, or ``postgresql://...``) or an
+    :class:`IndexBackend`; ``index_pool`` and ``index_timeout`` bound what
+    a database server may cost (connections, seconds per call).
+
+    With a shared index (PostgreSQL), each instance is indexed before its
+    C-STORE success is sent, under a file name no other node can take; the
+    database settles two stores of one SOP Instance UID, and the loser's
+    file is removed. A database that does not answer within
+    ``index_timeout`` fails the operation (C-STORE 0xA700, C-FIND 0xA700,
+    C-GET/C-MOVE 0xA701), and the next operation tries again.
+    """
 
     def __init__(
         self,
@@ -85,40 +107,154 @@ class Archive:
         *,
         on_duplicate: Literal["replace", "keep", "reject"] = "replace",
         fsync: bool = False,
+        index: str | IndexBackend | None = None,
+        index_pool: int = DEFAULT_INDEX_POOL,
+        index_timeout: float = DEFAULT_INDEX_TIMEOUT,
     ) -> None:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.index = Index(self.root / _INDEX_NAME)
+            if index is None or isinstance(index, str):
+                url = index_url(index or "", self.root / _INDEX_NAME)
+                index = open_index(url, pool=index_pool, timeout=index_timeout)
         except IndexUnusable as exc:
             raise ArchiveError(str(exc)) from None
         except OSError as exc:
             raise ArchiveError(f"cannot use {self.root}: {exc.strerror or exc}") from None
-        # One copy per SOP Instance UID, wherever it was filed (the same
-        # UID may come again under another study): the index knows where.
-        self.storage = DiskStorage(
-            self.root,
-            layout,
-            extra_keywords=ATTRIBUTES,
-            on_stored=self._stored,
-            lookup=self.index.path_of,
-            on_duplicate=on_duplicate,
-            fsync=fsync,
+        #: The index (a backend: await its methods).
+        self.index: IndexBackend = index
+        #: Whether :meth:`open` reads the folder (default: not with a shared
+        #: index, where the database, not the folder, says what is stored).
+        self.scan = not index.shared
+        # SQLite's synchronous index, used directly on the store path.
+        self._sqlite = index.db if isinstance(index, SQLiteIndex) else None
+        if self._sqlite is not None:
+            # One copy per SOP Instance UID, wherever it was filed (the same
+            # UID may come again under another study): the index knows where.
+            self.storage = DiskStorage(
+                self.root,
+                layout,
+                extra_keywords=ATTRIBUTES,
+                on_stored=self._stored,
+                lookup=self._sqlite.path_of,
+                on_duplicate=on_duplicate,
+                fsync=fsync,
+            )
+        else:
+            self.storage = DiskStorage(
+                self.root,
+                layout,
+                extra_keywords=ATTRIBUTES,
+                filer=self._file_shared,
+                on_duplicate=on_duplicate,
+                fsync=fsync,
+            )
+            # Nodes on several hosts share the folder: each host receives into
+            # a folder of its own, so that one starting never takes another
+            # host's files in progress for those of a dead process (process
+            # ids are per host).
+            self.storage.incoming = self.root / ".incoming" / socket.gethostname()
+            self.storage.remove_leftovers()
+        #: Where the instances' bytes go with a shared index (the seam for
+        #: object storage); None with SQLite, whose DiskStorage files them.
+        self.files: FileStore | None = (
+            None if self._sqlite is not None else SharedFolder(self.storage, fsync)
         )
+        self._exists = os.path.isfile if self.files is None else self.files.exists
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_failing = False
         self._commit_waiters: list[asyncio.Future[None]] = []
+        # Stores whose index write failed half-way (a timeout, a cancel): the
+        # row may have been written for a file that is removed; dropped once
+        # the database answers again.
+        self._doubtful: dict[str, str] = {}
+        self._settling: asyncio.Task[None] | None = None
         #: The MPPS instances it keeps (made by :meth:`handlers`).
         self.mpps: MppsStore | None = None
 
     def _stored(
         self, path: Path, values: dict[str, str], context: StoreContext, raw: dict[str, bytes]
     ) -> None:
+        assert self._sqlite is not None
         stat = os.stat(path)
-        self.index.add(
+        self._sqlite.add(
             values, path, context.transfer_syntax, stat.st_mtime_ns, stat.st_size, raw=raw
         )
         self._commit_soon()
+
+    async def _file_shared(
+        self,
+        temp: Path,
+        values: dict[str, str],
+        context: StoreContext,
+        raw: dict[str, bytes],
+        policy: str,
+    ) -> Filed:
+        """File one instance with a shared index: on disk under a name of its own, then indexed.
+
+        The success status is sent only once the row is in the database
+        (another node may be asked for it the next moment); a database that
+        fails leaves no file and no row (PS3.4 B.2.3: 0xA700).
+        """
+        uid = values.get("SOPInstanceUID", "")
+        files = self.files
+        assert files is not None
+        try:
+            placed = files.place(temp, self.storage.final_path(values))
+            stat = os.stat(placed)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            log.warning("storing %s failed: %s", uid, exc)
+            return Status.OUT_OF_RESOURCES, None, "the instance could not be written"
+        row = make_row(values, placed, context.transfer_syntax, stat.st_mtime_ns, stat.st_size, raw)
+        done = False
+        try:
+            stored, other = await self.index.put(row, replace=policy == "replace")
+            done = True
+        except IndexUnavailable as exc:
+            log.warning("storing %s refused: %s", uid, exc)
+            return Status.OUT_OF_RESOURCES, None, "the archive's index is unavailable"
+        finally:
+            if not done:
+                # Whether the row went in is unknown: the file goes, and the
+                # row with it when the database answers again.
+                with contextlib.suppress(OSError):
+                    files.remove(placed)
+                if len(self._doubtful) < _MAX_DOUBTFUL:
+                    self._doubtful[uid] = placed
+        if self._doubtful and self._settling is None:
+            # In the background: this store's answer does not wait for it.
+            self._settling = asyncio.get_running_loop().create_task(self._settle_doubtful())
+        if not stored:
+            # Another copy is held (a node stored it first): ours goes.
+            with contextlib.suppress(OSError):
+                files.remove(placed)
+            kept = Path(other) if other else None
+            if policy == "reject":
+                return Status.DUPLICATE_SOP_INSTANCE, kept, "this SOP instance is stored already"
+            log.info("%s is stored already; keeping the first copy", uid)
+            return Status.SUCCESS, kept, ""
+        if other and other != placed:
+            # The copy this one replaced, whichever node filed it.
+            with contextlib.suppress(OSError):
+                files.remove(other)
+        return Status.SUCCESS, Path(placed), ""
+
+    async def _settle_doubtful(self) -> None:
+        """Drop the rows of stores that failed half-way (their files are gone)."""
+        try:
+            while self._doubtful:
+                uid, path = self._doubtful.popitem()
+                try:
+                    found = await self.index.path_of(uid)
+                    if found is not None and str(found) == path and not self._exists(path):
+                        await self.index.remove_path(path)
+                except IndexUnavailable:
+                    self._doubtful[uid] = path
+                    return  # at the next successful store
+        finally:
+            self._settling = None
 
     def _commit_soon(self) -> None:
         """Commit the index within COMMIT_DELAY: one commit for a burst of changes."""
@@ -133,8 +269,10 @@ class Archive:
 
     def _commit(self) -> None:
         self._commit_timer = None
+        if self._sqlite is None:
+            return
         try:
-            self.index.commit()
+            self._sqlite.commit()
         except IndexBusy:
             # Another process sharing the index is writing: try again soon
             # rather than block the loop waiting for its lock.
@@ -184,14 +322,31 @@ class Archive:
         self._commit_waiters.append(waiter)
         await waiter
 
-    async def open(self, batch: int = 64) -> int:
-        """Index the files already in the folder; return how many were (re)read.
+    async def open(self, batch: int = 64, scan: bool | None = None) -> int:
+        """Connect the index and index the files already in the folder; how many were read.
 
         Unchanged files (same size and modification time) are not read
         again; rows of files that are gone are dropped. Works in short
         batches so a server on the same loop keeps answering meanwhile.
+        ``scan`` defaults to :attr:`scan`: True with SQLite, False with a
+        shared index, where a row is written before a store is acknowledged
+        and the database, not the folder, says what is stored (several nodes
+        scanning a shared folder would index each other's stores in flight).
         """
-        known = self.index.known_files()
+        try:
+            await self.index.connect()
+        except IndexUnavailable as exc:
+            if not self.index.shared:
+                raise
+            # Serve anyway: each operation answers a failure status until the
+            # database answers, and the first that reaches it connects.
+            log.warning("archive %s: %s; operations fail until it answers", self.root, exc)
+            return 0
+        if scan is None:
+            scan = self.scan
+        if not scan:
+            return 0
+        known = await self.index.known_files()
         seen: set[str] = set()
         read = 0
         files = (
@@ -201,6 +356,7 @@ class Archive:
             and not any(part.startswith(".") for part in p.relative_to(self.root).parts[:-1])
         )  # fmt: skip
         for group in chunks(files, batch):
+            rows = []
             for path in group:
                 key = str(path)
                 seen.add(key)
@@ -210,14 +366,20 @@ class Archive:
                     continue
                 if known.get(key) == (stat.st_mtime_ns, stat.st_size):
                     continue
-                if self._index_file(path, stat.st_mtime_ns, stat.st_size):
-                    read += 1
+                row = _index_file(path, stat.st_mtime_ns, stat.st_size)
+                if row is not None:
+                    rows.append(row)
+            read += len(rows)
+            await self.index.add_rows(rows)
             await self._commit_batch()
         for gone in set(known) - seen:
-            self.index.remove_path(Path(gone))
+            await self.index.remove_path(Path(gone))
         await self._commit_batch()
         log.info(
-            "archive %s: %d instances indexed (%d files read)", self.root, self.index.count(), read
+            "archive %s: %d instances indexed (%d files read)",
+            self.root,
+            await self.index.count(),
+            read,
         )
         return read
 
@@ -226,7 +388,7 @@ class Archive:
         deadline = asyncio.get_running_loop().time() + OPEN_WAIT
         while True:
             try:
-                self.index.commit()
+                await self.index.commit()
                 break
             except IndexBusy:
                 # Several processes opening one archive at once (serve
@@ -237,31 +399,27 @@ class Archive:
                 await asyncio.sleep(COMMIT_DELAY)
         await asyncio.sleep(0)
 
-    def _index_file(self, path: Path, mtime_ns: int, size: int) -> bool:
-        try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            log.debug("not indexed (not DICOM): %s", path)
-            return False
-        raw = _raw_text(dataset)  # before the values decode them
-        values = {keyword: _text(dataset.get(keyword)) for keyword in ATTRIBUTES}
-        values["SpecificCharacterSet"] = _text(dataset.get("SpecificCharacterSet"))
-        if not values["SOPInstanceUID"]:
-            return False
-        transfer = (
-            str(getattr(dataset.file_meta, "TransferSyntaxUID", ""))
-            if hasattr(dataset, "file_meta")
-            else ""
-        )
-        self.index.add(values, path, transfer, mtime_ns, size, raw=raw)
-        return True
-
     def close(self) -> None:
-        """Commit and close the index."""
+        """Commit and close the index (a database's connections are cut at once).
+
+        On a running loop prefer :meth:`aclose`, which lets a database's
+        calls under way finish and its connections close cleanly.
+        """
+        self._closing()
+        self.index.close()
+
+    async def aclose(self) -> None:
+        """Commit and close the index, letting database calls under way finish."""
+        self._closing()
+        await self.index.aclose()
+
+    def _closing(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
         if self._commit_timer is not None:
             self._commit_timer.cancel()
             self._commit_timer = None
-        self.index.close()
         for waiter in self._commit_waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -306,11 +464,15 @@ class Archive:
         archive commits to). With ``fsync`` off, a file is in the page cache
         when stored, on disk some seconds later.
         """
-        found = self.index.sop_class_of(sop_instance_uid)
+        try:
+            found = await self.index.sop_class_of(sop_instance_uid)
+        except IndexUnavailable as exc:
+            log.warning("commitment of %s: %s", sop_instance_uid, exc)
+            return None  # not known to be held: the requestor may send it again
         if found is None:
             return None
         sop_class, path = found
-        return sop_class if path.is_file() else None
+        return sop_class if self._exists(str(path)) else None
 
     async def find(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset | bytes]:
         """C-FIND handler: the matches of ``identifier`` with the keys it asked for.
@@ -329,13 +491,21 @@ class Archive:
             wanted.add(PATH)
         # context.options: what extended negotiation agreed for this SOP class
         # (relational queries, combined date-time, fuzzy names; PS3.4 C.5.1.1).
-        matches = self.index.find(level, keys, _patient_root(context), wanted, context.options)
         try:
-            # The keys are checked and the query run on the first match taken;
-            # the rest are made into answers one by one, as they are sent.
+            matches = await self.index.find(
+                level, keys, _patient_root(context), wanted, context.options
+            )
+            # The keys are checked and the query run on the first match taken
+            # (or before); the rest are made into answers one by one, as sent.
             first = next(matches, None)
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
+        except IndexUnavailable as exc:
+            # PS3.4 C.4.1.1.4, Table C.4-1: A700, refused: out of resources.
+            log.warning("C-FIND refused: %s", exc)
+            raise QueryFailed(
+                Status.OUT_OF_RESOURCES, "the archive's index is unavailable"
+            ) from None
         if first is None:
             return
         matches = itertools.chain([first], matches)
@@ -366,18 +536,26 @@ class Archive:
         """
         level, keys = _keys(identifier)
         try:
-            rows = self.index.instances(
+            rows = await self.index.instances(
                 level, keys, _patient_root(context), retrieve=True, options=context.options
             )
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
+        except IndexUnavailable as exc:
+            # PS3.4 C.4.2.1.5, C.4.3.1.5: A701, out of resources, unable to
+            # calculate the number of matches.
+            log.warning("retrieve refused: %s", exc)
+            raise QueryFailed(
+                Status.OUT_OF_RESOURCES_MATCHES, "the archive's index is unavailable"
+            ) from None
         yield len(rows)
-        isfile = os.path.isfile
+        isfile = self._exists
         for row in rows:
             path = row.path
             if not isfile(path):
                 log.warning("%s was deleted behind the index's back", path)
-                self.index.remove_path(path)
+                with contextlib.suppress(IndexUnavailable):
+                    await self.index.remove_path(path)
                 self._commit_soon()
                 yield _Missing(row.sop_instance_uid)
                 continue
@@ -387,6 +565,26 @@ class Archive:
 #: One element of a C-FIND answer: (tag, VR, index keyword, fixed text).
 #: With a keyword, the value comes from the match; without, it is the text.
 _Element = tuple[int, str, str, str]
+
+
+def _index_file(path: Path, mtime_ns: int, size: int) -> list[str | int] | None:
+    """The index row of a file already in the folder, None if it is no instance."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        log.debug("not indexed (not DICOM): %s", path)
+        return None
+    raw = _raw_text(dataset)  # before the values decode them
+    values = {keyword: _text(dataset.get(keyword)) for keyword in ATTRIBUTES}
+    values["SpecificCharacterSet"] = _text(dataset.get("SpecificCharacterSet"))
+    if not values["SOPInstanceUID"]:
+        return None
+    transfer = (
+        str(getattr(dataset.file_meta, "TransferSyntaxUID", ""))
+        if hasattr(dataset, "file_meta")
+        else ""
+    )
+    return make_row(values, path, transfer, mtime_ns, size, raw)
 
 
 def _answer_template(identifier: Dataset, level: str) -> list[_Element]:

@@ -5,7 +5,8 @@ The interface is kept stable because scripts call it. Exit codes: 0 success,
 3 the peer could not be reached, 4 a timeout.
 """
 
-from adicom.cli.commands import outcome
+from typing import TYPE_CHECKING
+
 from adicom.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -14,6 +15,9 @@ from adicom.cli.common import (
     EXIT_USAGE,
 )
 from adicom.cli.main import build_parser, main
+
+if TYPE_CHECKING:
+    from adicom.cli.commands import outcome
 
 __all__ = [
     "EXIT_FAILED",
@@ -25,3 +29,13 @@ __all__ = [
     "build_parser",
     "main",
 ]
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        """``outcome`` lives with the client commands, imported on first use (PEP 562)."""
+        if name != "outcome":
+            raise AttributeError(f"module 'adicom.cli' has no attribute {name!r}")
+        from adicom.cli.commands import outcome
+
+        return outcome

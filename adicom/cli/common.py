@@ -7,25 +7,23 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from ssl import SSLContext, SSLError
-from typing import TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
-from pydantic import BaseModel, ValidationError
-
-from adicom.dicomclient import DicomClient
 from adicom.errors import DicomError
 from adicom.identity import (
     read_password_file,
 )
-from adicom.models import (
-    DicomNode,
-    ImageQuery,
-    PatientQuery,
-    SeriesQuery,
-    StudyQuery,
-)
 from adicom.pdu import UserIdentityRQ
 from adicom.retry import NO_RETRY, RetryPolicy
 from adicom.tls import client_context
+
+if TYPE_CHECKING:
+    # The client and its pydantic models: imported where a client command
+    # uses them, never by ``adicom serve``, which shares this module.
+    from pydantic import BaseModel
+
+    from adicom.dicomclient import DicomClient
+    from adicom.models import DicomNode, ImageQuery, PatientQuery, SeriesQuery, StudyQuery
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
@@ -243,16 +241,16 @@ def key_options(pairs: list[str]) -> tuple[dict[str, str], list[str]]:
     return matching, returned
 
 
-_QUERIES: dict[str, type[PatientQuery | StudyQuery | SeriesQuery | ImageQuery]] = {
-    "PATIENT": PatientQuery, "STUDY": StudyQuery, "SERIES": SeriesQuery, "IMAGE": ImageQuery,
-}  # fmt: skip
-
-
 def query_model(
     level: str, pairs: list[str]
 ) -> PatientQuery | StudyQuery | SeriesQuery | ImageQuery:
     """The query model of a level, from ``-k`` options."""
-    query_type = _QUERIES[level]
+    from adicom.models import ImageQuery, PatientQuery, SeriesQuery, StudyQuery
+
+    queries: dict[str, type[PatientQuery | StudyQuery | SeriesQuery | ImageQuery]] = {
+        "PATIENT": PatientQuery, "STUDY": StudyQuery, "SERIES": SeriesQuery, "IMAGE": ImageQuery,
+    }  # fmt: skip
+    query_type = queries[level]
     fields = {keyword: name for name, keyword in query_type.keywords.items()}
     matching, returned = key_options(pairs)
     typed: dict[str, object] = {fields[k]: v for k, v in matching.items() if k in fields}
@@ -262,13 +260,15 @@ def query_model(
     return validated(query_type, values, query_type.keywords)
 
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+ModelT = TypeVar("ModelT", bound="BaseModel")
 
 
 def validated(
     model: type[ModelT], values: dict[str, object], keywords: Mapping[str, str]
 ) -> ModelT:
     """The query model, or a usage error naming each ``-k`` at fault as it was typed."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -306,11 +306,15 @@ def peer_answer() -> Iterator[None]:
 
 def peer_node(args: argparse.Namespace) -> DicomNode:
     """The peer the client options name."""
+    from adicom.models import DicomNode
+
     return DicomNode(aet=args.aec, host=args.host, port=args.port)
 
 
 def make_client(args: argparse.Namespace) -> DicomClient:
     """A DicomClient as the client options say."""
+    from adicom.dicomclient import DicomClient
+
     return DicomClient(
         args.aet,
         connect_timeout=args.timeout,

@@ -5,29 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import pydicom
-from pydantic import ValidationError
 
-from adicom.cli.commands import (
-    add_commit,
-    add_echo,
-    add_find,
-    add_retrieve,
-    add_store,
-    run_commit,
-    run_demo_command,
-    run_echo,
-    run_find,
-    run_get,
-    run_hash_password,
-    run_move,
-    run_store,
-)
 from adicom.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -35,15 +21,7 @@ from adicom.cli.common import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from adicom.cli.serve import (
-    add_serve,
-    run_serve,
-)
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
-from adicom.identity import (
-    DEFAULT_COST,
-)
-from adicom.settings import DicomSettings
 from adicom.version import __version__
 
 __all__ = ["main"]
@@ -69,7 +47,34 @@ def logging_options(parser: argparse.ArgumentParser, *, after_command: bool) -> 
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Each command's runner: (module, function). A module is imported only for
+#: its own command: ``adicom serve`` never loads the client, its pydantic
+#: models or tqdm (issue 17: an SCP's footprint).
+_RUNNERS = {
+    "echo": ("adicom.cli.commands", "run_echo"),
+    "serve": ("adicom.cli.serve", "run_serve"),
+    "store": ("adicom.cli.commands", "run_store"),
+    "find": ("adicom.cli.commands", "run_find"),
+    "get": ("adicom.cli.commands", "run_get"),
+    "move": ("adicom.cli.commands", "run_move"),
+    "demo": ("adicom.cli.commands", "run_demo_command"),
+    "hash-password": ("adicom.cli.commands", "run_hash_password"),
+    "commit": ("adicom.cli.commands", "run_commit"),
+    "index": ("adicom.cli.index", "run_index"),
+}
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv``: the first word that is not an option.
+
+    The options before the command (``-v``, ``--debug``, ``--version``,
+    ``-h``) take no value, so that word is the command, if there is one.
+    """
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``serve`` alone when that is the command."""
     parser = argparse.ArgumentParser(
         prog="adicom",
         description="DICOM networking on asyncio, no threads: echo, store, find, get, move and "
@@ -84,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
         version=f"adicom {__version__} (pydicom {pydicom.__version__})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    if only == "serve":
+        from adicom.cli.serve import add_serve
+
+        add_serve(commands)
+        for sub in commands.choices.values():
+            logging_options(sub, after_command=True)
+        return parser
+    from adicom.cli.commands import add_commit, add_echo, add_find, add_retrieve, add_store
+    from adicom.cli.index import add_index
+    from adicom.cli.serve import add_serve
+    from adicom.identity import DEFAULT_COST
+
     add_echo(commands)
     add_serve(commands)
     add_store(commands)
@@ -94,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add_retrieve(commands, name, text)
     add_commit(commands)
+    add_index(commands)
     commands.add_parser(
         "demo", help="run a local archive and walk through echo, find, get, move (checked)"
     )
@@ -117,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_of(argv)).parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_after", 0)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -125,11 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The PDU and DIMSE dumps are subscribers of adicom.events that
         # attach to an association when its logger is enabled (at DEBUG).
         logging.getLogger("adicom").setLevel(logging.DEBUG)
-    runner = {
-        "echo": run_echo, "serve": run_serve, "store": run_store, "find": run_find,
-        "get": run_get, "move": run_move, "demo": run_demo_command,
-        "hash-password": run_hash_password, "commit": run_commit,
-    }[args.command]  # fmt: skip
+    module, name = _RUNNERS[args.command]
+    runner: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+    runner = getattr(importlib.import_module(module), name)
     try:
         return asyncio.run(runner(args))
     except BrokenPipeError:
@@ -155,12 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
-    if isinstance(exc, ValidationError):
+    # pydantic is loaded only by the commands that use it (serve with an
+    # ADICOM_* variable, the client's queries): no other raised this.
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):
         # One line per problem, without pydantic's links and input dumps.
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "query"
             message = str(error["msg"]).removeprefix("Value error, ")
-            if exc.title == DicomSettings.__name__:
+            if exc.title == "DicomSettings":
                 # Name the variable to fix; our own checks quote the value already.
                 where = f"ADICOM_{where.upper()}"
                 if error["type"] != "value_error":

@@ -11,11 +11,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from ssl import SSLContext
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from adicom.archive import Archive
+from adicom.archive.backends import DEFAULT_INDEX_POOL, DEFAULT_INDEX_TIMEOUT
 from adicom.audit import AuditLog
 from adicom.cli.common import (
     EXIT_FAILED,
@@ -24,31 +23,43 @@ from adicom.cli.common import (
     ae_title_arg,
     count_arg,
     destination_arg,
+    non_negative_arg,
     port_arg,
     positive_arg,
     tls_file_error,
     uid_arg,
 )
+from adicom.defaults import SETTINGS_DEFAULTS, SettingsDefaults, settings_in_environment
 from adicom.dimse import Limits
+from adicom.diskstorage import DEFAULT_WRITE_BEHIND
 from adicom.identity import (
     Users,
     identity_hook,
 )
 from adicom.peers import PeerRules
 from adicom.server import Server
-from adicom.settings import DicomSettings
 from adicom.storage import StoreContext
 from adicom.tls import client_context, server_context
 from adicom.workers import Supervisor, WorkerError, WorkerLink
-from adicom.worklist import WorklistFolder
+
+if TYPE_CHECKING:
+    from adicom.settings import DicomSettings
 
 
-def _serve_settings() -> tuple[DicomSettings, ValidationError | None]:
+def _serve_settings() -> tuple[DicomSettings | SettingsDefaults, Exception | None]:
     """The ``ADICOM_*`` settings for ``serve``'s defaults, and what was wrong with them.
 
     A bad variable must not break the other commands or ``--help``: the
     built-in defaults stand in, and ``serve`` reports the error when it runs.
+    Without any ``ADICOM_*`` variable there is nothing to read: the
+    defaults, and pydantic is never imported.
     """
+    if not settings_in_environment():
+        return SETTINGS_DEFAULTS, None
+    from pydantic import ValidationError
+
+    from adicom.settings import DicomSettings
+
     try:
         return DicomSettings(), None
     except ValidationError as exc:
@@ -143,6 +154,15 @@ def _limits(serve: argparse.ArgumentParser) -> None:
     defaults = Limits()
     group = serve.add_argument_group("limits (what one peer may make the server spend)")
     group.add_argument(
+        "--write-behind",
+        type=non_negative_arg,
+        default=DEFAULT_WRITE_BEHIND,
+        metavar="BYTES",
+        help="bytes of a large instance received but not yet written to disk (a slice is "
+        "written per loop turn); beyond them the association stops reading until half is "
+        "written; 0: write each fragment at once (default: %(default)s)",
+    )
+    group.add_argument(
         "--max-pending",
         type=count_arg,
         default=128,
@@ -212,7 +232,9 @@ def _limits(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def listen_options(
+    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
+) -> None:
     """Where ``serve`` listens and as which AE title."""
     serve.add_argument(
         "--aet",
@@ -239,7 +261,9 @@ def listen_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> N
     )
 
 
-def tls_server_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def tls_server_options(
+    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
+) -> None:
     """``serve``'s TLS options."""
     tls = serve.add_argument_group(
         "TLS",
@@ -302,7 +326,9 @@ def _server_ssl(args: argparse.Namespace) -> SSLContext | None:
         raise argparse.ArgumentTypeError(f"cannot set up TLS: {tls_file_error(exc)}") from None
 
 
-def archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def archive_options(
+    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
+) -> None:
     """``serve``'s archive options (storage, move destinations, duplicates)."""
     default = "%(default)s" if settings.storage_dir else "none, C-ECHO only"
     serve.add_argument(
@@ -350,6 +376,29 @@ def archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> 
         help="make each stored file and its folder durable before answering success",
     )
     serve.add_argument(
+        "--index",
+        metavar="URL",
+        default="",
+        help="the archive's index: sqlite:PATH (default: DIR/.adicom-index.sqlite) or "
+        "postgresql://USER@HOST:PORT/DB, one database several serve nodes share "
+        "(pip install 'adicom[postgresql]'; see docs/deployment.md)",
+    )
+    serve.add_argument(
+        "--index-pool",
+        metavar="N",
+        type=int,
+        default=DEFAULT_INDEX_POOL,
+        help="connections at most to a database index (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--index-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_INDEX_TIMEOUT,
+        help="seconds a database index call may take, the wait for a connection included; "
+        "beyond it a C-STORE is refused with 0xA700 and a query fails (default: %(default)s)",
+    )
+    serve.add_argument(
         "--prefer-own-syntax",
         action="store_true",
         help="choose the transfer syntax of each storage context by adicom's order "
@@ -358,7 +407,7 @@ def archive_options(serve: argparse.ArgumentParser, settings: DicomSettings) -> 
     )
 
 
-def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings) -> None:
+def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults) -> None:
     for flag, value, text in (
         (
             "--association-timeout",
@@ -485,12 +534,22 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
         )
     )
     archive = None
+    if args.index and not args.storage:
+        raise argparse.ArgumentTypeError("--index needs --storage (the folder of the files)")
     if args.storage:
         root = Path(args.storage)
         root.mkdir(parents=True, exist_ok=True)
         if not os.access(root, os.W_OK):
             raise PermissionError(f"cannot write to the storage folder {root}")
-        archive = Archive(root, on_duplicate=args.on_duplicate, fsync=args.fsync)
+        archive = Archive(
+            root,
+            on_duplicate=args.on_duplicate,
+            fsync=args.fsync,
+            index=args.index or None,
+            index_pool=args.index_pool,
+            index_timeout=args.index_timeout,
+        )
+        archive.storage.write_behind = args.write_behind
         destinations = dict(args.move_dest)
         if rules is not None:
             destinations = rules.move_destinations() | destinations
@@ -499,6 +558,8 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
     if args.worklist is not None:
         if not args.worklist.is_dir():
             raise argparse.ArgumentTypeError(f"--worklist {args.worklist}: no such folder")
+        from adicom.worklist import WorklistFolder  # pydantic, through adicom.values
+
         worklist = WorklistFolder(args.worklist)
         await worklist.refresh()
         options["on_worklist"] = worklist.find
@@ -576,7 +637,7 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
             link.report(server.stats)
     finally:
         if archive is not None:
-            archive.close()
+            await archive.aclose()
         if audit is not None:
             audit.close()
         if link is not None:

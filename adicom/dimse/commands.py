@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from adicom.errors import RemoteProtocolError
@@ -22,6 +23,8 @@ __all__ = [
     "CommandField",
     "CountsTemplate",
     "Priority",
+    "RequestTemplate",
+    "ResponseTemplate",
     "c_store_rq",
     "is_n",
     "malformed",
@@ -163,6 +166,27 @@ class Command:
 
     def encode(self) -> bytes:
         """Encode as Implicit VR Little Endian, Command Group Length first."""
+        if self.other:
+            return self._encode_with_other()
+        # The hot path (every message sent): one C call reads every field,
+        # and each element's header is prepared once (see _ENCODERS).
+        parts: list[bytes] = []
+        append = parts.append
+        size = 0
+        for (head, kind), value in zip(_ENCODERS, _ENCODED_FIELDS(self), strict=True):
+            if value is None:
+                continue
+            if kind is _US:
+                raw = head + _U16.pack(value)
+            else:
+                body = _encode_value(kind, value)
+                raw = head + _U32.pack(len(body)) + body
+            append(raw)
+            size += len(raw)
+        return _GROUP_LENGTH + _U32.pack(size) + b"".join(parts)
+
+    def _encode_with_other(self) -> bytes:
+        """:meth:`encode` of a command carrying elements this class does not name."""
         parts: list[bytes] = []
         others = dict(self.other)
         for element, vr, name in _ELEMENTS:
@@ -177,33 +201,44 @@ class Command:
         for low in sorted(others):
             parts.append(_TAG.pack(0, low, len(others[low])) + others[low])
         body = b"".join(parts)
-        return _TAG.pack(0, 0, 4) + _U32.pack(len(body)) + body
+        return _GROUP_LENGTH + _U32.pack(len(body)) + body
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> Command:
         """Parse an encoded command set; raises RemoteProtocolError if malformed."""
-        values: dict[str, Any] = {}
+        values = list(_DEFAULTS)
         other: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
+        unpack_tag = _TAG.unpack_from
         while pos < end:
             if end - pos < 8:
                 raise malformed("command set ends inside an element header")
-            group, element, length = _TAG.unpack_from(data, pos)
+            group, element, length = unpack_tag(data, pos)
             pos += 8
             if group != 0 or length > end - pos:
                 raise malformed(f"command set element ({group:04X},{element:04X}) is malformed")
-            raw = bytes(data[pos : pos + length])
-            pos += length
-            known = _BY_ELEMENT.get(element)
+            known = _DECODERS.get(element)
             if known is None:
                 if element != 0x0000:
-                    other.append((element, raw))
-                continue
-            vr, name = known
-            values[name] = _decode_value(vr, raw, element)
-        if "command_field" not in values:
+                    other.append((element, bytes(data[pos : pos + length])))
+            else:
+                vr, index = known
+                if vr is _US and length == 2:
+                    values[index] = _U16.unpack_from(data, pos)[0]
+                else:
+                    values[index] = _decode_value(vr, bytes(data[pos : pos + length]), element)
+            pos += length
+        if values[0] is None:
             raise malformed("command set has no Command Field (0000,0100)")
-        return cls(other=tuple(other), **values)
+        if other:
+            values[-1] = tuple(other)
+        return _build(values)
+
+    def with_message_id(self, message_id: int) -> Command:
+        """A copy with another Message ID (what ``dataclasses.replace`` does, faster)."""
+        values = list(_ALL_FIELDS(self))
+        values[_MESSAGE_ID] = message_id
+        return _build(values)
 
     @property
     def sop_class_uid(self) -> str | None:
@@ -232,6 +267,88 @@ class Command:
             if f.name not in ("command_field", "other") and getattr(self, f.name) is not None
         ]
         return f"{name}({', '.join(shown)})"
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Command))
+#: Every field, in the order of the dataclass (one C call: see _build).
+_ALL_FIELDS = attrgetter(*_FIELDS)
+_DEFAULTS: tuple[Any, ...] = tuple(
+    None if f.default is MISSING else f.default for f in fields(Command)
+)
+_MESSAGE_ID = _FIELDS.index("message_id")
+#: The fields encoded, in the order of their elements (PS3.7 Table E.1-1).
+_ENCODED_FIELDS = attrgetter(*(name for _, _, name in _ELEMENTS))
+#: Per element: the bytes of its header that do not depend on the value (the
+#: whole header for US, whose length is always 2), and its VR.
+_ENCODERS: tuple[tuple[bytes, str], ...] = tuple(
+    (_TAG.pack(0, element, 2) if vr is _US else _TAG.pack(0, element, 0)[:4], vr)
+    for element, vr, _ in _ELEMENTS
+)
+#: Element -> (VR, index of its field).
+_DECODERS: dict[int, tuple[str, int]] = {
+    element: (vr, _FIELDS.index(name)) for element, vr, name in _ELEMENTS
+}
+_GROUP_LENGTH = _TAG.pack(0, 0, 4)
+_ELEMENT_INDEX = {element: i for i, (element, _, _) in enumerate(_ELEMENTS)}
+_INSTANCE_UID_HEAD = _ENCODERS[_ELEMENT_INDEX[0x1000]][0]
+_RESPONDED_TO = _FIELDS.index("message_id_being_responded_to")
+_INSTANCE_UID = _FIELDS.index("affected_sop_instance_uid")
+
+
+class _Unfrozen:
+    """Command's slots, without the frozen ``__setattr__``: see :func:`_build`."""
+
+    __slots__ = _FIELDS
+
+
+def _build(values: list[Any]) -> Command:
+    """A Command of every field's value, in field order, without its __init__.
+
+    A frozen dataclass's __init__ sets its 24 fields one by one through
+    ``object.__setattr__`` (about 2.5 us); a class with the same slots and
+    no frozen guard takes them as plain attribute stores, and then becomes
+    a Command (same layout, so Python allows the class change): about
+    0.4 us. Decoding builds one per message received.
+    """
+    command: Any = object.__new__(_Unfrozen)
+    (
+        command.command_field,
+        command.message_id,
+        command.message_id_being_responded_to,
+        command.affected_sop_class_uid,
+        command.requested_sop_class_uid,
+        command.affected_sop_instance_uid,
+        command.requested_sop_instance_uid,
+        command.priority,
+        command.command_data_set_type,
+        command.status,
+        command.offending_element,
+        command.error_comment,
+        command.error_id,
+        command.move_destination,
+        command.move_originator_ae_title,
+        command.move_originator_message_id,
+        command.number_of_remaining_suboperations,
+        command.number_of_completed_suboperations,
+        command.number_of_failed_suboperations,
+        command.number_of_warning_suboperations,
+        command.event_type_id,
+        command.attribute_identifier_list,
+        command.action_type_id,
+        command.other,
+    ) = values
+    command.__class__ = Command
+    built: Command = command
+    return built
+
+
+# The statement above names Command's fields in their order: keep it so.
+_probe = _build(list(range(len(_FIELDS))))
+if type(_probe) is not Command or [getattr(_probe, name) for name in _FIELDS] != list(
+    range(len(_FIELDS))
+):  # pragma: no cover
+    raise ImportError("adicom.dimse.commands._build no longer matches Command's fields")
+del _probe
 
 
 def c_store_rq(
@@ -288,6 +405,65 @@ class CountsTemplate:
         for offset, value in zip(self._offsets, counts, strict=True):
             _U16.pack_into(self._encoded, offset, min(value, 0xFFFF))
         return bytes(self._encoded)
+
+
+class ResponseTemplate:
+    """A C-ECHO-RSP or C-STORE-RSP encoded once; each use fills in what differs.
+
+    Those responses differ from one another only in Message ID Being
+    Responded To (US) and Affected SOP Instance UID (PS3.7 9.3.1.2,
+    9.3.5.2), whose element (0000,1000) comes after every other one of
+    theirs, so it is appended. The command field, SOP class and status
+    are the template's.
+    """
+
+    __slots__ = ("_head", "_tail", "_values")
+
+    def __init__(self, command_field: int, affected_sop_class_uid: str | None, status: int) -> None:
+        command = Command(
+            command_field,
+            message_id_being_responded_to=0,
+            affected_sop_class_uid=affected_sop_class_uid,
+            status=status,
+        )
+        body = command.encode()[12:]  # after the Command Group Length element
+        at = body.index(_ENCODERS[_ELEMENT_INDEX[0x0120]][0]) + 8
+        self._head, self._tail = body[:at], body[at + 2 :]
+        self._values = list(_ALL_FIELDS(command))
+
+    def make(self, message_id: int, sop_instance_uid: str | None) -> tuple[Command, bytes]:
+        """The response to request ``message_id`` about ``sop_instance_uid``, and its bytes."""
+        body = self._head + _U16.pack(message_id) + self._tail
+        if sop_instance_uid is not None:
+            raw = _encode_value(_UI, sop_instance_uid)
+            body += _INSTANCE_UID_HEAD + _U32.pack(len(raw)) + raw
+        values = self._values.copy()
+        values[_RESPONDED_TO] = message_id
+        values[_INSTANCE_UID] = sop_instance_uid
+        return _build(values), _GROUP_LENGTH + _U32.pack(len(body)) + body
+
+
+class RequestTemplate:
+    """A request encoded once; each use fills in its Message ID (0000,0110).
+
+    For a request sent again and again that differs only in its Message ID
+    (C-ECHO-RQ, PS3.7 9.3.5.1).
+    """
+
+    __slots__ = ("_command", "_head", "_tail")
+
+    def __init__(self, command: Command) -> None:
+        self._command = command
+        encoded = command.with_message_id(0).encode()
+        at = encoded.index(_ENCODERS[_ELEMENT_INDEX[0x0110]][0], 12) + 8
+        self._head, self._tail = encoded[:at], encoded[at + 2 :]
+
+    def make(self, message_id: int) -> tuple[Command, bytes]:
+        """The request with ``message_id``, and its bytes."""
+        return (
+            self._command.with_message_id(message_id),
+            self._head + _U16.pack(message_id) + self._tail,
+        )
 
 
 def malformed(message: str) -> RemoteProtocolError:

@@ -40,6 +40,7 @@ from typing import Protocol
 from adicom import protocol as ul
 from adicom.dimse.commands import Command, CommandField, is_n
 from adicom.dimse.framing import (
+    MAX_SEND_PDU,
     CommandReceived,
     DatasetReader,
     MessageAssembler,
@@ -318,12 +319,51 @@ class DimseConnection:
         room. Only one message can be on its way at a time: PDVs of two
         messages must not interleave (PS3.8 E.2).
         """
+        self._check_send(context_id, command)
+        raw = command.encode() if encoded is None else encoded
+        fragments = fragment_message(context_id, raw, dataset, self.peer_max_pdu)
+        self._sending = OutgoingMessage(self, command, fragments)
+        return self._sending
+
+    def send_whole(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | None,
+        now: float,
+        *,
+        encoded: bytes | None = None,
+    ) -> bool:
+        """Send a small message at once, in one PDU: True if done, False if it does not fit.
+
+        The same message as :meth:`send` would give, without its per-PDU
+        machinery: a command and a data set (in memory) that fit the
+        peer's maximum PDU together leave as one P-DATA-TF PDU (two PDVs,
+        PS3.8 E.2). Returns False, having done nothing, when they do not
+        fit; :meth:`send` then splits the message.
+        """
+        raw = command.encode() if encoded is None else encoded
+        # The PDU's length: a 6-byte header per PDV (PS3.8 9.3.5.1).
+        size = len(raw) + 6 + (0 if dataset is None else len(dataset) + 6)
+        limit = self.peer_max_pdu
+        if (limit and size > limit) or size > MAX_SEND_PDU:
+            return False
+        self._check_send(context_id, command)
+        if dataset is None:
+            self.ul.send_pdata(((context_id, 3, raw),), now)
+        else:
+            self.ul.send_pdata(((context_id, 3, raw), (context_id, 2, dataset)), now)
+        self._sent(command)
+        return True
+
+    def _check_send(self, context_id: int, command: Command) -> None:
+        """Raise LocalProtocolError unless ``command`` may be sent now on ``context_id``."""
         if self._sending is not None:
             raise LocalProtocolError("another message is still being sent")
         context = self.contexts.get(context_id)
         if context is None or not context.accepted:
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-        if not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
+        if not command.command_field & 0x8000 and command.command_field != CommandField.C_CANCEL_RQ:
             message_id = command.message_id
             if message_id is None:
                 raise LocalProtocolError("a request needs a Message ID (next_message_id)")
@@ -334,10 +374,6 @@ class DimseConnection:
                     f"{len(self._outstanding)} requests are outstanding: the asynchronous "
                     f"operations window of {self.max_outstanding} is full"
                 )
-        raw = command.encode() if encoded is None else encoded
-        fragments = fragment_message(context_id, raw, dataset, self.peer_max_pdu)
-        self._sending = OutgoingMessage(self, command, fragments)
-        return self._sending
 
     def _sent(self, command: Command) -> None:
         """A message is wholly queued: count a request as outstanding, or a final answer.

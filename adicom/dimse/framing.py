@@ -165,6 +165,19 @@ class MessageAssembler:
         if is_command:
             if self._expect_data:
                 raise malformed("a command PDV arrived where data set fragments were expected")
+            if is_last and not self._command_parts:
+                # The usual case: the whole command set in one PDV.
+                if self.max_command and len(data) > self.max_command:
+                    raise malformed(
+                        f"a command set longer than the {self.max_command} bytes accepted"
+                    )
+                command = Command.decode(data)
+                if command.has_dataset:
+                    self._expect_data = True
+                    self._context = context_id
+                else:
+                    self._context = None
+                return CommandReceived(context_id, command)
             self._context = context_id
             self._command_parts.append(data)
             self._command_size += len(data)

@@ -17,6 +17,13 @@ MAX_CONTROL_PDU = 1 << 20
 MAX_PDVS_PER_PDU = 256
 
 
+#: A-ASSOCIATE-RQ and -AC PDUs decoded already, by their bytes: at most
+#: _ASSOCIATE_CACHE_SIZE of at most _ASSOCIATE_CACHE_BYTES each (about 1 MiB).
+_ASSOCIATE_CACHE: dict[tuple[int, bytes], PDU] = {}
+_ASSOCIATE_CACHE_SIZE = 256
+_ASSOCIATE_CACHE_BYTES = 4096
+
+
 class PDUReader:
     """Incremental PDU decoder: feed bytes as they arrive, take whole PDUs out.
 
@@ -168,6 +175,18 @@ class PDUReader:
     def _decode(self, pdu_type: int, body: memoryview) -> PDU:
         if pdu_type == 0x04:
             return PDataTF.decode(body, self.max_pdvs)
+        if (pdu_type == 0x01 or pdu_type == 0x02) and len(body) <= _ASSOCIATE_CACHE_BYTES:
+            # A peer that associates again and again sends the same bytes
+            # each time: decode them once (the PDUs are frozen, so one
+            # object can serve every association that received them).
+            key = (pdu_type, bytes(body))
+            pdu = _ASSOCIATE_CACHE.get(key)
+            if pdu is None:
+                pdu = DECODERS[pdu_type](body)
+                if len(_ASSOCIATE_CACHE) >= _ASSOCIATE_CACHE_SIZE:
+                    _ASSOCIATE_CACHE.clear()  # a peer sending ever new requests
+                _ASSOCIATE_CACHE[key] = pdu
+            return pdu
         return DECODERS[pdu_type](body)
 
     @staticmethod
