@@ -397,3 +397,25 @@ async def test_a_worker_not_ready_in_time_is_killed_and_start_fails() -> None:
         with pytest.raises(WorkerError, match="worker 0 was killed by SIGKILL before it was ready"):
             await supervisor.start()
     assert supervisor.pids == [None, None]
+
+
+@pytest.mark.anyio
+async def test_a_second_server_on_the_port_of_the_workers_is_refused(served: Served) -> None:
+    # SO_REUSEPORT would let it join the workers' sockets and take a share
+    # of their connections; it must fail as on any port in use.
+    result = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "serve", "--workers", "2", "--host", "127.0.0.1",
+        "--port", str(served.port), env=environment(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            out, err = await result.communicate()
+    finally:
+        if result.returncode is None:
+            result.terminate()  # it started: stop it and its workers
+            await result.wait()
+    assert result.returncode == 1
+    assert "address already in use" in err.decode()
+    assert "listening" not in out.decode()
+    await echo_once(served.port)  # the first goes on
