@@ -93,6 +93,13 @@ def listening_groups(
     if not reuse_port:
         shared = bind(host, port, backlog=backlog)
         return [shared] * count
+    if port != 0:
+        # SO_REUSEPORT would let us join sockets another process of this
+        # user already listens with (a second server started by mistake):
+        # traffic would be split between the two without a word. A plain
+        # bind first fails with "address in use" when anyone listens there.
+        for sock in bind(host, port, backlog=1):
+            sock.close()
     groups: list[list[socket.socket]] = []
     try:
         for _ in range(count):
@@ -307,6 +314,8 @@ class Supervisor:
             if slot.proc is not None and slot.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     slot.proc.send_signal(signal.SIGTERM)
+            elif slot.task is not None:
+                slot.task.cancel()  # waiting to restart a dead worker: no more
         tasks = [slot.task for slot in self._slots if slot.task is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.stop_timeout)

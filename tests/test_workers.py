@@ -83,6 +83,12 @@ def proc_field(pid: int, name: str) -> str:
     raise AssertionError(f"no {name} in /proc/{pid}/status")
 
 
+def sockets_of(pid: int) -> set[str]:
+    """The sockets a process holds, as ``socket:[inode]``."""
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return {link for link in links if link.startswith("socket:")}
+
+
 async def wait_gone(pids: list[int], timeout: float = 30) -> None:
     async with asyncio.timeout(timeout):
         while any(alive(pid) for pid in pids):
@@ -123,6 +129,8 @@ async def test_two_workers_both_accept_and_stop_cleanly(
         assert proc_field(pid, "Threads") == "1"
         assert "--worker-fd" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert proc_field(supervisor, "Threads") == "1"
+    # Each its own listening socket (SO_REUSEPORT), none of the other's.
+    assert not sockets_of(served.pids[0]) & sockets_of(served.pids[1])
     count = 40
     for _ in range(count):
         await echo_once(served.port)
@@ -319,3 +327,95 @@ async def test_workers_share_one_archive_indexed_once(tmp_path: Path) -> None:
     # The folder was indexed once, by worker 0, not by each worker.
     assert err.decode().count("instances indexed") == 1, err.decode()
     assert "Traceback" not in err.decode()
+
+
+@needs_proc
+@pytest.mark.anyio
+@pytest.mark.parametrize("served", [["--worker-sockets", "shared"]], indirect=True)
+async def test_workers_can_share_one_listening_socket(served: Served) -> None:
+    # Both workers accept on the same socket: the parent made one, not two.
+    first, second = (sockets_of(pid) for pid in served.pids)
+    assert first & second
+    for _ in range(10):
+        await echo_once(served.port)
+    served.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(60):
+        out, _ = await served.process.communicate()
+    assert served.process.returncode == 0
+    summary = SUMMARY.search(out.decode())
+    assert summary, out.decode()
+    assert int(summary[1]) + int(summary[2]) == 10
+    await wait_gone(served.pids)
+
+
+# The Python API (adicom.workers) with small worker programs.
+
+READY_THEN_EXIT = """
+import asyncio, sys
+from adicom.workers import WorkerLink
+
+async def main():
+    link = await WorkerLink.open(int(sys.argv[1]))
+    link.ready()
+    await link.aclose()
+    await asyncio.sleep(0.5)
+    sys.exit(3)
+
+asyncio.run(main())
+"""
+
+NEVER_READY = "import time; time.sleep(60)"
+
+
+@pytest.mark.anyio
+async def test_the_supervisor_gives_up_on_a_worker_that_keeps_dying() -> None:
+    from adicom.workers import Supervisor, WorkerError
+
+    def command(fd: int) -> list[str]:
+        return [sys.executable, "-c", READY_THEN_EXIT, str(fd)]
+
+    supervisor = Supervisor(command, 1, "127.0.0.1", 0, max_failures=2, start_timeout=60)
+    async with asyncio.timeout(60):
+        # It may die before start() returns: then start() itself fails.
+        try:
+            await supervisor.start()
+            with pytest.raises(WorkerError, match=r"exited with code 3, 2 times in a row"):
+                await supervisor.serve(asyncio.Event())
+        except WorkerError as exc:
+            assert "exited with code 3" in str(exc)
+    assert all(pid is None for pid in supervisor.pids)
+
+
+@pytest.mark.anyio
+async def test_a_worker_not_ready_in_time_is_killed_and_start_fails() -> None:
+    from adicom.workers import Supervisor, WorkerError
+
+    supervisor = Supervisor(
+        lambda fd: [sys.executable, "-c", NEVER_READY], 2, "127.0.0.1", 0, start_timeout=1.0
+    )
+    async with asyncio.timeout(60):
+        with pytest.raises(WorkerError, match="worker 0 was killed by SIGKILL before it was ready"):
+            await supervisor.start()
+    assert supervisor.pids == [None, None]
+
+
+@pytest.mark.anyio
+async def test_a_second_server_on_the_port_of_the_workers_is_refused(served: Served) -> None:
+    # SO_REUSEPORT would let it join the workers' sockets and take a share
+    # of their connections; it must fail as on any port in use.
+    result = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adicom", "serve", "--workers", "2", "--host", "127.0.0.1",
+        "--port", str(served.port), env=environment(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            out, err = await result.communicate()
+    finally:
+        if result.returncode is None:
+            result.terminate()  # it started: stop it and its workers
+            await result.wait()
+    assert result.returncode == 1
+    assert "address already in use" in err.decode()
+    assert "listening" not in out.decode()
+    await echo_once(served.port)  # the first goes on

@@ -136,6 +136,15 @@ def _workers_options(serve: argparse.ArgumentParser) -> None:
         "limit (--max-associations, --max-pending, ...) holds per worker (default: %(default)s: "
         "one process, no supervisor)",
     )
+    serve.add_argument(
+        "--worker-sockets",
+        choices=["own", "shared"],
+        default=None,
+        help="with --workers: 'own', each worker accepts on a listening socket of its own, "
+        "all bound with SO_REUSEPORT, and the kernel spreads new connections by a hash of "
+        "the peer's address and port; 'shared', all accept on one socket and the first "
+        "worker free takes each connection (default: own on Linux, shared elsewhere)",
+    )
     # Given by the supervisor to its workers only (adicom.workers).
     serve.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -459,7 +468,10 @@ async def _supervise(args: argparse.Namespace) -> int:
     def command(fd: int) -> list[str]:
         return [sys.executable, "-m", "adicom", *logging_flags, "serve", "--worker-fd", str(fd)]
 
-    supervisor = Supervisor(command, args.workers, args.host, args.port, payload=args)
+    reuse_port = None if args.worker_sockets is None else args.worker_sockets == "own"
+    supervisor = Supervisor(
+        command, args.workers, args.host, args.port, payload=args, reuse_port=reuse_port
+    )
     try:
         await supervisor.start()
     except WorkerError as exc:

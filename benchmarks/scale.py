@@ -1,0 +1,807 @@
+"""Scale and workers: many associations on one SCP, and ``adicom serve --workers``.
+
+Run from the repository root (see README.md, "Scale and workers")::
+
+    python -m benchmarks.scale                       # all three, every stack that is here
+    python -m benchmarks.scale --only idle-5000 --stack adicom --stack dcmtk
+    python -m benchmarks.scale --only busy-1000 -n 200
+    python -m benchmarks.scale --only workers --reps 3
+
+Workloads:
+
+- ``idle-5000``: N associations (default 5,000) opened against one SCP and
+  held open at once, then a probe, again and again: a new association, one
+  C-ECHO (the time from connect to the C-ECHO-RSP is the probe's), release.
+  Reports the probe's p50/p99, the associations that failed, and the SCP's
+  memory (RSS and PSS summed over its processes), threads and processes
+  with all N open.
+- ``busy-1000``: N associations (default 1,000) opened at once, then all of
+  them store K small instances each (~42 KB CT, a different instance each)
+  at the same moment, then release. Reports the instances per second from
+  that moment to the last response, the failures, a probe's p50/p99 (as
+  above, during the storm) and the SCP's peak memory, threads, processes.
+- ``workers``: ``adicom serve --storage --workers 1`` against ``--workers
+  2``, fed by 8 lanes of DCMTK ``storescu`` processes (C++, far cheaper per
+  instance than any Python client, so that the server is what is measured):
+  each lane runs storescu after storescu, each storing F files on one
+  association, until the lane's share of N files is sent. Reports
+  instances/s, the server's CPU per instance, the client's CPU, and the
+  associations each worker accepted (the kernel's spread).
+
+The clients of idle-5000 and busy-1000 are raw asyncio sockets in this
+process that speak just enough of PS3.8 (A-ASSOCIATE-RQ from adicom's PDU
+codec, one pre-encoded C-STORE or C-ECHO per message, A-RELEASE-RQ): a full
+client per association would cost more than the server it measures.
+
+Opening thousands of sockets needs descriptors: this process raises its
+soft RLIMIT_NOFILE to the hard limit, and its children (the SCPs) inherit
+it. A hard limit below N + 100 stops the workload with a message (raise it
+with ``ulimit -Hn`` as root, or in /etc/security/limits.conf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import data
+from benchmarks.config import DEFAULT_DATA, HOST, REPO_ROOT, SCP_AET, SCU_AET
+from benchmarks.processes import child_env, free_port, port_open
+from benchmarks.procfs import session_snapshot
+from benchmarks.sides import dcmtk_side
+from benchmarks.sides._common import READY_PREFIX, raise_nofile_limit
+
+VERIFICATION = "1.2.840.10008.1.1"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "scale.json"
+#: Connections being opened at once by the idle and busy clients.
+OPENING = 64
+#: Our maximum PDU length for what the SCP sends (responses are small).
+OUR_MAX_PDU = 16384
+STACKS = ("adicom", "dcmtk", "pynetdicom")
+_PDU = struct.Struct(">BxI")
+_PDV = struct.Struct(">IBB")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by nearest rank; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# --------------------------------------------------------------------------- raw PS3.8 client
+
+
+def associate_rq(abstract: str, called: str = SCP_AET) -> bytes:
+    """An A-ASSOCIATE-RQ proposing ``abstract`` (explicit, implicit VR LE) and Verification."""
+    from adicom.pdu import AAssociateRQ, PresentationContextRQ, UserInformation
+
+    contexts = [PresentationContextRQ(1, VERIFICATION, (IMPLICIT_LE,))]
+    if abstract != VERIFICATION:
+        contexts.append(PresentationContextRQ(3, abstract, (EXPLICIT_LE, IMPLICIT_LE)))
+    return AAssociateRQ(
+        called_ae=called,
+        calling_ae=SCU_AET,
+        presentation_contexts=tuple(contexts),
+        user_information=UserInformation(
+            maximum_length=OUR_MAX_PDU, implementation_class_uid="1.2.826.0.1.3680043.10.1.1"
+        ),
+    ).encode()
+
+
+def p_data(pdvs: list[tuple[int, int, bytes]]) -> bytes:
+    """One P-DATA-TF PDU of (context ID, control header, bytes) PDVs (PS3.8 9.3.5)."""
+    items = b"".join(_PDV.pack(len(v) + 2, ctx, flags) + v for ctx, flags, v in pdvs)
+    return _PDU.pack(4, len(items)) + items
+
+
+def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> bytes:
+    """A DIMSE message as P-DATA-TF PDUs, each within the peer's maximum length."""
+    # PS3.8 E.2: the command is a whole "last fragment" of its own (bits 0 and 1).
+    out = [p_data([(context_id, 0x03, command)])]
+    if dataset is not None:
+        room = (max_pdu or 1 << 20) - 6  # PDV header
+        for start in range(0, len(dataset), room):
+            last = start + room >= len(dataset)
+            out.append(
+                p_data([(context_id, 0x02 if last else 0x00, dataset[start : start + room])])
+            )
+    return b"".join(out)
+
+
+async def read_pdu(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    kind, length = _PDU.unpack(await reader.readexactly(6))
+    return kind, await reader.readexactly(length)
+
+
+class Failed(Exception):
+    """An association of the load that did not do what it should."""
+
+
+@dataclass
+class RawAssociation:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    max_pdu: int
+    message_id: int = 0
+
+    @classmethod
+    async def open(cls, port: int, request: bytes, timeout: float) -> RawAssociation:
+        from adicom.pdu import AAssociateAC
+
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+            writer.write(request)
+            kind, body = await read_pdu(reader)
+        if kind != 2:
+            writer.close()
+            raise Failed({3: "rejected", 7: "aborted"}.get(kind, f"PDU type {kind}"))
+        accepted = AAssociateAC.decode(memoryview(body))
+        return cls(reader, writer, accepted.user_information.maximum_length)
+
+    async def request(self, context_id: int, command: bytes, dataset: bytes | None) -> int:
+        """Send one request; the status of its response."""
+        from adicom.dimse import Command
+
+        self.writer.write(message(context_id, command, dataset, self.max_pdu))
+        received = b""
+        while True:
+            kind, body = await read_pdu(self.reader)
+            if kind != 4:
+                raise Failed(f"PDU type {kind} instead of the response")
+            pos = 0
+            while pos < len(body):
+                length, _, flags = _PDV.unpack_from(body, pos)
+                received += body[pos + 6 : pos + 4 + length]
+                pos += 4 + length
+                if flags & 0x02:
+                    status = Command.decode(received).status
+                    return -1 if status is None else status
+
+    async def release(self) -> None:
+        self.writer.write(_PDU.pack(5, 4) + bytes(4))
+        try:
+            kind, _ = await read_pdu(self.reader)
+        finally:
+            self.writer.close()
+        if kind != 6:
+            raise Failed(f"PDU type {kind} instead of A-RELEASE-RP")
+
+
+def echo_command(message_id: int) -> bytes:
+    from adicom.dimse import Command, CommandField
+
+    return Command(
+        CommandField.C_ECHO_RQ, message_id=message_id, affected_sop_class_uid=VERIFICATION
+    ).encode()
+
+
+def store_command(message_id: int, sop_instance_uid: str) -> bytes:
+    from adicom.dimse import c_store_rq
+
+    return c_store_rq(CT_IMAGE_STORAGE, sop_instance_uid, message_id=message_id).encode()
+
+
+def dataset_of(path: Path) -> tuple[str, bytes]:
+    """(SOP Instance UID, the data set's bytes) of a DICOM file in explicit VR LE."""
+    raw = path.read_bytes()
+    # PS3.10 7.1: preamble, DICM, then group 2 led by its group length (UL).
+    (meta_length,) = struct.unpack_from("<I", raw, 132 + 8)
+    from pydicom.filereader import read_file_meta_info
+
+    uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
+    return uid, raw[132 + 12 + meta_length :]
+
+
+async def probe_once(port: int, timeout: float = 30.0) -> float:
+    """Connect, associate, C-ECHO: seconds until the C-ECHO-RSP; then release (not timed)."""
+    started = time.perf_counter()
+    association = await RawAssociation.open(port, associate_rq(VERIFICATION), timeout)
+    async with asyncio.timeout(timeout):
+        status = await association.request(1, echo_command(1), None)
+        took = time.perf_counter() - started
+        if status != 0:
+            raise Failed(f"C-ECHO status {status:#06x}")
+        await association.release()
+    return took
+
+
+async def probes(
+    port: int, stop: asyncio.Event, every: float, limit: int
+) -> tuple[list[float], int]:
+    """Probe every ``every`` s until ``stop`` (at most ``limit``); (times, failures)."""
+    times: list[float] = []
+    failures = 0
+    while not stop.is_set() and len(times) + failures < limit:
+        try:
+            times.append(await probe_once(port))
+        except (Failed, OSError, TimeoutError, asyncio.IncompleteReadError):
+            failures += 1
+        try:
+            async with asyncio.timeout(every):
+                await stop.wait()
+        except TimeoutError:
+            pass
+    return times, failures
+
+
+async def open_many(
+    port: int, n: int, request: bytes, opening: int, timeout: float
+) -> tuple[list[RawAssociation], dict[str, int]]:
+    """Open ``n`` associations, ``opening`` at a time; (the open ones, failures by kind)."""
+    gate = asyncio.Semaphore(opening)
+    failures: dict[str, int] = {}
+
+    async def one() -> RawAssociation | None:
+        async with gate:
+            try:
+                return await RawAssociation.open(port, request, timeout)
+            except (Failed, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                kind = str(exc) if isinstance(exc, Failed) else type(exc).__name__
+                failures[kind] = failures.get(kind, 0) + 1
+                return None
+
+    opened = await asyncio.gather(*(one() for _ in range(n)))
+    return [a for a in opened if a is not None], failures
+
+
+# --------------------------------------------------------------------------- the SCPs
+
+
+@dataclass
+class Scp:
+    stack: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = session_snapshot(self.proc.pid)
+        snap["pss_kib"] = session_pss_kib(self.proc.pid)
+        return snap
+
+    def output(self) -> str:
+        return (self.workdir / "scp.out").read_text(errors="replace")
+
+
+def session_pss_kib(sid: int) -> int:
+    """Proportional set size summed over the session (shared pages counted once)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[3]) != sid:
+                continue
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def scp_argv(
+    stack: str, port: int, workdir: Path, n: int, store: bool, workers: int, sockets: str | None
+) -> list[str]:
+    """The SCP of a scale workload, its limits raised to hold ``n`` associations from 127.0.0.1."""
+    store_dir = workdir / "received"
+    if stack == "adicom":
+        argv = [sys.executable, "-m", "adicom", "serve", "--aet", SCP_AET, "--host", HOST,
+                "--port", str(port), "--max-associations", str(n + 100),
+                "--max-pending", str(n + 100), "--max-per-address", str(n + 100),
+                "--idle-timeout", "300", "--workers", str(workers)]  # fmt: skip
+        if sockets is not None:
+            argv += ["--worker-sockets", sockets]
+        return [*argv, "--storage", str(store_dir)] if store else argv
+    if stack == "adicom-disk":
+        # Server + DiskStorage, no archive index, under adicom.workers (sides/disk_workers.py).
+        return [sys.executable, "-m", "benchmarks.sides.disk_workers", "--workers", str(workers),
+                "--sockets", sockets or "own", "--store-dir", str(store_dir), "--aet", SCP_AET,
+                "--host", HOST]  # fmt: skip
+    if stack == "dcmtk":
+        tool = dcmtk_side.find_tool("storescp")
+        assert tool is not None
+        store_dir.mkdir(exist_ok=True)
+        # --fork: a child process per association (DCMTK's way to serve several).
+        return [tool, "--fork", "-aet", SCP_AET, "--output-directory", str(store_dir),
+                "--max-pdu", str(dcmtk_side.MAX_PDU), "--acse-timeout", "300",
+                "--dimse-timeout", "300", str(port)]  # fmt: skip
+    argv = [sys.executable, "-m", "benchmarks.sides.pynetdicom_side", "scp", "--host", HOST,
+            "--port", "0", "--aet", SCP_AET, "--max-associations", str(n + 100),
+            "--idle-timeout", "300"]  # fmt: skip
+    return [*argv, "--store-dir", str(store_dir)] if store else argv
+
+
+def start_scp(
+    stack: str,
+    workdir: Path,
+    n: int,
+    *,
+    store: bool,
+    workers: int = 1,
+    sockets: str | None = None,
+    timeout: float = 60,
+) -> Scp:
+    # Python SCPs pick their own free port and say which; storescp gets one.
+    port = free_port() if stack == "dcmtk" else 0
+    env = {"TCP_NODELAY": "1"} if stack == "dcmtk" else {}
+    out = workdir / "scp.out"
+    with out.open("wb") as stdout, (workdir / "scp.err").open("wb") as stderr:
+        proc = subprocess.Popen(
+            scp_argv(stack, port, workdir, n, store, workers, sockets),
+            cwd=REPO_ROOT,
+            env=child_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = (workdir / "scp.err").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{stack} SCP exited with {proc.returncode}: {err}")
+        text = out.read_text(errors="replace")
+        if stack == "pynetdicom":
+            for line in text.splitlines():
+                if line.startswith(READY_PREFIX):
+                    return Scp(stack, proc, int(line[len(READY_PREFIX) :]), workdir)
+        elif stack.startswith("adicom"):
+            if found := re.search(r"listening on [^:]+:(\d+)", text):
+                return Scp(stack, proc, int(found[1]), workdir)
+        elif port_open(port):
+            return Scp(stack, proc, port, workdir)
+        time.sleep(0.05)
+    stop_scp(Scp(stack, proc, port, workdir))
+    raise RuntimeError(f"{stack} SCP not listening after {timeout:.0f} s")
+
+
+def stop_scp(scp: Scp, timeout: float = 30.0) -> None:
+    """SIGTERM (the whole process group: storescp's children too), then SIGKILL."""
+    if scp.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(scp.proc.pid, signal.SIGTERM)
+        try:
+            scp.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(scp.proc.pid, signal.SIGKILL)
+            scp.proc.wait(timeout)
+    # Forked children left in the group (storescp --fork): none may outlive the run.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(scp.proc.pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+async def idle(scp: Scp, n: int, probes_n: int, opening: int) -> dict[str, Any]:
+    request = associate_rq(VERIFICATION)
+    before = scp.snapshot()
+    started = time.perf_counter()
+    held, failures = await open_many(scp.port, n, request, opening, timeout=60)
+    open_s = time.perf_counter() - started
+    await asyncio.sleep(2.0)  # settle: every association idle
+    opened = scp.snapshot()
+    stop = asyncio.Event()
+    times, probe_failures = await probes(scp.port, stop, every=0.02, limit=probes_n)
+    # Still held? A C-ECHO on a sample of them (all would cost as much as the rest).
+    alive = 0
+    for association in held[:: max(1, len(held) // 50)]:
+        try:
+            async with asyncio.timeout(30):
+                alive += await association.request(1, echo_command(1), None) == 0
+        except (Failed, OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+    sampled = len(held[:: max(1, len(held) // 50)])
+    for association in held:
+        association.writer.close()
+    return {
+        "associations": n,
+        "held": len(held),
+        "failed": sum(failures.values()),
+        "failures": failures,
+        "open_s": round(open_s, 2),
+        "sampled_alive": f"{alive}/{sampled}",
+        "probe_p50_ms": ms(percentile(times, 50)),
+        "probe_p99_ms": ms(percentile(times, 99)),
+        "probe_max_ms": ms(max(times) if times else None),
+        "probes": len(times),
+        "probe_failures": probe_failures,
+        "scp_idle": before,
+        "scp_open": opened,
+    }
+
+
+async def busy(scp: Scp, n: int, per: int, files: list[Path], opening: int) -> dict[str, Any]:
+    request = associate_rq(CT_IMAGE_STORAGE)
+    instances = [dataset_of(path) for path in files[: n * per]]
+    held, failures = await open_many(scp.port, n, request, opening, timeout=120)
+    opened = scp.snapshot()
+    go = asyncio.Event()
+    latencies: list[float] = []
+    stored = 0
+    store_failures: dict[str, int] = {}
+
+    async def storm(index: int, association: RawAssociation) -> None:
+        nonlocal stored
+        await go.wait()
+        try:
+            for k in range(per):
+                uid, dataset = instances[index * per + k]
+                started = time.perf_counter()
+                async with asyncio.timeout(300):
+                    status = await association.request(3, store_command(k + 1, uid), dataset)
+                latencies.append(time.perf_counter() - started)
+                if status != 0:
+                    raise Failed(f"C-STORE status {status:#06x}")
+                stored += 1
+            async with asyncio.timeout(60):
+                await association.release()
+        except (Failed, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            kind = str(exc) if isinstance(exc, Failed) else type(exc).__name__
+            store_failures[kind] = store_failures.get(kind, 0) + 1
+            association.writer.close()
+
+    tasks = [asyncio.create_task(storm(i, a)) for i, a in enumerate(held)]
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probes(scp.port, stop, every=0.05, limit=10_000))
+    await asyncio.sleep(0.2)
+    started = time.perf_counter()
+    go.set()
+    await asyncio.gather(*tasks)
+    took = time.perf_counter() - started
+    stop.set()
+    times, probe_failures = await prober
+    after = scp.snapshot()
+    return {
+        "associations": n,
+        "instances_per_association": per,
+        "held": len(held),
+        "failed_associations": sum(failures.values()) + sum(store_failures.values()),
+        "failures": failures | store_failures,
+        "stored": stored,
+        "seconds": round(took, 3),
+        "inst_per_s": round(stored / took, 1) if took else None,
+        "store_p50_ms": ms(percentile(latencies, 50)),
+        "store_p99_ms": ms(percentile(latencies, 99)),
+        "probe_p50_ms": ms(percentile(times, 50)),
+        "probe_p99_ms": ms(percentile(times, 99)),
+        "probes": len(times),
+        "probe_failures": probe_failures,
+        "scp_open": opened,
+        "scp_after": after,
+    }
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def count_dcm(folder: Path) -> int:
+    return sum(1 for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
+
+
+async def raw_lanes(
+    port: int, instances: list[tuple[str, bytes]], lanes: int, per: int
+) -> tuple[float, int]:
+    """The raw client's lanes: each stores its share, ``per`` instances per association.
+
+    Returns (seconds, failed associations).
+    """
+    request = associate_rq(CT_IMAGE_STORAGE)
+    failed = 0
+
+    async def lane(share: list[tuple[str, bytes]]) -> None:
+        nonlocal failed
+        for start in range(0, len(share), per):
+            try:
+                association = await RawAssociation.open(port, request, 60)
+                async with asyncio.timeout(300):
+                    for k, (uid, dataset) in enumerate(share[start : start + per]):
+                        command = store_command(k + 1, uid)
+                        if await association.request(3, command, dataset) != 0:
+                            raise Failed("C-STORE failed")
+                    await association.release()
+            except (Failed, OSError, TimeoutError, asyncio.IncompleteReadError):
+                failed += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane(instances[i::lanes]) for i in range(lanes)))
+    return time.perf_counter() - started, failed
+
+
+def workers_rep(
+    workdir: Path,
+    mode: str,
+    files: list[Path],
+    warmup: Path,
+    lanes: int,
+    per: int,
+    client: str = "storescu",
+    server: str = "archive",
+) -> dict[str, Any]:
+    """One repetition of the workers workload: ``lanes`` lanes of storescu into ``adicom serve``."""
+    storescu = dcmtk_side.find_tool("storescu")
+    assert storescu is not None
+    workers, _, sockets = mode.partition("-")
+    stack = "adicom" if server == "archive" else "adicom-disk"
+    scp = start_scp(stack, workdir, 64, store=True, workers=int(workers), sockets=sockets or None)
+    if client == "raw":
+        instances = [dataset_of(path) for path in files]
+        try:
+            subprocess.run(
+                [storescu, "-aec", SCP_AET, HOST, str(scp.port), str(warmup)],
+                env=child_env({"TCP_NODELAY": "1"}),
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            # Warm the client too: its imports and first association.
+            asyncio.run(probe_once(scp.port))
+            store_command(1, instances[0][0])
+            before = scp.snapshot()
+            cpu_before = time.process_time()
+            took, failed = asyncio.run(raw_lanes(scp.port, instances, lanes, per))
+            client_cpu = time.process_time() - cpu_before
+            after = scp.snapshot()
+        finally:
+            stop_scp(scp)
+        return _workers_result(
+            workdir, scp, mode, len(files), failed, took, before, after, client_cpu
+        )
+    env = child_env({"TCP_NODELAY": "1"})
+
+    def argv(batch: list[Path]) -> list[str]:
+        return [storescu, "-aet", SCU_AET, "-aec", SCP_AET, "--max-pdu", str(dcmtk_side.MAX_PDU),
+                HOST, str(scp.port), *map(str, batch)]  # fmt: skip
+
+    try:
+        subprocess.run(argv([warmup]), env=env, check=True, capture_output=True, timeout=60)
+        share = [files[i::lanes] for i in range(lanes)]
+        queues = [[lane[i : i + per] for i in range(0, len(lane), per)] for lane in share]
+        # pid -> (lane, its Popen): held, so that subprocess never reaps one
+        # behind os.waitpid's back (it reaps Popen objects collected while running).
+        running: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
+        before = scp.snapshot()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+
+        def launch(lane: int) -> None:
+            batch = queues[lane].pop(0)
+            proc = subprocess.Popen(
+                argv(batch), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            running[proc.pid] = (lane, proc)
+
+        for lane in range(lanes):
+            if queues[lane]:
+                launch(lane)
+        failed = 0
+        while running:
+            pid, status = os.waitpid(-1, 0)  # whichever storescu ends first
+            if pid not in running:
+                raise RuntimeError(f"the SCP (pid {pid}) ended during the run")
+            lane = running.pop(pid)[0]
+            failed += os.waitstatus_to_exitcode(status) != 0
+            if queues[lane]:
+                launch(lane)
+        took = time.perf_counter() - started
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after = scp.snapshot()
+    finally:
+        stop_scp(scp)
+    client_cpu = (children.ru_utime + children.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    return _workers_result(workdir, scp, mode, len(files), failed, took, before, after, client_cpu)
+
+
+def _workers_result(
+    workdir: Path,
+    scp: Scp,
+    mode: str,
+    n: int,
+    failed: int,
+    took: float,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    client_cpu: float,
+) -> dict[str, Any]:
+    spread = re.search(r"associations accepted per worker: ([\d, ]+);", scp.output())
+    stored = count_dcm(workdir / "received")
+    server_cpu = (after["cpu_s"] or 0) - (before["cpu_s"] or 0)
+    return {
+        "mode": mode,
+        "instances": n,
+        "stored": stored - 1,  # the warm-up instance
+        "client_failed": failed,
+        "seconds": round(took, 3),
+        "inst_per_s": round(n / took, 1),
+        "server_cpu_us_per_inst": round(server_cpu / n * 1e6, 1),
+        "client_cpu_us_per_inst": round(client_cpu / n * 1e6, 1),
+        "associations_per_worker": [int(x) for x in spread[1].split(",")] if spread else None,
+        "scp_rss_kib": after["rss_kib"],
+        "scp_processes": after["processes"],
+        "loadavg": os.getloadavg(),
+    }
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def stack_missing(stack: str) -> str | None:
+    if stack == "dcmtk":
+        return None if dcmtk_side.find_tool("storescp") else "no DCMTK storescp"
+    if stack == "pynetdicom":
+        try:
+            import pynetdicom  # noqa: F401
+        except ImportError:
+            return "no pynetdicom"
+    return None
+
+
+def run_async(make: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    return asyncio.run(make())  # type: ignore[arg-type]
+
+
+def run_idle(args: argparse.Namespace, stack: str, scratch: Path) -> dict[str, Any]:
+    n = args.n or (500 if args.quick else 5000)
+    workdir = Path(tempfile.mkdtemp(prefix=f"idle-{stack}-", dir=scratch))
+    scp = start_scp(stack, workdir, n, store=False, workers=args.serve_workers)
+    try:
+        opening = 8 if stack == "pynetdicom" else OPENING
+        return run_async(lambda: idle(scp, n, args.probes, opening))
+    finally:
+        stop_scp(scp)
+
+
+def run_busy(args: argparse.Namespace, stack: str, scratch: Path) -> dict[str, Any]:
+    n = args.n or (100 if args.quick else 1000)
+    directory = data.ensure(args.data_dir, data.SMALL, n * args.per)
+    files = data.instance_paths(directory, n * args.per)
+    workdir = Path(tempfile.mkdtemp(prefix=f"busy-{stack}-", dir=scratch))
+    scp = start_scp(stack, workdir, n, store=True, workers=args.serve_workers)
+    try:
+        opening = 8 if stack == "pynetdicom" else OPENING
+        result = run_async(lambda: busy(scp, n, args.per, files, opening))
+    finally:
+        stop_scp(scp)
+    result["files_on_disk"] = count_dcm(workdir / "received")
+    return result
+
+
+def run_workers(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    n = args.n or (400 if args.quick else 2000)
+    directory = data.ensure(args.data_dir, data.SMALL, n)
+    files = data.instance_paths(directory, n)
+    warmup = data.warmup_paths(directory)[0]
+    reps: list[dict[str, Any]] = []
+    modes = args.modes.split(",")
+    for rep in range(args.reps):
+        for mode in modes:
+            workdir = Path(tempfile.mkdtemp(prefix=f"workers{mode}-{rep}-", dir=scratch))
+            result = workers_rep(
+                workdir, mode, files, warmup, args.lanes, args.per_assoc, args.client, args.server
+            )
+            print(f"  {mode} rep {rep + 1}: {json.dumps(result)}", flush=True)
+            reps.append(result)
+    summary: dict[str, Any] = {"reps": reps}
+    for mode in modes:
+        mine = [r for r in reps if r["mode"] == mode and r["stored"] == n]
+        if mine:
+            summary[mode] = {
+                key: statistics.median(r[key] for r in mine)
+                for key in ("inst_per_s", "server_cpu_us_per_inst", "client_cpu_us_per_inst")
+            } | {"good_reps": len(mine)}
+    if "1" in summary:
+        for mode in modes:
+            if mode != "1" and mode in summary:
+                summary[f"speedup {mode}"] = round(
+                    summary[mode]["inst_per_s"] / summary["1"]["inst_per_s"], 2
+                )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=["idle-5000", "busy-1000", "workers"])
+    parser.add_argument("--stack", action="append", choices=STACKS, help="idle and busy: SCPs")
+    parser.add_argument("-n", type=int, help="associations (idle, busy) or instances (workers)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    parser.add_argument("--probes", type=int, default=200, help="idle: probe associations")
+    parser.add_argument("--per", type=int, default=2, help="busy: instances per association")
+    parser.add_argument(
+        "--serve-workers", type=int, default=1, help="idle and busy: adicom serve --workers N"
+    )
+    parser.add_argument("--reps", type=int, default=3, help="workers: repetitions of each")
+    parser.add_argument("--lanes", type=int, default=8, help="workers: storescu at once")
+    parser.add_argument("--per-assoc", type=int, default=50, help="workers: files per storescu")
+    parser.add_argument(
+        "--client",
+        choices=["storescu", "raw"],
+        default="storescu",
+        help="workers: the load, DCMTK storescu processes or this process's raw asyncio "
+        "client (pre-encoded messages: far less CPU per instance)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=["archive", "disk"],
+        default="archive",
+        help="workers: 'adicom serve --storage' (files and the SQLite index), or Server with "
+        "DiskStorage alone under adicom.workers (sides/disk_workers.py: no index)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="1,2-own,2-shared",
+        help="workers: the servers compared, WORKERS[-own|-shared] (--worker-sockets)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    args = parser.parse_args(argv)
+    # Killed (timeout(1)): unwind, so that every SCP started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    limit = raise_nofile_limit()
+    only = args.only or ["idle-5000", "busy-1000", "workers"]
+    stacks = args.stack or list(STACKS)
+    results: dict[str, Any] = {
+        "meta": {"nofile": limit, "loadavg_at_start": os.getloadavg(), "cpus": os.cpu_count()},
+    }
+    with tempfile.TemporaryDirectory(prefix="adicom-scale-") as scratch:
+        for workload in only:
+            if workload == "workers":
+                if dcmtk_side.find_tool("storescu") is None:
+                    print("workers: skipped, no DCMTK storescu", flush=True)
+                    continue
+                print("workers:", flush=True)
+                results["workers"] = run_workers(args, Path(scratch))
+                print(f"workers: {json.dumps(results['workers'], default=str)}", flush=True)
+                continue
+            results[workload] = {}
+            for stack in stacks:
+                why = stack_missing(stack)
+                if why is not None:
+                    print(f"{workload} {stack}: skipped, {why}", flush=True)
+                    continue
+                need = (args.n or 5000) + 200
+                if limit < need:
+                    print(f"{workload}: RLIMIT_NOFILE {limit} < {need}: raise the hard limit")
+                    return 1
+                run = run_idle if workload == "idle-5000" else run_busy
+                try:
+                    result = run(args, stack, Path(scratch))
+                except RuntimeError as exc:
+                    result = {"error": str(exc)}
+                results[workload][stack] = result
+                print(f"{workload} {stack}: {json.dumps(result, default=str)}", flush=True)
+    results["meta"]["loadavg_at_end"] = os.getloadavg()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

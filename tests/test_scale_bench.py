@@ -1,0 +1,77 @@
+"""benchmarks.scale still runs: each workload on a few associations (speed is measured there)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Each starts SCPs and dozens of clients: minutes on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(600)
+
+
+def scale(tmp_path: pathlib.Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "scale.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--json", str(out),
+         "--data-dir", str(tmp_path / "data"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ADICOM_")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    found: dict[str, Any] = json.loads(out.read_text())
+    return found
+
+
+def test_idle_and_busy_hold_every_association(tmp_path: pathlib.Path) -> None:
+    found = scale(
+        tmp_path, "--only", "idle-5000", "--only", "busy-1000", "--stack", "adicom",
+        "-n", "30", "--probes", "5", "--per", "2",
+    )  # fmt: skip
+    idle = found["idle-5000"]["adicom"]
+    assert (idle["held"], idle["failed"], idle["probes"]) == (30, 0, 5)
+    assert idle["sampled_alive"] == "30/30"
+    assert idle["scp_open"]["processes"] == 1
+    # The SCP's descriptors: the 30 held associations are open on it.
+    assert idle["scp_open"]["fds"] >= idle["scp_idle"]["fds"] + 30
+    busy = found["busy-1000"]["adicom"]
+    assert (busy["held"], busy["failed_associations"], busy["stored"]) == (30, 0, 60)
+    assert busy["files_on_disk"] == 60
+    assert found["meta"]["nofile"] >= 230
+
+
+@pytest.mark.parametrize(
+    "options", [["--server", "archive"], ["--server", "disk", "--client", "raw"]], ids=str
+)
+def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path, options: list[str]) -> None:
+    from benchmarks.sides import dcmtk_side
+
+    if dcmtk_side.find_tool("storescu") is None:
+        pytest.skip("no DCMTK storescu (it sends the warm-up instance)")
+    found = scale(
+        tmp_path, "--only", "workers", "-n", "24", "--reps", "1", "--lanes", "3",
+        "--per-assoc", "2", "--modes", "1,2-own,2-shared", *options,
+    )  # fmt: skip
+    disk = "disk" in options
+    reps = {rep["mode"]: rep for rep in found["workers"]["reps"]}
+    assert set(reps) == {"1", "2-own", "2-shared"}
+    for mode, rep in reps.items():
+        assert (rep["stored"], rep["client_failed"]) == (24, 0), mode
+    # adicom serve --workers 1 is one process; disk_workers supervises even one.
+    assert reps["1"]["scp_processes"] == (2 if disk else 1)
+    # 12 associations and the warm-up (and the raw client's warm-up probe), all counted.
+    expected = 14 if disk else 13
+    if disk:
+        assert reps["1"]["associations_per_worker"] == [expected]
+    else:
+        assert reps["1"]["associations_per_worker"] is None
+    for mode in ("2-own", "2-shared"):
+        assert reps[mode]["scp_processes"] == 3  # the supervisor and two workers
+        assert sum(reps[mode]["associations_per_worker"]) == expected
