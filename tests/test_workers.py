@@ -31,10 +31,14 @@ SUMMARY = re.compile(
 
 
 def environment() -> dict[str, str]:
-    """No ADICOM_* variables; and numpy's OpenBLAS (imported with pydicom) starts no
-    thread pool of its own, so that a thread count says what adicom started."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ADICOM_")}
-    return env | {"OPENBLAS_NUM_THREADS": "1"}
+    """No ADICOM_* variables (and no OPENBLAS_NUM_THREADS: the command line
+    itself keeps numpy's OpenBLAS at one thread, so a thread count says what
+    adicom started)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith("ADICOM_") and k != "OPENBLAS_NUM_THREADS"
+    }
 
 
 @dataclass

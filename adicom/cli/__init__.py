@@ -5,7 +5,15 @@ The interface is kept stable because scripts call it. Exit codes: 0 success,
 3 the peer could not be reached, 4 a timeout.
 """
 
+import os
 from typing import TYPE_CHECKING
+
+# pydicom imports numpy when it is installed, and numpy's OpenBLAS starts a
+# pool of threads as it loads (one per core but one). adicom's own processes
+# (adicom serve, its workers, the client commands) need none: keep it at one
+# thread unless the user chose otherwise. Set before the first import of
+# pydicom below; a library user's process is left alone.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from adicom.cli.common import (
     EXIT_FAILED,
