@@ -319,6 +319,9 @@ class _DiskInstance(IncomingInstance):
         self._discarded = False
         self._unreadable = False
         self._raw: dict[str, bytes] = {}
+        # Where the scan for the layout's values stopped in a whole data set
+        # held in the head: checking it whole goes on from there.
+        self._resume: list[int] = []
         self._size = 0  # of the data set written so far
         self._temp: str | None = None
         self._fd: int | None = None
@@ -639,7 +642,8 @@ class _DiskInstance(IncomingInstance):
         little = transfer != EXPLICIT_VR_BIG_ENDIAN
         try:
             if self._size <= _HEAD:
-                check_whole(self._head, implicit=implicit, little=little)
+                start = self._resume[0] if self._resume else 0
+                check_whole(self._head, implicit=implicit, little=little, start=start)
                 return
             if not little:
                 return
@@ -767,6 +771,7 @@ class _DiskInstance(IncomingInstance):
                     implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
                     little=transfer != EXPLICIT_VR_BIG_ENDIAN,
                     complete=self._size <= _HEAD,
+                    resume=self._resume,
                 )
             except DataSetTruncated:
                 raise  # whole, and cut short: nothing to read there
@@ -787,10 +792,22 @@ class _DiskInstance(IncomingInstance):
         return values
 
     def _scan(
-        self, head: bytes | bytearray, *, implicit: bool, little: bool = True, complete: bool
+        self,
+        head: bytes | bytearray,
+        *,
+        implicit: bool,
+        little: bool = True,
+        complete: bool,
+        resume: list[int] | None = None,
     ) -> dict[int, bytes] | None:
+        # The head as it is (values are copied out as bytes): no copy of it whole.
         return scan_elements(
-            bytes(head), self._storage.wanted, implicit=implicit, little=little, complete=complete
+            head,
+            self._storage.wanted,
+            implicit=implicit,
+            little=little,
+            complete=complete,
+            resume=resume,
         )
 
     def _data_set_head(self, size: int) -> bytes:

@@ -436,19 +436,22 @@ def _element_header(
 
 
 def scan_elements(
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     wanted: frozenset[int],
     *,
     implicit: bool,
     little: bool = True,
     complete: bool = False,
+    resume: list[int] | None = None,
 ) -> dict[int, bytes] | None:
     """Find the top-level elements ``wanted`` at the start of an encoded data set.
 
     Returns their raw values once every wanted tag is found or passed (tags
     ascend, PS3.5 7.1), or None if ``data`` ends first, unless ``data`` is
     the ``complete`` data set: then what was found is all there is. Raises
-    ValueError for bytes that are not a data set.
+    ValueError for bytes that are not a data set. ``resume``, when given,
+    gets the offset of the top-level element where the walk stopped, for
+    :func:`check_whole` to go on from there instead of walking it twice.
     """
     found: dict[int, bytes] = {}
     last = max(wanted)
@@ -460,6 +463,7 @@ def scan_elements(
     header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
     long_length = struct.Struct(u32)
     while pos + 8 <= end:
+        at = pos
         if implicit:
             group, element, length = header.unpack_from(data, pos)
             tag = (group << 16) | element
@@ -482,6 +486,8 @@ def scan_elements(
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
         if tag > last:
+            if resume is not None:
+                resume.append(at)
             return found
         if length == _UNDEFINED:
             skipped = _skip_undefined(data, pos, implicit, u16, u32)
@@ -496,11 +502,15 @@ def scan_elements(
         if tag in wanted:
             found[tag] = bytes(data[pos : pos + length])
             if len(found) == len(wanted):
+                if resume is not None:
+                    resume.append(at)
                 return found
         pos += length
     if complete:
         if pos != end:
             raise DataSetTruncated("the data set ends inside an element header")
+        if resume is not None:
+            resume.append(pos)
         return found
     return None
 
@@ -538,8 +548,14 @@ def _skip_undefined(
     return pos
 
 
-def check_whole(data: bytes | bytearray | memoryview, *, implicit: bool, little: bool) -> None:
-    """Walk the top-level elements of ``data`` to its end; DataSetTruncated if one is cut."""
+def check_whole(
+    data: bytes | bytearray | memoryview, *, implicit: bool, little: bool, start: int = 0
+) -> None:
+    """Walk the top-level elements of ``data`` to its end; DataSetTruncated if one is cut.
+
+    ``start``: the offset of a top-level element to begin with (what
+    :func:`scan_elements` walked already, its ``resume``).
+    """
     u16, u32 = ("<H", "<L") if little else (">H", ">L")
     # One unpack per element header, as in scan_elements: this walks every
     # received instance whole (~40 elements for a small CT), so it is kept
@@ -547,7 +563,7 @@ def check_whole(data: bytes | bytearray | memoryview, *, implicit: bool, little:
     header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
     long_length = struct.Struct(u32)
     long_vrs = _LONG_VRS
-    pos, end = 0, len(data)
+    pos, end = start, len(data)
     while pos < end:
         if pos + 8 > end:
             raise DataSetTruncated("the data set ends inside an element header")
