@@ -781,13 +781,22 @@ class _DiskInstance(IncomingInstance):
                 found = None
         if found is None:
             found = self._read_with_pydicom()
-        charset = found.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
-        encodings = _encodings(charset)
         values = {}
+        encodings: tuple[str, ...] | None = None
         for keyword, tag in storage.tags.items():
             raw = found.get(tag)
-            values[keyword] = _decode_text(raw, encodings) if raw else ""
-            if raw and (not raw.isascii() or b"\x1b" in raw):
+            if not raw:
+                values[keyword] = ""
+            elif raw.isascii() and b"\x1b" not in raw:
+                # Every character set DICOM allows reads these bytes as
+                # ASCII; only ISO 2022 escape sequences (ESC) switch to
+                # something else (PS3.5 6.1): most values of most instances.
+                values[keyword] = raw.decode("ascii").strip(" \0")
+            else:
+                if encodings is None:
+                    charset = found.get(0x00080005, b"")
+                    encodings = _encodings(charset.decode("ascii", "replace").strip(" \0"))
+                values[keyword] = _decode_text(raw, encodings)
                 self._raw[keyword] = raw.rstrip(b" \0")
         return values
 

@@ -308,6 +308,12 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+# The others (2-byte length): the walks below test these first, which is
+# cheaper than asking whether two bytes are capital letters (as any VR is).
+_SHORT_VRS = frozenset(
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN"}
+    | {b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+)
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
@@ -462,6 +468,7 @@ def scan_elements(
     # length). This runs once per received instance, so it is kept tight.
     header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
     long_length = struct.Struct(u32)
+    short_vrs = _SHORT_VRS
     while pos + 8 <= end:
         at = pos
         if implicit:
@@ -481,7 +488,7 @@ def scan_elements(
                     return None
                 (length,) = long_length.unpack_from(data, pos + 8)
                 pos += 12
-            elif vr.isalpha() and vr.isupper():
+            elif vr in short_vrs or (vr.isalpha() and vr.isupper()):
                 pos += 8
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
@@ -562,7 +569,7 @@ def check_whole(
     # tight; sequences of undefined length go the general way.
     header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
     long_length = struct.Struct(u32)
-    long_vrs = _LONG_VRS
+    long_vrs, short_vrs = _LONG_VRS, _SHORT_VRS
     pos, end = start, len(data)
     while pos < end:
         if pos + 8 > end:
@@ -581,7 +588,7 @@ def check_whole(
                     raise DataSetTruncated("the data set ends inside an element header")
                 (length,) = long_length.unpack_from(data, pos + 8)
                 value = pos + 12
-            elif vr.isalpha() and vr.isupper():
+            elif vr in short_vrs or (vr.isalpha() and vr.isupper()):
                 value = pos + 8
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
