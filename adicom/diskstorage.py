@@ -701,10 +701,18 @@ class _DiskInstance(IncomingInstance):
         temp = self._temp
         assert temp is not None
         final = storage.final_path(values)
-        existing = storage.existing(values, final)
         policy: str = storage.on_duplicate
         if storage.duplicate_policy is not None:
             policy = storage.duplicate_policy(self.context) or policy
+        if policy != "replace":
+            existing = storage.existing(values, final)
+        elif storage.lookup is not None:
+            # A copy under the final name is replaced by the rename itself
+            # (atomically); only one filed elsewhere needs finding, and
+            # asking the disk about the final name would cost a stat.
+            existing = storage.lookup(values.get("SOPInstanceUID", ""))
+        else:
+            existing = None
         if existing is not None and policy != "replace":
             self._discard()
             self.path = existing
