@@ -319,6 +319,9 @@ class _DiskInstance(IncomingInstance):
         self._discarded = False
         self._unreadable = False
         self._raw: dict[str, bytes] = {}
+        # Where the scan for the layout's values stopped in a whole data set
+        # held in the head: checking it whole goes on from there.
+        self._resume: list[int] = []
         self._size = 0  # of the data set written so far
         self._temp: str | None = None
         self._fd: int | None = None
@@ -639,7 +642,8 @@ class _DiskInstance(IncomingInstance):
         little = transfer != EXPLICIT_VR_BIG_ENDIAN
         try:
             if self._size <= _HEAD:
-                check_whole(self._head, implicit=implicit, little=little)
+                start = self._resume[0] if self._resume else 0
+                check_whole(self._head, implicit=implicit, little=little, start=start)
                 return
             if not little:
                 return
@@ -697,10 +701,18 @@ class _DiskInstance(IncomingInstance):
         temp = self._temp
         assert temp is not None
         final = storage.final_path(values)
-        existing = storage.existing(values, final)
         policy: str = storage.on_duplicate
         if storage.duplicate_policy is not None:
             policy = storage.duplicate_policy(self.context) or policy
+        if policy != "replace":
+            existing = storage.existing(values, final)
+        elif storage.lookup is not None:
+            # A copy under the final name is replaced by the rename itself
+            # (atomically); only one filed elsewhere needs finding, and
+            # asking the disk about the final name would cost a stat.
+            existing = storage.lookup(values.get("SOPInstanceUID", ""))
+        else:
+            existing = None
         if existing is not None and policy != "replace":
             self._discard()
             self.path = existing
@@ -767,6 +779,7 @@ class _DiskInstance(IncomingInstance):
                     implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
                     little=transfer != EXPLICIT_VR_BIG_ENDIAN,
                     complete=self._size <= _HEAD,
+                    resume=self._resume,
                 )
             except DataSetTruncated:
                 raise  # whole, and cut short: nothing to read there
@@ -776,21 +789,42 @@ class _DiskInstance(IncomingInstance):
                 found = None
         if found is None:
             found = self._read_with_pydicom()
-        charset = found.get(0x00080005, b"").decode("ascii", "replace").strip(" \0")
-        encodings = _encodings(charset)
         values = {}
+        encodings: tuple[str, ...] | None = None
         for keyword, tag in storage.tags.items():
             raw = found.get(tag)
-            values[keyword] = _decode_text(raw, encodings) if raw else ""
-            if raw and (not raw.isascii() or b"\x1b" in raw):
+            if not raw:
+                values[keyword] = ""
+            elif raw.isascii() and b"\x1b" not in raw:
+                # Every character set DICOM allows reads these bytes as
+                # ASCII; only ISO 2022 escape sequences (ESC) switch to
+                # something else (PS3.5 6.1): most values of most instances.
+                values[keyword] = raw.decode("ascii").strip(" \0")
+            else:
+                if encodings is None:
+                    charset = found.get(0x00080005, b"")
+                    encodings = _encodings(charset.decode("ascii", "replace").strip(" \0"))
+                values[keyword] = _decode_text(raw, encodings)
                 self._raw[keyword] = raw.rstrip(b" \0")
         return values
 
     def _scan(
-        self, head: bytes | bytearray, *, implicit: bool, little: bool = True, complete: bool
+        self,
+        head: bytes | bytearray,
+        *,
+        implicit: bool,
+        little: bool = True,
+        complete: bool,
+        resume: list[int] | None = None,
     ) -> dict[int, bytes] | None:
+        # The head as it is (values are copied out as bytes): no copy of it whole.
         return scan_elements(
-            bytes(head), self._storage.wanted, implicit=implicit, little=little, complete=complete
+            head,
+            self._storage.wanted,
+            implicit=implicit,
+            little=little,
+            complete=complete,
+            resume=resume,
         )
 
     def _data_set_head(self, size: int) -> bytes:

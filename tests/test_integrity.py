@@ -25,7 +25,14 @@ from pydicom.uid import generate_uid
 
 import adicom
 from adicom.archive import Archive
-from adicom.fileformat import encode_dataset, is_valid_uid, skip_group_0002
+from adicom.fileformat import (
+    DataSetTruncated,
+    check_whole,
+    encode_dataset,
+    is_valid_uid,
+    scan_elements,
+    skip_group_0002,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -422,3 +429,30 @@ async def test_a_dicomdir_sent_by_c_store_is_not_archived(tmp_path: pathlib.Path
     finally:
         archive.close()
     assert files(tmp_path) == []
+
+
+@pytest.mark.parametrize("transfer", [EXPLICIT, IMPLICIT])
+def test_check_whole_from_where_the_scan_stopped_sees_every_cut(transfer: str) -> None:
+    """Going on from scan_elements' resume finds a cut wherever the data set is cut."""
+    data = encode_dataset(ct(), transfer)
+    implicit = transfer == IMPLICIT
+    wanted = frozenset({0x00080016, 0x00080018, 0x0020000D, 0x0020000E})
+    cuts = 0
+    for end in [*range(0, 400, 7), *range(len(data) - 300, len(data) + 1, 5)]:
+        cut = data[:end]
+        try:
+            check_whole(cut, implicit=implicit, little=True)
+            whole = True
+        except DataSetTruncated:
+            whole = False
+        resume: list[int] = []
+        try:
+            found = scan_elements(cut, wanted, implicit=implicit, complete=True, resume=resume)
+            check_whole(cut, implicit=implicit, little=True, start=resume[0])
+            assert found is not None and (end < len(data) or len(found) == len(wanted))
+            resumed = True
+        except DataSetTruncated:
+            resumed = False
+        assert resumed is whole, end
+        cuts += not whole
+    assert cuts > 40  # most ends fall inside an element (a few on a boundary)
