@@ -174,3 +174,25 @@ async def test_a_store_does_not_wait_for_another_process_holding_the_index(
             holder.kill()
             await holder.wait()
         archive.close()
+
+
+def test_many_processes_opening_one_new_index_at_once_all_succeed(tmp_path: pathlib.Path) -> None:
+    # SQLite can say "database is locked" at once, busy timeout or not,
+    # while another process switches a new file to WAL: opening tries again.
+    index = tmp_path / ".adicom-index.sqlite"
+    code = (
+        "import sys; from adicom.archive.index import Index; "
+        "Index(sys.argv[1]).close(); print('opened')"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(index)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and out.strip() == "opened", err

@@ -9,8 +9,11 @@ shared with the PostgreSQL index (:mod:`adicom.archive.postgres`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import sqlite3
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -135,40 +138,59 @@ class Index:
         self._rows: dict[str, list[str | int]] = {}
         self._paths: dict[str, str] = {}
         self._removed: set[str] = set()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=_OPEN_TIMEOUT)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.create_function("fold", 1, _fold, deterministic=True)
-            self._db.create_function("fuzzy", 1, _fuzzy, deterministic=True)
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            columns = ",\n    ".join(
-                f"{column} TEXT NOT NULL DEFAULT ''"
-                for keyword, (column, _, _) in ATTRIBUTES.items()
-                if keyword != "SOPInstanceUID"
-            )
-            # One transaction, the write lock taken first: processes opening
-            # the archive at once create (or rebuild) the schema once.
-            self._db.execute("BEGIN IMMEDIATE")
+        # SQLite may answer "database is locked" at once, without waiting
+        # out the busy timeout, while another process opening the same file
+        # switches it to WAL or creates the schema: opening is tried again
+        # until _OPEN_TIMEOUT (before serving, so a short sleep holds nothing).
+        deadline = time.monotonic() + _OPEN_TIMEOUT
+        while True:
+            try:
+                self._open(busy_timeout)
+                return
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                with contextlib.suppress(Exception):
+                    self._db.close()
+                if not locked or time.monotonic() >= deadline:
+                    raise IndexUnusable(
+                        f"the index {self.path} cannot be used ({exc}); "
+                        "move it away and it will be rebuilt from the files"
+                    ) from None
+                time.sleep(0.02 + 0.03 * random.random())
+            except sqlite3.DatabaseError as exc:
+                raise IndexUnusable(
+                    f"the index {self.path} cannot be used ({exc}); "
+                    "move it away and it will be rebuilt from the files"
+                ) from None
+
+    def _open(self, busy_timeout: float) -> None:
+        path = self.path
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=_OPEN_TIMEOUT)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.create_function("fold", 1, _fold, deterministic=True)
+        self._db.create_function("fuzzy", 1, _fuzzy, deterministic=True)
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        columns = ",\n    ".join(
+            f"{column} TEXT NOT NULL DEFAULT ''"
+            for keyword, (column, _, _) in ATTRIBUTES.items()
+            if keyword != "SOPInstanceUID"
+        )
+        # One transaction, the write lock taken first: processes opening
+        # the archive at once create (or rebuild) the schema once.
+        self._db.execute("BEGIN IMMEDIATE")
+        self._script(_SCHEMA.format(columns=columns))
+        found = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if found is not None and found[0] != _VERSION:
+            # The index is a cache of the folder: one of another version is
+            # dropped and made again, and Archive.open() reads the files.
+            log.info("the index %s has version %s, not %s: rebuilding", path, found[0], _VERSION)
+            self._script("DROP TABLE instances; DROP TABLE meta;")
             self._script(_SCHEMA.format(columns=columns))
-            found = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-            if found is not None and found[0] != _VERSION:
-                # The index is a cache of the folder: one of another version is
-                # dropped and made again, and Archive.open() reads the files.
-                log.info(
-                    "the index %s has version %s, not %s: rebuilding", path, found[0], _VERSION
-                )
-                self._script("DROP TABLE instances; DROP TABLE meta;")
-                self._script(_SCHEMA.format(columns=columns))
-                found = None
-            if found is None:
-                self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_VERSION,))
-            self._db.execute("COMMIT")
-            self._db.execute(f"PRAGMA busy_timeout={max(0, int(busy_timeout * 1000))}")
-        except sqlite3.DatabaseError as exc:
-            raise IndexUnusable(
-                f"the index {self.path} cannot be used ({exc}); "
-                "move it away and it will be rebuilt from the files"
-            ) from None
+            found = None
+        if found is None:
+            self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_VERSION,))
+        self._db.execute("COMMIT")
+        self._db.execute(f"PRAGMA busy_timeout={max(0, int(busy_timeout * 1000))}")
 
     def _script(self, script: str) -> None:
         # Statement by statement: executescript() would commit first.
