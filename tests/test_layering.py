@@ -73,6 +73,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.commitment",
                 "adicom.storage",
                 "adicom.diskstorage",
+                "adicom.diskinstance",
                 "adicom.qrscu",
                 "adicom.qrscp",
             }

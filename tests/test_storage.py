@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 import adicom
-from adicom import diskstorage
+from adicom import diskinstance
 from adicom.dimse import Command, CommandField
 from adicom.fileformat import (
     ConvertedFile,
@@ -459,8 +459,8 @@ async def test_an_instance_not_encoded_as_its_syntax_says_is_stored_as_received(
     ],
 )
 def test_layout_text_is_decoded_in_its_character_set(charset: str, raw: bytes, text: str) -> None:
-    encodings = diskstorage._encodings(charset)
-    assert diskstorage._decode_text(raw, encodings) == text
+    encodings = diskinstance._encodings(charset)
+    assert diskinstance._decode_text(raw, encodings) == text
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 import adicom
-from adicom import diskstorage
-from adicom.diskstorage import WRITE_SLICE
+from adicom import diskinstance, diskstorage
+from adicom.diskinstance import WRITE_SLICE
 from adicom.fileformat import EXPLICIT_VR_LITTLE_ENDIAN, encode_dataset
 from adicom.storage import IncomingInstance, StoreContext
 
@@ -59,7 +59,7 @@ async def test_a_large_fragment_is_written_a_slice_per_loop_turn(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No time to spare in a callback: one slice each (however fast the disk).
-    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)
+    monkeypatch.setattr(diskinstance, "WRITE_TIME", 0.0)
     disk = adicom.DiskStorage(tmp_path)
     ds, encoded = _instance(5 << 20)
     incoming = _open(disk, ds)
@@ -93,7 +93,7 @@ async def test_the_received_instance_is_whole_and_the_sender_let_go(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Through a server: two instances of 20 MiB in 1 MiB PDUs on one association.
-    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)  # behind whatever the disk's speed
+    monkeypatch.setattr(diskinstance, "WRITE_TIME", 0.0)  # behind whatever the disk's speed
     holds: list[bool] = []
     real_hold = adicom.Association.hold_input
 
@@ -130,7 +130,7 @@ async def test_the_received_instance_is_whole_and_the_sender_let_go(
 async def test_aborted_mid_backlog_leaves_nothing_and_lets_the_sender_go(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)
+    monkeypatch.setattr(diskinstance, "WRITE_TIME", 0.0)
     disk = adicom.DiskStorage(tmp_path)
     ds, encoded = _instance(4 << 20)
     incoming = _open(disk, ds)
@@ -150,7 +150,7 @@ async def test_aborted_mid_backlog_leaves_nothing_and_lets_the_sender_go(
 async def test_a_disk_error_while_writing_behind_fails_the_instance(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(diskstorage, "WRITE_TIME", 0.0)
+    monkeypatch.setattr(diskinstance, "WRITE_TIME", 0.0)
     disk = adicom.DiskStorage(tmp_path)
     ds, encoded = _instance(2 << 20)
     incoming = _open(disk, ds)
