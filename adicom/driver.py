@@ -56,6 +56,7 @@ from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.operation import MessageQueue, Operation, bounded
 from adicom.pdu import AAssociateAC, AAssociateRQ
 from adicom.tls import TlsInfo, describe_tls_failure, tls_info
+from adicom.turns import loop_turns
 
 __all__ = ["PARSE_BUDGET", "Driver"]
 
@@ -140,6 +141,9 @@ class Driver:
     (:class:`adicom.events.Hooks`) are told what happens on it.
     """
 
+    #: How many consumers of its input hold it (see Association.hold_input).
+    _input_holds = 0
+
     def __init__(
         self,
         *,
@@ -159,6 +163,9 @@ class Driver:
         self._dimse = DimseConnection(self._ul, limits)
         self._ul.reader.max_pdvs = self._dimse.limits.max_pdvs
         self._input_deferred = False
+        #: The loop's input budget per turn, shared by every association on it.
+        self._turns = loop_turns(self._loop)
+        self._share = self._turns.share()
         self.requestor = requestor
         self.max_pdu = max_pdu
         #: Bounds the wait for each response, and for a peer that stops reading.
@@ -307,33 +314,45 @@ class Driver:
 
     def _data_received(self, nbytes: int) -> None:
         self._last_received = now = self._loop.time()
+        self._share.credit -= nbytes
+        turns = self._turns
+        if 0.0 < turns.budget <= turns.spent:
+            # This turn's input budget is spent (adicom.turns): keep the
+            # bytes, parse them in a later turn.
+            if self._ul.receive_later(nbytes):
+                self._defer_input()
+            return
         self._ul.receive_into(nbytes, now)
         self._after_io()
+        turns.charge(self._loop.time() - now)
         if self._ul.input_pending:
             self._defer_input()
 
     def _defer_input(self) -> None:
-        """The parse budget ran out: go on in a later turn, reading nothing meanwhile.
+        """Go on in a later turn, reading nothing meanwhile.
 
-        So a peer whose PDUs cost much work (a flood of tiny PDVs) is served
-        a slice at a time between everyone else's callbacks, and TCP pushes
-        back on it while it waits.
+        Either this association's parse budget ran out (a peer whose PDUs
+        cost much work, a flood of tiny PDVs, is served a slice at a time),
+        or the loop's did (adicom.turns: many peers at once). TCP pushes
+        back on the peer while it waits.
         """
         if self._input_deferred or self._transport is None:
             return
         self._input_deferred = True
         self._transport.pause_reading()
-        self._loop.call_soon(self._parse_deferred)
+        self._turns.defer(self, self._share)
 
     def _parse_deferred(self) -> None:
         self._input_deferred = False
         if self._closed.done():
             return
-        self._ul.parse_pending(self._loop.time())
+        now = self._loop.time()
+        self._ul.parse_pending(now)
         self._after_io()
+        self._turns.charge(self._loop.time() - now)
         if self._ul.input_pending:
             self._defer_input()
-        elif self._transport is not None:
+        elif self._transport is not None and not self._input_holds:
             self._transport.resume_reading()
 
     def _connection_lost(self, exc: Exception | None = None) -> None:

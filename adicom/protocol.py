@@ -282,6 +282,20 @@ class UpperLayer:
         self._reader.buffer_updated(nbytes)
         self._parse(now)
 
+    def receive_later(self, nbytes: int) -> bool:
+        """Like :meth:`receive_into`, but parse nothing now.
+
+        True when there is something to parse (then call :meth:`parse_pending`
+        in a later turn): the loop's input budget is spent (see
+        :mod:`adicom.turns`).
+        """
+        if self._reader_failed or self._fsm._state is State.STA1:
+            return False
+        reader = self._reader
+        reader.buffer_updated(nbytes)
+        self._input_pending = pending = reader.ready()
+        return pending
+
     @property
     def input_pending(self) -> bool:
         """True when :attr:`parse_budget` ran out with received bytes not yet parsed.

@@ -67,6 +67,7 @@ from adicom.storage import (
     sink_factory,
 )
 from adicom.tls import TlsInfo, describe_tls_failure
+from adicom.turns import DEFAULT_TURN_BUDGET, loop_turns
 
 __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
 
@@ -132,7 +133,11 @@ class Server:
     :class:`adicom.worklist.WorklistFolder`). ``n_handlers`` maps SOP class
     UIDs to handlers of their DIMSE-N requests (see :mod:`adicom.nservices`).
     ``max_background`` bounds the work their handlers leave for later
-    (beyond it a DIMSE-N request gets 0x0213).
+    (beyond it a DIMSE-N request gets 0x0213). ``turn_budget`` (seconds)
+    bounds the work of one turn of the event loop: when many associations
+    send at once, input beyond it waits for the next turn, associations
+    that sent little first (see :mod:`adicom.turns`; it is the loop's, so
+    it holds for the server's own outgoing associations too; 0: none).
     ``qr_options`` are the Query/Retrieve extended negotiation options
     (relational queries, ...; PS3.4 C.5) the find/get/move handlers support
     (default: none; :meth:`adicom.archive.Archive.handlers` says what the
@@ -180,6 +185,7 @@ class Server:
         outgoing_ssl: SSLContext | None = None,
         hooks: Hooks | None = None,
         max_background: int = 256,
+        turn_budget: float = DEFAULT_TURN_BUDGET,
     ) -> None:
         if not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title must be 1 to 16 characters, not {ae_title!r}")
@@ -233,6 +239,9 @@ class Server:
         self.n_handlers: dict[str, NHandler] = dict(n_handlers or {})
         #: At most this much work left by DIMSE-N handlers pending (see _run_n).
         self.max_background = max_background
+        #: Seconds of work per turn of the event loop before further input
+        #: waits for the next turn (see adicom.turns); 0: no budget.
+        self.turn_budget = turn_budget
         query_syntaxes = tuple(transfer_syntaxes)
         self.supported.update(dict.fromkeys(self.n_handlers, query_syntaxes))
         for handler, sop_classes in (
@@ -295,6 +304,8 @@ class Server:
         on to its workers (see :mod:`adicom.workers`); the server closes
         them when it closes.
         """
+        # The budget is the loop's, shared by everything on it (see adicom.turns).
+        loop_turns().budget = self.turn_budget
         listener = Listener(self.host, self._requested_port, self._accepted)
         await listener.start(sockets)
         self._listener = listener

@@ -19,7 +19,8 @@ Workloads:
   them store K small instances each (~42 KB CT, a different instance each)
   at the same moment, then release. Reports the instances per second from
   that moment to the last response, the failures, a probe's p50/p99 (as
-  above, during the storm) and the SCP's peak memory, threads, processes.
+  above, during the storm, from a process of its own so that the storm's
+  clients do not delay it) and the SCP's peak memory, threads, processes.
 - ``workers``: ``adicom serve --storage --workers 1`` against ``--workers
   2``, fed by 8 lanes of DCMTK ``storescu`` processes (C++, far cheaper per
   instance than any Python client, so that the server is what is measured):
@@ -246,6 +247,60 @@ async def probes(
     return times, failures
 
 
+async def _probe_child(port: int, every: float, limit: int) -> None:
+    """The prober's own process: probe until SIGTERM, then print the times as JSON."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    # Import what a probe uses now: the first probe would pay for it (pydicom).
+    associate_rq(VERIFICATION)
+    echo_command(1)
+    from adicom.dimse import Command
+    from adicom.pdu import AAssociateAC
+
+    del Command, AAssociateAC
+    print("ready", flush=True)
+    times, failures = await probes(port, stop, every, limit)
+    print(json.dumps({"times": times, "failures": failures}), flush=True)
+
+
+class Prober:
+    """Probes from a process of its own, so that the clients' loop is not in its times.
+
+    The storm's 1,000 client associations share this process's loop: a probe
+    sharing it would wait behind their callbacks too and measure the client.
+    """
+
+    def __init__(self, port: int, every: float, limit: int = 10_000) -> None:
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.scale",
+                "--probe-child",
+                str(port),
+                "--probe-every",
+                str(every),
+                "--probe-limit",
+                str(limit),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            env=child_env(),
+        )
+        assert self._process.stdout is not None
+        if self._process.stdout.readline().strip() != "ready":
+            self._process.kill()
+            raise RuntimeError("the prober did not start")
+
+    def stop(self, timeout: float = 60.0) -> tuple[list[float], int]:
+        """Stop probing; (probe times, failures)."""
+        self._process.send_signal(signal.SIGTERM)
+        out, _ = self._process.communicate(timeout=timeout)
+        result = json.loads(out.strip().splitlines()[-1])
+        return result["times"], result["failures"]
+
+
 async def open_many(
     port: int, n: int, request: bytes, opening: int, timeout: float
 ) -> tuple[list[RawAssociation], dict[str, int]]:
@@ -304,7 +359,14 @@ def session_pss_kib(sid: int) -> int:
 
 
 def scp_argv(
-    stack: str, port: int, workdir: Path, n: int, store: bool, workers: int, sockets: str | None
+    stack: str,
+    port: int,
+    workdir: Path,
+    n: int,
+    store: bool,
+    workers: int,
+    sockets: str | None,
+    turn_budget: float | None = None,
 ) -> list[str]:
     """The SCP of a scale workload, its limits raised to hold ``n`` associations from 127.0.0.1."""
     store_dir = workdir / "received"
@@ -315,6 +377,8 @@ def scp_argv(
                 "--idle-timeout", "300", "--workers", str(workers)]  # fmt: skip
         if sockets is not None:
             argv += ["--worker-sockets", sockets]
+        if turn_budget is not None:
+            argv += ["--turn-budget", str(turn_budget)]
         return [*argv, "--storage", str(store_dir)] if store else argv
     if stack == "adicom-disk":
         # Server + DiskStorage, no archive index, under adicom.workers (sides/disk_workers.py).
@@ -343,6 +407,7 @@ def start_scp(
     store: bool,
     workers: int = 1,
     sockets: str | None = None,
+    turn_budget: float | None = None,
     timeout: float = 60,
 ) -> Scp:
     # Python SCPs pick their own free port and say which; storescp gets one.
@@ -351,7 +416,7 @@ def start_scp(
     out = workdir / "scp.out"
     with out.open("wb") as stdout, (workdir / "scp.err").open("wb") as stderr:
         proc = subprocess.Popen(
-            scp_argv(stack, port, workdir, n, store, workers, sockets),
+            scp_argv(stack, port, workdir, n, store, workers, sockets, turn_budget),
             cwd=REPO_ROOT,
             env=child_env(env),
             stdin=subprocess.DEVNULL,
@@ -466,15 +531,15 @@ async def busy(scp: Scp, n: int, per: int, files: list[Path], opening: int) -> d
             association.writer.close()
 
     tasks = [asyncio.create_task(storm(i, a)) for i, a in enumerate(held)]
-    stop = asyncio.Event()
-    prober = asyncio.create_task(probes(scp.port, stop, every=0.05, limit=10_000))
+    prober = Prober(scp.port, every=0.05)
     await asyncio.sleep(0.2)
     started = time.perf_counter()
     go.set()
-    await asyncio.gather(*tasks)
-    took = time.perf_counter() - started
-    stop.set()
-    times, probe_failures = await prober
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        took = time.perf_counter() - started
+        times, probe_failures = prober.stop()
     after = scp.snapshot()
     return {
         "associations": n,
@@ -489,6 +554,7 @@ async def busy(scp: Scp, n: int, per: int, files: list[Path], opening: int) -> d
         "store_p99_ms": ms(percentile(latencies, 99)),
         "probe_p50_ms": ms(percentile(times, 50)),
         "probe_p99_ms": ms(percentile(times, 99)),
+        "probe_max_ms": ms(max(times) if times else None),
         "probes": len(times),
         "probe_failures": probe_failures,
         "scp_open": opened,
@@ -670,7 +736,9 @@ def run_async(make: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
 def run_idle(args: argparse.Namespace, stack: str, scratch: Path) -> dict[str, Any]:
     n = args.n or (500 if args.quick else 5000)
     workdir = Path(tempfile.mkdtemp(prefix=f"idle-{stack}-", dir=scratch))
-    scp = start_scp(stack, workdir, n, store=False, workers=args.serve_workers)
+    scp = start_scp(
+        stack, workdir, n, store=False, workers=args.serve_workers, turn_budget=args.turn_budget
+    )
     try:
         opening = 8 if stack == "pynetdicom" else OPENING
         return run_async(lambda: idle(scp, n, args.probes, opening))
@@ -683,7 +751,9 @@ def run_busy(args: argparse.Namespace, stack: str, scratch: Path) -> dict[str, A
     directory = data.ensure(args.data_dir, data.SMALL, n * args.per)
     files = data.instance_paths(directory, n * args.per)
     workdir = Path(tempfile.mkdtemp(prefix=f"busy-{stack}-", dir=scratch))
-    scp = start_scp(stack, workdir, n, store=True, workers=args.serve_workers)
+    scp = start_scp(
+        stack, workdir, n, store=True, workers=args.serve_workers, turn_budget=args.turn_budget
+    )
     try:
         opening = 8 if stack == "pynetdicom" else OPENING
         result = run_async(lambda: busy(scp, n, args.per, files, opening))
@@ -736,6 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serve-workers", type=int, default=1, help="idle and busy: adicom serve --workers N"
     )
+    parser.add_argument(
+        "--turn-budget",
+        type=float,
+        help="idle and busy: adicom serve --turn-budget SECONDS (default: serve's own; 0: none)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="workers: repetitions of each")
     parser.add_argument("--lanes", type=int, default=8, help="workers: storescu at once")
     parser.add_argument("--per-assoc", type=int, default=50, help="workers: files per storescu")
@@ -758,9 +833,15 @@ def main(argv: list[str] | None = None) -> int:
         default="1,2-own,2-shared",
         help="workers: the servers compared, WORKERS[-own|-shared] (--worker-sockets)",
     )
+    parser.add_argument("--probe-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-every", type=float, default=0.05, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-limit", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
+    if args.probe_child is not None:
+        asyncio.run(_probe_child(args.probe_child, args.probe_every, args.probe_limit))
+        return 0
     # Killed (timeout(1)): unwind, so that every SCP started is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     limit = raise_nofile_limit()

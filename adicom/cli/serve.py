@@ -40,6 +40,7 @@ from adicom.peers import PeerRules
 from adicom.server import Server
 from adicom.storage import StoreContext
 from adicom.tls import client_context, server_context
+from adicom.turns import DEFAULT_TURN_BUDGET
 from adicom.workers import Supervisor, WorkerError, WorkerLink
 
 if TYPE_CHECKING:
@@ -198,6 +199,15 @@ def _limits(serve: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="size of a DIMSE-N data set (a Storage Commitment request, an MPPS), held "
         "in memory; beyond it the association is aborted (default: %(default)s)",
+    )
+    group.add_argument(
+        "--turn-budget",
+        type=non_negative_arg,
+        default=DEFAULT_TURN_BUDGET,
+        metavar="SECONDS",
+        help="work one turn of the event loop does before further input waits for the next "
+        "turn, peers that sent little first: bounds a new association's wait when many send "
+        "at once; 0: none (default: %(default)s)",
     )
     group.add_argument(
         "--max-background",
@@ -592,6 +602,7 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
             peers=rules,
             audit=audit,
             max_background=args.max_background,
+            turn_budget=args.turn_budget,
             outgoing_ssl=tls_client,
             **options,
         )

@@ -158,19 +158,47 @@ class PDUReader:
         have = len(buf) - 6
         if have < length:
             if self.LARGE <= length <= self.PREALLOCATE_MAX:
-                # Gather the rest of the body in place (see get_buffer).
-                self._body = bytearray(length)
-                self._body_view = memoryview(self._body)
-                self._body_view[:have] = buf[6:]
-                self._body_pos = have
-                self._body_type = pdu_type
-                buf.clear()
+                self._gather_in_place(pdu_type, length)
             return None
         with memoryview(buf) as view:
             data = bytes(view[6 : 6 + length])
         del buf[: 6 + length]
         self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
         return self._decode(pdu_type, memoryview(data))
+
+    def ready(self) -> bool:
+        """True when :meth:`next_pdu` has work to do: a whole PDU (or bad bytes) waits.
+
+        Costs no decoding; a large body still arriving is moved to a buffer
+        of its own, as :meth:`next_pdu` would, so that reading can go on
+        into it without parsing (see :mod:`adicom.turns`).
+        """
+        body = self._body
+        if body is not None:
+            return self._body_pos >= len(body)
+        buf = self._buf
+        if len(buf) < 6:
+            return bool(buf) and buf[0] not in DECODERS
+        pdu_type, length = PDU_HEADER.unpack_from(buf, 0)
+        limit = self.max_pdata_length if pdu_type == 0x04 else self.max_control_length
+        if pdu_type not in DECODERS or (limit and length > limit):
+            return True  # next_pdu raises
+        if len(buf) - 6 >= length:
+            return True
+        if self.LARGE <= length <= self.PREALLOCATE_MAX:
+            self._gather_in_place(pdu_type, length)
+        return False
+
+    def _gather_in_place(self, pdu_type: int, length: int) -> None:
+        # Gather the rest of the body in place (see get_buffer).
+        buf = self._buf
+        self._body = bytearray(length)
+        self._body_view = memoryview(self._body)
+        have = len(buf) - 6
+        self._body_view[:have] = buf[6:]
+        self._body_pos = have
+        self._body_type = pdu_type
+        buf.clear()
 
     def _decode(self, pdu_type: int, body: memoryview) -> PDU:
         if pdu_type == 0x04:

@@ -1,0 +1,242 @@
+"""The loop's input budget per turn (adicom.turns): who goes first, and that nothing starves.
+
+The scheduling is checked on its own with stand-in associations whose work
+is charged, not timed, so the order is exact; then against a real Server,
+where a peer that asks little is answered while many bulk transfers wait.
+How long anyone waits is measured in benchmarks/ (``benchmarks.scale``'s
+busy-1000), not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from pydicom.uid import generate_uid
+
+import adicom
+from adicom.dimse import Command, CommandField, c_store_rq
+from adicom.pdu import (
+    AAssociateAC,
+    AAssociateRQ,
+    AReleaseRQ,
+    PDUReader,
+    PresentationContextRQ,
+    UserInformation,
+    encode_pdata,
+)
+from adicom.turns import CREDIT, LoopTurns, Share, loop_turns
+
+pytestmark = pytest.mark.anyio
+
+BOUND = 20.0
+VERIFICATION = "1.2.840.10008.1.1"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+class Stand:
+    """An association's driver as the queues see it: its work is charged, not done."""
+
+    def __init__(self, turns: LoopTurns, name: str, cost: float, order: list[str]) -> None:
+        self.turns, self.name, self.cost, self.order = turns, name, cost, order
+
+    def _parse_deferred(self) -> None:
+        self.order.append(self.name)
+        self.turns.charge(self.cost)
+
+
+def share(turns: LoopTurns, credit: float) -> Share:
+    made = turns.share()
+    made.credit = credit
+    return made
+
+
+async def turns_pass(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_sparse_go_first_most_credit_first_and_bulk_within_the_budget() -> None:
+    turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
+    order: list[str] = []
+    for i in range(6):
+        turns.defer(Stand(turns, f"bulk{i}", 0.004, order), share(turns, -1.0))
+    turns.defer(Stand(turns, "little", 0.0001, order), share(turns, 100.0))
+    turns.defer(Stand(turns, "least", 0.0001, order), share(turns, CREDIT / 2))
+    assert turns.waiting == 8
+    await turns_pass(1)
+    # Sparse first, the one that sent least first; then bulk until the
+    # budget is spent: 0.0002 + 3 x 0.004 crosses 0.010 at the third.
+    assert order == ["least", "little", "bulk0", "bulk1", "bulk2"]
+    await turns_pass(1)
+    assert order[5:] == ["bulk3", "bulk4", "bulk5"]
+    assert turns.waiting == 0
+
+
+async def test_neither_queue_starves_the_other() -> None:
+    turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
+    order: list[str] = []
+    for i in range(3):
+        # Each sparse one costs more than a whole turn's budget.
+        turns.defer(Stand(turns, f"sparse{i}", 0.020, order), share(turns, CREDIT))
+        turns.defer(Stand(turns, f"bulk{i}", 0.020, order), share(turns, -1.0))
+    await turns_pass(1)
+    assert order == ["sparse0", "bulk0"]
+    await turns_pass(2)
+    assert order == ["sparse0", "bulk0", "sparse1", "bulk1", "sparse2", "bulk2"]
+
+
+async def test_credit_comes_back_with_time() -> None:
+    turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
+    order: list[str] = []
+    spent = share(turns, -100.0)
+    spent.at -= 20.0  # twenty quiet seconds: refilled, up to CREDIT and not beyond
+    turns.defer(Stand(turns, "rested", 0.001, order), spent)
+    assert spent.credit == CREDIT
+    turns.defer(Stand(turns, "busy", 0.001, order), share(turns, -100.0))
+    turns.defer(Stand(turns, "new", 0.001, order), turns.share())
+    await turns_pass(1)
+    # The rested one counts as sparse again, ahead of bulk; among equals,
+    # first come first served.
+    assert order == ["rested", "new", "busy"]
+
+
+async def test_no_budget_defers_nothing_by_itself() -> None:
+    turns = LoopTurns(asyncio.get_running_loop(), budget=0.0)
+    turns.charge(100.0)
+    assert not turns.exhausted
+    order: list[str] = []
+    for i in range(5):
+        turns.defer(Stand(turns, f"b{i}", 1.0, order), share(turns, -1.0))
+    await turns_pass(1)
+    assert order == [f"b{i}" for i in range(5)]  # all in one turn: no budget
+
+
+async def test_the_loop_has_one() -> None:
+    assert loop_turns() is loop_turns(asyncio.get_running_loop())
+
+
+# -- the PDU reader's part: is there work, without doing it ------------------------
+
+
+def test_reader_ready_says_when_a_whole_pdu_waits() -> None:
+    reader = PDUReader(max_pdata_length=0)
+    assert not reader.ready()
+    release = AReleaseRQ().encode()
+    reader.feed(release[:3])
+    assert not reader.ready()
+    reader.feed(release[3:])
+    assert reader.ready()
+    assert isinstance(reader.next_pdu(), AReleaseRQ)
+    assert not reader.ready()
+    reader.feed(b"\x55")  # no such PDU type: next_pdu has an error to raise
+    assert reader.ready()
+
+
+def test_reader_ready_gathers_a_large_body_in_place() -> None:
+    reader = PDUReader(max_pdata_length=0)
+    body = b"".join(encode_pdata([(1, 0x02, bytes(200_000))]))
+    reader.feed(body[:1000])
+    assert not reader.ready()
+    # The rest goes straight into the PDU's own buffer, as after next_pdu.
+    assert len(reader.get_buffer()) == len(body) - 1000
+    rest = body[1000:]
+    view = reader.get_buffer()
+    view[: len(rest)] = rest
+    reader.buffer_updated(len(rest))
+    assert reader.ready()
+    assert reader.next_pdu() is not None
+
+
+# -- a real server: a peer that asks little is answered while bulk waits ------------
+
+
+REQUEST = AAssociateRQ(
+    called_ae="ADICOM",
+    calling_ae="TURNS",
+    presentation_contexts=(
+        PresentationContextRQ(1, VERIFICATION, (IMPLICIT,)),
+        PresentationContextRQ(5, SC, (IMPLICIT,)),
+    ),
+    user_information=UserInformation(16384, "1.2.3.4"),
+)
+
+
+class Raw:
+    """A peer speaking just enough PS3.8, so that only the server's side has a budget."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = PDUReader(max_pdata_length=0)
+
+    @classmethod
+    async def associate(cls, port: int) -> Raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = cls(reader, writer)
+        writer.write(REQUEST.encode())
+        accepted = await raw.next_pdu()
+        assert isinstance(accepted, AAssociateAC)
+        return raw
+
+    async def next_pdu(self) -> object:
+        while (pdu := self.decoder.next_pdu()) is None:
+            chunk = await self.reader.read(65536)
+            assert chunk, "the server closed the connection"
+            self.decoder.feed(chunk)
+        return pdu
+
+    async def status(self) -> int:
+        """The status of the next response (its command fits one PDV here)."""
+        pdu = await self.next_pdu()
+        command = Command.decode(pdu.pdvs[0].data)  # type: ignore[attr-defined]
+        assert command.status is not None
+        return command.status
+
+
+def store_message(size: int) -> bytes:
+    command = c_store_rq(SC, generate_uid(), message_id=1).encode()
+    # A data set of one OB element, in 16 KiB PDUs (the PDU size we asked for).
+    value = bytes(size)
+    dataset = struct.pack("<HHI", 0x0009, 0x1010, len(value)) + value
+    pdvs = [(5, 0x03, command)]
+    step = 16384 - 12
+    for at in range(0, len(dataset), step):
+        last = at + step >= len(dataset)
+        pdvs.append((5, 0x02 if last else 0x00, dataset[at : at + step]))
+    return b"".join(b"".join(encode_pdata([pdv])) for pdv in pdvs)
+
+
+async def test_a_probe_is_answered_while_bulk_stores_wait_their_turn() -> None:
+    # A budget so small that every turn is spent by its first callback: the
+    # server then parses one bulk input per turn, and sparse input first.
+    async with adicom.Server(
+        "ADICOM", port=0, storage=adicom.MemoryStorage(), turn_budget=1e-9
+    ) as server:
+        async with asyncio.timeout(BOUND):
+            peers = [await Raw.associate(server.port) for _ in range(30)]
+            for peer in peers:
+                peer.writer.write(store_message(200_000))
+            answered = 0
+
+            async def store(peer: Raw) -> None:
+                nonlocal answered
+                assert await peer.status() == 0x0000
+                answered += 1
+
+            stores = [asyncio.get_running_loop().create_task(store(peer)) for peer in peers]
+            probe = await Raw.associate(server.port)
+            echo = Command(
+                CommandField.C_ECHO_RQ, message_id=1, affected_sop_class_uid=VERIFICATION
+            )
+            probe.writer.write(b"".join(encode_pdata([(1, 0x03, echo.encode())])))
+            assert await probe.status() == 0x0000
+            # The probe (a new association and a C-ECHO) went ahead of the
+            # 30 instances of 200 KB sent before it: most still wait.
+            assert answered < 15, f"{answered} of 30 stores were answered before the probe"
+            await asyncio.gather(*stores)
+            assert answered == 30
+            assert loop_turns().waiting == 0
+            for raw in (*peers, probe):
+                raw.writer.close()
