@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.tls",
                 "adicom.operation",
+                "adicom.turns",
                 "adicom.events",
                 "adicom.driver",
                 "adicom.association",
