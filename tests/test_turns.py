@@ -26,7 +26,7 @@ from adicom.pdu import (
     UserInformation,
     encode_pdata,
 )
-from adicom.turns import CREDIT, LoopTurns, Share, loop_turns
+from adicom.turns import CREDIT, DEFAULT_TURN_BUDGET, LoopTurns, Share, loop_turns
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +62,7 @@ async def test_sparse_go_first_most_credit_first_and_bulk_within_the_budget() ->
     turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
     order: list[str] = []
     for i in range(6):
-        turns.defer(Stand(turns, f"bulk{i}", 0.004, order), share(turns, -1.0))
+        turns.defer(Stand(turns, f"bulk{i}", 0.004, order), share(turns, -CREDIT))
     turns.defer(Stand(turns, "little", 0.0001, order), share(turns, 100.0))
     turns.defer(Stand(turns, "least", 0.0001, order), share(turns, CREDIT / 2))
     assert turns.waiting == 8
@@ -81,7 +81,7 @@ async def test_neither_queue_starves_the_other() -> None:
     for i in range(3):
         # Each sparse one costs more than a whole turn's budget.
         turns.defer(Stand(turns, f"sparse{i}", 0.020, order), share(turns, CREDIT))
-        turns.defer(Stand(turns, f"bulk{i}", 0.020, order), share(turns, -1.0))
+        turns.defer(Stand(turns, f"bulk{i}", 0.020, order), share(turns, -CREDIT))
     await turns_pass(1)
     assert order == ["sparse0", "bulk0"]
     await turns_pass(2)
@@ -109,7 +109,7 @@ async def test_no_budget_defers_nothing_by_itself() -> None:
     assert not turns.exhausted
     order: list[str] = []
     for i in range(5):
-        turns.defer(Stand(turns, f"b{i}", 1.0, order), share(turns, -1.0))
+        turns.defer(Stand(turns, f"b{i}", 1.0, order), share(turns, -CREDIT))
     await turns_pass(1)
     assert order == [f"b{i}" for i in range(5)]  # all in one turn: no budget
 
@@ -240,3 +240,18 @@ async def test_a_probe_is_answered_while_bulk_stores_wait_their_turn() -> None:
             assert loop_turns().waiting == 0
             for raw in (*peers, probe):
                 raw.writer.close()
+
+
+def test_serve_takes_a_turn_budget_and_refuses_a_bad_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from adicom.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).turn_budget == DEFAULT_TURN_BUDGET
+    assert parser.parse_args(["serve", "--turn-budget", "0"]).turn_budget == 0.0
+    assert parser.parse_args(["serve", "--turn-budget", "0.002"]).turn_budget == 0.002
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--turn-budget", bad])
+        assert "--turn-budget" in capsys.readouterr().err

@@ -72,6 +72,17 @@ def positive_arg(value: str) -> float:
     return seconds
 
 
+def seconds_or_zero_arg(value: str) -> float:
+    """A number of seconds, 0 or more (0 turning the thing off)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{value} is too small: give 0 seconds or more")
+    return seconds
+
+
 def uid_arg(value: str) -> str:
     """A UID argument: digits and dots, at most 64 characters."""
     if not value or len(value) > 64 or not all(part.isdigit() for part in value.split(".")):

@@ -26,6 +26,7 @@ from adicom.cli.common import (
     non_negative_arg,
     port_arg,
     positive_arg,
+    seconds_or_zero_arg,
     tls_file_error,
     uid_arg,
 )
@@ -202,7 +203,7 @@ def _limits(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--turn-budget",
-        type=non_negative_arg,
+        type=seconds_or_zero_arg,
         default=DEFAULT_TURN_BUDGET,
         metavar="SECONDS",
         help="work one turn of the event loop does before further input waits for the next "
