@@ -95,7 +95,7 @@ async def test_credit_comes_back_with_time() -> None:
     spent.at -= 20.0  # twenty quiet seconds: refilled, up to CREDIT and not beyond
     turns.defer(Stand(turns, "rested", 0.001, order), spent)
     assert spent.credit == CREDIT
-    turns.defer(Stand(turns, "busy", 0.001, order), share(turns, -100.0))
+    turns.defer(Stand(turns, "busy", 0.001, order), share(turns, -CREDIT))
     turns.defer(Stand(turns, "new", 0.001, order), turns.share())
     await turns_pass(1)
     # The rested one counts as sparse again, ahead of bulk; among equals,
