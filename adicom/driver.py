@@ -314,9 +314,10 @@ class Driver:
 
     def _data_received(self, nbytes: int) -> None:
         self._last_received = now = self._loop.time()
-        self._share.credit -= nbytes
+        share = self._share
+        share.credit -= nbytes
         turns = self._turns
-        if 0.0 < turns.budget <= turns.spent:
+        if 0.0 < turns.budget <= turns.spent and turns.must_wait(share, now):
             # This turn's input budget is spent (adicom.turns): keep the
             # bytes, parse them in a later turn.
             if self._ul.receive_later(nbytes):

@@ -33,7 +33,9 @@ queues, within the budget:
 - then the *bulk* ones, round robin.
 
 At least one of each is served per turn whatever the budget, so neither
-starves. An association that asks little is thus answered within a turn or
+starves. And a sparse association's input is parsed at once even when the
+budget is spent, until the turn has taken twice the budget: its round trips
+then cost it no turn more. An association that asks little is thus answered within a turn or
 two however many bulk transfers share the loop, as a new flow is in a
 fair-queuing router (fq_codel's "new flows" list is the same idea). Under
 no load nothing changes: the budget is never reached, input is parsed in
@@ -147,6 +149,17 @@ class LoopTurns:
         if not self._scheduled and self.spent * 4.0 >= self.budget > 0.0:
             self._scheduled = True
             self._loop.call_soon(self._turn)
+
+    def must_wait(self, share: Share, now: float) -> bool:
+        """With the budget spent, must the input of ``share``'s association wait a turn.
+
+        Not if it is sparse and the sparse ones have not taken a second
+        budget in this turn: its round trip then costs no turn more.
+        """
+        credit = share.credit + (now - share.at) * REFILL
+        share.credit = credit if credit < CREDIT else CREDIT
+        share.at = now
+        return credit <= 0.0 or self.spent >= 2.0 * self.budget
 
     def defer(self, driver: Deferred, share: Share) -> None:
         """``driver`` has input to parse in a later turn (and stopped reading)."""

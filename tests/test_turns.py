@@ -255,3 +255,15 @@ def test_serve_takes_a_turn_budget_and_refuses_a_bad_one(
         with pytest.raises(SystemExit):
             parser.parse_args(["serve", "--turn-budget", bad])
         assert "--turn-budget" in capsys.readouterr().err
+
+
+async def test_a_sparse_peer_is_parsed_at_once_until_a_second_budget_is_spent() -> None:
+    turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
+    now = asyncio.get_running_loop().time()
+    sparse, bulk = turns.share(), share(turns, -CREDIT)
+    turns.charge(0.012)
+    assert turns.exhausted
+    assert not turns.must_wait(sparse, now)  # the budget is spent, not twice
+    assert turns.must_wait(bulk, now)
+    turns.charge(0.010)
+    assert turns.must_wait(sparse, now)
