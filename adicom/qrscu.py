@@ -36,7 +36,13 @@ from adicom.dimse import (
     status_category,
 )
 from adicom.errors import DicomError, DimseError
-from adicom.fileformat import decode_dataset, encode_dataset
+from adicom.fileformat import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    decode_dataset,
+    encode_dataset,
+    scan_elements,
+)
 from adicom.pdu import RoleSelection
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
@@ -121,6 +127,8 @@ GET_COMPRESSED_SYNTAXES: tuple[str, ...] = (
 )
 
 _QUERY_SYNTAXES = list(DEFAULT_TRANSFER_SYNTAXES[:2])
+#: Syntaxes in which a match's elements can be read where they lie (see FindResults._values).
+_SCANNABLE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 
 
 def _sop(table: dict[str, str], model: str, what: str) -> str:
@@ -328,6 +336,13 @@ class FindResults:
         return self
 
     async def __anext__(self) -> Dataset:
+        reply = await self._next_match()
+        if reply is None:
+            raise StopAsyncIteration
+        return self._decode(reply)
+
+    async def _next_match(self) -> Message | None:
+        """The next pending response (a match, not decoded), or None after the final one."""
         operation = self._operation
         if operation is None:
             context_id = _context_for(self._association, self._sop_class)
@@ -342,17 +357,40 @@ class FindResults:
                 context_id, command, data
             )
         if operation.done:
-            raise StopAsyncIteration
+            return None
         reply = await operation.next_response()
         status = reply.command.status or 0
         category = status_category(status)
         if category is StatusCategory.PENDING:
             self.count += 1
-            return self._decode(reply)
+            return reply
         self.status = status
         if category is StatusCategory.FAILURE:
             raise DimseError(status, "C-FIND failed: " + _describe(reply))
-        raise StopAsyncIteration
+        return None
+
+    def _values(self, reply: Message, tags: frozenset[int]) -> dict[int, list[str]]:
+        """The text values of a few top-level elements of a match, without decoding it whole.
+
+        For the unique keys and UIDs a survey reads: a match is scanned for
+        ``tags`` where it lies (little endian syntaxes), about a tenth of
+        decoding it into a Dataset; anything else goes through
+        :meth:`_decode`. Each value is split at backslashes (PS3.5 6.4),
+        its padding (space, NUL) stripped, empty ones left out.
+        """
+        transfer = self._association.contexts[reply.context_id].transfer_syntax
+        data = reply.dataset
+        if data is not None and transfer in _SCANNABLE:
+            try:
+                raw = scan_elements(
+                    data, tags, implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN, complete=True
+                )
+            except ValueError:
+                raw = None  # let the decoder say what is wrong with it
+            if raw is not None:
+                return {tag: _split_text(value) for tag, value in raw.items()}
+        match = self._decode(reply)
+        return {tag: _text_values(match[tag].value) for tag in tags if tag in match}
 
     def _decode(self, reply: Message) -> Dataset:
         if reply.dataset is None:
@@ -446,11 +484,25 @@ class Survey:
         return {sop: syntaxes or [] for sop, syntaxes in classes.items()}
 
 
+def _split_text(raw: bytes) -> list[str]:
+    """A text element's values as encoded: split at backslashes, padding and empty ones out."""
+    values = (item.strip(" \0") for item in raw.decode("latin-1").split("\\"))
+    return [value for value in values if value]
+
+
 def _text_values(value: object) -> list[str]:
     if value is None:
         return []
     items = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
     return [str(item).strip(" \0") for item in items if str(item).strip(" \0")]
+
+
+_SOP_CLASS_UID = 0x00080016
+_SOP_INSTANCE_UID = 0x00080018
+_AVAILABLE_TRANSFER_SYNTAX_UID = 0x00083002
+_SERIES_INSTANCE_UID = 0x0020000E
+_SERIES_KEY = frozenset({_SERIES_INSTANCE_UID})
+_INSTANCE_KEYS = frozenset({_SOP_CLASS_UID, _SOP_INSTANCE_UID, _AVAILABLE_TRANSFER_SYNTAX_UID})
 
 
 async def survey(
@@ -478,8 +530,9 @@ async def survey(
         query.SeriesInstanceUID = ""
         series = []
         async with find(association, query) as results:
-            async for match in results:
-                uid = "".join(_text_values(match.get("SeriesInstanceUID")))
+            while (reply := await results._next_match()) is not None:
+                values = results._values(reply, _SERIES_KEY)
+                uid = "".join(values.get(_SERIES_INSTANCE_UID, ()))
                 if uid:
                     series.append(uid)
                 else:
@@ -493,13 +546,17 @@ async def survey(
         query.SOPClassUID = ""
         query.AvailableTransferSyntaxUID = ""
         async with find(association, query) as results:
-            async for match in results:
-                instance = "".join(_text_values(match.get("SOPInstanceUID")))
-                sop = "".join(_text_values(match.get("SOPClassUID")))
+            # A match is read for these three keys only: a survey of a large
+            # study has thousands, and decoding each whole cost more than
+            # the rest of its C-FIND-RSP.
+            while (reply := await results._next_match()) is not None:
+                values = results._values(reply, _INSTANCE_KEYS)
+                instance = "".join(values.get(_SOP_INSTANCE_UID, ()))
+                sop = "".join(values.get(_SOP_CLASS_UID, ()))
                 if not instance or not sop:
                     found.complete = False
                 if instance:
-                    syntaxes = tuple(_text_values(match.get("AvailableTransferSyntaxUID")))
+                    syntaxes = tuple(values.get(_AVAILABLE_TRANSFER_SYNTAX_UID, ()))
                     found.instances[instance] = HeldInstance(instance, sop, syntaxes, uid)
     return found
 
