@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -496,5 +495,5 @@ def _result(outcome: RetrieveProgress, storage: StorageHandler | None) -> Retrie
         failures=outcome.failures,
         error_comment=outcome.error_comment,
         instances=instances,
-        paths=[Path(p) for p in outcome.paths],
+        paths=list(outcome.paths),  # Paths already: a new one each cost ~15 us
     )

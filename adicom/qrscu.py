@@ -601,15 +601,18 @@ class RetrieveProgress:
 
     def update(self, command: Command) -> None:
         """Take the counts of one response."""
+        # Once per sub-operation: plain attribute reads, no loop over names.
         self.status = command.status
         if command.error_comment:
             self.error_comment = command.error_comment
-        if command.number_of_remaining_suboperations is not None:
-            self.remaining = command.number_of_remaining_suboperations
-        for name in ("completed", "failed", "warning"):
-            value = getattr(command, f"number_of_{name}_suboperations")
-            if value is not None:
-                setattr(self, name, value)
+        if (remaining := command.number_of_remaining_suboperations) is not None:
+            self.remaining = remaining
+        if (completed := command.number_of_completed_suboperations) is not None:
+            self.completed = completed
+        if (failed := command.number_of_failed_suboperations) is not None:
+            self.failed = failed
+        if (warning := command.number_of_warning_suboperations) is not None:
+            self.warning = warning
 
 
 @dataclass(frozen=True, slots=True)

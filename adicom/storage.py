@@ -157,22 +157,35 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
     Used by the SCP and by a C-GET's requestor, which receives its
     sub-operations on its own association.
     """
+    # What does not change while the association lasts, read at its first
+    # C-STORE-RQ (an association receives thousands): who sends, and each
+    # context's classes as text.
+    peers: tuple[str, str, tuple[str, int] | None] | None = None
+    syntaxes: dict[int, tuple[str, str]] = {}
 
     def open_sink(context_id: int, command: Command) -> DatasetSink | None:
+        nonlocal peers
         if command.command_field != CommandField.C_STORE_RQ:
             return None  # identifiers of queries are small: keep them in memory
-        context = association.contexts[context_id]
-        # The sender: the requestor on an SCP, the called peer for the
-        # sub-operations of our own C-GET.
-        sender = association.called_ae if association.requestor else association.calling_ae
+        if peers is None:
+            # The sender: the requestor on an SCP, the called peer for the
+            # sub-operations of our own C-GET.
+            called = association.called_ae
+            sender = called if association.requestor else association.calling_ae
+            peers = (sender, called, association.peer_address)
+        syntax = syntaxes.get(context_id)
+        if syntax is None:
+            context = association.contexts[context_id]
+            syntax = (str(context.abstract_syntax), str(context.transfer_syntax))
+            syntaxes[context_id] = syntax
         instance = storage.open(
             StoreContext(
-                calling_ae=sender,
-                called_ae=association.called_ae,
-                sop_class_uid=command.affected_sop_class_uid or str(context.abstract_syntax),
+                calling_ae=peers[0],
+                called_ae=peers[1],
+                sop_class_uid=command.affected_sop_class_uid or syntax[0],
                 sop_instance_uid=command.affected_sop_instance_uid or "",
-                transfer_syntax=str(context.transfer_syntax),
-                address=association.peer_address,
+                transfer_syntax=syntax[1],
+                address=peers[2],
                 message_id=command.message_id or 0,
             )
         )
