@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -739,6 +740,8 @@ async def get(
     state = RetrieveProgress() if state is None else state
     previous = association.on_dataset
     association.on_dataset = sink_factory(association, storage)
+    previous_hook = association.on_request
+    association.on_request = partial(_answer_at_once, association, state=state)
 
     async def serve_stores() -> None:
         while True:
@@ -765,6 +768,7 @@ async def get(
         if not server.cancelled() and server.exception() is not None:
             log.debug("C-GET sub-operation server ended: %s", server.exception())
         association.on_dataset = previous
+        association.on_request = previous_hook
     state.failures = explain_failures(association.contexts, state, held or {})
     if report:
         log_failures(state.failures)
@@ -861,6 +865,50 @@ def _no_context(
     return None
 
 
+def _answer_at_once(association: Association, message: Message, state: RetrieveProgress) -> bool:
+    """Answer a C-STORE sub-operation in the transport callback, if it needs no waiting.
+
+    For :attr:`Association.on_request`: True when the instance was stored
+    (:meth:`IncomingInstance.finish_now`) and a plain response (no comment)
+    left at once; False leaves the message to :func:`_answer_sub_operation`,
+    which does not store it twice.
+    """
+    sink = message.sink
+    if message.command.command_field != CommandField.C_STORE_RQ or not isinstance(
+        sink, IncomingInstance
+    ):
+        return False
+    if sink.status is None:
+        status = sink.finish_now()
+        if status is None:
+            return False
+        sink.status = status
+    if sink.error is not None or sink.warning is not None:
+        return False  # its comment goes in the response: answer_store
+    if not association.respond_now(message, sink.status):
+        return False
+    _record(association, message, sink, state)
+    return True
+
+
+def _record(
+    association: Association,
+    message: Message,
+    stored: IncomingInstance | None,
+    state: RetrieveProgress,
+) -> None:
+    """Note a C-STORE sub-operation that reached us, and what became of it."""
+    command = message.command
+    if stored is not None and stored.path is not None:
+        state.paths.append(stored.path)
+    context = association.contexts.get(message.context_id)
+    state.received[str(command.affected_sop_instance_uid or "")] = (
+        str(command.affected_sop_class_uid or ""),
+        str(context.transfer_syntax) if context and context.transfer_syntax else "",
+        message.refused if stored is None else stored.error,
+    )
+
+
 async def _answer_sub_operation(
     association: Association, message: Message, state: RetrieveProgress
 ) -> None:
@@ -869,14 +917,7 @@ async def _answer_sub_operation(
         message.refused is not None or isinstance(message.sink, IncomingInstance)
     ):
         stored = await answer_store(association, message)
-        if stored is not None and stored.path is not None:
-            state.paths.append(stored.path)
-        context = association.contexts.get(message.context_id)
-        state.received[str(command.affected_sop_instance_uid or "")] = (
-            str(command.affected_sop_class_uid or ""),
-            str(context.transfer_syntax) if context and context.transfer_syntax else "",
-            message.refused if stored is None else stored.error,
-        )
+        _record(association, message, stored, state)
     elif not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
         # Only C-STORE sub-operations belong here (PS3.4 C.4.3.3).
         await association.respond(message, Status.UNRECOGNIZED_OPERATION)

@@ -117,7 +117,7 @@ class IncomingInstance:
         self.offending_element: int | None = None
         #: Where the instance ended up, when it went to a file.
         self.path: Path | None = None
-        #: The status its C-STORE was answered with (set by answer_store).
+        #: The status its C-STORE was answered with (set once it was finished).
         self.status: int | None = None
         #: Attributes read from the data set by keyword (the UIDs, the
         #: patient's ID and name, ...), as far as the handler read them.
@@ -138,6 +138,17 @@ class IncomingInstance:
     async def finish(self) -> int:
         """The last fragment is in: store the instance and return the status."""
         raise NotImplementedError
+
+    def finish_now(self) -> int | None:
+        """Like :meth:`finish`, when storing needs no waiting; None (touching nothing) when it does.
+
+        Called first, in the transport callback that took the last
+        fragment, so that the status can go out from there (a C-GET's
+        sub-operation is then answered without a pass through the event
+        loop); after None, :meth:`finish` is awaited as usual. The default
+        always says None.
+        """
+        return None
 
 
 class StorageHandler:
@@ -210,7 +221,9 @@ async def answer_store(association: Association, message: Message) -> IncomingIn
         return None
     sink = message.sink
     assert isinstance(sink, IncomingInstance)
-    status = sink.status = await sink.finish()
+    # Finished already (finish_now) when it could not be answered at once.
+    status = sink.status if sink.status is not None else await sink.finish()
+    sink.status = status
     category = status_category(status)
     fields: dict[str, object] = {}
     comment = (
@@ -272,6 +285,9 @@ class _MemoryInstance(_InMemory):
         self._into = into
 
     async def finish(self) -> int:
+        return self.finish_now()
+
+    def finish_now(self) -> int:
         try:
             dataset = self.dataset()
         except Exception as exc:
