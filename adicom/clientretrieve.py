@@ -214,9 +214,13 @@ class RetrieveMethods(ClientBase):
         if self.get_sop_classes is not None:
             return (*qrscu.get_contexts(self.model, self.get_sop_classes), {})
         level = str(identifier.QueryRetrieveLevel).lower()
-        found = await self._survey(identifier, peer, timeout)
+        found = await self._survey(identifier, peer, timeout, for_offer=True)
         if found is None:
             log.warning("C-GET: offering the common storage classes")
+            return (*qrscu.get_contexts(self.model), {})
+        if found.stopped:
+            # What is held stays unknown: asked again only if something fails.
+            log.info("C-GET: the C-FIND does not say SOP classes; offering the common ones")
             return (*qrscu.get_contexts(self.model), {})
         wanted = found.wanted()
         if not wanted:
@@ -244,14 +248,23 @@ class RetrieveMethods(ClientBase):
         return contexts, roles, found.instances
 
     async def _survey(
-        self, identifier: Dataset, peer: DicomNode, timeout: float | None
+        self,
+        identifier: Dataset,
+        peer: DicomNode,
+        timeout: float | None,
+        *,
+        for_offer: bool = False,
     ) -> qrscu.Survey | None:
-        """What the peer says a retrieve of ``identifier`` holds; None (logged) if it cannot say."""
+        """What the peer says a retrieve of ``identifier`` holds; None (logged) if it cannot say.
+
+        ``for_offer``: only to choose what to offer, so it may stop early
+        (qrscu.survey's ``until_classless``).
+        """
         uids = [str(identifier.get(k, "")) for k in _RETRIEVE_KEYS]
         try:
             async with self._association(peer, qrscu.find_contexts("study")) as a:
                 return await bounded(
-                    qrscu.survey(a, *uids),
+                    qrscu.survey(a, *uids, until_classless=for_offer),
                     TimeoutKind.OPERATION,
                     timeout,
                     "C-FIND of what a C-GET retrieves",

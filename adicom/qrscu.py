@@ -468,6 +468,10 @@ class Survey:
 
     instances: dict[str, HeldInstance] = field(default_factory=dict)
     complete: bool = True
+    #: True when it stopped at its first match, which had no SOP Class UID
+    #: (see :func:`survey`'s ``until_classless``): ``instances`` is then not
+    #: the whole of what the retrieve fetches.
+    stopped: bool = False
 
     def wanted(self) -> dict[str, list[str]]:
         """Each SOP class found and the syntaxes its instances are held in ([]: unknown)."""
@@ -511,6 +515,8 @@ async def survey(
     study_uid: str,
     series_uid: str = "",
     sop_instance_uid: str = "",
+    *,
+    until_classless: bool = False,
 ) -> Survey:
     """Ask the peer what a retrieve of a study, series or instance would fetch.
 
@@ -520,6 +526,12 @@ async def survey(
     UID (0008,3002). ``association`` must have the Study Root C-FIND
     context (:func:`find_contexts`). A failure status raises
     :class:`~adicom.errors.DimseError`.
+
+    With ``until_classless``, a first instance match without SOP Class UID
+    (an optional key, PS3.4 C.6.1.1.5, that DCMTK's dcmqrscp and
+    pynetdicom's qrscp do not return) ends the survey there, with a
+    C-CANCEL: the rest could not say what to offer either, and on a large
+    study it costs as long as the retrieve. The result is then ``stopped``.
     """
     found = Survey()
     if series_uid:
@@ -556,9 +568,14 @@ async def survey(
                 sop = "".join(values.get(_SOP_CLASS_UID, ()))
                 if not instance or not sop:
                     found.complete = False
+                    if until_classless and not sop and not found.instances:
+                        found.stopped = True
+                        break  # leaving the find sends the C-CANCEL
                 if instance:
                     syntaxes = tuple(values.get(_AVAILABLE_TRANSFER_SYNTAX_UID, ()))
                     found.instances[instance] = HeldInstance(instance, sop, syntaxes, uid)
+        if found.stopped:
+            break
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from adicom import qrscu
 from adicom.dimse import Command, CommandField, Message
 from adicom.errors import DimseError
 from adicom.presentation import PresentationContext
+from tests.test_dicomclient import Tree, build_tree
 
 pytestmark = pytest.mark.anyio
 
@@ -141,3 +143,60 @@ def test_a_match_that_does_not_parse_is_the_peers_error() -> None:
         results._values(_reply(broken), frozenset({0x00080018}))
     with pytest.raises(DimseError, match="without identifier"):
         results._values(_reply(None), frozenset({0x00080018}))
+
+
+async def _classless(identifier: Dataset, _context: Any) -> AsyncIterator[Dataset]:
+    """A peer that does not return SOP Class UID (an optional key), 50 instances."""
+    for n in range(50):
+        match = Dataset()
+        match.QueryRetrieveLevel = "IMAGE"
+        match.SOPInstanceUID = f"{SERIES[0]}.{n + 1}"
+        match.StudyInstanceUID = STUDY
+        match.SeriesInstanceUID = SERIES[0]
+        yield match
+
+
+async def test_a_survey_for_the_offer_stops_at_a_first_match_without_class() -> None:
+    async with (
+        adicom.Server("PACS", port=0, on_find=_classless) as server,
+        adicom.connect(
+            "127.0.0.1", server.port, called_ae="PACS", contexts=qrscu.find_contexts()
+        ) as assoc,
+    ):
+        whole = await qrscu.survey(assoc, STUDY, SERIES[0])
+        stopped = await qrscu.survey(assoc, STUDY, SERIES[0], until_classless=True)
+        # The C-CANCEL ended that C-FIND cleanly: the association goes on.
+        again = await qrscu.survey(assoc, STUDY, SERIES[0])
+    assert len(whole.instances) == 50 and not whole.complete and not whole.stopped
+    assert all(held.sop_class_uid == "" for held in whole.instances.values())
+    assert stopped.stopped and not stopped.complete and stopped.instances == {}
+    assert again.instances == whole.instances
+
+
+async def test_a_get_from_a_peer_that_hides_classes_offers_the_common_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="adicom")
+    tree = Tree(build_tree())
+    series = [
+        d for d in tree.instances if d.SeriesInstanceUID == tree.instances[0].SeriesInstanceUID
+    ]
+
+    async def find_without_class(identifier: Dataset, context: Any) -> AsyncIterator[Dataset]:
+        async for match in tree.find(identifier, context):
+            if "SOPClassUID" in match:
+                del match.SOPClassUID
+            yield match
+
+    async with adicom.Server(
+        "HIDING", port=0, on_find=find_without_class, on_get=tree.retrieve
+    ) as server:
+        hiding = adicom.DicomNode(aet="HIDING", host="127.0.0.1", port=server.port)
+        result = await adicom.DicomClient().get_series_to_memory(
+            str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID), hiding
+        )
+    assert result.status == "success" and result.num_completed == len(series)
+    assert {str(d.SOPInstanceUID) for d in result.instances} == {
+        str(d.SOPInstanceUID) for d in series
+    }
+    assert "the C-FIND does not say SOP classes; offering the common ones" in caplog.text
