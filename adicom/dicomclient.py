@@ -77,7 +77,8 @@ class DicomClient(RetrieveMethods):
     role, PS3.4 C.4.3) is decided per retrieve: an IMAGE level C-FIND asks
     the peer which SOP classes (and, if it says, transfer syntaxes) the
     study, series or instance holds, and each is offered as
-    :func:`adicom.qrscu.plan_get_contexts` says; if that C-FIND fails, the
+    :func:`adicom.qrscu.plan_get_contexts` says; if that C-FIND fails, or its
+    first match does not name its SOP class (it is then cancelled), the
     common classes are offered (:data:`adicom.qrscu.DEFAULT_GET_SOP_CLASSES`).
     ``get_offer`` says instead what to offer, without the C-FIND: SOP class
     to transfer syntaxes (an empty list: every syntax pydicom knows).

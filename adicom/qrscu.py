@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -36,7 +37,13 @@ from adicom.dimse import (
     status_category,
 )
 from adicom.errors import DicomError, DimseError
-from adicom.fileformat import decode_dataset, encode_dataset
+from adicom.fileformat import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    decode_dataset,
+    encode_dataset,
+    scan_elements,
+)
 from adicom.pdu import RoleSelection
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
@@ -121,6 +128,8 @@ GET_COMPRESSED_SYNTAXES: tuple[str, ...] = (
 )
 
 _QUERY_SYNTAXES = list(DEFAULT_TRANSFER_SYNTAXES[:2])
+#: Syntaxes in which a match's elements can be read where they lie (see FindResults._values).
+_SCANNABLE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 
 
 def _sop(table: dict[str, str], model: str, what: str) -> str:
@@ -328,6 +337,13 @@ class FindResults:
         return self
 
     async def __anext__(self) -> Dataset:
+        reply = await self._next_match()
+        if reply is None:
+            raise StopAsyncIteration
+        return self._decode(reply)
+
+    async def _next_match(self) -> Message | None:
+        """The next pending response (a match, not decoded), or None after the final one."""
         operation = self._operation
         if operation is None:
             context_id = _context_for(self._association, self._sop_class)
@@ -342,17 +358,40 @@ class FindResults:
                 context_id, command, data
             )
         if operation.done:
-            raise StopAsyncIteration
+            return None
         reply = await operation.next_response()
         status = reply.command.status or 0
         category = status_category(status)
         if category is StatusCategory.PENDING:
             self.count += 1
-            return self._decode(reply)
+            return reply
         self.status = status
         if category is StatusCategory.FAILURE:
             raise DimseError(status, "C-FIND failed: " + _describe(reply))
-        raise StopAsyncIteration
+        return None
+
+    def _values(self, reply: Message, tags: frozenset[int]) -> dict[int, list[str]]:
+        """The text values of a few top-level elements of a match, without decoding it whole.
+
+        For the unique keys and UIDs a survey reads: a match is scanned for
+        ``tags`` where it lies (little endian syntaxes), about a tenth of
+        decoding it into a Dataset; anything else goes through
+        :meth:`_decode`. Each value is split at backslashes (PS3.5 6.4),
+        its padding (space, NUL) stripped, empty ones left out.
+        """
+        transfer = self._association.contexts[reply.context_id].transfer_syntax
+        data = reply.dataset
+        if data is not None and transfer in _SCANNABLE:
+            try:
+                raw = scan_elements(
+                    data, tags, implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN, complete=True
+                )
+            except ValueError:
+                raw = None  # let the decoder say what is wrong with it
+            if raw is not None:
+                return {tag: _split_text(value) for tag, value in raw.items()}
+        match = self._decode(reply)
+        return {tag: _text_values(match[tag].value) for tag in tags if tag in match}
 
     def _decode(self, reply: Message) -> Dataset:
         if reply.dataset is None:
@@ -429,6 +468,10 @@ class Survey:
 
     instances: dict[str, HeldInstance] = field(default_factory=dict)
     complete: bool = True
+    #: True when it stopped at its first match, which had no SOP Class UID
+    #: (see :func:`survey`'s ``until_classless``): ``instances`` is then not
+    #: the whole of what the retrieve fetches.
+    stopped: bool = False
 
     def wanted(self) -> dict[str, list[str]]:
         """Each SOP class found and the syntaxes its instances are held in ([]: unknown)."""
@@ -446,6 +489,12 @@ class Survey:
         return {sop: syntaxes or [] for sop, syntaxes in classes.items()}
 
 
+def _split_text(raw: bytes) -> list[str]:
+    """A text element's values as encoded: split at backslashes, padding and empty ones out."""
+    values = (item.strip(" \0") for item in raw.decode("latin-1").split("\\"))
+    return [value for value in values if value]
+
+
 def _text_values(value: object) -> list[str]:
     if value is None:
         return []
@@ -453,11 +502,21 @@ def _text_values(value: object) -> list[str]:
     return [str(item).strip(" \0") for item in items if str(item).strip(" \0")]
 
 
+_SOP_CLASS_UID = 0x00080016
+_SOP_INSTANCE_UID = 0x00080018
+_AVAILABLE_TRANSFER_SYNTAX_UID = 0x00083002
+_SERIES_INSTANCE_UID = 0x0020000E
+_SERIES_KEY = frozenset({_SERIES_INSTANCE_UID})
+_INSTANCE_KEYS = frozenset({_SOP_CLASS_UID, _SOP_INSTANCE_UID, _AVAILABLE_TRANSFER_SYNTAX_UID})
+
+
 async def survey(
     association: Association,
     study_uid: str,
     series_uid: str = "",
     sop_instance_uid: str = "",
+    *,
+    until_classless: bool = False,
 ) -> Survey:
     """Ask the peer what a retrieve of a study, series or instance would fetch.
 
@@ -467,6 +526,12 @@ async def survey(
     UID (0008,3002). ``association`` must have the Study Root C-FIND
     context (:func:`find_contexts`). A failure status raises
     :class:`~adicom.errors.DimseError`.
+
+    With ``until_classless``, a first instance match without SOP Class UID
+    (an optional key, PS3.4 C.6.1.1.5, that DCMTK's dcmqrscp and
+    pynetdicom's qrscp do not return) ends the survey there, with a
+    C-CANCEL: the rest could not say what to offer either, and on a large
+    study it costs as long as the retrieve. The result is then ``stopped``.
     """
     found = Survey()
     if series_uid:
@@ -478,8 +543,9 @@ async def survey(
         query.SeriesInstanceUID = ""
         series = []
         async with find(association, query) as results:
-            async for match in results:
-                uid = "".join(_text_values(match.get("SeriesInstanceUID")))
+            while (reply := await results._next_match()) is not None:
+                values = results._values(reply, _SERIES_KEY)
+                uid = "".join(values.get(_SERIES_INSTANCE_UID, ()))
                 if uid:
                     series.append(uid)
                 else:
@@ -493,14 +559,23 @@ async def survey(
         query.SOPClassUID = ""
         query.AvailableTransferSyntaxUID = ""
         async with find(association, query) as results:
-            async for match in results:
-                instance = "".join(_text_values(match.get("SOPInstanceUID")))
-                sop = "".join(_text_values(match.get("SOPClassUID")))
+            # A match is read for these three keys only: a survey of a large
+            # study has thousands, and decoding each whole cost more than
+            # the rest of its C-FIND-RSP.
+            while (reply := await results._next_match()) is not None:
+                values = results._values(reply, _INSTANCE_KEYS)
+                instance = "".join(values.get(_SOP_INSTANCE_UID, ()))
+                sop = "".join(values.get(_SOP_CLASS_UID, ()))
                 if not instance or not sop:
                     found.complete = False
+                    if until_classless and not sop and not found.instances:
+                        found.stopped = True
+                        break  # leaving the find sends the C-CANCEL
                 if instance:
-                    syntaxes = tuple(_text_values(match.get("AvailableTransferSyntaxUID")))
+                    syntaxes = tuple(values.get(_AVAILABLE_TRANSFER_SYNTAX_UID, ()))
                     found.instances[instance] = HeldInstance(instance, sop, syntaxes, uid)
+        if found.stopped:
+            break
     return found
 
 
@@ -544,15 +619,18 @@ class RetrieveProgress:
 
     def update(self, command: Command) -> None:
         """Take the counts of one response."""
+        # Once per sub-operation: plain attribute reads, no loop over names.
         self.status = command.status
         if command.error_comment:
             self.error_comment = command.error_comment
-        if command.number_of_remaining_suboperations is not None:
-            self.remaining = command.number_of_remaining_suboperations
-        for name in ("completed", "failed", "warning"):
-            value = getattr(command, f"number_of_{name}_suboperations")
-            if value is not None:
-                setattr(self, name, value)
+        if (remaining := command.number_of_remaining_suboperations) is not None:
+            self.remaining = remaining
+        if (completed := command.number_of_completed_suboperations) is not None:
+            self.completed = completed
+        if (failed := command.number_of_failed_suboperations) is not None:
+            self.failed = failed
+        if (warning := command.number_of_warning_suboperations) is not None:
+            self.warning = warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,6 +757,8 @@ async def get(
     state = RetrieveProgress() if state is None else state
     previous = association.on_dataset
     association.on_dataset = sink_factory(association, storage)
+    previous_hook = association.on_request
+    association.on_request = partial(_answer_at_once, association, state=state)
 
     async def serve_stores() -> None:
         while True:
@@ -705,6 +785,7 @@ async def get(
         if not server.cancelled() and server.exception() is not None:
             log.debug("C-GET sub-operation server ended: %s", server.exception())
         association.on_dataset = previous
+        association.on_request = previous_hook
     state.failures = explain_failures(association.contexts, state, held or {})
     if report:
         log_failures(state.failures)
@@ -801,6 +882,50 @@ def _no_context(
     return None
 
 
+def _answer_at_once(association: Association, message: Message, state: RetrieveProgress) -> bool:
+    """Answer a C-STORE sub-operation in the transport callback, if it needs no waiting.
+
+    For :attr:`Association.on_request`: True when the instance was stored
+    (:meth:`IncomingInstance.finish_now`) and a plain response (no comment)
+    left at once; False leaves the message to :func:`_answer_sub_operation`,
+    which does not store it twice.
+    """
+    sink = message.sink
+    if message.command.command_field != CommandField.C_STORE_RQ or not isinstance(
+        sink, IncomingInstance
+    ):
+        return False
+    if sink.status is None:
+        status = sink.finish_now()
+        if status is None:
+            return False
+        sink.status = status
+    if sink.error is not None or sink.warning is not None:
+        return False  # its comment goes in the response: answer_store
+    if not association.respond_now(message, sink.status):
+        return False
+    _record(association, message, sink, state)
+    return True
+
+
+def _record(
+    association: Association,
+    message: Message,
+    stored: IncomingInstance | None,
+    state: RetrieveProgress,
+) -> None:
+    """Note a C-STORE sub-operation that reached us, and what became of it."""
+    command = message.command
+    if stored is not None and stored.path is not None:
+        state.paths.append(stored.path)
+    context = association.contexts.get(message.context_id)
+    state.received[str(command.affected_sop_instance_uid or "")] = (
+        str(command.affected_sop_class_uid or ""),
+        str(context.transfer_syntax) if context and context.transfer_syntax else "",
+        message.refused if stored is None else stored.error,
+    )
+
+
 async def _answer_sub_operation(
     association: Association, message: Message, state: RetrieveProgress
 ) -> None:
@@ -809,14 +934,7 @@ async def _answer_sub_operation(
         message.refused is not None or isinstance(message.sink, IncomingInstance)
     ):
         stored = await answer_store(association, message)
-        if stored is not None and stored.path is not None:
-            state.paths.append(stored.path)
-        context = association.contexts.get(message.context_id)
-        state.received[str(command.affected_sop_instance_uid or "")] = (
-            str(command.affected_sop_class_uid or ""),
-            str(context.transfer_syntax) if context and context.transfer_syntax else "",
-            message.refused if stored is None else stored.error,
-        )
+        _record(association, message, stored, state)
     elif not command.is_response and command.command_field != CommandField.C_CANCEL_RQ:
         # Only C-STORE sub-operations belong here (PS3.4 C.4.3.3).
         await association.respond(message, Status.UNRECOGNIZED_OPERATION)

@@ -117,7 +117,7 @@ class IncomingInstance:
         self.offending_element: int | None = None
         #: Where the instance ended up, when it went to a file.
         self.path: Path | None = None
-        #: The status its C-STORE was answered with (set by answer_store).
+        #: The status its C-STORE was answered with (set once it was finished).
         self.status: int | None = None
         #: Attributes read from the data set by keyword (the UIDs, the
         #: patient's ID and name, ...), as far as the handler read them.
@@ -139,6 +139,17 @@ class IncomingInstance:
         """The last fragment is in: store the instance and return the status."""
         raise NotImplementedError
 
+    def finish_now(self) -> int | None:
+        """Like :meth:`finish`, when storing needs no waiting; None (touching nothing) when it does.
+
+        Called first, in the transport callback that took the last
+        fragment, so that the status can go out from there (a C-GET's
+        sub-operation is then answered without a pass through the event
+        loop); after None, :meth:`finish` is awaited as usual. The default
+        always says None.
+        """
+        return None
+
 
 class StorageHandler:
     """Decides where received instances go (base class)."""
@@ -157,22 +168,35 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
     Used by the SCP and by a C-GET's requestor, which receives its
     sub-operations on its own association.
     """
+    # What does not change while the association lasts, read at its first
+    # C-STORE-RQ (an association receives thousands): who sends, and each
+    # context's classes as text.
+    peers: tuple[str, str, tuple[str, int] | None] | None = None
+    syntaxes: dict[int, tuple[str, str]] = {}
 
     def open_sink(context_id: int, command: Command) -> DatasetSink | None:
+        nonlocal peers
         if command.command_field != CommandField.C_STORE_RQ:
             return None  # identifiers of queries are small: keep them in memory
-        context = association.contexts[context_id]
-        # The sender: the requestor on an SCP, the called peer for the
-        # sub-operations of our own C-GET.
-        sender = association.called_ae if association.requestor else association.calling_ae
+        if peers is None:
+            # The sender: the requestor on an SCP, the called peer for the
+            # sub-operations of our own C-GET.
+            called = association.called_ae
+            sender = called if association.requestor else association.calling_ae
+            peers = (sender, called, association.peer_address)
+        syntax = syntaxes.get(context_id)
+        if syntax is None:
+            context = association.contexts[context_id]
+            syntax = (str(context.abstract_syntax), str(context.transfer_syntax))
+            syntaxes[context_id] = syntax
         instance = storage.open(
             StoreContext(
-                calling_ae=sender,
-                called_ae=association.called_ae,
-                sop_class_uid=command.affected_sop_class_uid or str(context.abstract_syntax),
+                calling_ae=peers[0],
+                called_ae=peers[1],
+                sop_class_uid=command.affected_sop_class_uid or syntax[0],
                 sop_instance_uid=command.affected_sop_instance_uid or "",
-                transfer_syntax=str(context.transfer_syntax),
-                address=association.peer_address,
+                transfer_syntax=syntax[1],
+                address=peers[2],
                 message_id=command.message_id or 0,
             )
         )
@@ -197,7 +221,9 @@ async def answer_store(association: Association, message: Message) -> IncomingIn
         return None
     sink = message.sink
     assert isinstance(sink, IncomingInstance)
-    status = sink.status = await sink.finish()
+    # Finished already (finish_now) when it could not be answered at once.
+    status = sink.status if sink.status is not None else await sink.finish()
+    sink.status = status
     category = status_category(status)
     fields: dict[str, object] = {}
     comment = (
@@ -259,6 +285,9 @@ class _MemoryInstance(_InMemory):
         self._into = into
 
     async def finish(self) -> int:
+        return self.finish_now()
+
+    def finish_now(self) -> int:
         try:
             dataset = self.dataset()
         except Exception as exc:

@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
 import adicom
@@ -188,6 +189,97 @@ async def test_a_get_that_loses_its_association_asks_again_only_for_what_is_miss
     again = asked[1].split("\\")
     assert 0 < len(again) < 6 and len(set(again)) == len(again)
     assert any("C-GET of study failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.anyio
+async def test_a_move_asks_again_only_for_what_failed_and_adds_up_the_tries(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive, datasets = await _archive_with(tmp_path, 6)
+    study = str(datasets[0].StudyInstanceUID)
+    series = str(datasets[0].SeriesInstanceUID)
+    asked: list[list[str]] = []
+    seen: set[str] = set()
+
+    async def busy_at_first(dataset: Dataset, _context: Any) -> int | None:
+        """The destination refuses every other instance the first time it comes."""
+        uid = str(dataset.SOPInstanceUID)
+        first = uid not in seen
+        seen.add(uid)
+        return 0xA700 if first and int(dataset.InstanceNumber) % 2 else None
+
+    destination = adicom.CallbackStorage(busy_at_first)
+    try:
+        async with adicom.Server("DEST", port=0, storage=destination) as dest:
+            handlers = archive.handlers({"DEST": ("127.0.0.1", dest.port)})
+            moving = handlers["on_move"]
+
+            async def recording(identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
+                uids = identifier.get("SOPInstanceUID", "")
+                asked.append([str(u) for u in uids] if isinstance(uids, MultiValue) else [uids])
+                async for item in moving(identifier, context):
+                    yield item
+
+            handlers["on_move"] = recording
+            async with adicom.Server("ARCHIVE", port=0, **handlers) as server:
+                peer = DicomNode(aet="ARCHIVE", host="127.0.0.1", port=server.port)
+                await adicom.DicomClient("SCU").store(datasets, peer)
+                client = adicom.DicomClient("SCU").with_retry(FAST)
+                result = await client.move_series(study, series, peer, "DEST")
+    finally:
+        archive.close()
+    assert result.status == "success", result
+    assert (result.num_completed, result.num_failed) == (6, 0)
+    # The second C-MOVE named the three refused instances, and only them.
+    odd = {str(d.SOPInstanceUID) for d in datasets if int(d.InstanceNumber) % 2}
+    assert len(asked) == 2 and asked[0] == [""]
+    assert sorted(asked[1]) == sorted(odd)
+    assert any(
+        "C-MOVE of series to DEST failed (3 sub-operations failed)" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@pytest.mark.anyio
+async def test_a_move_that_loses_its_association_is_asked_again_whole(
+    tmp_path: pathlib.Path,
+) -> None:
+    archive, datasets = await _archive_with(tmp_path, 4)
+    study = str(datasets[0].StudyInstanceUID)
+    received = adicom.MemoryStorage()
+    calls = 0
+    try:
+        async with adicom.Server("DEST", port=0, storage=received) as dest:
+            handlers = archive.handlers({"DEST": ("127.0.0.1", dest.port)})
+            moving = handlers["on_move"]
+
+            async def vanishing(identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
+                """The first C-MOVE dies after 2 instances; the next is served."""
+                nonlocal calls
+                calls += 1
+                sent = 0
+                async for item in moving(identifier, context):
+                    if calls == 1 and not isinstance(item, int) and sent == 2:
+                        raise AssociationAborted(0, 0)
+                    sent += not isinstance(item, int)
+                    yield item
+
+            handlers["on_move"] = vanishing
+            async with adicom.Server("ARCHIVE", port=0, **handlers) as server:
+                peer = DicomNode(aet="ARCHIVE", host="127.0.0.1", port=server.port)
+                await adicom.DicomClient("SCU").store(datasets, peer)
+                with pytest.raises(adicom.DicomError):
+                    await adicom.DicomClient("SCU").move_study(study, peer, "DEST")
+                calls = 0
+                client = adicom.DicomClient("SCU").with_retry(FAST)
+                result = await client.move_study(study, peer, "DEST")
+    finally:
+        archive.close()
+    assert calls == 2
+    assert result.status == "success" and result.num_completed == 4
+    assert {str(d.SOPInstanceUID) for d in received.datasets} == {
+        str(d.SOPInstanceUID) for d in datasets
+    }
 
 
 @pytest.mark.anyio
