@@ -449,6 +449,7 @@ def scan_elements(
     little: bool = True,
     complete: bool = False,
     resume: list[int] | None = None,
+    last: int | None = None,
 ) -> dict[int, bytes] | None:
     """Find the top-level elements ``wanted`` at the start of an encoded data set.
 
@@ -458,9 +459,12 @@ def scan_elements(
     ValueError for bytes that are not a data set. ``resume``, when given,
     gets the offset of the top-level element where the walk stopped, for
     :func:`check_whole` to go on from there instead of walking it twice.
+    ``last``: ``max(wanted)``, when the caller knows it already (a receiver
+    asks for the same tags for every instance).
     """
     found: dict[int, bytes] = {}
-    last = max(wanted)
+    if last is None:
+        last = max(wanted)
     end = len(data)
     pos = 0
     u16, u32 = ("<H", "<L") if little else (">H", ">L")
