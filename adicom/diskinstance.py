@@ -112,6 +112,8 @@ class DiskInstance(IncomingInstance):
         self._draining: asyncio.Handle | None = None
         self._drained: asyncio.Future[None] | None = None
         self._held = False
+        # The status once finished by finish_now (finish returns it then).
+        self._status: int | None = None
         meta = context.file_meta()
         self._meta_length = len(meta)
         # Written with the data set's first bytes, in one system call.
@@ -330,6 +332,46 @@ class DiskInstance(IncomingInstance):
 
     async def finish(self) -> int:
         """Check the data set, file it, and return the C-STORE status."""
+        if self._status is not None:
+            return self._status  # finished already, by finish_now
+        self._settle_start()
+        if self._pending and self._fd is not None:
+            # The last fragments are still behind: the file is whole first.
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        if self._storage.filer is None:
+            return self._conclude()
+        early = self._early_status()
+        if early is not None:
+            return early
+        try:
+            self._close_file()
+            values = self._checked_values()
+            self.values = values
+            status = await self._hand_over(values)
+        except _Refused as refused:
+            return self._refused(refused)
+        return self._warned(status)
+
+    def finish_now(self) -> int | None:
+        """:meth:`finish` without waiting, when nothing has to be awaited; None otherwise.
+
+        For a server that answers the C-STORE-RQ in the transport callback
+        that read its last fragment (no task switch): None while part of the
+        data set is still behind (write-behind) or a filer takes the file,
+        and then :meth:`finish` does the rest. Once this returned a status,
+        :meth:`finish` returns that same status and does nothing more.
+        """
+        if self._status is None:
+            if self._storage.filer is not None:
+                return None
+            self._settle_start()
+            if self._pending and self._fd is not None:
+                return None
+            self._status = self._conclude()
+        return self._status
+
+    def _settle_start(self) -> None:
         start = self._start
         if start is not None and self._fd is not None:
             # The whole data set was shorter than what decides its start.
@@ -337,29 +379,38 @@ class DiskInstance(IncomingInstance):
             skip = self._start_skip(start, complete=True)
             if skip is not None and len(start) > skip:
                 self.write(memoryview(start)[skip:])
-        if self._pending and self._fd is not None:
-            # The last fragments are still behind: the file is whole first.
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+
+    def _early_status(self) -> int | None:
+        """The status of an instance that failed while it arrived; None if it did not."""
         if self._unreadable:
             return Status.CANNOT_UNDERSTAND
         if self.error is not None or self._fd is None or self._temp is None:
             self._discard()
             return Status.OUT_OF_RESOURCES
+        return None
+
+    def _conclude(self) -> int:
+        """Check the whole data set and file it here (no filer); the status."""
+        early = self._early_status()
+        if early is not None:
+            return early
         try:
             self._close_file()
             values = self._checked_values()
             self.values = values
-            if self._storage.filer is not None:
-                status = await self._hand_over(values)
-            else:
-                status = self._file(values)
+            status = self._file(values)
         except _Refused as refused:
-            self._discard()
-            self.error = str(refused)
-            self.offending_element = refused.offending
-            log.warning("refused %s: %s", self.context.sop_instance_uid, refused)
-            return refused.status
+            return self._refused(refused)
+        return self._warned(status)
+
+    def _refused(self, refused: _Refused) -> int:
+        self._discard()
+        self.error = str(refused)
+        self.offending_element = refused.offending
+        log.warning("refused %s: %s", self.context.sop_instance_uid, refused)
+        return refused.status
+
+    def _warned(self, status: int) -> int:
         if status == Status.SUCCESS and self._discarded:
             self.warning = "group 0002 elements inside the data set were discarded"
             return Status.ELEMENTS_DISCARDED
