@@ -248,7 +248,10 @@ class DiskStorage(StorageHandler):
         # Only the layout's own keywords: an archive's on_stored hook wants
         # some twenty more values, which never become part of a path.
         safe = {key: _path_component(values.get(key) or "unknown") for key in self._layout_keywords}
-        return os.path.join(self.root, self.layout.format(**safe))
+        name = self.layout.format(**safe)
+        # os.path.join, without its cost: a layout is relative (an absolute
+        # one, as join would, leaves the root).
+        return name if name.startswith(os.sep) else f"{os.fspath(self.root)}{os.sep}{name}"
 
     def existing(self, values: dict[str, str], final: Path) -> Path | None:
         """Where this SOP Instance UID is stored already, if it is."""
