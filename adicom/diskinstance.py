@@ -36,7 +36,6 @@ from adicom.fileformat import (
     Inflater,
     check_whole,
     find_top_level,
-    is_valid_uid,
     scan_elements,
     skip_group_0002,
 )
@@ -63,6 +62,12 @@ WRITE_SLICE = 256 << 10
 #: they go fast; once this is spent the rest waits for the next turn (a
 #: copy), so each callback holds the loop about a millisecond at most.
 WRITE_TIME = 0.001
+
+
+#: ESC (0x1B), which starts an ISO 2022 escape sequence (PS3.5 6.1.2.5). An
+#: int, not b"\x1b": ``bytes in bytes`` first tries the needle as an integer
+#: and builds (and drops) a TypeError each time, ~2 us per value here.
+_ESC = 0x1B
 
 
 class _Refused(Exception):
@@ -107,11 +112,14 @@ class DiskInstance(IncomingInstance):
         self._draining: asyncio.Handle | None = None
         self._drained: asyncio.Future[None] | None = None
         self._held = False
+        # The status once finished by finish_now (finish returns it then).
+        self._status: int | None = None
         meta = context.file_meta()
         self._meta_length = len(meta)
+        # Written with the data set's first bytes, in one system call.
+        self._meta: bytes | None = meta
         try:
             self._temp, self._fd = storage.temp_file()
-            self._write(meta)
         except OSError as exc:
             self._fail(_disk_error(exc), f"in {storage.root}")
 
@@ -268,6 +276,18 @@ class DiskInstance(IncomingInstance):
     def _write(self, data: bytes | memoryview) -> None:
         assert self._fd is not None
         view = memoryview(data)
+        meta = self._meta
+        if meta is not None:
+            # The file meta still waits (nothing was written yet): one
+            # writev for both, not two writes.
+            self._meta = None
+            written = os.writev(self._fd, (meta, view))
+            if written < len(meta):
+                if not written:
+                    raise OSError(errno.ENOSPC, "the file system took no more bytes")
+                self._write(memoryview(meta)[written:])
+            else:
+                view = view[written - len(meta) :]
         while view:
             written = os.write(self._fd, view)
             if not written:
@@ -312,6 +332,46 @@ class DiskInstance(IncomingInstance):
 
     async def finish(self) -> int:
         """Check the data set, file it, and return the C-STORE status."""
+        if self._status is not None:
+            return self._status  # finished already, by finish_now
+        self._settle_start()
+        if self._pending and self._fd is not None:
+            # The last fragments are still behind: the file is whole first.
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        if self._storage.filer is None:
+            return self._conclude()
+        early = self._early_status()
+        if early is not None:
+            return early
+        try:
+            self._close_file()
+            values = self._checked_values()
+            self.values = values
+            status = await self._hand_over(values)
+        except _Refused as refused:
+            return self._refused(refused)
+        return self._warned(status)
+
+    def finish_now(self) -> int | None:
+        """:meth:`finish` without waiting, when nothing has to be awaited; None otherwise.
+
+        For a server that answers the C-STORE-RQ in the transport callback
+        that read its last fragment (no task switch): None while part of the
+        data set is still behind (write-behind) or a filer takes the file,
+        and then :meth:`finish` does the rest. Once this returned a status,
+        :meth:`finish` returns that same status and does nothing more.
+        """
+        if self._status is None:
+            if self._storage.filer is not None:
+                return None
+            self._settle_start()
+            if self._pending and self._fd is not None:
+                return None
+            self._status = self._conclude()
+        return self._status
+
+    def _settle_start(self) -> None:
         start = self._start
         if start is not None and self._fd is not None:
             # The whole data set was shorter than what decides its start.
@@ -319,29 +379,38 @@ class DiskInstance(IncomingInstance):
             skip = self._start_skip(start, complete=True)
             if skip is not None and len(start) > skip:
                 self.write(memoryview(start)[skip:])
-        if self._pending and self._fd is not None:
-            # The last fragments are still behind: the file is whole first.
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+
+    def _early_status(self) -> int | None:
+        """The status of an instance that failed while it arrived; None if it did not."""
         if self._unreadable:
             return Status.CANNOT_UNDERSTAND
         if self.error is not None or self._fd is None or self._temp is None:
             self._discard()
             return Status.OUT_OF_RESOURCES
+        return None
+
+    def _conclude(self) -> int:
+        """Check the whole data set and file it here (no filer); the status."""
+        early = self._early_status()
+        if early is not None:
+            return early
         try:
             self._close_file()
             values = self._checked_values()
             self.values = values
-            if self._storage.filer is not None:
-                status = await self._hand_over(values)
-            else:
-                status = self._file(values)
+            status = self._file(values)
         except _Refused as refused:
-            self._discard()
-            self.error = str(refused)
-            self.offending_element = refused.offending
-            log.warning("refused %s: %s", self.context.sop_instance_uid, refused)
-            return refused.status
+            return self._refused(refused)
+        return self._warned(status)
+
+    def _refused(self, refused: _Refused) -> int:
+        self._discard()
+        self.error = str(refused)
+        self.offending_element = refused.offending
+        log.warning("refused %s: %s", self.context.sop_instance_uid, refused)
+        return refused.status
+
+    def _warned(self, status: int) -> int:
         if status == Status.SUCCESS and self._discarded:
             self.warning = "group 0002 elements inside the data set were discarded"
             return Status.ELEMENTS_DISCARDED
@@ -350,6 +419,8 @@ class DiskInstance(IncomingInstance):
     def _close_file(self) -> None:
         assert self._fd is not None
         try:
+            if self._meta is not None:
+                self._write(b"")  # no data set came: the file meta alone
             if self._storage.fsync:
                 os.fsync(self._fd)
             fd, self._fd = self._fd, None
@@ -383,7 +454,7 @@ class DiskInstance(IncomingInstance):
                     f"{keyword} is missing",
                     storage.tags[keyword],
                 )
-            if keyword.endswith("UID") and not is_valid_uid(value):
+            if keyword.endswith("UID") and not storage.valid_uid(value):
                 raise _Refused(
                     Status.IDENTIFIER_DOES_NOT_MATCH,
                     f"{keyword} {value[:24]!r} is not a UID",
@@ -477,12 +548,15 @@ class DiskInstance(IncomingInstance):
         storage = self._storage
         temp = self._temp
         assert temp is not None
-        final = storage.final_path(values)
+        # Names as strings until the file is in place: a Path made, split
+        # and hashed for the folder cost ~8 us per instance.
+        name = storage.final_name(values)
+        folder = os.path.dirname(name)
         policy: str = storage.on_duplicate
         if storage.duplicate_policy is not None:
             policy = storage.duplicate_policy(self.context) or policy
         if policy != "replace":
-            existing = storage.existing(values, final)
+            existing = storage.existing(values, Path(name))
         elif storage.lookup is not None:
             # A copy under the final name is replaced by the rename itself
             # (atomically); only one filed elsewhere needs finding, and
@@ -498,20 +572,21 @@ class DiskInstance(IncomingInstance):
             log.info("%s is stored already; keeping the first copy", values["SOPInstanceUID"])
             return Status.SUCCESS
         try:
-            storage.ensure_folder(final.parent)
+            storage.ensure_folder(folder)
             try:
-                os.replace(temp, final)
+                os.replace(temp, name)
             except FileNotFoundError:
                 # The folder went away behind our back: make it again, once.
-                storage.forget_folder(final.parent)
-                storage.ensure_folder(final.parent)
-                os.replace(temp, final)
+                storage.forget_folder(folder)
+                storage.ensure_folder(folder)
+                os.replace(temp, name)
             if storage.fsync:
-                _fsync_folder(final.parent)
+                _fsync_folder(folder)
         except OSError as exc:
-            self._fail(_disk_error(exc), f"filing at {final}")
+            self._fail(_disk_error(exc), f"filing at {name}")
             raise _Refused(Status.OUT_OF_RESOURCES, self.error or "") from None
         self._temp = None
+        final = Path(name)
         if existing is not None and existing != final:
             # The same instance came again under other attributes (another
             # study, say): one copy per SOP Instance UID, the new one.
@@ -572,7 +647,7 @@ class DiskInstance(IncomingInstance):
             raw = found.get(tag)
             if not raw:
                 values[keyword] = ""
-            elif raw.isascii() and b"\x1b" not in raw:
+            elif raw.isascii() and _ESC not in raw:
                 # Every character set DICOM allows reads these bytes as
                 # ASCII; only ISO 2022 escape sequences (ESC) switch to
                 # something else (PS3.5 6.1): most values of most instances.
@@ -595,13 +670,15 @@ class DiskInstance(IncomingInstance):
         resume: list[int] | None = None,
     ) -> dict[int, bytes] | None:
         # The head as it is (values are copied out as bytes): no copy of it whole.
+        storage = self._storage
         return scan_elements(
             head,
-            self._storage.wanted,
+            storage.wanted,
             implicit=implicit,
             little=little,
             complete=complete,
             resume=resume,
+            last=storage.last_wanted,
         )
 
     def _data_set_head(self, size: int) -> bytes:
@@ -650,7 +727,7 @@ def _disk_error(exc: OSError) -> str:
     return f"cannot store the instance: {exc.strerror or 'input/output error'}"
 
 
-def _fsync_folder(folder: Path) -> None:
+def _fsync_folder(folder: str) -> None:
     """Make a rename in ``folder`` durable (the file's own fsync does not)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -676,7 +753,7 @@ def _encodings(charset: str) -> tuple[str, ...]:
 
 def _decode_text(raw: bytes, encodings: Sequence[str]) -> str:
     """An element's text value in its character set (PS3.5 6.1), without padding."""
-    if raw.isascii() and b"\x1b" not in raw:
+    if raw.isascii() and _ESC not in raw:
         # Every character set DICOM allows reads these bytes as ASCII; only
         # ISO 2022 escape sequences (ESC) switch to something else.
         return raw.decode("ascii").strip(" \0")

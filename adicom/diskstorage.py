@@ -38,6 +38,7 @@ from typing import Literal
 from pydicom.datadict import tag_for_keyword
 
 from adicom.diskinstance import WRITE_SLICE, DiskInstance
+from adicom.fileformat import is_valid_uid
 from adicom.storage import IncomingInstance, StorageHandler, StoreContext
 
 __all__ = ["DEFAULT_LAYOUT", "REQUIRED_UIDS", "DiskStorage", "Filed", "Filer"]
@@ -60,11 +61,18 @@ DEFAULT_WRITE_BEHIND = 2 << 20
 #: Written blocks of a backlog a DiskStorage keeps for the next (2 MiB).
 SPARE_BLOCKS = 8
 
+#: Valid UIDs a DiskStorage remembers (see DiskStorage.valid_uid).
+_VALID_UIDS_KEPT = 256
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._^=+-]")
 
 
 def _path_component(value: str) -> str:
     """Make an attribute value safe as one path component (no separators, no '..')."""
+    if value.isascii() and value.replace(".", "").isdigit():
+        # Digits and dots (a UID, the usual value of a layout): safe as it
+        # is, and never "." or "..", which have no digit.
+        return value
     cleaned = _UNSAFE.sub("_", value.strip()) or "unknown"
     return "_" + cleaned if cleaned in (".", "..") else cleaned
 
@@ -152,12 +160,18 @@ class DiskStorage(StorageHandler):
             tags[keyword] = tag
         self.tags = tags
         self.wanted = frozenset(tags.values())
+        #: The greatest tag of ``wanted``: where the scan of a data set stops.
+        self.last_wanted = max(self.wanted)
+        # UIDs seen valid lately: an association sends one SOP class, study
+        # and series again and again, and the check is a regular expression.
+        self._valid_uids: set[str] = set()
         self._layout_keywords = tuple(sorted(layout_keywords))
         self.incoming = self.root / ".incoming"
         #: The most recent files stored (up to 1024), newest last.
         self.stored: deque[Path] = deque(maxlen=1024)
-        # Folders known to exist: one mkdir per folder, not per instance.
-        self._folders: set[Path] = set()
+        # Folders known to exist (their names): one mkdir per folder, not
+        # per instance, and no Path made or hashed for the lookup.
+        self._folders: set[str] = set()
         # Temporary names: this process, this storage, a serial number.
         self._serial = 0
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -188,17 +202,29 @@ class DiskStorage(StorageHandler):
             log.info("removed %d unfinished files left in %s", removed, self.incoming)
         return removed
 
-    def ensure_folder(self, folder: Path) -> None:
+    def ensure_folder(self, folder: str | os.PathLike[str]) -> None:
         """Make ``folder`` (and its parents) once; later calls cost a set lookup."""
-        if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
+        name = os.fspath(folder)
+        if name not in self._folders:
+            os.makedirs(name, exist_ok=True)
             if len(self._folders) > 100_000:
                 self._folders.clear()
-            self._folders.add(folder)
+            self._folders.add(name)
 
-    def forget_folder(self, folder: Path) -> None:
+    def forget_folder(self, folder: str | os.PathLike[str]) -> None:
         """``folder`` went away behind our back: make it again next time."""
-        self._folders.discard(folder)
+        self._folders.discard(os.fspath(folder))
+
+    def valid_uid(self, value: str) -> bool:
+        """:func:`~adicom.fileformat.is_valid_uid`, remembered for the UIDs that pass."""
+        if value in self._valid_uids:
+            return True
+        if not is_valid_uid(value):
+            return False
+        if len(self._valid_uids) >= _VALID_UIDS_KEPT:
+            self._valid_uids.clear()
+        self._valid_uids.add(value)
+        return True
 
     def take_block(self) -> bytearray:
         """A block of :data:`WRITE_SLICE` bytes for a write-behind backlog."""
@@ -215,10 +241,17 @@ class DiskStorage(StorageHandler):
 
     def final_path(self, values: dict[str, str]) -> Path:
         """Where an instance with these attribute values is stored."""
+        return Path(self.final_name(values))
+
+    def final_name(self, values: dict[str, str]) -> str:
+        """:meth:`final_path` as a string (what filing an instance uses: no Path to parse)."""
         # Only the layout's own keywords: an archive's on_stored hook wants
         # some twenty more values, which never become part of a path.
         safe = {key: _path_component(values.get(key) or "unknown") for key in self._layout_keywords}
-        return self.root / self.layout.format(**safe)
+        name = self.layout.format(**safe)
+        # os.path.join, without its cost: a layout is relative (an absolute
+        # one, as join would, leaves the root).
+        return name if name.startswith(os.sep) else f"{os.fspath(self.root)}{os.sep}{name}"
 
     def existing(self, values: dict[str, str], final: Path) -> Path | None:
         """Where this SOP Instance UID is stored already, if it is."""

@@ -449,6 +449,7 @@ def scan_elements(
     little: bool = True,
     complete: bool = False,
     resume: list[int] | None = None,
+    last: int | None = None,
 ) -> dict[int, bytes] | None:
     """Find the top-level elements ``wanted`` at the start of an encoded data set.
 
@@ -458,9 +459,12 @@ def scan_elements(
     ValueError for bytes that are not a data set. ``resume``, when given,
     gets the offset of the top-level element where the walk stopped, for
     :func:`check_whole` to go on from there instead of walking it twice.
+    ``last``: ``max(wanted)``, when the caller knows it already (a receiver
+    asks for the same tags for every instance).
     """
     found: dict[int, bytes] = {}
-    last = max(wanted)
+    if last is None:
+        last = max(wanted)
     end = len(data)
     pos = 0
     u16, u32 = ("<H", "<L") if little else (">H", ">L")
@@ -468,35 +472,38 @@ def scan_elements(
     # length). This runs once per received instance, so it is kept tight.
     header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
     long_length = struct.Struct(u32)
-    short_vrs = _SHORT_VRS
+    # Locals, and the common case first (a short VR: most elements).
+    short_vrs, long_vrs, undefined = _SHORT_VRS, _LONG_VRS, _UNDEFINED
+    missing = len(wanted)
     while pos + 8 <= end:
         at = pos
         if implicit:
             group, element, length = header.unpack_from(data, pos)
-            tag = (group << 16) | element
             pos += 8
         else:
             group, element, vr, length = header.unpack_from(data, pos)
-            tag = (group << 16) | element
             if group == 0xFFFE:
                 # Items and delimiters have no VR in any syntax (PS3.5 7.5).
                 (length,) = long_length.unpack_from(data, pos + 4)
                 pos += 8
-            elif vr in _LONG_VRS:
+            elif vr in short_vrs:
+                pos += 8
+            elif vr in long_vrs:
                 if pos + 12 > end:
                     _ended(complete, group, element)
                     return None
                 (length,) = long_length.unpack_from(data, pos + 8)
                 pos += 12
-            elif vr in short_vrs or (vr.isalpha() and vr.isupper()):
-                pos += 8
+            elif vr.isalpha() and vr.isupper():
+                pos += 8  # a VR newer than this list: 2-byte length (PS3.5 7.1.2)
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
+        tag = (group << 16) | element
         if tag > last:
             if resume is not None:
                 resume.append(at)
             return found
-        if length == _UNDEFINED:
+        if length == undefined:
             skipped = _skip_undefined(data, pos, implicit, u16, u32)
             if skipped is None:
                 _ended(complete, group, element)
@@ -508,7 +515,8 @@ def scan_elements(
             return None
         if tag in wanted:
             found[tag] = bytes(data[pos : pos + length])
-            if len(found) == len(wanted):
+            missing -= 1
+            if not missing:
                 if resume is not None:
                     resume.append(at)
                 return found
@@ -569,7 +577,7 @@ def check_whole(
     # tight; sequences of undefined length go the general way.
     header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
     long_length = struct.Struct(u32)
-    long_vrs, short_vrs = _LONG_VRS, _SHORT_VRS
+    long_vrs, short_vrs, undefined = _LONG_VRS, _SHORT_VRS, _UNDEFINED
     pos, end = start, len(data)
     while pos < end:
         if pos + 8 > end:
@@ -583,16 +591,18 @@ def check_whole(
                 # Items and delimiters have no VR in any syntax (PS3.5 7.5).
                 (length,) = long_length.unpack_from(data, pos + 4)
                 value = pos + 8
+            elif vr in short_vrs:
+                value = pos + 8
             elif vr in long_vrs:
                 if pos + 12 > end:
                     raise DataSetTruncated("the data set ends inside an element header")
                 (length,) = long_length.unpack_from(data, pos + 8)
                 value = pos + 12
-            elif vr in short_vrs or (vr.isalpha() and vr.isupper()):
+            elif vr.isalpha() and vr.isupper():
                 value = pos + 8
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
-        if length == _UNDEFINED:
+        if length == undefined:
             skipped = _skip_undefined(data, value, implicit, u16, u32)
             if skipped is None:
                 tag = (group << 16) | element

@@ -545,9 +545,10 @@ class Server:
         # Query/retrieve operations run as tasks so that a C-CANCEL-RQ is
         # read while they work; at most a few run at once (window 1/1).
         operations: dict[int, tuple[asyncio.Task[None], Cancelled]] = {}
-        # PS3.4 A.4: the Verification SCP answers Success; a C-ECHO-RQ is
-        # answered in the callback that read it, without waking this task.
-        association.on_request = partial(_echo_now, association)
+        # PS3.4 A.4: the Verification SCP answers Success; a C-ECHO-RQ, and
+        # a C-STORE-RQ whose instance is stored at once, are answered in the
+        # callback that read them, without waking this task.
+        association.on_request = partial(self._answer_now, association)
         try:
             while True:
                 message = await association.receive_request()
@@ -693,6 +694,47 @@ class Server:
         )
         self.audit.instance(context, Status.OUT_OF_RESOURCES, message.refused)
 
+    def _answer_now(self, association: Association, message: Message) -> bool:
+        """Answer a C-ECHO-RQ or a C-STORE-RQ at once, if it can be (see Driver.on_request).
+
+        A C-STORE-RQ whose storage can finish the instance without waiting
+        (:meth:`IncomingInstance.finish_now`: a
+        :class:`~adicom.diskinstance.DiskInstance` with nothing left to
+        write, a MemoryStorage's) is stored here, in the transport callback
+        that read its last fragment, and answered Success when the
+        association can send now; any other status, or a response that cannot
+        leave now, goes the usual way (:func:`answer_store` sends the status
+        kept on the instance, with its comment, and does not store it again).
+        The status is still sent only once the instance is stored (PS3.4 B.2.2).
+        """
+        field = message.command.command_field
+        if field == CommandField.C_ECHO_RQ:
+            return association.respond_now(message, Status.SUCCESS)
+        if field != CommandField.C_STORE_RQ or message.refused is not None:
+            return False
+        sink = message.sink
+        if not isinstance(sink, IncomingInstance):
+            return False
+        if sink.status is None:
+            try:
+                status = sink.finish_now()
+            except Exception:
+                # In the driver's callback: the task's finish() answers instead
+                # (a failure status for what was left half done).
+                log.exception("storing %s failed", message.command.affected_sop_instance_uid)
+                return False
+            if status is None:
+                return False
+            # Stored: answer_store sends this status if it cannot go now,
+            # and never stores the instance twice.
+            sink.status = status
+        status = sink.status
+        if status != Status.SUCCESS or not association.respond_now(message, status):
+            return False
+        if self.audit is not None:
+            self._audit_store(association, message, sink)
+        return True
+
     async def _dispatch(
         self,
         association: Association,
@@ -722,13 +764,6 @@ class Server:
         else:
             # PS3.7 C.5: a request this server does not serve.
             await association.respond(message, Status.UNRECOGNIZED_OPERATION)
-
-
-def _echo_now(association: Association, message: Message) -> bool:
-    """Answer a C-ECHO-RQ at once, if the association can send now (see Driver.on_request)."""
-    return message.command.command_field == CommandField.C_ECHO_RQ and association.respond_now(
-        message, Status.SUCCESS
-    )
 
 
 def _operation_ended(task: asyncio.Task[None], association: Association) -> None:

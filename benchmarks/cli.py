@@ -39,6 +39,15 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         help="run only this pair, e.g. adicom:pynetdicom (repeatable)",
     )
     p.add_argument("-n", type=int, help="override the operation count of every workload")
+    p.add_argument(
+        "--scratch",
+        type=Path,
+        metavar="DIR",
+        help="where the SCPs of the echo and store workloads write what they receive, and"
+        " the C-GET SCUs and the C-MOVE destination theirs (a fresh folder under DIR,"
+        " removed at the end): e.g. /dev/shm, a tmpfs, to take the disk out of"
+        " store-small (default: $TMPDIR, normally /tmp on disk)",
+    )
 
 
 def _add_conduct(p: argparse.ArgumentParser) -> None:
@@ -77,4 +86,6 @@ def parse_args(argv: Sequence[str] | None, doc: str | None = None) -> argparse.N
         p.error("--retries must be >= 0")
     if args.n is not None and args.n < 2:
         p.error("-n must be >= 2 (the DCMTK SCUs report n-1 operations)")
+    if args.scratch is not None and not args.scratch.is_dir():
+        p.error(f"--scratch {args.scratch}: no such folder")
     return args

@@ -57,8 +57,9 @@ class Scratch:
     (few inodes, much space) go at once. See benchmarks/README.md.
     """
 
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="adicom-bench-"))
+    def __init__(self, parent: Path | None = None) -> None:
+        """A fresh folder under ``parent`` (default: $TMPDIR); see ``--scratch``."""
+        self.root = Path(tempfile.mkdtemp(prefix="adicom-bench-", dir=parent))
 
     @contextmanager
     def rep_dir(self, prefix: str) -> Iterator[Path]:

@@ -129,10 +129,16 @@ def print_summary(plan: Plan, elapsed: float) -> None:
 
 
 def _config(
-    plan: Plan, args: argparse.Namespace, qr: dict[str, Any], elapsed: float
+    plan: Plan,
+    args: argparse.Namespace,
+    qr: dict[str, Any],
+    elapsed: float,
+    scratch: dict[str, str] | None,
 ) -> dict[str, Any]:
     return {
         "quick": args.quick,
+        # Where the SCPs wrote what they received (--scratch), and its file system.
+        "scratch": scratch,
         "reps": args.reps,
         "host": HOST,
         "retries": args.retries,
@@ -176,11 +182,12 @@ def build_report(
     meta: dict[str, Any],
     qr: dict[str, Any],
     elapsed: float,
+    scratch: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON report: machine, configuration, workloads, and every pair's repetitions."""
     return {
         "meta": meta,
-        "config": _config(plan, args, qr, elapsed),
+        "config": _config(plan, args, qr, elapsed, scratch),
         "workloads": _workloads(plan),
         "results": [r.to_json(plan.results) for r in plan.results],
     }

@@ -21,7 +21,7 @@ from benchmarks import archives
 from benchmarks.config import QR_FIXED_SCU, REPO_ROOT, SCP_AET
 from benchmarks.plan import Plan, make_plan, prepare_data
 from benchmarks.processes import BenchError, child_env, first_line
-from benchmarks.procfs import session_snapshot
+from benchmarks.procfs import filesystem_of, session_snapshot
 from benchmarks.repetitions import Scratch, run_idle_once, run_once, run_qr_once
 from benchmarks.report import build_report, machine_info, print_summary, write_report
 from benchmarks.results import PairResult
@@ -166,9 +166,8 @@ def _run_workload(
                 _run_rep(pr, rep, retries, plan.data_dirs, qr, scratch)
 
 
-def _run_all(plan: Plan, retries: int, qr: QrArchives) -> float:
+def _run_all(plan: Plan, retries: int, qr: QrArchives, scratch: Scratch) -> float:
     """Every workload of the plan in order; the seconds it took."""
-    scratch = Scratch()
     started = time.monotonic()
     try:
         for index, wl in enumerate(plan.workloads):
@@ -181,6 +180,11 @@ def _run_all(plan: Plan, retries: int, qr: QrArchives) -> float:
     return time.monotonic() - started
 
 
+def scratch_info(root: Path) -> dict[str, str]:
+    """Where the repetitions wrote (the Scratch folder) and on what file system."""
+    return {"dir": str(root), "filesystem": filesystem_of(root) or "unknown"}
+
+
 def run(args: argparse.Namespace) -> int:
     """The whole run: plan, measure, print the tables, write the JSON; 1 if a pair fell short."""
     raise_nofile_limit()  # idle-500: the SCPs and SCUs inherit it
@@ -188,9 +192,12 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     prepare_data(plan, args.data_dir)
     qr = QrArchives(plan)
-    elapsed = _run_all(plan, args.retries, qr)
+    scratch = Scratch(args.scratch)
+    where = scratch_info(scratch.root)
+    print(f"scratch: {where['dir']} ({where['filesystem']})", file=sys.stderr)
+    elapsed = _run_all(plan, args.retries, qr, scratch)
     print_summary(plan, elapsed)
-    write_report(args.json, build_report(plan, args, meta, qr.to_json(), elapsed))
+    write_report(args.json, build_report(plan, args, meta, qr.to_json(), elapsed, where))
     # Failures that a retry made good are reported, but only a pair that ended
     # with fewer good repetitions than asked for makes the run fail.
     return 1 if any(len(r.reps) < r.reps_wanted for r in plan.results) else 0

@@ -17,6 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_runner_measures_adicom_pair_and_writes_json(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "bench.json"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     workloads = ["assoc-echo", "echo-one-assoc", "store-small"]
     result = subprocess.run(
         [
@@ -33,6 +35,8 @@ def test_runner_measures_adicom_pair_and_writes_json(tmp_path: pathlib.Path) -> 
             str(out),
             "--data-dir",
             str(tmp_path / "data"),
+            "--scratch",
+            str(scratch),
             *(arg for w in workloads for arg in ("--only", w)),
         ],
         cwd=ROOT,
@@ -43,7 +47,13 @@ def test_runner_measures_adicom_pair_and_writes_json(tmp_path: pathlib.Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert "adicom -> adicom" in result.stdout
-    results = json.loads(out.read_text())["results"]
+    report = json.loads(out.read_text())
+    # The SCPs wrote into a folder under --scratch, removed when the run ended.
+    used = pathlib.Path(report["config"]["scratch"]["dir"])
+    assert used.parent == scratch
+    assert report["config"]["scratch"]["filesystem"] not in ("", "unknown")
+    assert not used.exists()
+    results = report["results"]
     assert [r["workload"] for r in results] == workloads
     for row in results:
         assert (row["scu"], row["scp"]) == ("adicom", "adicom")

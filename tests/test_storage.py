@@ -7,6 +7,7 @@ import contextlib
 import copy
 import os
 import pathlib
+import warnings
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -744,3 +745,32 @@ def test_encode_dataset_pads_an_odd_deflated_stream() -> None:
         dataset, encoded = _deflated_instance(os.urandom(n))
         assert len(encoded) % 2 == 0
         assert decode_dataset(encoded, DEFLATED).SOPInstanceUID == dataset.SOPInstanceUID
+
+
+async def test_stores_are_answered_from_the_callback_unless_they_have_more_to_say(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A C-STORE stored at once is answered Success where its last fragment
+    # was read (Association.respond_now); a refusal (with its comment and
+    # offending element) goes through Association.respond.
+    responded: list[int] = []
+    respond = adicom.Association.respond
+
+    async def counting(self: adicom.Association, request: Any, status: int, **fields: Any) -> None:
+        responded.append(status)
+        await respond(self, request, status, **fields)
+
+    monkeypatch.setattr(adicom.Association, "respond", counting)
+    good = pydicom.dcmread(FILES["explicit"])
+    bad = copy.deepcopy(good)
+    bad.SOPInstanceUID = generate_uid()
+    disk = adicom.DiskStorage(tmp_path / "in")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid UID we make
+        bad.SeriesInstanceUID = "1.2.03"  # a leading zero: not a UID (PS3.5 9.1)
+        async with scp(disk) as server:
+            results = await adicom.store("127.0.0.1", server.port, [good, bad], called_ae="STORE")
+    assert [r.status for r in results] == [0x0000, 0xA900]
+    assert responded == [0xA900]
+    (stored,) = received_files(tmp_path / "in")
+    same_content(good, pydicom.dcmread(stored))

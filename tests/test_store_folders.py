@@ -114,6 +114,9 @@ class AbortingStorage(adicom.MemoryStorage):
                 raise adicom.DicomError("the storage broke down")
 
             instance.finish = finish  # type: ignore[method-assign]
+            # MemoryStorage stores in the transport callback when it can
+            # (finish_now); None sends it the way of finish().
+            instance.finish_now = lambda: None  # type: ignore[method-assign]
         return instance
 
 

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import pathlib
+import warnings
 
 import pydicom
 import pytest
@@ -237,3 +238,48 @@ async def test_a_group_0002_inside_the_data_set_is_dropped_however_it_is_cut(
     (path,) = tmp_path.rglob("*.dcm")
     meta = len(incoming.context.file_meta())
     assert path.read_bytes()[meta:] == encoded
+
+
+async def test_finish_now_files_a_whole_instance_at_once_and_waits_for_a_backlog(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = adicom.DiskStorage(tmp_path)
+    small, encoded = _instance(1000)
+    incoming = _open(disk, small)
+    assert isinstance(incoming, diskinstance.DiskInstance)
+    incoming.write(memoryview(encoded))
+    # Nothing behind: stored here, without awaiting anything.
+    assert incoming.finish_now() == 0x0000
+    assert [p.name for p in tmp_path.rglob("*.dcm")] == [f"{small.SOPInstanceUID}.dcm"]
+    # finish() gives the same status and files nothing twice.
+    assert await incoming.finish() == 0x0000
+    assert list(disk.stored) == list(tmp_path.rglob("*.dcm"))
+
+    # A fragment still being written behind: finish_now leaves it to finish().
+    monkeypatch.setattr(diskinstance, "WRITE_TIME", 0.0)
+    large, encoded = _instance(2 * WRITE_SLICE)
+    incoming = _open(disk, large)
+    assert isinstance(incoming, diskinstance.DiskInstance)
+    incoming.write(memoryview(encoded))
+    assert incoming.finish_now() is None
+    assert not (tmp_path / str(large.StudyInstanceUID)).exists()
+    assert await incoming.finish() == 0x0000
+    (path,) = tmp_path.rglob(f"{large.SOPInstanceUID}.dcm")
+    assert path.read_bytes().endswith(encoded)
+
+
+async def test_finish_now_refuses_as_finish_does(tmp_path: pathlib.Path) -> None:
+    disk = adicom.DiskStorage(tmp_path)
+    ds, _ = _instance(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid UID we make
+        ds.SeriesInstanceUID = "1.2.03"  # a leading zero: not a UID (PS3.5 9.1)
+        encoded = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    incoming = _open(disk, ds)
+    assert isinstance(incoming, diskinstance.DiskInstance)
+    incoming.write(memoryview(encoded))
+    assert incoming.finish_now() == 0xA900
+    assert incoming.offending_element == 0x0020000E
+    assert await incoming.finish() == 0xA900
+    assert list(tmp_path.rglob("*.dcm")) == []
+    assert list((tmp_path / ".incoming").iterdir()) == []

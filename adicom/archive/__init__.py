@@ -176,9 +176,10 @@ class Archive:
         self, path: Path, values: dict[str, str], context: StoreContext, raw: dict[str, bytes]
     ) -> None:
         assert self._sqlite is not None
-        stat = os.stat(path)
+        name = str(path)  # once: the row keeps it, and stat would make it again
+        stat = os.stat(name)
         self._sqlite.add(
-            values, path, context.transfer_syntax, stat.st_mtime_ns, stat.st_size, raw=raw
+            values, name, context.transfer_syntax, stat.st_mtime_ns, stat.st_size, raw=raw
         )
         self._commit_soon()
 

@@ -279,7 +279,7 @@ class Index:
     def add(
         self,
         values: Mapping[str, str],
-        path: Path,
+        path: str | Path,
         transfer_syntax: str,
         mtime_ns: int = 0,
         size: int = 0,

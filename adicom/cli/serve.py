@@ -154,93 +154,66 @@ def _workers_options(serve: argparse.ArgumentParser) -> None:
 def _limits(serve: argparse.ArgumentParser) -> None:
     """What one peer may make the server hold or wait for (docs/server.md, "Limits")."""
     defaults = Limits()
+    # (flag, parser of its value, default, metavar, help): one row per limit.
+    rows: tuple[tuple[str, Callable[[str], Any], object, str, str], ...] = (
+        (
+            "--write-behind", non_negative_arg, DEFAULT_WRITE_BEHIND, "BYTES",
+            "bytes of a large instance received but not yet written to disk (a slice is "
+            "written per loop turn); beyond them the association stops reading until half is "
+            "written; 0: write each fragment at once (default: %(default)s)",
+        ),
+        (
+            "--max-pending", count_arg, 128, "N",
+            "connections not yet associated, at once (default: %(default)s)",
+        ),
+        (
+            "--max-per-address", count_arg, 64, "N",
+            "connections from one address, associated or not (default: %(default)s)",
+        ),
+        (
+            "--max-command-bytes", count_arg, defaults.max_command, "BYTES",
+            "size of one command set (default: %(default)s)",
+        ),
+        (
+            "--max-dataset-bytes", count_arg, defaults.max_dataset, "BYTES",
+            "size of a data set held in memory, such as a C-FIND identifier; "
+            "beyond it the association is aborted (default: %(default)s)",
+        ),
+        (
+            "--max-n-dataset-bytes", count_arg, defaults.max_n_dataset, "BYTES",
+            "size of a DIMSE-N data set (a Storage Commitment request, an MPPS), held "
+            "in memory; beyond it the association is aborted (default: %(default)s)",
+        ),
+        (
+            "--turn-budget", seconds_or_zero_arg, DEFAULT_TURN_BUDGET, "SECONDS",
+            "work one turn of the event loop does before further input waits for the next "
+            "turn, peers that sent little first: bounds a new association's wait when many "
+            "send at once; 0: none (default: %(default)s)",
+        ),
+        (
+            "--max-background", count_arg, 256, "N",
+            "work DIMSE-N requests leave for later (Storage Commitment reports) pending at "
+            "once; beyond it such a request is answered 0x0213 (default: %(default)s)",
+        ),
+        (
+            "--max-pdvs-per-pdu", count_arg, defaults.max_pdvs, "N",
+            "PDVs in one P-DATA-TF PDU; beyond it the association is aborted "
+            "(default: %(default)s)",
+        ),
+        (
+            "--max-instance-bytes", count_arg, None, "BYTES",
+            "size of one C-STORE data set; beyond it the instance is refused with "
+            "0xA700 (default: no limit)",
+        ),
+        (
+            "--message-timeout", positive_arg, defaults.message_timeout, "SECONDS",
+            "time to receive one whole message, however slowly it trickles "
+            "(default: %(default)s)",
+        ),
+    )  # fmt: skip
     group = serve.add_argument_group("limits (what one peer may make the server spend)")
-    group.add_argument(
-        "--write-behind",
-        type=non_negative_arg,
-        default=DEFAULT_WRITE_BEHIND,
-        metavar="BYTES",
-        help="bytes of a large instance received but not yet written to disk (a slice is "
-        "written per loop turn); beyond them the association stops reading until half is "
-        "written; 0: write each fragment at once (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-pending",
-        type=count_arg,
-        default=128,
-        metavar="N",
-        help="connections not yet associated, at once (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-per-address",
-        type=count_arg,
-        default=64,
-        metavar="N",
-        help="connections from one address, associated or not (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-command-bytes",
-        type=count_arg,
-        default=defaults.max_command,
-        metavar="BYTES",
-        help="size of one command set (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-dataset-bytes",
-        type=count_arg,
-        default=defaults.max_dataset,
-        metavar="BYTES",
-        help="size of a data set held in memory, such as a C-FIND identifier; "
-        "beyond it the association is aborted (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-n-dataset-bytes",
-        type=count_arg,
-        default=defaults.max_n_dataset,
-        metavar="BYTES",
-        help="size of a DIMSE-N data set (a Storage Commitment request, an MPPS), held "
-        "in memory; beyond it the association is aborted (default: %(default)s)",
-    )
-    group.add_argument(
-        "--turn-budget",
-        type=seconds_or_zero_arg,
-        default=DEFAULT_TURN_BUDGET,
-        metavar="SECONDS",
-        help="work one turn of the event loop does before further input waits for the next "
-        "turn, peers that sent little first: bounds a new association's wait when many send "
-        "at once; 0: none (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-background",
-        type=count_arg,
-        default=256,
-        metavar="N",
-        help="work DIMSE-N requests leave for later (Storage Commitment reports) pending at "
-        "once; beyond it such a request is answered 0x0213 (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-pdvs-per-pdu",
-        type=count_arg,
-        default=defaults.max_pdvs,
-        metavar="N",
-        help="PDVs in one P-DATA-TF PDU; beyond it the association is aborted "
-        "(default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-instance-bytes",
-        type=count_arg,
-        default=None,
-        metavar="BYTES",
-        help="size of one C-STORE data set; beyond it the instance is refused with "
-        "0xA700 (default: no limit)",
-    )
-    group.add_argument(
-        "--message-timeout",
-        type=positive_arg,
-        default=defaults.message_timeout,
-        metavar="SECONDS",
-        help="time to receive one whole message, however slowly it trickles (default: %(default)s)",
-    )
+    for flag, parse, default, metavar, text in rows:
+        group.add_argument(flag, type=parse, default=default, metavar=metavar, help=text)
 
 
 def listen_options(
