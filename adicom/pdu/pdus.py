@@ -13,6 +13,7 @@ from adicom.pdu.wire import (
     PDV_HEADER,
     U16,
     ae_bytes,
+    frozen_builder,
     invalid,
     item,
     read_ae,
@@ -236,14 +237,18 @@ class PDataTF:
             if length < 2 or pos + 4 + length > end:
                 raise invalid(f"PDV item length {length} does not fit its PDU")
             data = body[pos + 6 : pos + 4 + length]
-            pdvs.append(PDV(context_id, bool(control & 1), bool(control & 2), data))
+            pdvs.append(_new_pdv(context_id, bool(control & 1), bool(control & 2), data))
             pos += 4 + length
             if max_pdvs and len(pdvs) >= max_pdvs and pos < end:
                 raise invalid(f"a P-DATA-TF PDU carries more than the {max_pdvs} PDVs accepted")
         if not pdvs:
             # PS3.8 9.3.5: "one or more" PDV items.
             raise invalid("P-DATA-TF PDU carries no PDV item")
-        return cls(tuple(pdvs))
+        return _new_pdata(tuple(pdvs)) if cls is PDataTF else cls(tuple(pdvs))
+
+
+_new_pdv = frozen_builder(PDV)
+_new_pdata = frozen_builder(PDataTF)
 
 
 @dataclass(frozen=True, slots=True)
