@@ -77,7 +77,7 @@ class AAssociateRQ(_AssociatePDU):
 
     def encode(self) -> bytes:
         """The PDU's bytes."""
-        return self._encode(b"".join(pc.encode() for pc in self.presentation_contexts))
+        return _encoded(self)
 
     @classmethod
     def decode(cls, body: memoryview) -> AAssociateRQ:
@@ -102,7 +102,7 @@ class AAssociateAC(_AssociatePDU):
 
     def encode(self) -> bytes:
         """The PDU's bytes."""
-        return self._encode(b"".join(pc.encode() for pc in self.presentation_contexts))
+        return _encoded(self)
 
     @classmethod
     def decode(cls, body: memoryview) -> AAssociateAC:
@@ -112,6 +112,26 @@ class AAssociateAC(_AssociatePDU):
             presentation_contexts=tuple(PresentationContextAC.decode(c) for c in contexts),
             **fields,
         )
+
+
+#: A-ASSOCIATE-RQ and -AC PDUs encoded lately, by identity: a requestor
+#: that associates again and again sends the same request object (see
+#: adicom.negotiation.build_request), and an acceptor gives the same
+#: answer to it (adicom.negotiation.negotiate). The entry holds the PDU, so
+#: its id cannot be reused while it is here.
+_ENCODED: dict[int, tuple[AAssociateRQ | AAssociateAC, bytes]] = {}
+_ENCODED_SIZE = 64
+
+
+def _encoded(pdu: AAssociateRQ | AAssociateAC) -> bytes:
+    entry = _ENCODED.get(id(pdu))
+    if entry is not None and entry[0] is pdu:
+        return entry[1]
+    raw = pdu._encode(b"".join(pc.encode() for pc in pdu.presentation_contexts))
+    if len(_ENCODED) >= _ENCODED_SIZE:
+        _ENCODED.clear()
+    _ENCODED[id(pdu)] = (pdu, raw)
+    return raw
 
 
 def _associate_items(
