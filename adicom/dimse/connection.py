@@ -165,6 +165,9 @@ class ResponseReceived:
 DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
 
 
+#: The limits of a connection given none (frozen: one serves them all).
+_DEFAULT_LIMITS = Limits()
+
 # The same as calling the classes, faster (one each per message received).
 _new_message = frozen_builder(Message)
 _new_request_received = frozen_builder(RequestReceived)
@@ -247,7 +250,7 @@ class DimseConnection:
 
     def __init__(self, upper_layer: ul.UpperLayer, limits: Limits | None = None) -> None:
         self.ul = upper_layer
-        self.limits = limits or Limits()
+        self.limits = limits or _DEFAULT_LIMITS
         #: Negotiated presentation contexts by ID (accepted and rejected).
         self.contexts: dict[int, PresentationContext] = {}
         #: The largest P-DATA-TF PDU the peer accepts (0: no limit).
