@@ -853,3 +853,19 @@ async def test_a_bounded_wait_on_a_future_fails_it_in_time_and_leaves_no_timer()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert pending.cancelled()
+
+
+@pytest.mark.parametrize("window", [1, 4])
+async def test_echoes_beyond_the_window_wait_for_room_and_each_gets_its_answer(
+    window: int,
+) -> None:
+    # An echo leaves at once while the window has room, else waits its turn.
+    async with serving() as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ADICOM", async_window=window
+        ) as assoc:
+            assert assoc.max_outstanding == window
+            async with asyncio.timeout(CLOSE_BOUND):
+                statuses = await asyncio.gather(*(assoc.echo() for _ in range(3 * window + 2)))
+            assert statuses == [0] * (3 * window + 2)
+            assert assoc.outstanding == 0

@@ -508,20 +508,19 @@ class RequestTemplate:
     (C-ECHO-RQ, PS3.7 9.3.5.1).
     """
 
-    __slots__ = ("_command", "_head", "_tail")
+    __slots__ = ("_head", "_tail", "_values")
 
     def __init__(self, command: Command) -> None:
-        self._command = command
         encoded = command.with_message_id(0).encode()
         at = encoded.index(_ENCODERS[_ELEMENT_INDEX[0x0110]][0], 12) + 8
         self._head, self._tail = encoded[:at], encoded[at + 2 :]
+        self._values = list(_ALL_FIELDS(command))
 
     def make(self, message_id: int) -> tuple[Command, bytes]:
         """The request with ``message_id``, and its bytes."""
-        return (
-            self._command.with_message_id(message_id),
-            self._head + _U16.pack(message_id) + self._tail,
-        )
+        values = self._values.copy()
+        values[_MESSAGE_ID] = message_id
+        return _build(values), self._head + _U16.pack(message_id) + self._tail
 
 
 def malformed(message: str) -> RemoteProtocolError:
