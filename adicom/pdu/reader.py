@@ -166,11 +166,17 @@ class PDUReader:
                 self._body_type = pdu_type
                 buf.clear()
             return None
-        with memoryview(buf) as view:
-            data = bytes(view[6 : 6 + length])
-        del buf[: 6 + length]
+        if have == length:
+            # The usual case (a request, then its response): the buffer holds
+            # just this PDU.
+            data = bytes(buf)
+            buf.clear()
+        else:
+            with memoryview(buf) as view:
+                data = bytes(view[: 6 + length])
+            del buf[: 6 + length]
         self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
-        return self._decode(pdu_type, memoryview(data))
+        return self._decode(pdu_type, memoryview(data)[6:])
 
     def _decode(self, pdu_type: int, body: memoryview) -> PDU:
         if pdu_type == 0x04:
