@@ -392,6 +392,10 @@ class Association(Driver):
         DIMSE timeout, while the asynchronous operations window is full.
         """
         self._check_open()
+        if encoded is not None and dataset is None:
+            started = self._start_now(context_id, command, encoded)
+            if started is not None:
+                return started
         dimse = self._dimse
         if self._room_waiters or dimse.outstanding + self._reserved >= dimse.max_outstanding:
             await self._room()
@@ -414,6 +418,36 @@ class Association(Driver):
         finally:
             self._reserved -= 1
             self._wake_room()
+        return operation
+
+    def _start_now(self, context_id: int, command: Command, encoded: bytes) -> Operation | None:
+        """:meth:`start_operation` of an encoded request alone, if it can leave at once.
+
+        None, having done nothing, when it would wait (for room in the
+        window, for another message being sent) or not fit one PDU; the
+        caller then takes the way that waits.
+        """
+        dimse = self._dimse
+        message_id = command.message_id
+        if (
+            message_id is None
+            or self._room_waiters
+            or dimse.outstanding + self._reserved >= dimse.max_outstanding
+            or self._send_lock.locked()
+        ):
+            return None
+        operation = Operation(self, context_id, command)
+        self._operations[message_id] = operation
+        try:
+            sent = dimse.send_whole(context_id, command, None, self._loop.time(), encoded=encoded)
+        except BaseException:
+            operation.forget()
+            raise
+        if not sent:
+            del self._operations[message_id]
+            return None
+        # PS3.8 E.2: the whole message left in one PDU, nothing between.
+        self._sent_now(context_id, command, None, False)
         return operation
 
     async def send_request(
@@ -442,8 +476,13 @@ class Association(Driver):
         context = self.context_for(VERIFICATION)
         self._check_open()
         command, encoded = _ECHO_RQ.make(self._dimse.next_message_id())
-        operation = await self.start_operation(context.context_id, command, encoded=encoded)
-        status = (await operation.result()).status or 0
+        operation = self._start_now(context.context_id, command, encoded)
+        if operation is None:
+            operation = await self.start_operation(context.context_id, command, encoded=encoded)
+        reply = await operation.next_response()
+        while not operation.done:  # a pending C-ECHO-RSP is no answer yet
+            reply = await operation.next_response()
+        status = reply.command.status or 0
         if status_category(status) is StatusCategory.FAILURE:
             raise DimseError(status, "C-ECHO failed: " + describe_status(status))
         return status

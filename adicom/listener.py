@@ -6,6 +6,13 @@ thousands of tracebacks. Here an accept that fails with EMFILE, ENFILE,
 ENOBUFS or ENOMEM is logged once per interval, the loop backs off (doubling
 from 50 ms to 1 s), and the associations already open are served meanwhile;
 accepting resumes by itself when descriptors are free again.
+
+Where the loop can watch a descriptor (``loop.add_reader``: every selector
+loop, uvloop) the listening socket is watched for good and each wake-up
+accepts every connection waiting, in that callback: no future, task switch
+or watch added and removed per connection, as ``loop.sock_accept`` costs.
+Elsewhere (the proactor loop on Windows) a task per socket awaits
+``loop.sock_accept``.
 """
 
 from __future__ import annotations
@@ -13,17 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
 
 from adicom.admission import RateLimitedLog
 
+log = logging.getLogger("adicom")
+
 __all__ = ["Listener", "bind"]
 
 #: accept() failures that mean "not now": resources run out, not a broken socket.
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _RETRY_MIN, _RETRY_MAX = 0.05, 1.0
+#: accept() failures that concern one connection only (reset while queued).
+_GONE_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO})
 
 
 class Listener:
@@ -47,6 +59,12 @@ class Listener:
         self.sockets: list[socket.socket] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._log = RateLimitedLog()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Watched sockets (add_reader), and the retry timers of those that
+        # ran out of descriptors, with their current back-off.
+        self._watched: list[socket.socket] = []
+        self._retry: dict[socket.socket, asyncio.TimerHandle] = {}
+        self._delay: dict[socket.socket, float] = {}
 
     async def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Bind and listen; raises OSError (address in use, not ours).
@@ -59,9 +77,15 @@ class Listener:
         if sockets is None:
             sockets = bind(self.host, self.requested_port, backlog=self.backlog)
         self.sockets = list(sockets)
+        self._loop = loop
         for sock in self.sockets:
             sock.setblocking(False)
-        self._tasks = [loop.create_task(self._accept(sock)) for sock in self.sockets]
+            try:
+                loop.add_reader(sock.fileno(), self._readable, sock)
+            except NotImplementedError:
+                self._tasks.append(loop.create_task(self._accept(sock)))
+            else:
+                self._watched.append(sock)
 
     @property
     def port(self) -> int:
@@ -70,6 +94,53 @@ class Listener:
             raise RuntimeError("the server is not listening")
         port: int = self.sockets[0].getsockname()[1]
         return port
+
+    def _readable(self, sock: socket.socket) -> None:
+        """Connections wait on ``sock``: accept them all (up to the backlog) now."""
+        for _ in range(max(1, self.backlog)):
+            try:
+                conn, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _GONE_ERRORS:
+                    continue  # that peer gave up before we took it: the next
+                if exc.errno not in _RESOURCE_ERRORS:
+                    if sock.fileno() != -1:
+                        log.error("accepting on port %d failed: %s; no longer", self.port, exc)
+                    self._unwatch(sock)
+                    return
+                delay = self._delay.get(sock, _RETRY_MIN)
+                self._log.warning(
+                    "accept",
+                    "cannot accept connections on port %d: %s; serving the open ones, "
+                    "retrying in %.2f s",
+                    self.port,
+                    os.strerror(exc.errno or 0),
+                    delay,
+                )
+                self._delay[sock] = min(delay * 2, _RETRY_MAX)
+                self._unwatch(sock)
+                assert self._loop is not None
+                self._retry[sock] = self._loop.call_later(delay, self._rewatch, sock)
+                return
+            self._delay.pop(sock, None)
+            conn.setblocking(False)
+            self.on_accept(conn, address)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        if sock in self._watched and self._loop is not None:
+            self._watched.remove(sock)
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(sock.fileno())
+
+    def _rewatch(self, sock: socket.socket) -> None:
+        """Descriptors may be free again: watch ``sock`` once more."""
+        self._retry.pop(sock, None)
+        if sock.fileno() == -1 or self._loop is None or sock in self._watched:
+            return
+        self._loop.add_reader(sock.fileno(), self._readable, sock)
+        self._watched.append(sock)
 
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -100,6 +171,11 @@ class Listener:
         """Stop accepting and close the listening sockets."""
         for task in self._tasks:
             task.cancel()
+        for timer in self._retry.values():
+            timer.cancel()
+        self._retry.clear()
+        for sock in list(self._watched):
+            self._unwatch(sock)
         for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.close()

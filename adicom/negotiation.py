@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from adicom.pdu import (
     APPLICATION_CONTEXT,
@@ -395,6 +396,39 @@ def build_request(
     (:func:`propose_options` makes the Query/Retrieve ones). Raises
     ValueError for more than 128 contexts or a window out of range.
     """
+    proposed = tuple((abstract, tuple(syntaxes)) for abstract, syntaxes in contexts)
+    key = (
+        calling_ae,
+        called_ae,
+        proposed,
+        tuple(roles),
+        user_identity,
+        max_pdu,
+        async_window,
+        tuple(extended),
+    )
+    request = _REQUESTS.get(key)
+    if request is None:
+        request = _build_request(key)
+        if len(_REQUESTS) >= _CACHE_SIZE:
+            _REQUESTS.clear()
+        _REQUESTS[key] = request
+    return request
+
+
+#: The requests build_request made lately, by its arguments: a client that
+#: associates again and again sends one request object (frozen, so it can
+#: be shared), whose encoding and agreement are then cached too.
+_REQUESTS: dict[tuple[Any, ...], AAssociateRQ] = {}
+#: The answers negotiate gave lately, by the request's identity (see negotiate).
+_ANSWERS: dict[int, tuple[AAssociateRQ, AcceptorPolicy, bytes | None, Any]] = {}
+#: The agreements requestor_agreement made lately, by the response's identity.
+_AGREEMENTS: dict[int, tuple[AAssociateRQ, AAssociateAC, int, Agreement]] = {}
+_CACHE_SIZE = 64
+
+
+def _build_request(key: tuple[Any, ...]) -> AAssociateRQ:
+    calling_ae, called_ae, contexts, roles, user_identity, max_pdu, async_window, extended = key
     check_window(async_window)
     return AAssociateRQ(
         called_ae=called_ae,
@@ -407,8 +441,8 @@ def build_request(
             async_operations_window=(
                 None if async_window == 1 else AsyncOperationsWindow(async_window, async_window)
             ),
-            role_selections=tuple(roles),
-            sop_class_extended=tuple(extended),
+            role_selections=roles,
+            sop_class_extended=extended,
             user_identity_rq=user_identity,
         ),
     )
@@ -418,6 +452,27 @@ def requestor_agreement(
     request: AAssociateRQ, response: AAssociateAC, async_window: int = ASYNC_WINDOW
 ) -> Agreement:
     """What the requestor agreed on, from its request and the acceptor's answer."""
+    # The PDU reader hands out one object for the same bytes, and
+    # build_request one for the same arguments: the same request answered
+    # the same way agrees on the same (frozen) things.
+    entry = _AGREEMENTS.get(id(response))
+    if (
+        entry is not None
+        and entry[1] is response
+        and entry[0] is request
+        and entry[2] == async_window
+    ):
+        return entry[3]
+    agreement = _requestor_agreement(request, response, async_window)
+    if len(_AGREEMENTS) >= _CACHE_SIZE:
+        _AGREEMENTS.clear()
+    _AGREEMENTS[id(response)] = (request, response, async_window, agreement)
+    return agreement
+
+
+def _requestor_agreement(
+    request: AAssociateRQ, response: AAssociateAC, async_window: int
+) -> Agreement:
     user = response.user_information
     window = user.async_operations_window
     outstanding = incoming = 1
@@ -540,6 +595,30 @@ def negotiate(
     are checked first; an association without one accepted presentation
     context is rejected, "no reason given" (PS3.8 Table 9-21).
     """
+    # A peer that associates again and again sends the same bytes, which
+    # the PDU reader decodes once into one (frozen) request object: the
+    # same request under the same policy gets the same answer. Not with a
+    # policy that asks a callable (``allow``) each time.
+    entry = _ANSWERS.get(id(request))
+    if (
+        entry is not None
+        and entry[0] is request
+        and entry[1] is policy
+        and entry[2] == identity_response
+    ):
+        answer: tuple[AAssociateAC, Agreement] | AAssociateRJ = entry[3]
+        return answer
+    answer = _negotiate(request, policy, identity_response)
+    if policy.allow is None:
+        if len(_ANSWERS) >= _CACHE_SIZE:
+            _ANSWERS.clear()
+        _ANSWERS[id(request)] = (request, policy, identity_response, answer)
+    return answer
+
+
+def _negotiate(
+    request: AAssociateRQ, policy: AcceptorPolicy, identity_response: bytes | None
+) -> tuple[AAssociateAC, Agreement] | AAssociateRJ:
     rejection = check_request(request, policy)
     if rejection is not None:
         return rejection

@@ -40,6 +40,7 @@ from adicom.pdu import (
     PDUReader,
     encode_pdata,
 )
+from adicom.pdu.wire import frozen_builder
 
 __all__ = [
     "Aborted",
@@ -153,6 +154,9 @@ _SENDS_PDATA: frozenset[State] = fsm.states_where(Event.EVT9, (Effect.SEND_P_DAT
 _INDICATES_PDATA: frozenset[State] = fsm.states_where(Event.EVT10, (Effect.INDICATE_DATA,))
 if State.STA6 not in _SENDS_PDATA or State.STA6 not in _INDICATES_PDATA:  # pragma: no cover
     raise ImportError("PS3.8 Table 9-10 as written in adicom.fsm lost DT-1 or DT-2 in Sta6")
+
+#: PDataReceived(pdu), faster (one per P-DATA-TF PDU received).
+_new_pdata_received = frozen_builder(PDataReceived)
 
 _PDU_EVENTS: dict[type, Event] = {
     AAssociateAC: Event.EVT3,
@@ -425,7 +429,7 @@ class UpperLayer:
         if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
             # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 + Evt10
             # AR-6, both staying put (see _INDICATES_PDATA).
-            self._events.append(PDataReceived(pdu))
+            self._events.append(_new_pdata_received(pdu))
             return
         event = _PDU_EVENTS[type(pdu)]
         acceptable = True

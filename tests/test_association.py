@@ -827,3 +827,45 @@ async def test_associations_are_freed_by_reference_counting_on_both_sides() -> N
             assert len(server_sides) == 1 and server_sides[0]() is None
     finally:
         gc.enable()
+
+
+async def test_a_bounded_wait_on_a_future_fails_it_in_time_and_leaves_no_timer() -> None:
+    from adicom.errors import TimeoutKind
+    from adicom.operation import bounded
+
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[int] = loop.create_future()
+    start = loop.time()
+    with pytest.raises(DicomTimeout, match="no answer") as caught:
+        await bounded(waiter, TimeoutKind.RELEASE, 0.05, "no answer")
+    assert caught.value.which is TimeoutKind.RELEASE
+    assert 0.04 <= loop.time() - start < 2
+    assert waiter.done()  # failed, so a late answer finds it done
+    answered: asyncio.Future[int] = loop.create_future()
+    loop.call_soon(answered.set_result, 7)
+    assert await bounded(answered, TimeoutKind.RELEASE, 0.05) == 7
+    await asyncio.sleep(0.1)  # its timer was cancelled: nothing fires on a done future
+    # Cancelled while waiting: the cancellation goes through, the future is cancelled.
+    pending: asyncio.Future[int] = loop.create_future()
+    task = asyncio.ensure_future(bounded(pending, TimeoutKind.RELEASE, 5))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pending.cancelled()
+
+
+@pytest.mark.parametrize("window", [1, 4])
+async def test_echoes_beyond_the_window_wait_for_room_and_each_gets_its_answer(
+    window: int,
+) -> None:
+    # An echo leaves at once while the window has room, else waits its turn.
+    async with serving() as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="ADICOM", async_window=window
+        ) as assoc:
+            assert assoc.max_outstanding == window
+            async with asyncio.timeout(CLOSE_BOUND):
+                statuses = await asyncio.gather(*(assoc.echo() for _ in range(3 * window + 2)))
+            assert statuses == [0] * (3 * window + 2)
+            assert assoc.outstanding == 0

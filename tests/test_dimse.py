@@ -726,3 +726,35 @@ def test_identical_command_sets_are_decoded_once_and_the_cache_is_bounded() -> N
         raw = replace(first, message_id_being_responded_to=message_id).encode()
         assert Command.decode(raw).message_id_being_responded_to == message_id
         assert len(commands._DECODED) <= commands._DECODED_SIZE
+
+
+def test_commands_that_differ_only_in_their_message_id_decode_to_their_own_values() -> None:
+    # Command.decode learns a command's shape and copies in the ID of the
+    # next one alike: each must still come out exactly as a full decode.
+    verification = "1.2.840.10008.1.1"
+    for message_id in (1, 2, 0x1234, 0xFFFF, 0x0100):
+        rq = Command(CommandField.C_ECHO_RQ, message_id=message_id, affected_sop_class_uid="1.2.3")
+        assert Command.decode(rq.encode()) == rq
+        rsp = Command(
+            CommandField.C_ECHO_RSP,
+            message_id_being_responded_to=message_id,
+            affected_sop_class_uid=verification,
+            status=0,
+        )
+        assert Command.decode(memoryview(rsp.encode())) == rsp
+    # Same length, other bytes elsewhere (the SOP class, the status): no shortcut.
+    for uid, status in (("1.2.4", 0), (verification, 0x0110), ("1.2.840.10008.1.2", 0xC000)):
+        rsp = Command(
+            CommandField.C_ECHO_RSP,
+            message_id_being_responded_to=9,
+            affected_sop_class_uid=uid,
+            status=status,
+        )
+        assert Command.decode(rsp.encode()) == rsp
+    # Both IDs present, or a response carrying only a Message ID: decoded in full.
+    both = Command(CommandField.C_ECHO_RSP, message_id=3, message_id_being_responded_to=4, status=0)
+    odd = Command(CommandField.C_ECHO_RSP, message_id=5, status=0)
+    for _ in range(2):
+        assert Command.decode(both.encode()) == both
+        assert Command.decode(odd.encode()) == odd
+        assert Command.decode(replace(odd, message_id=6).encode()).message_id == 6

@@ -195,3 +195,36 @@ def test_the_storage_sop_classes_are_known() -> None:
     assert CT_IMAGE_STORAGE in STORAGE_SOP_CLASSES
     assert len(STORAGE_SOP_CLASSES) > 100
     assert not any("Commitment" in UID(uid).name for uid in STORAGE_SOP_CLASSES)
+
+
+def test_the_same_request_and_answer_are_made_once_and_shared() -> None:
+    # A client that associates again and again builds one request object,
+    # an acceptor answers it once, and the requestor agrees once: all frozen.
+    first = request(contexts=[(VERIFICATION, [IMPLICIT])])
+    again = request(contexts=((VERIFICATION, (IMPLICIT,)),))
+    assert again is first
+    assert first.encode() is first.encode()
+    other = request(contexts=((VERIFICATION, (EXPLICIT,)),))
+    assert other is not first and other.presentation_contexts[0].transfer_syntaxes == (EXPLICIT,)
+    answer = negotiate(first, POLICY)
+    assert not isinstance(answer, AAssociateRJ)
+    assert negotiate(first, POLICY) is answer
+    # Another policy, or another identity response, is asked afresh.
+    narrower = replace(POLICY, supported={CT_IMAGE_STORAGE: (IMPLICIT,)})
+    assert isinstance(negotiate(first, narrower), AAssociateRJ)
+    assert negotiate(first, POLICY, identity_response=b"ok") is not answer
+    # A policy that asks a callable each time is never answered from memory.
+    asked: list[str] = []
+
+    def allowing(uid: str, scp: bool) -> bool:
+        asked.append(uid)
+        return True
+
+    allow = replace(POLICY, allow=allowing)
+    negotiate(first, allow)
+    negotiate(first, allow)
+    assert asked == [VERIFICATION, VERIFICATION]
+    response, agreement = answer
+    assert requestor_agreement(first, response) is requestor_agreement(first, response)
+    assert requestor_agreement(first, response, 1) is not requestor_agreement(first, response)
+    assert requestor_agreement(first, response).contexts == agreement.contexts

@@ -211,19 +211,44 @@ class Command:
         # serves them all.
         key = bytes(data)
         command = _DECODED.get(key)
-        if command is None:
-            command = cls._decode(data)
-            if len(_DECODED) >= _DECODED_SIZE:
-                _DECODED.clear()
-            _DECODED[key] = command
+        if command is not None:
+            return command
+        # A stream of commands that differ only in their Message ID (C-ECHO
+        # requests and responses, say) is decoded once per shape: the same
+        # bytes but the two of the ID's value, which go into a copy.
+        for shape in _SHAPES.get(len(key), ()):
+            at = shape[0]
+            if key.startswith(shape[1]) and key.endswith(shape[2]):
+                values = shape[4].copy()
+                values[shape[3]] = key[at] | key[at + 1] << 8
+                return _build(values)
+        command, at = cls._decode(key)
+        if at:
+            shapes = _SHAPES.setdefault(len(key), [])
+            if len(shapes) >= _SHAPES_PER_LENGTH or len(_SHAPES) > _SHAPES_SIZE:
+                # A peer sending ever new shapes: start again.
+                _SHAPES.clear()
+                shapes = _SHAPES[len(key)] = []
+            index = _RESPONDED_TO if command.is_response else _MESSAGE_ID
+            shapes.append((at, key[:at], key[at + 2 :], index, list(_ALL_FIELDS(command))))
+        if len(_DECODED) >= _DECODED_SIZE:
+            _DECODED.clear()
+        _DECODED[key] = command
         return command
 
     @classmethod
-    def _decode(cls, data: bytes | memoryview) -> Command:
+    def _decode(cls, data: bytes) -> tuple[Command, int]:
+        """The command, and the offset of its ID value (see decode), 0 when none serves.
+
+        The ID is the Message ID of a request, the Message ID Being
+        Responded To of a response, when it is the only one of the two.
+        """
         values = list(_DEFAULTS)
         other: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
         unpack_tag = _TAG.unpack_from
+        ids = 0
+        at = 0
         while pos < end:
             if end - pos < 8:
                 raise malformed("command set ends inside an element header")
@@ -239,6 +264,9 @@ class Command:
                 vr, index = known
                 if vr is _US and length == 2:
                     values[index] = _U16.unpack_from(data, pos)[0]
+                    if element == 0x0110 or element == 0x0120:
+                        ids += 1
+                        at = pos
                 else:
                     values[index] = _decode_value(vr, bytes(data[pos : pos + length]), element)
             pos += length
@@ -246,7 +274,13 @@ class Command:
             raise malformed("command set has no Command Field (0000,0100)")
         if other:
             values[-1] = tuple(other)
-        return _build(values)
+        command = _build(values)
+        # The shape shortcut (see decode) copies the ID into the field the
+        # command field says: only when that is the one present.
+        wanted = 0x0120 if command.command_field & 0x8000 else 0x0110
+        if ids != 1 or at < 8 or _U16.unpack_from(data, at - 6)[0] != wanted:
+            at = 0
+        return command, at
 
     def with_message_id(self, message_id: int) -> Command:
         """A copy with another Message ID (what ``dataclasses.replace`` does, faster)."""
@@ -286,6 +320,12 @@ class Command:
 #: Commands decoded lately, by their bytes (see Command.decode).
 _DECODED: dict[bytes, Command] = {}
 _DECODED_SIZE = 64
+#: Command shapes decoded lately, by length: (offset of the Message ID (Being
+#: Responded To) value, the bytes before it, the bytes after it, the index
+#: of its field, every field's value). See Command.decode.
+_SHAPES: dict[int, list[tuple[int, bytes, bytes, int, list[Any]]]] = {}
+_SHAPES_PER_LENGTH = 4
+_SHAPES_SIZE = 64
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Command))
 #: Every field, in the order of the dataclass (one C call: see _build).
@@ -468,20 +508,19 @@ class RequestTemplate:
     (C-ECHO-RQ, PS3.7 9.3.5.1).
     """
 
-    __slots__ = ("_command", "_head", "_tail")
+    __slots__ = ("_head", "_tail", "_values")
 
     def __init__(self, command: Command) -> None:
-        self._command = command
         encoded = command.with_message_id(0).encode()
         at = encoded.index(_ENCODERS[_ELEMENT_INDEX[0x0110]][0], 12) + 8
         self._head, self._tail = encoded[:at], encoded[at + 2 :]
+        self._values = list(_ALL_FIELDS(command))
 
     def make(self, message_id: int) -> tuple[Command, bytes]:
         """The request with ``message_id``, and its bytes."""
-        return (
-            self._command.with_message_id(message_id),
-            self._head + _U16.pack(message_id) + self._tail,
-        )
+        values = self._values.copy()
+        values[_MESSAGE_ID] = message_id
+        return _build(values), self._head + _U16.pack(message_id) + self._tail
 
 
 def malformed(message: str) -> RemoteProtocolError:

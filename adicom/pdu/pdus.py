@@ -13,6 +13,7 @@ from adicom.pdu.wire import (
     PDV_HEADER,
     U16,
     ae_bytes,
+    frozen_builder,
     invalid,
     item,
     read_ae,
@@ -76,7 +77,7 @@ class AAssociateRQ(_AssociatePDU):
 
     def encode(self) -> bytes:
         """The PDU's bytes."""
-        return self._encode(b"".join(pc.encode() for pc in self.presentation_contexts))
+        return _encoded(self)
 
     @classmethod
     def decode(cls, body: memoryview) -> AAssociateRQ:
@@ -101,7 +102,7 @@ class AAssociateAC(_AssociatePDU):
 
     def encode(self) -> bytes:
         """The PDU's bytes."""
-        return self._encode(b"".join(pc.encode() for pc in self.presentation_contexts))
+        return _encoded(self)
 
     @classmethod
     def decode(cls, body: memoryview) -> AAssociateAC:
@@ -111,6 +112,26 @@ class AAssociateAC(_AssociatePDU):
             presentation_contexts=tuple(PresentationContextAC.decode(c) for c in contexts),
             **fields,
         )
+
+
+#: A-ASSOCIATE-RQ and -AC PDUs encoded lately, by identity: a requestor
+#: that associates again and again sends the same request object (see
+#: adicom.negotiation.build_request), and an acceptor gives the same
+#: answer to it (adicom.negotiation.negotiate). The entry holds the PDU, so
+#: its id cannot be reused while it is here.
+_ENCODED: dict[int, tuple[AAssociateRQ | AAssociateAC, bytes]] = {}
+_ENCODED_SIZE = 64
+
+
+def _encoded(pdu: AAssociateRQ | AAssociateAC) -> bytes:
+    entry = _ENCODED.get(id(pdu))
+    if entry is not None and entry[0] is pdu:
+        return entry[1]
+    raw = pdu._encode(b"".join(pc.encode() for pc in pdu.presentation_contexts))
+    if len(_ENCODED) >= _ENCODED_SIZE:
+        _ENCODED.clear()
+    _ENCODED[id(pdu)] = (pdu, raw)
+    return raw
 
 
 def _associate_items(
@@ -236,14 +257,18 @@ class PDataTF:
             if length < 2 or pos + 4 + length > end:
                 raise invalid(f"PDV item length {length} does not fit its PDU")
             data = body[pos + 6 : pos + 4 + length]
-            pdvs.append(PDV(context_id, bool(control & 1), bool(control & 2), data))
+            pdvs.append(_new_pdv(context_id, bool(control & 1), bool(control & 2), data))
             pos += 4 + length
             if max_pdvs and len(pdvs) >= max_pdvs and pos < end:
                 raise invalid(f"a P-DATA-TF PDU carries more than the {max_pdvs} PDVs accepted")
         if not pdvs:
             # PS3.8 9.3.5: "one or more" PDV items.
             raise invalid("P-DATA-TF PDU carries no PDV item")
-        return cls(tuple(pdvs))
+        return _new_pdata(tuple(pdvs)) if cls is PDataTF else cls(tuple(pdvs))
+
+
+_new_pdv = frozen_builder(PDV)
+_new_pdata = frozen_builder(PDataTF)
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,11 +160,17 @@ class PDUReader:
             if self.LARGE <= length <= self.PREALLOCATE_MAX:
                 self._gather_in_place(pdu_type, length)
             return None
-        with memoryview(buf) as view:
-            data = bytes(view[6 : 6 + length])
-        del buf[: 6 + length]
+        if have == length:
+            # The usual case (a request, then its response): the buffer holds
+            # just this PDU.
+            data = bytes(buf)
+            buf.clear()
+        else:
+            with memoryview(buf) as view:
+                data = bytes(view[: 6 + length])
+            del buf[: 6 + length]
         self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
-        return self._decode(pdu_type, memoryview(data))
+        return self._decode(pdu_type, memoryview(data)[6:])
 
     def ready(self) -> bool:
         """True when :meth:`next_pdu` has work to do: a whole PDU (or bad bytes) waits.

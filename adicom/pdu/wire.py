@@ -7,8 +7,13 @@ Shared by :mod:`adicom.pdu.items` and :mod:`adicom.pdu.pdus`; not part of
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from adicom.errors import RemoteProtocolError
+
+_T = TypeVar("_T")
 
 #: The one DICOM application context name (PS3.7 Annex A.2.1).
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -108,3 +113,32 @@ class Cursor:
     def rest(self) -> memoryview:
         """What remains."""
         return self.take(len(self.data) - self.pos)
+
+
+def frozen_builder(cls: type[_T]) -> Callable[..., _T]:
+    """A fast constructor of the frozen, slotted dataclass ``cls``: every field, in order.
+
+    A frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__`` (its own ``__setattr__`` refuses); a class with
+    the same slots and no such guard takes them as plain stores, and then
+    becomes ``cls`` (the same layout, so Python allows the class change).
+    That is two to three times faster, for the objects made per PDU or
+    message received. ``cls`` must have no ``__post_init__`` and no
+    ``InitVar``; the builder is checked once, here.
+    """
+    names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    twin = type(f"_{cls.__name__}Slots", (), {"__slots__": names})
+    source = (
+        f"def build({', '.join(names)}):\n"
+        "    _o = _new(_twin)\n"
+        + "".join(f"    _o.{name} = {name}\n" for name in names)
+        + "    _o.__class__ = _cls\n"
+        "    return _o\n"
+    )
+    namespace: dict[str, Any] = {"_new": object.__new__, "_twin": twin, "_cls": cls}
+    exec(source, namespace)  # the names are the dataclass's own fields
+    build: Callable[..., _T] = namespace["build"]
+    probe = build(*range(len(names)))
+    if type(probe) is not cls or [getattr(probe, n) for n in names] != list(range(len(names))):
+        raise TypeError(f"{cls.__name__} cannot be built field by field")  # pragma: no cover
+    return build
