@@ -802,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, help="associations (idle, busy) or instances (workers)")
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--probes", type=int, default=200, help="idle: probe associations")
-    parser.add_argument("--per", type=int, default=2, help="busy: instances per association")
+    parser.add_argument("--per", type=int, default=4, help="busy: instances per association")
     parser.add_argument(
         "--serve-workers", type=int, default=1, help="idle and busy: adicom serve --workers N"
     )
