@@ -345,10 +345,7 @@ class DiskInstance(IncomingInstance):
         if early is not None:
             return early
         try:
-            self._close_file()
-            values = self._checked_values()
-            self.values = values
-            status = await self._hand_over(values)
+            status = await self._hand_over(self._closed_values())
         except _Refused as refused:
             return self._refused(refused)
         return self._warned(status)
@@ -395,13 +392,17 @@ class DiskInstance(IncomingInstance):
         if early is not None:
             return early
         try:
-            self._close_file()
-            values = self._checked_values()
-            self.values = values
-            status = self._file(values)
+            status = self._file(self._closed_values())
         except _Refused as refused:
             return self._refused(refused)
         return self._warned(status)
+
+    def _closed_values(self) -> dict[str, str]:
+        """Close the file and check the whole data set; its values (raises _Refused)."""
+        self._close_file()
+        values = self._checked_values()
+        self.values = values
+        return values
 
     def _refused(self, refused: _Refused) -> int:
         self._discard()

@@ -111,14 +111,7 @@ class Listener:
                     self._unwatch(sock)
                     return
                 delay = self._delay.get(sock, _RETRY_MIN)
-                self._log.warning(
-                    "accept",
-                    "cannot accept connections on port %d: %s; serving the open ones, "
-                    "retrying in %.2f s",
-                    self.port,
-                    os.strerror(exc.errno or 0),
-                    delay,
-                )
+                self._out_of_resources(exc, delay)
                 self._delay[sock] = min(delay * 2, _RETRY_MAX)
                 self._unwatch(sock)
                 assert self._loop is not None
@@ -127,6 +120,16 @@ class Listener:
             self._delay.pop(sock, None)
             conn.setblocking(False)
             self.on_accept(conn, address)
+
+    def _out_of_resources(self, exc: OSError, delay: float) -> None:
+        """Say (at most every few seconds) that accepting waits for descriptors."""
+        self._log.warning(
+            "accept",
+            "cannot accept connections on port %d: %s; serving the open ones, retrying in %.2f s",
+            self.port,
+            os.strerror(exc.errno or 0),
+            delay,
+        )
 
     def _unwatch(self, sock: socket.socket) -> None:
         if sock in self._watched and self._loop is not None:
@@ -153,14 +156,7 @@ class Listener:
                     if sock.fileno() == -1:
                         return  # closed under us
                     raise
-                self._log.warning(
-                    "accept",
-                    "cannot accept connections on port %d: %s; serving the open ones, "
-                    "retrying in %.2f s",
-                    self.port,
-                    os.strerror(exc.errno or 0),
-                    delay,
-                )
+                self._out_of_resources(exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
