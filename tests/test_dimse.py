@@ -792,3 +792,25 @@ def test_retrieve_responses_that_differ_in_ids_status_and_counts_decode_to_their
     moved = replace(base, move_originator_message_id=5, number_of_failed_suboperations=None)
     for command in (other_class, moved, replace(moved, move_originator_message_id=6)):
         assert Command.decode(command.encode()) == command
+
+
+def test_c_store_requests_that_differ_in_their_instance_uid_decode_to_their_own_values() -> None:
+    # A retrieve's C-STORE sub-operations share a shape when their SOP
+    # Instance UIDs have one length: an odd UID padded with NUL (PS3.5 9.1)
+    # and an even one of that length each come out as themselves.
+    base = Command(
+        CommandField.C_STORE_RQ,
+        message_id=1,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid="1.2.3.4.5.600",
+        priority=0,
+        command_data_set_type=0,
+        move_originator_ae_title="MOVER",
+        move_originator_message_id=3,
+    )
+    for message_id, uid in enumerate(
+        ["1.2.3.4.5.601", "1.2.3.4.5.6", "1.2.3.4.5.61", "9.8.7.6.5.432", "1.2.3.4.5.60", "1.2"]
+    ):
+        command = replace(base, message_id=message_id + 7, affected_sop_instance_uid=uid)
+        assert Command.decode(command.encode()) == command
+        assert Command.decode(memoryview(command.encode())) == command

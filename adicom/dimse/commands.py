@@ -213,18 +213,22 @@ class Command:
         command = _DECODED.get(key)
         if command is not None:
             return command
-        # A stream of commands that differ only in their IDs, status and
-        # sub-operation counts (C-ECHO requests and responses, the pending
-        # C-GET / C-MOVE responses of one retrieve) is decoded once per
-        # shape: the same bytes but those US values, which go into a copy.
+        # A stream of commands that differ only in their IDs, status,
+        # sub-operation counts and SOP Instance UIDs of one length (C-ECHO
+        # requests and responses, the pending C-GET / C-MOVE responses of
+        # one retrieve, its C-STORE sub-operations) is decoded once per
+        # shape: the same bytes but those values, which go into a copy.
         shapes = _SHAPES.get(len(key))
         if shapes is not None:
             number = int.from_bytes(key, "little")
-            for mask, fixed, reader, indexes, template in shapes:
+            for mask, fixed, reader, indexes, texts, template in shapes:
                 if number & mask == fixed:
                     values = template.copy()
-                    for index, value in zip(indexes, reader.unpack_from(key), strict=True):
+                    read = reader.unpack_from(key)
+                    for index, value in zip(indexes, read, strict=True):
                         values[index] = value
+                    for index, at in texts:
+                        values[index] = _decode_value(_UI, read[at], 0x1000)
                     return _build(values)
         command, slots = cls._decode(key)
         if slots:
@@ -240,17 +244,17 @@ class Command:
         return command
 
     @classmethod
-    def _decode(cls, data: bytes) -> tuple[Command, list[tuple[int, int]]]:
+    def _decode(cls, data: bytes) -> tuple[Command, list[tuple[int, int, int, bool]]]:
         """The command, and where its varying values are (see decode).
 
-        Those are the 2-byte values of the US elements in _VARYING, as
-        (offset, index of the field).
+        Those are the values of the elements in _VARYING (2-byte US, or a
+        UI), as (offset, length, index of the field, whether a UI).
         """
         values = list(_DEFAULTS)
         other: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
         unpack_tag = _TAG.unpack_from
-        slots: list[tuple[int, int]] = []
+        slots: list[tuple[int, int, int, bool]] = []
         while pos < end:
             if end - pos < 8:
                 raise malformed("command set ends inside an element header")
@@ -267,9 +271,11 @@ class Command:
                 if vr is _US and length == 2:
                     values[index] = _U16.unpack_from(data, pos)[0]
                     if element in _VARYING:
-                        slots.append((pos, index))
+                        slots.append((pos, 2, index, False))
                 else:
                     values[index] = _decode_value(vr, bytes(data[pos : pos + length]), element)
+                    if vr is _UI and element in _VARYING:
+                        slots.append((pos, length, index, True))
             pos += length
         if values[0] is None:
             raise malformed("command set has no Command Field (0000,0100)")
@@ -315,15 +321,20 @@ class Command:
 #: Commands decoded lately, by their bytes (see Command.decode).
 _DECODED: dict[bytes, Command] = {}
 _DECODED_SIZE = 64
+_Shape = tuple[int, int, struct.Struct, tuple[int, ...], tuple[tuple[int, int], ...], list[Any]]
 #: Command shapes decoded lately, by length: (a mask of the bits that do
 #: not vary, as an int of the bytes read little-endian; those bits' value;
 #: a Struct reading the varying values; the index of each one's field;
-#: every field's value). See Command.decode.
-_SHAPES: dict[int, list[tuple[int, int, struct.Struct, tuple[int, ...], list[Any]]]] = {}
-#: The US elements whose values may differ between commands of one shape:
+#: (index of the field, position in what the Struct reads) of the UIDs
+#: among them, read as bytes; every field's value). See Command.decode.
+_SHAPES: dict[int, list[_Shape]] = {}
+#: The elements whose values may differ between commands of one shape:
 #: Message ID, Message ID Being Responded To, Status, the sub-operation
-#: counts and Move Originator Message ID (PS3.7 Table E.1-1).
-_VARYING = frozenset({0x0110, 0x0120, 0x0900, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031})
+#: counts, Move Originator Message ID (US), and the Affected / Requested
+#: SOP Instance UID (UI, of the same length) (PS3.7 Table E.1-1).
+_VARYING = frozenset(
+    {0x0110, 0x0120, 0x0900, 0x1000, 0x1001, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031}
+)
 _SHAPES_PER_LENGTH = 4
 _SHAPES_SIZE = 64
 
@@ -359,20 +370,24 @@ class _Unfrozen:
     __slots__ = _FIELDS
 
 
-def _shape(
-    key: bytes, slots: list[tuple[int, int]], template: list[Any]
-) -> tuple[int, int, struct.Struct, tuple[int, ...], list[Any]]:
+def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[Any]) -> _Shape:
     """A _SHAPES entry for the command ``key``, whose varying values are at ``slots``."""
     mask = (1 << (8 * len(key))) - 1
     layout = ["<"]
     pos = 0
-    for offset, _ in slots:
-        mask &= ~(0xFFFF << (8 * offset))
-        layout.append(f"{offset - pos}xH")
-        pos = offset + 2
+    indexes: list[int] = []
+    texts: list[tuple[int, int]] = []
+    for offset, length, index, text in slots:
+        mask &= ~(((1 << (8 * length)) - 1) << (8 * offset))
+        if text:  # read as bytes, then decoded (see Command.decode)
+            layout.append(f"{offset - pos}x{length}s")
+            texts.append((index, len(indexes)))
+        else:
+            layout.append(f"{offset - pos}xH")
+        indexes.append(index)
+        pos = offset + length
     fixed = int.from_bytes(key, "little") & mask
-    indexes = tuple(index for _, index in slots)
-    return mask, fixed, struct.Struct("".join(layout)), indexes, template
+    return mask, fixed, struct.Struct("".join(layout)), tuple(indexes), tuple(texts), template
 
 
 def _build(values: list[Any]) -> Command:
