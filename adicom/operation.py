@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adicom.dimse import Command, CommandField, Message, StatusCategory, status_category
@@ -150,6 +150,7 @@ class Operation:
     __slots__ = (
         "_deadline",
         "_name",
+        "_pending_taker",
         "_responses",
         "_timeout",
         "association",
@@ -178,6 +179,8 @@ class Operation:
         #: and its length (see Association._watch).
         self._deadline = 0.0
         self._timeout = 0.0
+        #: Takes pending responses in the transport callback (see take_pending).
+        self._pending_taker: Callable[[Command], None] | None = None
         #: True once the final response arrived (or the operation was given up).
         self.done = False
         #: True once C-CANCEL-RQ was sent.
@@ -198,8 +201,33 @@ class Operation:
         """True for C-FIND, C-GET and C-MOVE, which C-CANCEL-RQ can stop."""
         return self.command_field in _CANCELLABLE
 
+    def take_pending(self, taker: Callable[[Command], None] | None) -> None:
+        """Hand pending responses to ``taker`` as they arrive; None: queue them again.
+
+        For a caller that only counts them (a C-GET or C-MOVE without a
+        progress callback): each pending response is then taken in the
+        transport callback that received it, and the task waiting in
+        :meth:`next_response` wakes only for the final one, not once per
+        sub-operation. ``taker`` runs in that callback: it must be quick
+        and must not raise. A pending response still re-arms the wait's
+        DIMSE timeout, as each response restarts it (PS3.7 9.1.2.1, and
+        PS3.4 C.4.2.3 / C.4.3.3: a retrieve's responses come one per
+        sub-operation). Responses queued before stay queued, in order.
+        """
+        self._pending_taker = taker
+
     def deliver(self, message: Message) -> None:
         """A response arrived (called by the association)."""
+        taker = self._pending_taker
+        if taker is not None and not self._responses.ready:
+            command = message.command
+            status = command.status
+            if status == 0xFF00 or status == 0xFF01:  # pending (PS3.7 C.4)
+                taker(command)
+                if self._deadline:
+                    # A task waits (bounded): the response restarts its wait.
+                    self._deadline = self.association._loop.time() + self._timeout
+                return
         self._responses.put(message)
 
     def fail(self, error: DicomError) -> None:
@@ -229,6 +257,7 @@ class Operation:
                     reply = await responses.get()
                 finally:
                     association._unwatch(self)
+                    self._deadline = 0.0  # no wait to re-arm (see deliver)
         except DicomTimeout:
             self.forget()
             association.abort()
@@ -267,6 +296,9 @@ class Operation:
         Pending responses that arrive meanwhile are dropped.
         """
         association = self.association
+        # The wait for the final response is bounded by ``wait`` in all:
+        # pending responses are queued again, so none restarts it.
+        self._pending_taker = None
         if self.done:
             return None
         if not association.is_established:

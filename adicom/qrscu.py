@@ -683,6 +683,11 @@ async def _run_retrieve(
     timeout: float | None,
     association: Association,
 ) -> RetrieveProgress:
+    if on_progress is None:
+        # Nobody looks at each pending response: they are counted as they
+        # arrive, and this task wakes for the final one only.
+        operation.take_pending(progress.update)
+
     async def responses() -> None:
         while not operation.done:
             reply = await operation.next_response()

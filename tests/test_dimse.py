@@ -751,10 +751,66 @@ def test_commands_that_differ_only_in_their_message_id_decode_to_their_own_value
             status=status,
         )
         assert Command.decode(rsp.encode()) == rsp
-    # Both IDs present, or a response carrying only a Message ID: decoded in full.
+    # Both IDs present, or a response carrying only a Message ID: each ID
+    # goes to its own field.
     both = Command(CommandField.C_ECHO_RSP, message_id=3, message_id_being_responded_to=4, status=0)
     odd = Command(CommandField.C_ECHO_RSP, message_id=5, status=0)
     for _ in range(2):
         assert Command.decode(both.encode()) == both
         assert Command.decode(odd.encode()) == odd
         assert Command.decode(replace(odd, message_id=6).encode()).message_id == 6
+
+
+def test_retrieve_responses_that_differ_in_ids_status_and_counts_decode_to_their_own_values() -> (
+    None
+):
+    # The pending C-GET/C-MOVE-RSPs of one retrieve share a shape: only the
+    # ID, the status and the sub-operation counts change (PS3.7 9.3.3.2).
+    base = Command(
+        CommandField.C_MOVE_RSP,
+        message_id_being_responded_to=1,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.2.2.2",
+        status=0xFF00,
+        number_of_remaining_suboperations=999,
+        number_of_completed_suboperations=0,
+        number_of_failed_suboperations=0,
+        number_of_warning_suboperations=0,
+    )
+    for step in range(40):
+        command = replace(
+            base,
+            message_id_being_responded_to=(step * 977) & 0xFFFF,
+            status=(0xFF00, 0xFF01, 0x0000, 0xB000)[step % 4],
+            number_of_remaining_suboperations=999 - step,
+            number_of_completed_suboperations=step * 1601 & 0xFFFF,
+            number_of_failed_suboperations=step % 3,
+            number_of_warning_suboperations=0x0100 * (step % 2),
+        )
+        assert Command.decode(command.encode()) == command
+    # Same length, another byte where nothing varies: its own values.
+    other_class = replace(base, affected_sop_class_uid="1.2.840.10008.5.1.4.1.2.2.3")
+    moved = replace(base, move_originator_message_id=5, number_of_failed_suboperations=None)
+    for command in (other_class, moved, replace(moved, move_originator_message_id=6)):
+        assert Command.decode(command.encode()) == command
+
+
+def test_c_store_requests_that_differ_in_their_instance_uid_decode_to_their_own_values() -> None:
+    # A retrieve's C-STORE sub-operations share a shape when their SOP
+    # Instance UIDs have one length: an odd UID padded with NUL (PS3.5 9.1)
+    # and an even one of that length each come out as themselves.
+    base = Command(
+        CommandField.C_STORE_RQ,
+        message_id=1,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid="1.2.3.4.5.600",
+        priority=0,
+        command_data_set_type=0,
+        move_originator_ae_title="MOVER",
+        move_originator_message_id=3,
+    )
+    for message_id, uid in enumerate(
+        ["1.2.3.4.5.601", "1.2.3.4.5.6", "1.2.3.4.5.61", "9.8.7.6.5.432", "1.2.3.4.5.60", "1.2"]
+    ):
+        command = replace(base, message_id=message_id + 7, affected_sop_instance_uid=uid)
+        assert Command.decode(command.encode()) == command
+        assert Command.decode(memoryview(command.encode())) == command

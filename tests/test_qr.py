@@ -17,6 +17,8 @@ from pydicom.uid import UID, generate_uid
 
 import adicom
 from adicom import qrscu
+from adicom.dimse import CommandField
+from adicom.operation import Operation
 from adicom.qrscp import QRContext, QueryFailed
 
 pytestmark = pytest.mark.anyio
@@ -261,6 +263,79 @@ async def test_move_to_a_known_destination_and_to_an_unknown_one() -> None:
         map(_uid, archive.instances)
     )
     assert unknown.status == 0xA801 and unknown.completed == 0
+
+
+async def test_a_retrieve_without_progress_wakes_only_for_its_final_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without a progress callback the pending responses are counted in the
+    # transport callback: the retrieve's task waits once, for the final one.
+    archive = Archive(make_instances(6))
+    woken: list[int | None] = []
+    original = Operation.next_response
+
+    async def counted(self: Operation, timeout: float | None = None) -> Any:
+        reply = await original(self, timeout)
+        if self.command_field == CommandField.C_MOVE_RQ:  # not the sub-operations'
+            woken.append(reply.command.status)
+        return reply
+
+    monkeypatch.setattr(Operation, "next_response", counted)
+    received = adicom.MemoryStorage()
+    async with adicom.Server("DEST", port=0, storage=received) as destination:
+        destinations = {"DEST": ("127.0.0.1", destination.port)}
+        async with qr_server(archive, move_destinations=destinations) as server:
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.move_contexts()
+            ) as assoc:
+                quiet = await qrscu.move(assoc, study_identifier(), "DEST")
+                assert woken == [0x0000]
+                woken.clear()
+                seen: list[int] = []
+                watched = await qrscu.move(
+                    assoc, study_identifier(), "DEST", progress=lambda p: seen.append(p.completed)
+                )
+    assert (quiet.status, quiet.completed, quiet.remaining) == (0, 6, 0)
+    assert (watched.status, watched.completed) == (0, 6)
+    # With a callback, the task takes each response: pending ones, then the final.
+    assert len(woken) == len(seen) > 1 and woken[-1] == 0 and set(woken[:-1]) == {0xFF00}
+    assert seen[-1] == 6
+
+
+@pytest.mark.parametrize("gap", [0.1, 0.8])
+async def test_each_pending_response_restarts_the_dimse_timeout(gap: float) -> None:
+    # PS3.7 9.1.2.1: the DIMSE timeout bounds the wait for each response, so
+    # a retrieve longer than it goes on while pending responses keep coming
+    # (counted in the transport callback), and a gap longer than it ends it.
+    archive = Archive(make_instances(8))
+
+    async def slow(_dataset: Dataset, _context: Any) -> None:
+        await asyncio.sleep(gap)  # a pending C-MOVE-RSP per instance stored
+
+    async with adicom.Server("DEST", port=0, storage=adicom.CallbackStorage(slow)) as destination:
+        destinations = {"DEST": ("127.0.0.1", destination.port)}
+        async with qr_server(archive, move_destinations=destinations) as server:
+            async with adicom.connect(
+                "127.0.0.1",
+                server.port,
+                called_ae="QR",
+                contexts=qrscu.move_contexts(),
+                timeout=0.4,
+            ) as assoc:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                if gap < 0.4:
+                    result = await qrscu.move(assoc, study_identifier(), "DEST")
+                    assert (result.status, result.completed) == (0, 8)
+                    assert loop.time() - started > 0.4 * 1.5  # longer than one DIMSE timeout
+                else:
+                    # The DIMSE timeout aborts the association: the C-CANCEL
+                    # then goes nowhere, and the retrieve reports it unanswered.
+                    with pytest.raises(qrscu.RetrieveCancelled) as info:
+                        await qrscu.move(assoc, study_identifier(), "DEST")
+                    assert not info.value.acknowledged
+                    assert loop.time() - started < 3
+                    assert not assoc.is_established
 
 
 async def test_move_to_an_unreachable_destination_counts_failures() -> None:

@@ -213,42 +213,48 @@ class Command:
         command = _DECODED.get(key)
         if command is not None:
             return command
-        # A stream of commands that differ only in their Message ID (C-ECHO
-        # requests and responses, say) is decoded once per shape: the same
-        # bytes but the two of the ID's value, which go into a copy.
-        for shape in _SHAPES.get(len(key), ()):
-            at = shape[0]
-            if key.startswith(shape[1]) and key.endswith(shape[2]):
-                values = shape[4].copy()
-                values[shape[3]] = key[at] | key[at + 1] << 8
-                return _build(values)
-        command, at = cls._decode(key)
-        if at:
+        # A stream of commands that differ only in their IDs, status,
+        # sub-operation counts and SOP Instance UIDs of one length (C-ECHO
+        # requests and responses, the pending C-GET / C-MOVE responses of
+        # one retrieve, its C-STORE sub-operations) is decoded once per
+        # shape: the same bytes but those values, which go into a copy.
+        shapes = _SHAPES.get(len(key))
+        if shapes is not None:
+            number = int.from_bytes(key, "little")
+            for mask, fixed, reader, indexes, texts, template in shapes:
+                if number & mask == fixed:
+                    values = template.copy()
+                    read = reader.unpack_from(key)
+                    for index, value in zip(indexes, read, strict=True):
+                        values[index] = value
+                    for index, at in texts:
+                        values[index] = _decode_value(_UI, read[at], 0x1000)
+                    return _build(values)
+        command, slots = cls._decode(key)
+        if slots:
             shapes = _SHAPES.setdefault(len(key), [])
             if len(shapes) >= _SHAPES_PER_LENGTH or len(_SHAPES) > _SHAPES_SIZE:
                 # A peer sending ever new shapes: start again.
                 _SHAPES.clear()
                 shapes = _SHAPES[len(key)] = []
-            index = _RESPONDED_TO if command.is_response else _MESSAGE_ID
-            shapes.append((at, key[:at], key[at + 2 :], index, list(_ALL_FIELDS(command))))
+            shapes.append(_shape(key, slots, list(_ALL_FIELDS(command))))
         if len(_DECODED) >= _DECODED_SIZE:
             _DECODED.clear()
         _DECODED[key] = command
         return command
 
     @classmethod
-    def _decode(cls, data: bytes) -> tuple[Command, int]:
-        """The command, and the offset of its ID value (see decode), 0 when none serves.
+    def _decode(cls, data: bytes) -> tuple[Command, list[tuple[int, int, int, bool]]]:
+        """The command, and where its varying values are (see decode).
 
-        The ID is the Message ID of a request, the Message ID Being
-        Responded To of a response, when it is the only one of the two.
+        Those are the values of the elements in _VARYING (2-byte US, or a
+        UI), as (offset, length, index of the field, whether a UI).
         """
         values = list(_DEFAULTS)
         other: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
         unpack_tag = _TAG.unpack_from
-        ids = 0
-        at = 0
+        slots: list[tuple[int, int, int, bool]] = []
         while pos < end:
             if end - pos < 8:
                 raise malformed("command set ends inside an element header")
@@ -264,23 +270,18 @@ class Command:
                 vr, index = known
                 if vr is _US and length == 2:
                     values[index] = _U16.unpack_from(data, pos)[0]
-                    if element == 0x0110 or element == 0x0120:
-                        ids += 1
-                        at = pos
+                    if element in _VARYING:
+                        slots.append((pos, 2, index, False))
                 else:
                     values[index] = _decode_value(vr, bytes(data[pos : pos + length]), element)
+                    if vr is _UI and element in _VARYING:
+                        slots.append((pos, length, index, True))
             pos += length
         if values[0] is None:
             raise malformed("command set has no Command Field (0000,0100)")
         if other:
             values[-1] = tuple(other)
-        command = _build(values)
-        # The shape shortcut (see decode) copies the ID into the field the
-        # command field says: only when that is the one present.
-        wanted = 0x0120 if command.command_field & 0x8000 else 0x0110
-        if ids != 1 or at < 8 or _U16.unpack_from(data, at - 6)[0] != wanted:
-            at = 0
-        return command, at
+        return _build(values), slots
 
     def with_message_id(self, message_id: int) -> Command:
         """A copy with another Message ID (what ``dataclasses.replace`` does, faster)."""
@@ -320,10 +321,20 @@ class Command:
 #: Commands decoded lately, by their bytes (see Command.decode).
 _DECODED: dict[bytes, Command] = {}
 _DECODED_SIZE = 64
-#: Command shapes decoded lately, by length: (offset of the Message ID (Being
-#: Responded To) value, the bytes before it, the bytes after it, the index
-#: of its field, every field's value). See Command.decode.
-_SHAPES: dict[int, list[tuple[int, bytes, bytes, int, list[Any]]]] = {}
+_Shape = tuple[int, int, struct.Struct, tuple[int, ...], tuple[tuple[int, int], ...], list[Any]]
+#: Command shapes decoded lately, by length: (a mask of the bits that do
+#: not vary, as an int of the bytes read little-endian; those bits' value;
+#: a Struct reading the varying values; the index of each one's field;
+#: (index of the field, position in what the Struct reads) of the UIDs
+#: among them, read as bytes; every field's value). See Command.decode.
+_SHAPES: dict[int, list[_Shape]] = {}
+#: The elements whose values may differ between commands of one shape:
+#: Message ID, Message ID Being Responded To, Status, the sub-operation
+#: counts, Move Originator Message ID (US), and the Affected / Requested
+#: SOP Instance UID (UI, of the same length) (PS3.7 Table E.1-1).
+_VARYING = frozenset(
+    {0x0110, 0x0120, 0x0900, 0x1000, 0x1001, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031}
+)
 _SHAPES_PER_LENGTH = 4
 _SHAPES_SIZE = 64
 
@@ -357,6 +368,26 @@ class _Unfrozen:
     """Command's slots, without the frozen ``__setattr__``: see :func:`_build`."""
 
     __slots__ = _FIELDS
+
+
+def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[Any]) -> _Shape:
+    """A _SHAPES entry for the command ``key``, whose varying values are at ``slots``."""
+    mask = (1 << (8 * len(key))) - 1
+    layout = ["<"]
+    pos = 0
+    indexes: list[int] = []
+    texts: list[tuple[int, int]] = []
+    for offset, length, index, text in slots:
+        mask &= ~(((1 << (8 * length)) - 1) << (8 * offset))
+        if text:  # read as bytes, then decoded (see Command.decode)
+            layout.append(f"{offset - pos}x{length}s")
+            texts.append((index, len(indexes)))
+        else:
+            layout.append(f"{offset - pos}xH")
+        indexes.append(index)
+        pos = offset + length
+    fixed = int.from_bytes(key, "little") & mask
+    return mask, fixed, struct.Struct("".join(layout)), tuple(indexes), tuple(texts), template
 
 
 def _build(values: list[Any]) -> Command:
