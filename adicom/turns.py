@@ -35,9 +35,10 @@ queues, within the budget:
 At least one of each is served per turn whatever the budget, so neither
 starves (and a loop whose other work alone fills its turns, handlers that
 compute for long between awaits, still reads its peers: one input of each
-kind per turn; a larger budget then lets more through). And a sparse association's input is parsed at once even when the
-budget is spent, until the turn has taken twice the budget: its round trips
-then cost it no turn more. An association that asks little is thus answered within a turn or
+kind per turn; a larger budget then lets more through). And a sparse
+association's input is parsed at once even when the budget is spent, until
+the turn has taken twice the budget: its round trips then cost it no turn
+more. An association that asks little is thus answered within a turn or
 two however many bulk transfers share the loop, as a new flow is in a
 fair-queuing router (fq_codel's "new flows" list is the same idea). Under
 no load nothing changes: the budget is never reached, input is parsed in
