@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 
 import pytest
 from pydicom.uid import generate_uid
@@ -36,14 +37,35 @@ SC = "1.2.840.10008.5.1.4.1.1.7"
 IMPLICIT = "1.2.840.10008.1.2"
 
 
+class Counted(LoopTurns):
+    """Numbers its turns; with ``clock_free``, sees no work but what is charged.
+
+    The stand-ins' work is charged, not done, so the wall clock between two
+    turns is the test machine's noise: without the clock the order is exact.
+    """
+
+    __slots__ = ("clock_free", "count")
+
+    def __init__(self, budget: float, *, clock_free: bool = True) -> None:
+        super().__init__(asyncio.get_running_loop(), budget)
+        self.count = 0
+        self.clock_free = clock_free
+
+    def _turn(self) -> None:
+        self.count += 1
+        if self.clock_free:
+            self._started = None
+        super()._turn()
+
+
 class Stand:
     """An association's driver as the queues see it: its work is charged, not done."""
 
-    def __init__(self, turns: LoopTurns, name: str, cost: float, order: list[str]) -> None:
+    def __init__(self, turns: Counted, name: str, cost: float, order: list[tuple[int, str]]):
         self.turns, self.name, self.cost, self.order = turns, name, cost, order
 
     def _parse_deferred(self) -> None:
-        self.order.append(self.name)
+        self.order.append((self.turns.count, self.name))
         self.turns.charge(self.cost)
 
 
@@ -53,65 +75,88 @@ def share(turns: LoopTurns, credit: float) -> Share:
     return made
 
 
-async def turns_pass(n: int) -> None:
-    for _ in range(n):
+async def until_served(turns: LoopTurns) -> None:
+    for _ in range(100):
+        if not turns.waiting:
+            return
         await asyncio.sleep(0)
+    raise AssertionError("the queues did not empty in 100 turns")
+
+
+def by_turn(order: list[tuple[int, str]]) -> list[list[str]]:
+    turns: dict[int, list[str]] = {}
+    for turn, name in order:
+        turns.setdefault(turn, []).append(name)
+    return list(turns.values())
 
 
 async def test_sparse_go_first_most_credit_first_and_bulk_within_the_budget() -> None:
-    turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
-    order: list[str] = []
+    turns = Counted(budget=0.010)
+    order: list[tuple[int, str]] = []
     for i in range(6):
         turns.defer(Stand(turns, f"bulk{i}", 0.004, order), share(turns, -CREDIT))
     turns.defer(Stand(turns, "little", 0.0001, order), share(turns, 100.0))
     turns.defer(Stand(turns, "least", 0.0001, order), share(turns, CREDIT / 2))
     assert turns.waiting == 8
-    await turns_pass(1)
+    await until_served(turns)
     # Sparse first, the one that sent least first; then bulk until the
     # budget is spent: 0.0002 + 3 x 0.004 crosses 0.010 at the third.
-    assert order == ["least", "little", "bulk0", "bulk1", "bulk2"]
-    await turns_pass(1)
-    assert order[5:] == ["bulk3", "bulk4", "bulk5"]
-    assert turns.waiting == 0
+    assert by_turn(order) == [
+        ["least", "little", "bulk0", "bulk1", "bulk2"],
+        ["bulk3", "bulk4", "bulk5"],
+    ]
 
 
 async def test_neither_queue_starves_the_other() -> None:
-    turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
-    order: list[str] = []
+    turns = Counted(budget=0.010)
+    order: list[tuple[int, str]] = []
     for i in range(3):
         # Each sparse one costs more than a whole turn's budget.
         turns.defer(Stand(turns, f"sparse{i}", 0.020, order), share(turns, CREDIT))
         turns.defer(Stand(turns, f"bulk{i}", 0.020, order), share(turns, -CREDIT))
-    await turns_pass(1)
-    assert order == ["sparse0", "bulk0"]
-    await turns_pass(2)
-    assert order == ["sparse0", "bulk0", "sparse1", "bulk1", "sparse2", "bulk2"]
+    await until_served(turns)
+    assert by_turn(order) == [["sparse0", "bulk0"], ["sparse1", "bulk1"], ["sparse2", "bulk2"]]
+
+
+async def test_the_other_work_of_a_turn_counts_against_the_next() -> None:
+    turns = Counted(budget=0.010, clock_free=False)
+    order: list[tuple[int, str]] = []
+    for i in range(30):
+        turns.defer(Stand(turns, f"bulk{i}", 0.001, order), share(turns, -CREDIT))
+    # A handler that computes for 30 ms in the first turn (after the queues).
+    asyncio.get_running_loop().call_soon(time.sleep, 0.030)
+    await until_served(turns)
+    served = [len(names) for names in by_turn(order)]
+    # The first turn takes its budget's worth; the second, after 30 ms of
+    # other work, only the one it always takes; later ones more again.
+    assert served[:2] == [10, 1], served
+    assert max(served[2:]) > 1, served
 
 
 async def test_credit_comes_back_with_time() -> None:
-    turns = LoopTurns(asyncio.get_running_loop(), budget=0.010)
-    order: list[str] = []
+    turns = Counted(budget=0.010)
+    order: list[tuple[int, str]] = []
     spent = share(turns, -100.0)
     spent.at -= 20.0  # twenty quiet seconds: refilled, up to CREDIT and not beyond
     turns.defer(Stand(turns, "rested", 0.001, order), spent)
     assert spent.credit == CREDIT
     turns.defer(Stand(turns, "busy", 0.001, order), share(turns, -CREDIT))
     turns.defer(Stand(turns, "new", 0.001, order), turns.share())
-    await turns_pass(1)
+    await until_served(turns)
     # The rested one counts as sparse again, ahead of bulk; among equals,
     # first come first served.
-    assert order == ["rested", "new", "busy"]
+    assert by_turn(order) == [["rested", "new", "busy"]]
 
 
 async def test_no_budget_defers_nothing_by_itself() -> None:
-    turns = LoopTurns(asyncio.get_running_loop(), budget=0.0)
+    turns = Counted(budget=0.0)
     turns.charge(100.0)
     assert not turns.exhausted
-    order: list[str] = []
+    order: list[tuple[int, str]] = []
     for i in range(5):
         turns.defer(Stand(turns, f"b{i}", 1.0, order), share(turns, -CREDIT))
-    await turns_pass(1)
-    assert order == [f"b{i}" for i in range(5)]  # all in one turn: no budget
+    await until_served(turns)
+    assert by_turn(order) == [[f"b{i}" for i in range(5)]]  # all in one turn: no budget
 
 
 async def test_the_loop_has_one() -> None:
