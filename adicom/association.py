@@ -149,24 +149,41 @@ class Association(Driver):
             f"no accepted presentation context for {abstract_syntax} on this association"
         )
 
+    def prepare_request(self, request: AAssociateRQ) -> None:
+        """Requestor: the A-ASSOCIATE-RQ to send the moment the connection is made.
+
+        Called before connecting (Evt1, Sta1 to Sta4, PS3.8 9.2): the
+        transport's ``connection_made`` callback then sends the request
+        itself (Evt2), a loop turn before the connecting task runs again.
+        :meth:`request_association` waits for the answer.
+        """
+        self.request = request
+        self._association_answer = self._loop.create_future()
+        self._ul.request_association(request, self._loop.time())
+        if self._transport is not None:
+            self._send_request()  # connected already
+
+    def cancel_request(self) -> None:
+        """Requestor: give up a prepared request (the connect failed): abort, quietly."""
+        answer = self._association_answer
+        if answer is not None and not answer.done():
+            answer.cancel()  # nobody will wait for it: no "exception never retrieved"
+        self.abort()
+
     async def request_association(
         self, request: AAssociateRQ, timeout: float | None, async_window: int = ASYNC_WINDOW
     ) -> AAssociateAC:
         """Requestor: send the A-ASSOCIATE-RQ, wait for the answer, take what was agreed.
 
-        Raises :class:`~adicom.errors.AssociationRejected`, or
+        ``request`` may have been given to :meth:`prepare_request` before
+        connecting (then it is already on its way). Raises
+        :class:`~adicom.errors.AssociationRejected`, or
         :class:`~adicom.errors.AssociationAborted` when the acceptor's answer
         cannot be used (a maximum PDU length too small to send in).
         """
-        self.request = request
-        if self._emitter is not None:
-            self._emitter.emit(ev.Requested(self, request))
-        self._association_answer = self._loop.create_future()
-        self._ul.request_association(request, self._loop.time())
-        if self._transport is not None:
-            # The transport connected before we asked (it always has).
-            self._ul.connection_made(self._loop.time())
-            self._after_io()
+        if self.request is not request or self._association_answer is None:
+            self.prepare_request(request)
+        assert self._association_answer is not None
         event = await bounded(
             self._association_answer,
             TimeoutKind.ASSOCIATION,

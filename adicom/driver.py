@@ -308,9 +308,21 @@ class Driver:
         self._last_received = self._loop.time()
         self._arm_idle_timer()
         if not self.requestor:
-            # Evt5. The requestor's Evt2 follows its Evt1 in request_association().
+            # Evt5.
             self._ul.connection_made(self._loop.time())
             self._after_io()
+        elif self._ul.state is State.STA4:
+            # Evt2: the request was prepared before connecting
+            # (Association.prepare_request); it leaves from this callback.
+            self._send_request()
+
+    def _send_request(self) -> None:
+        """Requestor, connected, A-ASSOCIATE-RQ given (Sta4): send it (Evt2, AE-2)."""
+        if self._emitter is not None and self.request is not None:
+            this: Any = self
+            self._emitter.emit(ev.Requested(this, self.request))
+        self._ul.connection_made(self._loop.time())
+        self._after_io()
 
     def _data_received(self, nbytes: int) -> None:
         self._last_received = now = self._loop.time()
