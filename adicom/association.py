@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 from adicom import events as ev
@@ -212,6 +213,8 @@ class Association(Driver):
         ARTIM (PS3.8 9.1.5) bounds the wait: when it runs out the connection
         is closed.
         """
+        if self._request_seen is None:
+            raise LocalProtocolError("a requestor receives no A-ASSOCIATE-RQ")
         # Set with the request, or with None when the connection closes.
         return await self._request_seen
 
@@ -379,7 +382,10 @@ class Association(Driver):
     async def _drain(self) -> None:
         self._flush()
         waiter = self._loop.create_future()
-        self._drain_waiters.append(waiter)
+        waiters = self._drain_waiters
+        if isinstance(waiters, tuple):  # the first wait of this association
+            self._drain_waiters = waiters = deque()
+        waiters.append(waiter)
         await bounded(waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading")
         self._check_open()
 
@@ -388,7 +394,10 @@ class Association(Driver):
         while self._dimse.outstanding + self._reserved >= self._dimse.max_outstanding:
             self._check_open()
             waiter = self._loop.create_future()
-            self._room_waiters.append(waiter)
+            waiters = self._room_waiters
+            if isinstance(waiters, tuple):  # the first wait of this association
+                self._room_waiters = waiters = deque()
+            waiters.append(waiter)
             await bounded(
                 waiter, TimeoutKind.DIMSE, self.dimse_timeout, "no room in the operations window"
             )
