@@ -132,14 +132,17 @@ async def open_association(
     )
     cancelling = task.cancelling()
     try:
-        await loop.create_connection(
-            association.protocol,
-            address,
-            port,
-            ssl=ssl,
-            server_hostname=(server_hostname or host) if ssl is not None else None,
-            ssl_handshake_timeout=connect_timeout if ssl is not None else None,
-        )
+        if ssl is None and "%" not in address:
+            await _connect_tcp(loop, association, address, port)
+        else:
+            await loop.create_connection(
+                association.protocol,
+                address,
+                port,
+                ssl=ssl,
+                server_hostname=(server_hostname or host) if ssl is not None else None,
+                ssl_handshake_timeout=connect_timeout if ssl is not None else None,
+            )
     except asyncio.CancelledError:
         association.cancel_request()
         if expired and task.uncancel() <= cancelling:
@@ -184,6 +187,25 @@ async def open_association(
         association.abort()
         raise
     return association
+
+
+async def _connect_tcp(
+    loop: asyncio.AbstractEventLoop, association: Association, address: str, port: int
+) -> None:
+    """Plain TCP to an IP address: create_connection's work without its search.
+
+    ``loop.create_connection`` resolves the address (twice), walks the list
+    of candidates and wraps each attempt in a coroutine of its own; for one
+    address the socket, its connect and the transport are all there is.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (address, port))
+        await loop.create_connection(association.protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _expire_connect(task: asyncio.Task[object], expired: list[bool]) -> None:
