@@ -260,8 +260,15 @@ class Association(Driver):
         self._release_done = self._loop.create_future()
         self._ul.request_release(self._loop.time())
         self._after_io()
+        deadline = None if timeout is None else self._loop.time() + timeout
         try:
             await bounded(self._release_done, TimeoutKind.RELEASE, timeout)
+            if not self._closed.done():
+                # Told when we closed (see Driver._flush), and the close is
+                # not done yet (TLS says goodbye first): wait for it, within
+                # what is left of the bound.
+                left = None if deadline is None else max(0.0, deadline - self._loop.time())
+                await self.wait_closed(left)
         except DicomTimeout:
             if not self._released:
                 self.abort()

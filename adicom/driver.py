@@ -540,6 +540,14 @@ class Driver:
                 # The DIMSE layer aborted (a message left half-sent).
                 self._set_error(AssociationAborted(0, 0, local=True))
             transport.close()
+            done = self._release_done
+            if self._released and done is not None and not done.done():
+                # Released, and we close (AR-3, PS3.8 9.2): release() may go
+                # on. The transport has just scheduled its connection_lost
+                # (no data waits to be written), so that runs before the
+                # waiting task does: a loop turn sooner than being told by
+                # connection_lost. release() waits for the close otherwise.
+                done.set_result(None)
 
     def _process_events(self) -> None:
         if self._emitter is not None:
