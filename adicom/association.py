@@ -167,8 +167,12 @@ class Association(Driver):
     def cancel_request(self) -> None:
         """Requestor: give up a prepared request (the connect failed): abort, quietly."""
         answer = self._association_answer
-        if answer is not None and not answer.done():
-            answer.cancel()  # nobody will wait for it: no "exception never retrieved"
+        if answer is not None:
+            # Nobody will wait for the answer: no "exception never retrieved".
+            if not answer.done():
+                answer.cancel()
+            elif not answer.cancelled():
+                answer.exception()
         self.abort()
 
     async def request_association(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import Iterator
 
@@ -120,3 +121,34 @@ async def test_a_requestor_waits_for_no_request() -> None:
     association = Association(requestor=True)
     with pytest.raises(LocalProtocolError, match="requestor"):
         await association.wait_request()
+
+
+async def test_a_request_given_up_after_its_answer_failed_leaves_no_unretrieved_error() -> None:
+    """The peer hangs up before the connect returns: cancel_request() takes the error."""
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            association = Association(requestor=True)
+            association.prepare_request(
+                build_request(
+                    calling_ae="ADICOM",
+                    called_ae="ANY-SCP",
+                    contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
+                )
+            )
+            await loop.create_connection(association.protocol, "127.0.0.1", port)
+            await association.wait_closed(BOUND)  # the answer has failed meanwhile
+            association.cancel_request()
+            del association
+            gc.collect()
+        assert not [c for c in reported if "never retrieved" in str(c.get("message"))]
+    finally:
+        loop.set_exception_handler(None)
