@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 from adicom import events as ev
@@ -149,24 +150,45 @@ class Association(Driver):
             f"no accepted presentation context for {abstract_syntax} on this association"
         )
 
+    def prepare_request(self, request: AAssociateRQ) -> None:
+        """Requestor: the A-ASSOCIATE-RQ to send the moment the connection is made.
+
+        Called before connecting (Evt1, Sta1 to Sta4, PS3.8 9.2): the
+        transport's ``connection_made`` callback then sends the request
+        itself (Evt2), a loop turn before the connecting task runs again.
+        :meth:`request_association` waits for the answer.
+        """
+        self.request = request
+        self._association_answer = self._loop.create_future()
+        self._ul.request_association(request, self._loop.time())
+        if self._transport is not None:
+            self._send_request()  # connected already
+
+    def cancel_request(self) -> None:
+        """Requestor: give up a prepared request (the connect failed): abort, quietly."""
+        answer = self._association_answer
+        if answer is not None:
+            # Nobody will wait for the answer: no "exception never retrieved".
+            if not answer.done():
+                answer.cancel()
+            elif not answer.cancelled():
+                answer.exception()
+        self.abort()
+
     async def request_association(
         self, request: AAssociateRQ, timeout: float | None, async_window: int = ASYNC_WINDOW
     ) -> AAssociateAC:
         """Requestor: send the A-ASSOCIATE-RQ, wait for the answer, take what was agreed.
 
-        Raises :class:`~adicom.errors.AssociationRejected`, or
+        ``request`` may have been given to :meth:`prepare_request` before
+        connecting (then it is already on its way). Raises
+        :class:`~adicom.errors.AssociationRejected`, or
         :class:`~adicom.errors.AssociationAborted` when the acceptor's answer
         cannot be used (a maximum PDU length too small to send in).
         """
-        self.request = request
-        if self._emitter is not None:
-            self._emitter.emit(ev.Requested(self, request))
-        self._association_answer = self._loop.create_future()
-        self._ul.request_association(request, self._loop.time())
-        if self._transport is not None:
-            # The transport connected before we asked (it always has).
-            self._ul.connection_made(self._loop.time())
-            self._after_io()
+        if self.request is not request or self._association_answer is None:
+            self.prepare_request(request)
+        assert self._association_answer is not None
         event = await bounded(
             self._association_answer,
             TimeoutKind.ASSOCIATION,
@@ -195,6 +217,8 @@ class Association(Driver):
         ARTIM (PS3.8 9.1.5) bounds the wait: when it runs out the connection
         is closed.
         """
+        if self._request_seen is None:
+            raise LocalProtocolError("a requestor receives no A-ASSOCIATE-RQ")
         # Set with the request, or with None when the connection closes.
         return await self._request_seen
 
@@ -240,8 +264,15 @@ class Association(Driver):
         self._release_done = self._loop.create_future()
         self._ul.request_release(self._loop.time())
         self._after_io()
+        deadline = None if timeout is None else self._loop.time() + timeout
         try:
             await bounded(self._release_done, TimeoutKind.RELEASE, timeout)
+            if not self._closed.done():
+                # Told when we closed (see Driver._flush), and the close is
+                # not done yet (TLS says goodbye first): wait for it, within
+                # what is left of the bound.
+                left = None if deadline is None else max(0.0, deadline - self._loop.time())
+                await self.wait_closed(left)
         except DicomTimeout:
             if not self._released:
                 self.abort()
@@ -362,7 +393,10 @@ class Association(Driver):
     async def _drain(self) -> None:
         self._flush()
         waiter = self._loop.create_future()
-        self._drain_waiters.append(waiter)
+        waiters = self._drain_waiters
+        if isinstance(waiters, tuple):  # the first wait of this association
+            self._drain_waiters = waiters = deque()
+        waiters.append(waiter)
         await bounded(waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading")
         self._check_open()
 
@@ -371,7 +405,10 @@ class Association(Driver):
         while self._dimse.outstanding + self._reserved >= self._dimse.max_outstanding:
             self._check_open()
             waiter = self._loop.create_future()
-            self._room_waiters.append(waiter)
+            waiters = self._room_waiters
+            if isinstance(waiters, tuple):  # the first wait of this association
+                self._room_waiters = waiters = deque()
+            waiters.append(waiter)
             await bounded(
                 waiter, TimeoutKind.DIMSE, self.dimse_timeout, "no room in the operations window"
             )

@@ -141,8 +141,50 @@ class Driver:
     (:class:`adicom.events.Hooks`) are told what happens on it.
     """
 
+    # What every association starts with, as class attributes: an
+    # association costs only the stores of what differs (a requestor opens
+    # one per operation, so its constructor is on the hot path). Containers
+    # that most associations never fill start as a shared empty tuple and
+    # are made when first needed.
+
     #: How many consumers of its input hold it (see Association.hold_input).
     _input_holds = 0
+    _input_deferred = False
+    #: Abort when nothing at all arrives for this long (None: never).
+    idle_timeout: float | None = None
+    #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
+    request: AAssociateRQ | None = None
+    response: AAssociateAC | None = None
+    _transport: asyncio.Transport | None = None
+    _tls: TlsInfo | None = None
+    _idle_timer: asyncio.TimerHandle | None = None
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at: float | None = None
+    _watchdog: asyncio.TimerHandle | None = None
+    _watchdog_at = math.inf
+    #: Answers a request of the peer at once, in the transport callback
+    #: that received it (a C-ECHO-RQ, say), saving a task switch:
+    #: returns True if it did, False to queue it for receive_request.
+    on_request: Callable[[Message], bool] | None = None
+    _reserved = 0  # requests waiting to be sent, counted in the window
+    # Tasks waiting for room in the operations window, for the transport
+    # to drain, for the close (a deque or list once one waits).
+    _room_waiters: deque[asyncio.Future[None]] | tuple[()] = ()
+    _drain_waiters: deque[asyncio.Future[None]] | tuple[()] = ()
+    _close_waiters: list[asyncio.Future[None]] | tuple[()] = ()
+    _paused = False
+    # Batched messages not written yet; a write of them is scheduled
+    # while there are any (see send_message's ``batch``).
+    _batched = 0
+    _error: DicomError | None = None
+    # The acceptor's: set with the peer's A-ASSOCIATE-RQ, or None when the
+    # connection closes first (a requestor has none).
+    _request_seen: asyncio.Future[AAssociateRQ | None] | None = None
+    _association_answer: asyncio.Future[ul.ULEvent] | None = None
+    _release_done: asyncio.Future[None] | None = None
+    _released = False
+    _protocol: _Transport | None = None
+    _ended = False  # released, rejected or aborted has been told
 
     def __init__(
         self,
@@ -155,65 +197,37 @@ class Driver:
         limits: Limits | None = None,
         hooks: ev.Hooks | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._ul = ul.UpperLayer(
+        self._loop = loop = asyncio.get_running_loop()
+        self._ul = upper = ul.UpperLayer(
             requestor=requestor, max_pdu_length=max_pdu, artim_timeout=artim_timeout
         )
-        self._ul.parse_budget = PARSE_BUDGET
-        self._dimse = DimseConnection(self._ul, limits)
-        self._ul.reader.max_pdvs = self._dimse.limits.max_pdvs
-        self._input_deferred = False
+        upper.parse_budget = PARSE_BUDGET
+        self._dimse = dimse = DimseConnection(upper, limits)
+        upper.reader.max_pdvs = dimse.limits.max_pdvs
         #: The loop's input budget per turn, shared by every association on it.
-        self._turns = loop_turns(self._loop)
-        self._share = self._turns.share()
+        self._turns = turns = loop_turns(loop)
+        self._share = turns.share()
         self.requestor = requestor
         self.max_pdu = max_pdu
         #: Bounds the wait for each response, and for a peer that stops reading.
         self.dimse_timeout = dimse_timeout
-        #: Abort when nothing at all arrives for this long (None: never).
-        self.idle_timeout = idle_timeout
-        #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
-        self.request: AAssociateRQ | None = None
-        self.response: AAssociateAC | None = None
-        self._transport: asyncio.Transport | None = None
-        self._tls: TlsInfo | None = None
-        self._last_received = self._loop.time()
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        if idle_timeout is not None:
+            self.idle_timeout = idle_timeout
+        self._last_received = loop.time()
         self._operations: dict[int, Operation] = {}
         # Operations waiting for a response, each until its deadline, and
         # the one loop timer that watches them (see _watch).
         self._watched: dict[Operation, None] = {}
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._watchdog_at = math.inf
         self._incoming = MessageQueue()
-        #: Answers a request of the peer at once, in the transport callback
-        #: that received it (a C-ECHO-RQ, say), saving a task switch:
-        #: returns True if it did, False to queue it for receive_request.
-        self.on_request: Callable[[Message], bool] | None = None
-        self._reserved = 0  # requests waiting to be sent, counted in the window
-        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._send_lock = asyncio.Lock()
-        self._paused = False
-        # Batched messages not written yet; a write of them is scheduled
-        # while there are any (see send_message's ``batch``).
-        self._batched = 0
-        self._drain_waiters: deque[asyncio.Future[None]] = deque()
-        self._error: DicomError | None = None
-        self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._request_seen: asyncio.Future[AAssociateRQ | None] = self._loop.create_future()
-        self._close_waiters: list[asyncio.Future[None]] = []
-        self._association_answer: asyncio.Future[ul.ULEvent] | None = None
-        self._release_done: asyncio.Future[None] | None = None
-        self._released = False
-        self._protocol: _Transport | None = None
+        self._closed: asyncio.Future[None] = loop.create_future()
+        if not requestor:
+            self._request_seen = loop.create_future()
         # Event hooks and protocol logging (adicom.events): None when nothing
         # listens, and then every place an event could arise costs one test.
-        self._emitter = ev.emitter(hooks)
-        self._ended = False  # released, rejected or aborted has been told
-        if self._emitter is not None and self._emitter.pdus:
-            self._ul.trace = []
+        self._emitter = emitter = ev.emitter(hooks)
+        if emitter is not None and emitter.pdus:
+            upper.trace = []
 
     @property
     def state(self) -> State:
@@ -287,7 +301,10 @@ class Driver:
         # A future of its own (the timeout cancels it, not _closed), set by
         # _connection_lost without a pass through the loop in between.
         waiter = self._loop.create_future()
-        self._close_waiters.append(waiter)
+        waiters = self._close_waiters
+        if isinstance(waiters, tuple):  # the first wait
+            self._close_waiters = waiters = []
+        waiters.append(waiter)
         try:
             await bounded(waiter, TimeoutKind.CLOSE, timeout)
         except DicomTimeout:
@@ -308,9 +325,21 @@ class Driver:
         self._last_received = self._loop.time()
         self._arm_idle_timer()
         if not self.requestor:
-            # Evt5. The requestor's Evt2 follows its Evt1 in request_association().
+            # Evt5.
             self._ul.connection_made(self._loop.time())
             self._after_io()
+        elif self._ul.state is State.STA4:
+            # Evt2: the request was prepared before connecting
+            # (Association.prepare_request); it leaves from this callback.
+            self._send_request()
+
+    def _send_request(self) -> None:
+        """Requestor, connected, A-ASSOCIATE-RQ given (Sta4): send it (Evt2, AE-2)."""
+        if self._emitter is not None and self.request is not None:
+            this: Any = self
+            self._emitter.emit(ev.Requested(this, self.request))
+        self._ul.connection_made(self._loop.time())
+        self._after_io()
 
     def _data_received(self, nbytes: int) -> None:
         self._last_received = now = self._loop.time()
@@ -379,12 +408,13 @@ class Driver:
         if self._released and done is not None and not done.done():
             done.set_result(None)  # release() waits for the close after the answer
         self._fail_all(self._error or ConnectionClosed("the association has ended"))
-        if not self._request_seen.done():
-            self._request_seen.set_result(None)  # closed before any A-ASSOCIATE-RQ
+        seen = self._request_seen
+        if seen is not None and not seen.done():
+            seen.set_result(None)  # closed before any A-ASSOCIATE-RQ
         for waiter in (*self._drain_waiters, *self._room_waiters, *self._close_waiters):
             if not waiter.done():
                 waiter.set_result(None)
-        self._close_waiters.clear()
+        self._close_waiters = ()
         # A hook that holds the association (a partial of it) would keep it
         # in a reference cycle: nothing comes to answer any more.
         self.on_request = None
@@ -393,8 +423,9 @@ class Driver:
 
     def _resume_writing(self) -> None:
         self._paused = False
-        while self._drain_waiters:
-            waiter = self._drain_waiters.popleft()
+        waiters = self._drain_waiters
+        while waiters:
+            waiter = waiters.popleft()  # not empty: a deque
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -509,6 +540,14 @@ class Driver:
                 # The DIMSE layer aborted (a message left half-sent).
                 self._set_error(AssociationAborted(0, 0, local=True))
             transport.close()
+            done = self._release_done
+            if self._released and done is not None and not done.done():
+                # Released, and we close (AR-3, PS3.8 9.2): release() may go
+                # on. The transport has just scheduled its connection_lost
+                # (no data waits to be written), so that runs before the
+                # waiting task does: a loop turn sooner than being told by
+                # connection_lost. release() waits for the close otherwise.
+                done.set_result(None)
 
     def _process_events(self) -> None:
         if self._emitter is not None:
@@ -560,8 +599,9 @@ class Driver:
             self._lifecycle_event(event)
         if isinstance(event, ul.AssociationRequested):
             self.request = event.request
-            if not self._request_seen.done():
-                self._request_seen.set_result(event.request)
+            seen = self._request_seen
+            if seen is not None and not seen.done():
+                seen.set_result(event.request)
         elif isinstance(event, ul.AssociationAccepted | ul.AssociationRejected):
             answer = self._association_answer
             if answer is not None and not answer.done():
@@ -707,8 +747,9 @@ class Driver:
         self._wake_room()
 
     def _wake_room(self) -> None:
-        while self._room_waiters:
-            waiter = self._room_waiters.popleft()
+        waiters = self._room_waiters
+        while waiters:
+            waiter = waiters.popleft()  # not empty: a deque
             if not waiter.done():
                 waiter.set_result(None)
                 return

@@ -1,0 +1,154 @@
+"""The requestor's connect: address, bound, cancellation, and the request sent on connect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+import adicom
+from adicom.association import Association
+from adicom.client import resolve
+from adicom.errors import DicomTimeout, LocalProtocolError, PeerUnreachable, TimeoutKind
+from adicom.fsm import State
+from adicom.negotiation import build_request
+from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
+
+pytestmark = pytest.mark.anyio
+
+#: Bound of every wait in these tests (s).
+BOUND = 5.0
+
+
+@contextlib.contextmanager
+def never_accepting() -> Iterator[int]:
+    """A port whose connects hang: its accept queue is full and it never accepts.
+
+    Linux drops a SYN to a listener whose accept queue is full, so the
+    connect neither completes nor fails until the client gives up.
+    """
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_resolve_takes_ip_addresses_as_they_are() -> None:
+    assert resolve("127.0.0.1", 104) == "127.0.0.1"
+    assert resolve("::1", 104) == "::1"
+    # Numeric forms only getaddrinfo reads are still addresses, not names.
+    assert resolve("127.1", 104) == "127.1"
+
+
+def test_resolve_looks_a_name_up() -> None:
+    assert resolve("localhost", 104) in ("127.0.0.1", "::1")
+    with pytest.raises(PeerUnreachable, match="no such host"):
+        resolve("no-such-host.invalid", 104)
+
+
+async def test_connect_timeout_bounds_a_connect_that_hangs() -> None:
+    with never_accepting() as port:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(DicomTimeout) as info:
+            async with asyncio.timeout(BOUND):
+                await adicom.open_association("127.0.0.1", port, connect_timeout=0.3)
+        assert info.value.which is TimeoutKind.CONNECT
+        assert 0.25 <= loop.time() - start < BOUND
+        # The task is not left cancelled by the bound's own cancellation.
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+
+
+async def test_cancelling_a_connect_is_a_cancellation_not_a_timeout() -> None:
+    with never_accepting() as port:
+        task = asyncio.create_task(
+            adicom.open_association("127.0.0.1", port, connect_timeout=BOUND)
+        )
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, BOUND)
+
+
+async def test_request_leaves_when_the_connection_is_made() -> None:
+    """Prepared before connecting (Sta4), the A-ASSOCIATE-RQ is written by connection_made."""
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.set_result(await reader.read(6))
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        association = Association(requestor=True)
+        request = build_request(
+            calling_ae="ADICOM",
+            called_ae="ANY-SCP",
+            contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
+        )
+        association.prepare_request(request)
+        assert association.state is State.STA4
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(association.protocol, "127.0.0.1", port)
+        # Sent from the callback, before this task ran again: awaiting Evt3.
+        state: State = association.state  # (not narrowed by the assertion above)
+        assert state is State.STA5
+        header = await asyncio.wait_for(received, BOUND)
+        assert header[0] == 0x01  # A-ASSOCIATE-RQ
+        association.cancel_request()  # nobody awaits the answer: given up quietly
+        await association.wait_closed(BOUND)
+
+
+async def test_a_requestor_waits_for_no_request() -> None:
+    association = Association(requestor=True)
+    with pytest.raises(LocalProtocolError, match="requestor"):
+        await association.wait_request()
+
+
+async def test_a_request_given_up_after_its_answer_failed_leaves_no_unretrieved_error() -> None:
+    """The peer hangs up before the connect returns: cancel_request() takes the error."""
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            association = Association(requestor=True)
+            association.prepare_request(
+                build_request(
+                    calling_ae="ADICOM",
+                    called_ae="ANY-SCP",
+                    contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
+                )
+            )
+            await loop.create_connection(association.protocol, "127.0.0.1", port)
+            await association.wait_closed(BOUND)  # the answer has failed meanwhile
+            association.cancel_request()
+            del association
+            gc.collect()
+        assert not [c for c in reported if "never retrieved" in str(c.get("message"))]
+    finally:
+        loop.set_exception_handler(None)
