@@ -68,6 +68,7 @@ async def _serve(store_dir: str) -> None:
         storage=adicom.DiskStorage(store_dir),
         on_find=on_find,
         idle_timeout=None,
+        turn_budget=_turn_budget(),
     )
     async with server:
         print(f"PORT {server.port}", flush=True)
@@ -89,6 +90,9 @@ async def _scu(port: int, files: list[str]) -> None:
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = MATCH_STUDY_UID
     query.PatientName = ""
+    from adicom.turns import loop_turns
+
+    loop_turns().budget = _turn_budget()
     lines = await _lines()
     print("READY", flush=True)
     while line := await lines.readline():
@@ -126,17 +130,33 @@ async def _scu(port: int, files: list[str]) -> None:
         print(f"DONE {end[0] - start[0]:.6f} {end[1] - start[1]:.6f}", flush=True)
 
 
+def _turn_budget() -> float:
+    """The loop's turn budget for this side (adicom.turns): 0 under callgrind.
+
+    The budget is in seconds of the wall clock, and valgrind runs the code
+    some 50 times slower: the loop would seem busy all the time and run
+    the turn machinery each turn, which it does about once in 20 messages
+    natively (so it would add ~20k instructions to an echo that are not
+    there outside valgrind).
+    """
+    from adicom.turns import DEFAULT_TURN_BUDGET
+
+    return float(os.environ.get("PERMESSAGE_TURN_BUDGET", DEFAULT_TURN_BUDGET))
+
+
 class _Side:
     """One side's process, talked to line by line."""
 
     def __init__(self, args: list[str], callgrind: bool) -> None:
         command = [sys.executable, "-m", "benchmarks.permessage", *args]
+        env = dict(os.environ)
         if callgrind:
+            env["PERMESSAGE_TURN_BUDGET"] = "0"
             command = ["valgrind", "--tool=callgrind", "-q", "--callgrind-out-file=/dev/null"]
             command += [sys.executable, "-m", "benchmarks.permessage", *args]
         self.callgrind = callgrind
         self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
 
     def send(self, line: str) -> None:
