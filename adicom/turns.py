@@ -65,7 +65,7 @@ __all__ = ["CREDIT", "DEFAULT_TURN_BUDGET", "REFILL", "LoopTurns", "Share", "loo
 
 #: Seconds of work one loop turn does before further input waits for the
 #: next turn (see the module's text). 0 or less: no budget.
-DEFAULT_TURN_BUDGET = 0.005
+DEFAULT_TURN_BUDGET = 0.002
 #: Bytes an association may send ahead of bulk transfers while the loop is
 #: busy: an A-ASSOCIATE-RQ with 128 presentation contexts (DCMTK storescu's
 #: ~15 KB), C-ECHOs, queries; not a 40 KB C-STORE.
