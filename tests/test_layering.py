@@ -76,6 +76,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.diskstorage",
                 "adicom.diskinstance",
                 "adicom.qrscu",
+                "adicom.qrcontexts",
                 "adicom.qrscp",
             }
         ),
