@@ -119,9 +119,6 @@ class Association(Driver):
     def on_dataset(self, factory: SinkFactory | None) -> None:
         self._dimse.sink_factory = factory
 
-    #: How many consumers hold the input now (see :meth:`hold_input`).
-    _input_holds = 0
-
     def hold_input(self, hold: bool) -> None:
         """Stop reading from the peer (``hold``) or read again; TCP makes it wait meanwhile.
 

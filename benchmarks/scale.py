@@ -490,11 +490,7 @@ async def idle(scp: Scp, n: int, probes_n: int, opening: int) -> dict[str, Any]:
         "failures": failures,
         "open_s": round(open_s, 2),
         "sampled_alive": f"{alive}/{sampled}",
-        "probe_p50_ms": ms(percentile(times, 50)),
-        "probe_p99_ms": ms(percentile(times, 99)),
-        "probe_max_ms": ms(max(times) if times else None),
-        "probes": len(times),
-        "probe_failures": probe_failures,
+        **probe_summary(times, probe_failures),
         "scp_idle": before,
         "scp_open": opened,
     }
@@ -552,13 +548,20 @@ async def busy(scp: Scp, n: int, per: int, files: list[Path], opening: int) -> d
         "inst_per_s": round(stored / took, 1) if took else None,
         "store_p50_ms": ms(percentile(latencies, 50)),
         "store_p99_ms": ms(percentile(latencies, 99)),
+        **probe_summary(times, probe_failures),
+        "scp_open": opened,
+        "scp_after": after,
+    }
+
+
+def probe_summary(times: list[float], failures: int) -> dict[str, Any]:
+    """The probes' p50, p99 and worst (ms), how many answered and how many failed."""
+    return {
         "probe_p50_ms": ms(percentile(times, 50)),
         "probe_p99_ms": ms(percentile(times, 99)),
         "probe_max_ms": ms(max(times) if times else None),
         "probes": len(times),
-        "probe_failures": probe_failures,
-        "scp_open": opened,
-        "scp_after": after,
+        "probe_failures": failures,
     }
 
 
