@@ -29,7 +29,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from ssl import SSLError
-from typing import Any
+from typing import Any, cast
 
 from adicom import events as ev
 from adicom import protocol as ul
@@ -106,8 +106,9 @@ class _Transport(asyncio.BufferedProtocol):
             # (tried rather than asked: sock.family costs an enum lookup).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assert isinstance(transport, asyncio.Transport)
-        self._association._connection_made(transport)
+        # Not an isinstance check: uvloop's transports have the methods of
+        # asyncio.Transport without deriving from it.
+        self._association._connection_made(cast(asyncio.Transport, transport))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._reader.get_buffer()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.data import SMALL, ensure, instance_paths
+from benchmarks.processes import run_on_loop
 
 MATCH_STUDY_UID = "1.2.826.0.1.3680043.8.498.17"
 
@@ -239,10 +240,10 @@ def _run(workloads: list[tuple[str, int]], callgrind: bool, data_dir: Path) -> N
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["scp"]:
-        asyncio.run(_serve(argv[1]))
+        run_on_loop(_serve(argv[1]))
         return 0
     if argv[:1] == ["scu"]:
-        asyncio.run(_scu(int(argv[1]), argv[2:]))
+        run_on_loop(_scu(int(argv[1]), argv[2:]))
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.permessage", description=__doc__)
     parser.add_argument("workloads", nargs="+", metavar="WORKLOAD:N")

@@ -62,6 +62,8 @@ def _pairs(
             continue
         if wanted_keys is not None and key not in wanted_keys:
             continue
+        if wanted_keys is None and (by_name[key[0]].explicit or by_name[key[1]].explicit):
+            continue
         if workload.order is not None or workload.pairs(*key):
             yield by_name[key[0]], by_name[key[1]]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -10,12 +11,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from benchmarks.config import HOST, REPO_ROOT
 from benchmarks.sides._common import RESULT_PREFIX, SAMPLE_PREFIX
+
+T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
@@ -26,8 +29,15 @@ class BenchError(RuntimeError):
         self.detail = detail or {}
 
 
+#: The event loop adicom runs on in the benchmarks unless ADICOM_LOOP says
+#: otherwise: asyncio's own, so the rows keep measuring the stock stack (the
+#: adicom-uvloop stack, or ADICOM_LOOP=uvloop, measures uvloop).
+DEFAULT_LOOP = "asyncio"
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.setdefault("ADICOM_LOOP", DEFAULT_LOOP)
     env.update(extra or {})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -171,3 +181,12 @@ def measurement_error(why: str, result: dict[str, Any], stderr: str, scp_err: st
     return BenchError(
         why, {"result": result, "scu_stderr_tail": stderr[-3000:], "scp_stderr_tail": scp_err}
     )
+
+
+def run_on_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the loop ``ADICOM_LOOP`` names (default: asyncio's own)."""
+    from adicom.cli.common import loop_factory
+
+    factory = loop_factory(os.environ.get("ADICOM_LOOP", DEFAULT_LOOP))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

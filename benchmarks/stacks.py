@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -55,6 +56,8 @@ class Stack:
     scp_lag_reset: bool = False
     #: Extra environment for this stack's processes (SCP and SCU).
     env: dict[str, str] = field(default_factory=dict)
+    #: In a run only when a --pair names it (a variant, not a default row).
+    explicit: bool = False
     #: Printed under the table when this stack takes part (as SCU or SCP) ...
     notes: list[str] = field(default_factory=list)
     #: ... and when it plays the SCU.
@@ -166,6 +169,32 @@ def _pynetdicom_stack(nodelay: bool) -> Stack:
 def _adicom_stack() -> Stack:
     adicom_scp, adicom_scu = _python_side("benchmarks.sides.adicom_side")
     return Stack("adicom", adicom_unavailable, adicom_scp, True, adicom_scu, scp_lag_reset=True)
+
+
+def _adicom_uvloop_stack() -> Stack:
+    """adicom on uvloop (``ADICOM_LOOP=uvloop``), both roles; only when a --pair names it."""
+    adicom_scp, adicom_scu = _python_side("benchmarks.sides.adicom_side")
+
+    def unavailable(kind: str) -> str | None:
+        if importlib.util.find_spec("uvloop") is None:
+            return "uvloop is not installed (pip install 'adicom[uvloop]')"
+        return adicom_unavailable(kind)
+
+    return Stack(
+        "adicom-uvloop",
+        unavailable,
+        adicom_scp,
+        True,
+        adicom_scu,
+        scp_lag_reset=True,
+        env={"ADICOM_LOOP": "uvloop"},
+        explicit=True,
+        notes=[
+            "adicom-uvloop = adicom on the uvloop event loop (ADICOM_LOOP=uvloop; what"
+            " `adicom serve --loop auto` takes when uvloop is installed); the adicom rows"
+            " run on asyncio's own loop."
+        ],
+    )
 
 
 def _adicom_fsync_stack() -> Stack:
@@ -355,6 +384,7 @@ def make_stacks(dcmtk_nodelay: bool, pynetdicom_nodelay: bool = False) -> list[S
     return [
         _pynetdicom_stack(pynetdicom_nodelay),
         _adicom_stack(),
+        _adicom_uvloop_stack(),
         _adicom_fsync_stack(),
         _dcmtk_stack(dcmtk_nodelay),
         _adicom_tls_stack(),

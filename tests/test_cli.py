@@ -96,6 +96,7 @@ def test_echo_to_a_silent_peer_times_out() -> None:
     "args",
     [
         ["echo", "127.0.0.1", "70000"],
+        ["echo", "--loop", "bogus", "127.0.0.1", "104"],
         ["echo", "--aet", "A" * 17, "127.0.0.1", "104"],
         ["echo", "--aec", "BACK\\SLASH", "127.0.0.1", "104"],
         ["echo", "--timeout", "-1", "127.0.0.1", "104"],
@@ -679,6 +680,36 @@ async def test_a_host_name_is_resolved_without_a_thread() -> None:
         async with library.connect("localhost", server.port, called_ae="NAMED") as association:
             assert await association.echo() == 0
         assert threading.active_count() == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_loop_chooses_the_event_loop(loop: str) -> None:
+    async with adicom_module.Server("LOOPS", host="127.0.0.1", port=0) as server:
+        code, out, err = await run_cli(
+            "echo", "--aec", "LOOPS", "-v", "--loop", loop, "127.0.0.1", str(server.port)
+        )
+    assert code == 0, err
+    assert "success" in out
+    (line,) = [line for line in err.splitlines() if "event loop:" in line]
+    assert line.split("event loop: ")[1].startswith(f"{loop}.")
+
+
+def test_loop_auto_takes_uvloop_only_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio as stdlib_asyncio
+
+    import uvloop
+
+    from adicom.cli import common
+
+    assert common.loop_factory("auto") is uvloop.new_event_loop
+    assert common.loop_factory("asyncio") is stdlib_asyncio.new_event_loop
+    monkeypatch.setattr(common, "_have_uvloop", lambda: False)
+    assert common.loop_factory("auto") is stdlib_asyncio.new_event_loop
+    with pytest.raises(
+        Exception, match=r"uvloop is not installed \(pip install 'adicom\[uvloop\]'\)"
+    ):
+        common.loop_arg("uvloop")
 
 
 def test_version_and_the_top_level_help() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import importlib.util
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from ssl import SSLContext, SSLError
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
@@ -26,6 +29,50 @@ if TYPE_CHECKING:
     from adicom.models import DicomNode, ImageQuery, PatientQuery, SeriesQuery, StudyQuery
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+
+#: The event loops a command can run on (``--loop``).
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _have_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def loop_arg(value: str) -> str:
+    """A ``--loop`` argument: ``auto``, ``asyncio`` or ``uvloop`` (which must be installed)."""
+    if value not in LOOPS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(LOOPS)}")
+    if value == "uvloop" and not _have_uvloop():
+        raise argparse.ArgumentTypeError("uvloop is not installed (pip install 'adicom[uvloop]')")
+    return value
+
+
+def loop_option(parser: argparse.ArgumentParser) -> None:
+    """``--loop``: the event loop a command runs on."""
+    parser.add_argument(
+        "--loop",
+        type=loop_arg,
+        default=os.environ.get("ADICOM_LOOP", "auto"),
+        metavar="{" + ",".join(LOOPS) + "}",
+        help="the event loop: asyncio's own, or uvloop (about 30%% less CPU per small "
+        "message; pip install 'adicom[uvloop]'); auto takes uvloop when it is installed "
+        "(ADICOM_LOOP; default: %(default)s)",
+    )
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the event loop ``--loop name`` asks for (``auto``: uvloop if installed).
+
+    adicom itself runs on any asyncio loop; uvloop (libuv, in C) only spends
+    less CPU per callback, and, as adicom uses it, starts no thread either
+    (names are resolved by adicom, not by the loop's resolver pool).
+    """
+    if name == "uvloop" or (name == "auto" and _have_uvloop()):
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    return asyncio.new_event_loop
 
 
 def ae_title_arg(value: str) -> str:

@@ -20,6 +20,8 @@ from adicom.cli.common import (
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    loop_factory,
+    loop_option,
 )
 from adicom.errors import DicomError, DicomTimeout, PeerUnreachable
 from adicom.version import __version__
@@ -95,6 +97,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_serve(commands)
         for sub in commands.choices.values():
             logging_options(sub, after_command=True)
+            loop_option(sub)
         return parser
     from adicom.cli.commands import add_commit, add_echo, add_find, add_retrieve, add_store
     from adicom.cli.index import add_index
@@ -130,6 +133,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     for command in commands.choices.values():
         logging_options(command, after_command=True)
+        loop_option(command)
     return parser
 
 
@@ -148,7 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
     runner = getattr(importlib.import_module(module), name)
     try:
-        return asyncio.run(runner(args))
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as loop_runner:
+            loop = loop_runner.get_loop()
+            logging.getLogger("adicom.cli").info(
+                "event loop: %s.%s", type(loop).__module__, type(loop).__qualname__
+            )
+            return loop_runner.run(runner(args))
     except BrokenPipeError:
         # The reader went away (adicom find ... | head -1): not an error.
         # Point stdout at /dev/null so the interpreter's final flush is quiet.

@@ -450,7 +450,17 @@ async def _supervise(args: argparse.Namespace) -> int:
         logging_flags.append("--debug")
 
     def command(fd: int) -> list[str]:
-        return [sys.executable, "-m", "adicom", *logging_flags, "serve", "--worker-fd", str(fd)]
+        return [
+            sys.executable,
+            "-m",
+            "adicom",
+            *logging_flags,
+            "serve",
+            "--loop",
+            args.loop,
+            "--worker-fd",
+            str(fd),
+        ]
 
     reuse_port = None if args.worker_sockets is None else args.worker_sockets == "own"
     supervisor = Supervisor(

@@ -25,7 +25,6 @@ C-STORE of the warm-up instance for the store workloads.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 import time
@@ -39,6 +38,7 @@ from adicom.pool import AssociationPool
 from benchmarks.calls.rows import ROWS, Row
 from benchmarks.calls.scu import Latencies, finish, parse, store_paths
 from benchmarks.calls.studies import study_uids
+from benchmarks.processes import run_on_loop
 from benchmarks.sides._common import (
     Measurement,
     ScpClock,
@@ -192,7 +192,7 @@ async def _scu(args: argparse.Namespace) -> tuple[Measurement, Latencies | None]
 def main() -> int:
     args = parse("adicom", __doc__ or "")
     raise_nofile_limit()
-    m, latencies = asyncio.run(_scu(args))
+    m, latencies = run_on_loop(_scu(args))
     if args.workload != "find-calls":
         m.extra["warmup_instances"] = 0 if args.no_warmup else 1
     return finish(m, latencies, _row(args).what)

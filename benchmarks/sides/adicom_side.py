@@ -1,4 +1,4 @@
-"""adicom, as SCP or SCU, each on one asyncio event loop (asyncio.run).
+"""adicom, as SCP or SCU, each on one asyncio event loop (the one ADICOM_LOOP names).
 
     python -m benchmarks.sides.adicom_side scp --port 0 --aet ANY-SCP [--store-dir DIR]
     python -m benchmarks.sides.adicom_side scu --port P --aet ANY-SCP \
@@ -51,6 +51,7 @@ import adicom
 from adicom import qrscu
 from adicom.tls import client_context, server_context
 from benchmarks.data import SeriesKeys
+from benchmarks.processes import run_on_loop
 from benchmarks.sides._common import (
     TLS_FILES,
     WORKLOADS,
@@ -142,7 +143,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def run_scp(args: argparse.Namespace) -> None:
-    asyncio.run(_serve(args))
+    run_on_loop(_serve(args))
 
 
 # --------------------------------------------------------------------------- SCU
@@ -474,7 +475,7 @@ async def _scu(args: argparse.Namespace) -> Measurement:
 
 
 def run_scu(args: argparse.Namespace) -> Measurement:
-    return asyncio.run(_scu(args))
+    return run_on_loop(_scu(args))
 
 
 if __name__ == "__main__":

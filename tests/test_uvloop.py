@@ -1,0 +1,94 @@
+"""The network tests again, on uvloop (``pip install 'adicom[uvloop]'``).
+
+adicom runs on any asyncio event loop, and ``adicom serve --loop auto``
+takes uvloop when it is installed. uvloop's transports are not asyncio's:
+they do not derive from ``asyncio.Transport``, pause and resume reading,
+buffer writes, close and report errors in their own code, and have their
+own TLS. So the suites that drive real sockets (associations, hostile
+peers, the listener, TLS, the loop's turn budget, storage, query/retrieve,
+write-behind, events, the pool) run here a second time with this module's
+``anyio_backend``: their async tests are imported under the same names and
+pytest collects them again in this module, where the fixture below makes
+anyio run each on a uvloop loop. The synchronous tests are not repeated:
+they use no loop.
+
+``test_echo_and_release_without_threads`` is among them: on uvloop too,
+adicom starts no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from typing import Any
+
+import pytest
+import uvloop
+
+import adicom
+
+_SUITES = (
+    "tests.test_association",
+    "tests.test_hostile",
+    "tests.test_listener",
+    "tests.test_tls",
+    "tests.test_turns",
+    "tests.test_client_connect",
+    "tests.test_storage",
+    "tests.test_qr",
+    "tests.test_integrity",
+    "tests.test_write_behind",
+    "tests.test_events",
+    "tests.test_get_sub_operations",
+    "tests.test_pool",
+)
+
+
+def _async_tests_and_their_fixtures(name: str) -> dict[str, Any]:
+    """A suite's names, without its synchronous tests (and without its anyio_backend)."""
+    names = {}
+    for key, value in vars(importlib.import_module(name)).items():
+        if key.startswith("test_") and not inspect.iscoroutinefunction(value):
+            continue
+        if key in ("anyio_backend", "__name__", "__doc__", "__file__", "__spec__"):
+            continue
+        names[key] = value
+    return names
+
+
+for _suite in _SUITES:
+    globals().update(_async_tests_and_their_fixtures(_suite))
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    """anyio's asyncio backend, on a uvloop loop."""
+    return ("asyncio", {"use_uvloop": True})
+
+
+async def test_these_tests_run_on_uvloop() -> None:
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+async def test_an_echo_on_uvloop_on_both_sides() -> None:
+    # The transport adicom is handed is uvloop's, not an asyncio.Transport.
+    async with adicom.Server("UV-SCP", host="127.0.0.1", port=0) as server:
+        async with adicom.connect("127.0.0.1", server.port, called_ae="UV-SCP") as assoc:
+            assert not isinstance(assoc._transport, asyncio.Transport)
+            assert await assoc.echo() == 0x0000
+
+
+def test_the_suites_are_collected_again() -> None:
+    # At least the async tests of each suite are here (a suite renamed or
+    # emptied would otherwise leave this module testing nothing).
+    for suite in _SUITES:
+        tests = [
+            key
+            for key, value in vars(importlib.import_module(suite)).items()
+            if key.startswith("test_") and inspect.iscoroutinefunction(value)
+        ]
+        assert tests, f"{suite} has no async test to run on uvloop"
+        assert all(key in globals() for key in tests)
