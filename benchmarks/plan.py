@@ -48,23 +48,39 @@ def _usable_stacks(
 def _pairs(
     stacks: Sequence[Stack], wanted: list[str] | None, workload: Workload
 ) -> Iterator[tuple[Stack, Stack]]:
-    """The workload's pairs: baselines first, then same-stack pairs, then the rest."""
+    """The workload's pairs: baselines first, then same-stack pairs, then the rest.
+
+    A variant stack (``variant_of``) runs only in the pairs a --pair names,
+    where its base stack would run.
+    """
     by_name = {s.name: s for s in stacks}
     if workload.order is not None:
         order = list(workload.order)
     else:
+        plain = [s for s in stacks if s.variant_of is None]
         order = [PYN_BASELINE]
-        order += [(s.name, s.name) for s in stacks if (s.name, s.name) != PYN_BASELINE]
-        order += [(a.name, b.name) for a in stacks for b in stacks if a.name != b.name]
-    wanted_keys = None if not wanted else {tuple(w.split(":", 1)) for w in wanted}
-    for key in order:
+        order += [(s.name, s.name) for s in plain if (s.name, s.name) != PYN_BASELINE]
+        order += [(a.name, b.name) for a in plain for b in plain if a.name != b.name]
+    wanted_keys = [] if not wanted else [tuple(w.split(":", 1)) for w in wanted]
+
+    def base(name: str) -> str:
+        stack = by_name.get(name)
+        return name if stack is None or stack.variant_of is None else stack.variant_of
+
+    variants = [
+        key
+        for key in dict.fromkeys(wanted_keys)
+        if len(key) == 2
+        and (base(key[0]), base(key[1])) != key
+        and (base(key[0]), base(key[1])) in order
+    ]
+    for key in [*order, *variants]:
         if key[0] not in by_name or key[1] not in by_name:
             continue
-        if wanted_keys is not None and key not in wanted_keys:
+        if wanted_keys and key not in wanted_keys:
             continue
-        if wanted_keys is None and (by_name[key[0]].explicit or by_name[key[1]].explicit):
-            continue
-        if workload.order is not None or workload.pairs(*key):
+        base_key = (base(key[0]), base(key[1]))
+        if workload.order is not None or workload.pairs(*base_key):
             yield by_name[key[0]], by_name[key[1]]
 
 

@@ -56,8 +56,9 @@ class Stack:
     scp_lag_reset: bool = False
     #: Extra environment for this stack's processes (SCP and SCU).
     env: dict[str, str] = field(default_factory=dict)
-    #: In a run only when a --pair names it (a variant, not a default row).
-    explicit: bool = False
+    #: A variant of this stack (same sides, another setting): in a run only
+    #: when a --pair names it, in the pairs its base stack has.
+    variant_of: str | None = None
     #: Printed under the table when this stack takes part (as SCU or SCP) ...
     notes: list[str] = field(default_factory=list)
     #: ... and when it plays the SCU.
@@ -188,7 +189,7 @@ def _adicom_uvloop_stack() -> Stack:
         adicom_scu,
         scp_lag_reset=True,
         env={"ADICOM_LOOP": "uvloop"},
-        explicit=True,
+        variant_of="adicom",
         notes=[
             "adicom-uvloop = adicom on the uvloop event loop (ADICOM_LOOP=uvloop; what"
             " `adicom serve --loop auto` takes when uvloop is installed); the adicom rows"

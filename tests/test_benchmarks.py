@@ -94,6 +94,18 @@ def test_store_pairs_keep_plain_rows_and_pair_tls_only_with_tls() -> None:
     assert _store_pairs(mixed) == []
 
 
+def test_the_uvloop_variant_runs_only_where_a_pair_names_it() -> None:
+    assert all("adicom-uvloop" not in key for key in _store_pairs(None))
+    wanted = ["adicom-uvloop:adicom-uvloop", "dcmtk:adicom-uvloop", "adicom:adicom"]
+    assert _store_pairs(wanted) == [
+        ("adicom", "adicom"),
+        ("adicom-uvloop", "adicom-uvloop"),
+        ("dcmtk", "adicom-uvloop"),
+    ]
+    # Only in the pairs adicom itself has (pynetdicom -> dcmtk is no store row).
+    assert _store_pairs(["adicom-uvloop:adicom-tls"]) == []
+
+
 def test_runner_measures_store_over_tls(tmp_path: pathlib.Path) -> None:
     from benchmarks.sides import dcmtk_side
 
