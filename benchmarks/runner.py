@@ -40,9 +40,9 @@ def _start_archives(
         workdir.mkdir()
         print(f"[archives] starting and seeding {stack.name} with {n} instances ...",
               file=sys.stderr)  # fmt: skip
-        archive = archives.start(
-            stack.name, workdir, SCP_AET, dest_port, child_env(stack.env), REPO_ROOT
-        )
+        # A variant (adicom-uvloop) runs its base stack's archive, in its own environment.
+        kind = stack.variant_of or stack.name
+        archive = archives.start(kind, workdir, SCP_AET, dest_port, child_env(stack.env), REPO_ROOT)
         started[stack.name] = archive
         if archive.error is None:
             archives.seed(archive, data_dir, n, child_env(), REPO_ROOT)
