@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.processes import free_port
 from benchmarks.sides import dcmtk_side
 from benchmarks.sides._common import MOVE_DEST_AET, RESULT_PREFIX
 
@@ -115,12 +116,6 @@ class Archive:
             "seed": self.seed,
             "error": self.error,
         }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -45,6 +46,21 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def free_port() -> int:
+    """A TCP port on HOST that was free a moment ago, for a peer that must be told its port.
+
+    Taken below the kernel's ephemeral range (32768 and up on Linux), so an
+    outgoing connection of another process cannot take it in the moment
+    before the peer binds it (start_scp also retries on a new port when the
+    peer says the address is in use).
+    """
+    for _ in range(200):  # bounded: a free one is found long before
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])

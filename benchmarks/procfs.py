@@ -105,3 +105,34 @@ def filesystem_of(path: Path) -> str | None:
         if inside and len(point) >= len(best):
             best, kind = point, fields[2]
     return kind
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """True when process ``pid`` itself holds a TCP socket listening on ``port`` (IPv4 or 6).
+
+    Unlike connecting to the port, this cannot mistake another process that
+    took the port first for the SCP we started (Linux /proc; False elsewhere).
+    """
+    try:
+        inodes = {
+            os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:[") : -1]
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        }
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address "ADDR:PORT" in hex, state 0A = LISTEN, inode in column 10
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+                and fields[9] in inodes
+            ):
+                return True
+    return False

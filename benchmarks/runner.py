@@ -20,7 +20,7 @@ from typing import Any
 from benchmarks import archives
 from benchmarks.config import QR_FIXED_SCU, REPO_ROOT, SCP_AET
 from benchmarks.plan import Plan, make_plan, prepare_data
-from benchmarks.processes import BenchError, child_env, first_line
+from benchmarks.processes import BenchError, child_env, first_line, free_port
 from benchmarks.procfs import filesystem_of, session_snapshot
 from benchmarks.repetitions import Scratch, run_idle_once, run_once, run_qr_once
 from benchmarks.report import build_report, machine_info, print_summary, write_report
@@ -69,7 +69,7 @@ class QrArchives:
         self.scps = [s for s in plan.stacks if any(r.scp is s for r in self.results)]
         self.running: dict[str, archives.Archive] = {}
         self.root: tempfile.TemporaryDirectory[str] | None = None
-        self.dest_port = archives.free_port()
+        self.dest_port = free_port()
         #: Per stopped archive: its JSON and how it stopped.
         self.info: dict[str, Any] = {}
 

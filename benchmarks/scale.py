@@ -63,8 +63,8 @@ from typing import Any
 
 from benchmarks import data
 from benchmarks.config import DEFAULT_DATA, HOST, REPO_ROOT, SCP_AET, SCU_AET
-from benchmarks.processes import child_env, free_port, port_open
-from benchmarks.procfs import session_snapshot
+from benchmarks.processes import child_env, free_port
+from benchmarks.procfs import listens_on, session_snapshot
 from benchmarks.sides import dcmtk_side
 from benchmarks.sides._common import READY_PREFIX, raise_nofile_limit
 
@@ -437,7 +437,7 @@ def start_scp(
         elif stack.startswith("adicom"):
             if found := re.search(r"listening on [^:]+:(\d+)", text):
                 return Scp(stack, proc, int(found[1]), workdir)
-        elif port_open(port):
+        elif listens_on(proc.pid, port):  # not port_open: another process may hold it
             return Scp(stack, proc, port, workdir)
         time.sleep(0.05)
     stop_scp(Scp(stack, proc, port, workdir))

@@ -24,7 +24,8 @@ from benchmarks.config import (
     SCP_STOP_TIMEOUT,
     SCU_AET,
 )
-from benchmarks.processes import BenchError, child_env, free_port, port_open, tail
+from benchmarks.processes import BenchError, child_env, free_port, tail
+from benchmarks.procfs import listens_on
 from benchmarks.sides import dcmtk_side
 from benchmarks.sides._common import MOVE_DEST_AET, READY_PREFIX, STATS_PREFIX, TLS_FILES
 from benchmarks.workloads import TLS_SUFFIX, Workload
@@ -457,19 +458,38 @@ def _wait_listening(stack: Stack, scp: Scp) -> bool:
                 if line.startswith(READY_PREFIX):
                     scp.port = int(line[len(READY_PREFIX) :])
                     return True
-        elif port_open(scp.port):
+        elif listens_on(scp.proc.pid, scp.port):
             return True
         time.sleep(0.02)
     return False
 
 
+#: Attempts at starting an SCP on a port of our choosing that was taken meanwhile.
+PORT_ATTEMPTS = 3
+
+
 def start_scp(stack: Stack, workdir: Path, store_dir: Path | None, port: int | None = None) -> Scp:
-    """Start the SCP on `port` (default: any free one) and wait until it listens."""
-    if port is None:
-        port = 0 if stack.scp_prints_ready else free_port()
-    stdout_path, stderr_path = workdir / "scp.out", workdir / "scp.err"
+    """Start the SCP on `port` (default: any free one) and wait until it listens.
+
+    A port chosen here (for an SCP that cannot choose its own) may be taken
+    by another process before the SCP binds it: the SCP then exits saying
+    the address is in use, and is started again on another port.
+    """
     if store_dir is not None:
         store_dir.mkdir()
+    if port is not None or stack.scp_prints_ready:
+        return _start_scp(stack, workdir, store_dir, 0 if port is None else port)
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return _start_scp(stack, workdir, store_dir, free_port())
+        except BenchError as exc:
+            if "in use" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _start_scp(stack: Stack, workdir: Path, store_dir: Path | None, port: int) -> Scp:
+    stdout_path, stderr_path = workdir / "scp.out", workdir / "scp.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = subprocess.Popen(
             stack.scp_argv(port, workdir, store_dir),

@@ -106,6 +106,36 @@ def test_the_uvloop_variant_runs_only_where_a_pair_names_it() -> None:
     assert _store_pairs(["adicom-uvloop:adicom-tls"]) == []
 
 
+def test_an_scp_whose_port_was_taken_starts_on_another(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """storescp cannot choose its own port: one taken before it binds is no failed run."""
+    import socket
+
+    from benchmarks import processes, stacks
+    from benchmarks.sides import dcmtk_side
+
+    if dcmtk_side.find_tool("storescp") is None:
+        pytest.fail("DCMTK storescp is not installed (the dcmtk Debian package)")
+    (dcmtk,) = [s for s in stacks.make_stacks(dcmtk_nodelay=True) if s.name == "dcmtk"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], processes.free_port()])
+        monkeypatch.setattr(stacks, "free_port", lambda: next(ports))
+        scp = stacks.start_scp(dcmtk, tmp_path, None)
+        try:
+            assert scp.port != taken.getsockname()[1]
+            assert scp.proc.poll() is None
+        finally:
+            stacks.stop_scp(scp)
+        # Out of attempts, the SCP's own words say why.
+        monkeypatch.setattr(stacks, "free_port", lambda: taken.getsockname()[1])
+        (tmp_path / "again").mkdir()
+        with pytest.raises(processes.BenchError, match="in use"):
+            stacks.start_scp(dcmtk, tmp_path / "again", None)
+
+
 def test_runner_measures_store_over_tls(tmp_path: pathlib.Path) -> None:
     from benchmarks.sides import dcmtk_side
 

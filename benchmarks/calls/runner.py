@@ -65,7 +65,7 @@ class Setting:
     scp_env: dict[str, dict[str, str]]
     scu_env: dict[str, dict[str, str]]
     scratch: Scratch
-    dest_port: int = field(default_factory=archives.free_port)
+    dest_port: int = field(default_factory=free_port)
     #: The seeded find-calls archives, by SCP.
     find_archives: dict[str, archives.Archive] = field(default_factory=dict)
 

@@ -23,7 +23,6 @@ import functools
 import importlib.util
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -38,6 +37,8 @@ from typing import Any
 
 import anyio
 import pytest
+
+from benchmarks.processes import free_port as free_port  # the interop peers bind one too
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,26 +58,6 @@ STOP_TIMEOUT = 10.0
 
 class PeerError(AssertionError):
     """A peer process did not start, did not finish in time, or misbehaved."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago.
-
-    Taken below the kernel's ephemeral range (32768 and up on Linux), so an
-    outgoing connection of another test or process cannot take it in the
-    moment before the peer binds it.
-    """
-    for _ in range(200):  # bounded: a free one is found long before
-        port = random.randrange(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclasses.dataclass
