@@ -58,6 +58,12 @@ __all__ = ["Association", "Message", "Operation"]
 
 log = logging.getLogger("adicom")
 
+# Members used once per association, looked up once: an Enum class attribute
+# costs a slot call on Python 3.11 (EnumType.__getattr__).
+_STA1 = State.STA1
+_ASSOCIATION = TimeoutKind.ASSOCIATION
+_RELEASE = TimeoutKind.RELEASE
+
 #: Longest time (s) sending one message holds the event loop before
 #: letting other work run.
 SEND_SLICE = 0.002
@@ -188,7 +194,7 @@ class Association(Driver):
         assert self._association_answer is not None
         event = await bounded(
             self._association_answer,
-            TimeoutKind.ASSOCIATION,
+            _ASSOCIATION,
             timeout,
             f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
         )
@@ -243,7 +249,7 @@ class Association(Driver):
         requestor release under them). Aborts instead if the peer does not
         answer within ``timeout``.
         """
-        if self._error is not None or self._ul.state is State.STA1:
+        if self._error is not None or self._ul.state is _STA1:
             self.close()
             return
         for operation in list(self._operations.values()):
@@ -263,7 +269,7 @@ class Association(Driver):
         self._after_io()
         deadline = None if timeout is None else self._loop.time() + timeout
         try:
-            await bounded(self._release_done, TimeoutKind.RELEASE, timeout)
+            await bounded(self._release_done, _RELEASE, timeout)
             if not self._closed.done():
                 # Told when we closed (see Driver._flush), and the close is
                 # not done yet (TLS says goodbye first): wait for it, within

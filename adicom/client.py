@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -197,15 +198,62 @@ async def _connect_tcp(
     ``loop.create_connection`` resolves the address (twice), walks the list
     of candidates and wraps each attempt in a coroutine of its own; for one
     address the socket, its connect and the transport are all there is.
+    ``loop.sock_connect`` too resolves the address again and asks the socket
+    its family and type (enum conversions); where the loop can watch a
+    descriptor the connect is started here and awaited as the socket turning
+    writable, as sock_connect does after that.
     """
     sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
     try:
         sock.setblocking(False)
-        await loop.sock_connect(sock, (address, port))
+        if _watches_descriptors(loop):
+            error = sock.connect_ex((address, port))
+            if error in _CONNECTING:
+                await _writable(loop, sock.fileno())
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                # OSError picks the subclass for the errno (ConnectionRefusedError,
+                # TimeoutError for ETIMEDOUT), as sock_connect raises it.
+                raise OSError(error, f"Connect call failed {(address, port)}")
+        else:
+            await loop.sock_connect(sock, (address, port))
         await loop.create_connection(association.protocol, sock=sock)
     except BaseException:
         sock.close()
         raise
+
+
+#: connect_ex() on a non-blocking socket: the connection is on its way.
+_CONNECTING = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY, errno.EINTR})
+#: Loop types and whether they watch descriptors (add_writer; not the proactor loop).
+_WATCHES: dict[type, bool] = {}
+
+
+def _watches_descriptors(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when ``loop`` implements ``add_writer`` (selector loops, uvloop)."""
+    kind = type(loop)
+    watches = _WATCHES.get(kind)
+    if watches is None:
+        # The proactor loop inherits AbstractEventLoop's, which raises.
+        implementation = getattr(kind, "add_writer", None)
+        watches = implementation not in (None, asyncio.AbstractEventLoop.add_writer)
+        _WATCHES[kind] = watches
+    return watches
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until ``fd`` is writable (a non-blocking connect has finished, or failed)."""
+    waiter = loop.create_future()
+    loop.add_writer(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _expire_connect(task: asyncio.Task[object], expired: list[bool]) -> None:

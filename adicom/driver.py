@@ -62,6 +62,11 @@ __all__ = ["PARSE_BUDGET", "Driver"]
 
 log = logging.getLogger("adicom")
 
+# Members used once per association, looked up once: an Enum class attribute
+# costs a slot call on Python 3.11 (EnumType.__getattr__).
+_STA4 = State.STA4
+_CLOSE = TimeoutKind.CLOSE
+
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
 PARSE_BUDGET = 256
@@ -306,7 +311,7 @@ class Driver:
             self._close_waiters = waiters = []
         waiters.append(waiter)
         try:
-            await bounded(waiter, TimeoutKind.CLOSE, timeout)
+            await bounded(waiter, _CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
@@ -328,7 +333,7 @@ class Driver:
             # Evt5.
             self._ul.connection_made(self._loop.time())
             self._after_io()
-        elif self._ul.state is State.STA4:
+        elif self._ul.state is _STA4:
             # Evt2: the request was prepared before connecting
             # (Association.prepare_request); it leaves from this callback.
             self._send_request()

@@ -152,3 +152,44 @@ async def test_a_request_given_up_after_its_answer_failed_leaves_no_unretrieved_
         assert not [c for c in reported if "never retrieved" in str(c.get("message"))]
     finally:
         loop.set_exception_handler(None)
+
+
+def test_loops_that_cannot_watch_a_descriptor_connect_with_sock_connect() -> None:
+    from adicom.client import _watches_descriptors
+
+    class NoWatching(asyncio.AbstractEventLoop):
+        """A loop like the proactor one: add_writer is AbstractEventLoop's, which raises."""
+
+    class Watching(asyncio.AbstractEventLoop):
+        def add_writer(self, fd: object, callback: object, *args: object) -> None:
+            """Watches."""
+
+    assert _watches_descriptors(Watching()) is True
+    assert _watches_descriptors(NoWatching()) is False
+    loop = asyncio.new_event_loop()
+    try:
+        assert _watches_descriptors(loop) is True
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("watching", [True, False])
+async def test_connect_with_or_without_watching_the_descriptor(
+    watching: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of connecting: the loop watching the socket, and loop.sock_connect."""
+    from adicom import client
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setitem(client._WATCHES, type(loop), watching)
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                assert await assoc.echo() == 0
+            # A port nobody listens on is refused, in words, either way.
+            free = socket.socket()
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+            free.close()
+            with pytest.raises(PeerUnreachable, match="Connection refused"):
+                await adicom.open_association("127.0.0.1", port)
