@@ -206,7 +206,7 @@ async def _connect_tcp(
     sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
     try:
         sock.setblocking(False)
-        if _watches_descriptors(loop):
+        if _watches_descriptors(type(loop)):
             error = sock.connect_ex((address, port))
             if error in _CONNECTING:
                 await _writable(loop, sock.fileno())
@@ -229,9 +229,8 @@ _CONNECTING = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY, errno.
 _WATCHES: dict[type, bool] = {}
 
 
-def _watches_descriptors(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when ``loop`` implements ``add_writer`` (selector loops, uvloop)."""
-    kind = type(loop)
+def _watches_descriptors(kind: type) -> bool:
+    """True when loops of type ``kind`` implement ``add_writer`` (selector loops, uvloop)."""
     watches = _WATCHES.get(kind)
     if watches is None:
         # The proactor loop inherits AbstractEventLoop's, which raises.
