@@ -22,7 +22,6 @@ the abort first, and nobody waits on a peer that never closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import socket
@@ -109,8 +108,10 @@ class _Transport(asyncio.BufferedProtocol):
             # that pattern (a command PDU, then the peer's response). Not a
             # TCP socket (a Unix one)? Then there is no Nagle to turn off
             # (tried rather than asked: sock.family costs an enum lookup).
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (suppress costs three calls per connection)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         assert isinstance(transport, asyncio.Transport)
         self._association._connection_made(transport)
 
@@ -171,6 +172,10 @@ class Driver:
     #: that received it (a C-ECHO-RQ, say), saving a task switch:
     #: returns True if it did, False to queue it for receive_request.
     on_request: Callable[[Message], bool] | None = None
+    #: Acceptor: told the peer's A-ASSOCIATE-RQ in the transport callback
+    #: that received it, once, to answer it there (accept or reject) when
+    #: the answer needs no await; wait_request sees the request either way.
+    on_association_request: Callable[[AAssociateRQ], None] | None = None
     _reserved = 0  # requests waiting to be sent, counted in the window
     # Tasks waiting for room in the operations window, for the transport
     # to drain, for the close (a deque or list once one waits).
@@ -422,7 +427,7 @@ class Driver:
         self._close_waiters = ()
         # A hook that holds the association (a partial of it) would keep it
         # in a reference cycle: nothing comes to answer any more.
-        self.on_request = None
+        self.on_request = self.on_association_request = None
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -607,6 +612,10 @@ class Driver:
             seen = self._request_seen
             if seen is not None and not seen.done():
                 seen.set_result(event.request)
+            hook = self.on_association_request
+            if hook is not None:
+                self.on_association_request = None
+                hook(event.request)
         elif isinstance(event, ul.AssociationAccepted | ul.AssociationRejected):
             answer = self._association_answer
             if answer is not None and not answer.done():
