@@ -12,9 +12,11 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from ssl import SSLContext, SSLError
+from types import TracebackType
 
 from adicom.association import Association
 from adicom.errors import (
@@ -290,8 +292,7 @@ def resolve(host: str, port: int) -> str:
     return str(found[0][4][0])
 
 
-@asynccontextmanager
-async def connect(
+def connect(
     host: str,
     port: int,
     *,
@@ -308,7 +309,7 @@ async def connect(
     server_hostname: str | None = None,
     extended_negotiation: QROptions | Mapping[str, QROptions] | None = None,
     hooks: Hooks | None = None,
-) -> AsyncIterator[Association]:
+) -> AbstractAsyncContextManager[Association]:
     """An association for the length of an ``async with`` block.
 
     Released when the block ends normally; aborted when it raises, so the
@@ -320,38 +321,71 @@ async def connect(
         async with adicom.connect("pacs", 11112, called_ae="PACS") as assoc:
             await assoc.echo()
     """
-    association = await open_association(
-        host,
-        port,
-        calling_ae=calling_ae,
-        called_ae=called_ae,
-        contexts=contexts,
-        roles=roles,
-        user_identity=user_identity,
-        max_pdu=max_pdu,
-        connect_timeout=connect_timeout,
-        timeout=timeout,
-        async_window=async_window,
-        ssl=ssl,
-        server_hostname=server_hostname,
-        extended_negotiation=extended_negotiation,
-        hooks=hooks,
+    return _Connection(
+        partial(
+            open_association,
+            host,
+            port,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            contexts=contexts,
+            roles=roles,
+            user_identity=user_identity,
+            max_pdu=max_pdu,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            async_window=async_window,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            extended_negotiation=extended_negotiation,
+            hooks=hooks,
+        ),
+        timeout,
     )
-    try:
-        yield association
-    except asyncio.CancelledError:
-        # Cancelled between operations (a retrieve cancelled on the wire has
-        # had its final response, PS3.7 9.3.2.3): the association is in
-        # order, so it is released, within a moment; mid-operation, aborted.
-        try:
-            if association.is_established and association.outstanding == 0:
-                await association.release(CANCEL_RELEASE_TIMEOUT)
-        except Exception as exc:
-            log.debug("no release after a cancellation: %s", exc)
-        finally:
-            association.abort()  # a no-op once released
-        raise
-    except BaseException:
-        association.abort()
-        raise
-    await association.release(timeout)
+
+
+class _Connection:
+    """What :func:`connect` returns: an async context manager over one association.
+
+    A class rather than ``contextlib.asynccontextmanager``, whose generator
+    and StopAsyncIteration cost more than the rest of a short connect block's
+    bookkeeping (a requestor may open an association per operation).
+    """
+
+    __slots__ = ("_association", "_open", "_timeout")
+
+    def __init__(self, open_: Callable[[], Awaitable[Association]], timeout: float | None) -> None:
+        self._open = open_
+        self._timeout = timeout
+        self._association: Association | None = None
+
+    async def __aenter__(self) -> Association:
+        if self._association is not None:
+            raise RuntimeError("a connect() block cannot be entered twice")
+        self._association = association = await self._open()
+        return association
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        association = self._association
+        assert association is not None
+        if exc_type is None:
+            await association.release(self._timeout)
+        elif issubclass(exc_type, asyncio.CancelledError):
+            # Cancelled between operations (a retrieve cancelled on the wire
+            # has had its final response, PS3.7 9.3.2.3): the association is
+            # in order, so it is released, within a moment; mid-operation,
+            # aborted.
+            try:
+                if association.is_established and association.outstanding == 0:
+                    await association.release(CANCEL_RELEASE_TIMEOUT)
+            except Exception as error:
+                log.debug("no release after a cancellation: %s", error)
+            finally:
+                association.abort()  # a no-op once released
+        else:
+            association.abort()

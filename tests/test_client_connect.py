@@ -189,3 +189,46 @@ async def test_connect_with_or_without_watching_the_descriptor(
             free.close()
             with pytest.raises(PeerUnreachable, match="Connection refused"):
                 await adicom.open_association("127.0.0.1", port)
+
+
+async def test_a_connect_block_releases_aborts_or_releases_when_cancelled() -> None:
+    """Normal end: released; an exception: aborted; a cancellation between operations: released."""
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                await assoc.echo()
+            await server.wait_idle()
+            assert (server.stats["released"], server.stats["aborted"]) == (1, 0)
+
+            with pytest.raises(ValueError, match="ours"):
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    await assoc.echo()
+                    raise ValueError("ours")
+            await server.wait_idle()
+            assert (server.stats["released"], server.stats["aborted"]) == (1, 1)
+
+            entered = asyncio.Event()
+
+            async def block() -> None:
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as a:
+                    await a.echo()
+                    entered.set()
+                    await asyncio.sleep(BOUND * 2)
+
+            task = asyncio.create_task(block())
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await server.wait_idle()
+            assert (server.stats["released"], server.stats["aborted"]) == (2, 1)
+
+
+async def test_a_connect_block_is_entered_once() -> None:
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        block = adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP")
+        async with asyncio.timeout(BOUND):
+            async with block as assoc:
+                assert await assoc.echo() == 0
+                with pytest.raises(RuntimeError, match="entered twice"):
+                    await block.__aenter__()
