@@ -43,7 +43,7 @@ log = logging.getLogger("adicom")
 #: Seconds a cancelled ``connect`` block waits for the release of its association.
 CANCEL_RELEASE_TIMEOUT = 2.0
 
-__all__ = ["connect", "open_association"]
+__all__ = ["connect", "open_association", "tcp_socket"]
 
 #: What :func:`connect` proposes when no contexts are given: Verification.
 DEFAULT_CONTEXTS: tuple[tuple[str, Sequence[str]], ...] = (
@@ -205,7 +205,8 @@ async def _connect_tcp(
     descriptor the connect is started here and awaited as the socket turning
     writable, as sock_connect does after that.
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = tcp_socket(socket.socket(family), family)
     try:
         sock.setblocking(False)
         if _watches_descriptors(type(loop)):
@@ -255,6 +256,42 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class _Tcp4(socket.socket):
+    """A TCP socket over IPv4 whose family and type are class attributes (see tcp_socket)."""
+
+    __slots__ = ()
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+
+
+class _Tcp6(socket.socket):
+    """A TCP socket over IPv6 whose family and type are class attributes (see tcp_socket)."""
+
+    __slots__ = ()
+    family = socket.AF_INET6
+    type = socket.SOCK_STREAM
+
+
+def tcp_socket(sock: socket.socket, family: int) -> socket.socket:
+    """``sock``, a plain TCP socket of ``family`` (IPv4 or IPv6), made cheap to ask its kind.
+
+    ``socket.socket.family`` and ``.type`` are properties that turn the
+    number into an enum member at every read (a few thousand instructions
+    each); asyncio reads them five times for a connection it wraps
+    (``create_connection``, ``connect_accepted_socket``, its TCP_NODELAY
+    check) and ``socket.accept`` twice, which adds up for a server or a
+    client that opens an association per operation. A TCP socket's family
+    and type never change, so the socket's class becomes a subclass that
+    holds them as plain attributes (the same layout, nothing else differs).
+    Any other socket (another family, a subclass) is returned as it is.
+    """
+    if type(sock) is socket.socket:
+        kind = _Tcp4 if family == socket.AF_INET else _Tcp6 if family == socket.AF_INET6 else None
+        if kind is not None:
+            sock.__class__ = kind
+    return sock
 
 
 def _expire_connect(task: asyncio.Task[object], expired: list[bool]) -> None:

@@ -232,3 +232,31 @@ async def test_a_connect_block_is_entered_once() -> None:
                 assert await assoc.echo() == 0
                 with pytest.raises(RuntimeError, match="entered twice"):
                     await block.__aenter__()
+
+
+def test_tcp_socket_keeps_the_family_and_type_it_reports() -> None:
+    from adicom.client import tcp_socket
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            plain = socket.socket(family)
+        except OSError:  # pragma: no cover - a host without IPv6
+            continue
+        with plain:
+            sock = tcp_socket(plain, family)
+            assert sock is plain and type(sock) is not socket.socket
+            # What the socket itself says, read past the class attributes.
+            assert sock.family == socket.socket.family.fget(sock) == family  # type: ignore[attr-defined]
+            assert sock.type == socket.socket.type.fget(sock) == socket.SOCK_STREAM  # type: ignore[attr-defined]
+            sock.bind((host, 0))
+            assert sock.getsockname()[1] > 0
+    # Anything else is left as it is: another family, a subclass of socket.
+    unix = socket.socket(socket.AF_UNIX)
+    with unix:
+        assert type(tcp_socket(unix, socket.AF_UNIX)) is socket.socket
+
+    class Mine(socket.socket):
+        pass
+
+    with Mine() as mine:
+        assert type(tcp_socket(mine, socket.AF_INET)) is Mine
