@@ -220,10 +220,19 @@ class Association(Driver):
         ARTIM (PS3.8 9.1.5) bounds the wait: when it runs out the connection
         is closed.
         """
-        if self._request_seen is None:
+        if self.requestor:
             raise LocalProtocolError("a requestor receives no A-ASSOCIATE-RQ")
-        # Set with the request, or with None when the connection closes.
-        return await self._request_seen
+        if self.request is not None:
+            return self.request
+        if self._closed.done():
+            return None
+        # Set with the request, or with None when the connection closes;
+        # made by the first wait (a server that answers the request in the
+        # transport callback has none).
+        seen = self._request_seen
+        if seen is None:
+            seen = self._request_seen = self._loop.create_future()
+        return await seen
 
     def accept(self, response: AAssociateAC, agreement: Agreement) -> None:
         """Acceptor: answer with A-ASSOCIATE-AC and take what was agreed."""

@@ -187,8 +187,8 @@ class Driver:
     # while there are any (see send_message's ``batch``).
     _batched = 0
     _error: DicomError | None = None
-    # The acceptor's: set with the peer's A-ASSOCIATE-RQ, or None when the
-    # connection closes first (a requestor has none).
+    # The acceptor's, once wait_request waits: set with the peer's
+    # A-ASSOCIATE-RQ, or None when the connection closes first.
     _request_seen: asyncio.Future[AAssociateRQ | None] | None = None
     _association_answer: asyncio.Future[ul.ULEvent] | None = None
     _release_done: asyncio.Future[None] | None = None
@@ -231,8 +231,6 @@ class Driver:
         self._incoming = MessageQueue()
         self._send_lock = asyncio.Lock()
         self._closed: asyncio.Future[None] = loop.create_future()
-        if not requestor:
-            self._request_seen = loop.create_future()
         # Event hooks and protocol logging (adicom.events): None when nothing
         # listens, and then every place an event could arise costs one test.
         self._emitter = emitter = ev.emitter(hooks)

@@ -1,8 +1,11 @@
 """The acceptor side: :class:`Server` accepts associations and serves DIMSE requests.
 
 One task per association, all on one event loop: negotiation, then a loop
-over the requests. An association that breaks the protocol is aborted and
-logged; the others go on.
+over the requests. Without a user identity hook (the one part of the
+negotiation that awaits) the A-ASSOCIATE-RQ is answered in the transport
+callback that read it, as C-ECHO-RQs and C-STOREs stored at once are: the
+task is woken only for what needs it. An association that breaks the
+protocol is aborted and logged; the others go on.
 """
 
 from __future__ import annotations

@@ -175,3 +175,39 @@ async def test_a_pdu_before_the_request_is_no_association() -> None:
     assert answer[:1] == b"\x07"  # A-ABORT
     assert server.stats["aborted"] == 0
     assert server.stats["accepted"] == 0
+
+
+async def test_wait_request_before_and_after_the_request_and_after_a_close() -> None:
+    from adicom.association import Association
+    from adicom.pdu import AAssociateRJ
+
+    loop = asyncio.get_running_loop()
+    acceptors: list[Association] = []
+
+    def protocol() -> asyncio.BaseProtocol:
+        acceptor = Association(requestor=False)
+        acceptors.append(acceptor)
+        return acceptor.protocol()
+
+    server = await loop.create_server(protocol, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(BOUND):
+            requestor = asyncio.create_task(
+                adicom.open_association("127.0.0.1", port, called_ae="SOMEONE")
+            )
+            while not acceptors:
+                await asyncio.sleep(0.005)
+            request = await acceptors[0].wait_request()  # waits for it
+            assert request is not None and request.called_ae == "SOMEONE"
+            assert await acceptors[0].wait_request() is request  # at once, the second time
+            acceptors[0].reject(AAssociateRJ(1, 1, 7))
+            with pytest.raises(AssociationRejected):
+                await requestor
+            await acceptors[0].wait_closed(BOUND)
+            # A connection that closes without a request: None, even asked after the close.
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            while len(acceptors) < 2 or not acceptors[1].closed:
+                await asyncio.sleep(0.005)
+            assert await acceptors[1].wait_request() is None
