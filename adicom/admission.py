@@ -77,7 +77,8 @@ class Admission:
         self.max_per_address = max_per_address
         self.pending = 0
         self.associated = 0
-        self._by_address: Counter[str] = Counter()
+        # A plain dict: Counter's __missing__ is a Python call per new address.
+        self._by_address: dict[str, int] = {}
         #: Connections that have not sent their A-ASSOCIATE-RQ, oldest first.
         self._silent: OrderedDict[int, Callable[[], None]] = OrderedDict()
         self._next_id = 0
@@ -85,8 +86,9 @@ class Admission:
 
     def connect(self, address: str) -> int | str:
         """A connection from ``address`` opened: its ticket, or why it is refused."""
-        if self.max_per_address is not None and self._by_address[address] >= self.max_per_address:
-            return f"{address} holds {self._by_address[address]} connections (--max-per-address)"
+        held = self._by_address.get(address, 0)
+        if self.max_per_address is not None and held >= self.max_per_address:
+            return f"{address} holds {held} connections (--max-per-address)"
         if self.max_pending is not None and self.pending >= self.max_pending:
             if not self._silent:
                 return f"{self.pending} connections are still negotiating (--max-pending)"
@@ -99,7 +101,7 @@ class Admission:
             )
             close()  # its disconnect() follows when it has closed
         self.pending += 1
-        self._by_address[address] += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
         self._next_id += 1
         return self._next_id
 
@@ -126,6 +128,8 @@ class Admission:
             self.associated -= 1
         else:
             self.pending -= 1
-        self._by_address[address] -= 1
-        if self._by_address[address] <= 0:
-            del self._by_address[address]
+        held = self._by_address.get(address, 0) - 1
+        if held > 0:
+            self._by_address[address] = held
+        else:
+            self._by_address.pop(address, None)

@@ -58,6 +58,12 @@ __all__ = ["Association", "Message", "Operation"]
 
 log = logging.getLogger("adicom")
 
+# Members used once per association, looked up once: an Enum class attribute
+# costs a slot call on Python 3.11 (EnumType.__getattr__).
+_STA1 = State.STA1
+_ASSOCIATION = TimeoutKind.ASSOCIATION
+_RELEASE = TimeoutKind.RELEASE
+
 #: Longest time (s) sending one message holds the event loop before
 #: letting other work run.
 SEND_SLICE = 0.002
@@ -188,7 +194,7 @@ class Association(Driver):
         assert self._association_answer is not None
         event = await bounded(
             self._association_answer,
-            TimeoutKind.ASSOCIATION,
+            _ASSOCIATION,
             timeout,
             f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
         )
@@ -214,10 +220,19 @@ class Association(Driver):
         ARTIM (PS3.8 9.1.5) bounds the wait: when it runs out the connection
         is closed.
         """
-        if self._request_seen is None:
+        if self.requestor:
             raise LocalProtocolError("a requestor receives no A-ASSOCIATE-RQ")
-        # Set with the request, or with None when the connection closes.
-        return await self._request_seen
+        if self.request is not None:
+            return self.request
+        if self._closed.done():
+            return None
+        # Set with the request, or with None when the connection closes;
+        # made by the first wait (a server that answers the request in the
+        # transport callback has none).
+        seen = self._request_seen
+        if seen is None:
+            seen = self._request_seen = self._loop.create_future()
+        return await seen
 
     def accept(self, response: AAssociateAC, agreement: Agreement) -> None:
         """Acceptor: answer with A-ASSOCIATE-AC and take what was agreed."""
@@ -243,7 +258,7 @@ class Association(Driver):
         requestor release under them). Aborts instead if the peer does not
         answer within ``timeout``.
         """
-        if self._error is not None or self._ul.state is State.STA1:
+        if self._error is not None or self._ul.state is _STA1:
             self.close()
             return
         for operation in list(self._operations.values()):
@@ -263,7 +278,7 @@ class Association(Driver):
         self._after_io()
         deadline = None if timeout is None else self._loop.time() + timeout
         try:
-            await bounded(self._release_done, TimeoutKind.RELEASE, timeout)
+            await bounded(self._release_done, _RELEASE, timeout)
             if not self._closed.done():
                 # Told when we closed (see Driver._flush), and the close is
                 # not done yet (TLS says goodbye first): wait for it, within

@@ -7,13 +7,15 @@ level, with pydantic models) builds on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from ssl import SSLContext, SSLError
+from types import TracebackType
 
 from adicom.association import Association
 from adicom.errors import (
@@ -40,7 +42,7 @@ log = logging.getLogger("adicom")
 #: Seconds a cancelled ``connect`` block waits for the release of its association.
 CANCEL_RELEASE_TIMEOUT = 2.0
 
-__all__ = ["connect", "open_association"]
+__all__ = ["connect", "open_association", "tcp_socket"]
 
 #: What :func:`connect` proposes when no contexts are given: Verification.
 DEFAULT_CONTEXTS: tuple[tuple[str, Sequence[str]], ...] = (
@@ -197,15 +199,98 @@ async def _connect_tcp(
     ``loop.create_connection`` resolves the address (twice), walks the list
     of candidates and wraps each attempt in a coroutine of its own; for one
     address the socket, its connect and the transport are all there is.
+    ``loop.sock_connect`` too resolves the address again and asks the socket
+    its family and type (enum conversions); where the loop can watch a
+    descriptor the connect is started here and awaited as the socket turning
+    writable, as sock_connect does after that.
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = tcp_socket(socket.socket(family), family)
     try:
         sock.setblocking(False)
-        await loop.sock_connect(sock, (address, port))
+        if _watches_descriptors(type(loop)):
+            error = sock.connect_ex((address, port))
+            if error in _CONNECTING:
+                await _writable(loop, sock.fileno())
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                # OSError picks the subclass for the errno (ConnectionRefusedError,
+                # TimeoutError for ETIMEDOUT), as sock_connect raises it.
+                raise OSError(error, f"Connect call failed {(address, port)}")
+        else:
+            await loop.sock_connect(sock, (address, port))
         await loop.create_connection(association.protocol, sock=sock)
     except BaseException:
         sock.close()
         raise
+
+
+#: connect_ex() on a non-blocking socket: the connection is on its way.
+_CONNECTING = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY, errno.EINTR})
+#: Loop types and whether they watch descriptors (add_writer; not the proactor loop).
+_WATCHES: dict[type, bool] = {}
+
+
+def _watches_descriptors(kind: type) -> bool:
+    """True when loops of type ``kind`` implement ``add_writer`` (selector loops, uvloop)."""
+    watches = _WATCHES.get(kind)
+    if watches is None:
+        # The proactor loop inherits AbstractEventLoop's, which raises.
+        implementation = getattr(kind, "add_writer", None)
+        watches = implementation not in (None, asyncio.AbstractEventLoop.add_writer)
+        _WATCHES[kind] = watches
+    return watches
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until ``fd`` is writable (a non-blocking connect has finished, or failed)."""
+    waiter = loop.create_future()
+    loop.add_writer(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Tcp4(socket.socket):
+    """A TCP socket over IPv4 whose family and type are class attributes (see tcp_socket)."""
+
+    __slots__ = ()
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+
+
+class _Tcp6(socket.socket):
+    """A TCP socket over IPv6 whose family and type are class attributes (see tcp_socket)."""
+
+    __slots__ = ()
+    family = socket.AF_INET6
+    type = socket.SOCK_STREAM
+
+
+def tcp_socket(sock: socket.socket, family: int) -> socket.socket:
+    """``sock``, a plain TCP socket of ``family`` (IPv4 or IPv6), made cheap to ask its kind.
+
+    ``socket.socket.family`` and ``.type`` are properties that turn the
+    number into an enum member at every read (a few thousand instructions
+    each); asyncio reads them five times for a connection it wraps
+    (``create_connection``, ``connect_accepted_socket``, its TCP_NODELAY
+    check) and ``socket.accept`` twice, which adds up for a server or a
+    client that opens an association per operation. A TCP socket's family
+    and type never change, so the socket's class becomes a subclass that
+    holds them as plain attributes (the same layout, nothing else differs).
+    Any other socket (another family, a subclass) is returned as it is.
+    """
+    if type(sock) is socket.socket:
+        kind = _Tcp4 if family == socket.AF_INET else _Tcp6 if family == socket.AF_INET6 else None
+        if kind is not None:
+            sock.__class__ = kind
+    return sock
 
 
 def _expire_connect(task: asyncio.Task[object], expired: list[bool]) -> None:
@@ -225,9 +310,11 @@ def resolve(host: str, port: int) -> str:
     """
     # An IP address (the common case, and every server's peer) asks
     # nothing of the resolver: inet_pton is a fraction of getaddrinfo's cost.
-    with contextlib.suppress(OSError):
+    try:  # not contextlib.suppress: three calls per connect
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         return host
+    except OSError:
+        pass
     try:
         # The other numeric forms getaddrinfo takes ("127.1", "fe80::1%eth0").
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
@@ -243,8 +330,7 @@ def resolve(host: str, port: int) -> str:
     return str(found[0][4][0])
 
 
-@asynccontextmanager
-async def connect(
+def connect(
     host: str,
     port: int,
     *,
@@ -261,7 +347,7 @@ async def connect(
     server_hostname: str | None = None,
     extended_negotiation: QROptions | Mapping[str, QROptions] | None = None,
     hooks: Hooks | None = None,
-) -> AsyncIterator[Association]:
+) -> AbstractAsyncContextManager[Association]:
     """An association for the length of an ``async with`` block.
 
     Released when the block ends normally; aborted when it raises, so the
@@ -273,38 +359,71 @@ async def connect(
         async with adicom.connect("pacs", 11112, called_ae="PACS") as assoc:
             await assoc.echo()
     """
-    association = await open_association(
-        host,
-        port,
-        calling_ae=calling_ae,
-        called_ae=called_ae,
-        contexts=contexts,
-        roles=roles,
-        user_identity=user_identity,
-        max_pdu=max_pdu,
-        connect_timeout=connect_timeout,
-        timeout=timeout,
-        async_window=async_window,
-        ssl=ssl,
-        server_hostname=server_hostname,
-        extended_negotiation=extended_negotiation,
-        hooks=hooks,
+    return _Connection(
+        partial(
+            open_association,
+            host,
+            port,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            contexts=contexts,
+            roles=roles,
+            user_identity=user_identity,
+            max_pdu=max_pdu,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            async_window=async_window,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            extended_negotiation=extended_negotiation,
+            hooks=hooks,
+        ),
+        timeout,
     )
-    try:
-        yield association
-    except asyncio.CancelledError:
-        # Cancelled between operations (a retrieve cancelled on the wire has
-        # had its final response, PS3.7 9.3.2.3): the association is in
-        # order, so it is released, within a moment; mid-operation, aborted.
-        try:
-            if association.is_established and association.outstanding == 0:
-                await association.release(CANCEL_RELEASE_TIMEOUT)
-        except Exception as exc:
-            log.debug("no release after a cancellation: %s", exc)
-        finally:
-            association.abort()  # a no-op once released
-        raise
-    except BaseException:
-        association.abort()
-        raise
-    await association.release(timeout)
+
+
+class _Connection:
+    """What :func:`connect` returns: an async context manager over one association.
+
+    A class rather than ``contextlib.asynccontextmanager``, whose generator
+    and StopAsyncIteration cost more than the rest of a short connect block's
+    bookkeeping (a requestor may open an association per operation).
+    """
+
+    __slots__ = ("_association", "_open", "_timeout")
+
+    def __init__(self, open_: Callable[[], Awaitable[Association]], timeout: float | None) -> None:
+        self._open = open_
+        self._timeout = timeout
+        self._association: Association | None = None
+
+    async def __aenter__(self) -> Association:
+        if self._association is not None:
+            raise RuntimeError("a connect() block cannot be entered twice")
+        self._association = association = await self._open()
+        return association
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        association = self._association
+        assert association is not None
+        if exc_type is None:
+            await association.release(self._timeout)
+        elif issubclass(exc_type, asyncio.CancelledError):
+            # Cancelled between operations (a retrieve cancelled on the wire
+            # has had its final response, PS3.7 9.3.2.3): the association is
+            # in order, so it is released, within a moment; mid-operation,
+            # aborted.
+            try:
+                if association.is_established and association.outstanding == 0:
+                    await association.release(CANCEL_RELEASE_TIMEOUT)
+            except Exception as error:
+                log.debug("no release after a cancellation: %s", error)
+            finally:
+                association.abort()  # a no-op once released
+        else:
+            association.abort()

@@ -22,7 +22,6 @@ the abort first, and nobody waits on a peer that never closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import socket
@@ -61,6 +60,11 @@ from adicom.turns import loop_turns
 __all__ = ["PARSE_BUDGET", "Driver"]
 
 log = logging.getLogger("adicom")
+
+# Members used once per association, looked up once: an Enum class attribute
+# costs a slot call on Python 3.11 (EnumType.__getattr__).
+_STA4 = State.STA4
+_CLOSE = TimeoutKind.CLOSE
 
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
@@ -104,8 +108,10 @@ class _Transport(asyncio.BufferedProtocol):
             # that pattern (a command PDU, then the peer's response). Not a
             # TCP socket (a Unix one)? Then there is no Nagle to turn off
             # (tried rather than asked: sock.family costs an enum lookup).
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (suppress costs three calls per connection)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         # Not an isinstance check: uvloop's transports have the methods of
         # asyncio.Transport without deriving from it.
         self._association._connection_made(cast(asyncio.Transport, transport))
@@ -167,6 +173,10 @@ class Driver:
     #: that received it (a C-ECHO-RQ, say), saving a task switch:
     #: returns True if it did, False to queue it for receive_request.
     on_request: Callable[[Message], bool] | None = None
+    #: Acceptor: told the peer's A-ASSOCIATE-RQ in the transport callback
+    #: that received it, once, to answer it there (accept or reject) when
+    #: the answer needs no await; wait_request sees the request either way.
+    on_association_request: Callable[[AAssociateRQ], None] | None = None
     _reserved = 0  # requests waiting to be sent, counted in the window
     # Tasks waiting for room in the operations window, for the transport
     # to drain, for the close (a deque or list once one waits).
@@ -178,8 +188,8 @@ class Driver:
     # while there are any (see send_message's ``batch``).
     _batched = 0
     _error: DicomError | None = None
-    # The acceptor's: set with the peer's A-ASSOCIATE-RQ, or None when the
-    # connection closes first (a requestor has none).
+    # The acceptor's, once wait_request waits: set with the peer's
+    # A-ASSOCIATE-RQ, or None when the connection closes first.
     _request_seen: asyncio.Future[AAssociateRQ | None] | None = None
     _association_answer: asyncio.Future[ul.ULEvent] | None = None
     _release_done: asyncio.Future[None] | None = None
@@ -222,8 +232,6 @@ class Driver:
         self._incoming = MessageQueue()
         self._send_lock = asyncio.Lock()
         self._closed: asyncio.Future[None] = loop.create_future()
-        if not requestor:
-            self._request_seen = loop.create_future()
         # Event hooks and protocol logging (adicom.events): None when nothing
         # listens, and then every place an event could arise costs one test.
         self._emitter = emitter = ev.emitter(hooks)
@@ -307,7 +315,7 @@ class Driver:
             self._close_waiters = waiters = []
         waiters.append(waiter)
         try:
-            await bounded(waiter, TimeoutKind.CLOSE, timeout)
+            await bounded(waiter, _CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
@@ -329,7 +337,7 @@ class Driver:
             # Evt5.
             self._ul.connection_made(self._loop.time())
             self._after_io()
-        elif self._ul.state is State.STA4:
+        elif self._ul.state is _STA4:
             # Evt2: the request was prepared before connecting
             # (Association.prepare_request); it leaves from this callback.
             self._send_request()
@@ -418,7 +426,7 @@ class Driver:
         self._close_waiters = ()
         # A hook that holds the association (a partial of it) would keep it
         # in a reference cycle: nothing comes to answer any more.
-        self.on_request = None
+        self.on_request = self.on_association_request = None
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -603,6 +611,10 @@ class Driver:
             seen = self._request_seen
             if seen is not None and not seen.done():
                 seen.set_result(event.request)
+            hook = self.on_association_request
+            if hook is not None:
+                self.on_association_request = None
+                hook(event.request)
         elif isinstance(event, ul.AssociationAccepted | ul.AssociationRejected):
             answer = self._association_answer
             if answer is not None and not answer.done():

@@ -711,6 +711,10 @@ def states_where(event: Event, effects: tuple[Effect, ...]) -> frozenset[State]:
     return frozenset(found)
 
 
+#: State.STA1, looked up once (an Enum class attribute costs a slot call on 3.11).
+_STA1 = State.STA1
+
+
 class StateMachine:
     """One association's upper layer state machine (PS3.8 9.2), with no I/O.
 
@@ -723,7 +727,7 @@ class StateMachine:
 
     def __init__(self, *, requestor: bool) -> None:
         self.requestor = requestor
-        self._state = State.STA1
+        self._state = _STA1
         self._artim_running = False
 
     def __repr__(self) -> str:

@@ -26,6 +26,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from adicom.admission import RateLimitedLog
+from adicom.client import tcp_socket
 
 log = logging.getLogger("adicom")
 
@@ -119,7 +120,9 @@ class Listener:
                 return
             self._delay.pop(sock, None)
             conn.setblocking(False)
-            self.on_accept(conn, address)
+            # Its family and type as plain attributes: asyncio reads them
+            # thrice as it wraps the connection (see tcp_socket).
+            self.on_accept(tcp_socket(conn, sock.family), address)
 
     def _out_of_resources(self, exc: OSError, delay: float) -> None:
         """Say (at most every few seconds) that accepting waits for descriptors."""
@@ -207,7 +210,8 @@ def bind(
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            # (accept() reads the listening socket's family and type: see tcp_socket.)
+            sock = tcp_socket(socket.socket(family, kind, proto), family)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:

@@ -1,8 +1,11 @@
 """The acceptor side: :class:`Server` accepts associations and serves DIMSE requests.
 
 One task per association, all on one event loop: negotiation, then a loop
-over the requests. An association that breaks the protocol is aborted and
-logged; the others go on.
+over the requests. Without a user identity hook (the one part of the
+negotiation that awaits) the A-ASSOCIATE-RQ is answered in the transport
+callback that read it, as C-ECHO-RQs and C-STOREs stored at once are: the
+task is woken only for what needs it. An association that breaks the
+protocol is aborted and logged; the others go on.
 """
 
 from __future__ import annotations
@@ -94,6 +97,24 @@ class AssociationInfo:
 _RJ_NO_REASON = AAssociateRJ(1, 1, 1)
 _RJ_CALLING_AE = AAssociateRJ(1, 1, 3)  # calling-AE-title-not-recognized
 _RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
+
+
+class _Session:
+    """What a connection's task and its transport callbacks share about its negotiation."""
+
+    __slots__ = ("accepted", "answered", "answers_now", "associated", "ticket")
+
+    def __init__(self, ticket: int) -> None:
+        #: Its admission ticket (see adicom.admission).
+        self.ticket = ticket
+        #: Its A-ASSOCIATE-RQ is answered in the transport callback (no await needed).
+        self.answers_now = False
+        #: Its A-ASSOCIATE-RQ came and was answered (or failed answering).
+        self.answered = False
+        #: Admission counts it as an association (Admission.associate).
+        self.associated = False
+        #: It was accepted.
+        self.accepted = False
 
 
 class Server:
@@ -382,8 +403,16 @@ class Server:
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
         self.admission.silent(ticket, association.close)
+        session = _Session(ticket)
+        if self.user_identity is None:
+            # Nothing in the negotiation awaits (the user identity hook is the
+            # one thing that does): the A-ASSOCIATE-RQ is answered in the
+            # transport callback that read it, and this association's task
+            # is not woken for it.
+            session.answers_now = True
+            association.on_association_request = partial(self._request_now, association, session)
         task = asyncio.get_running_loop().create_task(
-            self._serve(association, sock, address, ticket)
+            self._serve(association, sock, address, session)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -393,7 +422,7 @@ class Server:
         association: Association,
         sock: socket.socket,
         address: tuple[str, int],
-        ticket: int,
+        session: _Session,
     ) -> None:
         host = address[0]
         try:
@@ -405,7 +434,7 @@ class Server:
             )
         except BaseException as exc:
             sock.close()
-            self.admission.disconnect(ticket, host, associated=False)
+            self.admission.disconnect(session.ticket, host, associated=False)
             if isinstance(exc, OSError | TimeoutError) and self.ssl is not None:
                 # An untrusted client certificate, plain DICOM on the TLS
                 # port, a scanner: that connection ends, the server goes on.
@@ -419,16 +448,32 @@ class Server:
                 raise
             log.info("connection from %s lost before it started: %s", address, exc)
             return
-        associated = False
         self._associations.add(association)
         try:
+            if session.answers_now:
+                # The A-ASSOCIATE-RQ is answered in the transport callback
+                # (_request_now): the task waits for the peer's requests from
+                # the start, woken first by one that cannot be answered at
+                # once, the release, or the end of the connection (ARTIM
+                # bounds the wait for the request, PS3.8 9.1.5, and for the
+                # close after a rejection).
+                try:
+                    await self._handle_requests(association)
+                except DicomError:
+                    if session.accepted:
+                        raise
+                    # Ended before an association: never requested (closed,
+                    # ARTIM, a PDU not allowed in Sta2), or rejected, or
+                    # failed answering (both counted already).
+                    if not session.answered:
+                        log.info("connection from %s closed before an association", address)
+                return
             request = await association.wait_request()
             if request is None:
                 log.info("connection from %s closed before an association", address)
                 return
-            self.admission.requested(ticket)
-            associated = await self._negotiate(association, request)
-            if not associated:
+            self.admission.requested(session.ticket)
+            if not await self._negotiate(association, session, request):
                 return
             await self._handle_requests(association)
         except asyncio.CancelledError:
@@ -444,12 +489,46 @@ class Server:
             association.abort()
         finally:
             self._associations.discard(association)
-            self.admission.disconnect(ticket, host, associated=associated)
+            self.admission.disconnect(session.ticket, host, associated=session.associated)
             await association.wait_closed(self.artim_timeout)
 
-    async def _negotiate(self, association: Association, request: AAssociateRQ) -> bool:
-        """Answer the A-ASSOCIATE-RQ; True when accepted."""
-        answer: tuple[AAssociateAC, Agreement] | AAssociateRJ | bytes | None
+    def _request_now(
+        self, association: Association, session: _Session, request: AAssociateRQ
+    ) -> None:
+        """Answer the A-ASSOCIATE-RQ in the transport callback (Driver.on_association_request)."""
+        self.admission.requested(session.ticket)
+        session.answered = True
+        try:
+            answer, why, peer, policy = self._screen(association, request)
+            self._answer(association, session, request, answer, why, peer, policy)
+        except Exception:
+            # As the task would (see _serve): the association ends, the server goes on.
+            session.accepted = False
+            self.stats["aborted"] += 1
+            log.exception("error answering %s; aborting", request.calling_ae or "?")
+            association.abort()
+
+    async def _negotiate(
+        self, association: Association, session: _Session, request: AAssociateRQ
+    ) -> bool:
+        """Answer the A-ASSOCIATE-RQ, asking the user identity hook; True when accepted."""
+        answer: AAssociateRJ | bytes | None
+        answer, why, peer, policy = self._screen(association, request)
+        if answer is None:
+            answer = await self._identity(association, request)
+            if isinstance(answer, AAssociateRJ):
+                why = "user identity not accepted"
+        return self._answer(association, session, request, answer, why, peer, policy)
+
+    def _screen(
+        self, association: Association, request: AAssociateRQ
+    ) -> tuple[AAssociateRJ | None, str | None, Peer | str | None, AcceptorPolicy]:
+        """What is decided before the contexts: a rejection (and why), the peer, the policy.
+
+        The called and calling AE titles, the application context, the
+        peer's maximum PDU, the peer rules, and a user identity required
+        but absent: all without awaiting anything.
+        """
         policy = self._policy
         answer = check_request(request, policy)
         why = None  # what the audit trail says of a rejection, beyond PS3.8's reason
@@ -460,27 +539,56 @@ class Server:
                 answer, why = _RJ_CALLING_AE, peer
             else:
                 policy = replace(policy, allow=peer.allows)
-        if answer is None:
-            answer = await self._identity(association, request)
-            if isinstance(answer, AAssociateRJ):
-                why = (
-                    "user identity not accepted"
-                    if request.user_information.user_identity_rq is not None
-                    else "no user identity, and one is required"
-                )
-        if not isinstance(answer, AAssociateRJ):
-            answer = negotiate(request, policy, identity_response=answer)
-        if not isinstance(answer, AAssociateRJ) and not self.admission.associate():
+        if (
+            answer is None
+            and self.require_identity
+            and request.user_information.user_identity_rq is None
+        ):
+            # PS3.7 D.3.3.7: an acceptor may refuse an association without
+            # one; PS3.8 Table 9-21 has no more precise reason than "none".
+            self.admission.log.warning(
+                "identity",
+                "rejecting %s from %s: no user identity, and one is required",
+                request.calling_ae,
+                association.peer_address,
+            )
+            answer, why = _RJ_NO_REASON, "no user identity, and one is required"
+        return answer, why, peer, policy
+
+    def _answer(
+        self,
+        association: Association,
+        session: _Session,
+        request: AAssociateRQ,
+        answer: AAssociateRJ | bytes | None,
+        why: str | None,
+        peer: Peer | str | None,
+        policy: AcceptorPolicy,
+    ) -> bool:
+        """Negotiate the contexts, within the association limit, and answer; True when accepted.
+
+        ``answer`` is a rejection decided already, or the user identity
+        hook's server response (None: none to send). ``session`` is told
+        when admission counts it as an association, and when it is accepted.
+        """
+        result: tuple[AAssociateAC, Agreement] | AAssociateRJ
+        if isinstance(answer, AAssociateRJ):
+            result = answer
+        else:
+            result = negotiate(request, policy, identity_response=answer)
+        if not isinstance(result, AAssociateRJ):
+            session.associated = self.admission.associate()
+        if not isinstance(result, AAssociateRJ) and not session.associated:
             self.admission.log.warning(
                 "full",
                 "rejecting associations: %d are open (--max-associations)",
                 self.admission.associated,
             )
-            answer = _RJ_TOO_MANY
-        if isinstance(answer, AAssociateRJ):
+            result = _RJ_TOO_MANY
+        if isinstance(result, AAssociateRJ):
             self.stats["rejected"] += 1
             # adicom.association logs it (adicom.events), with the reason.
-            reason = describe_reject(answer.result, answer.source, answer.reason)
+            reason = describe_reject(result.result, result.source, result.reason)
             if self.audit is not None:
                 self.audit.association(
                     request,
@@ -488,10 +596,11 @@ class Server:
                     association.tls,
                     refused=f"{why}: {reason}" if why else reason,
                 )
-            association.reject(answer)
+            association.reject(result)
             return False
-        response, agreement = answer
+        response, agreement = result
         association.accept(response, agreement)
+        session.accepted = True
         self.stats["accepted"] += 1
         if self.audit is not None:
             self.audit.association(
@@ -517,18 +626,11 @@ class Server:
     async def _identity(
         self, association: Association, request: AAssociateRQ
     ) -> bytes | AAssociateRJ | None:
-        """The user identity hook's answer: the response to send, or a rejection."""
+        """The user identity hook's answer: the response to send, or a rejection.
+
+        (A required identity that is absent was refused already, see _screen.)
+        """
         identity = request.user_information.user_identity_rq
-        if identity is None and self.require_identity:
-            # PS3.7 D.3.3.7: an acceptor may refuse an association without
-            # one; PS3.8 Table 9-21 has no more precise reason than "none".
-            self.admission.log.warning(
-                "identity",
-                "rejecting %s from %s: no user identity, and one is required",
-                request.calling_ae,
-                association.peer_address,
-            )
-            return _RJ_NO_REASON
         if self.user_identity is None or identity is None:
             return None
         info = AssociationInfo(

@@ -152,3 +152,111 @@ async def test_a_request_given_up_after_its_answer_failed_leaves_no_unretrieved_
         assert not [c for c in reported if "never retrieved" in str(c.get("message"))]
     finally:
         loop.set_exception_handler(None)
+
+
+def test_loops_that_cannot_watch_a_descriptor_connect_with_sock_connect() -> None:
+    from adicom.client import _watches_descriptors
+
+    class NoWatching(asyncio.AbstractEventLoop):
+        """A loop like the proactor one: add_writer is AbstractEventLoop's, which raises."""
+
+    class Watching(asyncio.AbstractEventLoop):
+        def add_writer(self, fd: object, callback: object, *args: object) -> None:
+            """Watches."""
+
+    assert _watches_descriptors(Watching) is True
+    assert _watches_descriptors(NoWatching) is False
+    assert _watches_descriptors(asyncio.SelectorEventLoop) is True
+
+
+@pytest.mark.parametrize("watching", [True, False])
+async def test_connect_with_or_without_watching_the_descriptor(
+    watching: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of connecting: the loop watching the socket, and loop.sock_connect."""
+    from adicom import client
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setitem(client._WATCHES, type(loop), watching)
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                assert await assoc.echo() == 0
+            # A port nobody listens on is refused, in words, either way.
+            free = socket.socket()
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+            free.close()
+            with pytest.raises(PeerUnreachable, match="Connection refused"):
+                await adicom.open_association("127.0.0.1", port)
+
+
+async def test_a_connect_block_releases_aborts_or_releases_when_cancelled() -> None:
+    """Normal end: released; an exception: aborted; a cancellation between operations: released."""
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                await assoc.echo()
+            await server.wait_idle()
+            assert (server.stats["released"], server.stats["aborted"]) == (1, 0)
+
+            with pytest.raises(ValueError, match="ours"):
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    await assoc.echo()
+                    raise ValueError("ours")
+            await server.wait_idle()
+            assert (server.stats["released"], server.stats["aborted"]) == (1, 1)
+
+            entered = asyncio.Event()
+
+            async def block() -> None:
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as a:
+                    await a.echo()
+                    entered.set()
+                    await asyncio.sleep(BOUND * 2)
+
+            task = asyncio.create_task(block())
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await server.wait_idle()
+            assert (server.stats["released"], server.stats["aborted"]) == (2, 1)
+
+
+async def test_a_connect_block_is_entered_once() -> None:
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        block = adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP")
+        async with asyncio.timeout(BOUND):
+            async with block as assoc:
+                assert await assoc.echo() == 0
+                with pytest.raises(RuntimeError, match="entered twice"):
+                    await block.__aenter__()
+
+
+def test_tcp_socket_keeps_the_family_and_type_it_reports() -> None:
+    from adicom.client import tcp_socket
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            plain = socket.socket(family)
+        except OSError:  # pragma: no cover - a host without IPv6
+            continue
+        with plain:
+            sock = tcp_socket(plain, family)
+            assert sock is plain and type(sock) is not socket.socket
+            # What the socket itself says, read past the class attributes.
+            assert sock.family == socket.socket.family.fget(sock) == family  # type: ignore[attr-defined]
+            assert sock.type == socket.socket.type.fget(sock) == socket.SOCK_STREAM  # type: ignore[attr-defined]
+            sock.bind((host, 0))
+            assert sock.getsockname()[1] > 0
+    # Anything else is left as it is: another family, a subclass of socket.
+    unix = socket.socket(socket.AF_UNIX)
+    with unix:
+        assert type(tcp_socket(unix, socket.AF_UNIX)) is socket.socket
+
+    class Mine(socket.socket):
+        pass
+
+    with Mine() as mine:
+        assert type(tcp_socket(mine, socket.AF_INET)) is Mine

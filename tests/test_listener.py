@@ -49,6 +49,9 @@ async def test_every_connection_of_a_burst_is_accepted_and_handed_on() -> None:
         )
         await _until(lambda: len(accepted) == 20, "20 accepted")
         assert all(not conn.getblocking() for conn in accepted)  # ready for the loop
+        # Their family and type are read without converting them (adicom.client.tcp_socket).
+        assert all(type(conn) is not socket.socket for conn in accepted)
+        assert all(conn.family == socket.AF_INET for conn in accepted)
     finally:
         listener.close()
         await listener.wait_closed()
