@@ -36,7 +36,6 @@ _SUITES = (
     "tests.test_turns",
     "tests.test_client_connect",
     "tests.test_server_negotiation",
-    "tests.test_admission",
     "tests.test_storage",
     "tests.test_qr",
     "tests.test_integrity",
