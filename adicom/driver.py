@@ -352,10 +352,15 @@ class Driver:
             if self._ul.receive_later(nbytes):
                 self._defer_input()
             return
-        self._ul.receive_into(nbytes, now)
-        self._after_io()
+        upper = self._ul
+        upper.receive_into(nbytes, now)
+        # What _after_io does, a call less per read.
+        if upper._events or upper.trace:
+            self._process_events()
+        self._flush()
+        self._arm_timer()
         turns.charge(self._loop.time() - now)
-        if self._ul.input_pending:
+        if upper._input_pending:  # upper.input_pending
             self._defer_input()
 
     def _defer_input(self) -> None:
@@ -515,7 +520,8 @@ class Driver:
         timer as it is: it fires early, finds nothing due and is set again.
         So the hot path never cancels and re-creates a timer per message.
         """
-        ul_at, dimse_at = self._ul.get_timer(), self._dimse.get_timer()
+        # get_timer() of each layer, read directly (every read and every send).
+        ul_at, dimse_at = self._ul._artim_deadline, self._dimse._deadline
         at = ul_at if dimse_at is None else dimse_at if ul_at is None else min(ul_at, dimse_at)
         if at is None or (self._timer_at is not None and self._timer_at <= at):
             return
@@ -526,15 +532,19 @@ class Driver:
 
     def _flush(self) -> None:
         self._batched = 0
-        data = self._ul.data_to_send()
+        ul_ = self._ul
         transport = self._transport
+        if ul_._out:  # what ul_.data_to_send() gives, without a new list when empty
+            data = ul_.data_to_send()
+            if transport is not None:
+                if len(data) == 1:
+                    transport.write(data[0])  # the usual small message
+                else:
+                    transport.writelines(data)
         if transport is None:
             return
-        if data:
-            transport.writelines(data)
         if self._emitter is not None:
             self._emit_trace()
-        ul_ = self._ul
         if (ul_.close_requested or ul_.abort_sent) and not transport.is_closing():
             if ul_.abort_sent and self._error is None:
                 # The DIMSE layer aborted (a message left half-sent).
@@ -552,14 +562,16 @@ class Driver:
     def _process_events(self) -> None:
         if self._emitter is not None:
             self._emit_trace()
-        if not self._ul.has_events:
+        events = self._ul._events  # what next_event() takes from, read directly
+        if not events:
             return
-        next_event = self._ul.next_event
+        take = events.popleft
         handle = self._dimse.handle_event
+        dispatch = self._dispatch
         now = self._loop.time()  # one callback: one moment
-        while (event := next_event()) is not None:
-            for dimse_event in handle(event, now):
-                self._dispatch(dimse_event)
+        while events:
+            for dimse_event in handle(take(), now):
+                dispatch(dimse_event)
 
     def _dispatch(self, event: DimseEvent) -> None:
         if type(event) is ResponseReceived:
@@ -577,7 +589,7 @@ class Driver:
             if (
                 answer is None
                 or self._incoming.ready
-                or self._ul.has_events
+                or self._ul._events  # ul.has_events
                 or not answer(event.message)
             ):
                 self._incoming.put(event.message)

@@ -40,7 +40,7 @@ from adicom.pdu import (
     PDUReader,
     encode_pdata,
 )
-from adicom.pdu.wire import frozen_builder
+from adicom.pdu.wire import PDATA_HEADER, frozen_builder
 
 __all__ = [
     "Aborted",
@@ -336,10 +336,19 @@ class UpperLayer:
                 return
             # The work a PDU costs grows with its PDVs (and each is a message
             # fragment handed on); other PDUs cost about one.
-            spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
             if self.trace is not None:
                 self.trace.append((pdu, False))
-            self._receive_pdu(pdu, now)
+            if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
+                # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 +
+                # Evt10 AR-6, both staying put (see _INDICATES_PDATA).
+                spent += len(pdu.pdvs)
+                self._events.append(_new_pdata_received(pdu))
+            else:
+                spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
+                self._receive_pdu(pdu, now)
+            if not reader._buf and reader._body is None:  # reader.empty, inlined
+                # The usual case, a PDU per read: no second look at the reader.
+                return
 
     def connection_lost(self, now: float) -> None:
         """The transport closed (Evt17)."""
@@ -394,6 +403,22 @@ class UpperLayer:
                 self.trace.append((_pdata(pdvs), True))
             return
         self._primitive(Event.EVT9, now, pdvs)
+
+    def send_pdv(self, context_id: int, control: int, data: bytes, now: float) -> None:
+        """P-DATA request (Evt9) of one PDV: ``send_pdata(((context_id, control, data),))``.
+
+        The same PDU, its two headers packed at once (a command alone, the
+        usual message without a data set).
+        """
+        if self._fsm._state in _SENDS_PDATA:  # DT-1, AR-7: see send_pdata
+            size = len(data)
+            self._out.append(
+                PDATA_HEADER.pack(0x04, size + 6, size + 2, context_id, control) + data
+            )
+            if self.trace is not None:
+                self.trace.append((_pdata(((context_id, control, data),)), True))
+            return
+        self._primitive(Event.EVT9, now, ((context_id, control, data),))
 
     def request_release(self, now: float) -> None:
         """A-RELEASE request (Evt11)."""

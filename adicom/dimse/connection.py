@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adicom import protocol as ul
-from adicom.dimse.commands import Command, CommandField, is_n
+from adicom.dimse.commands import NO_DATASET, Command, CommandField, is_n
 from adicom.dimse.framing import (
     MAX_SEND_PDU,
     CommandReceived,
@@ -46,7 +46,6 @@ from adicom.dimse.framing import (
     MessageAssembler,
     fragment_message,
 )
-from adicom.dimse.status import StatusCategory, status_category
 from adicom.errors import LocalProtocolError, RemoteProtocolError
 from adicom.fsm import State
 from adicom.negotiation import Agreement
@@ -360,7 +359,7 @@ class DimseConnection:
             return False
         self._check_send(context_id, command)
         if dataset is None:
-            self.ul.send_pdata(((context_id, 3, raw),), now)
+            self.ul.send_pdv(context_id, 3, raw, now)
         else:
             self.ul.send_pdata(((context_id, 3, raw), (context_id, 2, dataset)), now)
         self._sent(command)
@@ -393,8 +392,9 @@ class DimseConnection:
         never counts.
         """
         self._sending = None
-        if command.is_response:
-            if status_category(command.status or 0) is not StatusCategory.PENDING:
+        if command.command_field & 0x8000:  # command.is_response
+            status = command.status
+            if status != 0xFF00 and status != 0xFF01:  # not pending (PS3.7 C.4)
                 self._unanswered.discard(command.message_id_being_responded_to or 0)
         elif command.command_field != CommandField.C_CANCEL_RQ:
             self._outstanding[command.message_id or 0] = command.command_field
@@ -403,8 +403,8 @@ class DimseConnection:
 
     def handle_event(self, event: ul.ULEvent, now: float) -> list[DimseEvent]:
         """Take one upper layer event; return what it means for DIMSE, in order."""
-        if isinstance(event, ul.PDataReceived):
-            if self.ul.abort_sent:
+        if type(event) is ul.PDataReceived:
+            if self.ul._abort_sent:  # ul.abort_sent
                 return []  # parsed before our A-ABORT went out: moot now
             out: list[DimseEvent] = []
             try:
@@ -412,7 +412,12 @@ class DimseConnection:
             except RemoteProtocolError as exc:
                 out.append(self._violation(exc, now))
                 return out
-            self._track_deadline(now)
+            # The message's deadline (Limits.message_timeout) runs from its
+            # first PDV to its last.
+            if self._assembler._context is None:  # idle: between messages
+                self._deadline = None
+            elif self._deadline is None and self.limits.message_timeout is not None:
+                self._deadline = now + self.limits.message_timeout
             return out
         if isinstance(event, ul.ReleaseRequested) and not event.collision:
             # Still waiting for our answer (Sta8)? Events are queued as the
@@ -443,15 +448,8 @@ class DimseConnection:
             )
         ]
 
-    def _track_deadline(self, now: float) -> None:
-        """Start the clock at a message's first PDV; stop it when the message is whole."""
-        if self._assembler.idle:
-            self._deadline = None
-        elif self._deadline is None and self.limits.message_timeout is not None:
-            self._deadline = now + self.limits.message_timeout
-
     def _receive_pdata(self, pdu: PDataTF, out: list[DimseEvent]) -> None:
-        feed = self._assembler.feed
+        assembler = self._assembler
         contexts = self.contexts
         for pdv in pdu.pdvs:
             context_id = pdv.context_id
@@ -461,12 +459,20 @@ class DimseConnection:
                     f"PDV on presentation context {context_id}, which was not accepted",
                     abort_reason=6,
                 )
-            event = feed(context_id, pdv.is_command, pdv.is_last, pdv.data)
-            if event is None:
-                continue
-            if isinstance(event, CommandReceived):
-                command = event.command
-                if command.has_dataset:
+            # The usual PDVs (a whole command set between messages, a data
+            # set fragment in order) skip the assembler's events; the others
+            # go through feed(), which gathers a split command and refuses
+            # what breaks PS3.8 E.2. Both ways give the same.
+            if pdv.is_command:
+                if pdv.is_last and assembler._context is None:  # assembler.idle
+                    command = assembler.whole_command(context_id, pdv.data)
+                else:
+                    event = assembler.feed(context_id, True, pdv.is_last, pdv.data)
+                    if event is None:
+                        continue
+                    assert isinstance(event, CommandReceived)
+                    command = event.command
+                if command.command_data_set_type != NO_DATASET:  # command.has_dataset
                     factory = self.sink_factory
                     sink = None if factory is None else factory(context_id, command)
                     self._receiving = _Receiving(context_id, command, [], sink)
@@ -475,10 +481,14 @@ class DimseConnection:
                 ) is not None:
                     out.append(delivered)
                 continue
+            last = pdv.is_last
+            if not assembler.data_in_order(context_id, last):
+                assembler.feed(context_id, False, last, pdv.data)  # raises
+                raise AssertionError("the assembler took a data set PDV out of order")
             receiving = self._receiving
             assert receiving is not None  # the assembler saw the command first
-            self._take(receiving, event.data)
-            if event.last:
+            self._take(receiving, pdv.data)
+            if last:
                 self._receiving = None
                 dataset = None if receiving.sink is not None else b"".join(receiving.parts)
                 message = _new_message(
@@ -524,7 +534,7 @@ class DimseConnection:
 
     def _deliver(self, message: Message) -> RequestReceived | ResponseReceived | None:
         command = message.command
-        if command.is_response:
+        if command.command_field & 0x8000:  # command.is_response
             message_id = command.message_id_being_responded_to or 0
             if message_id not in self._outstanding:
                 # Late (we gave up on it) or never asked for: not a reason to
@@ -533,7 +543,9 @@ class DimseConnection:
                 if message.sink is not None:
                     message.sink.abort()
                 return None
-            final = status_category(command.status or 0) is not StatusCategory.PENDING
+            # Pending is 0xFF00 and 0xFF01 (PS3.7 C.4; status_category).
+            status = command.status
+            final = status != 0xFF00 and status != 0xFF01
             if final:
                 del self._outstanding[message_id]
             return _new_response_received(message, final)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, TypeAlias
 from adicom.pdu.items import PresentationContextAC, PresentationContextRQ, UserInformation
 from adicom.pdu.wire import (
     APPLICATION_CONTEXT,
+    PDATA_HEADER,
     PDU_HEADER,
     PDV_HEADER,
     U16,
@@ -208,11 +209,7 @@ def encode_pdata(pdvs: Sequence[tuple[int, int, bytes | memoryview]]) -> list[by
         size = len(data)
         if size <= 1024:
             # The usual small message: a command set alone, in one piece.
-            return [
-                PDU_HEADER.pack(0x04, size + 6)
-                + PDV_HEADER.pack(size + 2, context_id, control)
-                + data
-            ]
+            return [PDATA_HEADER.pack(0x04, size + 6, size + 2, context_id, control) + data]
     total = sum(6 + len(d) for _, _, d in pdvs)
     head = bytearray(PDU_HEADER.pack(0x04, total))
     out: list[bytes | memoryview] = []
@@ -248,8 +245,17 @@ class PDataTF:
         work one PDU can cost: PS3.8 sets no limit, but a megabyte of
         one-byte PDVs is 150,000 objects made in one go.
         """
+        end = len(body)
+        if end >= 6:
+            length, context_id, control = PDV_HEADER.unpack_from(body, 0)
+            if length + 4 == end and length >= 2 and cls is PDataTF:
+                # The usual PDU: one PDV that fills it (a command, a data set
+                # fragment). The loop below gives the same, a list later.
+                return _new_pdata(
+                    (_new_pdv(context_id, bool(control & 1), bool(control & 2), body[6:]),)
+                )
         pdvs: list[PDV] = []
-        pos, end = 0, len(body)
+        pos = 0
         while pos < end:
             if end - pos < 6:
                 raise invalid(f"{end - pos} trailing bytes where a PDV header was expected")

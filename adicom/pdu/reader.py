@@ -130,6 +130,11 @@ class PDUReader:
         """How many received bytes wait for the rest of their PDU."""
         return len(self._buf) + self._body_pos
 
+    @property
+    def empty(self) -> bool:
+        """True when no received byte waits: :meth:`next_pdu` would return None."""
+        return not self._buf and self._body is None
+
     def next_pdu(self) -> PDU | None:
         """Return the next whole PDU, or None if more bytes are needed.
 
