@@ -710,6 +710,13 @@ def test_a_message_gives_the_same_whole_or_gathered(
     whole, gathered = results
     assert whole == gathered
     assert whole[-1] is State.STA6 and whole[-2]  # nothing half-received either way
+    if not to_acceptor:
+        # Pending (PS3.7 C.4: 0xFF00 and 0xFF01) leaves the request outstanding.
+        pending = command.status in (0xFF00, 0xFF01)
+        answers_7 = command.message_id_being_responded_to == 7
+        assert (7 in whole[2]) is (pending or not answers_7)
+        if whole[0]:
+            assert whole[0][0][0] is ResponseReceived
     if command.message_id_being_responded_to == 8:
         assert whole[0] == []  # dropped, not delivered
     else:
@@ -772,3 +779,15 @@ def test_a_whole_command_announcing_a_data_set_starts_the_deadline() -> None:
     (event,) = pair.acc.drain()
     assert isinstance(event, RequestReceived) and event.message.dataset == b"\x00\x00"
     assert pair.acc.dimse.get_timer() is None and pair.acc.dimse._assembler.idle
+
+
+@pytest.mark.parametrize(("status", "answered"), [(0xFF00, False), (0xFF01, False), (0, True)])
+def test_only_a_final_response_sent_answers_a_request(status: int, answered: bool) -> None:
+    pair = Pair()
+    request = _find_rq(pair.req.dimse.next_message_id())
+    pair.req.send(5, request, IDENTIFIER)
+    pair.pump()
+    pair.acc.drain()
+    assert request.message_id in pair.acc.dimse._unanswered
+    assert pair.acc.dimse.send_whole(5, response_to(request, status), None, pair.now)
+    assert (request.message_id not in pair.acc.dimse._unanswered) is answered
