@@ -978,3 +978,27 @@ def test_association_pdus_are_decoded_once_per_distinct_bytes() -> None:
         r.feed(dataclasses.replace(rq, calling_ae=f"SCU{n}").encode())
         assert r.next_pdu() is not None
         assert len(reader._ASSOCIATE_CACHE) <= reader._ASSOCIATE_CACHE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", "carries no PDV item"),
+        (b"\x00\x00\x00\x01\x01", "trailing bytes where a PDV header"),
+        (b"\x00\x00\x00\x01\x01\x03", "PDV item length 1 does not fit"),
+        (b"\x00\x00\x00\x06\x01\x03abc", "PDV item length 6 does not fit"),
+        (b"\x00\x00\x00\x03\x01\x03abc", "2 trailing bytes where a PDV header"),
+        (b"\x00\x00\x00\x03\x01\x03a\x00", "trailing bytes where a PDV header"),
+    ],
+)
+def test_a_pdata_body_that_is_not_whole_pdvs_is_invalid(body: bytes, error: str) -> None:
+    # The one-PDV short way (the PDV fills the body) and the loop refuse alike.
+    with pytest.raises(RemoteProtocolError, match=error):
+        pdu.PDataTF.decode(memoryview(body))
+
+
+def test_one_pdv_decodes_the_short_way_as_the_loop_does() -> None:
+    one = pdu.PDataTF.decode(memoryview(b"\x00\x00\x00\x05\x07\x02abc"))
+    two = pdu.PDataTF.decode(memoryview(b"\x00\x00\x00\x05\x07\x02abc\x00\x00\x00\x03\x07\x01d"))
+    assert one == pdu.PDataTF((pdu.PDV(7, False, True, b"abc"),))
+    assert two.pdvs[0] == one.pdvs[0] and two.pdvs[1] == pdu.PDV(7, True, False, b"d")
