@@ -94,7 +94,12 @@ class _Transport(asyncio.BufferedProtocol):
 
     def __init__(self, association: Driver) -> None:
         self._association = association
-        self._reader = association._ul.reader
+        self._reader = reader = association._ul.reader
+        # The two calls of every read go straight to where they land (the
+        # methods below say the same, a call deeper); connection_lost
+        # points buffer_updated elsewhere.
+        self.get_buffer = reader.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = association._data_received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -124,6 +129,7 @@ class _Transport(asyncio.BufferedProtocol):
         # cycle now, so both go when their last user lets go (by reference
         # counting, not in a garbage collection pass; ~45 objects each).
         self._association = _CLOSED
+        self.buffer_updated = _CLOSED._data_received  # type: ignore[method-assign]
         association._connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -356,7 +362,7 @@ class Driver:
         upper.receive_into(nbytes, now)
         # What _after_io does, a call less per read.
         if upper._events or upper.trace:
-            self._process_events()
+            self._process_events(now)
         self._flush()
         self._arm_timer()
         turns.charge(self._loop.time() - now)
@@ -534,8 +540,9 @@ class Driver:
         self._batched = 0
         ul_ = self._ul
         transport = self._transport
-        if ul_._out:  # what ul_.data_to_send() gives, without a new list when empty
-            data = ul_.data_to_send()
+        data = ul_._out
+        if data:  # what ul_.data_to_send() gives, without a new list when empty
+            ul_._out = []
             if transport is not None:
                 if len(data) == 1:
                     transport.write(data[0])  # the usual small message
@@ -545,8 +552,9 @@ class Driver:
             return
         if self._emitter is not None:
             self._emit_trace()
-        if (ul_.close_requested or ul_.abort_sent) and not transport.is_closing():
-            if ul_.abort_sent and self._error is None:
+        # ul_.close_requested, ul_.abort_sent, read directly (every write).
+        if (ul_._close_requested or ul_._abort_sent) and not transport.is_closing():
+            if ul_._abort_sent and self._error is None:
                 # The DIMSE layer aborted (a message left half-sent).
                 self._set_error(AssociationAborted(0, 0, local=True))
             transport.close()
@@ -559,7 +567,7 @@ class Driver:
                 # connection_lost. release() waits for the close otherwise.
                 done.set_result(None)
 
-    def _process_events(self) -> None:
+    def _process_events(self, now: float | None = None) -> None:
         if self._emitter is not None:
             self._emit_trace()
         events = self._ul._events  # what next_event() takes from, read directly
@@ -568,7 +576,8 @@ class Driver:
         take = events.popleft
         handle = self._dimse.handle_event
         dispatch = self._dispatch
-        now = self._loop.time()  # one callback: one moment
+        if now is None:
+            now = self._loop.time()  # one callback: one moment
         while events:
             for dimse_event in handle(take(), now):
                 dispatch(dimse_event)
