@@ -466,7 +466,7 @@ class Association(Driver):
         if (
             message_id is None
             or self._room_waiters
-            or dimse.outstanding + self._reserved >= dimse.max_outstanding
+            or len(dimse._outstanding) + self._reserved >= dimse.max_outstanding
             or self._send_lock.locked()
         ):
             return None

@@ -606,14 +606,16 @@ class Driver:
             self._on_control_event(event)  # type: ignore[arg-type]
 
     def _on_response(self, event: ResponseReceived) -> None:
-        message_id = event.message_id
+        message = event.message
+        message_id = message.command.message_id_being_responded_to or 0  # event.message_id
         operation = self._operations.get(message_id)
         if operation is None:
             return  # the DIMSE layer keeps only what is awaited; nothing to do
-        operation.deliver(event.message)
+        operation.deliver(message)
         if event.final:
             del self._operations[message_id]
-            self._wake_room()
+            if self._room_waiters:
+                self._wake_room()
 
     def _on_control_event(self, event: ul.ULEvent) -> None:
         if self._emitter is not None:

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from adicom.dimse import Command, CommandField, Message, StatusCategory, status_category
+from adicom.dimse import Command, CommandField, Message
 from adicom.errors import (
     AssociationError,
     DicomError,
@@ -247,7 +247,7 @@ class Operation:
         seconds = association.dimse_timeout if timeout is None else timeout
         responses = self._responses
         try:
-            if seconds is None or responses.ready:
+            if seconds is None or responses._items or responses._error is not None:  # .ready
                 reply = await responses.get()
             else:
                 # Bounded by the association's watchdog: one loop timer for
@@ -272,7 +272,7 @@ class Operation:
         if status is None:
             self.forget()
             raise DimseError(0xFFFF, f"{self.name} without a status")
-        if status_category(status) is not StatusCategory.PENDING:
+        if status != 0xFF00 and status != 0xFF01:  # not pending (PS3.7 C.4; status_category)
             self.done = True
         return reply
 

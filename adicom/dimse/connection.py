@@ -378,7 +378,7 @@ class DimseConnection:
                 raise LocalProtocolError("a request needs a Message ID (next_message_id)")
             if message_id in self._outstanding:
                 raise LocalProtocolError(f"Message ID {message_id} is already outstanding")
-            if not self.can_request:
+            if len(self._outstanding) >= self.max_outstanding:  # not self.can_request
                 raise LocalProtocolError(
                     f"{len(self._outstanding)} requests are outstanding: the asynchronous "
                     f"operations window of {self.max_outstanding} is full"
