@@ -62,6 +62,11 @@ __all__ = ["PARSE_BUDGET", "Driver"]
 
 log = logging.getLogger("adicom")
 
+# States read on every message sent, as plain names: an Enum member read
+# through its class costs a descriptor call (Python 3.11).
+_STA6 = State.STA6
+_STA8 = State.STA8
+
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
 PARSE_BUDGET = 256
@@ -780,7 +785,8 @@ class Driver:
     def _check_open(self) -> None:
         if self._error is not None:
             raise self._error
-        if not self._ul.established and self._ul.state is not State.STA8:
+        state = self._ul._fsm._state  # self._ul.state
+        if state is not _STA6 and state is not _STA8:
             raise LocalProtocolError(
                 f"the association is not established (state {self._ul.state.name.title()})"
             )

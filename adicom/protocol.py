@@ -155,6 +155,11 @@ _INDICATES_PDATA: frozenset[State] = fsm.states_where(Event.EVT10, (Effect.INDIC
 if State.STA6 not in _SENDS_PDATA or State.STA6 not in _INDICATES_PDATA:  # pragma: no cover
     raise ImportError("PS3.8 Table 9-10 as written in adicom.fsm lost DT-1 or DT-2 in Sta6")
 
+# States read on every PDU, as plain names: an Enum member read through its
+# class costs a descriptor call (Python 3.11).
+_STA1 = State.STA1
+_STA6 = State.STA6
+
 #: PDataReceived(pdu), faster (one per P-DATA-TF PDU received).
 _new_pdata_received = frozen_builder(PDataReceived)
 
@@ -231,7 +236,7 @@ class UpperLayer:
     @property
     def established(self) -> bool:
         """True in Sta6, where data may be sent both ways."""
-        return self._fsm._state is State.STA6
+        return self._fsm._state is _STA6
 
     @property
     def close_requested(self) -> bool:
@@ -274,14 +279,14 @@ class UpperLayer:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed received bytes; whole PDUs become events."""
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             return
         self._reader.feed(data)
         self._parse(now)
 
     def receive_into(self, nbytes: int, now: float) -> None:
         """``nbytes`` were received into ``reader.get_buffer()``; whole PDUs become events."""
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             return
         self._reader.buffer_updated(nbytes)
         self._parse(now)
@@ -293,7 +298,7 @@ class UpperLayer:
         in a later turn): the loop's input budget is spent (see
         :mod:`adicom.turns`).
         """
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             return False
         reader = self._reader
         reader.buffer_updated(nbytes)
@@ -312,7 +317,7 @@ class UpperLayer:
 
     def parse_pending(self, now: float) -> None:
         """Parse what the last call left for later (within the budget again)."""
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             self._input_pending = False
             return
         self._parse(now)
@@ -322,7 +327,7 @@ class UpperLayer:
         budget = self.parse_budget
         spent = 0
         self._input_pending = False
-        while not self._reader_failed and self._fsm._state is not State.STA1:
+        while not self._reader_failed and self._fsm._state is not _STA1:
             if budget and spent >= budget:
                 self._input_pending = reader.buffered > 0
                 return

@@ -164,6 +164,10 @@ class ResponseReceived:
 DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
 
 
+# Read on every message, as a plain int: an Enum member read through its
+# class costs a descriptor call (Python 3.11).
+_C_CANCEL_RQ = int(CommandField.C_CANCEL_RQ)
+
 #: The limits of a connection given none (frozen: one serves them all).
 _DEFAULT_LIMITS = Limits()
 
@@ -372,7 +376,7 @@ class DimseConnection:
         context = self.contexts.get(context_id)
         if context is None or not context.accepted:
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-        if not command.command_field & 0x8000 and command.command_field != CommandField.C_CANCEL_RQ:
+        if not command.command_field & 0x8000 and command.command_field != _C_CANCEL_RQ:
             message_id = command.message_id
             if message_id is None:
                 raise LocalProtocolError("a request needs a Message ID (next_message_id)")
@@ -396,7 +400,7 @@ class DimseConnection:
             status = command.status
             if status != 0xFF00 and status != 0xFF01:  # not pending (PS3.7 C.4)
                 self._unanswered.discard(command.message_id_being_responded_to or 0)
-        elif command.command_field != CommandField.C_CANCEL_RQ:
+        elif command.command_field != _C_CANCEL_RQ:
             self._outstanding[command.message_id or 0] = command.command_field
 
     # -- receiving ------------------------------------------------------------
@@ -549,7 +553,7 @@ class DimseConnection:
             if final:
                 del self._outstanding[message_id]
             return _new_response_received(message, final)
-        if command.command_field != CommandField.C_CANCEL_RQ:
+        if command.command_field != _C_CANCEL_RQ:
             # C-CANCEL-RQ is never answered (PS3.7 9.3.2.3): it takes no room.
             unanswered = self._unanswered
             unanswered.add(command.message_id or 0)
