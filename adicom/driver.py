@@ -54,7 +54,7 @@ from adicom.errors import (
 from adicom.fsm import State
 from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.operation import MessageQueue, Operation, bounded
-from adicom.pdu import AAssociateAC, AAssociateRQ
+from adicom.pdu import AAssociateAC, AAssociateRQ, PDataTF
 from adicom.tls import TlsInfo, describe_tls_failure, tls_info
 from adicom.turns import loop_turns
 
@@ -579,13 +579,19 @@ class Driver:
         if not events:
             return
         take = events.popleft
-        handle = self._dimse.handle_event
+        dimse = self._dimse
         dispatch = self._dispatch
         if now is None:
             now = self._loop.time()  # one callback: one moment
         while events:
-            for dimse_event in handle(take(), now):
-                dispatch(dimse_event)
+            event = take()
+            # A P-DATA indication is queued as its PDU (see UpperLayer._events).
+            if type(event) is PDataTF:
+                for dimse_event in dimse.receive_pdata(event, now):
+                    dispatch(dimse_event)
+            else:
+                for dimse_event in dimse.handle_event(event, now):  # type: ignore[arg-type]
+                    dispatch(dimse_event)
 
     def _dispatch(self, event: DimseEvent) -> None:
         if type(event) is ResponseReceived:

@@ -212,7 +212,10 @@ class UpperLayer:
         #: are); see :attr:`input_pending`.
         self.parse_budget = 0
         self._input_pending = False
-        self._events: deque[ULEvent] = deque()
+        # Indications and confirmations, in order; a P-DATA indication is
+        # its PDU alone (next_event wraps it in PDataReceived), so a driver
+        # that takes from here directly makes no event object per PDU.
+        self._events: deque[ULEvent | PDataTF] = deque()
         self._out: list[bytes | memoryview] = []
         self._artim_deadline: float | None = None
         self._close_requested = False
@@ -347,7 +350,7 @@ class UpperLayer:
                 # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 +
                 # Evt10 AR-6, both staying put (see _INDICATES_PDATA).
                 spent += len(pdu.pdvs)
-                self._events.append(_new_pdata_received(pdu))
+                self._events.append(pdu)  # PDataReceived(pdu): see _events
             else:
                 spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
                 self._receive_pdu(pdu, now)
@@ -375,7 +378,10 @@ class UpperLayer:
 
     def next_event(self) -> ULEvent | None:
         """The next indication or confirmation, or None."""
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        return _new_pdata_received(event) if type(event) is PDataTF else event  # type: ignore[return-value]
 
     def data_to_send(self) -> list[bytes | memoryview]:
         """Take the bytes waiting to be written, in order."""
@@ -459,7 +465,7 @@ class UpperLayer:
         if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
             # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 + Evt10
             # AR-6, both staying put (see _INDICATES_PDATA).
-            self._events.append(_new_pdata_received(pdu))
+            self._events.append(pdu)  # PDataReceived(pdu): see _events
             return
         event = _PDU_EVENTS[type(pdu)]
         acceptable = True
@@ -506,7 +512,7 @@ class UpperLayer:
             if self.trace is not None:
                 self.trace.append((_pdata(payload), True))  # type: ignore[arg-type]
         elif effect is Effect.INDICATE_DATA:
-            self._events.append(PDataReceived(payload))  # type: ignore[arg-type]
+            self._events.append(payload)  # type: ignore[arg-type]  # PDataReceived: see _events
         elif effect is Effect.CONNECT_TRANSPORT:
             self._connect_requested = True
         elif effect is Effect.SEND_ASSOCIATE_RQ:

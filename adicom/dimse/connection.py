@@ -408,21 +408,7 @@ class DimseConnection:
     def handle_event(self, event: ul.ULEvent, now: float) -> list[DimseEvent]:
         """Take one upper layer event; return what it means for DIMSE, in order."""
         if type(event) is ul.PDataReceived:
-            if self.ul._abort_sent:  # ul.abort_sent
-                return []  # parsed before our A-ABORT went out: moot now
-            out: list[DimseEvent] = []
-            try:
-                self._receive_pdata(event.pdu, out)
-            except RemoteProtocolError as exc:
-                out.append(self._violation(exc, now))
-                return out
-            # The message's deadline (Limits.message_timeout) runs from its
-            # first PDV to its last.
-            if self._assembler._context is None:  # idle: between messages
-                self._deadline = None
-            elif self._deadline is None and self.limits.message_timeout is not None:
-                self._deadline = now + self.limits.message_timeout
-            return out
+            return self.receive_pdata(event.pdu, now)
         if isinstance(event, ul.ReleaseRequested) and not event.collision:
             # Still waiting for our answer (Sta8)? Events are queued as the
             # bytes are parsed: an A-ABORT read in the same breath may have
@@ -432,6 +418,28 @@ class DimseConnection:
         elif isinstance(event, ul.Aborted | ul.ConnectionLost | ul.ArtimExpired):
             self._drop_receiving()
         return [event]
+
+    def receive_pdata(self, pdu: PDataTF, now: float) -> list[DimseEvent]:
+        """:meth:`handle_event` of a :class:`~adicom.protocol.PDataReceived` of ``pdu``.
+
+        For a driver that takes the upper layer's P-DATA indications as
+        their PDUs, making no event object for them.
+        """
+        if self.ul._abort_sent:  # ul.abort_sent
+            return []  # parsed before our A-ABORT went out: moot now
+        out: list[DimseEvent] = []
+        try:
+            self._receive_pdata(pdu, out)
+        except RemoteProtocolError as exc:
+            out.append(self._violation(exc, now))
+            return out
+        # The message's deadline (Limits.message_timeout) runs from its
+        # first PDV to its last.
+        if self._assembler._context is None:  # idle: between messages
+            self._deadline = None
+        elif self._deadline is None and self.limits.message_timeout is not None:
+            self._deadline = now + self.limits.message_timeout
+        return out
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must be called: the deadline of the message arriving."""
