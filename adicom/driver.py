@@ -365,11 +365,20 @@ class Driver:
             return
         upper = self._ul
         upper.receive_into(nbytes, now)
-        # What _after_io does, a call less per read.
+        # What _after_io does, each step called only when it has something
+        # to do (a response sent from this callback was written already).
         if upper._events or upper.trace:
             self._process_events(now)
-        self._flush()
-        self._arm_timer()
+        if (
+            upper._out
+            or upper._close_requested
+            or upper._abort_sent
+            or self._batched
+            or self._emitter is not None
+        ):
+            self._flush()
+        if upper._artim_deadline is not None or self._dimse._deadline is not None:
+            self._arm_timer()
         turns.charge(self._loop.time() - now)
         if upper._input_pending:  # upper.input_pending
             self._defer_input()

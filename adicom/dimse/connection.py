@@ -374,7 +374,7 @@ class DimseConnection:
         if self._sending is not None:
             raise LocalProtocolError("another message is still being sent")
         context = self.contexts.get(context_id)
-        if context is None or not context.accepted:
+        if context is None or context.result != 0:  # not context.accepted
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
         if not command.command_field & 0x8000 and command.command_field != _C_CANCEL_RQ:
             message_id = command.message_id
@@ -466,7 +466,7 @@ class DimseConnection:
         for pdv in pdu.pdvs:
             context_id = pdv.context_id
             context = contexts.get(context_id)
-            if context is None or not context.accepted:
+            if context is None or context.result != 0:  # not context.accepted
                 raise RemoteProtocolError(
                     f"PDV on presentation context {context_id}, which was not accepted",
                     abort_reason=6,
