@@ -210,6 +210,18 @@ def encode_pdata(pdvs: Sequence[tuple[int, int, bytes | memoryview]]) -> list[by
         if size <= 1024:
             # The usual small message: a command set alone, in one piece.
             return [PDATA_HEADER.pack(0x04, size + 6, size + 2, context_id, control) + data]
+    elif len(pdvs) == 2:
+        (context_id, control, data), (context_2, control_2, data_2) = pdvs
+        size, size_2 = len(data), len(data_2)
+        if size <= 1024 and size_2 <= 1024:
+            # A command and a small data set (a C-FIND response and its
+            # match), in one piece: the same bytes as the loop below.
+            return [
+                PDATA_HEADER.pack(0x04, size + size_2 + 12, size + 2, context_id, control)
+                + data
+                + PDV_HEADER.pack(size_2 + 2, context_2, control_2)
+                + data_2
+            ]
     total = sum(6 + len(d) for _, _, d in pdvs)
     head = bytearray(PDU_HEADER.pack(0x04, total))
     out: list[bytes | memoryview] = []
