@@ -111,6 +111,26 @@ class MessageQueue:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def arrival(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future set when a message arrives or the stream ends (for :meth:`take`).
+
+        :meth:`get` in two steps, for a consumer that waits while nothing is
+        there (:attr:`ready` False): await this (then clear ``_waiter``),
+        then :meth:`take`; one coroutine less per message than :meth:`get`.
+        """
+        waiter = self._waiter = loop.create_future()
+        return waiter
+
+    def take(self) -> Message | None:
+        """The next message, once :attr:`ready`: None when the stream ended normally."""
+        if self._items:
+            return self._items.popleft()
+        if self._error is _END:
+            return None
+        if self._error is not None:
+            raise self._error
+        raise LocalProtocolError("no message to take: wait for one first")
+
     async def get(self) -> Message | None:
         """The next message; None once the stream ended normally.
 
@@ -252,12 +272,16 @@ class Operation:
             else:
                 # Bounded by the association's watchdog: one loop timer for
                 # all its waits, not one made and cancelled per response.
+                # Nothing is there yet: what get() does, without its
+                # coroutine (arrival, then take).
                 association._watch(self, seconds)
                 try:
-                    reply = await responses.get()
+                    await responses.arrival(association._loop)
                 finally:
+                    responses._waiter = None
                     association._unwatch(self)
                     self._deadline = 0.0  # no wait to re-arm (see deliver)
+                reply = responses.take()
         except DicomTimeout:
             self.forget()
             association.abort()
