@@ -78,6 +78,11 @@ WRITE_BYTES = 256 * 1024
 _ECHO_RQ = RequestTemplate(Command(CommandField.C_ECHO_RQ, affected_sop_class_uid=VERIFICATION))
 #: Requests whose plain responses (no field but the status) come from templates.
 _TEMPLATED = frozenset({CommandField.C_ECHO_RQ, CommandField.C_STORE_RQ, CommandField.C_FIND_RQ})
+# Read per message, as plain names: an Enum member read through its class
+# costs a descriptor call (Python 3.11).
+_STA6, _STA8 = State.STA6, State.STA8
+_C_ECHO_RQ, _C_STORE_RQ = int(CommandField.C_ECHO_RQ), int(CommandField.C_STORE_RQ)
+_FAILURE = StatusCategory.FAILURE
 #: Responses encoded once, by (request's command field, SOP class, status).
 _RESPONSES: dict[tuple[int, str | None, int], ResponseTemplate] = {}
 
@@ -481,7 +486,7 @@ class Association(Driver):
         if (
             message_id is None
             or self._room_waiters
-            or dimse.outstanding + self._reserved >= dimse.max_outstanding
+            or len(dimse._outstanding) + self._reserved >= dimse.max_outstanding
             or self._send_lock.locked()
         ):
             return None
@@ -532,7 +537,7 @@ class Association(Driver):
         while not operation.done:  # a pending C-ECHO-RSP is no answer yet
             reply = await operation.next_response()
         status = reply.command.status or 0
-        if status_category(status) is StatusCategory.FAILURE:
+        if status_category(status) is _FAILURE:
             raise DimseError(status, "C-ECHO failed: " + describe_status(status))
         return status
 
@@ -573,12 +578,12 @@ class Association(Driver):
         """
         if self._send_lock.locked() or self._error is not None:
             return False
-        if not self._ul.established and self._ul.state is not State.STA8:
+        state = self._ul._fsm._state  # self._ul.state
+        if state is not _STA6 and state is not _STA8:
             return False
         rq = request.command
         if rq.message_id is None or (
-            rq.command_field != CommandField.C_ECHO_RQ
-            and rq.command_field != CommandField.C_STORE_RQ
+            rq.command_field != _C_ECHO_RQ and rq.command_field != _C_STORE_RQ
         ):
             return False
         command, encoded = _response_template(rq, status).make(

@@ -53,7 +53,7 @@ from adicom.errors import (
 from adicom.fsm import State
 from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.operation import MessageQueue, Operation, bounded
-from adicom.pdu import AAssociateAC, AAssociateRQ
+from adicom.pdu import AAssociateAC, AAssociateRQ, PDataTF
 from adicom.tls import TlsInfo, describe_tls_failure, tls_info
 from adicom.turns import loop_turns
 
@@ -61,10 +61,13 @@ __all__ = ["PARSE_BUDGET", "Driver"]
 
 log = logging.getLogger("adicom")
 
-# Members used once per association, looked up once: an Enum class attribute
-# costs a slot call on Python 3.11 (EnumType.__getattr__).
+# Enum members as plain names: an Enum class attribute costs a slot call on
+# Python 3.11 (EnumType.__getattr__). Read once per association ...
 _STA4 = State.STA4
 _CLOSE = TimeoutKind.CLOSE
+# ... and on every message sent.
+_STA6 = State.STA6
+_STA8 = State.STA8
 
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
@@ -98,7 +101,12 @@ class _Transport(asyncio.BufferedProtocol):
 
     def __init__(self, association: Driver) -> None:
         self._association = association
-        self._reader = association._ul.reader
+        self._reader = reader = association._ul.reader
+        # The two calls of every read go straight to where they land (the
+        # methods below say the same, a call deeper); connection_lost
+        # points buffer_updated elsewhere.
+        self.get_buffer = reader.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = association._data_received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -131,6 +139,7 @@ class _Transport(asyncio.BufferedProtocol):
         # cycle now, so both go when their last user lets go (by reference
         # counting, not in a garbage collection pass; ~45 objects each).
         self._association = _CLOSED
+        self.buffer_updated = _CLOSED._data_received  # type: ignore[method-assign]
         association._connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -361,10 +370,24 @@ class Driver:
             if self._ul.receive_later(nbytes):
                 self._defer_input()
             return
-        self._ul.receive_into(nbytes, now)
-        self._after_io()
+        upper = self._ul
+        upper.receive_into(nbytes, now)
+        # What _after_io does, each step called only when it has something
+        # to do (a response sent from this callback was written already).
+        if upper._events or upper.trace:
+            self._process_events(now)
+        if (
+            upper._out
+            or upper._close_requested
+            or upper._abort_sent
+            or self._batched
+            or self._emitter is not None
+        ):
+            self._flush()
+        if upper._artim_deadline is not None or self._dimse._deadline is not None:
+            self._arm_timer()
         turns.charge(self._loop.time() - now)
-        if self._ul.input_pending:
+        if upper._input_pending:  # upper.input_pending
             self._defer_input()
 
     def _defer_input(self) -> None:
@@ -524,7 +547,8 @@ class Driver:
         timer as it is: it fires early, finds nothing due and is set again.
         So the hot path never cancels and re-creates a timer per message.
         """
-        ul_at, dimse_at = self._ul.get_timer(), self._dimse.get_timer()
+        # get_timer() of each layer, read directly (every read and every send).
+        ul_at, dimse_at = self._ul._artim_deadline, self._dimse._deadline
         at = ul_at if dimse_at is None else dimse_at if ul_at is None else min(ul_at, dimse_at)
         if at is None or (self._timer_at is not None and self._timer_at <= at):
             return
@@ -535,17 +559,23 @@ class Driver:
 
     def _flush(self) -> None:
         self._batched = 0
-        data = self._ul.data_to_send()
+        ul_ = self._ul
         transport = self._transport
+        data = ul_._out
+        if data:  # what ul_.data_to_send() gives, without a new list when empty
+            ul_._out = []
+            if transport is not None:
+                if len(data) == 1:
+                    transport.write(data[0])  # the usual small message
+                else:
+                    transport.writelines(data)
         if transport is None:
             return
-        if data:
-            transport.writelines(data)
         if self._emitter is not None:
             self._emit_trace()
-        ul_ = self._ul
-        if (ul_.close_requested or ul_.abort_sent) and not transport.is_closing():
-            if ul_.abort_sent and self._error is None:
+        # ul_.close_requested, ul_.abort_sent, read directly (every write).
+        if (ul_._close_requested or ul_._abort_sent) and not transport.is_closing():
+            if ul_._abort_sent and self._error is None:
                 # The DIMSE layer aborted (a message left half-sent).
                 self._set_error(AssociationAborted(0, 0, local=True))
             transport.close()
@@ -558,17 +588,26 @@ class Driver:
                 # connection_lost. release() waits for the close otherwise.
                 done.set_result(None)
 
-    def _process_events(self) -> None:
+    def _process_events(self, now: float | None = None) -> None:
         if self._emitter is not None:
             self._emit_trace()
-        if not self._ul.has_events:
+        events = self._ul._events  # what next_event() takes from, read directly
+        if not events:
             return
-        next_event = self._ul.next_event
-        handle = self._dimse.handle_event
-        now = self._loop.time()  # one callback: one moment
-        while (event := next_event()) is not None:
-            for dimse_event in handle(event, now):
-                self._dispatch(dimse_event)
+        take = events.popleft
+        dimse = self._dimse
+        dispatch = self._dispatch
+        if now is None:
+            now = self._loop.time()  # one callback: one moment
+        while events:
+            event = take()
+            # A P-DATA indication is queued as its PDU (see UpperLayer._events).
+            if type(event) is PDataTF:
+                for dimse_event in dimse.receive_pdata(event, now):
+                    dispatch(dimse_event)
+            else:
+                for dimse_event in dimse.handle_event(event, now):  # type: ignore[arg-type]
+                    dispatch(dimse_event)
 
     def _dispatch(self, event: DimseEvent) -> None:
         if type(event) is ResponseReceived:
@@ -586,7 +625,7 @@ class Driver:
             if (
                 answer is None
                 or self._incoming.ready
-                or self._ul.has_events
+                or self._ul._events  # ul.has_events
                 or not answer(event.message)
             ):
                 self._incoming.put(event.message)
@@ -594,14 +633,16 @@ class Driver:
             self._on_control_event(event)  # type: ignore[arg-type]
 
     def _on_response(self, event: ResponseReceived) -> None:
-        message_id = event.message_id
+        message = event.message
+        message_id = message.command.message_id_being_responded_to or 0  # event.message_id
         operation = self._operations.get(message_id)
         if operation is None:
             return  # the DIMSE layer keeps only what is awaited; nothing to do
-        operation.deliver(event.message)
+        operation.deliver(message)
         if event.final:
             del self._operations[message_id]
-            self._wake_room()
+            if self._room_waiters:
+                self._wake_room()
 
     def _on_control_event(self, event: ul.ULEvent) -> None:
         if self._emitter is not None:
@@ -770,7 +811,8 @@ class Driver:
     def _check_open(self) -> None:
         if self._error is not None:
             raise self._error
-        if not self._ul.established and self._ul.state is not State.STA8:
+        state = self._ul._fsm._state  # self._ul.state
+        if state is not _STA6 and state is not _STA8:
             raise LocalProtocolError(
                 f"the association is not established (state {self._ul.state.name.title()})"
             )

@@ -40,7 +40,7 @@ from adicom.pdu import (
     PDUReader,
     encode_pdata,
 )
-from adicom.pdu.wire import frozen_builder
+from adicom.pdu.wire import PDATA_HEADER, frozen_builder
 
 __all__ = [
     "Aborted",
@@ -179,6 +179,7 @@ _SEND_RELEASE_RQ = Effect.SEND_RELEASE_RQ
 _START_ARTIM = Effect.START_ARTIM
 _STOP_ARTIM = Effect.STOP_ARTIM
 _STA1 = State.STA1
+_STA6 = State.STA6
 _STA12 = State.STA12
 _STA7 = State.STA7
 _STA9 = State.STA9
@@ -236,7 +237,10 @@ class UpperLayer:
         #: are); see :attr:`input_pending`.
         self.parse_budget = 0
         self._input_pending = False
-        self._events: deque[ULEvent] = deque()
+        # Indications and confirmations, in order; a P-DATA indication is
+        # its PDU alone (next_event wraps it in PDataReceived), so a driver
+        # that takes from here directly makes no event object per PDU.
+        self._events: deque[ULEvent | PDataTF] = deque()
         self._out: list[bytes | memoryview] = []
         self._artim_deadline: float | None = None
         self._close_requested = False
@@ -260,7 +264,7 @@ class UpperLayer:
     @property
     def established(self) -> bool:
         """True in Sta6, where data may be sent both ways."""
-        return self._fsm._state is State.STA6
+        return self._fsm._state is _STA6
 
     @property
     def close_requested(self) -> bool:
@@ -303,14 +307,14 @@ class UpperLayer:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed received bytes; whole PDUs become events."""
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             return
         self._reader.feed(data)
         self._parse(now)
 
     def receive_into(self, nbytes: int, now: float) -> None:
         """``nbytes`` were received into ``reader.get_buffer()``; whole PDUs become events."""
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             return
         self._reader.buffer_updated(nbytes)
         self._parse(now)
@@ -322,7 +326,7 @@ class UpperLayer:
         in a later turn): the loop's input budget is spent (see
         :mod:`adicom.turns`).
         """
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             return False
         reader = self._reader
         reader.buffer_updated(nbytes)
@@ -341,7 +345,7 @@ class UpperLayer:
 
     def parse_pending(self, now: float) -> None:
         """Parse what the last call left for later (within the budget again)."""
-        if self._reader_failed or self._fsm._state is State.STA1:
+        if self._reader_failed or self._fsm._state is _STA1:
             self._input_pending = False
             return
         self._parse(now)
@@ -351,7 +355,7 @@ class UpperLayer:
         budget = self.parse_budget
         spent = 0
         self._input_pending = False
-        while not self._reader_failed and self._fsm._state is not State.STA1:
+        while not self._reader_failed and self._fsm._state is not _STA1:
             if budget and spent >= budget:
                 self._input_pending = reader.buffered > 0
                 return
@@ -365,10 +369,19 @@ class UpperLayer:
                 return
             # The work a PDU costs grows with its PDVs (and each is a message
             # fragment handed on); other PDUs cost about one.
-            spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
             if self.trace is not None:
                 self.trace.append((pdu, False))
-            self._receive_pdu(pdu, now)
+            if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
+                # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 +
+                # Evt10 AR-6, both staying put (see _INDICATES_PDATA).
+                spent += len(pdu.pdvs)
+                self._events.append(pdu)  # PDataReceived(pdu): see _events
+            else:
+                spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
+                self._receive_pdu(pdu, now)
+            if not reader._buf and reader._body is None:  # reader.empty, inlined
+                # The usual case, a PDU per read: no second look at the reader.
+                return
 
     def connection_lost(self, now: float) -> None:
         """The transport closed (Evt17)."""
@@ -390,7 +403,10 @@ class UpperLayer:
 
     def next_event(self) -> ULEvent | None:
         """The next indication or confirmation, or None."""
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        return _new_pdata_received(event) if type(event) is PDataTF else event  # type: ignore[return-value]
 
     def data_to_send(self) -> list[bytes | memoryview]:
         """Take the bytes waiting to be written, in order."""
@@ -423,6 +439,22 @@ class UpperLayer:
                 self.trace.append((_pdata(pdvs), True))
             return
         self._primitive(Event.EVT9, now, pdvs)
+
+    def send_pdv(self, context_id: int, control: int, data: bytes, now: float) -> None:
+        """P-DATA request (Evt9) of one PDV: ``send_pdata(((context_id, control, data),))``.
+
+        The same PDU, its two headers packed at once (a command alone, the
+        usual message without a data set).
+        """
+        if self._fsm._state in _SENDS_PDATA:  # DT-1, AR-7: see send_pdata
+            size = len(data)
+            self._out.append(
+                PDATA_HEADER.pack(0x04, size + 6, size + 2, context_id, control) + data
+            )
+            if self.trace is not None:
+                self.trace.append((_pdata(((context_id, control, data),)), True))
+            return
+        self._primitive(Event.EVT9, now, ((context_id, control, data),))
 
     def request_release(self, now: float) -> None:
         """A-RELEASE request (Evt11)."""
@@ -458,7 +490,7 @@ class UpperLayer:
         if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
             # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 + Evt10
             # AR-6, both staying put (see _INDICATES_PDATA).
-            self._events.append(_new_pdata_received(pdu))
+            self._events.append(pdu)  # PDataReceived(pdu): see _events
             return
         event = _PDU_EVENTS[type(pdu)]
         acceptable = True
@@ -505,7 +537,7 @@ class UpperLayer:
             if self.trace is not None:
                 self.trace.append((_pdata(payload), True))  # type: ignore[arg-type]
         elif effect is _INDICATE_DATA:
-            self._events.append(PDataReceived(payload))  # type: ignore[arg-type]
+            self._events.append(payload)  # type: ignore[arg-type]  # PDataReceived: see _events
         elif effect is _CONNECT_TRANSPORT:
             self._connect_requested = True
         elif effect is _SEND_ASSOCIATE_RQ:

@@ -19,14 +19,17 @@ import pytest
 
 import adicom
 import adicom.negotiation
-from adicom.dimse import Command, CommandField
+from adicom.dimse import Command, CommandField, Message
 from adicom.errors import (
     AssociationAborted,
+    AssociationError,
     AssociationRejected,
     ConnectionClosed,
     DicomTimeout,
+    LocalProtocolError,
     PeerUnreachable,
 )
+from adicom.operation import MessageQueue
 from adicom.pdu import (
     PDV,
     AAbort,
@@ -869,3 +872,32 @@ async def test_echoes_beyond_the_window_wait_for_room_and_each_gets_its_answer(
                 statuses = await asyncio.gather(*(assoc.echo() for _ in range(3 * window + 2)))
             assert statuses == [0] * (3 * window + 2)
             assert assoc.outstanding == 0
+
+
+async def test_message_queue_arrival_then_take_is_get_in_two_steps() -> None:
+    # Operation.next_response waits with arrival() and takes with take():
+    # the same messages, end and errors as get().
+    loop = asyncio.get_running_loop()
+    queue = MessageQueue()
+    with pytest.raises(LocalProtocolError):
+        queue.take()  # nothing there: a bug of the caller's
+    message = Message(1, Command(CommandField.C_ECHO_RSP, status=0))
+    waiter = queue.arrival(loop)
+    assert not waiter.done()
+    loop.call_soon(queue.put, message)
+    async with asyncio.timeout(5):
+        await waiter
+    assert queue.take() is message
+    queue.fail(None)
+    assert queue.ready and queue.take() is None and await queue.get() is None
+    failed = MessageQueue()
+    waiter = failed.arrival(loop)
+    failed.fail(AssociationError("gone"))
+    assert waiter.done()
+    with pytest.raises(AssociationError, match="gone"):
+        failed.take()
+    interrupted = MessageQueue()
+    waiter = interrupted.arrival(loop)
+    interrupted.interrupt(TimeoutError("late"))
+    with pytest.raises(TimeoutError, match="late"):
+        await waiter

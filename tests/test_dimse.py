@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from adicom import pdu
 from adicom.dimse import (
+    DATASET_PRESENT,
     NO_DATASET,
     Command,
     CommandField,
@@ -23,9 +24,11 @@ from adicom.dimse import (
     CountsTemplate,
     DataReceived,
     MessageAssembler,
+    Priority,
     RequestTemplate,
     ResponseTemplate,
     StatusCategory,
+    c_store_rq,
     fragment_message,
     status_category,
 )
@@ -814,3 +817,31 @@ def test_c_store_requests_that_differ_in_their_instance_uid_decode_to_their_own_
         command = replace(base, message_id=message_id + 7, affected_sop_instance_uid=uid)
         assert Command.decode(command.encode()) == command
         assert Command.decode(memoryview(command.encode())) == command
+
+
+@pytest.mark.parametrize("message_id", [None, 1, 0xFFFF])
+@pytest.mark.parametrize("originator", [None, ("MOVER", 7)])
+@pytest.mark.parametrize("priority", [Priority.MEDIUM, Priority.HIGH])
+def test_c_store_rq_is_the_command_its_fields_say(
+    message_id: int | None, originator: tuple[str, int] | None, priority: int
+) -> None:
+    # c_store_rq builds without Command's __init__: the same object all the same.
+    made = c_store_rq(
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3.4",
+        message_id=message_id,
+        priority=priority,
+        move_originator=originator,
+    )
+    assert made == Command(
+        CommandField.C_STORE_RQ,
+        message_id=message_id,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid="1.2.3.4",
+        priority=priority,
+        command_data_set_type=DATASET_PRESENT,
+        move_originator_ae_title=originator[0] if originator else None,
+        move_originator_message_id=originator[1] if originator else None,
+    )
+    assert type(made) is Command and made.has_dataset
+    assert Command.decode(made.encode()) == made

@@ -605,3 +605,189 @@ def test_a_release_request_overtaken_by_an_abort_in_the_same_read_is_not_answere
     assert pair.acc.drain() == [ul.ReleaseRequested(collision=False), ul.Aborted(0, 0, local=False)]
     assert pair.acc.ul.state is State.STA1
     assert b"".join(pair.acc.ul.data_to_send()) == b""
+
+
+# -- the fast paths of receiving: the same result as the general path -------
+#
+# A command set whole in one PDV between messages is decoded without the
+# assembler's events, and a data set fragment in order is taken the same way
+# (DimseConnection._receive_pdata). Here each message goes once that way and
+# once split so that the assembler gathers it (MessageAssembler.feed): the
+# events and the connection's state after them must be equal.
+
+
+def _as_pdus(
+    context_id: int, raw: bytes, dataset: bytes | None, split: bool
+) -> list[list[tuple[int, int, bytes]]]:
+    """The PDUs of a message: whole (fast path) or its command in two fragments."""
+    if not split:
+        pdvs = [(context_id, 3, raw)]
+        if dataset is not None:
+            pdvs.append((context_id, 2, dataset))
+        return [pdvs]
+    pdus = [[(context_id, 1, raw[:10])], [(context_id, 3, raw[10:])]]
+    if dataset is not None:
+        half = len(dataset) // 2 & ~1
+        pdus += [[(context_id, 0, dataset[:half])], [(context_id, 2, dataset[half:])]]
+    return pdus
+
+
+def _receive(pair: Pair, to_acceptor: bool, pdus: list[list[tuple[int, int, bytes]]]) -> Side:
+    sender, receiver = (pair.req, pair.acc) if to_acceptor else (pair.acc, pair.req)
+    for pdvs in pdus:
+        sender.ul.send_pdata(pdvs, pair.now)
+    pair.pump()
+    return receiver
+
+
+def _find_rq(message_id: int) -> Command:
+    return Command(
+        CommandField.C_FIND_RQ,
+        message_id=message_id,
+        affected_sop_class_uid=FIND,
+        priority=0,
+        command_data_set_type=0,
+    )
+
+
+IDENTIFIER = b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
+# (context, command, data set, sent to the acceptor, a sink takes the data set)
+FAST_PATH_CASES = [
+    (1, echo_rq(7), None, True, False),
+    (3, c_store_rq(CT, "1.2.3.4", message_id=7), b"\x01\x02" * 300, True, True),
+    (3, c_store_rq(CT, "1.2.3.4", message_id=7), b"\x01\x02" * 300, True, False),
+    (5, _find_rq(7), IDENTIFIER, True, False),
+    (5, Command(CommandField.C_CANCEL_RQ, message_id_being_responded_to=7), None, True, False),
+    (1, response_to(echo_rq(7), 0x0000), None, False, False),
+    (5, response_to(_find_rq(7), 0xFF00, has_dataset=True), IDENTIFIER, False, False),
+    (5, response_to(_find_rq(7), 0xFF01, has_dataset=True), IDENTIFIER, False, False),
+    (5, response_to(_find_rq(7), 0xA700), None, False, False),
+    (5, response_to(_find_rq(8), 0x0000), None, False, False),  # answers nothing outstanding
+]
+
+
+@pytest.mark.parametrize(
+    ("context_id", "command", "dataset", "to_acceptor", "sink"), FAST_PATH_CASES
+)
+def test_a_message_gives_the_same_whole_or_gathered(
+    context_id: int, command: Command, dataset: bytes | None, to_acceptor: bool, sink: bool
+) -> None:
+    results = []
+    for split in (False, True):
+        pair = Pair()
+        if not to_acceptor:  # a request of ours for the response to answer
+            request = echo_rq(7) if context_id == 1 else _find_rq(7)
+            pair.req.send(context_id, request, None if context_id == 1 else IDENTIFIER)
+            pair.pump()
+            pair.acc.drain()
+        sinks: list[Sink] = []
+        if sink:
+            pair.acc.dimse.sink_factory = collecting(sinks)
+        limited(pair, message_timeout=10.0)
+        pair.req.dimse.limits = pair.acc.dimse.limits
+        receiver = _receive(
+            pair, to_acceptor, _as_pdus(context_id, command.encode(), dataset, split)
+        )
+        events = receiver.drain()
+        dimse = receiver.dimse
+        results.append(
+            (
+                [
+                    (type(e), e.message.context_id, e.message.command, e.message.dataset)
+                    if isinstance(e, RequestReceived | ResponseReceived)
+                    else e
+                    for e in events
+                ],
+                [bytes(s.data) for s in sinks],
+                dict(dimse._outstanding),
+                set(dimse._unanswered),
+                dimse._deadline,
+                dimse._receiving,
+                dimse._assembler.idle,
+                receiver.ul.state,
+            )
+        )
+    whole, gathered = results
+    assert whole == gathered
+    assert whole[-1] is State.STA6 and whole[-2]  # nothing half-received either way
+    if not to_acceptor:
+        # Pending (PS3.7 C.4: 0xFF00 and 0xFF01) leaves the request outstanding.
+        pending = command.status in (0xFF00, 0xFF01)
+        answers_7 = command.message_id_being_responded_to == 7
+        assert (7 in whole[2]) is (pending or not answers_7)
+        kinds = [e[0] for e in whole[0] if isinstance(e, tuple)]
+        assert kinds == ([] if command.message_id_being_responded_to == 8 else [ResponseReceived])
+    if command.message_id_being_responded_to == 8:
+        assert whole[0] == []  # dropped, not delivered
+    else:
+        assert [e[2] for e in whole[0] if isinstance(e, tuple)] == [command]
+
+
+def test_a_whole_command_beyond_its_limit_is_aborted() -> None:
+    # One PDV, command and last: the check is the fast path's as much as the
+    # gathering path's.
+    pair = Pair()
+    limited(pair, max_command=60)
+    raw = c_store_rq(CT, "1.2.3.4." + "5" * 40, message_id=1).encode()
+    assert len(raw) > 60
+    _receive(pair, True, [[(3, 3, raw)]])
+    (aborted,) = pair.acc.drain()
+    assert isinstance(aborted, ul.Aborted) and (aborted.source, aborted.reason) == (2, 6)
+    assert "longer than the 60 bytes" in aborted.detail
+
+
+def test_a_whole_command_where_a_data_set_is_expected_is_aborted() -> None:
+    pair = Pair(window=2)
+    store = c_store_rq(CT, "1.2.3", message_id=1).encode()
+    _receive(pair, True, [[(3, 3, store), (3, 0, b"\x00\x00")], [(1, 3, echo_rq(2).encode())]])
+    (aborted,) = pair.acc.drain()
+    assert isinstance(aborted, ul.Aborted) and (aborted.source, aborted.reason) == (2, 6)
+    assert "middle of a message" in aborted.detail
+
+
+@pytest.mark.parametrize(
+    ("pdvs", "detail"),
+    [
+        ([(3, 2, b"\x00\x00")], "without a command announcing one"),
+        (
+            [(3, 3, c_store_rq(CT, "1.2.3", message_id=1).encode()), (1, 2, b"\x00\x00")],
+            "middle of a message",
+        ),
+        ([(1, 3, echo_rq(1).encode()), (1, 2, b"\x00\x00")], "without a command announcing one"),
+    ],
+)
+def test_a_data_set_fragment_out_of_order_is_aborted(
+    pdvs: list[tuple[int, int, bytes]], detail: str
+) -> None:
+    pair = Pair()
+    _receive(pair, True, [pdvs])
+    events = pair.acc.drain()
+    aborted = events[-1]
+    assert isinstance(aborted, ul.Aborted) and (aborted.source, aborted.reason) == (2, 6)
+    assert detail in aborted.detail
+
+
+def test_a_whole_command_announcing_a_data_set_starts_the_deadline() -> None:
+    pair = Pair()
+    limited(pair, message_timeout=10.0)
+    pair.now = 3.0
+    _receive(pair, True, [[(3, 3, c_store_rq(CT, "1.2.3", message_id=1).encode())]])
+    assert pair.acc.drain() == []
+    assert pair.acc.dimse.get_timer() == 13.0 and not pair.acc.dimse._assembler.idle
+    pair.now = 4.0
+    _receive(pair, True, [[(3, 2, b"\x00\x00")]])
+    (event,) = pair.acc.drain()
+    assert isinstance(event, RequestReceived) and event.message.dataset == b"\x00\x00"
+    assert pair.acc.dimse.get_timer() is None and pair.acc.dimse._assembler.idle
+
+
+@pytest.mark.parametrize(("status", "answered"), [(0xFF00, False), (0xFF01, False), (0, True)])
+def test_only_a_final_response_sent_answers_a_request(status: int, answered: bool) -> None:
+    pair = Pair()
+    request = _find_rq(pair.req.dimse.next_message_id())
+    pair.req.send(5, request, IDENTIFIER)
+    pair.pump()
+    pair.acc.drain()
+    assert request.message_id in pair.acc.dimse._unanswered
+    assert pair.acc.dimse.send_whole(5, response_to(request, status), None, pair.now)
+    assert (request.message_id not in pair.acc.dimse._unanswered) is answered

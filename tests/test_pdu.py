@@ -911,6 +911,27 @@ def test_encode_pdata_pieces_equal_pdatatf_encode(pdvs: list[pdu.PDV]) -> None:
     assert decode_one(joined) == pdu.PDataTF(tuple(pdvs))
 
 
+def _pdata_bytes(pdvs: list[tuple[int, int, bytes]]) -> bytes:
+    """A P-DATA-TF PDU written out field by field (PS3.8 9.3.5, 9.3.5.1)."""
+    items = b"".join(struct.pack(">LBB", len(d) + 2, c, m) + d for c, m, d in pdvs)
+    return struct.pack(">BxL", 4, len(items)) + items
+
+
+@pytest.mark.parametrize("sizes", [(0, 0), (1, 2), (200, 700), (1024, 1024), (1025, 3), (3, 1025)])
+@pytest.mark.parametrize("views", [False, True])
+def test_encode_pdata_of_two_pdvs_is_the_pdu_field_by_field(
+    sizes: tuple[int, int], views: bool
+) -> None:
+    # Two small PDVs (a command and its identifier) are packed in one piece,
+    # larger ones the general way: the bytes are the same.
+    first, second = bytes(range(256)) * 5, b"\xab" * 2000
+    pdvs = [(1, 3, first[: sizes[0]]), (3, 2, second[: sizes[1]])]
+    given = [(c, m, memoryview(d) if views else d) for c, m, d in pdvs]
+    pieces = pdu.encode_pdata(given)
+    assert b"".join(bytes(piece) for piece in pieces) == _pdata_bytes(pdvs)
+    assert (len(pieces) == 1) is (max(sizes) <= 1024)
+
+
 def test_encode_pdata_does_not_copy_large_data() -> None:
     big = memoryview(bytes(5000))
     pieces = pdu.encode_pdata([(1, 2, big)])
@@ -978,3 +999,27 @@ def test_association_pdus_are_decoded_once_per_distinct_bytes() -> None:
         r.feed(dataclasses.replace(rq, calling_ae=f"SCU{n}").encode())
         assert r.next_pdu() is not None
         assert len(reader._ASSOCIATE_CACHE) <= reader._ASSOCIATE_CACHE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", "carries no PDV item"),
+        (b"\x00\x00\x00\x01\x01", "trailing bytes where a PDV header"),
+        (b"\x00\x00\x00\x01\x01\x03", "PDV item length 1 does not fit"),
+        (b"\x00\x00\x00\x06\x01\x03abc", "PDV item length 6 does not fit"),
+        (b"\x00\x00\x00\x03\x01\x03abc", "2 trailing bytes where a PDV header"),
+        (b"\x00\x00\x00\x03\x01\x03a\x00", "trailing bytes where a PDV header"),
+    ],
+)
+def test_a_pdata_body_that_is_not_whole_pdvs_is_invalid(body: bytes, error: str) -> None:
+    # The one-PDV short way (the PDV fills the body) and the loop refuse alike.
+    with pytest.raises(RemoteProtocolError, match=error):
+        pdu.PDataTF.decode(memoryview(body))
+
+
+def test_one_pdv_decodes_the_short_way_as_the_loop_does() -> None:
+    one = pdu.PDataTF.decode(memoryview(b"\x00\x00\x00\x05\x07\x02abc"))
+    two = pdu.PDataTF.decode(memoryview(b"\x00\x00\x00\x05\x07\x02abc\x00\x00\x00\x03\x07\x01d"))
+    assert one == pdu.PDataTF((pdu.PDV(7, False, True, b"abc"),))
+    assert two.pdvs[0] == one.pdvs[0] and two.pdvs[1] == pdu.PDV(7, True, False, b"d")

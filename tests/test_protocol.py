@@ -8,6 +8,7 @@ from adicom import protocol as ul
 from adicom.errors import LocalProtocolError
 from adicom.fsm import TABLE, Action, Effect, Event, InvalidTransition, State, StateMachine
 from adicom.pdu import (
+    PDV,
     AAbort,
     AAssociateAC,
     AAssociateRJ,
@@ -328,25 +329,40 @@ def _outcome(side: ul.UpperLayer) -> tuple[object, ...]:
 PDVS = ((1, 3, b"command bytes!"), (1, 2, b"and a data set"))
 
 
+@pytest.mark.parametrize("pdvs", [PDVS, PDVS[:1]])
 @pytest.mark.parametrize("requestor", [True, False])
 @pytest.mark.parametrize("state", list(State))
 def test_pdata_shortcuts_and_the_tables_step_give_the_same(
-    state: State, requestor: bool, monkeypatch: pytest.MonkeyPatch
+    state: State,
+    requestor: bool,
+    pdvs: tuple[tuple[int, int, bytes], ...],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Every state, sending and receiving P-DATA with the shortcuts on and off
     # (every step through StateMachine): the same state, events and bytes.
-    wire = b"".join(encode_pdata(PDVS))
+    # One PDV is also sent with send_pdv (its headers packed at once) and
+    # decoded the short way (PDataTF.decode): the same again.
+    wire = b"".join(encode_pdata(pdvs))
     results = []
     for shortcuts in (True, False):
         if not shortcuts:
             monkeypatch.setattr(ul, "_SENDS_PDATA", frozenset())
             monkeypatch.setattr(ul, "_INDICATES_PDATA", frozenset())
         sender = _in_state(state, requestor=requestor)
+        sender.trace = []
         try:
-            sender.send_pdata(PDVS, 1.0)
-            sent: tuple[object, ...] = _outcome(sender)
+            sender.send_pdata(pdvs, 1.0)
+            sent: tuple[object, ...] = (*_outcome(sender), sender.trace)
         except LocalProtocolError as exc:
             sent = ("refused", str(exc))
+        if len(pdvs) == 1:
+            single = _in_state(state, requestor=requestor)
+            single.trace = []
+            try:
+                single.send_pdv(*pdvs[0], 1.0)
+                assert (*_outcome(single), single.trace) == sent
+            except LocalProtocolError as exc:
+                assert sent == ("refused", str(exc))
         receiver = _in_state(state, requestor=requestor)
         try:
             receiver.receive_data(wire, 1.0)
@@ -357,6 +373,23 @@ def test_pdata_shortcuts_and_the_tables_step_give_the_same(
     assert results[0] == results[1]
     if state is State.STA6:
         sent, received = results[0]
-        assert sent[2] == wire and received[1] == [
-            ul.PDataReceived(PDataTF.decode(memoryview(wire)[6:]))
-        ]
+        pdu = PDataTF(tuple(PDV(c, bool(m & 1), bool(m & 2), d) for c, m, d in pdvs))
+        assert sent[2] == wire and received[1] == [ul.PDataReceived(pdu)]
+        assert sent[-1] == [(pdu, True)]
+
+
+@pytest.mark.parametrize("tail", [b"", b"\x04\x00", b"\x04\x00\x00\x00\x00\x20"])
+def test_pdus_in_one_read_are_all_parsed_and_a_part_is_kept(tail: bytes) -> None:
+    # The parse stops when the reader is empty, not before: two PDUs read at
+    # once are both indicated, and the start of a third waits for its rest.
+    pair = Pair()
+    pair.associate()
+    wire = b"".join(encode_pdata([(1, 3, b"one")])) + b"".join(encode_pdata([(1, 2, b"two")]))
+    pair.acc.receive_data(wire + tail, pair.now)
+    events = pair.events(pair.acc)
+    assert [bytes(e.pdu.pdvs[0].data) for e in events if isinstance(e, ul.PDataReceived)] == [
+        b"one",
+        b"two",
+    ]
+    assert pair.acc.reader.empty is (tail == b"")
+    assert pair.acc.reader.buffered == len(tail)

@@ -362,6 +362,11 @@ _ELEMENT_INDEX = {element: i for i, (element, _, _) in enumerate(_ELEMENTS)}
 _INSTANCE_UID_HEAD = _ENCODERS[_ELEMENT_INDEX[0x1000]][0]
 _RESPONDED_TO = _FIELDS.index("message_id_being_responded_to")
 _INSTANCE_UID = _FIELDS.index("affected_sop_instance_uid")
+_AFFECTED_CLASS = _FIELDS.index("affected_sop_class_uid")
+_PRIORITY = _FIELDS.index("priority")
+_DATASET_TYPE = _FIELDS.index("command_data_set_type")
+_ORIGINATOR_AE = _FIELDS.index("move_originator_ae_title")
+_ORIGINATOR_ID = _FIELDS.index("move_originator_message_id")
 
 
 class _Unfrozen:
@@ -452,16 +457,18 @@ def c_store_rq(
 
     ``move_originator`` (AE title, Message ID) marks a C-MOVE sub-operation.
     """
-    return Command(
-        CommandField.C_STORE_RQ,
-        message_id=message_id,
-        affected_sop_class_uid=sop_class_uid,
-        affected_sop_instance_uid=sop_instance_uid,
-        priority=priority,
-        command_data_set_type=DATASET_PRESENT,
-        move_originator_ae_title=move_originator[0] if move_originator else None,
-        move_originator_message_id=move_originator[1] if move_originator else None,
-    )
+    # What Command(...) makes of these fields, without its frozen __init__
+    # (see _build): one per instance sent.
+    values = list(_DEFAULTS)
+    values[0] = CommandField.C_STORE_RQ
+    values[_MESSAGE_ID] = message_id
+    values[_AFFECTED_CLASS] = sop_class_uid
+    values[_INSTANCE_UID] = sop_instance_uid
+    values[_PRIORITY] = priority
+    values[_DATASET_TYPE] = DATASET_PRESENT
+    if move_originator:
+        values[_ORIGINATOR_AE], values[_ORIGINATOR_ID] = move_originator
+    return _build(values)
 
 
 class CountsTemplate:

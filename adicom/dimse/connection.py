@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adicom import protocol as ul
-from adicom.dimse.commands import Command, CommandField, is_n
+from adicom.dimse.commands import NO_DATASET, Command, CommandField, is_n
 from adicom.dimse.framing import (
     MAX_SEND_PDU,
     CommandReceived,
@@ -46,7 +46,6 @@ from adicom.dimse.framing import (
     MessageAssembler,
     fragment_message,
 )
-from adicom.dimse.status import StatusCategory, status_category
 from adicom.errors import LocalProtocolError, RemoteProtocolError
 from adicom.fsm import State
 from adicom.negotiation import Agreement
@@ -164,6 +163,10 @@ class ResponseReceived:
 
 DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
 
+
+# Read on every message, as a plain int: an Enum member read through its
+# class costs a descriptor call (Python 3.11).
+_C_CANCEL_RQ = int(CommandField.C_CANCEL_RQ)
 
 #: The limits of a connection given none (frozen: one serves them all).
 _DEFAULT_LIMITS = Limits()
@@ -360,7 +363,7 @@ class DimseConnection:
             return False
         self._check_send(context_id, command)
         if dataset is None:
-            self.ul.send_pdata(((context_id, 3, raw),), now)
+            self.ul.send_pdv(context_id, 3, raw, now)
         else:
             self.ul.send_pdata(((context_id, 3, raw), (context_id, 2, dataset)), now)
         self._sent(command)
@@ -371,15 +374,15 @@ class DimseConnection:
         if self._sending is not None:
             raise LocalProtocolError("another message is still being sent")
         context = self.contexts.get(context_id)
-        if context is None or not context.accepted:
+        if context is None or context.result != 0:  # not context.accepted
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-        if not command.command_field & 0x8000 and command.command_field != CommandField.C_CANCEL_RQ:
+        if not command.command_field & 0x8000 and command.command_field != _C_CANCEL_RQ:
             message_id = command.message_id
             if message_id is None:
                 raise LocalProtocolError("a request needs a Message ID (next_message_id)")
             if message_id in self._outstanding:
                 raise LocalProtocolError(f"Message ID {message_id} is already outstanding")
-            if not self.can_request:
+            if len(self._outstanding) >= self.max_outstanding:  # not self.can_request
                 raise LocalProtocolError(
                     f"{len(self._outstanding)} requests are outstanding: the asynchronous "
                     f"operations window of {self.max_outstanding} is full"
@@ -393,27 +396,19 @@ class DimseConnection:
         never counts.
         """
         self._sending = None
-        if command.is_response:
-            if status_category(command.status or 0) is not StatusCategory.PENDING:
+        if command.command_field & 0x8000:  # command.is_response
+            status = command.status
+            if status != 0xFF00 and status != 0xFF01:  # not pending (PS3.7 C.4)
                 self._unanswered.discard(command.message_id_being_responded_to or 0)
-        elif command.command_field != CommandField.C_CANCEL_RQ:
+        elif command.command_field != _C_CANCEL_RQ:
             self._outstanding[command.message_id or 0] = command.command_field
 
     # -- receiving ------------------------------------------------------------
 
     def handle_event(self, event: ul.ULEvent, now: float) -> list[DimseEvent]:
         """Take one upper layer event; return what it means for DIMSE, in order."""
-        if isinstance(event, ul.PDataReceived):
-            if self.ul.abort_sent:
-                return []  # parsed before our A-ABORT went out: moot now
-            out: list[DimseEvent] = []
-            try:
-                self._receive_pdata(event.pdu, out)
-            except RemoteProtocolError as exc:
-                out.append(self._violation(exc, now))
-                return out
-            self._track_deadline(now)
-            return out
+        if type(event) is ul.PDataReceived:
+            return self.receive_pdata(event.pdu, now)
         if isinstance(event, ul.ReleaseRequested) and not event.collision:
             # Still waiting for our answer (Sta8)? Events are queued as the
             # bytes are parsed: an A-ABORT read in the same breath may have
@@ -423,6 +418,28 @@ class DimseConnection:
         elif isinstance(event, ul.Aborted | ul.ConnectionLost | ul.ArtimExpired):
             self._drop_receiving()
         return [event]
+
+    def receive_pdata(self, pdu: PDataTF, now: float) -> list[DimseEvent]:
+        """:meth:`handle_event` of a :class:`~adicom.protocol.PDataReceived` of ``pdu``.
+
+        For a driver that takes the upper layer's P-DATA indications as
+        their PDUs, making no event object for them.
+        """
+        if self.ul._abort_sent:  # ul.abort_sent
+            return []  # parsed before our A-ABORT went out: moot now
+        out: list[DimseEvent] = []
+        try:
+            self._receive_pdata(pdu, out)
+        except RemoteProtocolError as exc:
+            out.append(self._violation(exc, now))
+            return out
+        # The message's deadline (Limits.message_timeout) runs from its
+        # first PDV to its last.
+        if self._assembler._context is None:  # idle: between messages
+            self._deadline = None
+        elif self._deadline is None and self.limits.message_timeout is not None:
+            self._deadline = now + self.limits.message_timeout
+        return out
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must be called: the deadline of the message arriving."""
@@ -443,30 +460,31 @@ class DimseConnection:
             )
         ]
 
-    def _track_deadline(self, now: float) -> None:
-        """Start the clock at a message's first PDV; stop it when the message is whole."""
-        if self._assembler.idle:
-            self._deadline = None
-        elif self._deadline is None and self.limits.message_timeout is not None:
-            self._deadline = now + self.limits.message_timeout
-
     def _receive_pdata(self, pdu: PDataTF, out: list[DimseEvent]) -> None:
-        feed = self._assembler.feed
+        assembler = self._assembler
         contexts = self.contexts
         for pdv in pdu.pdvs:
             context_id = pdv.context_id
             context = contexts.get(context_id)
-            if context is None or not context.accepted:
+            if context is None or context.result != 0:  # not context.accepted
                 raise RemoteProtocolError(
                     f"PDV on presentation context {context_id}, which was not accepted",
                     abort_reason=6,
                 )
-            event = feed(context_id, pdv.is_command, pdv.is_last, pdv.data)
-            if event is None:
-                continue
-            if isinstance(event, CommandReceived):
-                command = event.command
-                if command.has_dataset:
+            # The usual PDVs (a whole command set between messages, a data
+            # set fragment in order) skip the assembler's events; the others
+            # go through feed(), which gathers a split command and refuses
+            # what breaks PS3.8 E.2. Both ways give the same.
+            if pdv.is_command:
+                if pdv.is_last and assembler._context is None:  # assembler.idle
+                    command = assembler.whole_command(context_id, pdv.data)
+                else:
+                    event = assembler.feed(context_id, True, pdv.is_last, pdv.data)
+                    if event is None:
+                        continue
+                    assert isinstance(event, CommandReceived)
+                    command = event.command
+                if command.command_data_set_type != NO_DATASET:  # command.has_dataset
                     factory = self.sink_factory
                     sink = None if factory is None else factory(context_id, command)
                     self._receiving = _Receiving(context_id, command, [], sink)
@@ -475,10 +493,14 @@ class DimseConnection:
                 ) is not None:
                     out.append(delivered)
                 continue
+            last = pdv.is_last
+            if not assembler.data_in_order(context_id, last):
+                assembler.feed(context_id, False, last, pdv.data)  # raises
+                raise AssertionError("the assembler took a data set PDV out of order")
             receiving = self._receiving
             assert receiving is not None  # the assembler saw the command first
-            self._take(receiving, event.data)
-            if event.last:
+            self._take(receiving, pdv.data)
+            if last:
                 self._receiving = None
                 dataset = None if receiving.sink is not None else b"".join(receiving.parts)
                 message = _new_message(
@@ -524,7 +546,7 @@ class DimseConnection:
 
     def _deliver(self, message: Message) -> RequestReceived | ResponseReceived | None:
         command = message.command
-        if command.is_response:
+        if command.command_field & 0x8000:  # command.is_response
             message_id = command.message_id_being_responded_to or 0
             if message_id not in self._outstanding:
                 # Late (we gave up on it) or never asked for: not a reason to
@@ -533,11 +555,13 @@ class DimseConnection:
                 if message.sink is not None:
                     message.sink.abort()
                 return None
-            final = status_category(command.status or 0) is not StatusCategory.PENDING
+            # Pending is 0xFF00 and 0xFF01 (PS3.7 C.4; status_category).
+            status = command.status
+            final = status != 0xFF00 and status != 0xFF01
             if final:
                 del self._outstanding[message_id]
             return _new_response_received(message, final)
-        if command.command_field != CommandField.C_CANCEL_RQ:
+        if command.command_field != _C_CANCEL_RQ:
             # C-CANCEL-RQ is never answered (PS3.7 9.3.2.3): it takes no room.
             unanswered = self._unanswered
             unanswered.add(command.message_id or 0)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from adicom.dimse.commands import Command, malformed
+from adicom.dimse.commands import NO_DATASET, Command, malformed
 from adicom.pdu.wire import frozen_builder
 
 __all__ = [
@@ -159,6 +159,37 @@ class MessageAssembler:
         self._context = None
         self._expect_data = False
 
+    def whole_command(self, context_id: int, data: bytes | memoryview) -> Command:
+        """Take a PDV that holds a whole command set (command and last bits set).
+
+        What :meth:`feed` does with such a PDV, without its event, for a
+        caller that checked :attr:`idle` first (between messages a whole
+        command may come on any context): the command, whose data set the
+        assembler then expects when it announces one.
+        """
+        if self.max_command and len(data) > self.max_command:
+            raise malformed(f"a command set longer than the {self.max_command} bytes accepted")
+        command = Command.decode(data)
+        if command.command_data_set_type != NO_DATASET:  # command.has_dataset
+            self._expect_data = True
+            self._context = context_id
+        else:
+            self._context = None
+        return command
+
+    def data_in_order(self, context_id: int, is_last: bool) -> bool:
+        """Take a data set PDV if it is the one expected; False, having done nothing, if not.
+
+        What :meth:`feed` does with a data set fragment in order, without its
+        event; one out of order is :meth:`feed`'s to refuse.
+        """
+        if not self._expect_data or context_id != self._context:
+            return False
+        if is_last:
+            self._expect_data = False
+            self._context = None
+        return True
+
     def feed(
         self, context_id: int, is_command: bool, is_last: bool, data: bytes | memoryview
     ) -> CommandReceived | DataReceived | None:
@@ -173,17 +204,7 @@ class MessageAssembler:
                 raise malformed("a command PDV arrived where data set fragments were expected")
             if is_last and not self._command_parts:
                 # The usual case: the whole command set in one PDV.
-                if self.max_command and len(data) > self.max_command:
-                    raise malformed(
-                        f"a command set longer than the {self.max_command} bytes accepted"
-                    )
-                command = Command.decode(data)
-                if command.has_dataset:
-                    self._expect_data = True
-                    self._context = context_id
-                else:
-                    self._context = None
-                return _new_command_received(context_id, command)
+                return _new_command_received(context_id, self.whole_command(context_id, data))
             self._context = context_id
             self._command_parts.append(data)
             self._command_size += len(data)

@@ -149,14 +149,20 @@ def status_category(status: int) -> StatusCategory:
     A code the standard does not classify counts as a failure.
     """
     if status == 0x0000:
-        return StatusCategory.SUCCESS
-    if status in (0xFF00, 0xFF01):
-        return StatusCategory.PENDING
+        return _SUCCESS
+    if status == 0xFF00 or status == 0xFF01:
+        return _PENDING
     if status == 0xFE00:
-        return StatusCategory.CANCEL
+        return _CANCEL
     if status in _WARNING_CODES or 0xB000 <= status <= 0xBFFF:
-        return StatusCategory.WARNING
-    return StatusCategory.FAILURE
+        return _WARNING
+    return _FAILURE
+
+
+# The categories as plain names (called per response: an Enum member read
+# through its class costs a descriptor call on Python 3.11).
+_SUCCESS, _PENDING, _CANCEL = StatusCategory.SUCCESS, StatusCategory.PENDING, StatusCategory.CANCEL
+_WARNING, _FAILURE = StatusCategory.WARNING, StatusCategory.FAILURE
 
 
 def describe_status(status: int) -> str:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, TypeAlias
 from adicom.pdu.items import PresentationContextAC, PresentationContextRQ, UserInformation
 from adicom.pdu.wire import (
     APPLICATION_CONTEXT,
+    PDATA_HEADER,
     PDU_HEADER,
     PDV_HEADER,
     U16,
@@ -208,10 +209,18 @@ def encode_pdata(pdvs: Sequence[tuple[int, int, bytes | memoryview]]) -> list[by
         size = len(data)
         if size <= 1024:
             # The usual small message: a command set alone, in one piece.
+            return [PDATA_HEADER.pack(0x04, size + 6, size + 2, context_id, control) + data]
+    elif len(pdvs) == 2:
+        (context_id, control, data), (context_2, control_2, data_2) = pdvs
+        size, size_2 = len(data), len(data_2)
+        if size <= 1024 and size_2 <= 1024:
+            # A command and a small data set (a C-FIND response and its
+            # match), in one piece: the same bytes as the loop below.
             return [
-                PDU_HEADER.pack(0x04, size + 6)
-                + PDV_HEADER.pack(size + 2, context_id, control)
+                PDATA_HEADER.pack(0x04, size + size_2 + 12, size + 2, context_id, control)
                 + data
+                + PDV_HEADER.pack(size_2 + 2, context_2, control_2)
+                + data_2
             ]
     total = sum(6 + len(d) for _, _, d in pdvs)
     head = bytearray(PDU_HEADER.pack(0x04, total))
@@ -248,8 +257,17 @@ class PDataTF:
         work one PDU can cost: PS3.8 sets no limit, but a megabyte of
         one-byte PDVs is 150,000 objects made in one go.
         """
+        end = len(body)
+        if end >= 6:
+            length, context_id, control = PDV_HEADER.unpack_from(body, 0)
+            if length + 4 == end and length >= 2 and cls is PDataTF:
+                # The usual PDU: one PDV that fills it (a command, a data set
+                # fragment). The loop below gives the same, a list later.
+                return _new_pdata(
+                    (_new_pdv(context_id, bool(control & 1), bool(control & 2), body[6:]),)
+                )
         pdvs: list[PDV] = []
-        pos, end = 0, len(body)
+        pos = 0
         while pos < end:
             if end - pos < 6:
                 raise invalid(f"{end - pos} trailing bytes where a PDV header was expected")

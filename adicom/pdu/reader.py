@@ -105,8 +105,11 @@ class PDUReader:
         else:
             self._buf += data
 
-    def get_buffer(self) -> memoryview:
-        """Where the next received bytes should go (then call :meth:`buffer_updated`)."""
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes should go (then call :meth:`buffer_updated`).
+
+        ``sizehint`` is ignored (``asyncio.BufferedProtocol.get_buffer``'s).
+        """
         view = self._body_view
         if view is not None:
             return view[self._body_pos :]
@@ -129,6 +132,11 @@ class PDUReader:
     def buffered(self) -> int:
         """How many received bytes wait for the rest of their PDU."""
         return len(self._buf) + self._body_pos
+
+    @property
+    def empty(self) -> bool:
+        """True when no received byte waits: :meth:`next_pdu` would return None."""
+        return not self._buf and self._body is None
 
     def next_pdu(self) -> PDU | None:
         """Return the next whole PDU, or None if more bytes are needed.
@@ -170,6 +178,8 @@ class PDUReader:
                 data = bytes(view[: 6 + length])
             del buf[: 6 + length]
         self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
+        if pdu_type == 0x04:  # _decode's first case, a call less per P-DATA-TF
+            return PDataTF.decode(memoryview(data)[6:], self.max_pdvs)
         return self._decode(pdu_type, memoryview(data)[6:])
 
     def ready(self) -> bool:

@@ -23,6 +23,8 @@ ITEM_HEADER = struct.Struct(">BxH")  # item type, reserved, length
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">L")
 PDV_HEADER = struct.Struct(">LBB")  # PDV item length, context ID, message control header
+#: A P-DATA-TF PDU's header and its first PDV's, packed at once.
+PDATA_HEADER = struct.Struct(">BxLLBB")
 
 
 def invalid(message: str, reason: int = 6) -> RemoteProtocolError:
