@@ -558,10 +558,11 @@ class DiskInstance(IncomingInstance):
             policy = storage.duplicate_policy(self.context) or policy
         if policy != "replace":
             existing = storage.existing(values, Path(name))
-        elif storage.lookup is not None:
+        elif storage.lookup is not None and storage.lookup_replaced:
             # A copy under the final name is replaced by the rename itself
             # (atomically); only one filed elsewhere needs finding, and
             # asking the disk about the final name would cost a stat.
+            # (lookup_replaced=False: on_stored finds and removes that one.)
             existing = storage.lookup(values.get("SOPInstanceUID", ""))
         else:
             existing = None

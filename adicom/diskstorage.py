@@ -90,6 +90,10 @@ class DiskStorage(StorageHandler):
     keeps the first and answers 0x0111, duplicate SOP instance. ``lookup``
     tells where an instance is stored already when the layout alone cannot
     (an archive's index: the same UID may come under another study).
+    With ``lookup_replaced=False`` it is asked only for "keep" and
+    "reject": under "replace" the ``on_stored`` hook removes a copy filed
+    elsewhere itself (an index that finds them for many instances at once,
+    when it commits).
     ``fsync`` makes each file and its folder durable before the success
     status is sent (slower; off by default, like DCMTK).
 
@@ -130,6 +134,7 @@ class DiskStorage(StorageHandler):
         on_stored: Callable[[Path, dict[str, str], StoreContext, dict[str, bytes]], None]
         | None = None,
         lookup: Callable[[str], Path | None] | None = None,
+        lookup_replaced: bool = True,
         filer: Filer | None = None,
         write_behind: int = DEFAULT_WRITE_BEHIND,
     ) -> None:
@@ -148,6 +153,8 @@ class DiskStorage(StorageHandler):
         self.write_behind = write_behind
         self.on_stored = on_stored
         self.lookup = lookup
+        #: Whether ``lookup`` is asked before a replace too (see above).
+        self.lookup_replaced = lookup_replaced
         self.filer = filer
         self.required = tuple(required)
         layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
