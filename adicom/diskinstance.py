@@ -643,13 +643,15 @@ class DiskInstance(IncomingInstance):
                 found = None
         if found is None:
             found = self._read_with_pydicom()
-        values = {}
+        # Every keyword, "" unless found: only the values found are decoded.
+        values = storage.blank_values.copy()
+        keywords = storage.keywords
         encodings: tuple[str, ...] | None = None
-        for keyword, tag in storage.tags.items():
-            raw = found.get(tag)
-            if not raw:
-                values[keyword] = ""
-            elif raw.isascii() and _ESC not in raw:
+        for tag, raw in found.items():
+            keyword = keywords.get(tag)
+            if keyword is None or not raw:
+                continue
+            if raw.isascii() and _ESC not in raw:
                 # Every character set DICOM allows reads these bytes as
                 # ASCII; only ISO 2022 escape sequences (ESC) switch to
                 # something else (PS3.5 6.1): most values of most instances.

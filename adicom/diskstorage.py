@@ -166,6 +166,10 @@ class DiskStorage(StorageHandler):
                 raise ValueError(f"{keyword!r} (in the layout) is no DICOM keyword")
             tags[keyword] = tag
         self.tags = tags
+        #: The keyword of each tag of ``tags``.
+        self.keywords = {tag: keyword for keyword, tag in tags.items()}
+        #: Every keyword of ``tags`` with no value: what an instance's values start from.
+        self.blank_values = dict.fromkeys(tags, "")
         self.wanted = frozenset(tags.values())
         #: The greatest tag of ``wanted``: where the scan of a data set stops.
         self.last_wanted = max(self.wanted)
@@ -173,6 +177,9 @@ class DiskStorage(StorageHandler):
         # and series again and again, and the check is a regular expression.
         self._valid_uids: set[str] = set()
         self._layout_keywords = tuple(sorted(layout_keywords))
+        self._layout_pieces = _plain_layout(layout)
+        # What a relative layout's names start with (an absolute one's: nothing).
+        self._name_prefix = "" if layout.startswith(os.sep) else f"{os.fspath(self.root)}{os.sep}"
         self.incoming = self.root / ".incoming"
         #: The most recent files stored (up to 1024), newest last.
         self.stored: deque[Path] = deque(maxlen=1024)
@@ -252,6 +259,15 @@ class DiskStorage(StorageHandler):
 
     def final_name(self, values: dict[str, str]) -> str:
         """:meth:`final_path` as a string (what filing an instance uses: no Path to parse)."""
+        pieces = self._layout_pieces
+        if pieces is not None:
+            # Text and safe values joined: what format() makes, at a third of its cost.
+            parts = [self._name_prefix]
+            for text, keyword in pieces:
+                parts.append(text)
+                if keyword:
+                    parts.append(_path_component(values.get(keyword) or "unknown"))
+            return "".join(parts)
         # Only the layout's own keywords: an archive's on_stored hook wants
         # some twenty more values, which never become part of a path.
         safe = {key: _path_component(values.get(key) or "unknown") for key in self._layout_keywords}
@@ -283,6 +299,20 @@ class DiskStorage(StorageHandler):
             self.forget_folder(self.incoming)
             self.ensure_folder(self.incoming)
             return path, os.open(path, flags, 0o644)
+
+
+def _plain_layout(layout: str) -> tuple[tuple[str, str], ...] | None:
+    """A layout as (text, keyword) pieces, if it has no format specs or conversions.
+
+    A keyword with either (``{StudyDate:.4}``, ``{PatientID!s}``) or with
+    an attribute or an index leaves it to :meth:`str.format` (None).
+    """
+    pieces = []
+    for text, name, spec, conversion in string.Formatter().parse(layout):
+        if name is not None and (spec or conversion or not name.isidentifier()):
+            return None
+        pieces.append((text, name or ""))
+    return tuple(pieces)
 
 
 def _running(pid: int) -> bool:

@@ -774,3 +774,34 @@ async def test_stores_are_answered_from_the_callback_unless_they_have_more_to_sa
     assert responded == [0xA900]
     (stored,) = received_files(tmp_path / "in")
     same_content(good, pydicom.dcmread(stored))
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        (
+            "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm",
+            "1.2.3/1.2.3.4/1.2.3.4.5.dcm",
+        ),
+        ("{PatientID}/{{literal}}/{SOPInstanceUID}", "a_b_../{literal}/1.2.3.4.5"),
+        ("{StudyDate:.4}/{PatientName!s}/{SOPInstanceUID}", "2020/Doe^John/1.2.3.4.5"),
+        ("{PatientID}{Modality}.dcm", "a_b_..unknown.dcm"),
+        ("{PatientID}/..", "a_b_../.."),
+    ],
+)
+def test_file_names_follow_the_layout(tmp_path: pathlib.Path, layout: str, expected: str) -> None:
+    # Plain layouts are joined piece by piece, the rest go through format():
+    # both name a file alike, values made safe as path components.
+    storage = adicom.DiskStorage(tmp_path, layout)
+    values = {
+        "StudyInstanceUID": "1.2.3",
+        "SeriesInstanceUID": "1.2.3.4",
+        "SOPInstanceUID": "1.2.3.4.5",
+        "PatientID": "a/b ..",
+        "PatientName": "Doe^John",
+        "StudyDate": "20200101",
+    }
+    assert storage.final_name(values) == f"{tmp_path}{os.sep}{expected}"
+    assert storage.final_path(values) == tmp_path / expected
+    absolute = adicom.DiskStorage(tmp_path, f"{tmp_path}/elsewhere/{layout}")
+    assert absolute.final_name(values) == f"{tmp_path}/elsewhere/{expected}"
