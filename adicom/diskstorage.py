@@ -113,6 +113,11 @@ class DiskStorage(StorageHandler):
     Temporary files that an earlier process left behind (killed while
     receiving) are removed when the storage is made.
 
+    ``on_filed(name, values, context, raw, stat)`` is ``on_stored`` for a
+    hook that wants the file's name as text (no :class:`~pathlib.Path` is
+    made for it) and its ``os.stat_result`` (taken from the open file
+    before it is closed: no look-up of the name again).
+
     ``filer`` takes the filing over (naming, duplicates, ``on_stored``),
     for an index that decides them itself and must have the instance
     before the status is sent (several nodes sharing one database): it is
@@ -133,6 +138,10 @@ class DiskStorage(StorageHandler):
         required: Sequence[str] = REQUIRED_UIDS,
         on_stored: Callable[[Path, dict[str, str], StoreContext, dict[str, bytes]], None]
         | None = None,
+        on_filed: Callable[
+            [str, dict[str, str], StoreContext, dict[str, bytes], os.stat_result], None
+        ]
+        | None = None,
         lookup: Callable[[str], Path | None] | None = None,
         lookup_replaced: bool = True,
         filer: Filer | None = None,
@@ -152,6 +161,7 @@ class DiskStorage(StorageHandler):
         #: Bytes of one instance received but not yet written, at most (see above).
         self.write_behind = write_behind
         self.on_stored = on_stored
+        self.on_filed = on_filed
         self.lookup = lookup
         #: Whether ``lookup`` is asked before a replace too (see above).
         self.lookup_replaced = lookup_replaced
@@ -181,8 +191,8 @@ class DiskStorage(StorageHandler):
         # What a relative layout's names start with (an absolute one's: nothing).
         self._name_prefix = "" if layout.startswith(os.sep) else f"{os.fspath(self.root)}{os.sep}"
         self.incoming = self.root / ".incoming"
-        #: The most recent files stored (up to 1024), newest last.
-        self.stored: deque[Path] = deque(maxlen=1024)
+        # The names of the most recent files stored (see stored).
+        self.stored_names: deque[str] = deque(maxlen=1024)
         # Folders known to exist (their names): one mkdir per folder, not
         # per instance, and no Path made or hashed for the lookup.
         self._folders: set[str] = set()
@@ -192,6 +202,11 @@ class DiskStorage(StorageHandler):
         # Blocks of WRITE_SLICE bytes for write-behind backlogs, kept for reuse.
         self._blocks: list[bytearray] = []
         self.remove_leftovers()
+
+    @property
+    def stored(self) -> deque[Path]:
+        """The most recent files stored (up to 1024), newest last (a copy, made when asked)."""
+        return deque(map(Path, self.stored_names), maxlen=self.stored_names.maxlen)
 
     def remove_leftovers(self) -> int:
         """Remove temporary files of processes that no longer run; how many went.

@@ -805,3 +805,31 @@ def test_file_names_follow_the_layout(tmp_path: pathlib.Path, layout: str, expec
     assert storage.final_path(values) == tmp_path / expected
     absolute = adicom.DiskStorage(tmp_path, f"{tmp_path}/elsewhere/{layout}")
     assert absolute.final_name(values) == f"{tmp_path}/elsewhere/{expected}"
+
+
+def test_on_filed_has_the_name_and_the_stat_and_on_stored_a_path(tmp_path: pathlib.Path) -> None:
+    # on_filed: the name as text and the stat of the file as filed; the
+    # instance's path and the storage's stored list are Paths, made when asked.
+    filed: list[tuple[str, os.stat_result]] = []
+    stored: list[pathlib.Path] = []
+    storage = adicom.DiskStorage(
+        tmp_path,
+        on_filed=lambda name, values, context, raw, stat: filed.append((name, stat)),
+        on_stored=lambda path, values, context, raw: stored.append(path),
+    )
+    dataset = pydicom.dcmread(FILES["explicit"])
+    context = StoreContext("A", "B", CT, str(dataset.SOPInstanceUID), EXPLICIT)
+    instance = storage.open(context)
+    instance.write(memoryview(encode_dataset(dataset, EXPLICIT)))
+    assert instance.finish_now() == 0
+    (where,) = received_files(tmp_path)
+    assert instance.path == where and isinstance(instance.path, pathlib.Path)
+    assert stored == [where] and list(storage.stored) == [where]
+    ((name, stat),) = filed
+    assert name == str(where) and isinstance(name, str)
+    now = os.stat(where)
+    assert (stat.st_size, stat.st_mtime_ns, stat.st_ino) == (
+        now.st_size,
+        now.st_mtime_ns,
+        now.st_ino,
+    )

@@ -135,7 +135,7 @@ class Archive:
                 self.root,
                 layout,
                 extra_keywords=ATTRIBUTES,
-                on_stored=self._stored,
+                on_filed=self._stored,
                 lookup=self._sqlite.path_of,
                 # Under "replace", a copy filed elsewhere is found when the
                 # index commits, for all the instances of a burst at once
@@ -177,12 +177,15 @@ class Archive:
         self.mpps: MppsStore | None = None
 
     def _stored(
-        self, path: Path, values: dict[str, str], context: StoreContext, raw: dict[str, bytes]
+        self,
+        name: str,
+        values: dict[str, str],
+        context: StoreContext,
+        raw: dict[str, bytes],
+        stat: os.stat_result,
     ) -> None:
         index = self._sqlite
         assert index is not None
-        name = str(path)  # once: the row keeps it, and stat would make it again
-        stat = os.stat(name)
         storage = self.storage
         policy: str = storage.on_duplicate
         if storage.duplicate_policy is not None:
