@@ -90,6 +90,10 @@ class DiskStorage(StorageHandler):
     keeps the first and answers 0x0111, duplicate SOP instance. ``lookup``
     tells where an instance is stored already when the layout alone cannot
     (an archive's index: the same UID may come under another study).
+    With ``lookup_replaced=False`` it is asked only for "keep" and
+    "reject": under "replace" the ``on_stored`` hook removes a copy filed
+    elsewhere itself (an index that finds them for many instances at once,
+    when it commits).
     ``fsync`` makes each file and its folder durable before the success
     status is sent (slower; off by default, like DCMTK).
 
@@ -108,6 +112,11 @@ class DiskStorage(StorageHandler):
     so they can be answered back byte for byte.
     Temporary files that an earlier process left behind (killed while
     receiving) are removed when the storage is made.
+
+    ``on_filed(name, values, context, raw, stat)`` is ``on_stored`` for a
+    hook that wants the file's name as text (no :class:`~pathlib.Path` is
+    made for it) and its ``os.stat_result`` (taken from the open file
+    before it is closed: no look-up of the name again).
 
     ``filer`` takes the filing over (naming, duplicates, ``on_stored``),
     for an index that decides them itself and must have the instance
@@ -129,7 +138,12 @@ class DiskStorage(StorageHandler):
         required: Sequence[str] = REQUIRED_UIDS,
         on_stored: Callable[[Path, dict[str, str], StoreContext, dict[str, bytes]], None]
         | None = None,
+        on_filed: Callable[
+            [str, dict[str, str], StoreContext, dict[str, bytes], os.stat_result], None
+        ]
+        | None = None,
         lookup: Callable[[str], Path | None] | None = None,
+        lookup_replaced: bool = True,
         filer: Filer | None = None,
         write_behind: int = DEFAULT_WRITE_BEHIND,
     ) -> None:
@@ -147,7 +161,10 @@ class DiskStorage(StorageHandler):
         #: Bytes of one instance received but not yet written, at most (see above).
         self.write_behind = write_behind
         self.on_stored = on_stored
+        self.on_filed = on_filed
         self.lookup = lookup
+        #: Whether ``lookup`` is asked before a replace too (see above).
+        self.lookup_replaced = lookup_replaced
         self.filer = filer
         self.required = tuple(required)
         layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
@@ -159,6 +176,10 @@ class DiskStorage(StorageHandler):
                 raise ValueError(f"{keyword!r} (in the layout) is no DICOM keyword")
             tags[keyword] = tag
         self.tags = tags
+        #: The keyword of each tag of ``tags``.
+        self.keywords = {tag: keyword for keyword, tag in tags.items()}
+        #: Every keyword of ``tags`` with no value: what an instance's values start from.
+        self.blank_values = dict.fromkeys(tags, "")
         self.wanted = frozenset(tags.values())
         #: The greatest tag of ``wanted``: where the scan of a data set stops.
         self.last_wanted = max(self.wanted)
@@ -166,9 +187,12 @@ class DiskStorage(StorageHandler):
         # and series again and again, and the check is a regular expression.
         self._valid_uids: set[str] = set()
         self._layout_keywords = tuple(sorted(layout_keywords))
+        self._layout_pieces = _plain_layout(layout)
+        # What a relative layout's names start with (an absolute one's: nothing).
+        self._name_prefix = "" if layout.startswith(os.sep) else f"{os.fspath(self.root)}{os.sep}"
         self.incoming = self.root / ".incoming"
-        #: The most recent files stored (up to 1024), newest last.
-        self.stored: deque[Path] = deque(maxlen=1024)
+        # The names of the most recent files stored (see stored).
+        self.stored_names: deque[str] = deque(maxlen=1024)
         # Folders known to exist (their names): one mkdir per folder, not
         # per instance, and no Path made or hashed for the lookup.
         self._folders: set[str] = set()
@@ -178,6 +202,11 @@ class DiskStorage(StorageHandler):
         # Blocks of WRITE_SLICE bytes for write-behind backlogs, kept for reuse.
         self._blocks: list[bytearray] = []
         self.remove_leftovers()
+
+    @property
+    def stored(self) -> deque[Path]:
+        """The most recent files stored (up to 1024), newest last (a copy, made when asked)."""
+        return deque(map(Path, self.stored_names), maxlen=self.stored_names.maxlen)
 
     def remove_leftovers(self) -> int:
         """Remove temporary files of processes that no longer run; how many went.
@@ -245,6 +274,15 @@ class DiskStorage(StorageHandler):
 
     def final_name(self, values: dict[str, str]) -> str:
         """:meth:`final_path` as a string (what filing an instance uses: no Path to parse)."""
+        pieces = self._layout_pieces
+        if pieces is not None:
+            # Text and safe values joined: what format() makes, at a third of its cost.
+            parts = [self._name_prefix]
+            for text, keyword in pieces:
+                parts.append(text)
+                if keyword:
+                    parts.append(_path_component(values.get(keyword) or "unknown"))
+            return "".join(parts)
         # Only the layout's own keywords: an archive's on_stored hook wants
         # some twenty more values, which never become part of a path.
         safe = {key: _path_component(values.get(key) or "unknown") for key in self._layout_keywords}
@@ -276,6 +314,20 @@ class DiskStorage(StorageHandler):
             self.forget_folder(self.incoming)
             self.ensure_folder(self.incoming)
             return path, os.open(path, flags, 0o644)
+
+
+def _plain_layout(layout: str) -> tuple[tuple[str, str], ...] | None:
+    """A layout as (text, keyword) pieces, if it has no format specs or conversions.
+
+    A keyword with either (``{StudyDate:.4}``, ``{PatientID!s}``) or with
+    an attribute or an index leaves it to :meth:`str.format` (None).
+    """
+    pieces = []
+    for text, name, spec, conversion in string.Formatter().parse(layout):
+        if name is not None and (spec or conversion or not name.isidentifier()):
+            return None
+        pieces.append((text, name or ""))
+    return tuple(pieces)
 
 
 def _running(pid: int) -> bool:

@@ -315,6 +315,25 @@ _SHORT_VRS = frozenset(
     | {b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
 _UNDEFINED = 0xFFFFFFFF
+# The same VRs as the integer their two bytes make, read in the data set's
+# byte order (little, big): the walks of every received instance unpack a
+# VR as a number, whose hash is itself, rather than as a new bytes object
+# hashed (SipHash) at each of its set lookups.
+_SHORT_VR_NUMBERS = (
+    frozenset(int.from_bytes(vr, "little") for vr in _SHORT_VRS),
+    frozenset(int.from_bytes(vr, "big") for vr in _SHORT_VRS),
+)
+_LONG_VR_NUMBERS = (
+    frozenset(int.from_bytes(vr, "little") for vr in _LONG_VRS),
+    frozenset(int.from_bytes(vr, "big") for vr in _LONG_VRS),
+)
+
+
+def _is_vr_number(vr: int) -> bool:
+    """Whether two bytes read as a number are two capital letters (a VR, PS3.5 6.2)."""
+    return 0x41 <= vr & 0xFF <= 0x5A and 0x41 <= vr >> 8 <= 0x5A
+
+
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
@@ -470,10 +489,12 @@ def scan_elements(
     u16, u32 = ("<H", "<L") if little else (">H", ">L")
     # One unpack per element header: (group, element, VR or the 4-byte
     # length). This runs once per received instance, so it is kept tight.
-    header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
+    header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HHHH"))
     long_length = struct.Struct(u32)
     # Locals, and the common case first (a short VR: most elements).
-    short_vrs, long_vrs, undefined = _SHORT_VRS, _LONG_VRS, _UNDEFINED
+    order = 0 if little else 1
+    short_vrs, long_vrs = _SHORT_VR_NUMBERS[order], _LONG_VR_NUMBERS[order]
+    undefined = _UNDEFINED
     missing = len(wanted)
     while pos + 8 <= end:
         at = pos
@@ -494,7 +515,7 @@ def scan_elements(
                     return None
                 (length,) = long_length.unpack_from(data, pos + 8)
                 pos += 12
-            elif vr.isalpha() and vr.isupper():
+            elif _is_vr_number(vr):
                 pos += 8  # a VR newer than this list: 2-byte length (PS3.5 7.1.2)
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
@@ -575,9 +596,11 @@ def check_whole(
     # One unpack per element header, as in scan_elements: this walks every
     # received instance whole (~40 elements for a small CT), so it is kept
     # tight; sequences of undefined length go the general way.
-    header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HH2sH"))
+    header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HHHH"))
     long_length = struct.Struct(u32)
-    long_vrs, short_vrs, undefined = _LONG_VRS, _SHORT_VRS, _UNDEFINED
+    order = 0 if little else 1
+    short_vrs, long_vrs = _SHORT_VR_NUMBERS[order], _LONG_VR_NUMBERS[order]
+    undefined = _UNDEFINED
     pos, end = start, len(data)
     while pos < end:
         if pos + 8 > end:
@@ -598,7 +621,7 @@ def check_whole(
                     raise DataSetTruncated("the data set ends inside an element header")
                 (length,) = long_length.unpack_from(data, pos + 8)
                 value = pos + 12
-            elif vr.isalpha() and vr.isupper():
+            elif _is_vr_number(vr):
                 value = pos + 8
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")

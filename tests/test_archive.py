@@ -1038,3 +1038,83 @@ async def test_an_index_that_cannot_commit_loses_no_instance(
         }
     finally:
         again.close()
+
+
+# --------------------------------------------------------------------------
+# One copy per SOP Instance UID, wherever it was filed
+
+
+def filed_at(root: pathlib.Path, ds: Dataset) -> pathlib.Path:
+    """Where the archive's default layout files an instance."""
+    return root / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+
+
+def _file_directly(archive: Archive, dataset: Dataset) -> int:
+    """Store ``dataset`` through the archive's storage, as the server does; the status."""
+    from adicom.fileformat import encode_dataset
+
+    context = adicom.StoreContext(
+        "SENDER",
+        "ARCHIVE",
+        str(dataset.SOPClassUID),
+        str(dataset.SOPInstanceUID),
+        "1.2.840.10008.1.2.1",
+    )
+    instance = archive.storage.open(context)
+    instance.write(memoryview(encode_dataset(dataset, "1.2.840.10008.1.2.1")))
+    status = instance.finish_now()
+    assert status is not None
+    return status
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_an_instance_stored_again_under_another_study_leaves_one_copy(
+    tmp_path: pathlib.Path, committed: bool
+) -> None:
+    # "replace": the copy filed under the first study goes, whether its row
+    # was committed already (found when the new row is committed, for the
+    # whole burst at once) or still pending (removed as the new one lands).
+    archive = Archive(tmp_path)
+    await archive.open()
+    try:
+        first = copy.deepcopy(TREE.instances[0])
+        assert _file_directly(archive, first) == 0
+        old = filed_at(tmp_path, first)
+        assert old.exists()
+        if committed:
+            archive.flush()
+        again = copy.deepcopy(first)
+        again.StudyInstanceUID = generate_uid()
+        assert _file_directly(archive, again) == 0
+        new = filed_at(tmp_path, again)
+        assert new.exists()
+        archive.flush()
+        assert not old.exists()
+        assert new.exists()
+        assert await archive.index.path_of(str(first.SOPInstanceUID)) == new
+        assert await archive.index.count() == 1
+        # Nothing is removed at a later commit: the new copy stays.
+        third = copy.deepcopy(TREE.instances[1])
+        assert _file_directly(archive, third) == 0
+        archive.flush()
+        assert new.exists() and filed_at(tmp_path, third).exists()
+    finally:
+        archive.close()
+
+
+async def test_keep_leaves_the_first_copy_under_its_study(tmp_path: pathlib.Path) -> None:
+    archive = Archive(tmp_path, on_duplicate="keep")
+    await archive.open()
+    try:
+        first = copy.deepcopy(TREE.instances[0])
+        assert _file_directly(archive, first) == 0
+        archive.flush()
+        again = copy.deepcopy(first)
+        again.StudyInstanceUID = generate_uid()
+        assert _file_directly(archive, again) == 0  # kept: success, not stored
+        archive.flush()
+        assert filed_at(tmp_path, first).exists()
+        assert not filed_at(tmp_path, again).exists()
+        assert await archive.index.path_of(str(first.SOPInstanceUID)) == filed_at(tmp_path, first)
+    finally:
+        archive.close()

@@ -774,3 +774,62 @@ async def test_stores_are_answered_from_the_callback_unless_they_have_more_to_sa
     assert responded == [0xA900]
     (stored,) = received_files(tmp_path / "in")
     same_content(good, pydicom.dcmread(stored))
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        (
+            "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm",
+            "1.2.3/1.2.3.4/1.2.3.4.5.dcm",
+        ),
+        ("{PatientID}/{{literal}}/{SOPInstanceUID}", "a_b_../{literal}/1.2.3.4.5"),
+        ("{StudyDate:.4}/{PatientName!s}/{SOPInstanceUID}", "2020/Doe^John/1.2.3.4.5"),
+        ("{PatientID}{Modality}.dcm", "a_b_..unknown.dcm"),
+        ("{PatientID}/..", "a_b_../.."),
+    ],
+)
+def test_file_names_follow_the_layout(tmp_path: pathlib.Path, layout: str, expected: str) -> None:
+    # Plain layouts are joined piece by piece, the rest go through format():
+    # both name a file alike, values made safe as path components.
+    storage = adicom.DiskStorage(tmp_path, layout)
+    values = {
+        "StudyInstanceUID": "1.2.3",
+        "SeriesInstanceUID": "1.2.3.4",
+        "SOPInstanceUID": "1.2.3.4.5",
+        "PatientID": "a/b ..",
+        "PatientName": "Doe^John",
+        "StudyDate": "20200101",
+    }
+    assert storage.final_name(values) == f"{tmp_path}{os.sep}{expected}"
+    assert storage.final_path(values) == tmp_path / expected
+    absolute = adicom.DiskStorage(tmp_path, f"{tmp_path}/elsewhere/{layout}")
+    assert absolute.final_name(values) == f"{tmp_path}/elsewhere/{expected}"
+
+
+def test_on_filed_has_the_name_and_the_stat_and_on_stored_a_path(tmp_path: pathlib.Path) -> None:
+    # on_filed: the name as text and the stat of the file as filed; the
+    # instance's path and the storage's stored list are Paths, made when asked.
+    filed: list[tuple[str, os.stat_result]] = []
+    stored: list[pathlib.Path] = []
+    storage = adicom.DiskStorage(
+        tmp_path,
+        on_filed=lambda name, values, context, raw, stat: filed.append((name, stat)),
+        on_stored=lambda path, values, context, raw: stored.append(path),
+    )
+    dataset = pydicom.dcmread(FILES["explicit"])
+    context = StoreContext("A", "B", CT, str(dataset.SOPInstanceUID), EXPLICIT)
+    instance = storage.open(context)
+    instance.write(memoryview(encode_dataset(dataset, EXPLICIT)))
+    assert instance.finish_now() == 0
+    (where,) = received_files(tmp_path)
+    assert instance.path == where and isinstance(instance.path, pathlib.Path)
+    assert stored == [where] and list(storage.stored) == [where]
+    ((name, stat),) = filed
+    assert name == str(where) and isinstance(name, str)
+    now = os.stat(where)
+    assert (stat.st_size, stat.st_mtime_ns, stat.st_ino) == (
+        now.st_size,
+        now.st_mtime_ns,
+        now.st_ino,
+    )

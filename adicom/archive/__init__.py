@@ -135,8 +135,12 @@ class Archive:
                 self.root,
                 layout,
                 extra_keywords=ATTRIBUTES,
-                on_stored=self._stored,
+                on_filed=self._stored,
                 lookup=self._sqlite.path_of,
+                # Under "replace", a copy filed elsewhere is found when the
+                # index commits, for all the instances of a burst at once
+                # (_stored): no read of the database per instance.
+                lookup_replaced=False,
                 on_duplicate=on_duplicate,
                 fsync=fsync,
             )
@@ -173,13 +177,37 @@ class Archive:
         self.mpps: MppsStore | None = None
 
     def _stored(
-        self, path: Path, values: dict[str, str], context: StoreContext, raw: dict[str, bytes]
+        self,
+        name: str,
+        values: dict[str, str],
+        context: StoreContext,
+        raw: dict[str, bytes],
+        stat: os.stat_result,
     ) -> None:
-        assert self._sqlite is not None
-        name = str(path)  # once: the row keeps it, and stat would make it again
-        stat = os.stat(name)
-        self._sqlite.add(
-            values, name, context.transfer_syntax, stat.st_mtime_ns, stat.st_size, raw=raw
+        index = self._sqlite
+        assert index is not None
+        storage = self.storage
+        policy: str = storage.on_duplicate
+        if storage.duplicate_policy is not None:
+            policy = storage.duplicate_policy(context) or policy
+        # "keep" and "reject" asked the index before storing (DiskStorage's
+        # lookup); under "replace" the same SOP Instance UID filed elsewhere
+        # goes now if that copy is not committed yet, else with the commit,
+        # which looks the whole burst up at once (Index.add(displace=True)).
+        displace = policy == "replace"
+        if displace:
+            before = index.pending_path(values.get("SOPInstanceUID", ""))
+            if before is not None and before != name:
+                with contextlib.suppress(OSError):
+                    os.unlink(before)
+        index.add(
+            values,
+            name,
+            context.transfer_syntax,
+            stat.st_mtime_ns,
+            stat.st_size,
+            raw=raw,
+            displace=displace,
         )
         self._commit_soon()
 

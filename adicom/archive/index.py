@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -119,6 +120,9 @@ _INSERT = (
 _ROW_PATH = ROW_COLUMNS.index("path")
 _ROW_CLASS = ROW_COLUMNS.index("sop_class_uid")
 _ROW_UID = ROW_COLUMNS.index("sop_instance_uid")
+# SOP Instance UIDs per query when a commit looks for displaced copies
+# (SQLite allows 32766 parameters since 3.32, 999 before).
+_DISPLACE_CHUNK = 500
 
 
 class Index:
@@ -138,6 +142,9 @@ class Index:
         self._rows: dict[str, list[str | int]] = {}
         self._paths: dict[str, str] = {}
         self._removed: set[str] = set()
+        # SOP Instance UIDs added with displace=True: a committed copy filed
+        # elsewhere goes when they are committed (see add()).
+        self._displace: set[str] = set()
         # SQLite may answer "database is locked" at once, without waiting
         # out the busy timeout, while another process opening the same file
         # switches it to WAL or creates the schema: opening is tried again
@@ -250,6 +257,7 @@ class Index:
                 db.executemany(
                     "DELETE FROM instances WHERE path = ?", [(p,) for p in self._removed]
                 )
+            displaced = self._displaced() if self._displace else []
             rows = self._rows.values()
             # A file rewritten with another instance: the old instance is gone.
             db.executemany(
@@ -265,6 +273,34 @@ class Index:
         self._rows = {}
         self._paths = {}
         self._removed = set()
+        self._displace = set()
+        for path in displaced:
+            # Committed: the index no longer names it. Gone already: fine.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _displaced(self) -> list[str]:
+        """The files of committed rows that pending displacing rows replace (in the transaction).
+
+        One query per 500 instances, not one per instance as it is stored:
+        the lookup that finds a copy filed elsewhere (the same SOP Instance
+        UID under another study) costs a read transaction, file locks
+        included, each time it is asked.
+        """
+        uids = [uid for uid in self._displace if uid in self._rows]
+        displaced = []
+        for at in range(0, len(uids), _DISPLACE_CHUNK):
+            chunk = uids[at : at + _DISPLACE_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            for uid, path in self._db.execute(
+                f"SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN ({marks})",
+                chunk,
+            ):
+                row = self._rows.get(uid)
+                # Not a file a pending row now holds (stored again there).
+                if row is not None and path != row[_ROW_PATH] and path not in self._paths:
+                    displaced.append(path)
+        return displaced
 
     def _flush(self) -> None:
         """Commit before a query, so that it sees this process's changes; busy: later."""
@@ -284,11 +320,17 @@ class Index:
         mtime_ns: int = 0,
         size: int = 0,
         raw: Mapping[str, bytes] | None = None,
+        *,
+        displace: bool = False,
     ) -> None:
         """Insert or replace one instance (keyed by SOP Instance UID) at the next commit.
 
         ``values["SpecificCharacterSet"]`` and ``raw`` (the non-ASCII values
         as received) are kept so that C-FIND answers them back byte for byte.
+        ``displace``: the commit also removes the file of the committed row
+        this one replaces, when it is elsewhere (an instance stored again
+        under another study: one copy per SOP Instance UID); the caller
+        deals with a pending row's file (:meth:`pending_path`).
         """
         row = make_row(values, path, transfer_syntax, mtime_ns, size, raw)
         where = str(row[_ROW_PATH])
@@ -301,6 +343,13 @@ class Index:
             del self._rows[other]  # the file now holds this instance
         self._rows[uid] = row
         self._paths[where] = uid
+        if displace:
+            self._displace.add(uid)
+
+    def pending_path(self, sop_instance_uid: str) -> str | None:
+        """Where a change not yet committed put this instance, if one did."""
+        pending = self._rows.get(sop_instance_uid)
+        return None if pending is None else str(pending[_ROW_PATH])
 
     def _written(self, uid: str, path: str) -> bool:
         """Whether the committed row of ``uid`` at ``path`` still holds, pending changes seen."""
