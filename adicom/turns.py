@@ -168,10 +168,12 @@ class LoopTurns:
         """``driver`` has input to parse in a later turn (and stopped reading)."""
         now = self._loop.time()
         credit = share.credit + (now - share.at) * REFILL
-        share.credit = credit if credit < CREDIT else CREDIT
+        share.credit = credit = credit if credit < CREDIT else CREDIT
         share.at = now
         self._deferrals += 1
         if credit > 0.0:
+            # Ordered by the credit as capped: two associations with full
+            # credit go first come first served, whatever the clock read.
             heapq.heappush(self._sparse, (-credit, next(self._order), driver))
         else:
             self._bulk.append(driver)

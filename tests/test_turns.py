@@ -118,6 +118,19 @@ async def test_neither_queue_starves_the_other() -> None:
     assert by_turn(order) == [["sparse0", "bulk0"], ["sparse1", "bulk1"], ["sparse2", "bulk2"]]
 
 
+async def test_full_credit_is_first_come_first_served() -> None:
+    # Credit is capped: one brought up to date longer ago has no more of it
+    # (the order was once the uncapped sum, so the clock's noise decided).
+    turns = Counted(budget=0.010)
+    order: list[tuple[int, str]] = []
+    early, late = share(turns, CREDIT), share(turns, CREDIT)
+    late.at -= 5.0
+    turns.defer(Stand(turns, "early", 0.020, order), early)
+    turns.defer(Stand(turns, "late", 0.020, order), late)
+    await until_served(turns)
+    assert by_turn(order) == [["early"], ["late"]]
+
+
 async def test_the_other_work_of_a_turn_counts_against_the_next() -> None:
     turns = Counted(budget=0.010, clock_free=False)
     order: list[tuple[int, str]] = []
