@@ -227,6 +227,7 @@ class Driver:
         #: The loop's input budget per turn, shared by every association on it.
         self._turns = turns = loop_turns(loop)
         self._share = turns.share()
+        upper.reader.staging = turns.staging  # one receive buffer per loop
         self.requestor = requestor
         self.max_pdu = max_pdu
         #: Bounds the wait for each response, and for a peer that stops reading.

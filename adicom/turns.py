@@ -61,6 +61,8 @@ import weakref
 from collections import deque
 from typing import Protocol
 
+from adicom.pdu.reader import Staging
+
 __all__ = ["CREDIT", "DEFAULT_TURN_BUDGET", "REFILL", "LoopTurns", "Share", "loop_turns"]
 
 #: Seconds of work one loop turn does before further input waits for the
@@ -115,6 +117,7 @@ class LoopTurns:
         "_started",
         "budget",
         "spent",
+        "staging",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, budget: float = DEFAULT_TURN_BUDGET):
@@ -131,6 +134,9 @@ class LoopTurns:
         self._order = itertools.count()  # first come, first served among equals
         self._sparse: list[tuple[float, int, Deferred]] = []  # a heap
         self._bulk: deque[Deferred] = deque()
+        #: The receive buffer the loop's associations share (reads are copied
+        #: out in the callback that made them: see adicom.pdu.reader.Staging).
+        self.staging = Staging()
 
     @property
     def exhausted(self) -> bool:

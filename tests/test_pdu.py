@@ -976,6 +976,34 @@ def test_a_read_takes_room_for_a_few_pdus_of_the_size_last_seen() -> None:
     assert len(reader.get_buffer()) == pdu.PDUReader.STAGING_MIN
 
 
+def test_readers_sharing_one_staging_buffer_read_in_turn() -> None:
+    # One loop's associations read in turn into one buffer (each read copied
+    # out before the next): their PDUs arrive whole and their own, in any
+    # interleaving, large reads growing the shared buffer included.
+    shared = pdu.Staging()
+    readers = [pdu.PDUReader(), pdu.PDUReader(), pdu.PDUReader()]
+    for reader in readers:
+        reader.staging = shared
+    streams = [
+        b"".join(b"".join(pdu.encode_pdata([(1, 3, bytes([n]) * size)])) for _ in range(40))
+        for n, size in enumerate((300, 16378, 5))
+    ]
+    got: list[list[pdu.PDU]] = [[], [], []]
+    while any(streams):
+        for i, reader in enumerate(readers):
+            if streams[i]:
+                buffer = reader.get_buffer()
+                n = min(len(buffer), len(streams[i]), 7000)
+                buffer[:n] = streams[i][:n]
+                reader.buffer_updated(n)
+                streams[i] = streams[i][n:]
+                got[i] += drain(reader)
+    for n, (size, received) in enumerate(zip((300, 16378, 5), got, strict=True)):
+        assert [p.pdvs[0].data for p in received] == [bytes([n]) * size] * 40  # type: ignore[union-attr]
+    # The 16 KiB PDUs grew the shared buffer for everyone.
+    assert len(shared.view) == pdu.PDUReader.STAGING
+
+
 def test_association_pdus_are_decoded_once_per_distinct_bytes() -> None:
     from adicom.pdu import reader
 

@@ -325,3 +325,19 @@ async def test_a_sparse_peer_is_parsed_at_once_until_a_second_budget_is_spent() 
     assert turns.must_wait(bulk, now)
     turns.charge(0.010)
     assert turns.must_wait(sparse, now)
+
+
+async def test_the_associations_of_a_loop_share_one_receive_buffer() -> None:
+    # 16 KiB each otherwise: 80 MB for 5,000 idle associations.
+    async with adicom.Server("SHARED", host="127.0.0.1", port=0) as server:
+        async with (
+            adicom.connect("127.0.0.1", server.port, called_ae="SHARED") as one,
+            adicom.connect("127.0.0.1", server.port, called_ae="SHARED") as two,
+        ):
+            assert await one.echo() == 0 and await two.echo() == 0
+            staging = loop_turns().staging
+            assert one._ul.reader.staging is staging
+            assert two._ul.reader.staging is staging
+            accepted = list(server._associations)
+            assert len(accepted) == 2
+            assert all(a._ul.reader.staging is staging for a in accepted)

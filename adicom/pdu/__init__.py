@@ -49,7 +49,7 @@ from adicom.pdu.pdus import (
     PDataTF,
     encode_pdata,
 )
-from adicom.pdu.reader import MAX_CONTROL_PDU, MAX_PDVS_PER_PDU, PDUReader
+from adicom.pdu.reader import MAX_CONTROL_PDU, MAX_PDVS_PER_PDU, PDUReader, Staging
 from adicom.pdu.wire import APPLICATION_CONTEXT
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "AReleaseRQ",
     "AsyncOperationsWindow",
     "PDUReader",
+    "Staging",
     "PDataTF",
     "PresentationContextAC",
     "PresentationContextRQ",

@@ -24,6 +24,25 @@ _ASSOCIATE_CACHE_SIZE = 256
 _ASSOCIATE_CACHE_BYTES = 4096
 
 
+class Staging:
+    """The buffer reads land in before their bytes are copied to a reader's own.
+
+    A read fills it and the reader copies what came out in the same call
+    (:meth:`PDUReader.buffer_updated` right after :meth:`PDUReader.get_buffer`,
+    as ``asyncio.BufferedProtocol`` does), so between calls it holds nothing
+    of value. One per event loop can thus serve every association on it
+    (the driver shares its loop's): 5,000 open associations then keep one
+    buffer, not 5,000 of 16 KiB, and none is zero-filled per association.
+    Never share one between threads (two loops): reads would interleave.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self) -> None:
+        #: Grown on demand to the largest read size asked for.
+        self.view = memoryview(bytearray())
+
+
 class PDUReader:
     """Incremental PDU decoder: feed bytes as they arrive, take whole PDUs out.
 
@@ -55,10 +74,10 @@ class PDUReader:
         "_body_view",
         "_buf",
         "_read_size",
-        "_staging",
         "max_control_length",
         "max_pdata_length",
         "max_pdvs",
+        "staging",
     )
 
     #: A PDU body at least this long gets a buffer of its own.
@@ -87,7 +106,9 @@ class PDUReader:
         self._body_view: memoryview | None = None
         self._body_pos = 0
         self._body_type = 0
-        self._staging: memoryview | None = None
+        #: Where small reads land first: the reader's own, until a driver
+        #: gives it its loop's (see :class:`Staging`).
+        self.staging = Staging()
         self._read_size = self.STAGING_MIN
         self.max_pdata_length = max_pdata_length
         self.max_control_length = max_control_length
@@ -114,19 +135,19 @@ class PDUReader:
         if view is not None:
             return view[self._body_pos :]
         size = self._read_size
-        staging = self._staging
-        if staging is None or len(staging) < size:
-            # Grown only when large PDUs come: an idle association keeps 16 KiB.
-            staging = self._staging = memoryview(bytearray(size))
-        return staging if len(staging) == size else staging[:size]
+        stage = self.staging
+        view = stage.view
+        if len(view) < size:
+            # Grown only when large PDUs come (to STAGING at most).
+            view = stage.view = memoryview(bytearray(size))
+        return view if len(view) == size else view[:size]
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were received into the buffer :meth:`get_buffer` returned."""
         if self._body_view is not None:
             self._body_pos += nbytes
         else:
-            assert self._staging is not None
-            self._buf += self._staging[:nbytes]
+            self._buf += self.staging.view[:nbytes]
 
     @property
     def buffered(self) -> int:
