@@ -10,7 +10,7 @@ pydantic and pydantic-settings (about 11 MB of its resident memory).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 __all__ = ["SETTINGS_DEFAULTS", "SettingsDefaults", "settings_in_environment"]
@@ -45,6 +45,16 @@ class SettingsDefaults:
 SETTINGS_DEFAULTS = SettingsDefaults()
 
 
+#: The variables DicomSettings reads (``ADICOM_`` and a field's name).
+_SETTINGS_VARIABLES = frozenset(
+    f"ADICOM_{field.name.upper()}" for field in fields(SettingsDefaults)
+)
+
+
 def settings_in_environment() -> bool:
-    """Whether some ``ADICOM_*`` variable is set (the names are case-insensitive)."""
-    return any(name.upper().startswith("ADICOM_") for name in os.environ)
+    """Whether a variable of :class:`adicom.DicomSettings` is set (names case-insensitive).
+
+    Only those: ``ADICOM_LOOP`` (the command line's event loop) is no
+    setting, and must not load pydantic into ``adicom serve``.
+    """
+    return any(name.upper() in _SETTINGS_VARIABLES for name in os.environ)

@@ -145,5 +145,8 @@ def test_serve_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatc
         if name.upper().startswith("ADICOM_"):
             monkeypatch.delenv(name)
     assert not settings_in_environment()
+    # The command line's event loop is no setting (the benchmarks set it).
+    monkeypatch.setenv("ADICOM_LOOP", "asyncio")
+    assert not settings_in_environment()
     monkeypatch.setenv("adicom_port", "11113")
     assert settings_in_environment()
