@@ -510,6 +510,21 @@ def test_serve_hands_the_settings_to_the_server(no_adicom_variables: pytest.Monk
     assert (seen["artim_timeout"], seen["dimse_timeout"], seen["idle_timeout"]) == (2.5, 45, 90)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_command_run_in_process_gives_the_signal_handlers_back(
+    no_adicom_variables: pytest.MonkeyPatch, loop: str
+) -> None:
+    # serve handles SIGINT and SIGTERM on its loop; uvloop's loop does not
+    # restore them when it closes: Ctrl-C would no longer reach the caller.
+    def server(ae_title: str, **options: Any) -> Any:
+        raise OSError("not listening in this test")
+
+    no_adicom_variables.setattr("adicom.cli.serve.Server", server)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert cli.main(["serve", "--loop", loop, "--port", "0"]) == cli.EXIT_FAILED
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_serve_help_shows_the_defaults() -> None:
     plain = adicom("serve", "--help")
     assert plain.returncode == 0

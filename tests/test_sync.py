@@ -258,6 +258,7 @@ def test_ctrl_c_cancels_the_call_and_closes_the_socket() -> None:
     finally:
         peer.kill()
         peer.wait()
+        peer.stdout.close()  # else a failure here warns in some later test's gc
     assert out.strip() == "closed"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert threading.active_count() == 1

@@ -8,8 +8,9 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import pydicom
@@ -137,6 +138,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Put SIGINT's and SIGTERM's handlers back as they were after a command.
+
+    ``adicom serve`` handles both on its loop; asyncio's loop gives them
+    back when it closes, uvloop's does not, which would leave a program
+    that called :func:`main` deaf to Ctrl-C.
+    """
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                with contextlib.suppress(ValueError):  # not the main thread: nothing was set
+                    signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -152,12 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
     runner = getattr(importlib.import_module(module), name)
     try:
-        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as loop_runner:
-            loop = loop_runner.get_loop()
+        with _signal_handlers_kept(), asyncio.Runner(loop_factory=loop_factory(args.loop)) as run:
+            loop = run.get_loop()
             logging.getLogger("adicom.cli").info(
                 "event loop: %s.%s", type(loop).__module__, type(loop).__qualname__
             )
-            return loop_runner.run(runner(args))
+            return run.run(runner(args))
     except BrokenPipeError:
         # The reader went away (adicom find ... | head -1): not an error.
         # Point stdout at /dev/null so the interpreter's final flush is quiet.
