@@ -758,6 +758,10 @@ async def test_a_closed_pipe_is_no_error(tmp_path: pathlib.Path) -> None:
     assert b"Broken pipe" not in err and b"Traceback" not in err
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.anyio
 async def test_ctrl_c_during_get_says_what_was_kept(tmp_path: pathlib.Path) -> None:
     """SIGINT: C-CANCEL, a release (not an abort), exit 130, and a word on what stayed."""
@@ -783,6 +787,9 @@ async def test_ctrl_c_during_get_says_what_was_kept(tmp_path: pathlib.Path) -> N
             sys.executable, "-m", "adicom", "get", "-k", f"StudyInstanceUID={study}",
             "--out", str(tmp_path), "--aec", "SLOW", "127.0.0.1", str(server.port),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            # As from a terminal: a run started in the background (`cmd &`)
+            # would hand the child SIGINT ignored.
+            preexec_fn=_sigint_as_from_a_terminal,
         )  # fmt: skip
         async with asyncio.timeout(30):
             await sent.wait()

@@ -242,6 +242,9 @@ print("closed", flush=True)
 def test_ctrl_c_cancels_the_call_and_closes_the_socket() -> None:
     # asyncio.run cancels the call's task at the first SIGINT; the call
     # cleans up (the socket closed) and KeyboardInterrupt reaches the caller.
+    # A run started in the background (`cmd &`) ignores SIGINT: Ctrl-C
+    # interrupts Python only with its default handler in place.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     peer = subprocess.Popen(
         [sys.executable, "-c", SILENT_PEER, str(os.getpid())],
         stdin=subprocess.DEVNULL,
@@ -259,8 +262,9 @@ def test_ctrl_c_cancels_the_call_and_closes_the_socket() -> None:
         peer.kill()
         peer.wait()
         peer.stdout.close()  # else a failure here warns in some later test's gc
+        handler_after = signal.signal(signal.SIGINT, previous)
     assert out.strip() == "closed"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert handler_after is signal.default_int_handler
     assert threading.active_count() == 1
 
 
