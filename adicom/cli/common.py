@@ -54,9 +54,9 @@ def loop_option(parser: argparse.ArgumentParser) -> None:
         type=loop_arg,
         default=os.environ.get("ADICOM_LOOP", "auto"),
         metavar="{" + ",".join(LOOPS) + "}",
-        help="the event loop: asyncio's own, or uvloop (about 30%% less CPU per small "
-        "message; pip install 'adicom[uvloop]'); auto takes uvloop when it is installed "
-        "(ADICOM_LOOP; default: %(default)s)",
+        help="the event loop: asyncio's own, or uvloop (a fifth fewer instructions per "
+        "small message, a third fewer per association; pip install 'adicom[uvloop]'); "
+        "auto takes uvloop when it is installed (ADICOM_LOOP; default: %(default)s)",
     )
 
 
