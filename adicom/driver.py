@@ -373,20 +373,7 @@ class Driver:
             return
         upper = self._ul
         upper.receive_into(nbytes, now)
-        # What _after_io does, each step called only when it has something
-        # to do (a response sent from this callback was written already).
-        if upper._events or upper.trace:
-            self._process_events(now)
-        if (
-            upper._out
-            or upper._close_requested
-            or upper._abort_sent
-            or self._batched
-            or self._emitter is not None
-        ):
-            self._flush()
-        if upper._artim_deadline is not None or self._dimse._deadline is not None:
-            self._arm_timer()
+        self._after_io(now)
         turns.charge(self._loop.time() - now)
         if upper._input_pending:  # upper.input_pending
             self._defer_input()
@@ -536,10 +523,26 @@ class Driver:
             self._watchdog_at = later
             self._watchdog = self._loop.call_at(later, self._on_watchdog)
 
-    def _after_io(self) -> None:
-        self._process_events()
-        self._flush()
-        self._arm_timer()
+    def _after_io(self, now: float | None = None) -> None:
+        """Hand on the layers' events, write their output, arm their timers.
+
+        Each step is called only when it has something to do: this runs
+        after every read (a response sent from the read's callback has been
+        written already), so the layers' queues and flags are read directly.
+        """
+        upper = self._ul
+        if upper._events or upper.trace:
+            self._process_events(now)
+        if (
+            upper._out
+            or upper._close_requested
+            or upper._abort_sent
+            or self._batched
+            or self._emitter is not None
+        ):
+            self._flush()
+        if upper._artim_deadline is not None or self._dimse._deadline is not None:
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         """One loop timer for the layers' deadlines (ARTIM, a message's), set lazily.
