@@ -487,11 +487,8 @@ class UpperLayer:
             raise LocalProtocolError(str(exc)) from None
 
     def _receive_pdu(self, pdu: PDU, now: float) -> None:
-        if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
-            # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 + Evt10
-            # AR-6, both staying put (see _INDICATES_PDATA).
-            self._events.append(pdu)  # PDataReceived(pdu): see _events
-            return
+        # A P-DATA-TF in Sta6 or Sta7 took _parse's hot path; any other PDU
+        # goes through the table.
         event = _PDU_EVENTS[type(pdu)]
         acceptable = True
         if event is _EVT6:
