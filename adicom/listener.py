@@ -9,8 +9,18 @@ accepting resumes by itself when descriptors are free again.
 
 Where the loop can watch a descriptor (``loop.add_reader``: every selector
 loop, uvloop) the listening socket is watched for good and each wake-up
-accepts every connection waiting, in that callback: no future, task switch
-or watch added and removed per connection, as ``loop.sock_accept`` costs.
+accepts the connections waiting, up to :data:`ACCEPTS_PER_CALLBACK`, in
+that callback: no future, task switch or watch added and removed per
+connection, as ``loop.sock_accept`` costs. The rest wait one loop turn (the
+watch is level-triggered), so a burst of a thousand connections does not
+hold the loop in one callback.
+
+The listen backlog (the connections the kernel has completed and holds
+until they are accepted) is :data:`DEFAULT_BACKLOG` unless the caller says
+otherwise. Too small a backlog does not refuse a burst of connections: on
+Linux the kernel drops the handshakes that find it full and the peers send
+their SYN again a second later, so some associations wait a second or more
+for no visible reason. The kernel caps it at ``net.core.somaxconn``.
 Elsewhere (the proactor loop on Windows) a task per socket awaits
 ``loop.sock_accept``.
 """
@@ -30,7 +40,13 @@ from adicom.client import tcp_socket
 
 log = logging.getLogger("adicom")
 
-__all__ = ["Listener", "bind"]
+__all__ = ["ACCEPTS_PER_CALLBACK", "DEFAULT_BACKLOG", "Listener", "bind"]
+
+#: The listen backlog when the caller gives none (the kernel caps it at
+#: net.core.somaxconn, 4096 on Linux since 5.4).
+DEFAULT_BACKLOG = 128
+#: Connections one wake-up of a listening socket accepts; the rest the next.
+ACCEPTS_PER_CALLBACK = 64
 
 #: accept() failures that mean "not now": resources run out, not a broken socket.
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -52,8 +68,10 @@ class Listener:
         port: int,
         on_accept: Callable[[socket.socket, tuple[str, int]], None],
         *,
-        backlog: int = 128,
+        backlog: int = DEFAULT_BACKLOG,
     ) -> None:
+        if backlog < 1:
+            raise ValueError(f"the listen backlog must be 1 or more, not {backlog}")
         self.host, self.requested_port = host, port
         self.on_accept = on_accept
         self.backlog = backlog
@@ -97,8 +115,8 @@ class Listener:
         return port
 
     def _readable(self, sock: socket.socket) -> None:
-        """Connections wait on ``sock``: accept them all (up to the backlog) now."""
-        for _ in range(max(1, self.backlog)):
+        """Connections wait on ``sock``: accept up to ACCEPTS_PER_CALLBACK of them now."""
+        for _ in range(ACCEPTS_PER_CALLBACK):
             try:
                 conn, address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -188,7 +206,7 @@ class Listener:
 
 
 def bind(
-    host: str, port: int, *, backlog: int = 128, reuse_port: bool = False
+    host: str, port: int, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False
 ) -> list[socket.socket]:
     """Listening sockets on ``host:port``, one per address it resolves to.
 

@@ -29,7 +29,7 @@ from adicom.dimse import CommandField, Limits, Status, is_n
 from adicom.errors import DicomError, describe_reject
 from adicom.events import Hooks
 from adicom.fileformat import decode_dataset
-from adicom.listener import Listener
+from adicom.listener import DEFAULT_BACKLOG, Listener
 from adicom.negotiation import (
     ASYNC_WINDOW,
     DEFAULT_MAX_PDU,
@@ -117,6 +117,20 @@ class _Session:
         self.accepted = False
 
 
+def listen_backlog(backlog: int | None, max_associations: int) -> int:
+    """The listen backlog to use: ``backlog``, or by default ``max_associations`` (at least 128).
+
+    As many connections as the server would serve at once may arrive at
+    once, and each one beyond the backlog waits for its SYN to be sent
+    again (a second or more) instead of being accepted.
+    """
+    if backlog is None:
+        return max(DEFAULT_BACKLOG, max_associations)
+    if backlog < 1:
+        raise ValueError(f"the listen backlog must be 1 or more, not {backlog}")
+    return backlog
+
+
 class Server:
     """A DICOM SCP listening on ``host:port``.
 
@@ -133,7 +147,12 @@ class Server:
     associations, new requests are rejected as transient. Connections not
     yet associated are capped apart (``max_pending``), and one peer address
     holds at most ``max_per_address`` connections; a connection over either
-    cap is closed at once (see :mod:`adicom.admission`). An association
+    cap is closed at once (see :mod:`adicom.admission`). ``backlog`` is the
+    listen backlog, the connections the kernel completes and holds until
+    they are accepted (default: ``max_associations``, at least 128; the
+    kernel caps it at ``net.core.somaxconn``): a burst of connections beyond
+    it is not refused but delayed, a second or more, while the peers send
+    their SYN again (see :mod:`adicom.listener`). An association
     from which nothing arrives for ``idle_timeout`` seconds is aborted;
     ``artim_timeout`` bounds the wait for the A-ASSOCIATE-RQ after a
     connection opens (PS3.8 9.1.5); ``limits`` bound what one message may
@@ -180,6 +199,7 @@ class Server:
         max_associations: int = 500,
         max_pending: int | None = 128,
         max_per_address: int | None = 64,
+        backlog: int | None = None,
         limits: Limits | None = None,
         max_pdu: int = DEFAULT_MAX_PDU,
         artim_timeout: float = 10.0,
@@ -218,6 +238,8 @@ class Server:
             None if allowed_calling_aes is None else {a.strip() for a in allowed_calling_aes}
         )
         self.max_associations = max_associations
+        #: The listen backlog (see the class docs).
+        self.backlog = listen_backlog(backlog, max_associations)
         #: Every connection runs TLS with this context, when given.
         self.ssl = ssl
         #: The associations the server opens (C-MOVE sub-operations) run
@@ -327,7 +349,7 @@ class Server:
         """
         # The budget is the loop's, shared by everything on it (see adicom.turns).
         loop_turns().budget = self.turn_budget
-        listener = Listener(self.host, self._requested_port, self._accepted)
+        listener = Listener(self.host, self._requested_port, self._accepted, backlog=self.backlog)
         await listener.start(sockets)
         self._listener = listener
         log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)

@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adicom.listener import bind
+from adicom.listener import DEFAULT_BACKLOG, bind
 
 __all__ = ["Supervisor", "WorkerError", "WorkerLink", "listening_groups"]
 
@@ -78,7 +78,7 @@ def listening_groups(
     port: int,
     count: int,
     *,
-    backlog: int = 128,
+    backlog: int = DEFAULT_BACKLOG,
     reuse_port: bool | None = None,
 ) -> list[list[socket.socket]]:
     """The listening sockets of ``count`` workers on ``host:port``: one list per worker.
@@ -198,7 +198,7 @@ class Supervisor:
         port: int,
         *,
         payload: Any = None,
-        backlog: int = 128,
+        backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 20.0,

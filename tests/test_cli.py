@@ -510,6 +510,31 @@ def test_serve_hands_the_settings_to_the_server(no_adicom_variables: pytest.Monk
     assert (seen["artim_timeout"], seen["dimse_timeout"], seen["idle_timeout"]) == (2.5, 45, 90)
 
 
+@pytest.mark.parametrize(
+    ("flags", "backlog"),
+    [([], None), (["--backlog", "2048"], 2048), (["--max-associations", "900"], None)],
+)
+def test_serve_hands_the_listen_backlog_to_the_server(
+    no_adicom_variables: pytest.MonkeyPatch, flags: list[str], backlog: int | None
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def server(ae_title: str, **options: Any) -> Any:
+        seen.update(options)
+        raise OSError("not listening in this test")
+
+    no_adicom_variables.setattr("adicom.cli.serve.Server", server)
+    assert cli.main(["serve", "--port", "0", *flags]) == cli.EXIT_FAILED
+    # None: the Server's default, max_associations (at least 128).
+    assert seen["backlog"] == backlog
+
+
+def test_serve_refuses_a_backlog_of_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--backlog", "0"])
+    assert "--backlog" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_command_run_in_process_gives_the_signal_handlers_back(
     no_adicom_variables: pytest.MonkeyPatch, loop: str

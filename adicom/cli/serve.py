@@ -38,7 +38,7 @@ from adicom.identity import (
     identity_hook,
 )
 from adicom.peers import PeerRules
-from adicom.server import Server
+from adicom.server import Server, listen_backlog
 from adicom.storage import StoreContext
 from adicom.tls import client_context, server_context
 from adicom.turns import DEFAULT_TURN_BUDGET
@@ -169,6 +169,13 @@ def _limits(serve: argparse.ArgumentParser) -> None:
         (
             "--max-per-address", count_arg, 64, "N",
             "connections from one address, associated or not (default: %(default)s)",
+        ),
+        (
+            "--backlog", count_arg, None, "N",
+            "connections the kernel completes and holds until they are accepted (the listen "
+            "backlog; the kernel caps it at net.core.somaxconn); a burst beyond it waits a "
+            "second or more for its SYN to be sent again (default: --max-associations, at "
+            "least 128)",
         ),
         (
             "--max-command-bytes", count_arg, defaults.max_command, "BYTES",
@@ -464,7 +471,13 @@ async def _supervise(args: argparse.Namespace) -> int:
 
     reuse_port = None if args.worker_sockets is None else args.worker_sockets == "own"
     supervisor = Supervisor(
-        command, args.workers, args.host, args.port, payload=args, reuse_port=reuse_port
+        command,
+        args.workers,
+        args.host,
+        args.port,
+        payload=args,
+        backlog=listen_backlog(args.backlog, args.max_associations),
+        reuse_port=reuse_port,
     )
     try:
         await supervisor.start()
@@ -566,6 +579,7 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
             max_associations=args.max_associations,
             max_pending=args.max_pending,
             max_per_address=args.max_per_address,
+            backlog=args.backlog,
             limits=Limits(
                 max_command=args.max_command_bytes,
                 max_dataset=args.max_dataset_bytes,
