@@ -146,20 +146,24 @@ class RawAssociation:
     writer: asyncio.StreamWriter
     max_pdu: int
     message_id: int = 0
+    #: Seconds the TCP connect took (from the call to the socket connected).
+    connect_s: float = 0.0
 
     @classmethod
     async def open(cls, port: int, request: bytes, timeout: float) -> RawAssociation:
         from adicom.pdu import AAssociateAC
 
         async with asyncio.timeout(timeout):
+            started = time.perf_counter()
             reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+            connect_s = time.perf_counter() - started
             writer.write(request)
             kind, body = await read_pdu(reader)
         if kind != 2:
             writer.close()
             raise Failed({3: "rejected", 7: "aborted"}.get(kind, f"PDU type {kind}"))
         accepted = AAssociateAC.decode(memoryview(body))
-        return cls(reader, writer, accepted.user_information.maximum_length)
+        return cls(reader, writer, accepted.user_information.maximum_length, connect_s=connect_s)
 
     async def request(self, context_id: int, command: bytes, dataset: bytes | None) -> int:
         """Send one request; the status of its response."""
@@ -215,8 +219,13 @@ def dataset_of(path: Path) -> tuple[str, bytes]:
     return uid, raw[132 + 12 + meta_length :]
 
 
-async def probe_once(port: int, timeout: float = 30.0) -> float:
-    """Connect, associate, C-ECHO: seconds until the C-ECHO-RSP; then release (not timed)."""
+async def probe_once(port: int, timeout: float = 30.0) -> tuple[float, float]:
+    """Connect, associate, C-ECHO, then release (not timed).
+
+    (seconds until the C-ECHO-RSP, seconds of them the TCP connect took): a
+    slow probe whose time is its connect waited for the kernel (a SYN sent
+    again when the listen backlog was full), not for the server's loop.
+    """
     started = time.perf_counter()
     association = await RawAssociation.open(port, associate_rq(VERIFICATION), timeout)
     async with asyncio.timeout(timeout):
@@ -225,18 +234,21 @@ async def probe_once(port: int, timeout: float = 30.0) -> float:
         if status != 0:
             raise Failed(f"C-ECHO status {status:#06x}")
         await association.release()
-    return took
+    return took, association.connect_s
 
 
 async def probes(
     port: int, stop: asyncio.Event, every: float, limit: int
-) -> tuple[list[float], int]:
-    """Probe every ``every`` s until ``stop`` (at most ``limit``); (times, failures)."""
+) -> tuple[list[float], list[float], int]:
+    """Probe every ``every`` s until ``stop`` (at most ``limit``); (times, connects, failures)."""
     times: list[float] = []
+    connects: list[float] = []
     failures = 0
     while not stop.is_set() and len(times) + failures < limit:
         try:
-            times.append(await probe_once(port))
+            took, connect = await probe_once(port)
+            times.append(took)
+            connects.append(connect)
         except (Failed, OSError, TimeoutError, asyncio.IncompleteReadError):
             failures += 1
         try:
@@ -244,7 +256,7 @@ async def probes(
                 await stop.wait()
         except TimeoutError:
             pass
-    return times, failures
+    return times, connects, failures
 
 
 async def _probe_child(port: int, every: float, limit: int) -> None:
@@ -259,8 +271,8 @@ async def _probe_child(port: int, every: float, limit: int) -> None:
 
     del Command, AAssociateAC
     print("ready", flush=True)
-    times, failures = await probes(port, stop, every, limit)
-    print(json.dumps({"times": times, "failures": failures}), flush=True)
+    times, connects, failures = await probes(port, stop, every, limit)
+    print(json.dumps({"times": times, "connects": connects, "failures": failures}), flush=True)
 
 
 class Prober:
@@ -293,12 +305,12 @@ class Prober:
             self._process.kill()
             raise RuntimeError("the prober did not start")
 
-    def stop(self, timeout: float = 60.0) -> tuple[list[float], int]:
-        """Stop probing; (probe times, failures)."""
+    def stop(self, timeout: float = 60.0) -> tuple[list[float], list[float], int]:
+        """Stop probing; (probe times, their connect times, failures)."""
         self._process.send_signal(signal.SIGTERM)
         out, _ = self._process.communicate(timeout=timeout)
         result = json.loads(out.strip().splitlines()[-1])
-        return result["times"], result["failures"]
+        return result["times"], result["connects"], result["failures"]
 
 
 async def open_many(
@@ -471,7 +483,7 @@ async def idle(scp: Scp, n: int, probes_n: int, opening: int) -> dict[str, Any]:
     await asyncio.sleep(2.0)  # settle: every association idle
     opened = scp.snapshot()
     stop = asyncio.Event()
-    times, probe_failures = await probes(scp.port, stop, every=0.02, limit=probes_n)
+    times, connects, probe_failures = await probes(scp.port, stop, every=0.02, limit=probes_n)
     # Still held? A C-ECHO on a sample of them (all would cost as much as the rest).
     alive = 0
     for association in held[:: max(1, len(held) // 50)]:
@@ -490,7 +502,7 @@ async def idle(scp: Scp, n: int, probes_n: int, opening: int) -> dict[str, Any]:
         "failures": failures,
         "open_s": round(open_s, 2),
         "sampled_alive": f"{alive}/{sampled}",
-        **probe_summary(times, probe_failures),
+        **probe_summary(times, connects, probe_failures),
         "scp_idle": before,
         "scp_open": opened,
     }
@@ -535,7 +547,7 @@ async def busy(scp: Scp, n: int, per: int, files: list[Path], opening: int) -> d
         await asyncio.gather(*tasks)
     finally:
         took = time.perf_counter() - started
-        times, probe_failures = prober.stop()
+        times, connects, probe_failures = prober.stop()
     after = scp.snapshot()
     return {
         "associations": n,
@@ -548,18 +560,20 @@ async def busy(scp: Scp, n: int, per: int, files: list[Path], opening: int) -> d
         "inst_per_s": round(stored / took, 1) if took else None,
         "store_p50_ms": ms(percentile(latencies, 50)),
         "store_p99_ms": ms(percentile(latencies, 99)),
-        **probe_summary(times, probe_failures),
+        **probe_summary(times, connects, probe_failures),
         "scp_open": opened,
         "scp_after": after,
     }
 
 
-def probe_summary(times: list[float], failures: int) -> dict[str, Any]:
-    """The probes' p50, p99 and worst (ms), how many answered and how many failed."""
+def probe_summary(times: list[float], connects: list[float], failures: int) -> dict[str, Any]:
+    """The probes' p50, p99 and worst (ms), of their connects too; how many answered, failed."""
     return {
         "probe_p50_ms": ms(percentile(times, 50)),
         "probe_p99_ms": ms(percentile(times, 99)),
         "probe_max_ms": ms(max(times) if times else None),
+        "probe_connect_p99_ms": ms(percentile(connects, 99)),
+        "probe_connect_max_ms": ms(max(connects) if connects else None),
         "probes": len(times),
         "probe_failures": failures,
     }
