@@ -709,6 +709,7 @@ class DiskInstance(IncomingInstance):
             complete=complete,
             resume=resume,
             last=storage.last_wanted,
+            ordered=storage.wanted_order,
         )
 
     def _data_set_head(self, size: int) -> bytes:

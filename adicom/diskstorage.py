@@ -183,6 +183,8 @@ class DiskStorage(StorageHandler):
         self.wanted = frozenset(tags.values())
         #: The greatest tag of ``wanted``: where the scan of a data set stops.
         self.last_wanted = max(self.wanted)
+        #: ``wanted`` in ascending order (as the scan meets them).
+        self.wanted_order = tuple(sorted(self.wanted))
         # UIDs seen valid lately: an association sends one SOP class, study
         # and series again and again, and the check is a regular expression.
         self._valid_uids: set[str] = set()
