@@ -60,11 +60,7 @@ def _disk_server(folder: str, port: int, budget: float) -> None:
 
 def _command(kind: str, folder: Path, port: int, budget: float) -> list[str]:
     if kind == "disk":
-        code = (
-            "from benchmarks.storesink import _disk_server; "
-            f"_disk_server({str(folder)!r}, {port}, {budget})"
-        )
-        return ["-c", code]
+        return ["-m", "benchmarks.storesink", "--disk-server", str(folder), str(port), str(budget)]
     return ["-m", "adicom", "serve", "--host", HOST, "--port", str(port), "--aet", AET,
             "--storage", str(folder), "--turn-budget", str(budget)]  # fmt: skip
 
@@ -94,11 +90,7 @@ def measure(kind: str, n: int, mode: str, keep: Path | None) -> float:
     elif mode == "profile":
         prof = str(keep / f"{kind}.prof") if keep else str(work / "prof")
         argv += ["-m", "cProfile", "-o", prof]
-        if kind == "disk":
-            argv += ["-c"]
     cmd = _command(kind, work / "store", port, budget)
-    if mode == "profile" and kind == "disk":
-        cmd = cmd[1:]
     process = subprocess.Popen([*argv, *cmd], cwd=REPO_ROOT, env=child_env())
     try:
         deadline = time.monotonic() + 300
@@ -140,6 +132,10 @@ def measure(kind: str, n: int, mode: str, keep: Path | None) -> float:
 
 def main() -> None:
     """Parse the command line and run the measurements."""
+    if sys.argv[1:2] == ["--disk-server"]:
+        folder, port, budget = sys.argv[2:5]
+        _disk_server(folder, int(port), float(budget))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="KIND:N, KIND one of disk, serve")
     mode = parser.add_mutually_exclusive_group()
