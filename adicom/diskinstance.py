@@ -38,6 +38,7 @@ from adicom.fileformat import (
     find_top_level,
     scan_elements,
     skip_group_0002,
+    walk_top_level,
 )
 from adicom.storage import IncomingInstance, StoreContext
 
@@ -52,6 +53,11 @@ _HEAD = 1 << 16
 # data set's top-level attributes before its pixel data fit easily, and no
 # instance makes the event loop parse or inflate more than this.
 _DEEP_HEAD = 4 << 20
+
+# How far the check of a data set streamed in got (DiskInstance._walk_state):
+# walking each piece as it comes; to go on from bytes read back from the file;
+# not checked (its bytes are not what its transfer syntax says).
+_WALKING, _READ_BACK, _UNCHECKED = 0, 1, 2
 
 #: Bytes of one write to a file. Writing to the page cache costs about
 #: 0.2 ms per MiB here when it has pages at hand and up to ~2.5 ms (peaks
@@ -103,6 +109,21 @@ class DiskInstance(IncomingInstance):
         # Where the scan for the layout's values stopped in a whole data set
         # held in the head: checking it whole goes on from there.
         self._resume: list[int] = []
+        # Top-level elements of a plain transfer syntax are read as they
+        # stream in, none of the data set kept (a copy of a 40 KB instance
+        # into the head cost as much as the walks): the layout's values,
+        # found in the first piece; where the next element starts, and the
+        # tag of the last one stepped over (whose value may run on).
+        transfer = context.transfer_syntax
+        self._plain: tuple[bool, bool] | None = (
+            None
+            if deflated or not transfer.startswith("1.2.840.10008.1.2")
+            else (transfer == IMPLICIT_VR_LITTLE_ENDIAN, transfer != EXPLICIT_VR_BIG_ENDIAN)
+        )
+        self._found: dict[int, bytes] | None = None
+        self._walk_at = 0
+        self._walk_tag = -1
+        self._walk_state = _WALKING
         self._size = 0  # of the data set written so far
         self._temp: str | None = None
         self._fd: int | None = None
@@ -168,13 +189,62 @@ class DiskInstance(IncomingInstance):
                     inflater.feed(data)
                 except ValueError as exc:
                     self._inflate_error = str(exc)
-        elif len(self._head) < _HEAD:
+        elif self._found is not None:
+            if self._walk_state == _WALKING and self._walk_at < self._size + len(data):
+                self._walk(data, self._size)
+        elif not (self._size == 0 and self._stream_first(data)) and len(self._head) < _HEAD:
+            # Not found in the first piece: kept, and read when it is all in.
             self._head += data[: _HEAD - len(self._head)]
         self._size += len(data)
         try:
             self._put(data)
         except OSError as exc:
             self._fail(_disk_error(exc), f"writing {self._temp}")
+
+    def _stream_first(self, data: memoryview) -> bool:
+        """Read the layout's values from the data set's first piece; False if not all there."""
+        plain = self._plain
+        if plain is None:
+            return False
+        storage = self._storage
+        resume: list[int] = []
+        try:
+            found = scan_elements(
+                data,
+                storage.wanted,
+                implicit=plain[0],
+                little=plain[1],
+                resume=resume,
+                last=storage.last_wanted,
+                ordered=storage.wanted_order,
+            )
+        except ValueError:
+            return False  # not what its syntax says: read whole when it is in
+        if found is None:
+            return False
+        self._found = found
+        self._walk_at = resume[0]
+        self._walk(data, 0)
+        return True
+
+    def _walk(self, data: memoryview, base: int) -> None:
+        """Step over the top-level elements that start in ``data`` (at ``base`` in the data set)."""
+        plain = self._plain
+        assert plain is not None
+        try:
+            at, tag, whole = walk_top_level(
+                data, self._walk_at - base, implicit=plain[0], little=plain[1]
+            )
+        except ValueError:
+            self._walk_state = _UNCHECKED
+            return
+        if tag >= 0:
+            self._walk_tag = tag
+        self._walk_at = base + at
+        if not whole:
+            # A header cut between pieces, or a sequence of undefined length
+            # that goes on: the rest is read back from the file at the end.
+            self._walk_state = _READ_BACK
 
     def _put(self, data: memoryview) -> None:
         """Write ``data`` while it goes fast (WRITE_TIME); what is left waits behind."""
@@ -512,6 +582,9 @@ class DiskInstance(IncomingInstance):
         implicit = transfer == IMPLICIT_VR_LITTLE_ENDIAN
         little = transfer != EXPLICIT_VR_BIG_ENDIAN
         try:
+            if self._found is not None:
+                self._check_streamed(implicit, little)
+                return
             if self._size <= _HEAD:
                 start = self._resume[0] if self._resume else 0
                 check_whole(self._head, implicit=implicit, little=little, start=start)
@@ -534,6 +607,23 @@ class DiskInstance(IncomingInstance):
             raise _Refused(Status.CANNOT_UNDERSTAND, str(exc), exc.tag) from None
         except ValueError:
             return  # not what its syntax says: pydicom read what it could already
+
+    def _check_streamed(self, implicit: bool, little: bool) -> None:
+        """:meth:`_check_whole` of a data set walked as it streamed in (raises DataSetTruncated)."""
+        state, at, size = self._walk_state, self._walk_at, self._size
+        if state == _UNCHECKED:
+            return
+        if state == _READ_BACK or at < size:
+            if 0 < size - at <= _HEAD:
+                check_whole(self._tail(at), implicit=implicit, little=little)
+            return  # a longer rest goes unchecked, as after a large Pixel Data
+        if at > size:
+            tag = self._walk_tag
+            raise DataSetTruncated(
+                f"the data set is cut short: {at - size} bytes of "
+                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) missing",
+                tag,
+            )
 
     def _tail(self, start: int) -> bytes:
         """The data set's bytes from ``start`` to its end, read back from the file."""
@@ -650,6 +740,8 @@ class DiskInstance(IncomingInstance):
                 raise ValueError(
                     f"the layout's attributes are not within its first {_DEEP_HEAD} inflated bytes"
                 )
+        elif self._found is not None:
+            found = self._found  # read as the data set streamed in
         elif transfer.startswith("1.2.840.10008.1.2"):
             # Every standard transfer syntax but deflate encodes the top
             # level of the data set plainly; only the pixel data differs.

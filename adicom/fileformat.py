@@ -60,6 +60,7 @@ __all__ = [
     "read_file_meta",
     "scan_elements",
     "skip_group_0002",
+    "walk_top_level",
 ]
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -740,6 +741,66 @@ def check_whole(
             f"the data set is cut short: {pos - end} bytes of ({group:04X},{element:04X}) missing",
             (group << 16) | element,
         )
+
+
+def walk_top_level(
+    data: bytes | bytearray | memoryview, start: int, *, implicit: bool, little: bool
+) -> tuple[int, int, bool]:
+    """Step over the top-level elements of a piece of a data set, from ``start``.
+
+    For a receiver that checks a data set as it streams in, piece by piece,
+    without keeping it: returns ``(position, tag, whole)``. ``whole``: every
+    element that starts in ``data`` was stepped over, and the next one
+    starts at ``position`` (at or past the end of ``data``: the value of
+    ``tag``, the last element stepped over, may run on into later pieces).
+    Otherwise the element at ``position`` (``tag``) could not be stepped
+    over with these bytes (its header is cut: ``tag`` -1; or it is a
+    sequence of undefined length that goes on): the caller goes on from
+    the bytes kept elsewhere. ``tag`` is -1 too when no element starts in
+    ``data``. Raises
+    ValueError for bytes that are not a data set.
+    """
+    order = 0 if little else 1
+    unpack = _HEADERS[bool(implicit)][order].unpack_from
+    kinds = _VR_KINDS[order]
+    pos, end = start, len(data)
+    group = element = at = 0
+    tag = -1
+    try:
+        while pos < end:
+            at = pos
+            if implicit:
+                group, element, length = unpack(data, pos)
+                if length != _UNDEFINED:
+                    pos += 8 + length
+                    continue
+                value = pos + 8
+            else:
+                group, element, vr, length = unpack(data, pos)
+                if kinds[vr] == _SHORT_LENGTH and group != 0xFFFE:
+                    pos += 8 + length
+                    continue
+                if group == 0xFFFE:
+                    # Items and delimiters have no VR in any syntax (PS3.5 7.5).
+                    (length,) = _U32[order].unpack_from(data, pos + 4)
+                    value = pos + 8
+                elif kinds[vr] == _LONG_LENGTH:
+                    (length,) = _U32[order].unpack_from(data, pos + 8)
+                    value = pos + 12
+                else:
+                    raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
+                if length != _UNDEFINED:
+                    pos = value + length
+                    continue
+            skipped = _skip_undefined(data, value, implicit, *_FORMATS[order])
+            if skipped is None:
+                return at, (group << 16) | element, False
+            pos = skipped
+    except struct.error:
+        return at, -1, False  # the header is cut
+    if pos > start:
+        tag = (group << 16) | element
+    return pos, tag, True
 
 
 def _explicit_step(

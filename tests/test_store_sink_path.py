@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import pathlib
 from collections.abc import Callable
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from adicom.diskinstance import DiskInstance
+from adicom.diskstorage import DiskStorage
 from adicom.fileformat import (
     DataSetTruncated,
     _scan_unordered,
@@ -16,6 +19,7 @@ from adicom.fileformat import (
     encode_dataset,
     scan_elements,
 )
+from adicom.storage import StoreContext
 
 IMPLICIT, EXPLICIT, BIG = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
 
@@ -175,3 +179,91 @@ def test_walks_refuse_bytes_that_are_no_data_set() -> None:
         check_whole(junk, implicit=False, little=True)
     with pytest.raises(ValueError, match="no VR"):
         scan_elements(junk, frozenset({0x00100010}), implicit=False)
+
+
+# -- a DiskInstance reads the data set as it streams in --------------------------------
+
+
+def store(
+    root: pathlib.Path, dataset: Dataset, data: bytes, pieces: list[int], syntax: str
+) -> tuple[int, DiskInstance]:
+    """Feed ``data`` to a DiskStorage cut at ``pieces``; the status and the instance."""
+    disk = DiskStorage(root, write_behind=0)
+    instance = disk.open(
+        StoreContext("SCU", "STORE", str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), syntax)
+    )
+    assert isinstance(instance, DiskInstance)
+    for start, end in itertools.pairwise([0, *pieces, len(data)]):
+        instance.write(memoryview(data[start:end]))
+    status = instance.finish_now()
+    assert status is not None
+    return status, instance
+
+
+def stored_files(root: pathlib.Path) -> list[pathlib.Path]:
+    return [p for p in root.rglob("*.dcm") if ".incoming" not in p.parts]
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT, BIG])
+@pytest.mark.parametrize("undefined", [False, True])
+def test_an_instance_in_pieces_cut_anywhere_is_stored_whole(
+    tmp_path: pathlib.Path, syntax: str, undefined: bool
+) -> None:
+    """Two pieces, the cut at each byte (inside headers, values, sequences): stored, the same."""
+    dataset = instance(undefined)
+    data = encode_dataset(dataset, syntax)
+    series_end = data.find(b"1.2.3.1\0") + 8  # the last UID the layout wants
+    kept = 0
+    for cut in range(len(data) + 1):
+        root = tmp_path / str(cut)
+        status, stored = store(root, dataset, data, [cut], syntax)
+        assert status == 0, (cut, stored.error)
+        assert stored.values["SOPInstanceUID"] == "1.2.3.4.5"
+        assert stored.values["SeriesInstanceUID"] == "1.2.3.1"
+        (path,) = stored_files(root)
+        assert path.read_bytes().endswith(data)
+        # Read as it came (the UIDs all in the first piece), or kept and read at the end.
+        if cut >= series_end:
+            assert stored._found is not None, cut
+        kept += stored._found is None
+    assert kept > 100  # the other way is taken too
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT, BIG])
+@pytest.mark.parametrize("undefined", [False, True])
+def test_an_instance_cut_short_is_refused_however_it_came(
+    tmp_path: pathlib.Path, syntax: str, undefined: bool
+) -> None:
+    """Cut anywhere after its UIDs, in one piece or two: 0xC000, nothing filed."""
+    dataset = instance(undefined)
+    data = encode_dataset(dataset, syntax)
+    ends = set(element_ends(dataset, syntax))
+    after_uids = min(end for end in ends if end > data.find(b"1.2.3.1"))
+    refused = 0
+    for length in range(after_uids, len(data)):
+        if length in ends:
+            continue  # whole as far as anyone can tell: an element ends there
+        cut = data[:length]
+        for pieces in ([], [after_uids + (length - after_uids) // 2], [length - 1]):
+            root = tmp_path / f"{length}-{pieces}"
+            status, stored = store(root, dataset, cut, pieces, syntax)
+            assert status == 0xC000, (length, pieces)
+            assert stored_files(root) == []
+            refused += 1
+    assert refused > 100
+    # The message names the element cut short (here the pixel data).
+    status, stored = store(tmp_path / "last", dataset, data[:-3], [len(data) // 2], syntax)
+    assert status == 0xC000 and stored.offending_element == 0x7FE00010
+    assert "3 bytes of (7FE0,0010) missing" in (stored.error or "")
+
+
+def test_an_instance_whose_first_piece_lacks_its_uids_is_read_when_whole(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The UIDs past the first piece: kept in the head and read at the end, as before."""
+    dataset = instance(True)
+    data = encode_dataset(dataset, EXPLICIT)
+    status, stored = store(tmp_path, dataset, data, [40, 41, 300], EXPLICIT)
+    assert status == 0, stored.error
+    assert stored.values["StudyInstanceUID"] == "1.2.3"
+    assert stored._found is None  # the head was read, not the pieces
