@@ -279,11 +279,14 @@ class DiskStorage(StorageHandler):
         pieces = self._layout_pieces
         if pieces is not None:
             # Text and safe values joined: what format() makes, at a third of its cost.
+            # A UID this storage checked (valid_uid) is digits and dots: safe as it is.
+            checked = self._valid_uids
             parts = [self._name_prefix]
             for text, keyword in pieces:
                 parts.append(text)
                 if keyword:
-                    parts.append(_path_component(values.get(keyword) or "unknown"))
+                    value = values.get(keyword) or "unknown"
+                    parts.append(value if value in checked else _path_component(value))
             return "".join(parts)
         # Only the layout's own keywords: an archive's on_stored hook wants
         # some twenty more values, which never become part of a path.

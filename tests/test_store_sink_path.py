@@ -267,3 +267,17 @@ def test_an_instance_whose_first_piece_lacks_its_uids_is_read_when_whole(
     assert status == 0, stored.error
     assert stored.values["StudyInstanceUID"] == "1.2.3"
     assert stored._found is None  # the head was read, not the pieces
+
+
+def test_a_file_name_keeps_checked_uids_and_makes_other_values_safe(tmp_path: pathlib.Path) -> None:
+    """Values the storage checked as UIDs go into the name as they are; others are made safe."""
+    disk = DiskStorage(tmp_path, "{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+    assert disk.valid_uid("1.2.3") and disk.valid_uid("1.2.3.4")
+    assert not disk.valid_uid("../1.2")
+    values = {"PatientID": "../../etc", "StudyInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4"}
+    name = disk.final_name(values)
+    assert name == f"{tmp_path}/.._.._etc/1.2.3/1.2.3.4.dcm"  # one component, no ".."
+    values["PatientID"] = ".."
+    assert disk.final_name(values) == f"{tmp_path}/_../1.2.3/1.2.3.4.dcm"
+    values["PatientID"] = ""
+    assert disk.final_name(values).startswith(f"{tmp_path}/unknown/")
