@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from adicom.fileformat import (
     encode_dataset,
     scan_elements,
 )
-from adicom.storage import StoreContext
+from adicom.storage import StoreContext, _store_context
 
 IMPLICIT, EXPLICIT, BIG = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
 
@@ -281,3 +282,15 @@ def test_a_file_name_keeps_checked_uids_and_makes_other_values_safe(tmp_path: pa
     assert disk.final_name(values) == f"{tmp_path}/_../1.2.3/1.2.3.4.dcm"
     values["PatientID"] = ""
     assert disk.final_name(values).startswith(f"{tmp_path}/unknown/")
+
+
+def test_the_context_made_per_instance_is_the_frozen_store_context() -> None:
+    """Made slot by slot on the hot path: equal, hashable and frozen as StoreContext(...)."""
+    args = ("SCU", "STORE", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", EXPLICIT, ("127.0.0.1", 104), 7)
+    made = _store_context(*args)
+    built = StoreContext(*args)
+    assert type(made) is StoreContext
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.sop_instance_uid = "1.2"  # type: ignore[misc]
+    assert made.file_meta() == built.file_meta()
