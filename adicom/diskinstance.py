@@ -88,7 +88,29 @@ class _Refused(Exception):
 class DiskInstance(IncomingInstance):
     """One instance received into a temporary file of ``storage``, filed when complete."""
 
+    # What an instance starts with and most never change, as class
+    # defaults: the one made per received instance sets only the rest.
+    # Where the file was filed (path makes the Path when asked), and its
+    # stat for the storage's on_filed hook.
     _path: Path | None = None
+    _name: str | None = None
+    _stat: os.stat_result | None = None
+    _inflate_error: str | None = None
+    _discarded = False  # a group 0002 was dropped from the data set
+    _unreadable = False
+    _size = 0  # of the data set written so far
+    # Write-behind: the size of the backlog, the callback that writes the
+    # next slice, whoever waits for the last one, whether the sender is held.
+    _pending = 0
+    _draining: asyncio.Handle | None = None
+    _drained: asyncio.Future[None] | None = None
+    _held = False
+    _status: int | None = None  # once finished by finish_now (finish returns it)
+    # The data set read as it streams in (see __init__).
+    _found: dict[int, bytes] | None = None
+    _walk_at = 0
+    _walk_tag = -1
+    _walk_state = _WALKING
 
     def __init__(self, storage: DiskStorage, context: StoreContext) -> None:
         super().__init__(context)
@@ -99,12 +121,9 @@ class DiskInstance(IncomingInstance):
         # would otherwise inflate to gigabytes on the event loop).
         deflated = context.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
         self._inflater = Inflater(_HEAD) if deflated else None
-        self._inflate_error: str | None = None
         # The data set's first bytes, held until we know whether it starts
         # with a group 0002 (not in a deflated stream: nobody sends that).
         self._start: bytearray | None = None if deflated else bytearray()
-        self._discarded = False
-        self._unreadable = False
         self._raw: dict[str, bytes] = {}
         # Where the scan for the layout's values stopped in a whole data set
         # held in the head: checking it whole goes on from there.
@@ -120,27 +139,11 @@ class DiskInstance(IncomingInstance):
             if deflated or not transfer.startswith("1.2.840.10008.1.2")
             else (transfer == IMPLICIT_VR_LITTLE_ENDIAN, transfer != EXPLICIT_VR_BIG_ENDIAN)
         )
-        self._found: dict[int, bytes] | None = None
-        self._walk_at = 0
-        self._walk_tag = -1
-        self._walk_state = _WALKING
-        self._size = 0  # of the data set written so far
         self._temp: str | None = None
         self._fd: int | None = None
-        # Where the file was filed (path makes the Path when asked), and its
-        # stat for the storage's on_filed hook.
-        self._name: str | None = None
-        self._stat: os.stat_result | None = None
-        # Write-behind: received fragments (copies) not yet written, their
-        # size, the callback that writes the next slice, whoever waits for
-        # the last one, and whether the sender is held.
+        # Write-behind: received fragments (copies) not yet written (and
+        # the class defaults _pending to _held).
         self._backlog: deque[tuple[bytearray, memoryview]] = deque()
-        self._pending = 0
-        self._draining: asyncio.Handle | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._held = False
-        # The status once finished by finish_now (finish returns it then).
-        self._status: int | None = None
         meta = context.file_meta()
         self._meta_length = len(meta)
         # Written with the data set's first bytes, in one system call.

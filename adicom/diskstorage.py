@@ -201,6 +201,9 @@ class DiskStorage(StorageHandler):
         # Temporary names: this process, this storage, a serial number.
         self._serial = 0
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._incoming_of: Path | None = None
+        self._incoming_name = ""
+        self._temp_prefix = ""
         # Blocks of WRITE_SLICE bytes for write-behind backlogs, kept for reuse.
         self._blocks: list[bytearray] = []
         self.remove_leftovers()
@@ -306,9 +309,17 @@ class DiskStorage(StorageHandler):
 
     def temp_file(self) -> tuple[str, int]:
         """A new empty temporary file under ``.incoming`` (raises OSError)."""
-        self.ensure_folder(self.incoming)
+        incoming = self.incoming
+        if incoming is not self._incoming_of:
+            # Its name and the names under it, made once (an archive sets
+            # ``incoming`` anew after making the storage).
+            self._incoming_of = incoming
+            self._incoming_name = os.fspath(incoming)
+            self._temp_prefix = f"{self._incoming_name}{os.sep}{self._prefix}-"
+        if self._incoming_name not in self._folders:
+            self.ensure_folder(self._incoming_name)
         self._serial += 1
-        path = f"{self.incoming}{os.sep}{self._prefix}-{self._serial}.part"
+        path = f"{self._temp_prefix}{self._serial}.part"
         # A raw descriptor: Python's buffered file costs three more system
         # calls per instance, and the data arrives in large pieces anyway.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC

@@ -372,14 +372,24 @@ def encode_file_meta(
         implementation_version_name,
         source_ae,
     )
-    instance = _element(0x00020003, b"UI", _text(sop_instance_uid, b"\0"))
-    length = len(before) + len(instance) + len(after)
+    # Written for every received instance: the one element that differs,
+    # (0002,0003) Media Storage SOP Instance UID, and the group length
+    # (0002,0000) that counts it, packed here; the rest comes made.
+    uid = sop_instance_uid.encode("ascii")
+    if len(uid) % 2:
+        uid += b"\0"
+    length = len(before) + 8 + len(uid) + len(after)
     return b"".join(
-        (_PREAMBLE, _element(0x00020000, b"UL", struct.pack("<L", length)), before, instance, after)
+        (_META_START, _U32[0].pack(length), before, _UID_HEADER, _U16.pack(len(uid)), uid, after)
     )
 
 
 _PREAMBLE = bytes(128) + b"DICM"
+# The preamble, DICM and (0002,0000) File Meta Information Group Length's
+# header (UL, 4 bytes); then (0002,0003)'s header, its length to come.
+_META_START = _PREAMBLE + b"\x02\x00\x00\x00UL\x04\x00"
+_UID_HEADER = b"\x02\x00\x03\x00UI"
+_U16 = struct.Struct("<H")
 
 
 @functools.lru_cache(maxsize=256)

@@ -146,6 +146,10 @@ class IncomingInstance:
     instance is received normally.
     """
 
+    #: Where the instance ended up, when it went to a file (None until then;
+    #: a class default, so that a handler's property can stand for it unset).
+    path: Path | None = None
+
     def __init__(self, context: StoreContext) -> None:
         self.context = context
         #: Why the instance was not stored (the failure status's comment).
@@ -154,8 +158,6 @@ class IncomingInstance:
         self.warning: str | None = None
         #: The element a failure is about, for (0000,0901) Offending Element.
         self.offending_element: int | None = None
-        #: Where the instance ended up, when it went to a file.
-        self.path: Path | None = None
         #: The status its C-STORE was answered with (set once it was finished).
         self.status: int | None = None
         #: Attributes read from the data set by keyword (the UIDs, the
