@@ -38,6 +38,7 @@ from adicom.fileformat import (
     find_top_level,
     scan_elements,
     skip_group_0002,
+    walk_top_level,
 )
 from adicom.storage import IncomingInstance, StoreContext
 
@@ -52,6 +53,11 @@ _HEAD = 1 << 16
 # data set's top-level attributes before its pixel data fit easily, and no
 # instance makes the event loop parse or inflate more than this.
 _DEEP_HEAD = 4 << 20
+
+# How far the check of a data set streamed in got (DiskInstance._walk_state):
+# walking each piece as it comes; to go on from bytes read back from the file;
+# not checked (its bytes are not what its transfer syntax says).
+_WALKING, _READ_BACK, _UNCHECKED = 0, 1, 2
 
 #: Bytes of one write to a file. Writing to the page cache costs about
 #: 0.2 ms per MiB here when it has pages at hand and up to ~2.5 ms (peaks
@@ -82,7 +88,29 @@ class _Refused(Exception):
 class DiskInstance(IncomingInstance):
     """One instance received into a temporary file of ``storage``, filed when complete."""
 
+    # What an instance starts with and most never change, as class
+    # defaults: the one made per received instance sets only the rest.
+    # Where the file was filed (path makes the Path when asked), and its
+    # stat for the storage's on_filed hook.
     _path: Path | None = None
+    _name: str | None = None
+    _stat: os.stat_result | None = None
+    _inflate_error: str | None = None
+    _discarded = False  # a group 0002 was dropped from the data set
+    _unreadable = False
+    _size = 0  # of the data set written so far
+    # Write-behind: the size of the backlog, the callback that writes the
+    # next slice, whoever waits for the last one, whether the sender is held.
+    _pending = 0
+    _draining: asyncio.Handle | None = None
+    _drained: asyncio.Future[None] | None = None
+    _held = False
+    _status: int | None = None  # once finished by finish_now (finish returns it)
+    # The data set read as it streams in (see __init__).
+    _found: dict[int, bytes] | None = None
+    _walk_at = 0
+    _walk_tag = -1
+    _walk_state = _WALKING
 
     def __init__(self, storage: DiskStorage, context: StoreContext) -> None:
         super().__init__(context)
@@ -93,33 +121,29 @@ class DiskInstance(IncomingInstance):
         # would otherwise inflate to gigabytes on the event loop).
         deflated = context.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
         self._inflater = Inflater(_HEAD) if deflated else None
-        self._inflate_error: str | None = None
         # The data set's first bytes, held until we know whether it starts
         # with a group 0002 (not in a deflated stream: nobody sends that).
         self._start: bytearray | None = None if deflated else bytearray()
-        self._discarded = False
-        self._unreadable = False
         self._raw: dict[str, bytes] = {}
         # Where the scan for the layout's values stopped in a whole data set
         # held in the head: checking it whole goes on from there.
         self._resume: list[int] = []
-        self._size = 0  # of the data set written so far
+        # Top-level elements of a plain transfer syntax are read as they
+        # stream in, none of the data set kept (a copy of a 40 KB instance
+        # into the head cost as much as the walks): the layout's values,
+        # found in the first piece; where the next element starts, and the
+        # tag of the last one stepped over (whose value may run on).
+        transfer = context.transfer_syntax
+        self._plain: tuple[bool, bool] | None = (
+            None
+            if deflated or not transfer.startswith("1.2.840.10008.1.2")
+            else (transfer == IMPLICIT_VR_LITTLE_ENDIAN, transfer != EXPLICIT_VR_BIG_ENDIAN)
+        )
         self._temp: str | None = None
         self._fd: int | None = None
-        # Where the file was filed (path makes the Path when asked), and its
-        # stat for the storage's on_filed hook.
-        self._name: str | None = None
-        self._stat: os.stat_result | None = None
-        # Write-behind: received fragments (copies) not yet written, their
-        # size, the callback that writes the next slice, whoever waits for
-        # the last one, and whether the sender is held.
+        # Write-behind: received fragments (copies) not yet written (and
+        # the class defaults _pending to _held).
         self._backlog: deque[tuple[bytearray, memoryview]] = deque()
-        self._pending = 0
-        self._draining: asyncio.Handle | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._held = False
-        # The status once finished by finish_now (finish returns it then).
-        self._status: int | None = None
         meta = context.file_meta()
         self._meta_length = len(meta)
         # Written with the data set's first bytes, in one system call.
@@ -168,13 +192,62 @@ class DiskInstance(IncomingInstance):
                     inflater.feed(data)
                 except ValueError as exc:
                     self._inflate_error = str(exc)
-        elif len(self._head) < _HEAD:
+        elif self._found is not None:
+            if self._walk_state == _WALKING and self._walk_at < self._size + len(data):
+                self._walk(data, self._size)
+        elif not (self._size == 0 and self._stream_first(data)) and len(self._head) < _HEAD:
+            # Not found in the first piece: kept, and read when it is all in.
             self._head += data[: _HEAD - len(self._head)]
         self._size += len(data)
         try:
             self._put(data)
         except OSError as exc:
             self._fail(_disk_error(exc), f"writing {self._temp}")
+
+    def _stream_first(self, data: memoryview) -> bool:
+        """Read the layout's values from the data set's first piece; False if not all there."""
+        plain = self._plain
+        if plain is None:
+            return False
+        storage = self._storage
+        resume: list[int] = []
+        try:
+            found = scan_elements(
+                data,
+                storage.wanted,
+                implicit=plain[0],
+                little=plain[1],
+                resume=resume,
+                last=storage.last_wanted,
+                ordered=storage.wanted_order,
+            )
+        except ValueError:
+            return False  # not what its syntax says: read whole when it is in
+        if found is None:
+            return False
+        self._found = found
+        self._walk_at = resume[0]
+        self._walk(data, 0)
+        return True
+
+    def _walk(self, data: memoryview, base: int) -> None:
+        """Step over the top-level elements that start in ``data`` (at ``base`` in the data set)."""
+        plain = self._plain
+        assert plain is not None
+        try:
+            at, tag, whole = walk_top_level(
+                data, self._walk_at - base, implicit=plain[0], little=plain[1]
+            )
+        except ValueError:
+            self._walk_state = _UNCHECKED
+            return
+        if tag >= 0:
+            self._walk_tag = tag
+        self._walk_at = base + at
+        if not whole:
+            # A header cut between pieces, or a sequence of undefined length
+            # that goes on: the rest is read back from the file at the end.
+            self._walk_state = _READ_BACK
 
     def _put(self, data: memoryview) -> None:
         """Write ``data`` while it goes fast (WRITE_TIME); what is left waits behind."""
@@ -512,6 +585,9 @@ class DiskInstance(IncomingInstance):
         implicit = transfer == IMPLICIT_VR_LITTLE_ENDIAN
         little = transfer != EXPLICIT_VR_BIG_ENDIAN
         try:
+            if self._found is not None:
+                self._check_streamed(implicit, little)
+                return
             if self._size <= _HEAD:
                 start = self._resume[0] if self._resume else 0
                 check_whole(self._head, implicit=implicit, little=little, start=start)
@@ -534,6 +610,23 @@ class DiskInstance(IncomingInstance):
             raise _Refused(Status.CANNOT_UNDERSTAND, str(exc), exc.tag) from None
         except ValueError:
             return  # not what its syntax says: pydicom read what it could already
+
+    def _check_streamed(self, implicit: bool, little: bool) -> None:
+        """:meth:`_check_whole` of a data set walked as it streamed in (raises DataSetTruncated)."""
+        state, at, size = self._walk_state, self._walk_at, self._size
+        if state == _UNCHECKED:
+            return
+        if state == _READ_BACK or at < size:
+            if 0 < size - at <= _HEAD:
+                check_whole(self._tail(at), implicit=implicit, little=little)
+            return  # a longer rest goes unchecked, as after a large Pixel Data
+        if at > size:
+            tag = self._walk_tag
+            raise DataSetTruncated(
+                f"the data set is cut short: {at - size} bytes of "
+                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) missing",
+                tag,
+            )
 
     def _tail(self, start: int) -> bytes:
         """The data set's bytes from ``start`` to its end, read back from the file."""
@@ -650,6 +743,8 @@ class DiskInstance(IncomingInstance):
                 raise ValueError(
                     f"the layout's attributes are not within its first {_DEEP_HEAD} inflated bytes"
                 )
+        elif self._found is not None:
+            found = self._found  # read as the data set streamed in
         elif transfer.startswith("1.2.840.10008.1.2"):
             # Every standard transfer syntax but deflate encodes the top
             # level of the data set plainly; only the pixel data differs.
@@ -709,6 +804,7 @@ class DiskInstance(IncomingInstance):
             complete=complete,
             resume=resume,
             last=storage.last_wanted,
+            ordered=storage.wanted_order,
         )
 
     def _data_set_head(self, size: int) -> bytes:

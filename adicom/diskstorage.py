@@ -183,6 +183,8 @@ class DiskStorage(StorageHandler):
         self.wanted = frozenset(tags.values())
         #: The greatest tag of ``wanted``: where the scan of a data set stops.
         self.last_wanted = max(self.wanted)
+        #: ``wanted`` in ascending order (as the scan meets them).
+        self.wanted_order = tuple(sorted(self.wanted))
         # UIDs seen valid lately: an association sends one SOP class, study
         # and series again and again, and the check is a regular expression.
         self._valid_uids: set[str] = set()
@@ -199,6 +201,9 @@ class DiskStorage(StorageHandler):
         # Temporary names: this process, this storage, a serial number.
         self._serial = 0
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._incoming_of: Path | None = None
+        self._incoming_name = ""
+        self._temp_prefix = ""
         # Blocks of WRITE_SLICE bytes for write-behind backlogs, kept for reuse.
         self._blocks: list[bytearray] = []
         self.remove_leftovers()
@@ -277,11 +282,14 @@ class DiskStorage(StorageHandler):
         pieces = self._layout_pieces
         if pieces is not None:
             # Text and safe values joined: what format() makes, at a third of its cost.
+            # A UID this storage checked (valid_uid) is digits and dots: safe as it is.
+            checked = self._valid_uids
             parts = [self._name_prefix]
             for text, keyword in pieces:
                 parts.append(text)
                 if keyword:
-                    parts.append(_path_component(values.get(keyword) or "unknown"))
+                    value = values.get(keyword) or "unknown"
+                    parts.append(value if value in checked else _path_component(value))
             return "".join(parts)
         # Only the layout's own keywords: an archive's on_stored hook wants
         # some twenty more values, which never become part of a path.
@@ -301,9 +309,17 @@ class DiskStorage(StorageHandler):
 
     def temp_file(self) -> tuple[str, int]:
         """A new empty temporary file under ``.incoming`` (raises OSError)."""
-        self.ensure_folder(self.incoming)
+        incoming = self.incoming
+        if incoming is not self._incoming_of:
+            # Its name and the names under it, made once (an archive sets
+            # ``incoming`` anew after making the storage).
+            self._incoming_of = incoming
+            self._incoming_name = os.fspath(incoming)
+            self._temp_prefix = f"{self._incoming_name}{os.sep}{self._prefix}-"
+        if self._incoming_name not in self._folders:
+            self.ensure_folder(self._incoming_name)
         self._serial += 1
-        path = f"{self.incoming}{os.sep}{self._prefix}-{self._serial}.part"
+        path = f"{self._temp_prefix}{self._serial}.part"
         # A raw descriptor: Python's buffered file costs three more system
         # calls per instance, and the data arrives in large pieces anyway.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC

@@ -28,7 +28,7 @@ import struct
 import zlib
 from collections.abc import Iterable
 from io import BytesIO
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from pydicom.config import disable_value_validation
 from pydicom.datadict import dictionary_VR
@@ -60,6 +60,7 @@ __all__ = [
     "read_file_meta",
     "scan_elements",
     "skip_group_0002",
+    "walk_top_level",
 ]
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -308,30 +309,36 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
-# The others (2-byte length): the walks below test these first, which is
-# cheaper than asking whether two bytes are capital letters (as any VR is).
-_SHORT_VRS = frozenset(
-    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN"}
-    | {b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
-)
 _UNDEFINED = 0xFFFFFFFF
-# The same VRs as the integer their two bytes make, read in the data set's
-# byte order (little, big): the walks of every received instance unpack a
-# VR as a number, whose hash is itself, rather than as a new bytes object
-# hashed (SipHash) at each of its set lookups.
-_SHORT_VR_NUMBERS = (
-    frozenset(int.from_bytes(vr, "little") for vr in _SHORT_VRS),
-    frozenset(int.from_bytes(vr, "big") for vr in _SHORT_VRS),
-)
-_LONG_VR_NUMBERS = (
-    frozenset(int.from_bytes(vr, "little") for vr in _LONG_VRS),
-    frozenset(int.from_bytes(vr, "big") for vr in _LONG_VRS),
-)
+# How an explicit VR's element header goes on, by the number the VR's two
+# bytes make in the data set's byte order (little, big): a table of 65,536
+# bytes, one index per element. A set of those numbers cost a few probes
+# each: a set places an int by its low bits, and VRs that share their first
+# letter (AE AS AT, SH SL SS ST SV, UC UI UL UN UR US UT UV) share them.
+_NOT_A_VR, _SHORT_LENGTH, _LONG_LENGTH = 0, 1, 2
 
 
-def _is_vr_number(vr: int) -> bool:
-    """Whether two bytes read as a number are two capital letters (a VR, PS3.5 6.2)."""
-    return 0x41 <= vr & 0xFF <= 0x5A and 0x41 <= vr >> 8 <= 0x5A
+def _vr_kinds(order: Literal["little", "big"]) -> bytes:
+    table = bytearray(65536)
+    # Any two capital letters are a VR (PS3.5 6.2): one newer than
+    # _LONG_VRS has a 2-byte length (PS3.5 7.1.2).
+    for first in range(0x41, 0x5B):
+        for second in range(0x41, 0x5B):
+            table[int.from_bytes(bytes((first, second)), order)] = _SHORT_LENGTH
+    for vr in _LONG_VRS:
+        table[int.from_bytes(vr, order)] = _LONG_LENGTH
+    return bytes(table)
+
+
+_VR_KINDS = (_vr_kinds("little"), _vr_kinds("big"))
+# An element header as one unpack, [implicit][little, big]: (group, element,
+# the 4-byte length) implicit, (group, element, VR, 2-byte length) explicit.
+_HEADERS = (
+    (struct.Struct("<HHHH"), struct.Struct(">HHHH")),
+    (struct.Struct("<HHL"), struct.Struct(">HHL")),
+)
+_U32 = (struct.Struct("<L"), struct.Struct(">L"))
+_FORMATS = (("<H", "<L"), (">H", ">L"))
 
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -365,14 +372,24 @@ def encode_file_meta(
         implementation_version_name,
         source_ae,
     )
-    instance = _element(0x00020003, b"UI", _text(sop_instance_uid, b"\0"))
-    length = len(before) + len(instance) + len(after)
+    # Written for every received instance: the one element that differs,
+    # (0002,0003) Media Storage SOP Instance UID, and the group length
+    # (0002,0000) that counts it, packed here; the rest comes made.
+    uid = sop_instance_uid.encode("ascii")
+    if len(uid) % 2:
+        uid += b"\0"
+    length = len(before) + 8 + len(uid) + len(after)
     return b"".join(
-        (_PREAMBLE, _element(0x00020000, b"UL", struct.pack("<L", length)), before, instance, after)
+        (_META_START, _U32[0].pack(length), before, _UID_HEADER, _U16.pack(len(uid)), uid, after)
     )
 
 
 _PREAMBLE = bytes(128) + b"DICM"
+# The preamble, DICM and (0002,0000) File Meta Information Group Length's
+# header (UL, 4 bytes); then (0002,0003)'s header, its length to come.
+_META_START = _PREAMBLE + b"\x02\x00\x00\x00UL\x04\x00"
+_UID_HEADER = b"\x02\x00\x03\x00UI"
+_U16 = struct.Struct("<H")
 
 
 @functools.lru_cache(maxsize=256)
@@ -469,6 +486,7 @@ def scan_elements(
     complete: bool = False,
     resume: list[int] | None = None,
     last: int | None = None,
+    ordered: tuple[int, ...] | None = None,
 ) -> dict[int, bytes] | None:
     """Find the top-level elements ``wanted`` at the start of an encoded data set.
 
@@ -478,23 +496,135 @@ def scan_elements(
     ValueError for bytes that are not a data set. ``resume``, when given,
     gets the offset of the top-level element where the walk stopped, for
     :func:`check_whole` to go on from there instead of walking it twice.
-    ``last``: ``max(wanted)``, when the caller knows it already (a receiver
-    asks for the same tags for every instance).
+    ``last``: ``max(wanted)``, and ``ordered``: ``tuple(sorted(wanted))``,
+    when the caller knows them already (a receiver asks for the same tags
+    for every instance).
     """
-    found: dict[int, bytes] = {}
     if last is None:
         last = max(wanted)
+    if ordered is None:
+        ordered = tuple(sorted(wanted))
+    found: dict[int, bytes] = {}
+    end = len(data)
+    pos = at = group = element = 0
+    order = 0 if little else 1
+    # One unpack per element header: (group, element, VR or the 4-byte
+    # length). This runs once per received instance (some 25 elements of a
+    # small CT), so the common element (a short VR) takes the fewest steps.
+    unpack = _HEADERS[bool(implicit)][order].unpack_from
+    long_length = _U32[order].unpack_from
+    kinds = _VR_KINDS[order]
+    undefined = _UNDEFINED
+    # The wanted tags are met in their order (tags ascend, PS3.5 7.1): each
+    # element's tag is compared with the next wanted one, not looked up in
+    # a set. ``passed``: the greatest tag at which the walk stepped through
+    # the wanted ones; a later element below it means the tags do not
+    # ascend, and the data set is walked again with a set lookup each.
+    at_wanted, next_wanted, count, passed = 0, ordered[0], len(ordered), -1
+    try:
+        while pos < end:
+            at = pos
+            if implicit:
+                group, element, length = unpack(data, pos)
+                pos += 8
+                if length == undefined:
+                    if ((group << 16) | element) > last:
+                        if resume is not None:
+                            resume.append(at)
+                        return found
+                    pos = _sequence_end(data, pos, implicit, order)
+                    if pos < 0:
+                        _ended(complete, group, element)
+                        return None
+                    continue
+            else:
+                group, element, vr, length = unpack(data, pos)
+                if kinds[vr] == _SHORT_LENGTH and group != 0xFFFE:
+                    pos += 8
+                else:
+                    if group == 0xFFFE:
+                        # Items and delimiters have no VR in any syntax (PS3.5 7.5).
+                        (length,) = long_length(data, pos + 4)
+                        pos += 8
+                    elif kinds[vr] == _LONG_LENGTH:
+                        if pos + 12 > end:
+                            _ended(complete, group, element)
+                            return None
+                        (length,) = long_length(data, pos + 8)
+                        pos += 12
+                    else:
+                        raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
+                    if length == undefined:
+                        if ((group << 16) | element) > last:
+                            if resume is not None:
+                                resume.append(at)
+                            return found
+                        pos = _sequence_end(data, pos, implicit, order)
+                        if pos < 0:
+                            _ended(complete, group, element)
+                            return None
+                        continue
+            tag = (group << 16) | element
+            if tag >= next_wanted:
+                if tag > last:
+                    if resume is not None:
+                        resume.append(at)
+                    return found
+                while tag > next_wanted:
+                    at_wanted += 1  # that one is not in the data set
+                    next_wanted = ordered[at_wanted]
+                if tag == next_wanted:
+                    if pos + length > end:
+                        _ended(complete, group, element)
+                        return None
+                    found[tag] = bytes(data[pos : pos + length])
+                    at_wanted += 1
+                    if at_wanted == count:
+                        if resume is not None:
+                            resume.append(at)
+                        return found
+                    next_wanted = ordered[at_wanted]
+                passed = tag
+            elif tag <= passed:
+                return _scan_unordered(data, wanted, implicit, little, complete, resume, last)
+            pos += length
+    except struct.error:
+        pass  # fewer than 8 bytes left: the data set ends inside an element header
+    if pos > end:
+        # The last element's value goes past the end: more is needed, or
+        # the data set is cut short.
+        _ended(complete, group, element)
+        return None
+    if complete:
+        if pos != end:
+            raise DataSetTruncated("the data set ends inside an element header")
+        if resume is not None:
+            resume.append(pos)
+        return found
+    return None
+
+
+def _scan_unordered(
+    data: bytes | bytearray | memoryview,
+    wanted: frozenset[int],
+    implicit: bool,
+    little: bool,
+    complete: bool,
+    resume: list[int] | None,
+    last: int,
+) -> dict[int, bytes] | None:
+    """:func:`scan_elements` for a data set whose tags do not ascend: a set lookup per element.
+
+    PS3.5 7.1 wants them ascending; one that is not is read as before,
+    every wanted element taken wherever it is before the first tag past
+    ``last``.
+    """
+    found: dict[int, bytes] = {}
     end = len(data)
     pos = 0
-    u16, u32 = ("<H", "<L") if little else (">H", ">L")
-    # One unpack per element header: (group, element, VR or the 4-byte
-    # length). This runs once per received instance, so it is kept tight.
-    header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HHHH"))
-    long_length = struct.Struct(u32)
-    # Locals, and the common case first (a short VR: most elements).
-    order = 0 if little else 1
-    short_vrs, long_vrs = _SHORT_VR_NUMBERS[order], _LONG_VR_NUMBERS[order]
-    undefined = _UNDEFINED
+    header = _HEADERS[bool(implicit)][0 if little else 1]
+    long_length = _U32[0 if little else 1]
+    kinds = _VR_KINDS[0 if little else 1]
     missing = len(wanted)
     while pos + 8 <= end:
         at = pos
@@ -504,19 +634,16 @@ def scan_elements(
         else:
             group, element, vr, length = header.unpack_from(data, pos)
             if group == 0xFFFE:
-                # Items and delimiters have no VR in any syntax (PS3.5 7.5).
                 (length,) = long_length.unpack_from(data, pos + 4)
                 pos += 8
-            elif vr in short_vrs:
+            elif kinds[vr] == _SHORT_LENGTH:
                 pos += 8
-            elif vr in long_vrs:
+            elif kinds[vr] == _LONG_LENGTH:
                 if pos + 12 > end:
                     _ended(complete, group, element)
                     return None
                 (length,) = long_length.unpack_from(data, pos + 8)
                 pos += 12
-            elif _is_vr_number(vr):
-                pos += 8  # a VR newer than this list: 2-byte length (PS3.5 7.1.2)
             else:
                 raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
         tag = (group << 16) | element
@@ -524,8 +651,8 @@ def scan_elements(
             if resume is not None:
                 resume.append(at)
             return found
-        if length == undefined:
-            skipped = _skip_undefined(data, pos, implicit, u16, u32)
+        if length == _UNDEFINED:
+            skipped = _skip_undefined(data, pos, implicit, *_FORMATS[0 if little else 1])
             if skipped is None:
                 _ended(complete, group, element)
                 return None
@@ -592,53 +719,141 @@ def check_whole(
     ``start``: the offset of a top-level element to begin with (what
     :func:`scan_elements` walked already, its ``resume``).
     """
-    u16, u32 = ("<H", "<L") if little else (">H", ">L")
-    # One unpack per element header, as in scan_elements: this walks every
-    # received instance whole (~40 elements for a small CT), so it is kept
-    # tight; sequences of undefined length go the general way.
-    header = struct.Struct((u16[0] + "HHL") if implicit else (u16[0] + "HHHH"))
-    long_length = struct.Struct(u32)
+    # This walks every received instance whole (some 20 elements of a small
+    # CT after what scan_elements walked), so the common element takes one
+    # unpack, one test and one addition: a header cut short shows as the
+    # unpack's struct.error, a value cut short as the walk ending past the
+    # end; sequences of undefined length, items and long VRs go the general way.
     order = 0 if little else 1
-    short_vrs, long_vrs = _SHORT_VR_NUMBERS[order], _LONG_VR_NUMBERS[order]
-    undefined = _UNDEFINED
+    unpack = _HEADERS[bool(implicit)][order].unpack_from
     pos, end = start, len(data)
-    while pos < end:
-        if pos + 8 > end:
-            raise DataSetTruncated("the data set ends inside an element header")
+    group = element = 0
+    try:
         if implicit:
-            group, element, length = header.unpack_from(data, pos)
-            value = pos + 8
+            while pos < end:
+                group, element, length = unpack(data, pos)
+                if length != _UNDEFINED:
+                    pos += 8 + length
+                else:
+                    pos = _past_undefined(data, pos + 8, group, element, True, order)
         else:
-            group, element, vr, length = header.unpack_from(data, pos)
-            if group == 0xFFFE:
-                # Items and delimiters have no VR in any syntax (PS3.5 7.5).
-                (length,) = long_length.unpack_from(data, pos + 4)
-                value = pos + 8
-            elif vr in short_vrs:
-                value = pos + 8
-            elif vr in long_vrs:
-                if pos + 12 > end:
-                    raise DataSetTruncated("the data set ends inside an element header")
-                (length,) = long_length.unpack_from(data, pos + 8)
-                value = pos + 12
-            elif _is_vr_number(vr):
+            kinds = _VR_KINDS[order]
+            while pos < end:
+                group, element, vr, length = unpack(data, pos)
+                if kinds[vr] == _SHORT_LENGTH and group != 0xFFFE:
+                    pos += 8 + length
+                else:
+                    pos = _explicit_step(data, pos, group, element, vr, order)
+    except struct.error:
+        raise DataSetTruncated("the data set ends inside an element header") from None
+    if pos > end:
+        raise DataSetTruncated(
+            f"the data set is cut short: {pos - end} bytes of ({group:04X},{element:04X}) missing",
+            (group << 16) | element,
+        )
+
+
+def walk_top_level(
+    data: bytes | bytearray | memoryview, start: int, *, implicit: bool, little: bool
+) -> tuple[int, int, bool]:
+    """Step over the top-level elements of a piece of a data set, from ``start``.
+
+    For a receiver that checks a data set as it streams in, piece by piece,
+    without keeping it: returns ``(position, tag, whole)``. ``whole``: every
+    element that starts in ``data`` was stepped over, and the next one
+    starts at ``position`` (at or past the end of ``data``: the value of
+    ``tag``, the last element stepped over, may run on into later pieces).
+    Otherwise the element at ``position`` (``tag``) could not be stepped
+    over with these bytes (its header is cut: ``tag`` -1; or it is a
+    sequence of undefined length that goes on): the caller goes on from
+    the bytes kept elsewhere. ``tag`` is -1 too when no element starts in
+    ``data``. Raises
+    ValueError for bytes that are not a data set.
+    """
+    order = 0 if little else 1
+    unpack = _HEADERS[bool(implicit)][order].unpack_from
+    kinds = _VR_KINDS[order]
+    pos, end = start, len(data)
+    group = element = at = 0
+    tag = -1
+    try:
+        while pos < end:
+            at = pos
+            if implicit:
+                group, element, length = unpack(data, pos)
+                if length != _UNDEFINED:
+                    pos += 8 + length
+                    continue
                 value = pos + 8
             else:
-                raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
-        if length == undefined:
-            skipped = _skip_undefined(data, value, implicit, u16, u32)
+                group, element, vr, length = unpack(data, pos)
+                if kinds[vr] == _SHORT_LENGTH and group != 0xFFFE:
+                    pos += 8 + length
+                    continue
+                if group == 0xFFFE:
+                    # Items and delimiters have no VR in any syntax (PS3.5 7.5).
+                    (length,) = _U32[order].unpack_from(data, pos + 4)
+                    value = pos + 8
+                elif kinds[vr] == _LONG_LENGTH:
+                    (length,) = _U32[order].unpack_from(data, pos + 8)
+                    value = pos + 12
+                else:
+                    raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
+                if length != _UNDEFINED:
+                    pos = value + length
+                    continue
+            skipped = _skip_undefined(data, value, implicit, *_FORMATS[order])
             if skipped is None:
-                tag = (group << 16) | element
-                raise DataSetTruncated(f"the data set ends inside the sequence ({tag:08X})")
+                return at, (group << 16) | element, False
             pos = skipped
-        else:
-            pos = value + length
-            if pos > end:
-                raise DataSetTruncated(
-                    f"the data set is cut short: {pos - end} bytes of ({group:04X},"
-                    f"{element:04X}) missing",
-                    (group << 16) | element,
-                )
+    except struct.error:
+        return at, -1, False  # the header is cut
+    if pos > start:
+        tag = (group << 16) | element
+    return pos, tag, True
+
+
+def _explicit_step(
+    data: bytes | bytearray | memoryview, pos: int, group: int, element: int, vr: int, order: int
+) -> int:
+    """Where the explicit VR element at ``pos`` that is not a plain short one ends."""
+    length: int
+    if group == 0xFFFE:
+        # Items and delimiters have no VR in any syntax (PS3.5 7.5).
+        (length,) = _U32[order].unpack_from(data, pos + 4)
+        value = pos + 8
+    elif _VR_KINDS[order][vr] == _LONG_LENGTH:
+        (length,) = _U32[order].unpack_from(data, pos + 8)  # struct.error if cut
+        value = pos + 12
+    else:
+        raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
+    if length == _UNDEFINED:
+        return _past_undefined(data, value, group, element, False, order)
+    return value + length
+
+
+def _sequence_end(
+    data: bytes | bytearray | memoryview, pos: int, implicit: bool, order: int
+) -> int:
+    """Where a sequence of undefined length whose value starts at ``pos`` ends; -1 if cut."""
+    skipped = _skip_undefined(data, pos, implicit, *_FORMATS[order])
+    return -1 if skipped is None else skipped
+
+
+def _past_undefined(
+    data: bytes | bytearray | memoryview,
+    pos: int,
+    group: int,
+    element: int,
+    implicit: bool,
+    order: int,
+) -> int:
+    """Where a sequence of undefined length whose value starts at ``pos`` ends."""
+    skipped = _skip_undefined(data, pos, implicit, *_FORMATS[order])
+    if skipped is None:
+        tag = (group << 16) | element
+        raise DataSetTruncated(f"the data set ends inside the sequence ({tag:08X})")
+    return skipped
 
 
 def find_top_level(

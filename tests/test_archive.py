@@ -926,6 +926,47 @@ async def test_an_index_of_another_version_is_rebuilt_from_the_files(
         again.close()
 
 
+async def test_an_index_of_version_2_is_made_version_3_in_place(tmp_path: pathlib.Path) -> None:
+    """Version 3 only makes the path unique: the rows of a version 2 index are kept."""
+    root = tmp_path / "archive"
+    write_tree(root)
+    archive = Archive(root)
+    assert await archive.open() == 8
+    archive.close()
+    with contextlib.closing(sqlite3.connect(root / INDEX_NAME)) as db:
+        db.execute("DROP INDEX by_path")
+        db.execute("CREATE INDEX by_path ON instances (path)")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+        db.commit()
+    again = Archive(root)
+    try:
+        assert await again.index.count() == 8  # kept: not read again from the files
+    finally:
+        again.close()
+    with contextlib.closing(sqlite3.connect(root / INDEX_NAME)) as db:
+        (version,) = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'by_path'").fetchone()
+        assert version == "3" and "UNIQUE" in sql
+        # Two rows of one path are refused by the index itself now.
+        (uid, path) = db.execute("SELECT sop_instance_uid, path FROM instances").fetchone()
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute(
+                "INSERT INTO instances (sop_instance_uid, path) VALUES (?, ?)", (uid + ".9", path)
+            )
+    # One that could not be made so (two rows of one path) is rebuilt from the files.
+    with contextlib.closing(sqlite3.connect(root / INDEX_NAME)) as db:
+        db.execute("DROP INDEX by_path")
+        db.execute("INSERT INTO instances (sop_instance_uid, path) VALUES ('9.9', ?)", (path,))
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+        db.commit()
+    rebuilt = Archive(root)
+    try:
+        assert await rebuilt.index.count() == 0
+        assert await rebuilt.open() == 8
+    finally:
+        rebuilt.close()
+
+
 async def test_serve_on_a_corrupt_index_exits_with_one_line(tmp_path: pathlib.Path) -> None:
     root = tmp_path / "archive"
     root.mkdir()

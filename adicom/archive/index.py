@@ -72,11 +72,16 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS by_patient ON instances (patient_id);
 CREATE INDEX IF NOT EXISTS by_study ON instances (study_instance_uid);
 CREATE INDEX IF NOT EXISTS by_series ON instances (series_instance_uid);
-CREATE INDEX IF NOT EXISTS by_path ON instances (path);
+CREATE UNIQUE INDEX IF NOT EXISTS by_path ON instances (path);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 # 2: the instance's Specific Character Set and its non-ASCII values as sent.
-_VERSION = "2"
+# 3: one row per path (a unique index): a row stored at the path of another
+#    instance replaces it in the insert itself (INSERT OR REPLACE), where a
+#    DELETE per row at each commit looked for it first.
+_VERSION = "3"
+# Made version 3 in place (the rows kept), not rebuilt from the files.
+_FROM_VERSION_2 = "DROP INDEX IF EXISTS by_path; CREATE UNIQUE INDEX by_path ON instances (path);"
 
 
 def _fold(text: str | None) -> str | None:
@@ -185,15 +190,26 @@ class Index:
         # One transaction, the write lock taken first: processes opening
         # the archive at once create (or rebuild) the schema once.
         self._db.execute("BEGIN IMMEDIATE")
-        self._script(_SCHEMA.format(columns=columns))
-        found = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        # The version first: an older schema may not take this one as it is.
+        found = None
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            found = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if found is not None and found[0] == "2":
+            try:
+                self._script(_FROM_VERSION_2)
+            except sqlite3.IntegrityError:
+                pass  # two rows of one path (never written so): rebuilt below
+            else:
+                log.info("the index %s: version 2 made version %s", path, _VERSION)
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (_VERSION,))
+                found = (_VERSION,)
         if found is not None and found[0] != _VERSION:
             # The index is a cache of the folder: one of another version is
             # dropped and made again, and Archive.open() reads the files.
             log.info("the index %s has version %s, not %s: rebuilding", path, found[0], _VERSION)
-            self._script("DROP TABLE instances; DROP TABLE meta;")
-            self._script(_SCHEMA.format(columns=columns))
+            self._script("DROP TABLE IF EXISTS instances; DROP TABLE meta;")
             found = None
+        self._script(_SCHEMA.format(columns=columns))
         if found is None:
             self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_VERSION,))
         self._db.execute("COMMIT")
@@ -258,13 +274,9 @@ class Index:
                     "DELETE FROM instances WHERE path = ?", [(p,) for p in self._removed]
                 )
             displaced = self._displaced() if self._displace else []
-            rows = self._rows.values()
-            # A file rewritten with another instance: the old instance is gone.
-            db.executemany(
-                "DELETE FROM instances WHERE path = ? AND sop_instance_uid != ?",
-                [(row[_ROW_PATH], uid) for uid, row in self._rows.items()],
-            )
-            db.executemany(_INSERT, rows)
+            # A file rewritten with another instance: the old instance's row
+            # goes in the insert (INSERT OR REPLACE, path being unique).
+            db.executemany(_INSERT, self._rows.values())
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
