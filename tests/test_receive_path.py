@@ -14,8 +14,11 @@ import pytest
 
 from adicom import pdu
 from adicom import protocol as ul
+from adicom.dimse import DimseEvent
+from adicom.dimse.commands import c_store_rq
 from adicom.errors import PDUTooLarge, RemoteProtocolError
 from adicom.fsm import State
+from tests.test_dimse_connection import CT, Pair, Sink, collecting, limited
 
 #: A C-STORE's bytes as DCMTK storescu sends them with 16 KiB PDUs: a
 #: command PDU, then data set fragments of one PDV each; then PDUs of several
@@ -251,3 +254,115 @@ def test_traced_pdus_own_their_bytes() -> None:
     assert layer.trace is not None
     kept = [_as_bytes(p) for p, sent in layer.trace if not sent]
     assert kept == _general(data)
+
+
+# -- the DIMSE layer's fast path for a data set fragment ------------------------
+
+
+def _store_rq(message_id: int, context_id: int = 3) -> pdu.PDataTF:
+    command = c_store_rq(CT, f"1.2.3.{message_id}", message_id=message_id)
+    return pdu.PDataTF((pdu.PDV(context_id, True, True, command.encode()),))
+
+
+def _fragment(data: bytes, last: bool, context_id: int = 3) -> pdu.PDataTF:
+    return pdu.PDataTF((pdu.PDV(context_id, False, last, memoryview(data)),))
+
+
+def _c_store_pdus(message_id: int, size: int = 42_000, context_id: int = 3) -> list[pdu.PDataTF]:
+    data = _DATASET[:size]
+    pdus = [_store_rq(message_id, context_id)]
+    for at in range(0, size, 16378):
+        pdus.append(_fragment(data[at : at + 16378], at + 16378 >= size, context_id))
+    return pdus
+
+
+def _outcome(events: list[object]) -> list[object]:
+    """Events comparable across two connections (a sink by what it holds)."""
+    out: list[object] = []
+    for event in events:
+        message = getattr(event, "message", None)
+        if message is None:
+            out.append(event)
+            continue
+        sink = message.sink
+        held = None if sink is None else (bytes(sink.data), sink.aborted)
+        out.append((type(event).__name__, message.command, message.dataset, held, message.refused))
+    return out
+
+
+def _run(
+    pdus: list[pdu.PDataTF], general: bool, sink: bool = True, window: int = 1, **limits: object
+) -> tuple[list[object], list[float | None], bool, list[tuple[int, bool]], int]:
+    pair = Pair(window=window)
+    dimse = pair.acc.dimse
+    if limits:
+        limited(pair, **limits)
+    sinks: list[Sink] = []
+    if sink:
+        dimse.sink_factory = collecting(sinks)
+    calls = 0
+    take_general = dimse._receive_general
+
+    def counting(pdu_: pdu.PDataTF, now: float) -> list[DimseEvent]:
+        nonlocal calls
+        calls += 1
+        return take_general(pdu_, now)
+
+    dimse._receive_general = counting  # type: ignore[method-assign,assignment]
+    events: list[object] = []
+    deadlines = []
+    for now, item in enumerate(pdus):
+        if general:  # receive_pdata without its fast path
+            taken = [] if pair.acc.ul.abort_sent else dimse._receive_general(item, now)
+        else:
+            taken = dimse.receive_pdata(item, now)
+        events += taken
+        deadlines.append(dimse._deadline)
+    aborted = pair.acc.ul.abort_sent
+    sent = [(len(s.data), s.aborted) for s in sinks]
+    return _outcome(events), deadlines, aborted, sent, calls
+
+
+_SCENARIOS = {
+    "two stores": [*_c_store_pdus(1), *_c_store_pdus(2)],
+    "odd sizes": [*_c_store_pdus(1, 16378), *_c_store_pdus(2, 1), *_c_store_pdus(3, 16379)],
+    "fragment on another context": [*_c_store_pdus(1)[:2], _fragment(b"ab", False, 5)],
+    "fragment on a context not accepted": [*_c_store_pdus(1)[:2], _fragment(b"ab", False, 7)],
+    "command where data is due": [*_c_store_pdus(1)[:2], _store_rq(2)],
+    "data after the last fragment": [*_c_store_pdus(1), _fragment(b"ab", False)],
+    "data before any command": [_fragment(b"ab", True)],
+    "beyond the window": [*_c_store_pdus(1), *_c_store_pdus(2)],  # nothing answered
+}
+
+
+@pytest.mark.parametrize("sink", [True, False])
+@pytest.mark.parametrize("name", list(_SCENARIOS))
+def test_data_fragment_fast_path_gives_what_the_general_path_gives(name: str, sink: bool) -> None:
+    pdus = _SCENARIOS[name]
+    limits: dict[str, object] = {} if sink else {"max_dataset": 1 << 20}
+    window = 1 if name == "beyond the window" else 4
+    fast = _run(pdus, general=False, sink=sink, window=window, **limits)
+    slow = _run(pdus, general=True, sink=sink, window=window, **limits)
+    assert fast[:4] == slow[:4]
+    # The fast path took every data set fragment in order (3 per 42 KB
+    # message); the general path what else there was.
+    in_order = sum(1 for p in pdus if not p.pdvs[0].is_command)
+    assert fast[4] < slow[4] or in_order == 0 or name == "data before any command"
+
+
+def test_data_fragment_fast_path_keeps_the_limits() -> None:
+    pdus = _c_store_pdus(1)
+    # In memory beyond max_dataset: aborted (reason 0), the same both ways.
+    fast = _run(pdus, general=False, sink=False, max_dataset=20_000)
+    assert fast[:4] == _run(pdus, general=True, sink=False, max_dataset=20_000)[:4]
+    assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
+    # To a sink beyond max_instance: refused, not aborted.
+    fast = _run(pdus, general=False, max_instance=20_000)
+    assert fast[:4] == _run(pdus, general=True, max_instance=20_000)[:4]
+    assert not fast[2] and fast[0][-1][-1] is not None  # type: ignore[index]
+    # The two stores of "beyond the window" abort at the second's last fragment.
+    fast = _run(_SCENARIOS["beyond the window"], general=False)
+    assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
+    # A whole message, fast: the deadline ran from the command to the last fragment.
+    fast = _run(_c_store_pdus(1), general=False)
+    assert fast[1] == [300.0, 300.0, 300.0, None] and fast[4] == 1

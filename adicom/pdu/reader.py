@@ -221,6 +221,37 @@ class PDUReader:
         Raises :class:`~adicom.errors.RemoteProtocolError` for bytes that are
         not a valid PDU; the reader must not be used after that.
         """
+        buf = self._buf
+        lent = self._lent
+        if lent is not None:
+            if not buf:
+                # A lent read (see buffer_lent), a PDU from where the last
+                # one ended: a whole P-DATA-TF is decoded where it lies (the
+                # usual PDU: _next_lent's first case, a call less per PDU).
+                pos = self._lent_pos
+                end = self._lent_end
+                if end - pos >= 6:
+                    pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
+                    stop = pos + 6 + length
+                    if pdu_type == 0x04 and stop <= end:
+                        limit = self.max_pdata_length
+                        if limit and length > limit:
+                            raise PDUTooLarge(length, limit)
+                        if stop == end:
+                            self._lent = None
+                        else:
+                            self._lent_pos = stop
+                        read_size = self.READ_PDUS * (6 + length)
+                        self._read_size = (
+                            self.STAGING_MIN
+                            if read_size < self.STAGING_MIN
+                            else read_size
+                            if read_size < self.STAGING
+                            else self.STAGING
+                        )
+                        return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
+                return self._next_lent()
+            self._top_up(buf)  # the PDU begun in the last read: then on as below
         body = self._body
         if body is not None:
             if self._body_pos < len(body):
@@ -229,11 +260,6 @@ class PDUReader:
             self._body_pos = 0
             self._read_size = self.STAGING
             return self._decode(self._body_type, memoryview(body))
-        buf = self._buf
-        if self._lent is not None:
-            if not buf:
-                return self._next_lent()
-            self._top_up(buf)  # the PDU begun in the last read: then on as below
         if len(buf) < 6:
             if buf and buf[0] not in DECODERS:
                 raise self._unknown(buf[0])
