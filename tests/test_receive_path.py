@@ -366,3 +366,34 @@ def test_data_fragment_fast_path_keeps_the_limits() -> None:
     # A whole message, fast: the deadline ran from the command to the last fragment.
     fast = _run(_c_store_pdus(1), general=False)
     assert fast[1] == [300.0, 300.0, 300.0, None] and fast[4] == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00\x00\x00\x02\x01\x03",  # one PDV, no data
+        b"\x00\x00\x00\x03\x01\x02z",  # one PDV, one byte
+        b"\x00\x00\x00\x03\x01\x02z\x00\x00\x00\x02\x01\x00",  # two PDVs
+        b"\x00\x00\x00\x04\x01\x02z",  # a PDV longer than its PDU
+        b"\x00\x00\x00\x01\x01\x02",  # a PDV too short for its header
+        b"\x00\x00\x00\x02\x01",  # a truncated PDV header
+        b"",  # no PDV at all
+    ],
+)
+def test_one_pdu_lent_or_fed_decodes_alike(body: bytes) -> None:
+    data = b"\x04\x00" + len(body).to_bytes(4, "big") + body
+    general = pdu.PDUReader()
+    general.feed(data)
+    try:
+        expected: object = _as_bytes(general.next_pdu())  # type: ignore[arg-type]
+    except RemoteProtocolError as exc:
+        expected = (type(exc), str(exc))
+    reader = pdu.PDUReader()
+    buffer = reader.get_buffer()
+    buffer[: len(data)] = data
+    reader.buffer_lent(len(data))
+    try:
+        got: object = _as_bytes(reader.next_pdu())  # type: ignore[arg-type]
+    except RemoteProtocolError as exc:
+        got = (type(exc), str(exc))
+    assert got == expected

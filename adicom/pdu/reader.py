@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adicom.errors import PDUTooLarge, RemoteProtocolError
-from adicom.pdu.pdus import DECODERS, PDU, PDataTF
-from adicom.pdu.wire import PDU_HEADER
+from adicom.pdu.pdus import DECODERS, PDU, PDV, PDataTF
+from adicom.pdu.wire import PDU_HEADER, PDV_HEADER, frozen_builder
 
 #: Largest body accepted for a PDU other than P-DATA-TF. An A-ASSOCIATE-RQ
 #: with the full 128 presentation contexts, each with a dozen transfer
@@ -22,6 +22,10 @@ MAX_PDVS_PER_PDU = 256
 _ASSOCIATE_CACHE: dict[tuple[int, bytes], PDU] = {}
 _ASSOCIATE_CACHE_SIZE = 256
 _ASSOCIATE_CACHE_BYTES = 4096
+
+# PDV(...) and PDataTF(...), faster (one each per P-DATA-TF received).
+_new_pdv = frozen_builder(PDV)
+_new_pdata = frozen_builder(PDataTF)
 
 
 class Staging:
@@ -249,6 +253,21 @@ class PDUReader:
                             if read_size < self.STAGING
                             else self.STAGING
                         )
+                        if length >= 6:
+                            size, context_id, control = PDV_HEADER.unpack_from(lent, pos + 6)
+                            if size + 4 == length:  # so size >= 2: length >= 6
+                                # One PDV that fills the PDU: PDataTF.decode's
+                                # first case, its call saved.
+                                return _new_pdata(
+                                    (
+                                        _new_pdv(
+                                            context_id,
+                                            bool(control & 1),
+                                            bool(control & 2),
+                                            lent[pos + 12 : stop],
+                                        ),
+                                    )
+                                )
                         return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
                 return self._next_lent()
             self._top_up(buf)  # the PDU begun in the last read: then on as below
