@@ -45,6 +45,8 @@ def _stream(release: bool = True) -> bytes:
     if release:
         parts.append(pdu.AReleaseRQ().encode())
     parts.append(_pdata((1, 2, _DATASET[:30_000])))
+    # Large enough to be gathered in a buffer of its own (PDUReader.LARGE).
+    parts.append(_pdata((1, 2, _DATASET * 3)))
     return b"".join(parts) * 3
 
 
@@ -220,7 +222,7 @@ def _receive_all(layer: ul.UpperLayer, data: bytes, seed: int) -> list[object]:
 def test_upper_layer_gives_the_same_events_lent_or_not(seed: int) -> None:
     data = _stream(release=False)  # Sta6 throughout
     general = _receive_all(_established(False), data, seed)
-    assert len(general) == 21 and isinstance(general[-1], list)
+    assert len(general) == 24 and isinstance(general[-1], list)
     assert _receive_all(_established(True), data, seed) == general
 
 
@@ -397,3 +399,23 @@ def test_one_pdu_lent_or_fed_decodes_alike(body: bytes) -> None:
     except RemoteProtocolError as exc:
         got = (type(exc), str(exc))
     assert got == expected
+
+
+def test_a_large_pdu_begun_in_a_lent_read_goes_to_its_own_buffer_at_once() -> None:
+    large = _pdata((1, 2, _DATASET * 3))
+    reader = pdu.PDUReader()
+    reader._read_size = pdu.PDUReader.STAGING
+    buffer = reader.get_buffer()
+    buffer[:50_000] = large[:50_000]
+    reader.buffer_lent(50_000)
+    assert reader.next_pdu() is None
+    assert not reader._buf and reader._body is not None  # not copied into ours first
+    rest = large[50_000:]
+    while rest:
+        buffer = reader.get_buffer()
+        n = min(len(buffer), len(rest))
+        buffer[:n] = rest[:n]
+        rest = rest[n:]
+        reader.buffer_lent(n)
+    assert _as_bytes(reader.next_pdu()) == _general(large)[0]  # type: ignore[arg-type]
+    assert reader.empty

@@ -344,7 +344,24 @@ class PDUReader:
                 # Other PDUs may be kept (a trace, the A-ASSOCIATE cache): copied.
                 return self._decode(pdu_type, memoryview(bytes(lent[pos + 6 : stop])))
         # The start of a PDU whose rest is still to come: ours to keep.
-        self.keep()
+        if end - pos >= 6:
+            pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
+            limit = self.max_pdata_length if pdu_type == 0x04 else self.max_control_length
+            if (
+                self.LARGE <= length <= self.PREALLOCATE_MAX
+                and pdu_type in DECODERS
+                and not (limit and length > limit)
+            ):
+                # A large one: into a buffer of its own at once, as next_pdu
+                # would gather it, without a copy into ours on the way.
+                self._lent = None
+                self._body = body = bytearray(length)
+                self._body_view = view = memoryview(body)
+                self._body_pos = have = end - pos - 6
+                self._body_type = pdu_type
+                view[:have] = lent[pos + 6 : end]
+                return None
+        self.keep()  # next_pdu checks it (and refuses it, if it must) as ever
         return self.next_pdu()
 
     def _top_up(self, buf: bytearray) -> None:
