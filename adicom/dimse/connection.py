@@ -79,7 +79,13 @@ class DatasetSink(Protocol):
     """
 
     def write(self, data: memoryview, /) -> None:
-        """Take the next fragment of the data set."""
+        """Take the next fragment of the data set.
+
+        ``data`` is a view of the buffer the fragment was received in (the
+        driver's, shared by its loop's associations), valid only during the
+        call: the next read overwrites it. Write it out or copy it
+        (``bytes(data)``); never keep the view.
+        """
         ...
 
     def abort(self) -> None:
