@@ -123,7 +123,11 @@ class Association(Driver):
 
     @property
     def on_dataset(self) -> SinkFactory | None:
-        """Chooses where incoming data sets go (see :class:`~adicom.dimse.DatasetSink`)."""
+        """Chooses where incoming data sets go (see :class:`~adicom.dimse.DatasetSink`).
+
+        A sink's ``write`` gets views of the receive buffer, valid only
+        during the call: it copies what it keeps.
+        """
         return self._dimse.sink_factory
 
     @on_dataset.setter

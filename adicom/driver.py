@@ -247,6 +247,10 @@ class Driver:
         self._emitter = emitter = ev.emitter(hooks)
         if emitter is not None and emitter.pdus:
             upper.trace = []
+        # Every P-DATA indication goes to the DIMSE layer in the callback that
+        # read it (_after_io), and sinks copy what they keep: reads can be
+        # parsed where they land (UpperLayer.lend_reads), unless traced.
+        upper.lend_reads = True
 
     @property
     def state(self) -> State:

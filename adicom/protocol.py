@@ -248,6 +248,14 @@ class UpperLayer:
         self._connect_requested = False
         self._request: AAssociateRQ | None = None
         self._sent_abort: AAbort | None = None
+        #: True when every P-DATA indication is consumed before control goes
+        #: back to the event loop (the driver's case: it hands each to the
+        #: DIMSE layer in the callback that read it). Then a read received
+        #: with :meth:`receive_into` is parsed where it landed, and a P-DATA
+        #: indication's PDV data are views into the reader's staging buffer,
+        #: valid until the next read (see PDUReader.buffer_lent); not while
+        #: :attr:`trace` keeps the PDUs.
+        self.lend_reads = False
         #: When a list (the driver sets one for debugging hooks), every PDU
         #: sent or received is appended to it as ``(pdu, sent)``, in order,
         #: for the driver to take out. None, the default, costs one test per
@@ -316,7 +324,10 @@ class UpperLayer:
         """``nbytes`` were received into ``reader.get_buffer()``; whole PDUs become events."""
         if self._reader_failed or self._fsm._state is _STA1:
             return
-        self._reader.buffer_updated(nbytes)
+        if self.lend_reads and self.trace is None:
+            self._reader.buffer_lent(nbytes)
+        else:
+            self._reader.buffer_updated(nbytes)
         self._parse(now)
 
     def receive_later(self, nbytes: int) -> bool:
@@ -357,6 +368,7 @@ class UpperLayer:
         self._input_pending = False
         while not self._reader_failed and self._fsm._state is not _STA1:
             if budget and spent >= budget:
+                reader.keep()  # what is left of a lent read waits in our own buffer
                 self._input_pending = reader.buffered > 0
                 return
             try:
@@ -379,9 +391,10 @@ class UpperLayer:
             else:
                 spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
                 self._receive_pdu(pdu, now)
-            if not reader._buf and reader._body is None:  # reader.empty, inlined
+            if not reader._buf and reader._body is None and reader._lent is None:  # reader.empty
                 # The usual case, a PDU per read: no second look at the reader.
                 return
+        reader.keep()  # closed or failed: nothing is to stay in the shared staging buffer
 
     def connection_lost(self, now: float) -> None:
         """The transport closed (Evt17)."""

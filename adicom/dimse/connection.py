@@ -79,7 +79,13 @@ class DatasetSink(Protocol):
     """
 
     def write(self, data: memoryview, /) -> None:
-        """Take the next fragment of the data set."""
+        """Take the next fragment of the data set.
+
+        ``data`` is a view of the buffer the fragment was received in (the
+        driver's, shared by its loop's associations), valid only during the
+        call: the next read overwrites it. Write it out or copy it
+        (``bytes(data)``); never keep the view.
+        """
         ...
 
     def abort(self) -> None:
@@ -427,6 +433,40 @@ class DimseConnection:
         """
         if self.ul._abort_sent:  # ul.abort_sent
             return []  # parsed before our A-ABORT went out: moot now
+        pdvs = pdu.pdvs
+        if len(pdvs) == 1:
+            # The usual PDU while a data set arrives: one PDV, the next
+            # fragment of the message in progress (a C-STORE's, 16 KiB at a
+            # time from DCMTK). _receive_pdata's checks for it, without its
+            # loop and calls: data, not a command; on the context of the
+            # message (accepted: its command came on it, and contexts do not
+            # change on an association); a command announced it and no last
+            # fragment came yet (PS3.8 E.2). Anything else goes the general way.
+            pdv = pdvs[0]
+            assembler = self._assembler
+            receiving = self._receiving
+            if (
+                receiving is not None
+                and not pdv.is_command
+                and assembler._expect_data
+                and pdv.context_id == assembler._context
+            ):
+                try:
+                    self._take(receiving, pdv.data)
+                    if not pdv.is_last:
+                        return []  # the message's deadline runs from its first PDV
+                    assembler._expect_data = False  # assembler.data_in_order's end
+                    assembler._context = None
+                    self._receiving = None
+                    self._deadline = None  # idle: between messages
+                    delivered = self._deliver(self._received(receiving))
+                except RemoteProtocolError as exc:
+                    return [self._violation(exc, now)]
+                return [] if delivered is None else [delivered]
+        return self._receive_general(pdu, now)
+
+    def _receive_general(self, pdu: PDataTF, now: float) -> list[DimseEvent]:
+        """:meth:`receive_pdata` for any PDU (its fast path gives the same, sooner)."""
         out: list[DimseEvent] = []
         try:
             self._receive_pdata(pdu, out)
@@ -502,16 +542,20 @@ class DimseConnection:
             self._take(receiving, pdv.data)
             if last:
                 self._receiving = None
-                dataset = None if receiving.sink is not None else b"".join(receiving.parts)
-                message = _new_message(
-                    receiving.context_id,
-                    receiving.command,
-                    dataset if receiving.refused is None else None,
-                    receiving.sink,
-                    receiving.refused,
-                )
-                if (delivered := self._deliver(message)) is not None:
+                if (delivered := self._deliver(self._received(receiving))) is not None:
                     out.append(delivered)
+
+    @staticmethod
+    def _received(receiving: _Receiving) -> Message:
+        """The message whose last data set fragment has come."""
+        dataset = None if receiving.sink is not None else b"".join(receiving.parts)
+        return _new_message(
+            receiving.context_id,
+            receiving.command,
+            dataset if receiving.refused is None else None,
+            receiving.sink,
+            receiving.refused,
+        )
 
     def _take(self, receiving: _Receiving, data: bytes | memoryview) -> None:
         """One data set fragment: into the sink, or memory, within the limits."""

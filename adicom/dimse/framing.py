@@ -206,7 +206,9 @@ class MessageAssembler:
                 # The usual case: the whole command set in one PDV.
                 return _new_command_received(context_id, self.whole_command(context_id, data))
             self._context = context_id
-            self._command_parts.append(data)
+            # Copied: a PDV's data may be a view of a receive buffer that the
+            # next read reuses (adicom.pdu.PDUReader.buffer_lent).
+            self._command_parts.append(bytes(data))
             self._command_size += len(data)
             if self.max_command and self._command_size > self.max_command:
                 raise malformed(f"a command set longer than the {self.max_command} bytes accepted")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adicom.errors import PDUTooLarge, RemoteProtocolError
-from adicom.pdu.pdus import DECODERS, PDU, PDataTF
-from adicom.pdu.wire import PDU_HEADER
+from adicom.pdu.pdus import DECODERS, PDU, PDV, PDataTF
+from adicom.pdu.wire import PDU_HEADER, PDV_HEADER, frozen_builder
 
 #: Largest body accepted for a PDU other than P-DATA-TF. An A-ASSOCIATE-RQ
 #: with the full 128 presentation contexts, each with a dozen transfer
@@ -22,6 +22,10 @@ MAX_PDVS_PER_PDU = 256
 _ASSOCIATE_CACHE: dict[tuple[int, bytes], PDU] = {}
 _ASSOCIATE_CACHE_SIZE = 256
 _ASSOCIATE_CACHE_BYTES = 4096
+
+# PDV(...) and PDataTF(...), faster (one each per P-DATA-TF received).
+_new_pdv = frozen_builder(PDV)
+_new_pdata = frozen_builder(PDataTF)
 
 
 class Staging:
@@ -73,6 +77,9 @@ class PDUReader:
         "_body_type",
         "_body_view",
         "_buf",
+        "_lent",
+        "_lent_end",
+        "_lent_pos",
         "_read_size",
         "max_control_length",
         "max_pdata_length",
@@ -106,6 +113,11 @@ class PDUReader:
         self._body_view: memoryview | None = None
         self._body_pos = 0
         self._body_type = 0
+        # A read parsed where it landed (buffer_lent): the staging buffer's
+        # view, and the part of it not parsed yet.
+        self._lent: memoryview | None = None
+        self._lent_pos = 0
+        self._lent_end = 0
         #: Where small reads land first: the reader's own, until a driver
         #: gives it its loop's (see :class:`Staging`).
         self.staging = Staging()
@@ -116,6 +128,8 @@ class PDUReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes."""
+        if self._lent is not None:
+            self.keep()
         view = self._body_view
         if view is not None:
             take = min(len(data), len(view) - self._body_pos)
@@ -134,6 +148,8 @@ class PDUReader:
         view = self._body_view
         if view is not None:
             return view[self._body_pos :]
+        if self._lent is not None:
+            self.keep()  # the read would land on what is left of the last one
         size = self._read_size
         stage = self.staging
         view = stage.view
@@ -147,17 +163,61 @@ class PDUReader:
         if self._body_view is not None:
             self._body_pos += nbytes
         else:
+            if self._lent is not None:
+                self.keep()
             self._buf += self.staging.view[:nbytes]
+
+    def buffer_lent(self, nbytes: int) -> None:
+        """Like :meth:`buffer_updated`, but the read is parsed where it landed.
+
+        The whole PDUs of the read are decoded in the staging buffer, not
+        copied out of it first (a 16 KiB PDU was copied twice: into the
+        reader's buffer, then out into its own bytes): a P-DATA-TF's PDV
+        data are then views into the staging buffer, valid only until the
+        next read lands there, which may be another association's when the
+        buffer is its loop's. So only for a caller that is done with every
+        P-DATA-TF :meth:`next_pdu` gives before it returns to the loop
+        (a sink copies what it keeps: see ``adicom.dimse.DatasetSink``), and
+        that calls :meth:`keep` when it stops taking PDUs with bytes left.
+        What is left of the read once no whole PDU remains in it (the start
+        of the next PDU) is copied into the reader's own buffer, as are PDUs
+        other than P-DATA-TF, which may be kept.
+        """
+        if self._body_view is not None:
+            self._body_pos += nbytes
+            return
+        if self._lent is not None:
+            self.keep()
+        if nbytes:
+            self._lent = self.staging.view
+            self._lent_pos = 0
+            self._lent_end = nbytes
+
+    def keep(self) -> None:
+        """Copy what :meth:`next_pdu` has not taken of a lent read into our own buffer.
+
+        The staging buffer may then take the next read (see :meth:`buffer_lent`).
+        """
+        lent = self._lent
+        if lent is None:
+            return
+        self._lent = None
+        rest = lent[self._lent_pos : self._lent_end]
+        if self._body_view is not None:  # cannot be: lent reads stop before a large body
+            self.feed(rest)  # pragma: no cover
+        else:
+            self._buf += rest
 
     @property
     def buffered(self) -> int:
         """How many received bytes wait for the rest of their PDU."""
-        return len(self._buf) + self._body_pos
+        lent = 0 if self._lent is None else self._lent_end - self._lent_pos
+        return len(self._buf) + self._body_pos + lent
 
     @property
     def empty(self) -> bool:
         """True when no received byte waits: :meth:`next_pdu` would return None."""
-        return not self._buf and self._body is None
+        return not self._buf and self._body is None and self._lent is None
 
     def next_pdu(self) -> PDU | None:
         """Return the next whole PDU, or None if more bytes are needed.
@@ -165,6 +225,52 @@ class PDUReader:
         Raises :class:`~adicom.errors.RemoteProtocolError` for bytes that are
         not a valid PDU; the reader must not be used after that.
         """
+        buf = self._buf
+        lent = self._lent
+        if lent is not None:
+            if not buf:
+                # A lent read (see buffer_lent), a PDU from where the last
+                # one ended: a whole P-DATA-TF is decoded where it lies (the
+                # usual PDU: _next_lent's first case, a call less per PDU).
+                pos = self._lent_pos
+                end = self._lent_end
+                if end - pos >= 6:
+                    pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
+                    stop = pos + 6 + length
+                    if pdu_type == 0x04 and stop <= end:
+                        limit = self.max_pdata_length
+                        if limit and length > limit:
+                            raise PDUTooLarge(length, limit)
+                        if stop == end:
+                            self._lent = None
+                        else:
+                            self._lent_pos = stop
+                        read_size = self.READ_PDUS * (6 + length)
+                        self._read_size = (
+                            self.STAGING_MIN
+                            if read_size < self.STAGING_MIN
+                            else read_size
+                            if read_size < self.STAGING
+                            else self.STAGING
+                        )
+                        if length >= 6:
+                            size, context_id, control = PDV_HEADER.unpack_from(lent, pos + 6)
+                            if size + 4 == length:  # so size >= 2: length >= 6
+                                # One PDV that fills the PDU: PDataTF.decode's
+                                # first case, its call saved.
+                                return _new_pdata(
+                                    (
+                                        _new_pdv(
+                                            context_id,
+                                            bool(control & 1),
+                                            bool(control & 2),
+                                            lent[pos + 12 : stop],
+                                        ),
+                                    )
+                                )
+                        return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
+                return self._next_lent()
+            self._top_up(buf)  # the PDU begun in the last read: then on as below
         body = self._body
         if body is not None:
             if self._body_pos < len(body):
@@ -173,7 +279,6 @@ class PDUReader:
             self._body_pos = 0
             self._read_size = self.STAGING
             return self._decode(self._body_type, memoryview(body))
-        buf = self._buf
         if len(buf) < 6:
             if buf and buf[0] not in DECODERS:
                 raise self._unknown(buf[0])
@@ -192,6 +297,14 @@ class PDUReader:
         if have == length:
             # The usual case (a request, then its response): the buffer holds
             # just this PDU.
+            if pdu_type == 0x04:
+                # A P-DATA-TF's PDVs are views: give it the buffer itself
+                # rather than a copy, and take a new one.
+                self._buf = bytearray()
+                self._read_size = min(
+                    self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length))
+                )
+                return PDataTF.decode(memoryview(buf)[6:], self.max_pdvs)
             data = bytes(buf)
             buf.clear()
         else:
@@ -203,6 +316,80 @@ class PDUReader:
             return PDataTF.decode(memoryview(data)[6:], self.max_pdvs)
         return self._decode(pdu_type, memoryview(data)[6:])
 
+    def _next_lent(self) -> PDU | None:
+        """:meth:`next_pdu` on a lent read, our own buffer being empty (see :meth:`buffer_lent`)."""
+        lent = self._lent
+        assert lent is not None
+        pos = self._lent_pos
+        end = self._lent_end
+        if end - pos >= 6:
+            pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
+            stop = pos + 6 + length
+            if stop <= end:
+                # A whole PDU in the read: the same checks as next_pdu's.
+                if pdu_type not in DECODERS:
+                    raise self._unknown(pdu_type)
+                limit = self.max_pdata_length if pdu_type == 0x04 else self.max_control_length
+                if limit and length > limit:
+                    raise PDUTooLarge(length, limit)
+                if stop == end:
+                    self._lent = None
+                else:
+                    self._lent_pos = stop
+                self._read_size = min(
+                    self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length))
+                )
+                if pdu_type == 0x04:
+                    return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
+                # Other PDUs may be kept (a trace, the A-ASSOCIATE cache): copied.
+                return self._decode(pdu_type, memoryview(bytes(lent[pos + 6 : stop])))
+        # The start of a PDU whose rest is still to come: ours to keep.
+        if end - pos >= 6:
+            pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
+            limit = self.max_pdata_length if pdu_type == 0x04 else self.max_control_length
+            if (
+                self.LARGE <= length <= self.PREALLOCATE_MAX
+                and pdu_type in DECODERS
+                and not (limit and length > limit)
+            ):
+                # A large one: into a buffer of its own at once, as next_pdu
+                # would gather it, without a copy into ours on the way.
+                self._lent = None
+                self._body = body = bytearray(length)
+                self._body_view = view = memoryview(body)
+                self._body_pos = have = end - pos - 6
+                self._body_type = pdu_type
+                view[:have] = lent[pos + 6 : end]
+                return None
+        self.keep()  # next_pdu checks it (and refuses it, if it must) as ever
+        return self.next_pdu()
+
+    def _top_up(self, buf: bytearray) -> None:
+        """Complete the PDU begun in ``buf`` from the lent read, as far as it goes.
+
+        Only that PDU's bytes are copied; the PDUs after it are parsed in place.
+        """
+        lent = self._lent
+        assert lent is not None
+        pos = self._lent_pos
+        end = self._lent_end
+        have = len(buf)
+        if have < 6:
+            take = min(6 - have, end - pos)
+            buf += lent[pos : pos + take]
+            pos += take
+            have += take
+        if have >= 6:
+            length = PDU_HEADER.unpack_from(buf, 0)[1]
+            take = min(6 + length - have, end - pos)
+            if take > 0:
+                buf += lent[pos : pos + take]
+                pos += take
+        if pos >= end:
+            self._lent = None
+        else:
+            self._lent_pos = pos
+
     def ready(self) -> bool:
         """True when :meth:`next_pdu` has work to do: a whole PDU (or bad bytes) waits.
 
@@ -210,6 +397,8 @@ class PDUReader:
         of its own, as :meth:`next_pdu` would, so that reading can go on
         into it without parsing (see :mod:`adicom.turns`).
         """
+        if self._lent is not None:
+            self.keep()
         body = self._body
         if body is not None:
             return self._body_pos >= len(body)

@@ -1,0 +1,421 @@
+"""The receive path for reads parsed where they land (PDUReader.buffer_lent).
+
+Each test compares the lent path with the general one (feed, or
+buffer_updated: the read copied out first) on the same bytes, and checks
+that the lent path really is taken (PDV data are views into the staging
+buffer), so that a broken or silently disabled fast path fails here.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from adicom import pdu
+from adicom import protocol as ul
+from adicom.dimse import DimseEvent
+from adicom.dimse.commands import c_store_rq
+from adicom.errors import PDUTooLarge, RemoteProtocolError
+from adicom.fsm import State
+from tests.test_dimse_connection import CT, Pair, Sink, collecting, limited
+
+#: A C-STORE's bytes as DCMTK storescu sends them with 16 KiB PDUs: a
+#: command PDU, then data set fragments of one PDV each; then PDUs of several
+#: PDVs, a tiny one, a control PDU, and a larger P-DATA-TF.
+_DATASET = bytes(random.Random(17).randbytes(42_000))
+
+
+def _pdata(*pdvs: tuple[int, int, bytes]) -> bytes:
+    return b"".join(pdu.encode_pdata(list(pdvs)))
+
+
+def _c_store() -> bytes:
+    parts = [_pdata((1, 3, b"C" * 160))]
+    for at in range(0, len(_DATASET), 16378):
+        piece = _DATASET[at : at + 16378]
+        parts.append(_pdata((1, 2 if at + 16378 >= len(_DATASET) else 0, piece)))
+    return b"".join(parts)
+
+
+def _stream(release: bool = True) -> bytes:
+    parts = [_c_store()]
+    parts.append(_pdata((3, 3, b"D" * 100), (3, 0, b"x" * 10), (3, 2, b"y" * 11)))
+    parts.append(_pdata((5, 2, b"z")))
+    if release:
+        parts.append(pdu.AReleaseRQ().encode())
+    parts.append(_pdata((1, 2, _DATASET[:30_000])))
+    # Large enough to be gathered in a buffer of its own (PDUReader.LARGE).
+    parts.append(_pdata((1, 2, _DATASET * 3)))
+    return b"".join(parts) * 3
+
+
+def _as_bytes(item: pdu.PDU) -> object:
+    """A PDU with its PDV data as bytes (taken at once, as a sink would)."""
+    if isinstance(item, pdu.PDataTF):
+        return [(p.context_id, p.control, bytes(p.data)) for p in item.pdvs]
+    return item
+
+
+def _general(data: bytes) -> list[object]:
+    reader = pdu.PDUReader()
+    reader.feed(data)
+    out = []
+    while (item := reader.next_pdu()) is not None:
+        out.append(_as_bytes(item))
+    return out
+
+
+def _lent(
+    reader: pdu.PDUReader, data: bytes, sizes: random.Random, take: int = 0
+) -> tuple[list[object], int]:
+    """Receive ``data`` read by read with buffer_lent; PDUs taken at once.
+
+    ``take`` (0: all) stops after that many PDUs per read and keeps the rest,
+    as UpperLayer does when its parse budget runs out. Also counts the PDV
+    data that were views into the staging buffer.
+    """
+    out: list[object] = []
+    in_place = 0
+    while data or not reader.empty:
+        buffer = reader.get_buffer()
+        n = min(len(buffer), len(data), sizes.randint(1, 70_000))
+        buffer[:n] = data[:n]
+        data = data[n:]
+        reader.buffer_lent(n)
+        taken = 0
+        while (item := reader.next_pdu()) is not None:
+            if isinstance(item, pdu.PDataTF):
+                in_place += sum(p.data.obj is reader.staging.view.obj for p in item.pdvs)  # type: ignore[union-attr]
+            out.append(_as_bytes(item))
+            taken += 1
+            if take and taken >= take:
+                reader.keep()
+                break
+        if not n and not taken:
+            break
+    return out, in_place
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lent_reads_give_the_pdus_of_the_general_path(seed: int) -> None:
+    data = _stream()
+    got, in_place = _lent(pdu.PDUReader(), data, random.Random(seed))
+    assert got == _general(data)
+    # Most PDUs were decoded where they landed, not copied out first.
+    assert in_place > len(got) // 3
+
+
+def test_whole_reads_of_16_kib_pdus_copy_nothing() -> None:
+    # storescu's C-STORE read at once: every PDV is a view of the staging
+    # buffer (the two copies per PDU of the general path are gone).
+    reader = pdu.PDUReader()
+    reader._read_size = pdu.PDUReader.STAGING  # as after a first 16 KiB PDU
+    one = _c_store()
+    buffer = reader.get_buffer()
+    buffer[: len(one)] = one
+    reader.buffer_lent(len(one))
+    pdus = []
+    while (item := reader.next_pdu()) is not None:
+        assert isinstance(item, pdu.PDataTF)
+        assert all(p.data.obj is reader.staging.view.obj for p in item.pdvs)  # type: ignore[union-attr]
+        pdus.append(_as_bytes(item))
+    assert pdus == _general(one)
+    assert len(pdus) == 4 and reader.empty
+
+
+def test_a_budget_that_stops_early_keeps_the_rest_of_the_read() -> None:
+    data = _stream()
+    got, _ = _lent(pdu.PDUReader(), data, random.Random(7), take=1)
+    assert got == _general(data)
+
+
+def test_lent_readers_sharing_one_staging_buffer() -> None:
+    # Reader A keeps what is left of its read before B's read lands in the
+    # same buffer (UpperLayer calls keep(); get_buffer does it too).
+    shared = pdu.Staging()
+    readers = [pdu.PDUReader(), pdu.PDUReader()]
+    for reader in readers:
+        reader.staging = shared
+    streams = [_stream(), _stream()]
+    got: list[list[object]] = [[], []]
+    sizes = random.Random(3)
+    while any(streams):
+        for i, reader in enumerate(readers):
+            if not streams[i]:
+                continue
+            buffer = reader.get_buffer()
+            n = min(len(buffer), len(streams[i]), sizes.randint(1, 40_000))
+            buffer[:n] = streams[i][:n]
+            streams[i] = streams[i][n:]
+            reader.buffer_lent(n)
+            if (item := reader.next_pdu()) is not None:  # one PDU, then the other reader
+                got[i].append(_as_bytes(item))
+            reader.keep()
+    for i, reader in enumerate(readers):
+        while (item := reader.next_pdu()) is not None:
+            got[i].append(_as_bytes(item))
+        assert got[i] == _general(_stream())
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (b"\x09\x00\x00\x00\x00\x04abcd", RemoteProtocolError),  # unknown type
+        (b"\x04\x00" + (1 << 30).to_bytes(4, "big"), PDUTooLarge),  # over our maximum
+        (b"\x04\x00\x00\x00\x00\x08\x00\x00\x00\x09\x01\x00ab", RemoteProtocolError),  # bad PDV
+    ],
+)
+@pytest.mark.parametrize("cut", [0, 3, 8])
+def test_lent_reads_refuse_what_the_general_path_refuses(
+    bad: bytes, error: type[Exception], cut: int
+) -> None:
+    # After a whole PDU, and with the bad one's bytes split over two reads.
+    good = _pdata((1, 3, b"C" * 20))
+    data = good + bad
+    general = pdu.PDUReader(max_pdata_length=1 << 20)
+    general.feed(data)
+    assert general.next_pdu() is not None
+    with pytest.raises(error):
+        general.next_pdu()
+    reader = pdu.PDUReader(max_pdata_length=1 << 20)
+    split = len(good) + min(cut, len(bad) - 1) if cut else len(data)
+    buffer = reader.get_buffer()
+    buffer[:split] = data[:split]
+    reader.buffer_lent(split)
+    with pytest.raises(error):  # the second read, if any, raises
+        assert reader.next_pdu() is not None
+        item = reader.next_pdu()
+        if item is None:
+            reader.keep()
+            buffer = reader.get_buffer()
+            buffer[: len(data) - split] = data[split:]
+            reader.buffer_lent(len(data) - split)
+            reader.next_pdu()
+
+
+def _established(lend: bool, trace: bool = False) -> ul.UpperLayer:
+    layer = ul.UpperLayer(requestor=False, max_pdu_length=1 << 20)
+    layer._fsm._state = State.STA6  # associated (the negotiation is tested elsewhere)
+    layer.lend_reads = lend
+    if trace:
+        layer.trace = []
+    return layer
+
+
+def _receive_all(layer: ul.UpperLayer, data: bytes, seed: int) -> list[object]:
+    """Read by read into receive_into; every event taken in the same "callback"."""
+    sizes = random.Random(seed)
+    out: list[object] = []
+    while data:
+        buffer = layer.reader.get_buffer()
+        n = min(len(buffer), len(data), sizes.randint(1, 70_000))
+        buffer[:n] = data[:n]
+        data = data[n:]
+        layer.receive_into(n, 0.0)
+        while (event := layer.next_event()) is not None:
+            out.append(_as_bytes(event.pdu) if isinstance(event, ul.PDataReceived) else event)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_upper_layer_gives_the_same_events_lent_or_not(seed: int) -> None:
+    data = _stream(release=False)  # Sta6 throughout
+    general = _receive_all(_established(False), data, seed)
+    assert len(general) == 24 and isinstance(general[-1], list)
+    assert _receive_all(_established(True), data, seed) == general
+
+
+def test_upper_layer_with_a_budget_and_lent_reads() -> None:
+    data = _stream(release=False)
+    layer = _established(True)
+    layer.parse_budget = 2
+    out: list[object] = []
+    sizes = random.Random(5)
+    while data or layer.input_pending:
+        if layer.input_pending:
+            layer.parse_pending(0.0)  # a later turn, after other reads landed
+            layer.reader.staging.view[:] = bytes(len(layer.reader.staging.view))
+        else:
+            buffer = layer.reader.get_buffer()
+            n = min(len(buffer), len(data), sizes.randint(1, 70_000))
+            buffer[:n] = data[:n]
+            data = data[n:]
+            layer.receive_into(n, 0.0)
+        while (event := layer.next_event()) is not None:
+            out.append(_as_bytes(event.pdu) if isinstance(event, ul.PDataReceived) else event)
+    assert out == _receive_all(_established(False), _stream(release=False), 0)
+
+
+def test_traced_pdus_own_their_bytes() -> None:
+    # A trace keeps PDUs for hooks: their data must survive later reads, so
+    # a traced layer does not lend its reads.
+    data = _stream(release=False)
+    layer = _established(True, trace=True)
+    _receive_all(layer, data, 1)
+    assert layer.trace is not None
+    kept = [_as_bytes(p) for p, sent in layer.trace if not sent]
+    assert kept == _general(data)
+
+
+# -- the DIMSE layer's fast path for a data set fragment ------------------------
+
+
+def _store_rq(message_id: int, context_id: int = 3) -> pdu.PDataTF:
+    command = c_store_rq(CT, f"1.2.3.{message_id}", message_id=message_id)
+    return pdu.PDataTF((pdu.PDV(context_id, True, True, command.encode()),))
+
+
+def _fragment(data: bytes, last: bool, context_id: int = 3) -> pdu.PDataTF:
+    return pdu.PDataTF((pdu.PDV(context_id, False, last, memoryview(data)),))
+
+
+def _c_store_pdus(message_id: int, size: int = 42_000, context_id: int = 3) -> list[pdu.PDataTF]:
+    data = _DATASET[:size]
+    pdus = [_store_rq(message_id, context_id)]
+    for at in range(0, size, 16378):
+        pdus.append(_fragment(data[at : at + 16378], at + 16378 >= size, context_id))
+    return pdus
+
+
+def _outcome(events: list[object]) -> list[object]:
+    """Events comparable across two connections (a sink by what it holds)."""
+    out: list[object] = []
+    for event in events:
+        message = getattr(event, "message", None)
+        if message is None:
+            out.append(event)
+            continue
+        sink = message.sink
+        held = None if sink is None else (bytes(sink.data), sink.aborted)
+        out.append((type(event).__name__, message.command, message.dataset, held, message.refused))
+    return out
+
+
+def _run(
+    pdus: list[pdu.PDataTF], general: bool, sink: bool = True, window: int = 1, **limits: object
+) -> tuple[list[object], list[float | None], bool, list[tuple[int, bool]], int]:
+    pair = Pair(window=window)
+    dimse = pair.acc.dimse
+    if limits:
+        limited(pair, **limits)
+    sinks: list[Sink] = []
+    if sink:
+        dimse.sink_factory = collecting(sinks)
+    calls = 0
+    take_general = dimse._receive_general
+
+    def counting(pdu_: pdu.PDataTF, now: float) -> list[DimseEvent]:
+        nonlocal calls
+        calls += 1
+        return take_general(pdu_, now)
+
+    dimse._receive_general = counting  # type: ignore[method-assign,assignment]
+    events: list[object] = []
+    deadlines = []
+    for now, item in enumerate(pdus):
+        if general:  # receive_pdata without its fast path
+            taken = [] if pair.acc.ul.abort_sent else dimse._receive_general(item, now)
+        else:
+            taken = dimse.receive_pdata(item, now)
+        events += taken
+        deadlines.append(dimse._deadline)
+    aborted = pair.acc.ul.abort_sent
+    sent = [(len(s.data), s.aborted) for s in sinks]
+    return _outcome(events), deadlines, aborted, sent, calls
+
+
+_SCENARIOS = {
+    "two stores": [*_c_store_pdus(1), *_c_store_pdus(2)],
+    "odd sizes": [*_c_store_pdus(1, 16378), *_c_store_pdus(2, 1), *_c_store_pdus(3, 16379)],
+    "fragment on another context": [*_c_store_pdus(1)[:2], _fragment(b"ab", False, 5)],
+    "fragment on a context not accepted": [*_c_store_pdus(1)[:2], _fragment(b"ab", False, 7)],
+    "command where data is due": [*_c_store_pdus(1)[:2], _store_rq(2)],
+    "data after the last fragment": [*_c_store_pdus(1), _fragment(b"ab", False)],
+    "data before any command": [_fragment(b"ab", True)],
+    "beyond the window": [*_c_store_pdus(1), *_c_store_pdus(2)],  # nothing answered
+}
+
+
+@pytest.mark.parametrize("sink", [True, False])
+@pytest.mark.parametrize("name", list(_SCENARIOS))
+def test_data_fragment_fast_path_gives_what_the_general_path_gives(name: str, sink: bool) -> None:
+    pdus = _SCENARIOS[name]
+    limits: dict[str, object] = {} if sink else {"max_dataset": 1 << 20}
+    window = 1 if name == "beyond the window" else 4
+    fast = _run(pdus, general=False, sink=sink, window=window, **limits)
+    slow = _run(pdus, general=True, sink=sink, window=window, **limits)
+    assert fast[:4] == slow[:4]
+    # The fast path took every data set fragment in order (3 per 42 KB
+    # message); the general path what else there was.
+    in_order = sum(1 for p in pdus if not p.pdvs[0].is_command)
+    assert fast[4] < slow[4] or in_order == 0 or name == "data before any command"
+
+
+def test_data_fragment_fast_path_keeps_the_limits() -> None:
+    pdus = _c_store_pdus(1)
+    # In memory beyond max_dataset: aborted (reason 0), the same both ways.
+    fast = _run(pdus, general=False, sink=False, max_dataset=20_000)
+    assert fast[:4] == _run(pdus, general=True, sink=False, max_dataset=20_000)[:4]
+    assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
+    # To a sink beyond max_instance: refused, not aborted.
+    fast = _run(pdus, general=False, max_instance=20_000)
+    assert fast[:4] == _run(pdus, general=True, max_instance=20_000)[:4]
+    assert not fast[2] and fast[0][-1][-1] is not None  # type: ignore[index]
+    # The two stores of "beyond the window" abort at the second's last fragment.
+    fast = _run(_SCENARIOS["beyond the window"], general=False)
+    assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
+    # A whole message, fast: the deadline ran from the command to the last fragment.
+    fast = _run(_c_store_pdus(1), general=False)
+    assert fast[1] == [300.0, 300.0, 300.0, None] and fast[4] == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00\x00\x00\x02\x01\x03",  # one PDV, no data
+        b"\x00\x00\x00\x03\x01\x02z",  # one PDV, one byte
+        b"\x00\x00\x00\x03\x01\x02z\x00\x00\x00\x02\x01\x00",  # two PDVs
+        b"\x00\x00\x00\x04\x01\x02z",  # a PDV longer than its PDU
+        b"\x00\x00\x00\x01\x01\x02",  # a PDV too short for its header
+        b"\x00\x00\x00\x02\x01",  # a truncated PDV header
+        b"",  # no PDV at all
+    ],
+)
+def test_one_pdu_lent_or_fed_decodes_alike(body: bytes) -> None:
+    data = b"\x04\x00" + len(body).to_bytes(4, "big") + body
+    general = pdu.PDUReader()
+    general.feed(data)
+    try:
+        expected: object = _as_bytes(general.next_pdu())  # type: ignore[arg-type]
+    except RemoteProtocolError as exc:
+        expected = (type(exc), str(exc))
+    reader = pdu.PDUReader()
+    buffer = reader.get_buffer()
+    buffer[: len(data)] = data
+    reader.buffer_lent(len(data))
+    try:
+        got: object = _as_bytes(reader.next_pdu())  # type: ignore[arg-type]
+    except RemoteProtocolError as exc:
+        got = (type(exc), str(exc))
+    assert got == expected
+
+
+def test_a_large_pdu_begun_in_a_lent_read_goes_to_its_own_buffer_at_once() -> None:
+    large = _pdata((1, 2, _DATASET * 3))
+    reader = pdu.PDUReader()
+    reader._read_size = pdu.PDUReader.STAGING
+    buffer = reader.get_buffer()
+    buffer[:50_000] = large[:50_000]
+    reader.buffer_lent(50_000)
+    assert reader.next_pdu() is None
+    assert not reader._buf and reader._body is not None  # not copied into ours first
+    rest = large[50_000:]
+    while rest:
+        buffer = reader.get_buffer()
+        n = min(len(buffer), len(rest))
+        buffer[:n] = rest[:n]
+        rest = rest[n:]
+        reader.buffer_lent(n)
+    assert _as_bytes(reader.next_pdu()) == _general(large)[0]  # type: ignore[arg-type]
+    assert reader.empty
