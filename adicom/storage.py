@@ -170,7 +170,12 @@ class IncomingInstance:
         self.hold_input: Callable[[bool], None] | None = None
 
     def write(self, data: memoryview, /) -> None:
-        """Take the next fragment of the data set."""
+        """Take the next fragment of the data set.
+
+        ``data`` is a view of the receive buffer, valid only during this
+        call: the next read reuses that memory. Write it out or copy it
+        (``bytes(data)``); never keep the view.
+        """
         raise NotImplementedError
 
     def abort(self) -> None:

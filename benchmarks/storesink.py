@@ -2,6 +2,7 @@
 
     python -m benchmarks.storesink --callgrind disk:300 serve:300
     python -m benchmarks.storesink --profile serve:300      # cProfile call counts
+    python -m benchmarks.storesink --callgrind --repeat 3 --max-send-pdu 16384 serve:300
 
 ``disk`` is ``Server(storage=DiskStorage(DIR))``; ``serve`` is ``adicom
 serve --storage DIR`` (the archive, SQLite index). The SCP runs alone
@@ -11,6 +12,13 @@ its counters are zeroed, DCMTK's storescu sends N small CT instances
 (or CPU seconds, from /proc) in that span are divided by N: what one
 received instance costs the server, association setup included (once per
 run). The turn budget is 0 under callgrind (see benchmarks.permessage).
+
+storescu sends each data set in PDUs as large as the SCP accepts, capped at
+its own 128 KiB: one PDU per small instance, as adicom announces 1 MiB.
+``--max-send-pdu 16384`` makes it send 16 KiB PDUs, as it does to a peer
+that announces 16 KiB. Instruction counts move by a few thousand between
+runs (how reads batch the PDUs depends on timing): ``--repeat`` and the
+median.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 import pstats
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,7 +85,14 @@ def _instructions(pid: int) -> int:
     )
 
 
-def measure(kind: str, n: int, mode: str, keep: Path | None, scratch: Path | None = None) -> float:
+def measure(
+    kind: str,
+    n: int,
+    mode: str,
+    keep: Path | None,
+    scratch: Path | None = None,
+    max_send_pdu: int | None = None,
+) -> float:
     """One run: the SCP's cost per instance (instructions, or CPU microseconds)."""
     directory = data.ensure(DEFAULT_DATA, data.SMALL, n)
     files = data.instance_paths(directory, n)
@@ -106,9 +122,10 @@ def measure(kind: str, n: int, mode: str, keep: Path | None, scratch: Path | Non
             subprocess.run(["callgrind_control", "-z", str(process.pid)], capture_output=True)
         cpu = proc_cpu_seconds(process.pid) or 0.0
         env = child_env({"TCP_NODELAY": "1"})
+        pdu = ["--max-send-pdu", str(max_send_pdu)] if max_send_pdu else []
         subprocess.run(
-            [STORESCU, "-aec", AET, "-to", "600", "-ta", "600", "-td", "600", HOST, str(port),
-             *map(str, files)],
+            [STORESCU, "-aec", AET, "-to", "600", "-ta", "600", "-td", "600", *pdu, HOST,
+             str(port), *map(str, files)],
             check=True, env=env, timeout=1800,
         )  # fmt: skip
         if mode == "callgrind":
@@ -145,6 +162,10 @@ def main() -> None:
     mode.add_argument("--profile", action="store_true", help="cProfile the SCP")
     parser.add_argument("--keep", type=Path, help="keep callgrind/cProfile output here")
     parser.add_argument("--scratch", type=Path, help="receive into a folder made here")
+    parser.add_argument(
+        "--max-send-pdu", type=int, help="storescu's PDU size (default: as the SCP accepts)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each (the median shown)")
     args = parser.parse_args()
     chosen = "callgrind" if args.callgrind else "profile" if args.profile else "cpu"
     if args.keep:
@@ -154,7 +175,10 @@ def main() -> None:
         if kind not in ("disk", "serve"):
             parser.error(f"unknown kind {kind!r}")
         n = int(count or 300)
-        cost = measure(kind, n, chosen, args.keep, args.scratch)
+        cost = statistics.median(
+            measure(kind, n, chosen, args.keep, args.scratch, args.max_send_pdu)
+            for _ in range(max(1, args.repeat))
+        )
         unit = {"callgrind": "kIr", "cpu": "us CPU", "profile": "us CPU (profiled)"}[chosen]
         shown = cost / 1000 if chosen == "callgrind" else cost
         print(f"{kind:6} {n:5} instances: {shown:8.1f} {unit} per instance", flush=True)
