@@ -8,13 +8,15 @@ buffer), so that a broken or silently disabled fast path fails here.
 
 from __future__ import annotations
 
+import logging
 import random
+import struct
 
 import pytest
 
 from adicom import pdu
 from adicom import protocol as ul
-from adicom.dimse import DimseEvent
+from adicom.dimse import DimseEvent, RequestReceived
 from adicom.dimse.commands import c_store_rq
 from adicom.errors import PDUTooLarge, RemoteProtocolError
 from adicom.fsm import State
@@ -419,3 +421,64 @@ def test_a_large_pdu_begun_in_a_lent_read_goes_to_its_own_buffer_at_once() -> No
         reader.buffer_lent(n)
     assert _as_bytes(reader.next_pdu()) == _general(large)[0]  # type: ignore[arg-type]
     assert reader.empty
+
+
+class _Keeper:
+    """A sink that breaks the contract: it keeps what write() gives it."""
+
+    def __init__(self, export: bool = False) -> None:
+        self.kept: list[memoryview] = []
+        self.exports: list[object] = []
+        self.export = export
+        self.aborted = False
+
+    def write(self, data: memoryview, /) -> None:
+        self.kept.append(data)
+        if self.export:
+            # An iterator over the view holds a buffer export of it.
+            self.exports.append(struct.iter_unpack("B", data))
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def _store_into(sink: object) -> DimseEvent:
+    pair = Pair(chunk=None, max_pdu=1024)
+    pair.acc.dimse.sink_factory = lambda context_id, command: sink  # type: ignore[assignment,return-value]
+    request = c_store_rq(CT, "1.2.3.4", message_id=pair.req.dimse.next_message_id())
+    pair.req.send(3, request, bytes(range(256)) * 20)
+    pair.pump()
+    (event,) = pair.acc.drain()
+    return event
+
+
+def test_a_sink_that_keeps_the_fragment_fails_loudly_not_with_later_bytes() -> None:
+    sink = _Keeper()
+    event = _store_into(sink)
+    assert isinstance(event, RequestReceived)
+    assert event.message.refused is None and len(sink.kept) >= 5
+    # Each fragment's view was released when write() returned: using it
+    # later raises, where it would have read whatever the buffer held next.
+    with pytest.raises(ValueError, match="released memoryview"):
+        bytes(sink.kept[0])
+
+
+def test_a_sink_that_holds_an_export_of_the_fragment_gets_the_instance_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = _Keeper(export=True)
+    with caplog.at_level(logging.ERROR, logger="adicom.dimse"):
+        event = _store_into(sink)
+    assert isinstance(event, RequestReceived)
+    # Refused (nothing filed from bytes the next read overwrites), the sink aborted.
+    assert event.message.refused is not None and "must copy" in event.message.refused
+    assert event.message.sink is None and sink.aborted
+    assert len(sink.kept) == 1  # no more fragments went to it
+    assert "_Keeper kept a buffer of a received data set fragment" in caplog.text
+
+
+def test_a_sink_that_copies_gets_every_byte() -> None:
+    sink = Sink()
+    event = _store_into(sink)
+    assert isinstance(event, RequestReceived) and event.message.refused is None
+    assert bytes(sink.data) == bytes(range(256)) * 20 and not sink.aborted

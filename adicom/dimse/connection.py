@@ -84,7 +84,10 @@ class DatasetSink(Protocol):
         ``data`` is a view of the buffer the fragment was received in (the
         driver's, shared by its loop's associations), valid only during the
         call: the next read overwrites it. Write it out or copy it
-        (``bytes(data)``); never keep the view.
+        (``bytes(data)``); never keep the view. The view is released when
+        the call returns, so a kept one raises ``ValueError`` at its next
+        use; a buffer still exported from it then (an iterator over it,
+        say) gets the instance refused. A slice of it is not caught: copy.
         """
         ...
 
@@ -574,7 +577,26 @@ class DimseConnection:
                 receiving.sink = None
                 sink.abort()
                 return
-            sink.write(data)  # type: ignore[arg-type]
+            # The fragment is lent (a view of the loop's receive buffer,
+            # which the next read overwrites): the sink gets a view of its
+            # own, released when write() returns, so a sink that kept it
+            # fails loudly at its next use instead of reading later bytes.
+            view = memoryview(data)
+            sink.write(view)
+            try:
+                view.release()
+            except BufferError:
+                # The sink holds a buffer export of the view past the call:
+                # what it would read later is not this instance. Refused
+                # (the storage's own fault, PS3.4 B.2.3), and nothing filed.
+                log.error(
+                    "%s kept a buffer of a received data set fragment past write(); "
+                    "a sink must write or copy what it is given (bytes(data))",
+                    type(sink).__name__,
+                )
+                receiving.refused = "the storage kept a received fragment it must copy"
+                receiving.sink = None
+                sink.abort()
             return
         command = receiving.command
         limit = (
