@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import pathlib
@@ -827,3 +828,34 @@ async def test_ctrl_c_during_get_says_what_was_kept(tmp_path: pathlib.Path) -> N
         assert process.returncode == 130, text
         assert "adicom get: interrupted;" in text and "instances kept in" in text
         assert server.stats["aborted"] == 0  # C-CANCEL answered, then released
+
+
+@pytest.mark.anyio
+async def test_serve_freezes_what_it_starts_with_out_of_full_collections(
+    no_adicom_variables: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adicom.cli.serve import _serve
+
+    assert gc.get_freeze_count() == 0
+    args = cli.build_parser().parse_args(["serve", "--host", "127.0.0.1", "--port", "0"])
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(_serve(args, None))
+    try:
+        out = ""
+        async with asyncio.timeout(30):
+            while "listening on" not in out:
+                out += capsys.readouterr().out
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # serve reached its wait for a signal
+        # Serving: the modules and settings are out of the collector's full passes.
+        assert gc.get_freeze_count() > 10_000
+        os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler stops it
+        async with asyncio.timeout(30):
+            assert await task == cli.EXIT_OK
+        # Stopped: nothing stays frozen in the process that ran it.
+        assert gc.get_freeze_count() == 0
+    finally:
+        task.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        gc.unfreeze()
