@@ -28,17 +28,19 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from adicom.dimse import Status
-from adicom.fileformat import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
+from adicom.elements import (
     DataSetTruncated,
-    Inflater,
     check_whole,
     find_top_level,
     scan_elements,
     skip_group_0002,
     walk_top_level,
+)
+from adicom.fileformat import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    Inflater,
 )
 from adicom.storage import IncomingInstance, StoreContext
 

@@ -35,13 +35,15 @@ from adicom.dimse import (
     describe_status,
     status_category,
 )
+from adicom.elements import (
+    scan_elements,
+)
 from adicom.errors import DicomError, DimseError
 from adicom.fileformat import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     decode_dataset,
     encode_dataset,
-    scan_elements,
 )
 from adicom.presentation import (
     PresentationContext,

@@ -38,6 +38,9 @@ from adicom.dimse import (
     describe_status,
     status_category,
 )
+from adicom.elements import (
+    scan_elements,
+)
 from adicom.errors import (
     AssociationError,
     DicomError,
@@ -53,7 +56,6 @@ from adicom.fileformat import (
     ConvertedFile,
     encode_dataset,
     read_file_meta,
-    scan_elements,
 )
 from adicom.negotiation import ASYNC_WINDOW, DEFAULT_MAX_PDU
 from adicom.pdu import UserIdentityRQ

@@ -10,6 +10,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from adicom.elements import (
+    scan_elements,
+)
 from adicom.fileformat import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     MAX_INFLATED,
@@ -19,7 +22,6 @@ from adicom.fileformat import (
     encode_file_meta,
     inflate,
     read_file_meta,
-    scan_elements,
 )
 
 SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]

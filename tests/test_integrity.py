@@ -25,13 +25,15 @@ from pydicom.uid import generate_uid
 
 import adicom
 from adicom.archive import Archive
-from adicom.fileformat import (
+from adicom.elements import (
     DataSetTruncated,
     check_whole,
-    encode_dataset,
-    is_valid_uid,
     scan_elements,
     skip_group_0002,
+)
+from adicom.fileformat import (
+    encode_dataset,
+    is_valid_uid,
 )
 
 pytestmark = pytest.mark.anyio

@@ -22,7 +22,10 @@ PACKAGE = ROOT / "adicom"
 
 #: Lowest first. Within a layer, modules import each other freely (no circles).
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"adicom.errors", "adicom.fileformat", "adicom.version"})),
+    (
+        "foundation",
+        frozenset({"adicom.errors", "adicom.elements", "adicom.fileformat", "adicom.version"}),
+    ),
     (
         "upper layer (PS3.8)",
         frozenset(
@@ -103,6 +106,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.models.worklist",
                 "adicom.settings",
                 "adicom.defaults",
+                "adicom.serverrequests",
                 "adicom.server",
                 "adicom.clientbase",
                 "adicom.clientretrieve",

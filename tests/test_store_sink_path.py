@@ -13,12 +13,14 @@ from pydicom.sequence import Sequence
 
 from adicom.diskinstance import DiskInstance
 from adicom.diskstorage import DiskStorage
-from adicom.fileformat import (
+from adicom.elements import (
     DataSetTruncated,
     _scan_unordered,
     check_whole,
-    encode_dataset,
     scan_elements,
+)
+from adicom.fileformat import (
+    encode_dataset,
 )
 from adicom.storage import StoreContext, _store_context
 
