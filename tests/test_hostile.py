@@ -265,6 +265,61 @@ def _big(size: int) -> Dataset:
 # -- work per callback -------------------------------------------------------------
 
 
+def _echo_rq() -> bytes:
+    """A whole C-ECHO-RQ: a PDU the server parses where the read landed."""
+    command = Command(
+        CommandField.C_ECHO_RQ,
+        message_id=1,
+        affected_sop_class_uid=VERIFICATION,
+        command_data_set_type=0x0101,
+    )
+    return pdata(1, 0x03, command.encode())
+
+
+@pytest.mark.parametrize("cut", [None, 2, 5])
+async def test_a_pdu_longer_than_our_maximum_is_aborted_wherever_the_read_cuts_it(
+    cut: int | None,
+) -> None:
+    # The over-long header comes after a whole PDU, in the same read (the
+    # receive buffer is parsed in place), or cut inside its 6 bytes so that
+    # its start is kept and the rest arrives in the next read. The server
+    # must refuse it from the header alone, before holding its bytes.
+    async with serving() as server:
+        reader, writer = await associated(server)
+        header = struct.pack(">BxL", 0x04, (1 << 20) + 1) + bytes(100)
+        if cut is None:
+            writer.write(_echo_rq() + header)
+        else:
+            writer.write(_echo_rq() + header[:cut])
+            await writer.drain()
+            assert isinstance(await next_pdu(reader), PDataTF)  # the C-ECHO-RSP
+            await asyncio.sleep(0.05)
+            writer.write(header[cut:])
+        aborted = await next_pdu(reader)
+        if isinstance(aborted, PDataTF):
+            aborted = await next_pdu(reader)
+        assert aborted == AAbort(2, 6)
+        assert await closed_by_server(reader)
+        writer.close()
+        await probe(server)
+
+
+async def test_a_large_pdu_that_never_completes_costs_its_association_only() -> None:
+    # A P-DATA-TF within our maximum (900 KB: gathered in a buffer of its
+    # own as soon as its header is read) of which 100 bytes ever come: the
+    # buffer is bounded by the maximum PDU, and the silence by idle_timeout.
+    async with serving(idle_timeout=0.5) as server:
+        reader, writer = await associated(server)
+        started = struct.pack(">BxL", 0x04, 900_000) + bytes(100)
+        writer.write(_echo_rq() + started)
+        assert isinstance(await next_pdu(reader), PDataTF)  # answered before it
+        await probe(server)  # served while the attacker's PDU hangs
+        assert isinstance(await next_pdu(reader), AAbort)  # at the idle timeout
+        assert await closed_by_server(reader)
+        writer.close()
+        await probe(server)
+
+
 async def test_a_pdu_of_too_many_pdvs_is_refused() -> None:
     async with serving() as server:
         reader, writer = await associated(server)
