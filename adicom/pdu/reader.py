@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adicom.errors import PDUTooLarge, RemoteProtocolError
-from adicom.pdu.pdus import DECODERS, PDU, PDataTF, _new_pdata, _new_pdv
-from adicom.pdu.wire import PDU_HEADER, PDV_HEADER
+from adicom.pdu.pdus import DECODERS, PDU, PDV, PDataTF
+from adicom.pdu.wire import PDU_HEADER, PDV_HEADER, frozen_builder
 
 #: Largest body accepted for a PDU other than P-DATA-TF. An A-ASSOCIATE-RQ
 #: with the full 128 presentation contexts, each with a dozen transfer
@@ -22,6 +22,11 @@ MAX_PDVS_PER_PDU = 256
 _ASSOCIATE_CACHE: dict[tuple[int, bytes], PDU] = {}
 _ASSOCIATE_CACHE_SIZE = 256
 _ASSOCIATE_CACHE_BYTES = 4096
+
+# PDV(...) and PDataTF(...), faster (one each per P-DATA-TF received; the
+# pdus module's own are private to it).
+_new_pdv = frozen_builder(PDV)
+_new_pdata = frozen_builder(PDataTF)
 
 
 class Staging:
