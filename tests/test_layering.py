@@ -73,6 +73,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {
                 "adicom.storescu",
+                "adicom.storesources",
                 "adicom.nservices",
                 "adicom.commitment",
                 "adicom.storage",

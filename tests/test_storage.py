@@ -408,19 +408,19 @@ async def test_folders_removed_behind_our_back_are_made_again(tmp_path: pathlib.
 def test_an_instance_about_to_be_sent_is_read_once_if_small(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from adicom import storescu
+    from adicom import storesources
     from adicom.fileformat import read_file_meta
 
     path = FILES["explicit"]
     raw = pathlib.Path(path).read_bytes()
     with open(path, "rb") as fp:
         _, offset = read_file_meta(fp)
-    ready = storescu._prepare(path, preload=True)
+    ready = storesources.prepare_source(path, preload=True)
     assert ready.data is not None and bytes(ready.data) == raw[offset:]
     assert ready.offset == offset and ready.sop_instance_uid and not ready.error
-    assert storescu._prepare(path).data is None  # meta only, for a batch of files
-    monkeypatch.setattr(storescu, "PRELOAD_LIMIT", len(raw) - 1)
-    assert storescu._prepare(path, preload=True).data is None  # large: streamed when sent
+    assert storesources.prepare_source(path).data is None  # meta only, for a batch of files
+    monkeypatch.setattr(storesources, "PRELOAD_LIMIT", len(raw) - 1)
+    assert storesources.prepare_source(path, preload=True).data is None  # large: streamed when sent
 
 
 async def test_an_instance_not_encoded_as_its_syntax_says_is_stored_as_received(
