@@ -122,6 +122,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "adicom.archive",
                 "adicom.worklist",
+                "adicom.worklistmatch",
                 "adicom.mpps",
                 "adicom.archive.index",
                 "adicom.archive.matching",
