@@ -24,11 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
 from collections import deque
 from collections.abc import Callable
 from ssl import SSLError
-from typing import Any, cast
+from typing import Any
 
 from adicom import events as ev
 from adicom import protocol as ul
@@ -55,6 +54,7 @@ from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.operation import MessageQueue, Operation, bounded
 from adicom.pdu import AAssociateAC, AAssociateRQ, PDataTF
 from adicom.tls import TlsInfo, describe_tls_failure, tls_info
+from adicom.transport import TransportProtocol
 from adicom.turns import loop_turns
 
 __all__ = ["PARSE_BUDGET", "Driver"]
@@ -72,81 +72,6 @@ _STA8 = State.STA8
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
 PARSE_BUDGET = 256
-
-
-class _Closed:
-    """What a connection's protocol points to once the connection is lost."""
-
-    def _connection_lost(self, exc: Exception | None = None) -> None:
-        """A second connection_lost: nothing to do."""
-
-    def _data_received(self, nbytes: int) -> None:
-        """Bytes after the connection was lost: nothing to do."""
-
-    def _resume_writing(self) -> None:
-        """Nothing waits any more."""
-
-    _paused = False
-
-
-_CLOSED: Any = _Closed()
-
-
-class _Transport(asyncio.BufferedProtocol):
-    """The asyncio side of the socket; forwards everything to the Driver.
-
-    The loop reads into buffers the PDU reader hands out, so a large PDU's
-    body lands where it is decoded from.
-    """
-
-    def __init__(self, association: Driver) -> None:
-        self._association = association
-        self._reader = reader = association._ul.reader
-        # The two calls of every read go straight to where they land (the
-        # methods below say the same, a call deeper); connection_lost
-        # points buffer_updated elsewhere.
-        self.get_buffer = reader.get_buffer  # type: ignore[method-assign]
-        self.buffer_updated = association._data_received  # type: ignore[method-assign]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Nagle's algorithm plus delayed ACKs stall a small request and
-            # its response by up to 40 ms each on Linux; DICOM is exactly
-            # that pattern (a command PDU, then the peer's response). Not a
-            # TCP socket (a Unix one)? Then there is no Nagle to turn off
-            # (tried rather than asked: sock.family costs an enum lookup).
-            try:  # noqa: SIM105 (suppress costs three calls per connection)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        # Not an isinstance check: uvloop's transports have the methods of
-        # asyncio.Transport without deriving from it.
-        self._association._connection_made(cast(asyncio.Transport, transport))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._reader.get_buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._association._data_received(nbytes)
-
-    def eof_received(self) -> bool:
-        return False  # close our side too; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        association = self._association
-        # The association holds us (its protocol) and we hold it: break the
-        # cycle now, so both go when their last user lets go (by reference
-        # counting, not in a garbage collection pass; ~45 objects each).
-        self._association = _CLOSED
-        self.buffer_updated = _CLOSED._data_received  # type: ignore[method-assign]
-        association._connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._association._paused = True
-
-    def resume_writing(self) -> None:
-        self._association._resume_writing()
 
 
 class Driver:
@@ -203,7 +128,7 @@ class Driver:
     _association_answer: asyncio.Future[ul.ULEvent] | None = None
     _release_done: asyncio.Future[None] | None = None
     _released = False
-    _protocol: _Transport | None = None
+    _protocol: TransportProtocol | None = None
     _ended = False  # released, rejected or aborted has been told
 
     def __init__(
@@ -294,7 +219,7 @@ class Driver:
         """
         if self._protocol is not None:
             raise LocalProtocolError("this association already has its connection")
-        self._protocol = _Transport(self)
+        self._protocol = TransportProtocol(self)
         return self._protocol
 
     def abort(self) -> None:

@@ -62,6 +62,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.operation",
                 "adicom.turns",
                 "adicom.events",
+                "adicom.transport",
                 "adicom.driver",
                 "adicom.association",
                 "adicom.client",
