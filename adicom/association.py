@@ -50,7 +50,7 @@ from adicom.negotiation import (
     peer_max_pdu_problem,
     requestor_agreement,
 )
-from adicom.operation import Operation, bounded
+from adicom.operation import Operation
 from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from adicom.presentation import VERIFICATION, PresentationContext
 
@@ -186,6 +186,11 @@ class Association(Driver):
             elif not answer.cancelled():
                 answer.exception()
         self.abort()
+        if self._transport is None:
+            # No connection, so no connection_lost to stop the timer (the
+            # connect's bound set it): it would hold the association until
+            # it fired.
+            self._stop_timer()
 
     async def request_association(
         self, request: AAssociateRQ, timeout: float | None, async_window: int = ASYNC_WINDOW
@@ -201,7 +206,7 @@ class Association(Driver):
         if self.request is not request or self._association_answer is None:
             self.prepare_request(request)
         assert self._association_answer is not None
-        event = await bounded(
+        event = await self._bounded(
             self._association_answer,
             _ASSOCIATION,
             timeout,
@@ -287,7 +292,7 @@ class Association(Driver):
         self._after_io()
         deadline = None if timeout is None else self._loop.time() + timeout
         try:
-            await bounded(self._release_done, _RELEASE, timeout)
+            await self._bounded(self._release_done, _RELEASE, timeout)
             if not self._closed.done():
                 # Told when we closed (see Driver._flush), and the close is
                 # not done yet (TLS says goodbye first): wait for it, within
@@ -418,7 +423,9 @@ class Association(Driver):
         if isinstance(waiters, tuple):  # the first wait of this association
             self._drain_waiters = waiters = deque()
         waiters.append(waiter)
-        await bounded(waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading")
+        await self._bounded(
+            waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading"
+        )
         self._check_open()
 
     async def _room(self) -> None:
@@ -430,7 +437,7 @@ class Association(Driver):
             if isinstance(waiters, tuple):  # the first wait of this association
                 self._room_waiters = waiters = deque()
             waiters.append(waiter)
-            await bounded(
+            await self._bounded(
                 waiter, TimeoutKind.DIMSE, self.dimse_timeout, "no room in the operations window"
             )
         self._reserved += 1

@@ -27,7 +27,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from ssl import SSLError
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from adicom import events as ev
 from adicom import protocol as ul
@@ -51,7 +51,7 @@ from adicom.errors import (
 )
 from adicom.fsm import State
 from adicom.negotiation import DEFAULT_MAX_PDU
-from adicom.operation import MessageQueue, Operation, bounded
+from adicom.operation import MessageQueue, Operation
 from adicom.pdu import AAssociateAC, AAssociateRQ, PDataTF
 from adicom.tls import TlsInfo, describe_tls_failure, tls_info
 from adicom.transport import TransportProtocol
@@ -68,6 +68,36 @@ _CLOSE = TimeoutKind.CLOSE
 # ... and on every message sent.
 _STA6 = State.STA6
 _STA8 = State.STA8
+
+_T = TypeVar("_T")
+
+
+class Watched(Protocol):
+    """A wait bounded by its association's timer (see Driver._watch): an Operation, ..."""
+
+    #: When it runs out (loop time), and its length in seconds; set by _watch.
+    _deadline: float
+    _timeout: float
+
+    def _expired(self) -> None:
+        """It ran out (called by the association's timer, once)."""
+
+
+class _FutureWait:
+    """A future of the association bounded by its timer: failed with DicomTimeout when due."""
+
+    __slots__ = ("_deadline", "_detail", "_future", "_timeout", "_which")
+
+    def __init__(self, future: asyncio.Future[Any], which: TimeoutKind, detail: str) -> None:
+        self._future = future
+        self._which = which
+        self._detail = detail
+        self._deadline = self._timeout = 0.0
+
+    def _expired(self) -> None:
+        if not self._future.done():
+            self._future.set_exception(DicomTimeout(self._which, self._timeout, self._detail))
+
 
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
@@ -98,11 +128,9 @@ class Driver:
     response: AAssociateAC | None = None
     _transport: asyncio.Transport | None = None
     _tls: TlsInfo | None = None
-    _idle_timer: asyncio.TimerHandle | None = None
+    # The one loop timer of the association and when it fires (see _arm).
     _timer: asyncio.TimerHandle | None = None
-    _timer_at: float | None = None
-    _watchdog: asyncio.TimerHandle | None = None
-    _watchdog_at = math.inf
+    _timer_at = math.inf
     #: Answers a request of the peer at once, in the transport callback
     #: that received it (a C-ECHO-RQ, say), saving a task switch:
     #: returns True if it did, False to queue it for receive_request.
@@ -161,9 +189,9 @@ class Driver:
             self.idle_timeout = idle_timeout
         self._last_received = loop.time()
         self._operations: dict[int, Operation] = {}
-        # Operations waiting for a response, each until its deadline, and
-        # the one loop timer that watches them (see _watch).
-        self._watched: dict[Operation, None] = {}
+        # Bounded waits (an operation's for its response, ...), each until
+        # its deadline, watched by the association's timer (see _watch).
+        self._watched: dict[Watched, None] = {}
         self._incoming = MessageQueue()
         self._send_lock = asyncio.Lock()
         self._closed: asyncio.Future[None] = loop.create_future()
@@ -254,7 +282,7 @@ class Driver:
             self._close_waiters = waiters = []
         waiters.append(waiter)
         try:
-            await bounded(waiter, _CLOSE, timeout)
+            await self._bounded(waiter, _CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
@@ -271,7 +299,6 @@ class Driver:
         # made only then) and before the connection can go away.
         self._tls = tls_info(transport)
         self._last_received = self._loop.time()
-        self._arm_idle_timer()
         if not self.requestor:
             # Evt5.
             self._ul.connection_made(self._loop.time())
@@ -280,6 +307,9 @@ class Driver:
             # Evt2: the request was prepared before connecting
             # (Association.prepare_request); it leaves from this callback.
             self._send_request()
+        # After ARTIM (Evt5 starts it), which comes sooner: the timer is set
+        # once, for ARTIM, rather than for the idle bound and then moved.
+        self._arm_idle_timer()
 
     def _send_request(self) -> None:
         """Requestor, connected, A-ASSOCIATE-RQ given (Sta4): send it (Evt2, AE-2)."""
@@ -345,10 +375,7 @@ class Driver:
             self._ul.parse_pending(self._loop.time())
         self._ul.connection_lost(self._loop.time())
         self._process_events()
-        for timer in (self._timer, self._idle_timer, self._watchdog):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._idle_timer = self._watchdog = None
+        self._stop_timer()
         if self._error is None and not self._ended_normally():
             self._set_error(ConnectionClosed("the peer closed the connection"))
         if self._emitter is not None:
@@ -378,79 +405,124 @@ class Driver:
             if not waiter.done():
                 waiter.set_result(None)
 
+    # -- the association's one loop timer -------------------------------------
+    #
+    # Every deadline of the association shares one loop timer: the layers'
+    # (ARTIM, a message's), the idle bound, and each bounded wait (the
+    # connect, the answer to the A-ASSOCIATE-RQ, each response, the release,
+    # the close). It is set for the earliest and moved only earlier: a
+    # deadline that passes unused (a wait that ended) or moves later (each
+    # message restarts the idle bound) leaves it as it is, and when it fires
+    # it does what is due and is set again for the rest. An association that
+    # connects, echoes and releases then makes one loop timer, not one per
+    # wait (each is a TimerHandle made, pushed on the loop's heap and
+    # cancelled: about 17k instructions on CPython 3.11's asyncio).
+
+    def _arm(self, at: float) -> None:
+        """Have the association's timer fire at ``at`` or earlier."""
+        if at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = at
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
+
     def _arm_idle_timer(self) -> None:
         if self.idle_timeout is not None:
-            at = self._last_received + self.idle_timeout
-            self._idle_timer = self._loop.call_at(at, self._on_idle_timer)
+            self._arm(self._last_received + self.idle_timeout)
 
-    def _on_idle_timer(self) -> None:
-        # Re-armed lazily: received data only moves _last_received, so the
-        # hot path never touches the timer.
-        self._idle_timer = None
-        if self._closed.done() or self.idle_timeout is None:
-            return
-        if self._loop.time() - self._last_received < self.idle_timeout:
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        now = self._loop.time()
+        # The layers fire what is due, nothing else (handle_timer).
+        self._ul.handle_timer(now)
+        for event in self._dimse.handle_timer(now):
+            self._dispatch(event)
+        self._after_io()  # sets the timer again for the layers' deadlines
+        if self._watched:
+            self._expire_waits(now)
+        if self.idle_timeout is not None and not self._closed.done():
+            self._check_idle(now)
+
+    def _check_idle(self, now: float) -> None:
+        # Received data only moves _last_received: the hot path never
+        # touches the timer.
+        idle_timeout = self.idle_timeout
+        assert idle_timeout is not None
+        if now - self._last_received < idle_timeout:
             self._arm_idle_timer()
             return
         log.warning(
             "nothing received from %s for %g s; aborting",
             self._peer_name(),
-            self.idle_timeout,
+            idle_timeout,
         )
         self._set_error(
-            DicomTimeout(TimeoutKind.IDLE, self.idle_timeout, "nothing received from the peer")
+            DicomTimeout(TimeoutKind.IDLE, idle_timeout, "nothing received from the peer")
         )
         self._ul.abort(self._loop.time())
         self._close_soon()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        now = self._loop.time()
-        self._ul.handle_timer(now)
-        for event in self._dimse.handle_timer(now):
-            self._dispatch(event)
-        self._after_io()
+    def _watch(self, wait: Watched, seconds: float) -> None:
+        """Bound ``wait`` (an operation's wait for its next response, ...) to ``seconds``.
 
-    def _watch(self, operation: Operation, seconds: float) -> None:
-        """Bound ``operation``'s wait for its next response to ``seconds``.
-
-        Every wait of the association shares one loop timer, set for the
-        earliest deadline and moved only earlier: a response wait per
-        message then costs no timer made and cancelled. When it fires it
-        ends the waits that are due (Operation._expired) and is set again
-        for the others.
+        When the association's timer finds it due, it is dropped and its
+        ``_expired()`` is called; :meth:`_unwatch` ends it before then.
         """
         deadline = self._loop.time() + seconds
-        operation._deadline = deadline
-        operation._timeout = seconds
-        self._watched[operation] = None
-        if deadline < self._watchdog_at and not self._closed.done():
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self._watchdog_at = deadline
-            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+        wait._deadline = deadline
+        wait._timeout = seconds
+        self._watched[wait] = None
+        self._arm(deadline)
 
-    def _unwatch(self, operation: Operation) -> None:
-        """``operation`` no longer waits (see :meth:`_watch`)."""
-        self._watched.pop(operation, None)
+    def _unwatch(self, wait: Watched) -> None:
+        """``wait`` no longer waits (see :meth:`_watch`)."""
+        self._watched.pop(wait, None)
 
-    def _on_watchdog(self) -> None:
-        self._watchdog = None
-        self._watchdog_at = math.inf
+    async def _bounded(
+        self,
+        future: asyncio.Future[_T],
+        which: TimeoutKind,
+        seconds: float | None,
+        detail: str = "",
+    ) -> _T:
+        """``await future``, failed with DicomTimeout(which) after ``seconds`` (None: no bound).
+
+        :func:`adicom.operation.bounded` for a future of this association,
+        bounded by its one timer rather than a timer of its own.
+        """
+        if seconds is None:
+            return await future
+        wait = _FutureWait(future, which, detail)
+        self._watch(wait, seconds)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.exception()  # failed as the task was cancelled: retrieved
+            raise
+        finally:
+            self._watched.pop(wait, None)
+
+    def _expire_waits(self, now: float) -> None:
         # A loop timer may fire a hair before its time: a millisecond early
         # is as good as due for waits measured in seconds.
-        now = self._loop.time() + 0.001
+        now += 0.001
         later = math.inf
-        for operation in list(self._watched):
-            if operation._deadline <= now:
-                del self._watched[operation]
-                operation._expired()
+        for wait in list(self._watched):
+            if wait._deadline <= now:
+                del self._watched[wait]
+                wait._expired()
             else:
-                later = min(later, operation._deadline)
-        if later < math.inf and not self._closed.done():
-            self._watchdog_at = later
-            self._watchdog = self._loop.call_at(later, self._on_watchdog)
+                later = min(later, wait._deadline)
+        if later < math.inf:
+            self._arm(later)
 
     def _after_io(self, now: float | None = None) -> None:
         """Hand on the layers' events, write their output, arm their timers.
@@ -483,12 +555,8 @@ class Driver:
         # get_timer() of each layer, read directly (every read and every send).
         ul_at, dimse_at = self._ul._artim_deadline, self._dimse._deadline
         at = ul_at if dimse_at is None else dimse_at if ul_at is None else min(ul_at, dimse_at)
-        if at is None or (self._timer_at is not None and self._timer_at <= at):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = self._loop.call_at(at, self._on_timer)
+        if at is not None and at < self._timer_at:
+            self._arm(at)
 
     def _flush(self) -> None:
         self._batched = 0
