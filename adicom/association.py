@@ -344,7 +344,7 @@ class Association(Driver):
         """
         self._check_open()
         if (
-            not self._send_lock.locked()
+            not self._sending
             and (dataset is None or type(dataset) is bytes or type(dataset) is memoryview)
             and self._dimse.send_whole(
                 context_id,
@@ -358,35 +358,46 @@ class Association(Driver):
             # no other message can have come between (PS3.8 E.2).
             self._sent_now(context_id, command, dataset, batch)
             return
-        async with self._send_lock:
-            self._check_open()
-            outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
-            clock = self._loop.time
-            try:
-                yielded = clock()
-                unwritten = 0
-                while (size := outgoing.next_pdu(now := clock())) is not None:
-                    # The PDUs of a message leave together, a write per
-                    # WRITE_BYTES at the most (a peer's 16 KiB PDUs would
-                    # otherwise cost a system call each).
-                    unwritten += size
-                    if unwritten >= WRITE_BYTES:
-                        self._flush()
-                        unwritten = 0
-                    if now - yielded > SEND_SLICE and not self._paused:
-                        # Loopback sockets swallow megabytes without pushing
-                        # back, and a large file is read as it goes: let the
-                        # loop run other work every few milliseconds.
-                        await asyncio.sleep(0)
-                        self._check_open()
-                        yielded = clock()
-                    if self._paused:
-                        await self._drain()
-            except BaseException:
-                outgoing.close(clock())
-                self._after_io()
-                raise
-            self._sent_now(context_id, command, dataset, batch)
+        # A message sent in pieces holds the send lock across its awaits; the
+        # lock is made by the first (most associations never need one), and
+        # _sending counts the tasks holding it or waiting for it, so the
+        # whole-message paths above check a number, not the lock.
+        lock = self._send_lock
+        if lock is None:
+            lock = self._send_lock = asyncio.Lock()
+        self._sending += 1
+        try:
+            async with lock:
+                self._check_open()
+                outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
+                clock = self._loop.time
+                try:
+                    yielded = clock()
+                    unwritten = 0
+                    while (size := outgoing.next_pdu(now := clock())) is not None:
+                        # The PDUs of a message leave together, a write per
+                        # WRITE_BYTES at the most (a peer's 16 KiB PDUs would
+                        # otherwise cost a system call each).
+                        unwritten += size
+                        if unwritten >= WRITE_BYTES:
+                            self._flush()
+                            unwritten = 0
+                        if now - yielded > SEND_SLICE and not self._paused:
+                            # Loopback sockets swallow megabytes without pushing
+                            # back, and a large file is read as it goes: let the
+                            # loop run other work every few milliseconds.
+                            await asyncio.sleep(0)
+                            self._check_open()
+                            yielded = clock()
+                        if self._paused:
+                            await self._drain()
+                except BaseException:
+                    outgoing.close(clock())
+                    self._after_io()
+                    raise
+                self._sent_now(context_id, command, dataset, batch)
+        finally:
+            self._sending -= 1
 
     def _sent_now(
         self,
@@ -498,7 +509,7 @@ class Association(Driver):
             message_id is None
             or self._room_waiters
             or len(dimse._outstanding) + self._reserved >= dimse.max_outstanding
-            or self._send_lock.locked()
+            or self._sending
         ):
             return None
         operation = Operation(self, context_id, command)
@@ -587,7 +598,7 @@ class Association(Driver):
         association cannot send) or is not one of those requests; then
         use :meth:`respond`.
         """
-        if self._send_lock.locked() or self._error is not None:
+        if self._sending or self._error is not None:
             return False
         state = self._ul._fsm._state  # self._ul.state
         if state is not _STA6 and state is not _STA8:

@@ -146,6 +146,10 @@ class Driver:
     _drain_waiters: deque[asyncio.Future[None]] | tuple[()] = ()
     _close_waiters: list[asyncio.Future[None]] | tuple[()] = ()
     _paused = False
+    # Made by the first message sent in pieces; _sending counts the tasks
+    # that hold it or wait for it (see Association.send_message).
+    _send_lock: asyncio.Lock | None = None
+    _sending = 0
     # Batched messages not written yet; a write of them is scheduled
     # while there are any (see send_message's ``batch``).
     _batched = 0
@@ -193,7 +197,6 @@ class Driver:
         # its deadline, watched by the association's timer (see _watch).
         self._watched: dict[Watched, None] = {}
         self._incoming = MessageQueue()
-        self._send_lock = asyncio.Lock()
         self._closed: asyncio.Future[None] = loop.create_future()
         # Event hooks and protocol logging (adicom.events): None when nothing
         # listens, and then every place an event could arise costs one test.
