@@ -238,7 +238,7 @@ class Association(Driver):
             raise LocalProtocolError("a requestor receives no A-ASSOCIATE-RQ")
         if self.request is not None:
             return self.request
-        if self._closed.done():
+        if self._closed:
             return None
         # Set with the request, or with None when the connection closes;
         # made by the first wait (a server that answers the request in the
@@ -293,7 +293,7 @@ class Association(Driver):
         deadline = None if timeout is None else self._loop.time() + timeout
         try:
             await self._bounded(self._release_done, _RELEASE, timeout)
-            if not self._closed.done():
+            if not self._closed:
                 # Told when we closed (see Driver._flush), and the close is
                 # not done yet (TLS says goodbye first): wait for it, within
                 # what is left of the bound.

@@ -160,6 +160,9 @@ class Driver:
     _association_answer: asyncio.Future[ul.ULEvent] | None = None
     _release_done: asyncio.Future[None] | None = None
     _released = False
+    #: True once the connection has closed (connection_lost); tasks that
+    #: wait for that wait on futures of their own (_close_waiters).
+    _closed = False
     _protocol: TransportProtocol | None = None
     _ended = False  # released, rejected or aborted has been told
 
@@ -197,7 +200,6 @@ class Driver:
         # its deadline, watched by the association's timer (see _watch).
         self._watched: dict[Watched, None] = {}
         self._incoming = MessageQueue()
-        self._closed: asyncio.Future[None] = loop.create_future()
         # Event hooks and protocol logging (adicom.events): None when nothing
         # listens, and then every place an event could arise costs one test.
         self._emitter = emitter = ev.emitter(hooks)
@@ -275,10 +277,10 @@ class Driver:
 
     async def wait_closed(self, timeout: float | None = 10.0) -> None:
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
-        if self._closed.done():
+        if self._closed:
             return
-        # A future of its own (the timeout cancels it, not _closed), set by
-        # _connection_lost without a pass through the loop in between.
+        # A future of its own (the timeout fails it), set by _connection_lost
+        # without a pass through the loop in between.
         waiter = self._loop.create_future()
         waiters = self._close_waiters
         if isinstance(waiters, tuple):  # the first wait
@@ -289,12 +291,19 @@ class Driver:
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
-            await asyncio.shield(self._closed)
+            if not self._closed:
+                # connection_lost follows the abort at once.
+                waiter = self._loop.create_future()
+                waiters = self._close_waiters
+                if isinstance(waiters, tuple):
+                    self._close_waiters = waiters = []
+                waiters.append(waiter)
+                await waiter
 
     @property
     def closed(self) -> bool:
         """True once the connection has closed."""
-        return self._closed.done()
+        return self._closed
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
@@ -356,7 +365,7 @@ class Driver:
 
     def _parse_deferred(self) -> None:
         self._input_deferred = False
-        if self._closed.done():
+        if self._closed:
             return
         now = self._loop.time()
         self._ul.parse_pending(now)
@@ -397,8 +406,7 @@ class Driver:
         # A hook that holds the association (a partial of it) would keep it
         # in a reference cycle: nothing comes to answer any more.
         self.on_request = self.on_association_request = None
-        if not self._closed.done():
-            self._closed.set_result(None)
+        self._closed = True
 
     def _resume_writing(self) -> None:
         self._paused = False
@@ -450,7 +458,7 @@ class Driver:
         self._after_io()  # sets the timer again for the layers' deadlines
         if self._watched:
             self._expire_waits(now)
-        if self.idle_timeout is not None and not self._closed.done():
+        if self.idle_timeout is not None and not self._closed:
             self._check_idle(now)
 
     def _check_idle(self, now: float) -> None:
@@ -482,7 +490,8 @@ class Driver:
         wait._deadline = deadline
         wait._timeout = seconds
         self._watched[wait] = None
-        self._arm(deadline)
+        if deadline < self._timer_at:  # _arm's test, inline: a call less per message
+            self._arm(deadline)
 
     def _unwatch(self, wait: Watched) -> None:
         """``wait`` no longer waits (see :meth:`_watch`)."""

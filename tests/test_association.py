@@ -514,6 +514,24 @@ class FakePeer:
             yield listener.sockets[0].getsockname()[1]
 
 
+async def test_wait_closed_closes_a_connection_the_peer_keeps_open() -> None:
+    # The bound of wait_closed runs out while the peer keeps the connection
+    # open: we close it ourselves (transport.abort) and return once it is
+    # closed, not before.
+    peer = FakePeer(answer=lambda rq: [accept(rq)])
+    async with peer.running() as port:
+        assoc = await adicom.open_association("127.0.0.1", port, timeout=CLOSE_BOUND)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(CLOSE_BOUND):
+            await assoc.wait_closed(0.2)
+        assert assoc.closed
+        assert 0.15 <= loop.time() - started < CLOSE_BOUND
+        await assoc.wait_closed(0)  # closed: returns at once
+        async with asyncio.timeout(CLOSE_BOUND):
+            await peer.done.wait()
+
+
 async def expect(
     answer: Callable[[AAssociateRQ], list[bytes]],
     action: Callable[[adicom.Association], Awaitable[object]] | None = None,
