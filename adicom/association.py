@@ -206,12 +206,18 @@ class Association(Driver):
         if self.request is not request or self._association_answer is None:
             self.prepare_request(request)
         assert self._association_answer is not None
-        event = await self._bounded(
-            self._association_answer,
-            _ASSOCIATION,
-            timeout,
-            f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
-        )
+        try:
+            event = await self._bounded(
+                self._association_answer,
+                _ASSOCIATION,
+                timeout,
+                f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
+            )
+        finally:
+            # Answered (or given up): the future and the event it holds go
+            # now, not with the association (two objects less for the
+            # collector while it lives).
+            self._association_answer = None
         if isinstance(event, ul.AssociationRejected):
             rj: AAssociateRJ = event.response
             raise AssociationRejected(rj.result, rj.source, rj.reason)

@@ -1,4 +1,4 @@
-"""Each association keeps its deadlines on one loop timer (Driver._arm).
+"""Each association keeps its deadlines on one loop timer (Driver._arm), and little else.
 
 The connect's bound, the wait for the A-ASSOCIATE-AC, each response, the
 release, the close, ARTIM and the idle bound all share it: an association
@@ -144,3 +144,20 @@ async def test_the_answer_to_the_request_is_bounded_by_the_timer() -> None:
         assert len(made_by) == 2 and made_by[0] is made_by[1]
         assert isinstance(made_by[0], Association) and made_by[0].requestor
         assert made[0][1].cancelled() and made[1][1].when() < made[0][1].when()
+
+
+async def test_an_established_association_keeps_nothing_of_its_waits() -> None:
+    # What a server holding thousands of associations keeps per association
+    # is scanned by every full garbage collection: the objects of a wait
+    # that is over (the answer to the A-ASSOCIATE-RQ, a response's bound)
+    # go when it ends, and the send lock is made only when a message must
+    # be sent in pieces.
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                assert await assoc.echo() == 0
+                assert assoc._association_answer is None
+                assert assoc._send_lock is None
+                assert not assoc._watched
+                assert not assoc.closed
+            assert assoc.closed and assoc._timer is None
