@@ -260,3 +260,51 @@ def test_tcp_socket_keeps_the_family_and_type_it_reports() -> None:
 
     with Mine() as mine:
         assert type(tcp_socket(mine, socket.AF_INET)) is Mine
+
+
+async def test_the_connecting_socket_stays_registered_until_its_transport_takes_it() -> None:
+    # asyncio's selector loop: the socket is registered once, for the
+    # connect, and the transport takes it over (one failed lookup and two
+    # system calls fewer than unregistering it and registering it again).
+    from adicom import client
+
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.SelectorEventLoop):
+        # uvloop (tests/test_uvloop.py runs this suite again): its transport
+        # polls the socket with a handle of its own, so nothing is handed over.
+        assert not client._hands_over(type(loop))
+        return
+    assert client._hands_over(type(loop))
+    selector = loop._selector  # type: ignore[attr-defined]
+    calls: list[tuple[str, int]] = []
+    register, unregister = selector.register, selector.unregister
+
+    def registering(fileobj: int, events: int, data: object = None) -> object:
+        calls.append(("register", fileobj))
+        return register(fileobj, events, data)
+
+    def unregistering(fileobj: int) -> object:
+        calls.append(("unregister", fileobj))
+        return unregister(fileobj)
+
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        selector.register, selector.unregister = registering, unregistering
+        try:
+            async with asyncio.timeout(BOUND):
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    fd = assoc._transport.get_extra_info("socket").fileno()  # type: ignore[union-attr]
+                    assert await assoc.echo() == 0
+                    ours = [call for call, number in calls if number == fd]
+                    assert ours == ["register"]
+                await server.wait_idle()
+        finally:
+            del selector.register, selector.unregister
+        # Refused: the descriptor is forgotten by the selector before it is closed.
+        watched = len(selector.get_map())
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+        free.close()
+        with pytest.raises(PeerUnreachable, match="Connection refused"):
+            await adicom.open_association("127.0.0.1", port)
+        assert len(selector.get_map()) == watched
