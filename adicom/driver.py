@@ -27,10 +27,11 @@ import math
 from collections import deque
 from collections.abc import Callable
 from ssl import SSLError
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from adicom import events as ev
 from adicom import protocol as ul
+from adicom.deadlines import Deadlines, Watched
 from adicom.dimse import (
     DimseConnection,
     DimseEvent,
@@ -69,42 +70,12 @@ _CLOSE = TimeoutKind.CLOSE
 _STA6 = State.STA6
 _STA8 = State.STA8
 
-_T = TypeVar("_T")
-
-
-class Watched(Protocol):
-    """A wait bounded by its association's timer (see Driver._watch): an Operation, ..."""
-
-    #: When it runs out (loop time), and its length in seconds; set by _watch.
-    _deadline: float
-    _timeout: float
-
-    def _expired(self) -> None:
-        """It ran out (called by the association's timer, once)."""
-
-
-class _FutureWait:
-    """A future of the association bounded by its timer: failed with DicomTimeout when due."""
-
-    __slots__ = ("_deadline", "_detail", "_future", "_timeout", "_which")
-
-    def __init__(self, future: asyncio.Future[Any], which: TimeoutKind, detail: str) -> None:
-        self._future = future
-        self._which = which
-        self._detail = detail
-        self._deadline = self._timeout = 0.0
-
-    def _expired(self) -> None:
-        if not self._future.done():
-            self._future.set_exception(DicomTimeout(self._which, self._timeout, self._detail))
-
-
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
 PARSE_BUDGET = 256
 
 
-class Driver:
+class Driver(Deadlines):
     """One connection's asyncio side, under the sans-I/O layers of its association.
 
     Not used alone: :class:`~adicom.association.Association` is this driver
@@ -128,9 +99,6 @@ class Driver:
     response: AAssociateAC | None = None
     _transport: asyncio.Transport | None = None
     _tls: TlsInfo | None = None
-    # The one loop timer of the association and when it fires (see _arm).
-    _timer: asyncio.TimerHandle | None = None
-    _timer_at = math.inf
     #: Answers a request of the peer at once, in the transport callback
     #: that received it (a C-ECHO-RQ, say), saving a task switch:
     #: returns True if it did, False to queue it for receive_request.
@@ -163,6 +131,8 @@ class Driver:
     #: True once the connection has closed (connection_lost); tasks that
     #: wait for that wait on futures of their own (_close_waiters).
     _closed = False
+    #: Plain TCP on asyncio's selector loop (see _end_connection).
+    _plain_selector = False
     _protocol: TransportProtocol | None = None
     _ended = False  # released, rejected or aborted has been told
 
@@ -310,6 +280,8 @@ class Driver:
         # Read once: after the handshake (asyncio reports a TLS connection
         # made only then) and before the connection can go away.
         self._tls = tls_info(transport)
+        if self._tls is None and isinstance(self._loop, asyncio.SelectorEventLoop):
+            self._plain_selector = True
         self._last_received = self._loop.time()
         if not self.requestor:
             # Evt5.
@@ -322,6 +294,29 @@ class Driver:
         # After ARTIM (Evt5 starts it), which comes sooner: the timer is set
         # once, for ARTIM, rather than for the idle bound and then moved.
         self._arm_idle_timer()
+
+    def _end_connection(self, transport: asyncio.Transport) -> None:
+        """Close the connection (what we had to send is written first).
+
+        On asyncio's selector loop, a plain TCP transport with nothing left
+        to write is closed with ``abort()``: the documented difference is
+        only that buffered data is dropped, and there is none, so the same
+        close follows (the socket closed, connection_lost called soon).
+        ``close()`` would also take the descriptor off the selector's write
+        watch, where it is not, a lookup that fails (a KeyError raised and
+        re-raised with a formatted message: ~17k instructions) on every
+        association. TLS (close_notify) and other loops close as usual.
+        """
+        if self._plain_selector and not transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+    def _eof_received(self) -> None:
+        """The peer closed its side: ours closes too (asyncio's close, unless _end_connection's)."""
+        transport = self._transport
+        if transport is not None and self._plain_selector and not transport.is_closing():
+            self._end_connection(transport)
 
     def _send_request(self) -> None:
         """Requestor, connected, A-ASSOCIATE-RQ given (Sta4): send it (Evt2, AE-2)."""
@@ -416,32 +411,7 @@ class Driver:
             if not waiter.done():
                 waiter.set_result(None)
 
-    # -- the association's one loop timer -------------------------------------
-    #
-    # Every deadline of the association shares one loop timer: the layers'
-    # (ARTIM, a message's), the idle bound, and each bounded wait (the
-    # connect, the answer to the A-ASSOCIATE-RQ, each response, the release,
-    # the close). It is set for the earliest and moved only earlier: a
-    # deadline that passes unused (a wait that ended) or moves later (each
-    # message restarts the idle bound) leaves it as it is, and when it fires
-    # it does what is due and is set again for the rest. An association that
-    # connects, echoes and releases then makes one loop timer, not one per
-    # wait (each is a TimerHandle made, pushed on the loop's heap and
-    # cancelled: about 17k instructions on CPython 3.11's asyncio).
-
-    def _arm(self, at: float) -> None:
-        """Have the association's timer fire at ``at`` or earlier."""
-        if at < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = at
-            self._timer = self._loop.call_at(at, self._on_timer)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = math.inf
+    # -- timers (the one loop timer itself: adicom.deadlines) ------------------
 
     def _arm_idle_timer(self) -> None:
         if self.idle_timeout is not None:
@@ -479,62 +449,6 @@ class Driver:
         )
         self._ul.abort(self._loop.time())
         self._close_soon()
-
-    def _watch(self, wait: Watched, seconds: float) -> None:
-        """Bound ``wait`` (an operation's wait for its next response, ...) to ``seconds``.
-
-        When the association's timer finds it due, it is dropped and its
-        ``_expired()`` is called; :meth:`_unwatch` ends it before then.
-        """
-        deadline = self._loop.time() + seconds
-        wait._deadline = deadline
-        wait._timeout = seconds
-        self._watched[wait] = None
-        if deadline < self._timer_at:  # _arm's test, inline: a call less per message
-            self._arm(deadline)
-
-    def _unwatch(self, wait: Watched) -> None:
-        """``wait`` no longer waits (see :meth:`_watch`)."""
-        self._watched.pop(wait, None)
-
-    async def _bounded(
-        self,
-        future: asyncio.Future[_T],
-        which: TimeoutKind,
-        seconds: float | None,
-        detail: str = "",
-    ) -> _T:
-        """``await future``, failed with DicomTimeout(which) after ``seconds`` (None: no bound).
-
-        :func:`adicom.operation.bounded` for a future of this association,
-        bounded by its one timer rather than a timer of its own.
-        """
-        if seconds is None:
-            return await future
-        wait = _FutureWait(future, which, detail)
-        self._watch(wait, seconds)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                future.exception()  # failed as the task was cancelled: retrieved
-            raise
-        finally:
-            self._watched.pop(wait, None)
-
-    def _expire_waits(self, now: float) -> None:
-        # A loop timer may fire a hair before its time: a millisecond early
-        # is as good as due for waits measured in seconds.
-        now += 0.001
-        later = math.inf
-        for wait in list(self._watched):
-            if wait._deadline <= now:
-                del self._watched[wait]
-                wait._expired()
-            else:
-                later = min(later, wait._deadline)
-        if later < math.inf:
-            self._arm(later)
 
     def _after_io(self, now: float | None = None) -> None:
         """Hand on the layers' events, write their output, arm their timers.
@@ -591,7 +505,7 @@ class Driver:
             if ul_._abort_sent and self._error is None:
                 # The DIMSE layer aborted (a message left half-sent).
                 self._set_error(AssociationAborted(0, 0, local=True))
-            transport.close()
+            self._end_connection(transport)
             done = self._release_done
             if self._released and done is not None and not done.done():
                 # Released, and we close (AR-3, PS3.8 9.2): release() may go

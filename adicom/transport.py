@@ -31,6 +31,9 @@ class _Closed:
     def _resume_writing(self) -> None:
         """Nothing waits any more."""
 
+    def _eof_received(self) -> None:
+        """The end of a connection already lost: nothing to do."""
+
     _paused = False
 
 
@@ -81,7 +84,8 @@ class TransportProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         """The peer closed its side: close ours too."""
-        return False  # close our side too; connection_lost follows
+        self._association._eof_received()
+        return False  # close our side too (if not closed already); connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection has closed: the driver is told, once."""

@@ -308,3 +308,43 @@ async def test_the_connecting_socket_stays_registered_until_its_transport_takes_
         with pytest.raises(PeerUnreachable, match="Connection refused"):
             await adicom.open_association("127.0.0.1", port)
         assert len(selector.get_map()) == watched
+
+
+async def test_a_cycle_looks_each_socket_up_in_vain_once() -> None:
+    # asyncio's selector loop: a descriptor it does not watch costs a failed
+    # lookup (a KeyError raised twice, ~17k instructions) when it is first
+    # registered, and again whenever it is registered anew or asked about
+    # after it was dropped. A connect, echo and release looks each side's
+    # socket up in vain once, on its first registration: the connect hands
+    # the socket over to its transport still registered, and the closes (ours
+    # after the A-RELEASE-RP, the acceptor's on the end of the stream) are
+    # aborts when nothing is left to write.
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.SelectorEventLoop):
+        return  # uvloop (tests/test_uvloop.py): no selector, no lookups
+    selector = loop._selector  # type: ignore[attr-defined]
+    failed: dict[int, int] = {}
+    get_key = selector.get_key
+
+    def looking_up(fileobj: int) -> object:
+        try:
+            return get_key(fileobj)
+        except KeyError:
+            failed[fileobj] = failed.get(fileobj, 0) + 1
+            raise
+
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as warm:
+                await warm.echo()
+            await server.wait_idle()
+            selector.get_key = looking_up
+            try:
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    assert await assoc.echo() == 0
+                await server.wait_idle()
+            finally:
+                del selector.get_key
+    assert assoc.closed
+    assert len(failed) == 2, failed  # our socket and the acceptor's
+    assert set(failed.values()) == {1}, failed

@@ -63,6 +63,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.turns",
                 "adicom.events",
                 "adicom.transport",
+                "adicom.deadlines",
                 "adicom.driver",
                 "adicom.association",
                 "adicom.client",
