@@ -206,15 +206,12 @@ async def _connect_tcp(
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = tcp_socket(socket.socket(family), family)
-    held = False  # the descriptor is watched for reading, held for the transport
     try:
         sock.setblocking(False)
-        kind = type(loop)
-        if _watches_descriptors(kind):
+        if _watches_descriptors(type(loop)):
             error = sock.connect_ex((address, port))
             if error in _CONNECTING:
-                held = _hands_over(kind)
-                await _writable(loop, sock.fileno(), held)
+                await _writable(loop, sock.fileno())
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
                 # OSError picks the subclass for the errno (ConnectionRefusedError,
@@ -224,10 +221,6 @@ async def _connect_tcp(
             await loop.sock_connect(sock, (address, port))
         await loop.create_connection(association.protocol, sock=sock)
     except BaseException:
-        if held:
-            # Not taken over by a transport: the selector must forget the
-            # descriptor before it is closed (and its number used again).
-            loop.remove_reader(sock.fileno())
         sock.close()
         raise
 
@@ -249,54 +242,19 @@ def _watches_descriptors(kind: type) -> bool:
     return watches
 
 
-#: Loop types whose selector a descriptor is best kept registered with from
-#: the connect to its transport (asyncio's selector loops; see _hands_over).
-_HANDS_OVER: dict[type, bool] = {}
-
-
-def _hands_over(kind: type) -> bool:
-    """True for asyncio's selector loops (and their subclasses), not uvloop's.
-
-    Their ``remove_writer`` unregisters a descriptor watched for nothing
-    else, and the transport's ``add_reader`` then registers it again, each
-    registration starting with a lookup that fails (a KeyError raised and
-    re-raised with a formatted message: about 17k instructions) and making
-    a system call. Watching the socket for reading before the writer goes
-    keeps it registered; the transport takes the reader over (asyncio's
-    add_reader replaces the callback of a descriptor it watches). uvloop
-    polls a descriptor watched this way with a handle of its own, which
-    its transport would then share: not there.
-    """
-    hands_over = _HANDS_OVER.get(kind)
-    if hands_over is None:
-        hands_over = _HANDS_OVER[kind] = issubclass(kind, asyncio.SelectorEventLoop)
-    return hands_over
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int, hold: bool = False) -> None:
-    """Wait until ``fd`` is writable (a non-blocking connect has finished, or failed).
-
-    ``hold``: leave ``fd`` watched for reading (doing nothing) for the
-    transport to take over (see _hands_over); the caller removes the
-    reader if no transport does.
-    """
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until ``fd`` is writable (a non-blocking connect has finished, or failed)."""
     waiter = loop.create_future()
     loop.add_writer(fd, _wake, waiter)
     try:
         await waiter
     finally:
-        if hold:
-            loop.add_reader(fd, _nothing)
         loop.remove_writer(fd)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _nothing() -> None:
-    """Readable before the transport took the socket over: its reader will read."""
 
 
 class _Tcp4(socket.socket):
