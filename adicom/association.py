@@ -50,7 +50,7 @@ from adicom.negotiation import (
     peer_max_pdu_problem,
     requestor_agreement,
 )
-from adicom.operation import Operation, bounded
+from adicom.operation import Operation
 from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ
 from adicom.presentation import VERIFICATION, PresentationContext
 
@@ -186,6 +186,11 @@ class Association(Driver):
             elif not answer.cancelled():
                 answer.exception()
         self.abort()
+        if self._transport is None:
+            # No connection, so no connection_lost to stop the timer (the
+            # connect's bound set it): it would hold the association until
+            # it fired.
+            self._stop_timer()
 
     async def request_association(
         self, request: AAssociateRQ, timeout: float | None, async_window: int = ASYNC_WINDOW
@@ -201,12 +206,18 @@ class Association(Driver):
         if self.request is not request or self._association_answer is None:
             self.prepare_request(request)
         assert self._association_answer is not None
-        event = await bounded(
-            self._association_answer,
-            _ASSOCIATION,
-            timeout,
-            f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
-        )
+        try:
+            event = await self._bounded(
+                self._association_answer,
+                _ASSOCIATION,
+                timeout,
+                f"no answer to the A-ASSOCIATE-RQ from {request.called_ae}",
+            )
+        finally:
+            # Answered (or given up): the future and the event it holds go
+            # now, not with the association (two objects less for the
+            # collector while it lives).
+            self._association_answer = None
         if isinstance(event, ul.AssociationRejected):
             rj: AAssociateRJ = event.response
             raise AssociationRejected(rj.result, rj.source, rj.reason)
@@ -233,7 +244,7 @@ class Association(Driver):
             raise LocalProtocolError("a requestor receives no A-ASSOCIATE-RQ")
         if self.request is not None:
             return self.request
-        if self._closed.done():
+        if self._closed:
             return None
         # Set with the request, or with None when the connection closes;
         # made by the first wait (a server that answers the request in the
@@ -287,8 +298,8 @@ class Association(Driver):
         self._after_io()
         deadline = None if timeout is None else self._loop.time() + timeout
         try:
-            await bounded(self._release_done, _RELEASE, timeout)
-            if not self._closed.done():
+            await self._bounded(self._release_done, _RELEASE, timeout)
+            if not self._closed:
                 # Told when we closed (see Driver._flush), and the close is
                 # not done yet (TLS says goodbye first): wait for it, within
                 # what is left of the bound.
@@ -339,7 +350,7 @@ class Association(Driver):
         """
         self._check_open()
         if (
-            not self._send_lock.locked()
+            not self._sending
             and (dataset is None or type(dataset) is bytes or type(dataset) is memoryview)
             and self._dimse.send_whole(
                 context_id,
@@ -353,35 +364,46 @@ class Association(Driver):
             # no other message can have come between (PS3.8 E.2).
             self._sent_now(context_id, command, dataset, batch)
             return
-        async with self._send_lock:
-            self._check_open()
-            outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
-            clock = self._loop.time
-            try:
-                yielded = clock()
-                unwritten = 0
-                while (size := outgoing.next_pdu(now := clock())) is not None:
-                    # The PDUs of a message leave together, a write per
-                    # WRITE_BYTES at the most (a peer's 16 KiB PDUs would
-                    # otherwise cost a system call each).
-                    unwritten += size
-                    if unwritten >= WRITE_BYTES:
-                        self._flush()
-                        unwritten = 0
-                    if now - yielded > SEND_SLICE and not self._paused:
-                        # Loopback sockets swallow megabytes without pushing
-                        # back, and a large file is read as it goes: let the
-                        # loop run other work every few milliseconds.
-                        await asyncio.sleep(0)
-                        self._check_open()
-                        yielded = clock()
-                    if self._paused:
-                        await self._drain()
-            except BaseException:
-                outgoing.close(clock())
-                self._after_io()
-                raise
-            self._sent_now(context_id, command, dataset, batch)
+        # A message sent in pieces holds the send lock across its awaits; the
+        # lock is made by the first (most associations never need one), and
+        # _sending counts the tasks holding it or waiting for it, so the
+        # whole-message paths above check a number, not the lock.
+        lock = self._send_lock
+        if lock is None:
+            lock = self._send_lock = asyncio.Lock()
+        self._sending += 1
+        try:
+            async with lock:
+                self._check_open()
+                outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
+                clock = self._loop.time
+                try:
+                    yielded = clock()
+                    unwritten = 0
+                    while (size := outgoing.next_pdu(now := clock())) is not None:
+                        # The PDUs of a message leave together, a write per
+                        # WRITE_BYTES at the most (a peer's 16 KiB PDUs would
+                        # otherwise cost a system call each).
+                        unwritten += size
+                        if unwritten >= WRITE_BYTES:
+                            self._flush()
+                            unwritten = 0
+                        if now - yielded > SEND_SLICE and not self._paused:
+                            # Loopback sockets swallow megabytes without pushing
+                            # back, and a large file is read as it goes: let the
+                            # loop run other work every few milliseconds.
+                            await asyncio.sleep(0)
+                            self._check_open()
+                            yielded = clock()
+                        if self._paused:
+                            await self._drain()
+                except BaseException:
+                    outgoing.close(clock())
+                    self._after_io()
+                    raise
+                self._sent_now(context_id, command, dataset, batch)
+        finally:
+            self._sending -= 1
 
     def _sent_now(
         self,
@@ -418,7 +440,9 @@ class Association(Driver):
         if isinstance(waiters, tuple):  # the first wait of this association
             self._drain_waiters = waiters = deque()
         waiters.append(waiter)
-        await bounded(waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading")
+        await self._bounded(
+            waiter, TimeoutKind.SEND, self.dimse_timeout, "the peer stopped reading"
+        )
         self._check_open()
 
     async def _room(self) -> None:
@@ -430,7 +454,7 @@ class Association(Driver):
             if isinstance(waiters, tuple):  # the first wait of this association
                 self._room_waiters = waiters = deque()
             waiters.append(waiter)
-            await bounded(
+            await self._bounded(
                 waiter, TimeoutKind.DIMSE, self.dimse_timeout, "no room in the operations window"
             )
         self._reserved += 1
@@ -491,7 +515,7 @@ class Association(Driver):
             message_id is None
             or self._room_waiters
             or len(dimse._outstanding) + self._reserved >= dimse.max_outstanding
-            or self._send_lock.locked()
+            or self._sending
         ):
             return None
         operation = Operation(self, context_id, command)
@@ -580,7 +604,7 @@ class Association(Driver):
         association cannot send) or is not one of those requests; then
         use :meth:`respond`.
         """
-        if self._send_lock.locked() or self._error is not None:
+        if self._sending or self._error is not None:
             return False
         state = self._ul._fsm._state  # self._ul.state
         if state is not _STA6 and state is not _STA8:

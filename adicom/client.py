@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 from ssl import SSLContext, SSLError
 from types import TracebackType
+from typing import Any
 
 from adicom.association import Association
 from adicom.errors import (
@@ -121,17 +122,16 @@ async def open_association(
     # The request leaves from the transport's connection_made callback
     # (Evt2 in Sta4, PS3.8 9.2), not a loop turn later when this task runs.
     association.prepare_request(request)
-    # The connect is bounded by a loop timer that cancels this task, told
-    # apart from any other cancellation as asyncio.timeout does, at a
-    # fraction of its cost.
+    # The connect is bounded by the association's timer (the one its later
+    # waits share), which cancels this task when it runs out, told apart
+    # from any other cancellation as asyncio.timeout does, at a fraction of
+    # its cost.
     task = asyncio.current_task()
     assert task is not None
-    expired: list[bool] = []
-    timer = (
-        None
-        if connect_timeout is None
-        else loop.call_later(connect_timeout, _expire_connect, task, expired)
-    )
+    expiry = None
+    if connect_timeout is not None:
+        expiry = _ConnectExpiry(task)
+        association._watch(expiry, connect_timeout)
     cancelling = task.cancelling()
     try:
         if ssl is None and "%" not in address:
@@ -147,7 +147,7 @@ async def open_association(
             )
     except asyncio.CancelledError:
         association.cancel_request()
-        if expired and task.uncancel() <= cancelling:
+        if expiry is not None and expiry.expired and task.uncancel() <= cancelling:
             raise DicomTimeout(
                 TimeoutKind.CONNECT, connect_timeout or 0, f"to {host}:{port}"
             ) from None
@@ -175,8 +175,8 @@ async def open_association(
         association.cancel_request()
         raise
     finally:
-        if timer is not None:
-            timer.cancel()
+        if expiry is not None:
+            association._unwatch(expiry)
     try:
         response = await association.request_association(request, timeout, async_window)
         asked = user_identity is not None and user_identity.positive_response_requested
@@ -293,9 +293,19 @@ def tcp_socket(sock: socket.socket, family: int) -> socket.socket:
     return sock
 
 
-def _expire_connect(task: asyncio.Task[object], expired: list[bool]) -> None:
-    expired.append(True)
-    task.cancel()
+class _ConnectExpiry:
+    """The connect's bound, kept by the association's timer (Driver._watch): cancels the task."""
+
+    __slots__ = ("_deadline", "_task", "_timeout", "expired")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        self._deadline = self._timeout = 0.0
+        self.expired = False
+
+    def _expired(self) -> None:
+        self.expired = True
+        self._task.cancel()
 
 
 def resolve(host: str, port: int) -> str:

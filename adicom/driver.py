@@ -24,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
 from collections import deque
 from collections.abc import Callable
 from ssl import SSLError
-from typing import Any, cast
+from typing import Any
 
 from adicom import events as ev
 from adicom import protocol as ul
+from adicom.deadlines import Deadlines, Watched
 from adicom.dimse import (
     DimseConnection,
     DimseEvent,
@@ -52,9 +52,10 @@ from adicom.errors import (
 )
 from adicom.fsm import State
 from adicom.negotiation import DEFAULT_MAX_PDU
-from adicom.operation import MessageQueue, Operation, bounded
+from adicom.operation import MessageQueue, Operation
 from adicom.pdu import AAssociateAC, AAssociateRQ, PDataTF
 from adicom.tls import TlsInfo, describe_tls_failure, tls_info
+from adicom.transport import TransportProtocol
 from adicom.turns import loop_turns
 
 __all__ = ["PARSE_BUDGET", "Driver"]
@@ -74,82 +75,7 @@ _STA8 = State.STA8
 PARSE_BUDGET = 256
 
 
-class _Closed:
-    """What a connection's protocol points to once the connection is lost."""
-
-    def _connection_lost(self, exc: Exception | None = None) -> None:
-        """A second connection_lost: nothing to do."""
-
-    def _data_received(self, nbytes: int) -> None:
-        """Bytes after the connection was lost: nothing to do."""
-
-    def _resume_writing(self) -> None:
-        """Nothing waits any more."""
-
-    _paused = False
-
-
-_CLOSED: Any = _Closed()
-
-
-class _Transport(asyncio.BufferedProtocol):
-    """The asyncio side of the socket; forwards everything to the Driver.
-
-    The loop reads into buffers the PDU reader hands out, so a large PDU's
-    body lands where it is decoded from.
-    """
-
-    def __init__(self, association: Driver) -> None:
-        self._association = association
-        self._reader = reader = association._ul.reader
-        # The two calls of every read go straight to where they land (the
-        # methods below say the same, a call deeper); connection_lost
-        # points buffer_updated elsewhere.
-        self.get_buffer = reader.get_buffer  # type: ignore[method-assign]
-        self.buffer_updated = association._data_received  # type: ignore[method-assign]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Nagle's algorithm plus delayed ACKs stall a small request and
-            # its response by up to 40 ms each on Linux; DICOM is exactly
-            # that pattern (a command PDU, then the peer's response). Not a
-            # TCP socket (a Unix one)? Then there is no Nagle to turn off
-            # (tried rather than asked: sock.family costs an enum lookup).
-            try:  # noqa: SIM105 (suppress costs three calls per connection)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        # Not an isinstance check: uvloop's transports have the methods of
-        # asyncio.Transport without deriving from it.
-        self._association._connection_made(cast(asyncio.Transport, transport))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._reader.get_buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._association._data_received(nbytes)
-
-    def eof_received(self) -> bool:
-        return False  # close our side too; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        association = self._association
-        # The association holds us (its protocol) and we hold it: break the
-        # cycle now, so both go when their last user lets go (by reference
-        # counting, not in a garbage collection pass; ~45 objects each).
-        self._association = _CLOSED
-        self.buffer_updated = _CLOSED._data_received  # type: ignore[method-assign]
-        association._connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._association._paused = True
-
-    def resume_writing(self) -> None:
-        self._association._resume_writing()
-
-
-class Driver:
+class Driver(Deadlines):
     """One connection's asyncio side, under the sans-I/O layers of its association.
 
     Not used alone: :class:`~adicom.association.Association` is this driver
@@ -173,11 +99,6 @@ class Driver:
     response: AAssociateAC | None = None
     _transport: asyncio.Transport | None = None
     _tls: TlsInfo | None = None
-    _idle_timer: asyncio.TimerHandle | None = None
-    _timer: asyncio.TimerHandle | None = None
-    _timer_at: float | None = None
-    _watchdog: asyncio.TimerHandle | None = None
-    _watchdog_at = math.inf
     #: Answers a request of the peer at once, in the transport callback
     #: that received it (a C-ECHO-RQ, say), saving a task switch:
     #: returns True if it did, False to queue it for receive_request.
@@ -193,6 +114,10 @@ class Driver:
     _drain_waiters: deque[asyncio.Future[None]] | tuple[()] = ()
     _close_waiters: list[asyncio.Future[None]] | tuple[()] = ()
     _paused = False
+    # Made by the first message sent in pieces; _sending counts the tasks
+    # that hold it or wait for it (see Association.send_message).
+    _send_lock: asyncio.Lock | None = None
+    _sending = 0
     # Batched messages not written yet; a write of them is scheduled
     # while there are any (see send_message's ``batch``).
     _batched = 0
@@ -203,7 +128,12 @@ class Driver:
     _association_answer: asyncio.Future[ul.ULEvent] | None = None
     _release_done: asyncio.Future[None] | None = None
     _released = False
-    _protocol: _Transport | None = None
+    #: True once the connection has closed (connection_lost); tasks that
+    #: wait for that wait on futures of their own (_close_waiters).
+    _closed = False
+    #: Plain TCP on asyncio's selector loop (see _end_connection).
+    _plain_selector = False
+    _protocol: TransportProtocol | None = None
     _ended = False  # released, rejected or aborted has been told
 
     def __init__(
@@ -236,12 +166,10 @@ class Driver:
             self.idle_timeout = idle_timeout
         self._last_received = loop.time()
         self._operations: dict[int, Operation] = {}
-        # Operations waiting for a response, each until its deadline, and
-        # the one loop timer that watches them (see _watch).
-        self._watched: dict[Operation, None] = {}
+        # Bounded waits (an operation's for its response, ...), each until
+        # its deadline, watched by the association's timer (see _watch).
+        self._watched: dict[Watched, None] = {}
         self._incoming = MessageQueue()
-        self._send_lock = asyncio.Lock()
-        self._closed: asyncio.Future[None] = loop.create_future()
         # Event hooks and protocol logging (adicom.events): None when nothing
         # listens, and then every place an event could arise costs one test.
         self._emitter = emitter = ev.emitter(hooks)
@@ -294,7 +222,7 @@ class Driver:
         """
         if self._protocol is not None:
             raise LocalProtocolError("this association already has its connection")
-        self._protocol = _Transport(self)
+        self._protocol = TransportProtocol(self)
         return self._protocol
 
     def abort(self) -> None:
@@ -319,34 +247,42 @@ class Driver:
 
     async def wait_closed(self, timeout: float | None = 10.0) -> None:
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
-        if self._closed.done():
+        if self._closed:
             return
-        # A future of its own (the timeout cancels it, not _closed), set by
-        # _connection_lost without a pass through the loop in between.
+        # A future of its own (the timeout fails it), set by _connection_lost
+        # without a pass through the loop in between.
         waiter = self._loop.create_future()
         waiters = self._close_waiters
         if isinstance(waiters, tuple):  # the first wait
             self._close_waiters = waiters = []
         waiters.append(waiter)
         try:
-            await bounded(waiter, _CLOSE, timeout)
+            await self._bounded(waiter, _CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
-            await asyncio.shield(self._closed)
+            if not self._closed:
+                # connection_lost follows the abort at once.
+                waiter = self._loop.create_future()
+                waiters = self._close_waiters
+                if isinstance(waiters, tuple):
+                    self._close_waiters = waiters = []
+                waiters.append(waiter)
+                await waiter
 
     @property
     def closed(self) -> bool:
         """True once the connection has closed."""
-        return self._closed.done()
+        return self._closed
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         # Read once: after the handshake (asyncio reports a TLS connection
         # made only then) and before the connection can go away.
         self._tls = tls_info(transport)
+        if self._tls is None and isinstance(self._loop, asyncio.SelectorEventLoop):
+            self._plain_selector = True
         self._last_received = self._loop.time()
-        self._arm_idle_timer()
         if not self.requestor:
             # Evt5.
             self._ul.connection_made(self._loop.time())
@@ -355,6 +291,32 @@ class Driver:
             # Evt2: the request was prepared before connecting
             # (Association.prepare_request); it leaves from this callback.
             self._send_request()
+        # After ARTIM (Evt5 starts it), which comes sooner: the timer is set
+        # once, for ARTIM, rather than for the idle bound and then moved.
+        self._arm_idle_timer()
+
+    def _end_connection(self, transport: asyncio.Transport) -> None:
+        """Close the connection (what we had to send is written first).
+
+        On asyncio's selector loop, a plain TCP transport with nothing left
+        to write is closed with ``abort()``: the documented difference is
+        only that buffered data is dropped, and there is none, so the same
+        close follows (the socket closed, connection_lost called soon).
+        ``close()`` would also take the descriptor off the selector's write
+        watch, where it is not, a lookup that fails (a KeyError raised and
+        re-raised with a formatted message: ~17k instructions) on every
+        association. TLS (close_notify) and other loops close as usual.
+        """
+        if self._plain_selector and not transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+    def _eof_received(self) -> None:
+        """The peer closed its side: ours closes too (asyncio's close, unless _end_connection's)."""
+        transport = self._transport
+        if transport is not None and self._plain_selector and not transport.is_closing():
+            self._end_connection(transport)
 
     def _send_request(self) -> None:
         """Requestor, connected, A-ASSOCIATE-RQ given (Sta4): send it (Evt2, AE-2)."""
@@ -398,7 +360,7 @@ class Driver:
 
     def _parse_deferred(self) -> None:
         self._input_deferred = False
-        if self._closed.done():
+        if self._closed:
             return
         now = self._loop.time()
         self._ul.parse_pending(now)
@@ -420,10 +382,7 @@ class Driver:
             self._ul.parse_pending(self._loop.time())
         self._ul.connection_lost(self._loop.time())
         self._process_events()
-        for timer in (self._timer, self._idle_timer, self._watchdog):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._idle_timer = self._watchdog = None
+        self._stop_timer()
         if self._error is None and not self._ended_normally():
             self._set_error(ConnectionClosed("the peer closed the connection"))
         if self._emitter is not None:
@@ -442,8 +401,7 @@ class Driver:
         # A hook that holds the association (a partial of it) would keep it
         # in a reference cycle: nothing comes to answer any more.
         self.on_request = self.on_association_request = None
-        if not self._closed.done():
-            self._closed.set_result(None)
+        self._closed = True
 
     def _resume_writing(self) -> None:
         self._paused = False
@@ -453,79 +411,44 @@ class Driver:
             if not waiter.done():
                 waiter.set_result(None)
 
+    # -- timers (the one loop timer itself: adicom.deadlines) ------------------
+
     def _arm_idle_timer(self) -> None:
         if self.idle_timeout is not None:
-            at = self._last_received + self.idle_timeout
-            self._idle_timer = self._loop.call_at(at, self._on_idle_timer)
+            self._arm(self._last_received + self.idle_timeout)
 
-    def _on_idle_timer(self) -> None:
-        # Re-armed lazily: received data only moves _last_received, so the
-        # hot path never touches the timer.
-        self._idle_timer = None
-        if self._closed.done() or self.idle_timeout is None:
-            return
-        if self._loop.time() - self._last_received < self.idle_timeout:
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        now = self._loop.time()
+        # The layers fire what is due, nothing else (handle_timer).
+        self._ul.handle_timer(now)
+        for event in self._dimse.handle_timer(now):
+            self._dispatch(event)
+        self._after_io()  # sets the timer again for the layers' deadlines
+        if self._watched:
+            self._expire_waits(now)
+        if self.idle_timeout is not None and not self._closed:
+            self._check_idle(now)
+
+    def _check_idle(self, now: float) -> None:
+        # Received data only moves _last_received: the hot path never
+        # touches the timer.
+        idle_timeout = self.idle_timeout
+        assert idle_timeout is not None
+        if now - self._last_received < idle_timeout:
             self._arm_idle_timer()
             return
         log.warning(
             "nothing received from %s for %g s; aborting",
             self._peer_name(),
-            self.idle_timeout,
+            idle_timeout,
         )
         self._set_error(
-            DicomTimeout(TimeoutKind.IDLE, self.idle_timeout, "nothing received from the peer")
+            DicomTimeout(TimeoutKind.IDLE, idle_timeout, "nothing received from the peer")
         )
         self._ul.abort(self._loop.time())
         self._close_soon()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        now = self._loop.time()
-        self._ul.handle_timer(now)
-        for event in self._dimse.handle_timer(now):
-            self._dispatch(event)
-        self._after_io()
-
-    def _watch(self, operation: Operation, seconds: float) -> None:
-        """Bound ``operation``'s wait for its next response to ``seconds``.
-
-        Every wait of the association shares one loop timer, set for the
-        earliest deadline and moved only earlier: a response wait per
-        message then costs no timer made and cancelled. When it fires it
-        ends the waits that are due (Operation._expired) and is set again
-        for the others.
-        """
-        deadline = self._loop.time() + seconds
-        operation._deadline = deadline
-        operation._timeout = seconds
-        self._watched[operation] = None
-        if deadline < self._watchdog_at and not self._closed.done():
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self._watchdog_at = deadline
-            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
-
-    def _unwatch(self, operation: Operation) -> None:
-        """``operation`` no longer waits (see :meth:`_watch`)."""
-        self._watched.pop(operation, None)
-
-    def _on_watchdog(self) -> None:
-        self._watchdog = None
-        self._watchdog_at = math.inf
-        # A loop timer may fire a hair before its time: a millisecond early
-        # is as good as due for waits measured in seconds.
-        now = self._loop.time() + 0.001
-        later = math.inf
-        for operation in list(self._watched):
-            if operation._deadline <= now:
-                del self._watched[operation]
-                operation._expired()
-            else:
-                later = min(later, operation._deadline)
-        if later < math.inf and not self._closed.done():
-            self._watchdog_at = later
-            self._watchdog = self._loop.call_at(later, self._on_watchdog)
 
     def _after_io(self, now: float | None = None) -> None:
         """Hand on the layers' events, write their output, arm their timers.
@@ -558,12 +481,8 @@ class Driver:
         # get_timer() of each layer, read directly (every read and every send).
         ul_at, dimse_at = self._ul._artim_deadline, self._dimse._deadline
         at = ul_at if dimse_at is None else dimse_at if ul_at is None else min(ul_at, dimse_at)
-        if at is None or (self._timer_at is not None and self._timer_at <= at):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = self._loop.call_at(at, self._on_timer)
+        if at is not None and at < self._timer_at:
+            self._arm(at)
 
     def _flush(self) -> None:
         self._batched = 0
@@ -586,7 +505,7 @@ class Driver:
             if ul_._abort_sent and self._error is None:
                 # The DIMSE layer aborted (a message left half-sent).
                 self._set_error(AssociationAborted(0, 0, local=True))
-            transport.close()
+            self._end_connection(transport)
             done = self._release_done
             if self._released and done is not None and not done.done():
                 # Released, and we close (AR-3, PS3.8 9.2): release() may go

@@ -514,6 +514,24 @@ class FakePeer:
             yield listener.sockets[0].getsockname()[1]
 
 
+async def test_wait_closed_closes_a_connection_the_peer_keeps_open() -> None:
+    # The bound of wait_closed runs out while the peer keeps the connection
+    # open: we close it ourselves (transport.abort) and return once it is
+    # closed, not before.
+    peer = FakePeer(answer=lambda rq: [accept(rq)])
+    async with peer.running() as port:
+        assoc = await adicom.open_association("127.0.0.1", port, timeout=CLOSE_BOUND)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(CLOSE_BOUND):
+            await assoc.wait_closed(0.2)
+        assert assoc.closed
+        assert 0.15 <= loop.time() - started < CLOSE_BOUND
+        await assoc.wait_closed(0)  # closed: returns at once
+        async with asyncio.timeout(CLOSE_BOUND):
+            await peer.done.wait()
+
+
 async def expect(
     answer: Callable[[AAssociateRQ], list[bytes]],
     action: Callable[[adicom.Association], Awaitable[object]] | None = None,
@@ -609,6 +627,53 @@ async def test_smallest_maximum_pdu_is_respected_in_both_directions(side: str) -
         result = await adicom.store_instance(assoc, dataset)
         assert result.status == 0
     assert storage.datasets[0].ImageComments == "X" * 5000
+
+
+async def test_whole_messages_wait_behind_a_message_sent_in_pieces() -> None:
+    # A message sent PDU by PDU holds the send lock across its awaits (here
+    # a full transport buffer); a C-ECHO-RQ asked for meanwhile must not
+    # take the whole-message way between its PDUs (PS3.8 E.2: the peer
+    # would read a command in the middle of a data set and abort). The
+    # lock is made only by the first message that needs it.
+    from pydicom.dataset import Dataset
+
+    from adicom.negotiation import MIN_PEER_MAX_PDU
+
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.SOPInstanceUID = "1.2.3.4.6"
+    dataset.ImageComments = "Y" * 9000  # several PDUs of the server's maximum
+    storage = adicom.MemoryStorage()
+    async with (
+        serving(max_pdu=MIN_PEER_MAX_PDU, storage=storage) as server,
+        adicom.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="ADICOM",
+            contexts=[
+                (dataset.SOPClassUID, ["1.2.840.10008.1.2"]),
+                (VERIFICATION, ["1.2.840.10008.1.2"]),
+            ],
+        ) as assoc,
+    ):
+        assert await assoc.echo() == 0
+        assert assoc._send_lock is None  # whole messages need none
+        assoc._paused = True  # as if the transport's buffer were full: the store waits
+        store = asyncio.create_task(adicom.store_instance(assoc, dataset))
+        async with asyncio.timeout(CLOSE_BOUND):
+            while not assoc._drain_waiters:
+                await asyncio.sleep(0)  # the store is half-sent, waiting to drain
+        echo = asyncio.create_task(assoc.echo())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not echo.done() and assoc._sending == 2
+        assoc._resume_writing()
+        async with asyncio.timeout(CLOSE_BOUND):
+            result, status = await asyncio.gather(store, echo)
+        assert result.status == 0 and status == 0
+        assert assoc.is_established and assoc._sending == 0
+        assert await assoc.echo() == 0
+    assert storage.datasets[0].ImageComments == "Y" * 9000
 
 
 async def test_an_acceptor_refuses_a_maximum_pdu_too_small_to_send_in() -> None:

@@ -260,3 +260,42 @@ def test_tcp_socket_keeps_the_family_and_type_it_reports() -> None:
 
     with Mine() as mine:
         assert type(tcp_socket(mine, socket.AF_INET)) is Mine
+
+
+async def test_a_cycle_looks_no_socket_up_in_vain_when_it_closes() -> None:
+    # asyncio's selector loop: a descriptor it does not watch costs a failed
+    # lookup (a KeyError raised twice, ~17k instructions) whenever it is
+    # registered anew, and when close() asks to stop watching it for writing
+    # after it was dropped. The closes of a connect, echo and release (ours
+    # after the A-RELEASE-RP, the acceptor's on the end of the stream) are
+    # aborts when nothing is left to write, which do not ask: what is left
+    # is the registrations (ours twice: the connect's watch, then the
+    # transport's; the acceptor's once).
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.SelectorEventLoop):
+        return  # uvloop (tests/test_uvloop.py): no selector, no lookups
+    selector = loop._selector  # type: ignore[attr-defined]
+    failed: dict[int, int] = {}
+    get_key = selector.get_key
+
+    def looking_up(fileobj: int) -> object:
+        try:
+            return get_key(fileobj)
+        except KeyError:
+            failed[fileobj] = failed.get(fileobj, 0) + 1
+            raise
+
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as warm:
+                await warm.echo()
+            await server.wait_idle()
+            selector.get_key = looking_up
+            try:
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    assert await assoc.echo() == 0
+                await server.wait_idle()
+            finally:
+                del selector.get_key
+    assert assoc.closed
+    assert sorted(failed.values()) == [1, 2], failed  # the acceptor's socket, ours

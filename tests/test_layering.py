@@ -62,6 +62,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.operation",
                 "adicom.turns",
                 "adicom.events",
+                "adicom.transport",
+                "adicom.deadlines",
                 "adicom.driver",
                 "adicom.association",
                 "adicom.client",

@@ -1,0 +1,141 @@
+"""The association's one loop timer, and the waits it bounds.
+
+Every deadline of an association shares one loop timer: the layers'
+(ARTIM, a message's), the idle bound, and each bounded wait (the connect,
+the answer to the A-ASSOCIATE-RQ, each response, the release, the close, a
+full transport, a full window). It is set for the earliest and moved only
+earlier: a deadline that passes unused (a wait that ended) or moves later
+(each message restarts the idle bound) leaves it as it is, and when it
+fires the driver does what is due and sets it again for the rest. An
+association that connects, echoes and releases then makes one loop timer,
+not one per wait (each is a TimerHandle made, pushed on the loop's heap
+and cancelled: about 17k instructions on CPython 3.11's asyncio).
+
+:class:`Deadlines` is a base of :class:`adicom.driver.Driver`, which fires
+the timer (``_on_timer``); this module does not import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, Protocol, TypeVar
+
+from adicom.errors import DicomTimeout, TimeoutKind
+
+__all__ = ["Deadlines", "Watched"]
+
+_T = TypeVar("_T")
+
+
+class Watched(Protocol):
+    """A wait bounded by its association's timer (see Deadlines._watch): an Operation, ..."""
+
+    #: When it runs out (loop time), and its length in seconds; set by _watch.
+    _deadline: float
+    _timeout: float
+
+    def _expired(self) -> None:
+        """It ran out (called by the association's timer, once)."""
+
+
+class _FutureWait:
+    """A future of the association bounded by its timer: failed with DicomTimeout when due."""
+
+    __slots__ = ("_deadline", "_detail", "_future", "_timeout", "_which")
+
+    def __init__(self, future: asyncio.Future[Any], which: TimeoutKind, detail: str) -> None:
+        self._future = future
+        self._which = which
+        self._detail = detail
+        self._deadline = self._timeout = 0.0
+
+    def _expired(self) -> None:
+        if not self._future.done():
+            self._future.set_exception(DicomTimeout(self._which, self._timeout, self._detail))
+
+
+class Deadlines:
+    """The timer of one association and the waits it watches (a base of the Driver)."""
+
+    _loop: asyncio.AbstractEventLoop
+    #: Bounded waits (an operation's for its response, ...), each until its
+    #: deadline (the driver makes the dict).
+    _watched: dict[Watched, None]
+    # The one loop timer of the association and when it fires (see _arm).
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at = math.inf
+
+    def _on_timer(self) -> None:
+        """The timer fired: do what is due, set it again (the driver's)."""
+        raise NotImplementedError
+
+    def _arm(self, at: float) -> None:
+        """Have the association's timer fire at ``at`` or earlier."""
+        if at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = at
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
+
+    def _watch(self, wait: Watched, seconds: float) -> None:
+        """Bound ``wait`` (an operation's wait for its next response, ...) to ``seconds``.
+
+        When the association's timer finds it due, it is dropped and its
+        ``_expired()`` is called; :meth:`_unwatch` ends it before then.
+        """
+        deadline = self._loop.time() + seconds
+        wait._deadline = deadline
+        wait._timeout = seconds
+        self._watched[wait] = None
+        if deadline < self._timer_at:  # _arm's test, inline: a call less per message
+            self._arm(deadline)
+
+    def _unwatch(self, wait: Watched) -> None:
+        """``wait`` no longer waits (see :meth:`_watch`)."""
+        self._watched.pop(wait, None)
+
+    async def _bounded(
+        self,
+        future: asyncio.Future[_T],
+        which: TimeoutKind,
+        seconds: float | None,
+        detail: str = "",
+    ) -> _T:
+        """``await future``, failed with DicomTimeout(which) after ``seconds`` (None: no bound).
+
+        :func:`adicom.operation.bounded` for a future of this association,
+        bounded by its one timer rather than a timer of its own.
+        """
+        if seconds is None:
+            return await future
+        wait = _FutureWait(future, which, detail)
+        self._watch(wait, seconds)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.exception()  # failed as the task was cancelled: retrieved
+            raise
+        finally:
+            self._watched.pop(wait, None)
+
+    def _expire_waits(self, now: float) -> None:
+        # A loop timer may fire a hair before its time: a millisecond early
+        # is as good as due for waits measured in seconds.
+        now += 0.001
+        later = math.inf
+        for wait in list(self._watched):
+            if wait._deadline <= now:
+                del self._watched[wait]
+                wait._expired()
+            else:
+                later = min(later, wait._deadline)
+        if later < math.inf:
+            self._arm(later)

@@ -1,0 +1,106 @@
+"""The asyncio protocol under an association: the loop's callbacks, forwarded to its Driver.
+
+:class:`TransportProtocol` is what ``loop.create_connection`` (requestor) or
+a server's protocol factory (acceptor) gets from
+:meth:`adicom.driver.Driver.protocol`. It turns off Nagle's algorithm, lets
+the loop read straight into the PDU reader's buffers, and breaks the
+reference cycle with its driver when the connection is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:  # the driver makes its protocol; only its type is needed here
+    from adicom.driver import Driver
+
+__all__ = ["TransportProtocol"]
+
+
+class _Closed:
+    """What a connection's protocol points to once the connection is lost."""
+
+    def _connection_lost(self, exc: Exception | None = None) -> None:
+        """A second connection_lost: nothing to do."""
+
+    def _data_received(self, nbytes: int) -> None:
+        """Bytes after the connection was lost: nothing to do."""
+
+    def _resume_writing(self) -> None:
+        """Nothing waits any more."""
+
+    def _eof_received(self) -> None:
+        """The end of a connection already lost: nothing to do."""
+
+    _paused = False
+
+
+_CLOSED: Any = _Closed()
+
+
+class TransportProtocol(asyncio.BufferedProtocol):
+    """The asyncio side of the socket; forwards everything to the Driver.
+
+    The loop reads into buffers the PDU reader hands out, so a large PDU's
+    body lands where it is decoded from.
+    """
+
+    def __init__(self, association: Driver) -> None:
+        """Join ``association`` to the connection asyncio is about to make."""
+        self._association = association
+        self._reader = reader = association._ul.reader
+        # The two calls of every read go straight to where they land (the
+        # methods below say the same, a call deeper); connection_lost
+        # points buffer_updated elsewhere.
+        self.get_buffer = reader.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = association._data_received  # type: ignore[method-assign]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Connected: TCP_NODELAY on, then the driver is told."""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Nagle's algorithm plus delayed ACKs stall a small request and
+            # its response by up to 40 ms each on Linux; DICOM is exactly
+            # that pattern (a command PDU, then the peer's response). Not a
+            # TCP socket (a Unix one)? Then there is no Nagle to turn off
+            # (tried rather than asked: sock.family costs an enum lookup).
+            try:  # noqa: SIM105 (suppress costs three calls per connection)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        # Not an isinstance check: uvloop's transports have the methods of
+        # asyncio.Transport without deriving from it.
+        self._association._connection_made(cast(asyncio.Transport, transport))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the loop reads to: the PDU reader's buffer."""
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into the buffer: the driver parses them."""
+        self._association._data_received(nbytes)
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: close ours too."""
+        self._association._eof_received()
+        return False  # close our side too (if not closed already); connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection has closed: the driver is told, once."""
+        association = self._association
+        # The association holds us (its protocol) and we hold it: break the
+        # cycle now, so both go when their last user lets go (by reference
+        # counting, not in a garbage collection pass; ~45 objects each).
+        self._association = _CLOSED
+        self.buffer_updated = _CLOSED._data_received  # type: ignore[method-assign]
+        association._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: senders wait."""
+        self._association._paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's buffer has drained: waiting senders go on."""
+        self._association._resume_writing()
