@@ -72,6 +72,9 @@ class DiskInstance(ValueReading, IncomingInstance):
     _walk_at = 0
     _walk_tag = -1
     _walk_state = WALKING
+    # The first two bytes of a group 0002 element (PS3.10 7.1), in the data
+    # set's byte order: little endian but for one retired syntax.
+    _group_0002 = (0x02, 0x00)
 
     def __init__(self, storage: DiskStorage, context: StoreContext) -> None:
         super().__init__(context)
@@ -100,6 +103,8 @@ class DiskInstance(ValueReading, IncomingInstance):
             if deflated or not transfer.startswith("1.2.840.10008.1.2")
             else (transfer == IMPLICIT_VR_LITTLE_ENDIAN, transfer != EXPLICIT_VR_BIG_ENDIAN)
         )
+        if transfer == EXPLICIT_VR_BIG_ENDIAN:
+            self._group_0002 = (0x00, 0x02)
         self._temp: str | None = None
         self._fd: int | None = None
         # Write-behind: received fragments (copies) not yet written (and
@@ -139,13 +144,20 @@ class DiskInstance(ValueReading, IncomingInstance):
             if held:
                 held += data
                 data = memoryview(held)
-            skip = self._start_skip(data, complete=False)
+            first = self._group_0002
+            if len(data) > 1 and (data[0] != first[0] or data[1] != first[1]):
+                # The usual start, not group 0002: nothing to drop, told
+                # from its first two bytes without walking anything.
+                skip: int | None = 0
+            else:
+                skip = self._start_skip(data, complete=False)
             if skip is None:
                 if not held and self._fd is not None:
                     held += data  # too short to tell: kept until more comes
                 return
             self._start = None
-            data = data[skip:]
+            if skip:
+                data = data[skip:]
         inflater = self._inflater
         if inflater is not None:
             if not inflater.full and self._inflate_error is None:
@@ -414,7 +426,8 @@ class DiskInstance(ValueReading, IncomingInstance):
         if self._status is None:
             if self._storage.filer is not None:
                 return None
-            self._settle_start()
+            if self._start is not None:
+                self._settle_start()
             if self._pending and self._fd is not None:
                 return None
             self._status = self._conclude()

@@ -96,15 +96,15 @@ class ValueReading:
         except Exception as exc:  # pydicom raises many kinds on bad data
             raise Refused(Status.CANNOT_UNDERSTAND, f"the data set does not parse: {exc}") from None
         storage = self._storage
-        if storage.required and not any(values.get(keyword) for keyword in storage.required):
-            # Not one of the UIDs every instance has: this is no data set.
-            raise Refused(
-                Status.CANNOT_UNDERSTAND,
-                f"not an instance: it has none of {', '.join(storage.required)}",
-            )
         for keyword in storage.required:
             value = values.get(keyword, "")
             if not value:
+                if not any(values.get(keyword) for keyword in storage.required):
+                    # Not one of the UIDs every instance has: this is no data set.
+                    raise Refused(
+                        Status.CANNOT_UNDERSTAND,
+                        f"not an instance: it has none of {', '.join(storage.required)}",
+                    )
                 raise Refused(
                     Status.IDENTIFIER_DOES_NOT_MATCH,
                     f"{keyword} is missing",
