@@ -66,6 +66,16 @@ _HEADERS = (
     (struct.Struct("<HHL"), struct.Struct(">HHL")),
 )
 _U32 = (struct.Struct("<L"), struct.Struct(">L"))
+# What a walk unpacks with, made once, [implicit][little, big]: the element
+# header's unpack_from, the 4-byte length's, and the VR kinds (bound methods
+# and tables looked up per call cost ~1.5k instructions per walk).
+_WALK_TOOLS = tuple(
+    tuple(
+        (_HEADERS[implicit][order].unpack_from, _U32[order].unpack_from, _VR_KINDS[order])
+        for order in (0, 1)
+    )
+    for implicit in (0, 1)
+)
 _FORMATS = (("<H", "<L"), (">H", ">L"))
 
 
@@ -134,9 +144,7 @@ def scan_elements(
     # small CT), so the common element takes the fewest steps: one unpack,
     # one chained comparison, one table lookup and one addition (about 2.8k
     # instructions under callgrind, 3.0k the way every element went before).
-    unpack = _HEADERS[bool(implicit)][order].unpack_from
-    long_length = _U32[order].unpack_from
-    kinds = _VR_KINDS[order]
+    unpack, long_length, kinds = _WALK_TOOLS[1 if implicit else 0][order]
     undefined = UNDEFINED
     # The wanted tags are met in their order (tags ascend, PS3.5 7.1): each
     # element's tag is compared with the next wanted one, not looked up in
@@ -349,22 +357,22 @@ def check_whole(
     # unpack's struct.error, a value cut short as the walk ending past the
     # end; sequences of undefined length, items and long VRs go the general way.
     order = 0 if little else 1
-    unpack = _HEADERS[bool(implicit)][order].unpack_from
+    unpack, _, kinds = _WALK_TOOLS[1 if implicit else 0][order]
+    undefined, short = UNDEFINED, _SHORT_LENGTH
     pos, end = start, len(data)
     group = element = 0
     try:
         if implicit:
             while pos < end:
                 group, element, length = unpack(data, pos)
-                if length != UNDEFINED:
+                if length != undefined:
                     pos += 8 + length
                 else:
                     pos = _past_undefined(data, pos + 8, group, element, True, order)
         else:
-            kinds = _VR_KINDS[order]
             while pos < end:
                 group, element, vr, length = unpack(data, pos)
-                if kinds[vr] == _SHORT_LENGTH and group != 0xFFFE:
+                if kinds[vr] == short and group != 0xFFFE:
                     pos += 8 + length
                 else:
                     pos = _explicit_step(data, pos, group, element, vr, order)
@@ -399,14 +407,15 @@ def walk_top_level(
     # walks the rest of every received instance (some 20 elements of a small
     # CT). Where an element starts is ``pos`` until it is stepped over.
     order = 0 if little else 1
-    unpack = _HEADERS[bool(implicit)][order].unpack_from
+    unpack, long_length, kinds = _WALK_TOOLS[1 if implicit else 0][order]
+    undefined, short = UNDEFINED, _SHORT_LENGTH
     pos, end = start, len(data)
     group = element = 0
     try:
         if implicit:
             while pos < end:
                 group, element, length = unpack(data, pos)
-                if length != UNDEFINED:
+                if length != undefined:
                     pos += 8 + length
                     continue
                 skipped = _skip_undefined(data, pos + 8, True, *_FORMATS[order])
@@ -414,22 +423,21 @@ def walk_top_level(
                     return pos, (group << 16) | element, False
                 pos = skipped
         else:
-            kinds = _VR_KINDS[order]
             while pos < end:
                 group, element, vr, length = unpack(data, pos)
-                if kinds[vr] == _SHORT_LENGTH and group != 0xFFFE:
+                if kinds[vr] == short and group != 0xFFFE:
                     pos += 8 + length
                     continue
                 if group == 0xFFFE:
                     # Items and delimiters have no VR in any syntax (PS3.5 7.5).
-                    (length,) = _U32[order].unpack_from(data, pos + 4)
+                    (length,) = long_length(data, pos + 4)
                     value = pos + 8
                 elif kinds[vr] == _LONG_LENGTH:
-                    (length,) = _U32[order].unpack_from(data, pos + 8)
+                    (length,) = long_length(data, pos + 8)
                     value = pos + 12
                 else:
                     raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
-                if length != UNDEFINED:
+                if length != undefined:
                     pos = value + length
                     continue
                 skipped = _skip_undefined(data, value, False, *_FORMATS[order])
