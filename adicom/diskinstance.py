@@ -2,8 +2,9 @@
 
 Split from :mod:`adicom.diskstorage`, which keeps the storage itself (folder
 layout, temporary files, duplicate policy): here is what happens to one
-instance's bytes as they arrive (write-behind in slices, the checks of the
-data set, the layout's values read from its head) until it is filed.
+instance's bytes as they arrive (write-behind in slices, the walk of the
+data set's top-level elements as it streams in) until it is filed. Reading
+and checking the values it is filed by is :mod:`adicom.instancevalues`.
 """
 
 from __future__ import annotations
@@ -11,55 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
-import io
 import logging
 import os
 import time
-import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
-from pydicom.uid import UID
-
 from adicom.dimse import Status
-from adicom.elements import (
-    DataSetTruncated,
-    check_whole,
-    find_top_level,
-    scan_elements,
-    skip_group_0002,
-    walk_top_level,
-)
+from adicom.elements import scan_elements, skip_group_0002, walk_top_level
 from adicom.fileformat import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     Inflater,
 )
+from adicom.instancevalues import HEAD, READ_BACK, UNCHECKED, WALKING, Refused, ValueReading
 from adicom.storage import IncomingInstance, StoreContext
 
 if TYPE_CHECKING:
     from adicom.diskstorage import DiskStorage
 
 log = logging.getLogger("adicom")
-
-# How much of the start of a data set is kept to find the layout's attributes.
-_HEAD = 1 << 16
-# How much is read (or inflated) at most when they are not in the head: a
-# data set's top-level attributes before its pixel data fit easily, and no
-# instance makes the event loop parse or inflate more than this.
-_DEEP_HEAD = 4 << 20
-
-# How far the check of a data set streamed in got (DiskInstance._walk_state):
-# walking each piece as it comes; to go on from bytes read back from the file;
-# not checked (its bytes are not what its transfer syntax says).
-_WALKING, _READ_BACK, _UNCHECKED = 0, 1, 2
 
 #: Bytes of one write to a file. Writing to the page cache costs about
 #: 0.2 ms per MiB here when it has pages at hand and up to ~2.5 ms (peaks
@@ -72,22 +46,7 @@ WRITE_SLICE = 256 << 10
 WRITE_TIME = 0.001
 
 
-#: ESC (0x1B), which starts an ISO 2022 escape sequence (PS3.5 6.1.2.5). An
-#: int, not b"\x1b": ``bytes in bytes`` first tries the needle as an integer
-#: and builds (and drops) a TypeError each time, ~2 us per value here.
-_ESC = 0x1B
-
-
-class _Refused(Exception):
-    """Why an instance is not stored: the status, the comment, the offending element."""
-
-    def __init__(self, status: int, comment: str, offending: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.offending = offending
-
-
-class DiskInstance(IncomingInstance):
+class DiskInstance(ValueReading, IncomingInstance):
     """One instance received into a temporary file of ``storage``, filed when complete."""
 
     # What an instance starts with and most never change, as class
@@ -112,7 +71,10 @@ class DiskInstance(IncomingInstance):
     _found: dict[int, bytes] | None = None
     _walk_at = 0
     _walk_tag = -1
-    _walk_state = _WALKING
+    _walk_state = WALKING
+    # The first two bytes of a group 0002 element (PS3.10 7.1), in the data
+    # set's byte order: little endian but for one retired syntax.
+    _group_0002 = (0x02, 0x00)
 
     def __init__(self, storage: DiskStorage, context: StoreContext) -> None:
         super().__init__(context)
@@ -122,7 +84,7 @@ class DiskInstance(IncomingInstance):
         # of it than the layout needs (PS3.5 A.5; a small "deflate bomb"
         # would otherwise inflate to gigabytes on the event loop).
         deflated = context.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-        self._inflater = Inflater(_HEAD) if deflated else None
+        self._inflater = Inflater(HEAD) if deflated else None
         # The data set's first bytes, held until we know whether it starts
         # with a group 0002 (not in a deflated stream: nobody sends that).
         self._start: bytearray | None = None if deflated else bytearray()
@@ -141,6 +103,8 @@ class DiskInstance(IncomingInstance):
             if deflated or not transfer.startswith("1.2.840.10008.1.2")
             else (transfer == IMPLICIT_VR_LITTLE_ENDIAN, transfer != EXPLICIT_VR_BIG_ENDIAN)
         )
+        if transfer == EXPLICIT_VR_BIG_ENDIAN:
+            self._group_0002 = (0x00, 0x02)
         self._temp: str | None = None
         self._fd: int | None = None
         # Write-behind: received fragments (copies) not yet written (and
@@ -180,13 +144,20 @@ class DiskInstance(IncomingInstance):
             if held:
                 held += data
                 data = memoryview(held)
-            skip = self._start_skip(data, complete=False)
+            first = self._group_0002
+            if len(data) > 1 and (data[0] != first[0] or data[1] != first[1]):
+                # The usual start, not group 0002: nothing to drop, told
+                # from its first two bytes without walking anything.
+                skip: int | None = 0
+            else:
+                skip = self._start_skip(data, complete=False)
             if skip is None:
                 if not held and self._fd is not None:
                     held += data  # too short to tell: kept until more comes
                 return
             self._start = None
-            data = data[skip:]
+            if skip:
+                data = data[skip:]
         inflater = self._inflater
         if inflater is not None:
             if not inflater.full and self._inflate_error is None:
@@ -195,11 +166,11 @@ class DiskInstance(IncomingInstance):
                 except ValueError as exc:
                     self._inflate_error = str(exc)
         elif self._found is not None:
-            if self._walk_state == _WALKING and self._walk_at < self._size + len(data):
+            if self._walk_state == WALKING and self._walk_at < self._size + len(data):
                 self._walk(data, self._size)
-        elif not (self._size == 0 and self._stream_first(data)) and len(self._head) < _HEAD:
+        elif not (self._size == 0 and self._stream_first(data)) and len(self._head) < HEAD:
             # Not found in the first piece: kept, and read when it is all in.
-            self._head += data[: _HEAD - len(self._head)]
+            self._head += data[: HEAD - len(self._head)]
         self._size += len(data)
         try:
             self._put(data)
@@ -241,7 +212,7 @@ class DiskInstance(IncomingInstance):
                 data, self._walk_at - base, implicit=plain[0], little=plain[1]
             )
         except ValueError:
-            self._walk_state = _UNCHECKED
+            self._walk_state = UNCHECKED
             return
         if tag >= 0:
             self._walk_tag = tag
@@ -249,7 +220,7 @@ class DiskInstance(IncomingInstance):
         if not whole:
             # A header cut between pieces, or a sequence of undefined length
             # that goes on: the rest is read back from the file at the end.
-            self._walk_state = _READ_BACK
+            self._walk_state = READ_BACK
 
     def _put(self, data: memoryview) -> None:
         """Write ``data`` while it goes fast (WRITE_TIME); what is left waits behind."""
@@ -351,7 +322,7 @@ class DiskInstance(IncomingInstance):
             self._unreadable = True
             return None
         if skip is None:
-            if len(start) > _HEAD:
+            if len(start) > HEAD:
                 self._fail("a group 0002 of more than 64 KiB at the start of the data set")
                 self._unreadable = True
             return None  # more bytes needed to decide
@@ -439,7 +410,7 @@ class DiskInstance(IncomingInstance):
             return early
         try:
             status = await self._hand_over(self._closed_values())
-        except _Refused as refused:
+        except Refused as refused:
             return self._refused(refused)
         return self._warned(status)
 
@@ -455,7 +426,8 @@ class DiskInstance(IncomingInstance):
         if self._status is None:
             if self._storage.filer is not None:
                 return None
-            self._settle_start()
+            if self._start is not None:
+                self._settle_start()
             if self._pending and self._fd is not None:
                 return None
             self._status = self._conclude()
@@ -486,18 +458,18 @@ class DiskInstance(IncomingInstance):
             return early
         try:
             status = self._file(self._closed_values())
-        except _Refused as refused:
+        except Refused as refused:
             return self._refused(refused)
         return self._warned(status)
 
     def _closed_values(self) -> dict[str, str]:
-        """Close the file and check the whole data set; its values (raises _Refused)."""
+        """Close the file and check the whole data set; its values (raises Refused)."""
         self._close_file()
         values = self._checked_values()
         self.values = values
         return values
 
-    def _refused(self, refused: _Refused) -> int:
+    def _refused(self, refused: Refused) -> int:
         self._discard()
         self.error = str(refused)
         self.offending_element = refused.offending
@@ -525,117 +497,7 @@ class DiskInstance(IncomingInstance):
             os.close(fd)
         except OSError as exc:
             self._fail(_disk_error(exc), f"closing {self._temp}")
-            raise _Refused(Status.OUT_OF_RESOURCES, self.error or "") from None
-
-    def _checked_values(self) -> dict[str, str]:
-        """The layout's values, the instance refused if it cannot be filed and found."""
-        if self._size == 0:
-            raise _Refused(Status.CANNOT_UNDERSTAND, "the data set is empty")
-        try:
-            values = self._layout_values()
-        except Exception as exc:  # pydicom raises many kinds on bad data
-            raise _Refused(
-                Status.CANNOT_UNDERSTAND, f"the data set does not parse: {exc}"
-            ) from None
-        storage = self._storage
-        if storage.required and not any(values.get(keyword) for keyword in storage.required):
-            # Not one of the UIDs every instance has: this is no data set.
-            raise _Refused(
-                Status.CANNOT_UNDERSTAND,
-                f"not an instance: it has none of {', '.join(storage.required)}",
-            )
-        for keyword in storage.required:
-            value = values.get(keyword, "")
-            if not value:
-                raise _Refused(
-                    Status.IDENTIFIER_DOES_NOT_MATCH,
-                    f"{keyword} is missing",
-                    storage.tags[keyword],
-                )
-            if keyword.endswith("UID") and not storage.valid_uid(value):
-                raise _Refused(
-                    Status.IDENTIFIER_DOES_NOT_MATCH,
-                    f"{keyword} {value[:24]!r} is not a UID",
-                    storage.tags[keyword],
-                )
-        self._check_whole()
-        ctx = self.context
-        for keyword, named in (
-            ("SOPInstanceUID", ctx.sop_instance_uid),
-            ("SOPClassUID", ctx.sop_class_uid),
-        ):
-            value = values.get(keyword, "")
-            if value and named and value != named:
-                raise _Refused(
-                    Status.IDENTIFIER_DOES_NOT_MATCH,
-                    f"its {keyword} is not the one of the C-STORE-RQ",
-                    storage.tags.get(keyword),
-                )
-        return values
-
-    def _check_whole(self) -> None:
-        """Refuse a data set cut short (a truncated file sent as it lies).
-
-        Its start parses well enough; so the top-level elements are walked to
-        the end where that is cheap: a data set within the head held in
-        memory, or what follows the Pixel Data (whose length says where the
-        rest begins), read back from the file.
-        """
-        transfer = self.context.transfer_syntax
-        if self._inflater is not None or not transfer.startswith("1.2.840.10008.1.2"):
-            return
-        implicit = transfer == IMPLICIT_VR_LITTLE_ENDIAN
-        little = transfer != EXPLICIT_VR_BIG_ENDIAN
-        try:
-            if self._found is not None:
-                self._check_streamed(implicit, little)
-                return
-            if self._size <= _HEAD:
-                start = self._resume[0] if self._resume else 0
-                check_whole(self._head, implicit=implicit, little=little, start=start)
-                return
-            if not little:
-                return
-            found = find_top_level(self._head, 0x7FE00010, implicit=implicit)
-            if found is None or found[2] == 0xFFFFFFFF:
-                return
-            _, value, length = found
-            after = value + length
-            if after > self._size:
-                raise DataSetTruncated(
-                    f"the data set is cut short: {after - self._size} bytes of (7FE0,0010) missing",
-                    0x7FE00010,
-                )
-            if 0 < self._size - after <= _HEAD:
-                check_whole(self._tail(after), implicit=implicit, little=little)
-        except DataSetTruncated as exc:
-            raise _Refused(Status.CANNOT_UNDERSTAND, str(exc), exc.tag) from None
-        except ValueError:
-            return  # not what its syntax says: pydicom read what it could already
-
-    def _check_streamed(self, implicit: bool, little: bool) -> None:
-        """:meth:`_check_whole` of a data set walked as it streamed in (raises DataSetTruncated)."""
-        state, at, size = self._walk_state, self._walk_at, self._size
-        if state == _UNCHECKED:
-            return
-        if state == _READ_BACK or at < size:
-            if 0 < size - at <= _HEAD:
-                check_whole(self._tail(at), implicit=implicit, little=little)
-            return  # a longer rest goes unchecked, as after a large Pixel Data
-        if at > size:
-            tag = self._walk_tag
-            raise DataSetTruncated(
-                f"the data set is cut short: {at - size} bytes of "
-                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) missing",
-                tag,
-            )
-
-    def _tail(self, start: int) -> bytes:
-        """The data set's bytes from ``start`` to its end, read back from the file."""
-        assert self._temp is not None
-        with open(self._temp, "rb") as fp:
-            fp.seek(self._meta_length + start)
-            return fp.read()
+            raise Refused(Status.OUT_OF_RESOURCES, self.error or "") from None
 
     async def _hand_over(self, values: dict[str, str]) -> int:
         """Give the complete file to the storage's filer; its status (a failure raised)."""
@@ -653,10 +515,10 @@ class DiskInstance(IncomingInstance):
             log.exception("filing %s failed", self.context.sop_instance_uid)
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-            raise _Refused(Status.OUT_OF_RESOURCES, "the instance could not be filed") from None
+            raise Refused(Status.OUT_OF_RESOURCES, "the instance could not be filed") from None
         self.path = path
         if status != Status.SUCCESS:
-            raise _Refused(status, comment)
+            raise Refused(status, comment)
         if path is not None:
             storage.stored_names.append(str(path))
         return status
@@ -687,7 +549,7 @@ class DiskInstance(IncomingInstance):
             self._discard()
             self.path = existing
             if policy == "reject":
-                raise _Refused(Status.DUPLICATE_SOP_INSTANCE, "this SOP instance is stored already")
+                raise Refused(Status.DUPLICATE_SOP_INSTANCE, "this SOP instance is stored already")
             log.info("%s is stored already; keeping the first copy", values["SOPInstanceUID"])
             return Status.SUCCESS
         try:
@@ -703,7 +565,7 @@ class DiskInstance(IncomingInstance):
                 _fsync_folder(folder)
         except OSError as exc:
             self._fail(_disk_error(exc), f"filing at {name}")
-            raise _Refused(Status.OUT_OF_RESOURCES, self.error or "") from None
+            raise Refused(Status.OUT_OF_RESOURCES, self.error or "") from None
         self._temp = None
         if existing is not None and os.fspath(existing) != name:
             # The same instance came again under other attributes (another
@@ -726,129 +588,6 @@ class DiskInstance(IncomingInstance):
             log.exception("on_stored failed for %s", name)
         return Status.SUCCESS
 
-    # -- the layout's values ------------------------------------------------------------
-
-    def _layout_values(self) -> dict[str, str]:
-        """The layout's attributes, from the data set's first bytes (or pydicom)."""
-        storage = self._storage
-        transfer = self.context.transfer_syntax
-        found: dict[int, bytes] | None = None
-        if self._inflater is not None:
-            if self._inflate_error is not None:
-                raise ValueError(self._inflate_error)
-            head = self._inflater
-            found = self._scan(head.out, implicit=False, complete=not head.full)
-            if found is None:
-                deeper = self._inflated_deeper()
-                found = self._scan(deeper.out, implicit=False, complete=not deeper.full)
-            if found is None:
-                raise ValueError(
-                    f"the layout's attributes are not within its first {_DEEP_HEAD} inflated bytes"
-                )
-        elif self._found is not None:
-            found = self._found  # read as the data set streamed in
-        elif transfer.startswith("1.2.840.10008.1.2"):
-            # Every standard transfer syntax but deflate encodes the top
-            # level of the data set plainly; only the pixel data differs.
-            try:
-                found = self._scan(
-                    self._head,
-                    implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
-                    little=transfer != EXPLICIT_VR_BIG_ENDIAN,
-                    complete=self._size <= _HEAD,
-                    resume=self._resume,
-                )
-            except DataSetTruncated:
-                raise  # whole, and cut short: nothing to read there
-            except ValueError:
-                # Not encoded as its transfer syntax says (implicit VR sent
-                # as explicit is met in the wild): pydicom may still read it.
-                found = None
-        if found is None:
-            found = self._read_with_pydicom()
-        # Every keyword, "" unless found: only the values found are decoded.
-        values = storage.blank_values.copy()
-        keywords = storage.keywords
-        encodings: tuple[str, ...] | None = None
-        for tag, raw in found.items():
-            keyword = keywords.get(tag)
-            if keyword is None or not raw:
-                continue
-            if raw.isascii() and _ESC not in raw:
-                # Every character set DICOM allows reads these bytes as
-                # ASCII; only ISO 2022 escape sequences (ESC) switch to
-                # something else (PS3.5 6.1): most values of most instances.
-                values[keyword] = raw.decode("ascii").strip(" \0")
-            else:
-                if encodings is None:
-                    charset = found.get(0x00080005, b"")
-                    encodings = _encodings(charset.decode("ascii", "replace").strip(" \0"))
-                values[keyword] = _decode_text(raw, encodings)
-                self._raw[keyword] = raw.rstrip(b" \0")
-        return values
-
-    def _scan(
-        self,
-        head: bytes | bytearray,
-        *,
-        implicit: bool,
-        little: bool = True,
-        complete: bool,
-        resume: list[int] | None = None,
-    ) -> dict[int, bytes] | None:
-        # The head as it is (values are copied out as bytes): no copy of it whole.
-        storage = self._storage
-        return scan_elements(
-            head,
-            storage.wanted,
-            implicit=implicit,
-            little=little,
-            complete=complete,
-            resume=resume,
-            last=storage.last_wanted,
-            ordered=storage.wanted_order,
-        )
-
-    def _data_set_head(self, size: int) -> bytes:
-        """The first ``size`` bytes of the data set, read back from the temporary file."""
-        assert self._temp is not None
-        with open(self._temp, "rb") as fp:
-            fp.seek(self._meta_length)
-            return fp.read(size)
-
-    def _inflated_deeper(self) -> Inflater:
-        """Up to _DEEP_HEAD inflated bytes, from the file: for attributes past the head."""
-        inflater = Inflater(_DEEP_HEAD)
-        assert self._temp is not None
-        with open(self._temp, "rb") as fp:
-            fp.seek(self._meta_length)
-            while not inflater.full and (chunk := fp.read(1 << 16)):
-                inflater.feed(chunk)
-        return inflater
-
-    def _read_with_pydicom(self) -> dict[int, bytes]:
-        """The layout's attributes as pydicom reads them from the data set's first bytes."""
-        storage = self._storage
-        ctx = self.context
-        syntax = UID(ctx.transfer_syntax)
-        head = io.BytesIO(self._data_set_head(_DEEP_HEAD))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            dataset = read_dataset(
-                head,
-                is_implicit_VR=syntax.is_implicit_VR if syntax.is_transfer_syntax else True,
-                is_little_endian=syntax.is_little_endian if syntax.is_transfer_syntax else True,
-                stop_when=_stop_after(max(storage.wanted)),
-            )
-            found = {
-                tag: str(dataset[tag].value).encode() for tag in storage.wanted if tag in dataset
-            }
-        for warning in caught:
-            log.warning("instance %s: %s", ctx.sop_instance_uid, warning.message)
-        # pydicom decoded the text already; carry it as UTF-8.
-        found[0x00080005] = b"ISO_IR 192"
-        return found
-
 
 def _disk_error(exc: OSError) -> str:
     """What a peer is told of a failed write: the cause, never our paths."""
@@ -862,31 +601,3 @@ def _fsync_folder(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _stop_after(last: int) -> Callable[[BaseTag, str | None, int], bool]:
-    """A pydicom ``stop_when``: stop once past tag ``last`` (tags ascend, PS3.5 7.1)."""
-
-    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
-        return int(tag) > last
-
-    return stop
-
-
-@functools.lru_cache(maxsize=64)
-def _encodings(charset: str) -> tuple[str, ...]:
-    """Python codecs for a Specific Character Set value (0008,0005)."""
-    return tuple(convert_encodings([c.strip() for c in charset.split("\\")] or None))
-
-
-def _decode_text(raw: bytes, encodings: Sequence[str]) -> str:
-    """An element's text value in its character set (PS3.5 6.1), without padding."""
-    if raw.isascii() and _ESC not in raw:
-        # Every character set DICOM allows reads these bytes as ASCII; only
-        # ISO 2022 escape sequences (ESC) switch to something else.
-        return raw.decode("ascii").strip(" \0")
-    try:
-        text = decode_bytes(raw, encodings, {0x5E, 0x3D})
-    except Exception:
-        text = raw.decode("latin-1")
-    return text.strip(" \0")

@@ -81,6 +81,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.storage",
                 "adicom.diskstorage",
                 "adicom.diskinstance",
+                "adicom.instancevalues",
                 "adicom.qrscu",
                 "adicom.qrcontexts",
                 "adicom.qrscp",

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 import adicom
-from adicom import diskinstance
+from adicom import instancevalues
 from adicom.dimse import Command, CommandField
 from adicom.fileformat import (
     ConvertedFile,
@@ -460,8 +460,8 @@ async def test_an_instance_not_encoded_as_its_syntax_says_is_stored_as_received(
     ],
 )
 def test_layout_text_is_decoded_in_its_character_set(charset: str, raw: bytes, text: str) -> None:
-    encodings = diskinstance._encodings(charset)
-    assert diskinstance._decode_text(raw, encodings) == text
+    encodings = instancevalues._encodings(charset)
+    assert instancevalues._decode_text(raw, encodings) == text
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import pathlib
+import struct
 from collections.abc import Callable
 
 import pytest
@@ -296,3 +297,31 @@ def test_the_context_made_per_instance_is_the_frozen_store_context() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.sop_instance_uid = "1.2"  # type: ignore[misc]
     assert made.file_meta() == built.file_meta()
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT, BIG])
+@pytest.mark.parametrize("first", [None, 1, 2, 5])
+def test_a_group_0002_is_told_from_the_first_bytes_in_every_syntax(
+    tmp_path: pathlib.Path, syntax: str, first: int | None
+) -> None:
+    """A data set that starts with group 0002 (in its own byte order) has it dropped: 0xB006.
+
+    The usual start is told from two bytes without a walk; these must be
+    the group's in the data set's byte order, big endian included.
+    """
+    dataset = instance(False)
+    data = encode_dataset(dataset, syntax)
+    order = ">" if syntax == BIG else "<"
+    value = b"9.9.9.9\0"  # another instance's UID, never to be filed
+    meta = struct.pack(order + "HH2sH", 0x0002, 0x0003, b"UI", len(value)) + value
+    status, stored = store(
+        tmp_path / "meta", dataset, meta + data, [] if first is None else [first], syntax
+    )
+    assert status == 0xB006, stored.error
+    (path,) = stored_files(tmp_path / "meta")
+    assert path.read_bytes().endswith(data) and value not in path.read_bytes()
+    # Without it: stored as it came, nothing dropped.
+    status, stored = store(
+        tmp_path / "plain", dataset, data, [] if first is None else [first], syntax
+    )
+    assert status == 0, stored.error
