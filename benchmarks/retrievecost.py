@@ -17,6 +17,11 @@ the instructions it executed too, which do not move with the machine's
 load. Everything is divided by N: association, the C-FIND that chooses
 what a C-GET offers, and release are in it, as in the benchmark.
 
+``getnull`` is ``qrscu.get`` on an ``adicom.connect`` association (the
+common C-GET offer, no C-FIND) into a storage that keeps nothing: what the
+sub-operations cost without the storage sink, so get minus getnull is
+roughly the sink's share.
+
 ``--dcmtk`` runs getscu / movescu the same way: CPU of a run of N minus a
 run of one (getrusage of children), and under ``--callgrind`` the
 difference of their instruction totals, per sub-operation.
@@ -45,7 +50,57 @@ from benchmarks.sides._common import MOVE_DEST_AET
 from benchmarks.sides.dcmtk_side import find_tool
 from benchmarks.stacks import destination_stack, start_scp, stop_scp
 
-KINDS = ("get", "move")
+KINDS = ("get", "move", "getnull")
+
+
+class _Nowhere:
+    """getnull's storage: takes every instance and keeps none of it (the sink's cost out)."""
+
+    @staticmethod
+    def storage() -> object:
+        from adicom.storage import IncomingInstance, StorageHandler, StoreContext
+
+        class Dropped(IncomingInstance):
+            def write(self, data: memoryview, /) -> None:
+                pass
+
+            async def finish(self) -> int:
+                return 0x0000
+
+            def finish_now(self) -> int:
+                return 0x0000
+
+        class Nowhere(StorageHandler):
+            def open(self, context: StoreContext) -> IncomingInstance:
+                return Dropped(context)
+
+        return Nowhere()
+
+
+async def _get_nowhere(port: int, study: str, series: str, sop: str | None) -> object:
+    """getnull: adicom.connect with the common C-GET offer, qrscu.get into _Nowhere, release."""
+    # The DicomClient path's C-FIND and DiskStorage are left out: what
+    # remains is the association, the DIMSE and PDU layers and qrscu.
+    from pydicom.dataset import Dataset
+
+    import adicom
+    from adicom import qrscu
+    from adicom.storage import StorageHandler
+
+    storage = _Nowhere.storage()
+    assert isinstance(storage, StorageHandler)
+    contexts, roles = qrscu.get_contexts()
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES" if sop is None else "IMAGE"
+    identifier.StudyInstanceUID = study
+    identifier.SeriesInstanceUID = series
+    if sop is not None:
+        identifier.SOPInstanceUID = sop
+    async with adicom.connect(
+        HOST, port, calling_ae=SCU_AET, called_ae=SCP_AET, contexts=contexts, roles=roles,
+        timeout=600,
+    ) as assoc:  # fmt: skip
+        return await qrscu.get(assoc, identifier, storage)
 
 
 def _cpu() -> tuple[float, float]:
@@ -56,6 +111,7 @@ def _cpu() -> tuple[float, float]:
 async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> None:
     """The adicom SCU: one line in (``warm KIND`` / ``go KIND``), one line out (``DONE cpu``)."""
     import adicom
+    from adicom import qrscu
 
     keys = series_keys(data_dir)
     node = adicom.DicomNode(aet=SCP_AET, host=HOST, port=port)
@@ -81,7 +137,16 @@ async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> No
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        if kind == "get" and what == "warm":
+        if kind == "getnull":
+            progress = await _get_nowhere(port, study, series, sop if what == "warm" else None)
+            assert isinstance(progress, qrscu.RetrieveProgress)
+            result = adicom.RetrieveResult(
+                status="success" if progress.status == 0 else "failure",
+                status_code=progress.status or 0,
+                num_completed=progress.completed,
+                num_failed=progress.failed,
+            )
+        elif kind == "get" and what == "warm":
             result = await client.get_image(study, series, sop, node, folder)
         elif kind == "get":
             result = await client.get_series(study, series, node, folder)
@@ -246,7 +311,7 @@ def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
             line = f"{kind}:{completed:<6} {_us(float(spent), float(system), n)}"
             if args.callgrind:
                 line += f" {scu.instructions() / n / 1e3:11.1f}"
-            if args.dcmtk:
+            if args.dcmtk and kind != "getnull":
                 cpu, ir, dcmtk_wall = _dcmtk_cost(kind, n, archive.port, data_dir, work / "out",
                                       args.callgrind)  # fmt: skip
                 line += f"  {cpu}"
@@ -280,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("runs", nargs="+", help="KIND:N, KIND one of get, move (one N for all)")
+    parser.add_argument(
+        "runs", nargs="+", help="KIND:N, KIND one of get, move, getnull (one N for all)"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     mode.add_argument("--profile", action="store_true", help="cProfile the timed call")
