@@ -275,7 +275,7 @@ def _dcmtk_cost(
 
 def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
     n = max(count for _, count in runs)
-    data_dir = ensure(DEFAULT_DATA, SMALL, n)
+    data_dir = ensure(args.data_dir, SMALL, n)
     work = Path(tempfile.mkdtemp(prefix="adicom-retrievecost-", dir=args.scratch))
     dest_port = free_port()
     (work / "archive").mkdir()
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="--profile: copy the .prof files here")
     parser.add_argument("--repeat", type=int, default=1, help="run the list this many times")
     parser.add_argument("--dcmtk", action="store_true", help="getscu / movescu too")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="instance cache")
     parser.add_argument("--scratch", type=Path, help="where the C-GET writes (default $TMPDIR)")
     args = parser.parse_args(argv)
     runs = []
