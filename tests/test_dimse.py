@@ -845,3 +845,55 @@ def test_c_store_rq_is_the_command_its_fields_say(
     )
     assert type(made) is Command and made.has_dataset
     assert Command.decode(made.encode()) == made
+
+
+def _same_length_uid(uid: str, salt: int) -> str:
+    """Another UID of the same length: its digits shifted by ``salt``."""
+    return "".join(str((int(c) + salt) % 10) if c.isdigit() else c for c in uid)
+
+
+@ROUND_TRIP
+@given(s.commands, st.lists(s.u16, min_size=8, max_size=8), st.integers(1, 9))
+def test_a_learned_shape_decodes_like_the_full_parser(
+    command: Command, ids: list[int], salt: int
+) -> None:
+    # Command.decode learns the first command's shape and then reads only
+    # the values that may vary (IDs, status, counts, instance UIDs of one
+    # length) into a copy of it: every other command of that shape must
+    # come out as the full element-by-element parser reads it.
+    from adicom.dimse import commands
+
+    commands._SHAPES.clear()
+    commands._DECODED.clear()
+    Command.decode(command.encode())
+    varied = replace(
+        command,
+        **{
+            name: value
+            for name, value in zip(
+                (
+                    "message_id",
+                    "message_id_being_responded_to",
+                    "status",
+                    "number_of_remaining_suboperations",
+                    "number_of_completed_suboperations",
+                    "number_of_failed_suboperations",
+                    "number_of_warning_suboperations",
+                    "move_originator_message_id",
+                ),
+                ids,
+                strict=True,
+            )
+            if getattr(command, name) is not None
+        },
+        **{
+            name: _same_length_uid(getattr(command, name), salt)
+            for name in ("affected_sop_instance_uid", "requested_sop_instance_uid")
+            if getattr(command, name) is not None
+        },
+    )
+    raw = varied.encode()
+    full, _ = Command._decode(raw)
+    assert Command.decode(raw) == full
+    assert Command.decode(memoryview(bytearray(raw))) == full
+    assert full == Command.decode(varied.encode())

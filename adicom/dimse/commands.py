@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from adicom.errors import RemoteProtocolError
@@ -221,15 +222,18 @@ class Command:
         shapes = _SHAPES.get(len(key))
         if shapes is not None:
             number = int.from_bytes(key, "little")
-            for mask, fixed, reader, indexes, texts, template in shapes:
+            for mask, fixed, reader, pick, template, texts in shapes:
                 if number & mask == fixed:
-                    values = template.copy()
-                    read = reader.unpack_from(key)
-                    for index, value in zip(indexes, read, strict=True):
-                        values[index] = value
-                    for index, at in texts:
-                        values[index] = _decode_value(_UI, read[at], 0x1000)
-                    return _build(values)
+                    # The template's values then the ones read; ``pick``
+                    # takes each field's from one or the other (one C call
+                    # each, where a loop over the varying fields cost more
+                    # than the rest of this path).
+                    if not texts:
+                        return _build(pick(template + reader.unpack_from(key)))
+                    values = [*template, *reader.unpack_from(key)]
+                    for at in texts:
+                        values[at] = _decode_ui(values[at])
+                    return _build(pick(values))
         command, slots = cls._decode(key)
         if slots:
             shapes = _SHAPES.setdefault(len(key), [])
@@ -321,12 +325,14 @@ class Command:
 #: Commands decoded lately, by their bytes (see Command.decode).
 _DECODED: dict[bytes, Command] = {}
 _DECODED_SIZE = 64
-_Shape = tuple[int, int, struct.Struct, tuple[int, ...], tuple[tuple[int, int], ...], list[Any]]
+_Shape = tuple[int, int, struct.Struct, "itemgetter[Any]", tuple[Any, ...], tuple[int, ...]]
 #: Command shapes decoded lately, by length: (a mask of the bits that do
 #: not vary, as an int of the bytes read little-endian; those bits' value;
-#: a Struct reading the varying values; the index of each one's field;
-#: (index of the field, position in what the Struct reads) of the UIDs
-#: among them, read as bytes; every field's value). See Command.decode.
+#: a Struct reading the varying values; an itemgetter that takes, from
+#: every field's value in that command followed by the values read, each
+#: field's value in field order; every field's value in that command; the
+#: positions, in that sequence, of the UIDs read, as bytes, to decode).
+#: See Command.decode.
 _SHAPES: dict[int, list[_Shape]] = {}
 #: The elements whose values may differ between commands of one shape:
 #: Message ID, Message ID Being Responded To, Status, the sub-operation
@@ -380,22 +386,23 @@ def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[A
     mask = (1 << (8 * len(key))) - 1
     layout = ["<"]
     pos = 0
-    indexes: list[int] = []
-    texts: list[tuple[int, int]] = []
-    for offset, length, index, text in slots:
+    plan = list(range(len(template)))  # each field's value from the template...
+    texts: list[int] = []
+    for read, (offset, length, index, text) in enumerate(slots, len(template)):
         mask &= ~(((1 << (8 * length)) - 1) << (8 * offset))
         if text:  # read as bytes, then decoded (see Command.decode)
             layout.append(f"{offset - pos}x{length}s")
-            texts.append((index, len(indexes)))
+            texts.append(read)
         else:
             layout.append(f"{offset - pos}xH")
-        indexes.append(index)
+        plan[index] = read  # ...but for the varying ones, read after it
         pos = offset + length
     fixed = int.from_bytes(key, "little") & mask
-    return mask, fixed, struct.Struct("".join(layout)), tuple(indexes), tuple(texts), template
+    reader = struct.Struct("".join(layout))
+    return mask, fixed, reader, itemgetter(*plan), tuple(template), tuple(texts)
 
 
-def _build(values: list[Any]) -> Command:
+def _build(values: Sequence[Any]) -> Command:
     """A Command of every field's value, in field order, without its __init__.
 
     A frozen dataclass's __init__ sets its 24 fields one by one through
@@ -584,6 +591,12 @@ def _encode_value(vr: str, value: Any) -> bytes:
     return raw
 
 
+def _decode_ui(raw: bytes) -> str:
+    """A UI value as :func:`_decode_value` reads it."""
+    # Stray non-ASCII bytes become "?" so a response can echo the value.
+    return raw.decode("ascii", "replace").replace("\ufffd", "?").rstrip("\0 ")
+
+
 def _decode_value(vr: str, raw: bytes, element: int) -> Any:
     try:
         if vr == _US:
@@ -599,6 +612,7 @@ def _decode_value(vr: str, raw: bytes, element: int) -> Any:
             )
     except struct.error:
         raise malformed(f"element (0000,{element:04X}) has {len(raw)} bytes for VR {vr}") from None
+    if vr == _UI:
+        return _decode_ui(raw)
     # Stray non-ASCII bytes become "?" so a response can echo the value.
-    text = raw.decode("ascii", "replace").replace("\ufffd", "?")
-    return text.rstrip("\0 ") if vr == _UI else text.strip(" \0")
+    return raw.decode("ascii", "replace").replace("\ufffd", "?").strip(" \0")
