@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -866,32 +867,28 @@ def test_a_learned_shape_decodes_like_the_full_parser(
     commands._SHAPES.clear()
     commands._DECODED.clear()
     Command.decode(command.encode())
-    varied = replace(
-        command,
-        **{
-            name: value
-            for name, value in zip(
-                (
-                    "message_id",
-                    "message_id_being_responded_to",
-                    "status",
-                    "number_of_remaining_suboperations",
-                    "number_of_completed_suboperations",
-                    "number_of_failed_suboperations",
-                    "number_of_warning_suboperations",
-                    "move_originator_message_id",
-                ),
-                ids,
-                strict=True,
-            )
-            if getattr(command, name) is not None
-        },
-        **{
-            name: _same_length_uid(getattr(command, name), salt)
-            for name in ("affected_sop_instance_uid", "requested_sop_instance_uid")
-            if getattr(command, name) is not None
-        },
-    )
+    changes: dict[str, Any] = {
+        name: value
+        for name, value in zip(
+            (
+                "message_id",
+                "message_id_being_responded_to",
+                "status",
+                "number_of_remaining_suboperations",
+                "number_of_completed_suboperations",
+                "number_of_failed_suboperations",
+                "number_of_warning_suboperations",
+                "move_originator_message_id",
+            ),
+            ids,
+            strict=True,
+        )
+        if getattr(command, name) is not None
+    }
+    for name in ("affected_sop_instance_uid", "requested_sop_instance_uid"):
+        if getattr(command, name) is not None:
+            changes[name] = _same_length_uid(getattr(command, name), salt)
+    varied = replace(command, **changes)
     raw = varied.encode()
     full, _ = Command._decode(raw)
     assert Command.decode(raw) == full
