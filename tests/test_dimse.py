@@ -894,3 +894,27 @@ def test_a_learned_shape_decodes_like_the_full_parser(
     assert Command.decode(raw) == full
     assert Command.decode(memoryview(bytearray(raw))) == full
     assert full == Command.decode(varied.encode())
+
+
+@ROUND_TRIP
+@given(s.commands, st.lists(st.integers(0, 0x2FFFF), min_size=4, max_size=4))
+def test_a_counts_template_encodes_as_the_general_encoder(
+    command: Command, counts: list[int]
+) -> None:
+    # Any command carrying the four counts, whatever else it holds (other
+    # elements, UIDs of any length): the template's bytes are those of the
+    # command with the counts set, each capped at 65535 (US, PS3.5 6.2).
+    names = (
+        "number_of_remaining_suboperations",
+        "number_of_completed_suboperations",
+        "number_of_failed_suboperations",
+        "number_of_warning_suboperations",
+    )
+    zeros: dict[str, Any] = dict.fromkeys(names, 0)
+    template = CountsTemplate(replace(command, **zeros))
+    for shift in range(2):  # a template serves again and again
+        these = [(c + shift) for c in counts]
+        capped: dict[str, Any] = {
+            name: min(c, 0xFFFF) for name, c in zip(names, these, strict=True)
+        }
+        assert template.encode(*these) == replace(command, **capped).encode()

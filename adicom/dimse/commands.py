@@ -491,23 +491,36 @@ class CountsTemplate:
     def __init__(self, command: Command) -> None:
         #: The command as built (its counts are those of the last ``encode``'s caller).
         self.command = command
-        self._encoded = bytearray(command.encode())
-        self._offsets: list[int] = []
+        encoded = command.encode()
+        offsets: list[int] = []
         pos = 8 + 4  # after the Command Group Length element
-        while pos < len(self._encoded):
-            _, element, length = _TAG.unpack_from(self._encoded, pos)
+        while pos < len(encoded):
+            _, element, length = _TAG.unpack_from(encoded, pos)
             if element in self._ELEMENTS:
-                self._offsets.append(pos + 8)
+                offsets.append(pos + 8)
             pos += 8 + length
-        if len(self._offsets) != len(self._ELEMENTS):
+        if len(offsets) != len(self._ELEMENTS):
             raise ValueError("the command carries no sub-operation counts")
+        # The bytes around the four counts, and one Struct that packs them
+        # and the counts in a single call (per pending response sent).
+        cuts = [0, *(at for offset in offsets for at in (offset, offset + 2)), len(encoded)]
+        self._pieces = [encoded[cuts[i] : cuts[i + 1]] for i in range(0, len(cuts), 2)]
+        self._pack = struct.Struct("<" + "H".join(f"{len(p)}s" for p in self._pieces)).pack
 
     def encode(self, remaining: int, completed: int, failed: int, warning: int) -> bytes:
         """The command with these counts (a count over 65535 is sent as 65535)."""
-        counts = (remaining, completed, failed, warning)
-        for offset, value in zip(self._offsets, counts, strict=True):
-            _U16.pack_into(self._encoded, offset, min(value, 0xFFFF))
-        return bytes(self._encoded)
+        p0, p1, p2, p3, p4 = self._pieces
+        return self._pack(
+            p0,
+            min(remaining, 0xFFFF),
+            p1,
+            min(completed, 0xFFFF),
+            p2,
+            min(failed, 0xFFFF),
+            p3,
+            min(warning, 0xFFFF),
+            p4,
+        )
 
 
 class ResponseTemplate:
@@ -520,7 +533,7 @@ class ResponseTemplate:
     are the template's.
     """
 
-    __slots__ = ("_head", "_tail", "_values")
+    __slots__ = ("_bare", "_head", "_size", "_tail", "_values", "_with_uid")
 
     def __init__(self, command_field: int, affected_sop_class_uid: str | None, status: int) -> None:
         command = Command(
@@ -532,18 +545,37 @@ class ResponseTemplate:
         body = command.encode()[12:]  # after the Command Group Length element
         at = body.index(_ENCODERS[_ELEMENT_INDEX[0x0120]][0]) + 8
         self._head, self._tail = body[:at], body[at + 2 :]
+        self._size = len(body)
         self._values = list(_ALL_FIELDS(command))
+        # Group length element, its value, the bytes before the ID, the ID,
+        # the bytes after it; then, with a SOP Instance UID, its element
+        # header and value length (the value itself is appended).
+        layout = f"<8sL{len(self._head)}sH{len(self._tail)}s"
+        self._bare = struct.Struct(layout).pack
+        self._with_uid = struct.Struct(layout + "4sL").pack
 
     def make(self, message_id: int, sop_instance_uid: str | None) -> tuple[Command, bytes]:
         """The response to request ``message_id`` about ``sop_instance_uid``, and its bytes."""
-        body = self._head + _U16.pack(message_id) + self._tail
-        if sop_instance_uid is not None:
-            raw = _encode_value(_UI, sop_instance_uid)
-            body += _INSTANCE_UID_HEAD + _U32.pack(len(raw)) + raw
         values = self._values.copy()
         values[_RESPONDED_TO] = message_id
         values[_INSTANCE_UID] = sop_instance_uid
-        return _build(values), _GROUP_LENGTH + _U32.pack(len(body)) + body
+        if sop_instance_uid is None:
+            raw = self._bare(_GROUP_LENGTH, self._size, self._head, message_id, self._tail)
+            return _build(values), raw
+        uid = sop_instance_uid.encode("ascii")
+        if len(uid) % 2:
+            uid += b"\0"  # PS3.5 6.2: UI pads with a NUL
+        size = len(uid)
+        head = self._with_uid(
+            _GROUP_LENGTH,
+            self._size + 8 + size,
+            self._head,
+            message_id,
+            self._tail,
+            _INSTANCE_UID_HEAD,
+            size,
+        )
+        return _build(values), head + uid
 
 
 class RequestTemplate:
