@@ -180,7 +180,12 @@ class Command:
             if kind is _US:
                 raw = head + _U16.pack(value)
             else:
-                body = _encode_value(kind, value)
+                if kind is _UI:  # the common case inline: what _encode_value does
+                    body = str(value).encode("ascii")
+                    if len(body) % 2:
+                        body += b"\0"
+                else:
+                    body = _encode_value(kind, value)
                 raw = head + _U32.pack(len(body)) + body
             append(raw)
             size += len(raw)
