@@ -227,18 +227,24 @@ class Command:
         shapes = _SHAPES.get(len(key))
         if shapes is not None:
             number = int.from_bytes(key, "little")
-            for mask, fixed, reader, pick, template, texts in shapes:
+            for mask, fixed, reader, indexes, template, texts, pick, template_values in shapes:
                 if number & mask == fixed:
                     # The template's values then the ones read; ``pick``
                     # takes each field's from one or the other (one C call
                     # each, where a loop over the varying fields cost more
                     # than the rest of this path).
-                    if not texts:
-                        return _build(pick(template + reader.unpack_from(key)))
-                    values = [*template, *reader.unpack_from(key)]
-                    for at in texts:
-                        values[at] = _decode_ui(values[at])
-                    return _build(pick(values))
+                    if pick is not None:
+                        # Many values vary (the sub-operation counts): one
+                        # itemgetter takes each field's value from the
+                        # template or from what was read, cheaper than a
+                        # loop over them.
+                        return _build(pick(template_values + reader.unpack_from(key)))
+                    values = template.copy()
+                    for index, value in zip(indexes, reader.unpack_from(key), strict=False):
+                        values[index] = value
+                    for index in texts:
+                        values[index] = _decode_ui(values[index])
+                    return _build(values)
         command, slots = cls._decode(key)
         if slots:
             shapes = _SHAPES.setdefault(len(key), [])
@@ -330,13 +336,24 @@ class Command:
 #: Commands decoded lately, by their bytes (see Command.decode).
 _DECODED: dict[bytes, Command] = {}
 _DECODED_SIZE = 64
-_Shape = tuple[int, int, struct.Struct, "itemgetter[Any]", tuple[Any, ...], tuple[int, ...]]
+_Shape = tuple[
+    int,
+    int,
+    struct.Struct,
+    tuple[int, ...],
+    list[Any],
+    tuple[int, ...],
+    "itemgetter[Any] | None",
+    tuple[Any, ...],
+]
 #: Command shapes decoded lately, by length: (a mask of the bits that do
 #: not vary, as an int of the bytes read little-endian; those bits' value;
-#: a Struct reading the varying values; an itemgetter that takes, from
-#: every field's value in that command followed by the values read, each
-#: field's value in field order; every field's value in that command; the
-#: positions, in that sequence, of the UIDs read, as bytes, to decode).
+#: a Struct reading the varying values; the index of each one's field;
+#: every field's value in that command; the indexes of the fields read as
+#: UI bytes, to decode; for a shape of more than _LOOP_MAX varying values
+#: and no UI, an itemgetter that takes, from every field's value in that
+#: command followed by the values read, each field's value in field order,
+#: else None; every field's value in that command again, as a tuple).
 #: See Command.decode.
 _SHAPES: dict[int, list[_Shape]] = {}
 #: The elements whose values may differ between commands of one shape:
@@ -347,6 +364,8 @@ _VARYING = frozenset(
     {0x0110, 0x0120, 0x0900, 0x1000, 0x1001, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031}
 )
 _SHAPES_PER_LENGTH = 4
+#: Up to this many varying values, a loop stores them (see _shape); past it, an itemgetter.
+_LOOP_MAX = 3
 _SHAPES_SIZE = 64
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Command))
@@ -392,19 +411,21 @@ def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[A
     layout = ["<"]
     pos = 0
     plan = list(range(len(template)))  # each field's value from the template...
-    texts: list[int] = []
     for read, (offset, length, index, text) in enumerate(slots, len(template)):
         mask &= ~(((1 << (8 * length)) - 1) << (8 * offset))
         if text:  # read as bytes, then decoded (see Command.decode)
             layout.append(f"{offset - pos}x{length}s")
-            texts.append(read)
         else:
             layout.append(f"{offset - pos}xH")
         plan[index] = read  # ...but for the varying ones, read after it
         pos = offset + length
     fixed = int.from_bytes(key, "little") & mask
     reader = struct.Struct("".join(layout))
-    return mask, fixed, reader, itemgetter(*plan), tuple(template), tuple(texts)
+    indexes = tuple(index for _, _, index, _ in slots)
+    # A UI element given twice is read twice into one field: decoded once.
+    texts = tuple(dict.fromkeys(index for _, _, index, text in slots if text))
+    pick = itemgetter(*plan) if len(slots) > _LOOP_MAX and not texts else None
+    return mask, fixed, reader, indexes, template, texts, pick, tuple(template)
 
 
 def _build(values: Sequence[Any]) -> Command:
