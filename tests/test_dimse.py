@@ -918,3 +918,34 @@ def test_a_counts_template_encodes_as_the_general_encoder(
             name: min(c, 0xFFFF) for name, c in zip(names, these, strict=True)
         }
         assert template.encode(*these) == replace(command, **capped).encode()
+
+
+def test_a_shape_with_a_uid_element_given_twice_decodes_like_the_full_parser() -> None:
+    # A peer may repeat an element; the last one wins in the full parser,
+    # and the learned shape must agree (and decode that UI value once).
+    def raw(first: bytes, second: bytes, message_id: int) -> bytes:
+        body = (
+            struct.pack("<HHLH", 0, 0x0100, 2, CommandField.C_STORE_RQ)
+            + struct.pack("<HHLH", 0, 0x0110, 2, message_id)
+            + struct.pack("<HHLH", 0, 0x0800, 2, 0)
+            + struct.pack("<HHL", 0, 0x1000, len(first))
+            + first
+            + struct.pack("<HHL", 0, 0x1000, len(second))
+            + second
+        )
+        return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+    from adicom.dimse import commands
+
+    commands._SHAPES.clear()
+    commands._DECODED.clear()
+    pairs = [
+        (b"1.2.3.4\0", b"1.2.3.5\0"),
+        (b"9.8.7.6\0", b"5.4.3.2\0"),
+        (b"1.1.1.1\0", b"2.2.2.2\0"),
+    ]
+    for message_id, (first, second) in enumerate(pairs):
+        data = raw(first, second, message_id + 1)
+        full, _ = Command._decode(data)
+        assert full.affected_sop_instance_uid == second.rstrip(b"\0").decode()
+        assert Command.decode(data) == full
