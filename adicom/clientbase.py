@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from ssl import SSLContext
 from typing import Any, Self
@@ -22,6 +23,48 @@ from adicom.retry import NO_RETRY, RetryPolicy
 from adicom.settings import DicomSettings
 
 log = logging.getLogger("adicom")
+
+
+class PeerMemory:
+    """Peers noted for a while: each for ``seconds``, the latest ``limit`` of them.
+
+    What a client learned about a peer's behaviour (not its data), so that
+    the next call does not ask again: entries older than ``seconds`` are
+    forgotten when next looked at, and beyond ``limit`` peers the oldest
+    note goes.
+    """
+
+    def __init__(self, seconds: float = 600.0, limit: int = 64) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self._noted: dict[tuple[str, int, str], float] = {}
+
+    @staticmethod
+    def _key(peer: DicomNode) -> tuple[str, int, str]:
+        return (peer.host, peer.port, peer.aet)
+
+    def note(self, peer: DicomNode) -> None:
+        """Remember ``peer`` from now on, for ``seconds``."""
+        key = self._key(peer)
+        self._noted.pop(key, None)
+        self._noted[key] = time.monotonic() + self.seconds
+        while len(self._noted) > self.limit:
+            del self._noted[next(iter(self._noted))]
+
+    def knows(self, peer: DicomNode) -> bool:
+        """Whether ``peer`` was noted less than ``seconds`` ago."""
+        key = self._key(peer)
+        until = self._noted.get(key)
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            del self._noted[key]
+            return False
+        return True
+
+    def forget(self, peer: DicomNode) -> None:
+        """Drop what was noted about ``peer``."""
+        self._noted.pop(self._key(peer), None)
 
 
 class ClientBase:
@@ -68,6 +111,10 @@ class ClientBase:
         self.pool = pool
         #: Event hooks of every association the client opens (see :mod:`adicom.events`).
         self.hooks = hooks
+        # Peers whose C-FIND did not name the SOP class of an instance when
+        # a C-GET asked what to offer: the next C-GET offers the common
+        # classes without asking (see RetrieveMethods._get_contexts).
+        self._classless = PeerMemory()
 
     @classmethod
     def from_settings(cls, settings: DicomSettings | None = None) -> Self:

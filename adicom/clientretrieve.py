@@ -191,6 +191,8 @@ class RetrieveMethods(ClientBase):
             found = await self._survey(identifier, peer, self.dimse_timeout)
             if found is not None:
                 outcome.failures = qrscu.explain_failures(agreed, outcome, found.instances)
+                if found.wanted():
+                    self._classless.forget(peer)  # it says them now: ask it next time
         qrscu.log_failures(outcome.failures)
         result = _result(outcome, storage)
         log.info(
@@ -214,6 +216,15 @@ class RetrieveMethods(ClientBase):
         if self.get_sop_classes is not None:
             return (*qrscu.get_contexts(self.model, self.get_sop_classes), {})
         level = str(identifier.QueryRetrieveLevel).lower()
+        if self._classless.knows(peer):
+            # Asked a moment ago: its C-FIND does not say SOP classes, so a
+            # C-FIND now would only cost an association (one with dcmqrscp
+            # forks a process) to learn that again.
+            log.info(
+                "C-GET: %s's C-FIND did not say SOP classes lately; offering the common ones",
+                peer.aet,
+            )
+            return (*qrscu.get_contexts(self.model), {})
         found = await self._survey(identifier, peer, timeout, for_offer=True)
         if found is None:
             log.warning("C-GET: offering the common storage classes")
@@ -221,6 +232,7 @@ class RetrieveMethods(ClientBase):
         if found.stopped:
             # What is held stays unknown: asked again only if something fails.
             log.info("C-GET: the C-FIND does not say SOP classes; offering the common ones")
+            self._classless.note(peer)
             return (*qrscu.get_contexts(self.model), {})
         wanted = found.wanted()
         if not wanted:

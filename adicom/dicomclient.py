@@ -80,6 +80,9 @@ class DicomClient(RetrieveMethods):
     :func:`adicom.qrscu.plan_get_contexts` says; if that C-FIND fails, or its
     first match does not name its SOP class (it is then cancelled), the
     common classes are offered (:data:`adicom.qrscu.DEFAULT_GET_SOP_CLASSES`).
+    A peer whose C-FIND did not name the class is remembered for 10
+    minutes: the client's next C-GETs from it make that offer without the
+    C-FIND.
     ``get_offer`` says instead what to offer, without the C-FIND: SOP class
     to transfer syntaxes (an empty list: every syntax pydicom knows).
     ``get_all_syntaxes`` offers every syntax for each class, whatever the

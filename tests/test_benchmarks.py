@@ -507,3 +507,30 @@ def test_index_benchmark_runs_sqlite_postgresql_and_two_nodes(tmp_path: pathlib.
         assert set(operations) == {"store", "find", "get"}
         assert all(m["rate"] > 0 for m in operations.values())
     assert "| postgresql x2 | get |" in result.stdout
+
+
+def test_retrievecost_measures_get_getnull_and_move_beside_dcmtk(tmp_path: pathlib.Path) -> None:
+    from benchmarks.sides.dcmtk_side import find_tool
+
+    if find_tool("dcmqrscp") is None or find_tool("getscu") is None:
+        pytest.fail("DCMTK is installed on this project's machines; dcmqrscp/getscu not found")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.retrievecost", "--dcmtk", "--data-dir",
+         str(tmp_path / "data"), "--scratch", str(scratch), "get:6", "getnull:6", "move:6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split(":")[0]: line for line in result.stdout.splitlines() if ":" in line}
+    # Each run completed all six sub-operations; DCMTK's column only for get and move.
+    for kind in ("get", "getnull", "move"):
+        assert rows[kind].split()[0] == f"{kind}:6", result.stdout
+    assert "wall N-1" in rows["get"] and "wall N-1" in rows["move"]
+    assert "wall N-1" not in rows["getnull"]
+    assert list(scratch.iterdir()) == []  # its work folder is removed
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.retrievecost", "get:6", "move:7"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "one N for all" in bad.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -845,3 +846,106 @@ def test_c_store_rq_is_the_command_its_fields_say(
     )
     assert type(made) is Command and made.has_dataset
     assert Command.decode(made.encode()) == made
+
+
+def _same_length_uid(uid: str, salt: int) -> str:
+    """Another UID of the same length: its digits shifted by ``salt``."""
+    return "".join(str((int(c) + salt) % 10) if c.isdigit() else c for c in uid)
+
+
+@ROUND_TRIP
+@given(s.commands, st.lists(s.u16, min_size=8, max_size=8), st.integers(1, 9))
+def test_a_learned_shape_decodes_like_the_full_parser(
+    command: Command, ids: list[int], salt: int
+) -> None:
+    # Command.decode learns the first command's shape and then reads only
+    # the values that may vary (IDs, status, counts, instance UIDs of one
+    # length) into a copy of it: every other command of that shape must
+    # come out as the full element-by-element parser reads it.
+    from adicom.dimse import commands
+
+    commands._SHAPES.clear()
+    commands._DECODED.clear()
+    Command.decode(command.encode())
+    changes: dict[str, Any] = {
+        name: value
+        for name, value in zip(
+            (
+                "message_id",
+                "message_id_being_responded_to",
+                "status",
+                "number_of_remaining_suboperations",
+                "number_of_completed_suboperations",
+                "number_of_failed_suboperations",
+                "number_of_warning_suboperations",
+                "move_originator_message_id",
+            ),
+            ids,
+            strict=True,
+        )
+        if getattr(command, name) is not None
+    }
+    for name in ("affected_sop_instance_uid", "requested_sop_instance_uid"):
+        if getattr(command, name) is not None:
+            changes[name] = _same_length_uid(getattr(command, name), salt)
+    varied = replace(command, **changes)
+    raw = varied.encode()
+    full, _ = Command._decode(raw)
+    assert Command.decode(raw) == full
+    assert Command.decode(memoryview(bytearray(raw))) == full
+    assert full == Command.decode(varied.encode())
+
+
+@ROUND_TRIP
+@given(s.commands, st.lists(st.integers(0, 0x2FFFF), min_size=4, max_size=4))
+def test_a_counts_template_encodes_as_the_general_encoder(
+    command: Command, counts: list[int]
+) -> None:
+    # Any command carrying the four counts, whatever else it holds (other
+    # elements, UIDs of any length): the template's bytes are those of the
+    # command with the counts set, each capped at 65535 (US, PS3.5 6.2).
+    names = (
+        "number_of_remaining_suboperations",
+        "number_of_completed_suboperations",
+        "number_of_failed_suboperations",
+        "number_of_warning_suboperations",
+    )
+    zeros: dict[str, Any] = dict.fromkeys(names, 0)
+    template = CountsTemplate(replace(command, **zeros))
+    for shift in range(2):  # a template serves again and again
+        these = [(c + shift) for c in counts]
+        capped: dict[str, Any] = {
+            name: min(c, 0xFFFF) for name, c in zip(names, these, strict=True)
+        }
+        assert template.encode(*these) == replace(command, **capped).encode()
+
+
+def test_a_shape_with_a_uid_element_given_twice_decodes_like_the_full_parser() -> None:
+    # A peer may repeat an element; the last one wins in the full parser,
+    # and the learned shape must agree (and decode that UI value once).
+    def raw(first: bytes, second: bytes, message_id: int) -> bytes:
+        body = (
+            struct.pack("<HHLH", 0, 0x0100, 2, CommandField.C_STORE_RQ)
+            + struct.pack("<HHLH", 0, 0x0110, 2, message_id)
+            + struct.pack("<HHLH", 0, 0x0800, 2, 0)
+            + struct.pack("<HHL", 0, 0x1000, len(first))
+            + first
+            + struct.pack("<HHL", 0, 0x1000, len(second))
+            + second
+        )
+        return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+    from adicom.dimse import commands
+
+    commands._SHAPES.clear()
+    commands._DECODED.clear()
+    pairs = [
+        (b"1.2.3.4\0", b"1.2.3.5\0"),
+        (b"9.8.7.6\0", b"5.4.3.2\0"),
+        (b"1.1.1.1\0", b"2.2.2.2\0"),
+    ]
+    for message_id, (first, second) in enumerate(pairs):
+        data = raw(first, second, message_id + 1)
+        full, _ = Command._decode(data)
+        assert full.affected_sop_instance_uid == second.rstrip(b"\0").decode()
+        assert Command.decode(data) == full

@@ -200,3 +200,60 @@ async def test_a_get_from_a_peer_that_hides_classes_offers_the_common_ones(
         str(d.SOPInstanceUID) for d in series
     }
     assert "the C-FIND does not say SOP classes; offering the common ones" in caplog.text
+
+
+async def test_a_client_remembers_a_peer_that_hides_classes_and_asks_it_no_more() -> None:
+    tree = Tree(build_tree())
+    first = tree.instances[0]
+    study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    finds: list[str] = []
+
+    async def find_without_class(identifier: Dataset, context: Any) -> AsyncIterator[Dataset]:
+        finds.append(str(identifier.QueryRetrieveLevel))
+        async for match in tree.find(identifier, context):
+            if "SOPClassUID" in match:
+                del match.SOPClassUID
+            yield match
+
+    async with (
+        adicom.Server("HIDING", port=0, on_find=find_without_class, on_get=tree.retrieve) as server,
+        adicom.Server("HIDING", port=0, on_find=find_without_class, on_get=tree.retrieve) as twin,
+    ):
+        hiding = adicom.DicomNode(aet="HIDING", host="127.0.0.1", port=server.port)
+        client = adicom.DicomClient()
+        one = await client.get_series_to_memory(study, series, hiding)
+        asked = len(finds)
+        two = await client.get_series_to_memory(study, series, hiding)
+        # The same client, the same peer: no C-FIND the second time.
+        assert len(finds) == asked == 1
+        # Another peer (the same title at another port) is asked.
+        other = adicom.DicomNode(aet="HIDING", host="127.0.0.1", port=twin.port)
+        await client.get_series_to_memory(study, series, other)
+        assert len(finds) == 2
+        # A new client knows nothing yet; a note that has run out is forgotten.
+        await adicom.DicomClient().get_series_to_memory(study, series, hiding)
+        assert len(finds) == 3
+        client._classless.seconds = 0.0
+        client._classless.note(hiding)
+        await client.get_series_to_memory(study, series, hiding)
+        assert len(finds) == 4
+    assert one.num_completed == two.num_completed > 0 and one.status == two.status == "success"
+
+
+def test_peer_memory_keeps_the_latest_few_for_a_while() -> None:
+    from adicom.clientbase import PeerMemory
+
+    memory = PeerMemory(seconds=600.0, limit=2)
+    peers = [adicom.DicomNode(aet=f"P{n}", host="127.0.0.1", port=104) for n in range(3)]
+    assert not memory.knows(peers[0])
+    for peer in peers:
+        memory.note(peer)
+    assert [memory.knows(p) for p in peers] == [False, True, True]
+    memory.note(peers[1])  # noted again: now the latest, so P2 goes first
+    memory.note(peers[0])
+    assert [memory.knows(p) for p in peers] == [True, True, False]
+    memory.forget(peers[1])
+    assert not memory.knows(peers[1])
+    memory.seconds = 0.0
+    memory.note(peers[2])
+    assert not memory.knows(peers[2])

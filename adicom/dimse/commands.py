@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from adicom.errors import RemoteProtocolError
@@ -179,7 +180,12 @@ class Command:
             if kind is _US:
                 raw = head + _U16.pack(value)
             else:
-                body = _encode_value(kind, value)
+                if kind is _UI:  # the common case inline: what _encode_value does
+                    body = str(value).encode("ascii")
+                    if len(body) % 2:
+                        body += b"\0"
+                else:
+                    body = _encode_value(kind, value)
                 raw = head + _U32.pack(len(body)) + body
             append(raw)
             size += len(raw)
@@ -221,14 +227,23 @@ class Command:
         shapes = _SHAPES.get(len(key))
         if shapes is not None:
             number = int.from_bytes(key, "little")
-            for mask, fixed, reader, indexes, texts, template in shapes:
+            for mask, fixed, reader, indexes, template, texts, pick, template_values in shapes:
                 if number & mask == fixed:
+                    # The template's values then the ones read; ``pick``
+                    # takes each field's from one or the other (one C call
+                    # each, where a loop over the varying fields cost more
+                    # than the rest of this path).
+                    if pick is not None:
+                        # Many values vary (the sub-operation counts): one
+                        # itemgetter takes each field's value from the
+                        # template or from what was read, cheaper than a
+                        # loop over them.
+                        return _build(pick(template_values + reader.unpack_from(key)))
                     values = template.copy()
-                    read = reader.unpack_from(key)
-                    for index, value in zip(indexes, read, strict=True):
+                    for index, value in zip(indexes, reader.unpack_from(key), strict=False):
                         values[index] = value
-                    for index, at in texts:
-                        values[index] = _decode_value(_UI, read[at], 0x1000)
+                    for index in texts:
+                        values[index] = _decode_ui(values[index])
                     return _build(values)
         command, slots = cls._decode(key)
         if slots:
@@ -321,12 +336,25 @@ class Command:
 #: Commands decoded lately, by their bytes (see Command.decode).
 _DECODED: dict[bytes, Command] = {}
 _DECODED_SIZE = 64
-_Shape = tuple[int, int, struct.Struct, tuple[int, ...], tuple[tuple[int, int], ...], list[Any]]
+_Shape = tuple[
+    int,
+    int,
+    struct.Struct,
+    tuple[int, ...],
+    list[Any],
+    tuple[int, ...],
+    "itemgetter[Any] | None",
+    tuple[Any, ...],
+]
 #: Command shapes decoded lately, by length: (a mask of the bits that do
 #: not vary, as an int of the bytes read little-endian; those bits' value;
 #: a Struct reading the varying values; the index of each one's field;
-#: (index of the field, position in what the Struct reads) of the UIDs
-#: among them, read as bytes; every field's value). See Command.decode.
+#: every field's value in that command; the indexes of the fields read as
+#: UI bytes, to decode; for a shape of more than _LOOP_MAX varying values
+#: and no UI, an itemgetter that takes, from every field's value in that
+#: command followed by the values read, each field's value in field order,
+#: else None; every field's value in that command again, as a tuple).
+#: See Command.decode.
 _SHAPES: dict[int, list[_Shape]] = {}
 #: The elements whose values may differ between commands of one shape:
 #: Message ID, Message ID Being Responded To, Status, the sub-operation
@@ -336,6 +364,8 @@ _VARYING = frozenset(
     {0x0110, 0x0120, 0x0900, 0x1000, 0x1001, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031}
 )
 _SHAPES_PER_LENGTH = 4
+#: Up to this many varying values, a loop stores them (see _shape); past it, an itemgetter.
+_LOOP_MAX = 3
 _SHAPES_SIZE = 64
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Command))
@@ -380,22 +410,25 @@ def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[A
     mask = (1 << (8 * len(key))) - 1
     layout = ["<"]
     pos = 0
-    indexes: list[int] = []
-    texts: list[tuple[int, int]] = []
-    for offset, length, index, text in slots:
+    plan = list(range(len(template)))  # each field's value from the template...
+    for read, (offset, length, index, text) in enumerate(slots, len(template)):
         mask &= ~(((1 << (8 * length)) - 1) << (8 * offset))
         if text:  # read as bytes, then decoded (see Command.decode)
             layout.append(f"{offset - pos}x{length}s")
-            texts.append((index, len(indexes)))
         else:
             layout.append(f"{offset - pos}xH")
-        indexes.append(index)
+        plan[index] = read  # ...but for the varying ones, read after it
         pos = offset + length
     fixed = int.from_bytes(key, "little") & mask
-    return mask, fixed, struct.Struct("".join(layout)), tuple(indexes), tuple(texts), template
+    reader = struct.Struct("".join(layout))
+    indexes = tuple(index for _, _, index, _ in slots)
+    # A UI element given twice is read twice into one field: decoded once.
+    texts = tuple(dict.fromkeys(index for _, _, index, text in slots if text))
+    pick = itemgetter(*plan) if len(slots) > _LOOP_MAX and not texts else None
+    return mask, fixed, reader, indexes, template, texts, pick, tuple(template)
 
 
-def _build(values: list[Any]) -> Command:
+def _build(values: Sequence[Any]) -> Command:
     """A Command of every field's value, in field order, without its __init__.
 
     A frozen dataclass's __init__ sets its 24 fields one by one through
@@ -484,23 +517,36 @@ class CountsTemplate:
     def __init__(self, command: Command) -> None:
         #: The command as built (its counts are those of the last ``encode``'s caller).
         self.command = command
-        self._encoded = bytearray(command.encode())
-        self._offsets: list[int] = []
+        encoded = command.encode()
+        offsets: list[int] = []
         pos = 8 + 4  # after the Command Group Length element
-        while pos < len(self._encoded):
-            _, element, length = _TAG.unpack_from(self._encoded, pos)
+        while pos < len(encoded):
+            _, element, length = _TAG.unpack_from(encoded, pos)
             if element in self._ELEMENTS:
-                self._offsets.append(pos + 8)
+                offsets.append(pos + 8)
             pos += 8 + length
-        if len(self._offsets) != len(self._ELEMENTS):
+        if len(offsets) != len(self._ELEMENTS):
             raise ValueError("the command carries no sub-operation counts")
+        # The bytes around the four counts, and one Struct that packs them
+        # and the counts in a single call (per pending response sent).
+        cuts = [0, *(at for offset in offsets for at in (offset, offset + 2)), len(encoded)]
+        self._pieces = [encoded[cuts[i] : cuts[i + 1]] for i in range(0, len(cuts), 2)]
+        self._pack = struct.Struct("<" + "H".join(f"{len(p)}s" for p in self._pieces)).pack
 
     def encode(self, remaining: int, completed: int, failed: int, warning: int) -> bytes:
         """The command with these counts (a count over 65535 is sent as 65535)."""
-        counts = (remaining, completed, failed, warning)
-        for offset, value in zip(self._offsets, counts, strict=True):
-            _U16.pack_into(self._encoded, offset, min(value, 0xFFFF))
-        return bytes(self._encoded)
+        p0, p1, p2, p3, p4 = self._pieces
+        return self._pack(
+            p0,
+            min(remaining, 0xFFFF),
+            p1,
+            min(completed, 0xFFFF),
+            p2,
+            min(failed, 0xFFFF),
+            p3,
+            min(warning, 0xFFFF),
+            p4,
+        )
 
 
 class ResponseTemplate:
@@ -513,7 +559,7 @@ class ResponseTemplate:
     are the template's.
     """
 
-    __slots__ = ("_head", "_tail", "_values")
+    __slots__ = ("_bare", "_head", "_size", "_tail", "_values", "_with_uid")
 
     def __init__(self, command_field: int, affected_sop_class_uid: str | None, status: int) -> None:
         command = Command(
@@ -525,18 +571,37 @@ class ResponseTemplate:
         body = command.encode()[12:]  # after the Command Group Length element
         at = body.index(_ENCODERS[_ELEMENT_INDEX[0x0120]][0]) + 8
         self._head, self._tail = body[:at], body[at + 2 :]
+        self._size = len(body)
         self._values = list(_ALL_FIELDS(command))
+        # Group length element, its value, the bytes before the ID, the ID,
+        # the bytes after it; then, with a SOP Instance UID, its element
+        # header and value length (the value itself is appended).
+        layout = f"<8sL{len(self._head)}sH{len(self._tail)}s"
+        self._bare = struct.Struct(layout).pack
+        self._with_uid = struct.Struct(layout + "4sL").pack
 
     def make(self, message_id: int, sop_instance_uid: str | None) -> tuple[Command, bytes]:
         """The response to request ``message_id`` about ``sop_instance_uid``, and its bytes."""
-        body = self._head + _U16.pack(message_id) + self._tail
-        if sop_instance_uid is not None:
-            raw = _encode_value(_UI, sop_instance_uid)
-            body += _INSTANCE_UID_HEAD + _U32.pack(len(raw)) + raw
         values = self._values.copy()
         values[_RESPONDED_TO] = message_id
         values[_INSTANCE_UID] = sop_instance_uid
-        return _build(values), _GROUP_LENGTH + _U32.pack(len(body)) + body
+        if sop_instance_uid is None:
+            raw = self._bare(_GROUP_LENGTH, self._size, self._head, message_id, self._tail)
+            return _build(values), raw
+        uid = sop_instance_uid.encode("ascii")
+        if len(uid) % 2:
+            uid += b"\0"  # PS3.5 6.2: UI pads with a NUL
+        size = len(uid)
+        head = self._with_uid(
+            _GROUP_LENGTH,
+            self._size + 8 + size,
+            self._head,
+            message_id,
+            self._tail,
+            _INSTANCE_UID_HEAD,
+            size,
+        )
+        return _build(values), head + uid
 
 
 class RequestTemplate:
@@ -584,6 +649,12 @@ def _encode_value(vr: str, value: Any) -> bytes:
     return raw
 
 
+def _decode_ui(raw: bytes) -> str:
+    """A UI value as :func:`_decode_value` reads it."""
+    # Stray non-ASCII bytes become "?" so a response can echo the value.
+    return raw.decode("ascii", "replace").replace("\ufffd", "?").rstrip("\0 ")
+
+
 def _decode_value(vr: str, raw: bytes, element: int) -> Any:
     try:
         if vr == _US:
@@ -599,6 +670,7 @@ def _decode_value(vr: str, raw: bytes, element: int) -> Any:
             )
     except struct.error:
         raise malformed(f"element (0000,{element:04X}) has {len(raw)} bytes for VR {vr}") from None
+    if vr == _UI:
+        return _decode_ui(raw)
     # Stray non-ASCII bytes become "?" so a response can echo the value.
-    text = raw.decode("ascii", "replace").replace("\ufffd", "?")
-    return text.rstrip("\0 ") if vr == _UI else text.strip(" \0")
+    return raw.decode("ascii", "replace").replace("\ufffd", "?").strip(" \0")

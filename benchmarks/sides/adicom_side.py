@@ -20,8 +20,9 @@ association (C-ECHO) to note the TLS version and cipher negotiated
 Query/retrieve (the SCP is an archive holding the data set): find-1000 is
 ``adicom.connect`` + ``adicom.qrscu.find`` (Study Root, IMAGE level, the
 series' instances); get-1000 is ``DicomClient.get_series`` into a
-``DiskStorage``; move-1000 is ``DicomClient.move_series``. Each call opens
-its own association and releases it, inside the timed span. idle-500 opens N
+``DiskStorage``; move-1000 is ``DicomClient.move_series``, one client for
+the warm-up and the timed call. Each call opens its own association and
+releases it, inside the timed span. idle-500 opens N
 associations with ``adicom.open_association`` on one event loop, holds them
 idle, checks each with a C-ECHO and releases them.
 
@@ -293,7 +294,9 @@ def _retrieved(result: adicom.RetrieveResult, expected: int) -> int:
     return result.num_completed
 
 
-async def _qr_once(args: argparse.Namespace, keys: SeriesKeys, single: bool) -> int:
+async def _qr_once(
+    args: argparse.Namespace, keys: SeriesKeys, single: bool, client: adicom.DicomClient
+) -> int:
     """The workload's operation on the whole series, or on its first instance only."""
     expected = 1 if single else args.n
     sop = keys.first_sop_instance_uid
@@ -306,14 +309,11 @@ async def _qr_once(args: argparse.Namespace, keys: SeriesKeys, single: bool) -> 
     if args.workload == "get-1000":
         if single:
             out = args.out_dir / "warmup"
-            result = await _client(args).get_image(study, series, sop, _node(args), out)
+            result = await client.get_image(study, series, sop, _node(args), out)
         else:
-            result = await _client(args).get_series(
-                study, series, _node(args), args.out_dir / "timed"
-            )
+            result = await client.get_series(study, series, _node(args), args.out_dir / "timed")
         return _retrieved(result, expected)
     if args.workload == "move-1000":
-        client = _client(args)
         if single:
             result = await client.move_image(study, series, sop, _node(args), args.move_dest)
         else:
@@ -324,15 +324,19 @@ async def _qr_once(args: argparse.Namespace, keys: SeriesKeys, single: bool) -> 
 
 async def _qr(args: argparse.Namespace, warmup: bool) -> Measurement:
     keys = qr_keys(args)
+    # One client for the warm-up and the timed call, as an application keeps
+    # one: what it learned of the peer in the warm-up (that its C-FIND does
+    # not say SOP classes) spares the timed C-GET that C-FIND.
+    client = _client(args)
     if warmup:
-        await _qr_once(args, keys, single=True)
+        await _qr_once(args, keys, True, client)
     clock = ScpClock(args.scp_clock)
     scp0 = clock.read("begin")
     lag = LoopLag()
     lag.start()
     watch = Stopwatch()
     try:
-        ok = await _qr_once(args, keys, single=False)
+        ok = await _qr_once(args, keys, False, client)
     except Exception as exc:
         m = watch.finish(args.workload, args.n, 0, warmup=warmup, error=exc)
     else:

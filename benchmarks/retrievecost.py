@@ -1,0 +1,374 @@
+"""CPU (or instructions) per sub-operation of adicom as C-GET / C-MOVE SCU against dcmqrscp.
+
+    python -m benchmarks.retrievecost get:1000 move:1000
+    python -m benchmarks.retrievecost --callgrind get:300 move:300   # instruction counts
+    python -m benchmarks.retrievecost --profile get:1000              # cProfile, top functions
+    python -m benchmarks.retrievecost --dcmtk get:1000 move:1000      # getscu / movescu too
+
+One DCMTK ``dcmqrscp`` archive is seeded with N small CTs (the get-1000 /
+move-1000 set); for C-MOVE an adicom storage SCP (the benchmark's move
+destination) takes the instances. The adicom SCU runs in its own process
+and does what benchmarks.sides.adicom_side does: ``DicomClient.get_series``
+into a ``DiskStorage`` (under ``--scratch``, default $TMPDIR) or
+``DicomClient.move_series``, after the same operation on one instance as a
+warm-up. It reports the CPU time (getrusage, user + system) of the timed
+call; under ``--callgrind`` (valgrind, counters zeroed after the warm-up)
+the instructions it executed too, which do not move with the machine's
+load. Everything is divided by N: association, the C-FIND that chooses
+what a C-GET offers, and release are in it, as in the benchmark.
+
+``getnull`` is ``qrscu.get`` on an ``adicom.connect`` association (the
+common C-GET offer, no C-FIND) into a storage that keeps nothing: what the
+sub-operations cost without the storage sink, so get minus getnull is
+roughly the sink's share.
+
+``--dcmtk`` runs getscu / movescu the same way: CPU of a run of N minus a
+run of one (getrusage of children), and under ``--callgrind`` the
+difference of their instruction totals, per sub-operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from benchmarks import archives
+from benchmarks.config import DEFAULT_DATA, HOST, REPO_ROOT, SCP_AET, SCU_AET
+from benchmarks.data import SMALL, ensure, series_keys
+from benchmarks.processes import child_env, free_port, run_on_loop
+from benchmarks.sides._common import MOVE_DEST_AET
+from benchmarks.sides.dcmtk_side import find_tool
+from benchmarks.stacks import destination_stack, start_scp, stop_scp
+
+KINDS = ("get", "move", "getnull")
+
+
+class _Nowhere:
+    """getnull's storage: takes every instance and keeps none of it (the sink's cost out)."""
+
+    @staticmethod
+    def storage() -> object:
+        from adicom.storage import IncomingInstance, StorageHandler, StoreContext
+
+        class Dropped(IncomingInstance):
+            def write(self, data: memoryview, /) -> None:
+                pass
+
+            async def finish(self) -> int:
+                return 0x0000
+
+            def finish_now(self) -> int:
+                return 0x0000
+
+        class Nowhere(StorageHandler):
+            def open(self, context: StoreContext) -> IncomingInstance:
+                return Dropped(context)
+
+        return Nowhere()
+
+
+async def _get_nowhere(port: int, study: str, series: str, sop: str | None) -> object:
+    """getnull: adicom.connect with the common C-GET offer, qrscu.get into _Nowhere, release."""
+    # The DicomClient path's C-FIND and DiskStorage are left out: what
+    # remains is the association, the DIMSE and PDU layers and qrscu.
+    from pydicom.dataset import Dataset
+
+    import adicom
+    from adicom import qrscu
+    from adicom.storage import StorageHandler
+
+    storage = _Nowhere.storage()
+    assert isinstance(storage, StorageHandler)
+    contexts, roles = qrscu.get_contexts()
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES" if sop is None else "IMAGE"
+    identifier.StudyInstanceUID = study
+    identifier.SeriesInstanceUID = series
+    if sop is not None:
+        identifier.SOPInstanceUID = sop
+    async with adicom.connect(
+        HOST, port, calling_ae=SCU_AET, called_ae=SCP_AET, contexts=contexts, roles=roles,
+        timeout=600,
+    ) as assoc:  # fmt: skip
+        return await qrscu.get(assoc, identifier, storage)
+
+
+def _cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime
+
+
+async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> None:
+    """The adicom SCU: one line in (``warm KIND`` / ``go KIND``), one line out (``DONE cpu``)."""
+    import adicom
+    from adicom import qrscu
+
+    keys = series_keys(data_dir)
+    node = adicom.DicomNode(aet=SCP_AET, host=HOST, port=port)
+    client = adicom.DicomClient(SCU_AET, dimse_timeout=600)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    study, series, sop = (
+        keys.study_instance_uid,
+        keys.series_instance_uid,
+        keys.first_sop_instance_uid,
+    )
+    print("READY", flush=True)
+    rep = 0
+    while line := (await reader.readline()).decode().split():
+        what, kind = line
+        rep += 1
+        folder = out / f"{kind}-{rep}"
+        profiler = (
+            cProfile.Profile(time.process_time) if profile is not None and what == "go" else None
+        )
+        before = _cpu()
+        started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        if kind == "getnull":
+            progress = await _get_nowhere(port, study, series, sop if what == "warm" else None)
+            assert isinstance(progress, qrscu.RetrieveProgress)
+            result = adicom.RetrieveResult(
+                status="success" if progress.status == 0 else "failure",
+                status_code=progress.status or 0,
+                num_completed=progress.completed,
+                num_failed=progress.failed,
+            )
+        elif kind == "get" and what == "warm":
+            result = await client.get_image(study, series, sop, node, folder)
+        elif kind == "get":
+            result = await client.get_series(study, series, node, folder)
+        elif what == "warm":
+            result = await client.move_image(study, series, sop, node, MOVE_DEST_AET)
+        else:
+            result = await client.move_series(study, series, node, MOVE_DEST_AET)
+        if profiler is not None:
+            profiler.disable()
+            assert profile is not None
+            profiler.dump_stats(str(profile.with_suffix(f".{kind}.prof")))
+        after = _cpu()
+        wall = time.perf_counter() - started
+        if result.status != "success":
+            raise RuntimeError(f"{kind}: {result.status}, {result.num_failed} failed")
+        shutil.rmtree(folder, ignore_errors=True)
+        spent = f"{after[0] - before[0]} {after[1] - before[1]} {wall}"
+        print(f"DONE {spent} {result.num_completed}", flush=True)
+
+
+class _Scu:
+    """The adicom SCU process, talked to line by line."""
+
+    def __init__(self, argv: list[str], callgrind: bool) -> None:
+        command = [sys.executable, "-m", "benchmarks.retrievecost", "--scu", *argv]
+        if callgrind:
+            command = ["valgrind", "--tool=callgrind", "-q", "--callgrind-out-file=/dev/null",
+                       *command]  # fmt: skip
+        self.callgrind = callgrind
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
+        )
+
+    def ask(self, line: str, word: str) -> list[str]:
+        stdin: IO[str] | None = self.proc.stdin
+        stdout = self.proc.stdout
+        assert stdin is not None and stdout is not None
+        if line:
+            stdin.write(line + "\n")
+            stdin.flush()
+        while text := stdout.readline():
+            if text.startswith(word):
+                return text.split()[1:]
+        raise RuntimeError(f"the SCU ended before saying {word}")
+
+    def callgrind_control(self, *args: str) -> str:
+        return subprocess.run(
+            ["callgrind_control", *args, str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
+
+    def instructions(self) -> int:
+        out = self.callgrind_control("-e", "Ir")
+        return sum(
+            int(line.split()[-1].replace(",", ""))
+            for line in out.splitlines()
+            if line.strip().startswith("Th ")
+        )
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _us(cpu: float, system: float, n: int) -> str:
+    """CPU seconds for n operations as microseconds per operation, (system) too."""
+    return f"{cpu / n * 1e6:8.1f} ({system / n * 1e6:5.1f})"
+
+
+def _tool_run(argv: list[str], callgrind: bool, out: Path) -> tuple[float, float, int, float]:
+    """One DCMTK command: CPU and system s (children's rusage), instructions (0 unless), wall s."""
+    trace = out / "callgrind.dcmtk"
+    if callgrind:
+        argv = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={trace}", *argv]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, env=child_env({"TCP_NODELAY": "1"}),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)  # fmt: skip
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    system = after.ru_stime - before.ru_stime
+    count = 0
+    if callgrind:
+        for line in trace.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                count = int(line.split()[1])
+                break
+        trace.unlink()
+    return cpu, system, count, wall
+
+
+def _dcmtk_cost(
+    kind: str, n: int, port: int, data_dir: Path, out: Path, callgrind: bool
+) -> tuple[str, float, float]:
+    """getscu / movescu per sub-op: CPU (system) us, instructions, wall s; run of N minus one."""
+    keys = series_keys(data_dir)
+    tool = find_tool("getscu" if kind == "get" else "movescu")
+    if tool is None:
+        raise RuntimeError("DCMTK getscu/movescu not found")
+
+    def argv(single: bool, folder: Path) -> list[str]:
+        cmd = [tool, "-S", "-aet", SCU_AET, "-aec", SCP_AET, "-to", "600", "-ta", "600",
+               "-td", "600"]  # fmt: skip
+        cmd += ["-od", str(folder)] if kind == "get" else ["-aem", MOVE_DEST_AET]
+        cmd += ["-k", f"QueryRetrieveLevel={'IMAGE' if single else 'SERIES'}"]
+        cmd += ["-k", f"StudyInstanceUID={keys.study_instance_uid}"]
+        cmd += ["-k", f"SeriesInstanceUID={keys.series_instance_uid}"]
+        if single:
+            cmd += ["-k", f"SOPInstanceUID={keys.first_sop_instance_uid}"]
+        return [*cmd, HOST, str(port)]
+
+    runs = []
+    for single in (True, False):
+        folder = out / f"dcmtk-{kind}-{'one' if single else 'all'}"
+        folder.mkdir()
+        runs.append(_tool_run(argv(single, folder), callgrind, out))
+        shutil.rmtree(folder, ignore_errors=True)
+    (cpu1, sys1, ir1, wall1), (cpun, sysn, irn, walln) = runs
+    return _us(cpun - cpu1, sysn - sys1, n - 1), (irn - ir1) / (n - 1), walln - wall1
+
+
+def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
+    n = max(count for _, count in runs)
+    data_dir = ensure(args.data_dir, SMALL, n)
+    work = Path(tempfile.mkdtemp(prefix="adicom-retrievecost-", dir=args.scratch))
+    dest_port = free_port()
+    (work / "archive").mkdir()
+    archive = archives.start(
+        "dcmtk", work / "archive", SCP_AET, dest_port, child_env({"TCP_NODELAY": "1"}), REPO_ROOT
+    )
+    dest = None
+    scu: _Scu | None = None
+    try:
+        if archive.error is None:
+            archives.seed(archive, data_dir, n, child_env(), REPO_ROOT)
+        if archive.error is not None:
+            raise RuntimeError(f"archive: {archive.error}")
+        if any(kind == "move" for kind, _ in runs):
+            (work / "dest").mkdir()
+            dest = start_scp(destination_stack(), work / "dest", work / "dest" / "received",
+                             port=dest_port)  # fmt: skip
+        (work / "out").mkdir()
+        profile = work / "scu" if args.profile else None
+        argv = [str(archive.port), str(data_dir), str(work / "out")]
+        if profile is not None:
+            argv.append(str(profile))
+        scu = _Scu(argv, args.callgrind)
+        scu.ask("", "READY")
+        unit = "kIr/sub-op" if args.callgrind else ""
+        print(f"{'run':10} {'adicom us (sys)':>16} {unit:>11}", end="")
+        print(f"  {'DCMTK us (sys)':>16} {unit:>11}" if args.dcmtk else "")
+        for kind, _ in runs * args.repeat:
+            warm = scu.ask(f"warm {kind}", "DONE")
+            if args.callgrind:
+                scu.callgrind_control("-z")
+            spent, system, wall, completed = scu.ask(f"go {kind}", "DONE")
+            line = f"{kind}:{completed:<6} {_us(float(spent), float(system), n)}"
+            if args.callgrind:
+                line += f" {scu.instructions() / n / 1e3:11.1f}"
+            if args.dcmtk and kind != "getnull":
+                cpu, ir, dcmtk_wall = _dcmtk_cost(kind, n, archive.port, data_dir, work / "out",
+                                      args.callgrind)  # fmt: skip
+                line += f"  {cpu}"
+                if args.callgrind:
+                    line += f" {ir / 1e3:11.1f}"
+                line += f"  (wall N-1 {dcmtk_wall:.3f} s)"
+            print(
+                f"{line}  (adicom wall: one {float(warm[2]) * 1e3:.1f} ms, N {float(wall):.3f} s)"
+            )
+            if profile is not None:
+                stats = pstats.Stats(str(profile.with_suffix(f".{kind}.prof")))
+                stats.sort_stats("tottime").print_stats(args.top)
+                if args.keep:
+                    shutil.copy(profile.with_suffix(f".{kind}.prof"), args.keep)
+    finally:
+        if scu is not None:
+            scu.close()
+        if dest is not None:
+            stop_scp(dest)
+        archives.stop(archive)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the measurements (or, with --scu, be the SCU)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--scu"]:
+        port, data_dir, out, *profile = argv[1:]
+        run_on_loop(
+            _scu(int(port), Path(data_dir), Path(out), Path(profile[0]) if profile else None)
+        )
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "runs", nargs="+", help="KIND:N, KIND one of get, move, getnull (one N for all)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
+    mode.add_argument("--profile", action="store_true", help="cProfile the timed call")
+    parser.add_argument("--top", type=int, default=40, help="--profile: functions shown")
+    parser.add_argument("--keep", type=Path, help="--profile: copy the .prof files here")
+    parser.add_argument("--repeat", type=int, default=1, help="run the list this many times")
+    parser.add_argument("--dcmtk", action="store_true", help="getscu / movescu too")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="instance cache")
+    parser.add_argument("--scratch", type=Path, help="where the C-GET writes (default $TMPDIR)")
+    args = parser.parse_args(argv)
+    runs = []
+    for item in args.runs:
+        kind, _, count = item.partition(":")
+        if kind not in KINDS or not count.isdigit() or int(count) < 2:
+            parser.error(f"{item!r}: KIND:N with KIND in {KINDS} and N >= 2")
+        runs.append((kind, int(count)))
+    if len({count for _, count in runs}) != 1:
+        parser.error("one N for all runs (the archive holds one series of N)")
+    _run(runs, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
