@@ -294,8 +294,11 @@ def _scan_unordered(
             _ended(complete, group, element)
             return None
         if tag in wanted:
+            # A tag given twice (PS3.5 7.1 forbids it; met in damaged files)
+            # counts once: the scan goes on until every wanted tag is in,
+            # the last of the repeats standing, as the ordered walk reads it.
+            missing -= tag not in found
             found[tag] = bytes(data[pos : pos + length])
-            missing -= 1
             if not missing:
                 if resume is not None:
                     resume.append(at)

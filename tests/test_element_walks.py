@@ -199,3 +199,18 @@ def test_the_scan_wants_data_elements_only() -> None:
     with pytest.raises(ValueError, match=r"\(FFFE,E000\) is not a data element's tag"):
         scan_elements(data, frozenset({0x00080018, 0xFFFEE000}), implicit=False)
     assert scan_elements(data, frozenset({0x00080018}), implicit=False) == {0x00080018: b"1.2\0"}
+
+
+@pytest.mark.parametrize(("implicit", "little"), SYNTAXES)
+def test_a_wanted_tag_given_twice_out_of_order_counts_once(implicit: bool, little: bool) -> None:
+    """A damaged data set repeats a wanted tag out of order: the other wanted tags are found."""
+    enc = Encoder(implicit, little)
+    data = (
+        enc.element(0x00080016, "UI", b"1.2\0")
+        + enc.element(0x00080018, "UI", b"1.3\0")
+        + enc.element(0x00080016, "UI", b"1.4\0")  # again, and below the last tag: out of order
+        + enc.element(0x0020000D, "UI", b"1.5\0")
+    )
+    wanted = frozenset({0x00080016, 0x00080018, 0x0020000D})
+    found = scan_elements(data, wanted, implicit=implicit, little=little, complete=True)
+    assert found == {0x00080016: b"1.4\0", 0x00080018: b"1.3\0", 0x0020000D: b"1.5\0"}
