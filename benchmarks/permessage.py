@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,14 +33,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.data import SMALL, ensure, instance_paths
-from benchmarks.processes import run_on_loop
+from benchmarks.processes import callgrind_instructions, cpu_seconds, end_child, run_on_loop
 
 MATCH_STUDY_UID = "1.2.826.0.1.3680043.8.498.17"
-
-
-def _cpu() -> tuple[float, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime, usage.ru_stime
 
 
 async def _lines() -> asyncio.StreamReader:
@@ -76,7 +70,7 @@ async def _serve(store_dir: str) -> None:
         lines = await _lines()
         while line := await lines.readline():
             if line.strip() == b"cpu":
-                total, system = _cpu()
+                total, system = cpu_seconds()
                 print(f"CPU {total:.6f} {system:.6f}", flush=True)
 
 
@@ -99,33 +93,33 @@ async def _scu(port: int, files: list[str]) -> None:
     while line := await lines.readline():
         work, count = line.decode().split()
         n = int(count)
-        start = _cpu()
+        start = cpu_seconds()
         if work == "echo":
             async with adicom.connect("127.0.0.1", port, **options) as assoc:
-                start = _cpu()
+                start = cpu_seconds()
                 for _ in range(n):
                     await assoc.echo()
-                end = _cpu()
+                end = cpu_seconds()
         elif work == "assoc":
             for _ in range(n):
                 async with adicom.connect("127.0.0.1", port, **options) as assoc:
                     await assoc.echo()
-            end = _cpu()
+            end = cpu_seconds()
         elif work == "store":
             results = await adicom.store("127.0.0.1", port, files[:n], **options)
-            end = _cpu()
+            end = cpu_seconds()
             if not all(result.ok for result in results):
                 raise RuntimeError(f"a C-STORE failed: {results}")
         elif work == "find":
             contexts = qrscu.find_contexts("study")
             async with adicom.connect("127.0.0.1", port, contexts=contexts, **options) as assoc:
-                start = _cpu()
+                start = cpu_seconds()
                 for _ in range(n):
                     async with qrscu.find(assoc, query) as matches:
                         found = [match async for match in matches]
                     if len(found) != 1:
                         raise RuntimeError(f"C-FIND: {len(found)} matches, not 1")
-                end = _cpu()
+                end = cpu_seconds()
         else:
             raise ValueError(f"unknown workload {work!r}")
         print(f"DONE {end[0] - start[0]:.6f} {end[1] - start[1]:.6f}", flush=True)
@@ -179,23 +173,10 @@ class _Side:
             subprocess.run(["callgrind_control", "-z", str(self.proc.pid)], capture_output=True)
 
     def instructions(self) -> int:
-        out = subprocess.run(
-            ["callgrind_control", "-e", "Ir", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout
-        return sum(
-            int(line.split()[-1].replace(",", ""))
-            for line in out.splitlines()
-            if line.strip().startswith("Th ")
-        )
+        return callgrind_instructions(self.proc.pid)
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_child(self.proc)
 
 
 def _run(workloads: list[tuple[str, int]], callgrind: bool, data_dir: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import select
 import signal
 import socket
@@ -206,3 +207,32 @@ def run_on_loop(main: Coroutine[Any, Any, T]) -> T:
     factory = loop_factory(os.environ.get("ADICOM_LOOP", DEFAULT_LOOP))
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """This process's CPU time so far: (user + system, system), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime
+
+
+def callgrind_instructions(pid: int) -> int:
+    """Instructions a process under ``valgrind --tool=callgrind`` ran since its last zeroing."""
+    out = subprocess.run(
+        ["callgrind_control", "-e", "Ir", str(pid)], capture_output=True, text=True
+    ).stdout
+    return sum(
+        int(line.split()[-1].replace(",", ""))
+        for line in out.splitlines()
+        if line.strip().startswith("Th ")
+    )
+
+
+def end_child(proc: subprocess.Popen[str]) -> None:
+    """Close a line-driven child's standard input and wait for it (killed after 60 s)."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

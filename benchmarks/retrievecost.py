@@ -45,7 +45,14 @@ from typing import IO
 from benchmarks import archives
 from benchmarks.config import DEFAULT_DATA, HOST, REPO_ROOT, SCP_AET, SCU_AET
 from benchmarks.data import SMALL, ensure, series_keys
-from benchmarks.processes import child_env, free_port, run_on_loop
+from benchmarks.processes import (
+    callgrind_instructions,
+    child_env,
+    cpu_seconds,
+    end_child,
+    free_port,
+    run_on_loop,
+)
 from benchmarks.sides._common import MOVE_DEST_AET
 from benchmarks.sides.dcmtk_side import find_tool
 from benchmarks.stacks import destination_stack, start_scp, stop_scp
@@ -103,11 +110,6 @@ async def _get_nowhere(port: int, study: str, series: str, sop: str | None) -> o
         return await qrscu.get(assoc, identifier, storage)
 
 
-def _cpu() -> tuple[float, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime, usage.ru_stime
-
-
 async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> None:
     """The adicom SCU: one line in (``warm KIND`` / ``go KIND``), one line out (``DONE cpu``)."""
     import adicom
@@ -133,7 +135,7 @@ async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> No
         profiler = (
             cProfile.Profile(time.process_time) if profile is not None and what == "go" else None
         )
-        before = _cpu()
+        before = cpu_seconds()
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -158,7 +160,7 @@ async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> No
             profiler.disable()
             assert profile is not None
             profiler.dump_stats(str(profile.with_suffix(f".{kind}.prof")))
-        after = _cpu()
+        after = cpu_seconds()
         wall = time.perf_counter() - started
         if result.status != "success":
             raise RuntimeError(f"{kind}: {result.status}, {result.num_failed} failed")
@@ -198,21 +200,10 @@ class _Scu:
         ).stdout
 
     def instructions(self) -> int:
-        out = self.callgrind_control("-e", "Ir")
-        return sum(
-            int(line.split()[-1].replace(",", ""))
-            for line in out.splitlines()
-            if line.strip().startswith("Th ")
-        )
+        return callgrind_instructions(self.proc.pid)
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_child(self.proc)
 
 
 def _us(cpu: float, system: float, n: int) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from benchmarks import data
 from benchmarks.config import DEFAULT_DATA, REPO_ROOT
-from benchmarks.processes import child_env, free_port, port_open
+from benchmarks.processes import callgrind_instructions, child_env, free_port, port_open
 from benchmarks.procfs import proc_cpu_seconds
 
 HOST = "127.0.0.1"
@@ -72,17 +72,6 @@ def _command(kind: str, folder: Path, port: int, budget: float) -> list[str]:
         return ["-m", "benchmarks.storesink", "--disk-server", str(folder), str(port), str(budget)]
     return ["-m", "adicom", "serve", "--host", HOST, "--port", str(port), "--aet", AET,
             "--storage", str(folder), "--turn-budget", str(budget)]  # fmt: skip
-
-
-def _instructions(pid: int) -> int:
-    out = subprocess.run(
-        ["callgrind_control", "-e", "Ir", str(pid)], capture_output=True, text=True
-    ).stdout
-    return sum(
-        int(line.split()[-1].replace(",", ""))
-        for line in out.splitlines()
-        if line.strip().startswith("Th ")
-    )
 
 
 def measure(
@@ -129,7 +118,7 @@ def measure(
             check=True, env=env, timeout=1800,
         )  # fmt: skip
         if mode == "callgrind":
-            count = _instructions(process.pid)
+            count = callgrind_instructions(process.pid)
             if keep:
                 subprocess.run(["callgrind_control", "-d", str(process.pid)], capture_output=True)
             return count / n
