@@ -62,6 +62,8 @@ class Deadlines:
     #: Bounded waits (an operation's for its response, ...), each until its
     #: deadline (the driver makes the dict).
     _watched: dict[Watched, None]
+    #: The connection is closed (the driver's; its timer is stopped for good).
+    _closed: bool
     # The one loop timer of the association and when it fires (see _arm).
     _timer: asyncio.TimerHandle | None = None
     _timer_at = math.inf
@@ -94,7 +96,10 @@ class Deadlines:
         wait._deadline = deadline
         wait._timeout = seconds
         self._watched[wait] = None
-        if deadline < self._timer_at:  # _arm's test, inline: a call less per message
+        # _arm's test, inline: a call less per message. Once the connection
+        # is closed the timer stays stopped: a wait begun then is settled by
+        # the close, and a timer would only keep the association alive.
+        if deadline < self._timer_at and not self._closed:
             self._arm(deadline)
 
     def _unwatch(self, wait: Watched) -> None:

@@ -421,15 +421,19 @@ class Driver(Deadlines):
         self._timer = None
         self._timer_at = math.inf
         now = self._loop.time()
-        # The layers fire what is due, nothing else (handle_timer).
-        self._ul.handle_timer(now)
-        for event in self._dimse.handle_timer(now):
-            self._dispatch(event)
-        self._after_io()  # sets the timer again for the layers' deadlines
-        if self._watched:
-            self._expire_waits(now)
-        if self.idle_timeout is not None and not self._closed:
-            self._check_idle(now)
+        try:
+            # The layers fire what is due, nothing else (handle_timer).
+            self._ul.handle_timer(now)
+            for event in self._dimse.handle_timer(now):
+                self._dispatch(event)
+            self._after_io()  # sets the timer again for the layers' deadlines
+        finally:
+            # One timer carries every deadline: whatever the layers did, the
+            # waits and the idle bound are still kept.
+            if self._watched:
+                self._expire_waits(now)
+            if self.idle_timeout is not None and not self._closed:
+                self._check_idle(now)
 
     def _check_idle(self, now: float) -> None:
         # Received data only moves _last_received: the hot path never
@@ -447,7 +451,11 @@ class Driver(Deadlines):
         self._set_error(
             DicomTimeout(TimeoutKind.IDLE, idle_timeout, "nothing received from the peer")
         )
-        self._ul.abort(self._loop.time())
+        if self._ul.state is not State.STA2:
+            self._ul.abort(self._loop.time())
+        # In Sta2 no A-ASSOCIATE-RQ came: there is no association to abort
+        # (PS3.8 Table 9-10 has no A-ABORT request there), only the
+        # connection to close, as ARTIM's expiry would (AA-2).
         self._close_soon()
 
     def _after_io(self, now: float | None = None) -> None:

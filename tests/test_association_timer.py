@@ -19,7 +19,9 @@ import pytest
 
 import adicom
 from adicom.association import Association
-from adicom.errors import DicomTimeout, PeerUnreachable, TimeoutKind
+from adicom.client import DEFAULT_CONTEXTS
+from adicom.errors import DicomError, DicomTimeout, PeerUnreachable, TimeoutKind
+from adicom.negotiation import build_request
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +163,42 @@ async def test_an_established_association_keeps_nothing_of_its_waits() -> None:
                 assert not assoc._watched
                 assert not assoc.closed
             assert assoc.closed and assoc._timer is None
+
+
+async def test_a_wait_begun_after_the_close_arms_no_timer() -> None:
+    # The peer closes before the A-ASSOCIATE-RQ is answered; a request made
+    # after that fails at once, and no timer is left to keep the closed
+    # association alive until its bound.
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    async with listener, asyncio.timeout(BOUND):
+        port = listener.sockets[0].getsockname()[1]
+        request = build_request(
+            calling_ae="ANY-SCU", called_ae="ANY-SCP", contexts=DEFAULT_CONTEXTS
+        )
+        assoc = Association(requestor=True)
+        assoc.prepare_request(request)
+        await asyncio.get_running_loop().create_connection(assoc.protocol, "127.0.0.1", port)
+        while not assoc.closed:
+            await asyncio.sleep(0.01)
+        with pytest.raises(DicomError):
+            await assoc.request_association(request, 30)
+        assert assoc._timer is None and not assoc._watched
+
+
+async def test_the_idle_bound_closes_a_connection_that_never_asks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Sta2: connected, no A-ASSOCIATE-RQ. The idle bound, shorter than
+    # ARTIM here, closes the connection (there is no association to abort)
+    # and raises nothing in the timer's callback.
+    async with adicom.Server("ANY-SCP", port=0, idle_timeout=0.3, artim_timeout=BOUND) as server:
+        async with asyncio.timeout(BOUND):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            started = asyncio.get_running_loop().time()
+            assert await reader.read() == b""  # closed, without a PDU
+            assert asyncio.get_running_loop().time() - started < BOUND / 2
+            writer.close()
+    assert not [r for r in caplog.records if "Exception in callback" in r.getMessage()]
