@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from adicom.dimse import Command, CommandField, Message
 from adicom.errors import (
@@ -42,34 +42,17 @@ async def bounded(
 ) -> _T:
     """``await awaitable``, raising DicomTimeout(which) after ``seconds`` (None: no bound).
 
-    A future (the association's own, made for this one wait) is bounded by
-    a loop timer that fails it: cheaper than ``asyncio.timeout``, which
-    cancels the waiting task and must tell that apart from other
-    cancellations. Anything else is bounded by ``asyncio.timeout``.
+    The association's own waits are bounded by its one timer instead
+    (:meth:`adicom.deadlines.Deadlines._bounded`); this is for the
+    operations built on it (a C-FIND collected whole, an echo).
     """
     if seconds is None:
         return await awaitable
-    if isinstance(awaitable, asyncio.Future):
-        future: asyncio.Future[_T] = awaitable
-        timer = future.get_loop().call_later(seconds, _expire, future, which, seconds, detail)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                future.exception()  # failed as the task was cancelled: retrieved
-            raise
-        finally:
-            timer.cancel()
     try:
         async with asyncio.timeout(seconds):
             return await awaitable
     except TimeoutError:
         raise DicomTimeout(which, seconds, detail) from None
-
-
-def _expire(future: asyncio.Future[Any], which: TimeoutKind, seconds: float, detail: str) -> None:
-    if not future.done():
-        future.set_exception(DicomTimeout(which, seconds, detail))
 
 
 _END = Exception("end of messages")

@@ -897,7 +897,7 @@ async def test_associations_are_freed_by_reference_counting_on_both_sides() -> N
         gc.enable()
 
 
-async def test_a_bounded_wait_on_a_future_fails_it_in_time_and_leaves_no_timer() -> None:
+async def test_a_bounded_wait_on_a_future_ends_it_in_time_and_leaves_no_timer() -> None:
     from adicom.errors import TimeoutKind
     from adicom.operation import bounded
 
