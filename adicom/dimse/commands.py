@@ -229,15 +229,11 @@ class Command:
             number = int.from_bytes(key, "little")
             for mask, fixed, reader, indexes, template, texts, pick, template_values in shapes:
                 if number & mask == fixed:
-                    # The template's values then the ones read; ``pick``
-                    # takes each field's from one or the other (one C call
-                    # each, where a loop over the varying fields cost more
-                    # than the rest of this path).
                     if pick is not None:
                         # Many values vary (the sub-operation counts): one
                         # itemgetter takes each field's value from the
-                        # template or from what was read, cheaper than a
-                        # loop over them.
+                        # template's or from those read, in one C call where
+                        # a loop over them cost more than the rest of this path.
                         return _build(pick(template_values + reader.unpack_from(key)))
                     values = template.copy()
                     for index, value in zip(indexes, reader.unpack_from(key), strict=False):
