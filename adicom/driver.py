@@ -249,26 +249,22 @@ class Driver(Deadlines):
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
         if self._closed:
             return
-        # A future of its own (the timeout fails it), set by _connection_lost
-        # without a pass through the loop in between.
-        waiter = self._loop.create_future()
-        waiters = self._close_waiters
-        if isinstance(waiters, tuple):  # the first wait
-            self._close_waiters = waiters = []
-        waiters.append(waiter)
         try:
-            await self._bounded(waiter, _CLOSE, timeout)
+            await self._bounded(self._close_waiter(), _CLOSE, timeout)
         except DicomTimeout:
             if self._transport is not None:
                 self._transport.abort()
             if not self._closed:
-                # connection_lost follows the abort at once.
-                waiter = self._loop.create_future()
-                waiters = self._close_waiters
-                if isinstance(waiters, tuple):
-                    self._close_waiters = waiters = []
-                waiters.append(waiter)
-                await waiter
+                await self._close_waiter()  # connection_lost follows the abort at once
+
+    def _close_waiter(self) -> asyncio.Future[None]:
+        """A future of its own for one wait, set by _connection_lost without a loop pass."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        waiters = self._close_waiters
+        if isinstance(waiters, tuple):  # the first wait
+            self._close_waiters = waiters = []
+        waiters.append(waiter)
+        return waiter
 
     @property
     def closed(self) -> bool:
