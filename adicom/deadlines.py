@@ -73,8 +73,13 @@ class Deadlines:
         raise NotImplementedError
 
     def _arm(self, at: float) -> None:
-        """Have the association's timer fire at ``at`` or earlier."""
-        if at < self._timer_at:
+        """Have the association's timer fire at ``at`` or earlier (never once closed).
+
+        Once the connection is closed the timer stays stopped: a wait begun
+        or a deadline set then is settled by the close, and a timer would
+        only keep the association alive.
+        """
+        if at < self._timer_at and not self._closed:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = at
@@ -96,10 +101,7 @@ class Deadlines:
         wait._deadline = deadline
         wait._timeout = seconds
         self._watched[wait] = None
-        # _arm's test, inline: a call less per message. Once the connection
-        # is closed the timer stays stopped: a wait begun then is settled by
-        # the close, and a timer would only keep the association alive.
-        if deadline < self._timer_at and not self._closed:
+        if deadline < self._timer_at:  # _arm's first test, inline: a call less per message
             self._arm(deadline)
 
     def _unwatch(self, wait: Watched) -> None:
