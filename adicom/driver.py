@@ -637,6 +637,13 @@ class Driver(Deadlines):
                     TimeoutKind.ARTIM, self._ul.artim_timeout, f"in {event.state.name.title()}"
                 )
             )
+            # ARTIM bounds the wait for the close (PS3.8 Table 9-9: AA-1
+            # starts it, AA-2 closes on its expiry): what is still unwritten
+            # then (an A-ABORT behind data the peer stopped reading) is
+            # dropped with the connection. A graceful close would wait for a
+            # peer that may never read.
+            if self._transport is not None:
+                self._transport.abort()
 
     # -- events (adicom.events), only when something listens ------------------
 

@@ -397,6 +397,58 @@ async def test_a_message_cut_off_by_cancellation_aborts_the_association() -> Non
     assert results[0][-1] == AAbort(0, 0)
 
 
+async def test_an_abort_to_a_peer_that_stopped_reading_closes_when_artim_expires() -> None:
+    # Our A-ABORT waits behind a C-STORE the peer never reads, so the
+    # connection's close cannot complete. ARTIM bounds the wait for that
+    # close (PS3.8 9.2, AA-1 then AA-2 on Evt18 in Sta13): on its expiry the
+    # connection is dropped, buffered data and all, not kept until the peer
+    # reads or the kernel gives up.
+    from pydicom.dataset import Dataset
+
+    release_peer = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = PDUReader(max_pdata_length=0)
+        try:
+            async with asyncio.timeout(CLOSE_BOUND * 2):
+                while (pdu := decoder.next_pdu()) is None:
+                    decoder.feed(await reader.read(65536))
+                writer.write(accept(pdu))  # type: ignore[arg-type]
+                await release_peer.wait()  # never reads again
+        finally:
+            writer.close()
+
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.SOPInstanceUID = "1.2.3.4"
+    dataset.add_new(0x00091011, "OB", bytes(8 << 20))
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        assoc = await adicom.open_association(
+            "127.0.0.1",
+            port,
+            contexts=[(dataset.SOPClassUID, ["1.2.840.10008.1.2"])],
+            artim_timeout=0.3,
+        )
+        task = asyncio.get_running_loop().create_task(adicom.store_instance(assoc, dataset))
+        async with asyncio.timeout(CLOSE_BOUND):
+            while assoc._transport is None or not assoc._paused:
+                await asyncio.sleep(0.01)  # bounded: until flow control holds the sender
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not assoc.closed  # the A-ABORT waits behind unread data
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                while not assoc.closed:
+                    await asyncio.sleep(0.02)  # bounded: until ARTIM drops the connection
+        finally:
+            release_peer.set()
+        with pytest.raises(adicom.AssociationAborted):
+            assoc._check_open()
+
+
 # -- bad input sent to the server ----------------------------------------------
 
 
