@@ -80,7 +80,6 @@ from benchmarks.rawdicom import (
     probe_child,
     probe_once,
     probe_summary,
-    probes,
     store_command,
 )
 from benchmarks.sides import dcmtk_side
@@ -241,8 +240,10 @@ async def idle(scp: Scp, n: int, probes_n: int, opening: int) -> dict[str, Any]:
     open_s = time.perf_counter() - started
     await asyncio.sleep(2.0)  # settle: every association idle
     opened = scp.snapshot()
-    stop = asyncio.Event()
-    times, connects, probe_failures = await probes(scp.port, stop, every=0.02, limit=probes_n)
+    # From a process of its own, as in busy-1000: this one holds the N
+    # clients, and its own garbage collection would show in the probe's times.
+    prober = Prober(scp.port, every=0.02, limit=probes_n)
+    times, connects, probe_failures = await prober.finished(timeout=60 + probes_n * 0.1)
     # Still held? A C-ECHO on a sample of them (all would cost as much as the rest).
     alive = 0
     for association in held[:: max(1, len(held) // 50)]:
