@@ -79,11 +79,15 @@ class Scratch:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+#: The reference archive's index (``adicom serve --storage``), beside the files.
+_INDEX_NAME = ".adicom-index.sqlite"
+
+
 def _stored_files(store_dir: Path) -> tuple[int, int]:
-    """(number of files, total bytes) under the SCP's store directory."""
+    """(number of files, total bytes) under the SCP's store directory (an archive's index aside)."""
     count = size = 0
     for path in store_dir.rglob("*"):
-        if path.is_file():
+        if path.is_file() and not path.name.startswith(_INDEX_NAME):
             count += 1
             size += path.stat().st_size
     return count, size

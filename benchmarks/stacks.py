@@ -230,6 +230,41 @@ def _adicom_fsync_stack() -> Stack:
     )
 
 
+def _adicom_archive_stack() -> Stack:
+    """``adicom serve --storage DIR`` as a user runs it: the reference archive, SQLite index.
+
+    SCP only, store workloads only, and only when a --pair names it: the
+    adicom rows' SCP is ``Server`` + ``DiskStorage`` (files, no index); this
+    one is issue 17's "adicom serve as the storage SCP" row, the index's
+    cost per instance included.
+    """
+
+    def scp(port: int, _workdir: Path, store_dir: Path | None) -> list[str]:
+        assert store_dir is not None
+        return [sys.executable, "-m", "adicom", "serve", "--aet", SCP_AET, "--host", HOST,
+                "--port", str(port), "--storage", str(store_dir)]  # fmt: skip
+
+    def unavailable(kind: str) -> str | None:
+        if kind != "store":
+            return "it is measured for the store workloads only"
+        return adicom_unavailable(kind)
+
+    return Stack(
+        "adicom-archive",
+        unavailable,
+        scp,
+        False,
+        lambda *a: [],
+        scu_workloads=frozenset(),
+        variant_of="adicom",
+        notes=[
+            "adicom-archive = `adicom serve --storage DIR`: the reference archive, each"
+            " instance filed and indexed (SQLite, in the folder); the adicom SCP rows are"
+            " Server + DiskStorage (files only)."
+        ],
+    )
+
+
 def _tls_argv(argv: list[str]) -> list[str]:
     """A Python side's argv, over TLS: the run's certificates (made on first use)."""
     return [*argv, "--tls-dir", str(tls.tls_dir())]
@@ -388,6 +423,7 @@ def make_stacks(dcmtk_nodelay: bool, pynetdicom_nodelay: bool = False) -> list[S
         _adicom_stack(),
         _adicom_uvloop_stack(),
         _adicom_fsync_stack(),
+        _adicom_archive_stack(),
         _dcmtk_stack(dcmtk_nodelay),
         _adicom_tls_stack(),
         _dcmtk_tls_stack(dcmtk_nodelay),

@@ -106,6 +106,53 @@ def test_the_uvloop_variant_runs_only_where_a_pair_names_it() -> None:
     assert _store_pairs(["adicom-uvloop:adicom-tls"]) == []
 
 
+def test_the_archive_scp_is_a_store_row_only_where_a_pair_names_it() -> None:
+    assert all("adicom-archive" not in key for key in _store_pairs(None))
+    wanted = ["dcmtk:adicom-archive", "adicom:adicom-archive", "adicom-archive:adicom-archive"]
+    # SCP only: it has no SCU of its own.
+    assert _store_pairs(wanted) == [("dcmtk", "adicom-archive"), ("adicom", "adicom-archive")]
+
+
+def test_runner_measures_the_archive_scp_and_counts_its_files_not_its_index(
+    tmp_path: pathlib.Path,
+) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--reps",
+            "1",
+            "-n",
+            "20",
+            "--pair",
+            "adicom:adicom-archive",
+            "--only",
+            "store-small",
+            "--json",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--scratch",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "adicom -> adicom-archive" in result.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["scu"], row["scp"]) == ("adicom", "adicom-archive")
+    rep = row["reps"][0]
+    assert rep["ok"] == rep["ops"] == 20
+    # 20 timed instances and a warm-up, each a file; the index beside them is not one.
+    assert rep["scp_stored_files"] == 21
+
+
 def test_an_scp_whose_port_was_taken_starts_on_another(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
