@@ -3,7 +3,9 @@
 The clients of ``benchmarks.scale`` (idle-5000, busy-1000, ``workers
 --client raw``): A-ASSOCIATE-RQ from adicom's PDU codec, one pre-encoded
 C-STORE or C-ECHO per message, A-RELEASE-RQ, on plain asyncio streams (a
-full client per association would cost more than the server it measures).
+full client per association would cost more than the server it measures);
+``workers``' lanes are lighter still (``StoreLane``: whole messages written
+from the read callback).
 The probe times a new association's C-ECHO; ``Prober`` runs it in a process
 of its own (``python -m benchmarks.scale --probe-child PORT``, whose body is
 ``probe_child``) so that the load's loop is not in its times.
@@ -20,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from benchmarks.config import HOST, REPO_ROOT, SCP_AET, SCU_AET
 from benchmarks.processes import child_env
@@ -33,6 +35,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 OUR_MAX_PDU = 16384
 _PDU = struct.Struct(">BxI")
 _PDV = struct.Struct(">IBB")
+_ELEMENT = struct.Struct("<HHI")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -142,6 +145,124 @@ class RawAssociation:
             self.writer.close()
         if kind != 6:
             raise Failed(f"PDU type {kind} instead of A-RELEASE-RP")
+
+
+def command_status(command: bytes) -> int:
+    """Status (0000,0900) of an implicit VR LE command set (PS3.7 6.3.1, E.1); -1 if absent."""
+    pos, end = 0, len(command)
+    while pos + 8 <= end:
+        group, element, length = _ELEMENT.unpack_from(command, pos)
+        if group == 0 and element == 0x0900 and length == 2:
+            return int.from_bytes(command[pos + 8 : pos + 10], "little")
+        pos += 8 + length
+    return -1
+
+
+class StoreLane(asyncio.Protocol):
+    """One association that stores pre-encoded messages from its callbacks, no task per message.
+
+    The load generator of ``workers --client raw``: each C-STORE-RQ is one
+    ``bytes`` (its P-DATA-TF PDUs, built before the timed span), written
+    from the callback that read the previous C-STORE-RSP, so what the client
+    spends per instance is about one read callback and one write: far less
+    than the server it measures. ``done`` ends with the number stored, or
+    with :class:`Failed` (a refused association, a status other than
+    Success, anything but the answer expected).
+    """
+
+    def __init__(self, request: bytes, messages: list[bytes], max_pdu: int) -> None:
+        self._request = request
+        self._messages = messages
+        self._max_pdu = max_pdu
+        self._buffer = bytearray()
+        self._command = bytearray()
+        self._sent = 0
+        self._released = False
+        self._transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        pos = 0
+        try:
+            while len(buffer) - pos >= 6:
+                kind, length = _PDU.unpack_from(buffer, pos)
+                if len(buffer) - pos - 6 < length:
+                    break
+                self._pdu(kind, bytes(buffer[pos + 6 : pos + 6 + length]))
+                pos += 6 + length
+        except Exception as exc:  # a PDU that does not parse, too: never left waiting
+            self._end(exc if isinstance(exc, Failed) else Failed(f"{type(exc).__name__}: {exc}"))
+        del buffer[:pos]
+
+    def _pdu(self, kind: int, body: bytes) -> None:
+        if kind == 2 and not self._sent:  # A-ASSOCIATE-AC
+            (limit,) = struct.unpack_from(">I", _max_length_item(body))
+            if limit and limit < self._max_pdu:
+                raise Failed(
+                    f"the SCP takes PDUs of {limit} bytes, the messages have {self._max_pdu}"
+                )
+            self._next()
+        elif kind == 4:  # P-DATA-TF: the C-STORE-RSP, in one or more PDVs
+            pos = 0
+            while pos < len(body):
+                length, _, flags = _PDV.unpack_from(body, pos)
+                self._command += body[pos + 6 : pos + 4 + length]
+                pos += 4 + length
+                if flags & 0x02:
+                    status = command_status(bytes(self._command))
+                    self._command.clear()
+                    if status != 0:
+                        raise Failed(f"C-STORE status {status:#06x}")
+                    self._next()
+        elif kind == 6 and self._released:  # A-RELEASE-RP
+            self._end(None)
+        else:
+            raise Failed({3: "rejected", 7: "aborted"}.get(kind, f"PDU type {kind}"))
+
+    def _next(self) -> None:
+        assert self._transport is not None
+        if self._sent < len(self._messages):
+            self._transport.write(self._messages[self._sent])
+            self._sent += 1
+        else:
+            self._released = True
+            self._transport.write(_PDU.pack(5, 4) + bytes(4))  # A-RELEASE-RQ
+
+    def _end(self, error: Failed | None) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(self._sent)
+            else:
+                self.done.set_exception(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(Failed("the connection closed"))
+
+
+def _max_length_item(body: bytes) -> bytes:
+    """The Maximum Length sub-item's value in an A-ASSOCIATE-AC body (PS3.8 9.3.3, D.1)."""
+    pos = 68  # protocol version, reserved, AE titles, reserved (PS3.8 Table 9-17)
+    while pos + 4 <= len(body):
+        kind, length = struct.unpack_from(">BxH", body, pos)
+        if kind == 0x50:  # User Information: its sub-items
+            sub, end = pos + 4, pos + 4 + length
+            while sub + 4 <= end:
+                sub_kind, sub_length = struct.unpack_from(">BxH", body, sub)
+                if sub_kind == 0x51:
+                    return body[sub + 4 : sub + 8]
+                sub += 4 + sub_length
+        pos += 4 + length
+    return bytes(4)
 
 
 def echo_command(message_id: int) -> bytes:

@@ -75,3 +75,63 @@ def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path, options: list
     for mode in ("2-own", "2-shared"):
         assert reps[mode]["scp_processes"] == 3  # the supervisor and two workers
         assert sum(reps[mode]["associations_per_worker"]) == expected
+
+
+@pytest.mark.anyio
+async def test_the_raw_store_lane_stores_then_fails_on_a_refusal() -> None:
+    import asyncio
+    import functools
+
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    import adicom
+    from adicom.storage import StoreContext
+    from benchmarks.rawdicom import (
+        CT_IMAGE_STORAGE,
+        Failed,
+        StoreLane,
+        associate_rq,
+        message,
+        store_command,
+    )
+
+    def encoded(uid: str) -> bytes:
+        ds = Dataset()
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = uid
+        ds.PatientID = "LANE"
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, False
+        write_dataset(out, ds)
+        return out.getvalue()
+
+    uids = [f"1.2.826.0.1.3680043.10.1.99.{k}" for k in range(1, 4)]
+    messages = [
+        message(3, store_command(k + 1, u), encoded(u), 1 << 20) for k, u in enumerate(uids)
+    ]
+    request = associate_rq(CT_IMAGE_STORAGE)
+    loop = asyncio.get_running_loop()
+    kept = adicom.MemoryStorage()
+    refused: list[str] = []
+
+    async def refuse(ds: Dataset, _context: StoreContext) -> int:
+        refused.append(ds.SOPInstanceUID)
+        return 0xA700
+
+    for storage in (kept, adicom.CallbackStorage(refuse)):
+        async with adicom.Server("BENCH-SCP", port=0, storage=storage) as server:
+            async with asyncio.timeout(30):
+                _, lane = await loop.create_connection(
+                    functools.partial(StoreLane, request, messages, 1 << 20),
+                    "127.0.0.1",
+                    server.port,
+                )
+                if storage is kept:
+                    assert await lane.done == 3
+                else:
+                    with pytest.raises(Failed, match="0xa700"):
+                        await lane.done
+    assert [ds.SOPInstanceUID for ds in kept.datasets] == uids
+    assert refused == uids[:1]  # the lane stops at the first refusal
