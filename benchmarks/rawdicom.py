@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -203,11 +204,18 @@ class StoreLane(asyncio.Protocol):
 
     def _pdu(self, kind: int, body: bytes) -> None:
         if kind == 2 and not self._sent:  # A-ASSOCIATE-AC
-            (limit,) = struct.unpack_from(">I", _max_length_item(body))
+            from adicom.pdu import AAssociateAC
+
+            accepted = AAssociateAC.decode(memoryview(body))
+            limit = accepted.user_information.maximum_length
             if limit and limit < self._max_pdu:
-                raise Failed(
-                    f"the SCP takes PDUs of {limit} bytes, the messages have {self._max_pdu}"
-                )
+                raise Failed(f"the SCP takes PDUs of {limit} bytes, the messages {self._max_pdu}")
+            # The data sets are explicit VR little endian, on context 3.
+            if not any(
+                (pc.context_id, pc.result, pc.transfer_syntax) == (3, 0, EXPLICIT_LE)
+                for pc in accepted.presentation_contexts
+            ):
+                raise Failed("the SCP did not accept CT Image Storage in explicit VR LE")
             self._next()
         elif kind == 4:  # P-DATA-TF: the C-STORE-RSP, in one or more PDVs
             pos = 0
@@ -247,22 +255,6 @@ class StoreLane(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
             self.done.set_exception(Failed("the connection closed"))
-
-
-def _max_length_item(body: bytes) -> bytes:
-    """The Maximum Length sub-item's value in an A-ASSOCIATE-AC body (PS3.8 9.3.3, D.1)."""
-    pos = 68  # protocol version, reserved, AE titles, reserved (PS3.8 Table 9-17)
-    while pos + 4 <= len(body):
-        kind, length = struct.unpack_from(">BxH", body, pos)
-        if kind == 0x50:  # User Information: its sub-items
-            sub, end = pos + 4, pos + 4 + length
-            while sub + 4 <= end:
-                sub_kind, sub_length = struct.unpack_from(">BxH", body, sub)
-                if sub_kind == 0x51:
-                    return body[sub + 4 : sub + 8]
-                sub += 4 + sub_length
-        pos += 4 + length
-    return bytes(4)
 
 
 def echo_command(message_id: int) -> bytes:
@@ -379,16 +371,49 @@ class Prober:
             raise RuntimeError("the prober did not start")
 
     async def finished(self, timeout: float) -> tuple[list[float], list[float], int]:
-        """Wait (without blocking the loop) until the prober has made its ``limit`` probes."""
-        async with asyncio.timeout(timeout):
-            while self._process.poll() is None:
-                await asyncio.sleep(0.1)
-        return self.stop()
+        """Wait, without blocking the loop, until the prober has made its ``limit`` probes.
+
+        Its times come as one line at its end, larger than a pipe holds for
+        a few thousand probes: the pipe is read meanwhile, or the prober
+        would wait on its write and never end. At ``timeout`` it is told to
+        stop (SIGTERM) and reports the probes made so far.
+        """
+        assert self._process.stdout is not None
+        fd = self._process.stdout.fileno()
+        os.set_blocking(fd, False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        told = False
+        out = bytearray()
+        while True:
+            try:
+                chunk: bytes | None = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                break  # the prober printed its times and exited
+            if chunk:
+                out += chunk
+                continue
+            if loop.time() >= deadline:
+                if told:
+                    self._process.kill()
+                    raise RuntimeError("the prober did not stop when told")
+                self._process.send_signal(signal.SIGTERM)
+                told = True
+                deadline = loop.time() + 90  # a probe under way may take 60 s
+            await asyncio.sleep(0.05)
+        self._process.wait(10)
+        return self._result(out.decode())
 
     def stop(self, timeout: float = 60.0) -> tuple[list[float], list[float], int]:
         """Stop probing; (probe times, their connect times, failures)."""
         self._process.send_signal(signal.SIGTERM)
         out, _ = self._process.communicate(timeout=timeout)
+        return self._result(out)
+
+    @staticmethod
+    def _result(out: str) -> tuple[list[float], list[float], int]:
         result = json.loads(out.strip().splitlines()[-1])
         return result["times"], result["connects"], result["failures"]
 

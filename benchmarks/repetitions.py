@@ -79,15 +79,18 @@ class Scratch:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-#: The reference archive's index (``adicom serve --storage``), beside the files.
-_INDEX_NAME = ".adicom-index.sqlite"
-
-
 def _stored_files(store_dir: Path) -> tuple[int, int]:
-    """(number of files, total bytes) under the SCP's store directory (an archive's index aside)."""
+    """(number of files, total bytes) of the instances under the SCP's store directory.
+
+    Names that start with a dot are not instances: the archive's index
+    (``.adicom-index.sqlite``) and a storage's unfinished files
+    (``.incoming/*.part``), which must never stand in for a stored instance.
+    """
     count = size = 0
     for path in store_dir.rglob("*"):
-        if path.is_file() and not path.name.startswith(_INDEX_NAME):
+        if path.is_file() and not any(
+            part.startswith(".") for part in path.relative_to(store_dir).parts
+        ):
             count += 1
             size += path.stat().st_size
     return count, size

@@ -62,6 +62,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from adicom.cli.common import loop_factory
 from benchmarks import data
 from benchmarks.config import DEFAULT_DATA, HOST, REPO_ROOT, SCP_AET, SCU_AET
 from benchmarks.processes import child_env, free_port
@@ -81,7 +82,6 @@ from benchmarks.rawdicom import (
     open_many,
     percentile,
     probe_child,
-    probe_once,
     probe_summary,
     store_command,
 )
@@ -362,29 +362,23 @@ async def raw_lanes(
     async def lane(associations: list[list[bytes]]) -> None:
         nonlocal failed
         for messages in associations:
+            transport: asyncio.Transport | None = None
             try:
                 async with asyncio.timeout(300):
-                    _, store = await loop.create_connection(
+                    transport, store = await loop.create_connection(
                         partial(StoreLane, request, messages, RAW_MAX_PDU), HOST, port
                     )
                     await store.done
             except (Failed, OSError, TimeoutError):
                 failed += 1
+                if transport is not None:
+                    transport.abort()
 
     work = [batches(instances[i::lanes]) for i in range(lanes)]
     cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(lane(associations) for associations in work))
     return time.perf_counter() - started, failed, time.process_time() - cpu
-
-
-def _client_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop for the raw client when it is installed (a lighter load), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def workers_rep(
@@ -413,18 +407,18 @@ def workers_rep(
                 capture_output=True,
                 timeout=60,
             )
-            # Warm the client too: its imports and first association.
-            asyncio.run(probe_once(scp.port))
-            store_command(1, instances[0][0])
             before = scp.snapshot()
-            with asyncio.Runner(loop_factory=_client_loop_factory()) as runner:
+            # uvloop when installed: a lighter load still.
+            with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
                 took, failed, client_cpu = runner.run(raw_lanes(scp.port, instances, lanes, per))
+                client_loop = type(runner.get_loop()).__module__.partition(".")[0]
             after = scp.snapshot()
         finally:
             stop_scp(scp)
-        return _workers_result(
+        result = _workers_result(
             workdir, scp, mode, len(files), failed, took, before, after, client_cpu
         )
+        return {**result, "client_loop": client_loop}
     env = child_env({"TCP_NODELAY": "1"})
 
     def argv(batch: list[Path]) -> list[str]:
