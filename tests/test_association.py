@@ -342,12 +342,45 @@ async def test_a_shorter_response_wait_moves_the_watchdog_earlier() -> None:
         assert not assoc.is_established
 
 
+async def _accept_association(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A raw peer's side of the association: read the A-ASSOCIATE-RQ, accept it."""
+    decoder = PDUReader(max_pdata_length=0)
+    while (pdu := decoder.next_pdu()) is None:
+        decoder.feed(await reader.read(65536))
+    writer.write(accept(pdu))  # type: ignore[arg-type]
+
+
+async def _cancel_a_store_held_by_flow_control(
+    port: int, artim_timeout: float = 10.0
+) -> adicom.Association:
+    """Associate, start an 8 MB C-STORE the peer does not read, cancel it half-sent."""
+    from pydicom.dataset import Dataset
+
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.SOPInstanceUID = "1.2.3.4"
+    dataset.add_new(0x00091010, "LO", "ADICOM TEST")
+    dataset.add_new(0x00091011, "OB", bytes(8 << 20))
+    assoc = await adicom.open_association(
+        "127.0.0.1",
+        port,
+        contexts=[(dataset.SOPClassUID, ["1.2.840.10008.1.2"])],
+        artim_timeout=artim_timeout,
+    )
+    task = asyncio.get_running_loop().create_task(adicom.store_instance(assoc, dataset))
+    async with asyncio.timeout(CLOSE_BOUND):
+        while assoc._transport is None or not assoc._paused:
+            await asyncio.sleep(0.01)  # bounded: until flow control holds the sender
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return assoc
+
+
 async def test_a_message_cut_off_by_cancellation_aborts_the_association() -> None:
     # The peer stops reading; our C-STORE of 8 MB waits on flow control and
     # is cancelled half-way: half a message cannot stay on the wire of an
     # association still marked established.
-    from pydicom.dataset import Dataset
-
     peer_reading = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -355,9 +388,7 @@ async def test_a_message_cut_off_by_cancellation_aborts_the_association() -> Non
         received: list[object] = []
         try:
             async with asyncio.timeout(CLOSE_BOUND * 2):
-                while (pdu := decoder.next_pdu()) is None:
-                    decoder.feed(await reader.read(65536))
-                writer.write(accept(pdu))  # type: ignore[arg-type]
+                await _accept_association(reader, writer)
                 await peer_reading.wait()  # not reading: the sender fills the socket
                 while chunk := await reader.read(1 << 20):
                     decoder.feed(chunk)
@@ -370,24 +401,9 @@ async def test_a_message_cut_off_by_cancellation_aborts_the_association() -> Non
 
     results: list[list[object]] = []
     peer_done = asyncio.Event()
-    dataset = Dataset()
-    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    dataset.SOPInstanceUID = "1.2.3.4"
-    dataset.add_new(0x00091010, "LO", "ADICOM TEST")
-    dataset.add_new(0x00091011, "OB", bytes(8 << 20))
     listener = await asyncio.start_server(handle, "127.0.0.1", 0)
     async with listener:
-        port = listener.sockets[0].getsockname()[1]
-        assoc = await adicom.open_association(
-            "127.0.0.1", port, contexts=[(dataset.SOPClassUID, ["1.2.840.10008.1.2"])]
-        )
-        task = asyncio.get_running_loop().create_task(adicom.store_instance(assoc, dataset))
-        async with asyncio.timeout(CLOSE_BOUND):
-            while assoc._transport is None or not assoc._paused:
-                await asyncio.sleep(0.01)  # bounded: until flow control holds the sender
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        assoc = await _cancel_a_store_held_by_flow_control(listener.sockets[0].getsockname()[1])
         assert not assoc.is_established
         peer_reading.set()
         async with asyncio.timeout(CLOSE_BOUND):
@@ -400,44 +416,23 @@ async def test_a_message_cut_off_by_cancellation_aborts_the_association() -> Non
 async def test_an_abort_to_a_peer_that_stopped_reading_closes_when_artim_expires() -> None:
     # Our A-ABORT waits behind a C-STORE the peer never reads, so the
     # connection's close cannot complete. ARTIM bounds the wait for that
-    # close (PS3.8 9.2, AA-1 then AA-2 on Evt18 in Sta13): on its expiry the
-    # connection is dropped, buffered data and all, not kept until the peer
-    # reads or the kernel gives up.
-    from pydicom.dataset import Dataset
-
+    # close (PS3.8 Table 9-9: AA-1 starts it, AA-2 closes on Evt18 in
+    # Sta13): on its expiry the connection is dropped, buffered data and
+    # all, not kept until the peer reads or the kernel gives up.
     release_peer = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = PDUReader(max_pdata_length=0)
         try:
             async with asyncio.timeout(CLOSE_BOUND * 2):
-                while (pdu := decoder.next_pdu()) is None:
-                    decoder.feed(await reader.read(65536))
-                writer.write(accept(pdu))  # type: ignore[arg-type]
+                await _accept_association(reader, writer)
                 await release_peer.wait()  # never reads again
         finally:
             writer.close()
 
-    dataset = Dataset()
-    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    dataset.SOPInstanceUID = "1.2.3.4"
-    dataset.add_new(0x00091011, "OB", bytes(8 << 20))
     listener = await asyncio.start_server(handle, "127.0.0.1", 0)
     async with listener:
         port = listener.sockets[0].getsockname()[1]
-        assoc = await adicom.open_association(
-            "127.0.0.1",
-            port,
-            contexts=[(dataset.SOPClassUID, ["1.2.840.10008.1.2"])],
-            artim_timeout=0.3,
-        )
-        task = asyncio.get_running_loop().create_task(adicom.store_instance(assoc, dataset))
-        async with asyncio.timeout(CLOSE_BOUND):
-            while assoc._transport is None or not assoc._paused:
-                await asyncio.sleep(0.01)  # bounded: until flow control holds the sender
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        assoc = await _cancel_a_store_held_by_flow_control(port, artim_timeout=0.3)
         assert not assoc.closed  # the A-ABORT waits behind unread data
         try:
             async with asyncio.timeout(CLOSE_BOUND):

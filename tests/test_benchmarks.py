@@ -15,36 +15,28 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.run ARGS`` from the repository root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_runner_measures_adicom_pair_and_writes_json(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "bench.json"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     workloads = ["assoc-echo", "echo-one-assoc", "store-small"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--reps",
-            "1",
-            "-n",
-            "20",
-            "--pair",
-            "adicom:adicom",
-            "--json",
-            str(out),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--scratch",
-            str(scratch),
-            *(arg for w in workloads for arg in ("--only", w)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_bench(
+        "--reps", "1", "-n", "20", "--pair", "adicom:adicom", "--json", str(out),
+        "--data-dir", str(tmp_path / "data"), "--scratch", str(scratch),
+        *(arg for w in workloads for arg in ("--only", w)),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "adicom -> adicom" in result.stdout
     report = json.loads(out.read_text())
@@ -117,32 +109,10 @@ def test_runner_measures_the_archive_scp_and_counts_its_files_not_its_index(
     tmp_path: pathlib.Path,
 ) -> None:
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--reps",
-            "1",
-            "-n",
-            "20",
-            "--pair",
-            "adicom:adicom-archive",
-            "--only",
-            "store-small",
-            "--json",
-            str(out),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--scratch",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_bench(
+        "--reps", "1", "-n", "20", "--pair", "adicom:adicom-archive", "--only", "store-small",
+        "--json", str(out), "--data-dir", str(tmp_path / "data"), "--scratch", str(tmp_path),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "adicom -> adicom-archive" in result.stdout
     (row,) = json.loads(out.read_text())["results"]
@@ -194,31 +164,12 @@ def test_runner_measures_store_over_tls(tmp_path: pathlib.Path) -> None:
                   ("dcmtk-tls", "adicom-tls")]  # fmt: skip
     out = tmp_path / "bench.json"
     asked = [f"{scu}:{scp}" for scu, scp in pairs] + ["adicom:adicom-tls"]  # the last: never run
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--only",
-            "store-small",
-            "-n",
-            "20",
-            "--reps",
-            "1",
-            "--retries",
-            "0",
-            "--json",
-            str(out),
-            "--data-dir",
-            str(tmp_path / "data"),
-            *(arg for p in asked for arg in ("--pair", p)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = run_bench(
+        "--only", "store-small", "-n", "20", "--reps", "1", "--retries", "0",
+        "--json", str(out), "--data-dir", str(tmp_path / "data"),
+        *(arg for p in asked for arg in ("--pair", p)),
         timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "adicom-tls -> adicom-tls" in result.stdout
     assert "TLSv1." in result.stdout  # the negotiated version, in the notes
@@ -436,15 +387,9 @@ def test_run_chart_from_json_runs_nothing(
 def test_runner_draws_chart_after_run(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "bench.json"
     png = tmp_path / "chart.png"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--only", "echo-one-assoc", "-n", "20",
-         "--reps", "1", "--pair", "adicom:adicom", "--json", str(out),
-         "--data-dir", str(tmp_path / "data"), "--chart", str(png)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+    result = run_bench(
+        "--only", "echo-one-assoc", "-n", "20", "--reps", "1", "--pair", "adicom:adicom",
+        "--json", str(out), "--data-dir", str(tmp_path / "data"), "--chart", str(png),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"Chart: {png}" in result.stderr
