@@ -403,6 +403,68 @@ def test_one_pdu_lent_or_fed_decodes_alike(body: bytes) -> None:
     assert got == expected
 
 
+def _dcmtk_reads(reader: pdu.PDUReader, parts: list[bytes]) -> list[pdu.PDU]:
+    """Each of ``parts`` in reads of its own, as far as get_buffer allows; PDUs taken at once."""
+    out: list[pdu.PDU] = []
+    for part in parts:
+        while part:
+            buffer = reader.get_buffer()
+            n = min(len(buffer), len(part))
+            buffer[:n] = part[:n]
+            part = part[n:]
+            reader.buffer_lent(n)
+            while (item := reader.next_pdu()) is not None:
+                out.append(item)
+    return out
+
+
+def test_the_rest_of_a_pdu_whose_headers_came_alone_is_one_read_parsed_where_it_lands() -> None:
+    # DCMTK writes a PDU's two headers (12 bytes) apart from its PDV's data,
+    # so a read often holds just them: the next read takes the rest of a
+    # 41,920-byte fragment at once (not 16 KiB, sized for the small command
+    # before it), with the headers put back in front of it, so the PDU is
+    # decoded in the staging buffer, not copied into the reader's own.
+    command = _pdata((1, 3, b"C" * 158))
+    fragment = _pdata((1, 2, _DATASET[:41_920]))
+    reader = pdu.PDUReader()
+    (first,) = _dcmtk_reads(reader, [command, fragment[:12]])
+    assert _as_bytes(first) == _general(command)[0] and len(reader._buf) == 12
+    buffer = reader.get_buffer()
+    assert len(buffer) >= len(fragment) - 12
+    buffer[: len(fragment) - 12] = fragment[12:]
+    reader.buffer_lent(len(fragment) - 12)
+    item = reader.next_pdu()
+    assert isinstance(item, pdu.PDataTF) and reader.empty
+    assert item.pdvs[0].data.obj is reader.staging.view.obj  # type: ignore[union-attr]
+    assert _as_bytes(item) == _general(fragment)[0]
+
+
+def test_headers_carried_into_the_next_read_survive_a_read_that_failed() -> None:
+    # get_buffer puts the kept headers in front of the read it hands out; a
+    # read that then fails (no buffer_updated) loses nothing, and another
+    # reader's read in between (one staging buffer per loop) neither.
+    fragment = _pdata((1, 2, _DATASET[:5_000]))
+    shared = pdu.Staging()
+    reader, other = pdu.PDUReader(), pdu.PDUReader()
+    reader.staging = other.staging = shared
+    assert _dcmtk_reads(reader, [fragment[:12]]) == []
+    reader.get_buffer()  # the read fails: nothing lands
+    other_pdu = _pdata((3, 3, b"x" * 4_000))
+    assert [_as_bytes(p) for p in _dcmtk_reads(other, [other_pdu])] == _general(other_pdu)
+    got = _dcmtk_reads(reader, [fragment[12:]])
+    assert [_as_bytes(p) for p in got] == _general(fragment)
+
+
+def test_a_pdata_header_over_our_maximum_is_refused_as_soon_as_it_is_read() -> None:
+    reader = pdu.PDUReader(max_pdata_length=16_384)
+    buffer = reader.get_buffer()
+    header = b"\x04\x00" + (40_000).to_bytes(4, "big") + b"\x00\x00\x9c\x3c\x01\x02"
+    buffer[:12] = header
+    reader.buffer_lent(12)
+    with pytest.raises(PDUTooLarge):
+        reader.next_pdu()
+
+
 def test_a_large_pdu_begun_in_a_lent_read_goes_to_its_own_buffer_at_once() -> None:
     large = _pdata((1, 2, _DATASET * 3))
     reader = pdu.PDUReader()
