@@ -11,16 +11,26 @@ from __future__ import annotations
 import logging
 import random
 import struct
+from dataclasses import replace
 
 import pytest
 
 from adicom import pdu
 from adicom import protocol as ul
-from adicom.dimse import DimseEvent, RequestReceived
-from adicom.dimse.commands import c_store_rq
+from adicom.dimse import DimseEvent, Limits, RequestReceived, ResponseReceived
+from adicom.dimse.commands import Command, CommandField, c_store_rq
 from adicom.errors import PDUTooLarge, RemoteProtocolError
 from adicom.fsm import State
-from tests.test_dimse_connection import CT, Pair, Sink, collecting, limited
+from tests.test_dimse_connection import (
+    CT,
+    FIND,
+    Pair,
+    Sink,
+    collecting,
+    echo_rq,
+    limited,
+    response_to,
+)
 
 #: A C-STORE's bytes as DCMTK storescu sends them with 16 KiB PDUs: a
 #: command PDU, then data set fragments of one PDV each; then PDUs of several
@@ -367,9 +377,162 @@ def test_data_fragment_fast_path_keeps_the_limits() -> None:
     # The two stores of "beyond the window" abort at the second's last fragment.
     fast = _run(_SCENARIOS["beyond the window"], general=False)
     assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
-    # A whole message, fast: the deadline ran from the command to the last fragment.
+    # A whole message, fast: the deadline ran from the command to the last
+    # fragment, and the general path was not taken at all.
     fast = _run(_c_store_pdus(1), general=False)
-    assert fast[1] == [300.0, 300.0, 300.0, None] and fast[4] == 1
+    assert fast[1] == [300.0, 300.0, 300.0, None] and fast[4] == 0
+
+
+# -- the DIMSE layer's fast path for a whole command set -------------------------
+
+
+def _command(command: Command, context_id: int = 5, control: int = 3) -> pdu.PDataTF:
+    return pdu.PDataTF(
+        (pdu.PDV(context_id, bool(control & 1), bool(control & 2), command.encode()),)
+    )
+
+
+_FIND_RQ = Command(
+    CommandField.C_FIND_RQ, message_id=7, affected_sop_class_uid=FIND, command_data_set_type=0
+)
+_PENDING = replace(response_to(_FIND_RQ, 0xFF00), number_of_remaining_suboperations=9)
+_FINAL = response_to(_FIND_RQ, 0x0000)
+_COMMAND_SCENARIOS: dict[str, list[pdu.PDataTF]] = {
+    "pending responses, then the final one": [
+        *[_command(replace(_PENDING, number_of_remaining_suboperations=n)) for n in range(3)],
+        _command(_FINAL),
+    ],
+    "a pending response with a data set": [
+        _command(response_to(_FIND_RQ, 0xFF00, has_dataset=True)),
+        _fragment(b"ident", True, 5),
+        _command(_FINAL),
+    ],
+    "responses to no outstanding request": [
+        _command(replace(_PENDING, message_id_being_responded_to=8)),
+        _command(replace(response_to(_FIND_RQ, 0xFF00, True), message_id_being_responded_to=8)),
+        _fragment(b"ident", True, 5),
+        _command(_FINAL),
+    ],
+    "requests of the peer, beyond the window": [_command(echo_rq(n), 1) for n in (1, 2)],
+    "a C-STORE-RQ and its data set": [*_c_store_pdus(3, context_id=3), _command(_FINAL)],
+    "a command on a context not accepted": [_command(_PENDING, 7)],
+    "a command in two PDVs": [
+        pdu.PDataTF(
+            (
+                pdu.PDV(5, True, False, _PENDING.encode()[:20]),
+                pdu.PDV(5, True, True, _PENDING.encode()[20:]),
+            )
+        ),
+        _command(_FINAL),
+    ],
+    "a command whose last fragment comes alone": [
+        pdu.PDataTF((pdu.PDV(5, True, False, _PENDING.encode()[:20]),)),
+        pdu.PDataTF((pdu.PDV(5, True, True, _PENDING.encode()[20:]),)),
+    ],
+    "a malformed command": [pdu.PDataTF((pdu.PDV(5, True, True, b"\x00\x00\x00"),))],
+    "a command longer than accepted": [_command(_PENDING)],
+    "a command where data is due": [
+        _command(response_to(_FIND_RQ, 0xFF00, True)),
+        _command(_FINAL),
+    ],
+}
+
+
+def _receive_responses(
+    pdus: list[pdu.PDataTF], general: bool, **limits: object
+) -> tuple[list[object], list[float | None], bool, list[tuple[int, bool]], int]:
+    # The requestor, with a C-FIND outstanding, takes ``pdus``: as the
+    # acceptor does in _run, fast or general.
+    pair = Pair(window=1)
+    side = pair.req
+    dimse = side.dimse
+    if limits:
+        dimse.limits = Limits(**limits)  # type: ignore[arg-type]
+        dimse._assembler.max_command = dimse.limits.max_command
+    assert dimse.send_whole(5, _FIND_RQ, b"\x08\x00\x52\x00\x00\x00\x00\x00", 0.0)
+    sinks: list[Sink] = []
+    dimse.sink_factory = collecting(sinks)
+    calls = 0
+    take_general = dimse._receive_general
+
+    def counting(pdu_: pdu.PDataTF, now: float) -> list[DimseEvent]:
+        nonlocal calls
+        calls += 1
+        return take_general(pdu_, now)
+
+    dimse._receive_general = counting  # type: ignore[method-assign,assignment]
+    events: list[object] = []
+    deadlines = []
+    for now, item in enumerate(pdus, 1):
+        if general:
+            taken = [] if side.ul.abort_sent else dimse._receive_general(item, now)
+        else:
+            taken = dimse.receive_pdata(item, now)
+        events += taken
+        deadlines.append(dimse._deadline)
+    return (
+        _outcome(events),
+        deadlines,
+        side.ul.abort_sent,
+        [(len(s.data), s.aborted) for s in sinks],
+        calls,
+    )
+
+
+@pytest.mark.parametrize("name", list(_COMMAND_SCENARIOS))
+def test_whole_command_fast_path_gives_what_the_general_path_gives(name: str) -> None:
+    pdus = _COMMAND_SCENARIOS[name]
+    limits: dict[str, object] = (
+        {"max_command": 100} if name == "a command longer than accepted" else {}
+    )
+    fast = _receive_responses(pdus, general=False, **limits)
+    slow = _receive_responses(pdus, general=True, **limits)
+    assert fast[:4] == slow[:4]
+    # The fast paths took every PDU of one whole command PDV between
+    # messages (or a data set fragment in order): the general path only
+    # what else there was.
+    assert fast[4] == _GENERAL.get(name, 0)
+    assert slow[4] == len(pdus)
+
+
+#: PDUs the general path takes (the others: none).
+_GENERAL = {
+    "a command on a context not accepted": 1,
+    "a command in two PDVs": 1,  # two PDVs in one PDU
+    "a command whose last fragment comes alone": 2,
+    "a command where data is due": 1,
+}
+
+
+def test_whole_command_fast_path_outcomes() -> None:
+    # What the scenarios above give, both ways: pending responses delivered
+    # as not final, the last as final; the window and the context enforced.
+    events, deadlines, aborted, _, calls = _receive_responses(
+        _COMMAND_SCENARIOS["pending responses, then the final one"], general=False
+    )
+    assert [e[0] for e in events] == ["ResponseReceived"] * 4  # type: ignore[index]
+    assert deadlines == [None] * 4 and not aborted and calls == 0
+    assert [e.final for e in _receive_responses_events()] == [False, False, False, True]
+    events, deadlines, aborted, sinks, _ = _receive_responses(
+        _COMMAND_SCENARIOS["a C-STORE-RQ and its data set"], general=False
+    )
+    assert deadlines[0] == 301.0 and deadlines[-2:] == [None, None]
+    assert sinks == [(42_000, False)] and not aborted
+    for name in ("requests of the peer, beyond the window", "a command on a context not accepted"):
+        events, _, aborted, _, _ = _receive_responses(_COMMAND_SCENARIOS[name], general=False)
+        assert aborted and isinstance(events[-1], ul.Aborted)
+
+
+def _receive_responses_events() -> list[ResponseReceived]:
+    pair = Pair(window=1)
+    dimse = pair.req.dimse
+    assert dimse.send_whole(5, _FIND_RQ, b"\x08\x00\x52\x00\x00\x00\x00\x00", 0.0)
+    out: list[ResponseReceived] = []
+    for item in _COMMAND_SCENARIOS["pending responses, then the final one"]:
+        for event in dimse.receive_pdata(item, 1.0):
+            assert isinstance(event, ResponseReceived)
+            out.append(event)
+    return out
 
 
 @pytest.mark.parametrize(

@@ -466,6 +466,33 @@ class DimseConnection:
                 except RemoteProtocolError as exc:
                     return [self._violation(exc, now)]
                 return [] if delivered is None else [delivered]
+            if pdv.is_command and pdv.is_last and assembler._context is None:
+                # The usual PDU between messages: one PDV holding a whole
+                # command set (a request, a pending C-GET / C-MOVE / C-FIND
+                # response, a C-STORE-RQ before its data set).
+                # _receive_pdata's checks for it, without its loop: on an
+                # accepted context; between messages, a command may start
+                # on any (PS3.8 E.2).
+                context_id = pdv.context_id
+                context = self.contexts.get(context_id)
+                if context is not None and context.result == 0:  # context.accepted
+                    try:
+                        command = assembler.whole_command(context_id, pdv.data)
+                        if command.command_data_set_type != NO_DATASET:  # has_dataset
+                            factory = self.sink_factory
+                            sink = None if factory is None else factory(context_id, command)
+                            self._receiving = _Receiving(context_id, command, [], sink)
+                            # Limits.message_timeout runs from the command.
+                            timeout = self.limits.message_timeout
+                            if timeout is not None:
+                                self._deadline = now + timeout
+                            return []
+                        delivered = self._deliver(
+                            _new_message(context_id, command, None, None, None)
+                        )
+                    except RemoteProtocolError as exc:
+                        return [self._violation(exc, now)]
+                    return [] if delivered is None else [delivered]
         return self._receive_general(pdu, now)
 
     def _receive_general(self, pdu: PDataTF, now: float) -> list[DimseEvent]:
