@@ -270,15 +270,11 @@ class PDUReader:
                 end = self._lent_end
                 if end - pos >= 6:
                     pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
-                    stop = pos + 6 + length
-                    if pdu_type == 0x04 and stop <= end:
+                    if pdu_type == 0x04:
                         limit = self.max_pdata_length
                         if limit and length > limit:
                             raise PDUTooLarge(length, limit)
-                        if stop == end:
-                            self._lent = None
-                        else:
-                            self._lent_pos = stop
+                        # The next reads sized for this PDU (see _expect).
                         read_size = self.READ_PDUS * (6 + length)
                         self._read_size = (
                             self.STAGING_MIN
@@ -287,34 +283,36 @@ class PDUReader:
                             if read_size < self.STAGING
                             else self.STAGING
                         )
-                        if length >= 6:
-                            size, context_id, control = PDV_HEADER.unpack_from(lent, pos + 6)
-                            if size + 4 == length:  # so size >= 2: length >= 6
-                                # One PDV that fills the PDU: PDataTF.decode's
-                                # first case, its call saved.
-                                return _new_pdata(
-                                    (
-                                        _new_pdv(
-                                            context_id,
-                                            bool(control & 1),
-                                            bool(control & 2),
-                                            lent[pos + 12 : stop],
-                                        ),
+                        stop = pos + 6 + length
+                        if stop <= end:
+                            if stop == end:
+                                self._lent = None
+                            else:
+                                self._lent_pos = stop
+                            if length >= 6:
+                                size, context_id, control = PDV_HEADER.unpack_from(lent, pos + 6)
+                                if size + 4 == length:  # so size >= 2: length >= 6
+                                    # One PDV that fills the PDU: PDataTF.decode's
+                                    # first case, its call saved.
+                                    return _new_pdata(
+                                        (
+                                            _new_pdv(
+                                                context_id,
+                                                bool(control & 1),
+                                                bool(control & 2),
+                                                lent[pos + 12 : stop],
+                                            ),
+                                        )
                                     )
-                                )
-                        return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
-                    if pdu_type == 0x04 and length < self.LARGE and stop > end:
-                        # The start of a P-DATA-TF whose rest is still to
-                        # come (often just its headers: see get_buffer):
-                        # ours to keep, as _next_lent would keep it, the
-                        # next read sized for the rest (see _expect).
-                        limit = self.max_pdata_length
-                        if limit and length > limit:
-                            raise PDUTooLarge(length, limit)
-                        self._lent = None
-                        buf += lent[pos:end]
-                        self._expect(length)
-                        return None
+                            return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
+                        if length < self.LARGE:
+                            # The start of a P-DATA-TF whose rest is still
+                            # to come (often just its headers: see
+                            # get_buffer): ours to keep, as _next_lent would
+                            # keep it.
+                            self._lent = None
+                            buf += lent[pos:end]
+                            return None
                 return self._next_lent()
             self._top_up(buf)  # the PDU begun in the last read: then on as below
         body = self._body
