@@ -707,3 +707,54 @@ def test_a_sink_that_copies_gets_every_byte() -> None:
     event = _store_into(sink)
     assert isinstance(event, RequestReceived) and event.message.refused is None
     assert bytes(sink.data) == bytes(range(256)) * 20 and not sink.aborted
+
+
+# -- the C-STORE-RSP sent from the transport callback ---------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hooked", [False, True])
+async def test_a_store_answered_at_once_makes_its_response_command_only_for_hooks(
+    hooked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Association.respond_now sends a template's bytes (DimseConnection.
+    # send_response): no Command is made for the C-STORE-RSP unless a hook
+    # listens for the messages sent, which then sees the right one.
+    import asyncio
+
+    from pydicom.data import get_testdata_file
+
+    import adicom
+    from adicom import events
+    from adicom.dimse import ResponseTemplate
+
+    made: list[Command] = []
+    command_of = ResponseTemplate.command
+
+    def counted(self: ResponseTemplate, message_id: int, uid: str | None) -> Command:
+        made.append(command_of(self, message_id, uid))
+        return made[-1]
+
+    def refused(*args: object) -> object:
+        raise AssertionError("respond_now made the response with make()")
+
+    monkeypatch.setattr(ResponseTemplate, "command", counted)
+    monkeypatch.setattr(ResponseTemplate, "make", refused)
+    hooks = events.Hooks()
+    sent: list[events.MessageSent] = []
+    if hooked:
+        hooks.subscribe(events.MessageSent, sent.append)
+    storage = adicom.MemoryStorage()
+    contexts = [(CT, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])]
+    async with adicom.Server(port=0, ae_title="ANY-SCP", storage=storage, hooks=hooks) as scp:
+        async with adicom.connect("127.0.0.1", scp.port, contexts=contexts) as assoc:
+            result = await adicom.store_instance(assoc, str(get_testdata_file("CT_small.dcm")))
+        async with asyncio.timeout(10):
+            await scp.wait_idle()
+    assert result.status == 0 and len(storage.datasets) == 1
+    if hooked:
+        (response,) = [e.command for e in sent if e.command.command_field & 0x8000]
+        assert made == [response] and response.status == 0
+        assert response.command_field == CommandField.C_STORE_RSP
+    else:
+        assert made == []

@@ -601,9 +601,19 @@ class ResponseTemplate:
         values = self._values.copy()
         values[_RESPONDED_TO] = message_id
         values[_INSTANCE_UID] = sop_instance_uid
+        return _build(values), self.encode(message_id, sop_instance_uid)
+
+    def command(self, message_id: int, sop_instance_uid: str | None) -> Command:
+        """The response to request ``message_id`` about ``sop_instance_uid`` (see :meth:`make`)."""
+        values = self._values.copy()
+        values[_RESPONDED_TO] = message_id
+        values[_INSTANCE_UID] = sop_instance_uid
+        return _build(values)
+
+    def encode(self, message_id: int, sop_instance_uid: str | None) -> bytes:
+        """The bytes of :meth:`make`'s response alone, for a sender that needs no Command."""
         if sop_instance_uid is None:
-            raw = self._bare(_GROUP_LENGTH, self._size, self._head, message_id, self._tail)
-            return _build(values), raw
+            return self._bare(_GROUP_LENGTH, self._size, self._head, message_id, self._tail)
         uid = sop_instance_uid.encode("ascii")
         if len(uid) % 2:
             uid += b"\0"  # PS3.5 6.2: UI pads with a NUL
@@ -617,7 +627,7 @@ class ResponseTemplate:
             _INSTANCE_UID_HEAD,
             size,
         )
-        return _build(values), head + uid
+        return head + uid
 
 
 class RequestTemplate:

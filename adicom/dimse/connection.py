@@ -378,13 +378,38 @@ class DimseConnection:
         self._sent(command)
         return True
 
-    def _check_send(self, context_id: int, command: Command) -> None:
-        """Raise LocalProtocolError unless ``command`` may be sent now on ``context_id``."""
+    def send_response(
+        self, context_id: int, responded_to: int, status: int, encoded: bytes, now: float
+    ) -> bool:
+        """:meth:`send_whole` of a response without a data set, given as its bytes alone.
+
+        For a response made from a template (a C-STORE-RSP, a C-ECHO-RSP:
+        see :class:`~adicom.dimse.ResponseTemplate`), which then needs no
+        Command made: the checks and the count of the peer's requests not
+        answered yet read only the Message ID it answers and its status.
+        False, having done nothing, when it does not fit one PDU.
+        """
+        size = len(encoded) + 6  # the PDU's length: the PDV's header and data
+        limit = self.peer_max_pdu
+        if (limit and size > limit) or size > MAX_SEND_PDU:
+            return False
+        self._check_context(context_id)
+        self.ul.send_pdv(context_id, 3, encoded, now)
+        if status != 0xFF00 and status != 0xFF01:  # final, not pending (PS3.7 C.4): see _sent
+            self._unanswered.discard(responded_to)
+        return True
+
+    def _check_context(self, context_id: int) -> None:
+        """Raise LocalProtocolError unless a message may be sent now on ``context_id``."""
         if self._sending is not None:
             raise LocalProtocolError("another message is still being sent")
         context = self.contexts.get(context_id)
         if context is None or context.result != 0:  # not context.accepted
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
+
+    def _check_send(self, context_id: int, command: Command) -> None:
+        """Raise LocalProtocolError unless ``command`` may be sent now on ``context_id``."""
+        self._check_context(context_id)
         if not command.command_field & 0x8000 and command.command_field != _C_CANCEL_RQ:
             message_id = command.message_id
             if message_id is None:
