@@ -614,15 +614,19 @@ class Association(Driver):
             rq.command_field != _C_ECHO_RQ and rq.command_field != _C_STORE_RQ
         ):
             return False
-        command, encoded = _response_template(rq, status).make(
-            rq.message_id, rq.affected_sop_instance_uid
-        )
-        if not self._dimse.send_whole(
-            request.context_id, command, None, self._loop.time(), encoded=encoded
+        # Its bytes alone: the Command is made only for hooks that want it.
+        template = _response_template(rq, status)
+        message_id, instance = rq.message_id, rq.affected_sop_instance_uid
+        if not self._dimse.send_response(
+            request.context_id,
+            message_id,
+            status,
+            template.encode(message_id, instance),
+            self._loop.time(),
         ):
             return False
         if self._emitter is not None:
-            self._emit_sent(request.context_id, command, None)
+            self._emit_sent(request.context_id, template.command(message_id, instance), None)
         return True
 
     async def respond(self, request: Message, status: int, **fields: Any) -> None:

@@ -949,3 +949,53 @@ def test_a_shape_with_a_uid_element_given_twice_decodes_like_the_full_parser() -
         full, _ = Command._decode(data)
         assert full.affected_sop_instance_uid == second.rstrip(b"\0").decode()
         assert Command.decode(data) == full
+
+
+def test_learned_shapes_build_their_commands_without_the_general_builder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A learned shape makes its Command with a builder of its own, compiled
+    # once per set of varying fields and shared by every shape with that set
+    # (C-GET and C-MOVE pending responses, say); values received are only
+    # ever its arguments or its closure, never its code.
+    from adicom.dimse import commands
+
+    commands._SHAPES.clear()
+    commands._DECODED.clear()
+    commands._BUILDERS.clear()
+
+    def pending(field: CommandField, sop_class: str, remaining: int) -> Command:
+        return Command(
+            field,
+            message_id_being_responded_to=3,
+            affected_sop_class_uid=sop_class,
+            status=0xFF00,
+            number_of_remaining_suboperations=remaining,
+            number_of_completed_suboperations=1,
+            number_of_failed_suboperations=0,
+            number_of_warning_suboperations=0,
+            error_comment="a 'quote\"\n) and more",
+        )
+
+    get_rsp = CommandField.C_GET_RSP
+    move_rsp = CommandField.C_MOVE_RSP
+    Command.decode(pending(get_rsp, "1.2.840.10008.5.1.4.1.2.2.3", 9).encode())
+    Command.decode(pending(move_rsp, "1.2.840.10008.5.1.4.1.2.2.2", 9).encode())
+    assert len(commands._BUILDERS) == 1
+
+    def refused(values: object) -> Command:
+        raise AssertionError("a learned shape went through _build")
+
+    monkeypatch.setattr(commands, "_build", refused)
+    for field, sop_class in (
+        (get_rsp, "1.2.840.10008.5.1.4.1.2.2.3"),
+        (move_rsp, "1.2.840.10008.5.1.4.1.2.2.2"),
+    ):
+        command = pending(field, sop_class, 7)
+        decoded = Command.decode(command.encode())
+        assert decoded == command and type(decoded) is Command
+    monkeypatch.undo()
+    assert (
+        Command.decode(pending(get_rsp, "1.2.840.10008.5.1.4.1.2.2.3", 5).encode())
+        == (Command._decode(pending(get_rsp, "1.2.840.10008.5.1.4.1.2.2.3", 5).encode())[0])
+    )

@@ -791,3 +791,38 @@ def test_only_a_final_response_sent_answers_a_request(status: int, answered: boo
     assert request.message_id in pair.acc.dimse._unanswered
     assert pair.acc.dimse.send_whole(5, response_to(request, status), None, pair.now)
     assert (request.message_id not in pair.acc.dimse._unanswered) is answered
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xFF00, 0xA700])
+def test_a_response_sent_as_its_bytes_alone_is_what_send_whole_sends(status: int) -> None:
+    # send_response (a template's bytes, no Command made) queues the PDU
+    # send_whole queues for the response, and counts the request answered
+    # (or, pending, not yet) the same way.
+    from adicom.dimse import ResponseTemplate
+
+    wire, unanswered = [], []
+    for as_bytes in (False, True):
+        pair = Pair(window=2)
+        request = c_store_rq(CT, "1.2.3.45", message_id=pair.req.dimse.next_message_id())
+        pair.req.send(3, request, b"\0" * 10)
+        pair.pump()
+        (event,) = pair.acc.drain()
+        assert isinstance(event, RequestReceived)
+        template = ResponseTemplate(CommandField.C_STORE_RSP, CT, status)
+        command, raw = template.make(request.message_id or 0, "1.2.3.45")
+        assert raw == template.encode(request.message_id or 0, "1.2.3.45") == command.encode()
+        dimse = pair.acc.dimse
+        if as_bytes:
+            assert dimse.send_response(3, request.message_id or 0, status, raw, 0.0)
+        else:
+            assert dimse.send_whole(3, command, None, 0.0, encoded=raw)
+        wire.append(b"".join(pair.acc.ul.data_to_send()))
+        unanswered.append(set(dimse._unanswered))
+        # A context not accepted, or a peer's maximum too small for it.
+        with pytest.raises(LocalProtocolError):
+            dimse.send_response(9, request.message_id or 0, status, raw, 0.0)
+        dimse.peer_max_pdu = len(raw) + 5
+        assert not dimse.send_response(3, request.message_id or 0, status, raw, 0.0)
+        assert not pair.acc.ul.data_to_send()
+    assert wire[0] == wire[1] and len(wire[0]) > 12
+    assert unanswered[0] == unanswered[1] == (set() if status != 0xFF00 else {1})

@@ -11,16 +11,26 @@ from __future__ import annotations
 import logging
 import random
 import struct
+from dataclasses import replace
 
 import pytest
 
 from adicom import pdu
 from adicom import protocol as ul
-from adicom.dimse import DimseEvent, RequestReceived
-from adicom.dimse.commands import c_store_rq
+from adicom.dimse import DimseEvent, Limits, RequestReceived, ResponseReceived
+from adicom.dimse.commands import Command, CommandField, c_store_rq
 from adicom.errors import PDUTooLarge, RemoteProtocolError
 from adicom.fsm import State
-from tests.test_dimse_connection import CT, Pair, Sink, collecting, limited
+from tests.test_dimse_connection import (
+    CT,
+    FIND,
+    Pair,
+    Sink,
+    collecting,
+    echo_rq,
+    limited,
+    response_to,
+)
 
 #: A C-STORE's bytes as DCMTK storescu sends them with 16 KiB PDUs: a
 #: command PDU, then data set fragments of one PDV each; then PDUs of several
@@ -367,9 +377,162 @@ def test_data_fragment_fast_path_keeps_the_limits() -> None:
     # The two stores of "beyond the window" abort at the second's last fragment.
     fast = _run(_SCENARIOS["beyond the window"], general=False)
     assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
-    # A whole message, fast: the deadline ran from the command to the last fragment.
+    # A whole message, fast: the deadline ran from the command to the last
+    # fragment, and the general path was not taken at all.
     fast = _run(_c_store_pdus(1), general=False)
-    assert fast[1] == [300.0, 300.0, 300.0, None] and fast[4] == 1
+    assert fast[1] == [300.0, 300.0, 300.0, None] and fast[4] == 0
+
+
+# -- the DIMSE layer's fast path for a whole command set -------------------------
+
+
+def _command(command: Command, context_id: int = 5, control: int = 3) -> pdu.PDataTF:
+    return pdu.PDataTF(
+        (pdu.PDV(context_id, bool(control & 1), bool(control & 2), command.encode()),)
+    )
+
+
+_FIND_RQ = Command(
+    CommandField.C_FIND_RQ, message_id=7, affected_sop_class_uid=FIND, command_data_set_type=0
+)
+_PENDING = replace(response_to(_FIND_RQ, 0xFF00), number_of_remaining_suboperations=9)
+_FINAL = response_to(_FIND_RQ, 0x0000)
+_COMMAND_SCENARIOS: dict[str, list[pdu.PDataTF]] = {
+    "pending responses, then the final one": [
+        *[_command(replace(_PENDING, number_of_remaining_suboperations=n)) for n in range(3)],
+        _command(_FINAL),
+    ],
+    "a pending response with a data set": [
+        _command(response_to(_FIND_RQ, 0xFF00, has_dataset=True)),
+        _fragment(b"ident", True, 5),
+        _command(_FINAL),
+    ],
+    "responses to no outstanding request": [
+        _command(replace(_PENDING, message_id_being_responded_to=8)),
+        _command(replace(response_to(_FIND_RQ, 0xFF00, True), message_id_being_responded_to=8)),
+        _fragment(b"ident", True, 5),
+        _command(_FINAL),
+    ],
+    "requests of the peer, beyond the window": [_command(echo_rq(n), 1) for n in (1, 2)],
+    "a C-STORE-RQ and its data set": [*_c_store_pdus(3, context_id=3), _command(_FINAL)],
+    "a command on a context not accepted": [_command(_PENDING, 7)],
+    "a command in two PDVs": [
+        pdu.PDataTF(
+            (
+                pdu.PDV(5, True, False, _PENDING.encode()[:20]),
+                pdu.PDV(5, True, True, _PENDING.encode()[20:]),
+            )
+        ),
+        _command(_FINAL),
+    ],
+    "a command whose last fragment comes alone": [
+        pdu.PDataTF((pdu.PDV(5, True, False, _PENDING.encode()[:20]),)),
+        pdu.PDataTF((pdu.PDV(5, True, True, _PENDING.encode()[20:]),)),
+    ],
+    "a malformed command": [pdu.PDataTF((pdu.PDV(5, True, True, b"\x00\x00\x00"),))],
+    "a command longer than accepted": [_command(_PENDING)],
+    "a command where data is due": [
+        _command(response_to(_FIND_RQ, 0xFF00, True)),
+        _command(_FINAL),
+    ],
+}
+
+
+def _receive_responses(
+    pdus: list[pdu.PDataTF], general: bool, **limits: object
+) -> tuple[list[object], list[float | None], bool, list[tuple[int, bool]], int]:
+    # The requestor, with a C-FIND outstanding, takes ``pdus``: as the
+    # acceptor does in _run, fast or general.
+    pair = Pair(window=1)
+    side = pair.req
+    dimse = side.dimse
+    if limits:
+        dimse.limits = Limits(**limits)  # type: ignore[arg-type]
+        dimse._assembler.max_command = dimse.limits.max_command
+    assert dimse.send_whole(5, _FIND_RQ, b"\x08\x00\x52\x00\x00\x00\x00\x00", 0.0)
+    sinks: list[Sink] = []
+    dimse.sink_factory = collecting(sinks)
+    calls = 0
+    take_general = dimse._receive_general
+
+    def counting(pdu_: pdu.PDataTF, now: float) -> list[DimseEvent]:
+        nonlocal calls
+        calls += 1
+        return take_general(pdu_, now)
+
+    dimse._receive_general = counting  # type: ignore[method-assign,assignment]
+    events: list[object] = []
+    deadlines = []
+    for now, item in enumerate(pdus, 1):
+        if general:
+            taken = [] if side.ul.abort_sent else dimse._receive_general(item, now)
+        else:
+            taken = dimse.receive_pdata(item, now)
+        events += taken
+        deadlines.append(dimse._deadline)
+    return (
+        _outcome(events),
+        deadlines,
+        side.ul.abort_sent,
+        [(len(s.data), s.aborted) for s in sinks],
+        calls,
+    )
+
+
+@pytest.mark.parametrize("name", list(_COMMAND_SCENARIOS))
+def test_whole_command_fast_path_gives_what_the_general_path_gives(name: str) -> None:
+    pdus = _COMMAND_SCENARIOS[name]
+    limits: dict[str, object] = (
+        {"max_command": 100} if name == "a command longer than accepted" else {}
+    )
+    fast = _receive_responses(pdus, general=False, **limits)
+    slow = _receive_responses(pdus, general=True, **limits)
+    assert fast[:4] == slow[:4]
+    # The fast paths took every PDU of one whole command PDV between
+    # messages (or a data set fragment in order): the general path only
+    # what else there was.
+    assert fast[4] == _GENERAL.get(name, 0)
+    assert slow[4] == len(pdus)
+
+
+#: PDUs the general path takes (the others: none).
+_GENERAL = {
+    "a command on a context not accepted": 1,
+    "a command in two PDVs": 1,  # two PDVs in one PDU
+    "a command whose last fragment comes alone": 2,
+    "a command where data is due": 1,
+}
+
+
+def test_whole_command_fast_path_outcomes() -> None:
+    # What the scenarios above give, both ways: pending responses delivered
+    # as not final, the last as final; the window and the context enforced.
+    events, deadlines, aborted, _, calls = _receive_responses(
+        _COMMAND_SCENARIOS["pending responses, then the final one"], general=False
+    )
+    assert [e[0] for e in events] == ["ResponseReceived"] * 4  # type: ignore[index]
+    assert deadlines == [None] * 4 and not aborted and calls == 0
+    assert [e.final for e in _receive_responses_events()] == [False, False, False, True]
+    events, deadlines, aborted, sinks, _ = _receive_responses(
+        _COMMAND_SCENARIOS["a C-STORE-RQ and its data set"], general=False
+    )
+    assert deadlines[0] == 301.0 and deadlines[-2:] == [None, None]
+    assert sinks == [(42_000, False)] and not aborted
+    for name in ("requests of the peer, beyond the window", "a command on a context not accepted"):
+        events, _, aborted, _, _ = _receive_responses(_COMMAND_SCENARIOS[name], general=False)
+        assert aborted and isinstance(events[-1], ul.Aborted)
+
+
+def _receive_responses_events() -> list[ResponseReceived]:
+    pair = Pair(window=1)
+    dimse = pair.req.dimse
+    assert dimse.send_whole(5, _FIND_RQ, b"\x08\x00\x52\x00\x00\x00\x00\x00", 0.0)
+    out: list[ResponseReceived] = []
+    for item in _COMMAND_SCENARIOS["pending responses, then the final one"]:
+        for event in dimse.receive_pdata(item, 1.0):
+            assert isinstance(event, ResponseReceived)
+            out.append(event)
+    return out
 
 
 @pytest.mark.parametrize(
@@ -401,6 +564,68 @@ def test_one_pdu_lent_or_fed_decodes_alike(body: bytes) -> None:
     except RemoteProtocolError as exc:
         got = (type(exc), str(exc))
     assert got == expected
+
+
+def _dcmtk_reads(reader: pdu.PDUReader, parts: list[bytes]) -> list[pdu.PDU]:
+    """Each of ``parts`` in reads of its own, as far as get_buffer allows; PDUs taken at once."""
+    out: list[pdu.PDU] = []
+    for part in parts:
+        while part:
+            buffer = reader.get_buffer()
+            n = min(len(buffer), len(part))
+            buffer[:n] = part[:n]
+            part = part[n:]
+            reader.buffer_lent(n)
+            while (item := reader.next_pdu()) is not None:
+                out.append(item)
+    return out
+
+
+def test_the_rest_of_a_pdu_whose_headers_came_alone_is_one_read_parsed_where_it_lands() -> None:
+    # DCMTK writes a PDU's two headers (12 bytes) apart from its PDV's data,
+    # so a read often holds just them: the next read takes the rest of a
+    # 41,920-byte fragment at once (not 16 KiB, sized for the small command
+    # before it), with the headers put back in front of it, so the PDU is
+    # decoded in the staging buffer, not copied into the reader's own.
+    command = _pdata((1, 3, b"C" * 158))
+    fragment = _pdata((1, 2, _DATASET[:41_920]))
+    reader = pdu.PDUReader()
+    (first,) = _dcmtk_reads(reader, [command, fragment[:12]])
+    assert _as_bytes(first) == _general(command)[0] and len(reader._buf) == 12
+    buffer = reader.get_buffer()
+    assert len(buffer) >= len(fragment) - 12
+    buffer[: len(fragment) - 12] = fragment[12:]
+    reader.buffer_lent(len(fragment) - 12)
+    item = reader.next_pdu()
+    assert isinstance(item, pdu.PDataTF) and reader.empty
+    assert item.pdvs[0].data.obj is reader.staging.view.obj  # type: ignore[union-attr]
+    assert _as_bytes(item) == _general(fragment)[0]
+
+
+def test_headers_carried_into_the_next_read_survive_a_read_that_failed() -> None:
+    # get_buffer puts the kept headers in front of the read it hands out; a
+    # read that then fails (no buffer_updated) loses nothing, and another
+    # reader's read in between (one staging buffer per loop) neither.
+    fragment = _pdata((1, 2, _DATASET[:5_000]))
+    shared = pdu.Staging()
+    reader, other = pdu.PDUReader(), pdu.PDUReader()
+    reader.staging = other.staging = shared
+    assert _dcmtk_reads(reader, [fragment[:12]]) == []
+    reader.get_buffer()  # the read fails: nothing lands
+    other_pdu = _pdata((3, 3, b"x" * 4_000))
+    assert [_as_bytes(p) for p in _dcmtk_reads(other, [other_pdu])] == _general(other_pdu)
+    got = _dcmtk_reads(reader, [fragment[12:]])
+    assert [_as_bytes(p) for p in got] == _general(fragment)
+
+
+def test_a_pdata_header_over_our_maximum_is_refused_as_soon_as_it_is_read() -> None:
+    reader = pdu.PDUReader(max_pdata_length=16_384)
+    buffer = reader.get_buffer()
+    header = b"\x04\x00" + (40_000).to_bytes(4, "big") + b"\x00\x00\x9c\x3c\x01\x02"
+    buffer[:12] = header
+    reader.buffer_lent(12)
+    with pytest.raises(PDUTooLarge):
+        reader.next_pdu()
 
 
 def test_a_large_pdu_begun_in_a_lent_read_goes_to_its_own_buffer_at_once() -> None:
@@ -482,3 +707,54 @@ def test_a_sink_that_copies_gets_every_byte() -> None:
     event = _store_into(sink)
     assert isinstance(event, RequestReceived) and event.message.refused is None
     assert bytes(sink.data) == bytes(range(256)) * 20 and not sink.aborted
+
+
+# -- the C-STORE-RSP sent from the transport callback ---------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hooked", [False, True])
+async def test_a_store_answered_at_once_makes_its_response_command_only_for_hooks(
+    hooked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Association.respond_now sends a template's bytes (DimseConnection.
+    # send_response): no Command is made for the C-STORE-RSP unless a hook
+    # listens for the messages sent, which then sees the right one.
+    import asyncio
+
+    from pydicom.data import get_testdata_file
+
+    import adicom
+    from adicom import events
+    from adicom.dimse import ResponseTemplate
+
+    made: list[Command] = []
+    command_of = ResponseTemplate.command
+
+    def counted(self: ResponseTemplate, message_id: int, uid: str | None) -> Command:
+        made.append(command_of(self, message_id, uid))
+        return made[-1]
+
+    def refused(*args: object) -> object:
+        raise AssertionError("respond_now made the response with make()")
+
+    monkeypatch.setattr(ResponseTemplate, "command", counted)
+    monkeypatch.setattr(ResponseTemplate, "make", refused)
+    hooks = events.Hooks()
+    sent: list[events.MessageSent] = []
+    if hooked:
+        hooks.subscribe(events.MessageSent, sent.append)
+    storage = adicom.MemoryStorage()
+    contexts = [(CT, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])]
+    async with adicom.Server(port=0, ae_title="ANY-SCP", storage=storage, hooks=hooks) as scp:
+        async with adicom.connect("127.0.0.1", scp.port, contexts=contexts) as assoc:
+            result = await adicom.store_instance(assoc, str(get_testdata_file("CT_small.dcm")))
+        async with asyncio.timeout(10):
+            await scp.wait_idle()
+    assert result.status == 0 and len(storage.datasets) == 1
+    if hooked:
+        (response,) = [e.command for e in sent if e.command.command_field & 0x8000]
+        assert made == [response] and response.status == 0
+        assert response.command_field == CommandField.C_STORE_RSP
+    else:
+        assert made == []

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
 from adicom.errors import RemoteProtocolError
@@ -227,20 +227,11 @@ class Command:
         shapes = _SHAPES.get(len(key))
         if shapes is not None:
             number = int.from_bytes(key, "little")
-            for mask, fixed, reader, indexes, template, texts, pick, template_values in shapes:
+            for mask, fixed, reader, build in shapes:
                 if number & mask == fixed:
-                    if pick is not None:
-                        # Many values vary (the sub-operation counts): one
-                        # itemgetter takes each field's value from the
-                        # template's or from those read, in one C call where
-                        # a loop over them cost more than the rest of this path.
-                        return _build(pick(template_values + reader.unpack_from(key)))
-                    values = template.copy()
-                    for index, value in zip(indexes, reader.unpack_from(key), strict=False):
-                        values[index] = value
-                    for index in texts:
-                        values[index] = _decode_ui(values[index])
-                    return _build(values)
+                    # The shape's own builder (see _builder) takes the
+                    # values read as its arguments.
+                    return build(*reader.unpack_from(key))
         command, slots = cls._decode(key)
         if slots:
             shapes = _SHAPES.setdefault(len(key), [])
@@ -332,25 +323,11 @@ class Command:
 #: Commands decoded lately, by their bytes (see Command.decode).
 _DECODED: dict[bytes, Command] = {}
 _DECODED_SIZE = 64
-_Shape = tuple[
-    int,
-    int,
-    struct.Struct,
-    tuple[int, ...],
-    list[Any],
-    tuple[int, ...],
-    "itemgetter[Any] | None",
-    tuple[Any, ...],
-]
+_Shape = tuple[int, int, struct.Struct, "Callable[..., Command]"]
 #: Command shapes decoded lately, by length: (a mask of the bits that do
 #: not vary, as an int of the bytes read little-endian; those bits' value;
-#: a Struct reading the varying values; the index of each one's field;
-#: every field's value in that command; the indexes of the fields read as
-#: UI bytes, to decode; for a shape of more than _LOOP_MAX varying values
-#: and no UI, an itemgetter that takes, from every field's value in that
-#: command followed by the values read, each field's value in field order,
-#: else None; every field's value in that command again, as a tuple).
-#: See Command.decode.
+#: a Struct reading the varying values; the shape's builder, which makes
+#: the Command of the values read: see _builder). See Command.decode.
 _SHAPES: dict[int, list[_Shape]] = {}
 #: The elements whose values may differ between commands of one shape:
 #: Message ID, Message ID Being Responded To, Status, the sub-operation
@@ -360,9 +337,11 @@ _VARYING = frozenset(
     {0x0110, 0x0120, 0x0900, 0x1000, 0x1001, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031}
 )
 _SHAPES_PER_LENGTH = 4
-#: Up to this many varying values, a loop stores them (see _shape); past it, an itemgetter.
-_LOOP_MAX = 3
 _SHAPES_SIZE = 64
+#: The code of a shape's builder, by which field each value read goes to
+#: (see _builder): few per peer (a C-STORE-RQ, a pending C-GET-RSP, ...).
+_BUILDERS: dict[tuple[tuple[int, bool], ...], Callable[..., Callable[..., Command]]] = {}
+_BUILDERS_SIZE = 64
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Command))
 #: Every field, in the order of the dataclass (one C call: see _build).
@@ -406,22 +385,63 @@ def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[A
     mask = (1 << (8 * len(key))) - 1
     layout = ["<"]
     pos = 0
-    plan = list(range(len(template)))  # each field's value from the template...
-    for read, (offset, length, index, text) in enumerate(slots, len(template)):
+    for offset, length, _, text in slots:
         mask &= ~(((1 << (8 * length)) - 1) << (8 * offset))
-        if text:  # read as bytes, then decoded (see Command.decode)
+        if text:  # read as bytes, then decoded (see _builder)
             layout.append(f"{offset - pos}x{length}s")
         else:
             layout.append(f"{offset - pos}xH")
-        plan[index] = read  # ...but for the varying ones, read after it
         pos = offset + length
     fixed = int.from_bytes(key, "little") & mask
     reader = struct.Struct("".join(layout))
-    indexes = tuple(index for _, _, index, _ in slots)
-    # A UI element given twice is read twice into one field: decoded once.
-    texts = tuple(dict.fromkeys(index for _, _, index, text in slots if text))
-    pick = itemgetter(*plan) if len(slots) > _LOOP_MAX and not texts else None
-    return mask, fixed, reader, indexes, template, texts, pick, tuple(template)
+    signature = tuple((index, text) for _, _, index, text in slots)
+    factory = _BUILDERS.get(signature)
+    if factory is None:
+        if len(_BUILDERS) >= _BUILDERS_SIZE:
+            _BUILDERS.clear()  # a peer sending ever new shapes: start again
+        factory = _BUILDERS[signature] = _builder(signature)
+    return mask, fixed, reader, factory(*template)
+
+
+def _builder(signature: tuple[tuple[int, bool], ...]) -> Callable[..., Callable[..., Command]]:
+    """The factory of the builders of shapes whose varying values go to ``signature``'s fields.
+
+    ``signature`` lists, for each value a shape reads, the index of its
+    field and whether it is UI bytes to decode. The factory takes every
+    field's value in the shape's first command (the template) and returns a
+    function of the values read that makes the Command as _build does, the
+    template's values from its closure, the others from its arguments: one
+    call, no list of the 24 values made and unpacked per command (a pending
+    C-GET-RSP read six counts and IDs into a copy of the template, then
+    picked each field from the two). Its code depends on the signature
+    only, never on a value received: compiled once per signature.
+    """
+    last: dict[int, tuple[int, bool]] = {}
+    for read, (index, text) in enumerate(signature):
+        last[index] = (read, text)  # a UI element given twice: the last one wins, decoded once
+    lines = ["    c = _new(_Unfrozen)"]
+    for index, name in enumerate(_FIELDS):
+        if index in last:
+            read, text = last[index]
+            lines.append(
+                f"    c.{name} = _decode_ui(v{read})" if text else f"    c.{name} = v{read}"
+            )
+        else:
+            lines.append(f"    c.{name} = t{index}")
+    lines += ["    c.__class__ = _Command", "    return c"]
+    values = ", ".join(f"v{read}" for read in range(len(signature)))
+    template = ", ".join(f"t{index}" for index in range(len(_FIELDS)))
+    source = f"def factory({template}):\n  def build({values}):\n"
+    source += "\n".join("  " + line for line in lines) + "\n  return build\n"
+    names: dict[str, Any] = {
+        "_new": object.__new__,
+        "_Unfrozen": _Unfrozen,
+        "_Command": Command,
+        "_decode_ui": _decode_ui,
+    }
+    exec(compile(source, "<adicom command shape>", "exec"), names)
+    factory: Callable[..., Callable[..., Command]] = names["factory"]
+    return factory
 
 
 def _build(values: Sequence[Any]) -> Command:
@@ -581,9 +601,19 @@ class ResponseTemplate:
         values = self._values.copy()
         values[_RESPONDED_TO] = message_id
         values[_INSTANCE_UID] = sop_instance_uid
+        return _build(values), self.encode(message_id, sop_instance_uid)
+
+    def command(self, message_id: int, sop_instance_uid: str | None) -> Command:
+        """The response to request ``message_id`` about ``sop_instance_uid`` (see :meth:`make`)."""
+        values = self._values.copy()
+        values[_RESPONDED_TO] = message_id
+        values[_INSTANCE_UID] = sop_instance_uid
+        return _build(values)
+
+    def encode(self, message_id: int, sop_instance_uid: str | None) -> bytes:
+        """The bytes of :meth:`make`'s response alone, for a sender that needs no Command."""
         if sop_instance_uid is None:
-            raw = self._bare(_GROUP_LENGTH, self._size, self._head, message_id, self._tail)
-            return _build(values), raw
+            return self._bare(_GROUP_LENGTH, self._size, self._head, message_id, self._tail)
         uid = sop_instance_uid.encode("ascii")
         if len(uid) % 2:
             uid += b"\0"  # PS3.5 6.2: UI pads with a NUL
@@ -597,7 +627,7 @@ class ResponseTemplate:
             _INSTANCE_UID_HEAD,
             size,
         )
-        return _build(values), head + uid
+        return head + uid
 
 
 class RequestTemplate:

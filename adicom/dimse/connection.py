@@ -378,13 +378,38 @@ class DimseConnection:
         self._sent(command)
         return True
 
-    def _check_send(self, context_id: int, command: Command) -> None:
-        """Raise LocalProtocolError unless ``command`` may be sent now on ``context_id``."""
+    def send_response(
+        self, context_id: int, responded_to: int, status: int, encoded: bytes, now: float
+    ) -> bool:
+        """:meth:`send_whole` of a response without a data set, given as its bytes alone.
+
+        For a response made from a template (a C-STORE-RSP, a C-ECHO-RSP:
+        see :class:`~adicom.dimse.ResponseTemplate`), which then needs no
+        Command made: the checks and the count of the peer's requests not
+        answered yet read only the Message ID it answers and its status.
+        False, having done nothing, when it does not fit one PDU.
+        """
+        size = len(encoded) + 6  # the PDU's length: the PDV's header and data
+        limit = self.peer_max_pdu
+        if (limit and size > limit) or size > MAX_SEND_PDU:
+            return False
+        self._check_context(context_id)
+        self.ul.send_pdv(context_id, 3, encoded, now)
+        if status != 0xFF00 and status != 0xFF01:  # final, not pending (PS3.7 C.4): see _sent
+            self._unanswered.discard(responded_to)
+        return True
+
+    def _check_context(self, context_id: int) -> None:
+        """Raise LocalProtocolError unless a message may be sent now on ``context_id``."""
         if self._sending is not None:
             raise LocalProtocolError("another message is still being sent")
         context = self.contexts.get(context_id)
         if context is None or context.result != 0:  # not context.accepted
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
+
+    def _check_send(self, context_id: int, command: Command) -> None:
+        """Raise LocalProtocolError unless ``command`` may be sent now on ``context_id``."""
+        self._check_context(context_id)
         if not command.command_field & 0x8000 and command.command_field != _C_CANCEL_RQ:
             message_id = command.message_id
             if message_id is None:
@@ -466,6 +491,33 @@ class DimseConnection:
                 except RemoteProtocolError as exc:
                     return [self._violation(exc, now)]
                 return [] if delivered is None else [delivered]
+            if pdv.is_command and pdv.is_last and assembler._context is None:
+                # The usual PDU between messages: one PDV holding a whole
+                # command set (a request, a pending C-GET / C-MOVE / C-FIND
+                # response, a C-STORE-RQ before its data set).
+                # _receive_pdata's checks for it, without its loop: on an
+                # accepted context; between messages, a command may start
+                # on any (PS3.8 E.2).
+                context_id = pdv.context_id
+                context = self.contexts.get(context_id)
+                if context is not None and context.result == 0:  # context.accepted
+                    try:
+                        command = assembler.whole_command(context_id, pdv.data)
+                        if command.command_data_set_type != NO_DATASET:  # has_dataset
+                            factory = self.sink_factory
+                            sink = None if factory is None else factory(context_id, command)
+                            self._receiving = _Receiving(context_id, command, [], sink)
+                            # Limits.message_timeout runs from the command.
+                            timeout = self.limits.message_timeout
+                            if timeout is not None:
+                                self._deadline = now + timeout
+                            return []
+                        delivered = self._deliver(
+                            _new_message(context_id, command, None, None, None)
+                        )
+                    except RemoteProtocolError as exc:
+                        return [self._violation(exc, now)]
+                    return [] if delivered is None else [delivered]
         return self._receive_general(pdu, now)
 
     def _receive_general(self, pdu: PDataTF, now: float) -> list[DimseEvent]:

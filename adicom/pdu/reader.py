@@ -78,6 +78,7 @@ class PDUReader:
         "_body_type",
         "_body_view",
         "_buf",
+        "_carried",
         "_lent",
         "_lent_end",
         "_lent_pos",
@@ -102,6 +103,10 @@ class PDUReader:
     STAGING = 1 << 16
     STAGING_MIN = 1 << 14
     READ_PDUS = 16
+    #: The start of a PDU that a read left in our own buffer, up to this
+    #: long, is put back in front of the next read (see :meth:`get_buffer`),
+    #: which takes that much less (so at least STAGING_MIN - CARRY).
+    CARRY = 1 << 13
 
     def __init__(
         self,
@@ -119,6 +124,9 @@ class PDUReader:
         self._lent: memoryview | None = None
         self._lent_pos = 0
         self._lent_end = 0
+        # How many bytes of our own buffer get_buffer put in front of the
+        # read it handed out (the start of a PDU; still in _buf too).
+        self._carried = 0
         #: Where small reads land first: the reader's own, until a driver
         #: gives it its loop's (see :class:`Staging`).
         self.staging = Staging()
@@ -154,6 +162,23 @@ class PDUReader:
         size = self._read_size
         stage = self.staging
         view = stage.view
+        buf = self._buf
+        if buf:
+            carried = len(buf)
+            if carried <= self.CARRY:
+                # The start of a PDU came in the last read (a DCMTK peer
+                # writes a PDU's headers apart from its data, so a read of
+                # just them is common): it goes in front of this read, so
+                # that the PDU, whole, is parsed where the read lands
+                # (buffer_lent) and its body is not copied into our buffer.
+                # The staging buffer holds nothing of value between reads,
+                # and nothing runs between this call and buffer_updated's.
+                if len(view) < size:
+                    view = stage.view = memoryview(bytearray(size))
+                view[:carried] = buf
+                self._carried = carried
+                return view[carried:size]
+        self._carried = 0
         if len(view) < size:
             # Grown only when large PDUs come (to STAGING at most).
             view = stage.view = memoryview(bytearray(size))
@@ -166,7 +191,9 @@ class PDUReader:
         else:
             if self._lent is not None:
                 self.keep()
-            self._buf += self.staging.view[:nbytes]
+            carried = self._carried  # in our buffer already
+            self._carried = 0
+            self._buf += self.staging.view[carried : carried + nbytes]
 
     def buffer_lent(self, nbytes: int) -> None:
         """Like :meth:`buffer_updated`, but the read is parsed where it landed.
@@ -189,6 +216,12 @@ class PDUReader:
             return
         if self._lent is not None:
             self.keep()
+        carried = self._carried
+        if carried:
+            # Our buffer's bytes lie in front of the read (see get_buffer).
+            self._carried = 0
+            self._buf.clear()
+            nbytes += carried
         if nbytes:
             self._lent = self.staging.view
             self._lent_pos = 0
@@ -237,15 +270,11 @@ class PDUReader:
                 end = self._lent_end
                 if end - pos >= 6:
                     pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
-                    stop = pos + 6 + length
-                    if pdu_type == 0x04 and stop <= end:
+                    if pdu_type == 0x04:
                         limit = self.max_pdata_length
                         if limit and length > limit:
                             raise PDUTooLarge(length, limit)
-                        if stop == end:
-                            self._lent = None
-                        else:
-                            self._lent_pos = stop
+                        # The next reads sized for this PDU (see _expect).
                         read_size = self.READ_PDUS * (6 + length)
                         self._read_size = (
                             self.STAGING_MIN
@@ -254,22 +283,36 @@ class PDUReader:
                             if read_size < self.STAGING
                             else self.STAGING
                         )
-                        if length >= 6:
-                            size, context_id, control = PDV_HEADER.unpack_from(lent, pos + 6)
-                            if size + 4 == length:  # so size >= 2: length >= 6
-                                # One PDV that fills the PDU: PDataTF.decode's
-                                # first case, its call saved.
-                                return _new_pdata(
-                                    (
-                                        _new_pdv(
-                                            context_id,
-                                            bool(control & 1),
-                                            bool(control & 2),
-                                            lent[pos + 12 : stop],
-                                        ),
+                        stop = pos + 6 + length
+                        if stop <= end:
+                            if stop == end:
+                                self._lent = None
+                            else:
+                                self._lent_pos = stop
+                            if length >= 6:
+                                size, context_id, control = PDV_HEADER.unpack_from(lent, pos + 6)
+                                if size + 4 == length:  # so size >= 2: length >= 6
+                                    # One PDV that fills the PDU: PDataTF.decode's
+                                    # first case, its call saved.
+                                    return _new_pdata(
+                                        (
+                                            _new_pdv(
+                                                context_id,
+                                                bool(control & 1),
+                                                bool(control & 2),
+                                                lent[pos + 12 : stop],
+                                            ),
+                                        )
                                     )
-                                )
-                        return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
+                            return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
+                        if length < self.LARGE:
+                            # The start of a P-DATA-TF whose rest is still
+                            # to come (often just its headers: see
+                            # get_buffer): ours to keep, as _next_lent would
+                            # keep it.
+                            self._lent = None
+                            buf += lent[pos:end]
+                            return None
                 return self._next_lent()
             self._top_up(buf)  # the PDU begun in the last read: then on as below
         body = self._body
@@ -294,6 +337,8 @@ class PDUReader:
         if have < length:
             if self.LARGE <= length <= self.PREALLOCATE_MAX:
                 self._gather_in_place(pdu_type, length)
+            else:
+                self._expect(length)
             return None
         if have == length:
             # The usual case (a request, then its response): the buffer holds
@@ -414,7 +459,20 @@ class PDUReader:
             return True
         if self.LARGE <= length <= self.PREALLOCATE_MAX:
             self._gather_in_place(pdu_type, length)
+        else:
+            self._expect(length)
         return False
+
+    def _expect(self, length: int) -> None:
+        """A PDU of ``length`` is begun: size the next reads for it, not for the PDUs before it.
+
+        The rest of it then comes in one read where the kernel has it. A
+        DCMTK peer writes a PDU's two headers apart from its data, so a read
+        often ends just after them: reads sized for the small commands
+        before (16 KiB) took a 40 KiB data set fragment in three, a loop
+        turn each.
+        """
+        self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
 
     def _gather_in_place(self, pdu_type: int, length: int) -> None:
         # Gather the rest of the body in place (see get_buffer).
