@@ -999,3 +999,48 @@ def test_learned_shapes_build_their_commands_without_the_general_builder(
         Command.decode(pending(get_rsp, "1.2.840.10008.5.1.4.1.2.2.3", 5).encode())
         == (Command._decode(pending(get_rsp, "1.2.840.10008.5.1.4.1.2.2.3", 5).encode())[0])
     )
+
+
+def test_new_kinds_of_command_past_the_builders_cache_are_decoded_without_compiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Compiling a shape's builder costs ~15 decodes: with the cache full, a
+    # peer that sends a new kind of command each time gets the full parser,
+    # not a compile per command; the kinds already cached keep their builders.
+    from adicom.dimse import commands
+
+    commands._SHAPES.clear()
+    commands._DECODED.clear()
+    commands._BUILDERS.clear()
+    monkeypatch.setattr(commands, "_BUILDERS_SIZE", 2)
+    echo = Command(CommandField.C_ECHO_RQ, message_id=1, affected_sop_class_uid="1.2.840.10008.1.1")
+    Command.decode(echo.encode())  # one kind: Message ID varies
+    store = c_store_rq("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", message_id=2)
+    Command.decode(store.encode())  # another: Message ID and the instance UID
+    assert len(commands._BUILDERS) == 2
+    compiled: list[object] = []
+    real = commands._builder
+
+    def counted(signature: tuple[tuple[int, bool], ...]) -> Any:
+        compiled.append(signature)
+        return real(signature)
+
+    monkeypatch.setattr(commands, "_builder", counted)
+    for remaining in range(5):
+        pending = Command(
+            CommandField.C_GET_RSP,
+            message_id_being_responded_to=3,
+            affected_sop_class_uid="1.2.840.10008.5.1.4.1.2.2.3",
+            status=0xFF00,
+            number_of_remaining_suboperations=remaining,
+            number_of_completed_suboperations=1,
+            number_of_failed_suboperations=0,
+            number_of_warning_suboperations=0,
+        )
+        assert Command.decode(pending.encode()) == pending
+    assert compiled == []
+    assert len(commands._BUILDERS) == 2
+    # The kinds cached still take their builders.
+    again = replace(echo, message_id=9)
+    assert Command.decode(again.encode()) == again
+    assert compiled == []

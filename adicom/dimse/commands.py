@@ -233,13 +233,13 @@ class Command:
                     # values read as its arguments.
                     return build(*reader.unpack_from(key))
         command, slots = cls._decode(key)
-        if slots:
+        if slots and (shape := _shape(key, slots, list(_ALL_FIELDS(command)))) is not None:
             shapes = _SHAPES.setdefault(len(key), [])
             if len(shapes) >= _SHAPES_PER_LENGTH or len(_SHAPES) > _SHAPES_SIZE:
                 # A peer sending ever new shapes: start again.
                 _SHAPES.clear()
                 shapes = _SHAPES[len(key)] = []
-            shapes.append(_shape(key, slots, list(_ALL_FIELDS(command))))
+            shapes.append(shape)
         if len(_DECODED) >= _DECODED_SIZE:
             _DECODED.clear()
         _DECODED[key] = command
@@ -380,8 +380,17 @@ class _Unfrozen:
     __slots__ = _FIELDS
 
 
-def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[Any]) -> _Shape:
-    """A _SHAPES entry for the command ``key``, whose varying values are at ``slots``."""
+def _shape(
+    key: bytes, slots: list[tuple[int, int, int, bool]], template: list[Any]
+) -> _Shape | None:
+    """A _SHAPES entry for the command ``key``, whose varying values are at ``slots``.
+
+    None when its builder would be compiled anew with the builders' cache
+    full: compiling one costs about 15 times a command's decode, so a peer
+    that sends a new kind of command each time must not make every decode
+    compile. The first _BUILDERS_SIZE kinds (a peer's few, a process's
+    dozens) keep theirs; any later kind is decoded in full each time.
+    """
     mask = (1 << (8 * len(key))) - 1
     layout = ["<"]
     pos = 0
@@ -398,7 +407,7 @@ def _shape(key: bytes, slots: list[tuple[int, int, int, bool]], template: list[A
     factory = _BUILDERS.get(signature)
     if factory is None:
         if len(_BUILDERS) >= _BUILDERS_SIZE:
-            _BUILDERS.clear()  # a peer sending ever new shapes: start again
+            return None
         factory = _BUILDERS[signature] = _builder(signature)
     return mask, fixed, reader, factory(*template)
 
