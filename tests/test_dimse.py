@@ -1044,3 +1044,30 @@ def test_new_kinds_of_command_past_the_builders_cache_are_decoded_without_compil
     again = replace(echo, message_id=9)
     assert Command.decode(again.encode()) == again
     assert compiled == []
+
+
+@pytest.mark.parametrize("repeats, comment", [(11, 0), (1, 1200)], ids=["repeated", "long"])
+def test_commands_a_peer_bloats_are_decoded_in_full_and_never_learned(
+    repeats: int, comment: int
+) -> None:
+    # A Message ID given 11 times (PS3.5 7.1 allows it once), or a command
+    # over 1 KiB: learning its shape would cost in proportion to the peer's
+    # bytes, every time the cache turned over. Such a command is decoded in
+    # full each time, as the last of each element says, and nothing is kept.
+    from adicom.dimse import commands
+
+    def raw(message_id: int) -> bytes:
+        body = struct.pack("<HHLH", 0, 0x0100, 2, CommandField.C_ECHO_RQ)
+        body += struct.pack("<HHLH", 0, 0x0110, 2, message_id) * repeats
+        body += struct.pack("<HHLH", 0, 0x0800, 2, 0x0101)
+        if comment:
+            body += struct.pack("<HHL", 0, 0x0902, comment) + b"x" * comment
+        return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+    commands._SHAPES.clear()
+    commands._DECODED.clear()
+    for message_id in range(1, 6):
+        command = Command.decode(raw(message_id))
+        assert command.message_id == message_id
+        assert command.command_field == CommandField.C_ECHO_RQ
+    assert len(raw(1)) not in commands._SHAPES

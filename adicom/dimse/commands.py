@@ -233,7 +233,12 @@ class Command:
                     # values read as its arguments.
                     return build(*reader.unpack_from(key))
         command, slots = cls._decode(key)
-        if slots and (shape := _shape(key, slots, list(_ALL_FIELDS(command)))) is not None:
+        if (
+            slots
+            and len(key) <= _SHAPE_MAX_BYTES
+            and len(slots) <= len(_VARYING)
+            and (shape := _shape(key, slots, list(_ALL_FIELDS(command)))) is not None
+        ):
             shapes = _SHAPES.setdefault(len(key), [])
             if len(shapes) >= _SHAPES_PER_LENGTH or len(_SHAPES) > _SHAPES_SIZE:
                 # A peer sending ever new shapes: start again.
@@ -337,6 +342,12 @@ _VARYING = frozenset(
     {0x0110, 0x0120, 0x0900, 0x1000, 0x1001, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031}
 )
 _SHAPES_PER_LENGTH = 4
+#: Shapes are learned of commands up to this long (a C-STORE-RQ is about
+#: 160 bytes, a pending C-GET-RSP about 150) and with at most one slot per
+#: varying element (PS3.5 7.1: an element occurs once in a data set; a
+#: command that repeats one is decoded in full each time): a peer cannot
+#: make a shape's mask, reader or builder as large as its command.
+_SHAPE_MAX_BYTES = 1024
 _SHAPES_SIZE = 64
 #: The code of a shape's builder, by which field each value read goes to
 #: (see _builder): few per peer (a C-STORE-RQ, a pending C-GET-RSP, ...).
@@ -391,24 +402,25 @@ def _shape(
     compile. The first _BUILDERS_SIZE kinds (a peer's few, a process's
     dozens) keep theirs; any later kind is decoded in full each time.
     """
-    mask = (1 << (8 * len(key))) - 1
+    signature = tuple((index, text) for _, _, index, text in slots)
+    factory = _BUILDERS.get(signature)
+    if factory is None:
+        if len(_BUILDERS) >= _BUILDERS_SIZE:
+            return None  # before any of the work below
+        factory = _BUILDERS[signature] = _builder(signature)
+    kept = bytearray(b"\xff") * len(key)  # the bits that do not vary, as bytes
     layout = ["<"]
     pos = 0
     for offset, length, _, text in slots:
-        mask &= ~(((1 << (8 * length)) - 1) << (8 * offset))
+        kept[offset : offset + length] = bytes(length)
         if text:  # read as bytes, then decoded (see _builder)
             layout.append(f"{offset - pos}x{length}s")
         else:
             layout.append(f"{offset - pos}xH")
         pos = offset + length
+    mask = int.from_bytes(kept, "little")
     fixed = int.from_bytes(key, "little") & mask
     reader = struct.Struct("".join(layout))
-    signature = tuple((index, text) for _, _, index, text in slots)
-    factory = _BUILDERS.get(signature)
-    if factory is None:
-        if len(_BUILDERS) >= _BUILDERS_SIZE:
-            return None
-        factory = _BUILDERS[signature] = _builder(signature)
     return mask, fixed, reader, factory(*template)
 
 
