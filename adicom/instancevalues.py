@@ -75,12 +75,13 @@ class ValueReading:
     context: StoreContext
     _storage: DiskStorage
     _inflater: Inflater | None
+    _plain: tuple[bool, bool] | None
     _inflate_error: str | None
     _found: dict[int, bytes] | None
-    _head: bytearray
+    _head: bytearray | bytes
     _size: int
-    _resume: list[int]
-    _raw: dict[str, bytes]
+    _resume: list[int] | None
+    _raw: dict[str, bytes] | None
     _walk_state: int
     _walk_at: int
     _walk_tag: int
@@ -139,11 +140,10 @@ class ValueReading:
         memory, or what follows the Pixel Data (whose length says where the
         rest begins), read back from the file.
         """
-        transfer = self.context.transfer_syntax
-        if self._inflater is not None or not transfer.startswith("1.2.840.10008.1.2"):
-            return
-        implicit = transfer == IMPLICIT_VR_LITTLE_ENDIAN
-        little = transfer != EXPLICIT_VR_BIG_ENDIAN
+        plain = self._plain
+        if plain is None:
+            return  # deflated, or not a standard syntax
+        implicit, little = plain
         try:
             if self._found is not None:
                 self._check_streamed(implicit, little)
@@ -223,7 +223,7 @@ class ValueReading:
                     implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
                     little=transfer != EXPLICIT_VR_BIG_ENDIAN,
                     complete=self._size <= HEAD,
-                    resume=self._resume,
+                    resume=self._resume_list(),
                 )
             except DataSetTruncated:
                 raise  # whole, and cut short: nothing to read there
@@ -251,8 +251,22 @@ class ValueReading:
                     charset = found.get(0x00080005, b"")
                     encodings = _encodings(charset.decode("ascii", "replace").strip(" \0"))
                 values[keyword] = _decode_text(raw, encodings)
+                if self._raw is None:
+                    self._raw = {}
                 self._raw[keyword] = raw.rstrip(b" \0")
         return values
+
+    def _raw_values(self) -> dict[str, bytes]:
+        """The raw bytes of the values that are not plain ASCII, by keyword (for the hooks)."""
+        if self._raw is None:
+            self._raw = {}
+        return self._raw
+
+    def _resume_list(self) -> list[int]:
+        """Where the scan of the head stops is kept here (made on first use)."""
+        if self._resume is None:
+            self._resume = []
+        return self._resume
 
     def _scan(
         self,
