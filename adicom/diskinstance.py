@@ -578,7 +578,10 @@ class DiskInstance(ValueReading, IncomingInstance):
         # Names as strings until the file is in place: a Path made, split
         # and hashed for the folder cost ~8 us per instance.
         name = storage.final_name(values)
-        folder = os.path.dirname(name)
+        # Its folder: what os.path.dirname says, without its cost (a name is
+        # under the root, or absolute: it has a separator past its start).
+        cut = name.rfind(os.sep)
+        folder = name[:cut] if cut > 0 else os.path.dirname(name)
         policy: str = storage.on_duplicate
         if storage.duplicate_policy is not None:
             policy = storage.duplicate_policy(self.context) or policy

@@ -167,6 +167,8 @@ class DiskStorage(StorageHandler):
         self.lookup_replaced = lookup_replaced
         self.filer = filer
         self.required = tuple(required)
+        #: ``required`` with, for each, whether it is a UID (checked to be one).
+        self.required_checks = tuple((keyword, keyword.endswith("UID")) for keyword in required)
         layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
         tags = {}
         keywords = layout_keywords | set(extra_keywords) | set(self.required)

@@ -97,7 +97,7 @@ class ValueReading:
         except Exception as exc:  # pydicom raises many kinds on bad data
             raise Refused(Status.CANNOT_UNDERSTAND, f"the data set does not parse: {exc}") from None
         storage = self._storage
-        for keyword in storage.required:
+        for keyword, is_uid in storage.required_checks:
             value = values.get(keyword, "")
             if not value:
                 if not any(values.get(keyword) for keyword in storage.required):
@@ -111,7 +111,7 @@ class ValueReading:
                     f"{keyword} is missing",
                     storage.tags[keyword],
                 )
-            if keyword.endswith("UID") and not storage.valid_uid(value):
+            if is_uid and not storage.valid_uid(value):
                 raise Refused(
                     Status.IDENTIFIER_DOES_NOT_MATCH,
                     f"{keyword} {value[:24]!r} is not a UID",
@@ -119,17 +119,14 @@ class ValueReading:
                 )
         self._check_whole()
         ctx = self.context
-        for keyword, named in (
-            ("SOPInstanceUID", ctx.sop_instance_uid),
-            ("SOPClassUID", ctx.sop_class_uid),
-        ):
-            value = values.get(keyword, "")
-            if value and named and value != named:
-                raise Refused(
-                    Status.IDENTIFIER_DOES_NOT_MATCH,
-                    f"its {keyword} is not the one of the C-STORE-RQ",
-                    storage.tags.get(keyword),
-                )
+        named = ctx.sop_instance_uid
+        value = values.get("SOPInstanceUID", "")
+        if value and named and value != named:
+            raise _not_the_command_s("SOPInstanceUID", storage)
+        named = ctx.sop_class_uid
+        value = values.get("SOPClassUID", "")
+        if value and named and value != named:
+            raise _not_the_command_s("SOPClassUID", storage)
         return values
 
     def _check_whole(self) -> None:
@@ -238,8 +235,10 @@ class ValueReading:
         keywords = storage.keywords
         encodings: tuple[str, ...] | None = None
         for tag, raw in found.items():
+            if not raw:
+                continue
             keyword = keywords.get(tag)
-            if keyword is None or not raw:
+            if keyword is None:
                 continue
             if raw.isascii() and ESC not in raw:
                 # Every character set DICOM allows reads these bytes as
@@ -329,6 +328,15 @@ class ValueReading:
         # pydicom decoded the text already; carry it as UTF-8.
         found[0x00080005] = b"ISO_IR 192"
         return found
+
+
+def _not_the_command_s(keyword: str, storage: DiskStorage) -> Refused:
+    """The refusal of a data set whose ``keyword`` is not the one the C-STORE-RQ names."""
+    return Refused(
+        Status.IDENTIFIER_DOES_NOT_MATCH,
+        f"its {keyword} is not the one of the C-STORE-RQ",
+        storage.tags.get(keyword),
+    )
 
 
 def _stop_after(last: int) -> Callable[[BaseTag, str | None, int], bool]:
