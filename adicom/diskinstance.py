@@ -242,8 +242,20 @@ class DiskInstance(ValueReading, IncomingInstance):
         if found is None:
             return False
         self._found = found
-        self._walk_at = resume[0]
-        self._walk(data, 0)
+        # The rest of the piece walked here (what _walk does, without a call
+        # more per instance).
+        at = resume[0]
+        try:
+            at, tag, whole = walk_top_level(data, at, implicit=plain[0], little=plain[1])
+        except ValueError:
+            self._walk_at = at
+            self._walk_state = UNCHECKED
+            return True
+        if tag >= 0:
+            self._walk_tag = tag
+        self._walk_at = at
+        if not whole:
+            self._walk_state = READ_BACK
         return True
 
     def _walk(self, data: memoryview, base: int) -> None:

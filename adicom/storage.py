@@ -190,6 +190,7 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
     # context's classes as text.
     peers: tuple[str, str, tuple[str, int] | None] | None = None
     syntaxes: dict[int, tuple[str, str]] = {}
+    hold_input = association.hold_input  # bound once, not per instance
 
     def open_sink(context_id: int, command: Command) -> DatasetSink | None:
         nonlocal peers
@@ -217,7 +218,7 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
                 command.message_id or 0,
             )
         )
-        instance.hold_input = association.hold_input
+        instance.hold_input = hold_input
         return instance
 
     return open_sink

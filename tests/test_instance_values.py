@@ -118,3 +118,43 @@ def test_instances_share_no_state_they_change(tmp_path: pathlib.Path) -> None:
         fresh.values["x"] = "y"  # type: ignore[index]
     first.error = "changed"
     assert IncomingInstance(first.context).error is None
+
+
+def pieces_received(storage: adicom.DiskStorage, dataset: Dataset, body: bytes, cut: int) -> int:
+    """The status of ``body`` received in two fragments, the first ``cut`` bytes long."""
+    context = StoreContext(
+        "SCU", "STORE", CT, dataset.SOPInstanceUID, EXPLICIT_VR_LITTLE_ENDIAN, ("127.0.0.1", 1)
+    )
+
+    async def run() -> int:
+        sink = storage.open(context)
+        sink.write(memoryview(body)[:cut])
+        sink.write(memoryview(body)[cut:])
+        return await sink.finish()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("short", [0, 100])
+def test_a_sequence_that_runs_past_the_first_fragment_is_walked_to_the_end(
+    tmp_path: pathlib.Path, short: int
+) -> None:
+    # The first fragment has the layout's values (the UIDs come before it),
+    # then a sequence of undefined length that goes on into the next: the
+    # walk goes on from the file. A
+    # data set cut short after it is refused; a whole one is stored.
+    dataset, _ = instance(None)
+    dataset.RequestAttributesSequence = [
+        Dataset(RequestedProcedureID=str(n), ScheduledProcedureStepID=str(n)) for n in range(20)
+    ]
+    dataset["RequestAttributesSequence"].is_undefined_length = True
+    dataset.Rows, dataset.Columns = 10, 10
+    dataset.PixelData = bytes(200)
+    dataset["PixelData"].VR = "OW"
+    body = encoded(dataset)
+    start = body.index(b"\x40\x00\x75\x02SQ")  # (0040,0275), undefined length
+    assert body[start + 8 : start + 12] == b"\xff\xff\xff\xff"
+    storage = adicom.DiskStorage(tmp_path)
+    status = pieces_received(storage, dataset, body[: len(body) - short], start + 40)
+    assert status == (0xC000 if short else 0x0000)
+    assert len(list(tmp_path.rglob("*.dcm"))) == (0 if short else 1)
