@@ -512,14 +512,15 @@ class DiskInstance(ValueReading, IncomingInstance):
 
     def _conclude(self) -> int:
         """Check the whole data set and file it here (no filer); the status."""
-        early = self._early_status()
-        if early is not None:
+        if self._unreadable or self.error is not None or self._fd is None or self._temp is None:
+            early = self._early_status()
+            assert early is not None
             return early
         try:
             status = self._file(self._closed_values())
         except Refused as refused:
             return self._refused(refused)
-        return self._warned(status)
+        return self._warned(status) if self._discarded else status
 
     def _closed_values(self) -> dict[str, str]:
         """Close the file and check the whole data set; its values (raises Refused)."""
@@ -615,7 +616,8 @@ class DiskInstance(ValueReading, IncomingInstance):
             log.info("%s is stored already; keeping the first copy", values["SOPInstanceUID"])
             return Status.SUCCESS
         try:
-            storage.ensure_folder(folder)
+            if folder not in storage.folders:
+                storage.ensure_folder(folder)
             try:
                 os.replace(temp, name)
             except FileNotFoundError:
