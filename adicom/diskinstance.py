@@ -216,7 +216,10 @@ class DiskInstance(ValueReading, IncomingInstance):
             head += data[: HEAD - len(head)]
         self._size += len(data)
         try:
-            self._put(data)
+            if not self._pending and len(data) <= WRITE_SLICE:
+                self._write(data)  # what _put does first, without a call more
+            else:
+                self._put(data)
         except OSError as exc:
             self._fail(_disk_error(exc), f"writing {self._temp}")
 
@@ -397,19 +400,23 @@ class DiskInstance(ValueReading, IncomingInstance):
 
     def _write(self, data: bytes | memoryview) -> None:
         assert self._fd is not None
-        view = memoryview(data)
         meta = self._meta
         if meta is not None:
             # The file meta still waits (nothing was written yet): one
             # writev for both, not two writes.
             self._meta = None
-            written = os.writev(self._fd, (meta, view))
+            written = os.writev(self._fd, (meta, data))
+            if written == len(meta) + len(data):
+                return  # the usual: both at once, no view made to go on
             if written < len(meta):
                 if not written:
                     raise OSError(errno.ENOSPC, "the file system took no more bytes")
                 self._write(memoryview(meta)[written:])
+                view = memoryview(data)
             else:
-                view = view[written - len(meta) :]
+                view = memoryview(data)[written - len(meta) :]
+        else:
+            view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             if not written:

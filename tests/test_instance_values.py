@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 
 import pytest
@@ -158,3 +159,32 @@ def test_a_sequence_that_runs_past_the_first_fragment_is_walked_to_the_end(
     status = pieces_received(storage, dataset, body[: len(body) - short], start + 40)
     assert status == (0xC000 if short else 0x0000)
     assert len(list(tmp_path.rglob("*.dcm"))) == (0 if short else 1)
+
+
+@pytest.mark.parametrize("taken", ["within the file meta", "all the file meta", "within the data"])
+def test_a_first_write_cut_short_goes_on_where_it_stopped(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, taken: str
+) -> None:
+    # The file meta and the first fragment go in one writev; a file system
+    # may take less (a signal, a full pipe of a FUSE daemon): the rest is
+    # written after it, and the file is the file meta and the data set.
+    storage = adicom.DiskStorage(tmp_path)
+    dataset, body = instance(None, PatientID=b"ID1 ")
+    context = StoreContext(
+        "SCU", "STORE", CT, dataset.SOPInstanceUID, EXPLICIT_VR_LITTLE_ENDIAN, ("127.0.0.1", 1)
+    )
+    meta = context.file_meta()
+    limit = {"within the file meta": 10, "all the file meta": len(meta)}.get(taken, len(meta) + 9)
+    real_writev = os.writev
+    calls = []
+
+    def writev(fd: int, buffers: list[bytes | memoryview]) -> int:
+        calls.append(fd)
+        if len(calls) > 1:
+            return real_writev(fd, buffers)
+        return os.write(fd, b"".join(bytes(b) for b in buffers)[:limit])
+
+    monkeypatch.setattr(os, "writev", writev)
+    sink = received(storage, dataset, body)
+    assert len(calls) == 1
+    assert sink.path is not None and sink.path.read_bytes() == meta + body
