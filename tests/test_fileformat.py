@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import zlib
 
 import pydicom
@@ -21,6 +22,7 @@ from adicom.fileformat import (
     encode_dataset,
     encode_file_meta,
     inflate,
+    is_valid_uid,
     read_file_meta,
 )
 
@@ -113,6 +115,24 @@ def test_file_meta_of_uids_of_every_length_reads_back_whatever_came_before() -> 
             assert values[0x00020003].rstrip(b"\0") == uid.encode()
             assert values[0x00020016].rstrip(b" ") == source_ae.encode()
             assert int.from_bytes(values[0x00020000], "little") == len(meta) - 132 - 12
+
+
+def test_a_uid_is_valid_as_ps3_5_9_1_says() -> None:
+    # The rules as plain code: digits in dotted components, none empty,
+    # none with a leading 0 but "0" itself, at most 64 characters.
+    def reference(value: str) -> bool:
+        return len(value) <= 64 and all(
+            part.isascii() and part.isdigit() and (part == "0" or part[0] != "0")
+            for part in value.split(".")
+        )
+
+    rng = random.Random(9)
+    candidates = ["", ".", "0", "00", "0.0", "1.", ".1", "1..2", "1.02", "1.20", "1.2" * 22]
+    candidates += [
+        "".join(rng.choice("0012..x") for _ in range(rng.randint(1, 12))) for _ in range(20000)
+    ]
+    for value in candidates:
+        assert is_valid_uid(value) == reference(value), value
 
 
 def test_read_file_meta_refuses_files_without_dicm() -> None:
