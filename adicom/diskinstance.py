@@ -45,6 +45,36 @@ WRITE_SLICE = 256 << 10
 #: copy), so each callback holds the loop about a millisecond at most.
 WRITE_TIME = 0.001
 
+#: How a data set of each transfer syntax is read (see _plan), made once per
+#: syntax: an association sends thousands of instances in a few syntaxes.
+_PLANS: dict[str, tuple[bool, tuple[bool, bool] | None, tuple[int, int]]] = {}
+_PLANS_KEPT = 64
+
+
+def _plan(transfer: str) -> tuple[bool, tuple[bool, bool] | None, tuple[int, int]]:
+    """(deflated, (implicit, little) if plain, the first two bytes of a group 0002 element)."""
+    deflated = transfer == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    # Top-level elements of a plain transfer syntax are read as they stream
+    # in, none of the data set kept (a copy of a 40 KB instance into the head
+    # cost as much as the walks): the layout's values, found in the first
+    # piece; where the next element starts, and the tag of the last one
+    # stepped over (whose value may run on). Every standard syntax but
+    # deflate encodes the top level plainly (PS3.5 A.4: only the pixel data
+    # differs).
+    plain = (
+        None
+        if deflated or not transfer.startswith("1.2.840.10008.1.2")
+        else (transfer == IMPLICIT_VR_LITTLE_ENDIAN, transfer != EXPLICIT_VR_BIG_ENDIAN)
+    )
+    # A group 0002 element's first two bytes (PS3.10 7.1), in the data
+    # set's byte order: little endian but for one retired syntax.
+    group_0002 = (0x00, 0x02) if transfer == EXPLICIT_VR_BIG_ENDIAN else (0x02, 0x00)
+    plan = (deflated, plain, group_0002)
+    if len(_PLANS) >= _PLANS_KEPT:
+        _PLANS.clear()  # a peer that offers ever new syntaxes keeps no more
+    _PLANS[transfer] = plan
+    return plan
+
 
 class DiskInstance(ValueReading, IncomingInstance):
     """One instance received into a temporary file of ``storage``, filed when complete."""
@@ -75,45 +105,53 @@ class DiskInstance(ValueReading, IncomingInstance):
     # The first two bytes of a group 0002 element (PS3.10 7.1), in the data
     # set's byte order: little endian but for one retired syntax.
     _group_0002 = (0x02, 0x00)
+    # How the data set is read, by its transfer syntax (see _plan): inflated
+    # as it arrives (deflate), or its top-level elements read as they stream
+    # in ((implicit, little) of a plain syntax; None: not plain).
+    _inflater: Inflater | None = None
+    _plain: tuple[bool, bool] | None = None
+    # The data set's first bytes, held until we know whether it starts with
+    # a group 0002 (a bytearray once some are held; None once decided).
+    _start: bytearray | bytes | None = b""
+    # The start of a data set not read as it streamed in, kept to be read
+    # when it is all in (a bytearray once some is kept).
+    _head: bytearray | bytes = b""
+    # The raw bytes of values that are not plain ASCII (made when one is met).
+    _raw: dict[str, bytes] | None = None
+    # Where the scan of a head kept in memory stopped (check_whole goes on
+    # from there); None until it is scanned.
+    _resume: list[int] | None = None
+    # Write-behind: received fragments (copies) not yet written (made when
+    # the first fragment has to wait).
+    _backlog: deque[tuple[bytearray, memoryview]] | None = None
+    _temp: str | None = None
+    _fd: int | None = None
+    _meta: bytes | None = None
 
     def __init__(self, storage: DiskStorage, context: StoreContext) -> None:
-        super().__init__(context)
+        # IncomingInstance's own attributes are class defaults but for the
+        # context, and what the common instance never needs (the head kept
+        # in memory, the values' raw bytes, the write-behind backlog) is
+        # made only if it does: a DiskInstance is made per received instance.
+        self.context = context
         self._storage = storage
-        self._head = bytearray()
-        # A deflated data set's head is inflated as it arrives, never more
-        # of it than the layout needs (PS3.5 A.5; a small "deflate bomb"
-        # would otherwise inflate to gigabytes on the event loop).
-        deflated = context.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-        self._inflater = Inflater(HEAD) if deflated else None
-        # The data set's first bytes, held until we know whether it starts
-        # with a group 0002 (not in a deflated stream: nobody sends that).
-        self._start: bytearray | None = None if deflated else bytearray()
-        self._raw: dict[str, bytes] = {}
-        # Where the scan for the layout's values stopped in a whole data set
-        # held in the head: checking it whole goes on from there.
-        self._resume: list[int] = []
-        # Top-level elements of a plain transfer syntax are read as they
-        # stream in, none of the data set kept (a copy of a 40 KB instance
-        # into the head cost as much as the walks): the layout's values,
-        # found in the first piece; where the next element starts, and the
-        # tag of the last one stepped over (whose value may run on).
         transfer = context.transfer_syntax
-        self._plain: tuple[bool, bool] | None = (
-            None
-            if deflated or not transfer.startswith("1.2.840.10008.1.2")
-            else (transfer == IMPLICIT_VR_LITTLE_ENDIAN, transfer != EXPLICIT_VR_BIG_ENDIAN)
-        )
-        if transfer == EXPLICIT_VR_BIG_ENDIAN:
-            self._group_0002 = (0x00, 0x02)
-        self._temp: str | None = None
-        self._fd: int | None = None
-        # Write-behind: received fragments (copies) not yet written (and
-        # the class defaults _pending to _held).
-        self._backlog: deque[tuple[bytearray, memoryview]] = deque()
+        plan = _PLANS.get(transfer)
+        if plan is None:
+            plan = _plan(transfer)
+        deflated, self._plain, self._group_0002 = plan
+        if deflated:
+            # A deflated data set's head is inflated as it arrives, never
+            # more of it than the layout needs (PS3.5 A.5; a small "deflate
+            # bomb" would otherwise inflate to gigabytes on the event loop).
+            # Its first bytes are not held to look for a group 0002 (not in
+            # a deflated stream: nobody sends that).
+            self._inflater = Inflater(HEAD)
+            self._start = None
         meta = context.file_meta()
         self._meta_length = len(meta)
         # Written with the data set's first bytes, in one system call.
-        self._meta: bytes | None = meta
+        self._meta = meta
         try:
             self._temp, self._fd = storage.temp_file()
         except OSError as exc:
@@ -142,6 +180,7 @@ class DiskInstance(ValueReading, IncomingInstance):
             # Usually the first fragment tells at once, read where it lies:
             # copying it (a 1 MiB PDV, twice) cost ~1.5 ms per instance.
             if held:
+                assert isinstance(held, bytearray)
                 held += data
                 data = memoryview(held)
             first = self._group_0002
@@ -153,7 +192,7 @@ class DiskInstance(ValueReading, IncomingInstance):
                 skip = self._start_skip(data, complete=False)
             if skip is None:
                 if not held and self._fd is not None:
-                    held += data  # too short to tell: kept until more comes
+                    self._start = bytearray(data)  # too short to tell: kept until more comes
                 return
             self._start = None
             if skip:
@@ -170,10 +209,17 @@ class DiskInstance(ValueReading, IncomingInstance):
                 self._walk(data, self._size)
         elif not (self._size == 0 and self._stream_first(data)) and len(self._head) < HEAD:
             # Not found in the first piece: kept, and read when it is all in.
-            self._head += data[: HEAD - len(self._head)]
+            head = self._head
+            if not head:
+                self._head = head = bytearray()
+            assert isinstance(head, bytearray)
+            head += data[: HEAD - len(head)]
         self._size += len(data)
         try:
-            self._put(data)
+            if not self._pending and len(data) <= WRITE_SLICE:
+                self._write(data)  # what _put does first, without a call more
+            else:
+                self._put(data)
         except OSError as exc:
             self._fail(_disk_error(exc), f"writing {self._temp}")
 
@@ -199,8 +245,20 @@ class DiskInstance(ValueReading, IncomingInstance):
         if found is None:
             return False
         self._found = found
-        self._walk_at = resume[0]
-        self._walk(data, 0)
+        # The rest of the piece walked here (what _walk does, without a call
+        # more per instance).
+        at = resume[0]
+        try:
+            at, tag, whole = walk_top_level(data, at, implicit=plain[0], little=plain[1])
+        except ValueError:
+            self._walk_at = at
+            self._walk_state = UNCHECKED
+            return True
+        if tag >= 0:
+            self._walk_tag = tag
+        self._walk_at = at
+        if not whole:
+            self._walk_state = READ_BACK
         return True
 
     def _walk(self, data: memoryview, base: int) -> None:
@@ -242,6 +300,8 @@ class DiskInstance(ValueReading, IncomingInstance):
         # memory costs its page faults, about as much as the write itself.
         storage = self._storage
         backlog = self._backlog
+        if backlog is None:
+            self._backlog = backlog = deque()
         for at in range(0, len(data), WRITE_SLICE):
             piece = data[at : at + WRITE_SLICE]
             block = storage.take_block()
@@ -262,6 +322,7 @@ class DiskInstance(ValueReading, IncomingInstance):
         """Write up to ``budget`` bytes of the backlog, oldest first, and for ``seconds``."""
         assert self._fd is not None
         backlog = self._backlog
+        assert backlog is not None
         until = None if seconds is None else time.perf_counter() + seconds
         while budget > 0 and backlog:
             block, view = backlog[0]
@@ -339,19 +400,23 @@ class DiskInstance(ValueReading, IncomingInstance):
 
     def _write(self, data: bytes | memoryview) -> None:
         assert self._fd is not None
-        view = memoryview(data)
         meta = self._meta
         if meta is not None:
             # The file meta still waits (nothing was written yet): one
             # writev for both, not two writes.
             self._meta = None
-            written = os.writev(self._fd, (meta, view))
+            written = os.writev(self._fd, (meta, data))
+            if written == len(meta) + len(data):
+                return  # the usual: both at once, no view made to go on
             if written < len(meta):
                 if not written:
                     raise OSError(errno.ENOSPC, "the file system took no more bytes")
                 self._write(memoryview(meta)[written:])
+                view = memoryview(data)
             else:
-                view = view[written - len(meta) :]
+                view = memoryview(data)[written - len(meta) :]
+        else:
+            view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             if not written:
@@ -374,8 +439,9 @@ class DiskInstance(ValueReading, IncomingInstance):
         if self._draining is not None:
             self._draining.cancel()
             self._draining = None
-        while self._backlog:
-            self._storage.give_block(self._backlog.popleft()[0])
+        backlog = self._backlog
+        while backlog:
+            self._storage.give_block(backlog.popleft()[0])
         self._pending = 0
         self._hold(False)
         self._wake()
@@ -453,14 +519,15 @@ class DiskInstance(ValueReading, IncomingInstance):
 
     def _conclude(self) -> int:
         """Check the whole data set and file it here (no filer); the status."""
-        early = self._early_status()
-        if early is not None:
+        if self._unreadable or self.error is not None or self._fd is None or self._temp is None:
+            early = self._early_status()
+            assert early is not None
             return early
         try:
             status = self._file(self._closed_values())
         except Refused as refused:
             return self._refused(refused)
-        return self._warned(status)
+        return self._warned(status) if self._discarded else status
 
     def _closed_values(self) -> dict[str, str]:
         """Close the file and check the whole data set; its values (raises Refused)."""
@@ -509,7 +576,7 @@ class DiskInstance(ValueReading, IncomingInstance):
         temp, self._temp = Path(self._temp), None  # the filer's from now on
         try:
             status, path, comment = await storage.filer(
-                temp, values, self.context, self._raw, policy
+                temp, values, self.context, self._raw_values(), policy
             )
         except Exception:
             log.exception("filing %s failed", self.context.sop_instance_uid)
@@ -531,7 +598,10 @@ class DiskInstance(ValueReading, IncomingInstance):
         # Names as strings until the file is in place: a Path made, split
         # and hashed for the folder cost ~8 us per instance.
         name = storage.final_name(values)
-        folder = os.path.dirname(name)
+        # Its folder: what os.path.dirname says, without its cost (a name is
+        # under the root, or absolute: it has a separator past its start).
+        cut = name.rfind(os.sep)
+        folder = name[:cut] if cut > 0 else os.path.dirname(name)
         policy: str = storage.on_duplicate
         if storage.duplicate_policy is not None:
             policy = storage.duplicate_policy(self.context) or policy
@@ -553,7 +623,8 @@ class DiskInstance(ValueReading, IncomingInstance):
             log.info("%s is stored already; keeping the first copy", values["SOPInstanceUID"])
             return Status.SUCCESS
         try:
-            storage.ensure_folder(folder)
+            if folder not in storage.folders:
+                storage.ensure_folder(folder)
             try:
                 os.replace(temp, name)
             except FileNotFoundError:
@@ -579,9 +650,9 @@ class DiskInstance(ValueReading, IncomingInstance):
         try:
             if storage.on_filed is not None:
                 assert self._stat is not None
-                storage.on_filed(name, values, self.context, self._raw, self._stat)
+                storage.on_filed(name, values, self.context, self._raw_values(), self._stat)
             if storage.on_stored is not None:
-                storage.on_stored(self.path or Path(name), values, self.context, self._raw)
+                storage.on_stored(self.path or Path(name), values, self.context, self._raw_values())
         except Exception:
             # The file is stored; a failing hook (an index) must not
             # turn that into a failure status.

@@ -167,6 +167,8 @@ class DiskStorage(StorageHandler):
         self.lookup_replaced = lookup_replaced
         self.filer = filer
         self.required = tuple(required)
+        #: ``required`` with, for each, whether it is a UID (checked to be one).
+        self.required_checks = tuple((keyword, keyword.endswith("UID")) for keyword in required)
         layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
         tags = {}
         keywords = layout_keywords | set(extra_keywords) | set(self.required)
@@ -195,9 +197,10 @@ class DiskStorage(StorageHandler):
         self.incoming = self.root / ".incoming"
         # The names of the most recent files stored (see stored).
         self.stored_names: deque[str] = deque(maxlen=1024)
-        # Folders known to exist (their names): one mkdir per folder, not
-        # per instance, and no Path made or hashed for the lookup.
-        self._folders: set[str] = set()
+        #: Folders known to exist (their names): one mkdir per folder, not
+        #: per instance, and no Path made or hashed for the lookup (see
+        #: ensure_folder).
+        self.folders: set[str] = set()
         # Temporary names: this process, this storage, a serial number.
         self._serial = 0
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -239,15 +242,15 @@ class DiskStorage(StorageHandler):
     def ensure_folder(self, folder: str | os.PathLike[str]) -> None:
         """Make ``folder`` (and its parents) once; later calls cost a set lookup."""
         name = os.fspath(folder)
-        if name not in self._folders:
+        if name not in self.folders:
             os.makedirs(name, exist_ok=True)
-            if len(self._folders) > 100_000:
-                self._folders.clear()
-            self._folders.add(name)
+            if len(self.folders) > 100_000:
+                self.folders.clear()
+            self.folders.add(name)
 
     def forget_folder(self, folder: str | os.PathLike[str]) -> None:
         """``folder`` went away behind our back: make it again next time."""
-        self._folders.discard(os.fspath(folder))
+        self.folders.discard(os.fspath(folder))
 
     def valid_uid(self, value: str) -> bool:
         """:func:`~adicom.fileformat.is_valid_uid`, remembered for the UIDs that pass."""
@@ -316,7 +319,7 @@ class DiskStorage(StorageHandler):
             self._incoming_of = incoming
             self._incoming_name = os.fspath(incoming)
             self._temp_prefix = f"{self._incoming_name}{os.sep}{self._prefix}-"
-        if self._incoming_name not in self._folders:
+        if self._incoming_name not in self.folders:
             self.ensure_folder(self._incoming_name)
         self._serial += 1
         path = f"{self._temp_prefix}{self._serial}.part"

@@ -169,9 +169,29 @@ def scan_elements(
             else:
                 group, element, vr, length = unpack(data, pos)
                 tag = (group << 16) | element
-                if passed < tag < next_wanted and kinds[vr] == _SHORT_LENGTH:
-                    pos += 8 + length
-                    continue
+                if kinds[vr] == _SHORT_LENGTH:
+                    if passed < tag < next_wanted:
+                        pos += 8 + length
+                        continue
+                    if tag == next_wanted:
+                        # The next wanted one, a short VR (as most are): taken
+                        # here, in fewer steps than the general way below,
+                        # which does the same (it is no item: those are past
+                        # every wanted tag; its length is defined).
+                        value = pos + 8
+                        pos = value + length
+                        if pos > end:
+                            _ended(complete, group, element)
+                            return None
+                        found[tag] = bytes(data[value:pos])
+                        at_wanted += 1
+                        if at_wanted == count:
+                            if resume is not None:
+                                resume.append(value - 8)
+                            return found
+                        next_wanted = ordered[at_wanted]
+                        passed = tag
+                        continue
                 if group == 0xFFFE:
                     # Items and delimiters have no VR in any syntax (PS3.5 7.5).
                     (length,) = long_length(data, pos + 4)

@@ -75,12 +75,13 @@ class ValueReading:
     context: StoreContext
     _storage: DiskStorage
     _inflater: Inflater | None
+    _plain: tuple[bool, bool] | None
     _inflate_error: str | None
     _found: dict[int, bytes] | None
-    _head: bytearray
+    _head: bytearray | bytes
     _size: int
-    _resume: list[int]
-    _raw: dict[str, bytes]
+    _resume: list[int] | None
+    _raw: dict[str, bytes] | None
     _walk_state: int
     _walk_at: int
     _walk_tag: int
@@ -96,7 +97,7 @@ class ValueReading:
         except Exception as exc:  # pydicom raises many kinds on bad data
             raise Refused(Status.CANNOT_UNDERSTAND, f"the data set does not parse: {exc}") from None
         storage = self._storage
-        for keyword in storage.required:
+        for keyword, is_uid in storage.required_checks:
             value = values.get(keyword, "")
             if not value:
                 if not any(values.get(keyword) for keyword in storage.required):
@@ -110,7 +111,7 @@ class ValueReading:
                     f"{keyword} is missing",
                     storage.tags[keyword],
                 )
-            if keyword.endswith("UID") and not storage.valid_uid(value):
+            if is_uid and not storage.valid_uid(value):
                 raise Refused(
                     Status.IDENTIFIER_DOES_NOT_MATCH,
                     f"{keyword} {value[:24]!r} is not a UID",
@@ -118,17 +119,14 @@ class ValueReading:
                 )
         self._check_whole()
         ctx = self.context
-        for keyword, named in (
-            ("SOPInstanceUID", ctx.sop_instance_uid),
-            ("SOPClassUID", ctx.sop_class_uid),
-        ):
-            value = values.get(keyword, "")
-            if value and named and value != named:
-                raise Refused(
-                    Status.IDENTIFIER_DOES_NOT_MATCH,
-                    f"its {keyword} is not the one of the C-STORE-RQ",
-                    storage.tags.get(keyword),
-                )
+        named = ctx.sop_instance_uid
+        value = values.get("SOPInstanceUID", "")
+        if value and named and value != named:
+            raise _not_the_command_s("SOPInstanceUID", storage)
+        named = ctx.sop_class_uid
+        value = values.get("SOPClassUID", "")
+        if value and named and value != named:
+            raise _not_the_command_s("SOPClassUID", storage)
         return values
 
     def _check_whole(self) -> None:
@@ -139,11 +137,10 @@ class ValueReading:
         memory, or what follows the Pixel Data (whose length says where the
         rest begins), read back from the file.
         """
-        transfer = self.context.transfer_syntax
-        if self._inflater is not None or not transfer.startswith("1.2.840.10008.1.2"):
-            return
-        implicit = transfer == IMPLICIT_VR_LITTLE_ENDIAN
-        little = transfer != EXPLICIT_VR_BIG_ENDIAN
+        plain = self._plain
+        if plain is None:
+            return  # deflated, or not a standard syntax
+        implicit, little = plain
         try:
             if self._found is not None:
                 self._check_streamed(implicit, little)
@@ -223,7 +220,7 @@ class ValueReading:
                     implicit=transfer == IMPLICIT_VR_LITTLE_ENDIAN,
                     little=transfer != EXPLICIT_VR_BIG_ENDIAN,
                     complete=self._size <= HEAD,
-                    resume=self._resume,
+                    resume=self._resume_list(),
                 )
             except DataSetTruncated:
                 raise  # whole, and cut short: nothing to read there
@@ -238,8 +235,10 @@ class ValueReading:
         keywords = storage.keywords
         encodings: tuple[str, ...] | None = None
         for tag, raw in found.items():
+            if not raw:
+                continue
             keyword = keywords.get(tag)
-            if keyword is None or not raw:
+            if keyword is None:
                 continue
             if raw.isascii() and ESC not in raw:
                 # Every character set DICOM allows reads these bytes as
@@ -251,8 +250,22 @@ class ValueReading:
                     charset = found.get(0x00080005, b"")
                     encodings = _encodings(charset.decode("ascii", "replace").strip(" \0"))
                 values[keyword] = _decode_text(raw, encodings)
+                if self._raw is None:
+                    self._raw = {}
                 self._raw[keyword] = raw.rstrip(b" \0")
         return values
+
+    def _raw_values(self) -> dict[str, bytes]:
+        """The raw bytes of the values that are not plain ASCII, by keyword (for the hooks)."""
+        if self._raw is None:
+            self._raw = {}
+        return self._raw
+
+    def _resume_list(self) -> list[int]:
+        """Where the scan of the head stops is kept here (made on first use)."""
+        if self._resume is None:
+            self._resume = []
+        return self._resume
 
     def _scan(
         self,
@@ -315,6 +328,15 @@ class ValueReading:
         # pydicom decoded the text already; carry it as UTF-8.
         found[0x00080005] = b"ISO_IR 192"
         return found
+
+
+def _not_the_command_s(keyword: str, storage: DiskStorage) -> Refused:
+    """The refusal of a data set whose ``keyword`` is not the one the C-STORE-RQ names."""
+    return Refused(
+        Status.IDENTIFIER_DOES_NOT_MATCH,
+        f"its {keyword} is not the one of the C-STORE-RQ",
+        storage.tags.get(keyword),
+    )
 
 
 def _stop_after(last: int) -> Callable[[BaseTag, str | None, int], bool]:

@@ -31,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -116,25 +117,28 @@ class IncomingInstance:
     #: Where the instance ended up, when it went to a file (None until then;
     #: a class default, so that a handler's property can stand for it unset).
     path: Path | None = None
+    # What follows starts the same for every instance, as class defaults (one
+    # is made per received instance): set on the instance when it changes.
+    #: Why the instance was not stored (the failure status's comment).
+    error: str | None = None
+    #: What a warning status means for it (the warning's comment).
+    warning: str | None = None
+    #: The element a failure is about, for (0000,0901) Offending Element.
+    offending_element: int | None = None
+    #: The status its C-STORE was answered with (set once it was finished).
+    status: int | None = None
+    #: Attributes read from the data set by keyword (the UIDs, the
+    #: patient's ID and name, ...), as far as the handler read them (a
+    #: read-only empty mapping until then).
+    values: Mapping[str, str] = MappingProxyType({})
+    #: Set by whoever feeds it (the server: its association's
+    #: ``hold_input``): ``hold_input(True)`` asks the sender to wait, as
+    #: TCP does, until ``hold_input(False)``; for a handler that takes
+    #: the data faster than it can put it away (a write-behind backlog).
+    hold_input: Callable[[bool], None] | None = None
 
     def __init__(self, context: StoreContext) -> None:
         self.context = context
-        #: Why the instance was not stored (the failure status's comment).
-        self.error: str | None = None
-        #: What a warning status means for it (the warning's comment).
-        self.warning: str | None = None
-        #: The element a failure is about, for (0000,0901) Offending Element.
-        self.offending_element: int | None = None
-        #: The status its C-STORE was answered with (set once it was finished).
-        self.status: int | None = None
-        #: Attributes read from the data set by keyword (the UIDs, the
-        #: patient's ID and name, ...), as far as the handler read them.
-        self.values: Mapping[str, str] = {}
-        #: Set by whoever feeds it (the server: its association's
-        #: ``hold_input``): ``hold_input(True)`` asks the sender to wait, as
-        #: TCP does, until ``hold_input(False)``; for a handler that takes
-        #: the data faster than it can put it away (a write-behind backlog).
-        self.hold_input: Callable[[bool], None] | None = None
 
     def write(self, data: memoryview, /) -> None:
         """Take the next fragment of the data set.
@@ -186,6 +190,7 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
     # context's classes as text.
     peers: tuple[str, str, tuple[str, int] | None] | None = None
     syntaxes: dict[int, tuple[str, str]] = {}
+    hold_input = association.hold_input  # bound once, not per instance
 
     def open_sink(context_id: int, command: Command) -> DatasetSink | None:
         nonlocal peers
@@ -213,7 +218,7 @@ def sink_factory(association: Association, storage: StorageHandler) -> SinkFacto
                 command.message_id or 0,
             )
         )
-        instance.hold_input = association.hold_input
+        instance.hold_input = hold_input
         return instance
 
     return open_sink

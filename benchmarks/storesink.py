@@ -2,6 +2,7 @@
 
     python -m benchmarks.storesink --callgrind disk:300 serve:300
     python -m benchmarks.storesink --profile serve:300      # cProfile call counts
+    python -m benchmarks.storesink --callgrind --scratch /dev/shm sink:1000
     python -m benchmarks.storesink --callgrind --repeat 3 --max-send-pdu 16384 serve:300
 
 ``disk`` is ``Server(storage=DiskStorage(DIR))``; ``serve`` is ``adicom
@@ -12,6 +13,11 @@ its counters are zeroed, DCMTK's storescu sends N small CT instances
 (or CPU seconds, from /proc) in that span are divided by N: what one
 received instance costs the server, association setup included (once per
 run). The turn budget is 0 under callgrind (see benchmarks.permessage).
+
+``sink`` is ``DiskStorage`` alone, in one process, no network: N data
+sets read into memory first, then each opened, written in one fragment
+and finished as the server does it (what happens to an instance once its
+bytes arrive: the walks, the temporary file, the filing).
 
 storescu sends each data set in PDUs as large as the SCP accepts, capped at
 its own 128 KiB: one PDU per small instance, as adicom announces 1 MiB.
@@ -65,6 +71,92 @@ def _disk_server(folder: str, port: int, budget: float) -> None:
             await stop.wait()
 
     asyncio.run(serve())
+
+
+def _sink_child(folder: str, count: int) -> None:
+    """``sink``: N instances through ``DiskStorage(folder)`` in this process, no network.
+
+    The data sets (the files without their file meta) are read first; then
+    "ready" on stdout, and on a line from stdin each instance is opened,
+    written in one fragment and finished as the server does it
+    (``finish_now``), "done" on stdout, and the child waits for stdin to close.
+    """
+    import asyncio
+
+    import pydicom
+
+    import adicom
+    from adicom.storage import _store_context
+
+    directory = data.ensure(DEFAULT_DATA, data.SMALL, count + 1)
+    items = []
+    for path in data.instance_paths(directory, count + 1):
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        raw = path.read_bytes()
+        start = raw.index(b"DICM") + 4
+        group_length = int.from_bytes(raw[start + 8 : start + 12], "little")
+        body = raw[start + 12 + group_length :]
+        items.append((body, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)))
+    storage = adicom.DiskStorage(folder)
+
+    def store(body: bytes, sop_class: str, sop_instance: str) -> None:
+        context = _store_context(
+            "STORESCU", AET, sop_class, sop_instance, "1.2.840.10008.1.2.1", (HOST, 1), 1
+        )
+        sink = storage.open(context)
+        sink.write(memoryview(body))
+        status = sink.finish_now()
+        if status != 0:
+            raise RuntimeError(f"instance refused: {status:#06x} {sink.error}")
+
+    async def run(chosen: list[tuple[bytes, str, str]]) -> None:
+        for item in chosen:
+            store(*item)
+
+    asyncio.run(run(items[:1]))  # one first: imports and caches warm
+    print("ready", flush=True)
+    sys.stdin.readline()
+    asyncio.run(run(items[1:]))
+    print("done", flush=True)
+    sys.stdin.readline()
+
+
+def _measure_sink(n: int, mode: str, scratch: Path | None) -> float:
+    """``sink``: the cost per instance of DiskStorage alone, fed from memory."""
+    work = Path(tempfile.mkdtemp(prefix="adicom-storesink-", dir=scratch))
+    argv = [sys.executable, "-m", "benchmarks.storesink", "--sink-child", str(work / "store")]
+    if mode == "callgrind":
+        argv = ["valgrind", "--tool=callgrind", "-q", "--callgrind-out-file=/dev/null", *argv]
+    process = subprocess.Popen(
+        [*argv, str(n)],
+        cwd=REPO_ROOT,
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the sink child did not start")
+        if mode == "callgrind":
+            subprocess.run(["callgrind_control", "-z", str(process.pid)], capture_output=True)
+        cpu = proc_cpu_seconds(process.pid) or 0.0
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        if process.stdout.readline().strip() != "done":
+            raise RuntimeError("the sink child failed")
+        if mode == "callgrind":
+            return callgrind_instructions(process.pid) / n
+        return ((proc_cpu_seconds(process.pid) or 0.0) - cpu) * 1e6 / n
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _command(kind: str, folder: Path, port: int, budget: float) -> list[str]:
@@ -140,12 +232,15 @@ def measure(
 
 def main() -> None:
     """Parse the command line and run the measurements."""
+    if sys.argv[1:2] == ["--sink-child"]:
+        _sink_child(sys.argv[2], int(sys.argv[3]))
+        return
     if sys.argv[1:2] == ["--disk-server"]:
         folder, port, budget = sys.argv[2:5]
         _disk_server(folder, int(port), float(budget))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="KIND:N, KIND one of disk, serve")
+    parser.add_argument("runs", nargs="+", help="KIND:N, KIND one of disk, serve, sink")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     mode.add_argument("--profile", action="store_true", help="cProfile the SCP")
@@ -161,11 +256,15 @@ def main() -> None:
         args.keep.mkdir(parents=True, exist_ok=True)
     for run in args.runs:
         kind, _, count = run.partition(":")
-        if kind not in ("disk", "serve"):
+        if kind not in ("disk", "serve", "sink"):
             parser.error(f"unknown kind {kind!r}")
+        if kind == "sink" and chosen == "profile":
+            parser.error("sink runs with --callgrind or for CPU time")
         n = int(count or 300)
         cost = statistics.median(
-            measure(kind, n, chosen, args.keep, args.scratch, args.max_send_pdu)
+            _measure_sink(n, chosen, args.scratch)
+            if kind == "sink"
+            else measure(kind, n, chosen, args.keep, args.scratch, args.max_send_pdu)
             for _ in range(max(1, args.repeat))
         )
         unit = {"callgrind": "kIr", "cpu": "us CPU", "profile": "us CPU (profiled)"}[chosen]

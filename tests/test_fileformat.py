@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import zlib
 
 import pydicom
@@ -21,6 +22,7 @@ from adicom.fileformat import (
     encode_dataset,
     encode_file_meta,
     inflate,
+    is_valid_uid,
     read_file_meta,
 )
 
@@ -94,6 +96,43 @@ def test_file_meta_is_what_pydicom_reads() -> None:
     assert read.file_meta.FileMetaInformationGroupLength == len(meta) - 132 - 12
     values, offset = read_file_meta(io.BytesIO(meta + body))
     assert offset == len(meta) and values[0x00020010].rstrip(b"\0") == b"1.2.840.10008.1.2.1"
+
+
+def test_file_meta_of_uids_of_every_length_reads_back_whatever_came_before() -> None:
+    # What goes before (0002,0003)'s value is made once per length of it and
+    # kept: each length, odd or even, again and in any order, and a UID too
+    # long to keep one for, has the group length and the UID it should.
+    uids = ["1." + "2" * (n - 2) for n in range(3, 70)]
+    body = encode_dataset(nested(False), "1.2.840.10008.1.2.1")
+    for uid in [*uids, *reversed(uids), "1." + "3" * 98]:
+        for source_ae in ("MODALITY", "CT"):
+            meta = encode_file_meta(
+                "1.2.840.10008.5.1.4.1.1.2", uid, "1.2.840.10008.1.2.1",
+                implementation_class_uid="1.2.3", source_ae=source_ae,
+            )  # fmt: skip
+            values, offset = read_file_meta(io.BytesIO(meta + body))
+            assert offset == len(meta)
+            assert values[0x00020003].rstrip(b"\0") == uid.encode()
+            assert values[0x00020016].rstrip(b" ") == source_ae.encode()
+            assert int.from_bytes(values[0x00020000], "little") == len(meta) - 132 - 12
+
+
+def test_a_uid_is_valid_as_ps3_5_9_1_says() -> None:
+    # The rules as plain code: digits in dotted components, none empty,
+    # none with a leading 0 but "0" itself, at most 64 characters.
+    def reference(value: str) -> bool:
+        return len(value) <= 64 and all(
+            part.isascii() and part.isdigit() and (part == "0" or part[0] != "0")
+            for part in value.split(".")
+        )
+
+    rng = random.Random(9)
+    candidates = ["", ".", "0", "00", "0.0", "1.", ".1", "1..2", "1.02", "1.20", "1.2" * 22]
+    candidates += [
+        "".join(rng.choice("0012..x") for _ in range(rng.randint(1, 12))) for _ in range(20000)
+    ]
+    for value in candidates:
+        assert is_valid_uid(value) == reference(value), value
 
 
 def test_read_file_meta_refuses_files_without_dicm() -> None:
