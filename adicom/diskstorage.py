@@ -31,7 +31,7 @@ import re
 import string
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -135,7 +135,7 @@ class DiskStorage(StorageHandler):
         on_duplicate: Literal["replace", "keep", "reject"] = "replace",
         fsync: bool = False,
         extra_keywords: Iterable[str] = (),
-        required: Sequence[str] = REQUIRED_UIDS,
+        required: Iterable[str] = REQUIRED_UIDS,
         on_stored: Callable[[Path, dict[str, str], StoreContext, dict[str, bytes]], None]
         | None = None,
         on_filed: Callable[
@@ -166,12 +166,14 @@ class DiskStorage(StorageHandler):
         #: Whether ``lookup`` is asked before a replace too (see above).
         self.lookup_replaced = lookup_replaced
         self.filer = filer
-        self.required = tuple(required)
+        self._required = tuple(required)
         #: ``required`` with, for each, whether it is a UID (checked to be one).
-        self.required_checks = tuple((keyword, keyword.endswith("UID")) for keyword in required)
+        self.required_checks = tuple(
+            (keyword, keyword.endswith("UID")) for keyword in self._required
+        )
         layout_keywords = {name for _, name, _, _ in string.Formatter().parse(layout) if name}
         tags = {}
-        keywords = layout_keywords | set(extra_keywords) | set(self.required)
+        keywords = layout_keywords | set(extra_keywords) | set(self._required)
         for keyword in sorted(keywords | {"SpecificCharacterSet"}):
             tag = tag_for_keyword(keyword)
             if tag is None:
@@ -210,6 +212,11 @@ class DiskStorage(StorageHandler):
         # Blocks of WRITE_SLICE bytes for write-behind backlogs, kept for reuse.
         self._blocks: list[bytearray] = []
         self.remove_leftovers()
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The keywords an instance must have one of (fixed when the storage is made)."""
+        return self._required
 
     @property
     def stored(self) -> deque[Path]:

@@ -782,6 +782,26 @@ async def test_stores_are_answered_from_the_callback_unless_they_have_more_to_sa
     same_content(good, pydicom.dcmread(stored))
 
 
+async def test_required_uids_given_as_a_generator_are_still_checked(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The keywords are read once: a generator must not leave the storage
+    # without its checks (two instances whose bad UIDs make one file name
+    # would then both be acknowledged, the first lost under the second).
+    required = (k for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
+    disk = adicom.DiskStorage(tmp_path / "in", required=required)
+    assert disk.required == ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+    assert [keyword for keyword, is_uid in disk.required_checks if is_uid] == list(disk.required)
+    bad = pydicom.dcmread(FILES["explicit"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid UID we make
+        bad.SOPInstanceUID = "1.2.03.x/"  # not a UID (PS3.5 9.1)
+        async with scp(disk) as server:
+            results = await adicom.store("127.0.0.1", server.port, [bad], called_ae="STORE")
+    assert [r.status for r in results] == [0xA900]
+    assert received_files(tmp_path / "in") == []
+
+
 @pytest.mark.parametrize(
     ("layout", "expected"),
     [
