@@ -601,6 +601,8 @@ class DiskInstance(ValueReading, IncomingInstance):
         # Its folder: what os.path.dirname says, without its cost (a name is
         # under the root, or absolute: it has a separator past its start).
         cut = name.rfind(os.sep)
+        if os.altsep:  # Windows: a layout's "/" separates folders too
+            cut = max(cut, name.rfind(os.altsep))
         folder = name[:cut] if cut > 0 else os.path.dirname(name)
         policy: str = storage.on_duplicate
         if storage.duplicate_policy is not None:
