@@ -43,7 +43,13 @@ from pathlib import Path
 
 from benchmarks import data
 from benchmarks.config import DEFAULT_DATA, REPO_ROOT
-from benchmarks.processes import callgrind_instructions, child_env, free_port, port_open
+from benchmarks.processes import (
+    callgrind_instructions,
+    child_env,
+    end_child,
+    free_port,
+    port_open,
+)
 from benchmarks.procfs import proc_cpu_seconds
 
 HOST = "127.0.0.1"
@@ -150,12 +156,7 @@ def _measure_sink(n: int, mode: str, scratch: Path | None) -> float:
             return callgrind_instructions(process.pid) / n
         return ((proc_cpu_seconds(process.pid) or 0.0) - cpu) * 1e6 / n
     finally:
-        process.stdin.close()
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_child(process)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -304,6 +306,19 @@ def _outcome(events: list[object]) -> list[object]:
     return out
 
 
+def _count_general(dimse: Any) -> list[int]:
+    """Count the PDUs that take ``dimse``'s general receive path: one list item each."""
+    calls: list[int] = []
+    take_general: Callable[[pdu.PDataTF, float], list[DimseEvent]] = dimse._receive_general
+
+    def counting(pdu_: pdu.PDataTF, now: float) -> list[DimseEvent]:
+        calls.append(1)
+        return take_general(pdu_, now)
+
+    dimse._receive_general = counting
+    return calls
+
+
 def _run(
     pdus: list[pdu.PDataTF], general: bool, sink: bool = True, window: int = 1, **limits: object
 ) -> tuple[list[object], list[float | None], bool, list[tuple[int, bool]], int]:
@@ -314,15 +329,7 @@ def _run(
     sinks: list[Sink] = []
     if sink:
         dimse.sink_factory = collecting(sinks)
-    calls = 0
-    take_general = dimse._receive_general
-
-    def counting(pdu_: pdu.PDataTF, now: float) -> list[DimseEvent]:
-        nonlocal calls
-        calls += 1
-        return take_general(pdu_, now)
-
-    dimse._receive_general = counting  # type: ignore[method-assign,assignment]
+    general_calls = _count_general(dimse)
     events: list[object] = []
     deadlines = []
     for now, item in enumerate(pdus):
@@ -334,7 +341,7 @@ def _run(
         deadlines.append(dimse._deadline)
     aborted = pair.acc.ul.abort_sent
     sent = [(len(s.data), s.aborted) for s in sinks]
-    return _outcome(events), deadlines, aborted, sent, calls
+    return _outcome(events), deadlines, aborted, sent, len(general_calls)
 
 
 _SCENARIOS = {
@@ -452,15 +459,7 @@ def _receive_responses(
     assert dimse.send_whole(5, _FIND_RQ, b"\x08\x00\x52\x00\x00\x00\x00\x00", 0.0)
     sinks: list[Sink] = []
     dimse.sink_factory = collecting(sinks)
-    calls = 0
-    take_general = dimse._receive_general
-
-    def counting(pdu_: pdu.PDataTF, now: float) -> list[DimseEvent]:
-        nonlocal calls
-        calls += 1
-        return take_general(pdu_, now)
-
-    dimse._receive_general = counting  # type: ignore[method-assign,assignment]
+    general_calls = _count_general(dimse)
     events: list[object] = []
     deadlines = []
     for now, item in enumerate(pdus, 1):
@@ -475,7 +474,7 @@ def _receive_responses(
         deadlines,
         side.ul.abort_sent,
         [(len(s.data), s.aborted) for s in sinks],
-        calls,
+        len(general_calls),
     )
 
 
