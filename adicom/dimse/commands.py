@@ -619,10 +619,7 @@ class ResponseTemplate:
 
     def make(self, message_id: int, sop_instance_uid: str | None) -> tuple[Command, bytes]:
         """The response to request ``message_id`` about ``sop_instance_uid``, and its bytes."""
-        values = self._values.copy()
-        values[_RESPONDED_TO] = message_id
-        values[_INSTANCE_UID] = sop_instance_uid
-        return _build(values), self.encode(message_id, sop_instance_uid)
+        return self.command(message_id, sop_instance_uid), self.encode(message_id, sop_instance_uid)
 
     def command(self, message_id: int, sop_instance_uid: str | None) -> Command:
         """The response to request ``message_id`` about ``sop_instance_uid`` (see :meth:`make`)."""
