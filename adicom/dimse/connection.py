@@ -502,21 +502,18 @@ class DimseConnection:
                 context = self.contexts.get(context_id)
                 if context is not None and context.result == 0:  # context.accepted
                     try:
-                        command = assembler.whole_command(context_id, pdv.data)
-                        if command.command_data_set_type != NO_DATASET:  # has_dataset
-                            factory = self.sink_factory
-                            sink = None if factory is None else factory(context_id, command)
-                            self._receiving = _Receiving(context_id, command, [], sink)
-                            # Limits.message_timeout runs from the command.
-                            timeout = self.limits.message_timeout
-                            if timeout is not None:
-                                self._deadline = now + timeout
-                            return []
-                        delivered = self._deliver(
-                            _new_message(context_id, command, None, None, None)
+                        delivered = self._command_in(
+                            context_id, assembler.whole_command(context_id, pdv.data)
                         )
                     except RemoteProtocolError as exc:
                         return [self._violation(exc, now)]
+                    if self._receiving is not None:
+                        # Its data set is to come: Limits.message_timeout
+                        # runs from the command.
+                        timeout = self.limits.message_timeout
+                        if timeout is not None:
+                            self._deadline = now + timeout
+                        return []
                     return [] if delivered is None else [delivered]
         return self._receive_general(pdu, now)
 
@@ -555,6 +552,17 @@ class DimseConnection:
             )
         ]
 
+    def _command_in(
+        self, context_id: int, command: Command
+    ) -> RequestReceived | ResponseReceived | None:
+        """A whole command set received: its data set is awaited, or its message delivered."""
+        if command.command_data_set_type != NO_DATASET:  # command.has_dataset
+            factory = self.sink_factory
+            sink = None if factory is None else factory(context_id, command)
+            self._receiving = _Receiving(context_id, command, [], sink)
+            return None
+        return self._deliver(_new_message(context_id, command, None, None, None))
+
     def _receive_pdata(self, pdu: PDataTF, out: list[DimseEvent]) -> None:
         assembler = self._assembler
         contexts = self.contexts
@@ -579,13 +587,7 @@ class DimseConnection:
                         continue
                     assert isinstance(event, CommandReceived)
                     command = event.command
-                if command.command_data_set_type != NO_DATASET:  # command.has_dataset
-                    factory = self.sink_factory
-                    sink = None if factory is None else factory(context_id, command)
-                    self._receiving = _Receiving(context_id, command, [], sink)
-                elif (
-                    delivered := self._deliver(_new_message(context_id, command, None, None, None))
-                ) is not None:
+                if (delivered := self._command_in(context_id, command)) is not None:
                     out.append(delivered)
                 continue
             last = pdv.is_last
