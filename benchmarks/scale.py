@@ -568,12 +568,51 @@ def run_workers(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                 for key in ("inst_per_s", "server_cpu_us_per_inst", "client_cpu_us_per_inst")
             } | {"good_reps": len(mine)}
     if "1" in summary:
+        one = summary["1"]
         for mode in modes:
             if mode != "1" and mode in summary:
                 summary[f"speedup {mode}"] = round(
-                    summary[mode]["inst_per_s"] / summary["1"]["inst_per_s"], 2
+                    summary[mode]["inst_per_s"] / one["inst_per_s"], 2
+                )
+                # Repetition i of each mode ran back to back: their ratios
+                # show the spread that the medians' ratio hides.
+                ones = [r for r in reps if r["mode"] == "1"]
+                mine = [r for r in reps if r["mode"] == mode]
+                summary[f"pairs {mode}"] = [
+                    round(r["inst_per_s"] / o["inst_per_s"], 2)
+                    for o, r in zip(ones, mine, strict=False)
+                    if o["stored"] == n and r["stored"] == n
+                ]
+                # None when a short run's CPU was below the clock's tick.
+                summary[f"bound {mode}"] = (
+                    round(
+                        speedup_bound(
+                            int(mode.partition("-")[0]),
+                            os.cpu_count() or 1,
+                            one["server_cpu_us_per_inst"],
+                            one["client_cpu_us_per_inst"],
+                        ),
+                        2,
+                    )
+                    if one["server_cpu_us_per_inst"] > 0
+                    else None
                 )
     return summary
+
+
+def speedup_bound(workers: int, cores: int, server_us: float, client_us: float) -> float:
+    """The most ``workers`` processes can gain over one when the load shares their cores.
+
+    One worker serves at most 1/s instances a second (s: its CPU per
+    instance); N workers at most N/s, and never more than the cores can
+    run server and client both: cores/(s + c). The ratio of the two limits
+    is what a perfect scheduler would show, e.g. 2s/(s + c) for 2 workers
+    on 2 cores with a client costing c.
+    """
+    if server_us <= 0:
+        raise ValueError("the server's CPU per instance must be positive")
+    rate = min(workers / server_us, cores / (server_us + client_us))
+    return rate / min(1 / server_us, cores / (server_us + client_us))
 
 
 def main(argv: list[str] | None = None) -> int:

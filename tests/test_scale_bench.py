@@ -77,6 +77,26 @@ def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path, options: list
     for mode in ("2-own", "2-shared"):
         assert reps[mode]["scp_processes"] == 3  # the supervisor and two workers
         assert sum(reps[mode]["associations_per_worker"]) == expected
+        summary = found["workers"]
+        ratio = reps[mode]["inst_per_s"] / reps["1"]["inst_per_s"]
+        assert summary[f"pairs {mode}"] == [round(ratio, 2)]
+        # A few instances may cost the server less than the CPU clock's tick.
+        bound = summary[f"bound {mode}"]
+        assert (bound is None) if reps["1"]["server_cpu_us_per_inst"] == 0 else 1 <= bound <= 2
+
+
+def test_the_workers_bound_is_the_cores_against_one_worker() -> None:
+    from benchmarks.scale import speedup_bound
+
+    # 2 workers, 2 cores, the client at a fifth of the server: 2s/(s + c).
+    assert speedup_bound(2, 2, 180, 36) == pytest.approx(2 * 180 / 216)
+    # A free client (or more cores than processes): the workers' count.
+    assert speedup_bound(2, 2, 180, 0) == pytest.approx(2)
+    assert speedup_bound(2, 8, 180, 36) == pytest.approx(2)
+    # A client dearer than the server leaves one core's worth each: no gain.
+    assert speedup_bound(2, 2, 100, 300) == pytest.approx(1)
+    with pytest.raises(ValueError, match="positive"):
+        speedup_bound(2, 2, 0, 10)
 
 
 @pytest.mark.anyio
