@@ -135,6 +135,13 @@ class Driver(Deadlines):
     _plain_selector = False
     _protocol: TransportProtocol | None = None
     _ended = False  # released, rejected or aborted has been told
+    # An operation whose pending responses are read a few at a time (see
+    # Association.gather_pending), and for how long reading pauses after a
+    # read that brought only those. What the read being handled brought: 0
+    # nothing yet, 1 only such responses, -1 something else too.
+    _gathering: Operation | None = None
+    _gather_delay = 0.0
+    _gather_now = 0
 
     def __init__(
         self,
@@ -339,6 +346,40 @@ class Driver(Deadlines):
         turns.charge(self._loop.time() - now)
         if upper._input_pending:  # upper.input_pending
             self._defer_input()
+        elif self._gather_now:  # what the read brought matters (see _gather)
+            if self._gather_now > 0:
+                self._gather()
+            self._gather_now = 0
+
+    def _gather(self) -> None:
+        """The read brought only pending responses nobody waits for: read again a little later.
+
+        Reading pauses for ``_gather_delay`` (see Association.gather_pending),
+        so that the next read takes the responses that came meanwhile at
+        once, in one loop turn, not one turn (or two: a DCMTK peer writes a
+        PDU's headers apart from its data) per response. The pause is an
+        input hold, as a slow storage's (Association.hold_input): TCP keeps
+        what arrives, and the driver's own pause still wins.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._input_holds += 1
+        transport.pause_reading()
+        self._loop.call_later(self._gather_delay, self._gathered)
+
+    def _gathered(self) -> None:
+        """The pause of :meth:`_gather` is over: read again, unless input is held otherwise."""
+        if self._input_holds > 0:  # hold_input(False) unpaired may have taken it already
+            self._input_holds -= 1
+        transport = self._transport
+        if (
+            transport is not None
+            and not self._input_holds
+            and not self._input_deferred
+            and not transport.is_closing()
+        ):
+            transport.resume_reading()
 
     def _defer_input(self) -> None:
         """Go on in a later turn, reading nothing meanwhile.
@@ -361,6 +402,7 @@ class Driver(Deadlines):
         now = self._loop.time()
         self._ul.parse_pending(now)
         self._after_io()
+        self._gather_now = 0  # reading resumes here, not after a pause (see _gather)
         self._turns.charge(self._loop.time() - now)
         if self._ul.input_pending:
             self._defer_input()
@@ -546,6 +588,7 @@ class Driver(Deadlines):
                 self._emit_received(event.message)
             self._on_response(event)
         elif type(event) is RequestReceived:
+            self._gather_now = -1  # a request of the peer is answered without delay
             if self._emitter is not None:
                 self._emit_received(event.message)
             answer = self.on_request
@@ -561,6 +604,7 @@ class Driver(Deadlines):
             ):
                 self._incoming.put(event.message)
         else:
+            self._gather_now = -1
             self._on_control_event(event)  # type: ignore[arg-type]
 
     def _on_response(self, event: ResponseReceived) -> None:
@@ -571,9 +615,18 @@ class Driver(Deadlines):
             return  # the DIMSE layer keeps only what is awaited; nothing to do
         operation.deliver(message)
         if event.final:
+            self._gather_now = -1
             del self._operations[message_id]
             if self._room_waiters:
                 self._wake_room()
+        else:
+            # A pending response that nobody waits for (taken in this
+            # callback: the queue stayed empty) lets the reads gather, unless
+            # the read brought something else too (see _gather).
+            if operation is not self._gathering or operation._responses._items:
+                self._gather_now = -1
+            elif not self._gather_now:
+                self._gather_now = 1
 
     def _on_control_event(self, event: ul.ULEvent) -> None:
         if self._emitter is not None:

@@ -768,4 +768,12 @@ async def move(
     operation = await association.start_operation(
         context_id, command, _identifier_bytes(association, context_id, identifier)
     )
-    return await _run_retrieve(operation, RetrieveProgress(), progress, timeout, association)
+    if progress is None:
+        # Nobody looks at each pending response, and the peer sends only
+        # those on this association (the instances go to the destination):
+        # they may be read a few at a time (see Association.gather_pending).
+        association.gather_pending(operation)
+    try:
+        return await _run_retrieve(operation, RetrieveProgress(), progress, timeout, association)
+    finally:
+        association.gather_pending(None)

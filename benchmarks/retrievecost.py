@@ -223,7 +223,7 @@ class _Scu:
 
 #: The system calls counted by name under ``--syscalls`` (all of them are counted too).
 _SYSCALLS = ("read", "recvfrom", "write", "sendto", "writev", "sendmsg", "epoll_wait", "poll",
-             "openat", "close", "rename", "newfstat")  # fmt: skip
+             "epoll_ctl", "openat", "close", "rename")  # fmt: skip
 
 
 def _perf_stat(
@@ -341,12 +341,14 @@ def _dcmtk_cost(
         shutil.rmtree(folder, ignore_errors=True)
     (cpu1, sys1, ir1, wall1), (cpun, sysn, irn, walln) = runs
     one, all_ = calls
-    syscalls = _per_op({k: v - one.get(k, 0) for k, v in all_.items()}, n - 1) if syscalls else ""
+    calls_per_op = (
+        _per_op({k: v - one.get(k, 0) for k, v in all_.items()}, n - 1) if syscalls else ""
+    )
     return (
         _us(cpun - cpu1, sysn - sys1, n - 1),
         (irn - ir1) / (n - 1),
         walln - wall1,
-        syscalls,
+        calls_per_op,
     )
 
 
