@@ -222,8 +222,8 @@ class _Scu:
 
 
 #: The system calls counted by name under ``--syscalls`` (all of them are counted too).
-_SYSCALLS = ("read", "recvfrom", "write", "sendto", "writev", "sendmsg", "epoll_wait", "poll",
-             "epoll_ctl", "openat", "close", "rename")  # fmt: skip
+_SYSCALLS = ("read", "recvfrom", "write", "sendto", "writev", "sendmsg", "epoll_wait",
+             "epoll_pwait", "poll", "epoll_ctl", "openat", "close", "rename")  # fmt: skip
 
 
 def _perf_stat(
