@@ -627,14 +627,16 @@ class Association(Driver):
         )
         return await self.send_request(context_id, command, dataset)
 
-    def respond_now(self, request: Message, status: int) -> bool:
+    def respond_now(self, request: Message, status: int, *, write: bool = False) -> bool:
         """Answer a C-ECHO-RQ or C-STORE-RQ with ``status`` at once, if nothing else is sending.
 
         For :attr:`on_request`, in the transport callback: the response is
-        queued and written when the callback ends. Returns False, having
-        sent nothing, when it must wait (another message is on its way, the
-        association cannot send) or is not one of those requests; then
-        use :meth:`respond`.
+        queued and written when the callback ends (with the others of its
+        read, in one write), or with ``write`` at once, for a peer that
+        waits for it before it sends anything more (then the callback's
+        other work comes after). Returns False, having sent nothing, when it
+        must wait (another message is on its way, the association cannot
+        send) or is not one of those requests; then use :meth:`respond`.
         """
         if self._sending or self._error is not None:
             return False
@@ -659,6 +661,8 @@ class Association(Driver):
             return False
         if self._emitter is not None:
             self._emit_sent(request.context_id, template.command(message_id, instance), None)
+        if write:
+            self._write_now()
         return True
 
     async def respond(self, request: Message, status: int, **fields: Any) -> None:

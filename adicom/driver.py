@@ -530,6 +530,22 @@ class Driver(Deadlines):
         if at is not None and at < self._timer_at:
             self._arm(at)
 
+    def _write_now(self) -> None:
+        """Write the PDUs the layers queued now, not when the transport callback ends.
+
+        Data only: a close or an abort the layers asked for is left to the
+        callback's end (_after_io), as ever; so are the trace's events.
+        """
+        upper = self._ul
+        data = upper._out
+        transport = self._transport
+        if data and transport is not None and not upper._close_requested and not upper._abort_sent:
+            upper._out = []
+            if len(data) == 1:
+                transport.write(data[0])
+            else:
+                transport.writelines(data)
+
     def _flush(self) -> None:
         self._batched = 0
         ul_ = self._ul
