@@ -40,6 +40,7 @@ from adicom.dimse import (
     RequestReceived,
     ResponseReceived,
 )
+from adicom.driverevents import Emission
 from adicom.errors import (
     AssociationAborted,
     AssociationError,
@@ -75,7 +76,7 @@ _STA8 = State.STA8
 PARSE_BUDGET = 256
 
 
-class Driver(Deadlines):
+class Driver(Deadlines, Emission):
     """One connection's asyncio side, under the sans-I/O layers of its association.
 
     Not used alone: :class:`~adicom.association.Association` is this driver
@@ -713,62 +714,6 @@ class Driver(Deadlines):
             # peer that may never read.
             if self._transport is not None:
                 self._transport.abort()
-
-    # -- events (adicom.events), only when something listens ------------------
-
-    def _emit(self, event: ev.Event) -> None:
-        assert self._emitter is not None
-        self._emitter.emit(event)
-
-    def _emit_trace(self) -> None:
-        """Tell the PDUs sent and received since last time, in order."""
-        trace = self._ul.trace
-        if not trace:
-            return
-        self._ul.trace = []  # a handler that makes the layers send starts a new list
-        this: Any = self  # events name the Association this driver is part of
-        for pdu, sent in trace:
-            self._emit(ev.PduSent(this, pdu) if sent else ev.PduReceived(this, pdu))
-
-    def _emit_received(self, message: Message) -> None:
-        assert self._emitter is not None
-        if self._emitter.wants(ev.MessageReceived):
-            this: Any = self
-            self._emit(ev.MessageReceived(this, message))
-
-    def _lifecycle_event(self, event: ul.ULEvent) -> None:
-        """The lifecycle event an upper layer event means, if any."""
-        self._emit_trace()  # an answer queued before this event (A-RELEASE-RP) comes first
-        this: Any = self
-        if isinstance(event, ul.AssociationRequested):
-            self.request = event.request
-            self._emit(ev.Requested(this, event.request))
-        elif isinstance(event, ul.AssociationAccepted):
-            self._emit(ev.Accepted(this, event.response))
-        elif isinstance(event, ul.AssociationRejected):
-            self._ended = True
-            self._emit(ev.Rejected(this, event.response))
-        elif isinstance(event, ul.ReleaseRequested | ul.ReleaseConfirmed):
-            by_peer = isinstance(event, ul.ReleaseRequested)
-            if not self._ended and not (by_peer and event.collision):  # type: ignore[union-attr]
-                self._ended = True
-                self._emit(ev.Released(this, by_peer))
-
-    def _emit_end(self) -> None:
-        """The connection closed: an association that did not end otherwise was aborted."""
-        if self._ended or self.request is None:
-            return
-        self._ended = True
-        error = self._error or ConnectionClosed("the association has ended")
-        sent = self._ul.sent_abort
-        this: Any = self
-        if isinstance(error, AssociationAborted) and not error.local:
-            event = ev.Aborted(this, False, error.source, error.reason, error)
-        elif sent is not None:
-            event = ev.Aborted(this, True, sent.source, sent.reason, error)
-        else:
-            event = ev.Aborted(this, False, None, None, error)
-        self._emit(event)
 
     def _peer_name(self) -> str:
         """The peer's AE title (the one that is not ours), or its address."""
