@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -33,6 +35,8 @@ from adicom.pdu import (
     UserInformation,
 )
 from adicom.qrcontexts import information_model
+from adicom.tls import client_context, server_context
+from tests.test_tls import Pki
 
 pytestmark = pytest.mark.anyio
 
@@ -152,8 +156,8 @@ class MoveSCP:
                 return
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[int]:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    async def running(self, context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=context)
         async with server:
             yield server.sockets[0].getsockname()[1]
 
@@ -180,12 +184,17 @@ def identifier() -> Dataset:
 
 
 async def _move(
-    peer: MoveSCP, delay: float, **options: Any
+    peer: MoveSCP, delay: float, pki: Pki | None = None, **options: Any
 ) -> tuple[qrscu.RetrieveProgress, float, adicom.Association]:
-    """Run a C-MOVE against ``peer`` with gather_delay ``delay``; its outcome and its end time."""
-    async with peer.running() as port, asyncio.timeout(BOUND):
+    """Run a C-MOVE against ``peer`` with gather_delay ``delay``; its outcome and its end time.
+
+    With ``pki``, over TLS.
+    """
+    served = None if pki is None else server_context(cert=pki.server_pem)
+    context = None if pki is None else client_context(ca=pki.ca_pem)
+    async with peer.running(served) as port, asyncio.timeout(BOUND):
         async with adicom.connect(
-            "127.0.0.1", port, contexts=qrscu.move_contexts(), timeout=60.0
+            "127.0.0.1", port, contexts=qrscu.move_contexts(), timeout=60.0, ssl=context
         ) as assoc:
             assoc.gather_delay = delay
             result = await qrscu.move(assoc, identifier(), "DEST", **options)
@@ -194,15 +203,17 @@ async def _move(
     return result, ended, assoc
 
 
+@pytest.mark.parametrize("tls", [False, True])
 async def test_pending_responses_nobody_watches_are_read_a_few_at_a_time(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, tls: bool
 ) -> None:
     # Twelve pending responses 10 ms apart, each written as two pieces: read
     # one by one, 12 to 24 reads. With reading paused 0.3 s after a read of
-    # them, they come in a few.
+    # them, they come in a few (over TLS too: its transport pauses as well).
     peer = MoveSCP([("pending", 12), ("final",)], gap=0.01)
     with counted_reads(monkeypatch) as reads:
-        result, _, _ = await _move(peer, 0.3)
+        result, _, assoc = await _move(peer, 0.3, Pki(tmp_path) if tls else None)
+    assert (assoc.tls is not None) is tls
     assert (result.status, result.completed, result.remaining) == (0x0000, 12, 0)
     assert 1 <= len(reads) - 1 <= 5, reads  # the first read: the A-ASSOCIATE-AC
 
