@@ -139,10 +139,12 @@ class Driver(Deadlines, Emission):
     # An operation whose pending responses are read a few at a time (see
     # Association.gather_pending), and for how long reading pauses after a
     # read that brought only those. What the read being handled brought: 0
-    # nothing yet, 1 only such responses, -1 something else too.
+    # nothing yet, 1 only such responses, -1 something else too. And when
+    # the last such read was, or the next is due after a pause.
     _gathering: Operation | None = None
     _gather_delay = 0.0
     _gather_now = 0
+    _gather_last = -math.inf
 
     def __init__(
         self,
@@ -349,10 +351,10 @@ class Driver(Deadlines, Emission):
             self._defer_input()
         elif self._gather_now:  # what the read brought matters (see _gather)
             if self._gather_now > 0:
-                self._gather()
+                self._gather(now)
             self._gather_now = 0
 
-    def _gather(self) -> None:
+    def _gather(self, now: float) -> None:
         """The read brought only pending responses nobody waits for: read again a little later.
 
         Reading pauses for ``_gather_delay`` (see Association.gather_pending),
@@ -361,13 +363,24 @@ class Driver(Deadlines, Emission):
         PDU's headers apart from its data) per response. The pause is an
         input hold, as a slow storage's (Association.hold_input): TCP keeps
         what arrives, and the driver's own pause still wins.
+
+        Only while they come often, the last read of them less than a pause
+        ago (or when the pause after it ended): one every few seconds (large
+        instances, a slow destination) would gather nothing, and pay a timer
+        and two changes of the loop's watch for each. So the first pending
+        response of a retrieve is read as it comes, and a retrieve of one
+        instance (a pending response, then the final one) waits for nothing.
         """
+        last, self._gather_last = self._gather_last, now
+        if now - last >= self._gather_delay:
+            return
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         self._input_holds += 1
         transport.pause_reading()
         self._loop.call_later(self._gather_delay, self._gathered)
+        self._gather_last = now + self._gather_delay  # when the next read comes, at the soonest
 
     def _gathered(self) -> None:
         """The pause of :meth:`_gather` is over: read again, unless input is held otherwise."""

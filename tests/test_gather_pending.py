@@ -231,26 +231,55 @@ async def test_with_a_progress_callback_every_response_is_read_at_once(
 
 
 async def test_the_final_response_waits_at_most_the_pause() -> None:
-    # One pending response, then the final one 50 ms later: read after the
-    # pause that the pending one began (0.4 s), not sooner, not much later.
-    peer = MoveSCP([("pending", 1), ("sleep", 0.05), ("final",)])
+    # Two pending responses 10 ms apart, then the final one 50 ms later: the
+    # second began a pause (0.4 s), so the final one is read after it, not
+    # sooner, not much later.
+    peer = MoveSCP([("pending", 2), ("sleep", 0.05), ("final",)], gap=0.01)
     result, ended, _ = await _move(peer, 0.4)
-    assert (result.status, result.completed) == (0x0000, 1)
+    assert (result.status, result.completed) == (0x0000, 2)
     waited = ended - peer.final_sent_at
     assert 0.2 < waited < 0.4 + 2.0, waited
     # gather_delay 0: the final response is read when it comes.
-    peer = MoveSCP([("pending", 1), ("sleep", 0.05), ("final",)])
+    peer = MoveSCP([("pending", 2), ("sleep", 0.05), ("final",)], gap=0.01)
     result, ended, _ = await _move(peer, 0.0)
-    assert result.completed == 1 and ended - peer.final_sent_at < 0.2
+    assert result.completed == 2 and ended - peer.final_sent_at < 0.2
+
+
+async def test_sparse_pending_responses_are_read_as_they_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One pending response, then the final one: the first of a retrieve
+    # begins no pause, so a move of one instance waits for nothing. Nor do
+    # responses further apart than the pause (0.05 s): each is read as it
+    # comes, no timer made for it.
+    peer = MoveSCP([("pending", 1), ("sleep", 0.05), ("final",)])
+    result, ended, _ = await _move(peer, 1.0)
+    assert result.completed == 1 and ended - peer.final_sent_at < 0.5
+    peer = MoveSCP([("pending", 4), ("final",)], gap=0.15)
+    timers: list[float] = []
+    loop = asyncio.get_running_loop()
+    call_later = loop.call_later
+
+    def counted(delay: float, *args: Any) -> asyncio.TimerHandle:
+        if delay == 0.05:
+            timers.append(delay)
+        return call_later(delay, *args)
+
+    monkeypatch.setattr(loop, "call_later", counted)
+    with counted_reads(monkeypatch) as reads:
+        result, _, _ = await _move(peer, 0.05)
+    assert result.completed == 4 and len(reads) - 1 >= 5  # each response a read
+    assert timers == []
 
 
 async def test_a_read_that_brings_anything_else_does_not_pause_reading() -> None:
     # A request of the peer (here a C-ECHO-RQ) in the read with a pending
-    # response: the next read comes at once, so the final response is not
-    # held for the 1 s pause.
-    peer = MoveSCP([("echo-rq+pending",), ("sleep", 0.05), ("final",)])
+    # response (the second: the first begins no pause anyway): the next read
+    # comes at once, so the final response is not held for the 1 s pause.
+    peer = MoveSCP([("pending", 1), ("sleep", 0.01), ("echo-rq+pending",), ("sleep", 0.05),
+                    ("final",)])  # fmt: skip
     result, ended, _ = await _move(peer, 1.0)
-    assert result.completed == 1
+    assert result.completed == 2
     assert ended - peer.final_sent_at < 0.5
 
 
