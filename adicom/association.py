@@ -333,16 +333,16 @@ class Association(Driver):
         sub-operation while it stores to a third party (PS3.4 C.4.2.3), as
         fast as that goes. After a read that brought only such responses,
         reading pauses for ``seconds`` (default :attr:`gather_delay`; 0: no
-        pause), so that the next read takes what
-        came meanwhile in one loop turn, not one or two turns per response
-        (a DCMTK peer writes a PDU's headers apart from its data). Only while
-        they come often: the first of a retrieve, and one that comes more
-        than ``seconds`` after the last, begin no pause. The final response
-        then comes up to ``seconds`` later. Anything else in
-        a read (a request of the peer, the final response, another
-        operation's response, an A-ABORT) is handled as ever and lets the
-        next read come at once. The pause is kept under a tenth of
-        :attr:`dimse_timeout` and :attr:`idle_timeout`, so no wait ends for it.
+        pause), so that the next read takes what came meanwhile in one loop
+        turn, not one or two turns per response (a DCMTK peer writes a PDU's
+        headers apart from its data). Only while they come often: the first
+        of a retrieve, and one that comes more than ``seconds`` after the
+        last, begin no pause. The final response then comes up to
+        ``seconds`` later. Anything else in a read (a request of the peer,
+        the final response, another operation's response, an A-ABORT) is
+        handled as ever and lets the next read come at once. The pause is
+        kept under a tenth of :attr:`dimse_timeout` and :attr:`idle_timeout`,
+        so no wait ends for it.
         """
         bounds = [self.gather_delay if seconds is None else seconds]
         bounds += [limit / 10 for limit in (self.dimse_timeout, self.idle_timeout) if limit]
