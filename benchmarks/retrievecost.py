@@ -244,6 +244,8 @@ def _syscalls_stop(counter: subprocess.Popen[bytes], out: Path) -> dict[str, int
     """End an attached ``perf stat``; calls per system call name (``all``: every call)."""
     counter.send_signal(signal.SIGINT)
     counter.wait(timeout=30)
+    if not out.exists():
+        raise RuntimeError("perf stat wrote no counts: are the syscall tracepoints readable?")
     return _syscall_counts(out)
 
 
@@ -459,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in KINDS or not count.isdigit() or int(count) < 2:
             parser.error(f"{item!r}: KIND:N with KIND in {KINDS} and N >= 2")
         runs.append((kind, int(count)))
+    if args.syscalls and shutil.which("perf") is None:
+        parser.error("--syscalls needs perf (linux-tools) and the kernel's syscall tracepoints")
     if len({count for _, count in runs}) != 1:
         parser.error("one N for all runs (the archive holds one series of N)")
     _run(runs, args)
