@@ -72,6 +72,11 @@ SEND_SLICE = 0.002
 BATCH_MESSAGES = 16
 #: A message's PDUs are written once this many bytes are waiting.
 WRITE_BYTES = 256 * 1024
+#: How long reading pauses after a read of only pending responses that
+#: nobody waits for (see Association.gather_pending): a C-MOVE's final
+#: response comes up to this much later, and its pending ones cost a loop
+#: turn and a read for several rather than one or two each.
+GATHER_DELAY = 0.002
 
 
 #: C-ECHO-RQ, encoded once (its Message ID is filled in).
@@ -95,6 +100,10 @@ class Association(Driver):
     server, a client) use :meth:`protocol`, :meth:`request_association`,
     :meth:`wait_request`, :meth:`accept` and :meth:`reject`.
     """
+
+    #: How long reading pauses after a read of only pending responses
+    #: nobody waits for, by default (see :meth:`gather_pending`; 0: never).
+    gather_delay: float = GATHER_DELAY
 
     @property
     def contexts(self) -> dict[int, PresentationContext]:
@@ -314,6 +323,31 @@ class Association(Driver):
         finally:
             if not self._release_done.done():
                 self._release_done.cancel()
+
+    def gather_pending(self, operation: Operation | None, seconds: float | None = None) -> None:
+        """Read ``operation``'s pending responses a few at a time; None: one at a time again.
+
+        For an operation whose pending responses nobody waits for (taken in
+        the transport callback: :meth:`Operation.take_pending`) and whose
+        peer sends nothing else meanwhile: a C-MOVE SCP sends one per
+        sub-operation while it stores to a third party (PS3.4 C.4.2.3), as
+        fast as that goes. After a read that brought only such responses,
+        reading pauses for ``seconds`` (default :attr:`gather_delay`; 0: no
+        pause), so that the next read takes what came meanwhile in one loop
+        turn, not one or two turns per response (a DCMTK peer writes a PDU's
+        headers apart from its data). Only while they come often: the first
+        of a retrieve, and one that comes more than ``seconds`` after the
+        last, begin no pause. The final response then comes up to
+        ``seconds`` later. Anything else in a read (a request of the peer,
+        the final response, another operation's response, an A-ABORT) is
+        handled as ever and lets the next read come at once. The pause is
+        kept under a tenth of :attr:`dimse_timeout` and :attr:`idle_timeout`,
+        so no wait ends for it.
+        """
+        bounds = [self.gather_delay if seconds is None else seconds]
+        bounds += [limit / 10 for limit in (self.dimse_timeout, self.idle_timeout) if limit]
+        self._gather_delay = min(bounds)
+        self._gathering = operation if self._gather_delay > 0 else None
 
     def forget(self, operation: Operation) -> None:
         """Stop routing responses to ``operation``; later ones are logged and dropped."""
@@ -595,14 +629,16 @@ class Association(Driver):
         )
         return await self.send_request(context_id, command, dataset)
 
-    def respond_now(self, request: Message, status: int) -> bool:
+    def respond_now(self, request: Message, status: int, *, write: bool = False) -> bool:
         """Answer a C-ECHO-RQ or C-STORE-RQ with ``status`` at once, if nothing else is sending.
 
         For :attr:`on_request`, in the transport callback: the response is
-        queued and written when the callback ends. Returns False, having
-        sent nothing, when it must wait (another message is on its way, the
-        association cannot send) or is not one of those requests; then
-        use :meth:`respond`.
+        queued and written when the callback ends (with the others of its
+        read, in one write), or with ``write`` at once, for a peer that
+        waits for it before it sends anything more (then the callback's
+        other work comes after). Returns False, having sent nothing, when it
+        must wait (another message is on its way, the association cannot
+        send) or is not one of those requests; then use :meth:`respond`.
         """
         if self._sending or self._error is not None:
             return False
@@ -627,6 +663,8 @@ class Association(Driver):
             return False
         if self._emitter is not None:
             self._emit_sent(request.context_id, template.command(message_id, instance), None)
+        if write:
+            self._write_now()
         return True
 
     async def respond(self, request: Message, status: int, **fields: Any) -> None:

@@ -40,6 +40,7 @@ from adicom.dimse import (
     RequestReceived,
     ResponseReceived,
 )
+from adicom.driverevents import Emission
 from adicom.errors import (
     AssociationAborted,
     AssociationError,
@@ -75,7 +76,7 @@ _STA8 = State.STA8
 PARSE_BUDGET = 256
 
 
-class Driver(Deadlines):
+class Driver(Deadlines, Emission):
     """One connection's asyncio side, under the sans-I/O layers of its association.
 
     Not used alone: :class:`~adicom.association.Association` is this driver
@@ -135,6 +136,15 @@ class Driver(Deadlines):
     _plain_selector = False
     _protocol: TransportProtocol | None = None
     _ended = False  # released, rejected or aborted has been told
+    # An operation whose pending responses are read a few at a time (see
+    # Association.gather_pending), and for how long reading pauses after a
+    # read that brought only those. What the read being handled brought: 0
+    # nothing yet, 1 only such responses, -1 something else too. And when
+    # the last such read was, or the next is due after a pause.
+    _gathering: Operation | None = None
+    _gather_delay = 0.0
+    _gather_now = 0
+    _gather_last = -math.inf
 
     def __init__(
         self,
@@ -339,6 +349,51 @@ class Driver(Deadlines):
         turns.charge(self._loop.time() - now)
         if upper._input_pending:  # upper.input_pending
             self._defer_input()
+        elif self._gather_now:  # what the read brought matters (see _gather)
+            if self._gather_now > 0:
+                self._gather(now)
+            self._gather_now = 0
+
+    def _gather(self, now: float) -> None:
+        """The read brought only pending responses nobody waits for: read again a little later.
+
+        Reading pauses for ``_gather_delay`` (see Association.gather_pending),
+        so that the next read takes the responses that came meanwhile at
+        once, in one loop turn, not one turn (or two: a DCMTK peer writes a
+        PDU's headers apart from its data) per response. The pause is an
+        input hold, as a slow storage's (Association.hold_input): TCP keeps
+        what arrives, and the driver's own pause still wins.
+
+        Only while they come often, the last read of them less than a pause
+        ago (or when the pause after it ended): one every few seconds (large
+        instances, a slow destination) would gather nothing, and pay a timer
+        and two changes of the loop's watch for each. So the first pending
+        response of a retrieve is read as it comes, and a retrieve of one
+        instance (a pending response, then the final one) waits for nothing.
+        """
+        last, self._gather_last = self._gather_last, now
+        if now - last >= self._gather_delay:
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._input_holds += 1
+        transport.pause_reading()
+        self._loop.call_later(self._gather_delay, self._gathered)
+        self._gather_last = now + self._gather_delay  # when the next read comes, at the soonest
+
+    def _gathered(self) -> None:
+        """The pause of :meth:`_gather` is over: read again, unless input is held otherwise."""
+        if self._input_holds > 0:  # hold_input(False) unpaired may have taken it already
+            self._input_holds -= 1
+        transport = self._transport
+        if (
+            transport is not None
+            and not self._input_holds
+            and not self._input_deferred
+            and not transport.is_closing()
+        ):
+            transport.resume_reading()
 
     def _defer_input(self) -> None:
         """Go on in a later turn, reading nothing meanwhile.
@@ -361,6 +416,7 @@ class Driver(Deadlines):
         now = self._loop.time()
         self._ul.parse_pending(now)
         self._after_io()
+        self._gather_now = 0  # reading resumes here, not after a pause (see _gather)
         self._turns.charge(self._loop.time() - now)
         if self._ul.input_pending:
             self._defer_input()
@@ -488,6 +544,22 @@ class Driver(Deadlines):
         if at is not None and at < self._timer_at:
             self._arm(at)
 
+    def _write_now(self) -> None:
+        """Write the PDUs the layers queued now, not when the transport callback ends.
+
+        Data only: a close or an abort the layers asked for is left to the
+        callback's end (_after_io), as ever; so are the trace's events.
+        """
+        upper = self._ul
+        data = upper._out
+        transport = self._transport
+        if data and transport is not None and not upper._close_requested and not upper._abort_sent:
+            upper._out = []
+            if len(data) == 1:
+                transport.write(data[0])
+            else:
+                transport.writelines(data)
+
     def _flush(self) -> None:
         self._batched = 0
         ul_ = self._ul
@@ -546,6 +618,7 @@ class Driver(Deadlines):
                 self._emit_received(event.message)
             self._on_response(event)
         elif type(event) is RequestReceived:
+            self._gather_now = -1  # a request of the peer is answered without delay
             if self._emitter is not None:
                 self._emit_received(event.message)
             answer = self.on_request
@@ -561,6 +634,7 @@ class Driver(Deadlines):
             ):
                 self._incoming.put(event.message)
         else:
+            self._gather_now = -1
             self._on_control_event(event)  # type: ignore[arg-type]
 
     def _on_response(self, event: ResponseReceived) -> None:
@@ -571,9 +645,18 @@ class Driver(Deadlines):
             return  # the DIMSE layer keeps only what is awaited; nothing to do
         operation.deliver(message)
         if event.final:
+            self._gather_now = -1
             del self._operations[message_id]
             if self._room_waiters:
                 self._wake_room()
+        else:
+            # A pending response that nobody waits for (taken in this
+            # callback: the queue stayed empty) lets the reads gather, unless
+            # the read brought something else too (see _gather).
+            if operation is not self._gathering or operation._responses._items:
+                self._gather_now = -1
+            elif not self._gather_now:
+                self._gather_now = 1
 
     def _on_control_event(self, event: ul.ULEvent) -> None:
         if self._emitter is not None:
@@ -644,62 +727,6 @@ class Driver(Deadlines):
             # peer that may never read.
             if self._transport is not None:
                 self._transport.abort()
-
-    # -- events (adicom.events), only when something listens ------------------
-
-    def _emit(self, event: ev.Event) -> None:
-        assert self._emitter is not None
-        self._emitter.emit(event)
-
-    def _emit_trace(self) -> None:
-        """Tell the PDUs sent and received since last time, in order."""
-        trace = self._ul.trace
-        if not trace:
-            return
-        self._ul.trace = []  # a handler that makes the layers send starts a new list
-        this: Any = self  # events name the Association this driver is part of
-        for pdu, sent in trace:
-            self._emit(ev.PduSent(this, pdu) if sent else ev.PduReceived(this, pdu))
-
-    def _emit_received(self, message: Message) -> None:
-        assert self._emitter is not None
-        if self._emitter.wants(ev.MessageReceived):
-            this: Any = self
-            self._emit(ev.MessageReceived(this, message))
-
-    def _lifecycle_event(self, event: ul.ULEvent) -> None:
-        """The lifecycle event an upper layer event means, if any."""
-        self._emit_trace()  # an answer queued before this event (A-RELEASE-RP) comes first
-        this: Any = self
-        if isinstance(event, ul.AssociationRequested):
-            self.request = event.request
-            self._emit(ev.Requested(this, event.request))
-        elif isinstance(event, ul.AssociationAccepted):
-            self._emit(ev.Accepted(this, event.response))
-        elif isinstance(event, ul.AssociationRejected):
-            self._ended = True
-            self._emit(ev.Rejected(this, event.response))
-        elif isinstance(event, ul.ReleaseRequested | ul.ReleaseConfirmed):
-            by_peer = isinstance(event, ul.ReleaseRequested)
-            if not self._ended and not (by_peer and event.collision):  # type: ignore[union-attr]
-                self._ended = True
-                self._emit(ev.Released(this, by_peer))
-
-    def _emit_end(self) -> None:
-        """The connection closed: an association that did not end otherwise was aborted."""
-        if self._ended or self.request is None:
-            return
-        self._ended = True
-        error = self._error or ConnectionClosed("the association has ended")
-        sent = self._ul.sent_abort
-        this: Any = self
-        if isinstance(error, AssociationAborted) and not error.local:
-            event = ev.Aborted(this, False, error.source, error.reason, error)
-        elif sent is not None:
-            event = ev.Aborted(this, True, sent.source, sent.reason, error)
-        else:
-            event = ev.Aborted(this, False, None, None, error)
-        self._emit(event)
 
     def _peer_name(self) -> str:
         """The peer's AE title (the one that is not ours), or its address."""

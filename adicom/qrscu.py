@@ -703,7 +703,10 @@ def _answer_at_once(association: Association, message: Message, state: RetrieveP
         sink.status = status
     if sink.error is not None or sink.warning is not None:
         return False  # its comment goes in the response: answer_store
-    if not association.respond_now(message, sink.status):
+    # Written at once: the peer sends its next sub-operation only once it
+    # has this response (one C-STORE at a time, as DCMTK's dcmqrscp and
+    # adicom's SCP do), so the bookkeeping below waits, not the peer.
+    if not association.respond_now(message, sink.status, write=True):
         return False
     _record(association, message, sink, state)
     return True
@@ -768,4 +771,12 @@ async def move(
     operation = await association.start_operation(
         context_id, command, _identifier_bytes(association, context_id, identifier)
     )
-    return await _run_retrieve(operation, RetrieveProgress(), progress, timeout, association)
+    if progress is None:
+        # Nobody looks at each pending response, and the peer sends only
+        # those on this association (the instances go to the destination):
+        # they may be read a few at a time (see Association.gather_pending).
+        association.gather_pending(operation)
+    try:
+        return await _run_retrieve(operation, RetrieveProgress(), progress, timeout, association)
+    finally:
+        association.gather_pending(None)

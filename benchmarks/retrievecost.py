@@ -4,6 +4,7 @@
     python -m benchmarks.retrievecost --callgrind get:300 move:300   # instruction counts
     python -m benchmarks.retrievecost --profile get:1000              # cProfile, top functions
     python -m benchmarks.retrievecost --dcmtk get:1000 move:1000      # getscu / movescu too
+    python -m benchmarks.retrievecost --syscalls --dcmtk get:1000     # syscalls per sub-op
 
 One DCMTK ``dcmqrscp`` archive is seeded with N small CTs (the get-1000 /
 move-1000 set); for C-MOVE an adicom storage SCP (the benchmark's move
@@ -25,6 +26,13 @@ roughly the sink's share.
 ``--dcmtk`` runs getscu / movescu the same way: CPU of a run of N minus a
 run of one (getrusage of children), and under ``--callgrind`` the
 difference of their instruction totals, per sub-operation.
+
+``--syscalls`` counts system calls per sub-operation with ``perf stat`` on
+the kernel's system call tracepoints (cheap, unlike strace, so reads merge
+as they do untraced): attached to the adicom SCU for the timed call only;
+for getscu / movescu, a run of N minus a run of one. Each read of the
+association's socket is a loop turn too, so reads per sub-op is the figure
+to watch.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import cProfile
 import pstats
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -172,10 +181,12 @@ async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> No
 class _Scu:
     """The adicom SCU process, talked to line by line."""
 
-    def __init__(self, argv: list[str], callgrind: bool) -> None:
+    def __init__(self, argv: list[str], callgrind: bool, keep: Path | None = None) -> None:
         command = [sys.executable, "-m", "benchmarks.retrievecost", "--scu", *argv]
         if callgrind:
-            command = ["valgrind", "--tool=callgrind", "-q", "--callgrind-out-file=/dev/null",
+            # With ``keep``, each timed call's profile is dumped there (see dump).
+            trace = "/dev/null" if keep is None else str(keep.resolve() / "callgrind.scu")
+            command = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={trace}",
                        *command]  # fmt: skip
         self.callgrind = callgrind
         self.proc = subprocess.Popen(
@@ -202,8 +213,60 @@ class _Scu:
     def instructions(self) -> int:
         return callgrind_instructions(self.proc.pid)
 
+    def syscalls(self, out: Path) -> subprocess.Popen[bytes]:
+        """Count the SCU's system calls until :func:`_syscalls_stop`; the counts go to ``out``."""
+        return _perf_stat(["-p", str(self.proc.pid)], out)
+
     def close(self) -> None:
         end_child(self.proc)
+
+
+#: The system calls counted by name under ``--syscalls`` (all of them are counted too).
+_SYSCALLS = ("read", "recvfrom", "write", "sendto", "writev", "sendmsg", "epoll_wait",
+             "epoll_pwait", "poll", "epoll_ctl", "openat", "close", "rename")  # fmt: skip
+
+
+def _perf_stat(
+    target: list[str], out: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``perf stat`` of system call tracepoints for ``target`` (``-p PID`` or ``-- argv``)."""
+    events = ["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{name}" for name in _SYSCALLS)]
+    command = ["perf", "stat", "-x", ",", "-o", str(out), "-e", ",".join(events), *target]
+    counter = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    if target[0] == "-p":
+        time.sleep(0.3)  # perf attaches to a running process in ~0.1 s; nothing runs meanwhile
+    return counter
+
+
+def _syscalls_stop(counter: subprocess.Popen[bytes], out: Path) -> dict[str, int]:
+    """End an attached ``perf stat``; calls per system call name (``all``: every call)."""
+    counter.send_signal(signal.SIGINT)
+    counter.wait(timeout=30)
+    if not out.exists():
+        raise RuntimeError("perf stat wrote no counts: are the syscall tracepoints readable?")
+    return _syscall_counts(out)
+
+
+def _syscall_counts(out: Path) -> dict[str, int]:
+    """Calls per system call name in a ``perf stat -x ,`` output file."""
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].isdigit():
+            event = fields[2]
+            name = "all" if event.startswith("raw_") else event.rsplit("sys_enter_", 1)[-1]
+            counts[name] = int(fields[0])
+    out.unlink()
+    return counts
+
+
+def _per_op(counts: dict[str, int], n: int) -> str:
+    """System calls per operation: all of them, and the busiest by name."""
+    top = sorted(((k, v) for k, v in counts.items() if k != "all" and v > 0), key=lambda kv: -kv[1])
+    shown = " ".join(f"{name} {c / n:.2f}" for name, c in top[:7])
+    return f"syscalls/op {counts.get('all', 0) / n:.2f}: {shown}"
 
 
 def _us(cpu: float, system: float, n: int) -> str:
@@ -211,15 +274,27 @@ def _us(cpu: float, system: float, n: int) -> str:
     return f"{cpu / n * 1e6:8.1f} ({system / n * 1e6:5.1f})"
 
 
-def _tool_run(argv: list[str], callgrind: bool, out: Path) -> tuple[float, float, int, float]:
-    """One DCMTK command: CPU and system s (children's rusage), instructions (0 unless), wall s."""
+def _tool_run(
+    argv: list[str], callgrind: bool, out: Path, syscalls: dict[str, int] | None = None
+) -> tuple[float, float, int, float]:
+    """One DCMTK command: CPU and system s (children's rusage), instructions (0 unless), wall s.
+
+    With ``syscalls`` (a dict), its system calls are counted into it.
+    """
     trace = out / "callgrind.dcmtk"
     if callgrind:
         argv = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={trace}", *argv]
+    counter = None
+    if syscalls is not None:
+        counter = _perf_stat(["--", *argv], out / "syscalls.dcmtk", child_env({"TCP_NODELAY": "1"}))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(argv, check=True, env=child_env({"TCP_NODELAY": "1"}),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)  # fmt: skip
+    if counter is None:
+        subprocess.run(argv, check=True, env=child_env({"TCP_NODELAY": "1"}),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=1800)  # fmt: skip
+    elif counter.wait(timeout=1800) != 0:
+        raise RuntimeError(f"{argv[0]} under perf stat failed")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -231,13 +306,18 @@ def _tool_run(argv: list[str], callgrind: bool, out: Path) -> tuple[float, float
                 count = int(line.split()[1])
                 break
         trace.unlink()
+    if syscalls is not None:
+        syscalls.update(_syscall_counts(out / "syscalls.dcmtk"))
     return cpu, system, count, wall
 
 
 def _dcmtk_cost(
-    kind: str, n: int, port: int, data_dir: Path, out: Path, callgrind: bool
-) -> tuple[str, float, float]:
-    """getscu / movescu per sub-op: CPU (system) us, instructions, wall s; run of N minus one."""
+    kind: str, n: int, port: int, data_dir: Path, out: Path, callgrind: bool, syscalls: bool
+) -> tuple[str, float, float, str]:
+    """getscu / movescu per sub-op: CPU (system) us, instructions, wall s, system calls.
+
+    Each is a run of N minus a run of one.
+    """
     keys = series_keys(data_dir)
     tool = find_tool("getscu" if kind == "get" else "movescu")
     if tool is None:
@@ -255,13 +335,23 @@ def _dcmtk_cost(
         return [*cmd, HOST, str(port)]
 
     runs = []
-    for single in (True, False):
+    calls: list[dict[str, int]] = [{}, {}]
+    for single, counts in zip((True, False), calls, strict=True):
         folder = out / f"dcmtk-{kind}-{'one' if single else 'all'}"
         folder.mkdir()
-        runs.append(_tool_run(argv(single, folder), callgrind, out))
+        runs.append(_tool_run(argv(single, folder), callgrind, out, counts if syscalls else None))
         shutil.rmtree(folder, ignore_errors=True)
     (cpu1, sys1, ir1, wall1), (cpun, sysn, irn, walln) = runs
-    return _us(cpun - cpu1, sysn - sys1, n - 1), (irn - ir1) / (n - 1), walln - wall1
+    one, all_ = calls
+    calls_per_op = (
+        _per_op({k: v - one.get(k, 0) for k, v in all_.items()}, n - 1) if syscalls else ""
+    )
+    return (
+        _us(cpun - cpu1, sysn - sys1, n - 1),
+        (irn - ir1) / (n - 1),
+        walln - wall1,
+        calls_per_op,
+    )
 
 
 def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
@@ -289,7 +379,7 @@ def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
         argv = [str(archive.port), str(data_dir), str(work / "out")]
         if profile is not None:
             argv.append(str(profile))
-        scu = _Scu(argv, args.callgrind)
+        scu = _Scu(argv, args.callgrind, args.keep)
         scu.ask("", "READY")
         unit = "kIr/sub-op" if args.callgrind else ""
         print(f"{'run':10} {'adicom us (sys)':>16} {unit:>11}", end="")
@@ -298,13 +388,20 @@ def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
             warm = scu.ask(f"warm {kind}", "DONE")
             if args.callgrind:
                 scu.callgrind_control("-z")
+            summary = work / "syscalls.scu"
+            counter = scu.syscalls(summary) if args.syscalls else None
             spent, system, wall, completed = scu.ask(f"go {kind}", "DONE")
+            ours = _per_op(_syscalls_stop(counter, summary), n) if counter is not None else ""
             line = f"{kind}:{completed:<6} {_us(float(spent), float(system), n)}"
             if args.callgrind:
                 line += f" {scu.instructions() / n / 1e3:11.1f}"
+                if args.keep:
+                    scu.callgrind_control("-d", f"{kind}")  # callgrind.scu.N in --keep
+            theirs = ""
             if args.dcmtk and kind != "getnull":
-                cpu, ir, dcmtk_wall = _dcmtk_cost(kind, n, archive.port, data_dir, work / "out",
-                                      args.callgrind)  # fmt: skip
+                cpu, ir, dcmtk_wall, theirs = _dcmtk_cost(kind, n, archive.port, data_dir,
+                                                          work / "out", args.callgrind,
+                                                          args.syscalls)  # fmt: skip
                 line += f"  {cpu}"
                 if args.callgrind:
                     line += f" {ir / 1e3:11.1f}"
@@ -312,6 +409,10 @@ def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
             print(
                 f"{line}  (adicom wall: one {float(warm[2]) * 1e3:.1f} ms, N {float(wall):.3f} s)"
             )
+            if ours:
+                print(f"  adicom {ours}")
+            if theirs:
+                print(f"  DCMTK  {theirs}")
             if profile is not None:
                 stats = pstats.Stats(str(profile.with_suffix(f".{kind}.prof")))
                 stats.sort_stats("tottime").print_stats(args.top)
@@ -342,8 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     mode.add_argument("--profile", action="store_true", help="cProfile the timed call")
+    mode.add_argument("--syscalls", action="store_true", help="system calls per sub-op (perf stat)")
     parser.add_argument("--top", type=int, default=40, help="--profile: functions shown")
-    parser.add_argument("--keep", type=Path, help="--profile: copy the .prof files here")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="--profile: copy the .prof files here; --callgrind: dump the profiles here",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run the list this many times")
     parser.add_argument("--dcmtk", action="store_true", help="getscu / movescu too")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="instance cache")
@@ -355,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in KINDS or not count.isdigit() or int(count) < 2:
             parser.error(f"{item!r}: KIND:N with KIND in {KINDS} and N >= 2")
         runs.append((kind, int(count)))
+    if args.syscalls and shutil.which("perf") is None:
+        parser.error("--syscalls needs perf (linux-tools) and the kernel's syscall tracepoints")
     if len({count for _, count in runs}) != 1:
         parser.error("one N for all runs (the archive holds one series of N)")
     _run(runs, args)

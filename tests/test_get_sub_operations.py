@@ -114,3 +114,32 @@ async def test_a_memory_get_finishes_each_instance_at_once() -> None:
     assert progress.completed == len(expected) and progress.failed == 0
     assert {str(d.SOPInstanceUID) for d in storage.datasets} == expected
     assert all(d.file_meta.MediaStorageSOPInstanceUID == d.SOPInstanceUID for d in storage.datasets)
+
+
+async def test_a_sub_operation_answered_at_once_is_written_before_its_bookkeeping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The C-GET SCP sends its next sub-operation only once it has the
+    # C-STORE-RSP: the response leaves before the callback's own work (the
+    # counts, the file's path), not when the callback ends.
+    tree = Tree(build_tree())
+    storage = Counting(set())
+    unwritten: list[int] = []
+    record = qrscu._record
+
+    def recording(association: adicom.Association, *args: object) -> None:
+        unwritten.append(len(association._ul._out))  # PDUs queued, not written yet
+        record(association, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(qrscu, "_record", recording)
+    contexts, roles = qrscu.get_contexts()
+    async with (
+        pacs(tree) as node,
+        adicom.connect(
+            node.host, node.port, called_ae=node.aet, contexts=contexts, roles=roles
+        ) as assoc,
+    ):
+        progress = await qrscu.get(assoc, _series_identifier(tree), storage, report=False)
+    assert progress.failed == 0 and progress.completed == len(unwritten) > 0
+    assert storage.finished_now >= 1  # answered in the callback (the others awaited)
+    assert set(unwritten) == {0}

@@ -64,6 +64,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.events",
                 "adicom.transport",
                 "adicom.deadlines",
+                "adicom.driverevents",
                 "adicom.driver",
                 "adicom.association",
                 "adicom.client",
