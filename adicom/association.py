@@ -159,7 +159,7 @@ class Association(Driver):
             return
         if self._input_holds:
             transport.pause_reading()
-        elif not self._input_deferred:
+        elif not self._input_deferred and self._gather_pause is None:
             transport.resume_reading()
 
     def context_for(self, abstract_syntax: str) -> PresentationContext:
@@ -340,14 +340,22 @@ class Association(Driver):
         last, begin no pause. The final response then comes up to
         ``seconds`` later. Anything else in a read (a request of the peer,
         the final response, another operation's response, an A-ABORT) is
-        handled as ever and lets the next read come at once. The pause is
-        kept under a tenth of :attr:`dimse_timeout` and :attr:`idle_timeout`,
-        so no wait ends for it.
+        handled as ever and lets the next read come at once. No pause begins
+        while another operation is outstanding, and one starting ends a
+        pause. The pause is kept under a tenth of :attr:`dimse_timeout` and
+        :attr:`idle_timeout`, so no wait ends for it.
         """
         bounds = [self.gather_delay if seconds is None else seconds]
         bounds += [limit / 10 for limit in (self.dimse_timeout, self.idle_timeout) if limit]
         self._gather_delay = min(bounds)
         self._gathering = operation if self._gather_delay > 0 else None
+        if self._gathering is None:
+            self._end_gather()
+
+    @property
+    def gathering(self) -> Operation | None:
+        """The operation whose pending responses are read a few at a time (gather_pending)."""
+        return self._gathering
 
     def forget(self, operation: Operation) -> None:
         """Stop routing responses to ``operation``; later ones are logged and dropped."""
@@ -526,6 +534,8 @@ class Association(Driver):
             assert message_id is not None
             operation = Operation(self, context_id, command)
             self._operations[message_id] = operation
+            if self._gather_pause is not None:
+                self._end_gather()  # its answer must not wait for a pause
             try:
                 await self.send_message(context_id, command, dataset, encoded=encoded)
             except BaseException:
@@ -554,6 +564,8 @@ class Association(Driver):
             return None
         operation = Operation(self, context_id, command)
         self._operations[message_id] = operation
+        if self._gather_pause is not None:
+            self._end_gather()  # its answer must not wait for a pause
         try:
             sent = dimse.send_whole(context_id, command, None, self._loop.time(), encoded=encoded)
         except BaseException:

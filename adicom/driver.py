@@ -140,11 +140,13 @@ class Driver(Deadlines, Emission):
     # Association.gather_pending), and for how long reading pauses after a
     # read that brought only those. What the read being handled brought: 0
     # nothing yet, 1 only such responses, -1 something else too. And when
-    # the last such read was, or the next is due after a pause.
+    # the last such read was, or the next is due after a pause; and the
+    # pause's timer while reading pauses (an input hold of its own).
     _gathering: Operation | None = None
     _gather_delay = 0.0
     _gather_now = 0
     _gather_last = -math.inf
+    _gather_pause: asyncio.TimerHandle | None = None
 
     def __init__(
         self,
@@ -361,8 +363,9 @@ class Driver(Deadlines, Emission):
         so that the next read takes the responses that came meanwhile at
         once, in one loop turn, not one turn (or two: a DCMTK peer writes a
         PDU's headers apart from its data) per response. The pause is an
-        input hold, as a slow storage's (Association.hold_input): TCP keeps
-        what arrives, and the driver's own pause still wins.
+        input hold of its own, beside a slow storage's
+        (Association.hold_input) and the driver's slices: reading resumes
+        when none of them holds it; TCP keeps what arrives meanwhile.
 
         Only while they come often, the last read of them less than a pause
         ago (or when the pause after it ended): one every few seconds (large
@@ -370,22 +373,25 @@ class Driver(Deadlines, Emission):
         and two changes of the loop's watch for each. So the first pending
         response of a retrieve is read as it comes, and a retrieve of one
         instance (a pending response, then the final one) waits for nothing.
+
+        And only while that operation is the association's only one: the
+        response to any other (a C-ECHO beside the move, a second retrieve)
+        must not wait for the pause; one started during a pause ends it
+        (:meth:`_end_gather`).
         """
         last, self._gather_last = self._gather_last, now
-        if now - last >= self._gather_delay:
+        if now - last >= self._gather_delay or len(self._operations) > 1 or self._reserved:
             return
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._gather_pause is not None:
             return
-        self._input_holds += 1
         transport.pause_reading()
-        self._loop.call_later(self._gather_delay, self._gathered)
+        self._gather_pause = self._loop.call_later(self._gather_delay, self._gathered)
         self._gather_last = now + self._gather_delay  # when the next read comes, at the soonest
 
     def _gathered(self) -> None:
         """The pause of :meth:`_gather` is over: read again, unless input is held otherwise."""
-        if self._input_holds > 0:  # hold_input(False) unpaired may have taken it already
-            self._input_holds -= 1
+        self._gather_pause = None
         transport = self._transport
         if (
             transport is not None
@@ -394,6 +400,13 @@ class Driver(Deadlines, Emission):
             and not transport.is_closing()
         ):
             transport.resume_reading()
+
+    def _end_gather(self) -> None:
+        """End a pause of :meth:`_gather` now (a request of ours is going out)."""
+        pause = self._gather_pause
+        if pause is not None:
+            pause.cancel()
+            self._gathered()
 
     def _defer_input(self) -> None:
         """Go on in a later turn, reading nothing meanwhile.
@@ -420,10 +433,13 @@ class Driver(Deadlines, Emission):
         self._turns.charge(self._loop.time() - now)
         if self._ul.input_pending:
             self._defer_input()
-        elif self._transport is not None and not self._input_holds:
+        elif self._transport is not None and not self._input_holds and self._gather_pause is None:
             self._transport.resume_reading()
 
     def _connection_lost(self, exc: Exception | None = None) -> None:
+        if self._gather_pause is not None:
+            self._gather_pause.cancel()
+            self._gather_pause = None
         if isinstance(exc, SSLError) and self._error is None:
             # TLS 1.3 checks a client certificate after the client's side of
             # the handshake is done: the refusal arrives as an alert on read.

@@ -779,4 +779,5 @@ async def move(
     try:
         return await _run_retrieve(operation, RetrieveProgress(), progress, timeout, association)
     finally:
-        association.gather_pending(None)
+        if association.gathering is operation:  # not another move's, begun since
+            association.gather_pending(None)

@@ -67,14 +67,16 @@ class MoveSCP:
     responses ``gap`` seconds apart, ``("final",)`` the final one,
     ``("sleep", s)`` waits, ``("abort",)`` sends an A-ABORT and stops,
     ``("echo-rq+pending",)`` writes a C-ECHO-RQ of the peer and a pending
-    response at once.
+    response at once, ``("pending+final",)`` a pending response and the
+    final one at once.
     """
 
     def __init__(self, script: list[tuple[Any, ...]], gap: float = 0.0) -> None:
         self.script = script
         self.gap = gap
         self.total = sum(
-            step[1] if step[0] == "pending" else step[0] == "echo-rq+pending" for step in script
+            step[1] if step[0] == "pending" else step[0] in ("echo-rq+pending", "pending+final")
+            for step in script
         )
         self.final_sent_at = 0.0
 
@@ -139,6 +141,13 @@ class MoveSCP:
                 writer.write(
                     PDataTF((PDV(context_id, True, True, echo),)).encode()
                     + b"".join(_response(0xFF00, self.total - completed, completed, context_id))
+                )
+            elif step[0] == "pending+final":
+                completed += 1
+                self.final_sent_at = loop.time()
+                writer.write(
+                    b"".join(_response(0xFF00, 0, completed, context_id))
+                    + b"".join(_response(0x0000, 0, completed, context_id))
                 )
             elif step[0] == "abort":
                 writer.write(AAbort(0, 0).encode())
@@ -231,10 +240,11 @@ async def test_with_a_progress_callback_every_response_is_read_at_once(
 
 
 async def test_the_final_response_waits_at_most_the_pause() -> None:
-    # Two pending responses 10 ms apart, then the final one 50 ms later: the
-    # second began a pause (0.4 s), so the final one is read after it, not
-    # sooner, not much later.
-    peer = MoveSCP([("pending", 2), ("sleep", 0.05), ("final",)], gap=0.01)
+    # Two pending responses 0.1 s apart (each its own read, even if this
+    # process is slow to read the first), then the final one 50 ms later:
+    # the second began a pause (0.4 s), so the final one is read after it,
+    # not sooner, not much later.
+    peer = MoveSCP([("pending", 2), ("sleep", 0.05), ("final",)], gap=0.1)
     result, ended, _ = await _move(peer, 0.4)
     assert (result.status, result.completed) == (0x0000, 2)
     waited = ended - peer.final_sent_at
@@ -287,9 +297,108 @@ async def test_an_abort_during_a_pause_is_seen_when_it_ends() -> None:
     peer = MoveSCP([("pending", 2), ("sleep", 0.05), ("abort",)])
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(adicom.AssociationAborted):
-        await _move(peer, 0.3)
+    async with peer.running() as port, asyncio.timeout(BOUND):
+        async with adicom.connect("127.0.0.1", port, contexts=qrscu.move_contexts()) as assoc:
+            assoc.gather_delay = 0.3
+            with pytest.raises(adicom.AssociationAborted):
+                await qrscu.move(assoc, identifier(), "DEST")
     assert loop.time() - started < 0.3 * 3 + 2.0
+    # The move that raised turned its gathering off, and no pause outlives the connection.
+    assert assoc.gathering is None and assoc._gather_pause is None
+
+
+async def test_the_final_response_in_a_read_ends_the_pausing() -> None:
+    # The third pending response and the final one come in one read, after
+    # a pause (1 s) began by the second: reading goes on at once after that
+    # read, so the release's A-RELEASE-RP is not held for another pause.
+    peer = MoveSCP([("pending", 2), ("sleep", 0.05), ("pending+final",)], gap=0.01)
+    loop = asyncio.get_running_loop()
+    async with peer.running() as port, asyncio.timeout(BOUND):
+        async with adicom.connect("127.0.0.1", port, contexts=qrscu.move_contexts()) as assoc:
+            assoc.gather_delay = 1.0
+            result = await qrscu.move(assoc, identifier(), "DEST")
+            assert (result.status, result.completed) == (0x0000, 3)
+            started = loop.time()
+        assert assoc._released  # the release, once the block ends
+        assert loop.time() - started < 0.5
+
+
+async def test_responses_someone_waits_for_never_pause_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gather_pending on an operation whose responses are queued for a reader
+    # (not taken in the transport callback): every read comes at once.
+    peer = MoveSCP([("pending", 6), ("final",)], gap=0.01)
+    pauses: list[object] = []
+    gather = Driver._gather
+
+    def counted(self: Driver, now: float) -> None:
+        gather(self, now)
+        if self._gather_pause is not None:
+            pauses.append(self._gather_pause)
+
+    monkeypatch.setattr(Driver, "_gather", counted)
+    async with peer.running() as port, asyncio.timeout(BOUND):
+        async with adicom.connect("127.0.0.1", port, contexts=qrscu.move_contexts()) as assoc:
+            context = assoc.context_for(MOVE).context_id
+            command = Command(
+                CommandField.C_MOVE_RQ, affected_sop_class_uid=MOVE, move_destination="DEST"
+            )
+            operation = await assoc.start_operation(context, command, _identifier_bytes())
+            assoc.gather_pending(operation, 1.0)
+            responses = 0
+            while not operation.done:
+                await operation.next_response()
+                responses += 1
+                await asyncio.sleep(0.005)  # a slow reader: responses wait in the queue
+            assoc.gather_pending(None)
+    assert responses == 7 and pauses == []
+
+
+def _identifier_bytes() -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, identifier())
+    return out.getvalue()
+
+
+async def test_another_operation_ends_a_pause_and_none_begins_beside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A C-ECHO started during a pause (1 s) ends it: its answer must not
+    # wait. While the C-ECHO is outstanding (this peer never answers it),
+    # the move's later pending responses, 10 ms apart, begin no pause.
+    peer = MoveSCP([("pending", 2), ("sleep", 0.3), ("pending", 4), ("final",)], gap=0.01)
+    pauses: list[float] = []
+    gather = Driver._gather
+
+    def counted(self: Driver, now: float) -> None:
+        had = self._gather_pause
+        gather(self, now)
+        if self._gather_pause is not None and self._gather_pause is not had:
+            pauses.append(now)
+
+    monkeypatch.setattr(Driver, "_gather", counted)
+    contexts = [*qrscu.move_contexts(), ("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]
+    async with peer.running() as port, asyncio.timeout(BOUND):
+        async with adicom.connect("127.0.0.1", port, contexts=contexts) as assoc:
+            assoc.gather_delay = 1.0
+            move = asyncio.create_task(qrscu.move(assoc, identifier(), "DEST"))
+            for _ in range(200):  # the second pending response begins a pause
+                if assoc._gather_pause is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert assoc._gather_pause is not None and len(pauses) == 1
+            echo = Command(CommandField.C_ECHO_RQ, affected_sop_class_uid="1.2.840.10008.1.1")
+            await assoc.start_operation(assoc.context_for("1.2.840.10008.1.1").context_id, echo)
+            assert assoc._gather_pause is None  # reading again at once
+            result = await move
+            assert (result.status, result.completed) == (0x0000, 6)
+            assert len(pauses) == 1
+            assoc.abort()  # the C-ECHO is never answered
 
 
 async def test_the_pause_stays_under_a_tenth_of_the_timeouts() -> None:
