@@ -293,8 +293,15 @@ def _tool_run(
         subprocess.run(argv, check=True, env=child_env({"TCP_NODELAY": "1"}),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=1800)  # fmt: skip
-    elif counter.wait(timeout=1800) != 0:
-        raise RuntimeError(f"{argv[0]} under perf stat failed")
+    else:
+        try:
+            failed = counter.wait(timeout=1800) != 0
+        except subprocess.TimeoutExpired:
+            counter.kill()  # perf, and the tool it runs with it
+            counter.wait()
+            raise
+        if failed:
+            raise RuntimeError(f"{argv[0]} under perf stat failed")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
