@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import pathlib
+import struct
 from typing import Any
 
 import pydicom
@@ -229,3 +230,31 @@ async def test_a_server_writes_each_response_before_the_hooks(
         async with asyncio.timeout(10):
             await scp.wait_idle()
     assert order == ["written", "filed"] * 3
+
+
+def test_a_warning_goes_the_task_s_way_with_the_hooks_run_once(tmp_path: pathlib.Path) -> None:
+    # A group 0002 inside the data set is dropped: stored, with a warning
+    # (0xB006) whose comment the task's response carries. The hooks still
+    # run in the callback, once, before the task answers.
+    order: list[str] = []
+    calls: list[tuple[Any, ...]] = []
+    storage = _hooked_storage(tmp_path, order, calls)
+    dataset = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    uid = str(dataset.SOPInstanceUID)
+    value = EXPLICIT.encode() + b"\0"
+    meta = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(value)) + value
+    instance = storage.open(StoreContext("A", "B", CT, uid, EXPLICIT))
+    instance.write(memoryview(meta + encode_dataset(dataset, EXPLICIT)))
+    command = Command(
+        CommandField.C_STORE_RQ,
+        message_id=3,
+        affected_sop_class_uid=CT,
+        affected_sop_instance_uid=uid,
+    )
+    message = Message(1, command, sink=instance)
+    association = FakeAssociation(order)
+    assert not _serving()._answer_now(association, message)  # type: ignore[arg-type]
+    assert order == ["filed", "stored"] and instance.status == 0xB006
+    assert asyncio.run(answer_store(association, message)) is instance  # type: ignore[arg-type]
+    assert order == ["filed", "stored", "respond (task)"]
+    assert association.responses == [0xB006] and len(calls) == 1
