@@ -97,6 +97,9 @@ class DiskInstance(ValueReading, IncomingInstance):
     _drained: asyncio.Future[None] | None = None
     _held = False
     _status: int | None = None  # once finished by finish_now (finish returns it)
+    # Filed, its hooks (on_filed, on_stored) not run yet: the values they
+    # get (see store_now and after_answer).
+    _unhooked: dict[str, str] | None = None
     # The data set read as it streams in (see __init__).
     _found: dict[int, bytes] | None = None
     _walk_at = 0
@@ -463,6 +466,7 @@ class DiskInstance(ValueReading, IncomingInstance):
     async def finish(self) -> int:
         """Check the data set, file it, and return the C-STORE status."""
         if self._status is not None:
+            self.after_answer()  # if store_now left its hooks
             return self._status  # finished already, by finish_now
         self._settle_start()
         if self._pending and self._fd is not None:
@@ -470,7 +474,9 @@ class DiskInstance(ValueReading, IncomingInstance):
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
         if self._storage.filer is None:
-            return self._conclude()
+            status = self._conclude()
+            self.after_answer()
+            return status
         early = self._early_status()
         if early is not None:
             return early
@@ -489,6 +495,20 @@ class DiskInstance(ValueReading, IncomingInstance):
         and then :meth:`finish` does the rest. Once this returned a status,
         :meth:`finish` returns that same status and does nothing more.
         """
+        status = self.store_now()
+        self.after_answer()
+        return status
+
+    def store_now(self) -> int | None:
+        """:meth:`finish_now`, leaving the filing's hooks to :meth:`after_answer`.
+
+        The status is final once the file is in place (fsync'd when the
+        storage asks): PS3.4 B.2.2 wants nothing more before it is sent.
+        What only follows the filing, the storage's ``on_filed`` and
+        ``on_stored`` hooks (an archive's index row), waits for
+        :meth:`after_answer`, which the caller runs right after sending the
+        response, in the same callback.
+        """
         if self._status is None:
             if self._storage.filer is not None:
                 return None
@@ -498,6 +518,13 @@ class DiskInstance(ValueReading, IncomingInstance):
                 return None
             self._status = self._conclude()
         return self._status
+
+    def after_answer(self) -> None:
+        """Run the filing's hooks that :meth:`store_now` left, once."""
+        values = self._unhooked
+        if values is not None:
+            self._unhooked = None
+            self._run_hooks(values)
 
     def _settle_start(self) -> None:
         start = self._start
@@ -649,6 +676,17 @@ class DiskInstance(ValueReading, IncomingInstance):
         # made from text costs ~2.5 us, a tenth of filing an instance).
         self._name = name
         storage.stored_names.append(name)
+        if storage.on_filed is not None or storage.on_stored is not None:
+            # Run by after_answer (finish_now, finish, or the server once
+            # the response is written): the status does not wait for them.
+            self._unhooked = values
+        return Status.SUCCESS
+
+    def _run_hooks(self, values: dict[str, str]) -> None:
+        """The storage's hooks for the filed instance; their failures only logged."""
+        storage = self._storage
+        name = self._name
+        assert name is not None
         try:
             if storage.on_filed is not None:
                 assert self._stat is not None
@@ -659,7 +697,6 @@ class DiskInstance(ValueReading, IncomingInstance):
             # The file is stored; a failing hook (an index) must not
             # turn that into a failure status.
             log.exception("on_stored failed for %s", name)
-        return Status.SUCCESS
 
 
 def _disk_error(exc: OSError) -> str:

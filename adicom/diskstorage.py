@@ -110,6 +110,11 @@ class DiskStorage(StorageHandler):
     ``raw`` has the bytes as received of the values that are not plain
     ASCII, in the data set's Specific Character Set (also in ``values``),
     so they can be answered back byte for byte.
+    A server that answers the C-STORE-RQ in the transport callback writes
+    the response once the file is in place (and fsync'd with ``fsync``)
+    and calls the hooks right after it, in the same callback, before any
+    other code runs (:meth:`~adicom.storage.IncomingInstance.store_now`); a hook that
+    fails is logged and the status stays Success.
     Temporary files that an earlier process left behind (killed while
     receiving) are removed when the storage is made.
 

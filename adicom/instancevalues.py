@@ -233,6 +233,14 @@ class ValueReading:
         # Every keyword, "" unless found: only the values found are decoded.
         values = storage.blank_values.copy()
         keywords = storage.keywords
+        joined = b"".join(found.values())
+        if joined.isascii() and ESC not in joined:
+            # Every value plain ASCII (see below), as in most instances: told
+            # once for all of them, not per value (an archive wants some 19).
+            # The tags found are wanted ones, each with its keyword.
+            for tag, raw in found.items():
+                values[keywords[tag]] = raw.decode("ascii").strip(" \0")
+            return values
         encodings: tuple[str, ...] | None = None
         for tag, raw in found.items():
             if not raw:

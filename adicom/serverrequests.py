@@ -237,7 +237,7 @@ class RequestServing:
             return False
         if sink.status is None:
             try:
-                status = sink.finish_now()
+                status = sink.store_now()
             except Exception:
                 # In the driver's callback: the task's finish() answers instead
                 # (a failure status for what was left half done).
@@ -249,8 +249,18 @@ class RequestServing:
             # and never stores the instance twice.
             sink.status = status
         status = sink.status
-        if status != Status.SUCCESS or not association.respond_now(message, status):
-            return False
+        try:
+            if status != Status.SUCCESS or not association.respond_now(message, status):
+                return False
+            # Written now: the peer reads it and sends the next instance
+            # while the storage's hooks (an archive's index row) run.
+            association.write_now()
+        finally:
+            # The instance is stored (PS3.4 B.2.2: only then its status); its
+            # hooks run here, in this callback, with no await since it was
+            # filed: no other code sees it acknowledged but not indexed, and
+            # a crash before this leaves a file that Archive.open() indexes.
+            sink.after_answer()
         if self.audit is not None:
             self._audit_store(association, message, sink)
         return True

@@ -167,6 +167,23 @@ class IncomingInstance:
         """
         return None
 
+    def store_now(self) -> int | None:
+        """:meth:`finish_now`, but what only follows the storing may wait for :meth:`after_answer`.
+
+        For a server that answers in the transport callback: the status is
+        final once the instance is stored (PS3.4 B.2.2), so the response
+        can go out before the work that only follows (a DiskStorage's
+        ``on_filed`` and ``on_stored`` hooks: an archive's index row). The
+        caller then runs :meth:`after_answer` in the same callback, with no
+        await between, whether or not the response could be sent: no other
+        code sees the instance stored but its hooks not run. The default is
+        :meth:`finish_now`, which leaves nothing.
+        """
+        return self.finish_now()
+
+    def after_answer(self) -> None:
+        """Run what :meth:`store_now` left for after the response (once; else nothing)."""
+
 
 class StorageHandler:
     """Decides where received instances go (base class)."""

@@ -2,7 +2,7 @@
 
     python -m benchmarks.storesink --callgrind disk:300 serve:300
     python -m benchmarks.storesink --profile serve:300      # cProfile call counts
-    python -m benchmarks.storesink --callgrind --scratch /dev/shm sink:1000
+    python -m benchmarks.storesink --callgrind --scratch /dev/shm sink:1000 archive:1000
     python -m benchmarks.storesink --callgrind --repeat 3 --max-send-pdu 16384 serve:300
 
 ``disk`` is ``Server(storage=DiskStorage(DIR))``; ``serve`` is ``adicom
@@ -17,7 +17,11 @@ run). The turn budget is 0 under callgrind (see benchmarks.permessage).
 ``sink`` is ``DiskStorage`` alone, in one process, no network: N data
 sets read into memory first, then each opened, written in one fragment
 and finished as the server does it (what happens to an instance once its
-bytes arrive: the walks, the temporary file, the filing).
+bytes arrive: the walks, the temporary file, the filing). ``archive`` is
+the same through ``Archive(DIR).storage`` (what ``adicom serve --storage``
+adds: its 19 wanted values, the index rows, a commit every ARCHIVE_BATCH
+instances). ``--profile`` of ``sink`` and ``archive`` profiles the measured
+part only.
 
 storescu sends each data set in PDUs as large as the SCP accepts, capped at
 its own 128 KiB: one PDU per small instance, as adicom announces 1 MiB.
@@ -53,6 +57,9 @@ from benchmarks.processes import (
 from benchmarks.procfs import proc_cpu_seconds
 
 HOST = "127.0.0.1"
+#: ``archive``: instances between commits of its index (its timer commits a
+#: burst within 50 ms: some 130 instances at 2,600 a second).
+ARCHIVE_BATCH = 128
 AET = "ADICOM"
 STORESCU = "/usr/bin/storescu"
 
@@ -79,15 +86,20 @@ def _disk_server(folder: str, port: int, budget: float) -> None:
     asyncio.run(serve())
 
 
-def _sink_child(folder: str, count: int) -> None:
+def _sink_child(folder: str, count: int, kind: str = "sink", profile: str = "") -> None:
     """``sink``: N instances through ``DiskStorage(folder)`` in this process, no network.
 
     The data sets (the files without their file meta) are read first; then
     "ready" on stdout, and on a line from stdin each instance is opened,
     written in one fragment and finished as the server does it
     (``finish_now``), "done" on stdout, and the child waits for stdin to close.
+    ``archive``: the same through an :class:`~adicom.archive.Archive`'s
+    storage (its SQLite index committed every ARCHIVE_BATCH instances and at
+    the end, as its timer does for a burst). ``profile``: cProfile the
+    measured part into this file.
     """
     import asyncio
+    import cProfile
 
     import pydicom
 
@@ -103,7 +115,14 @@ def _sink_child(folder: str, count: int) -> None:
         group_length = int.from_bytes(raw[start + 8 : start + 12], "little")
         body = raw[start + 12 + group_length :]
         items.append((body, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)))
-    storage = adicom.DiskStorage(folder)
+    archive = None
+    if kind == "archive":
+        from adicom.archive import Archive
+
+        archive = Archive(folder)
+        storage = archive.storage
+    else:
+        storage = adicom.DiskStorage(folder)
 
     def store(body: bytes, sop_class: str, sop_instance: str) -> None:
         context = _store_context(
@@ -116,25 +135,46 @@ def _sink_child(folder: str, count: int) -> None:
             raise RuntimeError(f"instance refused: {status:#06x} {sink.error}")
 
     async def run(chosen: list[tuple[bytes, str, str]]) -> None:
-        for item in chosen:
+        if archive is None:
+            for item in chosen:
+                store(*item)
+            return
+        for at, item in enumerate(chosen, 1):
             store(*item)
+            if at % ARCHIVE_BATCH == 0:
+                archive.flush()
+        archive.flush()
 
     asyncio.run(run(items[:1]))  # one first: imports and caches warm
     print("ready", flush=True)
     sys.stdin.readline()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     asyncio.run(run(items[1:]))
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     print("done", flush=True)
     sys.stdin.readline()
+    if archive is not None:
+        archive.close()
 
 
-def _measure_sink(n: int, mode: str, scratch: Path | None) -> float:
-    """``sink``: the cost per instance of DiskStorage alone, fed from memory."""
+def _measure_sink(
+    n: int, mode: str, scratch: Path | None, kind: str = "sink", keep: Path | None = None
+) -> float:
+    """``sink`` / ``archive``: the cost per instance of the storage alone, fed from memory."""
     work = Path(tempfile.mkdtemp(prefix="adicom-storesink-", dir=scratch))
     argv = [sys.executable, "-m", "benchmarks.storesink", "--sink-child", str(work / "store")]
     if mode == "callgrind":
-        argv = ["valgrind", "--tool=callgrind", "-q", "--callgrind-out-file=/dev/null", *argv]
+        out = str(keep / f"callgrind.{kind}.out") if keep else "/dev/null"
+        argv = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={out}", *argv]
+    prof = ""
+    if mode == "profile":
+        prof = str(keep / f"{kind}.prof") if keep else str(work / "prof")
     process = subprocess.Popen(
-        [*argv, str(n)],
+        [*argv, str(n), kind, prof],
         cwd=REPO_ROOT,
         env=child_env(),
         stdin=subprocess.PIPE,
@@ -153,10 +193,15 @@ def _measure_sink(n: int, mode: str, scratch: Path | None) -> float:
         if process.stdout.readline().strip() != "done":
             raise RuntimeError("the sink child failed")
         if mode == "callgrind":
-            return callgrind_instructions(process.pid) / n
+            count = callgrind_instructions(process.pid)
+            if keep:
+                subprocess.run(["callgrind_control", "-d", str(process.pid)], capture_output=True)
+            return count / n
         return ((proc_cpu_seconds(process.pid) or 0.0) - cpu) * 1e6 / n
     finally:
         end_child(process)
+        if prof and os.path.exists(prof):
+            pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -234,14 +279,14 @@ def measure(
 def main() -> None:
     """Parse the command line and run the measurements."""
     if sys.argv[1:2] == ["--sink-child"]:
-        _sink_child(sys.argv[2], int(sys.argv[3]))
+        _sink_child(sys.argv[2], int(sys.argv[3]), *sys.argv[4:6])
         return
     if sys.argv[1:2] == ["--disk-server"]:
         folder, port, budget = sys.argv[2:5]
         _disk_server(folder, int(port), float(budget))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="KIND:N, KIND one of disk, serve, sink")
+    parser.add_argument("runs", nargs="+", help="KIND:N, KIND one of disk, serve, sink, archive")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     mode.add_argument("--profile", action="store_true", help="cProfile the SCP")
@@ -257,14 +302,12 @@ def main() -> None:
         args.keep.mkdir(parents=True, exist_ok=True)
     for run in args.runs:
         kind, _, count = run.partition(":")
-        if kind not in ("disk", "serve", "sink"):
+        if kind not in ("disk", "serve", "sink", "archive"):
             parser.error(f"unknown kind {kind!r}")
-        if kind == "sink" and chosen == "profile":
-            parser.error("sink runs with --callgrind or for CPU time")
         n = int(count or 300)
         cost = statistics.median(
-            _measure_sink(n, chosen, args.scratch)
-            if kind == "sink"
+            _measure_sink(n, chosen, args.scratch, kind, args.keep)
+            if kind in ("sink", "archive")
             else measure(kind, n, chosen, args.keep, args.scratch, args.max_send_pdu)
             for _ in range(max(1, args.repeat))
         )

@@ -1159,3 +1159,27 @@ async def test_keep_leaves_the_first_copy_under_its_study(tmp_path: pathlib.Path
         assert await archive.index.path_of(str(first.SOPInstanceUID)) == filed_at(tmp_path, first)
     finally:
         archive.close()
+
+
+def test_make_row_takes_every_value_or_blanks_what_is_missing() -> None:
+    """A receiver's values (every keyword) and a partial mapping make the same kind of row."""
+    full = {keyword: f"v-{keyword}" for keyword in ATTRIBUTES}
+    full["SpecificCharacterSet"] = "ISO_IR 100"
+    row = make_row(full, pathlib.Path("/a/b.dcm"), "1.2.840.10008.1.2.1", 7, 9, {"X": b"\xe9"})
+    assert row[: len(ATTRIBUTES)] == [f"v-{keyword}" for keyword in ATTRIBUTES]
+    assert row[len(ATTRIBUTES) :] == [
+        "1.2.840.10008.1.2.1",
+        "ISO_IR 100",
+        '{"X": "\\u00e9"}',
+        "/a/b.dcm",
+        7,
+        9,
+    ]
+    # Missing keywords (a mapping of some only) and None read as "".
+    partial: dict[str, Any] = {"SOPInstanceUID": "1.2.3", "PatientName": None}
+    row = make_row(partial, "/a/c.dcm", "1.2.840.10008.1.2")
+    keywords = list(ATTRIBUTES)
+    assert row[keywords.index("SOPInstanceUID")] == "1.2.3"
+    assert row[keywords.index("PatientName")] == ""
+    assert row[keywords.index("PatientID")] == ""
+    assert row[len(ATTRIBUTES) :] == ["1.2.840.10008.1.2", "", "", "/a/c.dcm", 0, 0]

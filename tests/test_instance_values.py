@@ -68,6 +68,8 @@ def received(storage: adicom.DiskStorage, dataset: Dataset, body: bytes) -> Inco
     [
         # Every value ASCII.
         (None, {"PatientName": b"Doe^John", "PatientID": b"ID1 ", "StudyID": b"7 "}),
+        # Every value ASCII, padded either side with spaces and NULs, one empty.
+        (None, {"PatientName": b" Doe^John\0", "PatientID": b"\0ID1", "StudyID": b""}),
         # ISO 2022: ASCII bytes, but one value has escape sequences (ESC).
         (
             "\\ISO 2022 IR 87",
