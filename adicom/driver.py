@@ -257,16 +257,6 @@ class Driver(Deadlines, Emission):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
-    def write_now(self) -> None:
-        """Write what is queued to the connection now, not when the callback ends.
-
-        For :attr:`on_request`, which answers in the transport callback:
-        a response queued there (Association.respond_now) then leaves
-        before the work that only follows it, so that the peer goes on
-        meanwhile.
-        """
-        self._flush()
-
     async def wait_closed(self, timeout: float | None = 10.0) -> None:
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
         if self._closed:

@@ -250,11 +250,10 @@ class RequestServing:
             sink.status = status
         status = sink.status
         try:
-            if status != Status.SUCCESS or not association.respond_now(message, status):
+            # Written at once (write=True): the peer reads it and sends the
+            # next instance while the storage's hooks (an archive's index row) run.
+            if status != Status.SUCCESS or not association.respond_now(message, status, write=True):
                 return False
-            # Written now: the peer reads it and sends the next instance
-            # while the storage's hooks (an archive's index row) run.
-            association.write_now()
         finally:
             # The instance is stored (PS3.4 B.2.2: only then its status); its
             # hooks run here, in this callback, with no await since it was

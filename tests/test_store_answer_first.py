@@ -41,16 +41,15 @@ class FakeAssociation:
         self.can_send_now = can_send_now
         self.responses: list[int] = []
 
-    def respond_now(self, message: Message, status: int) -> bool:
+    def respond_now(self, message: Message, status: int, *, write: bool = False) -> bool:
         if not self.can_send_now:
             self.order.append("cannot send now")
             return False
         self.order.append("respond")
         self.responses.append(status)
+        if write:
+            self.order.append("written")
         return True
-
-    def write_now(self) -> None:
-        self.order.append("written")
 
     async def respond(self, message: Message, status: int, **fields: Any) -> None:
         self.order.append("respond (task)")
@@ -179,10 +178,10 @@ async def test_the_archive_has_the_row_right_after_the_callback(tmp_path: pathli
         uid = str(dataset.SOPInstanceUID)
         responded = association.respond_now
 
-        def respond_now(message: Message, status: int) -> bool:
+        def respond_now(message: Message, status: int, *, write: bool = False) -> bool:
             # When the response is made, the row is not there yet...
             assert index.pending_path(uid) is None
-            return responded(message, status)
+            return responded(message, status, write=write)
 
         association.respond_now = respond_now  # type: ignore[method-assign]
         assert _serving()._answer_now(association, message)  # type: ignore[arg-type]
@@ -207,15 +206,15 @@ async def test_a_server_writes_each_response_before_the_hooks(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The real path: the server's association writes the C-STORE-RSP
-    # (Driver.write_now) before on_filed runs, instance after instance.
+    # (Driver._write_now) before on_filed runs, instance after instance.
     order: list[str] = []
-    write_now = Driver.write_now
+    write_now = Driver._write_now
 
     def recorded(self: Driver) -> None:
         write_now(self)
         order.append("written")
 
-    monkeypatch.setattr(Driver, "write_now", recorded)
+    monkeypatch.setattr(Driver, "_write_now", recorded)
     storage = adicom.DiskStorage(
         tmp_path, on_filed=lambda name, values, context, raw, stat: order.append("filed")
     )
