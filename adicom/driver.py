@@ -257,6 +257,11 @@ class Driver(Deadlines, Emission):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    @property
+    def watched(self) -> bool:
+        """True when hooks or protocol logging listen to this association's events."""
+        return self._emitter is not None
+
     async def wait_closed(self, timeout: float | None = 10.0) -> None:
         """Wait until the connection has closed, closing it ourselves after ``timeout``."""
         if self._closed:

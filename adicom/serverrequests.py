@@ -218,7 +218,7 @@ class RequestServing:
         """Answer a C-ECHO-RQ or a C-STORE-RQ at once, if it can be (see Driver.on_request).
 
         A C-STORE-RQ whose storage can finish the instance without waiting
-        (:meth:`IncomingInstance.finish_now`: a
+        (:meth:`IncomingInstance.store_now`: a
         :class:`~adicom.diskinstance.DiskInstance` with nothing left to
         write, a MemoryStorage's) is stored here, in the transport callback
         that read its last fragment, and answered Success when the
@@ -226,6 +226,11 @@ class RequestServing:
         leave now, goes the usual way (:func:`answer_store` sends the status
         kept on the instance, with its comment, and does not store it again).
         The status is still sent only once the instance is stored (PS3.4 B.2.2).
+        The storage's hooks (:meth:`IncomingInstance.after_answer`: an
+        archive's index row) run right after the response is written, in
+        this callback; before it when hooks or protocol logging listen to
+        the association, so that a handler of the response's MessageSent
+        never sees the instance acknowledged but not indexed.
         """
         field = message.command.command_field
         if field == CommandField.C_ECHO_RQ:
@@ -249,6 +254,8 @@ class RequestServing:
             # and never stores the instance twice.
             sink.status = status
         status = sink.status
+        if association.watched:
+            sink.after_answer()  # told as it is sent: indexed first (see above)
         try:
             # Written at once (write=True): the peer reads it and sends the
             # next instance while the storage's hooks (an archive's index row) run.

@@ -159,11 +159,11 @@ class IncomingInstance:
     def finish_now(self) -> int | None:
         """Like :meth:`finish`, when storing needs no waiting; None (touching nothing) when it does.
 
-        Called first, in the transport callback that took the last
-        fragment, so that the status can go out from there (a C-GET's
-        sub-operation is then answered without a pass through the event
-        loop); after None, :meth:`finish` is awaited as usual. The default
-        always says None.
+        Called first (by way of :meth:`store_now` in a server), in the
+        transport callback that took the last fragment, so that the status
+        can go out from there (a C-GET's sub-operation is then answered
+        without a pass through the event loop); after None, :meth:`finish`
+        is awaited as usual. The default always says None.
         """
         return None
 

@@ -1183,3 +1183,7 @@ def test_make_row_takes_every_value_or_blanks_what_is_missing() -> None:
     assert row[keywords.index("PatientName")] == ""
     assert row[keywords.index("PatientID")] == ""
     assert row[len(ATTRIBUTES) :] == ["1.2.840.10008.1.2", "", "", "/a/c.dcm", 0, 0]
+    # Every keyword there, some None: "" too, never NULL in the index.
+    full["PatientName"] = None  # type: ignore[assignment]
+    row = make_row(full, "/a/d.dcm", "1.2.840.10008.1.2")
+    assert row[keywords.index("PatientName")] == ""

@@ -24,6 +24,7 @@ import adicom
 from adicom.archive import Archive
 from adicom.association import Message
 from adicom.dimse import Command, CommandField
+from adicom.diskinstance import DiskInstance
 from adicom.driver import Driver
 from adicom.fileformat import encode_dataset
 from adicom.serverrequests import RequestServing
@@ -36,9 +37,12 @@ EXPLICIT = "1.2.840.10008.1.2.1"
 class FakeAssociation:
     """What _answer_now and answer_store use of an association, noting the order."""
 
-    def __init__(self, order: list[str], *, can_send_now: bool = True) -> None:
+    def __init__(
+        self, order: list[str], *, can_send_now: bool = True, watched: bool = False
+    ) -> None:
         self.order = order
         self.can_send_now = can_send_now
+        self.watched = watched  # hooks or protocol logging listen to its events
         self.responses: list[int] = []
 
     def respond_now(self, message: Message, status: int, *, write: bool = False) -> bool:
@@ -122,6 +126,57 @@ def test_the_response_is_written_before_the_hooks_which_run_once(tmp_path: pathl
     assert asyncio.run(sink.finish()) == 0
     sink.after_answer()
     assert len(calls) == 1 and order.count("stored") == 1
+
+
+def test_with_event_hooks_listening_the_hooks_run_before_the_response(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A handler of the response's MessageSent (told as it is sent) must not
+    # see the instance acknowledged but not indexed: the storage's hooks first.
+    order: list[str] = []
+    calls: list[tuple[Any, ...]] = []
+    storage = _hooked_storage(tmp_path, order, calls)
+    message, _ = _received(storage)
+    association = FakeAssociation(order, watched=True)
+    assert _serving()._answer_now(association, message)  # type: ignore[arg-type]
+    assert order == ["filed", "stored", "respond", "written"]
+    assert len(calls) == 1
+
+
+def test_finish_after_store_now_runs_the_hooks_left(tmp_path: pathlib.Path) -> None:
+    # store_now filed it and left the hooks; a finish() (the task's way)
+    # that comes next runs them, once.
+    order: list[str] = []
+    calls: list[tuple[Any, ...]] = []
+    storage = _hooked_storage(tmp_path, order, calls)
+    message, _ = _received(storage)
+    sink = message.sink
+    assert isinstance(sink, IncomingInstance)
+    assert sink.store_now() == 0 and order == []
+    assert asyncio.run(sink.finish()) == 0
+    assert order == ["filed", "stored"]
+    sink.after_answer()
+    assert sink.finish_now() == 0 and len(calls) == 1
+
+
+def test_a_finish_now_of_its_own_still_decides(tmp_path: pathlib.Path) -> None:
+    # A DiskInstance whose finish_now says None (to be finished by finish(),
+    # e.g. after an asynchronous check) is not stored in the callback.
+    order: list[str] = []
+    calls: list[tuple[Any, ...]] = []
+    storage = _hooked_storage(tmp_path, order, calls)
+    message, _ = _received(storage)
+    sink = message.sink
+    assert isinstance(sink, DiskInstance)
+    sink.finish_now = lambda: None  # type: ignore[method-assign]
+    association = FakeAssociation(order)
+    assert not _serving()._answer_now(association, message)  # type: ignore[arg-type]
+    assert order == [] and sink.status is None
+    # One that hands on to DiskInstance's (a subclass's super()): stored,
+    # the hooks run by it, once, and no loop between the two methods.
+    sink.finish_now = lambda: DiskInstance.finish_now(sink)  # type: ignore[method-assign]
+    assert _serving()._answer_now(association, message)  # type: ignore[arg-type]
+    assert order == ["filed", "stored", "respond", "written"] and len(calls) == 1
 
 
 def test_hooks_run_in_the_callback_when_the_response_must_wait(tmp_path: pathlib.Path) -> None:
