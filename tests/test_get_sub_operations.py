@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 from pydicom.dataset import Dataset
 
@@ -63,6 +66,19 @@ def _series_identifier(tree: Tree) -> Dataset:
     return identifier
 
 
+@contextlib.asynccontextmanager
+async def _connected(tree: Tree) -> AsyncIterator[adicom.Association]:
+    """An association to a PACS node holding ``tree``, offering what a C-GET receives."""
+    contexts, roles = qrscu.get_contexts()
+    async with (
+        pacs(tree) as node,
+        adicom.connect(
+            node.host, node.port, called_ae=node.aet, contexts=contexts, roles=roles
+        ) as assoc,
+    ):
+        yield assoc
+
+
 @pytest.mark.parametrize("at_once", [True, False])
 async def test_each_sub_operation_is_stored_once_and_refusals_keep_their_reason(
     at_once: bool,
@@ -73,13 +89,7 @@ async def test_each_sub_operation_is_stored_once_and_refusals_keep_their_reason(
     ]
     refused = str(series[0].SOPInstanceUID)  # the first: likely answered at once
     storage = Counting({refused}, at_once=at_once)
-    contexts, roles = qrscu.get_contexts()
-    async with (
-        pacs(tree) as node,
-        adicom.connect(
-            node.host, node.port, called_ae=node.aet, contexts=contexts, roles=roles
-        ) as assoc,
-    ):
+    async with _connected(tree) as assoc:
         progress = await qrscu.get(assoc, _series_identifier(tree), storage, report=False)
         assert assoc.on_request is None  # the C-GET's own hook is gone with it
     assert (progress.completed, progress.failed) == (len(series) - 1, 1)
@@ -98,13 +108,7 @@ async def test_each_sub_operation_is_stored_once_and_refusals_keep_their_reason(
 async def test_a_memory_get_finishes_each_instance_at_once() -> None:
     tree = Tree(build_tree())
     storage = adicom.MemoryStorage()
-    contexts, roles = qrscu.get_contexts()
-    async with (
-        pacs(tree) as node,
-        adicom.connect(
-            node.host, node.port, called_ae=node.aet, contexts=contexts, roles=roles
-        ) as assoc,
-    ):
+    async with _connected(tree) as assoc:
         progress = await qrscu.get(assoc, _series_identifier(tree), storage)
     expected = {
         str(d.SOPInstanceUID)
@@ -132,13 +136,7 @@ async def test_a_sub_operation_answered_at_once_is_written_before_its_bookkeepin
         record(association, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(qrscu, "_record", recording)
-    contexts, roles = qrscu.get_contexts()
-    async with (
-        pacs(tree) as node,
-        adicom.connect(
-            node.host, node.port, called_ae=node.aet, contexts=contexts, roles=roles
-        ) as assoc,
-    ):
+    async with _connected(tree) as assoc:
         progress = await qrscu.get(assoc, _series_identifier(tree), storage, report=False)
     assert progress.failed == 0 and progress.completed == len(unwritten) > 0
     assert storage.finished_now >= 1  # answered in the callback (the others awaited)

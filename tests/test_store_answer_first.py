@@ -102,11 +102,18 @@ def _hooked_storage(root: pathlib.Path, order: list[str], calls: list[tuple[Any,
     return adicom.DiskStorage(root, on_filed=on_filed, on_stored=on_stored)
 
 
-def test_the_response_is_written_before_the_hooks_which_run_once(tmp_path: pathlib.Path) -> None:
+def _hooked(
+    root: pathlib.Path,
+) -> tuple[list[str], list[tuple[Any, ...]], Message, pydicom.Dataset]:
+    """A whole C-STORE-RQ received into a storage whose hooks note what they see."""
     order: list[str] = []
     calls: list[tuple[Any, ...]] = []
-    storage = _hooked_storage(tmp_path, order, calls)
-    message, dataset = _received(storage)
+    message, dataset = _received(_hooked_storage(root, order, calls))
+    return order, calls, message, dataset
+
+
+def test_the_response_is_written_before_the_hooks_which_run_once(tmp_path: pathlib.Path) -> None:
+    order, calls, message, dataset = _hooked(tmp_path)
     association = FakeAssociation(order)
     assert _serving()._answer_now(association, message)  # type: ignore[arg-type]
     # Answered, written, then the hooks, all in this one call.
@@ -133,10 +140,7 @@ def test_with_event_hooks_listening_the_hooks_run_before_the_response(
 ) -> None:
     # A handler of the response's MessageSent (told as it is sent) must not
     # see the instance acknowledged but not indexed: the storage's hooks first.
-    order: list[str] = []
-    calls: list[tuple[Any, ...]] = []
-    storage = _hooked_storage(tmp_path, order, calls)
-    message, _ = _received(storage)
+    order, calls, message, _ = _hooked(tmp_path)
     association = FakeAssociation(order, watched=True)
     assert _serving()._answer_now(association, message)  # type: ignore[arg-type]
     assert order == ["filed", "stored", "respond", "written"]
@@ -146,10 +150,7 @@ def test_with_event_hooks_listening_the_hooks_run_before_the_response(
 def test_finish_after_store_now_runs_the_hooks_left(tmp_path: pathlib.Path) -> None:
     # store_now filed it and left the hooks; a finish() (the task's way)
     # that comes next runs them, once.
-    order: list[str] = []
-    calls: list[tuple[Any, ...]] = []
-    storage = _hooked_storage(tmp_path, order, calls)
-    message, _ = _received(storage)
+    order, calls, message, _ = _hooked(tmp_path)
     sink = message.sink
     assert isinstance(sink, IncomingInstance)
     assert sink.store_now() == 0 and order == []
@@ -162,10 +163,7 @@ def test_finish_after_store_now_runs_the_hooks_left(tmp_path: pathlib.Path) -> N
 def test_a_finish_now_of_its_own_still_decides(tmp_path: pathlib.Path) -> None:
     # A DiskInstance whose finish_now says None (to be finished by finish(),
     # e.g. after an asynchronous check) is not stored in the callback.
-    order: list[str] = []
-    calls: list[tuple[Any, ...]] = []
-    storage = _hooked_storage(tmp_path, order, calls)
-    message, _ = _received(storage)
+    order, calls, message, _ = _hooked(tmp_path)
     sink = message.sink
     assert isinstance(sink, DiskInstance)
     sink.finish_now = lambda: None  # type: ignore[method-assign]
@@ -182,10 +180,7 @@ def test_a_finish_now_of_its_own_still_decides(tmp_path: pathlib.Path) -> None:
 def test_hooks_run_in_the_callback_when_the_response_must_wait(tmp_path: pathlib.Path) -> None:
     # Another message is on its way: the status waits for the task, but the
     # instance is filed and its hooks run in the callback all the same.
-    order: list[str] = []
-    calls: list[tuple[Any, ...]] = []
-    storage = _hooked_storage(tmp_path, order, calls)
-    message, _ = _received(storage)
+    order, calls, message, _ = _hooked(tmp_path)
     association = FakeAssociation(order, can_send_now=False)
     assert not _serving()._answer_now(association, message)  # type: ignore[arg-type]
     assert order == ["cannot send now", "filed", "stored"]
