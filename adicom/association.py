@@ -159,8 +159,8 @@ class Association(Driver):
             return
         if self._input_holds:
             transport.pause_reading()
-        elif not self._input_deferred and self._gather_pause is None:
-            transport.resume_reading()
+        else:
+            self._read_again()
 
     def context_for(self, abstract_syntax: str) -> PresentationContext:
         """The first accepted context for an abstract syntax; raises if none."""
@@ -532,10 +532,7 @@ class Association(Driver):
                 command = command.with_message_id(dimse.next_message_id())
             message_id = command.message_id
             assert message_id is not None
-            operation = Operation(self, context_id, command)
-            self._operations[message_id] = operation
-            if self._gather_pause is not None:
-                self._end_gather()  # its answer must not wait for a pause
+            operation = self._track(context_id, command, message_id)
             try:
                 await self.send_message(context_id, command, dataset, encoded=encoded)
             except BaseException:
@@ -544,6 +541,14 @@ class Association(Driver):
         finally:
             self._reserved -= 1
             self._wake_room()
+        return operation
+
+    def _track(self, context_id: int, command: Command, message_id: int) -> Operation:
+        """The Operation that takes the responses to the request about to be sent."""
+        operation = Operation(self, context_id, command)
+        self._operations[message_id] = operation
+        if self._gather_pause is not None:
+            self._end_gather()  # its answer must not wait for a pause
         return operation
 
     def _start_now(self, context_id: int, command: Command, encoded: bytes) -> Operation | None:
@@ -562,10 +567,7 @@ class Association(Driver):
             or self._sending
         ):
             return None
-        operation = Operation(self, context_id, command)
-        self._operations[message_id] = operation
-        if self._gather_pause is not None:
-            self._end_gather()  # its answer must not wait for a pause
+        operation = self._track(context_id, command, message_id)
         try:
             sent = dimse.send_whole(context_id, command, None, self._loop.time(), encoded=encoded)
         except BaseException:

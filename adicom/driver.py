@@ -397,11 +397,21 @@ class Driver(Deadlines, Emission):
     def _gathered(self) -> None:
         """The pause of :meth:`_gather` is over: read again, unless input is held otherwise."""
         self._gather_pause = None
+        self._read_again()
+
+    def _read_again(self) -> None:
+        """Resume reading unless input is still held.
+
+        Three things hold it, each on its own: a consumer's holds
+        (Association.hold_input), the driver's slices (:meth:`_defer_input`)
+        and a gathering pause (:meth:`_gather`); the last to let go reads again.
+        """
         transport = self._transport
         if (
             transport is not None
             and not self._input_holds
             and not self._input_deferred
+            and self._gather_pause is None
             and not transport.is_closing()
         ):
             transport.resume_reading()
@@ -438,8 +448,8 @@ class Driver(Deadlines, Emission):
         self._turns.charge(self._loop.time() - now)
         if self._ul.input_pending:
             self._defer_input()
-        elif self._transport is not None and not self._input_holds and self._gather_pause is None:
-            self._transport.resume_reading()
+        else:
+            self._read_again()
 
     def _connection_lost(self, exc: Exception | None = None) -> None:
         if self._gather_pause is not None:

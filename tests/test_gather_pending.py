@@ -414,6 +414,39 @@ async def test_another_operation_ends_a_pause_and_none_begins_beside_it(
             assoc.abort()  # the C-ECHO is never answered
 
 
+async def test_a_flood_of_pending_responses_is_read_in_bounded_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hostile SCP writes 3,000 pending responses back to back: the pauses
+    # gather them into few reads, but each read is still parsed a budget at
+    # a time (the driver's slices win over a pause, which never starts while
+    # input waits), every pause ends, and nothing is lost.
+    peer = MoveSCP([("pending", 1), ("sleep", 0.02), ("pending", 3000), ("final",)])
+    deferred: list[int] = []
+    defer = Driver._defer_input
+
+    def counted(self: Driver) -> None:
+        deferred.append(1)
+        defer(self)
+
+    monkeypatch.setattr(Driver, "_defer_input", counted)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with counted_reads(monkeypatch) as reads:
+        async with peer.running() as port, asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", port, contexts=qrscu.move_contexts()) as assoc:
+                assoc.gather_delay = 0.05
+                assoc._ul.parse_budget = 64  # PDUs per slice, small for the test
+                result = await qrscu.move(assoc, identifier(), "DEST")
+                transport = assoc._transport
+                assert transport is not None and transport.is_reading()
+                assert assoc._gather_pause is None
+    assert (result.status, result.completed, result.remaining) == (0x0000, 3001, 0)
+    assert deferred  # parsed in slices, pause or not
+    assert len(reads) < 3001  # gathered, not a read per response
+    assert loop.time() - started < BOUND / 2
+
+
 async def test_the_pause_stays_under_a_tenth_of_the_timeouts() -> None:
     peer = MoveSCP([("final",)])
     async with peer.running() as port, asyncio.timeout(BOUND):
