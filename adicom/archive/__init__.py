@@ -193,7 +193,6 @@ class Archive:
         #: Index changes waiting to be written beyond which a C-STORE is
         #: refused (0xA700) until half are written (SQLite index; see _admit).
         self.max_pending = max_pending
-        self._refusing = False
         # Stores whose index write failed half-way (a timeout, a cancel): the
         # row may have been written for a file that is removed; dropped once
         # the database answers again.
@@ -235,7 +234,41 @@ class Archive:
             raw=raw,
             displace=displace,
         )
-        self._commit_soon()
+        # A chunk's worth waiting, or max_pending: see _many_pending (one
+        # comparison per instance otherwise).
+        pending = index.pending
+        if pending >= index.chunk or pending >= self.max_pending:
+            self._many_pending(pending)
+        if self._commit_timer is None:
+            self._schedule_commit(COMMIT_DELAY)
+
+    def _many_pending(self, pending: int) -> None:
+        """A chunk's worth of changes waits (commit at the next turn), or max_pending (refuse)."""
+        index = self._sqlite
+        assert index is not None
+        handle = self._commit_timer
+        if (
+            handle is not None
+            and self._commit_delayed
+            and not self._commit_held
+            and pending >= index.chunk
+        ):
+            handle.cancel()
+            self._commit_timer = None
+            self._schedule_commit(0.0)
+        storage = self.storage
+        if (
+            pending >= self.max_pending
+            and isinstance(storage, _IndexedStorage)
+            and not storage.refusing
+        ):
+            storage.refusing = True
+            log.warning(
+                "archive %s: %d index changes wait to be written (max_pending); "
+                "C-STOREs are refused with 0xA700 until half of them are",
+                self.root,
+                pending,
+            )
 
     async def _file_shared(
         self,
@@ -312,24 +345,9 @@ class Archive:
             self._settling = None
 
     def _commit_soon(self) -> None:
-        """Commit the index within COMMIT_DELAY: one commit for a burst of changes.
-
-        A chunk's worth waiting is written at the next loop turn instead
-        (unless the index is failing: then the retry's delay holds).
-        """
-        handle = self._commit_timer
-        if handle is not None:
-            if (
-                self._commit_delayed
-                and not self._commit_held
-                and self._sqlite is not None
-                and self._sqlite.pending >= self._sqlite.chunk
-            ):
-                handle.cancel()
-                self._commit_timer = None
-                self._schedule_commit(0.0)
-            return
-        self._schedule_commit(COMMIT_DELAY)
+        """Commit the index within COMMIT_DELAY: one commit for a burst of changes."""
+        if self._commit_timer is None:
+            self._schedule_commit(COMMIT_DELAY)
 
     def _schedule_commit(self, delay: float) -> None:
         try:
@@ -403,7 +421,7 @@ class Archive:
         self._schedule_commit(delay)
 
     def _admit(self) -> bool:
-        """Whether a C-STORE may be received now: False while too many changes wait.
+        """Whether C-STOREs are received again, once refused (see _many_pending).
 
         The pending changes are memory (some 400 bytes a row) that a peer
         could grow without bound while the index cannot be written (another
@@ -411,25 +429,10 @@ class Archive:
         stores are refused until the index has written half of them.
         """
         index = self._sqlite
-        if index is None:
-            return True
-        pending = index.pending
-        if self._refusing:
-            if pending > self.max_pending // 2:
-                return False
-            self._refusing = False
-            log.info("archive %s: the index caught up; C-STOREs are accepted again", self.root)
-            return True
-        if pending < self.max_pending:
-            return True
-        self._refusing = True
-        log.warning(
-            "archive %s: %d index changes wait to be written (max_pending); "
-            "C-STOREs are refused with 0xA700 until half of them are",
-            self.root,
-            pending,
-        )
-        return False
+        if index is not None and index.pending > self.max_pending // 2:
+            return False
+        log.info("archive %s: the index caught up; C-STOREs are accepted again", self.root)
+        return True
 
     def flush(self) -> None:
         """Commit all the index's pending changes now (one transaction), not within COMMIT_DELAY."""
@@ -698,11 +701,15 @@ class Archive:
 class _IndexedStorage(DiskStorage):
     """The SQLite archive's DiskStorage: refuses an instance at once while its index is behind.
 
-    ``admit()`` is asked as each C-STORE-RQ's data set starts: False, and
-    the instance is refused before anything of it is written (no file, no
-    index row), so an SCU is never told Success for what is not indexed
-    and the memory of the pending changes stays bounded.
+    While :attr:`refusing` (the archive sets it past ``max_pending``), each
+    C-STORE-RQ's data set is refused as it starts, before anything of it is
+    written (no file, no index row), until ``admit()`` says the index
+    caught up: the memory of the pending changes stays bounded, and no
+    Success is sent for what the index could not take.
     """
+
+    #: Whether stores are refused (until ``admit()``).
+    refusing = False
 
     def __init__(self, admit: Callable[[], bool], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -710,8 +717,10 @@ class _IndexedStorage(DiskStorage):
 
     def open(self, context: StoreContext) -> IncomingInstance:
         """Start receiving one instance, or refuse it (see the class)."""
-        if not self.admit():
-            return _Refused(context)
+        if self.refusing:
+            if not self.admit():
+                return _Refused(context)
+            self.refusing = False
         return DiskInstance(self, context)
 
 
