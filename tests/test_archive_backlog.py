@@ -288,3 +288,15 @@ def test_a_row_changed_again_keeps_its_first_number(tmp_path: pathlib.Path) -> N
         assert index.written(index.serial)
     finally:
         index.close()
+
+
+def test_serve_takes_index_max_pending(capsys: pytest.CaptureFixture[str]) -> None:
+    from adicom.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--storage", "x", "--index-max-pending", "7"])
+    assert args.index_max_pending == 7
+    assert parser.parse_args(["serve"]).index_max_pending == archive_module.DEFAULT_MAX_PENDING
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--index-max-pending", "0"])
+    assert "--index-max-pending" in capsys.readouterr().err
