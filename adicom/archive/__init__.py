@@ -77,7 +77,7 @@ COMMIT_DELAY = 0.05
 #: Seconds between tries to write the index after a failure (a full disk).
 COMMIT_RETRY = 1.0
 #: Default of ``Archive(max_pending=)``: index changes waiting to be written
-#: (about 400 bytes each: 4 MB) beyond which C-STOREs are refused.
+#: (about 450 bytes each: 4.5 MB) beyond which C-STOREs are refused.
 DEFAULT_MAX_PENDING = 10_000
 #: How long Archive.open() tries to write a batch while other processes
 #: sharing the index hold its lock (seconds).
@@ -423,7 +423,7 @@ class Archive:
     def _admit(self) -> bool:
         """Whether C-STOREs are received again, once refused (see _many_pending).
 
-        The pending changes are memory (some 400 bytes a row) that a peer
+        The pending changes are memory (some 450 bytes a row) that a peer
         could grow without bound while the index cannot be written (another
         process holds its lock, its disk is full): past ``max_pending``
         stores are refused until the index has written half of them.

@@ -132,11 +132,12 @@ _ROW_UID = ROW_COLUMNS.index("sop_instance_uid")
 _DISPLACE_CHUNK = 500
 #: Changes written per transaction by a bounded commit (:meth:`Index.commit`
 #: with a limit: the archive's timer, a query's flush). Measured on tmpfs
-#: (a table of 20,000-40,000 rows, displaced copies looked for): 105 us a
-#: row one per transaction, 60 by 8, 38-43 from 32 to 1,024, 30 for 20,000
-#: at once; 256 costs within ~20% of one large transaction and holds the
-#: event loop ~4-9 ms, where 100,000 rows at once held it for seconds.
-COMMIT_CHUNK = 256
+#: (a table of 20,000-40,000 rows, displaced copies looked for; CPU per
+#: row): 100 us one per transaction, 51 by 8, 32-41 from 32 rows up to
+#: 20,000 at once (a transaction's own cost, ~70 us, is then under 1 us a
+#: row); 128 rows hold the event loop ~5 ms, where 100,000 at once held it
+#: for seconds.
+COMMIT_CHUNK = 128
 
 
 class Index:
