@@ -185,8 +185,10 @@ class Archive:
         # loop turn (a backlog's next chunk).
         self._commit_timer: asyncio.Handle | None = None
         self._commit_delayed = False
-        # The last commit failed (disk full) / failed or found the index busy.
+        # The last commit failed (a full disk, say: logged once) ...
         self._commit_failing = False
+        # ... or failed or found the index busy: a burst does not hasten the
+        # retry (each try of a busy index waits out its busy timeout).
         self._commit_held = False
         # wait_committed(): the change number each waits for.
         self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
