@@ -168,6 +168,8 @@ class Index:
         self._removed: dict[str, int] = {}
         # The number of the latest change (see serial).
         self._serial = 0
+        # Rows a bounded commit took from the front of _rows since it was made.
+        self._dropped = 0
         # SOP Instance UIDs added with displace=True: a committed copy filed
         # elsewhere goes when they are committed (see add()).
         self._displace: set[str] = set()
@@ -337,6 +339,7 @@ class Index:
             self._paths = {}
             self._removed = {}
             self._displace = set()
+            self._dropped = 0
         else:
             for where in removals:
                 del self._removed[where]
@@ -346,6 +349,14 @@ class Index:
                 self._displace.discard(uid)
             if not self._rows:
                 self._displace = set()  # UIDs whose rows went before a commit
+            # A dict keeps the places of the entries deleted from its front,
+            # and each chunk taken from it walks over them again (100,000
+            # rows: 0.15 s in all): copied anew once they outnumber the rest.
+            self._dropped += len(rows)
+            if self._dropped > len(self._rows):
+                self._rows = dict(self._rows)
+                self._removed = dict(self._removed)
+                self._dropped = 0
         for path in displaced:
             # Committed: the index no longer names it. Gone already: fine.
             with contextlib.suppress(OSError):
