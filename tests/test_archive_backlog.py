@@ -181,8 +181,11 @@ async def test_a_backlog_is_written_in_chunks_with_other_callbacks_between(
             await asyncio.sleep(archive_module.COMMIT_DELAY * 3)  # tries, all busy
             assert not commits
         loop.call_soon(tick)
-        await written(archive)
+        # One wait: every chunk of what was changed before it.
+        with anyio.fail_after(20):
+            await archive.wait_committed()
         ticking = False
+        assert index.pending == 0
         assert committed(database) == {str(ds.SOPInstanceUID) for ds in sent}
         # Seven transactions of at most 8 changes, other callbacks between each.
         assert [(before - after) for before, after, _ in commits] == [8] * 6 + [2]
