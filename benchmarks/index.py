@@ -17,6 +17,12 @@ repetitions) and the servers' CPU time per operation (from /proc, summed
 over the nodes), which says what the database costs the node whatever else
 loads the machine. PostgreSQL's own CPU is shown apart. Each repetition
 starts from an empty folder and database.
+
+``--backlog N`` measures instead what writing back N pending rows costs the
+event loop (in process, SQLite, no DCMTK): the rows wait while another
+connection holds the index's write lock, then the lock goes and the archive
+writes them, a chunk per loop turn; a callback that runs at every turn
+gives the longest gap between two turns, and the time it all took.
 """
 
 from __future__ import annotations
@@ -234,6 +240,70 @@ def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def backlog(n: int, scratch: Path | None) -> str:
+    """Write back ``n`` pending rows after a lock; the longest loop stall (see the docstring)."""
+    import asyncio
+    import sqlite3
+
+    from adicom.archive import Archive
+
+    async def measure() -> str:
+        root = Path(tempfile.mkdtemp(dir=scratch))
+        try:
+            archive = Archive(root)
+            await archive.open()
+            index = archive._sqlite
+            assert index is not None
+            other = sqlite3.connect(root / ".adicom-index.sqlite", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            study = "1.2.826.0.1.3680043.8.498.1"
+            for number in range(n):
+                series = f"{study}.{number // 500}"
+                uid = f"{series}.{number}"
+                values = {
+                    "PatientID": "PAT1",
+                    "StudyInstanceUID": study,
+                    "SeriesInstanceUID": series,
+                    "SOPInstanceUID": uid,
+                    "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                    "Modality": "CT",
+                }
+                path = f"{root}/{study}/{series}/{uid}.dcm"
+                index.add(values, path, "1.2.840.10008.1.2.1", 1, 1, displace=True)
+            archive._commit_soon()
+            await asyncio.sleep(0.2)  # tries, all busy
+            other.execute("ROLLBACK")
+            other.close()
+            loop = asyncio.get_running_loop()
+            gaps: list[float] = []
+            last = time.perf_counter()
+            running = True
+
+            def tick() -> None:
+                nonlocal last
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+                if running:
+                    loop.call_soon(tick)
+
+            loop.call_soon(tick)
+            started = time.perf_counter()
+            while index.pending:
+                await asyncio.sleep(0.001)
+            took = time.perf_counter() - started
+            running = False
+            archive.close()
+            return (
+                f"{n} pending rows written back in {took:.2f} s; longest loop stall "
+                f"{max(gaps) * 1e3:.1f} ms over {len(gaps)} turns"
+            )
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    return asyncio.run(measure())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.index", description=__doc__)
     parser.add_argument("-n", type=int, default=1000, help="instances (default %(default)s)")
@@ -242,7 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "data"
     )
+    parser.add_argument(
+        "--backlog", type=int, metavar="N", help="measure writing back N pending rows instead"
+    )
+    parser.add_argument("--scratch", type=Path, help="make the --backlog folder here (/dev/shm)")
     args = parser.parse_args(argv)
+    if args.backlog is not None:
+        if args.backlog < 1:
+            parser.error("--backlog needs at least 1 row")
+        print(backlog(args.backlog, args.scratch))
+        return 0
     if args.n < 2 or args.reps < 1:
         parser.error("-n needs at least 2 and --reps at least 1")
     found = run(args.n, args.reps, args.data_dir)

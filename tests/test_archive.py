@@ -1054,7 +1054,7 @@ async def test_an_index_that_cannot_commit_loses_no_instance(
     archive = Archive(tmp_path / "full")
     await archive.open()
 
-    def full() -> None:
+    def full(limit: int | None = None) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(archive._sqlite, "commit", full)

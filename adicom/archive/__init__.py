@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any, Literal
@@ -53,6 +53,7 @@ from adicom.archive.matching import ATTRIBUTES, LEVELS, PATH, RAW, MatchError, m
 from adicom.archive.sequences import SequenceKeys
 from adicom.commitment import CommitmentSCP
 from adicom.dimse import Status
+from adicom.diskinstance import DiskInstance
 from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage, Filed
 from adicom.errors import ArchiveError
 from adicom.fileformat import (
@@ -64,7 +65,7 @@ from adicom.mpps import MppsStore
 from adicom.negotiation import SERVED_QR_OPTIONS
 from adicom.presentation import MPPS, STORAGE_COMMITMENT
 from adicom.qrscp import MoveDestinations, QRContext, QueryFailed
-from adicom.storage import StoreContext
+from adicom.storage import IncomingInstance, StoreContext
 from adicom.storescu import iter_files
 
 __all__ = ["Archive", "ArchiveError", "IndexBackend", "IndexUnavailable"]
@@ -75,6 +76,9 @@ log = logging.getLogger("adicom")
 COMMIT_DELAY = 0.05
 #: Seconds between tries to write the index after a failure (a full disk).
 COMMIT_RETRY = 1.0
+#: Default of ``Archive(max_pending=)``: index changes waiting to be written
+#: (about 450 bytes each: 4.5 MB) beyond which C-STOREs are refused.
+DEFAULT_MAX_PENDING = 10_000
 #: How long Archive.open() tries to write a batch while other processes
 #: sharing the index hold its lock (seconds).
 OPEN_WAIT = 30.0
@@ -98,6 +102,14 @@ class Archive:
     file is removed. A database that does not answer within
     ``index_timeout`` fails the operation (C-STORE 0xA700, C-FIND 0xA700,
     C-GET/C-MOVE 0xA701), and the next operation tries again.
+
+    With SQLite, stored instances are indexed in memory and committed
+    within COMMIT_DELAY, at most a chunk (:data:`~adicom.archive.index.COMMIT_CHUNK`
+    changes) per event-loop callback. While the index cannot be written
+    (another process holds its lock, its disk is full) the changes wait in
+    memory; past ``max_pending`` of them a C-STORE is refused at once with
+    0xA700 (PS3.4 B.2.3, out of resources), nothing of it written, until
+    the index has written half of them.
     """
 
     def __init__(
@@ -110,7 +122,10 @@ class Archive:
         index: str | IndexBackend | None = None,
         index_pool: int = DEFAULT_INDEX_POOL,
         index_timeout: float = DEFAULT_INDEX_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be 1 or more, not {max_pending}")
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -131,7 +146,8 @@ class Archive:
         if self._sqlite is not None:
             # One copy per SOP Instance UID, wherever it was filed (the same
             # UID may come again under another study): the index knows where.
-            self.storage = DiskStorage(
+            self.storage: DiskStorage = _IndexedStorage(
+                self._admit,
                 self.root,
                 layout,
                 extra_keywords=ATTRIBUTES,
@@ -165,9 +181,20 @@ class Archive:
             None if self._sqlite is not None else SharedFolder(self.storage, fsync)
         )
         self._exists = os.path.isfile if self.files is None else self.files.exists
-        self._commit_timer: asyncio.TimerHandle | None = None
+        # The next commit: a timer (COMMIT_DELAY, or a retry's), or the next
+        # loop turn (a backlog's next chunk).
+        self._commit_timer: asyncio.Handle | None = None
+        self._commit_delayed = False
+        # The last commit failed (a full disk, say: logged once) ...
         self._commit_failing = False
-        self._commit_waiters: list[asyncio.Future[None]] = []
+        # ... or failed or found the index busy: a burst does not hasten the
+        # retry (each try of a busy index waits out its busy timeout).
+        self._commit_held = False
+        # wait_committed(): the change number each waits for.
+        self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: Index changes waiting to be written beyond which a C-STORE is
+        #: refused (0xA700) until half are written (SQLite index; see _admit).
+        self.max_pending = max_pending
         # Stores whose index write failed half-way (a timeout, a cancel): the
         # row may have been written for a file that is removed; dropped once
         # the database answers again.
@@ -209,7 +236,41 @@ class Archive:
             raw=raw,
             displace=displace,
         )
-        self._commit_soon()
+        # A chunk's worth waiting, or max_pending: see _many_pending (one
+        # comparison per instance otherwise).
+        pending = index.pending
+        if pending >= index.chunk or pending >= self.max_pending:
+            self._many_pending(pending)
+        if self._commit_timer is None:
+            self._schedule_commit(COMMIT_DELAY)
+
+    def _many_pending(self, pending: int) -> None:
+        """A chunk's worth of changes waits (commit at the next turn), or max_pending (refuse)."""
+        index = self._sqlite
+        assert index is not None
+        handle = self._commit_timer
+        if (
+            handle is not None
+            and self._commit_delayed
+            and not self._commit_held
+            and pending >= index.chunk
+        ):
+            handle.cancel()
+            self._commit_timer = None
+            self._schedule_commit(0.0)
+        storage = self.storage
+        if (
+            pending >= self.max_pending
+            and isinstance(storage, _IndexedStorage)
+            and not storage.refusing
+        ):
+            storage.refusing = True
+            log.warning(
+                "archive %s: %d index changes wait to be written (max_pending); "
+                "C-STOREs are refused with 0xA700 until half of them are",
+                self.root,
+                pending,
+            )
 
     async def _file_shared(
         self,
@@ -287,24 +348,37 @@ class Archive:
 
     def _commit_soon(self) -> None:
         """Commit the index within COMMIT_DELAY: one commit for a burst of changes."""
-        if self._commit_timer is not None:
-            return
+        if self._commit_timer is None:
+            self._schedule_commit(COMMIT_DELAY)
+
+    def _schedule_commit(self, delay: float) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._commit()
+            self._commit_timer = None
+            self._write(None)  # no loop (a script): everything, at once
             return
-        self._commit_timer = loop.call_later(COMMIT_DELAY, self._commit)
+        if self._commit_timer is None:
+            self._commit_delayed = delay > 0
+            self._commit_timer = (
+                loop.call_later(delay, self._commit) if delay > 0 else loop.call_soon(self._commit)
+            )
 
     def _commit(self) -> None:
         self._commit_timer = None
-        if self._sqlite is None:
+        self._write(self._sqlite.chunk if self._sqlite is not None else None)
+
+    def _write(self, limit: int | None) -> None:
+        """Commit ``limit`` changes (None: all); the next chunk at the next loop turn."""
+        index = self._sqlite
+        if index is None:
             return
         try:
-            self._sqlite.commit()
+            index.commit(limit)
         except IndexBusy:
             # Another process sharing the index is writing: try again soon
             # rather than block the loop waiting for its lock.
+            self._commit_held = True
             self._retry_commit(COMMIT_DELAY)
             return
         except sqlite3.Error as exc:
@@ -314,41 +388,76 @@ class Archive:
             if not self._commit_failing:
                 log.error("archive %s: the index could not be written (%s)", self.root, exc)
             self._commit_failing = True
+            self._commit_held = True
             self._retry_commit(COMMIT_RETRY)
-        else:
-            if self._commit_failing:
-                log.info("archive %s: the index is written again", self.root)
-            self._commit_failing = False
-        waiters, self._commit_waiters = self._commit_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
+            self._wake_waiters(failed=True)
+            return
+        if self._commit_failing:
+            log.info("archive %s: the index is written again", self.root)
+        self._commit_failing = False
+        self._commit_held = False
+        if index.pending:
+            # A backlog (the index was locked or failing a while, or a burst
+            # beyond a chunk): the next chunk at the next loop turn, after
+            # the callbacks ready now (arriving instances, echoes).
+            self._schedule_commit(0.0)
+        self._wake_waiters()
+
+    def _wake_waiters(self, failed: bool = False) -> None:
+        index = self._sqlite
+        waiting = []
+        for serial, waiter in self._commit_waiters:
+            if waiter.done():
+                continue
+            if failed or index is None or index.written(serial):
                 waiter.set_result(None)
+            else:
+                waiting.append((serial, waiter))
+        self._commit_waiters = waiting
 
     def _retry_commit(self, delay: float) -> None:
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop: the next change, flush() or close() writes them
-        if self._commit_timer is None:
-            self._commit_timer = loop.call_later(delay, self._commit)
+        self._schedule_commit(delay)
+
+    def _admit(self) -> bool:
+        """Whether C-STOREs are received again, once refused (see _many_pending).
+
+        The pending changes are memory (some 450 bytes a row) that a peer
+        could grow without bound while the index cannot be written (another
+        process holds its lock, its disk is full): past ``max_pending``
+        stores are refused until the index has written half of them.
+        """
+        index = self._sqlite
+        if index is not None and index.pending > self.max_pending // 2:
+            return False
+        log.info("archive %s: the index caught up; C-STOREs are accepted again", self.root)
+        return True
 
     def flush(self) -> None:
-        """Commit the index's pending changes now, instead of within COMMIT_DELAY."""
+        """Commit all the index's pending changes now (one transaction), not within COMMIT_DELAY."""
         if self._commit_timer is not None:
             self._commit_timer.cancel()
-        self._commit()
+            self._commit_timer = None
+        self._write(None)
 
     async def wait_committed(self) -> None:
         """Wait until the changes made so far have been committed (or the commit failed).
 
-        The archive commits by itself within COMMIT_DELAY of a change; this
-        only waits for that, so a test or an operator tool can know when
-        another reader of the index will see them.
+        The archive commits by itself within COMMIT_DELAY of a change (a
+        backlog a chunk per loop turn); this only waits for that, so a test
+        or an operator tool can know when another reader of the index will
+        see them.
         """
-        if self._commit_timer is None:
+        index = self._sqlite
+        if index is None or index.written(index.serial):
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._commit_waiters.append(waiter)
+        self._commit_waiters.append((index.serial, waiter))
+        if self._commit_timer is None:
+            self._commit_soon()
         await waiter
 
     async def open(self, batch: int = 64, scan: bool | None = None) -> int:
@@ -449,7 +558,7 @@ class Archive:
         if self._commit_timer is not None:
             self._commit_timer.cancel()
             self._commit_timer = None
-        for waiter in self._commit_waiters:
+        for _, waiter in self._commit_waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._commit_waiters = []
@@ -589,6 +698,50 @@ class Archive:
                 yield _Missing(row.sop_instance_uid)
                 continue
             yield path
+
+
+class _IndexedStorage(DiskStorage):
+    """The SQLite archive's DiskStorage: refuses an instance at once while its index is behind.
+
+    While :attr:`refusing` (the archive sets it past ``max_pending``), each
+    C-STORE-RQ's data set is refused as it starts, before anything of it is
+    written (no file, no index row), until ``admit()`` says the index
+    caught up: the memory of the pending changes stays bounded, and no
+    Success is sent for what the index could not take.
+    """
+
+    #: Whether stores are refused (until ``admit()``).
+    refusing = False
+
+    def __init__(self, admit: Callable[[], bool], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admit = admit
+
+    def open(self, context: StoreContext) -> IncomingInstance:
+        """Start receiving one instance, or refuse it (see the class)."""
+        if self.refusing:
+            if not self.admit():
+                return _Refused(context)
+            self.refusing = False
+        return DiskInstance(self, context)
+
+
+class _Refused(IncomingInstance):
+    """An instance refused as it starts: its data set is dropped as it comes."""
+
+    # PS3.4 B.2.3: A700, Refused: Out of Resources (at most 64 characters).
+    error = "the archive's index is behind; try again later"
+
+    def write(self, data: memoryview, /) -> None:
+        """Drop the fragment."""
+
+    def finish_now(self) -> int:
+        """0xA700 (see the class)."""
+        return Status.OUT_OF_RESOURCES
+
+    async def finish(self) -> int:
+        """0xA700 (see the class)."""
+        return Status.OUT_OF_RESOURCES
 
 
 #: One element of a C-FIND answer: (tag, VR, index keyword, fixed text).

@@ -14,7 +14,7 @@ from pathlib import Path
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any
 
-from adicom.archive import Archive
+from adicom.archive import DEFAULT_MAX_PENDING, Archive
 from adicom.archive.backends import DEFAULT_INDEX_POOL, DEFAULT_INDEX_TIMEOUT
 from adicom.audit import AuditLog
 from adicom.cli.common import (
@@ -391,6 +391,15 @@ def archive_options(
         "beyond it a C-STORE is refused with 0xA700 and a query fails (default: %(default)s)",
     )
     serve.add_argument(
+        "--index-max-pending",
+        metavar="N",
+        type=count_arg,
+        default=DEFAULT_MAX_PENDING,
+        help="changes of the SQLite index waiting to be written (it is locked by another "
+        "process or its disk is full), about 450 bytes each; beyond them a C-STORE is refused "
+        "with 0xA700 until half are written (default: %(default)s)",
+    )
+    serve.add_argument(
         "--prefer-own-syntax",
         action="store_true",
         help="choose the transfer syntax of each storage context by adicom's order "
@@ -556,6 +565,7 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
             index=args.index or None,
             index_pool=args.index_pool,
             index_timeout=args.index_timeout,
+            max_pending=args.index_max_pending,
         )
         archive.storage.write_behind = args.write_behind
         destinations = dict(args.move_dest)

@@ -1,0 +1,305 @@
+"""The archive's SQLite index when it cannot be written for a while: bounded work, bounded memory.
+
+While another process holds the index's write lock (or its disk is full)
+stored instances wait in memory as pending changes; past ``max_pending``
+C-STOREs are refused with 0xA700 and nothing of them is kept. When the
+index can be written again, the backlog goes in chunks of at most
+``Index.chunk`` changes, other callbacks running between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import logging
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+import adicom
+from adicom import archive as archive_module
+from adicom.archive import Archive
+from adicom.archive.index import Index
+from adicom.archive.matching import ROW_COLUMNS
+from adicom.dimse import Status
+from tests.test_archive import INDEX_NAME, TREE, _file_directly, filed_at, serving
+
+pytestmark = pytest.mark.anyio
+
+
+def instances(count: int) -> list[Dataset]:
+    """``count`` instances of one series, each with a SOP Instance UID of its own."""
+    series = generate_uid()
+    made = []
+    for number in range(count):
+        ds = copy.deepcopy(TREE.instances[0])
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number + 1
+        made.append(ds)
+    return made
+
+
+@contextlib.contextmanager
+def locked(database: pathlib.Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection holding the index's write lock (until the block ends)."""
+    other = sqlite3.connect(database, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def committed(database: pathlib.Path) -> set[str]:
+    """The SOP Instance UIDs another reader of the index sees."""
+    with contextlib.closing(sqlite3.connect(database)) as other:
+        return {uid for (uid,) in other.execute("SELECT sop_instance_uid FROM instances")}
+
+
+async def written(archive: Archive) -> None:
+    """Wait (bounded) until the archive's index has nothing pending."""
+    assert archive._sqlite is not None
+    with anyio.fail_after(20):
+        while archive._sqlite.pending:
+            await archive.wait_committed()
+            await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("failure", ["locked", "full"])
+async def test_stores_past_max_pending_are_refused_and_nothing_acknowledged_is_lost(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failure: str,
+) -> None:
+    caplog.set_level(logging.INFO, "adicom")
+    monkeypatch.setattr(archive_module, "COMMIT_RETRY", 0.05)
+    root = tmp_path / "archive"
+    archive = Archive(root, max_pending=5)
+    await archive.open()
+    database = root / INDEX_NAME
+    sent = instances(12)
+    try:
+        async with serving(archive) as node:
+            with contextlib.ExitStack() as failing:
+                if failure == "locked":
+                    failing.enter_context(locked(database))
+                else:
+                    index = archive._sqlite
+                    assert index is not None
+
+                    def full(limit: int | None = None) -> None:
+                        raise sqlite3.OperationalError("database or disk is full")
+
+                    failing.enter_context(monkeypatch.context()).setattr(index, "commit", full)
+                results = await adicom.store(node.host, node.port, sent, called_ae=node.aet)
+            # The first five (and those the client had in flight meanwhile:
+            # its asynchronous operations window) wait in memory; the rest are
+            # refused, not stored.
+            stored = sum(r.status == Status.SUCCESS for r in results)
+            assert 5 <= stored < 9
+            assert [r.status for r in results] == [Status.SUCCESS] * stored + [
+                Status.OUT_OF_RESOURCES
+            ] * (12 - stored)
+            assert all("index is behind" in (r.error or "") for r in results[stored:])
+            for ds in sent[stored:]:
+                assert not filed_at(root, ds).exists()
+            assert not list((root / ".incoming").iterdir())
+            refusals = [r for r in caplog.records if "C-STOREs are refused" in r.getMessage()]
+            assert len(refusals) == 1  # one line, not one per instance
+
+            # The index is written again: everything acknowledged is indexed
+            # and found, and stores are accepted again.
+            await written(archive)
+            accepted = {str(ds.SOPInstanceUID) for ds in sent[:stored]}
+            assert committed(database) == accepted
+            images = await adicom.DicomClient().find_images(
+                adicom.ImageQuery(
+                    study_instance_uid=str(sent[0].StudyInstanceUID),
+                    series_instance_uid=str(sent[0].SeriesInstanceUID),
+                ),
+                node,
+            )
+            assert {i.sop_instance_uid for i in images} == accepted
+            # (Three: the commit comes within COMMIT_DELAY, after the burst.)
+            again = sent[stored : stored + 3]
+            results = await adicom.store(node.host, node.port, again, called_ae=node.aet)
+            assert all(r.ok for r in results)
+            assert "C-STOREs are accepted again" in caplog.text
+            await written(archive)
+            assert committed(database) == accepted | {str(ds.SOPInstanceUID) for ds in again}
+    finally:
+        archive.close()
+
+
+async def test_a_backlog_is_written_in_chunks_with_other_callbacks_between(
+    tmp_path: pathlib.Path,
+) -> None:
+    archive = Archive(tmp_path)
+    await archive.open()
+    index = archive._sqlite
+    assert index is not None
+    index.chunk = 8
+    database = tmp_path / INDEX_NAME
+    loop = asyncio.get_running_loop()
+    # A callback that runs at every turn of the loop: how many turns passed.
+    turns = 0
+    ticking = True
+
+    def tick() -> None:
+        nonlocal turns
+        turns += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    # Each transaction written: (changes pending before, after, the turn it ran in).
+    commits: list[tuple[int, int, int]] = []
+    commit = index.commit
+
+    def counted(limit: int | None = None) -> None:
+        before = index.pending
+        commit(limit)
+        commits.append((before, index.pending, turns))
+
+    index.commit = counted  # type: ignore[method-assign]
+    sent = instances(50)
+    try:
+        with locked(database):
+            for ds in sent:
+                assert _file_directly(archive, ds) == Status.SUCCESS
+            assert index.pending == 50
+            await asyncio.sleep(archive_module.COMMIT_DELAY * 3)  # tries, all busy
+            assert not commits
+        loop.call_soon(tick)
+        # One wait: every chunk of what was changed before it.
+        with anyio.fail_after(20):
+            await archive.wait_committed()
+        ticking = False
+        assert index.pending == 0
+        assert committed(database) == {str(ds.SOPInstanceUID) for ds in sent}
+        # Seven transactions of at most 8 changes, other callbacks between each.
+        assert [(before - after) for before, after, _ in commits] == [8] * 6 + [2]
+        ran_at = [at for _, _, at in commits]
+        assert all(later > earlier for earlier, later in itertools.pairwise(ran_at))
+    finally:
+        ticking = False
+        archive.close()
+
+
+async def test_a_query_commits_one_chunk_of_a_backlog(tmp_path: pathlib.Path) -> None:
+    # A query's flush is bounded too: it sees what is committed and one chunk more.
+    archive = Archive(tmp_path)
+    await archive.open()
+    index = archive._sqlite
+    assert index is not None
+    index.chunk = 4
+    try:
+        with locked(tmp_path / INDEX_NAME):
+            for ds in instances(10):
+                assert _file_directly(archive, ds) == Status.SUCCESS
+        assert index.count() == 4
+        assert index.pending == 6
+        archive.flush()  # everything, at once
+        assert index.pending == 0 and index.count() == 10
+    finally:
+        archive.close()
+
+
+def _values(uid: str) -> dict[str, str]:
+    return {"SOPInstanceUID": uid, "StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3"}
+
+
+def _touch(path: pathlib.Path) -> str:
+    path.write_bytes(b"x")
+    return str(path)
+
+
+_UID, _PATH = ROW_COLUMNS.index("sop_instance_uid"), ROW_COLUMNS.index("path")
+
+
+def _committed_paths(index: Index) -> dict[str, str]:
+    """SOP Instance UID -> path of the committed rows."""
+    return {str(row[_UID]): str(row[_PATH]) for rows in index.rows() for row in rows}
+
+
+def test_displaced_copies_and_removals_across_chunks(tmp_path: pathlib.Path) -> None:
+    index = Index(tmp_path / "index.sqlite", chunk=2)
+    try:
+        a, b, c = (_touch(tmp_path / name) for name in ("a", "b", "c"))
+        index.add(_values("X"), a, "")
+        index.commit()
+        # X again at b (displacing its copy at a), after two others; then a
+        # new instance Y at a, in a later chunk: a's file is Y's now, kept.
+        index.add(_values("P"), _touch(tmp_path / "p"), "")
+        index.add(_values("Q"), _touch(tmp_path / "q"), "")
+        index.add(_values("X"), b, "", displace=True)
+        index.add(_values("Y"), a, "")
+        # A removal of a path a pending row holds drops that row.
+        index.add(_values("Z"), c, "")
+        index.remove_path(c)
+        assert index.pending == 5  # P, Q, X, Y and c's removal
+        serial = index.serial
+        index.commit(2)  # the removal first, then P
+        assert not index.written(serial)
+        assert _committed_paths(index) == {"X": a, "P": str(tmp_path / "p")}
+        index.commit(2)  # Q and X (at b): a is held by Y, pending
+        assert _committed_paths(index)["X"] == b
+        assert pathlib.Path(a).exists()
+        # P stored again between chunks keeps no place in the queue: pending anew.
+        index.add(_values("P"), _touch(tmp_path / "p2"), "", displace=True)
+        index.commit(2)  # Y at a, and P at p2 (its committed copy at p goes)
+        assert index.written(serial) and index.pending == 0
+        assert _committed_paths(index) == {
+            "X": b,
+            "P": str(tmp_path / "p2"),
+            "Q": str(tmp_path / "q"),
+            "Y": a,
+        }
+        assert pathlib.Path(a).exists() and pathlib.Path(b).exists()
+        assert not (tmp_path / "p").exists()
+    finally:
+        index.close()
+
+
+def test_a_row_changed_again_keeps_its_first_number(tmp_path: pathlib.Path) -> None:
+    # What wait_committed() relies on: a change is written only when the row
+    # it made pending is, whatever came after.
+    index = Index(tmp_path / "index.sqlite", chunk=1)
+    try:
+        index.add(_values("A"), tmp_path / "a", "")
+        index.add(_values("B"), tmp_path / "b", "")
+        first = index.serial
+        index.add(_values("A"), tmp_path / "a2", "")  # A changed again: still first
+        assert not index.written(first)
+        index.commit(1)
+        assert _committed_paths(index) == {"A": str(tmp_path / "a2")}
+        assert not index.written(first)  # B waits
+        index.add(_values("A"), tmp_path / "a3", "")  # pending anew, after B
+        index.commit(1)
+        assert index.written(first) and not index.written(index.serial)
+        index.commit(1)
+        assert index.written(index.serial)
+    finally:
+        index.close()
+
+
+def test_serve_takes_index_max_pending(capsys: pytest.CaptureFixture[str]) -> None:
+    from adicom.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--storage", "x", "--index-max-pending", "7"])
+    assert args.index_max_pending == 7
+    assert parser.parse_args(["serve"]).index_max_pending == archive_module.DEFAULT_MAX_PENDING
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--index-max-pending", "0"])
+    assert "--index-max-pending" in capsys.readouterr().err
