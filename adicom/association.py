@@ -104,6 +104,8 @@ class Association(Driver):
     #: How long reading pauses after a read of only pending responses
     #: nobody waits for, by default (see :meth:`gather_pending`; 0: never).
     gather_delay: float = GATHER_DELAY
+    #: The ID of the accepted Verification context, once echo() found it.
+    _echo_context: int | None = None
 
     @property
     def contexts(self) -> dict[int, PresentationContext]:
@@ -532,7 +534,7 @@ class Association(Driver):
                 command = command.with_message_id(dimse.next_message_id())
             message_id = command.message_id
             assert message_id is not None
-            operation = self._track(context_id, command, message_id)
+            operation = self._track(context_id, command.command_field, message_id)
             try:
                 await self.send_message(context_id, command, dataset, encoded=encoded)
             except BaseException:
@@ -543,9 +545,9 @@ class Association(Driver):
             self._wake_room()
         return operation
 
-    def _track(self, context_id: int, command: Command, message_id: int) -> Operation:
+    def _track(self, context_id: int, command_field: int, message_id: int) -> Operation:
         """The Operation that takes the responses to the request about to be sent."""
-        operation = Operation(self, context_id, command)
+        operation = Operation(self, context_id, message_id, command_field)
         self._operations[message_id] = operation
         if self._gather_pause is not None:
             self._end_gather()  # its answer must not wait for a pause
@@ -567,7 +569,7 @@ class Association(Driver):
             or self._sending
         ):
             return None
-        operation = self._track(context_id, command, message_id)
+        operation = self._track(context_id, command.command_field, message_id)
         try:
             sent = dimse.send_whole(context_id, command, None, self._loop.time(), encoded=encoded)
         except BaseException:
@@ -578,6 +580,35 @@ class Association(Driver):
             return None
         # PS3.8 E.2: the whole message left in one PDU, nothing between.
         self._sent_now(context_id, command, None, False)
+        return operation
+
+    def _request_now(
+        self, context_id: int, template: RequestTemplate, message_id: int
+    ) -> Operation | None:
+        """:meth:`_start_now` of a templated request, made as bytes alone.
+
+        Only while nothing listens to the association's events (a hook
+        would be told the request's Command, which is then made and sent by
+        :meth:`_start_now`). None, having done nothing, when it would wait.
+        """
+        dimse = self._dimse
+        if (
+            self._emitter is not None
+            or self._room_waiters
+            or len(dimse._outstanding) + self._reserved >= dimse.max_outstanding
+            or self._sending
+        ):
+            return None
+        command_field = template.command_field
+        encoded = template.encode(message_id)
+        if not dimse.send_request_now(
+            context_id, command_field, message_id, encoded, self._loop.time()
+        ):
+            return None
+        # PS3.8 E.2: the whole message left in one PDU, nothing between;
+        # tracked once sent (no response can come before this callback ends).
+        operation = self._track(context_id, command_field, message_id)
+        self._flush()  # what _sent_now does unbatched, with no hook to tell
         return operation
 
     async def send_request(
@@ -603,17 +634,23 @@ class Association(Driver):
 
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
-        context = self.context_for(VERIFICATION)
+        context_id = self._echo_context
+        if context_id is None:
+            # Contexts are settled once per association (negotiation).
+            context_id = self._echo_context = self.context_for(VERIFICATION).context_id
         self._check_open()
-        command, encoded = _ECHO_RQ.make(self._dimse.next_message_id())
-        operation = self._start_now(context.context_id, command, encoded)
+        message_id = self._dimse.next_message_id()
+        operation = self._request_now(context_id, _ECHO_RQ, message_id)
         if operation is None:
-            operation = await self.start_operation(context.context_id, command, encoded=encoded)
+            command, encoded = _ECHO_RQ.make(message_id)
+            operation = self._start_now(context_id, command, encoded)
+            if operation is None:
+                operation = await self.start_operation(context_id, command, encoded=encoded)
         reply = await operation.next_response()
         while not operation.done:  # a pending C-ECHO-RSP is no answer yet
             reply = await operation.next_response()
         status = reply.command.status or 0
-        if status_category(status) is _FAILURE:
+        if status and status_category(status) is _FAILURE:  # 0: success (PS3.7 C.1)
             raise DimseError(status, "C-ECHO failed: " + describe_status(status))
         return status
 

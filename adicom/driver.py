@@ -674,7 +674,15 @@ class Driver(Deadlines, Emission):
         operation = self._operations.get(message_id)
         if operation is None:
             return  # the DIMSE layer keeps only what is awaited; nothing to do
-        operation.deliver(message)
+        if operation._pending_taker is None:
+            # operation.deliver(message): its queue's put, inline (every response).
+            responses = operation._responses
+            responses._items.append(message)
+            waiter = responses._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        else:
+            operation.deliver(message)
         if event.final:
             self._gather_now = -1
             del self._operations[message_id]

@@ -310,7 +310,10 @@ class DimseConnection:
 
     def next_message_id(self) -> int:
         """A fresh Message ID (PS3.7 9.3.1.1: unique among outstanding requests)."""
-        message_id = self._last_message_id
+        message_id = self._last_message_id % 0xFFFF + 1
+        if message_id not in self._outstanding:  # the usual case: no loop (a range costs ~1.5k)
+            self._last_message_id = message_id
+            return message_id
         for _ in range(0x10000):
             message_id = message_id % 0xFFFF + 1
             if message_id not in self._outstanding:
@@ -376,6 +379,30 @@ class DimseConnection:
         else:
             self.ul.send_pdata(((context_id, 3, raw), (context_id, 2, dataset)), now)
         self._sent(command)
+        return True
+
+    def send_request_now(
+        self, context_id: int, command_field: int, message_id: int, encoded: bytes, now: float
+    ) -> bool:
+        """:meth:`send_whole` of a request without a data set, given as its bytes alone.
+
+        For a request made from a template (a C-ECHO-RQ: see
+        :class:`~adicom.dimse.RequestTemplate`) that nobody needs as a
+        Command: the checks and the count of outstanding requests read only
+        its Command Field and Message ID. Not for C-CANCEL-RQ (it takes no
+        room in the window). False, having done nothing, when it does not
+        fit one PDU.
+        """
+        size = len(encoded) + 6  # the PDU's length: the PDV's header and data
+        limit = self.peer_max_pdu
+        if (limit and size > limit) or size > MAX_SEND_PDU:
+            return False
+        self._check_context(context_id)
+        outstanding = self._outstanding
+        if message_id in outstanding or len(outstanding) >= self.max_outstanding:
+            self._check_send(context_id, Command(command_field, message_id=message_id))  # raises
+        self.ul.send_pdv(context_id, 3, encoded, now)
+        outstanding[message_id] = command_field  # what _sent counts of a request
         return True
 
     def send_response(
