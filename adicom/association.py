@@ -183,7 +183,7 @@ class Association(Driver):
         """
         self.request = request
         self._association_answer = self._loop.create_future()
-        self._ul.request_association(request, self._loop.time())
+        self._ul.request_association(request, self._clock())
         if self._transport is not None:
             self._send_request()  # connected already
 
@@ -237,7 +237,7 @@ class Association(Driver):
         problem = peer_max_pdu_problem(response.user_information.maximum_length)
         if problem is not None:
             # PS3.8 Table 9-26: invalid PDU parameter value.
-            self._ul.abort(self._loop.time(), source=2, reason=6)
+            self._ul.abort(self._clock(), source=2, reason=6)
             error = AssociationAborted(2, 6, local=True, detail=problem)
             self._set_error(error)
             self._after_io()
@@ -269,14 +269,14 @@ class Association(Driver):
         """Acceptor: answer with A-ASSOCIATE-AC and take what was agreed."""
         self.response = response
         self._dimse.agree(agreement)
-        self._ul.accept(response, self._loop.time())
+        self._ul.accept(response, self._clock())
         self._after_io()
         if self._emitter is not None:
             self._emitter.emit(ev.Accepted(self, response))
 
     def reject(self, response: AAssociateRJ) -> None:
         """Acceptor: answer with A-ASSOCIATE-RJ; the peer then closes (ARTIM bounds it)."""
-        self._ul.reject(response, self._loop.time())
+        self._ul.reject(response, self._clock())
         self._after_io()
         if self._emitter is not None:
             self._ended = True
@@ -305,16 +305,16 @@ class Association(Driver):
         # close it, AR-3), or failed: one wait, not one for the answer and
         # another for the close.
         self._release_done = self._loop.create_future()
-        self._ul.request_release(self._loop.time())
+        self._ul.request_release(self._clock())
         self._after_io()
-        deadline = None if timeout is None else self._loop.time() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         try:
             await self._bounded(self._release_done, _RELEASE, timeout)
             if not self._closed:
                 # Told when we closed (see Driver._flush), and the close is
                 # not done yet (TLS says goodbye first): wait for it, within
                 # what is left of the bound.
-                left = None if deadline is None else max(0.0, deadline - self._loop.time())
+                left = None if deadline is None else max(0.0, deadline - self._clock())
                 await self.wait_closed(left)
         except DicomTimeout:
             if not self._released:
@@ -400,7 +400,7 @@ class Association(Driver):
                 context_id,
                 command,
                 dataset,
-                self._loop.time(),
+                self._clock(),
                 encoded=encoded,
             )
         ):
@@ -420,7 +420,7 @@ class Association(Driver):
             async with lock:
                 self._check_open()
                 outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
-                clock = self._loop.time
+                clock = self._clock
                 try:
                     yielded = clock()
                     unwritten = 0
@@ -571,7 +571,7 @@ class Association(Driver):
             return None
         operation = self._track(context_id, command.command_field, message_id)
         try:
-            sent = dimse.send_whole(context_id, command, None, self._loop.time(), encoded=encoded)
+            sent = dimse.send_whole(context_id, command, None, self._clock(), encoded=encoded)
         except BaseException:
             operation.forget()
             raise
@@ -602,7 +602,7 @@ class Association(Driver):
         command_field = template.command_field
         encoded = template.encode(message_id)
         if not dimse.send_request_now(
-            context_id, command_field, message_id, encoded, self._loop.time()
+            context_id, command_field, message_id, encoded, self._clock()
         ):
             return None
         # PS3.8 E.2: the whole message left in one PDU, nothing between;
@@ -709,7 +709,7 @@ class Association(Driver):
             message_id,
             status,
             template.encode(message_id, instance),
-            self._loop.time(),
+            self._clock(),
         ):
             return False
         if self._emitter is not None:

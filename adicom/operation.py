@@ -231,7 +231,7 @@ class Operation:
                 taker(command)
                 if self._deadline:
                     # A task waits (bounded): the response restarts its wait.
-                    self._deadline = self.association._loop.time() + self._timeout
+                    self._deadline = self.association._clock() + self._timeout
                 return
         self._responses.put(message)
 

@@ -48,6 +48,13 @@ class Staging:
         self.view = memoryview(bytearray())
 
 
+# PDUReader's constants (see there), also as module names for its hot path.
+_LARGE = 1 << 16
+_STAGING = 1 << 16
+_STAGING_MIN = 1 << 14
+_READ_PDUS = 16
+
+
 class PDUReader:
     """Incremental PDU decoder: feed bytes as they arrive, take whole PDUs out.
 
@@ -90,7 +97,7 @@ class PDUReader:
     )
 
     #: A PDU body at least this long gets a buffer of its own.
-    LARGE = 1 << 16
+    LARGE = _LARGE
     #: ... unless it is longer than this (a peer that announced no limit
     #: cannot make us allocate more than this ahead of its bytes).
     PREALLOCATE_MAX = 1 << 24
@@ -100,9 +107,9 @@ class PDUReader:
     #: STAGING: 64 KiB of C-FIND responses (~180) held a C-FIND SCU's loop
     #: for 3 ms, while 16 KiB reads cost a DCMTK peer's 16 KiB PDUs two
     #: reads each (10% of the C-STORE rate).
-    STAGING = 1 << 16
-    STAGING_MIN = 1 << 14
-    READ_PDUS = 16
+    STAGING = _STAGING
+    STAGING_MIN = _STAGING_MIN
+    READ_PDUS = _READ_PDUS
     #: The start of a PDU that a read left in our own buffer, up to this
     #: long, is put back in front of the next read (see :meth:`get_buffer`),
     #: which takes that much less (so at least STAGING_MIN - CARRY).
@@ -275,13 +282,15 @@ class PDUReader:
                         if limit and length > limit:
                             raise PDUTooLarge(length, limit)
                         # The next reads sized for this PDU (see _expect).
-                        read_size = self.READ_PDUS * (6 + length)
+                        # The class's constants as module names: read
+                        # through an instance they cost a lookup each.
+                        read_size = _READ_PDUS * (6 + length)
                         self._read_size = (
-                            self.STAGING_MIN
-                            if read_size < self.STAGING_MIN
+                            _STAGING_MIN
+                            if read_size < _STAGING_MIN
                             else read_size
-                            if read_size < self.STAGING
-                            else self.STAGING
+                            if read_size < _STAGING
+                            else _STAGING
                         )
                         stop = pos + 6 + length
                         if stop <= end:
@@ -305,7 +314,7 @@ class PDUReader:
                                         )
                                     )
                             return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
-                        if length < self.LARGE:
+                        if length < _LARGE:
                             # The start of a P-DATA-TF whose rest is still
                             # to come (often just its headers: see
                             # get_buffer): ours to keep, as _next_lent would
