@@ -71,6 +71,9 @@ _CLOSE = TimeoutKind.CLOSE
 _STA6 = State.STA6
 _STA8 = State.STA8
 
+# Made once (an X | Y in an isinstance call makes a union object each time).
+_ANSWERS = (ul.AssociationAccepted, ul.AssociationRejected)
+
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
 PARSE_BUDGET = 256
@@ -752,7 +755,7 @@ class Driver(Deadlines, Emission):
             if hook is not None:
                 self.on_association_request = None
                 hook(event.request)
-        elif isinstance(event, ul.AssociationAccepted | ul.AssociationRejected):
+        elif isinstance(event, _ANSWERS):
             answer = self._association_answer
             if answer is not None and not answer.done():
                 answer.set_result(event)

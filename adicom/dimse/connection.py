@@ -176,6 +176,8 @@ DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
 # Read on every message, as a plain int: an Enum member read through its
 # class costs a descriptor call (Python 3.11).
 _C_CANCEL_RQ = int(CommandField.C_CANCEL_RQ)
+# Made once (an X | Y in an isinstance call makes a union object each time).
+_ENDS = (ul.Aborted, ul.ConnectionLost, ul.ArtimExpired)
 
 #: The limits of a connection given none (frozen: one serves them all).
 _DEFAULT_LIMITS = Limits()
@@ -476,7 +478,7 @@ class DimseConnection:
             # ended the association already.
             if self.ul.state is State.STA8:
                 self.ul.respond_release(now)
-        elif isinstance(event, ul.Aborted | ul.ConnectionLost | ul.ArtimExpired):
+        elif isinstance(event, _ENDS):
             self._drop_receiving()
         return [event]
 
