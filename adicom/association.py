@@ -90,6 +90,9 @@ _C_ECHO_RQ, _C_STORE_RQ = int(CommandField.C_ECHO_RQ), int(CommandField.C_STORE_
 _FAILURE = StatusCategory.FAILURE
 #: Responses encoded once, by (request's command field, SOP class, status).
 _RESPONSES: dict[tuple[int, str | None, int], ResponseTemplate] = {}
+#: The key and template of the last of them taken (a tuple key is made,
+#: hashed and compared per response otherwise).
+_LAST_RESPONSE: list[Any] = [None, None, None, None]
 
 
 class Association(Driver):
@@ -745,12 +748,16 @@ class Association(Driver):
 
 def _response_template(request: Command, status: int) -> ResponseTemplate:
     """The template of the response to ``request`` (C-ECHO-RQ, C-STORE-RQ) with ``status``."""
-    key = (request.command_field, request.affected_sop_class_uid, status)
+    field, sop_class = request.command_field, request.affected_sop_class_uid
+    last = _LAST_RESPONSE
+    if last[0] == field and last[2] == status and last[1] == sop_class:
+        same: ResponseTemplate = last[3]  # as the last (C-ECHOs, one SOP class's C-STOREs)
+        return same
+    key = (field, sop_class, status)
     template = _RESPONSES.get(key)
     if template is None:
         if len(_RESPONSES) >= 1024:
             _RESPONSES.clear()  # a peer naming ever new SOP classes
-        template = _RESPONSES[key] = ResponseTemplate(
-            request.command_field | 0x8000, request.affected_sop_class_uid, status
-        )
+        template = _RESPONSES[key] = ResponseTemplate(field | 0x8000, sop_class, status)
+    last[:] = (field, sop_class, status, template)
     return template

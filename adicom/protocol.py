@@ -325,7 +325,17 @@ class UpperLayer:
         if self._reader_failed or self._fsm._state is _STA1:
             return
         if self.lend_reads and self.trace is None:
-            self._reader.buffer_lent(nbytes)
+            reader = self._reader
+            if reader._body_view is None and reader._lent is None and not reader._carried:
+                # reader.buffer_lent(nbytes) of the usual read, inline: a
+                # read from where the last one's PDUs ended, parsed where it
+                # landed (see PDUReader.buffer_lent).
+                if nbytes:
+                    reader._lent = reader.staging.view
+                    reader._lent_pos = 0
+                    reader._lent_end = nbytes
+            else:
+                reader.buffer_lent(nbytes)
         else:
             self._reader.buffer_updated(nbytes)
         self._parse(now)

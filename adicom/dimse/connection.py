@@ -176,6 +176,7 @@ DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
 # Read on every message, as a plain int: an Enum member read through its
 # class costs a descriptor call (Python 3.11).
 _C_CANCEL_RQ = int(CommandField.C_CANCEL_RQ)
+_decode_command = Command.decode
 # Made once (an X | Y in an isinstance call makes a union object each time).
 _ENDS = (ul.Aborted, ul.ConnectionLost, ul.ArtimExpired)
 
@@ -530,10 +531,23 @@ class DimseConnection:
                 context_id = pdv.context_id
                 context = self.contexts.get(context_id)
                 if context is not None and context.result == 0:  # context.accepted
+                    data = pdv.data
                     try:
-                        delivered = self._command_in(
-                            context_id, assembler.whole_command(context_id, pdv.data)
-                        )
+                        limit = assembler.max_command
+                        if limit and len(data) > limit:
+                            assembler.whole_command(context_id, data)  # raises
+                        command = _decode_command(data)
+                        if command.command_data_set_type == NO_DATASET:
+                            # What whole_command and _command_in do with a
+                            # message without a data set, inline (the
+                            # assembler stays idle).
+                            delivered = self._deliver(
+                                _new_message(context_id, command, None, None, None)
+                            )
+                            return [] if delivered is None else [delivered]
+                        assembler._expect_data = True  # whole_command's, as it returns
+                        assembler._context = context_id
+                        delivered = self._command_in(context_id, command)
                     except RemoteProtocolError as exc:
                         return [self._violation(exc, now)]
                     if self._receiving is not None:
