@@ -31,7 +31,7 @@ from typing import Any
 
 from adicom import events as ev
 from adicom import protocol as ul
-from adicom.deadlines import Deadlines, Watched, loop_clock
+from adicom.deadlines import Deadlines, Watched
 from adicom.dimse import (
     DimseConnection,
     DimseEvent,
@@ -213,7 +213,7 @@ class Driver(Deadlines, Emission):
         self.dimse_timeout = dimse_timeout
         if idle_timeout is not None:
             self.idle_timeout = idle_timeout
-        self._clock = clock = loop_clock(loop)
+        self._clock = clock = turns.clock  # loop_clock(loop), found once per loop
         self._last_received = clock()
         # The slots' starting values (see __slots__).
         self._error = self._transport = self._gather_pause = self.on_request = None

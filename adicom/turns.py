@@ -109,7 +109,6 @@ class LoopTurns:
     __slots__ = (
         "__weakref__",
         "_bulk",
-        "_clock",
         "_deferrals",
         "_loop",
         "_order",
@@ -118,13 +117,15 @@ class LoopTurns:
         "_sparse",
         "_started",
         "budget",
+        "clock",
         "spent",
         "staging",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, budget: float = DEFAULT_TURN_BUDGET):
         self._loop = loop
-        self._clock = loop_clock(loop)
+        #: The loop's clock (adicom.deadlines.loop_clock), found once per loop.
+        self.clock = loop_clock(loop)
         self.budget = budget
         #: Work charged since the last turn started (seconds).
         self.spent = 0.0
@@ -153,7 +154,7 @@ class LoopTurns:
 
     def share(self) -> Share:
         """A new association's :class:`Share`, with full credit."""
-        return Share(self._clock())
+        return Share(self.clock())
 
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of input work done now."""
@@ -175,7 +176,7 @@ class LoopTurns:
 
     def defer(self, driver: Deferred, share: Share) -> None:
         """``driver`` has input to parse in a later turn (and stopped reading)."""
-        now = self._clock()
+        now = self.clock()
         credit = share.credit + (now - share.at) * REFILL
         share.credit = credit = credit if credit < CREDIT else CREDIT
         share.at = now
@@ -194,7 +195,7 @@ class LoopTurns:
         # Scheduled from the previous turn, so it runs first in this one,
         # before the callbacks of what select() reported.
         self._scheduled = False
-        now = self._clock()
+        now = self.clock()
         budget = self.budget if self.budget > 0.0 else float("inf")
         charged = self.spent - self._precharge  # input work since the last start
         # Busy: the previous turn deferred input or parsed much. Then this
