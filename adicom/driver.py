@@ -94,9 +94,13 @@ class Driver(Deadlines, Emission):
     # names per class; past that each instance's dict is a whole dict of
     # its own, and every attribute read on it is slower.
     __slots__ = (
+        "_association_answer",
         "_batched",
         "_clock",
+        "_close_waiters",
+        "_closed",
         "_dimse",
+        "_drain_waiters",
         "_emitter",
         "_error",
         "_gather_now",
@@ -105,6 +109,9 @@ class Driver(Deadlines, Emission):
         "_last_received",
         "_loop",
         "_operations",
+        "_protocol",
+        "_release_done",
+        "_request_seen",
         "_reserved",
         "_room_waiters",
         "_sending",
@@ -116,6 +123,7 @@ class Driver(Deadlines, Emission):
         "_ul",
         "_watched",
         "dimse_timeout",
+        "idle_timeout",
         "max_pdu",
         "on_request",
         "requestor",
@@ -131,7 +139,7 @@ class Driver(Deadlines, Emission):
     _input_holds = 0
     _input_deferred = False
     #: Abort when nothing at all arrives for this long (None: never).
-    idle_timeout: float | None = None
+    idle_timeout: float | None
     #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
     request: AAssociateRQ | None = None
     response: AAssociateAC | None = None
@@ -149,8 +157,8 @@ class Driver(Deadlines, Emission):
     # Tasks waiting for room in the operations window, for the transport
     # to drain, for the close (a deque or list once one waits).
     _room_waiters: deque[asyncio.Future[None]] | tuple[()]
-    _drain_waiters: deque[asyncio.Future[None]] | tuple[()] = ()
-    _close_waiters: list[asyncio.Future[None]] | tuple[()] = ()
+    _drain_waiters: deque[asyncio.Future[None]] | tuple[()]
+    _close_waiters: list[asyncio.Future[None]] | tuple[()]
     _paused = False
     # Made by the first message sent in pieces; _sending counts the tasks
     # that hold it or wait for it (see Association.send_message).
@@ -162,16 +170,16 @@ class Driver(Deadlines, Emission):
     _error: DicomError | None
     # The acceptor's, once wait_request waits: set with the peer's
     # A-ASSOCIATE-RQ, or None when the connection closes first.
-    _request_seen: asyncio.Future[AAssociateRQ | None] | None = None
-    _association_answer: asyncio.Future[ul.ULEvent] | None = None
-    _release_done: asyncio.Future[None] | None = None
+    _request_seen: asyncio.Future[AAssociateRQ | None] | None
+    _association_answer: asyncio.Future[ul.ULEvent] | None
+    _release_done: asyncio.Future[None] | None
     _released = False
     #: True once the connection has closed (connection_lost); tasks that
     #: wait for that wait on futures of their own (_close_waiters).
-    _closed = False
+    _closed: bool
     #: Plain TCP on asyncio's selector loop (see _end_connection).
     _plain_selector = False
-    _protocol: TransportProtocol | None = None
+    _protocol: TransportProtocol | None
     _ended = False  # released, rejected or aborted has been told
     # An operation whose pending responses are read a few at a time (see
     # Association.gather_pending), and for how long reading pauses after a
@@ -202,25 +210,27 @@ class Driver(Deadlines, Emission):
         )
         upper.parse_budget = PARSE_BUDGET
         self._dimse = dimse = DimseConnection(upper, limits)
-        upper.reader.max_pdvs = dimse.limits.max_pdvs
+        upper._reader.max_pdvs = dimse.limits.max_pdvs  # upper.reader, read directly
         #: The loop's input budget per turn, shared by every association on it.
         self._turns = turns = loop_turns(loop)
         self._share = turns.share()
-        upper.reader.staging = turns.staging  # one receive buffer per loop
+        upper._reader.staging = turns.staging  # one receive buffer per loop
         self.requestor = requestor
         self.max_pdu = max_pdu
         #: Bounds the wait for each response, and for a peer that stops reading.
         self.dimse_timeout = dimse_timeout
-        if idle_timeout is not None:
-            self.idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout
         self._clock = clock = turns.clock  # loop_clock(loop), found once per loop
         self._last_received = clock()
         # The slots' starting values (see __slots__).
         self._error = self._transport = self._gather_pause = self.on_request = None
+        self._protocol = self._request_seen = self._association_answer = None
+        self._release_done = None
+        self._closed = False
         self._timer = None
         self._timer_at = math.inf
         self._sending = self._reserved = self._batched = self._gather_now = 0
-        self._room_waiters = ()
+        self._room_waiters = self._drain_waiters = self._close_waiters = ()
         self._operations: dict[int, Operation] = {}
         # Bounded waits (an operation's for its response, ...), each until
         # its deadline, watched by the association's timer (see _watch).
@@ -344,7 +354,7 @@ class Driver(Deadlines, Emission):
             # Evt5.
             self._ul.connection_made(now)
             self._after_io()
-        elif self._ul.state is _STA4:
+        elif self._ul._fsm._state is _STA4:  # self._ul.state
             # Evt2: the request was prepared before connecting
             # (Association.prepare_request); it leaves from this callback.
             self._send_request()
@@ -506,7 +516,7 @@ class Driver(Deadlines, Emission):
             # TLS 1.3 checks a client certificate after the client's side of
             # the handshake is done: the refusal arrives as an alert on read.
             self._set_error(TlsError(f"TLS with {self._peer_name()}: {describe_tls_failure(exc)}"))
-        if self._ul.input_pending:
+        if self._ul._input_pending:  # ul.input_pending
             # What the peer sent before it closed is still its word.
             self._ul.parse_budget = 0
             self._ul.parse_pending(self._clock())

@@ -177,6 +177,7 @@ DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
 # class costs a descriptor call (Python 3.11).
 _C_CANCEL_RQ = int(CommandField.C_CANCEL_RQ)
 _decode_command = Command.decode
+_STA8 = State.STA8
 # Made once (an X | Y in an isinstance call makes a union object each time).
 _ENDS = (ul.Aborted, ul.ConnectionLost, ul.ArtimExpired)
 
@@ -477,7 +478,7 @@ class DimseConnection:
             # Still waiting for our answer (Sta8)? Events are queued as the
             # bytes are parsed: an A-ABORT read in the same breath may have
             # ended the association already.
-            if self.ul.state is State.STA8:
+            if self.ul._fsm._state is _STA8:  # self.ul.state
                 self.ul.respond_release(now)
         elif isinstance(event, _ENDS):
             self._drop_receiving()
