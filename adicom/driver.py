@@ -606,7 +606,21 @@ class Driver(Deadlines, Emission):
         written already), so the layers' queues and flags are read directly.
         """
         upper = self._ul
-        if upper._events or upper.trace:
+        events = upper._events
+        if upper.trace or self._emitter is not None:
+            if events or upper.trace:
+                self._process_events(now)
+        elif len(events) == 1 and type(events[0]) is PDataTF:
+            # _process_events of the usual read, one P-DATA-TF and nothing
+            # traced, inline (every read).
+            pdu: Any = events.popleft()  # a PDataTF, as tested
+            for dimse_event in self._dimse.receive_pdata(
+                pdu, self._clock() if now is None else now
+            ):
+                self._dispatch(dimse_event)
+            if events:  # queued meanwhile (a DIMSE abort's events)
+                self._process_events(now)
+        elif events:
             self._process_events(now)
         if (
             upper._out

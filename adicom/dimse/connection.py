@@ -424,7 +424,10 @@ class DimseConnection:
         limit = self.peer_max_pdu
         if (limit and size > limit) or size > MAX_SEND_PDU:
             return False
-        self._check_context(context_id)
+        # self._check_context(context_id), inline (every response):
+        context = self.contexts.get(context_id)
+        if self._sending is not None or context is None or context.result != 0:
+            self._check_context(context_id)  # raises
         self.ul.send_pdv(context_id, 3, encoded, now)
         if status != 0xFF00 and status != 0xFF01:  # final, not pending (PS3.7 C.4): see _sent
             self._unanswered.discard(responded_to)
