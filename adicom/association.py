@@ -90,6 +90,9 @@ _C_ECHO_RQ, _C_STORE_RQ = int(CommandField.C_ECHO_RQ), int(CommandField.C_STORE_
 _FAILURE = StatusCategory.FAILURE
 #: Responses encoded once, by (request's command field, SOP class, status).
 _RESPONSES: dict[tuple[int, str | None, int], ResponseTemplate] = {}
+#: The key and template of the last of them taken (a tuple key is made,
+#: hashed and compared per response otherwise).
+_LAST_RESPONSE: list[Any] = [None, None, None, None]
 
 
 class Association(Driver):
@@ -104,6 +107,8 @@ class Association(Driver):
     #: How long reading pauses after a read of only pending responses
     #: nobody waits for, by default (see :meth:`gather_pending`; 0: never).
     gather_delay: float = GATHER_DELAY
+    #: The ID of the accepted Verification context, once echo() found it.
+    _echo_context: int | None = None
 
     @property
     def contexts(self) -> dict[int, PresentationContext]:
@@ -181,7 +186,7 @@ class Association(Driver):
         """
         self.request = request
         self._association_answer = self._loop.create_future()
-        self._ul.request_association(request, self._loop.time())
+        self._ul.request_association(request, self._clock())
         if self._transport is not None:
             self._send_request()  # connected already
 
@@ -235,7 +240,7 @@ class Association(Driver):
         problem = peer_max_pdu_problem(response.user_information.maximum_length)
         if problem is not None:
             # PS3.8 Table 9-26: invalid PDU parameter value.
-            self._ul.abort(self._loop.time(), source=2, reason=6)
+            self._ul.abort(self._clock(), source=2, reason=6)
             error = AssociationAborted(2, 6, local=True, detail=problem)
             self._set_error(error)
             self._after_io()
@@ -267,14 +272,14 @@ class Association(Driver):
         """Acceptor: answer with A-ASSOCIATE-AC and take what was agreed."""
         self.response = response
         self._dimse.agree(agreement)
-        self._ul.accept(response, self._loop.time())
+        self._ul.accept(response, self._clock())
         self._after_io()
         if self._emitter is not None:
             self._emitter.emit(ev.Accepted(self, response))
 
     def reject(self, response: AAssociateRJ) -> None:
         """Acceptor: answer with A-ASSOCIATE-RJ; the peer then closes (ARTIM bounds it)."""
-        self._ul.reject(response, self._loop.time())
+        self._ul.reject(response, self._clock())
         self._after_io()
         if self._emitter is not None:
             self._ended = True
@@ -303,16 +308,16 @@ class Association(Driver):
         # close it, AR-3), or failed: one wait, not one for the answer and
         # another for the close.
         self._release_done = self._loop.create_future()
-        self._ul.request_release(self._loop.time())
+        self._ul.request_release(self._clock())
         self._after_io()
-        deadline = None if timeout is None else self._loop.time() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         try:
             await self._bounded(self._release_done, _RELEASE, timeout)
             if not self._closed:
                 # Told when we closed (see Driver._flush), and the close is
                 # not done yet (TLS says goodbye first): wait for it, within
                 # what is left of the bound.
-                left = None if deadline is None else max(0.0, deadline - self._loop.time())
+                left = None if deadline is None else max(0.0, deadline - self._clock())
                 await self.wait_closed(left)
         except DicomTimeout:
             if not self._released:
@@ -398,7 +403,7 @@ class Association(Driver):
                 context_id,
                 command,
                 dataset,
-                self._loop.time(),
+                self._clock(),
                 encoded=encoded,
             )
         ):
@@ -418,7 +423,7 @@ class Association(Driver):
             async with lock:
                 self._check_open()
                 outgoing = self._dimse.send(context_id, command, dataset, encoded=encoded)
-                clock = self._loop.time
+                clock = self._clock
                 try:
                     yielded = clock()
                     unwritten = 0
@@ -532,7 +537,7 @@ class Association(Driver):
                 command = command.with_message_id(dimse.next_message_id())
             message_id = command.message_id
             assert message_id is not None
-            operation = self._track(context_id, command, message_id)
+            operation = self._track(context_id, command.command_field, message_id)
             try:
                 await self.send_message(context_id, command, dataset, encoded=encoded)
             except BaseException:
@@ -543,9 +548,9 @@ class Association(Driver):
             self._wake_room()
         return operation
 
-    def _track(self, context_id: int, command: Command, message_id: int) -> Operation:
+    def _track(self, context_id: int, command_field: int, message_id: int) -> Operation:
         """The Operation that takes the responses to the request about to be sent."""
-        operation = Operation(self, context_id, command)
+        operation = Operation(self, context_id, message_id, command_field)
         self._operations[message_id] = operation
         if self._gather_pause is not None:
             self._end_gather()  # its answer must not wait for a pause
@@ -567,9 +572,9 @@ class Association(Driver):
             or self._sending
         ):
             return None
-        operation = self._track(context_id, command, message_id)
+        operation = self._track(context_id, command.command_field, message_id)
         try:
-            sent = dimse.send_whole(context_id, command, None, self._loop.time(), encoded=encoded)
+            sent = dimse.send_whole(context_id, command, None, self._clock(), encoded=encoded)
         except BaseException:
             operation.forget()
             raise
@@ -578,6 +583,35 @@ class Association(Driver):
             return None
         # PS3.8 E.2: the whole message left in one PDU, nothing between.
         self._sent_now(context_id, command, None, False)
+        return operation
+
+    def _request_now(
+        self, context_id: int, template: RequestTemplate, message_id: int
+    ) -> Operation | None:
+        """:meth:`_start_now` of a templated request, made as bytes alone.
+
+        Only while nothing listens to the association's events (a hook
+        would be told the request's Command, which is then made and sent by
+        :meth:`_start_now`). None, having done nothing, when it would wait.
+        """
+        dimse = self._dimse
+        if (
+            self._emitter is not None
+            or self._room_waiters
+            or len(dimse._outstanding) + self._reserved >= dimse.max_outstanding
+            or self._sending
+        ):
+            return None
+        command_field = template.command_field
+        encoded = template.encode(message_id)
+        if not dimse.send_request_now(
+            context_id, command_field, message_id, encoded, self._clock()
+        ):
+            return None
+        # PS3.8 E.2: the whole message left in one PDU, nothing between;
+        # tracked once sent (no response can come before this callback ends).
+        operation = self._track(context_id, command_field, message_id)
+        self._flush()  # what _sent_now does unbatched, with no hook to tell
         return operation
 
     async def send_request(
@@ -603,17 +637,23 @@ class Association(Driver):
 
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5): returns the status; raises DimseError on failure."""
-        context = self.context_for(VERIFICATION)
+        context_id = self._echo_context
+        if context_id is None:
+            # Contexts are settled once per association (negotiation).
+            context_id = self._echo_context = self.context_for(VERIFICATION).context_id
         self._check_open()
-        command, encoded = _ECHO_RQ.make(self._dimse.next_message_id())
-        operation = self._start_now(context.context_id, command, encoded)
+        message_id = self._dimse.next_message_id()
+        operation = self._request_now(context_id, _ECHO_RQ, message_id)
         if operation is None:
-            operation = await self.start_operation(context.context_id, command, encoded=encoded)
+            command, encoded = _ECHO_RQ.make(message_id)
+            operation = self._start_now(context_id, command, encoded)
+            if operation is None:
+                operation = await self.start_operation(context_id, command, encoded=encoded)
         reply = await operation.next_response()
         while not operation.done:  # a pending C-ECHO-RSP is no answer yet
             reply = await operation.next_response()
         status = reply.command.status or 0
-        if status_category(status) is _FAILURE:
+        if status and status_category(status) is _FAILURE:  # 0: success (PS3.7 C.1)
             raise DimseError(status, "C-ECHO failed: " + describe_status(status))
         return status
 
@@ -672,7 +712,7 @@ class Association(Driver):
             message_id,
             status,
             template.encode(message_id, instance),
-            self._loop.time(),
+            self._clock(),
         ):
             return False
         if self._emitter is not None:
@@ -708,12 +748,16 @@ class Association(Driver):
 
 def _response_template(request: Command, status: int) -> ResponseTemplate:
     """The template of the response to ``request`` (C-ECHO-RQ, C-STORE-RQ) with ``status``."""
-    key = (request.command_field, request.affected_sop_class_uid, status)
+    field, sop_class = request.command_field, request.affected_sop_class_uid
+    last = _LAST_RESPONSE
+    if last[0] == field and last[2] == status and last[1] == sop_class:
+        same: ResponseTemplate = last[3]  # as the last (C-ECHOs, one SOP class's C-STOREs)
+        return same
+    key = (field, sop_class, status)
     template = _RESPONSES.get(key)
     if template is None:
         if len(_RESPONSES) >= 1024:
             _RESPONSES.clear()  # a peer naming ever new SOP classes
-        template = _RESPONSES[key] = ResponseTemplate(
-            request.command_field | 0x8000, request.affected_sop_class_uid, status
-        )
+        template = _RESPONSES[key] = ResponseTemplate(field | 0x8000, sop_class, status)
+    last[:] = (field, sop_class, status, template)
     return template

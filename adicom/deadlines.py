@@ -19,13 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from adicom.errors import DicomTimeout, TimeoutKind
 
-__all__ = ["Deadlines", "Watched"]
+__all__ = ["Deadlines", "Watched", "loop_clock"]
 
 _T = TypeVar("_T")
+_ASYNCIO_TIME = asyncio.BaseEventLoop.time
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``, or the C function it calls when it is asyncio's own.
+
+    asyncio's ``BaseEventLoop.time`` is ``time.monotonic()`` behind a
+    Python call (about twice the cost of the C call alone, read several
+    times per message). A loop whose ``time`` is another (uvloop's, a
+    test's fake clock, one set on the loop object) is read as it is.
+    """
+    clock = loop.time
+    if getattr(clock, "__func__", None) is _ASYNCIO_TIME:
+        return time.monotonic
+    return clock
 
 
 class Watched(Protocol):
@@ -59,14 +76,17 @@ class Deadlines:
     """The timer of one association and the waits it watches (a base of the Driver)."""
 
     _loop: asyncio.AbstractEventLoop
+    #: The loop's clock (loop_clock): what ``_loop.time()`` returns.
+    _clock: Callable[[], float]
     #: Bounded waits (an operation's for its response, ...), each until its
     #: deadline (the driver makes the dict).
     _watched: dict[Watched, None]
     #: The connection is closed (the driver's; its timer is stopped for good).
     _closed: bool
-    # The one loop timer of the association and when it fires (see _arm).
-    _timer: asyncio.TimerHandle | None = None
-    _timer_at = math.inf
+    # The one loop timer of the association and when it fires (see _arm;
+    # the driver sets both first).
+    _timer: asyncio.TimerHandle | None
+    _timer_at: float
 
     def _on_timer(self) -> None:
         """The timer fired: do what is due, set it again (the driver's)."""
@@ -97,7 +117,7 @@ class Deadlines:
         When the association's timer finds it due, it is dropped and its
         ``_expired()`` is called; :meth:`_unwatch` ends it before then.
         """
-        deadline = self._loop.time() + seconds
+        deadline = self._clock() + seconds
         wait._deadline = deadline
         wait._timeout = seconds
         self._watched[wait] = None

@@ -71,6 +71,9 @@ _CLOSE = TimeoutKind.CLOSE
 _STA6 = State.STA6
 _STA8 = State.STA8
 
+# Made once (an X | Y in an isinstance call makes a union object each time).
+_ANSWERS = (ul.AssociationAccepted, ul.AssociationRejected)
+
 #: Received PDVs (or PDUs) handled in one loop callback at most, about a
 #: millisecond of work; the rest waits for the next turn (UpperLayer.parse_budget).
 PARSE_BUDGET = 256
@@ -84,57 +87,99 @@ class Driver(Deadlines, Emission):
     (:class:`adicom.events.Hooks`) are told what happens on it.
     """
 
-    # What every association starts with, as class attributes: an
-    # association costs only the stores of what differs (a requestor opens
-    # one per operation, so its constructor is on the hot path). Containers
-    # that most associations never fill start as a shared empty tuple and
-    # are made when first needed.
+    # What the constructor sets, and what every message reads, are slots:
+    # their reads are the cheapest (Python 3.11 specializes no read of a
+    # class attribute through an instance, ~250 instructions each), and
+    # the instance dict keeps only the rest. Shared keys hold up to 30
+    # names per class; past that each instance's dict is a whole dict of
+    # its own, and every attribute read on it is slower.
+    __slots__ = (
+        "_association_answer",
+        "_batched",
+        "_clock",
+        "_close_waiters",
+        "_closed",
+        "_dimse",
+        "_drain_waiters",
+        "_emitter",
+        "_error",
+        "_gather_now",
+        "_gather_pause",
+        "_incoming",
+        "_last_received",
+        "_loop",
+        "_operations",
+        "_protocol",
+        "_release_done",
+        "_request_seen",
+        "_reserved",
+        "_room_waiters",
+        "_sending",
+        "_share",
+        "_timer",
+        "_timer_at",
+        "_transport",
+        "_turns",
+        "_ul",
+        "_watched",
+        "dimse_timeout",
+        "idle_timeout",
+        "max_pdu",
+        "on_request",
+        "requestor",
+    )
+
+    # What every association starts with otherwise, as class attributes:
+    # an association costs only the stores of what differs (a requestor
+    # opens one per operation, so its constructor is on the hot path).
+    # Containers that most associations never fill start as a shared empty
+    # tuple and are made when first needed.
 
     #: How many consumers of its input hold it (see Association.hold_input).
     _input_holds = 0
     _input_deferred = False
     #: Abort when nothing at all arrives for this long (None: never).
-    idle_timeout: float | None = None
+    idle_timeout: float | None
     #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
     request: AAssociateRQ | None = None
     response: AAssociateAC | None = None
-    _transport: asyncio.Transport | None = None
+    _transport: asyncio.Transport | None
     _tls: TlsInfo | None = None
     #: Answers a request of the peer at once, in the transport callback
     #: that received it (a C-ECHO-RQ, say), saving a task switch:
     #: returns True if it did, False to queue it for receive_request.
-    on_request: Callable[[Message], bool] | None = None
+    on_request: Callable[[Message], bool] | None
     #: Acceptor: told the peer's A-ASSOCIATE-RQ in the transport callback
     #: that received it, once, to answer it there (accept or reject) when
     #: the answer needs no await; wait_request sees the request either way.
     on_association_request: Callable[[AAssociateRQ], None] | None = None
-    _reserved = 0  # requests waiting to be sent, counted in the window
+    _reserved: int  # requests waiting to be sent, counted in the window
     # Tasks waiting for room in the operations window, for the transport
     # to drain, for the close (a deque or list once one waits).
-    _room_waiters: deque[asyncio.Future[None]] | tuple[()] = ()
-    _drain_waiters: deque[asyncio.Future[None]] | tuple[()] = ()
-    _close_waiters: list[asyncio.Future[None]] | tuple[()] = ()
+    _room_waiters: deque[asyncio.Future[None]] | tuple[()]
+    _drain_waiters: deque[asyncio.Future[None]] | tuple[()]
+    _close_waiters: list[asyncio.Future[None]] | tuple[()]
     _paused = False
     # Made by the first message sent in pieces; _sending counts the tasks
     # that hold it or wait for it (see Association.send_message).
     _send_lock: asyncio.Lock | None = None
-    _sending = 0
+    _sending: int
     # Batched messages not written yet; a write of them is scheduled
     # while there are any (see send_message's ``batch``).
-    _batched = 0
-    _error: DicomError | None = None
+    _batched: int
+    _error: DicomError | None
     # The acceptor's, once wait_request waits: set with the peer's
     # A-ASSOCIATE-RQ, or None when the connection closes first.
-    _request_seen: asyncio.Future[AAssociateRQ | None] | None = None
-    _association_answer: asyncio.Future[ul.ULEvent] | None = None
-    _release_done: asyncio.Future[None] | None = None
+    _request_seen: asyncio.Future[AAssociateRQ | None] | None
+    _association_answer: asyncio.Future[ul.ULEvent] | None
+    _release_done: asyncio.Future[None] | None
     _released = False
     #: True once the connection has closed (connection_lost); tasks that
     #: wait for that wait on futures of their own (_close_waiters).
-    _closed = False
+    _closed: bool
     #: Plain TCP on asyncio's selector loop (see _end_connection).
     _plain_selector = False
-    _protocol: TransportProtocol | None = None
+    _protocol: TransportProtocol | None
     _ended = False  # released, rejected or aborted has been told
     # An operation whose pending responses are read a few at a time (see
     # Association.gather_pending), and for how long reading pauses after a
@@ -144,9 +189,9 @@ class Driver(Deadlines, Emission):
     # pause's timer while reading pauses (an input hold of its own).
     _gathering: Operation | None = None
     _gather_delay = 0.0
-    _gather_now = 0
+    _gather_now: int
     _gather_last = -math.inf
-    _gather_pause: asyncio.TimerHandle | None = None
+    _gather_pause: asyncio.TimerHandle | None
 
     def __init__(
         self,
@@ -165,18 +210,27 @@ class Driver(Deadlines, Emission):
         )
         upper.parse_budget = PARSE_BUDGET
         self._dimse = dimse = DimseConnection(upper, limits)
-        upper.reader.max_pdvs = dimse.limits.max_pdvs
+        upper._reader.max_pdvs = dimse.limits.max_pdvs  # upper.reader, read directly
         #: The loop's input budget per turn, shared by every association on it.
         self._turns = turns = loop_turns(loop)
         self._share = turns.share()
-        upper.reader.staging = turns.staging  # one receive buffer per loop
+        upper._reader.staging = turns.staging  # one receive buffer per loop
         self.requestor = requestor
         self.max_pdu = max_pdu
         #: Bounds the wait for each response, and for a peer that stops reading.
         self.dimse_timeout = dimse_timeout
-        if idle_timeout is not None:
-            self.idle_timeout = idle_timeout
-        self._last_received = loop.time()
+        self.idle_timeout = idle_timeout
+        self._clock = clock = turns.clock  # loop_clock(loop), found once per loop
+        self._last_received = clock()
+        # The slots' starting values (see __slots__).
+        self._error = self._transport = self._gather_pause = self.on_request = None
+        self._protocol = self._request_seen = self._association_answer = None
+        self._release_done = None
+        self._closed = False
+        self._timer = None
+        self._timer_at = math.inf
+        self._sending = self._reserved = self._batched = self._gather_now = 0
+        self._room_waiters = self._drain_waiters = self._close_waiters = ()
         self._operations: dict[int, Operation] = {}
         # Bounded waits (an operation's for its response, ...), each until
         # its deadline, watched by the association's timer (see _watch).
@@ -248,7 +302,7 @@ class Driver(Deadlines, Emission):
             self.close()
             return
         if state not in (State.STA1, State.STA13):
-            self._ul.abort(self._loop.time())
+            self._ul.abort(self._clock())
             self._set_error(AssociationAborted(0, 0, local=True))
         self._close_soon()
 
@@ -295,12 +349,12 @@ class Driver(Deadlines, Emission):
         self._tls = tls_info(transport)
         if self._tls is None and isinstance(self._loop, asyncio.SelectorEventLoop):
             self._plain_selector = True
-        self._last_received = self._loop.time()
+        self._last_received = now = self._clock()
         if not self.requestor:
             # Evt5.
-            self._ul.connection_made(self._loop.time())
+            self._ul.connection_made(now)
             self._after_io()
-        elif self._ul.state is _STA4:
+        elif self._ul._fsm._state is _STA4:  # self._ul.state
             # Evt2: the request was prepared before connecting
             # (Association.prepare_request); it leaves from this callback.
             self._send_request()
@@ -336,11 +390,11 @@ class Driver(Deadlines, Emission):
         if self._emitter is not None and self.request is not None:
             this: Any = self
             self._emitter.emit(ev.Requested(this, self.request))
-        self._ul.connection_made(self._loop.time())
+        self._ul.connection_made(self._clock())
         self._after_io()
 
     def _data_received(self, nbytes: int) -> None:
-        self._last_received = now = self._loop.time()
+        self._last_received = now = self._clock()
         share = self._share
         share.credit -= nbytes
         turns = self._turns
@@ -353,7 +407,10 @@ class Driver(Deadlines, Emission):
         upper = self._ul
         upper.receive_into(nbytes, now)
         self._after_io(now)
-        turns.charge(self._loop.time() - now)
+        # turns.charge(self._clock() - now), inline (every read):
+        turns.spent += self._clock() - now
+        if not turns._scheduled and turns.spent * 4.0 >= turns.budget > 0.0:
+            turns.charge(0.0)  # schedules the next turn's work
         if upper._input_pending:  # upper.input_pending
             self._defer_input()
         elif self._gather_now:  # what the read brought matters (see _gather)
@@ -441,11 +498,11 @@ class Driver(Deadlines, Emission):
         self._input_deferred = False
         if self._closed:
             return
-        now = self._loop.time()
+        now = self._clock()
         self._ul.parse_pending(now)
         self._after_io()
         self._gather_now = 0  # reading resumes here, not after a pause (see _gather)
-        self._turns.charge(self._loop.time() - now)
+        self._turns.charge(self._clock() - now)
         if self._ul.input_pending:
             self._defer_input()
         else:
@@ -459,11 +516,11 @@ class Driver(Deadlines, Emission):
             # TLS 1.3 checks a client certificate after the client's side of
             # the handshake is done: the refusal arrives as an alert on read.
             self._set_error(TlsError(f"TLS with {self._peer_name()}: {describe_tls_failure(exc)}"))
-        if self._ul.input_pending:
+        if self._ul._input_pending:  # ul.input_pending
             # What the peer sent before it closed is still its word.
             self._ul.parse_budget = 0
-            self._ul.parse_pending(self._loop.time())
-        self._ul.connection_lost(self._loop.time())
+            self._ul.parse_pending(self._clock())
+        self._ul.connection_lost(self._clock())
         self._process_events()
         self._stop_timer()
         if self._error is None and not self._ended_normally():
@@ -503,7 +560,7 @@ class Driver(Deadlines, Emission):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = math.inf
-        now = self._loop.time()
+        now = self._clock()
         try:
             # The layers fire what is due, nothing else (handle_timer).
             self._ul.handle_timer(now)
@@ -535,7 +592,7 @@ class Driver(Deadlines, Emission):
             DicomTimeout(TimeoutKind.IDLE, idle_timeout, "nothing received from the peer")
         )
         if self._ul.state is not State.STA2:
-            self._ul.abort(self._loop.time())
+            self._ul.abort(self._clock())
         # In Sta2 no A-ASSOCIATE-RQ came: there is no association to abort
         # (PS3.8 Table 9-10 has no A-ABORT request there), only the
         # connection to close, as ARTIM's expiry would (AA-2).
@@ -549,7 +606,21 @@ class Driver(Deadlines, Emission):
         written already), so the layers' queues and flags are read directly.
         """
         upper = self._ul
-        if upper._events or upper.trace:
+        events = upper._events
+        if upper.trace or self._emitter is not None:
+            if events or upper.trace:
+                self._process_events(now)
+        elif len(events) == 1 and type(events[0]) is PDataTF:
+            # _process_events of the usual read, one P-DATA-TF and nothing
+            # traced, inline (every read).
+            pdu: Any = events.popleft()  # a PDataTF, as tested
+            for dimse_event in self._dimse.receive_pdata(
+                pdu, self._clock() if now is None else now
+            ):
+                self._dispatch(dimse_event)
+            if events:  # queued meanwhile (a DIMSE abort's events)
+                self._process_events(now)
+        elif events:
             self._process_events(now)
         if (
             upper._out
@@ -632,7 +703,7 @@ class Driver(Deadlines, Emission):
         dimse = self._dimse
         dispatch = self._dispatch
         if now is None:
-            now = self._loop.time()  # one callback: one moment
+            now = self._clock()  # one callback: one moment
         while events:
             event = take()
             # A P-DATA indication is queued as its PDU (see UpperLayer._events).
@@ -657,9 +728,11 @@ class Driver(Deadlines, Emission):
             # while more of the peer's messages wait to be handled: the
             # DIMSE layer counts those against the operations window
             # (PS3.7 D.3.3.3) as unanswered, as the peer sent them.
+            incoming = self._incoming
             if (
                 answer is None
-                or self._incoming.ready
+                or incoming._items  # incoming.ready, read directly
+                or incoming._error is not None
                 or self._ul._events  # ul.has_events
                 or not answer(event.message)
             ):
@@ -674,7 +747,15 @@ class Driver(Deadlines, Emission):
         operation = self._operations.get(message_id)
         if operation is None:
             return  # the DIMSE layer keeps only what is awaited; nothing to do
-        operation.deliver(message)
+        if operation._pending_taker is None:
+            # operation.deliver(message): its queue's put, inline (every response).
+            responses = operation._responses
+            responses._items.append(message)
+            waiter = responses._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        else:
+            operation.deliver(message)
         if event.final:
             self._gather_now = -1
             del self._operations[message_id]
@@ -701,7 +782,7 @@ class Driver(Deadlines, Emission):
             if hook is not None:
                 self.on_association_request = None
                 hook(event.request)
-        elif isinstance(event, ul.AssociationAccepted | ul.AssociationRejected):
+        elif isinstance(event, _ANSWERS):
             answer = self._association_answer
             if answer is not None and not answer.done():
                 answer.set_result(event)

@@ -168,14 +168,16 @@ class Operation:
         self,
         association: Association,
         context_id: int,
-        request: Command,
+        message_id: int,
+        command_field: int,
         name: str | None = None,
     ) -> None:
         self.association = association
         self.context_id = context_id
-        self.message_id = request.message_id or 0
+        #: The request's Message ID (PS3.7 9.3.1.1).
+        self.message_id = message_id
         #: The request's Command Field (C-FIND-RQ, C-STORE-RQ, ...).
-        self.command_field = request.command_field
+        self.command_field = command_field
         self._name = name
         self._responses = MessageQueue()
         #: While a wait for a response is bounded: when it ends (loop time),
@@ -229,7 +231,7 @@ class Operation:
                 taker(command)
                 if self._deadline:
                     # A task waits (bounded): the response restarts its wait.
-                    self._deadline = self.association._loop.time() + self._timeout
+                    self._deadline = self.association._clock() + self._timeout
                 return
         self._responses.put(message)
 
@@ -259,12 +261,14 @@ class Operation:
                 # coroutine (arrival, then take).
                 association._watch(self, seconds)
                 try:
-                    await responses.arrival(association._loop)
+                    # responses.arrival(), then take(), inline (every response).
+                    responses._waiter = waiter = association._loop.create_future()
+                    await waiter
                 finally:
                     responses._waiter = None
-                    association._unwatch(self)
+                    association._watched.pop(self, None)  # association._unwatch(self)
                     self._deadline = 0.0  # no wait to re-arm (see deliver)
-                reply = responses.take()
+                reply = responses._items.popleft() if responses._items else responses.take()
         except DicomTimeout:
             self.forget()
             association.abort()

@@ -184,6 +184,18 @@ _STA12 = State.STA12
 _STA7 = State.STA7
 _STA9 = State.STA9
 _EVT6 = Event.EVT6
+_EVT1 = Event.EVT1
+_EVT2 = Event.EVT2
+_EVT5 = Event.EVT5
+_EVT7 = Event.EVT7
+_EVT8 = Event.EVT8
+_EVT9 = Event.EVT9
+_EVT11 = Event.EVT11
+_EVT14 = Event.EVT14
+_EVT15 = Event.EVT15
+_EVT17 = Event.EVT17
+_EVT18 = Event.EVT18
+_EVT19 = Event.EVT19
 
 #: PDataReceived(pdu), faster (one per P-DATA-TF PDU received).
 _new_pdata_received = frozen_builder(PDataReceived)
@@ -306,7 +318,7 @@ class UpperLayer:
 
     def connection_made(self, now: float) -> None:
         """The transport is open: Evt2 (requestor) or Evt5 (acceptor)."""
-        self._step(Event.EVT2 if self.requestor else Event.EVT5, now)
+        self._step(_EVT2 if self.requestor else _EVT5, now)
 
     @property
     def reader(self) -> PDUReader:
@@ -325,7 +337,17 @@ class UpperLayer:
         if self._reader_failed or self._fsm._state is _STA1:
             return
         if self.lend_reads and self.trace is None:
-            self._reader.buffer_lent(nbytes)
+            reader = self._reader
+            if reader._body_view is None and reader._lent is None and not reader._carried:
+                # reader.buffer_lent(nbytes) of the usual read, inline: a
+                # read from where the last one's PDUs ended, parsed where it
+                # landed (see PDUReader.buffer_lent).
+                if nbytes:
+                    reader._lent = reader.staging.view
+                    reader._lent_pos = 0
+                    reader._lent_end = nbytes
+            else:
+                reader.buffer_lent(nbytes)
         else:
             self._reader.buffer_updated(nbytes)
         self._parse(now)
@@ -399,14 +421,14 @@ class UpperLayer:
     def connection_lost(self, now: float) -> None:
         """The transport closed (Evt17)."""
         if self._fsm._state is not _STA1:
-            self._step(Event.EVT17, now)
+            self._step(_EVT17, now)
 
     def handle_timer(self, now: float) -> None:
         """Fire ARTIM (Evt18) if its deadline has passed."""
         if self._artim_deadline is not None and now >= self._artim_deadline:
             self._artim_deadline = None
             state = self.state
-            self._step(Event.EVT18, now)
+            self._step(_EVT18, now)
             self._events.append(ArtimExpired(state))
 
     @property
@@ -431,15 +453,15 @@ class UpperLayer:
     def request_association(self, request: AAssociateRQ, now: float) -> None:
         """A-ASSOCIATE request (Evt1); sent once :meth:`connection_made` is called."""
         self._request = request
-        self._primitive(Event.EVT1, now)
+        self._primitive(_EVT1, now)
 
     def accept(self, response: AAssociateAC, now: float) -> None:
         """A-ASSOCIATE response, accept (Evt7)."""
-        self._primitive(Event.EVT7, now, response)
+        self._primitive(_EVT7, now, response)
 
     def reject(self, response: AAssociateRJ, now: float) -> None:
         """A-ASSOCIATE response, reject (Evt8)."""
-        self._primitive(Event.EVT8, now, response)
+        self._primitive(_EVT8, now, response)
 
     def send_pdata(self, pdvs: Sequence[tuple[int, int, bytes | memoryview]], now: float) -> None:
         """P-DATA request (Evt9): one P-DATA-TF PDU of (context, control, data) PDVs."""
@@ -451,7 +473,7 @@ class UpperLayer:
             if self.trace is not None:
                 self.trace.append((_pdata(pdvs), True))
             return
-        self._primitive(Event.EVT9, now, pdvs)
+        self._primitive(_EVT9, now, pdvs)
 
     def send_pdv(self, context_id: int, control: int, data: bytes, now: float) -> None:
         """P-DATA request (Evt9) of one PDV: ``send_pdata(((context_id, control, data),))``.
@@ -467,11 +489,11 @@ class UpperLayer:
             if self.trace is not None:
                 self.trace.append((_pdata(((context_id, control, data),)), True))
             return
-        self._primitive(Event.EVT9, now, ((context_id, control, data),))
+        self._primitive(_EVT9, now, ((context_id, control, data),))
 
     def request_release(self, now: float) -> None:
         """A-RELEASE request (Evt11)."""
-        self._primitive(Event.EVT11, now, AReleaseRQ())
+        self._primitive(_EVT11, now, AReleaseRQ())
 
     def respond_release(self, now: float) -> None:
         """A-RELEASE response (Evt14) to a :class:`ReleaseRequested` without collision.
@@ -479,7 +501,7 @@ class UpperLayer:
         In a release collision the upper layer answers by itself (see
         :mod:`adicom.fsm`), so the user never has to.
         """
-        self._primitive(Event.EVT14, now, AReleaseRP())
+        self._primitive(_EVT14, now, AReleaseRP())
 
     def abort(self, now: float, *, source: int = 0, reason: int = 0) -> None:
         """A-ABORT request (Evt15); a no-op once idle or already closing.
@@ -489,7 +511,7 @@ class UpperLayer:
         """
         if self.state in (State.STA1, State.STA13):
             return
-        self._primitive(Event.EVT15, now, AAbort(source, reason))
+        self._primitive(_EVT15, now, AAbort(source, reason))
 
     # -- internals ---------------------------------------------------------
 
@@ -513,7 +535,7 @@ class UpperLayer:
     def _invalid_pdu(self, exc: RemoteProtocolError, now: float) -> None:
         # Evt19: unrecognized or invalid PDU. In most states AA-8 answers
         # with an A-ABORT whose reason says what was wrong (PS3.8 9.3.8).
-        self._step(Event.EVT19, now, exc)
+        self._step(_EVT19, now, exc)
 
     def _step(
         self, event: Event, now: float, payload: object = None, *, acceptable: bool = True
@@ -530,7 +552,7 @@ class UpperLayer:
             # the moment the table allows it. The requestor answers as soon
             # as it hears of the collision (Sta9, AR-9); the acceptor after
             # its own release is confirmed (Sta12, AR-4).
-            self._step(Event.EVT14, now, AReleaseRP())
+            self._step(_EVT14, now, AReleaseRP())
 
     def _apply(
         self,
@@ -614,7 +636,7 @@ class UpperLayer:
             self.trace.append((pdu, True))
 
     def _p_abort(self, old: State, event: Event, payload: object) -> Aborted | ConnectionLost:
-        if event is Event.EVT17:
+        if event is _EVT17:
             return ConnectionLost(old)
         if isinstance(payload, RemoteProtocolError):
             return Aborted(2, payload.abort_reason, local=True, detail=str(payload))

@@ -50,7 +50,7 @@ class TransportProtocol(asyncio.BufferedProtocol):
     def __init__(self, association: Driver) -> None:
         """Join ``association`` to the connection asyncio is about to make."""
         self._association = association
-        self._reader = reader = association._ul.reader
+        self._reader = reader = association._ul._reader  # ul.reader, read directly
         # The two calls of every read go straight to where they land (the
         # methods below say the same, a call deeper); connection_lost
         # points buffer_updated elsewhere.

@@ -61,6 +61,7 @@ import weakref
 from collections import deque
 from typing import Protocol
 
+from adicom.deadlines import loop_clock
 from adicom.pdu.reader import Staging
 
 __all__ = ["CREDIT", "DEFAULT_TURN_BUDGET", "REFILL", "LoopTurns", "Share", "loop_turns"]
@@ -116,12 +117,15 @@ class LoopTurns:
         "_sparse",
         "_started",
         "budget",
+        "clock",
         "spent",
         "staging",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, budget: float = DEFAULT_TURN_BUDGET):
         self._loop = loop
+        #: The loop's clock (adicom.deadlines.loop_clock), found once per loop.
+        self.clock = loop_clock(loop)
         self.budget = budget
         #: Work charged since the last turn started (seconds).
         self.spent = 0.0
@@ -150,7 +154,7 @@ class LoopTurns:
 
     def share(self) -> Share:
         """A new association's :class:`Share`, with full credit."""
-        return Share(self._loop.time())
+        return Share(self.clock())
 
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` of input work done now."""
@@ -172,7 +176,7 @@ class LoopTurns:
 
     def defer(self, driver: Deferred, share: Share) -> None:
         """``driver`` has input to parse in a later turn (and stopped reading)."""
-        now = self._loop.time()
+        now = self.clock()
         credit = share.credit + (now - share.at) * REFILL
         share.credit = credit = credit if credit < CREDIT else CREDIT
         share.at = now
@@ -191,7 +195,7 @@ class LoopTurns:
         # Scheduled from the previous turn, so it runs first in this one,
         # before the callbacks of what select() reported.
         self._scheduled = False
-        now = self._loop.time()
+        now = self.clock()
         budget = self.budget if self.budget > 0.0 else float("inf")
         charged = self.spent - self._precharge  # input work since the last start
         # Busy: the previous turn deferred input or parsed much. Then this

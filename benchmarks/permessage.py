@@ -142,14 +142,19 @@ def _turn_budget() -> float:
 class _Side:
     """One side's process, talked to line by line."""
 
-    def __init__(self, args: list[str], callgrind: bool) -> None:
+    def __init__(self, args: list[str], callgrind: bool, keep: Path | None = None) -> None:
         command = [sys.executable, "-m", "benchmarks.permessage", *args]
         env = dict(os.environ)
         if callgrind:
             env["PERMESSAGE_TURN_BUDGET"] = "0"
-            command = ["valgrind", "--tool=callgrind", "-q", "--callgrind-out-file=/dev/null"]
+            out = "/dev/null" if keep is None else str(keep / f"{args[0]}.callgrind")
+            command = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={out}"]
+            if keep is not None:
+                # Only the timed spans are dumped (callgrind_control -d), not the run's whole life.
+                command += ["--dump-line=no", "--dump-instr=no"]
             command += [sys.executable, "-m", "benchmarks.permessage", *args]
         self.callgrind = callgrind
+        self.keep = keep
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
@@ -175,19 +180,28 @@ class _Side:
     def instructions(self) -> int:
         return callgrind_instructions(self.proc.pid)
 
+    def dump(self, label: str) -> None:
+        """With --keep: callgrind writes the profile since the last zeroing (a part file)."""
+        if self.callgrind and self.keep is not None:
+            subprocess.run(
+                ["callgrind_control", "-d", label, str(self.proc.pid)], capture_output=True
+            )
+
     def close(self) -> None:
         end_child(self.proc)
 
 
-def _run(workloads: list[tuple[str, int]], callgrind: bool, data_dir: Path) -> None:
+def _run(
+    workloads: list[tuple[str, int]], callgrind: bool, data_dir: Path, keep: Path | None = None
+) -> None:
     need = max((n + n // 10 for work, n in workloads if work == "store"), default=0)
     files = [str(p) for p in instance_paths(ensure(data_dir, SMALL, need), need)] if need else []
     store_dir = tempfile.mkdtemp(prefix="permessage-")
-    scp = _Side(["scp", store_dir], callgrind)
+    scp = _Side(["scp", store_dir], callgrind, keep)
     scu: _Side | None = None
     try:
         port = scp.expect("PORT")[0]
-        scu = _Side(["scu", port, *files], callgrind)
+        scu = _Side(["scu", port, *files], callgrind, keep)
         scu.expect("READY")
         print(f"{'work':6} {'n':>6}  {'SCU us/op (sys)':>17}  {'SCP us/op (sys)':>17}", end="")
         print("  SCU kIr/op  SCP kIr/op" if callgrind else "")
@@ -210,6 +224,8 @@ def _run(workloads: list[tuple[str, int]], callgrind: bool, data_dir: Path) -> N
                 line += (
                     f"  {scu.instructions() / n / 1e3:10.1f}  {scp.instructions() / n / 1e3:10.1f}"
                 )
+                scu.dump(f"{work}:{n}")
+                scp.dump(f"{work}:{n}")
             print(line, flush=True)
     finally:
         if scu is not None:
@@ -230,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workloads", nargs="+", metavar="WORKLOAD:N")
     parser.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     parser.add_argument("--data-dir", type=Path, default=Path("benchmarks/results/data"))
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="with --callgrind: keep each side's profile of each timed span in DIR "
+        "(scu.callgrind.N / scp.callgrind.N, N in the workloads' order; callgrind_annotate)",
+    )
     args = parser.parse_args(argv)
     workloads = []
     for spec in args.workloads:
@@ -240,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.callgrind and shutil.which("valgrind") is None:
         parser.error("--callgrind needs valgrind")
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    _run(workloads, args.callgrind, args.data_dir)
+    if args.keep is not None:
+        if not args.callgrind:
+            parser.error("--keep needs --callgrind")
+        args.keep.mkdir(parents=True, exist_ok=True)
+    _run(workloads, args.callgrind, args.data_dir, args.keep)
     return 0
 
 

@@ -1013,3 +1013,19 @@ async def test_message_queue_arrival_then_take_is_get_in_two_steps() -> None:
     interrupted.interrupt(TimeoutError("late"))
     with pytest.raises(TimeoutError, match="late"):
         await waiter
+
+
+def test_the_response_template_follows_the_request_and_the_status() -> None:
+    # The last template taken is kept (see _response_template): another
+    # status or SOP class right after must not get it.
+    from adicom.association import _response_template
+    from adicom.dimse import Command, CommandField, c_store_rq
+
+    echo = Command(CommandField.C_ECHO_RQ, message_id=1, affected_sop_class_uid="1.2.840.10008.1.1")
+    store = c_store_rq("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", message_id=2)
+    for request, status in [(echo, 0), (echo, 0x0110), (echo, 0), (store, 0), (store, 0xA700)]:
+        response = _response_template(request, status).command(7, request.affected_sop_instance_uid)
+        assert response.command_field == request.command_field | 0x8000
+        assert response.affected_sop_class_uid == request.affected_sop_class_uid
+        assert response.status == status and response.message_id_being_responded_to == 7
+    assert _response_template(echo, 0) is _response_template(echo, 0)

@@ -269,8 +269,9 @@ async def test_a_cycle_looks_no_socket_up_in_vain_when_it_closes() -> None:
     # after it was dropped. The closes of a connect, echo and release (ours
     # after the A-RELEASE-RP, the acceptor's on the end of the stream) are
     # aborts when nothing is left to write, which do not ask: what is left
-    # is the registrations (ours twice: the connect's watch, then the
-    # transport's; the acceptor's once).
+    # is the registrations, once each (the transport's; a connect to this
+    # host is done when connect_ex returns, so it is never watched: see
+    # client._connected_now).
     loop = asyncio.get_running_loop()
     if not isinstance(loop, asyncio.SelectorEventLoop):
         return  # uvloop (tests/test_uvloop.py): no selector, no lookups
@@ -298,4 +299,45 @@ async def test_a_cycle_looks_no_socket_up_in_vain_when_it_closes() -> None:
             finally:
                 del selector.get_key
     assert assoc.closed
-    assert sorted(failed.values()) == [1, 2], failed  # the acceptor's socket, ours
+    assert sorted(failed.values()) == [1, 1], failed  # the acceptor's socket, ours
+
+
+async def test_a_connect_not_done_at_once_waits_for_the_socket_to_be_writable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A remote peer's connect is still under way when connect_ex returns:
+    # the loop watches the socket until it is writable (the poll that finds
+    # a local connect done at once is bypassed here).
+    from adicom import client
+
+    waits: list[int] = []
+    writable = client._writable
+
+    async def watched(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        waits.append(fd)
+        await writable(loop, fd)
+
+    monkeypatch.setattr(client, "_connected_now", lambda fd: False)
+    monkeypatch.setattr(client, "_writable", watched)
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                assert await assoc.echo() == 0
+    assert len(waits) == 1
+
+
+async def test_a_local_connect_is_done_at_once() -> None:
+    # What lets a connect to this host skip the loop's watch.
+    from adicom import client
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    sock = socket.socket()
+    try:
+        sock.setblocking(False)
+        assert sock.connect_ex(listener.getsockname()) in (0, *client._CONNECTING)
+        assert client._connected_now(sock.fileno()) or client._POLL is None
+    finally:
+        sock.close()
+        listener.close()

@@ -826,3 +826,33 @@ def test_a_response_sent_as_its_bytes_alone_is_what_send_whole_sends(status: int
         assert not pair.acc.ul.data_to_send()
     assert wire[0] == wire[1] and len(wire[0]) > 12
     assert unanswered[0] == unanswered[1] == (set() if status != 0xFF00 else {1})
+
+
+def test_a_request_sent_as_its_bytes_alone_is_checked_and_counted_as_send_is() -> None:
+    # send_request_now (a C-ECHO-RQ from its template, no Command made):
+    # the same message on the wire, the same checks, the same count.
+    from adicom.dimse import RequestTemplate
+
+    pair = Pair(window=2)
+    dimse = pair.req.dimse
+    template = RequestTemplate(echo_rq(0))
+    first = dimse.next_message_id()
+    field = CommandField.C_ECHO_RQ
+    assert dimse.send_request_now(1, field, first, template.encode(first), pair.now)
+    assert dimse.is_outstanding(first)
+    with pytest.raises(LocalProtocolError, match="already outstanding"):
+        dimse.send_request_now(1, field, first, template.encode(first), pair.now)
+    with pytest.raises(LocalProtocolError, match="context 9 was not accepted"):
+        dimse.send_request_now(9, field, 7, template.encode(7), pair.now)
+    second = dimse.next_message_id()
+    assert dimse.send_request_now(1, field, second, template.encode(second), pair.now)
+    with pytest.raises(LocalProtocolError, match="window of 2 is full"):
+        dimse.send_request_now(1, field, 9, template.encode(9), pair.now)
+    pair.pump()
+    assert only_messages(pair.acc.drain()) == [
+        Message(1, echo_rq(first)),
+        Message(1, echo_rq(second)),
+    ]
+    dimse.peer_max_pdu = len(template.encode(3)) + 5  # one byte short of the PDV
+    assert not dimse.send_request_now(1, field, 3, template.encode(3), pair.now)
+    assert not dimse.is_outstanding(3)

@@ -655,19 +655,26 @@ class RequestTemplate:
     (C-ECHO-RQ, PS3.7 9.3.5.1).
     """
 
-    __slots__ = ("_head", "_tail", "_values")
+    __slots__ = ("_head", "_pack", "_tail", "_values", "command_field")
 
     def __init__(self, command: Command) -> None:
         encoded = command.with_message_id(0).encode()
         at = encoded.index(_ENCODERS[_ELEMENT_INDEX[0x0110]][0], 12) + 8
         self._head, self._tail = encoded[:at], encoded[at + 2 :]
+        self._pack = struct.Struct(f"<{len(self._head)}sH{len(self._tail)}s").pack
         self._values = list(_ALL_FIELDS(command))
+        #: The request's Command Field (C-ECHO-RQ, ...).
+        self.command_field = command.command_field
 
     def make(self, message_id: int) -> tuple[Command, bytes]:
         """The request with ``message_id``, and its bytes."""
         values = self._values.copy()
         values[_MESSAGE_ID] = message_id
-        return _build(values), self._head + _U16.pack(message_id) + self._tail
+        return _build(values), self.encode(message_id)
+
+    def encode(self, message_id: int) -> bytes:
+        """The bytes of :meth:`make`'s request alone, for a sender that needs no Command."""
+        return self._pack(self._head, message_id, self._tail)
 
 
 def malformed(message: str) -> RemoteProtocolError:

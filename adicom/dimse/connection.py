@@ -176,6 +176,10 @@ DimseEvent = RequestReceived | ResponseReceived | ul.ULEvent
 # Read on every message, as a plain int: an Enum member read through its
 # class costs a descriptor call (Python 3.11).
 _C_CANCEL_RQ = int(CommandField.C_CANCEL_RQ)
+_decode_command = Command.decode
+_STA8 = State.STA8
+# Made once (an X | Y in an isinstance call makes a union object each time).
+_ENDS = (ul.Aborted, ul.ConnectionLost, ul.ArtimExpired)
 
 #: The limits of a connection given none (frozen: one serves them all).
 _DEFAULT_LIMITS = Limits()
@@ -310,7 +314,10 @@ class DimseConnection:
 
     def next_message_id(self) -> int:
         """A fresh Message ID (PS3.7 9.3.1.1: unique among outstanding requests)."""
-        message_id = self._last_message_id
+        message_id = self._last_message_id % 0xFFFF + 1
+        if message_id not in self._outstanding:  # the usual case: no loop (a range costs ~1.5k)
+            self._last_message_id = message_id
+            return message_id
         for _ in range(0x10000):
             message_id = message_id % 0xFFFF + 1
             if message_id not in self._outstanding:
@@ -378,6 +385,30 @@ class DimseConnection:
         self._sent(command)
         return True
 
+    def send_request_now(
+        self, context_id: int, command_field: int, message_id: int, encoded: bytes, now: float
+    ) -> bool:
+        """:meth:`send_whole` of a request without a data set, given as its bytes alone.
+
+        For a request made from a template (a C-ECHO-RQ: see
+        :class:`~adicom.dimse.RequestTemplate`) that nobody needs as a
+        Command: the checks and the count of outstanding requests read only
+        its Command Field and Message ID. Not for C-CANCEL-RQ (it takes no
+        room in the window). False, having done nothing, when it does not
+        fit one PDU.
+        """
+        size = len(encoded) + 6  # the PDU's length: the PDV's header and data
+        limit = self.peer_max_pdu
+        if (limit and size > limit) or size > MAX_SEND_PDU:
+            return False
+        self._check_context(context_id)
+        outstanding = self._outstanding
+        if message_id in outstanding or len(outstanding) >= self.max_outstanding:
+            self._check_send(context_id, Command(command_field, message_id=message_id))  # raises
+        self.ul.send_pdv(context_id, 3, encoded, now)
+        outstanding[message_id] = command_field  # what _sent counts of a request
+        return True
+
     def send_response(
         self, context_id: int, responded_to: int, status: int, encoded: bytes, now: float
     ) -> bool:
@@ -393,7 +424,10 @@ class DimseConnection:
         limit = self.peer_max_pdu
         if (limit and size > limit) or size > MAX_SEND_PDU:
             return False
-        self._check_context(context_id)
+        # self._check_context(context_id), inline (every response):
+        context = self.contexts.get(context_id)
+        if self._sending is not None or context is None or context.result != 0:
+            self._check_context(context_id)  # raises
         self.ul.send_pdv(context_id, 3, encoded, now)
         if status != 0xFF00 and status != 0xFF01:  # final, not pending (PS3.7 C.4): see _sent
             self._unanswered.discard(responded_to)
@@ -447,9 +481,9 @@ class DimseConnection:
             # Still waiting for our answer (Sta8)? Events are queued as the
             # bytes are parsed: an A-ABORT read in the same breath may have
             # ended the association already.
-            if self.ul.state is State.STA8:
+            if self.ul._fsm._state is _STA8:  # self.ul.state
                 self.ul.respond_release(now)
-        elif isinstance(event, ul.Aborted | ul.ConnectionLost | ul.ArtimExpired):
+        elif isinstance(event, _ENDS):
             self._drop_receiving()
         return [event]
 
@@ -501,10 +535,23 @@ class DimseConnection:
                 context_id = pdv.context_id
                 context = self.contexts.get(context_id)
                 if context is not None and context.result == 0:  # context.accepted
+                    data = pdv.data
                     try:
-                        delivered = self._command_in(
-                            context_id, assembler.whole_command(context_id, pdv.data)
-                        )
+                        limit = assembler.max_command
+                        if limit and len(data) > limit:
+                            assembler.whole_command(context_id, data)  # raises
+                        command = _decode_command(data)
+                        if command.command_data_set_type == NO_DATASET:
+                            # What whole_command and _command_in do with a
+                            # message without a data set, inline (the
+                            # assembler stays idle).
+                            delivered = self._deliver(
+                                _new_message(context_id, command, None, None, None)
+                            )
+                            return [] if delivered is None else [delivered]
+                        assembler._expect_data = True  # whole_command's, as it returns
+                        assembler._context = context_id
+                        delivered = self._command_in(context_id, command)
                     except RemoteProtocolError as exc:
                         return [self._violation(exc, now)]
                     if self._receiving is not None:

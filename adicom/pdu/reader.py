@@ -48,6 +48,16 @@ class Staging:
         self.view = memoryview(bytearray())
 
 
+# PDUReader's constants (see there), read as module names: read through an
+# instance, a class attribute costs a lookup each (Python 3.11).
+_LARGE = 1 << 16
+_STAGING = 1 << 16
+_STAGING_MIN = 1 << 14
+_READ_PDUS = 16
+_PREALLOCATE_MAX = 1 << 24
+_CARRY = 1 << 13
+
+
 class PDUReader:
     """Incremental PDU decoder: feed bytes as they arrive, take whole PDUs out.
 
@@ -90,23 +100,23 @@ class PDUReader:
     )
 
     #: A PDU body at least this long gets a buffer of its own.
-    LARGE = 1 << 16
+    LARGE = _LARGE
     #: ... unless it is longer than this (a peer that announced no limit
     #: cannot make us allocate more than this ahead of its bytes).
-    PREALLOCATE_MAX = 1 << 24
+    PREALLOCATE_MAX = _PREALLOCATE_MAX
     #: Small PDUs are received into a staging buffer, and every PDU of one
     #: read is decoded in one loop callback. So a read takes room for about
     #: READ_PDUS PDUs of the size last seen, between STAGING_MIN and
     #: STAGING: 64 KiB of C-FIND responses (~180) held a C-FIND SCU's loop
     #: for 3 ms, while 16 KiB reads cost a DCMTK peer's 16 KiB PDUs two
     #: reads each (10% of the C-STORE rate).
-    STAGING = 1 << 16
-    STAGING_MIN = 1 << 14
-    READ_PDUS = 16
+    STAGING = _STAGING
+    STAGING_MIN = _STAGING_MIN
+    READ_PDUS = _READ_PDUS
     #: The start of a PDU that a read left in our own buffer, up to this
     #: long, is put back in front of the next read (see :meth:`get_buffer`),
     #: which takes that much less (so at least STAGING_MIN - CARRY).
-    CARRY = 1 << 13
+    CARRY = _CARRY
 
     def __init__(
         self,
@@ -130,7 +140,7 @@ class PDUReader:
         #: Where small reads land first: the reader's own, until a driver
         #: gives it its loop's (see :class:`Staging`).
         self.staging = Staging()
-        self._read_size = self.STAGING_MIN
+        self._read_size = _STAGING_MIN
         self.max_pdata_length = max_pdata_length
         self.max_control_length = max_control_length
         self.max_pdvs = max_pdvs
@@ -165,7 +175,7 @@ class PDUReader:
         buf = self._buf
         if buf:
             carried = len(buf)
-            if carried <= self.CARRY:
+            if carried <= _CARRY:
                 # The start of a PDU came in the last read (a DCMTK peer
                 # writes a PDU's headers apart from its data, so a read of
                 # just them is common): it goes in front of this read, so
@@ -275,13 +285,15 @@ class PDUReader:
                         if limit and length > limit:
                             raise PDUTooLarge(length, limit)
                         # The next reads sized for this PDU (see _expect).
-                        read_size = self.READ_PDUS * (6 + length)
+                        # The class's constants as module names: read
+                        # through an instance they cost a lookup each.
+                        read_size = _READ_PDUS * (6 + length)
                         self._read_size = (
-                            self.STAGING_MIN
-                            if read_size < self.STAGING_MIN
+                            _STAGING_MIN
+                            if read_size < _STAGING_MIN
                             else read_size
-                            if read_size < self.STAGING
-                            else self.STAGING
+                            if read_size < _STAGING
+                            else _STAGING
                         )
                         stop = pos + 6 + length
                         if stop <= end:
@@ -305,7 +317,7 @@ class PDUReader:
                                         )
                                     )
                             return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
-                        if length < self.LARGE:
+                        if length < _LARGE:
                             # The start of a P-DATA-TF whose rest is still
                             # to come (often just its headers: see
                             # get_buffer): ours to keep, as _next_lent would
@@ -321,7 +333,7 @@ class PDUReader:
                 return None
             self._body = self._body_view = None
             self._body_pos = 0
-            self._read_size = self.STAGING
+            self._read_size = _STAGING
             return self._decode(self._body_type, memoryview(body))
         if len(buf) < 6:
             if buf and buf[0] not in DECODERS:
@@ -335,7 +347,7 @@ class PDUReader:
             raise PDUTooLarge(length, limit)
         have = len(buf) - 6
         if have < length:
-            if self.LARGE <= length <= self.PREALLOCATE_MAX:
+            if _LARGE <= length <= _PREALLOCATE_MAX:
                 self._gather_in_place(pdu_type, length)
             else:
                 self._expect(length)
@@ -347,9 +359,7 @@ class PDUReader:
                 # A P-DATA-TF's PDVs are views: give it the buffer itself
                 # rather than a copy, and take a new one.
                 self._buf = bytearray()
-                self._read_size = min(
-                    self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length))
-                )
+                self._read_size = min(_STAGING, max(_STAGING_MIN, _READ_PDUS * (6 + length)))
                 return PDataTF.decode(memoryview(buf)[6:], self.max_pdvs)
             data = bytes(buf)
             buf.clear()
@@ -357,7 +367,7 @@ class PDUReader:
             with memoryview(buf) as view:
                 data = bytes(view[: 6 + length])
             del buf[: 6 + length]
-        self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
+        self._read_size = min(_STAGING, max(_STAGING_MIN, _READ_PDUS * (6 + length)))
         if pdu_type == 0x04:  # _decode's first case, a call less per P-DATA-TF
             return PDataTF.decode(memoryview(data)[6:], self.max_pdvs)
         return self._decode(pdu_type, memoryview(data)[6:])
@@ -382,9 +392,7 @@ class PDUReader:
                     self._lent = None
                 else:
                     self._lent_pos = stop
-                self._read_size = min(
-                    self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length))
-                )
+                self._read_size = min(_STAGING, max(_STAGING_MIN, _READ_PDUS * (6 + length)))
                 if pdu_type == 0x04:
                     return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
                 # Other PDUs may be kept (a trace, the A-ASSOCIATE cache): copied.
@@ -394,7 +402,7 @@ class PDUReader:
             pdu_type, length = PDU_HEADER.unpack_from(lent, pos)
             limit = self.max_pdata_length if pdu_type == 0x04 else self.max_control_length
             if (
-                self.LARGE <= length <= self.PREALLOCATE_MAX
+                _LARGE <= length <= _PREALLOCATE_MAX
                 and pdu_type in DECODERS
                 and not (limit and length > limit)
             ):
@@ -457,7 +465,7 @@ class PDUReader:
             return True  # next_pdu raises
         if len(buf) - 6 >= length:
             return True
-        if self.LARGE <= length <= self.PREALLOCATE_MAX:
+        if _LARGE <= length <= _PREALLOCATE_MAX:
             self._gather_in_place(pdu_type, length)
         else:
             self._expect(length)
@@ -472,7 +480,7 @@ class PDUReader:
         before (16 KiB) took a 40 KiB data set fragment in three, a loop
         turn each.
         """
-        self._read_size = min(self.STAGING, max(self.STAGING_MIN, self.READ_PDUS * (6 + length)))
+        self._read_size = min(_STAGING, max(_STAGING_MIN, _READ_PDUS * (6 + length)))
 
     def _gather_in_place(self, pdu_type: int, length: int) -> None:
         # Gather the rest of the body in place (see get_buffer).
