@@ -303,3 +303,141 @@ def test_serve_takes_index_max_pending(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--index-max-pending", "0"])
     assert "--index-max-pending" in capsys.readouterr().err
+
+
+async def test_a_working_index_refuses_nothing_however_small_max_pending(
+    tmp_path: pathlib.Path,
+) -> None:
+    # max_pending far below a chunk: a working index is brought forward to
+    # the next loop turn as changes pile up, and no store is refused.
+    archive = Archive(tmp_path, max_pending=4)
+    await archive.open()
+    index = archive._sqlite
+    assert index is not None
+    storage = archive.storage
+    peak = 0
+    try:
+        for ds in instances(60):
+            assert _file_directly(archive, ds) == Status.SUCCESS
+            assert not getattr(storage, "refusing", False)
+            peak = max(peak, index.pending)
+            await asyncio.sleep(0)  # the next turn: the commit brought forward
+            await asyncio.sleep(0)
+        assert peak <= 2
+        await written(archive)
+    finally:
+        archive.close()
+
+
+async def test_past_twice_max_pending_stores_are_refused_even_with_a_working_index(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The memory bound holds whatever the reason: changes made faster than
+    # the loop turns (here, all in one callback) are refused past twice
+    # max_pending, and accepted again once half are written.
+    archive = Archive(tmp_path, max_pending=4)
+    await archive.open()
+    sent = instances(12)
+    try:
+        statuses = [_file_directly(archive, ds) for ds in sent]
+        assert statuses == [Status.SUCCESS] * 8 + [Status.OUT_OF_RESOURCES] * 4
+        for ds in sent[8:]:
+            assert not filed_at(tmp_path, ds).exists()
+        await written(archive)
+        assert _file_directly(archive, sent[8]) == Status.SUCCESS
+    finally:
+        archive.close()
+
+
+def test_stores_are_admitted_again_once_half_are_written(tmp_path: pathlib.Path) -> None:
+    archive = Archive(tmp_path, max_pending=10)
+    index = archive._sqlite
+    assert index is not None
+    try:
+        for number in range(6):
+            index.add(_values(f"1.2.{number}"), tmp_path / f"f{number}", "")
+        assert not archive._admit()  # 6 of 10 waiting: more than half
+        index.commit(1)
+        assert archive._admit()  # 5: half
+    finally:
+        archive.close()
+
+
+async def test_open_writes_a_backlog_a_chunk_per_loop_turn(tmp_path: pathlib.Path) -> None:
+    # adicom serve opens (scans) the archive while it serves: what piled up
+    # meanwhile is written in chunks there too, not in one transaction.
+    archive = Archive(tmp_path)
+    await archive.open()
+    index = archive._sqlite
+    assert index is not None
+    index.chunk = 16
+    written_per_commit: list[int] = []
+    commit = index.commit
+
+    def counted(limit: int | None = None) -> None:
+        before = index.pending
+        commit(limit)
+        written_per_commit.append(before - index.pending)
+
+    index.commit = counted  # type: ignore[method-assign]
+    try:
+        with locked(tmp_path / INDEX_NAME):
+            for ds in instances(100):
+                assert _file_directly(archive, ds) == Status.SUCCESS
+        await archive.open()  # (it reads the files not committed yet again: harmless)
+        await written(archive)
+        assert len(committed(tmp_path / INDEX_NAME)) == 100
+        assert len(written_per_commit) > 100 // 16
+        assert max(written_per_commit) <= 16
+    finally:
+        archive.close()
+
+
+def test_a_commit_of_no_change_still_writes_one(tmp_path: pathlib.Path) -> None:
+    # A limit below 1 (a chunk set to 0) would otherwise write nothing and
+    # schedule itself again at every loop turn.
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        index.add(_values("1.2"), tmp_path / "x", "")
+        index.commit(0)
+        assert index.pending == 0
+    finally:
+        index.close()
+
+
+def test_a_superseded_change_is_not_written_until_what_superseded_it_is(
+    tmp_path: pathlib.Path,
+) -> None:
+    # wait_committed() must not return while another reader still sees the
+    # row a pending change replaced.
+    index = Index(tmp_path / "index.sqlite", chunk=1)
+    try:
+        index.add(_values("A"), tmp_path / "shared", "")
+        index.add(_values("Q"), tmp_path / "q", "")
+        first = index.serial - 1  # A's
+        index.add(_values("B"), tmp_path / "shared", "")  # B takes A's file
+        assert not index.written(first)
+        index.commit(1)  # Q (A's place in the queue is gone)
+        assert not index.written(first)
+        index.commit(1)  # B
+        assert index.written(first)
+        # A removal of a pending row's path inherits that row's number.
+        index.add(_values("C"), tmp_path / "c", "")
+        index.add(_values("R"), tmp_path / "r", "")
+        mark = index.serial - 1  # C's
+        index.remove_path(tmp_path / "c")
+        index.commit(1)  # the removal (removals go first)
+        assert index.written(mark)
+        assert not index.written(index.serial)  # R
+    finally:
+        index.close()
+
+
+async def test_an_instance_filed_after_close_schedules_no_commit(tmp_path: pathlib.Path) -> None:
+    # One in flight as the server closes: its row is not retried forever
+    # against the closed index (opening the archive again indexes its file).
+    archive = Archive(tmp_path)
+    await archive.open()
+    archive.close()
+    assert _file_directly(archive, instances(1)[0]) == Status.SUCCESS
+    assert archive._commit_timer is None

@@ -53,7 +53,6 @@ from adicom.archive.matching import ATTRIBUTES, LEVELS, PATH, RAW, MatchError, m
 from adicom.archive.sequences import SequenceKeys
 from adicom.commitment import CommitmentSCP
 from adicom.dimse import Status
-from adicom.diskinstance import DiskInstance
 from adicom.diskstorage import DEFAULT_LAYOUT, DiskStorage, Filed
 from adicom.errors import ArchiveError
 from adicom.fileformat import (
@@ -109,7 +108,9 @@ class Archive:
     (another process holds its lock, its disk is full) the changes wait in
     memory; past ``max_pending`` of them a C-STORE is refused at once with
     0xA700 (PS3.4 B.2.3, out of resources), nothing of it written, until
-    the index has written half of them.
+    the index has written half of them. A working index is never behind
+    by that many for long: past twice ``max_pending`` stores are refused
+    whatever the reason, so that the memory stays bounded.
     """
 
     def __init__(
@@ -195,6 +196,13 @@ class Archive:
         #: Index changes waiting to be written beyond which a C-STORE is
         #: refused (0xA700) until half are written (SQLite index; see _admit).
         self.max_pending = max_pending
+        # How many waiting changes bring the commit forward to the next
+        # loop turn (see _many_pending).
+        self._hurry = min(
+            self._sqlite.chunk if self._sqlite is not None else max_pending,
+            max(1, max_pending // 2),
+        )
+        self._closed = False
         # Stores whose index write failed half-way (a timeout, a cancel): the
         # row may have been written for a file that is removed; dropped once
         # the database answers again.
@@ -236,31 +244,32 @@ class Archive:
             raw=raw,
             displace=displace,
         )
-        # A chunk's worth waiting, or max_pending: see _many_pending (one
-        # comparison per instance otherwise).
+        # A chunk's worth waiting (or half of max_pending): see _many_pending
+        # (one comparison per instance otherwise).
         pending = index.pending
-        if pending >= index.chunk or pending >= self.max_pending:
+        if pending >= self._hurry:
             self._many_pending(pending)
         if self._commit_timer is None:
             self._schedule_commit(COMMIT_DELAY)
 
     def _many_pending(self, pending: int) -> None:
-        """A chunk's worth of changes waits (commit at the next turn), or max_pending (refuse)."""
-        index = self._sqlite
-        assert index is not None
+        """Many changes wait: commit at the next turn, or refuse stores (max_pending).
+
+        Stores are refused only while the index cannot be written (the last
+        try found it locked or failing), or past twice ``max_pending``
+        whatever the reason: a small ``max_pending`` must not refuse stores
+        that a working index writes a moment later.
+        """
         handle = self._commit_timer
-        if (
-            handle is not None
-            and self._commit_delayed
-            and not self._commit_held
-            and pending >= index.chunk
-        ):
+        held = self._commit_held
+        if handle is not None and self._commit_delayed and not held:
             handle.cancel()
             self._commit_timer = None
             self._schedule_commit(0.0)
         storage = self.storage
         if (
             pending >= self.max_pending
+            and (held or pending >= 2 * self.max_pending)
             and isinstance(storage, _IndexedStorage)
             and not storage.refusing
         ):
@@ -352,6 +361,8 @@ class Archive:
             self._schedule_commit(COMMIT_DELAY)
 
     def _schedule_commit(self, delay: float) -> None:
+        if self._closed:
+            return  # an instance filed after close(): opening the archive again indexes it
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -522,12 +533,25 @@ class Archive:
         return read
 
     async def _commit_batch(self) -> None:
-        """Write what open() indexed so far, waiting (on the loop) for other processes."""
-        deadline = asyncio.get_running_loop().time() + OPEN_WAIT
+        """Write what open() indexed so far, waiting (on the loop) for other processes.
+
+        With SQLite a chunk per loop turn, like the archive's own commits:
+        open() runs while the server serves, and what waits may include a
+        backlog of stores (the index was locked a while).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OPEN_WAIT
+        sqlite = self._sqlite
         while True:
             try:
-                await self.index.commit()
-                break
+                if sqlite is None:
+                    await self.index.commit()
+                    break
+                sqlite.commit(sqlite.chunk)
+                if not sqlite.pending:
+                    break
+                deadline = loop.time() + OPEN_WAIT  # written: not stuck
+                await asyncio.sleep(0)
             except IndexBusy:
                 # Several processes opening one archive at once (serve
                 # --workers): each writes its batches in turn; rows are keyed
@@ -552,6 +576,7 @@ class Archive:
         await self.index.aclose()
 
     def _closing(self) -> None:
+        self._closed = True
         if self._settling is not None:
             self._settling.cancel()
             self._settling = None
@@ -723,7 +748,7 @@ class _IndexedStorage(DiskStorage):
             if not self.admit():
                 return _Refused(context)
             self.refusing = False
-        return DiskInstance(self, context)
+        return super().open(context)
 
 
 class _Refused(IncomingInstance):

@@ -168,6 +168,13 @@ class Index:
         self._removed: dict[str, int] = {}
         # The number of the latest change (see serial).
         self._serial = 0
+        # Changes that superseded a pending one (a row at the path of
+        # another instance's pending row, a removal of a pending row's path)
+        # with the lowest number of what they superseded: until they are
+        # written, that older change is not (see written()). Rare: a layout
+        # that files two instances under one name, a file gone meanwhile.
+        self._inherited_rows: dict[str, int] = {}
+        self._inherited_removals: dict[str, int] = {}
         # Rows a bounded commit took from the front of _rows since it was made.
         self._dropped = 0
         # SOP Instance UIDs added with displace=True: a committed copy filed
@@ -281,8 +288,13 @@ class Index:
         """Whether every change up to number ``serial`` is committed (or superseded).
 
         A change made pending again later (a row stored again) keeps its
-        first number, so it counts as not written until it is.
+        first number, so it counts as not written until it is; a change
+        superseded by another (a row at its path, a removal of its path)
+        until that other is written.
         """
+        for inherited in (self._inherited_rows, self._inherited_removals):
+            if inherited and min(inherited.values()) <= serial:
+                return False
         # Oldest first: the first of each has the lowest number.
         removal = next(iter(self._removed.values()), None)
         if removal is not None and removal <= serial:
@@ -304,13 +316,15 @@ class Index:
         """
         if not self._rows and not self._removed:
             return
+        if limit is not None:
+            limit = max(1, limit)  # a commit of nothing would never end a backlog
         everything = limit is None or len(self._rows) + len(self._removed) <= limit
         if everything:
             removals: Collection[str] = self._removed
             rows = self._rows
         else:
             assert limit is not None
-            removals = list(itertools.islice(self._removed, max(1, limit)))
+            removals = list(itertools.islice(self._removed, limit))
             room = max(0, limit - len(removals))
             rows = dict(itertools.islice(self._rows.items(), room)) if room else {}
         db = self._db
@@ -340,13 +354,17 @@ class Index:
             self._removed = {}
             self._displace = set()
             self._dropped = 0
+            self._inherited_rows = {}
+            self._inherited_removals = {}
         else:
             for where in removals:
                 del self._removed[where]
+                self._inherited_removals.pop(where, None)
             for uid, (_, row) in rows.items():
                 del self._rows[uid]
                 self._paths.pop(str(row[_ROW_PATH]), None)
                 self._displace.discard(uid)
+                self._inherited_rows.pop(uid, None)
             if not self._rows:
                 self._displace = set()  # UIDs whose rows went before a commit
             # A dict keeps the places of the entries deleted from its front,
@@ -435,11 +453,18 @@ class Index:
                 del self._paths[str(before[1][_ROW_PATH])]
         other = self._paths.get(where)
         if other is not None and other != uid:
-            del self._rows[other]  # the file now holds this instance
+            self._supersede(uid, other)  # the file now holds this instance
         self._rows[uid] = (serial, row)
         self._paths[where] = uid
         if displace:
             self._displace.add(uid)
+
+    def _supersede(self, uid: str, other: str) -> None:
+        """Drop ``other``'s pending row for ``uid``'s, which inherits its number (written())."""
+        serial = self._rows.pop(other)[0]
+        inherited = self._inherited_rows
+        lowest = min(serial, inherited.pop(other, serial), inherited.get(uid, serial))
+        inherited[uid] = lowest
 
     def pending_path(self, sop_instance_uid: str) -> str | None:
         """Where a change not yet committed put this instance, if one did."""
@@ -481,7 +506,12 @@ class Index:
         where = str(path)
         uid = self._paths.pop(where, None)
         if uid is not None:
-            del self._rows[uid]
+            # Its pending row goes unwritten: the removal inherits its number.
+            serial = self._rows.pop(uid)[0]
+            serial = min(serial, self._inherited_rows.pop(uid, serial))
+            removals = self._inherited_removals
+            removals[where] = min(serial, removals.get(where, serial))
+            self._displace.discard(uid)
         self._serial += 1
         self._removed.setdefault(where, self._serial)
 
@@ -509,7 +539,7 @@ class Index:
                 del self._paths[str(before[1][_ROW_PATH])]
             other = self._paths.get(where)
             if other is not None and other != uid:
-                del self._rows[other]
+                self._supersede(uid, other)
             self._rows[uid] = (self._serial if before is None else before[0], list(row))
             self._paths[where] = uid
 

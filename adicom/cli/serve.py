@@ -396,8 +396,9 @@ def archive_options(
         type=count_arg,
         default=DEFAULT_MAX_PENDING,
         help="changes of the SQLite index waiting to be written (it is locked by another "
-        "process or its disk is full), about 450 bytes each; beyond them a C-STORE is refused "
-        "with 0xA700 until half are written (default: %(default)s)",
+        "process or its disk is full), about 450 bytes each; beyond them (or twice as many "
+        "in any case) a C-STORE is refused with 0xA700 until half are written; not used "
+        "with a PostgreSQL --index (default: %(default)s)",
     )
     serve.add_argument(
         "--prefer-own-syntax",
