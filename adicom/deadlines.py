@@ -103,7 +103,10 @@ class Deadlines:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = at
-            self._timer = self._loop.call_at(at, self._on_timer)
+            # ``at`` is on the association's clock (loop_clock): as a delay,
+            # so that a loop whose time() was replaced after the clock was
+            # chosen (a test's fake clock) fires it on time all the same.
+            self._timer = self._loop.call_later(at - self._clock(), self._on_timer)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

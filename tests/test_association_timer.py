@@ -202,3 +202,40 @@ async def test_the_idle_bound_closes_a_connection_that_never_asks(
             assert asyncio.get_running_loop().time() - started < BOUND / 2
             writer.close()
     assert not [r for r in caplog.records if "Exception in callback" in r.getMessage()]
+
+
+async def test_a_loop_clock_replaced_later_fires_the_timer_on_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The association reads the loop's clock as time.monotonic (chosen once
+    # per loop); a time() installed on the loop afterwards (a test's fake
+    # clock, ahead by 1,000 s) must not make its timer fire at once and
+    # again at every turn: it is armed as a delay, not as a loop time.
+    from adicom.driver import Driver
+
+    loop = asyncio.get_running_loop()
+    fired = 0
+    on_timer = Driver._on_timer
+
+    def counting(self: Driver) -> None:
+        nonlocal fired
+        fired += 1
+        on_timer(self)
+
+    monkeypatch.setattr(Driver, "_on_timer", counting)
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        async with asyncio.timeout(BOUND):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as first:
+                await first.echo()
+        real_time = loop.time
+        with monkeypatch.context() as patched:
+            patched.setattr(loop, "time", lambda: real_time() + 1000.0)
+            # (No asyncio.timeout here: it reads the replaced clock too. The
+            # association's own bounds hold: connect, ARTIM, DIMSE.)
+            async with adicom.connect(
+                "127.0.0.1", server.port, called_ae="ANY-SCP", timeout=BOUND
+            ) as idle:
+                before = fired
+                await asyncio.sleep(0.2)
+                assert fired - before <= 2  # nothing is due within 0.2 s
+                assert await idle.echo() == 0
