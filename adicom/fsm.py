@@ -682,6 +682,32 @@ _RESOLVED: Final[Mapping[tuple[State, Event, bool, bool], tuple[Transition, bool
 )
 
 
+#: _RESOLVED as nested tuples, ``_GRID[state][event][acceptable][requestor]``
+#: (None where Table 9-10 has no cell): what :meth:`StateMachine.step` reads,
+#: four tuple indexings (done in C for an IntEnum and a bool) in place of a
+#: look-up through the read-only proxy with a key tuple made per step.
+_Cells = tuple[tuple[tuple[Transition, bool | None], ...], ...]
+
+
+def _cells(state: int, event: int) -> _Cells | None:
+    """``_RESOLVED``'s four cells of ``(state, event)`` as [acceptable][requestor]."""
+    if (state, event) not in TABLE:  # 0, a number of no state or event, is in none
+        return None
+    return tuple(
+        tuple(
+            _RESOLVED[State(state), Event(event), acceptable, requestor]
+            for requestor in (False, True)
+        )
+        for acceptable in (False, True)
+    )
+
+
+_GRID: Final[tuple[tuple[_Cells | None, ...], ...]] = tuple(
+    tuple(_cells(state, event) for event in range(len(Event) + 1))
+    for state in range(len(State) + 1)
+)
+
+
 def states_where(event: Event, effects: tuple[Effect, ...]) -> frozenset[State]:
     """The states in which ``event`` does just ``effects`` and changes nothing else.
 
@@ -753,10 +779,10 @@ class StateMachine:
         Raises :class:`InvalidTransition`, changing nothing, when the table has
         no cell for the current state and ``event``.
         """
-        try:
-            transition, artim = _RESOLVED[self._state, event, acceptable, self.requestor]
-        except KeyError:
-            raise InvalidTransition(self._state, Event(event)) from None
+        cells = _GRID[self._state][event]
+        if cells is None:
+            raise InvalidTransition(self._state, Event(event))
+        transition, artim = cells[acceptable][self.requestor]
         self._state = transition.new
         if artim is not None:
             self._artim_running = artim

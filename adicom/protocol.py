@@ -21,7 +21,7 @@ allow is our own bug and raises :class:`~adicom.errors.LocalProtocolError`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adicom import fsm
@@ -155,29 +155,9 @@ _INDICATES_PDATA: frozenset[State] = fsm.states_where(Event.EVT10, (Effect.INDIC
 if State.STA6 not in _SENDS_PDATA or State.STA6 not in _INDICATES_PDATA:  # pragma: no cover
     raise ImportError("PS3.8 Table 9-10 as written in adicom.fsm lost DT-1 or DT-2 in Sta6")
 
-# The members _step and _apply test, as module constants: a class attribute
+# The members the hot paths test, as module constants: a class attribute
 # of an Enum is looked up through EnumType.__getattr__'s slot on Python
-# 3.11 (~0.7k instructions each), and _apply tests up to 18 per effect.
-_CLOSE_TRANSPORT = Effect.CLOSE_TRANSPORT
-_CONFIRM_ACCEPT = Effect.CONFIRM_ACCEPT
-_CONFIRM_REJECT = Effect.CONFIRM_REJECT
-_CONFIRM_RELEASE = Effect.CONFIRM_RELEASE
-_CONNECT_TRANSPORT = Effect.CONNECT_TRANSPORT
-_INDICATE_ABORT = Effect.INDICATE_ABORT
-_INDICATE_ASSOCIATE = Effect.INDICATE_ASSOCIATE
-_INDICATE_DATA = Effect.INDICATE_DATA
-_INDICATE_P_ABORT = Effect.INDICATE_P_ABORT
-_INDICATE_RELEASE = Effect.INDICATE_RELEASE
-_SEND_ABORT = Effect.SEND_ABORT
-_SEND_ABORT_PROVIDER = Effect.SEND_ABORT_PROVIDER
-_SEND_ASSOCIATE_AC = Effect.SEND_ASSOCIATE_AC
-_SEND_ASSOCIATE_RJ = Effect.SEND_ASSOCIATE_RJ
-_SEND_ASSOCIATE_RQ = Effect.SEND_ASSOCIATE_RQ
-_SEND_P_DATA = Effect.SEND_P_DATA
-_SEND_RELEASE_RP = Effect.SEND_RELEASE_RP
-_SEND_RELEASE_RQ = Effect.SEND_RELEASE_RQ
-_START_ARTIM = Effect.START_ARTIM
-_STOP_ARTIM = Effect.STOP_ARTIM
+# 3.11 (~0.7k instructions each).
 _STA1 = State.STA1
 _STA6 = State.STA6
 _STA12 = State.STA12
@@ -542,8 +522,11 @@ class UpperLayer:
     ) -> None:
         old = self._fsm._state
         transition = self._fsm.step(event, acceptable=acceptable)
-        for effect in transition.effects:
-            self._apply(effect, transition, old, event, now, payload)
+        # The transition's effects, each as the function that carries it out
+        # (found once per transition when this module loads, see _PLANS),
+        # in the table's order.
+        for effect in _PLANS[id(transition)]:
+            effect(self, transition, old, event, now, payload)
         if transition.new is _STA1:
             self._artim_deadline = None
         elif transition.new is _STA9 or transition.new is _STA12:
@@ -553,78 +536,6 @@ class UpperLayer:
             # as it hears of the collision (Sta9, AR-9); the acceptor after
             # its own release is confirmed (Sta12, AR-4).
             self._step(_EVT14, now, AReleaseRP())
-
-    def _apply(
-        self,
-        effect: Effect,
-        transition: fsm.Transition,
-        old: State,
-        event: Event,
-        now: float,
-        payload: object,
-    ) -> None:
-        send = self._send
-        if effect is _SEND_P_DATA:
-            self._out.extend(encode_pdata(payload))  # type: ignore[arg-type]
-            if self.trace is not None:
-                self.trace.append((_pdata(payload), True))  # type: ignore[arg-type]
-        elif effect is _INDICATE_DATA:
-            self._events.append(payload)  # type: ignore[arg-type]  # PDataReceived: see _events
-        elif effect is _CONNECT_TRANSPORT:
-            self._connect_requested = True
-        elif effect is _SEND_ASSOCIATE_RQ:
-            assert self._request is not None
-            send(self._request)
-        elif effect in (_SEND_ASSOCIATE_AC, _SEND_RELEASE_RQ, _SEND_RELEASE_RP):
-            send(payload)  # type: ignore[arg-type]
-        elif effect is _SEND_ASSOCIATE_RJ:
-            if isinstance(payload, AAssociateRJ):
-                send(payload)
-            else:
-                # AE-6 refused by the provider: protocol version not
-                # supported (result 1, source 2, reason 2; PS3.8 Table 9-21).
-                send(AAssociateRJ(1, 2, 2))
-        elif effect is _SEND_ABORT:
-            if isinstance(payload, AAbort):
-                send(payload)  # the user's own (Evt15)
-            elif transition.action is fsm.Action.AA_1:
-                # A PDU, readable or not, before any A-ASSOCIATE-RQ (Sta2):
-                # PS3.8 Table 9-9 has AA-1 send the A-ABORT with service-user
-                # source, whose reason is "not significant" (9.3.8).
-                send(AAbort(0, 0))
-            elif isinstance(payload, RemoteProtocolError):
-                send(AAbort(2, payload.abort_reason))
-            else:
-                # AA-7 (Sta13): an A-ASSOCIATE-RQ where none can come.
-                send(AAbort(2, 2))
-        elif effect is _SEND_ABORT_PROVIDER:
-            reason = payload.abort_reason if isinstance(payload, RemoteProtocolError) else 2
-            send(AAbort(2, reason))
-        elif effect is _INDICATE_ASSOCIATE:
-            self._events.append(AssociationRequested(payload))  # type: ignore[arg-type]
-        elif effect is _CONFIRM_ACCEPT:
-            self._events.append(AssociationAccepted(payload))  # type: ignore[arg-type]
-        elif effect is _CONFIRM_REJECT:
-            self._events.append(AssociationRejected(payload))  # type: ignore[arg-type]
-        elif effect is _INDICATE_RELEASE:
-            self._events.append(ReleaseRequested(collision=old is _STA7))
-        elif effect is _CONFIRM_RELEASE:
-            self._events.append(ReleaseConfirmed())
-        elif effect is _INDICATE_ABORT:
-            if isinstance(payload, AAbort):
-                self._events.append(Aborted(payload.source, payload.reason, local=False))
-            else:
-                self._events.append(ConnectionLost(old))
-        elif effect is _INDICATE_P_ABORT:
-            self._events.append(self._p_abort(old, event, payload))
-        elif effect is _START_ARTIM:
-            self._artim_deadline = now + self.artim_timeout
-        elif effect is _STOP_ARTIM:
-            self._artim_deadline = None
-        elif effect is _CLOSE_TRANSPORT:
-            self._close_requested = True
-        # TRANSPORT_RESPONSE (AE-5) and IGNORE (AA-6) need nothing from us:
-        # the driver accepted the connection before telling us about it.
 
     def _send(self, pdu: PDU) -> None:
         """Queue a PDU other than P-DATA-TF (encoded here), and trace it if asked."""
@@ -642,3 +553,178 @@ class UpperLayer:
             return Aborted(2, payload.abort_reason, local=True, detail=str(payload))
         name = _PDU_NAMES.get(type(payload), "PDU")
         return Aborted(2, 2, local=True, detail=f"unexpected {name} in {old.name.title()}")
+
+
+# -- the effects of PS3.8 Tables 9-6 to 9-9, one function each -----------------
+# Called as f(upper, transition, old, event, now, payload) by UpperLayer._step.
+
+
+def _send_p_data(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._out.extend(encode_pdata(payload))  # type: ignore[arg-type]
+    if ul.trace is not None:
+        ul.trace.append((_pdata(payload), True))  # type: ignore[arg-type]
+
+
+def _indicate_data(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._events.append(payload)  # type: ignore[arg-type]  # PDataReceived: see _events
+
+
+def _connect_transport(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._connect_requested = True
+
+
+def _send_associate_rq(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    assert ul._request is not None
+    ul._send(ul._request)
+
+
+def _send_payload(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    # A-ASSOCIATE-AC, A-RELEASE-RQ, A-RELEASE-RP: the primitive's PDU.
+    ul._send(payload)  # type: ignore[arg-type]
+
+
+def _send_associate_rj(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    if isinstance(payload, AAssociateRJ):
+        ul._send(payload)
+    else:
+        # AE-6 refused by the provider: protocol version not
+        # supported (result 1, source 2, reason 2; PS3.8 Table 9-21).
+        ul._send(AAssociateRJ(1, 2, 2))
+
+
+def _send_abort(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    if isinstance(payload, AAbort):
+        ul._send(payload)  # the user's own (Evt15)
+    elif t.action is fsm.Action.AA_1:
+        # A PDU, readable or not, before any A-ASSOCIATE-RQ (Sta2):
+        # PS3.8 Table 9-9 has AA-1 send the A-ABORT with service-user
+        # source, whose reason is "not significant" (9.3.8).
+        ul._send(AAbort(0, 0))
+    elif isinstance(payload, RemoteProtocolError):
+        ul._send(AAbort(2, payload.abort_reason))
+    else:
+        # AA-7 (Sta13): an A-ASSOCIATE-RQ where none can come.
+        ul._send(AAbort(2, 2))
+
+
+def _send_abort_provider(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    reason = payload.abort_reason if isinstance(payload, RemoteProtocolError) else 2
+    ul._send(AAbort(2, reason))
+
+
+def _indicate_associate(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._events.append(AssociationRequested(payload))  # type: ignore[arg-type]
+
+
+def _confirm_accept(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._events.append(AssociationAccepted(payload))  # type: ignore[arg-type]
+
+
+def _confirm_reject(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._events.append(AssociationRejected(payload))  # type: ignore[arg-type]
+
+
+def _indicate_release(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._events.append(ReleaseRequested(collision=old is _STA7))
+
+
+def _confirm_release(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._events.append(ReleaseConfirmed())
+
+
+def _indicate_abort(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    if isinstance(payload, AAbort):
+        ul._events.append(Aborted(payload.source, payload.reason, local=False))
+    else:
+        ul._events.append(ConnectionLost(old))
+
+
+def _indicate_p_abort(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._events.append(ul._p_abort(old, event, payload))
+
+
+def _start_artim(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._artim_deadline = now + ul.artim_timeout
+
+
+def _stop_artim(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._artim_deadline = None
+
+
+def _close_transport(
+    ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
+) -> None:
+    ul._close_requested = True
+
+
+_Do = Callable[[UpperLayer, fsm.Transition, State, Event, float, object], None]
+
+# TRANSPORT_RESPONSE (AE-5) and IGNORE (AA-6) need nothing from us: the
+# driver accepted the connection before telling us about it.
+_EFFECTS: dict[Effect, _Do] = {
+    Effect.SEND_P_DATA: _send_p_data,
+    Effect.INDICATE_DATA: _indicate_data,
+    Effect.CONNECT_TRANSPORT: _connect_transport,
+    Effect.SEND_ASSOCIATE_RQ: _send_associate_rq,
+    Effect.SEND_ASSOCIATE_AC: _send_payload,
+    Effect.SEND_RELEASE_RQ: _send_payload,
+    Effect.SEND_RELEASE_RP: _send_payload,
+    Effect.SEND_ASSOCIATE_RJ: _send_associate_rj,
+    Effect.SEND_ABORT: _send_abort,
+    Effect.SEND_ABORT_PROVIDER: _send_abort_provider,
+    Effect.INDICATE_ASSOCIATE: _indicate_associate,
+    Effect.CONFIRM_ACCEPT: _confirm_accept,
+    Effect.CONFIRM_REJECT: _confirm_reject,
+    Effect.INDICATE_RELEASE: _indicate_release,
+    Effect.CONFIRM_RELEASE: _confirm_release,
+    Effect.INDICATE_ABORT: _indicate_abort,
+    Effect.INDICATE_P_ABORT: _indicate_p_abort,
+    Effect.START_ARTIM: _start_artim,
+    Effect.STOP_ARTIM: _stop_artim,
+    Effect.CLOSE_TRANSPORT: _close_transport,
+}
+if set(_EFFECTS) | {Effect.TRANSPORT_RESPONSE, Effect.IGNORE} != set(Effect):  # pragma: no cover
+    raise ImportError("adicom.protocol carries out no function for some effect of adicom.fsm")
+
+#: Each transition of the table (fsm.StateMachine.step returns these very
+#: objects) as the functions of its effects, in order, keyed by the
+#: transition's id: _step walks no chain of tests per effect, and
+#: hashes no Effect member (Enum.__hash__ is a Python function on 3.11).
+_PLANS: dict[int, tuple[_Do, ...]] = {
+    id(transition): tuple(_EFFECTS[e] for e in transition.effects if e in _EFFECTS)
+    for transition, _ in fsm._RESOLVED.values()
+}
