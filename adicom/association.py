@@ -91,8 +91,10 @@ _FAILURE = StatusCategory.FAILURE
 #: Responses encoded once, by (request's command field, SOP class, status).
 _RESPONSES: dict[tuple[int, str | None, int], ResponseTemplate] = {}
 #: The key and template of the last of them taken (a tuple key is made,
-#: hashed and compared per response otherwise).
-_LAST_RESPONSE: list[Any] = [None, None, None, None]
+#: hashed and compared per response otherwise): one tuple, read once, so
+#: that loops in two threads never see the key of one and the template of
+#: another.
+_last_response: tuple[int, str | None, int, ResponseTemplate] | None = None
 
 
 class Association(Driver):
@@ -748,16 +750,16 @@ class Association(Driver):
 
 def _response_template(request: Command, status: int) -> ResponseTemplate:
     """The template of the response to ``request`` (C-ECHO-RQ, C-STORE-RQ) with ``status``."""
+    global _last_response
     field, sop_class = request.command_field, request.affected_sop_class_uid
-    last = _LAST_RESPONSE
-    if last[0] == field and last[2] == status and last[1] == sop_class:
-        same: ResponseTemplate = last[3]  # as the last (C-ECHOs, one SOP class's C-STOREs)
-        return same
+    last = _last_response
+    if last is not None and last[0] == field and last[2] == status and last[1] == sop_class:
+        return last[3]  # as the last (C-ECHOs, one SOP class's C-STOREs)
     key = (field, sop_class, status)
     template = _RESPONSES.get(key)
     if template is None:
         if len(_RESPONSES) >= 1024:
             _RESPONSES.clear()  # a peer naming ever new SOP classes
         template = _RESPONSES[key] = ResponseTemplate(field | 0x8000, sop_class, status)
-    last[:] = (field, sop_class, status, template)
+    _last_response = (field, sop_class, status, template)
     return template

@@ -150,7 +150,9 @@ class _Side:
             out = "/dev/null" if keep is None else str(keep / f"{args[0]}.callgrind")
             command = ["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={out}"]
             if keep is not None:
-                # Only the timed spans are dumped (callgrind_control -d), not the run's whole life.
+                # Profiles per function only (no per-line or per-instruction
+                # data): smaller files. The timed spans are dumped by
+                # callgrind_control -d; the run's end dumps the rest too.
                 command += ["--dump-line=no", "--dump-instr=no"]
             command += [sys.executable, "-m", "benchmarks.permessage", *args]
         self.callgrind = callgrind

@@ -1025,7 +1025,15 @@ def test_the_response_template_follows_the_request_and_the_status() -> None:
 
     echo = Command(CommandField.C_ECHO_RQ, message_id=1, affected_sop_class_uid="1.2.840.10008.1.1")
     store = c_store_rq("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", message_id=2)
-    for request, status in [(echo, 0), (echo, 0x0110), (echo, 0), (store, 0), (store, 0xA700)]:
+    store_ct = c_store_rq("1.2.840.10008.5.1.4.1.1.2", "1.2.3.5", message_id=3)
+    for request, status in [
+        (echo, 0),
+        (echo, 0x0110),
+        (echo, 0),
+        (store, 0),
+        (store_ct, 0),  # only the SOP class differs from the last
+        (store, 0xA700),
+    ]:
         response = _response_template(request, status).command(7, request.affected_sop_instance_uid)
         assert response.command_field == request.command_field | 0x8000
         assert response.affected_sop_class_uid == request.affected_sop_class_uid

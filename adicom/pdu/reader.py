@@ -99,6 +99,10 @@ class PDUReader:
         "staging",
     )
 
+    # The class constants below say what the reader does; they are read
+    # as module names on its hot paths (_LARGE, ...), so setting them on the
+    # class or a subclass changes nothing.
+
     #: A PDU body at least this long gets a buffer of its own.
     LARGE = _LARGE
     #: ... unless it is longer than this (a peer that announced no limit
