@@ -153,13 +153,6 @@ class Driver(Deadlines, Emission):
     #: that received it, once, to answer it there (accept or reject) when
     #: the answer needs no await; wait_request sees the request either way.
     on_association_request: Callable[[AAssociateRQ], None] | None = None
-    #: Acceptor: told, once, in the transport callback that answered the
-    #: peer's A-RELEASE-RQ; returning True defers the end of the request
-    #: stream (receive_request's None) to the close of the connection,
-    #: which follows (the peer closes; ARTIM bounds the wait, PS3.8 AR-4):
-    #: a consumer that counted the release there and waits for the close
-    #: anyway is woken once, not twice. False: the stream ends at once.
-    on_release: Callable[[], bool] | None = None
     _reserved: int  # requests waiting to be sent, counted in the window
     # Tasks waiting for room in the operations window, for the transport
     # to drain, for the close (a deque or list once one waits).
@@ -547,7 +540,7 @@ class Driver(Deadlines, Emission):
         self._close_waiters = ()
         # A hook that holds the association (a partial of it) would keep it
         # in a reference cycle: nothing comes to answer any more.
-        self.on_request = self.on_association_request = self.on_release = None
+        self.on_request = self.on_association_request = None
         self._closed = True
 
     def _resume_writing(self) -> None:
@@ -797,14 +790,7 @@ class Driver(Deadlines, Emission):
             if not event.collision:
                 # The DIMSE layer has answered; the peer's requests end here.
                 self._released = True
-                told = self.on_release
-                self.on_release = None
-                if told is not None and told():
-                    # Ended, waking nobody: _connection_lost wakes the
-                    # consumer (_fail_all), and it gets None then.
-                    self._incoming.end()
-                else:
-                    self._incoming.fail(None)
+                self._incoming.fail(None)
                 self._fail_operations(AssociationError("the peer released the association"))
         elif isinstance(event, ul.ReleaseConfirmed):
             # release() is told when the connection has closed (_connection_lost).

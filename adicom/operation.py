@@ -80,15 +80,6 @@ class MessageQueue:
             self._error = error if error is not None else _END
         self._wake()
 
-    def end(self) -> None:
-        """End the stream normally without waking its consumer (a later :meth:`fail` does).
-
-        The end is kept: a later :meth:`fail` with an error only wakes the
-        consumer, who then gets None.
-        """
-        if self._error is None:
-            self._error = _END
-
     @property
     def ready(self) -> bool:
         """True when :meth:`get` would not wait: a message is there, or the stream ended."""

@@ -85,7 +85,7 @@ _RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
 class _Session:
     """What a connection's task and its transport callbacks share about its negotiation."""
 
-    __slots__ = ("accepted", "answered", "answers_now", "associated", "freed", "ticket")
+    __slots__ = ("accepted", "answered", "answers_now", "associated", "ticket")
 
     def __init__(self, ticket: int) -> None:
         #: Its admission ticket (see adicom.admission).
@@ -98,8 +98,6 @@ class _Session:
         self.associated = False
         #: It was accepted.
         self.accepted = False
-        #: Its place is given back (Server._free: at its release, or its end).
-        self.freed = False
 
 
 def listen_backlog(backlog: int | None, max_associations: int) -> int:
@@ -465,9 +463,7 @@ class Server(RequestServing):
                 # bounds the wait for the request, PS3.8 9.1.5, and for the
                 # close after a rejection).
                 try:
-                    await self._handle_requests(
-                        association, partial(self._free, association, session, host)
-                    )
+                    await self._handle_requests(association)
                 except DicomError:
                     if session.accepted:
                         raise
@@ -484,9 +480,7 @@ class Server(RequestServing):
             self.admission.requested(session.ticket)
             if not await self._negotiate(association, session, request):
                 return
-            await self._handle_requests(
-                association, partial(self._free, association, session, host)
-            )
+            await self._handle_requests(association)
         except asyncio.CancelledError:
             association.abort()
             raise
@@ -499,19 +493,9 @@ class Server(RequestServing):
             log.exception("error serving %s; aborting", association.calling_ae or "?")
             association.abort()
         finally:
-            self._free(association, session, host)
-            await association.wait_closed(self.artim_timeout)
-
-    def _free(self, association: Association, session: _Session, host: str) -> None:
-        """Give back the association's place (admission, the open ones), once.
-
-        At the release, in the callback that answered it (the connection
-        closes next), or when the association's task ends otherwise.
-        """
-        if not session.freed:
-            session.freed = True
             self._associations.discard(association)
             self.admission.disconnect(session.ticket, host, associated=session.associated)
+            await association.wait_closed(self.artim_timeout)
 
     def _request_now(
         self, association: Association, session: _Session, request: AAssociateRQ

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from functools import partial
 from ssl import SSLContext
 from typing import Any
@@ -66,14 +66,7 @@ class RequestServing:
     _tasks: set[asyncio.Task[None]]
     _background: set[asyncio.Task[None]]
 
-    async def _handle_requests(
-        self, association: Association, ended: Callable[[], None] | None = None
-    ) -> None:
-        """Serve the peer's requests until it releases the association.
-
-        ``ended`` is called once the release is answered (the server frees
-        the association's place there).
-        """
+    async def _handle_requests(self, association: Association) -> None:
         # Query/retrieve operations run as tasks so that a C-CANCEL-RQ is
         # read while they work; at most a few run at once (window 1/1).
         operations: dict[int, tuple[asyncio.Task[None], Cancelled]] = {}
@@ -81,16 +74,11 @@ class RequestServing:
         # a C-STORE-RQ whose instance is stored at once, are answered in the
         # callback that read them, without waking this task.
         association.on_request = partial(self._answer_now, association)
-        # The release is counted in the callback that answered it, and this
-        # task is woken once, by the close that follows (not by the release,
-        # then by the close: see Driver.on_release).
-        release = association.on_release = _Release(self.stats, ended)
         try:
             while True:
                 message = await association.receive_request()
                 if message is None:
-                    if not release.told:
-                        release()  # released before on_release was set
+                    self.stats["released"] += 1
                     return
                 for done in [k for k, (task, _) in operations.items() if task.done()]:
                     task = operations.pop(done)[0]
@@ -317,24 +305,6 @@ class RequestServing:
         else:
             # PS3.7 C.5: a request this server does not serve.
             await association.respond(message, Status.UNRECOGNIZED_OPERATION)
-
-
-class _Release:
-    """A server association's Driver.on_release: the release counted, its place freed."""
-
-    __slots__ = ("ended", "stats", "told")
-
-    def __init__(self, stats: dict[str, int], ended: Callable[[], None] | None) -> None:
-        self.stats = stats
-        self.ended = ended
-        self.told = False
-
-    def __call__(self) -> bool:
-        self.told = True
-        self.stats["released"] += 1
-        if self.ended is not None:
-            self.ended()
-        return True
 
 
 def _operation_ended(task: asyncio.Task[None], association: Association) -> None:

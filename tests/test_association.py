@@ -925,11 +925,9 @@ async def test_associations_are_freed_by_reference_counting_on_both_sides() -> N
         async with serving() as server:
             original = server._handle_requests
 
-            async def handle(
-                association: adicom.Association, ended: Callable[[], None] | None = None
-            ) -> None:
+            async def handle(association: adicom.Association) -> None:
                 server_sides.append(weakref.ref(association))
-                await original(association, ended)
+                await original(association)
 
             server._handle_requests = handle  # type: ignore[method-assign]
             assoc = await adicom.open_association("127.0.0.1", server.port, called_ae="ADICOM")
@@ -1039,37 +1037,3 @@ def test_the_response_template_follows_the_request_and_the_status() -> None:
         assert response.affected_sop_class_uid == request.affected_sop_class_uid
         assert response.status == status and response.message_id_being_responded_to == 7
     assert _response_template(echo, 0) is _response_template(echo, 0)
-
-
-async def test_a_release_is_counted_when_answered_and_the_server_task_wakes_at_the_close() -> None:
-    # Driver.on_release: the server counts the release and frees its place
-    # in the callback that answered it; its task's request stream ends
-    # (None) only at the close that follows, so the task wakes once.
-    ends: list[tuple[bool, int, int]] = []
-    async with serving() as server:
-        original = server._handle_requests
-
-        async def handle(
-            association: adicom.Association, ended: Callable[[], None] | None = None
-        ) -> None:
-            receive = association.receive_request
-
-            async def receive_request() -> adicom.Message | None:
-                message = await receive()
-                if message is None:
-                    ends.append(
-                        (association.closed, server.stats["released"], server.admission.associated)
-                    )
-                return message
-
-            association.receive_request = receive_request  # type: ignore[method-assign]
-            await original(association, ended)
-
-        server._handle_requests = handle  # type: ignore[method-assign]
-        async with asyncio.timeout(CLOSE_BOUND):
-            assoc = await adicom.open_association("127.0.0.1", server.port, called_ae="ADICOM")
-            assert await assoc.echo() == 0
-            await assoc.release()
-            await server.wait_idle()
-    assert ends == [(True, 1, 0)]
-    assert server.stats["released"] == 1
