@@ -703,8 +703,8 @@ def _cells(state: int, event: int) -> _Cells | None:
 
 
 _GRID: Final[tuple[tuple[_Cells | None, ...], ...]] = tuple(
-    tuple(_cells(state, event) for event in range(len(Event) + 1))
-    for state in range(len(State) + 1)
+    tuple(_cells(state, event) for event in range(max(Event) + 1))
+    for state in range(max(State) + 1)
 )
 
 
@@ -777,7 +777,9 @@ class StateMachine:
         ``acceptable`` only matters for AE-6 (an A-ASSOCIATE-RQ received in
         Sta2): it says whether the service provider can accept the request.
         Raises :class:`InvalidTransition`, changing nothing, when the table has
-        no cell for the current state and ``event``.
+        no cell for the current state and ``event``. ``event`` must be an
+        :class:`Event` and ``acceptable`` a bool: they index the table as
+        they are, unchecked (it runs for every PDU).
         """
         cells = _GRID[self._state][event]
         if cells is None:
