@@ -16,7 +16,7 @@ import itertools
 import logging
 import pathlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -64,6 +64,20 @@ def committed(database: pathlib.Path) -> set[str]:
     """The SOP Instance UIDs another reader of the index sees."""
     with contextlib.closing(sqlite3.connect(database)) as other:
         return {uid for (uid,) in other.execute("SELECT sop_instance_uid FROM instances")}
+
+
+def commits_of(index: Index, turn: Callable[[], int] = lambda: 0) -> list[tuple[int, int, int]]:
+    """Each transaction the index writes from now on: (changes pending before, after, turn())."""
+    commits: list[tuple[int, int, int]] = []
+    commit = index.commit
+
+    def counted(limit: int | None = None) -> None:
+        before = index.pending
+        commit(limit)
+        commits.append((before, index.pending, turn()))
+
+    index.commit = counted  # type: ignore[method-assign]
+    return commits
 
 
 async def written(archive: Archive) -> None:
@@ -162,16 +176,8 @@ async def test_a_backlog_is_written_in_chunks_with_other_callbacks_between(
         if ticking:
             loop.call_soon(tick)
 
-    # Each transaction written: (changes pending before, after, the turn it ran in).
-    commits: list[tuple[int, int, int]] = []
-    commit = index.commit
-
-    def counted(limit: int | None = None) -> None:
-        before = index.pending
-        commit(limit)
-        commits.append((before, index.pending, turns))
-
-    index.commit = counted  # type: ignore[method-assign]
+    # Each transaction written, and the turn it ran in.
+    commits = commits_of(index, lambda: turns)
     sent = instances(50)
     try:
         with locked(database):
@@ -371,21 +377,14 @@ async def test_open_writes_a_backlog_a_chunk_per_loop_turn(tmp_path: pathlib.Pat
     index = archive._sqlite
     assert index is not None
     index.chunk = 16
-    written_per_commit: list[int] = []
-    commit = index.commit
-
-    def counted(limit: int | None = None) -> None:
-        before = index.pending
-        commit(limit)
-        written_per_commit.append(before - index.pending)
-
-    index.commit = counted  # type: ignore[method-assign]
+    commits = commits_of(index)
     try:
         with locked(tmp_path / INDEX_NAME):
             for ds in instances(100):
                 assert _file_directly(archive, ds) == Status.SUCCESS
         await archive.open()  # (it reads the files not committed yet again: harmless)
         await written(archive)
+        written_per_commit = [before - after for before, after, _ in commits]
         assert len(committed(tmp_path / INDEX_NAME)) == 100
         assert len(written_per_commit) > 100 // 16
         assert max(written_per_commit) <= 16
