@@ -619,7 +619,7 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
     archive: Archive, syntax: str
 ) -> None:
     """Plain ASCII matches come encoded from the rows; each equals the pydicom encoding."""
-    from adicom.archive.answers import _answer, _answer_elements, _answer_template
+    from adicom.archive import _answer, _answer_elements, _answer_template
     from adicom.fileformat import decode_dataset, encode_dataset
     from adicom.qrscp import QRContext
 
