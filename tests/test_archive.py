@@ -619,7 +619,7 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
     archive: Archive, syntax: str
 ) -> None:
     """Plain ASCII matches come encoded from the rows; each equals the pydicom encoding."""
-    from adicom.archive import _answer, _answer_elements, _answer_template
+    from adicom.archive.answers import answer_dataset, answer_elements, answer_template
     from adicom.fileformat import decode_dataset, encode_dataset
     from adicom.qrscp import QRContext
 
@@ -631,10 +631,10 @@ async def test_find_encodes_text_matches_itself_and_others_through_pydicom(
                         transfer_syntax=syntax)  # fmt: skip
     answers = [a async for a in archive.find(query, context)]
     assert len(answers) == 2
-    template = _answer_template(query, "SERIES")
+    template = answer_template(query, "SERIES")
     found = list(await archive.index.find("SERIES", {"StudyInstanceUID": TREE.uid["A"]}))
     for answer, row in zip(answers, found, strict=True):
-        expected = _answer(_answer_elements(template, row))
+        expected = answer_dataset(answer_elements(template, row))
         if syntax == "1.2.840.10008.1.2.2":
             assert isinstance(answer, Dataset)  # no quick encoder for big endian
             assert answer == expected

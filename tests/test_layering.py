@@ -129,6 +129,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.worklistmatch",
                 "adicom.mpps",
                 "adicom.archive.index",
+                "adicom.archive.answers",
                 "adicom.archive.matching",
                 "adicom.archive.backends",
                 "adicom.archive.postgres",

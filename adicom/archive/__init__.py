@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import socket
@@ -33,11 +32,17 @@ from pathlib import Path
 from ssl import SSLContext
 from typing import Any, Literal
 
-import pydicom
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from adicom.archive.answers import (
+    MissingInstance,
+    answer_dataset,
+    answer_elements,
+    answer_template,
+    identifier_keys,
+    index_file,
+    patient_root,
+)
 from adicom.archive.backends import (
     DEFAULT_INDEX_POOL,
     DEFAULT_INDEX_TIMEOUT,
@@ -49,7 +54,7 @@ from adicom.archive.backends import (
 )
 from adicom.archive.files import FileStore, SharedFolder
 from adicom.archive.index import IndexBusy, IndexUnusable, chunks
-from adicom.archive.matching import ATTRIBUTES, LEVELS, PATH, RAW, MatchError, make_row
+from adicom.archive.matching import ATTRIBUTES, PATH, MatchError, make_row
 from adicom.archive.sequences import SequenceKeys
 from adicom.commitment import CommitmentSCP
 from adicom.dimse import Status
@@ -515,7 +520,7 @@ class Archive:
                     continue
                 if known.get(key) == (stat.st_mtime_ns, stat.st_size):
                     continue
-                row = _index_file(path, stat.st_mtime_ns, stat.st_size)
+                row = index_file(path, stat.st_mtime_ns, stat.st_size)
                 if row is not None:
                     rows.append(row)
             read += len(rows)
@@ -646,8 +651,8 @@ class Archive:
         queries were negotiated (PS3.4 C.4.1.3); see
         :mod:`adicom.archive.index` for what each agreed option changes.
         """
-        level, keys = _keys(identifier)
-        template = _answer_template(identifier, level)
+        level, keys = identifier_keys(identifier)
+        template = answer_template(identifier, level)
         wanted = {keyword for _, _, keyword, _ in template if keyword}
         sequences = SequenceKeys(identifier)
         if sequences:
@@ -656,7 +661,7 @@ class Archive:
         # (relational queries, combined date-time, fuzzy names; PS3.4 C.5.1.1).
         try:
             matches = await self.index.find(
-                level, keys, _patient_root(context), wanted, context.options
+                level, keys, patient_root(context), wanted, context.options
             )
             # The keys are checked and the query run on the first match taken
             # (or before); the rest are made into answers one by one, as sent.
@@ -675,19 +680,19 @@ class Archive:
         implicit = context.transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
         quick = implicit or context.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
         for found in matches:
-            elements = _answer_elements(template, found)
+            elements = answer_elements(template, found)
             if sequences:
                 # PS3.4 C.2.2.2.6: the entity's own sequences, read from its file.
                 matched = sequences.match(found[PATH])
                 if matched is None:
                     continue
-                answer = _answer(elements)
+                answer = answer_dataset(elements)
                 for tag, items in matched.items():
                     answer[tag].value = items
                 yield answer
                 continue
             encoded = encode_text_elements(elements, implicit) if quick else None
-            yield encoded if encoded is not None else _answer(elements)
+            yield encoded if encoded is not None else answer_dataset(elements)
 
     async def retrieve(self, identifier: Dataset, context: QRContext) -> AsyncIterator[Any]:
         """C-GET/C-MOVE handler: the count, then each matching file.
@@ -697,10 +702,10 @@ class Archive:
         The unique keys of the levels above are required unless relational
         retrieval was negotiated (PS3.4 C.4.2.3.2.1, C.4.3.3.2.1).
         """
-        level, keys = _keys(identifier)
+        level, keys = identifier_keys(identifier)
         try:
             rows = await self.index.instances(
-                level, keys, _patient_root(context), retrieve=True, options=context.options
+                level, keys, patient_root(context), retrieve=True, options=context.options
             )
         except MatchError as exc:
             raise QueryFailed(exc.status, str(exc)) from None
@@ -720,7 +725,7 @@ class Archive:
                 with contextlib.suppress(IndexUnavailable):
                     await self.index.remove_path(path)
                 self._commit_soon()
-                yield _Missing(row.sop_instance_uid)
+                yield MissingInstance(row.sop_instance_uid)
                 continue
             yield path
 
@@ -767,152 +772,3 @@ class _Refused(IncomingInstance):
     async def finish(self) -> int:
         """0xA700 (see the class)."""
         return Status.OUT_OF_RESOURCES
-
-
-#: One element of a C-FIND answer: (tag, VR, index keyword, fixed text).
-#: With a keyword, the value comes from the match; without, it is the text.
-_Element = tuple[int, str, str, str]
-
-
-def _index_file(path: Path, mtime_ns: int, size: int) -> list[str | int] | None:
-    """The index row of a file already in the folder, None if it is no instance."""
-    try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:
-        log.debug("not indexed (not DICOM): %s", path)
-        return None
-    raw = _raw_text(dataset)  # before the values decode them
-    values = {keyword: _text(dataset.get(keyword)) for keyword in ATTRIBUTES}
-    values["SpecificCharacterSet"] = _text(dataset.get("SpecificCharacterSet"))
-    if not values["SOPInstanceUID"]:
-        return None
-    transfer = (
-        str(getattr(dataset.file_meta, "TransferSyntaxUID", ""))
-        if hasattr(dataset, "file_meta")
-        else ""
-    )
-    return make_row(values, path, transfer, mtime_ns, size, raw)
-
-
-def _answer_template(identifier: Dataset, level: str) -> list[_Element]:
-    """The elements of every answer to ``identifier``, in tag order.
-
-    The keys asked for, each filled from the match or returned empty when
-    the index cannot fill it (PS3.4 C.2.2.1.2), the level, the character
-    set as asked, and the level's unique key even if it was not asked for.
-    """
-    template: list[_Element] = []
-    for element in identifier:
-        keyword = element.keyword
-        if keyword == "QueryRetrieveLevel":
-            continue
-        if keyword == "SpecificCharacterSet":
-            template.append((element.tag, "CS", "", _text(element.value)))
-        else:
-            # An unknown or private key has no keyword: it is returned empty.
-            template.append((element.tag, element.VR, keyword, ""))
-    template.append((0x00080052, "CS", "", level))
-    unique = LEVELS[level]
-    unique_tag = tag_for_keyword(unique)
-    assert unique_tag is not None
-    if all(tag != unique_tag for tag, *_ in template):
-        template.append((unique_tag, "UI", unique, ""))
-    template.sort()
-    return template
-
-
-def _answer_elements(
-    template: list[_Element], found: dict[str, str]
-) -> list[tuple[int, str, str | bytes]]:
-    """The answer's (tag, VR, value) elements for one match.
-
-    Values that are not plain ASCII go back as they were received, with
-    the match's own Specific Character Set (PS3.5 6.1, PS3.4 C.4.1.1.3.1:
-    an SCP answers in the character set of what it holds).
-    """
-    raw: dict[str, str] = json.loads(found[RAW]) if found.get(RAW) else {}
-    elements: list[tuple[int, str, str | bytes]] = []
-    charset_seen = False
-    for tag, vr, keyword, text in template:
-        if tag == 0x00080005:
-            charset_seen = True
-            elements.append((tag, vr, found.get("SpecificCharacterSet") or text))
-        elif keyword in raw:
-            elements.append((tag, vr, raw[keyword].encode("latin-1")))
-        else:
-            elements.append((tag, vr, (found.get(keyword) or "") if keyword else text))
-    if not charset_seen and raw:
-        elements.insert(0, (0x00080005, "CS", found.get("SpecificCharacterSet", "")))
-    return elements
-
-
-def _answer(elements: list[tuple[int, str, str | bytes]]) -> Dataset:
-    """A match as a pydicom Dataset: for what the quick encoder does not take."""
-    answer = Dataset()
-    charset = next((v for tag, _, v in elements if tag == 0x00080005), "")
-    encodings = _python_codecs(charset if isinstance(charset, str) else "")
-    for tag, vr, value in elements:
-        if isinstance(value, bytes):
-            value = decode_bytes(value, encodings, {0x5E, 0x3D})
-        answer[tag] = pydicom.DataElement(tag, vr, _value(vr, value) if value else None)
-    return answer
-
-
-def _python_codecs(charset: str) -> list[str]:
-    return list(convert_encodings([c.strip() for c in charset.split("\\")] or None))
-
-
-class _Missing(Dataset):
-    """A stand-in for an indexed file that is gone: it fails to send, by its UID."""
-
-    def __init__(self, sop_instance_uid: str) -> None:
-        super().__init__()
-        self.SOPInstanceUID = sop_instance_uid
-
-
-def _raw_text(dataset: Dataset) -> dict[str, bytes]:
-    """The indexed text values that are not plain ASCII, as the file has them."""
-    raw: dict[str, bytes] = {}
-    for keyword in ATTRIBUTES:
-        tag = tag_for_keyword(keyword)
-        element = dataset.get_item(tag) if tag is not None else None
-        value = getattr(element, "value", None)
-        if isinstance(value, bytes) and value and (not value.isascii() or b"\x1b" in value):
-            raw[keyword] = value.rstrip(b" \0")
-    return raw
-
-
-def _patient_root(context: QRContext) -> bool:
-    # Patient Root Q/R Find, Move, Get (PS3.4 C.6.1).
-    return context.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.2.1.")
-
-
-def _text(element: Any) -> str:
-    if element is None or element == "":
-        return ""
-    if isinstance(element, list | tuple) or type(element).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in element)
-    return str(element)
-
-
-def _value(vr: str, text: str) -> Any:
-    if "\\" in text and vr not in ("PN",):
-        return text.split("\\")
-    return text
-
-
-def _keys(identifier: Dataset) -> tuple[str, dict[str, str]]:
-    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-    if level not in LEVELS:
-        raise QueryFailed(
-            Status.IDENTIFIER_DOES_NOT_MATCH, f"Query/Retrieve Level {level!r} is not supported"
-        )
-    keys: dict[str, str] = {}
-    for element in identifier:
-        keyword = element.keyword
-        if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
-            continue
-        if element.VR == "SQ":
-            continue  # matched against the files (SequenceKeys)
-        keys[keyword] = _text(element.value)
-    return level, keys
