@@ -10,7 +10,13 @@ busy address can lock every other peer out:
   associations, and when it is full the longest silent one makes room;
 * associations have their cap (beyond it, A-ASSOCIATE-RJ "local limit
   exceeded", transient: PS3.8 Table 9-21);
-* one address holds at most so many connections of either kind.
+* one address holds at most so many connections of either kind;
+* a connection whose association has ended (released, rejected or
+  aborted) but which the peer has not closed yet gives its association's
+  place back at once and waits for the close (PS3.8 9.1.5: ARTIM bounds
+  that wait) as a connection not associated: it still counts against the
+  caps on those and on its address, and it is the first to be closed when
+  either is full, so a peer that never closes cannot pile up sockets.
 
 A connection over a cap before its A-ASSOCIATE-RQ is closed at once (there
 is nothing to answer yet); each refusal is logged once per interval, not once
@@ -81,6 +87,9 @@ class Admission:
         self._by_address: dict[str, int] = {}
         #: Connections that have not sent their A-ASSOCIATE-RQ, oldest first.
         self._silent: OrderedDict[int, Callable[[], None]] = OrderedDict()
+        #: Connections whose association ended, waiting for the peer's close,
+        #: oldest first: (address, close).
+        self._closing: OrderedDict[int, tuple[str, Callable[[], None]]] = OrderedDict()
         self._next_id = 0
         self.log = RateLimitedLog()
 
@@ -88,17 +97,25 @@ class Admission:
         """A connection from ``address`` opened: its ticket, or why it is refused."""
         held = self._by_address.get(address, 0)
         if self.max_per_address is not None and held >= self.max_per_address:
-            return f"{address} holds {held} connections (--max-per-address)"
+            ended = next((t for t, (a, _) in self._closing.items() if a == address), None)
+            if ended is None:
+                return f"{address} holds {held} connections (--max-per-address)"
+            # One of its associations ended and it has not closed that
+            # connection yet: that one goes (its disconnect() follows).
+            self._closing.pop(ended)[1]()
         if self.max_pending is not None and self.pending >= self.max_pending:
-            if not self._silent:
+            if self._closing:
+                _, (_, close) = self._closing.popitem(last=False)
+            elif self._silent:
+                _, close = self._silent.popitem(last=False)
+                self.log.warning(
+                    "evicted",
+                    "%d connections wait for their A-ASSOCIATE-RQ (--max-pending): closing the "
+                    "oldest to make room",
+                    self.pending,
+                )
+            else:
                 return f"{self.pending} connections are still negotiating (--max-pending)"
-            _, close = self._silent.popitem(last=False)
-            self.log.warning(
-                "evicted",
-                "%d connections wait for their A-ASSOCIATE-RQ (--max-pending): closing the "
-                "oldest to make room",
-                self.pending,
-            )
             close()  # its disconnect() follows when it has closed
         self.pending += 1
         self._by_address[address] = self._by_address.get(address, 0) + 1
@@ -121,9 +138,25 @@ class Admission:
         self.associated += 1
         return True
 
-    def disconnect(self, ticket: int, address: str, *, associated: bool) -> None:
-        """A connection counted by :meth:`connect` ended."""
+    def closing(
+        self, ticket: int, address: str, close: Callable[[], None], *, associated: bool
+    ) -> None:
+        """The association of ``ticket`` ended; its connection waits for the peer's close.
+
+        Its association's place is free at once; until :meth:`disconnect`
+        the connection counts as one not associated, and ``close`` ends it
+        first when a cap is full (see the module's docstring).
+        """
         self._silent.pop(ticket, None)
+        if associated:
+            self.associated -= 1
+            self.pending += 1
+        self._closing[ticket] = (address, close)
+
+    def disconnect(self, ticket: int, address: str, *, associated: bool) -> None:
+        """A connection counted by :meth:`connect` ended (``associated``: still counted so)."""
+        self._silent.pop(ticket, None)
+        self._closing.pop(ticket, None)
         if associated:
             self.associated -= 1
         else:

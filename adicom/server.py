@@ -494,8 +494,15 @@ class Server(RequestServing):
             association.abort()
         finally:
             self._associations.discard(association)
-            self.admission.disconnect(session.ticket, host, associated=session.associated)
-            await association.wait_closed(self.artim_timeout)
+            # Until the peer closes (ARTIM bounds it), the connection still
+            # counts, no longer as an association (see adicom.admission).
+            self.admission.closing(
+                session.ticket, host, association.close, associated=session.associated
+            )
+            try:
+                await association.wait_closed(self.artim_timeout)
+            finally:
+                self.admission.disconnect(session.ticket, host, associated=False)
 
     def _request_now(
         self, association: Association, session: _Session, request: AAssociateRQ

@@ -22,3 +22,40 @@ def test_per_address_cap_and_counts_return_to_zero() -> None:
         admission.disconnect(ticket, address, associated=False)
     assert (admission.pending, admission.associated) == (0, 0)
     assert admission._by_address == {}
+
+
+def test_an_ended_association_waiting_for_its_close_counts_and_goes_first() -> None:
+    admission = Admission(max_associations=10, max_pending=2, max_per_address=None)
+    closed: list[str] = []
+    ended = admission.connect("10.0.0.1")
+    silent = admission.connect("10.0.0.2")
+    assert isinstance(ended, int) and isinstance(silent, int)
+    admission.silent(silent, lambda: closed.append("silent"))
+    assert admission.associate()
+    admission.closing(ended, "10.0.0.1", lambda: closed.append("ended"), associated=True)
+    # Its association's place is free, the connection still counts.
+    assert (admission.pending, admission.associated) == (2, 0)
+    # The pending cap is full: the ended one is closed first, not the silent one.
+    third = admission.connect("10.0.0.3")
+    assert isinstance(third, int) and closed == ["ended"]
+    for ticket, address in ((ended, "10.0.0.1"), (silent, "10.0.0.2"), (third, "10.0.0.3")):
+        admission.disconnect(ticket, address, associated=False)
+    assert (admission.pending, admission.associated) == (0, 0)
+    assert admission._by_address == {} and not admission._closing
+
+
+def test_a_full_address_closes_its_own_ended_connection_once() -> None:
+    admission = Admission(max_associations=10, max_pending=None, max_per_address=1)
+    closed: list[int] = []
+    first = admission.connect("10.0.0.1")
+    assert isinstance(first, int) and admission.associate()
+    admission.closing(first, "10.0.0.1", lambda: closed.append(first), associated=True)
+    second = admission.connect("10.0.0.1")  # the ended one goes, this one comes in
+    assert isinstance(second, int) and closed == [first]
+    # Until the first has closed, the address is full and has nothing left to close.
+    refused = admission.connect("10.0.0.1")
+    assert isinstance(refused, str) and "holds 2 connections" in refused
+    assert isinstance(admission.connect("10.0.0.2"), int)  # others are not affected
+    admission.disconnect(first, "10.0.0.1", associated=False)
+    admission.disconnect(second, "10.0.0.1", associated=False)
+    assert admission._by_address == {"10.0.0.2": 1}

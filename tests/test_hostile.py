@@ -26,6 +26,8 @@ from adicom.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRQ,
+    AReleaseRP,
+    AReleaseRQ,
     PDataTF,
     PDUReader,
     PresentationContextRQ,
@@ -156,6 +158,29 @@ async def test_one_address_cannot_hold_every_association() -> None:
         await probe(server)
         for _, held_writer in [*held, (reader, writer)]:
             held_writer.close()
+
+
+async def test_released_connections_the_peer_keeps_open_still_count_and_make_room() -> None:
+    # A peer that releases and then never closes (PS3.8 7.2 says it should)
+    # keeps each socket until ARTIM. Meanwhile the connection still counts
+    # for its address: a new one from there closes the oldest of them
+    # instead of piling up sockets no limit counts.
+    async with serving(max_per_address=2, max_pending=4, artim_timeout=BOUND * 3) as server:
+        held = []
+        for _ in range(6):
+            reader, writer = await associated(server)
+            writer.write(AReleaseRQ().encode())
+            assert isinstance(await next_pdu(reader), AReleaseRP)
+            held.append((reader, writer))
+        for reader, _ in held[:4]:
+            assert await closed_by_server(reader)  # made room for the next
+        async with asyncio.timeout(BOUND):
+            while server.admission.pending != 2:  # the two newest, waiting for the close
+                await asyncio.sleep(0.01)
+        assert server.admission.associated == 0
+        await probe(server)
+        for _, writer in held:
+            writer.close()
 
 
 # -- messages that never end, or end too big --------------------------------------
