@@ -27,19 +27,22 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import BinaryIO
 
+from pydicom import config
 from pydicom.config import disable_value_validation
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from adicom.elements import LONG_VRS, UNDEFINED, find_top_level
 
@@ -169,50 +172,121 @@ def encode_text_elements(
     return b"".join(parts)
 
 
+#: A Dataset's elements by tag, as Dataset(elements) takes them.
+_Elements = dict[BaseTag, DataElement | RawDataElement]
+
+
 def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
     """Decode a data set of plain ASCII text elements by hand, or None if it has others.
 
     The counterpart of :func:`_encode_text_dataset` for C-FIND matches:
-    pydicom's reader costs ~70 us for a small identifier, this about half.
+    pydicom's reader costs ~70 us for a small identifier. The values are
+    what pydicom's reader makes of them (``str``, :class:`UID`,
+    :class:`PersonName`, a MultiValue of them), made here directly: a
+    :class:`DataElement` given its value converted costs a few
+    microseconds, one that converts it about ten. Values with a type of
+    their own (IS, DS, DA, DT, TM) and multi-valued ones go through
+    DataElement's conversion; private tags (whose elements pydicom ties to
+    their creator), sequences, binary VRs, a Specific Character Set and
+    non-ASCII text through pydicom's reader (None here).
     """
-    elements: list[tuple[int, str, str]] = []
+    elements: _Elements = {}
     pos, end = 0, len(data)
     while pos < end:
         if pos + 8 > end:
             return None
-        group, number = struct.unpack_from("<HH", data, pos)
-        tag = (group << 16) | number
         if implicit:
+            group, number, length = _IMPLICIT.unpack_from(data, pos)
+            tag = (group << 16) | number
             vr = _text_vr(tag)
-            (length,) = struct.unpack_from("<L", data, pos + 4)
-            pos += 8
         else:
-            vr = data[pos + 4 : pos + 6].decode("latin-1")
+            group, number, word, length = _SHORT.unpack_from(data, pos)
+            tag = (group << 16) | number
+            vr = word.decode("latin-1")
             if vr in ("UC", "UR", "UT"):
                 if pos + 12 > end:
                     return None
-                (length,) = struct.unpack_from("<L", data, pos + 8)
-                pos += 12
-            else:
-                (length,) = struct.unpack_from("<H", data, pos + 6)
-                pos += 8
-        if vr not in _TEXT_VRS or pos + length > end or tag == 0x00080005:
-            return None  # sequences, binary VRs, private tags, a character set
+                (length,) = _LENGTH.unpack_from(data, pos + 8)
+                pos += 4
+        pos += 8
+        if vr not in _TEXT_VRS or pos + length > end or group & 1 or tag == 0x00080005:
+            # Sequences, binary VRs, unknown tags in implicit VR, private
+            # tags (see above), a character set.
+            return None
         raw = data[pos : pos + length]
+        pos += length
         if not raw.isascii():
             return None
-        elements.append((tag, vr, raw.decode("ascii").rstrip(" \0")))
-        pos += length
-    dataset = Dataset()
-    try:
-        with disable_value_validation():
-            for tag, vr, text in elements:
-                # pydicom reads an empty number as None, empty text as "".
-                value = None if not text and vr in ("IS", "DS") else text
-                dataset[tag] = DataElement(tag, vr, value)
-    except (ValueError, TypeError, OverflowError):
-        return None  # a value pydicom cannot convert: let its reader deal with it
-    return dataset
+        text = raw.decode("ascii").rstrip(" \0")
+        key = BaseTag(tag)
+        if "\\" in text and vr not in _ONE_VALUE_VRS:
+            value: object = None  # several values: DataElement splits them
+        elif vr in _PLAIN_VRS or (not text and vr == "UI"):
+            value = text  # an empty UID too, as pydicom's reader has it
+        elif vr == "UI":
+            value = UID(text, _IGNORE)
+        elif vr == "PN":
+            value = PersonName(text, validation_mode=_IGNORE)
+        else:
+            value = None
+        if value is not None:
+            elements[key] = DataElement(
+                key, vr, value, already_converted=True, validation_mode=_IGNORE
+            )
+            continue
+        try:
+            # pydicom reads an empty number as None, empty text as "".
+            converted = None if not text and vr in ("IS", "DS") else text
+            elements[key] = DataElement(key, vr, converted, validation_mode=_IGNORE)
+        except (ValueError, TypeError, OverflowError):
+            return None  # a value pydicom cannot convert: let its reader deal with it
+    # Dataset(dict) is what Dataset[tag] = element does for public, non-pixel,
+    # non-sequence elements (as these are), without its checks per element.
+    return _new_dataset(elements)
+
+
+def _dataset_maker() -> Callable[[_Elements], Dataset]:
+    """``Dataset(elements)``, made in a few microseconds instead of about twenty.
+
+    Dataset.__init__ sets a dozen attributes through Dataset.__setattr__,
+    which looks each name up as a DICOM keyword: most of what decoding a
+    small C-FIND match cost after the elements. What it sets is taken from
+    one Dataset made here and given to each new one (its dicts copied, so
+    none is shared); should a pydicom version set anything but plain
+    values there, each Dataset is made the usual way.
+    """
+    blank = vars(Dataset())
+    if not all(type(value) in (dict, str, bool, type(None)) for value in blank.values()):
+        return _usual_dataset
+    plain = {name: value for name, value in blank.items() if type(value) is not dict}
+    dicts = [(name, value) for name, value in blank.items() if type(value) is dict]
+    new = Dataset.__new__
+
+    def make(elements: _Elements) -> Dataset:
+        dataset = new(Dataset)
+        state = dataset.__dict__
+        state.update(plain)
+        for name, value in dicts:
+            state[name] = value.copy()
+        state["_dict"] = elements
+        return dataset
+
+    return make
+
+
+def _usual_dataset(elements: _Elements) -> Dataset:
+    return Dataset(elements)
+
+
+_new_dataset = _dataset_maker()
+
+
+#: Text VRs whose value pydicom keeps as a plain ``str`` (PS3.5 6.2).
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+#: Text VRs of one value, in which a backslash is a character (PS3.5 6.2, 6.4; as pydicom).
+_ONE_VALUE_VRS = frozenset({"LT", "ST", "UT"})
+_LENGTH = struct.Struct("<L")
+_IGNORE = config.IGNORE
 
 
 def _text_vr(tag: int) -> str | None:

@@ -9,6 +9,7 @@ import zlib
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from adicom.elements import (
@@ -178,6 +179,26 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
     match.Modality = "CT"
     match.SeriesDescription = ""
     match.PatientName = "Doe^John"
+    # Every text VR, empty and multi-valued ones, a backslash in a text of one value.
+    match.RetrieveAETitle = "QR"
+    match.PatientAge = "042Y"
+    match.ModalitiesInStudy = ["CT", "MR"]
+    match.StudyDate = "20240101"
+    match.StudyTime = "101010.5"
+    match.AcquisitionDateTime = "20240101101010"
+    match.SliceThickness = "1.5"
+    match.OtherPatientIDs = ["A", "B"]
+    match.StudyDescription = "x" * 64
+    match.ImageComments = "a\\b"
+    match.ReferringPhysicianName = ["Doe^A", "Roe^B"]
+    match.StationName = "CT1"
+    match.SeriesInstanceUID = ""
+    match.AdditionalPatientHistory = "history"
+    match.PixelDataProviderURL = "https://example.org/x"
+    match.RetrieveURL = ""
+    match.StrainAdditionalInformation = "note"  # UC
+    match.TextValue = "long\\text"  # UT
+    match.AccessionNumber = "  "  # padding only
     encoded = encode_dataset(match, syntax)
     implicit = syntax == "1.2.840.10008.1.2"
     reference = read_dataset(io.BytesIO(encoded), is_implicit_VR=implicit, is_little_endian=True)
@@ -185,11 +206,38 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
     assert list(decoded.keys()) == list(reference.keys())
     for tag in reference.keys():  # noqa: SIM118 - iterating a Dataset gives elements
         assert decoded[tag].VR == reference[tag].VR
-        assert decoded[tag].value == reference[tag].value
-        assert type(decoded[tag].value) is type(reference[tag].value)
+        assert decoded[tag].value == reference[tag].value, tag
+        assert type(decoded[tag].value) is type(reference[tag].value), tag
+        if isinstance(reference[tag].value, MultiValue):
+            assert [type(v) for v in decoded[tag].value] == [type(v) for v in reference[tag].value]
+    # What the Dataset holds besides its elements is what Dataset() holds,
+    # its dicts none shared with another's.
+    assert vars(decoded).keys() == vars(Dataset()).keys()
+    assert {k: v for k, v in vars(decoded).items() if k != "_dict"} == {
+        k: v for k, v in vars(Dataset()).items() if k != "_dict"
+    }
+    again = decode_dataset(encoded, syntax)
+    for name, value in vars(decoded).items():
+        if isinstance(value, dict):
+            assert value is not vars(again)[name], name
+    decoded.PatientID = "new"  # and it takes elements as any Dataset does
+    assert "PatientID" not in again and decoded.PatientID == "new"
     # A value pydicom cannot convert takes pydicom's own path, unchanged.
     broken = encoded.replace(b"4 ", b"4A")
     assert decode_dataset(broken, syntax).Modality == "CT"
+
+
+def test_private_text_elements_know_their_creator() -> None:
+    # pydicom ties a private element to its creator when it is set in a
+    # Dataset (PS3.5 7.8.1): the quick decoder leaves them to pydicom.
+    match = Dataset()
+    match.StudyInstanceUID = "1.2.3"
+    block = match.private_block(0x0009, "ACME", create=True)
+    block.add_new(0x01, "LO", "value")
+    encoded = encode_dataset(match, "1.2.840.10008.1.2.1")
+    decoded = decode_dataset(encoded, "1.2.840.10008.1.2.1")
+    assert decoded[0x00091001].private_creator == "ACME"
+    assert decoded[0x00091001].value == "value"
 
 
 def _deflate(data: bytes) -> bytes:
