@@ -208,6 +208,7 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
         assert decoded[tag].VR == reference[tag].VR
         assert decoded[tag].value == reference[tag].value, tag
         assert type(decoded[tag].value) is type(reference[tag].value), tag
+        assert vars(decoded[tag]).keys() == vars(reference[tag]).keys(), tag
         if isinstance(reference[tag].value, MultiValue):
             assert [type(v) for v in decoded[tag].value] == [type(v) for v in reference[tag].value]
     # What the Dataset holds besides its elements is what Dataset() holds,
