@@ -50,6 +50,9 @@ __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
     "ConvertedFile",
     "MAX_INFLATED",
+    "MEMO_TAGS",
+    "MEMO_VALUE",
+    "Memo",
     "Inflater",
     "EXPLICIT_VR_BIG_ENDIAN",
     "EXPLICIT_VR_LITTLE_ENDIAN",
@@ -176,7 +179,17 @@ def encode_text_elements(
 _Elements = dict[BaseTag, DataElement | RawDataElement]
 
 
-def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
+#: What :func:`decode_dataset` keeps between the data sets of a stream: per
+#: tag, the last short text value decoded (its bytes, VR, the tag and the
+#: value made of them), for at most :data:`MEMO_TAGS` tags. Values kept are
+#: immutable (``str``, :class:`UID`), so data sets share them safely.
+Memo = dict[int, tuple[bytes, str, BaseTag, object]]
+#: The most tags a :data:`Memo` keeps a value for, and the longest value kept.
+MEMO_TAGS = 64
+MEMO_VALUE = 64
+
+
+def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) -> Dataset | None:
     """Decode a data set of plain ASCII text elements by hand, or None if it has others.
 
     The counterpart of :func:`_encode_text_dataset` for C-FIND matches:
@@ -215,6 +228,12 @@ def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
             return None
         raw = data[pos : pos + length]
         pos += length
+        if memo is not None:
+            seen = memo.get(tag)
+            if seen is not None and seen[0] == raw and seen[1] == vr:
+                key = seen[2]
+                elements[key] = _new_element(key, vr, seen[3])
+                continue
         if not raw.isascii():
             return None
         text = raw.decode("ascii").rstrip(" \0")
@@ -232,6 +251,13 @@ def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
             value = None
         if value is not None:
             elements[key] = _new_element(key, vr, value)
+            if (
+                memo is not None
+                and length <= MEMO_VALUE
+                and type(value) is not PersonName  # mutable: each data set its own
+                and (tag in memo or len(memo) < MEMO_TAGS)
+            ):
+                memo[tag] = (raw, vr, key, value)
             continue
         try:
             # pydicom reads an empty number as None, empty text as "".
@@ -393,19 +419,26 @@ def inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
     return bytes(inflater.out)
 
 
-def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+def decode_dataset(data: bytes, transfer_syntax: str, memo: Memo | None = None) -> Dataset:
     """Decode a data set received in a transfer syntax (pydicom).
 
     A deflated one may inflate to :data:`MAX_INFLATED` bytes at most
-    (ValueError beyond).
+    (ValueError beyond). ``memo`` (an empty dict at first) is for a stream
+    of similar data sets, C-FIND matches, whose values repeat from one to
+    the next (a study's UID in each of its instances): given the same dict
+    each time, a value decoded before is taken from it (see :data:`Memo`).
     """
     if transfer_syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
-        quick = _decode_text_dataset(data, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+        implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+        quick = _decode_text_dataset(data, implicit, memo)
         if quick is not None:
             return quick
     syntax = UID(transfer_syntax)
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         data = inflate(data)
+        quick = _decode_text_dataset(data, False, memo)  # explicit VR little endian (A.5)
+        if quick is not None:
+            return quick
     # A peer's values are checked where they are used (query matching, the
     # models), not by pydicom while reading: a bad value must become a
     # status for the peer, not a warning in our log.

@@ -42,6 +42,7 @@ from adicom.errors import DicomError, DimseError
 from adicom.fileformat import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    Memo,
     decode_dataset,
     encode_dataset,
 )
@@ -128,6 +129,8 @@ class FindResults:
         self.status: int | None = None
         #: How many matches arrived.
         self.count = 0
+        #: The values a match repeats from the ones before (see decode_dataset).
+        self._memo: Memo = {}
 
     def __aiter__(self) -> FindResults:
         return self
@@ -195,7 +198,7 @@ class FindResults:
         transfer = self._association.contexts[reply.context_id].transfer_syntax
         assert transfer is not None
         try:
-            return decode_dataset(reply.dataset, transfer)
+            return decode_dataset(reply.dataset, transfer, self._memo)
         except Exception as exc:
             # The peer's bytes, not the caller's mistake: a DicomError, so it
             # is never taken for a usage error (a ValueError).

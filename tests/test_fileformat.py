@@ -18,7 +18,10 @@ from adicom.elements import (
 from adicom.fileformat import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     MAX_INFLATED,
+    MEMO_TAGS,
+    MEMO_VALUE,
     Inflater,
+    Memo,
     decode_dataset,
     encode_dataset,
     encode_file_meta,
@@ -226,6 +229,69 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
     # A value pydicom cannot convert takes pydicom's own path, unchanged.
     broken = encoded.replace(b"4 ", b"4A")
     assert decode_dataset(broken, syntax).Modality == "CT"
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_a_memo_gives_what_decoding_each_match_alone_gives(syntax: str) -> None:
+    memo: Memo = {}
+    for n in range(5):
+        match = Dataset()
+        match.QueryRetrieveLevel = "IMAGE"
+        match.StudyInstanceUID = "1.2.3"
+        match.SOPInstanceUID = f"1.2.3.{n % 2}"  # new, then as before
+        match.PatientName = "Doe^John"
+        match.ModalitiesInStudy = ["CT", "MR"]
+        match.ImageComments = "x" * (MEMO_VALUE + 2)
+        match.AccessionNumber = "" if n == 3 else "A1"
+        encoded = encode_dataset(match, syntax)
+        decoded = decode_dataset(encoded, syntax, memo)
+        alone = decode_dataset(encoded, syntax)
+        for element in alone:
+            assert decoded[element.tag].VR == element.VR
+            assert decoded[element.tag].value == element.value
+            assert type(decoded[element.tag].value) is type(element.value)
+        assert len(decoded) == len(alone)
+        # Each match has elements of its own: changing one changes no other.
+        decoded.StudyInstanceUID = "9.9"
+        decoded.ModalitiesInStudy.append("US")
+    # Short immutable values only; no PersonName (mutable), no MultiValue.
+    assert set(memo) == {0x00080052, 0x0020000D, 0x00080018, 0x00080050}
+    assert decode_dataset(encoded, syntax, memo).StudyInstanceUID == "1.2.3"
+
+
+def test_a_memo_keeps_the_vr_the_element_came_with() -> None:
+    # The same tag and bytes under another VR (explicit VR: the peer says
+    # which) is another element.
+    from pydicom.uid import UID
+
+    memo: Memo = {}
+    first = b"\x20\x00\x0d\x00UI\x04\x001.23"
+    second = b"\x20\x00\x0d\x00LO\x04\x001.23"
+    element = decode_dataset(first, "1.2.840.10008.1.2.1", memo)[0x0020000D]
+    assert element.VR == "UI" and type(element.value) is UID
+    element = decode_dataset(second, "1.2.840.10008.1.2.1", memo)[0x0020000D]
+    assert element.VR == "LO" and type(element.value) is str
+
+
+def test_a_memo_keeps_a_bounded_number_of_values() -> None:
+    from pydicom.datadict import dictionary_has_tag, dictionary_VR
+
+    memo: Memo = {}
+    tags = [
+        tag
+        for tag in range(0x00080000, 0x00500000)
+        if tag & 0x10000 == 0 and dictionary_has_tag(tag) and dictionary_VR(tag) == "LO"
+    ][:200]
+    assert len(tags) == 200
+    for start in range(0, 200, 50):
+        match = Dataset()
+        for tag in tags[start : start + 50]:
+            match.add_new(tag, "LO", "v")
+        decoded = decode_dataset(
+            encode_dataset(match, "1.2.840.10008.1.2"), "1.2.840.10008.1.2", memo
+        )
+        assert len(decoded) == 50
+        assert len(memo) <= MEMO_TAGS
 
 
 def test_private_text_elements_know_their_creator() -> None:
