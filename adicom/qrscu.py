@@ -136,7 +136,18 @@ class FindResults:
         return self
 
     async def __anext__(self) -> Dataset:
-        reply = await self._next_match()
+        operation = self._operation
+        if operation is None or operation.done:
+            reply = await self._next_match()
+        else:
+            # What _next_match does once the request is out, inline: one
+            # coroutine less per match.
+            reply = await operation.next_response()
+            status = reply.command.status
+            if status != 0xFF00 and status != 0xFF01:  # final (PS3.7 C.4; status_category)
+                self._final(reply)
+                raise StopAsyncIteration
+            self.count += 1
         if reply is None:
             raise StopAsyncIteration
         return self._decode(reply)
@@ -159,15 +170,18 @@ class FindResults:
         if operation.done:
             return None
         reply = await operation.next_response()
-        status = reply.command.status or 0
-        category = status_category(status)
-        if category is StatusCategory.PENDING:
+        if status_category(reply.command.status or 0) is StatusCategory.PENDING:
             self.count += 1
             return reply
-        self.status = status
-        if category is StatusCategory.FAILURE:
-            raise DimseError(status, "C-FIND failed: " + _describe(reply))
+        self._final(reply)
         return None
+
+    def _final(self, reply: Message) -> None:
+        """The final response: its status kept, raised as DimseError if a failure."""
+        status = reply.command.status or 0
+        self.status = status
+        if status_category(status) is StatusCategory.FAILURE:
+            raise DimseError(status, "C-FIND failed: " + _describe(reply))
 
     def _values(self, reply: Message, tags: frozenset[int]) -> dict[int, list[str]]:
         """The text values of a few top-level elements of a match, without decoding it whole.
