@@ -210,30 +210,37 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
             return None
         if implicit:
             group, number, length = _IMPLICIT.unpack_from(data, pos)
-            tag = (group << 16) | number
-            vr = _text_vr(tag)
+            vr: str | None = None  # the dictionary's, once the memo had nothing
         else:
             group, number, word, length = _SHORT.unpack_from(data, pos)
-            tag = (group << 16) | number
-            vr = word.decode("latin-1")
+            vr = _EXPLICIT_TEXT_VRS.get(word)
+            if vr is None:
+                return None  # sequences, binary VRs
             if vr in ("UC", "UR", "UT"):
                 if pos + 12 > end:
                     return None
                 (length,) = _LENGTH.unpack_from(data, pos + 8)
                 pos += 4
         pos += 8
-        if vr not in _TEXT_VRS or pos + length > end or group & 1 or tag == 0x00080005:
-            # Sequences, binary VRs, unknown tags in implicit VR, private
-            # tags (see above), a character set.
+        if pos + length > end:
             return None
+        tag = (group << 16) | number
         raw = data[pos : pos + length]
         pos += length
         if memo is not None:
+            # The same bytes as the last value of this tag (and, in explicit
+            # VR, the same VR: another makes another value) is the same value.
             seen = memo.get(tag)
-            if seen is not None and seen[0] == raw and seen[1] == vr:
+            if seen is not None and seen[0] == raw and (vr is None or seen[1] == vr):
                 key = seen[2]
-                elements[key] = _new_element(key, vr, seen[3])
+                elements[key] = _new_element(key, seen[1], seen[3])
                 continue
+        if vr is None:
+            vr = _text_vr(tag)
+        if vr is None or group & 1 or tag == 0x00080005:
+            # Binary VRs and unknown tags in implicit VR, private tags (see
+            # above), a character set.
+            return None
         if not raw.isascii():
             return None
         text = raw.decode("ascii").rstrip(" \0")
@@ -354,12 +361,15 @@ _PLAIN_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "U
 #: Text VRs of one value, in which a backslash is a character (PS3.5 6.2, 6.4; as pydicom).
 _ONE_VALUE_VRS = frozenset({"LT", "ST", "UT"})
 _LENGTH = struct.Struct("<L")
+#: The text VRs as explicit VR encodes them (PS3.5 7.1.2).
+_EXPLICIT_TEXT_VRS = {vr.encode(): vr for vr in _TEXT_VRS}
 _IGNORE = config.IGNORE
 _new_str = str.__new__
 _new_dataset = _dataset_maker()
 _new_element = _element_maker()
 
 
+@functools.lru_cache(maxsize=256)  # pydicom's dictionary look-up costs ~7k instructions
 def _text_vr(tag: int) -> str | None:
     """The dictionary VR of a tag if it is a text VR, else None (private, unknown, binary)."""
     try:
