@@ -201,7 +201,8 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
     their own (IS, DS, DA, DT, TM) and multi-valued ones go through
     DataElement's conversion; private tags (whose elements pydicom ties to
     their creator), sequences, binary VRs, a Specific Character Set and
-    non-ASCII text through pydicom's reader (None here).
+    non-ASCII text through pydicom's reader (None here). A text element cut
+    short raises ValueError (pydicom's reader would keep what there is).
     """
     elements: _Elements = {}
     pos, end = 0, len(data)
@@ -222,9 +223,18 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
                 (length,) = _LENGTH.unpack_from(data, pos + 8)
                 pos += 4
         pos += 8
-        if pos + length > end:
-            return None
         tag = (group << 16) | number
+        if pos + length > end:
+            if vr is None:
+                vr = _text_vr(tag)  # implicit VR: a sequence of undefined length is pydicom's
+            if vr is None:
+                return None
+            # A text element whose value the data set does not hold: cut short
+            # (PS3.5 7.1), not a shorter value to present as the peer's.
+            raise ValueError(
+                f"the data set ends inside ({group:04X},{number:04X}) {vr}:"
+                f" {length} bytes said, {end - pos} there"
+            )
         raw = data[pos : pos + length]
         pos += length
         if memo is not None:

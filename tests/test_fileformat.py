@@ -294,6 +294,21 @@ def test_a_memo_keeps_a_bounded_number_of_values() -> None:
         assert len(memo) <= MEMO_TAGS
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_a_match_cut_short_is_an_error_not_a_shorter_match(syntax: str) -> None:
+    match = Dataset()
+    match.QueryRetrieveLevel = "IMAGE"
+    match.SOPInstanceUID = "1.2.3.4.5.6.7.8"
+    encoded = encode_dataset(match, syntax)
+    memo: Memo = {}
+    assert decode_dataset(encoded, syntax, memo).SOPInstanceUID == "1.2.3.4.5.6.7.8"
+    for cut in (len(encoded) - 2, 12, 9):  # inside each value, the memo's values too
+        with pytest.raises(ValueError, match="ends inside"):
+            decode_dataset(encoded[:cut], syntax, memo)
+    # A sequence of undefined length (implicit VR: no VR to tell) is pydicom's to read.
+    assert decode_dataset(encode_dataset(nested(True), syntax), syntax).SOPInstanceUID == "1.2.3.4"
+
+
 def test_private_text_elements_know_their_creator() -> None:
     # pydicom ties a private element to its creator when it is set in a
     # Dataset (PS3.5 7.8.1): the quick decoder leaves them to pydicom.

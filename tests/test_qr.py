@@ -555,6 +555,24 @@ async def test_a_cancelled_move_counts_every_instance_the_destination_got() -> N
     assert stopped.completed == len(received)
 
 
+async def test_a_match_cut_short_is_the_peers_error_not_a_shorter_match() -> None:
+    async def cut_short(identifier: Dataset, context: QRContext) -> AsyncIterator[bytes]:
+        assert context.transfer_syntax == "1.2.840.10008.1.2.1"
+        yield b"\x08\x00\x18\x00UI\x06\x001.2.3\x00"  # a whole match first
+        yield b"\x08\x00\x18\x00UI\x10\x001.2.3\x00"  # 16 bytes said, 6 there
+
+    async with adicom.Server("QR", port=0, on_find=cut_short) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            found: list[str] = []
+            with pytest.raises(adicom.DimseError, match=r"match 2: .* ends inside"):
+                async with qrscu.find(assoc, study_identifier()) as results:
+                    async for match in results:
+                        found.append(match.SOPInstanceUID)
+            assert found == ["1.2.3"]
+
+
 async def test_an_identifier_that_does_not_decode_is_the_peers_error() -> None:
     async def garbage(identifier: Dataset, context: QRContext) -> AsyncIterator[bytes]:
         # A sequence claiming more bytes than the identifier holds.
