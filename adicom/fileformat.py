@@ -443,7 +443,8 @@ def decode_dataset(data: bytes, transfer_syntax: str, memo: Memo | None = None) 
     """Decode a data set received in a transfer syntax (pydicom).
 
     A deflated one may inflate to :data:`MAX_INFLATED` bytes at most
-    (ValueError beyond). ``memo`` (an empty dict at first) is for a stream
+    (ValueError beyond); a little endian one whose text element runs past
+    its end raises ValueError too. ``memo`` (an empty dict at first) is for a stream
     of similar data sets, C-FIND matches, whose values repeat from one to
     the next (a study's UID in each of its instances): given the same dict
     each time, a value decoded before is taken from it (see :data:`Memo`).
