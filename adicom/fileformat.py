@@ -27,19 +27,22 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import BinaryIO
 
+from pydicom import config
 from pydicom.config import disable_value_validation
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from adicom.elements import LONG_VRS, UNDEFINED, find_top_level
 
@@ -47,6 +50,9 @@ __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
     "ConvertedFile",
     "MAX_INFLATED",
+    "MEMO_TAGS",
+    "MEMO_VALUE",
+    "Memo",
     "Inflater",
     "EXPLICIT_VR_BIG_ENDIAN",
     "EXPLICIT_VR_LITTLE_ENDIAN",
@@ -169,52 +175,211 @@ def encode_text_elements(
     return b"".join(parts)
 
 
-def _decode_text_dataset(data: bytes, implicit: bool) -> Dataset | None:
+#: A Dataset's elements by tag, as Dataset(elements) takes them.
+_Elements = dict[BaseTag, DataElement | RawDataElement]
+
+
+#: What :func:`decode_dataset` keeps between the data sets of a stream: per
+#: tag, the last short text value decoded (its bytes, VR, the tag and the
+#: value made of them), for at most :data:`MEMO_TAGS` tags. Values kept are
+#: immutable (``str``, :class:`UID`), so data sets share them safely.
+Memo = dict[int, tuple[bytes, str, BaseTag, object]]
+#: The most tags a :data:`Memo` keeps a value for, and the longest value kept.
+MEMO_TAGS = 64
+MEMO_VALUE = 64
+
+
+def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) -> Dataset | None:
     """Decode a data set of plain ASCII text elements by hand, or None if it has others.
 
     The counterpart of :func:`_encode_text_dataset` for C-FIND matches:
-    pydicom's reader costs ~70 us for a small identifier, this about half.
+    pydicom's reader costs ~70 us for a small identifier. The values are
+    what pydicom's reader makes of them (``str``, :class:`UID`,
+    :class:`PersonName`, a MultiValue of them), made here directly: a
+    :class:`DataElement` given its value converted costs a few
+    microseconds, one that converts it about ten. Values with a type of
+    their own (IS, DS, DA, DT, TM) and multi-valued ones go through
+    DataElement's conversion; private tags (whose elements pydicom ties to
+    their creator), sequences, binary VRs, a Specific Character Set and
+    non-ASCII text through pydicom's reader (None here). A text element cut
+    short raises ValueError (pydicom's reader would keep what there is).
     """
-    elements: list[tuple[int, str, str]] = []
+    elements: _Elements = {}
     pos, end = 0, len(data)
     while pos < end:
         if pos + 8 > end:
             return None
-        group, number = struct.unpack_from("<HH", data, pos)
-        tag = (group << 16) | number
         if implicit:
-            vr = _text_vr(tag)
-            (length,) = struct.unpack_from("<L", data, pos + 4)
-            pos += 8
+            group, number, length = _IMPLICIT.unpack_from(data, pos)
+            vr: str | None = None  # the dictionary's, once the memo had nothing
         else:
-            vr = data[pos + 4 : pos + 6].decode("latin-1")
+            group, number, word, length = _SHORT.unpack_from(data, pos)
+            vr = _EXPLICIT_TEXT_VRS.get(word)
+            if vr is None:
+                return None  # sequences, binary VRs
             if vr in ("UC", "UR", "UT"):
                 if pos + 12 > end:
                     return None
-                (length,) = struct.unpack_from("<L", data, pos + 8)
-                pos += 12
-            else:
-                (length,) = struct.unpack_from("<H", data, pos + 6)
-                pos += 8
-        if vr not in _TEXT_VRS or pos + length > end or tag == 0x00080005:
-            return None  # sequences, binary VRs, private tags, a character set
+                (length,) = _LENGTH.unpack_from(data, pos + 8)
+                pos += 4
+        pos += 8
+        tag = (group << 16) | number
+        if pos + length > end:
+            if vr is None:
+                vr = _text_vr(tag)  # implicit VR: a sequence of undefined length is pydicom's
+            if vr is None:
+                return None
+            # A text element whose value the data set does not hold: cut short
+            # (PS3.5 7.1), not a shorter value to present as the peer's.
+            raise ValueError(
+                f"the data set ends inside ({group:04X},{number:04X}) {vr}:"
+                f" {length} bytes said, {end - pos} there"
+            )
         raw = data[pos : pos + length]
+        pos += length
+        if memo is not None:
+            # The same bytes as the last value of this tag (and, in explicit
+            # VR, the same VR: another makes another value) is the same value.
+            seen = memo.get(tag)
+            if seen is not None and seen[0] == raw and (vr is None or seen[1] == vr):
+                key = seen[2]
+                elements[key] = _new_element(key, seen[1], seen[3])
+                continue
+        if vr is None:
+            vr = _text_vr(tag)
+        if vr is None or group & 1 or tag == 0x00080005:
+            # Binary VRs and unknown tags in implicit VR, private tags (see
+            # above), a character set.
+            return None
         if not raw.isascii():
             return None
-        elements.append((tag, vr, raw.decode("ascii").rstrip(" \0")))
-        pos += length
-    dataset = Dataset()
-    try:
-        with disable_value_validation():
-            for tag, vr, text in elements:
-                # pydicom reads an empty number as None, empty text as "".
-                value = None if not text and vr in ("IS", "DS") else text
-                dataset[tag] = DataElement(tag, vr, value)
-    except (ValueError, TypeError, OverflowError):
-        return None  # a value pydicom cannot convert: let its reader deal with it
-    return dataset
+        text = raw.decode("ascii").rstrip(" \0")
+        key = BaseTag(tag)
+        if "\\" in text and vr not in _ONE_VALUE_VRS:
+            value: object = None  # several values: DataElement splits them
+        elif vr in _PLAIN_VRS or (not text and vr == "UI"):
+            value = text  # an empty UID too, as pydicom's reader has it
+        elif vr == "UI":
+            # What UID(text) makes, without its validation (off here) and calls.
+            value = _new_str(UID, text.strip())
+        elif vr == "PN":
+            value = PersonName(text, validation_mode=_IGNORE)
+        else:
+            value = None
+        if value is not None:
+            elements[key] = _new_element(key, vr, value)
+            if (
+                memo is not None
+                and length <= MEMO_VALUE
+                and type(value) is not PersonName  # mutable: each data set its own
+                and (tag in memo or len(memo) < MEMO_TAGS)
+            ):
+                memo[tag] = (raw, vr, key, value)
+            continue
+        try:
+            # pydicom reads an empty number as None, empty text as "".
+            converted = None if not text and vr in ("IS", "DS") else text
+            elements[key] = DataElement(key, vr, converted, validation_mode=_IGNORE)
+        except (ValueError, TypeError, OverflowError):
+            return None  # a value pydicom cannot convert: let its reader deal with it
+    # Dataset(dict) is what Dataset[tag] = element does for public, non-pixel,
+    # non-sequence elements (as these are), without its checks per element.
+    return _new_dataset(elements)
 
 
+def _state_of(made: object) -> dict[str, object] | None:
+    """The attributes of a pydicom object just made, if all are plain values (else None).
+
+    Plain: None, bool, int, str, and dicts of them (copied for each object
+    made from it, so none is shared).
+    """
+    state = vars(made)
+    plain = (type(None), bool, int, str, dict)
+    if all(type(value) in plain or isinstance(value, BaseTag) for value in state.values()):
+        return state
+    return None
+
+
+def _dataset_maker() -> Callable[[_Elements], Dataset]:
+    """``Dataset(elements)``, made in a couple of microseconds instead of about ten.
+
+    Dataset.__init__ sets a dozen attributes through Dataset.__setattr__,
+    which looks each name up as a DICOM keyword: more than what decoding a
+    small C-FIND match costs besides. What it sets is taken from one
+    Dataset made here and given to each new one; should a pydicom version
+    set anything else there, each Dataset is made the usual way.
+    """
+    blank = _state_of(Dataset())
+    if blank is None or "_dict" not in blank:
+        return _usual_dataset
+    plain = {name: value for name, value in blank.items() if type(value) is not dict}
+    dicts = [(name, value) for name, value in blank.items() if type(value) is dict]
+    new = Dataset.__new__
+    set_state = object.__setattr__
+
+    def make(elements: _Elements) -> Dataset:
+        dataset = new(Dataset)
+        state = plain.copy()
+        for name, value in dicts:
+            state[name] = value.copy()
+        state["_dict"] = elements
+        set_state(dataset, "__dict__", state)
+        return dataset
+
+    return make
+
+
+def _usual_dataset(elements: _Elements) -> Dataset:
+    return Dataset(elements)
+
+
+def _element_maker() -> Callable[[BaseTag, str, object], DataElement]:
+    """``DataElement(tag, vr, value, already_converted=True)``, in half the time.
+
+    The same way as :func:`_dataset_maker`: DataElement.__init__ costs about
+    a microsecond, five times per match; what it sets is copied from one
+    made here, its tag, VR and value replaced.
+    """
+    blank = _state_of(
+        DataElement(BaseTag(0x00100010), "LO", "", already_converted=True, validation_mode=_IGNORE)
+    )
+    if blank is None or not {"tag", "VR", "_value"} <= blank.keys():
+        return _usual_element
+    if any(type(value) is dict for value in blank.values()):
+        return _usual_element
+    new = DataElement.__new__
+    set_state = object.__setattr__
+
+    def make(tag: BaseTag, vr: str, value: object) -> DataElement:
+        element = new(DataElement)
+        state = blank.copy()
+        state["tag"] = tag
+        state["VR"] = vr
+        state["_value"] = value
+        set_state(element, "__dict__", state)
+        return element
+
+    return make
+
+
+def _usual_element(tag: BaseTag, vr: str, value: object) -> DataElement:
+    return DataElement(tag, vr, value, already_converted=True, validation_mode=_IGNORE)
+
+
+#: Text VRs whose value pydicom keeps as a plain ``str`` (PS3.5 6.2).
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+#: Text VRs of one value, in which a backslash is a character (PS3.5 6.2, 6.4; as pydicom).
+_ONE_VALUE_VRS = frozenset({"LT", "ST", "UT"})
+_LENGTH = struct.Struct("<L")
+#: The text VRs as explicit VR encodes them (PS3.5 7.1.2).
+_EXPLICIT_TEXT_VRS = {vr.encode(): vr for vr in _TEXT_VRS}
+_IGNORE = config.IGNORE
+_new_str = str.__new__
+_new_dataset = _dataset_maker()
+_new_element = _element_maker()
+
+
+@functools.lru_cache(maxsize=256)  # pydicom's dictionary look-up costs ~7k instructions
 def _text_vr(tag: int) -> str | None:
     """The dictionary VR of a tag if it is a text VR, else None (private, unknown, binary)."""
     try:
@@ -274,19 +439,27 @@ def inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
     return bytes(inflater.out)
 
 
-def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+def decode_dataset(data: bytes, transfer_syntax: str, memo: Memo | None = None) -> Dataset:
     """Decode a data set received in a transfer syntax (pydicom).
 
     A deflated one may inflate to :data:`MAX_INFLATED` bytes at most
-    (ValueError beyond).
+    (ValueError beyond); a little endian one whose text element runs past
+    its end raises ValueError too. ``memo`` (an empty dict at first) is for a stream
+    of similar data sets, C-FIND matches, whose values repeat from one to
+    the next (a study's UID in each of its instances): given the same dict
+    each time, a value decoded before is taken from it (see :data:`Memo`).
     """
     if transfer_syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
-        quick = _decode_text_dataset(data, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+        implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+        quick = _decode_text_dataset(data, implicit, memo)
         if quick is not None:
             return quick
     syntax = UID(transfer_syntax)
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         data = inflate(data)
+        quick = _decode_text_dataset(data, False, memo)  # explicit VR little endian (A.5)
+        if quick is not None:
+            return quick
     # A peer's values are checked where they are used (query matching, the
     # models), not by pydicom while reading: a bad value must become a
     # status for the peer, not a warning in our log.

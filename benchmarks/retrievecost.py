@@ -1,6 +1,7 @@
-"""CPU (or instructions) per sub-operation of adicom as C-GET / C-MOVE SCU against dcmqrscp.
+"""CPU (or instructions) per sub-operation (or match) of adicom as C-GET / C-MOVE / C-FIND SCU.
 
     python -m benchmarks.retrievecost get:1000 move:1000
+    python -m benchmarks.retrievecost --callgrind --dcmtk find:300     # per C-FIND match
     python -m benchmarks.retrievecost --callgrind get:300 move:300   # instruction counts
     python -m benchmarks.retrievecost --profile get:1000              # cProfile, top functions
     python -m benchmarks.retrievecost --dcmtk get:1000 move:1000      # getscu / movescu too
@@ -23,7 +24,13 @@ common C-GET offer, no C-FIND) into a storage that keeps nothing: what the
 sub-operations cost without the storage sink, so get minus getnull is
 roughly the sink's share.
 
-``--dcmtk`` runs getscu / movescu the same way: CPU of a run of N minus a
+``find`` is what benchmarks.sides.adicom_side does for find-1000:
+``adicom.connect`` (the Study Root C-FIND contexts), ``qrscu.find`` at
+IMAGE level for the series (SOP Instance UID returned), the match's
+``str(match.SOPInstanceUID)`` kept in a set, release; the warm-up asks for
+the first instance only. Everything is divided by N, the matches.
+
+``--dcmtk`` runs getscu / movescu / findscu the same way: CPU of a run of N minus a
 run of one (getrusage of children), and under ``--callgrind`` the
 difference of their instruction totals, per sub-operation.
 
@@ -66,7 +73,7 @@ from benchmarks.sides._common import MOVE_DEST_AET
 from benchmarks.sides.dcmtk_side import find_tool
 from benchmarks.stacks import destination_stack, start_scp, stop_scp
 
-KINDS = ("get", "move", "getnull")
+KINDS = ("get", "move", "getnull", "find")
 
 
 class _Nowhere:
@@ -119,6 +126,36 @@ async def _get_nowhere(port: int, study: str, series: str, sop: str | None) -> o
         return await qrscu.get(assoc, identifier, storage)
 
 
+async def _find(port: int, study: str, series: str, sop: str) -> int:
+    """find: adicom.connect, qrscu.find (Study Root, IMAGE level), each match's UID, release.
+
+    What benchmarks.sides.adicom_side._find does; the number of distinct matches.
+    """
+    from pydicom.dataset import Dataset
+
+    import adicom
+    from adicom import qrscu
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = study
+    identifier.SeriesInstanceUID = series
+    identifier.SOPInstanceUID = sop
+    uids: set[str] = set()
+    async with (
+        adicom.connect(
+            HOST, port, calling_ae=SCU_AET, called_ae=SCP_AET,
+            contexts=qrscu.find_contexts("study"), timeout=600,
+        ) as assoc,
+        qrscu.find(assoc, identifier) as results,
+    ):  # fmt: skip
+        async for match in results:
+            uids.add(str(match.SOPInstanceUID))
+        if results.status != 0x0000:
+            raise RuntimeError(f"C-FIND ended with status 0x{results.status or 0:04X}")
+    return len(uids)
+
+
 async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> None:
     """The adicom SCU: one line in (``warm KIND`` / ``go KIND``), one line out (``DONE cpu``)."""
     import adicom
@@ -148,7 +185,10 @@ async def _scu(port: int, data_dir: Path, out: Path, profile: Path | None) -> No
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        if kind == "getnull":
+        if kind == "find":
+            found = await _find(port, study, series, sop if what == "warm" else "")
+            result = adicom.RetrieveResult(status="success", status_code=0, num_completed=found)
+        elif kind == "getnull":
             progress = await _get_nowhere(port, study, series, sop if what == "warm" else None)
             assert isinstance(progress, qrscu.RetrieveProgress)
             result = adicom.RetrieveResult(
@@ -321,24 +361,33 @@ def _tool_run(
 def _dcmtk_cost(
     kind: str, n: int, port: int, data_dir: Path, out: Path, callgrind: bool, syscalls: bool
 ) -> tuple[str, float, float, str]:
-    """getscu / movescu per sub-op: CPU (system) us, instructions, wall s, system calls.
+    """getscu / movescu / findscu per sub-op: CPU (system) us, instructions, wall s, syscalls.
 
     Each is a run of N minus a run of one.
     """
     keys = series_keys(data_dir)
-    tool = find_tool("getscu" if kind == "get" else "movescu")
+    name = {"get": "getscu", "move": "movescu", "find": "findscu"}[kind]
+    tool = find_tool(name)
     if tool is None:
-        raise RuntimeError("DCMTK getscu/movescu not found")
+        raise RuntimeError(f"DCMTK {name} not found")
 
     def argv(single: bool, folder: Path) -> list[str]:
         cmd = [tool, "-S", "-aet", SCU_AET, "-aec", SCP_AET, "-to", "600", "-ta", "600",
                "-td", "600"]  # fmt: skip
-        cmd += ["-od", str(folder)] if kind == "get" else ["-aem", MOVE_DEST_AET]
-        cmd += ["-k", f"QueryRetrieveLevel={'IMAGE' if single else 'SERIES'}"]
+        if kind == "get":
+            cmd += ["-od", str(folder)]
+        elif kind == "move":
+            cmd += ["-aem", MOVE_DEST_AET]
+        # C-FIND asks for the series' instances (the SOP Instance UID returned), as
+        # benchmarks.sides.dcmtk_side does; a retrieve names the series or one instance.
+        image = single or kind == "find"
+        cmd += ["-k", f"QueryRetrieveLevel={'IMAGE' if image else 'SERIES'}"]
         cmd += ["-k", f"StudyInstanceUID={keys.study_instance_uid}"]
         cmd += ["-k", f"SeriesInstanceUID={keys.series_instance_uid}"]
         if single:
             cmd += ["-k", f"SOPInstanceUID={keys.first_sop_instance_uid}"]
+        elif kind == "find":
+            cmd += ["-k", "SOPInstanceUID"]
         return [*cmd, HOST, str(port)]
 
     runs = []
@@ -398,6 +447,8 @@ def _run(runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
             summary = work / "syscalls.scu"
             counter = scu.syscalls(summary) if args.syscalls else None
             spent, system, wall, completed = scu.ask(f"go {kind}", "DONE")
+            if kind == "find" and int(completed) != n:
+                raise RuntimeError(f"find: {completed} distinct matches, {n} expected")
             ours = _per_op(_syscalls_stop(counter, summary), n) if counter is not None else ""
             line = f"{kind}:{completed:<6} {_us(float(spent), float(system), n)}"
             if args.callgrind:
@@ -445,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "runs", nargs="+", help="KIND:N, KIND one of get, move, getnull (one N for all)"
+        "runs", nargs="+", help="KIND:N, KIND one of get, move, getnull, find (one N for all)"
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
@@ -458,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         help="--profile: copy the .prof files here; --callgrind: dump the profiles here",
     )
     parser.add_argument("--repeat", type=int, default=1, help="run the list this many times")
-    parser.add_argument("--dcmtk", action="store_true", help="getscu / movescu too")
+    parser.add_argument("--dcmtk", action="store_true", help="getscu / movescu / findscu too")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="instance cache")
     parser.add_argument("--scratch", type=Path, help="where the C-GET writes (default $TMPDIR)")
     args = parser.parse_args(argv)

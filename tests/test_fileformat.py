@@ -9,6 +9,7 @@ import zlib
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from adicom.elements import (
@@ -17,7 +18,10 @@ from adicom.elements import (
 from adicom.fileformat import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     MAX_INFLATED,
+    MEMO_TAGS,
+    MEMO_VALUE,
     Inflater,
+    Memo,
     decode_dataset,
     encode_dataset,
     encode_file_meta,
@@ -178,6 +182,26 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
     match.Modality = "CT"
     match.SeriesDescription = ""
     match.PatientName = "Doe^John"
+    # Every text VR, empty and multi-valued ones, a backslash in a text of one value.
+    match.RetrieveAETitle = "QR"
+    match.PatientAge = "042Y"
+    match.ModalitiesInStudy = ["CT", "MR"]
+    match.StudyDate = "20240101"
+    match.StudyTime = "101010.5"
+    match.AcquisitionDateTime = "20240101101010"
+    match.SliceThickness = "1.5"
+    match.OtherPatientIDs = ["A", "B"]
+    match.StudyDescription = "x" * 64
+    match.ImageComments = "a\\b"
+    match.ReferringPhysicianName = ["Doe^A", "Roe^B"]
+    match.StationName = "CT1"
+    match.SeriesInstanceUID = ""
+    match.AdditionalPatientHistory = "history"
+    match.PixelDataProviderURL = "https://example.org/x"
+    match.RetrieveURL = ""
+    match.StrainAdditionalInformation = "note"  # UC
+    match.TextValue = "long\\text"  # UT
+    match.AccessionNumber = "  "  # padding only
     encoded = encode_dataset(match, syntax)
     implicit = syntax == "1.2.840.10008.1.2"
     reference = read_dataset(io.BytesIO(encoded), is_implicit_VR=implicit, is_little_endian=True)
@@ -185,11 +209,117 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
     assert list(decoded.keys()) == list(reference.keys())
     for tag in reference.keys():  # noqa: SIM118 - iterating a Dataset gives elements
         assert decoded[tag].VR == reference[tag].VR
-        assert decoded[tag].value == reference[tag].value
-        assert type(decoded[tag].value) is type(reference[tag].value)
+        assert decoded[tag].value == reference[tag].value, tag
+        assert type(decoded[tag].value) is type(reference[tag].value), tag
+        assert vars(decoded[tag]).keys() == vars(reference[tag]).keys(), tag
+        if isinstance(reference[tag].value, MultiValue):
+            assert [type(v) for v in decoded[tag].value] == [type(v) for v in reference[tag].value]
+    # What the Dataset holds besides its elements is what Dataset() holds,
+    # its dicts none shared with another's.
+    assert vars(decoded).keys() == vars(Dataset()).keys()
+    assert {k: v for k, v in vars(decoded).items() if k != "_dict"} == {
+        k: v for k, v in vars(Dataset()).items() if k != "_dict"
+    }
+    again = decode_dataset(encoded, syntax)
+    for name, value in vars(decoded).items():
+        if isinstance(value, dict):
+            assert value is not vars(again)[name], name
+    decoded.PatientID = "new"  # and it takes elements as any Dataset does
+    assert "PatientID" not in again and decoded.PatientID == "new"
     # A value pydicom cannot convert takes pydicom's own path, unchanged.
     broken = encoded.replace(b"4 ", b"4A")
     assert decode_dataset(broken, syntax).Modality == "CT"
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_a_memo_gives_what_decoding_each_match_alone_gives(syntax: str) -> None:
+    memo: Memo = {}
+    for n in range(5):
+        match = Dataset()
+        match.QueryRetrieveLevel = "IMAGE"
+        match.StudyInstanceUID = "1.2.3"
+        match.SOPInstanceUID = f"1.2.3.{n % 2}"  # new, then as before
+        match.PatientName = "Doe^John"
+        match.ModalitiesInStudy = ["CT", "MR"]
+        match.ImageComments = "x" * (MEMO_VALUE + 2)
+        match.AccessionNumber = "" if n == 3 else "A1"
+        encoded = encode_dataset(match, syntax)
+        decoded = decode_dataset(encoded, syntax, memo)
+        alone = decode_dataset(encoded, syntax)
+        for element in alone:
+            assert decoded[element.tag].VR == element.VR
+            assert decoded[element.tag].value == element.value
+            assert type(decoded[element.tag].value) is type(element.value)
+        assert len(decoded) == len(alone)
+        # Each match has elements of its own: changing one changes no other.
+        decoded.StudyInstanceUID = "9.9"
+        decoded.ModalitiesInStudy.append("US")
+    # Short immutable values only; no PersonName (mutable), no MultiValue.
+    assert set(memo) == {0x00080052, 0x0020000D, 0x00080018, 0x00080050}
+    assert decode_dataset(encoded, syntax, memo).StudyInstanceUID == "1.2.3"
+
+
+def test_a_memo_keeps_the_vr_the_element_came_with() -> None:
+    # The same tag and bytes under another VR (explicit VR: the peer says
+    # which) is another element.
+    from pydicom.uid import UID
+
+    memo: Memo = {}
+    first = b"\x20\x00\x0d\x00UI\x04\x001.23"
+    second = b"\x20\x00\x0d\x00LO\x04\x001.23"
+    element = decode_dataset(first, "1.2.840.10008.1.2.1", memo)[0x0020000D]
+    assert element.VR == "UI" and type(element.value) is UID
+    element = decode_dataset(second, "1.2.840.10008.1.2.1", memo)[0x0020000D]
+    assert element.VR == "LO" and type(element.value) is str
+
+
+def test_a_memo_keeps_a_bounded_number_of_values() -> None:
+    from pydicom.datadict import dictionary_has_tag, dictionary_VR
+
+    memo: Memo = {}
+    tags = [
+        tag
+        for tag in range(0x00080000, 0x00500000)
+        if tag & 0x10000 == 0 and dictionary_has_tag(tag) and dictionary_VR(tag) == "LO"
+    ][:200]
+    assert len(tags) == 200
+    for start in range(0, 200, 50):
+        match = Dataset()
+        for tag in tags[start : start + 50]:
+            match.add_new(tag, "LO", "v")
+        decoded = decode_dataset(
+            encode_dataset(match, "1.2.840.10008.1.2"), "1.2.840.10008.1.2", memo
+        )
+        assert len(decoded) == 50
+        assert len(memo) <= MEMO_TAGS
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_a_match_cut_short_is_an_error_not_a_shorter_match(syntax: str) -> None:
+    match = Dataset()
+    match.QueryRetrieveLevel = "IMAGE"
+    match.SOPInstanceUID = "1.2.3.4.5.6.7.8"
+    encoded = encode_dataset(match, syntax)
+    memo: Memo = {}
+    assert decode_dataset(encoded, syntax, memo).SOPInstanceUID == "1.2.3.4.5.6.7.8"
+    for cut in (len(encoded) - 2, 12, 9):  # inside each value, the memo's values too
+        with pytest.raises(ValueError, match="ends inside"):
+            decode_dataset(encoded[:cut], syntax, memo)
+    # A sequence of undefined length (implicit VR: no VR to tell) is pydicom's to read.
+    assert decode_dataset(encode_dataset(nested(True), syntax), syntax).SOPInstanceUID == "1.2.3.4"
+
+
+def test_private_text_elements_know_their_creator() -> None:
+    # pydicom ties a private element to its creator when it is set in a
+    # Dataset (PS3.5 7.8.1): the quick decoder leaves them to pydicom.
+    match = Dataset()
+    match.StudyInstanceUID = "1.2.3"
+    block = match.private_block(0x0009, "ACME", create=True)
+    block.add_new(0x01, "LO", "value")
+    encoded = encode_dataset(match, "1.2.840.10008.1.2.1")
+    decoded = decode_dataset(encoded, "1.2.840.10008.1.2.1")
+    assert decoded[0x00091001].private_creator == "ACME"
+    assert decoded[0x00091001].value == "value"
 
 
 def _deflate(data: bytes) -> bytes:

@@ -126,6 +126,31 @@ async def test_find_failure_status_raises_and_association_goes_on() -> None:
                 assert len([d async for d in results]) == 2
 
 
+async def test_a_failure_after_matches_raises_with_the_matches_counted() -> None:
+    # The final response after pending ones ends the loop with its status
+    # (PS3.4 C.4.1.3.1): a failure raises, the matches before it were given.
+    async def fails_midway(identifier: Dataset, context: QRContext) -> AsyncIterator[Dataset]:
+        for n in range(3):
+            answer = Dataset()
+            answer.QueryRetrieveLevel = "IMAGE"
+            answer.SOPInstanceUID = f"1.2.3.{n}"
+            yield answer
+        raise QueryFailed(0xC001, "the index went away")
+
+    async with adicom.Server("QR", port=0, on_find=fails_midway) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            found: list[str] = []
+            results = qrscu.find(assoc, study_identifier(level="IMAGE"))
+            with pytest.raises(adicom.DimseError) as info:
+                async for match in results:
+                    found.append(match.SOPInstanceUID)
+            assert info.value.status == 0xC001 and "the index went away" in str(info.value)
+            assert found == ["1.2.3.0", "1.2.3.1", "1.2.3.2"] and results.count == 3
+            assert results.status == 0xC001 and assoc.is_established
+
+
 async def test_leaving_a_find_early_cancels_it() -> None:
     archive = Archive(make_instances(50))
     archive.delay = 0.01
@@ -528,6 +553,24 @@ async def test_a_cancelled_move_counts_every_instance_the_destination_got() -> N
     assert info.value.acknowledged and stopped.status == 0xFE00
     assert 0 < len(received) < 60
     assert stopped.completed == len(received)
+
+
+async def test_a_match_cut_short_is_the_peers_error_not_a_shorter_match() -> None:
+    async def cut_short(identifier: Dataset, context: QRContext) -> AsyncIterator[bytes]:
+        assert context.transfer_syntax == "1.2.840.10008.1.2.1"
+        yield b"\x08\x00\x18\x00UI\x06\x001.2.3\x00"  # a whole match first
+        yield b"\x08\x00\x18\x00UI\x10\x001.2.3\x00"  # 16 bytes said, 6 there
+
+    async with adicom.Server("QR", port=0, on_find=cut_short) as server:
+        async with adicom.connect(
+            "127.0.0.1", server.port, called_ae="QR", contexts=qrscu.find_contexts()
+        ) as assoc:
+            found: list[str] = []
+            with pytest.raises(adicom.DimseError, match=r"match 2: .* ends inside"):
+                async with qrscu.find(assoc, study_identifier()) as results:
+                    async for match in results:
+                        found.append(match.SOPInstanceUID)
+            assert found == ["1.2.3"]
 
 
 async def test_an_identifier_that_does_not_decode_is_the_peers_error() -> None:

@@ -353,6 +353,9 @@ _SCENARIOS = {
     "data after the last fragment": [*_c_store_pdus(1), _fragment(b"ab", False)],
     "data before any command": [_fragment(b"ab", True)],
     "beyond the window": [*_c_store_pdus(1), *_c_store_pdus(2)],  # nothing answered
+    # A data set in one PDV (a C-FIND match), then one in several.
+    "one fragment each": [*_c_store_pdus(1, 1000), *_c_store_pdus(2, 16378), *_c_store_pdus(3)],
+    "an empty data set": [_store_rq(1), _fragment(b"", True)],
 }
 
 
@@ -377,6 +380,11 @@ def test_data_fragment_fast_path_keeps_the_limits() -> None:
     fast = _run(pdus, general=False, sink=False, max_dataset=20_000)
     assert fast[:4] == _run(pdus, general=True, sink=False, max_dataset=20_000)[:4]
     assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
+    # The same for a data set in one PDV, in memory.
+    fast = _run(_c_store_pdus(1, 5000), general=False, sink=False, max_dataset=2000)
+    assert fast[:4] == _run(_c_store_pdus(1, 5000), general=True, sink=False, max_dataset=2000)[:4]
+    assert fast[2] and isinstance(fast[0][-1], ul.Aborted)
+    assert "data set larger than the 2000 bytes" in fast[0][-1].detail
     # To a sink beyond max_instance: refused, not aborted.
     fast = _run(pdus, general=False, max_instance=20_000)
     assert fast[:4] == _run(pdus, general=True, max_instance=20_000)[:4]

@@ -514,14 +514,31 @@ class DimseConnection:
                 and pdv.context_id == assembler._context
             ):
                 try:
-                    self._take(receiving, pdv.data)
-                    if not pdv.is_last:
-                        return []  # the message's deadline runs from its first PDV
+                    if (
+                        pdv.is_last
+                        and not receiving.parts
+                        and receiving.sink is None
+                        and receiving.refused is None
+                    ):
+                        # The whole data set in this PDV (a C-FIND match, an
+                        # N-service's): what _take and _received do with it,
+                        # without the list of parts.
+                        data = pdv.data
+                        receiving.size += len(data)
+                        self._check_memory(receiving)
+                        message = _new_message(
+                            receiving.context_id, receiving.command, bytes(data), None, None
+                        )
+                    else:
+                        self._take(receiving, pdv.data)
+                        if not pdv.is_last:
+                            return []  # the message's deadline runs from its first PDV
+                        message = self._received(receiving)
                     assembler._expect_data = False  # assembler.data_in_order's end
                     assembler._context = None
                     self._receiving = None
                     self._deadline = None  # idle: between messages
-                    delivered = self._deliver(self._received(receiving))
+                    delivered = self._deliver(message)
                 except RemoteProtocolError as exc:
                     return [self._violation(exc, now)]
                 return [] if delivered is None else [delivered]
@@ -699,6 +716,11 @@ class DimseConnection:
                 receiving.sink = None
                 sink.abort()
             return
+        self._check_memory(receiving)
+        receiving.parts.append(bytes(data))
+
+    def _check_memory(self, receiving: _Receiving) -> None:
+        """Abort a data set held in memory that grew beyond its limit (RemoteProtocolError)."""
         command = receiving.command
         limit = (
             self.limits.max_n_dataset if is_n(command.command_field) else self.limits.max_dataset
@@ -709,7 +731,6 @@ class DimseConnection:
                 f"the {limit} bytes accepted in memory",
                 abort_reason=0,
             )
-        receiving.parts.append(bytes(data))
 
     def _deliver(self, message: Message) -> RequestReceived | ResponseReceived | None:
         command = message.command
