@@ -181,7 +181,8 @@ _Elements = dict[BaseTag, DataElement | RawDataElement]
 
 #: What :func:`decode_dataset` keeps between the data sets of a stream: per
 #: tag, the last short text value decoded (its bytes, VR, the tag and the
-#: value made of them), for at most :data:`MEMO_TAGS` tags. Values kept are
+#: value made of them; in implicit VR apart from explicit VR's), for at most
+#: :data:`MEMO_TAGS` tags. Values kept are
 #: immutable (``str``, :class:`UID`), so data sets share them safely.
 Memo = dict[int, tuple[bytes, str, BaseTag, object]]
 #: The most tags a :data:`Memo` keeps a value for, and the longest value kept.
@@ -208,7 +209,7 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
     pos, end = 0, len(data)
     while pos < end:
         if pos + 8 > end:
-            return None
+            raise ValueError(_cut(data, pos, "an element's header"))
         if implicit:
             group, number, length = _IMPLICIT.unpack_from(data, pos)
             vr: str | None = None  # the dictionary's, once the memo had nothing
@@ -219,7 +220,7 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
                 return None  # sequences, binary VRs
             if vr in ("UC", "UR", "UT"):
                 if pos + 12 > end:
-                    return None
+                    raise ValueError(_cut(data, pos, "an element's header"))
                 (length,) = _LENGTH.unpack_from(data, pos + 8)
                 pos += 4
         pos += 8
@@ -240,7 +241,9 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
         if memo is not None:
             # The same bytes as the last value of this tag (and, in explicit
             # VR, the same VR: another makes another value) is the same value.
-            seen = memo.get(tag)
+            # Implicit VR's values are kept apart (the VR is the dictionary's,
+            # not one an explicit VR data set said).
+            seen = memo.get(tag | _IMPLICIT_KEY if implicit else tag)
             if seen is not None and seen[0] == raw and (vr is None or seen[1] == vr):
                 key = seen[2]
                 elements[key] = _new_element(key, seen[1], seen[3])
@@ -253,17 +256,28 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
             return None
         if not raw.isascii():
             return None
-        text = raw.decode("ascii").rstrip(" \0")
+        decoded = raw.decode("ascii")
+        text = decoded.rstrip(" \0")
         key = BaseTag(tag)
         if "\\" in text and vr not in _ONE_VALUE_VRS:
-            value: object = None  # several values: DataElement splits them
-        elif vr in _PLAIN_VRS or (not text and vr == "UI"):
+            # Several values: pydicom's converters differ by VR in how they
+            # split and strip them, so its reader has the whole data set.
+            return None
+        # Each value as pydicom's reader makes it (its converters strip
+        # padding by VR: PS3.5 6.2 says which spaces do not count).
+        if vr == "AE":
+            value: object = decoded.strip()
+        elif vr == "UR":
+            value = decoded.rstrip()
+        elif vr in _PLAIN_VRS or (not raw and vr == "UI"):
             value = text  # an empty UID too, as pydicom's reader has it
         elif vr == "UI":
             # What UID(text) makes, without its validation (off here) and calls.
             value = _new_str(UID, text.strip())
         elif vr == "PN":
-            value = PersonName(text, validation_mode=_IGNORE)
+            # Its original bytes kept, as pydicom's reader keeps them (not of an empty one).
+            name = raw.rstrip(b"\0 ") if raw else ""
+            value = PersonName(name, _DEFAULT_ENCODINGS, validation_mode=_IGNORE)
         else:
             value = None
         if value is not None:
@@ -272,19 +286,30 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
                 memo is not None
                 and length <= MEMO_VALUE
                 and type(value) is not PersonName  # mutable: each data set its own
-                and (tag in memo or len(memo) < MEMO_TAGS)
+                and (len(memo) < MEMO_TAGS or (tag | _IMPLICIT_KEY if implicit else tag) in memo)
             ):
-                memo[tag] = (raw, vr, key, value)
+                memo[tag | _IMPLICIT_KEY if implicit else tag] = (raw, vr, key, value)
             continue
         try:
-            # pydicom reads an empty number as None, empty text as "".
-            converted = None if not text and vr in ("IS", "DS") else text
+            # pydicom reads an empty number as None, empty text as "", and
+            # strips a decimal string's whitespace (PS3.5 6.2).
+            if not raw and vr in ("IS", "DS"):
+                converted = None
+            else:
+                converted = decoded.strip() if vr == "DS" else text
             elements[key] = DataElement(key, vr, converted, validation_mode=_IGNORE)
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, ArithmeticError):  # Decimal's InvalidOperation too
             return None  # a value pydicom cannot convert: let its reader deal with it
     # Dataset(dict) is what Dataset[tag] = element does for public, non-pixel,
     # non-sequence elements (as these are), without its checks per element.
-    return _new_dataset(elements)
+    dataset = _new_dataset(elements)
+    dataset.set_original_encoding(implicit, True, "iso8859")  # as pydicom's reader
+    return dataset
+
+
+def _cut(data: bytes, pos: int, what: str) -> str:
+    """Why a data set whose last ``len(data) - pos`` bytes are not a whole element is refused."""
+    return f"the data set ends inside {what}: {len(data) - pos} bytes left at offset {pos}"
 
 
 def _state_of(made: object) -> dict[str, object] | None:
@@ -369,7 +394,10 @@ def _usual_element(tag: BaseTag, vr: str, value: object) -> DataElement:
 #: Text VRs whose value pydicom keeps as a plain ``str`` (PS3.5 6.2).
 _PLAIN_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
 #: Text VRs of one value, in which a backslash is a character (PS3.5 6.2, 6.4; as pydicom).
-_ONE_VALUE_VRS = frozenset({"LT", "ST", "UT"})
+_ONE_VALUE_VRS = frozenset({"LT", "ST", "UR", "UT"})
+_DEFAULT_ENCODINGS = ["iso8859"]  # pydicom's name of the default repertoire (PS3.5 6.1)
+#: Set in a :data:`Memo`'s keys of values read in implicit VR (tags are 32 bits).
+_IMPLICIT_KEY = 1 << 32
 _LENGTH = struct.Struct("<L")
 #: The text VRs as explicit VR encodes them (PS3.5 7.1.2).
 _EXPLICIT_TEXT_VRS = {vr.encode(): vr for vr in _TEXT_VRS}
@@ -443,8 +471,9 @@ def decode_dataset(data: bytes, transfer_syntax: str, memo: Memo | None = None) 
     """Decode a data set received in a transfer syntax (pydicom).
 
     A deflated one may inflate to :data:`MAX_INFLATED` bytes at most
-    (ValueError beyond); a little endian one whose text element runs past
-    its end raises ValueError too. ``memo`` (an empty dict at first) is for a stream
+    (ValueError beyond); a little endian one that ends inside a text element
+    or an element's header raises ValueError too (pydicom's reader would
+    present what there is as the whole). ``memo`` (an empty dict at first) is for a stream
     of similar data sets, C-FIND matches, whose values repeat from one to
     the next (a study's UID in each of its instances): given the same dict
     each time, a value decoded before is taken from it (see :data:`Memo`).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 import zlib
 
 import pydicom
@@ -170,9 +171,12 @@ def test_text_identifiers_encode_as_pydicom_does() -> None:
     assert str(decoded.PatientName) == "Иванов^Иван"
 
 
+@pytest.mark.parametrize("multi", [False, True], ids=["one value each", "several values"])
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
-def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
+def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str, multi: bool) -> None:
     from pydicom.filereader import read_dataset
+
+    from adicom.fileformat import _decode_text_dataset
 
     match = Dataset()
     match.QueryRetrieveLevel = "SERIES"
@@ -182,18 +186,20 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
     match.Modality = "CT"
     match.SeriesDescription = ""
     match.PatientName = "Doe^John"
-    # Every text VR, empty and multi-valued ones, a backslash in a text of one value.
-    match.RetrieveAETitle = "QR"
+    # Every text VR, empty ones, padding, a backslash in a text of one value;
+    # and elements of several values, which go to pydicom's reader whole.
+    match.RetrieveAETitle = " QR"
     match.PatientAge = "042Y"
-    match.ModalitiesInStudy = ["CT", "MR"]
+    if multi:
+        match.ModalitiesInStudy = ["CT ", "MR"]
+        match.OtherPatientIDs = ["A", "B"]
+        match.ReferringPhysicianName = ["Doe^A", "Roe^B"]
     match.StudyDate = "20240101"
     match.StudyTime = "101010.5"
     match.AcquisitionDateTime = "20240101101010"
     match.SliceThickness = "1.5"
-    match.OtherPatientIDs = ["A", "B"]
     match.StudyDescription = "x" * 64
     match.ImageComments = "a\\b"
-    match.ReferringPhysicianName = ["Doe^A", "Roe^B"]
     match.StationName = "CT1"
     match.SeriesInstanceUID = ""
     match.AdditionalPatientHistory = "history"
@@ -214,11 +220,12 @@ def test_text_identifiers_decode_as_pydicom_reads_them(syntax: str) -> None:
         assert vars(decoded[tag]).keys() == vars(reference[tag]).keys(), tag
         if isinstance(reference[tag].value, MultiValue):
             assert [type(v) for v in decoded[tag].value] == [type(v) for v in reference[tag].value]
-    # What the Dataset holds besides its elements is what Dataset() holds,
-    # its dicts none shared with another's.
-    assert vars(decoded).keys() == vars(Dataset()).keys()
+    # The quick decoder took it (or left it to pydicom), as meant.
+    assert (_decode_text_dataset(encoded, implicit) is None) is multi
+    # What the Dataset holds besides its elements is what pydicom's reader
+    # leaves in one (its original encoding too), its dicts none shared.
     assert {k: v for k, v in vars(decoded).items() if k != "_dict"} == {
-        k: v for k, v in vars(Dataset()).items() if k != "_dict"
+        k: v for k, v in vars(reference).items() if k != "_dict"
     }
     again = decode_dataset(encoded, syntax)
     for name, value in vars(decoded).items():
@@ -240,7 +247,6 @@ def test_a_memo_gives_what_decoding_each_match_alone_gives(syntax: str) -> None:
         match.StudyInstanceUID = "1.2.3"
         match.SOPInstanceUID = f"1.2.3.{n % 2}"  # new, then as before
         match.PatientName = "Doe^John"
-        match.ModalitiesInStudy = ["CT", "MR"]
         match.ImageComments = "x" * (MEMO_VALUE + 2)
         match.AccessionNumber = "" if n == 3 else "A1"
         encoded = encode_dataset(match, syntax)
@@ -253,9 +259,9 @@ def test_a_memo_gives_what_decoding_each_match_alone_gives(syntax: str) -> None:
         assert len(decoded) == len(alone)
         # Each match has elements of its own: changing one changes no other.
         decoded.StudyInstanceUID = "9.9"
-        decoded.ModalitiesInStudy.append("US")
-    # Short immutable values only; no PersonName (mutable), no MultiValue.
-    assert set(memo) == {0x00080052, 0x0020000D, 0x00080018, 0x00080050}
+        decoded.PatientName.components  # noqa: B018 - a PersonName caches what it parses
+    # Short immutable values only; no PersonName (mutable), no long value.
+    assert {key & 0xFFFFFFFF for key in memo} == {0x00080052, 0x0020000D, 0x00080018, 0x00080050}
     assert decode_dataset(encoded, syntax, memo).StudyInstanceUID == "1.2.3"
 
 
@@ -302,11 +308,88 @@ def test_a_match_cut_short_is_an_error_not_a_shorter_match(syntax: str) -> None:
     encoded = encode_dataset(match, syntax)
     memo: Memo = {}
     assert decode_dataset(encoded, syntax, memo).SOPInstanceUID == "1.2.3.4.5.6.7.8"
-    for cut in (len(encoded) - 2, 12, 9):  # inside each value, the memo's values too
+    # Inside each value (the memo's values too), and inside the second
+    # element's header (a whole first element, then 2 or 7 bytes).
+    first = len(encode_dataset(match[:0x00080019], syntax))  # SOP Instance UID
+    for cut in (len(encoded) - 2, 12, 9, first + 2, first + 7):
         with pytest.raises(ValueError, match="ends inside"):
             decode_dataset(encoded[:cut], syntax, memo)
     # A sequence of undefined length (implicit VR: no VR to tell) is pydicom's to read.
     assert decode_dataset(encode_dataset(nested(True), syntax), syntax).SOPInstanceUID == "1.2.3.4"
+
+
+def _explicit(tag: int, vr: str, raw: bytes) -> bytes:
+    if vr in ("UC", "UR", "UT"):
+        return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw
+
+
+def _implicit(tag: int, raw: bytes) -> bytes:
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(raw)) + raw
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        (0x00080054, "AE", b" QR "),  # leading spaces do not count
+        (0x00081190, "UR", b"http://x/a\\b "),  # one value: a backslash is a character
+        (0x00180050, "DS", b"  "),  # padding only: "", not None
+        (0x00200013, "IS", b""),  # empty: None
+        (0x00080018, "UI", b"\0\0"),  # padding only: UID("")
+        (0x00080018, "UI", b"  "),
+        (0x00080018, "UI", b""),  # empty: ""
+        (0x00100020, "LO", b"ID \0"),
+        (0x00100010, "PN", b"Doe^John "),  # its original bytes kept, as pydicom's
+        (0x00100010, "PN", b""),
+    ],
+)
+def test_single_text_values_decode_as_pydicom_reads_them(element: tuple[int, str, bytes]) -> None:
+    from pydicom.filereader import read_dataset
+
+    tag, vr, raw = element
+    for syntax, data in (
+        ("1.2.840.10008.1.2.1", _explicit(tag, vr, raw)),
+        ("1.2.840.10008.1.2", _implicit(tag, raw)),
+    ):
+        implicit = syntax == "1.2.840.10008.1.2"
+        reference = read_dataset(io.BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
+        decoded = decode_dataset(data, syntax)
+        assert decoded[tag].VR == reference[tag].VR
+        assert decoded[tag].value == reference[tag].value
+        assert type(decoded[tag].value) is type(reference[tag].value)
+        original = getattr(reference[tag].value, "original_string", None)
+        assert getattr(decoded[tag].value, "original_string", None) == original
+        deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        if not implicit:  # deflated: the same, inflated (PS3.5 A.5)
+            deflated = deflater.compress(data) + deflater.flush()
+            again = decode_dataset(deflated, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+            assert again[tag].value == reference[tag].value
+            assert type(again[tag].value) is type(reference[tag].value)
+            again.save_as(io.BytesIO())  # its original encoding is known, as pydicom's
+
+
+def test_a_memo_keeps_implicit_and_explicit_vr_apart() -> None:
+    # A peer may answer on two contexts of one C-FIND: the VR an explicit VR
+    # match said is not the dictionary's that an implicit VR one gets.
+    memo: Memo = {}
+    explicit = _explicit(0x00101010, "LO", b"042Y") + _explicit(0x0008FFF0, "LO", b"xy")
+    implicit = _implicit(0x00101010, b"042Y") + _implicit(0x0008FFF0, b"xy")
+    decode_dataset(explicit, "1.2.840.10008.1.2.1", memo)
+    with pytest.warns(UserWarning, match="VR lookup failed"):
+        with_memo = decode_dataset(implicit, "1.2.840.10008.1.2", memo)
+    assert with_memo[0x00101010].VR == "AS" and with_memo[0x0008FFF0].VR == "UN"
+
+
+def test_a_decimal_value_pydicom_cannot_convert_goes_to_its_reader() -> None:
+    from pydicom import config
+
+    data = _implicit(0x00180050, b"ae") + _implicit(0x00200010, b"\xe9\xe9")
+    config.use_DS_decimal = True
+    try:
+        decoded = decode_dataset(data, "1.2.840.10008.1.2")
+    finally:
+        config.use_DS_decimal = False
+    assert decoded.SliceThickness == "ae"  # kept as pydicom keeps it, unvalidated
 
 
 def test_private_text_elements_know_their_creator() -> None:
