@@ -432,7 +432,7 @@ class Index:
         raw: Mapping[str, bytes] | None = None,
         *,
         displace: bool = False,
-    ) -> None:
+    ) -> str | None:
         """Insert or replace one instance (keyed by SOP Instance UID) at the next commit.
 
         ``values["SpecificCharacterSet"]`` and ``raw`` (the non-ASCII values
@@ -440,24 +440,33 @@ class Index:
         ``displace``: the commit also removes the file of the committed row
         this one replaces, when it is elsewhere (an instance stored again
         under another study: one copy per SOP Instance UID); the caller
-        deals with a pending row's file (:meth:`pending_path`).
+        deals with a pending row's file: with ``displace``, its path is
+        returned when it is not ``path`` (else None), as
+        :meth:`pending_path` would have told before the call.
         """
         row = make_row(values, path, transfer_syntax, mtime_ns, size, raw)
         where = str(row[_ROW_PATH])
-        uid = values.get("SOPInstanceUID", "") or ""
+        uid = str(row[_ROW_UID])  # "" for a missing UID, as make_row() gives it
         self._serial = serial = self._serial + 1
-        before = self._rows.get(uid)
+        rows = self._rows
+        paths = self._paths
+        before = rows.get(uid)
+        replaced = None
         if before is not None:
             serial = before[0]  # pending since then: it keeps its place
-            if self._paths.get(str(before[1][_ROW_PATH])) == uid:
-                del self._paths[str(before[1][_ROW_PATH])]
-        other = self._paths.get(where)
+            replaced = str(before[1][_ROW_PATH])
+            if paths.get(replaced) == uid:
+                del paths[replaced]
+        other = paths.get(where)
         if other is not None and other != uid:
             self._supersede(uid, other)  # the file now holds this instance
-        self._rows[uid] = (serial, row)
-        self._paths[where] = uid
+        rows[uid] = (serial, row)
+        paths[where] = uid
         if displace:
             self._displace.add(uid)
+            if replaced != where:
+                return replaced
+        return None
 
     def _supersede(self, uid: str, other: str) -> None:
         """Drop ``other``'s pending row for ``uid``'s, which inherits its number (written())."""
