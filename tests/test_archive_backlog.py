@@ -469,3 +469,27 @@ def test_a_row_has_no_none_where_a_value_is_none() -> None:
     assert None not in row
     assert row[ROW_COLUMNS.index("patient_name")] == ""
     assert row[ROW_COLUMNS.index("patient_id")] == "1"
+
+
+def test_the_lookup_of_displaced_copies_takes_few_statements(tmp_path: pathlib.Path) -> None:
+    # A commit's size is whatever came meanwhile: one statement text per size
+    # would churn the connection's statement cache (128 places), the INSERT's too.
+    index = Index(tmp_path / "index.sqlite")
+    seen: set[str] = set()
+    try:
+        index._db.set_trace_callback(
+            lambda sql: seen.add(sql) if sql.startswith("SELECT sop_instance_uid, path") else None
+        )
+        for size in range(1, 21):
+            for n in range(size):
+                index.add(_values(f"{size}.{n}"), tmp_path / f"{size}-{n}", "", displace=True)
+            index.commit()
+        assert index.add(_values("1.0"), tmp_path / "again", "", displace=True) is None
+        (tmp_path / "1-0").write_bytes(b"x")
+        index.commit()  # the committed copy of 1.0 is found (padding matches it once)
+        assert not (tmp_path / "1-0").exists()
+        assert _committed_paths(index)["1.0"] == str(tmp_path / "again")
+    finally:
+        index.close()
+    # The traced text has the values bound: 8, 16 and 32 UIDs.
+    assert sorted({sql.count("', '") + 1 for sql in seen}) == [8, 16, 32]

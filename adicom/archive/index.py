@@ -129,7 +129,7 @@ _ROW_CLASS = ROW_COLUMNS.index("sop_class_uid")
 _ROW_UID = ROW_COLUMNS.index("sop_instance_uid")
 # SOP Instance UIDs per query when a commit looks for displaced copies
 # (SQLite allows 32766 parameters since 3.32, 999 before).
-_DISPLACE_CHUNK = 500
+_DISPLACE_CHUNK = 512
 #: Changes written per transaction by a bounded commit (:meth:`Index.commit`
 #: with a limit: the archive's timer, a query's flush). Measured on tmpfs
 #: (a table of 20,000-40,000 rows, displaced copies looked for; CPU per
@@ -393,6 +393,12 @@ class Index:
         displaced = []
         for at in range(0, len(uids), _DISPLACE_CHUNK):
             chunk = uids[at : at + _DISPLACE_CHUNK]
+            # Padded (a UID repeated: IN matches a row once) to a power of
+            # two: a handful of statements, prepared once, where each size
+            # (the timer commits whatever came) was prepared anew and took
+            # a place of the connection's statement cache (128, shared with
+            # the queries' statements).
+            chunk += chunk[-1:] * (_padded(len(chunk)) - len(chunk))
             marks = ", ".join("?" for _ in chunk)
             for uid, path in self._db.execute(
                 f"SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN ({marks})",
@@ -602,6 +608,11 @@ class Index:
         sql, params = instances_query(level, keys, patient_root, retrieve, options, SQLITE)
         self._flush()
         return [Row(*row) for row in self._db.execute(sql, params)]
+
+
+def _padded(count: int) -> int:
+    """``count`` rounded up to a power of two (at least 8)."""
+    return max(8, 1 << (count - 1).bit_length())
 
 
 def chunks(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
