@@ -27,7 +27,7 @@ import adicom
 from adicom import archive as archive_module
 from adicom.archive import Archive
 from adicom.archive.index import Index
-from adicom.archive.matching import ROW_COLUMNS
+from adicom.archive.matching import ATTRIBUTES, ROW_COLUMNS, make_row
 from adicom.dimse import Status
 from tests.test_archive import INDEX_NAME, TREE, _file_directly, filed_at, serving
 
@@ -277,6 +277,25 @@ def test_displaced_copies_and_removals_across_chunks(tmp_path: pathlib.Path) -> 
         index.close()
 
 
+def test_add_tells_the_pending_copy_a_displacing_row_replaces(tmp_path: pathlib.Path) -> None:
+    # Archive._stored removes that file with no lookup of its own (add's answer).
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        assert index.add(_values("A"), tmp_path / "a", "", displace=True) is None
+        # Stored again elsewhere while pending: the first copy's path.
+        assert index.add(_values("A"), tmp_path / "a2", "", displace=True) == str(tmp_path / "a")
+        # Again at the same path: nothing to remove (the rename replaced it).
+        assert index.add(_values("A"), tmp_path / "a2", "", displace=True) is None
+        # Without displace the caller keeps the other copy: nothing told.
+        assert index.add(_values("A"), tmp_path / "a3", "") is None
+        index.commit()
+        # Committed: the commit finds the copy elsewhere, not add().
+        assert index.add(_values("A"), tmp_path / "a4", "", displace=True) is None
+        assert index.pending_path("A") == str(tmp_path / "a4")
+    finally:
+        index.close()
+
+
 def test_a_row_changed_again_keeps_its_first_number(tmp_path: pathlib.Path) -> None:
     # What wait_committed() relies on: a change is written only when the row
     # it made pending is, whatever came after.
@@ -440,3 +459,37 @@ async def test_an_instance_filed_after_close_schedules_no_commit(tmp_path: pathl
     archive.close()
     assert _file_directly(archive, instances(1)[0]) == Status.SUCCESS
     assert archive._commit_timer is None
+
+
+def test_a_row_has_no_none_where_a_value_is_none() -> None:
+    # Every keyword given (a receiver's values), one of them None: "" in the row.
+    values: dict[str, str | None] = dict.fromkeys(ATTRIBUTES, "1")
+    values["PatientName"] = None
+    row = make_row(values, "/a.dcm", "1.2.840.10008.1.2")  # type: ignore[arg-type]
+    assert None not in row
+    assert row[ROW_COLUMNS.index("patient_name")] == ""
+    assert row[ROW_COLUMNS.index("patient_id")] == "1"
+
+
+def test_the_lookup_of_displaced_copies_takes_few_statements(tmp_path: pathlib.Path) -> None:
+    # A commit's size is whatever came meanwhile: one statement text per size
+    # would churn the connection's statement cache (128 places), the INSERT's too.
+    index = Index(tmp_path / "index.sqlite")
+    seen: set[str] = set()
+    try:
+        index._db.set_trace_callback(
+            lambda sql: seen.add(sql) if sql.startswith("SELECT sop_instance_uid, path") else None
+        )
+        for size in range(1, 21):
+            for n in range(size):
+                index.add(_values(f"{size}.{n}"), tmp_path / f"{size}-{n}", "", displace=True)
+            index.commit()
+        assert index.add(_values("1.0"), tmp_path / "again", "", displace=True) is None
+        (tmp_path / "1-0").write_bytes(b"x")
+        index.commit()  # the committed copy of 1.0 is found (padding matches it once)
+        assert not (tmp_path / "1-0").exists()
+        assert _committed_paths(index)["1.0"] == str(tmp_path / "again")
+    finally:
+        index.close()
+    # The traced text has the values bound: 8, 16 and 32 UIDs.
+    assert sorted({sql.count("', '") + 1 for sql in seen}) == [8, 16, 32]

@@ -235,12 +235,8 @@ class Archive:
         # goes now if that copy is not committed yet, else with the commit,
         # which looks the whole burst up at once (Index.add(displace=True)).
         displace = policy == "replace"
-        if displace:
-            before = index.pending_path(values.get("SOPInstanceUID", ""))
-            if before is not None and before != name:
-                with contextlib.suppress(OSError):
-                    os.unlink(before)
-        index.add(
+        # The pending row's path comes back from add(): no lookup of its own.
+        before = index.add(
             values,
             name,
             context.transfer_syntax,
@@ -249,6 +245,9 @@ class Archive:
             raw=raw,
             displace=displace,
         )
+        if before is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(before)
         # A chunk's worth waiting (or half of max_pending): see _many_pending
         # (one comparison per instance otherwise).
         pending = index.pending

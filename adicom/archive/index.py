@@ -129,7 +129,7 @@ _ROW_CLASS = ROW_COLUMNS.index("sop_class_uid")
 _ROW_UID = ROW_COLUMNS.index("sop_instance_uid")
 # SOP Instance UIDs per query when a commit looks for displaced copies
 # (SQLite allows 32766 parameters since 3.32, 999 before).
-_DISPLACE_CHUNK = 500
+_DISPLACE_CHUNK = 512
 #: Changes written per transaction by a bounded commit (:meth:`Index.commit`
 #: with a limit: the archive's timer, a query's flush). Measured on tmpfs
 #: (a table of 20,000-40,000 rows, displaced copies looked for; CPU per
@@ -393,6 +393,12 @@ class Index:
         displaced = []
         for at in range(0, len(uids), _DISPLACE_CHUNK):
             chunk = uids[at : at + _DISPLACE_CHUNK]
+            # Padded (a UID repeated: IN matches a row once) to a power of
+            # two: a handful of statements, prepared once, where each size
+            # (the timer commits whatever came) was prepared anew and took
+            # a place of the connection's statement cache (128, shared with
+            # the queries' statements).
+            chunk += chunk[-1:] * (_padded(len(chunk)) - len(chunk))
             marks = ", ".join("?" for _ in chunk)
             for uid, path in self._db.execute(
                 f"SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN ({marks})",
@@ -432,7 +438,7 @@ class Index:
         raw: Mapping[str, bytes] | None = None,
         *,
         displace: bool = False,
-    ) -> None:
+    ) -> str | None:
         """Insert or replace one instance (keyed by SOP Instance UID) at the next commit.
 
         ``values["SpecificCharacterSet"]`` and ``raw`` (the non-ASCII values
@@ -440,24 +446,33 @@ class Index:
         ``displace``: the commit also removes the file of the committed row
         this one replaces, when it is elsewhere (an instance stored again
         under another study: one copy per SOP Instance UID); the caller
-        deals with a pending row's file (:meth:`pending_path`).
+        deals with a pending row's file: with ``displace``, its path is
+        returned when it is not ``path`` (else None), as
+        :meth:`pending_path` would have told before the call.
         """
         row = make_row(values, path, transfer_syntax, mtime_ns, size, raw)
         where = str(row[_ROW_PATH])
-        uid = values.get("SOPInstanceUID", "") or ""
+        uid = str(row[_ROW_UID])  # "" for a missing UID, as make_row() gives it
         self._serial = serial = self._serial + 1
-        before = self._rows.get(uid)
+        rows = self._rows
+        paths = self._paths
+        before = rows.get(uid)
+        replaced = None
         if before is not None:
             serial = before[0]  # pending since then: it keeps its place
-            if self._paths.get(str(before[1][_ROW_PATH])) == uid:
-                del self._paths[str(before[1][_ROW_PATH])]
-        other = self._paths.get(where)
+            replaced = str(before[1][_ROW_PATH])
+            if paths.get(replaced) == uid:
+                del paths[replaced]
+        other = paths.get(where)
         if other is not None and other != uid:
             self._supersede(uid, other)  # the file now holds this instance
-        self._rows[uid] = (serial, row)
-        self._paths[where] = uid
+        rows[uid] = (serial, row)
+        paths[where] = uid
         if displace:
             self._displace.add(uid)
+            if replaced != where:
+                return replaced
+        return None
 
     def _supersede(self, uid: str, other: str) -> None:
         """Drop ``other``'s pending row for ``uid``'s, which inherits its number (written())."""
@@ -593,6 +608,11 @@ class Index:
         sql, params = instances_query(level, keys, patient_root, retrieve, options, SQLITE)
         self._flush()
         return [Row(*row) for row in self._db.execute(sql, params)]
+
+
+def _padded(count: int) -> int:
+    """``count`` rounded up to a power of two (at least 8)."""
+    return max(8, 1 << (count - 1).bit_length())
 
 
 def chunks(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
