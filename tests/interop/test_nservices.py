@@ -635,11 +635,15 @@ def test_pynetdicom_released_at_once_gets_the_report_on_a_new_association(
     out = run_n_scu(peer.port, "ADICOM", steps, tmp_path, aet=LISTENER_AE, listen=listen)
     described = f"{out['describe']}\n{peer.describe()}"
     assert [s["status"] for s in out["steps"]] == [SUCCESS, SUCCESS, None], described
-    (report,) = out["reports"]
     # Under load adicom's report may reach the association before
-    # pynetdicom's A-RELEASE-RQ does: either route is right (PS3.4 J.3.3.1.2);
-    # exactly one report must come, and on the listener adicom is the SCP.
-    assert report["via"] in ("listener", "association"), described
+    # pynetdicom's A-RELEASE-RQ does: either route is right (PS3.4 J.3.3.1.2).
+    # pynetdicom may then run its handler for it and never answer (its reactor
+    # is paused into the release): a report adicom got no response to is
+    # sent again on a new association, so the SCU may see it twice, the
+    # second time on its listener. On the listener adicom is the SCP.
+    routes = [report["via"] for report in out["reports"]]
+    assert routes in (["listener"], ["association"], ["association", "listener"]), described
+    report = out["reports"][-1]
     if report["via"] == "listener":
         assert report["calling_ae"] == "ADICOM"
         # pynetdicom acts as the SCU of the class there: adicom took the SCP role.
