@@ -90,24 +90,30 @@ class Admission:
         #: Connections whose association ended, waiting for the peer's close,
         #: oldest first: (address, close).
         self._closing: OrderedDict[int, tuple[str, Callable[[], None]]] = OrderedDict()
+        #: Connections closed to make room, until their disconnect().
+        self._evicted: set[int] = set()
         self._next_id = 0
         self.log = RateLimitedLog()
 
     def connect(self, address: str) -> int | str:
         """A connection from ``address`` opened: its ticket, or why it is refused."""
         held = self._by_address.get(address, 0)
+        # A connection closed to make room still counts until its
+        # disconnect(); the new one takes its place meanwhile.
+        replaced = 0
         if self.max_per_address is not None and held >= self.max_per_address:
             ended = next((t for t, (a, _) in self._closing.items() if a == address), None)
             if ended is None:
                 return f"{address} holds {held} connections (--max-per-address)"
             # One of its associations ended and it has not closed that
-            # connection yet: that one goes (its disconnect() follows).
-            self._closing.pop(ended)[1]()
-        if self.max_pending is not None and self.pending >= self.max_pending:
+            # connection yet: that one goes.
+            self._evict(ended, self._closing.pop(ended)[1])
+            replaced = 1
+        if self.max_pending is not None and self.pending - replaced >= self.max_pending:
             if self._closing:
-                _, (_, close) = self._closing.popitem(last=False)
+                ticket, (_, close) = self._closing.popitem(last=False)
             elif self._silent:
-                _, close = self._silent.popitem(last=False)
+                ticket, close = self._silent.popitem(last=False)
                 self.log.warning(
                     "evicted",
                     "%d connections wait for their A-ASSOCIATE-RQ (--max-pending): closing the "
@@ -116,11 +122,16 @@ class Admission:
                 )
             else:
                 return f"{self.pending} connections are still negotiating (--max-pending)"
-            close()  # its disconnect() follows when it has closed
+            self._evict(ticket, close)
         self.pending += 1
         self._by_address[address] = self._by_address.get(address, 0) + 1
         self._next_id += 1
         return self._next_id
+
+    def _evict(self, ticket: int, close: Callable[[], None]) -> None:
+        """Close ``ticket`` to make room; it counts until its disconnect()."""
+        self._evicted.add(ticket)
+        close()
 
     def silent(self, ticket: int, close: Callable[[], None]) -> None:
         """The connection ``ticket`` waits for its A-ASSOCIATE-RQ; ``close`` evicts it."""
@@ -151,12 +162,14 @@ class Admission:
         if associated:
             self.associated -= 1
             self.pending += 1
-        self._closing[ticket] = (address, close)
+        if ticket not in self._evicted:  # once closed to make room, not again
+            self._closing[ticket] = (address, close)
 
     def disconnect(self, ticket: int, address: str, *, associated: bool) -> None:
         """A connection counted by :meth:`connect` ended (``associated``: still counted so)."""
         self._silent.pop(ticket, None)
         self._closing.pop(ticket, None)
+        self._evicted.discard(ticket)
         if associated:
             self.associated -= 1
         else:

@@ -59,3 +59,38 @@ def test_a_full_address_closes_its_own_ended_connection_once() -> None:
     admission.disconnect(first, "10.0.0.1", associated=False)
     admission.disconnect(second, "10.0.0.1", associated=False)
     assert admission._by_address == {"10.0.0.2": 1}
+
+
+def test_an_address_closing_its_ended_connection_takes_its_place_only() -> None:
+    # The new connection takes the place of the one closed for it: no other
+    # peer's connection is closed for the pending cap it still counts in.
+    admission = Admission(max_associations=10, max_pending=2, max_per_address=1)
+    closed: list[str] = []
+    first = admission.connect("10.0.0.1")
+    assert isinstance(first, int) and admission.associate()
+    other = admission.connect("10.0.0.2")
+    assert isinstance(other, int)
+    admission.silent(other, lambda: closed.append("other, silent"))
+    admission.closing(first, "10.0.0.1", lambda: closed.append("first, ended"), associated=True)
+    again = admission.connect("10.0.0.1")
+    assert isinstance(again, int) and closed == ["first, ended"]
+    for ticket, address in ((first, "10.0.0.1"), (other, "10.0.0.2"), (again, "10.0.0.1")):
+        admission.disconnect(ticket, address, associated=False)
+    assert (admission.pending, admission.associated) == (0, 0) and admission._by_address == {}
+
+
+def test_a_connection_closed_to_make_room_is_not_closed_again() -> None:
+    admission = Admission(max_associations=10, max_pending=1, max_per_address=None)
+    closed: list[str] = []
+    first = admission.connect("10.0.0.1")
+    assert isinstance(first, int)
+    admission.silent(first, lambda: closed.append("first"))
+    second = admission.connect("10.0.0.2")  # closes the silent first
+    assert isinstance(second, int) and closed == ["first"]
+    # The first's task ends before its socket has: it is not put up again.
+    admission.closing(first, "10.0.0.1", lambda: closed.append("first again"), associated=False)
+    third = admission.connect("10.0.0.3")
+    assert isinstance(third, str) and closed == ["first"]
+    admission.disconnect(first, "10.0.0.1", associated=False)
+    admission.disconnect(second, "10.0.0.2", associated=False)
+    assert admission.pending == 0 and not admission._evicted and not admission._closing

@@ -183,6 +183,24 @@ async def test_released_connections_the_peer_keeps_open_still_count_and_make_roo
             writer.close()
 
 
+async def test_a_peer_reconnecting_after_its_release_closes_only_its_own_connection() -> None:
+    async with serving(max_pending=2, max_per_address=1, artim_timeout=BOUND * 3) as server:
+        reader, writer = await associated(server)
+        writer.write(AReleaseRQ().encode())
+        assert isinstance(await next_pdu(reader), AReleaseRP)  # and it keeps the socket
+        # Another peer connects and has not sent its A-ASSOCIATE-RQ yet.
+        other_reader, other_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async with asyncio.timeout(BOUND):
+            while server.admission.pending < 2:  # both counted: the pending cap is full
+                await asyncio.sleep(0.01)
+        again = await attacker(server)  # the released peer comes back
+        assert await closed_by_server(reader)  # its old connection made room ...
+        other_writer.write(REQUEST.encode())  # ... and only that one
+        assert isinstance(await next_pdu(other_reader), AAssociateAC)
+        for held_writer in (writer, other_writer, again[1]):
+            held_writer.close()
+
+
 # -- messages that never end, or end too big --------------------------------------
 
 
