@@ -209,6 +209,8 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
     pos, end = 0, len(data)
     while pos < end:
         if pos + 8 > end:
+            if not data[pos:].strip(b"\0"):
+                break  # a few NUL bytes of padding after the last element: as pydicom reads it
             raise ValueError(_cut(data, pos, "an element's header"))
         if implicit:
             group, number, length = _IMPLICIT.unpack_from(data, pos)

@@ -314,6 +314,10 @@ def test_a_match_cut_short_is_an_error_not_a_shorter_match(syntax: str) -> None:
     for cut in (len(encoded) - 2, 12, 9, first + 2, first + 7):
         with pytest.raises(ValueError, match="ends inside"):
             decode_dataset(encoded[:cut], syntax, memo)
+    # A few NUL bytes after the last element are padding, as pydicom reads them.
+    for padding in (b"\0", b"\0\0", b"\0" * 7):
+        padded = decode_dataset(encoded + padding, syntax, memo)
+        assert padded.SOPInstanceUID == "1.2.3.4.5.6.7.8" and len(padded) == 2
     # A sequence of undefined length (implicit VR: no VR to tell) is pydicom's to read.
     assert decode_dataset(encode_dataset(nested(True), syntax), syntax).SOPInstanceUID == "1.2.3.4"
 
