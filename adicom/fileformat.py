@@ -199,9 +199,9 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
     :class:`PersonName`, a MultiValue of them), made here directly: a
     :class:`DataElement` given its value converted costs a few
     microseconds, one that converts it about ten. Values with a type of
-    their own (IS, DS, DA, DT, TM) and multi-valued ones go through
-    DataElement's conversion; private tags (whose elements pydicom ties to
-    their creator), sequences, binary VRs, a Specific Character Set and
+    their own (IS, DS, DA, DT, TM) go through DataElement's conversion;
+    elements of several values, private tags (whose elements pydicom ties
+    to their creator), sequences, binary VRs, a Specific Character Set and
     non-ASCII text through pydicom's reader (None here). A text element cut
     short raises ValueError (pydicom's reader would keep what there is).
     """
@@ -240,12 +240,13 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
             )
         raw = data[pos : pos + length]
         pos += length
+        # Implicit VR's values are kept apart in the memo (the VR is the
+        # dictionary's, not one an explicit VR data set said).
+        memo_key = tag | _IMPLICIT_KEY if implicit else tag
         if memo is not None:
             # The same bytes as the last value of this tag (and, in explicit
             # VR, the same VR: another makes another value) is the same value.
-            # Implicit VR's values are kept apart (the VR is the dictionary's,
-            # not one an explicit VR data set said).
-            seen = memo.get(tag | _IMPLICIT_KEY if implicit else tag)
+            seen = memo.get(memo_key)
             if seen is not None and seen[0] == raw and (vr is None or seen[1] == vr):
                 key = seen[2]
                 elements[key] = _new_element(key, seen[1], seen[3])
@@ -288,9 +289,9 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
                 memo is not None
                 and length <= MEMO_VALUE
                 and type(value) is not PersonName  # mutable: each data set its own
-                and (len(memo) < MEMO_TAGS or (tag | _IMPLICIT_KEY if implicit else tag) in memo)
+                and (len(memo) < MEMO_TAGS or memo_key in memo)
             ):
-                memo[tag | _IMPLICIT_KEY if implicit else tag] = (raw, vr, key, value)
+                memo[memo_key] = (raw, vr, key, value)
             continue
         try:
             # pydicom reads an empty number as None, empty text as "", and
