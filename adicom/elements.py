@@ -367,12 +367,19 @@ def _skip_undefined(
 
 
 def check_whole(
-    data: bytes | bytearray | memoryview, *, implicit: bool, little: bool, start: int = 0
+    data: bytes | bytearray | memoryview,
+    *,
+    implicit: bool,
+    little: bool,
+    start: int = 0,
+    padding: bool = False,
 ) -> None:
     """Walk the top-level elements of ``data`` to its end; DataSetTruncated if one is cut.
 
     ``start``: the offset of a top-level element to begin with (what
-    :func:`scan_elements` walked already, its ``resume``).
+    :func:`scan_elements` walked already, its ``resume``). ``padding``: up
+    to 7 NUL bytes after the last element (too few for a header) are
+    padding, as pydicom's reader takes them, not a header cut short.
     """
     # This walks every received instance whole (some 20 elements of a small
     # CT after what scan_elements walked), so the common element takes one
@@ -400,6 +407,9 @@ def check_whole(
                 else:
                     pos = _explicit_step(data, pos, group, element, vr, order)
     except struct.error:
+        # ``pos``: where the header that could not be read starts.
+        if padding and not bytes(data[pos:]).strip(b"\0"):
+            return
         raise DataSetTruncated("the data set ends inside an element header") from None
     if pos > end:
         raise DataSetTruncated(

@@ -44,7 +44,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
-from adicom.elements import LONG_VRS, UNDEFINED, find_top_level
+from adicom.elements import LONG_VRS, UNDEFINED, check_whole, find_top_level
 
 __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
@@ -474,9 +474,9 @@ def decode_dataset(data: bytes, transfer_syntax: str, memo: Memo | None = None) 
     """Decode a data set received in a transfer syntax (pydicom).
 
     A deflated one may inflate to :data:`MAX_INFLATED` bytes at most
-    (ValueError beyond); a little endian one that ends inside a text element
-    or an element's header raises ValueError too (pydicom's reader would
-    present what there is as the whole). ``memo`` (an empty dict at first) is for a stream
+    (ValueError beyond); one that ends inside an element or an element's
+    header raises ValueError too (pydicom's reader would present what there
+    is as the whole), in any syntax. ``memo`` (an empty dict at first) is for a stream
     of similar data sets, C-FIND matches, whose values repeat from one to
     the next (a study's UID in each of its instances): given the same dict
     each time, a value decoded before is taken from it (see :data:`Memo`).
@@ -495,6 +495,11 @@ def decode_dataset(data: bytes, transfer_syntax: str, memo: Memo | None = None) 
     # A peer's values are checked where they are used (query matching, the
     # models), not by pydicom while reading: a bad value must become a
     # status for the peer, not a warning in our log.
+    # pydicom's reader keeps what there is of a data set cut short, silently:
+    # its top level is walked first (a few NUL bytes of padding after the
+    # last element are read as pydicom reads them). Nested items are within
+    # their sequence's length or delimited; pydicom reads those.
+    check_whole(data, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian, padding=True)
     # pydicom converts elements lazily, so convert them all in here.
     with disable_value_validation():
         dataset = read_dataset(

@@ -322,6 +322,37 @@ def test_a_match_cut_short_is_an_error_not_a_shorter_match(syntax: str) -> None:
     assert decode_dataset(encode_dataset(nested(True), syntax), syntax).SOPInstanceUID == "1.2.3.4"
 
 
+@pytest.mark.parametrize(
+    "syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
+)
+def test_a_data_set_for_pydicom_cut_short_is_an_error_too(syntax: str) -> None:
+    # Data sets the quick decoder leaves to pydicom's reader (big endian,
+    # several values, a sequence), which keeps what there is of one cut short.
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    match = Dataset()
+    match.ModalitiesInStudy = ["CT", "MR"]
+    match.PatientID = "12345678"
+    match.ReferencedStudySequence = [Dataset()]
+    match.ReferencedStudySequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    match.SOPInstanceUID = "1.2.3.4.5.6.7.8"
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = syntax == "1.2.840.10008.1.2"
+    fp.is_little_endian = syntax != "1.2.840.10008.1.2.2"
+    write_dataset(fp, match)
+    encoded = fp.getvalue()
+    assert decode_dataset(encoded, syntax).SOPInstanceUID == "1.2.3.4.5.6.7.8"
+    # Inside the last value, the last header, and the sequence.
+    for cut in (len(encoded) - 2, len(encoded) - 20, 30):
+        with pytest.raises(ValueError, match=r"ends inside|cut short"):
+            decode_dataset(encoded[:cut], syntax)
+    for padding in (b"\0", b"\0" * 7):
+        assert decode_dataset(encoded + padding, syntax).PatientID == "12345678"
+    with pytest.raises(ValueError, match="ends inside"):
+        decode_dataset(encoded + b"\0\0x", syntax)
+
+
 def _explicit(tag: int, vr: str, raw: bytes) -> bytes:
     if vr in ("UC", "UR", "UT"):
         return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw
