@@ -572,3 +572,58 @@ def test_retrievecost_counts_system_calls_per_sub_operation(tmp_path: pathlib.Pa
     # A C-MOVE SCU reads its responses: some reads per sub-operation, both sides.
     assert float(ours[0].split()[2].rstrip(":")) > 0
     assert "read" in theirs[0] and float(theirs[0].split()[2].rstrip(":")) > 0
+
+
+def test_assocrate_drives_every_scp_with_the_same_raw_client(tmp_path: pathlib.Path) -> None:
+    from benchmarks.sides.dcmtk_side import find_tool
+
+    if find_tool("storescp") is None:
+        pytest.fail("DCMTK is installed on this project's machines; storescp not found")
+    out = tmp_path / "assocrate.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.assocrate", "-n", "30", "--reps", "1",
+         "--lanes", "2", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"adicom", "adicom-asyncio", "dcmtk", "floor", "floor-asyncio"}
+    for row in rows.values():
+        # Every cycle was answered (the client checks each answer's PDU type
+        # and the echo's status), and the SCP spent CPU on them.
+        assert row["cycles_per_s"] > 0 and row["scp_cpu_us_per_cycle"] >= 0
+    table = result.stdout.splitlines()[-len(rows) :]
+    assert [line.split()[0] for line in table] == list(rows)
+
+
+def test_assocrate_client_fails_loudly_on_a_wrong_answer(tmp_path: pathlib.Path) -> None:
+    import socket as socket_module
+
+    from benchmarks import assocrate
+
+    # A "server" that answers the A-ASSOCIATE-RQ with an A-ABORT.
+    listener = socket_module.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.assocrate", "--client", str(port), "1"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as child:  # fmt: skip
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        try:
+            assert child.stdout.readline().strip() == b"ready"
+            child.stdin.write(b"go\n")
+            child.stdin.close()
+            listener.settimeout(30)
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1 << 16)
+                conn.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")
+                err = child.stderr.read()
+                child.wait(30)
+        finally:
+            listener.close()
+            if child.poll() is None:
+                child.kill()
+    assert child.returncode != 0
+    assert b"PDU type 7 instead of A-ASSOCIATE-AC" in err
+    assert assocrate.SUCCESS.startswith(b"\x00\x00\x00\x09")
