@@ -25,6 +25,7 @@ from adicom.audit import AuditLog
 from adicom.dimse import Limits
 from adicom.errors import DicomError, describe_reject
 from adicom.events import Hooks
+from adicom.fsm import State
 from adicom.listener import DEFAULT_BACKLOG, Listener
 from adicom.negotiation import (
     ASYNC_WINDOW,
@@ -80,16 +81,20 @@ class AssociationInfo:
 _RJ_NO_REASON = AAssociateRJ(1, 1, 1)
 _RJ_CALLING_AE = AAssociateRJ(1, 1, 3)  # calling-AE-title-not-recognized
 _RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
+#: An acceptor's association is over in these states: aborted or closed
+#: (Sta1), released and waiting for the peer's close (Sta13; PS3.8 9.2).
+_ENDED = frozenset((State.STA1, State.STA13))
 
 
 class _Session:
     """What a connection's task and its transport callbacks share about its negotiation."""
 
-    __slots__ = ("accepted", "answered", "answers_now", "associated", "ticket")
+    __slots__ = ("accepted", "answered", "answers_now", "associated", "ended", "host", "ticket")
 
-    def __init__(self, ticket: int) -> None:
-        #: Its admission ticket (see adicom.admission).
+    def __init__(self, ticket: int, host: str) -> None:
+        #: Its admission ticket (see adicom.admission), and the peer's address.
         self.ticket = ticket
+        self.host = host
         #: Its A-ASSOCIATE-RQ is answered in the transport callback (no await needed).
         self.answers_now = False
         #: Its A-ASSOCIATE-RQ came and was answered (or failed answering).
@@ -98,6 +103,8 @@ class _Session:
         self.associated = False
         #: It was accepted.
         self.accepted = False
+        #: Admission was told its association ended (Admission.closing).
+        self.ended = False
 
 
 def listen_backlog(backlog: int | None, max_associations: int) -> int:
@@ -302,7 +309,7 @@ class Server(RequestServing):
         self._tasks: set[asyncio.Task[None]] = set()
         # The work DIMSE-N handlers left for after their responses.
         self._background: set[asyncio.Task[None]] = set()
-        self._associations: set[Association] = set()
+        self._associations: dict[Association, _Session] = {}
         #: How many associations were accepted, rejected and aborted so far.
         self.stats = {
             "accepted": 0,
@@ -391,6 +398,8 @@ class Server(RequestServing):
         """A connection arrived: let it in within the limits, or close it at once."""
         host = address[0]
         ticket = self.admission.connect(host)
+        if isinstance(ticket, str) and self._settle_ended(host):
+            ticket = self.admission.connect(host)
         if isinstance(ticket, str):
             self.stats["refused"] += 1
             self.admission.log.warning("refused", "closing new connections: %s", ticket)
@@ -408,7 +417,7 @@ class Server(RequestServing):
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
         self.admission.silent(ticket, association.close)
-        session = _Session(ticket)
+        session = _Session(ticket, host)
         if self.user_identity is None:
             # Nothing in the negotiation awaits (the user identity hook is the
             # one thing that does): the A-ASSOCIATE-RQ is answered in the
@@ -421,6 +430,26 @@ class Server(RequestServing):
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _settle_ended(self, host: str) -> bool:
+        """Tell admission now of ``host``'s associations that have ended; True if any had.
+
+        A peer's A-ABORT (or the end of a release) and its next connection
+        can reach the server in the same turn of its loop, before the old
+        association's task has run to tell admission (see _serve's end):
+        that association would still fill the address's places, and a peer
+        that aborts and reconnects at once be refused. Called only when a
+        new connection would be refused, over the open associations.
+        """
+        settled = False
+        for association, session in self._associations.items():
+            if session.host == host and not session.ended and association.state in _ENDED:
+                session.ended = True
+                self.admission.closing(
+                    session.ticket, host, association.close, associated=session.associated
+                )
+                settled = True
+        return settled
 
     async def _serve(
         self,
@@ -453,7 +482,7 @@ class Server(RequestServing):
                 raise
             log.info("connection from %s lost before it started: %s", address, exc)
             return
-        self._associations.add(association)
+        self._associations[association] = session
         try:
             if session.answers_now:
                 # The A-ASSOCIATE-RQ is answered in the transport callback
@@ -493,12 +522,13 @@ class Server(RequestServing):
             log.exception("error serving %s; aborting", association.calling_ae or "?")
             association.abort()
         finally:
-            self._associations.discard(association)
+            del self._associations[association]
             # Until the peer closes (ARTIM bounds it), the connection still
             # counts, no longer as an association (see adicom.admission).
-            self.admission.closing(
-                session.ticket, host, association.close, associated=session.associated
-            )
+            if not session.ended:
+                self.admission.closing(
+                    session.ticket, host, association.close, associated=session.associated
+                )
             try:
                 await association.wait_closed(self.artim_timeout)
             finally:

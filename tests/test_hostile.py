@@ -201,6 +201,33 @@ async def test_a_peer_reconnecting_after_its_release_closes_only_its_own_connect
             held_writer.close()
 
 
+async def test_a_peer_that_aborts_and_reconnects_at_once_is_not_refused() -> None:
+    # The A-ABORT and the new connection (with its request) reach the server
+    # in the same turn of its loop: the aborted association must not still
+    # fill the address's only place when the new connection is counted.
+    import socket
+
+    async with serving(max_per_address=1, max_pending=4) as server:
+        for _ in range(3):
+            _, writer = await associated(server)
+            writer.write(AAbort(0, 0).encode())  # sent now: the buffer was empty
+            sock = socket.socket()
+            sock.bind((ATTACKER, 0))
+            sock.settimeout(BOUND)
+            sock.connect(("127.0.0.1", server.port))  # queued; the loop has not run
+            sock.sendall(REQUEST.encode())
+            sock.setblocking(False)
+            reader, again = await asyncio.open_connection(sock=sock)
+            assert isinstance(await next_pdu(reader), AAssociateAC)
+            again.write(AReleaseRQ().encode())
+            assert isinstance(await next_pdu(reader), AReleaseRP)
+            writer.close()
+            again.close()
+            async with asyncio.timeout(BOUND):
+                while server.admission.pending or server.admission.associated:
+                    await asyncio.sleep(0.01)
+
+
 # -- messages that never end, or end too big --------------------------------------
 
 
