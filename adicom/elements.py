@@ -80,6 +80,10 @@ _FORMATS = (("<H", "<L"), (">H", ">L"))
 
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+# The VR UN as an explicit VR header's unpack reads it, [little, big]. A UN
+# of undefined length holds its items in implicit VR little endian, whatever
+# the data set's syntax (PS3.5 6.2.2): a walk reads them so.
+_UN = (struct.unpack("<H", b"UN")[0], struct.unpack(">H", b"UN")[0])
 
 
 def _element_header(
@@ -211,7 +215,8 @@ def scan_elements(
                     if resume is not None:
                         resume.append(pos)
                     return found
-                skipped = _sequence_end(data, value, implicit, order)
+                un = not implicit and vr == _UN[order]  # see _UN
+                skipped = _sequence_end(data, value, implicit or un, 0 if un else order)
                 if skipped < 0:
                     _ended(complete, group, element)
                     return None
@@ -304,7 +309,10 @@ def _scan_unordered(
                 resume.append(at)
             return found
         if length == UNDEFINED:
-            skipped = _skip_undefined(data, pos, implicit, *_FORMATS[0 if little else 1])
+            un = not implicit and vr == _UN[0 if little else 1]  # see _UN
+            skipped = _skip_undefined(
+                data, pos, implicit or un, *_FORMATS[0 if little or un else 1]
+            )
             if skipped is None:
                 _ended(complete, group, element)
                 return None
@@ -347,18 +355,31 @@ def _ended(complete: bool, group: int, element: int) -> None:
         raise DataSetTruncated(f"the data set ends inside the element ({group:04X},{element:04X})")
 
 
+def _is_un(data: bytes | bytearray | memoryview, pos: int, tag: int) -> bool:
+    """Whether the explicit VR element at ``pos`` (``tag``) is a UN (items have no VR)."""
+    return tag >> 16 != 0xFFFE and data[pos + 4 : pos + 6] == b"UN"
+
+
 def _skip_undefined(
     data: bytes | bytearray | memoryview, pos: int, implicit: bool, u16: str, u32: str
 ) -> int | None:
     """Skip a sequence (or encapsulated value) of undefined length; return where it ends."""
     depth = 1
     while depth:
+        start = pos
         header = _element_header(data, pos, implicit, u16, u32)
         if header is None:
             return None
         tag, length, pos = header
         if tag in (_ITEM_END, _SEQUENCE_END):
             depth -= 1
+        elif length == UNDEFINED and not implicit and _is_un(data, start, tag):
+            # Its items in implicit VR little endian (see _UN), to its own
+            # delimiter: one level deeper at most (implicit VR has no UN).
+            inner = _skip_undefined(data, pos, True, "<H", "<L")
+            if inner is None:
+                return None
+            pos = inner
         elif length == UNDEFINED:
             depth += 1  # an item, or a nested sequence, of undefined length
         else:
@@ -378,8 +399,8 @@ def check_whole(
 
     ``start``: the offset of a top-level element to begin with (what
     :func:`scan_elements` walked already, its ``resume``). ``padding``: up
-    to 7 NUL bytes after the last element (too few for a header) are
-    padding, as pydicom's reader takes them, not a header cut short.
+    to 7 NUL or space bytes after the last element (too few for a header)
+    are padding, as pydicom's reader takes them, not a header cut short.
     """
     # This walks every received instance whole (some 20 elements of a small
     # CT after what scan_elements walked), so the common element takes one
@@ -408,7 +429,7 @@ def check_whole(
                     pos = _explicit_step(data, pos, group, element, vr, order)
     except struct.error:
         # ``pos``: where the header that could not be read starts.
-        if padding and not bytes(data[pos:]).strip(b"\0"):
+        if padding and not bytes(data[pos:]).strip(b"\0 "):
             return
         raise DataSetTruncated("the data set ends inside an element header") from None
     if pos > end:
@@ -473,7 +494,8 @@ def walk_top_level(
                 if length != undefined:
                     pos = value + length
                     continue
-                skipped = _skip_undefined(data, value, False, *_FORMATS[order])
+                un = vr == _UN[order]  # see _UN
+                skipped = _skip_undefined(data, value, un, *_FORMATS[0 if un else order])
                 if skipped is None:
                     return pos, (group << 16) | element, False
                 pos = skipped
@@ -497,7 +519,8 @@ def _explicit_step(
     else:
         raise ValueError(f"no VR at the element ({group:04X},{element:04X})")
     if length == UNDEFINED:
-        return _past_undefined(data, value, group, element, False, order)
+        un = vr == _UN[order]  # see _UN
+        return _past_undefined(data, value, group, element, un, 0 if un else order)
     return value + length
 
 
@@ -545,7 +568,8 @@ def find_top_level(
         if found > tag:
             return None
         if length == UNDEFINED:
-            skipped = _skip_undefined(data, value, implicit, "<H", "<L")
+            un = not implicit and _is_un(data, pos, found)  # see _UN
+            skipped = _skip_undefined(data, value, implicit or un, "<H", "<L")
             if skipped is None:
                 return None
             pos = skipped

@@ -44,7 +44,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
-from adicom.elements import LONG_VRS, UNDEFINED, check_whole, find_top_level
+from adicom.elements import LONG_VRS, UNDEFINED, DataSetTruncated, check_whole, find_top_level
 
 __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
@@ -209,8 +209,8 @@ def _decode_text_dataset(data: bytes, implicit: bool, memo: Memo | None = None) 
     pos, end = 0, len(data)
     while pos < end:
         if pos + 8 > end:
-            if not data[pos:].strip(b"\0"):
-                break  # a few NUL bytes of padding after the last element: as pydicom reads it
+            if not data[pos:].strip(b"\0 "):
+                break  # a few bytes of padding after the last element: as pydicom reads it
             raise ValueError(_cut(data, pos, "an element's header"))
         if implicit:
             group, number, length = _IMPLICIT.unpack_from(data, pos)
@@ -448,6 +448,11 @@ class Inflater:
         """True once ``limit`` bytes are out (more input is then ignored)."""
         return len(self.out) >= self.limit
 
+    @property
+    def ended(self) -> bool:
+        """True once the deflate stream's last block is in (RFC 1951 3.2.3: BFINAL)."""
+        return self._inflater.eof
+
     def feed(self, data: bytes | memoryview) -> None:
         """Inflate what fits of ``data``; raises ValueError if it is not deflate data."""
         room = self.limit - len(self.out)
@@ -467,6 +472,9 @@ def inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
     inflater.feed(data)
     if len(inflater.out) > limit:
         raise ValueError(f"the deflated data set inflates to more than {limit} bytes")
+    if not inflater.ended:
+        # A stream cut short inflates to a shorter data set, silently.
+        raise ValueError("the deflated data set is cut short: its deflate stream does not end")
     return bytes(inflater.out)
 
 
@@ -496,10 +504,20 @@ def decode_dataset(data: bytes, transfer_syntax: str, memo: Memo | None = None) 
     # models), not by pydicom while reading: a bad value must become a
     # status for the peer, not a warning in our log.
     # pydicom's reader keeps what there is of a data set cut short, silently:
-    # its top level is walked first (a few NUL bytes of padding after the
-    # last element are read as pydicom reads them). Nested items are within
-    # their sequence's length or delimited; pydicom reads those.
-    check_whole(data, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian, padding=True)
+    # its top level is walked first (a few bytes of padding, NUL or space,
+    # after the last element are read as pydicom reads them). Nested items
+    # are within their sequence's length or delimited; pydicom reads those.
+    try:
+        check_whole(
+            data, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian, padding=True
+        )
+    except DataSetTruncated:
+        raise
+    except ValueError:
+        # Not walkable as its syntax says (implicit VR sent on an explicit
+        # VR context, met in the wild; a run of NUL bytes as padding):
+        # pydicom's reader still reads such data sets, as before.
+        pass
     # pydicom converts elements lazily, so convert them all in here.
     with disable_value_validation():
         dataset = read_dataset(

@@ -39,6 +39,7 @@ from adicom.dimse import (
     Status,
     describe_status,
 )
+from adicom.elements import DataSetTruncated
 from adicom.errors import DicomError
 from adicom.fileformat import IMPLICIT_VR_LITTLE_ENDIAN, decode_dataset, encode_dataset
 from adicom.negotiation import NO_QR_OPTIONS, QROptions, agreed_options
@@ -155,10 +156,12 @@ def _identifier(association: Association, message: Message) -> Dataset:
         raise QueryFailed(Status.CANNOT_UNDERSTAND, "the request carries no identifier")
     try:
         return decode_dataset(message.dataset, transfer)
+    except DataSetTruncated as exc:
+        # The Error Comment holds 64 characters (LO): the element first.
+        where = "" if exc.tag is None else f" in ({exc.tag >> 16:04X},{exc.tag & 0xFFFF:04X})"
+        raise QueryFailed(Status.CANNOT_UNDERSTAND, f"the identifier is cut short{where}") from None
     except Exception as exc:
-        raise QueryFailed(
-            Status.CANNOT_UNDERSTAND, f"the identifier does not parse: {exc}"
-        ) from None
+        raise QueryFailed(Status.CANNOT_UNDERSTAND, f"identifier does not parse: {exc}") from None
 
 
 def _response_command(request: Message, status: int, has_dataset: bool, **fields: Any) -> Command:

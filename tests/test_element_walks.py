@@ -214,3 +214,67 @@ def test_a_wanted_tag_given_twice_out_of_order_counts_once(implicit: bool, littl
     wanted = frozenset({0x00080016, 0x00080018, 0x0020000D})
     found = scan_elements(data, wanted, implicit=implicit, little=little, complete=True)
     assert found == {0x00080016: b"1.4\0", 0x00080018: b"1.3\0", 0x0020000D: b"1.5\0"}
+
+
+def _un_sequence(little: bool, nested: bool = False) -> bytes:
+    """(0008,1115) as UN of undefined length: its items in implicit VR little endian (PS3.5 6.2.2).
+
+    ``nested``: inside an item of an explicit VR sequence of undefined length.
+    """
+    order = "<" if little else ">"
+    inner = struct.pack("<HHL", 0x0020, 0x000E, 4) + b"1.2\0"  # no VR: implicit
+    items = (
+        struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        + inner
+        + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+        + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    )
+    un = struct.pack(order + "HH2s2xL", 0x0008, 0x1115, b"UN", 0xFFFFFFFF) + items
+    if not nested:
+        return un
+    return (
+        struct.pack(order + "HH2s2xL", 0x0008, 0x1110, b"SQ", 0xFFFFFFFF)
+        + struct.pack(order + "HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        + un
+        + struct.pack(order + "HHL", 0xFFFE, 0xE00D, 0)
+        + struct.pack(order + "HHL", 0xFFFE, 0xE0DD, 0)
+    )
+
+
+@pytest.mark.parametrize("little", [True, False])
+@pytest.mark.parametrize("nested", [False, True])
+def test_every_walk_reads_a_un_of_undefined_length_as_implicit_vr(
+    little: bool, nested: bool
+) -> None:
+    """PS3.5 6.2.2: a UN of undefined length holds implicit VR little endian items, any syntax."""
+    enc = Encoder(False, little)
+    data = (
+        enc.element(0x00080018, "UI", b"1.3\0")
+        + _un_sequence(little, nested)
+        + enc.element(0x00100020, "LO", b"1234")
+    )
+    wanted = frozenset({0x00080018, 0x00100020})
+    found = scan_elements(data, wanted, implicit=False, little=little, complete=True)
+    assert found == {0x00080018: b"1.3\0", 0x00100020: b"1234"}
+    # A tag out of order after it: the scan that looks every tag up reads it the same.
+    again = (
+        enc.element(0x00080018, "UI", b"1.3\0")
+        + _un_sequence(little, nested)
+        + enc.element(0x00080016, "UI", b"1.4\0")
+        + enc.element(0x00100020, "LO", b"1234")
+    )
+    found = scan_elements(
+        again, wanted | {0x00080016}, implicit=False, little=little, complete=True
+    )
+    assert found == {0x00080016: b"1.4\0", 0x00080018: b"1.3\0", 0x00100020: b"1234"}
+    elements.check_whole(data, implicit=False, little=little)
+    assert walk_top_level(data, 0, implicit=False, little=little) == (len(data), 0x00100020, True)
+    if little:
+        assert elements.find_top_level(data, 0x00100020, implicit=False) == (
+            len(data) - 12,
+            len(data) - 4,
+            4,
+        )
+    # Cut inside its items, it is a data set cut short, not bytes that are no data set.
+    with pytest.raises(DataSetTruncated):
+        elements.check_whole(data[: len(data) - 20], implicit=False, little=little)

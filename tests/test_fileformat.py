@@ -353,6 +353,51 @@ def test_a_data_set_for_pydicom_cut_short_is_an_error_too(syntax: str) -> None:
         decode_dataset(encoded + b"\0\0x", syntax)
 
 
+def test_data_sets_pydicom_reads_are_not_refused_by_the_walk() -> None:
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+
+    pid = _explicit(0x00100020, "LO", b"1234")
+    # (0008,1115) as UN of undefined length, its item in implicit VR (PS3.5 6.2.2).
+    un = (
+        struct.pack("<HH2s2xL", 0x0008, 0x1115, b"UN", 0xFFFFFFFF)
+        + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        + _implicit(0x00081150, b"1.2\0")
+        + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+        + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    )
+    explicit = "1.2.840.10008.1.2.1"
+    cases = [
+        (un + pid, explicit),
+        (pid + b"  ", explicit),  # space padding, as NUL padding
+        (pid + bytes(16), explicit),  # a run of NUL bytes: no VR to walk, pydicom's to read
+    ]
+    for data, syntax in cases:
+        reference = read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+        decoded = decode_dataset(data, syntax)
+        assert decoded.PatientID == reference.PatientID == "1234"
+        assert [e.tag for e in decoded] == [e.tag for e in reference]
+    # Implicit VR sent on an explicit VR context (met in the wild): pydicom
+    # reads it, and says so.
+    data = _implicit(0x00080052, b"IMAGE ") + _implicit(0x00100020, b"1234")
+    with pytest.warns(UserWarning, match="found implicit VR"):
+        assert decode_dataset(data, explicit).PatientID == "1234"
+
+
+def test_a_deflated_data_set_cut_short_is_an_error() -> None:
+    match = Dataset()
+    match.QueryRetrieveLevel = "IMAGE"
+    match.PatientID = "12345678"
+    match.SOPInstanceUID = "1.2.3.4.5.6.7.8"
+    syntax = "1.2.840.10008.1.2.1.99"
+    encoded = encode_dataset(match, syntax)
+    assert decode_dataset(encoded, syntax).SOPInstanceUID == "1.2.3.4.5.6.7.8"
+    for cut in (1, len(encoded) // 2, len(encoded) - 1):
+        with pytest.raises(ValueError, match="deflate stream does not end"):
+            decode_dataset(encoded[:cut], syntax)
+
+
 def _explicit(tag: int, vr: str, raw: bytes) -> bytes:
     if vr in ("UC", "UR", "UT"):
         return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw

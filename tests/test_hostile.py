@@ -228,6 +228,34 @@ async def test_a_peer_that_aborts_and_reconnects_at_once_is_not_refused() -> Non
                     await asyncio.sleep(0.01)
 
 
+@pytest.mark.parametrize("vr", ["LO", "SQ"])  # the quick decoder's, and pydicom's reader's
+async def test_a_find_identifier_cut_short_is_answered_with_the_element_it_ends_in(
+    vr: str,
+) -> None:
+    async with serving() as server:
+        reader, writer = await associated(server)
+        command = Command(
+            command_field=CommandField.C_FIND_RQ,
+            affected_sop_class_uid=FIND,
+            message_id=7,
+            priority=0,
+            command_data_set_type=0x0001,
+        )
+        level = struct.pack("<HHL", 0x0008, 0x0052, 6) + b"STUDY "
+        if vr == "SQ":  # a sequence: the quick decoder leaves it to pydicom's reader
+            level += struct.pack("<HHL", 0x0008, 0x1110, 0)
+        cut = level + struct.pack("<HHL", 0x0010, 0x0020, 12) + b"1234"  # 8 bytes short
+        writer.write(pdata(3, 0x03, command.encode()) + pdata(3, 0x02, cut))
+        decoder = PDUReader(max_pdata_length=1 << 20)
+        response = await next_pdu(reader, decoder)
+        assert isinstance(response, PDataTF)
+        answer = Command.decode(b"".join(bytes(pdv.data) for pdv in response.pdvs))
+        assert answer.status == 0xC000 and answer.message_id_being_responded_to == 7
+        assert "(0010,0020)" in (answer.error_comment or ""), answer.error_comment
+        assert len(answer.error_comment or "") <= 64
+        writer.close()
+
+
 # -- messages that never end, or end too big --------------------------------------
 
 
