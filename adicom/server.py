@@ -89,12 +89,11 @@ _ENDED = frozenset((State.STA1, State.STA13))
 class _Session:
     """What a connection's task and its transport callbacks share about its negotiation."""
 
-    __slots__ = ("accepted", "answered", "answers_now", "associated", "ended", "host", "ticket")
+    __slots__ = ("accepted", "answered", "answers_now", "associated", "ended", "ticket")
 
-    def __init__(self, ticket: int, host: str) -> None:
-        #: Its admission ticket (see adicom.admission), and the peer's address.
+    def __init__(self, ticket: int) -> None:
+        #: Its admission ticket (see adicom.admission).
         self.ticket = ticket
-        self.host = host
         #: Its A-ASSOCIATE-RQ is answered in the transport callback (no await needed).
         self.answers_now = False
         #: Its A-ASSOCIATE-RQ came and was answered (or failed answering).
@@ -309,7 +308,8 @@ class Server(RequestServing):
         self._tasks: set[asyncio.Task[None]] = set()
         # The work DIMSE-N handlers left for after their responses.
         self._background: set[asyncio.Task[None]] = set()
-        self._associations: dict[Association, _Session] = {}
+        #: The open associations, by peer address (see _settle_ended).
+        self._by_host: dict[str, dict[Association, _Session]] = {}
         #: How many associations were accepted, rejected and aborted so far.
         self.stats = {
             "accepted": 0,
@@ -328,6 +328,11 @@ class Server(RequestServing):
         if self._listener is None:
             raise RuntimeError("the server is not listening")
         return self._listener.port
+
+    @property
+    def associations(self) -> list[Association]:
+        """The connections being served now, associated or not yet (a copy)."""
+        return [association for held in self._by_host.values() for association in held]
 
     async def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Start listening; raises OSError when the address cannot be used.
@@ -352,7 +357,7 @@ class Server(RequestServing):
         """
         if self._listener is not None:
             self._listener.close()
-        for association in list(self._associations):
+        for association in self.associations:
             association.abort()
         for task in list(self._tasks):
             task.cancel()
@@ -398,7 +403,7 @@ class Server(RequestServing):
         """A connection arrived: let it in within the limits, or close it at once."""
         host = address[0]
         ticket = self.admission.connect(host)
-        if isinstance(ticket, str) and self._settle_ended(host):
+        if isinstance(ticket, str) and host in self._by_host and self._settle_ended(host):
             ticket = self.admission.connect(host)
         if isinstance(ticket, str):
             self.stats["refused"] += 1
@@ -417,7 +422,7 @@ class Server(RequestServing):
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
         self.admission.silent(ticket, association.close)
-        session = _Session(ticket, host)
+        session = _Session(ticket)
         if self.user_identity is None:
             # Nothing in the negotiation awaits (the user identity hook is the
             # one thing that does): the A-ASSOCIATE-RQ is answered in the
@@ -439,11 +444,12 @@ class Server(RequestServing):
         association's task has run to tell admission (see _serve's end):
         that association would still fill the address's places, and a peer
         that aborts and reconnects at once be refused. Called only when a
-        new connection would be refused, over the open associations.
+        new connection from ``host`` would be refused, over that host's
+        associations (at most its ``max_per_address``).
         """
         settled = False
-        for association, session in self._associations.items():
-            if session.host == host and not session.ended and association.state in _ENDED:
+        for association, session in self._by_host[host].items():
+            if not session.ended and association.state in _ENDED:
                 session.ended = True
                 self.admission.closing(
                     session.ticket, host, association.close, associated=session.associated
@@ -482,7 +488,10 @@ class Server(RequestServing):
                 raise
             log.info("connection from %s lost before it started: %s", address, exc)
             return
-        self._associations[association] = session
+        held = self._by_host.get(host)
+        if held is None:
+            held = self._by_host[host] = {}
+        held[association] = session
         try:
             if session.answers_now:
                 # The A-ASSOCIATE-RQ is answered in the transport callback
@@ -522,7 +531,9 @@ class Server(RequestServing):
             log.exception("error serving %s; aborting", association.calling_ae or "?")
             association.abort()
         finally:
-            del self._associations[association]
+            del held[association]
+            if not held:
+                del self._by_host[host]
             # Until the peer closes (ARTIM bounds it), the connection still
             # counts, no longer as an association (see adicom.admission).
             if not session.ended:
@@ -613,6 +624,10 @@ class Server(RequestServing):
         hook's server response (None: none to send). ``session`` is told
         when admission counts it as an association, and when it is accepted.
         """
+        if session.ended:
+            # The peer went while the user identity hook ran, and admission
+            # was told already (_settle_ended): nothing to answer or count.
+            return False
         result: tuple[AAssociateAC, Agreement] | AAssociateRJ
         if isinstance(answer, AAssociateRJ):
             result = answer

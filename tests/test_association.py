@@ -637,7 +637,7 @@ async def test_tcp_nodelay_on_both_sides() -> None:
 
     async with serving() as server:
         async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
-            both = [assoc, *server._associations]
+            both = [assoc, *server.associations]
             sockets = [a._transport.get_extra_info("socket") for a in both]  # type: ignore[union-attr]
             assert len(sockets) == 2
             for sock in sockets:

@@ -228,6 +228,52 @@ async def test_a_peer_that_aborts_and_reconnects_at_once_is_not_refused() -> Non
                     await asyncio.sleep(0.01)
 
 
+async def test_a_peer_that_aborts_during_the_identity_hook_and_reconnects_leaves_counts_right() -> (
+    None
+):
+    # Its association ends (Sta1) while its task awaits the user identity
+    # hook; the reconnect tells admission so at once. When the hook returns,
+    # the ended association must not be counted as an association again.
+    from dataclasses import replace
+
+    from adicom.fsm import State
+    from adicom.pdu import UserIdentityRQ
+
+    called, go = asyncio.Event(), asyncio.Event()
+
+    async def hook(identity: object, info: object) -> bytes:
+        called.set()
+        await go.wait()
+        return b"welcome"
+
+    request = replace(
+        REQUEST,
+        user_information=replace(
+            REQUEST.user_information, user_identity_rq=UserIdentityRQ(2, b"user", b"secret")
+        ),
+    )
+    async with serving(user_identity=hook, max_per_address=1) as server:
+        _, writer = await attacker(server)
+        writer.write(request.encode())
+        async with asyncio.timeout(BOUND):
+            await called.wait()
+            writer.write(AAbort(0, 0).encode())
+            while server.associations[0].state != State.STA1:  # the abort is read
+                await asyncio.sleep(0.01)
+        reader, again = await attacker(server)  # let in: the ended one made room
+        again.write(REQUEST.encode())
+        assert isinstance(await next_pdu(reader), AAssociateAC)
+        go.set()
+        again.write(AReleaseRQ().encode())
+        assert isinstance(await next_pdu(reader), AReleaseRP)
+        writer.close()
+        again.close()
+        async with asyncio.timeout(BOUND):
+            while server.admission.pending or server.admission.associated:
+                await asyncio.sleep(0.01)
+        await probe(server)
+
+
 @pytest.mark.parametrize("vr", ["LO", "SQ"])  # the quick decoder's, and pydicom's reader's
 async def test_a_find_identifier_cut_short_is_answered_with_the_element_it_ends_in(
     vr: str,

@@ -338,6 +338,6 @@ async def test_the_associations_of_a_loop_share_one_receive_buffer() -> None:
             staging = loop_turns().staging
             assert one._ul.reader.staging is staging
             assert two._ul.reader.staging is staging
-            accepted = list(server._associations)
+            accepted = server.associations
             assert len(accepted) == 2
             assert all(a._ul.reader.staging is staging for a in accepted)
