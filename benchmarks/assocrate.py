@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from benchmarks.config import HOST, SCP_AET
-from benchmarks.processes import child_env, free_port, port_open
+from benchmarks.processes import callgrind_instructions, child_env, free_port, port_open
 from benchmarks.procfs import proc_cpu_seconds
 from benchmarks.rawdicom import VERIFICATION, associate_rq, p_data
 from benchmarks.sides import dcmtk_side
@@ -225,36 +225,45 @@ def _wait_listening(
 
 
 def callgrind_cycle(kind: str, cycles: int) -> float:
-    """Instructions the SCP runs per cycle, under callgrind: (a run of 20 + N) minus (one of 20).
+    """Instructions the SCP runs per cycle under callgrind, counted over the timed cycles only.
 
-    Counted in user space, whatever the load (system calls are not in it);
-    the difference of two whole runs takes out the start and the stop.
+    The counters are zeroed after 20 cycles of warm-up (``callgrind_control
+    -z``) and read after ``cycles`` more: user-space instructions, whatever
+    the load (system calls are not in it), without the start or the stop.
     """
-    totals = []
-    for n in (20, 20 + cycles):
-        port = free_port()
-        with tempfile.TemporaryDirectory(prefix="adicom-assocrate-") as scratch:
-            argv, env = _scp_argv(kind, port, Path(scratch))
-            out = Path(scratch) / "callgrind.out"
-            valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-            with open(Path(scratch) / "scp.log", "wb") as log:
-                scp = subprocess.Popen(
-                    [*valgrind, *argv], env=env, stdout=log, stderr=log, start_new_session=True
-                )
-            try:
-                _wait_listening(scp, port, START_TIMEOUT * 10)  # ~50 times slower
-                client(port, n)
-            finally:
-                _stop(scp)
-            totals.append(_callgrind_total(out))
-    return (totals[1] - totals[0]) / cycles
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="adicom-assocrate-") as scratch:
+        argv, env = _scp_argv(kind, port, Path(scratch))
+        out = Path(scratch) / "callgrind.out"
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        with open(Path(scratch) / "scp.log", "wb") as log:
+            scp = subprocess.Popen(
+                [*valgrind, *argv], env=env, stdout=log, stderr=log, start_new_session=True
+            )
+        try:
+            _wait_listening(scp, port, START_TIMEOUT * 10)  # ~50 times slower
+            client(port, 20)
+            subprocess.run(
+                ["callgrind_control", "-z", str(scp.pid)],
+                check=True,
+                capture_output=True,
+                timeout=START_TIMEOUT,
+            )
+            client(port, cycles)
+            count = callgrind_instructions(scp.pid)
+        finally:
+            _stop(scp)
+    if count <= 0:
+        raise RuntimeError(f"callgrind counted no instructions for {kind}")
+    return count / cycles
 
 
-def _callgrind_total(out: Path) -> int:
-    for line in out.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no total in {out}")
+def _cpu(scp: subprocess.Popen[bytes]) -> float:
+    """The SCP's CPU seconds so far (/proc); an error if they cannot be read."""
+    seconds = proc_cpu_seconds(scp.pid)
+    if seconds is None:
+        raise RuntimeError(f"cannot read the SCP's CPU time (pid {scp.pid})")
+    return seconds
 
 
 def _stop(scp: subprocess.Popen[bytes]) -> None:
@@ -292,7 +301,7 @@ def measure(kind: str, cycles: int, lanes: int) -> dict[str, Any]:
                 assert child.stdout is not None
                 if child.stdout.readline().strip() != b"ready":
                     raise RuntimeError("a client did not start")
-            scp_cpu0 = proc_cpu_seconds(scp.pid) or 0.0
+            scp_cpu0 = _cpu(scp)
             for child in children:
                 assert child.stdin is not None
                 child.stdin.write(b"go\n")
@@ -303,7 +312,7 @@ def measure(kind: str, cycles: int, lanes: int) -> dict[str, Any]:
                 outs.append(child.stdout.read())
                 child.stdout.close()
                 child.wait(CYCLE_TIMEOUT * n)
-            scp_cpu = (proc_cpu_seconds(scp.pid) or 0.0) - scp_cpu0
+            scp_cpu = _cpu(scp) - scp_cpu0
             if any(child.returncode for child in children):
                 raise RuntimeError(
                     f"a client failed (exit codes {[c.returncode for c in children]});"

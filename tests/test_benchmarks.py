@@ -596,10 +596,24 @@ def test_assocrate_drives_every_scp_with_the_same_raw_client(tmp_path: pathlib.P
     assert [line.split()[0] for line in table] == list(rows)
 
 
+def test_assocrate_counts_instructions_per_cycle_under_callgrind(tmp_path: pathlib.Path) -> None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        pytest.fail("valgrind is installed on this project's machines (.ci/run); not found")
+    out = tmp_path / "assocrate.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.assocrate", "--callgrind", "-n", "10",
+         "--scp", "dcmtk", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    counted = json.loads(out.read_text())["instructions"]["dcmtk"]
+    # storescp's own work per association: tens of thousands of
+    # instructions at least (124k on DCMTK 3.6.7), whatever the load.
+    assert 20_000 < counted < 2_000_000, counted
+
+
 def test_assocrate_client_fails_loudly_on_a_wrong_answer(tmp_path: pathlib.Path) -> None:
     import socket as socket_module
-
-    from benchmarks import assocrate
 
     # A "server" that answers the A-ASSOCIATE-RQ with an A-ABORT.
     listener = socket_module.create_server(("127.0.0.1", 0))
@@ -626,4 +640,3 @@ def test_assocrate_client_fails_loudly_on_a_wrong_answer(tmp_path: pathlib.Path)
                 child.kill()
     assert child.returncode != 0
     assert b"PDU type 7 instead of A-ASSOCIATE-AC" in err
-    assert assocrate.SUCCESS.startswith(b"\x00\x00\x00\x09")
