@@ -150,25 +150,6 @@ class Association(Driver):
     def on_dataset(self, factory: SinkFactory | None) -> None:
         self._dimse.sink_factory = factory
 
-    def hold_input(self, hold: bool) -> None:
-        """Stop reading from the peer (``hold``) or read again; TCP makes it wait meanwhile.
-
-        For a consumer of received data that falls behind, such as a storage
-        handler writing a large instance to disk a slice per loop turn: it
-        holds the input while its backlog is full. Calls pair up, and
-        several consumers may hold at once (two instances in flight): the
-        input is read again when the last lets go. The driver's own pause
-        (input parsed a slice per turn) wins: input it holds stays held.
-        """
-        self._input_holds = max(0, self._input_holds + (1 if hold else -1))
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if self._input_holds:
-            transport.pause_reading()
-        else:
-            self._read_again()
-
     def context_for(self, abstract_syntax: str) -> PresentationContext:
         """The first accepted context for an abstract syntax; raises if none."""
         for context in self._dimse.contexts.values():
