@@ -593,7 +593,11 @@ class Association(Driver):
             return None
         # PS3.8 E.2: the whole message left in one PDU, nothing between;
         # tracked once sent (no response can come before this callback ends).
-        operation = self._track(context_id, command_field, message_id)
+        # self._track(...), inline (every templated request):
+        operation = Operation(self, context_id, message_id, command_field)
+        self._operations[message_id] = operation
+        if self._gather_pause is not None:
+            self._end_gather()  # its answer must not wait for a pause
         self._flush()  # what _sent_now does unbatched, with no hook to tell
         return operation
 
@@ -624,7 +628,10 @@ class Association(Driver):
         if context_id is None:
             # Contexts are settled once per association (negotiation).
             context_id = self._echo_context = self.context_for(VERIFICATION).context_id
-        self._check_open()
+        # self._check_open()'s test, inline (every echo): it raises why.
+        state = self._ul._fsm._state
+        if self._error is not None or (state is not _STA6 and state is not _STA8):
+            self._check_open()
         message_id = self._dimse.next_message_id()
         operation = self._request_now(context_id, _ECHO_RQ, message_id)
         if operation is None:
