@@ -695,7 +695,17 @@ class Association(Driver):
         ):
             return False
         # Its bytes alone: the Command is made only for hooks that want it.
-        template = _response_template(rq, status)
+        # _response_template(rq, status) as the last one, inline (every answer).
+        last = _last_response
+        if (
+            last is not None
+            and last[0] == rq.command_field
+            and last[2] == status
+            and last[1] == rq.affected_sop_class_uid
+        ):
+            template = last[3]
+        else:
+            template = _response_template(rq, status)
         message_id, instance = rq.message_id, rq.affected_sop_instance_uid
         if not self._dimse.send_response(
             request.context_id,
