@@ -396,7 +396,26 @@ class Driver(Deadlines, Emission, InputFlow):
             return
         upper = self._ul
         upper.receive_into(nbytes, now)
-        self._after_io(now)
+        events = upper._events
+        if (
+            len(events) == 1
+            and type(events[0]) is PDataTF
+            and self._emitter is None
+            and not upper.trace
+        ):
+            # self._after_io(now) of the usual read, one P-DATA-TF and
+            # nothing traced, inline (every read).
+            pdu: Any = events.popleft()  # a PDataTF, as tested
+            for dimse_event in self._dimse.receive_pdata(pdu, now):
+                self._dispatch(dimse_event)
+            if events:  # queued meanwhile (a DIMSE abort's events)
+                self._process_events(now)
+            if upper._out or upper._close_requested or upper._abort_sent or self._batched:
+                self._flush()
+            if upper._artim_deadline is not None or self._dimse._deadline is not None:
+                self._arm_timer()
+        else:
+            self._after_io(now)
         # turns.charge(self._clock() - now), inline (every read):
         turns.spent += self._clock() - now
         if not turns._scheduled and turns.spent * 4.0 >= turns.budget > 0.0:
@@ -453,10 +472,6 @@ class Driver(Deadlines, Emission, InputFlow):
 
     # -- timers (the one loop timer itself: adicom.deadlines) ------------------
 
-    def _arm_idle_timer(self) -> None:
-        if self.idle_timeout is not None:
-            self._arm(self._last_received + self.idle_timeout)
-
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = math.inf
@@ -474,29 +489,6 @@ class Driver(Deadlines, Emission, InputFlow):
                 self._expire_waits(now)
             if self.idle_timeout is not None and not self._closed:
                 self._check_idle(now)
-
-    def _check_idle(self, now: float) -> None:
-        # Received data only moves _last_received: the hot path never
-        # touches the timer.
-        idle_timeout = self.idle_timeout
-        assert idle_timeout is not None
-        if now - self._last_received < idle_timeout:
-            self._arm_idle_timer()
-            return
-        log.warning(
-            "nothing received from %s for %g s; aborting",
-            self._peer_name(),
-            idle_timeout,
-        )
-        self._set_error(
-            DicomTimeout(TimeoutKind.IDLE, idle_timeout, "nothing received from the peer")
-        )
-        if self._ul.state is not State.STA2:
-            self._ul.abort(self._clock())
-        # In Sta2 no A-ASSOCIATE-RQ came: there is no association to abort
-        # (PS3.8 Table 9-10 has no A-ABORT request there), only the
-        # connection to close, as ARTIM's expiry would (AA-2).
-        self._close_soon()
 
     def _after_io(self, now: float | None = None) -> None:
         """Hand on the layers' events, write their output, arm their timers.
