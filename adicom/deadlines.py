@@ -3,13 +3,14 @@
 Every deadline of an association shares one loop timer: the layers'
 (ARTIM, a message's), the idle bound (checked here: _check_idle), and each
 bounded wait (the connect, the answer to the A-ASSOCIATE-RQ, each
-response, the release, the close, a full transport, a full window). It is set for the earliest and moved only
-earlier: a deadline that passes unused (a wait that ended) or moves later
-(each message restarts the idle bound) leaves it as it is, and when it
-fires the driver does what is due and sets it again for the rest. An
-association that connects, echoes and releases then makes one loop timer,
-not one per wait (each is a TimerHandle made, pushed on the loop's heap
-and cancelled: about 17k instructions on CPython 3.11's asyncio).
+response, the release, the close, a full transport, a full window). It is
+set for the earliest and moved only earlier: a deadline that passes unused
+(a wait that ended) or moves later (each message restarts the idle bound)
+leaves it as it is, and when it fires the driver does what is due and sets
+it again for the rest. An association that connects, echoes and releases
+then makes one loop timer, not one per wait (each is a TimerHandle made,
+pushed on the loop's heap and cancelled: about 17k instructions on CPython
+3.11's asyncio).
 
 :class:`Deadlines` is a base of :class:`adicom.driver.Driver`, which fires
 the timer (``_on_timer``); this module does not import it.
