@@ -150,25 +150,6 @@ class Association(Driver):
     def on_dataset(self, factory: SinkFactory | None) -> None:
         self._dimse.sink_factory = factory
 
-    def hold_input(self, hold: bool) -> None:
-        """Stop reading from the peer (``hold``) or read again; TCP makes it wait meanwhile.
-
-        For a consumer of received data that falls behind, such as a storage
-        handler writing a large instance to disk a slice per loop turn: it
-        holds the input while its backlog is full. Calls pair up, and
-        several consumers may hold at once (two instances in flight): the
-        input is read again when the last lets go. The driver's own pause
-        (input parsed a slice per turn) wins: input it holds stays held.
-        """
-        self._input_holds = max(0, self._input_holds + (1 if hold else -1))
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if self._input_holds:
-            transport.pause_reading()
-        else:
-            self._read_again()
-
     def context_for(self, abstract_syntax: str) -> PresentationContext:
         """The first accepted context for an abstract syntax; raises if none."""
         for context in self._dimse.contexts.values():
@@ -612,7 +593,11 @@ class Association(Driver):
             return None
         # PS3.8 E.2: the whole message left in one PDU, nothing between;
         # tracked once sent (no response can come before this callback ends).
-        operation = self._track(context_id, command_field, message_id)
+        # self._track(...), inline (every templated request):
+        operation = Operation(self, context_id, message_id, command_field)
+        self._operations[message_id] = operation
+        if self._gather_pause is not None:
+            self._end_gather()  # its answer must not wait for a pause
         self._flush()  # what _sent_now does unbatched, with no hook to tell
         return operation
 
@@ -643,7 +628,10 @@ class Association(Driver):
         if context_id is None:
             # Contexts are settled once per association (negotiation).
             context_id = self._echo_context = self.context_for(VERIFICATION).context_id
-        self._check_open()
+        # self._check_open()'s test, inline (every echo): it raises why.
+        state = self._ul._fsm._state
+        if self._error is not None or (state is not _STA6 and state is not _STA8):
+            self._check_open()
         message_id = self._dimse.next_message_id()
         operation = self._request_now(context_id, _ECHO_RQ, message_id)
         if operation is None:
@@ -707,7 +695,17 @@ class Association(Driver):
         ):
             return False
         # Its bytes alone: the Command is made only for hooks that want it.
-        template = _response_template(rq, status)
+        # _response_template(rq, status) as the last one, inline (every answer).
+        last = _last_response
+        if (
+            last is not None
+            and last[0] == rq.command_field
+            and last[2] == status
+            and last[1] == rq.affected_sop_class_uid
+        ):
+            template = last[3]
+        else:
+            template = _response_template(rq, status)
         message_id, instance = rq.message_id, rq.affected_sop_instance_uid
         if not self._dimse.send_response(
             request.context_id,

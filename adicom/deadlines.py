@@ -1,15 +1,16 @@
 """The association's one loop timer, and the waits it bounds.
 
 Every deadline of an association shares one loop timer: the layers'
-(ARTIM, a message's), the idle bound, and each bounded wait (the connect,
-the answer to the A-ASSOCIATE-RQ, each response, the release, the close, a
-full transport, a full window). It is set for the earliest and moved only
-earlier: a deadline that passes unused (a wait that ended) or moves later
-(each message restarts the idle bound) leaves it as it is, and when it
-fires the driver does what is due and sets it again for the rest. An
-association that connects, echoes and releases then makes one loop timer,
-not one per wait (each is a TimerHandle made, pushed on the loop's heap
-and cancelled: about 17k instructions on CPython 3.11's asyncio).
+(ARTIM, a message's), the idle bound (checked here: _check_idle), and each
+bounded wait (the connect, the answer to the A-ASSOCIATE-RQ, each
+response, the release, the close, a full transport, a full window). It is
+set for the earliest and moved only earlier: a deadline that passes unused
+(a wait that ended) or moves later (each message restarts the idle bound)
+leaves it as it is, and when it fires the driver does what is due and sets
+it again for the rest. An association that connects, echoes and releases
+then makes one loop timer, not one per wait (each is a TimerHandle made,
+pushed on the loop's heap and cancelled: about 17k instructions on CPython
+3.11's asyncio).
 
 :class:`Deadlines` is a base of :class:`adicom.driver.Driver`, which fires
 the timer (``_on_timer``); this module does not import it.
@@ -18,15 +19,19 @@ the timer (``_on_timer``); this module does not import it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from adicom.errors import DicomTimeout, TimeoutKind
+from adicom.errors import DicomError, DicomTimeout, TimeoutKind
+from adicom.fsm import State
+from adicom.protocol import UpperLayer
 
 __all__ = ["Deadlines", "Watched", "loop_clock"]
 
+log = logging.getLogger("adicom")
 _T = TypeVar("_T")
 _ASYNCIO_TIME = asyncio.BaseEventLoop.time
 
@@ -88,8 +93,26 @@ class Deadlines:
     _timer: asyncio.TimerHandle | None
     _timer_at: float
 
+    #: Abort when nothing at all arrives for this long (None: never).
+    idle_timeout: float | None
+    #: When something last arrived (the driver's, on the clock).
+    _last_received: float
+    _ul: UpperLayer
+
     def _on_timer(self) -> None:
         """The timer fired: do what is due, set it again (the driver's)."""
+        raise NotImplementedError
+
+    def _set_error(self, error: DicomError) -> None:
+        """The association failed with ``error`` (the driver's)."""
+        raise NotImplementedError
+
+    def _close_soon(self) -> None:
+        """Write what is queued, then close (the driver's)."""
+        raise NotImplementedError
+
+    def _peer_name(self) -> str:
+        """The peer's AE title or address, for logs (the driver's)."""
         raise NotImplementedError
 
     def _arm(self, at: float) -> None:
@@ -107,6 +130,35 @@ class Deadlines:
             # so that a loop whose time() was replaced after the clock was
             # chosen (a test's fake clock) fires it on time all the same.
             self._timer = self._loop.call_later(at - self._clock(), self._on_timer)
+
+    def _arm_idle_timer(self) -> None:
+        """Have the timer fire when the idle bound runs out, if there is one."""
+        if self.idle_timeout is not None:
+            self._arm(self._last_received + self.idle_timeout)
+
+    def _check_idle(self, now: float) -> None:
+        """The timer fired: abort if nothing arrived for idle_timeout, else set it again."""
+        # Received data only moves _last_received: the hot path never
+        # touches the timer.
+        idle_timeout = self.idle_timeout
+        assert idle_timeout is not None
+        if now - self._last_received < idle_timeout:
+            self._arm_idle_timer()
+            return
+        log.warning(
+            "nothing received from %s for %g s; aborting",
+            self._peer_name(),
+            idle_timeout,
+        )
+        self._set_error(
+            DicomTimeout(TimeoutKind.IDLE, idle_timeout, "nothing received from the peer")
+        )
+        if self._ul.state is not State.STA2:
+            self._ul.abort(self._clock())
+        # In Sta2 no A-ASSOCIATE-RQ came: there is no association to abort
+        # (PS3.8 Table 9-10 has no A-ABORT request there), only the
+        # connection to close, as ARTIM's expiry would (AA-2).
+        self._close_soon()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

@@ -1,4 +1,4 @@
-"""The asyncio driver under an association: transport callbacks, timers, flow control.
+"""The asyncio driver under an association: transport callbacks, timers, writes.
 
 :class:`Driver` holds no protocol logic. It moves received bytes into
 :class:`~adicom.protocol.UpperLayer`, hands each upper layer event to
@@ -6,7 +6,10 @@
 futures and queues that tasks await; it writes what the layers queue, runs
 the timers they ask for (ARTIM, a message's deadline, idle), serves a peer
 whose input costs much work a slice per loop turn, and maps every failure
-once, here, to the exceptions of :mod:`adicom.errors`.
+once, here, to the exceptions of :mod:`adicom.errors`. Its bases hold the
+rest: the one loop timer (:mod:`adicom.deadlines`), the events told to
+hooks (:mod:`adicom.driverevents`), what holds the input and reading again
+(:mod:`adicom.inputflow`).
 :class:`~adicom.association.Association` adds the API on top.
 
 It is an ``asyncio.BufferedProtocol``: the loop reads into a buffer we own
@@ -52,6 +55,7 @@ from adicom.errors import (
     TlsError,
 )
 from adicom.fsm import State
+from adicom.inputflow import InputFlow
 from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.operation import MessageQueue, Operation
 from adicom.pdu import AAssociateAC, AAssociateRQ, PDataTF
@@ -79,7 +83,7 @@ _ANSWERS = (ul.AssociationAccepted, ul.AssociationRejected)
 PARSE_BUDGET = 256
 
 
-class Driver(Deadlines, Emission):
+class Driver(Deadlines, Emission, InputFlow):
     """One connection's asyncio side, under the sans-I/O layers of its association.
 
     Not used alone: :class:`~adicom.association.Association` is this driver
@@ -135,9 +139,6 @@ class Driver(Deadlines, Emission):
     # Containers that most associations never fill start as a shared empty
     # tuple and are made when first needed.
 
-    #: How many consumers of its input hold it (see Association.hold_input).
-    _input_holds = 0
-    _input_deferred = False
     #: Abort when nothing at all arrives for this long (None: never).
     idle_timeout: float | None
     #: The A-ASSOCIATE-RQ and -AC of this association, once exchanged.
@@ -181,17 +182,6 @@ class Driver(Deadlines, Emission):
     _plain_selector = False
     _protocol: TransportProtocol | None
     _ended = False  # released, rejected or aborted has been told
-    # An operation whose pending responses are read a few at a time (see
-    # Association.gather_pending), and for how long reading pauses after a
-    # read that brought only those. What the read being handled brought: 0
-    # nothing yet, 1 only such responses, -1 something else too. And when
-    # the last such read was, or the next is due after a pause; and the
-    # pause's timer while reading pauses (an input hold of its own).
-    _gathering: Operation | None = None
-    _gather_delay = 0.0
-    _gather_now: int
-    _gather_last = -math.inf
-    _gather_pause: asyncio.TimerHandle | None
 
     def __init__(
         self,
@@ -406,7 +396,26 @@ class Driver(Deadlines, Emission):
             return
         upper = self._ul
         upper.receive_into(nbytes, now)
-        self._after_io(now)
+        events = upper._events
+        if (
+            len(events) == 1
+            and type(events[0]) is PDataTF
+            and self._emitter is None
+            and not upper.trace
+        ):
+            # self._after_io(now) of the usual read, one P-DATA-TF and
+            # nothing traced, inline (every read).
+            pdu: Any = events.popleft()  # a PDataTF, as tested
+            for dimse_event in self._dimse.receive_pdata(pdu, now):
+                self._dispatch(dimse_event)
+            if events:  # queued meanwhile (a DIMSE abort's events)
+                self._process_events(now)
+            if upper._out or upper._close_requested or upper._abort_sent or self._batched:
+                self._flush()
+            if upper._artim_deadline is not None or self._dimse._deadline is not None:
+                self._arm_timer()
+        else:
+            self._after_io(now)
         # turns.charge(self._clock() - now), inline (every read):
         turns.spent += self._clock() - now
         if not turns._scheduled and turns.spent * 4.0 >= turns.budget > 0.0:
@@ -417,96 +426,6 @@ class Driver(Deadlines, Emission):
             if self._gather_now > 0:
                 self._gather(now)
             self._gather_now = 0
-
-    def _gather(self, now: float) -> None:
-        """The read brought only pending responses nobody waits for: read again a little later.
-
-        Reading pauses for ``_gather_delay`` (see Association.gather_pending),
-        so that the next read takes the responses that came meanwhile at
-        once, in one loop turn, not one turn (or two: a DCMTK peer writes a
-        PDU's headers apart from its data) per response. The pause is an
-        input hold of its own, beside a slow storage's
-        (Association.hold_input) and the driver's slices: reading resumes
-        when none of them holds it; TCP keeps what arrives meanwhile.
-
-        Only while they come often, the last read of them less than a pause
-        ago (or when the pause after it ended): one every few seconds (large
-        instances, a slow destination) would gather nothing, and pay a timer
-        and two changes of the loop's watch for each. So the first pending
-        response of a retrieve is read as it comes, and a retrieve of one
-        instance (a pending response, then the final one) waits for nothing.
-
-        And only while that operation is the association's only one: the
-        response to any other (a C-ECHO beside the move, a second retrieve)
-        must not wait for the pause; one started during a pause ends it
-        (:meth:`_end_gather`).
-        """
-        last, self._gather_last = self._gather_last, now
-        if now - last >= self._gather_delay or len(self._operations) > 1 or self._reserved:
-            return
-        transport = self._transport
-        if transport is None or transport.is_closing() or self._gather_pause is not None:
-            return
-        transport.pause_reading()
-        self._gather_pause = self._loop.call_later(self._gather_delay, self._gathered)
-        self._gather_last = now + self._gather_delay  # when the next read comes, at the soonest
-
-    def _gathered(self) -> None:
-        """The pause of :meth:`_gather` is over: read again, unless input is held otherwise."""
-        self._gather_pause = None
-        self._read_again()
-
-    def _read_again(self) -> None:
-        """Resume reading unless input is still held.
-
-        Three things hold it, each on its own: a consumer's holds
-        (Association.hold_input), the driver's slices (:meth:`_defer_input`)
-        and a gathering pause (:meth:`_gather`); the last to let go reads again.
-        """
-        transport = self._transport
-        if (
-            transport is not None
-            and not self._input_holds
-            and not self._input_deferred
-            and self._gather_pause is None
-            and not transport.is_closing()
-        ):
-            transport.resume_reading()
-
-    def _end_gather(self) -> None:
-        """End a pause of :meth:`_gather` now (a request of ours is going out)."""
-        pause = self._gather_pause
-        if pause is not None:
-            pause.cancel()
-            self._gathered()
-
-    def _defer_input(self) -> None:
-        """Go on in a later turn, reading nothing meanwhile.
-
-        Either this association's parse budget ran out (a peer whose PDUs
-        cost much work, a flood of tiny PDVs, is served a slice at a time),
-        or the loop's did (adicom.turns: many peers at once). TCP pushes
-        back on the peer while it waits.
-        """
-        if self._input_deferred or self._transport is None:
-            return
-        self._input_deferred = True
-        self._transport.pause_reading()
-        self._turns.defer(self, self._share)
-
-    def _parse_deferred(self) -> None:
-        self._input_deferred = False
-        if self._closed:
-            return
-        now = self._clock()
-        self._ul.parse_pending(now)
-        self._after_io()
-        self._gather_now = 0  # reading resumes here, not after a pause (see _gather)
-        self._turns.charge(self._clock() - now)
-        if self._ul.input_pending:
-            self._defer_input()
-        else:
-            self._read_again()
 
     def _connection_lost(self, exc: Exception | None = None) -> None:
         if self._gather_pause is not None:
@@ -553,10 +472,6 @@ class Driver(Deadlines, Emission):
 
     # -- timers (the one loop timer itself: adicom.deadlines) ------------------
 
-    def _arm_idle_timer(self) -> None:
-        if self.idle_timeout is not None:
-            self._arm(self._last_received + self.idle_timeout)
-
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = math.inf
@@ -574,29 +489,6 @@ class Driver(Deadlines, Emission):
                 self._expire_waits(now)
             if self.idle_timeout is not None and not self._closed:
                 self._check_idle(now)
-
-    def _check_idle(self, now: float) -> None:
-        # Received data only moves _last_received: the hot path never
-        # touches the timer.
-        idle_timeout = self.idle_timeout
-        assert idle_timeout is not None
-        if now - self._last_received < idle_timeout:
-            self._arm_idle_timer()
-            return
-        log.warning(
-            "nothing received from %s for %g s; aborting",
-            self._peer_name(),
-            idle_timeout,
-        )
-        self._set_error(
-            DicomTimeout(TimeoutKind.IDLE, idle_timeout, "nothing received from the peer")
-        )
-        if self._ul.state is not State.STA2:
-            self._ul.abort(self._clock())
-        # In Sta2 no A-ASSOCIATE-RQ came: there is no association to abort
-        # (PS3.8 Table 9-10 has no A-ABORT request there), only the
-        # connection to close, as ARTIM's expiry would (AA-2).
-        self._close_soon()
 
     def _after_io(self, now: float | None = None) -> None:
         """Hand on the layers' events, write their output, arm their timers.

@@ -316,8 +316,10 @@ class UpperLayer:
         """``nbytes`` were received into ``reader.get_buffer()``; whole PDUs become events."""
         if self._reader_failed or self._fsm._state is _STA1:
             return
-        if self.lend_reads and self.trace is None:
-            reader = self._reader
+        reader = self._reader
+        if nbytes < 0:
+            pass  # from _parse: nothing new arrived; what waits is parsed
+        elif self.lend_reads and self.trace is None:
             if reader._body_view is None and reader._lent is None and not reader._carried:
                 # reader.buffer_lent(nbytes) of the usual read, inline: a
                 # read from where the last one's PDUs ended, parsed where it
@@ -329,8 +331,40 @@ class UpperLayer:
             else:
                 reader.buffer_lent(nbytes)
         else:
-            self._reader.buffer_updated(nbytes)
-        self._parse(now)
+            reader.buffer_updated(nbytes)
+        # The parse, here rather than in a call of its own (every read).
+        budget = self.parse_budget
+        spent = 0
+        self._input_pending = False
+        while not self._reader_failed and self._fsm._state is not _STA1:
+            if budget and spent >= budget:
+                reader.keep()  # what is left of a lent read waits in our own buffer
+                self._input_pending = reader.buffered > 0
+                return
+            try:
+                pdu = reader.next_pdu()
+            except RemoteProtocolError as exc:
+                self._reader_failed = True
+                self._invalid_pdu(exc, now)
+                return
+            if pdu is None:
+                return
+            # The work a PDU costs grows with its PDVs (and each is a message
+            # fragment handed on); other PDUs cost about one.
+            if self.trace is not None:
+                self.trace.append((pdu, False))
+            if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
+                # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 +
+                # Evt10 AR-6, both staying put (see _INDICATES_PDATA).
+                spent += len(pdu.pdvs)
+                self._events.append(pdu)  # PDataReceived(pdu): see _events
+            else:
+                spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
+                self._receive_pdu(pdu, now)
+            if not reader._buf and reader._body is None and reader._lent is None:  # reader.empty
+                # The usual case, a PDU per read: no second look at the reader.
+                return
+        reader.keep()  # closed or failed: nothing is to stay in the shared staging buffer
 
     def receive_later(self, nbytes: int) -> bool:
         """Like :meth:`receive_into`, but parse nothing now.
@@ -364,39 +398,8 @@ class UpperLayer:
         self._parse(now)
 
     def _parse(self, now: float) -> None:
-        reader = self._reader
-        budget = self.parse_budget
-        spent = 0
-        self._input_pending = False
-        while not self._reader_failed and self._fsm._state is not _STA1:
-            if budget and spent >= budget:
-                reader.keep()  # what is left of a lent read waits in our own buffer
-                self._input_pending = reader.buffered > 0
-                return
-            try:
-                pdu = reader.next_pdu()
-            except RemoteProtocolError as exc:
-                self._reader_failed = True
-                self._invalid_pdu(exc, now)
-                return
-            if pdu is None:
-                return
-            # The work a PDU costs grows with its PDVs (and each is a message
-            # fragment handed on); other PDUs cost about one.
-            if self.trace is not None:
-                self.trace.append((pdu, False))
-            if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
-                # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 +
-                # Evt10 AR-6, both staying put (see _INDICATES_PDATA).
-                spent += len(pdu.pdvs)
-                self._events.append(pdu)  # PDataReceived(pdu): see _events
-            else:
-                spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
-                self._receive_pdu(pdu, now)
-            if not reader._buf and reader._body is None and reader._lent is None:  # reader.empty
-                # The usual case, a PDU per read: no second look at the reader.
-                return
-        reader.keep()  # closed or failed: nothing is to stay in the shared staging buffer
+        """Make events of the whole PDUs the reader holds, within :attr:`parse_budget`."""
+        self.receive_into(-1, now)  # -1: nothing new received
 
     def connection_lost(self, now: float) -> None:
         """The transport closed (Evt17)."""

@@ -18,12 +18,17 @@ instructions each executed in the timed span (``callgrind_control``, its
 counters zeroed after the warm-up): about 50 times slower, but the same
 count whatever the load (user-space instructions only; system calls are
 not in it). See README.md, "Per-message cost".
+
+``--profile DIR`` keeps a cProfile of each side's timed spans, and
+``--opcodes DIR`` the bytecodes each Python function ran in them (where
+adicom's own Python spends, beside the event loop's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +41,73 @@ from benchmarks.data import SMALL, ensure, instance_paths
 from benchmarks.processes import callgrind_instructions, cpu_seconds, end_child, run_on_loop
 
 MATCH_STUDY_UID = "1.2.826.0.1.3680043.8.498.17"
+
+
+class _Profile:
+    """A profile of each timed span of this side (--profile, --opcodes): off unless asked.
+
+    ``PERMESSAGE_PROFILE`` is ``cprofile:DIR`` (cProfile: ``python -m
+    pstats``) or ``opcodes:DIR`` (the bytecodes each Python function ran,
+    counted with ``sys.settrace``: a JSON list of [function, bytecodes,
+    calls], totals over the span). Files: DIR/SIDE.prof.N, N counting the
+    spans in the workloads' order.
+    """
+
+    def __init__(self, side: str) -> None:
+        self.kind, _, self.folder = os.environ.get("PERMESSAGE_PROFILE", "").partition(":")
+        self.side = side
+        self.spans = 0
+        self.profiler: Any = None
+
+    def start(self) -> None:
+        if self.kind == "opcodes":
+            self.profiler = _Opcodes()
+            sys.settrace(self.profiler.trace)
+        elif self.kind == "cprofile":
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
+
+    def stop(self) -> None:
+        if self.profiler is None:
+            return
+        self.spans += 1
+        path = f"{self.folder}/{self.side}.prof.{self.spans}"
+        if isinstance(self.profiler, _Opcodes):
+            sys.settrace(None)
+            self.profiler.dump(path)
+        else:
+            self.profiler.disable()
+            self.profiler.dump_stats(path)
+        self.profiler = None
+
+
+class _Opcodes:
+    """Bytecodes run and calls made per Python function (a sys.settrace hook)."""
+
+    def __init__(self) -> None:
+        self.ops: dict[tuple[str, int, str], int] = {}
+        self.calls: dict[tuple[str, int, str], int] = {}
+
+    def trace(self, frame: Any, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        key = (code.co_filename, code.co_firstlineno, code.co_name)
+        if event == "call":  # a coroutine's resumption too
+            self.calls[key] = self.calls.get(key, 0) + 1
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        elif event == "opcode":
+            self.ops[key] = self.ops.get(key, 0) + 1
+        return self.trace
+
+    def dump(self, path: str) -> None:
+        keys = sorted(self.ops.keys() | self.calls.keys(), key=lambda k: -self.ops.get(k, 0))
+        rows = [
+            [f"{key[0]}:{key[1]}:{key[2]}", self.ops.get(key, 0), self.calls.get(key, 0)]
+            for key in keys
+        ]
+        Path(path).write_text(json.dumps(rows, indent=0))
 
 
 async def _lines() -> asyncio.StreamReader:
@@ -65,13 +137,21 @@ async def _serve(store_dir: str) -> None:
         idle_timeout=None,
         turn_budget=_turn_budget(),
     )
+    profile = _Profile("scp")
+    timed = False
     async with server:
         print(f"PORT {server.port}", flush=True)
         lines = await _lines()
         while line := await lines.readline():
             if line.strip() == b"cpu":
+                # Every other one ends a timed span: the profile covers the spans.
+                if timed:
+                    profile.stop()
                 total, system = cpu_seconds()
                 print(f"CPU {total:.6f} {system:.6f}", flush=True)
+                timed = not timed
+                if timed:
+                    profile.start()
 
 
 async def _scu(port: int, files: list[str]) -> None:
@@ -90,9 +170,14 @@ async def _scu(port: int, files: list[str]) -> None:
     loop_turns().budget = _turn_budget()
     lines = await _lines()
     print("READY", flush=True)
+    profile = _Profile("scu")
+    warm = set()
     while line := await lines.readline():
         work, count = line.decode().split()
         n = int(count)
+        if work in warm:  # the warm-up is not profiled
+            profile.start()
+        warm.add(work)
         start = cpu_seconds()
         if work == "echo":
             async with adicom.connect("127.0.0.1", port, **options) as assoc:
@@ -122,6 +207,7 @@ async def _scu(port: int, files: list[str]) -> None:
                 end = cpu_seconds()
         else:
             raise ValueError(f"unknown workload {work!r}")
+        profile.stop()
         print(f"DONE {end[0] - start[0]:.6f} {end[1] - start[1]:.6f}", flush=True)
 
 
@@ -142,9 +228,20 @@ def _turn_budget() -> float:
 class _Side:
     """One side's process, talked to line by line."""
 
-    def __init__(self, args: list[str], callgrind: bool, keep: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        callgrind: bool,
+        keep: Path | None = None,
+        profile: str | None = None,
+    ) -> None:
         command = [sys.executable, "-m", "benchmarks.permessage", *args]
         env = dict(os.environ)
+        if profile is not None:
+            env["PERMESSAGE_PROFILE"] = profile
+            # As under valgrind (see _turn_budget): the profiler slows the
+            # code down, and the turn machinery would run every turn.
+            env["PERMESSAGE_TURN_BUDGET"] = "0"
         if callgrind:
             env["PERMESSAGE_TURN_BUDGET"] = "0"
             out = "/dev/null" if keep is None else str(keep / f"{args[0]}.callgrind")
@@ -194,16 +291,20 @@ class _Side:
 
 
 def _run(
-    workloads: list[tuple[str, int]], callgrind: bool, data_dir: Path, keep: Path | None = None
+    workloads: list[tuple[str, int]],
+    callgrind: bool,
+    data_dir: Path,
+    keep: Path | None = None,
+    profile: str | None = None,
 ) -> None:
     need = max((n + n // 10 for work, n in workloads if work == "store"), default=0)
     files = [str(p) for p in instance_paths(ensure(data_dir, SMALL, need), need)] if need else []
     store_dir = tempfile.mkdtemp(prefix="permessage-")
-    scp = _Side(["scp", store_dir], callgrind, keep)
+    scp = _Side(["scp", store_dir], callgrind, keep, profile)
     scu: _Side | None = None
     try:
         port = scp.expect("PORT")[0]
-        scu = _Side(["scu", port, *files], callgrind, keep)
+        scu = _Side(["scu", port, *files], callgrind, keep, profile)
         scu.expect("READY")
         print(f"{'work':6} {'n':>6}  {'SCU us/op (sys)':>17}  {'SCP us/op (sys)':>17}", end="")
         print("  SCU kIr/op  SCP kIr/op" if callgrind else "")
@@ -255,6 +356,20 @@ def main(argv: list[str] | None = None) -> int:
         help="with --callgrind: keep each side's profile of each timed span in DIR "
         "(scu.callgrind.N / scp.callgrind.N, N in the workloads' order; callgrind_annotate)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="keep a cProfile of each side's timed spans in DIR (scu.prof.N / scp.prof.N, "
+        "N in the workloads' order; python -m pstats); the CPU times then include cProfile's",
+    )
+    parser.add_argument(
+        "--opcodes",
+        type=Path,
+        metavar="DIR",
+        help="as --profile, but count the bytecodes each Python function runs (sys.settrace; "
+        "JSON [function, bytecodes, calls] per span, totals: divide by N); slow",
+    )
     args = parser.parse_args(argv)
     workloads = []
     for spec in args.workloads:
@@ -269,7 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.callgrind:
             parser.error("--keep needs --callgrind")
         args.keep.mkdir(parents=True, exist_ok=True)
-    _run(workloads, args.callgrind, args.data_dir, args.keep)
+    profile = None
+    for kind, folder in (("cprofile", args.profile), ("opcodes", args.opcodes)):
+        if folder is not None:
+            if profile is not None or args.callgrind:
+                parser.error("one of --callgrind, --profile and --opcodes at a time")
+            folder.mkdir(parents=True, exist_ok=True)
+            profile = f"{kind}:{folder.resolve()}"
+    _run(workloads, args.callgrind, args.data_dir, args.keep, profile)
     return 0
 
 

@@ -65,6 +65,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.transport",
                 "adicom.deadlines",
                 "adicom.driverevents",
+                "adicom.inputflow",
                 "adicom.driver",
                 "adicom.association",
                 "adicom.client",

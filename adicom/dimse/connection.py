@@ -401,7 +401,10 @@ class DimseConnection:
         limit = self.peer_max_pdu
         if (limit and size > limit) or size > MAX_SEND_PDU:
             return False
-        self._check_context(context_id)
+        # self._check_context(context_id), inline (every templated request):
+        context = self.contexts.get(context_id)
+        if self._sending is not None or context is None or context.result != 0:
+            self._check_context(context_id)  # raises
         outstanding = self._outstanding
         if message_id in outstanding or len(outstanding) >= self.max_outstanding:
             self._check_send(context_id, Command(command_field, message_id=message_id))  # raises
