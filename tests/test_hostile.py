@@ -112,6 +112,22 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     return True
 
 
+async def release_and_close(
+    server: adicom.Server,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *others: asyncio.StreamWriter,
+) -> None:
+    """Release the association on ``writer``, close it and ``others``; wait for the counts."""
+    writer.write(AReleaseRQ().encode())
+    assert isinstance(await next_pdu(reader), AReleaseRP)
+    for held in (writer, *others):
+        held.close()
+    async with asyncio.timeout(BOUND):
+        while server.admission.pending or server.admission.associated:
+            await asyncio.sleep(0.01)
+
+
 def pdata(context_id: int, control: int, data: bytes) -> bytes:
     return b"".join(encode_pdata([(context_id, control, data)]))
 
@@ -219,13 +235,7 @@ async def test_a_peer_that_aborts_and_reconnects_at_once_is_not_refused() -> Non
             sock.setblocking(False)
             reader, again = await asyncio.open_connection(sock=sock)
             assert isinstance(await next_pdu(reader), AAssociateAC)
-            again.write(AReleaseRQ().encode())
-            assert isinstance(await next_pdu(reader), AReleaseRP)
-            writer.close()
-            again.close()
-            async with asyncio.timeout(BOUND):
-                while server.admission.pending or server.admission.associated:
-                    await asyncio.sleep(0.01)
+            await release_and_close(server, reader, again, writer)
 
 
 async def test_a_peer_that_aborts_during_the_identity_hook_and_reconnects_leaves_counts_right() -> (
@@ -264,13 +274,7 @@ async def test_a_peer_that_aborts_during_the_identity_hook_and_reconnects_leaves
         again.write(REQUEST.encode())
         assert isinstance(await next_pdu(reader), AAssociateAC)
         go.set()
-        again.write(AReleaseRQ().encode())
-        assert isinstance(await next_pdu(reader), AReleaseRP)
-        writer.close()
-        again.close()
-        async with asyncio.timeout(BOUND):
-            while server.admission.pending or server.admission.associated:
-                await asyncio.sleep(0.01)
+        await release_and_close(server, reader, again, writer)
         await probe(server)
 
 
