@@ -278,3 +278,24 @@ def test_every_walk_reads_a_un_of_undefined_length_as_implicit_vr(
     # Cut inside its items, it is a data set cut short, not bytes that are no data set.
     with pytest.raises(DataSetTruncated):
         elements.check_whole(data[: len(data) - 20], implicit=False, little=little)
+
+
+def test_a_peer_nesting_sequences_deep_around_a_un_costs_no_recursion() -> None:
+    """Nesting is counted, not recursed: 20,000 explicit VR sequences deep, a UN at the bottom.
+
+    The UN's own items are walked one level deeper (implicit VR has no UN,
+    so no further); the same data set cut short is refused, not read on.
+    """
+    depth = 20_000
+    opening = struct.pack("<HH2s2xL", 0x0008, 0x1110, b"SQ", 0xFFFFFFFF) + struct.pack(
+        "<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF
+    )
+    closing = struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    data = opening * depth + _un_sequence(True) + closing * depth
+    data += Encoder(False, True).element(0x00100020, "LO", b"1234")
+    elements.check_whole(data, implicit=False, little=True)
+    assert walk_top_level(data, 0, implicit=False, little=True) == (len(data), 0x00100020, True)
+    found = scan_elements(data, frozenset({0x00100020}), implicit=False, complete=True)
+    assert found == {0x00100020: b"1234"}
+    with pytest.raises(DataSetTruncated):
+        elements.check_whole(data[: len(data) // 2], implicit=False, little=True)
