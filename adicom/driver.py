@@ -396,26 +396,7 @@ class Driver(Deadlines, Emission, InputFlow):
             return
         upper = self._ul
         upper.receive_into(nbytes, now)
-        events = upper._events
-        if (
-            len(events) == 1
-            and type(events[0]) is PDataTF
-            and self._emitter is None
-            and not upper.trace
-        ):
-            # self._after_io(now) of the usual read, one P-DATA-TF and
-            # nothing traced, inline (every read).
-            pdu: Any = events.popleft()  # a PDataTF, as tested
-            for dimse_event in self._dimse.receive_pdata(pdu, now):
-                self._dispatch(dimse_event)
-            if events:  # queued meanwhile (a DIMSE abort's events)
-                self._process_events(now)
-            if upper._out or upper._close_requested or upper._abort_sent or self._batched:
-                self._flush()
-            if upper._artim_deadline is not None or self._dimse._deadline is not None:
-                self._arm_timer()
-        else:
-            self._after_io(now)
+        self._after_io(now)
         # turns.charge(self._clock() - now), inline (every read):
         turns.spent += self._clock() - now
         if not turns._scheduled and turns.spent * 4.0 >= turns.budget > 0.0:
