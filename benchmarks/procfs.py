@@ -18,6 +18,26 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def host_cpu_seconds(stat: Path = Path("/proc/stat")) -> dict[str, float] | None:
+    """The machine's idle and stolen CPU seconds so far, all cores summed (Linux /proc/stat).
+
+    Differences over a run tell whether its cores were all busy (idle
+    near 0) and whether the hypervisor took time from them (steal): a
+    rate that moves with steal measures the host, not the code. None
+    where ``stat`` cannot be read or is not in that format.
+    """
+    try:
+        line = stat.read_text().partition("\n")[0]
+    except OSError:
+        return None
+    fields = line.split()
+    if fields[:1] != ["cpu"] or len(fields) < 9:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal (proc(5))
+    return {"idle_s": int(fields[4]) / ticks, "steal_s": int(fields[8]) / ticks}
+
+
 def _status_fields(pid: int) -> dict[str, int]:
     """The numeric kB/count fields of /proc/PID/status we use (missing ones left out)."""
     out: dict[str, int] = {}

@@ -66,7 +66,7 @@ from adicom.cli.common import loop_factory
 from benchmarks import data
 from benchmarks.config import DEFAULT_DATA, HOST, REPO_ROOT, SCP_AET, SCU_AET
 from benchmarks.processes import child_env, free_port
-from benchmarks.procfs import listens_on, session_snapshot
+from benchmarks.procfs import host_cpu_seconds, listens_on, session_snapshot
 from benchmarks.rawdicom import (
     CT_IMAGE_STORAGE,
     VERIFICATION,
@@ -410,15 +410,17 @@ def workers_rep(
             before = scp.snapshot()
             # uvloop when installed: a lighter load still.
             with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
-                took, failed, client_cpu = runner.run(raw_lanes(scp.port, instances, lanes, per))
                 client_loop = type(runner.get_loop()).__module__.partition(".")[0]
+                host_before = host_cpu_seconds()
+                took, failed, client_cpu = runner.run(raw_lanes(scp.port, instances, lanes, per))
+                host_after = host_cpu_seconds()
             after = scp.snapshot()
         finally:
             stop_scp(scp)
         result = _workers_result(
             workdir, scp, mode, len(files), failed, took, before, after, client_cpu
         )
-        return {**result, "client_loop": client_loop}
+        return {**result, **_host_delta(host_before, host_after), "client_loop": client_loop}
     env = child_env({"TCP_NODELAY": "1"})
 
     def argv(batch: list[Path]) -> list[str]:
@@ -434,6 +436,7 @@ def workers_rep(
         running: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
         before = scp.snapshot()
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        host_before = host_cpu_seconds()
         started = time.perf_counter()
 
         def launch(lane: int) -> None:
@@ -456,6 +459,7 @@ def workers_rep(
             if queues[lane]:
                 launch(lane)
         took = time.perf_counter() - started
+        host_after = host_cpu_seconds()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = scp.snapshot()
     finally:
@@ -463,7 +467,10 @@ def workers_rep(
     client_cpu = (children.ru_utime + children.ru_stime) - (
         children_before.ru_utime + children_before.ru_stime
     )
-    return _workers_result(workdir, scp, mode, len(files), failed, took, before, after, client_cpu)
+    result = _workers_result(
+        workdir, scp, mode, len(files), failed, took, before, after, client_cpu
+    )
+    return {**result, **_host_delta(host_before, host_after)}
 
 
 def _workers_result(
@@ -493,6 +500,22 @@ def _workers_result(
         "scp_rss_kib": after["rss_kib"],
         "scp_processes": after["processes"],
         "loadavg": os.getloadavg(),
+    }
+
+
+def _host_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any]:
+    """``host_idle_ms`` and ``host_steal_ms`` over a run (None when unknown).
+
+    The run's idle CPU (all cores) and the hypervisor's steal: idle left
+    while N workers should keep N cores busy means they waited (an uneven
+    spread, a lock), not that they ran out of CPU; steal is time the host
+    took from this machine.
+    """
+    if before is None or after is None:
+        return {"host_idle_ms": None, "host_steal_ms": None}
+    return {
+        f"host_{key.removesuffix('_s')}_ms": round((after[key] - before[key]) * 1000)
+        for key in ("idle_s", "steal_s")
     }
 
 

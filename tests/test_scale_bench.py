@@ -66,6 +66,11 @@ def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path, options: list
         assert (rep["stored"], rep["client_failed"]) == (24, 0), mode
         if "raw" in options:
             assert rep["client_loop"] in ("uvloop", "asyncio")
+        # The host's idle and stolen CPU over the run, read from /proc/stat:
+        # never negative, and the idle at most the cores' whole time.
+        cores = os.cpu_count() or 1
+        assert 0 <= rep["host_idle_ms"] <= (rep["seconds"] * 1000 + 50) * cores, mode
+        assert rep["host_steal_ms"] >= 0, mode
     # adicom serve --workers 1 is one process; disk_workers supervises even one.
     assert reps["1"]["scp_processes"] == (2 if disk else 1)
     # 12 associations and the warm-up, all counted.
@@ -83,6 +88,21 @@ def test_workers_run_one_and_two_processes(tmp_path: pathlib.Path, options: list
         # A few instances may cost the server less than the CPU clock's tick.
         bound = summary[f"bound {mode}"]
         assert (bound is None) if reps["1"]["server_cpu_us_per_inst"] == 0 else 1 <= bound <= 2
+
+
+def test_host_cpu_seconds_reads_idle_and_steal(tmp_path: pathlib.Path) -> None:
+    from benchmarks.procfs import host_cpu_seconds
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(f"cpu  10 0 5 {7 * ticks} 3 0 1 {2 * ticks} 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    assert host_cpu_seconds(stat) == {"idle_s": 7.0, "steal_s": 2.0}
+    stat.write_text("intr 1 2 3\n")
+    assert host_cpu_seconds(stat) is None
+    assert host_cpu_seconds(tmp_path / "missing") is None
+    live = host_cpu_seconds()
+    assert live is not None and live["idle_s"] >= 0 and live["steal_s"] >= 0
 
 
 def test_the_workers_bound_is_the_cores_against_one_worker() -> None:
