@@ -1030,6 +1030,57 @@ def test_association_pdus_are_decoded_once_per_distinct_bytes() -> None:
 
 
 @pytest.mark.parametrize(
+    "user",
+    [
+        pdu.UserInformation(16384, "1.2.3.4", user_identity_rq=pdu.UserIdentityRQ(2, b"u", b"pw")),
+        pdu.UserInformation(16384, "1.2.3.4", user_identity_ac=pdu.UserIdentityAC(b"ticket")),
+    ],
+)
+def test_association_pdus_with_credentials_are_never_cached(user: pdu.UserInformation) -> None:
+    from adicom.pdu import reader
+
+    reader._ASSOCIATE_CACHE.clear()
+    for cls in (pdu.AAssociateRQ, pdu.AAssociateAC):
+        raw = cls(called_ae="SCP", calling_ae="SCU", user_information=user).encode()
+        decoded = []
+        for _ in range(2):
+            r = pdu.PDUReader()
+            r.feed(raw)
+            decoded.append(r.next_pdu())
+        assert decoded[0] == decoded[1] and decoded[1] is not decoded[0]
+        assert decoded[0].user_information == user  # type: ignore[union-attr]
+    assert not reader._ASSOCIATE_CACHE  # the passcode's bytes are not kept either
+
+
+def test_a_cached_association_pdu_cannot_be_changed_for_the_next_association() -> None:
+    rq = pdu.AAssociateRQ(
+        called_ae="SCP",
+        calling_ae="SCU",
+        presentation_contexts=(
+            pdu.PresentationContextRQ(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),
+        ),
+        user_information=pdu.UserInformation(16384, "1.2.3.4"),
+    )
+    r = pdu.PDUReader()
+    r.feed(rq.encode())
+    first = r.next_pdu()
+    assert isinstance(first, pdu.AAssociateRQ)
+    # Everything in it is frozen: an association cannot change it for the next.
+    for obj, name in (
+        (first, "calling_ae"),
+        (first.user_information, "maximum_length"),
+        (first.presentation_contexts[0], "transfer_syntaxes"),
+    ):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, None)
+    assert isinstance(first.presentation_contexts, tuple)
+    assert isinstance(first.presentation_contexts[0].transfer_syntaxes, tuple)
+    r = pdu.PDUReader()
+    r.feed(rq.encode())
+    assert r.next_pdu() == rq
+
+
+@pytest.mark.parametrize(
     ("body", "error"),
     [
         (b"", "carries no PDV item"),

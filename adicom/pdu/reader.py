@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adicom.errors import PDUTooLarge, RemoteProtocolError
-from adicom.pdu.pdus import DECODERS, PDU, PDV, PDataTF
+from adicom.pdu.pdus import DECODERS, PDU, PDV, AAssociateAC, AAssociateRQ, PDataTF
 from adicom.pdu.wire import PDU_HEADER, PDV_HEADER, frozen_builder
 
 #: Largest body accepted for a PDU other than P-DATA-TF. An A-ASSOCIATE-RQ
@@ -19,6 +19,9 @@ MAX_PDVS_PER_PDU = 256
 
 #: A-ASSOCIATE-RQ and -AC PDUs decoded already, by their bytes: at most
 #: _ASSOCIATE_CACHE_SIZE of at most _ASSOCIATE_CACHE_BYTES each (about 1 MiB).
+#: Never one with a user identity sub-item (credentials). The PDUs and all
+#: they hold are frozen (tuples, str, bytes), so an association that got one
+#: cannot change what the next one gets.
 _ASSOCIATE_CACHE: dict[tuple[int, bytes], PDU] = {}
 _ASSOCIATE_CACHE_SIZE = 256
 _ASSOCIATE_CACHE_BYTES = 4096
@@ -507,7 +510,14 @@ class PDUReader:
             key = (pdu_type, bytes(body))
             pdu = _ASSOCIATE_CACHE.get(key)
             if pdu is None:
-                pdu = DECODERS[pdu_type](body)
+                associate = (AAssociateRQ if pdu_type == 0x01 else AAssociateAC).decode(body)
+                user = associate.user_information
+                if user.user_identity_rq is not None or user.user_identity_ac is not None:
+                    # Credentials (PS3.7 D.3.3.7: a passcode, a Kerberos
+                    # ticket, a server's response) are never kept beyond
+                    # the association that received them.
+                    return associate
+                pdu = associate
                 if len(_ASSOCIATE_CACHE) >= _ASSOCIATE_CACHE_SIZE:
                     _ASSOCIATE_CACHE.clear()  # a peer sending ever new requests
                 _ASSOCIATE_CACHE[key] = pdu
