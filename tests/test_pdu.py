@@ -1102,3 +1102,21 @@ def test_one_pdv_decodes_the_short_way_as_the_loop_does() -> None:
     two = pdu.PDataTF.decode(memoryview(b"\x00\x00\x00\x05\x07\x02abc\x00\x00\x00\x03\x07\x01d"))
     assert one == pdu.PDataTF((pdu.PDV(7, False, True, b"abc"),))
     assert two.pdvs[0] == one.pdvs[0] and two.pdvs[1] == pdu.PDV(7, True, False, b"d")
+
+
+def test_a_lent_pdata_of_one_pdv_comes_bare_from_next_bare_and_whole_from_next_pdu() -> None:
+    raw = pdu.PDataTF((pdu.PDV(3, True, True, b"command"),)).encode()
+    taken: list[object] = []
+    for take in (pdu.PDUReader.next_bare, pdu.PDUReader.next_pdu):
+        r = pdu.PDUReader()
+        r.get_buffer()[: len(raw)] = raw
+        r.buffer_lent(len(raw))
+        taken.append(take(r))
+        assert r.empty
+    bare, whole = taken
+    # (context ID, message control header, data): the PDU's one PDV, bare.
+    assert isinstance(bare, tuple) and bare[:2] == (3, 3) and bytes(bare[2]) == b"command"
+    assert whole == pdu.PDataTF((pdu.PDV(3, True, True, b"command"),))
+    from adicom.pdu.pdus import bare_pdata
+
+    assert bare_pdata(bare) == whole
