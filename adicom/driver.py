@@ -483,10 +483,11 @@ class Driver(Deadlines, Emission, InputFlow):
         if upper.trace or self._emitter is not None:
             if events or upper.trace:
                 self._process_events(now)
-        elif len(events) == 1 and type(events[0]) is PDataTF:
-            # _process_events of the usual read, one P-DATA-TF and nothing
-            # traced, inline (every read).
-            pdu: Any = events.popleft()  # a PDataTF, as tested
+        elif len(events) == 1 and (type(events[0]) is tuple or type(events[0]) is PDataTF):
+            # _process_events of the usual read, one P-DATA-TF (its one PDV
+            # bare, mostly: see UpperLayer._events) and nothing traced,
+            # inline (every read).
+            pdu: Any = events.popleft()  # a BarePDV or PDataTF, as tested
             for dimse_event in self._dimse.receive_pdata(
                 pdu, self._clock() if now is None else now
             ):
@@ -579,8 +580,9 @@ class Driver(Deadlines, Emission, InputFlow):
             now = self._clock()  # one callback: one moment
         while events:
             event = take()
-            # A P-DATA indication is queued as its PDU (see UpperLayer._events).
-            if type(event) is PDataTF:
+            # A P-DATA indication is queued as its PDU, or its one PDV bare
+            # (see UpperLayer._events).
+            if type(event) is tuple or type(event) is PDataTF:
                 for dimse_event in dimse.receive_pdata(event, now):
                     dispatch(dimse_event)
             else:

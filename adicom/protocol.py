@@ -40,6 +40,7 @@ from adicom.pdu import (
     PDUReader,
     encode_pdata,
 )
+from adicom.pdu.pdus import BarePDV, bare_pdata
 from adicom.pdu.wire import PDATA_HEADER, frozen_builder
 
 __all__ = [
@@ -230,9 +231,10 @@ class UpperLayer:
         self.parse_budget = 0
         self._input_pending = False
         # Indications and confirmations, in order; a P-DATA indication is
-        # its PDU alone (next_event wraps it in PDataReceived), so a driver
-        # that takes from here directly makes no event object per PDU.
-        self._events: deque[ULEvent | PDataTF] = deque()
+        # its PDU alone, or the PDU's one PDV bare (PDUReader.next_bare;
+        # next_event wraps either in PDataReceived), so a driver that takes
+        # from here directly makes no event object per PDU.
+        self._events: deque[ULEvent | PDataTF | BarePDV] = deque()
         self._out: list[bytes | memoryview] = []
         self._artim_deadline: float | None = None
         self._close_requested = False
@@ -342,7 +344,7 @@ class UpperLayer:
                 self._input_pending = reader.buffered > 0
                 return
             try:
-                pdu = reader.next_pdu()
+                pdu = reader.next_bare()
             except RemoteProtocolError as exc:
                 self._reader_failed = True
                 self._invalid_pdu(exc, now)
@@ -350,15 +352,20 @@ class UpperLayer:
             if pdu is None:
                 return
             # The work a PDU costs grows with its PDVs (and each is a message
-            # fragment handed on); other PDUs cost about one.
+            # fragment handed on); other PDUs cost about one. A P-DATA-TF of
+            # one PDV may come bare (see PDUReader.next_bare): handed on so.
             if self.trace is not None:
+                if isinstance(pdu, tuple):
+                    pdu = bare_pdata(pdu)
                 self.trace.append((pdu, False))
-            if type(pdu) is PDataTF and self._fsm._state in _INDICATES_PDATA:
+            if isinstance(pdu, (tuple, PDataTF)) and self._fsm._state in _INDICATES_PDATA:
                 # Hot path: Sta6 + Evt10 is DT-2 (P-DATA indication), Sta7 +
                 # Evt10 AR-6, both staying put (see _INDICATES_PDATA).
-                spent += len(pdu.pdvs)
+                spent += 1 if isinstance(pdu, tuple) else len(pdu.pdvs)
                 self._events.append(pdu)  # PDataReceived(pdu): see _events
             else:
+                if isinstance(pdu, tuple):
+                    pdu = bare_pdata(pdu)  # Evt10 in another state: the table's
                 spent += len(pdu.pdvs) if type(pdu) is PDataTF else 1
                 self._receive_pdu(pdu, now)
             if not reader._buf and reader._body is None and reader._lent is None:  # reader.empty
@@ -424,6 +431,8 @@ class UpperLayer:
         if not self._events:
             return None
         event = self._events.popleft()
+        if isinstance(event, tuple):
+            event = bare_pdata(event)
         return _new_pdata_received(event) if type(event) is PDataTF else event  # type: ignore[return-value]
 
     def data_to_send(self) -> list[bytes | memoryview]:

@@ -831,13 +831,18 @@ async def test_ctrl_c_during_get_says_what_was_kept(tmp_path: pathlib.Path) -> N
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("flags", "threshold"), [([], 20_000), (["--gc-threshold", "0"], None)])
 async def test_serve_freezes_what_it_starts_with_out_of_full_collections(
-    no_adicom_variables: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    no_adicom_variables: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    threshold: int | None,
 ) -> None:
     from adicom.cli.serve import _serve
 
     assert gc.get_freeze_count() == 0
-    args = cli.build_parser().parse_args(["serve", "--host", "127.0.0.1", "--port", "0"])
+    before = gc.get_threshold()
+    args = cli.build_parser().parse_args(["serve", "--host", "127.0.0.1", "--port", "0", *flags])
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(_serve(args, None))
     try:
@@ -849,12 +854,17 @@ async def test_serve_freezes_what_it_starts_with_out_of_full_collections(
         await asyncio.sleep(0.05)  # serve reached its wait for a signal
         # Serving: the modules and settings are out of the collector's full passes.
         assert gc.get_freeze_count() > 10_000
+        # The youngest generation's threshold, --gc-threshold's (0: Python's left as it was).
+        assert gc.get_threshold() == (threshold or before[0], *before[1:])
         os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler stops it
         async with asyncio.timeout(30):
             assert await task == cli.EXIT_OK
-        # Stopped: nothing stays frozen in the process that ran it.
+        # Stopped: nothing stays frozen in the process that ran it, and the
+        # collector's thresholds are what they were.
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
     finally:
+        gc.set_threshold(*before)
         task.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

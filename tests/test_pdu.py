@@ -1030,6 +1030,57 @@ def test_association_pdus_are_decoded_once_per_distinct_bytes() -> None:
 
 
 @pytest.mark.parametrize(
+    "user",
+    [
+        pdu.UserInformation(16384, "1.2.3.4", user_identity_rq=pdu.UserIdentityRQ(2, b"u", b"pw")),
+        pdu.UserInformation(16384, "1.2.3.4", user_identity_ac=pdu.UserIdentityAC(b"ticket")),
+    ],
+)
+def test_association_pdus_with_credentials_are_never_cached(user: pdu.UserInformation) -> None:
+    from adicom.pdu import reader
+
+    reader._ASSOCIATE_CACHE.clear()
+    for cls in (pdu.AAssociateRQ, pdu.AAssociateAC):
+        raw = cls(called_ae="SCP", calling_ae="SCU", user_information=user).encode()
+        decoded = []
+        for _ in range(2):
+            r = pdu.PDUReader()
+            r.feed(raw)
+            decoded.append(r.next_pdu())
+        assert decoded[0] == decoded[1] and decoded[1] is not decoded[0]
+        assert decoded[0].user_information == user  # type: ignore[union-attr]
+    assert not reader._ASSOCIATE_CACHE  # the passcode's bytes are not kept either
+
+
+def test_a_cached_association_pdu_cannot_be_changed_for_the_next_association() -> None:
+    rq = pdu.AAssociateRQ(
+        called_ae="SCP",
+        calling_ae="SCU",
+        presentation_contexts=(
+            pdu.PresentationContextRQ(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),
+        ),
+        user_information=pdu.UserInformation(16384, "1.2.3.4"),
+    )
+    r = pdu.PDUReader()
+    r.feed(rq.encode())
+    first = r.next_pdu()
+    assert isinstance(first, pdu.AAssociateRQ)
+    # Everything in it is frozen: an association cannot change it for the next.
+    for obj, name in (
+        (first, "calling_ae"),
+        (first.user_information, "maximum_length"),
+        (first.presentation_contexts[0], "transfer_syntaxes"),
+    ):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, None)
+    assert isinstance(first.presentation_contexts, tuple)
+    assert isinstance(first.presentation_contexts[0].transfer_syntaxes, tuple)
+    r = pdu.PDUReader()
+    r.feed(rq.encode())
+    assert r.next_pdu() == rq
+
+
+@pytest.mark.parametrize(
     ("body", "error"),
     [
         (b"", "carries no PDV item"),
@@ -1051,3 +1102,21 @@ def test_one_pdv_decodes_the_short_way_as_the_loop_does() -> None:
     two = pdu.PDataTF.decode(memoryview(b"\x00\x00\x00\x05\x07\x02abc\x00\x00\x00\x03\x07\x01d"))
     assert one == pdu.PDataTF((pdu.PDV(7, False, True, b"abc"),))
     assert two.pdvs[0] == one.pdvs[0] and two.pdvs[1] == pdu.PDV(7, True, False, b"d")
+
+
+def test_a_lent_pdata_of_one_pdv_comes_bare_from_next_bare_and_whole_from_next_pdu() -> None:
+    raw = pdu.PDataTF((pdu.PDV(3, True, True, b"command"),)).encode()
+    taken: list[object] = []
+    for take in (pdu.PDUReader.next_bare, pdu.PDUReader.next_pdu):
+        r = pdu.PDUReader()
+        r.get_buffer()[: len(raw)] = raw
+        r.buffer_lent(len(raw))
+        taken.append(take(r))
+        assert r.empty
+    bare, whole = taken
+    # (context ID, message control header, data): the PDU's one PDV, bare.
+    assert isinstance(bare, tuple) and bare[:2] == (3, 3) and bytes(bare[2]) == b"command"
+    assert whole == pdu.PDataTF((pdu.PDV(3, True, True, b"command"),))
+    from adicom.pdu.pdus import bare_pdata
+
+    assert bare_pdata(bare) == whole

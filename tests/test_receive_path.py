@@ -23,6 +23,7 @@ from adicom.dimse import DimseEvent, Limits, RequestReceived, ResponseReceived
 from adicom.dimse.commands import Command, CommandField, c_store_rq
 from adicom.errors import PDUTooLarge, RemoteProtocolError
 from adicom.fsm import State
+from adicom.pdu.pdus import BarePDV
 from tests.test_dimse_connection import (
     CT,
     FIND,
@@ -319,8 +320,23 @@ def _count_general(dimse: Any) -> list[int]:
     return calls
 
 
+def _bare(pdus: list[pdu.PDataTF]) -> list[pdu.PDataTF | BarePDV]:
+    """``pdus``, those of one PDV as the reader hands them on bare (PDUReader.next_bare)."""
+    return [
+        (p.pdvs[0].context_id, p.pdvs[0].control, memoryview(bytes(p.pdvs[0].data)))
+        if len(p.pdvs) == 1
+        else p
+        for p in pdus
+    ]
+
+
 def _run(
-    pdus: list[pdu.PDataTF], general: bool, sink: bool = True, window: int = 1, **limits: object
+    pdus: list[pdu.PDataTF],
+    general: bool,
+    sink: bool = True,
+    window: int = 1,
+    bare: bool = False,
+    **limits: object,
 ) -> tuple[list[object], list[float | None], bool, list[tuple[int, bool]], int]:
     pair = Pair(window=window)
     dimse = pair.acc.dimse
@@ -332,8 +348,9 @@ def _run(
     general_calls = _count_general(dimse)
     events: list[object] = []
     deadlines = []
-    for now, item in enumerate(pdus):
+    for now, item in enumerate(_bare(pdus) if bare else pdus):
         if general:  # receive_pdata without its fast path
+            assert isinstance(item, pdu.PDataTF)
             taken = [] if pair.acc.ul.abort_sent else dimse._receive_general(item, now)
         else:
             taken = dimse.receive_pdata(item, now)
@@ -363,11 +380,13 @@ _SCENARIOS = {
 @pytest.mark.parametrize("name", list(_SCENARIOS))
 def test_data_fragment_fast_path_gives_what_the_general_path_gives(name: str, sink: bool) -> None:
     pdus = _SCENARIOS[name]
-    limits: dict[str, object] = {} if sink else {"max_dataset": 1 << 20}
+    limits: dict[str, Any] = {} if sink else {"max_dataset": 1 << 20}
     window = 1 if name == "beyond the window" else 4
     fast = _run(pdus, general=False, sink=sink, window=window, **limits)
     slow = _run(pdus, general=True, sink=sink, window=window, **limits)
     assert fast[:4] == slow[:4]
+    # The PDUs of one PDV handed on bare, as the reader does: the same again.
+    assert _run(pdus, general=False, sink=sink, window=window, bare=True, **limits) == fast
     # The fast path took every data set fragment in order (3 per 42 KB
     # message); the general path what else there was.
     in_order = sum(1 for p in pdus if not p.pdvs[0].is_command)
@@ -454,7 +473,7 @@ _COMMAND_SCENARIOS: dict[str, list[pdu.PDataTF]] = {
 
 
 def _receive_responses(
-    pdus: list[pdu.PDataTF], general: bool, **limits: object
+    pdus: list[pdu.PDataTF], general: bool, bare: bool = False, **limits: object
 ) -> tuple[list[object], list[float | None], bool, list[tuple[int, bool]], int]:
     # The requestor, with a C-FIND outstanding, takes ``pdus``: as the
     # acceptor does in _run, fast or general.
@@ -470,8 +489,9 @@ def _receive_responses(
     general_calls = _count_general(dimse)
     events: list[object] = []
     deadlines = []
-    for now, item in enumerate(pdus, 1):
+    for now, item in enumerate(_bare(pdus) if bare else pdus, 1):
         if general:
+            assert isinstance(item, pdu.PDataTF)
             taken = [] if side.ul.abort_sent else dimse._receive_general(item, now)
         else:
             taken = dimse.receive_pdata(item, now)
@@ -489,12 +509,13 @@ def _receive_responses(
 @pytest.mark.parametrize("name", list(_COMMAND_SCENARIOS))
 def test_whole_command_fast_path_gives_what_the_general_path_gives(name: str) -> None:
     pdus = _COMMAND_SCENARIOS[name]
-    limits: dict[str, object] = (
+    limits: dict[str, Any] = (
         {"max_command": 100} if name == "a command longer than accepted" else {}
     )
     fast = _receive_responses(pdus, general=False, **limits)
     slow = _receive_responses(pdus, general=True, **limits)
     assert fast[:4] == slow[:4]
+    assert _receive_responses(pdus, general=False, bare=True, **limits) == fast  # as the reader's
     # The fast paths took every PDU of one whole command PDV between
     # messages (or a data set fragment in order): the general path only
     # what else there was.

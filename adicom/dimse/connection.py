@@ -50,6 +50,7 @@ from adicom.errors import LocalProtocolError, RemoteProtocolError
 from adicom.fsm import State
 from adicom.negotiation import Agreement
 from adicom.pdu import MAX_PDVS_PER_PDU, PDataTF
+from adicom.pdu.pdus import BarePDV, bare_pdata
 from adicom.pdu.wire import frozen_builder
 from adicom.presentation import PresentationContext
 
@@ -490,99 +491,102 @@ class DimseConnection:
             self._drop_receiving()
         return [event]
 
-    def receive_pdata(self, pdu: PDataTF, now: float) -> list[DimseEvent]:
+    def receive_pdata(self, pdu: PDataTF | BarePDV, now: float) -> list[DimseEvent]:
         """:meth:`handle_event` of a :class:`~adicom.protocol.PDataReceived` of ``pdu``.
 
         For a driver that takes the upper layer's P-DATA indications as
-        their PDUs, making no event object for them.
+        their PDUs (or, for a PDU of one PDV, that PDV bare: see
+        :meth:`adicom.pdu.PDUReader.next_bare`), making no event object for them.
         """
         if self.ul._abort_sent:  # ul.abort_sent
             return []  # parsed before our A-ABORT went out: moot now
-        pdvs = pdu.pdvs
-        if len(pdvs) == 1:
-            # The usual PDU while a data set arrives: one PDV, the next
-            # fragment of the message in progress (a C-STORE's, 16 KiB at a
-            # time from DCMTK). _receive_pdata's checks for it, without its
-            # loop and calls: data, not a command; on the context of the
-            # message (accepted: its command came on it, and contexts do not
-            # change on an association); a command announced it and no last
-            # fragment came yet (PS3.8 E.2). Anything else goes the general way.
-            pdv = pdvs[0]
-            assembler = self._assembler
-            receiving = self._receiving
-            if (
-                receiving is not None
-                and not pdv.is_command
-                and assembler._expect_data
-                and pdv.context_id == assembler._context
-            ):
+        data: bytes | memoryview
+        if isinstance(pdu, tuple):
+            context_id, control, data = pdu  # the usual PDU, one PDV bare
+        elif len(pdu.pdvs) == 1:
+            pdv = pdu.pdvs[0]
+            context_id, control, data = pdv.context_id, pdv.control, pdv.data
+        else:
+            return self._receive_general(pdu, now)
+        # The usual PDU while a data set arrives: one PDV, the next
+        # fragment of the message in progress (a C-STORE's, 16 KiB at a
+        # time from DCMTK). _receive_pdata's checks for it, without its
+        # loop and calls: data, not a command; on the context of the
+        # message (accepted: its command came on it, and contexts do not
+        # change on an association); a command announced it and no last
+        # fragment came yet (PS3.8 E.2). Anything else goes the general way.
+        assembler = self._assembler
+        receiving = self._receiving
+        if (
+            receiving is not None
+            and not control & 1
+            and assembler._expect_data
+            and context_id == assembler._context
+        ):
+            try:
+                if (
+                    control & 2
+                    and not receiving.parts
+                    and receiving.sink is None
+                    and receiving.refused is None
+                ):
+                    # The whole data set in this PDV (a C-FIND match, an
+                    # N-service's): what _take and _received do with it,
+                    # without the list of parts.
+                    receiving.size += len(data)
+                    self._check_memory(receiving)
+                    message = _new_message(
+                        receiving.context_id, receiving.command, bytes(data), None, None
+                    )
+                else:
+                    self._take(receiving, data)
+                    if not control & 2:
+                        return []  # the message's deadline runs from its first PDV
+                    message = self._received(receiving)
+                assembler._expect_data = False  # assembler.data_in_order's end
+                assembler._context = None
+                self._receiving = None
+                self._deadline = None  # idle: between messages
+                delivered = self._deliver(message)
+            except RemoteProtocolError as exc:
+                return [self._violation(exc, now)]
+            return [] if delivered is None else [delivered]
+        if control & 3 == 3 and assembler._context is None:  # a command's last fragment
+            # The usual PDU between messages: one PDV holding a whole
+            # command set (a request, a pending C-GET / C-MOVE / C-FIND
+            # response, a C-STORE-RQ before its data set).
+            # _receive_pdata's checks for it, without its loop: on an
+            # accepted context; between messages, a command may start
+            # on any (PS3.8 E.2).
+            context = self.contexts.get(context_id)
+            if context is not None and context.result == 0:  # context.accepted
                 try:
-                    if (
-                        pdv.is_last
-                        and not receiving.parts
-                        and receiving.sink is None
-                        and receiving.refused is None
-                    ):
-                        # The whole data set in this PDV (a C-FIND match, an
-                        # N-service's): what _take and _received do with it,
-                        # without the list of parts.
-                        data = pdv.data
-                        receiving.size += len(data)
-                        self._check_memory(receiving)
-                        message = _new_message(
-                            receiving.context_id, receiving.command, bytes(data), None, None
+                    limit = assembler.max_command
+                    if limit and len(data) > limit:
+                        assembler.whole_command(context_id, data)  # raises
+                    command = _decode_command(data)
+                    if command.command_data_set_type == NO_DATASET:
+                        # What whole_command and _command_in do with a
+                        # message without a data set, inline (the
+                        # assembler stays idle).
+                        delivered = self._deliver(
+                            _new_message(context_id, command, None, None, None)
                         )
-                    else:
-                        self._take(receiving, pdv.data)
-                        if not pdv.is_last:
-                            return []  # the message's deadline runs from its first PDV
-                        message = self._received(receiving)
-                    assembler._expect_data = False  # assembler.data_in_order's end
-                    assembler._context = None
-                    self._receiving = None
-                    self._deadline = None  # idle: between messages
-                    delivered = self._deliver(message)
+                        return [] if delivered is None else [delivered]
+                    assembler._expect_data = True  # whole_command's, as it returns
+                    assembler._context = context_id
+                    delivered = self._command_in(context_id, command)
                 except RemoteProtocolError as exc:
                     return [self._violation(exc, now)]
+                if self._receiving is not None:
+                    # Its data set is to come: Limits.message_timeout
+                    # runs from the command.
+                    timeout = self.limits.message_timeout
+                    if timeout is not None:
+                        self._deadline = now + timeout
+                    return []
                 return [] if delivered is None else [delivered]
-            if pdv.is_command and pdv.is_last and assembler._context is None:
-                # The usual PDU between messages: one PDV holding a whole
-                # command set (a request, a pending C-GET / C-MOVE / C-FIND
-                # response, a C-STORE-RQ before its data set).
-                # _receive_pdata's checks for it, without its loop: on an
-                # accepted context; between messages, a command may start
-                # on any (PS3.8 E.2).
-                context_id = pdv.context_id
-                context = self.contexts.get(context_id)
-                if context is not None and context.result == 0:  # context.accepted
-                    data = pdv.data
-                    try:
-                        limit = assembler.max_command
-                        if limit and len(data) > limit:
-                            assembler.whole_command(context_id, data)  # raises
-                        command = _decode_command(data)
-                        if command.command_data_set_type == NO_DATASET:
-                            # What whole_command and _command_in do with a
-                            # message without a data set, inline (the
-                            # assembler stays idle).
-                            delivered = self._deliver(
-                                _new_message(context_id, command, None, None, None)
-                            )
-                            return [] if delivered is None else [delivered]
-                        assembler._expect_data = True  # whole_command's, as it returns
-                        assembler._context = context_id
-                        delivered = self._command_in(context_id, command)
-                    except RemoteProtocolError as exc:
-                        return [self._violation(exc, now)]
-                    if self._receiving is not None:
-                        # Its data set is to come: Limits.message_timeout
-                        # runs from the command.
-                        timeout = self.limits.message_timeout
-                        if timeout is not None:
-                            self._deadline = now + timeout
-                        return []
-                    return [] if delivered is None else [delivered]
-        return self._receive_general(pdu, now)
+        return self._receive_general(bare_pdata(pdu) if isinstance(pdu, tuple) else pdu, now)
 
     def _receive_general(self, pdu: PDataTF, now: float) -> list[DimseEvent]:
         """:meth:`receive_pdata` for any PDU (its fast path gives the same, sooner)."""

@@ -288,6 +288,18 @@ class PDataTF:
 _new_pdv = frozen_builder(PDV)
 _new_pdata = frozen_builder(PDataTF)
 
+#: A P-DATA-TF PDU of one PDV, as :class:`~adicom.pdu.PDUReader` hands it to
+#: the upper layer: (presentation context ID, message control header, data).
+#: A tuple costs a fraction of the PDV, its tuple and the PDataTF (~6k
+#: instructions per PDU, for a C-ECHO ~7% of an SCP's); see :func:`bare_pdata`.
+BarePDV: TypeAlias = tuple[int, int, memoryview]
+
+
+def bare_pdata(bare: BarePDV) -> PDataTF:
+    """The :class:`PDataTF` of a :data:`BarePDV`, for what needs the PDU (a trace, a user)."""
+    context_id, control, data = bare
+    return _new_pdata((_new_pdv(context_id, bool(control & 1), bool(control & 2), data),))
+
 
 @dataclass(frozen=True, slots=True)
 class AReleaseRQ:

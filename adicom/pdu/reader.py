@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from adicom.errors import PDUTooLarge, RemoteProtocolError
-from adicom.pdu.pdus import DECODERS, PDU, PDV, PDataTF
-from adicom.pdu.wire import PDU_HEADER, PDV_HEADER, frozen_builder
+from adicom.pdu.pdus import (
+    DECODERS,
+    PDU,
+    AAssociateAC,
+    AAssociateRQ,
+    BarePDV,
+    PDataTF,
+    bare_pdata,
+)
+from adicom.pdu.wire import PDU_HEADER, PDV_HEADER
 
 #: Largest body accepted for a PDU other than P-DATA-TF. An A-ASSOCIATE-RQ
 #: with the full 128 presentation contexts, each with a dozen transfer
@@ -19,14 +27,12 @@ MAX_PDVS_PER_PDU = 256
 
 #: A-ASSOCIATE-RQ and -AC PDUs decoded already, by their bytes: at most
 #: _ASSOCIATE_CACHE_SIZE of at most _ASSOCIATE_CACHE_BYTES each (about 1 MiB).
+#: Never one with a user identity sub-item (credentials). The PDUs and all
+#: they hold are frozen (tuples, str, bytes), so an association that got one
+#: cannot change what the next one gets.
 _ASSOCIATE_CACHE: dict[tuple[int, bytes], PDU] = {}
 _ASSOCIATE_CACHE_SIZE = 256
 _ASSOCIATE_CACHE_BYTES = 4096
-
-# PDV(...) and PDataTF(...), faster (one each per P-DATA-TF received; the
-# pdus module's own are private to it).
-_new_pdv = frozen_builder(PDV)
-_new_pdata = frozen_builder(PDataTF)
 
 
 class Staging:
@@ -273,6 +279,15 @@ class PDUReader:
         Raises :class:`~adicom.errors.RemoteProtocolError` for bytes that are
         not a valid PDU; the reader must not be used after that.
         """
+        pdu = self.next_bare()
+        return bare_pdata(pdu) if isinstance(pdu, tuple) else pdu
+
+    def next_bare(self) -> PDU | BarePDV | None:
+        """:meth:`next_pdu`, but a P-DATA-TF of one PDV may come as a :data:`BarePDV`.
+
+        For the upper layer, which hands such a PDV on without the objects
+        of a PDU (a lent read's, the usual: see :meth:`buffer_lent`).
+        """
         buf = self._buf
         lent = self._lent
         if lent is not None:
@@ -309,17 +324,8 @@ class PDUReader:
                                 size, context_id, control = PDV_HEADER.unpack_from(lent, pos + 6)
                                 if size + 4 == length:  # so size >= 2: length >= 6
                                     # One PDV that fills the PDU: PDataTF.decode's
-                                    # first case, its call saved.
-                                    return _new_pdata(
-                                        (
-                                            _new_pdv(
-                                                context_id,
-                                                bool(control & 1),
-                                                bool(control & 2),
-                                                lent[pos + 12 : stop],
-                                            ),
-                                        )
-                                    )
+                                    # first case, bare (see next_bare).
+                                    return (context_id, control, lent[pos + 12 : stop])
                             return PDataTF.decode(lent[pos + 6 : stop], self.max_pdvs)
                         if length < _LARGE:
                             # The start of a P-DATA-TF whose rest is still
@@ -376,7 +382,7 @@ class PDUReader:
             return PDataTF.decode(memoryview(data)[6:], self.max_pdvs)
         return self._decode(pdu_type, memoryview(data)[6:])
 
-    def _next_lent(self) -> PDU | None:
+    def _next_lent(self) -> PDU | BarePDV | None:
         """:meth:`next_pdu` on a lent read, our own buffer being empty (see :meth:`buffer_lent`)."""
         lent = self._lent
         assert lent is not None
@@ -419,8 +425,8 @@ class PDUReader:
                 self._body_type = pdu_type
                 view[:have] = lent[pos + 6 : end]
                 return None
-        self.keep()  # next_pdu checks it (and refuses it, if it must) as ever
-        return self.next_pdu()
+        self.keep()  # next_bare checks it (and refuses it, if it must) as ever
+        return self.next_bare()
 
     def _top_up(self, buf: bytearray) -> None:
         """Complete the PDU begun in ``buf`` from the lent read, as far as it goes.
@@ -507,7 +513,14 @@ class PDUReader:
             key = (pdu_type, bytes(body))
             pdu = _ASSOCIATE_CACHE.get(key)
             if pdu is None:
-                pdu = DECODERS[pdu_type](body)
+                associate = (AAssociateRQ if pdu_type == 0x01 else AAssociateAC).decode(body)
+                user = associate.user_information
+                if user.user_identity_rq is not None or user.user_identity_ac is not None:
+                    # Credentials (PS3.7 D.3.3.7: a passcode, a Kerberos
+                    # ticket, a server's response) are never kept beyond
+                    # the association that received them.
+                    return associate
+                pdu = associate
                 if len(_ASSOCIATE_CACHE) >= _ASSOCIATE_CACHE_SIZE:
                     _ASSOCIATE_CACHE.clear()  # a peer sending ever new requests
                 _ASSOCIATE_CACHE[key] = pdu
