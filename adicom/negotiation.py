@@ -464,6 +464,8 @@ def requestor_agreement(
     ):
         return entry[3]
     agreement = _requestor_agreement(request, response, async_window)
+    if request.carries_credentials or response.carries_credentials:
+        return agreement  # not kept past the association (see negotiate)
     if len(_AGREEMENTS) >= _CACHE_SIZE:
         _AGREEMENTS.clear()
     _AGREEMENTS[id(response)] = (request, response, async_window, agreement)
@@ -609,7 +611,9 @@ def negotiate(
         answer: tuple[AAssociateAC, Agreement] | AAssociateRJ = entry[3]
         return answer
     answer = _negotiate(request, policy, identity_response)
-    if policy.allow is None:
+    # Never with credentials (the request's, or the response to them):
+    # they are not to outlive the association.
+    if policy.allow is None and not identity_response and not request.carries_credentials:
         if len(_ANSWERS) >= _CACHE_SIZE:
             _ANSWERS.clear()
         _ANSWERS[id(request)] = (request, policy, identity_response, answer)

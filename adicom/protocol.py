@@ -29,7 +29,6 @@ from adicom.errors import LocalProtocolError, RemoteProtocolError
 from adicom.fsm import Effect, Event, State
 from adicom.pdu import (
     PDU,
-    PDV,
     AAbort,
     AAssociateAC,
     AAssociateRJ,
@@ -40,7 +39,7 @@ from adicom.pdu import (
     PDUReader,
     encode_pdata,
 )
-from adicom.pdu.pdus import BarePDV, bare_pdata
+from adicom.pdu.pdus import BarePDV, bare_pdata, pdata_of
 from adicom.pdu.wire import PDATA_HEADER, frozen_builder
 
 __all__ = [
@@ -190,11 +189,6 @@ _PDU_EVENTS: dict[type, Event] = {
     AReleaseRP: Event.EVT13,
     AAbort: Event.EVT16,
 }
-
-
-def _pdata(pdvs: Sequence[tuple[int, int, bytes | memoryview]]) -> PDataTF:
-    """The P-DATA-TF PDU of (context, control, data) triples, for a trace."""
-    return PDataTF(tuple(PDV(c, bool(control & 1), bool(control & 2), d) for c, control, d in pdvs))
 
 
 _PDU_NAMES = {
@@ -463,12 +457,12 @@ class UpperLayer:
             # and the PDU object.
             self._out.extend(encode_pdata(pdvs))
             if self.trace is not None:
-                self.trace.append((_pdata(pdvs), True))
+                self.trace.append((pdata_of(pdvs), True))
             return
         self._primitive(_EVT9, now, pdvs)
 
     def send_pdv(self, context_id: int, control: int, data: bytes, now: float) -> None:
-        """P-DATA request (Evt9) of one PDV: ``send_pdata(((context_id, control, data),))``.
+        """P-DATA request (Evt9) of one PDV: ``sendpdata_of(((context_id, control, data),))``.
 
         The same PDU, its two headers packed at once (a command alone, the
         usual message without a data set).
@@ -479,7 +473,7 @@ class UpperLayer:
                 PDATA_HEADER.pack(0x04, size + 6, size + 2, context_id, control) + data
             )
             if self.trace is not None:
-                self.trace.append((_pdata(((context_id, control, data),)), True))
+                self.trace.append((pdata_of(((context_id, control, data),)), True))
             return
         self._primitive(_EVT9, now, ((context_id, control, data),))
 
@@ -576,7 +570,7 @@ def _send_p_data(
 ) -> None:
     ul._out.extend(encode_pdata(payload))  # type: ignore[arg-type]
     if ul.trace is not None:
-        ul.trace.append((_pdata(payload), True))  # type: ignore[arg-type]
+        ul.trace.append((pdata_of(payload), True))  # type: ignore[arg-type]
 
 
 def _indicate_data(

@@ -831,12 +831,16 @@ async def test_ctrl_c_during_get_says_what_was_kept(tmp_path: pathlib.Path) -> N
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("flags", "threshold"), [([], 20_000), (["--gc-threshold", "0"], None)])
+@pytest.mark.parametrize(
+    ("flags", "threshold", "stop"),
+    [([], 20_000, "signal"), (["--gc-threshold", "0"], None, "signal"), ([], 20_000, "cancel")],
+)
 async def test_serve_freezes_what_it_starts_with_out_of_full_collections(
     no_adicom_variables: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     flags: list[str],
     threshold: int | None,
+    stop: str,
 ) -> None:
     from adicom.cli.serve import _serve
 
@@ -856,9 +860,15 @@ async def test_serve_freezes_what_it_starts_with_out_of_full_collections(
         assert gc.get_freeze_count() > 10_000
         # The youngest generation's threshold, --gc-threshold's (0: Python's left as it was).
         assert gc.get_threshold() == (threshold or before[0], *before[1:])
-        os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler stops it
-        async with asyncio.timeout(30):
-            assert await task == cli.EXIT_OK
+        if stop == "signal":
+            os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler stops it
+            async with asyncio.timeout(30):
+                assert await task == cli.EXIT_OK
+        else:
+            task.cancel()  # an embedding program's: serve unwinds all the same
+            async with asyncio.timeout(30):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
         # Stopped: nothing stays frozen in the process that ran it, and the
         # collector's thresholds are what they were.
         assert gc.get_freeze_count() == 0

@@ -228,3 +228,29 @@ def test_the_same_request_and_answer_are_made_once_and_shared() -> None:
     assert requestor_agreement(first, response) is requestor_agreement(first, response)
     assert requestor_agreement(first, response, 1) is not requestor_agreement(first, response)
     assert requestor_agreement(first, response).contexts == agreement.contexts
+
+
+def test_credentials_are_not_kept_in_the_negotiation_memos() -> None:
+    from adicom import negotiation
+
+    identity = UserIdentityRQ(2, b"alice", b"s3cret-pass", positive_response_requested=True)
+    negotiation._ANSWERS.clear()
+    negotiation._AGREEMENTS.clear()
+    first = request(user_identity=identity)
+    answer = negotiate(first, POLICY, identity_response=b"server-token")
+    assert not isinstance(answer, AAssociateRJ)
+    # Answered each time, never from memory: neither the passcode nor the
+    # server's response outlives the association in the memo.
+    assert not negotiation._ANSWERS
+    plain = request()
+    assert negotiate(plain, POLICY, identity_response=b"server-token") is not None
+    assert not negotiation._ANSWERS  # an identity response alone is a credential too
+    response, _ = answer
+    assert response.user_information.user_identity_ac == UserIdentityAC(b"server-token")
+    requestor_agreement(first, response)
+    assert not negotiation._AGREEMENTS
+    # Without credentials both are kept as before.
+    plain_answer = negotiate(plain, POLICY)
+    assert not isinstance(plain_answer, AAssociateRJ)
+    requestor_agreement(plain, plain_answer[0])
+    assert len(negotiation._ANSWERS) == len(negotiation._AGREEMENTS) == 1

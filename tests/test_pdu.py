@@ -1052,6 +1052,41 @@ def test_association_pdus_with_credentials_are_never_cached(user: pdu.UserInform
     assert not reader._ASSOCIATE_CACHE  # the passcode's bytes are not kept either
 
 
+@pytest.mark.parametrize("hidden", ["second user item", "identity at the top level"])
+def test_an_association_pdu_hiding_credentials_from_its_decoder_is_not_cached(
+    hidden: str,
+) -> None:
+    from adicom.pdu import reader
+
+    identity = pdu.UserInformation(
+        16384, "1.2.3.4", user_identity_rq=pdu.UserIdentityRQ(2, b"u", b"s3cret-pass")
+    )
+    plain = pdu.UserInformation(16384, "1.2.3.4")
+    for cls in (pdu.AAssociateRQ, pdu.AAssociateAC):
+        reader._ASSOCIATE_CACHE.clear()
+        raw = cls(called_ae="SCP", calling_ae="SCU", user_information=plain).encode()
+        # A peer's odd PDU: the decoder keeps the last User Information item
+        # (or passes over a 0x58 sub-item out of place), so the object shows
+        # no identity while the bytes carry one.
+        secret = identity.encode() if hidden == "second user item" else identity.encode()[4:]
+        if hidden == "second user item":
+            body = raw[6 : -len(plain.encode())] + secret + plain.encode()
+        else:
+            body = raw[6:] + secret
+        odd = raw[:2] + len(body).to_bytes(4, "big") + body
+        r = pdu.PDUReader()
+        r.feed(odd)
+        decoded = r.next_pdu()
+        assert isinstance(decoded, cls)
+        assert decoded.user_information == plain
+        assert not any(b"s3cret-pass" in key for _, key in reader._ASSOCIATE_CACHE)
+        assert not reader._ASSOCIATE_CACHE
+        # The same PDU without the odd part is cached as before.
+        r = pdu.PDUReader()
+        r.feed(raw)
+        assert r.next_pdu() == decoded and len(reader._ASSOCIATE_CACHE) == 1
+
+
 def test_a_cached_association_pdu_cannot_be_changed_for_the_next_association() -> None:
     rq = pdu.AAssociateRQ(
         called_ae="SCP",

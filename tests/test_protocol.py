@@ -266,14 +266,24 @@ def test_oversized_pdata_is_refused_from_its_header() -> None:
     ],
     ids=["release-rq", "p-data", "unrecognized"],
 )
+@pytest.mark.parametrize("read", ["copied", "in-place"])
 def test_a_pdu_before_any_association_request_gets_a_service_user_abort(
-    pdu_bytes: bytes,
+    pdu_bytes: bytes, read: str
 ) -> None:
     # PS3.8 Table 9-10, Sta2: AA-1, which Table 9-9 says sends the A-ABORT
     # with service-user source, and no indication (no user knows of it yet).
     acceptor = ul.UpperLayer(requestor=False, artim_timeout=5)
     acceptor.connection_made(0.0)
-    acceptor.receive_data(pdu_bytes, 0.0)
+    if read == "copied":
+        acceptor.receive_data(pdu_bytes, 0.0)
+    else:
+        # Received into the reader's buffer and parsed where it landed: a
+        # P-DATA-TF of one PDV then comes bare (PDUReader.next_bare), and
+        # goes through the state table as any PDU does.
+        acceptor.lend_reads = True
+        buffer = acceptor.reader.get_buffer()
+        buffer[: len(pdu_bytes)] = pdu_bytes
+        acceptor.receive_into(len(pdu_bytes), 0.0)
     assert b"".join(acceptor.data_to_send()) == AAbort(0, 0).encode()
     assert acceptor.next_event() is None
     assert acceptor.state is State.STA13 and acceptor.get_timer() == 5.0

@@ -55,6 +55,19 @@ if TYPE_CHECKING:
 #: Its price in memory: cyclic garbage waits longer, ~1.5 MB more RSS after
 #: 400 associations (62.3 MB, not 60.8), ~0.7 MB with 300 of them open.
 GC_THRESHOLD = 20_000
+#: ``--gc-threshold``'s largest: beyond it the youngest pass would hardly
+#: run, and cyclic garbage would pile up unbounded in practice.
+GC_THRESHOLD_MAX = 1_000_000
+
+
+def _gc_threshold_arg(value: str) -> int:
+    """``--gc-threshold``: 0 to GC_THRESHOLD_MAX."""
+    count = non_negative_arg(value)
+    if count > GC_THRESHOLD_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{count} is too large: give at most {GC_THRESHOLD_MAX:,} (0 keeps Python's)"
+        )
+    return count
 
 
 def _serve_settings() -> tuple[DicomSettings | SettingsDefaults, Exception | None]:
@@ -131,14 +144,15 @@ def add_serve(commands: Commands) -> None:
     )
     serve.add_argument(
         "--gc-threshold",
-        type=non_negative_arg,
+        type=_gc_threshold_arg,
         default=GC_THRESHOLD,
         metavar="N",
         help="let Python's cyclic garbage collector run its youngest pass once N more "
-        "container objects exist, instead of Python's 700: an association makes a few "
-        "thousand, and a pass every 700 walks those of the associations still open, ~4%% of "
-        "the work of each; cyclic garbage may wait longer to be freed (at most N objects, a "
-        "few MB). 0 leaves Python's setting (default: %(default)s)",
+        "container objects exist, instead of Python's default (700 on 3.11): an association "
+        "makes a few thousand, and a pass every 700 walks those of the associations still "
+        "open, ~4%% of the work of each; cyclic garbage may wait longer to be freed (a few MB "
+        "more memory at 20,000). 0 keeps the collector's thresholds as they are; at most "
+        f"{GC_THRESHOLD_MAX:,} (default: %(default)s)",
     )
     _timeouts(serve, settings)
     _limits(serve)
@@ -670,13 +684,13 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
             # as long as the server: frozen out of the collector's full
             # passes, each of which would walk it again (some 46,000 objects,
             # ~20 ms) while every association waits on the loop.
-            gc.freeze()
             thresholds = gc.get_threshold()
-            if args.gc_threshold:
-                # The youngest generation's: see --gc-threshold. Set here,
-                # by the application, never on importing adicom.
-                gc.set_threshold(args.gc_threshold, *thresholds[1:])
             try:
+                gc.freeze()
+                if args.gc_threshold:
+                    # The youngest generation's: see --gc-threshold. Set here,
+                    # by the application, never on importing adicom.
+                    gc.set_threshold(args.gc_threshold, *thresholds[1:])
                 await stop.wait()
             finally:
                 gc.set_threshold(*thresholds)

@@ -46,8 +46,11 @@ from adicom.pdu.pdus import (
     AAssociateRQ,
     AReleaseRP,
     AReleaseRQ,
+    BarePDV,
     PDataTF,
+    bare_pdata,
     encode_pdata,
+    pdata_of,
 )
 from adicom.pdu.reader import MAX_CONTROL_PDU, MAX_PDVS_PER_PDU, PDUReader, Staging
 from adicom.pdu.wire import APPLICATION_CONTEXT
@@ -65,6 +68,7 @@ __all__ = [
     "AReleaseRP",
     "AReleaseRQ",
     "AsyncOperationsWindow",
+    "BarePDV",
     "PDUReader",
     "Staging",
     "PDataTF",
@@ -77,5 +81,7 @@ __all__ = [
     "UserIdentityAC",
     "UserIdentityRQ",
     "UserInformation",
+    "bare_pdata",
     "encode_pdata",
+    "pdata_of",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
@@ -35,6 +35,16 @@ class _AssociatePDU:
     protocol_version: int = 1
 
     pdu_type: ClassVar[int]
+
+    @property
+    def carries_credentials(self) -> bool:
+        """Whether it has a user identity sub-item: never to be kept past its association.
+
+        PS3.7 D.3.3.7: a username and passcode, a Kerberos ticket, a SAML
+        assertion or a JWT, or the acceptor's response to one.
+        """
+        user = self.user_information
+        return user.user_identity_rq is not None or user.user_identity_ac is not None
 
     def _encode(self, contexts: bytes) -> bytes:
         # PS3.8 9.3.2: version, reserved, called AE, calling AE, 32 reserved bytes.
@@ -295,10 +305,16 @@ _new_pdata = frozen_builder(PDataTF)
 BarePDV: TypeAlias = tuple[int, int, memoryview]
 
 
+def pdata_of(pdvs: Iterable[tuple[int, int, bytes | memoryview]]) -> PDataTF:
+    """The :class:`PDataTF` of (presentation context ID, message control header, data) triples."""
+    return _new_pdata(
+        tuple(_new_pdv(c, bool(control & 1), bool(control & 2), d) for c, control, d in pdvs)
+    )
+
+
 def bare_pdata(bare: BarePDV) -> PDataTF:
     """The :class:`PDataTF` of a :data:`BarePDV`, for what needs the PDU (a trace, a user)."""
-    context_id, control, data = bare
-    return _new_pdata((_new_pdv(context_id, bool(control & 1), bool(control & 2), data),))
+    return pdata_of((bare,))
 
 
 @dataclass(frozen=True, slots=True)

@@ -514,11 +514,13 @@ class PDUReader:
             pdu = _ASSOCIATE_CACHE.get(key)
             if pdu is None:
                 associate = (AAssociateRQ if pdu_type == 0x01 else AAssociateAC).decode(body)
-                user = associate.user_information
-                if user.user_identity_rq is not None or user.user_identity_ac is not None:
-                    # Credentials (PS3.7 D.3.3.7: a passcode, a Kerberos
-                    # ticket, a server's response) are never kept beyond
-                    # the association that received them.
+                # Credentials (PS3.7 D.3.3.7) are never kept beyond the
+                # association that received them, in the object or in the
+                # key's bytes. Only bytes the object encodes back to are
+                # kept: a second User Information item, or an item the
+                # decoder passes over, could hold an identity the object
+                # does not show.
+                if associate.carries_credentials or associate.encode()[6:] != key[1]:
                     return associate
                 pdu = associate
                 if len(_ASSOCIATE_CACHE) >= _ASSOCIATE_CACHE_SIZE:
