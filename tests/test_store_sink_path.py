@@ -12,6 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from adicom import elements
 from adicom.diskinstance import DiskInstance
 from adicom.diskstorage import DiskStorage
 from adicom.elements import (
@@ -115,6 +116,36 @@ def test_scan_agrees_with_the_walk_by_lookup_on_every_prefix(syntax: str, undefi
         assert (got, fast) == (expected, slow), (sorted(wanted), end, complete)
         compared += isinstance(got, dict) and bool(got)
     assert compared > 300  # many prefixes find something: the walks are compared at work
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT, BIG])
+@pytest.mark.parametrize("undefined", [False, True])
+def test_a_view_is_scanned_as_its_bytes_whatever_its_prefix_holds(
+    syntax: str, undefined: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view (a receive buffer) is walked from a copy of its first bytes: the same outcome.
+
+    The copied prefix may end anywhere (inside a header, a value, a
+    sequence): the walk of it ends as the data set's end would, and the
+    whole view is walked then; found, resumed and refused alike.
+    """
+    data = encode_dataset(instance(undefined), syntax)
+    implicit, little = syntax == IMPLICIT, syntax != BIG
+    for prefix in (8, 37, 64, 200):
+        monkeypatch.setattr(elements, "SCAN_PREFIX", prefix)
+        for wanted, end, complete in itertools.product(
+            WANTED_SETS, range(len(data) + 1), (False, True)
+        ):
+            cut = data[:end]
+            as_bytes: list[int] = []
+            as_view: list[int] = []
+            expected = outcome(scan_elements, cut, wanted, implicit=implicit, little=little,
+                               complete=complete, resume=as_bytes)  # fmt: skip
+            got = outcome(scan_elements, memoryview(bytearray(cut)), wanted, implicit=implicit,
+                          little=little, complete=complete, resume=as_view)  # fmt: skip
+            assert (got, as_view) == (expected, as_bytes), (prefix, sorted(wanted), end, complete)
+            if isinstance(got, dict):
+                assert all(type(value) is bytes for value in got.values())
 
 
 def encode_elements(elements: list[tuple[str, str]], syntax: str) -> bytes:
