@@ -407,6 +407,10 @@ def build_request(
         async_window,
         tuple(extended),
     )
+    if user_identity is not None:
+        # Credentials are not kept past the association (PS3.7 D.3.3.7;
+        # see AAssociateRQ.carries_credentials): built afresh each time.
+        return _build_request(key)
     request = _REQUESTS.get(key)
     if request is None:
         request = _build_request(key)

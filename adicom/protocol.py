@@ -462,7 +462,7 @@ class UpperLayer:
         self._primitive(_EVT9, now, pdvs)
 
     def send_pdv(self, context_id: int, control: int, data: bytes, now: float) -> None:
-        """P-DATA request (Evt9) of one PDV: ``sendpdata_of(((context_id, control, data),))``.
+        """P-DATA request (Evt9) of one PDV: ``send_pdata(((context_id, control, data),))``.
 
         The same PDU, its two headers packed at once (a command alone, the
         usual message without a data set).

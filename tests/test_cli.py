@@ -536,6 +536,21 @@ def test_serve_refuses_a_backlog_of_zero(capsys: pytest.CaptureFixture[str]) -> 
     assert "--backlog" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("-1", "-1 is too small"), ("1000001", "1000001 is too large: give at most 1,000,000")],
+)
+def test_serve_refuses_a_gc_threshold_out_of_range(
+    capsys: pytest.CaptureFixture[str], value: str, said: str
+) -> None:
+    # 2**31 or more would reach gc.set_threshold and fail there, once serving.
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--gc-threshold", value])
+    assert said in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["serve", "--gc-threshold", "1000000"])
+    assert args.gc_threshold == 1_000_000
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_command_run_in_process_gives_the_signal_handlers_back(
     no_adicom_variables: pytest.MonkeyPatch, loop: str

@@ -232,6 +232,7 @@ def test_the_same_request_and_answer_are_made_once_and_shared() -> None:
 
 def test_credentials_are_not_kept_in_the_negotiation_memos() -> None:
     from adicom import negotiation
+    from adicom.pdu import pdus
 
     identity = UserIdentityRQ(2, b"alice", b"s3cret-pass", positive_response_requested=True)
     negotiation._ANSWERS.clear()
@@ -249,8 +250,23 @@ def test_credentials_are_not_kept_in_the_negotiation_memos() -> None:
     assert response.user_information.user_identity_ac == UserIdentityAC(b"server-token")
     requestor_agreement(first, response)
     assert not negotiation._AGREEMENTS
-    # Without credentials both are kept as before.
+    # An identity request answered with no server response (none asked
+    # for): its passcode is not kept either.
+    assert not isinstance(negotiate(first, POLICY), AAssociateRJ)
+    assert not negotiation._ANSWERS
+    # Nor in the requests build_request keeps, nor in the encodings kept.
+    negotiation._REQUESTS.clear()
+    pdus._ENCODED.clear()
+    assert request(user_identity=identity) is not request(user_identity=identity)
+    assert not negotiation._REQUESTS
+    response.encode()
+    first.encode()
+    assert not pdus._ENCODED
+    # Without credentials all are kept as before.
     plain_answer = negotiate(plain, POLICY)
     assert not isinstance(plain_answer, AAssociateRJ)
     requestor_agreement(plain, plain_answer[0])
     assert len(negotiation._ANSWERS) == len(negotiation._AGREEMENTS) == 1
+    assert request() is request() and len(negotiation._REQUESTS) == 1
+    plain.encode()
+    assert len(pdus._ENCODED) == 1

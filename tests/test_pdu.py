@@ -1087,6 +1087,33 @@ def test_an_association_pdu_hiding_credentials_from_its_decoder_is_not_cached(
         assert r.next_pdu() == decoded and len(reader._ASSOCIATE_CACHE) == 1
 
 
+def test_an_association_request_with_reserved_bytes_set_is_cached() -> None:
+    from adicom.pdu import reader
+
+    # DCMTK sends 0xFF in a presentation context item's third reserved byte
+    # (PS3.8 9.3.2.2: "not tested"): its requests are cached all the same,
+    # though they do not encode back to the same bytes.
+    rq = pdu.AAssociateRQ(
+        called_ae="SCP",
+        calling_ae="SCU",
+        presentation_contexts=(
+            pdu.PresentationContextRQ(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),
+        ),
+        user_information=pdu.UserInformation(16384, "1.2.3.4"),
+    )
+    raw = bytearray(rq.encode())
+    at = raw.index(b"\x20\x00", 6 + 68)  # the presentation context item
+    assert raw[at + 4 : at + 8] == b"\x01\x00\x00\x00"
+    raw[at + 6] = 0xFF
+    reader._ASSOCIATE_CACHE.clear()
+    first, second = pdu.PDUReader(), pdu.PDUReader()
+    first.feed(bytes(raw))
+    second.feed(bytes(raw))
+    assert first.next_pdu() == rq
+    (cached,) = reader._ASSOCIATE_CACHE.values()
+    assert second.next_pdu() is cached
+
+
 def test_a_cached_association_pdu_cannot_be_changed_for_the_next_association() -> None:
     rq = pdu.AAssociateRQ(
         called_ae="SCP",

@@ -139,6 +139,8 @@ def _encoded(pdu: AAssociateRQ | AAssociateAC) -> bytes:
     if entry is not None and entry[0] is pdu:
         return entry[1]
     raw = pdu._encode(b"".join(pc.encode() for pc in pdu.presentation_contexts))
+    if pdu.carries_credentials:
+        return raw  # not kept past the association (see carries_credentials)
     if len(_ENCODED) >= _ENCODED_SIZE:
         _ENCODED.clear()
     _ENCODED[id(pdu)] = (pdu, raw)

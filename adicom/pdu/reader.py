@@ -12,7 +12,7 @@ from adicom.pdu.pdus import (
     PDataTF,
     bare_pdata,
 )
-from adicom.pdu.wire import PDU_HEADER, PDV_HEADER
+from adicom.pdu.wire import PDU_HEADER, PDV_HEADER, split_items
 
 #: Largest body accepted for a PDU other than P-DATA-TF. An A-ASSOCIATE-RQ
 #: with the full 128 presentation contexts, each with a dozen transfer
@@ -62,6 +62,25 @@ _STAGING_MIN = 1 << 14
 _READ_PDUS = 16
 _PREALLOCATE_MAX = 1 << 24
 _CARRY = 1 << 13
+
+
+def _hides_items(body: memoryview) -> bool:
+    """Whether an A-ASSOCIATE body has items its decoded PDU does not show.
+
+    The decoder keeps the last User Information item and passes over item
+    types it does not know (PS3.8 9.3.1): an identity sub-item there would
+    be in the bytes and not in the object. Called on a body that decoded.
+    """
+    shown = (0x10, 0x20, 0x21)
+    users = 0
+    for item_type, payload in split_items(body[68:]):
+        if item_type == 0x50:
+            users += 1
+            if users > 1 or any(sub in (0x58, 0x59) for sub, _ in split_items(payload)):
+                return True
+        elif item_type not in shown:
+            return True
+    return False
 
 
 class PDUReader:
@@ -516,11 +535,8 @@ class PDUReader:
                 associate = (AAssociateRQ if pdu_type == 0x01 else AAssociateAC).decode(body)
                 # Credentials (PS3.7 D.3.3.7) are never kept beyond the
                 # association that received them, in the object or in the
-                # key's bytes. Only bytes the object encodes back to are
-                # kept: a second User Information item, or an item the
-                # decoder passes over, could hold an identity the object
-                # does not show.
-                if associate.carries_credentials or associate.encode()[6:] != key[1]:
+                # key's bytes.
+                if associate.carries_credentials or _hides_items(body):
                     return associate
                 pdu = associate
                 if len(_ASSOCIATE_CACHE) >= _ASSOCIATE_CACHE_SIZE:
