@@ -48,13 +48,16 @@ from adicom.workers import Supervisor, WorkerError, WorkerLink
 if TYPE_CHECKING:
     from adicom.settings import DicomSettings
 
-#: ``--gc-threshold``'s default: the youngest generation's threshold of
-#: Python's cyclic collector while serving. Under callgrind (benchmarks.assocrate
-#: -n 200), 700 (Python's) cost 459k / 725k instructions per associate + echo +
-#: release (uvloop / asyncio), 7,000 the same, 20,000 and 50,000 440k / 699k.
-#: Its price in memory: cyclic garbage waits longer, ~1.5 MB more RSS after
-#: 400 associations (62.3 MB, not 60.8), ~0.7 MB with 300 of them open.
-GC_THRESHOLD = 20_000
+#: ``--gc-threshold``'s default: 0, Python's thresholds as they are. A higher
+#: youngest-generation threshold saves instructions per association (callgrind,
+#: benchmarks.assocrate -n 200: 459k / 725k per associate + echo + release on
+#: uvloop / asyncio with Python's 700, 440k / 699k with 20,000), but cost CPU
+#: where associations run at once: 8 storing into one `adicom serve` (benchmarks.scale
+#: --only workers --modes 1, 5 pairs interleaved) spent 275-408 us per instance
+#: with 700 and 332-417 us with 20,000, worse in every pair. Cyclic garbage
+#: kept longer is memory not reused while it is in the cache, which callgrind
+#: does not count. ~1.5 MB more RSS after 400 associations as well.
+GC_THRESHOLD = 0
 #: ``--gc-threshold``'s largest: beyond it the youngest pass would hardly
 #: run, and cyclic garbage would pile up unbounded in practice.
 GC_THRESHOLD_MAX = 1_000_000
@@ -148,11 +151,11 @@ def add_serve(commands: Commands) -> None:
         default=GC_THRESHOLD,
         metavar="N",
         help="let Python's cyclic garbage collector run its youngest pass once N more "
-        "container objects exist, instead of Python's default (700 on 3.11): an association "
-        "makes a few thousand, and a pass every 700 walks those of the associations still "
-        "open, ~4%% of the work of each; cyclic garbage may wait longer to be freed (a few MB "
-        "more memory at 20,000). 0 keeps the collector's thresholds as they are; at most "
-        f"{GC_THRESHOLD_MAX:,} (default: %(default)s)",
+        "container objects exist, instead of Python's default (700 on 3.11). 20,000 saves "
+        "~4%% of the instructions of each association made one at a time, but cost 10-20%% "
+        "more CPU per instance with 8 associations storing at once (garbage kept longer, "
+        "out of the cache): measure your own load. 0 keeps the collector's thresholds as "
+        f"they are; at most {GC_THRESHOLD_MAX:,} (default: %(default)s)",
     )
     _timeouts(serve, settings)
     _limits(serve)
