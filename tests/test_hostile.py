@@ -478,15 +478,31 @@ async def test_a_pdu_of_too_many_pdvs_is_refused() -> None:
         await probe(server)
 
 
-async def test_a_flood_of_small_pdvs_is_served_in_slices_and_others_still_are() -> None:
-    # Legal PDUs of 250 one-byte PDVs each, streamed without pause into a
-    # C-STORE: the server takes them a slice per loop turn, pausing that
-    # peer in between, and the probe is answered while the flood goes on.
+@pytest.mark.parametrize("pdvs_per_pdu", [250, 1])
+async def test_a_flood_of_small_pdvs_is_served_in_slices_and_others_still_are(
+    pdvs_per_pdu: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Legal PDUs of 250 one-byte PDVs each, or 250 PDUs of one such PDV
+    # each (read where they land, each handed on bare: PDUReader.next_bare),
+    # streamed without pause into a C-STORE: the server takes them a slice
+    # per loop turn, pausing that peer in between, and the probe is
+    # answered while the flood goes on.
+    bare = 0
+    next_bare = PDUReader.next_bare
+
+    def counting(reader: PDUReader) -> object:
+        nonlocal bare
+        pdu = next_bare(reader)
+        bare += type(pdu) is tuple
+        return pdu
+
+    monkeypatch.setattr(PDUReader, "next_bare", counting)
     async with serving(limits=Limits(message_timeout=None)) as server:
         _, writer = await associated(server)
         command = c_store_rq(SC, generate_uid(), message_id=1)
         writer.write(pdata(5, 0x03, command.encode()))
-        flood = PDataTF(tuple(_one_byte_pdv() for _ in range(250))).encode()
+        pdu = PDataTF(tuple(_one_byte_pdv() for _ in range(pdvs_per_pdu))).encode()
+        flood = pdu * (250 // pdvs_per_pdu)
         stop = asyncio.Event()
 
         async def pour() -> int:
@@ -504,6 +520,9 @@ async def test_a_flood_of_small_pdvs_is_served_in_slices_and_others_still_are() 
         async with asyncio.timeout(BOUND):
             assert await task > 0
         writer.close()
+    if pdvs_per_pdu == 1:
+        # The flood went the bare way (all but the PDUs a read cut in two).
+        assert bare > 100, bare
 
 
 def _one_byte_pdv() -> PDV:

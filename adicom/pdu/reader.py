@@ -69,18 +69,17 @@ def _hides_items(body: memoryview) -> bool:
 
     The decoder keeps the last User Information item and passes over item
     types it does not know (PS3.8 9.3.1): an identity sub-item there would
-    be in the bytes and not in the object. Called on a body that decoded.
+    be in the bytes and not in the object (the one User Information item
+    it kept shows its identity: see ``carries_credentials``). Called on a
+    body that decoded.
     """
-    shown = (0x10, 0x20, 0x21)
     users = 0
-    for item_type, payload in split_items(body[68:]):
+    for item_type, _ in split_items(body[68:]):
         if item_type == 0x50:
             users += 1
-            if users > 1 or any(sub in (0x58, 0x59) for sub, _ in split_items(payload)):
-                return True
-        elif item_type not in shown:
+        elif item_type not in (0x10, 0x20, 0x21):
             return True
-    return False
+    return users > 1
 
 
 class PDUReader:
