@@ -59,6 +59,10 @@ __all__ = ["DicomClient", "ProgressCallback"]
 
 log = logging.getLogger("adicom")
 
+#: Seconds :meth:`DicomClient.commit`'s own listener waits, once the result
+#: is in, for the peer to release the association that brought it.
+REPORT_RELEASE_GRACE = 2.0
+
 
 ResultT = TypeVar("ResultT", PatientResult, StudyResult, SeriesResult, ImageResult)
 T = TypeVar("T")
@@ -429,14 +433,14 @@ class DicomClient(RetrieveMethods):
         async with contextlib.AsyncExitStack() as stack:
             if listen_port is not None:
                 reports = reports or CommitmentReports()
-                await stack.enter_async_context(
-                    Server(
-                        self.calling_aet,
-                        host=listen_host,
-                        port=listen_port,
-                        **reports.server_options(),
-                    )
+                listener = Server(
+                    self.calling_aet, host=listen_host, port=listen_port, **reports.server_options()
                 )
+                await listener.start()
+                # The peer that brought the report on its own association
+                # releases it after our response: let it, rather than abort
+                # it as it does (bounded: then the rest are aborted).
+                stack.push_async_callback(listener.close, grace=REPORT_RELEASE_GRACE)
             opened = await stack.enter_async_context(
                 self._association(peer, contexts, (), association)
             )

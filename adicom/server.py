@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -349,14 +350,24 @@ class Server(RequestServing):
         self._listener = listener
         log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
 
-    async def close(self) -> None:
+    async def close(self, *, grace: float = 0.0) -> None:
         """Stop listening, abort open associations (from any state) and wait for them.
 
+        ``grace``: seconds to let the open associations end by themselves
+        first (their requestors release them) before the rest are aborted.
+        A server that answers a peer's one message and is done with it, such
+        as the Storage Commitment report a peer brings on an association it
+        opened (PS3.4 J.3.3), lets that peer release rather than aborting it
+        between our response and its A-RELEASE-RQ.
         Bounded: an association task that has not ended 5 s after being
         cancelled is left to the event loop's shutdown.
         """
+        if grace < 0 or math.isnan(grace):
+            raise ValueError(f"grace must be 0 or more seconds, not {grace}")
         if self._listener is not None:
             self._listener.close()
+        if grace and self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for association in self.associations:
             association.abort()
         for task in list(self._tasks):

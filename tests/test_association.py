@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import math
 import pathlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -237,6 +238,30 @@ async def test_server_close_aborts_open_association() -> None:
             await assoc.echo()
         assert info.value.source == 0  # service-user abort by the server
         await assoc.wait_closed(CLOSE_BOUND)
+
+
+async def test_server_close_with_grace_lets_the_peer_release_then_aborts_the_rest() -> None:
+    """close(grace=...): no new connection, open associations may still release; then aborted."""
+    async with serving() as server:
+        port = server.port
+        leaving = await adicom.open_association("127.0.0.1", port, called_ae="ADICOM")
+        staying = await adicom.open_association("127.0.0.1", port, called_ae="ADICOM")
+        closing = asyncio.create_task(server.close(grace=0.5))
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        with pytest.raises(PeerUnreachable):
+            await adicom.open_association("127.0.0.1", port, called_ae="ADICOM", timeout=2)
+        await leaving.echo()  # still served during the grace
+        await leaving.release()
+        async with asyncio.timeout(CLOSE_BOUND):
+            await closing  # the grace is a bound: the one that stays is aborted
+        assert server.stats["released"] == 1
+        with pytest.raises(AssociationAborted):
+            await staying.echo()
+        await staying.wait_closed(CLOSE_BOUND)
+        for wrong in (-1.0, math.nan):
+            with pytest.raises(ValueError, match="grace must be 0 or more seconds"):
+                await server.close(grace=wrong)
 
 
 async def test_connection_refused_is_peer_unreachable() -> None:

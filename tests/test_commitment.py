@@ -31,7 +31,7 @@ from adicom.commitment import (
 )
 from adicom.dimse import Status
 from adicom.errors import DicomTimeout
-from adicom.nservices import NRequest, NResponse, n_action
+from adicom.nservices import NRequest, NResponse, n_action, n_event_report
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES
 
 pytestmark = pytest.mark.anyio
@@ -294,8 +294,15 @@ async def test_the_archive_keeps_mpps_apart_from_its_instances(tmp_path: pathlib
         reopened.close()
 
 
-async def test_the_client_and_the_cli_ask_for_commitment(tmp_path: pathlib.Path) -> None:
-    """DicomClient.commit with a listener of its own, and `adicom commit` (exit 0 / 1)."""
+async def test_the_client_and_the_cli_ask_for_commitment(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DicomClient.commit with a listener of its own, and `adicom commit` (exit 0 / 1).
+
+    The archive's report on a new association is answered and its sending
+    ends without a warning.
+    """
+    caplog.set_level(logging.INFO, "adicom")
     from pydicom import dcmread
     from pydicom.data import get_testdata_file
 
@@ -321,6 +328,11 @@ async def test_the_client_and_the_cli_ask_for_commitment(tmp_path: pathlib.Path)
             )
             assert result.committed == (Reference(stored.sop_class_uid, stored.sop_instance_uid),)
             assert [f.reason for f in result.failed] == [Status.NO_SUCH_SOP_INSTANCE]
+            async with asyncio.timeout(10):
+                await server.wait_idle()  # the reporting task has ended
+            said = [r.getMessage() for r in caplog.records]
+            assert f"storage commitment of {result.transaction_uid} reported to CLIENT" in said
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING], said
 
             scp.same_association = True  # the CLI waits on its association
             where = ["--aec", "ARCHIVE", "127.0.0.1", str(server.port)]
@@ -334,3 +346,48 @@ async def test_the_client_and_the_cli_ask_for_commitment(tmp_path: pathlib.Path)
             assert code == 2 and "no such file or folder" in err
     finally:
         archive.close()
+
+
+async def test_the_clients_listener_lets_a_slow_reporter_release(tmp_path: pathlib.Path) -> None:
+    """The reporting peer releases its association a while after our response (as pynetdicom's
+    thread does): DicomClient.commit's listener waits for that release instead of aborting."""
+    from adicom.models import DicomNode
+    from adicom.pdu import RoleSelection
+    from tests.test_cli import free_port
+
+    listen = free_port()
+    roles = [RoleSelection(STORAGE_COMMITMENT, scu_role=False, scp_role=True)]
+    outcome: list[str] = []
+
+    async def report(information: Dataset) -> None:
+        _, references = parse_request(information)
+        result = CommitmentResult(str(information.TransactionUID), tuple(references), ())
+        event, dataset = result_dataset(result)
+        try:
+            async with adicom.connect(
+                "127.0.0.1", listen, called_ae="CLIENT", contexts=CONTEXTS, roles=roles
+            ) as reporting:
+                answer = await n_event_report(
+                    reporting, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, event, dataset
+                )
+                await asyncio.sleep(0.3)  # the client has its result and leaves meanwhile
+                held = "still open" if reporting.is_established else "aborted"
+            outcome.append(f"0x{answer.status:04X}, {held}, released")
+        except adicom.errors.DicomError as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    async def action(request: NRequest) -> NResponse:
+        assert request.dataset is not None
+        information = request.dataset
+        return NResponse(then=lambda: report(information))
+
+    async with adicom.Server("SCP", port=0, n_handlers={STORAGE_COMMITMENT: action}) as scp:
+        client = adicom.DicomClient("CLIENT")
+        peer = DicomNode(aet="SCP", host="127.0.0.1", port=scp.port)
+        result = await client.commit(
+            [(CT, "1.2.3.4")], peer, timeout=10, listen_port=listen, listen_host="127.0.0.1"
+        )
+        assert result.committed == (Reference(CT, "1.2.3.4"),)
+        async with asyncio.timeout(10):
+            await scp.wait_idle()
+    assert outcome == ["0x0000, still open, released"]

@@ -514,8 +514,11 @@ def test_adicom_commit_command_against_pynetdicom(how: str, tmp_path: Path) -> N
 
         both = commit(held.path, missing.path)
         only_held = commit(held.path)
+        # What the commands said first: a report missing below is then told
+        # apart from a command that failed.
+        assert both.returncode == 1, both.describe()
+        assert only_held.returncode == 0, only_held.describe()
         reports = poll_lines(scp, "report", 2)
-    assert both.returncode == 1, both.describe()
     lines = both.stdout.splitlines()
     assert lines[0].split() == ["committed", held.sop_instance_uid], both.describe()
     assert lines[1].split(maxsplit=2) == [
@@ -524,7 +527,6 @@ def test_adicom_commit_command_against_pynetdicom(how: str, tmp_path: Path) -> N
         "no such object instance (0x0112)",
     ]
     assert lines[2].startswith("adicom commit: 1 committed, 1 not (transaction ")
-    assert only_held.returncode == 0, only_held.describe()
     assert only_held.stdout.splitlines()[0].split() == ["committed", held.sop_instance_uid]
     assert [(r["via"], r["status"], r["event_type"]) for r in reports] == [
         (how, SUCCESS, 2),
@@ -532,6 +534,8 @@ def test_adicom_commit_command_against_pynetdicom(how: str, tmp_path: Path) -> N
     ], scp.describe()
     if how == "new":
         assert all(r["roles"] == {"scu": False, "scp": True} for r in reports)
+        # The command's listener let pynetdicom release what it reported on.
+        assert all(r["released"] for r in reports), reports
 
 
 # --------------------------------------------------------------------------

@@ -35,7 +35,7 @@ Failures carry an Error Comment. Output, one JSON object a line, flushed:
    "message_id", "action_type", "event_type", "attributes": [int] | null,
    "dataset": <DICOM JSON> | null, "status": int}
   {"event": "report", "via": "same" | "new" | "after-release",
-   "roles": {"scu": bool, "scp": bool} | null, "established": bool,
+   "roles": {"scu": bool, "scp": bool} | null, "established": bool, "released": bool,
    "status": int | null, "event_type": int, "transaction_uid": str}
 """
 
@@ -268,6 +268,7 @@ def main() -> int:
             "via": args.report,
             "roles": None,
             "established": False,
+            "released": False,
             "status": None,
             "event_type": event_type,
             "transaction_uid": str(information.TransactionUID),
@@ -303,6 +304,7 @@ def main() -> int:
             line["status"] = int(status.Status) if "Status" in status else None
             if outgoing.is_established:
                 outgoing.release()
+                line["released"] = bool(outgoing.is_released)
         finally:
             _print(line)
 
