@@ -561,3 +561,42 @@ def test_inserts_take_a_handful_of_statements(tmp_path: pathlib.Path) -> None:
     finally:
         index.close()
     assert seen == {1, 2, 4, 8, 16, 32}
+
+
+class _FailingCommit:
+    """An index's connection whose next COMMIT fails (a full disk), the rest passed on."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_rows_of_a_failed_commit_are_written_whole_by_the_next(tmp_path: pathlib.Path) -> None:
+    # The INSERTs went in and the COMMIT failed: the pending rows, which the
+    # INSERTs' parameters were gathered from, are written unchanged next time.
+    index = Index(tmp_path / "index.sqlite")
+    made: dict[str, list[str | int]] = {}
+    try:
+        for n in range(45):
+            values = _values(f"1.{n}")
+            index.add(values, tmp_path / f"{n}", "1.2.840.10008.1.2", n, n)
+            made[f"1.{n}"] = make_row(values, tmp_path / f"{n}", "1.2.840.10008.1.2", n, n)
+        real = index._db
+        index._db = _FailingCommit(real)  # type: ignore[assignment]
+        with pytest.raises(sqlite3.OperationalError):
+            index.commit()
+        assert index.pending == 45
+        index.commit()
+        index._db = real
+        assert {str(row[_UID]): row for rows in index.rows() for row in rows} == made
+    finally:
+        index.close()
