@@ -17,6 +17,7 @@ import logging
 import pathlib
 import sqlite3
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -570,7 +571,7 @@ class _FailingCommit:
         self.db = db
         self.fail = True
 
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         if sql == "COMMIT" and self.fail:
             self.fail = False
             raise sqlite3.OperationalError("database or disk is full")
