@@ -20,7 +20,10 @@ and finished as the server does it (what happens to an instance once its
 bytes arrive: the walks, the temporary file, the filing). ``archive`` is
 the same through ``Archive(DIR).storage`` (what ``adicom serve --storage``
 adds: its 19 wanted values, the index rows, a commit every ARCHIVE_BATCH
-instances). ``--profile`` of ``sink`` and ``archive`` profiles the measured
+instances). ``values`` is ``sink`` reading the archive's values too
+(``DiskStorage(extra_keywords=ATTRIBUTES)``, no index): between ``sink``
+and ``archive``, what the values cost and what the index costs.
+``--profile`` of ``sink``, ``values`` and ``archive`` profiles the measured
 part only; their CPU time is the child's own clock (``time.process_time``),
 not /proc's 10 ms ticks, so a few hundred instances are enough.
 
@@ -122,6 +125,10 @@ def _sink_child(folder: str, count: int, kind: str = "sink", profile: str = "") 
 
         archive = Archive(folder)
         storage = archive.storage
+    elif kind == "values":
+        from adicom.archive.matching import ATTRIBUTES
+
+        storage = adicom.DiskStorage(folder, extra_keywords=ATTRIBUTES)
     else:
         storage = adicom.DiskStorage(folder)
 
@@ -291,7 +298,9 @@ def main() -> None:
         _disk_server(folder, int(port), float(budget))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="KIND:N, KIND one of disk, serve, sink, archive")
+    parser.add_argument(
+        "runs", nargs="+", help="KIND:N, KIND one of disk, serve, sink, values, archive"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     mode.add_argument("--profile", action="store_true", help="cProfile the SCP")
@@ -307,12 +316,12 @@ def main() -> None:
         args.keep.mkdir(parents=True, exist_ok=True)
     for run in args.runs:
         kind, _, count = run.partition(":")
-        if kind not in ("disk", "serve", "sink", "archive"):
+        if kind not in ("disk", "serve", "sink", "values", "archive"):
             parser.error(f"unknown kind {kind!r}")
         n = int(count or 300)
         cost = statistics.median(
             _measure_sink(n, chosen, args.scratch, kind, args.keep)
-            if kind in ("sink", "archive")
+            if kind in ("sink", "values", "archive")
             else measure(kind, n, chosen, args.keep, args.scratch, args.max_send_pdu)
             for _ in range(max(1, args.repeat))
         )

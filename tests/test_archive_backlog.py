@@ -17,6 +17,7 @@ import logging
 import pathlib
 import sqlite3
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -493,3 +494,110 @@ def test_the_lookup_of_displaced_copies_takes_few_statements(tmp_path: pathlib.P
         index.close()
     # The traced text has the values bound: 8, 16 and 32 UIDs.
     assert sorted({sql.count("', '") + 1 for sql in seen}) == [8, 16, 32]
+
+
+def test_a_commit_of_any_size_writes_every_row_as_made(tmp_path: pathlib.Path) -> None:
+    # Rows go in INSERT statements of several rows (32, then powers of two):
+    # every size from 1 to past two full statements writes each row whole,
+    # its values in their columns, none left out and none twice.
+    index = Index(tmp_path / "index.sqlite")
+    made: dict[str, list[str | int]] = {}
+    try:
+        for size in range(1, 2 * 32 + 8):
+            for n in range(size):
+                uid = f"{size}.{n}"
+                values = dict.fromkeys(ATTRIBUTES, "")
+                values.update(_values(uid), PatientName=f"P^{n}", InstanceNumber=str(n))
+                where = tmp_path / f"{size}-{n}"
+                index.add(values, where, "1.2.840.10008.1.2", n, size)
+                made[uid] = make_row(values, where, "1.2.840.10008.1.2", n, size)
+            index.commit()
+            assert index.pending == 0
+        committed = {str(row[_UID]): row for rows in index.rows() for row in rows}
+        assert committed == made
+    finally:
+        index.close()
+
+
+def test_rows_of_one_commit_replace_committed_ones_by_uid_and_by_path(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Each row of a multi-row INSERT resolves its own conflicts, as a
+    # statement per row did: the same UID elsewhere, another UID's path.
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        for n in range(40):
+            index.add(_values(f"old.{n}"), tmp_path / f"old-{n}", "")
+        index.commit()
+        for n in range(40):
+            if n % 2:
+                index.add(_values(f"old.{n}"), tmp_path / f"moved-{n}", "")  # its UID again
+            else:
+                index.add(_values(f"new.{n}"), tmp_path / f"old-{n}", "")  # another's file
+        index.commit()
+        paths = _committed_paths(index)
+        assert len(paths) == 40
+        for n in range(40):
+            if n % 2:
+                assert paths[f"old.{n}"] == str(tmp_path / f"moved-{n}")
+            else:
+                assert f"old.{n}" not in paths
+                assert paths[f"new.{n}"] == str(tmp_path / f"old-{n}")
+    finally:
+        index.close()
+
+
+def test_inserts_take_a_handful_of_statements(tmp_path: pathlib.Path) -> None:
+    # One statement text per commit size would churn the connection's cache.
+    index = Index(tmp_path / "index.sqlite")
+    seen: set[int] = set()
+    try:
+        index._db.set_trace_callback(
+            lambda sql: seen.add(sql.count("), (") + 1) if sql.startswith("INSERT") else None
+        )
+        for size in range(1, 100):
+            for n in range(size):
+                index.add(_values(f"{size}.{n}"), tmp_path / f"{size}-{n}", "")
+            index.commit()
+    finally:
+        index.close()
+    assert seen == {1, 2, 4, 8, 16, 32}
+
+
+class _FailingCommit:
+    """An index's connection whose next COMMIT fails (a full disk), the rest passed on."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_rows_of_a_failed_commit_are_written_whole_by_the_next(tmp_path: pathlib.Path) -> None:
+    # The INSERTs went in and the COMMIT failed: the pending rows, which the
+    # INSERTs' parameters were gathered from, are written unchanged next time.
+    index = Index(tmp_path / "index.sqlite")
+    made: dict[str, list[str | int]] = {}
+    try:
+        for n in range(45):
+            values = _values(f"1.{n}")
+            index.add(values, tmp_path / f"{n}", "1.2.840.10008.1.2", n, n)
+            made[f"1.{n}"] = make_row(values, tmp_path / f"{n}", "1.2.840.10008.1.2", n, n)
+        real = index._db
+        index._db = _FailingCommit(real)  # type: ignore[assignment]
+        with pytest.raises(sqlite3.OperationalError):
+            index.commit()
+        assert index.pending == 45
+        index.commit()
+        index._db = real
+        assert {str(row[_UID]): row for rows in index.rows() for row in rows} == made
+    finally:
+        index.close()

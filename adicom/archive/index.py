@@ -10,8 +10,10 @@ shared with the PostgreSQL index (:mod:`adicom.archive.postgres`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
+import operator
 import os
 import random
 import sqlite3
@@ -119,10 +121,17 @@ BUSY_TIMEOUT = 0.02
 # before serving, and several processes may open one archive at once.
 _OPEN_TIMEOUT = 10.0
 
-_INSERT = (
-    f"INSERT OR REPLACE INTO instances ({', '.join(ROW_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in ROW_COLUMNS)})"
-)
+_INSERT_HEAD = f"INSERT OR REPLACE INTO instances ({', '.join(ROW_COLUMNS)}) VALUES "
+_INSERT_ROW = f"({', '.join('?' for _ in ROW_COLUMNS)})"
+#: Rows per INSERT statement at most (:func:`_insert_rows`): 32 rows of 24
+#: values stay under 999 parameters, SQLite's limit before 3.32.
+INSERT_ROWS = 32
+# The INSERT of 1, 2, 4, ... INSERT_ROWS rows at once (VALUES (...), (...)):
+# a few statements, each prepared once and kept in the connection's cache.
+_INSERTS = {
+    count: _INSERT_HEAD + ", ".join([_INSERT_ROW] * count)
+    for count in (1 << bit for bit in range(INSERT_ROWS.bit_length()))
+}
 # Where the path and the SOP class are in a row (make_row()).
 _ROW_PATH = ROW_COLUMNS.index("path")
 _ROW_CLASS = ROW_COLUMNS.index("sop_class_uid")
@@ -342,7 +351,7 @@ class Index:
             displaced = self._displaced(rows) if self._displace and rows else []
             # A file rewritten with another instance: the old instance's row
             # goes in the insert (INSERT OR REPLACE, path being unique).
-            db.executemany(_INSERT, [row for _, row in rows.values()])
+            _insert_rows(db, [row for _, row in rows.values()])
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -608,6 +617,29 @@ class Index:
         sql, params = instances_query(level, keys, patient_root, retrieve, options, SQLITE)
         self._flush()
         return [Row(*row) for row in self._db.execute(sql, params)]
+
+
+def _insert_rows(db: sqlite3.Connection, rows: list[list[str | int]]) -> None:
+    """INSERT OR REPLACE ``rows``, in order, up to INSERT_ROWS of them per statement.
+
+    One statement per row (executemany) spent ~12k instructions a row on
+    the statement itself (its reset, its halt, the call into SQLite)
+    besides the row's own work; a multi-row VALUES list pays that once per
+    statement. Each row is still inserted on its own, in order, with its
+    own conflict resolution (a row replaces the one of its SOP Instance UID
+    or its path), as one statement per row did. ``rows`` are cut into
+    statements of INSERT_ROWS rows and one of each power of two for the
+    rest (45 rows: 32, 8, 4, 1), so that only a handful of statements are
+    ever prepared.
+    """
+    at, left = 0, len(rows)
+    while left:
+        count = INSERT_ROWS if left >= INSERT_ROWS else 1 << (left.bit_length() - 1)
+        # The rows' values in one list: each row's added whole to the first
+        # (list += list, a copy in C), ~3x cheaper than chaining them value by value.
+        db.execute(_INSERTS[count], functools.reduce(operator.iadd, rows[at : at + count], []))
+        at += count
+        left -= count
 
 
 def _padded(count: int) -> int:
