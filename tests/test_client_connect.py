@@ -368,3 +368,53 @@ async def test_a_local_connect_is_done_at_once() -> None:
     finally:
         listener.close()
     assert any(done), done
+
+
+async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # client._adopt: the connected socket is wrapped in asyncio's transport
+    # and the association told at once (its A-ASSOCIATE-RQ sent), without
+    # create_connection's coroutines and the loop turn it waits; the
+    # transport's own connection_made, a turn later, tells nobody again.
+    from adicom import client
+    from adicom.driver import Driver
+
+    loop = asyncio.get_running_loop()
+    if type(loop) is not asyncio.SelectorEventLoop:
+        pytest.skip("asyncio's selector loop only (uvloop: create_connection)")
+    told: list[object] = []
+    made = Driver._connection_made
+
+    def counting(self: Driver, transport: asyncio.Transport) -> None:
+        if self.requestor:
+            told.append(transport)
+        made(self, transport)
+
+    async def refusing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("create_connection is not used for plain TCP here")
+
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        monkeypatch.setattr(Driver, "_connection_made", counting)
+        monkeypatch.setattr(loop, "create_connection", refusing)
+        async with asyncio.timeout(BOUND):
+            association = Association(requestor=True)
+            association.prepare_request(
+                build_request(
+                    calling_ae="ADICOM",
+                    called_ae="ANY-SCP",
+                    contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
+                )
+            )
+            await client._connect_tcp(loop, association, "127.0.0.1", server.port)
+            # Told, and the request on its way, before the loop ran again.
+            assert association.state is State.STA5
+            assert association._transport is not None
+            # TCP_NODELAY, which the transport does not set on a socket of proto 0.
+            sock = association._transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            await association.request_association(association.request, BOUND)  # type: ignore[arg-type]
+            assert await association.echo() == 0
+            await association.release(BOUND)
+    assert association.closed
+    assert len(told) == 1
