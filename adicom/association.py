@@ -639,20 +639,7 @@ class Association(Driver):
             operation = self._start_now(context_id, command, encoded)
             if operation is None:
                 operation = await self.start_operation(context_id, command, encoded=encoded)
-        seconds = self.dimse_timeout
-        responses = operation._responses
-        if seconds is None or responses._items or responses._error is not None:
-            reply = await operation.next_response()
-        else:
-            # operation.next_response()'s bounded wait, without its coroutine
-            # (every echo): the steps its comment in adicom.operation lists.
-            waiter = operation._wait(seconds)
-            try:
-                await waiter
-            except BaseException as error:
-                operation._wait_failed(error)
-                raise
-            reply = operation._waited()
+        reply = await operation.next_response()
         while not operation.done:  # a pending C-ECHO-RSP is no answer yet
             reply = await operation.next_response()
         status = reply.command.status or 0

@@ -251,69 +251,31 @@ class Operation:
         association = self.association
         seconds = association.dimse_timeout if timeout is None else timeout
         responses = self._responses
-        if seconds is None or responses._items or responses._error is not None:  # .ready
-            try:
-                reply = await responses.get()
-            except DicomError as error:
-                self._given_up(error)
-                raise
-            return self._reply(reply)
-        # Nothing is there yet: what get() does, without its coroutine
-        # (arrival, then take), bounded by the association's watchdog.
-        waiter = self._wait(seconds)
         try:
-            await waiter
-        except BaseException as error:
-            self._wait_failed(error)
+            if seconds is None or responses._items or responses._error is not None:  # .ready
+                reply = await responses.get()
+            else:
+                # Bounded by the association's watchdog: one loop timer for
+                # all its waits, not one made and cancelled per response.
+                # Nothing is there yet: what get() does, without its
+                # coroutine (arrival, then take).
+                association._watch(self, seconds)
+                try:
+                    # responses.arrival(), then take(), inline (every response).
+                    responses._waiter = waiter = association._loop.create_future()
+                    await waiter
+                finally:
+                    responses._waiter = None
+                    association._watched.pop(self, None)  # association._unwatch(self)
+                    self._deadline = 0.0  # no wait to re-arm (see deliver)
+                reply = responses._items.popleft() if responses._items else responses.take()
+        except DicomTimeout:
+            self.forget()
+            association.abort()
             raise
-        return self._waited()
-
-    # next_response's bounded wait in three steps, for a caller that awaits
-    # the future itself (Association.echo: one coroutine less per response):
-    #     waiter = operation._wait(seconds)
-    #     try: await waiter
-    #     except BaseException as error: operation._wait_failed(error); raise
-    #     reply = operation._waited()
-    # while nothing has arrived (not _responses.ready), seconds not None and
-    # the operation not done.
-
-    def _wait(self, seconds: float) -> asyncio.Future[None]:
-        """Start a wait for the next response, bounded by ``seconds``: the future to await."""
-        association = self.association
-        # Bounded by the association's watchdog: one loop timer for all its
-        # waits, not one made and cancelled per response.
-        association._watch(self, seconds)
-        # responses.arrival(), inline (every response).
-        self._responses._waiter = waiter = association._loop.create_future()
-        return waiter
-
-    def _end_wait(self) -> None:
-        self._responses._waiter = None
-        self.association._watched.pop(self, None)  # association._unwatch(self)
-        self._deadline = 0.0  # no wait to re-arm (see deliver)
-
-    def _wait_failed(self, error: BaseException) -> None:
-        """The wait begun by :meth:`_wait` raised ``error`` (re-raised by the caller)."""
-        self._end_wait()
-        if isinstance(error, DicomError):
-            self._given_up(error)
-
-    def _waited(self) -> Message:
-        """The wait begun by :meth:`_wait` ended: the response (checked), or why there is none."""
-        self._end_wait()
-        responses = self._responses
-        # responses.take(), inline (every response).
-        return self._reply(responses._items.popleft() if responses._items else responses.take())
-
-    def _given_up(self, error: DicomError) -> None:
-        """No response will be taken (``error``): forgotten; a DIMSE timeout aborts too."""
-        self.forget()
-        if isinstance(error, DicomTimeout):
-            # A late response could be taken for another request's.
-            self.association.abort()
-
-    def _reply(self, reply: Message | None) -> Message:
-        """``reply`` as next_response returns it: raises when there is none, or no status."""
+        except DicomError:
+            self.forget()
+            raise
         if reply is None:
             self.forget()
             raise AssociationError(f"the association ended before the final {self.name}")

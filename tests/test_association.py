@@ -29,7 +29,7 @@ from adicom.errors import (
     LocalProtocolError,
     PeerUnreachable,
 )
-from adicom.operation import MessageQueue, Operation
+from adicom.operation import MessageQueue
 from adicom.pdu import (
     PDV,
     AAbort,
@@ -298,58 +298,6 @@ async def test_dimse_timeout_when_no_response_comes_aborts() -> None:
         async with asyncio.timeout(CLOSE_BOUND):
             await peer.done.wait()
     assert peer.received[-1] == AAbort(0, 0)
-
-
-def _no_next_response(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Association.echo waits for its response without Operation.next_response's coroutine."""
-
-    async def refused(self: object, timeout: float | None = None) -> None:
-        raise AssertionError("echo awaits its response itself")
-
-    monkeypatch.setattr(Operation, "next_response", refused)
-
-
-async def test_echo_waits_for_its_response_without_a_coroutine_of_its_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with serving() as server:
-        async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
-            _no_next_response(monkeypatch)
-            for _ in range(3):
-                assert await assoc.echo() == 0
-            assert not assoc._watched  # each wait ended, the watchdog told
-            assert assoc.outstanding == 0
-
-
-async def test_echo_without_next_response_still_times_out_and_aborts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    peer = FakePeer(answer=lambda rq: [accept(rq)])
-    async with peer.running() as port, adicom.connect("127.0.0.1", port, timeout=0.3) as assoc:
-        _no_next_response(monkeypatch)
-        with pytest.raises(DicomTimeout) as info:
-            await assoc.echo()
-        assert info.value.which == "DIMSE"
-        assert not assoc.is_established  # a late response could be taken for another's
-        assert not assoc._watched and not assoc._operations
-        async with asyncio.timeout(CLOSE_BOUND):
-            await peer.done.wait()
-    assert peer.received[-1] == AAbort(0, 0)
-
-
-async def test_a_cancelled_echo_leaves_no_wait_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    peer = FakePeer(answer=lambda rq: [accept(rq)])
-    async with peer.running() as port, adicom.connect("127.0.0.1", port, timeout=30.0) as assoc:
-        _no_next_response(monkeypatch)
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.05):
-                await assoc.echo()
-        assert not assoc._watched
-        assert assoc.is_established  # cancelled by its caller, not timed out: no abort
-        (operation,) = assoc._operations.values()
-        assert operation._responses._waiter is None
-        monkeypatch.undo()
-        assoc.abort()  # the peer never answers: release() would wait for the response
 
 
 async def test_response_waits_share_one_watchdog_that_moves_earlier_and_later() -> None:
