@@ -38,6 +38,7 @@ from adicom.negotiation import (
 from adicom.pdu import RoleSelection, UserIdentityRQ
 from adicom.presentation import DEFAULT_TRANSFER_SYNTAXES, VERIFICATION
 from adicom.tls import describe_tls_failure
+from adicom.transport import adopt, adopts
 
 log = logging.getLogger("adicom")
 
@@ -221,57 +222,15 @@ async def _connect_tcp(
                 raise OSError(error, f"Connect call failed {(address, port)}")
         else:
             await loop.sock_connect(sock, (address, port))
-        if type(loop) is not _SELECTOR_LOOP or _MAKE_TRANSPORT is None:
+        if not adopts(loop):
             await loop.create_connection(association.protocol, sock=sock)
             return
     except BaseException:
         sock.close()
         raise
-    _adopt(loop, sock, association)
-
-
-#: asyncio's own selector loop (the default on Unix), and how it wraps a
-#: connected socket in a transport (a method of that loop's class since
-#: Python 3.4; looked up once, so that a Python without it takes the
-#: public path).
-_SELECTOR_LOOP: type = asyncio.SelectorEventLoop
-_MAKE_TRANSPORT = getattr(_SELECTOR_LOOP, "_make_socket_transport", None)
-
-
-def _ignore_connection_made(transport: asyncio.BaseTransport) -> None:
-    """The loop's connection_made for a transport whose association was told already."""
-
-
-def _adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, association: Association) -> None:
-    """Wrap the connected ``sock`` in asyncio's transport and tell ``association`` at once.
-
-    What ``loop.create_connection(sock=sock)`` does on asyncio's selector
-    loop, without its two coroutines, its future and the loop turn its
-    caller waits for connection_made: the transport is made here and the
-    association told in this call, so the A-ASSOCIATE-RQ leaves now (Evt2
-    in Sta4, PS3.8 9.2) and the task goes straight on to wait for the
-    answer. The transport's own connection_made call, which it schedules
-    for the next loop turn, is made a no-op: the association is told once.
-    There is no window in which the association lacks its transport (an
-    abort then would leave the connection open). The transport starts
-    reading in the next loop turn, as ever.
-    """
-    protocol = association.protocol()
-    # Read by the transport's constructor, which schedules the call.
-    protocol.connection_made = _ignore_connection_made  # type: ignore[method-assign]
-    try:
-        # What TransportProtocol.connection_made does (see there why); the
-        # transport's own attempt passes over a socket made with proto 0.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = _MAKE_TRANSPORT(loop, sock, protocol)  # type: ignore[misc]
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        association._connection_made(transport)
-    except BaseException:
-        transport.abort()
-        raise
+    # The A-ASSOCIATE-RQ leaves now (Evt2 in Sta4, PS3.8 9.2), and this
+    # task goes straight on to wait for the answer.
+    adopt(loop, sock, association)
 
 
 #: connect_ex() on a non-blocking socket: the connection is on its way.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:  # the driver makes its protocol; only its type is needed here
     from adicom.driver import Driver
 
-__all__ = ["TransportProtocol"]
+__all__ = ["TransportProtocol", "adopt", "adopts"]
 
 
 class _Closed:
@@ -104,3 +104,54 @@ class TransportProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         """The transport's buffer has drained: waiting senders go on."""
         self._association._resume_writing()
+
+
+#: asyncio's own selector loop (the default on Unix), and how it wraps a
+#: connected socket in a transport (a method of that loop's class since
+#: Python 3.4; looked up once, so that a Python without it takes the
+#: public path).
+_SELECTOR_LOOP: type = asyncio.SelectorEventLoop
+_MAKE_TRANSPORT = getattr(_SELECTOR_LOOP, "_make_socket_transport", None)
+
+
+def adopts(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when :func:`adopt` can take a connected socket on ``loop`` (asyncio's selector loop)."""
+    return type(loop) is _SELECTOR_LOOP and _MAKE_TRANSPORT is not None
+
+
+def _ignore_connection_made(transport: asyncio.BaseTransport) -> None:
+    """The loop's connection_made for a transport whose association was told already."""
+
+
+def adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, association: Driver) -> None:
+    """Wrap the connected TCP ``sock`` in asyncio's transport; tell ``association`` at once.
+
+    Only where :func:`adopts` (else ``loop.create_connection(sock=...)`` or
+    ``loop.connect_accepted_socket``). What those do on asyncio's selector
+    loop, without their two coroutines, their future and the loop turn the
+    caller waits for connection_made: the transport is made here and the
+    association told in this call (a requestor's prepared A-ASSOCIATE-RQ
+    leaves now; an acceptor starts ARTIM), so the caller goes straight on.
+    The transport's own connection_made call, which it schedules for the
+    next loop turn, is made a no-op: the association is told once, and is
+    never without its transport while the connection exists (an abort then
+    would leave the connection open). The transport starts reading in the
+    next loop turn, as ever. If telling the association raises, the
+    connection is closed and the error raised.
+    """
+    protocol = association.protocol()
+    # Read by the transport's constructor, which schedules the call.
+    protocol.connection_made = _ignore_connection_made  # type: ignore[method-assign]
+    try:
+        # What TransportProtocol.connection_made does (see there why); the
+        # transport's own attempt passes over a socket made with proto 0.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = _MAKE_TRANSPORT(loop, sock, protocol)  # type: ignore[misc]
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        association._connection_made(transport)
+    except BaseException:
+        transport.abort()
+        raise

@@ -373,7 +373,7 @@ async def test_a_local_connect_is_done_at_once() -> None:
 async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # client._adopt: the connected socket is wrapped in asyncio's transport
+    # transport.adopt: the connected socket is wrapped in asyncio's transport
     # and the association told at once (its A-ASSOCIATE-RQ sent), without
     # create_connection's coroutines and the loop turn it waits; the
     # transport's own connection_made, a turn later, tells nobody again.
@@ -418,3 +418,41 @@ async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_co
             await association.release(BOUND)
     assert association.closed
     assert len(told) == 1
+
+
+async def test_adopt_closes_the_connection_when_the_association_refuses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # transport.adopt: an association that raises when told of its
+    # connection leaves no transport open behind it.
+    from adicom.driver import Driver
+    from adicom.transport import adopt, adopts
+
+    loop = asyncio.get_running_loop()
+    if not adopts(loop):
+        pytest.skip("asyncio's selector loop only")
+
+    def refusing(self: Driver, transport: asyncio.Transport) -> None:
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(Driver, "_connection_made", refusing)
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs = listener.accept()[0]
+    listener.close()
+    try:
+        ours.setblocking(False)
+        before = dict(loop._transports)  # type: ignore[attr-defined]
+        association = Association(requestor=True)
+        with pytest.raises(RuntimeError, match="refused"):
+            adopt(loop, ours, association)
+        (made,) = [t for fd, t in loop._transports.items() if fd not in before]  # type: ignore[attr-defined]
+        assert made.is_closing()
+        async with asyncio.timeout(BOUND):
+            while ours.fileno() != -1:  # closed when its connection_lost runs
+                await asyncio.sleep(0)
+        theirs.settimeout(BOUND)
+        assert theirs.recv(1) == b""  # the peer sees the end
+    finally:
+        ours.close()
+        theirs.close()
