@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:  # the driver makes its protocol; only its type is needed here
     from adicom.driver import Driver
 
-__all__ = ["TransportProtocol", "adopt", "adopts"]
+__all__ = ["TransportProtocol", "adopt", "adopts", "sets_nodelay"]
 
 
 class _Closed:
@@ -40,6 +40,24 @@ class _Closed:
 _CLOSED: Any = _Closed()
 
 
+def sets_nodelay(kind: type) -> bool:
+    """True for transports of type ``kind`` that turn Nagle's algorithm off themselves.
+
+    uvloop's TCP transport does, on every connection it makes or wraps
+    (``uv_tcp_nodelay``, since uvloop 0.9; adicom asks for 0.19 or later):
+    asking its socket again costs a pseudo-socket object and a system call
+    per connection (~7k instructions). asyncio's own transports try only
+    for a socket whose protocol number says TCP (``socket.socket()``
+    leaves it 0; an accepted socket has its listener's): for those
+    TransportProtocol sets it, whatever the transport did.
+    """
+    return kind.__module__ == "uvloop.loop" and kind.__qualname__ == "TCPTransport"
+
+
+#: sets_nodelay by transport type, asked once per type.
+_SETS_NODELAY: dict[type, bool] = {}
+
+
 class TransportProtocol(asyncio.BufferedProtocol):
     """The asyncio side of the socket; forwards everything to the Driver.
 
@@ -59,7 +77,11 @@ class TransportProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Connected: TCP_NODELAY on, then the driver is told."""
-        sock = transport.get_extra_info("socket")
+        kind = type(transport)
+        sets = _SETS_NODELAY.get(kind)
+        if sets is None:
+            sets = _SETS_NODELAY[kind] = sets_nodelay(kind)
+        sock = None if sets else transport.get_extra_info("socket")
         if sock is not None:
             # Nagle's algorithm plus delayed ACKs stall a small request and
             # its response by up to 40 ms each on Linux; DICOM is exactly

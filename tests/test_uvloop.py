@@ -93,3 +93,21 @@ def test_the_suites_are_collected_again() -> None:
         ]
         assert tests, f"{suite} has no async test to run on uvloop"
         assert all(key in globals() for key in tests)
+
+
+def test_only_uvloops_tcp_transport_is_trusted_to_set_tcp_nodelay() -> None:
+    # adicom.transport.sets_nodelay: TransportProtocol skips its own
+    # setsockopt for these (test_tcp_nodelay_on_both_sides, collected here
+    # from tests.test_association, checks the option on uvloop's sockets).
+    import asyncio.selector_events
+
+    import uvloop.loop
+
+    from adicom.transport import sets_nodelay
+
+    uv: Any = uvloop.loop
+    selector: Any = asyncio.selector_events
+    assert sets_nodelay(uv.TCPTransport)
+    assert not sets_nodelay(uv.UnixTransport)
+    assert not sets_nodelay(selector._SelectorSocketTransport)
+    assert not sets_nodelay(asyncio.Transport)
