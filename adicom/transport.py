@@ -161,10 +161,10 @@ def adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, association: Dri
     next loop turn, as ever. If telling the association raises, the
     connection is closed and the error raised.
     """
-    protocol = association.protocol()
-    # Read by the transport's constructor, which schedules the call.
-    protocol.connection_made = _ignore_connection_made  # type: ignore[method-assign]
     try:
+        protocol = association.protocol()
+        # Read by the transport's constructor, which schedules the call.
+        protocol.connection_made = _ignore_connection_made  # type: ignore[method-assign]
         # What TransportProtocol.connection_made does (see there why); the
         # transport's own attempt passes over a socket made with proto 0.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

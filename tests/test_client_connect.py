@@ -460,3 +460,26 @@ async def test_adopt_closes_the_connection_when_the_association_refuses_it(
     finally:
         ours.close()
         theirs.close()
+
+
+async def test_adopt_closes_the_socket_of_an_association_that_has_its_connection() -> None:
+    # transport.adopt: a socket it cannot hand over is closed, not left open.
+    from adicom.errors import LocalProtocolError as Refused
+    from adicom.transport import adopt, adopts
+
+    loop = asyncio.get_running_loop()
+    if not adopts(loop):
+        pytest.skip("asyncio's selector loop only")
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs = listener.accept()[0]
+    listener.close()
+    try:
+        association = Association(requestor=True)
+        association.protocol()  # it has its connection's protocol already
+        with pytest.raises(Refused):
+            adopt(loop, ours, association)
+        assert ours.fileno() == -1
+    finally:
+        ours.close()
+        theirs.close()
