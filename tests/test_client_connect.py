@@ -483,3 +483,28 @@ async def test_adopt_closes_the_socket_of_an_association_that_has_its_connection
     finally:
         ours.close()
         theirs.close()
+
+
+async def test_a_closed_connection_needs_no_garbage_collection() -> None:
+    # transport.break_cycle: asyncio's selector transport refers to itself
+    # through its read callback; once the connection is lost that cycle is
+    # broken, so the transport (and its socket) go when the association does.
+    import weakref
+
+    loop = asyncio.get_running_loop()
+    if type(loop) is not asyncio.SelectorEventLoop:
+        pytest.skip("asyncio's selector loop only")
+    gc.collect()
+    gc.disable()
+    try:
+        async with adicom.Server("ANY-SCP", port=0) as server:
+            async with asyncio.timeout(BOUND):
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    assert await assoc.echo() == 0
+                    transport = weakref.ref(assoc._transport)
+                await server.wait_idle()
+            assert assoc.closed
+            del assoc
+            assert transport() is None
+    finally:
+        gc.enable()
