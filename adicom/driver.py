@@ -60,7 +60,7 @@ from adicom.negotiation import DEFAULT_MAX_PDU
 from adicom.operation import MessageQueue, Operation
 from adicom.pdu import AAssociateAC, AAssociateRQ, PDataTF
 from adicom.tls import TlsInfo, describe_tls_failure, tls_info
-from adicom.transport import TransportProtocol
+from adicom.transport import TransportProtocol, break_cycle
 from adicom.turns import loop_turns
 
 __all__ = ["PARSE_BUDGET", "Driver"]
@@ -438,6 +438,7 @@ class Driver(Deadlines, Emission, InputFlow):
             if not waiter.done():
                 waiter.set_result(None)
         self._close_waiters = ()
+        break_cycle(self._transport)
         # A hook that holds the association (a partial of it) would keep it
         # in a reference cycle: nothing comes to answer any more.
         self.on_request = self.on_association_request = None

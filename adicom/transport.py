@@ -10,13 +10,14 @@ reference cycle with its driver when the connection is lost.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # the driver makes its protocol; only its type is needed here
     from adicom.driver import Driver
 
-__all__ = ["TransportProtocol"]
+__all__ = ["TransportProtocol", "adopt", "adopts", "break_cycle", "sets_nodelay"]
 
 
 class _Closed:
@@ -40,6 +41,24 @@ class _Closed:
 _CLOSED: Any = _Closed()
 
 
+def sets_nodelay(kind: type) -> bool:
+    """True for transports of type ``kind`` that turn Nagle's algorithm off themselves.
+
+    uvloop's TCP transport does, on every connection it makes or wraps
+    (``uv_tcp_nodelay``, since uvloop 0.9; adicom asks for 0.19 or later):
+    asking its socket again costs a pseudo-socket object and a system call
+    per connection (~7k instructions). asyncio's own transports try only
+    for a socket whose protocol number says TCP (``socket.socket()``
+    leaves it 0; an accepted socket has its listener's): for those
+    TransportProtocol sets it, whatever the transport did.
+    """
+    return kind.__module__ == "uvloop.loop" and kind.__qualname__ == "TCPTransport"
+
+
+#: sets_nodelay by transport type, asked once per type.
+_SETS_NODELAY: dict[type, bool] = {}
+
+
 class TransportProtocol(asyncio.BufferedProtocol):
     """The asyncio side of the socket; forwards everything to the Driver.
 
@@ -59,7 +78,11 @@ class TransportProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Connected: TCP_NODELAY on, then the driver is told."""
-        sock = transport.get_extra_info("socket")
+        kind = type(transport)
+        sets = _SETS_NODELAY.get(kind)
+        if sets is None:
+            sets = _SETS_NODELAY[kind] = sets_nodelay(kind)
+        sock = None if sets else transport.get_extra_info("socket")
         if sock is not None:
             # Nagle's algorithm plus delayed ACKs stall a small request and
             # its response by up to 40 ms each on Linux; DICOM is exactly
@@ -104,3 +127,75 @@ class TransportProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         """The transport's buffer has drained: waiting senders go on."""
         self._association._resume_writing()
+
+
+#: asyncio's own selector loop (the default on Unix), and how it wraps a
+#: connected socket in a transport (a method of that loop's class since
+#: Python 3.4; looked up once, so that a Python without it takes the
+#: public path).
+_SELECTOR_LOOP: type = asyncio.SelectorEventLoop
+_MAKE_TRANSPORT = getattr(_SELECTOR_LOOP, "_make_socket_transport", None)
+
+
+def adopts(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when :func:`adopt` can take a connected socket on ``loop`` (asyncio's selector loop)."""
+    return type(loop) is _SELECTOR_LOOP and _MAKE_TRANSPORT is not None
+
+
+def _ignore_connection_made(transport: asyncio.BaseTransport) -> None:
+    """The loop's connection_made for a transport whose association was told already."""
+
+
+def adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, association: Driver) -> None:
+    """Wrap the connected TCP ``sock`` in asyncio's transport; tell ``association`` at once.
+
+    Only where :func:`adopts` (else ``loop.create_connection(sock=...)`` or
+    ``loop.connect_accepted_socket``). What those do on asyncio's selector
+    loop, without their two coroutines, their future and the loop turn the
+    caller waits for connection_made: the transport is made here and the
+    association told in this call (a requestor's prepared A-ASSOCIATE-RQ
+    leaves now; an acceptor starts ARTIM), so the caller goes straight on.
+    The transport's own connection_made call, which it schedules for the
+    next loop turn, is made a no-op: the association is told once, and is
+    never without its transport while the connection exists (an abort then
+    would leave the connection open). The transport starts reading in the
+    next loop turn, as ever. If telling the association raises, the
+    connection is closed and the error raised.
+    """
+    try:
+        protocol = association.protocol()
+        # Read by the transport's constructor, which schedules the call.
+        protocol.connection_made = _ignore_connection_made  # type: ignore[method-assign]
+        # What TransportProtocol.connection_made does (see there why); the
+        # transport's own attempt passes over a socket made with proto 0.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = _MAKE_TRANSPORT(loop, sock, protocol)  # type: ignore[misc]
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        association._connection_made(transport)
+    except BaseException:
+        transport.abort()
+        raise
+
+
+#: asyncio's plain TCP transport on its selector loop (see break_cycle).
+_SELECTOR_TRANSPORT: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
+
+
+def break_cycle(transport: object) -> None:
+    """Let a closed connection's transport go by reference counting (call from connection_lost).
+
+    asyncio's selector transport keeps its read callback as a bound method
+    of itself (``_read_ready_cb``, Python 3.11), a reference cycle: every
+    closed connection, with its socket, waited for a pass of the cyclic
+    collector (7 objects each, on each side of every association; ~13k
+    instructions per associate + echo + release of a requestor that
+    connects again and again, counted by callgrind). By the time the
+    protocol's connection_lost runs, the transport has taken its reader off
+    the selector (close, abort and the end of the stream all do that first),
+    so the callback is never called again. Other transports are left alone.
+    """
+    if type(transport) is _SELECTOR_TRANSPORT:
+        transport._read_ready_cb = None  # type: ignore[attr-defined]

@@ -337,9 +337,13 @@ async def test_a_connect_not_done_at_once_waits_for_the_socket_to_be_writable(
 
     monkeypatch.setattr(client, "_connected_now", lambda fd: False)
     monkeypatch.setattr(client, "_writable", watched)
+    # uvloop connects to an address in inet_pton's form itself (see
+    # client._connects_itself); another numeric form takes our socket there.
+    loop = asyncio.get_running_loop()
+    host = "127.1" if client._connects_itself(type(loop)) else "127.0.0.1"
     async with adicom.Server("ANY-SCP", port=0) as server:
         async with asyncio.timeout(BOUND):
-            async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+            async with adicom.connect(host, server.port, called_ae="ANY-SCP") as assoc:
                 assert await assoc.echo() == 0
     assert len(waits) == 1
 
@@ -368,3 +372,139 @@ async def test_a_local_connect_is_done_at_once() -> None:
     finally:
         listener.close()
     assert any(done), done
+
+
+async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # transport.adopt: the connected socket is wrapped in asyncio's transport
+    # and the association told at once (its A-ASSOCIATE-RQ sent), without
+    # create_connection's coroutines and the loop turn it waits; the
+    # transport's own connection_made, a turn later, tells nobody again.
+    from adicom import client
+    from adicom.driver import Driver
+
+    loop = asyncio.get_running_loop()
+    if type(loop) is not asyncio.SelectorEventLoop:
+        pytest.skip("asyncio's selector loop only (uvloop: create_connection)")
+    told: list[object] = []
+    made = Driver._connection_made
+
+    def counting(self: Driver, transport: asyncio.Transport) -> None:
+        if self.requestor:
+            told.append(transport)
+        made(self, transport)
+
+    async def refusing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("create_connection is not used for plain TCP here")
+
+    async with adicom.Server("ANY-SCP", port=0) as server:
+        monkeypatch.setattr(Driver, "_connection_made", counting)
+        monkeypatch.setattr(loop, "create_connection", refusing)
+        async with asyncio.timeout(BOUND):
+            association = Association(requestor=True)
+            association.prepare_request(
+                build_request(
+                    calling_ae="ADICOM",
+                    called_ae="ANY-SCP",
+                    contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
+                )
+            )
+            await client._connect_tcp(loop, association, "127.0.0.1", server.port)
+            # Told, and the request on its way, before the loop ran again.
+            assert association.state is State.STA5
+            assert association._transport is not None
+            # TCP_NODELAY, which the transport does not set on a socket of proto 0.
+            sock = association._transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            await association.request_association(association.request, BOUND)  # type: ignore[arg-type]
+            assert await association.echo() == 0
+            await association.release(BOUND)
+    assert association.closed
+    assert len(told) == 1
+
+
+async def test_adopt_closes_the_connection_when_the_association_refuses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # transport.adopt: an association that raises when told of its
+    # connection leaves no transport open behind it.
+    from adicom.driver import Driver
+    from adicom.transport import adopt, adopts
+
+    loop = asyncio.get_running_loop()
+    if not adopts(loop):
+        pytest.skip("asyncio's selector loop only")
+
+    def refusing(self: Driver, transport: asyncio.Transport) -> None:
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(Driver, "_connection_made", refusing)
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs = listener.accept()[0]
+    listener.close()
+    try:
+        ours.setblocking(False)
+        before = dict(loop._transports)  # type: ignore[attr-defined]
+        association = Association(requestor=True)
+        with pytest.raises(RuntimeError, match="refused"):
+            adopt(loop, ours, association)
+        (made,) = [t for fd, t in loop._transports.items() if fd not in before]  # type: ignore[attr-defined]
+        assert made.is_closing()
+        async with asyncio.timeout(BOUND):
+            while ours.fileno() != -1:  # closed when its connection_lost runs
+                await asyncio.sleep(0)
+        theirs.settimeout(BOUND)
+        assert theirs.recv(1) == b""  # the peer sees the end
+    finally:
+        ours.close()
+        theirs.close()
+
+
+async def test_adopt_closes_the_socket_of_an_association_that_has_its_connection() -> None:
+    # transport.adopt: a socket it cannot hand over is closed, not left open.
+    from adicom.errors import LocalProtocolError as Refused
+    from adicom.transport import adopt, adopts
+
+    loop = asyncio.get_running_loop()
+    if not adopts(loop):
+        pytest.skip("asyncio's selector loop only")
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs = listener.accept()[0]
+    listener.close()
+    try:
+        association = Association(requestor=True)
+        association.protocol()  # it has its connection's protocol already
+        with pytest.raises(Refused):
+            adopt(loop, ours, association)
+        assert ours.fileno() == -1
+    finally:
+        ours.close()
+        theirs.close()
+
+
+async def test_a_closed_connection_needs_no_garbage_collection() -> None:
+    # transport.break_cycle: asyncio's selector transport refers to itself
+    # through its read callback; once the connection is lost that cycle is
+    # broken, so the transport (and its socket) go when the association does.
+    import weakref
+
+    loop = asyncio.get_running_loop()
+    if type(loop) is not asyncio.SelectorEventLoop:
+        pytest.skip("asyncio's selector loop only")
+    gc.collect()
+    gc.disable()
+    try:
+        async with adicom.Server("ANY-SCP", port=0) as server:
+            async with asyncio.timeout(BOUND):
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    assert await assoc.echo() == 0
+                    transport = weakref.ref(assoc._transport)
+                await server.wait_idle()
+            assert assoc.closed
+            del assoc
+            assert transport() is None
+    finally:
+        gc.enable()

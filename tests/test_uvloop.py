@@ -93,3 +93,59 @@ def test_the_suites_are_collected_again() -> None:
         ]
         assert tests, f"{suite} has no async test to run on uvloop"
         assert all(key in globals() for key in tests)
+
+
+def test_only_uvloops_tcp_transport_is_trusted_to_set_tcp_nodelay() -> None:
+    # adicom.transport.sets_nodelay: TransportProtocol skips its own
+    # setsockopt for these (test_tcp_nodelay_on_both_sides, collected here
+    # from tests.test_association, checks the option on uvloop's sockets).
+    import asyncio.selector_events
+
+    import uvloop.loop
+
+    from adicom.transport import sets_nodelay
+
+    uv: Any = uvloop.loop
+    selector: Any = asyncio.selector_events
+    assert sets_nodelay(uv.TCPTransport)
+    assert not sets_nodelay(uv.UnixTransport)
+    assert not sets_nodelay(selector._SelectorSocketTransport)
+    assert not sets_nodelay(asyncio.Transport)
+
+
+async def test_uvloop_connects_to_an_ip_address_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    # adicom.client._connects_itself: given the address, uvloop connects and
+    # makes the transport in its own code; no socket of ours.
+    from adicom import client
+
+    def refused(sock: object, family: int) -> None:
+        raise AssertionError("uvloop connects to an IP address itself")
+
+    async with adicom.Server("UV-SCP", host="127.0.0.1", port=0) as server:
+        monkeypatch.setattr(client, "tcp_socket", refused)
+        async with asyncio.timeout(10):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="UV-SCP") as assoc:
+                assert await assoc.echo() == 0x0000
+
+
+async def test_on_uvloop_other_numeric_forms_connect_through_a_socket_of_ours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "127.1" is not what inet_pton reads: uvloop would hand it to its
+    # resolver, a thread of libuv's pool, so adicom connects the socket.
+    loop: Any = asyncio.get_running_loop()
+    create_connection = loop.create_connection
+    hosts: list[object] = []
+
+    async def telling(*args: Any, **kwargs: Any) -> Any:
+        hosts.append(args[1] if len(args) > 1 else kwargs.get("host"))
+        return await create_connection(*args, **kwargs)
+
+    async with adicom.Server("UV-SCP", host="127.0.0.1", port=0) as server:
+        monkeypatch.setattr(loop, "create_connection", telling)
+        async with asyncio.timeout(10):
+            async with adicom.connect("127.1", server.port, called_ae="UV-SCP") as assoc:
+                assert await assoc.echo() == 0x0000
+            async with adicom.connect("127.0.0.1", server.port, called_ae="UV-SCP") as assoc:
+                assert await assoc.echo() == 0x0000
+    assert hosts == [None, "127.0.0.1"]
