@@ -55,6 +55,7 @@ from adicom.qrscp import FindHandler, MoveDestinations, RetrieveHandler
 from adicom.serverrequests import RequestServing
 from adicom.storage import StorageHandler, sink_factory
 from adicom.tls import TlsInfo, describe_tls_failure
+from adicom.transport import adopt, adopts
 from adicom.turns import DEFAULT_TURN_BUDGET, loop_turns
 
 __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
@@ -476,13 +477,20 @@ class Server(RequestServing):
         session: _Session,
     ) -> None:
         host = address[0]
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                association.protocol,
-                sock,
-                ssl=self.ssl,
-                ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
-            )
+            if self.ssl is None and adopts(loop):
+                # asyncio's selector loop: the transport made here, without
+                # connect_accepted_socket's two coroutines, future and the
+                # loop turn this task would wait for connection_made.
+                adopt(loop, sock, association)
+            else:
+                await loop.connect_accepted_socket(
+                    association.protocol,
+                    sock,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
+                )
         except BaseException as exc:
             sock.close()
             self.admission.disconnect(session.ticket, host, associated=False)

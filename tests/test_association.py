@@ -669,6 +669,30 @@ async def test_tcp_nodelay_on_both_sides() -> None:
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
+@pytest.mark.selector_loop_only
+async def test_on_asyncios_selector_loop_the_server_adopts_accepted_sockets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # transport.adopt on the acceptor's side: no connect_accepted_socket (its
+    # coroutines, future and loop turn) for a plain TCP connection.
+    loop = asyncio.get_running_loop()
+    assert type(loop) is asyncio.SelectorEventLoop, (
+        "asyncio's selector loop only (not collected by test_uvloop)"
+    )
+
+    async def refusing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("connect_accepted_socket is not used for plain TCP here")
+
+    monkeypatch.setattr(loop, "connect_accepted_socket", refusing)
+    async with serving() as server:
+        for _ in range(2):
+            async with adicom.connect("127.0.0.1", server.port, called_ae="ADICOM") as assoc:
+                assert await assoc.echo() == 0
+        async with asyncio.timeout(CLOSE_BOUND):
+            await server.wait_idle()
+        assert server.stats["released"] == 2 and server.stats["aborted"] == 0
+
+
 @pytest.mark.parametrize("side", ["server", "client"])
 async def test_smallest_maximum_pdu_is_respected_in_both_directions(side: str) -> None:
     # At the smallest maximum adicom agrees to, a 5 KB data set must be split

@@ -374,6 +374,7 @@ async def test_a_local_connect_is_done_at_once() -> None:
     assert any(done), done
 
 
+@pytest.mark.selector_loop_only
 async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -385,8 +386,9 @@ async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_co
     from adicom.driver import Driver
 
     loop = asyncio.get_running_loop()
-    if type(loop) is not asyncio.SelectorEventLoop:
-        pytest.skip("asyncio's selector loop only (uvloop: create_connection)")
+    assert type(loop) is asyncio.SelectorEventLoop, (
+        "asyncio's selector loop only (not collected by test_uvloop)"
+    )
     told: list[object] = []
     made = Driver._connection_made
 
@@ -424,6 +426,7 @@ async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_co
     assert len(told) == 1
 
 
+@pytest.mark.selector_loop_only
 async def test_adopt_closes_the_connection_when_the_association_refuses_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -433,8 +436,7 @@ async def test_adopt_closes_the_connection_when_the_association_refuses_it(
     from adicom.transport import adopt, adopts
 
     loop = asyncio.get_running_loop()
-    if not adopts(loop):
-        pytest.skip("asyncio's selector loop only")
+    assert adopts(loop), "asyncio's selector loop only (not collected by test_uvloop)"
 
     def refusing(self: Driver, transport: asyncio.Transport) -> None:
         raise RuntimeError("refused")
@@ -462,14 +464,14 @@ async def test_adopt_closes_the_connection_when_the_association_refuses_it(
         theirs.close()
 
 
+@pytest.mark.selector_loop_only
 async def test_adopt_closes_the_socket_of_an_association_that_has_its_connection() -> None:
     # transport.adopt: a socket it cannot hand over is closed, not left open.
     from adicom.errors import LocalProtocolError as Refused
     from adicom.transport import adopt, adopts
 
     loop = asyncio.get_running_loop()
-    if not adopts(loop):
-        pytest.skip("asyncio's selector loop only")
+    assert adopts(loop), "asyncio's selector loop only (not collected by test_uvloop)"
     listener = socket.create_server(("127.0.0.1", 0))
     ours = socket.create_connection(listener.getsockname())
     theirs = listener.accept()[0]
@@ -485,6 +487,7 @@ async def test_adopt_closes_the_socket_of_an_association_that_has_its_connection
         theirs.close()
 
 
+@pytest.mark.selector_loop_only
 async def test_a_closed_connection_needs_no_garbage_collection() -> None:
     # transport.break_cycle: asyncio's selector transport refers to itself
     # through its read callback; once the connection is lost that cycle is
@@ -492,8 +495,9 @@ async def test_a_closed_connection_needs_no_garbage_collection() -> None:
     import weakref
 
     loop = asyncio.get_running_loop()
-    if type(loop) is not asyncio.SelectorEventLoop:
-        pytest.skip("asyncio's selector loop only")
+    assert type(loop) is asyncio.SelectorEventLoop, (
+        "asyncio's selector loop only (not collected by test_uvloop)"
+    )
     gc.collect()
     gc.disable()
     try:
