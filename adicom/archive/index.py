@@ -123,9 +123,10 @@ _OPEN_TIMEOUT = 10.0
 
 _INSERT_HEAD = f"INSERT OR REPLACE INTO instances ({', '.join(ROW_COLUMNS)}) VALUES "
 _INSERT_ROW = f"({', '.join('?' for _ in ROW_COLUMNS)})"
-#: Rows per INSERT statement at most (:func:`_insert_rows`): 32 rows of 24
-#: values stay under 999 parameters, SQLite's limit before 3.32.
-INSERT_ROWS = 32
+#: Rows per INSERT statement at most (:func:`_insert_rows`): the largest
+#: power of two whose values stay under 999 parameters, SQLite's limit
+#: before 3.32 (32 rows of 24 values).
+INSERT_ROWS = 1 << ((999 // len(ROW_COLUMNS)).bit_length() - 1)
 # The INSERT of 1, 2, 4, ... INSERT_ROWS rows at once (VALUES (...), (...)):
 # a few statements, each prepared once and kept in the connection's cache.
 _INSERTS = {
