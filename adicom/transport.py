@@ -195,7 +195,17 @@ def break_cycle(transport: object) -> None:
     connects again and again, counted by callgrind). By the time the
     protocol's connection_lost runs, the transport has taken its reader off
     the selector (close, abort and the end of the stream all do that first),
-    so the callback is never called again. Other transports are left alone.
+    so the callback is never called again. From Python 3.12 the transport
+    also keeps its write callback so (``_write_ready``); its ``close()``
+    drops both, its ``abort()`` neither: that one becomes a no-op (a write
+    after the connection is lost is dropped before it gets there, and
+    ``writelines`` calls it without looking). Other transports are left alone.
     """
     if type(transport) is _SELECTOR_TRANSPORT:
         transport._read_ready_cb = None  # type: ignore[attr-defined]
+        if "_write_ready" in vars(transport):
+            transport._write_ready = _no_write  # type: ignore[attr-defined]
+
+
+def _no_write() -> None:
+    """A closed selector transport's write callback (see break_cycle)."""
