@@ -238,6 +238,29 @@ async def test_a_peer_that_aborts_and_reconnects_at_once_is_not_refused() -> Non
             await release_and_close(server, reader, again, writer)
 
 
+async def test_a_request_and_its_abort_in_one_read_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A requestor cancelled as it connected: its A-ASSOCIATE-RQ and A-ABORT
+    # (or the close) reach the server in one read. The request is not
+    # answered (Sta1: nothing to answer) and nothing is logged as an error.
+    caplog.set_level(logging.INFO, "adicom")
+    async with serving() as server:
+        for end in (AAbort(0, 0).encode(), b""):
+            _, writer = await attacker(server)
+            writer.write(REQUEST.encode() + end)
+            writer.close()
+            await writer.wait_closed()
+        ended = "ATTACKER ended the connection before its A-ASSOCIATE-RQ was answered"
+        async with asyncio.timeout(BOUND):
+            while ended not in (said := [r.getMessage() for r in caplog.records]):
+                await asyncio.sleep(0.01)
+            while server._tasks:  # both connections dealt with
+                await asyncio.sleep(0.01)
+        await probe(server)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], said
+
+
 async def test_a_peer_that_aborts_during_the_identity_hook_and_reconnects_leaves_counts_right() -> (
     None
 ):
