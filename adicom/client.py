@@ -259,9 +259,9 @@ def _connects_itself(kind: type) -> bool:
 def _plain_address(family: int, address: str) -> bool:
     """True when ``address`` is an IP address in the form inet_pton reads.
 
-    Other numeric forms ("127.1") resolve() lets through, which uvloop
-    would hand to its resolver, a thread of libuv's pool: adicom starts no
-    thread, so those connect through a socket of our own.
+    resolve() gives no other form; another ("127.1", from a caller that
+    did not ask resolve()) uvloop would hand to its resolver, a thread of
+    libuv's pool: adicom starts no thread, so it connects a socket of ours.
     """
     try:  # not contextlib.suppress: every connect on uvloop
         socket.inet_pton(family, address)
@@ -391,9 +391,13 @@ def resolve(host: str, port: int) -> str:
     except OSError:
         pass
     try:
-        # The other numeric forms getaddrinfo takes ("127.1", "fe80::1%eth0").
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-        return host
+        # The other numeric forms getaddrinfo takes ("127.1", "fe80::1%eth0"),
+        # as the address they stand for ("127.0.0.1"): given "127.1", uvloop
+        # and asyncio's TLS connect would look it up again, on a thread.
+        numeric = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
+        return str(numeric[0][4][0])
     except socket.gaierror:
         pass
     try:

@@ -216,3 +216,21 @@ async def test_serve_refuses_tls_options_without_a_certificate(pki: Pki) -> None
     assert code == 2 and "--tls-ca needs --tls-cert" in err, err
     code, _, err = await run_cli("serve", "--port", "0", "--tls-cert", str(pki.ca_pem))
     assert code == 2 and "cannot set up TLS" in err, err
+
+
+async def test_tls_to_another_numeric_form_of_an_address_starts_no_thread(pki: Pki) -> None:
+    # "127.1": asyncio's TLS connect would look it up in its executor (a
+    # thread); adicom.client.resolve gives it as 127.0.0.1, read without one.
+    import threading
+
+    async with tls_server(server_context(cert=pki.server_pem)) as server:
+        assert threading.active_count() == 1
+        async with adicom.connect(
+            "127.1",
+            server.port,
+            called_ae="TLS-SCP",
+            ssl=client_context(ca=pki.ca_pem),
+            server_hostname="localhost",
+        ) as assoc:
+            assert await assoc.echo() == 0x0000
+        assert threading.active_count() == 1
