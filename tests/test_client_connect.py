@@ -513,3 +513,22 @@ async def test_a_closed_connection_needs_no_garbage_collection() -> None:
             assert transport() is None
     finally:
         gc.enable()
+
+
+def test_only_asyncios_own_selector_loop_is_adopted() -> None:
+    # transport.adopt calls a private method of asyncio's selector loop:
+    # a subclass (which may override what it does) and uvloop go the public
+    # way, create_connection(sock=) / connect_accepted_socket.
+    import uvloop
+
+    from adicom.transport import adopts
+
+    class Custom(asyncio.SelectorEventLoop):
+        pass
+
+    loops = [asyncio.SelectorEventLoop(), Custom(), uvloop.new_event_loop()]
+    try:
+        assert [adopts(loop) for loop in loops] == [True, False, False]
+    finally:
+        for loop in loops:
+            loop.close()
