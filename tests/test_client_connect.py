@@ -427,6 +427,19 @@ async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_co
     assert len(told) == 1
 
 
+@contextlib.contextmanager
+def connected_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two ends of a TCP connection on 127.0.0.1 (ours, theirs), closed after."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname())
+        theirs = listener.accept()[0]
+    try:
+        yield ours, theirs
+    finally:
+        ours.close()
+        theirs.close()
+
+
 @pytest.mark.selector_loop_only
 async def test_adopt_closes_the_connection_when_the_association_refuses_it(
     monkeypatch: pytest.MonkeyPatch,
@@ -443,11 +456,7 @@ async def test_adopt_closes_the_connection_when_the_association_refuses_it(
         raise RuntimeError("refused")
 
     monkeypatch.setattr(Driver, "_connection_made", refusing)
-    listener = socket.create_server(("127.0.0.1", 0))
-    ours = socket.create_connection(listener.getsockname())
-    theirs = listener.accept()[0]
-    listener.close()
-    try:
+    with connected_pair() as (ours, theirs):
         ours.setblocking(False)
         before = dict(loop._transports)  # type: ignore[attr-defined]
         association = Association(requestor=True)
@@ -460,9 +469,6 @@ async def test_adopt_closes_the_connection_when_the_association_refuses_it(
                 await asyncio.sleep(0)
         theirs.settimeout(BOUND)
         assert theirs.recv(1) == b""  # the peer sees the end
-    finally:
-        ours.close()
-        theirs.close()
 
 
 @pytest.mark.selector_loop_only
@@ -473,19 +479,12 @@ async def test_adopt_closes_the_socket_of_an_association_that_has_its_connection
 
     loop = asyncio.get_running_loop()
     assert adopts(loop), "asyncio's selector loop only (not collected by test_uvloop)"
-    listener = socket.create_server(("127.0.0.1", 0))
-    ours = socket.create_connection(listener.getsockname())
-    theirs = listener.accept()[0]
-    listener.close()
-    try:
+    with connected_pair() as (ours, _):
         association = Association(requestor=True)
         association.protocol()  # it has its connection's protocol already
         with pytest.raises(Refused):
             adopt(loop, ours, association)
         assert ours.fileno() == -1
-    finally:
-        ours.close()
-        theirs.close()
 
 
 @pytest.mark.selector_loop_only
