@@ -394,10 +394,12 @@ def resolve(host: str, port: int) -> str:
         # The other numeric forms getaddrinfo takes ("127.1", "fe80::1%eth0"),
         # as the address they stand for ("127.0.0.1"): given "127.1", uvloop
         # and asyncio's TLS connect would look it up again, on a thread.
+        # A scoped IPv6 address keeps its scope ("%eth0"), which the
+        # address getaddrinfo gives back leaves out (in its scope_id).
         numeric = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
         )
-        return str(numeric[0][4][0])
+        return host if "%" in host else str(numeric[0][4][0])
     except socket.gaierror:
         pass
     try:

@@ -354,8 +354,11 @@ class Server(RequestServing):
     async def close(self, *, grace: float = 0.0) -> None:
         """Stop listening, abort open associations (from any state) and wait for them.
 
-        ``grace``: seconds to let the open associations end by themselves
-        first (their requestors release them) before the rest are aborted.
+        ``grace``: seconds to let the open associations (and the work that
+        N-service handlers left running, see ``n_handlers``) end by
+        themselves first (requestors release their associations) before
+        the rest are aborted and cancelled; a close cancelled during the
+        grace still aborts them.
         A server that answers a peer's one message and is done with it, such
         as the Storage Commitment report a peer brings on an association it
         opened (PS3.4 J.3.3), lets that peer release rather than aborting it
@@ -367,12 +370,16 @@ class Server(RequestServing):
             raise ValueError(f"grace must be 0 or more seconds, not {grace}")
         if self._listener is not None:
             self._listener.close()
-        if grace and self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
-        for association in self.associations:
-            association.abort()
-        for task in list(self._tasks):
-            task.cancel()
+        try:
+            if grace and self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=grace)
+        finally:
+            # Also when the close is cancelled during the grace: nothing is
+            # left open and served behind a server said to be closed.
+            for association in self.associations:
+                association.abort()
+            for task in list(self._tasks):
+                task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._listener is not None:
@@ -575,8 +582,10 @@ class Server(RequestServing):
             # close: a requestor cancelled as it connected): the events come
             # after the bytes are read, so there is no request left to answer.
             log.info(
-                "%s ended the connection before its A-ASSOCIATE-RQ was answered",
+                "the A-ASSOCIATE-RQ of %s is not answered: what came with it in the same "
+                "read ended the association (%s)",
                 request.calling_ae or "?",
+                association.state.name.title(),
             )
             return
         try:

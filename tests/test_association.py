@@ -264,6 +264,21 @@ async def test_server_close_with_grace_lets_the_peer_release_then_aborts_the_res
                 await server.close(grace=wrong)
 
 
+async def test_a_close_cancelled_during_its_grace_still_aborts_what_is_open() -> None:
+    async with serving() as server:
+        staying = await adicom.open_association("127.0.0.1", server.port, called_ae="ADICOM")
+        closing = asyncio.create_task(server.close(grace=5))
+        await asyncio.sleep(0.05)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        with pytest.raises(AssociationAborted):
+            await staying.echo()
+        await staying.wait_closed(CLOSE_BOUND)
+        async with asyncio.timeout(CLOSE_BOUND):
+            await server.wait_idle()
+
+
 async def test_connection_refused_is_peer_unreachable() -> None:
     async with serving() as server:
         port = server.port

@@ -6,7 +6,7 @@ the count must be a plausible per-operation figure, which it is not when the
 counters are not zeroed after the warm-up (imports and start-up: hundreds of
 millions of instructions), when a side is not counted (zero), or when the
 table's format changes under the parser. Under valgrind Python runs ~50
-times slower: each test takes about half a minute.
+times slower: each test takes about a minute.
 """
 
 from __future__ import annotations

@@ -56,6 +56,9 @@ def test_resolve_takes_ip_addresses_as_they_are() -> None:
     # given in the form every connect path reads without a lookup.
     assert resolve("127.1", 104) == "127.0.0.1"
     assert resolve("0x7f.1", 104) == "127.0.0.1"
+    # A scoped (link-local) address keeps its scope, which getaddrinfo's
+    # address leaves out.
+    assert resolve("fe80::1%1", 104) == "fe80::1%1"
 
 
 def test_resolve_looks_a_name_up() -> None:
