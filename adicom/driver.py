@@ -657,7 +657,12 @@ class Driver(Deadlines, Emission, InputFlow):
             hook = self.on_association_request
             if hook is not None:
                 self.on_association_request = None
-                hook(event.request)
+                # A read's events come after all its bytes: an A-ABORT, a
+                # close or a PDU we abort for, read with the request, has
+                # ended what it began (Sta1, Sta13). Nothing to answer then;
+                # the acceptor sees the connection end before an association.
+                if self._ul.state is State.STA3:
+                    hook(event.request)
         elif isinstance(event, _ANSWERS):
             answer = self._association_answer
             if answer is not None and not answer.done():

@@ -577,17 +577,6 @@ class Server(RequestServing):
         """Answer the A-ASSOCIATE-RQ in the transport callback (Driver.on_association_request)."""
         self.admission.requested(session.ticket)
         session.answered = True
-        if association.state is not State.STA3:
-            # The same read brought the request's end too (an A-ABORT, the
-            # close: a requestor cancelled as it connected): the events come
-            # after the bytes are read, so there is no request left to answer.
-            log.info(
-                "the A-ASSOCIATE-RQ of %s is not answered: what came with it in the same "
-                "read ended the association (%s)",
-                request.calling_ae or "?",
-                association.state.name.title(),
-            )
-            return
         try:
             answer, why, peer, policy = self._screen(association, request)
             self._answer(association, session, request, answer, why, peer, policy)
