@@ -49,6 +49,19 @@ def never_accepting() -> Iterator[int]:
         listener.close()
 
 
+def prepared_requestor() -> Association:
+    """A requestor with its A-ASSOCIATE-RQ (Verification, to ANY-SCP) prepared."""
+    association = Association(requestor=True)
+    association.prepare_request(
+        build_request(
+            calling_ae="ADICOM",
+            called_ae="ANY-SCP",
+            contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
+        )
+    )
+    return association
+
+
 def test_resolve_takes_ip_addresses_as_they_are() -> None:
     assert resolve("127.0.0.1", 104) == "127.0.0.1"
     assert resolve("::1", 104) == "::1"
@@ -141,14 +154,7 @@ async def test_a_request_given_up_after_its_answer_failed_leaves_no_unretrieved_
         server = await asyncio.start_server(peer, "127.0.0.1", 0)
         async with server:
             port = server.sockets[0].getsockname()[1]
-            association = Association(requestor=True)
-            association.prepare_request(
-                build_request(
-                    calling_ae="ADICOM",
-                    called_ae="ANY-SCP",
-                    contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
-                )
-            )
+            association = prepared_requestor()
             await loop.create_connection(association.protocol, "127.0.0.1", port)
             await association.wait_closed(BOUND)  # the answer has failed meanwhile
             association.cancel_request()
@@ -408,14 +414,7 @@ async def test_on_asyncios_selector_loop_the_transport_is_made_without_create_co
         monkeypatch.setattr(Driver, "_connection_made", counting)
         monkeypatch.setattr(loop, "create_connection", refusing)
         async with asyncio.timeout(BOUND):
-            association = Association(requestor=True)
-            association.prepare_request(
-                build_request(
-                    calling_ae="ADICOM",
-                    called_ae="ANY-SCP",
-                    contexts=((VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),),
-                )
-            )
+            association = prepared_requestor()
             await client._connect_tcp(loop, association, "127.0.0.1", server.port)
             # Told, and the request on its way, before the loop ran again.
             assert association.state is State.STA5
