@@ -149,6 +149,30 @@ async def test_silent_connections_cannot_lock_out_associations() -> None:
             writer.close()
 
 
+async def test_connections_reset_as_they_open_leave_no_trace() -> None:
+    # A peer that connects and resets at once (SO_LINGER 0), before or as
+    # the server makes its transport (on asyncio's loop transport.adopt, on
+    # uvloop connect_accepted_socket): each ends, the counts go back to
+    # nothing, and the server still serves.
+    import socket
+    import struct
+
+    async with serving() as server:
+        for _ in range(20):
+            sock = socket.socket()
+            sock.bind((ATTACKER, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.settimeout(BOUND)
+            sock.connect(("127.0.0.1", server.port))
+            sock.close()  # a reset, not a FIN
+        # The probe's connection is accepted after theirs (one queue).
+        await probe(server)
+        async with asyncio.timeout(BOUND):
+            while server.admission.pending or server.admission.associated or server._tasks:
+                await asyncio.sleep(0.01)
+        assert server.stats["accepted"] == 1  # the probe's
+
+
 async def test_a_dribbled_association_request_is_closed_by_artim() -> None:
     async with serving(artim_timeout=0.5) as server:
         reader, writer = await attacker(server)
