@@ -168,7 +168,7 @@ class Association(Driver):
         :meth:`request_association` waits for the answer.
         """
         self.request = request
-        self._association_answer = self._loop.create_future()
+        self._association_answer = self._new_future()
         self._ul.request_association(request, self._clock())
         if self._transport is not None:
             self._send_request()  # connected already
@@ -248,7 +248,7 @@ class Association(Driver):
         # transport callback has none).
         seen = self._request_seen
         if seen is None:
-            seen = self._request_seen = self._loop.create_future()
+            seen = self._request_seen = self._new_future()
         return await seen
 
     def accept(self, response: AAssociateAC, agreement: Agreement) -> None:
@@ -290,7 +290,7 @@ class Association(Driver):
         # Done when the connection has closed after the A-RELEASE-RP (we
         # close it, AR-3), or failed: one wait, not one for the answer and
         # another for the close.
-        self._release_done = self._loop.create_future()
+        self._release_done = self._new_future()
         self._ul.request_release(self._clock())
         self._after_io()
         deadline = None if timeout is None else self._clock() + timeout

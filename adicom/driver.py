@@ -7,8 +7,9 @@ futures and queues that tasks await; it writes what the layers queue, runs
 the timers they ask for (ARTIM, a message's deadline, idle), serves a peer
 whose input costs much work a slice per loop turn, and maps every failure
 once, here, to the exceptions of :mod:`adicom.errors`. Its bases hold the
-rest: the one loop timer (:mod:`adicom.deadlines`), the events told to
-hooks (:mod:`adicom.driverevents`), what holds the input and reading again
+rest: the association's deadline on its loop's shared timer
+(:mod:`adicom.deadlines`), the events told to hooks
+(:mod:`adicom.driverevents`), what holds the input and reading again
 (:mod:`adicom.inputflow`).
 :class:`~adicom.association.Association` adds the API on top.
 
@@ -29,12 +30,13 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from ssl import SSLError
 from typing import Any
 
 from adicom import events as ev
 from adicom import protocol as ul
-from adicom.deadlines import Deadlines, Watched
+from adicom.deadlines import Deadlines, Watched, loop_clock, loop_timer
 from adicom.dimse import (
     DimseConnection,
     DimseEvent,
@@ -75,6 +77,9 @@ _CLOSE = TimeoutKind.CLOSE
 _STA6 = State.STA6
 _STA8 = State.STA8
 
+#: asyncio's own create_future (see Driver._new_future).
+_ASYNCIO_CREATE_FUTURE = asyncio.BaseEventLoop.create_future
+
 # Made once (an X | Y in an isinstance call makes a union object each time).
 _ANSWERS = (ul.AssociationAccepted, ul.AssociationRejected)
 
@@ -112,6 +117,8 @@ class Driver(Deadlines, Emission, InputFlow):
         "_incoming",
         "_last_received",
         "_loop",
+        "_loop_timer",
+        "_new_future",
         "_operations",
         "_protocol",
         "_release_done",
@@ -195,22 +202,38 @@ class Driver(Deadlines, Emission, InputFlow):
         hooks: ev.Hooks | None = None,
     ) -> None:
         self._loop = loop = asyncio.get_running_loop()
-        self._ul = upper = ul.UpperLayer(
-            requestor=requestor, max_pdu_length=max_pdu, artim_timeout=artim_timeout
+        #: ``loop.create_future``, or on asyncio's own loops the class it
+        #: calls, bound to this loop: ``asyncio.Future(loop=loop)`` costs
+        #: ~0.4k instructions less than create_future's call of it. Not a
+        #: bare ``asyncio.Future()``: that takes whatever loop is running
+        #: (or none: prepare_request may be called outside one), and a
+        #: future on another loop than the association's timers would wait
+        #: for ever instead of failing ("attached to a different loop").
+        self._new_future: Callable[[], asyncio.Future[Any]] = (
+            partial(asyncio.Future, loop=loop)
+            if type(loop).create_future is _ASYNCIO_CREATE_FUTURE
+            else loop.create_future
         )
+        #: The loop's input budget per turn, shared by every association on it.
+        self._turns = turns = loop_turns(loop)
+        # Positional: a class called with keywords costs a dict built for
+        # them and taken apart again (Python 3.11). One receive buffer per
+        # loop (turns.staging).
+        self._ul = upper = ul.UpperLayer(requestor, max_pdu, artim_timeout, turns.staging)
         upper.parse_budget = PARSE_BUDGET
         self._dimse = dimse = DimseConnection(upper, limits)
         upper._reader.max_pdvs = dimse.limits.max_pdvs  # upper.reader, read directly
-        #: The loop's input budget per turn, shared by every association on it.
-        self._turns = turns = loop_turns(loop)
         self._share = turns.share()
-        upper._reader.staging = turns.staging  # one receive buffer per loop
         self.requestor = requestor
         self.max_pdu = max_pdu
         #: Bounds the wait for each response, and for a peer that stops reading.
         self.dimse_timeout = dimse_timeout
         self.idle_timeout = idle_timeout
-        self._clock = clock = turns.clock  # loop_clock(loop), found once per loop
+        # The loop's own (not turns.clock, which on uvloop reaches its loop
+        # through a weak reference, to be read a few times per message).
+        self._clock = clock = loop_clock(loop)
+        #: Every association's deadlines on one loop timer (adicom.deadlines).
+        self._loop_timer = loop_timer(loop, clock)
         self._last_received = clock()
         # The slots' starting values (see __slots__).
         self._error = self._transport = self._gather_pause = self.on_request = None
@@ -320,7 +343,7 @@ class Driver(Deadlines, Emission, InputFlow):
 
     def _close_waiter(self) -> asyncio.Future[None]:
         """A future of its own for one wait, set by _connection_lost without a loop pass."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
+        waiter: asyncio.Future[None] = self._new_future()
         waiters = self._close_waiters
         if isinstance(waiters, tuple):  # the first wait
             self._close_waiters = waiters = []
@@ -452,7 +475,7 @@ class Driver(Deadlines, Emission, InputFlow):
             if not waiter.done():
                 waiter.set_result(None)
 
-    # -- timers (the one loop timer itself: adicom.deadlines) ------------------
+    # -- timers (the deadline and the loop's shared timer: adicom.deadlines) ---
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -509,7 +532,7 @@ class Driver(Deadlines, Emission, InputFlow):
             self._arm_timer()
 
     def _arm_timer(self) -> None:
-        """One loop timer for the layers' deadlines (ARTIM, a message's), set lazily.
+        """The association's one deadline for the layers' (ARTIM, a message's), set lazily.
 
         A deadline that moves later (each message has its own) leaves the
         timer as it is: it fires early, finds nothing due and is set again.

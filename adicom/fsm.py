@@ -751,7 +751,7 @@ class StateMachine:
 
     __slots__ = ("_artim_running", "_state", "requestor")
 
-    def __init__(self, *, requestor: bool) -> None:
+    def __init__(self, requestor: bool) -> None:
         self.requestor = requestor
         self._state = _STA1
         self._artim_running = False

@@ -255,14 +255,14 @@ class Operation:
             if seconds is None or responses._items or responses._error is not None:  # .ready
                 reply = await responses.get()
             else:
-                # Bounded by the association's watchdog: one loop timer for
-                # all its waits, not one made and cancelled per response.
+                # Bounded by the association's watchdog: one deadline for
+                # all its waits, not a timer made and cancelled per response.
                 # Nothing is there yet: what get() does, without its
                 # coroutine (arrival, then take).
                 association._watch(self, seconds)
                 try:
                     # responses.arrival(), then take(), inline (every response).
-                    responses._waiter = waiter = association._loop.create_future()
+                    responses._waiter = waiter = association._new_future()
                     await waiter
                 finally:
                     responses._waiter = None

@@ -28,6 +28,8 @@ from adicom import fsm
 from adicom.errors import LocalProtocolError, RemoteProtocolError
 from adicom.fsm import Effect, Event, State
 from adicom.pdu import (
+    MAX_CONTROL_PDU,
+    MAX_PDVS_PER_PDU,
     PDU,
     AAbort,
     AAssociateAC,
@@ -37,6 +39,7 @@ from adicom.pdu import (
     AReleaseRQ,
     PDataTF,
     PDUReader,
+    Staging,
     encode_pdata,
 )
 from adicom.pdu.pdus import BarePDV, bare_pdata, pdata_of
@@ -177,6 +180,11 @@ _EVT17 = Event.EVT17
 _EVT18 = Event.EVT18
 _EVT19 = Event.EVT19
 
+# The two A-RELEASE indications, made once (frozen; one per association
+# released by the peer otherwise, built through a keyword).
+_RELEASE_REQUESTED = ReleaseRequested(False)
+_RELEASE_COLLISION = ReleaseRequested(True)
+
 #: PDataReceived(pdu), faster (one per P-DATA-TF PDU received).
 _new_pdata_received = frozen_builder(PDataReceived)
 
@@ -209,16 +217,24 @@ class UpperLayer:
     announce in our user information; 0 means no limit). ``artim_timeout`` is
     how long ARTIM runs (PS3.8 9.1.5): waiting for the A-ASSOCIATE-RQ after a
     connection arrives, and for the peer to close after a rejection, release
-    or abort.
+    or abort. ``staging`` is the PDU reader's staging buffer (a driver's:
+    its loop's, see :class:`~adicom.pdu.reader.Staging`; default: one of
+    its own).
     """
 
     def __init__(
-        self, *, requestor: bool, max_pdu_length: int = 0, artim_timeout: float = 10.0
+        self,
+        requestor: bool,
+        max_pdu_length: int = 0,
+        artim_timeout: float = 10.0,
+        staging: Staging | None = None,
     ) -> None:
         self.requestor = requestor
         self.artim_timeout = artim_timeout
-        self._fsm = fsm.StateMachine(requestor=requestor)
-        self._reader = PDUReader(max_pdata_length=max_pdu_length)
+        # Positional arguments: a class called with keywords costs a dict
+        # built for them and taken apart again (~1.5k instructions on 3.11).
+        self._fsm = fsm.StateMachine(requestor)
+        self._reader = PDUReader(max_pdu_length, MAX_CONTROL_PDU, MAX_PDVS_PER_PDU, staging)
         self._reader_failed = False
         #: Received PDVs (and PDUs) parsed in one call at most (0: all there
         #: are); see :attr:`input_pending`.
@@ -655,7 +671,7 @@ def _confirm_reject(
 def _indicate_release(
     ul: UpperLayer, t: fsm.Transition, old: State, event: Event, now: float, payload: object
 ) -> None:
-    ul._events.append(ReleaseRequested(collision=old is _STA7))
+    ul._events.append(_RELEASE_COLLISION if old is _STA7 else _RELEASE_REQUESTED)
 
 
 def _confirm_release(

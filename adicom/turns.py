@@ -59,6 +59,7 @@ import heapq
 import itertools
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from adicom.deadlines import loop_clock
@@ -123,9 +124,12 @@ class LoopTurns:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, budget: float = DEFAULT_TURN_BUDGET):
-        self._loop = loop
+        # The loop weakly, as the registry (loop_turns) keys it: a value that
+        # held its key would keep every loop that ever ran an association
+        # (asyncio.run per operation, as adicom.sync does: a loop each).
+        self._loop = weakref.ref(loop)
         #: The loop's clock (adicom.deadlines.loop_clock), found once per loop.
-        self.clock = loop_clock(loop)
+        self.clock = _weak_clock(loop)
         self.budget = budget
         #: Work charged since the last turn started (seconds).
         self.spent = 0.0
@@ -161,7 +165,7 @@ class LoopTurns:
         self.spent += seconds
         if not self._scheduled and self.spent * 4.0 >= self.budget > 0.0:
             self._scheduled = True
-            self._loop.call_soon(self._turn)
+            self._schedule()
 
     def must_wait(self, share: Share, now: float) -> bool:
         """With the budget spent, must the input of ``share``'s association wait a turn.
@@ -189,7 +193,12 @@ class LoopTurns:
             self._bulk.append(driver)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._turn)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        loop = self._loop()
+        if loop is not None:  # else nothing is left to run a turn for
+            loop.call_soon(self._turn)
 
     def _turn(self) -> None:
         # Scheduled from the previous turn, so it runs first in this one,
@@ -222,9 +231,23 @@ class LoopTurns:
             self._started = now
             if not self._scheduled:
                 self._scheduled = True
-                self._loop.call_soon(self._turn)
+                self._schedule()
         else:
             self._started = None  # the next start is found lazily: its turn's length is not
+
+
+def _weak_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop_clock(loop)``, not holding ``loop`` where that is ``loop.time`` itself (uvloop)."""
+    clock = loop_clock(loop)
+    if getattr(clock, "__self__", None) is not loop:
+        return clock  # time.monotonic (asyncio's), or a clock of its own
+    time_of: Callable[[object], float] = type(loop).time
+    loop_ref = weakref.ref(loop)
+
+    def now() -> float:
+        return time_of(loop_ref())  # only read while its loop runs
+
+    return now
 
 
 _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopTurns] = (

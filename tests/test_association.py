@@ -246,8 +246,13 @@ async def test_server_close_with_grace_lets_the_peer_release_then_aborts_the_res
         port = server.port
         leaving = await adicom.open_association("127.0.0.1", port, called_ae="ADICOM")
         staying = await adicom.open_association("127.0.0.1", port, called_ae="ADICOM")
-        closing = asyncio.create_task(server.close(grace=0.5))
+        # Connected, never asked for an association: closed at the grace's start.
+        silent, silent_writer = await asyncio.open_connection("127.0.0.1", port)
         await asyncio.sleep(0.05)
+        closing = asyncio.create_task(server.close(grace=2.0))
+        async with asyncio.timeout(1.0):  # not the grace's end
+            assert await silent.read() == b""
+        silent_writer.close()
         assert not closing.done()
         with pytest.raises(PeerUnreachable):
             await adicom.open_association("127.0.0.1", port, called_ae="ADICOM", timeout=2)
@@ -1101,3 +1106,50 @@ def test_the_response_template_follows_the_request_and_the_status() -> None:
         assert response.affected_sop_class_uid == request.affected_sop_class_uid
         assert response.status == status and response.message_id_being_responded_to == 7
     assert _response_template(echo, 0) is _response_template(echo, 0)
+
+
+def association_made_on(loop: asyncio.AbstractEventLoop) -> adicom.Association:
+    """A requestor Association made on ``loop`` (which is then not running)."""
+
+    async def make() -> adicom.Association:
+        return adicom.Association(requestor=True)
+
+    return loop.run_until_complete(make())
+
+
+def test_an_association_used_from_another_loop_fails_rather_than_hangs() -> None:
+    # Made on one loop (left open), waited on from another: its futures are
+    # its own loop's, so the wait fails at once ("attached to a different
+    # loop"), rather than waiting on a future nothing sets under a bound
+    # kept by the other loop's timer.
+    first = asyncio.new_event_loop()
+    try:
+        assoc = association_made_on(first)
+
+        async def use() -> None:
+            async with asyncio.timeout(2):
+                await assoc.wait_closed(timeout=0.2)
+
+        with pytest.raises(RuntimeError, match="different loop"):
+            asyncio.run(use())
+    finally:
+        first.close()
+
+
+def test_a_request_prepared_outside_the_running_loop_is_answered_on_the_associations() -> None:
+    # prepare_request is a plain method, callable between run_until_complete
+    # calls: the answer's future is the association's loop's all the same.
+    from adicom.client import DEFAULT_CONTEXTS
+
+    loop = asyncio.new_event_loop()
+    try:
+        assoc = association_made_on(loop)
+        request = adicom.negotiation.build_request(
+            calling_ae="A", called_ae="B", contexts=DEFAULT_CONTEXTS
+        )
+        assoc.prepare_request(request)
+        answer = assoc._association_answer
+        assert answer is not None and answer.get_loop() is loop
+        assoc.cancel_request()
+    finally:
+        loop.close()

@@ -341,3 +341,30 @@ async def test_the_associations_of_a_loop_share_one_receive_buffer() -> None:
             accepted = server.associations
             assert len(accepted) == 2
             assert all(a._ul.reader.staging is staging for a in accepted)
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+def test_a_loop_that_ran_associations_is_not_kept_alive(runner: str) -> None:
+    # Each loop's LoopTurns is registered by the loop, weakly; it must not
+    # hold its loop either, or every loop that ever ran an association stays
+    # (adicom.sync runs one per operation).
+    import gc
+    import weakref
+
+    import uvloop
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one_association() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with adicom.Server("ANY-SCP", port=0) as server:
+            async with asyncio.timeout(5):
+                async with adicom.connect("127.0.0.1", server.port, called_ae="ANY-SCP") as assoc:
+                    assert await assoc.echo() == 0
+                    assert loop_turns().clock() > 0
+
+    run = uvloop.run if runner == "uvloop" else asyncio.run
+    for _ in range(3):
+        run(one_association())
+    gc.collect()
+    assert [loop() for loop in loops] == [None, None, None]

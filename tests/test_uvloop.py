@@ -31,6 +31,8 @@ import adicom
 
 _SUITES = (
     "tests.test_association",
+    "tests.test_association_timer",
+    "tests.test_deadlines",
     "tests.test_hostile",
     "tests.test_listener",
     "tests.test_tls",

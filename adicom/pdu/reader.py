@@ -151,6 +151,7 @@ class PDUReader:
         max_pdata_length: int = 0,
         max_control_length: int = MAX_CONTROL_PDU,
         max_pdvs: int = MAX_PDVS_PER_PDU,
+        staging: Staging | None = None,
     ):
         self._buf = bytearray()
         self._body: bytearray | None = None
@@ -165,9 +166,9 @@ class PDUReader:
         # How many bytes of our own buffer get_buffer put in front of the
         # read it handed out (the start of a PDU; still in _buf too).
         self._carried = 0
-        #: Where small reads land first: the reader's own, until a driver
+        #: Where small reads land first: the reader's own, unless a driver
         #: gives it its loop's (see :class:`Staging`).
-        self.staging = Staging()
+        self.staging = Staging() if staging is None else staging
         self._read_size = _STAGING_MIN
         self.max_pdata_length = max_pdata_length
         self.max_control_length = max_control_length
