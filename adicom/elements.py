@@ -186,7 +186,7 @@ def _scan(
     # one chained comparison, one table lookup and one addition (about 2.8k
     # instructions under callgrind, 3.0k the way every element went before).
     unpack, long_length, kinds = _WALK_TOOLS[1 if implicit else 0][order]
-    undefined = UNDEFINED
+    undefined, short = UNDEFINED, _SHORT_LENGTH
     # The wanted tags are met in their order (tags ascend, PS3.5 7.1): each
     # element's tag is compared with the next wanted one, not looked up in
     # a set. ``passed``: the greatest tag at which the walk stepped through
@@ -210,23 +210,27 @@ def _scan(
             else:
                 group, element, vr, length = unpack(data, pos)
                 tag = (group << 16) | element
-                if kinds[vr] == _SHORT_LENGTH:
-                    if passed < tag < next_wanted:
-                        pos += 8 + length
-                        continue
-                    if tag == next_wanted:
+                if kinds[vr] == short:
+                    if tag < next_wanted:
+                        if tag > passed:
+                            pos += 8 + length
+                            continue
+                    elif tag == next_wanted:
                         # The next wanted one, a short VR (as most are): taken
                         # here, in fewer steps than the general way below,
                         # which does the same (it is no item: those are past
                         # every wanted tag; its length is defined).
+                        # A value cut short is taken cut (a slice stops at
+                        # the end) and the walk ends at the loop's test, as
+                        # past any element: only the last one is checked here.
                         value = pos + 8
                         pos = value + length
-                        if pos > end:
-                            _ended(complete, group, element)
-                            return None
                         found[tag] = bytes(data[value:pos]) if whole is None else whole[value:pos]
                         at_wanted += 1
                         if at_wanted == count:
+                            if pos > end:
+                                _ended(complete, group, element)
+                                return None
                             if resume is not None:
                                 resume.append(value - 8)
                             return found
