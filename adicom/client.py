@@ -12,9 +12,8 @@ import logging
 import os
 import select
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from functools import partial
 from ssl import SSLContext, SSLError
 from types import TracebackType
 from typing import Any
@@ -136,16 +135,11 @@ async def open_association(
         association._watch(expiry, connect_timeout)
     cancelling = task.cancelling()
     try:
-        if ssl is None and "%" not in address:
+        if ssl is None:
             await _connect_tcp(loop, association, address, port)
         else:
-            await loop.create_connection(
-                association.protocol,
-                address,
-                port,
-                ssl=ssl,
-                server_hostname=(server_hostname or host) if ssl is not None else None,
-                ssl_handshake_timeout=connect_timeout if ssl is not None else None,
+            await _connect_tls(
+                loop, association, address, port, ssl, server_hostname or host, connect_timeout
             )
     except asyncio.CancelledError:
         association.cancel_request()
@@ -201,32 +195,16 @@ async def _connect_tcp(
     ``loop.create_connection`` resolves the address (twice), walks the list
     of candidates and wraps each attempt in a coroutine of its own; for one
     address the socket, its connect and the transport are all there is.
-    ``loop.sock_connect`` too resolves the address again and asks the socket
-    its family and type (enum conversions); where the loop can watch a
-    descriptor the connect is started here and awaited as the socket turning
-    writable, as sock_connect does after that. uvloop's create_connection
-    is its own code, and cheaper given the address than the socket made
-    here (see _connects_itself).
+    uvloop's create_connection is its own code, and cheaper given the
+    address than the socket made here (see _connects_itself).
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    if _connects_itself(type(loop)) and _plain_address(family, address):
+    if _connects_itself(type(loop)) and _plain_address(address):
         await loop.create_connection(association.protocol, address, port)
         return
-    sock = tcp_socket(socket.socket(family), family)
+    sock, pending = _start_connect(loop, address, port)
     try:
-        sock.setblocking(False)
-        if _watches_descriptors(type(loop)):
-            error = sock.connect_ex((address, port))
-            if error in _CONNECTING:
-                if not _connected_now(sock.fileno()):
-                    await _writable(loop, sock.fileno())
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                # OSError picks the subclass for the errno (ConnectionRefusedError,
-                # TimeoutError for ETIMEDOUT), as sock_connect raises it.
-                raise OSError(error, f"Connect call failed {(address, port)}")
-        else:
-            await loop.sock_connect(sock, (address, port))
+        if pending is not None:
+            await _finish_connect(loop, sock, pending, address, port)
         if not adopts(loop):
             await loop.create_connection(association.protocol, sock=sock)
             return
@@ -236,6 +214,109 @@ async def _connect_tcp(
     # The A-ASSOCIATE-RQ leaves now (Evt2 in Sta4, PS3.8 9.2), and this
     # task goes straight on to wait for the answer.
     adopt(loop, sock, association)
+
+
+async def _connect_tls(
+    loop: asyncio.AbstractEventLoop,
+    association: Association,
+    address: str,
+    port: int,
+    ssl: SSLContext,
+    server_hostname: str,
+    handshake_timeout: float | None,
+) -> None:
+    """TLS to an IP address: our connected socket, then asyncio's (or uvloop's) handshake.
+
+    Given the address, asyncio would read a plain one without its resolver,
+    but hand a scoped one (``fe80::1%eth0``) to getaddrinfo on its executor,
+    a thread; the socket connected here needs neither.
+    """
+    sock, pending = _start_connect(loop, address, port)
+    try:
+        if pending is not None:
+            await _finish_connect(loop, sock, pending, address, port)
+        await loop.create_connection(
+            association.protocol,
+            sock=sock,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout,
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+_SockAddr = tuple[str, int] | tuple[str, int, int, int]
+
+
+def _start_connect(
+    loop: asyncio.AbstractEventLoop, address: str, port: int
+) -> tuple[socket.socket, _SockAddr | None]:
+    """A non-blocking TCP socket to ``address`` (an IP address, maybe scoped), connect started.
+
+    Returns the socket and None when it is connected already (a peer on
+    this host, nearly always), else the socket address that
+    :func:`_finish_connect` waits for: no coroutine for the common case.
+    ``loop.sock_connect`` resolves the address again and asks the socket
+    its family and type (enum conversions); where the loop can watch a
+    descriptor the connect is started here and awaited as the socket
+    turning writable, as sock_connect does after that.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sockaddr = _sockaddr(address, port)
+    sock = tcp_socket(socket.socket(family), family)
+    try:
+        sock.setblocking(False)
+        if not _watches_descriptors(type(loop)):
+            return sock, sockaddr  # sock_connect does it all
+        error = sock.connect_ex(sockaddr)
+        if error in _CONNECTING:
+            if not _connected_now(sock.fileno()):
+                return sock, sockaddr
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            # OSError picks the subclass for the errno (ConnectionRefusedError,
+            # TimeoutError for ETIMEDOUT), as sock_connect raises it.
+            raise OSError(error, f"Connect call failed {(address, port)}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock, None
+
+
+async def _finish_connect(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    sockaddr: _SockAddr,
+    address: str,
+    port: int,
+) -> None:
+    """Wait for the connect _start_connect began (or make it, where the loop watches nothing)."""
+    if not _watches_descriptors(type(loop)):
+        await loop.sock_connect(sock, sockaddr)
+        return
+    await _writable(loop, sock.fileno())
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, f"Connect call failed {(address, port)}")
+
+
+def _sockaddr(address: str, port: int) -> _SockAddr:
+    """The socket address to connect ``address`` (from resolve()) to ``port``.
+
+    A scoped IPv6 address (``fe80::1%eth0``, PS3.8 leaves addressing to
+    TCP/IP) needs its interface in the socket address's scope_id: given as
+    text in a 2-tuple, connect() fails with EINVAL. getaddrinfo reads the
+    numeric form itself, on this thread (no lookup: AI_NUMERICHOST).
+    """
+    if "%" not in address:
+        return (address, port)
+    found = socket.getaddrinfo(
+        address, port, socket.AF_INET6, socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+    )
+    sockaddr = found[0][4]  # (host, port, flowinfo, scope_id) for AF_INET6
+    return (str(sockaddr[0]), port, int(sockaddr[2]), int(sockaddr[3]))  # type: ignore[misc]
 
 
 #: Loop types and whether they connect to an address themselves (see _connects_itself).
@@ -256,15 +337,16 @@ def _connects_itself(kind: type) -> bool:
     return connects
 
 
-def _plain_address(family: int, address: str) -> bool:
+def _plain_address(address: str) -> bool:
     """True when ``address`` is an IP address in the form inet_pton reads.
 
-    resolve() gives no other form; another ("127.1", from a caller that
-    did not ask resolve()) uvloop would hand to its resolver, a thread of
-    libuv's pool: adicom starts no thread, so it connects a socket of ours.
+    resolve() gives no other form but a scoped IPv6 address ("fe80::1%eth0");
+    that, or another form ("127.1", from a caller that did not ask
+    resolve()), uvloop would hand to its resolver, a thread of libuv's pool:
+    adicom starts no thread, so it connects a socket of ours.
     """
     try:  # not contextlib.suppress: every connect on uvloop
-        socket.inet_pton(family, address)
+        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
         return True
     except OSError:
         return False
@@ -441,8 +523,86 @@ def connect(
             await assoc.echo()
     """
     return _Connection(
-        partial(
-            open_association,
+        (
+            host,
+            port,
+            calling_ae,
+            called_ae,
+            contexts,
+            roles,
+            user_identity,
+            max_pdu,
+            connect_timeout,
+            timeout,
+            async_window,
+            ssl,
+            server_hostname,
+            extended_negotiation,
+            hooks,
+        ),
+        timeout,
+    )
+
+
+#: connect()'s arguments, in the order _Connection takes them.
+_ConnectArgs = tuple[
+    str,
+    int,
+    str,
+    str,
+    Iterable[tuple[str, Sequence[str]]] | None,
+    Iterable[RoleSelection],
+    UserIdentityRQ | None,
+    int,
+    float | None,
+    float | None,
+    int,
+    SSLContext | None,
+    str | None,
+    QROptions | Mapping[str, QROptions] | None,
+    Hooks | None,
+]
+
+
+class _Connection:
+    """What :func:`connect` returns: an async context manager over one association.
+
+    A class rather than ``contextlib.asynccontextmanager``, whose generator
+    and StopAsyncIteration cost more than the rest of a short connect block's
+    bookkeeping (a requestor may open an association per operation). It
+    keeps connect()'s arguments as a tuple and passes them on by name itself:
+    a ``functools.partial`` of open_association built a dict of them, copied
+    it and took it apart again on the call (~4k instructions per block).
+    """
+
+    __slots__ = ("_args", "_association", "_timeout")
+
+    def __init__(self, args: _ConnectArgs, timeout: float | None) -> None:
+        self._args = args
+        self._timeout = timeout
+        self._association: Association | None = None
+
+    async def __aenter__(self) -> Association:
+        if self._association is not None:
+            raise RuntimeError("a connect() block cannot be entered twice")
+        (
+            host,
+            port,
+            calling_ae,
+            called_ae,
+            contexts,
+            roles,
+            user_identity,
+            max_pdu,
+            connect_timeout,
+            timeout,
+            async_window,
+            ssl,
+            server_hostname,
+            extended_negotiation,
+            hooks,
+        ) = self._args
+        self._association = association = await open_association(
             host,
             port,
             calling_ae=calling_ae,
@@ -458,30 +618,7 @@ def connect(
             server_hostname=server_hostname,
             extended_negotiation=extended_negotiation,
             hooks=hooks,
-        ),
-        timeout,
-    )
-
-
-class _Connection:
-    """What :func:`connect` returns: an async context manager over one association.
-
-    A class rather than ``contextlib.asynccontextmanager``, whose generator
-    and StopAsyncIteration cost more than the rest of a short connect block's
-    bookkeeping (a requestor may open an association per operation).
-    """
-
-    __slots__ = ("_association", "_open", "_timeout")
-
-    def __init__(self, open_: Callable[[], Awaitable[Association]], timeout: float | None) -> None:
-        self._open = open_
-        self._timeout = timeout
-        self._association: Association | None = None
-
-    async def __aenter__(self) -> Association:
-        if self._association is not None:
-            raise RuntimeError("a connect() block cannot be entered twice")
-        self._association = association = await self._open()
+        )
         return association
 
     async def __aexit__(

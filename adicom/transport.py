@@ -82,6 +82,7 @@ class TransportProtocol(asyncio.BufferedProtocol):
         sets = _SETS_NODELAY.get(kind)
         if sets is None:
             sets = _SETS_NODELAY[kind] = sets_nodelay(kind)
+        mend_flow_control(transport)
         sock = None if sets else transport.get_extra_info("socket")
         if sock is not None:
             # Nagle's algorithm plus delayed ACKs stall a small request and
@@ -131,10 +132,21 @@ class TransportProtocol(asyncio.BufferedProtocol):
 
 #: asyncio's own selector loop (the default on Unix), and how it wraps a
 #: connected socket in a transport (a method of that loop's class since
-#: Python 3.4; looked up once, so that a Python without it takes the
-#: public path).
+#: Python 3.4, called as on 3.11-3.13). Private, so checked once: a Python
+#: without it, or where it takes other arguments, takes the public path.
 _SELECTOR_LOOP: type = asyncio.SelectorEventLoop
-_MAKE_TRANSPORT = getattr(_SELECTOR_LOOP, "_make_socket_transport", None)
+
+
+def _transport_maker(kind: type) -> Any:
+    """``kind._make_socket_transport`` if it is called as adopt calls it, else None."""
+    make = getattr(kind, "_make_socket_transport", None)
+    code = getattr(make, "__code__", None)
+    if code is None or code.co_varnames[:4] != ("self", "sock", "protocol", "waiter"):
+        return None
+    return make
+
+
+_MAKE_TRANSPORT = _transport_maker(_SELECTOR_LOOP)
 
 
 def adopts(loop: asyncio.AbstractEventLoop) -> bool:
@@ -169,7 +181,8 @@ def adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, association: Dri
         # What TransportProtocol.connection_made does (see there why); the
         # transport's own attempt passes over a socket made with proto 0.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = _MAKE_TRANSPORT(loop, sock, protocol)  # type: ignore[misc]
+        transport = _MAKE_TRANSPORT(loop, sock, protocol)
+        mend_flow_control(transport)
     except BaseException:
         sock.close()
         raise
@@ -182,6 +195,50 @@ def adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, association: Dri
 
 #: asyncio's plain TCP transport on its selector loop (see break_cycle).
 _SELECTOR_TRANSPORT: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
+
+
+def writelines_pauses(kind: type) -> bool:
+    """False when ``kind.writelines`` never asks the protocol to pause (CPython gh-127655).
+
+    Python 3.12.0-3.12.8 and 3.13.0-3.13.1 gave asyncio's selector transport
+    a ``writelines`` of its own that, unlike ``write``, never calls
+    ``pause_writing`` however much it buffers. adicom sends with it (a PDU
+    header and its data, unjoined): a peer that stopped reading would have
+    every message queued for it held in memory, an 8 MB C-STORE in full
+    where the high-water mark is 64 KiB. Read from the method's code, so no
+    list of versions is kept: a writelines that calls ``write`` (asyncio's
+    default, which the transport inherits on 3.11) pauses through it.
+    """
+    writelines = getattr(kind, "writelines", None)
+    code = getattr(writelines, "__code__", None)
+    if code is None:  # not a Python function (uvloop's): not asyncio's method
+        return True
+    return not {"_maybe_pause_protocol", "write"}.isdisjoint(code.co_names)
+
+
+if _SELECTOR_TRANSPORT is not None and not writelines_pauses(_SELECTOR_TRANSPORT):
+
+    class _PausingSelectorTransport(_SELECTOR_TRANSPORT):  # type: ignore[misc]
+        """asyncio's selector transport whose writelines pauses the protocol as write does."""
+
+        def writelines(self, list_of_data: Any) -> None:
+            """Buffer or send ``list_of_data``; pause the protocol above the high-water mark."""
+            super().writelines(list_of_data)
+            self._maybe_pause_protocol()
+
+    _PAUSING: Any = _PausingSelectorTransport
+else:
+    _PAUSING = None
+
+
+def mend_flow_control(transport: object) -> None:
+    """Make a selector transport whose writelines does not pause do so (see writelines_pauses).
+
+    The same object and layout, its class a subclass that only adds the
+    pause: nothing else about the transport changes. Others are left alone.
+    """
+    if _PAUSING is not None and type(transport) is _SELECTOR_TRANSPORT:
+        transport.__class__ = _PAUSING
 
 
 def break_cycle(transport: object) -> None:
@@ -201,7 +258,7 @@ def break_cycle(transport: object) -> None:
     after the connection is lost is dropped before it gets there, and
     ``writelines`` calls it without looking). Other transports are left alone.
     """
-    if type(transport) is _SELECTOR_TRANSPORT:
+    if type(transport) is _SELECTOR_TRANSPORT or type(transport) is _PAUSING:
         transport._read_ready_cb = None  # type: ignore[attr-defined]
         if "_write_ready" in vars(transport):
             transport._write_ready = _no_write  # type: ignore[attr-defined]

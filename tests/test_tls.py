@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import pytest
 import trustme
 
 import adicom
-from adicom.errors import AssociationError, TlsError
+from adicom.errors import AssociationError, PeerUnreachable, TlsError
 from adicom.pdu import UserIdentityRQ
 from adicom.server import AssociationInfo
 from adicom.tls import client_context, server_context
@@ -216,6 +217,36 @@ async def test_serve_refuses_tls_options_without_a_certificate(pki: Pki) -> None
     assert code == 2 and "--tls-ca needs --tls-cert" in err, err
     code, _, err = await run_cli("serve", "--port", "0", "--tls-cert", str(pki.ca_pem))
     assert code == 2 and "cannot set up TLS" in err, err
+
+
+async def test_tls_to_a_scoped_ipv6_address_starts_no_thread(pki: Pki) -> None:
+    # "fe80::1%eth0": asyncio's TLS connect would call getaddrinfo on its
+    # executor (a thread); adicom connects the socket itself, then asks for
+    # the handshake on it.
+    import threading
+
+    from tests.test_client_connect import link_local_addresses
+
+    loopback = socket.if_nameindex()[0][1]
+    async with tls_server(server_context(cert=pki.server_pem), host="::") as server:
+        assert threading.active_count() == 1
+        context = client_context(ca=pki.ca_pem)
+        with pytest.raises(PeerUnreachable, match="unreachable"):
+            async with adicom.connect(
+                f"fe80::1%{loopback}", server.port, ssl=context, server_hostname="localhost"
+            ):
+                pass
+        for address in link_local_addresses():
+            async with adicom.connect(
+                address,
+                server.port,
+                called_ae="TLS-SCP",
+                ssl=context,
+                server_hostname="localhost",
+                connect_timeout=5,
+            ) as assoc:
+                assert await assoc.echo() == 0x0000
+        assert threading.active_count() == 1
 
 
 async def test_tls_to_another_numeric_form_of_an_address_starts_no_thread(pki: Pki) -> None:
