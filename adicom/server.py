@@ -307,6 +307,8 @@ class Server(RequestServing):
             async_window=self.async_window,
         )
         self._listener: Listener | None = None
+        #: close() has run to its end (a later call returns at once).
+        self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         # The work DIMSE-N handlers left for after their responses.
         self._background: set[asyncio.Task[None]] = set()
@@ -349,6 +351,7 @@ class Server(RequestServing):
         listener = Listener(self.host, self._requested_port, self._accepted, backlog=self.backlog)
         await listener.start(sockets)
         self._listener = listener
+        self._closed = False
         log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
 
     async def close(self, *, grace: float = 0.0) -> None:
@@ -358,20 +361,28 @@ class Server(RequestServing):
         N-service handlers left running, see ``n_handlers``) end by
         themselves first (requestors release their associations) before
         the rest are aborted and cancelled; a close cancelled during the
-        grace still aborts them.
+        grace still aborts them. Connections not associated yet are closed
+        at once: a server that is stopping takes no new association.
         A server that answers a peer's one message and is done with it, such
         as the Storage Commitment report a peer brings on an association it
         opened (PS3.4 J.3.3), lets that peer release rather than aborting it
         between our response and its A-RELEASE-RQ.
         Bounded: an association task that has not ended 5 s after being
-        cancelled is left to the event loop's shutdown.
+        cancelled is left to the event loop's shutdown. Once closed, a
+        further close returns at once.
         """
         if grace < 0 or math.isnan(grace):
             raise ValueError(f"grace must be 0 or more seconds, not {grace}")
+        if self._closed:
+            return
         if self._listener is not None:
             self._listener.close()
         try:
             if grace and self._tasks:
+                for held in self._by_host.values():
+                    for association, session in list(held.items()):
+                        if not session.accepted:
+                            association.abort()
                 await asyncio.wait(list(self._tasks), timeout=grace)
         finally:
             # Also when the close is cancelled during the grace: nothing is
@@ -387,6 +398,7 @@ class Server(RequestServing):
             self._listener = None
         if self.storage is not None:
             await self.storage.aclose()
+        self._closed = True
 
     async def __aenter__(self) -> Server:
         await self.start()

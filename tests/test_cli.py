@@ -11,7 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -659,38 +660,73 @@ async def test_serve_listens_and_stores_where_the_environment_says(
             await process.wait()
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_serve_stops_cleanly_with_a_peer_connected_but_not_associated(
-    sig: signal.Signals,
-) -> None:
-    # A connection in Sta2 (no A-ASSOCIATE-RQ yet) and one associated: the
-    # signal stops serve with exit 0, no traceback, both connections closed.
+@asynccontextmanager
+async def serving(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """``adicom serve`` on a free port with ``options``, listening; killed if still running."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "adicom", "serve", "--host", "127.0.0.1", "--port", str(port),
-        env=environment(), stdin=subprocess.DEVNULL,
+        *options, env=environment(), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None
     try:
         async with asyncio.timeout(30):
-            await process.stdout.readline()  # listening
-        silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)
-        association = await adicom_module.open_association("127.0.0.1", port, called_ae="ADICOM")
-        process.send_signal(sig)
-        async with asyncio.timeout(30):
-            _, err = await process.communicate()
-            assert await silent_reader.read() == b""
-            await association.wait_closed()
-        assert process.returncode == 0, err.decode()
-        assert "Traceback" not in err.decode()
-        assert not association.is_established
-        silent_writer.close()
+            assert b"listening" in await process.stdout.readline()
+        yield process, port
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_stops_on_a_second_signal_during_its_grace(sig: signal.Signals) -> None:
+    # A connection in Sta2 (no A-ASSOCIATE-RQ yet) and one associated. The
+    # signal closes the first at once; the association is still served
+    # during the grace; a second signal aborts it, and serve exits 0, no
+    # traceback.
+    async with serving() as (process, port):
+        assert process.stdout is not None
+        silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)
+        association = await adicom_module.open_association("127.0.0.1", port, called_ae="ADICOM")
+        process.send_signal(sig)
+        async with asyncio.timeout(5):  # not the default grace (10 s)
+            assert await silent_reader.read() == b""
+            assert b"stopping" in await process.stdout.readline()
+            assert b"waiting up to 10 s for 1 open associations" in await process.stdout.readline()
+        assert await association.echo() == 0
+        process.send_signal(sig)
+        async with asyncio.timeout(5):
+            out, err = await process.communicate()
+            await association.wait_closed()
+        assert process.returncode == 0, err.decode()
+        assert "Traceback" not in err.decode()
+        assert "aborting the open associations" in out.decode()
+        assert not association.is_established
+        silent_writer.close()
+
+
+@pytest.mark.anyio
+async def test_serve_on_sigterm_lets_an_association_release_within_its_grace() -> None:
+    async with serving("--shutdown-grace", "30") as (process, port):
+        association = await adicom_module.open_association("127.0.0.1", port, called_ae="ADICOM")
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await association.echo() == 0
+            await association.release()
+            out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()
+        assert "aborting" not in out.decode()
+
+
+@pytest.mark.anyio
+async def test_serve_refuses_a_shutdown_grace_it_cannot_keep() -> None:
+    wrongs = (("-1", "too small"), ("nan", "too small"), ("7200", "too large"), ("inf", "large"))
+    for wrong, why in wrongs:
+        code, _, err = await run_cli("serve", "--port", "0", "--shutdown-grace", wrong)
+        assert code == 2 and why in err, err
 
 
 @pytest.mark.anyio
@@ -898,3 +934,56 @@ async def test_serve_freezes_what_it_starts_with_out_of_full_collections(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         gc.unfreeze()
+
+
+@pytest.mark.anyio
+async def test_two_signals_in_one_loop_turn_abort_at_once() -> None:
+    # Both handlers run before the serving task wakes: still two signals,
+    # so the drain aborts at once instead of waiting its grace.
+    from adicom.cli.serve import _drain, _StopSignals
+
+    signals = _StopSignals(second_aborts=True)
+    async with adicom_module.Server("ADICOM", host="127.0.0.1", port=0) as server:
+        association = await adicom_module.open_association(
+            "127.0.0.1", server.port, called_ae="ADICOM"
+        )
+
+        async def serving() -> None:
+            await signals.stop.wait()
+            await _drain(server, signals, 30.0, "")
+
+        task = asyncio.create_task(serving())
+        await asyncio.sleep(0)
+        signals()
+        signals()
+        async with asyncio.timeout(5):  # not the grace (30 s)
+            await task
+            await association.wait_closed()
+        assert not association.is_established
+
+
+@pytest.mark.anyio
+async def test_a_worker_drains_on_every_sigterm_and_a_cancelled_drain_leaves_no_close() -> None:
+    # A worker under systemd gets the unit's SIGTERM and its supervisor's:
+    # both only start the drain. A drain cancelled (serve torn down) takes
+    # its close with it, not left running beside serve's own.
+    from adicom.cli.serve import _drain, _StopSignals
+
+    signals = _StopSignals(second_aborts=False)
+    signals()
+    signals()
+    assert signals.stop.is_set() and not signals.abort.is_set()
+    async with adicom_module.Server("ADICOM", host="127.0.0.1", port=0) as server:
+        association = await adicom_module.open_association(
+            "127.0.0.1", server.port, called_ae="ADICOM"
+        )
+        before = set(asyncio.all_tasks())
+        drain = asyncio.create_task(_drain(server, signals, 30.0, ""))
+        await asyncio.sleep(0.05)
+        assert await association.echo() == 0  # served during the grace
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain
+        assert [task for task in asyncio.all_tasks() - before if not task.done()] == []
+        async with asyncio.timeout(5):
+            await association.wait_closed()

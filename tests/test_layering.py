@@ -139,6 +139,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.cli",
                 "adicom.cli.common",
                 "adicom.cli.serve",
+                "adicom.cli.serveoptions",
                 "adicom.cli.index",
                 "adicom.cli.commands",
                 "adicom.cli.main",

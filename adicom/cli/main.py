@@ -93,7 +93,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     if only == "serve":
-        from adicom.cli.serve import add_serve
+        from adicom.cli.serveoptions import add_serve
 
         add_serve(commands)
         for sub in commands.choices.values():
@@ -102,7 +102,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         return parser
     from adicom.cli.commands import add_commit, add_echo, add_find, add_retrieve, add_store
     from adicom.cli.index import add_index
-    from adicom.cli.serve import add_serve
+    from adicom.cli.serveoptions import add_serve
     from adicom.identity import DEFAULT_COST
 
     add_echo(commands)

@@ -1,4 +1,4 @@
-"""``adicom serve``: its options (listening, TLS, the archive, timeouts, limits) and its run."""
+"""``adicom serve``: run the server (or its workers) until a signal, then drain and stop."""
 
 from __future__ import annotations
 
@@ -12,320 +12,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from ssl import SSLContext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from adicom.archive import DEFAULT_MAX_PENDING, Archive
-from adicom.archive.backends import DEFAULT_INDEX_POOL, DEFAULT_INDEX_TIMEOUT
+from adicom.archive import Archive
 from adicom.audit import AuditLog
-from adicom.cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Commands,
-    ae_title_arg,
-    count_arg,
-    destination_arg,
-    non_negative_arg,
-    port_arg,
-    positive_arg,
-    seconds_or_zero_arg,
-    tls_file_error,
-    uid_arg,
-)
-from adicom.defaults import SETTINGS_DEFAULTS, SettingsDefaults, settings_in_environment
+from adicom.cli.common import EXIT_FAILED, EXIT_OK, tls_file_error
 from adicom.dimse import Limits
-from adicom.diskstorage import DEFAULT_WRITE_BEHIND
-from adicom.identity import (
-    Users,
-    identity_hook,
-)
+from adicom.identity import Users, identity_hook
 from adicom.peers import PeerRules
 from adicom.server import Server, listen_backlog
 from adicom.storage import StoreContext
 from adicom.tls import client_context, server_context
-from adicom.turns import DEFAULT_TURN_BUDGET
 from adicom.workers import Supervisor, WorkerError, WorkerLink
 
-if TYPE_CHECKING:
-    from adicom.settings import DicomSettings
-
-#: ``--gc-threshold``'s default: 0, Python's thresholds as they are. A higher
-#: youngest-generation threshold saves instructions per association (callgrind,
-#: benchmarks.assocrate -n 200: 459k / 725k per associate + echo + release on
-#: uvloop / asyncio with Python's 700, 440k / 699k with 20,000), but cost CPU
-#: where associations run at once: 8 storing into one `adicom serve` (benchmarks.scale
-#: --only workers --modes 1, 5 pairs interleaved) spent 275-408 us per instance
-#: with 700 and 332-417 us with 20,000, worse in every pair. Cyclic garbage
-#: kept longer is memory not reused while it is in the cache, which callgrind
-#: does not count. ~1.5 MB more RSS after 400 associations as well.
-GC_THRESHOLD = 0
-#: ``--gc-threshold``'s largest: beyond it the youngest pass would hardly
-#: run, and cyclic garbage would pile up unbounded in practice.
-GC_THRESHOLD_MAX = 1_000_000
-
-
-def _gc_threshold_arg(value: str) -> int:
-    """``--gc-threshold``: 0 to GC_THRESHOLD_MAX."""
-    count = non_negative_arg(value)
-    if count > GC_THRESHOLD_MAX:
-        raise argparse.ArgumentTypeError(
-            f"{count} is too large: give at most {GC_THRESHOLD_MAX:,} (0 keeps Python's)"
-        )
-    return count
-
-
-def _serve_settings() -> tuple[DicomSettings | SettingsDefaults, Exception | None]:
-    """The ``ADICOM_*`` settings for ``serve``'s defaults, and what was wrong with them.
-
-    A bad variable must not break the other commands or ``--help``: the
-    built-in defaults stand in, and ``serve`` reports the error when it runs.
-    Without any ``ADICOM_*`` variable there is nothing to read: the
-    defaults, and pydantic is never imported.
-    """
-    if not settings_in_environment():
-        return SETTINGS_DEFAULTS, None
-    from pydantic import ValidationError
-
-    from adicom.settings import DicomSettings
-
-    try:
-        return DicomSettings(), None
-    except ValidationError as exc:
-        return DicomSettings.model_construct(), exc
-
-
-def add_serve(commands: Commands) -> None:
-    """The ``serve`` command's options."""
-    settings, error = _serve_settings()
-    serve = commands.add_parser(
-        "serve",
-        help="run an SCP until interrupted: C-ECHO, and with --storage an archive (C-STORE, "
-        "C-FIND/GET/MOVE, Storage Commitment, MPPS), with --worklist a worklist",
-        description="Run an SCP until interrupted. The defaults come from the ADICOM_* "
-        "environment variables (adicom.DicomSettings); the flags override them.",
-    )
-    serve.set_defaults(settings_error=error)
-    listen_options(serve, settings)
-    tls_server_options(serve, settings)
-    archive_options(serve, settings)
-    serve.add_argument(
-        "--allow",
-        action="append",
-        metavar="AET",
-        type=ae_title_arg,
-        help="accept only these calling AE titles (repeatable; default: any)",
-    )
-    serve.add_argument(
-        "--peers",
-        metavar="FILE",
-        type=Path,
-        help="per-peer rules (TOML: AE title, addresses, certificate, services, move "
-        "destination, duplicate policy); unknown peers are rejected (see docs/security.md)",
-    )
-    serve.add_argument(
-        "--users",
-        metavar="FILE",
-        type=Path,
-        help="check user identities (PS3.7 D.3.3.7) against this TOML file of users and "
-        "password hashes (adicom hash-password); a wrong one rejects the association",
-    )
-    serve.add_argument(
-        "--require-identity",
-        action="store_true",
-        help="reject associations that carry no user identity (use with --users)",
-    )
-    serve.add_argument(
-        "--audit",
-        metavar="FILE",
-        help="write an audit trail, one JSON line per association accepted or refused, "
-        "instance received, query and retrieve (PS3.15 A.5 event names), appended to "
-        "FILE ('-': standard output)",
-    )
-    serve.add_argument(
-        "--audit-no-patient-data",
-        action="store_true",
-        help="leave patient names, IDs and birth dates out of the audit trail",
-    )
-    serve.add_argument(
-        "--gc-threshold",
-        type=_gc_threshold_arg,
-        default=GC_THRESHOLD,
-        metavar="N",
-        help="let Python's cyclic garbage collector run its youngest pass once N more "
-        "container objects exist, instead of Python's default (700 on 3.11). 20,000 saves "
-        "~4%% of the instructions of each association made one at a time, but cost 10-20%% "
-        "more CPU per instance with 8 associations storing at once (garbage kept longer, "
-        "out of the cache): measure your own load. 0 keeps the collector's thresholds as "
-        f"they are; at most {GC_THRESHOLD_MAX:,} (default: %(default)s)",
-    )
-    _timeouts(serve, settings)
-    _limits(serve)
-    _workers_options(serve)
-
-
-def _workers_options(serve: argparse.ArgumentParser) -> None:
-    """``--workers N``: processes accepting on the one port (docs/server.md, "Workers")."""
-    serve.add_argument(
-        "--workers",
-        type=count_arg,
-        default=1,
-        metavar="N",
-        help="serve with N processes, each with its own event loop, all accepting on the one "
-        "port (SO_REUSEPORT on Linux), over the one --storage archive; a supervising process "
-        "starts them, restarts one that dies and stops them all on SIGTERM or SIGINT. Every "
-        "limit (--max-associations, --max-pending, ...) holds per worker (default: %(default)s: "
-        "one process, no supervisor)",
-    )
-    serve.add_argument(
-        "--worker-sockets",
-        choices=["own", "shared"],
-        default=None,
-        help="with --workers: 'own', each worker accepts on a listening socket of its own, "
-        "all bound with SO_REUSEPORT, and the kernel spreads new connections by a hash of "
-        "the peer's address and port; 'shared', all accept on one socket and the first "
-        "worker free takes each connection (default: own on Linux, shared elsewhere)",
-    )
-    # Given by the supervisor to its workers only (adicom.workers).
-    serve.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def _limits(serve: argparse.ArgumentParser) -> None:
-    """What one peer may make the server hold or wait for (docs/server.md, "Limits")."""
-    defaults = Limits()
-    # (flag, parser of its value, default, metavar, help): one row per limit.
-    rows: tuple[tuple[str, Callable[[str], Any], object, str, str], ...] = (
-        (
-            "--write-behind", non_negative_arg, DEFAULT_WRITE_BEHIND, "BYTES",
-            "bytes of a large instance received but not yet written to disk (a slice is "
-            "written per loop turn); beyond them the association stops reading until half is "
-            "written; 0: write each fragment at once (default: %(default)s)",
-        ),
-        (
-            "--max-pending", count_arg, 128, "N",
-            "connections not yet associated, at once (default: %(default)s)",
-        ),
-        (
-            "--max-per-address", count_arg, 64, "N",
-            "connections from one address, associated or not (default: %(default)s)",
-        ),
-        (
-            "--backlog", count_arg, None, "N",
-            "connections the kernel completes and holds until they are accepted (the listen "
-            "backlog; the kernel caps it at net.core.somaxconn); a burst beyond it waits a "
-            "second or more for its SYN to be sent again (default: --max-associations, at "
-            "least 128)",
-        ),
-        (
-            "--max-command-bytes", count_arg, defaults.max_command, "BYTES",
-            "size of one command set (default: %(default)s)",
-        ),
-        (
-            "--max-dataset-bytes", count_arg, defaults.max_dataset, "BYTES",
-            "size of a data set held in memory, such as a C-FIND identifier; "
-            "beyond it the association is aborted (default: %(default)s)",
-        ),
-        (
-            "--max-n-dataset-bytes", count_arg, defaults.max_n_dataset, "BYTES",
-            "size of a DIMSE-N data set (a Storage Commitment request, an MPPS), held "
-            "in memory; beyond it the association is aborted (default: %(default)s)",
-        ),
-        (
-            "--turn-budget", seconds_or_zero_arg, DEFAULT_TURN_BUDGET, "SECONDS",
-            "work one turn of the event loop does before further input waits for the next "
-            "turn, peers that sent little first: bounds a new association's wait when many "
-            "send at once; 0: none (default: %(default)s)",
-        ),
-        (
-            "--max-background", count_arg, 256, "N",
-            "work DIMSE-N requests leave for later (Storage Commitment reports) pending at "
-            "once; beyond it such a request is answered 0x0213 (default: %(default)s)",
-        ),
-        (
-            "--max-pdvs-per-pdu", count_arg, defaults.max_pdvs, "N",
-            "PDVs in one P-DATA-TF PDU; beyond it the association is aborted "
-            "(default: %(default)s)",
-        ),
-        (
-            "--max-instance-bytes", count_arg, None, "BYTES",
-            "size of one C-STORE data set; beyond it the instance is refused with "
-            "0xA700 (default: no limit)",
-        ),
-        (
-            "--message-timeout", positive_arg, defaults.message_timeout, "SECONDS",
-            "time to receive one whole message, however slowly it trickles "
-            "(default: %(default)s)",
-        ),
-    )  # fmt: skip
-    group = serve.add_argument_group("limits (what one peer may make the server spend)")
-    for flag, parse, default, metavar, text in rows:
-        group.add_argument(flag, type=parse, default=default, metavar=metavar, help=text)
-
-
-def listen_options(
-    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
-) -> None:
-    """Where ``serve`` listens and as which AE title."""
-    serve.add_argument(
-        "--aet",
-        type=ae_title_arg,
-        default=settings.aet,
-        help="our AE title (ADICOM_AET; default: %(default)s)",
-    )
-    serve.add_argument(
-        "--host",
-        default=settings.ip or "0.0.0.0",
-        help="address to listen on (ADICOM_IP; default: %(default)s)",
-    )
-    serve.add_argument(
-        "--port",
-        type=port_arg,
-        default=settings.port,
-        help="port, 0 for any free port (ADICOM_PORT; default: %(default)s)",
-    )
-    serve.add_argument(
-        "--max-associations",
-        type=int,
-        default=500,
-        help="open associations allowed at once (default: %(default)s)",
-    )
-
-
-def tls_server_options(
-    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
-) -> None:
-    """``serve``'s TLS options."""
-    tls = serve.add_argument_group(
-        "TLS",
-        "Serve DICOM over TLS (PS3.15 B.9: TLS 1.2 or later; port 2762 by convention).",
-    )
-    tls.add_argument(
-        "--tls-cert",
-        metavar="PEM",
-        type=Path,
-        default=settings.tls_cert,
-        help="our certificate (with its chain): every connection must then speak TLS "
-        "(ADICOM_TLS_CERT; default: %(default)s)",
-    )
-    tls.add_argument(
-        "--tls-key",
-        metavar="PEM",
-        type=Path,
-        default=settings.tls_key,
-        help="its private key, if not in the --tls-cert file (ADICOM_TLS_KEY)",
-    )
-    tls.add_argument(
-        "--tls-ca",
-        metavar="PEM",
-        type=Path,
-        default=settings.tls_ca,
-        help="CA certificates that client certificates must chain to (ADICOM_TLS_CA)",
-    )
-    tls.add_argument(
-        "--tls-require-client-cert",
-        action="store_true",
-        default=settings.tls_require_client_cert,
-        help="refuse clients without a certificate from --tls-ca: mutual authentication "
-        "(ADICOM_TLS_REQUIRE_CLIENT_CERT)",
-    )
+__all__ = ["run_serve"]
 
 
 def _server_ssl(args: argparse.Namespace) -> SSLContext | None:
@@ -352,122 +52,6 @@ def _server_ssl(args: argparse.Namespace) -> SSLContext | None:
         )
     except (OSError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"cannot set up TLS: {tls_file_error(exc)}") from None
-
-
-def archive_options(
-    serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults
-) -> None:
-    """``serve``'s archive options (storage, move destinations, duplicates)."""
-    default = "%(default)s" if settings.storage_dir else "none, C-ECHO only"
-    serve.add_argument(
-        "--storage",
-        metavar="DIR",
-        default=settings.storage_dir,
-        help="run an archive in DIR: accept C-STORE (files under "
-        "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm, indexed in SQLite), "
-        "answer C-FIND, C-GET and C-MOVE, Storage Commitment from what it holds, and keep "
-        f"MPPS in DIR/.mpps (ADICOM_STORAGE_DIR; default: {default})",
-    )
-    serve.add_argument(
-        "--worklist",
-        metavar="DIR",
-        type=Path,
-        help="answer Modality Worklist C-FINDs from the worklist items (DICOM files) in DIR, "
-        "read again when they change (like DCMTK wlmscpfs's data folder)",
-    )
-    serve.add_argument(
-        "--move-dest",
-        action="append",
-        default=[],
-        metavar="AET=HOST:PORT",
-        type=destination_arg,
-        help="a C-MOVE destination (repeatable)",
-    )
-    serve.add_argument(
-        "--storage-sop-class",
-        action="append",
-        metavar="UID",
-        type=uid_arg,
-        help="store only these SOP classes (repeatable; default: any storage SOP "
-        "class, private ones included)",
-    )
-    serve.add_argument(
-        "--on-duplicate",
-        choices=["replace", "keep", "reject"],
-        default="replace",
-        help="what a second copy of a SOP Instance UID does: replace the first, keep the "
-        "first (success), or reject it with 0x0111 (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--fsync",
-        action="store_true",
-        help="make each stored file and its folder durable before answering success",
-    )
-    serve.add_argument(
-        "--index",
-        metavar="URL",
-        default="",
-        help="the archive's index: sqlite:PATH (default: DIR/.adicom-index.sqlite) or "
-        "postgresql://USER@HOST:PORT/DB, one database several serve nodes share "
-        "(pip install 'adicom[postgresql]'; see docs/deployment.md)",
-    )
-    serve.add_argument(
-        "--index-pool",
-        metavar="N",
-        type=int,
-        default=DEFAULT_INDEX_POOL,
-        help="connections at most to a database index (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--index-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=DEFAULT_INDEX_TIMEOUT,
-        help="seconds a database index call may take, the wait for a connection included; "
-        "beyond it a C-STORE is refused with 0xA700 and a query fails (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--index-max-pending",
-        metavar="N",
-        type=count_arg,
-        default=DEFAULT_MAX_PENDING,
-        help="changes of the SQLite index waiting to be written (it is locked by another "
-        "process or its disk is full), about 450 bytes each; beyond them (or twice as many "
-        "in any case) a C-STORE is refused with 0xA700 until half are written; not used "
-        "with a PostgreSQL --index (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--prefer-own-syntax",
-        action="store_true",
-        help="choose the transfer syntax of each storage context by adicom's order "
-        "(uncompressed first) instead of the requestor's (default: the requestor's first "
-        "proposed syntax, so instances are kept as sent)",
-    )
-
-
-def _timeouts(serve: argparse.ArgumentParser, settings: DicomSettings | SettingsDefaults) -> None:
-    for flag, value, text in (
-        (
-            "--association-timeout",
-            settings.association_timeout,
-            "seconds the ARTIM timer allows (PS3.8 9.1.5): for the A-ASSOCIATE-RQ "
-            "once a peer connects, for the peer to close after a release or abort",
-        ),
-        ("--dimse-timeout", settings.dimse_timeout, "seconds to wait for each DIMSE response"),
-        (
-            "--idle-timeout",
-            settings.idle_timeout,
-            "seconds of silence after which an association is aborted",
-        ),
-    ):
-        variable = "ADICOM_" + flag.removeprefix("--").replace("-", "_").upper()
-        serve.add_argument(
-            flag,
-            type=positive_arg,
-            default=value,
-            metavar="SECONDS",
-            help=f"{text} ({variable}; default: %(default)s)",
-        )
 
 
 async def run_serve(args: argparse.Namespace) -> int:
@@ -525,6 +109,8 @@ async def _supervise(args: argparse.Namespace) -> int:
         payload=args,
         backlog=listen_backlog(args.backlog, args.max_associations),
         reuse_port=reuse_port,
+        # The workers' own grace, then SIGKILL's usual margin.
+        stop_timeout=args.shutdown_grace + 20.0,
     )
     try:
         await supervisor.start()
@@ -554,9 +140,13 @@ async def _supervise(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
     """One server process: on its own (``link`` None) or as a worker of a supervisor."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    # A worker drains on every SIGTERM: under systemd (KillMode=control-group)
+    # the unit's SIGTERM reaches it and then its supervisor's, which must not
+    # read as "again". On its own, a second signal aborts at once.
+    signals = _StopSignals(second_aborts=link is None)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals)
+    stop = signals.stop
     orphaned = None
     if link is not None:
         # A worker whose supervisor is gone (killed) stops too.
@@ -702,6 +292,7 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
             # One write, so that the lines of several workers do not interleave.
             sys.stdout.write(f"adicom serve: {who}stopping ({server.stats})\n")
             sys.stdout.flush()
+            await _drain(server, signals, args.shutdown_grace, who)
         finally:
             await server.close()
         if link is not None:
@@ -716,6 +307,63 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
         if orphaned is not None:
             orphaned.cancel()
     return EXIT_OK
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT as serve reads them: the first stops it, a second may abort at once.
+
+    Counted, not an event set and cleared: two signals handled in one loop
+    turn, before the serving task wakes, are still two.
+    """
+
+    def __init__(self, second_aborts: bool) -> None:
+        #: Set by the first signal: stop listening, drain.
+        self.stop = asyncio.Event()
+        #: Set by a second one where ``second_aborts``: abort what is open now.
+        self.abort = asyncio.Event()
+        self.second_aborts = second_aborts
+
+    def __call__(self) -> None:
+        """The loop's handler of each signal."""
+        if not self.stop.is_set():
+            self.stop.set()
+        elif self.second_aborts:
+            self.abort.set()
+
+
+async def _drain(server: Server, signals: _StopSignals, grace: float, who: str) -> None:
+    """Close ``server`` giving its open associations ``grace`` seconds to end by themselves.
+
+    A second SIGTERM or SIGINT (``signals.abort``) ends the wait, when serve
+    runs on its own: what is still open is aborted at once.
+    """
+    if not grace or not server.associations:
+        return
+    open_now = sum(1 for association in server.associations if association.is_established)
+    if open_now:
+        again = " (signal again to abort them now)" if signals.second_aborts else ""
+        sys.stdout.write(
+            f"adicom serve: {who}waiting up to {grace:g} s for {open_now} open "
+            f"associations to end{again}\n"
+        )
+        sys.stdout.flush()
+    closing = asyncio.create_task(server.close(grace=grace))
+    aborted = asyncio.create_task(signals.abort.wait())
+    try:
+        done, _ = await asyncio.wait({closing, aborted}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        closing.cancel()  # the close aborts what is open (Server.close), then ends
+        await asyncio.wait({closing})
+        raise
+    finally:
+        aborted.cancel()
+    if closing not in done:
+        sys.stdout.write(f"adicom serve: {who}aborting the open associations\n")
+        sys.stdout.flush()
+        closing.cancel()  # the close aborts them (Server.close); serve's own close goes on
+        await asyncio.wait({closing})
+    if not closing.cancelled():
+        closing.result()  # its error, if it had one
 
 
 def _is_loopback(host: str) -> bool:
