@@ -91,11 +91,27 @@ _ENDED = frozenset((State.STA1, State.STA13))
 class _Session:
     """What a connection's task and its transport callbacks share about its negotiation."""
 
-    __slots__ = ("accepted", "answered", "answers_now", "associated", "ended", "ticket")
+    __slots__ = (
+        "accepted",
+        "adopted",
+        "answered",
+        "answers_now",
+        "associated",
+        "ended",
+        "sock",
+        "task",
+        "ticket",
+    )
 
     def __init__(self, ticket: int) -> None:
         #: Its admission ticket (see adicom.admission).
         self.ticket = ticket
+        #: Its transport was made as it was accepted (adicom.transport.adopt).
+        self.adopted = False
+        #: Its task (Server._serve), until the task ends.
+        self.task: asyncio.Task[None] | None = None
+        #: Its socket, until its task wraps it in a transport (not adopted).
+        self.sock: socket.socket | None = None
         #: Its A-ASSOCIATE-RQ is answered in the transport callback (no await needed).
         self.answers_now = False
         #: Its A-ASSOCIATE-RQ came and was answered (or failed answering).
@@ -393,6 +409,7 @@ class Server(RequestServing):
                 task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        self._drop_unstarted()
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
@@ -412,12 +429,23 @@ class Server(RequestServing):
     ) -> None:
         await self.close()
 
+    @property
+    def idle(self) -> bool:
+        """No connection is open and no work left by DIMSE-N handlers is running.
+
+        Such work (a Storage Commitment report sent after the N-ACTION's
+        response, PS3.4 J.3.3) outlives its association; ``close(grace=...)``
+        gives it the grace too (see :meth:`wait_idle`).
+        """
+        return not self._tasks
+
     async def wait_idle(self) -> None:
-        """Wait until no connection is open: every association has ended and been cleaned up.
+        """Wait until :attr:`idle`: every association has ended and been cleaned up.
 
         For tests and tools that must know a peer's association is over on
         the server's side too (its counts in :attr:`stats` final, its files
-        dealt with). Bound it with ``asyncio.timeout``.
+        dealt with), and the work DIMSE-N handlers left has ended. Bound it
+        with ``asyncio.timeout``.
         """
         while self._tasks:
             await asyncio.wait(list(self._tasks))
@@ -461,11 +489,61 @@ class Server(RequestServing):
             # is not woken for it.
             session.answers_now = True
             association.on_association_request = partial(self._request_now, association, session)
-        task = asyncio.get_running_loop().create_task(
-            self._serve(association, sock, address, session)
-        )
+        loop = asyncio.get_running_loop()
+        if self.ssl is None and adopts(loop):
+            # asyncio's selector loop: the transport is made in this callback
+            # (no connect_accepted_socket, whose coroutines, future and turn
+            # for connection_made would follow the task's own first turn),
+            # so that it reads from the next turn on.
+            try:
+                adopt(loop, sock, association)  # closes sock if it fails
+            except Exception as exc:
+                self.admission.disconnect(ticket, host, associated=False)
+                if not isinstance(exc, OSError):
+                    raise
+                log.info("connection from %s lost before it started: %s", address, exc)
+                return
+            session.adopted = True
+        else:
+            session.sock = sock
+        held = self._by_host.get(host)
+        if held is None:
+            held = self._by_host[host] = {}
+        held[association] = session
+        task = loop.create_task(self._serve(association, sock, address, session))
+        # The task takes itself out of _tasks as it ends (see _serve): a done
+        # callback would cost a loop turn of its own per connection. One
+        # cancelled before it ever ran is dealt with by close().
+        session.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+    def _forget(self, association: Association, host: str) -> None:
+        """Take ``association`` out of the ones being served."""
+        held = self._by_host[host]
+        del held[association]
+        if not held:
+            del self._by_host[host]
+
+    def _drop_unstarted(self) -> None:
+        """Forget the connections whose task was cancelled before it ever ran (by close).
+
+        Such a task ends without running any of _serve, whose ``finally``
+        would have done this. close() aborted their associations already
+        (an adopted transport closes its socket); a socket not yet wrapped
+        in a transport is closed here.
+        """
+        for host, held in list(self._by_host.items()):
+            for association, session in list(held.items()):
+                task = session.task
+                if task is None or not task.done():
+                    continue
+                self._tasks.discard(task)
+                session.task = None
+                self._forget(association, host)
+                if session.sock is not None:
+                    session.sock.close()
+                    session.sock = None
+                self.admission.disconnect(session.ticket, host, associated=False)
 
     def _settle_ended(self, host: str) -> bool:
         """Tell admission now of ``host``'s associations that have ended; True if any had.
@@ -495,93 +573,89 @@ class Server(RequestServing):
         address: tuple[str, int],
         session: _Session,
     ) -> None:
-        host = address[0]
-        loop = asyncio.get_running_loop()
         try:
-            if self.ssl is None and adopts(loop):
-                # asyncio's selector loop: the transport made here, without
-                # connect_accepted_socket's two coroutines, future and the
-                # loop turn this task would wait for connection_made.
-                adopt(loop, sock, association)
-            else:
-                await loop.connect_accepted_socket(
-                    association.protocol,
-                    sock,
-                    ssl=self.ssl,
-                    ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
-                )
-        except BaseException as exc:
-            sock.close()
-            self.admission.disconnect(session.ticket, host, associated=False)
-            if isinstance(exc, OSError | TimeoutError) and self.ssl is not None:
-                # An untrusted client certificate, plain DICOM on the TLS
-                # port, a scanner: that connection ends, the server goes on.
-                self.stats["tls_failed"] += 1
-                why = describe_tls_failure(exc)
-                self.admission.log.warning("tls", "TLS handshake with %s failed: %s", host, why)
-                if self.audit is not None:
-                    self.audit.tls_failed(address, why)
-                return
-            if not isinstance(exc, OSError):
-                raise
-            log.info("connection from %s lost before it started: %s", address, exc)
-            return
-        held = self._by_host.get(host)
-        if held is None:
-            held = self._by_host[host] = {}
-        held[association] = session
-        try:
-            if session.answers_now:
-                # The A-ASSOCIATE-RQ is answered in the transport callback
-                # (_request_now): the task waits for the peer's requests from
-                # the start, woken first by one that cannot be answered at
-                # once, the release, or the end of the connection (ARTIM
-                # bounds the wait for the request, PS3.8 9.1.5, and for the
-                # close after a rejection).
-                try:
-                    await self._handle_requests(association)
-                except DicomError:
-                    if session.accepted:
-                        raise
-                    # Ended before an association: never requested (closed,
-                    # ARTIM, a PDU not allowed in Sta2), or rejected, or
-                    # failed answering (both counted already).
-                    if not session.answered:
-                        log.info("connection from %s closed before an association", address)
-                return
-            request = await association.wait_request()
-            if request is None:
-                log.info("connection from %s closed before an association", address)
-                return
-            self.admission.requested(session.ticket)
-            if not await self._negotiate(association, session, request):
-                return
-            await self._handle_requests(association)
-        except asyncio.CancelledError:
-            association.abort()
-            raise
-        except DicomError as exc:
-            self.stats["aborted"] += 1
-            log.info("association from %s ended: %s", association.calling_ae or "?", exc)
-            association.abort()
-        except Exception:
-            self.stats["aborted"] += 1
-            log.exception("error serving %s; aborting", association.calling_ae or "?")
-            association.abort()
-        finally:
-            del held[association]
-            if not held:
-                del self._by_host[host]
-            # Until the peer closes (ARTIM bounds it), the connection still
-            # counts, no longer as an association (see adicom.admission).
-            if not session.ended:
-                self.admission.closing(
-                    session.ticket, host, association.close, associated=session.associated
-                )
+            host = address[0]
+            session.sock = None  # this task has it now
             try:
-                await association.wait_closed(self.artim_timeout)
-            finally:
+                if not session.adopted:
+                    await asyncio.get_running_loop().connect_accepted_socket(
+                        association.protocol,
+                        sock,
+                        ssl=self.ssl,
+                        ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
+                    )
+            except BaseException as exc:
+                sock.close()
+                self._forget(association, host)
                 self.admission.disconnect(session.ticket, host, associated=False)
+                if isinstance(exc, OSError | TimeoutError) and self.ssl is not None:
+                    # An untrusted client certificate, plain DICOM on the TLS
+                    # port, a scanner: that connection ends, the server goes on.
+                    self.stats["tls_failed"] += 1
+                    why = describe_tls_failure(exc)
+                    self.admission.log.warning("tls", "TLS handshake with %s failed: %s", host, why)
+                    if self.audit is not None:
+                        self.audit.tls_failed(address, why)
+                    return
+                if not isinstance(exc, OSError):
+                    raise
+                log.info("connection from %s lost before it started: %s", address, exc)
+                return
+            try:
+                if session.answers_now:
+                    # The A-ASSOCIATE-RQ is answered in the transport callback
+                    # (_request_now): the task waits for the peer's requests from
+                    # the start, woken first by one that cannot be answered at
+                    # once, the release, or the end of the connection (ARTIM
+                    # bounds the wait for the request, PS3.8 9.1.5, and for the
+                    # close after a rejection).
+                    try:
+                        await self._handle_requests(association)
+                    except DicomError:
+                        if session.accepted:
+                            raise
+                        # Ended before an association: never requested (closed,
+                        # ARTIM, a PDU not allowed in Sta2), or rejected, or
+                        # failed answering (both counted already).
+                        if not session.answered:
+                            log.info("connection from %s closed before an association", address)
+                    return
+                request = await association.wait_request()
+                if request is None:
+                    log.info("connection from %s closed before an association", address)
+                    return
+                self.admission.requested(session.ticket)
+                if not await self._negotiate(association, session, request):
+                    return
+                await self._handle_requests(association)
+            except asyncio.CancelledError:
+                association.abort()
+                raise
+            except DicomError as exc:
+                self.stats["aborted"] += 1
+                log.info("association from %s ended: %s", association.calling_ae or "?", exc)
+                association.abort()
+            except Exception:
+                self.stats["aborted"] += 1
+                log.exception("error serving %s; aborting", association.calling_ae or "?")
+                association.abort()
+            finally:
+                self._forget(association, host)
+                # Until the peer closes (ARTIM bounds it), the connection still
+                # counts, no longer as an association (see adicom.admission).
+                if not session.ended:
+                    self.admission.closing(
+                        session.ticket, host, association.close, associated=session.associated
+                    )
+                try:
+                    await association.wait_closed(self.artim_timeout)
+                finally:
+                    self.admission.disconnect(session.ticket, host, associated=False)
+        finally:
+            # Its place in _tasks (see _accepted: no done callback).
+            if session.task is not None:
+                self._tasks.discard(session.task)
+                session.task = None
 
     def _request_now(
         self, association: Association, session: _Session, request: AAssociateRQ

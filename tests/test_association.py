@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import pathlib
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -282,6 +283,37 @@ async def test_a_close_cancelled_during_its_grace_still_aborts_what_is_open() ->
         await staying.wait_closed(CLOSE_BOUND)
         async with asyncio.timeout(CLOSE_BOUND):
             await server.wait_idle()
+
+
+@pytest.mark.parametrize("adopted", [True, False], ids=["adopted", "wrapped-by-its-task"])
+async def test_a_close_before_a_connection_s_task_ran_closes_it_and_counts_nothing(
+    adopted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection accepted in the turn the server closes: its task never runs, yet it ends.
+
+    The task is cancelled before its first step, so none of its own
+    clean-up runs: the server must close the socket (adopted: its
+    transport) and forget the connection itself.
+    """
+    if not adopted:
+        monkeypatch.setattr(adicom.server, "adopts", lambda loop: False)
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        peer = socket.create_connection(listening.getsockname())
+        conn, address = listening.accept()
+    with peer:
+        peer.setblocking(False)
+        conn.setblocking(False)
+        server = adicom.Server("ADICOM", port=0)
+        await server.start()
+        server._accepted(conn, address)  # as the listener does
+        assert len(server.associations) == 1
+        await server.close()  # before the connection's task has run
+        assert server.associations == []
+        assert (server.admission.pending, server.admission.associated) == (0, 0)
+        async with asyncio.timeout(CLOSE_BOUND):
+            assert await loop.sock_recv(peer, 1) == b""
+        assert conn.fileno() == -1
 
 
 async def test_connection_refused_is_peer_unreachable() -> None:
