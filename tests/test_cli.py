@@ -963,6 +963,30 @@ async def test_two_signals_in_one_loop_turn_abort_at_once() -> None:
 
 
 @pytest.mark.anyio
+async def test_the_drain_gives_work_that_outlives_its_association_the_grace() -> None:
+    # A Storage Commitment report leaves after the N-ACTION's response and
+    # its association: with no association open, a SIGTERM must still let
+    # it go out within the grace rather than cancel it at once.
+    from adicom.cli.serve import _drain, _StopSignals
+
+    signals = _StopSignals(second_aborts=True)
+    signals()
+    sent = asyncio.Event()
+
+    async def report() -> None:
+        await asyncio.sleep(0.2)
+        sent.set()
+
+    async with adicom_module.Server("ADICOM", host="127.0.0.1", port=0) as server:
+        server._spawn(report(), "the report")  # as a DIMSE-N handler's "then" is run
+        assert server.associations == [] and not server.idle
+        async with asyncio.timeout(5):  # not the grace (30 s)
+            await _drain(server, signals, 30.0, "")
+        assert sent.is_set()
+        assert server.idle
+
+
+@pytest.mark.anyio
 async def test_a_worker_drains_on_every_sigterm_and_a_cancelled_drain_leaves_no_close() -> None:
     # A worker under systemd gets the unit's SIGTERM and its supervisor's:
     # both only start the drain. A drain cancelled (serve torn down) takes

@@ -334,17 +334,28 @@ class _StopSignals:
 async def _drain(server: Server, signals: _StopSignals, grace: float, who: str) -> None:
     """Close ``server`` giving its open associations ``grace`` seconds to end by themselves.
 
+    The work DIMSE-N handlers left running (a Storage Commitment report)
+    has the grace too, with no association open.
+
     A second SIGTERM or SIGINT (``signals.abort``) ends the wait, when serve
     runs on its own: what is still open is aborted at once.
     """
-    if not grace or not server.associations:
+    if not grace or server.idle:
         return
     open_now = sum(1 for association in server.associations if association.is_established)
+    again = " (signal again to abort them now)" if signals.second_aborts else ""
     if open_now:
-        again = " (signal again to abort them now)" if signals.second_aborts else ""
         sys.stdout.write(
             f"adicom serve: {who}waiting up to {grace:g} s for {open_now} open "
             f"associations to end{again}\n"
+        )
+        sys.stdout.flush()
+    elif not server.associations:
+        # No association, yet work is running: what DIMSE-N handlers left,
+        # such as a Storage Commitment report on its way to the peer.
+        sys.stdout.write(
+            f"adicom serve: {who}waiting up to {grace:g} s for work that "
+            f"outlives its association (a Storage Commitment report){again}\n"
         )
         sys.stdout.flush()
     closing = asyncio.create_task(server.close(grace=grace))
