@@ -1,11 +1,12 @@
 """The acceptor side: :class:`Server` accepts associations and serves DIMSE requests.
 
-One task per association, all on one event loop: negotiation, then a loop
-over the requests. Without a user identity hook (the one part of the
-negotiation that awaits) the A-ASSOCIATE-RQ is answered in the transport
-callback that read it, as C-ECHO-RQs and C-STOREs stored at once are: the
-task is woken only for what needs it. An association that breaks the
-protocol is aborted and logged; the others go on.
+One task per association, all on one event loop: negotiation (the answer
+to the A-ASSOCIATE-RQ, adicom.serveranswers), then a loop over the
+requests (adicom.serverrequests). Without a user identity hook (the one
+part of the negotiation that awaits) the A-ASSOCIATE-RQ is answered in the
+transport callback that read it, as C-ECHO-RQs and C-STOREs stored at once
+are: the task is woken only for what needs it. An association that breaks
+the protocol is aborted and logged; the others go on.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import asyncio
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from ssl import SSLContext
 from types import TracebackType
@@ -24,7 +24,7 @@ from adicom.admission import Admission
 from adicom.association import Association
 from adicom.audit import AuditLog
 from adicom.dimse import Limits
-from adicom.errors import DicomError, describe_reject
+from adicom.errors import DicomError
 from adicom.events import Hooks
 from adicom.fsm import State
 from adicom.listener import DEFAULT_BACKLOG, Listener
@@ -33,15 +33,11 @@ from adicom.negotiation import (
     DEFAULT_MAX_PDU,
     NO_QR_OPTIONS,
     AcceptorPolicy,
-    Agreement,
     QROptions,
-    check_request,
     check_window,
-    negotiate,
 )
 from adicom.nservices import NHandler
-from adicom.pdu import AAssociateAC, AAssociateRJ, AAssociateRQ, UserIdentityRQ
-from adicom.peers import Peer, PeerRules
+from adicom.peers import PeerRules
 from adicom.presentation import (
     DEFAULT_TRANSFER_SYNTAXES,
     QR_FIND_SOP_CLASSES,
@@ -52,9 +48,10 @@ from adicom.presentation import (
     WORKLIST_FIND,
 )
 from adicom.qrscp import FindHandler, MoveDestinations, RetrieveHandler
+from adicom.serveranswers import AssociationAnswering, AssociationInfo, Session, UserIdentityHook
 from adicom.serverrequests import RequestServing
 from adicom.storage import StorageHandler, sink_factory
-from adicom.tls import TlsInfo, describe_tls_failure
+from adicom.tls import describe_tls_failure
 from adicom.transport import adopt, adopts
 from adicom.turns import DEFAULT_TURN_BUDGET, loop_turns
 
@@ -62,66 +59,9 @@ __all__ = ["AssociationInfo", "Server", "UserIdentityHook"]
 
 log = logging.getLogger("adicom")
 
-#: Decides a user identity (PS3.7 D.3.3.7): return None to reject the
-#: association, or the server response bytes to accept (b"" when none).
-UserIdentityHook = Callable[[UserIdentityRQ, "AssociationInfo"], Awaitable[bytes | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class AssociationInfo:
-    """Who is asking: what the server knows when it decides on a request."""
-
-    calling_ae: str
-    called_ae: str
-    address: tuple[str, int] | None
-    request: AAssociateRQ
-    #: TLS version, cipher and the peer's certificate; None on plain TCP.
-    tls: TlsInfo | None = None
-
-
-# PS3.8 Table 9-21 answers, (result, source, reason).
-_RJ_NO_REASON = AAssociateRJ(1, 1, 1)
-_RJ_CALLING_AE = AAssociateRJ(1, 1, 3)  # calling-AE-title-not-recognized
-_RJ_TOO_MANY = AAssociateRJ(2, 3, 2)  # transient, local limit exceeded
 #: An acceptor's association is over in these states: aborted or closed
 #: (Sta1), released and waiting for the peer's close (Sta13; PS3.8 9.2).
 _ENDED = frozenset((State.STA1, State.STA13))
-
-
-class _Session:
-    """What a connection's task and its transport callbacks share about its negotiation."""
-
-    __slots__ = (
-        "accepted",
-        "adopted",
-        "answered",
-        "answers_now",
-        "associated",
-        "ended",
-        "sock",
-        "task",
-        "ticket",
-    )
-
-    def __init__(self, ticket: int) -> None:
-        #: Its admission ticket (see adicom.admission).
-        self.ticket = ticket
-        #: Its transport was made as it was accepted (adicom.transport.adopt).
-        self.adopted = False
-        #: Its task (Server._serve), until the task ends.
-        self.task: asyncio.Task[None] | None = None
-        #: Its socket, until its task wraps it in a transport (not adopted).
-        self.sock: socket.socket | None = None
-        #: Its A-ASSOCIATE-RQ is answered in the transport callback (no await needed).
-        self.answers_now = False
-        #: Its A-ASSOCIATE-RQ came and was answered (or failed answering).
-        self.answered = False
-        #: Admission counts it as an association (Admission.associate).
-        self.associated = False
-        #: It was accepted.
-        self.accepted = False
-        #: Admission was told its association ended (Admission.closing).
-        self.ended = False
 
 
 def listen_backlog(backlog: int | None, max_associations: int) -> int:
@@ -138,7 +78,7 @@ def listen_backlog(backlog: int | None, max_associations: int) -> int:
     return backlog
 
 
-class Server(RequestServing):
+class Server(RequestServing, AssociationAnswering):
     """A DICOM SCP listening on ``host:port``.
 
     Use it as an async context manager: the server listens when the block
@@ -329,7 +269,7 @@ class Server(RequestServing):
         # The work DIMSE-N handlers left for after their responses.
         self._background: set[asyncio.Task[None]] = set()
         #: The open associations, by peer address (see _settle_ended).
-        self._by_host: dict[str, dict[Association, _Session]] = {}
+        self._by_host: dict[str, dict[Association, Session]] = {}
         #: How many associations were accepted, rejected and aborted so far.
         self.stats = {
             "accepted": 0,
@@ -481,7 +421,7 @@ class Server(RequestServing):
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
         self.admission.silent(ticket, association.close)
-        session = _Session(ticket)
+        session = Session(ticket)
         if self.user_identity is None:
             # Nothing in the negotiation awaits (the user identity hook is the
             # one thing that does): the A-ASSOCIATE-RQ is answered in the
@@ -571,7 +511,7 @@ class Server(RequestServing):
         association: Association,
         sock: socket.socket,
         address: tuple[str, int],
-        session: _Session,
+        session: Session,
     ) -> None:
         try:
             host = address[0]
@@ -656,158 +596,3 @@ class Server(RequestServing):
             if session.task is not None:
                 self._tasks.discard(session.task)
                 session.task = None
-
-    def _request_now(
-        self, association: Association, session: _Session, request: AAssociateRQ
-    ) -> None:
-        """Answer the A-ASSOCIATE-RQ in the transport callback (Driver.on_association_request)."""
-        self.admission.requested(session.ticket)
-        session.answered = True
-        try:
-            answer, why, peer, policy = self._screen(association, request)
-            self._answer(association, session, request, answer, why, peer, policy)
-        except Exception:
-            # As the task would (see _serve): the association ends, the server goes on.
-            session.accepted = False
-            self.stats["aborted"] += 1
-            log.exception("error answering %s; aborting", request.calling_ae or "?")
-            association.abort()
-
-    async def _negotiate(
-        self, association: Association, session: _Session, request: AAssociateRQ
-    ) -> bool:
-        """Answer the A-ASSOCIATE-RQ, asking the user identity hook; True when accepted."""
-        answer: AAssociateRJ | bytes | None
-        answer, why, peer, policy = self._screen(association, request)
-        if answer is None:
-            answer = await self._identity(association, request)
-            if isinstance(answer, AAssociateRJ):
-                why = "user identity not accepted"
-        return self._answer(association, session, request, answer, why, peer, policy)
-
-    def _screen(
-        self, association: Association, request: AAssociateRQ
-    ) -> tuple[AAssociateRJ | None, str | None, Peer | str | None, AcceptorPolicy]:
-        """What is decided before the contexts: a rejection (and why), the peer, the policy.
-
-        The called and calling AE titles, the application context, the
-        peer's maximum PDU, the peer rules, and a user identity required
-        but absent: all without awaiting anything.
-        """
-        policy = self._policy
-        answer = check_request(request, policy)
-        why = None  # what the audit trail says of a rejection, beyond PS3.8's reason
-        peer: Peer | str | None = None
-        if answer is None and self.peers is not None:
-            peer = self._admit(association, request)
-            if isinstance(peer, str):
-                answer, why = _RJ_CALLING_AE, peer
-            else:
-                policy = replace(policy, allow=peer.allows)
-        if (
-            answer is None
-            and self.require_identity
-            and request.user_information.user_identity_rq is None
-        ):
-            # PS3.7 D.3.3.7: an acceptor may refuse an association without
-            # one; PS3.8 Table 9-21 has no more precise reason than "none".
-            self.admission.log.warning(
-                "identity",
-                "rejecting %s from %s: no user identity, and one is required",
-                request.calling_ae,
-                association.peer_address,
-            )
-            answer, why = _RJ_NO_REASON, "no user identity, and one is required"
-        return answer, why, peer, policy
-
-    def _answer(
-        self,
-        association: Association,
-        session: _Session,
-        request: AAssociateRQ,
-        answer: AAssociateRJ | bytes | None,
-        why: str | None,
-        peer: Peer | str | None,
-        policy: AcceptorPolicy,
-    ) -> bool:
-        """Negotiate the contexts, within the association limit, and answer; True when accepted.
-
-        ``answer`` is a rejection decided already, or the user identity
-        hook's server response (None: none to send). ``session`` is told
-        when admission counts it as an association, and when it is accepted.
-        """
-        if session.ended:
-            # The peer went while the user identity hook ran, and admission
-            # was told already (_settle_ended): nothing to answer or count.
-            return False
-        result: tuple[AAssociateAC, Agreement] | AAssociateRJ
-        if isinstance(answer, AAssociateRJ):
-            result = answer
-        else:
-            result = negotiate(request, policy, identity_response=answer)
-        if not isinstance(result, AAssociateRJ):
-            session.associated = self.admission.associate()
-        if not isinstance(result, AAssociateRJ) and not session.associated:
-            self.admission.log.warning(
-                "full",
-                "rejecting associations: %d are open (--max-associations)",
-                self.admission.associated,
-            )
-            result = _RJ_TOO_MANY
-        if isinstance(result, AAssociateRJ):
-            self.stats["rejected"] += 1
-            # adicom.association logs it (adicom.events), with the reason.
-            reason = describe_reject(result.result, result.source, result.reason)
-            if self.audit is not None:
-                self.audit.association(
-                    request,
-                    association.peer_address,
-                    association.tls,
-                    refused=f"{why}: {reason}" if why else reason,
-                )
-            association.reject(result)
-            return False
-        response, agreement = result
-        association.accept(response, agreement)
-        session.accepted = True
-        self.stats["accepted"] += 1
-        if self.audit is not None:
-            self.audit.association(
-                request,
-                association.peer_address,
-                association.tls,
-                peer=peer.ae_title if isinstance(peer, Peer) else None,
-            )
-        return True
-
-    def _admit(self, association: Association, request: AAssociateRQ) -> Peer | str:
-        """The known peer this request comes from, or why it is refused (logged)."""
-        assert self.peers is not None
-        address = association.peer_address
-        tls = association.tls
-        peer = self.peers.admit(
-            request.calling_ae, address[0] if address else "", tls.peer_subject if tls else None
-        )
-        if isinstance(peer, str):
-            self.admission.log.warning("peers", "rejecting an association: %s", peer)
-        return peer
-
-    async def _identity(
-        self, association: Association, request: AAssociateRQ
-    ) -> bytes | AAssociateRJ | None:
-        """The user identity hook's answer: the response to send, or a rejection.
-
-        (A required identity that is absent was refused already, see _screen.)
-        """
-        identity = request.user_information.user_identity_rq
-        if self.user_identity is None or identity is None:
-            return None
-        info = AssociationInfo(
-            request.calling_ae,
-            request.called_ae,
-            association.peer_address,
-            request,
-            association.tls,
-        )
-        response = await self.user_identity(identity, info)
-        return _RJ_NO_REASON if response is None else response

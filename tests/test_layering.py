@@ -113,6 +113,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "adicom.settings",
                 "adicom.defaults",
                 "adicom.serverrequests",
+                "adicom.serveranswers",
                 "adicom.server",
                 "adicom.clientbase",
                 "adicom.clientretrieve",
