@@ -343,13 +343,21 @@ class Server(RequestServing, AssociationAnswering):
         finally:
             # Also when the close is cancelled during the grace: nothing is
             # left open and served behind a server said to be closed.
-            for association in self.associations:
-                association.abort()
+            for host, held in list(self._by_host.items()):
+                for association, session in list(held.items()):
+                    association.abort()
+                    task = session.task
+                    if task is not None:
+                        # A task cancelled before it ever ran runs none of
+                        # _serve: this tidies up after it when it ends (also
+                        # when this close is itself cancelled meanwhile).
+                        task.add_done_callback(
+                            partial(self._drop_unstarted, association, host, session)
+                        )
             for task in list(self._tasks):
                 task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        self._drop_unstarted()
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
@@ -378,6 +386,11 @@ class Server(RequestServing, AssociationAnswering):
         gives it the grace too (see :meth:`wait_idle`).
         """
         return not self._tasks
+
+    @property
+    def background(self) -> int:
+        """How many pieces of work left by DIMSE-N handlers are running (see ``max_background``)."""
+        return len(self._background)
 
     async def wait_idle(self) -> None:
         """Wait until :attr:`idle`: every association has ended and been cleaned up.
@@ -439,11 +452,12 @@ class Server(RequestServing, AssociationAnswering):
                 adopt(loop, sock, association)  # closes sock if it fails
             except Exception as exc:
                 self.admission.disconnect(ticket, host, associated=False)
-                if not isinstance(exc, OSError):
-                    raise
-                log.info("connection from %s lost before it started: %s", address, exc)
+                if isinstance(exc, OSError):
+                    log.info("connection from %s lost before it started: %s", address, exc)
+                else:  # a bug: that connection ends, the others are accepted still
+                    log.exception("error accepting %s; closed", address)
                 return
-            session.adopted = True
+            session.connected = True
         else:
             session.sock = sock
         held = self._by_host.get(host)
@@ -453,9 +467,11 @@ class Server(RequestServing, AssociationAnswering):
         task = loop.create_task(self._serve(association, sock, address, session))
         # The task takes itself out of _tasks as it ends (see _serve): a done
         # callback would cost a loop turn of its own per connection. One
-        # cancelled before it ever ran is dealt with by close().
-        session.task = task
-        self._tasks.add(task)
+        # cancelled before it ever ran is dealt with by close(). (An eager
+        # task factory, Python 3.12, may have run it to its end already.)
+        if not task.done():
+            session.task = task
+            self._tasks.add(task)
 
     def _forget(self, association: Association, host: str) -> None:
         """Take ``association`` out of the ones being served."""
@@ -464,26 +480,29 @@ class Server(RequestServing, AssociationAnswering):
         if not held:
             del self._by_host[host]
 
-    def _drop_unstarted(self) -> None:
-        """Forget the connections whose task was cancelled before it ever ran (by close).
+    def _drop_unstarted(
+        self,
+        association: Association,
+        host: str,
+        session: Session,
+        task: asyncio.Task[None],
+    ) -> None:
+        """After a task close() cancelled: if it never ran, forget its connection here.
 
         Such a task ends without running any of _serve, whose ``finally``
-        would have done this. close() aborted their associations already
-        (an adopted transport closes its socket); a socket not yet wrapped
-        in a transport is closed here.
+        would have done this (and set ``session.task`` to None). close()
+        aborted its association already (an adopted transport closes its
+        socket); a socket not yet wrapped in a transport is closed here.
         """
-        for host, held in list(self._by_host.items()):
-            for association, session in list(held.items()):
-                task = session.task
-                if task is None or not task.done():
-                    continue
-                self._tasks.discard(task)
-                session.task = None
-                self._forget(association, host)
-                if session.sock is not None:
-                    session.sock.close()
-                    session.sock = None
-                self.admission.disconnect(session.ticket, host, associated=False)
+        if session.task is not task:
+            return  # it ran: its own finally tidied up
+        self._tasks.discard(task)
+        session.task = None
+        self._forget(association, host)
+        if session.sock is not None:
+            session.sock.close()
+            session.sock = None
+        self.admission.disconnect(session.ticket, host, associated=False)
 
     def _settle_ended(self, host: str) -> bool:
         """Tell admission now of ``host``'s associations that have ended; True if any had.
@@ -498,7 +517,8 @@ class Server(RequestServing, AssociationAnswering):
         """
         settled = False
         for association, session in self._by_host[host].items():
-            if not session.ended and association.state in _ENDED:
+            # Sta1 before its transport is made is a connection starting.
+            if not session.ended and session.connected and association.state in _ENDED:
                 session.ended = True
                 self.admission.closing(
                     session.ticket, host, association.close, associated=session.associated
@@ -517,13 +537,14 @@ class Server(RequestServing, AssociationAnswering):
             host = address[0]
             session.sock = None  # this task has it now
             try:
-                if not session.adopted:
+                if not session.connected:
                     await asyncio.get_running_loop().connect_accepted_socket(
                         association.protocol,
                         sock,
                         ssl=self.ssl,
                         ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
                     )
+                    session.connected = True
             except BaseException as exc:
                 sock.close()
                 self._forget(association, host)

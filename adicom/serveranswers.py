@@ -57,10 +57,10 @@ class Session:
 
     __slots__ = (
         "accepted",
-        "adopted",
         "answered",
         "answers_now",
         "associated",
+        "connected",
         "ended",
         "sock",
         "task",
@@ -70,8 +70,10 @@ class Session:
     def __init__(self, ticket: int) -> None:
         #: Its admission ticket (see adicom.admission).
         self.ticket = ticket
-        #: Its transport was made as it was accepted (adicom.transport.adopt).
-        self.adopted = False
+        #: Its transport is made: as it was accepted (adicom.transport.adopt),
+        #: or by its task (TLS, other loops). Until then its association is
+        #: in Sta1, not ended.
+        self.connected = False
         #: Its task (Server._serve), until the task ends.
         self.task: asyncio.Task[None] | None = None
         #: Its socket, until its task wraps it in a transport (not adopted).

@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -285,35 +286,92 @@ async def test_a_close_cancelled_during_its_grace_still_aborts_what_is_open() ->
             await server.wait_idle()
 
 
-@pytest.mark.parametrize("adopted", [True, False], ids=["adopted", "wrapped-by-its-task"])
+def accepted_by_hand(count: int) -> tuple[list[socket.socket], list[tuple[socket.socket, Any]]]:
+    """``count`` connected pairs: the peers' sockets and the accepted ends (with addresses)."""
+    peers, accepted = [], []
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        for _ in range(count):
+            peer = socket.create_connection(listening.getsockname())
+            peer.setblocking(False)
+            peers.append(peer)
+            conn, address = listening.accept()
+            conn.setblocking(False)
+            accepted.append((conn, address))
+    return peers, accepted
+
+
+PATHS = pytest.mark.parametrize("adopted", [True, False], ids=["adopted", "wrapped-by-its-task"])
+
+
+@PATHS
+@pytest.mark.parametrize("cancelled", [False, True], ids=["closed", "close-cancelled"])
 async def test_a_close_before_a_connection_s_task_ran_closes_it_and_counts_nothing(
-    adopted: bool, monkeypatch: pytest.MonkeyPatch
+    adopted: bool, cancelled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection accepted in the turn the server closes: its task never runs, yet it ends.
 
     The task is cancelled before its first step, so none of its own
     clean-up runs: the server must close the socket (adopted: its
-    transport) and forget the connection itself.
+    transport) and forget the connection itself, also when that close is
+    cancelled while it waits for the tasks.
     """
     if not adopted:
+        # The path of uvloop and TLS: the connection's task makes its transport.
         monkeypatch.setattr(adicom.server, "adopts", lambda loop: False)
     loop = asyncio.get_running_loop()
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        peer = socket.create_connection(listening.getsockname())
-        conn, address = listening.accept()
+    peers, accepted = accepted_by_hand(1)
+    (peer,), ((conn, address),) = peers, accepted
     with peer:
-        peer.setblocking(False)
-        conn.setblocking(False)
         server = adicom.Server("ADICOM", port=0)
         await server.start()
         server._accepted(conn, address)  # as the listener does
-        assert len(server.associations) == 1
-        await server.close()  # before the connection's task has run
-        assert server.associations == []
-        assert (server.admission.pending, server.admission.associated) == (0, 0)
+        assert len(server.associations) == 1 and not server.idle
+        if cancelled:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0):
+                    await server.close()  # before the connection's task has run
+        else:
+            await server.close()
         async with asyncio.timeout(CLOSE_BOUND):
             assert await loop.sock_recv(peer, 1) == b""
+            await server.wait_idle()
+        assert server.associations == []
+        assert (server.admission.pending, server.admission.associated) == (0, 0)
         assert conn.fileno() == -1
+
+
+@PATHS
+async def test_connections_not_yet_connected_are_not_taken_for_ended_ones(
+    adopted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three connections from one address in one turn, two allowed: the third is refused.
+
+    Until its transport is made (by its task, on uvloop and with TLS) an
+    association is in Sta1: not one that has ended and may make room for
+    the next connection from its address. Both kept get their answer.
+    """
+    if not adopted:
+        monkeypatch.setattr(adicom.server, "adopts", lambda loop: False)
+    async with serving(max_per_address=2) as server:
+        peers, accepted = accepted_by_hand(3)
+        for conn, address in accepted:
+            server._accepted(conn, address)  # one listener callback's worth
+        assert server.stats["refused"] == 1 and len(server.associations) == 2
+        streams = [await asyncio.open_connection(sock=peer) for peer in peers]
+        for _, writer in streams:
+            writer.write(ECHO_RQ.encode())
+        assert await read_pdus(streams[2][0]) == []  # refused: closed without a word
+        for reader, _ in streams[:2]:
+            decoder = PDUReader()
+            async with asyncio.timeout(CLOSE_BOUND):
+                while (answer := decoder.next_pdu()) is None:
+                    decoder.feed(await reader.read(65536))
+            assert isinstance(answer, AAssociateAC)
+        for _, writer in streams:
+            writer.close()
+        async with asyncio.timeout(CLOSE_BOUND):
+            await server.wait_idle()
+        assert (server.admission.pending, server.admission.associated) == (0, 0)
 
 
 async def test_connection_refused_is_peer_unreachable() -> None:

@@ -963,7 +963,9 @@ async def test_two_signals_in_one_loop_turn_abort_at_once() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_drain_gives_work_that_outlives_its_association_the_grace() -> None:
+async def test_the_drain_gives_work_that_outlives_its_association_the_grace(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # A Storage Commitment report leaves after the N-ACTION's response and
     # its association: with no association open, a SIGTERM must still let
     # it go out within the grace rather than cancel it at once.
@@ -984,6 +986,39 @@ async def test_the_drain_gives_work_that_outlives_its_association_the_grace() ->
             await _drain(server, signals, 30.0, "")
         assert sent.is_set()
         assert server.idle
+    assert "for work that outlives its association (a Storage Commitment report)" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.anyio
+async def test_the_drain_waits_for_a_released_peer_s_close_without_naming_a_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A peer that released and keeps its connection open: the drain waits
+    # for its close (ARTIM bounds it), and says nothing of a report.
+    from adicom.cli.serve import _drain, _StopSignals
+    from adicom.pdu import AReleaseRP, AReleaseRQ, PDUReader
+    from tests.test_association import raw_associated
+
+    signals = _StopSignals(second_aborts=True)
+    signals()
+    async with adicom_module.Server(
+        "ADICOM", host="127.0.0.1", port=0, artim_timeout=0.5
+    ) as server:
+        reader, writer = await raw_associated(server)
+        writer.write(AReleaseRQ().encode())
+        decoder = PDUReader()
+        async with asyncio.timeout(5):
+            while (answer := decoder.next_pdu()) is None:
+                decoder.feed(await reader.read(65536))
+        assert isinstance(answer, AReleaseRP)
+        assert server.background == 0
+        async with asyncio.timeout(5):  # ARTIM (0.5 s), not the grace (30 s)
+            await _drain(server, signals, 30.0, "")
+            assert await reader.read() == b""  # closed by us at ARTIM
+        writer.close()
+    assert "Storage Commitment" not in capsys.readouterr().out
 
 
 @pytest.mark.anyio

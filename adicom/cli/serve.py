@@ -350,9 +350,10 @@ async def _drain(server: Server, signals: _StopSignals, grace: float, who: str) 
             f"associations to end{again}\n"
         )
         sys.stdout.flush()
-    elif not server.associations:
-        # No association, yet work is running: what DIMSE-N handlers left,
-        # such as a Storage Commitment report on its way to the peer.
+    elif server.background:
+        # What DIMSE-N handlers left, such as a Storage Commitment report on
+        # its way to the peer. (Else what is left is connections whose
+        # association ended, waiting for their peers' close: ARTIM bounds it.)
         sys.stdout.write(
             f"adicom serve: {who}waiting up to {grace:g} s for work that "
             f"outlives its association (a Storage Commitment report){again}\n"
