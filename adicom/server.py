@@ -335,10 +335,15 @@ class Server(RequestServing, AssociationAnswering):
             self._listener.close()
         try:
             if grace and self._tasks:
-                for held in self._by_host.values():
+                for host, held in list(self._by_host.items()):
                     for association, session in list(held.items()):
                         if not session.accepted:
                             association.abort()
+                            if not session.connected:
+                                # Sta1, where abort() does nothing: its task
+                                # would make the transport (uvloop, TLS) and
+                                # serve it during the grace.
+                                self._cancel(association, host, session)
                 await asyncio.wait(list(self._tasks), timeout=grace)
         finally:
             # Also when the close is cancelled during the grace: nothing is
@@ -346,16 +351,9 @@ class Server(RequestServing, AssociationAnswering):
             for host, held in list(self._by_host.items()):
                 for association, session in list(held.items()):
                     association.abort()
-                    task = session.task
-                    if task is not None:
-                        # A task cancelled before it ever ran runs none of
-                        # _serve: this tidies up after it when it ends (also
-                        # when this close is itself cancelled meanwhile).
-                        task.add_done_callback(
-                            partial(self._drop_unstarted, association, host, session)
-                        )
+                    self._cancel(association, host, session)
             for task in list(self._tasks):
-                task.cancel()
+                task.cancel()  # the background work (and any cancelled already)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._listener is not None:
@@ -479,6 +477,17 @@ class Server(RequestServing, AssociationAnswering):
         del held[association]
         if not held:
             del self._by_host[host]
+
+    def _cancel(self, association: Association, host: str, session: Session) -> None:
+        """Cancel the task of a connection close() ends, if it is still running."""
+        task = session.task
+        if task is not None:
+            # A task cancelled before it ever ran runs none of _serve: this
+            # tidies up after it when it ends (also when close() is itself
+            # cancelled meanwhile; a second call adds a callback that finds
+            # nothing left to do).
+            task.add_done_callback(partial(self._drop_unstarted, association, host, session))
+            task.cancel()
 
     def _drop_unstarted(
         self,

@@ -327,7 +327,7 @@ async def test_a_close_before_a_connection_s_task_ran_closes_it_and_counts_nothi
         server._accepted(conn, address)  # as the listener does
         assert len(server.associations) == 1 and not server.idle
         if cancelled:
-            with contextlib.suppress(TimeoutError):
+            with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0):
                     await server.close()  # before the connection's task has run
         else:
@@ -338,6 +338,31 @@ async def test_a_close_before_a_connection_s_task_ran_closes_it_and_counts_nothi
         assert server.associations == []
         assert (server.admission.pending, server.admission.associated) == (0, 0)
         assert conn.fileno() == -1
+
+
+@PATHS
+async def test_a_connection_not_yet_connected_is_closed_as_a_grace_starts(
+    adopted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close(grace=...) closes what is not associated at once: one whose transport is not made too.
+
+    Its association is in Sta1, where an abort does nothing; left alone, its
+    task would make the transport during the grace and accept it.
+    """
+    if not adopted:
+        monkeypatch.setattr(adicom.server, "adopts", lambda loop: False)
+    peers, accepted = accepted_by_hand(1)
+    async with serving() as server:
+        server._accepted(*accepted[0])
+        closing = asyncio.create_task(server.close(grace=30.0))
+        reader, writer = await asyncio.open_connection(sock=peers[0])
+        writer.write(ECHO_RQ.encode())
+        assert await read_pdus(reader) == []  # closed without a word, not at the grace's end
+        writer.close()
+        async with asyncio.timeout(CLOSE_BOUND):
+            await closing
+        assert server.stats["accepted"] == 0
+        assert (server.admission.pending, server.admission.associated) == (0, 0)
 
 
 @PATHS
