@@ -39,7 +39,6 @@ from adicom.pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,
-    AReleaseRP,
     AReleaseRQ,
     PDataTF,
     PDUReader,
@@ -364,30 +363,6 @@ async def test_a_connection_not_yet_connected_is_closed_as_a_grace_starts(
             await closing
         assert server.stats["accepted"] == 0
         assert (server.admission.pending, server.admission.associated) == (0, 0)
-
-
-async def test_a_released_peer_that_keeps_its_connection_counts_until_artim_or_close() -> None:
-    """After the release the connection waits for the peer's close without its task.
-
-    It still counts (admission, ``idle``) until the peer closes, ARTIM
-    ends it, or the server closes; close() ends it at once, not at ARTIM.
-    """
-    async with serving(artim_timeout=30.0) as server:
-        reader, writer = await raw_associated(server)
-        writer.write(AReleaseRQ().encode())
-        decoder = PDUReader()
-        async with asyncio.timeout(CLOSE_BOUND):
-            while (answer := decoder.next_pdu()) is None:
-                decoder.feed(await reader.read(65536))
-        assert isinstance(answer, AReleaseRP)
-        await asyncio.sleep(0.05)  # the server's task has ended meanwhile
-        assert server.associations == [] and not server._tasks
-        assert not server.idle and server.admission.pending == 1
-        async with asyncio.timeout(2):  # not ARTIM (30 s)
-            await server.close()
-            assert await reader.read() == b""
-        writer.close()
-        assert server.idle and server.admission.pending == 0
 
 
 @PATHS
