@@ -96,10 +96,12 @@ class Driver(Deadlines, Emission, InputFlow):
     (:class:`adicom.events.Hooks`) are told what happens on it.
     """
 
-    # What the constructor sets, and what every message reads, are slots,
-    # the cheapest reads (Python 3.11 specializes no read of a class
-    # attribute through an instance, ~250 instructions each); the instance
-    # dict keeps the rest (past 30 names it loses its shared keys: slower).
+    # What the constructor sets, and what every message reads, are slots:
+    # their reads are the cheapest (Python 3.11 specializes no read of a
+    # class attribute through an instance, ~250 instructions each), and
+    # the instance dict keeps only the rest. Shared keys hold up to 30
+    # names per class; past that each instance's dict is a whole dict of
+    # its own, and every attribute read on it is slower.
     __slots__ = (
         "_association_answer",
         "_batched",
@@ -159,8 +161,6 @@ class Driver(Deadlines, Emission, InputFlow):
     #: that received it, once, to answer it there (accept or reject) when
     #: the answer needs no await; wait_request sees the request either way.
     on_association_request: Callable[[AAssociateRQ], None] | None = None
-    #: Called once, in connection_lost, when the connection has closed.
-    on_closed: Callable[[], None] | None = None
     _reserved: int  # requests waiting to be sent, counted in the window
     # Tasks waiting for room in the operations window, for the transport
     # to drain, for the close (a deque or list once one waits).
@@ -466,9 +466,6 @@ class Driver(Deadlines, Emission, InputFlow):
         # in a reference cycle: nothing comes to answer any more.
         self.on_request = self.on_association_request = None
         self._closed = True
-        if (closed := self.on_closed) is not None:
-            self.on_closed = None
-            closed()
 
     def _resume_writing(self) -> None:
         self._paused = False
