@@ -96,12 +96,10 @@ class Driver(Deadlines, Emission, InputFlow):
     (:class:`adicom.events.Hooks`) are told what happens on it.
     """
 
-    # What the constructor sets, and what every message reads, are slots:
-    # their reads are the cheapest (Python 3.11 specializes no read of a
-    # class attribute through an instance, ~250 instructions each), and
-    # the instance dict keeps only the rest. Shared keys hold up to 30
-    # names per class; past that each instance's dict is a whole dict of
-    # its own, and every attribute read on it is slower.
+    # What the constructor sets, and what every message reads, are slots,
+    # the cheapest reads (Python 3.11 specializes no read of a class
+    # attribute through an instance, ~250 instructions each); the instance
+    # dict keeps the rest (past 30 names it loses its shared keys: slower).
     __slots__ = (
         "_association_answer",
         "_batched",
@@ -318,6 +316,12 @@ class Driver(Deadlines, Emission, InputFlow):
             self._ul.abort(self._clock())
             self._set_error(AssociationAborted(0, 0, local=True))
         self._close_soon()
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():
+            # The close waits behind data the peer has not read: ARTIM (AA-1)
+            # bounds it (_on_control_event). From a task, not a transport
+            # callback, nothing else arms the timer for it.
+            self._arm_timer()
 
     def close(self) -> None:
         """Close the connection without a word (used once the association has ended)."""
