@@ -106,6 +106,7 @@ class Driver(Deadlines, Emission, InputFlow):
         "_clock",
         "_close_waiters",
         "_closed",
+        "_closing_at",
         "_dimse",
         "_drain_waiters",
         "_emitter",
@@ -239,7 +240,7 @@ class Driver(Deadlines, Emission, InputFlow):
         self._release_done = None
         self._closed = False
         self._timer = None
-        self._timer_at = math.inf
+        self._timer_at = self._closing_at = math.inf
         self._sending = self._reserved = self._batched = self._gather_now = 0
         self._room_waiters = self._drain_waiters = self._close_waiters = ()
         self._operations: dict[int, Operation] = {}
@@ -316,17 +317,11 @@ class Driver(Deadlines, Emission, InputFlow):
             self._ul.abort(self._clock())
             self._set_error(AssociationAborted(0, 0, local=True))
         self._close_soon()
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size():
-            # The close waits behind data the peer has not read: ARTIM (AA-1)
-            # bounds it (_on_control_event). From a task, not a transport
-            # callback, nothing else arms the timer for it.
-            self._arm_timer()
 
     def close(self) -> None:
         """Close the connection without a word (used once the association has ended)."""
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+            self._end_connection(self._transport)
 
     @property
     def watched(self) -> bool:
@@ -380,7 +375,16 @@ class Driver(Deadlines, Emission, InputFlow):
         self._arm_idle_timer()
 
     def _end_connection(self, transport: asyncio.Transport) -> None:
-        """Close the connection (what we had to send is written first).
+        """Close the connection: what we had to send is written first, within ARTIM.
+
+        Every close of ours comes here. One that must wait (data the peer
+        has not read yet; TLS, whose close_notify may queue behind buffers
+        its transport does not report) is bounded by the ARTIM timeout
+        whatever the state (PS3.8 Table 9-9 bounds the close in Sta13 so,
+        AA-1 and AA-2; after the peer's A-ABORT, AA-3 to Sta1, nothing in
+        the standard does). Once it passes, the connection is dropped with
+        what is unwritten; a peer that stops reading would otherwise hold it
+        open for as long as it liked.
 
         On asyncio's selector loop, a plain TCP transport with nothing left
         to write is closed with ``abort()``: the documented difference is
@@ -389,9 +393,14 @@ class Driver(Deadlines, Emission, InputFlow):
         ``close()`` would also take the descriptor off the selector's write
         watch, where it is not, a lookup that fails (a KeyError raised and
         re-raised with a formatted message: ~17k instructions) on every
-        association. TLS (close_notify) and other loops close as usual.
+        association.
         """
-        if self._plain_selector and not transport.get_write_buffer_size():
+        if transport.get_write_buffer_size() or self._tls is not None:
+            transport.close()
+            if self._closing_at == math.inf:
+                self._closing_at = self._clock() + self._ul.artim_timeout
+                self._arm(self._closing_at)
+        elif self._plain_selector:
             transport.abort()
         else:
             transport.close()
@@ -498,6 +507,11 @@ class Driver(Deadlines, Emission, InputFlow):
                 self._expire_waits(now)
             if self.idle_timeout is not None and not self._closed:
                 self._check_idle(now)
+            if self._closing_at != math.inf and not self._closed:
+                if self._closing_at <= now:
+                    self._transport.abort()  # type: ignore[union-attr]  # see _end_connection
+                else:
+                    self._arm(self._closing_at)
 
     def _after_io(self, now: float | None = None) -> None:
         """Hand on the layers' events, write their output, arm their timers.
@@ -755,8 +769,7 @@ class Driver(Deadlines, Emission, InputFlow):
 
     def _close_soon(self) -> None:
         self._flush()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        self.close()
 
     def _ended_normally(self) -> bool:
         # Released, or never associated at all (a rejected request ends with
@@ -773,6 +786,11 @@ class Driver(Deadlines, Emission, InputFlow):
         if answer is not None and not answer.done():
             answer.set_exception(error)
         self._fail_operations(error)
+        # A sender waiting for the transport or for room in the window
+        # learns of the end now (_check_open), not when the connection goes.
+        for waiter in (*self._drain_waiters, *self._room_waiters):
+            if not waiter.done():
+                waiter.set_result(None)
         self._incoming.fail(error)
         done = self._release_done
         if done is not None and not done.done():

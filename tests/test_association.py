@@ -434,6 +434,61 @@ async def test_an_abort_from_a_task_behind_unread_data_ends_at_artim(
             await sending
 
 
+async def test_the_peers_abort_behind_data_it_never_reads_ends_at_artim() -> None:
+    """The peer aborts (AA-3: Sta1) but keeps its socket open and reads nothing.
+
+    Our close waits behind the data it never reads; the standard starts no
+    ARTIM in Sta1, and a client has no idle bound: only the driver's bound
+    on a close that waits (ARTIM long) ends the connection.
+    """
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    send_abort = asyncio.Event()
+    release_peer = asyncio.Event()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = PDUReader()
+        try:
+            async with asyncio.timeout(4 * CLOSE_BOUND):
+                while (rq := decoder.next_pdu()) is None:
+                    decoder.feed(await reader.read(65536))
+                assert isinstance(rq, AAssociateRQ)
+                writer.write(accept(rq))
+                await send_abort.wait()  # reads nothing more meanwhile
+                writer.write(AAbort(0, 0).encode())
+                await release_peer.wait()
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(peer, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        assoc = await adicom.open_association(
+            "127.0.0.1",
+            port,
+            contexts=[(ct, ["1.2.840.10008.1.2.1"])],
+            timeout=None,
+            artim_timeout=0.5,
+        )
+        context_id = next(iter(assoc.contexts))
+        sending = asyncio.create_task(
+            assoc.send_c_store(context_id, ct, "1.2.3.4", bytes(64 << 20))
+        )
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                while not assoc._transport.get_write_buffer_size():  # type: ignore[union-attr]
+                    await asyncio.sleep(0.01)
+            send_abort.set()
+            with pytest.raises(AssociationAborted):
+                await sending
+            assert not assoc.closed  # the close waits behind the unread data
+            async with asyncio.timeout(CLOSE_BOUND):  # ARTIM is 0.5 s
+                while not assoc.closed:  # nobody waits in wait_closed either
+                    await asyncio.sleep(0.01)
+        finally:
+            release_peer.set()
+            assoc.abort()
+
+
 async def test_connection_refused_is_peer_unreachable() -> None:
     async with serving() as server:
         port = server.port
