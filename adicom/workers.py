@@ -30,8 +30,10 @@ sockets (:func:`socket.socketpair`). The supervisor writes one framed
 message on it: the worker's number, the descriptors of its listening sockets
 (inherited through ``pass_fds``) and a payload (for ``adicom serve``, its
 parsed options), pickled. The worker answers ``ready`` once it listens, and
-``stats {json}`` when it stops. End of file tells each side that the other
-has gone: a worker whose supervisor was killed stops by itself.
+``stats {json}`` when it stops; the supervisor may later say ``abort`` (a
+second signal: abort what is open now rather than wait out the grace). End
+of file tells each side that the other has gone: a worker whose supervisor
+was killed stops by itself.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ MAX_HELLO = 1 << 20
 #: A worker that dies sooner than this after it became ready counts as a
 #: failure in a row; one that lived longer starts the count again.
 STABLE_AFTER = 10.0
-_READY, _STATS = b"ready", b"stats "
+_READY, _STATS, _ABORT = b"ready", b"stats ", b"abort"
 
 
 class WorkerError(Exception):
@@ -342,6 +344,13 @@ class Supervisor:
         if self._failed is not None and not self._failed.done():
             self._failed.set_result(None)
 
+    def abort(self) -> None:
+        """Tell every worker to abort its open associations now (while stopping: no grace left)."""
+        for slot in self._slots:
+            writer = slot.writer
+            if writer is not None and not writer.is_closing():
+                writer.write(_ABORT + b"\n")
+
     async def _follow(self, slot: _Slot) -> None:
         """Run the worker of ``slot`` again and again until stopping or giving up."""
         loop = asyncio.get_running_loop()
@@ -498,11 +507,16 @@ class WorkerLink:
         if not self._writer.is_closing():
             self._writer.write(_STATS + json.dumps(stats).encode() + b"\n")
 
-    async def orphaned(self) -> None:
-        """Return when the supervisor has gone (its end of the link closed)."""
-        with contextlib.suppress(ConnectionError):
-            while await self._reader.read(4096):
-                pass
+    async def orphaned(self, on_abort: Callable[[], None] | None = None) -> None:
+        """Return when the supervisor has gone (its end of the link closed).
+
+        ``on_abort`` is called each time the supervisor says abort
+        (:meth:`Supervisor.abort`).
+        """
+        with contextlib.suppress(ConnectionError, ValueError):  # ValueError: a line too long
+            while line := await self._reader.readline():
+                if line.rstrip() == _ABORT and on_abort is not None:
+                    on_abort()
 
     async def aclose(self) -> None:
         """Flush what was said (bounded) and close the link."""

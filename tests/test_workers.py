@@ -159,6 +159,30 @@ async def test_two_workers_both_accept_and_stop_cleanly(
 
 @needs_proc
 @pytest.mark.anyio
+@pytest.mark.parametrize("served", [["--shutdown-grace", "120"]], indirect=True)
+async def test_a_second_signal_has_the_workers_abort_at_once(served: Served) -> None:
+    # The first signal: the workers drain, an open association is still
+    # served. The second: the supervisor tells them to abort now, well
+    # before the grace (120 s) or its own SIGKILL would end them.
+    assert served.process.stdout is not None
+    held = await adicom.open_association("127.0.0.1", served.port, called_ae="ADICOM")
+    served.process.send_signal(signal.SIGTERM)
+    await read_until(served.process.stdout, r"stopping the workers \(signal again")
+    await read_until(served.process.stdout, r"waiting up to 120 s for 1 open associations")
+    assert await held.echo() == 0
+    served.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        out, err = await served.process.communicate()
+        await held.wait_closed()
+    assert served.process.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    assert "aborting the open associations" in out.decode()
+    assert not held.is_established
+    await wait_gone(served.pids)
+
+
+@needs_proc
+@pytest.mark.anyio
 async def test_a_killed_worker_is_restarted(served: Served) -> None:
     assert served.process.stderr is not None
     victim = served.pids[1]

@@ -80,9 +80,11 @@ async def _supervise(args: argparse.Namespace) -> int:
     if args.require_identity and args.users is None:
         raise argparse.ArgumentTypeError("--require-identity needs --users (who to accept)")
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    # A second signal has the workers abort what is open (Supervisor.abort):
+    # they drain on every SIGTERM of their own (see _serve).
+    signals = _StopSignals(second_aborts=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals)
     logging_flags = ["-v"] * (args.verbose + getattr(args, "verbose_after", 0))
     if args.debug:
         logging_flags.append("--debug")
@@ -123,11 +125,23 @@ async def _supervise(args: argparse.Namespace) -> int:
         f"{args.workers} worker processes (pids {pids})",
         flush=True,
     )
+
+    async def abort_on_second_signal() -> None:
+        await signals.stop.wait()
+        if args.shutdown_grace:
+            print("adicom serve: stopping the workers (signal again to abort now)", flush=True)
+        await signals.abort.wait()
+        print("adicom serve: telling the workers to abort their open associations", flush=True)
+        supervisor.abort()
+
+    aborting = loop.create_task(abort_on_second_signal())
     try:
-        await supervisor.serve(stop)
+        await supervisor.serve(signals.stop)
     except WorkerError as exc:
         print(f"adicom serve: stopped: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    finally:
+        aborting.cancel()
     accepted = ", ".join(str(stats.get("accepted", "?")) for stats in supervisor.stats)
     print(
         f"adicom serve: stopped; associations accepted per worker: {accepted}; "
@@ -150,7 +164,11 @@ async def _serve(args: argparse.Namespace, link: WorkerLink | None) -> int:
     orphaned = None
     if link is not None:
         # A worker whose supervisor is gone (killed) stops too.
-        orphaned = loop.create_task(link.orphaned())
+        def abort() -> None:  # the supervisor's second signal
+            stop.set()
+            signals.abort.set()
+
+        orphaned = loop.create_task(link.orphaned(on_abort=abort))
         orphaned.add_done_callback(lambda _: stop.set())
     options: dict[str, Any] = {}
     tls = _server_ssl(args)
@@ -337,8 +355,9 @@ async def _drain(server: Server, signals: _StopSignals, grace: float, who: str) 
     The work DIMSE-N handlers left running (a Storage Commitment report)
     has the grace too, with no association open.
 
-    A second SIGTERM or SIGINT (``signals.abort``) ends the wait, when serve
-    runs on its own: what is still open is aborted at once.
+    A second SIGTERM or SIGINT (``signals.abort``) ends the wait: what is
+    still open is aborted at once. A worker counts no signal as the second;
+    its supervisor's second tells it (WorkerLink.orphaned's on_abort).
     """
     if not grace or server.idle:
         return
