@@ -217,6 +217,7 @@ class Supervisor:
         self.max_failures = max_failures
         self._slots: list[_Slot] = []
         self._stopping = False
+        self._aborting = False
         self._starting = False
         self._failed: asyncio.Future[None] | None = None
 
@@ -345,7 +346,13 @@ class Supervisor:
             self._failed.set_result(None)
 
     def abort(self) -> None:
-        """Tell every worker to abort its open associations now (while stopping: no grace left)."""
+        """Have every worker abort its open associations and exit now, without its grace.
+
+        For a stop under way (a second signal); :meth:`stop` is still to be
+        awaited. No worker is restarted from here on, and one starting now
+        is told as soon as its link is open.
+        """
+        self._stopping = self._aborting = True
         for slot in self._slots:
             writer = slot.writer
             if writer is not None and not writer.is_closing():
@@ -421,6 +428,8 @@ class Supervisor:
         late = loop.call_later(self.start_timeout, self._too_slow, slot, proc)
         try:
             writer.write(len(hello).to_bytes(4, "big") + hello)
+            if self._aborting:  # started as abort() was called (see abort)
+                writer.write(_ABORT + b"\n")
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
                 while line := await reader.readline():

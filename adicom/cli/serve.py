@@ -131,7 +131,8 @@ async def _supervise(args: argparse.Namespace) -> int:
         if args.shutdown_grace:
             print("adicom serve: stopping the workers (signal again to abort now)", flush=True)
         await signals.abort.wait()
-        print("adicom serve: telling the workers to abort their open associations", flush=True)
+        if args.shutdown_grace:
+            print("adicom serve: telling the workers to abort their open associations", flush=True)
         supervisor.abort()
 
     aborting = loop.create_task(abort_on_second_signal())
