@@ -320,8 +320,12 @@ class Driver(Deadlines, Emission, InputFlow):
 
     def close(self) -> None:
         """Close the connection without a word (used once the association has ended)."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._end_connection(self._transport)
+        transport = self._transport
+        if transport is not None:
+            if not transport.is_closing():
+                self._end_connection(transport)
+            else:  # closing already, maybe by the loop itself (see _eof_received)
+                self._bound_close(transport)
 
     @property
     def watched(self) -> bool:
@@ -395,21 +399,34 @@ class Driver(Deadlines, Emission, InputFlow):
         re-raised with a formatted message: ~17k instructions) on every
         association.
         """
-        if transport.get_write_buffer_size() or self._tls is not None:
-            transport.close()
-            if self._closing_at == math.inf:
-                self._closing_at = self._clock() + self._ul.artim_timeout
-                self._arm(self._closing_at)
-        elif self._plain_selector:
+        if self._plain_selector and not transport.get_write_buffer_size():
             transport.abort()
         else:
             transport.close()
+            self._bound_close(transport)
+
+    def _bound_close(self, transport: asyncio.Transport) -> None:
+        """Have a close that must wait end at the ARTIM timeout (see _end_connection)."""
+        if (
+            self._closing_at == math.inf
+            and not self._closed
+            and (self._tls is not None or transport.get_write_buffer_size())
+        ):
+            self._closing_at = self._clock() + self._ul.artim_timeout
+            self._arm(self._closing_at)
 
     def _eof_received(self) -> None:
-        """The peer closed its side: ours closes too (asyncio's close, unless _end_connection's)."""
+        """The peer closed its side: ours closes too, bounded as every close of ours.
+
+        Plain TCP: by _end_connection. TLS: by the loop, once this returns
+        (a TLS transport cannot be half-closed), bounded here.
+        """
         transport = self._transport
-        if transport is not None and self._plain_selector and not transport.is_closing():
-            self._end_connection(transport)
+        if transport is not None:
+            if self._tls is None and not transport.is_closing():
+                self._end_connection(transport)
+            else:
+                self._bound_close(transport)
 
     def _send_request(self) -> None:
         """Requestor, connected, A-ASSOCIATE-RQ given (Sta4): send it (Evt2, AE-2)."""

@@ -489,6 +489,68 @@ async def test_the_peers_abort_behind_data_it_never_reads_ends_at_artim() -> Non
             assoc.abort()
 
 
+async def test_a_peer_that_half_closes_and_never_reads_is_dropped_at_artim() -> None:
+    """The peer sends FIN and reads nothing more while our data waits to be written.
+
+    Our side closes too, behind the unread data (uvloop's loop starts that
+    close itself); the close ends at the ARTIM timeout on every loop, and
+    an abort from a task afterwards changes nothing.
+    """
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    half_close = asyncio.Event()
+    release_peer = asyncio.Event()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = PDUReader()
+        try:
+            async with asyncio.timeout(4 * CLOSE_BOUND):
+                while (rq := decoder.next_pdu()) is None:
+                    decoder.feed(await reader.read(65536))
+                assert isinstance(rq, AAssociateRQ)
+                writer.write(accept(rq))
+                await half_close.wait()  # reads nothing more meanwhile
+                writer.write_eof()
+                await release_peer.wait()
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(peer, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        assoc = await adicom.open_association(
+            "127.0.0.1",
+            port,
+            contexts=[(ct, ["1.2.840.10008.1.2.1"])],
+            timeout=None,
+            artim_timeout=0.5,
+        )
+        context_id = next(iter(assoc.contexts))
+        # All of the message queued at once: the sender then waits for its
+        # response, not for the transport (nothing wakes it at the abort).
+        assoc._transport.set_write_buffer_limits(high=256 << 20)  # type: ignore[union-attr]
+        sending = asyncio.create_task(
+            assoc.send_c_store(context_id, ct, "1.2.3.4", bytes(32 << 20))
+        )
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                while assoc.outstanding == 0:  # sent: all of it in the write buffer
+                    await asyncio.sleep(0.01)
+            assert assoc._transport.get_write_buffer_size()  # type: ignore[union-attr]
+            half_close.set()
+            async with asyncio.timeout(CLOSE_BOUND):
+                while not assoc._transport.is_closing():  # type: ignore[union-attr]
+                    await asyncio.sleep(0.01)
+            assoc.abort()  # from a task, once closing: bounded all the same
+            async with asyncio.timeout(CLOSE_BOUND):  # ARTIM is 0.5 s
+                while not assoc.closed:  # nobody waits in wait_closed
+                    await asyncio.sleep(0.01)
+            with pytest.raises(adicom.DicomError):
+                await sending
+        finally:
+            release_peer.set()
+            sending.cancel()
+
+
 async def test_connection_refused_is_peer_unreachable() -> None:
     async with serving() as server:
         port = server.port

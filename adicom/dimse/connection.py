@@ -248,9 +248,12 @@ class OutgoingMessage:
             return
         self.finished = True
         self._connection._sending = None
-        if self._started:
+        upper = self._connection.ul
+        if self._started and upper.state is not State.STA1 and upper.state is not State.STA13:
+            # (Once the association has ended, by an abort or a close,
+            # there is nothing left to abort, and nothing to warn of.)
             log.warning("a DIMSE message was left half-sent; aborting the association")
-            self._connection.ul.abort(now)
+            upper.abort(now)
 
 
 #: (presentation context ID, message control header, data), PS3.8 E.2.
