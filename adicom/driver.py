@@ -160,6 +160,8 @@ class Driver(Deadlines, Emission, InputFlow):
     #: that received it, once, to answer it there (accept or reject) when
     #: the answer needs no await; wait_request sees the request either way.
     on_association_request: Callable[[AAssociateRQ], None] | None = None
+    #: Called once, in connection_lost, when the connection has closed.
+    on_closed: Callable[[], None] | None = None
     _reserved: int  # requests waiting to be sent, counted in the window
     # Tasks waiting for room in the operations window, for the transport
     # to drain, for the close (a deque or list once one waits).
@@ -307,15 +309,21 @@ class Driver(Deadlines, Emission, InputFlow):
         """Abort the association (A-ABORT, service-user source) and close the connection.
 
         From any state: before an association exists (Sta2) the connection
-        is simply closed.
+        is simply closed. Once the association has ended (Sta13, Sta1) and
+        only its connection waits to close, it is closed at once: what is
+        queued is written if the socket takes it now, the rest dropped.
         """
         state = self._ul.state
         if state is State.STA2:
             self.close()
             return
-        if state not in (State.STA1, State.STA13):
-            self._ul.abort(self._clock())
-            self._set_error(AssociationAborted(0, 0, local=True))
+        if state is State.STA1 or state is State.STA13:
+            self._flush()
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._ul.abort(self._clock())
+        self._set_error(AssociationAborted(0, 0, local=True))
         self._close_soon()
 
     def close(self) -> None:
@@ -496,6 +504,9 @@ class Driver(Deadlines, Emission, InputFlow):
         # in a reference cycle: nothing comes to answer any more.
         self.on_request = self.on_association_request = None
         self._closed = True
+        if (closed := self.on_closed) is not None:
+            self.on_closed = None
+            closed()
 
     def _resume_writing(self) -> None:
         self._paused = False

@@ -12,6 +12,7 @@ the protocol is aborted and logged; the others go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -270,6 +271,9 @@ class Server(RequestServing, AssociationAnswering):
         self._background: set[asyncio.Task[None]] = set()
         #: The open associations, by peer address (see _settle_ended).
         self._by_host: dict[str, dict[Association, Session]] = {}
+        #: Connections whose association is over, waiting for the peer's
+        #: close without their task (see _linger).
+        self._closing: set[Association] = set()
         #: How many associations were accepted, rejected and aborted so far.
         self.stats = {
             "accepted": 0,
@@ -354,8 +358,14 @@ class Server(RequestServing, AssociationAnswering):
                     self._cancel(association, host, session)
             for task in list(self._tasks):
                 task.cancel()  # the background work (and any cancelled already)
+            for association in self._closing:
+                association.abort()  # released or rejected: closed now
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        if self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.wait_idle()
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
@@ -383,7 +393,7 @@ class Server(RequestServing, AssociationAnswering):
         response, PS3.4 J.3.3) outlives its association; ``close(grace=...)``
         gives it the grace too (see :meth:`wait_idle`).
         """
-        return not self._tasks
+        return not self._tasks and not self._closing
 
     @property
     def background(self) -> int:
@@ -398,8 +408,11 @@ class Server(RequestServing, AssociationAnswering):
         dealt with), and the work DIMSE-N handlers left has ended. Bound it
         with ``asyncio.timeout``.
         """
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+        while self._tasks or self._closing:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks))
+            else:  # ARTIM bounds it (see _linger)
+                await next(iter(self._closing)).wait_closed(None)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled."""
@@ -477,6 +490,26 @@ class Server(RequestServing, AssociationAnswering):
         del held[association]
         if not held:
             del self._by_host[host]
+
+    def _linger(self, association: Association, session: Session, host: str) -> None:
+        """The peer closes the connection now: admission is told then, without the task.
+
+        Its task ends here rather than wait for the close: the wake-up it
+        would take costs a loop turn of its own per association. The driver
+        bounds the wait: in Sta13 ARTIM runs (AE-8, AR-4 and AA-1 start it,
+        PS3.8 9.2) and its expiry drops the connection; a close of ours that
+        waits behind data the peer does not read (in Sta1 too) ends at the
+        ARTIM timeout (Driver._end_connection).
+        """
+        if association.state not in _ENDED:
+            association.abort()  # AA-1: to Sta13, ARTIM started
+        self._closing.add(association)
+        association.on_closed = partial(self._peer_closed, association, session, host)
+
+    def _peer_closed(self, association: Association, session: Session, host: str) -> None:
+        """A lingering connection (see _linger) has closed: it counts no more."""
+        self._closing.discard(association)
+        self.admission.disconnect(session.ticket, host, associated=False)
 
     def _cancel(self, association: Association, host: str, session: Session) -> None:
         """Cancel the task of a connection close() ends, if it is still running."""
@@ -617,10 +650,10 @@ class Server(RequestServing, AssociationAnswering):
                     self.admission.closing(
                         session.ticket, host, association.close, associated=session.associated
                     )
-                try:
-                    await association.wait_closed(self.artim_timeout)
-                finally:
+                if association.closed:
                     self.admission.disconnect(session.ticket, host, associated=False)
+                else:
+                    self._linger(association, session, host)
         finally:
             # Its place in _tasks (see _accepted: no done callback).
             if session.task is not None:

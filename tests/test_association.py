@@ -39,6 +39,7 @@ from adicom.pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,
+    AReleaseRP,
     AReleaseRQ,
     PDataTF,
     PDUReader,
@@ -363,6 +364,84 @@ async def test_a_connection_not_yet_connected_is_closed_as_a_grace_starts(
             await closing
         assert server.stats["accepted"] == 0
         assert (server.admission.pending, server.admission.associated) == (0, 0)
+
+
+async def test_a_released_peer_that_keeps_its_connection_counts_until_artim_or_close() -> None:
+    """After the release the connection waits for the peer's close without its task.
+
+    It still counts (admission, ``idle``) until the peer closes, ARTIM
+    ends it, or the server closes; close() ends it at once, not at ARTIM.
+    """
+    async with serving(artim_timeout=30.0) as server:
+        reader, writer = await raw_associated(server)
+        writer.write(AReleaseRQ().encode())
+        decoder = PDUReader()
+        async with asyncio.timeout(CLOSE_BOUND):
+            while (answer := decoder.next_pdu()) is None:
+                decoder.feed(await reader.read(65536))
+        assert isinstance(answer, AReleaseRP)
+        await asyncio.sleep(0.05)  # the server's task has ended meanwhile
+        assert server.associations == [] and not server._tasks
+        assert not server.idle and server.admission.pending == 1
+        async with asyncio.timeout(2):  # not ARTIM (30 s)
+            await server.close()
+            assert await reader.read() == b""
+        writer.close()
+        assert server.idle and server.admission.pending == 0
+
+
+async def test_a_peers_abort_behind_data_it_never_reads_frees_the_servers_place_at_artim() -> None:
+    """The peer aborts while our C-FIND responses wait unread, and keeps its socket.
+
+    The server's task ends with the association (Sta1, where the standard
+    runs no ARTIM). The connection, which a graceful close would keep
+    behind data that will never be read, counts until it is dropped: by
+    the task's abort, or at worst by the driver at the ARTIM timeout.
+    """
+    find = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root C-FIND
+    name = b"X" * 4000
+    match = b"\x10\x00\x10\x00" + len(name).to_bytes(4, "little") + name  # implicit VR
+
+    async def many(identifier: object, context: object) -> AsyncIterator[bytes]:
+        for _ in range(10_000):  # far more than the transport holds
+            yield match
+
+    async with serving(on_find=many, artim_timeout=0.5) as server:
+        assoc = await adicom.open_association(
+            "127.0.0.1",
+            server.port,
+            called_ae="ADICOM",
+            contexts=[(find, ["1.2.840.10008.1.2"])],
+            timeout=None,
+        )
+        (served,) = server.associations
+        assoc._transport.pause_reading()  # type: ignore[union-attr]  # the peer reads no more
+        finding = asyncio.create_task(
+            assoc.send_request(
+                next(iter(assoc.contexts)),
+                Command(
+                    CommandField.C_FIND_RQ,
+                    affected_sop_class_uid=find,
+                    command_data_set_type=0x0000,  # present
+                ),
+                b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ",
+            )
+        )
+        try:
+            async with asyncio.timeout(CLOSE_BOUND):
+                while not served._transport.get_write_buffer_size():  # type: ignore[union-attr]
+                    await asyncio.sleep(0.01)
+            # The peer's A-ABORT, past its own state machine: it then holds
+            # the connection open and reads nothing.
+            assoc._transport.write(AAbort(0, 0).encode())  # type: ignore[union-attr]
+            async with asyncio.timeout(CLOSE_BOUND):  # ARTIM is 0.5 s
+                while not server.idle:
+                    await asyncio.sleep(0.01)
+            assert served.closed and not server._tasks
+            assert (server.admission.pending, server.admission.associated) == (0, 0)
+        finally:
+            finding.cancel()
+            assoc._transport.abort()  # type: ignore[union-attr]
 
 
 @PATHS
