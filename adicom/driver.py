@@ -309,22 +309,31 @@ class Driver(Deadlines, Emission, InputFlow):
         """Abort the association (A-ABORT, service-user source) and close the connection.
 
         From any state: before an association exists (Sta2) the connection
-        is simply closed. Once the association has ended (Sta13, Sta1) and
-        only its connection waits to close, it is closed at once: what is
-        queued is written if the socket takes it now, the rest dropped.
+        is dropped (:meth:`drop`). Once the association has ended (Sta13,
+        Sta1) its close goes on as it was, within ARTIM: an A-ABORT of ours
+        still queued behind data the peer has not read yet still reaches
+        it if the peer reads in time.
         """
         state = self._ul.state
         if state is State.STA2:
-            self.close()
+            self.drop()
             return
-        if state is State.STA1 or state is State.STA13:
-            self._flush()
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        self._ul.abort(self._clock())
-        self._set_error(AssociationAborted(0, 0, local=True))
+        if state is not State.STA1 and state is not State.STA13:
+            self._ul.abort(self._clock())
+            self._set_error(AssociationAborted(0, 0, local=True))
         self._close_soon()
+
+    def drop(self) -> None:
+        """Close the connection at once: what the socket takes now is written, the rest dropped.
+
+        For a connection given up whatever the peer does (a server closing,
+        a place needed for another): it does not wait, even within ARTIM,
+        for a peer to read. Without an association yet, or once it has
+        ended, nothing is lost but PDUs the peer did not read in time.
+        """
+        self._flush()
+        if self._transport is not None:
+            self._transport.abort()
 
     def close(self) -> None:
         """Close the connection without a word (used once the association has ended)."""
@@ -470,43 +479,49 @@ class Driver(Deadlines, Emission, InputFlow):
             self._gather_now = 0
 
     def _connection_lost(self, exc: Exception | None = None) -> None:
-        if self._gather_pause is not None:
-            self._gather_pause.cancel()
-            self._gather_pause = None
-        if isinstance(exc, SSLError) and self._error is None:
-            # TLS 1.3 checks a client certificate after the client's side of
-            # the handshake is done: the refusal arrives as an alert on read.
-            self._set_error(TlsError(f"TLS with {self._peer_name()}: {describe_tls_failure(exc)}"))
-        if self._ul._input_pending:  # ul.input_pending
-            # What the peer sent before it closed is still its word.
-            self._ul.parse_budget = 0
-            self._ul.parse_pending(self._clock())
-        self._ul.connection_lost(self._clock())
-        self._process_events()
-        self._stop_timer()
-        if self._error is None and not self._ended_normally():
-            self._set_error(ConnectionClosed("the peer closed the connection"))
-        if self._emitter is not None:
-            self._emit_end()
-        done = self._release_done
-        if self._released and done is not None and not done.done():
-            done.set_result(None)  # release() waits for the close after the answer
-        self._fail_all(self._error or ConnectionClosed("the association has ended"))
-        seen = self._request_seen
-        if seen is not None and not seen.done():
-            seen.set_result(None)  # closed before any A-ASSOCIATE-RQ
-        for waiter in (*self._drain_waiters, *self._room_waiters, *self._close_waiters):
-            if not waiter.done():
-                waiter.set_result(None)
-        self._close_waiters = ()
-        break_cycle(self._transport)
-        # A hook that holds the association (a partial of it) would keep it
-        # in a reference cycle: nothing comes to answer any more.
-        self.on_request = self.on_association_request = None
-        self._closed = True
-        if (closed := self.on_closed) is not None:
-            self.on_closed = None
-            closed()
+        try:
+            if self._gather_pause is not None:
+                self._gather_pause.cancel()
+                self._gather_pause = None
+            if isinstance(exc, SSLError) and self._error is None:
+                # TLS 1.3 checks a client certificate after the client's side of
+                # the handshake is done: the refusal arrives as an alert on read.
+                self._set_error(
+                    TlsError(f"TLS with {self._peer_name()}: {describe_tls_failure(exc)}")
+                )
+            if self._ul._input_pending:  # ul.input_pending
+                # What the peer sent before it closed is still its word.
+                self._ul.parse_budget = 0
+                self._ul.parse_pending(self._clock())
+            self._ul.connection_lost(self._clock())
+            self._process_events()
+            self._stop_timer()
+            if self._error is None and not self._ended_normally():
+                self._set_error(ConnectionClosed("the peer closed the connection"))
+            if self._emitter is not None:
+                self._emit_end()
+            done = self._release_done
+            if self._released and done is not None and not done.done():
+                done.set_result(None)  # release() waits for the close after the answer
+            self._fail_all(self._error or ConnectionClosed("the association has ended"))
+            seen = self._request_seen
+            if seen is not None and not seen.done():
+                seen.set_result(None)  # closed before any A-ASSOCIATE-RQ
+            for waiter in (*self._drain_waiters, *self._room_waiters, *self._close_waiters):
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._close_waiters = ()
+            break_cycle(self._transport)
+            # A hook that holds the association (a partial of it) would keep it
+            # in a reference cycle: nothing comes to answer any more.
+            self.on_request = self.on_association_request = None
+        finally:
+            self._closed = True
+            # Told even if the above failed: whoever counts this connection
+            # (the server's admission) must not count it for good.
+            if (closed := self.on_closed) is not None:
+                self.on_closed = None
+                closed()
 
     def _resume_writing(self) -> None:
         self._paused = False

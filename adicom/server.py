@@ -321,7 +321,9 @@ class Server(RequestServing, AssociationAnswering):
         N-service handlers left running, see ``n_handlers``) end by
         themselves first (requestors release their associations) before
         the rest are aborted and cancelled; a close cancelled during the
-        grace still aborts them. Connections not associated yet are closed
+        grace still aborts them. Connections whose association is over
+        get the grace to close too (a peer still reading our last PDU);
+        then they are dropped. Connections not associated yet are closed
         at once: a server that is stopping takes no new association.
         A server that answers a peer's one message and is done with it, such
         as the Storage Commitment report a peer brings on an association it
@@ -338,7 +340,7 @@ class Server(RequestServing, AssociationAnswering):
         if self._listener is not None:
             self._listener.close()
         try:
-            if grace and self._tasks:
+            if grace and not self.idle:
                 for host, held in list(self._by_host.items()):
                     for association, session in list(held.items()):
                         if not session.accepted:
@@ -348,7 +350,12 @@ class Server(RequestServing, AssociationAnswering):
                                 # would make the transport (uvloop, TLS) and
                                 # serve it during the grace.
                                 self._cancel(association, host, session)
-                await asyncio.wait(list(self._tasks), timeout=grace)
+                # The open associations, the connections whose association
+                # is over (a release's A-RELEASE-RP still on its way) and
+                # the work DIMSE-N handlers left, all within the grace.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await self.wait_idle()
         finally:
             # Also when the close is cancelled during the grace: nothing is
             # left open and served behind a server said to be closed.
@@ -358,11 +365,14 @@ class Server(RequestServing, AssociationAnswering):
                     self._cancel(association, host, session)
             for task in list(self._tasks):
                 task.cancel()  # the background work (and any cancelled already)
-            for association in self._closing:
-                association.abort()  # released or rejected: closed now
+            for association in list(self._closing):
+                association.drop()  # released, rejected or aborted: closed now
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._closing:
+            # Those the tasks cancelled just now left (an A-ABORT queued).
+            for association in list(self._closing):
+                association.drop()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self.wait_idle()
@@ -444,7 +454,7 @@ class Server(RequestServing, AssociationAnswering):
         )
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
-        self.admission.silent(ticket, association.close)
+        self.admission.silent(ticket, association.drop)
         session = Session(ticket)
         if self.user_identity is None:
             # Nothing in the negotiation awaits (the user identity hook is the
@@ -496,8 +506,8 @@ class Server(RequestServing, AssociationAnswering):
 
         Its task ends here rather than wait for the close: the wake-up it
         would take costs a loop turn of its own per association. The driver
-        bounds the wait: in Sta13 ARTIM runs (AE-8, AR-4 and AA-1 start it,
-        PS3.8 9.2) and its expiry drops the connection; a close of ours that
+        bounds the wait: in Sta13 ARTIM runs (every way into Sta13 starts
+        it, PS3.8 9.2) and its expiry drops the connection; a close of ours that
         waits behind data the peer does not read (in Sta1 too) ends at the
         ARTIM timeout (Driver._end_connection).
         """
@@ -563,7 +573,7 @@ class Server(RequestServing, AssociationAnswering):
             if not session.ended and session.connected and association.state in _ENDED:
                 session.ended = True
                 self.admission.closing(
-                    session.ticket, host, association.close, associated=session.associated
+                    session.ticket, host, association.drop, associated=session.associated
                 )
                 settled = True
         return settled
@@ -648,7 +658,7 @@ class Server(RequestServing, AssociationAnswering):
                 # counts, no longer as an association (see adicom.admission).
                 if not session.ended:
                     self.admission.closing(
-                        session.ticket, host, association.close, associated=session.associated
+                        session.ticket, host, association.drop, associated=session.associated
                     )
                 if association.closed:
                     self.admission.disconnect(session.ticket, host, associated=False)

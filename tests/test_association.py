@@ -390,47 +390,68 @@ async def test_a_released_peer_that_keeps_its_connection_counts_until_artim_or_c
         assert server.idle and server.admission.pending == 0
 
 
-async def test_a_peers_abort_behind_data_it_never_reads_frees_the_servers_place_at_artim() -> None:
+_STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+async def _many_matches(identifier: object, context: object) -> AsyncIterator[bytes]:
+    """A C-FIND handler with far more 4 KB matches than a transport holds."""
+    name = b"X" * 4000
+    match = b"\x10\x00\x10\x00" + len(name).to_bytes(4, "little") + name  # implicit VR
+    for _ in range(10_000):
+        yield match
+
+
+@contextlib.asynccontextmanager
+async def flooded(
+    server: adicom.Server,
+) -> AsyncIterator[tuple[adicom.Association, adicom.Association]]:
+    """A client that asked for many C-FIND matches and reads none: (client, served).
+
+    Yielded once the server's responses wait in its own write buffer; the
+    test resumes the client's reading if it likes.
+    """
+    before = set(server.associations)
+    assoc = await adicom.open_association(
+        "127.0.0.1",
+        server.port,
+        called_ae="ADICOM",
+        contexts=[(_STUDY_FIND, ["1.2.840.10008.1.2"])],
+        timeout=None,
+    )
+    (served,) = set(server.associations) - before
+    assoc._transport.pause_reading()  # type: ignore[union-attr]
+    finding = asyncio.create_task(
+        assoc.send_request(
+            next(iter(assoc.contexts)),
+            Command(
+                CommandField.C_FIND_RQ,
+                affected_sop_class_uid=_STUDY_FIND,
+                command_data_set_type=0x0000,  # present
+            ),
+            b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ",
+        )
+    )
+    try:
+        async with asyncio.timeout(CLOSE_BOUND):
+            while not served._transport.get_write_buffer_size():  # type: ignore[union-attr]
+                await asyncio.sleep(0.01)
+        yield assoc, served
+    finally:
+        finding.cancel()
+        await asyncio.wait({finding})
+        assoc._transport.abort()  # type: ignore[union-attr]
+
+
+async def test_a_peers_abort_behind_data_it_never_reads_frees_the_servers_place() -> None:
     """The peer aborts while our C-FIND responses wait unread, and keeps its socket.
 
     The server's task ends with the association (Sta1, where the standard
     runs no ARTIM). The connection, which a graceful close would keep
-    behind data that will never be read, counts until it is dropped: by
-    the task's abort, or at worst by the driver at the ARTIM timeout.
+    behind data that will never be read, counts until the driver drops it
+    at the ARTIM timeout.
     """
-    find = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root C-FIND
-    name = b"X" * 4000
-    match = b"\x10\x00\x10\x00" + len(name).to_bytes(4, "little") + name  # implicit VR
-
-    async def many(identifier: object, context: object) -> AsyncIterator[bytes]:
-        for _ in range(10_000):  # far more than the transport holds
-            yield match
-
-    async with serving(on_find=many, artim_timeout=0.5) as server:
-        assoc = await adicom.open_association(
-            "127.0.0.1",
-            server.port,
-            called_ae="ADICOM",
-            contexts=[(find, ["1.2.840.10008.1.2"])],
-            timeout=None,
-        )
-        (served,) = server.associations
-        assoc._transport.pause_reading()  # type: ignore[union-attr]  # the peer reads no more
-        finding = asyncio.create_task(
-            assoc.send_request(
-                next(iter(assoc.contexts)),
-                Command(
-                    CommandField.C_FIND_RQ,
-                    affected_sop_class_uid=find,
-                    command_data_set_type=0x0000,  # present
-                ),
-                b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ",
-            )
-        )
-        try:
-            async with asyncio.timeout(CLOSE_BOUND):
-                while not served._transport.get_write_buffer_size():  # type: ignore[union-attr]
-                    await asyncio.sleep(0.01)
+    async with serving(on_find=_many_matches, artim_timeout=0.5) as server:
+        async with flooded(server) as (assoc, served):
             # The peer's A-ABORT, past its own state machine: it then holds
             # the connection open and reads nothing.
             assoc._transport.write(AAbort(0, 0).encode())  # type: ignore[union-attr]
@@ -439,9 +460,82 @@ async def test_a_peers_abort_behind_data_it_never_reads_frees_the_servers_place_
                     await asyncio.sleep(0.01)
             assert served.closed and not server._tasks
             assert (server.admission.pending, server.admission.associated) == (0, 0)
-        finally:
-            finding.cancel()
-            assoc._transport.abort()  # type: ignore[union-attr]
+
+
+async def test_our_abort_behind_unread_data_still_reaches_a_peer_that_reads_late() -> None:
+    """The server aborts (idle) behind C-FIND responses the peer has not read yet.
+
+    The peer reads again later, within ARTIM: it reads the responses, then
+    the A-ABORT, not a reset, although the server's task, ending, calls
+    abort() again on the association it already aborted.
+    """
+    async with serving(on_find=_many_matches, idle_timeout=0.5, artim_timeout=10.0) as server:
+        async with flooded(server) as (assoc, _):
+            async with asyncio.timeout(CLOSE_BOUND):
+                while server.associations:  # the idle abort, and the task's end
+                    await asyncio.sleep(0.01)
+            assoc.dimse_timeout = None
+            assoc._transport.resume_reading()  # type: ignore[union-attr]
+            async with asyncio.timeout(CLOSE_BOUND):
+                await assoc.wait_closed(None)
+            error = assoc._error
+            assert isinstance(error, AssociationAborted) and not error.local, repr(error)
+        async with asyncio.timeout(CLOSE_BOUND):
+            while not server.idle:
+                await asyncio.sleep(0.01)
+
+
+async def test_close_with_a_grace_lets_a_release_answer_reach_a_peer_that_reads_late() -> None:
+    """A peer releases behind responses it has not read yet as the server closes with a grace.
+
+    The connection's task has ended (the association is over); the grace
+    still covers the connection, so the A-RELEASE-RP reaches the peer when
+    it reads again, and close() returns once the peer has closed.
+    """
+    async with serving(on_find=_many_matches, artim_timeout=10.0) as server:
+        async with flooded(server) as (assoc, served):
+            assoc._transport.write(AReleaseRQ().encode())  # type: ignore[union-attr]
+            async with asyncio.timeout(CLOSE_BOUND):
+                while server.associations:  # released: the task ends
+                    await asyncio.sleep(0.01)
+            closing = asyncio.create_task(server.close(grace=CLOSE_BOUND))
+            await asyncio.sleep(0.2)
+            assert not closing.done() and not served.closed
+            assoc.dimse_timeout = None
+            assoc._transport.resume_reading()  # type: ignore[union-attr]
+            async with asyncio.timeout(CLOSE_BOUND):
+                await assoc.wait_closed(None)
+                await closing
+            # Our client's own state machine never sent the A-RELEASE-RQ
+            # (the test wrote it), so it takes the answer for a stray PDU:
+            # what matters is that the answer arrived, not a reset.
+            assert "A-RELEASE-RP" in str(assoc._error), repr(assoc._error)
+            assert served.closed and server.idle
+
+
+async def test_connections_evicted_for_room_are_dropped_not_closed_behind_unread_data() -> None:
+    """Two released peers hold their connections behind responses they never read.
+
+    With --max-per-address 2, each new connection from that address evicts
+    one of them; an evicted one must go at once (it counts until it has
+    closed), not close gracefully up to ARTIM (10 s), or the next
+    connections from that address are refused meanwhile.
+    """
+    async with serving(on_find=_many_matches, artim_timeout=10.0, max_per_address=2) as server:
+        async with flooded(server) as (first, _), flooded(server) as (second, _):
+            for assoc in (first, second):
+                assoc._transport.write(AReleaseRQ().encode())  # type: ignore[union-attr]
+            async with asyncio.timeout(CLOSE_BOUND):
+                while server.associations:  # both released: their tasks end
+                    await asyncio.sleep(0.01)
+            assert server.admission.pending == 2
+            async with asyncio.timeout(CLOSE_BOUND):
+                for _ in range(4):
+                    await echo_works(server)
+                    # Its own connection gone (else the next one would
+                    # evict that, lingering, rather than the held ones).
+                    while server.admission.pending > 2:
+                        await asyncio.sleep(0.01)
 
 
 @PATHS
