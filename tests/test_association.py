@@ -607,16 +607,20 @@ async def test_an_abort_from_a_task_behind_unread_data_ends_at_artim(
             await sending
 
 
-async def test_the_peers_abort_behind_data_it_never_reads_ends_at_artim() -> None:
-    """The peer aborts (AA-3: Sta1) but keeps its socket open and reads nothing.
+_CT = "1.2.840.10008.5.1.4.1.1.2"
 
-    Our close waits behind the data it never reads; the standard starts no
-    ARTIM in Sta1, and a client has no idle bound: only the driver's bound
-    on a close that waits (ARTIM long) ends the connection.
+
+@contextlib.asynccontextmanager
+async def holding_peer(
+    last_word: Callable[[asyncio.StreamWriter], None],
+) -> AsyncIterator[tuple[adicom.Association, asyncio.Event]]:
+    """An association (ARTIM 0.5 s) with a peer that accepts it, then reads nothing more.
+
+    Setting the yielded event has the peer say ``last_word(writer)``; it
+    then holds its connection open, unread, until the block ends.
     """
-    ct = "1.2.840.10008.5.1.4.1.1.2"
-    send_abort = asyncio.Event()
-    release_peer = asyncio.Event()
+    speak = asyncio.Event()
+    release = asyncio.Event()
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = PDUReader()
@@ -626,40 +630,54 @@ async def test_the_peers_abort_behind_data_it_never_reads_ends_at_artim() -> Non
                     decoder.feed(await reader.read(65536))
                 assert isinstance(rq, AAssociateRQ)
                 writer.write(accept(rq))
-                await send_abort.wait()  # reads nothing more meanwhile
-                writer.write(AAbort(0, 0).encode())
-                await release_peer.wait()
+                await speak.wait()  # reads nothing more meanwhile
+                last_word(writer)
+                await release.wait()
         finally:
             writer.close()
 
     listener = await asyncio.start_server(peer, "127.0.0.1", 0)
     async with listener:
-        port = listener.sockets[0].getsockname()[1]
         assoc = await adicom.open_association(
             "127.0.0.1",
-            port,
-            contexts=[(ct, ["1.2.840.10008.1.2.1"])],
+            listener.sockets[0].getsockname()[1],
+            contexts=[(_CT, ["1.2.840.10008.1.2.1"])],
             timeout=None,
             artim_timeout=0.5,
         )
+        try:
+            yield assoc, speak
+        finally:
+            release.set()
+            assoc.drop()
+
+
+async def test_the_peers_abort_behind_data_it_never_reads_ends_at_artim() -> None:
+    """The peer aborts (AA-3: Sta1) but keeps its socket open and reads nothing.
+
+    Our close waits behind the data it never reads; the standard starts no
+    ARTIM in Sta1, and a client has no idle bound: only the driver's bound
+    on a close that waits (ARTIM long) ends the connection.
+    """
+
+    def last_word(writer: asyncio.StreamWriter) -> None:
+        writer.write(AAbort(0, 0).encode())
+
+    async with holding_peer(last_word) as (assoc, speak):
         context_id = next(iter(assoc.contexts))
         sending = asyncio.create_task(
-            assoc.send_c_store(context_id, ct, "1.2.3.4", bytes(64 << 20))
+            assoc.send_c_store(context_id, _CT, "1.2.3.4", bytes(64 << 20))
         )
-        try:
-            async with asyncio.timeout(CLOSE_BOUND):
-                while not assoc._transport.get_write_buffer_size():  # type: ignore[union-attr]
-                    await asyncio.sleep(0.01)
-            send_abort.set()
-            with pytest.raises(AssociationAborted):
-                await sending
-            assert not assoc.closed  # the close waits behind the unread data
-            async with asyncio.timeout(CLOSE_BOUND):  # ARTIM is 0.5 s
-                while not assoc.closed:  # nobody waits in wait_closed either
-                    await asyncio.sleep(0.01)
-        finally:
-            release_peer.set()
-            assoc.abort()
+        async with asyncio.timeout(CLOSE_BOUND):
+            while not assoc._transport.get_write_buffer_size():  # type: ignore[union-attr]
+                await asyncio.sleep(0.01)
+        speak.set()
+        with pytest.raises(AssociationAborted):
+            await sending
+        assert not assoc.closed  # the close waits behind the unread data
+        async with asyncio.timeout(CLOSE_BOUND):  # ARTIM is 0.5 s
+            while not assoc.closed:  # nobody waits in wait_closed either
+                await asyncio.sleep(0.01)
 
 
 async def test_a_peer_that_half_closes_and_never_reads_is_dropped_at_artim() -> None:
@@ -669,47 +687,20 @@ async def test_a_peer_that_half_closes_and_never_reads_is_dropped_at_artim() -> 
     close itself); the close ends at the ARTIM timeout on every loop, and
     an abort from a task afterwards changes nothing.
     """
-    ct = "1.2.840.10008.5.1.4.1.1.2"
-    half_close = asyncio.Event()
-    release_peer = asyncio.Event()
-
-    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = PDUReader()
-        try:
-            async with asyncio.timeout(4 * CLOSE_BOUND):
-                while (rq := decoder.next_pdu()) is None:
-                    decoder.feed(await reader.read(65536))
-                assert isinstance(rq, AAssociateRQ)
-                writer.write(accept(rq))
-                await half_close.wait()  # reads nothing more meanwhile
-                writer.write_eof()
-                await release_peer.wait()
-        finally:
-            writer.close()
-
-    listener = await asyncio.start_server(peer, "127.0.0.1", 0)
-    async with listener:
-        port = listener.sockets[0].getsockname()[1]
-        assoc = await adicom.open_association(
-            "127.0.0.1",
-            port,
-            contexts=[(ct, ["1.2.840.10008.1.2.1"])],
-            timeout=None,
-            artim_timeout=0.5,
-        )
+    async with holding_peer(lambda writer: writer.write_eof()) as (assoc, speak):
         context_id = next(iter(assoc.contexts))
         # All of the message queued at once: the sender then waits for its
         # response, not for the transport (nothing wakes it at the abort).
         assoc._transport.set_write_buffer_limits(high=256 << 20)  # type: ignore[union-attr]
         sending = asyncio.create_task(
-            assoc.send_c_store(context_id, ct, "1.2.3.4", bytes(32 << 20))
+            assoc.send_c_store(context_id, _CT, "1.2.3.4", bytes(32 << 20))
         )
         try:
             async with asyncio.timeout(CLOSE_BOUND):
                 while assoc.outstanding == 0:  # sent: all of it in the write buffer
                     await asyncio.sleep(0.01)
             assert assoc._transport.get_write_buffer_size()  # type: ignore[union-attr]
-            half_close.set()
+            speak.set()
             async with asyncio.timeout(CLOSE_BOUND):
                 while not assoc._transport.is_closing():  # type: ignore[union-attr]
                     await asyncio.sleep(0.01)
@@ -720,7 +711,6 @@ async def test_a_peer_that_half_closes_and_never_reads_is_dropped_at_artim() -> 
             with pytest.raises(adicom.DicomError):
                 await sending
         finally:
-            release_peer.set()
             sending.cancel()
 
 
