@@ -328,8 +328,8 @@ class Driver(Deadlines, Emission, InputFlow):
 
         For a connection given up whatever the peer does (a server closing,
         a place needed for another): it does not wait, even within ARTIM,
-        for a peer to read. Without an association yet, or once it has
-        ended, nothing is lost but PDUs the peer did not read in time.
+        for a peer to read. What is lost is what the socket had not taken
+        yet: nothing, usually, before an association or once it has ended.
         """
         self._flush()
         if self._transport is not None:
@@ -504,6 +504,14 @@ class Driver(Deadlines, Emission, InputFlow):
             if self._released and done is not None and not done.done():
                 done.set_result(None)  # release() waits for the close after the answer
             self._fail_all(self._error or ConnectionClosed("the association has ended"))
+            break_cycle(self._transport)
+            # A hook that holds the association (a partial of it) would keep it
+            # in a reference cycle: nothing comes to answer any more.
+            self.on_request = self.on_association_request = None
+        finally:
+            # Even if the above failed: nobody waits for this connection,
+            # and nobody counts it (the server's admission), for good.
+            self._closed = True
             seen = self._request_seen
             if seen is not None and not seen.done():
                 seen.set_result(None)  # closed before any A-ASSOCIATE-RQ
@@ -511,14 +519,6 @@ class Driver(Deadlines, Emission, InputFlow):
                 if not waiter.done():
                     waiter.set_result(None)
             self._close_waiters = ()
-            break_cycle(self._transport)
-            # A hook that holds the association (a partial of it) would keep it
-            # in a reference cycle: nothing comes to answer any more.
-            self.on_request = self.on_association_request = None
-        finally:
-            self._closed = True
-            # Told even if the above failed: whoever counts this connection
-            # (the server's admission) must not count it for good.
             if (closed := self.on_closed) is not None:
                 self.on_closed = None
                 closed()

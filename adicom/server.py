@@ -406,6 +406,15 @@ class Server(RequestServing, AssociationAnswering):
         return not self._tasks and not self._closing
 
     @property
+    def closing(self) -> int:
+        """How many connections whose association has ended wait for their peer to close.
+
+        They still count against the limits; the driver bounds each wait
+        (at most the ARTIM timeout once we close, see ``artim_timeout``).
+        """
+        return len(self._closing)
+
+    @property
     def background(self) -> int:
         """How many pieces of work left by DIMSE-N handlers are running (see ``max_background``)."""
         return len(self._background)
@@ -454,7 +463,6 @@ class Server(RequestServing, AssociationAnswering):
         )
         if self.storage is not None:
             association.on_dataset = sink_factory(association, self.storage)
-        self.admission.silent(ticket, association.drop)
         session = Session(ticket)
         if self.user_identity is None:
             # Nothing in the negotiation awaits (the user identity hook is the
@@ -479,8 +487,12 @@ class Server(RequestServing, AssociationAnswering):
                     log.exception("error accepting %s; closed", address)
                 return
             session.connected = True
+            self.admission.silent(ticket, association.drop)
         else:
             session.sock = sock
+            # No transport yet (its task makes it, a TLS handshake first):
+            # evicting it cancels that task (see _evict).
+            self.admission.silent(ticket, partial(self._evict, association, host, session))
         held = self._by_host.get(host)
         if held is None:
             held = self._by_host[host] = {}
@@ -520,6 +532,19 @@ class Server(RequestServing, AssociationAnswering):
         """A lingering connection (see _linger) has closed: it counts no more."""
         self._closing.discard(association)
         self.admission.disconnect(session.ticket, host, associated=False)
+
+    def _evict(self, association: Association, host: str, session: Session) -> None:
+        """Admission needs this connection's place (see adicom.admission): it goes now.
+
+        One whose transport exists is dropped; one whose task is still
+        making it (uvloop, or a TLS handshake a silent peer never finishes)
+        has that task cancelled, which closes the socket and tells
+        admission. Either way the connection counts until it has gone.
+        """
+        if session.connected:
+            association.drop()
+        else:
+            self._cancel(association, host, session)
 
     def _cancel(self, association: Association, host: str, session: Session) -> None:
         """Cancel the task of a connection close() ends, if it is still running."""
@@ -598,6 +623,12 @@ class Server(RequestServing, AssociationAnswering):
                     )
                     session.connected = True
             except BaseException as exc:
+                # Cancelled (a close, an eviction) once a TLS handshake had
+                # ended, asyncio only starts a graceful TLS close, waiting
+                # for a peer that may never answer: its transport goes with
+                # the socket here (the selector forgets the descriptor now,
+                # before it can be reused).
+                association.drop()
                 sock.close()
                 self._forget(association, host)
                 self.admission.disconnect(session.ticket, host, associated=False)

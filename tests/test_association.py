@@ -532,8 +532,9 @@ async def test_connections_evicted_for_room_are_dropped_not_closed_behind_unread
             async with asyncio.timeout(CLOSE_BOUND):
                 for _ in range(4):
                     await echo_works(server)
-                    # Its own connection gone (else the next one would
-                    # evict that, lingering, rather than the held ones).
+                    # Its own connection gone first: else, once the held
+                    # ones are evicted, the next echo would evict this one
+                    # (released, lingering) and pass whatever they do.
                     while server.admission.pending > 2:
                         await asyncio.sleep(0.01)
 

@@ -303,3 +303,55 @@ async def test_a_tls_close_behind_data_the_peer_never_reads_ends_at_artim(
         async with asyncio.timeout(5.0):  # ARTIM is 0.5 s
             while not assoc.closed:  # nobody waits in wait_closed
                 await asyncio.sleep(0.01)
+
+
+async def test_silent_peers_on_a_tls_port_are_evicted_for_room(pki: Pki) -> None:
+    """Connections that never start the TLS handshake make room for new ones (--max-pending).
+
+    Until the handshake ends such a connection has no transport: evicting
+    it must close its socket (cancel its task), not wait for a handshake
+    that never comes (ARTIM long, 30 s here).
+    """
+    context = server_context(cert=pki.server_pem)
+    async with tls_server(context, max_pending=4, artim_timeout=30.0) as server:
+        connections = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(12)]
+        try:
+            async with asyncio.timeout(5.0):
+                while server.admission.pending > 4:
+                    await asyncio.sleep(0.01)
+            closed = 0
+            for reader, _ in connections:
+                try:
+                    async with asyncio.timeout(0.1):
+                        closed += await reader.read() == b""
+                except TimeoutError:
+                    pass  # still open: one of the four
+                except ConnectionError:
+                    closed += 1
+            assert closed >= 8
+        finally:
+            for _, writer in connections:
+                writer.close()
+
+
+async def test_close_drops_a_tls_connection_that_never_asks_at_once(pki: Pki) -> None:
+    """A TLS client handshakes, then sends and reads nothing: close(grace) ends it at once.
+
+    Before an A-ASSOCIATE-RQ there is no association to give a grace to;
+    a graceful TLS close would wait for the peer up to ARTIM (3 s here).
+    """
+    context = server_context(cert=pki.server_pem)
+    async with tls_server(context, artim_timeout=3.0) as server:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(ca=pki.ca_pem)
+        )
+        async with asyncio.timeout(5.0):  # the server's side of the handshake done too
+            while not server.associations or server.associations[0]._transport is None:
+                await asyncio.sleep(0.01)
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.close(grace=5.0)
+        assert loop.time() - started < 1.5
+        assert server.idle
+        writer.transport.abort()

@@ -372,11 +372,18 @@ async def _drain(server: Server, signals: _StopSignals, grace: float, who: str) 
         sys.stdout.flush()
     elif server.background:
         # What DIMSE-N handlers left, such as a Storage Commitment report on
-        # its way to the peer. (Else what is left is connections whose
-        # association ended, waiting for their peers' close: ARTIM bounds it.)
+        # its way to the peer.
         sys.stdout.write(
             f"adicom serve: {who}waiting up to {grace:g} s for work that "
             f"outlives its association (a Storage Commitment report){again}\n"
+        )
+        sys.stdout.flush()
+    elif server.closing:
+        # Associations that ended with our last PDU (a release's answer)
+        # still unread by their peers.
+        sys.stdout.write(
+            f"adicom serve: {who}waiting up to {grace:g} s for {server.closing} peers "
+            f"to read our last PDU and close{again}\n"
         )
         sys.stdout.flush()
     closing = asyncio.create_task(server.close(grace=grace))
