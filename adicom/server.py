@@ -331,7 +331,10 @@ class Server(RequestServing, AssociationAnswering):
         between our response and its A-RELEASE-RQ.
         Bounded: an association task that has not ended 5 s after being
         cancelled is left to the event loop's shutdown. Once closed, a
-        further close returns at once.
+        further close returns at once. A close that is itself cancelled
+        has stopped listening and aborted everything, but has not
+        finished: call it again (what it aborted closes within ARTIM
+        meanwhile).
         """
         if grace < 0 or math.isnan(grace):
             raise ValueError(f"grace must be 0 or more seconds, not {grace}")
@@ -361,6 +364,8 @@ class Server(RequestServing, AssociationAnswering):
             # left open and served behind a server said to be closed.
             for host, held in list(self._by_host.items()):
                 for association, session in list(held.items()):
+                    if not session.connected:
+                        association.drop()  # see _evict
                     association.abort()
                     self._cancel(association, host, session)
             for task in list(self._tasks):
@@ -541,13 +546,16 @@ class Server(RequestServing, AssociationAnswering):
         has that task cancelled, which closes the socket and tells
         admission. Either way the connection counts until it has gone.
         """
-        if session.connected:
-            association.drop()
-        else:
+        # Dropped first in any case: a transport made a moment ago, its
+        # task not resumed yet, would otherwise be closed by asyncio's
+        # cancelled connect, which on 3.11's TLS transport may leave it
+        # registered under a closed socket (a second close() unlinks it).
+        association.drop()
+        if not session.connected:
             self._cancel(association, host, session)
 
     def _cancel(self, association: Association, host: str, session: Session) -> None:
-        """Cancel the task of a connection close() ends, if it is still running."""
+        """Cancel the task of a connection that close() or an eviction ends, if it still runs."""
         task = session.task
         if task is not None:
             # A task cancelled before it ever ran runs none of _serve: this
@@ -564,12 +572,13 @@ class Server(RequestServing, AssociationAnswering):
         session: Session,
         task: asyncio.Task[None],
     ) -> None:
-        """After a task close() cancelled: if it never ran, forget its connection here.
+        """After a task close() or an eviction cancelled: if it never ran, forget its connection.
 
         Such a task ends without running any of _serve, whose ``finally``
-        would have done this (and set ``session.task`` to None). close()
-        aborted its association already (an adopted transport closes its
-        socket); a socket not yet wrapped in a transport is closed here.
+        would have done this (and set ``session.task`` to None). Its
+        association was aborted or dropped already (an adopted transport
+        closes its socket); a socket not yet wrapped in a transport is
+        closed here.
         """
         if session.task is not task:
             return  # it ran: its own finally tidied up
@@ -631,7 +640,10 @@ class Server(RequestServing, AssociationAnswering):
                 association.drop()
                 sock.close()
                 self._forget(association, host)
-                self.admission.disconnect(session.ticket, host, associated=False)
+                # Accepted already if the request came with the handshake's
+                # end (answered in that callback), and cancelled since.
+                associated = session.associated and not session.ended
+                self.admission.disconnect(session.ticket, host, associated=associated)
                 if isinstance(exc, OSError | TimeoutError) and self.ssl is not None:
                     # An untrusted client certificate, plain DICOM on the TLS
                     # port, a scanner: that connection ends, the server goes on.

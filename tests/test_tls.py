@@ -355,3 +355,49 @@ async def test_close_drops_a_tls_connection_that_never_asks_at_once(pki: Pki) ->
         assert loop.time() - started < 1.5
         assert server.idle
         writer.transport.abort()
+
+
+@pytest.mark.selector_loop_only
+async def test_a_connection_evicted_as_its_handshake_ends_leaves_nothing_behind(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evicted in the moment its transport exists and its task has not resumed yet.
+
+    If its close had begun (a first flight that was no A-ASSOCIATE-RQ),
+    asyncio's cancelled connect would close the TLS transport a second
+    time, which on 3.11 unlinks it: the socket closed under a transport
+    still registered on the loop. The eviction drops the transport first.
+    """
+    from adicom.driver import Driver
+
+    loop = asyncio.get_running_loop()
+    made = Driver._connection_made
+    served: list[Driver] = []
+
+    def connection_made(self: Driver, transport: asyncio.Transport) -> None:
+        made(self, transport)
+        if not self.requestor and not served:
+            served.append(self)
+            loop.call_soon(evict, self)
+
+    def evict(association: Any) -> None:
+        association.close()  # a close already under way, as after AA-1
+        (session,) = (
+            s for held in server._by_host.values() for a, s in held.items() if a is association
+        )
+        server._evict(association, "127.0.0.1", session)
+
+    monkeypatch.setattr(Driver, "_connection_made", connection_made)
+    context = server_context(cert=pki.server_pem)
+    async with tls_server(context) as server:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(ca=pki.ca_pem)
+        )
+        try:
+            async with asyncio.timeout(5.0):
+                while not served or not served[0].closed:
+                    await asyncio.sleep(0.01)
+                await server.wait_idle()
+            assert (server.admission.pending, server.admission.associated) == (0, 0)
+        finally:
+            writer.transport.abort()

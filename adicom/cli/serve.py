@@ -382,8 +382,8 @@ async def _drain(server: Server, signals: _StopSignals, grace: float, who: str) 
         # Associations that ended with our last PDU (a release's answer)
         # still unread by their peers.
         sys.stdout.write(
-            f"adicom serve: {who}waiting up to {grace:g} s for {server.closing} peers "
-            f"to read our last PDU and close{again}\n"
+            f"adicom serve: {who}waiting up to {grace:g} s for {server.closing} "
+            f"peer{'s' if server.closing > 1 else ''} to read our last PDU and close{again}\n"
         )
         sys.stdout.flush()
     closing = asyncio.create_task(server.close(grace=grace))
