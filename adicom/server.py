@@ -352,6 +352,7 @@ class Server(RequestServing, AssociationAnswering):
                                 # Sta1, where abort() does nothing: its task
                                 # would make the transport (uvloop, TLS) and
                                 # serve it during the grace.
+                                association.drop()  # see _evict
                                 self._cancel(association, host, session)
                 # The open associations, the connections whose association
                 # is over (a release's A-RELEASE-RP still on its way) and
@@ -364,9 +365,9 @@ class Server(RequestServing, AssociationAnswering):
             # left open and served behind a server said to be closed.
             for host, held in list(self._by_host.items()):
                 for association, session in list(held.items()):
+                    association.abort()  # its A-ABORT written first
                     if not session.connected:
                         association.drop()  # see _evict
-                    association.abort()
                     self._cancel(association, host, session)
             for task in list(self._tasks):
                 task.cancel()  # the background work (and any cancelled already)
