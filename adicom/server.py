@@ -349,10 +349,12 @@ class Server(RequestServing, AssociationAnswering):
                         if not session.accepted:
                             association.abort()
                             if not session.connected:
-                                # Sta1, where abort() does nothing: its task
-                                # would make the transport (uvloop, TLS) and
-                                # serve it during the grace.
-                                association.drop()  # see _evict
+                                # No transport yet (Sta1, where abort() does
+                                # nothing: its task would make it, uvloop or
+                                # TLS, and serve it during the grace), or
+                                # one made a moment ago, its task not resumed
+                                # (Sta2, Sta13): dropped first (see _evict).
+                                association.drop()
                                 self._cancel(association, host, session)
                 # The open associations, the connections whose association
                 # is over (a release's A-RELEASE-RP still on its way) and
