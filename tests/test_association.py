@@ -573,39 +573,46 @@ async def test_connections_not_yet_connected_are_not_taken_for_ended_ones(
         assert (server.admission.pending, server.admission.associated) == (0, 0)
 
 
-async def test_an_abort_from_a_task_behind_unread_data_ends_at_artim(
-    tmp_path: pathlib.Path,
-) -> None:
-    """abort() called by a task while the peer reads nothing: ARTIM still ends the connection.
+async def abort_behind_unread_data(server: adicom.Server, **options: Any) -> None:
+    """Abort from the test's task while ``server`` reads nothing of a 64 MB C-STORE.
 
     The A-ABORT waits behind data the peer never reads, so the close
     cannot complete; no transport callback runs to arm the association's
-    timer, and with no idle bound (a client's default) nothing else would.
+    timer, and with no idle bound (a client's default) nothing else would:
+    the driver's bound on the close (ARTIM, 0.5 s) must end it, with
+    nobody waiting in wait_closed. ``options`` go to open_association.
     """
     ct = "1.2.840.10008.5.1.4.1.1.2"
+    assoc = await adicom.open_association(
+        "127.0.0.1",
+        server.port,
+        called_ae=server.ae_title,
+        contexts=[(ct, ["1.2.840.10008.1.2.1"])],
+        timeout=None,
+        artim_timeout=0.5,
+        **options,
+    )
+    (served,) = server.associations
+    served._transport.pause_reading()  # type: ignore[union-attr]  # the peer reads no more
+    context_id = next(iter(assoc.contexts))
+    sending = asyncio.create_task(assoc.send_c_store(context_id, ct, "1.2.3.4", bytes(64 << 20)))
+    async with asyncio.timeout(CLOSE_BOUND):
+        while not assoc._transport.get_write_buffer_size():  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+    assoc.abort()
+    with pytest.raises(AssociationAborted):
+        await sending
+    async with asyncio.timeout(CLOSE_BOUND):  # ARTIM is 0.5 s
+        while not assoc.closed:
+            await asyncio.sleep(0.01)
+
+
+async def test_an_abort_from_a_task_behind_unread_data_ends_at_artim(
+    tmp_path: pathlib.Path,
+) -> None:
+    """abort() called by a task while the peer reads nothing: ARTIM still ends the connection."""
     async with serving(storage=adicom.DiskStorage(tmp_path)) as server:
-        assoc = await adicom.open_association(
-            "127.0.0.1",
-            server.port,
-            called_ae="ADICOM",
-            contexts=[(ct, ["1.2.840.10008.1.2.1"])],
-            timeout=None,
-            artim_timeout=0.5,
-        )
-        (served,) = server.associations
-        served._transport.pause_reading()  # type: ignore[union-attr]  # the peer reads no more
-        context_id = next(iter(assoc.contexts))
-        sending = asyncio.create_task(
-            assoc.send_c_store(context_id, ct, "1.2.3.4", bytes(64 << 20))
-        )
-        async with asyncio.timeout(CLOSE_BOUND):
-            while not assoc._transport.get_write_buffer_size():  # type: ignore[union-attr]
-                await asyncio.sleep(0.01)
-        assoc.abort()
-        async with asyncio.timeout(CLOSE_BOUND):  # ARTIM is 0.5 s
-            await assoc.wait_closed(None)
-        with pytest.raises(AssociationAborted):
-            await sending
+        await abort_behind_unread_data(server)
 
 
 _CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -24,6 +24,7 @@ from adicom.errors import AssociationError, PeerUnreachable, TlsError
 from adicom.pdu import UserIdentityRQ
 from adicom.server import AssociationInfo
 from adicom.tls import client_context, server_context
+from tests.test_association import abort_behind_unread_data
 
 pytestmark = pytest.mark.anyio
 
@@ -276,33 +277,9 @@ async def test_a_tls_close_behind_data_the_peer_never_reads_ends_at_artim(
     Left to asyncio, the TLS shutdown behind the unread data would wait
     30 s (its ssl_shutdown_timeout) for a peer that never reads.
     """
-    ct = "1.2.840.10008.5.1.4.1.1.2"
     context = server_context(cert=pki.server_pem)
     async with tls_server(context, storage=adicom.DiskStorage(tmp_path)) as server:
-        assoc = await adicom.open_association(
-            "127.0.0.1",
-            server.port,
-            called_ae="TLS-SCP",
-            ssl=client_context(ca=pki.ca_pem),
-            contexts=[(ct, ["1.2.840.10008.1.2.1"])],
-            timeout=None,
-            artim_timeout=0.5,
-        )
-        (served,) = server.associations
-        served._transport.pause_reading()  # type: ignore[union-attr]  # the peer reads no more
-        context_id = next(iter(assoc.contexts))
-        sending = asyncio.create_task(
-            assoc.send_c_store(context_id, ct, "1.2.3.4", bytes(64 << 20))
-        )
-        async with asyncio.timeout(5.0):
-            while not assoc._transport.get_write_buffer_size():  # type: ignore[union-attr]
-                await asyncio.sleep(0.01)
-        assoc.abort()
-        with pytest.raises(AssociationError):
-            await sending
-        async with asyncio.timeout(5.0):  # ARTIM is 0.5 s
-            while not assoc.closed:  # nobody waits in wait_closed
-                await asyncio.sleep(0.01)
+        await abort_behind_unread_data(server, ssl=client_context(ca=pki.ca_pem))
 
 
 async def test_silent_peers_on_a_tls_port_are_evicted_for_room(pki: Pki) -> None:

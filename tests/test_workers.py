@@ -447,3 +447,41 @@ async def test_a_second_server_on_the_port_of_the_workers_is_refused(served: Ser
     assert "address already in use" in err.decode()
     assert "listening" not in out.decode()
     await echo_once(served.port)  # the first goes on
+
+
+@pytest.mark.anyio
+async def test_a_worker_link_takes_abort_and_ends_quietly_on_a_line_too_long() -> None:
+    """What the supervisor says on the link after the hello: 'abort', or (never ours) garbage.
+
+    Each 'abort' line is told; anything else is ignored; a line past the
+    stream's limit ends the link as if the supervisor had gone, bounded,
+    rather than buffering without end.
+    """
+    from adicom.workers import WorkerLink
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_unix_connection(sock=theirs)
+    link = WorkerLink(0, [], None, reader, writer)
+    aborts: list[None] = []
+    listening = asyncio.create_task(link.orphaned(on_abort=lambda: aborts.append(None)))
+    flooding: asyncio.Task[None] | None = None
+    try:
+        await loop.sock_sendall(ours, b"abort\nsomething else\nabort\n")
+        async with asyncio.timeout(5):
+            while len(aborts) < 2:
+                await asyncio.sleep(0.01)
+        assert not listening.done()
+        # No newline, past StreamReader's 64 KiB limit (the rest is never read).
+        flooding = asyncio.create_task(loop.sock_sendall(ours, b"x" * (1 << 20)))
+        async with asyncio.timeout(5):
+            await listening
+        assert len(aborts) == 2
+    finally:
+        listening.cancel()
+        if flooding is not None:
+            flooding.cancel()
+            await asyncio.wait({flooding})
+        ours.close()
+        writer.close()
